@@ -1,0 +1,176 @@
+"""Orbax checkpoints of a run, and restoring them for inference.
+
+A workdir holds ``config.json``, ``metrics.jsonl``, ``ppl.png`` and
+``checkpoints/<step>/`` with two orbax items: ``state``, the full
+``TrainState`` (step, params, optimizer state; ``StandardSave``), and ``meta``,
+JSON with the config, the vocabulary and the data-order position
+(``JsonSave``). The latest ``keep`` checkpoints and the best by validation
+perplexity are kept. Orbax writes each checkpoint to a temporary directory
+and renames it when complete, so a half-written one is never listed.
+
+``restore(workdir)`` needs nothing but the workdir: it rebuilds the model from
+the saved config and returns params, vocab and a ``predict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from rnnjax.data import Vocab
+
+SUBDIR = "checkpoints"
+FORMAT = 1
+
+# Orbax logs every save and restore at INFO; keep its warnings.
+logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+class CheckpointError(RuntimeError):
+    """A workdir or checkpoint that cannot be used as asked."""
+
+
+def check_workdir(workdir: Path) -> None:
+    if workdir.exists() and not workdir.is_dir():
+        raise CheckpointError(f"The workdir {workdir} exists and is not a directory.")
+
+
+def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+    """A manager keeping the latest ``keep`` checkpoints and the best by ``val_ppl``."""
+    preservation = policies.AnyPreservationPolicy([
+        policies.LatestN(keep),
+        policies.BestN(get_metric_fn=lambda m: m["val_ppl"], reverse=True, n=1,
+                       keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=preservation, create=not read_only,
+                                           read_only=read_only)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options,
+                                 item_names=("state", "meta"))
+
+
+def make_meta(config: Any, vocab: Vocab, position: dict, **extra: Any) -> dict:
+    return {"format": FORMAT, "config": config.to_json(), "vocab": vocab.to_json(),
+            "position": position, **extra}
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
+         val_ppl: float | None = None) -> None:
+    """Saves host ``state`` and ``meta`` at ``step`` (asynchronously); a no-op if it exists."""
+    if step in mngr.all_steps():
+        return
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            meta=ocp.args.JsonSave(meta)),
+              metrics=None if val_ppl is None else {"val_ppl": val_ppl}, force=True)
+
+
+def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+    try:
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # orbax raises many types for unreadable files
+        raise CheckpointError(
+            f"The checkpoint at step {step} in {mngr.directory} cannot be read "
+            f"({type(e).__name__}: {e}).") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"The checkpoint at step {step} in {mngr.directory} is not an "
+                              f"rnnjax checkpoint of format {FORMAT}.")
+    return meta
+
+
+def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any) -> Any:
+    """The saved state, as host arrays shaped and typed like ``target``."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    except Exception as e:
+        raise CheckpointError(
+            f"The checkpoint at step {step} in {mngr.directory} cannot be restored "
+            f"({type(e).__name__}: {e}).") from e
+    return jax.device_get(restored["state"])
+
+
+def check_compatible(meta: dict, config: Any, vocab: Vocab, workdir: Path) -> None:
+    """A resumed run must be the same run: same config but for ``RESUMABLE`` fields."""
+    saved = type(config).from_json(meta["config"])
+    diff = [f"{f.name}: checkpoint {getattr(saved, f.name)!r}, requested {getattr(config, f.name)!r}"
+            for f in dataclasses.fields(config)
+            if f.name not in config.RESUMABLE and getattr(saved, f.name) != getattr(config, f.name)]
+    if diff:
+        raise CheckpointError(
+            f"{workdir} holds a run with another configuration ({'; '.join(diff)}). Use a new "
+            "--workdir, or the checkpoint's settings to resume it.")
+    if Vocab.from_json(meta["vocab"]) != vocab:
+        raise CheckpointError(f"{workdir} holds a run trained on another vocabulary.")
+
+
+def write_config(workdir: Path, config: Any, vocab: Vocab) -> None:
+    """``config.json`` for people and tools; the checkpoints carry their own copy."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"config": config.to_json(), "vocab": vocab.to_json()}, indent=1)
+    tmp = workdir / "config.json.tmp"
+    tmp.write_text(text + "\n")
+    tmp.replace(workdir / "config.json")
+
+
+@dataclasses.dataclass
+class Restored:
+    """A trained model from a checkpoint: enough to generate text, nothing of the data."""
+    config: Any
+    vocab: Vocab
+    params: Any
+    step: int
+    meta: dict
+
+    @property
+    def model(self):
+        from rnnjax.train import make_model
+        return make_model(self.config, len(self.vocab))
+
+    def predict(self, prefix: str, num_preds: int) -> str:
+        from rnnjax.generate import predict
+        return predict(self.model, self.params, self.vocab, prefix, num_preds)
+
+    def predict_batch(self, prefixes: list[str], num_preds: int) -> list[str]:
+        from rnnjax.generate import predict_batch
+        return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds)
+
+
+def restore(workdir: str | Path, step: int | None = None, best: bool = False) -> Restored:
+    """Restores a run's checkpoint for inference: the latest, ``step``, or the ``best``."""
+    from rnnjax.train import Config, create_train_state
+
+    workdir = Path(workdir)
+    directory = workdir / SUBDIR
+    if not directory.is_dir():
+        what = "does not exist" if not workdir.exists() else "holds no checkpoints"
+        raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only manager is read-only
+    try:
+        mngr = manager(directory, read_only=True)
+    finally:
+        absl_logger.setLevel(level)
+    steps = mngr.all_steps()
+    if not steps:
+        raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
+    if best:
+        step = mngr.best_step()
+        if step is None:
+            raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity.")
+    elif step is None:
+        step = mngr.latest_step()
+    elif step not in steps:
+        raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {sorted(steps)}.")
+    meta = restore_meta(mngr, step)
+    config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
+    target = jax.eval_shape(lambda: create_train_state(config, len(vocab)))
+    state = restore_state(mngr, step, target)
+    mngr.close()
+    return Restored(config, vocab, state.params, step, meta)

@@ -1,0 +1,249 @@
+"""The Time Machine, tokenized and windowed exactly as d2l does it.
+
+d2l semantics: keep letters only (``re.sub('[^A-Za-z]+', ' ', text).lower()``),
+one token per character, a vocabulary of the alphabetically sorted set of
+``'<unk>'`` and every character, and stride-1 windows of ``num_steps + 1``
+characters split into inputs X and targets Y (Y is X shifted by one).
+
+Batches have a fixed shape so that one compiled step serves every batch: the
+ragged last batch is padded and carries a row mask, and the losses in
+:mod:`rnnjax.train` are exact means over the real rows.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
+SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
+ENV_PATH = "RNNJAX_TIMEMACHINE"
+ENV_CACHE = "RNNJAX_CACHE"
+
+
+class DataError(ValueError):
+    """The text could not be had, or cannot make the requested windows."""
+
+
+def cache_dir() -> Path:
+    """``$RNNJAX_CACHE``, else ``$XDG_CACHE_HOME/rnnjax``, else ``~/.cache/rnnjax``."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "rnnjax"
+
+
+def sha1_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_sha1(path: Path, sha1: str, what: str) -> None:
+    actual = sha1_of(path)
+    if actual != sha1:
+        raise DataError(
+            f"{what} {path} has SHA-1 {actual}, expected {sha1}: it is not d2l's "
+            "timemachine.txt (truncated or a different file)."
+        )
+
+
+def download(url: str | None = None, sha1: str = SHA1, root: str | os.PathLike | None = None,
+             timeout: float = 30.0) -> Path:
+    """Returns the verified cached copy of ``url``, downloading it if needed.
+
+    The download goes to a temporary file that is renamed into place only once
+    its SHA-1 matches, so a failed or corrupt download never sits in the cache
+    as if valid. A cached file with the wrong hash is fetched again.
+    """
+    url = url or URL
+    root = Path(root) if root is not None else cache_dir()
+    path = root / url.rsplit("/", 1)[-1]
+    if path.is_file() and sha1_of(path) == sha1:
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=path.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
+            out.write(r.read())
+        _check_sha1(Path(tmp), sha1, "Downloaded file")
+        os.replace(tmp, path)
+    except (urllib.error.URLError, OSError) as e:
+        raise DataError(
+            f"Could not download {url} ({getattr(e, 'reason', e)}); offline, pass the "
+            f"path of a local timemachine.txt with --data PATH or ${ENV_PATH}."
+        ) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_text(path: str | os.PathLike | None = None, *, sha1: str = SHA1,
+              root: str | os.PathLike | None = None) -> str:
+    """The raw text of The Time Machine, verified against ``sha1``.
+
+    ``path``, else ``$RNNJAX_TIMEMACHINE``, else the cached download of d2l's copy.
+    """
+    path = path or os.environ.get(ENV_PATH) or None
+    if path is None:
+        path = download(sha1=sha1, root=root)
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"No such file: {path} (given as --data or ${ENV_PATH}).")
+        _check_sha1(path, sha1, "File")
+    return Path(path).read_text(encoding="utf-8")
+
+
+def preprocess(text: str) -> str:
+    return re.sub("[^A-Za-z]+", " ", text).lower()
+
+
+def tokenize(text: str) -> list[str]:
+    return list(text)
+
+
+class Vocab:
+    """d2l's vocabulary: index order is the sorted set of tokens and ``'<unk>'``."""
+
+    def __init__(self, tokens: Sequence = (), min_freq: int = 0,
+                 reserved_tokens: Sequence[str] = ()):
+        if tokens and isinstance(tokens[0], list):
+            tokens = [t for line in tokens for t in line]
+        counter = collections.Counter(tokens)
+        self.token_freqs = sorted(counter.items(), key=lambda x: x[1], reverse=True)
+        self.idx_to_token = sorted(
+            set(["<unk>", *reserved_tokens, *(t for t, f in self.token_freqs if f >= min_freq)]))
+        self.token_to_idx = {t: i for i, t in enumerate(self.idx_to_token)}
+
+    def __len__(self) -> int:
+        return len(self.idx_to_token)
+
+    def __getitem__(self, tokens):
+        if not isinstance(tokens, (list, tuple)):
+            return self.token_to_idx.get(tokens, self.unk)
+        return [self[t] for t in tokens]
+
+    def to_tokens(self, indices):
+        if hasattr(indices, "__len__") and len(indices) > 1:
+            return [self.idx_to_token[int(i)] for i in indices]
+        if hasattr(indices, "__len__"):
+            indices = indices[0]
+        return self.idx_to_token[int(indices)]
+
+    @property
+    def unk(self) -> int:
+        return self.token_to_idx["<unk>"]
+
+    def encode(self, text: str) -> list[int]:
+        """Indices of ``text``'s characters; unknown characters are an error.
+
+        Unlike ``vocab[...]``, which maps them to ``<unk>`` as d2l does, this is
+        what prompts go through: a model never trained on ``'I'`` should say so.
+        """
+        unknown = sorted({c for c in text if c not in self.token_to_idx})
+        if unknown:
+            known = "".join(t for t in self.idx_to_token if len(t) == 1)
+            raise ValueError(
+                f"{text!r} has characters outside the vocabulary: {unknown!r}; "
+                f"the model knows {known!r} (lowercase letters and space).")
+        return [self.token_to_idx[c] for c in text]
+
+    def to_json(self) -> dict:
+        return {"idx_to_token": list(self.idx_to_token)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Vocab:
+        vocab = cls()
+        vocab.token_freqs = []
+        vocab.idx_to_token = list(d["idx_to_token"])
+        vocab.token_to_idx = {t: i for i, t in enumerate(vocab.idx_to_token)}
+        return vocab
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Vocab) and self.idx_to_token == other.idx_to_token
+
+    def __repr__(self) -> str:
+        return f"Vocab({len(self)} tokens)"
+
+
+class Batch(NamedTuple):
+    """``X``, ``Y``: (batch, num_steps) int32; ``mask``: (batch,) float32, 1 for real rows.
+
+    A NamedTuple, hence a JAX pytree: steps take it whole.
+    """
+    X: np.ndarray
+    Y: np.ndarray
+    mask: np.ndarray
+
+
+class TimeMachine:
+    """d2l's ``TimeMachine`` data module, with fixed-shape batches.
+
+    Train windows are ``[0, num_train)``, validation windows
+    ``[num_train, num_train + num_val)``. Train batches are shuffled each epoch
+    by a permutation that is a pure function of ``(seed, epoch)``, so a resumed
+    run sees the same order; validation batches come in order. The last batch
+    of each is kept (as d2l does) and padded to ``batch_size`` rows with
+    ``mask`` 0 on the padding.
+    """
+
+    def __init__(self, batch_size: int, num_steps: int, num_train: int = 10000,
+                 num_val: int = 5000, path: str | os.PathLike | None = None, *,
+                 text: str | None = None, seed: int = 0):
+        if batch_size < 1 or num_steps < 1 or num_train < 1 or num_val < 0:
+            raise DataError(
+                f"batch_size, num_steps and num_train must be positive and num_val >= 0; got "
+                f"{batch_size}, {num_steps}, {num_train}, {num_val}.")
+        self.batch_size, self.num_steps = batch_size, num_steps
+        self.num_train, self.num_val, self.seed = num_train, num_val, seed
+        raw = load_text(path) if text is None else text
+        tokens = tokenize(preprocess(raw))
+        self.vocab = Vocab(tokens)
+        self.corpus = np.asarray(self.vocab[tokens], dtype=np.int32)
+        num_windows = len(self.corpus) - num_steps
+        if num_windows < num_train + num_val:
+            raise DataError(
+                f"The corpus has {len(self.corpus)} characters after preprocessing, which make "
+                f"{max(num_windows, 0)} windows of num_steps + 1 = {num_steps + 1}; "
+                f"num_train + num_val = {num_train + num_val} are needed.")
+        n = num_train + num_val
+        windows = np.lib.stride_tricks.sliding_window_view(self.corpus[: n + num_steps], num_steps + 1)
+        self.X, self.Y = windows[:, :-1], windows[:, 1:]
+
+    def num_batches(self, train: bool = True) -> int:
+        return -(-(self.num_train if train else self.num_val) // self.batch_size)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng((self.seed, epoch)).permutation(self.num_train)
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The shuffled train batches of ``epoch``, from batch index ``start`` on."""
+        order = self.permutation(epoch)
+        for b in range(start, self.num_batches(True)):
+            yield self._batch(order[b * self.batch_size:(b + 1) * self.batch_size])
+
+    def val_batches(self) -> Iterator[Batch]:
+        for b in range(self.num_batches(False)):
+            lo = self.num_train + b * self.batch_size
+            yield self._batch(np.arange(lo, min(lo + self.batch_size, self.num_train + self.num_val)))
+
+    def _batch(self, idx: np.ndarray) -> Batch:
+        X = np.zeros((self.batch_size, self.num_steps), np.int32)
+        Y = np.zeros_like(X)
+        mask = np.zeros(self.batch_size, np.float32)
+        X[: len(idx)], Y[: len(idx)], mask[: len(idx)] = self.X[idx], self.Y[idx], 1.0
+        return Batch(X, Y, mask)

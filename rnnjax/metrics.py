@@ -1,0 +1,62 @@
+"""Per-epoch metrics as JSON lines, and d2l's perplexity plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+FILENAME = "metrics.jsonl"
+PLOT = "ppl.png"
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per epoch, appended as epochs finish.
+
+    Only the writer process writes; everyone can read.
+    """
+
+    def __init__(self, path: str | Path, writer: bool = True):
+        self.path, self.writer = Path(path), writer
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate(self, epochs: int) -> None:
+        """Keeps the records of the first ``epochs`` epochs: those a resumed run does not redo."""
+        records = self.read()
+        kept = [r for r in records if r["epoch"] <= epochs]
+        if not self.writer or len(kept) == len(records):
+            return
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
+    def append(self, record: dict) -> None:
+        if not self.writer:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def plot_perplexity(records: list[dict], path: str | Path) -> Path:
+    """d2l's figure: train and val perplexity against epoch, saved headless."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
+    ax.plot(epochs, [r["train_ppl"] for r in records], "-", label="train_ppl")
+    ax.plot(epochs, [r["val_ppl"] for r in records], "--", label="val_ppl")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,116 @@
+"""Data parallelism: one per-device step, ``jax.pmap``-ed over local devices.
+
+The state is replicated; each global batch is split into equal per-device
+shards (the padding mask keeps the ragged last batch exact). With one device
+the same step function is plainly ``jax.jit``-ed. Across hosts, JAX's own
+runtime (``jax.distributed``) joins the processes: each feeds its local devices
+its slice of the global batch, and ``pmap``'s collectives span all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+AXIS = "batch"
+
+
+def initialize_distributed(coordinator: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+    """``jax.distributed.initialize`` with the CPU's gloo collectives.
+
+    Arguments left ``None`` are read by JAX from its environment (cluster
+    auto-detection: SLURM, Open MPI, Cloud TPU, ...). Call before any JAX
+    computation.
+    """
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """Compiles per-device steps for ``devices`` and moves data to and from them.
+
+    ``devices`` are this process's devices; ``num_shards`` counts the devices of
+    all processes, which is what the global batch is divided by.
+    """
+    devices: tuple[Any, ...]
+
+    @classmethod
+    def create(cls, num_devices: int | None = None) -> DataParallel:
+        local = jax.local_devices()
+        if num_devices is not None:
+            if not 1 <= num_devices <= len(local):
+                raise ValueError(f"--devices {num_devices}: this process has {len(local)} "
+                                 f"local device(s) ({local[0].platform}).")
+            if jax.process_count() > 1 and num_devices != len(local):
+                raise ValueError("--devices must be left at all local devices when training "
+                                 "over several processes.")
+            local = local[:num_devices]
+        return cls(tuple(local))
+
+    @property
+    def num_local(self) -> int:
+        return len(self.devices)
+
+    @property
+    def num_shards(self) -> int:
+        return self.num_local * jax.process_count()
+
+    @property
+    def pmapped(self) -> bool:
+        return self.num_shards > 1
+
+    def check_batch_size(self, batch_size: int) -> None:
+        if batch_size % self.num_shards:
+            raise ValueError(
+                f"The batch size {batch_size} is not divisible by the number of devices "
+                f"{self.num_shards}; choose a batch size that is a multiple of {self.num_shards}.")
+
+    def compile(self, step: Callable, donate_state: bool = False) -> Callable:
+        """``step(state, batch, axis_name=None)`` jitted, or pmapped with ``axis_name``."""
+        donate = (0,) if donate_state else ()
+        if not self.pmapped:
+            return jax.jit(step, donate_argnums=donate)
+        # Across processes pmap spans every process's devices; ``devices`` would
+        # have to list them all, identically everywhere, so leave it to pmap.
+        devices = self.devices if jax.process_count() == 1 else None
+        return jax.pmap(functools.partial(step, axis_name=AXIS), axis_name=AXIS,
+                        devices=devices, donate_argnums=donate)
+
+    def shard(self, batch: Any) -> Any:
+        """This process's slice of a global host batch, split over its devices."""
+        if not self.pmapped:
+            return batch
+        p, n = jax.process_index(), jax.process_count()
+
+        def split(x):
+            rows = x.shape[0] // n
+            x = x[p * rows:(p + 1) * rows]
+            return x.reshape(self.num_local, rows // self.num_local, *x.shape[1:])
+        return jax.tree.map(split, batch)
+
+    def replicate(self, tree: Any) -> Any:
+        """A host pytree placed on every device (a leading device axis when pmapped)."""
+        if not self.pmapped:
+            return jax.device_put(tree, self.devices[0])
+        mesh = jax.sharding.Mesh(np.array(self.devices), (AXIS,))
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+        return jax.tree.map(lambda x: jax.device_put(np.stack([np.asarray(x)] * self.num_local), sharding), tree)
+
+    def unreplicate(self, tree: Any) -> Any:
+        """Device pytree to host NumPy, one copy."""
+        if self.pmapped:
+            tree = jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
+        return jax.device_get(tree)
+
+    def first(self, tree: Any) -> Any:
+        """One device's copy of replicated values (e.g. psum-ed metrics), still on device."""
+        return jax.tree.map(lambda x: x[0], tree) if self.pmapped else tree
+

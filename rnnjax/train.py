@@ -1,0 +1,274 @@
+"""Training: the config, a pure ``train_step``, and the epoch loop.
+
+``train_step(state, batch, axis_name=None) -> (state, metrics)`` is a plain
+function of its inputs. ``rnnjax.parallel`` jits it for one device or pmaps it
+with ``axis_name`` for several; then it averages gradients with ``lax.pmean``
+and sums the metrics with ``lax.psum``. The loss is the exact mean
+cross-entropy over the real (unmasked) tokens of the global batch, whatever the
+device count and however the padding falls on the devices.
+
+``fit`` runs the epochs: it resumes from the workdir's latest checkpoint, logs
+one JSON line per epoch, checkpoints, stops on a non-finite loss, and on
+SIGINT/SIGTERM saves the last completed step before it exits. Metrics stay on
+the devices until the end of each epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from rnnjax import checkpoint, metrics as metrics_lib
+from rnnjax.data import Batch, TimeMachine
+from rnnjax.model import RNNLM, build
+from rnnjax.parallel import DataParallel
+
+TrainState = train_state.TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """d2l's recipe for the concise RNN section (the defaults)."""
+    batch_size: int = 1024
+    num_steps: int = 32
+    num_hiddens: int = 32
+    lr: float = 1.0
+    clip: float = 1.0
+    epochs: int = 100
+    seed: int = 0
+    num_train: int = 10000
+    num_val: int = 5000
+    unroll: int = 1
+
+    # What may differ between a run and the checkpoint it resumes from.
+    RESUMABLE = frozenset({"epochs"})
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Config:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; a checkpoint of the last completed step was saved."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+def make_model(config: Config, vocab_size: int) -> RNNLM:
+    return build(vocab_size, config.num_hiddens, unroll=config.unroll)
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    """d2l clips gradients to global norm ``clip``, then takes an SGD step."""
+    return optax.chain(optax.clip_by_global_norm(config.clip), optax.sgd(config.lr))
+
+
+def create_train_state(config: Config, vocab_size: int) -> TrainState:
+    model = make_model(config, vocab_size)
+    X = jnp.zeros((1, config.num_steps), jnp.int32)
+    params = jax.jit(model.init)(jax.random.key(config.seed), X)["params"]
+    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+
+
+def _mean_over_devices(x, axis_name):
+    return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def _sum_over_devices(x, axis_name):
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def train_step(state: TrainState, batch: Batch, axis_name: str | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SGD step on the exact mean loss over the real tokens of the global batch.
+
+    Each device's objective is its loss sum over the mean token count of all
+    devices; the ``pmean`` of those gradients is the gradient of the global mean.
+    """
+    def objective(params):
+        loss_sum, count = state.apply_fn({"params": params}, batch.X, batch.Y, batch.mask,
+                                         method=RNNLM.loss)
+        return loss_sum / _mean_over_devices(count, axis_name), (loss_sum, count)
+
+    grads, (loss_sum, count) = jax.grad(objective, has_aux=True)(state.params)
+    grads = _mean_over_devices(grads, axis_name)
+    metrics = {"loss_sum": _sum_over_devices(loss_sum, axis_name),
+               "count": _sum_over_devices(count, axis_name),
+               "grad_norm": optax.tree.norm(grads)}
+    return state.apply_gradients(grads=grads), metrics
+
+
+def eval_step(state: TrainState, batch: Batch, axis_name: str | None = None) -> dict[str, jax.Array]:
+    loss_sum, count = state.apply_fn({"params": state.params}, batch.X, batch.Y, batch.mask,
+                                     method=RNNLM.loss)
+    return {"loss_sum": _sum_over_devices(loss_sum, axis_name),
+            "count": _sum_over_devices(count, axis_name)}
+
+
+def perplexity(loss: float) -> float:
+    """``exp(loss)``; ``inf`` past float range (a diverging run is not an exception here)."""
+    return math.exp(loss) if loss < 709.0 else math.inf
+
+
+@dataclasses.dataclass
+class Position:
+    """Where training stands: ``epoch`` (0-based) in progress, ``batch`` next batch of it,
+    and the ``[loss_sum, count]`` of the batches of it already done."""
+    epoch: int = 0
+    batch: int = 0
+    partial: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class FitResult:
+    state: TrainState            # on the host, unreplicated
+    history: list[dict]          # one record per epoch, as in metrics.jsonl
+    workdir: Path
+
+
+class _StopFlag:
+    """Turns the first SIGINT/SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def __call__(self, signum, frame):
+        if self.signum is not None:       # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _catch_signals() -> Iterator[_StopFlag]:
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def evaluate(step_fn: Callable, state: Any, data: TimeMachine, dp: DataParallel) -> tuple[float, float]:
+    """``(loss_sum, count)`` over the validation set."""
+    out = [dp.first(step_fn(state, dp.shard(b))) for b in data.val_batches()]
+    out = jax.device_get(out)
+    return (sum(float(m["loss_sum"]) for m in out), sum(float(m["count"]) for m in out))
+
+
+def fit(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
+        checkpoint_every: int = 1, keep: int = 3, progress: Callable | None = None) -> FitResult:
+    """Trains ``config`` on ``data``, resuming from ``workdir`` if it holds a checkpoint.
+
+    ``progress(done_steps, total_steps, record_or_None)`` is called after every
+    step and epoch (``rnnjax.report`` draws a progress bar with it). Raises
+    ``NonFiniteLoss`` (nothing saved past the last good checkpoint) and
+    ``Interrupted`` (after saving the last completed step).
+    """
+    workdir = Path(workdir)
+    dp = DataParallel.create(devices)
+    dp.check_batch_size(config.batch_size)
+    checkpoint.check_workdir(workdir)
+    is_writer = jax.process_index() == 0
+
+    state = create_train_state(config, len(data.vocab))
+    position = Position()
+    manager = checkpoint.manager(workdir / checkpoint.SUBDIR, keep=keep)
+    step = manager.latest_step()
+    if step is not None:
+        meta = checkpoint.restore_meta(manager, step)
+        checkpoint.check_compatible(meta, config, data.vocab, workdir)
+        state = checkpoint.restore_state(manager, step, state)
+        position = Position(**meta["position"])
+    log = metrics_lib.MetricsLog(workdir / metrics_lib.FILENAME, writer=is_writer)
+    log.truncate(position.epoch)
+    if is_writer:
+        checkpoint.write_config(workdir, config, data.vocab)
+
+    train = dp.compile(train_step, donate_state=True)
+    evaluate_step = dp.compile(eval_step)
+    state = dp.replicate(state)
+    steps_per_epoch = data.num_batches(True)
+    total = config.epochs * steps_per_epoch
+    done = position.epoch * steps_per_epoch + position.batch
+
+    def save(epoch: int, batch: int, partial: list, val_ppl: float | None = None):
+        host = dp.unreplicate(state)
+        meta = checkpoint.make_meta(config, data.vocab, dataclasses.asdict(Position(epoch, batch, partial)),
+                                    num_devices=dp.num_shards)
+        checkpoint.save(manager, int(host.step), host, meta, val_ppl=val_ppl)
+        return host
+
+    with _catch_signals() as stop, manager:
+        for epoch in range(position.epoch, config.epochs):
+            start = position.batch if epoch == position.epoch else 0
+            partial = list(position.partial) if epoch == position.epoch else []
+            t0 = time.perf_counter()
+            step_metrics = []
+            for b, batch in enumerate(data.train_batches(epoch, start), start):
+                state, m = train(state, dp.shard(batch))
+                step_metrics.append(dp.first(m))
+                done += 1
+                if progress:
+                    progress(done, total, None)
+                if stop.signum is not None:
+                    sums = _check_finite(jax.device_get(step_metrics), epoch, start, steps_per_epoch)
+                    save(epoch, b + 1, partial + sums)
+                    manager.wait_until_finished()
+                    raise Interrupted(
+                        f"Stopped by signal {stop.signum} at epoch {epoch + 1}, batch {b + 1}/"
+                        f"{steps_per_epoch}; saved step {done} in {workdir}. Run the same command "
+                        "again to resume.", stop.signum)
+            sums = partial + _check_finite(jax.device_get(step_metrics), epoch, start, steps_per_epoch)
+            train_loss = sum(s[0] for s in sums) / sum(s[1] for s in sums)
+            val_loss_sum, val_count = evaluate(evaluate_step, state, data, dp)
+            record = {"epoch": epoch + 1, "step": done,
+                      "train_loss": train_loss, "train_ppl": perplexity(train_loss),
+                      "val_loss": val_loss_sum / val_count,
+                      "val_ppl": perplexity(val_loss_sum / val_count),
+                      "seconds": time.perf_counter() - t0}
+            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
+                save(epoch + 1, 0, [], val_ppl=record["val_ppl"])
+            log.append(record)
+            if progress:
+                progress(done, total, record)
+        manager.wait_until_finished()
+    return FitResult(dp.unreplicate(state), log.read(), workdir)
+
+
+def _check_finite(step_metrics: list[dict], epoch: int, start: int, steps_per_epoch: int) -> list:
+    """``[[loss_sum, count], ...]`` per step, or ``NonFiniteLoss`` naming the first bad step."""
+    sums = [[float(m["loss_sum"]), float(m["count"])] for m in step_metrics]
+    for i, (loss_sum, count) in enumerate(sums):
+        if not math.isfinite(loss_sum):
+            raise NonFiniteLoss(
+                f"The training loss is {loss_sum / count} at epoch {epoch + 1}, step "
+                f"{start + i + 1} of {steps_per_epoch}; stopped without saving it (the last good "
+                "checkpoint stays the latest). Try a smaller --lr or --clip.")
+    return sums

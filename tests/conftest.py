@@ -1,0 +1,39 @@
+"""Four simulated CPU devices for the whole session (before JAX initializes).
+
+Tests that want one device say so (``devices=1``); multi-process tests start
+their own interpreters.
+"""
+
+import os
+
+import jax
+import pytest
+
+jax.config.update("jax_num_cpu_devices", 4)
+
+REAL_TEXT = os.environ.get("RNNJAX_TIMEMACHINE")
+
+
+@pytest.fixture
+def real_text_path():
+    if not REAL_TEXT:
+        pytest.skip("set RNNJAX_TIMEMACHINE to d2l's timemachine.txt (.ci/run does)")
+    return REAL_TEXT
+
+
+@pytest.fixture
+def make_text():
+    return small_text
+
+
+def small_text(num_chars: int = 3000, seed: int = 0) -> str:
+    """A text of words over a small alphabet, with punctuation and capitals to clean."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    words = ["the", "time", "machine", "traveller", "It", "has", "a", "dimension", "of", "space!"]
+    out, n = [], 0
+    while n < num_chars:
+        w = words[rng.integers(len(words))]
+        out.append(w)
+        n += len(w) + 1
+    return " ".join(out) + "\n"

@@ -1,0 +1,165 @@
+import hashlib
+import http.server
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+
+from rnnjax import data
+from rnnjax.data import DataError, TimeMachine, Vocab
+
+
+# --- d2l's facts on the real text -------------------------------------------------
+
+def test_real_text_matches_d2l(real_text_path):
+    tm = TimeMachine(1024, 32, path=real_text_path)
+    assert len(tm.vocab) == 28
+    assert tm.vocab.idx_to_token[0] == " " and tm.vocab.idx_to_token[1] == "<unk>"
+    assert tm.vocab.idx_to_token[2:] == list("abcdefghijklmnopqrstuvwxyz")
+    assert tm.vocab[list("it has")] == [10, 21, 0, 9, 2, 20]
+    assert len(tm.corpus) == 173428
+    assert tm.X.shape == (15000, 32) and tm.Y.shape == (15000, 32)
+    assert tm.num_batches(True) == 10 and tm.num_batches(False) == 5
+    batches = list(tm.train_batches(0))
+    assert [int(b.mask.sum()) for b in batches] == [1024] * 9 + [784]
+
+
+def test_real_text_hash_is_checked(real_text_path, tmp_path):
+    bad = tmp_path / "timemachine.txt"
+    bad.write_bytes(open(real_text_path, "rb").read()[:-1])
+    with pytest.raises(DataError, match="SHA-1"):
+        TimeMachine(8, 4, path=bad)
+
+
+# --- d2l semantics on small text ---------------------------------------------------
+
+def test_preprocess_and_vocab_follow_d2l(make_text):
+    text = make_text()
+    tokens = data.tokenize(data.preprocess(text))
+    assert set(tokens) <= set("abcdefghijklmnopqrstuvwxyz ")
+    vocab = Vocab(tokens)
+    assert vocab.idx_to_token == sorted(set(tokens) | {"<unk>"})
+    assert vocab["Z"] == vocab.unk == vocab.token_to_idx["<unk>"]
+    ids = vocab[tokens[:50]]
+    assert vocab.to_tokens(ids) == tokens[:50]
+    assert vocab.to_tokens(ids[0]) == tokens[0]
+    assert Vocab.from_json(vocab.to_json()) == vocab
+
+
+def test_vocab_min_freq_and_reserved():
+    vocab = Vocab(list("aaabbc"), min_freq=2, reserved_tokens=["<pad>"])
+    assert vocab.idx_to_token == ["<pad>", "<unk>", "a", "b"]
+    assert vocab["c"] == vocab.unk
+
+
+def test_encode_names_unknown_characters():
+    vocab = Vocab(list("it has"))
+    assert vocab.encode("it") == vocab[list("it")]
+    with pytest.raises(ValueError, match=r"\['I', '!'\]|\['!', 'I'\]"):
+        vocab.encode("It!")
+
+
+def test_windows_are_stride_one_and_shifted(make_text):
+    tm = TimeMachine(16, 5, num_train=100, num_val=30, text=make_text())
+    assert tm.X.shape == (130, 5)
+    for i in (0, 1, 57, 129):
+        np.testing.assert_array_equal(tm.X[i], tm.corpus[i:i + 5])
+        np.testing.assert_array_equal(tm.Y[i], tm.corpus[i + 1:i + 6])
+
+
+def test_train_batches_cover_the_train_windows_once_and_pad(make_text):
+    tm = TimeMachine(16, 5, num_train=100, num_val=30, text=make_text())
+    batches = list(tm.train_batches(epoch=3))
+    assert len(batches) == tm.num_batches(True) == 7
+    assert all(b.X.shape == (16, 5) and b.mask.shape == (16,) for b in batches)
+    assert [int(b.mask.sum()) for b in batches] == [16] * 6 + [4]
+    rows = np.concatenate([b.X[b.mask > 0] for b in batches])
+    expected = tm.X[:100]
+    assert sorted(map(tuple, rows)) == sorted(map(tuple, expected))
+    assert np.all(batches[-1].X[4:] == 0) and np.all(batches[-1].Y[4:] == 0)
+
+
+def test_shuffle_is_a_pure_function_of_seed_and_epoch(make_text):
+    text = make_text()
+    a = TimeMachine(16, 5, num_train=100, num_val=30, text=text, seed=1)
+    b = TimeMachine(16, 5, num_train=100, num_val=30, text=text, seed=1)
+    c = TimeMachine(16, 5, num_train=100, num_val=30, text=text, seed=2)
+    first = [x.X for x in a.train_batches(0)]
+    np.testing.assert_array_equal(np.concatenate(first), np.concatenate([x.X for x in b.train_batches(0)]))
+    assert not np.array_equal(first[0], next(a.train_batches(1)).X)
+    assert not np.array_equal(first[0], next(c.train_batches(0)).X)
+    resumed = [x.X for x in a.train_batches(0, start=4)]
+    np.testing.assert_array_equal(np.concatenate(first[4:]), np.concatenate(resumed))
+
+
+def test_val_batches_in_order(make_text):
+    tm = TimeMachine(16, 5, num_train=100, num_val=30, text=make_text())
+    batches = list(tm.val_batches())
+    rows = np.concatenate([b.X[b.mask > 0] for b in batches])
+    np.testing.assert_array_equal(rows, tm.X[100:130])
+
+
+@pytest.mark.parametrize("text", ["", "!!! 123", "a few words"])
+def test_empty_or_tiny_corpus_is_a_clear_error(text):
+    with pytest.raises(DataError, match="windows"):
+        TimeMachine(4, 32, num_train=10, num_val=5, text=text)
+
+
+def test_bad_sizes_are_a_clear_error(make_text):
+    with pytest.raises(DataError, match="positive"):
+        TimeMachine(0, 5, text=make_text())
+
+
+# --- getting the file ----------------------------------------------------------
+
+def test_missing_local_file_names_the_path(tmp_path):
+    with pytest.raises(DataError, match="No such file"):
+        data.load_text(tmp_path / "nope.txt")
+
+
+def test_env_variable_is_read(tmp_path, monkeypatch):
+    text = b"The Time Machine\n"
+    path = tmp_path / "t.txt"
+    path.write_bytes(text)
+    monkeypatch.setenv(data.ENV_PATH, str(path))
+    assert data.load_text(sha1=hashlib.sha1(text).hexdigest()) == text.decode()
+
+
+def test_offline_without_a_file_says_what_to_pass(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.ENV_PATH, raising=False)
+    with pytest.raises(DataError, match=r"--data PATH or \$RNNJAX_TIMEMACHINE"):
+        data.download("http://127.0.0.1:9/timemachine.txt", root=tmp_path, timeout=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_verifies_and_caches(http_server, tmp_path):
+    root, url = http_server
+    (root / "timemachine.txt").write_bytes(b"some text\n")
+    sha1 = hashlib.sha1(b"some text\n").hexdigest()
+    cache = tmp_path / "cache"
+    path = data.download(url + "/timemachine.txt", sha1, root=cache)
+    assert path == cache / "timemachine.txt" and path.read_bytes() == b"some text\n"
+    (root / "timemachine.txt").unlink()          # now cached: no request needed
+    assert data.download(url + "/timemachine.txt", sha1, root=cache) == path
+
+
+def test_download_with_wrong_hash_leaves_nothing_in_the_cache(http_server, tmp_path):
+    root, url = http_server
+    (root / "timemachine.txt").write_bytes(b"tampered\n")
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="SHA-1"):
+        data.download(url + "/timemachine.txt", "0" * 40, root=cache)
+    assert list(cache.iterdir()) == []

@@ -1,0 +1,58 @@
+"""The main job, ``python -m experiments.timemachine``, run in-process."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from experiments import timemachine
+from rnnjax import data
+
+
+def run_main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m experiments.timemachine ARGS`` as a user runs it: one CPU device."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    return subprocess.run([sys.executable, "-m", "experiments.timemachine", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_d2l_recipe_end_to_end(real_text_path, tmp_path):
+    """d2l's recipe (the CLI defaults): 100 epochs on the real text."""
+    workdir = tmp_path / "run"
+    proc = run_main("--data", real_text_path, "--workdir", str(workdir), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    records = timemachine.metrics.MetricsLog(workdir / "metrics.jsonl").read()
+    assert [r["epoch"] for r in records] == list(range(1, 101))
+    assert records[-1]["val_ppl"] <= 7.4 and records[-1]["train_ppl"] <= 6.1
+    assert (workdir / "ppl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    untrained = re.search(r"untrained: '(.*)'", out).group(1)
+    trained = re.search(r"^trained: '(.*)'", out, re.M).group(1)
+    assert untrained.startswith("it has") and len(untrained) == 26
+    assert trained.startswith("it has") and len(trained) == 26
+    # Greedy characters make mostly words; the last one may be cut off.
+    corpus_words = set(data.preprocess(open(real_text_path).read()).split())
+    words = trained[len("it has"):].split()[:-1]
+    assert len(words) >= 2 and sum(w in corpus_words for w in words) >= 0.75 * len(words), trained
+
+
+def test_offline_without_data_says_what_to_pass(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(data.ENV_PATH, raising=False)
+    monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "URL", "http://127.0.0.1:9/timemachine.txt")
+    assert timemachine.main(["--workdir", str(tmp_path / "run"), "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--data PATH or $RNNJAX_TIMEMACHINE" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_size_not_divisible_by_devices(real_text_path, tmp_path, capsys):
+    assert timemachine.main(["--data", real_text_path, "--workdir", str(tmp_path / "run"),
+                             "--devices", "4", "--batch-size", "1022", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "1022" in err and "4" in err and "divisible" in err
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,123 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rnnjax import train
+from rnnjax.data import Batch, TimeMachine
+from rnnjax.train import Config, NonFiniteLoss, create_train_state, eval_step, fit, train_step
+
+SMALL = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50)
+
+
+@pytest.fixture
+def small_data(make_text):
+    return TimeMachine(SMALL.batch_size, SMALL.num_steps, SMALL.num_train, SMALL.num_val,
+                       text=make_text(5000))
+
+
+def host(tree):
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+@pytest.mark.parametrize("scale", [0.01, 100.0])
+def test_clip_is_d2l_formula(scale):
+    """optax's chain equals d2l's ``g * min(1, clip / ||g||)`` followed by SGD."""
+    grads = {"a": jnp.arange(6.0).reshape(2, 3) * scale, "b": jnp.ones(4) * scale}
+    params = jax.tree.map(jnp.zeros_like, grads)
+    config = Config(lr=0.5, clip=1.0)
+    tx = train.make_optimizer(config)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    norm = math.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads)))
+    factor = min(1.0, config.clip / norm)
+    for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(u, -config.lr * g * factor, rtol=1e-6)
+
+
+def test_train_step_is_pure_and_deterministic(small_data):
+    state = create_train_state(SMALL, len(small_data.vocab))
+    before = host(state)
+    batch = next(small_data.train_batches(0))
+    step = jax.jit(train_step)
+    s1, m1 = step(state, batch)
+    s2, m2 = step(state, batch)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(host(state))):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves((s1, m1)), jax.tree.leaves((s2, m2))):
+        np.testing.assert_array_equal(a, b)
+    assert int(s1.step) == 1
+    assert not np.array_equal(s1.params["output_layer"]["kernel"], before.params["output_layer"]["kernel"])
+
+
+def test_first_step_metrics(small_data):
+    """Golden first step: at init the logits are small, so the loss is about log V."""
+    state = create_train_state(SMALL, len(small_data.vocab))
+    batch = next(small_data.train_batches(0))
+    _, m = jax.jit(train_step)(state, batch)
+    loss = float(m["loss_sum"]) / float(m["count"])
+    assert float(m["count"]) == SMALL.batch_size * SMALL.num_steps
+    assert abs(loss - math.log(len(small_data.vocab))) < 0.2
+    assert 0 < float(m["grad_norm"]) < 10
+
+
+def test_padding_rows_change_nothing(small_data):
+    state = create_train_state(SMALL, len(small_data.vocab))
+    full = next(small_data.train_batches(0))
+    mask = np.r_[np.ones(5), np.zeros(11)].astype(np.float32)
+    garbage = np.random.default_rng(0).integers(0, len(small_data.vocab), full.X.shape).astype(np.int32)
+    padded = Batch(np.where(mask[:, None] > 0, full.X, garbage), np.where(mask[:, None] > 0, full.Y, garbage),
+                   mask)
+    real = Batch(full.X[:5], full.Y[:5], np.ones(5, np.float32))
+    s_pad, m_pad = jax.jit(train_step)(state, padded)
+    s_real, m_real = jax.jit(train_step)(state, real)
+    assert float(m_pad["count"]) == float(m_real["count"]) == 5 * SMALL.num_steps
+    np.testing.assert_allclose(m_pad["loss_sum"], m_real["loss_sum"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(s_pad.params), jax.tree.leaves(s_real.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    e_pad, e_real = eval_step(state, padded), eval_step(state, real)
+    np.testing.assert_allclose(e_pad["loss_sum"], e_real["loss_sum"], rtol=1e-6)
+
+
+def test_fit_is_deterministic_under_a_seed(small_data, make_text, tmp_path):
+    a = fit(SMALL, small_data, tmp_path / "a", devices=1)
+    b = fit(SMALL, small_data, tmp_path / "b", devices=1)
+    assert [r["val_ppl"] for r in a.history] == [r["val_ppl"] for r in b.history]
+    assert [r["train_ppl"] for r in a.history] == [r["train_ppl"] for r in b.history]
+    for x, y in zip(jax.tree.leaves(a.state), jax.tree.leaves(b.state)):
+        np.testing.assert_array_equal(x, y)
+    other = Config(**{**SMALL.to_json(), "seed": 1})
+    data1 = TimeMachine(16, 8, 200, 50, text=make_text(5000), seed=1)
+    c = fit(other, data1, tmp_path / "c", devices=1)
+    assert [r["val_ppl"] for r in c.history] != [r["val_ppl"] for r in a.history]
+
+
+def test_fit_writes_one_metrics_record_per_epoch(small_data, tmp_path):
+    result = fit(SMALL, small_data, tmp_path, devices=1)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    for r in result.history:
+        assert {"epoch", "step", "train_ppl", "val_ppl", "seconds"} <= set(r)
+        assert math.isclose(r["val_ppl"], math.exp(r["val_loss"]))
+    assert result.history[-1]["step"] == 3 * small_data.num_batches(True) == int(result.state.step)
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(small_data, tmp_path):
+    config = Config(**{**SMALL.to_json(), "lr": math.inf, "clip": math.inf})
+    with pytest.raises(NonFiniteLoss, match=r"is nan at epoch 1, step 2 of 13"):
+        fit(config, small_data, tmp_path, devices=1)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_short_real_run_beats_unigram(real_text_path, tmp_path):
+    data = TimeMachine(1024, 32, path=real_text_path)
+    counts = np.bincount(data.corpus[:10000 + 32], minlength=len(data.vocab)) + 1e-9
+    p = counts / counts.sum()
+    unigram_ppl = math.exp(-(p * np.log(p)).sum())
+    assert 14 < unigram_ppl < 20
+    result = fit(Config(epochs=15), data, tmp_path, devices=1)
+    ppl = [r["val_ppl"] for r in result.history]
+    assert ppl[-1] < 0.75 * unigram_ppl
+    assert ppl[-1] < ppl[0]
