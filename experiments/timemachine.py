@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -43,14 +44,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.timemachine", description=__doc__.split("\n")[0])
     p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else download)")
     p.add_argument("--workdir", type=Path, help="run folder: metrics, plot, checkpoints; resumes if it has any")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global, over all devices")
-    p.add_argument("--num-steps", type=int, default=d.num_steps)
-    p.add_argument("--num-hiddens", type=int, default=d.num_hiddens)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--clip", type=float, default=d.clip)
-    p.add_argument("--unroll", type=int, default=d.unroll, help="scan unroll factor")
+    # Config flags default to None so that --predict can tell which were given.
+    for field, kind, help in [("epochs", int, None), ("seed", int, None),
+                              ("batch_size", int, "global, over all devices"), ("num_steps", int, None),
+                              ("num_hiddens", int, None), ("lr", float, None), ("clip", float, None),
+                              ("unroll", int, "scan unroll factor")]:
+        p.add_argument("--" + field.replace("_", "-"), type=kind, dest=field,
+                       help=f"{help + '; ' if help else ''}default {getattr(d, field)}")
     p.add_argument("--checkpoint-every", type=int, default=1, metavar="N", help="epochs between checkpoints")
     p.add_argument("--keep", type=int, default=3, help="latest checkpoints kept (the best is kept too)")
     p.add_argument("--devices", type=int, help="local devices to train on (default: all)")
@@ -84,20 +84,27 @@ def progress_bar(enabled: bool = True):
         yield update
 
 
-def config_from(args: argparse.Namespace) -> Config:
-    return Config(batch_size=args.batch_size, num_steps=args.num_steps, num_hiddens=args.num_hiddens,
-                  lr=args.lr, clip=args.clip, epochs=args.epochs, seed=args.seed, unroll=args.unroll)
+def given_config(args: argparse.Namespace) -> dict:
+    """The Config fields set on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+            if getattr(args, f.name, None) is not None}
 
 
 def predict_only(args: argparse.Namespace) -> None:
     if args.workdir is None:
         raise checkpoint.CheckpointError("--predict needs the --workdir of a trained run.")
     restored = checkpoint.restore(args.workdir, best=args.best)
+    model_fields = ("num_hiddens", "unroll")
+    diff = {k: v for k, v in given_config(args).items() if k in model_fields and getattr(restored.config, k) != v}
+    if diff:
+        raise checkpoint.CheckpointError(
+            f"The checkpoint in {args.workdir} is a different model: "
+            + "; ".join(f"{k}: checkpoint {getattr(restored.config, k)!r}, requested {v!r}" for k, v in diff.items()))
     print(restored.predict(args.predict, args.num_preds))
 
 
 def train(args: argparse.Namespace) -> None:
-    config = config_from(args)
+    config = Config(**given_config(args))
     workdir = args.workdir or Path("runs") / time.strftime("timemachine-%Y%m%d-%H%M%S")
     lead = jax.process_index() == 0
     say = print if lead else (lambda *a, **k: None)

@@ -223,7 +223,12 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int 
         meta = checkpoint.make_meta(config, data.vocab, dataclasses.asdict(Position(epoch, batch, partial)),
                                     num_devices=dp.num_shards)
         checkpoint.save(manager, int(host.step), host, meta, val_ppl=val_ppl)
-        return host
+
+    def interrupted(signum: int, epoch: int, batch: int) -> Interrupted:
+        manager.wait_until_finished()
+        return Interrupted(
+            f"Stopped by signal {signum} in epoch {epoch + 1} after batch {batch}/{steps_per_epoch}; "
+            f"saved step {done} in {workdir}. Run the same command again to resume.", signum)
 
     with _catch_signals() as stop, manager:
         for epoch in range(position.epoch, config.epochs):
@@ -231,21 +236,18 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int 
             partial = list(position.partial) if epoch == position.epoch else []
             t0 = time.perf_counter()
             step_metrics = []
-            for b, batch in enumerate(data.train_batches(epoch, start), start):
+            for batch in data.train_batches(epoch, start):
                 state, m = train(state, dp.shard(batch))
                 step_metrics.append(dp.first(m))
                 done += 1
                 if progress:
                     progress(done, total, None)
                 if stop.signum is not None:
-                    sums = _check_finite(jax.device_get(step_metrics), epoch, start, steps_per_epoch)
-                    save(epoch, b + 1, partial + sums)
-                    manager.wait_until_finished()
-                    raise Interrupted(
-                        f"Stopped by signal {stop.signum} at epoch {epoch + 1}, batch {b + 1}/"
-                        f"{steps_per_epoch}; saved step {done} in {workdir}. Run the same command "
-                        "again to resume.", stop.signum)
+                    break
             sums = partial + _check_finite(jax.device_get(step_metrics), epoch, start, steps_per_epoch)
+            if len(sums) < steps_per_epoch:                  # stopped mid-epoch
+                save(epoch, len(sums), sums)
+                raise interrupted(stop.signum, epoch, len(sums))
             train_loss = sum(s[0] for s in sums) / sum(s[1] for s in sums)
             val_loss_sum, val_count = evaluate(evaluate_step, state, data, dp)
             record = {"epoch": epoch + 1, "step": done,
@@ -253,11 +255,13 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int 
                       "val_loss": val_loss_sum / val_count,
                       "val_ppl": perplexity(val_loss_sum / val_count),
                       "seconds": time.perf_counter() - t0}
-            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs:
+            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs or stop.signum:
                 save(epoch + 1, 0, [], val_ppl=record["val_ppl"])
             log.append(record)
             if progress:
                 progress(done, total, record)
+            if stop.signum is not None:
+                raise interrupted(stop.signum, epoch, steps_per_epoch)
         manager.wait_until_finished()
     return FitResult(dp.unreplicate(state), log.read(), workdir)
 

@@ -1,0 +1,200 @@
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from rnnjax import checkpoint
+from rnnjax.checkpoint import CheckpointError
+from rnnjax.data import TimeMachine
+from rnnjax.train import Config, Interrupted, create_train_state, fit, make_model
+
+SMALL = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=4, num_train=200, num_val=50)
+
+
+@pytest.fixture
+def small_data(make_text):
+    return TimeMachine(SMALL.batch_size, SMALL.num_steps, SMALL.num_train, SMALL.num_val,
+                       text=make_text(5000))
+
+
+def assert_trees_equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def tree_digest(path):
+    """Every file under ``path`` with its content hash: to show nothing changed."""
+    return {str(p.relative_to(path)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def with_epochs(config, epochs):
+    return Config(**{**config.to_json(), "epochs": epochs})
+
+
+def test_save_restore_round_trip(small_data, tmp_path):
+    result = fit(with_epochs(SMALL, 2), small_data, tmp_path, devices=1)
+    restored = checkpoint.restore(tmp_path)
+    assert restored.step == int(result.state.step) == 2 * small_data.num_batches()
+    assert restored.config == with_epochs(SMALL, 2) and restored.vocab == small_data.vocab
+    assert_trees_equal(restored.params, result.state.params)
+    mngr = checkpoint.manager(tmp_path / checkpoint.SUBDIR)
+    full = checkpoint.restore_state(mngr, restored.step, create_train_state(SMALL, len(small_data.vocab)))
+    assert_trees_equal(full, result.state)             # step, params and optimizer state
+    assert restored.meta["position"] == {"epoch": 2, "batch": 0, "partial": []}
+
+
+def test_resume_equals_an_uninterrupted_run(small_data, tmp_path):
+    straight = fit(SMALL, small_data, tmp_path / "straight", devices=1)
+    fit(with_epochs(SMALL, 2), small_data, tmp_path / "resumed", devices=1)
+    resumed = fit(SMALL, small_data, tmp_path / "resumed", devices=1)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+    assert strip(resumed.history) == strip(straight.history)       # bit for bit
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    assert_trees_equal(resumed.state, straight.state)
+
+
+def test_interrupt_saves_the_last_step_and_resumes_exactly(small_data, tmp_path):
+    straight = fit(SMALL, small_data, tmp_path / "straight", devices=1)
+    sent = []
+
+    def send_sigterm_at_step_17(done, total, record):
+        if done == 17 and not sent:
+            sent.append(done)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted, match="epoch 2 after batch 4/13") as info:
+        fit(SMALL, small_data, tmp_path / "run", devices=1, progress=send_sigterm_at_step_17)
+    assert info.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL        # handler restored
+    mngr = checkpoint.manager(tmp_path / "run" / checkpoint.SUBDIR)
+    assert mngr.latest_step() == 17
+    resumed = fit(SMALL, small_data, tmp_path / "run", devices=1)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+    assert strip(resumed.history) == strip(straight.history)
+    assert_trees_equal(resumed.state, straight.state)
+
+
+def test_keeps_latest_and_best(small_data, tmp_path):
+    fit(with_epochs(SMALL, 6), small_data, tmp_path, devices=1, keep=2)
+    mngr = checkpoint.manager(tmp_path / checkpoint.SUBDIR)
+    records = checkpoint_records = [r for r in
+                                    __import__("rnnjax").metrics.MetricsLog(tmp_path / "metrics.jsonl").read()]
+    best = min(checkpoint_records, key=lambda r: r["val_ppl"])["step"]
+    assert set(mngr.all_steps()) == {records[-1]["step"], records[-2]["step"], best}
+    assert checkpoint.restore(tmp_path, best=True).step == best
+
+
+def test_missing_or_empty_workdir(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.restore(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no checkpoints"):
+        checkpoint.restore(tmp_path / "empty")
+    (tmp_path / "empty" / checkpoint.SUBDIR).mkdir()
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        checkpoint.restore(tmp_path / "empty")
+
+
+def test_unknown_step(small_data, tmp_path):
+    fit(with_epochs(SMALL, 1), small_data, tmp_path, devices=1)
+    with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
+        checkpoint.restore(tmp_path, step=5)
+
+
+def test_corrupted_checkpoint_is_a_clear_error_and_nothing_is_touched(small_data, tmp_path):
+    fit(with_epochs(SMALL, 1), small_data, tmp_path, devices=1)
+    step_dir = tmp_path / checkpoint.SUBDIR / "13"
+    for f in (step_dir / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and f.parent.name == "d":
+            f.write_bytes(b"\0" * f.stat().st_size)
+    before = tree_digest(tmp_path)
+    with pytest.raises(CheckpointError, match="step 13 .* cannot be restored"):
+        checkpoint.restore(tmp_path)
+    with pytest.raises(CheckpointError, match="cannot be restored"):
+        fit(with_epochs(SMALL, 2), small_data, tmp_path, devices=1)
+    assert tree_digest(tmp_path) == before
+
+
+def test_half_written_checkpoint_is_ignored(small_data, tmp_path):
+    fit(with_epochs(SMALL, 1), small_data, tmp_path, devices=1)
+    # What a save killed midway leaves behind: orbax's temporary directory.
+    tmp_dir = tmp_path / checkpoint.SUBDIR / "26.orbax-checkpoint-tmp-1234"
+    tmp_dir.mkdir()
+    (tmp_dir / "garbage").write_text("half")
+    assert checkpoint.restore(tmp_path).step == 13
+    resumed = fit(with_epochs(SMALL, 2), small_data, tmp_path, devices=1)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+
+
+def test_config_mismatch_is_a_clear_error_and_nothing_is_touched(small_data, tmp_path):
+    fit(with_epochs(SMALL, 1), small_data, tmp_path, devices=1)
+    before = tree_digest(tmp_path)
+    other = Config(**{**SMALL.to_json(), "num_hiddens": 32})
+    with pytest.raises(CheckpointError, match="num_hiddens: checkpoint 16, requested 32"):
+        fit(other, small_data, tmp_path, devices=1)
+    assert tree_digest(tmp_path) == before
+
+
+def test_restore_for_inference_in_a_fresh_process(small_data, tmp_path):
+    result = fit(with_epochs(SMALL, 2), small_data, tmp_path, devices=1)
+    from rnnjax import predict
+    model = make_model(SMALL, len(small_data.vocab))
+    expected = predict(model, result.state.params, small_data.vocab, "the time", 40)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RNNJAX_", "XLA_FLAGS", "JAX_"))}
+    env["RNNJAX_CACHE"] = str(tmp_path / "no-cache")
+    code = ("import sys; from rnnjax.checkpoint import restore; "
+            "print(restore(sys.argv[1]).predict('the time', 40))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
+    assert not (tmp_path / "no-cache").exists()
+
+
+def cli(*args, env=None, **kwargs):
+    env = {k: v for k, v in (env or os.environ).items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    return subprocess.Popen([sys.executable, "-m", "experiments.timemachine", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_cli_ctrl_c_then_resume_then_predict(real_text_path, tmp_path):
+    workdir = tmp_path / "run"
+    args = ["--data", real_text_path, "--workdir", str(workdir), "--epochs", "40", "--no-progress"]
+    proc = cli(*args)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Run the same command again to resume" in err
+    stopped_at = checkpoint.restore(workdir).step
+    assert stopped_at >= 20
+
+    proc = cli(*args)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    records = [__import__("json").loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, 41))
+    assert checkpoint.restore(workdir).step == 400
+
+    proc = cli("--workdir", str(workdir), "--predict", "it has", "--num-preds", "50")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.strip() == checkpoint.restore(workdir).predict("it has", 50)
+
+    proc = cli("--workdir", str(workdir), "--predict", "it has", "--num-hiddens", "64")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "num_hiddens" in err

@@ -1,0 +1,25 @@
+"""notebooks/timemachine.ipynb runs top to bottom (with a short training run)."""
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "timemachine.ipynb"
+
+
+@pytest.mark.slow
+def test_notebook_executes(real_text_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNJAX_NOTEBOOK_EPOCHS", "3")
+    monkeypatch.delenv("RNNJAX_CHECKPOINT", raising=False)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "step 30 of" in text and "'it has" in text and "closest to" in text
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3
