@@ -1,0 +1,132 @@
+"""Data parallelism on simulated CPU devices (conftest.py makes four).
+
+Tolerance: the global loss and gradient are the same sums taken in a different
+order (per device, then ``pmean``/``psum``), so runs on 1, 2 and 4 devices agree
+to float32 round-off: about 1e-7 relative per step, compounding over a few
+dozen SGD steps. We allow 1e-5.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from rnnjax import checkpoint
+from rnnjax.data import TimeMachine
+from rnnjax.parallel import DataParallel
+from rnnjax.train import Config, create_train_state, fit, train_step
+
+SMALL = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50)
+RTOL = 1e-5
+
+
+@pytest.fixture
+def small_data(make_text):
+    return TimeMachine(SMALL.batch_size, SMALL.num_steps, SMALL.num_train, SMALL.num_val,
+                       text=make_text(5000))
+
+
+def assert_close_trees(a, b, atol=1e-5):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=RTOL, atol=atol)
+
+
+def assert_close_histories(a, b):
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for key in ("train_ppl", "val_ppl"):
+        np.testing.assert_allclose([r[key] for r in a], [r[key] for r in b], rtol=RTOL)
+
+
+def test_one_two_and_four_devices_train_alike(small_data, tmp_path):
+    runs = {n: fit(SMALL, small_data, tmp_path / str(n), devices=n) for n in (1, 2, 4)}
+    # With batch 16 on 4 devices the last batch's 8 real rows all sit on the first two.
+    for n in (2, 4):
+        assert_close_histories(runs[n].history, runs[1].history)
+        assert_close_trees(runs[n].state.params, runs[1].state.params)
+    assert runs[4].history[-1]["val_ppl"] < runs[4].history[0]["val_ppl"]
+
+
+def _shards_step(step, n, small_data):
+    """One pmapped step over ``n`` devices on shards that hold different data."""
+    dp = DataParallel.create(n)
+    state = create_train_state(SMALL, len(small_data.vocab))
+    batch = next(small_data.train_batches(0))
+    new_state, _ = jax.pmap(step, axis_name="batch", devices=dp.devices)(dp.replicate(state), dp.shard(batch))
+    full, _ = jax.jit(train_step)(state, batch)
+    return jax.device_get(new_state.params), jax.device_get(full.params)
+
+
+def test_gradients_are_averaged_with_pmean(small_data):
+    """Replicas stay identical and equal one device on the whole batch only if gradients are averaged."""
+    replicas, full = _shards_step(lambda s, b: train_step(s, b, axis_name="batch"), 2, small_data)
+    for leaf, ref in zip(jax.tree.leaves(replicas), jax.tree.leaves(full)):
+        np.testing.assert_array_equal(leaf[0], leaf[1])
+        np.testing.assert_allclose(leaf[0], ref, rtol=RTOL, atol=1e-6)
+
+    # The same step without its collectives: each replica follows its own shard.
+    local, _ = _shards_step(lambda s, b: train_step(s, b), 2, small_data)
+    kernel = local["output_layer"]["kernel"]
+    assert np.abs(kernel[0] - kernel[1]).max() > 1e-4
+
+
+def test_checkpoint_from_four_devices_resumes_on_one(small_data, tmp_path):
+    straight = fit(SMALL, small_data, tmp_path / "straight", devices=4)
+    fit(Config(**{**SMALL.to_json(), "epochs": 2}), small_data, tmp_path / "moved", devices=4)
+    resumed = fit(SMALL, small_data, tmp_path / "moved", devices=1)
+    assert checkpoint.restore(tmp_path / "moved").meta["num_devices"] == 1
+    assert_close_histories(resumed.history, straight.history)
+    assert_close_trees(resumed.state.params, straight.state.params)
+
+
+def test_batch_size_must_divide_over_devices():
+    with pytest.raises(ValueError, match="batch size 1022 is not divisible by the number of devices 4"):
+        DataParallel.create(4).check_batch_size(1022)
+    DataParallel.create(2).check_batch_size(1022)
+
+
+def test_devices_limits_local_devices():
+    assert DataParallel.create(2).num_local == 2 and DataParallel.create(2).pmapped
+    assert not DataParallel.create(1).pmapped
+    assert DataParallel.create().num_local == len(jax.local_devices()) == 4
+    with pytest.raises(ValueError, match="--devices 5: this process has 4 local device"):
+        DataParallel.create(5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main_job(workdir, *extra, devices_per_process):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_NUM_CPU_DEVICES"] = str(devices_per_process)
+    args = [sys.executable, "-m", "experiments.timemachine", "--workdir", str(workdir), "--epochs", "2",
+            "--batch-size", "256", "--no-progress", *extra]
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, tmp_path):
+    single = main_job(tmp_path / "single", devices_per_process=4)
+    out, err = single.communicate(timeout=300)
+    assert single.returncode == 0, err
+
+    address = f"127.0.0.1:{free_port()}"
+    procs = [main_job(tmp_path / "multi", "--coordinator", address, "--num-processes", "2",
+                      "--process-id", str(i), devices_per_process=2) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    assert "trained:" in outs[0][0] and "trained:" not in outs[1][0]      # only process 0 reports
+
+    read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert_close_histories(read(tmp_path / "multi"), read(tmp_path / "single"))
+    multi, one = checkpoint.restore(tmp_path / "multi"), checkpoint.restore(tmp_path / "single")
+    assert multi.step == one.step == 2 * 40 and multi.meta["num_devices"] == 4
+    assert_close_trees(multi.params, one.params)
