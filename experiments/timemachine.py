@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (multi-host)")
     p.add_argument("--num-processes", type=int, help="processes in a multi-host run")
     p.add_argument("--process-id", type=int, help="this process's index in a multi-host run")
+    p.add_argument("--distributed", action="store_true",
+                   help="join a multi-host run whose settings JAX finds itself ($JAX_COORDINATOR_ADDRESS, "
+                        "SLURM, Open MPI)")
     p.add_argument("--predict", metavar="PREFIX", help="generate from the workdir's checkpoint; no training")
     p.add_argument("--num-preds", type=int, default=20, help="characters to generate")
     p.add_argument("--best", action="store_true", help="with --predict: the best checkpoint, not the latest")
@@ -129,7 +133,7 @@ def train(args: argparse.Namespace) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        if args.coordinator or args.num_processes:
+        if args.distributed or args.coordinator or args.num_processes or os.environ.get("JAX_COORDINATOR_ADDRESS"):
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
         predict_only(args) if args.predict is not None else train(args)
     except Interrupted as e:
