@@ -35,7 +35,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 import rnnjax
-from rnnjax import checkpoint, metrics, parallel
+from rnnjax import checkpoint, metrics, parallel, runtime
 from rnnjax.data import DataError, TimeMachine
 from rnnjax.train import Config, Interrupted, NonFiniteLoss, create_train_state, fit, make_model
 
@@ -65,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-preds", type=int, default=20, help="characters to generate")
     p.add_argument("--best", action="store_true", help="with --predict: the best checkpoint, not the latest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-compilation-cache", action="store_true",
+                   help="do not use JAX's persistent compilation cache (~/.cache/rnnjax/jax)")
     return p.parse_args(argv)
 
 
@@ -132,6 +134,8 @@ def train(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.no_compilation_cache:
+        runtime.enable_compilation_cache()
     try:
         if args.distributed or args.coordinator or args.num_processes or os.environ.get("JAX_COORDINATOR_ADDRESS"):
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)

@@ -4,10 +4,12 @@
 ``RNN`` scans it over time with ``nn.scan``. For speed the time-independent
 half of the step, ``x @ W_xh + b_h``, is computed for all steps at once before
 the scan (a gather when x is one-hot), and the scan carries only
-``tanh(xw + h @ W_hh)``; its backward pass is a second scan that carries only
-``dh`` (``nn.custom_vjp``), leaving ``dW_hh`` to a single matmul after the loop.
-Both are exactly the d2l model: ``tests/test_model.py`` checks values and
-gradients against ``flax.linen.SimpleCell``, a NumPy loop and plain autodiff.
+``tanh(xw + h @ W_hh)``. Its backward pass (``nn.custom_vjp``) is a loop that
+carries only ``dh``, leaving ``dW_hh`` to a single matmul after the loop; the
+output layer and the cross-entropy are one fused op with its own backward.
+All of it is exactly the d2l model: ``tests/test_model.py`` checks values and
+gradients against ``flax.linen.SimpleCell``, a NumPy loop, plain autodiff and
+optax's cross-entropy. ``experiments/benchmark.py`` measures what each pays.
 
 Shapes are time-major as in d2l: inputs ``(num_steps, batch, num_inputs)``.
 Names carry shape suffixes where it helps: T steps, B batch, H hiddens,
@@ -16,7 +18,6 @@ V vocabulary, I inputs.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -105,19 +106,31 @@ def _recurrence_fwd(cell: SimpleRNNCell, H_BxH: Array, XW_TxBxH: Array, unroll: 
     return (H_T, outputs_TxBxH), (cell.variables["params"], H_BxH, outputs_TxBxH)
 
 
-def _recurrence_bwd(unroll: int, residuals, cotangents):
-    """Backprop through ``H_t = tanh(XW_t + H_{t-1} @ W_hh)`` carrying only ``dH``."""
+def _recurrence_bwd(residuals, cotangents):
+    """Backprop through ``H_t = tanh(XW_t + H_{t-1} @ W_hh)`` carrying only ``dH``.
+
+    ``dZ_t = (dH_t + dout_t) * (1 - H_t**2)`` with ``dH_t = dZ_{t+1} @ W_hh.T``.
+    The loop writes each ``dZ_t`` in place into one buffer and reads
+    ``dZ_{t+1}`` back from it: two ops per step rather than the three of a
+    scan with a carry and stacked outputs. ``dW_hh`` and the input gradients
+    come after the loop, as single large ops.
+    """
     params, H0_BxH, outputs_TxBxH = residuals
     dH_T, doutputs_TxBxH = cotangents
     W_hh = params["W_hh"]
+    T = outputs_TxBxH.shape[0]
 
-    def step(dH, xs):
-        H, dout = xs
-        dZ = ((dH.reshape(-1) + dout.reshape(-1)) * (1.0 - jnp.square(H.reshape(-1)))).reshape(H.shape)
-        return dZ @ W_hh.T, dZ
+    def dZ_at(t, dH_BxH):
+        H, dout = outputs_TxBxH[t], doutputs_TxBxH[t]
+        return ((dH_BxH.reshape(-1) + dout.reshape(-1)) * (1.0 - jnp.square(H.reshape(-1)))).reshape(H.shape)
 
-    dH0_BxH, dZ_TxBxH = jax.lax.scan(step, dH_T, (outputs_TxBxH, doutputs_TxBxH),
-                                     reverse=True, unroll=unroll)
+    def step(i, dZ_TxBxH):
+        t = T - 2 - i
+        return dZ_TxBxH.at[t].set(dZ_at(t, dZ_TxBxH[t + 1] @ W_hh.T))
+
+    dZ_TxBxH = jnp.zeros_like(outputs_TxBxH).at[T - 1].set(dZ_at(T - 1, dH_T))
+    dZ_TxBxH = jax.lax.fori_loop(0, T - 1, step, dZ_TxBxH)
+    dH0_BxH = dZ_TxBxH[0] @ W_hh.T
     H_prev_TxBxH = jnp.concatenate([H0_BxH[None], outputs_TxBxH[:-1]])
     num_hiddens = W_hh.shape[0]
     dW_hh = H_prev_TxBxH.reshape(-1, num_hiddens).T @ dZ_TxBxH.reshape(-1, num_hiddens)
@@ -132,9 +145,10 @@ class RNN(nn.Module):
     ``__call__(inputs (T, B, I) or OneHot (T, B), H (B, H) or None)`` returns
     ``(outputs (T, B, H), H_final (B, H))``, as d2l's ``RNN`` does.
 
-    ``unroll`` is the scan's unroll factor. ``custom_vjp=False`` differentiates
-    the scan with plain autodiff: the reference the fast backward is tested
-    against.
+    ``unroll`` is the forward scan's unroll factor (on a CPU 1 is best: see
+    ``python -m experiments.benchmark --ablations``). ``custom_vjp=False``
+    differentiates the scan with plain autodiff: the reference the fast
+    backward is tested against.
     """
     num_hiddens: int
     unroll: int = 1
@@ -151,7 +165,7 @@ class RNN(nn.Module):
             recurrence = nn.custom_vjp(
                 functools.partial(_scan_recurrence, unroll=self.unroll),
                 forward_fn=functools.partial(_recurrence_fwd, unroll=self.unroll),
-                backward_fn=functools.partial(_recurrence_bwd, self.unroll))
+                backward_fn=_recurrence_bwd)
         else:
             recurrence = functools.partial(_scan_recurrence, unroll=self.unroll)
         H_final, outputs_TxBxH = recurrence(self.cell, H, XW_TxBxH)
@@ -191,26 +205,54 @@ class RNNLM(nn.Module):
         """``(sum over rows of weights_B[b] * CE(b, t) summed over t, number of weighted tokens)``.
 
         Padding rows have weight 0. Dividing the first by the second is the
-        mean cross-entropy over real tokens.
+        mean cross-entropy over real tokens. The output layer and the
+        cross-entropy run as one fused op with its own backward pass.
         """
         outputs_TxBxH, _ = self.rnn(OneHot(X_BxT.T, self.vocab_size))
-        logits_TxBxV = self.output_layer(outputs_TxBxH)
-        ce_TxB = cross_entropy(logits_TxBxV, Y_BxT.T)
-        return jnp.sum(ce_TxB * weights_B), jnp.sum(weights_B) * X_BxT.shape[1]
+        if self.is_initializing():
+            self.output_layer(outputs_TxBxH[:1])           # creates its kernel and bias
+        dense = self.output_layer.variables["params"]
+        T, B, H = outputs_TxBxH.shape
+        weights_N = jnp.broadcast_to(weights_B, (T, B)).reshape(-1)
+        loss_sum = dense_cross_entropy(outputs_TxBxH.reshape(-1, H), dense["kernel"], dense["bias"],
+                                       Y_BxT.T.reshape(-1), weights_N)
+        return loss_sum, jnp.sum(weights_B) * T
 
 
 def cross_entropy(logits: Array, labels: Array) -> Array:
     """Softmax cross-entropy per position, ``logsumexp(logits) - logits[label]``."""
-    picked = jnp.sum(jnp.where(jnp.arange(logits.shape[-1]) == labels[..., None], logits, 0.0), -1)
+    picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
     return jax.nn.logsumexp(logits, -1) - picked
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """What it takes to rebuild the model (and to check a checkpoint matches)."""
-    vocab_size: int
-    num_hiddens: int
-    unroll: int = 1
+@jax.custom_vjp
+def dense_cross_entropy(H_NxH: Array, W_HxV: Array, b_V: Array, labels_N: Array, weights_N: Array) -> Array:
+    """``sum_n weights_N[n] * CE(H_NxH[n] @ W_HxV + b_V, labels_N[n])``, fused.
+
+    The forward keeps the softmax, so the backward is one elementwise pass
+    (softmax minus one-hot) and two matmuls; no gather or scatter of the labels.
+    """
+    return jnp.sum(cross_entropy(H_NxH @ W_HxV + b_V, labels_N) * weights_N)
+
+
+def _dense_cross_entropy_fwd(H_NxH, W_HxV, b_V, labels_N, weights_N):
+    logits_NxV = H_NxH @ W_HxV + b_V
+    m_Nx1 = jnp.max(logits_NxV, axis=-1, keepdims=True)
+    e_NxV = jnp.exp(logits_NxV - m_Nx1)
+    s_Nx1 = jnp.sum(e_NxV, axis=-1, keepdims=True)
+    picked_N = jnp.take_along_axis(logits_NxV, labels_N[:, None], axis=-1)[:, 0]
+    ce_N = jnp.log(s_Nx1[:, 0]) + m_Nx1[:, 0] - picked_N
+    return jnp.sum(ce_N * weights_N), (H_NxH, W_HxV, e_NxV / s_Nx1, labels_N, weights_N)
+
+
+def _dense_cross_entropy_bwd(residuals, g):
+    H_NxH, W_HxV, p_NxV, labels_N, weights_N = residuals
+    one_hot = jnp.arange(p_NxV.shape[-1]) == labels_N[:, None]
+    dlogits_NxV = (p_NxV - one_hot) * (g * weights_N)[:, None]
+    return (dlogits_NxV @ W_HxV.T, H_NxH.T @ dlogits_NxV, jnp.sum(dlogits_NxV, axis=0), None, None)
+
+
+dense_cross_entropy.defvjp(_dense_cross_entropy_fwd, _dense_cross_entropy_bwd)
 
 
 def build(vocab_size: int, num_hiddens: int, unroll: int = 1, **rnn_kwargs: Any) -> RNNLM:

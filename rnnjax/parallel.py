@@ -105,12 +105,9 @@ class DataParallel:
         return jax.tree.map(lambda x: jax.device_put(np.stack([np.asarray(x)] * self.num_local), sharding), tree)
 
     def unreplicate(self, tree: Any) -> Any:
-        """Device pytree to host NumPy, one copy."""
-        if self.pmapped:
-            tree = jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
-        return jax.device_get(tree)
-
-    def first(self, tree: Any) -> Any:
-        """One device's copy of replicated values (e.g. psum-ed metrics), still on device."""
-        return jax.tree.map(lambda x: x[0], tree) if self.pmapped else tree
-
+        """Replicated device pytree to host NumPy, one copy (e.g. the state, psum-ed metrics)."""
+        if not self.pmapped:
+            return jax.device_get(tree)
+        # The first local shard, sliced on the host: indexing the device array
+        # would dispatch a computation per leaf.
+        return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)

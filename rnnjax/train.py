@@ -177,8 +177,7 @@ def _catch_signals() -> Iterator[_StopFlag]:
 
 def evaluate(step_fn: Callable, state: Any, data: TimeMachine, dp: DataParallel) -> tuple[float, float]:
     """``(loss_sum, count)`` over the validation set."""
-    out = [dp.first(step_fn(state, dp.shard(b))) for b in data.val_batches()]
-    out = jax.device_get(out)
+    out = dp.unreplicate([step_fn(state, dp.shard(b)) for b in data.val_batches()])
     return (sum(float(m["loss_sum"]) for m in out), sum(float(m["count"]) for m in out))
 
 
@@ -238,13 +237,13 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int 
             step_metrics = []
             for batch in data.train_batches(epoch, start):
                 state, m = train(state, dp.shard(batch))
-                step_metrics.append(dp.first(m))
+                step_metrics.append(m)
                 done += 1
                 if progress:
                     progress(done, total, None)
                 if stop.signum is not None:
                     break
-            sums = partial + _check_finite(jax.device_get(step_metrics), epoch, start, steps_per_epoch)
+            sums = partial + _check_finite(dp.unreplicate(step_metrics), epoch, start, steps_per_epoch)
             if len(sums) < steps_per_epoch:                  # stopped mid-epoch
                 save(epoch, len(sums), sums)
                 raise interrupted(stop.signum, epoch, len(sums))

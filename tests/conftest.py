@@ -5,11 +5,14 @@ their own interpreters.
 """
 
 import os
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_num_cpu_devices", 4)
+# Downloads and compilation caches of this session (and its subprocesses) stay out of ~/.cache.
+os.environ["RNNJAX_CACHE"] = tempfile.mkdtemp(prefix="rnnjax-test-cache-")
 
 REAL_TEXT = os.environ.get("RNNJAX_TIMEMACHINE")
 

@@ -1,0 +1,29 @@
+"""The benchmark script runs end to end (with tiny repetition counts: no timing is checked here)."""
+
+import json
+
+import pytest
+
+from experiments import benchmark
+
+
+@pytest.mark.slow
+def test_benchmark_smoke(real_text_path, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert benchmark.main(["--data", real_text_path, "--rounds", "1", "--steps", "2", "--recipe-rounds", "0",
+                           "--devices", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    names = set(result["contenders"])
+    assert {"rnnjax", "flax"} <= names and ("torch" in names) == benchmark.torch_available()
+    for r in result["contenders"].values():
+        assert r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 and r["gflops"] > 0 and r["compile_s"] > 0
+    assert result["ratio_step_vs_flax"] > 0
+    assert result["generation"]["ratio"] > 1
+    assert result["compile_cache"]["warm_cache_s"] > 0
+    assert "rnnjax's step is" in capsys.readouterr().out
+
+
+def test_flop_count_matches_the_matmuls():
+    H, V = 32, 28
+    forward = 2 * H * H + 2 * H * V          # recurrence and output layer, per token
+    assert benchmark.model_flops_per_token(H, V) == 3 * forward
