@@ -375,7 +375,8 @@ def measure_compile_cache(data_path: str | None) -> dict:
 def machine_info() -> dict:
     cpu = platform.processor()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     versions = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
@@ -403,8 +404,9 @@ def table(results: dict, ref: str = "rnnjax") -> str:
             f"{'tokens/s':>11}{'GFLOP/s':>9}{'vs rnnjax':>10}"]
     for name, r in results.items():
         recipe = f"{r['recipe_s']:.1f}" if "recipe_s" in r else "-"
-        rows.append(f"{name:<28}{r['ms_per_step']:>9.2f} ({r['ms_per_step_min']:.2f}-{r['ms_per_step_max']:.2f})"
-                    f"{r['compile_s']:>11.2f}{recipe:>10}{r['tokens_per_s']:>11.3g}{r['gflops']:>9.1f}"
+        spread = f"({r['ms_per_step_min']:.2f}-{r['ms_per_step_max']:.2f})"
+        rows.append(f"{name:<28}{r['ms_per_step']:>9.2f} {spread:>14}{r['compile_s']:>11.2f}{recipe:>10}"
+                    f"{r['tokens_per_s']:>11.3g}{r['gflops']:>9.1f}"
                     f"{r['ms_per_step'] / results[ref]['ms_per_step']:>9.2f}x")
     return "\n".join(rows)
 
@@ -472,7 +474,8 @@ def main(argv=None) -> int:
           ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
 
     contenders = contenders_for(args)
-    print(f"steady-state training step, d2l's recipe, {args.rounds} interleaved rounds of {args.steps} steps:")
+    print(f"steady-state training step, d2l's recipe, {args.rounds} interleaved rounds "
+          f"of {args.steps} steps:")
     results = measure_steps(contenders, s, data, args.rounds, args.steps)
     if args.recipe_rounds:
         print(f"whole recipe ({s.epochs} epochs, compilation and per-epoch validation included):")

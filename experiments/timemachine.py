@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     d = Config()
     p = argparse.ArgumentParser(prog="python -m experiments.timemachine", description=__doc__.split("\n")[0])
     p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else download)")
-    p.add_argument("--workdir", type=Path, help="run folder: metrics, plot, checkpoints; resumes if it has any")
+    p.add_argument("--workdir", type=Path,
+                   help="run folder: metrics, plot, checkpoints; resumes if it has any")
     # Config flags default to None so that --predict can tell which were given.
     for field, kind, help in [("epochs", int, None), ("seed", int, None),
                               ("batch_size", int, "global, over all devices"), ("num_steps", int, None),
@@ -100,12 +101,12 @@ def predict_only(args: argparse.Namespace) -> None:
     if args.workdir is None:
         raise checkpoint.CheckpointError("--predict needs the --workdir of a trained run.")
     restored = checkpoint.restore(args.workdir, best=args.best)
-    model_fields = ("num_hiddens", "unroll")
-    diff = {k: v for k, v in given_config(args).items() if k in model_fields and getattr(restored.config, k) != v}
-    if diff:
+    # Only the hidden size shapes the parameters; the vocabulary comes with the checkpoint.
+    requested = given_config(args).get("num_hiddens", restored.config.num_hiddens)
+    if requested != restored.config.num_hiddens:
         raise checkpoint.CheckpointError(
-            f"The checkpoint in {args.workdir} is a different model: "
-            + "; ".join(f"{k}: checkpoint {getattr(restored.config, k)!r}, requested {v!r}" for k, v in diff.items()))
+            f"The checkpoint in {args.workdir} is a different model: num_hiddens: checkpoint "
+            f"{restored.config.num_hiddens}, requested {requested}.")
     print(restored.predict(args.predict, args.num_preds))
 
 
@@ -137,7 +138,8 @@ def main(argv=None) -> int:
     if not args.no_compilation_cache:
         runtime.enable_compilation_cache()
     try:
-        if args.distributed or args.coordinator or args.num_processes or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        if (args.distributed or args.coordinator or args.num_processes
+                or os.environ.get("JAX_COORDINATOR_ADDRESS")):
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
         predict_only(args) if args.predict is not None else train(args)
     except Interrupted as e:

@@ -102,7 +102,8 @@ class DataParallel:
             return jax.device_put(tree, self.devices[0])
         mesh = jax.sharding.Mesh(np.array(self.devices), (AXIS,))
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
-        return jax.tree.map(lambda x: jax.device_put(np.stack([np.asarray(x)] * self.num_local), sharding), tree)
+        return jax.tree.map(lambda x: jax.device_put(np.stack([np.asarray(x)] * self.num_local), sharding),
+                            tree)
 
     def unreplicate(self, tree: Any) -> Any:
         """Replicated device pytree to host NumPy, one copy (e.g. the state, psum-ed metrics)."""

@@ -27,7 +27,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
 
@@ -186,7 +185,7 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int 
     """Trains ``config`` on ``data``, resuming from ``workdir`` if it holds a checkpoint.
 
     ``progress(done_steps, total_steps, record_or_None)`` is called after every
-    step and epoch (``rnnjax.report`` draws a progress bar with it). Raises
+    step and epoch (``experiments.timemachine`` draws a progress bar with it). Raises
     ``NonFiniteLoss`` (nothing saved past the last good checkpoint) and
     ``Interrupted`` (after saving the last completed step).
     """

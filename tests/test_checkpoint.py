@@ -37,6 +37,10 @@ def tree_digest(path):
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+def without_seconds(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
 def with_epochs(config, epochs):
     return Config(**{**config.to_json(), "epochs": epochs})
 
@@ -57,8 +61,7 @@ def test_resume_equals_an_uninterrupted_run(small_data, tmp_path):
     straight = fit(SMALL, small_data, tmp_path / "straight", devices=1)
     fit(with_epochs(SMALL, 2), small_data, tmp_path / "resumed", devices=1)
     resumed = fit(SMALL, small_data, tmp_path / "resumed", devices=1)
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
-    assert strip(resumed.history) == strip(straight.history)       # bit for bit
+    assert without_seconds(resumed.history) == without_seconds(straight.history)      # bit for bit
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
     assert_trees_equal(resumed.state, straight.state)
 
@@ -79,8 +82,7 @@ def test_interrupt_saves_the_last_step_and_resumes_exactly(small_data, tmp_path)
     mngr = checkpoint.manager(tmp_path / "run" / checkpoint.SUBDIR)
     assert mngr.latest_step() == 17
     resumed = fit(SMALL, small_data, tmp_path / "run", devices=1)
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
-    assert strip(resumed.history) == strip(straight.history)
+    assert without_seconds(resumed.history) == without_seconds(straight.history)
     assert_trees_equal(resumed.state, straight.state)
 
 

@@ -220,9 +220,11 @@ def test_fast_loss_equals_plain_reference():
 def test_dense_cross_entropy_gradients():
     from rnnjax.model import dense_cross_entropy
     k = jax.random.split(jax.random.key(0), 5)
-    H_, W, b = jax.random.normal(k[0], (40, 8)), jax.random.normal(k[1], (8, 6)), jax.random.normal(k[2], (6,))
+    H_, W = jax.random.normal(k[0], (40, 8)), jax.random.normal(k[1], (8, 6))
+    b = jax.random.normal(k[2], (6,))
     labels, weights = jax.random.randint(k[3], (40,), 0, 6), jax.random.uniform(k[4], (40,))
-    ref = lambda H_, W, b: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(H_ @ W + b, labels) * weights)
+    ref = lambda H_, W, b: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(H_ @ W + b, labels)
+                                   * weights)
     fused = lambda H_, W, b: dense_cross_entropy(H_, W, b, labels, weights)
     np.testing.assert_allclose(fused(H_, W, b), ref(H_, W, b), rtol=1e-6)
     for a, r in zip(jax.grad(fused, (0, 1, 2))(H_, W, b), jax.grad(ref, (0, 1, 2))(H_, W, b)):

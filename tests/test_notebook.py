@@ -1,6 +1,5 @@
 """notebooks/timemachine.ipynb runs top to bottom (with a short training run)."""
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -16,7 +15,9 @@ def test_notebook_executes(real_text_path, tmp_path, monkeypatch):
     monkeypatch.delenv("RNNJAX_CHECKPOINT", raising=False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    client = NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")

@@ -44,7 +44,8 @@ def test_offline_without_data_says_what_to_pass(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(data.ENV_PATH, raising=False)
     monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))
     monkeypatch.setattr(data, "URL", "http://127.0.0.1:9/timemachine.txt")
-    assert timemachine.main(["--workdir", str(tmp_path / "run"), "--epochs", "1", "--no-compilation-cache"]) == 1
+    assert timemachine.main(["--workdir", str(tmp_path / "run"), "--epochs", "1",
+                             "--no-compilation-cache"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--data PATH or $RNNJAX_TIMEMACHINE" in err
     assert not (tmp_path / "run").exists()
