@@ -29,9 +29,6 @@ from rnnjax.data import Vocab
 SUBDIR = "checkpoints"
 FORMAT = 1
 
-# Orbax logs every save and restore at INFO; keep its warnings.
-logging.getLogger("absl").setLevel(logging.WARNING)
-
 
 class CheckpointError(RuntimeError):
     """A workdir or checkpoint that cannot be used as asked."""
