@@ -1,0 +1,31 @@
+from rnnjax.metrics import MetricsLog, plot_perplexity
+
+
+def records(n):
+    return [{"epoch": e, "train_ppl": 20.0 / e, "val_ppl": 21.0 / e} for e in range(1, n + 1)]
+
+
+def test_append_read_and_truncate(tmp_path):
+    log = MetricsLog(tmp_path / "run" / "metrics.jsonl")
+    assert log.read() == []
+    for r in records(5):
+        log.append(r)
+    assert log.read() == records(5)
+    log.truncate(3)                        # a run resumed from epoch 3 redoes 4 and 5
+    assert log.read() == records(3)
+    log.truncate(10)
+    assert log.read() == records(3)
+
+
+def test_only_the_writer_writes(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    MetricsLog(path).append(records(2)[0])
+    other = MetricsLog(path, writer=False)
+    other.append(records(2)[1])
+    other.truncate(0)
+    assert MetricsLog(path).read() == records(1)
+
+
+def test_plot_is_a_png(tmp_path):
+    path = plot_perplexity(records(4), tmp_path / "ppl.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
