@@ -309,19 +309,23 @@ def measure_recipes(contenders, rounds: int, log=print) -> dict:
     return out
 
 
+def d2l_predict(step, params, vocab, num_hiddens: int, prefix: str, num_preds: int) -> str:
+    """d2l's ``predict``, literally: one ``step(variables, token, state)`` call per character
+    and ``int()`` of each prediction."""
+    state, outputs = jnp.zeros((1, num_hiddens)), [vocab[prefix[0]]]
+    for i in range(len(prefix) + num_preds - 1):
+        logits, state = step({"params": params}, jnp.array([outputs[-1]]), state)
+        outputs.append(vocab[prefix[i + 1]] if i < len(prefix) - 1 else int(logits.argmax(-1)[0]))
+    return "".join(vocab.idx_to_token[i] for i in outputs)
+
+
 def measure_generation(data: TimeMachine, num_chars: int = 500, batch: int = 64, reps: int = 20) -> dict:
     """rnnjax's compiled predict against d2l's loop of one model call per character."""
     config = Config()
     model, params = make_model(config, len(data.vocab)), create_train_state(config, len(data.vocab)).params
     vocab = data.vocab
     step = jax.jit(functools.partial(model.apply, method=RNNLM.step))
-
-    def d2l_loop(prefix, num_preds):
-        state, outputs = jnp.zeros((1, config.num_hiddens)), [vocab[prefix[0]]]
-        for i in range(len(prefix) + num_preds - 1):
-            logits, state = step({"params": params}, jnp.array([outputs[-1]]), state)
-            outputs.append(vocab[prefix[i + 1]] if i < len(prefix) - 1 else int(logits.argmax(-1)[0]))
-        return "".join(vocab.idx_to_token[i] for i in outputs)
+    d2l_loop = functools.partial(d2l_predict, step, params, vocab, config.num_hiddens)
 
     def timed(f, n):
         f()

@@ -253,7 +253,8 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int 
                       "val_loss": val_loss_sum / val_count,
                       "val_ppl": perplexity(val_loss_sum / val_count),
                       "seconds": time.perf_counter() - t0}
-            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs or stop.signum:
+            if ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
+                    or stop.signum is not None):
                 save(epoch + 1, 0, [], val_ppl=record["val_ppl"])
             log.append(record)
             if progress:

@@ -5,6 +5,8 @@ their own interpreters.
 """
 
 import os
+import subprocess
+import sys
 import tempfile
 
 import jax
@@ -22,6 +24,21 @@ def real_text_path():
     if not REAL_TEXT:
         pytest.skip("set RNNJAX_TIMEMACHINE to d2l's timemachine.txt (.ci/run does)")
     return REAL_TEXT
+
+
+def start_main_job(*args: str, cpu_devices: int | None = None) -> subprocess.Popen:
+    """``python -m experiments.timemachine ARGS`` in a fresh interpreter, as a user runs it:
+    one CPU device unless ``cpu_devices`` says otherwise (not this session's four)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    if cpu_devices is not None:
+        env["JAX_NUM_CPU_DEVICES"] = str(cpu_devices)
+    return subprocess.Popen([sys.executable, "-m", "experiments.timemachine", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def main_job():
+    return start_main_job
 
 
 @pytest.fixture

@@ -164,17 +164,11 @@ def test_restore_for_inference_in_a_fresh_process(small_data, tmp_path):
     assert not (tmp_path / "no-cache").exists()
 
 
-def cli(*args, env=None, **kwargs):
-    env = {k: v for k, v in (env or os.environ).items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-    return subprocess.Popen([sys.executable, "-m", "experiments.timemachine", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
-
 @pytest.mark.slow
-def test_cli_ctrl_c_then_resume_then_predict(real_text_path, tmp_path):
+def test_cli_ctrl_c_then_resume_then_predict(real_text_path, tmp_path, main_job):
     workdir = tmp_path / "run"
     args = ["--data", real_text_path, "--workdir", str(workdir), "--epochs", "40", "--no-progress"]
-    proc = cli(*args)
+    proc = main_job(*args)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
@@ -187,18 +181,18 @@ def test_cli_ctrl_c_then_resume_then_predict(real_text_path, tmp_path):
     stopped_at = checkpoint.restore(workdir).step
     assert stopped_at >= 20
 
-    proc = cli(*args)
+    proc = main_job(*args)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     records = MetricsLog(metrics).read()
     assert [r["epoch"] for r in records] == list(range(1, 41))
     assert checkpoint.restore(workdir).step == 400
 
-    proc = cli("--workdir", str(workdir), "--predict", "it has", "--num-preds", "50")
+    proc = main_job("--workdir", str(workdir), "--predict", "it has", "--num-preds", "50")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert out.strip() == checkpoint.restore(workdir).predict("it has", 50)
 
-    proc = cli("--workdir", str(workdir), "--predict", "it has", "--num-hiddens", "64")
+    proc = main_job("--workdir", str(workdir), "--predict", "it has", "--num-hiddens", "64")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "num_hiddens" in err

@@ -1,8 +1,11 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.benchmark import d2l_predict
 from rnnjax.data import Vocab
 from rnnjax.generate import predict, predict_batch
 from rnnjax.model import RNNLM, build
@@ -19,22 +22,11 @@ def model_params():
     return model, params
 
 
-def d2l_predict(model, params, vocab, prefix, num_preds):
-    """d2l's predict, literally: one model call per character, int() each step."""
-    state, outputs = jnp.zeros((1, model.rnn.num_hiddens)), [vocab[prefix[0]]]
-    for i in range(len(prefix) + num_preds - 1):
-        logits, state = model.apply({"params": params}, jnp.array([outputs[-1]]), state, method=RNNLM.step)
-        if i < len(prefix) - 1:
-            outputs.append(vocab[prefix[i + 1]])
-        else:
-            outputs.append(int(logits.argmax(axis=-1)[0]))
-    return "".join(vocab.idx_to_token[i] for i in outputs)
-
-
 @pytest.mark.parametrize("prefix,num_preds", [("it has", 20), ("t", 7), ("the time traveller", 0)])
 def test_predict_equals_d2l_loop(model_params, prefix, num_preds):
     model, params = model_params
-    expected = d2l_predict(model, params, VOCAB, prefix, num_preds)
+    step = functools.partial(model.apply, method=RNNLM.step)
+    expected = d2l_predict(step, params, VOCAB, model.rnn.num_hiddens, prefix, num_preds)
     got = predict(model, params, VOCAB, prefix, num_preds)
     assert got == expected
     assert len(got) == len(prefix) + num_preds and got.startswith(prefix)

@@ -6,11 +6,7 @@ to float32 round-off: about 1e-7 relative per step, compounding over a few
 dozen SGD steps. We allow 1e-5.
 """
 
-import json
-import os
 import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -18,6 +14,7 @@ import pytest
 
 from rnnjax import checkpoint
 from rnnjax.data import TimeMachine
+from rnnjax.metrics import MetricsLog
 from rnnjax.parallel import DataParallel
 from rnnjax.train import Config, create_train_state, fit, train_step
 
@@ -103,29 +100,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main_job(workdir, *extra, devices_per_process):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_NUM_CPU_DEVICES"] = str(devices_per_process)
-    args = [sys.executable, "-m", "experiments.timemachine", "--workdir", str(workdir), "--epochs", "2",
-            "--batch-size", "256", "--no-progress", *extra]
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.slow
-def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, tmp_path):
-    single = main_job(tmp_path / "single", devices_per_process=4)
+def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, tmp_path, main_job):
+    def run(workdir, *extra, devices_per_process):
+        return main_job("--workdir", str(workdir), "--epochs", "2", "--batch-size", "256", "--no-progress",
+                        *extra, cpu_devices=devices_per_process)
+
+    single = run(tmp_path / "single", devices_per_process=4)
     out, err = single.communicate(timeout=300)
     assert single.returncode == 0, err
 
     address = f"127.0.0.1:{free_port()}"
-    procs = [main_job(tmp_path / "multi", "--coordinator", address, "--num-processes", "2",
-                      "--process-id", str(i), devices_per_process=2) for i in range(2)]
+    procs = [run(tmp_path / "multi", "--coordinator", address, "--num-processes", "2",
+                 "--process-id", str(i), devices_per_process=2) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     assert "trained:" in outs[0][0] and "trained:" not in outs[1][0]      # only process 0 reports
 
-    read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    read = lambda d: MetricsLog(d / "metrics.jsonl").read()
     assert_close_histories(read(tmp_path / "multi"), read(tmp_path / "single"))
     multi, one = checkpoint.restore(tmp_path / "multi"), checkpoint.restore(tmp_path / "single")
     assert multi.step == one.step == 2 * 40 and multi.meta["num_devices"] == 4

@@ -1,9 +1,6 @@
 """The main job, ``python -m experiments.timemachine``, run in-process."""
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -11,20 +8,13 @@ from experiments import timemachine
 from rnnjax import data
 
 
-def run_main(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m experiments.timemachine ARGS`` as a user runs it: one CPU device."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-    return subprocess.run([sys.executable, "-m", "experiments.timemachine", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.slow
-def test_d2l_recipe_end_to_end(real_text_path, tmp_path):
+def test_d2l_recipe_end_to_end(real_text_path, tmp_path, main_job):
     """d2l's recipe (the CLI defaults): 100 epochs on the real text."""
     workdir = tmp_path / "run"
-    proc = run_main("--data", real_text_path, "--workdir", str(workdir), "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    proc = main_job("--data", real_text_path, "--workdir", str(workdir), "--no-progress")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
     records = timemachine.metrics.MetricsLog(workdir / "metrics.jsonl").read()
     assert [r["epoch"] for r in records] == list(range(1, 101))
     assert records[-1]["val_ppl"] <= 7.4 and records[-1]["train_ppl"] <= 6.1
