@@ -10,8 +10,9 @@ process so that a noisy machine affects them alike; the table gives medians
 with min-max over the rounds and ratios against each baseline.
 
 - ``rnnjax``: ``rnnjax.train.train_step`` on ``rnnjax.TimeMachine`` batches,
-  data parallel over all local devices (``--devices``), and ``fit`` for the
-  whole recipe.
+  data parallel over all local devices (``--devices``; on a CPU one device per
+  core, as ``experiments.timemachine`` runs it), and ``fit`` for the whole
+  recipe. ``rnnjax 1 device`` is the same on a single device.
 - ``torch``: ``nn.RNN`` + ``nn.Linear`` on one-hot inputs, a ``DataLoader`` over
   a ``TensorDataset``, d2l's ``clip_gradients`` and SGD, the loss read back
   every step as d2l's plot does. Skipped when torch is not importable
@@ -46,6 +47,7 @@ import numpy as np
 import optax
 
 import rnnjax
+from rnnjax import runtime
 from rnnjax.data import TimeMachine
 from rnnjax.model import RNNLM
 from rnnjax.parallel import DataParallel
@@ -90,10 +92,11 @@ class Contender:
 class Rnnjax(Contender):
     name = "rnnjax"
 
-    def __init__(self, devices: int | None = None, **model_overrides):
+    def __init__(self, devices: int | None = None, name: str | None = None, **model_overrides):
         self.devices, self.model_overrides = devices, model_overrides
         if model_overrides:
             self.name = "rnnjax " + " ".join(f"{k}={v}" for k, v in model_overrides.items())
+        self.name = name or self.name
 
     def prepare(self, s, data):
         self.s, self.data = s, data
@@ -393,8 +396,10 @@ def machine_info() -> dict:
             "versions": versions}
 
 
-def contenders_for(args) -> list[Contender]:
+def contenders_for(args, one_device_too: bool = False) -> list[Contender]:
     out: list[Contender] = [Rnnjax(args.devices)]
+    if one_device_too and len(DataParallel.create(args.devices).devices) > 1:
+        out.append(Rnnjax(1, name="rnnjax 1 device"))
     if torch_available():
         out.append(Torch())
     else:
@@ -472,12 +477,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     s = Setting()
+    runtime.use_cpu_cores(s.batch_size)   # as experiments.timemachine does: one CPU device per core
     data = TimeMachine(s.batch_size, s.num_steps, path=args.data)
     info = machine_info()
     print(f"{info['cpu']}, {info['cores']} cores, {info['devices']}; " +
           ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
 
-    contenders = contenders_for(args)
+    contenders = contenders_for(args, one_device_too=True)
     print(f"steady-state training step, d2l's recipe, {args.rounds} interleaved rounds "
           f"of {args.steps} steps:")
     results = measure_steps(contenders, s, data, args.rounds, args.steps)

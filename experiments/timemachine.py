@@ -55,7 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help=f"{help + '; ' if help else ''}default {getattr(d, field)}")
     p.add_argument("--checkpoint-every", type=int, default=1, metavar="N", help="epochs between checkpoints")
     p.add_argument("--keep", type=int, default=3, help="latest checkpoints kept (the best is kept too)")
-    p.add_argument("--devices", type=int, help="local devices to train on (default: all)")
+    p.add_argument("--devices", type=int,
+                   help="local devices to train on (default: all; on a CPU one per core, "
+                        "or $JAX_NUM_CPU_DEVICES)")
     p.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (multi-host)")
     p.add_argument("--num-processes", type=int, help="processes in a multi-host run")
     p.add_argument("--process-id", type=int, help="this process's index in a multi-host run")
@@ -135,6 +137,7 @@ def train(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    runtime.use_cpu_cores(args.batch_size or Config.batch_size)
     if not args.no_compilation_cache:
         runtime.enable_compilation_cache()
     try:

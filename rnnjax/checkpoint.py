@@ -140,7 +140,7 @@ class Restored:
 
 def restore(workdir: str | Path, step: int | None = None, best: bool = False) -> Restored:
     """Restores a run's checkpoint for inference: the latest, ``step``, or the ``best``."""
-    from rnnjax.train import Config, create_train_state
+    from rnnjax.train import Config, abstract_train_state
 
     workdir = Path(workdir)
     directory = workdir / SUBDIR
@@ -167,7 +167,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False) ->
         raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {sorted(steps)}.")
     meta = restore_meta(mngr, step)
     config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
-    target = jax.eval_shape(lambda: create_train_state(config, len(vocab)))
+    target = abstract_train_state(config, len(vocab))
     state = restore_state(mngr, step, target)
     mngr.close()
     return Restored(config, vocab, state.params, step, meta)
