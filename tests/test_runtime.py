@@ -32,8 +32,8 @@ print(runtime.use_cpu_cores(int(sys.argv[1])), jax.local_device_count(), runtime
 def _devices(batch_size: int, **env_overrides: str) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
     env.update(env_overrides, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-c", DEVICES_CHILD, str(batch_size)], env=env, capture_output=True,
-                          text=True, timeout=120, check=True).stdout.split()
+    return subprocess.run([sys.executable, "-c", DEVICES_CHILD, str(batch_size)], env=env,
+                          capture_output=True, text=True, timeout=120, check=True).stdout.split()
 
 
 def test_one_cpu_device_per_core_dividing_the_batch():
