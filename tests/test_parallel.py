@@ -71,6 +71,15 @@ def test_gradients_are_averaged_with_pmean(small_data):
     assert np.abs(kernel[0] - kernel[1]).max() > 1e-4
 
 
+def test_one_all_reduce_per_step(small_data):
+    """Gradients, loss sum and token count travel together: each collective is a rendezvous."""
+    dp = DataParallel.create(2)
+    state = dp.replicate(create_train_state(SMALL, len(small_data.vocab)))
+    step = jax.pmap(lambda s, b: train_step(s, b, axis_name="batch"), axis_name="batch", devices=dp.devices)
+    hlo = step.lower(state, dp.shard(next(small_data.train_batches(0)))).as_text()
+    assert hlo.count("all_reduce") == 1
+
+
 def test_checkpoint_from_four_devices_resumes_on_one(small_data, tmp_path):
     straight = fit(SMALL, small_data, tmp_path / "straight", devices=4)
     fit(Config(**{**SMALL.to_json(), "epochs": 2}), small_data, tmp_path / "moved", devices=4)
