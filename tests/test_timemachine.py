@@ -25,11 +25,10 @@ def test_d2l_recipe_end_to_end(real_text_path, tmp_path, main_job):
     assert untrained.startswith("it has") and len(untrained) == 26
     assert trained.startswith("it has") and len(trained) == 26
     # Greedy characters make words, mostly (seed 0 on two devices: 'in the pree the pro');
-    # the last one may be cut off. The untrained model makes none.
+    # the last one may be cut off.
     corpus_words = set(data.preprocess(open(real_text_path).read()).split())
     words = trained[len("it has"):].split()[:-1]
     assert len(words) >= 2 and sum(w in corpus_words for w in words) >= 0.5 * len(words), trained
-    assert not any(w in corpus_words for w in untrained[len("it has"):].split()[:-1]), untrained
 
 
 def test_offline_without_data_says_what_to_pass(tmp_path, monkeypatch, capsys):
