@@ -4,9 +4,10 @@
 ``RNN`` scans it over time with ``nn.scan``. For speed the time-independent
 half of the step, ``x @ W_xh + b_h``, is computed for all steps at once before
 the scan (a gather when x is one-hot), and the scan carries only
-``tanh(xw + h @ W_hh)``. Its backward pass (``nn.custom_vjp``) is a loop that
-carries only ``dh``, leaving ``dW_hh`` to a single matmul after the loop; the
-output layer and the cross-entropy are one fused op with its own backward.
+``tanh(xw + h @ W_hh)``, writing each step's output over its input. Its
+backward pass (``nn.custom_vjp``) is a loop that carries only ``dh``, leaving
+``dW_hh`` to a single matmul after the loop; the output layer and the
+cross-entropy are one fused op with its own backward.
 All of it is exactly the d2l model: ``tests/test_model.py`` checks values and
 gradients against ``flax.linen.SimpleCell``, a NumPy loop, plain autodiff and
 optax's cross-entropy. ``experiments/benchmark.py`` measures what each pays.
@@ -93,6 +94,7 @@ class SimpleRNNCell(nn.Module):
 
 
 def _scan_recurrence(cell: SimpleRNNCell, H_BxH: Array, XW_TxBxH: Array, unroll: int):
+    """The plain scan: ``XW`` in, the stacked outputs out (the reference for autodiff)."""
     def step(cell, H, XW):
         H = cell.recurrence(H, XW)
         return H, H
@@ -101,8 +103,24 @@ def _scan_recurrence(cell: SimpleRNNCell, H_BxH: Array, XW_TxBxH: Array, unroll:
     return scan(cell, H_BxH, XW_TxBxH)
 
 
+def _scan_recurrence_in_place(cell: SimpleRNNCell, H_BxH: Array, XW_TxBxH: Array, unroll: int):
+    """The same scan, writing each ``H_t`` over ``XW_t`` in one buffer.
+
+    The scan carries ``(H, buffer)``: step t reads ``XW_t`` and leaves ``H_t``
+    in its place, so the outputs need no buffer (and no zero fill) of their own.
+    """
+    def step(cell, carry, t):
+        H, buffer_TxBxH = carry
+        H = cell.recurrence(H, buffer_TxBxH[t])
+        return (H, buffer_TxBxH.at[t].set(H)), None
+    scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
+                   length=XW_TxBxH.shape[0], unroll=unroll)
+    (H_T, outputs_TxBxH), _ = scan(cell, (H_BxH, XW_TxBxH), jnp.arange(XW_TxBxH.shape[0]))
+    return H_T, outputs_TxBxH
+
+
 def _recurrence_fwd(cell: SimpleRNNCell, H_BxH: Array, XW_TxBxH: Array, unroll: int):
-    H_T, outputs_TxBxH = _scan_recurrence(cell, H_BxH, XW_TxBxH, unroll)
+    H_T, outputs_TxBxH = _scan_recurrence_in_place(cell, H_BxH, XW_TxBxH, unroll)
     return (H_T, outputs_TxBxH), (cell.variables["params"], H_BxH, outputs_TxBxH)
 
 
@@ -163,7 +181,7 @@ class RNN(nn.Module):
             H = jnp.zeros(XW_TxBxH.shape[1:], XW_TxBxH.dtype)
         if self.custom_vjp:
             recurrence = nn.custom_vjp(
-                functools.partial(_scan_recurrence, unroll=self.unroll),
+                functools.partial(_scan_recurrence_in_place, unroll=self.unroll),
                 forward_fn=functools.partial(_recurrence_fwd, unroll=self.unroll),
                 backward_fn=_recurrence_bwd)
         else:
