@@ -31,7 +31,7 @@ def use_cpu_cores(batch_size: int) -> int | None:
     XLA:CPU runs the ops of one program one after another, mostly on one core;
     ``pmap`` over one CPU device per core runs the per-device programs side by
     side. On the 2-core reference machine this takes d2l's training step from
-    8.4 to 7.0 ms (see the README's Performance section). The device count is
+    7.7 to 6.4 ms (see the README's Performance section). The device count is
     the largest divisor of ``batch_size`` that is at most the number of cores
     this process may use. An explicit choice wins: ``$JAX_NUM_CPU_DEVICES``, a
     device count in ``$XLA_FLAGS``, or ``jax_num_cpu_devices`` set in code.
