@@ -26,12 +26,22 @@ def real_text_path():
     return REAL_TEXT
 
 
+def user_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without its device settings (not this session's four
+    devices), plus ``overrides``: what a fresh interpreter of a user's would see."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    return {**env, **overrides}
+
+
+@pytest.fixture
+def fresh_env():
+    return user_env
+
+
 def start_main_job(*args: str, cpu_devices: int | None = None) -> subprocess.Popen:
     """``python -m experiments.timemachine ARGS`` in a fresh interpreter, as a user runs it:
-    one CPU device unless ``cpu_devices`` says otherwise (not this session's four)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-    if cpu_devices is not None:
-        env["JAX_NUM_CPU_DEVICES"] = str(cpu_devices)
+    one CPU device per core unless ``cpu_devices`` says otherwise."""
+    env = user_env() if cpu_devices is None else user_env(JAX_NUM_CPU_DEVICES=str(cpu_devices))
     return subprocess.Popen([sys.executable, "-m", "experiments.timemachine", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
