@@ -50,7 +50,7 @@ import rnnjax
 from rnnjax import runtime
 from rnnjax.data import TimeMachine
 from rnnjax.model import RNNLM
-from rnnjax.parallel import DataParallel
+from rnnjax.parallel import DataParallel, wait_for_backlog
 from rnnjax.train import Config, create_train_state, fit, make_model, make_optimizer, train_step
 
 
@@ -114,9 +114,11 @@ class Rnnjax(Contender):
         return time.perf_counter() - t0
 
     def steps(self, n):
-        state = self.state
+        state, metrics = self.state, []
         for _ in range(n):
-            state, metrics = self.step(state, next(self.batches))
+            state, m = self.step(state, next(self.batches))
+            metrics.append(m)
+            wait_for_backlog(metrics)     # as fit does: deep queues can deadlock a CPU all-reduce
         jax.block_until_ready(metrics)
 
     def recipe(self):

@@ -35,7 +35,7 @@ from flax.training import train_state
 from rnnjax import checkpoint, metrics as metrics_lib
 from rnnjax.data import Batch, TimeMachine
 from rnnjax.model import RNNLM, build
-from rnnjax.parallel import DataParallel
+from rnnjax.parallel import DataParallel, wait_for_backlog
 
 TrainState = train_state.TrainState
 
@@ -195,7 +195,11 @@ def _catch_signals() -> Iterator[_StopFlag]:
 
 def evaluate(step_fn: Callable, state: Any, data: TimeMachine, dp: DataParallel) -> tuple[float, float]:
     """``(loss_sum, count)`` over the validation set."""
-    out = dp.unreplicate([step_fn(state, dp.shard(b)) for b in data.val_batches()])
+    out = []
+    for batch in data.val_batches():
+        out.append(step_fn(state, dp.shard(batch)))
+        wait_for_backlog(out)
+    out = dp.unreplicate(out)
     return (sum(float(m["loss_sum"]) for m in out), sum(float(m["count"]) for m in out))
 
 
@@ -256,6 +260,7 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int 
             for batch in data.train_batches(epoch, start):
                 state, m = train(state, dp.shard(batch))
                 step_metrics.append(m)
+                wait_for_backlog(step_metrics)
                 done += 1
                 if progress:
                     progress(done, total, None)

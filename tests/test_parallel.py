@@ -7,6 +7,8 @@ dozen SGD steps. We allow 1e-5.
 """
 
 import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -101,6 +103,26 @@ def test_devices_limits_local_devices():
     assert DataParallel.create().num_local == len(jax.local_devices()) == 4
     with pytest.raises(ValueError, match="--devices 5: this process has 4 local device"):
         DataParallel.create(5)
+
+
+DEEP_QUEUE = """
+import tempfile
+import numpy as np
+from rnnjax.data import TimeMachine
+from rnnjax.train import Config, fit
+text = "".join(np.random.default_rng(0).choice(list("abcdefghijklmnopqrstuvwxyz  "), 20000))
+with tempfile.TemporaryDirectory() as workdir:
+    fit(Config(batch_size=64, epochs=20), TimeMachine(64, 32, text=text), workdir)
+print("finished")
+"""
+
+
+def test_many_steps_per_epoch_on_two_devices_do_not_hang(fresh_env):
+    """d2l's model at batch 64, 157 steps an epoch. When fit let every step of an epoch
+    queue up, XLA's CPU all-reduce hung this test in 3 runs of 3 (``parallel.MAX_IN_FLIGHT``)."""
+    done = subprocess.run([sys.executable, "-c", DEEP_QUEUE], env=fresh_env(JAX_NUM_CPU_DEVICES="2"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "finished" in done.stdout, done.stderr[-2000:]
 
 
 def free_port() -> int:
