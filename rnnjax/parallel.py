@@ -30,8 +30,9 @@ MAX_IN_FLIGHT = 8
 def wait_for_backlog(outputs: list) -> None:
     """Blocks until ``outputs[-1 - MAX_IN_FLIGHT]`` is computed: call after each dispatch.
 
-    Keeps at most ``MAX_IN_FLIGHT`` calls queued. The device runs that far
-    ahead of the host's wait, so this costs no throughput.
+    Keeps at most ``MAX_IN_FLIGHT`` calls queued. The host still runs that
+    many steps ahead of the devices, so they never wait for it (measured on 2
+    CPU devices: 6.54 ms a step against 6.58 ms reading back once an epoch).
     """
     if len(outputs) > MAX_IN_FLIGHT:
         jax.block_until_ready(outputs[-1 - MAX_IN_FLIGHT])
