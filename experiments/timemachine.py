@@ -4,7 +4,7 @@ Command (d2l's recipe: batch 1024, num_steps 32, hidden 32, lr 1, clip 1, 100 ep
 
     python -m experiments.timemachine --data ../shared/data/timemachine.txt
 
-Expected: about 15 s on a 2-core CPU (compilation included; data parallel over
+Expected: about 11 s on a 2-core CPU (compilation included; data parallel over
 one CPU device per core); final train perplexity about 5.8 and validation
 perplexity about 7.3 (seed 0: 5.81 / 7.32; d2l's PyTorch tab reaches 7.2-7.4),
 and ``predict('it has', 20)`` turns from noise into words.
@@ -37,7 +37,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 import rnnjax
 from rnnjax import checkpoint, metrics, parallel, runtime
 from rnnjax.data import DataError, TimeMachine
-from rnnjax.train import Config, Interrupted, NonFiniteLoss, create_train_state, fit, make_model
+from rnnjax.train import (CHECKPOINT_EVERY, Config, Interrupted, NonFiniteLoss, create_train_state, fit,
+                          make_model)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,7 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                               ("unroll", int, "scan unroll factor")]:
         p.add_argument("--" + field.replace("_", "-"), type=kind, dest=field,
                        help=f"{help + '; ' if help else ''}default {getattr(d, field)}")
-    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N", help="epochs between checkpoints")
+    p.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="N",
+                   help=f"epochs between checkpoints (default {CHECKPOINT_EVERY}; the last epoch and an "
+                        "interrupted run are always saved)")
     p.add_argument("--keep", type=int, default=3, help="latest checkpoints kept (the best is kept too)")
     p.add_argument("--devices", type=int,
                    help="local devices to train on (default: all; on a CPU one per core, "

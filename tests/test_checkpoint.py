@@ -87,12 +87,20 @@ def test_interrupt_saves_the_last_step_and_resumes_exactly(small_data, tmp_path)
 
 
 def test_keeps_latest_and_best(small_data, tmp_path):
-    fit(with_epochs(SMALL, 6), small_data, tmp_path, devices=1, keep=2)
+    fit(with_epochs(SMALL, 6), small_data, tmp_path, devices=1, checkpoint_every=1, keep=2)
     mngr = checkpoint.manager(tmp_path / checkpoint.SUBDIR)
     records = MetricsLog(tmp_path / "metrics.jsonl").read()
     best = min(records, key=lambda r: r["val_ppl"])["step"]
     assert set(mngr.all_steps()) == {records[-1]["step"], records[-2]["step"], best}
     assert checkpoint.restore(tmp_path, best=True).step == best
+
+
+def test_saves_every_checkpoint_every_epochs_and_after_the_last(small_data, tmp_path):
+    fit(with_epochs(SMALL, 7), small_data, tmp_path, devices=1, checkpoint_every=3, keep=5)
+    steps = small_data.num_batches()
+    assert checkpoint.manager(tmp_path / checkpoint.SUBDIR).all_steps() == [3 * steps, 6 * steps, 7 * steps]
+    resumed = fit(with_epochs(SMALL, 8), small_data, tmp_path, devices=1, checkpoint_every=3, keep=5)
+    assert [r["epoch"] for r in resumed.history] == list(range(1, 9))
 
 
 def test_missing_or_empty_workdir(tmp_path):
