@@ -66,11 +66,10 @@ class Config:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# Epochs between checkpoints. An orbax save takes about 33 ms on the 2-core
-# reference machine whatever the state's size (directories, metadata, the
-# atomic rename), a third of one ~0.1 s epoch of d2l's recipe: saving every
-# epoch made the 100-epoch run 13-15 s instead of 10-11 s. The last epoch and
-# an interrupted run are saved whatever the interval.
+# Epochs between checkpoints. An orbax save of the recipe's small state takes
+# about 33 ms on the 2-core reference machine, a third of one ~0.1 s epoch:
+# saving every epoch made the 100-epoch run 13-15 s instead of 10-11 s. The
+# last epoch and an interrupted run are saved whatever the interval.
 CHECKPOINT_EVERY = 10
 
 
