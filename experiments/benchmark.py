@@ -479,7 +479,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     s = Setting()
-    runtime.use_cpu_cores(s.batch_size)   # as experiments.timemachine does: one CPU device per core
+    # As experiments.timemachine does: malloc keeps freed memory (all contenders
+    # share the process, so PyTorch and Flax get it too), one CPU device per core.
+    runtime.keep_freed_memory()
+    runtime.use_cpu_cores(s.batch_size)
     data = TimeMachine(s.batch_size, s.num_steps, path=args.data)
     info = machine_info()
     print(f"{info['cpu']}, {info['cores']} cores, {info['devices']}; " +

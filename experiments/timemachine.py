@@ -140,6 +140,7 @@ def train(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    runtime.keep_freed_memory()
     runtime.use_cpu_cores(args.batch_size or Config.batch_size)
     if not args.no_compilation_cache:
         runtime.enable_compilation_cache()

@@ -1,6 +1,9 @@
 import os
+import platform
 import subprocess
 import sys
+
+import pytest
 
 CHILD = """
 import sys, jax, jax.numpy as jnp
@@ -48,3 +51,32 @@ def _devices(env: dict[str, str], batch_size: int) -> list[str]:
     return subprocess.run([sys.executable, "-c", DEVICES_CHILD, str(batch_size)],
                           env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
                           timeout=120, check=True).stdout.split()
+
+
+MALLOC_CHILD = """
+import ctypes, resource, sys
+from rnnjax import runtime
+took = runtime.keep_freed_memory() if sys.argv[1] == "keep" else None
+libc, size = ctypes.CDLL(None), 48 << 20   # above the largest block glibc's heap serves by default
+libc.malloc.restype = ctypes.c_void_p
+def fill_and_free():
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(ctypes.c_void_p(block))
+fill_and_free()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+fill_and_free()
+print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_keep_freed_memory_reuses_freed_blocks_without_page_faults(fresh_env):
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's malloc only")
+    pages = (48 << 20) // os.sysconf("SC_PAGE_SIZE")
+    run = lambda mode: subprocess.run([sys.executable, "-c", MALLOC_CHILD, mode], env=fresh_env(),
+                                      capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    took, faults = run("keep")
+    assert took == "True" and int(faults) < pages // 10
+    _, faults = run("default")         # the second 48 MB block is mapped and faulted in afresh
+    assert int(faults) > pages // 2
