@@ -149,7 +149,11 @@ def _recurrence_bwd(residuals, cotangents):
         dZ_TxBxH, dW_hh = carry
         t = T - 2 - i
         dZ_next = dZ_TxBxH[t + 1]
-        return dZ_at(t, dZ_next @ W_hh.T, dZ_TxBxH), dW_hh + outputs_TxBxH[t].T @ dZ_next
+        # A transposed copy of H_t makes this a plain (NN) dot, which XLA:CPU runs
+        # faster than H_t.T @ dZ_next (one core, the recipe's step 9.68 -> 9.51 ms);
+        # the barrier keeps XLA from folding the transpose into the dot.
+        H_t_HxB = jax.lax.optimization_barrier(outputs_TxBxH[t].T)
+        return dZ_at(t, dZ_next @ W_hh.T, dZ_TxBxH), dW_hh + H_t_HxB @ dZ_next
 
     dZ_TxBxH, dW_hh = jax.lax.fori_loop(0, T - 1, step,
                                         (dZ_at(T - 1, dH_T, dZ_TxBxH), jnp.zeros_like(W_hh)))
