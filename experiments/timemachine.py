@@ -128,8 +128,8 @@ def train(args: argparse.Namespace) -> None:
     say(f"untrained: {rnnjax.predict(model, untrained, data.vocab, 'it has', 20)!r}")
 
     with progress_bar(enabled=lead and not args.no_progress) as progress:
-        result = fit(config, data, workdir, devices=args.devices, checkpoint_every=args.checkpoint_every,
-                     keep=args.keep, progress=progress)
+        result = fit(config, data, workdir, params=untrained, devices=args.devices,
+                     checkpoint_every=args.checkpoint_every, keep=args.keep, progress=progress)
     if lead and result.history:
         metrics.plot_perplexity(result.history, workdir / metrics.PLOT)
         last = result.history[-1]

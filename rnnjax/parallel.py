@@ -116,8 +116,8 @@ class DataParallel:
 
     def replicate(self, tree: Any) -> Any:
         """A host pytree placed on every device (a leading device axis when pmapped)."""
-        if not self.pmapped:
-            return jax.device_put(tree, self.devices[0])
+        if not self.pmapped:   # a copy: the caller's arrays outlive a step that donates these
+            return jax.device_put(tree, self.devices[0], may_alias=False)
         mesh = jax.sharding.Mesh(np.array(self.devices), (AXIS,))
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
         return jax.tree.map(lambda x: jax.device_put(np.stack([np.asarray(x)] * self.num_local), sharding),

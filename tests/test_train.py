@@ -120,3 +120,25 @@ def test_short_real_run_beats_unigram(real_text_path, tmp_path):
     ppl = [r["val_ppl"] for r in result.history]
     assert ppl[-1] < 0.75 * unigram_ppl
     assert ppl[-1] < ppl[0]
+
+
+def test_fit_starts_from_given_params_and_leaves_them_valid(small_data, tmp_path):
+    vocab_size = len(small_data.vocab)
+    params = create_train_state(SMALL, vocab_size).params
+    before = jax.tree.map(jnp.copy, params)   # no host view: one would keep XLA from donating params
+    default = fit(SMALL, small_data, tmp_path / "default", devices=1)
+    given = fit(SMALL, small_data, tmp_path / "given", params=params, devices=1)
+    assert [r["val_ppl"] for r in given.history] == [r["val_ppl"] for r in default.history]
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(params)):   # fit donated a copy
+        assert not b.is_deleted()
+        np.testing.assert_array_equal(a, b)
+    halved = fit(SMALL, small_data, tmp_path / "halved", devices=1,
+                 params=jax.tree.map(lambda p: p / 2, params))
+    assert halved.history[0]["train_ppl"] != default.history[0]["train_ppl"]
+
+
+def test_fit_rejects_params_of_another_model(small_data, tmp_path):
+    other = create_train_state(Config(num_hiddens=8), len(small_data.vocab)).params
+    with pytest.raises(ValueError, match=r"do not fit the config \(num_hiddens=16"):
+        fit(SMALL, small_data, tmp_path, params=other, devices=1)
+    assert not (tmp_path / "metrics.jsonl").exists()
