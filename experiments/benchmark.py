@@ -53,7 +53,8 @@ from rnnjax import runtime
 from rnnjax.data import TimeMachine
 from rnnjax.model import RNNLM
 from rnnjax.parallel import DataParallel, wait_for_backlog
-from rnnjax.train import Config, create_train_state, fit, make_model, make_optimizer, train_step
+from rnnjax.train import (Config, compiler_options, create_train_state, fit, make_model, make_optimizer,
+                          train_step)
 
 
 def model_flops_per_token(H: int, V: int) -> int:
@@ -109,7 +110,8 @@ class Rnnjax(Contender):
             model = rnnjax.model.build(len(data.vocab), s.num_hiddens, **self.model_overrides)
             state = state.replace(apply_fn=model.apply)
         self.state = dp.replicate(state)
-        self.step = dp.compile(lambda state, batch, axis_name=None: train_step(state, batch, axis_name))
+        self.step = dp.compile(lambda state, batch, axis_name=None: train_step(state, batch, axis_name),
+                               compiler_options=compiler_options(s.config, dp.num_shards))
         self.batches = _cycle(lambda epoch: (dp.shard(b) for b in data.train_batches(epoch)))
         t0 = time.perf_counter()
         jax.block_until_ready(self.step(self.state, next(self.batches)))
@@ -358,13 +360,14 @@ import sys, time
 import jax
 from rnnjax import runtime
 from rnnjax.data import TimeMachine
-from rnnjax.train import Config, create_train_state, train_step
+from rnnjax.train import Config, compiler_options, create_train_state, train_step
 if sys.argv[1] != "-":
     runtime.enable_compilation_cache(sys.argv[1])
 data = TimeMachine(1024, 32, path=sys.argv[2] if len(sys.argv) > 2 else None)
 state, batch = create_train_state(Config(), len(data.vocab)), next(data.train_batches(0))
 t0 = time.perf_counter()
-jax.block_until_ready(jax.jit(train_step)(state, batch))
+step = jax.jit(train_step, compiler_options=compiler_options(Config(), 1))
+jax.block_until_ready(step(state, batch))
 print(time.perf_counter() - t0)
 """
 

@@ -51,6 +51,24 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
                                process_id=process_id)
 
 
+class CompiledPerShape:
+    """``pmapped(*args)`` compiled ahead of time with XLA ``options``, once per argument shapes."""
+
+    def __init__(self, pmapped: Callable, options: dict[str, Any]):
+        self.pmapped, self.options = pmapped, dict(options)
+        self.executables: dict[Any, Any] = {}
+
+    def executable(self, *args) -> Any:
+        leaves, treedef = jax.tree.flatten(args)
+        key = treedef, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves)
+        if key not in self.executables:
+            self.executables[key] = self.pmapped.lower(*args).compile(compiler_options=self.options)
+        return self.executables[key]
+
+    def __call__(self, *args):
+        return self.executable(*args)(*args)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataParallel:
     """Compiles per-device steps for ``devices`` and moves data to and from them.
@@ -91,16 +109,26 @@ class DataParallel:
                 f"The batch size {batch_size} is not divisible by the number of devices "
                 f"{self.num_shards}; choose a batch size that is a multiple of {self.num_shards}.")
 
-    def compile(self, step: Callable, donate_state: bool = False) -> Callable:
-        """``step(state, batch, axis_name=None)`` jitted, or pmapped with ``axis_name``."""
+    def compile(self, step: Callable, donate_state: bool = False,
+                compiler_options: dict[str, Any] | None = None) -> Callable:
+        """``step(state, batch, axis_name=None)`` jitted, or pmapped with ``axis_name``.
+
+        ``compiler_options`` go to XLA, as ``jax.jit``'s do. ``pmap`` takes none
+        (and ``jax.jit`` around a pmap drops them), so a pmapped step with
+        options is compiled ahead of time, once per argument shapes; across
+        processes, where pmap's own call converts the arrays, they are left out.
+        """
         donate = (0,) if donate_state else ()
         if not self.pmapped:
-            return jax.jit(step, donate_argnums=donate)
+            return jax.jit(step, donate_argnums=donate, compiler_options=compiler_options)
         # Across processes pmap spans every process's devices; ``devices`` would
         # have to list them all, identically everywhere, so leave it to pmap.
         devices = self.devices if jax.process_count() == 1 else None
-        return jax.pmap(functools.partial(step, axis_name=AXIS), axis_name=AXIS,
-                        devices=devices, donate_argnums=donate)
+        pmapped = jax.pmap(functools.partial(step, axis_name=AXIS), axis_name=AXIS,
+                           devices=devices, donate_argnums=donate)
+        if not compiler_options or jax.process_count() > 1:
+            return pmapped
+        return CompiledPerShape(pmapped, compiler_options)
 
     def shard(self, batch: Any) -> Any:
         """This process's slice of a global host batch, split over its devices."""

@@ -130,6 +130,45 @@ def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
     return jax.eval_shape(lambda: _train_state(config, vocab_size, lambda f: f))
 
 
+# XLA:CPU hands each single dot to YNNPACK, which splits even the recurrence's
+# small (batch/devices, H) @ (H, H) products over the CPU's thread pool; with
+# one device per core the devices' programs then wait on each other's tasks.
+# Leaving single dots to XLA's own kernels (Eigen) made d2l's step 1.07-1.14x
+# faster on 2 CPU devices and 1.09x on one device over both cores (interleaved
+# A/B, 2-core reference machine); pinned to one core it changed nothing. Where
+# the hidden size outgrows the rows (H 512 at batch 64, H 128 at batch 64,
+# H 512 at batch 1024) YNNPACK's kernels win (0.65-0.97x without them), hence
+# the rule in ``compiler_options``. The value is XLA's default set less dots.
+_YNN_WITHOUT_DOTS = {"xla_cpu_experimental_ynn_fusion_type":
+                     "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def compiler_options(config: Config, num_shards: int) -> dict[str, Any]:
+    """XLA options for ``config``'s steps on ``num_shards`` devices (``DataParallel.compile``).
+
+    On a CPU, with at least 4 rows per device for each hidden unit, dots stay out
+    of YNNPACK (see above); otherwise, or where XLA does not know the option,
+    none.
+    """
+    rows = config.batch_size // num_shards
+    if jax.default_backend() != "cpu" or rows < 4 * config.num_hiddens or not _xla_accepts(_YNN_WITHOUT_DOTS):
+        return {}
+    return dict(_YNN_WITHOUT_DOTS)
+
+
+@functools.cache
+def _xla_accepts_items(items: tuple) -> bool:
+    try:
+        jax.jit(lambda x: x, compiler_options=dict(items)).lower(0.0).compile()
+    except jax.errors.JaxRuntimeError:
+        return False
+    return True
+
+
+def _xla_accepts(options: dict[str, Any]) -> bool:
+    return _xla_accepts_items(tuple(sorted(options.items())))
+
+
 def _mean_over_devices(x, axis_name):
     return x if axis_name is None else jax.lax.pmean(x, axis_name)
 
@@ -260,8 +299,9 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
     if is_writer:
         checkpoint.write_config(workdir, config, data.vocab)
 
-    train = dp.compile(train_step, donate_state=True)
-    evaluate_step = dp.compile(eval_step)
+    options = compiler_options(config, dp.num_shards)
+    train = dp.compile(train_step, donate_state=True, compiler_options=options)
+    evaluate_step = dp.compile(eval_step, compiler_options=options)
     state = dp.replicate(state)
     steps_per_epoch = data.num_batches(True)
     total = config.epochs * steps_per_epoch

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from rnnjax import checkpoint
+from rnnjax import checkpoint, train
 from rnnjax.data import TimeMachine
 from rnnjax.metrics import MetricsLog
 from rnnjax.parallel import DataParallel
@@ -80,6 +80,34 @@ def test_one_all_reduce_per_step(small_data):
     step = jax.pmap(lambda s, b: train_step(s, b, axis_name="batch"), axis_name="batch", devices=dp.devices)
     hlo = step.lower(state, dp.shard(next(small_data.train_batches(0)))).as_text()
     assert hlo.count("all_reduce") == 1
+
+
+YNN_ONLY_REDUCE = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def test_compiler_options_reach_xla_and_change_no_result(small_data):
+    """``pmap`` takes no XLA options; ``compile`` builds the pmapped step with them itself."""
+    dp = DataParallel.create(2)
+    state = dp.replicate(create_train_state(SMALL, len(small_data.vocab)))
+    batch = dp.shard(next(small_data.train_batches(0)))
+    plain = dp.compile(train_step)
+    tuned = dp.compile(train_step, compiler_options=YNN_ONLY_REDUCE)
+    assert "ynn_fusion" in plain.lower(state, batch).compile().as_text()   # XLA's default: YNNPACK dots
+    assert "ynn_fusion" not in tuned.executable(state, batch).as_text()
+    assert_close_trees(tuned(state, batch), plain(state, batch), atol=1e-6)
+    tuned(state, batch)
+    assert len(tuned.executables) == 1                                     # compiled once per shapes
+
+
+def test_fit_with_xla_options_trains_as_without(small_data, tmp_path, monkeypatch):
+    """Two hiddens give 8 rows per device per hidden unit: ``compiler_options`` applies."""
+    config = Config(**{**SMALL.to_json(), "num_hiddens": 2, "epochs": 2})
+    assert train.compiler_options(config, 2)
+    tuned = fit(config, small_data, tmp_path / "tuned", devices=2)
+    monkeypatch.setattr(train, "compiler_options", lambda config, num_shards: {})
+    plain = fit(config, small_data, tmp_path / "plain", devices=2)
+    assert_close_histories(tuned.history, plain.history)
+    assert_close_trees(tuned.state.params, plain.state.params)
 
 
 def test_checkpoint_from_four_devices_resumes_on_one(small_data, tmp_path):

@@ -7,7 +7,8 @@ import pytest
 
 from rnnjax import train
 from rnnjax.data import Batch, TimeMachine
-from rnnjax.train import Config, NonFiniteLoss, create_train_state, eval_step, fit, train_step
+from rnnjax.train import (Config, NonFiniteLoss, compiler_options, create_train_state, eval_step, fit,
+                          train_step)
 
 SMALL = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50)
 
@@ -142,3 +143,12 @@ def test_fit_rejects_params_of_another_model(small_data, tmp_path):
     with pytest.raises(ValueError, match=r"do not fit the config \(num_hiddens=16"):
         fit(SMALL, small_data, tmp_path, params=other, devices=1)
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_compiler_options_only_where_rows_per_device_outnumber_hiddens_fourfold():
+    d2l = Config()                                           # batch 1024, 32 hiddens
+    assert compiler_options(d2l, 1) == compiler_options(d2l, 2) == train._YNN_WITHOUT_DOTS
+    assert compiler_options(d2l, 8) == train._YNN_WITHOUT_DOTS   # 128 rows per device
+    assert compiler_options(d2l, 16) == {}                   # 64 rows per device
+    assert compiler_options(Config(num_hiddens=512), 2) == {}
+    assert compiler_options(Config(batch_size=64), 1) == {}
