@@ -133,11 +133,11 @@ def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
 # XLA:CPU hands each single dot to YNNPACK, which splits even the recurrence's
 # small (batch/devices, H) @ (H, H) products over the CPU's thread pool; with
 # one device per core the devices' programs then wait on each other's tasks.
-# Leaving single dots to XLA's own kernels (Eigen) made d2l's step 1.07-1.14x
-# faster on 2 CPU devices and 1.09x on one device over both cores (interleaved
-# A/B, 2-core reference machine); pinned to one core it changed nothing. Where
-# the hidden size outgrows the rows (H 512 at batch 64, H 128 at batch 64,
-# H 512 at batch 1024) YNNPACK's kernels win (0.65-0.97x without them), hence
+# Leaving single dots to XLA's own (Eigen) kernels made d2l's step 1.07-1.14x
+# faster on 2 CPU devices and 1.09-1.13x on one device over both cores
+# (interleaved A/B on the 2-core reference machine); on one core it changed
+# nothing. Where the hidden size outgrows the rows (H 512 at batch 64 or 1024,
+# H 128 at batch 64) YNNPACK's kernels win (0.65-0.97x without them), hence
 # the rule in ``compiler_options``. The value is XLA's default set less dots.
 _YNN_WITHOUT_DOTS = {"xla_cpu_experimental_ynn_fusion_type":
                      "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE"}
@@ -151,22 +151,19 @@ def compiler_options(config: Config, num_shards: int) -> dict[str, Any]:
     none.
     """
     rows = config.batch_size // num_shards
-    if jax.default_backend() != "cpu" or rows < 4 * config.num_hiddens or not _xla_accepts(_YNN_WITHOUT_DOTS):
+    if jax.default_backend() != "cpu" or rows < 4 * config.num_hiddens or not _xla_knows_ynn_option():
         return {}
     return dict(_YNN_WITHOUT_DOTS)
 
 
 @functools.cache
-def _xla_accepts_items(items: tuple) -> bool:
+def _xla_knows_ynn_option() -> bool:
+    """The option is experimental: an XLA without it rejects it when compiling."""
     try:
-        jax.jit(lambda x: x, compiler_options=dict(items)).lower(0.0).compile()
+        jax.jit(lambda x: x, compiler_options=_YNN_WITHOUT_DOTS).lower(0.0).compile()
     except jax.errors.JaxRuntimeError:
         return False
     return True
-
-
-def _xla_accepts(options: dict[str, Any]) -> bool:
-    return _xla_accepts_items(tuple(sorted(options.items())))
 
 
 def _mean_over_devices(x, axis_name):
