@@ -360,13 +360,14 @@ import sys, time
 import jax
 from rnnjax import runtime
 from rnnjax.data import TimeMachine
+from rnnjax.parallel import DataParallel
 from rnnjax.train import Config, compiler_options, create_train_state, train_step
 if sys.argv[1] != "-":
     runtime.enable_compilation_cache(sys.argv[1])
 data = TimeMachine(1024, 32, path=sys.argv[2] if len(sys.argv) > 2 else None)
 state, batch = create_train_state(Config(), len(data.vocab)), next(data.train_batches(0))
 t0 = time.perf_counter()
-step = jax.jit(train_step, compiler_options=compiler_options(Config(), 1))
+step = DataParallel.create(1).compile(train_step, compiler_options=compiler_options(Config(), 1))
 jax.block_until_ready(step(state, batch))
 print(time.perf_counter() - t0)
 """

@@ -52,17 +52,27 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
 
 
 class CompiledPerShape:
-    """``pmapped(*args)`` compiled ahead of time with XLA ``options``, once per argument shapes."""
+    """``fn(*args)``, jitted or pmapped, compiled ahead of time with XLA ``options`` per argument shapes.
 
-    def __init__(self, pmapped: Callable, options: dict[str, Any]):
-        self.pmapped, self.options = pmapped, dict(options)
+    An XLA that does not know an option (they come and go between versions)
+    compiles without the options.
+    """
+
+    def __init__(self, fn: Callable, options: dict[str, Any]):
+        self.fn, self.options = fn, dict(options)
         self.executables: dict[Any, Any] = {}
 
     def executable(self, *args) -> Any:
         leaves, treedef = jax.tree.flatten(args)
         key = treedef, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves)
         if key not in self.executables:
-            self.executables[key] = self.pmapped.lower(*args).compile(compiler_options=self.options)
+            lowered = self.fn.lower(*args)
+            try:
+                self.executables[key] = lowered.compile(compiler_options=self.options)
+            except jax.errors.JaxRuntimeError as e:
+                if "No such compile option" not in str(e) and "not a valid enum value" not in str(e):
+                    raise
+                self.executables[key] = lowered.compile()
         return self.executables[key]
 
     def __call__(self, *args):
@@ -113,22 +123,23 @@ class DataParallel:
                 compiler_options: dict[str, Any] | None = None) -> Callable:
         """``step(state, batch, axis_name=None)`` jitted, or pmapped with ``axis_name``.
 
-        ``compiler_options`` go to XLA, as ``jax.jit``'s do. ``pmap`` takes none
-        (and ``jax.jit`` around a pmap drops them), so a pmapped step with
-        options is compiled ahead of time, once per argument shapes; across
-        processes, where pmap's own call converts the arrays, they are left out.
+        With ``compiler_options`` for XLA it is compiled ahead of time with them
+        (``CompiledPerShape``): ``pmap`` takes none, and ``jax.jit`` around a
+        pmap drops them. Across processes, where pmap's own call converts the
+        arrays, they are left out.
         """
         donate = (0,) if donate_state else ()
         if not self.pmapped:
-            return jax.jit(step, donate_argnums=donate, compiler_options=compiler_options)
-        # Across processes pmap spans every process's devices; ``devices`` would
-        # have to list them all, identically everywhere, so leave it to pmap.
-        devices = self.devices if jax.process_count() == 1 else None
-        pmapped = jax.pmap(functools.partial(step, axis_name=AXIS), axis_name=AXIS,
-                           devices=devices, donate_argnums=donate)
+            compiled = jax.jit(step, donate_argnums=donate)
+        else:
+            # Across processes pmap spans every process's devices; ``devices`` would
+            # have to list them all, identically everywhere, so leave it to pmap.
+            devices = self.devices if jax.process_count() == 1 else None
+            compiled = jax.pmap(functools.partial(step, axis_name=AXIS), axis_name=AXIS,
+                                devices=devices, donate_argnums=donate)
         if not compiler_options or jax.process_count() > 1:
-            return pmapped
-        return CompiledPerShape(pmapped, compiler_options)
+            return compiled
+        return CompiledPerShape(compiled, compiler_options)
 
     def shard(self, batch: Any) -> Any:
         """This process's slice of a global host batch, split over its devices."""

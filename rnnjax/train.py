@@ -147,23 +147,12 @@ def compiler_options(config: Config, num_shards: int) -> dict[str, Any]:
     """XLA options for ``config``'s steps on ``num_shards`` devices (``DataParallel.compile``).
 
     On a CPU, with at least 4 rows per device for each hidden unit, dots stay out
-    of YNNPACK (see above); otherwise, or where XLA does not know the option,
-    none.
+    of YNNPACK (see above); otherwise none.
     """
     rows = config.batch_size // num_shards
-    if jax.default_backend() != "cpu" or rows < 4 * config.num_hiddens or not _xla_knows_ynn_option():
+    if jax.default_backend() != "cpu" or rows < 4 * config.num_hiddens:
         return {}
     return dict(_YNN_WITHOUT_DOTS)
-
-
-@functools.cache
-def _xla_knows_ynn_option() -> bool:
-    """The option is experimental: an XLA without it rejects it when compiling."""
-    try:
-        jax.jit(lambda x: x, compiler_options=_YNN_WITHOUT_DOTS).lower(0.0).compile()
-    except jax.errors.JaxRuntimeError:
-        return False
-    return True
 
 
 def _mean_over_devices(x, axis_name):

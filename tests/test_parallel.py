@@ -82,7 +82,8 @@ def test_one_all_reduce_per_step(small_data):
     assert hlo.count("all_reduce") == 1
 
 
-YNN_ONLY_REDUCE = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+YNN = "xla_cpu_experimental_ynn_fusion_type"
+YNN_ONLY_REDUCE = {YNN: "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def test_compiler_options_reach_xla_and_change_no_result(small_data):
@@ -97,6 +98,18 @@ def test_compiler_options_reach_xla_and_change_no_result(small_data):
     assert_close_trees(tuned(state, batch), plain(state, batch), atol=1e-6)
     tuned(state, batch)
     assert len(tuned.executables) == 1                                     # compiled once per shapes
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_options_xla_does_not_know_are_left_out(small_data, devices):
+    dp = DataParallel.create(devices)
+    state = dp.replicate(create_train_state(SMALL, len(small_data.vocab)))
+    batch = dp.shard(next(small_data.train_batches(0)))
+    unknown = dp.compile(train_step, compiler_options={"xla_cpu_no_such_option": True})
+    bad_value = dp.compile(train_step, compiler_options={YNN: "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE"})
+    plain = dp.compile(train_step)
+    assert_close_trees(unknown(state, batch), plain(state, batch), atol=0)
+    assert_close_trees(bad_value(state, batch), plain(state, batch), atol=0)
 
 
 def test_fit_with_xla_options_trains_as_without(small_data, tmp_path, monkeypatch):
