@@ -5,13 +5,16 @@ Command (d2l's recipe: batch 1024, num_steps 32, hidden 32, lr 1, clip 1)::
     python -m experiments.benchmark --data ../shared/data/timemachine.txt --json bench.json
 
 Expected runtime on a 2-core CPU: about 3 minutes (``--sweep`` adds about 10,
-``--ablations`` about 1). Contenders run interleaved (A B C A B C ...) in one
-process so that a noisy machine affects them alike; the table gives medians
-with min-max over the rounds and ratios against each baseline.
+``--ablations`` about 1). Expected result there (2026-11-28, two runs): rnnjax's
+step 3.0x faster than PyTorch's and 2.4-2.7x than stock Flax's, the whole
+recipe 2.1-2.5x faster than PyTorch's. Contenders run interleaved (A B C A B C
+...) in one process so that a noisy machine affects them alike; the table
+gives medians with min-max over the rounds and ratios against each baseline.
 
 - ``rnnjax``: ``rnnjax.train.train_step`` on ``rnnjax.TimeMachine`` batches,
   data parallel over all local devices (``--devices``; on a CPU one device per
-  core, as ``experiments.timemachine`` runs it), and ``fit`` for the whole
+  core, as ``experiments.timemachine`` runs it) and compiled with
+  ``rnnjax.train.compiler_options`` as ``fit`` does, and ``fit`` for the whole
   recipe. ``rnnjax 1 device`` is the same on a single device.
 - ``torch``: ``nn.RNN`` + ``nn.Linear`` on one-hot inputs, a ``DataLoader`` over
   a ``TensorDataset``, d2l's ``clip_gradients`` and SGD, the loss read back
