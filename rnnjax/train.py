@@ -133,8 +133,8 @@ def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
 # XLA:CPU hands each single dot to YNNPACK, which splits even the recurrence's
 # small (batch/devices, H) @ (H, H) products over the CPU's thread pool; with
 # one device per core the devices' programs then wait on each other's tasks.
-# Leaving single dots to XLA's own (Eigen) kernels made d2l's step 1.07-1.14x
-# faster on 2 CPU devices and 1.09-1.13x on one device over both cores
+# Leaving single dots to XLA's own (Eigen) kernels made d2l's step 1.06-1.11x
+# faster on 2 CPU devices and 1.02-1.13x on one device over both cores
 # (interleaved A/B on the 2-core reference machine); on one core it changed
 # nothing. Where the hidden size outgrows the rows (H 512 at batch 64 or 1024,
 # H 128 at batch 64) YNNPACK's kernels win (0.65-0.97x without them), hence
