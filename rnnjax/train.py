@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import signal
 import threading
@@ -35,7 +34,7 @@ from flax.training import train_state
 from rnnjax import checkpoint, metrics as metrics_lib
 from rnnjax.data import Batch, TimeMachine
 from rnnjax.model import RNNLM, build
-from rnnjax.parallel import DataParallel, wait_for_backlog
+from rnnjax.parallel import CompiledPerShape, DataParallel, wait_for_backlog
 
 TrainState = train_state.TrainState
 
@@ -102,17 +101,24 @@ def _train_state(config: Config, vocab_size: int, jit: Callable, params: Any = N
     return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
 
 
+# Init runs once and takes microseconds, but the random number generator makes
+# it a large program. Without XLA's backend optimizations it compiled in about
+# 0.4 s instead of 0.75 s; with XLA:CPU's older code generator in one piece
+# too, in 0.18-0.22 s instead of 0.32-0.45 s (fresh processes, 2-core machine),
+# to the same values. They differ from the optimized build's in the last bit
+# (fused multiply-adds) and are just as deterministic.
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+                         "xla_cpu_parallel_codegen_split_count": 1}
+
+
 def create_train_state(config: Config, vocab_size: int, params: Any = None) -> TrainState:
     """Step 0 of ``config``'s model and optimizer, from ``params`` or initialized from ``config.seed``."""
     if params is not None:
         _check_params(params, config, vocab_size)
-    # Init runs once and takes microseconds; compiled without XLA's backend
-    # optimizations it compiles in about 0.4 s instead of 0.75 s (the random
-    # number generator dominates). Values differ from the optimized build's in
-    # the last bit (fused multiply-adds) and are just as deterministic.
-    return _train_state(config, vocab_size,
-                        functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0}),
-                        params)
+
+    def jit(init):
+        return CompiledPerShape(jax.jit(init), INIT_COMPILER_OPTIONS)
+    return _train_state(config, vocab_size, jit, params)
 
 
 def _check_params(params: Any, config: Config, vocab_size: int) -> None:

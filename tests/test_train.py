@@ -152,3 +152,13 @@ def test_compiler_options_only_where_rows_per_device_outnumber_hiddens_fourfold(
     assert compiler_options(d2l, 16) == {}                   # 64 rows per device
     assert compiler_options(Config(num_hiddens=512), 2) == {}
     assert compiler_options(Config(batch_size=64), 1) == {}
+
+
+def test_init_compiler_options_change_no_value():
+    """Init's faster-compiling XLA options give bit-for-bit what its plain unoptimized build gives."""
+    model = train.make_model(SMALL, 28)
+    args = (jax.random.key(SMALL.seed), jnp.zeros((1, SMALL.num_steps), jnp.int32))
+    plain = jax.jit(model.init, compiler_options={"xla_backend_optimization_level": 0})(*args)["params"]
+    params = create_train_state(SMALL, 28).params
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(a, b)
