@@ -7,9 +7,10 @@ Command (d2l's recipe: batch 1024, num_steps 32, hidden 32, lr 1, clip 1)::
 Expected runtime on a 2-core CPU: about 3 minutes (``--sweep`` adds about 10,
 ``--ablations`` about 1). Expected result there (2026-11-28, three runs on a
 busy machine): rnnjax's step 2.6-3.0x faster than PyTorch's and 2.4-2.7x than
-stock Flax's, the whole recipe 2.1-2.8x faster than PyTorch's. Contenders run interleaved (A B C A B C
-...) in one process so that a noisy machine affects them alike; the table
-gives medians with min-max over the rounds and ratios against each baseline.
+stock Flax's, the whole recipe 2.1-2.8x faster than PyTorch's. Contenders run
+interleaved (A B C A B C ...) in one process so that a noisy machine affects
+them alike; the table gives medians with min-max over the rounds and ratios
+against each baseline.
 
 - ``rnnjax``: ``rnnjax.train.train_step`` on ``rnnjax.TimeMachine`` batches,
   data parallel over all local devices (``--devices``; on a CPU one device per
