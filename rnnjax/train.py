@@ -149,16 +149,26 @@ _YNN_WITHOUT_DOTS = {"xla_cpu_experimental_ynn_fusion_type":
                      "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
+# XLA runs LLVM at -O3 on the code it generates for the CPU. At -O1 the train
+# step compiles in 0.39-0.46 s instead of 0.53-0.66 s (fresh processes, one
+# device, 2-core reference machine) and 0.72-0.90 s instead of 0.91-1.07 s on
+# two devices, to the same values bit for bit (tested) and an unchanged step
+# time (0.96-1.04x, interleaved; also at hidden 128 and 512).
+_LLVM_O1 = {"xla_backend_optimization_level": 1}
+
+
 def compiler_options(config: Config, num_shards: int) -> dict[str, Any]:
     """XLA options for ``config``'s steps on ``num_shards`` devices (``DataParallel.compile``).
 
-    On a CPU, with at least 4 rows per device for each hidden unit, dots stay out
-    of YNNPACK (see above); otherwise none.
+    On a CPU: LLVM at -O1, and with at least 4 rows per device for each hidden
+    unit, dots out of YNNPACK (see above). Elsewhere none.
     """
-    rows = config.batch_size // num_shards
-    if jax.default_backend() != "cpu" or rows < 4 * config.num_hiddens:
+    if jax.default_backend() != "cpu":
         return {}
-    return dict(_YNN_WITHOUT_DOTS)
+    options = dict(_LLVM_O1)
+    if config.batch_size // num_shards >= 4 * config.num_hiddens:
+        options.update(_YNN_WITHOUT_DOTS)
+    return options
 
 
 def _mean_over_devices(x, axis_name):

@@ -145,13 +145,23 @@ def test_fit_rejects_params_of_another_model(small_data, tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_compiler_options_only_where_rows_per_device_outnumber_hiddens_fourfold():
-    d2l = Config()                                           # batch 1024, 32 hiddens
-    assert compiler_options(d2l, 1) == compiler_options(d2l, 2) == train._YNN_WITHOUT_DOTS
-    assert compiler_options(d2l, 8) == train._YNN_WITHOUT_DOTS   # 128 rows per device
-    assert compiler_options(d2l, 16) == {}                   # 64 rows per device
-    assert compiler_options(Config(num_hiddens=512), 2) == {}
-    assert compiler_options(Config(batch_size=64), 1) == {}
+def test_compiler_options_keep_dots_from_ynnpack_only_where_rows_per_device_outnumber_hiddens_fourfold():
+    d2l, o1, no_dots = Config(), train._LLVM_O1, train._YNN_WITHOUT_DOTS   # d2l: batch 1024, 32 hiddens
+    assert compiler_options(d2l, 1) == compiler_options(d2l, 2) == {**o1, **no_dots}
+    assert compiler_options(d2l, 8) == {**o1, **no_dots}      # 128 rows per device
+    assert compiler_options(d2l, 16) == o1                    # 64 rows per device
+    assert compiler_options(Config(num_hiddens=512), 2) == o1
+    assert compiler_options(Config(batch_size=64), 1) == o1
+
+
+def test_llvm_o1_changes_no_value(small_data):
+    """The train step compiled at LLVM -O1 gives bit for bit what XLA's default -O3 build gives."""
+    state = create_train_state(SMALL, len(small_data.vocab))
+    batch = next(small_data.train_batches(0))
+    step = jax.jit(train_step)
+    fast = step.lower(state, batch).compile(compiler_options=train._LLVM_O1)
+    for a, b in zip(jax.tree.leaves(fast(state, batch)), jax.tree.leaves(step(state, batch)), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_init_compiler_options_change_no_value():
