@@ -432,6 +432,9 @@ def table(results: dict, ref: str = "rnnjax") -> str:
     return "\n".join(rows)
 
 
+SWEEP_ROUNDS = 5
+
+
 def run_sweep(args, data_path, log=print) -> list[dict]:
     rows = []
     for H in (32, 128, 512):
@@ -440,14 +443,15 @@ def run_sweep(args, data_path, log=print) -> list[dict]:
                 s = Setting(batch_size=B, num_steps=T, num_hiddens=H)
                 # Whole batches only, so that no contender recompiles inside a timed round.
                 data = TimeMachine(B, T, num_train=10000 // B * B, path=data_path)
-                steps = max(2, min(20, int(5e6 // (B * T * H))))
-                log(f"sweep H={H} B={B} T={T} ({steps} steps a round)")
-                res = measure_steps(contenders_for(args), s, data, rounds=3, steps=steps, warmup=1,
-                                    log=lambda *_: None)
+                # Rounds of 0.2-3 s: shorter ones left +-20% noise on this machine.
+                steps = max(2, min(200, int(2e7 // (B * T * H))))
+                log(f"sweep H={H} B={B} T={T} ({SWEEP_ROUNDS} rounds of {steps} steps)")
+                res = measure_steps(contenders_for(args), s, data, rounds=SWEEP_ROUNDS, steps=steps,
+                                    warmup=1, log=lambda *_: None)
                 for name, r in res.items():
                     rows.append({"contender": name, "num_hiddens": H, "batch_size": B, "num_steps": T,
-                                 "ms_per_step": r["ms_per_step"], "tokens_per_s": r["tokens_per_s"],
-                                 "gflops": r["gflops"]})
+                                 **{k: r[k] for k in ("ms_per_step", "ms_per_step_min", "ms_per_step_max",
+                                                      "tokens_per_s", "gflops")}})
                 log("  " + "  ".join(f"{name} {r['tokens_per_s']:.3g} tok/s" for name, r in res.items()))
     return rows
 
