@@ -217,12 +217,13 @@ def test_fast_loss_equals_plain_reference():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_dense_cross_entropy_gradients():
+@pytest.mark.parametrize("V", [6, 16, 28])   # padded inside to 16, not padded, padded to 32
+def test_dense_cross_entropy_gradients(V):
     from rnnjax.model import dense_cross_entropy
     k = jax.random.split(jax.random.key(0), 5)
-    H_, W = jax.random.normal(k[0], (40, 8)), jax.random.normal(k[1], (8, 6))
-    b = jax.random.normal(k[2], (6,))
-    labels, weights = jax.random.randint(k[3], (40,), 0, 6), jax.random.uniform(k[4], (40,))
+    H_, W = jax.random.normal(k[0], (40, 8)), jax.random.normal(k[1], (8, V))
+    b = jax.random.normal(k[2], (V,))
+    labels, weights = jax.random.randint(k[3], (40,), 0, V), jax.random.uniform(k[4], (40,))
     ref = lambda H_, W, b: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(H_ @ W + b, labels)
                                    * weights)
     fused = lambda H_, W, b: dense_cross_entropy(H_, W, b, labels, weights)
