@@ -290,9 +290,10 @@ def _dense_cross_entropy_bwd(residuals, g):
     V = W_HxV.shape[1]
     one_hot = jnp.arange(p_NxP.shape[-1]) == labels_N[:, None]
     dlogits_NxP = (p_NxP - one_hot) * (g * weights_N)[:, None]
-    # dW = H.T @ dlogits, computed as (dlogits.T @ H).T: on one CPU core XLA's dot
-    # over the 32768 rows takes 0.90 instead of 1.64 ms this way round (9.1 -> 2.3 ms
-    # at H=128). The barrier keeps XLA from folding the transpose back into the dot.
+    # dW = H.T @ dlogits, computed as (dlogits.T @ H).T: XLA:CPU's dot over the
+    # 32768 rows is faster this way round (one core, this op's forward and backward:
+    # 9.3 instead of 15.5 ms at H=128, 61 instead of 85 ms at H=512, equal at H=32).
+    # The barrier keeps XLA from folding the transpose back into the dot.
     dW_HxP = jax.lax.optimization_barrier(dlogits_NxP.T @ H_NxH).T
     return (dlogits_NxP @ _pad_vocab(W_HxV).T, dW_HxP[:, :V], jnp.sum(dlogits_NxP, axis=0)[:V], None, None)
 
