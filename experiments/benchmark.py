@@ -4,11 +4,12 @@ Command (d2l's recipe: batch 1024, num_steps 32, hidden 32, lr 1, clip 1)::
 
     python -m experiments.benchmark --data ../shared/data/timemachine.txt --json bench.json
 
-Expected runtime on a 2-core CPU: about 2 minutes (``--sweep`` adds about 3,
-``--ablations`` about 0.5). Expected result there (2026-11-28/29, six runs on
-a busy machine): rnnjax's step 2.6-3.0x faster than PyTorch's and 2.4-2.7x
-than stock Flax's, the whole recipe 2.1-2.8x faster than PyTorch's, the first
-step 0.6-1.3 s, 0.17-0.32 s with a warm compilation cache. Contenders run
+Expected runtime on a 2-core CPU: about 1.5-2 minutes (``--sweep`` adds about
+3, ``--ablations`` about 0.5). Expected result there (2026-11-29, two runs of
+the final code on a busy machine): rnnjax's step 2.9-3.1x faster than
+PyTorch's and 2.6x than stock Flax's, the whole recipe 2.9-3.0x faster than
+PyTorch's, the first step 0.6-0.8 s, 0.17-0.18 s with a warm compilation
+cache. Contenders run
 interleaved (A B C A B C ...) in one process so that a noisy machine affects
 them alike; the table gives medians with min-max over the rounds and ratios
 against each baseline.
