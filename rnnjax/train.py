@@ -96,8 +96,10 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
 def _train_state(config: Config, vocab_size: int, jit: Callable, params: Any = None) -> TrainState:
     model = make_model(config, vocab_size)
     if params is None:
-        init = jit(model.init)
-        params = init(jax.random.key(config.seed), jnp.zeros((1, config.num_steps), jnp.int32))["params"]
+        # The key and the dummy input are made inside the one compiled init: made
+        # eagerly, each would compile a small program of its own.
+        params = jit(lambda: model.init(jax.random.key(config.seed),
+                                        jnp.zeros((1, config.num_steps), jnp.int32))["params"])()
     return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import jax
@@ -172,3 +173,19 @@ def test_init_compiler_options_change_no_value():
     params = create_train_state(SMALL, 28).params
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(plain), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_create_train_state_compiles_one_program():
+    """Key, dummy input and init are one compiled program: made eagerly, each would compile its own."""
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+    jax.clear_caches()
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        create_train_state(dataclasses.replace(SMALL, seed=SMALL.seed + 17), 28)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(compiles) == 1, compiles
