@@ -5,14 +5,13 @@ Command (d2l's recipe: batch 1024, num_steps 32, hidden 32, lr 1, clip 1)::
     python -m experiments.benchmark --data ../shared/data/timemachine.txt --json bench.json
 
 Expected runtime on a 2-core CPU: about 1.5-2 minutes (``--sweep`` adds about
-3, ``--ablations`` about 0.5). Expected result there (2026-11-29, two runs of
-the final code on a busy machine): rnnjax's step 2.9-3.1x faster than
-PyTorch's and 2.6x than stock Flax's, the whole recipe 2.9-3.0x faster than
-PyTorch's, the first step 0.6-0.8 s, 0.17-0.18 s with a warm compilation
-cache. Contenders run
-interleaved (A B C A B C ...) in one process so that a noisy machine affects
-them alike; the table gives medians with min-max over the rounds and ratios
-against each baseline.
+3, ``--ablations`` about 0.5). Expected result there (2026-11-29, three runs
+on a busy machine): rnnjax's step 2.9-3.2x faster than PyTorch's and 2.6-2.7x
+than stock Flax's, the whole recipe 2.9-3.0x faster than PyTorch's, the
+first step 0.6-0.8 s, 0.17-0.18 s with a warm compilation cache. Contenders
+run interleaved (A B C A B C ...) in one process so that a noisy machine
+affects them alike; the table gives medians with min-max over the rounds and
+ratios against each baseline.
 
 - ``rnnjax``: ``rnnjax.train.train_step`` on ``rnnjax.TimeMachine`` batches,
   data parallel over all local devices (``--devices``; on a CPU one device per
