@@ -244,12 +244,6 @@ class RNNLM(nn.Module):
         return loss_sum, jnp.sum(weights_B) * T
 
 
-def cross_entropy(logits: Array, labels: Array) -> Array:
-    """Softmax cross-entropy per position, ``logsumexp(logits) - logits[label]``."""
-    picked = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-    return jax.nn.logsumexp(logits, -1) - picked
-
-
 # The fused output layer pads the vocabulary to a multiple of this many columns
 # (zero weights, bias -inf, so softmax gives them probability 0 exactly): XLA:CPU
 # vectorizes rows of 32 floats well and rows of 28 poorly (an ``exp`` over

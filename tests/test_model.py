@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnnjax.model import RNN, RNNLM, OneHot, SimpleRNNCell, build, cross_entropy
+from rnnjax.model import RNN, RNNLM, OneHot, SimpleRNNCell, build
 
 T, B, I, H, V = 6, 3, 5, 4, 7
 
@@ -142,13 +142,6 @@ def test_loss_weights_drop_padding_rows():
     ref_sum, ref_count = model.apply(variables, X[:2], Y[:2], jnp.ones(2), method=RNNLM.loss)
     assert float(count) == float(ref_count) == 2 * T
     np.testing.assert_allclose(loss_sum, ref_sum, rtol=1e-6)
-
-
-def test_cross_entropy_matches_optax():
-    logits = jax.random.normal(jax.random.key(0), (5, 9)) * 10
-    labels = jnp.arange(5) % 9
-    np.testing.assert_allclose(cross_entropy(logits, labels),
-                               optax.softmax_cross_entropy_with_integer_labels(logits, labels), rtol=1e-6)
 
 
 def test_jit_and_no_jit_agree():
