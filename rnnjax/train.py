@@ -204,10 +204,26 @@ def train_step(state: TrainState, batch: Batch, axis_name: str | None = None
     return state.apply_gradients(grads=grads), metrics
 
 
+def _loss_sums(state: TrainState, batch: Batch) -> jax.Array:
+    """``[loss_sum, count]`` of one batch on this device."""
+    return jnp.stack(state.apply_fn({"params": state.params}, batch.X, batch.Y, batch.mask,
+                                    method=RNNLM.loss))
+
+
 def eval_step(state: TrainState, batch: Batch, axis_name: str | None = None) -> dict[str, jax.Array]:
-    loss_sum, count = state.apply_fn({"params": state.params}, batch.X, batch.Y, batch.mask,
-                                     method=RNNLM.loss)
-    loss_sum, count = _sum_over_devices(jnp.stack([loss_sum, count]), axis_name)
+    loss_sum, count = _sum_over_devices(_loss_sums(state, batch), axis_name)
+    return {"loss_sum": loss_sum, "count": count}
+
+
+def eval_steps(state: TrainState, batches: Batch, axis_name: str | None = None) -> dict[str, jax.Array]:
+    """``eval_step`` summed over a stack of batches (a leading axis), as one scan and one all-reduce.
+
+    ``fit`` evaluates the whole validation set with one call of it each epoch:
+    on two CPU devices d2l's 5 validation batches take 9.2 ms that way against
+    12.6 ms as one call per batch (interleaved, same process).
+    """
+    sums = jax.lax.scan(lambda acc, batch: (acc + _loss_sums(state, batch), None), jnp.zeros(2), batches)[0]
+    loss_sum, count = _sum_over_devices(sums, axis_name)
     return {"loss_sum": loss_sum, "count": count}
 
 
@@ -258,16 +274,6 @@ def _catch_signals() -> Iterator[_StopFlag]:
             signal.signal(s, handler)
 
 
-def evaluate(step_fn: Callable, state: Any, data: TimeMachine, dp: DataParallel) -> tuple[float, float]:
-    """``(loss_sum, count)`` over the validation set."""
-    out = []
-    for batch in data.val_batches():
-        out.append(step_fn(state, dp.shard(batch)))
-        wait_for_backlog(out)
-    out = dp.unreplicate(out)
-    return (sum(float(m["loss_sum"]) for m in out), sum(float(m["count"]) for m in out))
-
-
 def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any = None,
         devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3,
         progress: Callable | None = None) -> FitResult:
@@ -284,6 +290,8 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
     ``Interrupted`` (after saving the last completed step).
     """
     workdir = Path(workdir)
+    if data.num_val < 1:
+        raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
     dp = DataParallel.create(devices)
     dp.check_batch_size(config.batch_size)
     checkpoint.check_workdir(workdir)
@@ -305,7 +313,8 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
 
     options = compiler_options(config, dp.num_shards)
     train = dp.compile(train_step, donate_state=True, compiler_options=options)
-    evaluate_step = dp.compile(eval_step, compiler_options=options)
+    evaluate = dp.compile(eval_steps, compiler_options=options)
+    val_batches = dp.shard_stack(data.val_batches())
     state = dp.replicate(state)
     steps_per_epoch = data.num_batches(True)
     total = config.epochs * steps_per_epoch
@@ -343,11 +352,11 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
                 save(epoch, len(sums), sums)
                 raise interrupted(stop.signum, epoch, len(sums))
             train_loss = sum(s[0] for s in sums) / sum(s[1] for s in sums)
-            val_loss_sum, val_count = evaluate(evaluate_step, state, data, dp)
+            val = dp.unreplicate(evaluate(state, val_batches))
+            val_loss = float(val["loss_sum"]) / float(val["count"])
             record = {"epoch": epoch + 1, "step": done,
                       "train_loss": train_loss, "train_ppl": perplexity(train_loss),
-                      "val_loss": val_loss_sum / val_count,
-                      "val_ppl": perplexity(val_loss_sum / val_count),
+                      "val_loss": val_loss, "val_ppl": perplexity(val_loss),
                       "seconds": time.perf_counter() - t0}
             if ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
                     or stop.signum is not None):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rnnjax import checkpoint, train
-from rnnjax.data import TimeMachine
+from rnnjax.data import Batch, TimeMachine
 from rnnjax.metrics import MetricsLog
 from rnnjax.parallel import DataParallel
 from rnnjax.train import Config, create_train_state, fit, train_step
@@ -48,6 +48,19 @@ def test_one_two_and_four_devices_train_alike(small_data, tmp_path):
         assert_close_histories(runs[n].history, runs[1].history)
         assert_close_trees(runs[n].state.params, runs[1].state.params)
     assert runs[4].history[-1]["val_ppl"] < runs[4].history[0]["val_ppl"]
+
+
+def test_shard_stack_stacks_each_devices_shards():
+    batches = [Batch(np.arange(16 * 8).reshape(16, 8) + 1000 * i, np.zeros((16, 8), np.int32),
+                     np.ones(16, np.float32)) for i in range(3)]
+    for n in (1, 2, 4):
+        dp = DataParallel.create(n)
+        stacked = dp.shard_stack(batches)
+        for i, b in enumerate(batches):
+            if n == 1:
+                np.testing.assert_array_equal(stacked.X[i], b.X)
+            else:
+                np.testing.assert_array_equal(stacked.X[:, i], dp.shard(b).X)
 
 
 def _shards_step(step, n, small_data):
@@ -149,7 +162,7 @@ def test_devices_limits_local_devices():
 DEEP_QUEUE = """
 import tempfile
 import numpy as np
-from rnnjax.data import TimeMachine
+from rnnjax.data import Batch, TimeMachine
 from rnnjax.train import Config, fit
 text = "".join(np.random.default_rng(0).choice(list("abcdefghijklmnopqrstuvwxyz  "), 20000))
 with tempfile.TemporaryDirectory() as workdir:

@@ -8,8 +8,9 @@ import pytest
 
 from rnnjax import train
 from rnnjax.data import Batch, TimeMachine
-from rnnjax.train import (Config, NonFiniteLoss, compiler_options, create_train_state, eval_step, fit,
-                          train_step)
+from rnnjax.parallel import DataParallel
+from rnnjax.train import (Config, NonFiniteLoss, compiler_options, create_train_state, eval_step, eval_steps,
+                          fit, train_step)
 
 SMALL = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50)
 
@@ -80,6 +81,22 @@ def test_padding_rows_change_nothing(small_data):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     e_pad, e_real = eval_step(state, padded), eval_step(state, real)
     np.testing.assert_allclose(e_pad["loss_sum"], e_real["loss_sum"], rtol=1e-6)
+
+
+def test_eval_steps_sums_eval_step_over_a_stack_of_batches(small_data):
+    state = create_train_state(SMALL, len(small_data.vocab))
+    batches = list(small_data.val_batches())          # 50 windows: 4 batches, the last one padded
+    got = jax.jit(eval_steps)(state, DataParallel.create(1).shard_stack(batches))
+    each = [jax.jit(eval_step)(state, b) for b in batches]
+    assert float(got["count"]) == SMALL.num_val * SMALL.num_steps
+    np.testing.assert_allclose(got["loss_sum"], sum(float(e["loss_sum"]) for e in each), rtol=1e-6)
+
+
+def test_fit_needs_validation_windows(make_text, tmp_path):
+    data = TimeMachine(16, 8, 200, 0, text=make_text(5000))
+    with pytest.raises(ValueError, match="num_val >= 1"):
+        fit(SMALL, data, tmp_path, devices=1)
+    assert not any(tmp_path.iterdir())
 
 
 def test_fit_is_deterministic_under_a_seed(small_data, make_text, tmp_path):
