@@ -58,8 +58,8 @@ from rnnjax import runtime
 from rnnjax.data import TimeMachine
 from rnnjax.model import RNNLM
 from rnnjax.parallel import DataParallel, wait_for_backlog
-from rnnjax.train import (Config, compiler_options, create_train_state, fit, make_model, make_optimizer,
-                          train_step)
+from rnnjax.train import (STEPS_PER_CALL, Config, compiler_options, create_train_state, fit, make_model,
+                          make_optimizer, train_steps)
 
 
 def model_flops_per_token(H: int, V: int) -> int:
@@ -73,6 +73,7 @@ class Setting:
     num_steps: int = 32
     num_hiddens: int = 32
     epochs: int = 100
+    steps_per_call: int = STEPS_PER_CALL     # rnnjax's, as fit runs them
 
     @property
     def config(self) -> Config:
@@ -87,10 +88,11 @@ class Contender:
     name: str
 
     def prepare(self, s: Setting, data: TimeMachine) -> float:
-        """Builds everything and runs the first step; returns that step's seconds."""
+        """Builds everything and compiles (rnnjax) or runs the first step; returns its seconds."""
         raise NotImplementedError
 
-    def steps(self, n: int) -> None:
+    def steps(self, n: int) -> int | None:
+        """Runs about ``n`` training steps and waits; returns how many if not exactly ``n``."""
         raise NotImplementedError
 
     def recipe(self) -> float:
@@ -115,20 +117,28 @@ class Rnnjax(Contender):
             model = rnnjax.model.build(len(data.vocab), s.num_hiddens, **self.model_overrides)
             state = state.replace(apply_fn=model.apply)
         self.state = dp.replicate(state)
-        self.step = dp.compile(lambda state, batch, axis_name=None: train_step(state, batch, axis_name),
+        self.step = dp.compile(lambda state, batches, axis_name=None: train_steps(state, batches, axis_name),
                                compiler_options=compiler_options(s.config, dp.num_shards))
-        self.batches = _cycle(lambda epoch: (dp.shard(b) for b in data.train_batches(epoch)))
+        self.batches = _cycle(data.train_batches)
+        first = self.dp.shard_stack([next(self.batches) for _ in range(s.steps_per_call)])
         t0 = time.perf_counter()
-        jax.block_until_ready(self.step(self.state, next(self.batches)))
+        if hasattr(self.step, "executable"):      # compiled ahead of time (CPU): time the compile alone
+            self.step.executable(self.state, first)
+        else:
+            jax.block_until_ready(self.step(self.state, first))
         return time.perf_counter() - t0
 
     def steps(self, n):
+        """As ``fit`` runs them: calls of ``s.steps_per_call`` steps (n rounded up to whole calls)."""
+        per_call = self.s.steps_per_call
+        calls = -(-n // per_call)
         state, metrics = self.state, []
-        for _ in range(n):
-            state, m = self.step(state, next(self.batches))
+        for _ in range(calls):
+            state, m = self.step(state, self.dp.shard_stack([next(self.batches) for _ in range(per_call)]))
             metrics.append(m)
             wait_for_backlog(metrics)     # as fit does: deep queues can deadlock a CPU all-reduce
         jax.block_until_ready(metrics)
+        return calls * per_call
 
     def recipe(self):
         jax.clear_caches()
@@ -295,8 +305,8 @@ def measure_steps(contenders, s: Setting, data, rounds: int, steps: int, warmup:
     for r in range(rounds):
         for c in contenders:
             t0 = time.perf_counter()
-            c.steps(steps)
-            result[c.name]["rounds_ms"].append((time.perf_counter() - t0) / steps * 1e3)
+            ran = c.steps(steps) or steps
+            result[c.name]["rounds_ms"].append((time.perf_counter() - t0) / ran * 1e3)
         log(f"  round {r + 1}/{rounds}: " + "  ".join(
             f"{c.name} {result[c.name]['rounds_ms'][-1]:.2f} ms" for c in contenders))
     tokens = s.batch_size * s.num_steps
@@ -360,36 +370,39 @@ def measure_generation(data: TimeMachine, num_chars: int = 500, batch: int = 64,
             "batched_chars_per_s": batch * num_chars / batched}
 
 
-_FIRST_STEP = """
+_COMPILE = """
 import sys, time
 import jax
 from rnnjax import runtime
 from rnnjax.data import TimeMachine
 from rnnjax.parallel import DataParallel
-from rnnjax.train import Config, compiler_options, create_train_state, train_step
+from rnnjax.train import STEPS_PER_CALL, Config, compiler_options, create_train_state, train_steps
 if sys.argv[1] != "-":
     runtime.enable_compilation_cache(sys.argv[1])
 data = TimeMachine(1024, 32, path=sys.argv[2] if len(sys.argv) > 2 else None)
-state, batch = create_train_state(Config(), len(data.vocab)), next(data.train_batches(0))
+dp, state = DataParallel.create(1), create_train_state(Config(), len(data.vocab))
+batches = dp.shard_stack(list(data.train_batches(0))[:STEPS_PER_CALL])
 t0 = time.perf_counter()
-step = DataParallel.create(1).compile(train_step, compiler_options=compiler_options(Config(), 1))
-jax.block_until_ready(step(state, batch))
+step = dp.compile(train_steps, compiler_options=compiler_options(Config(), 1))
+step.executable(state, batches)
 print(time.perf_counter() - t0)
+jax.block_until_ready(step(state, batches))
 """
 
 
 def measure_compile_cache(data_path: str | None) -> dict:
-    """The train step's first call in fresh processes: no cache, then a cold and a warm cache."""
+    """Compiling the training program (tracing included) in fresh processes: no cache, then a cold
+    and a warm persistent cache."""
     import subprocess
     import sys
 
-    def first_step(cache: str) -> float:
-        args = [sys.executable, "-c", _FIRST_STEP, cache] + ([data_path] if data_path else [])
+    def compile_s(cache: str) -> float:
+        args = [sys.executable, "-c", _COMPILE, cache] + ([data_path] if data_path else [])
         return float(subprocess.run(args, check=True, capture_output=True, text=True).stdout.split()[-1])
 
     with tempfile.TemporaryDirectory() as cache:
-        return {"no_cache_s": first_step("-"), "cold_cache_s": first_step(cache),
-                "warm_cache_s": first_step(cache)}
+        return {"no_cache_s": compile_s("-"), "cold_cache_s": compile_s(cache),
+                "warm_cache_s": compile_s(cache)}
 
 
 def machine_info() -> dict:
@@ -441,11 +454,12 @@ def run_sweep(args, data_path, log=print) -> list[dict]:
     for H in (32, 128, 512):
         for B in (64, 1024):
             for T in (32, 128):
-                s = Setting(batch_size=B, num_steps=T, num_hiddens=H)
                 # Whole batches only, so that no contender recompiles inside a timed round.
                 data = TimeMachine(B, T, num_train=10000 // B * B, path=data_path)
                 # Rounds of 0.2-3 s: shorter ones left +-20% noise on this machine.
                 steps = max(2, min(200, int(2e7 // (B * T * H))))
+                s = Setting(batch_size=B, num_steps=T, num_hiddens=H,
+                            steps_per_call=min(STEPS_PER_CALL, steps))
                 log(f"sweep H={H} B={B} T={T} ({SWEEP_ROUNDS} rounds of {steps} steps)")
                 res = measure_steps(contenders_for(args), s, data, rounds=SWEEP_ROUNDS, steps=steps,
                                     warmup=1, log=lambda *_: None)
@@ -523,8 +537,8 @@ def main(argv=None) -> int:
         print(f"rnnjax's whole recipe is {out['ratio_recipe_vs_torch']:.2f}x faster than torch's")
 
     cc = out["compile_cache"] = measure_compile_cache(args.data)
-    print(f"first train step in a fresh process: {cc['no_cache_s']:.2f} s; with the persistent compilation "
-          f"cache: {cc['cold_cache_s']:.2f} s when cold, {cc['warm_cache_s']:.2f} s when warm")
+    print(f"compiling the training program in a fresh process: {cc['no_cache_s']:.2f} s; with the persistent "
+          f"compilation cache: {cc['cold_cache_s']:.2f} s when cold, {cc['warm_cache_s']:.2f} s when warm")
 
     gen = out["generation"] = measure_generation(data)
     print(f"generating {gen['num_chars']} characters: compiled {gen['compiled_ms']:.2f} ms, d2l's loop "

@@ -13,7 +13,7 @@ from rnnjax import checkpoint
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.data import TimeMachine
 from rnnjax.metrics import MetricsLog
-from rnnjax.train import Config, Interrupted, create_train_state, fit, make_model
+from rnnjax.train import STEPS_PER_CALL, Config, Interrupted, create_train_state, fit, make_model
 
 SMALL = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=4, num_train=200, num_val=50)
 
@@ -69,18 +69,20 @@ def test_resume_equals_an_uninterrupted_run(small_data, tmp_path):
 def test_interrupt_saves_the_last_step_and_resumes_exactly(small_data, tmp_path):
     straight = fit(SMALL, small_data, tmp_path / "straight", devices=1)
     sent = []
+    steps, per_call = small_data.num_batches(), STEPS_PER_CALL      # 13 steps an epoch, 10 a call
+    stop_at = steps + per_call                                      # after epoch 2's first call
 
-    def send_sigterm_at_step_17(done, total, record):
-        if done == 17 and not sent:
+    def send_sigterm(done, total, record):
+        if done == stop_at and not sent:
             sent.append(done)
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(Interrupted, match="epoch 2 after batch 4/13") as info:
-        fit(SMALL, small_data, tmp_path / "run", devices=1, progress=send_sigterm_at_step_17)
+    with pytest.raises(Interrupted, match=f"epoch 2 after batch {per_call}/{steps}") as info:
+        fit(SMALL, small_data, tmp_path / "run", devices=1, progress=send_sigterm)
     assert info.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL        # handler restored
     mngr = checkpoint.manager(tmp_path / "run" / checkpoint.SUBDIR)
-    assert mngr.latest_step() == 17
+    assert mngr.latest_step() == stop_at
     resumed = fit(SMALL, small_data, tmp_path / "run", devices=1)
     assert without_seconds(resumed.history) == without_seconds(straight.history)
     assert_trees_equal(resumed.state, straight.state)

@@ -10,7 +10,7 @@ from rnnjax import train
 from rnnjax.data import Batch, TimeMachine
 from rnnjax.parallel import DataParallel
 from rnnjax.train import (Config, NonFiniteLoss, compiler_options, create_train_state, eval_step, eval_steps,
-                          fit, train_step)
+                          fit, train_step, train_steps)
 
 SMALL = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50)
 
@@ -52,6 +52,20 @@ def test_train_step_is_pure_and_deterministic(small_data):
         np.testing.assert_array_equal(a, b)
     assert int(s1.step) == 1
     assert not np.array_equal(s1.params["output_layer"]["kernel"], before.params["output_layer"]["kernel"])
+
+
+def test_train_steps_is_train_step_in_sequence(small_data):
+    state = create_train_state(SMALL, len(small_data.vocab))
+    batches = list(small_data.train_batches(0))[-3:]              # the last one padded
+    scanned, stacked_metrics = jax.jit(train_steps)(state, DataParallel.create(1).shard_stack(batches))
+    step = jax.jit(train_step)
+    for i, batch in enumerate(batches):
+        state, m = step(state, batch)
+        for key in m:
+            np.testing.assert_allclose(stacked_metrics[key][i], m[key], rtol=1e-6)
+    assert int(scanned.step) == int(state.step) == 3
+    for a, b in zip(jax.tree.leaves(scanned.params), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_first_step_metrics(small_data):
