@@ -4,20 +4,24 @@ Command (d2l's recipe: batch 1024, num_steps 32, hidden 32, lr 1, clip 1)::
 
     python -m experiments.benchmark --data ../shared/data/timemachine.txt --json bench.json
 
-Expected runtime on a 2-core CPU: about 1.5-2 minutes (``--sweep`` adds about
-3, ``--ablations`` about 0.5). Expected result there (2026-11-29, three runs
-on a busy machine): rnnjax's step 2.9-3.2x faster than PyTorch's and 2.6-2.7x
-than stock Flax's, the whole recipe 2.9-3.0x faster than PyTorch's, the
-first step 0.6-0.8 s, 0.17-0.18 s with a warm compilation cache. Contenders
+Expected runtime on a 2-core CPU: about 2 minutes (``--sweep`` adds about
+4, ``--ablations`` about 0.5). Expected result there (2026-11-29, three runs
+on a busy machine): rnnjax's step 3.3-3.4x faster than PyTorch's and 2.8-3.0x
+than stock Flax's, the whole recipe 3.1-3.3x faster than PyTorch's (two
+runs), compiling rnnjax's training program 0.6-0.8 s, 0.15 s with a warm
+compilation cache. Contenders
 run interleaved (A B C A B C ...) in one process so that a noisy machine
 affects them alike; the table gives medians with min-max over the rounds and
 ratios against each baseline.
 
-- ``rnnjax``: ``rnnjax.train.train_step`` on ``rnnjax.TimeMachine`` batches,
-  data parallel over all local devices (``--devices``; on a CPU one device per
+- ``rnnjax``: ``rnnjax.train.train_steps`` (``STEPS_PER_CALL`` = 10 steps of
+  ``train_step`` to a compiled call) on ``rnnjax.TimeMachine`` batches, data
+  parallel over all local devices (``--devices``; on a CPU one device per
   core, as ``experiments.timemachine`` runs it) and compiled with
-  ``rnnjax.train.compiler_options`` as ``fit`` does, and ``fit`` for the whole
-  recipe. ``rnnjax 1 device`` is the same on a single device.
+  ``rnnjax.train.compiler_options``, all as ``fit`` does, and ``fit`` for the
+  whole recipe. ``rnnjax 1 device`` is the same on a single device. Its
+  "compile s" is the compile of that program (tracing included); the other
+  contenders' is their first step.
 - ``torch``: ``nn.RNN`` + ``nn.Linear`` on one-hot inputs, a ``DataLoader`` over
   a ``TensorDataset``, d2l's ``clip_gradients`` and SGD, the loss read back
   every step as d2l's plot does. Skipped when torch is not importable
@@ -498,7 +502,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
     p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else download)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds of steady-state steps")
-    p.add_argument("--steps", type=int, default=30, help="steps per contender per round")
+    p.add_argument("--steps", type=int, default=60, help="steps per contender per round")
     p.add_argument("--recipe-rounds", type=int, default=1, help="whole-recipe runs per contender (0: none)")
     p.add_argument("--devices", type=int, help="rnnjax's local devices (default: all)")
     p.add_argument("--sweep", action="store_true", help="also the hidden x batch x steps sweep")
