@@ -3,11 +3,13 @@
 from rnnjax.data import Batch, TimeMachine, Vocab
 from rnnjax.generate import predict, predict_batch
 from rnnjax.model import RNN, RNNLM, OneHot, SimpleRNNCell
-from rnnjax.train import Config, TrainState, create_train_state, eval_step, fit, train_step
+from rnnjax.train import (Config, TrainState, create_train_state, eval_step, eval_steps, fit, train_step,
+                          train_steps)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Batch", "Config", "OneHot", "RNN", "RNNLM", "SimpleRNNCell", "TimeMachine", "TrainState",
-    "Vocab", "create_train_state", "eval_step", "fit", "predict", "predict_batch", "train_step",
+    "Vocab", "create_train_state", "eval_step", "eval_steps", "fit", "predict", "predict_batch", "train_step",
+    "train_steps",
 ]

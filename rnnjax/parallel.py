@@ -156,7 +156,7 @@ class DataParallel:
     def shard_stack(self, batches: Iterable) -> Any:
         """Host batches, each split as by ``shard``, stacked on a new axis after the device axis.
 
-        What a step that scans over batches (``rnnjax.train.eval_steps``) takes.
+        What a function that scans over batches (``rnnjax.train.train_steps``, ``eval_steps``) takes.
         """
         axis = 1 if self.pmapped else 0
         return jax.tree.map(lambda *x: np.stack(x, axis), *[self.shard(b) for b in batches])
