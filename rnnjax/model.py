@@ -78,8 +78,13 @@ class SimpleRNNCell(nn.Module):
     def input_projection(self, X: Array | OneHot) -> Array:
         """``X @ W_xh + b_h`` for any leading shape; a gather for ``OneHot``."""
         W_xh = self.param("W_xh", uniform_init(self.num_hiddens), (X.shape[-1], self.num_hiddens))
-        XW = W_xh[X.ids] if isinstance(X, OneHot) else X @ W_xh
-        return XW + self.b_h
+        if isinstance(X, OneHot):
+            # The bias added to the table, not to every gathered row: the same
+            # values, and autodiff then sums b_h's gradient over the V rows of
+            # W_xh's instead of over all T*B rows (d2l's step on one core 9.20 ->
+            # 9.08 ms, on two CPU devices 4.88 -> 4.86 ms; interleaved).
+            return (W_xh + self.b_h)[X.ids]
+        return X @ W_xh + self.b_h
 
     def recurrence(self, H_BxH: Array, XW_BxH: Array) -> Array:
         """``tanh(XW + H @ W_hh)``, the time-dependent half of the step."""
