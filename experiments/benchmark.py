@@ -77,7 +77,6 @@ class Setting:
     num_steps: int = 32
     num_hiddens: int = 32
     epochs: int = 100
-    steps_per_call: int = STEPS_PER_CALL     # rnnjax's, as fit runs them
 
     @property
     def config(self) -> Config:
@@ -124,7 +123,7 @@ class Rnnjax(Contender):
         self.step = dp.compile(lambda state, batches, axis_name=None: train_steps(state, batches, axis_name),
                                compiler_options=compiler_options(s.config, dp.num_shards))
         self.batches = _cycle(data.train_batches)
-        first = self.dp.shard_stack([next(self.batches) for _ in range(s.steps_per_call)])
+        first = self.dp.shard_stack([next(self.batches) for _ in range(STEPS_PER_CALL)])
         t0 = time.perf_counter()
         if hasattr(self.step, "executable"):      # compiled ahead of time (CPU): time the compile alone
             self.step.executable(self.state, first)
@@ -133,8 +132,8 @@ class Rnnjax(Contender):
         return time.perf_counter() - t0
 
     def steps(self, n):
-        """As ``fit`` runs them: calls of ``s.steps_per_call`` steps (n rounded up to whole calls)."""
-        per_call = self.s.steps_per_call
+        """As ``fit`` runs them: calls of ``STEPS_PER_CALL`` steps (n rounded up to whole calls)."""
+        per_call = STEPS_PER_CALL
         calls = -(-n // per_call)
         state, metrics = self.state, []
         for _ in range(calls):
@@ -461,9 +460,9 @@ def run_sweep(args, data_path, log=print) -> list[dict]:
                 # Whole batches only, so that no contender recompiles inside a timed round.
                 data = TimeMachine(B, T, num_train=10000 // B * B, path=data_path)
                 # Rounds of 0.2-3 s: shorter ones left +-20% noise on this machine.
+                # rnnjax rounds them up to whole calls of 10 steps, as fit runs it.
                 steps = max(2, min(200, int(2e7 // (B * T * H))))
-                s = Setting(batch_size=B, num_steps=T, num_hiddens=H,
-                            steps_per_call=min(STEPS_PER_CALL, steps))
+                s = Setting(batch_size=B, num_steps=T, num_hiddens=H)
                 log(f"sweep H={H} B={B} T={T} ({SWEEP_ROUNDS} rounds of {steps} steps)")
                 res = measure_steps(contenders_for(args), s, data, rounds=SWEEP_ROUNDS, steps=steps,
                                     warmup=1, log=lambda *_: None)
