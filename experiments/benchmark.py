@@ -14,8 +14,9 @@ run interleaved (A B C A B C ...) in one process so that a noisy machine
 affects them alike; the table gives medians with min-max over the rounds and
 ratios against each baseline.
 
-- ``rnnjax``: ``rnnjax.train.train_steps`` (``STEPS_PER_CALL`` = 10 steps of
-  ``train_step`` to a compiled call) on ``rnnjax.TimeMachine`` batches, data
+- ``rnnjax``: ``rnnjax.train.train_windows`` (``STEPS_PER_CALL`` = 10 steps of
+  ``train_step`` to a compiled call, the batches cut on the device from
+  ``rnnjax.TimeMachine``'s token stream), data
   parallel over all local devices (``--devices``; on a CPU one device per
   core, as ``experiments.timemachine`` runs it) and compiled with
   ``rnnjax.train.compiler_options``, all as ``fit`` does, and ``fit`` for the
@@ -63,7 +64,7 @@ from rnnjax.data import TimeMachine
 from rnnjax.model import RNNLM
 from rnnjax.parallel import DataParallel, wait_for_backlog
 from rnnjax.train import (STEPS_PER_CALL, Config, compiler_options, create_train_state, fit, make_model,
-                          make_optimizer, train_steps)
+                          make_optimizer, train_windows)
 
 
 def model_flops_per_token(H: int, V: int) -> int:
@@ -119,16 +120,17 @@ class Rnnjax(Contender):
         if self.model_overrides:
             model = rnnjax.model.build(len(data.vocab), s.num_hiddens, **self.model_overrides)
             state = state.replace(apply_fn=model.apply)
-        self.state = dp.replicate(state)
-        self.step = dp.compile(lambda state, batches, axis_name=None: train_steps(state, batches, axis_name),
+        self.state, self.tokens = dp.replicate(state), dp.replicate(data.tokens)
+        self.step = dp.compile(lambda state, tokens, windows, axis_name=None:
+                               train_windows(state, tokens, windows, axis_name),
                                compiler_options=compiler_options(s.config, dp.num_shards))
-        self.batches = _cycle(data.train_batches)
-        first = self.dp.shard_stack([next(self.batches) for _ in range(STEPS_PER_CALL)])
+        self.windows = _cycle(data.train_windows)
+        first = self.dp.shard_stack([next(self.windows) for _ in range(STEPS_PER_CALL)])
         t0 = time.perf_counter()
         if hasattr(self.step, "executable"):      # compiled ahead of time (CPU): time the compile alone
-            self.step.executable(self.state, first)
+            self.step.executable(self.state, self.tokens, first)
         else:
-            jax.block_until_ready(self.step(self.state, first))
+            jax.block_until_ready(self.step(self.state, self.tokens, first))
         return time.perf_counter() - t0
 
     def steps(self, n):
@@ -137,7 +139,8 @@ class Rnnjax(Contender):
         calls = -(-n // per_call)
         state, metrics = self.state, []
         for _ in range(calls):
-            state, m = self.step(state, self.dp.shard_stack([next(self.batches) for _ in range(per_call)]))
+            windows = self.dp.shard_stack([next(self.windows) for _ in range(per_call)])
+            state, m = self.step(state, self.tokens, windows)
             metrics.append(m)
             wait_for_backlog(metrics)     # as fit does: deep queues can deadlock a CPU all-reduce
         jax.block_until_ready(metrics)
@@ -379,17 +382,17 @@ import jax
 from rnnjax import runtime
 from rnnjax.data import TimeMachine
 from rnnjax.parallel import DataParallel
-from rnnjax.train import STEPS_PER_CALL, Config, compiler_options, create_train_state, train_steps
+from rnnjax.train import STEPS_PER_CALL, Config, compiler_options, create_train_state, train_windows
 if sys.argv[1] != "-":
     runtime.enable_compilation_cache(sys.argv[1])
 data = TimeMachine(1024, 32, path=sys.argv[2] if len(sys.argv) > 2 else None)
 dp, state = DataParallel.create(1), create_train_state(Config(), len(data.vocab))
-batches = dp.shard_stack(list(data.train_batches(0))[:STEPS_PER_CALL])
+tokens, windows = dp.replicate(data.tokens), dp.shard_stack(list(data.train_windows(0))[:STEPS_PER_CALL])
 t0 = time.perf_counter()
-step = dp.compile(train_steps, compiler_options=compiler_options(Config(), 1))
-step.executable(state, batches)
+step = dp.compile(train_windows, compiler_options=compiler_options(Config(), 1))
+step.executable(state, tokens, windows)
 print(time.perf_counter() - t0)
-jax.block_until_ready(step(state, batches))
+jax.block_until_ready(step(state, tokens, windows))
 """
 
 

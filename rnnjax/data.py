@@ -23,7 +23,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
@@ -190,6 +192,26 @@ class Batch(NamedTuple):
     mask: np.ndarray
 
 
+@struct.dataclass
+class Windows:
+    """A batch as the starts of its windows in the token stream: row ``b`` is
+    ``tokens[starts[b]:starts[b] + num_steps + 1]``, split into X and Y; ``mask`` as in ``Batch``.
+
+    A pytree (``num_steps`` static) that is 1/32 the size of its ``Batch`` at
+    d2l's shape: the training loop sends these and each device cuts its
+    batches out of the token stream it holds (``batch``).
+    """
+    starts: np.ndarray
+    mask: np.ndarray
+    num_steps: int = struct.field(pytree_node=False)
+
+    def batch(self, tokens) -> Batch:
+        """The ``Batch`` (any leading axes): NumPy for NumPy ``tokens``, else a gather where they live."""
+        xp = np if isinstance(tokens, np.ndarray) else jnp
+        seq_BxS = tokens[self.starts[..., None] + xp.arange(self.num_steps + 1)]
+        return Batch(seq_BxS[..., :-1], seq_BxS[..., 1:], self.mask)
+
+
 class TimeMachine:
     """d2l's ``TimeMachine`` data module, with fixed-shape batches.
 
@@ -230,20 +252,31 @@ class TimeMachine:
     def permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng((self.seed, epoch)).permutation(self.num_train)
 
-    def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """The shuffled train batches of ``epoch``, from batch index ``start`` on."""
+    @property
+    def tokens(self) -> np.ndarray:
+        """The part of the corpus the windows cover: what ``Windows.batch`` cuts from."""
+        return self.corpus[: self.num_train + self.num_val + self.num_steps]
+
+    def train_windows(self, epoch: int, start: int = 0) -> Iterator[Windows]:
+        """The shuffled train batches of ``epoch`` as ``Windows``, from batch index ``start`` on."""
         order = self.permutation(epoch)
         for b in range(start, self.num_batches(True)):
-            yield self._batch(order[b * self.batch_size:(b + 1) * self.batch_size])
+            yield self._windows(order[b * self.batch_size:(b + 1) * self.batch_size])
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The shuffled train batches of ``epoch``, from batch index ``start`` on."""
+        for windows in self.train_windows(epoch, start):
+            yield windows.batch(self.tokens)
 
     def val_batches(self) -> Iterator[Batch]:
         for b in range(self.num_batches(False)):
             lo = self.num_train + b * self.batch_size
-            yield self._batch(np.arange(lo, min(lo + self.batch_size, self.num_train + self.num_val)))
+            yield self._windows(np.arange(lo, min(lo + self.batch_size, self.num_train + self.num_val))
+                                ).batch(self.tokens)
 
-    def _batch(self, idx: np.ndarray) -> Batch:
-        X = np.zeros((self.batch_size, self.num_steps), np.int32)
-        Y = np.zeros_like(X)
+    def _windows(self, idx: np.ndarray) -> Windows:
+        """Windows ``idx``, padded to ``batch_size`` rows with window 0 and mask 0."""
+        starts = np.zeros(self.batch_size, np.int32)
         mask = np.zeros(self.batch_size, np.float32)
-        X[: len(idx)], Y[: len(idx)], mask[: len(idx)] = self.X[idx], self.Y[idx], 1.0
-        return Batch(X, Y, mask)
+        starts[: len(idx)], mask[: len(idx)] = idx, 1.0
+        return Windows(starts, mask, self.num_steps)

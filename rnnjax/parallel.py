@@ -156,19 +156,27 @@ class DataParallel:
     def shard_stack(self, batches: Iterable) -> Any:
         """Host batches, each split as by ``shard``, stacked on a new axis after the device axis.
 
-        What a function that scans over batches (``rnnjax.train.train_steps``, ``eval_steps``) takes.
+        What a function that scans over batches (``rnnjax.train.train_windows``, ``eval_steps``) takes.
         """
         axis = 1 if self.pmapped else 0
         return jax.tree.map(lambda *x: np.stack(x, axis), *[self.shard(b) for b in batches])
+
+    def put(self, tree: Any) -> Any:
+        """A host pytree already split over the devices (``shard``, ``shard_stack``) placed on them:
+        for data that a loop passes again and again."""
+        if not self.pmapped:
+            return jax.device_put(tree, self.devices[0])
+        return jax.device_put(tree, self._sharding())
+
+    def _sharding(self) -> jax.sharding.NamedSharding:
+        mesh = jax.sharding.Mesh(np.array(self.devices), (AXIS,))
+        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
 
     def replicate(self, tree: Any) -> Any:
         """A host pytree placed on every device (a leading device axis when pmapped)."""
         if not self.pmapped:   # a copy: the caller's arrays outlive a step that donates these
             return jax.device_put(tree, self.devices[0], may_alias=False)
-        mesh = jax.sharding.Mesh(np.array(self.devices), (AXIS,))
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
-        return jax.tree.map(lambda x: jax.device_put(np.stack([np.asarray(x)] * self.num_local), sharding),
-                            tree)
+        return self.put(jax.tree.map(lambda x: np.stack([np.asarray(x)] * self.num_local), tree))
 
     def unreplicate(self, tree: Any) -> Any:
         """Replicated device pytree to host NumPy, one copy (e.g. the state, psum-ed metrics)."""

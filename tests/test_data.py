@@ -3,6 +3,8 @@ import http.server
 import threading
 from functools import partial
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -77,7 +79,18 @@ def test_train_batches_cover_the_train_windows_once_and_pad(make_text):
     rows = np.concatenate([b.X[b.mask > 0] for b in batches])
     expected = tm.X[:100]
     assert sorted(map(tuple, rows)) == sorted(map(tuple, expected))
-    assert np.all(batches[-1].X[4:] == 0) and np.all(batches[-1].Y[4:] == 0)
+    assert np.all(batches[-1].X[4:] == tm.X[0]) and np.all(batches[-1].Y[4:] == tm.Y[0])   # window 0, masked
+
+
+def test_windows_cut_the_same_batches_on_a_device(make_text):
+    tm = TimeMachine(16, 5, num_train=100, num_val=30, text=make_text())
+    windows = list(tm.train_windows(epoch=2))
+    stacked = jax.tree.map(lambda *x: np.stack(x), *windows)
+    on_device = jax.jit(lambda tokens, w: w.batch(tokens))(jnp.asarray(tm.tokens), stacked)
+    for i, batch in enumerate(tm.train_batches(epoch=2)):
+        for got, want in zip(on_device, batch, strict=True):
+            np.testing.assert_array_equal(got[i], want)
+    assert windows[0].starts.nbytes + windows[0].mask.nbytes < (batch.X.nbytes + batch.Y.nbytes) / 4
 
 
 def test_shuffle_is_a_pure_function_of_seed_and_epoch(make_text):

@@ -10,7 +10,7 @@ from rnnjax import train
 from rnnjax.data import Batch, TimeMachine
 from rnnjax.parallel import DataParallel
 from rnnjax.train import (Config, NonFiniteLoss, compiler_options, create_train_state, eval_step, eval_steps,
-                          fit, train_step, train_steps)
+                          fit, train_step, train_steps, train_windows)
 
 SMALL = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50)
 
@@ -66,6 +66,16 @@ def test_train_steps_is_train_step_in_sequence(small_data):
     assert int(scanned.step) == int(state.step) == 3
     for a, b in zip(jax.tree.leaves(scanned.params), jax.tree.leaves(state.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_train_windows_cut_on_the_device_train_as_the_batches(small_data):
+    state = create_train_state(SMALL, len(small_data.vocab))
+    dp = DataParallel.create(1)
+    windows = list(small_data.train_windows(1))[-3:]              # the last one padded
+    got = jax.jit(train_windows)(state, dp.replicate(small_data.tokens), dp.shard_stack(windows))
+    want = jax.jit(train_steps)(state, dp.shard_stack(list(small_data.train_batches(1))[-3:]))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_first_step_metrics(small_data):
