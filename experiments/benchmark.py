@@ -5,9 +5,9 @@ Command (d2l's recipe: batch 1024, num_steps 32, hidden 32, lr 1, clip 1)::
     python -m experiments.benchmark --data ../shared/data/timemachine.txt --json bench.json
 
 Expected runtime on a 2-core CPU: about 2 minutes (``--sweep`` adds about
-4, ``--ablations`` about 0.5). Expected result there (2026-11-29, four runs
-on a busy machine): rnnjax's step 3.3-3.6x faster than PyTorch's and 2.8-3.0x
-than stock Flax's, the whole recipe 3.1-3.3x faster than PyTorch's (three
+4, ``--ablations`` about 0.5). Expected result there (2026-11-29, five runs
+on a busy machine): rnnjax's step 3.3-3.7x faster than PyTorch's and 2.8-3.3x
+than stock Flax's, the whole recipe 3.1-3.3x faster than PyTorch's (four
 runs), compiling rnnjax's training program 0.6-0.8 s, 0.14-0.15 s with a warm
 compilation cache. Contenders
 run interleaved (A B C A B C ...) in one process so that a noisy machine
