@@ -9,11 +9,10 @@ device count and however the padding falls on the devices.
 
 ``fit`` runs the epochs, ``STEPS_PER_CALL`` steps to a compiled call of
 ``train_windows`` (``train_step`` scanned over a stack of batches that each
-device cuts from the token stream it holds): it resumes
-from the workdir's latest checkpoint, logs one JSON line per epoch,
-checkpoints, stops on a non-finite loss, and on SIGINT/SIGTERM saves the last
-completed call's step before it exits. Metrics stay on the devices until the
-end of each epoch.
+device cuts from the token stream it holds). It resumes from the workdir's
+latest checkpoint, logs one JSON line per epoch, checkpoints, stops on a
+non-finite loss, and on SIGINT/SIGTERM saves the last completed call's step
+before it exits. Metrics stay on the devices until the end of each epoch.
 """
 
 from __future__ import annotations
