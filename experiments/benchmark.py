@@ -9,16 +9,15 @@ Expected runtime on a 2-core CPU: about 2 minutes (``--sweep`` adds about
 on a busy machine): rnnjax's step 3.3-3.7x faster than PyTorch's and 2.8-3.3x
 than stock Flax's, the whole recipe 3.1-3.3x faster than PyTorch's (four
 runs), compiling rnnjax's training program 0.6-0.8 s, 0.14-0.15 s with a warm
-compilation cache. Contenders
-run interleaved (A B C A B C ...) in one process so that a noisy machine
-affects them alike; the table gives medians with min-max over the rounds and
-ratios against each baseline.
+compilation cache. Contenders run interleaved (A B C A B C ...) in one process
+so that a noisy machine affects them alike; the table gives medians with
+min-max over the rounds and ratios against each baseline.
 
 - ``rnnjax``: ``rnnjax.train.train_windows`` (``STEPS_PER_CALL`` = 10 steps of
   ``train_step`` to a compiled call, the batches cut on the device from
-  ``rnnjax.TimeMachine``'s token stream), data
-  parallel over all local devices (``--devices``; on a CPU one device per
-  core, as ``experiments.timemachine`` runs it) and compiled with
+  ``rnnjax.TimeMachine``'s token stream), data parallel over all local
+  devices (``--devices``; on a CPU one device per core, as
+  ``experiments.timemachine`` runs it) and compiled with
   ``rnnjax.train.compiler_options``, all as ``fit`` does, and ``fit`` for the
   whole recipe. ``rnnjax 1 device`` is the same on a single device. Its
   "compile s" is the compile of that program (tracing included); the other
@@ -125,7 +124,7 @@ class Rnnjax(Contender):
                                train_windows(state, tokens, windows, axis_name),
                                compiler_options=compiler_options(s.config, dp.num_shards))
         self.windows = _cycle(data.train_windows)
-        first = self.dp.shard_stack([next(self.windows) for _ in range(STEPS_PER_CALL)])
+        first = dp.shard_stack([next(self.windows) for _ in range(STEPS_PER_CALL)])
         t0 = time.perf_counter()
         if hasattr(self.step, "executable"):      # compiled ahead of time (CPU): time the compile alone
             self.step.executable(self.state, self.tokens, first)
@@ -135,16 +134,15 @@ class Rnnjax(Contender):
 
     def steps(self, n):
         """As ``fit`` runs them: calls of ``STEPS_PER_CALL`` steps (n rounded up to whole calls)."""
-        per_call = STEPS_PER_CALL
-        calls = -(-n // per_call)
+        calls = -(-n // STEPS_PER_CALL)
         state, metrics = self.state, []
         for _ in range(calls):
-            windows = self.dp.shard_stack([next(self.windows) for _ in range(per_call)])
+            windows = self.dp.shard_stack([next(self.windows) for _ in range(STEPS_PER_CALL)])
             state, m = self.step(state, self.tokens, windows)
             metrics.append(m)
             wait_for_backlog(metrics)     # as fit does: deep queues can deadlock a CPU all-reduce
         jax.block_until_ready(metrics)
-        return calls * per_call
+        return calls * STEPS_PER_CALL
 
     def recipe(self):
         jax.clear_caches()
