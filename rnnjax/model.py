@@ -5,9 +5,10 @@
 half of the step, ``x @ W_xh + b_h``, is computed for all steps at once before
 the scan (a gather when x is one-hot), and the scan carries only
 ``tanh(xw + h @ W_hh)``, writing each step's output over its input. Its
-backward pass (``nn.custom_vjp``) is a loop that carries only ``dh`` and
-``dW_hh``, writing ``dz`` over the incoming gradient; the output layer and the
-cross-entropy are one fused op with its own backward.
+backward pass (``nn.custom_vjp``) is a loop that carries only the gradient
+buffer, writing ``dz`` over the incoming gradient; the weight gradients are
+large matmuls around it. For training, the recurrence, the output layer and the
+cross-entropy are one op with one backward pass (``RNN.dense_cross_entropy``).
 All of it is exactly the d2l model: ``tests/test_model.py`` checks values and
 gradients against ``flax.linen.SimpleCell``, a NumPy loop, plain autodiff and
 optax's cross-entropy. ``experiments/benchmark.py`` measures what each pays.
@@ -129,43 +130,69 @@ def _recurrence_fwd(cell: SimpleRNNCell, H_BxH: Array, XW_TxBxH: Array, unroll: 
     return (H_T, outputs_TxBxH), (cell.variables["params"], H_BxH, outputs_TxBxH)
 
 
-def _recurrence_bwd(residuals, cotangents):
-    """Backprop through ``H_t = tanh(XW_t + H_{t-1} @ W_hh)`` carrying only ``dH`` and ``dW_hh``.
+# Where each step's (batch, hidden) block holds at most this many floats, the
+# backward pass makes dW_hh one matmul after the loop, of the outputs transposed
+# once, and the training loss's output layer takes its gradient from the same
+# transpose (``RNN.dense_cross_entropy``). Together: d2l's step 1.04-1.08x
+# faster on two CPU devices (512 x 32 a device; five interleaved A/B runs),
+# 1.15x on one. dW_hh after the loop alone gained nothing on two devices. Above
+# the bound the sum inside the loop is faster: hidden 128 and 512 at batch 1024
+# on two devices took 1.04-1.05x longer after the loop; at 2**15 it is even.
+_DW_HH_AFTER_LOOP_MAX_BLOCK = 2 ** 15
+
+
+def _backprop_through_time(W_hh: Array, H0_BxH: Array, outputs_TxBxH: Array, dout_TxBxH: Array,
+                           dH_T: Array) -> tuple[Array, Array, Array, Array | None]:
+    """Backprop through ``H_t = tanh(XW_t + H_{t-1} @ W_hh)`` from the gradients w.r.t. its outputs.
 
     ``dZ_t = (dH_t + dout_t) * (1 - H_t**2)`` with ``dH_t = dZ_{t+1} @ W_hh.T``.
     The loop overwrites each ``dout_t`` with ``dZ_t`` in the incoming gradient
     buffer and reads ``dZ_{t+1}`` back from it, so it needs no buffer of its
-    own. With ``dZ_{t+1}`` and ``H_t`` at hand it also adds ``H_t.T @ dZ_{t+1}``
-    to ``dW_hh``: cheaper than one long-contraction matmul after the loop,
-    which would need the shifted ``H_{t-1}`` as a copy (the recipe's step
-    10.4 -> 9.9 ms on one core, 7.0 -> 6.5 ms on two devices). The input
-    gradients come after the loop, as single large ops.
+    own. ``dW_hh = sum_t H_{t-1}.T @ dZ_t`` is, for small step blocks, one
+    matmul after the loop: of the outputs transposed once to ``(H, T*B)`` (a
+    plain NN dot, the form XLA:CPU runs fastest) and of ``dZ`` shifted by one
+    step. Returns ``(dZ (T, B, H), dH0 (B, H), dW_hh, the transposed outputs
+    (H, T*B) or None)``; a caller with more gradients to take against the
+    outputs reuses the last. For larger blocks the loop sums ``dW_hh`` itself.
     """
-    params, H0_BxH, outputs_TxBxH = residuals
-    dH_T, dZ_TxBxH = cotangents         # the gradient w.r.t. the outputs, turned into dZ in place
-    W_hh = params["W_hh"]
-    T = outputs_TxBxH.shape[0]
+    T, B, H = outputs_TxBxH.shape
+    after_loop = B * H <= _DW_HH_AFTER_LOOP_MAX_BLOCK
 
     def set_dZ(t, dH_BxH, dZ_TxBxH):
-        H, dout = outputs_TxBxH[t], dZ_TxBxH[t]
-        dZ = (dH_BxH.reshape(-1) + dout.reshape(-1)) * (1.0 - jnp.square(H.reshape(-1)))
-        return dZ_TxBxH.at[t].set(dZ.reshape(H.shape))
+        H_t, dout = outputs_TxBxH[t], dZ_TxBxH[t]
+        dZ = (dH_BxH.reshape(-1) + dout.reshape(-1)) * (1.0 - jnp.square(H_t.reshape(-1)))
+        return dZ_TxBxH.at[t].set(dZ.reshape(H_t.shape))
 
     def step(i, carry):
         dZ_TxBxH, dW_hh = carry
         t = T - 2 - i
         dZ_next = dZ_TxBxH[t + 1]
+        dZ_TxBxH = set_dZ(t, dZ_next @ W_hh.T, dZ_TxBxH)
+        if after_loop:
+            return dZ_TxBxH, dW_hh
         # A transposed copy of H_t makes this a plain (NN) dot, which XLA:CPU runs
-        # faster than H_t.T @ dZ_next (one core, the recipe's step 9.68 -> 9.51 ms);
-        # the barrier keeps XLA from folding the transpose into the dot.
-        H_t_HxB = jax.lax.optimization_barrier(outputs_TxBxH[t].T)
-        return set_dZ(t, dZ_next @ W_hh.T, dZ_TxBxH), dW_hh + H_t_HxB @ dZ_next
+        # faster than H_t.T @ dZ_next; the barrier keeps XLA from folding the
+        # transpose into the dot.
+        return dZ_TxBxH, dW_hh + jax.lax.optimization_barrier(outputs_TxBxH[t].T) @ dZ_next
 
-    dZ_TxBxH, dW_hh = jax.lax.fori_loop(0, T - 1, step,
-                                        (set_dZ(T - 1, dH_T, dZ_TxBxH), jnp.zeros_like(W_hh)))
-    dH0_BxH = dZ_TxBxH[0] @ W_hh.T
+    dZ_TxBxH, dW_hh = jax.lax.fori_loop(0, T - 1, step, (set_dZ(T - 1, dH_T, dout_TxBxH),
+                                                         jnp.zeros_like(W_hh)))
+    dW_hh = dW_hh + H0_BxH.T @ dZ_TxBxH[0]
+    outputs_HxN = None
+    if after_loop:
+        outputs_HxN = jnp.transpose(outputs_TxBxH, (2, 0, 1)).reshape(H, T * B)
+        dZ_next_NxH = jnp.concatenate([dZ_TxBxH[1:], jnp.zeros_like(dZ_TxBxH[:1])]).reshape(T * B, H)
+        dW_hh = dW_hh + outputs_HxN @ dZ_next_NxH
+    return dZ_TxBxH, dZ_TxBxH[0] @ W_hh.T, dW_hh, outputs_HxN
+
+
+def _recurrence_bwd(residuals, cotangents):
+    params, H0_BxH, outputs_TxBxH = residuals
+    dH_T, dout_TxBxH = cotangents
+    dZ_TxBxH, dH0_BxH, dW_hh, _ = _backprop_through_time(
+        params["W_hh"], H0_BxH, outputs_TxBxH, dout_TxBxH, dH_T)
     dparams = jax.tree.map(jnp.zeros_like, params)  # W_xh and b_h act outside the scan.
-    dparams["W_hh"] = dW_hh + H0_BxH.T @ dZ_TxBxH[0]
+    dparams["W_hh"] = dW_hh
     return {"params": dparams}, dH0_BxH, dZ_TxBxH
 
 
@@ -205,6 +232,28 @@ class RNN(nn.Module):
         """One time step, ``H' = cell(H, X)``: what generation feeds back."""
         return self.cell(H_BxH, X_BxI)[0]
 
+    def dense_cross_entropy(self, inputs: Array | OneHot, W_HxV: Array, b_V: Array, labels_TxB: Array,
+                            weights_TxB: Array) -> Array:
+        """``dense_cross_entropy`` of a Dense layer ``(W_HxV, b_V)`` on the outputs from ``H = 0``.
+
+        The training objective as one op. With ``custom_vjp`` its backward pass
+        is one piece: the outputs, transposed once for ``dW_hh``, serve
+        ``W_HxV``'s gradient too, as a plain matmul (d2l's step on two CPU
+        devices 1.05-1.06x faster than with a backward pass of its own for
+        each; interleaved). ``custom_vjp=False`` differentiates the scan.
+        """
+        XW_TxBxH = self.cell.input_projection(inputs)
+        H0_BxH = jnp.zeros(XW_TxBxH.shape[1:], XW_TxBxH.dtype)
+        labels_N, weights_N = labels_TxB.reshape(-1), weights_TxB.reshape(-1)
+        if not self.custom_vjp:
+            outputs_TxBxH = _scan_recurrence(self.cell, H0_BxH, XW_TxBxH, self.unroll)[1]
+            return dense_cross_entropy(outputs_TxBxH.reshape(-1, self.num_hiddens), W_HxV, b_V,
+                                       labels_N, weights_N)
+        loss = nn.custom_vjp(functools.partial(_recurrence_dense_ce, unroll=self.unroll),
+                             forward_fn=functools.partial(_recurrence_dense_ce_fwd, unroll=self.unroll),
+                             backward_fn=_recurrence_dense_ce_bwd)
+        return loss(self.cell, H0_BxH, XW_TxBxH, W_HxV, b_V, labels_N, weights_N)
+
 
 class RNNLM(nn.Module):
     """d2l's ``RNNLM``: one-hot inputs, the ``RNN``, a Dense output layer.
@@ -235,17 +284,17 @@ class RNNLM(nn.Module):
         """``(sum over rows of weights_B[b] * CE(b, t) summed over t, number of weighted tokens)``.
 
         Padding rows have weight 0. Dividing the first by the second is the
-        mean cross-entropy over real tokens. The output layer and the
-        cross-entropy run as one fused op with its own backward pass.
+        mean cross-entropy over real tokens. The RNN, the output layer and the
+        cross-entropy run as one op with its own backward pass
+        (``RNN.dense_cross_entropy``).
         """
-        outputs_TxBxH, _ = self.rnn(OneHot(X_BxT.T, self.vocab_size))
         if self.is_initializing():
-            self.output_layer(outputs_TxBxH[:1])           # creates its kernel and bias
+            self(X_BxT[:, :1])                                # creates every parameter
         dense = self.output_layer.variables["params"]
-        T, B, H = outputs_TxBxH.shape
-        weights_N = jnp.broadcast_to(weights_B, (T, B)).reshape(-1)
-        loss_sum = dense_cross_entropy(outputs_TxBxH.reshape(-1, H), dense["kernel"], dense["bias"],
-                                       Y_BxT.T.reshape(-1), weights_N)
+        B, T = X_BxT.shape
+        weights_TxB = jnp.broadcast_to(weights_B, (T, B))
+        loss_sum = self.rnn.dense_cross_entropy(OneHot(X_BxT.T, self.vocab_size), dense["kernel"],
+                                                dense["bias"], Y_BxT.T, weights_TxB)
         return loss_sum, jnp.sum(weights_B) * T
 
 
@@ -284,20 +333,62 @@ def _dense_cross_entropy_fwd(H_NxH, W_HxV, b_V, labels_N, weights_N):
     return jnp.sum(ce_N * weights_N), (H_NxH, W_HxV, e_NxP / s_Nx1, labels_N, weights_N)
 
 
+def _dlogits(p_NxP, labels_N, weights_N, g):
+    """The gradient of ``g * dense_cross_entropy`` w.r.t. the (padded) logits: softmax minus one-hot."""
+    one_hot = jnp.arange(p_NxP.shape[-1]) == labels_N[:, None]
+    return (p_NxP - one_hot) * (g * weights_N)[:, None]
+
+
 def _dense_cross_entropy_bwd(residuals, g):
     H_NxH, W_HxV, p_NxP, labels_N, weights_N = residuals
     V = W_HxV.shape[1]
-    one_hot = jnp.arange(p_NxP.shape[-1]) == labels_N[:, None]
-    dlogits_NxP = (p_NxP - one_hot) * (g * weights_N)[:, None]
-    # dW = H.T @ dlogits, computed as (dlogits.T @ H).T: XLA:CPU's dot over the
-    # 32768 rows is faster this way round (one core, this op's forward and backward:
-    # 9.3 instead of 15.5 ms at H=128, 61 instead of 85 ms at H=512, equal at H=32).
-    # The barrier keeps XLA from folding the transpose back into the dot.
-    dW_HxP = jax.lax.optimization_barrier(dlogits_NxP.T @ H_NxH).T
-    return (dlogits_NxP @ _pad_vocab(W_HxV).T, dW_HxP[:, :V], jnp.sum(dlogits_NxP, axis=0)[:V], None, None)
+    dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g)
+    return (dlogits_NxP @ _pad_vocab(W_HxV).T, _dense_weight_gradient(H_NxH, dlogits_NxP)[:, :V],
+            jnp.sum(dlogits_NxP, axis=0)[:V], None, None)
+
+
+def _dense_weight_gradient(H_NxH, dlogits_NxP):
+    """``H.T @ dlogits``, computed as ``(dlogits.T @ H).T``.
+
+    XLA:CPU's dot over the N rows is faster this way round (one core, the
+    fused op's forward and backward: 9.3 instead of 15.5 ms at H=128, 61
+    instead of 85 ms at H=512, equal at H=32). The barrier keeps XLA from
+    folding the transpose back into the dot.
+    """
+    return jax.lax.optimization_barrier(dlogits_NxP.T @ H_NxH).T
 
 
 dense_cross_entropy.defvjp(_dense_cross_entropy_fwd, _dense_cross_entropy_bwd)
+
+
+def _recurrence_dense_ce(cell, H0_BxH, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll):
+    return _recurrence_dense_ce_fwd(cell, H0_BxH, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll)[0]
+
+
+def _recurrence_dense_ce_fwd(cell, H0_BxH, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll):
+    _, outputs_TxBxH = _scan_recurrence_in_place(cell, H0_BxH, XW_TxBxH, unroll)
+    loss_sum, (_, _, p_NxP, _, _) = _dense_cross_entropy_fwd(
+        outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]), W_HxV, b_V, labels_N, weights_N)
+    return loss_sum, (cell.variables["params"], H0_BxH, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N)
+
+
+def _recurrence_dense_ce_bwd(residuals, g):
+    """The cross-entropy's backward, then ``_backprop_through_time``; ``dW = outputs.T @ dlogits``
+    as a plain matmul of the outputs it transposed for ``dW_hh``."""
+    params, H0_BxH, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N = residuals
+    V = W_HxV.shape[1]
+    dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g)
+    dout_TxBxH = (dlogits_NxP @ _pad_vocab(W_HxV).T).reshape(outputs_TxBxH.shape)
+    dZ_TxBxH, dH0_BxH, dW_hh, outputs_HxN = _backprop_through_time(
+        params["W_hh"], H0_BxH, outputs_TxBxH, dout_TxBxH, jnp.zeros_like(H0_BxH))
+    if outputs_HxN is None:
+        dW_HxP = _dense_weight_gradient(outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]), dlogits_NxP)
+    else:
+        dW_HxP = outputs_HxN @ dlogits_NxP
+    dparams = jax.tree.map(jnp.zeros_like, params)  # W_xh and b_h act outside.
+    dparams["W_hh"] = dW_hh
+    return ({"params": dparams}, dH0_BxH, dZ_TxBxH, dW_HxP[:, :V], jnp.sum(dlogits_NxP, axis=0)[:V],
+            None, None)
 
 
 def build(vocab_size: int, num_hiddens: int, unroll: int = 1, **rnn_kwargs: Any) -> RNNLM:

@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+from rnnjax import model as model_lib
 from rnnjax.model import RNN, RNNLM, OneHot, SimpleRNNCell, build
 
 T, B, I, H, V = 6, 3, 5, 4, 7
@@ -17,6 +18,14 @@ def np_loop(params, X_TxBxI, H_BxH):
         H_BxH = np.tanh(x @ W_xh + H_BxH @ W_hh + b)
         outs.append(H_BxH)
     return np.stack(outs), H_BxH
+
+
+@pytest.fixture(params=["after the loop", "in the loop"])
+def dW_hh_where(request, monkeypatch):
+    """Runs a test with both of the backward pass's ways to sum dW_hh (its rule picks by block size)."""
+    if request.param == "in the loop":
+        monkeypatch.setattr(model_lib, "_DW_HH_AFTER_LOOP_MAX_BLOCK", 0)
+    return request.param
 
 
 @pytest.fixture
@@ -88,7 +97,7 @@ def test_one_hot_gather_equals_dense_one_hot():
 
 
 @pytest.mark.parametrize("unroll", [1, 3])
-def test_custom_vjp_equals_autodiff(inputs, unroll):
+def test_custom_vjp_equals_autodiff(inputs, unroll, dW_hh_where):
     X, H0 = inputs
     fast, plain = RNN(H, unroll=unroll), RNN(H, unroll=unroll, custom_vjp=False)
     variables = fast.init(jax.random.key(0), X)
@@ -184,9 +193,10 @@ def test_init_is_pytorch_uniform_and_seeded():
         assert float(jnp.abs(leaf).max()) <= 1 / 32 ** 0.5
 
 
-def test_fast_loss_equals_plain_reference():
-    """The training loss (hoisted gather, custom VJPs, fused output layer) equals a plain
-    implementation: autodiff through the scan and optax's cross-entropy on the logits."""
+def test_fast_loss_equals_plain_reference(dW_hh_where):
+    """The training loss (hoisted gather, the RNN and the output layer as one op with its own
+    backward) equals a plain implementation: autodiff through the scan and optax's
+    cross-entropy on the logits."""
     V, H, B, T = 28, 32, 16, 12
     fast, plain = build(V, H), build(V, H, custom_vjp=False)
     X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
