@@ -188,10 +188,10 @@ def test_fit_rejects_params_of_another_model(small_data, tmp_path):
 
 
 def test_compiler_options_keep_dots_from_ynnpack_only_where_rows_per_device_outnumber_hiddens_fourfold():
-    d2l, o1, no_dots = Config(), train._LLVM_O1, train._YNN_WITHOUT_DOTS   # d2l: batch 1024, 32 hiddens
-    assert compiler_options(d2l, 1) == compiler_options(d2l, 2) == {**o1, **no_dots}
-    assert compiler_options(d2l, 8) == {**o1, **no_dots}      # 128 rows per device
-    assert compiler_options(d2l, 16) == o1                    # 64 rows per device
+    d2l, o1, ynn = Config(), train._LLVM_O1, train._YNN_CONVOLUTIONS_ONLY   # d2l: batch 1024, 32 hiddens
+    assert compiler_options(d2l, 1) == compiler_options(d2l, 2) == {**o1, **ynn}
+    assert compiler_options(d2l, 8) == {**o1, **ynn}     # 128 rows per device
+    assert compiler_options(d2l, 16) == o1               # 64 rows per device
     assert compiler_options(Config(num_hiddens=512), 2) == o1
     assert compiler_options(Config(batch_size=64), 1) == o1
 
