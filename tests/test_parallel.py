@@ -128,7 +128,8 @@ def test_options_xla_does_not_know_are_left_out(small_data, devices):
 def test_fit_with_xla_options_trains_as_without(small_data, tmp_path, monkeypatch):
     """Two hiddens give 8 rows per device per hidden unit: all of ``compiler_options`` applies."""
     config = Config(**{**SMALL.to_json(), "num_hiddens": 2, "epochs": 2})
-    assert train.compiler_options(config, 2) == {**train._LLVM_O1, **train._YNN_CONVOLUTIONS_ONLY}
+    avx512 = train._AVX512_VECTORS if train._cpu_has_avx512() else {}
+    assert train.compiler_options(config, 2) == {**train._LLVM_O1, **train._YNN_CONVOLUTIONS_ONLY, **avx512}
     tuned = fit(config, small_data, tmp_path / "tuned", devices=2)
     monkeypatch.setattr(train, "compiler_options", lambda config, num_shards: {})
     plain = fit(config, small_data, tmp_path / "plain", devices=2)

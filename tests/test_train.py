@@ -187,11 +187,16 @@ def test_fit_rejects_params_of_another_model(small_data, tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_compiler_options_keep_dots_from_ynnpack_only_where_rows_per_device_outnumber_hiddens_fourfold():
-    d2l, o1, ynn = Config(), train._LLVM_O1, train._YNN_CONVOLUTIONS_ONLY   # d2l: batch 1024, 32 hiddens
-    assert compiler_options(d2l, 1) == compiler_options(d2l, 2) == {**o1, **ynn}
-    assert compiler_options(d2l, 8) == {**o1, **ynn}     # 128 rows per device
-    assert compiler_options(d2l, 16) == o1               # 64 rows per device
+@pytest.mark.parametrize("avx512", [True, False])
+def test_compiler_options_keep_dots_from_ynnpack_only_where_rows_per_device_outnumber_hiddens_fourfold(
+        avx512, monkeypatch):
+    monkeypatch.setattr(train, "_cpu_has_avx512", lambda: avx512)
+    o1 = train._LLVM_O1
+    fast = {**o1, **train._YNN_CONVOLUTIONS_ONLY, **(train._AVX512_VECTORS if avx512 else {})}
+    d2l = Config()                                             # batch 1024, 32 hiddens
+    assert compiler_options(d2l, 1) == compiler_options(d2l, 2) == fast
+    assert compiler_options(d2l, 8) == fast                    # 128 rows per device
+    assert compiler_options(d2l, 16) == o1                     # 64 rows per device
     assert compiler_options(Config(num_hiddens=512), 2) == o1
     assert compiler_options(Config(batch_size=64), 1) == o1
 
