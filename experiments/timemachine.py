@@ -6,7 +6,7 @@ Command (d2l's recipe: batch 1024, num_steps 32, hidden 32, lr 1, clip 1, 100 ep
 
 Expected: about 8-10 s on a 2-core CPU (compilation included; data parallel over
 one CPU device per core); final train perplexity about 5.9 and validation
-perplexity about 7.2 (seed 0: 5.88 / 7.22; d2l's PyTorch tab reaches 7.2-7.4),
+perplexity about 7.2-7.3 (seed 0: 5.87 / 7.29; d2l's PyTorch tab reaches 7.2-7.4),
 and ``predict('it has', 20)`` turns from noise into words.
 
 Writes to ``--workdir`` (default ``runs/timemachine-<time>``): ``metrics.jsonl``

@@ -24,7 +24,7 @@ def test_d2l_recipe_end_to_end(real_text_path, tmp_path, main_job):
     trained = re.search(r"^trained: '(.*)'", out, re.M).group(1)
     assert untrained.startswith("it has") and len(untrained) == 26
     assert trained.startswith("it has") and len(trained) == 26
-    # Greedy characters make words, mostly (seed 0 on two devices: 'in the proment some');
+    # Greedy characters make words, mostly (seed 0 on two devices: 'in the peones a men');
     # the last one may be cut off.
     corpus_words = set(data.preprocess(open(real_text_path).read()).split())
     words = trained[len("it has"):].split()[:-1]
