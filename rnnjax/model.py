@@ -243,7 +243,7 @@ class RNN(nn.Module):
         The training objective as one op. With ``custom_vjp`` its backward pass
         is one piece: the outputs, transposed once for ``dW_hh``, serve
         ``W_HxV``'s gradient too, as a plain matmul (d2l's step on two CPU
-        devices 1.05-1.06x faster than with a backward pass of its own for
+        devices 1.04-1.06x faster than with a backward pass of its own for
         each; interleaved). ``custom_vjp=False`` differentiates the scan.
         """
         XW_TxBxH = self.cell.input_projection(inputs)
