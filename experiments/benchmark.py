@@ -7,9 +7,9 @@ Command (d2l's recipe: batch 1024, num_steps 32, hidden 32, lr 1, clip 1)::
 Expected runtime on a 2-core CPU: about 2 minutes (``--sweep`` adds about
 4, ``--ablations`` about 0.5). Expected result there (2026-11-29, five runs
 on a noisy machine): rnnjax's step 3.8-4.2x faster than PyTorch's and 3.1-3.8x
-than stock Flax's, the whole recipe 2.8-3.6x faster than PyTorch's (two
-runs), compiling rnnjax's training program 0.65-0.75 s, 0.14-0.22 s with a
-warm compilation cache. Contenders run interleaved (A B C A B C ...) in one process
+than stock Flax's (3.9x once), the whole recipe 2.8-3.6x faster than
+PyTorch's (three runs), compiling rnnjax's training program 0.65-0.75 s,
+0.14-0.22 s with a warm compilation cache. Contenders run interleaved (A B C A B C ...) in one process
 so that a noisy machine affects them alike; the table gives medians with
 min-max over the rounds and ratios against each baseline.
 
