@@ -246,13 +246,13 @@ class RNN(nn.Module):
         devices 1.04-1.06x faster than with a backward pass of its own for
         each; interleaved). ``custom_vjp=False`` differentiates the scan.
         """
-        XW_TxBxH = self.cell.input_projection(inputs)
-        H0_BxH = jnp.zeros(XW_TxBxH.shape[1:], XW_TxBxH.dtype)
         labels_N, weights_N = labels_TxB.reshape(-1), weights_TxB.reshape(-1)
         if not self.custom_vjp:
-            outputs_TxBxH = _scan_recurrence(self.cell, H0_BxH, XW_TxBxH, self.unroll)[1]
+            outputs_TxBxH, _ = self(inputs)
             return dense_cross_entropy(outputs_TxBxH.reshape(-1, self.num_hiddens), W_HxV, b_V,
                                        labels_N, weights_N)
+        XW_TxBxH = self.cell.input_projection(inputs)
+        H0_BxH = jnp.zeros(XW_TxBxH.shape[1:], XW_TxBxH.dtype)
         loss = nn.custom_vjp(functools.partial(_recurrence_dense_ce, unroll=self.unroll),
                              forward_fn=functools.partial(_recurrence_dense_ce_fwd, unroll=self.unroll),
                              backward_fn=_recurrence_dense_ce_bwd)
