@@ -242,8 +242,7 @@ class TimeMachine:
                 f"The corpus has {len(self.corpus)} characters after preprocessing, which make "
                 f"{max(num_windows, 0)} windows of num_steps + 1 = {num_steps + 1}; "
                 f"num_train + num_val = {num_train + num_val} are needed.")
-        n = num_train + num_val
-        windows = np.lib.stride_tricks.sliding_window_view(self.corpus[: n + num_steps], num_steps + 1)
+        windows = np.lib.stride_tricks.sliding_window_view(self.tokens, num_steps + 1)
         self.X, self.Y = windows[:, :-1], windows[:, 1:]
 
     def num_batches(self, train: bool = True) -> int:
