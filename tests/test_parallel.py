@@ -163,7 +163,7 @@ def test_devices_limits_local_devices():
 DEEP_QUEUE = """
 import tempfile
 import numpy as np
-from rnnjax.data import Batch, TimeMachine
+from rnnjax.data import TimeMachine
 from rnnjax.train import Config, fit
 text = "".join(np.random.default_rng(0).choice(list("abcdefghijklmnopqrstuvwxyz  "), 20000))
 with tempfile.TemporaryDirectory() as workdir:
