@@ -24,7 +24,10 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from rnnjax.config import Config
 from rnnjax.data import Vocab
+from rnnjax.generate import predict, predict_batch
+from rnnjax.state import abstract_train_state, make_model
 
 SUBDIR = "checkpoints"
 FORMAT = 1
@@ -52,7 +55,41 @@ def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False) ->
                                  item_names=("state", "meta"))
 
 
-def make_meta(config: Any, vocab: Vocab, position: dict, **extra: Any) -> dict:
+def _reader(directory: Path) -> ocp.CheckpointManager:
+    """A read-only manager: it creates nothing."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only manager is read-only
+    try:
+        return manager(directory, read_only=True)
+    finally:
+        absl_logger.setLevel(level)
+
+
+# latest_step and read_meta read the files without a manager: making one is a
+# barrier across processes, which a process that only looks must not enter.
+def latest_step(workdir: Path) -> int | None:
+    """The step of the workdir's latest complete checkpoint, or ``None``; creates nothing."""
+    directory = Path(workdir) / SUBDIR
+    steps = ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
+    return max(steps, default=None)
+
+
+def read_meta(workdir: Path, step: int) -> dict:
+    """The ``meta`` item (config, vocabulary, position) of the checkpoint at ``step``; creates nothing."""
+    directory = Path(workdir) / SUBDIR
+    try:
+        meta = ocp.JsonCheckpointHandler().restore(directory / str(step) / "meta")
+    except Exception as e:  # orbax raises many types for unreadable files
+        raise CheckpointError(
+            f"The checkpoint at step {step} in {directory} cannot be read ({type(e).__name__}: {e}).") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"The checkpoint at step {step} in {directory} is not an "
+                              f"rnnjax checkpoint of format {FORMAT}.")
+    return meta
+
+
+def make_meta(config: Config, vocab: Vocab, position: dict, **extra: Any) -> dict:
     return {"format": FORMAT, "config": config.to_json(), "vocab": vocab.to_json(),
             "position": position, **extra}
 
@@ -67,19 +104,6 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
               metrics=None if val_ppl is None else {"val_ppl": val_ppl}, force=True)
 
 
-def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
-    try:
-        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as e:  # orbax raises many types for unreadable files
-        raise CheckpointError(
-            f"The checkpoint at step {step} in {mngr.directory} cannot be read "
-            f"({type(e).__name__}: {e}).") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"The checkpoint at step {step} in {mngr.directory} is not an "
-                              f"rnnjax checkpoint of format {FORMAT}.")
-    return meta
-
-
 def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any) -> Any:
     """The saved state, as host arrays shaped and typed like ``target``."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
@@ -92,9 +116,9 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any) -> Any:
     return jax.device_get(restored["state"])
 
 
-def check_compatible(meta: dict, config: Any, vocab: Vocab, workdir: Path) -> None:
+def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path) -> None:
     """A resumed run must be the same run: same config but for ``RESUMABLE`` fields."""
-    saved = type(config).from_json(meta["config"])
+    saved = Config.from_json(meta["config"])
     diff = [f"{f.name}: checkpoint {getattr(saved, f.name)!r}, requested {getattr(config, f.name)!r}"
             for f in dataclasses.fields(config)
             if f.name not in config.RESUMABLE and getattr(saved, f.name) != getattr(config, f.name)]
@@ -106,7 +130,7 @@ def check_compatible(meta: dict, config: Any, vocab: Vocab, workdir: Path) -> No
         raise CheckpointError(f"{workdir} holds a run trained on another vocabulary.")
 
 
-def write_config(workdir: Path, config: Any, vocab: Vocab) -> None:
+def write_config(workdir: Path, config: Config, vocab: Vocab) -> None:
     """``config.json`` for people and tools; the checkpoints carry their own copy."""
     workdir.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"config": config.to_json(), "vocab": vocab.to_json()}, indent=1)
@@ -118,7 +142,7 @@ def write_config(workdir: Path, config: Any, vocab: Vocab) -> None:
 @dataclasses.dataclass
 class Restored:
     """A trained model from a checkpoint: enough to generate text, nothing of the data."""
-    config: Any
+    config: Config
     vocab: Vocab
     params: Any
     step: int
@@ -126,34 +150,23 @@ class Restored:
 
     @property
     def model(self):
-        from rnnjax.train import make_model
         return make_model(self.config, len(self.vocab))
 
     def predict(self, prefix: str, num_preds: int) -> str:
-        from rnnjax.generate import predict
         return predict(self.model, self.params, self.vocab, prefix, num_preds)
 
     def predict_batch(self, prefixes: list[str], num_preds: int) -> list[str]:
-        from rnnjax.generate import predict_batch
         return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds)
 
 
 def restore(workdir: str | Path, step: int | None = None, best: bool = False) -> Restored:
     """Restores a run's checkpoint for inference: the latest, ``step``, or the ``best``."""
-    from rnnjax.train import Config, abstract_train_state
-
     workdir = Path(workdir)
     directory = workdir / SUBDIR
     if not directory.is_dir():
         what = "does not exist" if not workdir.exists() else "holds no checkpoints"
         raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only manager is read-only
-    try:
-        mngr = manager(directory, read_only=True)
-    finally:
-        absl_logger.setLevel(level)
+    mngr = _reader(directory)
     steps = mngr.all_steps()
     if not steps:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
@@ -165,7 +178,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False) ->
         step = mngr.latest_step()
     elif step not in steps:
         raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {sorted(steps)}.")
-    meta = restore_meta(mngr, step)
+    meta = read_meta(workdir, step)
     config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
     target = abstract_train_state(config, len(vocab))
     state = restore_state(mngr, step, target)

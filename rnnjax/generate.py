@@ -26,16 +26,16 @@ def greedy(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array,
            num_preds: int) -> jax.Array:
     """Token ids ``(B, L + num_preds)``; row b's text is its first ``lengths_B[b] + num_preds``."""
     B, L = prefix_BxL.shape
-    H_BxH = jnp.zeros((B, model.rnn.num_hiddens))
 
     def step(carry, i):
-        tokens_B, H_BxH = carry
-        logits_BxV, H_BxH = model.apply({"params": params}, tokens_B, H_BxH, method=RNNLM.step)
+        tokens_B, state = carry
+        logits_BxV, state = model.apply({"params": params}, tokens_B, state, method=RNNLM.step)
         teacher_B = prefix_BxL[:, jnp.minimum(i + 1, L - 1)]
         tokens_B = jnp.where(i + 1 < lengths_B, teacher_B, jnp.argmax(logits_BxV, -1).astype(tokens_B.dtype))
-        return (tokens_B, H_BxH), tokens_B
+        return (tokens_B, state), tokens_B
 
-    _, out_SxB = jax.lax.scan(step, (prefix_BxL[:, 0], H_BxH), jnp.arange(L + num_preds - 1))
+    first = (prefix_BxL[:, 0], model.initialize_carry(B))
+    _, out_SxB = jax.lax.scan(step, first, jnp.arange(L + num_preds - 1))
     return jnp.concatenate([prefix_BxL[:, :1], out_SxB.T], axis=1)
 
 

@@ -17,13 +17,14 @@ from typing import Any
 import jax
 import numpy as np
 
+from rnnjax.backend import CompiledPerShape
+
 AXIS = "batch"
 
 # XLA's CPU runtime can deadlock in a collective when a pmapped program is
-# queued many calls deep: with 2 CPU devices every run of 3000 queued training
-# steps hung in its all-reduce once about 32 calls were in flight, and none did
-# with 16 or fewer. Loops that dispatch without reading results back therefore
-# wait for the call this many dispatches back (``wait_for_backlog``).
+# queued many calls deep (seen at about 32 in flight, never at 16 or fewer), so
+# loops that dispatch without reading back wait for the call this many
+# dispatches back (``wait_for_backlog``; docs/performance.md).
 MAX_IN_FLIGHT = 8
 
 
@@ -31,8 +32,7 @@ def wait_for_backlog(outputs: list) -> None:
     """Blocks until ``outputs[-1 - MAX_IN_FLIGHT]`` is computed: call after each dispatch.
 
     Keeps at most ``MAX_IN_FLIGHT`` calls queued. The host still runs that
-    many steps ahead of the devices, so they never wait for it (measured on 2
-    CPU devices: 6.54 ms a step against 6.58 ms reading back once an epoch).
+    many steps ahead of the devices, so they never wait for it.
     """
     if len(outputs) > MAX_IN_FLIGHT:
         jax.block_until_ready(outputs[-1 - MAX_IN_FLIGHT])
@@ -49,34 +49,6 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
-
-
-class CompiledPerShape:
-    """``fn(*args)``, jitted or pmapped, compiled ahead of time with XLA ``options`` per argument shapes.
-
-    An XLA that does not know an option (they come and go between versions)
-    compiles without the options.
-    """
-
-    def __init__(self, fn: Callable, options: dict[str, Any]):
-        self.fn, self.options = fn, dict(options)
-        self.executables: dict[Any, Any] = {}
-
-    def executable(self, *args) -> Any:
-        leaves, treedef = jax.tree.flatten(args)
-        key = treedef, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves)
-        if key not in self.executables:
-            lowered = self.fn.lower(*args)
-            try:
-                self.executables[key] = lowered.compile(compiler_options=self.options)
-            except jax.errors.JaxRuntimeError as e:
-                if "No such compile option" not in str(e) and "not a valid enum value" not in str(e):
-                    raise
-                self.executables[key] = lowered.compile()
-        return self.executables[key]
-
-    def __call__(self, *args):
-        return self.executable(*args)(*args)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,25 +1,25 @@
-"""Training: the config, a pure ``train_step``, and the epoch loop.
+"""Training: the pure steps, and ``fit``, the epoch loop.
 
 ``train_step(state, batch, axis_name=None) -> (state, metrics)`` is a plain
 function of its inputs. ``rnnjax.parallel`` jits it for one device or pmaps it
 with ``axis_name`` for several; then it averages gradients and metrics with
-one ``lax.pmean``. The loss is the exact mean
-cross-entropy over the real (unmasked) tokens of the global batch, whatever the
-device count and however the padding falls on the devices.
+one ``lax.pmean``. The loss is the exact mean cross-entropy over the real
+(unmasked) tokens of the global batch, whatever the device count and however
+the padding falls on the devices.
 
 ``fit`` runs the epochs, ``STEPS_PER_CALL`` steps to a compiled call of
 ``train_windows`` (``train_step`` scanned over a stack of batches that each
 device cuts from the token stream it holds). It resumes from the workdir's
 latest checkpoint, logs one JSON line per epoch, checkpoints, stops on a
 non-finite loss, and on SIGINT/SIGTERM saves the last completed call's step
-before it exits. Metrics stay on the devices until the end of each epoch.
+before it exits. Before it writes anything it checks everything
+(``rnnjax.start.plan``) and says what it will do.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import signal
 import threading
@@ -32,47 +32,23 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import optax
-from flax.training import train_state
 
 from rnnjax import checkpoint, metrics as metrics_lib
+from rnnjax.backend import compiler_options
+from rnnjax.config import Config
 from rnnjax.data import Batch, TimeMachine, Windows
-from rnnjax.model import RNNLM, build
-from rnnjax.parallel import CompiledPerShape, DataParallel, wait_for_backlog
+from rnnjax.parallel import wait_for_backlog
+from rnnjax.start import Position, plan
+from rnnjax.state import TrainState, create_train_state
 
-TrainState = train_state.TrainState
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """d2l's recipe for the concise RNN section (the defaults)."""
-    batch_size: int = 1024
-    num_steps: int = 32
-    num_hiddens: int = 32
-    lr: float = 1.0
-    clip: float = 1.0
-    epochs: int = 100
-    seed: int = 0
-    num_train: int = 10000
-    num_val: int = 5000
-    unroll: int = 1
-
-    # What may differ between a run and the checkpoint it resumes from.
-    RESUMABLE = frozenset({"epochs"})
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> Config:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-# Epochs between checkpoints. An orbax save of the recipe's small state takes
-# about 33 ms on the 2-core reference machine, a third of one ~0.1 s epoch:
-# saving every epoch made the 100-epoch run 13-15 s instead of 10-11 s. The
-# last epoch and an interrupted run are saved whatever the interval.
+# Epochs between checkpoints: a save costs about a third of a d2l epoch
+# (docs/performance.md). The last epoch and an interrupted run are always saved.
 CHECKPOINT_EVERY = 10
+
+# Training steps per compiled call: each call costs the host a dispatch, which
+# on a CPU takes time from the cores the devices compute on. An epoch whose
+# step count is not a multiple ends in a shorter call, compiled once more.
+STEPS_PER_CALL = 10
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -85,119 +61,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
-
-
-def make_model(config: Config, vocab_size: int) -> RNNLM:
-    return build(vocab_size, config.num_hiddens, unroll=config.unroll)
-
-
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """d2l clips gradients to global norm ``clip``, then takes an SGD step."""
-    return optax.chain(optax.clip_by_global_norm(config.clip), optax.sgd(config.lr))
-
-
-def _train_state(config: Config, vocab_size: int, jit: Callable, params: Any = None) -> TrainState:
-    model = make_model(config, vocab_size)
-    if params is None:
-        # The key and the dummy input are made inside the one compiled init: made
-        # eagerly, each would compile a small program of its own.
-        params = jit(lambda: model.init(jax.random.key(config.seed),
-                                        jnp.zeros((1, config.num_steps), jnp.int32))["params"])()
-    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
-
-
-# Init runs once and takes microseconds, but the random number generator makes
-# it a large program. Without XLA's backend optimizations it compiled in about
-# 0.4 s instead of 0.75 s; with XLA:CPU's older code generator in one piece
-# too, in 0.18-0.22 s instead of 0.32-0.45 s (fresh processes, 2-core machine),
-# to the same values. They differ from the optimized build's in the last bit
-# (fused multiply-adds) and are just as deterministic.
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
-                         "xla_cpu_parallel_codegen_split_count": 1}
-
-
-def create_train_state(config: Config, vocab_size: int, params: Any = None) -> TrainState:
-    """Step 0 of ``config``'s model and optimizer, from ``params`` or initialized from ``config.seed``."""
-    if params is not None:
-        _check_params(params, config, vocab_size)
-
-    def jit(init):
-        return CompiledPerShape(jax.jit(init), INIT_COMPILER_OPTIONS)
-    return _train_state(config, vocab_size, jit, params)
-
-
-def _check_params(params: Any, config: Config, vocab_size: int) -> None:
-    def shapes(tree):
-        return jax.tree.map(lambda x: tuple(x.shape), tree)
-    expected = shapes(abstract_train_state(config, vocab_size).params)
-    given = shapes(params)
-    if given != expected:
-        raise ValueError(f"The parameters do not fit the config (num_hiddens={config.num_hiddens}, "
-                         f"vocabulary {vocab_size}): shapes {given}, expected {expected}.")
-
-
-def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
-    """The shapes and dtypes of ``create_train_state``'s result, computing nothing (a restore target)."""
-    return jax.eval_shape(lambda: _train_state(config, vocab_size, lambda f: f))
-
-
-# XLA:CPU hands each single dot to YNNPACK, which splits even the recurrence's
-# small (batch/devices, H) @ (H, H) products over the CPU's thread pool; with
-# one device per core the devices' programs then wait on each other's tasks.
-# Leaving single dots to XLA's own (Eigen) kernels made d2l's step 1.06-1.11x
-# faster on 2 CPU devices and 1.02-1.13x on one device over both cores
-# (interleaved A/B on the 2-core reference machine); on one core it changed
-# nothing. Where the hidden size outgrows the rows (H 512 at batch 64 or 1024,
-# H 128 at batch 64) YNNPACK's kernels win (0.65-0.97x without them), hence
-# the rule in ``compiler_options``. Reductions stay out of YNNPACK too: XLA
-# then fuses the cross-entropy's row max and sums with the ops that feed them
-# (the logits' bias add need not be written out), d2l's step 1.01-1.03x faster
-# on 2 CPU devices (six interleaved A/B runs), 1.02x on one; at hidden 128 and
-# at 128 steps even. The value is XLA's default set less dots and reductions.
-_YNN_CONVOLUTIONS_ONLY = {"xla_cpu_experimental_ynn_fusion_type":
-                          "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
-
-
-# XLA runs LLVM at -O3 on the code it generates for the CPU. At -O1 the train
-# step compiles in 0.39-0.46 s instead of 0.53-0.66 s (fresh processes, one
-# device, 2-core reference machine) and 0.72-0.90 s instead of 0.91-1.07 s on
-# two devices, to the same values bit for bit (tested) and an unchanged step
-# time (0.96-1.04x, interleaved; also at hidden 128 and 512).
-_LLVM_O1 = {"xla_backend_optimization_level": 1}
-
-
-# XLA asks LLVM for 256-bit vectors by default. On a CPU with AVX-512, 512-bit
-# ones made d2l's step 1.02-1.09x faster on 2 CPU devices (three interleaved A/B
-# runs; the cross-entropy's and the recurrence's elementwise passes) and 1.05x
-# on one device. Where the rows per device do not outnumber the hidden units
-# fourfold it helped less or not at all (H=128/B64/T128 0.95x), so it follows
-# the same rule as the YNNPACK options.
-_AVX512_VECTORS = {"xla_cpu_prefer_vector_width": 512}
-
-
-@functools.cache
-def _cpu_has_avx512() -> bool:
-    try:
-        return "avx512f" in Path("/proc/cpuinfo").read_text().split()
-    except OSError:           # not Linux: keep XLA's default
-        return False
-
-
-def compiler_options(config: Config, num_shards: int) -> dict[str, Any]:
-    """XLA options for ``config``'s steps on ``num_shards`` devices (``DataParallel.compile``).
-
-    On a CPU: LLVM at -O1, and with at least 4 rows per device for each hidden
-    unit, dots and reductions out of YNNPACK and, given AVX-512, 512-bit
-    vectors (see above). Elsewhere none.
-    """
-    if jax.default_backend() != "cpu":
-        return {}
-    options = dict(_LLVM_O1)
-    if config.batch_size // num_shards >= 4 * config.num_hiddens:
-        options.update(_YNN_CONVOLUTIONS_ONLY)
-        if _cpu_has_avx512():
-            options.update(_AVX512_VECTORS)
-    return options
 
 
 def _mean_over_devices(x, axis_name):
@@ -219,7 +82,7 @@ def train_step(state: TrainState, batch: Batch, axis_name: str | None = None
     global mean loss, however the padding falls on the devices.
     """
     def objective(params):
-        return state.apply_fn({"params": params}, batch.X, batch.Y, batch.mask, method=RNNLM.loss)
+        return state.apply_fn({"params": params}, batch.X, batch.Y, batch.mask, method="loss")
 
     (loss_sum, count), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     flat_grads, unflatten = jax.flatten_util.ravel_pytree(grads)
@@ -242,29 +105,14 @@ def train_windows(state: TrainState, tokens: jax.Array, windows: Windows, axis_n
     """``train_steps`` on a stack of ``Windows``, their batches cut out of ``tokens`` where they live.
 
     What ``fit`` runs, with the token stream placed on each device once: the
-    host then sends each call window starts and masks (80 KB for 10 of d2l's
-    batches) instead of batches (2.6 MB), and builds no batches. On a CPU that
-    work and that copy took time from the devices' cores: d2l's step 5.07 ->
-    4.85 and 5.34 -> 5.13 ms on two CPU devices (interleaved, same process).
+    host sends each call window starts and masks instead of batches.
     """
     return train_steps(state, windows.batch(tokens), axis_name)
 
 
-# Training steps per call of the compiled ``train_windows`` in ``fit``. Each call
-# costs the host a dispatch (about 0.3 ms), and on a CPU the host's thread
-# takes that time from the cores the devices compute on: with one call a step,
-# d2l's step took 5.30 ms on two CPU devices and 7.54 ms on one, with one call
-# per 10 steps 4.67 and 6.87 ms (interleaved, same process, 2-core reference
-# machine; 5 steps a call 4.72 and 6.90 ms). The compile time is the same. An
-# epoch whose step count is not a multiple of it ends in a shorter call, which
-# compiles once more (as may the rest of an epoch resumed mid-way).
-STEPS_PER_CALL = 10
-
-
 def _loss_sums(state: TrainState, batch: Batch) -> jax.Array:
     """``[loss_sum, count]`` of one batch on this device."""
-    return jnp.stack(state.apply_fn({"params": state.params}, batch.X, batch.Y, batch.mask,
-                                    method=RNNLM.loss))
+    return jnp.stack(state.apply_fn({"params": state.params}, batch.X, batch.Y, batch.mask, method="loss"))
 
 
 def eval_step(state: TrainState, batch: Batch, axis_name: str | None = None) -> dict[str, jax.Array]:
@@ -273,12 +121,8 @@ def eval_step(state: TrainState, batch: Batch, axis_name: str | None = None) -> 
 
 
 def eval_steps(state: TrainState, batches: Batch, axis_name: str | None = None) -> dict[str, jax.Array]:
-    """``eval_step`` summed over a stack of batches (a leading axis), as one scan and one all-reduce.
-
-    ``fit`` evaluates the whole validation set with one call of it each epoch:
-    on two CPU devices d2l's 5 validation batches take 9.2 ms that way against
-    12.6 ms as one call per batch (interleaved, same process).
-    """
+    """``eval_step`` summed over a stack of batches (a leading axis), as one scan and one all-reduce:
+    how ``fit`` validates each epoch, in one call."""
     sums = jax.lax.scan(lambda acc, batch: (acc + _loss_sums(state, batch), None), jnp.zeros(2), batches)[0]
     loss_sum, count = _sum_over_devices(sums, axis_name)
     return {"loss_sum": loss_sum, "count": count}
@@ -287,15 +131,6 @@ def eval_steps(state: TrainState, batches: Batch, axis_name: str | None = None) 
 def perplexity(loss: float) -> float:
     """``exp(loss)``; ``inf`` past float range (a diverging run is not an exception here)."""
     return math.exp(loss) if loss < 709.0 else math.inf
-
-
-@dataclasses.dataclass
-class Position:
-    """Where training stands: ``epoch`` (0-based) in progress, ``batch`` next batch of it,
-    and the ``[loss_sum, count]`` of the batches of it already done."""
-    epoch: int = 0
-    batch: int = 0
-    partial: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -333,43 +168,39 @@ def _catch_signals() -> Iterator[_StopFlag]:
 
 def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any = None,
         devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3,
-        progress: Callable | None = None) -> FitResult:
+        progress: Callable | None = None, log: Callable[[str], Any] | None = print) -> FitResult:
     """Trains ``config`` on ``data``, resuming from ``workdir`` if it holds a checkpoint.
 
-    A fresh run starts from ``params`` (default: initialized from ``config.seed``);
-    fit trains a copy, so the caller's stay valid.
-    Saves a checkpoint every ``checkpoint_every`` epochs and after the last,
-    keeping the latest ``keep`` and the best by validation perplexity.
+    First it checks everything (``plan``) and ``log``s what it will do. A
+    fresh run starts from ``params`` (default: initialized from
+    ``config.seed``); fit trains a copy, so the caller's stay valid. Saves a
+    checkpoint every ``checkpoint_every`` epochs and after the last, keeping
+    the latest ``keep`` and the best by validation perplexity.
 
     ``progress(done_steps, total_steps, record_or_None)`` is called after every
-    call (``STEPS_PER_CALL`` steps) and every epoch (``experiments.timemachine``
-    draws a progress bar with it). Raises ``NonFiniteLoss`` (nothing saved past
-    the last good checkpoint) and ``Interrupted`` (after saving the last
-    completed call's step).
+    call (``STEPS_PER_CALL`` steps) and every epoch. Raises ``NonFiniteLoss``
+    (nothing saved past the last good checkpoint) and ``Interrupted`` (after
+    saving the last completed call's step).
     """
-    workdir = Path(workdir)
-    if data.num_val < 1:
-        raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
-    dp = DataParallel.create(devices)
-    dp.check_batch_size(config.batch_size)
-    checkpoint.check_workdir(workdir)
+    p = plan(config, data, workdir, devices=devices)
+    if log:
+        log(p.describe())
+    workdir, dp, position = p.workdir, p.dp, p.position
     is_writer = jax.process_index() == 0
 
     state = create_train_state(config, len(data.vocab), params)
-    position = Position()
     manager = checkpoint.manager(workdir / checkpoint.SUBDIR, keep=keep)
-    step = manager.latest_step()
-    if step is not None:
-        meta = checkpoint.restore_meta(manager, step)
-        checkpoint.check_compatible(meta, config, data.vocab, workdir)
-        state = checkpoint.restore_state(manager, step, state)
-        position = Position(**meta["position"])
-    log = metrics_lib.MetricsLog(workdir / metrics_lib.FILENAME, writer=is_writer)
-    log.truncate(position.epoch)
+    if p.step is not None:
+        state = checkpoint.restore_state(manager, p.step, state)
+    metrics_log = metrics_lib.MetricsLog(workdir / metrics_lib.FILENAME, writer=is_writer)
+    if p.finished:
+        manager.close()
+        return FitResult(state, metrics_log.read(), workdir)
+    metrics_log.truncate(position.epoch)
     if is_writer:
         checkpoint.write_config(workdir, config, data.vocab)
 
-    options = compiler_options(config, dp.num_shards)
+    options = compiler_options(config.batch_size, config.num_hiddens, dp.num_shards)
     train = dp.compile(train_windows, donate_state=True, compiler_options=options)
     evaluate = dp.compile(eval_steps, compiler_options=options)
     tokens, val_batches = dp.replicate(data.tokens), dp.put(dp.shard_stack(data.val_batches()))
@@ -419,17 +250,17 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
             if ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
                     or stop.signum is not None):
                 save(epoch + 1, 0, [], val_ppl=record["val_ppl"])
-            log.append(record)
+            metrics_log.append(record)
             if progress:
                 progress(done, total, record)
             if stop.signum is not None:
                 raise interrupted(stop.signum, epoch, steps_per_epoch)
         manager.wait_until_finished()
-    return FitResult(dp.unreplicate(state), log.read(), workdir)
+    return FitResult(dp.unreplicate(state), metrics_log.read(), workdir)
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
-    """``items`` in lists of ``size``, the last one shorter if need be."""
+    """``items`` in lists of ``size``, the last one shorter if need be (``itertools.batched`` is 3.12+)."""
     chunk = []
     for item in items:
         chunk.append(item)

@@ -4,19 +4,33 @@ Tests that want one device say so (``devices=1``); multi-process tests start
 their own interpreters.
 """
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import jax
 import pytest
 
-jax.config.update("jax_num_cpu_devices", 4)
-# Downloads and compilation caches of this session (and its subprocesses) stay out of ~/.cache.
-os.environ["RNNJAX_CACHE"] = tempfile.mkdtemp(prefix="rnnjax-test-cache-")
+from rnnjax.config import PRESETS
+from rnnjax.data import TimeMachine
 
-REAL_TEXT = os.environ.get("RNNJAX_TIMEMACHINE")
+jax.config.update("jax_num_cpu_devices", 4)
+# Downloads and compilation caches of this session (and its subprocesses) stay out of ~/.cache,
+# and go when it ends.
+os.environ["RNNJAX_CACHE"] = tempfile.mkdtemp(prefix="rnnjax-test-cache-")
+atexit.register(shutil.rmtree, os.environ["RNNJAX_CACHE"], ignore_errors=True)
+
+# Made absolute, so that subprocesses and notebook kernels in other folders find it too.
+REAL_TEXT = os.environ.get("RNNJAX_TIMEMACHINE") and str(Path(os.environ["RNNJAX_TIMEMACHINE"]).resolve())
+if REAL_TEXT:
+    os.environ["RNNJAX_TIMEMACHINE"] = REAL_TEXT
+
+# Tests' shared config: seconds on one CPU core.
+TINY = PRESETS["tiny"]
 
 
 @pytest.fixture
@@ -67,3 +81,14 @@ def small_text(num_chars: int = 3000, seed: int = 0) -> str:
         out.append(w)
         n += len(w) + 1
     return " ".join(out) + "\n"
+
+
+@pytest.fixture
+def tiny():
+    return TINY
+
+
+@pytest.fixture
+def small_data():
+    """``TINY``'s data from a made-up text: 13 train batches (the last one padded), 4 validation ones."""
+    return TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))

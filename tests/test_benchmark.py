@@ -11,7 +11,7 @@ from experiments import benchmark
 def test_benchmark_smoke(real_text_path, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert benchmark.main(["--data", real_text_path, "--rounds", "1", "--steps", "2", "--recipe-rounds", "0",
-                           "--devices", "1", "--json", str(out)]) == 0
+                           "--devices", "1", "--json", str(out), "--out", str(tmp_path)]) == 0
     result = json.loads(out.read_text())
     names = set(result["contenders"])
     assert {"rnnjax", "flax"} <= names and ("torch" in names) == benchmark.torch_available()

@@ -9,19 +9,15 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import TINY
+
 from rnnjax import checkpoint
 from rnnjax.checkpoint import CheckpointError
-from rnnjax.data import TimeMachine
 from rnnjax.metrics import MetricsLog
-from rnnjax.train import STEPS_PER_CALL, Config, Interrupted, create_train_state, fit, make_model
+from rnnjax.state import create_train_state, make_model
+from rnnjax.train import STEPS_PER_CALL, Interrupted, fit
 
-SMALL = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=4, num_train=200, num_val=50)
-
-
-@pytest.fixture
-def small_data(make_text):
-    return TimeMachine(SMALL.batch_size, SMALL.num_steps, SMALL.num_train, SMALL.num_val,
-                       text=make_text(5000))
+SMALL = TINY.replace(epochs=4)
 
 
 def assert_trees_equal(a, b):
@@ -42,7 +38,7 @@ def without_seconds(records):
 
 
 def with_epochs(config, epochs):
-    return Config(**{**config.to_json(), "epochs": epochs})
+    return config.replace(epochs=epochs)
 
 
 def test_save_restore_round_trip(small_data, tmp_path):
@@ -152,7 +148,7 @@ def test_half_written_checkpoint_is_ignored(small_data, tmp_path):
 def test_config_mismatch_is_a_clear_error_and_nothing_is_touched(small_data, tmp_path):
     fit(with_epochs(SMALL, 1), small_data, tmp_path, devices=1)
     before = tree_digest(tmp_path)
-    other = Config(**{**SMALL.to_json(), "num_hiddens": 32})
+    other = SMALL.replace(num_hiddens=32)
     with pytest.raises(CheckpointError, match="num_hiddens: checkpoint 16, requested 32"):
         fit(other, small_data, tmp_path, devices=1)
     assert tree_digest(tmp_path) == before

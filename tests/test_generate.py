@@ -8,14 +8,14 @@ import pytest
 from experiments.benchmark import d2l_predict
 from rnnjax.data import Vocab
 from rnnjax.generate import predict, predict_batch
-from rnnjax.model import RNNLM, build
+from rnnjax.model import RNN, RNNLM, SimpleRNNCell
 
 VOCAB = Vocab(list("abcdefghijklmnopqrstuvwxyz "))
 
 
 @pytest.fixture(scope="module")
 def model_params():
-    model = build(len(VOCAB), 16)
+    model = RNNLM(RNN(SimpleRNNCell(16)), len(VOCAB))
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     # Sharpen the output layer so that greedy decoding is not a tie-break contest.
     params = jax.tree.map(lambda x: x * 4, params)
@@ -26,7 +26,7 @@ def model_params():
 def test_predict_equals_d2l_loop(model_params, prefix, num_preds):
     model, params = model_params
     step = functools.partial(model.apply, method=RNNLM.step)
-    expected = d2l_predict(step, params, VOCAB, model.rnn.num_hiddens, prefix, num_preds)
+    expected = d2l_predict(step, params, VOCAB, model.rnn.cell.num_hiddens, prefix, num_preds)
     got = predict(model, params, VOCAB, prefix, num_preds)
     assert got == expected
     assert len(got) == len(prefix) + num_preds and got.startswith(prefix)

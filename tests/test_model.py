@@ -1,3 +1,5 @@
+"""The plain model against references: a NumPy loop, flax's SimpleCell, optax's cross-entropy."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -5,10 +7,13 @@ import numpy as np
 import optax
 import pytest
 
-from rnnjax import model as model_lib
-from rnnjax.model import RNN, RNNLM, OneHot, SimpleRNNCell, build
+from rnnjax.model import RNN, RNNLM, OneHot, SimpleRNNCell
 
 T, B, I, H, V = 6, 3, 5, 4, 7
+
+
+def build(vocab_size=V, num_hiddens=H):
+    return RNNLM(RNN(SimpleRNNCell(num_hiddens)), vocab_size)
 
 
 def np_loop(params, X_TxBxI, H_BxH):
@@ -18,14 +23,6 @@ def np_loop(params, X_TxBxI, H_BxH):
         H_BxH = np.tanh(x @ W_xh + H_BxH @ W_hh + b)
         outs.append(H_BxH)
     return np.stack(outs), H_BxH
-
-
-@pytest.fixture(params=["after the loop", "in the loop"])
-def dW_hh_where(request, monkeypatch):
-    """Runs a test with both of the backward pass's ways to sum dW_hh (its rule picks by block size)."""
-    if request.param == "in the loop":
-        monkeypatch.setattr(model_lib, "_DW_HH_AFTER_LOOP_MAX_BLOCK", 0)
-    return request.param
 
 
 @pytest.fixture
@@ -60,34 +57,53 @@ def test_cell_equals_numpy_step(inputs):
     np.testing.assert_allclose(H1, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_cell_keeps_flax_carry_protocol(inputs):
+    """What ``RNN`` asks of any cell, and what lets flax's own ``nn.RNN`` scan ours."""
+    X, _ = inputs
+    cell = SimpleRNNCell(H)
+    carry = cell.initialize_carry(jax.random.key(0), X[0].shape)
+    assert carry.shape == (B, H) and not carry.any() and cell.num_feature_axes == 1
+    ours = RNN(cell)
+    params = ours.init(jax.random.key(0), X)["params"]
+    flax_rnn = nn.RNN(SimpleRNNCell(H), time_major=True)
+    np.testing.assert_allclose(flax_rnn.apply({"params": params}, X), ours.apply({"params": params}, X)[0],
+                               rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("unroll", [1, 4])
 @pytest.mark.parametrize("given_state", [False, True])
-def test_rnn_equals_python_loop_over_cell_and_numpy(inputs, unroll, given_state):
+def test_rnn_equals_numpy_loop(inputs, unroll, given_state):
     X, H0 = inputs
-    rnn = RNN(H, unroll=unroll)
+    rnn = RNN(SimpleRNNCell(H), unroll=unroll)
     variables = rnn.init(jax.random.key(0), X)
-    state = H0 if given_state else None
-    outputs, H_final = rnn.apply(variables, X, state)
+    outputs, H_final = rnn.apply(variables, X, H0 if given_state else None)
     assert outputs.shape == (T, B, H) and H_final.shape == (B, H)
-
-    cell = SimpleRNNCell(H)
-    cell_vars = {"params": variables["params"]["cell"]}
-    Ht = H0 if given_state else jnp.zeros((B, H))
-    loop = []
-    for t in range(T):
-        Ht, out = cell.apply(cell_vars, Ht, X[t])
-        loop.append(out)
-    np.testing.assert_allclose(outputs, jnp.stack(loop), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(H_final, Ht, rtol=1e-5, atol=1e-6)
-
-    np_out, np_H = np_loop(variables["params"]["cell"], X, np.asarray(Ht * 0 + (H0 if given_state else 0)))
+    H_start = np.asarray(H0) if given_state else np.zeros((B, H))
+    np_out, np_H = np_loop(variables["params"]["cell"], X, H_start)
     np.testing.assert_allclose(outputs, np_out, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(H_final, np_H, rtol=1e-5, atol=1e-5)
 
 
+def test_rnn_gradients_equal_numpy_finite_differences(inputs):
+    """Autodiff through the scan against central differences of the float64 NumPy loop."""
+    X, H0 = inputs
+    rnn = RNN(SimpleRNNCell(H))
+    params = rnn.init(jax.random.key(0), X)["params"]
+    c_out = np.asarray(jax.random.normal(jax.random.key(5), (T, B, H)), np.float64)
+    loss = lambda p: jnp.sum(rnn.apply({"params": p}, X, H0)[0] * c_out)
+    grad = jax.grad(loss)(params)["cell"]["W_hh"]
+    W = {k: np.asarray(v, np.float64) for k, v in params["cell"].items()}
+    eps, (i, j) = 1e-6, (1, 2)
+    up, down = {**W, "W_hh": W["W_hh"].copy()}, {**W, "W_hh": W["W_hh"].copy()}
+    up["W_hh"][i, j] += eps
+    down["W_hh"][i, j] -= eps
+    f = lambda w: np.sum(np_loop(w, X, np.asarray(H0))[0] * c_out)
+    np.testing.assert_allclose(grad[i, j], (f(up) - f(down)) / (2 * eps), rtol=1e-4)
+
+
 def test_one_hot_gather_equals_dense_one_hot():
     ids = jax.random.randint(jax.random.key(3), (T, B), 0, V)
-    rnn = RNN(H)
+    rnn = RNN(SimpleRNNCell(H))
     variables = rnn.init(jax.random.key(0), OneHot(ids, V))
     assert variables["params"]["cell"]["W_xh"].shape == (V, H)
     gathered = rnn.apply(variables, OneHot(ids, V))
@@ -96,30 +112,10 @@ def test_one_hot_gather_equals_dense_one_hot():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("unroll", [1, 3])
-def test_custom_vjp_equals_autodiff(inputs, unroll, dW_hh_where):
-    X, H0 = inputs
-    fast, plain = RNN(H, unroll=unroll), RNN(H, unroll=unroll, custom_vjp=False)
-    variables = fast.init(jax.random.key(0), X)
-    c_out = jax.random.normal(jax.random.key(5), (T, B, H))
-    c_fin = jax.random.normal(jax.random.key(6), (B, H))
-
-    def loss(module, variables, X, H0):
-        outputs, H_final = module.apply(variables, X, H0)
-        return jnp.sum(outputs * c_out) + jnp.sum(H_final * c_fin)
-
-    g_fast = jax.grad(loss, argnums=(1, 2, 3))(fast, variables, X, H0)
-    g_plain = jax.grad(loss, argnums=(1, 2, 3))(plain, variables, X, H0)
-    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert float(jnp.abs(g_fast[0]["params"]["cell"]["W_hh"]).max()) > 0
-
-
-@pytest.mark.parametrize("custom_vjp", [True, False])
-def test_causality(inputs, custom_vjp):
+def test_causality(inputs):
     """The output at step t has zero gradient with respect to inputs after t."""
     X, _ = inputs
-    rnn = RNN(H, custom_vjp=custom_vjp)
+    rnn = RNN(SimpleRNNCell(H))
     variables = rnn.init(jax.random.key(0), X)
     per_step = lambda X: jnp.sum(rnn.apply(variables, X)[0] ** 2, axis=(1, 2))
     jac_TxTxBxI = jax.jit(jax.jacrev(per_step))(X)       # d loss_t / d X_s
@@ -128,8 +124,8 @@ def test_causality(inputs, custom_vjp):
     assert np.all(np.diag(np.asarray(size_TxT)) > 0.0)
 
 
-def test_rnnlm_shapes_and_loss_equal_optax():
-    model = build(V, H)
+def test_rnnlm_loss_equals_optax_cross_entropy():
+    model = build()
     X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
     Y = jax.random.randint(jax.random.key(2), (B, T), 0, V)
     variables = model.init(jax.random.key(0), X)
@@ -142,7 +138,7 @@ def test_rnnlm_shapes_and_loss_equal_optax():
 
 
 def test_loss_weights_drop_padding_rows():
-    model = build(V, H)
+    model = build()
     X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
     Y = jax.random.randint(jax.random.key(2), (B, T), 0, V)
     variables = model.init(jax.random.key(0), X)
@@ -154,7 +150,7 @@ def test_loss_weights_drop_padding_rows():
 
 
 def test_jit_and_no_jit_agree():
-    model = build(V, H)
+    model = build()
     X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
     variables = model.init(jax.random.key(0), X)
     loss = lambda p: model.apply(p, X, X, jnp.ones(B), method=RNNLM.loss)[0]
@@ -169,11 +165,11 @@ def test_jit_and_no_jit_agree():
 
 
 def test_step_continues_the_sequence():
-    model = build(V, H)
+    model = build()
     X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
     variables = model.init(jax.random.key(0), X)
     logits, H_T = model.apply(variables, X, method=RNNLM.forward)
-    H_t = jnp.zeros((B, H))
+    H_t = model.initialize_carry(B)
     for t in range(T):
         step_logits, H_t = model.apply(variables, X[:, t], H_t, method=RNNLM.step)
         np.testing.assert_allclose(step_logits, logits[:, t], rtol=1e-5, atol=1e-6)
@@ -191,45 +187,3 @@ def test_init_is_pytorch_uniform_and_seeded():
     assert not np.array_equal(a["rnn"]["cell"]["W_hh"], c["rnn"]["cell"]["W_hh"])
     for leaf in jax.tree.leaves(a):
         assert float(jnp.abs(leaf).max()) <= 1 / 32 ** 0.5
-
-
-def test_fast_loss_equals_plain_reference(dW_hh_where):
-    """The training loss (hoisted gather, the RNN and the output layer as one op with its own
-    backward) equals a plain implementation: autodiff through the scan and optax's
-    cross-entropy on the logits."""
-    V, H, B, T = 28, 32, 16, 12
-    fast, plain = build(V, H), build(V, H, custom_vjp=False)
-    X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
-    Y = jax.random.randint(jax.random.key(2), (B, T), 0, V)
-    mask = (jnp.arange(B) < 11).astype(jnp.float32)
-    variables = fast.init(jax.random.key(0), X)
-
-    def fast_loss(variables):
-        loss_sum, count = fast.apply(variables, X, Y, mask, method=RNNLM.loss)
-        return loss_sum / count
-
-    def plain_loss(variables):
-        logits = plain.apply(variables, X)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, Y)
-        return jnp.sum(ce * mask[:, None]) / (jnp.sum(mask) * T)
-
-    l_fast, g_fast = jax.jit(jax.value_and_grad(fast_loss))(variables)
-    l_plain, g_plain = jax.jit(jax.value_and_grad(plain_loss))(variables)
-    np.testing.assert_allclose(l_fast, l_plain, rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("V", [6, 16, 28])   # padded inside to 16, not padded, padded to 32
-def test_dense_cross_entropy_gradients(V):
-    from rnnjax.model import dense_cross_entropy
-    k = jax.random.split(jax.random.key(0), 5)
-    H_, W = jax.random.normal(k[0], (40, 8)), jax.random.normal(k[1], (8, V))
-    b = jax.random.normal(k[2], (V,))
-    labels, weights = jax.random.randint(k[3], (40,), 0, V), jax.random.uniform(k[4], (40,))
-    ref = lambda H_, W, b: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(H_ @ W + b, labels)
-                                   * weights)
-    fused = lambda H_, W, b: dense_cross_entropy(H_, W, b, labels, weights)
-    np.testing.assert_allclose(fused(H_, W, b), ref(H_, W, b), rtol=1e-6)
-    for a, r in zip(jax.grad(fused, (0, 1, 2))(H_, W, b), jax.grad(ref, (0, 1, 2))(H_, W, b)):
-        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,6 @@
 """notebooks/timemachine.ipynb runs top to bottom (with a short training run)."""
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -14,6 +15,9 @@ def test_notebook_executes(real_text_path, tmp_path, monkeypatch):
     monkeypatch.setenv("RNNJAX_NOTEBOOK_EPOCHS", "3")
     monkeypatch.delenv("RNNJAX_CHECKPOINT", raising=False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
+    # The kernel runs in another folder; a relative path is taken from where the user started it.
+    monkeypatch.setenv("RNNJAX_TIMEMACHINE", os.path.relpath(real_text_path))
+    monkeypatch.setenv("PWD", os.getcwd())
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
@@ -24,3 +28,4 @@ def test_notebook_executes(real_text_path, tmp_path, monkeypatch):
     assert "step 30 of" in text and "'it has" in text and "closest to" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3
+    assert (tmp_path / "runs" / "notebook" / "metrics.jsonl").exists()     # trained beside the notebook

@@ -14,20 +14,15 @@ import jax
 import numpy as np
 import pytest
 
-from rnnjax import checkpoint, train
-from rnnjax.data import Batch, TimeMachine
+from conftest import TINY as SMALL
+from rnnjax import backend, checkpoint, train
+from rnnjax.data import Batch
 from rnnjax.metrics import MetricsLog
 from rnnjax.parallel import DataParallel
-from rnnjax.train import Config, create_train_state, fit, train_step
+from rnnjax.state import create_train_state
+from rnnjax.train import fit, train_step
 
-SMALL = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50)
 RTOL = 1e-5
-
-
-@pytest.fixture
-def small_data(make_text):
-    return TimeMachine(SMALL.batch_size, SMALL.num_steps, SMALL.num_train, SMALL.num_val,
-                       text=make_text(5000))
 
 
 def assert_close_trees(a, b, atol=1e-5):
@@ -127,11 +122,12 @@ def test_options_xla_does_not_know_are_left_out(small_data, devices):
 
 def test_fit_with_xla_options_trains_as_without(small_data, tmp_path, monkeypatch):
     """Two hiddens give 8 rows per device per hidden unit: all of ``compiler_options`` applies."""
-    config = Config(**{**SMALL.to_json(), "num_hiddens": 2, "epochs": 2})
-    avx512 = train._AVX512_VECTORS if train._cpu_has_avx512() else {}
-    assert train.compiler_options(config, 2) == {**train._LLVM_O1, **train._YNN_CONVOLUTIONS_ONLY, **avx512}
+    config = SMALL.replace(num_hiddens=2, epochs=2)
+    avx512 = backend._AVX512_VECTORS if backend._cpu_has_avx512() else {}
+    expected = {**backend._LLVM_O1, **backend._YNN_CONVOLUTIONS_ONLY, **avx512}
+    assert backend.compiler_options(16, 2, 2) == expected
     tuned = fit(config, small_data, tmp_path / "tuned", devices=2)
-    monkeypatch.setattr(train, "compiler_options", lambda config, num_shards: {})
+    monkeypatch.setattr(train, "compiler_options", lambda *args: {})
     plain = fit(config, small_data, tmp_path / "plain", devices=2)
     assert_close_histories(tuned.history, plain.history)
     assert_close_trees(tuned.state.params, plain.state.params)
@@ -139,7 +135,7 @@ def test_fit_with_xla_options_trains_as_without(small_data, tmp_path, monkeypatc
 
 def test_checkpoint_from_four_devices_resumes_on_one(small_data, tmp_path):
     straight = fit(SMALL, small_data, tmp_path / "straight", devices=4)
-    fit(Config(**{**SMALL.to_json(), "epochs": 2}), small_data, tmp_path / "moved", devices=4)
+    fit(SMALL.replace(epochs=2), small_data, tmp_path / "moved", devices=4)
     resumed = fit(SMALL, small_data, tmp_path / "moved", devices=1)
     assert checkpoint.restore(tmp_path / "moved").meta["num_devices"] == 1
     assert_close_histories(resumed.history, straight.history)
@@ -164,7 +160,8 @@ DEEP_QUEUE = """
 import tempfile
 import numpy as np
 from rnnjax.data import TimeMachine
-from rnnjax.train import Config, fit
+from rnnjax.config import Config
+from rnnjax.train import fit
 text = "".join(np.random.default_rng(0).choice(list("abcdefghijklmnopqrstuvwxyz  "), 20000))
 with tempfile.TemporaryDirectory() as workdir:
     fit(Config(batch_size=64, epochs=20), TimeMachine(64, 32, text=text), workdir)

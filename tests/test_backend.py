@@ -5,10 +5,13 @@ import sys
 
 import pytest
 
+from rnnjax import backend
+from rnnjax.backend import compiler_options
+
 CHILD = """
 import sys, jax, jax.numpy as jnp
-from rnnjax import runtime
-runtime.enable_compilation_cache(sys.argv[1])
+from rnnjax import backend
+backend.enable_compilation_cache(sys.argv[1])
 print(float(jax.jit(lambda x: jnp.tanh(x) @ x.T)(jnp.ones((64, 64))).sum()))
 """
 
@@ -27,8 +30,8 @@ def test_compilation_cache_is_written_then_reused(tmp_path, fresh_env):
 
 DEVICES_CHILD = """
 import sys, jax
-from rnnjax import runtime
-print(runtime.use_cpu_cores(int(sys.argv[1])), jax.local_device_count(), runtime.use_cpu_cores(64))
+from rnnjax import backend
+print(backend.use_cpu_cores(int(sys.argv[1])), jax.local_device_count(), backend.use_cpu_cores(64))
 """
 
 
@@ -55,8 +58,8 @@ def _devices(env: dict[str, str], batch_size: int) -> list[str]:
 
 MALLOC_CHILD = """
 import ctypes, resource, sys
-from rnnjax import runtime
-took = runtime.keep_freed_memory() if sys.argv[1] == "keep" else None
+from rnnjax import backend
+took = backend.keep_freed_memory() if sys.argv[1] == "keep" else None
 libc, size = ctypes.CDLL(None), 48 << 20   # above the largest block glibc's heap serves by default
 libc.malloc.restype = ctypes.c_void_p
 def fill_and_free():
@@ -80,3 +83,17 @@ def test_keep_freed_memory_reuses_freed_blocks_without_page_faults(fresh_env):
     assert took == "True" and int(faults) < pages // 10
     _, faults = run("default")         # the second 48 MB block is mapped and faulted in afresh
     assert int(faults) > pages // 2
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_compiler_options_keep_dots_from_ynnpack_only_where_rows_per_device_outnumber_hiddens_fourfold(
+        avx512, monkeypatch):
+    monkeypatch.setattr(backend, "_cpu_has_avx512", lambda: avx512)
+    o1 = backend._LLVM_O1
+    fast = {**o1, **backend._YNN_CONVOLUTIONS_ONLY, **(backend._AVX512_VECTORS if avx512 else {})}
+    # d2l's batch 1024 and 32 hiddens
+    assert compiler_options(1024, 32, 1) == compiler_options(1024, 32, 2) == fast
+    assert compiler_options(1024, 32, 8) == fast                   # 128 rows per device
+    assert compiler_options(1024, 32, 16) == o1                    # 64 rows per device
+    assert compiler_options(1024, 512, 2) == o1
+    assert compiler_options(64, 32, 1) == o1

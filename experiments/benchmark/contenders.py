@@ -1,0 +1,248 @@
+"""The contenders: each trains d2l's model its own way, on the same data (see the package docstring)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rnnjax.config import Config
+from rnnjax.data import TimeMachine
+from rnnjax.parallel import DataParallel, wait_for_backlog
+from rnnjax.backend import compiler_options
+from rnnjax.state import create_train_state, make_optimizer
+from rnnjax.train import STEPS_PER_CALL, fit, train_windows
+
+
+def model_flops_per_token(H: int, V: int) -> int:
+    """Forward + backward matmul FLOPs per token: recurrence 2H^2 and output 2HV, times 3."""
+    return 6 * H * (H + V)
+
+
+@dataclasses.dataclass
+class Setting:
+    batch_size: int = 1024
+    num_steps: int = 32
+    num_hiddens: int = 32
+    epochs: int = 100
+
+    @property
+    def config(self) -> Config:
+        return Config(batch_size=self.batch_size, num_steps=self.num_steps, num_hiddens=self.num_hiddens,
+                      epochs=self.epochs)
+
+
+class Contender:
+    """Each contender trains d2l's model its own way: ``prepare`` builds it and its
+    data pipeline, ``steps(n)`` runs n training steps and waits, ``recipe()`` runs
+    the whole recipe from scratch and returns its final validation perplexity."""
+    name: str
+
+    def prepare(self, s: Setting, data: TimeMachine) -> float:
+        """Builds everything and compiles (rnnjax) or runs the first step; returns its seconds."""
+        raise NotImplementedError
+
+    def steps(self, n: int) -> int | None:
+        """Runs about ``n`` training steps and waits; returns how many if not exactly ``n``."""
+        raise NotImplementedError
+
+    def recipe(self) -> float:
+        raise NotImplementedError
+
+
+class Rnnjax(Contender):
+    name = "rnnjax"
+
+    def __init__(self, devices: int | None = None, name: str | None = None, **config_overrides):
+        """``config_overrides``: ``Config`` fields that differ from the setting's (the ablations)."""
+        self.devices, self.overrides = devices, config_overrides
+        if config_overrides:
+            self.name = "rnnjax " + " ".join(f"{k}={v}" for k, v in config_overrides.items())
+        self.name = name or self.name
+
+    def prepare(self, s, data):
+        self.s, self.data, self.config = s, data, s.config.replace(**self.overrides)
+        dp = self.dp = DataParallel.create(self.devices)
+        dp.check_batch_size(s.batch_size)
+        state = create_train_state(self.config, len(data.vocab))
+        self.state, self.tokens = dp.replicate(state), dp.replicate(data.tokens)
+        self.step = dp.compile(lambda state, tokens, windows, axis_name=None:
+                               train_windows(state, tokens, windows, axis_name),
+                               compiler_options=compiler_options(s.batch_size, s.num_hiddens, dp.num_shards))
+        self.windows = _cycle(data.train_windows)
+        first = dp.shard_stack([next(self.windows) for _ in range(STEPS_PER_CALL)])
+        t0 = time.perf_counter()
+        if hasattr(self.step, "executable"):      # compiled ahead of time (CPU): time the compile alone
+            self.step.executable(self.state, self.tokens, first)
+        else:
+            jax.block_until_ready(self.step(self.state, self.tokens, first))
+        return time.perf_counter() - t0
+
+    def steps(self, n):
+        """As ``fit`` runs them: calls of ``STEPS_PER_CALL`` steps (n rounded up to whole calls)."""
+        calls = -(-n // STEPS_PER_CALL)
+        state, metrics = self.state, []
+        for _ in range(calls):
+            windows = self.dp.shard_stack([next(self.windows) for _ in range(STEPS_PER_CALL)])
+            state, m = self.step(state, self.tokens, windows)
+            metrics.append(m)
+            wait_for_backlog(metrics)     # as fit does: deep queues can deadlock a CPU all-reduce
+        jax.block_until_ready(metrics)
+        return calls * STEPS_PER_CALL
+
+    def recipe(self):
+        jax.clear_caches()
+        with tempfile.TemporaryDirectory() as workdir:
+            result = fit(self.config, self.data, workdir, devices=self.devices,
+                         checkpoint_every=self.s.epochs, log=None)
+        return result.history[-1]["val_ppl"]
+
+
+class StockFlax(Contender):
+    """``nn.RNN(nn.SimpleCell)``: what a Flax user writes first."""
+    name = "flax"
+
+    def prepare(self, s, data):
+        self.s, self.data = s, data
+        V, H = len(data.vocab), s.num_hiddens
+
+        class Model(nn.Module):
+            @nn.compact
+            def __call__(self, X_BxT):
+                h = nn.RNN(nn.SimpleCell(H))(jax.nn.one_hot(X_BxT, V))
+                return nn.Dense(V)(h)
+
+        model, tx = Model(), make_optimizer(s.config)
+
+        def loss(params, X, Y):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply(params, X), Y).mean()
+
+        @jax.jit
+        def step(params, opt_state, X, Y):
+            value, grads = jax.value_and_grad(loss)(params, X, Y)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, value
+
+        self.model, self.loss, self.step, self.tx = model, jax.jit(loss), step, tx
+        self.batches = _cycle(lambda epoch: _plain_batches(data, epoch))
+        self.params = model.init(jax.random.key(0), jnp.zeros((1, s.num_steps), jnp.int32))
+        self.opt_state = tx.init(self.params)
+        t0 = time.perf_counter()
+        jax.block_until_ready(self.step(self.params, self.opt_state, *next(self.batches)))
+        return time.perf_counter() - t0
+
+    def steps(self, n):
+        params, opt_state = self.params, self.opt_state
+        for _ in range(n):
+            params, opt_state, value = self.step(params, opt_state, *next(self.batches))
+        jax.block_until_ready(value)
+
+    def recipe(self):
+        jax.clear_caches()
+        params = self.model.init(jax.random.key(0), jnp.zeros((1, self.s.num_steps), jnp.int32))
+        opt_state = self.tx.init(params)
+        for epoch in range(self.s.epochs):
+            for X, Y in _plain_batches(self.data, epoch):
+                params, opt_state, _ = self.step(params, opt_state, X, Y)
+            val = [(float(self.loss(params, X, Y)), len(X)) for X, Y in _plain_batches(self.data, None)]
+        return float(np.exp(sum(v * n for v, n in val) / sum(n for _, n in val)))
+
+
+class Torch(Contender):
+    """d2l's PyTorch tab: nn.RNN + Linear, DataLoader, d2l's clip_gradients, SGD."""
+    name = "torch"
+
+    def prepare(self, s, data):
+        import torch
+        from torch import nn as tnn
+        from torch.nn import functional as F
+        self.s, self.data, self.torch = s, data, torch
+        V, H = len(data.vocab), s.num_hiddens
+        torch.manual_seed(0)
+        X, Y = torch.tensor(np.asarray(data.X)), torch.tensor(np.asarray(data.Y))
+        n = data.num_train
+        self.train_loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(X[:n].long(), Y[:n].long()), s.batch_size, shuffle=True)
+        self.val_loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(X[n:].long(), Y[n:].long()), s.batch_size, shuffle=False)
+
+        def build():
+            rnn, linear = tnn.RNN(V, H), tnn.Linear(H, V)
+            params = [*rnn.parameters(), *linear.parameters()]
+            return rnn, linear, params, torch.optim.SGD(params, lr=s.config.lr)
+
+        def forward(rnn, linear, X):
+            outputs, _ = rnn(F.one_hot(X.T, V).type(torch.float32))
+            return linear(outputs).swapaxes(0, 1)
+
+        def step(model, X, Y):
+            rnn, linear, params, optim = model
+            logits = forward(rnn, linear, X)
+            loss = F.cross_entropy(logits.reshape(-1, V), Y.reshape(-1))
+            float(torch.exp(loss.detach()))               # d2l plots the perplexity every step
+            optim.zero_grad()
+            loss.backward()
+            with torch.no_grad():                           # d2l's clip_gradients
+                norm = torch.sqrt(sum(torch.sum(p.grad ** 2) for p in params))
+                if norm > s.config.clip:
+                    for p in params:
+                        p.grad[:] *= s.config.clip / norm
+            optim.step()
+
+        self.build, self.forward, self.step_fn = build, forward, step
+        self.model = build()
+        self.batches = _cycle(lambda epoch: iter(self.train_loader))
+        t0 = time.perf_counter()
+        step(self.model, *next(self.batches))
+        return time.perf_counter() - t0
+
+    def steps(self, n):
+        for _ in range(n):
+            self.step_fn(self.model, *next(self.batches))
+
+    def recipe(self):
+        torch, V = self.torch, len(self.data.vocab)
+        model = self.build()
+        for _ in range(self.s.epochs):
+            for X, Y in self.train_loader:
+                self.step_fn(model, X, Y)
+            with torch.no_grad():
+                total, count = 0.0, 0
+                for X, Y in self.val_loader:
+                    logits = self.forward(model[0], model[1], X)
+                    total += float(torch.nn.functional.cross_entropy(
+                        logits.reshape(-1, V), Y.reshape(-1), reduction="sum"))
+                    count += Y.numel()
+        return float(np.exp(total / count))
+
+
+def _cycle(make_epoch):
+    epoch = 0
+    while True:
+        yield from make_epoch(epoch)
+        epoch += 1
+
+
+def _plain_batches(data: TimeMachine, epoch: int | None):
+    """Ragged numpy batches, shuffled per epoch (train) or in order (epoch None: val)."""
+    if epoch is None:
+        idx = np.arange(data.num_train, data.num_train + data.num_val)
+    else:
+        idx = data.permutation(epoch)
+    for i in range(0, len(idx), data.batch_size):
+        j = idx[i:i + data.batch_size]
+        yield np.asarray(data.X[j]), np.asarray(data.Y[j])
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+        return True
+    except ImportError:
+        return False

@@ -1,0 +1,162 @@
+"""The benchmark's command line and report: the table, the sweep and its plot, the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments.benchmark.contenders import Contender, Rnnjax, Setting, StockFlax, Torch, torch_available
+from experiments.benchmark.measure import (machine_info, measure_compile_cache, measure_generation,
+                                           measure_recipes, measure_steps)
+from rnnjax import backend
+from rnnjax.data import TimeMachine
+from rnnjax.parallel import DataParallel
+
+
+def contenders_for(args, one_device_too: bool = False) -> list[Contender]:
+    out: list[Contender] = [Rnnjax(args.devices)]
+    if one_device_too and len(DataParallel.create(args.devices).devices) > 1:
+        out.append(Rnnjax(1, name="rnnjax 1 device"))
+    if torch_available():
+        out.append(Torch())
+    else:
+        print("torch is not importable: skipping the PyTorch baseline (pip install torch==2.13.0)")
+    out.append(StockFlax())
+    return out
+
+
+def table(results: dict, ref: str = "rnnjax") -> str:
+    rows = [f"{'contender':<28}{'ms/step (min-max)':>24}{'compile s':>11}{'recipe s':>10}"
+            f"{'tokens/s':>11}{'GFLOP/s':>9}{'vs rnnjax':>10}"]
+    for name, r in results.items():
+        recipe = f"{r['recipe_s']:.1f}" if "recipe_s" in r else "-"
+        spread = f"({r['ms_per_step_min']:.2f}-{r['ms_per_step_max']:.2f})"
+        rows.append(f"{name:<28}{r['ms_per_step']:>9.2f} {spread:>14}{r['compile_s']:>11.2f}{recipe:>10}"
+                    f"{r['tokens_per_s']:>11.3g}{r['gflops']:>9.1f}"
+                    f"{r['ms_per_step'] / results[ref]['ms_per_step']:>9.2f}x")
+    return "\n".join(rows)
+
+
+SWEEP_ROUNDS = 5
+
+
+def run_sweep(args, data_path, log=print) -> list[dict]:
+    rows = []
+    for H in (32, 128, 512):
+        for B in (64, 1024):
+            for T in (32, 128):
+                # Whole batches only, so that no contender recompiles inside a timed round.
+                data = TimeMachine(B, T, num_train=10000 // B * B, path=data_path)
+                # Rounds of 0.2-3 s: shorter ones were too noisy (docs/performance-log.md).
+                # rnnjax rounds them up to whole calls of 10 steps, as fit runs it.
+                steps = max(2, min(200, int(2e7 // (B * T * H))))
+                s = Setting(batch_size=B, num_steps=T, num_hiddens=H)
+                log(f"sweep H={H} B={B} T={T} ({SWEEP_ROUNDS} rounds of {steps} steps)")
+                res = measure_steps(contenders_for(args), s, data, rounds=SWEEP_ROUNDS, steps=steps,
+                                    warmup=1, log=lambda *_: None)
+                for name, r in res.items():
+                    rows.append({"contender": name, "num_hiddens": H, "batch_size": B, "num_steps": T,
+                                 **{k: r[k] for k in ("ms_per_step", "ms_per_step_min", "ms_per_step_max",
+                                                      "tokens_per_s", "gflops")}})
+                log("  " + "  ".join(f"{name} {r['tokens_per_s']:.3g} tok/s" for name, r in res.items()))
+    return rows
+
+
+def plot_sweep(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(dict.fromkeys(r["contender"] for r in rows))
+    configs = list(dict.fromkeys((r["num_hiddens"], r["batch_size"], r["num_steps"]) for r in rows))
+    fig, ax = plt.subplots(figsize=(10, 3.8), dpi=110)
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        by = {(r["num_hiddens"], r["batch_size"], r["num_steps"]): r["tokens_per_s"] for r in rows
+              if r["contender"] == name}
+        ax.bar(np.arange(len(configs)) + i * width, [by[c] for c in configs], width, label=name)
+    ax.set_xticks(np.arange(len(configs)) + width * (len(names) - 1) / 2,
+                  [f"H{h}\nB{b}\nT{t}" for h, b, t in configs], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("training tokens / s")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.benchmark",
+                                description="rnnjax against PyTorch's nn.RNN and stock Flax")
+    p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else download)")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds of steady-state steps")
+    p.add_argument("--steps", type=int, default=60, help="steps per contender per round")
+    p.add_argument("--recipe-rounds", type=int, default=1, help="whole-recipe runs per contender (0: none)")
+    p.add_argument("--devices", type=int, help="rnnjax's local devices (default: all)")
+    p.add_argument("--sweep", action="store_true", help="also the hidden x batch x steps sweep")
+    p.add_argument("--ablations", action="store_true", help="also rnnjax variants: what each lever pays")
+    p.add_argument("--out", type=Path,
+                   help="run folder for bench.json and sweep.png (default runs/bench-<time>)")
+    p.add_argument("--json", type=Path, help="the results' JSON file (default OUT/bench.json)")
+    args = p.parse_args(argv)
+    out_dir = args.out or Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
+    json_path = args.json or out_dir / "bench.json"
+
+    s = Setting()
+    # As experiments.timemachine does: malloc keeps freed memory (all contenders
+    # share the process, so PyTorch and Flax get it too), one CPU device per core.
+    backend.keep_freed_memory()
+    backend.use_cpu_cores(s.batch_size)
+    data = TimeMachine(s.batch_size, s.num_steps, path=args.data)
+    info = machine_info()
+    print(f"{info['cpu']}, {info['cores']} cores, {info['devices']}; " +
+          ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+
+    contenders = contenders_for(args, one_device_too=True)
+    print(f"steady-state training step, d2l's recipe, {args.rounds} interleaved rounds "
+          f"of {args.steps} steps:")
+    results = measure_steps(contenders, s, data, args.rounds, args.steps)
+    if args.recipe_rounds:
+        print(f"whole recipe ({s.epochs} epochs, compilation and per-epoch validation included):")
+        for name, r in measure_recipes(contenders, args.recipe_rounds).items():
+            results[name].update(r)
+    print(table(results))
+
+    out = {"setting": dataclasses.asdict(s), "machine": info, "contenders": results}
+    for base in ("torch", "flax"):
+        if base in results:
+            out[f"ratio_step_vs_{base}"] = results[base]["ms_per_step"] / results["rnnjax"]["ms_per_step"]
+            print(f"rnnjax's step is {out[f'ratio_step_vs_{base}']:.2f}x faster than {base}'s")
+    if "torch" in results and "recipe_s" in results["torch"]:
+        out["ratio_recipe_vs_torch"] = results["torch"]["recipe_s"] / results["rnnjax"]["recipe_s"]
+        print(f"rnnjax's whole recipe is {out['ratio_recipe_vs_torch']:.2f}x faster than torch's")
+
+    cc = out["compile_cache"] = measure_compile_cache(args.data)
+    print(f"compiling the training program in a fresh process: {cc['no_cache_s']:.2f} s; with the persistent "
+          f"compilation cache: {cc['cold_cache_s']:.2f} s when cold, {cc['warm_cache_s']:.2f} s when warm")
+
+    gen = out["generation"] = measure_generation(data)
+    print(f"generating {gen['num_chars']} characters: compiled {gen['compiled_ms']:.2f} ms, d2l's loop "
+          f"{gen['d2l_loop_ms']:.0f} ms ({gen['ratio']:.0f}x); {gen['batch']} prefixes at once "
+          f"{gen['batched_ms']:.1f} ms ({gen['batched_chars_per_s']:.3g} characters/s)")
+
+    if args.ablations:
+        variants = [Rnnjax(args.devices), Rnnjax(args.devices, fused=False),
+                    Rnnjax(args.devices, unroll=8), Rnnjax(args.devices, unroll=32)]
+        print("ablations (interleaved):")
+        out["ablations"] = measure_steps(variants, s, data, args.rounds, args.steps)
+        print(table(out["ablations"]))
+    if args.sweep:
+        out["sweep"] = run_sweep(args, args.data)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_sweep(out["sweep"], out_dir / "sweep.png")
+        print(f"sweep plot: {out_dir / 'sweep.png'}")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {json_path}")
+    return 0

@@ -1,0 +1,158 @@
+"""Backend tuning, all in one place: XLA compiler options, CPU devices, malloc, the compilation cache.
+
+``compiler_options`` and ``CompiledPerShape`` are what ``rnnjax.train.fit``
+compiles its steps with. The process-wide settings (``use_cpu_cores``,
+``keep_freed_memory``, ``enable_compilation_cache``) are chosen by the entry
+points before JAX starts; importing rnnjax never does. Why each one pays,
+with measurements: ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from rnnjax.data import cache_dir
+
+# XLA:CPU hands single dots to YNNPACK, which splits even the recurrence's
+# small matmuls over the thread pool, so the devices' programs wait on each
+# other's tasks; reductions kept from YNNPACK fuse with the ops that feed them.
+# The value is XLA's default set less dots and reductions.
+_YNN_CONVOLUTIONS_ONLY = {"xla_cpu_experimental_ynn_fusion_type":
+                          "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
+
+# LLVM at -O1 instead of -O3: the same code bit for bit here, compiled faster.
+_LLVM_O1 = {"xla_backend_optimization_level": 1}
+
+# 512-bit vectors on CPUs with AVX-512 (XLA asks LLVM for 256-bit ones).
+_AVX512_VECTORS = {"xla_cpu_prefer_vector_width": 512}
+
+# Init runs once but its random number generator makes a large program: built
+# unoptimized, in one piece, with the older code generator it compiles in about
+# half the time, to values as deterministic (tested).
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+                         "xla_cpu_parallel_codegen_split_count": 1}
+
+
+@functools.cache
+def _cpu_has_avx512() -> bool:
+    try:
+        return "avx512f" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:           # not Linux: keep XLA's default
+        return False
+
+
+def compiler_options(batch_size: int, num_hiddens: int, num_shards: int) -> dict[str, Any]:
+    """XLA options for training steps of ``batch_size`` rows over ``num_shards`` devices.
+
+    On a CPU: LLVM at -O1, and where the rows per device outnumber the hidden
+    units fourfold (below that YNNPACK's kernels win), dots and reductions out
+    of YNNPACK and, given AVX-512, 512-bit vectors. Elsewhere none.
+    """
+    if jax.default_backend() != "cpu":
+        return {}
+    options = dict(_LLVM_O1)
+    if batch_size // num_shards >= 4 * num_hiddens:
+        options.update(_YNN_CONVOLUTIONS_ONLY)
+        if _cpu_has_avx512():
+            options.update(_AVX512_VECTORS)
+    return options
+
+
+class CompiledPerShape:
+    """``fn(*args)``, jitted or pmapped, compiled ahead of time with XLA ``options`` per argument shapes.
+
+    ``pmap`` takes no compiler options, and ``jax.jit`` around a pmap drops
+    them, hence this. An XLA that does not know an option (they come and go
+    between versions) compiles without the options.
+    """
+
+    def __init__(self, fn: Callable, options: dict[str, Any]):
+        self.fn, self.options = fn, dict(options)
+        self.executables: dict[Any, Any] = {}
+
+    def executable(self, *args) -> Any:
+        leaves, treedef = jax.tree.flatten(args)
+        key = treedef, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves)
+        if key not in self.executables:
+            lowered = self.fn.lower(*args)
+            try:
+                self.executables[key] = lowered.compile(compiler_options=self.options)
+            except jax.errors.JaxRuntimeError as e:
+                if "No such compile option" not in str(e) and "not a valid enum value" not in str(e):
+                    raise
+                self.executables[key] = lowered.compile()
+        return self.executables[key]
+
+    def __call__(self, *args):
+        return self.executable(*args)(*args)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def use_cpu_cores(batch_size: int) -> int | None:
+    """Makes each CPU core a JAX device, so that data parallelism uses all of them.
+
+    XLA:CPU runs one program's ops one after another, mostly on one core;
+    ``pmap`` over one CPU device per core runs the per-device programs side by
+    side. The count is the largest divisor of ``batch_size`` not above the
+    cores this process may use. An explicit choice wins: ``$JAX_NUM_CPU_DEVICES``,
+    a device count in ``$XLA_FLAGS``, or ``jax_num_cpu_devices`` set in code.
+    Call it before JAX runs anything. Returns the count set, or ``None`` where
+    it left the setting alone (already chosen, or JAX already started).
+    """
+    if (jax.config.jax_num_cpu_devices != -1
+            or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+        return None
+    count = max(n for n in range(1, available_cores() + 1) if batch_size % n == 0)
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:            # JAX has started its backends: too late to change
+        return None
+    return count
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
+    """JAX's persistent compilation cache, so that a second run skips XLA compilation.
+
+    Default ``~/.cache/rnnjax/jax`` (under ``$RNNJAX_CACHE`` if set). Every
+    compiled function is cached, however fast it compiled.
+    """
+    path = Path(path) if path is not None else cache_dir() / "jax"
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+
+
+def keep_freed_memory() -> bool:
+    """Has glibc's malloc keep freed memory for reuse rather than hand it back to the system.
+
+    Every XLA:CPU execution allocates its intermediates afresh; by default
+    glibc maps blocks over 32 MB anew and unmaps them when freed, trims its
+    heaps and drops a thread's empty heap, so each step faults its buffers'
+    pages in again. With ``mmap`` off, no trimming and a 64 MB top pad (which
+    keeps empty heaps) the next step reuses them. Blocks over 64 MB in a
+    thread's arena are still mapped afresh. The process keeps its peak memory.
+    Returns whether it took effect (``False`` where the C library is not glibc).
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    return all([mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, 2**31 - 1),
+                mallopt(M_TOP_PAD, 64 << 20)])

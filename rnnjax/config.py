@@ -1,0 +1,117 @@
+"""A run's settings, its named presets, and the command-line flags made from them.
+
+Every ``Config`` field is a flag of ``python -m experiments.timemachine``
+(``--num-hiddens``, ``--fused/--no-fused``, ...), its help the field's
+``help`` below: a new field needs no CLI edit. Values are checked when a
+``Config`` is made, so a bad one fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from typing import Any
+
+from rnnjax.model import CELLS
+
+
+class ConfigError(ValueError):
+    """A setting out of its range; the message is one sentence naming the flag."""
+
+
+def _field(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """d2l's recipe for the concise RNN section (the defaults, preset ``d2l``).
+
+    Command: ``python -m experiments.timemachine``. Runtime: about 10 s on a
+    2-core CPU. Expected: train perplexity about 5.9, validation 7.2-7.3
+    (README's results table).
+    """
+    batch_size: int = _field(1024, "windows per training step, over all devices")
+    num_steps: int = _field(32, "characters per window: the time steps unrolled")
+    num_hiddens: int = _field(32, "hidden units of the recurrent cell")
+    cell: str = _field("rnn", "recurrent cell, a name in rnnjax.model.CELLS")
+    lr: float = _field(1.0, "SGD learning rate")
+    clip: float = _field(1.0, "gradients are scaled down to at most this global norm")
+    epochs: int = _field(100, "passes over the training windows")
+    seed: int = _field(0, "seed of the initial parameters and of the batch order")
+    num_train: int = _field(10000, "training windows")
+    num_val: int = _field(5000, "validation windows, the ones after the training windows")
+    unroll: int = _field(1, "unroll factor of the scan over time")
+    fused: bool = _field(True, "train with the fused loss (rnnjax.fused) where it applies; "
+                               "--no-fused trains the plain model")
+
+    # What may differ between a run and the checkpoint it resumes from.
+    RESUMABLE = frozenset({"epochs"})
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), type(f.default)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+            elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(f"{_flag(f.name)} must be a {kind.__name__}, got {value!r}.")
+        positive = ("batch_size", "num_steps", "num_hiddens", "epochs", "num_train", "num_val", "unroll")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}.")
+        for name in ("lr", "clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{_flag(name)} must be a positive finite number, got {value}.")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}.")
+        if self.cell not in CELLS:
+            raise ConfigError(f"--cell {self.cell!r} is not a known cell; choose from {sorted(CELLS)}.")
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Config:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+PRESETS: dict[str, Config] = {
+    "d2l": Config(),
+    # For tests and smoke runs: seconds on one CPU core.
+    "tiny": Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """``--preset`` and one flag per ``Config`` field; an unset flag stays ``None`` (see ``from_flags``)."""
+    group = parser.add_argument_group("run settings (Config)")
+    group.add_argument("--preset", choices=sorted(PRESETS), default="d2l",
+                       help="the settings the flags below change (default d2l)")
+    for f in dataclasses.fields(Config):
+        if type(f.default) is bool:
+            kind = {"action": argparse.BooleanOptionalAction}
+        else:
+            kind = {"type": type(f.default)}
+        group.add_argument(_flag(f.name), dest=f.name, default=None, **kind,
+                           help=f"{f.metadata['help']} (d2l: {f.default})")
+
+
+def given(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Config`` fields set by flags."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+            if getattr(args, f.name, None) is not None}
+
+
+def from_flags(args: argparse.Namespace) -> Config:
+    """The preset, changed by the flags given."""
+    return PRESETS[args.preset].replace(**given(args))

@@ -1,0 +1,71 @@
+"""What a ``Config`` builds: the model (the one factory), the optimizer, the train state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from rnnjax import fused
+from rnnjax.backend import INIT_COMPILER_OPTIONS, CompiledPerShape
+from rnnjax.config import Config
+from rnnjax.model import CELLS, RNN, RNNLM
+
+TrainState = train_state.TrainState
+
+
+def make_model(config: Config, vocab_size: int) -> RNNLM:
+    """``RNNLM`` over ``config.cell``; its fused sibling where ``config.fused`` and it applies."""
+    cell = CELLS[config.cell](config.num_hiddens)
+    lm = fused.FusedRNNLM if config.fused and fused.applies(cell) else RNNLM
+    return lm(RNN(cell, unroll=config.unroll), vocab_size)
+
+
+def loss_path(model: RNNLM) -> str:
+    """How ``model`` trains, in words: what a run reports."""
+    return "fused loss (rnnjax.fused)" if isinstance(model, fused.FusedRNNLM) else "plain loss"
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    """d2l clips gradients to global norm ``clip``, then takes an SGD step."""
+    return optax.chain(optax.clip_by_global_norm(config.clip), optax.sgd(config.lr))
+
+
+def _train_state(config: Config, vocab_size: int, jit: Callable, params: Any = None) -> TrainState:
+    model = make_model(config, vocab_size)
+    if params is None:
+        # Key and dummy input made inside the one compiled init: made eagerly,
+        # each would compile a small program of its own.
+        params = jit(lambda: model.init(jax.random.key(config.seed),
+                                        jnp.zeros((1, config.num_steps), jnp.int32))["params"])()
+    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+
+
+def create_train_state(config: Config, vocab_size: int, params: Any = None) -> TrainState:
+    """Step 0 of ``config``'s model and optimizer, from ``params`` or initialized from ``config.seed``."""
+    if params is not None:
+        check_params(params, config, vocab_size)
+
+    def jit(init):
+        return CompiledPerShape(jax.jit(init), INIT_COMPILER_OPTIONS)
+    return _train_state(config, vocab_size, jit, params)
+
+
+def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
+    """The shapes and dtypes of ``create_train_state``'s result, computing nothing (a restore target)."""
+    return jax.eval_shape(lambda: _train_state(config, vocab_size, lambda f: f))
+
+
+def check_params(params: Any, config: Config, vocab_size: int) -> None:
+    def shapes(tree):
+        return jax.tree.map(lambda x: tuple(x.shape), tree)
+    expected = shapes(abstract_train_state(config, vocab_size).params)
+    given = shapes(params)
+    if given != expected:
+        raise ValueError(f"The parameters do not fit the config (cell {config.cell!r}, num_hiddens="
+                         f"{config.num_hiddens}, vocabulary {vocab_size}): shapes {given}, "
+                         f"expected {expected}.")

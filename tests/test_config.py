@@ -1,0 +1,58 @@
+import argparse
+import dataclasses
+import math
+
+import pytest
+
+from rnnjax.config import PRESETS, Config, ConfigError, add_flags, from_flags
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    return parser.parse_args(argv)
+
+
+def test_every_field_is_a_flag_with_its_help():
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    text = parser.format_help()
+    for f in dataclasses.fields(Config):
+        assert "--" + f.name.replace("_", "-") in text
+        assert f.metadata["help"].split()[0] in text
+
+
+def test_flags_change_the_preset():
+    assert from_flags(parse()) == Config()
+    assert from_flags(parse("--num-hiddens", "64", "--lr", "2", "--no-fused")) == Config(
+        num_hiddens=64, lr=2.0, fused=False)
+    assert from_flags(parse("--preset", "tiny", "--epochs", "1")) == PRESETS["tiny"].replace(epochs=1)
+
+
+def test_json_round_trip_and_old_checkpoints_without_new_fields():
+    config = Config(num_hiddens=8, seed=3, fused=False)
+    assert Config.from_json(config.to_json()) == config
+    old = {k: v for k, v in Config().to_json().items() if k not in ("cell", "fused")}
+    assert Config.from_json({**old, "removed_field": 1}) == Config()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"epochs": 0}, "--epochs must be at least 1, got 0"),
+    ({"num_hiddens": -3}, "--num-hiddens must be at least 1"),
+    ({"batch_size": 0}, "--batch-size must be at least 1"),
+    ({"num_val": 0}, "--num-val must be at least 1"),
+    ({"lr": -1.0}, "--lr must be a positive finite number"),
+    ({"lr": math.inf}, "--lr must be a positive finite number"),
+    ({"clip": 0.0}, "--clip must be a positive finite number"),
+    ({"seed": -1}, r"--seed must be in \[0, 2\*\*32\)"),
+    ({"cell": "gru9"}, "--cell 'gru9' is not a known cell"),
+    ({"num_steps": 2.5}, "--num-steps must be a int"),
+    ({"fused": 1}, "--fused must be a bool"),
+])
+def test_bad_values_are_one_sentence(change, message):
+    with pytest.raises(ConfigError, match=message):
+        Config(**change)
+
+
+def test_ints_pass_as_floats():
+    assert Config(lr=2).lr == 2.0 and isinstance(Config(lr=2).lr, float)

@@ -1,0 +1,77 @@
+"""The fused loss against the plain model it computes: values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rnnjax import fused
+from rnnjax.config import Config
+from rnnjax.fused import FusedRNNLM
+from rnnjax.model import RNN, RNNLM, SimpleRNNCell
+from rnnjax.state import make_model
+
+
+@pytest.fixture(params=["after the loop", "in the loop"])
+def dW_hh_where(request, monkeypatch):
+    """Runs a test with both of the backward pass's ways to sum dW_hh (its rule picks by block size)."""
+    if request.param == "in the loop":
+        monkeypatch.setattr(fused, "_DW_HH_AFTER_LOOP_MAX_BLOCK", 0)
+    return request.param
+
+
+def value_and_grad(model, variables, X, Y, mask):
+    def mean_loss(variables):
+        loss_sum, count = model.apply(variables, X, Y, mask, method="loss")
+        return loss_sum / count
+    return jax.jit(jax.value_and_grad(mean_loss))(variables)
+
+
+@pytest.mark.parametrize("V,H,B,T,unroll", [(28, 32, 16, 12, 1), (6, 8, 5, 7, 3), (16, 4, 3, 1, 1),
+                                            (40, 16, 8, 5, 2)])
+def test_fused_loss_equals_plain_loss(V, H, B, T, unroll, dW_hh_where):
+    """Vocabularies padded inside to 32, to 16, not at all, to 48; one step and several; ragged masks."""
+    plain, fast = (cls(RNN(SimpleRNNCell(H), unroll=unroll), V) for cls in (RNNLM, FusedRNNLM))
+    X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
+    Y = jax.random.randint(jax.random.key(2), (B, T), 0, V)
+    mask = (jnp.arange(B) < max(1, B - 2)).astype(jnp.float32)
+    variables = plain.init(jax.random.key(0), X)
+    l_fast, g_fast = value_and_grad(fast, variables, X, Y, mask)
+    l_plain, g_plain = value_and_grad(plain, variables, X, Y, mask)
+    np.testing.assert_allclose(l_fast, l_plain, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    if T > 1:                                  # from H = 0 one step gives W_hh no gradient
+        assert float(jnp.abs(g_fast["params"]["rnn"]["cell"]["W_hh"]).max()) > 0
+
+
+def test_fused_model_is_the_plain_model_but_for_its_loss():
+    plain, fast = RNNLM(RNN(SimpleRNNCell(8)), 10), FusedRNNLM(RNN(SimpleRNNCell(8)), 10)
+    X = jax.random.randint(jax.random.key(1), (2, 5), 0, 10)
+    a, b = plain.init(jax.random.key(0), X), fast.init(jax.random.key(0), X)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(plain.apply(a, X), fast.apply(a, X))
+
+
+def test_loss_is_causal():
+    """The loss at step t has no gradient with respect to the inputs' projections after t."""
+    H, B, T, V = 4, 2, 5, 6
+    params = RNNLM(RNN(SimpleRNNCell(H)), V).init(jax.random.key(0), jnp.zeros((1, T), jnp.int32))["params"]
+    cell, dense = params["rnn"]["cell"], params["output_layer"]
+    XW = jax.random.normal(jax.random.key(1), (T, B, H))
+    labels = jax.random.randint(jax.random.key(2), (T * B,), 0, V)
+
+    def loss_at(t):
+        weights = (jnp.arange(T * B) // B == t).astype(jnp.float32)
+        loss = fused._recurrence_dense_ce
+        return jax.grad(loss, argnums=1)(cell["W_hh"], XW, dense["kernel"], dense["bias"], labels, weights, 1)
+    for t in range(T):
+        dXW = np.abs(np.asarray(loss_at(t))).max(axis=(1, 2))
+        assert np.all(dXW[t + 1:] == 0) and dXW[t] > 0
+
+
+def test_make_model_picks_the_fused_loss_where_it_applies():
+    assert isinstance(make_model(Config(), 28), FusedRNNLM)
+    assert type(make_model(Config(fused=False), 28)) is RNNLM
+    assert fused.applies(SimpleRNNCell(4)) and not fused.applies(object())

@@ -1,0 +1,53 @@
+import pytest
+
+from conftest import TINY as SMALL, small_text
+from rnnjax.backend import available_cores
+from rnnjax.checkpoint import CheckpointError
+from rnnjax.data import TimeMachine
+from rnnjax.start import plan
+from rnnjax.train import fit
+
+
+def test_plan_says_new_resumed_or_finished_and_writes_nothing(small_data, tmp_path):
+    workdir = tmp_path / "run"
+    new = plan(SMALL, small_data, workdir, devices=2)
+    assert new.step is None and not new.finished and not workdir.exists()
+    assert new.describe().startswith("new run of 3 epochs on 2 CPU device(s), fused loss")
+    assert new.describe().endswith(f"writing to {workdir}")
+    lines = []
+    fit(SMALL.replace(epochs=2), small_data, workdir, devices=1, log=lines.append)
+    assert lines[0].startswith("new run of 2 epochs on 1 CPU device(s), fused loss")
+    resumed = plan(SMALL, small_data, workdir, devices=1)
+    assert resumed.step == 26
+    assert resumed.describe().startswith("resuming from step 26 (epoch 3 of 3, batch 0)")
+    done = plan(SMALL.replace(epochs=2), small_data, workdir, devices=1)
+    assert done.finished and "nothing to train" in done.describe()
+    before = tree_stat(workdir)
+    result = fit(SMALL.replace(epochs=2), small_data, workdir, devices=1, log=lines.append)
+    assert "nothing to train" in lines[-1] and [r["epoch"] for r in result.history] == [1, 2]
+    assert int(result.state.step) == 26 and tree_stat(workdir) == before
+
+
+def test_plan_names_the_plain_path_and_how_to_use_all_cores(small_data, tmp_path):
+    text = plan(SMALL.replace(fused=False), small_data, tmp_path, devices=1).describe()
+    assert "1 CPU device(s), plain loss" in text
+    assert ("use_cpu_cores" in text) == (available_cores() > 1)
+
+
+def tree_stat(path):
+    return sorted((str(p), p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+@pytest.mark.parametrize("config,devices,message", [
+    (SMALL, 5, "--devices 5: this process has 4"),
+    (SMALL.replace(batch_size=18), 4, "batch size 18 is not divisible"),
+    (SMALL.replace(lr=2.0), 1, r"lr: checkpoint 1.0, requested 2.0"),
+])
+def test_fit_refuses_before_anything_is_written(small_data, tmp_path, config, devices, message):
+    fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
+    before = tree_stat(tmp_path)
+    data = TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
+                       text=small_text(5000))
+    with pytest.raises((ValueError, CheckpointError), match=message):
+        fit(config, data, tmp_path, devices=devices)
+    assert tree_stat(tmp_path) == before

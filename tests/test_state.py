@@ -1,0 +1,55 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import TINY
+from rnnjax import state
+from rnnjax.state import abstract_train_state, create_train_state, make_model
+
+
+def test_init_compiler_options_change_no_value():
+    """Init's faster-compiling XLA options give bit-for-bit what its plain unoptimized build gives."""
+    model = make_model(TINY, 28)
+    args = (jax.random.key(TINY.seed), jnp.zeros((1, TINY.num_steps), jnp.int32))
+    plain = jax.jit(model.init, compiler_options={"xla_backend_optimization_level": 0})(*args)["params"]
+    params = create_train_state(TINY, 28).params
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_create_train_state_compiles_one_program():
+    """Key, dummy input and init are one compiled program: made eagerly, each would compile its own."""
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+    jax.clear_caches()
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        create_train_state(dataclasses.replace(TINY, seed=TINY.seed + 17), 28)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(compiles) == 1, compiles
+
+
+def test_abstract_state_has_the_shapes_of_the_real_one():
+    real, abstract = create_train_state(TINY, 28), abstract_train_state(TINY, 28)
+    shapes = lambda tree: [(np.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(tree)]
+    assert shapes(real) == shapes(abstract) and len(shapes(real)) == 6
+
+
+def test_params_of_another_model_are_refused():
+    other = create_train_state(TINY.replace(num_hiddens=8), 28).params
+    with pytest.raises(ValueError, match=r"do not fit the config \(cell 'rnn', num_hiddens=16, vocab"):
+        create_train_state(TINY, 28, params=other)
+
+
+def test_optimizer_clips_then_steps():
+    tx = state.make_optimizer(TINY.replace(lr=0.5, clip=1.0))
+    grads = {"w": jnp.array([3.0, 4.0])}                    # norm 5: clipped to 1
+    updates, _ = tx.update(grads, tx.init(grads), grads)
+    np.testing.assert_allclose(updates["w"], [-0.3, -0.4], rtol=1e-6)
