@@ -28,8 +28,8 @@ def _field(default: Any, help: str) -> Any:
 class Config:
     """d2l's recipe for the concise RNN section (the defaults, preset ``d2l``).
 
-    Command: ``python -m experiments.timemachine``. Runtime: about 10 s on a
-    2-core CPU. Expected: train perplexity about 5.9, validation 7.2-7.3
+    Command: ``python -m experiments.timemachine``. Runtime: 10-17 s on a
+    2-core CPU. Expected: train perplexity about 5.9-6.0, validation 7.2-7.4
     (README's results table).
     """
     batch_size: int = _field(1024, "windows per training step, over all devices")

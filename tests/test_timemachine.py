@@ -1,11 +1,13 @@
 """The main job, ``python -m experiments.timemachine``, run in-process."""
 
+import dataclasses
 import re
 
 import pytest
 
 from experiments import timemachine
 from rnnjax import data
+from rnnjax.config import Config
 
 
 @pytest.mark.slow
@@ -24,7 +26,7 @@ def test_d2l_recipe_end_to_end(real_text_path, tmp_path, main_job):
     trained = re.search(r"^trained: '(.*)'", out, re.M).group(1)
     assert untrained.startswith("it has") and len(untrained) == 26
     assert trained.startswith("it has") and len(trained) == 26
-    # Greedy characters make words, mostly (seed 0 on two devices: 'in the peones a men');
+    # Greedy characters make words, mostly (README's results table);
     # the last one may be cut off.
     corpus_words = set(data.preprocess(open(real_text_path).read()).split())
     words = trained[len("it has"):].split()[:-1]
@@ -47,4 +49,42 @@ def test_batch_size_not_divisible_by_devices(real_text_path, tmp_path, capsys):
                              "--batch-size", "1022", "--epochs", "1", "--no-compilation-cache"]) == 1
     err = capsys.readouterr().err
     assert "1022" in err and "4" in err and "divisible" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_every_config_field(capsys):
+    with pytest.raises(SystemExit):
+        timemachine.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(Config):
+        assert "--" + f.name.replace("_", "-") in text
+
+
+def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_path, capsys):
+    args = ["--data", real_text_path, "--workdir", str(tmp_path / "run"), "--preset", "tiny",
+            "--devices", "1", "--no-compilation-cache"]
+    assert timemachine.main(args + ["--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"new run of 2 epochs on 1 CPU device(s), fused loss (rnnjax.fused); writing to "
+                          f"{tmp_path / 'run'}")
+    assert "untrained: 'it has" in out
+    assert "epoch 2/2  step 26/26  train ppl" in out            # plain lines when not on a terminal
+    assert timemachine.main(args + ["--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("resuming from step 26 (epoch 3 of 3, batch 0)") and "untrained" not in out
+    assert timemachine.main(args + ["--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and "epoch 3: train perplexity" in out
+
+
+@pytest.mark.parametrize("bad,message", [(["--epochs", "0"], "--epochs must be at least 1"),
+                                         (["--keep", "0"], "--keep must be at least 1"),
+                                         (["--cell", "nope"], "--cell 'nope' is not a known cell"),
+                                         (["--lr", "-1"], "--lr must be a positive finite number"),
+                                         (["--devices", "9"], "--devices 9: this process has 4")])
+def test_bad_arguments_are_one_line_and_write_nothing(real_text_path, tmp_path, capsys, bad, message):
+    assert timemachine.main(["--data", real_text_path, "--workdir", str(tmp_path / "run"),
+                             "--no-compilation-cache", *bad]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "run").exists()
