@@ -13,7 +13,7 @@ import dataclasses
 import math
 from typing import Any
 
-from rnnjax.model import CELLS
+from rnnjax.cells import CELLS, NONLINEARITIES
 
 
 class ConfigError(ValueError):
@@ -35,7 +35,11 @@ class Config:
     batch_size: int = _field(1024, "windows per training step, over all devices")
     num_steps: int = _field(32, "characters per window: the time steps unrolled")
     num_hiddens: int = _field(32, "hidden units of the recurrent cell")
-    cell: str = _field("rnn", "recurrent cell, a name in rnnjax.model.CELLS")
+    cell: str = _field("rnn", "recurrent cell, a name in rnnjax.cells.CELLS: rnn, gru, lstm, ...")
+    nonlinearity: str = _field("tanh", "the rnn cell's nonlinearity, tanh or relu")
+    num_layers: int = _field(1, "recurrent layers stacked")
+    dropout: float = _field(0.0, "dropout on the outputs of every recurrent layer but the last, in training")
+    bidirectional: bool = _field(False, "a reverse direction beside each layer (not for language models)")
     lr: float = _field(1.0, "SGD learning rate")
     clip: float = _field(1.0, "gradients are scaled down to at most this global norm")
     epochs: int = _field(100, "passes over the training windows")
@@ -43,7 +47,7 @@ class Config:
     num_train: int = _field(10000, "training windows")
     num_val: int = _field(5000, "validation windows, the ones after the training windows")
     unroll: int = _field(1, "unroll factor of the scan over time")
-    fused: bool = _field(True, "train with the fused loss (rnnjax.fused) where it applies; "
+    fused: bool = _field(True, "train with the fused loss (rnnjax.fused); "
                                "--no-fused trains the plain model")
 
     # What may differ between a run and the checkpoint it resumes from.
@@ -56,7 +60,8 @@ class Config:
                 object.__setattr__(self, f.name, float(value))
             elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ConfigError(f"{_flag(f.name)} must be a {kind.__name__}, got {value!r}.")
-        positive = ("batch_size", "num_steps", "num_hiddens", "epochs", "num_train", "num_val", "unroll")
+        positive = ("batch_size", "num_steps", "num_hiddens", "epochs", "num_train", "num_val", "unroll",
+                    "num_layers")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}.")
@@ -68,6 +73,14 @@ class Config:
             raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}.")
         if self.cell not in CELLS:
             raise ConfigError(f"--cell {self.cell!r} is not a known cell; choose from {sorted(CELLS)}.")
+        if self.nonlinearity not in NONLINEARITIES:
+            raise ConfigError(f"--nonlinearity must be one of {sorted(NONLINEARITIES)}, "
+                              f"got {self.nonlinearity!r}.")
+        if self.nonlinearity != "tanh" and self.cell != "rnn":
+            raise ConfigError(f"--nonlinearity {self.nonlinearity} is for the rnn cell; "
+                              f"{self.cell} has its own.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}.")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -83,6 +96,10 @@ class Config:
 
 PRESETS: dict[str, Config] = {
     "d2l": Config(),
+    # d2l's recipes of the chapter's next sections: GRU, LSTM, deep (2-layer) GRU.
+    "gru": Config(cell="gru", lr=4.0, epochs=50),
+    "lstm": Config(cell="lstm", lr=4.0, epochs=50),
+    "deep_gru": Config(cell="gru", num_layers=2, lr=2.0, epochs=100),
     # For tests and smoke runs: seconds on one CPU core.
     "tiny": Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50),
 }

@@ -1,10 +1,11 @@
-"""The training loss of an ``RNNLM`` of ``SimpleRNNCell`` as one fused op: the same math as
-``RNNLM.loss``, faster.
+"""The training loss of an ``RNNLM`` as one fused op: the same math as ``RNNLM.loss``, faster.
 
-``FusedRNNLM`` is ``RNNLM`` with this loss; ``rnnjax.state.make_model`` picks
-it where it applies (``applies``: a ``SimpleRNNCell``) unless
-``Config.fused`` is off. What makes it fast (``docs/performance.md`` has the
-measurements):
+``FusedRNNLM`` is ``RNNLM`` with this loss; ``rnnjax.state.make_model``
+picks it unless ``Config.fused`` is off. For every layer the output layer
+and the cross-entropy are one op (``dense_cross_entropy``); for one layer of
+d2l's ``SimpleRNNCell`` (``recurrence_fused``) the recurrence joins them,
+with a backward pass through time written by hand. What makes it fast
+(``docs/performance.md`` has the measurements):
 
 - the input projection ``x @ W_xh + b_h`` for all steps at once, a gather of
   the ``W_xh + b_h`` table by token id;
@@ -25,52 +26,64 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnnjax.model import RNNLM, SimpleRNNCell
+from rnnjax.cells import NONLINEARITIES, OneHot
+from rnnjax.model import RNN, RNNLM, SimpleRNNCell
 
 Array = jax.Array
 
 
-def applies(cell) -> bool:
-    """Whether the fused loss computes this cell's model: d2l's tanh ``SimpleRNNCell``."""
-    return type(cell) is SimpleRNNCell
+def recurrence_fused(rnn) -> bool:
+    """Whether the recurrence is fused too: one layer of d2l's ``SimpleRNNCell``."""
+    return type(rnn) is RNN and type(rnn.cell) is SimpleRNNCell and not rnn.reverse
+
+
+def describe(rnn) -> str:
+    return "fused loss (rnnjax.fused: " + ("the recurrence and " if recurrence_fused(rnn) else "") + \
+        "the output layer)"
 
 
 class FusedRNNLM(RNNLM):
-    """``RNNLM`` whose ``loss`` is ``rnnlm_loss``; everything else, parameters included, is RNNLM's."""
+    """``RNNLM`` whose ``loss`` is one fused op; everything else, parameters included, is RNNLM's."""
 
-    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array) -> tuple[Array, Array]:
+    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False) -> tuple[Array, Array]:
         if self.is_initializing():
             return super().loss(X_BxT, Y_BxT, weights_B)
-        return rnnlm_loss(self.variables["params"], X_BxT, Y_BxT, weights_B, unroll=self.rnn.unroll)
+        params = self.variables["params"]
+        dense = params["output_layer"]
+        B, T = X_BxT.shape
+        labels_N, weights_N = Y_BxT.T.reshape(-1), jnp.broadcast_to(weights_B, (T, B)).reshape(-1)
+        if recurrence_fused(self.rnn):
+            cell = params["rnn"]["cell"]
+            # The bias goes into the table, not onto every gathered row: its
+            # gradient then sums V rows instead of T*B.
+            XW_TxBxH = (cell["W_xh"] + cell["b_h"])[X_BxT.T]
+            loss_sum = _recurrence_dense_ce(cell["W_hh"], XW_TxBxH, dense["kernel"], dense["bias"], labels_N,
+                                            weights_N, self.rnn.unroll, self.rnn.cell.nonlinearity)
+        else:   # any other layer: its own scan under autodiff, then the fused output layer
+            outputs_TxBxH, _ = self.rnn(OneHot(X_BxT.T, self.vocab_size), None, train)
+            loss_sum = dense_cross_entropy(outputs_TxBxH.reshape(T * B, -1), dense["kernel"], dense["bias"],
+                                           labels_N, weights_N)
+        return loss_sum, jnp.sum(weights_B) * T
 
 
-def rnnlm_loss(params, X_BxT: Array, Y_BxT: Array, weights_B: Array, unroll: int = 1
-               ) -> tuple[Array, Array]:
-    """``RNNLM.loss`` from its ``params`` (initial state zero), as one op with its own backward pass."""
-    cell, dense = params["rnn"]["cell"], params["output_layer"]
-    B, T = X_BxT.shape
-    # The bias goes into the table, not onto every gathered row: its gradient
-    # then sums V rows instead of T*B.
-    XW_TxBxH = (cell["W_xh"] + cell["b_h"])[X_BxT.T]
-    weights_N = jnp.broadcast_to(weights_B, (T, B)).reshape(-1)
-    loss_sum = _recurrence_dense_ce(cell["W_hh"], XW_TxBxH, dense["kernel"], dense["bias"],
-                                    Y_BxT.T.reshape(-1), weights_N, unroll)
-    return loss_sum, jnp.sum(weights_B) * T
-
-
-def _recurrence(W_hh: Array, H_BxH: Array, XW_BxH: Array) -> Array:
-    """``tanh(XW + H @ W_hh)``, the time-dependent half of the step."""
+def _recurrence(W_hh: Array, H_BxH: Array, XW_BxH: Array, nonlinearity: str) -> Array:
+    """``tanh(XW + H @ W_hh)`` (or ``relu``), the time-dependent half of the step."""
     # Elementwise work on flat vectors: XLA:CPU's loops over them are faster than over (B, H) rows.
     Z = (H_BxH @ W_hh).reshape(-1) + XW_BxH.reshape(-1)
-    return jnp.tanh(Z).reshape(XW_BxH.shape)
+    return NONLINEARITIES[nonlinearity](Z).reshape(XW_BxH.shape)
 
 
-def _scan_in_place(W_hh: Array, H_BxH: Array, XW_TxBxH: Array, unroll: int) -> Array:
+def _derivative(H: Array, nonlinearity: str) -> Array:
+    """The nonlinearity's derivative at its input, from its output ``H``."""
+    return 1.0 - jnp.square(H) if nonlinearity == "tanh" else (H > 0).astype(H.dtype)
+
+
+def _scan_in_place(W_hh: Array, H_BxH: Array, XW_TxBxH: Array, unroll: int, nonlinearity: str) -> Array:
     """The outputs ``(T, B, H)``: step t reads ``XW_t`` and leaves ``H_t`` in its place (no buffer
     of its own, no zero fill)."""
     def step(carry, t):
         H, buffer_TxBxH = carry
-        H = _recurrence(W_hh, H, buffer_TxBxH[t])
+        H = _recurrence(W_hh, H, buffer_TxBxH[t], nonlinearity)
         return (H, buffer_TxBxH.at[t].set(H)), None
     (_, outputs_TxBxH), _ = jax.lax.scan(step, (H_BxH, XW_TxBxH), jnp.arange(XW_TxBxH.shape[0]),
                                          unroll=unroll)
@@ -84,10 +97,11 @@ _DW_HH_AFTER_LOOP_MAX_BLOCK = 2 ** 15
 
 
 def _backprop_through_time(W_hh: Array, H0_BxH: Array, outputs_TxBxH: Array, dout_TxBxH: Array,
-                           dH_T: Array) -> tuple[Array, Array, Array | None]:
+                           dH_T: Array, nonlinearity: str) -> tuple[Array, Array, Array | None]:
     """Backprop through ``H_t = tanh(XW_t + H_{t-1} @ W_hh)`` from the gradients w.r.t. its outputs.
 
-    ``dZ_t = (dH_t + dout_t) * (1 - H_t**2)`` with ``dH_t = dZ_{t+1} @ W_hh.T``.
+    ``dZ_t = (dH_t + dout_t) * (1 - H_t**2)`` with ``dH_t = dZ_{t+1} @ W_hh.T``
+    (for ``relu``, ``H_t > 0`` in place of ``1 - H_t**2``).
     The loop overwrites each ``dout_t`` with ``dZ_t`` in the incoming buffer
     and reads ``dZ_{t+1}`` back from it. For small blocks ``dW_hh = sum_t
     H_{t-1}.T @ dZ_t`` is one matmul after the loop, of the outputs transposed
@@ -100,7 +114,7 @@ def _backprop_through_time(W_hh: Array, H0_BxH: Array, outputs_TxBxH: Array, dou
 
     def set_dZ(t, dH_BxH, dZ_TxBxH):
         H_t, dout = outputs_TxBxH[t], dZ_TxBxH[t]
-        dZ = (dH_BxH.reshape(-1) + dout.reshape(-1)) * (1.0 - jnp.square(H_t.reshape(-1)))
+        dZ = (dH_BxH.reshape(-1) + dout.reshape(-1)) * _derivative(H_t.reshape(-1), nonlinearity)
         return dZ_TxBxH.at[t].set(dZ.reshape(H_t.shape))
 
     # The last step runs in the loop too, with dH_T for dZ_{t+1} @ W_hh.T:
@@ -137,6 +151,43 @@ def _pad_vocab(x: Array, value: float = 0.0) -> Array:
     return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)], constant_values=value)
 
 
+def _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N) -> tuple[Array, Array]:
+    """``(sum_n weights_N[n] * CE(H_NxH[n] @ W_HxV + b_V, labels_N[n]), the softmax (N, padded V))``.
+
+    The softmax is kept, so the backward is one elementwise pass and two matmuls.
+    """
+    logits_NxP = H_NxH @ _pad_vocab(W_HxV) + _pad_vocab(b_V, -jnp.inf)
+    m_Nx1 = jnp.max(logits_NxP, axis=-1, keepdims=True)
+    e_NxP = jnp.exp(logits_NxP - m_Nx1)
+    s_Nx1 = jnp.sum(e_NxP, axis=-1, keepdims=True)
+    picked_N = jnp.take_along_axis(logits_NxP, labels_N[:, None], axis=-1)[:, 0]
+    ce_N = jnp.log(s_Nx1[:, 0]) + m_Nx1[:, 0] - picked_N
+    return jnp.sum(ce_N * weights_N), e_NxP / s_Nx1
+
+
+@jax.custom_vjp
+def dense_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N) -> Array:
+    """``sum_n weights_N[n] * CE(H_NxH[n] @ W_HxV + b_V, labels_N[n])``: the output layer and the
+    cross-entropy as one op, for the outputs of any recurrent stack."""
+    return _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N)[0]
+
+
+def _dense_cross_entropy_fwd(H_NxH, W_HxV, b_V, labels_N, weights_N):
+    loss_sum, p_NxP = _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N)
+    return loss_sum, (H_NxH, W_HxV, p_NxP, labels_N, weights_N)
+
+
+def _dense_cross_entropy_bwd(residuals, g):
+    H_NxH, W_HxV, p_NxP, labels_N, weights_N = residuals
+    V = W_HxV.shape[1]
+    dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g)
+    return (dlogits_NxP @ _pad_vocab(W_HxV).T, _dense_weight_gradient(H_NxH, dlogits_NxP)[:, :V],
+            jnp.sum(dlogits_NxP, axis=0)[:V], None, None)
+
+
+dense_cross_entropy.defvjp(_dense_cross_entropy_fwd, _dense_cross_entropy_bwd)
+
+
 def _dlogits(p_NxP, labels_N, weights_N, g):
     """The gradient of ``g * loss_sum`` w.r.t. the (padded) logits: softmax minus one-hot."""
     one_hot = jnp.arange(p_NxP.shape[-1]) == labels_N[:, None]
@@ -149,28 +200,21 @@ def _dense_weight_gradient(H_NxH, dlogits_NxP):
     return jax.lax.optimization_barrier(dlogits_NxP.T @ H_NxH).T
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _recurrence_dense_ce(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _recurrence_dense_ce(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll, nonlinearity):
     """``sum_n weights_N[n] * CE(outputs[n] @ W_HxV + b_V, labels_N[n])`` of the RNN from ``H = 0``."""
-    return _recurrence_dense_ce_fwd(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll)[0]
+    return _recurrence_dense_ce_fwd(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll, nonlinearity)[0]
 
 
-def _recurrence_dense_ce_fwd(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll):
+def _recurrence_dense_ce_fwd(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll, nonlinearity):
     H0_BxH = jnp.zeros(XW_TxBxH.shape[1:], XW_TxBxH.dtype)
-    outputs_TxBxH = _scan_in_place(W_hh, H0_BxH, XW_TxBxH, unroll)
-    # The softmax is kept, so the backward is one elementwise pass and two matmuls.
-    logits_NxP = outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]) @ _pad_vocab(W_HxV) + _pad_vocab(
-        b_V, -jnp.inf)
-    m_Nx1 = jnp.max(logits_NxP, axis=-1, keepdims=True)
-    e_NxP = jnp.exp(logits_NxP - m_Nx1)
-    s_Nx1 = jnp.sum(e_NxP, axis=-1, keepdims=True)
-    picked_N = jnp.take_along_axis(logits_NxP, labels_N[:, None], axis=-1)[:, 0]
-    ce_N = jnp.log(s_Nx1[:, 0]) + m_Nx1[:, 0] - picked_N
-    residuals = (W_hh, H0_BxH, outputs_TxBxH, W_HxV, e_NxP / s_Nx1, labels_N, weights_N)
-    return jnp.sum(ce_N * weights_N), residuals
+    outputs_TxBxH = _scan_in_place(W_hh, H0_BxH, XW_TxBxH, unroll, nonlinearity)
+    loss_sum, p_NxP = _softmax_cross_entropy(outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]), W_HxV, b_V,
+                                             labels_N, weights_N)
+    return loss_sum, (W_hh, H0_BxH, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N)
 
 
-def _recurrence_dense_ce_bwd(unroll, residuals, g):
+def _recurrence_dense_ce_bwd(unroll, nonlinearity, residuals, g):
     """The cross-entropy's backward, then ``_backprop_through_time``; ``dW = outputs.T @ dlogits`` as a
     plain matmul of the outputs it transposed for ``dW_hh``."""
     W_hh, H0_BxH, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N = residuals
@@ -178,7 +222,7 @@ def _recurrence_dense_ce_bwd(unroll, residuals, g):
     dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g)
     dout_TxBxH = (dlogits_NxP @ _pad_vocab(W_HxV).T).reshape(outputs_TxBxH.shape)
     dZ_TxBxH, dW_hh, outputs_HxN = _backprop_through_time(
-        W_hh, H0_BxH, outputs_TxBxH, dout_TxBxH, jnp.zeros_like(H0_BxH))
+        W_hh, H0_BxH, outputs_TxBxH, dout_TxBxH, jnp.zeros_like(H0_BxH), nonlinearity)
     if outputs_HxN is None:
         dW_HxP = _dense_weight_gradient(outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]), dlogits_NxP)
     else:

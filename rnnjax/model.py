@@ -1,98 +1,31 @@
 """d2l's RNN language model in Flax linen: the math, plainly.
 
-A cell is one time step. ``RNN`` scans any cell over time with ``nn.scan``;
-``RNNLM`` puts one-hot inputs in front of it and a Dense layer behind it, and
-its ``loss`` is the masked mean cross-entropy. The fast training kernel for
-``SimpleRNNCell`` lives beside this file (``rnnjax.fused``) and is tested
-against it.
+A cell (``rnnjax.cells``) is one time step. ``RNN`` scans any cell over time
+with ``nn.scan``; ``StackedRNN`` is PyTorch's ``nn.RNN``/``nn.GRU``/``nn.LSTM``
+layer (``num_layers``, ``dropout`` between layers, ``bidirectional``);
+``RNNLM`` puts one-hot inputs in front and a Dense layer behind, and its
+``loss`` is the masked mean cross-entropy. The fast training kernel lives
+beside this file (``rnnjax.fused``) and is tested against it.
 
 Shapes are time-major inside the RNN, as in d2l: inputs ``(T, B, I)``. Names
 carry shape suffixes: T steps, B batch, H hiddens, V vocabulary, I inputs.
-
-The cell protocol (flax's ``nn.RNNCellBase``, which ``nn.RNN`` also takes)
-is all that ``RNN``, ``RNNLM``, generation and checkpoints ask of a cell:
-
-- ``__call__(carry, x (B, I)) -> (carry, y (B, num_hiddens))``;
-- ``initialize_carry(rng, input_shape (B, I)) -> carry`` (``nn.nowrap``);
-- ``num_feature_axes`` (1) and ``num_hiddens``, the size of ``y``;
-- constructed as ``Cell(num_hiddens)`` and listed in ``CELLS`` under the
-  name that ``Config.cell`` uses.
-
-Inputs may be ``OneHot``: ``x @ W`` on it is a row gather.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import struct
+
+from rnnjax.cells import CELLS, GRUCell, LSTMCell, OneHot, SimpleRNNCell, uniform_init
+
+__all__ = ["CELLS", "GRUCell", "LSTMCell", "OneHot", "RNN", "RNNLM", "SimpleRNNCell", "StackedRNN",
+           "uniform_init"]
 
 Array = jax.Array
 Carry = Any
-
-
-def uniform_init(fan_in: int):
-    """PyTorch's default for ``nn.RNN`` and ``nn.Linear``: U(-1/sqrt(H), 1/sqrt(H)).
-
-    d2l's PyTorch tab, whose perplexities we match, trains from this init.
-    """
-    bound = 1.0 / fan_in ** 0.5
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-    return init
-
-
-@struct.dataclass
-class OneHot:
-    """One-hot vectors of ``depth``, stored as integer ``ids``; ``shape`` is ``ids.shape + (depth,)``.
-
-    ``x @ W`` is the row gather ``W[ids]``: the same math without building the
-    one-hot tensor. A pytree, so ``nn.scan`` slices it over time like an array.
-    """
-    ids: Array
-    depth: int = struct.field(pytree_node=False)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (*self.ids.shape, self.depth)
-
-    def __matmul__(self, W: Array) -> Array:
-        return jnp.asarray(W)[self.ids]
-
-    def dense(self, dtype=jnp.float32) -> Array:
-        return jax.nn.one_hot(self.ids, self.depth, dtype=dtype)
-
-
-class SimpleRNNCell(nn.RNNCellBase):
-    """d2l's RNN step: ``h' = tanh(x @ W_xh + h @ W_hh + b_h)``; the output is ``h'``."""
-    num_hiddens: int
-
-    @nn.compact
-    def __call__(self, H_BxH: Array, X_BxI: Array | OneHot) -> tuple[Array, Array]:
-        init = uniform_init(self.num_hiddens)
-        W_hh = self.param("W_hh", init, (self.num_hiddens, self.num_hiddens))
-        b_h = self.param("b_h", init, (self.num_hiddens,))
-        W_xh = self.param("W_xh", init, (X_BxI.shape[-1], self.num_hiddens))
-        H_BxH = jnp.tanh(X_BxI @ W_xh + H_BxH @ W_hh + b_h)
-        return H_BxH, H_BxH
-
-    @nn.nowrap
-    def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Array:
-        return jnp.zeros((*input_shape[:-1], self.num_hiddens))
-
-    @property
-    def num_feature_axes(self) -> int:
-        return 1
-
-
-# The cells ``Config.cell`` can name. A new cell is a class that keeps the
-# protocol above, and an entry here.
-CELLS: dict[str, Callable[[int], nn.Module]] = {"rnn": SimpleRNNCell}
 
 
 class RNN(nn.Module):
@@ -100,17 +33,21 @@ class RNN(nn.Module):
 
     ``__call__(inputs (T, B, I) or OneHot (T, B), carry=None)`` returns
     ``(outputs (T, B, num_hiddens), final carry)``, as d2l's ``RNN`` does; the
-    carry starts from the cell's ``initialize_carry``. ``unroll`` is the scan's
-    unroll factor.
+    carry starts from the cell's ``initialize_carry``. ``reverse`` runs from the
+    last step to the first (outputs stay in time order); ``unroll`` is the
+    scan's unroll factor.
     """
     cell: nn.Module
     unroll: int = 1
+    reverse: bool = False
 
-    def __call__(self, inputs: Array | OneHot, carry: Carry | None = None) -> tuple[Array, Carry]:
+    def __call__(self, inputs: Array | OneHot, carry: Carry | None = None, train: bool = False
+                 ) -> tuple[Array, Carry]:
         if carry is None:
             carry = self.cell.initialize_carry(jax.random.key(0), inputs.shape[1:])
         scan = nn.scan(lambda cell, carry, x: cell(carry, x), variable_broadcast="params",
-                       split_rngs={"params": False}, in_axes=0, out_axes=0, unroll=self.unroll)
+                       split_rngs={"params": False}, in_axes=0, out_axes=0, unroll=self.unroll,
+                       reverse=self.reverse)
         carry, outputs = scan(self.cell, carry, inputs)
         return outputs, carry
 
@@ -118,25 +55,94 @@ class RNN(nn.Module):
         """One time step: what generation feeds back."""
         return self.cell(carry, x)
 
+    @nn.nowrap
+    def initialize_carry(self, batch_size: int, input_size: int) -> Carry:
+        return self.cell.initialize_carry(jax.random.key(0), (batch_size, input_size))
+
+    @property
+    def num_outputs(self) -> int:
+        return self.cell.num_hiddens
+
+
+class StackedRNN(nn.Module):
+    """PyTorch's recurrent layer: ``num_layers`` of ``cell``, each direction its own ``RNN``.
+
+    ``dropout`` applies to the outputs of every layer but the last, in
+    training only; a ``bidirectional`` layer concatenates its two directions'
+    outputs. Carries in and out are tuples of one per layer and direction, in
+    PyTorch's ``h_n`` order (layer 0 forward, layer 0 reverse, layer 1, ...).
+    """
+    cell: nn.Module                 # a template: each layer and direction gets a copy
+    num_layers: int = 1
+    dropout: float = 0.0
+    bidirectional: bool = False
+    unroll: int = 1
+
+    def setup(self):
+        self.layers = [RNN(self.cell.clone(parent=None), unroll=self.unroll, reverse=d == 1)
+                       for _ in range(self.num_layers) for d in range(self.num_directions)]
+        self.drop = nn.Dropout(self.dropout)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def num_outputs(self) -> int:
+        return self.cell.num_hiddens * self.num_directions
+
+    def __call__(self, inputs: Array | OneHot, carries: tuple | None = None, train: bool = False
+                 ) -> tuple[Array, tuple]:
+        carries = carries or (None,) * len(self.layers)
+        x, finals = inputs, []
+        for k in range(self.num_layers):
+            if k > 0:
+                x = self.drop(x, deterministic=not train)
+            outputs = []
+            for d in range(self.num_directions):
+                i = k * self.num_directions + d
+                out, carry = self.layers[i](x, carries[i])
+                outputs.append(out)
+                finals.append(carry)
+            x = jnp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
+        return x, tuple(finals)
+
+    def step(self, carries: tuple, x: Array | OneHot) -> tuple[tuple, Array]:
+        """One time step through every layer (inference: no dropout); unidirectional only."""
+        if self.bidirectional:
+            raise ValueError("A bidirectional RNN cannot step forward one token at a time: its reverse "
+                             "direction needs the whole sequence.")
+        finals = []
+        for layer, carry in zip(self.layers, carries, strict=True):
+            carry, x = layer.step(carry, x)
+            finals.append(carry)
+        return tuple(finals), x
+
+    @nn.nowrap
+    def initialize_carry(self, batch_size: int, input_size: int) -> tuple:
+        carry = self.cell.initialize_carry(jax.random.key(0), (batch_size, input_size))
+        return (carry,) * (self.num_layers * self.num_directions)
+
 
 class RNNLM(nn.Module):
-    """d2l's ``RNNLM``: one-hot inputs, the ``RNN``, a Dense output layer.
+    """d2l's ``RNNLM``: one-hot inputs, the recurrent layer (``RNN`` or ``StackedRNN``), a Dense layer.
 
-    ``__call__(X (B, T) int, carry=None)`` returns logits ``(B, T, V)``.
+    ``__call__(X (B, T) int, carry=None)`` returns logits ``(B, T, V)``;
+    ``train=True`` turns dropout on (it then needs a ``"dropout"`` rng).
     """
-    rnn: RNN
+    rnn: nn.Module
     vocab_size: int
 
     def setup(self):
-        init = uniform_init(self.rnn.cell.num_hiddens)
+        init = uniform_init(self.rnn.num_outputs)
         self.output_layer = nn.Dense(self.vocab_size, kernel_init=init, bias_init=init)
 
-    def __call__(self, X_BxT: Array, carry: Carry | None = None) -> Array:
-        return self.forward(X_BxT, carry)[0]
+    def __call__(self, X_BxT: Array, carry: Carry | None = None, train: bool = False) -> Array:
+        return self.forward(X_BxT, carry, train)[0]
 
-    def forward(self, X_BxT: Array, carry: Carry | None = None) -> tuple[Array, Carry]:
+    def forward(self, X_BxT: Array, carry: Carry | None = None, train: bool = False) -> tuple[Array, Carry]:
         """``(logits (B, T, V), final carry)``."""
-        outputs_TxBxH, carry = self.rnn(OneHot(X_BxT.T, self.vocab_size), carry)
+        outputs_TxBxH, carry = self.rnn(OneHot(X_BxT.T, self.vocab_size), carry, train)
         return self.output_layer(outputs_TxBxH).swapaxes(0, 1), carry
 
     def step(self, X_B: Array, carry: Carry) -> tuple[Array, Carry]:
@@ -147,14 +153,14 @@ class RNNLM(nn.Module):
     @nn.nowrap
     def initialize_carry(self, batch_size: int) -> Carry:
         """The state ``forward`` starts from, for ``batch_size`` rows (what ``step`` takes first)."""
-        return self.rnn.cell.initialize_carry(jax.random.key(0), (batch_size, self.vocab_size))
+        return self.rnn.initialize_carry(batch_size, self.vocab_size)
 
-    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array) -> tuple[Array, Array]:
+    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False) -> tuple[Array, Array]:
         """``(sum of weights_B[b] * CE(b, t) over b and t, number of weighted tokens)``.
 
         Padding rows have weight 0: the first over the second is the mean
         cross-entropy over the real tokens.
         """
-        logp_BxTxV = jax.nn.log_softmax(self(X_BxT))
+        logp_BxTxV = jax.nn.log_softmax(self(X_BxT, train=train))
         ce_BxT = -jnp.take_along_axis(logp_BxTxV, Y_BxT[..., None], axis=-1)[..., 0]
         return jnp.sum(ce_BxT * weights_B[:, None]), jnp.sum(weights_B) * X_BxT.shape[1]

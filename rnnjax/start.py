@@ -66,6 +66,10 @@ def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int
     ``CheckpointError``) with one sentence on what to change.
     """
     workdir = Path(workdir)
+    if config.bidirectional:
+        raise ValueError("A bidirectional RNN cannot be trained as a language model: its reverse direction "
+                         "reads the characters it is asked to predict. Use it where whole sequences are "
+                         "given, e.g. for classification.")
     if data.num_val < 1:
         raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
     if (data.batch_size, data.num_steps) != (config.batch_size, config.num_steps):

@@ -13,21 +13,27 @@ from flax.training import train_state
 from rnnjax import fused
 from rnnjax.backend import INIT_COMPILER_OPTIONS, CompiledPerShape
 from rnnjax.config import Config
-from rnnjax.model import CELLS, RNN, RNNLM
+from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
 
 TrainState = train_state.TrainState
 
 
 def make_model(config: Config, vocab_size: int) -> RNNLM:
-    """``RNNLM`` over ``config.cell``; its fused sibling where ``config.fused`` and it applies."""
-    cell = CELLS[config.cell](config.num_hiddens)
-    lm = fused.FusedRNNLM if config.fused and fused.applies(cell) else RNNLM
-    return lm(RNN(cell, unroll=config.unroll), vocab_size)
+    """``RNNLM`` over ``config``'s cells (one ``RNN``, else a ``StackedRNN``); its fused sibling if
+    ``config.fused``."""
+    kwargs = {"nonlinearity": config.nonlinearity} if config.nonlinearity != "tanh" else {}
+    cell = CELLS[config.cell](config.num_hiddens, **kwargs)
+    if config.num_layers == 1 and not config.bidirectional:      # dropout acts between layers only
+        rnn = RNN(cell, unroll=config.unroll)
+    else:
+        rnn = StackedRNN(cell, config.num_layers, config.dropout, config.bidirectional, config.unroll)
+    lm = fused.FusedRNNLM if config.fused else RNNLM
+    return lm(rnn, vocab_size)
 
 
 def loss_path(model: RNNLM) -> str:
     """How ``model`` trains, in words: what a run reports."""
-    return "fused loss (rnnjax.fused)" if isinstance(model, fused.FusedRNNLM) else "plain loss"
+    return fused.describe(model.rnn) if isinstance(model, fused.FusedRNNLM) else "plain loss"
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import signal
 import threading
@@ -71,7 +72,7 @@ def _sum_over_devices(x, axis_name):
     return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
-def train_step(state: TrainState, batch: Batch, axis_name: str | None = None
+def train_step(state: TrainState, batch: Batch, axis_name: str | None = None, rng: jax.Array | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on the exact mean loss over the real tokens of the global batch.
 
@@ -80,9 +81,20 @@ def train_step(state: TrainState, batch: Batch, axis_name: str | None = None
     all-reduce: on a CPU each collective is a rendezvous of the device
     threads), and mean gradient sum over mean count is the gradient of the
     global mean loss, however the padding falls on the devices.
+
+    ``rng`` (a raw ``jax.random.PRNGKey``) turns dropout on: the step's key is
+    it folded with ``state.step`` (and the device), so a resumed run draws the
+    same masks.
     """
+    train, rngs = rng is not None, {}
+    if train:
+        key = jax.random.fold_in(rng, state.step)
+        device = 0 if axis_name is None else jax.lax.axis_index(axis_name)
+        rngs["dropout"] = jax.random.fold_in(key, device)
+
     def objective(params):
-        return state.apply_fn({"params": params}, batch.X, batch.Y, batch.mask, method="loss")
+        return state.apply_fn({"params": params}, batch.X, batch.Y, batch.mask, train, method="loss",
+                              rngs=rngs)
 
     (loss_sum, count), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     flat_grads, unflatten = jax.flatten_util.ravel_pytree(grads)
@@ -94,20 +106,20 @@ def train_step(state: TrainState, batch: Batch, axis_name: str | None = None
     return state.apply_gradients(grads=grads), metrics
 
 
-def train_steps(state: TrainState, batches: Batch, axis_name: str | None = None
+def train_steps(state: TrainState, batches: Batch, axis_name: str | None = None, rng: jax.Array | None = None
                 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """``train_step`` over a stack of batches (a leading axis) as one ``lax.scan``; metrics stacked."""
-    return jax.lax.scan(lambda state, batch: train_step(state, batch, axis_name), state, batches)
+    return jax.lax.scan(lambda state, batch: train_step(state, batch, axis_name, rng), state, batches)
 
 
-def train_windows(state: TrainState, tokens: jax.Array, windows: Windows, axis_name: str | None = None
-                  ) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_windows(state: TrainState, tokens: jax.Array, windows: Windows, axis_name: str | None = None,
+                  rng: jax.Array | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
     """``train_steps`` on a stack of ``Windows``, their batches cut out of ``tokens`` where they live.
 
     What ``fit`` runs, with the token stream placed on each device once: the
     host sends each call window starts and masks instead of batches.
     """
-    return train_steps(state, windows.batch(tokens), axis_name)
+    return train_steps(state, windows.batch(tokens), axis_name, rng)
 
 
 def _loss_sums(state: TrainState, batch: Batch) -> jax.Array:
@@ -201,7 +213,10 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
         checkpoint.write_config(workdir, config, data.vocab)
 
     options = compiler_options(config.batch_size, config.num_hiddens, dp.num_shards)
-    train = dp.compile(train_windows, donate_state=True, compiler_options=options)
+    step = train_windows
+    if config.dropout and config.num_layers > 1:      # dropout acts between layers only
+        step = functools.partial(train_windows, rng=jax.random.PRNGKey(config.seed))
+    train = dp.compile(step, donate_state=True, compiler_options=options)
     evaluate = dp.compile(eval_steps, compiler_options=options)
     tokens, val_batches = dp.replicate(data.tokens), dp.put(dp.shard_stack(data.val_batches()))
     state = dp.replicate(state)

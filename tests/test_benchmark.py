@@ -27,3 +27,5 @@ def test_flop_count_matches_the_matmuls():
     H, V = 32, 28
     forward = 2 * H * H + 2 * H * V          # recurrence and output layer, per token
     assert benchmark.model_flops_per_token(H, V) == 3 * forward
+    # Two GRU layers: three gates in the first layer's recurrence and in both matmuls of the second.
+    assert benchmark.model_flops_per_token(H, V, "gru", 2) == 3 * (2 * 3 * H * H * 3 + 2 * H * V)

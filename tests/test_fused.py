@@ -8,7 +8,7 @@ import pytest
 from rnnjax import fused
 from rnnjax.config import Config
 from rnnjax.fused import FusedRNNLM
-from rnnjax.model import RNN, RNNLM, SimpleRNNCell
+from rnnjax.model import RNN, RNNLM, GRUCell, LSTMCell, SimpleRNNCell, StackedRNN
 from rnnjax.state import make_model
 
 
@@ -20,18 +20,21 @@ def dW_hh_where(request, monkeypatch):
     return request.param
 
 
-def value_and_grad(model, variables, X, Y, mask):
+def value_and_grad(model, variables, X, Y, mask, train=False, rngs=None):
     def mean_loss(variables):
-        loss_sum, count = model.apply(variables, X, Y, mask, method="loss")
+        loss_sum, count = model.apply(variables, X, Y, mask, train, method="loss", rngs=rngs)
         return loss_sum / count
     return jax.jit(jax.value_and_grad(mean_loss))(variables)
 
 
-@pytest.mark.parametrize("V,H,B,T,unroll", [(28, 32, 16, 12, 1), (6, 8, 5, 7, 3), (16, 4, 3, 1, 1),
-                                            (40, 16, 8, 5, 2)])
-def test_fused_loss_equals_plain_loss(V, H, B, T, unroll, dW_hh_where):
-    """Vocabularies padded inside to 32, to 16, not at all, to 48; one step and several; ragged masks."""
-    plain, fast = (cls(RNN(SimpleRNNCell(H), unroll=unroll), V) for cls in (RNNLM, FusedRNNLM))
+@pytest.mark.parametrize("V,H,B,T,unroll,nonlinearity", [
+    (28, 32, 16, 12, 1, "tanh"), (6, 8, 5, 7, 3, "tanh"), (16, 4, 3, 1, 1, "tanh"), (40, 16, 8, 5, 2, "tanh"),
+    (28, 32, 16, 12, 1, "relu"), (6, 8, 5, 7, 2, "relu")])
+def test_fused_loss_equals_plain_loss(V, H, B, T, unroll, nonlinearity, dW_hh_where):
+    """Vocabularies padded inside to 32, to 16, not at all, to 48; one step and several; ragged masks;
+    both nonlinearities."""
+    cell = SimpleRNNCell(H, nonlinearity=nonlinearity)
+    plain, fast = (cls(RNN(cell, unroll=unroll), V) for cls in (RNNLM, FusedRNNLM))
     X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
     Y = jax.random.randint(jax.random.key(2), (B, T), 0, V)
     mask = (jnp.arange(B) < max(1, B - 2)).astype(jnp.float32)
@@ -65,13 +68,47 @@ def test_loss_is_causal():
     def loss_at(t):
         weights = (jnp.arange(T * B) // B == t).astype(jnp.float32)
         loss = fused._recurrence_dense_ce
-        return jax.grad(loss, argnums=1)(cell["W_hh"], XW, dense["kernel"], dense["bias"], labels, weights, 1)
+        return jax.grad(loss, argnums=1)(cell["W_hh"], XW, dense["kernel"], dense["bias"], labels, weights, 1,
+                                         "tanh")
     for t in range(T):
         dXW = np.abs(np.asarray(loss_at(t))).max(axis=(1, 2))
         assert np.all(dXW[t + 1:] == 0) and dXW[t] > 0
 
 
-def test_make_model_picks_the_fused_loss_where_it_applies():
-    assert isinstance(make_model(Config(), 28), FusedRNNLM)
-    assert type(make_model(Config(fused=False), 28)) is RNNLM
-    assert fused.applies(SimpleRNNCell(4)) and not fused.applies(object())
+@pytest.mark.parametrize("config,recurrence_too", [
+    (Config(), True), (Config(nonlinearity="relu"), True), (Config(cell="gru"), False),
+    (Config(num_layers=2), False), (Config(cell="lstm", num_layers=3, dropout=0.2), False)])
+def test_make_model_fuses_the_loss_unless_told_not_to(config, recurrence_too):
+    model = make_model(config, 28)
+    assert isinstance(model, FusedRNNLM) and fused.recurrence_fused(model.rnn) == recurrence_too
+    assert type(make_model(config.replace(fused=False), 28)) is RNNLM
+    assert not fused.recurrence_fused(RNN(SimpleRNNCell(4), reverse=True))
+
+
+# Every cell at depths 1-3, dropout on in training where there are layers for it.
+FAMILY = [(GRUCell, 1, 0.0), (GRUCell, 2, 0.3), (GRUCell, 3, 0.0), (LSTMCell, 1, 0.0), (LSTMCell, 2, 0.0),
+          (LSTMCell, 3, 0.3), (SimpleRNNCell, 2, 0.3), (SimpleRNNCell, 3, 0.0)]
+
+
+def family_model(cls, cell, num_layers, dropout=0.0):
+    rnn = RNN(cell(8)) if num_layers == 1 else StackedRNN(cell(8), num_layers=num_layers, dropout=dropout)
+    return cls(rnn, 12)
+
+
+@pytest.mark.parametrize("cell,num_layers,dropout", FAMILY)
+def test_fused_loss_equals_plain_loss_for_every_cell_and_depth(cell, num_layers, dropout):
+    """With dropout in training too: the same rng gives both the same masks."""
+    plain, fast = (family_model(cls, cell, num_layers, dropout) for cls in (RNNLM, FusedRNNLM))
+    X = jax.random.randint(jax.random.key(1), (5, 7), 0, 12)
+    Y = jax.random.randint(jax.random.key(2), (5, 7), 0, 12)
+    mask = jnp.array([1.0, 1.0, 1.0, 0.0, 1.0])
+    variables = plain.init(jax.random.key(0), X)
+    train = dict(train=True, rngs={"dropout": jax.random.key(3)})
+    l_fast, g_fast = value_and_grad(fast, variables, X, Y, mask, **train)
+    l_plain, g_plain = value_and_grad(plain, variables, X, Y, mask, **train)
+    if dropout:
+        l_eval = value_and_grad(plain, variables, X, Y, mask)[0]
+        assert abs(float(l_eval) - float(l_plain)) > 1e-4
+    np.testing.assert_allclose(l_fast, l_plain, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

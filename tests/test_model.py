@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnnjax.model import RNN, RNNLM, OneHot, SimpleRNNCell
+from rnnjax.model import RNN, RNNLM, GRUCell, LSTMCell, OneHot, SimpleRNNCell, StackedRNN
 
 T, B, I, H, V = 6, 3, 5, 4, 7
 
@@ -187,3 +187,102 @@ def test_init_is_pytorch_uniform_and_seeded():
     assert not np.array_equal(a["rnn"]["cell"]["W_hh"], c["rnn"]["cell"]["W_hh"])
     for leaf in jax.tree.leaves(a):
         assert float(jnp.abs(leaf).max()) <= 1 / 32 ** 0.5
+
+
+# PyTorch's layer semantics: stacks, directions, dropout, carries.
+
+def np_stack(kind, params, X_TxBxI, num_layers, bidirectional, carries=None):
+    """PyTorch's nn.RNN/GRU/LSTM over a sequence, as a float64 NumPy loop (``test_cells.np_step``)."""
+    from test_cells import np_step
+    dirs = 2 if bidirectional else 1
+    x, finals = np.asarray(X_TxBxI, np.float64), []
+    for k in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            i = k * dirs + d
+            p = params[f"layers_{i}"]["cell"]
+            carry = jax.tree.map(np.asarray, carries[i])
+            ys = [None] * len(x)
+            for t in (reversed(range(len(x))) if d else range(len(x))):
+                carry, ys[t] = np_step(kind, p, carry, x[t])
+            outs.append(np.stack(ys))
+            finals.append(carry)
+        x = np.concatenate(outs, -1)
+    return x, finals
+
+
+@pytest.mark.parametrize("kind,num_layers,bidirectional", [
+    ("rnn", 1, True), ("gru", 2, False), ("lstm", 3, True), ("gru", 1, True), ("lstm", 2, False)])
+def test_stacked_rnn_equals_pytorch_semantics_in_numpy(kind, num_layers, bidirectional, inputs):
+    from test_cells import CELLS as KINDS
+    X, _ = inputs
+    rnn = StackedRNN(KINDS[kind](H), num_layers=num_layers, bidirectional=bidirectional)
+    params = rnn.init(jax.random.key(0), X)["params"]
+    dirs = 2 if bidirectional else 1
+    assert len(params) == num_layers * dirs and params["layers_1"]["cell"]["W_hh"].shape[0] == H
+    carries = tuple(jax.tree.map(lambda c: jax.random.normal(jax.random.key(i), c.shape), c0)
+                    for i, c0 in enumerate(rnn.initialize_carry(B, I)))
+    outputs, finals = rnn.apply({"params": params}, X, carries)
+    assert outputs.shape == (T, B, H * dirs) and len(finals) == num_layers * dirs
+    ref_out, ref_finals = np_stack(kind, params, X, num_layers, bidirectional, carries)
+    np.testing.assert_allclose(outputs, ref_out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(finals), jax.tree.leaves(ref_finals), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_one_stacked_layer_is_the_rnn(inputs):
+    X, H0 = inputs
+    params = RNN(SimpleRNNCell(H)).init(jax.random.key(0), X)["params"]
+    a = RNN(SimpleRNNCell(H)).apply({"params": params}, X, H0)
+    b = StackedRNN(SimpleRNNCell(H)).apply({"params": {"layers_0": params}}, X, (H0,))
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
+    np.testing.assert_allclose(a[1], b[1][0], rtol=1e-6)
+
+
+def test_dropout_between_layers_only_in_training_and_deterministic_under_a_key(inputs):
+    X, _ = inputs
+    rnn = StackedRNN(SimpleRNNCell(H), num_layers=2, dropout=0.5)
+    params = {"params": rnn.init(jax.random.key(0), X)["params"]}
+    plain = StackedRNN(SimpleRNNCell(H), num_layers=2).apply(params, X)[0]
+    np.testing.assert_array_equal(rnn.apply(params, X)[0], plain)                     # evaluation: off
+    run = lambda seed: rnn.apply(params, X, train=True, rngs={"dropout": jax.random.key(seed)})[0]
+    np.testing.assert_array_equal(run(1), run(1))
+    assert not np.allclose(run(1), run(2)) and not np.allclose(run(1), plain)
+    # Dropout acts on layer 0's outputs, the input of layer 1: zeroing them all is layer 1 from zeros.
+    all_dropped = StackedRNN(SimpleRNNCell(H), num_layers=2, dropout=1 - 1e-9).apply(
+        params, X, train=True, rngs={"dropout": jax.random.key(0)})[0]
+    layer1 = RNN(SimpleRNNCell(H)).apply({"params": params["params"]["layers_1"]}, jnp.zeros((T, B, H)))[0]
+    np.testing.assert_allclose(all_dropped, layer1, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_stack_is_causal_unless_bidirectional(inputs, bidirectional):
+    X, _ = inputs
+    rnn = StackedRNN(GRUCell(H), num_layers=2, bidirectional=bidirectional)
+    variables = rnn.init(jax.random.key(0), X)
+    per_step = lambda X: jnp.sum(rnn.apply(variables, X)[0] ** 2, axis=(1, 2))
+    size_TxT = np.asarray(jnp.abs(jax.jacrev(per_step)(X)).max(axis=(2, 3)))
+    assert np.all(np.diag(size_TxT) > 0)
+    assert np.all(np.triu(size_TxT, k=1) == 0) != bidirectional
+
+
+@pytest.mark.parametrize("rnn", [RNN(GRUCell(H)), RNN(LSTMCell(H)), StackedRNN(LSTMCell(H), num_layers=3)],
+                         ids=["gru", "lstm", "lstm x3"])
+def test_step_continues_the_sequence_for_every_cell_and_depth(rnn):
+    model = RNNLM(rnn, V)
+    X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
+    variables = model.init(jax.random.key(0), X)
+    logits, carry_T = model.apply(variables, X, method=RNNLM.forward)
+    carry = model.initialize_carry(B)
+    for t in range(T):
+        step_logits, carry = model.apply(variables, X[:, t], carry, method=RNNLM.step)
+        np.testing.assert_allclose(step_logits, logits[:, t], rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(carry_T), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bidirectional_cannot_step():
+    model = RNNLM(StackedRNN(GRUCell(H), bidirectional=True), V)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, T), jnp.int32))
+    with pytest.raises(ValueError, match="bidirectional RNN cannot step"):
+        model.apply(variables, jnp.zeros(1, jnp.int32), model.initialize_carry(1), method=RNNLM.step)

@@ -29,3 +29,25 @@ def test_notebook_executes(real_text_path, tmp_path, monkeypatch):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3
     assert (tmp_path / "runs" / "notebook" / "metrics.jsonl").exists()     # trained beside the notebook
+
+
+@pytest.mark.slow
+def test_notebook_explores_a_deep_gru_checkpoint(real_text_path, tmp_path, monkeypatch):
+    """A checkpoint given by a relative RNNJAX_CHECKPOINT, of another cell and depth: nothing is trained."""
+    from rnnjax import TimeMachine, fit
+    from rnnjax.config import PRESETS
+    config = PRESETS["tiny"].replace(cell="gru", num_layers=2, epochs=2)
+    fit(config, TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
+                            path=real_text_path), tmp_path / "gru", devices=1, log=None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv("RNNJAX_CHECKPOINT", "gru")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    (tmp_path / "kernel").mkdir()
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path / "kernel")}}).execute()
+    text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                   for o in cell.get("outputs", []) if o.output_type == "stream")
+    assert "step 26 of" in text and "cell='gru'" in text and "closest to" in text
+    assert not (tmp_path / "kernel" / "runs").exists()                   # nothing trained

@@ -65,8 +65,8 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
             "--devices", "1", "--no-compilation-cache"]
     assert timemachine.main(args + ["--epochs", "2"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"new run of 2 epochs on 1 CPU device(s), fused loss (rnnjax.fused); writing to "
-                          f"{tmp_path / 'run'}")
+    assert out.startswith("new run of 2 epochs on 1 CPU device(s), fused loss (rnnjax.fused: the "
+                          f"recurrence and the output layer); writing to {tmp_path / 'run'}")
     assert "untrained: 'it has" in out
     assert "epoch 2/2  step 26/26  train ppl" in out            # plain lines when not on a terminal
     assert timemachine.main(args + ["--epochs", "3"]) == 0

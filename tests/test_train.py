@@ -180,3 +180,47 @@ def test_fit_rejects_params_of_another_model(small_data, tmp_path):
     with pytest.raises(ValueError, match=r"do not fit the config \(cell 'rnn', num_hiddens=16"):
         fit(SMALL, small_data, tmp_path, params=other, devices=1)
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+FAMILY = {"gru": SMALL.replace(cell="gru", epochs=1), "lstm": SMALL.replace(cell="lstm", epochs=1),
+          "deep gru, dropout": SMALL.replace(cell="gru", num_layers=2, dropout=0.3, epochs=1)}
+
+
+@pytest.mark.parametrize("name", list(FAMILY))
+def test_every_cell_and_depth_trains_resumes_exactly_and_restores(name, small_data, tmp_path):
+    from rnnjax import checkpoint
+    config = FAMILY[name]
+    straight = fit(config.replace(epochs=2), small_data, tmp_path / "straight", devices=2, log=None)
+    assert straight.history[-1]["train_ppl"] < straight.history[0]["train_ppl"]
+    fit(config, small_data, tmp_path / "resumed", devices=2, log=None)
+    resumed = fit(config.replace(epochs=2), small_data, tmp_path / "resumed", devices=2, log=None)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert strip(resumed.history) == strip(straight.history)                    # bit for bit
+    for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(straight.state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    run = checkpoint.restore(tmp_path / "resumed")
+    assert run.config == config.replace(epochs=2)
+    from rnnjax.generate import predict
+    from rnnjax.state import make_model
+    model = make_model(run.config, len(small_data.vocab))
+    assert run.predict("the", 12) == predict(model, straight.state.params, small_data.vocab, "the", 12)
+
+
+def test_dropout_changes_training_and_is_off_for_validation(small_data, tmp_path):
+    config = SMALL.replace(cell="gru", num_layers=2, epochs=1)
+    without = fit(config, small_data, tmp_path / "a", devices=1, log=None)
+    with_dropout = fit(config.replace(dropout=0.5), small_data, tmp_path / "b", devices=1, log=None)
+    assert with_dropout.history[0]["train_loss"] != without.history[0]["train_loss"]
+    state = with_dropout.state
+    batches = DataParallel.create(1).shard_stack(small_data.val_batches())
+    first, second = jax.jit(eval_steps)(state, batches), jax.jit(eval_steps)(state, batches)
+    np.testing.assert_array_equal(first["loss_sum"], second["loss_sum"])
+    np.testing.assert_allclose(float(first["loss_sum"]) / float(first["count"]),
+                               with_dropout.history[0]["val_loss"], rtol=1e-6)
+
+
+def test_bidirectional_language_model_is_refused_before_anything_is_written(small_data, tmp_path):
+    with pytest.raises(ValueError, match="bidirectional RNN cannot be trained as a language model: its "
+                                         "reverse direction reads the characters it is asked to predict"):
+        fit(SMALL.replace(cell="gru", bidirectional=True), small_data, tmp_path / "run", devices=1)
+    assert not (tmp_path / "run").exists()

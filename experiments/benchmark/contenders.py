@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnnjax.config import Config
+from rnnjax.config import PRESETS, Config
 from rnnjax.data import TimeMachine
 from rnnjax.parallel import DataParallel, wait_for_backlog
 from rnnjax.backend import compiler_options
@@ -20,22 +20,37 @@ from rnnjax.state import create_train_state, make_optimizer
 from rnnjax.train import STEPS_PER_CALL, fit, train_windows
 
 
-def model_flops_per_token(H: int, V: int) -> int:
-    """Forward + backward matmul FLOPs per token: recurrence 2H^2 and output 2HV, times 3."""
-    return 6 * H * (H + V)
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def model_flops_per_token(H: int, V: int, cell: str = "rnn", num_layers: int = 1) -> int:
+    """Forward + backward matmul FLOPs per token, times 3 for the backward: each layer's recurrence
+    2GH^2 (G gates), the upper layers' input projections 2GH^2, the output layer 2HV. The first
+    layer's input projection of one-hot vectors is a gather."""
+    G = GATES[cell]
+    return 6 * (G * H * H * (2 * num_layers - 1) + H * V)
 
 
 @dataclasses.dataclass
 class Setting:
+    """The model and recipe measured: d2l's preset of the cell and depth (``rnnjax.config.PRESETS``)."""
     batch_size: int = 1024
     num_steps: int = 32
     num_hiddens: int = 32
-    epochs: int = 100
+    cell: str = "rnn"
+    num_layers: int = 1
 
     @property
     def config(self) -> Config:
-        return Config(batch_size=self.batch_size, num_steps=self.num_steps, num_hiddens=self.num_hiddens,
-                      epochs=self.epochs)
+        preset = {("gru", 1): "gru", ("lstm", 1): "lstm", ("gru", 2): "deep_gru"}.get(
+            (self.cell, self.num_layers), "d2l")
+        return PRESETS[preset].replace(batch_size=self.batch_size, num_steps=self.num_steps,
+                                       num_hiddens=self.num_hiddens, cell=self.cell,
+                                       num_layers=self.num_layers)
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
 
 
 class Contender:
@@ -105,17 +120,21 @@ class Rnnjax(Contender):
 
 
 class StockFlax(Contender):
-    """``nn.RNN(nn.SimpleCell)``: what a Flax user writes first."""
+    """``nn.RNN`` over flax's ``SimpleCell``, ``GRUCell`` or ``OptimizedLSTMCell``, stacked for depth:
+    what a Flax user writes first."""
     name = "flax"
 
     def prepare(self, s, data):
         self.s, self.data = s, data
         V, H = len(data.vocab), s.num_hiddens
+        cell = {"rnn": nn.SimpleCell, "gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}[s.cell]
 
         class Model(nn.Module):
             @nn.compact
             def __call__(self, X_BxT):
-                h = nn.RNN(nn.SimpleCell(H))(jax.nn.one_hot(X_BxT, V))
+                h = jax.nn.one_hot(X_BxT, V)
+                for _ in range(s.num_layers):
+                    h = nn.RNN(cell(H))(h)
                 return nn.Dense(V)(h)
 
         model, tx = Model(), make_optimizer(s.config)
@@ -155,7 +174,8 @@ class StockFlax(Contender):
 
 
 class Torch(Contender):
-    """d2l's PyTorch tab: nn.RNN + Linear, DataLoader, d2l's clip_gradients, SGD."""
+    """d2l's PyTorch tab: nn.RNN (nn.GRU, nn.LSTM, num_layers) + Linear, DataLoader, d2l's
+    clip_gradients, SGD."""
     name = "torch"
 
     def prepare(self, s, data):
@@ -173,7 +193,8 @@ class Torch(Contender):
             torch.utils.data.TensorDataset(X[n:].long(), Y[n:].long()), s.batch_size, shuffle=False)
 
         def build():
-            rnn, linear = tnn.RNN(V, H), tnn.Linear(H, V)
+            layer = {"rnn": tnn.RNN, "gru": tnn.GRU, "lstm": tnn.LSTM}[s.cell]
+            rnn, linear = layer(V, H, num_layers=s.num_layers), tnn.Linear(H, V)
             params = [*rnn.parameters(), *linear.parameters()]
             return rnn, linear, params, torch.optim.SGD(params, lr=s.config.lr)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -55,7 +54,8 @@ def run_sweep(args, data_path, log=print) -> list[dict]:
                 # Rounds of 0.2-3 s: shorter ones were too noisy (docs/performance-log.md).
                 # rnnjax rounds them up to whole calls of 10 steps, as fit runs it.
                 steps = max(2, min(200, int(2e7 // (B * T * H))))
-                s = Setting(batch_size=B, num_steps=T, num_hiddens=H)
+                s = Setting(batch_size=B, num_steps=T, num_hiddens=H, cell=args.cell,
+                            num_layers=args.num_layers)
                 log(f"sweep H={H} B={B} T={T} ({SWEEP_ROUNDS} rounds of {steps} steps)")
                 res = measure_steps(contenders_for(args), s, data, rounds=SWEEP_ROUNDS, steps=steps,
                                     warmup=1, log=lambda *_: None)
@@ -98,6 +98,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=60, help="steps per contender per round")
     p.add_argument("--recipe-rounds", type=int, default=1, help="whole-recipe runs per contender (0: none)")
     p.add_argument("--devices", type=int, help="rnnjax's local devices (default: all)")
+    p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="rnn",
+                   help="the cell of every contender (d2l's recipe of that section: rnnjax.config.PRESETS)")
+    p.add_argument("--num-layers", type=int, default=1, help="stacked recurrent layers")
     p.add_argument("--sweep", action="store_true", help="also the hidden x batch x steps sweep")
     p.add_argument("--ablations", action="store_true", help="also rnnjax variants: what each lever pays")
     p.add_argument("--out", type=Path,
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
     out_dir = args.out or Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
     json_path = args.json or out_dir / "bench.json"
 
-    s = Setting()
+    s = Setting(cell=args.cell, num_layers=args.num_layers)
     # As experiments.timemachine does: malloc keeps freed memory (all contenders
     # share the process, so PyTorch and Flax get it too), one CPU device per core.
     backend.keep_freed_memory()
@@ -118,8 +121,8 @@ def main(argv=None) -> int:
           ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
 
     contenders = contenders_for(args, one_device_too=True)
-    print(f"steady-state training step, d2l's recipe, {args.rounds} interleaved rounds "
-          f"of {args.steps} steps:")
+    print(f"steady-state training step, d2l's recipe ({s.cell}, {s.num_layers} layer(s)), {args.rounds} "
+          f"interleaved rounds of {args.steps} steps:")
     results = measure_steps(contenders, s, data, args.rounds, args.steps)
     if args.recipe_rounds:
         print(f"whole recipe ({s.epochs} epochs, compilation and per-epoch validation included):")
@@ -127,7 +130,7 @@ def main(argv=None) -> int:
             results[name].update(r)
     print(table(results))
 
-    out = {"setting": dataclasses.asdict(s), "machine": info, "contenders": results}
+    out = {"setting": s.config.to_json(), "machine": info, "contenders": results}
     for base in ("torch", "flax"):
         if base in results:
             out[f"ratio_step_vs_{base}"] = results[base]["ms_per_step"] / results["rnnjax"]["ms_per_step"]

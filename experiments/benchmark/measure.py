@@ -47,7 +47,8 @@ def measure_steps(contenders, s: Setting, data, rounds: int, steps: int, warmup:
         ms = statistics.median(r["rounds_ms"])
         r.update(ms_per_step=ms, ms_per_step_min=min(r["rounds_ms"]), ms_per_step_max=max(r["rounds_ms"]),
                  tokens_per_s=tokens / ms * 1e3,
-                 gflops=model_flops_per_token(s.num_hiddens, len(data.vocab)) * tokens / ms / 1e6)
+                 gflops=model_flops_per_token(s.num_hiddens, len(data.vocab), s.cell, s.num_layers)
+                 * tokens / ms / 1e6)
     return result
 
 

@@ -1,0 +1,153 @@
+"""Recurrent cells: one time step each, with PyTorch's parametrization and gate order.
+
+The cell protocol (flax's ``nn.RNNCellBase``, which ``nn.RNN`` also takes)
+is all that ``RNN``, ``RNNLM``, generation and checkpoints ask of a cell:
+
+- ``__call__(carry, x (B, I)) -> (carry, y (B, num_hiddens))``;
+- ``initialize_carry(rng, input_shape (B, I)) -> carry`` (``nn.nowrap``);
+- ``num_feature_axes`` (1) and ``num_hiddens``, the size of ``y``;
+- constructed as ``Cell(num_hiddens)`` and listed in ``CELLS`` under the
+  name that ``Config.cell`` uses.
+
+Weights are stored input-major (``x @ W``), so PyTorch's ``weight_ih_l0`` is
+``W_ih.T`` (``W_xh.T`` for ``SimpleRNNCell``); ``rnnjax.interop`` converts.
+All are initialized as PyTorch does, U(-1/sqrt(H), 1/sqrt(H)). Inputs may be
+``OneHot``: ``x @ W`` on it is a row gather.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+Array = jax.Array
+
+NONLINEARITIES = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+
+
+def uniform_init(fan_in: int):
+    """PyTorch's default for ``nn.RNN``, ``nn.GRU``, ``nn.LSTM`` and ``nn.Linear``: U(-1/sqrt(H), 1/sqrt(H)).
+
+    d2l's PyTorch tab, whose perplexities we match, trains from this init.
+    """
+    bound = 1.0 / fan_in ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+@struct.dataclass
+class OneHot:
+    """One-hot vectors of ``depth``, stored as integer ``ids``; ``shape`` is ``ids.shape + (depth,)``.
+
+    ``x @ W`` is the row gather ``W[ids]``: the same math without building the
+    one-hot tensor. A pytree, so ``nn.scan`` slices it over time like an array.
+    """
+    ids: Array
+    depth: int = struct.field(pytree_node=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.ids.shape, self.depth)
+
+    def __matmul__(self, W: Array) -> Array:
+        return jnp.asarray(W)[self.ids]
+
+    def dense(self, dtype=jnp.float32) -> Array:
+        return jax.nn.one_hot(self.ids, self.depth, dtype=dtype)
+
+
+class _Cell(nn.RNNCellBase):
+    """What the cells share: ``num_hiddens``, a zero carry of one or more ``(B, H)`` arrays."""
+    num_hiddens: int
+    carry_parts = 1
+
+    @nn.nowrap
+    def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]):
+        zeros = jnp.zeros((*input_shape[:-1], self.num_hiddens))
+        return zeros if self.carry_parts == 1 else (zeros,) * self.carry_parts
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+    def _param(self, name: str, *shape: int) -> Array:
+        return self.param(name, uniform_init(self.num_hiddens), shape)
+
+
+class SimpleRNNCell(_Cell):
+    """d2l's RNN step: ``h' = tanh(x @ W_xh + h @ W_hh + b_h)`` (or ``relu``); the output is ``h'``.
+
+    PyTorch's ``nn.RNN``: ``W_xh = weight_ih.T``, ``W_hh = weight_hh.T``,
+    ``b_h = bias_ih + bias_hh`` (one bias: d2l's, and the same function).
+    """
+    nonlinearity: str = "tanh"
+
+    @nn.compact
+    def __call__(self, H_BxH: Array, X_BxI: Array | OneHot) -> tuple[Array, Array]:
+        H = self.num_hiddens
+        W_hh, b_h = self._param("W_hh", H, H), self._param("b_h", H)
+        W_xh = self._param("W_xh", X_BxI.shape[-1], H)
+        H_BxH = NONLINEARITIES[self.nonlinearity](X_BxI @ W_xh + H_BxH @ W_hh + b_h)
+        return H_BxH, H_BxH
+
+
+class GRUCell(_Cell):
+    """PyTorch's ``nn.GRU`` step, gates in its order ``r, z, n``::
+
+        r = sigmoid(x W_ir + b_ir + h W_hr + b_hr)
+        z = sigmoid(x W_iz + b_iz + h W_hz + b_hz)
+        n = tanh(x W_in + b_in + r * (h W_hn + b_hn))
+        h' = (1 - z) * n + z * h
+
+    ``W_ih (I, 3H) = weight_ih.T``, ``W_hh (H, 3H) = weight_hh.T``, ``b_ih``
+    and ``b_hh (3H)`` as PyTorch's. Flax's ``GRUCell`` is this with
+    ``b_hr = b_hz = 0``.
+    """
+
+    @nn.compact
+    def __call__(self, H_BxH: Array, X_BxI: Array | OneHot) -> tuple[Array, Array]:
+        H = self.num_hiddens
+        W_ih, W_hh = self._param("W_ih", X_BxI.shape[-1], 3 * H), self._param("W_hh", H, 3 * H)
+        b_ih, b_hh = self._param("b_ih", 3 * H), self._param("b_hh", 3 * H)
+        xr, xz, xn = jnp.split(X_BxI @ W_ih + b_ih, 3, axis=-1)
+        hr, hz, hn = jnp.split(H_BxH @ W_hh + b_hh, 3, axis=-1)
+        r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * hn)
+        H_BxH = (1.0 - z) * n + z * H_BxH
+        return H_BxH, H_BxH
+
+
+class LSTMCell(_Cell):
+    """PyTorch's ``nn.LSTM`` step, carry ``(h, c)``, gates in its order ``i, f, g, o``::
+
+        i, f, o = sigmoid(x W_i* + b_i* + h W_h* + b_h*),  g = tanh(...)
+        c' = f * c + i * g,  h' = o * tanh(c')
+
+    ``W_ih (I, 4H) = weight_ih.T``, ``W_hh (H, 4H) = weight_hh.T``, ``b_ih``
+    and ``b_hh (4H)`` as PyTorch's. Flax's ``LSTMCell`` is this with one bias
+    (``b_ih + b_hh``) and the carry as ``(c, h)``.
+    """
+    carry_parts = 2
+
+    @nn.compact
+    def __call__(self, carry: tuple[Array, Array], X_BxI: Array | OneHot
+                 ) -> tuple[tuple[Array, Array], Array]:
+        H_BxH, C_BxH = carry
+        H = self.num_hiddens
+        W_ih, W_hh = self._param("W_ih", X_BxI.shape[-1], 4 * H), self._param("W_hh", H, 4 * H)
+        b_ih, b_hh = self._param("b_ih", 4 * H), self._param("b_hh", 4 * H)
+        i, f, g, o = jnp.split(X_BxI @ W_ih + b_ih + H_BxH @ W_hh + b_hh, 4, axis=-1)
+        C_BxH = jax.nn.sigmoid(f) * C_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
+        H_BxH = jax.nn.sigmoid(o) * jnp.tanh(C_BxH)
+        return (H_BxH, C_BxH), H_BxH
+
+
+# The cells ``Config.cell`` can name. A new cell is a class that keeps the
+# protocol above, and an entry here.
+CELLS: dict[str, Callable[..., nn.Module]] = {"rnn": SimpleRNNCell, "gru": GRUCell, "lstm": LSTMCell}

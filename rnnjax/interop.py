@@ -1,0 +1,84 @@
+"""Parameters to and from PyTorch's ``state_dict`` of ``nn.RNN``/``nn.GRU``/``nn.LSTM`` + ``nn.Linear``.
+
+A d2l reader can bring a model trained in the PyTorch tab into rnnjax (and
+back) with no torch import: the state dict is a dict of NumPy arrays
+(``{k: v.numpy() for k, v in model.state_dict().items()}``). Keys are
+matched under any prefix: the recurrent layer's ``weight_ih_l{k}``,
+``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (``_reverse`` for the
+second direction), and the one other ``weight``/``bias`` pair, the output
+``nn.Linear`` (d2l's ``RNNLM`` names them ``rnn.rnn.*`` and ``linear.*``).
+How each cell's weights map is in its docstring (``rnnjax.cells``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from rnnjax.config import Config
+from rnnjax.state import check_params
+
+_RNN_KEY = re.compile(r"(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
+
+
+def _layer_names(config: Config) -> list[tuple[str, str]]:
+    """``(our module name, PyTorch's suffix)`` per layer and direction, in PyTorch's order."""
+    dirs = 2 if config.bidirectional else 1
+    stacked = config.num_layers > 1 or config.bidirectional
+    return [(f"layers_{k * dirs + d}" if stacked else "", f"l{k}" + ("_reverse" if d else ""))
+            for k in range(config.num_layers) for d in range(dirs)]
+
+
+def _find(state_dict: dict, name: str) -> np.ndarray:
+    keys = [k for k in state_dict if k == name or k.endswith("." + name)]
+    if len(keys) != 1:
+        found = "none" if not keys else ", ".join(keys)
+        raise ValueError(f"The state dict needs exactly one key ending in {name!r}; found {found}.")
+    return np.asarray(state_dict[keys[0]], np.float32)
+
+
+def _linear(state_dict: dict) -> tuple[np.ndarray, np.ndarray]:
+    prefixes = [k[: -len("weight")] for k in state_dict if re.fullmatch(r"(.*\.)?weight", k)]
+    if len(prefixes) != 1:
+        raise ValueError(f"The state dict needs exactly one output layer's 'weight' beside the recurrent "
+                         f"layer's; found {len(prefixes)}: {prefixes}.")
+    return _find(state_dict, prefixes[0] + "weight"), _find(state_dict, prefixes[0] + "bias")
+
+
+def from_torch(state_dict: dict[str, Any], config: Config) -> dict:
+    """The ``RNNLM`` parameters of ``config`` (cell, layers, directions) from a PyTorch state dict."""
+    rnn: dict = {}
+    for ours, theirs in _layer_names(config):
+        w_ih, w_hh = _find(state_dict, f"weight_ih_{theirs}"), _find(state_dict, f"weight_hh_{theirs}")
+        b_ih, b_hh = _find(state_dict, f"bias_ih_{theirs}"), _find(state_dict, f"bias_hh_{theirs}")
+        if config.cell == "rnn":
+            cell = {"W_xh": w_ih.T, "W_hh": w_hh.T, "b_h": b_ih + b_hh}
+        else:
+            cell = {"W_ih": w_ih.T, "W_hh": w_hh.T, "b_ih": b_ih, "b_hh": b_hh}
+        (rnn.setdefault(ours, {}) if ours else rnn)["cell"] = cell
+    weight, bias = _linear(state_dict)
+    params = {"rnn": rnn, "output_layer": {"kernel": weight.T, "bias": bias}}
+    check_params(params, config, vocab_size=weight.shape[0])
+    return params
+
+
+def to_torch(params: dict, config: Config, prefix: str = "rnn.rnn.", linear_prefix: str = "linear."
+             ) -> dict[str, np.ndarray]:
+    """A PyTorch state dict (NumPy arrays) of ``params``, named as d2l's ``RNNLM`` names them.
+
+    The rnn cell's one bias goes to ``bias_ih``; ``bias_hh`` is zero.
+    """
+    out = {}
+    for ours, theirs in _layer_names(config):
+        cell = {k: np.asarray(v) for k, v in (params["rnn"][ours] if ours else params["rnn"])["cell"].items()}
+        if config.cell == "rnn":
+            w_ih, w_hh, b_ih, b_hh = cell["W_xh"], cell["W_hh"], cell["b_h"], np.zeros_like(cell["b_h"])
+        else:
+            w_ih, w_hh, b_ih, b_hh = cell["W_ih"], cell["W_hh"], cell["b_ih"], cell["b_hh"]
+        out.update({f"{prefix}weight_ih_{theirs}": w_ih.T, f"{prefix}weight_hh_{theirs}": w_hh.T,
+                    f"{prefix}bias_ih_{theirs}": b_ih, f"{prefix}bias_hh_{theirs}": b_hh})
+    out[linear_prefix + "weight"] = np.asarray(params["output_layer"]["kernel"]).T
+    out[linear_prefix + "bias"] = np.asarray(params["output_layer"]["bias"])
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}

@@ -1,0 +1,120 @@
+"""PyTorch state dicts in and out, without torch (and against torch itself where it is installed)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import TINY
+from rnnjax.interop import from_torch, to_torch
+from rnnjax.state import create_train_state, make_model
+from test_model import np_stack
+
+V, H = 11, 6
+SHAPES = [("rnn", 1, False), ("gru", 1, False), ("lstm", 1, False), ("gru", 2, False), ("lstm", 2, True),
+          ("rnn", 3, True)]
+
+
+def config_of(cell, num_layers, bidirectional):
+    return TINY.replace(cell=cell, num_hiddens=H, num_layers=num_layers, bidirectional=bidirectional)
+
+
+def known_state_dict(cell, num_layers, bidirectional, prefix="rnn.rnn.", seed=0):
+    """A PyTorch-shaped state dict of random known arrays."""
+    rng = np.random.default_rng(seed)
+    gates, dirs = {"rnn": 1, "gru": 3, "lstm": 4}[cell], 2 if bidirectional else 1
+    sd = {}
+    for k in range(num_layers):
+        for d in range(dirs):
+            s = f"l{k}" + ("_reverse" if d else "")
+            n_in = V if k == 0 else H * dirs
+            sd.update({f"{prefix}weight_ih_{s}": rng.normal(size=(gates * H, n_in)),
+                       f"{prefix}weight_hh_{s}": rng.normal(size=(gates * H, H)),
+                       f"{prefix}bias_ih_{s}": rng.normal(size=gates * H),
+                       f"{prefix}bias_hh_{s}": rng.normal(size=gates * H)})
+    sd.update({"linear.weight": rng.normal(size=(V, H * dirs)), "linear.bias": rng.normal(size=V)})
+    return {k: (0.4 * v).astype(np.float32) for k, v in sd.items()}
+
+
+def np_logits(cell, num_layers, bidirectional, sd, X_BxT, prefix="rnn.rnn."):
+    """PyTorch's model, d2l's RNNLM, from the state dict in NumPy: one-hot, the layer, the Linear."""
+    dirs = 2 if bidirectional else 1
+    params = {}
+    for k in range(num_layers):
+        for d in range(dirs):
+            s = f"l{k}" + ("_reverse" if d else "")
+            w_ih, w_hh = sd[f"{prefix}weight_ih_{s}"], sd[f"{prefix}weight_hh_{s}"]
+            b_ih, b_hh = sd[f"{prefix}bias_ih_{s}"], sd[f"{prefix}bias_hh_{s}"]
+            p = ({"W_xh": w_ih.T, "W_hh": w_hh.T, "b_h": b_ih + b_hh} if cell == "rnn"
+                 else {"W_ih": w_ih.T, "W_hh": w_hh.T, "b_ih": b_ih, "b_hh": b_hh})
+            params[f"layers_{k * dirs + d}"] = {"cell": p}
+    zeros = np.zeros((X_BxT.shape[0], H))
+    carries = [(zeros, zeros) if cell == "lstm" else zeros] * (num_layers * dirs)
+    outputs, _ = np_stack(cell, params, np.eye(V)[X_BxT.T], num_layers, bidirectional, carries)
+    return (outputs @ sd["linear.weight"].T.astype(np.float64) + sd["linear.bias"]).swapaxes(0, 1)
+
+
+@pytest.mark.parametrize("cell,num_layers,bidirectional", SHAPES)
+def test_round_trip_and_numpy_reference(cell, num_layers, bidirectional):
+    config = config_of(cell, num_layers, bidirectional)
+    sd = known_state_dict(cell, num_layers, bidirectional)
+    params = from_torch(sd, config)
+    back = to_torch(params, config)
+    assert set(back) == set(sd)
+    for k, v in sd.items():
+        if cell == "rnn" and "bias" in k and "linear" not in k:
+            continue                        # one bias in rnnjax: b_ih + b_hh goes to bias_ih
+        np.testing.assert_array_equal(back[k], v)
+    if cell == "rnn":
+        for k in sd:
+            if "bias_ih" in k:
+                hh = k.replace("bias_ih", "bias_hh")
+                np.testing.assert_allclose(back[k], sd[k] + sd[hh], rtol=1e-6)
+                assert not back[hh].any()
+    for a, b in zip(jax.tree.leaves(from_torch(back, config)), jax.tree.leaves(params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+    X = np.random.default_rng(1).integers(0, V, (3, 7))
+    logits = make_model(config, V).apply({"params": params}, jnp.asarray(X))
+    expected = np_logits(cell, num_layers, bidirectional, sd, X)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_any_prefix_and_clear_errors():
+    config = config_of("gru", 2, False)
+    sd = known_state_dict("gru", 2, False, prefix="model.encoder.")
+    sd = {k.replace("linear.", "decoder.out."): v for k, v in sd.items()}
+    params = from_torch(sd, config)
+    assert params["rnn"]["layers_1"]["cell"]["W_ih"].shape == (H, 3 * H)
+    with pytest.raises(ValueError, match="exactly one key ending in 'weight_ih_l1'; found none"):
+        from_torch(known_state_dict("gru", 1, False), config)
+    with pytest.raises(ValueError, match="do not fit the config"):
+        from_torch(sd, config.replace(num_hiddens=H + 1))
+    with pytest.raises(ValueError, match="exactly one output layer's 'weight'"):
+        from_torch({**sd, "other.weight": sd["decoder.out.weight"]}, config)
+
+
+def test_rnnjax_params_go_to_torch_and_back():
+    config = config_of("lstm", 2, False)
+    params = create_train_state(config, V).params
+    for a, b in zip(jax.tree.leaves(from_torch(to_torch(params, config), config)), jax.tree.leaves(params),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell,num_layers,bidirectional", SHAPES)
+def test_against_torch_itself(cell, num_layers, bidirectional):
+    torch = pytest.importorskip("torch")
+    modules = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
+    torch.manual_seed(0)
+    rnn = modules[cell](V, H, num_layers=num_layers, bidirectional=bidirectional)
+    linear = torch.nn.Linear(H * (2 if bidirectional else 1), V)
+    sd = {**{f"rnn.rnn.{k}": v.detach().numpy() for k, v in rnn.state_dict().items()},
+          **{f"linear.{k}": v.detach().numpy() for k, v in linear.state_dict().items()}}
+    X = np.random.default_rng(2).integers(0, V, (4, 9))
+    with torch.no_grad():
+        out, _ = rnn(torch.nn.functional.one_hot(torch.tensor(X.T), V).float())
+        expected = linear(out).swapaxes(0, 1).numpy()
+    config = config_of(cell, num_layers, bidirectional)
+    logits = make_model(config, V).apply({"params": from_torch(sd, config)}, jnp.asarray(X))
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
