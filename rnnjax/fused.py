@@ -38,8 +38,9 @@ def recurrence_fused(rnn) -> bool:
 
 
 def describe(rnn) -> str:
-    return "fused loss (rnnjax.fused: " + ("the recurrence and " if recurrence_fused(rnn) else "") + \
-        "the output layer)"
+    """What is fused for ``rnn``, in words: what a run reports."""
+    parts = "the recurrence and the output layer" if recurrence_fused(rnn) else "the output layer"
+    return f"fused loss (rnnjax.fused: {parts})"
 
 
 class FusedRNNLM(RNNLM):

@@ -164,18 +164,6 @@ def test_jit_and_no_jit_agree():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_step_continues_the_sequence():
-    model = build()
-    X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
-    variables = model.init(jax.random.key(0), X)
-    logits, H_T = model.apply(variables, X, method=RNNLM.forward)
-    H_t = model.initialize_carry(B)
-    for t in range(T):
-        step_logits, H_t = model.apply(variables, X[:, t], H_t, method=RNNLM.step)
-        np.testing.assert_allclose(step_logits, logits[:, t], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(H_t, H_T, rtol=1e-5, atol=1e-6)
-
-
 def test_init_is_pytorch_uniform_and_seeded():
     model = build(28, 32)
     X = jnp.zeros((1, 4), jnp.int32)
@@ -266,8 +254,9 @@ def test_stack_is_causal_unless_bidirectional(inputs, bidirectional):
     assert np.all(np.triu(size_TxT, k=1) == 0) != bidirectional
 
 
-@pytest.mark.parametrize("rnn", [RNN(GRUCell(H)), RNN(LSTMCell(H)), StackedRNN(LSTMCell(H), num_layers=3)],
-                         ids=["gru", "lstm", "lstm x3"])
+@pytest.mark.parametrize("rnn", [RNN(SimpleRNNCell(H)), RNN(GRUCell(H)), RNN(LSTMCell(H)),
+                                 StackedRNN(LSTMCell(H), num_layers=3)],
+                         ids=["rnn", "gru", "lstm", "lstm x3"])
 def test_step_continues_the_sequence_for_every_cell_and_depth(rnn):
     model = RNNLM(rnn, V)
     X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
