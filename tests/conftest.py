@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import pytest
 
+from rnnjax import backend
 from rnnjax.config import PRESETS
 from rnnjax.data import TimeMachine
 
@@ -23,6 +24,8 @@ jax.config.update("jax_num_cpu_devices", 4)
 # and go when it ends.
 os.environ["RNNJAX_CACHE"] = tempfile.mkdtemp(prefix="rnnjax-test-cache-")
 atexit.register(shutil.rmtree, os.environ["RNNJAX_CACHE"], ignore_errors=True)
+# Many tests compile the same small programs: JAX's persistent cache compiles each once a session.
+backend.enable_compilation_cache()
 
 # Made absolute, so that subprocesses and notebook kernels in other folders find it too.
 REAL_TEXT = os.environ.get("RNNJAX_TIMEMACHINE") and str(Path(os.environ["RNNJAX_TIMEMACHINE"]).resolve())
