@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,15 @@ def check_workdir(workdir: Path) -> None:
         raise CheckpointError(f"The workdir {workdir} exists and is not a directory.")
 
 
-def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-    """A manager keeping the latest ``keep`` checkpoints and the best by ``val_ppl``."""
+def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
+            best: int | None = None) -> ocp.CheckpointManager:
+    """A manager keeping the latest ``keep`` checkpoints, the best by ``val_ppl`` of its own saves, and
+    step ``best``: the best of the runs before (orbax knows only the metrics of its own saves)."""
     preservation = policies.AnyPreservationPolicy([
         policies.LatestN(keep),
         policies.BestN(get_metric_fn=lambda m: m["val_ppl"], reverse=True, n=1,
                        keep_checkpoints_without_metrics=False),
+        *([policies.CustomSteps([best])] if best is not None else []),
     ])
     options = ocp.CheckpointManagerOptions(preservation_policy=preservation, create=not read_only,
                                            read_only=read_only)
@@ -89,6 +93,15 @@ def read_meta(workdir: Path, step: int) -> dict:
     return meta
 
 
+def best_step(workdir: Path) -> int | None:
+    """The complete checkpoint with the lowest validation perplexity in its ``meta``, or ``None``."""
+    directory = Path(workdir) / SUBDIR
+    steps = ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
+    ppl = {s: read_meta(workdir, s).get("val_ppl") for s in steps}
+    scored = [(p, s) for s, p in ppl.items() if isinstance(p, (int, float)) and math.isfinite(p)]
+    return min(scored)[1] if scored else None
+
+
 def make_meta(config: Config, vocab: Vocab, position: dict, **extra: Any) -> dict:
     return {"format": FORMAT, "config": config.to_json(), "vocab": vocab.to_json(),
             "position": position, **extra}
@@ -96,9 +109,11 @@ def make_meta(config: Config, vocab: Vocab, position: dict, **extra: Any) -> dic
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          val_ppl: float | None = None) -> None:
-    """Saves host ``state`` and ``meta`` at ``step`` (asynchronously); a no-op if it exists."""
+    """Saves host ``state`` and ``meta`` (with ``val_ppl``, or ``None`` mid-epoch) at ``step``
+    (asynchronously); a no-op if it exists."""
     if step in mngr.all_steps():
         return
+    meta = {**meta, "val_ppl": val_ppl}
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             meta=ocp.args.JsonSave(meta)),
               metrics=None if val_ppl is None else {"val_ppl": val_ppl}, force=True)
@@ -171,7 +186,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False) ->
     if not steps:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
     if best:
-        step = mngr.best_step()
+        step = best_step(workdir)
         if step is None:
             raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity.")
     elif step is None:

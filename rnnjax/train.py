@@ -201,7 +201,8 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
     is_writer = jax.process_index() == 0
 
     state = create_train_state(config, len(data.vocab), params)
-    manager = checkpoint.manager(workdir / checkpoint.SUBDIR, keep=keep)
+    best = checkpoint.best_step(workdir) if p.step is not None else None
+    manager = checkpoint.manager(workdir / checkpoint.SUBDIR, keep=keep, best=best)
     if p.step is not None:
         state = checkpoint.restore_state(manager, p.step, state)
     metrics_log = metrics_lib.MetricsLog(workdir / metrics_lib.FILENAME, writer=is_writer)

@@ -202,3 +202,19 @@ def test_cli_ctrl_c_then_resume_then_predict(real_text_path, tmp_path, main_job)
     proc = main_job("--workdir", str(workdir), "--predict", "it has", "--num-hiddens", "64")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "num_hiddens" in err
+
+
+def test_best_is_the_lowest_validation_perplexity_and_survives_a_restart(small_data, tmp_path):
+    """A run whose validation perplexity jumps about (lr 8), one checkpoint kept, one saved every
+    epoch, and a restart after epoch 9: the best, from before the restart, is what best=True
+    restores, and it is never deleted."""
+    config = SMALL.replace(lr=8.0, epochs=9)
+    fit(config, small_data, tmp_path, devices=1, checkpoint_every=1, keep=1, log=None)
+    fit(config.replace(epochs=12), small_data, tmp_path, devices=1, checkpoint_every=1, keep=1, log=None)
+    records = MetricsLog(tmp_path / "metrics.jsonl").read()
+    best = min(records, key=lambda r: r["val_ppl"])
+    assert best["epoch"] < 9                  # what this test is about: a best older than the restart
+    assert checkpoint.restore(tmp_path, best=True).step == best["step"] != records[-1]["step"]
+    kept = checkpoint.manager(tmp_path / checkpoint.SUBDIR).all_steps()
+    assert set(kept) == {best["step"], records[-1]["step"]}
+    assert checkpoint.best_step(tmp_path) == best["step"]
