@@ -119,14 +119,14 @@ def train(args: argparse.Namespace, config: config_lib.Config) -> None:
                        path=args.data, seed=config.seed)
     p = plan(config, data, workdir, devices=args.devices)
     say(p.describe())
-    model = rnnjax.make_model(config, len(data.vocab))
-    if p.step is None:
+    model, untrained = rnnjax.make_model(config, len(data.vocab)), None
+    if p.step is None:       # fit starts from these, rather than initializing (and compiling) again
         untrained = rnnjax.create_train_state(config, len(data.vocab)).params
         say(f"untrained: {rnnjax.predict(model, untrained, data.vocab, 'it has', 20)!r}")
     with progress_output(jax.process_index() == 0 and not args.no_progress and not p.finished,
                          config.epochs) as progress:
-        result = fit(config, data, workdir, devices=args.devices, checkpoint_every=args.checkpoint_every,
-                     keep=args.keep, progress=progress, log=None)
+        result = fit(config, data, workdir, params=untrained, devices=args.devices,
+                     checkpoint_every=args.checkpoint_every, keep=args.keep, progress=progress, log=None)
     if result.history:
         if jax.process_index() == 0 and not p.finished:
             metrics.plot_perplexity(result.history, workdir / metrics.PLOT)
