@@ -70,13 +70,17 @@ def _reader(directory: Path) -> ocp.CheckpointManager:
         absl_logger.setLevel(level)
 
 
-# latest_step and read_meta read the files without a manager: making one is a
+# _steps and read_meta read the files without a manager: making one is a
 # barrier across processes, which a process that only looks must not enter.
-def latest_step(workdir: Path) -> int | None:
-    """The step of the workdir's latest complete checkpoint, or ``None``; creates nothing."""
+def _steps(workdir: Path) -> list[int]:
+    """The workdir's complete checkpoints; creates nothing."""
     directory = Path(workdir) / SUBDIR
-    steps = ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
-    return max(steps, default=None)
+    return ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
+
+
+def latest_step(workdir: Path) -> int | None:
+    """The step of the workdir's latest complete checkpoint, or ``None``."""
+    return max(_steps(workdir), default=None)
 
 
 def read_meta(workdir: Path, step: int) -> dict:
@@ -95,9 +99,7 @@ def read_meta(workdir: Path, step: int) -> dict:
 
 def best_step(workdir: Path) -> int | None:
     """The complete checkpoint with the lowest validation perplexity in its ``meta``, or ``None``."""
-    directory = Path(workdir) / SUBDIR
-    steps = ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
-    ppl = {s: read_meta(workdir, s).get("val_ppl") for s in steps}
+    ppl = {s: read_meta(workdir, s).get("val_ppl") for s in _steps(workdir)}
     scored = [(p, s) for s, p in ppl.items() if isinstance(p, (int, float)) and math.isfinite(p)]
     return min(scored)[1] if scored else None
 
