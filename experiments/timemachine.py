@@ -60,6 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--num-preds", type=int, default=20, help="characters to generate")
     run.add_argument("--best", action="store_true",
                      help="with --predict: the best checkpoint, not the latest")
+    run.add_argument("--sample", action="store_true",
+                     help="with --predict: sample the characters (seeded by --seed) instead of the argmax")
+    run.add_argument("--temperature", type=float, metavar="T",
+                     help="with --sample: divide the logits by T (default 1; d2l's q ~ P^alpha is T = 1/alpha)")
+    run.add_argument("--top-k", type=int, metavar="K", help="with --sample: draw among the K likeliest only")
     run.add_argument("--no-progress", action="store_true", help="no progress output")
     run.add_argument("--no-compilation-cache", action="store_true",
                      help="do not use JAX's persistent compilation cache (~/.cache/rnnjax/jax)")
@@ -67,6 +72,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, low in (("checkpoint_every", 1), ("keep", 1), ("num_preds", 0)):
         if getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}.")
+    args.sample = args.sample or args.temperature is not None or args.top_k is not None
+    if args.sample and args.predict is None:
+        raise ValueError("--sample, --temperature and --top-k choose how --predict generates; add --predict PREFIX.")
+    if args.temperature is not None and not args.temperature > 0:   # NaN fails this too
+        raise ValueError(f"--temperature must be a positive number, got {args.temperature}.")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
     return args
 
 
@@ -102,14 +114,19 @@ def progress_output(enabled: bool, epochs: int):
 def predict_only(args: argparse.Namespace) -> None:
     if args.workdir is None:
         raise checkpoint.CheckpointError("--predict needs the --workdir of a trained run.")
+    sampling = {}
+    if args.sample:       # --seed seeds the draws here, not the model
+        sampling = {"temperature": args.temperature, "top_k": args.top_k,
+                    "key": jax.random.PRNGKey(args.seed if args.seed is not None else 0)}
     restored = checkpoint.restore(args.workdir, best=args.best)
     # The model comes from the checkpoint; flags that say otherwise are a mistake worth naming.
     differ = [f"{k}: checkpoint {getattr(restored.config, k)!r}, requested {v!r}"
-              for k, v in config_lib.given(args).items() if v != getattr(restored.config, k)]
+              for k, v in config_lib.given(args).items()
+              if v != getattr(restored.config, k) and not (args.sample and k == "seed")]
     if differ:
         raise checkpoint.CheckpointError(f"The checkpoint in {args.workdir} is a different model: "
                                          f"{'; '.join(differ)}.")
-    print(restored.predict(args.predict, args.num_preds))
+    print(restored.predict(args.predict, args.num_preds, **sampling))
 
 
 def train(args: argparse.Namespace, config: config_lib.Config) -> None:
@@ -131,8 +148,8 @@ def train(args: argparse.Namespace, config: config_lib.Config) -> None:
         if jax.process_index() == 0 and not p.finished:
             metrics.plot_perplexity(result.history, workdir / metrics.PLOT)
         last = result.history[-1]
-        say(f"epoch {last['epoch']}: train perplexity {last['train_ppl']:.2f}, "
-            f"val perplexity {last['val_ppl']:.2f}; wrote {workdir}")
+        say(f"epoch {last['epoch']}: train perplexity {last['train_ppl']:.2f} ({last['train_bpc']:.2f} bits "
+            f"per character), val perplexity {last['val_ppl']:.2f} ({last['val_bpc']:.2f} bits); wrote {workdir}")
     say(f"trained: {rnnjax.predict(model, result.state.params, data.vocab, 'it has', 20)!r}")
 
 

@@ -169,11 +169,12 @@ class Restored:
     def model(self):
         return make_model(self.config, len(self.vocab))
 
-    def predict(self, prefix: str, num_preds: int) -> str:
-        return predict(self.model, self.params, self.vocab, prefix, num_preds)
+    def predict(self, prefix: str, num_preds: int, **sampling) -> str:
+        """Greedy, or sampled given ``temperature``, ``top_k`` or ``key`` (``rnnjax.generate.predict_batch``)."""
+        return predict(self.model, self.params, self.vocab, prefix, num_preds, **sampling)
 
-    def predict_batch(self, prefixes: list[str], num_preds: int) -> list[str]:
-        return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds)
+    def predict_batch(self, prefixes: list[str], num_preds: int, **sampling) -> list[str]:
+        return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds, **sampling)
 
 
 def restore(workdir: str | Path, step: int | None = None, best: bool = False) -> Restored:

@@ -1,4 +1,4 @@
-"""d2l's greedy ``predict``, as one compiled loop over a batch of prefixes.
+"""d2l's greedy ``predict``, and sampling, as one compiled loop over a batch of prefixes.
 
 d2l warms the state up on the prefix, then feeds back the argmax one
 character at a time, calling the model once per character. Here the whole
@@ -6,11 +6,16 @@ thing is a single ``lax.scan``: at step i each row feeds its next prefix
 character while it has one, its own last prediction after that. Rows of
 different lengths share the loop; prefix lengths are padded to a power of two
 so that a new prompt rarely means a new compilation.
+
+Instead of the argmax, ``sample`` draws the next character from the softmax
+at a ``temperature`` (d2l's exercise ``q ∝ P^alpha`` is ``temperature =
+1/alpha``), optionally among the ``top_k`` likeliest only, with a key.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -21,17 +26,17 @@ from rnnjax.data import Vocab
 from rnnjax.model import RNNLM
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_preds"))
-def greedy(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array,
-           num_preds: int) -> jax.Array:
-    """Token ids ``(B, L + num_preds)``; row b's text is its first ``lengths_B[b] + num_preds``."""
+def _decode(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array, num_preds: int, choose
+            ) -> jax.Array:
+    """Token ids ``(B, L + num_preds)``; row b's text is its first ``lengths_B[b] + num_preds``.
+    ``choose(logits (B, V), i)`` picks the tokens that step i feeds back."""
     B, L = prefix_BxL.shape
 
     def step(carry, i):
         tokens_B, state = carry
         logits_BxV, state = model.apply({"params": params}, tokens_B, state, method=RNNLM.step)
         teacher_B = prefix_BxL[:, jnp.minimum(i + 1, L - 1)]
-        tokens_B = jnp.where(i + 1 < lengths_B, teacher_B, jnp.argmax(logits_BxV, -1).astype(tokens_B.dtype))
+        tokens_B = jnp.where(i + 1 < lengths_B, teacher_B, choose(logits_BxV, i).astype(tokens_B.dtype))
         return (tokens_B, state), tokens_B
 
     first = (prefix_BxL[:, 0], model.initialize_carry(B))
@@ -39,15 +44,48 @@ def greedy(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array,
     return jnp.concatenate([prefix_BxL[:, :1], out_SxB.T], axis=1)
 
 
-def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Sequence[str],
-                  num_preds: int) -> list[str]:
-    """Each prefix followed by ``num_preds`` greedy characters.
+@functools.partial(jax.jit, static_argnames=("model", "num_preds"))
+def greedy(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array, num_preds: int) -> jax.Array:
+    """``_decode`` feeding back the argmax."""
+    return _decode(model, params, prefix_BxL, lengths_B, num_preds, lambda logits_BxV, i: jnp.argmax(logits_BxV, -1))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_preds", "top_k"))
+def sample(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array, num_preds: int, key: jax.Array,
+           temperature: float = 1.0, top_k: int = 0) -> jax.Array:
+    """``_decode`` feeding back a draw from ``softmax(logits / temperature)``, among the ``top_k`` likeliest
+    (all if 0); step i draws with ``fold_in(key, i)``."""
+    def choose(logits_BxV, i):
+        key_i = jax.random.fold_in(key, i)
+        if not top_k:
+            return jax.random.categorical(key_i, logits_BxV / temperature)
+        top_BxK, ids_BxK = jax.lax.top_k(logits_BxV, top_k)
+        pick_B = jax.random.categorical(key_i, top_BxK / temperature)
+        return jnp.take_along_axis(ids_BxK, pick_B[:, None], axis=-1)[:, 0]
+    return _decode(model, params, prefix_BxL, lengths_B, num_preds, choose)
+
+
+def check_sampling(temperature: float | None, top_k: int | None, vocab_size: int) -> None:
+    """One sentence for a temperature or top-k that cannot sample."""
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"The temperature must be a positive number, got {temperature} (a small one, "
+                         "e.g. 0.01, is nearly greedy).")
+    if top_k is not None and not 1 <= top_k <= vocab_size:
+        raise ValueError(f"top_k must be between 1 and the vocabulary's {vocab_size} tokens, got {top_k}.")
+
+
+def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Sequence[str], num_preds: int, *,
+                  temperature: float | None = None, top_k: int | None = None, key: jax.Array | None = None
+                  ) -> list[str]:
+    """Each prefix followed by ``num_preds`` characters: greedy, or sampled if a ``temperature``,
+    ``top_k`` or ``key`` is given (temperature 1, all tokens, ``PRNGKey(0)`` by default).
 
     Characters outside the vocabulary (uppercase, digits, punctuation) raise a
     ``ValueError`` naming them, rather than being read as ``<unk>``.
     """
     if num_preds < 0:
         raise ValueError(f"num_preds must be >= 0, got {num_preds}.")
+    check_sampling(temperature, top_k, len(vocab))
     if not prefixes or any(len(p) == 0 for p in prefixes):
         raise ValueError("Every prefix needs at least one character to start from.")
     ids = [vocab.encode(p) for p in prefixes]
@@ -56,11 +94,18 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Sequence[str],
     prefix = np.zeros((len(ids), max(L, 1)), np.int32)
     for row, i in zip(prefix, ids):
         row[: len(i)] = i
-    tokens = np.asarray(greedy(model, params, prefix, lengths, num_preds))
+    if temperature is None and top_k is None and key is None:
+        tokens = greedy(model, params, prefix, lengths, num_preds)
+    else:
+        key = jax.random.PRNGKey(0) if key is None else key
+        tokens = sample(model, params, prefix, lengths, num_preds, key, 1.0 if temperature is None else temperature,
+                        top_k or 0)
+    tokens = np.asarray(tokens)
     return ["".join(vocab.idx_to_token[t] for t in row[: n + num_preds])
             for row, n in zip(tokens, lengths)]
 
 
-def predict(model: RNNLM, params, vocab: Vocab, prefix: str, num_preds: int) -> str:
-    """d2l's ``predict(prefix, num_preds)``: ``prefix`` + ``num_preds`` greedy characters."""
-    return predict_batch(model, params, vocab, [prefix], num_preds)[0]
+def predict(model: RNNLM, params, vocab: Vocab, prefix: str, num_preds: int, **sampling) -> str:
+    """d2l's ``predict(prefix, num_preds)``: ``prefix`` + ``num_preds`` greedy characters (or sampled:
+    ``predict_batch``'s ``temperature``, ``top_k``, ``key``)."""
+    return predict_batch(model, params, vocab, [prefix], num_preds, **sampling)[0]

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 FILENAME = "metrics.jsonl"
 PLOT = "ppl.png"
+
+
+def perplexity(loss: float) -> float:
+    """``exp(loss)``; ``inf`` past float range (a diverging run is not an exception here)."""
+    return math.exp(loss) if loss < 709.0 else math.inf
+
+
+def bits_per_character(loss: float) -> float:
+    """The loss in bits, ``log2(perplexity)``: what the model would compress the text to, per character."""
+    return loss / math.log(2.0)
+
+
+def epoch_record(epoch: int, step: int, train_loss: float, val_loss: float, seconds: float) -> dict:
+    """One line of ``metrics.jsonl``: the mean losses (nats), their perplexities and bits per character."""
+    return {"epoch": epoch, "step": step,
+            "train_loss": train_loss, "train_ppl": perplexity(train_loss), "train_bpc": bits_per_character(train_loss),
+            "val_loss": val_loss, "val_ppl": perplexity(val_loss), "val_bpc": bits_per_character(val_loss),
+            "seconds": seconds}
 
 
 class MetricsLog:

@@ -140,11 +140,6 @@ def eval_steps(state: TrainState, batches: Batch, axis_name: str | None = None) 
     return {"loss_sum": loss_sum, "count": count}
 
 
-def perplexity(loss: float) -> float:
-    """``exp(loss)``; ``inf`` past float range (a diverging run is not an exception here)."""
-    return math.exp(loss) if loss < 709.0 else math.inf
-
-
 @dataclasses.dataclass
 class FitResult:
     state: TrainState            # on the host, unreplicated
@@ -259,10 +254,7 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
             train_loss = sum(s[0] for s in sums) / sum(s[1] for s in sums)
             val = dp.unreplicate(evaluate(state, val_batches))
             val_loss = float(val["loss_sum"]) / float(val["count"])
-            record = {"epoch": epoch + 1, "step": done,
-                      "train_loss": train_loss, "train_ppl": perplexity(train_loss),
-                      "val_loss": val_loss, "val_ppl": perplexity(val_loss),
-                      "seconds": time.perf_counter() - t0}
+            record = metrics_lib.epoch_record(epoch + 1, done, train_loss, val_loss, time.perf_counter() - t0)
             if ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
                     or stop.signum is not None):
                 save(epoch + 1, 0, [], val_ppl=record["val_ppl"])

@@ -7,7 +7,7 @@ import pytest
 
 from experiments.benchmark import d2l_predict
 from rnnjax.data import Vocab
-from rnnjax.generate import predict, predict_batch
+from rnnjax.generate import predict, predict_batch, sample
 from rnnjax.model import RNN, RNNLM, SimpleRNNCell
 
 VOCAB = Vocab(list("abcdefghijklmnopqrstuvwxyz "))
@@ -61,3 +61,69 @@ def test_prefix_length_buckets_share_a_compilation(model_params):
     predict(model, params, VOCAB, "abcdefg", 9)       # 5 and 7 both pad to 8
     assert greedy._cache_size() == before
     np.testing.assert_equal(predict(model, params, VOCAB, "abcdefg", 9)[:7], "abcdefg")
+
+
+# Sampling.
+
+def test_sampling_at_a_temperature_near_zero_is_greedy(model_params):
+    model, params = model_params
+    prefixes = ["it has", "a", "the time machine"]
+    greedy_texts = predict_batch(model, params, VOCAB, prefixes, 30)
+    assert predict_batch(model, params, VOCAB, prefixes, 30, temperature=1e-4) == greedy_texts
+    assert predict_batch(model, params, VOCAB, prefixes, 30, temperature=1.0) != greedy_texts
+
+
+def test_sampling_is_deterministic_under_a_key(model_params):
+    model, params = model_params
+    draw = functools.partial(predict_batch, model, params, VOCAB, ["it has", "q"], 40)
+    assert draw(key=jax.random.PRNGKey(7)) == draw(key=jax.random.PRNGKey(7))
+    assert draw(key=jax.random.PRNGKey(7)) != draw(key=jax.random.PRNGKey(8))
+    assert draw(temperature=1.0) == draw(key=jax.random.PRNGKey(0))        # the documented default key
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_top_k_never_emits_a_token_outside_the_top_k(model_params, top_k):
+    model, params = model_params
+    params = jax.tree.map(lambda x: x / 4, params)       # unsharpened: many tokens are likely
+    prefix = "it has"
+    texts = predict_batch(model, params, VOCAB, [prefix] * 16, 30, temperature=3.0, top_k=top_k,
+                          key=jax.random.PRNGKey(1))
+    for text in texts:
+        ids = jnp.asarray([VOCAB.encode(text)])
+        logits = model.apply({"params": params}, ids)[0]           # logits[j] predicts token j + 1
+        for j in range(len(prefix), len(text)):
+            top = np.argsort(-np.asarray(logits[j - 1]))[:top_k]
+            assert ids[0, j] in top, (text, j)
+    if top_k == 1:
+        assert texts == predict_batch(model, params, VOCAB, [prefix] * 16, 30)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_first_sampled_character_follows_the_softmax(model_params, temperature):
+    """Chi-square test of 20000 draws against softmax(logits / T), at a fixed seed (it fails for a
+    temperature 10% off)."""
+    model, params = model_params
+    n, prefix = 20000, "the"
+    ids = np.tile(VOCAB.encode(prefix), (n, 1))
+    tokens = sample(model, params, ids, np.full(n, len(prefix)), 1, jax.random.PRNGKey(3), temperature)
+    counts = np.bincount(np.asarray(tokens[:, -1]), minlength=len(VOCAB))
+    logits = model.apply({"params": params}, jnp.asarray([VOCAB.encode(prefix)]))[0, -1]
+    expected = n * np.asarray(jax.nn.softmax(logits / temperature), np.float64)
+    keep = expected >= 5                                       # the test's rule for a bin of its own
+    observed = np.append(counts[keep], counts[~keep].sum())
+    expected = np.append(expected[keep], expected[~keep].sum())
+    observed, expected = observed[expected > 0], expected[expected > 0]
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    df = len(observed) - 1
+    critical = df * (1 - 2 / (9 * df) + 3.09 * (2 / (9 * df)) ** 0.5) ** 3     # Wilson-Hilferty, p = 0.001
+    assert df >= 5 and chi2 < critical, (chi2, critical)
+
+
+@pytest.mark.parametrize("kwargs,message", [({"temperature": 0.0}, "temperature must be a positive"),
+                                            ({"temperature": float("nan")}, "temperature must be a positive"),
+                                            ({"top_k": 0}, "top_k must be between 1"),
+                                            ({"top_k": 99}, "top_k must be between 1")])
+def test_bad_sampling_requests(model_params, kwargs, message):
+    model, params = model_params
+    with pytest.raises(ValueError, match=message):
+        predict_batch(model, params, VOCAB, ["a"], 3, **kwargs)

@@ -74,14 +74,28 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
     assert out.startswith("resuming from step 26 (epoch 3 of 3, batch 0)") and "untrained" not in out
     assert timemachine.main(args + ["--epochs", "3"]) == 0
     out = capsys.readouterr().out
-    assert "nothing to train" in out and "epoch 3: train perplexity" in out
+    assert "nothing to train" in out and "epoch 3: train perplexity" in out and "bits per character" in out
+
+    predict = ["--workdir", str(tmp_path / "run"), "--predict", "it has", "--num-preds", "40",
+               "--no-compilation-cache"]
+    texts = []
+    for extra in ([], ["--sample", "--seed", "3"], ["--temperature", "0.8", "--top-k", "5", "--seed", "3"],
+                  ["--temperature", "0.8", "--top-k", "5", "--seed", "3"], ["--temperature", "1e-4"]):
+        assert timemachine.main(predict + extra) == 0
+        texts.append(capsys.readouterr().out.strip())
+    greedy, sampled, top5, top5_again, cold = texts
+    assert all(t.startswith("it has") for t in texts) and len(greedy) == 46
+    assert top5 == top5_again and sampled != greedy and cold == greedy
 
 
 @pytest.mark.parametrize("bad,message", [(["--epochs", "0"], "--epochs must be at least 1"),
                                          (["--keep", "0"], "--keep must be at least 1"),
                                          (["--cell", "nope"], "--cell 'nope' is not a known cell"),
                                          (["--lr", "-1"], "--lr must be a positive finite number"),
-                                         (["--devices", "9"], "--devices 9: this process has 4")])
+                                         (["--devices", "9"], "--devices 9: this process has 4"),
+                                         (["--sample"], "add --predict PREFIX"),
+                                         (["--predict", "a", "--temperature", "0"], "--temperature must be a"),
+                                         (["--predict", "a", "--top-k", "0"], "--top-k must be at least 1")])
 def test_bad_arguments_are_one_line_and_write_nothing(real_text_path, tmp_path, capsys, bad, message):
     assert timemachine.main(["--data", real_text_path, "--workdir", str(tmp_path / "run"),
                              "--no-compilation-cache", *bad]) == 1
