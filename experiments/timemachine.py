@@ -28,7 +28,7 @@ from pathlib import Path
 import jax
 
 import rnnjax
-from rnnjax import backend, checkpoint, config as config_lib, metrics, parallel
+from rnnjax import backend, checkpoint, config as config_lib, metrics, parallel, runs
 from rnnjax.data import DataError, TimeMachine
 from rnnjax.start import plan
 from rnnjax.train import CHECKPOINT_EVERY, Interrupted, NonFiniteLoss, fit
@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--num-preds", type=int, default=20, help="characters to generate")
     run.add_argument("--best", action="store_true",
                      help="with --predict: the best checkpoint, not the latest")
+    run.add_argument("--run", type=int, metavar="K",
+                     help="with --predict on a workdir of several runs (--seeds, lists of --lr/--clip): run K")
     run.add_argument("--sample", action="store_true",
                      help="with --predict: sample the characters (seeded by --seed) instead of the argmax")
     run.add_argument("--temperature", type=float, metavar="T",
@@ -75,6 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.sample = args.sample or args.temperature is not None or args.top_k is not None
     if args.sample and args.predict is None:
         raise ValueError("--sample, --temperature and --top-k choose how --predict generates; add --predict PREFIX.")
+    if args.predict is not None and args.seed is not None and len(args.seed) > 1:
+        raise ValueError(f"--predict samples with one --seed, got {len(args.seed)}.")
     if args.temperature is not None and not args.temperature > 0:   # NaN fails this too
         raise ValueError(f"--temperature must be a positive number, got {args.temperature}.")
     if args.top_k is not None and args.top_k < 1:
@@ -117,58 +121,77 @@ def predict_only(args: argparse.Namespace) -> None:
     sampling = {}
     if args.sample:       # --seed seeds the draws here, not the model
         sampling = {"temperature": args.temperature, "top_k": args.top_k,
-                    "key": jax.random.PRNGKey(args.seed if args.seed is not None else 0)}
-    restored = checkpoint.restore(args.workdir, best=args.best)
+                    "key": jax.random.PRNGKey(args.seed[0] if args.seed is not None else 0)}
+    restored = checkpoint.restore(args.workdir, best=args.best, run=args.run)
     # The model comes from the checkpoint; flags that say otherwise are a mistake worth naming.
+    requested = {k: v[0] if k in config_lib.SWEEPABLE and len(v) == 1 else v
+                 for k, v in config_lib.given(args).items() if not (args.sample and k == "seed")}
     differ = [f"{k}: checkpoint {getattr(restored.config, k)!r}, requested {v!r}"
-              for k, v in config_lib.given(args).items()
-              if v != getattr(restored.config, k) and not (args.sample and k == "seed")]
+              for k, v in requested.items() if v != getattr(restored.config, k)]
     if differ:
         raise checkpoint.CheckpointError(f"The checkpoint in {args.workdir} is a different model: "
                                          f"{'; '.join(differ)}.")
     print(restored.predict(args.predict, args.num_preds, **sampling))
 
 
-def train(args: argparse.Namespace, config: config_lib.Config) -> None:
+def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
+    config = configs[0]
     workdir = args.workdir or Path("runs") / time.strftime("timemachine-%Y%m%d-%H%M%S")
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     data = TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
                        path=args.data, seed=config.seed)
-    p = plan(config, data, workdir, devices=args.devices)
+    several = len(configs) > 1
+    p = plan(config, data, workdir, devices=args.devices, runs=configs if several else None)
     say(p.describe())
     model, untrained = rnnjax.make_model(config, len(data.vocab)), None
-    if p.step is None:       # fit starts from these, rather than initializing (and compiling) again
+    if p.step is None and not several:   # fit starts from these, rather than initializing (and compiling) again
         untrained = rnnjax.create_train_state(config, len(data.vocab)).params
         say(f"untrained: {rnnjax.predict(model, untrained, data.vocab, 'it has', 20)!r}")
+    options = dict(devices=args.devices, checkpoint_every=args.checkpoint_every, keep=args.keep, log=None)
     with progress_output(jax.process_index() == 0 and not args.no_progress and not p.finished,
                          config.epochs) as progress:
-        result = fit(config, data, workdir, params=untrained, devices=args.devices,
-                     checkpoint_every=args.checkpoint_every, keep=args.keep, progress=progress, log=None)
-    if result.history:
-        if jax.process_index() == 0 and not p.finished:
-            metrics.plot_perplexity(result.history, workdir / metrics.PLOT)
-        last = result.history[-1]
-        say(f"epoch {last['epoch']}: train perplexity {last['train_ppl']:.2f} ({last['train_bpc']:.2f} bits "
-            f"per character), val perplexity {last['val_ppl']:.2f} ({last['val_bpc']:.2f} bits); wrote {workdir}")
+        if several:
+            result = runs.fit_runs(configs, data, workdir, progress=progress, **options)
+        else:
+            result = fit(config, data, workdir, params=untrained, progress=progress, **options)
+    if not result.history:
+        return
+    if jax.process_index() == 0 and not p.finished:
+        metrics.plot_perplexity(result.history, workdir / metrics.PLOT)
+    if several:
+        for k, c in enumerate(configs):
+            last = [r for r in result.history if r["run"] == k][-1]
+            text = rnnjax.predict(model, jax.tree.map(lambda x: x[k], result.state.params), data.vocab, "it has", 20)
+            say(f"run {k} ({runs.label(c, configs)}): train perplexity {last['train_ppl']:.2f}, val perplexity "
+                f"{last['val_ppl']:.2f}, {text!r}")
+        table = runs.summary(result.history)
+        say(f"{len(configs)} runs, epoch {result.history[-1]['epoch']}:  " + "  ".join(
+            f"{k} mean {v['mean']:.2f} (min {v['min']:.2f}, max {v['max']:.2f})" for k, v in table.items())
+            + f"; wrote {workdir}")
+        return
+    last = result.history[-1]
+    say(f"epoch {last['epoch']}: train perplexity {last['train_ppl']:.2f} ({last['train_bpc']:.2f} bits "
+        f"per character), val perplexity {last['val_ppl']:.2f} ({last['val_bpc']:.2f} bits); wrote {workdir}")
     say(f"trained: {rnnjax.predict(model, result.state.params, data.vocab, 'it has', 20)!r}")
 
 
 def main(argv=None) -> int:
     try:
         args = parse_args(argv)
-        config = config_lib.from_flags(args)
+        configs = config_lib.sweep_from_flags(args)
+        runs.check_runs(configs)
     except ValueError as e:          # checks of the arguments alone, before JAX starts
         print(f"error: {e}", file=sys.stderr)
         return 1
     backend.keep_freed_memory()
-    backend.use_cpu_cores(config.batch_size)
+    backend.use_cpu_cores(configs[0].batch_size)
     if not args.no_compilation_cache:
         backend.enable_compilation_cache()
     try:
         if (args.distributed or args.coordinator or args.num_processes
                 or os.environ.get("JAX_COORDINATOR_ADDRESS")):
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-        predict_only(args) if args.predict is not None else train(args, config)
+        predict_only(args) if args.predict is not None else train(args, configs)
     except Interrupted as e:
         print(e, file=sys.stderr)
         return 128 + e.signum

@@ -25,10 +25,10 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from rnnjax.config import Config
+from rnnjax.config import SWEEPABLE, Config
 from rnnjax.data import Vocab
 from rnnjax.generate import predict, predict_batch
-from rnnjax.state import abstract_train_state, make_model
+from rnnjax.state import abstract_run_states, abstract_train_state, make_model
 
 SUBDIR = "checkpoints"
 FORMAT = 1
@@ -133,8 +133,19 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any) -> Any:
     return jax.device_get(restored["state"])
 
 
-def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path) -> None:
-    """A resumed run must be the same run: same config but for ``RESUMABLE`` fields."""
+def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, runs: tuple[Config, ...] = ()
+                     ) -> None:
+    """A resumed run must be the same run: same config but for ``RESUMABLE`` fields (and the same ``runs``
+    trained together, if several)."""
+    saved_runs = [Config.from_json(c) for c in meta.get("runs", [])]
+
+    def fixed(c: Config) -> dict:
+        return {k: v for k, v in c.to_json().items() if k not in Config.RESUMABLE}
+    if [fixed(c) for c in saved_runs] != [fixed(c) for c in runs]:
+        def what(configs):
+            return f"{len(configs)} runs trained together ({_sweep(configs)})" if configs else "a single run"
+        raise CheckpointError(f"{workdir} holds {what(saved_runs)}, not {what(list(runs))}. Use a new --workdir, "
+                              "or the checkpoint's settings to resume it.")
     saved = Config.from_json(meta["config"])
     diff = [f"{f.name}: checkpoint {getattr(saved, f.name)!r}, requested {getattr(config, f.name)!r}"
             for f in dataclasses.fields(config)
@@ -147,10 +158,18 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path) ->
         raise CheckpointError(f"{workdir} holds a run trained on another vocabulary.")
 
 
-def write_config(workdir: Path, config: Config, vocab: Vocab) -> None:
+def _sweep(configs: list[Config]) -> str:
+    return "; ".join(f"{k} {', '.join(f'{v:g}' for v in dict.fromkeys(getattr(c, k) for c in configs))}"
+                     for k in SWEEPABLE)
+
+
+def write_config(workdir: Path, config: Config, vocab: Vocab, runs: list[Config] | None = None) -> None:
     """``config.json`` for people and tools; the checkpoints carry their own copy."""
     workdir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"config": config.to_json(), "vocab": vocab.to_json()}, indent=1)
+    content = {"config": config.to_json(), "vocab": vocab.to_json()}
+    if runs:
+        content["runs"] = [c.to_json() for c in runs]
+    text = json.dumps(content, indent=1)
     tmp = workdir / "config.json.tmp"
     tmp.write_text(text + "\n")
     tmp.replace(workdir / "config.json")
@@ -177,8 +196,10 @@ class Restored:
         return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds, **sampling)
 
 
-def restore(workdir: str | Path, step: int | None = None, best: bool = False) -> Restored:
-    """Restores a run's checkpoint for inference: the latest, ``step``, or the ``best``."""
+def restore(workdir: str | Path, step: int | None = None, best: bool = False, run: int | None = None) -> Restored:
+    """Restores a run's checkpoint for inference: the latest, ``step``, or the ``best``. A workdir of
+    several runs trained together (``rnnjax.runs``) needs ``run``, the index of one of them (its best
+    is the lowest mean validation perplexity of the runs)."""
     workdir = Path(workdir)
     directory = workdir / SUBDIR
     if not directory.is_dir():
@@ -198,7 +219,16 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False) ->
         raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {sorted(steps)}.")
     meta = read_meta(workdir, step)
     config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
-    target = abstract_train_state(config, len(vocab))
-    state = restore_state(mngr, step, target)
+    runs = [Config.from_json(c) for c in meta.get("runs", [])]
+    if runs and (run is None or not 0 <= run < len(runs)):
+        raise CheckpointError(f"{workdir} holds {len(runs)} runs trained together; choose one with run=K "
+                              f"(--run K), K from 0 to {len(runs) - 1}{'' if run is None else f', not {run}'}.")
+    if run not in (None, 0) and not runs:
+        raise CheckpointError(f"{workdir} holds a single run; leave out run={run} (--run).")
+    if runs:
+        config = runs[run]
+        state = jax.tree.map(lambda x: x[run], restore_state(mngr, step, abstract_run_states(runs, len(vocab))))
+    else:
+        state = restore_state(mngr, step, abstract_train_state(config, len(vocab)))
     mngr.close()
     return Restored(config, vocab, state.params, step, meta)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import math
 from typing import Any
 
@@ -111,26 +112,71 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# Fields that may differ between runs trained together in one program (rnnjax.runs):
+# they change no shape. Their flags take comma-separated lists.
+SWEEPABLE = ("seed", "lr", "clip")
+
+
+def _values(kind: type):
+    """An argparse type: ``"0.5,1,2"`` -> ``(0.5, 1.0, 2.0)``."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}s")
+    parse.__name__ = f"list of {kind.__name__}s"
+    return parse
+
+
+def _single(kind: type, name: str):
+    """An argparse type for a field runs in one program must share: a list is refused, saying why."""
+    def parse(text: str):
+        if "," in text:
+            raise argparse.ArgumentTypeError(
+                f"{_flag(name)} takes one value: runs trained in one program share their shapes "
+                f"(only {', '.join(_flag(k) for k in SWEEPABLE)} take lists); train the others in separate workdirs")
+        return kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """``--preset`` and one flag per ``Config`` field; an unset flag stays ``None`` (see ``from_flags``)."""
+    """``--preset`` and one flag per ``Config`` field; an unset flag stays ``None`` (see ``from_flags``).
+    ``SWEEPABLE`` fields take lists (``--seed 0,1,2,3``, alias ``--seeds``): one run per combination."""
     group = parser.add_argument_group("run settings (Config)")
     group.add_argument("--preset", choices=sorted(PRESETS), default="d2l",
                        help="the settings the flags below change (default d2l)")
     for f in dataclasses.fields(Config):
+        names, help = [_flag(f.name)], f"{f.metadata['help']} (d2l: {f.default})"
         if type(f.default) is bool:
             kind = {"action": argparse.BooleanOptionalAction}
+        elif f.name in SWEEPABLE:
+            kind = {"type": _values(type(f.default))}
+            names += ["--seeds"] if f.name == "seed" else []
+            help += "; a comma-separated list trains one run per value, all in one program"
         else:
-            kind = {"type": type(f.default)}
-        group.add_argument(_flag(f.name), dest=f.name, default=None, **kind,
-                           help=f"{f.metadata['help']} (d2l: {f.default})")
+            kind = {"type": _single(type(f.default), f.name)}
+        group.add_argument(*names, dest=f.name, default=None, **kind, help=help)
 
 
 def given(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``Config`` fields set by flags."""
+    """The ``Config`` fields set by flags (lists of ``SWEEPABLE`` ones as given)."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
             if getattr(args, f.name, None) is not None}
 
 
+def sweep_from_flags(args: argparse.Namespace) -> list[Config]:
+    """The preset changed by the flags given: one ``Config`` per combination of the listed values."""
+    fixed = {k: v for k, v in given(args).items() if k not in SWEEPABLE}
+    axes = [[(k, v) for v in dict.fromkeys(getattr(args, k))] for k in SWEEPABLE
+            if getattr(args, k, None) is not None]
+    base = PRESETS[args.preset].replace(**fixed)
+    return [base.replace(**dict(combo)) for combo in itertools.product(*axes)]
+
+
 def from_flags(args: argparse.Namespace) -> Config:
-    """The preset, changed by the flags given."""
-    return PRESETS[args.preset].replace(**given(args))
+    """The preset, changed by the flags given; ``ConfigError`` if they list several runs."""
+    configs = sweep_from_flags(args)
+    if len(configs) > 1:
+        raise ConfigError(f"The flags list {len(configs)} runs; this takes one.")
+    return configs[0]

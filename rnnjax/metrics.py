@@ -62,19 +62,24 @@ class MetricsLog:
 
 
 def plot_perplexity(records: list[dict], path: str | Path) -> Path:
-    """d2l's figure: train and val perplexity against epoch, saved headless."""
+    """d2l's figure: train and val perplexity against epoch, saved headless; records with a ``run``
+    field (``rnnjax.runs``) get a color per run, train solid and val dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [r["epoch"] for r in records]
+    runs = sorted({r.get("run") for r in records}, key=lambda run: -1 if run is None else run)
     fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
-    ax.plot(epochs, [r["train_ppl"] for r in records], "-", label="train_ppl")
-    ax.plot(epochs, [r["val_ppl"] for r in records], "--", label="val_ppl")
+    for i, run in enumerate(runs):
+        mine = [r for r in records if r.get("run") == run]
+        epochs, color = [r["epoch"] for r in mine], f"C{i % 10}"
+        name = "" if run is None else f" (run {run})"
+        ax.plot(epochs, [r["train_ppl"] for r in mine], "-", color=color, label=f"train_ppl{name}")
+        ax.plot(epochs, [r["val_ppl"] for r in mine], "--", color=color, label=f"val_ppl{name}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=6 if len(runs) > 2 else None)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -34,6 +34,7 @@ class Plan:
     path: str                    # the loss path, in words
     step: int | None = None      # the checkpoint it resumes from
     position: Position = dataclasses.field(default_factory=Position)
+    runs: tuple[Config, ...] = ()  # several runs trained together (rnnjax.runs)
 
     @property
     def finished(self) -> bool:
@@ -46,12 +47,16 @@ class Plan:
             devices += f" over {jax.process_count()} processes"
         if self.step is None:
             what = f"new run of {self.config.epochs} epochs"
+            if self.runs:
+                from rnnjax.runs import label
+                what = (f"{len(self.runs)} new runs of {self.config.epochs} epochs in one program "
+                        f"({'; '.join(label(c, list(self.runs)) for c in self.runs)})")
         elif self.finished:
             return (f"{self.workdir} holds {self.position.epoch} trained epochs (step {self.step}), "
                     f"--epochs asks for {self.config.epochs}: nothing to train; a larger --epochs trains on.")
         else:
-            what = (f"resuming from step {self.step} (epoch {self.position.epoch + 1} of "
-                    f"{self.config.epochs}, batch {self.position.batch})")
+            what = (f"resuming {f'{len(self.runs)} runs ' if self.runs else ''}from step {self.step} (epoch "
+                    f"{self.position.epoch + 1} of {self.config.epochs}, batch {self.position.batch})")
         hint = ""
         if self.dp.devices[0].platform == "cpu" and self.dp.num_shards == 1 and available_cores() > 1:
             hint = ("; one CPU device on a machine of several cores: call "
@@ -59,8 +64,10 @@ class Plan:
         return f"{what} on {devices}, {self.path}; writing to {self.workdir}{hint}"
 
 
-def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None) -> Plan:
-    """Every check ``fit`` makes before it starts: data, devices, the workdir and any checkpoint in it.
+def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
+         runs: list[Config] | None = None) -> Plan:
+    """Every check ``fit`` makes before it starts: data, devices, the workdir and any checkpoint in it
+    (for ``rnnjax.runs.fit_runs``, ``runs`` are the configs trained together, ``config`` the first).
 
     Reads the workdir, writes nothing. Raises ``ValueError`` (``DataError``,
     ``CheckpointError``) with one sentence on what to change.
@@ -80,8 +87,9 @@ def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int
     checkpoint.check_workdir(workdir)
     path = loss_path(make_model(config, len(data.vocab)))
     step = checkpoint.latest_step(workdir)
+    runs = tuple(runs or ())
     if step is None:
-        return Plan(config, workdir, dp, path)
+        return Plan(config, workdir, dp, path, runs=runs)
     meta = checkpoint.read_meta(workdir, step)
-    checkpoint.check_compatible(meta, config, data.vocab, workdir)
-    return Plan(config, workdir, dp, path, step, Position(**meta["position"]))
+    checkpoint.check_compatible(meta, config, data.vocab, workdir, runs=runs)
+    return Plan(config, workdir, dp, path, step, Position(**meta["position"]), runs)

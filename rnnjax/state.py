@@ -41,6 +41,32 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.clip), optax.sgd(config.lr))
 
 
+def make_run_optimizer(config: Config) -> optax.GradientTransformation:
+    """``make_optimizer``'s transformation with ``clip`` and ``lr`` kept in its state, not in the function:
+    what lets runs with different values be one vmapped step (``rnnjax.runs``)."""
+    return optax.chain(optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=config.clip),
+                       optax.inject_hyperparams(optax.sgd)(learning_rate=config.lr))
+
+
+def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
+    """Step 0 of each config's run, stacked on a leading run axis (its own seed, ``clip`` and ``lr``)."""
+    states = [create_train_state(c, vocab_size) for c in configs]
+    tx = make_run_optimizer(configs[0])        # one function; each run's values are in its state
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *[(s.step, s.params, make_run_optimizer(c).init(s.params))
+                                                      for s, c in zip(states, configs, strict=True)])
+    step, params, opt_state = stacked
+    return TrainState(step=step, apply_fn=states[0].apply_fn, params=params, tx=tx, opt_state=opt_state)
+
+
+def abstract_run_states(configs: list[Config], vocab_size: int) -> TrainState:
+    """The shapes and dtypes of ``create_run_states``' result, computing nothing (a restore target)."""
+    def one():
+        state = _train_state(configs[0], vocab_size, lambda f: f)
+        return state.replace(tx=make_run_optimizer(configs[0]), opt_state=make_run_optimizer(configs[0]).init(
+            state.params))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(configs), *x.shape), x.dtype), jax.eval_shape(one))
+
+
 def _train_state(config: Config, vocab_size: int, jit: Callable, params: Any = None) -> TrainState:
     model = make_model(config, vocab_size)
     if params is None:

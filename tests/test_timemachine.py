@@ -102,3 +102,27 @@ def test_bad_arguments_are_one_line_and_write_nothing(real_text_path, tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp_path, capsys):
+    workdir = tmp_path / "runs"
+    args = ["--data", real_text_path, "--workdir", str(workdir), "--preset", "tiny", "--epochs", "1",
+            "--seeds", "0,1", "--lr", "1,2", "--devices", "2", "--no-compilation-cache"]
+    assert timemachine.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("4 new runs of 1 epochs in one program (seed 0, lr 1; seed 0, lr 2; seed 1, lr 1; "
+                          "seed 1, lr 2) on 2 CPU device(s)")
+    assert "run 3 (seed 1, lr 2): train perplexity" in out and "4 runs, epoch 1:  train_ppl mean" in out
+    records = timemachine.metrics.MetricsLog(workdir / "metrics.jsonl").read()
+    assert [(r["run"], r["seed"], r["lr"]) for r in records] == [(0, 0, 1.0), (1, 0, 2.0), (2, 1, 1.0), (3, 1, 2.0)]
+    assert (workdir / "ppl.png").exists()
+    assert timemachine.main(["--workdir", str(workdir), "--predict", "it has", "--run", "3"]) == 0
+    assert capsys.readouterr().out.startswith("it has")
+    assert timemachine.main(["--workdir", str(workdir), "--predict", "it has"]) == 1
+    assert "choose one with run=K (--run K)" in capsys.readouterr().err
+
+
+def test_shapes_cannot_be_listed(capsys):
+    with pytest.raises(SystemExit):
+        timemachine.parse_args(["--num-hiddens", "8,16"])
+    assert "train the others in separate workdirs" in capsys.readouterr().err

@@ -1,0 +1,181 @@
+"""Many runs in one program: one model under several seeds, learning rates and clips, vmapped.
+
+``fit_runs(configs, data, workdir)`` trains configs that differ only in
+``SWEEPABLE`` fields (``seed``, ``lr``, ``clip``) as one ``TrainState`` stacked
+on a leading run axis: ``train_windows`` is vmapped over it (the token stream
+shared; each run its own batch order, dropout key, and ``clip`` and ``lr`` in
+its optimizer state), then data parallel over the devices as a single run is.
+Each run is the run ``fit`` trains alone, to float32 round-off (tested). One
+workdir holds them all: checkpoints of the stacked state (resumed exactly),
+``metrics.jsonl`` with a ``run`` field, ``ppl.png`` with a curve per run;
+``rnnjax.checkpoint.restore(workdir, run=k)`` gives run k on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnnjax import checkpoint, metrics as metrics_lib
+from rnnjax.backend import compiler_options
+from rnnjax.config import SWEEPABLE, Config, ConfigError
+from rnnjax.data import Batch, TimeMachine, Windows
+from rnnjax.parallel import wait_for_backlog
+from rnnjax.start import Position, plan
+from rnnjax.state import TrainState, create_run_states
+from rnnjax.train import (CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult, Interrupted, NonFiniteLoss, _catch_signals,
+                          _check_finite, _chunks, eval_steps, train_windows)
+
+
+def check_runs(configs: list[Config]) -> None:
+    """Runs in one program share every shape: ``ConfigError`` unless they differ in ``SWEEPABLE`` fields only."""
+    if not configs:
+        raise ConfigError("There are no runs to train.")
+    differ = sorted({f.name for c in configs[1:] for f in dataclasses.fields(Config)
+                     if f.name not in SWEEPABLE and getattr(c, f.name) != getattr(configs[0], f.name)})
+    if differ:
+        raise ConfigError(f"Runs trained in one program may differ only in {', '.join(SWEEPABLE)}; these differ "
+                          f"in {', '.join(differ)}: train them in separate workdirs.")
+    if len(set(configs)) < len(configs):
+        raise ConfigError("Two of the runs are the same run; list each seed and value once.")
+
+
+def label(config: Config, configs: list[Config]) -> str:
+    """``seed 1, lr 0.5``: the fields in which ``config`` differs from the other runs."""
+    return ", ".join(f"{k} {getattr(config, k):g}" for k in SWEEPABLE
+                     if len({getattr(c, k) for c in configs}) > 1) or "the one run"
+
+
+def train_runs(states: TrainState, tokens: jax.Array, windows: Windows, axis_name: str | None = None,
+               rngs: jax.Array | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """``train_windows`` for every run: vmapped over the leading run axis of ``states``, ``windows``
+    and ``rngs``; ``tokens`` shared."""
+    def one(state, windows, rng):
+        return train_windows(state, tokens, windows, axis_name, rng)
+    return jax.vmap(one, in_axes=(0, 0, None if rngs is None else 0))(states, windows, rngs)
+
+
+def eval_runs(states: TrainState, batches: Batch, axis_name: str | None = None) -> dict[str, jax.Array]:
+    """``eval_steps`` for every run, on the same batches."""
+    return jax.vmap(lambda state: eval_steps(state, batches, axis_name))(states)
+
+
+def summary(history: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean, min and max over the runs of their last epoch's ``train_ppl``, ``val_ppl``, ``val_bpc``."""
+    last = max(r["epoch"] for r in history)
+    final = [r for r in history if r["epoch"] == last]
+    return {k: {"mean": statistics.fmean(r[k] for r in final), "min": min(r[k] for r in final),
+                "max": max(r[k] for r in final)} for k in ("train_ppl", "val_ppl", "val_bpc")}
+
+
+def _finite(host_metrics: list[dict], r: int, configs: list[Config], *args) -> list:
+    """``_check_finite`` of run ``r``, its message naming the run."""
+    try:
+        return _check_finite([jax.tree.map(lambda x: x[r], m) for m in host_metrics], *args)
+    except NonFiniteLoss as e:
+        raise NonFiniteLoss(f"Run {r} ({label(configs[r], configs)}): {e}") from None
+
+
+def fit_runs(configs: list[Config], data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
+             checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3, progress: Callable | None = None,
+             log: Callable[[str], Any] | None = print) -> FitResult:
+    """Trains ``configs`` together as ``fit`` trains one: checked first, resumed from ``workdir``, one
+    metrics line per run and epoch. The result's state is the stacked one; ``progress`` gets the runs'
+    mean perplexities. ``data``'s seed is replaced by each run's."""
+    check_runs(configs)
+    base, num_runs = configs[0], len(configs)
+    p = plan(base, data, workdir, devices=devices, runs=configs)
+    if log:
+        log(p.describe())
+    workdir, dp, position = p.workdir, p.dp, p.position
+    is_writer = jax.process_index() == 0
+    datas = [copy.copy(data) for _ in configs]
+    for d, c in zip(datas, configs):
+        d.seed = c.seed                    # the batch order is a function of (seed, epoch)
+
+    state = create_run_states(configs, len(data.vocab))
+    best = checkpoint.best_step(workdir) if p.step is not None else None
+    manager = checkpoint.manager(workdir / checkpoint.SUBDIR, keep=keep, best=best)
+    if p.step is not None:
+        state = checkpoint.restore_state(manager, p.step, state)
+    metrics_log = metrics_lib.MetricsLog(workdir / metrics_lib.FILENAME, writer=is_writer)
+    if p.finished:
+        manager.close()
+        return FitResult(state, metrics_log.read(), workdir)
+    metrics_log.truncate(position.epoch)
+    if is_writer:
+        checkpoint.write_config(workdir, base, data.vocab, runs=configs)
+
+    rngs = None
+    if base.dropout and base.num_layers > 1:
+        rngs = jnp.stack([jax.random.PRNGKey(c.seed) for c in configs])
+
+    def step(states, tokens, windows, axis_name=None):
+        return train_runs(states, tokens, windows, axis_name, rngs)
+
+    options = compiler_options(base.batch_size, base.num_hiddens, dp.num_shards)
+    train = dp.compile(step, donate_state=True, compiler_options=options)
+    evaluate = dp.compile(eval_runs, compiler_options=options)
+    tokens, val_batches = dp.replicate(data.tokens), dp.put(dp.shard_stack(data.val_batches()))
+    state = dp.replicate(state)
+    steps_per_epoch = data.num_batches(True)
+    total = base.epochs * steps_per_epoch
+    done = position.epoch * steps_per_epoch + position.batch
+    run_axis = 1 if dp.pmapped else 0          # after the device axis
+
+    def save(epoch: int, batch: int, partial: list, val_ppl: float | None = None):
+        meta = checkpoint.make_meta(base, data.vocab, dataclasses.asdict(Position(epoch, batch, partial)),
+                                    num_devices=dp.num_shards, runs=[c.to_json() for c in configs])
+        checkpoint.save(manager, int(dp.unreplicate(state).step[0]), dp.unreplicate(state), meta, val_ppl=val_ppl)
+
+    with _catch_signals() as stop, manager:
+        for epoch in range(position.epoch, base.epochs):
+            start = position.batch if epoch == position.epoch else 0
+            resumed = epoch == position.epoch and position.partial
+            partial = [list(s) for s in position.partial] if resumed else [[]] * num_runs
+            t0 = time.perf_counter()
+            call_metrics = []
+            for chunk in _chunks(zip(*(d.train_windows(epoch, start) for d in datas)), STEPS_PER_CALL):
+                per_run = [dp.shard_stack([windows[r] for windows in chunk]) for r in range(num_runs)]
+                state, m = train(state, tokens, jax.tree.map(lambda *x: np.stack(x, run_axis), *per_run))
+                call_metrics.append(m)
+                wait_for_backlog(call_metrics)
+                done += len(chunk)
+                if progress:
+                    progress(done, total, None)
+                if stop.signum is not None:
+                    break
+            host = dp.unreplicate(call_metrics)
+            sums = [partial[r] + _finite(host, r, configs, epoch, start, steps_per_epoch) for r in range(num_runs)]
+            if len(sums[0]) < steps_per_epoch:                  # stopped mid-epoch
+                save(epoch, len(sums[0]), sums)
+                raise Interrupted(f"Stopped by signal {stop.signum} in epoch {epoch + 1} after batch "
+                                  f"{len(sums[0])}/{steps_per_epoch}; saved step {done} in {workdir}. Run "
+                                  "the same command again to resume.", stop.signum)
+            val = dp.unreplicate(evaluate(state, val_batches))
+            seconds = time.perf_counter() - t0
+            records = [{"run": r, **{k: getattr(c, k) for k in SWEEPABLE}, **metrics_lib.epoch_record(
+                epoch + 1, done, sum(s[0] for s in sums[r]) / sum(s[1] for s in sums[r]),
+                float(val["loss_sum"][r]) / float(val["count"][r]), seconds)} for r, c in enumerate(configs)]
+            mean_val = statistics.fmean(r["val_ppl"] for r in records)
+            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == base.epochs or stop.signum is not None:
+                save(epoch + 1, 0, [[]] * num_runs, val_ppl=mean_val)
+            for record in records:
+                metrics_log.append(record)
+            if progress:
+                progress(done, total, {"epoch": epoch + 1, "val_ppl": mean_val,
+                                       "train_ppl": statistics.fmean(r["train_ppl"] for r in records)})
+            if stop.signum is not None:
+                raise Interrupted(f"Stopped by signal {stop.signum} after epoch {epoch + 1}; saved step {done} "
+                                  f"in {workdir}. Run the same command again to resume.", stop.signum)
+        manager.wait_until_finished()
+    return FitResult(dp.unreplicate(state), metrics_log.read(), workdir)

@@ -1,0 +1,115 @@
+"""Many runs in one program (``rnnjax.runs``): each the run it would be alone, resumed exactly."""
+
+import copy
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from rnnjax import checkpoint, runs
+from rnnjax.config import ConfigError
+from rnnjax.train import STEPS_PER_CALL, Interrupted, fit
+
+from conftest import TINY
+
+CONFIGS = [TINY.replace(epochs=2, seed=s, lr=lr) for s in (0, 1) for lr in (1.0, 2.0)]
+
+
+def alone(config, data, workdir, devices):
+    d = copy.copy(data)
+    d.seed = config.seed
+    return fit(config, d, workdir, devices=devices, log=None)
+
+
+def without_seconds(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_each_run_is_the_run_it_would_be_alone(small_data, tmp_path, devices):
+    """Bit for bit on one device; to float32 round-off where the devices' all-reduce sums in another order."""
+    together = runs.fit_runs(CONFIGS, small_data, tmp_path / "runs", devices=devices, log=None)
+    for k, config in enumerate(CONFIGS):
+        single = alone(config, small_data, tmp_path / f"run{k}", devices)
+        mine = [r for r in together.history if r["run"] == k]
+        assert [r["epoch"] for r in mine] == [1, 2]
+        assert all(r["seed"] == config.seed and r["lr"] == config.lr for r in mine)
+        for a, b in zip(jax.tree.leaves(single.state), jax.tree.leaves(jax.tree.map(lambda x: x[k], together.state))):
+            if devices == 1:
+                np.testing.assert_array_equal(a, b)
+            else:
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        for a, b in zip(without_seconds(single.history), without_seconds(mine)):
+            for key in ("train_loss", "val_loss"):
+                assert a[key] == b[key] if devices == 1 else np.isclose(a[key], b[key], rtol=1e-5)
+    # different seeds and learning rates train differently
+    assert len({r["val_ppl"] for r in together.history if r["epoch"] == 2}) == len(CONFIGS)
+
+
+def test_dropout_runs_are_the_runs_alone(small_data, tmp_path):
+    configs = [TINY.replace(epochs=1, cell="gru", num_layers=2, dropout=0.3, seed=s) for s in (0, 1)]
+    together = runs.fit_runs(configs, small_data, tmp_path / "runs", devices=1, log=None)
+    for k, config in enumerate(configs):
+        single = alone(config, small_data, tmp_path / f"run{k}", 1)
+        for a, b in zip(jax.tree.leaves(single.state.params), jax.tree.leaves(together.state.params)):
+            np.testing.assert_array_equal(a, b[k])
+
+
+def test_resume_after_an_interrupt_mid_epoch_is_exact(small_data, tmp_path):
+    straight = runs.fit_runs(CONFIGS, small_data, tmp_path / "straight", devices=2, log=None)
+
+    def interrupt(done, total, record):
+        if done == STEPS_PER_CALL:                    # mid-epoch 1: 13 steps an epoch
+            os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(Interrupted, match=f"after batch {STEPS_PER_CALL}/13"):
+        runs.fit_runs(CONFIGS, small_data, tmp_path / "w", devices=2, progress=interrupt, log=None)
+    first = runs.fit_runs([c.replace(epochs=1) for c in CONFIGS], small_data, tmp_path / "w", devices=2, log=None)
+    assert {r["epoch"] for r in first.history} == {1}
+    resumed = runs.fit_runs(CONFIGS, small_data, tmp_path / "w", devices=2, log=None)
+    assert without_seconds(resumed.history) == without_seconds(straight.history)
+    for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_each_run_restores_on_its_own(small_data, tmp_path):
+    together = runs.fit_runs(CONFIGS[:2], small_data, tmp_path, devices=1, log=None)
+    for k, config in enumerate(CONFIGS[:2]):
+        restored = checkpoint.restore(tmp_path, run=k)
+        assert restored.config == config
+        for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(together.state.params)):
+            np.testing.assert_array_equal(a, b[k])
+        assert restored.predict("the", 5).startswith("the")
+    for bad, message in [(None, "holds 2 runs trained together; choose one"), (2, "K from 0 to 1, not 2")]:
+        with pytest.raises(checkpoint.CheckpointError, match=message):
+            checkpoint.restore(tmp_path, run=bad)
+
+
+def test_a_workdir_resumes_only_the_runs_it_holds(small_data, tmp_path):
+    runs.fit_runs(CONFIGS[:2], small_data, tmp_path / "runs", devices=1, log=None)
+    with pytest.raises(checkpoint.CheckpointError, match="holds 2 runs trained together .* not a single run"):
+        fit(CONFIGS[0].replace(epochs=3), small_data, tmp_path / "runs", devices=1, log=None)
+    with pytest.raises(checkpoint.CheckpointError, match="not 2 runs trained together"):
+        runs.fit_runs([CONFIGS[0], CONFIGS[2]], small_data, tmp_path / "runs", devices=1, log=None)
+    fit(TINY.replace(epochs=1), small_data, tmp_path / "single", devices=1, log=None)
+    with pytest.raises(checkpoint.CheckpointError, match="holds a single run"):
+        runs.fit_runs(CONFIGS[:2], small_data, tmp_path / "single", devices=1, log=None)
+    with pytest.raises(checkpoint.CheckpointError, match="holds a single run; leave out run=1"):
+        checkpoint.restore(tmp_path / "single", run=1)
+
+
+def test_runs_must_share_their_shapes():
+    with pytest.raises(ConfigError, match="differ in cell, num_hiddens: train them in separate workdirs"):
+        runs.check_runs([TINY, TINY.replace(num_hiddens=8, cell="gru", seed=1)])
+    with pytest.raises(ConfigError, match="the same run"):
+        runs.check_runs([TINY, TINY])
+    runs.check_runs([TINY, TINY.replace(lr=0.5), TINY.replace(clip=2.0)])
+
+
+def test_summary_of_the_last_epoch():
+    history = [{"run": k, "epoch": e, "train_ppl": 10.0 + k - e, "val_ppl": 12.0 + k, "val_bpc": 3.0 + k}
+               for k in range(3) for e in (1, 2)]
+    table = runs.summary(history)
+    assert table["train_ppl"] == {"mean": 9.0, "min": 8.0, "max": 10.0}
+    assert table["val_ppl"]["max"] == 14.0 and table["val_bpc"]["mean"] == 4.0
