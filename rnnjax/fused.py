@@ -79,13 +79,19 @@ def _derivative(H: Array, nonlinearity: str) -> Array:
     return 1.0 - jnp.square(H) if nonlinearity == "tanh" else (H > 0).astype(H.dtype)
 
 
+def _write(buffer_TxBxH: Array, t: Array, x_BxH: Array) -> Array:
+    """``buffer.at[t].set(x)`` as a plain dynamic-update-slice, which stays one under ``jax.vmap``
+    (``.at[t].set`` becomes a scatter there, copied whole every step: ``rnnjax.runs``)."""
+    return jax.lax.dynamic_update_index_in_dim(buffer_TxBxH, x_BxH, t, 0)
+
+
 def _scan_in_place(W_hh: Array, H_BxH: Array, XW_TxBxH: Array, unroll: int, nonlinearity: str) -> Array:
     """The outputs ``(T, B, H)``: step t reads ``XW_t`` and leaves ``H_t`` in its place (no buffer
     of its own, no zero fill)."""
     def step(carry, t):
         H, buffer_TxBxH = carry
         H = _recurrence(W_hh, H, buffer_TxBxH[t], nonlinearity)
-        return (H, buffer_TxBxH.at[t].set(H)), None
+        return (H, _write(buffer_TxBxH, t, H)), None
     (_, outputs_TxBxH), _ = jax.lax.scan(step, (H_BxH, XW_TxBxH), jnp.arange(XW_TxBxH.shape[0]),
                                          unroll=unroll)
     return outputs_TxBxH
@@ -116,7 +122,7 @@ def _backprop_through_time(W_hh: Array, H0_BxH: Array, outputs_TxBxH: Array, dou
     def set_dZ(t, dH_BxH, dZ_TxBxH):
         H_t, dout = outputs_TxBxH[t], dZ_TxBxH[t]
         dZ = (dH_BxH.reshape(-1) + dout.reshape(-1)) * _derivative(H_t.reshape(-1), nonlinearity)
-        return dZ_TxBxH.at[t].set(dZ.reshape(H_t.shape))
+        return _write(dZ_TxBxH, t, dZ.reshape(H_t.shape))
 
     # The last step runs in the loop too, with dH_T for dZ_{t+1} @ W_hh.T:
     # outside it, XLA:CPU copied the whole buffer to update one step of it.

@@ -11,7 +11,7 @@ from experiments import benchmark
 def test_benchmark_smoke(real_text_path, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert benchmark.main(["--data", real_text_path, "--rounds", "1", "--steps", "2", "--recipe-rounds", "0",
-                           "--devices", "1", "--json", str(out), "--out", str(tmp_path)]) == 0
+                           "--devices", "1", "--runs", "2", "--json", str(out), "--out", str(tmp_path)]) == 0
     result = json.loads(out.read_text())
     names = set(result["contenders"])
     assert {"rnnjax", "flax"} <= names and ("torch" in names) == benchmark.torch_available()
@@ -20,7 +20,10 @@ def test_benchmark_smoke(real_text_path, tmp_path, capsys):
     assert result["ratio_step_vs_flax"] > 0
     assert result["generation"]["ratio"] > 1
     assert result["compile_cache"]["warm_cache_s"] > 0
-    assert "rnnjax's step is" in capsys.readouterr().out
+    runs = result["runs"]                                    # --runs 2: two seeds in one program
+    assert runs["num_runs"] == 2 and runs["ratio_vs_sequential"] > 0 and runs["ms_per_step_all"] > 0
+    out = capsys.readouterr().out
+    assert "rnnjax's step is" in out and "2 seeds in one program: a step of all of them" in out
 
 
 def test_flop_count_matches_the_matmuls():

@@ -25,8 +25,9 @@ medians with min-max over the rounds and ratios against rnnjax.
   the persistent cache, and generation against d2l's loop of one model call
   per character.
 - ``main.py``: the command line, the table, the sweep over hidden size,
-  batch and steps, and the JSON (``ratio_step_vs_torch``, ``ratio_step_vs_flax``,
-  ``ratio_recipe_vs_torch``, ...).
+  batch and steps, ``--runs N`` seeds in one program (``rnnjax.runs``) against
+  one, and the JSON (``ratio_step_vs_torch``, ``ratio_step_vs_flax``,
+  ``ratio_recipe_vs_torch``, ``runs.ratio_vs_sequential``, ...).
 
 The process runs with ``rnnjax.backend.keep_freed_memory()``, as
 ``experiments.timemachine`` does; all contenders share it.

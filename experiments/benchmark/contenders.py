@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import tempfile
 import time
 
@@ -16,7 +17,8 @@ from rnnjax.config import PRESETS, Config
 from rnnjax.data import TimeMachine
 from rnnjax.parallel import DataParallel, wait_for_backlog
 from rnnjax.backend import compiler_options
-from rnnjax.state import create_train_state, make_optimizer
+from rnnjax.runs import fit_runs, train_runs
+from rnnjax.state import create_run_states, create_train_state, make_optimizer
 from rnnjax.train import STEPS_PER_CALL, fit, train_windows
 
 
@@ -99,13 +101,15 @@ class Rnnjax(Contender):
             jax.block_until_ready(self.step(self.state, self.tokens, first))
         return time.perf_counter() - t0
 
+    def _next_call(self):
+        return self.dp.shard_stack([next(self.windows) for _ in range(STEPS_PER_CALL)])
+
     def steps(self, n):
         """As ``fit`` runs them: calls of ``STEPS_PER_CALL`` steps (n rounded up to whole calls)."""
         calls = -(-n // STEPS_PER_CALL)
         state, metrics = self.state, []
         for _ in range(calls):
-            windows = self.dp.shard_stack([next(self.windows) for _ in range(STEPS_PER_CALL)])
-            state, m = self.step(state, self.tokens, windows)
+            state, m = self.step(state, self.tokens, self._next_call())
             metrics.append(m)
             wait_for_backlog(metrics)     # as fit does: deep queues can deadlock a CPU all-reduce
         jax.block_until_ready(metrics)
@@ -117,6 +121,44 @@ class Rnnjax(Contender):
             result = fit(self.config, self.data, workdir, devices=self.devices,
                          checkpoint_every=self.s.epochs, log=None)
         return result.history[-1]["val_ppl"]
+
+
+class RnnjaxRuns(Rnnjax):
+    """``num_runs`` seeds of the setting trained together, as ``rnnjax.runs.fit_runs`` does: a step is
+    one step of every run."""
+
+    def __init__(self, num_runs: int, devices: int | None = None):
+        super().__init__(devices, name=f"rnnjax {num_runs} seeds at once")
+        self.num_runs = num_runs
+
+    def prepare(self, s, data):
+        self.s, self.data = s, data
+        self.configs = [s.config.replace(seed=k) for k in range(self.num_runs)]
+        dp = self.dp = DataParallel.create(self.devices)
+        self.state = dp.replicate(create_run_states(self.configs, len(data.vocab)))
+        self.tokens = dp.replicate(data.tokens)
+        self.step = dp.compile(lambda states, tokens, windows, axis_name=None:
+                               train_runs(states, tokens, windows, axis_name),
+                               compiler_options=compiler_options(s.batch_size, s.num_hiddens, dp.num_shards))
+        self.windows = _cycle(data.train_windows)
+        t0 = time.perf_counter()
+        if hasattr(self.step, "executable"):
+            self.step.executable(self.state, self.tokens, self._next_call())
+        else:
+            jax.block_until_ready(self.step(self.state, self.tokens, self._next_call()))
+        return time.perf_counter() - t0
+
+    def _next_call(self):
+        """``STEPS_PER_CALL`` batches for each run (the same ones: their speed does not depend on it)."""
+        one = self.dp.shard_stack([next(self.windows) for _ in range(STEPS_PER_CALL)])
+        return jax.tree.map(lambda x: np.stack([x] * self.num_runs, 1 if self.dp.pmapped else 0), one)
+
+    def recipe(self):
+        jax.clear_caches()
+        with tempfile.TemporaryDirectory() as workdir:
+            result = fit_runs(self.configs, self.data, workdir, devices=self.devices,
+                              checkpoint_every=self.s.epochs, log=None)
+        return statistics.fmean(r["val_ppl"] for r in result.history if r["epoch"] == self.s.epochs)
 
 
 class StockFlax(Contender):

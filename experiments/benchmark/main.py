@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.benchmark.contenders import Contender, Rnnjax, Setting, StockFlax, Torch, torch_available
+from experiments.benchmark.contenders import (Contender, Rnnjax, RnnjaxRuns, Setting, StockFlax, Torch,
+                                              torch_available)
 from experiments.benchmark.measure import (machine_info, measure_compile_cache, measure_generation,
                                            measure_recipes, measure_steps)
 from rnnjax import backend
@@ -90,6 +91,25 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def measure_runs(args, s: Setting, data: TimeMachine) -> dict:
+    """N seeds in one program (``rnnjax.runs``) against N sequential runs: steps and whole recipes."""
+    one, many = Rnnjax(args.devices), RnnjaxRuns(args.runs, args.devices)
+    print(f"{args.runs} seeds in one program against one seed (interleaved):")
+    res = measure_steps([one, many], s, data, args.rounds, args.steps)
+    out = {"num_runs": args.runs, "ms_per_step_one": res[one.name]["ms_per_step"],
+           "ms_per_step_all": res[many.name]["ms_per_step"]}
+    out["ratio_vs_sequential"] = args.runs * out["ms_per_step_one"] / out["ms_per_step_all"]
+    if args.recipe_rounds:
+        recipes = measure_recipes([one, many], args.recipe_rounds)
+        out.update(recipe_s_one=recipes[one.name]["recipe_s"], recipe_s_all=recipes[many.name]["recipe_s"],
+                   val_ppl_mean_all=recipes[many.name]["val_ppl"])
+        out["recipe_ratio_vs_one"] = out["recipe_s_all"] / out["recipe_s_one"]
+    print(f"{args.runs} seeds in one program: a step of all of them is {out['ratio_vs_sequential']:.2f}x faster than "
+          f"{args.runs} sequential steps" + (f"; the whole recipe takes {out['recipe_ratio_vs_one']:.2f}x one seed's"
+                                             if args.recipe_rounds else ""))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark",
                                 description="rnnjax against PyTorch's nn.RNN and stock Flax")
@@ -101,6 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="rnn",
                    help="the cell of every contender (d2l's recipe of that section: rnnjax.config.PRESETS)")
     p.add_argument("--num-layers", type=int, default=1, help="stacked recurrent layers")
+    p.add_argument("--runs", type=int, default=4, metavar="N",
+                   help="also N seeds trained in one program against one seed (0: not)")
     p.add_argument("--sweep", action="store_true", help="also the hidden x batch x steps sweep")
     p.add_argument("--ablations", action="store_true", help="also rnnjax variants: what each lever pays")
     p.add_argument("--out", type=Path,
@@ -147,6 +169,9 @@ def main(argv=None) -> int:
     print(f"generating {gen['num_chars']} characters: compiled {gen['compiled_ms']:.2f} ms, d2l's loop "
           f"{gen['d2l_loop_ms']:.0f} ms ({gen['ratio']:.0f}x); {gen['batch']} prefixes at once "
           f"{gen['batched_ms']:.1f} ms ({gen['batched_chars_per_s']:.3g} characters/s)")
+
+    if args.runs:
+        out["runs"] = measure_runs(args, s, data)
 
     if args.ablations:
         variants = [Rnnjax(args.devices), Rnnjax(args.devices, fused=False),
