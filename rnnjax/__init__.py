@@ -1,10 +1,11 @@
 """rnnjax: d2l's concise RNN language model in JAX and Flax."""
 
-from rnnjax import backend, checkpoint
+from rnnjax import backend, checkpoint, runs
 from rnnjax.config import PRESETS, Config
 from rnnjax.data import Batch, TimeMachine, Vocab, Windows
 from rnnjax.generate import predict, predict_batch
 from rnnjax.model import CELLS, RNN, RNNLM, OneHot, SimpleRNNCell
+from rnnjax.runs import fit_runs
 from rnnjax.state import TrainState, create_train_state, make_model
 from rnnjax.start import plan
 from rnnjax.train import eval_step, eval_steps, fit, train_step, train_steps, train_windows
@@ -14,6 +15,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Batch", "CELLS", "Config", "OneHot", "PRESETS", "RNN", "RNNLM", "SimpleRNNCell", "TimeMachine",
     "TrainState", "Vocab", "Windows", "backend", "checkpoint", "create_train_state", "eval_step",
-    "eval_steps", "fit", "make_model", "plan", "predict", "predict_batch", "train_step", "train_steps",
-    "train_windows",
+    "eval_steps", "fit", "fit_runs", "make_model", "plan", "predict", "predict_batch", "runs", "train_step",
+    "train_steps", "train_windows",
 ]

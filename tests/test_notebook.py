@@ -26,8 +26,9 @@ def test_notebook_executes(real_text_path, tmp_path, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "step 30 of" in text and "'it has" in text and "closest to" in text
+    assert "temperature 1.5: 'it has" in text and "4 seeds: final validation perplexity mean" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 3
+    assert len(images) >= 4
     assert (tmp_path / "runs" / "notebook" / "metrics.jsonl").exists()     # trained beside the notebook
 
 
@@ -50,4 +51,5 @@ def test_notebook_explores_a_deep_gru_checkpoint(real_text_path, tmp_path, monke
     text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                    for o in cell.get("outputs", []) if o.output_type == "stream")
     assert "step 26 of" in text and "cell='gru'" in text and "closest to" in text
+    assert "temperature 0.5" in text and "only explored" in text
     assert not (tmp_path / "kernel" / "runs").exists()                   # nothing trained
