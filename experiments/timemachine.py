@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,8 +33,9 @@ from rnnjax import backend, checkpoint, config as config_lib, metrics, parallel,
 from rnnjax.data import DataError, TimeMachine
 from rnnjax.start import plan
 from rnnjax.train import CHECKPOINT_EVERY, Interrupted, NonFiniteLoss, fit
+from rnnjax.workdir import WorkdirError
 
-USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError)
+USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError, WorkdirError)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -175,7 +177,28 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
     say(f"trained: {rnnjax.predict(model, result.state.params, data.vocab, 'it has', 20)!r}")
 
 
+def _stopped_at_start_up(signum, frame):
+    raise Interrupted(f"Stopped by signal {signum} before training began (or after it ended); run the "
+                      "same command again to go on.", signum)
+
+
 def main(argv=None) -> int:
+    # Until fit takes over the signals (it saves, then stops): one line and 130/143, not a traceback.
+    previous = signal.signal(signal.SIGTERM, _stopped_at_start_up)
+    try:
+        return _main(argv)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("Stopped by signal 2 (Ctrl-C), with nothing saved since the workdir's last checkpoint (if any); "
+              "run the same command again to resume or start.", file=sys.stderr)
+        return 128 + signal.SIGINT
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv) -> int:
     try:
         args = parse_args(argv)
         configs = config_lib.sweep_from_flags(args)
@@ -192,9 +215,6 @@ def main(argv=None) -> int:
                 or os.environ.get("JAX_COORDINATOR_ADDRESS")):
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
         predict_only(args) if args.predict is not None else train(args, configs)
-    except Interrupted as e:
-        print(e, file=sys.stderr)
-        return 128 + e.signum
     except USAGE_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -25,12 +25,14 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from rnnjax import workdir as workdir_lib
 from rnnjax.config import SWEEPABLE, Config
 from rnnjax.data import Vocab
 from rnnjax.generate import predict, predict_batch
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model
 
 SUBDIR = "checkpoints"
+DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
 FORMAT = 1
 
 
@@ -38,9 +40,18 @@ class CheckpointError(RuntimeError):
     """A workdir or checkpoint that cannot be used as asked."""
 
 
-def check_workdir(workdir: Path) -> None:
-    if workdir.exists() and not workdir.is_dir():
-        raise CheckpointError(f"The workdir {workdir} exists and is not a directory.")
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint that cannot be read, or whose arrays fail their checksums; ``reason`` says which."""
+
+    def __init__(self, step: int, directory: Path, reason: str):
+        super().__init__(f"The checkpoint at step {step} in {directory} {reason}.")
+        self.step, self.reason = step, reason
+
+
+def _reason(e: Exception) -> str:
+    """An exception in a few words: its type and first line (orbax's can run to 60 lines)."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:160]}{'...' if len(first) > 160 else ''}"
 
 
 def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
@@ -89,17 +100,34 @@ def read_meta(workdir: Path, step: int) -> dict:
     try:
         meta = ocp.JsonCheckpointHandler().restore(directory / str(step) / "meta")
     except Exception as e:  # orbax raises many types for unreadable files
-        raise CheckpointError(
-            f"The checkpoint at step {step} in {directory} cannot be read ({type(e).__name__}: {e}).") from e
+        raise DamagedCheckpoint(step, directory, f"cannot be read ({_reason(e)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"The checkpoint at step {step} in {directory} is not an "
-                              f"rnnjax checkpoint of format {FORMAT}.")
+        raise DamagedCheckpoint(step, directory, f"is not an rnnjax checkpoint of format {FORMAT}")
+    missing = [k for k in ("config", "vocab", "position") if not isinstance(meta.get(k), dict)]
+    if missing:
+        raise DamagedCheckpoint(step, directory, f"lacks its {', '.join(missing)}")
     return meta
+
+
+def set_aside(workdir: Path, step: int) -> Path:
+    """Moves the damaged checkpoint ``step`` out of the checkpoints (never deleting it): where it went."""
+    target = workdir / DAMAGED / str(step)
+    suffix = 1
+    while target.exists():
+        target, suffix = workdir / DAMAGED / f"{step}.{suffix}", suffix + 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (workdir / SUBDIR / str(step)).rename(target)
+    return target
 
 
 def best_step(workdir: Path) -> int | None:
     """The complete checkpoint with the lowest validation perplexity in its ``meta``, or ``None``."""
-    ppl = {s: read_meta(workdir, s).get("val_ppl") for s in _steps(workdir)}
+    ppl = {}
+    for s in _steps(workdir):
+        try:
+            ppl[s] = read_meta(workdir, s).get("val_ppl")
+        except DamagedCheckpoint:         # never the best
+            continue
     scored = [(p, s) for s, p in ppl.items() if isinstance(p, (int, float)) and math.isfinite(p)]
     return min(scored)[1] if scored else None
 
@@ -115,22 +143,54 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
     (asynchronously); a no-op if it exists."""
     if step in mngr.all_steps():
         return
-    meta = {**meta, "val_ppl": val_ppl}
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            meta=ocp.args.JsonSave(meta)),
-              metrics=None if val_ppl is None else {"val_ppl": val_ppl}, force=True)
+    meta = {**meta, "val_ppl": val_ppl if val_ppl is None or math.isfinite(val_ppl) else None,
+            "checksums": workdir_lib.checksums(state)}
+    try:
+        check_saved(mngr)
+        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                meta=ocp.args.JsonSave(meta)),
+                  metrics=None if meta["val_ppl"] is None else {"val_ppl": meta["val_ppl"]}, force=True)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise _save_failed(mngr, step, e) from None
+
+
+def check_saved(mngr: ocp.CheckpointManager, wait: bool = False) -> None:
+    """``CheckpointError`` if an earlier asynchronous save failed (``wait``: once all have finished)."""
+    try:
+        mngr.wait_until_finished() if wait else mngr.check_for_errors()
+    except Exception as e:
+        raise _save_failed(mngr, None, e) from None
+
+
+def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) -> CheckpointError:
+    try:                                 # the saves still running count as complete if they finish
+        mngr.wait_until_finished()
+    except Exception:
+        pass
+    steps = ocp.utils.checkpoint_steps(mngr.directory) if Path(mngr.directory).is_dir() else []
+    last = f"its last complete checkpoint is step {max(steps)}" if steps else "it has no complete checkpoint"
+    what = f"step {step}" if step is not None else "a checkpoint"
+    return CheckpointError(f"Saving {what} to {mngr.directory} failed ({_reason(e)}); training stopped there and "
+                           f"{last}. Free space (or fix the cause) and run the same command to resume.")
 
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any) -> Any:
-    """The saved state, as host arrays shaped and typed like ``target``."""
+    """The saved state, as host arrays shaped and typed like ``target``, its checksums verified
+    (``DamagedCheckpoint`` if it cannot be read or any array differs from what was saved)."""
+    meta = read_meta(Path(mngr.directory).parent, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        state = jax.device_get(restored["state"])
     except Exception as e:
-        raise CheckpointError(
-            f"The checkpoint at step {step} in {mngr.directory} cannot be restored "
-            f"({type(e).__name__}: {e}).") from e
-    return jax.device_get(restored["state"])
+        raise DamagedCheckpoint(step, mngr.directory, f"cannot be restored ({_reason(e)})") from None
+    bad = workdir_lib.verify(state, meta["checksums"]) if "checksums" in meta else []
+    if bad:
+        raise DamagedCheckpoint(step, mngr.directory, f"is damaged: {len(bad)} array(s) fail their checksums "
+                                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+    return state
 
 
 def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, runs: tuple[Config, ...] = ()
@@ -196,17 +256,22 @@ class Restored:
         return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds, **sampling)
 
 
-def restore(workdir: str | Path, step: int | None = None, best: bool = False, run: int | None = None) -> Restored:
+def restore(workdir: str | Path, step: int | None = None, best: bool = False, run: int | None = None,
+            fallback: bool = False) -> Restored:
     """Restores a run's checkpoint for inference: the latest, ``step``, or the ``best``. A workdir of
     several runs trained together (``rnnjax.runs``) needs ``run``, the index of one of them (its best
-    is the lowest mean validation perplexity of the runs)."""
+    is the lowest mean validation perplexity of the runs). A damaged checkpoint raises
+    ``DamagedCheckpoint``; with ``fallback`` the newest good one older than it is taken instead."""
     workdir = Path(workdir)
     directory = workdir / SUBDIR
     if not directory.is_dir():
         what = "does not exist" if not workdir.exists() else "holds no checkpoints"
         raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
-    mngr = _reader(directory)
-    steps = mngr.all_steps()
+    if step is not None and not (isinstance(step, int) and not isinstance(step, bool)):
+        if not (isinstance(step, str) and step.isdigit()):
+            raise CheckpointError(f"step must be a whole number, got {step!r}.")
+        step = int(step)
+    steps = _steps(workdir)
     if not steps:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
     if best:
@@ -214,9 +279,22 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         if step is None:
             raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity.")
     elif step is None:
-        step = mngr.latest_step()
+        step = max(steps)
     elif step not in steps:
         raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {sorted(steps)}.")
+    mngr = _reader(directory)
+    try:
+        for candidate in sorted((s for s in steps if s <= step), reverse=True):
+            try:
+                return _restore_for_inference(mngr, workdir, candidate, run)
+            except DamagedCheckpoint:
+                if not fallback or candidate == min(steps):
+                    raise
+    finally:
+        mngr.close()
+
+
+def _restore_for_inference(mngr: ocp.CheckpointManager, workdir: Path, step: int, run: int | None) -> Restored:
     meta = read_meta(workdir, step)
     config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
     runs = [Config.from_json(c) for c in meta.get("runs", [])]
@@ -230,5 +308,4 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         state = jax.tree.map(lambda x: x[run], restore_state(mngr, step, abstract_run_states(runs, len(vocab))))
     else:
         state = restore_state(mngr, step, abstract_train_state(config, len(vocab)))
-    mngr.close()
     return Restored(config, vocab, state.params, step, meta)

@@ -168,7 +168,7 @@ def given(args: argparse.Namespace) -> dict[str, Any]:
 def sweep_from_flags(args: argparse.Namespace) -> list[Config]:
     """The preset changed by the flags given: one ``Config`` per combination of the listed values."""
     fixed = {k: v for k, v in given(args).items() if k not in SWEEPABLE}
-    axes = [[(k, v) for v in dict.fromkeys(getattr(args, k))] for k in SWEEPABLE
+    axes = [[(k, v) for v in getattr(args, k)] for k in SWEEPABLE
             if getattr(args, k, None) is not None]
     base = PRESETS[args.preset].replace(**fixed)
     return [base.replace(**dict(combo)) for combo in itertools.product(*axes)]

@@ -104,6 +104,8 @@ def load_text(path: str | os.PathLike | None = None, *, sha1: str = SHA1,
         path = download(sha1=sha1, root=root)
     else:
         path = Path(path)
+        if path.is_dir():
+            raise DataError(f"{path} is a directory; --data (or ${ENV_PATH}) takes the file timemachine.txt.")
         if not path.is_file():
             raise DataError(f"No such file: {path} (given as --data or ${ENV_PATH}).")
         _check_sha1(path, sha1, "File")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 FILENAME = "metrics.jsonl"
@@ -29,25 +30,65 @@ def epoch_record(epoch: int, step: int, train_loss: float, val_loss: float, seco
             "seconds": seconds}
 
 
-class MetricsLog:
-    """``metrics.jsonl``: one JSON object per epoch, appended as epochs finish.
+class MetricsError(ValueError):
+    """``metrics.jsonl`` holds something that is not this run's log; the message names the file and line."""
 
-    Only the writer process writes; everyone can read.
+
+def _finite_or_null(record: dict) -> dict:
+    """Non-finite floats as ``None`` (JSON ``null``): strict JSON has no ``Infinity`` or ``NaN``."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per epoch (and run), appended as epochs finish.
+
+    Each record is written as one whole line in a single ``write``; non-finite
+    values are ``null``. Reading checks every line: a torn last line (a crash
+    or a full disk mid-write) is dropped with a warning, anything else that is
+    not a record, or epochs out of order, is a ``MetricsError``. Only the writer
+    process writes; everyone can read.
     """
 
-    def __init__(self, path: str | Path, writer: bool = True):
+    def __init__(self, path: str | Path, writer: bool = True, warn=None):
         self.path, self.writer = Path(path), writer
+        self.warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
 
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        try:
+            text = self.path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise MetricsError(f"{self.path} cannot be read ({e}).") from None
+        lines = text.split("\n")
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            torn = number == len(lines) and not text.endswith("\n")      # the last line, unterminated
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if torn and not (isinstance(record, dict) and "epoch" in record):
+                self.warn(f"{self.path}: dropped a torn last line ({len(line)} characters of an unfinished "
+                          "record); the checkpointed epochs are all there.")
+                break
+            if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)):
+                raise MetricsError(f"{self.path}, line {number}, is not a metrics record: {line[:60]!r}. Move "
+                                   "the file aside to resume, or use a new --workdir.")
+            records.append(record)
+        _check_order(records, self.path)
+        return records
 
     def truncate(self, epochs: int) -> None:
-        """Keeps the records of the first ``epochs`` epochs: those a resumed run does not redo."""
+        """Keeps the records of the first ``epochs`` epochs: those a resumed run does not redo (and drops a
+        torn last line)."""
+        if not self.writer or not self.path.exists():
+            return
         records = self.read()
         kept = [r for r in records if r["epoch"] <= epochs]
-        if not self.writer or len(kept) == len(records):
+        if len(kept) == len(records) and self.path.read_text().endswith("\n"):
             return
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -57,8 +98,22 @@ class MetricsLog:
         if not self.writer:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(_finite_or_null(record), allow_nan=False) + "\n"
+        with open(self.path, "a") as f:        # one write of the whole line
+            f.write(line)
+            f.flush()
+
+
+def _check_order(records: list[dict], path: Path) -> None:
+    """Epochs in order, each once (per run, for many runs in one workdir)."""
+    last: dict = {}
+    for r in records:
+        run = r.get("run")
+        if r["epoch"] <= last.get(run, 0):
+            where = "" if run is None else f" of run {run}"
+            raise MetricsError(f"{path} has epoch {r['epoch']}{where} after epoch {last[run]}: two runs wrote "
+                               "to this workdir, or it was edited. Use a new --workdir.")
+        last[run] = r["epoch"]
 
 
 def plot_perplexity(records: list[dict], path: str | Path) -> Path:

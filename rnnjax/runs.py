@@ -30,10 +30,10 @@ from rnnjax.backend import compiler_options
 from rnnjax.config import SWEEPABLE, Config, ConfigError
 from rnnjax.data import Batch, TimeMachine, Windows
 from rnnjax.parallel import wait_for_backlog
-from rnnjax.start import Position, plan
+from rnnjax.start import Plan, Position, plan
 from rnnjax.state import TrainState, create_run_states
-from rnnjax.train import (CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult, Interrupted, NonFiniteLoss, _catch_signals,
-                          _check_finite, _chunks, eval_steps, train_windows)
+from rnnjax.stops import Interrupted, NonFiniteLoss, catch_signals, check_finite
+from rnnjax.train import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult, _chunks, eval_steps, train_windows, writing
 
 
 def check_runs(configs: list[Config]) -> None:
@@ -78,9 +78,9 @@ def summary(history: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def _finite(host_metrics: list[dict], r: int, configs: list[Config], *args) -> list:
-    """``_check_finite`` of run ``r``, its message naming the run."""
+    """``check_finite`` of run ``r``, its message naming the run."""
     try:
-        return _check_finite([jax.tree.map(lambda x: x[r], m) for m in host_metrics], *args)
+        return check_finite([jax.tree.map(lambda x: x[r], m) for m in host_metrics], *args)
     except NonFiniteLoss as e:
         raise NonFiniteLoss(f"Run {r} ({label(configs[r], configs)}): {e}") from None
 
@@ -92,21 +92,25 @@ def fit_runs(configs: list[Config], data: TimeMachine, workdir: str | Path, *, d
     metrics line per run and epoch. The result's state is the stacked one; ``progress`` gets the runs'
     mean perplexities. ``data``'s seed is replaced by each run's."""
     check_runs(configs)
-    base, num_runs = configs[0], len(configs)
-    p = plan(base, data, workdir, devices=devices, runs=configs)
+    p = plan(configs[0], data, workdir, devices=devices, runs=configs)
     if log:
         log(p.describe())
+    with writing(p):
+        return _fit_runs(p, data, checkpoint_every, keep, progress)
+
+
+def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, progress: Callable | None
+              ) -> FitResult:
+    configs, base, num_runs = list(p.runs), p.config, len(p.runs)
     workdir, dp, position = p.workdir, p.dp, p.position
     is_writer = jax.process_index() == 0
     datas = [copy.copy(data) for _ in configs]
     for d, c in zip(datas, configs):
         d.seed = c.seed                    # the batch order is a function of (seed, epoch)
 
-    state = create_run_states(configs, len(data.vocab))
+    state = create_run_states(configs, len(data.vocab)) if p.state is None else p.state
     best = checkpoint.best_step(workdir) if p.step is not None else None
     manager = checkpoint.manager(workdir / checkpoint.SUBDIR, keep=keep, best=best)
-    if p.step is not None:
-        state = checkpoint.restore_state(manager, p.step, state)
     metrics_log = metrics_lib.MetricsLog(workdir / metrics_lib.FILENAME, writer=is_writer)
     if p.finished:
         manager.close()
@@ -137,7 +141,7 @@ def fit_runs(configs: list[Config], data: TimeMachine, workdir: str | Path, *, d
                                     num_devices=dp.num_shards, runs=[c.to_json() for c in configs])
         checkpoint.save(manager, int(dp.unreplicate(state).step[0]), dp.unreplicate(state), meta, val_ppl=val_ppl)
 
-    with _catch_signals() as stop, manager:
+    with catch_signals() as stop, manager:
         for epoch in range(position.epoch, base.epochs):
             start = position.batch if epoch == position.epoch else 0
             resumed = epoch == position.epoch and position.partial
@@ -158,6 +162,7 @@ def fit_runs(configs: list[Config], data: TimeMachine, workdir: str | Path, *, d
             sums = [partial[r] + _finite(host, r, configs, epoch, start, steps_per_epoch) for r in range(num_runs)]
             if len(sums[0]) < steps_per_epoch:                  # stopped mid-epoch
                 save(epoch, len(sums[0]), sums)
+                checkpoint.check_saved(manager, wait=True)
                 raise Interrupted(f"Stopped by signal {stop.signum} in epoch {epoch + 1} after batch "
                                   f"{len(sums[0])}/{steps_per_epoch}; saved step {done} in {workdir}. Run "
                                   "the same command again to resume.", stop.signum)
@@ -167,15 +172,16 @@ def fit_runs(configs: list[Config], data: TimeMachine, workdir: str | Path, *, d
                 epoch + 1, done, sum(s[0] for s in sums[r]) / sum(s[1] for s in sums[r]),
                 float(val["loss_sum"][r]) / float(val["count"][r]), seconds)} for r, c in enumerate(configs)]
             mean_val = statistics.fmean(r["val_ppl"] for r in records)
+            for record in records:          # the records first, as fit does
+                metrics_log.append(record)
             if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == base.epochs or stop.signum is not None:
                 save(epoch + 1, 0, [[]] * num_runs, val_ppl=mean_val)
-            for record in records:
-                metrics_log.append(record)
             if progress:
                 progress(done, total, {"epoch": epoch + 1, "val_ppl": mean_val,
                                        "train_ppl": statistics.fmean(r["train_ppl"] for r in records)})
             if stop.signum is not None:
+                checkpoint.check_saved(manager, wait=True)
                 raise Interrupted(f"Stopped by signal {stop.signum} after epoch {epoch + 1}; saved step {done} "
                                   f"in {workdir}. Run the same command again to resume.", stop.signum)
-        manager.wait_until_finished()
+        checkpoint.check_saved(manager, wait=True)
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir)

@@ -4,16 +4,18 @@ that depends on nothing but the arguments and the workdir, made before anything 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
+from typing import Any
 
 import jax
 
-from rnnjax import checkpoint
+from rnnjax import checkpoint, metrics, workdir as workdir_lib
 from rnnjax.backend import available_cores
 from rnnjax.config import Config
 from rnnjax.data import TimeMachine
 from rnnjax.parallel import DataParallel
-from rnnjax.state import loss_path, make_model
+from rnnjax.state import abstract_run_states, abstract_train_state, loss_path, make_model
 
 
 @dataclasses.dataclass
@@ -35,6 +37,8 @@ class Plan:
     step: int | None = None      # the checkpoint it resumes from
     position: Position = dataclasses.field(default_factory=Position)
     runs: tuple[Config, ...] = ()  # several runs trained together (rnnjax.runs)
+    state: Any = None              # the checkpoint's state (host arrays), verified
+    damaged: tuple[tuple[int, str], ...] = ()   # newer checkpoints that failed: (step, why)
 
     @property
     def finished(self) -> bool:
@@ -57,10 +61,11 @@ class Plan:
         else:
             what = (f"resuming {f'{len(self.runs)} runs ' if self.runs else ''}from step {self.step} (epoch "
                     f"{self.position.epoch + 1} of {self.config.epochs}, batch {self.position.batch})")
-        hint = ""
+        hint = "".join(f"; checkpoint step {step} is damaged ({why}), set aside in "
+                       f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
         if self.dp.devices[0].platform == "cpu" and self.dp.num_shards == 1 and available_cores() > 1:
-            hint = ("; one CPU device on a machine of several cores: call "
-                    "rnnjax.backend.use_cpu_cores(batch_size) before JAX starts to train on all of them")
+            hint += ("; one CPU device on a machine of several cores: call "
+                     "rnnjax.backend.use_cpu_cores(batch_size) before JAX starts to train on all of them")
         return f"{what} on {devices}, {self.path}; writing to {self.workdir}{hint}"
 
 
@@ -84,12 +89,53 @@ def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int
                          f"{config.batch_size} x {config.num_steps}.")
     dp = DataParallel.create(devices)
     dp.check_batch_size(config.batch_size)
-    checkpoint.check_workdir(workdir)
+    check_memory(config, len(data.vocab), dp.num_shards, len(runs or [None]))
+    workdir_lib.check_writable(workdir)
+    if jax.process_index() == 0:
+        workdir_lib.check_unlocked(workdir)
+    metrics.MetricsLog(workdir / metrics.FILENAME, warn=lambda message: None).read()   # MetricsError if bad
     path = loss_path(make_model(config, len(data.vocab)))
-    step = checkpoint.latest_step(workdir)
     runs = tuple(runs or ())
-    if step is None:
+    steps = sorted(checkpoint._steps(workdir), reverse=True)
+    if not steps:
         return Plan(config, workdir, dp, path, runs=runs)
-    meta = checkpoint.read_meta(workdir, step)
-    checkpoint.check_compatible(meta, config, data.vocab, workdir, runs=runs)
-    return Plan(config, workdir, dp, path, step, Position(**meta["position"]), runs)
+    target = (abstract_run_states(list(runs), len(data.vocab)) if runs
+              else abstract_train_state(config, len(data.vocab)))
+    damaged = []
+    reader = checkpoint._reader(workdir / checkpoint.SUBDIR)
+    try:
+        for step in steps:       # the newest good checkpoint; damaged ones are reported and set aside
+            try:
+                meta = checkpoint.read_meta(workdir, step)
+                checkpoint.check_compatible(meta, config, data.vocab, workdir, runs=runs)
+                state = checkpoint.restore_state(reader, step, target)
+            except checkpoint.DamagedCheckpoint as e:
+                damaged.append((step, e.reason))
+                continue
+            return Plan(config, workdir, dp, path, step, Position(**meta["position"]), runs, state,
+                        tuple(damaged))
+    finally:
+        reader.close()
+    raise checkpoint.CheckpointError(
+        f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps {', '.join(str(s) for s, _ in damaged)}; "
+        f"step {damaged[0][0]}: {damaged[0][1]}). Move that folder aside to start anew, or use a new --workdir.")
+
+
+# Bytes of float32 work per token and hidden unit of a training step (activations, gradients and
+# the fused kernel's buffers), and per token and vocabulary entry: a generous bound, not a profile.
+_BYTES_PER_TOKEN_HIDDEN, _BYTES_PER_TOKEN_VOCAB = 64, 16
+
+
+def check_memory(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1) -> None:
+    """``ValueError`` if one device's training step cannot fit in this machine's memory (estimated)."""
+    tokens = config.batch_size // num_shards * config.num_steps * num_runs
+    width = config.num_hiddens * config.num_layers * (2 if config.bidirectional else 1)
+    need = tokens * (width * _BYTES_PER_TOKEN_HIDDEN + (vocab_size + 16) * _BYTES_PER_TOKEN_VOCAB)
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):      # not a POSIX system: no estimate
+        return
+    if jax.default_backend() == "cpu" and need * num_shards > have:
+        raise ValueError(f"--batch-size {config.batch_size} x --num-steps {config.num_steps} needs about "
+                         f"{need * num_shards / 2 ** 30:.0f} GiB for a training step, more than this machine's "
+                         f"{have / 2 ** 30:.0f} GiB; use a smaller batch.")

@@ -21,9 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,13 +31,15 @@ import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
-from rnnjax import checkpoint, metrics as metrics_lib
+from rnnjax import checkpoint, metrics as metrics_lib, workdir as workdir_lib
 from rnnjax.backend import compiler_options
 from rnnjax.config import Config
 from rnnjax.data import Batch, TimeMachine, Windows
 from rnnjax.parallel import wait_for_backlog
-from rnnjax.start import Position, plan
+from rnnjax.start import Plan, Position, plan
 from rnnjax.state import TrainState, create_train_state
+from rnnjax.stops import (Interrupted, NonFiniteLoss, catch_signals, check_divergence,  # noqa: F401 (fit raises these)
+                          check_finite)
 
 # Epochs between checkpoints: a save costs about a third of a d2l epoch
 # (docs/performance.md). The last epoch and an interrupted run are always saved.
@@ -50,18 +49,6 @@ CHECKPOINT_EVERY = 10
 # on a CPU takes time from the cores the devices compute on. An epoch whose
 # step count is not a multiple ends in a shorter call, compiled once more.
 STEPS_PER_CALL = 10
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The training loss became NaN or infinite."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived; a checkpoint of the last completed step was saved."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
 
 
 def _mean_over_devices(x, axis_name):
@@ -147,32 +134,6 @@ class FitResult:
     workdir: Path
 
 
-class _StopFlag:
-    """Turns the first SIGINT/SIGTERM into a flag the loop checks between steps."""
-
-    def __init__(self):
-        self.signum: int | None = None
-
-    def __call__(self, signum, frame):
-        if self.signum is not None:       # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def _catch_signals() -> Iterator[_StopFlag]:
-    flag = _StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any = None,
         devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3,
         progress: Callable | None = None, log: Callable[[str], Any] | None = print) -> FitResult:
@@ -192,14 +153,30 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
     p = plan(config, data, workdir, devices=devices)
     if log:
         log(p.describe())
-    workdir, dp, position = p.workdir, p.dp, p.position
-    is_writer = jax.process_index() == 0
+    with writing(p):
+        return _fit(p, data, params, checkpoint_every, keep, progress)
 
-    state = create_train_state(config, len(data.vocab), params)
+
+@contextlib.contextmanager
+def writing(p: Plan) -> Iterator[None]:
+    """The writer process holds the workdir's lock, and sets the plan's damaged checkpoints aside (a
+    finished workdir is only read)."""
+    if jax.process_index() != 0 or p.finished:
+        yield
+        return
+    with workdir_lib.lock(p.workdir):
+        for step, _ in p.damaged:
+            checkpoint.set_aside(p.workdir, step)
+        yield
+
+
+def _fit(p: Plan, data: TimeMachine, params: Any, checkpoint_every: int, keep: int,
+         progress: Callable | None) -> FitResult:
+    config, workdir, dp, position = p.config, p.workdir, p.dp, p.position
+    is_writer = jax.process_index() == 0
+    state = create_train_state(config, len(data.vocab), params) if p.state is None else p.state
     best = checkpoint.best_step(workdir) if p.step is not None else None
     manager = checkpoint.manager(workdir / checkpoint.SUBDIR, keep=keep, best=best)
-    if p.step is not None:
-        state = checkpoint.restore_state(manager, p.step, state)
     metrics_log = metrics_lib.MetricsLog(workdir / metrics_lib.FILENAME, writer=is_writer)
     if p.finished:
         manager.close()
@@ -227,12 +204,13 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
         checkpoint.save(manager, int(host.step), host, meta, val_ppl=val_ppl)
 
     def interrupted(signum: int, epoch: int, batch: int) -> Interrupted:
-        manager.wait_until_finished()
+        checkpoint.check_saved(manager, wait=True)
         return Interrupted(
             f"Stopped by signal {signum} in epoch {epoch + 1} after batch {batch}/{steps_per_epoch}; "
             f"saved step {done} in {workdir}. Run the same command again to resume.", signum)
 
-    with _catch_signals() as stop, manager:
+    high = 0         # epochs in a row far above the uniform guess's perplexity
+    with catch_signals() as stop, manager:
         for epoch in range(position.epoch, config.epochs):
             start = position.batch if epoch == position.epoch else 0
             partial = list(position.partial) if epoch == position.epoch else []
@@ -247,7 +225,7 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
                     progress(done, total, None)
                 if stop.signum is not None:
                     break
-            sums = partial + _check_finite(dp.unreplicate(call_metrics), epoch, start, steps_per_epoch)
+            sums = partial + check_finite(dp.unreplicate(call_metrics), epoch, start, steps_per_epoch)
             if len(sums) < steps_per_epoch:                  # stopped mid-epoch
                 save(epoch, len(sums), sums)
                 raise interrupted(stop.signum, epoch, len(sums))
@@ -255,15 +233,17 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
             val = dp.unreplicate(evaluate(state, val_batches))
             val_loss = float(val["loss_sum"]) / float(val["count"])
             record = metrics_lib.epoch_record(epoch + 1, done, train_loss, val_loss, time.perf_counter() - t0)
+            high = high + 1 if check_divergence(record, high, len(data.vocab)) else 0
+            # The record first: a crash between the two leaves it past the checkpoint, where resume drops it.
+            metrics_log.append(record)
             if ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
                     or stop.signum is not None):
                 save(epoch + 1, 0, [], val_ppl=record["val_ppl"])
-            metrics_log.append(record)
             if progress:
                 progress(done, total, record)
             if stop.signum is not None:
                 raise interrupted(stop.signum, epoch, steps_per_epoch)
-        manager.wait_until_finished()
+        checkpoint.check_saved(manager, wait=True)
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir)
 
 
@@ -277,17 +257,3 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def _check_finite(call_metrics: list[dict], epoch: int, start: int, steps_per_epoch: int) -> list:
-    """``[[loss_sum, count], ...]`` per step from ``train_steps``' stacked metrics, or
-    ``NonFiniteLoss`` naming the first bad step."""
-    sums = [[float(loss_sum), float(count)]
-            for m in call_metrics for loss_sum, count in zip(m["loss_sum"], m["count"], strict=True)]
-    for i, (loss_sum, count) in enumerate(sums):
-        if not math.isfinite(loss_sum):
-            raise NonFiniteLoss(
-                f"The training loss is {loss_sum / count} at epoch {epoch + 1}, step "
-                f"{start + i + 1} of {steps_per_epoch}; stopped without saving it (the last good "
-                "checkpoint stays the latest). Try a smaller --lr or --clip.")
-    return sums

@@ -1,0 +1,79 @@
+"""What stops a run: SIGINT/SIGTERM (after a checkpoint), a non-finite loss, a diverging perplexity."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+from collections.abc import Iterator
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; a checkpoint of the last completed step was saved."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _StopFlag:
+    """Turns the first SIGINT/SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def __call__(self, signum, frame):
+        if self.signum is not None:       # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def catch_signals() -> Iterator[_StopFlag]:
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# A run whose train perplexity stays this many times the uniform guess's (the vocabulary size) for
+# DIVERGED_EPOCHS epochs in a row is diverging: stop it rather than train on to perplexity 1e52.
+DIVERGED_FACTOR, DIVERGED_EPOCHS = 4, 3
+
+
+def check_divergence(record: dict, epochs_high: int, vocab_size: int) -> bool:
+    """Whether ``record``'s epoch is far above the uniform guess; ``NonFiniteLoss`` once that has lasted
+    ``DIVERGED_EPOCHS`` epochs (at once if the perplexity overflows)."""
+    ppl = record["train_ppl"]
+    high = not ppl <= DIVERGED_FACTOR * vocab_size
+    if high and (epochs_high + 1 >= DIVERGED_EPOCHS or not math.isfinite(ppl)):
+        raise NonFiniteLoss(
+            f"The run is diverging: its train perplexity is {ppl:.4g} at epoch {record['epoch']}, against "
+            f"{vocab_size} for guessing uniformly, for {epochs_high + 1} epoch(s); stopped. Train again in a new "
+            "--workdir with a smaller --lr.")
+    return high
+
+
+def check_finite(call_metrics: list[dict], epoch: int, start: int, steps_per_epoch: int) -> list:
+    """``[[loss_sum, count], ...]`` per step from ``train_steps``' stacked metrics, or
+    ``NonFiniteLoss`` naming the first bad step."""
+    sums = [[float(loss_sum), float(count)]
+            for m in call_metrics for loss_sum, count in zip(m["loss_sum"], m["count"], strict=True)]
+    for i, (loss_sum, count) in enumerate(sums):
+        if not math.isfinite(loss_sum):
+            raise NonFiniteLoss(
+                f"The training loss is {loss_sum / count} at epoch {epoch + 1}, step "
+                f"{start + i + 1} of {steps_per_epoch}: the run diverged, and stopped without saving it (its "
+                "checkpoints stay as they were). Train again in a new --workdir with a smaller --lr.")
+    return sums

@@ -1,0 +1,67 @@
+"""One writer per workdir, checksums of saved states, workdirs that cannot be written."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from rnnjax import workdir
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    with workdir.lock(tmp_path / "w"):
+        with pytest.raises(workdir.WorkdirError, match=f"in use by process {os.getpid()}"):
+            with workdir.lock(tmp_path / "w"):
+                pass
+        with pytest.raises(workdir.WorkdirError, match=f"in use by process {os.getpid()}"):
+            workdir.check_unlocked(tmp_path / "w")
+    with workdir.lock(tmp_path / "w"):          # released when the block ends
+        pass
+    workdir.check_unlocked(tmp_path / "w")
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    code = ("import sys, time; from pathlib import Path; from rnnjax import workdir\n"
+            "with workdir.lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(workdir.WorkdirError, match=f"in use by process {proc.pid}"):
+            workdir.check_unlocked(tmp_path)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    time.sleep(0.1)
+    with workdir.lock(tmp_path):
+        pass
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p.write_text("x") and p, "exists and is not a directory"),
+    (lambda p: p.write_text("x") and p / "sub", "is a file, not a directory"),
+])
+def test_workdirs_that_cannot_be_written(tmp_path, make, message):
+    with pytest.raises(workdir.WorkdirError, match=message):
+        workdir.check_writable(make(tmp_path / "f"))
+    workdir.check_writable(tmp_path / "new" / "nested")          # can be made
+
+
+def test_an_unmakeable_workdir_is_one_error(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(workdir.WorkdirError, match="cannot be written"):
+        with workdir.lock(tmp_path / "f" / "sub"):
+            pass
+
+
+def test_checksums_catch_one_flipped_bit():
+    state = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": [np.ones(4, np.int32)]}
+    sums = workdir.checksums(state)
+    assert workdir.verify(state, sums) == []
+    flipped = state["a"].copy()
+    flipped.view(np.uint32)[1, 2] ^= 1 << 7
+    assert workdir.verify({**state, "a": flipped}, sums) == ["['a']"]
+    assert workdir.verify({"a": state["a"]}, sums) == ["['b'][0]"]          # a missing array counts
