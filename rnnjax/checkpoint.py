@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from rnnjax import workdir as workdir_lib
-from rnnjax.config import SWEEPABLE, Config
+from rnnjax.config import Config
 from rnnjax.data import Vocab
 from rnnjax.generate import predict, predict_batch
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model
@@ -191,36 +191,6 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any) -> Any:
         raise DamagedCheckpoint(step, mngr.directory, f"is damaged: {len(bad)} array(s) fail their checksums "
                                 f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     return state
-
-
-def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, runs: tuple[Config, ...] = ()
-                     ) -> None:
-    """A resumed run must be the same run: same config but for ``RESUMABLE`` fields (and the same ``runs``
-    trained together, if several)."""
-    saved_runs = [Config.from_json(c) for c in meta.get("runs", [])]
-
-    def fixed(c: Config) -> dict:
-        return {k: v for k, v in c.to_json().items() if k not in Config.RESUMABLE}
-    if [fixed(c) for c in saved_runs] != [fixed(c) for c in runs]:
-        def what(configs):
-            return f"{len(configs)} runs trained together ({_sweep(configs)})" if configs else "a single run"
-        raise CheckpointError(f"{workdir} holds {what(saved_runs)}, not {what(list(runs))}. Use a new --workdir, "
-                              "or the checkpoint's settings to resume it.")
-    saved = Config.from_json(meta["config"])
-    diff = [f"{f.name}: checkpoint {getattr(saved, f.name)!r}, requested {getattr(config, f.name)!r}"
-            for f in dataclasses.fields(config)
-            if f.name not in config.RESUMABLE and getattr(saved, f.name) != getattr(config, f.name)]
-    if diff:
-        raise CheckpointError(
-            f"{workdir} holds a run with another configuration ({'; '.join(diff)}). Use a new "
-            "--workdir, or the checkpoint's settings to resume it.")
-    if Vocab.from_json(meta["vocab"]) != vocab:
-        raise CheckpointError(f"{workdir} holds a run trained on another vocabulary.")
-
-
-def _sweep(configs: list[Config]) -> str:
-    return "; ".join(f"{k} {', '.join(f'{v:g}' for v in dict.fromkeys(getattr(c, k) for c in configs))}"
-                     for k in SWEEPABLE)
 
 
 def write_config(workdir: Path, config: Config, vocab: Vocab, runs: list[Config] | None = None) -> None:

@@ -12,8 +12,8 @@ import jax
 
 from rnnjax import checkpoint, metrics, workdir as workdir_lib
 from rnnjax.backend import available_cores
-from rnnjax.config import Config
-from rnnjax.data import TimeMachine
+from rnnjax.config import SWEEPABLE, Config
+from rnnjax.data import TimeMachine, Vocab
 from rnnjax.parallel import DataParallel
 from rnnjax.state import abstract_run_states, abstract_train_state, loss_path, make_model
 
@@ -107,7 +107,7 @@ def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int
         for step in steps:       # the newest good checkpoint; damaged ones are reported and set aside
             try:
                 meta = checkpoint.read_meta(workdir, step)
-                checkpoint.check_compatible(meta, config, data.vocab, workdir, runs=runs)
+                check_compatible(meta, config, data.vocab, workdir, runs=runs)
                 state = checkpoint.restore_state(reader, step, target)
             except checkpoint.DamagedCheckpoint as e:
                 damaged.append((step, e.reason))
@@ -119,6 +119,36 @@ def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps {', '.join(str(s) for s, _ in damaged)}; "
         f"step {damaged[0][0]}: {damaged[0][1]}). Move that folder aside to start anew, or use a new --workdir.")
+
+
+def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, runs: tuple[Config, ...] = ()
+                     ) -> None:
+    """A resumed run must be the same run: same config but for ``RESUMABLE`` fields (and the same ``runs``
+    trained together, if several)."""
+    saved_runs = [Config.from_json(c) for c in meta.get("runs", [])]
+
+    def fixed(c: Config) -> dict:
+        return {k: v for k, v in c.to_json().items() if k not in Config.RESUMABLE}
+    if [fixed(c) for c in saved_runs] != [fixed(c) for c in runs]:
+        def what(configs):
+            return f"{len(configs)} runs trained together ({_sweep(configs)})" if configs else "a single run"
+        raise checkpoint.CheckpointError(f"{workdir} holds {what(saved_runs)}, not {what(list(runs))}. Use a new "
+                                         "--workdir, or the checkpoint's settings to resume it.")
+    saved = Config.from_json(meta["config"])
+    diff = [f"{f.name}: checkpoint {getattr(saved, f.name)!r}, requested {getattr(config, f.name)!r}"
+            for f in dataclasses.fields(config)
+            if f.name not in config.RESUMABLE and getattr(saved, f.name) != getattr(config, f.name)]
+    if diff:
+        raise checkpoint.CheckpointError(
+            f"{workdir} holds a run with another configuration ({'; '.join(diff)}). Use a new "
+            "--workdir, or the checkpoint's settings to resume it.")
+    if Vocab.from_json(meta["vocab"]) != vocab:
+        raise checkpoint.CheckpointError(f"{workdir} holds a run trained on another vocabulary.")
+
+
+def _sweep(configs: list[Config]) -> str:
+    return "; ".join(f"{k} {', '.join(f'{v:g}' for v in dict.fromkeys(getattr(c, k) for c in configs))}"
+                     for k in SWEEPABLE)
 
 
 # Bytes of float32 work per token and hidden unit of a training step (activations, gradients and
