@@ -18,22 +18,40 @@ The logic lives in ``rnnjax``; this file is intentionally kept short.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
 import signal
 import sys
-import time
-from pathlib import Path
 
-import jax
 
-import rnnjax
-from rnnjax import backend, checkpoint, config as config_lib, metrics, parallel, runs
-from rnnjax.data import DataError, TimeMachine
-from rnnjax.start import plan
-from rnnjax.train import CHECKPOINT_EVERY, Interrupted, NonFiniteLoss, fit
-from rnnjax.workdir import WorkdirError
+def _stopped_while_loading(signum, frame):
+    _exit_now(f"Stopped by signal {signum} while starting, before anything was written.", 128 + signum)
+
+
+def _exit_now(message: str, status: int):
+    """Says ``message`` and exits at once: unwinding out of half-loaded or half-compiled JAX can crash
+    the interpreter's teardown."""
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(status)
+
+
+if __name__ == "__main__":     # a signal while JAX loads: one line and 130/143, not a traceback
+    signal.signal(signal.SIGINT, _stopped_while_loading)
+    signal.signal(signal.SIGTERM, _stopped_while_loading)
+
+import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
+import contextlib  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+
+import rnnjax  # noqa: E402
+from rnnjax import backend, checkpoint, config as config_lib, metrics, parallel, runs  # noqa: E402
+from rnnjax.data import DataError, TimeMachine  # noqa: E402
+from rnnjax.start import plan  # noqa: E402
+from rnnjax.train import CHECKPOINT_EVERY, Interrupted, NonFiniteLoss, fit  # noqa: E402
+from rnnjax.workdir import WorkdirError  # noqa: E402
 
 USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError, WorkdirError)
 
@@ -178,13 +196,14 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
 
 
 def _stopped_at_start_up(signum, frame):
-    raise Interrupted(f"Stopped by signal {signum} before training began (or after it ended); run the "
-                      "same command again to go on.", signum)
+    _exit_now(f"Stopped by signal {signum} before training began (or after it ended); run the same command "
+              "again to go on.", 128 + signum)
 
 
 def main(argv=None) -> int:
     # Until fit takes over the signals (it saves, then stops): one line and 130/143, not a traceback.
-    previous = signal.signal(signal.SIGTERM, _stopped_at_start_up)
+    previous = signal.signal(signal.SIGTERM, _stopped_at_start_up), signal.signal(signal.SIGINT,
+                                                                                  signal.default_int_handler)
     try:
         return _main(argv)
     except Interrupted as e:
@@ -195,7 +214,8 @@ def main(argv=None) -> int:
               "run the same command again to resume or start.", file=sys.stderr)
         return 128 + signal.SIGINT
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def _main(argv) -> int:

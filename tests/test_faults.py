@@ -253,3 +253,18 @@ def test_restore_takes_a_step_given_as_text(small_data, tmp_path):
     assert checkpoint.restore(tmp_path, step="13").step == 13
     with pytest.raises(checkpoint.CheckpointError, match="step must be a whole number"):
         checkpoint.restore(tmp_path, step="latest")
+
+
+@pytest.mark.parametrize("signum,after", [(signal.SIGTERM, 0.3), (signal.SIGINT, 0.3), (signal.SIGTERM, 2.5),
+                                          (signal.SIGINT, 2.5)])
+def test_a_signal_while_starting_is_one_line(real_text_path, tmp_path, main_job, signum, after):
+    """While JAX loads (0.3 s) or the run compiles (2.5 s): 130/143 and one line, not a traceback."""
+    proc = main_job("--data", real_text_path, "--preset", "tiny", "--workdir", str(tmp_path), "--no-progress",
+                    "--no-compilation-cache")
+    time.sleep(after)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode in (128 + signum, 0), err          # 0: it finished first (a fast machine)
+    if proc.returncode:
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert f"signal {signum}" in err
