@@ -61,7 +61,7 @@ class Plan:
         else:
             what = (f"resuming {f'{len(self.runs)} runs ' if self.runs else ''}from step {self.step} (epoch "
                     f"{self.position.epoch + 1} of {self.config.epochs}, batch {self.position.batch})")
-        hint = "".join(f"; checkpoint step {step} is damaged ({why}), set aside in "
+        hint = "".join(f"; checkpoint step {step} {why}, set aside in "
                        f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
         if self.dp.devices[0].platform == "cpu" and self.dp.num_shards == 1 and available_cores() > 1:
             hint += ("; one CPU device on a machine of several cores: call "
