@@ -36,7 +36,8 @@ def main(argv=None) -> int:
     best = min(records, key=lambda r: r["val_ppl"])
     last = records[-1]
     print(f"overfit: validation perplexity lowest at epoch {best['epoch']} ({best['val_ppl']:.2f}), then "
-          f"{last['val_ppl']:.2f} at epoch {last['epoch']}, while train perplexity fell to {last['train_ppl']:.2f}")
+          f"{last['val_ppl']:.2f} at epoch {last['epoch']}, while train perplexity fell to "
+          f"{last['train_ppl']:.2f}")
     return status
 
 

@@ -108,7 +108,8 @@ def rnn_predictions(model: RNNForecaster, params, x_T: np.ndarray) -> dict[str, 
     rollout = jax.jit(lambda h, steps: model.apply(params, h, steps, method=RNNForecaster.rollout),
                       static_argnums=1)
     multistep = np.array(x_T)
-    multistep[NUM_TRAIN + TAU:] = np.asarray(rollout(states_TxH[None, NUM_TRAIN + TAU - 1], T - NUM_TRAIN - TAU))[:, 0]
+    start = NUM_TRAIN + TAU
+    multistep[start:] = np.asarray(rollout(states_TxH[None, start - 1], T - start))[:, 0]
     rows = T - TAU - MAX_STEPS + 1
     ksteps = np.zeros((rows, TAU + MAX_STEPS), np.float32)
     for i in range(TAU):
@@ -168,10 +169,12 @@ def errors(preds: dict, x_T: np.ndarray) -> dict[str, float]:
     """Mean squared errors against the data: one-step and multistep on the test part, k-step everywhere."""
     labels = x_T[TAU:]
     out = {"onestep_test": float(np.mean((preds["onestep"][NUM_TRAIN:] - labels[NUM_TRAIN:]) ** 2)),
-           "multistep_test": float(np.mean((preds["multistep"][NUM_TRAIN + TAU:] - x_T[NUM_TRAIN + TAU:]) ** 2))}
+           "multistep_test": float(np.mean((preds["multistep"][NUM_TRAIN + TAU:]
+                                            - x_T[NUM_TRAIN + TAU:]) ** 2))}
     rows = preds["ksteps"].shape[0]
     for k in STEPS:
-        out[f"{k}-step"] = float(np.mean((preds["ksteps"][:, TAU + k - 1] - x_T[TAU + k - 1:TAU + k - 1 + rows]) ** 2))
+        target = x_T[TAU + k - 1:TAU + k - 1 + rows]
+        out[f"{k}-step"] = float(np.mean((preds["ksteps"][:, TAU + k - 1] - target) ** 2))
     return out
 
 
@@ -201,7 +204,8 @@ def plot(time_T, x_T, results: dict, workdir: Path) -> None:
     def multistep(axes):
         axes[0].plot(time_T, x_T, lw=0.8, label="data")
         for model, preds in results.items():
-            axes[0].plot(time_T[NUM_TRAIN + TAU:], preds["multistep"][NUM_TRAIN + TAU:], label=f"multistep ({model})")
+            axes[0].plot(time_T[NUM_TRAIN + TAU:], preds["multistep"][NUM_TRAIN + TAU:],
+                         label=f"multistep ({model})")
 
     def ksteps(axes):
         for ax, (model, preds) in zip(axes, results.items()):

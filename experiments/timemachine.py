@@ -81,11 +81,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--best", action="store_true",
                      help="with --predict: the best checkpoint, not the latest")
     run.add_argument("--run", type=int, metavar="K",
-                     help="with --predict on a workdir of several runs (--seeds, lists of --lr/--clip): run K")
+                     help="with --predict on a workdir of several runs (--seeds, --lr/--clip lists): run K")
     run.add_argument("--sample", action="store_true",
                      help="with --predict: sample the characters (seeded by --seed) instead of the argmax")
     run.add_argument("--temperature", type=float, metavar="T",
-                     help="with --sample: divide the logits by T (default 1; d2l's q ~ P^alpha is T = 1/alpha)")
+                     help="with --sample: divide the logits by T (default 1; d2l's q ~ P^alpha: T = 1/alpha)")
     run.add_argument("--top-k", type=int, metavar="K", help="with --sample: draw among the K likeliest only")
     run.add_argument("--no-progress", action="store_true", help="no progress output")
     run.add_argument("--no-compilation-cache", action="store_true",
@@ -96,7 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}.")
     args.sample = args.sample or args.temperature is not None or args.top_k is not None
     if args.sample and args.predict is None:
-        raise ValueError("--sample, --temperature and --top-k choose how --predict generates; add --predict PREFIX.")
+        raise ValueError("--sample, --temperature and --top-k choose how --predict generates; "
+                         "add --predict PREFIX.")
     if args.predict is not None and args.seed is not None and len(args.seed) > 1:
         raise ValueError(f"--predict samples with one --seed, got {len(args.seed)}.")
     if args.temperature is not None and not args.temperature > 0:   # NaN fails this too
@@ -164,7 +165,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
     p = plan(config, data, workdir, devices=args.devices, runs=configs if several else None)
     say(p.describe())
     model, untrained = rnnjax.make_model(config, len(data.vocab)), None
-    if p.step is None and not several:   # fit starts from these, rather than initializing (and compiling) again
+    if p.step is None and not several:   # fit starts from these, not from a second init (and compile)
         untrained = rnnjax.create_train_state(config, len(data.vocab)).params
         say(f"untrained: {rnnjax.predict(model, untrained, data.vocab, 'it has', 20)!r}")
     options = dict(devices=args.devices, checkpoint_every=args.checkpoint_every, keep=args.keep, log=None)
@@ -181,8 +182,10 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
     if several:
         for k, c in enumerate(configs):
             last = [r for r in result.history if r["run"] == k][-1]
-            text = rnnjax.predict(model, jax.tree.map(lambda x: x[k], result.state.params), data.vocab, "it has", 20)
-            say(f"run {k} ({runs.label(c, configs)}): train perplexity {last['train_ppl']:.2f}, val perplexity "
+            params = jax.tree.map(lambda x: x[k], result.state.params)
+            text = rnnjax.predict(model, params, data.vocab, "it has", 20)
+            say(f"run {k} ({runs.label(c, configs)}): train perplexity {last['train_ppl']:.2f}, "
+                f"val perplexity "
                 f"{last['val_ppl']:.2f}, {text!r}")
         table = runs.summary(result.history)
         say(f"{len(configs)} runs, epoch {result.history[-1]['epoch']}:  " + "  ".join(
@@ -210,8 +213,8 @@ def main(argv=None) -> int:
         print(e, file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
-        print("Stopped by signal 2 (Ctrl-C), with nothing saved since the workdir's last checkpoint (if any); "
-              "run the same command again to resume or start.", file=sys.stderr)
+        print("Stopped by signal 2 (Ctrl-C), with nothing saved since the workdir's last checkpoint "
+              "(if any); run the same command again to resume or start.", file=sys.stderr)
         return 128 + signal.SIGINT
     finally:
         signal.signal(signal.SIGTERM, previous[0])

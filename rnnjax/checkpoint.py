@@ -172,8 +172,9 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) ->
     steps = ocp.utils.checkpoint_steps(mngr.directory) if Path(mngr.directory).is_dir() else []
     last = f"its last complete checkpoint is step {max(steps)}" if steps else "it has no complete checkpoint"
     what = f"step {step}" if step is not None else "a checkpoint"
-    return CheckpointError(f"Saving {what} to {mngr.directory} failed ({_reason(e)}); training stopped there and "
-                           f"{last}. Free space (or fix the cause) and run the same command to resume.")
+    return CheckpointError(f"Saving {what} to {mngr.directory} failed ({_reason(e)}); training stopped "
+                           f"there and {last}. Free space (or fix the cause) and run the same command to "
+                           "resume.")
 
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any) -> Any:
@@ -219,7 +220,7 @@ class Restored:
         return make_model(self.config, len(self.vocab))
 
     def predict(self, prefix: str, num_preds: int, **sampling) -> str:
-        """Greedy, or sampled given ``temperature``, ``top_k`` or ``key`` (``rnnjax.generate.predict_batch``)."""
+        """Greedy, or sampled given ``temperature``, ``top_k`` or ``key`` (``generate.predict_batch``)."""
         return predict(self.model, self.params, self.vocab, prefix, num_preds, **sampling)
 
     def predict_batch(self, prefixes: list[str], num_preds: int, **sampling) -> list[str]:
@@ -264,18 +265,21 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         mngr.close()
 
 
-def _restore_for_inference(mngr: ocp.CheckpointManager, workdir: Path, step: int, run: int | None) -> Restored:
+def _restore_for_inference(mngr: ocp.CheckpointManager, workdir: Path, step: int, run: int | None
+                           ) -> Restored:
     meta = read_meta(workdir, step)
     config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
     runs = [Config.from_json(c) for c in meta.get("runs", [])]
     if runs and (run is None or not 0 <= run < len(runs)):
+        given = "" if run is None else f", not {run}"
         raise CheckpointError(f"{workdir} holds {len(runs)} runs trained together; choose one with run=K "
-                              f"(--run K), K from 0 to {len(runs) - 1}{'' if run is None else f', not {run}'}.")
+                              f"(--run K), K from 0 to {len(runs) - 1}{given}.")
     if run not in (None, 0) and not runs:
         raise CheckpointError(f"{workdir} holds a single run; leave out run={run} (--run).")
     if runs:
         config = runs[run]
-        state = jax.tree.map(lambda x: x[run], restore_state(mngr, step, abstract_run_states(runs, len(vocab))))
+        stacked = restore_state(mngr, step, abstract_run_states(runs, len(vocab)))
+        state = jax.tree.map(lambda x: x[run], stacked)
     else:
         state = restore_state(mngr, step, abstract_train_state(config, len(vocab)))
     return Restored(config, vocab, state.params, step, meta)

@@ -134,7 +134,8 @@ def _single(kind: type, name: str):
         if "," in text:
             raise argparse.ArgumentTypeError(
                 f"{_flag(name)} takes one value: runs trained in one program share their shapes "
-                f"(only {', '.join(_flag(k) for k in SWEEPABLE)} take lists); train the others in separate workdirs")
+                f"(only {', '.join(_flag(k) for k in SWEEPABLE)} take lists); train the others in "
+                "separate workdirs")
         return kind(text)
     parse.__name__ = kind.__name__
     return parse

@@ -47,7 +47,9 @@ def _decode(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array, n
 @functools.partial(jax.jit, static_argnames=("model", "num_preds"))
 def greedy(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array, num_preds: int) -> jax.Array:
     """``_decode`` feeding back the argmax."""
-    return _decode(model, params, prefix_BxL, lengths_B, num_preds, lambda logits_BxV, i: jnp.argmax(logits_BxV, -1))
+    def argmax(logits_BxV, i):
+        return jnp.argmax(logits_BxV, -1)
+    return _decode(model, params, prefix_BxL, lengths_B, num_preds, argmax)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_preds", "top_k"))
@@ -98,8 +100,8 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Sequence[str], n
         tokens = greedy(model, params, prefix, lengths, num_preds)
     else:
         key = jax.random.PRNGKey(0) if key is None else key
-        tokens = sample(model, params, prefix, lengths, num_preds, key, 1.0 if temperature is None else temperature,
-                        top_k or 0)
+        temperature = 1.0 if temperature is None else temperature
+        tokens = sample(model, params, prefix, lengths, num_preds, key, temperature, top_k or 0)
     tokens = np.asarray(tokens)
     return ["".join(vocab.idx_to_token[t] for t in row[: n + num_preds])
             for row, n in zip(tokens, lengths)]

@@ -25,7 +25,8 @@ def bits_per_character(loss: float) -> float:
 def epoch_record(epoch: int, step: int, train_loss: float, val_loss: float, seconds: float) -> dict:
     """One line of ``metrics.jsonl``: the mean losses (nats), their perplexities and bits per character."""
     return {"epoch": epoch, "step": step,
-            "train_loss": train_loss, "train_ppl": perplexity(train_loss), "train_bpc": bits_per_character(train_loss),
+            "train_loss": train_loss, "train_ppl": perplexity(train_loss),
+            "train_bpc": bits_per_character(train_loss),
             "val_loss": val_loss, "val_ppl": perplexity(val_loss), "val_bpc": bits_per_character(val_loss),
             "seconds": seconds}
 
@@ -75,8 +76,8 @@ class MetricsLog:
                           "record); the checkpointed epochs are all there.")
                 break
             if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)):
-                raise MetricsError(f"{self.path}, line {number}, is not a metrics record: {line[:60]!r}. Move "
-                                   "the file aside to resume, or use a new --workdir.")
+                raise MetricsError(f"{self.path}, line {number}, is not a metrics record: {line[:60]!r}. "
+                                   "Move the file aside to resume, or use a new --workdir.")
             records.append(record)
         _check_order(records, self.path)
         return records
@@ -111,8 +112,8 @@ def _check_order(records: list[dict], path: Path) -> None:
         run = r.get("run")
         if r["epoch"] <= last.get(run, 0):
             where = "" if run is None else f" of run {run}"
-            raise MetricsError(f"{path} has epoch {r['epoch']}{where} after epoch {last[run]}: two runs wrote "
-                               "to this workdir, or it was edited. Use a new --workdir.")
+            raise MetricsError(f"{path} has epoch {r['epoch']}{where} after epoch {last[run]}: two runs "
+                               "wrote to this workdir, or it was edited. Use a new --workdir.")
         last[run] = r["epoch"]
 
 

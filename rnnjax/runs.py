@@ -33,18 +33,19 @@ from rnnjax.parallel import wait_for_backlog
 from rnnjax.start import Plan, Position, plan
 from rnnjax.state import TrainState, create_run_states
 from rnnjax.stops import Interrupted, NonFiniteLoss, catch_signals, check_finite
-from rnnjax.train import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult, _chunks, eval_steps, train_windows, writing
+from rnnjax.train import (CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult, _chunks, eval_steps, train_windows,
+                          writing)
 
 
 def check_runs(configs: list[Config]) -> None:
-    """Runs in one program share every shape: ``ConfigError`` unless they differ in ``SWEEPABLE`` fields only."""
+    """Runs in one program share every shape: ``ConfigError`` unless they differ in ``SWEEPABLE`` only."""
     if not configs:
         raise ConfigError("There are no runs to train.")
     differ = sorted({f.name for c in configs[1:] for f in dataclasses.fields(Config)
                      if f.name not in SWEEPABLE and getattr(c, f.name) != getattr(configs[0], f.name)})
     if differ:
-        raise ConfigError(f"Runs trained in one program may differ only in {', '.join(SWEEPABLE)}; these differ "
-                          f"in {', '.join(differ)}: train them in separate workdirs.")
+        raise ConfigError(f"Runs trained in one program may differ only in {', '.join(SWEEPABLE)}; these "
+                          f"differ in {', '.join(differ)}: train them in separate workdirs.")
     if len(set(configs)) < len(configs):
         raise ConfigError("Two of the runs are the same run; list each seed and value once.")
 
@@ -139,7 +140,8 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
     def save(epoch: int, batch: int, partial: list, val_ppl: float | None = None):
         meta = checkpoint.make_meta(base, data.vocab, dataclasses.asdict(Position(epoch, batch, partial)),
                                     num_devices=dp.num_shards, runs=[c.to_json() for c in configs])
-        checkpoint.save(manager, int(dp.unreplicate(state).step[0]), dp.unreplicate(state), meta, val_ppl=val_ppl)
+        host = dp.unreplicate(state)
+        checkpoint.save(manager, int(host.step[0]), host, meta, val_ppl=val_ppl)
 
     with catch_signals() as stop, manager:
         for epoch in range(position.epoch, base.epochs):
@@ -159,7 +161,8 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
                 if stop.signum is not None:
                     break
             host = dp.unreplicate(call_metrics)
-            sums = [partial[r] + _finite(host, r, configs, epoch, start, steps_per_epoch) for r in range(num_runs)]
+            sums = [partial[r] + _finite(host, r, configs, epoch, start, steps_per_epoch)
+                    for r in range(num_runs)]
             if len(sums[0]) < steps_per_epoch:                  # stopped mid-epoch
                 save(epoch, len(sums[0]), sums)
                 checkpoint.check_saved(manager, wait=True)
@@ -181,7 +184,7 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
                                        "train_ppl": statistics.fmean(r["train_ppl"] for r in records)})
             if stop.signum is not None:
                 checkpoint.check_saved(manager, wait=True)
-                raise Interrupted(f"Stopped by signal {stop.signum} after epoch {epoch + 1}; saved step {done} "
-                                  f"in {workdir}. Run the same command again to resume.", stop.signum)
+                raise Interrupted(f"Stopped by signal {stop.signum} after epoch {epoch + 1}; saved step "
+                                  f"{done} in {workdir}. Run the same command again to resume.", stop.signum)
         checkpoint.check_saved(manager, wait=True)
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir)

@@ -117,8 +117,9 @@ def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int
     finally:
         reader.close()
     raise checkpoint.CheckpointError(
-        f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps {', '.join(str(s) for s, _ in damaged)}; "
-        f"step {damaged[0][0]}: {damaged[0][1]}). Move that folder aside to start anew, or use a new --workdir.")
+        f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "
+        f"{', '.join(str(s) for s, _ in damaged)}; step {damaged[0][0]}: {damaged[0][1]}). Move that folder "
+        "aside to start anew, or use a new --workdir.")
 
 
 def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, runs: tuple[Config, ...] = ()
@@ -132,8 +133,8 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
     if [fixed(c) for c in saved_runs] != [fixed(c) for c in runs]:
         def what(configs):
             return f"{len(configs)} runs trained together ({_sweep(configs)})" if configs else "a single run"
-        raise checkpoint.CheckpointError(f"{workdir} holds {what(saved_runs)}, not {what(list(runs))}. Use a new "
-                                         "--workdir, or the checkpoint's settings to resume it.")
+        raise checkpoint.CheckpointError(f"{workdir} holds {what(saved_runs)}, not {what(list(runs))}. Use a "
+                                         "new --workdir, or the checkpoint's settings to resume it.")
     saved = Config.from_json(meta["config"])
     diff = [f"{f.name}: checkpoint {getattr(saved, f.name)!r}, requested {getattr(config, f.name)!r}"
             for f in dataclasses.fields(config)
@@ -167,5 +168,5 @@ def check_memory(config: Config, vocab_size: int, num_shards: int, num_runs: int
         return
     if jax.default_backend() == "cpu" and need * num_shards > have:
         raise ValueError(f"--batch-size {config.batch_size} x --num-steps {config.num_steps} needs about "
-                         f"{need * num_shards / 2 ** 30:.0f} GiB for a training step, more than this machine's "
-                         f"{have / 2 ** 30:.0f} GiB; use a smaller batch.")
+                         f"{need * num_shards / 2 ** 30:.0f} GiB for a training step, more than this "
+                         f"machine's {have / 2 ** 30:.0f} GiB; use a smaller batch.")

@@ -62,9 +62,12 @@ def abstract_run_states(configs: list[Config], vocab_size: int) -> TrainState:
     """The shapes and dtypes of ``create_run_states``' result, computing nothing (a restore target)."""
     def one():
         state = _train_state(configs[0], vocab_size, lambda f: f)
-        return state.replace(tx=make_run_optimizer(configs[0]), opt_state=make_run_optimizer(configs[0]).init(
-            state.params))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(configs), *x.shape), x.dtype), jax.eval_shape(one))
+        tx = make_run_optimizer(configs[0])
+        return state.replace(tx=tx, opt_state=tx.init(state.params))
+
+    def stacked(x):
+        return jax.ShapeDtypeStruct((len(configs), *x.shape), x.dtype)
+    return jax.tree.map(stacked, jax.eval_shape(one))
 
 
 def _train_state(config: Config, vocab_size: int, jit: Callable, params: Any = None) -> TrainState:

@@ -60,8 +60,8 @@ def check_divergence(record: dict, epochs_high: int, vocab_size: int) -> bool:
     if high and (epochs_high + 1 >= DIVERGED_EPOCHS or not math.isfinite(ppl)):
         raise NonFiniteLoss(
             f"The run is diverging: its train perplexity is {ppl:.4g} at epoch {record['epoch']}, against "
-            f"{vocab_size} for guessing uniformly, for {epochs_high + 1} epoch(s); stopped. Train again in a new "
-            "--workdir with a smaller --lr.")
+            f"{vocab_size} for guessing uniformly, for {epochs_high + 1} epoch(s); stopped. Train again in a "
+            "new --workdir with a smaller --lr.")
     return high
 
 

@@ -38,7 +38,8 @@ from rnnjax.data import Batch, TimeMachine, Windows
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.start import Plan, Position, plan
 from rnnjax.state import TrainState, create_train_state
-from rnnjax.stops import (Interrupted, NonFiniteLoss, catch_signals, check_divergence,  # noqa: F401 (fit raises these)
+# NonFiniteLoss and Interrupted are what fit raises: importable from here too.
+from rnnjax.stops import (Interrupted, NonFiniteLoss, catch_signals, check_divergence,  # noqa: F401
                           check_finite)
 
 # Epochs between checkpoints: a save costs about a third of a d2l epoch

@@ -107,7 +107,8 @@ def _crc32(x: Any) -> str:
 
 def checksums(state: Any) -> dict[str, str]:
     """``{array path: CRC-32 of its values}`` of a host pytree (``jax.tree_util.keystr`` paths)."""
-    return {jax.tree_util.keystr(path): _crc32(x) for path, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    return {jax.tree_util.keystr(path): _crc32(x) for path, x in leaves}
 
 
 def verify(state: Any, expected: dict[str, str]) -> list[str]:

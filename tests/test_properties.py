@@ -49,7 +49,8 @@ def test_windows_masks_and_batches_are_consistent(setting, epoch):
                 seen.append(int(start))
         assert set(np.unique(batch.mask)) <= {0.0, 1.0} and np.all(np.diff(batch.mask) <= 0)  # padding last
     assert sorted(seen) == list(range(num_train))          # every train window once an epoch
-    assert [int(s) for w in data.train_windows(epoch) for s, m in zip(w.starts, w.mask) if m] == seen  # same order
+    again = [int(s) for w in data.train_windows(epoch) for s, m in zip(w.starts, w.mask) if m]
+    assert again == seen                                    # the same order every time
     val = [int(s) for b in data.val_batches() for s in b.mask]
     assert sum(val) == num_val and len(list(data.val_batches())) == data.num_batches(False)
     assert np.all(data.tokens < len(data.vocab))
@@ -61,8 +62,8 @@ PARAMS = jax.tree.map(lambda x: 4 * x, MODEL.init(jax.random.key(0), jnp.zeros((
 
 
 @settings(max_examples=15, deadline=None)   # each new length compiles: a few seconds each
-@given(st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz ", min_size=1, max_size=12), min_size=1, max_size=4),
-       st.integers(0, 16))
+@given(st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz ", min_size=1, max_size=12), min_size=1,
+                max_size=4), st.integers(0, 16))
 def test_generation_extends_any_prefix_as_d2ls_loop_does(prefixes, num_preds):
     texts = predict_batch(MODEL, PARAMS, VOCAB, prefixes, num_preds)
     step = functools.partial(MODEL.apply, method=RNNLM.step)

@@ -34,6 +34,7 @@ def test_an_overflowing_perplexity_stops_at_once(ppl):
 
 def test_a_non_finite_loss_names_its_step_and_a_fix():
     metrics = [{"loss_sum": np.array([1.0, np.nan]), "count": np.array([2.0, 2.0])}]
-    with pytest.raises(NonFiniteLoss, match="epoch 3, step 6 of 9: the run diverged.*new --workdir with a smaller"):
+    with pytest.raises(NonFiniteLoss, match="epoch 3, step 6 of 9: the run diverged.*new --workdir with a "
+                                            "smaller"):
         check_finite(metrics, 2, 4, 9)
     assert check_finite([{"loss_sum": np.array([1.0]), "count": np.array([2.0])}], 0, 0, 9) == [[1.0, 2.0]]

@@ -136,7 +136,8 @@ def test_fit_writes_one_metrics_record_per_epoch(small_data, tmp_path):
     for r in result.history:
         assert {"epoch", "step", "train_ppl", "val_ppl", "seconds"} <= set(r)
         assert math.isclose(r["val_ppl"], math.exp(r["val_loss"]))
-        assert math.isclose(2 ** r["val_bpc"], r["val_ppl"]) and math.isclose(2 ** r["train_bpc"], r["train_ppl"])
+        assert math.isclose(2 ** r["val_bpc"], r["val_ppl"])
+        assert math.isclose(2 ** r["train_bpc"], r["train_ppl"])
     assert result.history[-1]["step"] == 3 * small_data.num_batches(True) == int(result.state.step)
 
 

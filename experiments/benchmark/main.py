@@ -104,9 +104,10 @@ def measure_runs(args, s: Setting, data: TimeMachine) -> dict:
         out.update(recipe_s_one=recipes[one.name]["recipe_s"], recipe_s_all=recipes[many.name]["recipe_s"],
                    val_ppl_mean_all=recipes[many.name]["val_ppl"])
         out["recipe_ratio_vs_one"] = out["recipe_s_all"] / out["recipe_s_one"]
-    print(f"{args.runs} seeds in one program: a step of all of them is {out['ratio_vs_sequential']:.2f}x faster than "
-          f"{args.runs} sequential steps" + (f"; the whole recipe takes {out['recipe_ratio_vs_one']:.2f}x one seed's"
-                                             if args.recipe_rounds else ""))
+    recipe = (f"; the whole recipe takes {out['recipe_ratio_vs_one']:.2f}x one seed's"
+              if args.recipe_rounds else "")
+    print(f"{args.runs} seeds in one program: a step of all of them is {out['ratio_vs_sequential']:.2f}x "
+          f"faster than {args.runs} sequential steps{recipe}")
     return out
 
 
