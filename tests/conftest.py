@@ -20,10 +20,12 @@ from rnnjax.config import PRESETS
 from rnnjax.data import TimeMachine
 
 jax.config.update("jax_num_cpu_devices", 4)
-# Downloads and compilation caches of this session (and its subprocesses) stay out of ~/.cache,
-# and go when it ends.
-os.environ["RNNJAX_CACHE"] = tempfile.mkdtemp(prefix="rnnjax-test-cache-")
-atexit.register(shutil.rmtree, os.environ["RNNJAX_CACHE"], ignore_errors=True)
+# Downloads and compilation caches of this session (its subprocesses and pytest-xdist's workers,
+# which inherit the variable) stay out of ~/.cache, and go when the process that made them ends.
+if "RNNJAX_TEST_CACHE" not in os.environ:
+    os.environ["RNNJAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="rnnjax-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["RNNJAX_TEST_CACHE"], ignore_errors=True)
+os.environ["RNNJAX_CACHE"] = os.environ["RNNJAX_TEST_CACHE"]
 # Many tests compile the same small programs: JAX's persistent cache compiles each once a session.
 backend.enable_compilation_cache()
 
