@@ -33,8 +33,8 @@ from rnnjax.parallel import wait_for_backlog
 from rnnjax.start import Plan, Position, plan
 from rnnjax.state import TrainState, create_run_states
 from rnnjax.stops import Interrupted, NonFiniteLoss, catch_signals, check_finite
-from rnnjax.train import (CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult, _chunks, eval_steps, train_windows,
-                          writing)
+from rnnjax.train import (CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult, _chunks, eval_steps, open_workdir,
+                          train_windows, writing)
 
 
 def check_runs(configs: list[Config]) -> None:
@@ -104,21 +104,15 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
               ) -> FitResult:
     configs, base, num_runs = list(p.runs), p.config, len(p.runs)
     workdir, dp, position = p.workdir, p.dp, p.position
-    is_writer = jax.process_index() == 0
     datas = [copy.copy(data) for _ in configs]
     for d, c in zip(datas, configs):
         d.seed = c.seed                    # the batch order is a function of (seed, epoch)
 
     state = create_run_states(configs, len(data.vocab)) if p.state is None else p.state
-    best = checkpoint.best_step(workdir) if p.step is not None else None
-    manager = checkpoint.manager(workdir / checkpoint.SUBDIR, keep=keep, best=best)
-    metrics_log = metrics_lib.MetricsLog(workdir / metrics_lib.FILENAME, writer=is_writer)
+    manager, metrics_log = open_workdir(p, data, keep)
     if p.finished:
         manager.close()
         return FitResult(state, metrics_log.read(), workdir)
-    metrics_log.truncate(position.epoch)
-    if is_writer:
-        checkpoint.write_config(workdir, base, data.vocab, runs=configs)
 
     rngs = None
     if base.dropout and base.num_layers > 1:

@@ -171,20 +171,27 @@ def writing(p: Plan) -> Iterator[None]:
         yield
 
 
+def open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_lib.MetricsLog]:
+    """The checkpoint manager (keeping the best of the runs before too) and the metrics log of a planned
+    run; unless it is finished, the records past its checkpoint dropped and ``config.json`` written."""
+    best = checkpoint.best_step(p.workdir) if p.step is not None else None
+    manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, best=best)
+    metrics_log = metrics_lib.MetricsLog(p.workdir / metrics_lib.FILENAME, writer=jax.process_index() == 0)
+    if not p.finished:
+        metrics_log.truncate(p.position.epoch)
+        if jax.process_index() == 0:
+            checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None)
+    return manager, metrics_log
+
+
 def _fit(p: Plan, data: TimeMachine, params: Any, checkpoint_every: int, keep: int,
          progress: Callable | None) -> FitResult:
     config, workdir, dp, position = p.config, p.workdir, p.dp, p.position
-    is_writer = jax.process_index() == 0
     state = create_train_state(config, len(data.vocab), params) if p.state is None else p.state
-    best = checkpoint.best_step(workdir) if p.step is not None else None
-    manager = checkpoint.manager(workdir / checkpoint.SUBDIR, keep=keep, best=best)
-    metrics_log = metrics_lib.MetricsLog(workdir / metrics_lib.FILENAME, writer=is_writer)
+    manager, metrics_log = open_workdir(p, data, keep)
     if p.finished:
         manager.close()
         return FitResult(state, metrics_log.read(), workdir)
-    metrics_log.truncate(position.epoch)
-    if is_writer:
-        checkpoint.write_config(workdir, config, data.vocab)
 
     options = compiler_options(config.batch_size, config.num_hiddens, dp.num_shards)
     step = train_windows
