@@ -12,7 +12,9 @@ It says first what it does (new or resumed, devices, loss path, workdir),
 then writes to ``--workdir`` (default ``runs/timemachine-<time>``):
 ``metrics.jsonl``, ``ppl.png``, ``config.json`` and orbax checkpoints. The
 same command resumes; ``--predict`` generates from the workdir's checkpoint
-without training. Every ``rnnjax.config.Config`` field is a flag (``--help``).
+without training (``--sample`` draws instead of the argmax). ``--seeds
+0,1,2,3`` (and lists of ``--lr``, ``--clip``) trains every combination in one
+program (``rnnjax.runs``). Every ``rnnjax.config.Config`` field is a flag.
 The logic lives in ``rnnjax``; this file is intentionally kept short.
 """
 
