@@ -145,13 +145,11 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
         return
     meta = {**meta, "val_ppl": val_ppl if val_ppl is None or math.isfinite(val_ppl) else None,
             "checksums": workdir_lib.checksums(state)}
+    check_saved(mngr)
     try:
-        check_saved(mngr)
         mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                 meta=ocp.args.JsonSave(meta)),
                   metrics=None if meta["val_ppl"] is None else {"val_ppl": meta["val_ppl"]}, force=True)
-    except CheckpointError:
-        raise
     except Exception as e:
         raise _save_failed(mngr, step, e) from None
 
@@ -169,18 +167,20 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) ->
         mngr.wait_until_finished()
     except Exception:
         pass
-    steps = ocp.utils.checkpoint_steps(mngr.directory) if Path(mngr.directory).is_dir() else []
-    last = f"its last complete checkpoint is step {max(steps)}" if steps else "it has no complete checkpoint"
+    latest = latest_step(Path(mngr.directory).parent)
+    last = ("it has no complete checkpoint" if latest is None
+            else f"its last complete checkpoint is step {latest}")
     what = f"step {step}" if step is not None else "a checkpoint"
     return CheckpointError(f"Saving {what} to {mngr.directory} failed ({_reason(e)}); training stopped "
                            f"there and {last}. Free space (or fix the cause) and run the same command to "
                            "resume.")
 
 
-def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any) -> Any:
-    """The saved state, as host arrays shaped and typed like ``target``, its checksums verified
-    (``DamagedCheckpoint`` if it cannot be read or any array differs from what was saved)."""
-    meta = read_meta(Path(mngr.directory).parent, step)
+def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any, meta: dict | None = None) -> Any:
+    """The saved state, as host arrays shaped and typed like ``target``, its checksums (in ``meta``, read
+    unless given) verified: ``DamagedCheckpoint`` if it cannot be read or any array differs from what was
+    saved."""
+    meta = read_meta(Path(mngr.directory).parent, step) if meta is None else meta
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
@@ -278,8 +278,8 @@ def _restore_for_inference(mngr: ocp.CheckpointManager, workdir: Path, step: int
         raise CheckpointError(f"{workdir} holds a single run; leave out run={run} (--run).")
     if runs:
         config = runs[run]
-        stacked = restore_state(mngr, step, abstract_run_states(runs, len(vocab)))
+        stacked = restore_state(mngr, step, abstract_run_states(runs, len(vocab)), meta)
         state = jax.tree.map(lambda x: x[run], stacked)
     else:
-        state = restore_state(mngr, step, abstract_train_state(config, len(vocab)))
+        state = restore_state(mngr, step, abstract_train_state(config, len(vocab)), meta)
     return Restored(config, vocab, state.params, step, meta)

@@ -108,7 +108,7 @@ def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int
             try:
                 meta = checkpoint.read_meta(workdir, step)
                 check_compatible(meta, config, data.vocab, workdir, runs=runs)
-                state = checkpoint.restore_state(reader, step, target)
+                state = checkpoint.restore_state(reader, step, target, meta)
             except checkpoint.DamagedCheckpoint as e:
                 damaged.append((step, e.reason))
                 continue
