@@ -32,9 +32,9 @@ from rnnjax.data import Batch, TimeMachine, Windows
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.start import Plan, Position, plan
 from rnnjax.state import TrainState, create_run_states
-from rnnjax.stops import Interrupted, NonFiniteLoss, catch_signals, check_finite
-from rnnjax.train import (CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult, _chunks, eval_steps, open_workdir,
-                          train_windows, writing)
+from rnnjax.stops import NonFiniteLoss, catch_signals, check_finite
+from rnnjax.train import (CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult, _chunks, _stopped, eval_steps,
+                          open_workdir, train_windows, writing)
 
 
 def check_runs(configs: list[Config]) -> None:
@@ -159,10 +159,7 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
                     for r in range(num_runs)]
             if len(sums[0]) < steps_per_epoch:                  # stopped mid-epoch
                 save(epoch, len(sums[0]), sums)
-                checkpoint.check_saved(manager, wait=True)
-                raise Interrupted(f"Stopped by signal {stop.signum} in epoch {epoch + 1} after batch "
-                                  f"{len(sums[0])}/{steps_per_epoch}; saved step {done} in {workdir}. Run "
-                                  "the same command again to resume.", stop.signum)
+                raise _stopped(manager, stop.signum, epoch, len(sums[0]), steps_per_epoch, done, workdir)
             val = dp.unreplicate(evaluate(state, val_batches))
             seconds = time.perf_counter() - t0
             records = [{"run": r, **{k: getattr(c, k) for k in SWEEPABLE}, **metrics_lib.epoch_record(
@@ -177,8 +174,6 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
                 progress(done, total, {"epoch": epoch + 1, "val_ppl": mean_val,
                                        "train_ppl": statistics.fmean(r["train_ppl"] for r in records)})
             if stop.signum is not None:
-                checkpoint.check_saved(manager, wait=True)
-                raise Interrupted(f"Stopped by signal {stop.signum} after epoch {epoch + 1}; saved step "
-                                  f"{done} in {workdir}. Run the same command again to resume.", stop.signum)
+                raise _stopped(manager, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done, workdir)
         checkpoint.check_saved(manager, wait=True)
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir)

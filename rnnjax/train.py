@@ -211,12 +211,6 @@ def _fit(p: Plan, data: TimeMachine, params: Any, checkpoint_every: int, keep: i
                                     num_devices=dp.num_shards)
         checkpoint.save(manager, int(host.step), host, meta, val_ppl=val_ppl)
 
-    def interrupted(signum: int, epoch: int, batch: int) -> Interrupted:
-        checkpoint.check_saved(manager, wait=True)
-        return Interrupted(
-            f"Stopped by signal {signum} in epoch {epoch + 1} after batch {batch}/{steps_per_epoch}; "
-            f"saved step {done} in {workdir}. Run the same command again to resume.", signum)
-
     high = 0         # epochs in a row far above the uniform guess's perplexity
     with catch_signals() as stop, manager:
         for epoch in range(position.epoch, config.epochs):
@@ -236,7 +230,7 @@ def _fit(p: Plan, data: TimeMachine, params: Any, checkpoint_every: int, keep: i
             sums = partial + check_finite(dp.unreplicate(call_metrics), epoch, start, steps_per_epoch)
             if len(sums) < steps_per_epoch:                  # stopped mid-epoch
                 save(epoch, len(sums), sums)
-                raise interrupted(stop.signum, epoch, len(sums))
+                raise _stopped(manager, stop.signum, epoch, len(sums), steps_per_epoch, done, workdir)
             train_loss = sum(s[0] for s in sums) / sum(s[1] for s in sums)
             val = dp.unreplicate(evaluate(state, val_batches))
             val_loss = float(val["loss_sum"]) / float(val["count"])
@@ -250,9 +244,18 @@ def _fit(p: Plan, data: TimeMachine, params: Any, checkpoint_every: int, keep: i
             if progress:
                 progress(done, total, record)
             if stop.signum is not None:
-                raise interrupted(stop.signum, epoch, steps_per_epoch)
+                raise _stopped(manager, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done, workdir)
         checkpoint.check_saved(manager, wait=True)
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir)
+
+
+def _stopped(manager: Any, signum: int, epoch: int, batch: int, steps_per_epoch: int, step: int,
+             workdir: Path) -> Interrupted:
+    """The ``Interrupted`` a loop stopped by a signal raises, once its saves have finished."""
+    checkpoint.check_saved(manager, wait=True)
+    return Interrupted(f"Stopped by signal {signum} in epoch {epoch + 1} after batch {batch}/"
+                       f"{steps_per_epoch}; saved step {step} in {workdir}. Run the same command again to "
+                       "resume.", signum)
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
