@@ -55,12 +55,17 @@ class MetricsLog:
         self.warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
 
     def read(self) -> list[dict]:
+        return self._parse(self._text())
+
+    def _text(self) -> str:
         if not self.path.exists():
-            return []
+            return ""
         try:
-            text = self.path.read_text()
+            return self.path.read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise MetricsError(f"{self.path} cannot be read ({e}).") from None
+
+    def _parse(self, text: str) -> list[dict]:
         lines = text.split("\n")
         records = []
         for number, line in enumerate(lines, 1):
@@ -87,9 +92,10 @@ class MetricsLog:
         torn last line)."""
         if not self.writer or not self.path.exists():
             return
-        records = self.read()
+        text = self._text()
+        records = self._parse(text)
         kept = [r for r in records if r["epoch"] <= epochs]
-        if len(kept) == len(records) and self.path.read_text().endswith("\n"):
+        if len(kept) == len(records) and text.endswith("\n"):
             return
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
