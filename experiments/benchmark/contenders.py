@@ -87,19 +87,22 @@ class Rnnjax(Contender):
         self.s, self.data, self.config = s, data, s.config.replace(**self.overrides)
         dp = self.dp = DataParallel.create(self.devices)
         dp.check_batch_size(s.batch_size)
-        state = create_train_state(self.config, len(data.vocab))
-        self.state, self.tokens = dp.replicate(state), dp.replicate(data.tokens)
-        self.step = dp.compile(lambda state, tokens, windows, axis_name=None:
-                               train_windows(state, tokens, windows, axis_name),
+        self.state, self.tokens = dp.replicate(self._initial_state()), dp.replicate(data.tokens)
+        self.step = dp.compile(self._train,
                                compiler_options=compiler_options(s.batch_size, s.num_hiddens, dp.num_shards))
         self.windows = _cycle(data.train_windows)
-        first = dp.shard_stack([next(self.windows) for _ in range(STEPS_PER_CALL)])
+        first = self._next_call()
         t0 = time.perf_counter()
         if hasattr(self.step, "executable"):      # compiled ahead of time (CPU): time the compile alone
             self.step.executable(self.state, self.tokens, first)
         else:
             jax.block_until_ready(self.step(self.state, self.tokens, first))
         return time.perf_counter() - t0
+
+    def _initial_state(self):
+        return create_train_state(self.config, len(self.data.vocab))
+
+    _train = staticmethod(train_windows)        # what a call runs: STEPS_PER_CALL steps
 
     def _next_call(self):
         return self.dp.shard_stack([next(self.windows) for _ in range(STEPS_PER_CALL)])
@@ -132,26 +135,18 @@ class RnnjaxRuns(Rnnjax):
         self.num_runs = num_runs
 
     def prepare(self, s, data):
-        self.s, self.data = s, data
         self.configs = [s.config.replace(seed=k) for k in range(self.num_runs)]
-        dp = self.dp = DataParallel.create(self.devices)
-        self.state = dp.replicate(create_run_states(self.configs, len(data.vocab)))
-        self.tokens = dp.replicate(data.tokens)
-        self.step = dp.compile(lambda states, tokens, windows, axis_name=None:
-                               train_runs(states, tokens, windows, axis_name),
-                               compiler_options=compiler_options(s.batch_size, s.num_hiddens, dp.num_shards))
-        self.windows = _cycle(data.train_windows)
-        t0 = time.perf_counter()
-        if hasattr(self.step, "executable"):
-            self.step.executable(self.state, self.tokens, self._next_call())
-        else:
-            jax.block_until_ready(self.step(self.state, self.tokens, self._next_call()))
-        return time.perf_counter() - t0
+        return super().prepare(s, data)
+
+    def _initial_state(self):
+        return create_run_states(self.configs, len(self.data.vocab))
+
+    _train = staticmethod(train_runs)
 
     def _next_call(self):
         """``STEPS_PER_CALL`` batches for each run (the same ones: their speed does not depend on it)."""
-        one = self.dp.shard_stack([next(self.windows) for _ in range(STEPS_PER_CALL)])
-        return jax.tree.map(lambda x: np.stack([x] * self.num_runs, 1 if self.dp.pmapped else 0), one)
+        return jax.tree.map(lambda x: np.stack([x] * self.num_runs, 1 if self.dp.pmapped else 0),
+                            super()._next_call())
 
     def recipe(self):
         jax.clear_caches()
