@@ -183,14 +183,18 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
         metrics.plot_perplexity(result.history, workdir / metrics.PLOT)
     if several:
         for k, c in enumerate(configs):
+            if result.stopped[k] is not None:
+                say(f"run {k} ({runs.label(c, configs)}): stopped, {result.stopped[k]}")
+                continue
             last = [r for r in result.history if r["run"] == k][-1]
             params = jax.tree.map(lambda x: x[k], result.state.params)
             text = rnnjax.predict(model, params, data.vocab, "it has", 20)
             say(f"run {k} ({runs.label(c, configs)}): train perplexity {last['train_ppl']:.2f}, "
-                f"val perplexity "
-                f"{last['val_ppl']:.2f}, {text!r}")
+                f"val perplexity {last['val_ppl']:.2f}, {text!r}")
         table = runs.summary(result.history)
-        say(f"{len(configs)} runs, epoch {result.history[-1]['epoch']}:  " + "  ".join(
+        finished = sum(why is None for why in result.stopped)
+        count = f"{finished} of {len(configs)}" if finished < len(configs) else f"{len(configs)}"
+        say(f"{count} runs, epoch {result.history[-1]['epoch']}:  " + "  ".join(
             f"{k} mean {v['mean']:.2f} (min {v['min']:.2f}, max {v['max']:.2f})" for k, v in table.items())
             + f"; wrote {workdir}")
         return

@@ -277,7 +277,10 @@ def _restore_for_inference(mngr: ocp.CheckpointManager, workdir: Path, step: int
     if run not in (None, 0) and not runs:
         raise CheckpointError(f"{workdir} holds a single run; leave out run={run} (--run).")
     if runs:
-        config = runs[run]
+        config, why = runs[run], (meta["position"].get("stopped") or [None] * len(runs))[run]
+        if why is not None:
+            raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): restore another run, or a "
+                                  "step from before it stopped.")
         stacked = restore_state(mngr, step, abstract_run_states(runs, len(vocab)), meta)
         state = jax.tree.map(lambda x: x[run], stacked)
     else:

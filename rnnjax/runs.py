@@ -8,7 +8,8 @@ its optimizer state), then data parallel over the devices as a single run is.
 Each run is the run ``fit`` trains alone, to float32 round-off (tested). One
 workdir holds them all: checkpoints of the stacked state (resumed exactly),
 ``metrics.jsonl`` with a ``run`` field, ``ppl.png`` with a curve per run;
-``rnnjax.checkpoint.restore(workdir, run=k)`` gives run k on its own.
+``rnnjax.checkpoint.restore(workdir, run=k)`` gives run k on its own. A run
+whose loss turns non-finite or diverges stops alone; the others train on.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from rnnjax.data import Batch, TimeMachine, Windows
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.start import Plan, Position, plan
 from rnnjax.state import TrainState, create_run_states
-from rnnjax.stops import NonFiniteLoss, catch_signals, check_finite
+from rnnjax.stops import NonFiniteLoss, catch_signals, check_divergence, check_finite
 from rnnjax.train import (CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult, _chunks, _stopped, eval_steps,
                           open_workdir, train_windows, writing)
 
@@ -78,12 +79,35 @@ def summary(history: list[dict]) -> dict[str, dict[str, float]]:
                 "max": max(r[k] for r in final)} for k in ("train_ppl", "val_ppl", "val_bpc")}
 
 
-def _finite(host_metrics: list[dict], r: int, configs: list[Config], *args) -> list:
-    """``check_finite`` of run ``r``, its message naming the run."""
-    try:
-        return check_finite([jax.tree.map(lambda x: x[r], m) for m in host_metrics], *args)
-    except NonFiniteLoss as e:
-        raise NonFiniteLoss(f"Run {r} ({label(configs[r], configs)}): {e}") from None
+class _Stops:
+    """Which runs have stopped and why: a run whose loss turns non-finite or that diverges
+    (``rnnjax.stops``) stops alone, named in the log, while the others train on."""
+
+    def __init__(self, configs: list[Config], stopped: list, log: Callable[[str], Any] | None):
+        self.configs, self.log = configs, log
+        self.why = list(stopped) or [None] * len(configs)
+
+    @property
+    def live(self) -> list[int]:
+        return [r for r, why in enumerate(self.why) if why is None]
+
+    def check(self, r: int, check: Callable, *args) -> Any:
+        """``check(*args)``, or ``None`` where it raises ``NonFiniteLoss``: run ``r`` then stops."""
+        try:
+            return check(*args)
+        except NonFiniteLoss as e:
+            self.why[r] = e.reason
+            if self.log and self.live:
+                self.log(f"run {r} ({label(self.configs[r], self.configs)}) stopped: {e.reason}; "
+                         f"{len(self.live)} run(s) train on.")
+            return None
+
+    def check_any_live(self) -> None:
+        if not self.live:
+            whys = "; ".join(f"run {r} ({label(c, self.configs)}): {why}"
+                             for r, (c, why) in enumerate(zip(self.configs, self.why)))
+            raise NonFiniteLoss(f"Every run stopped: {whys}. Train again in a new --workdir with a "
+                                "smaller --lr.")
 
 
 def fit_runs(configs: list[Config], data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
@@ -91,17 +115,19 @@ def fit_runs(configs: list[Config], data: TimeMachine, workdir: str | Path, *, d
              log: Callable[[str], Any] | None = print) -> FitResult:
     """Trains ``configs`` together as ``fit`` trains one: checked first, resumed from ``workdir``, one
     metrics line per run and epoch. The result's state is the stacked one; ``progress`` gets the runs'
-    mean perplexities. ``data``'s seed is replaced by each run's."""
+    mean perplexities. ``data``'s seed is replaced by each run's. A run whose loss turns non-finite or
+    that diverges stops alone (logged; its records end, ``restore`` refuses it, the result's ``stopped``
+    says why) and the others train on; ``NonFiniteLoss`` once every run has stopped."""
     check_runs(configs)
     p = plan(configs[0], data, workdir, devices=devices, runs=configs)
     if log:
         log(p.describe())
     with writing(p):
-        return _fit_runs(p, data, checkpoint_every, keep, progress)
+        return _fit_runs(p, data, checkpoint_every, keep, progress, log)
 
 
-def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, progress: Callable | None
-              ) -> FitResult:
+def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, progress: Callable | None,
+              log: Callable[[str], Any] | None) -> FitResult:
     configs, base, num_runs = list(p.runs), p.config, len(p.runs)
     workdir, dp, position = p.workdir, p.dp, p.position
     datas = [copy.copy(data) for _ in configs]
@@ -110,9 +136,10 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
 
     state = create_run_states(configs, len(data.vocab)) if p.state is None else p.state
     manager, metrics_log = open_workdir(p, data, keep)
+    stops = _Stops(configs, position.stopped, log)
     if p.finished:
         manager.close()
-        return FitResult(state, metrics_log.read(), workdir)
+        return FitResult(state, metrics_log.read(), workdir, tuple(stops.why))
 
     rngs = None
     if base.dropout and base.num_layers > 1:
@@ -130,9 +157,11 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
     total = base.epochs * steps_per_epoch
     done = position.epoch * steps_per_epoch + position.batch
     run_axis = 1 if dp.pmapped else 0          # after the device axis
+    high = [0] * num_runs         # per run: epochs in a row far above the uniform guess's perplexity
 
     def save(epoch: int, batch: int, partial: list, val_ppl: float | None = None):
-        meta = checkpoint.make_meta(base, data.vocab, dataclasses.asdict(Position(epoch, batch, partial)),
+        position = Position(epoch, batch, partial, stops.why)
+        meta = checkpoint.make_meta(base, data.vocab, dataclasses.asdict(position),
                                     num_devices=dp.num_shards, runs=[c.to_json() for c in configs])
         host = dp.unreplicate(state)
         checkpoint.save(manager, int(host.step[0]), host, meta, val_ppl=val_ppl)
@@ -143,28 +172,40 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
             resumed = epoch == position.epoch and position.partial
             partial = [list(s) for s in position.partial] if resumed else [[]] * num_runs
             t0 = time.perf_counter()
-            call_metrics = []
+            call_metrics, batch = [], start
             for chunk in _chunks(zip(*(d.train_windows(epoch, start) for d in datas)), STEPS_PER_CALL):
                 per_run = [dp.shard_stack([windows[r] for windows in chunk]) for r in range(num_runs)]
                 state, m = train(state, tokens, jax.tree.map(lambda *x: np.stack(x, run_axis), *per_run))
                 call_metrics.append(m)
                 wait_for_backlog(call_metrics)
-                done += len(chunk)
+                done, batch = done + len(chunk), batch + len(chunk)
                 if progress:
                     progress(done, total, None)
                 if stop.signum is not None:
                     break
             host = dp.unreplicate(call_metrics)
-            sums = [partial[r] + _finite(host, r, configs, epoch, start, steps_per_epoch)
-                    for r in range(num_runs)]
-            if len(sums[0]) < steps_per_epoch:                  # stopped mid-epoch
-                save(epoch, len(sums[0]), sums)
-                raise _stopped(manager, stop.signum, epoch, len(sums[0]), steps_per_epoch, done, workdir)
+            sums = [[] for _ in configs]
+            for r in stops.live:
+                mine = stops.check(r, check_finite, [jax.tree.map(lambda x: x[r], m) for m in host],
+                                   epoch, start, steps_per_epoch)
+                sums[r] = [] if mine is None else partial[r] + mine
+            stops.check_any_live()
+            if batch < steps_per_epoch:                  # stopped mid-epoch
+                save(epoch, batch, sums)
+                raise _stopped(manager, stop.signum, epoch, batch, steps_per_epoch, done, workdir)
             val = dp.unreplicate(evaluate(state, val_batches))
             seconds = time.perf_counter() - t0
-            records = [{"run": r, **{k: getattr(c, k) for k in SWEEPABLE}, **metrics_lib.epoch_record(
-                epoch + 1, done, sum(s[0] for s in sums[r]) / sum(s[1] for s in sums[r]),
-                float(val["loss_sum"][r]) / float(val["count"][r]), seconds)} for r, c in enumerate(configs)]
+            records = []
+            for r in stops.live:
+                record = {"run": r, **{k: getattr(configs[r], k) for k in SWEEPABLE},
+                          **metrics_lib.epoch_record(epoch + 1, done, sum(s[0] for s in sums[r]) / sum(
+                              s[1] for s in sums[r]), float(val["loss_sum"][r]) / float(val["count"][r]),
+                              seconds)}
+                far_off = stops.check(r, check_divergence, record, high[r], len(data.vocab))
+                high[r] = high[r] + 1 if far_off else 0
+                if stops.why[r] is None:
+                    records.append(record)
+            stops.check_any_live()
             mean_val = statistics.fmean(r["val_ppl"] for r in records)
             for record in records:          # the records first, as fit does
                 metrics_log.append(record)
@@ -176,4 +217,4 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
             if stop.signum is not None:
                 raise _stopped(manager, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done, workdir)
         checkpoint.check_saved(manager, wait=True)
-    return FitResult(dp.unreplicate(state), metrics_log.read(), workdir)
+    return FitResult(dp.unreplicate(state), metrics_log.read(), workdir, tuple(stops.why))

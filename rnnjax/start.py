@@ -21,10 +21,12 @@ from rnnjax.state import abstract_run_states, abstract_train_state, loss_path, m
 @dataclasses.dataclass
 class Position:
     """Where training stands: ``epoch`` (0-based) in progress, ``batch`` next batch of it,
-    and the ``[loss_sum, count]`` of the batches of it already done."""
+    and the ``[loss_sum, count]`` of the batches of it already done; of runs trained together
+    (``rnnjax.runs``), why each one stopped (``None`` while it trains; empty: none stopped)."""
     epoch: int = 0
     batch: int = 0
     partial: list = dataclasses.field(default_factory=list)
+    stopped: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,11 @@ from collections.abc import Iterator
 
 
 class NonFiniteLoss(FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or the run diverged; ``reason`` says which, in a clause."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class Interrupted(KeyboardInterrupt):
@@ -58,10 +62,10 @@ def check_divergence(record: dict, epochs_high: int, vocab_size: int) -> bool:
     ppl = record["train_ppl"]
     high = not ppl <= DIVERGED_FACTOR * vocab_size
     if high and (epochs_high + 1 >= DIVERGED_EPOCHS or not math.isfinite(ppl)):
-        raise NonFiniteLoss(
-            f"The run is diverging: its train perplexity is {ppl:.4g} at epoch {record['epoch']}, against "
-            f"{vocab_size} for guessing uniformly, for {epochs_high + 1} epoch(s); stopped. Train again in a "
-            "new --workdir with a smaller --lr.")
+        reason = (f"its train perplexity is {ppl:.4g} at epoch {record['epoch']}, against {vocab_size} for "
+                  f"guessing uniformly, for {epochs_high + 1} epoch(s)")
+        raise NonFiniteLoss(f"The run is diverging: {reason}; stopped. Train again in a new --workdir with a "
+                            "smaller --lr.", reason)
     return high
 
 
@@ -72,8 +76,9 @@ def check_finite(call_metrics: list[dict], epoch: int, start: int, steps_per_epo
             for m in call_metrics for loss_sum, count in zip(m["loss_sum"], m["count"], strict=True)]
     for i, (loss_sum, count) in enumerate(sums):
         if not math.isfinite(loss_sum):
+            reason = (f"the training loss is {loss_sum / count} at epoch {epoch + 1}, step {start + i + 1} "
+                      f"of {steps_per_epoch}")
             raise NonFiniteLoss(
-                f"The training loss is {loss_sum / count} at epoch {epoch + 1}, step "
-                f"{start + i + 1} of {steps_per_epoch}: the run diverged, and stopped without saving it (its "
-                "checkpoints stay as they were). Train again in a new --workdir with a smaller --lr.")
+                f"T{reason[1:]}: the run diverged, and stopped without saving it (its checkpoints stay as "
+                "they were). Train again in a new --workdir with a smaller --lr.", reason)
     return sums

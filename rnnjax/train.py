@@ -133,6 +133,7 @@ class FitResult:
     state: TrainState            # on the host, unreplicated
     history: list[dict]          # one record per epoch, as in metrics.jsonl
     workdir: Path
+    stopped: tuple = ()          # runs trained together: why each one stopped early, or None
 
 
 def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any = None,

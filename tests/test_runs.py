@@ -10,7 +10,7 @@ import pytest
 
 from rnnjax import checkpoint, runs
 from rnnjax.config import ConfigError
-from rnnjax.train import STEPS_PER_CALL, Interrupted, fit
+from rnnjax.train import STEPS_PER_CALL, Interrupted, NonFiniteLoss, fit
 
 from conftest import TINY
 
@@ -107,6 +107,36 @@ def test_a_workdir_resumes_only_the_runs_it_holds(small_data, tmp_path):
         runs.fit_runs(CONFIGS[:2], small_data, tmp_path / "single", devices=1, log=None)
     with pytest.raises(checkpoint.CheckpointError, match="holds a single run; leave out run=1"):
         checkpoint.restore(tmp_path / "single", run=1)
+
+
+def test_a_diverging_run_stops_alone_and_stays_stopped(data10, tmp_path):
+    """lr 1e6 blows up in the first epoch: that run stops, named in the log, and the other trains on as it
+    would alone; restore refuses the stopped run, and a resumed workdir keeps it stopped."""
+    configs = [TINY.replace(epochs=2, lr=1.0), TINY.replace(epochs=2, lr=1e6)]
+    lines = []
+    result = runs.fit_runs(configs, data10, tmp_path / "w", devices=1, log=lines.append)
+    assert result.stopped[0] is None
+    assert "at epoch 1" in result.stopped[1] and any("run 1 (lr 1e+06) stopped: " in line for line in lines)
+    assert [(r["run"], r["epoch"]) for r in result.history] == [(0, 1), (0, 2)]
+    single = alone(configs[0], data10, tmp_path / "alone", 1)
+    for a, b in zip(single.history, result.history):
+        assert np.isclose(a["val_loss"], b["val_loss"], rtol=1e-5)
+    assert checkpoint.restore(tmp_path / "w", run=0).predict("the", 3).startswith("the")
+    with pytest.raises(checkpoint.CheckpointError, match=r"Run 1 of .* stopped early \(.*at epoch 1"):
+        checkpoint.restore(tmp_path / "w", run=1)
+    resumed = runs.fit_runs([c.replace(epochs=3) for c in configs], data10, tmp_path / "w", devices=1,
+                            log=None)
+    assert resumed.stopped == result.stopped
+    assert [(r["run"], r["epoch"]) for r in resumed.history] == [(0, 1), (0, 2), (0, 3)]
+
+
+def test_when_every_run_stops_the_program_stops(data10, tmp_path):
+    """Both reasons: the divergence rule (lr 1e6: perplexity inf), an infinite loss (lr 1e38)."""
+    configs = [TINY.replace(epochs=2, lr=1e6), TINY.replace(epochs=2, lr=1e38)]
+    stopped = (r"Every run stopped: run 0 \(lr 1e\+06\): its train perplexity is inf at epoch 1.*; run 1 "
+               r"\(lr 1e\+38\): the training loss is inf at epoch 1, step \d+ of 10. .*smaller --lr")
+    with pytest.raises(NonFiniteLoss, match=stopped):
+        runs.fit_runs(configs, data10, tmp_path, devices=1, log=None)
 
 
 def test_runs_must_share_their_shapes():

@@ -123,6 +123,18 @@ def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp
     assert "choose one with run=K (--run K)" in capsys.readouterr().err
 
 
+def test_cli_names_a_run_that_stopped_and_finishes_the_others(real_text_path, tmp_path, capsys):
+    workdir = str(tmp_path / "runs")
+    assert timemachine.main(["--data", real_text_path, "--workdir", workdir, "--preset", "tiny", "--epochs",
+                             "2", "--lr", "1,1e6", "--devices", "1", "--no-compilation-cache"]) == 0
+    out = capsys.readouterr().out
+    assert "run 1 (lr 1e+06): stopped, its train perplexity is inf at epoch 1" in out
+    assert "run 0 (lr 1): train perplexity" in out and "1 of 2 runs, epoch 2:  train_ppl mean" in out
+    assert timemachine.main(["--workdir", workdir, "--predict", "it has", "--run", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Run 1 of ") and "stopped early" in err and err.count("\n") == 1
+
+
 def test_shapes_cannot_be_listed(capsys):
     with pytest.raises(SystemExit):
         timemachine.parse_args(["--num-hiddens", "8,16"])
