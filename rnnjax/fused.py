@@ -39,8 +39,10 @@ def recurrence_fused(rnn) -> bool:
 
 def describe(rnn) -> str:
     """What is fused for ``rnn``, in words: what a run reports."""
-    parts = "the recurrence and the output layer" if recurrence_fused(rnn) else "the output layer"
-    return f"fused loss (rnnjax.fused: {parts})"
+    if recurrence_fused(rnn):
+        return "fused loss (rnnjax.fused: the recurrence and the output layer)"
+    remat = "; the cells' elementwise ops recomputed in the backward pass" if rnn.remat else ""
+    return f"fused loss (rnnjax.fused: the output layer{remat})"
 
 
 class FusedRNNLM(RNNLM):

@@ -35,17 +35,25 @@ class RNN(nn.Module):
     ``(outputs (T, B, num_hiddens), final carry)``, as d2l's ``RNN`` does; the
     carry starts from the cell's ``initialize_carry``. ``reverse`` runs from the
     last step to the first (outputs stay in time order); ``unroll`` is the
-    scan's unroll factor.
+    scan's unroll factor. ``remat`` keeps only each step's matmul outputs for
+    the backward pass, which recomputes the cell's elementwise ops from them
+    (``jax.checkpoint``): fewer buffers written per step; the fast path's choice.
     """
     cell: nn.Module
     unroll: int = 1
     reverse: bool = False
+    remat: bool = False
 
     def __call__(self, inputs: Array | OneHot, carry: Carry | None = None, train: bool = False
                  ) -> tuple[Array, Carry]:
         if carry is None:
             carry = self.cell.initialize_carry(jax.random.key(0), inputs.shape[1:])
-        scan = nn.scan(lambda cell, carry, x: cell(carry, x), variable_broadcast="params",
+
+        def body(cell, carry, x):
+            return cell(carry, x)
+        if self.remat:
+            body = nn.remat(body, policy=jax.checkpoint_policies.dots_saveable)
+        scan = nn.scan(body, variable_broadcast="params",
                        split_rngs={"params": False}, in_axes=0, out_axes=0, unroll=self.unroll,
                        reverse=self.reverse)
         carry, outputs = scan(self.cell, carry, inputs)
@@ -77,9 +85,10 @@ class StackedRNN(nn.Module):
     dropout: float = 0.0
     bidirectional: bool = False
     unroll: int = 1
+    remat: bool = False             # as RNN's
 
     def setup(self):
-        self.layers = [RNN(self.cell.clone(parent=None), unroll=self.unroll, reverse=d == 1)
+        self.layers = [RNN(self.cell.clone(parent=None), unroll=self.unroll, reverse=d == 1, remat=self.remat)
                        for _ in range(self.num_layers) for d in range(self.num_directions)]
         self.drop = nn.Dropout(self.dropout)
 

@@ -24,9 +24,10 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     kwargs = {"nonlinearity": config.nonlinearity} if config.nonlinearity != "tanh" else {}
     cell = CELLS[config.cell](config.num_hiddens, **kwargs)
     if config.num_layers == 1 and not config.bidirectional:      # dropout acts between layers only
-        rnn = RNN(cell, unroll=config.unroll)
+        rnn = RNN(cell, unroll=config.unroll, remat=config.fused)
     else:
-        rnn = StackedRNN(cell, config.num_layers, config.dropout, config.bidirectional, config.unroll)
+        rnn = StackedRNN(cell, config.num_layers, config.dropout, config.bidirectional, config.unroll,
+                         remat=config.fused)
     lm = fused.FusedRNNLM if config.fused else RNNLM
     return lm(rnn, vocab_size)
 
