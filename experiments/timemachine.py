@@ -100,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.sample and args.predict is None:
         raise ValueError("--sample, --temperature and --top-k choose how --predict generates; "
                          "add --predict PREFIX.")
+    if args.run is not None and args.predict is None:
+        raise ValueError("--run chooses the run of a workdir that --predict generates from; add --predict "
+                         "PREFIX.")
     if args.predict is not None and args.seed is not None and len(args.seed) > 1:
         raise ValueError(f"--predict samples with one --seed, got {len(args.seed)}.")
     if args.temperature is not None and not args.temperature > 0:   # NaN fails this too

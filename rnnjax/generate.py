@@ -59,6 +59,8 @@ def sample(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array, nu
     (all if 0); step i draws with ``fold_in(key, i)``."""
     def choose(logits_BxV, i):
         key_i = jax.random.fold_in(key, i)
+        # Shifted to a maximum of 0 first: a tiny temperature then gives -inf, not inf - inf = nan.
+        logits_BxV = logits_BxV - jnp.max(logits_BxV, axis=-1, keepdims=True)
         if not top_k:
             return jax.random.categorical(key_i, logits_BxV / temperature)
         top_BxK, ids_BxK = jax.lax.top_k(logits_BxV, top_k)

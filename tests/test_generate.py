@@ -69,7 +69,9 @@ def test_sampling_at_a_temperature_near_zero_is_greedy(model_params):
     model, params = model_params
     prefixes = ["it has", "a", "the time machine"]
     greedy_texts = predict_batch(model, params, VOCAB, prefixes, 30)
-    assert predict_batch(model, params, VOCAB, prefixes, 30, temperature=1e-4) == greedy_texts
+    for cold in (1e-4, 1e-30, 1e-45):      # logits / 1e-30 overflow unless shifted first
+        assert predict_batch(model, params, VOCAB, prefixes, 30, temperature=cold) == greedy_texts
+        assert predict_batch(model, params, VOCAB, prefixes, 30, temperature=cold, top_k=3) == greedy_texts
     assert predict_batch(model, params, VOCAB, prefixes, 30, temperature=1.0) != greedy_texts
 
 
