@@ -103,6 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.run is not None and args.predict is None:
         raise ValueError("--run chooses the run of a workdir that --predict generates from; add --predict "
                          "PREFIX.")
+    parallel.check_distributed(args.coordinator, args.num_processes, args.process_id,
+                               auto=args.distributed or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")))
     if args.predict is not None and args.seed is not None and len(args.seed) > 1:
         raise ValueError(f"--predict samples with one --seed, got {len(args.seed)}.")
     if args.temperature is not None and not args.temperature > 0:   # NaN fails this too

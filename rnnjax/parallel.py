@@ -38,6 +38,26 @@ def wait_for_backlog(outputs: list) -> None:
         jax.block_until_ready(outputs[-1 - MAX_IN_FLIGHT])
 
 
+def check_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
+                      auto: bool = False) -> None:
+    """One sentence (``ValueError``) for multi-host settings that cannot start: all three or none, unless
+    the cluster provides them (``auto``); a ``HOST:PORT``; a process id below the count."""
+    given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
+    missing = [flag for flag, value in given.items() if value is None]
+    if not auto and 0 < len(missing) < 3:
+        raise ValueError("A multi-host run needs --coordinator HOST:PORT, --num-processes N and --process-id "
+                         "K (or --distributed where SLURM or Open MPI provides them); missing "
+                         f"{', '.join(missing)}.")
+    if coordinator is not None:
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--coordinator must be HOST:PORT, e.g. node0:1234, got {coordinator!r}.")
+    if num_processes is not None and num_processes < 1:
+        raise ValueError(f"--num-processes must be at least 1, got {num_processes}.")
+    if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):
+        raise ValueError(f"--process-id must be from 0 to --num-processes - 1, got {process_id}.")
+
+
 def initialize_distributed(coordinator: str | None, num_processes: int | None,
                            process_id: int | None) -> None:
     """``jax.distributed.initialize`` with the CPU's gloo collectives.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,8 +49,10 @@ def check_writable(workdir: Path) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise WorkdirError(f"The workdir {workdir} cannot be made: {parent} is a file, not a directory.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise WorkdirError(f"The workdir {workdir} cannot be made: {parent} is not writable.")
+    try:            # a probe, removed at once: access() says yes to root, and to /proc
+        os.rmdir(tempfile.mkdtemp(prefix=".rnnjax-probe-", dir=parent))
+    except OSError as e:
+        raise WorkdirError(f"The workdir {workdir} cannot be made in {parent} ({_describe(e)}).") from None
 
 
 def _holder(f: TextIO) -> str:

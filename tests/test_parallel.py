@@ -18,7 +18,7 @@ from conftest import TINY as SMALL
 from rnnjax import backend, checkpoint, train
 from rnnjax.data import Batch
 from rnnjax.metrics import MetricsLog
-from rnnjax.parallel import DataParallel
+from rnnjax.parallel import DataParallel, check_distributed
 from rnnjax.state import create_train_state
 from rnnjax.train import fit, train_step
 
@@ -206,3 +206,24 @@ def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, 
     multi, one = checkpoint.restore(tmp_path / "multi"), checkpoint.restore(tmp_path / "single")
     assert multi.step == one.step == 2 * 40 and multi.meta["num_devices"] == 4
     assert_close_trees(multi.params, one.params)
+
+
+@pytest.mark.parametrize("given,message", [
+    ((None, 2, None), "missing --coordinator, --process-id"),
+    (("node0:1234", None, None), "missing --num-processes, --process-id"),
+    ((None, None, 5), "missing --coordinator, --num-processes"),
+    (("node0", 2, 0), "--coordinator must be HOST:PORT"),
+    (("node0:http", 2, 0), "--coordinator must be HOST:PORT"),
+    (("node0:1234", 0, 0), "--num-processes must be at least 1"),
+    (("node0:1234", 2, 2), "--process-id must be from 0 to --num-processes - 1, got 2"),
+    (("node0:1234", 2, -1), "got -1"),
+])
+def test_multi_host_settings_that_cannot_start_are_one_sentence(given, message):
+    with pytest.raises(ValueError, match=message):
+        check_distributed(*given)
+
+
+def test_multi_host_settings_that_can_start():
+    check_distributed(None, None, None)
+    check_distributed("10.0.0.1:1234", 2, 1)
+    check_distributed(None, 2, None, auto=True)        # the cluster gives the rest

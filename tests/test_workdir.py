@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,15 @@ def test_workdirs_that_cannot_be_written(tmp_path, make, message):
     with pytest.raises(workdir.WorkdirError, match=message):
         workdir.check_writable(make(tmp_path / "f"))
     workdir.check_writable(tmp_path / "new" / "nested")          # can be made
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_workdir_that_access_allows_but_mkdir_refuses(tmp_path):
+    """/proc passes ``os.access`` (for root, anything does); the probe directory finds out, and is gone."""
+    with pytest.raises(workdir.WorkdirError, match="cannot be made in /proc"):
+        workdir.check_writable(Path("/proc/rnnjax-run"))
+    workdir.check_writable(tmp_path / "new")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_unmakeable_workdir_is_one_error(tmp_path):
