@@ -61,7 +61,7 @@ USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.timemachine", description=__doc__.split("\n")[0])
     p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else download)")
-    p.add_argument("--workdir", type=Path,
+    p.add_argument("--workdir",
                    help="run folder: metrics, plot, checkpoints; resumes if it has any")
     config_lib.add_flags(p)
     run = p.add_argument_group("checkpoints, devices, generation")
@@ -93,6 +93,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--no-compilation-cache", action="store_true",
                      help="do not use JAX's persistent compilation cache (~/.cache/rnnjax/jax)")
     args = p.parse_args(argv)
+    for name in ("data", "workdir"):        # '' would mean the default file, or the current folder
+        if getattr(args, name) == "":
+            raise ValueError(f"--{name} is empty; give a path (a shell variable that was not set?).")
+    args.workdir = None if args.workdir is None else Path(args.workdir)
     for name, low in (("checkpoint_every", 1), ("keep", 1), ("num_preds", 0)):
         if getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}.")

@@ -96,6 +96,8 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
                                          (["--sample"], "add --predict PREFIX"),
                                          (["--run", "1"], "--run chooses the run of a workdir"),
                                          (["--num-processes", "2"], "missing --coordinator, --process-id"),
+                                         (["--workdir", ""], "--workdir is empty; give a path"),
+                                         (["--data", ""], "--data is empty; give a path"),
                                          (["--predict", "a", "--temperature", "0"], "--temperature must"),
                                          (["--predict", "a", "--top-k", "0"], "--top-k must be at least 1")])
 def test_bad_arguments_are_one_line_and_write_nothing(real_text_path, tmp_path, capsys, bad, message):
