@@ -51,12 +51,17 @@ def make_run_optimizer(config: Config) -> optax.GradientTransformation:
 
 def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
     """Step 0 of each config's run, stacked on a leading run axis (its own seed, ``clip`` and ``lr``)."""
-    states = [create_train_state(c, vocab_size) for c in configs]
+    model = make_model(configs[0], vocab_size)
+
+    def init(seed):             # each run's init from its seed, as create_train_state's; one compile
+        return model.init(jax.random.key(seed), jnp.zeros((1, configs[0].num_steps), jnp.int32))["params"]
+    seeds = jnp.array([c.seed for c in configs], jnp.uint32)
+    params = CompiledPerShape(jax.jit(jax.vmap(init)), INIT_COMPILER_OPTIONS)(seeds)
+    opt_states = [make_run_optimizer(c).init(jax.tree.map(lambda x: x[r], params))
+                  for r, c in enumerate(configs)]
     tx = make_run_optimizer(configs[0])        # one function; each run's values are in its state
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), *[(s.step, s.params, make_run_optimizer(c).init(s.params))
-                                                      for s, c in zip(states, configs, strict=True)])
-    step, params, opt_state = stacked
-    return TrainState(step=step, apply_fn=states[0].apply_fn, params=params, tx=tx, opt_state=opt_state)
+    return TrainState(step=jnp.zeros(len(configs), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
+                      opt_state=jax.tree.map(lambda *x: jnp.stack(x), *opt_states))
 
 
 def abstract_run_states(configs: list[Config], vocab_size: int) -> TrainState:

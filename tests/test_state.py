@@ -53,3 +53,18 @@ def test_optimizer_clips_then_steps():
     grads = {"w": jnp.array([3.0, 4.0])}                    # norm 5: clipped to 1
     updates, _ = tx.update(grads, tx.init(grads), grads)
     np.testing.assert_allclose(updates["w"], [-0.3, -0.4], rtol=1e-6)
+
+
+def test_run_states_are_each_runs_own_step_zero():
+    """One vmapped init gives each run exactly the parameters its seed gives alone (seeds past int32 too),
+    and its own clip and lr in the optimizer state."""
+    configs = [TINY.replace(seed=0), TINY.replace(seed=2**32 - 1, lr=0.5), TINY.replace(seed=7, clip=2.0)]
+    stacked = state.create_run_states(configs, 18)
+    for r, config in enumerate(configs):
+        alone = create_train_state(config, 18)
+        for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(stacked.params)):
+            np.testing.assert_array_equal(a, b[r])
+        clip, sgd = stacked.opt_state
+        assert float(clip.hyperparams["max_norm"][r]) == config.clip
+        assert float(sgd.hyperparams["learning_rate"][r]) == config.lr
+    assert stacked.step.tolist() == [0, 0, 0]
