@@ -54,16 +54,25 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {first[:160]}{'...' if len(first) > 160 else ''}"
 
 
+@dataclasses.dataclass
+class _Lowest(policies.PreservationPolicy):
+    """Preserves the checkpoint of lowest ``val_ppl``: by orbax's metrics for its own saves, by ``earlier``
+    (read from the metas) for those a resumed run found, whose metrics orbax does not know."""
+    earlier: dict[int, float]
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        def ppl(c):
+            return c.metrics["val_ppl"] if c.metrics is not None else self.earlier.get(c.step)
+        scored = [(ppl(c), c.step) for c in checkpoints if ppl(c) is not None]
+        best = min(scored)[1] if scored else None
+        return [c.step == best for c in checkpoints]
+
+
 def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
-            best: int | None = None) -> ocp.CheckpointManager:
-    """A manager keeping the latest ``keep`` checkpoints, the best by ``val_ppl`` of its own saves, and
-    step ``best``: the best of the runs before (orbax knows only the metrics of its own saves)."""
-    preservation = policies.AnyPreservationPolicy([
-        policies.LatestN(keep),
-        policies.BestN(get_metric_fn=lambda m: m["val_ppl"], reverse=True, n=1,
-                       keep_checkpoints_without_metrics=False),
-        *([policies.CustomSteps([best])] if best is not None else []),
-    ])
+            earlier: dict[int, float] | None = None) -> ocp.CheckpointManager:
+    """A manager keeping the latest ``keep`` checkpoints and the best by ``val_ppl``, the checkpoints
+    found in ``directory`` counted with their ``earlier`` perplexities (``val_ppls``)."""
+    preservation = policies.AnyPreservationPolicy([policies.LatestN(keep), _Lowest(dict(earlier or {}))])
     options = ocp.CheckpointManagerOptions(preservation_policy=preservation, create=not read_only,
                                            read_only=read_only)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options,
@@ -120,15 +129,22 @@ def set_aside(workdir: Path, step: int) -> Path:
     return target
 
 
-def best_step(workdir: Path) -> int | None:
-    """The complete checkpoint with the lowest validation perplexity in its ``meta``, or ``None``."""
+def val_ppls(workdir: Path) -> dict[int, float]:
+    """The finite validation perplexity in each complete, readable checkpoint's ``meta``, by step."""
     ppl = {}
     for s in _steps(workdir):
         try:
-            ppl[s] = read_meta(workdir, s).get("val_ppl")
+            p = read_meta(workdir, s).get("val_ppl")
         except DamagedCheckpoint:         # never the best
             continue
-    scored = [(p, s) for s, p in ppl.items() if isinstance(p, (int, float)) and math.isfinite(p)]
+        if isinstance(p, (int, float)) and math.isfinite(p):
+            ppl[s] = p
+    return ppl
+
+
+def best_step(workdir: Path) -> int | None:
+    """The complete checkpoint with the lowest validation perplexity in its ``meta``, or ``None``."""
+    scored = [(p, s) for s, p in val_ppls(workdir).items()]
     return min(scored)[1] if scored else None
 
 

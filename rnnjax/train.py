@@ -173,10 +173,10 @@ def writing(p: Plan) -> Iterator[None]:
 
 
 def open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_lib.MetricsLog]:
-    """The checkpoint manager (keeping the best of the runs before too) and the metrics log of a planned
+    """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
     run; unless it is finished, the records past its checkpoint dropped and ``config.json`` written."""
-    best = checkpoint.best_step(p.workdir) if p.step is not None else None
-    manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, best=best)
+    earlier = checkpoint.val_ppls(p.workdir) if p.step is not None else {}
+    manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
     metrics_log = metrics_lib.MetricsLog(p.workdir / metrics_lib.FILENAME, writer=jax.process_index() == 0)
     if not p.finished:
         metrics_log.truncate(p.position.epoch)

@@ -216,6 +216,16 @@ def test_best_is_the_lowest_validation_perplexity_and_survives_a_restart(small_d
     assert best["epoch"] < 9                  # what this test is about: a best older than the restart
     assert checkpoint.restore(tmp_path, best=True).step == best["step"] != records[-1]["step"]
     kept = checkpoint.manager(tmp_path / checkpoint.SUBDIR).all_steps()
-    # the latest, the best, and (orbax knows only its own saves' perplexities) the best since the restart
-    assert {best["step"], records[-1]["step"]} <= set(kept) and len(kept) <= 3
+    assert set(kept) == {best["step"], records[-1]["step"]}       # the latest and the best, nothing else
     assert checkpoint.best_step(tmp_path) == best["step"]
+
+
+def test_an_earlier_best_goes_once_a_later_checkpoint_beats_it(small_data, tmp_path):
+    """lr 1 improves every epoch: after a restart with keep=1, the checkpoint that was best before it is
+    deleted as soon as a later one is better, leaving one."""
+    config = SMALL.replace(epochs=3)
+    fit(config, small_data, tmp_path, devices=1, checkpoint_every=1, keep=1, log=None)
+    fit(config.replace(epochs=5), small_data, tmp_path, devices=1, checkpoint_every=1, keep=1, log=None)
+    records = MetricsLog(tmp_path / "metrics.jsonl").read()
+    assert [r["val_ppl"] for r in records] == sorted((r["val_ppl"] for r in records), reverse=True)
+    assert checkpoint.manager(tmp_path / checkpoint.SUBDIR).all_steps() == [records[-1]["step"]]
