@@ -197,10 +197,10 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
             seconds = time.perf_counter() - t0
             records = []
             for r in stops.live:
+                train_loss = sum(s[0] for s in sums[r]) / sum(s[1] for s in sums[r])
+                val_loss = float(val["loss_sum"][r]) / float(val["count"][r])
                 record = {"run": r, **{k: getattr(configs[r], k) for k in SWEEPABLE},
-                          **metrics_lib.epoch_record(epoch + 1, done, sum(s[0] for s in sums[r]) / sum(
-                              s[1] for s in sums[r]), float(val["loss_sum"][r]) / float(val["count"][r]),
-                              seconds)}
+                          **metrics_lib.epoch_record(epoch + 1, done, train_loss, val_loss, seconds)}
                 far_off = stops.check(r, check_divergence, record, high[r], len(data.vocab))
                 high[r] = high[r] + 1 if far_off else 0
                 if stops.why[r] is None:
