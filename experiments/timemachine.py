@@ -174,7 +174,8 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
                        path=args.data, seed=config.seed)
     several = len(configs) > 1
     p = plan(config, data, workdir, devices=args.devices, runs=configs if several else None)
-    say(p.describe())
+    if not several:               # fit_runs says it, and then which runs stop as they stop
+        say(p.describe())
     model, untrained = rnnjax.make_model(config, len(data.vocab)), None
     if p.step is None and not several:   # fit starts from these, not from a second init (and compile)
         untrained = rnnjax.create_train_state(config, len(data.vocab)).params
@@ -183,7 +184,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
     with progress_output(jax.process_index() == 0 and not args.no_progress and not p.finished,
                          config.epochs) as progress:
         if several:
-            result = runs.fit_runs(configs, data, workdir, progress=progress, **options)
+            result = runs.fit_runs(configs, data, workdir, progress=progress, **{**options, "log": say})
         else:
             result = fit(config, data, workdir, params=untrained, progress=progress, **options)
     if not result.history:
