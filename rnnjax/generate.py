@@ -75,7 +75,8 @@ def check_sampling(temperature: float | None, top_k: int | None, vocab_size: int
         raise ValueError(f"The temperature must be a positive number, got {temperature} (a small one, "
                          "e.g. 0.01, is nearly greedy).")
     if top_k is not None and not 1 <= top_k <= vocab_size:
-        raise ValueError(f"top_k must be between 1 and the vocabulary's {vocab_size} tokens, got {top_k}.")
+        raise ValueError(f"top_k (--top-k) must be between 1 and the vocabulary's {vocab_size} tokens, got "
+                         f"{top_k}.")
 
 
 def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Sequence[str], num_preds: int, *,

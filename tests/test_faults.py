@@ -190,7 +190,7 @@ BAD = [  # (flags, what the one line says)
     (["--seeds", "0,0"], "the same run"), (["--sample"], "add --predict"),
     (["--predict", "a", "--temperature", "0"], "--temperature must be"),
     (["--predict", "a", "--top-k", "0"], "--top-k must be at least 1"),
-    (["--predict", "it has", "--top-k", "99"], "top_k must be between 1 and the vocabulary's 28"),
+    (["--predict", "it has", "--top-k", "99"], "top_k (--top-k) must be between 1 and the vocabulary's 28"),
     (["--predict", "It has"], "outside the vocabulary"), (["--predict", "a", "--run", "1"], "single run"),
     (["--predict", "a", "--num-preds", "-1"], "--num-preds must be at least 0"),
 ]

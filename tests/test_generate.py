@@ -123,8 +123,8 @@ def test_first_sampled_character_follows_the_softmax(model_params, temperature):
 
 @pytest.mark.parametrize("kwargs,message", [({"temperature": 0.0}, "temperature must be a positive"),
                                             ({"temperature": float("nan")}, "temperature must be a positive"),
-                                            ({"top_k": 0}, "top_k must be between 1"),
-                                            ({"top_k": 99}, "top_k must be between 1")])
+                                            ({"top_k": 0}, r"top_k \(--top-k\) must be between 1"),
+                                            ({"top_k": 99}, r"top_k \(--top-k\) must be between 1")])
 def test_bad_sampling_requests(model_params, kwargs, message):
     model, params = model_params
     with pytest.raises(ValueError, match=message):
