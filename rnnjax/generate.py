@@ -9,7 +9,8 @@ so that a new prompt rarely means a new compilation.
 
 Instead of the argmax, ``sample`` draws the next character from the softmax
 at a ``temperature`` (d2l's exercise ``q ∝ P^alpha`` is ``temperature =
-1/alpha``), optionally among the ``top_k`` likeliest only, with a key.
+1/alpha``), optionally among the ``top_k`` likeliest only, with a key. It
+never draws ``<unk>``, which stands for no character of the text.
 """
 
 from __future__ import annotations
@@ -52,13 +53,15 @@ def greedy(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array, nu
     return _decode(model, params, prefix_BxL, lengths_B, num_preds, argmax)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_preds", "top_k"))
+@functools.partial(jax.jit, static_argnames=("model", "num_preds", "top_k", "banned"))
 def sample(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array, num_preds: int, key: jax.Array,
-           temperature: float = 1.0, top_k: int = 0) -> jax.Array:
+           temperature: float = 1.0, top_k: int = 0, banned: tuple[int, ...] = ()) -> jax.Array:
     """``_decode`` feeding back a draw from ``softmax(logits / temperature)``, among the ``top_k`` likeliest
-    (all if 0); step i draws with ``fold_in(key, i)``."""
+    (all if 0) and never one of the ``banned`` tokens; step i draws with ``fold_in(key, i)``."""
     def choose(logits_BxV, i):
         key_i = jax.random.fold_in(key, i)
+        if banned:
+            logits_BxV = logits_BxV.at[:, jnp.asarray(banned)].set(-jnp.inf)
         # Shifted to a maximum of 0 first: a tiny temperature then gives -inf, not inf - inf = nan.
         logits_BxV = logits_BxV - jnp.max(logits_BxV, axis=-1, keepdims=True)
         if not top_k:
@@ -83,7 +86,8 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Sequence[str], n
                   temperature: float | None = None, top_k: int | None = None, key: jax.Array | None = None
                   ) -> list[str]:
     """Each prefix followed by ``num_preds`` characters: greedy, or sampled if a ``temperature``,
-    ``top_k`` or ``key`` is given (temperature 1, all tokens, ``PRNGKey(0)`` by default).
+    ``top_k`` or ``key`` is given (temperature 1, all tokens, ``PRNGKey(0)`` by default). Greedy is
+    d2l's argmax, ``<unk>`` included; sampling never draws ``<unk>``.
 
     Characters outside the vocabulary (uppercase, digits, punctuation) raise a
     ``ValueError`` naming them, rather than being read as ``<unk>``.
@@ -104,7 +108,7 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Sequence[str], n
     else:
         key = jax.random.PRNGKey(0) if key is None else key
         temperature = 1.0 if temperature is None else temperature
-        tokens = sample(model, params, prefix, lengths, num_preds, key, temperature, top_k or 0)
+        tokens = sample(model, params, prefix, lengths, num_preds, key, temperature, top_k or 0, (vocab.unk,))
     tokens = np.asarray(tokens)
     return ["".join(vocab.idx_to_token[t] for t in row[: n + num_preds])
             for row, n in zip(tokens, lengths)]

@@ -129,3 +129,15 @@ def test_bad_sampling_requests(model_params, kwargs, message):
     model, params = model_params
     with pytest.raises(ValueError, match=message):
         predict_batch(model, params, VOCAB, ["a"], 3, **kwargs)
+
+
+def test_sampling_never_draws_unk(model_params):
+    """``<unk>`` stands for no character: greedy picks it as d2l's argmax does, sampling never."""
+    model, params = model_params
+    out = params["output_layer"]
+    likely = {**params, "output_layer": {**out, "bias": out["bias"].at[VOCAB.unk].add(8.0)}}
+    assert "<unk>" in predict(model, likely, VOCAB, "it has", 10)
+    texts = predict_batch(model, likely, VOCAB, ["it has"] * 32, 20, temperature=1.0)
+    texts += predict_batch(model, likely, VOCAB, ["it has"] * 8, 20, temperature=1e-30, top_k=1)
+    assert not any("<unk>" in t for t in texts)
+    assert all(len(t) == len("it has") + 20 for t in texts)
