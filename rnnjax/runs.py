@@ -27,15 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import checkpoint, metrics as metrics_lib
-from rnnjax.backend import compiler_options
 from rnnjax.config import SWEEPABLE, Config, ConfigError
 from rnnjax.data import Batch, TimeMachine, Windows
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.start import Plan, Position, plan
 from rnnjax.state import TrainState, create_run_states
 from rnnjax.stops import NonFiniteLoss, catch_signals, check_divergence, check_finite
-from rnnjax.train import (CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult, _chunks, _stopped, eval_steps,
-                          open_workdir, train_windows, writing)
+from rnnjax.train import (CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult, _chunks, _stopped, compile_run,
+                          count_steps, eval_steps, open_workdir, train_windows, writing)
 
 
 def check_runs(configs: list[Config]) -> None:
@@ -148,14 +147,9 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
     def step(states, tokens, windows, axis_name=None):
         return train_runs(states, tokens, windows, axis_name, rngs)
 
-    options = compiler_options(base.batch_size, base.num_hiddens, dp.num_shards)
-    train = dp.compile(step, donate_state=True, compiler_options=options)
-    evaluate = dp.compile(eval_runs, compiler_options=options)
-    tokens, val_batches = dp.replicate(data.tokens), dp.put(dp.shard_stack(data.val_batches()))
+    train, evaluate, tokens, val_batches = compile_run(p, data, step, eval_runs)
     state = dp.replicate(state)
-    steps_per_epoch = data.num_batches(True)
-    total = base.epochs * steps_per_epoch
-    done = position.epoch * steps_per_epoch + position.batch
+    steps_per_epoch, total, done = count_steps(p, data)
     run_axis = 1 if dp.pmapped else 0          # after the device axis
     high = [0] * num_runs         # per run: epochs in a row far above the uniform guess's perplexity
 

@@ -185,6 +185,22 @@ def open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_li
     return manager, metrics_log
 
 
+def compile_run(p: Plan, data: TimeMachine, step: Callable, evaluate: Callable) -> tuple:
+    """``(train, evaluate, tokens, val_batches)``: a planned run's training and evaluation steps compiled
+    for its devices, and the token stream and validation batches on them."""
+    options = compiler_options(p.config.batch_size, p.config.num_hiddens, p.dp.num_shards)
+    return (p.dp.compile(step, donate_state=True, compiler_options=options),
+            p.dp.compile(evaluate, compiler_options=options),
+            p.dp.replicate(data.tokens), p.dp.put(p.dp.shard_stack(data.val_batches())))
+
+
+def count_steps(p: Plan, data: TimeMachine) -> tuple[int, int, int]:
+    """``(steps per epoch, steps in the run, steps done before this start)``."""
+    steps_per_epoch = data.num_batches(True)
+    return (steps_per_epoch, p.config.epochs * steps_per_epoch,
+            p.position.epoch * steps_per_epoch + p.position.batch)
+
+
 def _fit(p: Plan, data: TimeMachine, params: Any, checkpoint_every: int, keep: int,
          progress: Callable | None) -> FitResult:
     config, workdir, dp, position = p.config, p.workdir, p.dp, p.position
@@ -194,17 +210,12 @@ def _fit(p: Plan, data: TimeMachine, params: Any, checkpoint_every: int, keep: i
         manager.close()
         return FitResult(state, metrics_log.read(), workdir)
 
-    options = compiler_options(config.batch_size, config.num_hiddens, dp.num_shards)
     step = train_windows
     if config.dropout and config.num_layers > 1:      # dropout acts between layers only
         step = functools.partial(train_windows, rng=jax.random.PRNGKey(config.seed))
-    train = dp.compile(step, donate_state=True, compiler_options=options)
-    evaluate = dp.compile(eval_steps, compiler_options=options)
-    tokens, val_batches = dp.replicate(data.tokens), dp.put(dp.shard_stack(data.val_batches()))
+    train, evaluate, tokens, val_batches = compile_run(p, data, step, eval_steps)
     state = dp.replicate(state)
-    steps_per_epoch = data.num_batches(True)
-    total = config.epochs * steps_per_epoch
-    done = position.epoch * steps_per_epoch + position.batch
+    steps_per_epoch, total, done = count_steps(p, data)
 
     def save(epoch: int, batch: int, partial: list, val_ppl: float | None = None):
         host = dp.unreplicate(state)
