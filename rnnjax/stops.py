@@ -79,6 +79,6 @@ def check_finite(call_metrics: list[dict], epoch: int, start: int, steps_per_epo
             reason = (f"the training loss is {loss_sum / count} at epoch {epoch + 1}, step {start + i + 1} "
                       f"of {steps_per_epoch}")
             raise NonFiniteLoss(
-                f"T{reason[1:]}: the run diverged, and stopped without saving it (its checkpoints stay as "
-                "they were). Train again in a new --workdir with a smaller --lr.", reason)
+                f"{reason[0].upper()}{reason[1:]}: the run diverged, and stopped without saving it (its "
+                "checkpoints stay as they were). Train again in a new --workdir with a smaller --lr.", reason)
     return sums
