@@ -1,7 +1,7 @@
 """A run's settings, its named presets, and the command-line flags made from them.
 
 Every ``Config`` field is a flag of ``python -m experiments.timemachine``
-(``--num-hiddens``, ``--fused/--no-fused``, ...), its help the field's
+(``--num-hiddens``, ``--kernel``, ...), its help the field's
 ``help`` below: a new field needs no CLI edit. Values are checked when a
 ``Config`` is made, so a bad one fails before any work starts.
 """
@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from rnnjax.cells import CELLS, NONLINEARITIES
+from rnnjax.kernels import KERNELS
 
 
 class ConfigError(ValueError):
@@ -48,11 +49,11 @@ class Config:
     num_train: int = _field(10000, "training windows")
     num_val: int = _field(5000, "validation windows, the ones after the training windows")
     unroll: int = _field(1, "unroll factor of the scan over time")
-    fused: bool = _field(True, "train with the fused loss (rnnjax.fused); "
-                               "--no-fused trains the plain model")
+    kernel: str = _field("auto", "training kernel, the same math at another speed (rnnjax.kernels): auto "
+                                 "(chosen by backend and shape), " + ", ".join(KERNELS))
 
-    # What may differ between a run and the checkpoint it resumes from.
-    RESUMABLE = frozenset({"epochs"})
+    # What may differ between a run and the checkpoint it resumes from: what changes no result.
+    RESUMABLE = frozenset({"epochs", "kernel"})
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -82,6 +83,8 @@ class Config:
                               f"{self.cell} has its own.")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}.")
+        if self.kernel not in ("auto", *KERNELS):
+            raise ConfigError(f"--kernel must be one of auto, {', '.join(KERNELS)}; got {self.kernel!r}.")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -92,6 +95,8 @@ class Config:
     @classmethod
     def from_json(cls, d: dict) -> Config:
         names = {f.name for f in dataclasses.fields(cls)}
+        if d.get("fused") is False and "kernel" not in d:      # saved before Config.kernel
+            d = {**d, "kernel": "plain"}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from rnnjax import fused
+from rnnjax import fused, kernels
 from rnnjax.backend import INIT_COMPILER_OPTIONS, CompiledPerShape
 from rnnjax.config import Config
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
@@ -19,16 +19,18 @@ TrainState = train_state.TrainState
 
 
 def make_model(config: Config, vocab_size: int) -> RNNLM:
-    """``RNNLM`` over ``config``'s cells (one ``RNN``, else a ``StackedRNN``); its fused sibling if
-    ``config.fused``."""
+    """``RNNLM`` over ``config``'s cells (one ``RNN``, else a ``StackedRNN``), with the loss of the
+    kernel ``rnnjax.kernels.choose`` picks (the parameters are the same for every kernel)."""
+    kernel = kernels.choose(config)
     kwargs = {"nonlinearity": config.nonlinearity} if config.nonlinearity != "tanh" else {}
     cell = CELLS[config.cell](config.num_hiddens, **kwargs)
+    remat = kernel == "fused"
     if config.num_layers == 1 and not config.bidirectional:      # dropout acts between layers only
-        rnn = RNN(cell, unroll=config.unroll, remat=config.fused)
+        rnn = RNN(cell, unroll=config.unroll, remat=remat)
     else:
         rnn = StackedRNN(cell, config.num_layers, config.dropout, config.bidirectional, config.unroll,
-                         remat=config.fused)
-    lm = fused.FusedRNNLM if config.fused else RNNLM
+                         remat=remat)
+    lm = fused.FusedRNNLM if kernel == "fused" else RNNLM
     return lm(rnn, vocab_size)
 
 

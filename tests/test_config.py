@@ -24,16 +24,19 @@ def test_every_field_is_a_flag_with_its_help():
 
 def test_flags_change_the_preset():
     assert from_flags(parse()) == Config()
-    assert from_flags(parse("--num-hiddens", "64", "--lr", "2", "--no-fused")) == Config(
-        num_hiddens=64, lr=2.0, fused=False)
+    assert from_flags(parse("--num-hiddens", "64", "--lr", "2", "--kernel", "plain")) == Config(
+        num_hiddens=64, lr=2.0, kernel="plain")
     assert from_flags(parse("--preset", "tiny", "--epochs", "1")) == PRESETS["tiny"].replace(epochs=1)
 
 
 def test_json_round_trip_and_old_checkpoints_without_new_fields():
-    config = Config(num_hiddens=8, seed=3, fused=False)
+    config = Config(num_hiddens=8, seed=3, kernel="plain")
     assert Config.from_json(config.to_json()) == config
-    old = {k: v for k, v in Config().to_json().items() if k not in ("cell", "fused")}
+    old = {k: v for k, v in Config().to_json().items() if k not in ("cell", "kernel")}
     assert Config.from_json({**old, "removed_field": 1}) == Config()
+    # saved before Config.kernel: the fused flag it replaced
+    assert Config.from_json({**old, "fused": False}) == Config(kernel="plain")
+    assert Config.from_json({**old, "fused": True}) == Config()
 
 
 @pytest.mark.parametrize("change,message", [
@@ -47,7 +50,8 @@ def test_json_round_trip_and_old_checkpoints_without_new_fields():
     ({"seed": -1}, r"--seed must be in \[0, 2\*\*32\)"),
     ({"cell": "gru9"}, "--cell 'gru9' is not a known cell"),
     ({"num_steps": 2.5}, "--num-steps must be a int"),
-    ({"fused": 1}, "--fused must be a bool"),
+    ({"bidirectional": 1}, "--bidirectional must be a bool"),
+    ({"kernel": "cudnn9"}, "--kernel must be one of auto, plain, fused"),
 ])
 def test_bad_values_are_one_sentence(change, message):
     with pytest.raises(ConfigError, match=message):

@@ -56,7 +56,7 @@ def test_a_new_cell_trains_checkpoints_restores_and_generates(small_data, tmp_pa
     result = fit(config, small_data, tmp_path, devices=2, log=lines.append)
     # the recurrence is the layer's own scan
     assert "fused loss (rnnjax.fused: the output layer; the cells' elementwise ops recomputed" in lines[0]
-    assert type(make_model(config.replace(fused=False), len(small_data.vocab))) is RNNLM
+    assert type(make_model(config.replace(kernel="plain"), len(small_data.vocab))) is RNNLM
     ppl = [r["train_ppl"] for r in result.history]
     assert ppl[-1] < ppl[0] < len(small_data.vocab)
     assert result.state.params["rnn"]["cell"]["U"].shape == (16, 16)

@@ -81,7 +81,7 @@ def test_loss_is_causal():
 def test_make_model_fuses_the_loss_unless_told_not_to(config, recurrence_too):
     model = make_model(config, 28)
     assert isinstance(model, FusedRNNLM) and fused.recurrence_fused(model.rnn) == recurrence_too
-    assert type(make_model(config.replace(fused=False), 28)) is RNNLM
+    assert type(make_model(config.replace(kernel="plain"), 28)) is RNNLM
     assert not fused.recurrence_fused(RNN(SimpleRNNCell(4), reverse=True))
 
 

@@ -29,7 +29,7 @@ def test_plan_says_new_resumed_or_finished_and_writes_nothing(small_data, tmp_pa
 
 
 def test_plan_names_the_plain_path_and_how_to_use_all_cores(small_data, tmp_path):
-    text = plan(SMALL.replace(fused=False), small_data, tmp_path, devices=1).describe()
+    text = plan(SMALL.replace(kernel="plain"), small_data, tmp_path, devices=1).describe()
     assert "1 CPU device(s), plain loss" in text
     assert ("use_cpu_cores" in text) == (available_cores() > 1)
 

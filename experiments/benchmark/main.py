@@ -175,7 +175,7 @@ def main(argv=None) -> int:
         out["runs"] = measure_runs(args, s, data)
 
     if args.ablations:
-        variants = [Rnnjax(args.devices), Rnnjax(args.devices, fused=False),
+        variants = [Rnnjax(args.devices), Rnnjax(args.devices, kernel="plain"),
                     Rnnjax(args.devices, unroll=8), Rnnjax(args.devices, unroll=32)]
         print("ablations (interleaved):")
         out["ablations"] = measure_steps(variants, s, data, args.rounds, args.steps)
