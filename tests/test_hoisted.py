@@ -1,0 +1,155 @@
+"""The hoisted kernel against the plain model under autodiff: values and gradients, every cell and shape."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import TINY
+from rnnjax import hoisted
+from rnnjax.hoisted import HoistedRNNLM
+from rnnjax.model import RNN, RNNLM, GRUCell, LSTMCell, SimpleRNNCell, StackedRNN
+from rnnjax.state import loss_path, make_model
+from rnnjax.train import fit
+
+V, B, T = 12, 5, 7
+WEIGHTS_B = jnp.array([1.0, 1.0, 1.0, 0.0, 1.0])          # a padded row among real ones
+
+CELLS = {"rnn tanh": lambda H: SimpleRNNCell(H), "rnn relu": lambda H: SimpleRNNCell(H, nonlinearity="relu"),
+         "gru": GRUCell, "lstm": LSTMCell}
+
+
+def value_and_grad(model, variables, X, Y, weights, train=False, rngs=None):
+    def mean_loss(variables):
+        loss_sum, count = model.apply(variables, X, Y, weights, train, method="loss", rngs=rngs)
+        return loss_sum / count
+    return jax.value_and_grad(mean_loss)(variables)
+
+
+def jit_value_and_grad(model, variables, X, Y, weights, train=False, rngs=None):
+    return jax.jit(lambda v: value_and_grad(model, v, X, Y, weights, train, rngs))(variables)
+
+
+def assert_same(a, b, rtol=1e-5, atol=1e-6):
+    np.testing.assert_allclose(a[0], b[0], rtol=rtol)
+    for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1]), strict=True):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+def batch(seed=1):
+    X = jax.random.randint(jax.random.key(seed), (B, T), 0, V)
+    Y = jax.random.randint(jax.random.key(seed + 1), (B, T), 0, V)
+    return X, Y
+
+
+def models(rnn):
+    return RNNLM(rnn, V), HoistedRNNLM(rnn, V)
+
+
+# Each cell at depth 2 with dropout, and each layout, in the fast subset; every pair in the slow one.
+LAYOUTS = [(cell, layers) for cell in CELLS
+           for layers in ("1", "1 reverse", "2 dropout", "3 bidirectional dropout")]
+FAST = {("rnn tanh", "1"), ("rnn relu", "1 reverse"), ("gru", "2 dropout"), ("lstm", "2 dropout"),
+        ("gru", "3 bidirectional dropout")}
+
+
+@pytest.mark.parametrize("cell,layers", [pytest.param(*c, marks=() if c in FAST else pytest.mark.slow)
+                                         for c in LAYOUTS])
+def test_hoisted_loss_equals_plain_loss(cell, layers):
+    """Training mode with dropout between layers (the same rng, the same masks), padded rows."""
+    make = CELLS[cell]
+    rnn = {"1": lambda: RNN(make(8), unroll=2), "1 reverse": lambda: RNN(make(8), reverse=True),
+           "2 dropout": lambda: StackedRNN(make(8), 2, dropout=0.3),
+           "3 bidirectional dropout": lambda: StackedRNN(make(6), 3, dropout=0.3, bidirectional=True),
+           }[layers]()
+    plain, fast = models(rnn)
+    X, Y = batch()
+    variables = plain.init(jax.random.key(0), X)
+    train = dict(train=True, rngs={"dropout": jax.random.key(3)})
+    with jax.default_matmul_precision("highest"):
+        want = jit_value_and_grad(plain, variables, X, Y, WEIGHTS_B, **train)
+        got = jit_value_and_grad(fast, variables, X, Y, WEIGHTS_B, **train)
+    if "dropout" in layers:          # dropout is on: evaluation differs
+        loss_sum, count = plain.apply(variables, X, Y, WEIGHTS_B, method="loss")
+        assert abs(float(loss_sum / count) - float(want[0])) > 1e-4
+    assert_same(got, want)
+    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(got[1]))   # every parameter learns
+
+
+@pytest.mark.parametrize("cell", ["gru", pytest.param("rnn tanh", marks=pytest.mark.slow),
+                                  pytest.param("lstm", marks=pytest.mark.slow)])
+def test_hoisted_loss_under_vmap_over_stacked_params(cell):
+    """As ``--seeds`` runs it: params of two seeds stacked, each run its own batch and its own dropout."""
+    rnn = StackedRNN(CELLS[cell](8), 2, dropout=0.2)
+    plain, fast = models(rnn)
+    X, Y = jax.vmap(lambda s: jnp.stack(batch(s)))(jnp.array([1, 5])).swapaxes(0, 1)
+    variables = jax.vmap(lambda k: plain.init(k, X[0]))(jax.random.split(jax.random.key(0)))
+    rngs = jax.random.split(jax.random.key(3))
+
+    def runs(model):
+        def one(v, x, y, rng):
+            return value_and_grad(model, v, x, y, WEIGHTS_B, train=True, rngs={"dropout": rng})
+        return jax.jit(jax.vmap(one))(variables, X, Y, rngs)
+    with jax.default_matmul_precision("highest"):
+        want, got = runs(plain), runs(fast)
+        one = jit_value_and_grad(fast, jax.tree.map(lambda x: x[1], variables), X[1], Y[1], WEIGHTS_B,
+                                 train=True, rngs={"dropout": rngs[1]})
+    assert_same(got, want)
+    assert_same((got[0][1], jax.tree.map(lambda x: x[1], got[1])), one)     # run 1 as if alone
+    assert abs(float(got[0][0]) - float(got[0][1])) > 1e-4                   # the runs differ
+
+
+def test_one_step_and_a_long_sequence():
+    """T = 1 gives W_hh no gradient (from h = 0); a longer sequence than elsewhere still matches."""
+    for steps, rnn in ((1, RNN(LSTMCell(4))), (40, RNN(GRUCell(4)))):
+        plain, fast = models(rnn)
+        X = jax.random.randint(jax.random.key(1), (3, steps), 0, V)
+        variables = plain.init(jax.random.key(0), X)
+        with jax.default_matmul_precision("highest"):
+            want = jit_value_and_grad(plain, variables, X, X, jnp.ones(3))
+            got = jit_value_and_grad(fast, variables, X, X, jnp.ones(3))
+        assert_same(got, want)
+        assert (float(jnp.abs(got[1]["params"]["rnn"]["cell"]["W_hh"]).max()) > 0) == (steps > 1)
+
+
+def test_hoisted_model_is_the_plain_model_but_for_its_loss():
+    plain, fast = models(StackedRNN(GRUCell(8), 2))
+    X = batch()[0]
+    a, b = plain.init(jax.random.key(0), X), fast.init(jax.random.key(0), X)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(plain.apply(a, X), fast.apply(a, X))
+
+
+def test_a_cell_it_does_not_know_is_refused_by_name():
+    class MyGRU(GRUCell):
+        pass
+    assert hoisted.supports(GRUCell(4)) and hoisted.supports(LSTMCell) and not hoisted.supports(MyGRU(4))
+    model = HoistedRNNLM(RNN(MyGRU(4)), V)
+    X = batch()[0]
+    variables = model.init(jax.random.key(0), X)
+    with pytest.raises(TypeError, match="not MyGRU"):
+        model.apply(variables, X, X, jnp.ones(B), method="loss")
+
+
+def test_make_model_builds_it_and_the_run_names_it():
+    model = make_model(TINY.replace(kernel="hoisted", cell="lstm", num_layers=2), 28)
+    assert type(model) is HoistedRNNLM and loss_path(model).startswith("hoisted loss (rnnjax.hoisted")
+    assert not model.rnn.remat
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell,num_layers", [("rnn", 1), ("lstm", 2)])
+def test_fit_with_the_hoisted_kernel_is_fit_with_the_plain_one(small_data, tmp_path, cell, num_layers):
+    config = TINY.replace(cell=cell, num_layers=num_layers, dropout=0.2 if num_layers > 1 else 0.0, epochs=2)
+    lines = []
+    with jax.default_matmul_precision("highest"):
+        got = fit(config.replace(kernel="hoisted"), small_data, tmp_path / "hoisted", devices=2,
+                  log=lines.append)
+        want = fit(config.replace(kernel="plain"), small_data, tmp_path / "plain", devices=2, log=None)
+    assert "hoisted loss" in lines[0]
+    for a, b in zip(got.history, want.history, strict=True):
+        for key in ("train_loss", "val_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5)
+    for x, y in zip(jax.tree.leaves(got.state.params), jax.tree.leaves(want.state.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
