@@ -9,23 +9,61 @@ for ``choose``'s pick:
   and for one layer of d2l's ``SimpleRNNCell`` the recurrence too, with a
   hand-written backward pass; other cells scanned under ``remat``. What wins
   on a CPU.
+- ``hoisted``: ``rnnjax.hoisted``, the recurrence structured as cuDNN
+  structures an RNN (input projections and weight gradients as matmuls over
+  all steps, only the sequential part in the loops), for rnnjax's own cells.
+- ``cudnn``: ``rnnjax.cudnn``, cuDNN's LSTM through ``jax.experimental.rnn``:
+  the LSTM cell, one direction, float32, on an NVIDIA GPU only.
+
+``check`` refuses, in one sentence, a forced kernel that cannot train a config
+on this backend; ``rnnjax.start.plan`` calls it before any work.
 """
 
 from __future__ import annotations
 
 import jax
 
-KERNELS = ("plain", "fused")
+from rnnjax.cells import CELLS, LSTMCell
+from rnnjax.hoisted import supports
+
+KERNELS = ("plain", "fused", "hoisted", "cudnn")
 
 
 def choose(config, backend: str | None = None) -> str:
-    """The kernel ``config`` trains with on ``backend`` (default: JAX's): its ``kernel`` unless ``auto``."""
+    """The kernel ``config`` trains with on ``backend`` (default: JAX's): its ``kernel`` unless ``auto``.
+
+    On a CPU, ``fused`` (measured: docs/performance.md). Elsewhere ``hoisted``
+    for rnnjax's own cells, the structure cuDNN uses, and ``fused`` for a cell
+    it does not know (a user's). Neither rule is yet measured on a GPU; nor is
+    ``cudnn``, which is never picked until a GPU measurement shows it wins.
+    """
     if config.kernel != "auto":
         return config.kernel
     backend = backend or jax.default_backend()
     if backend == "cpu":
         return "fused"
-    # On a GPU the fused vanilla recurrence lost to the plain scan at d2l's size (docs/performance.md).
-    if config.cell == "rnn" and config.num_layers == 1 and config.num_hiddens <= 64:
-        return "plain"
-    return "fused"
+    return "hoisted" if supports(CELLS[config.cell]) else "fused"
+
+
+def check(config, backend: str | None = None) -> None:
+    """``ValueError`` with one sentence if the kernel ``config`` forces cannot train it on ``backend``
+    (default: JAX's)."""
+    kernel = config.kernel
+    if kernel == "hoisted" and not supports(CELLS[config.cell]):
+        raise ValueError(f"--kernel hoisted writes out the gates of rnnjax's own cells (rnn, gru, lstm), not "
+                         f"those of --cell {config.cell}; use --kernel fused or auto.")
+    if kernel != "cudnn":
+        return
+    backend = backend or jax.default_backend()
+    if CELLS[config.cell] is not LSTMCell:
+        raise ValueError(f"--kernel cudnn is cuDNN's LSTM and trains --cell lstm only, not {config.cell}; "
+                         "use --kernel hoisted or auto.")
+    if backend != "gpu":
+        raise ValueError(f"--kernel cudnn runs cuDNN's LSTM, which needs an NVIDIA GPU, and JAX's backend "
+                         f"here is {backend}; use --kernel auto.")
+    if config.bidirectional:
+        raise ValueError("--kernel cudnn trains one direction only; use --kernel hoisted for "
+                         "--bidirectional.")
+    if getattr(config, "compute_dtype", "float32") != "float32":
+        raise ValueError("--kernel cudnn computes in float32 only (JAX's cuDNN LSTM has no bfloat16); use "
+                         "--kernel hoisted for --compute-dtype bfloat16.")

@@ -10,7 +10,7 @@ from typing import Any
 
 import jax
 
-from rnnjax import checkpoint, metrics, workdir as workdir_lib
+from rnnjax import checkpoint, kernels, metrics, workdir as workdir_lib
 from rnnjax.backend import available_cores
 from rnnjax.config import SWEEPABLE, Config
 from rnnjax.data import TimeMachine, Vocab
@@ -84,6 +84,7 @@ def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int
         raise ValueError("A bidirectional RNN cannot be trained as a language model: its reverse direction "
                          "reads the characters it is asked to predict. Use it where whole sequences are "
                          "given, e.g. for classification.")
+    kernels.check(config)
     if data.num_val < 1:
         raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
     if (data.batch_size, data.num_steps) != (config.batch_size, config.num_steps):

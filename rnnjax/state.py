@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from rnnjax import fused, kernels
+from rnnjax import cudnn, fused, hoisted, kernels
 from rnnjax.backend import INIT_COMPILER_OPTIONS, CompiledPerShape
 from rnnjax.config import Config
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
@@ -30,13 +30,18 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     else:
         rnn = StackedRNN(cell, config.num_layers, config.dropout, config.bidirectional, config.unroll,
                          remat=remat)
-    lm = fused.FusedRNNLM if kernel == "fused" else RNNLM
-    return lm(rnn, vocab_size)
+    return _LM.get(kernel, RNNLM)(rnn, vocab_size)
+
+
+_LM = {"fused": fused.FusedRNNLM, "hoisted": hoisted.HoistedRNNLM, "cudnn": cudnn.CudnnRNNLM}
+_DESCRIBE = {fused.FusedRNNLM: fused.describe, hoisted.HoistedRNNLM: hoisted.describe,
+             cudnn.CudnnRNNLM: cudnn.describe}
 
 
 def loss_path(model: RNNLM) -> str:
     """How ``model`` trains, in words: what a run reports."""
-    return fused.describe(model.rnn) if isinstance(model, fused.FusedRNNLM) else "plain loss"
+    describe = _DESCRIBE.get(type(model))
+    return describe(model.rnn) if describe else "plain loss"
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
