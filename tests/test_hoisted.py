@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY
-from rnnjax import hoisted
+from rnnjax import hoisted, precision
 from rnnjax.hoisted import HoistedRNNLM
 from rnnjax.model import RNN, RNNLM, GRUCell, LSTMCell, SimpleRNNCell, StackedRNN
 from rnnjax.state import loss_path, make_model
@@ -153,3 +153,46 @@ def test_fit_with_the_hoisted_kernel_is_fit_with_the_plain_one(small_data, tmp_p
             assert a[key] == pytest.approx(b[key], rel=1e-5)
     for x, y in zip(jax.tree.leaves(got.state.params), jax.tree.leaves(want.state.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def loop(spec, W_hh, b_hh, XW_TxBxG):
+    """``hoisted.recurrence``'s forward as a plain scan, for autodiff to differentiate."""
+    kind, nonlinearity, reverse, _, dtype = spec
+    H = W_hh.shape[0]
+    state = (jnp.zeros((XW_TxBxG.shape[1], H)),) * (2 if kind == "lstm" else 1)
+
+    def step(state, XW_BxG):
+        HW_BxG = precision.dot(state[0], W_hh, dtype) + (0.0 if b_hh is None else b_hh)
+        read = {"rnn": (), "lstm": state[1:], "gru": state[:1]}[kind]
+        pre = (XW_BxG, HW_BxG) if kind == "gru" else XW_BxG + HW_BxG
+        state = hoisted.gates(kind, nonlinearity, pre, read)
+        return state, state[0]
+    return jax.lax.scan(step, state, XW_TxBxG, reverse=reverse)[1]
+
+
+@pytest.mark.parametrize("kind,gates", [("rnn", 1), ("gru", 3), ("lstm", 4)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_recurrence_backward_is_autodiffs_in_either_direction_and_compute_dtype(kind, gates, dtype):
+    """Its hand-written backward against autodiff of the same loop; in bfloat16 to bfloat16's precision."""
+    H, keys = 8, jax.random.split(jax.random.key(0), 5)
+    W_hh = jax.random.normal(keys[0], (H, gates * H)) / H ** 0.5
+    b_hh = jax.random.normal(keys[1], (gates * H,)) if kind == "gru" else None
+    XW = jax.random.normal(keys[2], (T, B, gates * H))
+    R = jax.random.normal(keys[3], (T, B, H))
+    for reverse in (False, True):
+        spec = (kind, "tanh", reverse, 1, jnp.dtype(dtype))
+
+        def loss(f):
+            return jax.jit(jax.value_and_grad(lambda *a: jnp.sum(f(spec, *a) * R), argnums=(0, 1, 2)))
+        with jax.default_matmul_precision("highest"):
+            got, want = loss(hoisted.recurrence)(W_hh, b_hh, XW), loss(loop)(W_hh, b_hh, XW)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            if dtype == "float32":
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            else:        # both round to bfloat16, at other points: within 1% of the largest entry
+                assert float(jnp.abs(a - b).max()) <= 0.01 * float(jnp.abs(b).max())
+        if dtype == "bfloat16":      # it does compute in bfloat16: not float32's gradients
+            spec = (kind, "tanh", reverse, 1, jnp.dtype("float32"))
+            with jax.default_matmul_precision("highest"):
+                f32 = loss(hoisted.recurrence)(W_hh, b_hh, XW)
+            assert float(jnp.abs(f32[1][0] - got[1][0]).max()) > 1e-4
