@@ -69,7 +69,7 @@ def test_loss_is_causal():
         weights = (jnp.arange(T * B) // B == t).astype(jnp.float32)
         loss = fused._recurrence_dense_ce
         return jax.grad(loss, argnums=1)(cell["W_hh"], XW, dense["kernel"], dense["bias"], labels, weights, 1,
-                                         "tanh")
+                                         "tanh", jnp.dtype(jnp.float32), jnp.dtype(jnp.float32))
     for t in range(T):
         dXW = np.abs(np.asarray(loss_at(t))).max(axis=(1, 2))
         assert np.all(dXW[t + 1:] == 0) and dXW[t] > 0
