@@ -51,15 +51,16 @@ def _low_precision_dot(a, b, dtype):
 
 def _low_precision_dot_fwd(a, b, dtype):
     a_low, b_low = a.astype(dtype), b.astype(dtype)
-    return _matmul(a_low, b_low), (a_low, b_low, a.dtype, b.dtype)
+    # Residuals must be arrays: empty ones carry the operands' dtypes, which their gradients take.
+    return _matmul(a_low, b_low), (a_low, b_low, jnp.zeros(0, a.dtype), jnp.zeros(0, b.dtype))
 
 
 def _low_precision_dot_bwd(dtype, residuals, g):
-    a_low, b_low, a_dtype, b_dtype = residuals
+    a_low, b_low, a_like, b_like = residuals
     g_low = g.astype(dtype)
     da = _matmul(g_low, b_low.T)
     db = _matmul(a_low.reshape(-1, a_low.shape[-1]).T, g_low.reshape(-1, g_low.shape[-1]))
-    return da.astype(a_dtype), db.astype(b_dtype)
+    return da.astype(a_like.dtype), db.astype(b_like.dtype)
 
 
 _low_precision_dot.defvjp(_low_precision_dot_fwd, _low_precision_dot_bwd)
