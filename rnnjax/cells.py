@@ -13,16 +13,25 @@ Weights are stored input-major (``x @ W``), so PyTorch's ``weight_ih_l0`` is
 ``W_ih.T`` (``W_xh.T`` for ``SimpleRNNCell``); ``rnnjax.interop`` converts.
 All are initialized as PyTorch does, U(-1/sqrt(H), 1/sqrt(H)). Inputs may be
 ``OneHot``: ``x @ W`` on it is a row gather.
+
+``dtype`` is the compute dtype of the matmuls (``Config.compute_dtype``):
+in ``bfloat16`` their operands are rounded to it and the products summed in
+float32 (``rnnjax.precision.dot``); parameters, the carry and every
+elementwise op stay float32. A ``OneHot`` input's gather stays exact (an
+embedding lookup: there is no matmul to speed up).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from rnnjax.precision import dot
 
 Array = jax.Array
 
@@ -63,8 +72,10 @@ class OneHot:
 
 
 class _Cell(nn.RNNCellBase):
-    """What the cells share: ``num_hiddens``, a zero carry of one or more ``(B, H)`` arrays."""
+    """What the cells share: ``num_hiddens``, the matmuls' ``dtype``, a zero carry of one or more
+    ``(B, H)`` arrays."""
     num_hiddens: int
+    dtype: Any = jnp.float32
     carry_parts = 1
 
     @nn.nowrap
@@ -78,6 +89,10 @@ class _Cell(nn.RNNCellBase):
 
     def _param(self, name: str, *shape: int) -> Array:
         return self.param(name, uniform_init(self.num_hiddens), shape)
+
+    def _dot(self, x: Array | OneHot, W: Array) -> Array:
+        """``x @ W`` in the compute dtype, accumulated in float32; a ``OneHot`` ``x``'s gather exact."""
+        return x @ W if isinstance(x, OneHot) else dot(x, W, self.dtype)
 
 
 class SimpleRNNCell(_Cell):
@@ -93,7 +108,7 @@ class SimpleRNNCell(_Cell):
         H = self.num_hiddens
         W_hh, b_h = self._param("W_hh", H, H), self._param("b_h", H)
         W_xh = self._param("W_xh", X_BxI.shape[-1], H)
-        H_BxH = NONLINEARITIES[self.nonlinearity](X_BxI @ W_xh + H_BxH @ W_hh + b_h)
+        H_BxH = NONLINEARITIES[self.nonlinearity](self._dot(X_BxI, W_xh) + self._dot(H_BxH, W_hh) + b_h)
         return H_BxH, H_BxH
 
 
@@ -115,8 +130,8 @@ class GRUCell(_Cell):
         H = self.num_hiddens
         W_ih, W_hh = self._param("W_ih", X_BxI.shape[-1], 3 * H), self._param("W_hh", H, 3 * H)
         b_ih, b_hh = self._param("b_ih", 3 * H), self._param("b_hh", 3 * H)
-        xr, xz, xn = jnp.split(X_BxI @ W_ih + b_ih, 3, axis=-1)
-        hr, hz, hn = jnp.split(H_BxH @ W_hh + b_hh, 3, axis=-1)
+        xr, xz, xn = jnp.split(self._dot(X_BxI, W_ih) + b_ih, 3, axis=-1)
+        hr, hz, hn = jnp.split(self._dot(H_BxH, W_hh) + b_hh, 3, axis=-1)
         r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
         n = jnp.tanh(xn + r * hn)
         H_BxH = (1.0 - z) * n + z * H_BxH
@@ -142,7 +157,7 @@ class LSTMCell(_Cell):
         H = self.num_hiddens
         W_ih, W_hh = self._param("W_ih", X_BxI.shape[-1], 4 * H), self._param("W_hh", H, 4 * H)
         b_ih, b_hh = self._param("b_ih", 4 * H), self._param("b_hh", 4 * H)
-        i, f, g, o = jnp.split(X_BxI @ W_ih + b_ih + H_BxH @ W_hh + b_hh, 4, axis=-1)
+        i, f, g, o = jnp.split(self._dot(X_BxI, W_ih) + b_ih + self._dot(H_BxH, W_hh) + b_hh, 4, axis=-1)
         C_BxH = jax.nn.sigmoid(f) * C_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
         H_BxH = jax.nn.sigmoid(o) * jnp.tanh(C_BxH)
         return (H_BxH, C_BxH), H_BxH

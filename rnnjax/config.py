@@ -16,6 +16,7 @@ from typing import Any
 
 from rnnjax.cells import CELLS, NONLINEARITIES
 from rnnjax.kernels import KERNELS
+from rnnjax.precision import COMPUTE_DTYPES, MATMUL_PRECISIONS
 
 
 class ConfigError(ValueError):
@@ -51,9 +52,19 @@ class Config:
     unroll: int = _field(1, "unroll factor of the scan over time")
     kernel: str = _field("auto", "training kernel, the same math at another speed (rnnjax.kernels): auto "
                                  "(chosen by backend and shape), " + ", ".join(KERNELS))
+    # Numerics (rnnjax.precision).
+    compute_dtype: str = _field(
+        "float32", "the matmuls' operand dtype: float32, or bfloat16 summed in float32 (parameters, "
+                   "optimizer state, the carry and the loss stay float32; a cell of one's own without a "
+                   "dtype attribute computes in float32)")
+    matmul_precision: str = _field(
+        "default", "float32 matmuls' precision: default (JAX's: TF32 on recent NVIDIA GPUs, float32 on a "
+                   "CPU), high, highest (float32 everywhere)")
 
     # What may differ between a run and the checkpoint it resumes from: what changes no result.
-    RESUMABLE = frozenset({"epochs", "kernel"})
+    # matmul_precision too: the same math rounded otherwise, as "default" already is from one backend
+    # to the next, which a resume may cross; compute_dtype is not: bfloat16 training is another experiment.
+    RESUMABLE = frozenset({"epochs", "kernel", "matmul_precision"})
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -85,6 +96,12 @@ class Config:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}.")
         if self.kernel not in ("auto", *KERNELS):
             raise ConfigError(f"--kernel must be one of auto, {', '.join(KERNELS)}; got {self.kernel!r}.")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"--compute-dtype must be one of {', '.join(COMPUTE_DTYPES)}; "
+                              f"got {self.compute_dtype!r}.")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ConfigError(f"--matmul-precision must be one of {', '.join(MATMUL_PRECISIONS)}; "
+                              f"got {self.matmul_precision!r}.")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

@@ -16,6 +16,11 @@ with a backward pass through time written by hand. What makes it fast
 - the output layer and the cross-entropy fused, the vocabulary padded up to
   a multiple of 16 (``_PAD_VOCAB_TO``) for efficiency.
 
+Every matmul, forward and backward, is ``rnnjax.precision.dot`` in the
+compute dtype: the cell's ``dtype`` for the recurrence, the model's for the
+output layer (bfloat16 operands, float32 sums). The input projection's
+gather is exact, as the cells' ``OneHot`` one is.
+
 ``tests/test_fused.py`` checks its value and gradients against the plain model.
 """
 
@@ -28,6 +33,7 @@ import jax.numpy as jnp
 
 from rnnjax.cells import NONLINEARITIES, OneHot
 from rnnjax.model import RNN, RNNLM, SimpleRNNCell
+from rnnjax.precision import dot
 
 Array = jax.Array
 
@@ -54,6 +60,7 @@ class FusedRNNLM(RNNLM):
         params = self.variables["params"]
         dense = params["output_layer"]
         B, T = X_BxT.shape
+        dtype = jnp.dtype(self.dtype)
         labels_N, weights_N = Y_BxT.T.reshape(-1), jnp.broadcast_to(weights_B, (T, B)).reshape(-1)
         if recurrence_fused(self.rnn):
             cell = params["rnn"]["cell"]
@@ -61,18 +68,19 @@ class FusedRNNLM(RNNLM):
             # gradient then sums V rows instead of T*B.
             XW_TxBxH = (cell["W_xh"] + cell["b_h"])[X_BxT.T]
             loss_sum = _recurrence_dense_ce(cell["W_hh"], XW_TxBxH, dense["kernel"], dense["bias"], labels_N,
-                                            weights_N, self.rnn.unroll, self.rnn.cell.nonlinearity)
+                                            weights_N, self.rnn.unroll, self.rnn.cell.nonlinearity,
+                                            jnp.dtype(self.rnn.cell.dtype), dtype)
         else:   # any other layer: its own scan under autodiff, then the fused output layer
             outputs_TxBxH, _ = self.rnn(OneHot(X_BxT.T, self.vocab_size), None, train)
             loss_sum = dense_cross_entropy(outputs_TxBxH.reshape(T * B, -1), dense["kernel"], dense["bias"],
-                                           labels_N, weights_N)
+                                           labels_N, weights_N, dtype)
         return loss_sum, jnp.sum(weights_B) * T
 
 
-def _recurrence(W_hh: Array, H_BxH: Array, XW_BxH: Array, nonlinearity: str) -> Array:
+def _recurrence(W_hh: Array, H_BxH: Array, XW_BxH: Array, nonlinearity: str, dtype) -> Array:
     """``tanh(XW + H @ W_hh)`` (or ``relu``), the time-dependent half of the step."""
     # Elementwise work on flat vectors: XLA:CPU's loops over them are faster than over (B, H) rows.
-    Z = (H_BxH @ W_hh).reshape(-1) + XW_BxH.reshape(-1)
+    Z = dot(H_BxH, W_hh, dtype).reshape(-1) + XW_BxH.reshape(-1)
     return NONLINEARITIES[nonlinearity](Z).reshape(XW_BxH.shape)
 
 
@@ -87,12 +95,15 @@ def _write(buffer_TxBxH: Array, t: Array, x_BxH: Array) -> Array:
     return jax.lax.dynamic_update_index_in_dim(buffer_TxBxH, x_BxH, t, 0)
 
 
-def _scan_in_place(W_hh: Array, H_BxH: Array, XW_TxBxH: Array, unroll: int, nonlinearity: str) -> Array:
+def _scan_in_place(W_hh: Array, H_BxH: Array, XW_TxBxH: Array, unroll: int, nonlinearity: str, dtype
+                   ) -> Array:
     """The outputs ``(T, B, H)``: step t reads ``XW_t`` and leaves ``H_t`` in its place (no buffer
     of its own, no zero fill)."""
+    W_hh = W_hh.astype(dtype)                  # rounded once, not every step
+
     def step(carry, t):
         H, buffer_TxBxH = carry
-        H = _recurrence(W_hh, H, buffer_TxBxH[t], nonlinearity)
+        H = _recurrence(W_hh, H, buffer_TxBxH[t], nonlinearity, dtype)
         return (H, _write(buffer_TxBxH, t, H)), None
     (_, outputs_TxBxH), _ = jax.lax.scan(step, (H_BxH, XW_TxBxH), jnp.arange(XW_TxBxH.shape[0]),
                                          unroll=unroll)
@@ -106,7 +117,7 @@ _DW_HH_AFTER_LOOP_MAX_BLOCK = 2 ** 15
 
 
 def _backprop_through_time(W_hh: Array, H0_BxH: Array, outputs_TxBxH: Array, dout_TxBxH: Array,
-                           dH_T: Array, nonlinearity: str) -> tuple[Array, Array, Array | None]:
+                           dH_T: Array, nonlinearity: str, dtype) -> tuple[Array, Array, Array | None]:
     """Backprop through ``H_t = tanh(XW_t + H_{t-1} @ W_hh)`` from the gradients w.r.t. its outputs.
 
     ``dZ_t = (dH_t + dout_t) * (1 - H_t**2)`` with ``dH_t = dZ_{t+1} @ W_hh.T``
@@ -120,6 +131,7 @@ def _backprop_through_time(W_hh: Array, H0_BxH: Array, outputs_TxBxH: Array, dou
     """
     T, B, H = outputs_TxBxH.shape
     after_loop = B * H <= _DW_HH_AFTER_LOOP_MAX_BLOCK
+    W_hh_T = W_hh.T.astype(dtype)              # rounded once, not every step
 
     def set_dZ(t, dH_BxH, dZ_TxBxH):
         H_t, dout = outputs_TxBxH[t], dZ_TxBxH[t]
@@ -132,21 +144,21 @@ def _backprop_through_time(W_hh: Array, H0_BxH: Array, outputs_TxBxH: Array, dou
         dZ_TxBxH, dW_hh = carry
         t = T - 1 - i
         dZ_next = dZ_TxBxH[jnp.minimum(t + 1, T - 1)]
-        dZ_TxBxH = set_dZ(t, jnp.where(t == T - 1, dH_T, dZ_next @ W_hh.T), dZ_TxBxH)
+        dZ_TxBxH = set_dZ(t, jnp.where(t == T - 1, dH_T, dot(dZ_next, W_hh_T, dtype)), dZ_TxBxH)
         if after_loop:
             return dZ_TxBxH, dW_hh
         # A transposed copy of H_t makes this a plain (NN) dot, XLA:CPU's faster
         # form; the barrier keeps XLA from folding the transpose into the dot.
-        dW = jax.lax.optimization_barrier(outputs_TxBxH[t].T) @ dZ_next
+        dW = dot(jax.lax.optimization_barrier(outputs_TxBxH[t].T), dZ_next, dtype)
         return dZ_TxBxH, dW_hh + jnp.where(t == T - 1, 0.0, dW)
 
     dZ_TxBxH, dW_hh = jax.lax.fori_loop(0, T, step, (dout_TxBxH, jnp.zeros_like(W_hh)))
-    dW_hh = dW_hh + H0_BxH.T @ dZ_TxBxH[0]
+    dW_hh = dW_hh + dot(H0_BxH.T, dZ_TxBxH[0], dtype)
     outputs_HxN = None
     if after_loop:
         outputs_HxN = jnp.transpose(outputs_TxBxH, (2, 0, 1)).reshape(H, T * B)
         dZ_next_NxH = jnp.concatenate([dZ_TxBxH[1:], jnp.zeros_like(dZ_TxBxH[:1])]).reshape(T * B, H)
-        dW_hh = dW_hh + outputs_HxN @ dZ_next_NxH
+        dW_hh = dW_hh + dot(outputs_HxN, dZ_next_NxH, dtype)
     return dZ_TxBxH, dW_hh, outputs_HxN
 
 
@@ -160,12 +172,12 @@ def _pad_vocab(x: Array, value: float = 0.0) -> Array:
     return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)], constant_values=value)
 
 
-def _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N) -> tuple[Array, Array]:
+def _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype) -> tuple[Array, Array]:
     """``(sum_n weights_N[n] * CE(H_NxH[n] @ W_HxV + b_V, labels_N[n]), the softmax (N, padded V))``.
 
     The softmax is kept, so the backward is one elementwise pass and two matmuls.
     """
-    logits_NxP = H_NxH @ _pad_vocab(W_HxV) + _pad_vocab(b_V, -jnp.inf)
+    logits_NxP = dot(H_NxH, _pad_vocab(W_HxV), dtype) + _pad_vocab(b_V, -jnp.inf)
     m_Nx1 = jnp.max(logits_NxP, axis=-1, keepdims=True)
     e_NxP = jnp.exp(logits_NxP - m_Nx1)
     s_Nx1 = jnp.sum(e_NxP, axis=-1, keepdims=True)
@@ -174,24 +186,25 @@ def _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N) -> tuple[Arra
     return jnp.sum(ce_N * weights_N), e_NxP / s_Nx1
 
 
-@jax.custom_vjp
-def dense_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def dense_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype=jnp.float32) -> Array:
     """``sum_n weights_N[n] * CE(H_NxH[n] @ W_HxV + b_V, labels_N[n])``: the output layer and the
-    cross-entropy as one op, for the outputs of any recurrent stack."""
-    return _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N)[0]
+    cross-entropy as one op, for the outputs of any recurrent stack; matmuls in ``dtype``."""
+    return _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype)[0]
 
 
-def _dense_cross_entropy_fwd(H_NxH, W_HxV, b_V, labels_N, weights_N):
-    loss_sum, p_NxP = _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N)
+def _dense_cross_entropy_fwd(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype):
+    loss_sum, p_NxP = _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype)
     return loss_sum, (H_NxH, W_HxV, p_NxP, labels_N, weights_N)
 
 
-def _dense_cross_entropy_bwd(residuals, g):
+def _dense_cross_entropy_bwd(dtype, residuals, g):
     H_NxH, W_HxV, p_NxP, labels_N, weights_N = residuals
     V = W_HxV.shape[1]
     dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g)
-    return (dlogits_NxP @ _pad_vocab(W_HxV).T, _dense_weight_gradient(H_NxH, dlogits_NxP)[:, :V],
-            jnp.sum(dlogits_NxP, axis=0)[:V], None, None)
+    return (dot(dlogits_NxP, _pad_vocab(W_HxV).T, dtype),
+            _dense_weight_gradient(H_NxH, dlogits_NxP, dtype)[:, :V], jnp.sum(dlogits_NxP, axis=0)[:V], None,
+            None)
 
 
 dense_cross_entropy.defvjp(_dense_cross_entropy_fwd, _dense_cross_entropy_bwd)
@@ -203,39 +216,44 @@ def _dlogits(p_NxP, labels_N, weights_N, g):
     return (p_NxP - one_hot) * (g * weights_N)[:, None]
 
 
-def _dense_weight_gradient(H_NxH, dlogits_NxP):
+def _dense_weight_gradient(H_NxH, dlogits_NxP, dtype):
     """``H.T @ dlogits`` as ``(dlogits.T @ H).T``, the faster way round for XLA:CPU's dot over the
     N rows; the barrier keeps XLA from folding the transpose back into the dot."""
-    return jax.lax.optimization_barrier(dlogits_NxP.T @ H_NxH).T
+    return jax.lax.optimization_barrier(dot(dlogits_NxP.T, H_NxH, dtype)).T
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _recurrence_dense_ce(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll, nonlinearity):
-    """``sum_n weights_N[n] * CE(outputs[n] @ W_HxV + b_V, labels_N[n])`` of the RNN from ``H = 0``."""
-    return _recurrence_dense_ce_fwd(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll, nonlinearity)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _recurrence_dense_ce(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll, nonlinearity, dtype,
+                         dense_dtype):
+    """``sum_n weights_N[n] * CE(outputs[n] @ W_HxV + b_V, labels_N[n])`` of the RNN from ``H = 0``; the
+    recurrence's matmuls in ``dtype``, the output layer's in ``dense_dtype``."""
+    return _recurrence_dense_ce_fwd(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll, nonlinearity,
+                                    dtype, dense_dtype)[0]
 
 
-def _recurrence_dense_ce_fwd(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll, nonlinearity):
+def _recurrence_dense_ce_fwd(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll, nonlinearity, dtype,
+                             dense_dtype):
     H0_BxH = jnp.zeros(XW_TxBxH.shape[1:], XW_TxBxH.dtype)
-    outputs_TxBxH = _scan_in_place(W_hh, H0_BxH, XW_TxBxH, unroll, nonlinearity)
+    outputs_TxBxH = _scan_in_place(W_hh, H0_BxH, XW_TxBxH, unroll, nonlinearity, dtype)
     loss_sum, p_NxP = _softmax_cross_entropy(outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]), W_HxV, b_V,
-                                             labels_N, weights_N)
+                                             labels_N, weights_N, dense_dtype)
     return loss_sum, (W_hh, H0_BxH, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N)
 
 
-def _recurrence_dense_ce_bwd(unroll, nonlinearity, residuals, g):
+def _recurrence_dense_ce_bwd(unroll, nonlinearity, dtype, dense_dtype, residuals, g):
     """The cross-entropy's backward, then ``_backprop_through_time``; ``dW = outputs.T @ dlogits`` as a
     plain matmul of the outputs it transposed for ``dW_hh``."""
     W_hh, H0_BxH, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N = residuals
     V = W_HxV.shape[1]
     dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g)
-    dout_TxBxH = (dlogits_NxP @ _pad_vocab(W_HxV).T).reshape(outputs_TxBxH.shape)
+    dout_TxBxH = dot(dlogits_NxP, _pad_vocab(W_HxV).T, dense_dtype).reshape(outputs_TxBxH.shape)
     dZ_TxBxH, dW_hh, outputs_HxN = _backprop_through_time(
-        W_hh, H0_BxH, outputs_TxBxH, dout_TxBxH, jnp.zeros_like(H0_BxH), nonlinearity)
+        W_hh, H0_BxH, outputs_TxBxH, dout_TxBxH, jnp.zeros_like(H0_BxH), nonlinearity, dtype)
     if outputs_HxN is None:
-        dW_HxP = _dense_weight_gradient(outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]), dlogits_NxP)
+        dW_HxP = _dense_weight_gradient(outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]), dlogits_NxP,
+                                        dense_dtype)
     else:
-        dW_HxP = outputs_HxN @ dlogits_NxP
+        dW_HxP = dot(outputs_HxN, dlogits_NxP, dense_dtype)
     return dW_hh, dZ_TxBxH, dW_HxP[:, :V], jnp.sum(dlogits_NxP, axis=0)[:V], None, None
 
 

@@ -13,6 +13,7 @@ carry shape suffixes: T steps, B batch, H hiddens, V vocabulary, I inputs.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.cells import CELLS, GRUCell, LSTMCell, OneHot, SimpleRNNCell, uniform_init
+from rnnjax.precision import dot
 
 __all__ = ["CELLS", "GRUCell", "LSTMCell", "OneHot", "RNN", "RNNLM", "SimpleRNNCell", "StackedRNN",
            "uniform_init"]
@@ -138,13 +140,17 @@ class RNNLM(nn.Module):
 
     ``__call__(X (B, T) int, carry=None)`` returns logits ``(B, T, V)``;
     ``train=True`` turns dropout on (it then needs a ``"dropout"`` rng).
+    ``dtype`` is the output layer's compute dtype, as the cells' (``rnnjax.cells``).
     """
     rnn: nn.Module
     vocab_size: int
+    dtype: Any = jnp.float32
 
     def setup(self):
         init = uniform_init(self.rnn.num_outputs)
-        self.output_layer = nn.Dense(self.vocab_size, kernel_init=init, bias_init=init)
+        # Not Dense's own dtype: it would round the bias, the logits and the kernel's gradient to it.
+        self.output_layer = nn.Dense(self.vocab_size, kernel_init=init, bias_init=init,
+                                     dot_general=functools.partial(_dense_dot, dtype=self.dtype))
 
     def __call__(self, X_BxT: Array, carry: Carry | None = None, train: bool = False) -> Array:
         return self.forward(X_BxT, carry, train)[0]
@@ -173,3 +179,9 @@ class RNNLM(nn.Module):
         logp_BxTxV = jax.nn.log_softmax(self(X_BxT, train=train))
         ce_BxT = -jnp.take_along_axis(logp_BxTxV, Y_BxT[..., None], axis=-1)[..., 0]
         return jnp.sum(ce_BxT * weights_B[:, None]), jnp.sum(weights_B) * X_BxT.shape[1]
+
+
+def _dense_dot(x: Array, W: Array, dimension_numbers: Any, precision: Any = None, dtype: Any = jnp.float32
+               ) -> Array:
+    """``nn.Dense``'s ``dot_general`` (``x``'s last axis with ``W``'s first) as ``rnnjax.precision.dot``."""
+    return dot(x, W, dtype)

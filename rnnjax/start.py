@@ -10,7 +10,7 @@ from typing import Any
 
 import jax
 
-from rnnjax import checkpoint, kernels, metrics, workdir as workdir_lib
+from rnnjax import checkpoint, kernels, metrics, precision, workdir as workdir_lib
 from rnnjax.backend import available_cores
 from rnnjax.config import SWEEPABLE, Config
 from rnnjax.data import TimeMachine, Vocab
@@ -47,7 +47,8 @@ class Plan:
         return self.position.epoch >= self.config.epochs
 
     def describe(self) -> str:
-        """One line: new or resumed (from which step), devices, loss path, where it writes."""
+        """One line: new or resumed (from which step), devices, loss path, matmuls' precision, where it
+        writes."""
         devices = f"{self.dp.num_shards} {self.dp.devices[0].platform.upper()} device(s)"
         if jax.process_count() > 1:
             devices += f" over {jax.process_count()} processes"
@@ -68,7 +69,9 @@ class Plan:
         if self.dp.devices[0].platform == "cpu" and self.dp.num_shards == 1 and available_cores() > 1:
             hint += ("; one CPU device on a machine of several cores: call "
                      "rnnjax.backend.use_cpu_cores(batch_size) before JAX starts to train on all of them")
-        return f"{what} on {devices}, {self.path}; writing to {self.workdir}{hint}"
+        c = self.config
+        matmuls = precision.describe(c.compute_dtype, c.matmul_precision, self.dp.devices[0])
+        return f"{what} on {devices}, {self.path}, {matmuls}; writing to {self.workdir}{hint}"
 
 
 def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,

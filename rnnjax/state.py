@@ -14,6 +14,7 @@ from rnnjax import cudnn, fused, hoisted, kernels
 from rnnjax.backend import INIT_COMPILER_OPTIONS, CompiledPerShape
 from rnnjax.config import Config
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
+from rnnjax.precision import COMPUTE_DTYPES
 
 TrainState = train_state.TrainState
 
@@ -22,7 +23,10 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     """``RNNLM`` over ``config``'s cells (one ``RNN``, else a ``StackedRNN``), with the loss of the
     kernel ``rnnjax.kernels.choose`` picks (the parameters are the same for every kernel)."""
     kernel = kernels.choose(config)
+    dtype = COMPUTE_DTYPES[config.compute_dtype]
     kwargs = {"nonlinearity": config.nonlinearity} if config.nonlinearity != "tanh" else {}
+    if "dtype" in getattr(CELLS[config.cell], "__dataclass_fields__", {}):    # a cell without one: float32
+        kwargs["dtype"] = dtype
     cell = CELLS[config.cell](config.num_hiddens, **kwargs)
     remat = kernel == "fused"
     if config.num_layers == 1 and not config.bidirectional:      # dropout acts between layers only
@@ -30,7 +34,7 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     else:
         rnn = StackedRNN(cell, config.num_layers, config.dropout, config.bidirectional, config.unroll,
                          remat=remat)
-    return _LM.get(kernel, RNNLM)(rnn, vocab_size)
+    return _LM.get(kernel, RNNLM)(rnn, vocab_size, dtype=dtype)
 
 
 _LM = {"fused": fused.FusedRNNLM, "hoisted": hoisted.HoistedRNNLM, "cudnn": cudnn.CudnnRNNLM}

@@ -36,6 +36,7 @@ from rnnjax.backend import compiler_options
 from rnnjax.config import Config
 from rnnjax.data import Batch, TimeMachine, Windows
 from rnnjax.parallel import wait_for_backlog
+from rnnjax.precision import at_precision
 from rnnjax.start import Plan, Position, plan
 from rnnjax.state import TrainState, create_train_state
 # NonFiniteLoss and Interrupted are what fit raises: importable from here too.
@@ -187,8 +188,10 @@ def open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_li
 
 def compile_run(p: Plan, data: TimeMachine, step: Callable, evaluate: Callable) -> tuple:
     """``(train, evaluate, tokens, val_batches)``: a planned run's training and evaluation steps compiled
-    for its devices, and the token stream and validation batches on them."""
+    for its devices, their float32 matmuls at ``matmul_precision``, and the token stream and validation
+    batches on them."""
     options = compiler_options(p.config.batch_size, p.config.num_hiddens, p.dp.num_shards)
+    step, evaluate = (at_precision(f, p.config.matmul_precision) for f in (step, evaluate))
     return (p.dp.compile(step, donate_state=True, compiler_options=options),
             p.dp.compile(evaluate, compiler_options=options),
             p.dp.replicate(data.tokens), p.dp.put(p.dp.shard_stack(data.val_batches())))

@@ -1,7 +1,10 @@
-"""Four simulated CPU devices for the whole session (before JAX initializes).
+"""Four simulated CPU devices for the whole session (before JAX initializes), and float32 matmuls at
+full precision on every backend.
 
 Tests that want one device say so (``devices=1``); multi-process tests start
-their own interpreters.
+their own interpreters. Tests that need the CPU devices (several, or the CPU
+as JAX's backend) say ``@pytest.mark.cpu_devices(n)``: skipped, saying why,
+where JAX's default backend is another (a GPU).
 """
 
 import atexit
@@ -19,7 +22,13 @@ from rnnjax import backend
 from rnnjax.config import PRESETS
 from rnnjax.data import TimeMachine
 
-jax.config.update("jax_num_cpu_devices", 4)
+CPU_DEVICES = 4
+jax.config.update("jax_num_cpu_devices", CPU_DEVICES)
+# Tests compare two implementations (fused and plain, cells and references, runs, devices) to float32
+# round-off, so their matmuls are full float32 everywhere, subprocesses' too: JAX's default on recent
+# NVIDIA GPUs is TF32 (about 1e-3 relative). On a CPU it changes only an attribute of the dots.
+jax.config.update("jax_default_matmul_precision", "highest")
+os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
 # Downloads and compilation caches of this session (its subprocesses and pytest-xdist's workers,
 # which inherit the variable) stay out of ~/.cache, and go when the process that made them ends.
 if "RNNJAX_TEST_CACHE" not in os.environ:
@@ -36,6 +45,21 @@ if REAL_TEXT:
 
 # Tests' shared config: seconds on one CPU core.
 TINY = PRESETS["tiny"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cpu_devices(n): needs n of conftest's CPU devices as JAX's default "
+                                       "backend; skipped on other backends")
+
+
+def pytest_runtest_setup(item):
+    marker = item.get_closest_marker("cpu_devices")
+    if marker is None:
+        return
+    needed, backend_name = marker.args[0], jax.default_backend()
+    if backend_name != "cpu" or jax.device_count() < needed:
+        pytest.skip(f"needs {needed} CPU device(s) as JAX's default backend (conftest makes "
+                    f"{CPU_DEVICES} on a CPU); here it is {jax.device_count()} {backend_name} device(s)")
 
 
 @pytest.fixture
@@ -59,8 +83,10 @@ def fresh_env():
 
 def start_main_job(*args: str, cpu_devices: int | None = None) -> subprocess.Popen:
     """``python -m experiments.timemachine ARGS`` in a fresh interpreter, as a user runs it:
-    one CPU device per core unless ``cpu_devices`` says otherwise."""
-    env = user_env() if cpu_devices is None else user_env(JAX_NUM_CPU_DEVICES=str(cpu_devices))
+    on JAX's default backend, one CPU device per core there; ``cpu_devices`` CPU devices if given
+    (on any machine)."""
+    env = user_env() if cpu_devices is None else user_env(JAX_NUM_CPU_DEVICES=str(cpu_devices),
+                                                          JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, "-m", "experiments.timemachine", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -86,6 +86,7 @@ def test_keep_freed_memory_reuses_freed_blocks_without_page_faults(fresh_env):
 
 
 @pytest.mark.parametrize("avx512", [True, False])
+@pytest.mark.cpu_devices(1)
 def test_compiler_options_keep_dots_from_ynnpack_only_where_rows_per_device_outnumber_hiddens_fourfold(
         avx512, monkeypatch):
     monkeypatch.setattr(backend, "_cpu_has_avx512", lambda: avx512)

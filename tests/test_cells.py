@@ -14,14 +14,15 @@ def sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
-def np_step(kind, p, carry, x, nonlinearity="tanh"):
-    """One step of PyTorch's nn.RNN / nn.GRU / nn.LSTM, from our (input-major) weights."""
+def np_step(kind, p, carry, x, nonlinearity="tanh", dot=np.matmul):
+    """One step of PyTorch's nn.RNN / nn.GRU / nn.LSTM, from our (input-major) weights; ``dot(a, W)`` is
+    every matmul."""
     p = {k: np.asarray(v, np.float64) for k, v in p.items()}
     if kind == "rnn":
         act = np.tanh if nonlinearity == "tanh" else (lambda z: np.maximum(z, 0))
-        h = act(x @ p["W_xh"] + carry @ p["W_hh"] + p["b_h"])
+        h = act(dot(x, p["W_xh"]) + dot(carry, p["W_hh"]) + p["b_h"])
         return h, h
-    gi, gh = x @ p["W_ih"] + p["b_ih"], (carry[0] if kind == "lstm" else carry) @ p["W_hh"] + p["b_hh"]
+    gi, gh = dot(x, p["W_ih"]) + p["b_ih"], dot(carry[0] if kind == "lstm" else carry, p["W_hh"]) + p["b_hh"]
     if kind == "gru":
         H = carry.shape[-1]
         r, z = sigmoid(gi[:, :H] + gh[:, :H]), sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
@@ -130,3 +131,34 @@ def test_one_hot_inputs_are_a_gather(kind):
     b = cell.apply({"params": params}, carry, OneHot(ids, 7).dense())
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+
+
+def bfloat16_dot(a, W):
+    """A matmul of operands rounded to bfloat16, in float64."""
+    rounded = lambda x: np.asarray(jnp.asarray(x, jnp.float32).astype(jnp.bfloat16), np.float64)
+    return rounded(a) @ rounded(W)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+def test_bfloat16_cell_rounds_its_matmul_operands_and_keeps_the_rest_float32(kind):
+    cell, params, carry, x = setup_cell(kind, 4, 6, 5)
+    half = CELLS[kind](5, dtype=jnp.bfloat16)
+    new_carry, y = half.apply({"params": params}, carry, x)
+    ref_carry, ref_y = np_step(kind, params, jax.tree.map(np.asarray, carry), np.asarray(x), dot=bfloat16_dot)
+    exact_y = np_step(kind, params, jax.tree.map(np.asarray, carry), np.asarray(x))[1]
+    assert {c.dtype for c in jax.tree.leaves(new_carry)} == {jnp.dtype(jnp.float32)}
+    for a, b in zip(jax.tree.leaves((new_carry, y)), jax.tree.leaves((ref_carry, ref_y)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(y) - exact_y).max() > 1e-4
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+def test_one_hot_inputs_are_an_exact_gather_in_bfloat16_too(kind):
+    """An embedding lookup: the input weights' rows as they are; the recurrent matmul in bfloat16."""
+    cell, params, carry, _ = setup_cell(kind, 3, 7, 4)
+    ids = jnp.array([0, 6, 2])
+    _, y = CELLS[kind](4, dtype=jnp.bfloat16).apply({"params": params}, carry, OneHot(ids, 7))
+    W_hh = np.asarray(params["W_hh"])
+    dot = lambda a, W: bfloat16_dot(a, W) if W.shape == W_hh.shape else a @ W       # x @ W_ih exact
+    ref_y = np_step(kind, params, jax.tree.map(np.asarray, carry), np.eye(7)[ids], dot=dot)[1]
+    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-6)

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import TINY
 from rnnjax import checkpoint, model as model_lib
@@ -49,6 +50,7 @@ def test_rnn_scans_the_cell_as_a_python_loop_does():
     assert not np.allclose(a, h)
 
 
+@pytest.mark.cpu_devices(2)
 def test_a_new_cell_trains_checkpoints_restores_and_generates(small_data, tmp_path, monkeypatch):
     monkeypatch.setitem(model_lib.CELLS, "leaky", LeakyCell)
     config = TINY.replace(cell="leaky", epochs=4)

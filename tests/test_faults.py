@@ -197,6 +197,7 @@ BAD = [  # (flags, what the one line says)
 
 
 @pytest.mark.parametrize("flags,message", BAD, ids=[" ".join(f) for f, _ in BAD])
+@pytest.mark.cpu_devices(2)
 def test_bad_flags_are_one_line_and_lose_nothing(real_text_path, tmp_path, capsys, flags, message, trained):
     """Every flag's bad values: exit 1, one line naming it, the workdir as it was."""
     before = sorted(p.relative_to(trained) for p in trained.rglob("*"))

@@ -69,7 +69,7 @@ def test_loss_is_causal():
         weights = (jnp.arange(T * B) // B == t).astype(jnp.float32)
         loss = fused._recurrence_dense_ce
         return jax.grad(loss, argnums=1)(cell["W_hh"], XW, dense["kernel"], dense["bias"], labels, weights, 1,
-                                         "tanh")
+                                         "tanh", jnp.dtype(jnp.float32), jnp.dtype(jnp.float32))
     for t in range(T):
         dXW = np.abs(np.asarray(loss_at(t))).max(axis=(1, 2))
         assert np.all(dXW[t + 1:] == 0) and dXW[t] > 0
@@ -112,3 +112,37 @@ def test_fused_loss_equals_plain_loss_for_every_cell_and_depth(cell, num_layers,
     np.testing.assert_allclose(l_fast, l_plain, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def bf16_model(cls, cell, num_layers, dtype, **kwargs):
+    cell = cell(8, dtype=dtype, **kwargs)
+    rnn = RNN(cell) if num_layers == 1 else StackedRNN(cell, num_layers=num_layers)
+    return cls(rnn, 12, dtype=dtype)
+
+
+def relative_error(a, b):
+    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (a, b))
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+BF16_CASES = [(SimpleRNNCell, 1, {}), (SimpleRNNCell, 1, {"nonlinearity": "relu"}), (GRUCell, 1, {}),
+              (LSTMCell, 2, {})]
+
+
+@pytest.mark.parametrize("cell,num_layers,kwargs", BF16_CASES)
+def test_fused_loss_equals_plain_loss_in_bfloat16(cell, num_layers, kwargs, dW_hh_where):
+    """The same bfloat16 roundings, summed in another order: far closer to each other than to float32."""
+    X = jax.random.randint(jax.random.key(1), (6, 9), 0, 12)
+    Y = jax.random.randint(jax.random.key(2), (6, 9), 0, 12)
+    mask = jnp.array([1.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+    models = {(cls, dtype): bf16_model(cls, cell, num_layers, dtype, **kwargs)
+              for cls in (RNNLM, FusedRNNLM) for dtype in (jnp.float32, jnp.bfloat16)}
+    variables = models[RNNLM, jnp.float32].init(jax.random.key(0), X)
+    (l_fast, g_fast), (l_plain, g_plain), (l_32, g_32) = (
+        value_and_grad(models[key], variables, X, Y, mask)
+        for key in [(FusedRNNLM, jnp.bfloat16), (RNNLM, jnp.bfloat16), (RNNLM, jnp.float32)])
+    np.testing.assert_allclose(l_fast, l_plain, rtol=1e-6)
+    assert relative_error(g_plain, g_32) > 1e-3                  # bfloat16's rounding, 8 bits
+    # On a CPU 1e-7: float32 sums of the same roundings; a sum that rounds across a bfloat16 step elsewhere
+    # could move one product by 2**-8.
+    assert relative_error(g_fast, g_plain) < 0.05 * relative_error(g_plain, g_32)

@@ -36,6 +36,7 @@ def assert_close_histories(a, b):
         np.testing.assert_allclose([r[key] for r in a], [r[key] for r in b], rtol=RTOL)
 
 
+@pytest.mark.cpu_devices(4)
 def test_one_two_and_four_devices_train_alike(small_data, tmp_path):
     runs = {n: fit(SMALL, small_data, tmp_path / str(n), devices=n) for n in (1, 2, 4)}
     # With batch 16 on 4 devices the last batch's 8 real rows all sit on the first two.
@@ -45,6 +46,7 @@ def test_one_two_and_four_devices_train_alike(small_data, tmp_path):
     assert runs[4].history[-1]["val_ppl"] < runs[4].history[0]["val_ppl"]
 
 
+@pytest.mark.cpu_devices(4)
 def test_shard_stack_stacks_each_devices_shards():
     batches = [Batch(np.arange(16 * 8).reshape(16, 8) + 1000 * i, np.zeros((16, 8), np.int32),
                      np.ones(16, np.float32)) for i in range(3)]
@@ -68,6 +70,7 @@ def _shards_step(step, n, small_data):
     return jax.device_get(new_state.params), jax.device_get(full.params)
 
 
+@pytest.mark.cpu_devices(2)
 def test_gradients_are_averaged_with_pmean(small_data):
     """Replicas stay identical and equal one device on the whole batch only if gradients are averaged."""
     replicas, full = _shards_step(lambda s, b: train_step(s, b, axis_name="batch"), 2, small_data)
@@ -81,6 +84,7 @@ def test_gradients_are_averaged_with_pmean(small_data):
     assert np.abs(kernel[0] - kernel[1]).max() > 1e-4
 
 
+@pytest.mark.cpu_devices(2)
 def test_one_all_reduce_per_step(small_data):
     """Gradients, loss sum and token count travel together: each collective is a rendezvous."""
     dp = DataParallel.create(2)
@@ -94,6 +98,7 @@ YNN = "xla_cpu_experimental_ynn_fusion_type"
 YNN_ONLY_REDUCE = {YNN: "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
+@pytest.mark.cpu_devices(2)
 def test_compiler_options_reach_xla_and_change_no_result(small_data):
     """``pmap`` takes no XLA options; ``compile`` builds the pmapped step with them itself."""
     dp = DataParallel.create(2)
@@ -108,7 +113,7 @@ def test_compiler_options_reach_xla_and_change_no_result(small_data):
     assert len(tuned.executables) == 1                                     # compiled once per shapes
 
 
-@pytest.mark.parametrize("devices", [1, 2])
+@pytest.mark.parametrize("devices", [1, pytest.param(2, marks=pytest.mark.cpu_devices(2))])
 def test_options_xla_does_not_know_are_left_out(small_data, devices):
     dp = DataParallel.create(devices)
     state = dp.replicate(create_train_state(SMALL, len(small_data.vocab)))
@@ -120,6 +125,7 @@ def test_options_xla_does_not_know_are_left_out(small_data, devices):
     assert_close_trees(bad_value(state, batch), plain(state, batch), atol=0)
 
 
+@pytest.mark.cpu_devices(2)
 def test_fit_with_xla_options_trains_as_without(small_data, tmp_path, monkeypatch):
     """Two hiddens give 8 rows per device per hidden unit: all of ``compiler_options`` applies."""
     config = SMALL.replace(num_hiddens=2, epochs=2)
@@ -133,6 +139,7 @@ def test_fit_with_xla_options_trains_as_without(small_data, tmp_path, monkeypatc
     assert_close_trees(tuned.state.params, plain.state.params)
 
 
+@pytest.mark.cpu_devices(4)
 def test_checkpoint_from_four_devices_resumes_on_one(small_data, tmp_path):
     straight = fit(SMALL, small_data, tmp_path / "straight", devices=4)
     fit(SMALL.replace(epochs=2), small_data, tmp_path / "moved", devices=4)
@@ -142,12 +149,14 @@ def test_checkpoint_from_four_devices_resumes_on_one(small_data, tmp_path):
     assert_close_trees(resumed.state.params, straight.state.params)
 
 
+@pytest.mark.cpu_devices(4)
 def test_batch_size_must_divide_over_devices():
     with pytest.raises(ValueError, match="batch size 1022 is not divisible by the number of devices 4"):
         DataParallel.create(4).check_batch_size(1022)
     DataParallel.create(2).check_batch_size(1022)
 
 
+@pytest.mark.cpu_devices(4)
 def test_devices_limits_local_devices():
     assert DataParallel.create(2).num_local == 2 and DataParallel.create(2).pmapped
     assert not DataParallel.create(1).pmapped

@@ -36,7 +36,7 @@ def without_seconds(records):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
-@pytest.mark.parametrize("devices", [1, 2])
+@pytest.mark.parametrize("devices", [1, pytest.param(2, marks=pytest.mark.cpu_devices(2))])
 def test_each_run_is_the_run_it_would_be_alone(data10, tmp_path, devices):
     """To float32 round-off: XLA may fuse the vmapped step's sums in another order (bit for bit at some
     shapes, not at others), as the devices' all-reduce does."""
@@ -66,6 +66,7 @@ def test_dropout_runs_are_the_runs_alone(data10, tmp_path):
             np.testing.assert_allclose(a, b[k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.cpu_devices(2)
 def test_resume_after_an_interrupt_mid_epoch_is_exact(small_data, tmp_path):
     straight = runs.fit_runs(CONFIGS, small_data, tmp_path / "straight", devices=2, log=None)
 

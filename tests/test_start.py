@@ -8,6 +8,7 @@ from rnnjax.start import plan
 from rnnjax.train import fit
 
 
+@pytest.mark.cpu_devices(2)
 def test_plan_says_new_resumed_or_finished_and_writes_nothing(small_data, tmp_path):
     workdir = tmp_path / "run"
     new = plan(SMALL, small_data, workdir, devices=2)
@@ -28,6 +29,7 @@ def test_plan_says_new_resumed_or_finished_and_writes_nothing(small_data, tmp_pa
     assert int(result.state.step) == 26 and tree_stat(workdir) == before
 
 
+@pytest.mark.cpu_devices(1)
 def test_plan_names_the_plain_path_and_how_to_use_all_cores(small_data, tmp_path):
     text = plan(SMALL.replace(kernel="plain"), small_data, tmp_path, devices=1).describe()
     assert "1 CPU device(s), plain loss" in text
@@ -39,8 +41,9 @@ def tree_stat(path):
 
 
 @pytest.mark.parametrize("config,devices,message", [
-    (SMALL, 5, "--devices 5: this process has 4"),
-    (SMALL.replace(batch_size=18), 4, "batch size 18 is not divisible"),
+    pytest.param(SMALL, 5, "--devices 5: this process has 4", marks=pytest.mark.cpu_devices(4)),
+    pytest.param(SMALL.replace(batch_size=18), 4, "batch size 18 is not divisible",
+                 marks=pytest.mark.cpu_devices(4)),
     (SMALL.replace(lr=2.0), 1, r"lr: checkpoint 1.0, requested 2.0"),
 ])
 def test_fit_refuses_before_anything_is_written(small_data, tmp_path, config, devices, message):

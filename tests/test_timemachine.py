@@ -44,6 +44,7 @@ def test_offline_without_data_says_what_to_pass(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.cpu_devices(4)
 def test_batch_size_not_divisible_by_devices(real_text_path, tmp_path, capsys):
     assert timemachine.main(["--data", real_text_path, "--workdir", str(tmp_path / "run"), "--devices", "4",
                              "--batch-size", "1022", "--epochs", "1", "--no-compilation-cache"]) == 1
@@ -60,13 +61,14 @@ def test_help_lists_every_config_field(capsys):
         assert "--" + f.name.replace("_", "-") in text
 
 
+@pytest.mark.cpu_devices(1)
 def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_path, capsys):
     args = ["--data", real_text_path, "--workdir", str(tmp_path / "run"), "--preset", "tiny",
             "--devices", "1", "--no-compilation-cache"]
     assert timemachine.main(args + ["--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("new run of 2 epochs on 1 CPU device(s), fused loss (rnnjax.fused: the "
-                          f"recurrence and the output layer); writing to {tmp_path / 'run'}")
+                          f"recurrence and the output layer), float32 matmuls; writing to {tmp_path / 'run'}")
     assert "untrained: 'it has" in out
     assert "epoch 2/2  step 26/26  train ppl" in out            # plain lines when not on a terminal
     assert timemachine.main(args + ["--epochs", "3"]) == 0
@@ -92,7 +94,8 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
                                          (["--keep", "0"], "--keep must be at least 1"),
                                          (["--cell", "nope"], "--cell 'nope' is not a known cell"),
                                          (["--lr", "-1"], "--lr must be a positive finite number"),
-                                         (["--devices", "9"], "--devices 9: this process has 4"),
+                                         pytest.param(["--devices", "9"], "--devices 9: this process has 4",
+                                                      marks=pytest.mark.cpu_devices(4)),
                                          (["--sample"], "add --predict PREFIX"),
                                          (["--run", "1"], "--run chooses the run of a workdir"),
                                          (["--num-processes", "2"], "missing --coordinator, --process-id"),
@@ -108,6 +111,7 @@ def test_bad_arguments_are_one_line_and_write_nothing(real_text_path, tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.cpu_devices(2)
 def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp_path, capsys):
     workdir = tmp_path / "runs"
     args = ["--data", real_text_path, "--workdir", str(workdir), "--preset", "tiny", "--epochs", "1",

@@ -189,6 +189,7 @@ FAMILY = {"gru": SMALL.replace(cell="gru", epochs=1), "lstm": SMALL.replace(cell
 
 
 @pytest.mark.parametrize("name", list(FAMILY))
+@pytest.mark.cpu_devices(2)
 def test_every_cell_and_depth_trains_resumes_exactly_and_restores(name, small_data, tmp_path):
     from rnnjax import checkpoint
     config = FAMILY[name]
