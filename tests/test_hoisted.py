@@ -196,3 +196,38 @@ def test_recurrence_backward_is_autodiffs_in_either_direction_and_compute_dtype(
             with jax.default_matmul_precision("highest"):
                 f32 = loss(hoisted.recurrence)(W_hh, b_hh, XW)
             assert float(jnp.abs(f32[1][0] - got[1][0]).max()) > 1e-4
+
+
+def loops_and_dots(jaxpr) -> list:
+    """The dots of a jaxpr in program order: ``"dot"`` outside a loop, ``("loop", its dots)`` for a loop."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("scan", "while"):
+            body = eqn.params.get("jaxpr") or eqn.params["body_jaxpr"]
+            out.append(("loop", sum(1 for x in loops_and_dots(body.jaxpr) if x == "dot")))
+        elif eqn.primitive.name == "dot_general":
+            out.append("dot")
+        else:
+            for p in eqn.params.values():
+                inner = getattr(p, "jaxpr", p)
+                if hasattr(inner, "eqns"):
+                    out.extend(loops_and_dots(inner))
+    return out
+
+
+def test_the_loops_do_one_matmul_a_step_and_the_weight_gradients_come_after_them():
+    """In the training step's program each loop, forward and backward, has one dot (``h @ W_hh``,
+    ``dHW @ W_hh.T``); the plain model's backward loops take the weight gradients step by step."""
+    X = batch()[0]
+    programs = {}
+    pair = models(StackedRNN(LSTMCell(4), 2, dropout=0.1))
+    for name, model in zip(("plain", "hoisted"), pair, strict=True):
+        variables = model.init(jax.random.key(0), X)
+        step = jax.grad(lambda v: model.apply(v, X, X, WEIGHTS_B, True, method="loss",
+                                              rngs={"dropout": jax.random.key(1)})[0])
+        programs[name] = loops_and_dots(jax.make_jaxpr(step)(variables).jaxpr)
+    loops = [x for x in programs["hoisted"] if x != "dot"]
+    assert loops == [("loop", 1)] * 4                                # 2 layers, forward and backward
+    # after the last loop (layer 1's backward), its dW_hh; before it, layer 2's dW_hh, dW_ih and dx
+    assert programs["hoisted"][-1] == "dot" and programs["hoisted"][-5:-1] == ["dot"] * 3 + [("loop", 1)]
+    assert max(x[1] for x in programs["plain"] if x != "dot") >= 2
