@@ -160,6 +160,7 @@ def test_restore_for_inference_in_a_fresh_process(small_data, tmp_path):
     model = make_model(SMALL, len(small_data.vocab))
     expected = predict(model, result.state.params, small_data.vocab, "the time", 40)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RNNJAX_", "XLA_FLAGS", "JAX_"))}
+    env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"        # as this process's (conftest): on any backend
     env["RNNJAX_CACHE"] = str(tmp_path / "no-cache")
     code = ("import sys; from rnnjax.checkpoint import restore; "
             "print(restore(sys.argv[1]).predict('the time', 40))")
