@@ -55,10 +55,13 @@ for name, dist in [("jax", "jax"), ("jaxlib", "jaxlib"), ("flax", "flax"), ("opt
 info = {"versions": out}
 import jax
 info.update(backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
-            devices=[str(d) for d in jax.devices()])
+            devices=[str(d) for d in jax.devices()],
+            jax_matmul_precision=jax.config.jax_default_matmul_precision)   # None: the backend's
 try:
     import torch
     info["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    info["torch_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                          "cudnn": torch.backends.cudnn.allow_tf32}
 except ImportError:
     info["torch_device"] = None
 print(json.dumps(info))
@@ -137,8 +140,8 @@ def count_tests(xml_path: Path) -> dict:
     """passed, failed (errors included), skipped and the failed tests' ids, from pytest's JUnit XML."""
     root = ET.parse(xml_path).getroot()
     cases = list(root.iter("testcase"))
-    failed = [f"{c.get('classname')}::{c.get('name')}" for c in cases
-              if c.find("failure") is not None or c.find("error") is not None]
+    failed = [f"{c.get('classname')}::{c.get('name')}" if c.get("classname") else c.get("name")  # collection
+              for c in cases if c.find("failure") is not None or c.find("error") is not None]
     skipped = sum(c.find("skipped") is not None for c in cases)
     return {"passed": len(cases) - len(failed) - skipped, "failed": len(failed), "skipped": skipped,
             "failed_tests": failed}
@@ -185,8 +188,10 @@ def main(argv=None) -> int:
     # workers share it: neither may take most of its memory up front.
     test_env = env if backend == "cpu" else {**env, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     tests = [f for f in QUICK_TESTS if (ROOT / f).is_file()] if args.quick else []
+    # A test file that cannot be imported there (a package missing) is counted as failed, not fatal.
     record = parts.run("tests", "tests", [py, "-m", "pytest", "-m", "not slow", "-p", "no:cacheprovider",
-                                          "-q", f"--junitxml={out / 'tests.xml'}",
+                                          "-q", "--continue-on-collection-errors",
+                                          f"--junitxml={out / 'tests.xml'}",
                                           *(["-n", "0"] if args.quick else []), *tests], test_env)
     if (out / "tests.xml").is_file():
         record.update(count_tests(out / "tests.xml"))

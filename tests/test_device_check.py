@@ -73,9 +73,10 @@ def test_counts_come_from_pytests_junit_xml(tmp_path):
         </testcase>
         <testcase classname="tests.test_b" name="test_err" time="0.1"><error message="e">e</error></testcase>
         <testcase classname="tests.test_b" name="test_skip" time="0.0"><skipped message="s"/></testcase>
+        <testcase classname="" name="tests.test_c" time="0.0"><error message="i">no numpy</error></testcase>
         </testsuite></testsuites>""")
-    assert device_check.count_tests(xml) == {"passed": 2, "failed": 2, "skipped": 1, "failed_tests": [
-        "tests.test_a::test_bad", "tests.test_b::test_err"]}
+    assert device_check.count_tests(xml) == {"passed": 2, "failed": 3, "skipped": 1, "failed_tests": [
+        "tests.test_a::test_bad", "tests.test_b::test_err", "tests.test_c"]}     # the last: not collected
 
 
 def test_final_val_ppl_is_each_runs_last_epoch(tmp_path):

@@ -162,10 +162,14 @@ def machine_info() -> dict:
     versions = {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
                 "flax": flax.__version__, "optax": optax.__version__, "orbax": _version("orbax-checkpoint"),
                 "numpy": np.__version__, "rnnjax": rnnjax.__version__}
+    # None: the backend's default (TF32 matmuls on recent NVIDIA GPUs).
+    precision = {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
     if torch_available():
         import torch
         versions["torch"] = torch.__version__
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+        precision.update(torch_tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                         torch_tf32_cudnn=torch.backends.cudnn.allow_tf32)
+    return {"precision": precision, "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
             "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
             "torch_device": torch_device_name(),
             "devices": [str(d) for d in jax.local_devices()], "date": time.strftime("%Y-%m-%d"),
