@@ -92,7 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 class Parts:
-    """Runs each part as a process in its own session (so that a timeout ends its children too), its
+    """Runs each part as a process in its own session (so that a timeout stops its children too), its
     output in ``DIR/<name>.log``; records what happened in ``summary['parts']`` and rewrites summary.json."""
 
     def __init__(self, out: Path, summary: dict, budget_s: float, quick: bool, timeouts: dict = TIMEOUTS):
@@ -112,9 +112,8 @@ class Parts:
                                         stdin=subprocess.DEVNULL, start_new_session=True)
                 try:
                     record["returncode"] = proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                except subprocess.TimeoutExpired:    # Ctrl-C first: pytest then writes what it ran so far
+                    _stop(proc)
                     record["error"] = f"timed out after {timeout:.0f} s"
             record["seconds"] = time.perf_counter() - t0
             record["ok"] = record.get("returncode") == 0
@@ -131,6 +130,20 @@ class Parts:
         (self.out / "summary.json").write_text(json.dumps(self.summary, indent=1))
 
 
+def _stop(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGINT to the part's process group, SIGKILL to what is left after ``grace_s``."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def _last_line(path: Path) -> str:
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     return lines[-1][:300] if lines else "(no output)"
@@ -139,7 +152,7 @@ def _last_line(path: Path) -> str:
 def count_tests(xml_path: Path) -> dict:
     """passed, failed (errors included), skipped and the failed tests' ids, from pytest's JUnit XML."""
     root = ET.parse(xml_path).getroot()
-    cases = list(root.iter("testcase"))
+    cases = [c for c in root.iter("testcase") if c.get("name")]    # an interrupted test's case has none
     failed = [f"{c.get('classname')}::{c.get('name')}" if c.get("classname") else c.get("name")  # collection
               for c in cases if c.find("failure") is not None or c.find("error") is not None]
     skipped = sum(c.find("skipped") is not None for c in cases)
@@ -179,20 +192,23 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
 
     if parts.run("info", "info", [py, "-c", _INFO], env)["ok"]:
-        summary.update(json.loads((out / "info.log").read_text().strip().splitlines()[-1]))
+        lines = (out / "info.log").read_text().splitlines()
+        summary.update(json.loads(next(line for line in reversed(lines) if line.startswith("{"))))
     backend = summary.get("backend", "unknown")
     print(f"backend {backend}, {summary.get('device_kind')}; torch on {summary.get('torch_device')}; "
           + ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items()), flush=True)
 
-    # The tests' own settings (conftest.py), on the default backend. On an accelerator two pytest
-    # workers share it: neither may take most of its memory up front.
+    # The tests' own settings (conftest.py), on the default backend. On an accelerator the pytest
+    # workers share it: none may take most of its memory up front.
     test_env = env if backend == "cpu" else {**env, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     tests = [f for f in QUICK_TESTS if (ROOT / f).is_file()] if args.quick else []
+    # The tests wait on XLA's single-threaded compiler: where there are cores to spare, more workers.
+    workers = ["-n", "0"] if args.quick else ["-n", "4"] if (os.cpu_count() or 1) >= 8 else []
     # A test file that cannot be imported there (a package missing) is counted as failed, not fatal.
     record = parts.run("tests", "tests", [py, "-m", "pytest", "-m", "not slow", "-p", "no:cacheprovider",
                                           "-q", "--continue-on-collection-errors",
                                           f"--junitxml={out / 'tests.xml'}",
-                                          *(["-n", "0"] if args.quick else []), *tests], test_env)
+                                          *workers, *tests], test_env)
     if (out / "tests.xml").is_file():
         record.update(count_tests(out / "tests.xml"))
         record["ok"] = record.get("returncode") == 0 and record["failed"] == 0
@@ -200,9 +216,9 @@ def main(argv=None) -> int:
 
     # d2l's recipe as a user runs it: with a fresh, empty compilation cache (everything compiles and is
     # written), then again with that cache warm. $RNNJAX_CACHE is where the CLI keeps it.
-    cli_env = {**env, "RNNJAX_CACHE": str(work / "cache")}
     epochs = ["--epochs", str(QUICK_EPOCHS)] if args.quick else []
     for what, extra in (("recipe", []), ("seeds", ["--seeds", "0,1,2,3"])):
+        cli_env = {**env, "RNNJAX_CACHE": str(work / f"cache-{what}")}
         summary[what] = {"epochs": QUICK_EPOCHS if args.quick else 100}
         for temp in ("cold", "warm"):
             workdir = work / f"{what}-{temp}"

@@ -65,10 +65,11 @@ def test_a_failing_part_is_recorded_and_the_next_one_runs(tmp_path):
 
 
 def test_counts_come_from_pytests_junit_xml(tmp_path):
+    """As pytest writes it, also when stopped by Ctrl-C (the test it interrupted: a case with no name)."""
     xml = tmp_path / "tests.xml"
     xml.write_text("""<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="1"
         failures="1" skipped="1" tests="5"><testcase classname="tests.test_a" name="test_ok" time="0.1"/>
-        <testcase classname="tests.test_a" name="test_ok2" time="0.1"/>
+        <testcase classname="tests.test_a" name="test_ok2" time="0.1"/><testcase time="0.000" />
         <testcase classname="tests.test_a" name="test_bad" time="0.1"><failure message="x">x</failure>
         </testcase>
         <testcase classname="tests.test_b" name="test_err" time="0.1"><error message="e">e</error></testcase>
