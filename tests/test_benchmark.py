@@ -61,13 +61,13 @@ def test_the_gpu_sizes_are_issue_26s_table():
     assert {s.cell for s in small} == {"rnn", "gru", "lstm"} and max(s.num_layers for s in small) == 2
 
 
-def test_kernels_are_read_at_run_time_and_cudnn_is_a_gpu_lstm(monkeypatch):
-    monkeypatch.setattr(kernels, "KERNELS", ("plain", "fused", "hoisted", "cudnn"))
-    assert sizes.applicable_kernels("lstm", "gpu") == ["plain", "fused", "hoisted", "cudnn"]
-    assert sizes.applicable_kernels("lstm", "cpu") == ["plain", "fused", "hoisted"]
-    assert sizes.applicable_kernels("gru", "gpu") == ["plain", "fused", "hoisted"]
-    names = [c.name for c in sizes.contenders_at(Setting(cell="lstm"), 1, "gpu")]
-    assert names[:5] == ["rnnjax plain", "rnnjax fused", "rnnjax hoisted", "rnnjax cudnn", "flax"]
+def test_every_kernel_that_can_train_a_size_contends_and_cudnn_is_a_gpu_lstm():
+    lstm, gru = Setting(cell="lstm"), Setting(cell="gru", num_layers=2)
+    assert sizes.applicable_kernels(lstm, "gpu") == ["plain", "fused", "hoisted", "cudnn"]
+    assert sizes.applicable_kernels(lstm, "cpu") == ["plain", "fused", "hoisted"]
+    assert sizes.applicable_kernels(gru, "gpu") == ["plain", "fused", "hoisted"]
+    names = [c.name for c in sizes.contenders_at(lstm, 1, "gpu")]
+    assert names[:5] == [f"rnnjax {k}" for k in kernels.KERNELS] + ["flax"]
     assert ("torch lean" in names and "torch d2l" in names) == benchmark.torch_available()
 
 

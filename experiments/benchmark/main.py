@@ -161,7 +161,7 @@ def main(argv=None) -> int:
 
     if args.ablations:
         variants = [Rnnjax(args.devices)] + [Rnnjax(args.devices, kernel=k)
-                                             for k in applicable_kernels(s.cell, jax.default_backend())]
+                                             for k in applicable_kernels(s, jax.default_backend())]
         variants += [Rnnjax(args.devices, unroll=8), Rnnjax(args.devices, unroll=32)]
         print("ablations (interleaved):")
         out["ablations"] = measure_steps(variants, s, data, args.rounds, args.steps, keep_going=True)

@@ -38,14 +38,21 @@ def settings(name: str) -> list[Setting]:
             for c, H, B, T, L in SIZES[name]]
 
 
-def applicable_kernels(cell: str, backend: str) -> list[str]:
-    """``rnnjax.kernels.KERNELS`` that train ``cell`` on ``backend``: all but cuDNN's, which is an LSTM
-    on a GPU only."""
-    return [k for k in kernels.KERNELS if k != "cudnn" or (backend == "gpu" and cell == "lstm")]
+def applicable_kernels(s: Setting, backend: str) -> list[str]:
+    """``rnnjax.kernels.KERNELS`` (read now) that can train ``s`` on ``backend``, as ``kernels.check`` says:
+    cuDNN's is an LSTM on a GPU only."""
+    out = []
+    for k in kernels.KERNELS:
+        try:
+            kernels.check(s.config.replace(kernel=k), backend)
+        except ValueError:
+            continue
+        out.append(k)
+    return out
 
 
 def contenders_at(s: Setting, devices: int | None, backend: str) -> list:
-    out = [Rnnjax(devices, name=f"rnnjax {k}", kernel=k) for k in applicable_kernels(s.cell, backend)]
+    out = [Rnnjax(devices, name=f"rnnjax {k}", kernel=k) for k in applicable_kernels(s, backend)]
     out.append(StockFlax())
     if torch_available():
         out += [TorchLean(), TorchD2l()]
