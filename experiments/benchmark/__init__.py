@@ -4,6 +4,10 @@ Command (d2l's recipe: batch 1024, num_steps 32, hidden 32, lr 1, clip 1)::
 
     python -m experiments.benchmark --data ../shared/data/timemachine.txt
 
+On a GPU (and for quick runs, ``--sizes small``)::
+
+    python -m experiments.benchmark --sizes gpu --data timemachine.txt
+
 Runtime on a 2-core CPU: about 3 minutes; ``--ablations`` adds about 1,
 ``--sweep`` about 5. Writes ``bench.json`` (and with ``--sweep``
 ``sweep.png``) into ``--out`` (default ``runs/bench-<time>``). Expected
@@ -15,26 +19,37 @@ medians with min-max over the rounds and ratios against rnnjax.
 
 - ``contenders.py``: ``rnnjax`` trains as ``fit`` does (``train_windows``, 10
   steps to a compiled call, data parallel over one CPU device per core,
-  ``backend.compiler_options``; ``rnnjax 1 device`` on one). ``torch``: d2l's
-  PyTorch tab (``nn.RNN`` + ``nn.Linear``, a ``DataLoader``, d2l's
-  ``clip_gradients`` and SGD; skipped unless torch imports: ``pip install
-  torch==2.13.0`` for the CPU wheel). ``flax``: ``nn.RNN(nn.SimpleCell)`` +
-  ``Dense`` with the same optax step, jitted.
+  ``backend.compiler_options``; ``rnnjax 1 device`` on one; ``Config.kernel``
+  forces one of ``rnnjax.kernels.KERNELS``). ``flax``: ``nn.RNN(nn.SimpleCell)``
+  (``GRUCell``, ``OptimizedLSTMCell``) + ``Dense`` with the same optax step, jitted.
+- ``torch_contenders.py``: on CUDA where torch sees a GPU, else on the CPU;
+  skipped unless torch imports (``pip install torch==2.13.0`` for the CPU
+  wheel). ``torch d2l``: d2l's PyTorch tab (``nn.RNN`` + ``nn.Linear``, a
+  ``DataLoader``, d2l's ``clip_gradients`` and SGD, the perplexity read every
+  step); ``torch lean``: the same model with the data on the device and no
+  per-step sync.
 - ``measure.py``: steady-state steps, whole recipes (100 epochs, validation
   and compilation included), compiling in fresh processes with and without
-  the persistent cache, and generation against d2l's loop of one model call
-  per character.
-- ``main.py``: the command line, the table, the sweep over hidden size,
-  batch and steps, ``--runs N`` seeds in one program (``rnnjax.runs``) against
-  one, and the JSON (``ratio_step_vs_torch``, ``ratio_step_vs_flax``,
-  ``ratio_recipe_vs_torch``, ``runs.ratio_vs_sequential``, ...).
+  the persistent cache, generation against d2l's loop of one model call
+  per character, and the machine (backend, device, versions).
+- ``sizes.py``: ``--sizes gpu`` (issue 26's sizes) or ``--sizes small``: the
+  step of every contender at each size, rnnjax with each applicable kernel.
+- ``report.py``: ratios in words (below 1 reads as slower), the tables, the sweep's plot.
+- ``main.py``: the command line, the sweep over hidden size, batch and steps,
+  ``--runs N`` seeds in one program (``rnnjax.runs``) against one, and the
+  JSON: the machine, every contender's figures and every ratio printed
+  (``ratio_step_vs_torch_lean``, ``ratio_step_vs_torch_d2l``,
+  ``ratio_step_vs_flax``, ``ratio_recipe_vs_...``, ``runs.ratio_vs_sequential``,
+  per size ``ratios``), each the other's time over rnnjax's.
 
 The process runs with ``rnnjax.backend.keep_freed_memory()``, as
 ``experiments.timemachine`` does; all contenders share it.
 """
 
-from experiments.benchmark.contenders import model_flops_per_token, torch_available
+from experiments.benchmark.contenders import model_flops_per_token
 from experiments.benchmark.main import main
 from experiments.benchmark.measure import d2l_predict
+from experiments.benchmark.report import speed_words
+from experiments.benchmark.torch_contenders import torch_available
 
-__all__ = ["d2l_predict", "main", "model_flops_per_token", "torch_available"]
+__all__ = ["d2l_predict", "main", "model_flops_per_token", "speed_words", "torch_available"]

@@ -1,4 +1,5 @@
-"""The contenders: each trains d2l's model its own way, on the same data (see the package docstring)."""
+"""The JAX contenders (PyTorch's: ``torch_contenders``): each trains d2l's model its own way, on the same
+data."""
 
 from __future__ import annotations
 
@@ -54,6 +55,12 @@ class Setting:
     def epochs(self) -> int:
         return self.config.epochs
 
+    @property
+    def label(self) -> str:
+        """``lstm 512/512/64 x2``: the cell, hidden units / batch / steps, and the layers beyond one."""
+        layers = f" x{self.num_layers}" if self.num_layers > 1 else ""
+        return f"{self.cell} {self.num_hiddens}/{self.batch_size}/{self.num_steps}{layers}"
+
 
 class Contender:
     """Each contender trains d2l's model its own way: ``prepare`` builds it and its
@@ -90,7 +97,7 @@ class Rnnjax(Contender):
         self.state, self.tokens = dp.replicate(self._initial_state()), dp.replicate(data.tokens)
         self.step = dp.compile(self._train,
                                compiler_options=compiler_options(s.batch_size, s.num_hiddens, dp.num_shards))
-        self.windows = _cycle(data.train_windows)
+        self.windows = cycle(data.train_windows)
         first = self._next_call()
         t0 = time.perf_counter()
         if hasattr(self.step, "executable"):      # compiled ahead of time (CPU): time the compile alone
@@ -186,7 +193,7 @@ class StockFlax(Contender):
             return optax.apply_updates(params, updates), opt_state, value
 
         self.model, self.loss, self.step, self.tx = model, jax.jit(loss), step, tx
-        self.batches = _cycle(lambda epoch: _plain_batches(data, epoch))
+        self.batches = cycle(lambda epoch: _plain_batches(data, epoch))
         self.params = model.init(jax.random.key(0), jnp.zeros((1, s.num_steps), jnp.int32))
         self.opt_state = tx.init(self.params)
         t0 = time.perf_counter()
@@ -210,77 +217,8 @@ class StockFlax(Contender):
         return float(np.exp(sum(v * n for v, n in val) / sum(n for _, n in val)))
 
 
-class Torch(Contender):
-    """d2l's PyTorch tab: nn.RNN (nn.GRU, nn.LSTM, num_layers) + Linear, DataLoader, d2l's
-    clip_gradients, SGD."""
-    name = "torch"
-
-    def prepare(self, s, data):
-        import torch
-        from torch import nn as tnn
-        from torch.nn import functional as F
-        self.s, self.data, self.torch = s, data, torch
-        V, H = len(data.vocab), s.num_hiddens
-        torch.manual_seed(0)
-        X, Y = torch.tensor(np.asarray(data.X)), torch.tensor(np.asarray(data.Y))
-        n = data.num_train
-        self.train_loader = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(X[:n].long(), Y[:n].long()), s.batch_size, shuffle=True)
-        self.val_loader = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(X[n:].long(), Y[n:].long()), s.batch_size, shuffle=False)
-
-        def build():
-            layer = {"rnn": tnn.RNN, "gru": tnn.GRU, "lstm": tnn.LSTM}[s.cell]
-            rnn, linear = layer(V, H, num_layers=s.num_layers), tnn.Linear(H, V)
-            params = [*rnn.parameters(), *linear.parameters()]
-            return rnn, linear, params, torch.optim.SGD(params, lr=s.config.lr)
-
-        def forward(rnn, linear, X):
-            outputs, _ = rnn(F.one_hot(X.T, V).type(torch.float32))
-            return linear(outputs).swapaxes(0, 1)
-
-        def step(model, X, Y):
-            rnn, linear, params, optim = model
-            logits = forward(rnn, linear, X)
-            loss = F.cross_entropy(logits.reshape(-1, V), Y.reshape(-1))
-            float(torch.exp(loss.detach()))               # d2l plots the perplexity every step
-            optim.zero_grad()
-            loss.backward()
-            with torch.no_grad():                           # d2l's clip_gradients
-                norm = torch.sqrt(sum(torch.sum(p.grad ** 2) for p in params))
-                if norm > s.config.clip:
-                    for p in params:
-                        p.grad[:] *= s.config.clip / norm
-            optim.step()
-
-        self.build, self.forward, self.step_fn = build, forward, step
-        self.model = build()
-        self.batches = _cycle(lambda epoch: iter(self.train_loader))
-        t0 = time.perf_counter()
-        step(self.model, *next(self.batches))
-        return time.perf_counter() - t0
-
-    def steps(self, n):
-        for _ in range(n):
-            self.step_fn(self.model, *next(self.batches))
-
-    def recipe(self):
-        torch, V = self.torch, len(self.data.vocab)
-        model = self.build()
-        for _ in range(self.s.epochs):
-            for X, Y in self.train_loader:
-                self.step_fn(model, X, Y)
-            with torch.no_grad():
-                total, count = 0.0, 0
-                for X, Y in self.val_loader:
-                    logits = self.forward(model[0], model[1], X)
-                    total += float(torch.nn.functional.cross_entropy(
-                        logits.reshape(-1, V), Y.reshape(-1), reduction="sum"))
-                    count += Y.numel()
-        return float(np.exp(total / count))
-
-
-def _cycle(make_epoch):
+def cycle(make_epoch):
+    """The batches of epoch 0, 1, 2, ... without end."""
     epoch = 0
     while True:
         yield from make_epoch(epoch)
@@ -296,11 +234,3 @@ def _plain_batches(data: TimeMachine, epoch: int | None):
     for i in range(0, len(idx), data.batch_size):
         j = idx[i:i + data.batch_size]
         yield np.asarray(data.X[j]), np.asarray(data.Y[j])
-
-
-def torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-        return True
-    except ImportError:
-        return False

@@ -1,4 +1,4 @@
-"""The benchmark's command line and report: the table, the sweep and its plot, the JSON."""
+"""The benchmark's command line: d2l's recipe (the default), the sizes (``--sizes``), the sweep, the JSON."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
+import jax
 
-from experiments.benchmark.contenders import (Contender, Rnnjax, RnnjaxRuns, Setting, StockFlax, Torch,
-                                              torch_available)
+from experiments.benchmark.contenders import Contender, Rnnjax, RnnjaxRuns, Setting, StockFlax
 from experiments.benchmark.measure import (machine_info, measure_compile_cache, measure_generation,
                                            measure_recipes, measure_steps)
-from rnnjax import backend
+from experiments.benchmark.report import RATIO_MEANING, plot_sweep, speed_words, table
+from experiments.benchmark.sizes import SIZES, applicable_kernels, run_sizes
+from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available
+from rnnjax import backend, kernels
 from rnnjax.data import TimeMachine
 from rnnjax.parallel import DataParallel
 
@@ -23,23 +25,11 @@ def contenders_for(args, one_device_too: bool = False) -> list[Contender]:
     if one_device_too and len(DataParallel.create(args.devices).devices) > 1:
         out.append(Rnnjax(1, name="rnnjax 1 device"))
     if torch_available():
-        out.append(Torch())
+        out += [TorchD2l(), TorchLean()]
     else:
-        print("torch is not importable: skipping the PyTorch baseline (pip install torch==2.13.0)")
+        print("torch is not importable: skipping PyTorch's contenders (pip install torch)")
     out.append(StockFlax())
     return out
-
-
-def table(results: dict, ref: str = "rnnjax") -> str:
-    rows = [f"{'contender':<28}{'ms/step (min-max)':>24}{'compile s':>11}{'recipe s':>10}"
-            f"{'tokens/s':>11}{'GFLOP/s':>9}{'vs rnnjax':>10}"]
-    for name, r in results.items():
-        recipe = f"{r['recipe_s']:.1f}" if "recipe_s" in r else "-"
-        spread = f"({r['ms_per_step_min']:.2f}-{r['ms_per_step_max']:.2f})"
-        rows.append(f"{name:<28}{r['ms_per_step']:>9.2f} {spread:>14}{r['compile_s']:>11.2f}{recipe:>10}"
-                    f"{r['tokens_per_s']:>11.3g}{r['gflops']:>9.1f}"
-                    f"{r['ms_per_step'] / results[ref]['ms_per_step']:>9.2f}x")
-    return "\n".join(rows)
 
 
 SWEEP_ROUNDS = 5
@@ -68,29 +58,6 @@ def run_sweep(args, data_path, log=print) -> list[dict]:
     return rows
 
 
-def plot_sweep(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names = list(dict.fromkeys(r["contender"] for r in rows))
-    configs = list(dict.fromkeys((r["num_hiddens"], r["batch_size"], r["num_steps"]) for r in rows))
-    fig, ax = plt.subplots(figsize=(10, 3.8), dpi=110)
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        by = {(r["num_hiddens"], r["batch_size"], r["num_steps"]): r["tokens_per_s"] for r in rows
-              if r["contender"] == name}
-        ax.bar(np.arange(len(configs)) + i * width, [by[c] for c in configs], width, label=name)
-    ax.set_xticks(np.arange(len(configs)) + width * (len(names) - 1) / 2,
-                  [f"H{h}\nB{b}\nT{t}" for h, b, t in configs], fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("training tokens / s")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def measure_runs(args, s: Setting, data: TimeMachine) -> dict:
     """N seeds in one program (``rnnjax.runs``) against N sequential runs: steps and whole recipes."""
     one, many = Rnnjax(args.devices), RnnjaxRuns(args.runs, args.devices)
@@ -106,17 +73,23 @@ def measure_runs(args, s: Setting, data: TimeMachine) -> dict:
         out["recipe_ratio_vs_one"] = out["recipe_s_all"] / out["recipe_s_one"]
     recipe = (f"; the whole recipe takes {out['recipe_ratio_vs_one']:.2f}x one seed's"
               if args.recipe_rounds else "")
-    print(f"{args.runs} seeds in one program: a step of all of them is {out['ratio_vs_sequential']:.2f}x "
-          f"faster than {args.runs} sequential steps{recipe}")
+    print(f"{args.runs} seeds in one program: a step of all of them is "
+          f"{speed_words(out['ratio_vs_sequential'])} than {args.runs} sequential steps{recipe}")
     return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark",
-                                description="rnnjax against PyTorch's nn.RNN and stock Flax")
+                                description="rnnjax against PyTorch's nn.RNN and stock Flax, on the backend "
+                                            "it runs on (PyTorch on CUDA where torch sees a GPU)")
     p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else download)")
-    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds of steady-state steps")
-    p.add_argument("--steps", type=int, default=60, help="steps per contender per round")
+    p.add_argument("--sizes", choices=sorted(SIZES),
+                   help="instead of d2l's recipe: the training step of every contender at each size of "
+                        "this set (gpu: the sizes of issue 26; small: quick ones), rnnjax with each kernel")
+    p.add_argument("--rounds", type=int,
+                   help="interleaved rounds of steady-state steps (default 7; with --sizes the set's)")
+    p.add_argument("--steps", type=int,
+                   help="steps per contender per round (default 60; with --sizes the set's)")
     p.add_argument("--recipe-rounds", type=int, default=1, help="whole-recipe runs per contender (0: none)")
     p.add_argument("--devices", type=int, help="rnnjax's local devices (default: all)")
     p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="rnn",
@@ -130,6 +103,9 @@ def main(argv=None) -> int:
                    help="run folder for bench.json and sweep.png (default runs/bench-<time>)")
     p.add_argument("--json", type=Path, help="the results' JSON file (default OUT/bench.json)")
     args = p.parse_args(argv)
+    for name in ("rounds", "steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     out_dir = args.out or Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
     json_path = args.json or out_dir / "bench.json"
 
@@ -138,14 +114,20 @@ def main(argv=None) -> int:
     # share the process, so PyTorch and Flax get it too), one CPU device per core.
     backend.keep_freed_memory()
     backend.use_cpu_cores(s.batch_size)
+    if args.sizes:
+        run_sizes(args.sizes, args.data, json_path, args.devices, args.rounds, args.steps)
+        print(f"wrote {json_path}")
+        return 0
+    args.rounds, args.steps = args.rounds or 7, args.steps or 60
     data = TimeMachine(s.batch_size, s.num_steps, path=args.data)
     info = machine_info()
-    print(f"{info['cpu']}, {info['cores']} cores, {info['devices']}; " +
-          ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    print(f"{info['cpu']}, {info['cores']} cores, {info['devices']} ({info['device_kind']}), torch on "
+          f"{info['torch_device']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
 
     contenders = contenders_for(args, one_device_too=True)
     print(f"steady-state training step, d2l's recipe ({s.cell}, {s.num_layers} layer(s)), {args.rounds} "
-          f"interleaved rounds of {args.steps} steps:")
+          f"interleaved rounds of {args.steps} steps; rnnjax trains with kernel "
+          f"{kernels.choose(s.config)!r}:")
     results = measure_steps(contenders, s, data, args.rounds, args.steps)
     if args.recipe_rounds:
         print(f"whole recipe ({s.epochs} epochs, compilation and per-epoch validation included):")
@@ -153,14 +135,17 @@ def main(argv=None) -> int:
             results[name].update(r)
     print(table(results))
 
-    out = {"setting": s.config.to_json(), "machine": info, "contenders": results}
-    for base in ("torch", "flax"):
-        if base in results:
-            out[f"ratio_step_vs_{base}"] = results[base]["ms_per_step"] / results["rnnjax"]["ms_per_step"]
-            print(f"rnnjax's step is {out[f'ratio_step_vs_{base}']:.2f}x faster than {base}'s")
-    if "torch" in results and "recipe_s" in results["torch"]:
-        out["ratio_recipe_vs_torch"] = results["torch"]["recipe_s"] / results["rnnjax"]["recipe_s"]
-        print(f"rnnjax's whole recipe is {out['ratio_recipe_vs_torch']:.2f}x faster than torch's")
+    out = {"setting": s.config.to_json(), "machine": info, "contenders": results,
+           "ratio_meaning": RATIO_MEANING}
+    for base in ("torch lean", "torch d2l", "flax"):
+        if base not in results:
+            continue
+        key = base.replace(" ", "_")
+        out[f"ratio_step_vs_{key}"] = results[base]["ms_per_step"] / results["rnnjax"]["ms_per_step"]
+        print(f"rnnjax's step is {speed_words(out[f'ratio_step_vs_{key}'])} than {base}'s")
+        if "recipe_s" in results[base]:
+            out[f"ratio_recipe_vs_{key}"] = results[base]["recipe_s"] / results["rnnjax"]["recipe_s"]
+            print(f"rnnjax's whole recipe is {speed_words(out[f'ratio_recipe_vs_{key}'])} than {base}'s")
 
     cc = out["compile_cache"] = measure_compile_cache(args.data)
     print(f"compiling the training program in a fresh process: {cc['no_cache_s']:.2f} s; with the persistent "
@@ -168,17 +153,18 @@ def main(argv=None) -> int:
 
     gen = out["generation"] = measure_generation(data)
     print(f"generating {gen['num_chars']} characters: compiled {gen['compiled_ms']:.2f} ms, d2l's loop "
-          f"{gen['d2l_loop_ms']:.0f} ms ({gen['ratio']:.0f}x); {gen['batch']} prefixes at once "
-          f"{gen['batched_ms']:.1f} ms ({gen['batched_chars_per_s']:.3g} characters/s)")
+          f"{gen['d2l_loop_ms']:.0f} ms (compiled is {speed_words(gen['ratio'])}); {gen['batch']} prefixes "
+          f"at once {gen['batched_ms']:.1f} ms ({gen['batched_chars_per_s']:.3g} characters/s)")
 
     if args.runs:
         out["runs"] = measure_runs(args, s, data)
 
     if args.ablations:
-        variants = [Rnnjax(args.devices), Rnnjax(args.devices, kernel="plain"),
-                    Rnnjax(args.devices, unroll=8), Rnnjax(args.devices, unroll=32)]
+        variants = [Rnnjax(args.devices)] + [Rnnjax(args.devices, kernel=k)
+                                             for k in applicable_kernels(s, jax.default_backend())]
+        variants += [Rnnjax(args.devices, unroll=8), Rnnjax(args.devices, unroll=32)]
         print("ablations (interleaved):")
-        out["ablations"] = measure_steps(variants, s, data, args.rounds, args.steps)
+        out["ablations"] = measure_steps(variants, s, data, args.rounds, args.steps, keep_going=True)
         print(table(out["ablations"]))
     if args.sweep:
         out["sweep"] = run_sweep(args, args.data)

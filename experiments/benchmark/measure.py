@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -14,11 +15,13 @@ import time
 import flax
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 import optax
 
 import rnnjax
-from experiments.benchmark.contenders import Setting, model_flops_per_token, torch_available
+from experiments.benchmark.contenders import Setting, model_flops_per_token
+from experiments.benchmark.torch_contenders import torch_available, torch_device_name
 from rnnjax.config import Config
 from rnnjax.data import TimeMachine
 from rnnjax.model import RNNLM
@@ -26,15 +29,24 @@ from rnnjax.state import create_train_state, make_model
 
 
 def measure_steps(contenders, s: Setting, data, rounds: int, steps: int, warmup: int | None = None,
-                  log=print) -> dict:
+                  log=print, keep_going: bool = False) -> dict:
     """Interleaved rounds of ``steps`` steps; ms per step for each round.
 
-    ``warmup`` steps first (default a whole epoch: the ragged batch, caches, allocators).
+    ``warmup`` steps first (default a whole epoch: the ragged batch, caches, allocators). With
+    ``keep_going`` a contender that fails to build or step is left out of the rounds, its error recorded.
     """
-    result = {}
+    result, running = {}, []
     for c in contenders:
-        result[c.name] = {"compile_s": c.prepare(s, data), "rounds_ms": []}
-        c.steps(data.num_batches() + 1 if warmup is None else warmup)
+        try:
+            result[c.name] = {"compile_s": c.prepare(s, data), "rounds_ms": []}
+            c.steps(data.num_batches() + 1 if warmup is None else warmup)
+            running.append(c)
+        except Exception as e:       # a kernel this backend lacks, memory: the other contenders still run
+            if not keep_going:
+                raise
+            result[c.name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            log(f"  {c.name} failed: {result[c.name]['error']}")
+    contenders = running
     for r in range(rounds):
         for c in contenders:
             t0 = time.perf_counter()
@@ -44,6 +56,8 @@ def measure_steps(contenders, s: Setting, data, rounds: int, steps: int, warmup:
             f"{c.name} {result[c.name]['rounds_ms'][-1]:.2f} ms" for c in contenders))
     tokens = s.batch_size * s.num_steps
     for name, r in result.items():
+        if "error" in r:
+            continue
         ms = statistics.median(r["rounds_ms"])
         r.update(ms_per_step=ms, ms_per_step_min=min(r["rounds_ms"]), ms_per_step_max=max(r["rounds_ms"]),
                  tokens_per_s=tokens / ms * 1e3,
@@ -145,11 +159,25 @@ def machine_info() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    versions = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-                "optax": optax.__version__, "numpy": np.__version__, "rnnjax": rnnjax.__version__}
+    versions = {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+                "flax": flax.__version__, "optax": optax.__version__, "orbax": _version("orbax-checkpoint"),
+                "numpy": np.__version__, "rnnjax": rnnjax.__version__}
+    # None: the backend's default (TF32 matmuls on recent NVIDIA GPUs).
+    precision = {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
     if torch_available():
         import torch
         versions["torch"] = torch.__version__
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+        precision.update(torch_tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                         torch_tf32_cudnn=torch.backends.cudnn.allow_tf32)
+    return {"precision": precision, "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+            "torch_device": torch_device_name(),
             "devices": [str(d) for d in jax.local_devices()], "date": time.strftime("%Y-%m-%d"),
             "versions": versions}
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None

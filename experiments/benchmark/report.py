@@ -1,0 +1,79 @@
+"""The benchmark's printed report: ratios in words, the tables, the sweep's plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+RATIO_MEANING = ("a ratio is the other's time over rnnjax's (ms per step, or seconds): above 1 rnnjax is "
+                 "that many times faster, below 1 slower")
+
+
+def speed_words(ratio: float) -> str:
+    """``ratio`` (their time over ours) as words that read right either side of 1: ``1.47x faster``,
+    ``1.47x slower`` (for 0.68), ``as fast``."""
+    if not np.isfinite(ratio) or ratio <= 0:
+        return f"{ratio}x (not a speed)"
+    if round(ratio, 2) == 1.0:
+        return "as fast"
+    return f"{ratio:.2f}x faster" if ratio > 1 else f"{1 / ratio:.2f}x slower"
+
+
+def table(results: dict, ref: str = "rnnjax") -> str:
+    rows = [f"{'contender':<28}{'ms/step (min-max)':>24}{'compile s':>11}{'recipe s':>10}"
+            f"{'tokens/s':>11}{'GFLOP/s':>9}{f'{ref} is':>16}"]
+    for name, r in results.items():
+        if "error" in r:
+            rows.append(f"{name:<28}  failed: {r['error']}")
+            continue
+        recipe = f"{r['recipe_s']:.1f}" if "recipe_s" in r else "-"
+        spread = f"({r['ms_per_step_min']:.2f}-{r['ms_per_step_max']:.2f})"
+        vs = "" if name == ref else speed_words(r["ms_per_step"] / results[ref]["ms_per_step"])
+        rows.append(f"{name:<28}{r['ms_per_step']:>9.2f} {spread:>14}{r['compile_s']:>11.2f}{recipe:>10}"
+                    f"{r['tokens_per_s']:>11.3g}{r['gflops']:>9.1f}{vs:>16}")
+    return "\n".join(rows)
+
+
+def sizes_table(sizes: list[dict]) -> str:
+    """ms per step, one row a size and one column a contender, then how rnnjax's chosen kernel compares."""
+    names = list(dict.fromkeys(n for size in sizes for n in size["contenders"]))
+    width = max(12, *(len(n) + 2 for n in names))
+    rows = [f"{'size':<24}" + "".join(f"{n:>{width}}" for n in names) + "   rnnjax (auto kernel)"]
+    for size in sizes:
+        cells = []
+        for n in names:
+            r = size["contenders"].get(n, {})
+            cells.append("failed" if "error" in r else f"{r['ms_per_step']:.2f}" if r else "-")
+        rows.append(f"{size['label']:<24}" + "".join(f"{c:>{width}}" for c in cells)
+                    + f"   {size['auto_kernel']}")
+    return "\n".join(rows)
+
+
+def ratio_lines(size: dict) -> str:
+    """``lstm 512/512/64: rnnjax (fused) is 1.27x slower than torch lean, ...``: every ratio of the size."""
+    parts = [f"{speed_words(r)} than {name}" for name, r in size["ratios"].items()]
+    return f"{size['label']}: rnnjax ({size['auto_kernel']}) is " + (", ".join(parts) or "alone")
+
+
+def plot_sweep(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(dict.fromkeys(r["contender"] for r in rows))
+    configs = list(dict.fromkeys((r["num_hiddens"], r["batch_size"], r["num_steps"]) for r in rows))
+    fig, ax = plt.subplots(figsize=(10, 3.8), dpi=110)
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        by = {(r["num_hiddens"], r["batch_size"], r["num_steps"]): r["tokens_per_s"] for r in rows
+              if r["contender"] == name}
+        ax.bar(np.arange(len(configs)) + i * width, [by.get(c, 0) for c in configs], width, label=name)
+    ax.set_xticks(np.arange(len(configs)) + width * (len(names) - 1) / 2,
+                  [f"H{h}\nB{b}\nT{t}" for h, b, t in configs], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("training tokens / s")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,271 @@
+"""One command that checks a machine, a GPU above all, in one go.
+
+Command, from the repository root (no network, no install step)::
+
+    PYTHONPATH=. python -m experiments.device_check --out DIR [--data timemachine.txt] [--quick]
+
+On a GPU it takes 3-5 minutes: the fast test subset (``pytest -m "not
+slow"``) on the default backend; d2l's recipe from the command line as a whole
+process, first with a fresh, empty compilation cache (everything compiled)
+and again with it warm; the same with ``--seeds 0,1,2,3``; and the
+benchmark's step table at issue 26's sizes (``--sizes gpu``). ``--quick`` runs
+the same on a CPU in about a minute: a handful of test files, 3 epochs, the
+benchmark's small sizes. Each part runs as its own process with a timeout
+(and the whole within ``--budget``); a part that fails or times out is
+recorded, and the others still run.
+
+Writes into DIR (which must be new or empty): each part's log
+(``tests.log``, ``recipe-cold.log``, ... ``bench.log``), ``tests.xml``,
+``bench.json``, the runs' workdirs and the cache under ``work/``, and
+``summary.json``: backend, device, versions, tests passed and failed, the
+recipe's seconds cold and warm and its validation perplexity, the four seeds'
+seconds and perplexities, and per size the ms per step of every contender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# --quick: test files that show the part works, in seconds (the kernels' own tests take minutes on a CPU).
+QUICK_TESTS = ["tests/test_config.py", "tests/test_metrics.py", "tests/test_data.py"]
+QUICK_EPOCHS = 3
+# Per part, seconds: (on a GPU, with --quick). The whole run stops starting parts at --budget.
+TIMEOUTS = {"info": (120, 60), "tests": (240, 120), "recipe": (120, 60), "bench": (300, 150)}
+
+# Runs in a fresh interpreter: what the machine has, without failing where a package is missing.
+_INFO = r"""
+import importlib.metadata as md, json, platform
+out = {"python": platform.python_version()}
+for name, dist in [("jax", "jax"), ("jaxlib", "jaxlib"), ("flax", "flax"), ("optax", "optax"),
+                   ("orbax", "orbax-checkpoint"), ("numpy", "numpy"), ("torch", "torch")]:
+    try:
+        out[name] = md.version(dist)
+    except md.PackageNotFoundError:
+        out[name] = None
+info = {"versions": out}
+import jax
+info.update(backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
+            devices=[str(d) for d in jax.devices()],
+            jax_matmul_precision=jax.config.jax_default_matmul_precision)   # None: the backend's
+try:
+    import torch
+    info["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    info["torch_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                          "cudnn": torch.backends.cudnn.allow_tf32}
+except ImportError:
+    info["torch_device"] = None
+print(json.dumps(info))
+"""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m experiments.device_check", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, type=Path,
+                   help="a new (or empty) folder for the logs and summary.json")
+    p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else ./timemachine.txt)")
+    p.add_argument("--quick", action="store_true",
+                   help="a CPU-sized run in about a minute: a few test files, 3 epochs, the small sizes")
+    p.add_argument("--budget", type=float, default=540.0, metavar="SECONDS",
+                   help="no part starts after this many seconds, and none runs past them (default 540)")
+    args = p.parse_args(argv)
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        p.error(f"--out {args.out} exists and is not an empty folder; give a new one "
+                "(the check's workdirs and compilation cache must start empty)")
+    data = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or "timemachine.txt"
+    if not Path(data).is_file():
+        p.error(f"no file {data!r}: give d2l's timemachine.txt as --data PATH or $RNNJAX_TIMEMACHINE "
+                "(the check downloads nothing)")
+    args.data = str(Path(data).resolve())
+    if not args.budget > 0:
+        p.error(f"--budget must be a positive number of seconds, got {args.budget}")
+    return args
+
+
+class Parts:
+    """Runs each part as a process in its own session (so that a timeout stops its children too), its
+    output in ``DIR/<name>.log``; records what happened in ``summary['parts']`` and rewrites summary.json."""
+
+    def __init__(self, out: Path, summary: dict, budget_s: float, quick: bool, timeouts: dict = TIMEOUTS):
+        self.out, self.summary, self.quick, self.timeouts = out, summary, quick, timeouts
+        self.deadline = time.monotonic() + budget_s
+
+    def run(self, name: str, kind: str, cmd: list[str], env: dict) -> dict:
+        left = self.deadline - time.monotonic()
+        timeout = min(self.timeouts[kind][self.quick], left)
+        record = {"log": f"{name}.log", "ok": False}
+        if left < 5:
+            record["error"] = "skipped: the --budget ran out"
+        else:
+            t0 = time.perf_counter()
+            with open(self.out / f"{name}.log", "w") as log:
+                proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                try:
+                    record["returncode"] = proc.wait(timeout)
+                except subprocess.TimeoutExpired:    # Ctrl-C first: pytest then writes what it ran so far
+                    _stop(proc)
+                    record["error"] = f"timed out after {timeout:.0f} s"
+            record["seconds"] = time.perf_counter() - t0
+            record["ok"] = record.get("returncode") == 0
+            if "error" not in record and not record["ok"]:
+                last = _last_line(self.out / record["log"])
+                record["error"] = f"exit status {record['returncode']}: {last}"
+        self.summary["parts"][name] = record
+        print(f"{name}: " + (f"ok, {record['seconds']:.1f} s" if record["ok"] else record["error"]),
+              flush=True)
+        self.write()
+        return record
+
+    def write(self) -> None:
+        (self.out / "summary.json").write_text(json.dumps(self.summary, indent=1))
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGINT to the part's process group, SIGKILL to what is left after ``grace_s``."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def count_tests(xml_path: Path) -> dict:
+    """passed, failed (errors included), skipped and the failed tests' ids, from pytest's JUnit XML."""
+    root = ET.parse(xml_path).getroot()
+    cases = [c for c in root.iter("testcase") if c.get("name")]    # an interrupted test's case has none
+    failed = [f"{c.get('classname')}::{c.get('name')}" if c.get("classname") else c.get("name")  # collection
+              for c in cases if c.find("failure") is not None or c.find("error") is not None]
+    skipped = sum(c.find("skipped") is not None for c in cases)
+    return {"passed": len(cases) - len(failed) - skipped, "failed": len(failed), "skipped": skipped,
+            "failed_tests": failed}
+
+
+def final_val_ppl(workdir: Path) -> list[float]:
+    """The last epoch's validation perplexity of each run in ``workdir/metrics.jsonl`` (one for one run)."""
+    last: dict = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            last[record.get("run", 0)] = record
+    return [math.inf if r["val_ppl"] is None else r["val_ppl"] for _, r in sorted(last.items())]
+
+
+def sizes_summary(bench_json: Path) -> dict:
+    """Per size label: the kernel rnnjax chooses, each contender's ms per step (or its error), the ratios."""
+    bench = json.loads(bench_json.read_text())
+    return {s["label"]: {"auto_kernel": s["auto_kernel"],
+                         "ms_per_step": {n: r.get("ms_per_step", r.get("error"))
+                                         for n, r in s["contenders"].items()},
+                         "ratios": s["ratios"]} for s in bench["sizes"]}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out, work = args.out, args.out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    path = os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p)
+    env = {**os.environ, "PYTHONPATH": path, "RNNJAX_TIMEMACHINE": args.data, "PYTHONUNBUFFERED": "1"}
+    summary = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "data": args.data,
+               "parts": {}}
+    parts = Parts(out, summary, args.budget, args.quick)
+    t_start = time.perf_counter()
+
+    if parts.run("info", "info", [py, "-c", _INFO], env)["ok"]:
+        lines = (out / "info.log").read_text().splitlines()
+        summary.update(json.loads(next(line for line in reversed(lines) if line.startswith("{"))))
+    backend = summary.get("backend", "unknown")
+    print(f"backend {backend}, {summary.get('device_kind')}; torch on {summary.get('torch_device')}; "
+          + ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items()), flush=True)
+
+    # The tests' own settings (conftest.py), on the default backend. On an accelerator the pytest
+    # workers share it: none may take most of its memory up front.
+    test_env = env if backend == "cpu" else {**env, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    tests = [f for f in QUICK_TESTS if (ROOT / f).is_file()] if args.quick else []
+    # The tests wait on XLA's single-threaded compiler: where there are cores to spare, more workers.
+    workers = ["-n", "0"] if args.quick else ["-n", "4"] if (os.cpu_count() or 1) >= 8 else []
+    # A test file that cannot be imported there (a package missing) is counted as failed, not fatal.
+    record = parts.run("tests", "tests", [py, "-m", "pytest", "-m", "not slow", "-p", "no:cacheprovider",
+                                          "-q", "--continue-on-collection-errors",
+                                          f"--junitxml={out / 'tests.xml'}",
+                                          *workers, *tests], test_env)
+    if (out / "tests.xml").is_file():
+        record.update(count_tests(out / "tests.xml"))
+        record["ok"] = record.get("returncode") == 0 and record["failed"] == 0
+        parts.write()
+
+    # d2l's recipe as a user runs it: with a fresh, empty compilation cache (everything compiles and is
+    # written), then again with that cache warm. $RNNJAX_CACHE is where the CLI keeps it.
+    epochs = ["--epochs", str(QUICK_EPOCHS)] if args.quick else []
+    for what, extra in (("recipe", []), ("seeds", ["--seeds", "0,1,2,3"])):
+        cli_env = {**env, "RNNJAX_CACHE": str(work / f"cache-{what}")}
+        summary[what] = {"epochs": QUICK_EPOCHS if args.quick else 100}
+        for temp in ("cold", "warm"):
+            workdir = work / f"{what}-{temp}"
+            rec = parts.run(f"{what}-{temp}", "recipe",
+                            [py, "-m", "experiments.timemachine", "--data", args.data, "--workdir",
+                             str(workdir), "--no-progress", *epochs, *extra], cli_env)
+            if rec["ok"]:
+                summary[what][f"{temp}_s"] = rec["seconds"]
+                ppl = final_val_ppl(workdir)
+                summary[what][f"val_ppl_{temp}"] = ppl[0] if what == "recipe" else ppl
+        ppl = summary[what].get("val_ppl_warm", summary[what].get("val_ppl_cold"))
+        if ppl is not None:
+            summary[what]["val_ppl"] = ppl
+        parts.write()
+
+    # --quick: rnnjax jitted on one CPU device, which compiles in about half the time of a pmap over two.
+    quick = ["--sizes", "small", "--devices", "1"] if args.quick else ["--sizes", "gpu"]
+    rec = parts.run("bench", "bench", [py, "-m", "experiments.benchmark", *quick, "--data", args.data,
+                                       "--json", str(out / "bench.json"), "--out", str(work)], env)
+    if (out / "bench.json").is_file():      # a timed-out run keeps the sizes it finished
+        summary["sizes"] = sizes_summary(out / "bench.json")
+        rec["sizes_done"] = len(summary["sizes"])
+    summary["seconds"] = time.perf_counter() - t_start
+    parts.write()
+    print(report(summary), flush=True)
+    return 0 if all(p["ok"] for p in summary["parts"].values()) else 1
+
+
+def report(summary: dict) -> str:
+    """The summary in a few lines (the end of a device run's output)."""
+    lines = [f"device check ({summary.get('backend')}, {summary.get('device_kind')}), "
+             f"{summary['seconds']:.0f} s in all; parts: "
+             + ", ".join(f"{n} {'ok' if p['ok'] else 'FAILED'}" for n, p in summary["parts"].items())]
+    t = summary["parts"].get("tests", {})
+    if "passed" in t:
+        lines.append(f"tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped"
+                     + (f": {', '.join(t['failed_tests'][:10])}" if t["failed"] else ""))
+    for what in ("recipe", "seeds"):
+        r = summary.get(what, {})
+        lines.append(f"{what} ({r.get('epochs')} epochs): cold {r.get('cold_s', float('nan')):.1f} s, warm "
+                     f"{r.get('warm_s', float('nan')):.1f} s, val ppl {r.get('val_ppl')}")
+    for label, size in summary.get("sizes", {}).items():
+        ms = "  ".join(f"{n} {v:.2f}" if isinstance(v, float) else f"{n} failed"
+                       for n, v in size["ms_per_step"].items())
+        lines.append(f"{label:<20} {ms}  (auto: {size['auto_kernel']})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

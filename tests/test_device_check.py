@@ -1,0 +1,101 @@
+"""``python -m experiments.device_check --quick`` runs every part on a CPU and its summary holds real
+values; a part that fails or runs out of time is recorded and the others still run."""
+
+import json
+import math
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments import device_check
+from experiments.benchmark import sizes, torch_available
+from rnnjax import kernels
+from rnnjax.data import TimeMachine
+
+
+@pytest.mark.slow
+def test_quick_check_writes_a_summary_of_real_figures(real_text_path, tmp_path, fresh_env):
+    out = tmp_path / "check"
+    proc = subprocess.run([sys.executable, "-m", "experiments.device_check", "--out", str(out), "--quick",
+                           "--data", real_text_path], env=fresh_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"] == "cpu" and summary["device_kind"]
+    assert set(summary["versions"]) >= {"python", "jax", "jaxlib", "flax", "optax", "orbax", "torch"}
+    assert (summary["versions"]["torch"] is not None) == torch_available()
+    for name, part in summary["parts"].items():
+        assert part["ok"] and part["seconds"] > 0 and (out / part["log"]).stat().st_size > 0, name
+    tests = summary["parts"]["tests"]
+    assert tests["passed"] > 10 and tests["failed"] == 0
+    V = len(TimeMachine(32, 8, path=real_text_path).vocab)
+    for what, runs in (("recipe", 1), ("seeds", 4)):
+        r = summary[what]
+        assert r["epochs"] == device_check.QUICK_EPOCHS and r["cold_s"] > 0 and r["warm_s"] > 0
+        ppl = [r["val_ppl"]] if runs == 1 else r["val_ppl"]
+        assert len(ppl) == runs and all(math.isfinite(p) and 1 < p < V for p in ppl), ppl
+    torch = ["torch lean", "torch d2l"] if torch_available() else []
+    assert list(summary["sizes"]) == [s.label for s in sizes.settings("small")]
+    for s, (label, size) in zip(sizes.settings("small"), summary["sizes"].items()):
+        contenders = [f"rnnjax {k}" for k in sizes.applicable_kernels(s, "cpu")] + ["flax"] + torch
+        assert sorted(size["ms_per_step"]) == sorted(contenders) and len(contenders) >= 4, label
+        assert all(isinstance(ms, float) and ms > 0 for ms in size["ms_per_step"].values()), size
+        assert size["auto_kernel"] in kernels.KERNELS and size["ratios"]
+    assert "device check (cpu" in proc.stdout
+
+
+def test_a_failing_part_is_recorded_and_the_next_one_runs(tmp_path):
+    summary = {"parts": {}}
+    parts = device_check.Parts(tmp_path, summary, budget_s=100, quick=True,
+                               timeouts={"fast": (10, 10), "short": (1, 1)})
+    failed = parts.run("fails", "fast", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"], {})
+    assert not failed["ok"] and failed["returncode"] == 3 and failed["error"] == "exit status 3: boom"
+    t0 = time.monotonic()
+    hung = parts.run("hangs", "short", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    assert not hung["ok"] and hung["error"] == "timed out after 1 s" and time.monotonic() - t0 < 20
+    ok = parts.run("works", "fast", [sys.executable, "-c", "print('fine')"], {})
+    assert ok["ok"] and (tmp_path / "works.log").read_text() == "fine\n"
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert list(on_disk["parts"]) == ["fails", "hangs", "works"] and on_disk["parts"]["works"]["ok"]
+    late = device_check.Parts(tmp_path, {"parts": {}}, budget_s=1, quick=True).run(
+        "late", "tests", [sys.executable, "-c", ""], {})
+    assert late == {"log": "late.log", "ok": False, "error": "skipped: the --budget ran out"}
+
+
+def test_counts_come_from_pytests_junit_xml(tmp_path):
+    """As pytest writes it, also when stopped by Ctrl-C (the test it interrupted: a case with no name)."""
+    xml = tmp_path / "tests.xml"
+    xml.write_text("""<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="1"
+        failures="1" skipped="1" tests="5"><testcase classname="tests.test_a" name="test_ok" time="0.1"/>
+        <testcase classname="tests.test_a" name="test_ok2" time="0.1"/><testcase time="0.000" />
+        <testcase classname="tests.test_a" name="test_bad" time="0.1"><failure message="x">x</failure>
+        </testcase>
+        <testcase classname="tests.test_b" name="test_err" time="0.1"><error message="e">e</error></testcase>
+        <testcase classname="tests.test_b" name="test_skip" time="0.0"><skipped message="s"/></testcase>
+        <testcase classname="" name="tests.test_c" time="0.0"><error message="i">no numpy</error></testcase>
+        </testsuite></testsuites>""")
+    assert device_check.count_tests(xml) == {"passed": 2, "failed": 3, "skipped": 1, "failed_tests": [
+        "tests.test_a::test_bad", "tests.test_b::test_err", "tests.test_c"]}     # the last: not collected
+
+
+def test_final_val_ppl_is_each_runs_last_epoch(tmp_path):
+    rows = [{"epoch": 1, "run": 0, "val_ppl": 9.0}, {"epoch": 1, "run": 1, "val_ppl": 8.0},
+            {"epoch": 2, "run": 0, "val_ppl": 7.0}, {"epoch": 2, "run": 1, "val_ppl": None}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert device_check.final_val_ppl(tmp_path) == [7.0, math.inf]
+
+
+def test_bad_arguments_say_so_before_any_work(tmp_path, capsys):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        device_check.parse_args(["--out", str(tmp_path / "used"), "--data", __file__])
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        device_check.parse_args(["--out", str(tmp_path / "new"), "--data", str(tmp_path / "missing.txt")])
+    assert "no file" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    with pytest.raises(SystemExit):
+        device_check.parse_args(["--out", str(tmp_path / "new"), "--data", __file__, "--budget", "0"])
+    assert "--budget must be a positive number" in capsys.readouterr().err
