@@ -37,7 +37,7 @@ def data(seed=1):
     return X, jax.random.randint(jax.random.key(seed + 1), (B, T), 0, V)
 
 
-@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("num_layers", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_packed_params_give_lstm_ref_the_plain_models_outputs_loss_and_gradients(num_layers):
     model = lm(RNNLM, num_layers)
     X, Y = data()
@@ -102,7 +102,8 @@ def assert_same(a, b):
 
 
 @pytest.mark.parametrize("num_layers,dropout,calls", [
-    (1, 0.0, [1]), pytest.param(3, 0.0, [3], marks=pytest.mark.slow), (2, 0.3, [1, 1])])
+    pytest.param(1, 0.0, [1], marks=pytest.mark.slow), pytest.param(3, 0.0, [3], marks=pytest.mark.slow),
+    (2, 0.3, [1, 1])])
 def test_the_kernel_trains_as_the_plain_model(reference_binding, num_layers, dropout, calls):
     """One call for the whole stack; one a layer with dropout, the stack's own module between them."""
     X, Y = data()

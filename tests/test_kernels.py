@@ -73,6 +73,7 @@ def test_check_refuses_what_a_forced_kernel_cannot_train_in_one_sentence(user_ce
         kernels.check(config, backend)
 
 
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="on a GPU the cudnn kernel trains")
 def test_a_refused_kernel_stops_fit_before_anything_is_written(small_data, tmp_path):
     with pytest.raises(ValueError, match="--kernel cudnn runs cuDNN's LSTM, which needs an NVIDIA GPU"):
         fit(TINY.replace(cell="lstm", kernel="cudnn"), small_data, tmp_path / "run", devices=1)
@@ -85,7 +86,8 @@ def test_make_model_builds_the_chosen_kernel(kernel, cls):
     assert type(make_model(Config(kernel=kernel, cell="lstm"), 28)) is cls
 
 
-@pytest.mark.parametrize("kernel", [pytest.param("fused", marks=pytest.mark.slow), "hoisted"])
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["fused", "hoisted"])
 def test_every_kernel_that_runs_here_trains_as_the_plain_model(kernel):
     """The same loss and gradients from ``make_model``'s kernels, at full float32 matmul precision
     (tests/test_fused.py and tests/test_hoisted.py check them in depth; test_cudnn.py the cudnn kernel)."""
