@@ -1,7 +1,7 @@
 """The training loss of an ``RNNLM`` as one fused op: the same math as ``RNNLM.loss``, faster.
 
 ``FusedRNNLM`` is ``RNNLM`` with this loss; ``rnnjax.state.make_model``
-picks it unless ``Config.fused`` is off. For every layer the output layer
+picks it on a CPU (``rnnjax.kernels.choose``). For every layer the output layer
 and the cross-entropy are one op (``dense_cross_entropy``); for one layer of
 d2l's ``SimpleRNNCell`` (``recurrence_fused``) the recurrence joins them,
 with a backward pass through time written by hand. What makes it fast

@@ -68,7 +68,7 @@ class HoistedRNNLM(RNNLM):
         dense = params["output_layer"]
         labels_N, weights_N = Y_BxT.T.reshape(-1), jnp.broadcast_to(weights_B, (T, B)).reshape(-1)
         loss_sum = dense_cross_entropy(outputs_TxBxH.reshape(T * B, -1), dense["kernel"], dense["bias"],
-                                       labels_N, weights_N)
+                                       labels_N, weights_N, jnp.dtype(self.dtype))
         return loss_sum, jnp.sum(weights_B) * T
 
     def hoisted_outputs(self, ids_TxB: Array, params: dict, train: bool) -> Array:

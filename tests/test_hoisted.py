@@ -230,3 +230,20 @@ def test_the_loops_do_one_matmul_a_step_and_the_weight_gradients_come_after_them
     # after the last loop (layer 1's backward), its dW_hh; before it, layer 2's dW_hh, dW_ih and dx
     assert programs["hoisted"][-1] == "dot" and programs["hoisted"][-5:-1] == ["dot"] * 3 + [("loop", 1)]
     assert max(x[1] for x in programs["plain"] if x != "dot") >= 2
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_hoisted_loss_equals_plain_loss_in_bfloat16(cell):
+    """The output layer too computes in the model's dtype: bfloat16 roundings shared with the plain model."""
+    config = TINY.replace(cell=cell, num_layers=2, compute_dtype="bfloat16")
+    plain, fast, plain_32 = (make_model(config.replace(kernel=k, compute_dtype=d), V)
+                             for k, d in [("plain", "bfloat16"), ("hoisted", "bfloat16"), ("plain", "float32")])
+    X, Y = batch()
+    variables = plain_32.init(jax.random.key(0), X)
+    l_fast, g_fast = value_and_grad(fast, variables, X, Y, WEIGHTS_B)
+    l_plain, g_plain = value_and_grad(plain, variables, X, Y, WEIGHTS_B)
+    l_32 = value_and_grad(plain_32, variables, X, Y, WEIGHTS_B)[0]
+    assert abs(float(l_plain) - float(l_32)) > 1e-6 * abs(float(l_32))      # it does round
+    np.testing.assert_allclose(l_fast, l_plain, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-4)
