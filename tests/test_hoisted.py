@@ -237,7 +237,8 @@ def test_hoisted_loss_equals_plain_loss_in_bfloat16(cell):
     """The output layer too computes in the model's dtype: bfloat16 roundings shared with the plain model."""
     config = TINY.replace(cell=cell, num_layers=2, compute_dtype="bfloat16")
     plain, fast, plain_32 = (make_model(config.replace(kernel=k, compute_dtype=d), V)
-                             for k, d in [("plain", "bfloat16"), ("hoisted", "bfloat16"), ("plain", "float32")])
+                             for k, d in [("plain", "bfloat16"), ("hoisted", "bfloat16"),
+                                          ("plain", "float32")])
     X, Y = batch()
     variables = plain_32.init(jax.random.key(0), X)
     l_fast, g_fast = value_and_grad(fast, variables, X, Y, WEIGHTS_B)
