@@ -110,8 +110,7 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Sequence[str], n
         temperature = 1.0 if temperature is None else temperature
         tokens = sample(model, params, prefix, lengths, num_preds, key, temperature, top_k or 0, (vocab.unk,))
     tokens = np.asarray(tokens)
-    return ["".join(vocab.idx_to_token[t] for t in row[: n + num_preds])
-            for row, n in zip(tokens, lengths)]
+    return [vocab.decode(row[: n + num_preds]) for row, n in zip(tokens, lengths)]
 
 
 def predict(model: RNNLM, params, vocab: Vocab, prefix: str, num_preds: int, **sampling) -> str:

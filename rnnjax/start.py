@@ -145,8 +145,10 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
         raise checkpoint.CheckpointError(
             f"{workdir} holds a run with another configuration ({'; '.join(diff)}). Use a new "
             "--workdir, or the checkpoint's settings to resume it.")
-    if Vocab.from_json(meta["vocab"]) != vocab:
-        raise checkpoint.CheckpointError(f"{workdir} holds a run trained on another vocabulary.")
+    why = Vocab.from_json(meta["vocab"]).differs(vocab)
+    if why:
+        raise checkpoint.CheckpointError(f"{workdir} holds a run trained on {why}. Use a new --workdir, or "
+                                         "the data it was trained on to resume it.")
 
 
 def _sweep(configs: list[Config]) -> str:
