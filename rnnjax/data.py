@@ -7,7 +7,9 @@ characters split into inputs X and targets Y (Y is X shifted by one).
 
 Batches have a fixed shape so that one compiled step serves every batch: the
 ragged last batch is padded and carries a row mask, and the losses in
-:mod:`rnnjax.train` are exact means over the real rows.
+:mod:`rnnjax.train` are exact means over the real rows. ``WindowedText`` cuts
+them from a token stream; ``TimeMachine`` is d2l's, ``rnnjax.corpus.Corpus``
+any text's.
 """
 
 from __future__ import annotations
