@@ -9,10 +9,11 @@ Runtime on a 2-core CPU: about 4 minutes. Each text is generated once into ``--o
 made-up words, capitals, digits, punctuation, non-ASCII letters, lines.
 Each preparation runs in a fresh process (``rnnjax.corpus.Corpus``, a fresh
 cache, then the same again: the cache hit), which reports its seconds and its
-peak resident memory; the training run (d2l's model and batch, fresh
-process, one CPU device per core) reports steps per second on the 100 MB
-corpus with ``--steps-per-epoch`` (raw characters, and d2l's 28 tokens), and
-on the Time Machine alike if ``--data`` or ``$RNNJAX_TIMEMACHINE`` gives it.
+peak resident memory. Then one fresh process trains d2l's model and batch as
+``fit`` does (one CPU device per core, 10 steps a call) on the 100 MB text
+(raw characters, and d2l's 28 tokens; ``--steps-per-epoch``'s random
+windows) and on the Time Machine if ``--data`` or ``$RNNJAX_TIMEMACHINE``
+gives it, in interleaved rounds (A B C A B C ...): ms a step, median (min-max).
 Writes ``corpus.json``; figures and the command that made them are in
 ``docs/performance.md`` ("Your own text").
 """
@@ -23,7 +24,9 @@ import argparse
 import json
 import os
 import platform
+import itertools
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,27 +79,59 @@ def prepare(path: str, token: str) -> dict:
             "stream_mb": c.stream.nbytes / MB}
 
 
-def train(path: str | None, steps: int, preprocess: str) -> dict:
-    """In this (fresh) process: d2l's model and batch on ``path`` (else the Time Machine) with ``preprocess``,
-    ``steps`` steps an epoch, two epochs; steps per second of the second."""
+def train(path: str, tm: str | None, steps: int, rounds: int) -> dict:
+    """In this (fresh) process: d2l's model and batch trained on ``path`` (raw characters, then d2l's 28
+    tokens) and the Time Machine ``tm``, as ``fit`` does, in interleaved rounds of ``steps`` steps."""
     from rnnjax import backend
     backend.keep_freed_memory()
     backend.use_cpu_cores(1024)
-    backend.enable_compilation_cache()
+    import jax
     from rnnjax.config import Config
-    from rnnjax.corpus import TEXT_DEFAULTS, load
-    from rnnjax.train import fit
-    text = {**TEXT_DEFAULTS, "preprocess": preprocess} if path else {}
-    config = Config(epochs=2, steps_per_epoch=steps, num_val=1024, **text)
-    t0 = time.perf_counter()
-    data = load(config, text=path)
-    load_s = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as workdir:
-        result = fit(config, data, workdir, log=None, checkpoint_every=100)
-    last = result.history[-1]
-    return {"steps_per_s": steps / last["seconds"], "epoch_s": last["seconds"], "load_s": load_s,
-            "tokens": len(data.tokens), "vocab": len(data.vocab), "val_ppl": last["val_ppl"],
-            "peak_rss_mb": peak_rss_mb()}
+    from rnnjax.corpus import TEXT_DEFAULTS, Corpus
+    from rnnjax.data import TimeMachine
+    from rnnjax.parallel import DataParallel, wait_for_backlog
+    from rnnjax.state import create_train_state
+    from rnnjax.train import STEPS_PER_CALL, train_windows
+    config, dp = Config(), DataParallel.create()
+    text = Config(**TEXT_DEFAULTS, steps_per_epoch=1000)
+    loaders = {"raw": lambda: Corpus.from_config(path, text),
+               "d2l": lambda: Corpus.from_config(path, text.replace(preprocess="d2l"))}
+    if tm:
+        loaders["Time Machine"] = lambda: TimeMachine(config.batch_size, config.num_steps, path=tm)
+    runs, out = {}, {}
+    for name, load in loaders.items():
+        t0 = time.perf_counter()
+        data = load()
+        out[name] = {"load_s": time.perf_counter() - t0, "tokens": len(data.tokens), "vocab": len(data.vocab)}
+        step = dp.compile(train_windows, donate_state=True,
+                          compiler_options=backend.compiler_options(config.batch_size, config.num_hiddens,
+                                                                    dp.num_shards))
+        windows = (w for epoch in itertools.count() for w in data.train_windows(epoch))
+        state = dp.replicate(create_train_state(config, len(data.vocab)))
+        runs[name] = [step, state, dp.replicate(data.tokens), windows]
+
+    def run(r: list, n: int) -> None:
+        step, state, tokens, windows = r
+        metrics = []
+        for _ in range(n // STEPS_PER_CALL):
+            state, m = step(state, tokens, dp.shard_stack([next(windows) for _ in range(STEPS_PER_CALL)]))
+            metrics.append(m)
+            wait_for_backlog(metrics)
+        jax.block_until_ready(metrics)
+        r[1] = state
+
+    for r in runs.values():
+        run(r, 3 * STEPS_PER_CALL)          # compiles, and warms the caches
+    rounds_ms = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, r in runs.items():
+            t0 = time.perf_counter()
+            run(r, steps)
+            rounds_ms[name].append((time.perf_counter() - t0) / steps * 1e3)
+    for name, ms in rounds_ms.items():
+        out[name].update(ms_per_step=statistics.median(ms), ms_min=min(ms), ms_max=max(ms), rounds_ms=ms,
+                         steps_per_s=1e3 / statistics.median(ms))
+    return {"runs": out, "devices": dp.num_shards, "peak_rss_mb": peak_rss_mb()}
 
 
 def _fresh(*args: str, env: dict | None = None) -> dict:
@@ -112,17 +147,18 @@ def main(argv=None) -> dict:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="1,10,100", help="text sizes in MB (default 1,10,100)")
     p.add_argument("--tokens", default="char,word", help="token kinds prepared (default char,word)")
-    p.add_argument("--steps", type=int, default=300, help="steps per epoch of the training runs")
+    p.add_argument("--steps", type=int, default=100, help="steps a round of the training runs (default 100)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--data", help="timemachine.txt, to train on it alike (else $RNNJAX_TIMEMACHINE)")
     p.add_argument("--out", default="runs/bench-corpus", help="where the texts and corpus.json go")
     p.add_argument("--prepare", nargs=2, metavar=("PATH", "TOKEN"), help=argparse.SUPPRESS)
-    p.add_argument("--train", nargs=2, metavar=("PATH", "PREPROCESS"), help=argparse.SUPPRESS)
+    p.add_argument("--train", nargs=2, metavar=("PATH", "TIMEMACHINE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.prepare:
         print(json.dumps(prepare(*args.prepare)))
         return {}
     if args.train is not None:
-        print(json.dumps(train(args.train[0] or None, args.steps, args.train[1])))
+        print(json.dumps(train(args.train[0], args.train[1] or None, args.steps, args.rounds)))
         return {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,21 +187,16 @@ def main(argv=None) -> dict:
                   f"{warm['peak_rss_mb']:.0f} MB)",
                   flush=True)
     largest = out / f"text-{max(sizes)}mb.txt"
-    # Raw characters make a larger vocabulary (a larger output layer); d2l's preprocessing, the Time
-    # Machine's 28 tokens: then only the stream's size differs from the Time Machine's.
-    runs = {f"{max(sizes)} MB text, raw": (str(largest), "raw"),
-            f"{max(sizes)} MB text, d2l": (str(largest), "d2l")}
-    tm = args.data or os.environ.get("RNNJAX_TIMEMACHINE")
-    if tm:
-        runs["Time Machine"] = ("", "d2l")
-    for name, (path, preprocess) in runs.items():
-        with tempfile.TemporaryDirectory() as cache:     # the user's cache keeps no generated text
-            env = {**os.environ, "RNNJAX_CACHE": cache, **({"RNNJAX_TIMEMACHINE": tm} if tm else {})}
-            r = _fresh("--train", path, preprocess, "--steps", str(args.steps), env=env)
-        result["train"][name] = r
-        print(f"train on the {name} ({r['tokens']:,} tokens on each device, vocabulary {r['vocab']}): "
-              f"{r['steps_per_s']:.1f} steps/s, loaded in {r['load_s']:.1f} s, peak RSS "
-              f"{r['peak_rss_mb']:.0f} MB", flush=True)
+    tm = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or ""
+    with tempfile.TemporaryDirectory() as cache:        # the user's cache keeps no generated text
+        result["train"] = _fresh("--train", str(largest), tm, "--steps", str(args.steps), "--rounds",
+                                 str(args.rounds), env={**os.environ, "RNNJAX_CACHE": cache})
+    for name, r in result["train"]["runs"].items():
+        print(f"train on the {name if name == 'Time Machine' else f'{max(sizes)} MB text, {name}'} "
+              f"({r['tokens']:,} tokens on each device, vocabulary {r['vocab']}): {r['ms_per_step']:.2f} ms "
+              f"a step ({r['ms_min']:.2f}-{r['ms_max']:.2f}), {r['steps_per_s']:.0f} steps/s; loaded in "
+              f"{r['load_s']:.1f} s", flush=True)
+    print(f"peak RSS of the training process: {result['train']['peak_rss_mb']:.0f} MB")
     (out / "corpus.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
