@@ -12,7 +12,9 @@ It says first what it does (new or resumed, devices, loss path, workdir),
 then writes to ``--workdir`` (default ``runs/timemachine-<time>``):
 ``metrics.jsonl``, ``ppl.png``, ``config.json`` and orbax checkpoints. The
 same command resumes; ``--predict`` generates from the workdir's checkpoint
-without training (``--sample`` draws instead of the argmax). ``--seeds
+without training (``--sample`` draws instead of the argmax). ``--text
+PATH`` trains on any UTF-8 file instead, characters or words (``--token
+word``), its tail validating (``rnnjax.corpus``). ``--seeds
 0,1,2,3`` (and lists of ``--lr``, ``--clip``) trains every combination in one
 program (``rnnjax.runs``). Every ``rnnjax.config.Config`` field is a flag.
 The logic lives in ``rnnjax``; this file is intentionally kept short.
@@ -49,8 +51,8 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 
 import rnnjax  # noqa: E402
-from rnnjax import backend, checkpoint, config as config_lib, metrics, parallel, runs  # noqa: E402
-from rnnjax.data import DataError, TimeMachine  # noqa: E402
+from rnnjax import backend, checkpoint, config as config_lib, corpus, metrics, parallel, runs  # noqa: E402
+from rnnjax.data import DataError  # noqa: E402
 from rnnjax.start import plan  # noqa: E402
 from rnnjax.train import CHECKPOINT_EVERY, Interrupted, NonFiniteLoss, fit  # noqa: E402
 from rnnjax.workdir import WorkdirError  # noqa: E402
@@ -60,7 +62,17 @@ USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m experiments.timemachine", description=__doc__.split("\n")[0])
-    p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else download)")
+    p.add_argument("--data", help="local timemachine.txt, SHA-1 checked (else $RNNJAX_TIMEMACHINE, else "
+                                  "download): d2l's text, the default corpus")
+    p.add_argument("--text", metavar="PATH",
+                   help="train on this UTF-8 file instead of the Time Machine (no hash check; its SHA-1 goes "
+                        "into the checkpoints, and resuming needs the same file): characters, or words with "
+                        "--token word, the vocabulary from the training part; unless given, --preprocess "
+                        f"{corpus.TEXT_DEFAULTS['preprocess']} (every character kept), --val-fraction "
+                        f"{corpus.TEXT_DEFAULTS['val_fraction']} (the tail validates) and --num-train "
+                        f"{corpus.TEXT_DEFAULTS['num_train']} (every window of the training part); "
+                        "--steps-per-epoch N for a large text. Tokenized once, cached in "
+                        "~/.cache/rnnjax/corpus")
     p.add_argument("--workdir",
                    help="run folder: metrics, plot, checkpoints; resumes if it has any")
     config_lib.add_flags(p)
@@ -79,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "SLURM, Open MPI)")
     run.add_argument("--predict", metavar="PREFIX",
                      help="generate from the workdir's checkpoint; no training")
-    run.add_argument("--num-preds", type=int, default=20, help="characters to generate")
+    run.add_argument("--num-preds", type=int, default=20, help="tokens to generate (characters or words)")
     run.add_argument("--best", action="store_true",
                      help="with --predict: the best checkpoint, not the latest")
     run.add_argument("--run", type=int, metavar="K",
@@ -93,10 +105,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--no-compilation-cache", action="store_true",
                      help="do not use JAX's persistent compilation cache (~/.cache/rnnjax/jax)")
     args = p.parse_args(argv)
-    for name in ("data", "workdir"):        # '' would mean the default file, or the current folder
+    for name in ("data", "text", "workdir"):    # '' would mean the default file, or the current folder
         if getattr(args, name) == "":
             raise ValueError(f"--{name} is empty; give a path (a shell variable that was not set?).")
     args.workdir = None if args.workdir is None else Path(args.workdir)
+    if args.text is not None and args.data is not None:
+        raise ValueError("--text trains on your own file, --data names the Time Machine's; give one.")
+    if args.text is not None and args.predict is None:     # the preset, changed by these, then by the flags
+        for name, value in corpus.TEXT_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
     for name, low in (("checkpoint_every", 1), ("keep", 1), ("num_preds", 0)):
         if getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}.")
@@ -170,8 +188,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
     config = configs[0]
     workdir = args.workdir or Path("runs") / time.strftime("timemachine-%Y%m%d-%H%M%S")
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
-    data = TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
-                       path=args.data, seed=config.seed)
+    data = corpus.load(config, text=args.text, data=args.data)
     several = len(configs) > 1
     p = plan(config, data, workdir, devices=args.devices, runs=configs if several else None)
     if not several:               # fit_runs says it, and then which runs stop as they stop
@@ -179,7 +196,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
     model, untrained = rnnjax.make_model(config, len(data.vocab)), None
     if p.step is None and not several:   # fit starts from these, not from a second init (and compile)
         untrained = rnnjax.create_train_state(config, len(data.vocab)).params
-        say(f"untrained: {rnnjax.predict(model, untrained, data.vocab, 'it has', 20)!r}")
+        say(f"untrained: {rnnjax.predict(model, untrained, data.vocab, data.prompt, 20)!r}")
     options = dict(devices=args.devices, checkpoint_every=args.checkpoint_every, keep=args.keep, log=None)
     with progress_output(jax.process_index() == 0 and not args.no_progress and not p.finished,
                          config.epochs) as progress:
@@ -198,7 +215,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
                 continue
             last = [r for r in result.history if r["run"] == k][-1]
             params = jax.tree.map(lambda x: x[k], result.state.params)
-            text = rnnjax.predict(model, params, data.vocab, "it has", 20)
+            text = rnnjax.predict(model, params, data.vocab, data.prompt, 20)
             say(f"run {k} ({runs.label(c, configs)}): train perplexity {last['train_ppl']:.2f}, "
                 f"val perplexity {last['val_ppl']:.2f}, {text!r}")
         table = runs.summary(result.history)
@@ -209,9 +226,10 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
             + f"; wrote {workdir}")
         return
     last = result.history[-1]
+    unit = "word" if data.vocab.kind == "word" else "character"
     say(f"epoch {last['epoch']}: train perplexity {last['train_ppl']:.2f} ({last['train_bpc']:.2f} bits "
-        f"per character), val perplexity {last['val_ppl']:.2f} ({last['val_bpc']:.2f} bits); wrote {workdir}")
-    say(f"trained: {rnnjax.predict(model, result.state.params, data.vocab, 'it has', 20)!r}")
+        f"per {unit}), val perplexity {last['val_ppl']:.2f} ({last['val_bpc']:.2f} bits); wrote {workdir}")
+    say(f"trained: {rnnjax.predict(model, result.state.params, data.vocab, data.prompt, 20)!r}")
 
 
 def _stopped_at_start_up(signum, frame):

@@ -2,6 +2,7 @@
 
 from rnnjax import backend, checkpoint, runs
 from rnnjax.config import PRESETS, Config
+from rnnjax.corpus import Corpus
 from rnnjax.data import Batch, TimeMachine, Vocab, Windows
 from rnnjax.generate import predict, predict_batch
 from rnnjax.model import CELLS, RNN, RNNLM, OneHot, SimpleRNNCell
@@ -13,7 +14,7 @@ from rnnjax.train import eval_step, eval_steps, fit, train_step, train_steps, tr
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "CELLS", "Config", "OneHot", "PRESETS", "RNN", "RNNLM", "SimpleRNNCell", "TimeMachine",
+    "Batch", "CELLS", "Config", "Corpus", "OneHot", "PRESETS", "RNN", "RNNLM", "SimpleRNNCell", "TimeMachine",
     "TrainState", "Vocab", "Windows", "backend", "checkpoint", "create_train_state", "eval_step",
     "eval_steps", "fit", "fit_runs", "make_model", "plan", "predict", "predict_batch", "runs", "train_step",
     "train_steps", "train_windows",

@@ -49,6 +49,14 @@ class Config:
     seed: int = _field(0, "seed of the initial parameters and of the batch order")
     num_train: int = _field(10000, "training windows")
     num_val: int = _field(5000, "validation windows, the ones after the training windows")
+    # What the tokens are and how the text splits (rnnjax.corpus); the defaults are d2l's Time Machine.
+    token: str = _field("char", "tokens: char (one per character) or word (split at whitespace)")
+    preprocess: str = _field("d2l", "d2l (letters only, lower case) or raw (every character kept)")
+    min_freq: int = _field(0, "tokens seen fewer times in the training part are <unk> (d2l's Vocab)")
+    val_fraction: float = _field(0.0, "validate on this tail of the token stream, num_train and num_val "
+                                      "capping the windows (0 for all train windows); 0: d2l's windows")
+    steps_per_epoch: int = _field(0, "steps an epoch takes, of train windows drawn at random; "
+                                     "0: one pass over the shuffled train windows")
     unroll: int = _field(1, "unroll factor of the scan over time")
     kernel: str = _field("auto", "training kernel, the same math at another speed (rnnjax.kernels): auto "
                                  "(chosen by backend and shape), " + ", ".join(KERNELS))
@@ -73,8 +81,7 @@ class Config:
                 object.__setattr__(self, f.name, float(value))
             elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ConfigError(f"{_flag(f.name)} must be a {kind.__name__}, got {value!r}.")
-        positive = ("batch_size", "num_steps", "num_hiddens", "epochs", "num_train", "num_val", "unroll",
-                    "num_layers")
+        positive = ("batch_size", "num_steps", "num_hiddens", "epochs", "num_val", "unroll", "num_layers")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}.")
@@ -102,6 +109,18 @@ class Config:
         if self.matmul_precision not in MATMUL_PRECISIONS:
             raise ConfigError(f"--matmul-precision must be one of {', '.join(MATMUL_PRECISIONS)}; "
                               f"got {self.matmul_precision!r}.")
+        for name, choices in (("token", ("char", "word")), ("preprocess", ("d2l", "raw"))):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{_flag(name)} must be {' or '.join(choices)}, got "
+                                  f"{getattr(self, name)!r}.")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}.")
+        if self.num_train < (0 if self.val_fraction else 1):
+            raise ConfigError(f"--num-train must be at least 1 (0, every train window, goes with "
+                              f"--val-fraction), got {self.num_train}.")
+        for name in ("min_freq", "steps_per_epoch"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_flag(name)} must be at least 0, got {getattr(self, name)}.")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

@@ -7,25 +7,28 @@ characters split into inputs X and targets Y (Y is X shifted by one).
 
 Batches have a fixed shape so that one compiled step serves every batch: the
 ragged last batch is padded and carries a row mask, and the losses in
-:mod:`rnnjax.train` are exact means over the real rows.
+:mod:`rnnjax.train` are exact means over the real rows. ``WindowedText`` cuts
+them from a token stream; ``TimeMachine`` is d2l's, ``rnnjax.corpus.Corpus``
+any text's.
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import os
 import re
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from rnnjax.vocab import Vocab  # noqa: F401 (where it always was)
 
 URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
@@ -93,23 +96,26 @@ def download(url: str | None = None, sha1: str = SHA1, root: str | os.PathLike |
     return path
 
 
-def load_text(path: str | os.PathLike | None = None, *, sha1: str = SHA1,
-              root: str | os.PathLike | None = None) -> str:
-    """The raw text of The Time Machine, verified against ``sha1``.
-
-    ``path``, else ``$RNNJAX_TIMEMACHINE``, else the cached download of d2l's copy.
-    """
+def timemachine_path(path: str | os.PathLike | None = None, *, sha1: str = SHA1,
+                     root: str | os.PathLike | None = None) -> Path:
+    """The verified file of The Time Machine: ``path``, else ``$RNNJAX_TIMEMACHINE``, else the cached
+    download of d2l's copy."""
     path = path or os.environ.get(ENV_PATH) or None
     if path is None:
-        path = download(sha1=sha1, root=root)
-    else:
-        path = Path(path)
-        if path.is_dir():
-            raise DataError(f"{path} is a directory; --data (or ${ENV_PATH}) takes the file timemachine.txt.")
-        if not path.is_file():
-            raise DataError(f"No such file: {path} (given as --data or ${ENV_PATH}).")
-        _check_sha1(path, sha1, "File")
-    return Path(path).read_text(encoding="utf-8")
+        return download(sha1=sha1, root=root)
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; --data (or ${ENV_PATH}) takes the file timemachine.txt.")
+    if not path.is_file():
+        raise DataError(f"No such file: {path} (given as --data or ${ENV_PATH}).")
+    _check_sha1(path, sha1, "File")
+    return path
+
+
+def load_text(path: str | os.PathLike | None = None, *, sha1: str = SHA1,
+              root: str | os.PathLike | None = None) -> str:
+    """The raw text of The Time Machine, verified against ``sha1`` (``timemachine_path``)."""
+    return timemachine_path(path, sha1=sha1, root=root).read_text(encoding="utf-8")
 
 
 def preprocess(text: str) -> str:
@@ -118,70 +124,6 @@ def preprocess(text: str) -> str:
 
 def tokenize(text: str) -> list[str]:
     return list(text)
-
-
-class Vocab:
-    """d2l's vocabulary: index order is the sorted set of tokens and ``'<unk>'``."""
-
-    def __init__(self, tokens: Sequence = (), min_freq: int = 0,
-                 reserved_tokens: Sequence[str] = ()):
-        if tokens and isinstance(tokens[0], list):
-            tokens = [t for line in tokens for t in line]
-        counter = collections.Counter(tokens)
-        self.token_freqs = sorted(counter.items(), key=lambda x: x[1], reverse=True)
-        self.idx_to_token = sorted(
-            set(["<unk>", *reserved_tokens, *(t for t, f in self.token_freqs if f >= min_freq)]))
-        self.token_to_idx = {t: i for i, t in enumerate(self.idx_to_token)}
-
-    def __len__(self) -> int:
-        return len(self.idx_to_token)
-
-    def __getitem__(self, tokens):
-        if not isinstance(tokens, (list, tuple)):
-            return self.token_to_idx.get(tokens, self.unk)
-        return [self[t] for t in tokens]
-
-    def to_tokens(self, indices):
-        if hasattr(indices, "__len__") and len(indices) > 1:
-            return [self.idx_to_token[int(i)] for i in indices]
-        if hasattr(indices, "__len__"):
-            indices = indices[0]
-        return self.idx_to_token[int(indices)]
-
-    @property
-    def unk(self) -> int:
-        return self.token_to_idx["<unk>"]
-
-    def encode(self, text: str) -> list[int]:
-        """Indices of ``text``'s characters; unknown characters are an error.
-
-        Unlike ``vocab[...]``, which maps them to ``<unk>`` as d2l does, this is
-        what prompts go through: a model never trained on ``'I'`` should say so.
-        """
-        unknown = sorted({c for c in text if c not in self.token_to_idx})
-        if unknown:
-            known = "".join(t for t in self.idx_to_token if len(t) == 1)
-            raise ValueError(
-                f"{text!r} has characters outside the vocabulary: {unknown!r}; "
-                f"the model knows {known!r} (lowercase letters and space).")
-        return [self.token_to_idx[c] for c in text]
-
-    def to_json(self) -> dict:
-        return {"idx_to_token": list(self.idx_to_token)}
-
-    @classmethod
-    def from_json(cls, d: dict) -> Vocab:
-        vocab = cls()
-        vocab.token_freqs = []
-        vocab.idx_to_token = list(d["idx_to_token"])
-        vocab.token_to_idx = {t: i for i, t in enumerate(vocab.idx_to_token)}
-        return vocab
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Vocab) and self.idx_to_token == other.idx_to_token
-
-    def __repr__(self) -> str:
-        return f"Vocab({len(self)} tokens)"
 
 
 class Batch(NamedTuple):
@@ -214,26 +156,85 @@ class Windows:
         return Batch(seq_BxS[..., :-1], seq_BxS[..., 1:], self.mask)
 
 
-class TimeMachine:
+class WindowedText:
+    """Batches of windows cut from a token stream: what ``fit`` trains on.
+
+    Train windows start at ``[0, num_train)``; each epoch takes them shuffled by a
+    permutation that is a pure function of ``(seed, epoch)``, so a resumed run
+    sees the same order, the last batch kept (as d2l does) and padded to
+    ``batch_size`` rows with ``mask`` 0. With ``steps_per_epoch`` an epoch is
+    instead that many full batches of train windows drawn at random (with
+    replacement, batch ``b`` from ``(seed, epoch, b)``), for texts whose pass
+    would take too long between validations. Validation batches come in
+    order. Subclasses set ``vocab``, ``tokens``, the sizes, and ``val_starts``.
+    """
+    batch_size: int
+    num_steps: int
+    num_train: int
+    num_val: int
+    seed: int
+    steps_per_epoch: int = 0
+    prompt: str = "it has"     # what the command line shows the model continuing
+
+    def val_starts(self) -> np.ndarray:
+        """Where the validation windows start in ``tokens``."""
+        raise NotImplementedError
+
+    def num_batches(self, train: bool = True) -> int:
+        if train and self.steps_per_epoch:
+            return self.steps_per_epoch
+        return -(-(self.num_train if train else self.num_val) // self.batch_size)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng((self.seed, epoch)).permutation(self.num_train)
+
+    def train_windows(self, epoch: int, start: int = 0) -> Iterator[Windows]:
+        """The shuffled train batches of ``epoch`` as ``Windows``, from batch index ``start`` on."""
+        if self.steps_per_epoch:
+            for b in range(start, self.steps_per_epoch):
+                rng = np.random.default_rng((self.seed, epoch, b))
+                yield self._windows(rng.integers(0, self.num_train, self.batch_size))
+            return
+        order = self.permutation(epoch)
+        for b in range(start, self.num_batches(True)):
+            yield self._windows(order[b * self.batch_size:(b + 1) * self.batch_size])
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The shuffled train batches of ``epoch``, from batch index ``start`` on."""
+        for windows in self.train_windows(epoch, start):
+            yield windows.batch(self.tokens)
+
+    def val_batches(self) -> Iterator[Batch]:
+        starts = self.val_starts()
+        for lo in range(0, len(starts), self.batch_size):
+            yield self._windows(starts[lo:lo + self.batch_size]).batch(self.tokens)
+
+    def _windows(self, idx: np.ndarray) -> Windows:
+        """Windows ``idx``, padded to ``batch_size`` rows with window 0 and mask 0."""
+        starts = np.zeros(self.batch_size, np.int32)
+        mask = np.zeros(self.batch_size, np.float32)
+        starts[: len(idx)], mask[: len(idx)] = idx, 1.0
+        return Windows(starts, mask, self.num_steps)
+
+
+class TimeMachine(WindowedText):
     """d2l's ``TimeMachine`` data module, with fixed-shape batches.
 
     Train windows are ``[0, num_train)``, validation windows
-    ``[num_train, num_train + num_val)``. Train batches are shuffled each epoch
-    by a permutation that is a pure function of ``(seed, epoch)``, so a resumed
-    run sees the same order; validation batches come in order. The last batch
-    of each is kept (as d2l does) and padded to ``batch_size`` rows with
-    ``mask`` 0 on the padding.
+    ``[num_train, num_train + num_val)`` (``WindowedText`` for the batches).
+    ``rnnjax.corpus.Corpus`` takes any text, words too.
     """
 
     def __init__(self, batch_size: int, num_steps: int, num_train: int = 10000,
                  num_val: int = 5000, path: str | os.PathLike | None = None, *,
-                 text: str | None = None, seed: int = 0):
-        if batch_size < 1 or num_steps < 1 or num_train < 1 or num_val < 0:
+                 text: str | None = None, seed: int = 0, steps_per_epoch: int = 0):
+        if batch_size < 1 or num_steps < 1 or num_train < 1 or num_val < 0 or steps_per_epoch < 0:
             raise DataError(
                 f"batch_size, num_steps and num_train must be positive and num_val >= 0; got "
                 f"{batch_size}, {num_steps}, {num_train}, {num_val}.")
         self.batch_size, self.num_steps = batch_size, num_steps
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
+        self.steps_per_epoch = steps_per_epoch
         raw = load_text(path) if text is None else text
         tokens = tokenize(preprocess(raw))
         self.vocab = Vocab(tokens)
@@ -247,37 +248,10 @@ class TimeMachine:
         windows = np.lib.stride_tricks.sliding_window_view(self.tokens, num_steps + 1)
         self.X, self.Y = windows[:, :-1], windows[:, 1:]
 
-    def num_batches(self, train: bool = True) -> int:
-        return -(-(self.num_train if train else self.num_val) // self.batch_size)
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng((self.seed, epoch)).permutation(self.num_train)
-
     @property
     def tokens(self) -> np.ndarray:
         """The part of the corpus the windows cover: what ``Windows.batch`` cuts from."""
         return self.corpus[: self.num_train + self.num_val + self.num_steps]
 
-    def train_windows(self, epoch: int, start: int = 0) -> Iterator[Windows]:
-        """The shuffled train batches of ``epoch`` as ``Windows``, from batch index ``start`` on."""
-        order = self.permutation(epoch)
-        for b in range(start, self.num_batches(True)):
-            yield self._windows(order[b * self.batch_size:(b + 1) * self.batch_size])
-
-    def train_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """The shuffled train batches of ``epoch``, from batch index ``start`` on."""
-        for windows in self.train_windows(epoch, start):
-            yield windows.batch(self.tokens)
-
-    def val_batches(self) -> Iterator[Batch]:
-        for b in range(self.num_batches(False)):
-            lo = self.num_train + b * self.batch_size
-            yield self._windows(np.arange(lo, min(lo + self.batch_size, self.num_train + self.num_val))
-                                ).batch(self.tokens)
-
-    def _windows(self, idx: np.ndarray) -> Windows:
-        """Windows ``idx``, padded to ``batch_size`` rows with window 0 and mask 0."""
-        starts = np.zeros(self.batch_size, np.int32)
-        mask = np.zeros(self.batch_size, np.float32)
-        starts[: len(idx)], mask[: len(idx)] = idx, 1.0
-        return Windows(starts, mask, self.num_steps)
+    def val_starts(self) -> np.ndarray:
+        return np.arange(self.num_train, self.num_train + self.num_val)

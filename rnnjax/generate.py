@@ -85,9 +85,9 @@ def check_sampling(temperature: float | None, top_k: int | None, vocab_size: int
 def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Sequence[str], num_preds: int, *,
                   temperature: float | None = None, top_k: int | None = None, key: jax.Array | None = None
                   ) -> list[str]:
-    """Each prefix followed by ``num_preds`` characters: greedy, or sampled if a ``temperature``,
-    ``top_k`` or ``key`` is given (temperature 1, all tokens, ``PRNGKey(0)`` by default). Greedy is
-    d2l's argmax, ``<unk>`` included; sampling never draws ``<unk>``.
+    """Each prefix followed by ``num_preds`` tokens (characters, or words joined by spaces): greedy, or
+    sampled if a ``temperature``, ``top_k`` or ``key`` is given (temperature 1, all tokens, ``PRNGKey(0)``
+    by default). Greedy is d2l's argmax, ``<unk>`` included; sampling never draws ``<unk>``.
 
     Characters outside the vocabulary (uppercase, digits, punctuation) raise a
     ``ValueError`` naming them, rather than being read as ``<unk>``.
@@ -110,8 +110,7 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Sequence[str], n
         temperature = 1.0 if temperature is None else temperature
         tokens = sample(model, params, prefix, lengths, num_preds, key, temperature, top_k or 0, (vocab.unk,))
     tokens = np.asarray(tokens)
-    return ["".join(vocab.idx_to_token[t] for t in row[: n + num_preds])
-            for row, n in zip(tokens, lengths)]
+    return [vocab.decode(row[: n + num_preds]) for row, n in zip(tokens, lengths)]
 
 
 def predict(model: RNNLM, params, vocab: Vocab, prefix: str, num_preds: int, **sampling) -> str:

@@ -93,6 +93,10 @@ def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int
     if (data.batch_size, data.num_steps) != (config.batch_size, config.num_steps):
         raise ValueError(f"The data's batches are {data.batch_size} x {data.num_steps}, the config's "
                          f"{config.batch_size} x {config.num_steps}.")
+    if (data.steps_per_epoch, data.vocab.kind) != (config.steps_per_epoch, config.token):
+        raise ValueError(f"The data has {data.steps_per_epoch} steps an epoch and {data.vocab.kind} tokens, "
+                         f"the config {config.steps_per_epoch} and {config.token}: make it with "
+                         "rnnjax.corpus.load(config, ...).")
     dp = DataParallel.create(devices)
     dp.check_batch_size(config.batch_size)
     check_memory(config, len(data.vocab), dp.num_shards, len(runs or [None]))
@@ -149,8 +153,10 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
         raise checkpoint.CheckpointError(
             f"{workdir} holds a run with another configuration ({'; '.join(diff)}). Use a new "
             "--workdir, or the checkpoint's settings to resume it.")
-    if Vocab.from_json(meta["vocab"]) != vocab:
-        raise checkpoint.CheckpointError(f"{workdir} holds a run trained on another vocabulary.")
+    why = Vocab.from_json(meta["vocab"]).differs(vocab)
+    if why:
+        raise checkpoint.CheckpointError(f"{workdir} holds a run trained on {why}. Use a new --workdir, or "
+                                         "the data it was trained on to resume it.")
 
 
 def _sweep(configs: list[Config]) -> str:

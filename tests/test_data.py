@@ -176,3 +176,17 @@ def test_download_with_wrong_hash_leaves_nothing_in_the_cache(http_server, tmp_p
     with pytest.raises(DataError, match="SHA-1"):
         data.download(url + "/timemachine.txt", "0" * 40, root=cache)
     assert list(cache.iterdir()) == []
+
+
+# --- an epoch of a chosen number of steps --------------------------------------------
+
+def test_steps_per_epoch_draws_full_batches_reproducibly(make_text):
+    tm = TimeMachine(16, 5, num_train=100, num_val=30, text=make_text(), seed=3, steps_per_epoch=4)
+    assert tm.num_batches(True) == 4 and tm.num_batches(False) == 2
+    windows = list(tm.train_windows(epoch=2))
+    assert len(windows) == 4 and all(w.mask.sum() == 16 for w in windows)
+    starts = np.concatenate([w.starts for w in windows])
+    assert starts.min() >= 0 and starts.max() < 100 and len(set(starts)) > 40      # drawn, not a pass
+    again = [w.starts for w in tm.train_windows(epoch=2, start=1)]                  # resumed mid-epoch
+    np.testing.assert_array_equal(np.concatenate(again), starts[16:])
+    assert not np.array_equal(next(tm.train_windows(epoch=3)).starts, windows[0].starts)

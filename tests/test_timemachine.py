@@ -6,7 +6,7 @@ import re
 import pytest
 
 from experiments import timemachine
-from rnnjax import data
+from rnnjax import checkpoint, data
 from rnnjax.config import Config
 
 
@@ -149,3 +149,38 @@ def test_shapes_cannot_be_listed(capsys):
     with pytest.raises(SystemExit):
         timemachine.parse_args(["--num-hiddens", "8,16"])
     assert "train the others in separate workdirs" in capsys.readouterr().err
+
+
+def test_cli_trains_on_your_own_words_resumes_and_samples_without_the_file(tmp_path, capsys):
+    text = tmp_path / "mine.txt"
+    text.write_text(" ".join(["Ωmega", "42,", "Zürich.", "ÆON", "the"][i % 7 % 5] for i in range(1000)))
+    args = ["--text", str(text), "--token", "word", "--workdir", str(tmp_path / "run"), "--preset", "tiny",
+            "--num-steps", "4", "--devices", "1", "--no-compilation-cache"]
+    assert timemachine.main(args + ["--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "untrained: 'Ωmega 42," in out and "bits per word" in out
+    saved = checkpoint.restore(tmp_path / "run")
+    assert (saved.config.preprocess, saved.config.val_fraction, saved.config.num_train) == ("raw", 0.1, 0)
+    assert timemachine.main(args + ["--epochs", "2"]) == 0
+    assert capsys.readouterr().out.startswith("resuming from step")
+    text.unlink()
+    assert timemachine.main(["--workdir", str(tmp_path / "run"), "--predict", "ÆON the", "--num-preds", "5",
+                             "--sample", "--seed", "1"]) == 0
+    words = capsys.readouterr().out.split()
+    assert words[:2] == ["ÆON", "the"] and len(words) == 7
+
+
+@pytest.mark.parametrize("bad,message", [(["--text", "{d}/other.txt", "--data", "x"], "give one"),
+                                         (["--text", ""], "--text is empty; give a path"),
+                                         (["--text", "{d}/bin.txt"], "looks binary, not text"),
+                                         (["--text", "{d}/other.txt", "--token", "words"],
+                                          "--token must be char or word, got 'words'"),
+                                         (["--text", "{d}/other.txt", "--num-steps", "10000"], "too few")])
+def test_bad_text_is_one_line_and_writes_nothing(tmp_path, capsys, bad, message):
+    (tmp_path / "other.txt").write_text("Ωmega 42 Zürich. " * 200)
+    (tmp_path / "bin.txt").write_bytes(b"\x7fELF\x00\x01")
+    args = [a.format(d=tmp_path) for a in bad]
+    assert timemachine.main(["--workdir", str(tmp_path / "run"), "--no-compilation-cache", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "run").exists()

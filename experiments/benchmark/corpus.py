@@ -1,0 +1,205 @@
+"""Your own text at scale: preparing 1, 10 and 100 MB corpora, and training on the largest.
+
+Command::
+
+    python -m experiments.benchmark.corpus [--sizes 1,10,100] [--data ../shared/data/timemachine.txt]
+
+Runtime on a 2-core CPU: about 4 minutes. Each text is generated once into ``--out`` (default
+``runs/bench-corpus``): words of a Zipf-distributed vocabulary of 30,000
+made-up words, capitals, digits, punctuation, non-ASCII letters, lines.
+Each preparation runs in a fresh process (``rnnjax.corpus.Corpus``, a fresh
+cache, then the same again: the cache hit), which reports its seconds and its
+peak resident memory. Then one fresh process trains d2l's model and batch as
+``fit`` does (one CPU device per core, 10 steps a call) on the 100 MB text
+(raw characters, and d2l's 28 tokens; ``--steps-per-epoch``'s random
+windows) and on the Time Machine if ``--data`` or ``$RNNJAX_TIMEMACHINE``
+gives it, in interleaved rounds (A B C A B C ...): ms a step, median (min-max).
+Writes ``corpus.json``; figures and the command that made them are in
+``docs/performance.md`` ("Your own text").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import itertools
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+MB = 1 << 20
+
+
+def generate(path: Path, size: int, seed: int = 0) -> None:
+    """Writes about ``size`` bytes of made-up UTF-8 text to ``path``."""
+    rng = np.random.default_rng(seed)
+    letters = list("abcdefghijklmnopqrstuvwxyz") + ["é", "ü", "ß", "ø", "ñ", "ж"]
+    weights = np.array([1.0] * 26 + [0.05] * 6)
+    weights /= weights.sum()
+    words = ["".join(rng.choice(letters, rng.integers(1, 12), p=weights)) for _ in range(30000)]
+    words = [w.capitalize() if rng.random() < 0.1 else w for w in words] + [str(i) for i in range(100)]
+    p = 1 / np.arange(1, len(words) + 1)
+    p /= p.sum()
+    ends = np.array([" "] * 12 + [", ", ". ", "! ", "? ", "; ", "\n"])
+    written = 0
+    with open(path, "wb") as f:
+        while written < size:
+            picks = rng.choice(len(words), 200_000, p=p)
+            chunk = "".join(words[i] + e for i, e in zip(picks, rng.choice(ends, len(picks)))).encode()
+            if written + len(chunk) > size:                    # the last: cut at a space, whole characters
+                f.write(chunk[: max(chunk.rfind(b" ", 0, size - written), 0)])
+                break
+            written += f.write(chunk)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024    # kB on Linux
+
+
+def prepare(path: str, token: str) -> dict:
+    """In this (fresh) process: one ``Corpus`` of ``path``, timed."""
+    from rnnjax.config import Config
+    from rnnjax.corpus import TEXT_DEFAULTS, Corpus
+    config = Config(token=token, **TEXT_DEFAULTS)
+    before = peak_rss_mb()
+    t0 = time.perf_counter()
+    c = Corpus(path, config.batch_size, config.num_steps, token=token, preprocess=config.preprocess,
+               val_fraction=config.val_fraction)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(),
+            "tokens": len(c.stream), "vocab": len(c.vocab), "cache_hit": c.cache_hit,
+            "stream_mb": c.stream.nbytes / MB}
+
+
+def train(path: str, tm: str | None, steps: int, rounds: int) -> dict:
+    """In this (fresh) process: d2l's model and batch trained on ``path`` (raw characters, then d2l's 28
+    tokens) and the Time Machine ``tm``, as ``fit`` does, in interleaved rounds of ``steps`` steps."""
+    from rnnjax import backend
+    backend.keep_freed_memory()
+    backend.use_cpu_cores(1024)
+    import jax
+    from rnnjax.config import Config
+    from rnnjax.corpus import TEXT_DEFAULTS, Corpus
+    from rnnjax.data import TimeMachine
+    from rnnjax.parallel import DataParallel, wait_for_backlog
+    from rnnjax.state import create_train_state
+    from rnnjax.train import STEPS_PER_CALL, train_windows
+    config, dp = Config(), DataParallel.create()
+    text = Config(**TEXT_DEFAULTS, steps_per_epoch=1000)
+    loaders = {"raw": lambda: Corpus.from_config(path, text),
+               "d2l": lambda: Corpus.from_config(path, text.replace(preprocess="d2l"))}
+    if tm:
+        loaders["Time Machine"] = lambda: TimeMachine(config.batch_size, config.num_steps, path=tm)
+    runs, out = {}, {}
+    for name, load in loaders.items():
+        t0 = time.perf_counter()
+        data = load()
+        out[name] = {"load_s": time.perf_counter() - t0, "tokens": len(data.tokens), "vocab": len(data.vocab)}
+        step = dp.compile(train_windows, donate_state=True,
+                          compiler_options=backend.compiler_options(config.batch_size, config.num_hiddens,
+                                                                    dp.num_shards))
+        windows = (w for epoch in itertools.count() for w in data.train_windows(epoch))
+        state = dp.replicate(create_train_state(config, len(data.vocab)))
+        runs[name] = [step, state, dp.replicate(data.tokens), windows]
+
+    def run(r: list, n: int) -> None:
+        step, state, tokens, windows = r
+        metrics = []
+        for _ in range(n // STEPS_PER_CALL):
+            state, m = step(state, tokens, dp.shard_stack([next(windows) for _ in range(STEPS_PER_CALL)]))
+            metrics.append(m)
+            wait_for_backlog(metrics)
+        jax.block_until_ready(metrics)
+        r[1] = state
+
+    for r in runs.values():
+        run(r, 3 * STEPS_PER_CALL)          # compiles, and warms the caches
+    rounds_ms = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, r in runs.items():
+            t0 = time.perf_counter()
+            run(r, steps)
+            rounds_ms[name].append((time.perf_counter() - t0) / steps * 1e3)
+    for name, ms in rounds_ms.items():
+        out[name].update(ms_per_step=statistics.median(ms), ms_min=min(ms), ms_max=max(ms), rounds_ms=ms,
+                         steps_per_s=1e3 / statistics.median(ms))
+    return {"runs": out, "devices": dp.num_shards, "peak_rss_mb": peak_rss_mb()}
+
+
+def _fresh(*args: str, env: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, "-m", "experiments.benchmark.corpus", *args], capture_output=True,
+                         text=True, env=env, check=False)
+    if out.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m experiments.benchmark.corpus",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="1,10,100", help="text sizes in MB (default 1,10,100)")
+    p.add_argument("--tokens", default="char,word", help="token kinds prepared (default char,word)")
+    p.add_argument("--steps", type=int, default=100, help="steps a round of the training runs (default 100)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--data", help="timemachine.txt, to train on it alike (else $RNNJAX_TIMEMACHINE)")
+    p.add_argument("--out", default="runs/bench-corpus", help="where the texts and corpus.json go")
+    p.add_argument("--prepare", nargs=2, metavar=("PATH", "TOKEN"), help=argparse.SUPPRESS)
+    p.add_argument("--train", nargs=2, metavar=("PATH", "TIMEMACHINE"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.prepare:
+        print(json.dumps(prepare(*args.prepare)))
+        return {}
+    if args.train is not None:
+        print(json.dumps(train(args.train[0], args.train[1] or None, args.steps, args.rounds)))
+        return {}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cpu = platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                    if line.startswith("model name")), cpu)
+    result = {"machine": f"{cpu}, {os.cpu_count()} cores",
+              "date": time.strftime("%Y-%m-%d"), "prepare": {}, "train": {}}
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for size in sizes:
+        path = out / f"text-{size}mb.txt"
+        if not path.is_file() or path.stat().st_size < size * MB * 0.99:
+            t0 = time.perf_counter()
+            generate(path, size * MB, seed=size)
+            print(f"generated {path} in {time.perf_counter() - t0:.1f} s", flush=True)
+        for token in args.tokens.split(","):
+            with tempfile.TemporaryDirectory() as cache:
+                env = {**os.environ, "RNNJAX_CACHE": cache}
+                cold = _fresh("--prepare", str(path), token, env=env)
+                warm = _fresh("--prepare", str(path), token, env=env)
+            result["prepare"][f"{size}MB {token}"] = {"cold": cold, "cached": warm}
+            print(f"{size} MB, {token}s: {cold['tokens']:,} tokens, vocabulary {cold['vocab']:,}; prepared "
+                  f"in {cold['seconds']:.2f} s (cached: {warm['seconds']:.2f} s), peak RSS "
+                  f"{cold['peak_rss_mb']:.0f} MB (after imports {cold['rss_before_mb']:.0f} MB; cached "
+                  f"{warm['peak_rss_mb']:.0f} MB)",
+                  flush=True)
+    largest = out / f"text-{max(sizes)}mb.txt"
+    tm = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or ""
+    with tempfile.TemporaryDirectory() as cache:        # the user's cache keeps no generated text
+        result["train"] = _fresh("--train", str(largest), tm, "--steps", str(args.steps), "--rounds",
+                                 str(args.rounds), env={**os.environ, "RNNJAX_CACHE": cache})
+    for name, r in result["train"]["runs"].items():
+        print(f"train on the {name if name == 'Time Machine' else f'{max(sizes)} MB text, {name}'} "
+              f"({r['tokens']:,} tokens on each device, vocabulary {r['vocab']}): {r['ms_per_step']:.2f} ms "
+              f"a step ({r['ms_min']:.2f}-{r['ms_max']:.2f}), {r['steps_per_s']:.0f} steps/s; loaded in "
+              f"{r['load_s']:.1f} s", flush=True)
+    print(f"peak RSS of the training process: {result['train']['peak_rss_mb']:.0f} MB")
+    (out / "corpus.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

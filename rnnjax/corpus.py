@@ -1,0 +1,282 @@
+"""Any UTF-8 text as the corpus: characters or words, at any size.
+
+``Corpus(path, batch_size, num_steps, ...)`` tokenizes a text with NumPy (a
+100 MB text in seconds; no Python loop over characters), builds d2l's
+vocabulary from its training part only (``<unk>`` for the rest and for tokens
+rarer than ``min_freq``), and keeps the token stream as the only copy of the
+data: windows are offsets into it (``WindowedText``). The validation part is
+the tail ``val_fraction`` of the stream, so no window overlaps both parts;
+``num_train`` (0: all) and ``num_val`` cap the windows, the validation ones
+spread evenly over the tail. ``val_fraction=0`` splits as d2l does: the first
+``num_train`` windows, then ``num_val``, the vocabulary from the whole text.
+
+A file's stream and vocabulary are cached (``.npy`` and JSON) under
+``rnnjax.data.cache_dir()/corpus``, keyed by the file's SHA-1 and the token
+options; the vocabulary carries that SHA-1 into the checkpoints, so a run
+resumes only on the text it was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from rnnjax.config import Config
+from rnnjax.data import DataError, TimeMachine, WindowedText, cache_dir, sha1_of, timemachine_path
+from rnnjax.start import check_memory
+from rnnjax.vocab import Vocab
+
+# What --text changes in the preset before the flags: a text of one's own is taken as it is, its tail
+# validates, and every other window trains.
+TEXT_DEFAULTS = {"preprocess": "raw", "val_fraction": 0.1, "num_train": 0}
+# Characters (or words) handled at a time: bounds the temporaries to a few times this.
+CHUNK = 1 << 22
+CACHE_VERSION = 1
+_SPACE = re.compile(r"\s")
+
+
+def read_text(path: str | os.PathLike) -> tuple[str, str]:
+    """``(text, SHA-1 of the file)``; ``DataError`` if it is missing, empty, binary or not UTF-8."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; --text takes a UTF-8 text file.")
+    if not path.is_file():
+        raise DataError(f"No such file: {path} (given as --text).")
+    raw = path.read_bytes()
+    if not raw:
+        raise DataError(f"{path} is empty: there is no text to train on.")
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise DataError(f"{path} looks binary, not text (a NUL byte at offset {nul}); --text takes a UTF-8 "
+                        "text file.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): convert "
+                        "it first, for instance with iconv -f latin1 -t utf-8.") from None
+    return text.removeprefix("\ufeff"), hashlib.sha1(raw).hexdigest()
+
+
+def char_codes(text: str, preprocess: str, chunk: int = CHUNK) -> np.ndarray:
+    """The code points (uint32) of ``text``, ``raw`` or after d2l's ``re.sub('[^A-Za-z]+', ' ',
+    text).lower()``, done in NumPy a chunk at a time."""
+    out = np.empty(len(text), np.uint32)
+    n, after_letter = 0, True           # a run of non-letters at the start becomes a space too
+    for lo in range(0, len(text), chunk):
+        codes = np.frombuffer(text[lo:lo + chunk].encode("utf-32-le"), np.uint32)
+        if preprocess == "d2l":
+            lower = codes | 0x20                        # A-Z to a-z; a-z stay
+            letter = (lower >= ord("a")) & (lower <= ord("z"))
+            keep = letter.copy()
+            keep[0] |= after_letter
+            keep[1:] |= letter[:-1]                     # the first of each run of non-letters
+            after_letter = bool(letter[-1])
+            codes = np.where(letter, lower, ord(" ")).astype(np.uint32)[keep]
+        out[n:n + len(codes)] = codes
+        n += len(codes)
+    return out[:n]
+
+
+def word_ids(text: str, preprocess: str, chunk: int = CHUNK) -> tuple[np.ndarray, list[str]]:
+    """``(ids, words)``: ``text`` split at whitespace (after ``preprocess``), each word as the index
+    (int32) of its first appearance in ``words``; a chunk at a time, cut at whitespace."""
+    if preprocess == "d2l":
+        text = char_codes(text, preprocess, chunk).tobytes().decode("utf-32-le")
+    index: dict[str, int] = {}
+    parts, lo = [], 0
+    while lo < len(text):
+        hi = lo + chunk
+        if hi < len(text):
+            space = _SPACE.search(text, hi)
+            hi = space.start() if space else len(text)
+        words = text[lo:hi].split()
+        parts.append(np.fromiter((index.setdefault(w, len(index)) for w in words), np.int32, len(words)))
+        lo = hi
+    return (np.concatenate(parts) if parts else np.zeros(0, np.int32)), list(index)
+
+
+def tokenize(text: str, token: str, preprocess: str) -> tuple[np.ndarray, Callable[[int], str]]:
+    """``(ids, name)``: a non-negative 32-bit id per token, writable, and the token of an id."""
+    if token == "word":
+        ids, words = word_ids(text, preprocess)
+        return ids, words.__getitem__
+    return char_codes(text, preprocess), chr
+
+
+def encode(ids: np.ndarray, name: Callable[[int], str], train_end: int, min_freq: int, kind: str,
+           source: str | None) -> tuple[Vocab, np.ndarray]:
+    """d2l's vocabulary of ``ids[:train_end]``, and ``ids`` as its indices (int32, converted in place)."""
+    size = int(ids.max()) + 1 if len(ids) else 0
+    counts = np.zeros(size, np.int64)
+    for lo in range(0, train_end, CHUNK):
+        counts += np.bincount(ids[lo:min(lo + CHUNK, train_end)], minlength=size)
+    vocab, table = Vocab.from_counts(counts, name, min_freq, kind=kind, source=source)
+    stream = ids.view(np.int32)
+    for lo in range(0, len(ids), CHUNK):
+        stream[lo:lo + CHUNK] = table[ids[lo:lo + CHUNK]]
+    return vocab, stream
+
+
+def _cache_path(sha1: str, options: dict) -> Path:
+    key = json.dumps({"version": CACHE_VERSION, "sha1": sha1, **options}, sort_keys=True)
+    return cache_dir() / "corpus" / hashlib.sha1(key.encode()).hexdigest()[:24]
+
+
+def _read_cache(path: Path, options: dict) -> tuple[Vocab, np.ndarray] | None:
+    """The cached ``(vocab, stream)``, or ``None`` if there is none or it is unreadable."""
+    try:
+        meta = json.loads((path / "vocab.json").read_text())
+        stream = np.load(path / "tokens.npy", allow_pickle=False)
+        if meta["options"] != options or stream.dtype != np.int32 or stream.ndim != 1:
+            return None
+        return Vocab.from_json(meta["vocab"]), stream
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_cache(path: Path, options: dict, vocab: Vocab, stream: np.ndarray) -> None:
+    """Writes the cache entry whole or not at all (a folder renamed into place); a cache that cannot be
+    written is no error."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + "."))
+        np.save(tmp / "tokens.npy", stream, allow_pickle=False)
+        meta = {"options": options, "vocab": vocab.to_json()}
+        (tmp / "vocab.json").write_text(json.dumps(meta))
+        os.rename(tmp, path)
+        tmp = None
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Corpus(WindowedText):
+    """A UTF-8 text (a file ``path``, or ``text``) as windows of ``num_steps + 1`` tokens (module doc).
+
+    ``check_vocab(vocab_size)`` runs before anything is cached (``from_config``: the memory check).
+    """
+
+    def __init__(self, path: str | os.PathLike | None, batch_size: int, num_steps: int, *,
+                 text: str | None = None, token: str = "char", preprocess: str = "raw", min_freq: int = 0,
+                 val_fraction: float = 0.1, num_train: int = 0, num_val: int = 5000, steps_per_epoch: int = 0,
+                 seed: int = 0, cache: bool = True, check_vocab: Callable[[int], None] | None = None):
+        if batch_size < 1 or num_steps < 1 or num_val < 0 or num_train < (0 if val_fraction else 1):
+            raise DataError(f"batch_size and num_steps must be positive, num_val >= 0 and num_train >= 1 (or "
+                            f"0 with a val_fraction); got {batch_size}, {num_steps}, {num_val}, {num_train}.")
+        self.batch_size, self.num_steps, self.seed = batch_size, num_steps, seed
+        self.steps_per_epoch, self.val_fraction = steps_per_epoch, val_fraction
+        if path is None and text is None:
+            raise DataError("A Corpus needs a path or a text.")
+        self.name = str(path) if text is None else "the text"
+        options = {"token": token, "preprocess": preprocess, "min_freq": min_freq,
+                   "val_fraction": val_fraction}
+        if text is None:
+            sha1 = sha1_of(path) if Path(path).is_file() else None
+            cached = _read_cache(_cache_path(sha1, options), options) if cache and sha1 else None
+        else:
+            sha1, cached, cache = hashlib.sha1(text.encode()).hexdigest(), None, False
+        self.cache_hit = cached is not None
+        if cached is None:
+            if text is None:
+                text, sha1 = read_text(path)
+            ids, name = tokenize(text, token, preprocess)
+            del text
+            train_end = self._train_end(len(ids), token, preprocess)
+            self.vocab, self.stream = encode(ids, name, train_end, min_freq, token, sha1)
+        else:
+            self.vocab, self.stream = cached
+            train_end = self._train_end(len(self.stream), token, preprocess)
+        self.train_end = train_end
+        self._split(num_train, num_val)
+        if check_vocab is not None:
+            check_vocab(len(self.vocab))
+        if cache and not self.cache_hit:
+            _write_cache(_cache_path(sha1, options), options, self.vocab, self.stream)
+        self.prompt = self._prompt()
+
+    def _train_end(self, num_tokens: int, token: str, preprocess: str) -> int:
+        """Where the validation tail starts (the end of the stream for d2l's split); ``DataError`` if either
+        part is shorter than a window."""
+        window = self.num_steps + 1
+        train_end = int(num_tokens * (1 - self.val_fraction)) if self.val_fraction else num_tokens
+        if train_end < window or (self.val_fraction and num_tokens - train_end < window):
+            need = (f"a training window and a validation window of --num-steps + 1 = {window} tokens each "
+                    f"(the last {self.val_fraction:g} of the tokens validates)" if self.val_fraction
+                    else f"one window of --num-steps + 1 = {window} tokens")
+            raise DataError(f"{self.name} makes {num_tokens} tokens (--token {token}, --preprocess "
+                            f"{preprocess}), too few for {need}.")
+        return train_end
+
+    def _split(self, num_train: int, num_val: int) -> None:
+        windows = self.train_end - self.num_steps
+        if not self.val_fraction:           # d2l's: num_train windows, then num_val
+            if windows < num_train + num_val:
+                raise DataError(f"{self.name} has {len(self.stream)} tokens, which make {windows} windows of "
+                                f"--num-steps + 1 = {self.num_steps + 1}; --num-train + --num-val = "
+                                f"{num_train + num_val} are needed (or split by --val-fraction).")
+            self.num_train, self.num_val = num_train, num_val
+            self.tokens = self.stream[: num_train + num_val + self.num_steps]
+            return
+        self.num_train = min(num_train, windows) if num_train else windows
+        self._val_windows = len(self.stream) - self.num_steps - self.train_end
+        self.num_val = min(num_val, self._val_windows) if num_val else self._val_windows
+        self.tokens = self.stream
+
+    def val_starts(self) -> np.ndarray:
+        if not self.val_fraction:
+            return np.arange(self.num_train, self.num_train + self.num_val)
+        # Spread over the whole tail: a capped validation set samples all of it.
+        return self.train_end + np.arange(self.num_val, dtype=np.int64) * self._val_windows // self.num_val
+
+    def _prompt(self, length: int = 6) -> str:
+        """The text's first tokens (6 characters, or 2 words), up to any ``<unk>``: what the command line
+        shows the model continue."""
+        ids = self.stream[: length if self.vocab.kind == "char" else 2]
+        unk = np.flatnonzero(ids == self.vocab.unk)
+        ids = ids[: unk[0]] if len(unk) else ids
+        if not len(ids):
+            ids = [i for i, t in enumerate(self.vocab.idx_to_token) if t != "<unk>"][:1]
+        return self.vocab.decode(ids)
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike | None, config: Config, **kwargs) -> Corpus:
+        """The corpus ``config`` asks for; a vocabulary too large for this machine's memory at its batch
+        shape is a ``DataError`` before anything is written."""
+        def check_vocab(size: int) -> None:
+            try:
+                check_memory(config, size, 1)
+            except ValueError:
+                check_memory(config, 0, 1)       # the batch alone is too large: start.plan says so
+                raise DataError(
+                    f"The vocabulary of {size:,} {config.token}s is too large for this machine's memory at "
+                    f"--batch-size {config.batch_size} x --num-steps {config.num_steps}: raise --min-freq"
+                    f"{', train on characters (--token char)' if config.token == 'word' else ''} or use a "
+                    "smaller batch.") from None
+        return cls(path, config.batch_size, config.num_steps, token=config.token,
+                   preprocess=config.preprocess, min_freq=config.min_freq, val_fraction=config.val_fraction,
+                   num_train=config.num_train, num_val=config.num_val, steps_per_epoch=config.steps_per_epoch,
+                   seed=config.seed, check_vocab=check_vocab, **kwargs)
+
+
+def load(config: Config, text: str | os.PathLike | None = None, data: str | os.PathLike | None = None
+         ) -> WindowedText:
+    """The data ``config`` trains on: the file ``text`` (``Corpus``), else The Time Machine (``data``,
+    SHA-1 checked): d2l's ``TimeMachine`` for d2l's tokens and split, a ``Corpus`` of it for others."""
+    if text is not None:
+        return Corpus.from_config(text, config)
+    d2l = (config.token, config.preprocess, config.val_fraction) == ("char", "d2l", 0.0)
+    if d2l and config.min_freq <= 1:
+        return TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val, path=data,
+                           seed=config.seed, steps_per_epoch=config.steps_per_epoch)
+    return Corpus.from_config(timemachine_path(data), config)

@@ -1,0 +1,215 @@
+import os
+
+import numpy as np
+import pytest
+
+from conftest import TINY
+
+from rnnjax import checkpoint, corpus, data
+from rnnjax.checkpoint import CheckpointError
+from rnnjax.corpus import Corpus
+from rnnjax.data import DataError, TimeMachine
+from rnnjax.train import fit
+from rnnjax.vocab import Vocab
+
+# A text's own settings, capped to the tiny preset's windows: seconds to train.
+TEXT = TINY.replace(preprocess="raw", val_fraction=0.1, epochs=2)
+WORDS = ["Ωmega", "ÆON", "42", "X-7", "Zürich.", "çà", "ñandú,", "Éclair!", "日本", "the"]
+
+
+def other_alphabet(num_words: int = 1500, seed: int = 0) -> str:
+    """Digits, upper case, punctuation and non-ASCII letters, in lines of words."""
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(WORDS), num_words, p=np.arange(len(WORDS), 0, -1) / 55)
+    return "".join(WORDS[i] + ("\n" if k % 9 == 8 else " ") for k, i in enumerate(picks))
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "other.txt"
+    path.write_text(other_alphabet(), encoding="utf-8")
+    return path
+
+
+def cache_entries():
+    root = data.cache_dir() / "corpus"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+# --- tokens -----------------------------------------------------------------------
+
+def test_d2l_preprocessing_in_numpy_is_the_regex():
+    text = "  It's 1895: the Time-Traveller!\n\nÉtonnant, n'est-ce pas?  " + other_alphabet(300) + "end."
+    for chunk in (3, 7, 1 << 22):                      # runs of non-letters across chunk boundaries
+        codes = corpus.char_codes(text, "d2l", chunk)
+        assert codes.tobytes().decode("utf-32-le") == data.preprocess(text)
+        assert corpus.char_codes(text, "raw", chunk).tobytes().decode("utf-32-le") == text
+
+
+def test_words_split_at_any_whitespace_across_chunks():
+    text = "a\u3000b\xa0c\td\n\ne  " + other_alphabet(300)
+    for chunk in (1, 5, 1 << 22):
+        ids, words = corpus.word_ids(text, "raw", chunk)
+        assert [words[i] for i in ids] == text.split()
+        ids, words = corpus.word_ids(text, "d2l", chunk)
+        assert [words[i] for i in ids] == data.preprocess(text).split()
+
+
+def test_characters_of_another_alphabet_with_d2ls_vocabulary_of_the_training_part():
+    text = other_alphabet() + "§"                     # '§' only in the validation tail
+    c = Corpus(None, 16, 8, text=text)
+    train = text[:c.train_end]
+    assert c.train_end == int(len(text) * 0.9) and len(c.stream) == len(text)
+    assert c.vocab.idx_to_token == Vocab(list(train)).idx_to_token
+    assert {"Ω", "Æ", "4", "X", "-", "ü", ".", "日", "\n"} <= set(c.vocab.idx_to_token)
+    assert c.vocab.decode(c.stream[:c.train_end]) == train
+    assert c.stream[-1] == c.vocab.unk and "§" not in c.vocab.token_to_idx
+    assert c.vocab.source == Vocab.from_json(c.vocab.to_json()).source is not None
+
+
+def test_words_with_min_freq_are_d2ls_vocab():
+    text = other_alphabet() + " rare rare"
+    c = Corpus(None, 16, 4, text=text, token="word", min_freq=100)
+    train = text.split()[:c.train_end]
+    assert c.vocab.idx_to_token == Vocab(train, min_freq=100).idx_to_token and c.vocab.kind == "word"
+    expected = [c.vocab[w] for w in text.split()]
+    np.testing.assert_array_equal(c.stream, expected)
+    assert c.stream[-1] == c.vocab.unk and c.vocab.decode(c.stream[:3]) == " ".join(text.split()[:3])
+
+
+# --- splits -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("caps", [(0, 5000), (300, 40)])
+def test_no_window_lies_in_both_parts_and_caps_hold(caps):
+    num_train, num_val = caps
+    c = Corpus(None, 16, 8, text=other_alphabet(), num_train=num_train, num_val=num_val)
+    rows = np.concatenate([w.starts[w.mask > 0] for w in c.train_windows(epoch=1)])
+    assert sorted(rows) == list(range(c.num_train))                    # each train window once
+    assert rows.max() + c.num_steps + 1 <= c.train_end                  # inside the head
+    val = c.val_starts()
+    assert len(val) == len(set(val)) == c.num_val
+    assert val.min() == c.train_end and val.max() + c.num_steps + 1 <= len(c.tokens)
+    if num_train:
+        assert (c.num_train, c.num_val) == caps
+        assert val.max() > c.train_end + 0.9 * (len(c.tokens) - c.train_end - c.num_steps - 1) - 1   # spread
+    else:
+        assert c.num_train == c.train_end - c.num_steps
+    batch = next(c.val_batches())
+    np.testing.assert_array_equal(batch.X[0], c.tokens[val[0]:val[0] + c.num_steps])
+
+
+def test_d2ls_split_of_the_time_machine_is_the_time_machine(real_text_path):
+    config = TINY.replace(batch_size=1024, num_steps=32, num_train=10000, num_val=5000)
+    assert type(corpus.load(config, data=real_text_path)) is TimeMachine
+    tm = TimeMachine(1024, 32, path=real_text_path)
+    c = Corpus(real_text_path, 1024, 32, preprocess="d2l", val_fraction=0.0, num_train=10000, num_val=5000,
+               cache=False)
+    assert c.vocab.idx_to_token == tm.vocab.idx_to_token and c.vocab.differs(tm.vocab).startswith("the text")
+    np.testing.assert_array_equal(c.tokens, tm.tokens)
+    np.testing.assert_array_equal(np.concatenate([b.X for b in c.val_batches()]),
+                                  np.concatenate([b.X for b in tm.val_batches()]))
+    words = corpus.load(config.replace(token="word", num_train=100, num_val=50), data=real_text_path)
+    assert words.vocab.idx_to_token == Vocab(data.preprocess(tm_text(real_text_path)).split()).idx_to_token
+
+
+def tm_text(path):
+    return open(path, encoding="utf-8").read()
+
+
+# --- bad text: one sentence, nothing written --------------------------------------
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "is empty"),
+    (b"PK\x03\x04\x00\x00binary", "looks binary"),
+    ("café crème".encode("latin-1"), "not UTF-8 text .byte 0xe9 at offset 3"),
+    (b"too short", "makes 9 tokens .* too few for a training window and a validation window"),
+])
+def test_bad_text_is_one_sentence_and_nothing_is_cached(tmp_path, content, match):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    before = cache_entries()
+    with pytest.raises(DataError, match=match) as e:
+        Corpus.from_config(path, TEXT)
+    assert str(e.value).count(". ") == 0 and str(e.value).endswith(".")
+    assert cache_entries() == before
+
+
+def test_missing_file_or_a_folder(tmp_path):
+    with pytest.raises(DataError, match="No such file"):
+        Corpus.from_config(tmp_path / "nope.txt", TEXT)
+    with pytest.raises(DataError, match="is a directory"):
+        Corpus.from_config(tmp_path, TEXT)
+
+
+def test_a_vocabulary_too_large_for_memory_is_named(text_file, monkeypatch):
+    words = " ".join(f"w{i}" for i in range(4000))
+    text_file.write_text(words)
+    sysconf = os.sysconf
+    memory = 16 * 8 * (64 * 16 + 2000 * 16)           # the batch fits; 4000 words' logits do not
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_PAGE_SIZE" else
+                        memory if name == "SC_PHYS_PAGES" else sysconf(name))
+    before = cache_entries()
+    with pytest.raises(DataError, match=r"vocabulary of 3,601 words .* raise --min-freq, train on char"):
+        Corpus.from_config(text_file, TEXT.replace(token="word"))
+    assert cache_entries() == before
+    Corpus.from_config(text_file, TEXT)                # 12 characters fit
+
+
+# --- the cache --------------------------------------------------------------------
+
+def test_cache_hit_skips_tokenizing_and_is_keyed_by_text_and_options(text_file, monkeypatch):
+    first = Corpus.from_config(text_file, TEXT)
+    assert not first.cache_hit
+    entry = data.cache_dir() / "corpus" / cache_entries()[-1]
+    assert sorted(p.name for p in entry.iterdir()) == ["tokens.npy", "vocab.json"]
+
+    def no_tokenizing(*args):
+        raise AssertionError("tokenized again")
+    monkeypatch.setattr(corpus, "tokenize", no_tokenizing)
+    again = Corpus.from_config(text_file, TEXT.replace(num_steps=4, num_train=10))
+    assert again.cache_hit and again.vocab == first.vocab
+    np.testing.assert_array_equal(again.stream, first.stream)
+    monkeypatch.undo()
+    assert not Corpus.from_config(text_file, TEXT.replace(token="word")).cache_hit
+    text_file.write_text(other_alphabet(seed=1))
+    changed = Corpus.from_config(text_file, TEXT)
+    assert not changed.cache_hit and changed.vocab.source != first.vocab.source
+
+
+# --- training on it ---------------------------------------------------------------
+
+def test_train_resume_restore_without_the_file_and_generate(text_file, tmp_path):
+    c = Corpus.from_config(text_file, TEXT)
+    straight = fit(TEXT, c, tmp_path / "straight", devices=1, log=None)
+    fit(TEXT.replace(epochs=1), c, tmp_path / "run", devices=1, log=None)
+    resumed = fit(TEXT, Corpus.from_config(text_file, TEXT), tmp_path / "run", devices=1, log=None)
+    assert [r["val_ppl"] for r in resumed.history] == [r["val_ppl"] for r in straight.history]
+    text_file.write_text(other_alphabet(seed=2))
+    other = Corpus.from_config(text_file, TEXT)
+    with pytest.raises(CheckpointError, match=r"trained on the text of SHA-1 \w+ \(the data given is the"):
+        fit(TEXT.replace(epochs=3), other, tmp_path / "run", devices=1, log=None)
+    text_file.unlink()
+    restored = checkpoint.restore(tmp_path / "run")
+    assert restored.vocab == c.vocab and restored.config == TEXT
+    out = restored.predict("Ωmega 4", 30)
+    assert out.startswith("Ωmega 4") and len(out) == 37 and set(out) <= set(c.vocab.idx_to_token)
+
+
+def test_words_train_restore_and_generate_joined_by_spaces(text_file, tmp_path):
+    config = TEXT.replace(token="word", num_steps=4)
+    c = Corpus.from_config(text_file, config)
+    fit(config, c, tmp_path, devices=1, log=None)
+    restored = checkpoint.restore(tmp_path)
+    assert restored.vocab.kind == "word" and restored.vocab == c.vocab
+    out = restored.predict("Zürich. 日本", 6, temperature=1.0)
+    words = out.split(" ")
+    assert words[:2] == ["Zürich.", "日本"] and len(words) == 8 and set(words) <= set(WORDS) | {"<unk>"}
+    with pytest.raises(ValueError, match=r"words outside the vocabulary: \['Zurich'\]"):
+        restored.predict("Zurich", 3)
+
+
+def test_steps_per_epoch_sets_the_epoch(text_file, tmp_path):
+    config = TEXT.replace(steps_per_epoch=3, num_train=0)
+    c = Corpus.from_config(text_file, config)
+    result = fit(config, c, tmp_path, devices=1, log=None)
+    assert int(result.state.step) == 6 and [r["step"] for r in result.history] == [3, 6]
