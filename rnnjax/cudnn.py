@@ -44,7 +44,8 @@ def describe(rnn) -> str:
 class CudnnRNNLM(RNNLM):
     """``RNNLM`` (of ``LSTMCell``s, one direction) whose ``loss`` runs cuDNN's LSTM; params are RNNLM's."""
 
-    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False) -> tuple[Array, Array]:
+    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False
+             ) -> tuple[Array, Array, Array]:
         if self.is_initializing():
             return super().loss(X_BxT, Y_BxT, weights_B)
         params = self.variables["params"]
@@ -63,9 +64,10 @@ class CudnnRNNLM(RNNLM):
         else:
             outputs_BxTxH = lstm(x_BxTxI, pack(layer_params), H, num_layers)
         dense = params["output_layer"]
-        loss_sum = dense_cross_entropy(outputs_BxTxH.reshape(B * T, H), dense["kernel"], dense["bias"],
-                                       Y_BxT.reshape(-1), jnp.repeat(weights_B, T))
-        return loss_sum, jnp.sum(weights_B) * T
+        objective_sum, ce_sum = dense_cross_entropy(outputs_BxTxH.reshape(B * T, H), dense["kernel"],
+                                                    dense["bias"], Y_BxT.reshape(-1),
+                                                    jnp.repeat(weights_B, T))
+        return objective_sum, jnp.sum(weights_B) * T, ce_sum
 
 
 def cudnn_forward(x_BxTxI: Array, weights: Array, hidden_size: int, num_layers: int) -> tuple[Array, tuple]:

@@ -31,6 +31,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from rnnjax import objective
 from rnnjax.cells import NONLINEARITIES, OneHot
 from rnnjax.model import RNN, RNNLM, SimpleRNNCell
 from rnnjax.precision import dot
@@ -54,7 +55,8 @@ def describe(rnn) -> str:
 class FusedRNNLM(RNNLM):
     """``RNNLM`` whose ``loss`` is one fused op; everything else, parameters included, is RNNLM's."""
 
-    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False) -> tuple[Array, Array]:
+    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False
+             ) -> tuple[Array, Array, Array]:
         if self.is_initializing():
             return super().loss(X_BxT, Y_BxT, weights_B)
         params = self.variables["params"]
@@ -67,14 +69,15 @@ class FusedRNNLM(RNNLM):
             # The bias goes into the table, not onto every gathered row: its
             # gradient then sums V rows instead of T*B.
             XW_TxBxH = (cell["W_xh"] + cell["b_h"])[X_BxT.T]
-            loss_sum = _recurrence_dense_ce(cell["W_hh"], XW_TxBxH, dense["kernel"], dense["bias"], labels_N,
-                                            weights_N, self.rnn.unroll, self.rnn.cell.nonlinearity,
-                                            jnp.dtype(self.rnn.cell.dtype), dtype)
+            objective_sum, ce_sum = _recurrence_dense_ce(
+                cell["W_hh"], XW_TxBxH, dense["kernel"], dense["bias"], labels_N, weights_N, self.rnn.unroll,
+                self.rnn.cell.nonlinearity, jnp.dtype(self.rnn.cell.dtype), dtype)
+            ce_sum = jax.lax.stop_gradient(ce_sum)     # measured, not differentiated: its backward ignores it
         else:   # any other layer: its own scan under autodiff, then the fused output layer
             outputs_TxBxH, _ = self.rnn(OneHot(X_BxT.T, self.vocab_size), None, train)
-            loss_sum = dense_cross_entropy(outputs_TxBxH.reshape(T * B, -1), dense["kernel"], dense["bias"],
-                                           labels_N, weights_N, dtype)
-        return loss_sum, jnp.sum(weights_B) * T
+            objective_sum, ce_sum = dense_cross_entropy(outputs_TxBxH.reshape(T * B, -1), dense["kernel"],
+                                                        dense["bias"], labels_N, weights_N, dtype)
+        return objective_sum, jnp.sum(weights_B) * T, ce_sum
 
 
 def _recurrence(W_hh: Array, H_BxH: Array, XW_BxH: Array, nonlinearity: str, dtype) -> Array:
@@ -172,48 +175,68 @@ def _pad_vocab(x: Array, value: float = 0.0) -> Array:
     return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)], constant_values=value)
 
 
-def _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype) -> tuple[Array, Array]:
-    """``(sum_n weights_N[n] * CE(H_NxH[n] @ W_HxV + b_V, labels_N[n]), the softmax (N, padded V))``.
+def _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype) -> tuple[Array, Array, Array]:
+    """``(objective sum, cross-entropy sum, the softmax (N, padded V))`` of the logits
+    ``H_NxH @ W_HxV + b_V``: sums over n of ``weights_N[n]`` times the cross-entropy against
+    ``rnnjax.objective.targets`` and against the label ``labels_N[n]``.
 
     The softmax is kept, so the backward is one elementwise pass and two matmuls.
     """
+    V = W_HxV.shape[1]
     logits_NxP = dot(H_NxH, _pad_vocab(W_HxV), dtype) + _pad_vocab(b_V, -jnp.inf)
     m_Nx1 = jnp.max(logits_NxP, axis=-1, keepdims=True)
     e_NxP = jnp.exp(logits_NxP - m_Nx1)
     s_Nx1 = jnp.sum(e_NxP, axis=-1, keepdims=True)
+    logsumexp_N = jnp.log(s_Nx1[:, 0]) + m_Nx1[:, 0]
     picked_N = jnp.take_along_axis(logits_NxP, labels_N[:, None], axis=-1)[:, 0]
-    ce_N = jnp.log(s_Nx1[:, 0]) + m_Nx1[:, 0] - picked_N
-    return jnp.sum(ce_N * weights_N), e_NxP / s_Nx1
+    # Targets sum to 1: their cross-entropy is logsumexp - <targets, logits>, over the real vocabulary
+    # only (the padding's logits are -inf).
+    objective_N = logsumexp_N - jnp.sum(objective.targets(labels_N, V) * logits_NxP[:, :V], axis=-1)
+    return (jnp.sum(objective_N * weights_N), jnp.sum((logsumexp_N - picked_N) * weights_N),
+            e_NxP / s_Nx1)
+
+
+def dense_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype=jnp.float32) -> tuple[Array, Array]:
+    """The output layer and the loss as one op, for the outputs of any recurrent stack; matmuls in ``dtype``.
+
+    Returns ``(objective sum, cross-entropy sum)`` over n, each term weighted by
+    ``weights_N[n]``, of the logits ``H_NxH[n] @ W_HxV + b_V``: against
+    ``rnnjax.objective.targets`` (differentiated) and against ``labels_N[n]``
+    (measured: no gradient flows from it).
+    """
+    objective_sum, ce_sum = _dense_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype)
+    return objective_sum, jax.lax.stop_gradient(ce_sum)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def dense_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype=jnp.float32) -> Array:
-    """``sum_n weights_N[n] * CE(H_NxH[n] @ W_HxV + b_V, labels_N[n])``: the output layer and the
-    cross-entropy as one op, for the outputs of any recurrent stack; matmuls in ``dtype``."""
-    return _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype)[0]
+def _dense_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype):
+    """``dense_cross_entropy``'s two sums; the backward is the objective's (the cross-entropy's cotangent
+    is ignored: every caller stops its gradient)."""
+    return _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype)[:2]
 
 
 def _dense_cross_entropy_fwd(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype):
-    loss_sum, p_NxP = _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype)
-    return loss_sum, (H_NxH, W_HxV, p_NxP, labels_N, weights_N)
+    objective_sum, ce_sum, p_NxP = _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype)
+    return (objective_sum, ce_sum), (H_NxH, W_HxV, p_NxP, labels_N, weights_N)
 
 
 def _dense_cross_entropy_bwd(dtype, residuals, g):
     H_NxH, W_HxV, p_NxP, labels_N, weights_N = residuals
     V = W_HxV.shape[1]
-    dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g)
+    dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g[0], V)
     return (dot(dlogits_NxP, _pad_vocab(W_HxV).T, dtype),
             _dense_weight_gradient(H_NxH, dlogits_NxP, dtype)[:, :V], jnp.sum(dlogits_NxP, axis=0)[:V], None,
             None)
 
 
-dense_cross_entropy.defvjp(_dense_cross_entropy_fwd, _dense_cross_entropy_bwd)
+_dense_cross_entropy.defvjp(_dense_cross_entropy_fwd, _dense_cross_entropy_bwd)
 
 
-def _dlogits(p_NxP, labels_N, weights_N, g):
-    """The gradient of ``g * loss_sum`` w.r.t. the (padded) logits: softmax minus one-hot."""
-    one_hot = jnp.arange(p_NxP.shape[-1]) == labels_N[:, None]
-    return (p_NxP - one_hot) * (g * weights_N)[:, None]
+def _dlogits(p_NxP, labels_N, weights_N, g, vocab_size):
+    """The gradient of ``g * objective sum`` w.r.t. the (padded) logits: softmax minus the targets, which
+    holds for any targets that sum to 1 (they are 0 on the padding)."""
+    targets_NxP = _pad_vocab(objective.targets(labels_N, vocab_size))
+    return (p_NxP - targets_NxP) * (g * weights_N)[:, None]
 
 
 def _dense_weight_gradient(H_NxH, dlogits_NxP, dtype):
@@ -225,8 +248,9 @@ def _dense_weight_gradient(H_NxH, dlogits_NxP, dtype):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
 def _recurrence_dense_ce(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll, nonlinearity, dtype,
                          dense_dtype):
-    """``sum_n weights_N[n] * CE(outputs[n] @ W_HxV + b_V, labels_N[n])`` of the RNN from ``H = 0``; the
-    recurrence's matmuls in ``dtype``, the output layer's in ``dense_dtype``."""
+    """``dense_cross_entropy``'s two sums for the RNN's outputs from ``H = 0``; the recurrence's matmuls in
+    ``dtype``, the output layer's in ``dense_dtype``. The backward is the objective's (the cross-entropy's
+    cotangent is ignored: the caller stops its gradient)."""
     return _recurrence_dense_ce_fwd(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll, nonlinearity,
                                     dtype, dense_dtype)[0]
 
@@ -235,9 +259,9 @@ def _recurrence_dense_ce_fwd(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, un
                              dense_dtype):
     H0_BxH = jnp.zeros(XW_TxBxH.shape[1:], XW_TxBxH.dtype)
     outputs_TxBxH = _scan_in_place(W_hh, H0_BxH, XW_TxBxH, unroll, nonlinearity, dtype)
-    loss_sum, p_NxP = _softmax_cross_entropy(outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]), W_HxV, b_V,
-                                             labels_N, weights_N, dense_dtype)
-    return loss_sum, (W_hh, H0_BxH, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N)
+    objective_sum, ce_sum, p_NxP = _softmax_cross_entropy(outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]),
+                                                          W_HxV, b_V, labels_N, weights_N, dense_dtype)
+    return (objective_sum, ce_sum), (W_hh, H0_BxH, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N)
 
 
 def _recurrence_dense_ce_bwd(unroll, nonlinearity, dtype, dense_dtype, residuals, g):
@@ -245,7 +269,7 @@ def _recurrence_dense_ce_bwd(unroll, nonlinearity, dtype, dense_dtype, residuals
     plain matmul of the outputs it transposed for ``dW_hh``."""
     W_hh, H0_BxH, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N = residuals
     V = W_HxV.shape[1]
-    dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g)
+    dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g[0], V)
     dout_TxBxH = dot(dlogits_NxP, _pad_vocab(W_HxV).T, dense_dtype).reshape(outputs_TxBxH.shape)
     dZ_TxBxH, dW_hh, outputs_HxN = _backprop_through_time(
         W_hh, H0_BxH, outputs_TxBxH, dout_TxBxH, jnp.zeros_like(H0_BxH), nonlinearity, dtype)

@@ -59,7 +59,8 @@ def compute_dtype(cell):
 class HoistedRNNLM(RNNLM):
     """``RNNLM`` whose ``loss`` is this kernel's; everything else, parameters included, is RNNLM's."""
 
-    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False) -> tuple[Array, Array]:
+    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False
+             ) -> tuple[Array, Array, Array]:
         if self.is_initializing():
             return super().loss(X_BxT, Y_BxT, weights_B)
         params = self.variables["params"]
@@ -67,9 +68,9 @@ class HoistedRNNLM(RNNLM):
         outputs_TxBxH = self.hoisted_outputs(X_BxT.T, params["rnn"], train)
         dense = params["output_layer"]
         labels_N, weights_N = Y_BxT.T.reshape(-1), jnp.broadcast_to(weights_B, (T, B)).reshape(-1)
-        loss_sum = dense_cross_entropy(outputs_TxBxH.reshape(T * B, -1), dense["kernel"], dense["bias"],
-                                       labels_N, weights_N, jnp.dtype(self.dtype))
-        return loss_sum, jnp.sum(weights_B) * T
+        objective_sum, ce_sum = dense_cross_entropy(outputs_TxBxH.reshape(T * B, -1), dense["kernel"],
+                                                    dense["bias"], labels_N, weights_N, jnp.dtype(self.dtype))
+        return objective_sum, jnp.sum(weights_B) * T, ce_sum
 
     def hoisted_outputs(self, ids_TxB: Array, params: dict, train: bool) -> Array:
         """The recurrent layer's outputs ``(T, B, num_outputs)`` from token ids, as ``self.rnn``'s."""

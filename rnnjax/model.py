@@ -4,8 +4,9 @@ A cell (``rnnjax.cells``) is one time step. ``RNN`` scans any cell over time
 with ``nn.scan``; ``StackedRNN`` is PyTorch's ``nn.RNN``/``nn.GRU``/``nn.LSTM``
 layer (``num_layers``, ``dropout`` between layers, ``bidirectional``);
 ``RNNLM`` puts one-hot inputs in front and a Dense layer behind, and its
-``loss`` is the masked mean cross-entropy. The fast training kernel lives
-beside this file (``rnnjax.fused``) and is tested against it.
+``loss`` gives the masked sums of the objective (``rnnjax.objective``) and
+the cross-entropy. The fast training kernel lives beside this file
+(``rnnjax.fused``) and is tested against it.
 
 Shapes are time-major inside the RNN, as in d2l: inputs ``(T, B, I)``. Names
 carry shape suffixes: T steps, B batch, H hiddens, V vocabulary, I inputs.
@@ -20,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rnnjax import objective
 from rnnjax.cells import CELLS, GRUCell, LSTMCell, OneHot, SimpleRNNCell, uniform_init
 from rnnjax.precision import dot
 
@@ -170,15 +172,22 @@ class RNNLM(nn.Module):
         """The state ``forward`` starts from, for ``batch_size`` rows (what ``step`` takes first)."""
         return self.rnn.initialize_carry(batch_size, self.vocab_size)
 
-    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False) -> tuple[Array, Array]:
-        """``(sum of weights_B[b] * CE(b, t) over b and t, number of weighted tokens)``.
+    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False
+             ) -> tuple[Array, Array, Array]:
+        """``(objective sum, number of weighted tokens, cross-entropy sum)``, sums of ``weights_B[b]`` times
+        each token's value over b and t.
 
-        Padding rows have weight 0: the first over the second is the mean
-        cross-entropy over the real tokens.
+        The objective (what training differentiates) is the cross-entropy
+        against ``rnnjax.objective.targets``; the cross-entropy is against the
+        labels (what perplexity reports, carrying no gradient, as in the fused
+        kernels); the two are equal for one-hot targets. Padding rows have
+        weight 0: a sum over the count is a mean over the real tokens.
         """
         logp_BxTxV = jax.nn.log_softmax(self(X_BxT, train=train))
         ce_BxT = -jnp.take_along_axis(logp_BxTxV, Y_BxT[..., None], axis=-1)[..., 0]
-        return jnp.sum(ce_BxT * weights_B[:, None]), jnp.sum(weights_B) * X_BxT.shape[1]
+        objective_BxT = -jnp.sum(objective.targets(Y_BxT, self.vocab_size) * logp_BxTxV, axis=-1)
+        return (jnp.sum(objective_BxT * weights_B[:, None]), jnp.sum(weights_B) * X_BxT.shape[1],
+                jax.lax.stop_gradient(jnp.sum(ce_BxT * weights_B[:, None])))
 
 
 def _dense_dot(x: Array, W: Array, dimension_numbers: Any, precision: Any = None, dtype: Any = jnp.float32

@@ -48,16 +48,18 @@ def loss_path(model: RNNLM) -> str:
     return describe(model.rnn) if describe else "plain loss"
 
 
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """d2l clips gradients to global norm ``clip``, then takes an SGD step."""
-    return optax.chain(optax.clip_by_global_norm(config.clip), optax.sgd(config.lr))
+def make_optimizer(config: Config, per_run: bool = False) -> optax.GradientTransformation:
+    """d2l clips gradients to global norm ``clip``, then takes an SGD step: the one place that says so.
 
-
-def make_run_optimizer(config: Config) -> optax.GradientTransformation:
-    """``make_optimizer``'s transformation with ``clip`` and ``lr`` kept in its state, not in the function:
-    what lets runs with different values be one vmapped step (``rnnjax.runs``)."""
-    return optax.chain(optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=config.clip),
-                       optax.inject_hyperparams(optax.sgd)(learning_rate=config.lr))
+    ``per_run`` keeps ``clip`` and ``lr`` in the optimizer's state, not in the
+    function: what lets runs with different values be one vmapped step
+    (``rnnjax.runs``). The state's structure differs with it; each is what
+    checkpoints of its kind hold.
+    """
+    def transform(make):
+        return optax.inject_hyperparams(make) if per_run else make
+    return optax.chain(transform(optax.clip_by_global_norm)(max_norm=config.clip),
+                       transform(optax.sgd)(learning_rate=config.lr))
 
 
 def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
@@ -68,9 +70,9 @@ def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
         return model.init(jax.random.key(seed), jnp.zeros((1, configs[0].num_steps), jnp.int32))["params"]
     seeds = jnp.array([c.seed for c in configs], jnp.uint32)
     params = CompiledPerShape(jax.jit(jax.vmap(init)), INIT_COMPILER_OPTIONS)(seeds)
-    opt_states = [make_run_optimizer(c).init(jax.tree.map(lambda x: x[r], params))
+    opt_states = [make_optimizer(c, per_run=True).init(jax.tree.map(lambda x: x[r], params))
                   for r, c in enumerate(configs)]
-    tx = make_run_optimizer(configs[0])        # one function; each run's values are in its state
+    tx = make_optimizer(configs[0], per_run=True)        # one function; each run's values are in its state
     return TrainState(step=jnp.zeros(len(configs), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
                       opt_state=jax.tree.map(lambda *x: jnp.stack(x), *opt_states))
 
@@ -79,7 +81,7 @@ def abstract_run_states(configs: list[Config], vocab_size: int) -> TrainState:
     """The shapes and dtypes of ``create_run_states``' result, computing nothing (a restore target)."""
     def one():
         state = _train_state(configs[0], vocab_size, lambda f: f)
-        tx = make_run_optimizer(configs[0])
+        tx = make_optimizer(configs[0], per_run=True)
         return state.replace(tx=tx, opt_state=tx.init(state.params))
 
     def stacked(x):

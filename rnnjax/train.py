@@ -63,13 +63,15 @@ def _sum_over_devices(x, axis_name):
 
 def train_step(state: TrainState, batch: Batch, axis_name: str | None = None, rng: jax.Array | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on the exact mean loss over the real tokens of the global batch.
+    """One SGD step on the exact mean objective over the real tokens of the global batch.
 
-    Each device differentiates its own loss sum. One ``pmean`` averages those
-    gradients, loss sums and token counts over the devices (a single
+    Each device differentiates its own objective sum. One ``pmean`` averages those
+    gradients, cross-entropy sums and token counts over the devices (a single
     all-reduce: on a CPU each collective is a rendezvous of the device
     threads), and mean gradient sum over mean count is the gradient of the
-    global mean loss, however the padding falls on the devices.
+    global mean objective, however the padding falls on the devices. The
+    metrics' ``loss_sum`` is the cross-entropy's (``rnnjax.objective``): what
+    perplexity reports, whatever the objective.
 
     ``rng`` (a raw ``jax.random.PRNGKey``) turns dropout on: the step's key is
     it folded with ``state.step`` (and the device), so a resumed run draws the
@@ -82,10 +84,11 @@ def train_step(state: TrainState, batch: Batch, axis_name: str | None = None, rn
         rngs["dropout"] = jax.random.fold_in(key, device)
 
     def objective(params):
-        return state.apply_fn({"params": params}, batch.X, batch.Y, batch.mask, train, method="loss",
-                              rngs=rngs)
+        objective_sum, count, ce_sum = state.apply_fn({"params": params}, batch.X, batch.Y, batch.mask, train,
+                                                      method="loss", rngs=rngs)
+        return objective_sum, (ce_sum, count)
 
-    (loss_sum, count), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    (_, (loss_sum, count)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     flat_grads, unflatten = jax.flatten_util.ravel_pytree(grads)
     means = _mean_over_devices(jnp.concatenate([flat_grads, jnp.stack([loss_sum, count])]), axis_name)
     grads = unflatten(means[:-2] / means[-1])
@@ -112,8 +115,9 @@ def train_windows(state: TrainState, tokens: jax.Array, windows: Windows, axis_n
 
 
 def _loss_sums(state: TrainState, batch: Batch) -> jax.Array:
-    """``[loss_sum, count]`` of one batch on this device."""
-    return jnp.stack(state.apply_fn({"params": state.params}, batch.X, batch.Y, batch.mask, method="loss"))
+    """``[loss_sum, count]`` of one batch on this device: the cross-entropy's sum, what perplexity reports."""
+    _, count, ce_sum = state.apply_fn({"params": state.params}, batch.X, batch.Y, batch.mask, method="loss")
+    return jnp.stack([ce_sum, count])
 
 
 def eval_step(state: TrainState, batch: Batch, axis_name: str | None = None) -> dict[str, jax.Array]:

@@ -46,15 +46,15 @@ def test_packed_params_give_lstm_ref_the_plain_models_outputs_loss_and_gradients
     assert cudnn.pack(layers(model.rnn, params["rnn"])[2]).shape == (n,)
 
     def plain_loss(params):
-        loss_sum, count = model.apply({"params": params}, X, Y, WEIGHTS_B, method="loss")
+        loss_sum, count, _ = model.apply({"params": params}, X, Y, WEIGHTS_B, method="loss")
         return loss_sum / count
 
     def reference_loss(params):
         weights = cudnn.pack(layers(model.rnn, params["rnn"])[2])
         y_BxTxH = reference_outputs(jax.nn.one_hot(X, V), weights, num_layers)
         dense = params["output_layer"]
-        loss_sum = dense_cross_entropy(y_BxTxH.reshape(B * T, H), dense["kernel"], dense["bias"],
-                                       Y.reshape(-1), jnp.repeat(WEIGHTS_B, T))
+        loss_sum, _ = dense_cross_entropy(y_BxTxH.reshape(B * T, H), dense["kernel"], dense["bias"],
+                                          Y.reshape(-1), jnp.repeat(WEIGHTS_B, T))
         return loss_sum / (jnp.sum(WEIGHTS_B) * T)
 
     with jax.default_matmul_precision("highest"):
@@ -89,8 +89,8 @@ def reference_binding(monkeypatch):
 
 def value_and_grad(model, variables, X, Y, train=False, rng=None):
     def mean_loss(variables):
-        loss_sum, count = model.apply(variables, X, Y, WEIGHTS_B, train, method="loss",
-                                      rngs={"dropout": rng})
+        loss_sum, count, _ = model.apply(variables, X, Y, WEIGHTS_B, train, method="loss",
+                                         rngs={"dropout": rng})
         return loss_sum / count
     return jax.value_and_grad(mean_loss)(variables)
 

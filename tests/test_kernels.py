@@ -99,8 +99,8 @@ def test_every_kernel_that_runs_here_trains_as_the_plain_model(kernel):
 
     def value_and_grad(model):
         def mean_loss(v):
-            loss_sum, count = model.apply(v, X, X[:, ::-1], weights, True, method="loss",
-                                          rngs={"dropout": jax.random.key(2)})
+            loss_sum, count, _ = model.apply(v, X, X[:, ::-1], weights, True, method="loss",
+                                             rngs={"dropout": jax.random.key(2)})
             return loss_sum / count
         return jax.jit(jax.value_and_grad(mean_loss))(variables)
     with jax.default_matmul_precision("highest"):

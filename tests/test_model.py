@@ -131,10 +131,11 @@ def test_rnnlm_loss_equals_optax_cross_entropy():
     variables = model.init(jax.random.key(0), X)
     logits = model.apply(variables, X)
     assert logits.shape == (B, T, V)
-    loss_sum, count = model.apply(variables, X, Y, jnp.ones(B), method=RNNLM.loss)
+    loss_sum, count, ce_sum = model.apply(variables, X, Y, jnp.ones(B), method=RNNLM.loss)
     expected = optax.softmax_cross_entropy_with_integer_labels(logits, Y).mean()
     assert float(count) == B * T
     np.testing.assert_allclose(loss_sum / count, expected, rtol=1e-6)
+    np.testing.assert_allclose(ce_sum / count, expected, rtol=1e-6)
 
 
 def test_loss_weights_drop_padding_rows():
@@ -143,8 +144,8 @@ def test_loss_weights_drop_padding_rows():
     Y = jax.random.randint(jax.random.key(2), (B, T), 0, V)
     variables = model.init(jax.random.key(0), X)
     mask = jnp.array([1.0, 1.0, 0.0])
-    loss_sum, count = model.apply(variables, X, Y, mask, method=RNNLM.loss)
-    ref_sum, ref_count = model.apply(variables, X[:2], Y[:2], jnp.ones(2), method=RNNLM.loss)
+    loss_sum, count, _ = model.apply(variables, X, Y, mask, method=RNNLM.loss)
+    ref_sum, ref_count, _ = model.apply(variables, X[:2], Y[:2], jnp.ones(2), method=RNNLM.loss)
     assert float(count) == float(ref_count) == 2 * T
     np.testing.assert_allclose(loss_sum, ref_sum, rtol=1e-6)
 

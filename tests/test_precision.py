@@ -58,7 +58,7 @@ def mean_loss_and_grads(config, params, X, Y, mask):
     model = make_model(config, 12)
 
     def mean_loss(params):
-        loss_sum, count = model.apply({"params": params}, X, Y, mask, method="loss")
+        loss_sum, count, _ = model.apply({"params": params}, X, Y, mask, method="loss")
         return loss_sum / count
     return jax.jit(jax.value_and_grad(mean_loss))(params)
 

@@ -3,6 +3,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import TINY
@@ -68,3 +69,41 @@ def test_run_states_are_each_runs_own_step_zero():
         assert float(clip.hyperparams["max_norm"][r]) == config.clip
         assert float(sgd.hyperparams["learning_rate"][r]) == config.lr
     assert stacked.step.tolist() == [0, 0, 0]
+
+
+def old_optimizers(config):
+    """The two factories as they were before they became one: the structures existing checkpoints hold."""
+    single = optax.chain(optax.clip_by_global_norm(config.clip), optax.sgd(config.lr))
+    runs = optax.chain(optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=config.clip),
+                       optax.inject_hyperparams(optax.sgd)(learning_rate=config.lr))
+    return single, runs
+
+
+def test_one_optimizer_factory_keeps_each_kind_of_state_checkpoints_hold():
+    """A single run's state and many runs' are what the two old factories made (structure, values, updates),
+    and every state ``rnnjax.state`` builds, abstract ones included, has that structure."""
+    config = TINY.replace(lr=0.5, clip=2.0)
+    params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+    grads = {"w": jnp.full((2, 3), 3.0), "b": jnp.arange(3.0)}         # norm > clip: clipped
+    updates = []
+    for per_run, old in zip((False, True), old_optimizers(config), strict=True):
+        tx = state.make_optimizer(config, per_run=per_run)
+        new_state, old_state = tx.init(params), old.init(params)
+        assert jax.tree.structure(new_state) == jax.tree.structure(old_state)
+        for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(old_state), strict=True):
+            np.testing.assert_array_equal(a, b)
+        new_updates = tx.update(grads, new_state, params)[0]
+        old_updates = old.update(grads, old_state, params)[0]
+        for a, b in zip(jax.tree.leaves(new_updates), jax.tree.leaves(old_updates), strict=True):
+            np.testing.assert_array_equal(a, b)
+        updates.append(new_updates)
+    for a, b in zip(*map(jax.tree.leaves, updates), strict=True):      # the same math either way
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+    params = create_train_state(config, 28).params
+    single, runs = (jax.tree.structure(old.init(params)) for old in old_optimizers(config))
+    configs = [config, config.replace(seed=1)]
+    assert jax.tree.structure(create_train_state(config, 28).opt_state) == single
+    assert jax.tree.structure(abstract_train_state(config, 28).opt_state) == single
+    assert jax.tree.structure(state.create_run_states(configs, 28).opt_state) == runs
+    assert jax.tree.structure(state.abstract_run_states(configs, 28).opt_state) == runs
