@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from rnnjax.cells import CELLS, GRUCell, LSTMCell, OneHot, SimpleRNNCell, uniform_init
 
-__all__ = ["CELLS", "GRUCell", "LSTMCell", "OneHot", "RNN", "RNNLM", "SimpleRNNCell", "StackedRNN",
+__all__ = ["CELLS", "GRUCell", "LSTMCell", "Linear", "OneHot", "RNN", "RNNLM", "SimpleRNNCell", "StackedRNN",
            "uniform_init"]
 
 Array = jax.Array
@@ -32,8 +32,10 @@ class RNN(nn.Module):
     """A cell scanned over time (``nn.scan``, params broadcast over the steps).
 
     ``__call__(inputs (T, B, I) or OneHot (T, B), carry=None)`` returns
-    ``(outputs (T, B, num_hiddens), final carry)``, as d2l's ``RNN`` does; the
-    carry starts from the cell's ``initialize_carry``. ``reverse`` runs from the
+    ``(outputs (T, B, H), final carry)``, as d2l's ``RNN`` does; the carry
+    starts from the cell's ``initialize_carry``. A ``OneHot`` input reaches the
+    cell as is if it declares ``accepts_one_hot`` (rnnjax's cells), else as
+    float one-hot vectors (flax's cells, yours). ``reverse`` runs from the
     last step to the first (outputs stay in time order); ``unroll`` is the
     scan's unroll factor. ``remat`` keeps only each step's matmul outputs for
     the backward pass, which recomputes the cell's elementwise ops from them
@@ -48,6 +50,7 @@ class RNN(nn.Module):
                  ) -> tuple[Array, Carry]:
         if carry is None:
             carry = self.cell.initialize_carry(jax.random.key(0), inputs.shape[1:])
+        inputs = self._cell_input(inputs)
 
         def body(cell, carry, x):
             return cell(carry, x)
@@ -61,15 +64,16 @@ class RNN(nn.Module):
 
     def step(self, carry: Carry, x: Array | OneHot) -> tuple[Carry, Array]:
         """One time step: what generation feeds back."""
-        return self.cell(carry, x)
+        return self.cell(carry, self._cell_input(x))
+
+    def _cell_input(self, x: Array | OneHot) -> Array | OneHot:
+        if isinstance(x, OneHot) and not getattr(self.cell, "accepts_one_hot", False):
+            return x.dense(getattr(self.cell, "dtype", None) or jnp.float32)
+        return x
 
     @nn.nowrap
     def initialize_carry(self, batch_size: int, input_size: int) -> Carry:
         return self.cell.initialize_carry(jax.random.key(0), (batch_size, input_size))
-
-    @property
-    def num_outputs(self) -> int:
-        return self.cell.num_hiddens
 
 
 class StackedRNN(nn.Module):
@@ -95,10 +99,6 @@ class StackedRNN(nn.Module):
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
-
-    @property
-    def num_outputs(self) -> int:
-        return self.cell.num_hiddens * self.num_directions
 
     def __call__(self, inputs: Array | OneHot, carries: tuple | None = None, train: bool = False
                  ) -> tuple[Array, tuple]:
@@ -133,6 +133,19 @@ class StackedRNN(nn.Module):
         return (carry,) * (self.num_layers * self.num_directions)
 
 
+class Linear(nn.Module):
+    """PyTorch's ``nn.Linear``: ``nn.Dense``'s parameters (``kernel (I, O)``, ``bias (O)``), both drawn
+    from U(-1/sqrt(I), 1/sqrt(I)) with ``I`` read from the input: no cell is asked its width."""
+    features: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        init = uniform_init(x.shape[-1])
+        kernel = self.param("kernel", init, (x.shape[-1], self.features))
+        bias = self.param("bias", init, (self.features,))
+        return x @ kernel + bias
+
+
 class RNNLM(nn.Module):
     """d2l's ``RNNLM``: one-hot inputs, the recurrent layer (``RNN`` or ``StackedRNN``), a Dense layer.
 
@@ -143,8 +156,7 @@ class RNNLM(nn.Module):
     vocab_size: int
 
     def setup(self):
-        init = uniform_init(self.rnn.num_outputs)
-        self.output_layer = nn.Dense(self.vocab_size, kernel_init=init, bias_init=init)
+        self.output_layer = Linear(self.vocab_size)
 
     def __call__(self, X_BxT: Array, carry: Carry | None = None, train: bool = False) -> Array:
         return self.forward(X_BxT, carry, train)[0]
