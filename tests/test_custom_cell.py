@@ -119,7 +119,8 @@ def test_a_foreign_cell_in_the_model_is_flax_s_nn_rnn_over_one_hot_vectors(name)
 
 
 @pytest.mark.parametrize("name", list(FOREIGN))
-def test_a_foreign_cell_trains_resumes_exactly_restores_and_generates(name, small_data, tmp_path, monkeypatch):
+def test_a_foreign_cell_trains_resumes_exactly_restores_and_generates(name, small_data, tmp_path,
+                                                                      monkeypatch):
     monkeypatch.setitem(model_lib.CELLS, name, FOREIGN[name])
     config = TINY.replace(cell=name, epochs=1, num_train=100)
     straight = fit(config.replace(epochs=2), small_data, tmp_path / "straight", devices=1, log=None)
