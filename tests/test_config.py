@@ -52,6 +52,7 @@ def test_json_round_trip_and_old_checkpoints_without_new_fields():
     ({"num_steps": 2.5}, "--num-steps must be a int"),
     ({"bidirectional": 1}, "--bidirectional must be a bool"),
     ({"kernel": "cudnn9"}, "--kernel must be one of auto, plain, fused"),
+    ({"dropout": 0.5}, "--dropout 0.5 acts between stacked layers, and --num-layers 1 has none"),
 ])
 def test_bad_values_are_one_sentence(change, message):
     with pytest.raises(ConfigError, match=message):
