@@ -14,7 +14,7 @@ Adam on one-step and 64-step free-running errors). What held at every seed
 and CPU measured (README): one to four steps ahead both are near the noise's
 MSE of 0.04 (0.045-0.058); at 16 and 64 steps the RNN is worse than the
 linear model; fed its own predictions from t = 604 on, the RNN's errors are
-two to five times the linear model's, which decays to zero: 600 training
+two to five times the linear model's, which decays toward zero: 600 training
 values are one period of the sine, too little to learn an oscillator from
 (2-16 hidden units, 50-100 epochs or a 128-step horizon did no better at
 seed 0). Writes ``sine-onestep.png``, ``sine-multistep.png``,
