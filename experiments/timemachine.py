@@ -171,8 +171,6 @@ def predict_only(args: argparse.Namespace) -> None:
         sampling = {"temperature": args.temperature, "top_k": args.top_k,
                     "key": jax.random.PRNGKey(args.seed[0] if args.seed is not None else 0)}
     restored = checkpoint.restore(args.workdir, best=args.best, run=args.run)
-    # stderr: stdout is the text alone, for pipes.
-    print(f"from {args.workdir}: {describe_checkpoint(restored)}", file=sys.stderr)
     # The model comes from the checkpoint; flags that say otherwise are a mistake worth naming.
     requested = {k: v[0] if k in config_lib.SWEEPABLE and len(v) == 1 else v
                  for k, v in config_lib.given(args).items() if not (args.sample and k == "seed")}
@@ -181,7 +179,10 @@ def predict_only(args: argparse.Namespace) -> None:
     if differ:
         raise checkpoint.CheckpointError(f"The checkpoint in {args.workdir} is a different model: "
                                          f"{'; '.join(differ)}.")
-    print(restored.predict(args.predict, args.num_preds, **sampling))
+    text = restored.predict(args.predict, args.num_preds, **sampling)
+    # stderr: stdout is the text alone, for pipes.
+    print(f"from {args.workdir}: {describe_checkpoint(restored)}", file=sys.stderr)
+    print(text)
 
 
 def describe_checkpoint(restored: checkpoint.Restored) -> str:

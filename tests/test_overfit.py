@@ -6,6 +6,7 @@ from experiments import overfit
 from rnnjax import metrics
 
 
+@pytest.mark.slow
 def test_train_perplexity_falls_while_validation_turns_and_rises(real_text_path, tmp_path, capsys):
     """The preset's first 20 epochs: enough for the turn (the full 60 are in the docstring)."""
     assert overfit.main(["--data", real_text_path, "--workdir", str(tmp_path), "--epochs", "20",

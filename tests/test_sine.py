@@ -23,6 +23,7 @@ def test_data_and_windows_are_d2ls(data):
     assert abs(noise.std() - 0.2) < 0.02 and abs(noise.mean()) < 0.03
 
 
+@pytest.mark.slow
 def test_one_step_ahead_of_the_k_step_predictions_is_the_one_step_prediction(data):
     """For both models: column tau of the k-step table is what the one-step predictions say."""
     x_T, features, labels = data
@@ -41,6 +42,7 @@ def test_one_step_ahead_of_the_k_step_predictions_is_the_one_step_prediction(dat
     assert sine.errors(lin, x_T)["onestep_test"] < 0.06
 
 
+@pytest.mark.slow
 def test_the_experiment_writes_figures_and_the_error_table_over_seeds(tmp_path, capsys):
     assert sine.main(["--workdir", str(tmp_path), "--rnn-epochs", "1", "--seeds", "0,1"]) == 0
     for name in ("onestep", "multistep", "ksteps"):

@@ -85,6 +85,7 @@ def test_the_default_workdir_is_named_by_what_the_flags_change():
     assert timemachine.default_workdir("d2l", [Config(seed=0), Config(seed=1)]) not in (named, "runs/d2l")
 
 
+@pytest.mark.slow
 def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_path, capsys, monkeypatch):
     """With no --workdir: the same command resumes (the default workdir is named by the settings)."""
     monkeypatch.chdir(tmp_path)
@@ -140,6 +141,7 @@ def test_bad_arguments_are_one_line_and_write_nothing(real_text_path, tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp_path, capsys):
     workdir = tmp_path / "runs"
     args = ["--data", real_text_path, "--workdir", str(workdir), "--preset", "tiny", "--epochs", "1",
@@ -159,6 +161,7 @@ def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp
     assert "choose one with run=K (--run K)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_names_a_run_that_stopped_and_finishes_the_others(real_text_path, tmp_path, capsys):
     workdir = str(tmp_path / "runs")
     assert timemachine.main(["--data", real_text_path, "--workdir", workdir, "--preset", "tiny", "--epochs",

@@ -188,7 +188,8 @@ FAMILY = {"gru": SMALL.replace(cell="gru", epochs=1), "lstm": SMALL.replace(cell
           "deep gru, dropout": SMALL.replace(cell="gru", num_layers=2, dropout=0.3, epochs=1)}
 
 
-@pytest.mark.parametrize("name", list(FAMILY))
+@pytest.mark.parametrize("name", ["gru", pytest.param("lstm", marks=pytest.mark.slow),
+                                  pytest.param("deep gru, dropout", marks=pytest.mark.slow)])
 def test_every_cell_and_depth_trains_resumes_exactly_and_restores(name, small_data, tmp_path):
     from rnnjax import checkpoint
     config = FAMILY[name]
@@ -208,6 +209,7 @@ def test_every_cell_and_depth_trains_resumes_exactly_and_restores(name, small_da
     assert run.predict("the", 12) == predict(model, straight.state.params, small_data.vocab, "the", 12)
 
 
+@pytest.mark.slow
 def test_dropout_changes_training_and_is_off_for_validation(small_data, tmp_path):
     config = SMALL.replace(cell="gru", num_layers=2, epochs=1)
     without = fit(config, small_data, tmp_path / "a", devices=1, log=None)
