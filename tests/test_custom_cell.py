@@ -107,12 +107,13 @@ def test_a_foreign_cell_in_the_model_is_flax_s_nn_rnn_over_one_hot_vectors(name)
     """The reference: flax's own ``nn.RNN`` (batch-major) over float one-hot vectors, the same weights."""
     V, X_BxT = 6, jax.random.randint(jax.random.key(0), (3, 5), 0, 6)
     lm = RNNLM(StackedRNN(FOREIGN[name](4), num_layers=2), V)
-    params = lm.init(jax.random.key(1), X_BxT)["params"]
+    params = jax.jit(lm.init)(jax.random.key(1), X_BxT)["params"]
     x = jax.nn.one_hot(X_BxT, V)
     for k in range(2):
-        x = nn.RNN(FOREIGN[name](4)).apply({"params": {"cell": params["rnn"][f"layers_{k}"]["cell"]}}, x)
+        layer = {"params": {"cell": params["rnn"][f"layers_{k}"]["cell"]}}
+        x = jax.jit(nn.RNN(FOREIGN[name](4)).apply)(layer, x)
     out = params["output_layer"]
-    np.testing.assert_allclose(lm.apply({"params": params}, X_BxT), x @ out["kernel"] + out["bias"],
+    np.testing.assert_allclose(jax.jit(lm.apply)({"params": params}, X_BxT), x @ out["kernel"] + out["bias"],
                                rtol=1e-5, atol=1e-6)
     bound = 1 / 4 ** 0.5          # PyTorch's nn.Linear init, its fan-in read from the cells' outputs
     assert out["kernel"].shape == (4, V) and float(jnp.abs(out["kernel"]).max()) <= bound
@@ -143,6 +144,7 @@ def test_a_foreign_cell_trains_resumes_exactly_restores_and_generates(name, smal
     assert len(sampled) == 15 and sampled.startswith("the")
 
 
+@pytest.mark.slow
 def test_a_new_cell_trains_checkpoints_restores_and_generates(small_data, tmp_path, monkeypatch):
     monkeypatch.setitem(model_lib.CELLS, "leaky", LeakyCell)
     config = TINY.replace(cell="leaky", epochs=4)

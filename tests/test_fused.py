@@ -91,7 +91,8 @@ def test_make_model_fuses_the_loss_unless_told_not_to(config, recurrence_too):
 
 # Every cell at depths 1-3, dropout on in training where there are layers for it.
 FAMILY = [(GRUCell, 1, 0.0), pytest.param(GRUCell, 2, 0.3, marks=pytest.mark.slow),
-          pytest.param(GRUCell, 3, 0.0, marks=pytest.mark.slow), (LSTMCell, 1, 0.0),
+          pytest.param(GRUCell, 3, 0.0, marks=pytest.mark.slow),
+          pytest.param(LSTMCell, 1, 0.0, marks=pytest.mark.slow),
           pytest.param(LSTMCell, 2, 0.0, marks=pytest.mark.slow),
           pytest.param(LSTMCell, 3, 0.3, marks=pytest.mark.slow),
           pytest.param(SimpleRNNCell, 2, 0.3, marks=pytest.mark.slow),

@@ -188,8 +188,8 @@ FAMILY = {"gru": SMALL.replace(cell="gru", epochs=1), "lstm": SMALL.replace(cell
           "deep gru, dropout": SMALL.replace(cell="gru", num_layers=2, dropout=0.3, epochs=1)}
 
 
-@pytest.mark.parametrize("name", ["gru", pytest.param("lstm", marks=pytest.mark.slow),
-                                  pytest.param("deep gru, dropout", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FAMILY))
 def test_every_cell_and_depth_trains_resumes_exactly_and_restores(name, small_data, tmp_path):
     from rnnjax import checkpoint
     config = FAMILY[name]
