@@ -5,8 +5,9 @@ Command (d2l's recipe, ``rnnjax.config.PRESETS['d2l']``)::
     python -m experiments.timemachine --data ../shared/data/timemachine.txt
 
 Expected: 10-17 s on a 2-core CPU, compilation included; final train
-perplexity about 5.9-6.0, validation 7.2-7.4, and ``predict('it has', 20)``
-turns from noise into words (the README's results table).
+perplexity 5.87-6.00, validation 7.20-7.43 (by seed, CPU and device count:
+the README's results table), and ``predict('it has', 20)`` turns from noise
+into words.
 
 It says first what it does (new or resumed, devices, loss path, workdir),
 then writes to ``--workdir`` (default ``runs/<preset>``, or
