@@ -17,21 +17,23 @@ shows both curves; ``metrics.jsonl`` has them by epoch.
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
 
 from experiments import timemachine
-from rnnjax import metrics
+from rnnjax import config as config_lib, metrics
+
+OPTIONS = dict(prog="python -m experiments.overfit", preset="overfit", description=__doc__.split("\n")[0])
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a == "--workdir" or a.startswith("--workdir=") for a in argv):
-        argv += ["--workdir", str(Path("runs") / time.strftime("overfit-%Y%m%d-%H%M%S"))]
-    status = timemachine.main(["--preset", "overfit", *argv])
-    workdir = Path(timemachine.parse_args(argv).workdir) if status == 0 else None
-    if workdir is None or "--predict" in argv:
+    status = timemachine.main(argv, **OPTIONS)
+    if status != 0:
         return status
+    args = timemachine.parse_args(argv, **OPTIONS)
+    if args.predict is not None:
+        return status
+    configs = config_lib.sweep_from_flags(args)
+    workdir = args.workdir or timemachine.default_workdir(args.preset, configs, args.text)
     records = metrics.MetricsLog(workdir / metrics.FILENAME).read()
     best = min(records, key=lambda r: r["val_ppl"])
     last = records[-1]

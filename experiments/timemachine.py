@@ -5,16 +5,19 @@ Command (d2l's recipe, ``rnnjax.config.PRESETS['d2l']``)::
     python -m experiments.timemachine --data ../shared/data/timemachine.txt
 
 Expected: 10-17 s on a 2-core CPU, compilation included; final train
-perplexity about 5.9-6.0, validation 7.2-7.4, and ``predict('it has', 20)``
-turns from noise into words (the README's results table).
+perplexity 5.87-6.00, validation 7.20-7.43 (by seed, CPU and device count:
+the README's results table), and ``predict('it has', 20)`` turns from noise
+into words.
 
 It says first what it does (new or resumed, devices, loss path, workdir),
-then writes to ``--workdir`` (default ``runs/timemachine-<time>``):
-``metrics.jsonl``, ``ppl.png``, ``config.json`` and orbax checkpoints. The
-same command resumes; ``--predict`` generates from the workdir's checkpoint
-without training (``--sample`` draws instead of the argmax). ``--text
-PATH`` trains on any UTF-8 file instead, characters or words (``--token
-word``), its tail validating (``rnnjax.corpus``). ``--seeds
+then writes to ``--workdir`` (default ``runs/<preset>``, or
+``runs/<preset>-<hash>`` when flags change the preset's settings; ``--epochs``
+and ``--kernel`` do not count): ``metrics.jsonl``, ``ppl.png``,
+``config.json`` and orbax checkpoints. The same command resumes;
+``--predict`` generates from the workdir's checkpoint without training
+(``--sample``, ``--temperature`` or ``--top-k`` draw instead of the argmax).
+``--text PATH`` trains on any UTF-8 file instead, characters or words
+(``--token word``), its tail validating (``rnnjax.corpus``). ``--seeds
 0,1,2,3`` (and lists of ``--lr``, ``--clip``) trains every combination in one
 program (``rnnjax.runs``). Every ``rnnjax.config.Config`` field is a flag.
 The logic lives in ``rnnjax``; this file is intentionally kept short.
@@ -45,7 +48,9 @@ if __name__ == "__main__":     # a signal while JAX loads: one line and 130/143,
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
 import contextlib  # noqa: E402
-import time  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
@@ -60,8 +65,17 @@ from rnnjax.workdir import WorkdirError  # noqa: E402
 USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError, WorkdirError)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.timemachine", description=__doc__.split("\n")[0])
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """argparse's own errors as ours are: one line (not the usage block), and where to look."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", preset: str = "d2l",
+               description: str = __doc__.split("\n")[0]) -> argparse.Namespace:
+    """The flags; ``prog``, ``preset`` (the default ``--preset``) and ``description`` for a script built on
+    this one (``experiments.overfit``)."""
+    p = _Parser(prog=prog, description=description)
     p.add_argument("--data", help="local timemachine.txt, SHA-1 checked (else $RNNJAX_TIMEMACHINE, else "
                                   "download): d2l's text, the default corpus")
     p.add_argument("--text", metavar="PATH",
@@ -74,8 +88,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--steps-per-epoch N for a large text. Tokenized once, cached in "
                         "~/.cache/rnnjax/corpus")
     p.add_argument("--workdir",
-                   help="run folder: metrics, plot, checkpoints; resumes if it has any")
-    config_lib.add_flags(p)
+                   help="run folder: metrics, plot, checkpoints; resumes if it has any (default "
+                        "runs/<preset>, or runs/<preset>-<hash> if flags change the preset's settings: "
+                        "the same command resumes)")
+    config_lib.add_flags(p, preset)
     run = p.add_argument_group("checkpoints, devices, generation")
     run.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="N",
                      help=f"epochs between checkpoints (default {CHECKPOINT_EVERY}; the last epoch and an "
@@ -99,8 +115,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--sample", action="store_true",
                      help="with --predict: sample the characters (seeded by --seed) instead of the argmax")
     run.add_argument("--temperature", type=float, metavar="T",
-                     help="with --sample: divide the logits by T (default 1; d2l's q ~ P^alpha: T = 1/alpha)")
-    run.add_argument("--top-k", type=int, metavar="K", help="with --sample: draw among the K likeliest only")
+                     help="with --predict: sample, from the logits divided by T (default 1; d2l's q ~ "
+                          "P^alpha: T = 1/alpha); implies --sample")
+    run.add_argument("--top-k", type=int, metavar="K",
+                     help="with --predict: sample among the K likeliest characters only; implies --sample")
     run.add_argument("--no-progress", action="store_true", help="no progress output")
     run.add_argument("--no-compilation-cache", action="store_true",
                      help="do not use JAX's persistent compilation cache (~/.cache/rnnjax/jax)")
@@ -181,12 +199,42 @@ def predict_only(args: argparse.Namespace) -> None:
     if differ:
         raise checkpoint.CheckpointError(f"The checkpoint in {args.workdir} is a different model: "
                                          f"{'; '.join(differ)}.")
-    print(restored.predict(args.predict, args.num_preds, **sampling))
+    text = restored.predict(args.predict, args.num_preds, **sampling)
+    # stderr: stdout is the text alone, for pipes.
+    print(f"from {args.workdir}: {describe_checkpoint(restored)}", file=sys.stderr)
+    print(text)
+
+
+def describe_checkpoint(restored: checkpoint.Restored) -> str:
+    """Which checkpoint generates: its step, its epoch, its validation perplexity."""
+    position, val_ppl = restored.meta.get("position", {}), restored.meta.get("val_ppl")
+    epoch, batch = position.get("epoch", 0), position.get("batch", 0)
+    where = f"epoch {epoch + 1} at batch {batch}" if batch else f"after epoch {epoch}"
+    ppl = "" if val_ppl is None else f", val ppl {val_ppl:.2f}"
+    if ppl and restored.meta.get("runs"):
+        ppl += " (the mean of its runs)"
+    return f"checkpoint step {restored.step} ({where}{ppl})"
+
+
+def default_workdir(preset: str, configs: list[config_lib.Config], text: str | None = None) -> Path:
+    """``runs/<preset>``, or ``runs/<preset>-<hash>`` of the settings the flags change (``--text``:
+    ``runs/<file name>-<hash>``, the file's path in the hash): the name the same command gives again, so
+    it resumes. Resumable fields (``--epochs``) are left out of the hash: a larger ``--epochs`` trains the
+    same run on."""
+    base = config_lib.PRESETS[preset].to_json()
+    changed = [{k: v for k, v in c.to_json().items() if v != base[k] and k not in config_lib.Config.RESUMABLE}
+               for c in configs]
+    if text is None and len(configs) == 1 and not changed[0]:
+        return Path("runs") / preset
+    name = preset if text is None else re.sub(r"[^\w.-]", "_", Path(text).stem) or "text"
+    key = changed if text is None else [str(Path(text).resolve()), changed]
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    return Path("runs") / f"{name}-{digest}"
 
 
 def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
     config = configs[0]
-    workdir = args.workdir or Path("runs") / time.strftime("timemachine-%Y%m%d-%H%M%S")
+    workdir = args.workdir or default_workdir(args.preset, configs, args.text)
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     data = corpus.load(config, text=args.text, data=args.data)
     several = len(configs) > 1
@@ -237,12 +285,13 @@ def _stopped_at_start_up(signum, frame):
               "again to go on.", 128 + signum)
 
 
-def main(argv=None) -> int:
+def main(argv=None, **parser_options) -> int:
+    """The command; ``parser_options`` go to ``parse_args`` (``experiments.overfit``)."""
     # Until fit takes over the signals (it saves, then stops): one line and 130/143, not a traceback.
     previous = signal.signal(signal.SIGTERM, _stopped_at_start_up), signal.signal(signal.SIGINT,
                                                                                   signal.default_int_handler)
     try:
-        return _main(argv)
+        return _main(argv, parser_options)
     except Interrupted as e:
         print(e, file=sys.stderr)
         return 128 + e.signum
@@ -255,9 +304,9 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGINT, previous[1])
 
 
-def _main(argv) -> int:
+def _main(argv, parser_options: dict) -> int:
     try:
-        args = parse_args(argv)
+        args = parse_args(argv, **parser_options)
         configs = config_lib.sweep_from_flags(args)
         runs.check_runs(configs)
     except ValueError as e:          # checks of the arguments alone, before JAX starts

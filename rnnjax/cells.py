@@ -3,16 +3,18 @@
 The cell protocol (flax's ``nn.RNNCellBase``, which ``nn.RNN`` also takes)
 is all that ``RNN``, ``RNNLM``, generation and checkpoints ask of a cell:
 
-- ``__call__(carry, x (B, I)) -> (carry, y (B, num_hiddens))``;
+- ``__call__(carry, x (B, I)) -> (carry, y (B, H))``;
 - ``initialize_carry(rng, input_shape (B, I)) -> carry`` (``nn.nowrap``);
-- ``num_feature_axes`` (1) and ``num_hiddens``, the size of ``y``;
-- constructed as ``Cell(num_hiddens)`` and listed in ``CELLS`` under the
-  name that ``Config.cell`` uses.
+- ``num_feature_axes`` (1);
+- constructed as ``Cell(Config.num_hiddens)`` (flax's cells: ``features``) and
+  listed in ``CELLS`` under the name that ``Config.cell`` uses.
 
 Weights are stored input-major (``x @ W``), so PyTorch's ``weight_ih_l0`` is
 ``W_ih.T`` (``W_xh.T`` for ``SimpleRNNCell``); ``rnnjax.interop`` converts.
-All are initialized as PyTorch does, U(-1/sqrt(H), 1/sqrt(H)). Inputs may be
-``OneHot``: ``x @ W`` on it is a row gather.
+All are initialized as PyTorch does, U(-1/sqrt(H), 1/sqrt(H)). They declare
+``accepts_one_hot``: their inputs may be ``OneHot``, on which ``x @ W`` is a
+row gather. Any other cell (flax's ``nn.GRUCell``, one of yours) gets float
+one-hot vectors (``rnnjax.model.RNN``).
 
 ``dtype`` is the compute dtype of the matmuls (``Config.compute_dtype``):
 in ``bfloat16`` their operands are rounded to it and the products summed in
@@ -77,6 +79,7 @@ class _Cell(nn.RNNCellBase):
     num_hiddens: int
     dtype: Any = jnp.float32
     carry_parts = 1
+    accepts_one_hot = True      # x @ W only: a OneHot input is a row gather (rnnjax.model.RNN)
 
     @nn.nowrap
     def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]):

@@ -32,8 +32,8 @@ class Config:
     """d2l's recipe for the concise RNN section (the defaults, preset ``d2l``).
 
     Command: ``python -m experiments.timemachine``. Runtime: 10-17 s on a
-    2-core CPU. Expected: train perplexity about 5.9-6.0, validation 7.2-7.4
-    (README's results table).
+    2-core CPU. Expected: train perplexity 5.87-6.00, validation 7.20-7.43
+    (by seed, CPU and device count: README's results table).
     """
     batch_size: int = _field(1024, "windows per training step, over all devices")
     num_steps: int = _field(32, "characters per window: the time steps unrolled")
@@ -101,6 +101,9 @@ class Config:
                               f"{self.cell} has its own.")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}.")
+        if self.dropout and self.num_layers == 1:
+            raise ConfigError(f"--dropout {self.dropout} acts between stacked layers, and --num-layers 1 has "
+                              "none: add --num-layers 2 or more, or leave --dropout out.")
         if self.kernel not in ("auto", *KERNELS):
             raise ConfigError(f"--kernel must be one of auto, {', '.join(KERNELS)}; got {self.kernel!r}.")
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -182,14 +185,16 @@ def _single(kind: type, name: str):
     return parse
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """``--preset`` and one flag per ``Config`` field; an unset flag stays ``None`` (see ``from_flags``).
-    ``SWEEPABLE`` fields take lists (``--seed 0,1,2,3``, alias ``--seeds``): one run per combination."""
+def add_flags(parser: argparse.ArgumentParser, preset: str = "d2l") -> None:
+    """``--preset`` (default ``preset``) and one flag per ``Config`` field, its help showing the preset's
+    value; an unset flag stays ``None`` (see ``from_flags``). ``SWEEPABLE`` fields take lists
+    (``--seed 0,1,2,3``, alias ``--seeds``): one run per combination."""
     group = parser.add_argument_group("run settings (Config)")
-    group.add_argument("--preset", choices=sorted(PRESETS), default="d2l",
-                       help="the settings the flags below change (default d2l)")
+    group.add_argument("--preset", choices=sorted(PRESETS), default=preset,
+                       help=f"the settings the flags below change (default {preset})")
     for f in dataclasses.fields(Config):
-        names, help = [_flag(f.name)], f"{f.metadata['help']} (d2l: {f.default})"
+        value = getattr(PRESETS[preset], f.name)
+        names, help = [_flag(f.name)], f"{f.metadata['help']} ({preset}: {value})"
         if type(f.default) is bool:
             kind = {"action": argparse.BooleanOptionalAction}
         elif f.name in SWEEPABLE:

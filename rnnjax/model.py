@@ -14,7 +14,6 @@ carry shape suffixes: T steps, B batch, H hiddens, V vocabulary, I inputs.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -25,7 +24,7 @@ from rnnjax import objective
 from rnnjax.cells import CELLS, GRUCell, LSTMCell, OneHot, SimpleRNNCell, uniform_init
 from rnnjax.precision import dot
 
-__all__ = ["CELLS", "GRUCell", "LSTMCell", "OneHot", "RNN", "RNNLM", "SimpleRNNCell", "StackedRNN",
+__all__ = ["CELLS", "GRUCell", "LSTMCell", "Linear", "OneHot", "RNN", "RNNLM", "SimpleRNNCell", "StackedRNN",
            "uniform_init"]
 
 Array = jax.Array
@@ -36,8 +35,10 @@ class RNN(nn.Module):
     """A cell scanned over time (``nn.scan``, params broadcast over the steps).
 
     ``__call__(inputs (T, B, I) or OneHot (T, B), carry=None)`` returns
-    ``(outputs (T, B, num_hiddens), final carry)``, as d2l's ``RNN`` does; the
-    carry starts from the cell's ``initialize_carry``. ``reverse`` runs from the
+    ``(outputs (T, B, H), final carry)``, as d2l's ``RNN`` does; the carry
+    starts from the cell's ``initialize_carry``. A ``OneHot`` input reaches the
+    cell as is if it declares ``accepts_one_hot`` (rnnjax's cells), else as
+    float one-hot vectors (flax's cells, yours). ``reverse`` runs from the
     last step to the first (outputs stay in time order); ``unroll`` is the
     scan's unroll factor. ``remat`` keeps only each step's matmul outputs for
     the backward pass, which recomputes the cell's elementwise ops from them
@@ -52,6 +53,7 @@ class RNN(nn.Module):
                  ) -> tuple[Array, Carry]:
         if carry is None:
             carry = self.cell.initialize_carry(jax.random.key(0), inputs.shape[1:])
+        inputs = self._cell_input(inputs)
 
         def body(cell, carry, x):
             return cell(carry, x)
@@ -65,15 +67,16 @@ class RNN(nn.Module):
 
     def step(self, carry: Carry, x: Array | OneHot) -> tuple[Carry, Array]:
         """One time step: what generation feeds back."""
-        return self.cell(carry, x)
+        return self.cell(carry, self._cell_input(x))
+
+    def _cell_input(self, x: Array | OneHot) -> Array | OneHot:
+        if isinstance(x, OneHot) and not getattr(self.cell, "accepts_one_hot", False):
+            return x.dense(getattr(self.cell, "dtype", None) or jnp.float32)
+        return x
 
     @nn.nowrap
     def initialize_carry(self, batch_size: int, input_size: int) -> Carry:
         return self.cell.initialize_carry(jax.random.key(0), (batch_size, input_size))
-
-    @property
-    def num_outputs(self) -> int:
-        return self.cell.num_hiddens
 
 
 class StackedRNN(nn.Module):
@@ -99,10 +102,6 @@ class StackedRNN(nn.Module):
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
-
-    @property
-    def num_outputs(self) -> int:
-        return self.cell.num_hiddens * self.num_directions
 
     def __call__(self, inputs: Array | OneHot, carries: tuple | None = None, train: bool = False
                  ) -> tuple[Array, tuple]:
@@ -137,6 +136,21 @@ class StackedRNN(nn.Module):
         return (carry,) * (self.num_layers * self.num_directions)
 
 
+class Linear(nn.Module):
+    """PyTorch's ``nn.Linear``: ``nn.Dense``'s parameters (``kernel (I, O)``, ``bias (O)``), both drawn
+    from U(-1/sqrt(I), 1/sqrt(I)) with ``I`` read from the input: no cell is asked its width. Its matmul
+    computes in ``dtype`` (``rnnjax.precision.dot``); the bias and the result stay float32."""
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        init = uniform_init(x.shape[-1])
+        kernel = self.param("kernel", init, (x.shape[-1], self.features))
+        bias = self.param("bias", init, (self.features,))
+        return dot(x, kernel, self.dtype) + bias
+
+
 class RNNLM(nn.Module):
     """d2l's ``RNNLM``: one-hot inputs, the recurrent layer (``RNN`` or ``StackedRNN``), a Dense layer.
 
@@ -149,10 +163,7 @@ class RNNLM(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self):
-        init = uniform_init(self.rnn.num_outputs)
-        # Not Dense's own dtype: it would round the bias, the logits and the kernel's gradient to it.
-        self.output_layer = nn.Dense(self.vocab_size, kernel_init=init, bias_init=init,
-                                     dot_general=functools.partial(_dense_dot, dtype=self.dtype))
+        self.output_layer = Linear(self.vocab_size, dtype=self.dtype)
 
     def __call__(self, X_BxT: Array, carry: Carry | None = None, train: bool = False) -> Array:
         return self.forward(X_BxT, carry, train)[0]
@@ -188,9 +199,3 @@ class RNNLM(nn.Module):
         objective_BxT = -jnp.sum(objective.targets(Y_BxT, self.vocab_size) * logp_BxTxV, axis=-1)
         return (jnp.sum(objective_BxT * weights_B[:, None]), jnp.sum(weights_B) * X_BxT.shape[1],
                 jax.lax.stop_gradient(jnp.sum(ce_BxT * weights_B[:, None])))
-
-
-def _dense_dot(x: Array, W: Array, dimension_numbers: Any, precision: Any = None, dtype: Any = jnp.float32
-               ) -> Array:
-    """``nn.Dense``'s ``dot_general`` (``x``'s last axis with ``W``'s first) as ``rnnjax.precision.dot``."""
-    return dot(x, W, dtype)

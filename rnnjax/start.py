@@ -66,7 +66,8 @@ class Plan:
                     f"{self.position.epoch + 1} of {self.config.epochs}, batch {self.position.batch})")
         hint = "".join(f"; checkpoint step {step} {why}, set aside in "
                        f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
-        if self.dp.devices[0].platform == "cpu" and self.dp.num_shards == 1 and available_cores() > 1:
+        # Advice for whoever got one device without asking (not for --devices 1 of several).
+        if self.dp.devices[0].platform == "cpu" and len(jax.local_devices()) == 1 and available_cores() > 1:
             hint += ("; one CPU device on a machine of several cores: call "
                      "rnnjax.backend.use_cpu_cores(batch_size) before JAX starts to train on all of them")
         c = self.config

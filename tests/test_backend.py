@@ -16,6 +16,7 @@ print(float(jax.jit(lambda x: jnp.tanh(x) @ x.T)(jnp.ones((64, 64))).sum()))
 """
 
 
+@pytest.mark.slow
 def test_compilation_cache_is_written_then_reused(tmp_path, fresh_env):
     cache = tmp_path / "jax-cache"
     env = fresh_env()
@@ -35,6 +36,7 @@ print(backend.use_cpu_cores(int(sys.argv[1])), jax.local_device_count(), backend
 """
 
 
+@pytest.mark.slow
 def test_one_cpu_device_per_core_dividing_the_batch(fresh_env):
     cores = len(os.sched_getaffinity(0))
     expected = max(n for n in range(1, cores + 1) if 1024 % n == 0)
@@ -44,6 +46,7 @@ def test_one_cpu_device_per_core_dividing_the_batch(fresh_env):
     assert _devices(fresh_env(), prime) == ["1", "1", "None"]
 
 
+@pytest.mark.slow
 def test_an_explicit_device_count_wins(fresh_env):
     assert _devices(fresh_env(JAX_NUM_CPU_DEVICES="3"), 1024) == ["None", "3", "None"]
     flags = fresh_env(XLA_FLAGS="--xla_force_host_platform_device_count=3")
@@ -73,6 +76,7 @@ print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow
 def test_keep_freed_memory_reuses_freed_blocks_without_page_faults(fresh_env):
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc's malloc only")

@@ -154,6 +154,7 @@ def test_config_mismatch_is_a_clear_error_and_nothing_is_touched(small_data, tmp
     assert tree_digest(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_restore_for_inference_in_a_fresh_process(small_data, tmp_path):
     result = fit(with_epochs(SMALL, 2), small_data, tmp_path, devices=1)
     from rnnjax import predict

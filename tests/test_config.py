@@ -54,6 +54,7 @@ def test_json_round_trip_and_old_checkpoints_without_new_fields():
     ({"kernel": "cudnn9"}, "--kernel must be one of auto, plain, fused"),
     ({"compute_dtype": "float16"}, "--compute-dtype must be one of float32, bfloat16; got 'float16'"),
     ({"matmul_precision": "tf32"}, "--matmul-precision must be one of default, high, highest"),
+    ({"dropout": 0.5}, "--dropout 0.5 acts between stacked layers, and --num-layers 1 has none"),
 ])
 def test_bad_values_are_one_sentence(change, message):
     with pytest.raises(ConfigError, match=message):

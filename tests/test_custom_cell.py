@@ -1,4 +1,8 @@
-"""A cell of one's own, defined here, through the whole library: the cell protocol is all it needs."""
+"""Cells that are not rnnjax's, through the whole library: flax's own cells and cells of one's own.
+
+The cell protocol is all they need. Only rnnjax's cells declare ``accepts_one_hot``;
+every other cell gets float one-hot vectors, as it would from ``nn.RNN``.
+"""
 
 import flax.linen as nn
 import jax
@@ -9,7 +13,7 @@ import pytest
 from conftest import TINY
 from rnnjax import checkpoint, model as model_lib
 from rnnjax.generate import predict
-from rnnjax.model import RNN, RNNLM
+from rnnjax.model import RNN, RNNLM, OneHot, SimpleRNNCell, StackedRNN
 from rnnjax.state import make_model
 from rnnjax.train import fit
 
@@ -37,6 +41,27 @@ class LeakyCell(nn.RNNCellBase):
         return 1
 
 
+class DenseCell(nn.RNNCellBase):
+    """A cell written the flax way: ``nn.Dense`` layers on the input and the carry."""
+    features: int
+
+    @nn.compact
+    def __call__(self, h, x):
+        h = jnp.tanh(nn.Dense(self.features)(x) + nn.Dense(self.features, use_bias=False)(h))
+        return h, h
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape):
+        return jnp.zeros((*input_shape[:-1], self.features))
+
+    @property
+    def num_feature_axes(self):
+        return 1
+
+
+FOREIGN = {"flax_gru": nn.GRUCell, "flax_mgu": nn.MGUCell, "flax_simple": nn.SimpleCell, "dense": DenseCell}
+
+
 def test_rnn_scans_the_cell_as_a_python_loop_does():
     cell, X = LeakyCell(5), jax.random.normal(jax.random.key(0), (7, 3, 4))
     rnn = RNN(cell)
@@ -50,6 +75,76 @@ def test_rnn_scans_the_cell_as_a_python_loop_does():
     assert not np.allclose(a, h)
 
 
+SEEN = []
+
+
+class Spy(SimpleRNNCell):
+    """rnnjax's RNN cell, recording the type of each input it is given (at trace time)."""
+
+    def __call__(self, carry, x):
+        SEEN.append(type(x))
+        return super().__call__(carry, x)
+
+
+class UndeclaredSpy(Spy):
+    accepts_one_hot = False
+
+
+@pytest.mark.parametrize("cell", [Spy, UndeclaredSpy])
+def test_only_a_cell_that_declares_it_gets_one_hot_ids(cell):
+    ids = OneHot(jnp.array([[1, 2], [0, 3]]), 5)
+    rnn = RNN(cell(4))
+    params = rnn.init(jax.random.key(0), ids)
+    SEEN.clear()
+    outputs = rnn.apply(params, ids)[0]
+    rnn.apply(params, rnn.initialize_carry(2, 5), OneHot(ids.ids[0], 5), method=RNN.step)
+    assert SEEN and {t is OneHot for t in SEEN} == {cell is Spy}
+    np.testing.assert_allclose(outputs, rnn.apply(params, ids.dense())[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["flax_gru", "dense"])
+def test_a_foreign_cell_in_the_model_is_flax_s_nn_rnn_over_one_hot_vectors(name):
+    """The reference: flax's own ``nn.RNN`` (batch-major) over float one-hot vectors, the same weights."""
+    V, X_BxT = 6, jax.random.randint(jax.random.key(0), (3, 5), 0, 6)
+    lm = RNNLM(StackedRNN(FOREIGN[name](4), num_layers=2), V)
+    params = jax.jit(lm.init)(jax.random.key(1), X_BxT)["params"]
+    x = jax.nn.one_hot(X_BxT, V)
+    for k in range(2):
+        layer = {"params": {"cell": params["rnn"][f"layers_{k}"]["cell"]}}
+        x = jax.jit(nn.RNN(FOREIGN[name](4)).apply)(layer, x)
+    out = params["output_layer"]
+    np.testing.assert_allclose(jax.jit(lm.apply)({"params": params}, X_BxT), x @ out["kernel"] + out["bias"],
+                               rtol=1e-5, atol=1e-6)
+    bound = 1 / 4 ** 0.5          # PyTorch's nn.Linear init, its fan-in read from the cells' outputs
+    assert out["kernel"].shape == (4, V) and float(jnp.abs(out["kernel"]).max()) <= bound
+
+
+SLOW_FOREIGN = [pytest.param(n, marks=pytest.mark.slow) for n in ("flax_gru", "flax_mgu", "flax_simple")]
+
+
+@pytest.mark.parametrize("name", ["dense", *SLOW_FOREIGN])
+def test_a_foreign_cell_trains_resumes_exactly_restores_and_generates(name, small_data, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setitem(model_lib.CELLS, name, FOREIGN[name])
+    config = TINY.replace(cell=name, epochs=1, num_train=100)
+    straight = fit(config.replace(epochs=2), small_data, tmp_path / "straight", devices=1, log=None)
+    assert straight.history[-1]["train_ppl"] < straight.history[0]["train_ppl"] < len(small_data.vocab)
+    fit(config, small_data, tmp_path / "resumed", devices=1, log=None)
+    resumed = fit(config.replace(epochs=2), small_data, tmp_path / "resumed", devices=1, log=None)
+    for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(straight.state), strict=True):
+        np.testing.assert_array_equal(a, b)                                     # bit for bit
+
+    restored = checkpoint.restore(tmp_path / "resumed")
+    assert restored.config.cell == name and restored.step == int(straight.state.step)
+    text = restored.predict("the time", 12)
+    model = make_model(config, len(small_data.vocab))
+    assert text == predict(model, straight.state.params, small_data.vocab, "the time", 12)
+    assert len(text) == 20 and set(text) <= set(small_data.vocab.idx_to_token)
+    sampled = restored.predict("the", 12, temperature=0.8, key=jax.random.PRNGKey(1))
+    assert len(sampled) == 15 and sampled.startswith("the")
+
+
+@pytest.mark.slow
 @pytest.mark.cpu_devices(2)
 def test_a_new_cell_trains_checkpoints_restores_and_generates(small_data, tmp_path, monkeypatch):
     monkeypatch.setitem(model_lib.CELLS, "leaky", LeakyCell)

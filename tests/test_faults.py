@@ -261,6 +261,7 @@ def test_restore_takes_a_step_given_as_text(small_data, tmp_path):
         checkpoint.restore(tmp_path, step="latest")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum,after", [(signal.SIGTERM, 0.3), (signal.SIGINT, 0.3), (signal.SIGTERM, 2.5),
                                           (signal.SIGINT, 2.5)])
 def test_a_signal_while_starting_is_one_line(real_text_path, tmp_path, main_job, signum, after):

@@ -28,8 +28,10 @@ def value_and_grad(model, variables, X, Y, mask, train=False, rngs=None):
 
 
 @pytest.mark.parametrize("V,H,B,T,unroll,nonlinearity", [
-    (28, 32, 16, 12, 1, "tanh"), (6, 8, 5, 7, 3, "tanh"), (16, 4, 3, 1, 1, "tanh"), (40, 16, 8, 5, 2, "tanh"),
-    (28, 32, 16, 12, 1, "relu"), (6, 8, 5, 7, 2, "relu")])
+    pytest.param(28, 32, 16, 12, 1, "tanh", marks=pytest.mark.slow), (6, 8, 5, 7, 3, "tanh"),
+    (16, 4, 3, 1, 1, "tanh"),
+    pytest.param(40, 16, 8, 5, 2, "tanh", marks=pytest.mark.slow),
+    pytest.param(28, 32, 16, 12, 1, "relu", marks=pytest.mark.slow), (6, 8, 5, 7, 2, "relu")])
 def test_fused_loss_equals_plain_loss(V, H, B, T, unroll, nonlinearity, dW_hh_where):
     """Vocabularies padded inside to 32, to 16, not at all, to 48; one step and several; ragged masks;
     both nonlinearities."""
@@ -57,6 +59,7 @@ def test_fused_model_is_the_plain_model_but_for_its_loss():
     np.testing.assert_array_equal(plain.apply(a, X), fast.apply(a, X))
 
 
+@pytest.mark.slow
 def test_loss_is_causal():
     """The loss at step t has no gradient with respect to the inputs' projections after t."""
     H, B, T, V = 4, 2, 5, 6
@@ -65,6 +68,7 @@ def test_loss_is_causal():
     XW = jax.random.normal(jax.random.key(1), (T, B, H))
     labels = jax.random.randint(jax.random.key(2), (T * B,), 0, V)
 
+    @jax.jit                # one compilation, not five op-by-op backward passes
     def loss_at(t):
         weights = (jnp.arange(T * B) // B == t).astype(jnp.float32)
         loss = lambda *args: fused._recurrence_dense_ce(*args)[0]
@@ -86,8 +90,13 @@ def test_make_model_fuses_the_loss_unless_told_not_to(config, recurrence_too):
 
 
 # Every cell at depths 1-3, dropout on in training where there are layers for it.
-FAMILY = [(GRUCell, 1, 0.0), (GRUCell, 2, 0.3), (GRUCell, 3, 0.0), (LSTMCell, 1, 0.0), (LSTMCell, 2, 0.0),
-          (LSTMCell, 3, 0.3), (SimpleRNNCell, 2, 0.3), (SimpleRNNCell, 3, 0.0)]
+FAMILY = [(GRUCell, 1, 0.0), pytest.param(GRUCell, 2, 0.3, marks=pytest.mark.slow),
+          pytest.param(GRUCell, 3, 0.0, marks=pytest.mark.slow),
+          pytest.param(LSTMCell, 1, 0.0, marks=pytest.mark.slow),
+          pytest.param(LSTMCell, 2, 0.0, marks=pytest.mark.slow),
+          pytest.param(LSTMCell, 3, 0.3, marks=pytest.mark.slow),
+          pytest.param(SimpleRNNCell, 2, 0.3, marks=pytest.mark.slow),
+          (SimpleRNNCell, 3, 0.0)]
 
 
 def family_model(cls, cell, num_layers, dropout=0.0):

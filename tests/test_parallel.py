@@ -36,6 +36,7 @@ def assert_close_histories(a, b):
         np.testing.assert_allclose([r[key] for r in a], [r[key] for r in b], rtol=RTOL)
 
 
+@pytest.mark.slow
 @pytest.mark.cpu_devices(4)
 def test_one_two_and_four_devices_train_alike(small_data, tmp_path):
     runs = {n: fit(SMALL, small_data, tmp_path / str(n), devices=n) for n in (1, 2, 4)}
@@ -125,6 +126,7 @@ def test_options_xla_does_not_know_are_left_out(small_data, devices):
     assert_close_trees(bad_value(state, batch), plain(state, batch), atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.cpu_devices(2)
 def test_fit_with_xla_options_trains_as_without(small_data, tmp_path, monkeypatch):
     """Two hiddens give 8 rows per device per hidden unit: all of ``compiler_options`` applies."""
@@ -139,6 +141,7 @@ def test_fit_with_xla_options_trains_as_without(small_data, tmp_path, monkeypatc
     assert_close_trees(tuned.state.params, plain.state.params)
 
 
+@pytest.mark.slow
 @pytest.mark.cpu_devices(4)
 def test_checkpoint_from_four_devices_resumes_on_one(small_data, tmp_path):
     straight = fit(SMALL, small_data, tmp_path / "straight", devices=4)
@@ -178,6 +181,7 @@ print("finished")
 """
 
 
+@pytest.mark.slow
 def test_many_steps_per_epoch_on_two_devices_do_not_hang(fresh_env):
     """d2l's model at batch 64, 157 steps an epoch. When fit let every step of an epoch
     queue up, XLA's CPU all-reduce hung this test in 3 runs of 3 (``parallel.MAX_IN_FLIGHT``)."""

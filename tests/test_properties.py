@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from experiments.benchmark import d2l_predict
@@ -61,6 +62,7 @@ MODEL = RNNLM(RNN(SimpleRNNCell(8)), len(VOCAB))
 PARAMS = jax.tree.map(lambda x: 4 * x, MODEL.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))["params"])
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)   # each new length compiles: a few seconds each
 @given(st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz ", min_size=1, max_size=12), min_size=1,
                 max_size=4), st.integers(0, 16))

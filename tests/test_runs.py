@@ -36,6 +36,7 @@ def without_seconds(records):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [1, pytest.param(2, marks=pytest.mark.cpu_devices(2))])
 def test_each_run_is_the_run_it_would_be_alone(data10, tmp_path, devices):
     """To float32 round-off: XLA may fuse the vmapped step's sums in another order (bit for bit at some
@@ -57,6 +58,7 @@ def test_each_run_is_the_run_it_would_be_alone(data10, tmp_path, devices):
     assert len({r["val_ppl"] for r in together.history if r["epoch"] == 2}) == len(configs)
 
 
+@pytest.mark.slow
 def test_dropout_runs_are_the_runs_alone(data10, tmp_path):
     configs = [TINY.replace(epochs=1, num_layers=2, dropout=0.3, seed=s) for s in (0, 1)]
     together = runs.fit_runs(configs, data10, tmp_path / "runs", devices=1, log=None)
@@ -66,6 +68,7 @@ def test_dropout_runs_are_the_runs_alone(data10, tmp_path):
             np.testing.assert_allclose(a, b[k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.cpu_devices(2)
 def test_resume_after_an_interrupt_mid_epoch_is_exact(small_data, tmp_path):
     straight = runs.fit_runs(CONFIGS, small_data, tmp_path / "straight", devices=2, log=None)
@@ -97,6 +100,7 @@ def test_each_run_restores_on_its_own(data10, tmp_path):
             checkpoint.restore(tmp_path, run=bad)
 
 
+@pytest.mark.slow
 def test_a_workdir_resumes_only_the_runs_it_holds(small_data, tmp_path):
     runs.fit_runs(CONFIGS[:2], small_data, tmp_path / "runs", devices=1, log=None)
     with pytest.raises(checkpoint.CheckpointError, match="holds 2 runs trained together .* not a single run"):

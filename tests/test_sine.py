@@ -23,6 +23,7 @@ def test_data_and_windows_are_d2ls(data):
     assert abs(noise.std() - 0.2) < 0.02 and abs(noise.mean()) < 0.03
 
 
+@pytest.mark.slow
 def test_one_step_ahead_of_the_k_step_predictions_is_the_one_step_prediction(data):
     """For both models: column tau of the k-step table is what the one-step predictions say."""
     x_T, features, labels = data
@@ -41,19 +42,28 @@ def test_one_step_ahead_of_the_k_step_predictions_is_the_one_step_prediction(dat
     assert sine.errors(lin, x_T)["onestep_test"] < 0.06
 
 
-def test_the_experiment_writes_figures_and_the_error_table(tmp_path, capsys):
-    assert sine.main(["--workdir", str(tmp_path), "--rnn-epochs", "1"]) == 0
+@pytest.mark.slow
+def test_the_experiment_writes_figures_and_the_error_table_over_seeds(tmp_path, capsys):
+    assert sine.main(["--workdir", str(tmp_path), "--rnn-epochs", "1", "--seeds", "0,1"]) == 0
     for name in ("onestep", "multistep", "ksteps"):
         assert (tmp_path / f"sine-{name}.png").read_bytes()[:4] == b"\x89PNG"
-    table = json.loads((tmp_path / "results.json").read_text())
-    assert set(table) == {"linear", "rnn"}
-    for row in table.values():
-        assert set(row) == {"onestep_test", "multistep_test", "1-step", "4-step", "16-step", "64-step"}
-        assert all(np.isfinite(v) and v > 0 for v in row.values())
-    assert "mean squared error" in capsys.readouterr().out
+    tables = json.loads((tmp_path / "results.json").read_text())
+    assert list(tables) == ["seed 0", "seed 1", "min", "max"]
+    for table in tables.values():
+        assert set(table) == {"linear", "rnn"}
+        for row in table.values():
+            assert set(row) == {"onestep_test", "multistep_test", "1-step", "4-step", "16-step", "64-step"}
+            assert all(np.isfinite(v) and v > 0 for v in row.values())
+    for model, row in tables["min"].items():
+        for column, low in row.items():
+            seeds = [tables[f"seed {s}"][model][column] for s in (0, 1)]
+            assert low == min(seeds) < max(seeds) == tables["max"][model][column]
+    out = capsys.readouterr().out
+    assert "mean squared error" in out and "rnn    seed 1" in out and "linear max" in out
 
 
-def test_bad_arguments_are_one_line(tmp_path, capsys):
-    assert sine.main(["--workdir", str(tmp_path / "w"), "--rnn-epochs", "0"]) == 1
+@pytest.mark.parametrize("bad", [["--rnn-epochs", "0"], ["--seeds", "0,x"], ["--seeds", "-1"]])
+def test_bad_arguments_are_one_line(tmp_path, capsys, bad):
+    assert sine.main(["--workdir", str(tmp_path / "w"), *bad]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "w").exists()

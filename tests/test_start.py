@@ -1,3 +1,4 @@
+import jax
 import pytest
 
 from conftest import TINY as SMALL, small_text
@@ -30,9 +31,13 @@ def test_plan_says_new_resumed_or_finished_and_writes_nothing(small_data, tmp_pa
 
 
 @pytest.mark.cpu_devices(1)
-def test_plan_names_the_plain_path_and_how_to_use_all_cores(small_data, tmp_path):
+def test_plan_names_the_plain_path_and_how_to_use_all_cores(small_data, tmp_path, monkeypatch):
     text = plan(SMALL.replace(kernel="plain"), small_data, tmp_path, devices=1).describe()
     assert "1 CPU device(s), plain loss" in text
+    assert "use_cpu_cores" not in text          # one device of four, chosen: no advice
+    one = jax.local_devices()[:1]
+    monkeypatch.setattr(jax, "local_devices", lambda *args, **kwargs: one)
+    text = plan(SMALL.replace(kernel="plain"), small_data, tmp_path).describe()
     assert ("use_cpu_cores" in text) == (available_cores() > 1)
 
 

@@ -21,6 +21,7 @@ def test_init_compiler_options_change_no_value():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_create_train_state_compiles_one_program():
     """Key, dummy input and init are one compiled program: made eagerly, each would compile its own."""
     compiles = []

@@ -19,7 +19,8 @@ def test_d2l_recipe_end_to_end(real_text_path, tmp_path, main_job):
     assert proc.returncode == 0, err
     records = timemachine.metrics.MetricsLog(workdir / "metrics.jsonl").read()
     assert [r["epoch"] for r in records] == list(range(1, 101))
-    assert records[-1]["val_ppl"] <= 7.4 and records[-1]["train_ppl"] <= 6.1
+    # 7.20-7.43 measured, by seed, CPU and device count (README); 4 devices untried
+    assert records[-1]["val_ppl"] <= 7.5 and records[-1]["train_ppl"] <= 6.1
     assert (workdir / "ppl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     untrained = re.search(r"untrained: '(.*)'", out).group(1)
@@ -59,16 +60,44 @@ def test_help_lists_every_config_field(capsys):
     text = capsys.readouterr().out
     for f in dataclasses.fields(Config):
         assert "--" + f.name.replace("_", "-") in text
+    flat = " ".join(text.split())
+    assert "(default d2l)" in flat and "(d2l: 32)" in flat
+    assert "--temperature T with --predict: sample, from" in flat
+    assert "--top-k K with --predict: sample among" in flat
+    assert flat.count("; implies --sample") == 2        # each turns sampling on alone
 
 
+@pytest.mark.parametrize("argv", [["--bogus"], ["--epochs", "x"], ["--preset", "huge"]])
+def test_argparse_errors_are_one_line_and_point_to_help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        timemachine.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert err.endswith("(see python -m experiments.timemachine --help)\n") and "usage" not in err
+
+
+def test_the_default_workdir_is_named_by_what_the_flags_change():
+    tiny = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50)
+    assert timemachine.default_workdir("d2l", [Config()]) == timemachine.Path("runs/d2l")
+    assert timemachine.default_workdir("tiny", [tiny]) == timemachine.Path("runs/tiny")
+    named = timemachine.default_workdir("d2l", [Config(lr=2.0)])
+    assert named.name.startswith("d2l-") and len(named.name) == 12
+    assert timemachine.default_workdir("d2l", [Config(lr=2.0, epochs=200, kernel="plain")]) == named
+    assert timemachine.default_workdir("d2l", [Config(lr=3.0)]) != named
+    assert timemachine.default_workdir("d2l", [Config(seed=0), Config(seed=1)]) not in (named, "runs/d2l")
+
+
+@pytest.mark.slow
 @pytest.mark.cpu_devices(1)
-def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_path, capsys):
-    args = ["--data", real_text_path, "--workdir", str(tmp_path / "run"), "--preset", "tiny",
-            "--devices", "1", "--no-compilation-cache"]
+def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_path, capsys, monkeypatch):
+    """With no --workdir: the same command resumes (the default workdir is named by the settings)."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--data", real_text_path, "--preset", "tiny", "--devices", "1", "--no-compilation-cache"]
     assert timemachine.main(args + ["--epochs", "2"]) == 0
     out = capsys.readouterr().out
+    # no advice: one device was chosen
     assert out.startswith("new run of 2 epochs on 1 CPU device(s), fused loss (rnnjax.fused: the "
-                          f"recurrence and the output layer), float32 matmuls; writing to {tmp_path / 'run'}")
+                          "recurrence and the output layer), float32 matmuls; writing to runs/tiny\n")
     assert "untrained: 'it has" in out
     assert "epoch 2/2  step 26/26  train ppl" in out            # plain lines when not on a terminal
     assert timemachine.main(args + ["--epochs", "3"]) == 0
@@ -78,8 +107,12 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
     out = capsys.readouterr().out
     assert "nothing to train" in out and "epoch 3: train perplexity" in out and "bits per character" in out
 
-    predict = ["--workdir", str(tmp_path / "run"), "--predict", "it has", "--num-preds", "40",
-               "--no-compilation-cache"]
+    predict = ["--workdir", "runs/tiny", "--predict", "it has", "--num-preds", "40", "--no-compilation-cache"]
+    assert timemachine.main(predict + ["--best"]) == 0
+    best = min(timemachine.metrics.MetricsLog(tmp_path / "runs/tiny/metrics.jsonl").read(),
+               key=lambda r: r["val_ppl"])
+    assert capsys.readouterr().err == (f"from runs/tiny: checkpoint step {13 * best['epoch']} (after epoch "
+                                       f"{best['epoch']}, val ppl {best['val_ppl']:.2f})\n")
     texts = []
     for extra in ([], ["--sample", "--seed", "3"], ["--temperature", "0.8", "--top-k", "5", "--seed", "3"],
                   ["--temperature", "0.8", "--top-k", "5", "--seed", "3"], ["--temperature", "1e-4"]):
@@ -102,7 +135,9 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
                                          (["--workdir", ""], "--workdir is empty; give a path"),
                                          (["--data", ""], "--data is empty; give a path"),
                                          (["--predict", "a", "--temperature", "0"], "--temperature must"),
-                                         (["--predict", "a", "--top-k", "0"], "--top-k must be at least 1")])
+                                         (["--predict", "a", "--top-k", "0"], "--top-k must be at least 1"),
+                                         (["--dropout", "0.5"], "--dropout 0.5 acts between stacked layers, "
+                                          "and --num-layers 1 has none")])
 def test_bad_arguments_are_one_line_and_write_nothing(real_text_path, tmp_path, capsys, bad, message):
     assert timemachine.main(["--data", real_text_path, "--workdir", str(tmp_path / "run"),
                              "--no-compilation-cache", *bad]) == 1
@@ -111,6 +146,7 @@ def test_bad_arguments_are_one_line_and_write_nothing(real_text_path, tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.cpu_devices(2)
 def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp_path, capsys):
     workdir = tmp_path / "runs"
@@ -131,6 +167,7 @@ def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp
     assert "choose one with run=K (--run K)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_names_a_run_that_stopped_and_finishes_the_others(real_text_path, tmp_path, capsys):
     workdir = str(tmp_path / "runs")
     assert timemachine.main(["--data", real_text_path, "--workdir", workdir, "--preset", "tiny", "--epochs",

@@ -188,6 +188,7 @@ FAMILY = {"gru": SMALL.replace(cell="gru", epochs=1), "lstm": SMALL.replace(cell
           "deep gru, dropout": SMALL.replace(cell="gru", num_layers=2, dropout=0.3, epochs=1)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAMILY))
 @pytest.mark.cpu_devices(2)
 def test_every_cell_and_depth_trains_resumes_exactly_and_restores(name, small_data, tmp_path):
@@ -209,6 +210,7 @@ def test_every_cell_and_depth_trains_resumes_exactly_and_restores(name, small_da
     assert run.predict("the", 12) == predict(model, straight.state.params, small_data.vocab, "the", 12)
 
 
+@pytest.mark.slow
 def test_dropout_changes_training_and_is_off_for_validation(small_data, tmp_path):
     config = SMALL.replace(cell="gru", num_layers=2, epochs=1)
     without = fit(config, small_data, tmp_path / "a", devices=1, log=None)

@@ -25,6 +25,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     workdir.check_unlocked(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     code = ("import sys, time; from pathlib import Path; from rnnjax import workdir\n"
             "with workdir.lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)\n")
