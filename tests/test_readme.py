@@ -69,6 +69,8 @@ def test_the_readme_runs_as_written(real_text_path, tmp_path):
                    PATH=f"{bin_dir}:{user_env().get('PATH', '')}")
     work = tmp_path / "work"
     work.mkdir()
+    # "Your own text": any UTF-8 file, here one of another alphabet than the Time Machine's.
+    (work / "input.txt").write_text("The Quick brown Fox, 1894: ¿jumps?\n" * 400, encoding="utf-8")
     ran = 0
     for lang, code in BLOCKS:
         if lang == "python":
