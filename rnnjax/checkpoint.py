@@ -8,6 +8,10 @@ JSON with the config, the vocabulary and the data-order position
 perplexity are kept. Orbax writes each checkpoint to a temporary directory
 and renames it when complete, so a half-written one is never listed.
 
+Every save is read back once it has finished (its manifest and metadata files
+are there), and a checkpoint is read only if every file in it is a regular file
+(a FIFO would hang the reader) and its meta passes ``rnnjax.meta.problem``.
+
 ``restore(workdir)`` needs nothing but the workdir: it rebuilds the model from
 the saved config and returns params, vocab and a ``predict``.
 """
@@ -18,6 +22,9 @@ import dataclasses
 import json
 import logging
 import math
+import operator
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +32,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from rnnjax import workdir as workdir_lib
+from rnnjax import meta as meta_lib, workdir as workdir_lib
 from rnnjax.config import Config
 from rnnjax.data import Vocab
 from rnnjax.generate import predict, predict_batch
@@ -33,7 +40,9 @@ from rnnjax.state import abstract_run_states, abstract_train_state, make_model
 
 SUBDIR = "checkpoints"
 DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
-FORMAT = 1
+FORMAT = meta_lib.FORMAT
+# What a finished save holds: read back after every save, a cheap sign that it can be restored.
+WRITTEN = ("_CHECKPOINT_METADATA", "state/manifest.ocdbt", "state/_METADATA", "meta/metadata")
 
 
 class CheckpointError(RuntimeError):
@@ -68,18 +77,25 @@ class _Lowest(policies.PreservationPolicy):
         return [c.step == best for c in checkpoints]
 
 
+class Manager(ocp.CheckpointManager):
+    """Orbax's manager, and the steps it saved that are not yet read back (``check_saved``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.unchecked: list[int] = []
+
+
 def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
-            earlier: dict[int, float] | None = None) -> ocp.CheckpointManager:
+            earlier: dict[int, float] | None = None) -> Manager:
     """A manager keeping the latest ``keep`` checkpoints and the best by ``val_ppl``, the checkpoints
     found in ``directory`` counted with their ``earlier`` perplexities (``val_ppls``)."""
     preservation = policies.AnyPreservationPolicy([policies.LatestN(keep), _Lowest(dict(earlier or {}))])
     options = ocp.CheckpointManagerOptions(preservation_policy=preservation, create=not read_only,
                                            read_only=read_only)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options,
-                                 item_names=("state", "meta"))
+    return Manager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
 
 
-def _reader(directory: Path) -> ocp.CheckpointManager:
+def reader(directory: Path) -> Manager:
     """A read-only manager: it creates nothing."""
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
@@ -90,31 +106,56 @@ def _reader(directory: Path) -> ocp.CheckpointManager:
         absl_logger.setLevel(level)
 
 
-# _steps and read_meta read the files without a manager: making one is a
+# steps and read_meta read the files without a manager: making one is a
 # barrier across processes, which a process that only looks must not enter.
-def _steps(workdir: Path) -> list[int]:
-    """The workdir's complete checkpoints; creates nothing."""
+def steps(workdir: Path) -> list[int]:
+    """The workdir's complete checkpoints; creates nothing. ``CheckpointError`` for a step folder orbax
+    would misread (``0300`` is read as step 300, whose folder does not exist)."""
     directory = Path(workdir) / SUBDIR
-    return ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
+    if not directory.exists():
+        return []
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a folder; move it aside to train or restore.")
+    for entry in directory.iterdir():
+        if entry.name.isdigit() and (entry.name != str(int(entry.name)) or not entry.is_dir()):
+            raise CheckpointError(f"{entry} is not a checkpoint rnnjax wrote (it names each by its step, "
+                                  f"as {int(entry.name)}, a folder); move it out of {directory}.")
+    return ocp.utils.checkpoint_steps(directory)
 
 
 def latest_step(workdir: Path) -> int | None:
     """The step of the workdir's latest complete checkpoint, or ``None``."""
-    return max(_steps(workdir), default=None)
+    return max(steps(workdir), default=None)
+
+
+def _irregular(folder: Path) -> str | None:
+    """The first thing in ``folder`` (recursively) that is neither a folder nor a regular file: a FIFO,
+    a socket, a device or a link, which reading could hang on or leave the workdir for."""
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            mode = os.lstat(os.path.join(root, name)).st_mode
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                return os.path.relpath(os.path.join(root, name), folder)
+    return None
 
 
 def read_meta(workdir: Path, step: int) -> dict:
-    """The ``meta`` item (config, vocabulary, position) of the checkpoint at ``step``; creates nothing."""
+    """The ``meta`` item (config, vocabulary, position) of the checkpoint at ``step``, checked
+    (``rnnjax.meta.problem``): ``DamagedCheckpoint`` if it is not as saved; creates nothing."""
     directory = Path(workdir) / SUBDIR
+    try:
+        odd = _irregular(directory / str(step))
+    except OSError as e:
+        raise DamagedCheckpoint(step, directory, f"cannot be listed ({_reason(e)})") from None
+    if odd:
+        raise DamagedCheckpoint(step, directory, f"holds {odd}, which is not a regular file or folder")
     try:
         meta = ocp.JsonCheckpointHandler().restore(directory / str(step) / "meta")
     except Exception as e:  # orbax raises many types for unreadable files
         raise DamagedCheckpoint(step, directory, f"cannot be read ({_reason(e)})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DamagedCheckpoint(step, directory, f"is not an rnnjax checkpoint of format {FORMAT}")
-    missing = [k for k in ("config", "vocab", "position") if not isinstance(meta.get(k), dict)]
-    if missing:
-        raise DamagedCheckpoint(step, directory, f"lacks its {', '.join(missing)}")
+    why = meta_lib.problem(meta, step)
+    if why:
+        raise DamagedCheckpoint(step, directory, why)
     return meta
 
 
@@ -132,7 +173,7 @@ def set_aside(workdir: Path, step: int) -> Path:
 def val_ppls(workdir: Path) -> dict[int, float]:
     """The finite validation perplexity in each complete, readable checkpoint's ``meta``, by step."""
     ppl = {}
-    for s in _steps(workdir):
+    for s in steps(workdir):
         try:
             p = read_meta(workdir, s).get("val_ppl")
         except DamagedCheckpoint:         # never the best
@@ -148,9 +189,7 @@ def best_step(workdir: Path) -> int | None:
     return min(scored)[1] if scored else None
 
 
-def make_meta(config: Config, vocab: Vocab, position: dict, **extra: Any) -> dict:
-    return {"format": FORMAT, "config": config.to_json(), "vocab": vocab.to_json(),
-            "position": position, **extra}
+make_meta = meta_lib.make
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
@@ -159,9 +198,10 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
     (asynchronously); a no-op if it exists."""
     if step in mngr.all_steps():
         return
-    meta = {**meta, "val_ppl": val_ppl if val_ppl is None or math.isfinite(val_ppl) else None,
-            "checksums": workdir_lib.checksums(state)}
+    meta = meta_lib.seal({**meta, "val_ppl": val_ppl if val_ppl is None or math.isfinite(val_ppl) else None,
+                          "checksums": workdir_lib.checksums(state)})
     check_saved(mngr)
+    mngr.unchecked.append(step)
     try:
         mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                 meta=ocp.args.JsonSave(meta)),
@@ -170,12 +210,22 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
         raise _save_failed(mngr, step, e) from None
 
 
-def check_saved(mngr: ocp.CheckpointManager, wait: bool = False) -> None:
-    """``CheckpointError`` if an earlier asynchronous save failed (``wait``: once all have finished)."""
+def check_saved(mngr: Manager, wait: bool = False) -> None:
+    """``CheckpointError`` if an earlier asynchronous save failed (``wait``: once all have finished), or
+    a finished one lacks a file a restore needs (``WRITTEN``: a path orbax misread, a lost write)."""
     try:
-        mngr.wait_until_finished() if wait else mngr.check_for_errors()
+        mngr.check_for_errors()
+        # orbax's next save waits for this one anyway; finished, the save is the newest, kept by any policy
+        mngr.wait_until_finished()
     except Exception as e:
         raise _save_failed(mngr, None, e) from None
+    for step in mngr.unchecked:
+        folder = Path(mngr.directory) / str(step)
+        missing = [f for f in WRITTEN if not (folder / f).is_file()]
+        if missing:
+            e = FileNotFoundError(f"{folder} lacks {', '.join(missing)} after its save")
+            raise _save_failed(mngr, step, e) from None
+    mngr.unchecked.clear()
 
 
 def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) -> CheckpointError:
@@ -183,6 +233,7 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) ->
         mngr.wait_until_finished()
     except Exception:
         pass
+    mngr.unchecked.clear()
     latest = latest_step(Path(mngr.directory).parent)
     last = ("it has no complete checkpoint" if latest is None
             else f"its last complete checkpoint is step {latest}")
@@ -203,7 +254,7 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any, meta: dic
         state = jax.device_get(restored["state"])
     except Exception as e:
         raise DamagedCheckpoint(step, mngr.directory, f"cannot be restored ({_reason(e)})") from None
-    bad = workdir_lib.verify(state, meta["checksums"]) if "checksums" in meta else []
+    bad = workdir_lib.verify(state, meta["checksums"])
     if bad:
         raise DamagedCheckpoint(step, mngr.directory, f"is damaged: {len(bad)} array(s) fail their checksums "
                                 f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
@@ -216,10 +267,7 @@ def write_config(workdir: Path, config: Config, vocab: Vocab, runs: list[Config]
     content = {"config": config.to_json(), "vocab": vocab.to_json()}
     if runs:
         content["runs"] = [c.to_json() for c in runs]
-    text = json.dumps(content, indent=1)
-    tmp = workdir / "config.json.tmp"
-    tmp.write_text(text + "\n")
-    tmp.replace(workdir / "config.json")
+    workdir_lib.write_atomically(workdir / "config.json", json.dumps(content, indent=1) + "\n")
 
 
 @dataclasses.dataclass
@@ -247,38 +295,52 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
             fallback: bool = False) -> Restored:
     """Restores a run's checkpoint for inference: the latest, ``step``, or the ``best``. A workdir of
     several runs trained together (``rnnjax.runs``) needs ``run``, the index of one of them (its best
-    is the lowest mean validation perplexity of the runs). A damaged checkpoint raises
-    ``DamagedCheckpoint``; with ``fallback`` the newest good one older than it is taken instead."""
+    is the lowest mean validation perplexity of the runs). The best is the best of the checkpoints
+    kept (saved every ``checkpoint_every`` epochs and at the end), not of every epoch. A damaged
+    checkpoint raises ``DamagedCheckpoint``; with ``fallback`` the newest good one older than it is
+    taken instead."""
     workdir = Path(workdir)
     directory = workdir / SUBDIR
     if not directory.is_dir():
-        what = "does not exist" if not workdir.exists() else "holds no checkpoints"
+        what = ("does not exist" if not workdir.exists() else "is a file, not a folder" if not workdir.is_dir()
+                else "holds no checkpoints")
         raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
-    if step is not None and not (isinstance(step, int) and not isinstance(step, bool)):
-        if not (isinstance(step, str) and step.isdigit()):
-            raise CheckpointError(f"step must be a whole number, got {step!r}.")
-        step = int(step)
-    steps = _steps(workdir)
-    if not steps:
+    if step is not None and best:
+        raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")
+    step = _whole(step)
+    saved = steps(workdir)
+    if not saved:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
     if best:
         step = best_step(workdir)
         if step is None:
             raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity.")
     elif step is None:
-        step = max(steps)
-    elif step not in steps:
-        raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {sorted(steps)}.")
-    mngr = _reader(directory)
+        step = max(saved)
+    elif step not in saved:
+        raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {sorted(saved)}.")
+    mngr = reader(directory)
     try:
-        for candidate in sorted((s for s in steps if s <= step), reverse=True):
+        for candidate in sorted((s for s in saved if s <= step), reverse=True):
             try:
                 return _restore_for_inference(mngr, workdir, candidate, run)
             except DamagedCheckpoint:
-                if not fallback or candidate == min(steps):
+                if not fallback or candidate == min(saved):
                     raise
     finally:
         mngr.close()
+
+
+def _whole(step: Any) -> int | None:
+    """``step`` as an ``int``: any integer type (``np.int64``) or digits; ``CheckpointError`` otherwise."""
+    if step is None or (isinstance(step, str) and step.isdigit()):
+        return None if step is None else int(step)
+    try:
+        if isinstance(step, bool):
+            raise TypeError
+        return operator.index(step)
+    except TypeError:
+        raise CheckpointError(f"step must be a whole number, got {step!r}.") from None
 
 
 def _restore_for_inference(mngr: ocp.CheckpointManager, workdir: Path, step: int, run: int | None

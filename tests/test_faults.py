@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import timemachine
-from rnnjax import checkpoint, metrics, workdir
+from rnnjax import checkpoint, meta as meta_lib, metrics, workdir
 from rnnjax.train import fit
 
 from conftest import TINY
@@ -110,6 +110,9 @@ def test_meta_without_its_config_is_damage_not_a_key_error(small_data, tmp_path)
     meta = json.loads(meta_file.read_text())
     del meta["config"]
     meta_file.write_text(json.dumps(meta))
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="fails its checksum"):
+        checkpoint.restore(tmp_path)
+    meta_file.write_text(json.dumps(meta_lib.seal(meta)))        # resealed: its structure is still checked
     with pytest.raises(checkpoint.DamagedCheckpoint, match="lacks its config"):
         checkpoint.restore(tmp_path)
 
