@@ -57,6 +57,7 @@ from rnnjax.train import CHECKPOINT_EVERY, Interrupted, NonFiniteLoss, fit  # no
 from rnnjax.workdir import WorkdirError  # noqa: E402
 
 USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError, WorkdirError)
+OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory")      # in XLA's errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -193,15 +194,16 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
             with progress_output(jax.process_index() == 0 and not args.no_progress and not p.finished,
                                  config.epochs) as progress:
                 if several:
-                    result = runs.fit_runs(configs, data, workdir, progress=progress, **{**options, "log": say})
+                    result = runs.fit_runs(configs, data, workdir, progress=progress,
+                                           **{**options, "log": say})
                 else:
                     result = fit(config, data, workdir, params=untrained, progress=progress, **options)
         except (jax.errors.JaxRuntimeError, MemoryError) as e:
-            if not isinstance(e, MemoryError) and not ("RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e)):
+            if not (isinstance(e, MemoryError) or any(m in str(e) for m in OUT_OF_MEMORY)):
                 raise
+            lower = memory.advice(config, len(data.vocab), p.dp.num_shards, len(configs))
             raise ValueError(f"The machine ran out of memory training this run ({type(e).__name__}); the "
-                             f"workdir keeps its last checkpoint; lower "
-                             f"{memory.advice(config, len(data.vocab), p.dp.num_shards, len(configs))}.") from None
+                             f"workdir keeps its last checkpoint; lower {lower}.") from None
         plot = workdir / metrics.PLOT
         if result.history and jax.process_index() == 0 and (not p.finished or not plot.exists()):
             metrics.plot_perplexity(result.history, plot)
@@ -277,4 +279,9 @@ def _main(argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status:     # stopped or failed: at once, before orbax's threads, cut short, report at teardown
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

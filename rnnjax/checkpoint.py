@@ -9,8 +9,7 @@ perplexity are kept. Orbax writes each checkpoint to a temporary directory
 and renames it when complete, so a half-written one is never listed.
 
 Every save is read back once it has finished (its manifest and metadata files
-are there), and a checkpoint is read only if every file in it is a regular file
-(a FIFO would hang the reader) and its meta passes ``rnnjax.meta.problem``.
+are there). What is stored is read and checked by ``rnnjax.stored``.
 
 ``restore(workdir)`` needs nothing but the workdir: it rebuilds the model from
 the saved config and returns params, vocab and a ``predict``.
@@ -23,8 +22,7 @@ import json
 import logging
 import math
 import operator
-import os
-import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,34 +31,17 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from rnnjax import meta as meta_lib, workdir as workdir_lib
+# What is stored, and its errors, read from here too (rnnjax.checkpoint.restore, .read_meta, ...).
+from rnnjax.stored import (DAMAGED, SUBDIR, CheckpointError, DamagedCheckpoint, best_step,  # noqa: F401
+                           latest_step, read_meta, reason, set_aside, steps, val_ppls)
 from rnnjax.config import Config
 from rnnjax.data import Vocab
 from rnnjax.generate import predict, predict_batch
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model
 
-SUBDIR = "checkpoints"
-DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
 FORMAT = meta_lib.FORMAT
 # What a finished save holds: read back after every save, a cheap sign that it can be restored.
 WRITTEN = ("_CHECKPOINT_METADATA", "state/manifest.ocdbt", "state/_METADATA", "meta/metadata")
-
-
-class CheckpointError(RuntimeError):
-    """A workdir or checkpoint that cannot be used as asked."""
-
-
-class DamagedCheckpoint(CheckpointError):
-    """A checkpoint that cannot be read, or whose arrays fail their checksums; ``reason`` says which."""
-
-    def __init__(self, step: int, directory: Path, reason: str):
-        super().__init__(f"The checkpoint at step {step} in {directory} {reason}.")
-        self.step, self.reason = step, reason
-
-
-def _reason(e: Exception) -> str:
-    """An exception in a few words: its type and first line (orbax's can run to 60 lines)."""
-    first = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {first[:160]}{'...' if len(first) > 160 else ''}"
 
 
 @dataclasses.dataclass
@@ -77,12 +58,29 @@ class _Lowest(policies.PreservationPolicy):
         return [c.step == best for c in checkpoints]
 
 
+class _OrbaxTracebacks(logging.Filter):
+    """Drops orbax's logs of a failure with its traceback (up to 290 lines for a full disk): ``save`` and
+    ``check_saved`` report each failed save in one sentence with its cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and "orbax" in record.pathname)
+
+
 class Manager(ocp.CheckpointManager):
-    """Orbax's manager, and the steps it saved that are not yet read back (``check_saved``)."""
+    """Orbax's manager, and the steps it saved that are not yet read back (``check_saved``); while it is
+    open, orbax's tracebacks are left to its one-sentence errors."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
         self.unchecked: list[int] = []
+        self._quiet = _OrbaxTracebacks()
+        logging.getLogger("absl").addFilter(self._quiet)
+        super().__init__(*args, **kwargs)
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            logging.getLogger("absl").removeFilter(self._quiet)
 
 
 def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
@@ -104,89 +102,6 @@ def reader(directory: Path) -> Manager:
         return manager(directory, read_only=True)
     finally:
         absl_logger.setLevel(level)
-
-
-# steps and read_meta read the files without a manager: making one is a
-# barrier across processes, which a process that only looks must not enter.
-def steps(workdir: Path) -> list[int]:
-    """The workdir's complete checkpoints; creates nothing. ``CheckpointError`` for a step folder orbax
-    would misread (``0300`` is read as step 300, whose folder does not exist)."""
-    directory = Path(workdir) / SUBDIR
-    if not directory.exists():
-        return []
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory} is not a folder; move it aside to train or restore.")
-    for entry in directory.iterdir():
-        if entry.name.isdigit() and (entry.name != str(int(entry.name)) or not entry.is_dir()):
-            raise CheckpointError(f"{entry} is not a checkpoint rnnjax wrote (it names each by its step, "
-                                  f"as {int(entry.name)}, a folder); move it out of {directory}.")
-    return ocp.utils.checkpoint_steps(directory)
-
-
-def latest_step(workdir: Path) -> int | None:
-    """The step of the workdir's latest complete checkpoint, or ``None``."""
-    return max(steps(workdir), default=None)
-
-
-def _irregular(folder: Path) -> str | None:
-    """The first thing in ``folder`` (recursively) that is neither a folder nor a regular file: a FIFO,
-    a socket, a device or a link, which reading could hang on or leave the workdir for."""
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            mode = os.lstat(os.path.join(root, name)).st_mode
-            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-                return os.path.relpath(os.path.join(root, name), folder)
-    return None
-
-
-def read_meta(workdir: Path, step: int) -> dict:
-    """The ``meta`` item (config, vocabulary, position) of the checkpoint at ``step``, checked
-    (``rnnjax.meta.problem``): ``DamagedCheckpoint`` if it is not as saved; creates nothing."""
-    directory = Path(workdir) / SUBDIR
-    try:
-        odd = _irregular(directory / str(step))
-    except OSError as e:
-        raise DamagedCheckpoint(step, directory, f"cannot be listed ({_reason(e)})") from None
-    if odd:
-        raise DamagedCheckpoint(step, directory, f"holds {odd}, which is not a regular file or folder")
-    try:
-        meta = ocp.JsonCheckpointHandler().restore(directory / str(step) / "meta")
-    except Exception as e:  # orbax raises many types for unreadable files
-        raise DamagedCheckpoint(step, directory, f"cannot be read ({_reason(e)})") from None
-    why = meta_lib.problem(meta, step)
-    if why:
-        raise DamagedCheckpoint(step, directory, why)
-    return meta
-
-
-def set_aside(workdir: Path, step: int) -> Path:
-    """Moves the damaged checkpoint ``step`` out of the checkpoints (never deleting it): where it went."""
-    target = workdir / DAMAGED / str(step)
-    suffix = 1
-    while target.exists():
-        target, suffix = workdir / DAMAGED / f"{step}.{suffix}", suffix + 1
-    target.parent.mkdir(parents=True, exist_ok=True)
-    (workdir / SUBDIR / str(step)).rename(target)
-    return target
-
-
-def val_ppls(workdir: Path) -> dict[int, float]:
-    """The finite validation perplexity in each complete, readable checkpoint's ``meta``, by step."""
-    ppl = {}
-    for s in steps(workdir):
-        try:
-            p = read_meta(workdir, s).get("val_ppl")
-        except DamagedCheckpoint:         # never the best
-            continue
-        if isinstance(p, (int, float)) and math.isfinite(p):
-            ppl[s] = p
-    return ppl
-
-
-def best_step(workdir: Path) -> int | None:
-    """The complete checkpoint with the lowest validation perplexity in its ``meta``, or ``None``."""
-    scored = [(p, s) for s, p in val_ppls(workdir).items()]
-    return min(scored)[1] if scored else None
 
 
 make_meta = meta_lib.make
@@ -238,9 +153,36 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) ->
     last = ("it has no complete checkpoint" if latest is None
             else f"its last complete checkpoint is step {latest}")
     what = f"step {step}" if step is not None else "a checkpoint"
-    return CheckpointError(f"Saving {what} to {mngr.directory} failed ({_reason(e)}); training stopped "
+    return CheckpointError(f"Saving {what} to {mngr.directory} failed ({reason(e)}); training stopped "
                            f"there and {last}. Free space (or fix the cause) and run the same command to "
                            "resume.")
+
+
+class _OrbaxNoise(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" (of a read orbax abandoned)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Future exception was never retrieved")
+
+
+def _quiet_orbax() -> None:
+    """Reads of a damaged checkpoint that orbax abandons can finish after their event loop closed:
+    tensorstore then reports "Event loop is closed" as unraisable, and asyncio a future never retrieved.
+    Both are the damage already reported, in one sentence; they are dropped, everything else passes."""
+    if isinstance(sys.unraisablehook, _QuietHook):
+        return
+    sys.unraisablehook = _QuietHook(sys.unraisablehook)
+    logging.getLogger("asyncio").addFilter(_OrbaxNoise())
+
+
+class _QuietHook:
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            self.previous(unraisable)
 
 
 def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any, meta: dict | None = None) -> Any:
@@ -249,11 +191,12 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any, meta: dic
     saved."""
     meta = read_meta(Path(mngr.directory).parent, step) if meta is None else meta
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    _quiet_orbax()
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         state = jax.device_get(restored["state"])
     except Exception as e:
-        raise DamagedCheckpoint(step, mngr.directory, f"cannot be restored ({_reason(e)})") from None
+        raise DamagedCheckpoint(step, mngr.directory, f"cannot be restored ({reason(e)})") from None
     bad = workdir_lib.verify(state, meta["checksums"])
     if bad:
         raise DamagedCheckpoint(step, mngr.directory, f"is damaged: {len(bad)} array(s) fail their checksums "
@@ -302,8 +245,8 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     workdir = Path(workdir)
     directory = workdir / SUBDIR
     if not directory.is_dir():
-        what = ("does not exist" if not workdir.exists() else "is a file, not a folder" if not workdir.is_dir()
-                else "holds no checkpoints")
+        what = ("does not exist" if not workdir.exists()
+                else "is a file, not a folder" if not workdir.is_dir() else "holds no checkpoints")
         raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
     if step is not None and best:
         raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")

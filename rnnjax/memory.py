@@ -85,11 +85,11 @@ def check(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1,
     need = (weights + activations) * copies
     if need > have:
         gib = 2 ** 30
-        raise ValueError(f"--num-hiddens {config.num_hiddens} x --num-layers {config.num_layers} at --batch-size "
-                         f"{config.batch_size} x --num-steps {config.num_steps} needs about {need / gib:.1f} GiB "
-                         f"for a training step ({weights * copies / gib:.1f} GiB of parameters, optimizer state "
-                         f"and gradients, {activations * copies / gib:.1f} GiB of activations), more than this "
-                         f"machine's {have / gib:.0f} GiB; lower "
+        raise ValueError(f"--num-hiddens {config.num_hiddens} x --num-layers {config.num_layers} at "
+                         f"--batch-size {config.batch_size} x --num-steps {config.num_steps} needs about "
+                         f"{need / gib:.1f} GiB for a training step ({weights * copies / gib:.1f} GiB of "
+                         f"parameters, optimizer state and gradients, {activations * copies / gib:.1f} GiB "
+                         f"of activations), more than this machine's {have / gib:.0f} GiB; lower "
                          f"{advice(config, vocab_size, num_shards, num_runs)}.")
 
 

@@ -7,7 +7,8 @@ that (``meta_checksum``). ``problem(meta, step)`` says in a clause what is
 wrong with a meta read back, or ``None``: a changed digit (the checksum), a
 missing, unknown or ill-typed key, a position that does not lead to its step
 (``step == epoch * steps_per_epoch + batch``). Format 1 checkpoints (before
-the meta had its checksum) are checked for everything but the checksum.
+the meta had its checksum and its steps per epoch) are checked for everything
+else.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ def _crc(meta: dict) -> str:
     return f"{zlib.crc32(text.encode()):08x}"
 
 
-def make(config: Config, vocab: Vocab, position: dict, **extra: Any) -> dict:
+def make(config: Config, vocab: Vocab, position: dict, steps_per_epoch: int, **extra: Any) -> dict:
     """A meta, unsealed (``checkpoint.save`` adds the arrays' checksums, then ``seal``s it)."""
     return {"format": FORMAT, "config": config.to_json(), "vocab": vocab.to_json(), "position": position,
-            **extra}
+            "steps_per_epoch": steps_per_epoch, **extra}
 
 
 def seal(meta: dict) -> dict:
@@ -81,14 +82,13 @@ def _sums(partial: Any, batch: int) -> bool:
             and all(isinstance(s, list) and len(s) == 2 and all(_is_number(x) for x in s) for s in partial))
 
 
-def _position(position: Any, step: int, config: Config, num_runs: int) -> str | None:
+def _position(position: Any, step: int, per_epoch: int, num_runs: int) -> str | None:
     if not isinstance(position, dict):
         return "lacks its position"
     unknown = sorted(set(position) - set(POSITION))
     if unknown or not {"epoch", "batch"} <= set(position):
         return f"has a position with keys {sorted(position)}, not those of {list(POSITION)}"
     epoch, batch = position["epoch"], position["batch"]
-    per_epoch = -(-config.num_train // config.batch_size)
     if not (_is_int(epoch) and _is_int(batch) and epoch >= 0 and 0 <= batch < per_epoch):
         return f"has a position of epoch {epoch!r}, batch {batch!r}: not one of {per_epoch} batches an epoch"
     if epoch * per_epoch + batch != step:
@@ -101,10 +101,11 @@ def _position(position: Any, step: int, config: Config, num_runs: int) -> str | 
               and all(s == [] or _sums(s, batch) for s in partial)
               and isinstance(stopped, list) and len(stopped) in (0, num_runs)
               and all(w is None or isinstance(w, str) for w in stopped)
-              and isinstance(high, list) and len(high) == num_runs and all(_is_int(h) and h >= 0 for h in high))
+              and isinstance(high, list) and len(high) == num_runs
+              and all(_is_int(h) and h >= 0 for h in high))
     else:
         ok = _sums(partial, batch) and stopped == [] and _is_int(high) and high >= 0
-    return None if ok else "has a position whose partial sums, stopped runs or divergence streak are malformed"
+    return None if ok else "has a position whose partial sums, stopped runs or divergence streak are bad"
 
 
 def problem(meta: Any, step: int) -> str | None:
@@ -130,7 +131,11 @@ def problem(meta: Any, step: int) -> str | None:
         why = _config(c, f"config of run {k}")[1]
         if why:
             return why
-    why = _vocab(meta.get("vocab")) or _position(meta.get("position"), step, config, len(runs))
+    # Format 1 did not save the steps an epoch: the config's (its data had the config's windows).
+    per_epoch = meta.get("steps_per_epoch", -(-config.num_train // config.batch_size))
+    if not (_is_int(per_epoch) and per_epoch >= 1) or (meta["format"] >= 2 and "steps_per_epoch" not in meta):
+        return "lacks its steps per epoch"
+    why = _vocab(meta.get("vocab")) or _position(meta.get("position"), step, per_epoch, len(runs))
     if why:
         return why
     sums = meta.get("checksums")

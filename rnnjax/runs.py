@@ -159,7 +159,7 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
 
     def save(epoch: int, batch: int, partial: list, val_ppl: float | None = None):
         position = Position(epoch, batch, partial, stops.why, high)
-        meta = checkpoint.make_meta(base, data.vocab, dataclasses.asdict(position),
+        meta = checkpoint.make_meta(base, data.vocab, dataclasses.asdict(position), steps_per_epoch,
                                     num_devices=dp.num_shards, runs=[c.to_json() for c in configs])
         host = dp.unreplicate(state)
         checkpoint.save(manager, int(host.step[0]), host, meta, val_ppl=val_ppl)

@@ -176,7 +176,7 @@ def _read(config: Config, data: TimeMachine, workdir: Path, dp: DataParallel, ru
         for step in steps:       # the newest good checkpoint; damaged ones are reported and set aside
             try:
                 meta = checkpoint.read_meta(workdir, step)
-                check_compatible(meta, config, data.vocab, workdir, runs=runs)
+                check_compatible(meta, config, data.vocab, workdir, runs, data.num_batches(True))
                 state = checkpoint.restore_state(reader, step, target, meta)
             except checkpoint.DamagedCheckpoint as e:
                 damaged.append((step, e.reason))
@@ -192,10 +192,10 @@ def _read(config: Config, data: TimeMachine, workdir: Path, dp: DataParallel, ru
         "aside to start anew, or use a new --workdir.")
 
 
-def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, runs: tuple[Config, ...] = ()
-                     ) -> None:
+def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, runs: tuple[Config, ...] = (),
+                     steps_per_epoch: int | None = None) -> None:
     """A resumed run must be the same run: same config but for ``RESUMABLE`` fields (and the same ``runs``
-    trained together, if several)."""
+    trained together, if several), the same vocabulary and steps an epoch."""
     saved_runs = [Config.from_json(c) for c in meta.get("runs", [])]
 
     def fixed(c: Config) -> dict:
@@ -215,6 +215,10 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
             "--workdir, or the checkpoint's settings to resume it.")
     if Vocab.from_json(meta["vocab"]) != vocab:
         raise checkpoint.CheckpointError(f"{workdir} holds a run trained on another vocabulary.")
+    if steps_per_epoch is not None and meta.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
+        raise checkpoint.CheckpointError(f"{workdir} holds a run of {meta['steps_per_epoch']} steps an "
+                                         f"epoch; this data has {steps_per_epoch}. Use a new --workdir, or "
+                                         "the checkpoint's data to resume it.")
 
 
 def _sweep(configs: list[Config]) -> str:

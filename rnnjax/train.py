@@ -211,7 +211,8 @@ def _fit(p: Plan, data: TimeMachine, params: Any, checkpoint_every: int, keep: i
     def save(epoch: int, batch: int, partial: list, val_ppl: float | None = None):
         host = dp.unreplicate(state)
         position = Position(epoch, batch, partial, high=high)
-        meta = checkpoint.make_meta(config, data.vocab, dataclasses.asdict(position), num_devices=dp.num_shards)
+        meta = checkpoint.make_meta(config, data.vocab, dataclasses.asdict(position), steps_per_epoch,
+                                    num_devices=dp.num_shards)
         checkpoint.save(manager, int(host.step), host, meta, val_ppl=val_ppl)
 
     high = position.high or 0         # epochs in a row far above the uniform guess's perplexity

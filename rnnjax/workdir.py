@@ -21,7 +21,7 @@ import os
 import stat
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -46,9 +46,9 @@ def check_path(workdir: Path) -> None:
     """``WorkdirError`` if ``workdir``'s absolute path holds a character orbax cannot take (``UNSAFE``)."""
     bad = sorted(set(str(workdir.absolute())) & set(UNSAFE))
     if bad:
-        raise WorkdirError(f"The workdir {workdir.absolute()} has {' and '.join(map(repr, bad))} in its path, "
-                           "which orbax's checkpoints cannot take (they would be written elsewhere or not "
-                           "restore); choose a --workdir without them.")
+        raise WorkdirError(f"The workdir {workdir.absolute()} has {' and '.join(map(repr, bad))} in its "
+                           "path, which orbax's checkpoints cannot take (they would be written elsewhere or "
+                           "not restore); choose a --workdir without them.")
 
 
 def check_writable(workdir: Path) -> None:
@@ -140,21 +140,25 @@ def lock(workdir: Path) -> Iterator[None]:
         yield                       # closing the file releases the lock
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """``path`` holds ``text`` whole, or is as it was: written to a temporary file, then renamed.
-    ``WorkdirError`` (no temporary file left) if the disk is full or the file cannot be written."""
+def write_atomically(path: Path, text: str | None = None, save: Callable[[Path], Any] | None = None
+                     ) -> None:
+    """``path`` holds ``text`` (or what ``save(tmp)`` writes) whole, or is as it was: written to a
+    temporary file, then renamed; never opened in place (it could be a FIFO). ``WorkdirError`` (no
+    temporary file left) if the disk is full or the file cannot be written."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         if tmp.is_symlink() or tmp.exists():     # ours, from a crash; never opened (it could be a FIFO)
             tmp.unlink()
         with open(tmp, "x") as f:
-            f.write(text)
+            f.write(text or "")
+        if save is not None:
+            save(tmp)
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise WorkdirError(f"{path} cannot be written ({_describe(e)}); free space (or fix the cause) and run "
-                           "the same command again.") from None
+        raise WorkdirError(f"{path} cannot be written ({_describe(e)}); free space (or fix the cause) and "
+                           "run the same command again.") from None
 
 
 def _crc32(x: Any) -> str:

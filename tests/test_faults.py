@@ -129,10 +129,13 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(small_data, tmp_path, str
 
 @pytest.mark.parametrize("line,message", [("garbage", "line 2, is not a metrics record"),
                                           ("[1, 2]", "line 2, is not a metrics record"),
-                                          ('{"epoch": 1}', "epoch 1 after epoch 1")])
+                                          ('{"epoch": 3}', "line 2, is not a metrics record"),   # no ppl
+                                          ('{"epoch": 3, "train_ppl": "x", "val_ppl": 2}', "line 2, is not"),
+                                          (None, "epoch 1 after epoch 1")])        # None: line 1 again
 def test_a_bad_metrics_line_is_named_before_any_work(small_data, tmp_path, line, message):
     fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
     lines = (tmp_path / metrics.FILENAME).read_text().splitlines()
+    line = lines[0] if line is None else line
     (tmp_path / metrics.FILENAME).write_text("\n".join([lines[0], line, lines[1]]) + "\n")
     with pytest.raises(metrics.MetricsError, match=message):
         fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, log=None)
