@@ -93,17 +93,6 @@ def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
     return Manager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
 
 
-def reader(directory: Path) -> Manager:
-    """A read-only manager: it creates nothing."""
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only manager is read-only
-    try:
-        return manager(directory, read_only=True)
-    finally:
-        absl_logger.setLevel(level)
-
-
 make_meta = meta_lib.make
 
 
@@ -125,9 +114,10 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
         raise _save_failed(mngr, step, e) from None
 
 
-def check_saved(mngr: Manager, wait: bool = False) -> None:
-    """``CheckpointError`` if an earlier asynchronous save failed (``wait``: once all have finished), or
-    a finished one lacks a file a restore needs (``WRITTEN``: a path orbax misread, a lost write)."""
+def check_saved(mngr: Manager, wait: bool = True) -> None:
+    """``CheckpointError`` if an earlier asynchronous save failed, or a finished one lacks a file a restore
+    needs (``WRITTEN``: a path orbax misread, a lost write). It waits for the saves in flight, as orbax's
+    next save does (``wait`` is kept for callers that said so)."""
     try:
         mngr.check_for_errors()
         # orbax's next save waits for this one anyway; finished, the save is the newest, kept by any policy
@@ -185,21 +175,24 @@ class _QuietHook:
             self.previous(unraisable)
 
 
-def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any, meta: dict | None = None) -> Any:
-    """The saved state, as host arrays shaped and typed like ``target``, its checksums (in ``meta``, read
-    unless given) verified: ``DamagedCheckpoint`` if it cannot be read or any array differs from what was
-    saved."""
-    meta = read_meta(Path(mngr.directory).parent, step) if meta is None else meta
+def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, meta: dict | None = None
+                  ) -> Any:
+    """The saved state in ``source`` (a manager, or its directory), as host arrays shaped and typed like
+    ``target``, its checksums (in ``meta``, read and checked unless given) verified: ``DamagedCheckpoint``
+    if it cannot be read or any array differs from what was saved. It reads that checkpoint's files only
+    (a manager would read every checkpoint's metadata first, a FIFO's too)."""
+    directory = Path(getattr(source, "directory", source))
+    meta = read_meta(directory.parent, step) if meta is None else meta
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     _quiet_orbax()
     try:
-        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-        state = jax.device_get(restored["state"])
+        with ocp.StandardCheckpointer() as checkpointer:
+            state = jax.device_get(checkpointer.restore(directory / str(step) / "state", abstract))
     except Exception as e:
-        raise DamagedCheckpoint(step, mngr.directory, f"cannot be restored ({reason(e)})") from None
+        raise DamagedCheckpoint(step, directory, f"cannot be restored ({reason(e)})") from None
     bad = workdir_lib.verify(state, meta["checksums"])
     if bad:
-        raise DamagedCheckpoint(step, mngr.directory, f"is damaged: {len(bad)} array(s) fail their checksums "
+        raise DamagedCheckpoint(step, directory, f"is damaged: {len(bad)} array(s) fail their checksums "
                                 f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     return state
 
@@ -262,16 +255,12 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         step = max(saved)
     elif step not in saved:
         raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {sorted(saved)}.")
-    mngr = reader(directory)
-    try:
-        for candidate in sorted((s for s in saved if s <= step), reverse=True):
-            try:
-                return _restore_for_inference(mngr, workdir, candidate, run)
-            except DamagedCheckpoint:
-                if not fallback or candidate == min(saved):
-                    raise
-    finally:
-        mngr.close()
+    for candidate in sorted((s for s in saved if s <= step), reverse=True):
+        try:
+            return _restore_for_inference(workdir, candidate, run)
+        except DamagedCheckpoint:
+            if not fallback or candidate == min(saved):
+                raise
 
 
 def _whole(step: Any) -> int | None:
@@ -286,8 +275,7 @@ def _whole(step: Any) -> int | None:
         raise CheckpointError(f"step must be a whole number, got {step!r}.") from None
 
 
-def _restore_for_inference(mngr: ocp.CheckpointManager, workdir: Path, step: int, run: int | None
-                           ) -> Restored:
+def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restored:
     meta = read_meta(workdir, step)
     config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
     runs = [Config.from_json(c) for c in meta.get("runs", [])]
@@ -302,8 +290,8 @@ def _restore_for_inference(mngr: ocp.CheckpointManager, workdir: Path, step: int
         if why is not None:
             raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): restore another run, or a "
                                   "step from before it stopped.")
-        stacked = restore_state(mngr, step, abstract_run_states(runs, len(vocab)), meta)
+        stacked = restore_state(workdir / SUBDIR, step, abstract_run_states(runs, len(vocab)), meta)
         state = jax.tree.map(lambda x: x[run], stacked)
     else:
-        state = restore_state(mngr, step, abstract_train_state(config, len(vocab)), meta)
+        state = restore_state(workdir / SUBDIR, step, abstract_train_state(config, len(vocab)), meta)
     return Restored(config, vocab, state.params, step, meta)

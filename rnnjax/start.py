@@ -170,22 +170,23 @@ def _read(config: Config, data: TimeMachine, workdir: Path, dp: DataParallel, ru
         return Plan(config, workdir, dp, path, runs=runs)
     target = (abstract_run_states(list(runs), len(data.vocab)) if runs
               else abstract_train_state(config, len(data.vocab)))
-    damaged = []
-    reader = checkpoint.reader(workdir / checkpoint.SUBDIR)
-    try:
-        for step in steps:       # the newest good checkpoint; damaged ones are reported and set aside
-            try:
-                meta = checkpoint.read_meta(workdir, step)
-                check_compatible(meta, config, data.vocab, workdir, runs, data.num_batches(True))
-                state = checkpoint.restore_state(reader, step, target, meta)
-            except checkpoint.DamagedCheckpoint as e:
-                damaged.append((step, e.reason))
-                continue
-            position = Position(**meta["position"])
-            return Plan(config, workdir, dp, path, step, position, runs, state, tuple(damaged),
-                        _lost_epochs(records, position, runs))
-    finally:
-        reader.close()
+    damaged, metas = [], {}
+    for step in steps:           # every meta first: a damaged one is set aside before orbax lists them
+        try:
+            metas[step] = checkpoint.read_meta(workdir, step)
+        except checkpoint.DamagedCheckpoint as e:
+            damaged.append((step, e.reason))
+    for step in metas:           # the newest good checkpoint; damaged ones are reported and set aside
+        try:
+            check_compatible(metas[step], config, data.vocab, workdir, runs, data.num_batches(True))
+            state = checkpoint.restore_state(workdir / checkpoint.SUBDIR, step, target, metas[step])
+        except checkpoint.DamagedCheckpoint as e:
+            damaged.append((step, e.reason))
+            continue
+        position = Position(**metas[step]["position"])
+        return Plan(config, workdir, dp, path, step, position, runs, state,
+                    tuple(sorted(damaged, reverse=True)), _lost_epochs(records, position, runs))
+    damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "
         f"{', '.join(str(s) for s, _ in damaged)}; step {damaged[0][0]}: {damaged[0][1]}). Move that folder "
