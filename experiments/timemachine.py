@@ -56,13 +56,16 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 
 import rnnjax  # noqa: E402
-from rnnjax import backend, checkpoint, config as config_lib, corpus, metrics, parallel, runs  # noqa: E402
+from rnnjax import backend, checkpoint, config as config_lib, corpus, memory  # noqa: E402
+from rnnjax import metrics, parallel, runs  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
-from rnnjax.start import plan  # noqa: E402
+from rnnjax.generate import MAX_PREDS  # noqa: E402
+from rnnjax.start import planned  # noqa: E402
 from rnnjax.train import CHECKPOINT_EVERY, Interrupted, NonFiniteLoss, fit  # noqa: E402
 from rnnjax.workdir import WorkdirError  # noqa: E402
 
 USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError, WorkdirError)
+OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory")      # in XLA's errors
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,7 +112,9 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
                      help="generate from the workdir's checkpoint; no training")
     run.add_argument("--num-preds", type=int, default=20, help="tokens to generate (characters or words)")
     run.add_argument("--best", action="store_true",
-                     help="with --predict: the best checkpoint, not the latest")
+                     help="with --predict: the checkpoint of lowest validation perplexity, not the latest; "
+                          "the best of those saved (every --checkpoint-every epochs and the last), which "
+                          "misses a better epoch between saves")
     run.add_argument("--run", type=int, metavar="K",
                      help="with --predict on a workdir of several runs (--seeds, --lr/--clip lists): run K")
     run.add_argument("--sample", action="store_true",
@@ -136,6 +141,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     for name, low in (("checkpoint_every", 1), ("keep", 1), ("num_preds", 0)):
         if getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}.")
+    if args.num_preds > MAX_PREDS:
+        raise ValueError(f"--num-preds must be at most {MAX_PREDS:,}, got {args.num_preds:,}.")
     args.sample = args.sample or args.temperature is not None or args.top_k is not None
     if args.sample and args.predict is None:
         raise ValueError("--sample, --temperature and --top-k choose how --predict generates; "
@@ -193,7 +200,8 @@ def predict_only(args: argparse.Namespace) -> None:
     restored = checkpoint.restore(args.workdir, best=args.best, run=args.run)
     # The model comes from the checkpoint; flags that say otherwise are a mistake worth naming.
     requested = {k: v[0] if k in config_lib.SWEEPABLE and len(v) == 1 else v
-                 for k, v in config_lib.given(args).items() if not (args.sample and k == "seed")}
+                 for k, v in config_lib.given(args).items()
+                 if not (args.sample and k == "seed") and k not in config_lib.Config.RESUMABLE}
     differ = [f"{k}: checkpoint {getattr(restored.config, k)!r}, requested {v!r}"
               for k, v in requested.items() if v != getattr(restored.config, k)]
     if differ:
@@ -238,24 +246,35 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     data = corpus.load(config, text=args.text, data=args.data)
     several = len(configs) > 1
-    p = plan(config, data, workdir, devices=args.devices, runs=configs if several else None)
-    if not several:               # fit_runs says it, and then which runs stop as they stop
-        say(p.describe())
-    model, untrained = rnnjax.make_model(config, len(data.vocab)), None
-    if p.step is None and not several:   # fit starts from these, not from a second init (and compile)
-        untrained = rnnjax.create_train_state(config, len(data.vocab)).params
-        say(f"untrained: {rnnjax.predict(model, untrained, data.vocab, data.prompt, 20)!r}")
-    options = dict(devices=args.devices, checkpoint_every=args.checkpoint_every, keep=args.keep, log=None)
-    with progress_output(jax.process_index() == 0 and not args.no_progress and not p.finished,
-                         config.epochs) as progress:
-        if several:
-            result = runs.fit_runs(configs, data, workdir, progress=progress, **{**options, "log": say})
-        else:
-            result = fit(config, data, workdir, params=untrained, progress=progress, **options)
+    # The plan is made under the workdir's lock, held until the plot is written.
+    with planned(config, data, workdir, devices=args.devices, runs=configs if several else None) as p:
+        if not several:               # fit_runs says it, and then which runs stop as they stop
+            say(p.describe())
+        model, untrained = rnnjax.make_model(config, len(data.vocab)), None
+        if p.step is None and not several:   # fit starts from these, not from a second init (and compile)
+            untrained = rnnjax.create_train_state(config, len(data.vocab)).params
+            say(f"untrained: {rnnjax.predict(model, untrained, data.vocab, data.prompt, 20)!r}")
+        options = dict(devices=args.devices, checkpoint_every=args.checkpoint_every, keep=args.keep, log=None,
+                       plan=p)
+        try:
+            with progress_output(jax.process_index() == 0 and not args.no_progress and not p.finished,
+                                 config.epochs) as progress:
+                if several:
+                    result = runs.fit_runs(configs, data, workdir, progress=progress,
+                                           **{**options, "log": say})
+                else:
+                    result = fit(config, data, workdir, params=untrained, progress=progress, **options)
+        except (jax.errors.JaxRuntimeError, MemoryError) as e:
+            if not (isinstance(e, MemoryError) or any(m in str(e) for m in OUT_OF_MEMORY)):
+                raise
+            lower = memory.advice(config, len(data.vocab), p.dp.num_shards, len(configs))
+            raise ValueError(f"The machine ran out of memory training this run ({type(e).__name__}); the "
+                             f"workdir keeps its last checkpoint; lower {lower}.") from None
+        plot = workdir / metrics.PLOT
+        if result.history and jax.process_index() == 0 and (not p.finished or not plot.exists()):
+            metrics.plot_perplexity(result.history, plot)
     if not result.history:
         return
-    if jax.process_index() == 0 and not p.finished:
-        metrics.plot_perplexity(result.history, workdir / metrics.PLOT)
     if several:
         for k, c in enumerate(configs):
             if result.stopped[k] is not None:
@@ -328,4 +347,9 @@ def _main(argv, parser_options: dict) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status:     # stopped or failed: at once, before orbax's threads, cut short, report at teardown
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

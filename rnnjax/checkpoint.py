@@ -8,6 +8,9 @@ JSON with the config, the vocabulary and the data-order position
 perplexity are kept. Orbax writes each checkpoint to a temporary directory
 and renames it when complete, so a half-written one is never listed.
 
+Every save is read back once it has finished (its manifest and metadata files
+are there). What is stored is read and checked by ``rnnjax.stored``.
+
 ``restore(workdir)`` needs nothing but the workdir: it rebuilds the model from
 the saved config and returns params, vocab and a ``predict``.
 """
@@ -18,6 +21,8 @@ import dataclasses
 import json
 import logging
 import math
+import operator
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,33 +30,18 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from rnnjax import workdir as workdir_lib
+from rnnjax import meta as meta_lib, workdir as workdir_lib
+# What is stored, and its errors, read from here too (rnnjax.checkpoint.restore, .read_meta, ...).
+from rnnjax.stored import (DAMAGED, SUBDIR, CheckpointError, DamagedCheckpoint, best_step,  # noqa: F401
+                           latest_step, read_meta, reason, set_aside, steps, val_ppls)
 from rnnjax.config import Config
 from rnnjax.data import Vocab
 from rnnjax.generate import predict, predict_batch
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model
 
-SUBDIR = "checkpoints"
-DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
-FORMAT = 1
-
-
-class CheckpointError(RuntimeError):
-    """A workdir or checkpoint that cannot be used as asked."""
-
-
-class DamagedCheckpoint(CheckpointError):
-    """A checkpoint that cannot be read, or whose arrays fail their checksums; ``reason`` says which."""
-
-    def __init__(self, step: int, directory: Path, reason: str):
-        super().__init__(f"The checkpoint at step {step} in {directory} {reason}.")
-        self.step, self.reason = step, reason
-
-
-def _reason(e: Exception) -> str:
-    """An exception in a few words: its type and first line (orbax's can run to 60 lines)."""
-    first = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {first[:160]}{'...' if len(first) > 160 else ''}"
+FORMAT = meta_lib.FORMAT
+# What a finished save holds: read back after every save, a cheap sign that it can be restored.
+WRITTEN = ("_CHECKPOINT_METADATA", "state/manifest.ocdbt", "state/_METADATA", "meta/metadata")
 
 
 @dataclasses.dataclass
@@ -68,89 +58,42 @@ class _Lowest(policies.PreservationPolicy):
         return [c.step == best for c in checkpoints]
 
 
+class _OrbaxTracebacks(logging.Filter):
+    """Drops orbax's logs of a failure with its traceback (up to 290 lines for a full disk): ``save`` and
+    ``check_saved`` report each failed save in one sentence with its cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and "orbax" in record.pathname)
+
+
+class Manager(ocp.CheckpointManager):
+    """Orbax's manager, and the steps it saved that are not yet read back (``check_saved``); while it is
+    open, orbax's tracebacks are left to its one-sentence errors."""
+
+    def __init__(self, *args, **kwargs):
+        self.unchecked: list[int] = []
+        self._quiet = _OrbaxTracebacks()
+        logging.getLogger("absl").addFilter(self._quiet)
+        super().__init__(*args, **kwargs)
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            logging.getLogger("absl").removeFilter(self._quiet)
+
+
 def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
-            earlier: dict[int, float] | None = None) -> ocp.CheckpointManager:
+            earlier: dict[int, float] | None = None) -> Manager:
     """A manager keeping the latest ``keep`` checkpoints and the best by ``val_ppl``, the checkpoints
     found in ``directory`` counted with their ``earlier`` perplexities (``val_ppls``)."""
     preservation = policies.AnyPreservationPolicy([policies.LatestN(keep), _Lowest(dict(earlier or {}))])
     options = ocp.CheckpointManagerOptions(preservation_policy=preservation, create=not read_only,
                                            read_only=read_only)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options,
-                                 item_names=("state", "meta"))
+    return Manager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
 
 
-def _reader(directory: Path) -> ocp.CheckpointManager:
-    """A read-only manager: it creates nothing."""
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only manager is read-only
-    try:
-        return manager(directory, read_only=True)
-    finally:
-        absl_logger.setLevel(level)
-
-
-# _steps and read_meta read the files without a manager: making one is a
-# barrier across processes, which a process that only looks must not enter.
-def _steps(workdir: Path) -> list[int]:
-    """The workdir's complete checkpoints; creates nothing."""
-    directory = Path(workdir) / SUBDIR
-    return ocp.utils.checkpoint_steps(directory) if directory.is_dir() else []
-
-
-def latest_step(workdir: Path) -> int | None:
-    """The step of the workdir's latest complete checkpoint, or ``None``."""
-    return max(_steps(workdir), default=None)
-
-
-def read_meta(workdir: Path, step: int) -> dict:
-    """The ``meta`` item (config, vocabulary, position) of the checkpoint at ``step``; creates nothing."""
-    directory = Path(workdir) / SUBDIR
-    try:
-        meta = ocp.JsonCheckpointHandler().restore(directory / str(step) / "meta")
-    except Exception as e:  # orbax raises many types for unreadable files
-        raise DamagedCheckpoint(step, directory, f"cannot be read ({_reason(e)})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DamagedCheckpoint(step, directory, f"is not an rnnjax checkpoint of format {FORMAT}")
-    missing = [k for k in ("config", "vocab", "position") if not isinstance(meta.get(k), dict)]
-    if missing:
-        raise DamagedCheckpoint(step, directory, f"lacks its {', '.join(missing)}")
-    return meta
-
-
-def set_aside(workdir: Path, step: int) -> Path:
-    """Moves the damaged checkpoint ``step`` out of the checkpoints (never deleting it): where it went."""
-    target = workdir / DAMAGED / str(step)
-    suffix = 1
-    while target.exists():
-        target, suffix = workdir / DAMAGED / f"{step}.{suffix}", suffix + 1
-    target.parent.mkdir(parents=True, exist_ok=True)
-    (workdir / SUBDIR / str(step)).rename(target)
-    return target
-
-
-def val_ppls(workdir: Path) -> dict[int, float]:
-    """The finite validation perplexity in each complete, readable checkpoint's ``meta``, by step."""
-    ppl = {}
-    for s in _steps(workdir):
-        try:
-            p = read_meta(workdir, s).get("val_ppl")
-        except DamagedCheckpoint:         # never the best
-            continue
-        if isinstance(p, (int, float)) and math.isfinite(p):
-            ppl[s] = p
-    return ppl
-
-
-def best_step(workdir: Path) -> int | None:
-    """The complete checkpoint with the lowest validation perplexity in its ``meta``, or ``None``."""
-    scored = [(p, s) for s, p in val_ppls(workdir).items()]
-    return min(scored)[1] if scored else None
-
-
-def make_meta(config: Config, vocab: Vocab, position: dict, **extra: Any) -> dict:
-    return {"format": FORMAT, "config": config.to_json(), "vocab": vocab.to_json(),
-            "position": position, **extra}
+make_meta = meta_lib.make
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
@@ -159,9 +102,10 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
     (asynchronously); a no-op if it exists."""
     if step in mngr.all_steps():
         return
-    meta = {**meta, "val_ppl": val_ppl if val_ppl is None or math.isfinite(val_ppl) else None,
-            "checksums": workdir_lib.checksums(state)}
+    meta = meta_lib.seal({**meta, "val_ppl": val_ppl if val_ppl is None or math.isfinite(val_ppl) else None,
+                          "checksums": workdir_lib.checksums(state)})
     check_saved(mngr)
+    mngr.unchecked.append(step)
     try:
         mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                 meta=ocp.args.JsonSave(meta)),
@@ -170,12 +114,23 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
         raise _save_failed(mngr, step, e) from None
 
 
-def check_saved(mngr: ocp.CheckpointManager, wait: bool = False) -> None:
-    """``CheckpointError`` if an earlier asynchronous save failed (``wait``: once all have finished)."""
+def check_saved(mngr: Manager, wait: bool = True) -> None:
+    """``CheckpointError`` if an earlier asynchronous save failed, or a finished one lacks a file a restore
+    needs (``WRITTEN``: a path orbax misread, a lost write). It waits for the saves in flight, as orbax's
+    next save does (``wait`` is kept for callers that said so)."""
     try:
-        mngr.wait_until_finished() if wait else mngr.check_for_errors()
+        mngr.check_for_errors()
+        # orbax's next save waits for this one anyway; finished, the save is the newest, kept by any policy
+        mngr.wait_until_finished()
     except Exception as e:
         raise _save_failed(mngr, None, e) from None
+    for step in mngr.unchecked:
+        folder = Path(mngr.directory) / str(step)
+        missing = [f for f in WRITTEN if not (folder / f).is_file()]
+        if missing:
+            e = FileNotFoundError(f"{folder} lacks {', '.join(missing)} after its save")
+            raise _save_failed(mngr, step, e) from None
+    mngr.unchecked.clear()
 
 
 def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) -> CheckpointError:
@@ -183,29 +138,61 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) ->
         mngr.wait_until_finished()
     except Exception:
         pass
+    mngr.unchecked.clear()
     latest = latest_step(Path(mngr.directory).parent)
     last = ("it has no complete checkpoint" if latest is None
             else f"its last complete checkpoint is step {latest}")
     what = f"step {step}" if step is not None else "a checkpoint"
-    return CheckpointError(f"Saving {what} to {mngr.directory} failed ({_reason(e)}); training stopped "
+    return CheckpointError(f"Saving {what} to {mngr.directory} failed ({reason(e)}); training stopped "
                            f"there and {last}. Free space (or fix the cause) and run the same command to "
                            "resume.")
 
 
-def restore_state(mngr: ocp.CheckpointManager, step: int, target: Any, meta: dict | None = None) -> Any:
-    """The saved state, as host arrays shaped and typed like ``target``, its checksums (in ``meta``, read
-    unless given) verified: ``DamagedCheckpoint`` if it cannot be read or any array differs from what was
-    saved."""
-    meta = read_meta(Path(mngr.directory).parent, step) if meta is None else meta
+class _OrbaxNoise(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" (of a read orbax abandoned)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Future exception was never retrieved")
+
+
+def _quiet_orbax() -> None:
+    """Reads of a damaged checkpoint that orbax abandons can finish after their event loop closed:
+    tensorstore then reports "Event loop is closed" as unraisable, and asyncio a future never retrieved.
+    Both are the damage already reported, in one sentence; they are dropped, everything else passes."""
+    if isinstance(sys.unraisablehook, _QuietHook):
+        return
+    sys.unraisablehook = _QuietHook(sys.unraisablehook)
+    logging.getLogger("asyncio").addFilter(_OrbaxNoise())
+
+
+class _QuietHook:
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            self.previous(unraisable)
+
+
+def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, meta: dict | None = None
+                  ) -> Any:
+    """The saved state in ``source`` (a manager, or its directory), as host arrays shaped and typed like
+    ``target``, its checksums (in ``meta``, read and checked unless given) verified: ``DamagedCheckpoint``
+    if it cannot be read or any array differs from what was saved. It reads that checkpoint's files only
+    (a manager would read every checkpoint's metadata first, a FIFO's too)."""
+    directory = Path(getattr(source, "directory", source))
+    meta = read_meta(directory.parent, step) if meta is None else meta
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    _quiet_orbax()
     try:
-        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-        state = jax.device_get(restored["state"])
+        with ocp.StandardCheckpointer() as checkpointer:
+            state = jax.device_get(checkpointer.restore(directory / str(step) / "state", abstract))
     except Exception as e:
-        raise DamagedCheckpoint(step, mngr.directory, f"cannot be restored ({_reason(e)})") from None
-    bad = workdir_lib.verify(state, meta["checksums"]) if "checksums" in meta else []
+        raise DamagedCheckpoint(step, directory, f"cannot be restored ({reason(e)})") from None
+    bad = workdir_lib.verify(state, meta["checksums"])
     if bad:
-        raise DamagedCheckpoint(step, mngr.directory, f"is damaged: {len(bad)} array(s) fail their checksums "
+        raise DamagedCheckpoint(step, directory, f"is damaged: {len(bad)} array(s) fail their checksums "
                                 f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     return state
 
@@ -216,10 +203,7 @@ def write_config(workdir: Path, config: Config, vocab: Vocab, runs: list[Config]
     content = {"config": config.to_json(), "vocab": vocab.to_json()}
     if runs:
         content["runs"] = [c.to_json() for c in runs]
-    text = json.dumps(content, indent=1)
-    tmp = workdir / "config.json.tmp"
-    tmp.write_text(text + "\n")
-    tmp.replace(workdir / "config.json")
+    workdir_lib.write_atomically(workdir / "config.json", json.dumps(content, indent=1) + "\n")
 
 
 @dataclasses.dataclass
@@ -247,42 +231,51 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
             fallback: bool = False) -> Restored:
     """Restores a run's checkpoint for inference: the latest, ``step``, or the ``best``. A workdir of
     several runs trained together (``rnnjax.runs``) needs ``run``, the index of one of them (its best
-    is the lowest mean validation perplexity of the runs). A damaged checkpoint raises
-    ``DamagedCheckpoint``; with ``fallback`` the newest good one older than it is taken instead."""
+    is the lowest mean validation perplexity of the runs). The best is the best of the checkpoints
+    kept (saved every ``checkpoint_every`` epochs and at the end), not of every epoch. A damaged
+    checkpoint raises ``DamagedCheckpoint``; with ``fallback`` the newest good one older than it is
+    taken instead."""
     workdir = Path(workdir)
     directory = workdir / SUBDIR
     if not directory.is_dir():
-        what = "does not exist" if not workdir.exists() else "holds no checkpoints"
+        what = ("does not exist" if not workdir.exists()
+                else "is a file, not a folder" if not workdir.is_dir() else "holds no checkpoints")
         raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
-    if step is not None and not (isinstance(step, int) and not isinstance(step, bool)):
-        if not (isinstance(step, str) and step.isdigit()):
-            raise CheckpointError(f"step must be a whole number, got {step!r}.")
-        step = int(step)
-    steps = _steps(workdir)
-    if not steps:
+    if step is not None and best:
+        raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")
+    step = _whole(step)
+    saved = steps(workdir)
+    if not saved:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
     if best:
         step = best_step(workdir)
         if step is None:
             raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity.")
     elif step is None:
-        step = max(steps)
-    elif step not in steps:
-        raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {sorted(steps)}.")
-    mngr = _reader(directory)
+        step = max(saved)
+    elif step not in saved:
+        raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {sorted(saved)}.")
+    for candidate in sorted((s for s in saved if s <= step), reverse=True):
+        try:
+            return _restore_for_inference(workdir, candidate, run)
+        except DamagedCheckpoint:
+            if not fallback or candidate == min(saved):
+                raise
+
+
+def _whole(step: Any) -> int | None:
+    """``step`` as an ``int``: any integer type (``np.int64``) or digits; ``CheckpointError`` otherwise."""
+    if step is None or (isinstance(step, str) and step.isdigit()):
+        return None if step is None else int(step)
     try:
-        for candidate in sorted((s for s in steps if s <= step), reverse=True):
-            try:
-                return _restore_for_inference(mngr, workdir, candidate, run)
-            except DamagedCheckpoint:
-                if not fallback or candidate == min(steps):
-                    raise
-    finally:
-        mngr.close()
+        if isinstance(step, bool):
+            raise TypeError
+        return operator.index(step)
+    except TypeError:
+        raise CheckpointError(f"step must be a whole number, got {step!r}.") from None
 
 
-def _restore_for_inference(mngr: ocp.CheckpointManager, workdir: Path, step: int, run: int | None
-                           ) -> Restored:
+def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restored:
     meta = read_meta(workdir, step)
     config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
     runs = [Config.from_json(c) for c in meta.get("runs", [])]
@@ -297,8 +290,8 @@ def _restore_for_inference(mngr: ocp.CheckpointManager, workdir: Path, step: int
         if why is not None:
             raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): restore another run, or a "
                                   "step from before it stopped.")
-        stacked = restore_state(mngr, step, abstract_run_states(runs, len(vocab)), meta)
+        stacked = restore_state(workdir / SUBDIR, step, abstract_run_states(runs, len(vocab)), meta)
         state = jax.tree.map(lambda x: x[run], stacked)
     else:
-        state = restore_state(mngr, step, abstract_train_state(config, len(vocab)), meta)
+        state = restore_state(workdir / SUBDIR, step, abstract_train_state(config, len(vocab)), meta)
     return Restored(config, vocab, state.params, step, meta)

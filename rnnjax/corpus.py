@@ -31,7 +31,7 @@ import numpy as np
 
 from rnnjax.config import Config
 from rnnjax.data import DataError, TimeMachine, WindowedText, cache_dir, sha1_of, timemachine_path
-from rnnjax.start import check_memory
+from rnnjax import memory
 from rnnjax.vocab import Vocab
 
 # What --text changes in the preset before the flags: a text of one's own is taken as it is, its tail
@@ -255,9 +255,9 @@ class Corpus(WindowedText):
         shape is a ``DataError`` before anything is written."""
         def check_vocab(size: int) -> None:
             try:
-                check_memory(config, size, 1)
+                memory.check(config, size, 1)
             except ValueError:
-                check_memory(config, 0, 1)       # the batch alone is too large: start.plan says so
+                memory.check(config, 0, 1)       # the batch alone is too large: start.plan says so
                 raise DataError(
                     f"The vocabulary of {size:,} {config.token}s is too large for this machine's memory at "
                     f"--batch-size {config.batch_size} x --num-steps {config.num_steps}: raise --min-freq"

@@ -26,6 +26,9 @@ import numpy as np
 from rnnjax.data import Vocab
 from rnnjax.model import RNNLM
 
+# Characters one call generates at most: every one is kept (B x (L + num_preds) int32) and scanned over.
+MAX_PREDS = 10_000_000
+
 
 def _decode(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array, num_preds: int, choose
             ) -> jax.Array:
@@ -92,9 +95,12 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Sequence[str], n
     Characters outside the vocabulary (uppercase, digits, punctuation) raise a
     ``ValueError`` naming them, rather than being read as ``<unk>``.
     """
-    if num_preds < 0:
-        raise ValueError(f"num_preds must be >= 0, got {num_preds}.")
+    if not 0 <= num_preds <= MAX_PREDS:
+        raise ValueError(f"num_preds must be between 0 and {MAX_PREDS:,}, got {num_preds:,}.")
     check_sampling(temperature, top_k, len(vocab))
+    if isinstance(prefixes, str) or not all(isinstance(p, str) for p in prefixes):
+        raise ValueError(f"prefixes must be a list of strings, got {prefixes!r}; for one prompt, use predict "
+                         "or [prompt].")
     if not prefixes or any(len(p) == 0 for p in prefixes):
         raise ValueError("Every prefix needs at least one character to start from.")
     ids = [vocab.encode(p) for p in prefixes]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import jax
 import numpy as np
 
 from rnnjax.config import Config
@@ -61,6 +62,10 @@ def from_torch(state_dict: dict[str, Any], config: Config) -> dict:
     weight, bias = _linear(state_dict)
     params = {"rnn": rnn, "output_layer": {"kernel": weight.T, "bias": bias}}
     check_params(params, config, vocab_size=weight.shape[0])
+    bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
+           if not np.all(np.isfinite(x))]
+    if bad:
+        raise ValueError(f"The state dict has NaN or infinite weights (in our names: {', '.join(bad)}).")
     return params
 
 
@@ -68,8 +73,15 @@ def to_torch(params: dict, config: Config, prefix: str = "rnn.rnn.", linear_pref
              ) -> dict[str, np.ndarray]:
     """A PyTorch state dict (NumPy arrays) of ``params``, named as d2l's ``RNNLM`` names them.
 
-    The rnn cell's one bias goes to ``bias_ih``; ``bias_hh`` is zero.
+    The rnn cell's one bias goes to ``bias_ih``; ``bias_hh`` is zero. ``ValueError`` unless ``params``
+    are those of ``config`` (cell, layers, sizes).
     """
+    try:
+        vocab_size = int(np.shape(params["output_layer"]["kernel"])[-1])
+        check_params(params, config, vocab_size=vocab_size)
+    except (KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"The params are not those of an RNNLM ({type(e).__name__}: {e}); pass the params "
+                         "of a model made from this config.") from None
     out = {}
     for ours, theirs in _layer_names(config):
         cell = {k: np.asarray(v) for k, v in (params["rnn"][ours] if ours else params["rnn"])["cell"].items()}

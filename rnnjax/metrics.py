@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import sys
 from pathlib import Path
 
+from rnnjax.workdir import write_atomically
+
 FILENAME = "metrics.jsonl"
 PLOT = "ppl.png"
+# What a record needs beside its epoch (what the plot, the summary and the progress lines read).
+NEEDED = ("train_ppl", "val_ppl")
 
 
 def perplexity(loss: float) -> float:
@@ -44,9 +49,11 @@ class MetricsLog:
     """``metrics.jsonl``: one JSON object per epoch (and run), appended as epochs finish.
 
     Each record is written as one whole line in a single ``write``; non-finite
-    values are ``null``. Reading checks every line: a torn last line (a crash
-    or a full disk mid-write) is dropped with a warning, anything else that is
-    not a record, or epochs out of order, is a ``MetricsError``. Only the writer
+    values are ``null`` (strict JSON: ``NaN`` is never written, and read as
+    ``null``). Reading checks every line: a torn last line (a crash or a full
+    disk mid-write) is dropped with a warning, anything else that is not a
+    record (an epoch, ``NEEDED``), epochs out of order, or a file that is not a
+    regular file (a FIFO would hang) is a ``MetricsError``. Only the writer
     process writes; everyone can read.
     """
 
@@ -58,8 +65,15 @@ class MetricsLog:
         return self._parse(self._text())
 
     def _text(self) -> str:
-        if not self.path.exists():
+        try:
+            mode = os.stat(self.path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
             return ""
+        except OSError as e:
+            raise MetricsError(f"{self.path} cannot be read ({e.strerror}).") from None
+        if not stat.S_ISREG(mode):
+            raise MetricsError(f"{self.path} is not a regular file; move it aside to resume, or use a new "
+                               "--workdir.")
         try:
             return self.path.read_text()
         except (OSError, UnicodeDecodeError) as e:
@@ -73,16 +87,18 @@ class MetricsLog:
                 continue
             torn = number == len(lines) and not text.endswith("\n")      # the last line, unterminated
             try:
-                record = json.loads(line)
+                record = json.loads(line, parse_constant=lambda constant: None)     # NaN, Infinity: null
             except ValueError:
                 record = None
             if torn and not (isinstance(record, dict) and "epoch" in record):
                 self.warn(f"{self.path}: dropped a torn last line ({len(line)} characters of an unfinished "
                           "record); the checkpointed epochs are all there.")
                 break
-            if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)):
-                raise MetricsError(f"{self.path}, line {number}, is not a metrics record: {line[:60]!r}. "
-                                   "Move the file aside to resume, or use a new --workdir.")
+            if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)
+                    and all(k in record and _number_or_null(record[k]) for k in NEEDED)):
+                raise MetricsError(f"{self.path}, line {number}, is not a metrics record (an epoch, "
+                                   f"{', '.join(NEEDED)}): {line[:60]!r}. Move the file aside to resume, or "
+                                   "use a new --workdir.")
             records.append(record)
         _check_order(records, self.path)
         return records
@@ -97,18 +113,31 @@ class MetricsLog:
         kept = [r for r in records if r["epoch"] <= epochs]
         if len(kept) == len(records) and text.endswith("\n"):
             return
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        write_atomically(self.path, "".join(_line(r) for r in kept))
 
     def append(self, record: dict) -> None:
+        """Appends ``record``; ``MetricsError`` in one sentence if the disk is full (the line is then torn
+        or absent, which resuming mends)."""
         if not self.writer:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(_finite_or_null(record), allow_nan=False) + "\n"
-        with open(self.path, "a") as f:        # one write of the whole line
-            f.write(line)
-            f.flush()
+        line = _line(record)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:        # one write of the whole line
+                f.write(line)
+                f.flush()
+        except OSError as e:
+            raise MetricsError(f"{self.path} cannot be written ({e.strerror or e}); training stopped at "
+                               f"epoch {record.get('epoch')}. Free space (or fix the cause) and run the same "
+                               "command to resume.") from None
+
+
+def _number_or_null(x) -> bool:
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
+def _line(record: dict) -> str:
+    return json.dumps(_finite_or_null(record), allow_nan=False) + "\n"
 
 
 def _check_order(records: list[dict], path: Path) -> None:
@@ -136,13 +165,16 @@ def plot_perplexity(records: list[dict], path: str | Path) -> Path:
         mine = [r for r in records if r.get("run") == run]
         epochs, color = [r["epoch"] for r in mine], f"C{i % 10}"
         name = "" if run is None else f" (run {run})"
-        ax.plot(epochs, [r["train_ppl"] for r in mine], "-", color=color, label=f"train_ppl{name}")
-        ax.plot(epochs, [r["val_ppl"] for r in mine], "--", color=color, label=f"val_ppl{name}")
+        for key, style in (("train_ppl", "-"), ("val_ppl", "--")):      # null (infinite): a gap
+            values = [math.nan if r[key] is None else r[key] for r in mine]
+            ax.plot(epochs, values, style, color=color, label=f"{key}{name}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6 if len(runs) > 2 else None)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:        # a whole file or none, never opened in place (it could be a FIFO)
+        write_atomically(Path(path), save=lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return Path(path)

@@ -30,11 +30,11 @@ from rnnjax import checkpoint, metrics as metrics_lib
 from rnnjax.config import SWEEPABLE, Config, ConfigError
 from rnnjax.data import Batch, TimeMachine, Windows
 from rnnjax.parallel import wait_for_backlog
-from rnnjax.start import Plan, Position, plan
+from rnnjax.start import Plan, Position, planned
 from rnnjax.state import TrainState, create_run_states
 from rnnjax.stops import NonFiniteLoss, catch_signals, check_divergence, check_finite
 from rnnjax.train import (CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult, _chunks, _stopped, compile_run,
-                          count_steps, eval_steps, open_workdir, train_windows, writing)
+                          count_steps, eval_steps, open_workdir, train_windows)
 
 
 def check_runs(configs: list[Config]) -> None:
@@ -111,17 +111,21 @@ class _Stops:
 
 def fit_runs(configs: list[Config], data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
              checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3, progress: Callable | None = None,
-             log: Callable[[str], Any] | None = print) -> FitResult:
+             log: Callable[[str], Any] | None = print, plan: Plan | None = None) -> FitResult:
     """Trains ``configs`` together as ``fit`` trains one: checked first, resumed from ``workdir``, one
     metrics line per run and epoch. The result's state is the stacked one; ``progress`` gets the runs'
     mean perplexities. ``data``'s seed is replaced by each run's. A run whose loss turns non-finite or
     that diverges stops alone (logged; its records end, ``restore`` refuses it, the result's ``stopped``
-    says why) and the others train on; ``NonFiniteLoss`` once every run has stopped."""
+    says why) and the others train on; ``NonFiniteLoss`` once every run has stopped. ``plan``: as
+    ``fit``'s."""
     check_runs(configs)
-    p = plan(configs[0], data, workdir, devices=devices, runs=configs)
-    if log:
-        log(p.describe())
-    with writing(p):
+    if plan is not None:
+        if log:
+            log(plan.describe())
+        return _fit_runs(plan, data, checkpoint_every, keep, progress, log)
+    with planned(configs[0], data, workdir, devices=devices, runs=configs) as p:
+        if log:
+            log(p.describe())
         return _fit_runs(p, data, checkpoint_every, keep, progress, log)
 
 
@@ -151,11 +155,11 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
     state = dp.replicate(state)
     steps_per_epoch, total, done = count_steps(p, data)
     run_axis = 1 if dp.pmapped else 0          # after the device axis
-    high = [0] * num_runs         # per run: epochs in a row far above the uniform guess's perplexity
+    high = list(position.high or [0] * num_runs)     # per run: epochs in a row far above uniform's ppl
 
     def save(epoch: int, batch: int, partial: list, val_ppl: float | None = None):
-        position = Position(epoch, batch, partial, stops.why)
-        meta = checkpoint.make_meta(base, data.vocab, dataclasses.asdict(position),
+        position = Position(epoch, batch, partial, stops.why, high)
+        meta = checkpoint.make_meta(base, data.vocab, dataclasses.asdict(position), steps_per_epoch,
                                     num_devices=dp.num_shards, runs=[c.to_json() for c in configs])
         host = dp.unreplicate(state)
         checkpoint.save(manager, int(host.step[0]), host, meta, val_ppl=val_ppl)

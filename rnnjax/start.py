@@ -1,16 +1,22 @@
 """How a run starts: new or resumed from which checkpoint, on which devices, and every check
-that depends on nothing but the arguments and the workdir, made before anything is written."""
+that depends on nothing but the arguments and the workdir, made before anything is written.
+
+``planned(...)`` is how a run starts: the checks of the arguments, then the
+workdir's lock, then the plan made from what the workdir holds under the lock
+(no other run can change it between the plan and the training).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 
-from rnnjax import checkpoint, kernels, metrics, precision, workdir as workdir_lib
+from rnnjax import checkpoint, kernels, memory, metrics, precision, workdir as workdir_lib
 from rnnjax.backend import available_cores
 from rnnjax.config import SWEEPABLE, Config
 from rnnjax.data import TimeMachine, Vocab
@@ -22,11 +28,14 @@ from rnnjax.state import abstract_run_states, abstract_train_state, loss_path, m
 class Position:
     """Where training stands: ``epoch`` (0-based) in progress, ``batch`` next batch of it,
     and the ``[loss_sum, count]`` of the batches of it already done; of runs trained together
-    (``rnnjax.runs``), why each one stopped (``None`` while it trains; empty: none stopped)."""
+    (``rnnjax.runs``), why each one stopped (``None`` while it trains; empty: none stopped); ``high``,
+    the epochs in a row far above the uniform guess's perplexity (``rnnjax.stops``; a list, one per
+    run, for runs trained together; ``None``: none yet, as in checkpoints older than the field)."""
     epoch: int = 0
     batch: int = 0
     partial: list = dataclasses.field(default_factory=list)
     stopped: list = dataclasses.field(default_factory=list)
+    high: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +50,7 @@ class Plan:
     runs: tuple[Config, ...] = ()  # several runs trained together (rnnjax.runs)
     state: Any = None              # the checkpoint's state (host arrays), verified
     damaged: tuple[tuple[int, str], ...] = ()   # newer checkpoints that failed: (step, why)
+    lost: str = ""                 # the epochs metrics.jsonl lacks, in words
 
     @property
     def finished(self) -> bool:
@@ -66,6 +76,10 @@ class Plan:
                     f"{self.position.epoch + 1} of {self.config.epochs}, batch {self.position.batch})")
         hint = "".join(f"; checkpoint step {step} {why}, set aside in "
                        f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
+        if self.lost:
+            hint += f"; {self.workdir / metrics.FILENAME} lacks {self.lost} (their records are lost)"
+        if memory.compile_note(self.config):
+            hint += f"; {memory.compile_note(self.config)}"
         # Advice for whoever got one device without asking (not for --devices 1 of several).
         if self.dp.devices[0].platform == "cpu" and len(jax.local_devices()) == 1 and available_cores() > 1:
             hint += ("; one CPU device on a machine of several cores: call "
@@ -75,14 +89,10 @@ class Plan:
         return f"{what} on {devices}, {self.path}, {matmuls}; writing to {self.workdir}{hint}"
 
 
-def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
-         runs: list[Config] | None = None) -> Plan:
-    """Every check ``fit`` makes before it starts: data, devices, the workdir and any checkpoint in it
-    (for ``rnnjax.runs.fit_runs``, ``runs`` are the configs trained together, ``config`` the first).
-
-    Reads the workdir, writes nothing. Raises ``ValueError`` (``DataError``,
-    ``CheckpointError``) with one sentence on what to change.
-    """
+def check(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
+          runs: list[Config] | None = None) -> DataParallel:
+    """The checks of the arguments and of what the workdir is (not of what it holds), before any work:
+    ``ValueError`` (``WorkdirError``, ``CheckpointError``) in one sentence; the devices to train on."""
     workdir = Path(workdir)
     if config.bidirectional:
         raise ValueError("A bidirectional RNN cannot be trained as a language model: its reverse direction "
@@ -100,43 +110,102 @@ def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int
                          "rnnjax.corpus.load(config, ...).")
     dp = DataParallel.create(devices)
     dp.check_batch_size(config.batch_size)
-    check_memory(config, len(data.vocab), dp.num_shards, len(runs or [None]))
+    memory.check(config, len(data.vocab), dp.num_shards, len(runs or [None]), dp.devices[0])
     workdir_lib.check_writable(workdir)
+    for name in (checkpoint.SUBDIR, checkpoint.DAMAGED):
+        if (workdir / name).exists() and not (workdir / name).is_dir():
+            raise workdir_lib.WorkdirError(f"{workdir / name} is a file where rnnjax keeps a folder; move it "
+                                           "aside, or use another --workdir.")
+    return dp
+
+
+def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
+         runs: list[Config] | None = None) -> Plan:
+    """Every check ``fit`` makes before it starts: data, devices, the workdir and any checkpoint in it
+    (for ``rnnjax.runs.fit_runs``, ``runs`` are the configs trained together, ``config`` the first).
+
+    Reads the workdir, writes nothing. Raises ``ValueError`` (``DataError``,
+    ``CheckpointError``) with one sentence on what to change. What a run
+    trains is planned under the workdir's lock: ``planned``.
+    """
+    dp = check(config, data, workdir, devices=devices, runs=runs)
     if jax.process_index() == 0:
-        workdir_lib.check_unlocked(workdir)
-    metrics.MetricsLog(workdir / metrics.FILENAME, warn=lambda message: None).read()   # MetricsError if bad
+        workdir_lib.check_unlocked(Path(workdir))
+    return _read(config, data, Path(workdir), dp, tuple(runs or ()))
+
+
+@contextlib.contextmanager
+def planned(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
+            runs: list[Config] | None = None) -> Iterator[Plan]:
+    """``plan``, made under the workdir's lock (the writer process holds it for the block; the others
+    only read), the damaged checkpoints it found set aside."""
+    dp = check(config, data, workdir, devices=devices, runs=runs)
+    workdir = Path(workdir)
+    if jax.process_index() != 0:
+        yield _read(config, data, workdir, dp, tuple(runs or ()))
+        return
+    workdir_lib.check_unlocked(workdir)         # the holder named before the workdir is made
+    with workdir_lib.lock(workdir):
+        p = _read(config, data, workdir, dp, tuple(runs or ()))
+        if not p.finished:
+            for step, _ in p.damaged:
+                checkpoint.set_aside(workdir, step)
+        yield p
+
+
+def _lost_epochs(records: list[dict], position: Position, runs: tuple[Config, ...]) -> str:
+    """The checkpointed epochs ``metrics.jsonl`` has no record of (of a run still training), in words."""
+    stopped = position.stopped or [None] * len(runs)
+    missing = sorted({e for r, why in enumerate(stopped if runs else [None]) if why is None
+                      for e in range(1, position.epoch + 1)}
+                     - {rec["epoch"] for rec in records if not runs or stopped[rec.get("run", 0)] is None})
+    if not missing:
+        return ""
+    spans, first = [], missing[0]
+    for a, b in zip(missing, missing[1:] + [None]):
+        if b != a + 1:
+            spans.append(str(a) if a == first else f"{first}-{a}")
+            first = b
+    return f"the records of epoch(s) {', '.join(spans)}"
+
+
+def _read(config: Config, data: TimeMachine, workdir: Path, dp: DataParallel, runs: tuple[Config, ...]
+          ) -> Plan:
+    """The plan from what ``workdir`` holds: the newest good checkpoint, damaged ones reported."""
+    records = metrics.MetricsLog(workdir / metrics.FILENAME, warn=lambda message: None).read()  # MetricsError
     path = loss_path(make_model(config, len(data.vocab)))
-    runs = tuple(runs or ())
-    steps = sorted(checkpoint._steps(workdir), reverse=True)
+    steps = sorted(checkpoint.steps(workdir), reverse=True)
     if not steps:
         return Plan(config, workdir, dp, path, runs=runs)
     target = (abstract_run_states(list(runs), len(data.vocab)) if runs
               else abstract_train_state(config, len(data.vocab)))
-    damaged = []
-    reader = checkpoint._reader(workdir / checkpoint.SUBDIR)
-    try:
-        for step in steps:       # the newest good checkpoint; damaged ones are reported and set aside
-            try:
-                meta = checkpoint.read_meta(workdir, step)
-                check_compatible(meta, config, data.vocab, workdir, runs=runs)
-                state = checkpoint.restore_state(reader, step, target, meta)
-            except checkpoint.DamagedCheckpoint as e:
-                damaged.append((step, e.reason))
-                continue
-            return Plan(config, workdir, dp, path, step, Position(**meta["position"]), runs, state,
-                        tuple(damaged))
-    finally:
-        reader.close()
+    damaged, metas = [], {}
+    for step in steps:           # every meta first: a damaged one is set aside before orbax lists them
+        try:
+            metas[step] = checkpoint.read_meta(workdir, step)
+        except checkpoint.DamagedCheckpoint as e:
+            damaged.append((step, e.reason))
+    for step in metas:           # the newest good checkpoint; damaged ones are reported and set aside
+        try:
+            check_compatible(metas[step], config, data.vocab, workdir, runs, data.num_batches(True))
+            state = checkpoint.restore_state(workdir / checkpoint.SUBDIR, step, target, metas[step])
+        except checkpoint.DamagedCheckpoint as e:
+            damaged.append((step, e.reason))
+            continue
+        position = Position(**metas[step]["position"])
+        return Plan(config, workdir, dp, path, step, position, runs, state,
+                    tuple(sorted(damaged, reverse=True)), _lost_epochs(records, position, runs))
+    damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "
         f"{', '.join(str(s) for s, _ in damaged)}; step {damaged[0][0]}: {damaged[0][1]}). Move that folder "
         "aside to start anew, or use a new --workdir.")
 
 
-def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, runs: tuple[Config, ...] = ()
-                     ) -> None:
+def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, runs: tuple[Config, ...] = (),
+                     steps_per_epoch: int | None = None) -> None:
     """A resumed run must be the same run: same config but for ``RESUMABLE`` fields (and the same ``runs``
-    trained together, if several)."""
+    trained together, if several), the same vocabulary and steps an epoch."""
     saved_runs = [Config.from_json(c) for c in meta.get("runs", [])]
 
     def fixed(c: Config) -> dict:
@@ -158,28 +227,12 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
     if why:
         raise checkpoint.CheckpointError(f"{workdir} holds a run trained on {why}. Use a new --workdir, or "
                                          "the data it was trained on to resume it.")
+    if steps_per_epoch is not None and meta.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
+        raise checkpoint.CheckpointError(f"{workdir} holds a run of {meta['steps_per_epoch']} steps an "
+                                         f"epoch; this data has {steps_per_epoch}. Use a new --workdir, or "
+                                         "the checkpoint's data to resume it.")
 
 
 def _sweep(configs: list[Config]) -> str:
     return "; ".join(f"{k} {', '.join(f'{v:g}' for v in dict.fromkeys(getattr(c, k) for c in configs))}"
                      for k in SWEEPABLE)
-
-
-# Bytes of float32 work per token and hidden unit of a training step (activations, gradients and
-# the fused kernel's buffers), and per token and vocabulary entry: a generous bound, not a profile.
-_BYTES_PER_TOKEN_HIDDEN, _BYTES_PER_TOKEN_VOCAB = 64, 16
-
-
-def check_memory(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1) -> None:
-    """``ValueError`` if one device's training step cannot fit in this machine's memory (estimated)."""
-    tokens = config.batch_size // num_shards * config.num_steps * num_runs
-    width = config.num_hiddens * config.num_layers * (2 if config.bidirectional else 1)
-    need = tokens * (width * _BYTES_PER_TOKEN_HIDDEN + (vocab_size + 16) * _BYTES_PER_TOKEN_VOCAB)
-    try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):      # not a POSIX system: no estimate
-        return
-    if jax.default_backend() == "cpu" and need * num_shards > have:
-        raise ValueError(f"--batch-size {config.batch_size} x --num-steps {config.num_steps} needs about "
-                         f"{need * num_shards / 2 ** 30:.0f} GiB for a training step, more than this "
-                         f"machine's {have / 2 ** 30:.0f} GiB; use a smaller batch.")

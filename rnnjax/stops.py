@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import signal
 import threading
@@ -26,15 +27,32 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _StopFlag:
-    """Turns the first SIGINT/SIGTERM into a flag the loop checks between steps."""
+    """Turns the first SIGINT/SIGTERM into a flag the loop checks between steps; a second one stops
+    at once (``Interrupted``, naming it: 130 for SIGINT, 143 for SIGTERM), and any more while that
+    unwinds are ignored."""
 
     def __init__(self):
         self.signum: int | None = None
+        self.now = False
 
     def __call__(self, signum, frame):
-        if self.signum is not None:       # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
+        if self.signum is None:
+            self.signum = signum
+            return
+        if self.now:                      # a third, while the second unwinds: it is already stopping
+            return
+        self.now = True
+        raise Interrupted(f"Stopped at once by a second signal {signum} ({signal.Signals(signum).name}): "
+                          "nothing saved since the workdir's last complete checkpoint (a save cut short is "
+                          "never listed). Run the same command again to resume.", signum)
+
+
+class _NotOurStop(logging.Filter):
+    """Drops a library's log of our own ``Interrupted`` (orbax logs it, with its traceback, as a failed
+    save when the second signal lands while it waits): the caller says it in one sentence."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], Interrupted))
 
 
 @contextlib.contextmanager
@@ -44,9 +62,12 @@ def catch_signals() -> Iterator[_StopFlag]:
         yield flag
         return
     previous = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    quiet, absl = _NotOurStop(), logging.getLogger("absl")
+    absl.addFilter(quiet)
     try:
         yield flag
     finally:
+        absl.removeFilter(quiet)
         for s, handler in previous.items():
             signal.signal(s, handler)
 

@@ -12,13 +12,13 @@ the padding falls on the devices.
 device cuts from the token stream it holds). It resumes from the workdir's
 latest checkpoint, logs one JSON line per epoch, checkpoints, stops on a
 non-finite loss, and on SIGINT/SIGTERM saves the last completed call's step
-before it exits. Before it writes anything it checks everything
-(``rnnjax.start.plan``) and says what it will do.
+before it exits. Before it writes anything it checks everything, takes the
+workdir's lock, plans from what the workdir holds (``rnnjax.start.planned``)
+and says what it will do.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import time
@@ -31,13 +31,13 @@ import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
-from rnnjax import checkpoint, metrics as metrics_lib, workdir as workdir_lib
+from rnnjax import checkpoint, metrics as metrics_lib
 from rnnjax.backend import compiler_options
 from rnnjax.config import Config
 from rnnjax.data import Batch, TimeMachine, Windows
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
-from rnnjax.start import Plan, Position, plan
+from rnnjax.start import Plan, Position, planned
 from rnnjax.state import TrainState, create_train_state
 # NonFiniteLoss and Interrupted are what fit raises: importable from here too.
 from rnnjax.stops import (Interrupted, NonFiniteLoss, catch_signals, check_divergence,  # noqa: F401
@@ -143,10 +143,13 @@ class FitResult:
 
 def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any = None,
         devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3,
-        progress: Callable | None = None, log: Callable[[str], Any] | None = print) -> FitResult:
+        progress: Callable | None = None, log: Callable[[str], Any] | None = print, plan: Plan | None = None
+        ) -> FitResult:
     """Trains ``config`` on ``data``, resuming from ``workdir`` if it holds a checkpoint.
 
-    First it checks everything (``plan``) and ``log``s what it will do. A
+    First it checks everything, takes the workdir's lock and plans under it
+    (``rnnjax.start.planned``; or trains ``plan``, made so by the caller,
+    inside its block) and ``log``s what it will do. A
     fresh run starts from ``params`` (default: initialized from
     ``config.seed``); fit trains a copy, so the caller's stay valid. Saves a
     checkpoint every ``checkpoint_every`` epochs and after the last, keeping
@@ -157,24 +160,12 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
     (nothing saved past the last good checkpoint) and ``Interrupted`` (after
     saving the last completed call's step).
     """
-    p = plan(config, data, workdir, devices=devices)
-    if log:
-        log(p.describe())
-    with writing(p):
+    if plan is not None:
+        return _fit(plan, data, params, checkpoint_every, keep, progress)
+    with planned(config, data, workdir, devices=devices) as p:
+        if log:
+            log(p.describe())
         return _fit(p, data, params, checkpoint_every, keep, progress)
-
-
-@contextlib.contextmanager
-def writing(p: Plan) -> Iterator[None]:
-    """The writer process holds the workdir's lock, and sets the plan's damaged checkpoints aside (a
-    finished workdir is only read)."""
-    if jax.process_index() != 0 or p.finished:
-        yield
-        return
-    with workdir_lib.lock(p.workdir):
-        for step, _ in p.damaged:
-            checkpoint.set_aside(p.workdir, step)
-        yield
 
 
 def open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_lib.MetricsLog]:
@@ -226,11 +217,12 @@ def _fit(p: Plan, data: TimeMachine, params: Any, checkpoint_every: int, keep: i
 
     def save(epoch: int, batch: int, partial: list, val_ppl: float | None = None):
         host = dp.unreplicate(state)
-        meta = checkpoint.make_meta(config, data.vocab, dataclasses.asdict(Position(epoch, batch, partial)),
+        position = Position(epoch, batch, partial, high=high)
+        meta = checkpoint.make_meta(config, data.vocab, dataclasses.asdict(position), steps_per_epoch,
                                     num_devices=dp.num_shards)
         checkpoint.save(manager, int(host.step), host, meta, val_ppl=val_ppl)
 
-    high = 0         # epochs in a row far above the uniform guess's perplexity
+    high = position.high or 0         # epochs in a row far above the uniform guess's perplexity
     with catch_signals() as stop, manager:
         for epoch in range(position.epoch, config.epochs):
             start = position.batch if epoch == position.epoch else 0

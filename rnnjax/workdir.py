@@ -7,8 +7,10 @@
 - ``checksums(state)`` / ``verify(state, sums)``: a CRC-32 of every array of a
   saved state, kept in the checkpoint's JSON ``meta`` and checked on restore,
   so a flipped bit is an error rather than a silently changed weight.
-- ``check_writable(workdir)``: the workdir can be made and written, checked
-  before any work.
+- ``check_writable(workdir)``: the workdir can be made and written, and its
+  path is one orbax can take, checked before any work.
+- ``write_atomically(path, text)``: a whole file or none (a temporary file
+  renamed), with one sentence when the disk is full.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,6 +29,9 @@ import jax
 import numpy as np
 
 LOCKFILE = ".lock"
+# Orbax (tensorstore) reads "[0]" in a path as a pattern and "\\" as a separator: its saves then land
+# elsewhere or cannot be restored. Tested: "*", "?", "{", "%", "#", spaces and the rest save and restore.
+UNSAFE = "[]\\"
 
 
 class WorkdirError(RuntimeError):
@@ -36,8 +42,19 @@ def _describe(e: OSError) -> str:
     return e.strerror or type(e).__name__
 
 
+def check_path(workdir: Path) -> None:
+    """``WorkdirError`` if ``workdir``'s absolute path holds a character orbax cannot take (``UNSAFE``)."""
+    bad = sorted(set(str(workdir.absolute())) & set(UNSAFE))
+    if bad:
+        raise WorkdirError(f"The workdir {workdir.absolute()} has {' and '.join(map(repr, bad))} in its "
+                           "path, which orbax's checkpoints cannot take (they would be written elsewhere or "
+                           "not restore); choose a --workdir without them.")
+
+
 def check_writable(workdir: Path) -> None:
-    """``WorkdirError`` unless ``workdir`` is a directory this process can write, or can be made one."""
+    """``WorkdirError`` unless ``workdir`` is a directory this process can write, or can be made one, at a
+    path orbax can take."""
+    check_path(workdir)
     if workdir.exists():
         if not workdir.is_dir():
             raise WorkdirError(f"The workdir {workdir} exists and is not a directory.")
@@ -61,9 +78,26 @@ def _holder(f: TextIO) -> str:
     return f"process {pid}" if pid.isdigit() else "another process"
 
 
+def _check_lockfile(path: Path) -> None:
+    """``WorkdirError`` if ``path`` is there but not a regular file: a folder, a link (a dangling one would
+    be created wherever it points), a FIFO."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):      # not made yet; lock says why it cannot be
+        return
+    except OSError as e:
+        raise WorkdirError(f"The workdir's lock file {path} cannot be read ({_describe(e)}).") from None
+    if not stat.S_ISREG(mode):
+        what = "a link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise WorkdirError(f"The workdir's lock file {path} is {what}; remove it (rnnjax makes it) or use "
+                           "another --workdir.")
+
+
 def check_unlocked(workdir: Path) -> None:
-    """``WorkdirError`` if a run holds ``workdir``'s lock now (checked early; ``lock`` is what counts)."""
+    """``WorkdirError`` if a run holds ``workdir``'s lock now, or the lock file is not a regular file
+    (checked early; ``lock`` is what counts)."""
     path = workdir / LOCKFILE
+    _check_lockfile(path)
     if not path.is_file():
         return
     try:
@@ -84,9 +118,11 @@ def _in_use(workdir: Path, holder: str) -> str:
 @contextlib.contextmanager
 def lock(workdir: Path) -> Iterator[None]:
     """Holds ``workdir``'s lock (making the workdir) for the ``with`` block; ``WorkdirError`` if held."""
+    _check_lockfile(workdir / LOCKFILE)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        f = open(workdir / LOCKFILE, "a+")
+        fd = os.open(workdir / LOCKFILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        f = os.fdopen(fd, "r+")
     except OSError as e:
         raise WorkdirError(f"The workdir {workdir} cannot be written ({_describe(e)}).") from None
     with f:
@@ -94,11 +130,35 @@ def lock(workdir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise WorkdirError(_in_use(workdir, _holder(f))) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+        except OSError as e:        # a full disk: the lock holds without the pid, but say so now
+            raise WorkdirError(f"The workdir {workdir} cannot be written ({_describe(e)}).") from None
         yield                       # closing the file releases the lock
+
+
+def write_atomically(path: Path, text: str | None = None, save: Callable[[Path], Any] | None = None
+                     ) -> None:
+    """``path`` holds ``text`` (or what ``save(tmp)`` writes) whole, or is as it was: written to a
+    temporary file, then renamed; never opened in place (it could be a FIFO). ``WorkdirError`` (no
+    temporary file left) if the disk is full or the file cannot be written."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if tmp.is_symlink() or tmp.exists():     # ours, from a crash; never opened (it could be a FIFO)
+            tmp.unlink()
+        with open(tmp, "x") as f:
+            f.write(text or "")
+        if save is not None:
+            save(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise WorkdirError(f"{path} cannot be written ({_describe(e)}); free space (or fix the cause) and "
+                           "run the same command again.") from None
 
 
 def _crc32(x: Any) -> str:

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import timemachine
-from rnnjax import checkpoint, metrics, workdir
+from rnnjax import checkpoint, meta as meta_lib, metrics, workdir
 from rnnjax.train import fit
 
 from conftest import TINY
@@ -110,6 +110,9 @@ def test_meta_without_its_config_is_damage_not_a_key_error(small_data, tmp_path)
     meta = json.loads(meta_file.read_text())
     del meta["config"]
     meta_file.write_text(json.dumps(meta))
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="fails its checksum"):
+        checkpoint.restore(tmp_path)
+    meta_file.write_text(json.dumps(meta_lib.seal(meta)))        # resealed: its structure is still checked
     with pytest.raises(checkpoint.DamagedCheckpoint, match="lacks its config"):
         checkpoint.restore(tmp_path)
 
@@ -126,10 +129,13 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(small_data, tmp_path, str
 
 @pytest.mark.parametrize("line,message", [("garbage", "line 2, is not a metrics record"),
                                           ("[1, 2]", "line 2, is not a metrics record"),
-                                          ('{"epoch": 1}', "epoch 1 after epoch 1")])
+                                          ('{"epoch": 3}', "line 2, is not a metrics record"),   # no ppl
+                                          ('{"epoch": 3, "train_ppl": "x", "val_ppl": 2}', "line 2, is not"),
+                                          (None, "epoch 1 after epoch 1")])        # None: line 1 again
 def test_a_bad_metrics_line_is_named_before_any_work(small_data, tmp_path, line, message):
     fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
     lines = (tmp_path / metrics.FILENAME).read_text().splitlines()
+    line = lines[0] if line is None else line
     (tmp_path / metrics.FILENAME).write_text("\n".join([lines[0], line, lines[1]]) + "\n")
     with pytest.raises(metrics.MetricsError, match=message):
         fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, log=None)
@@ -193,6 +199,8 @@ BAD = [  # (flags, what the one line says)
     (["--predict", "it has", "--top-k", "99"], "top_k (--top-k) must be between 1 and the vocabulary's 28"),
     (["--predict", "It has"], "outside the vocabulary"), (["--predict", "a", "--run", "1"], "single run"),
     (["--predict", "a", "--num-preds", "-1"], "--num-preds must be at least 0"),
+    (["--predict", "a", "--num-preds", "99999999999"], "--num-preds must be at most"),
+    (["--num-hiddens", "100000", "--num-layers", "4"], "lower --num-hiddens or --num-layers"),
 ]
 
 
@@ -292,3 +300,319 @@ def test_a_save_that_fails_in_the_background_stops_the_run_at_its_next_save(smal
                                                          r"\[Errno 5\]"):
         fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
     assert [r["epoch"] for r in records(tmp_path)] == [1, 2]          # stopped at epoch 2's save
+
+
+# --- round three: the meta, odd paths, the lock before the plan, memory, FIFOs, ENOSPC, signals ---
+
+def meta_file(workdir, step):
+    return workdir / checkpoint.SUBDIR / str(step) / "meta" / "metadata"
+
+
+def edit_meta(workdir, step, change, reseal=False):
+    path = meta_file(workdir, step)
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta_lib.seal(meta) if reseal else meta))
+
+
+@pytest.mark.parametrize("reseal,why", [(False, "fails its checksum"), (True, "which is step 52")])
+def test_a_changed_epoch_in_the_meta_is_damage_and_resume_falls_back(small_data, tmp_path, straight, reseal,
+                                                                     why):
+    """BAD 1: epoch 3 -> 4 in the latest meta resumed at epoch 5, epoch 4 never trained. Now it is damage,
+    caught by the meta's checksum or (resealed) by its position against its step."""
+    fit(CONFIG.replace(epochs=3), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    edit_meta(tmp_path, 39, lambda m: m["position"].update(epoch=4), reseal)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=f"step 39 .*{why}"):
+        checkpoint.restore(tmp_path)
+    lines = []
+    resumed = fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=lines.append)
+    assert lines[0].startswith("resuming from step 26") and "checkpoint step 39 " in lines[0]
+    assert (tmp_path / checkpoint.DAMAGED / "39").is_dir()
+    assert records(tmp_path) == records(straight[1])
+    same_params(resumed.state.params, straight[0].state.params)
+
+
+def test_a_damaged_meta_of_runs_trained_together_is_damage(small_data, tmp_path):
+    from rnnjax.runs import fit_runs
+    configs = [TINY.replace(epochs=2, seed=s) for s in (0, 1)]
+    fit_runs(configs, small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    edit_meta(tmp_path, 26, lambda m: m["position"].update(epoch=1, batch=12), reseal=True)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="says epoch 1 batch 12, which is step 25"):
+        checkpoint.restore(tmp_path, run=0)
+    assert checkpoint.restore(tmp_path, run=1, fallback=True).step == 13
+
+
+@pytest.mark.parametrize("where", ["p[0]/w", "x\\y", "[ab]"])
+def test_a_path_orbax_cannot_take_is_refused_before_any_work(real_text_path, tmp_path, capsys, monkeypatch,
+                                                             where):
+    """BAD 2: 'p[0]' trained and said "wrote", but no checkpoint could be restored; 'x\\y' wrote elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    assert cli("--data", real_text_path, "--preset", "tiny", "--devices", "1", "--workdir", where) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "orbax's checkpoints cannot take" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_save_that_cannot_be_restored_stops_the_run(small_data, tmp_path, monkeypatch):
+    """Every save is read back: one without its manifest (what a misread path gave) stops the run."""
+    real_save = ocp.CheckpointManager.save
+
+    def lost_manifest(self, step, *args, **kwargs):
+        saved = real_save(self, step, *args, **kwargs)
+        self.wait_until_finished()
+        if step == 26:
+            (tmp_path / checkpoint.SUBDIR / "26" / "state" / "manifest.ocdbt").unlink()
+        return saved
+    monkeypatch.setattr(ocp.CheckpointManager, "save", lost_manifest)
+    with pytest.raises(checkpoint.CheckpointError, match=r"Saving step 26 .* lacks state/manifest.ocdbt"):
+        fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    assert [r["epoch"] for r in records(tmp_path)] == [1, 2, 3]          # stopped at the next save
+
+
+def test_the_plan_is_made_under_the_lock(small_data, tmp_path, monkeypatch, straight):
+    """BAD 3: a run that finished between another's plan and its lock was overwritten by it."""
+    real_steps, other = checkpoint.steps, []
+
+    def another_run_finishes_meanwhile(path):
+        found = real_steps(path)
+        if not other:
+            try:
+                other.append(fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=None))
+            except workdir.WorkdirError as e:
+                other.append(e)
+        return found
+    monkeypatch.setattr(checkpoint, "steps", another_run_finishes_meanwhile)
+    fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    assert isinstance(other[0], workdir.WorkdirError) and "in use by process" in str(other[0])
+    assert records(tmp_path) == records(straight[1])
+
+
+def test_out_of_memory_at_run_time_is_one_sentence(real_text_path, tmp_path, capsys, monkeypatch):
+    def oom(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.0GiB.")
+    monkeypatch.setattr(timemachine, "fit", oom)
+    assert cli("--data", real_text_path, "--preset", "tiny", "--devices", "1", "--workdir",
+               str(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: The machine ran out of memory") and err.count("\n") == 1, err
+    assert "lower --batch-size or --num-steps (or --num-hiddens or --num-layers)" in err
+
+
+def no_hang(seconds=60):
+    """Fails a test that would hang (a FIFO opened for reading) instead of hanging it."""
+    def alarm(signum, frame):
+        raise TimeoutError("hung")
+    signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+
+
+@pytest.mark.parametrize("inside", ["meta/metadata", "state/manifest.ocdbt", "_CHECKPOINT_METADATA"])
+def test_a_fifo_in_a_checkpoint_is_damage_not_a_hang(small_data, tmp_path, straight, inside):
+    """BAD 5: a FIFO in place of a checkpoint file hung --predict and resume."""
+    import os
+    fit(CONFIG.replace(epochs=3), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    target = tmp_path / checkpoint.SUBDIR / "39" / inside
+    target.unlink()
+    os.mkfifo(target)
+    no_hang()
+    try:
+        with pytest.raises(checkpoint.DamagedCheckpoint, match=f"holds {inside}, which is not a regular"):
+            checkpoint.restore(tmp_path)
+        resumed = fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    finally:
+        signal.alarm(0)
+    assert records(tmp_path) == records(straight[1])
+    same_params(resumed.state.params, straight[0].state.params)
+
+
+@pytest.mark.parametrize("name,message", [(metrics.FILENAME, "is not a regular file"),
+                                          (workdir.LOCKFILE, "lock file .* is not a regular file")])
+def test_a_fifo_for_the_metrics_or_the_lock_is_refused(small_data, tmp_path, name, message):
+    import os
+    fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
+    (tmp_path / name).unlink()
+    os.mkfifo(tmp_path / name)
+    no_hang()
+    try:
+        with pytest.raises((metrics.MetricsError, workdir.WorkdirError), match=message):
+            fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+    finally:
+        signal.alarm(0)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p.mkdir(), "is a folder"),
+    (lambda p: p.symlink_to(p.parent / "nowhere" / "x"), "is a link"),
+])
+def test_an_odd_lock_file_is_refused_before_the_plan_is_said(small_data, tmp_path, make, message):
+    make(tmp_path / workdir.LOCKFILE)
+    lines = []
+    with pytest.raises(workdir.WorkdirError, match=message):
+        fit(TINY, small_data, tmp_path, devices=1, log=lines.append)
+    assert lines == [] and not (tmp_path / "nowhere").exists()
+
+
+def test_a_step_folder_orbax_would_misread_is_one_sentence(real_text_path, tmp_path, capsys, trained):
+    import shutil
+    shutil.copytree(trained, tmp_path / "w")
+    (tmp_path / "w" / checkpoint.SUBDIR / "0300").mkdir()
+    assert cli("--data", real_text_path, "--preset", "tiny", "--epochs", "2", "--devices", "1",
+               "--workdir", str(tmp_path / "w")) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and err.count("\n") == 1 and "0300 is not a checkpoint" in err
+    assert "new run" not in out and "resuming" not in out
+
+
+def test_a_file_where_a_folder_is_kept_is_one_sentence(small_data, tmp_path):
+    fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
+    (tmp_path / checkpoint.DAMAGED).write_text("x")
+    with pytest.raises(workdir.WorkdirError, match="damaged is a file where rnnjax keeps a folder"):
+        fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+
+
+def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_at_the_lock_is_one_sentence(small_data, tmp_path, monkeypatch):
+    class FullFile:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return full_disk if name == "write" else getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+    real_fdopen = workdir.os.fdopen
+    monkeypatch.setattr(workdir.os, "fdopen", lambda *a, **k: FullFile(real_fdopen(*a, **k)))
+    with pytest.raises(workdir.WorkdirError, match="cannot be written .No space left on device"):
+        fit(TINY, small_data, tmp_path, devices=1, log=None)
+    assert not (tmp_path / checkpoint.SUBDIR).exists()
+
+
+def test_a_full_disk_at_config_json_leaves_no_temporary_file(small_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(workdir.os, "replace", full_disk)
+    with pytest.raises(workdir.WorkdirError, match=r"config.json cannot be written \(No space left"):
+        fit(TINY, small_data, tmp_path, devices=1, log=None)
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "config.json").exists()
+
+
+def test_a_full_disk_at_the_metrics_append_is_one_sentence(small_data, tmp_path, monkeypatch, straight):
+    monkeypatch.setattr(metrics, "open", full_disk, raising=False)
+    with pytest.raises(metrics.MetricsError, match="cannot be written .No space left on device.; training "
+                                                   "stopped at epoch 1"):
+        fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    monkeypatch.undo()
+    resumed = fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    assert records(tmp_path) == records(straight[1])
+    same_params(resumed.state.params, straight[0].state.params)
+
+
+@pytest.mark.parametrize("damage,said", [
+    (lambda path: path.write_text(""), "lacks the records of epoch(s) 1-3"),
+    (lambda path: path.unlink(), "lacks the records of epoch(s) 1-3"),
+    (lambda path: path.write_text("".join(path.read_text().splitlines(True)[i] for i in (0, 2))),
+     "lacks the records of epoch(s) 2"),
+])
+def test_lost_metrics_are_said_when_the_run_resumes(small_data, tmp_path, damage, said):
+    fit(CONFIG.replace(epochs=3), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    damage(tmp_path / metrics.FILENAME)
+    lines = []
+    fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=lines.append)
+    assert f"metrics.jsonl {said} (their records are lost)" in lines[0]
+
+
+def test_nan_in_the_metrics_is_never_written_back(small_data, tmp_path):
+    fit(CONFIG.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    path = tmp_path / metrics.FILENAME
+    first, second = path.read_text().splitlines()
+    path.write_text(first.replace('"seconds": ', '"seconds": NaN, "was": ') + "\n" + second + "\n"
+                    + '{"epoch": 3, "train_ppl": NaN, "val_ppl": Infinity}\n')         # past the checkpoint
+    fit(CONFIG.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)  # done
+    fit(CONFIG.replace(epochs=3), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+    assert json.loads(path.read_text().splitlines()[0])["seconds"] is None       # read as null, kept so
+    assert [r["epoch"] for r in records(tmp_path)] == [1, 2, 3]                   # strict JSON
+
+
+def test_a_missing_plot_is_made_again(real_text_path, capsys, trained):
+    (trained / metrics.PLOT).unlink()
+    assert cli("--data", real_text_path, "--preset", "tiny", "--epochs", "1", "--devices", "1",
+               "--workdir", str(trained)) == 0
+    assert "nothing to train" in capsys.readouterr().out
+    assert (trained / metrics.PLOT).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_two_signals_during_a_save_exit_naming_the_signal(real_text_path, tmp_path, main_job, signum):
+    """Two signals 20 ms apart: the second stops at once; 130/143, one line naming it, no traceback; the
+    run resumes from its last complete checkpoint."""
+    args = ["--data", real_text_path, "--preset", "tiny", "--epochs", "200", "--checkpoint-every", "1",
+            "--devices", "1", "--no-progress", "--workdir", str(tmp_path)]
+    proc, log = main_job(*args), tmp_path / metrics.FILENAME
+    while proc.poll() is None and not (log.exists() and log.read_text().count("\n") >= 3):
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    time.sleep(0.02)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"signal {signum} ({signal.Signals(signum).name})" in err
+    assert checkpoint.restore(tmp_path).step >= 3 * 13
+
+
+def test_restore_takes_numpy_steps_and_refuses_step_with_best(small_data, tmp_path):
+    fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    assert checkpoint.restore(tmp_path, step=np.int64(13)).step == 13
+    with pytest.raises(checkpoint.CheckpointError, match="not both"):
+        checkpoint.restore(tmp_path, step=13, best=True)
+    with pytest.raises(checkpoint.CheckpointError, match="whole number"):
+        checkpoint.restore(tmp_path, step=13.0)
+
+
+def test_predict_with_the_flags_of_another_epoch_count_is_the_same_model(real_text_path, capsys, trained):
+    assert cli("--workdir", str(trained), "--predict", "it has", "--preset", "tiny", "--epochs", "5") == 0
+    assert capsys.readouterr().out.startswith("it has")
+
+
+DIVERGING = TINY.replace(epochs=20, lr=30.0, clip=1000.0)      # far above uniform from epoch 1: stops at 3
+
+
+def test_a_diverging_run_resumes_bit_for_bit(small_data, tmp_path):
+    """The divergence streak is in the checkpoint: --epochs 2 then 20 stops where one run stops (it went on
+    to epoch 5, saving the diverged model)."""
+    from rnnjax.stops import NonFiniteLoss
+    with pytest.raises(NonFiniteLoss, match="at epoch 3"):
+        fit(DIVERGING, small_data, tmp_path / "straight", devices=1, checkpoint_every=1, log=None)
+    fit(DIVERGING.replace(epochs=2), small_data, tmp_path / "split", devices=1, checkpoint_every=1, log=None)
+    assert checkpoint.restore(tmp_path / "split").meta["position"]["high"] == 2
+    with pytest.raises(NonFiniteLoss, match="at epoch 3"):
+        fit(DIVERGING, small_data, tmp_path / "split", devices=1, checkpoint_every=1, log=None)
+    assert records(tmp_path / "split") == records(tmp_path / "straight")
+    assert checkpoint.latest_step(tmp_path / "split") == checkpoint.latest_step(tmp_path / "straight") == 26
+
+
+def test_a_diverging_run_among_runs_resumes_bit_for_bit(small_data, tmp_path):
+    from rnnjax.runs import fit_runs
+    configs = [DIVERGING.replace(epochs=5, lr=lr) for lr in (1.0, 30.0)]
+    straight = fit_runs(configs, small_data, tmp_path / "straight", devices=1, checkpoint_every=1, log=None)
+    fit_runs([c.replace(epochs=2) for c in configs], small_data, tmp_path / "split", devices=1,
+             checkpoint_every=1, log=None)
+    split = fit_runs(configs, small_data, tmp_path / "split", devices=1, checkpoint_every=1, log=None)
+    assert straight.stopped[1] is not None and "at epoch 3" in straight.stopped[1]
+    assert split.stopped == straight.stopped
+    assert records(tmp_path / "split") == records(tmp_path / "straight")
+
+
+def test_a_checkpoint_from_before_the_streak_was_saved_resumes(small_data, tmp_path, straight):
+    fit(CONFIG.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    for step in (13, 26):
+        edit_meta(tmp_path, step, lambda m: m["position"].pop("high"), reseal=True)
+    resumed = fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    assert records(tmp_path) == records(straight[1])
+    same_params(resumed.state.params, straight[0].state.params)

@@ -46,7 +46,10 @@ def test_unknown_characters_are_a_clear_error(model_params):
 
 
 @pytest.mark.parametrize("prefixes,num_preds,message", [([""], 3, "at least one"), ([], 3, "at least one"),
-                                                        (["a"], -1, "num_preds")])
+                                                        (["a"], -1, "num_preds"),
+                                                        (["a"], 99999999999, "num_preds must be between"),
+                                                        ("it has", 3, "a list of strings"),
+                                                        ([b"it"], 3, "a list of strings")])
 def test_bad_requests(model_params, prefixes, num_preds, message):
     model, params = model_params
     with pytest.raises(ValueError, match=message):

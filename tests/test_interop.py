@@ -118,3 +118,18 @@ def test_against_torch_itself(cell, num_layers, bidirectional):
     config = config_of(cell, num_layers, bidirectional)
     logits = make_model(config, V).apply({"params": from_torch(sd, config)}, jnp.asarray(X))
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_nan_weights_are_refused():
+    sd = known_state_dict("gru", 1, False)
+    sd["rnn.rnn.weight_hh_l0"][2, 3] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite weights .*W_hh"):
+        from_torch(sd, config_of("gru", 1, False))
+
+
+@pytest.mark.parametrize("other", [config_of("rnn", 1, False).replace(num_hiddens=H + 1),
+                                   config_of("gru", 1, False), config_of("rnn", 2, False)])
+def test_to_torch_refuses_params_of_another_config(other):
+    params = from_torch(known_state_dict("rnn", 1, False), config_of("rnn", 1, False))
+    with pytest.raises(ValueError, match="do not fit the config|not those of an RNNLM"):
+        to_torch(params, other)

@@ -1,14 +1,20 @@
-"""Property tests (hypothesis): the data pipeline and generation hold for any input, not just ours."""
+"""Property tests (hypothesis): the data pipeline, generation and a workdir's files hold for any input."""
 
 import functools
+import json
+import tempfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from experiments.benchmark import d2l_predict
+from rnnjax import checkpoint, meta as meta_lib, metrics, workdir
+from rnnjax.config import PRESETS
 from rnnjax.data import TimeMachine, Vocab, preprocess, tokenize
 from rnnjax.generate import predict_batch
 from rnnjax.model import RNN, RNNLM, SimpleRNNCell
@@ -73,3 +79,88 @@ def test_generation_extends_any_prefix_as_d2ls_loop_does(prefixes, num_preds):
         generated = text[len(prefix):]         # characters, each "<unk>" one token of five
         assert text.startswith(prefix) and len(generated) == num_preds + 4 * generated.count("<unk>")
         assert text == d2l_predict(step, PARAMS, VOCAB, 8, prefix, num_preds)
+
+
+# --- a workdir's files, damaged any way: one error of ours, never another exception ---
+
+TINY = PRESETS["tiny"]
+POSITION = {"epoch": 1, "batch": 2, "partial": [[3.5, 128.0]] * 2, "stopped": [], "high": 1}
+META = meta_lib.seal({**meta_lib.make(TINY, VOCAB, POSITION, 13, num_devices=1),
+                      "val_ppl": 9.5, "checksums": {".step": "0000000f"}})
+SCALAR = st.none() | st.booleans() | st.integers(-3, 30) | st.floats(allow_nan=False) | st.text(max_size=4)
+JSON = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+
+
+def paths(tree, prefix=()):
+    """Every key path of a JSON tree."""
+    yield prefix
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for k, v in items:
+        yield from paths(v, prefix + (k,))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(list(paths(META))[1:]), st.sampled_from(["set", "delete"]), JSON, st.booleans())
+def test_any_damage_to_a_meta_is_named_never_raised(path, how, value, reseal):
+    meta = json.loads(json.dumps(META))
+    *parents, last = path
+    node = meta
+    for k in parents:
+        node = node[k]
+    if how == "delete":
+        del node[last]
+    else:
+        node[last] = value
+    if reseal and isinstance(meta, dict):
+        meta = meta_lib.seal(meta)
+    why = meta_lib.problem(meta, 15)                       # never raises
+    if meta != META and not reseal:
+        assert why is not None                             # any change is caught by the checksum
+    assert why is None or isinstance(why, str)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.text(alphabet="ab[]\\*?{}%# ~", min_size=1, max_size=6))
+def test_a_workdir_path_is_refused_or_its_checkpoints_restore(name):
+    """Paths orbax misreads are refused; any other saves, reads back, and restores."""
+    base = Path(tempfile.mkdtemp())
+    path = base / name / "w"
+    if set(name) & set(workdir.UNSAFE):
+        with pytest.raises(workdir.WorkdirError, match="orbax's checkpoints cannot take"):
+            workdir.check_writable(path)
+        return
+    workdir.check_writable(path)
+    state = {"a": np.arange(3, dtype=np.float32)}
+    mngr = checkpoint.manager(path / checkpoint.SUBDIR)
+    meta = meta_lib.make(TINY, VOCAB, {"epoch": 0, "batch": 1, "partial": [[1.0, 2.0]], "stopped": []}, 13)
+    checkpoint.save(mngr, 1, state, meta)
+    checkpoint.check_saved(mngr, wait=True)                # read back: its manifest is there
+    mngr.close()
+    assert checkpoint.read_meta(path, 1)["position"]["batch"] == 1
+    restored = checkpoint.restore_state(path / checkpoint.SUBDIR, 1, state)
+    np.testing.assert_array_equal(restored["a"], state["a"])
+    assert ocp.utils.checkpoint_steps(path / checkpoint.SUBDIR) == [1]
+
+
+RECORD = st.fixed_dictionaries({"epoch": st.integers(1, 5), "train_ppl": st.floats(1, 50),
+                                "val_ppl": st.floats(1, 50)})
+LINE = st.one_of(RECORD.map(json.dumps), st.text(max_size=20), st.just('{"epoch": 3}'),
+                 st.just('{"epoch": 2, "train_ppl": NaN, "val_ppl": Infinity}'), st.just(""))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(LINE, max_size=6), st.booleans())
+def test_any_metrics_file_is_read_or_named(lines, torn):
+    path = Path(tempfile.mkdtemp()) / metrics.FILENAME
+    text = "\n".join(lines) + ("" if torn else "\n")
+    path.write_text(text)
+    log = metrics.MetricsLog(path, warn=lambda message: None)
+    try:
+        records = log.read()
+    except metrics.MetricsError as e:
+        assert str(e).startswith(str(path))
+        return
+    assert all(isinstance(r["epoch"], int) for r in records)
+    log.truncate(3)
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()

@@ -1,0 +1,102 @@
+"""Whether a run fits the machine, found before any work: parameters, optimizer state, activations.
+
+``check(config, vocab_size, num_shards, num_runs)`` refuses a run whose
+training step cannot fit in this machine's memory (on a CPU every device's
+copy shares it; elsewhere one device's), naming the flag to lower;
+``advice`` names it for an out-of-memory error at run time, and
+``compile_note`` warns of a long compilation. A generous bound, not a profile.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from rnnjax.config import Config
+from rnnjax.state import abstract_train_state
+
+# Bytes of float32 work per token, layer and hidden unit of each gate (activations kept for the
+# backward pass, their gradients, the fused kernel's buffers), and per token and vocabulary entry.
+_BYTES_PER_TOKEN_HIDDEN, _BYTES_PER_TOKEN_VOCAB = 64, 16
+# Copies of the parameters a step makes beside the state: gradients, their flat all-reduced copy, the
+# updated parameters.
+_PARAM_COPIES = 3
+_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+# Layers past which the compiled step (every layer unrolled into it) takes a minute or more to compile.
+LONG_COMPILE_LAYERS = 16
+
+
+def _state_bytes(config: Config, vocab_size: int) -> tuple[int, int]:
+    """``(bytes of the train state, bytes of its parameters)``: counted for the known cells (SGD keeps no
+    state per parameter), traced for others (``jax.eval_shape``, seconds for a deep stack)."""
+    if config.cell in _GATES:
+        gates, dirs, H = _GATES[config.cell], 2 if config.bidirectional else 1, config.num_hiddens
+        biases = 1 if config.cell == "rnn" else 2
+        count = sum(dirs * ((vocab_size if layer == 0 else dirs * H) * gates * H + H * gates * H
+                            + biases * gates * H) for layer in range(config.num_layers))
+        count += dirs * H * vocab_size + vocab_size
+        return 4 * count + 64, 4 * count
+    abstract = abstract_train_state(config, vocab_size)
+    return (sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract)),
+            sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract.params)))
+
+
+def estimate(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1) -> tuple[int, int]:
+    """``(bytes of the state and its copies, bytes of activations)`` one device needs for a step."""
+    state, params = _state_bytes(config, vocab_size)
+    tokens = max(config.batch_size // num_shards, 1) * config.num_steps * num_runs
+    width = (config.num_hiddens * config.num_layers * (2 if config.bidirectional else 1)
+             * _GATES.get(config.cell, 4))
+    activations = tokens * (width * _BYTES_PER_TOKEN_HIDDEN + (vocab_size + 16) * _BYTES_PER_TOKEN_VOCAB)
+    return (state + _PARAM_COPIES * params) * num_runs, activations
+
+
+def advice(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1) -> str:
+    """The flags to lower, the larger share of the estimate first."""
+    weights, activations = estimate(config, vocab_size, num_shards, num_runs)
+    flags = ["--num-hiddens or --num-layers", "--batch-size or --num-steps"]
+    if num_runs > 1:
+        flags.append("the number of runs (--seeds, --lr, --clip lists)")
+    return " (or ".join(flags if weights >= activations else flags[1::-1]) + ")"
+
+
+def _available(device: jax.Device) -> int | None:
+    """Bytes a step may use: the machine's memory on a CPU, the device's own elsewhere; ``None`` if
+    unknown."""
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        return stats.get("bytes_limit")
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):      # not a POSIX system
+        return None
+
+
+def check(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1,
+          device: jax.Device | None = None) -> None:
+    """``ValueError`` if a training step cannot fit in memory (estimated), naming what to lower."""
+    device = device or jax.devices()[0]
+    have = _available(device)
+    if have is None:
+        return
+    weights, activations = estimate(config, vocab_size, num_shards, num_runs)
+    copies = num_shards if device.platform == "cpu" else 1      # CPU devices share the host's memory
+    need = (weights + activations) * copies
+    if need > have:
+        gib = 2 ** 30
+        raise ValueError(f"--num-hiddens {config.num_hiddens} x --num-layers {config.num_layers} at "
+                         f"--batch-size {config.batch_size} x --num-steps {config.num_steps} needs about "
+                         f"{need / gib:.1f} GiB for a training step ({weights * copies / gib:.1f} GiB of "
+                         f"parameters, optimizer state and gradients, {activations * copies / gib:.1f} GiB "
+                         f"of activations), more than this machine's {have / gib:.0f} GiB; lower "
+                         f"{advice(config, vocab_size, num_shards, num_runs)}.")
+
+
+def compile_note(config: Config) -> str | None:
+    """A warning, before it starts, of a compilation that takes minutes."""
+    layers = config.num_layers * (2 if config.bidirectional else 1)
+    if layers <= LONG_COMPILE_LAYERS:
+        return None
+    return (f"--num-layers {config.num_layers}: every layer is compiled into the training step, which may "
+            "take minutes before the first epoch")

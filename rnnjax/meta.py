@@ -1,0 +1,148 @@
+"""A checkpoint's ``meta`` item, sealed with a checksum and checked like its arrays.
+
+The meta is JSON: the format, the config (and the configs of runs trained
+together), the vocabulary, the data-order position, the validation
+perplexity, the CRC-32 of every array of the state, and a CRC-32 of all of
+that (``meta_checksum``). ``problem(meta, step)`` says in a clause what is
+wrong with a meta read back, or ``None``: a changed digit (the checksum), a
+missing, unknown or ill-typed key, a position that does not lead to its step
+(``step == epoch * steps_per_epoch + batch``). Format 1 checkpoints (before
+the meta had its checksum and its steps per epoch) are checked for everything
+else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from typing import Any
+
+from rnnjax.config import Config
+from rnnjax.data import Vocab
+
+FORMAT = 2                    # 2: the meta carries its own checksum
+READABLE = (1, 2)
+CHECKSUM = "meta_checksum"
+POSITION = ("epoch", "batch", "partial", "stopped", "high")
+# Every config ever saved has these; a config missing one is damaged, not an older version.
+_CORE = ("batch_size", "num_steps", "num_hiddens", "cell", "num_layers", "lr", "clip", "epochs", "seed",
+         "num_train", "num_val")
+
+
+def _crc(meta: dict) -> str:
+    text = json.dumps({k: v for k, v in meta.items() if k != CHECKSUM}, sort_keys=True,
+                      separators=(",", ":"), allow_nan=False)
+    return f"{zlib.crc32(text.encode()):08x}"
+
+
+def make(config: Config, vocab: Vocab, position: dict, steps_per_epoch: int, **extra: Any) -> dict:
+    """A meta, unsealed (``checkpoint.save`` adds the arrays' checksums, then ``seal``s it)."""
+    return {"format": FORMAT, "config": config.to_json(), "vocab": vocab.to_json(), "position": position,
+            "steps_per_epoch": steps_per_epoch, **extra}
+
+
+def seal(meta: dict) -> dict:
+    """``meta`` with its checksum."""
+    return {**meta, CHECKSUM: _crc(meta)}
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _config(d: Any, what: str) -> tuple[Config | None, str | None]:
+    if not isinstance(d, dict):
+        return None, f"lacks its {what}"
+    missing = [k for k in _CORE if k not in d]
+    if missing:
+        return None, f"has a {what} without {', '.join(missing)}"
+    try:
+        return Config.from_json(d), None
+    except Exception as e:                 # ConfigError, TypeError: any bad value
+        return None, f"has a {what} that is not a valid config ({str(e).rstrip('.')})"
+
+
+def _vocab(d: Any) -> str | None:
+    tokens = d.get("idx_to_token") if isinstance(d, dict) else None
+    if not (isinstance(tokens, list) and all(isinstance(t, str) and t for t in tokens)):
+        return "lacks its vocabulary"
+    if len(set(tokens)) != len(tokens) or "<unk>" not in tokens:
+        return "has a vocabulary with a repeated token or without <unk>"
+    return None
+
+
+def _sums(partial: Any, batch: int) -> bool:
+    """``[[loss_sum, count], ...]``, one per batch done."""
+    return (isinstance(partial, list) and len(partial) == batch
+            and all(isinstance(s, list) and len(s) == 2 and all(_is_number(x) for x in s) for s in partial))
+
+
+def _position(position: Any, step: int, per_epoch: int, num_runs: int) -> str | None:
+    if not isinstance(position, dict):
+        return "lacks its position"
+    unknown = sorted(set(position) - set(POSITION))
+    if unknown or not {"epoch", "batch"} <= set(position):
+        return f"has a position with keys {sorted(position)}, not those of {list(POSITION)}"
+    epoch, batch = position["epoch"], position["batch"]
+    if not (_is_int(epoch) and _is_int(batch) and epoch >= 0 and 0 <= batch < per_epoch):
+        return f"has a position of epoch {epoch!r}, batch {batch!r}: not one of {per_epoch} batches an epoch"
+    if epoch * per_epoch + batch != step:
+        return (f"says epoch {epoch} batch {batch}, which is step {epoch * per_epoch + batch} at {per_epoch} "
+                f"steps an epoch, not its step {step}")
+    partial, stopped = position.get("partial", []), position.get("stopped", [])
+    high = position.get("high", [0] * num_runs if num_runs else 0)
+    if num_runs:
+        ok = (isinstance(partial, list) and len(partial) == num_runs
+              and all(s == [] or _sums(s, batch) for s in partial)
+              and isinstance(stopped, list) and len(stopped) in (0, num_runs)
+              and all(w is None or isinstance(w, str) for w in stopped)
+              and isinstance(high, list) and len(high) == num_runs
+              and all(_is_int(h) and h >= 0 for h in high))
+    else:
+        ok = _sums(partial, batch) and stopped == [] and _is_int(high) and high >= 0
+    return None if ok else "has a position whose partial sums, stopped runs or divergence streak are bad"
+
+
+def problem(meta: Any, step: int) -> str | None:
+    """What is wrong with the ``meta`` of the checkpoint at ``step``, as a clause (``is ...``, ``has ...``,
+    ``lacks ...``), or ``None``."""
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE:
+        return f"is not an rnnjax checkpoint of format {' or '.join(map(str, READABLE))}"
+    if meta["format"] >= 2:
+        if CHECKSUM not in meta:
+            return "has a meta without its checksum"
+        try:
+            if meta[CHECKSUM] != _crc(meta):
+                return "has a meta that fails its checksum (config, vocabulary or position changed)"
+        except ValueError:                 # NaN or Infinity: never written by save
+            return "has a meta with a non-finite number"
+    config, why = _config(meta.get("config"), "config")
+    if why:
+        return why
+    runs = meta.get("runs", [])
+    if not isinstance(runs, list):
+        return "has a list of runs that is not a list"
+    for k, c in enumerate(runs):
+        why = _config(c, f"config of run {k}")[1]
+        if why:
+            return why
+    # Format 1 did not save the steps an epoch: the config's (its data had the config's windows).
+    per_epoch = meta.get("steps_per_epoch", -(-config.num_train // config.batch_size))
+    if not (_is_int(per_epoch) and per_epoch >= 1) or (meta["format"] >= 2 and "steps_per_epoch" not in meta):
+        return "lacks its steps per epoch"
+    why = _vocab(meta.get("vocab")) or _position(meta.get("position"), step, per_epoch, len(runs))
+    if why:
+        return why
+    sums = meta.get("checksums")
+    if not (isinstance(sums, dict) and sums and all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in sums.items())):
+        return "lacks the checksums of its arrays"
+    ppl = meta.get("val_ppl")
+    if not (ppl is None or _is_number(ppl)):
+        return f"has a validation perplexity of {ppl!r}"
+    return None

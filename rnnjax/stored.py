@@ -1,0 +1,121 @@
+"""What a workdir's checkpoints hold, read without a manager: their steps, their checked metas.
+
+Reading here creates nothing and enters no barrier across processes (making
+an orbax manager does), so a process that only looks can call it. A
+checkpoint is read only if every file in it is a regular file (a FIFO would
+hang the reader) and its meta passes ``rnnjax.meta.problem``; a damaged one
+is ``set_aside`` into ``damaged/``, never deleted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from pathlib import Path
+
+import orbax.checkpoint as ocp
+
+from rnnjax import meta as meta_lib
+
+SUBDIR = "checkpoints"
+DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
+
+
+class CheckpointError(RuntimeError):
+    """A workdir or checkpoint that cannot be used as asked."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint that cannot be read, or whose arrays fail their checksums; ``reason`` says which."""
+
+    def __init__(self, step: int, directory: Path, reason: str):
+        super().__init__(f"The checkpoint at step {step} in {directory} {reason}.")
+        self.step, self.reason = step, reason
+
+
+def reason(e: Exception) -> str:
+    """An exception in a few words: its type and first line (orbax's can run to 60 lines)."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:160]}{'...' if len(first) > 160 else ''}"
+
+
+def steps(workdir: Path) -> list[int]:
+    """The workdir's complete checkpoints; creates nothing. ``CheckpointError`` for a step folder orbax
+    would misread (``0300`` is read as step 300, whose folder does not exist)."""
+    directory = Path(workdir) / SUBDIR
+    if not directory.exists():
+        return []
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a folder; move it aside to train or restore.")
+    for entry in directory.iterdir():
+        if entry.name.isdigit() and (entry.name != str(int(entry.name)) or not entry.is_dir()):
+            raise CheckpointError(f"{entry} is not a checkpoint rnnjax wrote (it names each by its step, "
+                                  f"as {int(entry.name)}, a folder); move it out of {directory}.")
+    return ocp.utils.checkpoint_steps(directory)
+
+
+def latest_step(workdir: Path) -> int | None:
+    """The step of the workdir's latest complete checkpoint, or ``None``."""
+    return max(steps(workdir), default=None)
+
+
+def _irregular(folder: Path) -> str | None:
+    """The first thing in ``folder`` (recursively) that is neither a folder nor a regular file: a FIFO,
+    a socket, a device or a link, which reading could hang on or leave the workdir for."""
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            mode = os.lstat(os.path.join(root, name)).st_mode
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                return os.path.relpath(os.path.join(root, name), folder)
+    return None
+
+
+def read_meta(workdir: Path, step: int) -> dict:
+    """The ``meta`` item (config, vocabulary, position) of the checkpoint at ``step``, checked
+    (``rnnjax.meta.problem``): ``DamagedCheckpoint`` if it is not as saved; creates nothing."""
+    directory = Path(workdir) / SUBDIR
+    try:
+        odd = _irregular(directory / str(step))
+    except OSError as e:
+        raise DamagedCheckpoint(step, directory, f"cannot be listed ({reason(e)})") from None
+    if odd:
+        raise DamagedCheckpoint(step, directory, f"holds {odd}, which is not a regular file or folder")
+    try:
+        meta = ocp.JsonCheckpointHandler().restore(directory / str(step) / "meta")
+    except Exception as e:  # orbax raises many types for unreadable files
+        raise DamagedCheckpoint(step, directory, f"cannot be read ({reason(e)})") from None
+    why = meta_lib.problem(meta, step)
+    if why:
+        raise DamagedCheckpoint(step, directory, why)
+    return meta
+
+
+def set_aside(workdir: Path, step: int) -> Path:
+    """Moves the damaged checkpoint ``step`` out of the checkpoints (never deleting it): where it went."""
+    target = workdir / DAMAGED / str(step)
+    suffix = 1
+    while target.exists():
+        target, suffix = workdir / DAMAGED / f"{step}.{suffix}", suffix + 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (workdir / SUBDIR / str(step)).rename(target)
+    return target
+
+
+def val_ppls(workdir: Path) -> dict[int, float]:
+    """The finite validation perplexity in each complete, readable checkpoint's ``meta``, by step."""
+    ppl = {}
+    for s in steps(workdir):
+        try:
+            p = read_meta(workdir, s).get("val_ppl")
+        except DamagedCheckpoint:         # never the best
+            continue
+        if isinstance(p, (int, float)) and math.isfinite(p):
+            ppl[s] = p
+    return ppl
+
+
+def best_step(workdir: Path) -> int | None:
+    """The complete checkpoint with the lowest validation perplexity in its ``meta``, or ``None``."""
+    scored = [(p, s) for s, p in val_ppls(workdir).items()]
+    return min(scored)[1] if scored else None

@@ -1,0 +1,36 @@
+"""The memory check counts the parameters: a model too large for the machine is refused up front."""
+
+import jax
+import pytest
+
+from rnnjax import memory
+from rnnjax.config import PRESETS
+from rnnjax.state import abstract_train_state
+
+from conftest import TINY
+
+
+@pytest.mark.parametrize("config", [TINY, TINY.replace(cell="gru", num_layers=3),
+                                    TINY.replace(cell="lstm", num_layers=2, bidirectional=True)])
+def test_the_parameters_are_counted_exactly(config):
+    abstract = abstract_train_state(config, 28)
+    params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract.params))
+    weights, _ = memory.estimate(config, 28, 1)
+    state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+    assert state + memory._PARAM_COPIES * params <= weights <= state + memory._PARAM_COPIES * params + 64
+
+
+def test_a_model_too_large_for_the_machine_is_refused_naming_the_flags(monkeypatch):
+    monkeypatch.setattr(memory, "_available", lambda device: 24 * 2 ** 30)        # a 24 GiB machine
+    with pytest.raises(ValueError, match=r"GiB of parameters.* lower --num-hiddens or --num-layers"):
+        memory.check(TINY.replace(num_hiddens=20000, num_layers=4), 28, 2)
+    with pytest.raises(ValueError, match=r"lower --batch-size or --num-steps"):
+        memory.check(TINY.replace(batch_size=10 ** 7), 28, 2)
+    for name, config in PRESETS.items():            # every real recipe fits, on 1 to 4 devices
+        for shards in (1, 2, 4):
+            memory.check(config, 28, shards)
+
+
+def test_many_layers_warn_of_a_long_compilation():
+    assert memory.compile_note(TINY) is None
+    assert "--num-layers 1000" in memory.compile_note(TINY.replace(num_layers=1000))
