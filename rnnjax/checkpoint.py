@@ -181,7 +181,7 @@ def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, 
     ``target``, its checksums (in ``meta``, read and checked unless given) verified: ``DamagedCheckpoint``
     if it cannot be read or any array differs from what was saved. It reads that checkpoint's files only
     (a manager would read every checkpoint's metadata first, a FIFO's too)."""
-    directory = Path(getattr(source, "directory", source))
+    directory = Path(getattr(source, "directory", source)).absolute()     # orbax takes absolute paths only
     meta = read_meta(directory.parent, step) if meta is None else meta
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     _quiet_orbax()

@@ -53,13 +53,15 @@ def test_save_restore_round_trip(small_data, tmp_path):
     assert restored.meta["position"] == {"epoch": 2, "batch": 0, "partial": [], "stopped": [], "high": 0}
 
 
-def test_resume_equals_an_uninterrupted_run(small_data, tmp_path):
+def test_resume_equals_an_uninterrupted_run(small_data, tmp_path, monkeypatch):
     straight = fit(SMALL, small_data, tmp_path / "straight", devices=1)
-    fit(with_epochs(SMALL, 2), small_data, tmp_path / "resumed", devices=1)
-    resumed = fit(SMALL, small_data, tmp_path / "resumed", devices=1)
+    monkeypatch.chdir(tmp_path)         # a relative workdir, as the CLI's default: orbax wants absolute paths
+    fit(with_epochs(SMALL, 2), small_data, "runs/resumed", devices=1)
+    resumed = fit(SMALL, small_data, "runs/resumed", devices=1)
     assert without_seconds(resumed.history) == without_seconds(straight.history)      # bit for bit
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
     assert_trees_equal(resumed.state, straight.state)
+    assert_trees_equal(checkpoint.restore("runs/resumed").params, straight.state.params)
 
 
 def test_interrupt_saves_the_last_step_and_resumes_exactly(small_data, tmp_path):
