@@ -21,7 +21,7 @@ from rnnjax.state import abstract_train_state
 _BYTES_PER_TOKEN_HIDDEN, _BYTES_PER_TOKEN_VOCAB = 64, 16
 # Copies of the parameters a step makes beside the state: gradients, their flat all-reduced copy, the
 # updated parameters.
-_PARAM_COPIES = 3
+PARAM_COPIES = 3
 _GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 # Layers past which the compiled step (every layer unrolled into it) takes a minute or more to compile.
 LONG_COMPILE_LAYERS = 16
@@ -49,7 +49,7 @@ def estimate(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1
     width = (config.num_hiddens * config.num_layers * (2 if config.bidirectional else 1)
              * _GATES.get(config.cell, 4))
     activations = tokens * (width * _BYTES_PER_TOKEN_HIDDEN + (vocab_size + 16) * _BYTES_PER_TOKEN_VOCAB)
-    return (state + _PARAM_COPIES * params) * num_runs, activations
+    return (state + PARAM_COPIES * params) * num_runs, activations
 
 
 def advice(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1) -> str:

@@ -110,10 +110,9 @@ class MetricsLog:
             return
         text = self._text()
         records = self._parse(text)
-        kept = [r for r in records if r["epoch"] <= epochs]
-        if len(kept) == len(records) and text.endswith("\n"):
-            return
-        write_atomically(self.path, "".join(_line(r) for r in kept))
+        strict = "".join(_line(r) for r in records if r["epoch"] <= epochs)
+        if strict != text:              # records dropped, a torn line, or NaN read as null
+            write_atomically(self.path, strict)
 
     def append(self, record: dict) -> None:
         """Appends ``record``; ``MetricsError`` in one sentence if the disk is full (the line is then torn

@@ -29,9 +29,10 @@ import jax
 import numpy as np
 
 LOCKFILE = ".lock"
-# Orbax (tensorstore) reads "[0]" in a path as a pattern and "\\" as a separator: its saves then land
-# elsewhere or cannot be restored. Tested: "*", "?", "{", "%", "#", spaces and the rest save and restore.
-UNSAFE = "[]\\"
+# Orbax reads a path as a glob pattern: "[0]" matches no folder (its saves cannot be restored), "**" is
+# refused, and tensorstore takes "\\" as a separator (the arrays land elsewhere). "*" and "?" alone pass
+# but are pattern characters too. Spaces, "{", "%", "#", "~" and the rest save and restore (tested).
+UNSAFE = "[]\\*?"
 
 
 class WorkdirError(RuntimeError):

@@ -7,6 +7,7 @@ writer, and bad values for the flags. Each resumed run is compared with an unint
 import errno
 import json
 import random
+import re
 import signal
 import time
 
@@ -89,7 +90,7 @@ def test_a_flipped_bit_is_caught_and_resume_falls_back(small_data, tmp_path, str
     lines = []
     resumed = fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=lines.append)
     assert lines[0].startswith(f"resuming from step {latest - 13}")
-    assert f"checkpoint step {latest} is damaged: " in lines[0] and "set aside in" in lines[0]
+    assert re.search(f"checkpoint step {latest} (is damaged: |cannot be restored).*set aside in", lines[0])
     assert (tmp_path / checkpoint.DAMAGED / str(latest)).is_dir()           # set aside, not deleted
     assert records(tmp_path) == records(straight[1])
     same_params(resumed.state.params, straight[0].state.params)
@@ -398,12 +399,24 @@ def test_out_of_memory_at_run_time_is_one_sentence(real_text_path, tmp_path, cap
     assert "lower --batch-size or --num-steps (or --num-hiddens or --num-layers)" in err
 
 
-def no_hang(seconds=60):
-    """Fails a test that would hang (a FIFO opened for reading) instead of hanging it."""
-    def alarm(signum, frame):
-        raise TimeoutError("hung")
-    signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
+def within(seconds, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in a thread: its result, or its exception; a test failure, not a hang, if it
+    has not returned in ``seconds`` (a FIFO opened for reading blocks in C, where no signal reaches)."""
+    import threading
+    out = {}
+
+    def run():
+        try:
+            out["result"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: B902 (handed to the test)
+            out["error"] = e
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{fn.__name__} hung"
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
 
 
 @pytest.mark.parametrize("inside", ["meta/metadata", "state/manifest.ocdbt", "_CHECKPOINT_METADATA"])
@@ -414,13 +427,9 @@ def test_a_fifo_in_a_checkpoint_is_damage_not_a_hang(small_data, tmp_path, strai
     target = tmp_path / checkpoint.SUBDIR / "39" / inside
     target.unlink()
     os.mkfifo(target)
-    no_hang()
-    try:
-        with pytest.raises(checkpoint.DamagedCheckpoint, match=f"holds {inside}, which is not a regular"):
-            checkpoint.restore(tmp_path)
-        resumed = fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
-    finally:
-        signal.alarm(0)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=f"holds {inside}, which is not a regular"):
+        within(60, checkpoint.restore, tmp_path)
+    resumed = within(120, fit, CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
     assert records(tmp_path) == records(straight[1])
     same_params(resumed.state.params, straight[0].state.params)
 
@@ -432,12 +441,8 @@ def test_a_fifo_for_the_metrics_or_the_lock_is_refused(small_data, tmp_path, nam
     fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
     (tmp_path / name).unlink()
     os.mkfifo(tmp_path / name)
-    no_hang()
-    try:
-        with pytest.raises((metrics.MetricsError, workdir.WorkdirError), match=message):
-            fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
-    finally:
-        signal.alarm(0)
+    with pytest.raises((metrics.MetricsError, workdir.WorkdirError), match=message):
+        within(60, fit, TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
 
 
 @pytest.mark.parametrize("make,message", [
@@ -563,7 +568,7 @@ def test_two_signals_during_a_save_exit_naming_the_signal(real_text_path, tmp_pa
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert f"signal {signum} ({signal.Signals(signum).name})" in err
-    assert checkpoint.restore(tmp_path).step >= 3 * 13
+    assert checkpoint.restore(tmp_path).step >= 2 * 13             # the save cut short is never listed
 
 
 def test_restore_takes_numpy_steps_and_refuses_step_with_best(small_data, tmp_path):

@@ -17,7 +17,7 @@ def test_the_parameters_are_counted_exactly(config):
     params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract.params))
     weights, _ = memory.estimate(config, 28, 1)
     state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
-    assert state + memory._PARAM_COPIES * params <= weights <= state + memory._PARAM_COPIES * params + 64
+    assert state + memory.PARAM_COPIES * params <= weights <= state + memory.PARAM_COPIES * params + 64
 
 
 def test_a_model_too_large_for_the_machine_is_refused_naming_the_flags(monkeypatch):

@@ -38,3 +38,16 @@ def test_a_non_finite_loss_names_its_step_and_a_fix():
                                             "smaller"):
         check_finite(metrics, 2, 4, 9)
     assert check_finite([{"loss_sum": np.array([1.0]), "count": np.array([2.0])}], 0, 0, 9) == [[1.0, 2.0]]
+
+
+def test_a_second_signal_stops_at_once_naming_it_and_a_third_is_ignored():
+    import signal
+
+    from rnnjax.stops import Interrupted, catch_signals
+    with catch_signals() as flag:                    # the handler, called as the signals would call it
+        flag(signal.SIGTERM, None)                   # the first: a flag the loop reads
+        assert flag.signum == signal.SIGTERM
+        with pytest.raises(Interrupted, match=r"second signal 15 \(SIGTERM\)") as info:
+            flag(signal.SIGTERM, None)
+        assert info.value.signum == signal.SIGTERM   # the CLI exits 143, not 130
+        flag(signal.SIGINT, None)                    # while that unwinds: nothing more
