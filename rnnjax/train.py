@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -264,9 +265,9 @@ def _stopped(manager: Any, signum: int, epoch: int, batch: int, steps_per_epoch:
              workdir: Path) -> Interrupted:
     """The ``Interrupted`` a loop stopped by a signal raises, once its saves have finished."""
     checkpoint.check_saved(manager, wait=True)
-    return Interrupted(f"Stopped by signal {signum} in epoch {epoch + 1} after batch {batch}/"
-                       f"{steps_per_epoch}; saved step {step} in {workdir}. Run the same command again to "
-                       "resume.", signum)
+    return Interrupted(f"Stopped by signal {signum} ({signal.Signals(signum).name}) in epoch {epoch + 1} "
+                       f"after batch {batch}/{steps_per_epoch}; saved step {step} in {workdir}. Run the same "
+                       "command again to resume.", signum)
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:

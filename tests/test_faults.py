@@ -552,6 +552,7 @@ def test_a_missing_plot_is_made_again(real_text_path, capsys, trained):
     assert (trained / metrics.PLOT).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_two_signals_during_a_save_exit_naming_the_signal(real_text_path, tmp_path, main_job, signum):
     """Two signals 20 ms apart: the second stops at once; 130/143, one line naming it, no traceback; the
