@@ -52,6 +52,51 @@ def pytest_configure(config):
                                        "backend; skipped on other backends")
 
 
+# Cases the fast loop (`-m "not slow"`) leaves to the full suite: a sibling case of each stays in it.
+SLOW_CASES = {
+    "test_cudnn.py::test_packed_params_give_lstm_ref_the_plain_models_outputs_loss_and_gradients[2]",
+    "test_cudnn.py::test_the_kernel_trains_as_the_plain_model[2-0.3-calls2]",
+    "test_hoisted.py::test_hoisted_loss_equals_plain_loss[lstm-2 dropout]",
+    "test_custom_cell.py::test_a_foreign_cell_in_the_model_is_flax_s_nn_rnn_over_one_hot_vectors[flax_gru]",
+    "test_custom_cell.py::test_a_foreign_cell_trains_resumes_exactly_restores_and_generates[dense]",
+    "test_fused.py::test_fused_loss_equals_plain_loss_in_bfloat16[after the loop-LSTMCell-2-kwargs3]",
+    "test_fused.py::test_fused_loss_equals_plain_loss_in_bfloat16[after the loop-GRUCell-1-kwargs2]",
+    "test_fused.py::test_fused_loss_equals_plain_loss_for_every_cell_and_depth[SimpleRNNCell-3-0.0]",
+    "test_objective.py::test_every_loss_differentiates_the_targets_written_once[hoisted]",
+    "test_precision.py::test_bfloat16_gradients_are_close_to_float32_ones[plain-lstm, 2 layers]",
+    "test_precision.py::test_bfloat16_gradients_are_close_to_float32_ones[fused-lstm, 2 layers]",
+    "test_precision.py::test_bfloat16_gradients_are_close_to_float32_ones[plain-gru]",
+    "test_model.py::test_stack_is_causal_unless_bidirectional[True]",
+    "test_generate.py::test_top_k_never_emits_a_token_outside_the_top_k[3]",
+    "test_cells.py::test_cell_gradients_equal_central_differences[gru]",
+    "test_cells.py::test_cell_gradients_equal_central_differences[lstm]",
+    "test_fused.py::test_fused_loss_equals_plain_loss_in_bfloat16[after the loop-SimpleRNNCell-1-kwargs1]",
+    "test_precision.py::test_bfloat16_gradients_are_close_to_float32_ones[fused-rnn]",
+    "test_cells.py::test_cell_equals_pytorch_equations[6-28-32-lstm-kwargs3]",
+}
+# Whole tests likewise: each has a faster sibling in its file.
+SLOW_TESTS = {
+    "test_faults.py::test_a_damaged_meta_of_runs_trained_together_is_damage",
+    "test_faults.py::test_a_diverging_run_among_runs_resumes_bit_for_bit",
+    "test_precision.py::test_parameters_optimizer_state_and_carry_stay_float32_after_a_bfloat16_step",
+    "test_timemachine.py::test_cli_trains_on_your_own_words_resumes_and_samples_without_the_file",
+    "test_train.py::test_padding_rows_change_nothing",
+    "test_hoisted.py::test_hoisted_loss_equals_plain_loss_in_bfloat16",
+    "test_corpus.py::test_words_train_restore_and_generate_joined_by_spaces",
+    "test_runs.py::test_each_run_restores_on_its_own",
+    "test_checkpoint.py::test_best_is_the_lowest_validation_perplexity_and_survives_a_restart",
+    "test_train.py::test_fit_is_deterministic_under_a_seed",
+    "test_objective.py::test_the_cross_entropy_is_measured_not_differentiated",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        name = f"{item.path.name}::{item.name}"
+        if name in SLOW_CASES or name.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_runtest_setup(item):
     marker = item.get_closest_marker("cpu_devices")
     if marker is None:
