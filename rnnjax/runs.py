@@ -85,6 +85,7 @@ class _Stops:
     def __init__(self, configs: list[Config], stopped: list, log: Callable[[str], Any] | None):
         self.configs, self.log = configs, log
         self.why = list(stopped) or [None] * len(configs)
+        self.unsaid: list[int] = []         # stopped by this epoch's checks, said once they are all made
 
     @property
     def live(self) -> list[int]:
@@ -96,12 +97,18 @@ class _Stops:
             return check(*args)
         except NonFiniteLoss as e:
             self.why[r] = e.reason
-            if self.log and self.live:
-                self.log(f"run {r} ({label(self.configs[r], self.configs)}) stopped: {e.reason}; "
-                         f"{len(self.live)} run(s) train on.")
+            self.unsaid.append(r)
             return None
 
-    def check_any_live(self) -> None:
+    def check_any_live(self, say: bool = True) -> None:
+        """``NonFiniteLoss`` if no run trains on; else, if ``say`` (the epoch's last check), says which runs
+        this epoch stopped and how many train on."""
+        if say and self.log and self.live:
+            for r in self.unsaid:
+                self.log(f"run {r} ({label(self.configs[r], self.configs)}) stopped: {self.why[r]}; "
+                         f"{len(self.live)} run(s) train on.")
+        if say or not self.live:
+            self.unsaid = []
         if not self.live:
             whys = "; ".join(f"run {r} ({label(c, self.configs)}): {why}"
                              for r, (c, why) in enumerate(zip(self.configs, self.why)))
@@ -187,7 +194,7 @@ def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, prog
                 mine = stops.check(r, check_finite, [jax.tree.map(lambda x: x[r], m) for m in host],
                                    epoch, start, steps_per_epoch)
                 sums[r] = [] if mine is None else partial[r] + mine
-            stops.check_any_live()
+            stops.check_any_live(say=False)         # said after the divergence checks, with the final count
             if batch < steps_per_epoch:                  # stopped mid-epoch
                 save(epoch, batch, sums)
                 raise _stopped(manager, stop.signum, epoch, batch, steps_per_epoch, done, workdir)

@@ -140,8 +140,10 @@ def test_when_every_run_stops_the_program_stops(data10, tmp_path):
     configs = [TINY.replace(epochs=2, lr=1e6), TINY.replace(epochs=2, lr=1e38)]
     stopped = (r"Every run stopped: run 0 \(lr 1e\+06\): its train perplexity is inf at epoch 1.*; run 1 "
                r"\(lr 1e\+38\): the training loss is inf at epoch 1, step \d+ of 10. .*smaller --lr")
+    lines = []
     with pytest.raises(NonFiniteLoss, match=stopped):
-        runs.fit_runs(configs, data10, tmp_path, devices=1, log=None)
+        runs.fit_runs(configs, data10, tmp_path, devices=1, log=lines.append)
+    assert lines and not any("train on" in line for line in lines)      # no "1 run(s) train on" first
 
 
 def test_runs_must_share_their_shapes():
