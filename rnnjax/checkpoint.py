@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -190,6 +191,10 @@ def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, 
             state = jax.device_get(checkpointer.restore(directory / str(step) / "state", abstract))
     except Exception as e:
         raise DamagedCheckpoint(step, directory, f"cannot be restored ({reason(e)})") from None
+    shapes = jax.tree.map(np.shape, abstract)
+    if jax.tree.structure(state) != jax.tree.structure(abstract) or jax.tree.map(np.shape, state) != shapes:
+        raise DamagedCheckpoint(step, directory, "is damaged: its arrays do not fit the model its meta "
+                                "describes")
     bad = workdir_lib.verify(state, meta["checksums"])
     if bad:
         raise DamagedCheckpoint(step, directory, f"is damaged: {len(bad)} array(s) fail their checksums "

@@ -49,7 +49,8 @@ def read_text(path: str | os.PathLike) -> tuple[str, str]:
     if path.is_dir():
         raise DataError(f"{path} is a directory; --text takes a UTF-8 text file.")
     if not path.is_file():
-        raise DataError(f"No such file: {path} (given as --text).")
+        raise DataError(f"{path} is not a regular file; --text takes a UTF-8 text file." if path.exists()
+                        else f"No such file: {path} (given as --text).")
     raw = path.read_bytes()
     if not raw:
         raise DataError(f"{path} is empty: there is no text to train on.")
@@ -198,6 +199,8 @@ class Corpus(WindowedText):
             self.vocab, self.stream = cached
             train_end = self._train_end(len(self.stream), token, preprocess)
         self.train_end = train_end
+        if len(self.vocab) < 2:
+            raise DataError(f"--min-freq {min_freq} leaves no {token} but <unk> in the vocabulary: lower it.")
         self._split(num_train, num_val)
         if check_vocab is not None:
             check_vocab(len(self.vocab))
@@ -273,10 +276,14 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
          ) -> WindowedText:
     """The data ``config`` trains on: the file ``text`` (``Corpus``), else The Time Machine (``data``,
     SHA-1 checked): d2l's ``TimeMachine`` for d2l's tokens and split, a ``Corpus`` of it for others."""
-    if text is not None:
-        return Corpus.from_config(text, config)
-    d2l = (config.token, config.preprocess, config.val_fraction) == ("char", "d2l", 0.0)
-    if d2l and config.min_freq <= 1:
-        return TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val, path=data,
-                           seed=config.seed, steps_per_epoch=config.steps_per_epoch)
-    return Corpus.from_config(timemachine_path(data), config)
+    try:
+        if text is not None:
+            return Corpus.from_config(text, config)
+        d2l = (config.token, config.preprocess, config.val_fraction) == ("char", "d2l", 0.0)
+        if d2l and config.min_freq <= 1:
+            return TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
+                               path=data, seed=config.seed, steps_per_epoch=config.steps_per_epoch)
+        return Corpus.from_config(timemachine_path(data), config)
+    except OSError as e:            # unreadable (permissions, a vanished file): one sentence
+        why = e.strerror or type(e).__name__
+        raise DataError(f"Cannot read {e.filename or text or data} ({why}).") from None

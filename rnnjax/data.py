@@ -107,7 +107,8 @@ def timemachine_path(path: str | os.PathLike | None = None, *, sha1: str = SHA1,
     if path.is_dir():
         raise DataError(f"{path} is a directory; --data (or ${ENV_PATH}) takes the file timemachine.txt.")
     if not path.is_file():
-        raise DataError(f"No such file: {path} (given as --data or ${ENV_PATH}).")
+        raise DataError(f"{path} is not a regular file; --data (or ${ENV_PATH}) takes timemachine.txt."
+                        if path.exists() else f"No such file: {path} (given as --data or ${ENV_PATH}).")
     _check_sha1(path, sha1, "File")
     return path
 

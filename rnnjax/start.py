@@ -112,6 +112,7 @@ def check(config: Config, data: TimeMachine, workdir: str | Path, *, devices: in
     dp.check_batch_size(config.batch_size)
     memory.check(config, len(data.vocab), dp.num_shards, len(runs or [None]), dp.devices[0])
     workdir_lib.check_writable(workdir)
+    workdir_lib.check_ours(workdir)
     for name in (checkpoint.SUBDIR, checkpoint.DAMAGED):
         if (workdir / name).exists() and not (workdir / name).is_dir():
             raise workdir_lib.WorkdirError(f"{workdir / name} is a file where rnnjax keeps a folder; move it "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import stat
 import tempfile
@@ -71,6 +72,22 @@ def check_writable(workdir: Path) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".rnnjax-probe-", dir=parent))
     except OSError as e:
         raise WorkdirError(f"The workdir {workdir} cannot be made in {parent} ({_describe(e)}).") from None
+
+
+def check_ours(workdir: Path) -> None:
+    """``WorkdirError`` if ``workdir`` holds no checkpoints but a ``config.json`` or ``ppl.png`` a run did
+    not write: a new run would overwrite them (``metrics.jsonl`` is checked as it is read)."""
+    if not workdir.is_dir() or (workdir / "checkpoints").is_dir():
+        return
+    config, plot = workdir / "config.json", workdir / "ppl.png"
+    try:
+        ours = "config" in json.loads(config.read_text())
+    except (OSError, ValueError, TypeError):
+        ours = False
+    theirs = [p.name for p in (config, plot) if p.exists()] if not ours else []
+    if theirs and (config.exists() or not (workdir / "metrics.jsonl").exists()):
+        raise WorkdirError(f"The workdir {workdir} holds {' and '.join(theirs)} but no checkpoints: a new "
+                           "run would overwrite them. Use an empty or new --workdir.")
 
 
 def _holder(f: TextIO) -> str:

@@ -141,6 +141,24 @@ def test_missing_file_or_a_folder(tmp_path):
         Corpus.from_config(tmp_path, TEXT)
 
 
+def test_a_fifo_an_unreadable_file_and_a_vocabulary_of_unk_alone_are_one_sentence(tmp_path, monkeypatch):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="is not a regular file"):
+        corpus.load(TEXT, text=fifo)
+    text = tmp_path / "ok.txt"
+    text.write_text("abc def " * 200)
+    with pytest.raises(DataError, match="--min-freq 1000000 leaves no char but <unk>"):
+        corpus.load(TEXT.replace(min_freq=1000000), text=text)
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(corpus.Path, "read_bytes", unreadable)
+    monkeypatch.setattr(corpus, "sha1_of", lambda path: unreadable(path))
+    with pytest.raises(DataError, match=r"Cannot read .*ok.txt \(Permission denied\)\."):
+        corpus.load(TEXT, text=text)
+
+
 def test_a_vocabulary_too_large_for_memory_is_named(text_file, monkeypatch):
     words = " ".join(f"w{i}" for i in range(4000))
     text_file.write_text(words)

@@ -333,6 +333,17 @@ def test_a_changed_epoch_in_the_meta_is_damage_and_resume_falls_back(small_data,
     same_params(resumed.state.params, straight[0].state.params)
 
 
+@pytest.mark.parametrize("change", [lambda m: m["config"].update(num_hiddens=32),
+                                    lambda m: m["vocab"]["idx_to_token"].pop()])
+def test_a_resealed_meta_that_does_not_fit_the_arrays_is_damage(small_data, tmp_path, change):
+    """A meta that passes its checksum but describes another model: damage, not a flax shape error."""
+    fit(CONFIG.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    edit_meta(tmp_path, 26, change, reseal=True)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="step 26 .*(do not fit the model|vocabulary)"):
+        checkpoint.restore(tmp_path)
+    assert checkpoint.restore(tmp_path, fallback=True).step == 13
+
+
 def test_a_damaged_meta_of_runs_trained_together_is_damage(small_data, tmp_path):
     from rnnjax.runs import fit_runs
     configs = [TINY.replace(epochs=2, seed=s) for s in (0, 1)]

@@ -76,3 +76,25 @@ def test_checksums_catch_one_flipped_bit():
     flipped.view(np.uint32)[1, 2] ^= 1 << 7
     assert workdir.verify({**state, "a": flipped}, sums) == ["['a']"]
     assert workdir.verify({"a": state["a"]}, sums) == ["['b'][0]"]          # a missing array counts
+
+
+def test_a_folder_of_someone_else_s_config_or_plot_is_refused_and_a_run_s_own_is_not(tmp_path):
+    mine = tmp_path / "proj"
+    mine.mkdir()
+    (mine / "notes.md").write_text("my notes")           # a run writes no notes.md: it stays
+    workdir.check_ours(mine)
+    (mine / "config.json").write_text('{"mine": true}')
+    with pytest.raises(workdir.WorkdirError, match=r"holds config.json but no checkpoints: a new run would"):
+        workdir.check_ours(mine)
+    (mine / "config.json").unlink()
+    (mine / "ppl.png").write_bytes(b"PNG")
+    with pytest.raises(workdir.WorkdirError, match=r"holds ppl.png but no checkpoints"):
+        workdir.check_ours(mine)
+    ours = tmp_path / "run"                   # a run killed before its first checkpoint: started anew
+    ours.mkdir()
+    (ours / "config.json").write_text('{"config": {}, "vocab": {}}')
+    (ours / "ppl.png").write_bytes(b"PNG")
+    workdir.check_ours(ours)
+    (mine / "checkpoints").mkdir()            # a run's workdir
+    workdir.check_ours(mine)
+    workdir.check_ours(tmp_path / "new")
