@@ -278,12 +278,12 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
     if several:
         for k, c in enumerate(configs):
             if result.stopped[k] is not None:
-                say(f"run {k} ({runs.label(c, configs)}): stopped, {result.stopped[k]}")
+                say(f"run {k} ({config_lib.label(c, configs)}): stopped, {result.stopped[k]}")
                 continue
             last = [r for r in result.history if r["run"] == k][-1]
             params = jax.tree.map(lambda x: x[k], result.state.params)
             text = rnnjax.predict(model, params, data.vocab, data.prompt, 20)
-            say(f"run {k} ({runs.label(c, configs)}): train perplexity {last['train_ppl']:.2f}, "
+            say(f"run {k} ({config_lib.label(c, configs)}): train perplexity {last['train_ppl']:.2f}, "
                 f"val perplexity {last['val_ppl']:.2f}, {text!r}")
         table = runs.summary(result.history)
         finished = sum(why is None for why in result.stopped)

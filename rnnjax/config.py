@@ -161,6 +161,12 @@ def _flag(name: str) -> str:
 SWEEPABLE = ("seed", "lr", "clip")
 
 
+def label(config: Config, configs: list[Config]) -> str:
+    """``seed 1, lr 0.5``: the fields in which ``config`` differs from the other runs trained with it."""
+    return ", ".join(f"{k} {getattr(config, k):g}" for k in SWEEPABLE
+                     if len({getattr(c, k) for c in configs}) > 1) or "the one run"
+
+
 def _values(kind: type):
     """An argparse type: ``"0.5,1,2"`` -> ``(0.5, 1.0, 2.0)``."""
     def parse(text: str) -> tuple:

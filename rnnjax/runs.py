@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import checkpoint, metrics as metrics_lib
-from rnnjax.config import SWEEPABLE, Config, ConfigError
+from rnnjax.config import SWEEPABLE, Config, ConfigError, label
 from rnnjax.data import Batch, TimeMachine, Windows
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.start import Plan, Position, planned
@@ -48,12 +48,6 @@ def check_runs(configs: list[Config]) -> None:
                           f"differ in {', '.join(differ)}: train them in separate workdirs.")
     if len(set(configs)) < len(configs):
         raise ConfigError("Two of the runs are the same run; list each seed and value once.")
-
-
-def label(config: Config, configs: list[Config]) -> str:
-    """``seed 1, lr 0.5``: the fields in which ``config`` differs from the other runs."""
-    return ", ".join(f"{k} {getattr(config, k):g}" for k in SWEEPABLE
-                     if len({getattr(c, k) for c in configs}) > 1) or "the one run"
 
 
 def train_runs(states: TrainState, tokens: jax.Array, windows: Windows, axis_name: str | None = None,

@@ -18,7 +18,7 @@ import jax
 
 from rnnjax import checkpoint, kernels, memory, metrics, precision, workdir as workdir_lib
 from rnnjax.backend import available_cores
-from rnnjax.config import SWEEPABLE, Config
+from rnnjax.config import SWEEPABLE, Config, label
 from rnnjax.data import TimeMachine, Vocab
 from rnnjax.parallel import DataParallel
 from rnnjax.state import abstract_run_states, abstract_train_state, loss_path, make_model
@@ -65,7 +65,6 @@ class Plan:
         if self.step is None:
             what = f"new run of {self.config.epochs} epochs"
             if self.runs:
-                from rnnjax.runs import label
                 what = (f"{len(self.runs)} new runs of {self.config.epochs} epochs in one program "
                         f"({'; '.join(label(c, list(self.runs)) for c in self.runs)})")
         elif self.finished:
