@@ -6,9 +6,10 @@ perplexity, the CRC-32 of every array of the state, and a CRC-32 of all of
 that (``meta_checksum``). ``problem(meta, step)`` says in a clause what is
 wrong with a meta read back, or ``None``: a changed digit (the checksum), a
 missing, unknown or ill-typed key, a position that does not lead to its step
-(``step == epoch * steps_per_epoch + batch``). Format 1 checkpoints (before
-the meta had its checksum and its steps per epoch) are checked for everything
-else.
+(``step == epoch * steps_per_epoch + batch``). Checkpoints of older formats
+(1: before the meta had its checksum and its steps per epoch; 2: before the
+position kept per-key sums of every run's metrics) are checked for what they
+hold; ``rnnjax.start.Position.read`` reads any of them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any
 from rnnjax.config import Config
 from rnnjax.data import Vocab
 
-FORMAT = 2                    # 2: the meta carries its own checksum
-READABLE = (1, 2)
+FORMAT = 3                    # 2: the meta carries its own checksum; 3: metric sums per key, per run
+READABLE = (1, 2, 3)
 CHECKSUM = "meta_checksum"
 POSITION = ("epoch", "batch", "partial", "stopped", "high")
 # Every config ever saved has these; a config missing one is damaged, not an older version.
@@ -76,13 +77,19 @@ def _vocab(d: Any) -> str | None:
     return None
 
 
-def _sums(partial: Any, batch: int) -> bool:
-    """``[[loss_sum, count], ...]``, one per batch done."""
+def _pairs(partial: Any, batch: int) -> bool:
+    """Before format 3: ``[[loss_sum, count], ...]``, one per batch done."""
     return (isinstance(partial, list) and len(partial) == batch
             and all(isinstance(s, list) and len(s) == 2 and all(_is_number(x) for x in s) for s in partial))
 
 
-def _position(position: Any, step: int, per_epoch: int, num_runs: int) -> str | None:
+def _sums(sums: Any, batch: int) -> bool:
+    """A run's metric sums: ``{}`` for none, else per key, ``loss_sum`` and ``count`` among them."""
+    return isinstance(sums, dict) and (sums == {} or batch > 0 and {"loss_sum", "count"} <= set(sums)
+                                       and all(isinstance(k, str) and _is_number(v) for k, v in sums.items()))
+
+
+def _position(position: Any, step: int, per_epoch: int, num_runs: int, fmt: int) -> str | None:
     if not isinstance(position, dict):
         return "lacks its position"
     unknown = sorted(set(position) - set(POSITION))
@@ -95,16 +102,22 @@ def _position(position: Any, step: int, per_epoch: int, num_runs: int) -> str | 
         return (f"says epoch {epoch} batch {batch}, which is step {epoch * per_epoch + batch} at {per_epoch} "
                 f"steps an epoch, not its step {step}")
     partial, stopped = position.get("partial", []), position.get("stopped", [])
-    high = position.get("high", [0] * num_runs if num_runs else 0)
-    if num_runs:
+    if fmt >= 3:
+        runs = max(num_runs, 1)
+        high = position.get("high", [])
+        ok = (isinstance(partial, list) and len(partial) == runs and all(_sums(s, batch) for s in partial)
+              and isinstance(high, list) and len(high) == runs)
+    elif num_runs:
+        high = position.get("high", [0] * num_runs)
         ok = (isinstance(partial, list) and len(partial) == num_runs
-              and all(s == [] or _sums(s, batch) for s in partial)
-              and isinstance(stopped, list) and len(stopped) in (0, num_runs)
-              and all(w is None or isinstance(w, str) for w in stopped)
-              and isinstance(high, list) and len(high) == num_runs
-              and all(_is_int(h) and h >= 0 for h in high))
+              and all(s == [] or _pairs(s, batch) for s in partial)
+              and isinstance(high, list) and len(high) == num_runs)
     else:
-        ok = _sums(partial, batch) and stopped == [] and _is_int(high) and high >= 0
+        high = [position.get("high", 0)]
+        ok = _pairs(partial, batch)
+    ok = (ok and all(_is_int(h) and h >= 0 for h in high) and isinstance(stopped, list)
+          and len(stopped) in ((0, num_runs) if num_runs else (0,))
+          and all(w is None or isinstance(w, str) for w in stopped))
     return None if ok else "has a position whose partial sums, stopped runs or divergence streak are bad"
 
 
@@ -135,7 +148,8 @@ def problem(meta: Any, step: int) -> str | None:
     per_epoch = meta.get("steps_per_epoch", -(-config.num_train // config.batch_size))
     if not (_is_int(per_epoch) and per_epoch >= 1) or (meta["format"] >= 2 and "steps_per_epoch" not in meta):
         return "lacks its steps per epoch"
-    why = _vocab(meta.get("vocab")) or _position(meta.get("position"), step, per_epoch, len(runs))
+    why = (_vocab(meta.get("vocab"))
+           or _position(meta.get("position"), step, per_epoch, len(runs), meta["format"]))
     if why:
         return why
     sums = meta.get("checksums")

@@ -27,11 +27,28 @@ def bits_per_character(loss: float) -> float:
     return loss / math.log(2.0)
 
 
-def epoch_record(epoch: int, step: int, train_loss: float, val_loss: float, seconds: float) -> dict:
-    """One line of ``metrics.jsonl``: the mean losses (nats), their perplexities and bits per character."""
+def add_steps(sums: dict, call_metrics: list[dict]) -> dict:
+    """``sums`` (an epoch's steps so far, ``{}`` for none) plus every step of ``train_steps``' stacked
+    metrics (one dict a call), per key, in step order: what a checkpoint in mid-epoch keeps. Once there are
+    sums, a key they lack (saved before the metric existed) stays out for the rest of that epoch."""
+    keys = [k for k in call_metrics[0] if not sums or k in sums] if call_metrics else list(sums)
+    out = {k: float(sums.get(k, 0.0)) for k in keys}
+    for m in call_metrics:
+        for k in keys:
+            for x in m[k]:
+                out[k] += float(x)
+    return out
+
+
+def epoch_record(epoch: int, step: int, train: dict, steps: int, val_loss: float, seconds: float) -> dict:
+    """One line of ``metrics.jsonl`` from the sums of an epoch's ``steps`` (``add_steps``): the mean losses
+    (nats), their perplexities and bits per character; any other metric a step reports, its mean over the
+    epoch's steps (``grad_norm``: the global gradient norm before clipping)."""
+    train_loss = train["loss_sum"] / train["count"]
+    means = {k: v / steps for k, v in train.items() if k not in ("loss_sum", "count")}
     return {"epoch": epoch, "step": step,
             "train_loss": train_loss, "train_ppl": perplexity(train_loss),
-            "train_bpc": bits_per_character(train_loss),
+            "train_bpc": bits_per_character(train_loss), **means,
             "val_loss": val_loss, "val_ppl": perplexity(val_loss), "val_bpc": bits_per_character(val_loss),
             "seconds": seconds}
 

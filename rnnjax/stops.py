@@ -90,16 +90,15 @@ def check_divergence(record: dict, epochs_high: int, vocab_size: int) -> bool:
     return high
 
 
-def check_finite(call_metrics: list[dict], epoch: int, start: int, steps_per_epoch: int) -> list:
-    """``[[loss_sum, count], ...]`` per step from ``train_steps``' stacked metrics, or
-    ``NonFiniteLoss`` naming the first bad step."""
-    sums = [[float(loss_sum), float(count)]
-            for m in call_metrics for loss_sum, count in zip(m["loss_sum"], m["count"], strict=True)]
-    for i, (loss_sum, count) in enumerate(sums):
+def check_finite(call_metrics: list[dict], epoch: int, start: int, steps_per_epoch: int) -> None:
+    """``NonFiniteLoss`` naming the first step whose ``loss_sum`` is not finite in ``train_steps``' stacked
+    metrics (one dict a call, from step ``start`` of the epoch on)."""
+    losses = [(float(loss_sum), float(count)) for m in call_metrics
+              for loss_sum, count in zip(m["loss_sum"], m["count"], strict=True)]
+    for i, (loss_sum, count) in enumerate(losses):
         if not math.isfinite(loss_sum):
             reason = (f"the training loss is {loss_sum / count} at epoch {epoch + 1}, step {start + i + 1} "
                       f"of {steps_per_epoch}")
             raise NonFiniteLoss(
                 f"{reason[0].upper()}{reason[1:]}: the run diverged, and stopped without saving it (its "
                 "checkpoints stay as they were). Train again in a new --workdir with a smaller --lr.", reason)
-    return sums

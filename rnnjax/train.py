@@ -1,4 +1,4 @@
-"""Training: the pure steps, and ``fit``, the epoch loop.
+"""Training: the pure steps, and ``fit``, which trains a run.
 
 ``train_step(state, batch, axis_name=None) -> (state, metrics)`` is a plain
 function of its inputs. ``rnnjax.parallel`` jits it for one device or pmaps it
@@ -7,23 +7,18 @@ one ``lax.pmean``. The loss is the exact mean cross-entropy over the real
 (unmasked) tokens of the global batch, whatever the device count and however
 the padding falls on the devices.
 
-``fit`` runs the epochs, ``STEPS_PER_CALL`` steps to a compiled call of
-``train_windows`` (``train_step`` scanned over a stack of batches that each
-device cuts from the token stream it holds). It resumes from the workdir's
-latest checkpoint, logs one JSON line per epoch, checkpoints, stops on a
-non-finite loss, and on SIGINT/SIGTERM saves the last completed call's step
-before it exits. Before it writes anything it checks everything, takes the
-workdir's lock, plans from what the workdir holds (``rnnjax.start.planned``)
-and says what it will do.
+``fit`` trains a run: it checks everything, takes the workdir's lock, plans
+from what the workdir holds (``rnnjax.start.planned``), says what it will do,
+then runs the epoch loop (``rnnjax.loop``) on ``train_windows``
+(``train_step`` scanned over a stack of batches that each device cuts from the
+token stream it holds). A step's metrics are a dict: add a key to
+``train_step``'s and it is summed over the epoch and logged as its mean.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +27,14 @@ import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
-from rnnjax import checkpoint, metrics as metrics_lib
-from rnnjax.backend import compiler_options
+from rnnjax import loop
 from rnnjax.config import Config
 from rnnjax.data import Batch, TimeMachine, Windows
-from rnnjax.parallel import wait_for_backlog
-from rnnjax.precision import at_precision
-from rnnjax.start import Plan, Position, planned
+# What fit raises and its defaults, importable from here too.
+from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
+from rnnjax.start import Plan, planned
 from rnnjax.state import TrainState, create_train_state
-# NonFiniteLoss and Interrupted are what fit raises: importable from here too.
-from rnnjax.stops import (Interrupted, NonFiniteLoss, catch_signals, check_divergence,  # noqa: F401
-                          check_finite)
-
-# Epochs between checkpoints: a save costs about a third of a d2l epoch
-# (docs/performance.md). The last epoch and an interrupted run are always saved.
-CHECKPOINT_EVERY = 10
-
-# Training steps per compiled call: each call costs the host a dispatch, which
-# on a CPU takes time from the cores the devices compute on. An epoch whose
-# step count is not a multiple ends in a shorter call, compiled once more.
-STEPS_PER_CALL = 10
+from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: F401
 
 
 def _mean_over_devices(x, axis_name):
@@ -72,7 +55,8 @@ def train_step(state: TrainState, batch: Batch, axis_name: str | None = None, rn
     threads), and mean gradient sum over mean count is the gradient of the
     global mean objective, however the padding falls on the devices. The
     metrics' ``loss_sum`` is the cross-entropy's (``rnnjax.objective``): what
-    perplexity reports, whatever the objective.
+    perplexity reports, whatever the objective; ``grad_norm`` is the global
+    norm of the gradient before clipping.
 
     ``rng`` (a raw ``jax.random.PRNGKey``) turns dropout on: the step's key is
     it folded with ``state.step`` (and the device), so a resumed run draws the
@@ -134,14 +118,6 @@ def eval_steps(state: TrainState, batches: Batch, axis_name: str | None = None) 
     return {"loss_sum": loss_sum, "count": count}
 
 
-@dataclasses.dataclass
-class FitResult:
-    state: TrainState            # on the host, unreplicated
-    history: list[dict]          # one record per epoch, as in metrics.jsonl
-    workdir: Path
-    stopped: tuple = ()          # runs trained together: why each one stopped early, or None
-
-
 def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any = None,
         devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3,
         progress: Callable | None = None, log: Callable[[str], Any] | None = print, plan: Plan | None = None
@@ -169,114 +145,12 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
         return _fit(p, data, params, checkpoint_every, keep, progress)
 
 
-def open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_lib.MetricsLog]:
-    """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
-    run; unless it is finished, the records past its checkpoint dropped and ``config.json`` written."""
-    earlier = checkpoint.val_ppls(p.workdir) if p.step is not None else {}
-    manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
-    metrics_log = metrics_lib.MetricsLog(p.workdir / metrics_lib.FILENAME, writer=jax.process_index() == 0)
-    if not p.finished:
-        metrics_log.truncate(p.position.epoch)
-        if jax.process_index() == 0:
-            checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None)
-    return manager, metrics_log
-
-
-def compile_run(p: Plan, data: TimeMachine, step: Callable, evaluate: Callable) -> tuple:
-    """``(train, evaluate, tokens, val_batches)``: a planned run's training and evaluation steps compiled
-    for its devices, their float32 matmuls at ``matmul_precision``, and the token stream and validation
-    batches on them."""
-    options = compiler_options(p.config.batch_size, p.config.num_hiddens, p.dp.num_shards)
-    step, evaluate = (at_precision(f, p.config.matmul_precision) for f in (step, evaluate))
-    return (p.dp.compile(step, donate_state=True, compiler_options=options),
-            p.dp.compile(evaluate, compiler_options=options),
-            p.dp.replicate(data.tokens), p.dp.put(p.dp.shard_stack(data.val_batches())))
-
-
-def count_steps(p: Plan, data: TimeMachine) -> tuple[int, int, int]:
-    """``(steps per epoch, steps in the run, steps done before this start)``."""
-    steps_per_epoch = data.num_batches(True)
-    return (steps_per_epoch, p.config.epochs * steps_per_epoch,
-            p.position.epoch * steps_per_epoch + p.position.batch)
-
-
 def _fit(p: Plan, data: TimeMachine, params: Any, checkpoint_every: int, keep: int,
          progress: Callable | None) -> FitResult:
-    config, workdir, dp, position = p.config, p.workdir, p.dp, p.position
+    config = p.config
     state = create_train_state(config, len(data.vocab), params) if p.state is None else p.state
-    manager, metrics_log = open_workdir(p, data, keep)
-    if p.finished:
-        manager.close()
-        return FitResult(state, metrics_log.read(), workdir)
-
     step = train_windows
     if config.dropout and config.num_layers > 1:      # dropout acts between layers only
         step = functools.partial(train_windows, rng=jax.random.PRNGKey(config.seed))
-    train, evaluate, tokens, val_batches = compile_run(p, data, step, eval_steps)
-    state = dp.replicate(state)
-    steps_per_epoch, total, done = count_steps(p, data)
-
-    def save(epoch: int, batch: int, partial: list, val_ppl: float | None = None):
-        host = dp.unreplicate(state)
-        position = Position(epoch, batch, partial, high=high)
-        meta = checkpoint.make_meta(config, data.vocab, dataclasses.asdict(position), steps_per_epoch,
-                                    num_devices=dp.num_shards)
-        checkpoint.save(manager, int(host.step), host, meta, val_ppl=val_ppl)
-
-    high = position.high or 0         # epochs in a row far above the uniform guess's perplexity
-    with catch_signals() as stop, manager:
-        for epoch in range(position.epoch, config.epochs):
-            start = position.batch if epoch == position.epoch else 0
-            partial = list(position.partial) if epoch == position.epoch else []
-            t0 = time.perf_counter()
-            call_metrics = []
-            for windows in _chunks(data.train_windows(epoch, start), STEPS_PER_CALL):
-                state, m = train(state, tokens, dp.shard_stack(windows))
-                call_metrics.append(m)
-                wait_for_backlog(call_metrics)
-                done += len(windows)
-                if progress:
-                    progress(done, total, None)
-                if stop.signum is not None:
-                    break
-            sums = partial + check_finite(dp.unreplicate(call_metrics), epoch, start, steps_per_epoch)
-            if len(sums) < steps_per_epoch:                  # stopped mid-epoch
-                save(epoch, len(sums), sums)
-                raise _stopped(manager, stop.signum, epoch, len(sums), steps_per_epoch, done, workdir)
-            train_loss = sum(s[0] for s in sums) / sum(s[1] for s in sums)
-            val = dp.unreplicate(evaluate(state, val_batches))
-            val_loss = float(val["loss_sum"]) / float(val["count"])
-            record = metrics_lib.epoch_record(epoch + 1, done, train_loss, val_loss, time.perf_counter() - t0)
-            high = high + 1 if check_divergence(record, high, len(data.vocab)) else 0
-            # The record first: a crash between the two leaves it past the checkpoint, where resume drops it.
-            metrics_log.append(record)
-            if ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
-                    or stop.signum is not None):
-                save(epoch + 1, 0, [], val_ppl=record["val_ppl"])
-            if progress:
-                progress(done, total, record)
-            if stop.signum is not None:
-                raise _stopped(manager, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done, workdir)
-        checkpoint.check_saved(manager, wait=True)
-    return FitResult(dp.unreplicate(state), metrics_log.read(), workdir)
-
-
-def _stopped(manager: Any, signum: int, epoch: int, batch: int, steps_per_epoch: int, step: int,
-             workdir: Path) -> Interrupted:
-    """The ``Interrupted`` a loop stopped by a signal raises, once its saves have finished."""
-    checkpoint.check_saved(manager, wait=True)
-    return Interrupted(f"Stopped by signal {signum} ({signal.Signals(signum).name}) in epoch {epoch + 1} "
-                       f"after batch {batch}/{steps_per_epoch}; saved step {step} in {workdir}. Run the same "
-                       "command again to resume.", signum)
-
-
-def _chunks(items: Iterator, size: int) -> Iterator[list]:
-    """``items`` in lists of ``size``, the last one shorter if need be (``itertools.batched`` is 3.12+)."""
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    return loop.run(p, data, state, step, eval_steps, checkpoint_every=checkpoint_every, keep=keep,
+                    progress=progress)

@@ -13,18 +13,33 @@ VOCAB = Vocab(list("abc "))
 PER_EPOCH = -(-TINY.num_train // TINY.batch_size)          # 13
 
 
-def sealed(epoch=2, batch=0, partial=(), runs=None, **position):
-    m = meta.make(TINY, VOCAB, {"epoch": epoch, "batch": batch, "partial": [list(p) for p in partial],
-                                "stopped": [], **position}, PER_EPOCH, num_devices=1)
+def sealed(epoch=2, batch=0, partial=None, runs=None, fmt=meta.FORMAT, **position):
+    """A sealed meta; ``fmt`` 2 lays out the position as format 2 did (a ``[loss_sum, count]`` pair per batch,
+    a single run's not in a list of runs)."""
+    n = runs or 1
+    if partial is None:
+        partial = ([[]] * n if runs else []) if fmt < 3 else [{}] * n
+    position = {"epoch": epoch, "batch": batch, "partial": partial, "stopped": [],
+                "high": ([0] * n if runs else 0) if fmt < 3 else [0] * n, **position}
+    m = {**meta.make(TINY, VOCAB, position, PER_EPOCH, num_devices=1), "format": fmt}
     if runs:
         m["runs"] = [TINY.replace(seed=s).to_json() for s in range(runs)]
     return meta.seal({**m, "val_ppl": 12.5, "checksums": {".step": "0000002a"}})
 
 
+SUMS = {"loss_sum": 4.5, "count": 384.0, "grad_norm": 2.25}
+
+
 def test_a_good_meta_passes_at_its_step_only():
     assert meta.problem(sealed(), 2 * PER_EPOCH) is None
-    assert meta.problem(sealed(1, 3, [[1.5, 128.0]] * 3, high=1), PER_EPOCH + 3) is None
+    assert meta.problem(sealed(1, 3, [SUMS], high=[1]), PER_EPOCH + 3) is None
     assert "not its step" in meta.problem(sealed(), 2 * PER_EPOCH + 1)
+
+
+def test_metas_of_format_2_still_pass():
+    assert meta.problem(sealed(1, 3, [[1.5, 128.0]] * 3, fmt=2, high=1), PER_EPOCH + 3) is None
+    assert "partial sums" in meta.problem(sealed(1, 3, [[1.5, 128.0]] * 2, fmt=2), PER_EPOCH + 3)
+    assert "partial sums" in meta.problem(sealed(1, 3, [SUMS], fmt=2), PER_EPOCH + 3)
 
 
 def test_a_changed_digit_fails_the_checksum_and_a_resealed_one_the_step():
@@ -46,21 +61,24 @@ def reseal_with(change):
     (lambda m: m.update(vocab={"idx_to_token": ["a", "a", "<unk>"]}), "repeated token"),
     (lambda m: m["position"].update(nope=1), "position with keys"),
     (lambda m: m["position"].update(epoch="2"), "position of epoch"),
-    (lambda m: m["position"].update(partial=[[1.0, 2.0]]), "partial sums"),
-    (lambda m: m["position"].update(high=-1), "divergence streak"),
+    (lambda m: m["position"].update(partial=[SUMS]), "partial sums"),          # sums at batch 0
+    (lambda m: m["position"].update(partial=[{}, {}]), "partial sums"),        # two runs of one
+    (lambda m: m["position"].update(partial=[[1.0, 2.0]]), "partial sums"),    # format 2's pairs
+    (lambda m: m["position"].update(high=[-1]), "divergence streak"),
+    (lambda m: m["position"].update(high=0), "divergence streak"),
     (lambda m: m.update(checksums="abc"), "lacks the checksums"),
     (lambda m: m.pop("checksums"), "lacks the checksums"),
     (lambda m: m.update(val_ppl="low"), "validation perplexity"),
     (lambda m: m["config"].update(num_hiddens=-3), "not a valid config"),
     (lambda m: m.update(runs="all"), "not a list"),
-    (lambda m: m.update(format=7), "format 1 or 2"),
+    (lambda m: m.update(format=7), "format 1 or 2 or 3"),
 ])
 def test_every_kind_of_damage_is_named(change, message):
     assert message in meta.problem(reseal_with(change), 2 * PER_EPOCH)
 
 
 def test_a_meta_without_its_checksum_is_damage_unless_it_is_of_format_1():
-    m = sealed()
+    m = sealed(fmt=2)
     del m[meta.CHECKSUM]
     assert "without its checksum" in meta.problem(m, 2 * PER_EPOCH)
     old = {k: v for k, v in m.items() if k != "steps_per_epoch"}
@@ -70,10 +88,14 @@ def test_a_meta_without_its_checksum_is_damage_unless_it_is_of_format_1():
 
 def test_positions_of_runs_trained_together():
     m = sealed(1, 2, runs=2)
-    m["position"].update(partial=[[[1.0, 2.0]] * 2, []], stopped=[None, "diverged"], high=[0, 2])
+    m["position"].update(partial=[SUMS, {}], stopped=[None, "diverged"], high=[0, 2])
     assert meta.problem(meta.seal(m), PER_EPOCH + 2) is None
-    m["position"]["high"] = 0                               # one streak per run
-    assert "divergence streak" in meta.problem(meta.seal(m), PER_EPOCH + 2)
-    old = sealed(2, 0, runs=2)                              # before the streak was saved: no "high"
-    old["position"]["partial"] = [[], []]
-    assert meta.problem(meta.seal(old), 2 * PER_EPOCH) is None
+    m["position"]["partial"] = [SUMS, {"loss_sum": 1.0}]             # a run's sums without their count
+    assert "partial sums" in meta.problem(meta.seal(m), PER_EPOCH + 2)
+    old = sealed(1, 2, partial=[[[1.0, 2.0]] * 2, []], runs=2, fmt=2, stopped=[None, "diverged"], high=[0, 2])
+    assert meta.problem(old, PER_EPOCH + 2) is None
+    old["position"]["high"] = 0                               # one streak per run
+    assert "divergence streak" in meta.problem(meta.seal(old), PER_EPOCH + 2)
+    older = sealed(2, 0, runs=2, fmt=2)                      # before the streak was saved: no "high"
+    del older["position"]["high"]
+    assert meta.problem(meta.seal(older), 2 * PER_EPOCH) is None

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY as SMALL
-from rnnjax import backend, checkpoint, train
+from rnnjax import backend, checkpoint, loop
 from rnnjax.data import Batch
 from rnnjax.metrics import MetricsLog
 from rnnjax.parallel import DataParallel, check_distributed
@@ -135,7 +135,7 @@ def test_fit_with_xla_options_trains_as_without(small_data, tmp_path, monkeypatc
     expected = {**backend._LLVM_O1, **backend._YNN_CONVOLUTIONS_ONLY, **avx512}
     assert backend.compiler_options(16, 2, 2) == expected
     tuned = fit(config, small_data, tmp_path / "tuned", devices=2)
-    monkeypatch.setattr(train, "compiler_options", lambda *args: {})
+    monkeypatch.setattr(loop, "compiler_options", lambda *args: {})
     plain = fit(config, small_data, tmp_path / "plain", devices=2)
     assert_close_histories(tuned.history, plain.history)
     assert_close_trees(tuned.state.params, plain.state.params)

@@ -13,10 +13,11 @@ import pytest
 from conftest import TINY
 from rnnjax import model as model_lib
 from rnnjax.checkpoint import CheckpointError
+from rnnjax.loop import compile_run
 from rnnjax.precision import at_precision, describe, dot
 from rnnjax.start import plan
 from rnnjax.state import create_train_state, make_model
-from rnnjax.train import compile_run, eval_steps, fit, train_step, train_windows
+from rnnjax.train import eval_steps, fit, train_step, train_windows
 
 
 def rounded(x):

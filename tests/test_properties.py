@@ -85,7 +85,8 @@ def test_generation_extends_any_prefix_as_d2ls_loop_does(prefixes, num_preds):
 # --- a workdir's files, damaged any way: one error of ours, never another exception ---
 
 TINY = PRESETS["tiny"]
-POSITION = {"epoch": 1, "batch": 2, "partial": [[3.5, 128.0]] * 2, "stopped": [], "high": 1}
+POSITION = {"epoch": 1, "batch": 2, "partial": [{"loss_sum": 3.5, "count": 128.0}], "stopped": [],
+            "high": [1]}
 META = meta_lib.seal({**meta_lib.make(TINY, VOCAB, POSITION, 13, num_devices=1),
                       "val_ppl": 9.5, "checksums": {".step": "0000000f"}})
 SCALAR = st.none() | st.booleans() | st.integers(-3, 30) | st.floats(allow_nan=False) | st.text(max_size=4)
@@ -135,7 +136,9 @@ def test_a_workdir_path_is_refused_or_its_checkpoints_restore(name):
     workdir.check_writable(path)
     state = {"a": np.arange(3, dtype=np.float32)}
     mngr = checkpoint.manager(path / checkpoint.SUBDIR)
-    meta = meta_lib.make(TINY, VOCAB, {"epoch": 0, "batch": 1, "partial": [[1.0, 2.0]], "stopped": []}, 13)
+    position = {"epoch": 0, "batch": 1, "partial": [{"loss_sum": 1.0, "count": 2.0}], "stopped": [],
+                "high": [0]}
+    meta = meta_lib.make(TINY, VOCAB, position, 13)
     checkpoint.save(mngr, 1, state, meta)
     checkpoint.check_saved(mngr, wait=True)                # read back: its manifest is there
     mngr.close()

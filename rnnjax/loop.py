@@ -1,0 +1,242 @@
+"""The epoch loop, one for a single run and for runs trained together: a single run is one run.
+
+``run(plan, data, state, step, evaluate)`` trains a planned run (``rnnjax.start``)
+from ``state``: ``STEPS_PER_CALL`` steps to a compiled call of ``step``, each
+step's metrics a dict summed per key over the epoch (what a checkpoint in
+mid-epoch keeps), one validation call an epoch, one JSON line per run and epoch,
+checkpoints, the stops of ``rnnjax.stops`` and SIGINT/SIGTERM.
+``rnnjax.train.fit`` gives it ``train_windows``; ``rnnjax.runs.fit_runs`` that
+step vmapped over runs stacked on a leading axis, where a run that stops leaves
+the others training.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import signal
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from rnnjax import checkpoint, metrics as metrics_lib
+from rnnjax.backend import compiler_options
+from rnnjax.config import SWEEPABLE, Config, label
+from rnnjax.data import TimeMachine
+from rnnjax.parallel import wait_for_backlog
+from rnnjax.precision import at_precision
+from rnnjax.start import Plan, Position
+from rnnjax.stops import Interrupted, NonFiniteLoss, catch_signals, check_divergence, check_finite
+
+# Epochs between checkpoints: a save costs about a third of a d2l epoch
+# (docs/performance.md). The last epoch and an interrupted run are always saved.
+CHECKPOINT_EVERY = 10
+
+# Training steps per compiled call: each call costs the host a dispatch, which
+# on a CPU takes time from the cores the devices compute on. An epoch whose
+# step count is not a multiple ends in a shorter call, compiled once more.
+STEPS_PER_CALL = 10
+
+
+@dataclasses.dataclass
+class FitResult:
+    state: Any                   # the TrainState on the host, unreplicated (runs': stacked)
+    history: list[dict]          # one record per epoch (and run), as in metrics.jsonl
+    workdir: Path
+    stopped: tuple = ()          # runs trained together: why each one stopped early, or None
+
+
+def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callable, *,
+        checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3, progress: Callable | None = None,
+        log: Callable[[str], Any] | None = None) -> FitResult:
+    """Trains the planned run ``p`` from ``state`` (on the host) to ``p.config.epochs``.
+
+    ``step(state, tokens, windows, axis_name=None) -> (state, metrics)`` is
+    ``rnnjax.train.train_windows`` or, for ``p.runs``, it vmapped; ``evaluate``
+    likewise ``eval_steps`` or ``rnnjax.runs.eval_runs``. ``progress(done,
+    total, record_or_None)`` after every call and epoch (of runs, their mean
+    perplexities); ``log`` says which of several runs stop. Raises
+    ``NonFiniteLoss`` once every run has stopped (nothing of that epoch
+    saved) and ``Interrupted`` after saving the last completed call's step.
+    """
+    several, dp, position = bool(p.runs), p.dp, p.position
+    configs, workdir = list(p.runs) or [p.config], p.workdir
+    manager, metrics_log = _open_workdir(p, data, keep)
+    stops = _Stops(configs, position.stopped, log, several)
+    if p.finished:
+        manager.close()
+        return FitResult(state, metrics_log.read(), workdir, tuple(stops.why) if several else ())
+    datas = [data]
+    if several:               # the batch order is a function of (seed, epoch): each run its own
+        datas = [copy.copy(data) for _ in configs]
+        for d, c in zip(datas, configs):
+            d.seed = c.seed
+
+    def per_run(tree):        # a run axis where a single run has none
+        return tree if several else jax.tree.map(lambda x: x[None], tree)
+
+    train, evaluate, tokens, val_batches = compile_run(p, data, step, evaluate)
+    state = dp.replicate(state)
+    steps_per_epoch, total, done = count_steps(p, data)
+    run_axis = 1 if dp.pmapped else 0          # after the device axis
+    high = list(position.high) or [0] * len(configs)
+
+    def save(epoch: int, batch: int, sums: list[dict], val_ppl: float | None = None):
+        where = Position(epoch, batch, sums, stops.why if several else [], high)
+        runs = {"runs": [c.to_json() for c in configs]} if several else {}
+        meta = checkpoint.make_meta(p.config, data.vocab, dataclasses.asdict(where), steps_per_epoch,
+                                    num_devices=dp.num_shards, **runs)
+        host = dp.unreplicate(state)
+        checkpoint.save(manager, int(per_run(host.step)[0]), host, meta, val_ppl=val_ppl)
+
+    with catch_signals() as stop, manager:
+        for epoch in range(position.epoch, p.config.epochs):
+            start = position.batch if epoch == position.epoch else 0
+            partial = (epoch == position.epoch and position.partial) or [{}] * len(configs)
+            t0 = time.perf_counter()
+            call_metrics, batch = [], start
+            for chunk in _chunks(zip(*(d.train_windows(epoch, start) for d in datas)), STEPS_PER_CALL):
+                windows = [dp.shard_stack([w[r] for w in chunk]) for r in range(len(configs))]
+                windows = jax.tree.map(lambda *x: np.stack(x, run_axis), *windows) if several else windows[0]
+                state, m = train(state, tokens, windows)
+                call_metrics.append(m)
+                wait_for_backlog(call_metrics)
+                done, batch = done + len(chunk), batch + len(chunk)
+                if progress:
+                    progress(done, total, None)
+                if stop.signum is not None:
+                    break
+            host = per_run(dp.unreplicate(call_metrics))
+            sums: list[dict] = [{} for _ in configs]
+            for r in stops.live:
+                steps = [jax.tree.map(lambda x: x[r], m) for m in host]
+                stops.check(r, check_finite, steps, epoch, start, steps_per_epoch)
+                if stops.why[r] is None:
+                    sums[r] = metrics_lib.add_steps(partial[r], steps)
+            stops.check_any_live(say=False)         # said after the divergence checks, with the final count
+            if batch < steps_per_epoch:                  # stopped mid-epoch
+                save(epoch, batch, sums)
+                raise _stopped(manager, stop.signum, epoch, batch, steps_per_epoch, done, workdir)
+            val = per_run(dp.unreplicate(evaluate(state, val_batches)))
+            seconds = time.perf_counter() - t0
+            records = []
+            for r in stops.live:
+                record = metrics_lib.epoch_record(epoch + 1, done, sums[r], steps_per_epoch,
+                                                  float(val["loss_sum"][r]) / float(val["count"][r]), seconds)
+                if several:
+                    record = {"run": r, **{k: getattr(configs[r], k) for k in SWEEPABLE}, **record}
+                far_off = stops.check(r, check_divergence, record, high[r], len(data.vocab))
+                high[r] = high[r] + 1 if far_off else 0
+                if stops.why[r] is None:
+                    records.append(record)
+            stops.check_any_live()
+            # The records first: a crash between the two leaves them past the checkpoint; resume drops them.
+            for record in records:
+                metrics_log.append(record)
+            mean = {k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED}
+            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or stop.signum is not None:
+                save(epoch + 1, 0, [{} for _ in configs], val_ppl=mean["val_ppl"])
+            if progress:
+                progress(done, total, {"epoch": epoch + 1, **mean})
+            if stop.signum is not None:
+                raise _stopped(manager, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done, workdir)
+        checkpoint.check_saved(manager, wait=True)
+    return FitResult(dp.unreplicate(state), metrics_log.read(), workdir, tuple(stops.why) if several else ())
+
+
+def _open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_lib.MetricsLog]:
+    """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
+    run; unless it is finished, the records past its checkpoint dropped and ``config.json`` written."""
+    earlier = checkpoint.val_ppls(p.workdir) if p.step is not None else {}
+    manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
+    metrics_log = metrics_lib.MetricsLog(p.workdir / metrics_lib.FILENAME, writer=jax.process_index() == 0)
+    if not p.finished:
+        metrics_log.truncate(p.position.epoch)
+        if jax.process_index() == 0:
+            checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None)
+    return manager, metrics_log
+
+
+def compile_run(p: Plan, data: TimeMachine, step: Callable, evaluate: Callable) -> tuple:
+    """``(train, evaluate, tokens, val_batches)``: a planned run's training and evaluation steps compiled
+    for its devices, their float32 matmuls at ``matmul_precision``, and the token stream and validation
+    batches on them."""
+    options = compiler_options(p.config.batch_size, p.config.num_hiddens, p.dp.num_shards)
+    step, evaluate = (at_precision(f, p.config.matmul_precision) for f in (step, evaluate))
+    return (p.dp.compile(step, donate_state=True, compiler_options=options),
+            p.dp.compile(evaluate, compiler_options=options),
+            p.dp.replicate(data.tokens), p.dp.put(p.dp.shard_stack(data.val_batches())))
+
+
+def count_steps(p: Plan, data: TimeMachine) -> tuple[int, int, int]:
+    """``(steps per epoch, steps in the run, steps done before this start)``."""
+    steps_per_epoch = data.num_batches(True)
+    return (steps_per_epoch, p.config.epochs * steps_per_epoch,
+            p.position.epoch * steps_per_epoch + p.position.batch)
+
+
+class _Stops:
+    """Which runs have stopped and why. A run whose loss turns non-finite or that diverges
+    (``rnnjax.stops``) stops; of several, alone, named in the log, while the others train on."""
+
+    def __init__(self, configs: list[Config], stopped: list, log: Callable[[str], Any] | None, several: bool):
+        self.configs, self.log, self.several = configs, log, several
+        self.why = list(stopped) or [None] * len(configs)
+        self.unsaid: list[int] = []         # stopped by this epoch's checks, said once they are all made
+
+    @property
+    def live(self) -> list[int]:
+        return [r for r, why in enumerate(self.why) if why is None]
+
+    def check(self, r: int, check: Callable, *args) -> Any:
+        """``check(*args)``, or ``None`` where it raises ``NonFiniteLoss``: run ``r`` then stops (a single
+        run: the error is raised)."""
+        try:
+            return check(*args)
+        except NonFiniteLoss as e:
+            if not self.several:
+                raise
+            self.why[r] = e.reason
+            self.unsaid.append(r)
+            return None
+
+    def check_any_live(self, say: bool = True) -> None:
+        """``NonFiniteLoss`` if no run trains on; else, if ``say`` (the epoch's last check), says which runs
+        this epoch stopped and how many train on."""
+        if say and self.log and self.live:
+            for r in self.unsaid:
+                self.log(f"run {r} ({label(self.configs[r], self.configs)}) stopped: {self.why[r]}; "
+                         f"{len(self.live)} run(s) train on.")
+        if say or not self.live:
+            self.unsaid = []
+        if not self.live:
+            whys = "; ".join(f"run {r} ({label(c, self.configs)}): {why}"
+                             for r, (c, why) in enumerate(zip(self.configs, self.why)))
+            raise NonFiniteLoss(f"Every run stopped: {whys}. Train again in a new --workdir with a "
+                                "smaller --lr.")
+
+
+def _stopped(manager: Any, signum: int, epoch: int, batch: int, steps_per_epoch: int, step: int,
+             workdir: Path) -> Interrupted:
+    """The ``Interrupted`` a loop stopped by a signal raises, once its saves have finished."""
+    checkpoint.check_saved(manager, wait=True)
+    return Interrupted(f"Stopped by signal {signum} ({signal.Signals(signum).name}) in epoch {epoch + 1} "
+                       f"after batch {batch}/{steps_per_epoch}; saved step {step} in {workdir}. Run the same "
+                       "command again to resume.", signum)
+
+
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
+    """``items`` in lists of ``size``, the last one shorter if need be (``itertools.batched`` is 3.12+)."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

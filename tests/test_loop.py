@@ -1,0 +1,118 @@
+"""The epoch loop (``rnnjax.loop``): metrics a dict summed per key, the gradient norm before clipping logged,
+and workdirs saved before the loop was one (checkpoint format 2) resumed as they were."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from rnnjax import checkpoint, meta as meta_lib, metrics, runs, train
+from rnnjax.data import TimeMachine
+from rnnjax.objective import targets
+from rnnjax.state import create_train_state
+from rnnjax.train import STEPS_PER_CALL, Interrupted, fit, train_step
+
+from conftest import TINY, small_text
+
+
+@pytest.fixture(scope="module")
+def data():
+    """``TINY``'s data, 13 steps an epoch: a call of ``STEPS_PER_CALL`` and one of 3."""
+    return TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
+
+
+def test_add_steps_sums_per_key_in_step_order_and_keeps_a_saved_sum_s_keys():
+    call = {"loss_sum": np.array([1.0, 2.0]), "count": np.array([4.0, 4.0]),
+            "grad_norm": np.array([0.5, 1.5])}
+    sums = metrics.add_steps({}, [call, call])
+    assert sums == {"loss_sum": 6.0, "count": 16.0, "grad_norm": 4.0}
+    assert metrics.add_steps(sums, [call]) == {"loss_sum": 9.0, "count": 24.0, "grad_norm": 6.0}
+    old = {"loss_sum": 1.0, "count": 4.0}                       # saved before grad_norm was a metric
+    assert metrics.add_steps(old, [call]) == {"loss_sum": 4.0, "count": 12.0}
+    record = metrics.epoch_record(3, 30, sums, 4, 2.0, 1.5)
+    assert record["train_loss"] == 6.0 / 16.0 and record["grad_norm"] == 1.0
+    assert record["val_ppl"] == np.exp(2.0)
+
+
+def test_the_gradient_norm_before_clipping_is_logged_as_its_epoch_mean(data, tmp_path):
+    config = TINY.replace(epochs=1, clip=0.05)               # clipped at every step
+    result = fit(config, data, tmp_path, devices=1, log=None)
+    state = create_train_state(config, len(data.vocab))
+    step = jax.jit(train_step)
+    windows = list(data.train_windows(0, 0))
+    norms = []
+    for k, w in enumerate(windows):
+        batch = w.batch(data.tokens)
+        if k == 0:      # the reference: plain autodiff of the mean cross-entropy, unclipped
+            def mean_loss(params):
+                logits = state.apply_fn({"params": params}, batch.X)
+                ce = optax.softmax_cross_entropy(logits, targets(batch.Y, len(data.vocab)))
+                return (ce * batch.mask[:, None]).sum() / (batch.mask.sum() * batch.X.shape[1])
+            expected = optax.tree.norm(jax.grad(mean_loss)(state.params))
+        state, m = step(state, batch)
+        norms.append(float(m["grad_norm"]))
+    assert norms[0] == pytest.approx(float(expected), rel=1e-5) and min(norms) > config.clip
+    [record] = result.history
+    assert record["grad_norm"] == pytest.approx(np.mean(norms), rel=1e-5)
+    assert json.loads((tmp_path / metrics.FILENAME).read_text())["grad_norm"] == record["grad_norm"]
+
+
+def test_a_metric_a_step_adds_is_logged_as_its_mean_over_the_epoch(data, tmp_path, monkeypatch):
+    """What a researcher adding a metric changes: ``train_step``'s dict, nothing else."""
+    plain = train.train_step
+
+    def with_tokens(*args, **kwargs):
+        state, m = plain(*args, **kwargs)
+        return state, {**m, "tokens": m["count"]}
+    monkeypatch.setattr(train, "train_step", with_tokens)
+    [record] = fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None).history
+    windows = list(data.train_windows(0, 0))
+    tokens = [float(w.mask.sum()) * TINY.num_steps for w in windows]
+    assert record["tokens"] == pytest.approx(np.mean(tokens)) and min(tokens) < max(tokens)   # a padded batch
+
+
+def _as_format_2(workdir, step):
+    """Rewrites the checkpoint at ``step`` as format 2 saved it: a ``[loss_sum, count]`` pair per batch done
+    (here the sums, then zero pairs), a single run's sums and streak not in a list of runs."""
+    path = workdir / checkpoint.SUBDIR / str(step) / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    position, several = meta["position"], "runs" in meta
+
+    def pairs(sums):
+        return [[sums["loss_sum"], sums["count"]]] + [[0.0, 0.0]] * (position["batch"] - 1) if sums else []
+    partial = position["partial"]
+    position["partial"] = [pairs(s) for s in partial] if several else pairs(partial[0])
+    position["high"] = position["high"] if several else position["high"][0]
+    meta["format"] = 2
+    path.write_text(json.dumps(meta_lib.seal({k: v for k, v in meta.items() if k != meta_lib.CHECKSUM})))
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_a_workdir_of_format_2_stopped_mid_epoch_resumes_as_if_never_stopped(data, tmp_path, several):
+    configs = [TINY.replace(epochs=2, seed=s) for s in (0, 1)]
+
+    def train(workdir, **kwargs):
+        if several:
+            return runs.fit_runs(configs, data, workdir, devices=1, log=None, **kwargs)
+        return fit(configs[0], data, workdir, devices=1, log=None, **kwargs)
+
+    def interrupt(done, total, record):
+        if done == 13 + STEPS_PER_CALL:                  # mid-epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(Interrupted):
+        train(tmp_path / "split", progress=interrupt)
+    [step] = [s for s in checkpoint.steps(tmp_path / "split") if s % 13]
+    _as_format_2(tmp_path / "split", step)
+    assert meta_lib.problem(checkpoint.read_meta(tmp_path / "split", step), step) is None
+    resumed, straight = train(tmp_path / "split"), train(tmp_path / "straight")
+
+    def same(records):       # the resumed epoch has no grad_norm: format 2 did not keep its sums
+        return [{k: v for k, v in r.items() if k not in ("seconds", "grad_norm")} for r in records]
+    assert same(resumed.history) == same(straight.history)
+    assert all("grad_norm" not in r for r in resumed.history if r["epoch"] == 2)
+    for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(straight.state)):
+        np.testing.assert_array_equal(a, b)
