@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import sys
 
-from experiments import timemachine
-from rnnjax import config as config_lib, metrics
+from experiments import cli, timemachine
+from rnnjax import metrics
 
 OPTIONS = dict(prog="python -m experiments.overfit", preset="overfit", description=__doc__.split("\n")[0])
 
@@ -29,11 +29,10 @@ def main(argv=None) -> int:
     status = timemachine.main(argv, **OPTIONS)
     if status != 0:
         return status
-    args = timemachine.parse_args(argv, **OPTIONS)
+    args = cli.parse_args(argv, **OPTIONS)
     if args.predict is not None:
         return status
-    configs = config_lib.sweep_from_flags(args)
-    workdir = args.workdir or timemachine.default_workdir(args.preset, configs, args.text)
+    workdir = cli.settings(args)[1]
     records = metrics.MetricsLog(workdir / metrics.FILENAME).read()
     best = min(records, key=lambda r: r["val_ppl"])
     last = records[-1]

@@ -47,147 +47,21 @@ if __name__ == "__main__":     # a signal while JAX loads: one line and 130/143,
     signal.signal(signal.SIGTERM, _stopped_while_loading)
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
-import contextlib  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 
 import rnnjax  # noqa: E402
-from rnnjax import backend, checkpoint, config as config_lib, corpus, memory  # noqa: E402
-from rnnjax import metrics, parallel, runs  # noqa: E402
+from experiments import cli  # noqa: E402
+from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, metrics  # noqa: E402
+from rnnjax import parallel, runs  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
-from rnnjax.generate import MAX_PREDS  # noqa: E402
 from rnnjax.start import planned  # noqa: E402
-from rnnjax.train import CHECKPOINT_EVERY, Interrupted, NonFiniteLoss, fit  # noqa: E402
+from rnnjax.train import Interrupted, NonFiniteLoss, fit  # noqa: E402
 from rnnjax.workdir import WorkdirError  # noqa: E402
 
 USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError, WorkdirError)
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory")      # in XLA's errors
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """argparse's own errors as ours are: one line (not the usage block), and where to look."""
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", preset: str = "d2l",
-               description: str = __doc__.split("\n")[0]) -> argparse.Namespace:
-    """The flags; ``prog``, ``preset`` (the default ``--preset``) and ``description`` for a script built on
-    this one (``experiments.overfit``)."""
-    p = _Parser(prog=prog, description=description)
-    p.add_argument("--data", help="local timemachine.txt, SHA-1 checked (else $RNNJAX_TIMEMACHINE, else "
-                                  "download): d2l's text, the default corpus")
-    p.add_argument("--text", metavar="PATH",
-                   help="train on this UTF-8 file instead of the Time Machine (no hash check; its SHA-1 goes "
-                        "into the checkpoints, and resuming needs the same file): characters, or words with "
-                        "--token word, the vocabulary from the training part; unless given, --preprocess "
-                        f"{corpus.TEXT_DEFAULTS['preprocess']} (every character kept), --val-fraction "
-                        f"{corpus.TEXT_DEFAULTS['val_fraction']} (the tail validates) and --num-train "
-                        f"{corpus.TEXT_DEFAULTS['num_train']} (every window of the training part); "
-                        "--steps-per-epoch N for a large text. Tokenized once, cached in "
-                        "~/.cache/rnnjax/corpus")
-    p.add_argument("--workdir",
-                   help="run folder: metrics, plot, checkpoints; resumes if it has any (default "
-                        "runs/<preset>, or runs/<preset>-<hash> if flags change the preset's settings: "
-                        "the same command resumes)")
-    config_lib.add_flags(p, preset)
-    run = p.add_argument_group("checkpoints, devices, generation")
-    run.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="N",
-                     help=f"epochs between checkpoints (default {CHECKPOINT_EVERY}; the last epoch and an "
-                          "interrupted run are always saved)")
-    run.add_argument("--keep", type=int, default=3, help="latest checkpoints kept (the best is kept too)")
-    run.add_argument("--devices", type=int, help="local devices to train on (default: all; on a CPU one per "
-                                                 "core, or $JAX_NUM_CPU_DEVICES)")
-    run.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (multi-host)")
-    run.add_argument("--num-processes", type=int, help="processes in a multi-host run")
-    run.add_argument("--process-id", type=int, help="this process's index in a multi-host run")
-    run.add_argument("--distributed", action="store_true",
-                     help="join a multi-host run whose settings JAX finds itself ($JAX_COORDINATOR_ADDRESS, "
-                          "SLURM, Open MPI)")
-    run.add_argument("--predict", metavar="PREFIX",
-                     help="generate from the workdir's checkpoint; no training")
-    run.add_argument("--num-preds", type=int, default=20, help="tokens to generate (characters or words)")
-    run.add_argument("--best", action="store_true",
-                     help="with --predict: the checkpoint of lowest validation perplexity, not the latest; "
-                          "the best of those saved (every --checkpoint-every epochs and the last), which "
-                          "misses a better epoch between saves")
-    run.add_argument("--run", type=int, metavar="K",
-                     help="with --predict on a workdir of several runs (--seeds, --lr/--clip lists): run K")
-    run.add_argument("--sample", action="store_true",
-                     help="with --predict: sample the characters (seeded by --seed) instead of the argmax")
-    run.add_argument("--temperature", type=float, metavar="T",
-                     help="with --predict: sample, from the logits divided by T (default 1; d2l's q ~ "
-                          "P^alpha: T = 1/alpha); implies --sample")
-    run.add_argument("--top-k", type=int, metavar="K",
-                     help="with --predict: sample among the K likeliest characters only; implies --sample")
-    run.add_argument("--no-progress", action="store_true", help="no progress output")
-    run.add_argument("--no-compilation-cache", action="store_true",
-                     help="do not use JAX's persistent compilation cache (~/.cache/rnnjax/jax)")
-    args = p.parse_args(argv)
-    for name in ("data", "text", "workdir"):    # '' would mean the default file, or the current folder
-        if getattr(args, name) == "":
-            raise ValueError(f"--{name} is empty; give a path (a shell variable that was not set?).")
-    args.workdir = None if args.workdir is None else Path(args.workdir)
-    if args.text is not None and args.data is not None:
-        raise ValueError("--text trains on your own file, --data names the Time Machine's; give one.")
-    if args.text is not None and args.predict is None:     # the preset, changed by these, then by the flags
-        for name, value in corpus.TEXT_DEFAULTS.items():
-            if getattr(args, name) is None:
-                setattr(args, name, value)
-    for name, low in (("checkpoint_every", 1), ("keep", 1), ("num_preds", 0)):
-        if getattr(args, name) < low:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}.")
-    if args.num_preds > MAX_PREDS:
-        raise ValueError(f"--num-preds must be at most {MAX_PREDS:,}, got {args.num_preds:,}.")
-    args.sample = args.sample or args.temperature is not None or args.top_k is not None
-    if args.sample and args.predict is None:
-        raise ValueError("--sample, --temperature and --top-k choose how --predict generates; "
-                         "add --predict PREFIX.")
-    if args.run is not None and args.predict is None:
-        raise ValueError("--run chooses the run of a workdir that --predict generates from; add --predict "
-                         "PREFIX.")
-    parallel.check_distributed(args.coordinator, args.num_processes, args.process_id,
-                               auto=args.distributed or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")))
-    if args.predict is not None and args.seed is not None and len(args.seed) > 1:
-        raise ValueError(f"--predict samples with one --seed, got {len(args.seed)}.")
-    if args.temperature is not None and not args.temperature > 0:   # NaN fails this too
-        raise ValueError(f"--temperature must be a positive number, got {args.temperature}.")
-    if args.top_k is not None and args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
-    return args
-
-
-@contextlib.contextmanager
-def progress_output(enabled: bool, epochs: int):
-    """``fit``'s ``progress`` callback: a rich bar on a terminal, else a line every tenth of the epochs."""
-    if not enabled:
-        yield None
-    elif not sys.stdout.isatty():
-        every = max(1, epochs // 10)
-
-        def line(done: int, total: int, record: dict | None) -> None:
-            if record and (record["epoch"] % every == 0 or record["epoch"] == epochs):
-                print(f"epoch {record['epoch']}/{epochs}  step {done}/{total}  train ppl "
-                      f"{record['train_ppl']:.2f}  val ppl {record['val_ppl']:.2f}", flush=True)
-        yield line
-    else:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-        columns = (TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), TextColumn("{task.fields[ppl]}"))
-        with Progress(*columns) as bar:
-            task = bar.add_task("steps", total=None, ppl="")
-
-            def update(done: int, total: int, record: dict | None) -> None:
-                if record is not None:
-                    bar.update(task, ppl=f"epoch {record['epoch']}  train ppl {record['train_ppl']:.2f}  "
-                                         f"val ppl {record['val_ppl']:.2f}")
-                bar.update(task, completed=done, total=total)
-            yield update
 
 
 def predict_only(args: argparse.Namespace) -> None:
@@ -197,7 +71,12 @@ def predict_only(args: argparse.Namespace) -> None:
     if args.sample:       # --seed seeds the draws here, not the model
         sampling = {"temperature": args.temperature, "top_k": args.top_k,
                     "key": jax.random.PRNGKey(args.seed[0] if args.seed is not None else 0)}
-    restored = checkpoint.restore(args.workdir, best=args.best, run=args.run)
+    try:
+        restored = checkpoint.restore(args.workdir, best=args.best, run=args.run)
+    except checkpoint.DamagedCheckpoint as e:     # generate from an older one, saying so
+        restored = checkpoint.restore(args.workdir, best=args.best, run=args.run, fallback=True)
+        print(f"warning: {e}; generating from checkpoint step {restored.step}, the newest good one before "
+              "it.", file=sys.stderr)
     # The model comes from the checkpoint; flags that say otherwise are a mistake worth naming.
     requested = {k: v[0] if k in config_lib.SWEEPABLE and len(v) == 1 else v
                  for k, v in config_lib.given(args).items()
@@ -209,40 +88,12 @@ def predict_only(args: argparse.Namespace) -> None:
                                          f"{'; '.join(differ)}.")
     text = restored.predict(args.predict, args.num_preds, **sampling)
     # stderr: stdout is the text alone, for pipes.
-    print(f"from {args.workdir}: {describe_checkpoint(restored)}", file=sys.stderr)
+    print(f"from {args.workdir}: {cli.describe_checkpoint(restored)}", file=sys.stderr)
     print(text)
 
 
-def describe_checkpoint(restored: checkpoint.Restored) -> str:
-    """Which checkpoint generates: its step, its epoch, its validation perplexity."""
-    position, val_ppl = restored.meta.get("position", {}), restored.meta.get("val_ppl")
-    epoch, batch = position.get("epoch", 0), position.get("batch", 0)
-    where = f"epoch {epoch + 1} at batch {batch}" if batch else f"after epoch {epoch}"
-    ppl = "" if val_ppl is None else f", val ppl {val_ppl:.2f}"
-    if ppl and restored.meta.get("runs"):
-        ppl += " (the mean of its runs)"
-    return f"checkpoint step {restored.step} ({where}{ppl})"
-
-
-def default_workdir(preset: str, configs: list[config_lib.Config], text: str | None = None) -> Path:
-    """``runs/<preset>``, or ``runs/<preset>-<hash>`` of the settings the flags change (``--text``:
-    ``runs/<file name>-<hash>``, the file's path in the hash): the name the same command gives again, so
-    it resumes. Resumable fields (``--epochs``) are left out of the hash: a larger ``--epochs`` trains the
-    same run on."""
-    base = config_lib.PRESETS[preset].to_json()
-    changed = [{k: v for k, v in c.to_json().items() if v != base[k] and k not in config_lib.Config.RESUMABLE}
-               for c in configs]
-    if text is None and len(configs) == 1 and not changed[0]:
-        return Path("runs") / preset
-    name = preset if text is None else re.sub(r"[^\w.-]", "_", Path(text).stem) or "text"
-    key = changed if text is None else [str(Path(text).resolve()), changed]
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
-    return Path("runs") / f"{name}-{digest}"
-
-
-def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
+def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: Path) -> None:
     config = configs[0]
-    workdir = args.workdir or default_workdir(args.preset, configs, args.text)
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     data = corpus.load(config, text=args.text, data=args.data)
     several = len(configs) > 1
@@ -257,8 +108,8 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
         options = dict(devices=args.devices, checkpoint_every=args.checkpoint_every, keep=args.keep, log=None,
                        plan=p)
         try:
-            with progress_output(jax.process_index() == 0 and not args.no_progress and not p.finished,
-                                 config.epochs) as progress:
+            show = jax.process_index() == 0 and not args.no_progress and not p.finished
+            with cli.progress_output(show, config.epochs) as progress:
                 if several:
                     result = runs.fit_runs(configs, data, workdir, progress=progress,
                                            **{**options, "log": say})
@@ -305,7 +156,7 @@ def _stopped_at_start_up(signum, frame):
 
 
 def main(argv=None, **parser_options) -> int:
-    """The command; ``parser_options`` go to ``parse_args`` (``experiments.overfit``)."""
+    """The command; ``parser_options`` go to ``cli.parse_args`` (``experiments.overfit``)."""
     # Until fit takes over the signals (it saves, then stops): one line and 130/143, not a traceback.
     previous = signal.signal(signal.SIGTERM, _stopped_at_start_up), signal.signal(signal.SIGINT,
                                                                                   signal.default_int_handler)
@@ -325,21 +176,20 @@ def main(argv=None, **parser_options) -> int:
 
 def _main(argv, parser_options: dict) -> int:
     try:
-        args = parse_args(argv, **parser_options)
-        configs = config_lib.sweep_from_flags(args)
-        runs.check_runs(configs)
-    except ValueError as e:          # checks of the arguments alone, before JAX starts
+        args = cli.parse_args(argv, **parser_options)
+        configs, workdir = cli.settings(args) if args.predict is None else (None, None)
+    except ValueError as e:          # checks of the arguments (and the workdir's settings), before JAX starts
         print(f"error: {e}", file=sys.stderr)
         return 1
     backend.keep_freed_memory()
-    backend.use_cpu_cores(configs[0].batch_size)
+    backend.use_cpu_cores(configs[0].batch_size if configs else config_lib.PRESETS[args.preset].batch_size)
     if not args.no_compilation_cache:
         backend.enable_compilation_cache()
     try:
         if (args.distributed or args.coordinator or args.num_processes
                 or os.environ.get("JAX_COORDINATOR_ADDRESS")):
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-        predict_only(args) if args.predict is not None else train(args, configs)
+        predict_only(args) if args.predict is not None else train(args, configs, workdir)
     except USAGE_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

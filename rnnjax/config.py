@@ -227,6 +227,28 @@ def sweep_from_flags(args: argparse.Namespace) -> list[Config]:
     return [base.replace(**dict(combo)) for combo in itertools.product(*axes)]
 
 
+def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str) -> list[Config]:
+    """The runs ``saved`` in the workdir ``where``, their ``RESUMABLE`` fields (``--epochs``) changed by the
+    flags given; ``ConfigError`` naming every other flag given that asks for settings they do not have."""
+    differ, resumable = [], {}
+    for name, value in given(args).items():
+        if name in Config.RESUMABLE:
+            resumable[name] = value
+            continue
+        wanted, have = (value if name in SWEEPABLE else (value,)), [getattr(c, name) for c in saved]
+        if set(wanted) != set(have):
+            differ.append(f"{_flag(name)} {_listed(wanted)} (it has {_listed(dict.fromkeys(have))})")
+    if differ:
+        raise ConfigError(f"{where} holds a run of other settings than the flags ask for: "
+                          f"{'; '.join(differ)}. Leave those flags out to resume it (its settings are read "
+                          "from it), or use a new --workdir.")
+    return [c.replace(**resumable) for c in saved]
+
+
+def _listed(values) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
 def from_flags(args: argparse.Namespace) -> Config:
     """The preset, changed by the flags given; ``ConfigError`` if they list several runs."""
     configs = sweep_from_flags(args)

@@ -1,4 +1,4 @@
-"""What a workdir's checkpoints hold, read without a manager: their steps, their checked metas.
+"""What a workdir holds, read without a manager: its checkpoints' steps and checked metas, its run's settings.
 
 Reading here creates nothing and enters no barrier across processes (making
 an orbax manager does), so a process that only looks can call it. A
@@ -9,6 +9,7 @@ is ``set_aside`` into ``damaged/``, never deleted.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import stat
@@ -17,6 +18,7 @@ from pathlib import Path
 import orbax.checkpoint as ocp
 
 from rnnjax import meta as meta_lib
+from rnnjax.config import Config
 
 SUBDIR = "checkpoints"
 DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
@@ -119,3 +121,23 @@ def best_step(workdir: Path) -> int | None:
     """The complete checkpoint with the lowest validation perplexity in its ``meta``, or ``None``."""
     scored = [(p, s) for s, p in val_ppls(workdir).items()]
     return min(scored)[1] if scored else None
+
+
+def saved_runs(workdir: Path) -> tuple[list[Config], dict] | None:
+    """The configs of the run ``workdir`` holds (one, or one per run trained together) and its vocabulary's
+    JSON: from ``config.json``, written as a run starts, else from the newest checkpoint whose meta reads;
+    ``None`` where neither is there (or reads)."""
+    path = Path(workdir) / "config.json"
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):         # a FIFO would hang the reader
+            d = json.loads(path.read_text())
+            return [Config.from_json(c) for c in d.get("runs") or [d["config"]]], dict(d["vocab"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):      # not there, or not ours
+        pass
+    for step in sorted(steps(workdir), reverse=True):
+        try:
+            meta = read_meta(workdir, step)
+        except DamagedCheckpoint:
+            continue
+        return [Config.from_json(c) for c in meta.get("runs") or [meta["config"]]], meta["vocab"]
+    return None

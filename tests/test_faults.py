@@ -80,13 +80,19 @@ def flip_a_bit(step_dir):
     return path
 
 
-def test_a_flipped_bit_is_caught_and_resume_falls_back(small_data, tmp_path, straight):
+def test_a_flipped_bit_is_caught_and_resume_falls_back(small_data, tmp_path, straight, capsys):
     fit(CONFIG.replace(epochs=3), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
     latest = checkpoint.latest_step(tmp_path)
     flip_a_bit(tmp_path / checkpoint.SUBDIR / str(latest))
     with pytest.raises(checkpoint.DamagedCheckpoint, match=f"step {latest} .* (damaged|cannot be restored)"):
         checkpoint.restore(tmp_path)
     assert checkpoint.restore(tmp_path, fallback=True).step == latest - 13
+    assert cli("--workdir", str(tmp_path), "--predict", "the", "--num-preds", "5") == 0  # says so, generates
+    out, err = capsys.readouterr()
+    warning, said = err.splitlines()
+    assert out.startswith("the") and warning.startswith("warning: ") and f"step {latest}" in warning
+    assert warning.endswith(f"generating from checkpoint step {latest - 13}, the newest good one before it.")
+    assert said.startswith(f"from {tmp_path}: checkpoint step {latest - 13}")
     lines = []
     resumed = fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=lines.append)
     assert lines[0].startswith(f"resuming from step {latest - 13}")

@@ -43,12 +43,12 @@ def test_every_block_is_python_or_bash_and_parses():
     for lang, code in BLOCKS:
         if lang == "python":
             compile(code, "README.md", "exec")
-    from experiments import timemachine
-    cli = [c for c in commands() if "experiments.timemachine" in c and not skipped(c)]
-    assert len(cli) >= 4
-    for command in cli:          # the flags as written are the CLI's (checked without running it)
+    from experiments import cli
+    lines = [c for c in commands() if "experiments.timemachine" in c and not skipped(c)]
+    assert len(lines) >= 4
+    for command in lines:          # the flags as written are the CLI's (checked without running it)
         words = shlex.split(command.split("#")[0])
-        timemachine.parse_args(words[words.index("experiments.timemachine") + 1:])
+        cli.parse_args(words[words.index("experiments.timemachine") + 1:])
 
 
 def test_the_layout_names_every_module():

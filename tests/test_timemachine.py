@@ -1,13 +1,11 @@
 """The main job, ``python -m experiments.timemachine``, run in-process."""
 
-import dataclasses
 import re
 
 import pytest
 
 from experiments import timemachine
 from rnnjax import checkpoint, data
-from rnnjax.config import Config
 
 
 @pytest.mark.slow
@@ -54,19 +52,6 @@ def test_batch_size_not_divisible_by_devices(real_text_path, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_help_lists_every_config_field(capsys):
-    with pytest.raises(SystemExit):
-        timemachine.parse_args(["--help"])
-    text = capsys.readouterr().out
-    for f in dataclasses.fields(Config):
-        assert "--" + f.name.replace("_", "-") in text
-    flat = " ".join(text.split())
-    assert "(default d2l)" in flat and "(d2l: 32)" in flat
-    assert "--temperature T with --predict: sample, from" in flat
-    assert "--top-k K with --predict: sample among" in flat
-    assert flat.count("; implies --sample") == 2        # each turns sampling on alone
-
-
 @pytest.mark.parametrize("argv", [["--bogus"], ["--epochs", "x"], ["--preset", "huge"]])
 def test_argparse_errors_are_one_line_and_point_to_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
@@ -74,17 +59,6 @@ def test_argparse_errors_are_one_line_and_point_to_help(argv, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert err.endswith("(see python -m experiments.timemachine --help)\n") and "usage" not in err
-
-
-def test_the_default_workdir_is_named_by_what_the_flags_change():
-    tiny = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50)
-    assert timemachine.default_workdir("d2l", [Config()]) == timemachine.Path("runs/d2l")
-    assert timemachine.default_workdir("tiny", [tiny]) == timemachine.Path("runs/tiny")
-    named = timemachine.default_workdir("d2l", [Config(lr=2.0)])
-    assert named.name.startswith("d2l-") and len(named.name) == 12
-    assert timemachine.default_workdir("d2l", [Config(lr=2.0, epochs=200, kernel="plain")]) == named
-    assert timemachine.default_workdir("d2l", [Config(lr=3.0)]) != named
-    assert timemachine.default_workdir("d2l", [Config(seed=0), Config(seed=1)]) not in (named, "runs/d2l")
 
 
 @pytest.mark.slow
@@ -180,12 +154,6 @@ def test_cli_names_a_run_that_stopped_and_finishes_the_others(real_text_path, tm
     assert timemachine.main(["--workdir", workdir, "--predict", "it has", "--run", "1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: Run 1 of ") and "stopped early" in err and err.count("\n") == 1
-
-
-def test_shapes_cannot_be_listed(capsys):
-    with pytest.raises(SystemExit):
-        timemachine.parse_args(["--num-hiddens", "8,16"])
-    assert "train the others in separate workdirs" in capsys.readouterr().err
 
 
 def test_cli_trains_on_your_own_words_resumes_and_samples_without_the_file(tmp_path, capsys):

@@ -1,0 +1,200 @@
+"""The command line of ``experiments.timemachine`` (and ``experiments.overfit``): its flags, the runs they
+ask for and where they write, the progress it shows.
+
+``settings(args)`` is what a run trains: the preset changed by the flags, or,
+given a ``--workdir`` that holds a run (and no ``--preset``), that run's own
+settings, read from it, the flags given checked against them; so ``--workdir
+W --epochs 200`` resumes a run made with any preset and flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from rnnjax import checkpoint, config as config_lib, corpus, parallel, runs
+from rnnjax.generate import MAX_PREDS
+from rnnjax.loop import CHECKPOINT_EVERY
+from rnnjax.stored import saved_runs
+
+DESCRIPTION = 'd2l\'s "Concise Implementation of Recurrent Neural Networks", end to end.'
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """argparse's own errors as ours are: one line (not the usage block), and where to look."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", preset: str = "d2l",
+               description: str = DESCRIPTION) -> argparse.Namespace:
+    """The flags; ``prog``, ``preset`` (the default ``--preset``) and ``description`` for a script built on
+    this one (``experiments.overfit``)."""
+    p = _Parser(prog=prog, description=description)
+    p.add_argument("--data", help="local timemachine.txt, SHA-1 checked (else $RNNJAX_TIMEMACHINE, else "
+                                  "download): d2l's text, the default corpus")
+    p.add_argument("--text", metavar="PATH",
+                   help="train on this UTF-8 file instead of the Time Machine (no hash check; its SHA-1 goes "
+                        "into the checkpoints, and resuming needs the same file): characters, or words with "
+                        "--token word, the vocabulary from the training part; unless given, --preprocess "
+                        f"{corpus.TEXT_DEFAULTS['preprocess']} (every character kept), --val-fraction "
+                        f"{corpus.TEXT_DEFAULTS['val_fraction']} (the tail validates) and --num-train "
+                        f"{corpus.TEXT_DEFAULTS['num_train']} (every window of the training part); "
+                        "--steps-per-epoch N for a large text. Tokenized once, cached in "
+                        "~/.cache/rnnjax/corpus")
+    p.add_argument("--workdir",
+                   help="run folder: metrics, plot, checkpoints (default runs/<preset>, or "
+                        "runs/<preset>-<hash> if flags change the preset's settings: the same command "
+                        "resumes). One that holds a run resumes it with its settings, read from it: "
+                        "--workdir W --epochs 200 is enough (other flags given must agree with them)")
+    config_lib.add_flags(p, preset)
+    p.set_defaults(preset=None)           # to tell whether it was given: if not, a workdir's settings rule
+    run = p.add_argument_group("checkpoints, devices, generation")
+    run.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="N",
+                     help=f"epochs between checkpoints (default {CHECKPOINT_EVERY}; the last epoch and an "
+                          "interrupted run are always saved)")
+    run.add_argument("--keep", type=int, default=3, help="latest checkpoints kept (the best is kept too)")
+    run.add_argument("--devices", type=int, help="local devices to train on (default: all; on a CPU one per "
+                                                 "core, or $JAX_NUM_CPU_DEVICES)")
+    run.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (multi-host)")
+    run.add_argument("--num-processes", type=int, help="processes in a multi-host run")
+    run.add_argument("--process-id", type=int, help="this process's index in a multi-host run")
+    run.add_argument("--distributed", action="store_true",
+                     help="join a multi-host run whose settings JAX finds itself ($JAX_COORDINATOR_ADDRESS, "
+                          "SLURM, Open MPI)")
+    run.add_argument("--predict", metavar="PREFIX",
+                     help="generate from the workdir's checkpoint; no training")
+    run.add_argument("--num-preds", type=int, default=20, help="tokens to generate (characters or words)")
+    run.add_argument("--best", action="store_true",
+                     help="with --predict: the checkpoint of lowest validation perplexity, not the latest; "
+                          "the best of those saved (every --checkpoint-every epochs and the last), which "
+                          "misses a better epoch between saves")
+    run.add_argument("--run", type=int, metavar="K",
+                     help="with --predict on a workdir of several runs (--seeds, --lr/--clip lists): run K")
+    run.add_argument("--sample", action="store_true",
+                     help="with --predict: sample the characters (seeded by --seed) instead of the argmax")
+    run.add_argument("--temperature", type=float, metavar="T",
+                     help="with --predict: sample, from the logits divided by T (default 1; d2l's q ~ "
+                          "P^alpha: T = 1/alpha); implies --sample")
+    run.add_argument("--top-k", type=int, metavar="K",
+                     help="with --predict: sample among the K likeliest characters only; implies --sample")
+    run.add_argument("--no-progress", action="store_true", help="no progress output")
+    run.add_argument("--no-compilation-cache", action="store_true",
+                     help="do not use JAX's persistent compilation cache (~/.cache/rnnjax/jax)")
+    args = p.parse_args(argv)
+    args.preset_given, args.preset = args.preset is not None, args.preset or preset
+    for name in ("data", "text", "workdir"):    # '' would mean the default file, or the current folder
+        if getattr(args, name) == "":
+            raise ValueError(f"--{name} is empty; give a path (a shell variable that was not set?).")
+    args.workdir = None if args.workdir is None else Path(args.workdir)
+    if args.text is not None and args.data is not None:
+        raise ValueError("--text trains on your own file, --data names the Time Machine's; give one.")
+    for name, low in (("checkpoint_every", 1), ("keep", 1), ("num_preds", 0)):
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}.")
+    if args.num_preds > MAX_PREDS:
+        raise ValueError(f"--num-preds must be at most {MAX_PREDS:,}, got {args.num_preds:,}.")
+    args.sample = args.sample or args.temperature is not None or args.top_k is not None
+    if args.sample and args.predict is None:
+        raise ValueError("--sample, --temperature and --top-k choose how --predict generates; "
+                         "add --predict PREFIX.")
+    if args.run is not None and args.predict is None:
+        raise ValueError("--run chooses the run of a workdir that --predict generates from; add --predict "
+                         "PREFIX.")
+    parallel.check_distributed(args.coordinator, args.num_processes, args.process_id,
+                               auto=args.distributed or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")))
+    if args.predict is not None and args.seed is not None and len(args.seed) > 1:
+        raise ValueError(f"--predict samples with one --seed, got {len(args.seed)}.")
+    if args.temperature is not None and not args.temperature > 0:   # NaN fails this too
+        raise ValueError(f"--temperature must be a positive number, got {args.temperature}.")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
+    return args
+
+
+@contextlib.contextmanager
+def progress_output(enabled: bool, epochs: int):
+    """``fit``'s ``progress`` callback: a rich bar on a terminal, else a line every tenth of the epochs."""
+    if not enabled:
+        yield None
+    elif not sys.stdout.isatty():
+        every = max(1, epochs // 10)
+
+        def line(done: int, total: int, record: dict | None) -> None:
+            if record and (record["epoch"] % every == 0 or record["epoch"] == epochs):
+                print(f"epoch {record['epoch']}/{epochs}  step {done}/{total}  train ppl "
+                      f"{record['train_ppl']:.2f}  val ppl {record['val_ppl']:.2f}", flush=True)
+        yield line
+    else:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+        columns = (TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), TextColumn("{task.fields[ppl]}"))
+        with Progress(*columns) as bar:
+            task = bar.add_task("steps", total=None, ppl="")
+
+            def update(done: int, total: int, record: dict | None) -> None:
+                if record is not None:
+                    bar.update(task, ppl=f"epoch {record['epoch']}  train ppl {record['train_ppl']:.2f}  "
+                                         f"val ppl {record['val_ppl']:.2f}")
+                bar.update(task, completed=done, total=total)
+            yield update
+
+
+def describe_checkpoint(restored: checkpoint.Restored) -> str:
+    """Which checkpoint generates: its step, its epoch, its validation perplexity."""
+    position, val_ppl = restored.meta.get("position", {}), restored.meta.get("val_ppl")
+    epoch, batch = position.get("epoch", 0), position.get("batch", 0)
+    where = f"epoch {epoch + 1} at batch {batch}" if batch else f"after epoch {epoch}"
+    ppl = "" if val_ppl is None else f", val ppl {val_ppl:.2f}"
+    if ppl and restored.meta.get("runs"):
+        ppl += " (the mean of its runs)"
+    return f"checkpoint step {restored.step} ({where}{ppl})"
+
+
+def default_workdir(preset: str, configs: list[config_lib.Config], text: str | None = None) -> Path:
+    """``runs/<preset>``, or ``runs/<preset>-<hash>`` of the settings the flags change (``--text``:
+    ``runs/<file name>-<hash>``, the file's path in the hash): the name the same command gives again, so
+    it resumes. Resumable fields (``--epochs``) are left out of the hash: a larger ``--epochs`` trains the
+    same run on."""
+    base = config_lib.PRESETS[preset].to_json()
+    changed = [{k: v for k, v in c.to_json().items() if v != base[k] and k not in config_lib.Config.RESUMABLE}
+               for c in configs]
+    if text is None and len(configs) == 1 and not changed[0]:
+        return Path("runs") / preset
+    name = preset if text is None else re.sub(r"[^\w.-]", "_", Path(text).stem) or "text"
+    key = changed if text is None else [str(Path(text).resolve()), changed]
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    return Path("runs") / f"{name}-{digest}"
+
+
+def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path]:
+    """The runs to train (one, or several in one program) and their workdir: the preset changed by the flags
+    given; or, given a ``--workdir`` that holds a run and no ``--preset``, that run's settings, changed by
+    the resumable flags (``--epochs``), any other flag given checked against them. ``ValueError`` in one
+    sentence; reads nothing but the workdir's ``config.json`` (or its newest checkpoint's meta)."""
+    saved = None
+    if args.workdir is not None and not args.preset_given:
+        saved = saved_runs(args.workdir)
+    if saved is None:
+        if args.text is not None:      # the preset, changed by these, then by the flags given
+            for name, value in corpus.TEXT_DEFAULTS.items():
+                if getattr(args, name) is None:
+                    setattr(args, name, value)
+        configs = config_lib.sweep_from_flags(args)
+        runs.check_runs(configs)
+        return configs, args.workdir or default_workdir(args.preset, configs, args.text)
+    configs, vocab = saved
+    if "text_sha1" in vocab and args.text is None:
+        raise ValueError(f"{args.workdir} holds a run trained on a text of your own (SHA-1 "
+                         f"{vocab['text_sha1'][:12]}...): give that file again, --text PATH, to resume it.")
+    if "text_sha1" not in vocab and args.text is not None:
+        raise ValueError(f"{args.workdir} holds a run trained on the Time Machine, not on --text: leave "
+                         "--text out to resume it, or use a new --workdir.")
+    return config_lib.resumed_from_flags(args, configs, str(args.workdir)), args.workdir

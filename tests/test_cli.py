@@ -1,0 +1,116 @@
+"""The command line (``experiments.cli``): its flags, and the runs they ask for, read from a workdir that
+holds one (``--workdir W --epochs 200`` resumes a run made with any preset and flags)."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from experiments import cli, timemachine
+from rnnjax import checkpoint
+from rnnjax.config import PRESETS, Config
+from rnnjax.data import Vocab
+
+from conftest import TINY
+
+
+def test_help_lists_every_config_field(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(Config):
+        assert "--" + f.name.replace("_", "-") in text
+    flat = " ".join(text.split())
+    assert "(default d2l)" in flat and "(d2l: 32)" in flat
+    assert "--temperature T with --predict: sample, from" in flat
+    assert "--top-k K with --predict: sample among" in flat
+    assert flat.count("; implies --sample") == 2        # each turns sampling on alone
+
+
+def test_the_default_workdir_is_named_by_what_the_flags_change():
+    tiny = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50)
+    assert cli.default_workdir("d2l", [Config()]) == Path("runs/d2l")
+    assert cli.default_workdir("tiny", [tiny]) == Path("runs/tiny")
+    named = cli.default_workdir("d2l", [Config(lr=2.0)])
+    assert named.name.startswith("d2l-") and len(named.name) == 12
+    assert cli.default_workdir("d2l", [Config(lr=2.0, epochs=200, kernel="plain")]) == named
+    assert cli.default_workdir("d2l", [Config(lr=3.0)]) != named
+    assert cli.default_workdir("d2l", [Config(seed=0), Config(seed=1)]) not in (named, "runs/d2l")
+
+
+def test_shapes_cannot_be_listed(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--num-hiddens", "8,16"])
+    assert "train the others in separate workdirs" in capsys.readouterr().err
+
+
+def saved(workdir, configs, text_sha1=None):
+    """A workdir as a run of ``configs`` leaves it (its ``config.json``), nothing trained."""
+    vocab = Vocab(list("abc "), source=text_sha1)
+    checkpoint.write_config(workdir, configs[0], vocab, runs=configs if len(configs) > 1 else None)
+    return str(workdir)
+
+
+def test_a_workdir_s_own_settings_are_read_and_the_resumable_flags_change_them(tmp_path):
+    run = TINY.replace(lr=2.0, num_hiddens=24, cell="gru")
+    w = saved(tmp_path / "w", [run])
+    args = cli.parse_args(["--workdir", w, "--epochs", "200"])
+    assert cli.settings(args) == ([run.replace(epochs=200)], Path(w))
+    same = ["--workdir", w, "--lr", "2", "--cell", "gru", "--kernel", "plain"]     # agreeing flags are fine
+    assert cli.settings(cli.parse_args(same))[0] == [run.replace(kernel="plain")]
+
+
+def test_flags_that_ask_for_other_settings_than_the_workdir_s_are_one_sentence(tmp_path):
+    w = saved(tmp_path / "w", [TINY.replace(lr=2.0)])
+    with pytest.raises(ValueError, match=r"holds a run of other settings than the flags ask for: "
+                                         r"--num-hiddens 8 \(it has 16\); --lr 3 \(it has 2\)\. Leave those"):
+        cli.settings(cli.parse_args(["--workdir", w, "--lr", "3", "--num-hiddens", "8", "--epochs", "9"]))
+
+
+def test_runs_trained_together_resume_as_a_whole(tmp_path):
+    configs = [TINY.replace(seed=s) for s in (0, 1)]
+    w = saved(tmp_path / "w", configs)
+    assert cli.settings(cli.parse_args(["--workdir", w, "--epochs", "5"]))[0] == [
+        c.replace(epochs=5) for c in configs]
+    assert cli.settings(cli.parse_args(["--workdir", w, "--seeds", "1,0"]))[0] == configs
+    with pytest.raises(ValueError, match=r"--seed 0 \(it has 0,1\)"):
+        cli.settings(cli.parse_args(["--workdir", w, "--seeds", "0"]))
+
+
+def test_the_text_a_workdir_was_trained_on_is_asked_for(tmp_path):
+    mine = saved(tmp_path / "mine", [TINY], text_sha1="ab" * 20)
+    with pytest.raises(ValueError, match="trained on a text of your own .*give that file again, --text PATH"):
+        cli.settings(cli.parse_args(["--workdir", mine, "--epochs", "5"]))
+    tm = saved(tmp_path / "tm", [TINY])
+    with pytest.raises(ValueError, match="trained on the Time Machine, not on --text: leave --text out"):
+        cli.settings(cli.parse_args(["--workdir", tm, "--text", "book.txt"]))
+
+
+def test_a_preset_given_or_a_workdir_without_a_run_takes_the_preset_and_the_flags(tmp_path):
+    w = saved(tmp_path / "w", [TINY.replace(lr=2.0)])
+    # a preset given: the flags' settings, checked against the checkpoints as the run starts
+    assert cli.settings(cli.parse_args(["--workdir", w, "--preset", "d2l"]))[0] == [PRESETS["d2l"]]
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text("not json")
+    for empty in (tmp_path / "new", tmp_path / "odd"):
+        assert cli.settings(cli.parse_args(["--workdir", str(empty), "--lr", "3"]))[0] == [Config(lr=3.0)]
+    text = cli.parse_args(["--text", "book.txt"])                 # --text's defaults, then the flags
+    assert cli.settings(text)[0][0].preprocess == "raw" and cli.settings(text)[1].name.startswith("book-")
+
+
+@pytest.mark.slow
+def test_the_cli_resumes_a_workdir_from_its_settings(make_text, tmp_path, capsys):
+    text = tmp_path / "mine.txt"
+    text.write_text(make_text(3000))
+    w = str(tmp_path / "w")
+    first = ["--text", str(text), "--preset", "tiny", "--lr", "2", "--num-hiddens", "8", "--workdir", w,
+             "--epochs", "1", "--devices", "1", "--no-compilation-cache", "--no-progress"]
+    assert timemachine.main(first) == 0
+    capsys.readouterr()
+    assert timemachine.main(["--text", str(text), "--workdir", w, "--epochs", "2", "--devices", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("resuming from step ") and "(epoch 2 of 2, batch 0)" in out
+    expected = TINY.replace(lr=2.0, num_hiddens=8, epochs=2, preprocess="raw", val_fraction=0.1, num_train=0)
+    assert checkpoint.restore(w).config == expected
+    assert timemachine.main(["--workdir", w, "--epochs", "3"]) == 1
+    assert "give that file again, --text PATH" in capsys.readouterr().err
