@@ -1,5 +1,5 @@
-"""Four simulated CPU devices for the whole session (before JAX initializes), and float32 matmuls at
-full precision on every backend.
+"""Four simulated CPU devices for the whole session (before JAX initializes), float32 matmuls at full
+precision on every backend, and XLA's CPU compiler set to compile fast.
 
 Tests that want one device say so (``devices=1``); multi-process tests start
 their own interpreters. Tests that need the CPU devices (several, or the CPU
@@ -8,6 +8,7 @@ where JAX's default backend is another (a GPU).
 """
 
 import atexit
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -15,12 +16,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-import jax
-import pytest
+# The suite compiles hundreds of small programs, and on a CPU compiling is most of its time: LLVM
+# unoptimized and XLA's older CPU emitters build the same math faster (docs/performance.md). Steps
+# compiled with options of their own (rnnjax.backend) keep them; subprocesses that run as a user does
+# drop these (user_env). Not where an accelerator's plugin is installed: its XLA may not know them.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+ACCELERATOR_PLUGINS = ("jax-cuda", "jax-rocm", "libtpu")
+if not any((d.metadata["Name"] or "").lower().replace("_", "-").startswith(ACCELERATOR_PLUGINS)
+           for d in importlib.metadata.distributions()):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
-from rnnjax import backend
-from rnnjax.config import PRESETS
-from rnnjax.data import TimeMachine
+import jax  # noqa: E402 (after XLA_FLAGS, which the CPU backend reads as it starts)
+import pytest  # noqa: E402
+
+from rnnjax import backend  # noqa: E402
+from rnnjax.config import PRESETS  # noqa: E402
+from rnnjax.data import TimeMachine  # noqa: E402
 
 CPU_DEVICES = 4
 jax.config.update("jax_num_cpu_devices", CPU_DEVICES)
