@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import rnn as jax_rnn
 
-from rnnjax.fused import dense_cross_entropy
+from rnnjax.fused import output_loss
 from rnnjax.hoisted import layers
 from rnnjax.model import RNNLM
 
@@ -49,7 +49,6 @@ class CudnnRNNLM(RNNLM):
         if self.is_initializing():
             return super().loss(X_BxT, Y_BxT, weights_B)
         params = self.variables["params"]
-        B, T = X_BxT.shape
         num_layers, directions, layer_params = layers(self.rnn, params["rnn"])
         if directions != (False,):
             raise ValueError("The cudnn kernel runs one forward direction.")
@@ -63,11 +62,7 @@ class CudnnRNNLM(RNNLM):
             outputs_BxTxH = x_BxTxI
         else:
             outputs_BxTxH = lstm(x_BxTxI, pack(layer_params), H, num_layers)
-        dense = params["output_layer"]
-        objective_sum, ce_sum = dense_cross_entropy(outputs_BxTxH.reshape(B * T, H), dense["kernel"],
-                                                    dense["bias"], Y_BxT.reshape(-1),
-                                                    jnp.repeat(weights_B, T))
-        return objective_sum, jnp.sum(weights_B) * T, ce_sum
+        return output_loss(params["output_layer"], outputs_BxTxH.swapaxes(0, 1), Y_BxT, weights_B)
 
 
 def cudnn_forward(x_BxTxI: Array, weights: Array, hidden_size: int, num_layers: int) -> tuple[Array, tuple]:

@@ -60,24 +60,21 @@ class FusedRNNLM(RNNLM):
         if self.is_initializing():
             return super().loss(X_BxT, Y_BxT, weights_B)
         params = self.variables["params"]
-        dense = params["output_layer"]
-        B, T = X_BxT.shape
-        dtype = jnp.dtype(self.dtype)
-        labels_N, weights_N = Y_BxT.T.reshape(-1), jnp.broadcast_to(weights_B, (T, B)).reshape(-1)
-        if recurrence_fused(self.rnn):
-            cell = params["rnn"]["cell"]
-            # The bias goes into the table, not onto every gathered row: its
-            # gradient then sums V rows instead of T*B.
-            XW_TxBxH = (cell["W_xh"] + cell["b_h"])[X_BxT.T]
-            objective_sum, ce_sum = _recurrence_dense_ce(
-                cell["W_hh"], XW_TxBxH, dense["kernel"], dense["bias"], labels_N, weights_N, self.rnn.unroll,
-                self.rnn.cell.nonlinearity, jnp.dtype(self.rnn.cell.dtype), dtype)
-            ce_sum = jax.lax.stop_gradient(ce_sum)     # measured, not differentiated: its backward ignores it
-        else:   # any other layer: its own scan under autodiff, then the fused output layer
+        dense, dtype = params["output_layer"], jnp.dtype(self.dtype)
+        if not recurrence_fused(self.rnn):     # its own scan under autodiff, then the fused loss
             outputs_TxBxH, _ = self.rnn(OneHot(X_BxT.T, self.vocab_size), None, train)
-            objective_sum, ce_sum = dense_cross_entropy(outputs_TxBxH.reshape(T * B, -1), dense["kernel"],
-                                                        dense["bias"], labels_N, weights_N, dtype)
-        return objective_sum, jnp.sum(weights_B) * T, ce_sum
+            return output_loss(dense, outputs_TxBxH, Y_BxT, weights_B, dtype)
+        B, T = X_BxT.shape
+        labels_N, weights_N = Y_BxT.T.reshape(-1), jnp.broadcast_to(weights_B, (T, B)).reshape(-1)
+        cell = params["rnn"]["cell"]
+        # The bias goes into the table, not onto every gathered row: its
+        # gradient then sums V rows instead of T*B.
+        XW_TxBxH = (cell["W_xh"] + cell["b_h"])[X_BxT.T]
+        objective_sum, ce_sum = _recurrence_dense_ce(
+            cell["W_hh"], XW_TxBxH, dense["kernel"], dense["bias"], labels_N, weights_N, self.rnn.unroll,
+            self.rnn.cell.nonlinearity, jnp.dtype(self.rnn.cell.dtype), dtype)
+        # The cross-entropy is measured, not differentiated: its backward ignores it.
+        return objective_sum, jnp.sum(weights_B) * T, jax.lax.stop_gradient(ce_sum)
 
 
 def _recurrence(W_hh: Array, H_BxH: Array, XW_BxH: Array, nonlinearity: str, dtype) -> Array:
@@ -206,6 +203,17 @@ def dense_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype=jnp.float3
     """
     objective_sum, ce_sum = _dense_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype)
     return objective_sum, jax.lax.stop_gradient(ce_sum)
+
+
+def output_loss(dense: dict, outputs_TxBxH: Array, Y_BxT: Array, weights_B: Array, dtype=jnp.float32
+                ) -> tuple[Array, Array, Array]:
+    """``RNNLM.loss``'s three values from a recurrent layer's time-major outputs, the output layer (``dense``,
+    its params) and the loss as one op (``dense_cross_entropy``): what every kernel's loss ends with."""
+    T, B = outputs_TxBxH.shape[:2]
+    labels_N, weights_N = Y_BxT.T.reshape(-1), jnp.broadcast_to(weights_B, (T, B)).reshape(-1)
+    objective_sum, ce_sum = dense_cross_entropy(outputs_TxBxH.reshape(T * B, -1), dense["kernel"],
+                                                dense["bias"], labels_N, weights_N, dtype)
+    return objective_sum, jnp.sum(weights_B) * T, ce_sum
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from rnnjax import precision
 from rnnjax.cells import NONLINEARITIES, GRUCell, LSTMCell, OneHot, SimpleRNNCell
-from rnnjax.fused import dense_cross_entropy
+from rnnjax.fused import output_loss
 from rnnjax.model import RNN, RNNLM, StackedRNN
 
 Array = jax.Array
@@ -64,13 +64,8 @@ class HoistedRNNLM(RNNLM):
         if self.is_initializing():
             return super().loss(X_BxT, Y_BxT, weights_B)
         params = self.variables["params"]
-        B, T = X_BxT.shape
         outputs_TxBxH = self.hoisted_outputs(X_BxT.T, params["rnn"], train)
-        dense = params["output_layer"]
-        labels_N, weights_N = Y_BxT.T.reshape(-1), jnp.broadcast_to(weights_B, (T, B)).reshape(-1)
-        objective_sum, ce_sum = dense_cross_entropy(outputs_TxBxH.reshape(T * B, -1), dense["kernel"],
-                                                    dense["bias"], labels_N, weights_N, jnp.dtype(self.dtype))
-        return objective_sum, jnp.sum(weights_B) * T, ce_sum
+        return output_loss(params["output_layer"], outputs_TxBxH, Y_BxT, weights_B, jnp.dtype(self.dtype))
 
     def hoisted_outputs(self, ids_TxB: Array, params: dict, train: bool) -> Array:
         """The recurrent layer's outputs ``(T, B, num_outputs)`` from token ids, as ``self.rnn``'s."""
