@@ -9,7 +9,7 @@ from jax.experimental import rnn as jax_rnn
 
 from rnnjax import cudnn
 from rnnjax.cudnn import CudnnRNNLM
-from rnnjax.fused import dense_cross_entropy
+from rnnjax.fused import output_loss
 from rnnjax.hoisted import layers
 from rnnjax.model import RNN, RNNLM, LSTMCell, StackedRNN
 
@@ -32,6 +32,12 @@ def reference_outputs(x_BxTxI, weights, num_layers):
     return y
 
 
+def assert_same(a, b):
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1]), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
 def data(seed=1):
     X = jax.random.randint(jax.random.key(seed), (B, T), 0, V)
     return X, jax.random.randint(jax.random.key(seed + 1), (B, T), 0, V)
@@ -52,10 +58,8 @@ def test_packed_params_give_lstm_ref_the_plain_models_outputs_loss_and_gradients
     def reference_loss(params):
         weights = cudnn.pack(layers(model.rnn, params["rnn"])[2])
         y_BxTxH = reference_outputs(jax.nn.one_hot(X, V), weights, num_layers)
-        dense = params["output_layer"]
-        loss_sum, _ = dense_cross_entropy(y_BxTxH.reshape(B * T, H), dense["kernel"], dense["bias"],
-                                          Y.reshape(-1), jnp.repeat(WEIGHTS_B, T))
-        return loss_sum / (jnp.sum(WEIGHTS_B) * T)
+        loss_sum, count, _ = output_loss(params["output_layer"], y_BxTxH.swapaxes(0, 1), Y, WEIGHTS_B)
+        return loss_sum / count
 
     with jax.default_matmul_precision("highest"):
         outputs_TxBxH, _ = model.apply({"params": params}, X.T, method=lambda m, ids: m.rnn(
@@ -65,9 +69,7 @@ def test_packed_params_give_lstm_ref_the_plain_models_outputs_loss_and_gradients
         want = jax.jit(jax.value_and_grad(plain_loss))(params)
         got = jax.jit(jax.value_and_grad(reference_loss))(params)
     np.testing.assert_allclose(y_BxTxH, outputs_TxBxH.swapaxes(0, 1), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert_same(got, want)
 
 
 @pytest.fixture
@@ -93,12 +95,6 @@ def value_and_grad(model, variables, X, Y, train=False, rng=None):
                                          rngs={"dropout": rng})
         return loss_sum / count
     return jax.value_and_grad(mean_loss)(variables)
-
-
-def assert_same(a, b):
-    np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
-    for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1]), strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("num_layers,dropout,calls", [
