@@ -126,7 +126,7 @@ def best_step(workdir: Path) -> int | None:
 def saved_runs(workdir: Path) -> tuple[list[Config], dict] | None:
     """The configs of the run ``workdir`` holds (one, or one per run trained together) and its vocabulary's
     JSON: from ``config.json``, written as a run starts, else from the newest checkpoint whose meta reads;
-    ``None`` where neither is there (or reads)."""
+    ``None`` where neither is there, or reads."""
     path = Path(workdir) / "config.json"
     try:
         if stat.S_ISREG(os.stat(path).st_mode):         # a FIFO would hang the reader
@@ -134,10 +134,13 @@ def saved_runs(workdir: Path) -> tuple[list[Config], dict] | None:
             return [Config.from_json(c) for c in d.get("runs") or [d["config"]]], dict(d["vocab"])
     except (OSError, ValueError, TypeError, KeyError, AttributeError):      # not there, or not ours
         pass
-    for step in sorted(steps(workdir), reverse=True):
-        try:
-            meta = read_meta(workdir, step)
-        except DamagedCheckpoint:
-            continue
-        return [Config.from_json(c) for c in meta.get("runs") or [meta["config"]]], meta["vocab"]
+    try:
+        for step in sorted(steps(workdir), reverse=True):
+            try:
+                meta = read_meta(workdir, step)
+            except DamagedCheckpoint:
+                continue
+            return [Config.from_json(c) for c in meta.get("runs") or [meta["config"]]], meta["vocab"]
+    except (CheckpointError, OSError):      # the run's own checks say what is wrong, as it starts
+        pass
     return None

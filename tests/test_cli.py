@@ -4,10 +4,11 @@ holds one (``--workdir W --epochs 200`` resumes a run made with any preset and f
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments import cli, timemachine
-from rnnjax import checkpoint
+from rnnjax import checkpoint, meta as meta_lib
 from rnnjax.config import PRESETS, Config
 from rnnjax.data import Vocab
 
@@ -96,6 +97,22 @@ def test_a_preset_given_or_a_workdir_without_a_run_takes_the_preset_and_the_flag
         assert cli.settings(cli.parse_args(["--workdir", str(empty), "--lr", "3"]))[0] == [Config(lr=3.0)]
     text = cli.parse_args(["--text", "book.txt"])                 # --text's defaults, then the flags
     assert cli.settings(text)[0][0].preprocess == "raw" and cli.settings(text)[1].name.startswith("book-")
+
+
+def test_without_a_readable_config_json_the_newest_checkpoint_s_settings_are_read(tmp_path):
+    w = tmp_path / "w"
+    run = TINY.replace(lr=2.0)
+    manager = checkpoint.manager(w / checkpoint.SUBDIR)
+    position = {"epoch": 0, "batch": 1, "partial": [{"loss_sum": 1.0, "count": 2.0}], "stopped": [],
+                "high": [0]}
+    meta = meta_lib.make(run, Vocab(list("ab ")), position, 13)
+    checkpoint.save(manager, 1, {"a": np.zeros(3, np.float32)}, meta)
+    checkpoint.check_saved(manager, wait=True)
+    manager.close()
+    (w / "config.json").write_text("{torn")
+    assert cli.settings(cli.parse_args(["--workdir", str(w)]))[0] == [run]
+    (w / checkpoint.SUBDIR / "007").mkdir()          # a folder orbax would misread: the run says so later
+    assert cli.settings(cli.parse_args(["--workdir", str(w), "--lr", "3"]))[0] == [Config(lr=3.0)]
 
 
 @pytest.mark.slow
