@@ -180,6 +180,8 @@ def test_cli_trains_on_your_own_words_resumes_and_samples_without_the_file(tmp_p
                                          (["--text", "{d}/bin.txt"], "looks binary, not text"),
                                          (["--text", "{d}/other.txt", "--token", "words"],
                                           "--token must be char or word, got 'words'"),
+                                         (["--text", "{d}/other.txt", "--val-fraction", "0"],
+                                          "--val-fraction 0 splits --text as d2l does"),
                                          (["--text", "{d}/other.txt", "--num-steps", "10000"], "too few")])
 def test_bad_text_is_one_line_and_writes_nothing(tmp_path, capsys, bad, message):
     (tmp_path / "other.txt").write_text("Ωmega 42 Zürich. " * 200)
