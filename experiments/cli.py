@@ -107,6 +107,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     if args.run is not None and args.predict is None:
         raise ValueError("--run chooses the run of a workdir that --predict generates from; add --predict "
                          "PREFIX.")
+    if args.best and args.predict is None:
+        raise ValueError("--best chooses the checkpoint that --predict generates from; add --predict PREFIX.")
     parallel.check_distributed(args.coordinator, args.num_processes, args.process_id,
                                auto=args.distributed or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")))
     if args.predict is not None and args.seed is not None and len(args.seed) > 1:

@@ -105,6 +105,7 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
                                                       marks=pytest.mark.cpu_devices(4)),
                                          (["--sample"], "add --predict PREFIX"),
                                          (["--run", "1"], "--run chooses the run of a workdir"),
+                                         (["--best"], "--best chooses the checkpoint that --predict"),
                                          (["--num-processes", "2"], "missing --coordinator, --process-id"),
                                          (["--workdir", ""], "--workdir is empty; give a path"),
                                          (["--data", ""], "--data is empty; give a path"),
