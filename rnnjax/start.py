@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 from rnnjax import checkpoint, kernels, memory, metrics, precision, workdir as workdir_lib
-from rnnjax.backend import available_cores
+from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.config import SWEEPABLE, Config, label
 from rnnjax.data import TimeMachine, Vocab
 from rnnjax.parallel import DataParallel
@@ -97,8 +97,10 @@ class Plan:
             hint += f"; {self.workdir / metrics.FILENAME} lacks {self.lost} (their records are lost)"
         if memory.compile_note(self.config):
             hint += f"; {memory.compile_note(self.config)}"
-        # Advice for whoever got one device without asking (not for --devices 1 of several).
-        if self.dp.devices[0].platform == "cpu" and len(jax.local_devices()) == 1 and available_cores() > 1:
+        # Advice for whoever got one device without asking (not for --devices 1 of several, nor for a count
+        # chosen, as use_cpu_cores chooses one for a batch size no larger count divides).
+        if (self.dp.devices[0].platform == "cpu" and len(jax.local_devices()) == 1 and available_cores() > 1
+                and not cpu_device_count_chosen()):
             hint += ("; one CPU device on a machine of several cores: call "
                      "rnnjax.backend.use_cpu_cores(batch_size) before JAX starts to train on all of them")
         c = self.config

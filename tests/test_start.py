@@ -2,6 +2,7 @@ import jax
 import pytest
 
 from conftest import TINY as SMALL, small_text
+from rnnjax import start
 from rnnjax.backend import available_cores
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.data import TimeMachine
@@ -37,6 +38,9 @@ def test_plan_names_the_plain_path_and_how_to_use_all_cores(small_data, tmp_path
     assert "use_cpu_cores" not in text          # one device of four, chosen: no advice
     one = jax.local_devices()[:1]
     monkeypatch.setattr(jax, "local_devices", lambda *args, **kwargs: one)
+    # One device chosen (as the CLI's use_cpu_cores(7) chooses on any machine): no advice either.
+    assert "use_cpu_cores" not in plan(SMALL.replace(kernel="plain"), small_data, tmp_path).describe()
+    monkeypatch.setattr(start, "cpu_device_count_chosen", lambda: False)
     text = plan(SMALL.replace(kernel="plain"), small_data, tmp_path).describe()
     assert ("use_cpu_cores" in text) == (available_cores() > 1)
 
