@@ -109,7 +109,7 @@ class MetricsLog:
                 record = None
             if torn and not (isinstance(record, dict) and "epoch" in record):
                 self.warn(f"{self.path}: dropped a torn last line ({len(line)} characters of an unfinished "
-                          "record); the checkpointed epochs are all there.")
+                          "record).")
                 break
             if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)
                     and all(k in record and _number_or_null(record[k]) for k in NEEDED)):

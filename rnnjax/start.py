@@ -69,6 +69,7 @@ class Plan:
     state: Any = None              # the checkpoint's state (host arrays), verified
     damaged: tuple[tuple[int, str], ...] = ()   # newer checkpoints that failed: (step, why)
     lost: str = ""                 # the epochs metrics.jsonl lacks, in words
+    torn: bool = False             # metrics.jsonl ends in a torn line, which fit drops
 
     @property
     def finished(self) -> bool:
@@ -94,7 +95,11 @@ class Plan:
         hint = "".join(f"; checkpoint step {step} {why}, set aside in "
                        f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
         if self.lost:
-            hint += f"; {self.workdir / metrics.FILENAME} lacks {self.lost} (their records are lost)"
+            torn = "; its torn last line is dropped" if self.torn else ""
+            hint += f"; {self.workdir / metrics.FILENAME} lacks {self.lost} (their records are lost{torn})"
+        elif self.torn:
+            hint += (f"; {self.workdir / metrics.FILENAME} ends in a torn line, of an epoch past the "
+                     "checkpoint (trained again): dropped")
         if memory.compile_note(self.config):
             hint += f"; {memory.compile_note(self.config)}"
         # Advice for whoever got one device without asking (not for --devices 1 of several, nor for a count
@@ -192,7 +197,8 @@ def _lost_epochs(records: list[dict], position: Position, runs: tuple[Config, ..
 def _read(config: Config, data: TimeMachine, workdir: Path, dp: DataParallel, runs: tuple[Config, ...]
           ) -> Plan:
     """The plan from what ``workdir`` holds: the newest good checkpoint, damaged ones reported."""
-    records = metrics.MetricsLog(workdir / metrics.FILENAME, warn=lambda message: None).read()  # MetricsError
+    torn = []        # said once, by describe, with the epochs it leaves out
+    records = metrics.MetricsLog(workdir / metrics.FILENAME, warn=torn.append).read()  # MetricsError
     path = loss_path(make_model(config, len(data.vocab)))
     steps = sorted(checkpoint.steps(workdir), reverse=True)
     if not steps:
@@ -214,7 +220,7 @@ def _read(config: Config, data: TimeMachine, workdir: Path, dp: DataParallel, ru
             continue
         position = Position.read(metas[step])
         return Plan(config, workdir, dp, path, step, position, runs, state,
-                    tuple(sorted(damaged, reverse=True)), _lost_epochs(records, position, runs))
+                    tuple(sorted(damaged, reverse=True)), _lost_epochs(records, position, runs), bool(torn))
     damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "
