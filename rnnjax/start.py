@@ -113,16 +113,33 @@ class Plan:
         return f"{what} on {devices}, {self.path}, {matmuls}; writing to {self.workdir}{hint}"
 
 
-def check(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
-          runs: list[Config] | None = None) -> DataParallel:
-    """The checks of the arguments and of what the workdir is (not of what it holds), before any work:
-    ``ValueError`` (``WorkdirError``, ``CheckpointError``) in one sentence; the devices to train on."""
+def check_arguments(config: Config, workdir: str | Path, *, devices: int | None = None,
+                    runs: list[Config] | None = None) -> DataParallel:
+    """``check``'s checks that need no data (the settings, devices, memory but the vocabulary's, what the
+    workdir is), for a caller to make before it reads a text: ``ValueError`` in one sentence; the devices."""
     workdir = Path(workdir)
     if config.bidirectional:
         raise ValueError("A bidirectional RNN cannot be trained as a language model: its reverse direction "
                          "reads the characters it is asked to predict. Use it where whole sequences are "
                          "given, e.g. for classification.")
     kernels.check(config)
+    dp = DataParallel.create(devices)
+    dp.check_batch_size(config.batch_size)
+    memory.check(config, 0, dp.num_shards, len(runs or [None]), dp.devices[0])
+    workdir_lib.check_writable(workdir)
+    workdir_lib.check_ours(workdir)
+    for name in (checkpoint.SUBDIR, checkpoint.DAMAGED):
+        if (workdir / name).exists() and not (workdir / name).is_dir():
+            raise workdir_lib.WorkdirError(f"{workdir / name} is a file where rnnjax keeps a folder; move it "
+                                           "aside, or use another --workdir.")
+    return dp
+
+
+def check(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
+          runs: list[Config] | None = None) -> DataParallel:
+    """The checks of the arguments, the data and what the workdir is (not of what it holds), before any
+    work: ``ValueError`` (``WorkdirError``, ``CheckpointError``) in one sentence; the devices to train on."""
+    dp = check_arguments(config, workdir, devices=devices, runs=runs)
     if data.num_val < 1:
         raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
     if (data.batch_size, data.num_steps) != (config.batch_size, config.num_steps):
@@ -132,15 +149,7 @@ def check(config: Config, data: TimeMachine, workdir: str | Path, *, devices: in
         raise ValueError(f"The data has {data.steps_per_epoch} steps an epoch and {data.vocab.kind} tokens, "
                          f"the config {config.steps_per_epoch} and {config.token}: make it with "
                          "rnnjax.corpus.load(config, ...).")
-    dp = DataParallel.create(devices)
-    dp.check_batch_size(config.batch_size)
     memory.check(config, len(data.vocab), dp.num_shards, len(runs or [None]), dp.devices[0])
-    workdir_lib.check_writable(workdir)
-    workdir_lib.check_ours(workdir)
-    for name in (checkpoint.SUBDIR, checkpoint.DAMAGED):
-        if (workdir / name).exists() and not (workdir / name).is_dir():
-            raise workdir_lib.WorkdirError(f"{workdir / name} is a file where rnnjax keeps a folder; move it "
-                                           "aside, or use another --workdir.")
     return dp
 
 

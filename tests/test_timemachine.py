@@ -179,6 +179,8 @@ def test_cli_trains_on_your_own_words_resumes_and_samples_without_the_file(tmp_p
 @pytest.mark.parametrize("bad,message", [(["--text", "{d}/other.txt", "--data", "x"], "give one"),
                                          (["--text", ""], "--text is empty; give a path"),
                                          (["--text", "{d}/bin.txt"], "looks binary, not text"),
+                                         (["--text", "{d}/bin.txt", "--bidirectional"],   # before reading
+                                          "A bidirectional RNN cannot be trained as a language model"),
                                          (["--text", "{d}/other.txt", "--token", "words"],
                                           "--token must be char or word, got 'words'"),
                                          (["--text", "{d}/other.txt", "--val-fraction", "0"],
