@@ -107,6 +107,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     if args.run is not None and args.predict is None:
         raise ValueError("--run chooses the run of a workdir that --predict generates from; add --predict "
                          "PREFIX.")
+    if args.best and args.predict is None:
+        raise ValueError("--best chooses the checkpoint that --predict generates from; add --predict PREFIX.")
     parallel.check_distributed(args.coordinator, args.num_processes, args.process_id,
                                auto=args.distributed or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")))
     if args.predict is not None and args.seed is not None and len(args.seed) > 1:
@@ -184,6 +186,11 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path]:
         saved = saved_runs(args.workdir)
     if saved is None:
         if args.text is not None:      # the preset, changed by these, then by the flags given
+            if args.val_fraction == 0 and args.num_train is None:
+                raise ValueError("--val-fraction 0 splits --text as d2l does (the first --num-train windows "
+                                 "train, the next --num-val validate), and --text's default --num-train 0 "
+                                 "(every window) leaves none to validate: add --num-train N, or leave "
+                                 "--val-fraction out.")
             for name, value in corpus.TEXT_DEFAULTS.items():
                 if getattr(args, name) is None:
                     setattr(args, name, value)

@@ -260,8 +260,10 @@ def report(summary: dict) -> str:
         r = summary.get(what, {})
         lines.append(f"{what} ({r.get('epochs')} epochs): cold {r.get('cold_s', float('nan')):.1f} s, warm "
                      f"{r.get('warm_s', float('nan')):.1f} s, val ppl {r.get('val_ppl')}")
+    if summary.get("sizes"):
+        lines.append("ms per step, per size and kernel:")
     for label, size in summary.get("sizes", {}).items():
-        ms = "  ".join(f"{n} {v:.2f}" if isinstance(v, float) else f"{n} failed"
+        ms = "  ".join(f"{n} {v:.2f} ms" if isinstance(v, float) else f"{n} failed"
                        for n, v in size["ms_per_step"].items())
         lines.append(f"{label:<20} {ms}  (auto: {size['auto_kernel']})")
     return "\n".join(lines)

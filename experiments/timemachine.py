@@ -56,7 +56,7 @@ from experiments import cli  # noqa: E402
 from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, metrics  # noqa: E402
 from rnnjax import parallel, runs  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
-from rnnjax.start import planned  # noqa: E402
+from rnnjax.start import check_arguments, planned  # noqa: E402
 from rnnjax.train import Interrupted, NonFiniteLoss, fit  # noqa: E402
 from rnnjax.workdir import WorkdirError  # noqa: E402
 
@@ -95,8 +95,10 @@ def predict_only(args: argparse.Namespace) -> None:
 def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: Path) -> None:
     config = configs[0]
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
-    data = corpus.load(config, text=args.text, data=args.data)
     several = len(configs) > 1
+    # What needs no data is checked before a large --text is read and tokenized.
+    check_arguments(config, workdir, devices=args.devices, runs=configs if several else None)
+    data = corpus.load(config, text=args.text, data=args.data)
     # The plan is made under the workdir's lock, held until the plot is written.
     with planned(config, data, workdir, devices=args.devices, runs=configs if several else None) as p:
         if not several:               # fit_runs says it, and then which runs stop as they stop

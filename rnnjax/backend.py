@@ -100,6 +100,13 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def cpu_device_count_chosen() -> bool:
+    """Whether the CPU device count was chosen (``use_cpu_cores``, ``$JAX_NUM_CPU_DEVICES``, a count in
+    ``$XLA_FLAGS``, ``jax_num_cpu_devices`` set in code) rather than left at JAX's default of one."""
+    return (jax.config.jax_num_cpu_devices != -1
+            or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
+
+
 def use_cpu_cores(batch_size: int) -> int | None:
     """Makes each CPU core a JAX device, so that data parallelism uses all of them.
 
@@ -111,8 +118,7 @@ def use_cpu_cores(batch_size: int) -> int | None:
     Call it before JAX runs anything. Returns the count set, or ``None`` where
     it left the setting alone (already chosen, or JAX already started).
     """
-    if (jax.config.jax_num_cpu_devices != -1
-            or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+    if cpu_device_count_chosen():
         return None
     count = max(n for n in range(1, available_cores() + 1) if batch_size % n == 0)
     try:

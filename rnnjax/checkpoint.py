@@ -91,6 +91,7 @@ def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
     preservation = policies.AnyPreservationPolicy([policies.LatestN(keep), _Lowest(dict(earlier or {}))])
     options = ocp.CheckpointManagerOptions(preservation_policy=preservation, create=not read_only,
                                            read_only=read_only)
+    _quiet_orbax()
     return Manager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
 
 
@@ -150,20 +151,24 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) ->
 
 
 class _OrbaxNoise(logging.Filter):
-    """Drops asyncio's "Future exception was never retrieved" (of a read orbax abandoned)."""
+    """Drops asyncio's "Future exception was never retrieved" (of a read orbax abandoned), and orbax's
+    warning that it removes a save's leftover temporary directory (of a process killed mid-save)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Future exception was never retrieved")
+        return not record.getMessage().startswith(("Future exception was never retrieved",
+                                                   "Attempted to create temporary directory"))
 
 
 def _quiet_orbax() -> None:
     """Reads of a damaged checkpoint that orbax abandons can finish after their event loop closed:
     tensorstore then reports "Event loop is closed" as unraisable, and asyncio a future never retrieved.
-    Both are the damage already reported, in one sentence; they are dropped, everything else passes."""
+    Both are the damage already reported, in one sentence; they are dropped, everything else passes. So is
+    orbax's warning on saving over a killed save's temporary directory: the plan says where it resumes."""
     if isinstance(sys.unraisablehook, _QuietHook):
         return
     sys.unraisablehook = _QuietHook(sys.unraisablehook)
     logging.getLogger("asyncio").addFilter(_OrbaxNoise())
+    logging.getLogger("absl").addFilter(_OrbaxNoise())
 
 
 class _QuietHook:

@@ -154,7 +154,9 @@ def _open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_l
     run; unless it is finished, the records past its checkpoint dropped and ``config.json`` written."""
     earlier = checkpoint.val_ppls(p.workdir) if p.step is not None else {}
     manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
-    metrics_log = metrics_lib.MetricsLog(p.workdir / metrics_lib.FILENAME, writer=jax.process_index() == 0)
+    # Silent: the plan says what a torn last line leaves out (Plan.describe).
+    metrics_log = metrics_lib.MetricsLog(p.workdir / metrics_lib.FILENAME, writer=jax.process_index() == 0,
+                                         warn=lambda message: None)
     if not p.finished:
         metrics_log.truncate(p.position.epoch)
         if jax.process_index() == 0:

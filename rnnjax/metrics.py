@@ -93,8 +93,12 @@ class MetricsLog:
                                "--workdir.")
         try:
             return self.path.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise MetricsError(f"{self.path} cannot be read ({e}).") from None
+        except OSError as e:
+            raise MetricsError(f"{self.path} cannot be read ({e.strerror or e}).") from None
+        except UnicodeDecodeError as e:
+            raise MetricsError(f"{self.path} is not a metrics log (byte 0x{e.object[e.start]:02x} at offset "
+                               f"{e.start} is not UTF-8); move it aside to resume, or use a new "
+                               "--workdir.") from None
 
     def _parse(self, text: str) -> list[dict]:
         lines = text.split("\n")
@@ -109,7 +113,7 @@ class MetricsLog:
                 record = None
             if torn and not (isinstance(record, dict) and "epoch" in record):
                 self.warn(f"{self.path}: dropped a torn last line ({len(line)} characters of an unfinished "
-                          "record); the checkpointed epochs are all there.")
+                          "record).")
                 break
             if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)
                     and all(k in record and _number_or_null(record[k]) for k in NEEDED)):

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 from rnnjax import checkpoint, kernels, memory, metrics, precision, workdir as workdir_lib
-from rnnjax.backend import available_cores
+from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.config import SWEEPABLE, Config, label
 from rnnjax.data import TimeMachine, Vocab
 from rnnjax.parallel import DataParallel
@@ -69,6 +69,7 @@ class Plan:
     state: Any = None              # the checkpoint's state (host arrays), verified
     damaged: tuple[tuple[int, str], ...] = ()   # newer checkpoints that failed: (step, why)
     lost: str = ""                 # the epochs metrics.jsonl lacks, in words
+    torn: bool = False             # metrics.jsonl ends in a torn line, which fit drops
 
     @property
     def finished(self) -> bool:
@@ -94,11 +95,17 @@ class Plan:
         hint = "".join(f"; checkpoint step {step} {why}, set aside in "
                        f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
         if self.lost:
-            hint += f"; {self.workdir / metrics.FILENAME} lacks {self.lost} (their records are lost)"
+            torn = "; its torn last line is dropped" if self.torn else ""
+            hint += f"; {self.workdir / metrics.FILENAME} lacks {self.lost} (their records are lost{torn})"
+        elif self.torn:
+            hint += (f"; {self.workdir / metrics.FILENAME} ends in a torn line, of an epoch past the "
+                     "checkpoint (trained again): dropped")
         if memory.compile_note(self.config):
             hint += f"; {memory.compile_note(self.config)}"
-        # Advice for whoever got one device without asking (not for --devices 1 of several).
-        if self.dp.devices[0].platform == "cpu" and len(jax.local_devices()) == 1 and available_cores() > 1:
+        # Advice for whoever got one device without asking (not for --devices 1 of several, nor for a count
+        # chosen, as use_cpu_cores chooses one for a batch size no larger count divides).
+        if (self.dp.devices[0].platform == "cpu" and len(jax.local_devices()) == 1 and available_cores() > 1
+                and not cpu_device_count_chosen()):
             hint += ("; one CPU device on a machine of several cores: call "
                      "rnnjax.backend.use_cpu_cores(batch_size) before JAX starts to train on all of them")
         c = self.config
@@ -106,16 +113,33 @@ class Plan:
         return f"{what} on {devices}, {self.path}, {matmuls}; writing to {self.workdir}{hint}"
 
 
-def check(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
-          runs: list[Config] | None = None) -> DataParallel:
-    """The checks of the arguments and of what the workdir is (not of what it holds), before any work:
-    ``ValueError`` (``WorkdirError``, ``CheckpointError``) in one sentence; the devices to train on."""
+def check_arguments(config: Config, workdir: str | Path, *, devices: int | None = None,
+                    runs: list[Config] | None = None) -> DataParallel:
+    """``check``'s checks that need no data (the settings, devices, memory but the vocabulary's, what the
+    workdir is), for a caller to make before it reads a text: ``ValueError`` in one sentence; the devices."""
     workdir = Path(workdir)
     if config.bidirectional:
         raise ValueError("A bidirectional RNN cannot be trained as a language model: its reverse direction "
                          "reads the characters it is asked to predict. Use it where whole sequences are "
                          "given, e.g. for classification.")
     kernels.check(config)
+    dp = DataParallel.create(devices)
+    dp.check_batch_size(config.batch_size)
+    memory.check(config, 0, dp.num_shards, len(runs or [None]), dp.devices[0])
+    workdir_lib.check_writable(workdir)
+    workdir_lib.check_ours(workdir)
+    for name in (checkpoint.SUBDIR, checkpoint.DAMAGED):
+        if (workdir / name).exists() and not (workdir / name).is_dir():
+            raise workdir_lib.WorkdirError(f"{workdir / name} is a file where rnnjax keeps a folder; move it "
+                                           "aside, or use another --workdir.")
+    return dp
+
+
+def check(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
+          runs: list[Config] | None = None) -> DataParallel:
+    """The checks of the arguments, the data and what the workdir is (not of what it holds), before any
+    work: ``ValueError`` (``WorkdirError``, ``CheckpointError``) in one sentence; the devices to train on."""
+    dp = check_arguments(config, workdir, devices=devices, runs=runs)
     if data.num_val < 1:
         raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
     if (data.batch_size, data.num_steps) != (config.batch_size, config.num_steps):
@@ -125,15 +149,7 @@ def check(config: Config, data: TimeMachine, workdir: str | Path, *, devices: in
         raise ValueError(f"The data has {data.steps_per_epoch} steps an epoch and {data.vocab.kind} tokens, "
                          f"the config {config.steps_per_epoch} and {config.token}: make it with "
                          "rnnjax.corpus.load(config, ...).")
-    dp = DataParallel.create(devices)
-    dp.check_batch_size(config.batch_size)
     memory.check(config, len(data.vocab), dp.num_shards, len(runs or [None]), dp.devices[0])
-    workdir_lib.check_writable(workdir)
-    workdir_lib.check_ours(workdir)
-    for name in (checkpoint.SUBDIR, checkpoint.DAMAGED):
-        if (workdir / name).exists() and not (workdir / name).is_dir():
-            raise workdir_lib.WorkdirError(f"{workdir / name} is a file where rnnjax keeps a folder; move it "
-                                           "aside, or use another --workdir.")
     return dp
 
 
@@ -190,7 +206,8 @@ def _lost_epochs(records: list[dict], position: Position, runs: tuple[Config, ..
 def _read(config: Config, data: TimeMachine, workdir: Path, dp: DataParallel, runs: tuple[Config, ...]
           ) -> Plan:
     """The plan from what ``workdir`` holds: the newest good checkpoint, damaged ones reported."""
-    records = metrics.MetricsLog(workdir / metrics.FILENAME, warn=lambda message: None).read()  # MetricsError
+    torn = []        # said once, by describe, with the epochs it leaves out
+    records = metrics.MetricsLog(workdir / metrics.FILENAME, warn=torn.append).read()  # MetricsError
     path = loss_path(make_model(config, len(data.vocab)))
     steps = sorted(checkpoint.steps(workdir), reverse=True)
     if not steps:
@@ -212,7 +229,7 @@ def _read(config: Config, data: TimeMachine, workdir: Path, dp: DataParallel, ru
             continue
         position = Position.read(metas[step])
         return Plan(config, workdir, dp, path, step, position, runs, state,
-                    tuple(sorted(damaged, reverse=True)), _lost_epochs(records, position, runs))
+                    tuple(sorted(damaged, reverse=True)), _lost_epochs(records, position, runs), bool(torn))
     damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "

@@ -87,6 +87,15 @@ def test_final_val_ppl_is_each_runs_last_epoch(tmp_path):
     assert device_check.final_val_ppl(tmp_path) == [7.0, math.inf]
 
 
+def test_the_report_says_its_units():
+    summary = {"backend": "gpu", "device_kind": "H200", "seconds": 300.0, "parts": {"recipe": {"ok": True}},
+               "recipe": {"epochs": 100, "cold_s": 12.5, "warm_s": 3.25, "val_ppl": [7.3]},
+               "sizes": {"d2l": {"auto_kernel": "fused", "ms_per_step": {"fused": 1.5, "plain": "OOM"}}}}
+    text = device_check.report(summary)
+    assert "recipe (100 epochs): cold 12.5 s, warm 3.2 s, val ppl [7.3]" in text
+    assert "ms per step" in text and "fused 1.50 ms  plain failed  (auto: fused)" in text
+
+
 def test_bad_arguments_say_so_before_any_work(tmp_path, capsys):
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "summary.json").write_text("{}")

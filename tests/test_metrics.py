@@ -1,4 +1,6 @@
-from rnnjax.metrics import MetricsLog, plot_perplexity
+import pytest
+
+from rnnjax.metrics import MetricsError, MetricsLog, plot_perplexity
 
 
 def records(n):
@@ -24,6 +26,14 @@ def test_only_the_writer_writes(tmp_path):
     other.append(records(2)[1])
     other.truncate(0)
     assert MetricsLog(path).read() == records(1)
+
+
+def test_a_binary_file_is_named_and_how_to_go_on(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"epoch": 1}\n\xff\xfe\x00')
+    with pytest.raises(MetricsError, match=r"byte 0xff at offset 13 is not UTF-8\); move it aside to resume, "
+                                           "or use a new --workdir"):
+        MetricsLog(path).read()
 
 
 def test_plot_is_a_png(tmp_path):

@@ -2,6 +2,7 @@ import jax
 import pytest
 
 from conftest import TINY as SMALL, small_text
+from rnnjax import metrics, start
 from rnnjax.backend import available_cores
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.data import TimeMachine
@@ -37,8 +38,29 @@ def test_plan_names_the_plain_path_and_how_to_use_all_cores(small_data, tmp_path
     assert "use_cpu_cores" not in text          # one device of four, chosen: no advice
     one = jax.local_devices()[:1]
     monkeypatch.setattr(jax, "local_devices", lambda *args, **kwargs: one)
+    # One device chosen (as the CLI's use_cpu_cores(7) chooses on any machine): no advice either.
+    assert "use_cpu_cores" not in plan(SMALL.replace(kernel="plain"), small_data, tmp_path).describe()
+    monkeypatch.setattr(start, "cpu_device_count_chosen", lambda: False)
     text = plan(SMALL.replace(kernel="plain"), small_data, tmp_path).describe()
     assert ("use_cpu_cores" in text) == (available_cores() > 1)
+
+
+def test_a_torn_last_metrics_line_is_said_once_with_the_epochs_it_leaves_out(small_data, tmp_path, capsys):
+    fit(SMALL.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    log = tmp_path / metrics.FILENAME
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text(lines[0] + lines[1] + lines[1][:20])          # a crash writing epoch 3's record
+    said = []
+    fit(SMALL, small_data, tmp_path, devices=1, checkpoint_every=1, log=said.append)
+    assert said[0].endswith("ends in a torn line, of an epoch past the checkpoint (trained again): dropped")
+    assert capsys.readouterr().err == ""
+    assert [r["epoch"] for r in metrics.MetricsLog(log).read()] == [1, 2, 3]
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:2]) + lines[1][:20])  # epoch 3's, torn
+    said.clear()
+    fit(SMALL.replace(epochs=4), small_data, tmp_path, devices=1, log=said.append)
+    assert said[0].endswith("lacks the records of epoch(s) 3 (their records are lost; its torn last line is "
+                            "dropped)")
+    assert capsys.readouterr().err == ""
 
 
 def tree_stat(path):

@@ -105,6 +105,7 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
                                                       marks=pytest.mark.cpu_devices(4)),
                                          (["--sample"], "add --predict PREFIX"),
                                          (["--run", "1"], "--run chooses the run of a workdir"),
+                                         (["--best"], "--best chooses the checkpoint that --predict"),
                                          (["--num-processes", "2"], "missing --coordinator, --process-id"),
                                          (["--workdir", ""], "--workdir is empty; give a path"),
                                          (["--data", ""], "--data is empty; give a path"),
@@ -178,8 +179,12 @@ def test_cli_trains_on_your_own_words_resumes_and_samples_without_the_file(tmp_p
 @pytest.mark.parametrize("bad,message", [(["--text", "{d}/other.txt", "--data", "x"], "give one"),
                                          (["--text", ""], "--text is empty; give a path"),
                                          (["--text", "{d}/bin.txt"], "looks binary, not text"),
+                                         (["--text", "{d}/bin.txt", "--bidirectional"],   # before reading
+                                          "A bidirectional RNN cannot be trained as a language model"),
                                          (["--text", "{d}/other.txt", "--token", "words"],
                                           "--token must be char or word, got 'words'"),
+                                         (["--text", "{d}/other.txt", "--val-fraction", "0"],
+                                          "--val-fraction 0 splits --text as d2l does"),
                                          (["--text", "{d}/other.txt", "--num-steps", "10000"], "too few")])
 def test_bad_text_is_one_line_and_writes_nothing(tmp_path, capsys, bad, message):
     (tmp_path / "other.txt").write_text("Ωmega 42 Zürich. " * 200)
