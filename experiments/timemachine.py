@@ -171,6 +171,12 @@ def main(argv=None, **parser_options) -> int:
         print("Stopped by signal 2 (Ctrl-C), with nothing saved since the workdir's last checkpoint "
               "(if any); run the same command again to resume or start.", file=sys.stderr)
         return 128 + signal.SIGINT
+    except BrokenPipeError:     # the reader of a pipe (| head) exited: stop as a piped Unix tool does
+        # Python flushes stdout again as it exits: that write goes nowhere instead of failing twice.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("Stopped: the output was closed (the reader of a pipe exited); the workdir keeps its last "
+              "checkpoint (if any).", file=sys.stderr)
+        return 128 + signal.SIGPIPE
     finally:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])

@@ -32,6 +32,18 @@ def test_d2l_recipe_end_to_end(real_text_path, tmp_path, main_job):
     assert len(words) >= 2 and sum(w in corpus_words for w in words) >= 0.5 * len(words), trained
 
 
+@pytest.mark.slow
+def test_a_closed_pipe_stops_the_run_in_one_line(real_text_path, tmp_path, main_job):
+    """``... | head -1``: the reader exits after the first line; the run stops as a piped tool does."""
+    proc = main_job("--data", real_text_path, "--workdir", str(tmp_path / "run"), "--preset", "tiny",
+                    "--epochs", "2", "--no-compilation-cache", cpu_devices=1)
+    assert proc.stdout.readline().startswith("new run of 2 epochs")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err.startswith("Stopped: the output was closed") and err.count("\n") == 1, err
+
+
 def test_offline_without_data_says_what_to_pass(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(data.ENV_PATH, raising=False)
     monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))
