@@ -190,7 +190,8 @@ def _main(argv, parser_options: dict) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     backend.keep_freed_memory()
-    backend.use_cpu_cores(configs[0].batch_size if configs else config_lib.PRESETS[args.preset].batch_size)
+    backend.use_cpu_cores(configs[0].batch_size if configs else config_lib.PRESETS[args.preset].batch_size,
+                          args.devices)
     if not args.no_compilation_cache:
         backend.enable_compilation_cache()
     try:

@@ -107,20 +107,24 @@ def cpu_device_count_chosen() -> bool:
             or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
 
 
-def use_cpu_cores(batch_size: int) -> int | None:
+def use_cpu_cores(batch_size: int, devices: int | None = None) -> int | None:
     """Makes each CPU core a JAX device, so that data parallelism uses all of them.
 
     XLA:CPU runs one program's ops one after another, mostly on one core;
     ``pmap`` over one CPU device per core runs the per-device programs side by
-    side. The count is the largest divisor of ``batch_size`` not above the
-    cores this process may use. An explicit choice wins: ``$JAX_NUM_CPU_DEVICES``,
-    a device count in ``$XLA_FLAGS``, or ``jax_num_cpu_devices`` set in code.
-    Call it before JAX runs anything. Returns the count set, or ``None`` where
-    it left the setting alone (already chosen, or JAX already started).
+    side. The count is ``devices`` if given and the cores this process may use
+    allow it (the training then says whether it divides the batch), else the
+    largest divisor of ``batch_size`` not above those cores. An explicit choice
+    wins: ``$JAX_NUM_CPU_DEVICES``, a device count in ``$XLA_FLAGS``, or
+    ``jax_num_cpu_devices`` set in code. Call it before JAX runs anything.
+    Returns the count set, or ``None`` where it left the setting alone (already
+    chosen, or JAX already started).
     """
     if cpu_device_count_chosen():
         return None
-    count = max(n for n in range(1, available_cores() + 1) if batch_size % n == 0)
+    cores = available_cores()
+    count = devices if devices is not None and 1 <= devices <= cores else \
+        max(n for n in range(1, cores + 1) if batch_size % n == 0)
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:            # JAX has started its backends: too late to change

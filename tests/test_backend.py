@@ -32,7 +32,8 @@ def test_compilation_cache_is_written_then_reused(tmp_path, fresh_env):
 DEVICES_CHILD = """
 import sys, jax
 from rnnjax import backend
-print(backend.use_cpu_cores(int(sys.argv[1])), jax.local_device_count(), backend.use_cpu_cores(64))
+devices = int(sys.argv[2]) if len(sys.argv) > 2 else None
+print(backend.use_cpu_cores(int(sys.argv[1]), devices), jax.local_device_count(), backend.use_cpu_cores(64))
 """
 
 
@@ -47,14 +48,24 @@ def test_one_cpu_device_per_core_dividing_the_batch(fresh_env):
 
 
 @pytest.mark.slow
+def test_the_devices_asked_for_are_made_where_the_cores_allow_even_if_they_do_not_divide_the_batch(fresh_env):
+    """``--devices 2 --batch-size 7``: two devices, so that the run says 7 is not divisible by 2."""
+    cores = len(os.sched_getaffinity(0))
+    asked = min(2, cores)
+    assert _devices(fresh_env(), 7, asked) == [str(asked), str(asked), "None"]
+    assert _devices(fresh_env(), 7, cores + 1) == ["1", "1", "None"]      # more than the cores: as unasked
+
+
+@pytest.mark.slow
 def test_an_explicit_device_count_wins(fresh_env):
     assert _devices(fresh_env(JAX_NUM_CPU_DEVICES="3"), 1024) == ["None", "3", "None"]
     flags = fresh_env(XLA_FLAGS="--xla_force_host_platform_device_count=3")
     assert _devices(flags, 1024) == ["None", "3", "None"]
 
 
-def _devices(env: dict[str, str], batch_size: int) -> list[str]:
-    return subprocess.run([sys.executable, "-c", DEVICES_CHILD, str(batch_size)],
+def _devices(env: dict[str, str], batch_size: int, devices: int | None = None) -> list[str]:
+    asked = [] if devices is None else [str(devices)]
+    return subprocess.run([sys.executable, "-c", DEVICES_CHILD, str(batch_size), *asked],
                           env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
                           timeout=120, check=True).stdout.split()
 
