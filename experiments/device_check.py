@@ -257,9 +257,13 @@ def report(summary: dict) -> str:
         lines.append(f"tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped"
                      + (f": {', '.join(t['failed_tests'][:10])}" if t["failed"] else ""))
     for what in ("recipe", "seeds"):
-        r = summary.get(what, {})
-        lines.append(f"{what} ({r.get('epochs')} epochs): cold {r.get('cold_s', float('nan')):.1f} s, warm "
-                     f"{r.get('warm_s', float('nan')):.1f} s, val ppl {r.get('val_ppl')}")
+        r = summary.get(what)
+        if r is None:          # the budget ran out before this part
+            lines.append(f"{what}: not run")
+            continue
+        times = ", ".join(f"{temp} {r[f'{temp}_s']:.1f} s" if f"{temp}_s" in r else f"{temp} failed"
+                          for temp in ("cold", "warm"))
+        lines.append(f"{what} ({r.get('epochs')} epochs): {times}, val ppl {r.get('val_ppl')}")
     if summary.get("sizes"):
         lines.append("ms per step, per size and kernel:")
     for label, size in summary.get("sizes", {}).items():

@@ -94,6 +94,9 @@ def test_the_report_says_its_units():
     text = device_check.report(summary)
     assert "recipe (100 epochs): cold 12.5 s, warm 3.2 s, val ppl [7.3]" in text
     assert "ms per step" in text and "fused 1.50 ms  plain failed  (auto: fused)" in text
+    assert "seeds: not run" in text and "nan" not in text and "None" not in text
+    del summary["recipe"]["warm_s"]
+    assert "recipe (100 epochs): cold 12.5 s, warm failed" in device_check.report(summary)
 
 
 def test_bad_arguments_say_so_before_any_work(tmp_path, capsys):
