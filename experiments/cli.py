@@ -95,9 +95,12 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     args.workdir = None if args.workdir is None else Path(args.workdir)
     if args.text is not None and args.data is not None:
         raise ValueError("--text trains on your own file, --data names the Time Machine's; give one.")
+    args.settings_from = None
     for name, low in (("checkpoint_every", 1), ("keep", 1), ("num_preds", 0)):
         if getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}.")
+    if args.devices is not None and args.devices < 1:
+        raise ValueError(f"--devices must be at least 1, got {args.devices}.")
     if args.num_preds > MAX_PREDS:
         raise ValueError(f"--num-preds must be at most {MAX_PREDS:,}, got {args.num_preds:,}.")
     args.sample = args.sample or args.temperature is not None or args.top_k is not None
@@ -204,4 +207,5 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path]:
     if "text_sha1" not in vocab and args.text is not None:
         raise ValueError(f"{args.workdir} holds a run trained on the Time Machine, not on --text: leave "
                          "--text out to resume it, or use a new --workdir.")
+    args.settings_from = args.workdir          # said as the run starts
     return config_lib.resumed_from_flags(args, configs, str(args.workdir)), args.workdir

@@ -34,11 +34,13 @@ def main(argv=None) -> int:
         return status
     workdir = cli.settings(args)[1]
     records = metrics.MetricsLog(workdir / metrics.FILENAME).read()
-    best = min(records, key=lambda r: r["val_ppl"])
-    last = records[-1]
-    print(f"overfit: validation perplexity lowest at epoch {best['epoch']} ({best['val_ppl']:.2f}), then "
-          f"{last['val_ppl']:.2f} at epoch {last['epoch']}, while train perplexity fell to "
-          f"{last['train_ppl']:.2f}")
+    for run in dict.fromkeys(r.get("run") for r in records):       # each run of several on its own
+        mine = [r for r in records if r.get("run") == run]
+        best, last = min(mine, key=lambda r: r["val_ppl"]), mine[-1]
+        which = "" if run is None else f" run {run}:"
+        print(f"overfit:{which} validation perplexity lowest at epoch {best['epoch']} "
+              f"({best['val_ppl']:.2f}), then {last['val_ppl']:.2f} at epoch {last['epoch']}, while train "
+              f"perplexity fell to {last['train_ppl']:.2f}")
     return status
 
 

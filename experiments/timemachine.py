@@ -98,6 +98,9 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
     several = len(configs) > 1
     # What needs no data is checked before a large --text is read and tokenized.
     check_arguments(config, workdir, devices=args.devices, runs=configs if several else None)
+    if args.settings_from is not None:
+        say(f"settings: those of the run in {workdir} (its config.json), the flags given checked against "
+            "them")
     data = corpus.load(config, text=args.text, data=args.data)
     # The plan is made under the workdir's lock, held until the plot is written.
     with planned(config, data, workdir, devices=args.devices, runs=configs if several else None) as p:
@@ -143,12 +146,13 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
         count = f"{finished} of {len(configs)}" if finished < len(configs) else f"{len(configs)}"
         say(f"{count} runs, epoch {result.history[-1]['epoch']}:  " + "  ".join(
             f"{k} mean {v['mean']:.2f} (min {v['min']:.2f}, max {v['max']:.2f})" for k, v in table.items())
-            + f"; wrote {workdir}")
+            + f"; {'in' if p.finished else 'wrote'} {workdir}")
         return
     last = result.history[-1]
     unit = "word" if data.vocab.kind == "word" else "character"
     say(f"epoch {last['epoch']}: train perplexity {last['train_ppl']:.2f} ({last['train_bpc']:.2f} bits "
-        f"per {unit}), val perplexity {last['val_ppl']:.2f} ({last['val_bpc']:.2f} bits); wrote {workdir}")
+        f"per {unit}), val perplexity {last['val_ppl']:.2f} ({last['val_bpc']:.2f} bits); "
+        f"{'in' if p.finished else 'wrote'} {workdir}")
     say(f"trained: {rnnjax.predict(model, result.state.params, data.vocab, data.prompt, 20)!r}")
 
 
@@ -168,8 +172,8 @@ def main(argv=None, **parser_options) -> int:
         print(e, file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
-        print("Stopped by signal 2 (Ctrl-C), with nothing saved since the workdir's last checkpoint "
-              "(if any); run the same command again to resume or start.", file=sys.stderr)
+        print("Stopped by signal 2 (Ctrl-C); the workdir keeps its last checkpoint (if any): run the same "
+              "command again to go on.", file=sys.stderr)
         return 128 + signal.SIGINT
     except BrokenPipeError:     # the reader of a pipe (| head) exited: stop as a piped Unix tool does
         # Python flushes stdout again as it exits: that write goes nowhere instead of failing twice.
@@ -205,8 +209,15 @@ def _main(argv, parser_options: dict) -> int:
     return 0
 
 
+def _stopped_after_the_run(signum, frame):
+    _exit_now(f"Stopped by signal {signum} as the program exited, after the run: its workdir is as the run "
+              "left it.", 128 + signum)
+
+
 if __name__ == "__main__":
     status = main()
+    signal.signal(signal.SIGINT, _stopped_after_the_run)       # not the handlers of JAX's loading
+    signal.signal(signal.SIGTERM, _stopped_after_the_run)
     if status:     # stopped or failed: at once, before orbax's threads, cut short, report at teardown
         sys.stdout.flush()
         sys.stderr.flush()

@@ -235,12 +235,13 @@ def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str
         if name in Config.RESUMABLE:
             resumable[name] = value
             continue
-        wanted, have = (value if name in SWEEPABLE else (value,)), [getattr(c, name) for c in saved]
-        if set(wanted) != set(have):
-            differ.append(f"{_flag(name)} {_listed(wanted)} (it has {_listed(dict.fromkeys(have))})")
+        wanted = value if name in SWEEPABLE else (value,)
+        have = list(dict.fromkeys(getattr(c, name) for c in saved))
+        if list(wanted) != have:           # runs in their order: the order of the stacked state
+            differ.append(f"{_flag(name)} {_listed(wanted)} (it has {_listed(have)})")
     if differ:
         raise ConfigError(f"{where} holds a run of other settings than the flags ask for: "
-                          f"{'; '.join(differ)}. Leave those flags out to resume it (its settings are read "
+                          f"{'; '.join(differ)}. Leave those flags out to train it on (its settings are read "
                           "from it), or use a new --workdir.")
     return [c.replace(**resumable) for c in saved]
 

@@ -74,7 +74,21 @@ def _vocab(d: Any) -> str | None:
         return "lacks its vocabulary"
     if len(set(tokens)) != len(tokens) or "<unk>" not in tokens:
         return "has a vocabulary with a repeated token or without <unk>"
+    if d.get("token", "char") not in ("char", "word") or not isinstance(d.get("text_sha1", ""), str):
+        return "has a vocabulary of an unknown kind of token or text"
     return None
+
+
+def settings(d: Any) -> tuple[list[Config], dict] | None:
+    """The configs (one, or one per run trained together) and the vocabulary's JSON of a workdir's
+    ``config.json`` (``{"config", "vocab", "runs"?}``), if it is whole and valid; else ``None``."""
+    if not isinstance(d, dict):
+        return None
+    runs = d.get("runs") or [d.get("config")]
+    configs = [_config(c, "config")[0] for c in (runs if isinstance(runs, list) else [None])]
+    if None in configs or _config(d.get("config"), "config")[1] or _vocab(d.get("vocab")):
+        return None
+    return configs, d["vocab"]
 
 
 def _pairs(partial: Any, batch: int) -> bool:

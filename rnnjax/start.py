@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,11 +88,15 @@ class Plan:
                 what = (f"{len(self.runs)} new runs of {self.config.epochs} epochs in one program "
                         f"({'; '.join(label(c, list(self.runs)) for c in self.runs)})")
         elif self.finished:
-            return (f"{self.workdir} holds {self.position.epoch} trained epochs (step {self.step}), "
+            more = f" and {self.position.batch} batches of the next" if self.position.batch else ""
+            return (f"{self.workdir} holds {self.position.epoch} trained epochs{more} (step {self.step}), "
                     f"--epochs asks for {self.config.epochs}: nothing to train; a larger --epochs trains on.")
         else:
-            what = (f"resuming {f'{len(self.runs)} runs ' if self.runs else ''}from step {self.step} (epoch "
-                    f"{self.position.epoch + 1} of {self.config.epochs}, batch {self.position.batch})")
+            stopped = sum(why is not None for why in self.position.stopped)
+            runs = f"{len(self.runs)} runs ({stopped} stopped earlier) " if stopped else \
+                f"{len(self.runs)} runs " if self.runs else ""
+            what = (f"resuming {runs}from step {self.step} (epoch {self.position.epoch + 1} of "
+                    f"{self.config.epochs}, batch {self.position.batch})")
         hint = "".join(f"; checkpoint step {step} {why}, set aside in "
                        f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
         if self.lost:
@@ -132,6 +137,10 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
         if (workdir / name).exists() and not (workdir / name).is_dir():
             raise workdir_lib.WorkdirError(f"{workdir / name} is a file where rnnjax keeps a folder; move it "
                                            "aside, or use another --workdir.")
+    for name in ("config.json", metrics.PLOT):      # a folder or a FIFO would fail, or hang, the run's writes
+        if os.path.lexists(workdir / name) and not (workdir / name).is_file():
+            raise workdir_lib.WorkdirError(f"{workdir / name} is not a regular file, where rnnjax keeps one; "
+                                           "move it aside, or use another --workdir.")
     return dp
 
 

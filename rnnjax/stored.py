@@ -130,9 +130,10 @@ def saved_runs(workdir: Path) -> tuple[list[Config], dict] | None:
     path = Path(workdir) / "config.json"
     try:
         if stat.S_ISREG(os.stat(path).st_mode):         # a FIFO would hang the reader
-            d = json.loads(path.read_text())
-            return [Config.from_json(c) for c in d.get("runs") or [d["config"]]], dict(d["vocab"])
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):      # not there, or not ours
+            found = meta_lib.settings(json.loads(path.read_text()))
+            if found:
+                return found
+    except (OSError, ValueError):          # not there, or not a whole one of ours: the checkpoints say
         pass
     try:
         for step in sorted(steps(workdir), reverse=True):

@@ -29,6 +29,8 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
+from rnnjax import meta
+
 LOCKFILE = ".lock"
 # Orbax reads a path as a glob pattern: "[0]" matches no folder (its saves cannot be restored), "**" is
 # refused, and tensorstore takes "\\" as a separator (the arrays land elsewhere). "*" and "?" alone pass
@@ -80,9 +82,10 @@ def check_ours(workdir: Path) -> None:
     if not workdir.is_dir() or (workdir / "checkpoints").is_dir():
         return
     config, plot = workdir / "config.json", workdir / "ppl.png"
-    try:
-        ours = "config" in json.loads(config.read_text())
-    except (OSError, ValueError, TypeError):
+    try:       # a whole config.json of ours (a FIFO would hang the reader)
+        ours = (stat.S_ISREG(os.stat(config).st_mode)
+                and meta.settings(json.loads(config.read_text())) is not None)
+    except (OSError, ValueError):
         ours = False
     theirs = [p.name for p in (config, plot) if p.exists()] if not ours else []
     if theirs and (config.exists() or not (workdir / "metrics.jsonl").exists()):

@@ -2,6 +2,7 @@
 holds one (``--workdir W --epochs 200`` resumes a run made with any preset and flags)."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +74,20 @@ def test_runs_trained_together_resume_as_a_whole(tmp_path):
     w = saved(tmp_path / "w", configs)
     assert cli.settings(cli.parse_args(["--workdir", w, "--epochs", "5"]))[0] == [
         c.replace(epochs=5) for c in configs]
-    assert cli.settings(cli.parse_args(["--workdir", w, "--seeds", "1,0"]))[0] == configs
-    with pytest.raises(ValueError, match=r"--seed 0 \(it has 0,1\)"):
-        cli.settings(cli.parse_args(["--workdir", w, "--seeds", "0"]))
+    assert cli.settings(cli.parse_args(["--workdir", w, "--seeds", "0,1"]))[0] == configs
+    for other in ("0", "1,0", "0,0"):            # fewer, in another order (the stacked state's), repeated
+        with pytest.raises(ValueError, match=rf"--seed {other} \(it has 0,1\)"):
+            cli.settings(cli.parse_args(["--workdir", w, "--seeds", other]))
+
+
+def test_a_config_json_that_is_not_whole_and_valid_gives_no_settings(tmp_path):
+    w = tmp_path / "w"
+    saved(w, [TINY.replace(lr=2.0)])
+    good = json.loads((w / "config.json").read_text())
+    for bad in ({"config": {"lr": 7}, "vocab": good["vocab"]}, {**good, "runs": "all"},
+                {**good, "vocab": {**good["vocab"], "text_sha1": 5}}):
+        (w / "config.json").write_text(json.dumps(bad))
+        assert cli.settings(cli.parse_args(["--workdir", str(w), "--lr", "3"]))[0] == [Config(lr=3.0)]
 
 
 def test_the_text_a_workdir_was_trained_on_is_asked_for(tmp_path):
@@ -126,7 +138,10 @@ def test_the_cli_resumes_a_workdir_from_its_settings(make_text, tmp_path, capsys
     capsys.readouterr()
     assert timemachine.main(["--text", str(text), "--workdir", w, "--epochs", "2", "--devices", "1"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("resuming from step ") and "(epoch 2 of 2, batch 0)" in out
+    said, started = out.splitlines()[:2]
+    assert said == f"settings: those of the run in {w} (its config.json), the flags given checked against " \
+        "them"
+    assert started.startswith("resuming from step ") and "(epoch 2 of 2, batch 0)" in started
     expected = TINY.replace(lr=2.0, num_hiddens=8, epochs=2, preprocess="raw", val_fraction=0.1, num_train=0)
     assert checkpoint.restore(w).config == expected
     assert timemachine.main(["--workdir", w, "--epochs", "3"]) == 1

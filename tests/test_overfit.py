@@ -27,3 +27,17 @@ def test_help_is_the_exercise_s_own(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert text.startswith("usage: python -m experiments.overfit ") and "d2l's exercise 1" in text
     assert "(default overfit)" in text and "hidden units of the recurrent cell (overfit: 128)" in text
+
+
+def test_runs_trained_together_are_summed_up_each_on_its_own(make_text, tmp_path, capsys):
+    text = tmp_path / "mine.txt"
+    text.write_text(make_text(3000))
+    assert overfit.main(["--text", str(text), "--preset", "tiny", "--seeds", "0,1", "--epochs", "2",
+                         "--workdir", str(tmp_path / "w"), "--devices", "1", "--no-compilation-cache",
+                         "--no-progress"]) == 0
+    records = metrics.MetricsLog(tmp_path / "w" / metrics.FILENAME).read()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("overfit:")]
+    assert [line.split(":")[1] for line in lines] == [" run 0", " run 1"]
+    for run, line in enumerate(lines):
+        mine = [r for r in records if r["run"] == run]
+        assert f"({min(r['val_ppl'] for r in mine):.2f})" in line and f"{mine[-1]['train_ppl']:.2f}" in line

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import pytest
 
@@ -87,3 +89,14 @@ def test_fit_refuses_before_anything_is_written(small_data, tmp_path, config, de
 def test_a_deep_stack_is_warned_of_before_its_long_compilation(small_data, tmp_path):
     text = plan(SMALL.replace(num_layers=1000), small_data, tmp_path / "w", devices=1).describe()
     assert "--num-layers 1000: every layer is compiled into the training step, which may take minutes" in text
+
+
+def test_the_plan_says_a_part_epoch_and_the_runs_that_stopped_before(small_data, tmp_path):
+    p = plan(SMALL.replace(epochs=2), small_data, tmp_path)
+    done = dataclasses.replace(p, step=30, position=start.Position(2, 4, [{}], [], [0]))
+    assert done.describe().startswith(f"{tmp_path} holds 2 trained epochs and 4 batches of the next "
+                                      "(step 30)")
+    runs = (SMALL.replace(seed=0), SMALL.replace(seed=1))
+    position = start.Position(1, 4, [{}, {}], [None, "why"])
+    resumed = dataclasses.replace(p, step=17, runs=runs, position=position)
+    assert resumed.describe().startswith("resuming 2 runs (1 stopped earlier) from step 17 (epoch 2 of 2")

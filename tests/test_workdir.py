@@ -1,5 +1,6 @@
 """One writer per workdir, checksums of saved states, workdirs that cannot be written."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnnjax import workdir
+from rnnjax import checkpoint, workdir
+from rnnjax.data import Vocab
+
+from conftest import TINY
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
@@ -91,10 +95,21 @@ def test_a_folder_of_someone_else_s_config_or_plot_is_refused_and_a_run_s_own_is
     with pytest.raises(workdir.WorkdirError, match=r"holds ppl.png but no checkpoints"):
         workdir.check_ours(mine)
     ours = tmp_path / "run"                   # a run killed before its first checkpoint: started anew
-    ours.mkdir()
-    (ours / "config.json").write_text('{"config": {}, "vocab": {}}')
+    checkpoint.write_config(ours, TINY, Vocab(list("ab ")))
     (ours / "ppl.png").write_bytes(b"PNG")
     workdir.check_ours(ours)
+    saved = json.loads((ours / "config.json").read_text())
+    for theirs in ({"config": {"model": "bert"}, "vocab": {"size": 3}},          # another tool's
+                   {**saved, "config": {**saved["config"], "lr": -1.0}},        # not a config of ours
+                   {**saved, "vocab": {**saved["vocab"], "text_sha1": 5}}):
+        (mine / "config.json").write_text(json.dumps(theirs))
+        with pytest.raises(workdir.WorkdirError, match="holds config.json and ppl.png but no checkpoints"):
+            workdir.check_ours(mine)
+    (mine / "config.json").unlink()
+    os.mkfifo(mine / "config.json")           # refused, not read (reading would hang)
+    with pytest.raises(workdir.WorkdirError, match="holds config.json and ppl.png but no checkpoints"):
+        workdir.check_ours(mine)
+    (mine / "config.json").unlink()
     (mine / "checkpoints").mkdir()            # a run's workdir
     workdir.check_ours(mine)
     workdir.check_ours(tmp_path / "new")
