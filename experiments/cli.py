@@ -70,7 +70,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
                           "SLURM, Open MPI)")
     run.add_argument("--predict", metavar="PREFIX",
                      help="generate from the workdir's checkpoint; no training")
-    run.add_argument("--num-preds", type=int, default=20, help="tokens to generate (characters or words)")
+    run.add_argument("--num-preds", type=int,
+                     help="with --predict: tokens to generate, characters or words (default 20)")
     run.add_argument("--best", action="store_true",
                      help="with --predict: the checkpoint of lowest validation perplexity, not the latest; "
                           "the best of those saved (every --checkpoint-every epochs and the last), which "
@@ -96,6 +97,9 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     if args.text is not None and args.data is not None:
         raise ValueError("--text trains on your own file, --data names the Time Machine's; give one.")
     args.settings_from = None
+    if args.num_preds is not None and args.predict is None:
+        raise ValueError("--num-preds says how much --predict generates; add --predict PREFIX.")
+    args.num_preds = 20 if args.num_preds is None else args.num_preds
     for name, low in (("checkpoint_every", 1), ("keep", 1), ("num_preds", 0)):
         if getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}.")
@@ -152,14 +156,16 @@ def progress_output(enabled: bool, epochs: int):
             yield update
 
 
-def describe_checkpoint(restored: checkpoint.Restored) -> str:
-    """Which checkpoint generates: its step, its epoch, its validation perplexity."""
+def describe_checkpoint(restored: checkpoint.Restored, run: int | None = None) -> str:
+    """Which checkpoint generates: its step, its epoch, its validation perplexity (``run``'s, of several)."""
     position, val_ppl = restored.meta.get("position", {}), restored.meta.get("val_ppl")
     epoch, batch = position.get("epoch", 0), position.get("batch", 0)
     where = f"epoch {epoch + 1} at batch {batch}" if batch else f"after epoch {epoch}"
+    own = run is not None and "run_val_ppls" in restored.meta
+    val_ppl = restored.meta["run_val_ppls"][run] if own else val_ppl
     ppl = "" if val_ppl is None else f", val ppl {val_ppl:.2f}"
     if ppl and restored.meta.get("runs"):
-        ppl += " (the mean of its runs)"
+        ppl += f" (run {run}'s)" if own else " (the mean of its runs)"
     return f"checkpoint step {restored.step} ({where}{ppl})"
 
 

@@ -88,7 +88,7 @@ def predict_only(args: argparse.Namespace) -> None:
                                          f"{'; '.join(differ)}.")
     text = restored.predict(args.predict, args.num_preds, **sampling)
     # stderr: stdout is the text alone, for pipes.
-    print(f"from {args.workdir}: {cli.describe_checkpoint(restored)}", file=sys.stderr)
+    print(f"from {args.workdir}: {cli.describe_checkpoint(restored, args.run)}", file=sys.stderr)
     print(text)
 
 

@@ -241,8 +241,9 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
             fallback: bool = False) -> Restored:
     """Restores a run's checkpoint for inference: the latest, ``step``, or the ``best``. A workdir of
     several runs trained together (``rnnjax.runs``) needs ``run``, the index of one of them (its best
-    is the lowest mean validation perplexity of the runs). The best is the best of the checkpoints
-    kept (saved every ``checkpoint_every`` epochs and at the end), not of every epoch. A damaged
+    is its own lowest validation perplexity; in checkpoints older than that field, the runs' mean's).
+    The best is the best of the checkpoints kept (saved every ``checkpoint_every`` epochs and at the
+    end; of runs, the kept best is the mean's), not of every epoch. A damaged
     checkpoint raises ``DamagedCheckpoint``; with ``fallback`` the newest good one older than it is
     taken instead."""
     workdir = Path(workdir)
@@ -258,7 +259,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     if not saved:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
     if best:
-        step = best_step(workdir)
+        step = best_step(workdir, run)
         if step is None:
             raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity.")
     elif step is None:

@@ -260,7 +260,7 @@ class Corpus(WindowedText):
             try:
                 memory.check(config, size, 1)
             except ValueError:
-                memory.check(config, 0, 1)       # the batch alone is too large: start.plan says so
+                memory.check(config, 1, 1)       # the batch alone is too large: start.plan says so
                 raise DataError(
                     f"The vocabulary of {size:,} {config.token}s is too large for this machine's memory at "
                     f"--batch-size {config.batch_size} x --num-steps {config.num_steps}: raise --min-freq"

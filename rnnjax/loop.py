@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import signal
 import statistics
 import time
@@ -86,9 +87,11 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
     run_axis = 1 if dp.pmapped else 0          # after the device axis
     high = list(position.high) or [0] * len(configs)
 
-    def save(epoch: int, batch: int, sums: list[dict], val_ppl: float | None = None):
+    def save(epoch: int, batch: int, sums: list[dict], val_ppl: float | None = None, run_val_ppls=None):
         where = Position(epoch, batch, sums, stops.why if several else [], high)
         runs = {"runs": [c.to_json() for c in configs]} if several else {}
+        if several and run_val_ppls is not None:       # each run's own best (restore(best=True, run=k))
+            runs["run_val_ppls"] = run_val_ppls
         meta = checkpoint.make_meta(p.config, data.vocab, dataclasses.asdict(where), steps_per_epoch,
                                     num_devices=dp.num_shards, **runs)
         host = dp.unreplicate(state)
@@ -140,13 +143,19 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
                 metrics_log.append(record)
             mean = {k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED}
             if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or stop.signum is not None:
-                save(epoch + 1, 0, [{} for _ in configs], val_ppl=mean["val_ppl"])
+                val_ppls = {r["run"]: r["val_ppl"] for r in records if "run" in r}
+                save(epoch + 1, 0, [{} for _ in configs], val_ppl=mean["val_ppl"],
+                     run_val_ppls=[_finite(val_ppls.get(k)) for k in range(len(configs))])
             if progress:
                 progress(done, total, {"epoch": epoch + 1, **mean})
             if stop.signum is not None:
                 raise _stopped(manager, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done, workdir)
         checkpoint.check_saved(manager, wait=True)
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir, tuple(stops.why) if several else ())
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
 
 
 def _open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_lib.MetricsLog]:

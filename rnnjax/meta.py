@@ -173,4 +173,8 @@ def problem(meta: Any, step: int) -> str | None:
     ppl = meta.get("val_ppl")
     if not (ppl is None or _is_number(ppl)):
         return f"has a validation perplexity of {ppl!r}"
+    each = meta.get("run_val_ppls", [None] * len(runs))
+    if not (isinstance(each, list) and len(each) == len(runs)
+            and all(p is None or _is_number(p) for p in each)):
+        return f"has runs' validation perplexities of {each!r}"
     return None

@@ -130,7 +130,8 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
     kernels.check(config)
     dp = DataParallel.create(devices)
     dp.check_batch_size(config.batch_size)
-    memory.check(config, 0, dp.num_shards, len(runs or [None]), dp.devices[0])
+    # The vocabulary's share is counted once the data is read (a cell's layers need an input width).
+    memory.check(config, 1, dp.num_shards, len(runs or [None]), dp.devices[0])
     workdir_lib.check_writable(workdir)
     workdir_lib.check_ours(workdir)
     for name in (checkpoint.SUBDIR, checkpoint.DAMAGED):

@@ -104,22 +104,25 @@ def set_aside(workdir: Path, step: int) -> Path:
     return target
 
 
-def val_ppls(workdir: Path) -> dict[int, float]:
-    """The finite validation perplexity in each complete, readable checkpoint's ``meta``, by step."""
+def val_ppls(workdir: Path, run: int | None = None) -> dict[int, float]:
+    """The finite validation perplexity in each complete, readable checkpoint's ``meta``, by step: of run
+    ``run`` where the meta has each run's (``run_val_ppls``), else the one it has (of runs, their mean)."""
     ppl = {}
     for s in steps(workdir):
         try:
-            p = read_meta(workdir, s).get("val_ppl")
+            meta = read_meta(workdir, s)
         except DamagedCheckpoint:         # never the best
             continue
+        p = meta["run_val_ppls"][run] if run is not None and "run_val_ppls" in meta else meta.get("val_ppl")
         if isinstance(p, (int, float)) and math.isfinite(p):
             ppl[s] = p
     return ppl
 
 
-def best_step(workdir: Path) -> int | None:
-    """The complete checkpoint with the lowest validation perplexity in its ``meta``, or ``None``."""
-    scored = [(p, s) for s, p in val_ppls(workdir).items()]
+def best_step(workdir: Path, run: int | None = None) -> int | None:
+    """The complete checkpoint with the lowest validation perplexity in its ``meta`` (of ``run``, as
+    ``val_ppls``), or ``None``."""
+    scored = [(p, s) for s, p in val_ppls(workdir, run).items()]
     return min(scored)[1] if scored else None
 
 

@@ -69,6 +69,7 @@ def reseal_with(change):
     (lambda m: m.update(checksums="abc"), "lacks the checksums"),
     (lambda m: m.pop("checksums"), "lacks the checksums"),
     (lambda m: m.update(val_ppl="low"), "validation perplexity"),
+    (lambda m: m.update(run_val_ppls=[7.5]), "runs' validation perplexities"),     # a single run has none
     (lambda m: m["config"].update(num_hiddens=-3), "not a valid config"),
     (lambda m: m.update(runs="all"), "not a list"),
     (lambda m: m.update(format=7), "format 1 or 2 or 3"),
@@ -90,6 +91,8 @@ def test_positions_of_runs_trained_together():
     m = sealed(1, 2, runs=2)
     m["position"].update(partial=[SUMS, {}], stopped=[None, "diverged"], high=[0, 2])
     assert meta.problem(meta.seal(m), PER_EPOCH + 2) is None
+    assert meta.problem(meta.seal({**m, "run_val_ppls": [7.5, None]}), PER_EPOCH + 2) is None
+    assert "runs' validation" in meta.problem(meta.seal({**m, "run_val_ppls": [7.5]}), PER_EPOCH + 2)
     m["position"]["partial"] = [SUMS, {"loss_sum": 1.0}]             # a run's sums without their count
     assert "partial sums" in meta.problem(meta.seal(m), PER_EPOCH + 2)
     old = sealed(1, 2, partial=[[[1.0, 2.0]] * 2, []], runs=2, fmt=2, stopped=[None, "diverged"], high=[0, 2])

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import cli
 from rnnjax import checkpoint, runs
 from rnnjax.config import ConfigError
 from rnnjax.train import STEPS_PER_CALL, Interrupted, NonFiniteLoss, fit
@@ -98,6 +99,21 @@ def test_each_run_restores_on_its_own(data10, tmp_path):
     for bad, message in [(None, "holds 2 runs trained together; choose one"), (2, "K from 0 to 1, not 2")]:
         with pytest.raises(checkpoint.CheckpointError, match=message):
             checkpoint.restore(tmp_path, run=bad)
+
+
+def test_each_run_s_best_is_its_own_lowest_validation_perplexity(data10, tmp_path):
+    """Two runs whose best epochs differ: the best of each is its own, not the runs' mean's."""
+    configs = [TINY.replace(epochs=4, lr=1.0), TINY.replace(epochs=4, lr=40.0, clip=100.0)]
+    result = runs.fit_runs(configs, data10, tmp_path, devices=1, checkpoint_every=1, keep=9, log=None)
+    bests = []
+    for k in range(2):
+        mine = [r for r in result.history if r["run"] == k]
+        best = min(mine, key=lambda r: r["val_ppl"])
+        restored = checkpoint.restore(tmp_path, best=True, run=k)
+        assert restored.step == best["step"] and restored.meta["run_val_ppls"][k] == best["val_ppl"]
+        assert cli.describe_checkpoint(restored, k).endswith(f"val ppl {best['val_ppl']:.2f} (run {k}'s))")
+        bests.append(best["epoch"])
+    assert bests[0] != bests[1], bests                      # else this test would not tell
 
 
 @pytest.mark.slow

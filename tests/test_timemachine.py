@@ -124,6 +124,7 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
                                          (["--predict", "a", "--temperature", "0"], "--temperature must"),
                                          (["--predict", "a", "--top-k", "0"], "--top-k must be at least 1"),
                                          (["--devices", "0"], "--devices must be at least 1, got 0"),
+                                         (["--num-preds", "5"], "--num-preds says how much --predict"),
                                          (["--dropout", "0.5"], "--dropout 0.5 acts between stacked layers, "
                                           "and --num-layers 1 has none")])
 def test_bad_arguments_are_one_line_and_write_nothing(real_text_path, tmp_path, capsys, bad, message):
