@@ -4,8 +4,8 @@ Command (d2l's recipe, ``rnnjax.config.PRESETS['d2l']``)::
 
     python -m experiments.timemachine --data ../shared/data/timemachine.txt
 
-Expected: 10-17 s on a 2-core CPU, compilation included; final train
-perplexity 5.87-6.00, validation 7.20-7.43 (by seed, CPU and device count:
+Expected: 8-17 s on a 2-core CPU, compilation included; final train
+perplexity 5.83-6.00, validation 7.19-7.43 (by seed, CPU and device count:
 the README's results table), and ``predict('it has', 20)`` turns from noise
 into words.
 

@@ -31,8 +31,8 @@ def _field(default: Any, help: str) -> Any:
 class Config:
     """d2l's recipe for the concise RNN section (the defaults, preset ``d2l``).
 
-    Command: ``python -m experiments.timemachine``. Runtime: 10-17 s on a
-    2-core CPU. Expected: train perplexity 5.87-6.00, validation 7.20-7.43
+    Command: ``python -m experiments.timemachine``. Runtime: 8-17 s on a
+    2-core CPU. Expected: train perplexity 5.83-6.00, validation 7.19-7.43
     (by seed, CPU and device count: README's results table).
     """
     batch_size: int = _field(1024, "windows per training step, over all devices")
