@@ -87,14 +87,18 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
     run_axis = 1 if dp.pmapped else 0          # after the device axis
     high = list(position.high) or [0] * len(configs)
 
-    def save(epoch: int, batch: int, sums: list[dict], val_ppl: float | None = None, run_val_ppls=None):
+    def save(epoch: int, batch: int, sums: list[dict], records: list[dict] = ()):
+        """A checkpoint; at an epoch's end, with its ``records``' validation perplexity (of runs: their
+        mean, for the best kept, and each run's own, for ``restore(best=True, run=k)``)."""
         where = Position(epoch, batch, sums, stops.why if several else [], high)
         runs = {"runs": [c.to_json() for c in configs]} if several else {}
-        if several and run_val_ppls is not None:       # each run's own best (restore(best=True, run=k))
-            runs["run_val_ppls"] = run_val_ppls
+        if several and records:
+            val_ppls = {r["run"]: r["val_ppl"] for r in records}
+            runs["run_val_ppls"] = [_finite(val_ppls.get(k)) for k in range(len(configs))]
         meta = checkpoint.make_meta(p.config, data.vocab, dataclasses.asdict(where), steps_per_epoch,
                                     num_devices=dp.num_shards, **runs)
         host = dp.unreplicate(state)
+        val_ppl = statistics.fmean(r["val_ppl"] for r in records) if records else None
         checkpoint.save(manager, int(per_run(host.step)[0]), host, meta, val_ppl=val_ppl)
 
     with catch_signals() as stop, manager:
@@ -141,12 +145,10 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
             # The records first: a crash between the two leaves them past the checkpoint; resume drops them.
             for record in records:
                 metrics_log.append(record)
-            mean = {k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED}
             if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or stop.signum is not None:
-                val_ppls = {r["run"]: r["val_ppl"] for r in records if "run" in r}
-                save(epoch + 1, 0, [{} for _ in configs], val_ppl=mean["val_ppl"],
-                     run_val_ppls=[_finite(val_ppls.get(k)) for k in range(len(configs))])
+                save(epoch + 1, 0, [{} for _ in configs], records)
             if progress:
+                mean = {k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED}
                 progress(done, total, {"epoch": epoch + 1, **mean})
             if stop.signum is not None:
                 raise _stopped(manager, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done, workdir)
