@@ -13,8 +13,10 @@ It says first what it does (new or resumed, devices, loss path, workdir),
 then writes to ``--workdir`` (default ``runs/<preset>``, or
 ``runs/<preset>-<hash>`` when flags change the preset's settings; ``--epochs``
 and ``--kernel`` do not count): ``metrics.jsonl``, ``ppl.png``,
-``config.json`` and orbax checkpoints. The same command resumes;
-``--predict`` generates from the workdir's checkpoint without training
+``config.json`` and orbax checkpoints. The same command resumes, and so
+does ``--workdir W`` alone, with the settings read from it
+(``experiments.cli``). ``--predict`` generates from the workdir's checkpoint
+without training
 (``--sample``, ``--temperature`` or ``--top-k`` draw instead of the argmax).
 ``--text PATH`` trains on any UTF-8 file instead, characters or words
 (``--token word``), its tail validating (``rnnjax.corpus``). ``--seeds
