@@ -26,7 +26,9 @@ if not any((d.metadata["Name"] or "").lower().replace("_", "-").startswith(ACCEL
            for d in importlib.metadata.distributions()):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402 (after XLA_FLAGS, which the CPU backend reads as it starts)
+import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 
 from rnnjax import backend  # noqa: E402
@@ -168,6 +170,25 @@ def small_text(num_chars: int = 3000, seed: int = 0) -> str:
         out.append(w)
         n += len(w) + 1
     return " ".join(out) + "\n"
+
+
+class DenseCell(nn.RNNCellBase):
+    """A cell written the flax way, as a user writes one: ``nn.Dense`` layers on the input and the carry, no
+    ``dtype`` attribute, none of rnnjax's kernels knows its gates."""
+    features: int
+
+    @nn.compact
+    def __call__(self, h, x):
+        h = jnp.tanh(nn.Dense(self.features)(x) + nn.Dense(self.features, use_bias=False)(h))
+        return h, h
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape):
+        return jnp.zeros((*input_shape[:-1], self.features))
+
+    @property
+    def num_feature_axes(self):
+        return 1
 
 
 @pytest.fixture

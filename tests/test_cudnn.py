@@ -97,18 +97,23 @@ def value_and_grad(model, variables, X, Y, train=False, rng=None):
     return jax.value_and_grad(mean_loss)(variables)
 
 
+def cudnn_and_plain(num_layers, dropout):
+    """``(value, gradients)`` of a dropout training step's mean loss: the cudnn kernel's, then the plain
+    model's, from the same parameters and dropout key, at full float32."""
+    X, Y = data()
+    variables = lm(RNNLM, num_layers).init(jax.random.key(0), X)
+    rng = jax.random.key(3)
+    with jax.default_matmul_precision("highest"):
+        return tuple(jax.jit(lambda v: value_and_grad(lm(cls, num_layers, dropout), v, X, Y, True, rng))(
+            variables) for cls in (CudnnRNNLM, RNNLM))
+
+
 @pytest.mark.parametrize("num_layers,dropout,calls", [
     pytest.param(1, 0.0, [1], marks=pytest.mark.slow), pytest.param(3, 0.0, [3], marks=pytest.mark.slow),
     (2, 0.3, [1, 1])])
 def test_the_kernel_trains_as_the_plain_model(reference_binding, num_layers, dropout, calls):
     """One call for the whole stack; one a layer with dropout, the stack's own module between them."""
-    X, Y = data()
-    variables = lm(RNNLM, num_layers).init(jax.random.key(0), X)
-    rng = jax.random.key(3)
-    with jax.default_matmul_precision("highest"):
-        want, got = (jax.jit(lambda v: value_and_grad(lm(cls, num_layers, dropout), v, X, Y, True, rng))(
-            variables) for cls in (RNNLM, CudnnRNNLM))
-    assert_same(got, want)
+    assert_same(*cudnn_and_plain(num_layers, dropout))
     assert reference_binding == calls
 
 
@@ -131,10 +136,4 @@ def test_the_kernel_under_vmap_runs_one_run_after_another(reference_binding):
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN's LSTM runs on an NVIDIA GPU only")
 @pytest.mark.parametrize("num_layers,dropout", [(1, 0.0), (2, 0.0), (2, 0.3)])
 def test_cudnn_trains_as_the_plain_model_on_a_gpu(num_layers, dropout):
-    X, Y = data()
-    variables = lm(RNNLM, num_layers).init(jax.random.key(0), X)
-    rng = jax.random.key(3)
-    with jax.default_matmul_precision("highest"):
-        want, got = (jax.jit(lambda v: value_and_grad(lm(cls, num_layers, dropout), v, X, Y, True, rng))(
-            variables) for cls in (RNNLM, CudnnRNNLM))
-    assert_same(got, want)
+    assert_same(*cudnn_and_plain(num_layers, dropout))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, DenseCell
 from rnnjax import checkpoint, model as model_lib
 from rnnjax.generate import predict
 from rnnjax.model import RNN, RNNLM, OneHot, SimpleRNNCell, StackedRNN
@@ -35,24 +35,6 @@ class LeakyCell(nn.RNNCellBase):
     def initialize_carry(self, rng, input_shape):
         zeros = jnp.zeros((*input_shape[:-1], self.num_hiddens))
         return zeros, zeros
-
-    @property
-    def num_feature_axes(self):
-        return 1
-
-
-class DenseCell(nn.RNNCellBase):
-    """A cell written the flax way: ``nn.Dense`` layers on the input and the carry."""
-    features: int
-
-    @nn.compact
-    def __call__(self, h, x):
-        h = jnp.tanh(nn.Dense(self.features)(x) + nn.Dense(self.features, use_bias=False)(h))
-        return h, h
-
-    @nn.nowrap
-    def initialize_carry(self, rng, input_shape):
-        return jnp.zeros((*input_shape[:-1], self.features))
 
     @property
     def num_feature_axes(self):

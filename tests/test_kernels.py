@@ -1,12 +1,11 @@
 import types
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, DenseCell
 from rnnjax import cudnn, fused, hoisted, kernels, model as model_lib
 from rnnjax.config import Config
 from rnnjax.model import RNNLM
@@ -14,27 +13,9 @@ from rnnjax.state import make_model
 from rnnjax.train import fit
 
 
-class UserCell(nn.RNNCellBase):
-    """A cell of a user's: no kernel but plain and fused knows its gates."""
-    num_hiddens: int
-
-    @nn.compact
-    def __call__(self, h, x):
-        h = jnp.tanh(nn.Dense(self.num_hiddens)(x) + nn.Dense(self.num_hiddens)(h))
-        return h, h
-
-    @nn.nowrap
-    def initialize_carry(self, rng, input_shape):
-        return jnp.zeros((*input_shape[:-1], self.num_hiddens))
-
-    @property
-    def num_feature_axes(self):
-        return 1
-
-
 @pytest.fixture
 def user_cell(monkeypatch):
-    monkeypatch.setitem(model_lib.CELLS, "user", UserCell)
+    monkeypatch.setitem(model_lib.CELLS, "user", DenseCell)      # a user's: no kernel knows its gates
     return "user"
 
 

@@ -4,13 +4,12 @@ precision reaches the compiled steps, and the run's first line says both."""
 
 import types
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, DenseCell
 from rnnjax import model as model_lib
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.loop import compile_run
@@ -105,25 +104,8 @@ def test_parameters_optimizer_state_and_carry_stay_float32_after_a_bfloat16_step
     assert len(jax.tree.leaves(carries)) == 4
 
 
-class CellWithoutDtype(nn.RNNCellBase):
-    num_hiddens: int
-
-    @nn.compact
-    def __call__(self, h, x):
-        h = jnp.tanh(x @ self.param("W", nn.initializers.normal(), (x.shape[-1], self.num_hiddens)) + h)
-        return h, h
-
-    @nn.nowrap
-    def initialize_carry(self, rng, input_shape):
-        return jnp.zeros((*input_shape[:-1], self.num_hiddens))
-
-    @property
-    def num_feature_axes(self):
-        return 1
-
-
 def test_a_cell_without_dtype_computes_in_float32_and_the_output_layer_in_bfloat16(monkeypatch):
-    monkeypatch.setitem(model_lib.CELLS, "mine", CellWithoutDtype)
+    monkeypatch.setitem(model_lib.CELLS, "mine", DenseCell)     # no dtype attribute
     model = make_model(TINY.replace(cell="mine", compute_dtype="bfloat16", kernel="plain"), 12)
     assert not hasattr(model.rnn.cell, "dtype") and model.dtype == jnp.bfloat16
     X = batch()[0]
