@@ -13,6 +13,7 @@ import ctypes
 import functools
 import os
 import platform
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,8 @@ class CompiledPerShape:
     """``fn(*args)``, jitted or pmapped, compiled ahead of time with XLA ``options`` per argument shapes.
 
     ``pmap`` takes no compiler options, and ``jax.jit`` around a pmap drops
-    them, hence this. An XLA that does not know an option (they come and go
-    between versions) compiles without the options.
+    them, hence this. Options this XLA does not know, or values it does not
+    take (they come and go between versions), are left out; the rest apply.
     """
 
     def __init__(self, fn: Callable, options: dict[str, Any]):
@@ -84,16 +85,29 @@ class CompiledPerShape:
         key = treedef, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves)
         if key not in self.executables:
             lowered = self.fn.lower(*args)
-            try:
-                self.executables[key] = lowered.compile(compiler_options=self.options)
-            except jax.errors.JaxRuntimeError as e:
-                if "No such compile option" not in str(e) and "not a valid enum value" not in str(e):
-                    raise
-                self.executables[key] = lowered.compile()
+            while True:
+                try:
+                    self.executables[key] = lowered.compile(compiler_options=self.options)
+                    break
+                except jax.errors.JaxRuntimeError as e:
+                    rejected = _rejected_options(str(e), self.options)
+                    if not rejected:
+                        raise
+                    self.options = {k: v for k, v in self.options.items() if k not in rejected}
         return self.executables[key]
 
     def __call__(self, *args):
         return self.executable(*args)(*args)
+
+
+def _rejected_options(error: str, options: dict[str, Any]) -> set[str]:
+    """The options XLA's compile ``error`` says it does not know or cannot take: the one it names,
+    or all of ``options`` where it names none of them."""
+    match = re.search(r"No such compile option: '(\w+)'|While setting option (\w+),.*not a valid enum", error)
+    if match and (match[1] or match[2]) in options:
+        return {match[1] or match[2]}
+    mentions_options = "No such compile option" in error or "not a valid enum value" in error
+    return set(options) if mentions_options else set()
 
 
 def available_cores() -> int:

@@ -20,11 +20,28 @@ from pathlib import Path
 # unoptimized and XLA's older CPU emitters build the same math faster (docs/performance.md). Steps
 # compiled with options of their own (rnnjax.backend) keep them; subprocesses that run as a user does
 # drop these (user_env). Not where an accelerator's plugin is installed: its XLA may not know them.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 ACCELERATOR_PLUGINS = ("jax-cuda", "jax-rocm", "libtpu")
+KNOWN_FLAGS_VAR = "RNNJAX_TEST_XLA_FLAGS"
+
+
+def known_xla_flags(flags: tuple[str, ...]) -> str:
+    """Those of ``flags`` this XLA knows. It aborts the process on a flag it does not know, and
+    flags come and go between versions (jaxlib 0.11 dropped the emitters'), so each is tried in
+    a child interpreter, once: pytest-xdist's workers inherit the answer."""
+    if KNOWN_FLAGS_VAR not in os.environ:
+        probe = "import jax; jax.devices('cpu')"
+        children = [subprocess.Popen([sys.executable, "-c", probe], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"})
+                    for flag in flags]
+        os.environ[KNOWN_FLAGS_VAR] = " ".join(f for f, c in zip(flags, children) if c.wait() == 0)
+    return os.environ[KNOWN_FLAGS_VAR]
+
+
 if not any((d.metadata["Name"] or "").lower().replace("_", "-").startswith(ACCELERATOR_PLUGINS)
            for d in importlib.metadata.distributions()):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {known_xla_flags(TEST_XLA_FLAGS)}".strip()
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402 (after XLA_FLAGS, which the CPU backend reads as it starts)

@@ -63,8 +63,9 @@ def test_the_layout_names_every_module():
 def test_the_readme_runs_as_written(real_text_path, tmp_path):
     bin_dir = tmp_path / "bin"              # `python` and `python3` are this interpreter
     bin_dir.mkdir()
-    for name in ("python", "python3"):
-        (bin_dir / name).symlink_to(sys.executable)
+    for name in ("python", "python3"):      # a script, not a link: a venv's python finds its venv by its path
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+        (bin_dir / name).chmod(0o755)
     env = user_env(PYTHONPATH=str(ROOT), RNNJAX_TIMEMACHINE=real_text_path,
                    PATH=f"{bin_dir}:{user_env().get('PATH', '')}")
     work = tmp_path / "work"

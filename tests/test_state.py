@@ -23,11 +23,12 @@ def test_init_compiler_options_change_no_value():
 
 @pytest.mark.slow
 def test_create_train_state_compiles_one_program():
-    """Key, dummy input and init are one compiled program: made eagerly, each would compile its own."""
+    """Key, dummy input and init are one compiled program: made eagerly, each would compile its own.
+    Programs are counted as lowerings: an XLA that refuses one of init's options compiles it twice."""
     compiles = []
 
     def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
             compiles.append(duration)
     jax.clear_caches()
     jax.monitoring.register_event_duration_secs_listener(listener)
