@@ -23,6 +23,8 @@ from rnnjax.generate import MAX_PREDS
 from rnnjax.loop import CHECKPOINT_EVERY
 from rnnjax.stored import saved_runs
 
+# Flags that only training reads.
+TRAINING_ONLY = ("data", "text", "devices", "keep", "checkpoint_every")
 DESCRIPTION = 'd2l\'s "Concise Implementation of Recurrent Neural Networks", end to end.'
 
 
@@ -56,10 +58,10 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     config_lib.add_flags(p, preset)
     p.set_defaults(preset=None)           # to tell whether it was given: if not, a workdir's settings rule
     run = p.add_argument_group("checkpoints, devices, generation")
-    run.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="N",
+    run.add_argument("--checkpoint-every", type=int, metavar="N",
                      help=f"epochs between checkpoints (default {CHECKPOINT_EVERY}; the last epoch and an "
                           "interrupted run are always saved)")
-    run.add_argument("--keep", type=int, default=3, help="latest checkpoints kept (the best is kept too)")
+    run.add_argument("--keep", type=int, help="latest checkpoints kept (default 3; the best is kept too)")
     run.add_argument("--devices", type=int, help="local devices to train on (default: all; on a CPU one per "
                                                  "core, or $JAX_NUM_CPU_DEVICES)")
     run.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (multi-host)")
@@ -101,7 +103,7 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
         raise ValueError("--num-preds says how much --predict generates; add --predict PREFIX.")
     args.num_preds = 20 if args.num_preds is None else args.num_preds
     for name, low in (("checkpoint_every", 1), ("keep", 1), ("num_preds", 0)):
-        if getattr(args, name) < low:
+        if getattr(args, name) is not None and getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}.")
     if args.devices is not None and args.devices < 1:
         raise ValueError(f"--devices must be at least 1, got {args.devices}.")
@@ -124,6 +126,12 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
         raise ValueError(f"--temperature must be a positive number, got {args.temperature}.")
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
+    # With --predict, training's flags (a training command with --predict added) are noted, not used.
+    training = [name for name in TRAINING_ONLY if getattr(args, name) is not None] + \
+        [name for name in config_lib.given(args) if name in config_lib.Config.RESUMABLE]
+    args.not_used = [f"--{name.replace('_', '-')}" for name in training] if args.predict is not None else []
+    args.checkpoint_every = CHECKPOINT_EVERY if args.checkpoint_every is None else args.checkpoint_every
+    args.keep = 3 if args.keep is None else args.keep
     return args
 
 

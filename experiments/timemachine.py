@@ -90,7 +90,8 @@ def predict_only(args: argparse.Namespace) -> None:
                                          f"{'; '.join(differ)}.")
     text = restored.predict(args.predict, args.num_preds, **sampling)
     # stderr: stdout is the text alone, for pipes.
-    print(f"from {args.workdir}: {cli.describe_checkpoint(restored, args.run)}", file=sys.stderr)
+    not_used = f"; {', '.join(args.not_used)} train, not used here" if args.not_used else ""
+    print(f"from {args.workdir}: {cli.describe_checkpoint(restored, args.run)}{not_used}", file=sys.stderr)
     print(text)
 
 
@@ -99,7 +100,14 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     several = len(configs) > 1
     # What needs no data is checked before a large --text is read and tokenized.
-    check_arguments(config, workdir, devices=args.devices, runs=configs if several else None)
+    try:
+        check_arguments(config, workdir, devices=args.devices, runs=configs if several else None)
+    except ValueError as e:
+        if args.settings_from is None:
+            raise
+        # A setting read from the workdir, not typed: say where it comes from.
+        raise ValueError(f"resuming the run in {workdir} (its saved settings, the flags given applied): "
+                         f"{e}") from None
     if args.settings_from is not None:
         say(f"settings: those of the run in {workdir} (its config.json), the flags given checked against "
             "them")

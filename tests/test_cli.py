@@ -146,3 +146,13 @@ def test_the_cli_resumes_a_workdir_from_its_settings(make_text, tmp_path, capsys
     assert checkpoint.restore(w).config == expected
     assert timemachine.main(["--workdir", w, "--epochs", "3"]) == 1
     assert "give that file again, --text PATH" in capsys.readouterr().err
+
+
+@pytest.mark.cpu_devices(1)
+def test_a_saved_setting_this_machine_cannot_resume_is_said_to_be_the_workdir_s(tmp_path, capsys):
+    w = saved(tmp_path / "w", [TINY.replace(cell="lstm", kernel="cudnn")])      # trained on a GPU
+    assert timemachine.main(["--workdir", w, "--epochs", "5", "--no-compilation-cache"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: resuming the run in {w} (its saved settings, the flags given applied): "
+                          "--kernel cudnn runs cuDNN's LSTM, which needs an NVIDIA GPU")
+    assert err.count("\n") == 1

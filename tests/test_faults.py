@@ -600,8 +600,10 @@ def test_restore_takes_numpy_steps_and_refuses_step_with_best(small_data, tmp_pa
 
 
 def test_predict_with_the_flags_of_another_epoch_count_is_the_same_model(real_text_path, capsys, trained):
-    assert cli("--workdir", str(trained), "--predict", "it has", "--preset", "tiny", "--epochs", "5") == 0
-    assert capsys.readouterr().out.startswith("it has")
+    assert cli("--workdir", str(trained), "--predict", "it has", "--preset", "tiny", "--epochs", "5",
+               "--keep", "2") == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("it has") and err.rstrip().endswith("; --keep, --epochs train, not used here")
 
 
 DIVERGING = TINY.replace(epochs=20, lr=30.0, clip=1000.0)      # far above uniform from epoch 1: stops at 3
