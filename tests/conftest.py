@@ -25,23 +25,22 @@ ACCELERATOR_PLUGINS = ("jax-cuda", "jax-rocm", "libtpu")
 KNOWN_FLAGS_VAR = "RNNJAX_TEST_XLA_FLAGS"
 
 
-def known_xla_flags(flags: tuple[str, ...]) -> str:
-    """Those of ``flags`` this XLA knows. It aborts the process on a flag it does not know, and
-    flags come and go between versions (jaxlib 0.11 dropped the emitters'), so each is tried in
-    a child interpreter, once: pytest-xdist's workers inherit the answer."""
-    if KNOWN_FLAGS_VAR not in os.environ:
-        probe = "import jax; jax.devices('cpu')"
-        children = [subprocess.Popen([sys.executable, "-c", probe], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL,
-                                     env={**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"})
-                    for flag in flags]
-        os.environ[KNOWN_FLAGS_VAR] = " ".join(f for f, c in zip(flags, children) if c.wait() == 0)
-    return os.environ[KNOWN_FLAGS_VAR]
+def known_xla_flags(flags: tuple[str, ...]) -> list[str]:
+    """Those of ``flags`` this XLA knows. It aborts the process on a flag it does not know, and flags
+    come and go between versions (jaxlib 0.11 dropped the emitters'), so each is tried in a child."""
+    probe = "import jax; jax.devices('cpu')"
+    children = [subprocess.Popen([sys.executable, "-c", probe], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL,
+                                 env={**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"})
+                for flag in flags]
+    return [flag for flag, child in zip(flags, children) if child.wait() == 0]
 
 
 if not any((d.metadata["Name"] or "").lower().replace("_", "-").startswith(ACCELERATOR_PLUGINS)
            for d in importlib.metadata.distributions()):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {known_xla_flags(TEST_XLA_FLAGS)}".strip()
+    if KNOWN_FLAGS_VAR not in os.environ:          # asked once: pytest-xdist's workers inherit the answer
+        os.environ[KNOWN_FLAGS_VAR] = " ".join(known_xla_flags(TEST_XLA_FLAGS))
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {os.environ[KNOWN_FLAGS_VAR]}".strip()
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402 (after XLA_FLAGS, which the CPU backend reads as it starts)

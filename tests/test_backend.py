@@ -113,3 +113,11 @@ def test_compiler_options_keep_dots_from_ynnpack_only_where_rows_per_device_outn
     assert compiler_options(1024, 32, 16) == o1                    # 64 rows per device
     assert compiler_options(1024, 512, 2) == o1
     assert compiler_options(64, 32, 1) == o1
+
+
+@pytest.mark.slow
+def test_the_suite_sets_only_the_xla_flags_this_xla_knows():
+    """XLA aborts a process on a flag it does not know (conftest.py's flags for a fast compile)."""
+    from conftest import known_xla_flags
+    known = "--xla_backend_optimization_level=0"
+    assert known_xla_flags((known, "--xla_cpu_no_such_flag=true")) == [known]
