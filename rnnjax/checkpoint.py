@@ -151,11 +151,12 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) ->
 
 
 class _OrbaxNoise(logging.Filter):
-    """Drops asyncio's "Future exception was never retrieved" (of a read orbax abandoned), and orbax's
+    """Drops asyncio's "Future/Task exception was never retrieved" (of a read orbax abandoned), and orbax's
     warning that it removes a save's leftover temporary directory (of a process killed mid-save)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(("Future exception was never retrieved",
+                                                   "Task exception was never retrieved",
                                                    "Attempted to create temporary directory"))
 
 

@@ -255,5 +255,6 @@ def test_orbax_noise_after_a_damaged_read_is_dropped_and_nothing_else(small_data
     assert [str(u.exc_value) for u in reported] == ["something else"]
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         logging.getLogger("asyncio").error("Future exception was never retrieved")
+        logging.getLogger("asyncio").error("Task exception was never retrieved")     # a wrapped awaitable's
         logging.getLogger("asyncio").error("another asyncio error")
     assert "never retrieved" not in caplog.text and "another asyncio error" in caplog.text
