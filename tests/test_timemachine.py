@@ -17,7 +17,7 @@ def test_d2l_recipe_end_to_end(real_text_path, tmp_path, main_job):
     assert proc.returncode == 0, err
     records = timemachine.metrics.MetricsLog(workdir / "metrics.jsonl").read()
     assert [r["epoch"] for r in records] == list(range(1, 101))
-    # 7.19-7.43 measured, by seed, CPU and device count (README); 4 devices untried
+    # 7.19-7.43 measured, by seed, CPU, device count and JAX release (README); 4 devices untried
     assert records[-1]["val_ppl"] <= 7.5 and records[-1]["train_ppl"] <= 6.1
     assert (workdir / "ppl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
