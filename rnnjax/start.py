@@ -90,7 +90,8 @@ class Plan:
         elif self.finished:
             more = f" and {self.position.batch} batches of the next" if self.position.batch else ""
             return (f"{self.workdir} holds {self.position.epoch} trained epochs{more} (step {self.step}), "
-                    f"--epochs asks for {self.config.epochs}: nothing to train; a larger --epochs trains on.")
+                    f"the run asks for {self.config.epochs} epochs: nothing to train; more epochs (--epochs) "
+                    "train on.")
         else:
             stopped = sum(why is not None for why in self.position.stopped)
             runs = f"{len(self.runs)} runs ({stopped} stopped earlier) " if stopped else \
@@ -113,6 +114,10 @@ class Plan:
                 and not cpu_device_count_chosen()):
             hint += ("; one CPU device on a machine of several cores: call "
                      "rnnjax.backend.use_cpu_cores(batch_size) before JAX starts to train on all of them")
+        elif (self.dp.devices[0].platform == "cpu" and self.dp.num_shards == len(jax.local_devices())
+              < available_cores() and self.config.batch_size % available_cores()):
+            hint += (f"; not {available_cores()} devices, one per core: --batch-size "
+                     f"{self.config.batch_size} does not divide over them")
         c = self.config
         matmuls = precision.describe(c.compute_dtype, c.matmul_precision, self.dp.devices[0])
         return f"{what} on {devices}, {self.path}, {matmuls}; writing to {self.workdir}{hint}"

@@ -47,6 +47,16 @@ def test_plan_names_the_plain_path_and_how_to_use_all_cores(small_data, tmp_path
     assert ("use_cpu_cores" in text) == (available_cores() > 1)
 
 
+@pytest.mark.cpu_devices(4)
+def test_plan_says_why_it_trains_on_fewer_devices_than_cores(small_data, tmp_path, monkeypatch):
+    """As the CLI's use_cpu_cores makes a device per core only where the batch divides over them."""
+    assert "does not divide" not in plan(SMALL, small_data, tmp_path).describe()
+    monkeypatch.setattr(start, "available_cores", lambda: 6)
+    assert plan(SMALL, small_data, tmp_path).describe().endswith(
+        "; not 6 devices, one per core: --batch-size 16 does not divide over them")
+    assert "does not divide" not in plan(SMALL, small_data, tmp_path, devices=2).describe()  # asked for
+
+
 def test_a_torn_last_metrics_line_is_said_once_with_the_epochs_it_leaves_out(small_data, tmp_path, capsys):
     fit(SMALL.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
     log = tmp_path / metrics.FILENAME
