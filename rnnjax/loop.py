@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import signal
 import statistics
 import time
@@ -162,12 +163,15 @@ def _finite(x: float | None) -> float | None:
 
 def _open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_lib.MetricsLog]:
     """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
-    run; unless it is finished, the records past its checkpoint dropped and ``config.json`` written."""
+    run; an earlier run's records moved aside (``Plan.aside``); unless it is finished, the records past its
+    checkpoint dropped and ``config.json`` written."""
     earlier = checkpoint.val_ppls(p.workdir) if p.step is not None else {}
     manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
     # Silent: the plan says what a torn last line leaves out (Plan.describe).
     metrics_log = metrics_lib.MetricsLog(p.workdir / metrics_lib.FILENAME, writer=jax.process_index() == 0,
                                          warn=lambda message: None)
+    if p.aside and jax.process_index() == 0:
+        os.replace(p.workdir / metrics_lib.FILENAME, p.aside)
     if not p.finished:
         metrics_log.truncate(p.position.epoch)
         if jax.process_index() == 0:

@@ -156,6 +156,14 @@ def _number_or_null(x) -> bool:
     return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
 
 
+def aside_path(path: Path) -> Path:
+    """The first free ``metrics.N.jsonl`` beside ``path``: where a new run moves an earlier run's records."""
+    n = 1
+    while path.with_suffix(f".{n}{path.suffix}").exists():
+        n += 1
+    return path.with_suffix(f".{n}{path.suffix}")
+
+
 def _line(record: dict) -> str:
     return json.dumps(_finite_or_null(record), allow_nan=False) + "\n"
 

@@ -57,6 +57,25 @@ def test_plan_says_why_it_trains_on_fewer_devices_than_cores(small_data, tmp_pat
     assert "does not divide" not in plan(SMALL, small_data, tmp_path, devices=2).describe()  # asked for
 
 
+def test_a_new_run_moves_an_earlier_run_s_records_aside_and_says_so(small_data, tmp_path):
+    """Records with no checkpoint left to resume them (deleted, or a kill before the first save) are kept."""
+    import shutil
+    fit(SMALL.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+    earlier = (tmp_path / metrics.FILENAME).read_text()
+    shutil.rmtree(tmp_path / "checkpoints")
+    said = []
+    fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=said.append)
+    assert said[0].endswith(f"; {tmp_path / metrics.FILENAME} holds the records of an earlier run, with no "
+                            f"checkpoint to resume from: moved to {tmp_path / 'metrics.1.jsonl'}")
+    assert (tmp_path / "metrics.1.jsonl").read_text() == earlier
+    assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / metrics.FILENAME).read()] == [1]
+    shutil.rmtree(tmp_path / "checkpoints")
+    said.clear()
+    fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=said.append)
+    assert said[0].endswith("moved to " + str(tmp_path / "metrics.2.jsonl"))       # the first kept too
+    assert (tmp_path / "metrics.1.jsonl").read_text() == earlier
+
+
 def test_a_torn_last_metrics_line_is_said_once_with_the_epochs_it_leaves_out(small_data, tmp_path, capsys):
     fit(SMALL.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
     log = tmp_path / metrics.FILENAME
