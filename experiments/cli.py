@@ -214,12 +214,12 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path]:
         configs = config_lib.sweep_from_flags(args)
         runs.check_runs(configs)
         return configs, args.workdir or default_workdir(args.preset, configs, args.text)
-    configs, vocab = saved
+    configs, vocab, source = saved
     if "text_sha1" in vocab and args.text is None:
         raise ValueError(f"{args.workdir} holds a run trained on a text of your own (SHA-1 "
                          f"{vocab['text_sha1'][:12]}...): give that file again, --text PATH, to resume it.")
     if "text_sha1" not in vocab and args.text is not None:
         raise ValueError(f"{args.workdir} holds a run trained on the Time Machine, not on --text: leave "
                          "--text out to resume it, or use a new --workdir.")
-    args.settings_from = args.workdir          # said as the run starts
+    args.settings_from = source                # said as the run starts
     return config_lib.resumed_from_flags(args, configs, str(args.workdir)), args.workdir

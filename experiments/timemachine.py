@@ -109,8 +109,8 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
         raise ValueError(f"resuming the run in {workdir} (its saved settings, the flags given applied): "
                          f"{e}") from None
     if args.settings_from is not None:
-        say(f"settings: those of the run in {workdir} (its config.json), the flags given checked against "
-            "them")
+        say(f"settings: those of the run in {workdir} ({args.settings_from}), the flags given checked "
+            "against them")
     data = corpus.load(config, text=args.text, data=args.data)
     # The plan is made under the workdir's lock, held until the plot is written.
     with planned(config, data, workdir, devices=args.devices, runs=configs if several else None) as p:

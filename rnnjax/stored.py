@@ -126,16 +126,16 @@ def best_step(workdir: Path, run: int | None = None) -> int | None:
     return min(scored)[1] if scored else None
 
 
-def saved_runs(workdir: Path) -> tuple[list[Config], dict] | None:
-    """The configs of the run ``workdir`` holds (one, or one per run trained together) and its vocabulary's
-    JSON: from ``config.json``, written as a run starts, else from the newest checkpoint whose meta reads;
-    ``None`` where neither is there, or reads."""
+def saved_runs(workdir: Path) -> tuple[list[Config], dict, str] | None:
+    """The configs of the run ``workdir`` holds (one, or one per run trained together), its vocabulary's
+    JSON and where they were read, in words: from ``config.json``, written as a run starts, else from the
+    newest checkpoint whose meta reads; ``None`` where neither is there, or reads."""
     path = Path(workdir) / "config.json"
     try:
         if stat.S_ISREG(os.stat(path).st_mode):         # a FIFO would hang the reader
             found = meta_lib.settings(json.loads(path.read_text()))
             if found:
-                return found
+                return *found, "its config.json"
     except (OSError, ValueError):          # not there, or not a whole one of ours: the checkpoints say
         pass
     try:
@@ -144,7 +144,8 @@ def saved_runs(workdir: Path) -> tuple[list[Config], dict] | None:
                 meta = read_meta(workdir, step)
             except DamagedCheckpoint:
                 continue
-            return [Config.from_json(c) for c in meta.get("runs") or [meta["config"]]], meta["vocab"]
+            return ([Config.from_json(c) for c in meta.get("runs") or [meta["config"]]], meta["vocab"],
+                    f"its checkpoint step {step}, config.json being missing or damaged")
     except (CheckpointError, OSError):      # the run's own checks say what is wrong, as it starts
         pass
     return None

@@ -122,7 +122,9 @@ def test_without_a_readable_config_json_the_newest_checkpoint_s_settings_are_rea
     checkpoint.check_saved(manager, wait=True)
     manager.close()
     (w / "config.json").write_text("{torn")
-    assert cli.settings(cli.parse_args(["--workdir", str(w)]))[0] == [run]
+    args = cli.parse_args(["--workdir", str(w)])
+    assert cli.settings(args)[0] == [run]
+    assert args.settings_from == "its checkpoint step 1, config.json being missing or damaged"   # said so
     (w / checkpoint.SUBDIR / "007").mkdir()          # a folder orbax would misread: the run says so later
     assert cli.settings(cli.parse_args(["--workdir", str(w), "--lr", "3"]))[0] == [Config(lr=3.0)]
 
