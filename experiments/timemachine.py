@@ -90,7 +90,7 @@ def predict_only(args: argparse.Namespace) -> None:
                                          f"{'; '.join(differ)}.")
     text = restored.predict(args.predict, args.num_preds, **sampling)
     # stderr: stdout is the text alone, for pipes.
-    not_used = f"; {', '.join(args.not_used)} train, not used here" if args.not_used else ""
+    not_used = f"; not used here (they train): {', '.join(args.not_used)}" if args.not_used else ""
     print(f"from {args.workdir}: {cli.describe_checkpoint(restored, args.run)}{not_used}", file=sys.stderr)
     print(text)
 
