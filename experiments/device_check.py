@@ -12,7 +12,8 @@ benchmark's step table at issue 26's sizes (``--sizes gpu``). ``--quick`` runs
 the same on a CPU in about a minute: a handful of test files, 3 epochs, the
 benchmark's small sizes. Each part runs as its own process with a timeout
 (and the whole within ``--budget``); a part that fails or times out is
-recorded, and the others still run.
+recorded, and the others still run; one the budget leaves no time for is
+recorded as skipped. The ``--data`` file's SHA-1 is checked before any part.
 
 Writes into DIR (which must be new or empty): each part's log
 (``tests.log``, ``recipe-cold.log``, ... ``bench.log``), ``tests.xml``,
@@ -78,16 +79,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=540.0, metavar="SECONDS",
                    help="no part starts after this many seconds, and none runs past them (default 540)")
     args = p.parse_args(argv)
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file; give a new folder")
+    if args.out.exists() and any(args.out.iterdir()):
         p.error(f"--out {args.out} exists and is not an empty folder; give a new one "
                 "(the check's workdirs and compilation cache must start empty)")
+    if not args.budget > 0:
+        p.error(f"--budget must be a positive number of seconds, got {args.budget}")
     data = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or "timemachine.txt"
     if not Path(data).is_file():
         p.error(f"no file {data!r}: give d2l's timemachine.txt as --data PATH or $RNNJAX_TIMEMACHINE "
                 "(the check downloads nothing)")
+    try:    # here, not at the top: a machine without JAX still gets its parts run and recorded
+        from rnnjax.data import DataError, timemachine_path
+    except ImportError:
+        pass
+    else:
+        try:     # every part trains on it: a wrong file fails them all
+            timemachine_path(data)
+        except DataError as e:
+            p.error(str(e))
     args.data = str(Path(data).resolve())
-    if not args.budget > 0:
-        p.error(f"--budget must be a positive number of seconds, got {args.budget}")
     return args
 
 
@@ -104,7 +116,8 @@ class Parts:
         timeout = min(self.timeouts[kind][self.quick], left)
         record = {"log": f"{name}.log", "ok": False}
         if left < 5:
-            record["error"] = "skipped: the --budget ran out"
+            # Nothing ran: no log.
+            record = {"ok": False, "skipped": True, "error": "skipped: the --budget ran out"}
         else:
             t0 = time.perf_counter()
             with open(self.out / f"{name}.log", "w") as log:
@@ -195,8 +208,7 @@ def main(argv=None) -> int:
         lines = (out / "info.log").read_text().splitlines()
         summary.update(json.loads(next(line for line in reversed(lines) if line.startswith("{"))))
     backend = summary.get("backend", "unknown")
-    print(f"backend {backend}, {summary.get('device_kind')}; torch on {summary.get('torch_device')}; "
-          + ", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items()), flush=True)
+    print(describe_machine(summary), flush=True)
 
     # The tests' own settings (conftest.py), on the default backend. On an accelerator the pytest
     # workers share it: none may take most of its memory up front.
@@ -247,11 +259,27 @@ def main(argv=None) -> int:
     return 0 if all(p["ok"] for p in summary["parts"].values()) else 1
 
 
+def describe_machine(summary: dict) -> str:
+    """The info part's line: backend, device, torch's device (or that it is not installed), versions."""
+    if "versions" not in summary:
+        return f"machine unknown: the info part failed ({summary['parts']['info']['error']}; see info.log)"
+    versions = summary["versions"]
+    torch = ("torch not installed" if versions.get("torch") is None
+             else f"torch on {summary['torch_device']}" if summary.get("torch_device")
+             else f"torch {versions['torch']} installed but not importable")
+    return (f"backend {summary['backend']}, {summary['device_kind']}; {torch}; "
+            + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None))
+
+
+def _state(part: dict) -> str:
+    return "ok" if part["ok"] else "skipped" if part.get("skipped") else "FAILED"
+
+
 def report(summary: dict) -> str:
     """The summary in a few lines (the end of a device run's output)."""
     lines = [f"device check ({summary.get('backend')}, {summary.get('device_kind')}), "
              f"{summary['seconds']:.0f} s in all; parts: "
-             + ", ".join(f"{n} {'ok' if p['ok'] else 'FAILED'}" for n, p in summary["parts"].items())]
+             + ", ".join(f"{n} {_state(p)}" for n, p in summary["parts"].items())]
     t = summary["parts"].get("tests", {})
     if "passed" in t:
         lines.append(f"tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped"
@@ -261,9 +289,12 @@ def report(summary: dict) -> str:
         if r is None:          # the budget ran out before this part
             lines.append(f"{what}: not run")
             continue
-        times = ", ".join(f"{temp} {r[f'{temp}_s']:.1f} s" if f"{temp}_s" in r else f"{temp} failed"
-                          for temp in ("cold", "warm"))
-        lines.append(f"{what} ({r.get('epochs')} epochs): {times}, val ppl {r.get('val_ppl')}")
+        parts = summary["parts"]
+        times = ", ".join(f"{temp} {r[f'{temp}_s']:.1f} s" if f"{temp}_s" in r
+                          else f"{temp} skipped" if parts.get(f"{what}-{temp}", {}).get("skipped")
+                          else f"{temp} failed" for temp in ("cold", "warm"))
+        ppl = f", val ppl {r['val_ppl']}" if "val_ppl" in r else ""
+        lines.append(f"{what} ({r.get('epochs')} epochs): {times}{ppl}")
     if summary.get("sizes"):
         lines.append("ms per step, per size and kernel:")
     for label, size in summary.get("sizes", {}).items():

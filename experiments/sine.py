@@ -2,7 +2,7 @@
 
 Command::
 
-    python -m experiments.sine [--workdir runs/sine]
+    python -m experiments.sine [--workdir DIR] [--seeds 0,1,2] [--rnn-epochs 20]
 
 Expected: about 15 s a seed on a 2-core CPU (seeds 0, 1, 2 by default).
 d2l's data (``x_t = sin(0.01 t) + N(0, 0.2)``, T = 1000, tau = 4, the first
@@ -23,29 +23,43 @@ seed 0). Mean squared errors over seeds 0-2, on both of the README's VMs::
     linear  0.043-0.056    0.51-0.57        0.068-0.072   0.24-0.26
     RNN     0.042-0.054    1.1-2.4          0.085-0.12    0.27-0.58
 
-It writes ``sine-onestep.png``, ``sine-multistep.png``,
-``sine-ksteps.png`` (d2l's three figures, both models, the first seed) and
-``results.json`` (the mean squared errors by seed, their min and max) to
-``--workdir``.
+It says first where it writes and on which device; it writes
+``sine-onestep.png``, ``sine-multistep.png``, ``sine-ksteps.png`` (d2l's
+three figures, both models, the first seed, once that seed is done) and, at
+the end, ``results.json`` (the mean squared errors by seed, their min and max)
+to ``--workdir`` (default ``runs/sine-<date>-<time>``, as
+``runs/sine-20261205-014400``). Ctrl-C or SIGTERM stops it at once with one
+line saying what the workdir holds (exit 130 or 143).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import signal
 import sys
-import time
-from pathlib import Path
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+from experiments.stopping import exit_now, stopped_after_the_run, stopped_while_loading
 
-from rnnjax.model import RNN, SimpleRNNCell
+if __name__ == "__main__":     # a signal while JAX loads: one line and 130/143, not a traceback
+    signal.signal(signal.SIGINT, stopped_while_loading)
+    signal.signal(signal.SIGTERM, stopped_while_loading)
+
+import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from rnnjax.model import RNN, SimpleRNNCell  # noqa: E402
 
 T, TAU, NUM_TRAIN, MAX_STEPS, STEPS = 1000, 4, 600, 64, (1, 4, 16, 64)
+FIGURES = ("sine-onestep.png", "sine-multistep.png", "sine-ksteps.png")
+RESULTS = "results.json"
 
 
 def make_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -230,9 +244,10 @@ def plot(time_T, x_T, results: dict, workdir: Path) -> None:
     figure("ksteps", ksteps, ncols=len(results))
 
 
-def run(workdir: Path, seed: int = 0, rnn_epochs: int = 20, figures: bool = True
-        ) -> dict[str, dict[str, float]]:
-    """Both models at ``seed`` (the noise's and the models'): their mean squared errors by model."""
+def run(workdir: Path, seed: int = 0, rnn_epochs: int = 20, figures: bool = True,
+        hold=contextlib.nullcontext) -> dict[str, dict[str, float]]:
+    """Both models at ``seed`` (the noise's and the models'): their mean squared errors by model. The
+    figures are written inside ``hold()`` (``StopAtOnce.writing``)."""
     time_T, x_T = make_data(seed)
     features, labels = windows(x_T)
     results = {}
@@ -244,53 +259,129 @@ def run(workdir: Path, seed: int = 0, rnn_epochs: int = 20, figures: bool = True
     results["rnn"] = rnn_predictions(rnn, train_rnn(rnn, x_T, rnn_epochs, seed), x_T)
     if figures:
         workdir.mkdir(parents=True, exist_ok=True)
-        plot(time_T, x_T, results, workdir)
+        with hold():
+            plot(time_T, x_T, results, workdir)
     return {name: errors(preds, x_T) for name, preds in results.items()}
 
 
-def run_seeds(workdir: Path, seeds: list[int], rnn_epochs: int = 20) -> dict[str, dict]:
+def run_seeds(workdir: Path, seeds: list[int], rnn_epochs: int = 20, hold=contextlib.nullcontext
+              ) -> dict[str, dict]:
     """``run`` at each seed (figures of the first): ``{"seed S": table, ..., "min": table, "max": table}``,
-    also written to ``results.json``."""
-    per_seed = {f"seed {s}": run(workdir, s, rnn_epochs, figures=k == 0) for k, s in enumerate(seeds)}
+    also written to ``results.json``; each file inside ``hold()``."""
+    per_seed = {f"seed {s}": run(workdir, s, rnn_epochs, figures=k == 0, hold=hold)
+                for k, s in enumerate(seeds)}
     rows = list(per_seed.values())
     summary = {name: {model: {c: pick(t[model][c] for t in rows) for c in row}
                       for model, row in rows[0].items()}
                for name, pick in (("min", min), ("max", max))}
     tables = {**per_seed, **summary}
-    (workdir / "results.json").write_text(json.dumps(tables, indent=1) + "\n")
+    with hold():
+        (workdir / RESULTS).write_text(json.dumps(tables, indent=1) + "\n")
     return tables
+
+
+def stopped_message(signum: int, workdir: Path) -> str:
+    """The line a stop says: the signal, and which of the exercise's files ``workdir`` holds."""
+    held = [name for name in (*FIGURES, RESULTS) if (workdir / name).is_file()]
+    signal_name = f"signal {signum}" + (" (Ctrl-C)" if signum == signal.SIGINT else "")
+    if not held:
+        return (f"Stopped by {signal_name}: nothing written to {workdir} (the figures come when the first "
+                f"seed is done, {RESULTS} at the end).")
+    missing = "" if RESULTS in held else f", not {RESULTS} (written at the end)"
+    return f"Stopped by {signal_name}: {workdir} holds {', '.join(held)}{missing}."
+
+
+class StopAtOnce:
+    """The run's SIGINT/SIGTERM handler: one line (``stopped_message``) and exit 128 + signal at once, not
+    unwinding out of a JAX compile; a signal while a file is written waits until the file is whole."""
+
+    def __init__(self, workdir: Path):
+        self.workdir, self.holding, self.signum = workdir, False, None
+
+    def __call__(self, signum, frame):
+        if self.holding:
+            self.signum = signum
+            return
+        exit_now(stopped_message(signum, self.workdir), 128 + signum)
+
+    @contextlib.contextmanager
+    def writing(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.signum is not None:
+                self(self.signum, None)
+
+
+def default_workdir() -> Path:
+    return Path("runs") / time.strftime("sine-%Y%m%d-%H%M%S")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: distinct whole numbers in [0, 2**32), comma-separated; else ``ValueError`` naming the
+    mistake."""
+    try:
+        seeds = [int(s) for s in text.split(",")] if text.strip() else []
+    except ValueError:
+        raise ValueError(f"--seeds takes whole numbers separated by commas, got {text!r}.") from None
+    if not seeds:
+        raise ValueError(f"--seeds needs at least one seed, got {text!r}.")
+    bad = [s for s in seeds if not 0 <= s < 2 ** 32]
+    if bad:
+        raise ValueError(f"--seeds must be in [0, 2**32), got {bad[0]}.")
+    twice = [s for k, s in enumerate(seeds) if s in seeds[:k]]
+    if twice:     # the same run twice, and results.json has one entry per seed
+        raise ValueError(f"--seeds names seed {twice[0]} twice; give each seed once.")
+    return seeds
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.sine", description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", type=Path, help="output folder (default runs/sine-<time>)")
+    p.add_argument("--workdir", type=Path, help="output folder (default runs/sine-<date>-<time>)")
     p.add_argument("--seeds", default="0,1,2", help="the noise's and the models' seeds, comma-separated "
                                                     "(default 0,1,2; the figures are the first's)")
     p.add_argument("--rnn-epochs", type=int, default=20, help="the RNN's training epochs")
     args = p.parse_args(argv)
+    workdir = args.workdir or default_workdir()
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        seeds = []
-    if args.rnn_epochs < 1 or not seeds or not all(0 <= s < 2 ** 32 for s in seeds):
-        print("error: --rnn-epochs must be at least 1 and --seeds a list of whole numbers in [0, 2**32).",
-              file=sys.stderr)
+        seeds = parse_seeds(args.seeds)
+        if args.rnn_epochs < 1:
+            raise ValueError(f"--rnn-epochs must be at least 1, got {args.rnn_epochs}.")
+        if workdir.exists() and not workdir.is_dir():
+            raise ValueError(f"--workdir {workdir} is a file, not a folder.")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    workdir = args.workdir or Path("runs") / time.strftime("sine-%Y%m%d-%H%M%S")
+    stop = StopAtOnce(workdir)
+    previous = signal.signal(signal.SIGINT, stop), signal.signal(signal.SIGTERM, stop)
     try:
-        tables = run_seeds(workdir, seeds, args.rnn_epochs)
+        workdir.mkdir(parents=True, exist_ok=True)
+        device, count = jax.devices()[0], jax.device_count()
+        of = f", one of {count} devices" if count > 1 else ""
+        print(f"linear and RNN models (the RNN {args.rnn_epochs} epochs) at seeds "
+              f"{','.join(map(str, seeds))} on {device} ({device.device_kind}{of}); writing to {workdir}",
+              flush=True)
+        tables = run_seeds(workdir, seeds, args.rnn_epochs, hold=stop.writing)
+        first = tables[f"seed {seeds[0]}"]
+        columns = list(next(iter(first.values())))
+        print("mean squared error      " + "  ".join(f"{c:>14}" for c in columns))
+        for name, table in tables.items():
+            for model, row in table.items():
+                print(f"{model:<7}{name:<16}  " + "  ".join(f"{row[c]:14.4f}" for c in columns))
+        print(f"wrote {workdir}")
     except OSError as e:
         print(f"error: cannot write to {workdir}: {e.strerror}.", file=sys.stderr)
         return 1
-    first = tables[f"seed {seeds[0]}"]
-    columns = list(next(iter(first.values())))
-    print("mean squared error      " + "  ".join(f"{c:>14}" for c in columns))
-    for name, table in tables.items():
-        for model, row in table.items():
-            print(f"{model:<7}{name:<16}  " + "  ".join(f"{row[c]:14.4f}" for c in columns))
-    print(f"wrote {workdir}")
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    signal.signal(signal.SIGINT, stopped_after_the_run)       # not the handlers of JAX's loading
+    signal.signal(signal.SIGTERM, stopped_after_the_run)
+    sys.exit(status)

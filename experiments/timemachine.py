@@ -31,22 +31,11 @@ import os
 import signal
 import sys
 
-
-def _stopped_while_loading(signum, frame):
-    _exit_now(f"Stopped by signal {signum} while starting, before anything was written.", 128 + signum)
-
-
-def _exit_now(message: str, status: int):
-    """Says ``message`` and exits at once: unwinding out of half-loaded or half-compiled JAX can crash
-    the interpreter's teardown."""
-    print(message, file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(status)
-
+from experiments.stopping import exit_now, stopped_after_the_run, stopped_while_loading
 
 if __name__ == "__main__":     # a signal while JAX loads: one line and 130/143, not a traceback
-    signal.signal(signal.SIGINT, _stopped_while_loading)
-    signal.signal(signal.SIGTERM, _stopped_while_loading)
+    signal.signal(signal.SIGINT, stopped_while_loading)
+    signal.signal(signal.SIGTERM, stopped_while_loading)
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
 from pathlib import Path  # noqa: E402
@@ -167,8 +156,8 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
 
 
 def _stopped_at_start_up(signum, frame):
-    _exit_now(f"Stopped by signal {signum} before training began (or after it ended); run the same command "
-              "again to go on.", 128 + signum)
+    exit_now(f"Stopped by signal {signum} before training began (or after it ended); run the same command "
+             "again to go on.", 128 + signum)
 
 
 def main(argv=None, **parser_options) -> int:
@@ -219,15 +208,10 @@ def _main(argv, parser_options: dict) -> int:
     return 0
 
 
-def _stopped_after_the_run(signum, frame):
-    _exit_now(f"Stopped by signal {signum} as the program exited, after the run: its workdir is as the run "
-              "left it.", 128 + signum)
-
-
 if __name__ == "__main__":
     status = main()
-    signal.signal(signal.SIGINT, _stopped_after_the_run)       # not the handlers of JAX's loading
-    signal.signal(signal.SIGTERM, _stopped_after_the_run)
+    signal.signal(signal.SIGINT, stopped_after_the_run)       # not the handlers of JAX's loading
+    signal.signal(signal.SIGTERM, stopped_after_the_run)
     if status:     # stopped or failed: at once, before orbax's threads, cut short, report at teardown
         sys.stdout.flush()
         sys.stderr.flush()

@@ -61,7 +61,18 @@ def test_a_failing_part_is_recorded_and_the_next_one_runs(tmp_path):
     assert list(on_disk["parts"]) == ["fails", "hangs", "works"] and on_disk["parts"]["works"]["ok"]
     late = device_check.Parts(tmp_path, {"parts": {}}, budget_s=1, quick=True).run(
         "late", "tests", [sys.executable, "-c", ""], {})
-    assert late == {"log": "late.log", "ok": False, "error": "skipped: the --budget ran out"}
+    assert late == {"ok": False, "skipped": True, "error": "skipped: the --budget ran out"}
+    assert not (tmp_path / "late.log").exists()
+
+
+def test_a_part_the_budget_skipped_is_reported_as_skipped_not_failed(tmp_path):
+    summary = {"parts": {"recipe-warm": {"ok": False, "error": "exit status 1: boom"}}}
+    device_check.Parts(tmp_path, summary, budget_s=1, quick=True).run("recipe-cold", "recipe", [], {})
+    assert json.loads((tmp_path / "summary.json").read_text())["parts"]["recipe-cold"]["skipped"] is True
+    summary.update(seconds=8.0, backend="cpu", device_kind="cpu", recipe={"epochs": 3})
+    text = device_check.report(summary)
+    assert "parts: recipe-warm FAILED, recipe-cold skipped" in text
+    assert "recipe (3 epochs): cold skipped, warm failed\n" in text and "None" not in text
 
 
 def test_counts_come_from_pytests_junit_xml(tmp_path):
@@ -99,12 +110,33 @@ def test_the_report_says_its_units():
     assert "recipe (100 epochs): cold 12.5 s, warm failed" in device_check.report(summary)
 
 
+def test_the_machine_line_says_torch_is_not_installed_rather_than_none():
+    info = {"backend": "cpu", "device_kind": "cpu", "torch_device": None,
+            "versions": {"python": "3.11.7", "jax": "0.10.2", "torch": None}}
+    assert device_check.describe_machine(info) == ("backend cpu, cpu; torch not installed; python 3.11.7, "
+                                                   "jax 0.10.2")
+    info.update(torch_device="NVIDIA H200", versions={"jax": "0.10.2", "torch": "2.5.1"})
+    assert device_check.describe_machine(info) == ("backend cpu, cpu; torch on NVIDIA H200; jax 0.10.2, "
+                                                   "torch 2.5.1")
+    failed = {"parts": {"info": {"ok": False, "error": "exit status 1: ImportError: jax"}}}
+    assert "None" not in device_check.describe_machine(failed)
+
+
 def test_bad_arguments_say_so_before_any_work(tmp_path, capsys):
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "summary.json").write_text("{}")
     with pytest.raises(SystemExit):
         device_check.parse_args(["--out", str(tmp_path / "used"), "--data", __file__])
     assert "exists and is not an empty folder" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(SystemExit):
+        device_check.parse_args(["--out", str(tmp_path / "a-file"), "--data", __file__])
+    assert f"--out {tmp_path / 'a-file'} is a file; give a new folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):      # exists, but not The Time Machine: refused before any part runs
+        device_check.parse_args(["--out", str(tmp_path / "new"), "--data", __file__])
+    err = capsys.readouterr().err
+    assert f"{__file__} has SHA-1" in err and "it is not d2l's timemachine.txt" in err
+    assert err.count("error:") == 1 and not (tmp_path / "new").exists()
     with pytest.raises(SystemExit):
         device_check.parse_args(["--out", str(tmp_path / "new"), "--data", str(tmp_path / "missing.txt")])
     assert "no file" in capsys.readouterr().err and not (tmp_path / "new").exists()

@@ -1,7 +1,14 @@
 """d2l's sine exercise (``python -m experiments.sine``): both models, d2l's three predictions."""
 
 import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -62,8 +69,99 @@ def test_the_experiment_writes_figures_and_the_error_table_over_seeds(tmp_path, 
     assert "mean squared error" in out and "rnn    seed 1" in out and "linear max" in out
 
 
-@pytest.mark.parametrize("bad", [["--rnn-epochs", "0"], ["--seeds", "0,x"], ["--seeds", "-1"]])
-def test_bad_arguments_are_one_line(tmp_path, capsys, bad):
+@pytest.mark.parametrize("bad,says", [
+    (["--rnn-epochs", "0"], "--rnn-epochs must be at least 1, got 0."),
+    (["--seeds", "0,x"], "--seeds takes whole numbers separated by commas, got '0,x'."),
+    (["--seeds", ""], "--seeds needs at least one seed, got ''."),
+    (["--seeds", "-1"], "--seeds must be in [0, 2**32), got -1."),
+    (["--seeds", "3,1,3"], "--seeds names seed 3 twice; give each seed once.")])
+def test_bad_arguments_are_one_line_each_naming_its_flag_and_value(tmp_path, capsys, bad, says):
     assert sine.main(["--workdir", str(tmp_path / "w"), *bad]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and not (tmp_path / "w").exists()
+    assert err == f"error: {says}\n" and not (tmp_path / "w").exists()
+
+
+def test_a_workdir_that_is_a_file_is_named_a_file_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sine, "run_seeds", lambda *a, **k: pytest.fail("ran"))
+    (tmp_path / "n6").write_text("mine")
+    assert sine.main(["--workdir", str(tmp_path / "n6")]) == 1
+    assert capsys.readouterr().err == f"error: --workdir {tmp_path / 'n6'} is a file, not a folder.\n"
+    assert (tmp_path / "n6").read_text() == "mine"
+
+
+def test_the_docstring_says_the_default_workdir_that_is_used():
+    assert re.fullmatch(r"runs/sine-\d{8}-\d{6}", sine.default_workdir().as_posix())
+    doc = " ".join(sine.__doc__.split())
+    assert "``runs/sine-<date>-<time>``" in doc and re.search(r"``runs/sine-\d{8}-\d{6}``", doc)
+    assert "runs/sine]" not in doc
+
+
+def test_it_says_first_where_it_writes_and_on_which_device_with_its_stop_handlers(tmp_path, capsys,
+                                                                                  monkeypatch):
+    seen = {}
+
+    def fake_run_seeds(workdir, seeds, rnn_epochs, hold):
+        seen["start"] = capsys.readouterr().out
+        seen["handlers"] = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        row = dict.fromkeys(("onestep_test", "1-step"), 0.5)
+        return {f"seed {s}": {"linear": row, "rnn": row} for s in seeds}
+    monkeypatch.setattr(sine, "run_seeds", fake_run_seeds)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert sine.main(["--workdir", str(tmp_path / "w"), "--seeds", "4,2", "--rnn-epochs", "3"]) == 0
+    device, count = jax.devices()[0], jax.device_count()
+    of = f", one of {count} devices" if count > 1 else ""
+    assert seen["start"] == (f"linear and RNN models (the RNN 3 epochs) at seeds 4,2 on {device} "
+                             f"({device.device_kind}{of}); writing to {tmp_path / 'w'}\n")
+    assert all(isinstance(h, sine.StopAtOnce) and h.workdir == tmp_path / "w" for h in seen["handlers"])
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert capsys.readouterr().out.endswith(f"wrote {tmp_path / 'w'}\n")
+
+
+def test_a_stop_says_what_the_workdir_holds(tmp_path):
+    assert sine.stopped_message(signal.SIGINT, tmp_path) == (
+        f"Stopped by signal 2 (Ctrl-C): nothing written to {tmp_path} (the figures come when the first seed "
+        "is done, results.json at the end).")
+    for name in sine.FIGURES:
+        (tmp_path / name).write_bytes(b"png")
+    assert sine.stopped_message(signal.SIGTERM, tmp_path) == (
+        f"Stopped by signal 15: {tmp_path} holds sine-onestep.png, sine-multistep.png, sine-ksteps.png, not "
+        "results.json (written at the end).")
+
+
+def test_a_signal_while_a_file_is_written_stops_once_it_is_whole(tmp_path, monkeypatch):
+    exits = []
+    monkeypatch.setattr(sine, "exit_now", lambda message, status: exits.append((message, status)))
+    stop = sine.StopAtOnce(tmp_path)
+    with stop.writing():
+        stop(signal.SIGTERM, None)
+        assert exits == []
+        (tmp_path / sine.RESULTS).write_text("{}")
+    assert exits == [(f"Stopped by signal 15: {tmp_path} holds results.json.", 143)]
+    stop(signal.SIGINT, None)
+    assert exits[-1][1] == 130
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,when", [(signal.SIGINT, "loading"), (signal.SIGINT, "running"),
+                                         (signal.SIGTERM, "running")])
+def test_a_signal_stops_it_with_one_line_and_128_plus_the_signal(tmp_path, fresh_env, signum, when):
+    """While JAX loads (0.5 s in) or while it trains (after its first line): no traceback."""
+    workdir = tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.sine", "--workdir", str(workdir), "--seeds",
+                             "0,1"], cwd=Path(sine.__file__).parents[1], env=fresh_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if when == "loading":
+        time.sleep(0.5)
+    else:
+        assert proc.stdout.readline().endswith(f"writing to {workdir}\n")
+        time.sleep(1)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum and "Traceback" not in err and err.count("\n") == 1, err
+    if when == "loading":
+        assert err == f"Stopped by signal {signum} while starting, before anything was written.\n"
+        assert not workdir.exists()
+    else:
+        assert err == sine.stopped_message(signum, workdir) + "\n" and not (workdir / sine.RESULTS).exists()
+        for name in sine.FIGURES:       # none yet, or each whole
+            assert not (workdir / name).exists() or (workdir / name).read_bytes()[-8:] == b"IEND\xaeB`\x82"
