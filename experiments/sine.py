@@ -44,7 +44,6 @@ if __name__ == "__main__":     # a signal while JAX loads: one line and 130/143,
     signal.signal(signal.SIGTERM, stopped_while_loading)
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -55,6 +54,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from experiments import sine_figures  # noqa: E402
 from rnnjax.model import RNN, SimpleRNNCell  # noqa: E402
 
 T, TAU, NUM_TRAIN, MAX_STEPS, STEPS = 1000, 4, 600, 64, (1, 4, 16, 64)
@@ -201,53 +201,9 @@ def errors(preds: dict, x_T: np.ndarray) -> dict[str, float]:
     return out
 
 
-def plot(time_T, x_T, results: dict, workdir: Path) -> None:
-    """d2l's three figures, both models in each."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def figure(name, draw, ncols=1):
-        fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 3), dpi=110, squeeze=False)
-        draw(axes[0])
-        for ax in axes[0]:
-            ax.set_xlabel("time")
-            ax.set_ylabel("x")
-            ax.legend(fontsize=7)
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(workdir / f"sine-{name}.png")
-        plt.close(fig)
-
-    def onestep(axes):
-        axes[0].plot(time_T, x_T, lw=0.8, label="data")
-        for model, preds in results.items():
-            axes[0].plot(time_T[TAU:], preds["onestep"], lw=0.8, label=f"1-step preds ({model})")
-
-    def multistep(axes):
-        axes[0].plot(time_T, x_T, lw=0.8, label="data")
-        for model, preds in results.items():
-            axes[0].plot(time_T[NUM_TRAIN + TAU:], preds["multistep"][NUM_TRAIN + TAU:],
-                         label=f"multistep ({model})")
-
-    def ksteps(axes):
-        for ax, (model, preds) in zip(axes, results.items()):
-            rows = preds["ksteps"].shape[0]
-            for k in STEPS:
-                ax.plot(time_T[TAU + k - 1:TAU + k - 1 + rows], preds["ksteps"][:, TAU + k - 1], lw=0.8,
-                        label=f"{k}-step preds")
-            ax.set_title(model, fontsize=9)
-            ax.set_ylim(-1.6, 1.6)
-
-    figure("onestep", onestep)
-    figure("multistep", multistep)
-    figure("ksteps", ksteps, ncols=len(results))
-
-
-def run(workdir: Path, seed: int = 0, rnn_epochs: int = 20, figures: bool = True,
-        hold=contextlib.nullcontext) -> dict[str, dict[str, float]]:
-    """Both models at ``seed`` (the noise's and the models'): their mean squared errors by model. The
-    figures are written inside ``hold()`` (``StopAtOnce.writing``)."""
+def run(workdir: Path, seed: int = 0, rnn_epochs: int = 20, figures: bool = True
+        ) -> dict[str, dict[str, float]]:
+    """Both models at ``seed`` (the noise's and the models'): their mean squared errors by model."""
     time_T, x_T = make_data(seed)
     features, labels = windows(x_T)
     results = {}
@@ -259,24 +215,20 @@ def run(workdir: Path, seed: int = 0, rnn_epochs: int = 20, figures: bool = True
     results["rnn"] = rnn_predictions(rnn, train_rnn(rnn, x_T, rnn_epochs, seed), x_T)
     if figures:
         workdir.mkdir(parents=True, exist_ok=True)
-        with hold():
-            plot(time_T, x_T, results, workdir)
+        sine_figures.plot(time_T, x_T, results, workdir, TAU, NUM_TRAIN, STEPS)
     return {name: errors(preds, x_T) for name, preds in results.items()}
 
 
-def run_seeds(workdir: Path, seeds: list[int], rnn_epochs: int = 20, hold=contextlib.nullcontext
-              ) -> dict[str, dict]:
+def run_seeds(workdir: Path, seeds: list[int], rnn_epochs: int = 20) -> dict[str, dict]:
     """``run`` at each seed (figures of the first): ``{"seed S": table, ..., "min": table, "max": table}``,
-    also written to ``results.json``; each file inside ``hold()``."""
-    per_seed = {f"seed {s}": run(workdir, s, rnn_epochs, figures=k == 0, hold=hold)
-                for k, s in enumerate(seeds)}
+    also written to ``results.json``."""
+    per_seed = {f"seed {s}": run(workdir, s, rnn_epochs, figures=k == 0) for k, s in enumerate(seeds)}
     rows = list(per_seed.values())
     summary = {name: {model: {c: pick(t[model][c] for t in rows) for c in row}
                       for model, row in rows[0].items()}
                for name, pick in (("min", min), ("max", max))}
     tables = {**per_seed, **summary}
-    with hold():
-        (workdir / RESULTS).write_text(json.dumps(tables, indent=1) + "\n")
+    (workdir / RESULTS).write_text(json.dumps(tables, indent=1) + "\n")
     return tables
 
 
@@ -291,28 +243,10 @@ def stopped_message(signum: int, workdir: Path) -> str:
     return f"Stopped by {signal_name}: {workdir} holds {', '.join(held)}{missing}."
 
 
-class StopAtOnce:
+def stop_at_once(workdir: Path):
     """The run's SIGINT/SIGTERM handler: one line (``stopped_message``) and exit 128 + signal at once, not
-    unwinding out of a JAX compile; a signal while a file is written waits until the file is whole."""
-
-    def __init__(self, workdir: Path):
-        self.workdir, self.holding, self.signum = workdir, False, None
-
-    def __call__(self, signum, frame):
-        if self.holding:
-            self.signum = signum
-            return
-        exit_now(stopped_message(signum, self.workdir), 128 + signum)
-
-    @contextlib.contextmanager
-    def writing(self):
-        self.holding = True
-        try:
-            yield
-        finally:
-            self.holding = False
-            if self.signum is not None:
-                self(self.signum, None)
+    unwinding out of a JAX compile."""
+    return lambda signum, frame: exit_now(stopped_message(signum, workdir), 128 + signum)
 
 
 def default_workdir() -> Path:
@@ -354,7 +288,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    stop = StopAtOnce(workdir)
+    stop = stop_at_once(workdir)
     previous = signal.signal(signal.SIGINT, stop), signal.signal(signal.SIGTERM, stop)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -363,7 +297,7 @@ def main(argv=None) -> int:
         print(f"linear and RNN models (the RNN {args.rnn_epochs} epochs) at seeds "
               f"{','.join(map(str, seeds))} on {device} ({device.device_kind}{of}); writing to {workdir}",
               flush=True)
-        tables = run_seeds(workdir, seeds, args.rnn_epochs, hold=stop.writing)
+        tables = run_seeds(workdir, seeds, args.rnn_epochs)
         first = tables[f"seed {seeds[0]}"]
         columns = list(next(iter(first.values())))
         print("mean squared error      " + "  ".join(f"{c:>14}" for c in columns))
