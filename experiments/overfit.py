@@ -18,8 +18,13 @@ from __future__ import annotations
 
 import sys
 
-from experiments import cli, timemachine
-from rnnjax import metrics
+from experiments import stopping
+
+if __name__ == "__main__":     # a signal while JAX loads: one line and 130/143, not a traceback
+    stopping.while_loading()
+
+from experiments import cli, timemachine  # noqa: E402 (after the handlers: loading JAX takes a while)
+from rnnjax import metrics  # noqa: E402
 
 OPTIONS = dict(prog="python -m experiments.overfit", preset="overfit", description=__doc__.split("\n")[0])
 
@@ -45,4 +50,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    stopping.run(main)

@@ -37,11 +37,10 @@ from __future__ import annotations
 import signal
 import sys
 
-from experiments.stopping import exit_now, stopped_after_the_run, stopped_while_loading
+from experiments import stopping
 
 if __name__ == "__main__":     # a signal while JAX loads: one line and 130/143, not a traceback
-    signal.signal(signal.SIGINT, stopped_while_loading)
-    signal.signal(signal.SIGTERM, stopped_while_loading)
+    stopping.while_loading()
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
 import json  # noqa: E402
@@ -246,7 +245,7 @@ def stopped_message(signum: int, workdir: Path) -> str:
 def stop_at_once(workdir: Path):
     """The run's SIGINT/SIGTERM handler: one line (``stopped_message``) and exit 128 + signal at once, not
     unwinding out of a JAX compile."""
-    return lambda signum, frame: exit_now(stopped_message(signum, workdir), 128 + signum)
+    return lambda signum, frame: stopping.exit_now(stopped_message(signum, workdir), 128 + signum)
 
 
 def default_workdir() -> Path:
@@ -315,7 +314,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    status = main()
-    signal.signal(signal.SIGINT, stopped_after_the_run)       # not the handlers of JAX's loading
-    signal.signal(signal.SIGTERM, stopped_after_the_run)
-    sys.exit(status)
+    stopping.run(main)

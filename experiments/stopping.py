@@ -5,7 +5,9 @@ handlers go in before it loads."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from collections.abc import Callable
 
 
 def exit_now(message: str, status: int):
@@ -23,3 +25,22 @@ def stopped_while_loading(signum, frame):
 def stopped_after_the_run(signum, frame):
     exit_now(f"Stopped by signal {signum} as the program exited, after the run: its workdir is as the run "
              "left it.", 128 + signum)
+
+
+def while_loading() -> None:
+    """Before a command imports JAX (it takes a while): a signal says one line and exits 130/143."""
+    signal.signal(signal.SIGINT, stopped_while_loading)
+    signal.signal(signal.SIGTERM, stopped_while_loading)
+
+
+def run(main: Callable[[], int]) -> None:
+    """Exits with ``main()``'s status. ``main`` handles the signals while it works; as it ends a signal says
+    one line. A stopped or failed command exits at once: orbax's threads, cut short, report at teardown."""
+    signal.signal(signal.SIGINT, stopped_after_the_run)       # main's handlers restore these as it returns
+    signal.signal(signal.SIGTERM, stopped_after_the_run)
+    status = main()
+    if status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

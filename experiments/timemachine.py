@@ -31,11 +31,10 @@ import os
 import signal
 import sys
 
-from experiments.stopping import exit_now, stopped_after_the_run, stopped_while_loading
+from experiments import stopping
 
 if __name__ == "__main__":     # a signal while JAX loads: one line and 130/143, not a traceback
-    signal.signal(signal.SIGINT, stopped_while_loading)
-    signal.signal(signal.SIGTERM, stopped_while_loading)
+    stopping.while_loading()
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
 from pathlib import Path  # noqa: E402
@@ -156,8 +155,8 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
 
 
 def _stopped_at_start_up(signum, frame):
-    exit_now(f"Stopped by signal {signum} before training began (or after it ended); run the same command "
-             "again to go on.", 128 + signum)
+    stopping.exit_now(f"Stopped by signal {signum} before training began (or after it ended); run the same "
+                      "command again to go on.", 128 + signum)
 
 
 def main(argv=None, **parser_options) -> int:
@@ -209,11 +208,4 @@ def _main(argv, parser_options: dict) -> int:
 
 
 if __name__ == "__main__":
-    status = main()
-    signal.signal(signal.SIGINT, stopped_after_the_run)       # not the handlers of JAX's loading
-    signal.signal(signal.SIGTERM, stopped_after_the_run)
-    if status:     # stopped or failed: at once, before orbax's threads, cut short, report at teardown
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    sys.exit(status)
+    stopping.run(main)

@@ -1,5 +1,11 @@
 """d2l's exercise 1 (``python -m experiments.overfit``): the RNN overfits the text."""
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from experiments import overfit
@@ -41,3 +47,18 @@ def test_runs_trained_together_are_summed_up_each_on_its_own(make_text, tmp_path
     for run, line in enumerate(lines):
         mine = [r for r in records if r["run"] == run]
         assert f"({min(r['val_ppl'] for r in mine):.2f})" in line and f"{mine[-1]['train_ppl']:.2f}" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [0.3, 0.8])
+def test_a_signal_while_jax_loads_is_one_line(real_text_path, tmp_path, fresh_env, after):
+    """It imports the CLI's module (and JAX) rather than running it: the handlers are its own."""
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.overfit", "--data", real_text_path,
+                             "--workdir", str(tmp_path / "w"), "--no-progress"], env=fresh_env(),
+                            cwd=Path(overfit.__file__).parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "Stopped by signal 2" in err

@@ -113,7 +113,7 @@ def test_it_says_first_where_it_writes_and_on_which_device_with_its_stop_handler
     assert seen["start"] == (f"linear and RNN models (the RNN 3 epochs) at seeds 4,2 on {device} "
                              f"({device.device_kind}{of}); writing to {tmp_path / 'w'}\n")
     exits = []
-    monkeypatch.setattr(sine, "exit_now", lambda message, status: exits.append((message, status)))
+    monkeypatch.setattr(sine.stopping, "exit_now", lambda message, status: exits.append((message, status)))
     for handler in seen["handlers"]:
         handler(signal.SIGTERM, None)
     assert exits == [(sine.stopped_message(signal.SIGTERM, tmp_path / "w"), 143)] * 2
