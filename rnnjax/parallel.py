@@ -67,8 +67,15 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
     computation.
     """
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+    except ValueError as e:
+        if "coordinator_address" not in str(e):
+            raise
+        raise ValueError("JAX found no multi-host run to join (no cluster it knows, no "
+                         "$JAX_COORDINATOR_ADDRESS): give --coordinator HOST:PORT, --num-processes and "
+                         "--process-id.") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -247,3 +247,11 @@ def test_multi_host_settings_that_can_start():
     check_distributed(None, None, None)
     check_distributed("10.0.0.1:1234", 2, 1)
     check_distributed(None, 2, None, auto=True)        # the cluster gives the rest
+
+
+@pytest.mark.slow
+def test_distributed_with_no_cluster_to_join_is_one_sentence(fresh_env):
+    env = {k: v for k, v in fresh_env().items() if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR"))}
+    code = "from rnnjax import parallel; parallel.initialize_distributed(None, None, None)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "JAX found no multi-host run to join" in proc.stderr and "give --coordinator" in proc.stderr
