@@ -121,8 +121,9 @@ def main(argv=None) -> int:
     args.rounds, args.steps = args.rounds or 7, args.steps or 60
     data = TimeMachine(s.batch_size, s.num_steps, path=args.data)
     info = machine_info()
-    print(f"{info['cpu']}, {info['cores']} cores, {info['devices']} ({info['device_kind']}), torch on "
-          f"{info['torch_device']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    torch = f"torch on {info['torch_device']}" if info["torch_device"] else "torch not installed"
+    print(f"{info['cpu']}, {info['cores']} cores, {info['devices']} ({info['device_kind']}), {torch}; "
+          + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v is not None))
 
     contenders = contenders_for(args, one_device_too=True)
     print(f"steady-state training step, d2l's recipe ({s.cell}, {s.num_layers} layer(s)), {args.rounds} "
