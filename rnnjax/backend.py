@@ -36,11 +36,16 @@ _LLVM_O1 = {"xla_backend_optimization_level": 1}
 # 512-bit vectors on CPUs with AVX-512 (XLA asks LLVM for 256-bit ones).
 _AVX512_VECTORS = {"xla_cpu_prefer_vector_width": 512}
 
-# Init runs once but its random number generator makes a large program: built
-# unoptimized, in one piece, with the older code generator it compiles in about
-# half the time, to values as deterministic (tested).
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
-                         "xla_cpu_parallel_codegen_split_count": 1}
+# Init runs once but its random number generator makes a large program: on a CPU,
+# built unoptimized, in one piece, with the older code generator (where XLA
+# still has it), it compiles in about half the time, to values as deterministic.
+_INIT_CPU = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+             "xla_cpu_parallel_codegen_split_count": 1}
+
+
+def init_compiler_options() -> dict[str, Any]:
+    """XLA options for the one-off init program: ``_INIT_CPU`` on a CPU, none elsewhere (not measured)."""
+    return dict(_INIT_CPU) if jax.default_backend() == "cpu" else {}
 
 
 @functools.cache

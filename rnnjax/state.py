@@ -11,7 +11,7 @@ import optax
 from flax.training import train_state
 
 from rnnjax import cudnn, fused, hoisted, kernels
-from rnnjax.backend import INIT_COMPILER_OPTIONS, CompiledPerShape
+from rnnjax.backend import CompiledPerShape, init_compiler_options
 from rnnjax.config import Config
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
 from rnnjax.precision import COMPUTE_DTYPES
@@ -69,7 +69,7 @@ def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
     def init(seed):             # each run's init from its seed, as create_train_state's; one compile
         return model.init(jax.random.key(seed), jnp.zeros((1, configs[0].num_steps), jnp.int32))["params"]
     seeds = jnp.array([c.seed for c in configs], jnp.uint32)
-    params = CompiledPerShape(jax.jit(jax.vmap(init)), INIT_COMPILER_OPTIONS)(seeds)
+    params = CompiledPerShape(jax.jit(jax.vmap(init)), init_compiler_options())(seeds)
     opt_states = [make_optimizer(c, per_run=True).init(jax.tree.map(lambda x: x[r], params))
                   for r, c in enumerate(configs)]
     tx = make_optimizer(configs[0], per_run=True)        # one function; each run's values are in its state
@@ -105,7 +105,7 @@ def create_train_state(config: Config, vocab_size: int, params: Any = None) -> T
         check_params(params, config, vocab_size)
 
     def jit(init):
-        return CompiledPerShape(jax.jit(init), INIT_COMPILER_OPTIONS)
+        return CompiledPerShape(jax.jit(init), init_compiler_options())
     return _train_state(config, vocab_size, jit, params)
 
 
