@@ -59,6 +59,7 @@ from rnnjax.model import RNN, SimpleRNNCell  # noqa: E402
 T, TAU, NUM_TRAIN, MAX_STEPS, STEPS = 1000, 4, 600, 64, (1, 4, 16, 64)
 FIGURES = ("sine-onestep.png", "sine-multistep.png", "sine-ksteps.png")
 RESULTS = "results.json"
+MAX_RNN_EPOCHS = 100_000        # hours on a CPU; the epoch count is an int32 in the compiled loop
 
 
 def make_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -280,10 +281,16 @@ def main(argv=None) -> int:
     workdir = args.workdir or default_workdir()
     try:
         seeds = parse_seeds(args.seeds)
-        if args.rnn_epochs < 1:
-            raise ValueError(f"--rnn-epochs must be at least 1, got {args.rnn_epochs}.")
+        if not 1 <= args.rnn_epochs <= MAX_RNN_EPOCHS:
+            raise ValueError(f"--rnn-epochs must be from 1 to {MAX_RNN_EPOCHS:,}, got {args.rnn_epochs}.")
+        if str(workdir) in ("", "."):
+            raise ValueError("--workdir is empty or the current folder; give a folder of its own.")
         if workdir.exists() and not workdir.is_dir():
             raise ValueError(f"--workdir {workdir} is a file, not a folder.")
+        earlier = [name for name in (*FIGURES, RESULTS) if (workdir / name).exists()]
+        if earlier:
+            raise ValueError(f"--workdir {workdir} holds {', '.join(earlier)} of an earlier run, which this "
+                             "one would overwrite; use a new --workdir.")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -70,7 +70,8 @@ def test_the_experiment_writes_figures_and_the_error_table_over_seeds(tmp_path, 
 
 
 @pytest.mark.parametrize("bad,says", [
-    (["--rnn-epochs", "0"], "--rnn-epochs must be at least 1, got 0."),
+    (["--rnn-epochs", "0"], "--rnn-epochs must be from 1 to 100,000, got 0."),
+    (["--rnn-epochs", str(2 ** 31)], f"--rnn-epochs must be from 1 to 100,000, got {2 ** 31}."),
     (["--seeds", "0,x"], "--seeds takes whole numbers separated by commas, got '0,x'."),
     (["--seeds", ""], "--seeds needs at least one seed, got ''."),
     (["--seeds", "-1"], "--seeds must be in [0, 2**32), got -1."),
@@ -79,6 +80,19 @@ def test_bad_arguments_are_one_line_each_naming_its_flag_and_value(tmp_path, cap
     assert sine.main(["--workdir", str(tmp_path / "w"), *bad]) == 1
     err = capsys.readouterr().err
     assert err == f"error: {says}\n" and not (tmp_path / "w").exists()
+
+
+def test_an_earlier_run_s_files_are_not_overwritten(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sine, "run_seeds", lambda *a, **k: pytest.fail("ran"))
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / sine.RESULTS).write_text("keep")
+    assert sine.main(["--workdir", str(tmp_path / "w")]) == 1
+    assert capsys.readouterr().err == (f"error: --workdir {tmp_path / 'w'} holds results.json of an earlier "
+                                       "run, which this one would overwrite; use a new --workdir.\n")
+    assert (tmp_path / "w" / sine.RESULTS).read_text() == "keep"
+    monkeypatch.chdir(tmp_path)
+    assert sine.main(["--workdir", ""]) == 1
+    assert "--workdir is empty or the current folder" in capsys.readouterr().err
 
 
 def test_a_workdir_that_is_a_file_is_named_a_file_before_any_work(tmp_path, capsys, monkeypatch):
