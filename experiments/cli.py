@@ -122,6 +122,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
                                auto=args.distributed or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")))
     if args.predict is not None and args.seed is not None and len(args.seed) > 1:
         raise ValueError(f"--predict samples with one --seed, got {len(args.seed)}.")
+    if args.predict is not None and args.seed is not None and not 0 <= args.seed[0] < 2 ** 32:
+        raise ValueError(f"--seed must be in [0, 2**32), got {args.seed[0]}.")
     if args.temperature is not None and not args.temperature > 0:   # NaN fails this too
         raise ValueError(f"--temperature must be a positive number, got {args.temperature}.")
     if args.top_k is not None and args.top_k < 1:

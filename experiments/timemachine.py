@@ -199,6 +199,9 @@ def _main(argv, parser_options: dict) -> int:
     try:
         if (args.distributed or args.coordinator or args.num_processes
                 or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+            where = f"at {args.coordinator}" if args.coordinator else "that JAX finds"
+            print(f"joining the multi-host run {where}: JAX waits up to 5 minutes for every process, and "
+                  "only kill -9 stops that wait", flush=True)
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
         predict_only(args) if args.predict is not None else train(args, configs, workdir)
     except USAGE_ERRORS as e:

@@ -34,6 +34,7 @@ from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
 from rnnjax.start import Plan, Position
 from rnnjax.stops import Interrupted, NonFiniteLoss, catch_signals, check_divergence, check_finite
+from rnnjax.workdir import WorkdirError
 
 # Epochs between checkpoints: a save costs about a third of a d2l epoch
 # (docs/performance.md). The last epoch and an interrupted run are always saved.
@@ -165,13 +166,17 @@ def _open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_l
     """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
     run; an earlier run's records moved aside (``Plan.aside``); unless it is finished, the records past its
     checkpoint dropped and ``config.json`` written."""
+    if p.aside and jax.process_index() == 0:
+        try:
+            os.replace(p.workdir / metrics_lib.FILENAME, p.aside)
+        except OSError as e:
+            raise WorkdirError(f"{p.workdir / metrics_lib.FILENAME} cannot be moved to {p.aside} "
+                               f"({e.strerror}); move it aside yourself, or use another --workdir.") from None
     earlier = checkpoint.val_ppls(p.workdir) if p.step is not None else {}
     manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
     # Silent: the plan says what a torn last line leaves out (Plan.describe).
     metrics_log = metrics_lib.MetricsLog(p.workdir / metrics_lib.FILENAME, writer=jax.process_index() == 0,
                                          warn=lambda message: None)
-    if p.aside and jax.process_index() == 0:
-        os.replace(p.workdir / metrics_lib.FILENAME, p.aside)
     if not p.finished:
         metrics_log.truncate(p.position.epoch)
         if jax.process_index() == 0:

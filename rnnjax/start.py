@@ -109,7 +109,7 @@ class Plan:
                      "checkpoint (trained again): dropped")
         if self.aside:
             hint += (f"; {self.workdir / metrics.FILENAME} holds the records of an earlier run, with no "
-                     f"checkpoint to resume from: moved to {self.aside}")
+                     f"checkpoint to resume from: moving them to {self.aside}")
         if memory.compile_note(self.config):
             hint += f"; {memory.compile_note(self.config)}"
         # Advice for whoever got one device without asking (not for --devices 1 of several, nor for a count

@@ -220,6 +220,7 @@ def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, 
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     assert "trained:" in outs[0][0] and "trained:" not in outs[1][0]      # only process 0 reports
+    assert all(out.startswith(f"joining the multi-host run at {address}: ") for out, _ in outs)
 
     read = lambda d: MetricsLog(d / "metrics.jsonl").read()
     assert_close_histories(read(tmp_path / "multi"), read(tmp_path / "single"))

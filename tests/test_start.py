@@ -66,14 +66,29 @@ def test_a_new_run_moves_an_earlier_run_s_records_aside_and_says_so(small_data, 
     said = []
     fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=said.append)
     assert said[0].endswith(f"; {tmp_path / metrics.FILENAME} holds the records of an earlier run, with no "
-                            f"checkpoint to resume from: moved to {tmp_path / 'metrics.1.jsonl'}")
+                            f"checkpoint to resume from: moving them to {tmp_path / 'metrics.1.jsonl'}")
     assert (tmp_path / "metrics.1.jsonl").read_text() == earlier
     assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / metrics.FILENAME).read()] == [1]
     shutil.rmtree(tmp_path / "checkpoints")
     said.clear()
     fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=said.append)
-    assert said[0].endswith("moved to " + str(tmp_path / "metrics.2.jsonl"))       # the first kept too
+    assert said[0].endswith("moving them to " + str(tmp_path / "metrics.2.jsonl"))   # the first kept too
     assert (tmp_path / "metrics.1.jsonl").read_text() == earlier
+
+
+def test_records_that_cannot_be_moved_aside_stop_the_run_in_one_sentence(small_data, tmp_path, monkeypatch):
+    from rnnjax import loop
+    from rnnjax.workdir import WorkdirError
+    (tmp_path / metrics.FILENAME).write_text('{"epoch": 1, "train_ppl": 9.0, "val_ppl": 9.5}\n')
+
+    def refused(source, target):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(loop.os, "replace", refused)
+    with pytest.raises(WorkdirError, match="cannot be moved to .*metrics.1.jsonl .Operation not permitted.; "
+                                           "move it aside yourself"):
+        fit(SMALL, small_data, tmp_path, devices=1, log=None)
+    assert (tmp_path / metrics.FILENAME).read_text().startswith('{"epoch": 1')
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_a_torn_last_metrics_line_is_said_once_with_the_epochs_it_leaves_out(small_data, tmp_path, capsys):

@@ -123,6 +123,8 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
                                          (["--data", ""], "--data is empty; give a path"),
                                          (["--predict", "a", "--temperature", "0"], "--temperature must"),
                                          (["--predict", "a", "--top-k", "0"], "--top-k must be at least 1"),
+                                         (["--predict", "a", "--sample", "--seed", str(2 ** 70)],
+                                          "--seed must be in [0, 2**32)"),
                                          (["--devices", "0"], "--devices must be at least 1, got 0"),
                                          (["--num-preds", "5"], "--num-preds says how much --predict"),
                                          (["--dropout", "0.5"], "--dropout 0.5 acts between stacked layers, "
