@@ -87,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.budget > 0:
         p.error(f"--budget must be a positive number of seconds, got {args.budget}")
     data = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or "timemachine.txt"
+    if Path(data).is_dir():
+        p.error(f"--data {data} is a folder; give d2l's timemachine.txt itself")
     if not Path(data).is_file():
         p.error(f"no file {data!r}: give d2l's timemachine.txt as --data PATH or $RNNJAX_TIMEMACHINE "
                 "(the check downloads nothing)")

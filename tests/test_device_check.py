@@ -141,5 +141,8 @@ def test_bad_arguments_say_so_before_any_work(tmp_path, capsys):
         device_check.parse_args(["--out", str(tmp_path / "new"), "--data", str(tmp_path / "missing.txt")])
     assert "no file" in capsys.readouterr().err and not (tmp_path / "new").exists()
     with pytest.raises(SystemExit):
+        device_check.parse_args(["--out", str(tmp_path / "new"), "--data", str(tmp_path)])
+    assert f"--data {tmp_path} is a folder" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    with pytest.raises(SystemExit):
         device_check.parse_args(["--out", str(tmp_path / "new"), "--data", __file__, "--budget", "0"])
     assert "--budget must be a positive number" in capsys.readouterr().err
