@@ -126,19 +126,25 @@ def best_step(workdir: Path, run: int | None = None) -> int | None:
     return min(scored)[1] if scored else None
 
 
+def config_settings(workdir: Path) -> tuple[list[Config], dict] | None:
+    """``meta.settings`` of ``workdir``'s ``config.json``, if it is a regular file, whole and valid."""
+    path = Path(workdir) / "config.json"
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):         # a FIFO would hang the reader
+            return meta_lib.settings(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def saved_runs(workdir: Path) -> tuple[list[Config], dict, str] | None:
     """The configs of the run ``workdir`` holds (one, or one per run trained together), its vocabulary's
     JSON and where they were read, in words: from ``config.json``, written as a run starts, else from the
     newest checkpoint whose meta reads; ``None`` where neither is there, or reads."""
-    path = Path(workdir) / "config.json"
-    try:
-        if stat.S_ISREG(os.stat(path).st_mode):         # a FIFO would hang the reader
-            found = meta_lib.settings(json.loads(path.read_text()))
-            if found:
-                return *found, "its config.json"
-    except (OSError, ValueError):          # not there, or not a whole one of ours: the checkpoints say
-        pass
-    try:
+    found = config_settings(workdir)
+    if found:
+        return *found, "its config.json"
+    try:                                   # not there, or not a whole one of ours: the checkpoints say
         for step in sorted(steps(workdir), reverse=True):
             try:
                 meta = read_meta(workdir, step)

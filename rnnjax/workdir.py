@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import stat
 import tempfile
@@ -29,7 +28,7 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
-from rnnjax import meta
+from rnnjax.stored import config_settings
 
 LOCKFILE = ".lock"
 # Orbax reads a path as a glob pattern: "[0]" matches no folder (its saves cannot be restored), "**" is
@@ -82,11 +81,7 @@ def check_ours(workdir: Path) -> None:
     if not workdir.is_dir() or (workdir / "checkpoints").is_dir():
         return
     config, plot = workdir / "config.json", workdir / "ppl.png"
-    try:       # a whole config.json of ours (a FIFO would hang the reader)
-        ours = (stat.S_ISREG(os.stat(config).st_mode)
-                and meta.settings(json.loads(config.read_text())) is not None)
-    except (OSError, ValueError):
-        ours = False
+    ours = config_settings(workdir) is not None          # a whole config.json of ours
     theirs = [p.name for p in (config, plot) if p.exists()] if not ours else []
     if theirs and (config.exists() or not (workdir / "metrics.jsonl").exists()):
         raise WorkdirError(f"The workdir {workdir} holds {' and '.join(theirs)} but no checkpoints: a new "
