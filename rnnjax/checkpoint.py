@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from rnnjax import meta as meta_lib, workdir as workdir_lib
+from rnnjax import meta as meta_lib, stops, workdir as workdir_lib
 # What is stored, and its errors, read from here too (rnnjax.checkpoint.restore, .read_meta, ...).
 from rnnjax.stored import (DAMAGED, SUBDIR, CheckpointError, DamagedCheckpoint, best_step,  # noqa: F401
                            latest_step, read_meta, reason, set_aside, steps, val_ppls)
@@ -109,9 +109,10 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
     check_saved(mngr)
     mngr.unchecked.append(step)
     try:
-        mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                meta=ocp.args.JsonSave(meta)),
-                  metrics=None if meta["val_ppl"] is None else {"val_ppl": meta["val_ppl"]}, force=True)
+        with stops.held():
+            mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)),
+                      metrics=None if meta["val_ppl"] is None else {"val_ppl": meta["val_ppl"]}, force=True)
     except Exception as e:
         raise _save_failed(mngr, step, e) from None
 

@@ -34,17 +34,47 @@ class _StopFlag:
     def __init__(self):
         self.signum: int | None = None
         self.now = False
+        self.holding = False
+        self.held: int | None = None
 
     def __call__(self, signum, frame):
         if self.signum is None:
             self.signum = signum
             return
-        if self.now:                      # a third, while the second unwinds: it is already stopping
+        if self.now or self.held is not None:      # a third, while the second unwinds: already stopping
+            return
+        if self.holding:
+            self.held = signum
             return
         self.now = True
-        raise Interrupted(f"Stopped at once by a second signal {signum} ({signal.Signals(signum).name}): "
-                          "nothing saved since the workdir's last complete checkpoint (a save cut short is "
-                          "never listed). Run the same command again to resume.", signum)
+        raise self._second(signum)
+
+    @staticmethod
+    def _second(signum: int) -> Interrupted:
+        return Interrupted(f"Stopped at once by a second signal {signum} ({signal.Signals(signum).name}): "
+                           "nothing saved since the workdir's last complete checkpoint (a save cut short is "
+                           "never listed). Run the same command again to resume.", signum)
+
+
+_active: list[_StopFlag] = []
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Holds a second signal until the block has run, then stops as it would have: an exception raised
+    inside ``Thread.start`` (orbax's save starts one) leaves a thread that its manager can never join."""
+    flag = _active[-1] if _active else None
+    if flag is None or flag.holding:
+        yield
+        return
+    flag.holding = True
+    try:
+        yield
+    finally:
+        flag.holding = False
+    if flag.held is not None and not flag.now:
+        flag.now = True
+        raise flag._second(flag.held)
 
 
 class _NotOurStop(logging.Filter):
@@ -64,9 +94,11 @@ def catch_signals() -> Iterator[_StopFlag]:
     previous = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
     quiet, absl = _NotOurStop(), logging.getLogger("absl")
     absl.addFilter(quiet)
+    _active.append(flag)
     try:
         yield flag
     finally:
+        _active.remove(flag)
         absl.removeFilter(quiet)
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -86,6 +86,30 @@ def test_interrupt_saves_the_last_step_and_resumes_exactly(small_data, tmp_path)
     assert_trees_equal(resumed.state, straight.state)
 
 
+def test_a_second_signal_while_a_save_starts_its_thread_stops_cleanly(small_data, tmp_path, monkeypatch):
+    """The second signal lands inside orbax's ``Thread.start`` (as it did once in CI): held until the save
+    has started, it then stops the run, and the save it held up completes."""
+    import threading
+    start, sent = threading.Thread.start, []
+
+    def first_signal(done, total, record):
+        if not sent:
+            sent.append("first")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def start_with_a_second_signal(thread):
+        if sent == ["first"]:
+            sent.append("second")
+            os.kill(os.getpid(), signal.SIGTERM)          # its handler runs here, before the thread starts
+        return start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_with_a_second_signal)
+    with pytest.raises(Interrupted, match=r"second signal 15 \(SIGTERM\)"):
+        fit(SMALL, small_data, tmp_path, devices=1, progress=first_signal)
+    assert sent == ["first", "second"]
+    assert checkpoint.restore(tmp_path).step == STEPS_PER_CALL       # the held-up save is whole
+
+
 def test_keeps_latest_and_best(small_data, tmp_path):
     fit(with_epochs(SMALL, 6), small_data, tmp_path, devices=1, checkpoint_every=1, keep=2)
     mngr = checkpoint.manager(tmp_path / checkpoint.SUBDIR)

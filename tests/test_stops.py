@@ -51,3 +51,22 @@ def test_a_second_signal_stops_at_once_naming_it_and_a_third_is_ignored():
             flag(signal.SIGTERM, None)
         assert info.value.signum == signal.SIGTERM   # the CLI exits 143, not 130
         flag(signal.SIGINT, None)                    # while that unwinds: nothing more
+
+
+def test_a_second_signal_inside_held_stops_once_the_block_has_run():
+    import signal
+
+    from rnnjax.stops import Interrupted, catch_signals, held
+    ran = []
+    with catch_signals() as flag:
+        flag(signal.SIGINT, None)
+        with pytest.raises(Interrupted, match=r"second signal 2 \(SIGINT\)"):
+            with held():
+                flag(signal.SIGINT, None)            # held: the block runs on
+                flag(signal.SIGTERM, None)           # a third: ignored, the second is already coming
+                ran.append("the rest of the block")
+        assert ran == ["the rest of the block"]
+        flag(signal.SIGINT, None)                    # while that unwinds: nothing more
+    with held():                                     # no run catching signals: a plain block
+        ran.append("again")
+    assert ran[-1] == "again"
