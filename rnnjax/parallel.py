@@ -114,9 +114,12 @@ class DataParallel:
 
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size % self.num_shards:
+            fewer = [str(n) for n in range(self.num_local - 1, 0, -1) if batch_size % n == 0]
+            fewer = (f", or train on fewer devices (--devices {' or '.join(fewer[:3])})"
+                     if jax.process_count() == 1 else "")
             raise ValueError(
                 f"The batch size {batch_size} is not divisible by the number of devices "
-                f"{self.num_shards}; choose a batch size that is a multiple of {self.num_shards}.")
+                f"{self.num_shards}; choose a batch size that is a multiple of {self.num_shards}{fewer}.")
 
     def compile(self, step: Callable, donate_state: bool = False,
                 compiler_options: dict[str, Any] | None = None) -> Callable:

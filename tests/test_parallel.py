@@ -161,8 +161,11 @@ def test_checkpoint_from_four_devices_resumes_on_one(small_data, tmp_path):
 
 @pytest.mark.cpu_devices(4)
 def test_batch_size_must_divide_over_devices():
-    with pytest.raises(ValueError, match="batch size 1022 is not divisible by the number of devices 4"):
+    with pytest.raises(ValueError, match=r"batch size 1022 is not divisible by the number of devices 4; .*"
+                                         r"multiple of 4, or train on fewer devices \(--devices 2 or 1\)"):
         DataParallel.create(4).check_batch_size(1022)
+    with pytest.raises(ValueError, match=r"--devices 3 or 1\)"):
+        DataParallel.create(4).check_batch_size(9)
     DataParallel.create(2).check_batch_size(1022)
 
 
