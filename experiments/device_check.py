@@ -13,7 +13,8 @@ the same on a CPU in about a minute: a handful of test files, 3 epochs, the
 benchmark's small sizes. Each part runs as its own process with a timeout
 (and the whole within ``--budget``); a part that fails or times out is
 recorded, and the others still run; one the budget leaves no time for is
-recorded as skipped. The ``--data`` file's SHA-1 is checked before any part.
+recorded as skipped, and one it stops as cut short (not failed). The
+``--data`` file's SHA-1 is checked before any part.
 
 Writes into DIR (which must be new or empty): each part's log
 (``tests.log``, ``recipe-cold.log``, ... ``bench.log``), ``tests.xml``,
@@ -115,7 +116,7 @@ class Parts:
 
     def run(self, name: str, kind: str, cmd: list[str], env: dict) -> dict:
         left = self.deadline - time.monotonic()
-        timeout = min(self.timeouts[kind][self.quick], left)
+        timeout, cut = min(self.timeouts[kind][self.quick], left), left < self.timeouts[kind][self.quick]
         record = {"log": f"{name}.log", "ok": False}
         if left < 5:
             # Nothing ran: no log.
@@ -129,7 +130,11 @@ class Parts:
                     record["returncode"] = proc.wait(timeout)
                 except subprocess.TimeoutExpired:    # Ctrl-C first: pytest then writes what it ran so far
                     _stop(proc)
-                    record["error"] = f"timed out after {timeout:.0f} s"
+                    # The part's own limit is a failure; the --budget's is not (it may have been passing).
+                    record["error"] = (f"cut short by the --budget after {timeout:.0f} s" if cut
+                                       else f"timed out after {timeout:.0f} s")
+                    if cut:
+                        record["cut"] = True
             record["seconds"] = time.perf_counter() - t0
             record["ok"] = record.get("returncode") == 0
             if "error" not in record and not record["ok"]:
@@ -274,7 +279,8 @@ def describe_machine(summary: dict) -> str:
 
 
 def _state(part: dict) -> str:
-    return "ok" if part["ok"] else "skipped" if part.get("skipped") else "FAILED"
+    return ("ok" if part["ok"] else "skipped" if part.get("skipped") else "cut short" if part.get("cut")
+            else "FAILED")
 
 
 def report(summary: dict) -> str:
@@ -293,8 +299,8 @@ def report(summary: dict) -> str:
             continue
         parts = summary["parts"]
         times = ", ".join(f"{temp} {r[f'{temp}_s']:.1f} s" if f"{temp}_s" in r
-                          else f"{temp} skipped" if parts.get(f"{what}-{temp}", {}).get("skipped")
-                          else f"{temp} failed" for temp in ("cold", "warm"))
+                          else f"{temp} {_state(parts[f'{what}-{temp}']).lower()}"
+                          if f"{what}-{temp}" in parts else f"{temp} not run" for temp in ("cold", "warm"))
         ppl = f", val ppl {r['val_ppl']}" if "val_ppl" in r else ""
         lines.append(f"{what} ({r.get('epochs')} epochs): {times}{ppl}")
     if summary.get("sizes"):

@@ -75,6 +75,18 @@ def test_a_part_the_budget_skipped_is_reported_as_skipped_not_failed(tmp_path):
     assert "recipe (3 epochs): cold skipped, warm failed\n" in text and "None" not in text
 
 
+def test_a_part_the_budget_stops_is_cut_short_not_failed(tmp_path):
+    summary = {"parts": {}}
+    parts = device_check.Parts(tmp_path, summary, budget_s=7, quick=True, timeouts={"recipe": (60, 60)})
+    parts.run("recipe-cold", "recipe", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    cut = summary["parts"]["recipe-cold"]
+    assert not cut["ok"] and cut["cut"] and cut["error"].startswith("cut short by the --budget after")
+    summary.update(seconds=8.0, backend="cpu", device_kind="cpu", recipe={"epochs": 3})
+    text = device_check.report(summary)
+    assert "parts: recipe-cold cut short" in text
+    assert "recipe (3 epochs): cold cut short, warm not run" in text
+
+
 def test_counts_come_from_pytests_junit_xml(tmp_path):
     """As pytest writes it, also when stopped by Ctrl-C (the test it interrupted: a case with no name)."""
     xml = tmp_path / "tests.xml"
@@ -107,6 +119,8 @@ def test_the_report_says_its_units():
     assert "ms per step" in text and "fused 1.50 ms  plain failed  (auto: fused)" in text
     assert "seeds: not run" in text and "nan" not in text and "None" not in text
     del summary["recipe"]["warm_s"]
+    assert "recipe (100 epochs): cold 12.5 s, warm not run" in device_check.report(summary)
+    summary["parts"]["recipe-warm"] = {"ok": False, "error": "exit status 1: boom"}
     assert "recipe (100 epochs): cold 12.5 s, warm failed" in device_check.report(summary)
 
 
