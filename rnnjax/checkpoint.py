@@ -247,7 +247,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     The best is the best of the checkpoints kept (saved every ``checkpoint_every`` epochs and at the
     end; of runs, the kept best is the mean's), not of every epoch. A damaged
     checkpoint raises ``DamagedCheckpoint``; with ``fallback`` the newest good one older than it is
-    taken instead."""
+    taken instead (``CheckpointError`` naming each, if none is good)."""
     workdir = Path(workdir)
     directory = workdir / SUBDIR
     if not directory.is_dir():
@@ -268,12 +268,18 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         step = max(saved)
     elif step not in saved:
         raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {sorted(saved)}.")
-    for candidate in sorted((s for s in saved if s <= step), reverse=True):
+    candidates, damaged = sorted((s for s in saved if s <= step), reverse=True), []
+    for candidate in candidates:
         try:
             return _restore_for_inference(workdir, candidate, run)
-        except DamagedCheckpoint:
-            if not fallback or candidate == min(saved):
+        except DamagedCheckpoint as e:
+            if not fallback or len(candidates) == 1:
                 raise
+            damaged.append(e)
+    upto = "" if step == max(saved) else f" up to step {step}"
+    raise CheckpointError(f"Every checkpoint in {directory}{upto} is damaged (steps "
+                          f"{', '.join(str(e.step) for e in damaged)}; step {damaged[0].step}: "
+                          f"{damaged[0].reason}).")
 
 
 def _whole(step: Any) -> int | None:

@@ -100,6 +100,12 @@ def test_a_flipped_bit_is_caught_and_resume_falls_back(small_data, tmp_path, str
     assert (tmp_path / checkpoint.DAMAGED / str(latest)).is_dir()           # set aside, not deleted
     assert records(tmp_path) == records(straight[1])
     same_params(resumed.state.params, straight[0].state.params)
+    for step in checkpoint.steps(tmp_path):                      # every one damaged: each is named
+        flip_a_bit(tmp_path / checkpoint.SUBDIR / str(step))
+    assert cli("--workdir", str(tmp_path), "--predict", "the") == 1
+    damaged = ", ".join(str(s) for s in sorted(checkpoint.steps(tmp_path), reverse=True))
+    assert capsys.readouterr().err.startswith(f"error: Every checkpoint in {tmp_path / checkpoint.SUBDIR} is "
+                                              f"damaged (steps {damaged}; step ")
 
 
 def test_every_checkpoint_damaged_is_one_error(small_data, tmp_path):
