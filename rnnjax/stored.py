@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from rnnjax import meta as meta_lib
 from rnnjax.config import Config
+from rnnjax.vocab import Vocab
 
 SUBDIR = "checkpoints"
 DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
@@ -140,18 +141,45 @@ def config_settings(workdir: Path) -> tuple[list[Config], dict] | None:
 def saved_runs(workdir: Path) -> tuple[list[Config], dict, str] | None:
     """The configs of the run ``workdir`` holds (one, or one per run trained together), its vocabulary's
     JSON and where they were read, in words: from ``config.json``, written as a run starts, else from the
-    newest checkpoint whose meta reads; ``None`` where neither is there, or reads."""
-    found = config_settings(workdir)
+    newest checkpoint whose meta reads; ``None`` where neither is there, or reads. ``ValueError`` if the
+    two disagree (a ``config.json`` edited by hand): the checkpoint is what would resume."""
+    found, newest = config_settings(workdir), _newest_settings(workdir)
+    if found and newest:
+        differ = _differences(found, newest[:2])
+        if differ:
+            raise ValueError(f"{Path(workdir) / 'config.json'} disagrees with the checkpoint step "
+                             f"{newest[2]} that would resume ({differ}): put the checkpoint's values back "
+                             "in it, or delete it to resume with them.")
     if found:
         return *found, "its config.json"
-    try:                                   # not there, or not a whole one of ours: the checkpoints say
+    if newest:
+        return *newest[:2], f"its checkpoint step {newest[2]}, config.json being missing or damaged"
+    return None
+
+
+def _newest_settings(workdir: Path) -> tuple[list[Config], dict, int] | None:
+    """The configs and vocabulary of the newest checkpoint whose meta reads, and its step."""
+    try:
         for step in sorted(steps(workdir), reverse=True):
             try:
                 meta = read_meta(workdir, step)
             except DamagedCheckpoint:
                 continue
-            return ([Config.from_json(c) for c in meta.get("runs") or [meta["config"]]], meta["vocab"],
-                    f"its checkpoint step {step}, config.json being missing or damaged")
+            configs = [Config.from_json(c) for c in meta.get("runs") or [meta["config"]]]
+            return configs, meta["vocab"], step
     except (CheckpointError, OSError):      # the run's own checks say what is wrong, as it starts
         pass
     return None
+
+
+def _differences(given: tuple[list[Config], dict], saved: tuple[list[Config], dict]) -> str:
+    """What ``given`` (``config.json``'s) sets otherwise than ``saved`` (a checkpoint's), but for the fields
+    a resumed run may change; '' if nothing."""
+    (configs, vocab), (saved_configs, saved_vocab) = given, saved
+    if len(configs) != len(saved_configs):
+        return f"{len(configs)} run(s) against {len(saved_configs)}"
+    differ = dict.fromkeys(f"{name}: config.json {getattr(c, name)!r}, checkpoint {getattr(s, name)!r}"
+                           for c, s in zip(configs, saved_configs) for name in c.to_json()
+                           if name not in Config.RESUMABLE and getattr(c, name) != getattr(s, name))
+    other_vocab = Vocab.from_json(vocab).differs(Vocab.from_json(saved_vocab))
+    return "; ".join([*differ, *(["the vocabulary"] if other_vocab else [])])

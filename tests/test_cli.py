@@ -129,6 +129,24 @@ def test_without_a_readable_config_json_the_newest_checkpoint_s_settings_are_rea
     assert cli.settings(cli.parse_args(["--workdir", str(w), "--lr", "3"]))[0] == [Config(lr=3.0)]
 
 
+def test_a_config_json_edited_to_disagree_with_its_checkpoint_is_named(tmp_path):
+    w = tmp_path / "w"
+    run, vocab = TINY.replace(lr=2.0), Vocab(list("ab "))
+    manager = checkpoint.manager(w / checkpoint.SUBDIR)
+    position = {"epoch": 1, "batch": 0, "partial": [{}], "stopped": [], "high": [0]}
+    meta = meta_lib.make(run, vocab, position, 13)
+    checkpoint.save(manager, 13, {"a": np.zeros(3, np.float32)}, meta)
+    checkpoint.check_saved(manager, wait=True)
+    manager.close()
+    checkpoint.write_config(w, run.replace(epochs=9, kernel="plain"), vocab)      # resumable: the same run
+    assert cli.settings(cli.parse_args(["--workdir", str(w)]))[0] == [run.replace(epochs=9, kernel="plain")]
+    checkpoint.write_config(w, run.replace(num_hiddens=24, cell="gru"), Vocab(list("abc ")))
+    with pytest.raises(ValueError, match=rf"^{w / 'config.json'} disagrees with the checkpoint step 13 that "
+                                         r"would resume \(num_hiddens: config.json 24, checkpoint 16; cell: "
+                                         r"config.json 'gru', checkpoint 'rnn'; the vocabulary\): put"):
+        cli.settings(cli.parse_args(["--workdir", str(w)]))
+
+
 @pytest.mark.slow
 def test_the_cli_resumes_a_workdir_from_its_settings(make_text, tmp_path, capsys):
     text = tmp_path / "mine.txt"
