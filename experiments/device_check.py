@@ -109,6 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 class Parts:
     """Runs each part as a process in its own session (so that a timeout stops its children too), its
     output in ``DIR/<name>.log``; records what happened in ``summary['parts']`` and rewrites summary.json."""
+    least_s = 5.0            # the least time left to the --budget in which a part is started
 
     def __init__(self, out: Path, summary: dict, budget_s: float, quick: bool, timeouts: dict = TIMEOUTS):
         self.out, self.summary, self.quick, self.timeouts = out, summary, quick, timeouts
@@ -118,7 +119,7 @@ class Parts:
         left = self.deadline - time.monotonic()
         timeout, cut = min(self.timeouts[kind][self.quick], left), left < self.timeouts[kind][self.quick]
         record = {"log": f"{name}.log", "ok": False}
-        if left < 5:
+        if left < self.least_s:
             # Nothing ran: no log.
             record = {"ok": False, "skipped": True, "error": "skipped: the --budget ran out"}
         else:
