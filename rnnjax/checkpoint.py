@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import operator
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from rnnjax import meta as meta_lib, stops, workdir as workdir_lib
+from rnnjax import meta as meta_lib, orbax_logs, stops, workdir as workdir_lib
 # What is stored, and its errors, read from here too (rnnjax.checkpoint.restore, .read_meta, ...).
 from rnnjax.stored import (DAMAGED, SUBDIR, CheckpointError, DamagedCheckpoint, best_step,  # noqa: F401
                            latest_step, read_meta, reason, set_aside, steps, val_ppls)
@@ -59,21 +58,13 @@ class _Lowest(policies.PreservationPolicy):
         return [c.step == best for c in checkpoints]
 
 
-class _OrbaxTracebacks(logging.Filter):
-    """Drops orbax's logs of a failure with its traceback (up to 290 lines for a full disk): ``save`` and
-    ``check_saved`` report each failed save in one sentence with its cause."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and "orbax" in record.pathname)
-
-
 class Manager(ocp.CheckpointManager):
     """Orbax's manager, and the steps it saved that are not yet read back (``check_saved``); while it is
     open, orbax's tracebacks are left to its one-sentence errors."""
 
     def __init__(self, *args, **kwargs):
         self.unchecked: list[int] = []
-        self._quiet = _OrbaxTracebacks()
+        self._quiet = orbax_logs.Tracebacks()
         logging.getLogger("absl").addFilter(self._quiet)
         super().__init__(*args, **kwargs)
 
@@ -91,7 +82,7 @@ def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
     preservation = policies.AnyPreservationPolicy([policies.LatestN(keep), _Lowest(dict(earlier or {}))])
     options = ocp.CheckpointManagerOptions(preservation_policy=preservation, create=not read_only,
                                            read_only=read_only)
-    _quiet_orbax()
+    orbax_logs.quiet()
     return Manager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
 
 
@@ -151,38 +142,6 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) ->
                            "resume.")
 
 
-class _OrbaxNoise(logging.Filter):
-    """Drops asyncio's "Future/Task exception was never retrieved" (of a read orbax abandoned), and orbax's
-    warning that it removes a save's leftover temporary directory (of a process killed mid-save)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(("Future exception was never retrieved",
-                                                   "Task exception was never retrieved",
-                                                   "Attempted to create temporary directory"))
-
-
-def _quiet_orbax() -> None:
-    """Reads of a damaged checkpoint that orbax abandons can finish after their event loop closed:
-    tensorstore then reports "Event loop is closed" as unraisable, and asyncio a future never retrieved.
-    Both are the damage already reported, in one sentence; they are dropped, everything else passes. So is
-    orbax's warning on saving over a killed save's temporary directory: the plan says where it resumes."""
-    if isinstance(sys.unraisablehook, _QuietHook):
-        return
-    sys.unraisablehook = _QuietHook(sys.unraisablehook)
-    logging.getLogger("asyncio").addFilter(_OrbaxNoise())
-    logging.getLogger("absl").addFilter(_OrbaxNoise())
-
-
-class _QuietHook:
-    def __init__(self, previous):
-        self.previous = previous
-
-    def __call__(self, unraisable) -> None:
-        e = unraisable.exc_value
-        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
-            self.previous(unraisable)
-
-
 def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, meta: dict | None = None
                   ) -> Any:
     """The saved state in ``source`` (a manager, or its directory), as host arrays shaped and typed like
@@ -192,7 +151,7 @@ def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, 
     directory = Path(getattr(source, "directory", source)).absolute()     # orbax takes absolute paths only
     meta = read_meta(directory.parent, step) if meta is None else meta
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    _quiet_orbax()
+    orbax_logs.quiet()
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             state = jax.device_get(checkpointer.restore(directory / str(step) / "state", abstract))

@@ -1,0 +1,48 @@
+"""What orbax (and the asyncio and tensorstore under it) would print that rnnjax says itself, in one
+sentence: dropped; everything else passes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+class Tracebacks(logging.Filter):
+    """Drops orbax's logs of a failure with its traceback (up to 290 lines for a full disk): a checkpoint
+    manager's owner reports each failed save in one sentence with its cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and "orbax" in record.pathname)
+
+
+class _Noise(logging.Filter):
+    """Drops asyncio's "Future/Task exception was never retrieved" (of a read orbax abandoned), and orbax's
+    warning that it removes a save's leftover temporary directory (of a process killed mid-save)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Future exception was never retrieved",
+                                                   "Task exception was never retrieved",
+                                                   "Attempted to create temporary directory"))
+
+
+def quiet() -> None:
+    """Reads of a damaged checkpoint that orbax abandons can finish after their event loop closed:
+    tensorstore then reports "Event loop is closed" as unraisable, and asyncio a future never retrieved.
+    Both are the damage already reported, in one sentence; they are dropped, everything else passes. So is
+    orbax's warning on saving over a killed save's temporary directory: the plan says where it resumes.
+    Installed once; calling it again does nothing."""
+    if isinstance(sys.unraisablehook, _QuietHook):
+        return
+    sys.unraisablehook = _QuietHook(sys.unraisablehook)
+    logging.getLogger("asyncio").addFilter(_Noise())
+    logging.getLogger("absl").addFilter(_Noise())
+
+
+class _QuietHook:
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            self.previous(unraisable)
