@@ -134,6 +134,10 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
         [name for name in config_lib.given(args) if name in config_lib.Config.RESUMABLE] + \
         ["preset"] * args.preset_given
     args.not_used = [f"--{name.replace('_', '-')}" for name in training] if args.predict is not None else []
+    if args.predict is not None:      # not used, but a value no run could take is still a mistake to name
+        for name, value in config_lib.given(args).items():
+            if name in config_lib.Config.RESUMABLE:
+                config_lib.Config().replace(**{name: value})
     args.checkpoint_every = CHECKPOINT_EVERY if args.checkpoint_every is None else args.checkpoint_every
     args.keep = 3 if args.keep is None else args.keep
     return args

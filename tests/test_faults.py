@@ -611,6 +611,9 @@ def test_predict_with_the_flags_of_another_epoch_count_is_the_same_model(real_te
     out, err = capsys.readouterr()
     assert out.startswith("it has")
     assert err.rstrip().endswith("; not used here (they train): --keep, --epochs, --preset")
+    for bad in (["--epochs", "-5"], ["--kernel", "bogus"], ["--keep", "0"]):     # not used, still checked
+        assert cli("--workdir", str(trained), "--predict", "it has", *bad) == 1
+        assert capsys.readouterr().err.startswith(f"error: {bad[0]} must be ")
 
 
 DIVERGING = TINY.replace(epochs=20, lr=30.0, clip=1000.0)      # far above uniform from epoch 1: stops at 3
