@@ -4,6 +4,7 @@ handlers go in before it loads."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -33,11 +34,20 @@ def while_loading() -> None:
     signal.signal(signal.SIGTERM, stopped_while_loading)
 
 
+def ignore_signals() -> None:
+    """As a finished command exits: Python's shutdown (JAX's teardown takes up to half a second) puts back
+    the default handlers, which would kill it, its work done and saved, with no word and status -2/-15."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def run(main: Callable[[], int]) -> None:
     """Exits with ``main()``'s status. ``main`` handles the signals while it works; as it ends a signal says
     one line. A stopped or failed command exits at once: orbax's threads, cut short, report at teardown."""
     signal.signal(signal.SIGINT, stopped_after_the_run)       # main's handlers restore these as it returns
     signal.signal(signal.SIGTERM, stopped_after_the_run)
+    # Runs after the atexit handlers registered from here on (jax.distributed's shutdown), before the rest.
+    atexit.register(ignore_signals)
     status = main()
     if status:
         sys.stdout.flush()

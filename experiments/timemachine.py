@@ -44,7 +44,7 @@ import jax  # noqa: E402
 import rnnjax  # noqa: E402
 from experiments import cli  # noqa: E402
 from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, metrics  # noqa: E402
-from rnnjax import parallel, runs  # noqa: E402
+from rnnjax import parallel, runs, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
 from rnnjax.start import check_arguments, planned  # noqa: E402
 from rnnjax.train import Interrupted, NonFiniteLoss, fit  # noqa: E402
@@ -155,15 +155,22 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
 
 
 def _stopped_at_start_up(signum, frame):
+    if stops.stopping():       # a run stopping on a signal unwinds: it says so and exits 130/143 itself
+        return
     stopping.exit_now(f"Stopped by signal {signum} before training began (or after it ended); run the same "
                       "command again to go on.", 128 + signum)
+
+
+def _interrupted(signum, frame):
+    if stops.stopping():       # as above: not a KeyboardInterrupt raised in whatever runs as it unwinds
+        return
+    raise KeyboardInterrupt
 
 
 def main(argv=None, **parser_options) -> int:
     """The command; ``parser_options`` go to ``cli.parse_args`` (``experiments.overfit``)."""
     # Until fit takes over the signals (it saves, then stops): one line and 130/143, not a traceback.
-    previous = signal.signal(signal.SIGTERM, _stopped_at_start_up), signal.signal(signal.SIGINT,
-                                                                                  signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, _stopped_at_start_up), signal.signal(signal.SIGINT, _interrupted)
     try:
         return _main(argv, parser_options)
     except Interrupted as e:
@@ -182,6 +189,7 @@ def main(argv=None, **parser_options) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
+        stops.stop_handled()
 
 
 def _main(argv, parser_options: dict) -> int:

@@ -57,6 +57,19 @@ class _StopFlag:
 
 
 _active: list[_StopFlag] = []
+_stopping = False
+
+
+def stopping() -> bool:
+    """Whether the last run to catch the signals caught one, and so is unwinding to stop (its
+    ``Interrupted`` not yet handled): a caller's own handler can ignore more signals until it says so."""
+    return _stopping
+
+
+def stop_handled() -> None:
+    """Says the stopped run's ``Interrupted`` was handled: ``stopping()`` is false again."""
+    global _stopping
+    _stopping = False
 
 
 @contextlib.contextmanager
@@ -95,9 +108,12 @@ def catch_signals() -> Iterator[_StopFlag]:
     quiet, absl = _NotOurStop(), logging.getLogger("absl")
     absl.addFilter(quiet)
     _active.append(flag)
+    global _stopping
+    _stopping = False
     try:
         yield flag
     finally:
+        _stopping = flag.signum is not None
         _active.remove(flag)
         absl.removeFilter(quiet)
         for s, handler in previous.items():

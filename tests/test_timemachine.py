@@ -1,6 +1,7 @@
 """The main job, ``python -m experiments.timemachine``, run in-process."""
 
 import re
+import signal
 
 import pytest
 
@@ -210,3 +211,24 @@ def test_bad_text_is_one_line_and_writes_nothing(tmp_path, capsys, bad, message)
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "run").exists()
+
+
+def test_after_a_run_caught_a_signal_the_cli_ignores_more_while_it_unwinds():
+    """A third Ctrl-C after catch_signals has handed the signals back, while the second's Interrupted
+    unwinds, is not a KeyboardInterrupt raised in some __del__ (an "Exception ignored" traceback)."""
+    from rnnjax import stops
+    with stops.catch_signals():
+        pass
+    assert not stops.stopping()
+    with pytest.raises(KeyboardInterrupt):             # no run stopping: Ctrl-C raises KeyboardInterrupt
+        timemachine._interrupted(signal.SIGINT, None)
+    with pytest.raises(stops.Interrupted):
+        with stops.catch_signals() as flag:
+            flag(signal.SIGINT, None)
+            flag(signal.SIGINT, None)
+    assert stops.stopping()
+    assert timemachine._interrupted(signal.SIGINT, None) is None
+    assert timemachine._stopped_at_start_up(signal.SIGTERM, None) is None      # it would exit the process
+    stops.stop_handled()                               # the CLI said so: signals are its own again
+    with pytest.raises(KeyboardInterrupt):
+        timemachine._interrupted(signal.SIGINT, None)
