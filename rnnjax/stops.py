@@ -28,8 +28,8 @@ class Interrupted(KeyboardInterrupt):
 
 class _StopFlag:
     """Turns the first SIGINT/SIGTERM into a flag the loop checks between steps; a second one stops
-    at once (``Interrupted``, naming it: 130 for SIGINT, 143 for SIGTERM), and any more while that
-    unwinds are ignored."""
+    at once (``Interrupted``, naming it: 130 for SIGINT, 143 for SIGTERM), or as soon as a ``held``
+    block has run, and any more while that unwinds are ignored."""
 
     def __init__(self):
         self.signum: int | None = None
