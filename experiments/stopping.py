@@ -48,7 +48,10 @@ def run(main: Callable[[], int]) -> None:
     signal.signal(signal.SIGTERM, stopped_after_the_run)
     # Runs after the atexit handlers registered from here on (jax.distributed's shutdown), before the rest.
     atexit.register(ignore_signals)
-    status = main()
+    try:
+        status = main()
+    except KeyboardInterrupt:     # a Ctrl-C as main hands the signals back, its own handlers still in place
+        stopped_after_the_run(signal.SIGINT, None)
     if status:
         sys.stdout.flush()
         sys.stderr.flush()

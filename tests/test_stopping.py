@@ -32,12 +32,20 @@ def test_a_signal_as_a_finished_command_exits_is_ignored_not_a_silent_kill(signu
 
 
 @pytest.mark.slow
-def test_a_signal_after_the_run_but_before_it_exits_says_so():
-    done = command("""
+@pytest.mark.parametrize("signum, ending", [
+    (signal.SIGTERM, "os.kill(os.getpid(), signal.SIGTERM)"),    # run's handler, after main's
+    (signal.SIGINT, "raise KeyboardInterrupt"),                   # main's own, as it hands them back
+])
+def test_a_signal_after_the_run_but_before_it_exits_says_so(signum, ending):
+    done = command(f"""
         import os, signal
         from experiments import stopping
-        stopping.run(lambda: os.kill(os.getpid(), signal.SIGTERM) or 0)
+
+        def main():
+            {ending}
+            return 0
+        stopping.run(main)
     """)
-    assert done.returncode == 143
-    assert done.stderr == ("Stopped by signal 15 as the program exited, after the run: its workdir is as the "
-                           "run left it.\n")
+    assert done.returncode == 128 + signum
+    assert done.stderr == (f"Stopped by signal {int(signum)} as the program exited, after the run: its "
+                           "workdir is as the run left it.\n")
