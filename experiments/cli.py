@@ -130,14 +130,12 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
     # With --predict, training's flags (a training command with --predict added) are noted, not used; the
     # model's flags given are checked against the checkpoint's, but not a preset's (a training recipe).
-    training = [name for name in TRAINING_ONLY if getattr(args, name) is not None] + \
-        [name for name in config_lib.given(args) if name in config_lib.Config.RESUMABLE] + \
+    resumable = {k: v for k, v in config_lib.given(args).items() if k in config_lib.Config.RESUMABLE}
+    training = [name for name in TRAINING_ONLY if getattr(args, name) is not None] + list(resumable) + \
         ["preset"] * args.preset_given
     args.not_used = [f"--{name.replace('_', '-')}" for name in training] if args.predict is not None else []
     if args.predict is not None:      # not used, but a value no run could take is still a mistake to name
-        for name, value in config_lib.given(args).items():
-            if name in config_lib.Config.RESUMABLE:
-                config_lib.Config().replace(**{name: value})
+        config_lib.Config().replace(**resumable)
     args.checkpoint_every = CHECKPOINT_EVERY if args.checkpoint_every is None else args.checkpoint_every
     args.keep = 3 if args.keep is None else args.keep
     return args

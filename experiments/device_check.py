@@ -117,7 +117,8 @@ class Parts:
 
     def run(self, name: str, kind: str, cmd: list[str], env: dict) -> dict:
         left = self.deadline - time.monotonic()
-        timeout, cut = min(self.timeouts[kind][self.quick], left), left < self.timeouts[kind][self.quick]
+        limit = self.timeouts[kind][self.quick]
+        timeout, cut = min(limit, left), left < limit
         record = {"log": f"{name}.log", "ok": False}
         if left < self.least_s:
             # Nothing ran: no log.

@@ -125,6 +125,12 @@ class Config:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be at least 0, got {getattr(self, name)}.")
 
+    def differences(self, other: Config) -> list[str]:
+        """The fields, but for ``RESUMABLE`` ones, that ``other`` sets otherwise: a run resumed as ``other``
+        would not be this one."""
+        return [f.name for f in dataclasses.fields(self)
+                if f.name not in self.RESUMABLE and getattr(self, f.name) != getattr(other, f.name)]
+
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 

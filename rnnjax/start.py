@@ -262,18 +262,14 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
     """A resumed run must be the same run: same config but for ``RESUMABLE`` fields (and the same ``runs``
     trained together, if several), the same vocabulary and steps an epoch."""
     saved_runs = [Config.from_json(c) for c in meta.get("runs", [])]
-
-    def fixed(c: Config) -> dict:
-        return {k: v for k, v in c.to_json().items() if k not in Config.RESUMABLE}
-    if [fixed(c) for c in saved_runs] != [fixed(c) for c in runs]:
+    if len(saved_runs) != len(runs) or any(s.differences(c) for s, c in zip(saved_runs, runs)):
         def what(configs):
             return f"{len(configs)} runs trained together ({_sweep(configs)})" if configs else "a single run"
         raise checkpoint.CheckpointError(f"{workdir} holds {what(saved_runs)}, not {what(list(runs))}. Use a "
                                          "new --workdir, or the checkpoint's settings to resume it.")
     saved = Config.from_json(meta["config"])
-    diff = [f"{f.name}: checkpoint {getattr(saved, f.name)!r}, requested {getattr(config, f.name)!r}"
-            for f in dataclasses.fields(config)
-            if f.name not in config.RESUMABLE and getattr(saved, f.name) != getattr(config, f.name)]
+    diff = [f"{name}: checkpoint {getattr(saved, name)!r}, requested {getattr(config, name)!r}"
+            for name in saved.differences(config)]
     if diff:
         raise checkpoint.CheckpointError(
             f"{workdir} holds a run with another configuration ({'; '.join(diff)}). Use a new "

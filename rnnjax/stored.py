@@ -179,7 +179,6 @@ def _differences(given: tuple[list[Config], dict], saved: tuple[list[Config], di
     if len(configs) != len(saved_configs):
         return f"{len(configs)} run(s) against {len(saved_configs)}"
     differ = dict.fromkeys(f"{name}: config.json {getattr(c, name)!r}, checkpoint {getattr(s, name)!r}"
-                           for c, s in zip(configs, saved_configs) for name in c.to_json()
-                           if name not in Config.RESUMABLE and getattr(c, name) != getattr(s, name))
+                           for c, s in zip(configs, saved_configs) for name in s.differences(c))
     other_vocab = Vocab.from_json(vocab).differs(Vocab.from_json(saved_vocab))
     return "; ".join([*differ, *(["the vocabulary"] if other_vocab else [])])

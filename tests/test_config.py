@@ -63,3 +63,9 @@ def test_bad_values_are_one_sentence(change, message):
 
 def test_ints_pass_as_floats():
     assert Config(lr=2).lr == 2.0 and isinstance(Config(lr=2).lr, float)
+
+
+def test_differences_name_the_fields_a_resumed_run_may_not_change():
+    base = Config()
+    assert base.differences(base.replace(epochs=500, kernel="plain", matmul_precision="highest")) == []
+    assert base.differences(base.replace(lr=2.0, cell="gru", epochs=500)) == ["cell", "lr"]   # field order
