@@ -67,15 +67,15 @@ def predict_only(args: argparse.Namespace) -> None:
         restored = checkpoint.restore(args.workdir, best=args.best, run=args.run, fallback=True)
         print(f"warning: {e}; generating from checkpoint step {restored.step}, the newest good one before "
               "it.", file=sys.stderr)
-    # The model comes from the checkpoint; flags that say otherwise are a mistake worth naming.
+    # The model comes from the checkpoint; flags that say otherwise (a wrong workdir?) are worth naming.
     requested = {k: v[0] if k in config_lib.SWEEPABLE and len(v) == 1 else v
                  for k, v in config_lib.given(args).items()
                  if not (args.sample and k == "seed") and k not in config_lib.Config.RESUMABLE}
     differ = [f"{k}: checkpoint {getattr(restored.config, k)!r}, requested {v!r}"
               for k, v in requested.items() if v != getattr(restored.config, k)]
     if differ:
-        raise checkpoint.CheckpointError(f"The checkpoint in {args.workdir} is a different model: "
-                                         f"{'; '.join(differ)}.")
+        raise checkpoint.CheckpointError(f"The checkpoint in {args.workdir} was trained with other settings "
+                                         f"than the flags ask for: {'; '.join(differ)}.")
     text = restored.predict(args.predict, args.num_preds, **sampling)
     # stderr: stdout is the text alone, for pipes.
     not_used = f"; not used here (they train): {', '.join(args.not_used)}" if args.not_used else ""

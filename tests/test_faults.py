@@ -614,6 +614,9 @@ def test_predict_with_the_flags_of_another_epoch_count_is_the_same_model(real_te
     for bad in (["--epochs", "-5"], ["--kernel", "bogus"], ["--keep", "0"]):     # not used, still checked
         assert cli("--workdir", str(trained), "--predict", "it has", *bad) == 1
         assert capsys.readouterr().err.startswith(f"error: {bad[0]} must be ")
+    assert cli("--workdir", str(trained), "--predict", "it has", "--lr", "0.5") == 1   # a training setting
+    assert "was trained with other settings than the flags ask for: lr: checkpoint 1.0, requested 0.5." \
+        in capsys.readouterr().err
 
 
 DIVERGING = TINY.replace(epochs=20, lr=30.0, clip=1000.0)      # far above uniform from epoch 1: stops at 3
