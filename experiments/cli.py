@@ -70,6 +70,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     run.add_argument("--distributed", action="store_true",
                      help="join a multi-host run whose settings JAX finds itself ($JAX_COORDINATOR_ADDRESS, "
                           "SLURM, Open MPI)")
+    run.add_argument("--join-timeout", type=float, default=300, metavar="SECONDS",
+                     help="how long a multi-host run waits for all its processes to join (default 300)")
     run.add_argument("--predict", metavar="PREFIX",
                      help="generate from the workdir's checkpoint; no training")
     run.add_argument("--num-preds", type=int,
@@ -119,7 +121,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     if args.best and args.predict is None:
         raise ValueError("--best chooses the checkpoint that --predict generates from; add --predict PREFIX.")
     parallel.check_distributed(args.coordinator, args.num_processes, args.process_id,
-                               auto=args.distributed or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")))
+                               auto=args.distributed or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")),
+                               timeout_s=args.join_timeout)
     if args.predict is not None and args.seed is not None and len(args.seed) > 1:
         raise ValueError(f"--predict samples with one --seed, got {len(args.seed)}.")
     if args.predict is not None and args.seed is not None and not 0 <= args.seed[0] < 2 ** 32:

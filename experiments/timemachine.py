@@ -208,11 +208,12 @@ def _main(argv, parser_options: dict) -> int:
         if (args.distributed or args.coordinator or args.num_processes
                 or os.environ.get("JAX_COORDINATOR_ADDRESS")):
             where = f"at {args.coordinator}" if args.coordinator else "that JAX finds"
-            print(f"joining the multi-host run {where}: JAX waits up to 5 minutes for every process, and "
-                  "only kill -9 stops that wait", flush=True)
-            parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+            print(f"joining the multi-host run {where}: waiting up to {args.join_timeout:g} s for every "
+                  "process (--join-timeout)", flush=True)
+            parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                            args.join_timeout)
         predict_only(args) if args.predict is not None else train(args, configs, workdir)
-    except USAGE_ERRORS as e:
+    except (*USAGE_ERRORS, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

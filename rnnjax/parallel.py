@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -39,9 +40,9 @@ def wait_for_backlog(outputs: list) -> None:
 
 
 def check_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
-                      auto: bool = False) -> None:
+                      auto: bool = False, timeout_s: float = 300) -> None:
     """One sentence (``ValueError``) for multi-host settings that cannot start: all three or none, unless
-    the cluster provides them (``auto``); a ``HOST:PORT``; a process id below the count."""
+    the cluster provides them (``auto``); a ``HOST:PORT``; a process id below the count; a wait."""
     given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
     missing = [flag for flag, value in given.items() if value is None]
     if not auto and 0 < len(missing) < 3:
@@ -56,26 +57,47 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
         raise ValueError(f"--num-processes must be at least 1, got {num_processes}.")
     if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):
         raise ValueError(f"--process-id must be from 0 to --num-processes - 1, got {process_id}.")
+    if not 0 < timeout_s < 1e6:         # NaN fails this too
+        raise ValueError("--join-timeout must be a number of seconds above 0 and below 1e6, "
+                         f"got {timeout_s}.")
 
 
 def initialize_distributed(coordinator: str | None, num_processes: int | None,
-                           process_id: int | None) -> None:
+                           process_id: int | None, timeout_s: float = 300) -> None:
     """``jax.distributed.initialize`` with the CPU's gloo collectives.
 
     Arguments left ``None`` are read by JAX from its environment (cluster
     auto-detection: SLURM, Open MPI, Cloud TPU, ...). Call before any JAX
-    computation.
+    computation. JAX waits in C++ for every process to join, where no signal
+    reaches Python and a timeout aborts the process with a stack dump: here it
+    waits in a thread, so that a signal stops the wait, and after ``timeout_s``
+    raises ``TimeoutError``. The process should then exit (``os._exit``): the
+    abandoned wait still holds JAX's runtime.
     """
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    try:
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
-    except ValueError as e:
-        if "coordinator_address" not in str(e):
-            raise
+    failed = []
+
+    def join():
+        try:      # JAX's own timeout a minute later, past ours: it would abort the process.
+            jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                       process_id=process_id, initialization_timeout=int(timeout_s) + 60)
+        except BaseException as e:    # raised in the caller's thread
+            failed.append(e)
+
+    waiting = threading.Thread(target=join, name="jax.distributed.initialize", daemon=True)
+    waiting.start()
+    waiting.join(timeout_s)           # signal handlers run in this (the main) thread while it waits
+    if waiting.is_alive():
+        where = f"at {coordinator}" if coordinator else "that JAX found"
+        raise TimeoutError(f"The multi-host run {where} did not start within {timeout_s:g} s: not every one "
+                           "of its processes joined. Check the address and that all of them were started "
+                           "(--join-timeout sets the wait).")
+    if failed and isinstance(failed[0], ValueError) and "coordinator_address" in str(failed[0]):
         raise ValueError("JAX found no multi-host run to join (no cluster it knows, no "
                          "$JAX_COORDINATOR_ADDRESS): give --coordinator HOST:PORT, --num-processes and "
                          "--process-id.") from None
+    if failed:
+        raise failed[0]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,9 +6,11 @@ to float32 round-off: about 1e-7 relative per step, compounding over a few
 dozen SGD steps. We allow 1e-5.
 """
 
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -232,6 +234,31 @@ def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, 
     assert_close_trees(multi.params, one.params)
 
 
+@pytest.mark.slow
+def test_a_multi_host_run_that_never_starts_stops_with_one_line(tmp_path, main_job, make_text):
+    """No process answers: JAX would wait 5 minutes deaf to signals, then abort with a C++ stack dump. Here
+    --join-timeout ends the wait with one sentence, and a signal stops it at once; nothing is written."""
+    (tmp_path / "input.txt").write_text(make_text())
+    address = f"127.0.0.1:{free_port()}"
+    args = ["--data", str(tmp_path / "input.txt"), "--coordinator", address, "--num-processes", "2"]
+    timed_out = main_job("--workdir", str(tmp_path / "a"), *args, "--process-id", "1", "--join-timeout", "3",
+                         cpu_devices=1)
+    stopped = main_job("--workdir", str(tmp_path / "b"), *args, "--process-id", "0", cpu_devices=1)
+    assert stopped.stdout.readline() == f"joining the multi-host run at {address}: waiting up to 300 s for " \
+                                        "every process (--join-timeout)\n"
+    t0 = time.monotonic()
+    stopped.send_signal(signal.SIGINT)
+    _, err = stopped.communicate(timeout=60)
+    assert stopped.returncode == 130 and time.monotonic() - t0 < 5
+    assert err.startswith("Stopped by signal 2 (Ctrl-C)") and err.count("\n") == 1
+    out, err = timed_out.communicate(timeout=60)
+    assert timed_out.returncode == 1 and out.startswith("joining the multi-host run at")
+    assert err == f"error: The multi-host run at {address} did not start within 3 s: not every one of its " \
+                  "processes joined. Check the address and that all of them were started (--join-timeout " \
+                  "sets the wait).\n"
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("given,message", [
     ((None, 2, None), "missing --coordinator, --process-id"),
     (("node0:1234", None, None), "missing --num-processes, --process-id"),
@@ -241,6 +268,8 @@ def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, 
     (("node0:1234", 0, 0), "--num-processes must be at least 1"),
     (("node0:1234", 2, 2), "--process-id must be from 0 to --num-processes - 1, got 2"),
     (("node0:1234", 2, -1), "got -1"),
+    (("node0:1234", 2, 0, False, 0), "--join-timeout must be a number of seconds above 0"),
+    (("node0:1234", 2, 0, False, float("nan")), "got nan"),
 ])
 def test_multi_host_settings_that_cannot_start_are_one_sentence(given, message):
     with pytest.raises(ValueError, match=message):
