@@ -164,14 +164,14 @@ def _finite(x: float | None) -> float | None:
 
 def _open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_lib.MetricsLog]:
     """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
-    run; an earlier run's records moved aside (``Plan.aside``); unless it is finished, the records past its
-    checkpoint dropped and ``config.json`` written."""
-    if p.aside and jax.process_index() == 0:
+    run; an earlier run's records and plot moved aside (``Plan.aside``); unless it is finished, the records
+    past its checkpoint dropped and ``config.json`` written."""
+    for source, target in p.aside if jax.process_index() == 0 else ():
         try:
-            os.replace(p.workdir / metrics_lib.FILENAME, p.aside)
+            os.replace(source, target)
         except OSError as e:
-            raise WorkdirError(f"{p.workdir / metrics_lib.FILENAME} cannot be moved to {p.aside} "
-                               f"({e.strerror}); move it aside yourself, or use another --workdir.") from None
+            raise WorkdirError(f"{source} cannot be moved to {target} ({e.strerror}); move it aside "
+                               "yourself, or use another --workdir.") from None
     earlier = checkpoint.val_ppls(p.workdir) if p.step is not None else {}
     manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
     # Silent: the plan says what a torn last line leaves out (Plan.describe).

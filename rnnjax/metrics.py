@@ -156,12 +156,16 @@ def _number_or_null(x) -> bool:
     return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
 
 
-def aside_path(path: Path) -> Path:
-    """The first free ``metrics.N.jsonl`` beside ``path``: where a new run moves an earlier run's records."""
+def aside(workdir: Path, records: bool = True) -> tuple[tuple[Path, Path], ...]:
+    """Where a new run moves an earlier run's records (if ``records``) and plot, those there, as (from, to)
+    pairs: ``metrics.N.jsonl`` and ``ppl.N.png`` for the first N free for both."""
+    def numbered(name: str, n: int) -> Path:
+        return workdir / Path(name).with_suffix(f".{n}{Path(name).suffix}")
     n = 1
-    while path.with_suffix(f".{n}{path.suffix}").exists():
+    while numbered(FILENAME, n).exists() or numbered(PLOT, n).exists():
         n += 1
-    return path.with_suffix(f".{n}{path.suffix}")
+    names = (FILENAME, PLOT) if records else (PLOT,)
+    return tuple((workdir / name, numbered(name, n)) for name in names if (workdir / name).exists())
 
 
 def _line(record: dict) -> str:

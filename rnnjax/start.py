@@ -71,7 +71,8 @@ class Plan:
     damaged: tuple[tuple[int, str], ...] = ()   # newer checkpoints that failed: (step, why)
     lost: str = ""                 # the epochs metrics.jsonl lacks, in words
     torn: bool = False             # metrics.jsonl ends in a torn line, which fit drops
-    aside: Path | None = None      # where a new run moves the records of an earlier one (no checkpoint left)
+    # A new run moves the records (and plot) of an earlier one with no checkpoint left: (from, to) pairs.
+    aside: tuple[tuple[Path, Path], ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -108,8 +109,8 @@ class Plan:
             hint += (f"; {self.workdir / metrics.FILENAME} ends in a torn line, of an epoch past the "
                      "checkpoint (trained again): dropped")
         if self.aside:
-            hint += (f"; {self.workdir / metrics.FILENAME} holds the records of an earlier run, with no "
-                     f"checkpoint to resume from: moving them to {self.aside}")
+            hint += (f"; {self.workdir} holds what an earlier run wrote, with no checkpoint to resume "
+                     f"from: moving {' and '.join(f'{a.name} to {b}' for a, b in self.aside)}")
         if memory.compile_note(self.config):
             hint += f"; {memory.compile_note(self.config)}"
         # Advice for whoever got one device without asking (not for --devices 1 of several, nor for a count
@@ -230,8 +231,7 @@ def _read(config: Config, data: TimeMachine, workdir: Path, dp: DataParallel, ru
     path = loss_path(make_model(config, len(data.vocab)))
     steps = sorted(checkpoint.steps(workdir), reverse=True)
     if not steps:
-        aside = metrics.aside_path(workdir / metrics.FILENAME) if records else None
-        return Plan(config, workdir, dp, path, runs=runs, aside=aside)
+        return Plan(config, workdir, dp, path, runs=runs, aside=metrics.aside(workdir, records=bool(records)))
     target = (abstract_run_states(list(runs), len(data.vocab)) if runs
               else abstract_train_state(config, len(data.vocab)))
     damaged, metas = [], {}

@@ -62,18 +62,24 @@ def test_a_new_run_moves_an_earlier_run_s_records_aside_and_says_so(small_data, 
     import shutil
     fit(SMALL.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
     earlier = (tmp_path / metrics.FILENAME).read_text()
+    (tmp_path / metrics.PLOT).write_bytes(b"its plot")      # the CLI's
     shutil.rmtree(tmp_path / "checkpoints")
     said = []
     fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=said.append)
-    assert said[0].endswith(f"; {tmp_path / metrics.FILENAME} holds the records of an earlier run, with no "
-                            f"checkpoint to resume from: moving them to {tmp_path / 'metrics.1.jsonl'}")
+    assert said[0].endswith(f"; {tmp_path} holds what an earlier run wrote, with no checkpoint to resume "
+                            f"from: moving metrics.jsonl to {tmp_path / 'metrics.1.jsonl'} and ppl.png to "
+                            f"{tmp_path / 'ppl.1.png'}")
     assert (tmp_path / "metrics.1.jsonl").read_text() == earlier
+    assert (tmp_path / "ppl.1.png").read_bytes() == b"its plot" and not (tmp_path / metrics.PLOT).exists()
     assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / metrics.FILENAME).read()] == [1]
     shutil.rmtree(tmp_path / "checkpoints")
+    (tmp_path / "ppl.2.png").write_bytes(b"the user's")      # N is free for both files
     said.clear()
     fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=said.append)
-    assert said[0].endswith("moving them to " + str(tmp_path / "metrics.2.jsonl"))   # the first kept too
+    assert said[0].endswith("moving metrics.jsonl to " + str(tmp_path / "metrics.3.jsonl"))   # no plot
     assert (tmp_path / "metrics.1.jsonl").read_text() == earlier
+    assert not (tmp_path / "metrics.2.jsonl").exists()
+    assert (tmp_path / "ppl.2.png").read_bytes() == b"the user's"
 
 
 def test_records_that_cannot_be_moved_aside_stop_the_run_in_one_sentence(small_data, tmp_path, monkeypatch):
