@@ -103,6 +103,9 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
         val_ppl = statistics.fmean(r["val_ppl"] for r in records) if records else None
         checkpoint.save(manager, int(per_run(host.step)[0]), host, meta, val_ppl=val_ppl)
 
+    # A multi-host run's save is collective: its processes stop at the same call, on the signal any caught.
+    agree = _caught_by_any if jax.process_count() > 1 else lambda signum: signum
+    signum = None                     # the signal that stops the run, as every process sees it
     with catch_signals() as stop, manager:
         for epoch in range(position.epoch, p.config.epochs):
             start = position.batch if epoch == position.epoch else 0
@@ -118,7 +121,8 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
                 done, batch = done + len(chunk), batch + len(chunk)
                 if progress:
                     progress(done, total, None)
-                if stop.signum is not None:
+                signum = agree(stop.signum)
+                if signum is not None:
                     break
             host = per_run(dp.unreplicate(call_metrics))
             sums: list[dict] = [{} for _ in configs]
@@ -130,7 +134,7 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
             stops.check_any_live(say=False)         # said after the divergence checks, with the final count
             if batch < steps_per_epoch:                  # stopped mid-epoch
                 save(epoch, batch, sums)
-                raise _stopped(manager, stop.signum, epoch, batch, steps_per_epoch, done, workdir)
+                raise _stopped(manager, signum, stop.signum, epoch, batch, steps_per_epoch, done, workdir)
             val = per_run(dp.unreplicate(evaluate(state, val_batches)))
             seconds = time.perf_counter() - t0
             records = []
@@ -144,16 +148,19 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
                 if stops.why[r] is None:
                     records.append(record)
             stops.check_any_live()
+            if jax.process_count() == 1:      # one caught during validation saves this epoch and stops
+                signum = stop.signum
             # The records first: a crash between the two leaves them past the checkpoint; resume drops them.
             for record in records:
                 metrics_log.append(record)
-            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or stop.signum is not None:
+            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or signum is not None:
                 save(epoch + 1, 0, [{} for _ in configs], records)
             if progress:
                 mean = {k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED}
                 progress(done, total, {"epoch": epoch + 1, **mean})
-            if stop.signum is not None:
-                raise _stopped(manager, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done, workdir)
+            if signum is not None:
+                raise _stopped(manager, signum, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done,
+                               workdir)
         checkpoint.check_saved(manager, wait=True)
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir, tuple(stops.why) if several else ())
 
@@ -243,11 +250,22 @@ class _Stops:
                                 "smaller --lr.")
 
 
-def _stopped(manager: Any, signum: int, epoch: int, batch: int, steps_per_epoch: int, step: int,
-             workdir: Path) -> Interrupted:
-    """The ``Interrupted`` a loop stopped by a signal raises, once its saves have finished."""
+def _caught_by_any(signum: int | None) -> int | None:
+    """The signal any process of a multi-host run caught (the lowest-numbered's), the same on each: one
+    small collective a call."""
+    from jax.experimental import multihost_utils
+    caught = [int(s) for s in np.asarray(multihost_utils.process_allgather(np.int32(signum or 0))) if s]
+    return caught[0] if caught else None
+
+
+def _stopped(manager: Any, signum: int, caught: int | None, epoch: int, batch: int, steps_per_epoch: int,
+             step: int, workdir: Path) -> Interrupted:
+    """The ``Interrupted`` a loop stopped by a signal raises, once its saves have finished; ``caught`` is
+    this process's own signal (``None``: another process of a multi-host run caught it)."""
     checkpoint.check_saved(manager, wait=True)
-    return Interrupted(f"Stopped by signal {signum} ({signal.Signals(signum).name}) in epoch {epoch + 1} "
+    by = "" if caught else ", caught by another process of the multi-host run,"
+    signum = caught or signum
+    return Interrupted(f"Stopped by signal {signum} ({signal.Signals(signum).name}){by} in epoch {epoch + 1} "
                        f"after batch {batch}/{steps_per_epoch}; saved step {step} in {workdir}. Run the same "
                        "command again to resume.", signum)
 

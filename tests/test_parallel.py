@@ -6,6 +6,7 @@ to float32 round-off: about 1e-7 relative per step, compounding over a few
 dozen SGD steps. We allow 1e-5.
 """
 
+import re
 import signal
 import socket
 import subprocess
@@ -210,27 +211,45 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, tmp_path, main_job):
+    """Also across a stop: a signal to one process stops both at the same call, each saving its part of
+    the checkpoint (a save is collective), and the same commands resume them."""
     def run(workdir, *extra, devices_per_process):
-        return main_job("--workdir", str(workdir), "--epochs", "2", "--batch-size", "256", "--no-progress",
+        return main_job("--workdir", str(workdir), "--epochs", "3", "--batch-size", "256", "--no-progress",
                         *extra, cpu_devices=devices_per_process)
+
+    def multi():
+        address = f"127.0.0.1:{free_port()}"
+        return address, [run(tmp_path / "multi", "--coordinator", address, "--num-processes", "2",
+                             "--process-id", str(i), devices_per_process=2) for i in range(2)]
 
     single = run(tmp_path / "single", devices_per_process=4)
     out, err = single.communicate(timeout=300)
     assert single.returncode == 0, err
 
-    address = f"127.0.0.1:{free_port()}"
-    procs = [run(tmp_path / "multi", "--coordinator", address, "--num-processes", "2",
-                 "--process-id", str(i), devices_per_process=2) for i in range(2)]
+    _, procs = multi()
+    log = tmp_path / "multi" / "metrics.jsonl"
+    while not (log.exists() and log.read_text().count("\n") >= 1) and procs[0].poll() is None:
+        time.sleep(0.01)              # epoch 1 done: both train (its collectives need both)
+    procs[1].send_signal(signal.SIGINT)
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [130, 130], errs
+    saved = [re.search(r"in epoch (\d) after batch (\d+)/40; saved step (\d+)", e).groups() for e in errs]
+    assert saved[0] == saved[1] and 40 < int(saved[0][2]) < 120, errs
+    assert ", caught by another process of the multi-host run, in epoch" in errs[0]
+    assert errs[1].startswith("Stopped by signal 2 (SIGINT) in epoch")
+
+    address, procs = multi()
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     assert "trained:" in outs[0][0] and "trained:" not in outs[1][0]      # only process 0 reports
     assert all(out.startswith(f"joining the multi-host run at {address}: ") for out, _ in outs)
+    assert f"resuming from step {saved[0][2]}" in outs[0][0]
 
     read = lambda d: MetricsLog(d / "metrics.jsonl").read()
     assert_close_histories(read(tmp_path / "multi"), read(tmp_path / "single"))
     multi, one = checkpoint.restore(tmp_path / "multi"), checkpoint.restore(tmp_path / "single")
-    assert multi.step == one.step == 2 * 40 and multi.meta["num_devices"] == 4
+    assert multi.step == one.step == 3 * 40 and multi.meta["num_devices"] == 4
     assert_close_trees(multi.params, one.params)
 
 
