@@ -173,12 +173,16 @@ def _open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_l
     """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
     run; an earlier run's records and plot moved aside (``Plan.aside``); unless it is finished, the records
     past its checkpoint dropped and ``config.json`` written."""
+    moved = []
     for source, target in p.aside if jax.process_index() == 0 else ():
         try:
             os.replace(source, target)
         except OSError as e:
+            for done, back in reversed(moved):       # the records and the plot stay together, numbered alike
+                os.replace(back, done)
             raise WorkdirError(f"{source} cannot be moved to {target} ({e.strerror}); move it aside "
                                "yourself, or use another --workdir.") from None
+        moved.append((source, target))
     earlier = checkpoint.val_ppls(p.workdir) if p.step is not None else {}
     manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
     # Silent: the plan says what a torn last line leaves out (Plan.describe).

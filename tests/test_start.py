@@ -1,4 +1,5 @@
 import dataclasses
+import os
 
 import jax
 import pytest
@@ -89,12 +90,21 @@ def test_records_that_cannot_be_moved_aside_stop_the_run_in_one_sentence(small_d
 
     def refused(source, target):
         raise PermissionError(1, "Operation not permitted")
+    replace = os.replace
     monkeypatch.setattr(loop.os, "replace", refused)
     with pytest.raises(WorkdirError, match="cannot be moved to .*metrics.1.jsonl .Operation not permitted.; "
                                            "move it aside yourself"):
         fit(SMALL, small_data, tmp_path, devices=1, log=None)
     assert (tmp_path / metrics.FILENAME).read_text().startswith('{"epoch": 1')
     assert not (tmp_path / "checkpoints").exists()
+    # The plot refused after the records moved: they are moved back, to stay numbered alike.
+    (tmp_path / metrics.PLOT).write_bytes(b"its plot")
+    monkeypatch.setattr(loop.os, "replace",
+                        lambda a, b: refused(a, b) if a.name == metrics.PLOT else replace(a, b))
+    with pytest.raises(WorkdirError, match="ppl.png cannot be moved to .*ppl.1.png"):
+        fit(SMALL, small_data, tmp_path, devices=1, log=None)
+    assert (tmp_path / metrics.FILENAME).read_text().startswith('{"epoch": 1')
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", metrics.FILENAME, metrics.PLOT]
 
 
 def test_a_torn_last_metrics_line_is_said_once_with_the_epochs_it_leaves_out(small_data, tmp_path, capsys):
