@@ -123,7 +123,7 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     parallel.check_distributed(args.coordinator, args.num_processes, args.process_id,
                                auto=args.distributed or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")),
                                timeout_s=args.join_timeout)
-    if args.predict is not None and args.seed is not None and len(args.seed) > 1:
+    if args.sample and args.seed is not None and len(args.seed) > 1:     # else the training command's seeds
         raise ValueError(f"--predict samples with one --seed, got {len(args.seed)}.")
     if args.predict is not None and args.seed is not None and not 0 <= args.seed[0] < 2 ** 32:
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed[0]}.")

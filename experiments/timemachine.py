@@ -54,6 +54,21 @@ USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory")      # in XLA's errors
 
 
+def _disagreements(config: config_lib.Config, requested: dict) -> list[str]:
+    """The flags ``requested`` that ``config`` (a checkpoint's) was not trained with. A list (``--seeds
+    0,1``, ``--lr 1,0.5``) is a training command's, of which the run is one."""
+    out = []
+    for k, v in requested.items():
+        have = getattr(config, k)
+        if k in config_lib.SWEEPABLE:
+            agrees, v = have in v, v[0] if len(v) == 1 else v
+        else:
+            agrees = v == have
+        if not agrees:
+            out.append(f"{k}: checkpoint {have!r}, requested {v!r}")
+    return out
+
+
 def predict_only(args: argparse.Namespace) -> None:
     if args.workdir is None:
         raise checkpoint.CheckpointError("--predict needs the --workdir of a trained run.")
@@ -68,11 +83,9 @@ def predict_only(args: argparse.Namespace) -> None:
         print(f"warning: {e}; generating from checkpoint step {restored.step}, the newest good one before "
               "it.", file=sys.stderr)
     # The model comes from the checkpoint; flags that say otherwise (a wrong workdir?) are worth naming.
-    requested = {k: v[0] if k in config_lib.SWEEPABLE and len(v) == 1 else v
-                 for k, v in config_lib.given(args).items()
+    requested = {k: v for k, v in config_lib.given(args).items()
                  if not (args.sample and k == "seed") and k not in config_lib.Config.RESUMABLE}
-    differ = [f"{k}: checkpoint {getattr(restored.config, k)!r}, requested {v!r}"
-              for k, v in requested.items() if v != getattr(restored.config, k)]
+    differ = _disagreements(restored.config, requested)
     if differ:
         raise checkpoint.CheckpointError(f"The checkpoint in {args.workdir} was trained with other settings "
                                          f"than the flags ask for: {'; '.join(differ)}.")

@@ -155,6 +155,11 @@ def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp
     assert (workdir / "ppl.png").exists()
     assert timemachine.main(["--workdir", str(workdir), "--predict", "it has", "--run", "3"]) == 0
     assert capsys.readouterr().out.startswith("it has")
+    assert timemachine.main(args + ["--predict", "it has", "--run", "3"]) == 0     # the training command
+    assert capsys.readouterr().out.startswith("it has")
+    assert timemachine.main(["--workdir", str(workdir), "--predict", "it has", "--run", "3", "--lr",
+                             "1,3"]) == 1
+    assert "lr: checkpoint 2.0, requested (1.0, 3.0)." in capsys.readouterr().err
     assert timemachine.main(["--workdir", str(workdir), "--predict", "it has"]) == 1
     assert "choose one with run=K (--run K)" in capsys.readouterr().err
 
