@@ -10,7 +10,9 @@ its slice of the global batch, and ``pmap``'s collectives span all of them.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -74,6 +76,8 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
     raises ``TimeoutError``. The process should then exit (``os._exit``): the
     abandoned wait still holds JAX's runtime.
     """
+    if coordinator is not None and process_id == 0:
+        _check_port_free(coordinator)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     failed = []
 
@@ -98,6 +102,24 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
                          "--process-id.") from None
     if failed:
         raise failed[0]
+
+
+def _check_port_free(coordinator: str) -> None:
+    """``ValueError`` if the port process 0 serves the run on is taken here (JAX's server would crash the
+    process, or join a second process 0 to a run and abort the first)."""
+    port = int(coordinator.rpartition(":")[2])
+    for family, everywhere in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):   # as JAX binds it
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((everywhere, port))
+            return
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ValueError(f"Port {port} of --coordinator {coordinator} is in use on this machine, "
+                                 "where process 0 serves the run: is another run's process 0 here? Choose a "
+                                 "free port.") from None
+            # else: no IPv6 here, try IPv4
 
 
 @dataclasses.dataclass(frozen=True)

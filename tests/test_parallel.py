@@ -256,15 +256,24 @@ def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, 
 @pytest.mark.slow
 def test_a_multi_host_run_that_never_starts_stops_with_one_line(tmp_path, main_job, make_text):
     """No process answers: JAX would wait 5 minutes deaf to signals, then abort with a C++ stack dump. Here
-    --join-timeout ends the wait with one sentence, and a signal stops it at once; nothing is written."""
+    --join-timeout ends the wait with one sentence, and a signal stops it at once; a second process 0 on a
+    port in use (JAX's server crashed, or aborted the first) says so; nothing is written."""
     (tmp_path / "input.txt").write_text(make_text())
-    address = f"127.0.0.1:{free_port()}"
-    args = ["--data", str(tmp_path / "input.txt"), "--coordinator", address, "--num-processes", "2"]
-    timed_out = main_job("--workdir", str(tmp_path / "a"), *args, "--process-id", "1", "--join-timeout", "3",
-                         cpu_devices=1)
-    stopped = main_job("--workdir", str(tmp_path / "b"), *args, "--process-id", "0", cpu_devices=1)
-    assert stopped.stdout.readline() == f"joining the multi-host run at {address}: waiting up to 300 s for " \
-                                        "every process (--join-timeout)\n"
+    args = ["--data", str(tmp_path / "input.txt"), "--num-processes", "2"]
+    nobody = f"127.0.0.1:{free_port()}"
+    timed_out = main_job("--workdir", str(tmp_path / "a"), *args, "--coordinator", nobody,
+                         "--process-id", "1", "--join-timeout", "3", cpu_devices=1)
+    port = free_port()
+    stopped = main_job("--workdir", str(tmp_path / "b"), *args, "--coordinator", f"127.0.0.1:{port}",
+                       "--process-id", "0", cpu_devices=1)
+    assert stopped.stdout.readline() == f"joining the multi-host run at 127.0.0.1:{port}: waiting up to " \
+                                        "300 s for every process (--join-timeout)\n"
+    second = main_job("--workdir", str(tmp_path / "c"), *args, "--coordinator", f"localhost:{port}",
+                      "--process-id", "0", cpu_devices=1)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 1 and err == f"error: Port {port} of --coordinator localhost:{port} is in " \
+        "use on this machine, where process 0 serves the run: is another run's process 0 here? Choose a " \
+        "free port.\n"
     t0 = time.monotonic()
     stopped.send_signal(signal.SIGINT)
     _, err = stopped.communicate(timeout=60)
@@ -272,10 +281,10 @@ def test_a_multi_host_run_that_never_starts_stops_with_one_line(tmp_path, main_j
     assert err.startswith("Stopped by signal 2 (Ctrl-C)") and err.count("\n") == 1
     out, err = timed_out.communicate(timeout=60)
     assert timed_out.returncode == 1 and out.startswith("joining the multi-host run at")
-    assert err == f"error: The multi-host run at {address} did not start within 3 s: not every one of its " \
+    assert err == f"error: The multi-host run at {nobody} did not start within 3 s: not every one of its " \
                   "processes joined. Check the address and that all of them were started (--join-timeout " \
                   "sets the wait).\n"
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not any((tmp_path / d).exists() for d in "abc")
 
 
 @pytest.mark.parametrize("given,message", [
