@@ -70,8 +70,9 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     run.add_argument("--distributed", action="store_true",
                      help="join a multi-host run whose settings JAX finds itself ($JAX_COORDINATOR_ADDRESS, "
                           "SLURM, Open MPI)")
-    run.add_argument("--join-timeout", type=float, default=300, metavar="SECONDS",
-                     help="how long a multi-host run waits for all its processes to join (default 300)")
+    run.add_argument("--join-timeout", type=float, metavar="SECONDS",
+                     help="how long a multi-host run waits for all its processes to join (default "
+                          f"{parallel.JOIN_TIMEOUT_S})")
     run.add_argument("--predict", metavar="PREFIX",
                      help="generate from the workdir's checkpoint; no training")
     run.add_argument("--num-preds", type=int,
@@ -120,6 +121,12 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
                          "PREFIX.")
     if args.best and args.predict is None:
         raise ValueError("--best chooses the checkpoint that --predict generates from; add --predict PREFIX.")
+    args.multi_host = bool(args.distributed or args.coordinator or args.num_processes
+                           or os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    if args.join_timeout is not None and not args.multi_host:
+        raise ValueError("--join-timeout says how long a multi-host run waits for its processes; add "
+                         "--coordinator HOST:PORT, --num-processes and --process-id, or --distributed.")
+    args.join_timeout = parallel.JOIN_TIMEOUT_S if args.join_timeout is None else args.join_timeout
     parallel.check_distributed(args.coordinator, args.num_processes, args.process_id,
                                auto=args.distributed or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")),
                                timeout_s=args.join_timeout)

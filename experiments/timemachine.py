@@ -218,8 +218,7 @@ def _main(argv, parser_options: dict) -> int:
     if not args.no_compilation_cache:
         backend.enable_compilation_cache()
     try:
-        if (args.distributed or args.coordinator or args.num_processes
-                or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+        if args.multi_host:
             where = f"at {args.coordinator}" if args.coordinator else "that JAX finds"
             print(f"joining the multi-host run {where}: waiting up to {args.join_timeout:g} s for every "
                   "process (--join-timeout)", flush=True)

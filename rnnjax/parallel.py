@@ -29,6 +29,8 @@ AXIS = "batch"
 # loops that dispatch without reading back wait for the call this many
 # dispatches back (``wait_for_backlog``; docs/performance.md).
 MAX_IN_FLIGHT = 8
+# Seconds a multi-host run waits for all its processes to join (JAX's own default).
+JOIN_TIMEOUT_S = 300
 
 
 def wait_for_backlog(outputs: list) -> None:
@@ -42,7 +44,7 @@ def wait_for_backlog(outputs: list) -> None:
 
 
 def check_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
-                      auto: bool = False, timeout_s: float = 300) -> None:
+                      auto: bool = False, timeout_s: float = JOIN_TIMEOUT_S) -> None:
     """One sentence (``ValueError``) for multi-host settings that cannot start: all three or none, unless
     the cluster provides them (``auto``); a ``HOST:PORT``; a process id below the count; a wait."""
     given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
@@ -65,7 +67,7 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
 
 
 def initialize_distributed(coordinator: str | None, num_processes: int | None,
-                           process_id: int | None, timeout_s: float = 300) -> None:
+                           process_id: int | None, timeout_s: float = JOIN_TIMEOUT_S) -> None:
     """``jax.distributed.initialize`` with the CPU's gloo collectives.
 
     Arguments left ``None`` are read by JAX from its environment (cluster
@@ -96,10 +98,13 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
         raise TimeoutError(f"The multi-host run {where} did not start within {timeout_s:g} s: not every one "
                            "of its processes joined. Check the address and that all of them were started "
                            "(--join-timeout sets the wait).")
-    if failed and isinstance(failed[0], ValueError) and "coordinator_address" in str(failed[0]):
-        raise ValueError("JAX found no multi-host run to join (no cluster it knows, no "
-                         "$JAX_COORDINATOR_ADDRESS): give --coordinator HOST:PORT, --num-processes and "
-                         "--process-id.") from None
+    if failed and isinstance(failed[0], ValueError):     # settings JAX found missing or wrong
+        if "coordinator_address" in str(failed[0]):
+            raise ValueError("JAX found no multi-host run to join (no cluster it knows, no "
+                             "$JAX_COORDINATOR_ADDRESS): give --coordinator HOST:PORT, --num-processes and "
+                             "--process-id.") from None
+        raise ValueError(f"JAX cannot join the multi-host run: {failed[0]} Give --coordinator HOST:PORT, "
+                         "--num-processes and --process-id, or run where the cluster sets them.") from None
     if failed:
         raise failed[0]
 

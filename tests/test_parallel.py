@@ -313,6 +313,20 @@ def test_multi_host_settings_that_can_start():
 @pytest.mark.slow
 def test_distributed_with_no_cluster_to_join_is_one_sentence(fresh_env):
     env = {k: v for k, v in fresh_env().items() if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR"))}
-    code = "from rnnjax import parallel; parallel.initialize_distributed(None, None, None)"
+    code = """if True:
+        import os
+        from rnnjax import parallel
+        for address in (None, "127.0.0.1:1"):     # no cluster; an address with no count of processes
+            if address:
+                os.environ["JAX_COORDINATOR_ADDRESS"] = address
+            try:
+                parallel.initialize_distributed(None, None, None)
+            except ValueError as e:
+                print(e)
+        """
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert "JAX found no multi-host run to join" in proc.stderr and "give --coordinator" in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("JAX found no multi-host run to join") and "give --coordinator" in lines[0]
+    assert lines[1] == "JAX cannot join the multi-host run: Number of processes must be defined. Give " \
+                       "--coordinator HOST:PORT, --num-processes and --process-id, or run where the " \
+                       "cluster sets them.", proc.stderr

@@ -111,6 +111,7 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
 
 
 @pytest.mark.parametrize("bad,message", [(["--epochs", "0"], "--epochs must be at least 1"),
+                                         (["--join-timeout", "5"], "--join-timeout says how long"),
                                          (["--keep", "0"], "--keep must be at least 1"),
                                          (["--cell", "nope"], "--cell 'nope' is not a known cell"),
                                          (["--lr", "-1"], "--lr must be a positive finite number"),
