@@ -174,6 +174,15 @@ def _stopped_at_start_up(signum, frame):
                       "command again to go on.", 128 + signum)
 
 
+def _deferred(signum, frame):
+    """A multi-host run's processes, once joined, stop together: the signal stops the run at its first step
+    (``stops.defer``); a second one at once."""
+    if stops.stopping() or stops.defer(signum):
+        return
+    stopping.exit_now(f"Stopped at once by a second signal {signum}: the other processes of the multi-host "
+                      "run may wait for this one; stop them too.", 128 + signum)
+
+
 def _interrupted(signum, frame):
     if stops.stopping():       # as above: not a KeyboardInterrupt raised in whatever runs as it unwinds
         return
@@ -224,6 +233,9 @@ def _main(argv, parser_options: dict) -> int:
                   "process (--join-timeout)", flush=True)
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                             args.join_timeout)
+            if args.predict is None:     # joined: from here the processes stop together
+                signal.signal(signal.SIGINT, _deferred)
+                signal.signal(signal.SIGTERM, _deferred)
         predict_only(args) if args.predict is not None else train(args, configs, workdir)
     except (*USAGE_ERRORS, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)

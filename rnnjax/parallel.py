@@ -81,6 +81,8 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
     if coordinator is not None and process_id == 0:
         _check_port_free(coordinator)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Its SIGTERM handler would take the signal from the loop's, which agrees on a stop itself.
+    jax.config.update("jax_enable_preemption_service", False)
     failed = []
 
     def join():

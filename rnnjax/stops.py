@@ -58,6 +58,18 @@ class _StopFlag:
 
 _active: list[_StopFlag] = []
 _stopping = False
+_deferred: int | None = None
+
+
+def defer(signum: int) -> bool:
+    """Keeps ``signum`` for the next run's ``catch_signals``, which starts with it: its loop stops at the
+    first step, where a multi-host run's processes agree to stop (a process that left alone would hang the
+    others). False if one is already kept: the caller stops at once."""
+    global _deferred
+    if _deferred is not None:
+        return False
+    _deferred = signum
+    return True
 
 
 def stopping() -> bool:
@@ -100,7 +112,9 @@ class _NotOurStop(logging.Filter):
 
 @contextlib.contextmanager
 def catch_signals() -> Iterator[_StopFlag]:
+    global _deferred
     flag = _StopFlag()
+    flag.signum, _deferred = _deferred, None
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return

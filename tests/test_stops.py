@@ -70,3 +70,15 @@ def test_a_second_signal_inside_held_stops_once_the_block_has_run():
     with held():                                     # no run catching signals: a plain block
         ran.append("again")
     assert ran[-1] == "again"
+
+
+def test_a_deferred_signal_is_the_next_run_s_first():
+    import signal
+
+    from rnnjax.stops import catch_signals, defer
+    assert defer(signal.SIGTERM)                     # kept (a multi-host run's start-up)
+    assert not defer(signal.SIGINT)                  # a second: the caller stops at once
+    with catch_signals() as flag:
+        assert flag.signum == signal.SIGTERM         # its loop stops at the first step
+    with catch_signals() as flag:
+        assert flag.signum is None                   # taken once
