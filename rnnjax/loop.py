@@ -104,7 +104,7 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
         checkpoint.save(manager, int(per_run(host.step)[0]), host, meta, val_ppl=val_ppl)
 
     # A multi-host run's save is collective: its processes stop at the same call, on the signal any caught.
-    agree = _caught_by_any if jax.process_count() > 1 else lambda signum: signum
+    several_processes = jax.process_count() > 1
     signum = None                     # the signal that stops the run, as every process sees it
     with catch_signals() as stop, manager:
         for epoch in range(position.epoch, p.config.epochs):
@@ -121,7 +121,7 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
                 done, batch = done + len(chunk), batch + len(chunk)
                 if progress:
                     progress(done, total, None)
-                signum = agree(stop.signum)
+                signum = _caught_by_any(stop.signum) if several_processes else stop.signum
                 if signum is not None:
                     break
             host = per_run(dp.unreplicate(call_metrics))
@@ -148,7 +148,7 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
                 if stops.why[r] is None:
                     records.append(record)
             stops.check_any_live()
-            if jax.process_count() == 1:      # one caught during validation saves this epoch and stops
+            if not several_processes:      # one caught during validation saves this epoch and stops
                 signum = stop.signum
             # The records first: a crash between the two leaves them past the checkpoint; resume drops them.
             for record in records:
