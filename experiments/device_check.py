@@ -127,7 +127,8 @@ class Parts:
             t0 = time.perf_counter()
             with open(self.out / f"{name}.log", "w") as log:
                 proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=_heed_ctrl_c)
                 try:
                     record["returncode"] = proc.wait(timeout)
                 except subprocess.TimeoutExpired:    # Ctrl-C first: pytest then writes what it ran so far
@@ -150,6 +151,12 @@ class Parts:
 
     def write(self) -> None:
         (self.out / "summary.json").write_text(json.dumps(self.summary, indent=1))
+
+
+def _heed_ctrl_c() -> None:
+    """In the part's process before it starts: a check run where SIGINT is ignored (a script's background job)
+    passes that on, and its parts would wait out ``_stop``'s grace instead of writing what they have."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 20.0) -> None:

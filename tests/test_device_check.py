@@ -3,6 +3,7 @@ values; a part that fails or runs out of time is recorded and the others still r
 
 import json
 import math
+import signal
 import subprocess
 import sys
 import time
@@ -53,7 +54,11 @@ def test_a_failing_part_is_recorded_and_the_next_one_runs(tmp_path):
     failed = parts.run("fails", "fast", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"], {})
     assert not failed["ok"] and failed["returncode"] == 3 and failed["error"] == "exit status 3: boom"
     t0 = time.monotonic()
-    hung = parts.run("hangs", "short", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)     # as in a script's background job: the part
+    try:                                                        # still stops at the Ctrl-C, not the SIGKILL
+        hung = parts.run("hangs", "short", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     assert not hung["ok"] and hung["error"] == "timed out after 1 s" and time.monotonic() - t0 < 20
     ok = parts.run("works", "fast", [sys.executable, "-c", "print('fine')"], {})
     assert ok["ok"] and (tmp_path / "works.log").read_text() == "fine\n"
