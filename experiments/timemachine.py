@@ -55,17 +55,14 @@ OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory")      # in XLA's errors
 
 
 def _disagreements(config: config_lib.Config, requested: dict) -> list[str]:
-    """The flags ``requested`` that ``config`` (a checkpoint's) was not trained with. A list (``--seeds
-    0,1``, ``--lr 1,0.5``) is a training command's, of which the run is one."""
+    """The flags ``requested`` that ``config`` (a checkpoint's) was not trained with, as the flags read. A
+    list (``--seeds 0,1``, ``--lr 1,0.5``) is a training command's, of which the run is one."""
     out = []
     for k, v in requested.items():
         have = getattr(config, k)
-        if k in config_lib.SWEEPABLE:
-            agrees, v = have in v, v[0] if len(v) == 1 else v
-        else:
-            agrees = v == have
-        if not agrees:
-            out.append(f"{k}: checkpoint {have!r}, requested {v!r}")
+        listed = v if k in config_lib.SWEEPABLE else (v,)
+        if have not in listed:
+            out.append(f"{config_lib.flag(k)} {config_lib.listed(listed)} (it has {config_lib.listed([have])})")
     return out
 
 

@@ -80,15 +80,15 @@ class Config:
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, float(value))
             elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise ConfigError(f"{_flag(f.name)} must be a {kind.__name__}, got {value!r}.")
+                raise ConfigError(f"{flag(f.name)} must be a {kind.__name__}, got {value!r}.")
         positive = ("batch_size", "num_steps", "num_hiddens", "epochs", "num_val", "unroll", "num_layers")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}.")
+                raise ConfigError(f"{flag(name)} must be at least 1, got {getattr(self, name)}.")
         for name in ("lr", "clip"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{_flag(name)} must be a positive finite number, got {value}.")
+                raise ConfigError(f"{flag(name)} must be a positive finite number, got {value}.")
         if not 0 <= self.seed < 2 ** 32:
             raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}.")
         if self.cell not in CELLS:
@@ -114,7 +114,7 @@ class Config:
                               f"got {self.matmul_precision!r}.")
         for name, choices in (("token", ("char", "word")), ("preprocess", ("d2l", "raw"))):
             if getattr(self, name) not in choices:
-                raise ConfigError(f"{_flag(name)} must be {' or '.join(choices)}, got "
+                raise ConfigError(f"{flag(name)} must be {' or '.join(choices)}, got "
                                   f"{getattr(self, name)!r}.")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}.")
@@ -123,7 +123,7 @@ class Config:
                               f"--val-fraction), got {self.num_train}.")
         for name in ("min_freq", "steps_per_epoch"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{_flag(name)} must be at least 0, got {getattr(self, name)}.")
+                raise ConfigError(f"{flag(name)} must be at least 0, got {getattr(self, name)}.")
 
     def differences(self, other: Config) -> list[str]:
         """The fields, but for ``RESUMABLE`` ones, that ``other`` sets otherwise: a run resumed as ``other``
@@ -158,7 +158,7 @@ PRESETS: dict[str, Config] = {
 }
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
@@ -189,8 +189,8 @@ def _single(kind: type, name: str):
     def parse(text: str):
         if "," in text:
             raise argparse.ArgumentTypeError(
-                f"{_flag(name)} takes one value: runs trained in one program share their shapes "
-                f"(only {', '.join(_flag(k) for k in SWEEPABLE)} take lists); train the others in "
+                f"{flag(name)} takes one value: runs trained in one program share their shapes "
+                f"(only {', '.join(flag(k) for k in SWEEPABLE)} take lists); train the others in "
                 "separate workdirs")
         return kind(text)
     parse.__name__ = kind.__name__
@@ -206,7 +206,7 @@ def add_flags(parser: argparse.ArgumentParser, preset: str = "d2l") -> None:
                        help=f"the settings the flags below change (default {preset})")
     for f in dataclasses.fields(Config):
         value = getattr(PRESETS[preset], f.name)
-        names, help = [_flag(f.name)], f"{f.metadata['help']} ({preset}: {value})"
+        names, help = [flag(f.name)], f"{f.metadata['help']} ({preset}: {value})"
         if type(f.default) is bool:
             kind = {"action": argparse.BooleanOptionalAction}
         elif f.name in SWEEPABLE:
@@ -244,7 +244,7 @@ def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str
         wanted = value if name in SWEEPABLE else (value,)
         have = list(dict.fromkeys(getattr(c, name) for c in saved))
         if list(wanted) != have:           # runs in their order: the order of the stacked state
-            differ.append(f"{_flag(name)} {_listed(wanted)} (it has {_listed(have)})")
+            differ.append(f"{flag(name)} {listed(wanted)} (it has {listed(have)})")
     if differ:
         raise ConfigError(f"{where} holds a run of other settings than the flags ask for: "
                           f"{'; '.join(differ)}. Leave those flags out to train it on (its settings are read "
@@ -252,7 +252,7 @@ def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str
     return [c.replace(**resumable) for c in saved]
 
 
-def _listed(values) -> str:
+def listed(values) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 

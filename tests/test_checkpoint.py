@@ -230,7 +230,7 @@ def test_cli_ctrl_c_then_resume_then_predict(real_text_path, tmp_path, main_job)
 
     proc = main_job("--workdir", str(workdir), "--predict", "it has", "--num-hiddens", "64")
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "num_hiddens" in err
+    assert proc.returncode == 1 and "--num-hiddens 64 (it has 32)" in err
 
 
 def test_best_is_the_lowest_validation_perplexity_and_survives_a_restart(small_data, tmp_path):

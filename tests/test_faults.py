@@ -615,7 +615,7 @@ def test_predict_with_the_flags_of_another_epoch_count_is_the_same_model(real_te
         assert cli("--workdir", str(trained), "--predict", "it has", *bad) == 1
         assert capsys.readouterr().err.startswith(f"error: {bad[0]} must be ")
     assert cli("--workdir", str(trained), "--predict", "it has", "--lr", "0.5") == 1   # a training setting
-    assert "was trained with other settings than the flags ask for: lr: checkpoint 1.0, requested 0.5." \
+    assert "was trained with other settings than the flags ask for: --lr 0.5 (it has 1)." \
         in capsys.readouterr().err
 
 

@@ -160,7 +160,7 @@ def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp
     assert capsys.readouterr().out.startswith("it has")
     assert timemachine.main(["--workdir", str(workdir), "--predict", "it has", "--run", "3", "--lr",
                              "1,3"]) == 1
-    assert "lr: checkpoint 2.0, requested (1.0, 3.0)." in capsys.readouterr().err
+    assert "--lr 1,3 (it has 2)." in capsys.readouterr().err
     assert timemachine.main(["--workdir", str(workdir), "--predict", "it has"]) == 1
     assert "choose one with run=K (--run K)" in capsys.readouterr().err
 
