@@ -60,9 +60,10 @@ def _disagreements(config: config_lib.Config, requested: dict) -> list[str]:
     out = []
     for k, v in requested.items():
         have = getattr(config, k)
-        listed = v if k in config_lib.SWEEPABLE else (v,)
-        if have not in listed:
-            out.append(f"{config_lib.flag(k)} {config_lib.listed(listed)} (it has {config_lib.listed([have])})")
+        values = v if k in config_lib.SWEEPABLE else (v,)
+        if have not in values:
+            it_has = config_lib.listed([have])
+            out.append(f"{config_lib.flag(k)} {config_lib.listed(values)} (it has {it_has})")
     return out
 
 
