@@ -47,9 +47,10 @@ def test_a_ratio_below_one_reads_as_slower():
     assert benchmark.speed_words(1.47) == "1.47x faster"
     assert benchmark.speed_words(0.68) == "1.47x slower"
     assert benchmark.speed_words(1.001) == "as fast"
-    size = {"label": "lstm 512/512/64", "auto_kernel": "fused", "ratios": {"torch lean": 0.5, "flax": 2.0}}
+    size = {"label": "lstm 512/512/64", "auto_kernel": "fused",
+            "ratios": {"torch lean": 0.5, "flax": 2.0, "rnnjax plain": 0.999}}
     assert ratio_lines(size) == "lstm 512/512/64: rnnjax (fused) is 2.00x slower than torch lean, 2.00x " \
-                                "faster than flax"
+                                "faster than flax, as fast as rnnjax plain"
 
 
 def test_the_gpu_sizes_are_issue_26s_table():

@@ -12,7 +12,7 @@ import jax
 from experiments.benchmark.contenders import Contender, Rnnjax, RnnjaxRuns, Setting, StockFlax
 from experiments.benchmark.measure import (machine_info, measure_compile_cache, measure_generation,
                                            measure_recipes, measure_steps)
-from experiments.benchmark.report import RATIO_MEANING, plot_sweep, speed_words, table
+from experiments.benchmark.report import RATIO_MEANING, compared, plot_sweep, speed_words, table
 from experiments.benchmark.sizes import SIZES, applicable_kernels, run_sizes
 from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available
 from rnnjax import backend, kernels
@@ -74,7 +74,7 @@ def measure_runs(args, s: Setting, data: TimeMachine) -> dict:
     recipe = (f"; the whole recipe takes {out['recipe_ratio_vs_one']:.2f}x one seed's"
               if args.recipe_rounds else "")
     print(f"{args.runs} seeds in one program: a step of all of them is "
-          f"{speed_words(out['ratio_vs_sequential'])} than {args.runs} sequential steps{recipe}")
+          f"{compared(out['ratio_vs_sequential'], f'{args.runs} sequential steps')}{recipe}")
     return out
 
 
@@ -143,10 +143,11 @@ def main(argv=None) -> int:
             continue
         key = base.replace(" ", "_")
         out[f"ratio_step_vs_{key}"] = results[base]["ms_per_step"] / results["rnnjax"]["ms_per_step"]
-        print(f"rnnjax's step is {speed_words(out[f'ratio_step_vs_{key}'])} than {base}'s")
+        theirs = f"{base}'s"
+        print(f"rnnjax's step is {compared(out[f'ratio_step_vs_{key}'], theirs)}")
         if "recipe_s" in results[base]:
             out[f"ratio_recipe_vs_{key}"] = results[base]["recipe_s"] / results["rnnjax"]["recipe_s"]
-            print(f"rnnjax's whole recipe is {speed_words(out[f'ratio_recipe_vs_{key}'])} than {base}'s")
+            print(f"rnnjax's whole recipe is {compared(out[f'ratio_recipe_vs_{key}'], theirs)}")
 
     cc = out["compile_cache"] = measure_compile_cache(args.data)
     print(f"compiling the training program in a fresh process: {cc['no_cache_s']:.2f} s; with the persistent "

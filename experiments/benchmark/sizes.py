@@ -1,8 +1,8 @@
 """The step table over sets of sizes (``--sizes``): every contender at each size, on the backend it runs on.
 
 ``gpu`` is the table of issue 26, the sizes people train at on an accelerator
-(d2l's recipe of each cell, and larger models); ``small`` has each cell (one
-and two layers) at sizes a CPU steps through in milliseconds, for quick runs
+(d2l's recipe of each cell, and larger models); ``small`` has each cell (the
+LSTM in two layers) at sizes a CPU steps through in milliseconds, for quick runs
 (``experiments.device_check --quick``, CI).
 """
 
@@ -26,7 +26,7 @@ SIZES = {
     "gpu": [("rnn", 32, 1024, 32, 1), ("gru", 32, 1024, 32, 1), ("lstm", 32, 1024, 32, 1),
             ("gru", 32, 1024, 32, 2), ("rnn", 512, 1024, 32, 1), ("lstm", 512, 512, 64, 1),
             ("lstm", 1024, 256, 64, 2)],
-    "small": [("rnn", 32, 64, 16, 1), ("gru", 32, 64, 16, 2), ("lstm", 48, 32, 16, 2)],
+    "small": [("rnn", 32, 64, 16, 1), ("gru", 32, 64, 16, 1), ("lstm", 48, 32, 16, 2)],
 }
 # Rounds, steps a round and warm-up steps (None: an epoch) per contender at each size of a set: rounds of
 # about 0.1-0.5 s on an H200; the small set only has to show that every contender runs.
