@@ -202,7 +202,7 @@ def test_restore_for_inference_in_a_fresh_process(small_data, tmp_path):
 @pytest.mark.slow
 def test_cli_ctrl_c_then_resume_then_predict(real_text_path, tmp_path, main_job):
     workdir = tmp_path / "run"
-    args = ["--data", real_text_path, "--workdir", str(workdir), "--epochs", "40", "--no-progress"]
+    args = ["--data", real_text_path, "--workdir", str(workdir), "--epochs", "15", "--no-progress"]
     proc = main_job(*args)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 120
@@ -220,8 +220,8 @@ def test_cli_ctrl_c_then_resume_then_predict(real_text_path, tmp_path, main_job)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     records = MetricsLog(metrics).read()
-    assert [r["epoch"] for r in records] == list(range(1, 41))
-    assert checkpoint.restore(workdir).step == 400
+    assert [r["epoch"] for r in records] == list(range(1, 16))
+    assert checkpoint.restore(workdir).step == 150
 
     proc = main_job("--workdir", str(workdir), "--predict", "it has", "--num-preds", "50")
     out, err = proc.communicate(timeout=120)
