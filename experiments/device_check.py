@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from experiments.device_summary import count_tests, describe_machine, final_val_ppl, report, sizes_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 # --quick: test files that show the part works, in seconds (the kernels' own tests take minutes on a CPU).
@@ -178,36 +178,6 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
-def count_tests(xml_path: Path) -> dict:
-    """passed, failed (errors included), skipped and the failed tests' ids, from pytest's JUnit XML."""
-    root = ET.parse(xml_path).getroot()
-    cases = [c for c in root.iter("testcase") if c.get("name")]    # an interrupted test's case has none
-    failed = [f"{c.get('classname')}::{c.get('name')}" if c.get("classname") else c.get("name")  # collection
-              for c in cases if c.find("failure") is not None or c.find("error") is not None]
-    skipped = sum(c.find("skipped") is not None for c in cases)
-    return {"passed": len(cases) - len(failed) - skipped, "failed": len(failed), "skipped": skipped,
-            "failed_tests": failed}
-
-
-def final_val_ppl(workdir: Path) -> list[float]:
-    """The last epoch's validation perplexity of each run in ``workdir/metrics.jsonl`` (one for one run)."""
-    last: dict = {}
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            last[record.get("run", 0)] = record
-    return [math.inf if r["val_ppl"] is None else r["val_ppl"] for _, r in sorted(last.items())]
-
-
-def sizes_summary(bench_json: Path) -> dict:
-    """Per size label: the kernel rnnjax chooses, each contender's ms per step (or its error), the ratios."""
-    bench = json.loads(bench_json.read_text())
-    return {s["label"]: {"auto_kernel": s["auto_kernel"],
-                         "ms_per_step": {n: r.get("ms_per_step", r.get("error"))
-                                         for n, r in s["contenders"].items()},
-                         "ratios": s["ratios"]} for s in bench["sizes"]}
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     out, work = args.out, args.out / "work"
@@ -273,52 +243,6 @@ def main(argv=None) -> int:
     parts.write()
     print(report(summary), flush=True)
     return 0 if all(p["ok"] for p in summary["parts"].values()) else 1
-
-
-def describe_machine(summary: dict) -> str:
-    """The info part's line: backend, device, torch's device (or that it is not installed), versions."""
-    if "versions" not in summary:
-        return f"machine unknown: the info part failed ({summary['parts']['info']['error']}; see info.log)"
-    versions = summary["versions"]
-    torch = ("torch not installed" if versions.get("torch") is None
-             else f"torch on {summary['torch_device']}" if summary.get("torch_device")
-             else f"torch {versions['torch']} installed but not importable")
-    return (f"backend {summary['backend']}, {summary['device_kind']}; {torch}; "
-            + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None))
-
-
-def _state(part: dict) -> str:
-    return ("ok" if part["ok"] else "skipped" if part.get("skipped") else "cut short" if part.get("cut")
-            else "FAILED")
-
-
-def report(summary: dict) -> str:
-    """The summary in a few lines (the end of a device run's output)."""
-    lines = [f"device check ({summary.get('backend')}, {summary.get('device_kind')}), "
-             f"{summary['seconds']:.0f} s in all; parts: "
-             + ", ".join(f"{n} {_state(p)}" for n, p in summary["parts"].items())]
-    t = summary["parts"].get("tests", {})
-    if "passed" in t:
-        lines.append(f"tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped"
-                     + (f": {', '.join(t['failed_tests'][:10])}" if t["failed"] else ""))
-    for what in ("recipe", "seeds"):
-        r = summary.get(what)
-        if r is None:          # the budget ran out before this part
-            lines.append(f"{what}: not run")
-            continue
-        parts = summary["parts"]
-        times = ", ".join(f"{temp} {r[f'{temp}_s']:.1f} s" if f"{temp}_s" in r
-                          else f"{temp} {_state(parts[f'{what}-{temp}']).lower()}"
-                          if f"{what}-{temp}" in parts else f"{temp} not run" for temp in ("cold", "warm"))
-        ppl = f", val ppl {r['val_ppl']}" if "val_ppl" in r else ""
-        lines.append(f"{what} ({r.get('epochs')} epochs): {times}{ppl}")
-    if summary.get("sizes"):
-        lines.append("ms per step, per size and kernel:")
-    for label, size in summary.get("sizes", {}).items():
-        ms = "  ".join(f"{n} {v:.2f} ms" if isinstance(v, float) else f"{n} failed"
-                       for n, v in size["ms_per_step"].items())
-        lines.append(f"{label:<20} {ms}  (auto: {size['auto_kernel']})")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

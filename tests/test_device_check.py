@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from experiments import device_check
+from experiments import device_check, device_summary
 from experiments.benchmark import sizes, torch_available
 from rnnjax import kernels
 from rnnjax.data import TimeMachine
@@ -75,7 +75,7 @@ def test_a_part_the_budget_skipped_is_reported_as_skipped_not_failed(tmp_path):
     device_check.Parts(tmp_path, summary, budget_s=1, quick=True).run("recipe-cold", "recipe", [], {})
     assert json.loads((tmp_path / "summary.json").read_text())["parts"]["recipe-cold"]["skipped"] is True
     summary.update(seconds=8.0, backend="cpu", device_kind="cpu", recipe={"epochs": 3})
-    text = device_check.report(summary)
+    text = device_summary.report(summary)
     assert "parts: recipe-warm FAILED, recipe-cold skipped" in text
     assert "recipe (3 epochs): cold skipped, warm failed\n" in text and "None" not in text
 
@@ -88,58 +88,9 @@ def test_a_part_the_budget_stops_is_cut_short_not_failed(tmp_path, monkeypatch):
     cut = summary["parts"]["recipe-cold"]
     assert not cut["ok"] and cut["cut"] and cut["error"].startswith("cut short by the --budget after")
     summary.update(seconds=8.0, backend="cpu", device_kind="cpu", recipe={"epochs": 3})
-    text = device_check.report(summary)
+    text = device_summary.report(summary)
     assert "parts: recipe-cold cut short" in text
     assert "recipe (3 epochs): cold cut short, warm not run" in text
-
-
-def test_counts_come_from_pytests_junit_xml(tmp_path):
-    """As pytest writes it, also when stopped by Ctrl-C (the test it interrupted: a case with no name)."""
-    xml = tmp_path / "tests.xml"
-    xml.write_text("""<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="1"
-        failures="1" skipped="1" tests="5"><testcase classname="tests.test_a" name="test_ok" time="0.1"/>
-        <testcase classname="tests.test_a" name="test_ok2" time="0.1"/><testcase time="0.000" />
-        <testcase classname="tests.test_a" name="test_bad" time="0.1"><failure message="x">x</failure>
-        </testcase>
-        <testcase classname="tests.test_b" name="test_err" time="0.1"><error message="e">e</error></testcase>
-        <testcase classname="tests.test_b" name="test_skip" time="0.0"><skipped message="s"/></testcase>
-        <testcase classname="" name="tests.test_c" time="0.0"><error message="i">no numpy</error></testcase>
-        </testsuite></testsuites>""")
-    assert device_check.count_tests(xml) == {"passed": 2, "failed": 3, "skipped": 1, "failed_tests": [
-        "tests.test_a::test_bad", "tests.test_b::test_err", "tests.test_c"]}     # the last: not collected
-
-
-def test_final_val_ppl_is_each_runs_last_epoch(tmp_path):
-    rows = [{"epoch": 1, "run": 0, "val_ppl": 9.0}, {"epoch": 1, "run": 1, "val_ppl": 8.0},
-            {"epoch": 2, "run": 0, "val_ppl": 7.0}, {"epoch": 2, "run": 1, "val_ppl": None}]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert device_check.final_val_ppl(tmp_path) == [7.0, math.inf]
-
-
-def test_the_report_says_its_units():
-    summary = {"backend": "gpu", "device_kind": "H200", "seconds": 300.0, "parts": {"recipe": {"ok": True}},
-               "recipe": {"epochs": 100, "cold_s": 12.5, "warm_s": 3.25, "val_ppl": [7.3]},
-               "sizes": {"d2l": {"auto_kernel": "fused", "ms_per_step": {"fused": 1.5, "plain": "OOM"}}}}
-    text = device_check.report(summary)
-    assert "recipe (100 epochs): cold 12.5 s, warm 3.2 s, val ppl [7.3]" in text
-    assert "ms per step" in text and "fused 1.50 ms  plain failed  (auto: fused)" in text
-    assert "seeds: not run" in text and "nan" not in text and "None" not in text
-    del summary["recipe"]["warm_s"]
-    assert "recipe (100 epochs): cold 12.5 s, warm not run" in device_check.report(summary)
-    summary["parts"]["recipe-warm"] = {"ok": False, "error": "exit status 1: boom"}
-    assert "recipe (100 epochs): cold 12.5 s, warm failed" in device_check.report(summary)
-
-
-def test_the_machine_line_says_torch_is_not_installed_rather_than_none():
-    info = {"backend": "cpu", "device_kind": "cpu", "torch_device": None,
-            "versions": {"python": "3.11.7", "jax": "0.10.2", "torch": None}}
-    assert device_check.describe_machine(info) == ("backend cpu, cpu; torch not installed; python 3.11.7, "
-                                                   "jax 0.10.2")
-    info.update(torch_device="NVIDIA H200", versions={"jax": "0.10.2", "torch": "2.5.1"})
-    assert device_check.describe_machine(info) == ("backend cpu, cpu; torch on NVIDIA H200; jax 0.10.2, "
-                                                   "torch 2.5.1")
-    failed = {"parts": {"info": {"ok": False, "error": "exit status 1: ImportError: jax"}}}
-    assert "None" not in device_check.describe_machine(failed)
 
 
 def test_bad_arguments_say_so_before_any_work(tmp_path, capsys):
