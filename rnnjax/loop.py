@@ -104,7 +104,7 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
         checkpoint.save(manager, int(per_run(host.step)[0]), host, meta, val_ppl=val_ppl)
 
     # A multi-host run's save is collective: its processes stop at the same call, on the signal any caught.
-    several_processes = jax.process_count() > 1
+    several_processes = _spans_processes()
     signum = None                     # the signal that stops the run, as every process sees it
     with catch_signals() as stop, manager:
         for epoch in range(position.epoch, p.config.epochs):
@@ -148,8 +148,8 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
                 if stops.why[r] is None:
                     records.append(record)
             stops.check_any_live()
-            if not several_processes:      # one caught during validation saves this epoch and stops
-                signum = stop.signum
+            # One caught during validation saves this epoch and stops (every process: they agree again).
+            signum = _caught_by_any(stop.signum) if several_processes else stop.signum
             # The records first: a crash between the two leaves them past the checkpoint; resume drops them.
             for record in records:
                 metrics_log.append(record)
@@ -254,9 +254,14 @@ class _Stops:
                                 "smaller --lr.")
 
 
+def _spans_processes() -> bool:
+    """Whether this is a multi-host run, whose processes agree on a stop."""
+    return jax.process_count() > 1
+
+
 def _caught_by_any(signum: int | None) -> int | None:
     """The signal any process of a multi-host run caught (the lowest-numbered's), the same on each: one
-    small collective a call."""
+    small collective a call and one after validation."""
     from jax.experimental import multihost_utils
     caught = [int(s) for s in np.asarray(multihost_utils.process_allgather(np.int32(signum or 0))) if s]
     return caught[0] if caught else None

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnnjax import checkpoint, meta as meta_lib, metrics, runs, train
+from rnnjax import checkpoint, loop, meta as meta_lib, metrics, runs, train
 from rnnjax.data import TimeMachine
 from rnnjax.objective import targets
 from rnnjax.state import create_train_state
@@ -116,3 +116,21 @@ def test_a_workdir_of_format_2_stopped_mid_epoch_resumes_as_if_never_stopped(dat
     assert all("grad_norm" not in r for r in resumed.history if r["epoch"] == 2)
     for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(straight.state)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_signal_a_peer_catches_in_validation_stops_this_one_after_that_epoch(data, tmp_path, monkeypatch):
+    """A multi-host run's processes agree on a signal after each call and after validation, as a
+    single-process run stops on one caught then. Simulated in one process: the peer's SIGTERM comes with
+    the agreement after epoch 1's validation (the third: two calls an epoch, then validation's)."""
+    gathers = []
+
+    def caught_by_any(own):
+        gathers.append(own)
+        return signal.SIGTERM if len(gathers) == 3 else own
+    monkeypatch.setattr(loop, "_spans_processes", lambda: True)
+    monkeypatch.setattr(loop, "_caught_by_any", caught_by_any)
+    with pytest.raises(Interrupted, match=r"\(SIGTERM\), caught by another process of the multi-host run, in "
+                                          r"epoch 1 after batch 13/13; saved step 13"):
+        fit(TINY.replace(epochs=3), data, tmp_path, devices=1, log=None)
+    assert gathers == [None] * 3 and checkpoint.restore(tmp_path).step == 13
+    assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / metrics.FILENAME).read()] == [1]
