@@ -13,7 +13,8 @@ the same on a CPU in about a minute: a handful of test files, 3 epochs, the
 benchmark's small sizes. Each part runs as its own process with a timeout
 (and the whole within ``--budget``); a part that fails or times out is
 recorded, and the others still run; one the budget leaves no time for is
-recorded as skipped, and one it stops as cut short (not failed). The
+recorded as skipped, and one it stops as cut short (not failed). Ctrl-C or
+SIGTERM stops the check and its running part, summary.json saying so. The
 ``--data`` file's SHA-1 is checked before any part.
 
 Writes into DIR (which must be new or empty): each part's log
@@ -27,12 +28,14 @@ seconds and perplexities, and per size the ms per step of every contender.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from experiments.device_summary import count_tests, describe_machine, final_val_ppl, report, sizes_summary
@@ -106,6 +109,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+class Stopped(Exception):
+    """The check was stopped by a signal (``Parts.on_signal``)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class Parts:
     """Runs each part as a process in its own session (so that a timeout stops its children too), its
     output in ``DIR/<name>.log``; records what happened in ``summary['parts']`` and rewrites summary.json."""
@@ -114,30 +125,49 @@ class Parts:
     def __init__(self, out: Path, summary: dict, budget_s: float, quick: bool, timeouts: dict = TIMEOUTS):
         self.out, self.summary, self.quick, self.timeouts = out, summary, quick, timeouts
         self.deadline = time.monotonic() + budget_s
+        self.running: subprocess.Popen | None = None
+        self.stopped: int | None = None
+
+    def on_signal(self, signum: int, frame) -> None:
+        """The first signal stops the check (its running part first, given ``_stop``'s grace); a second one
+        kills that part at once."""
+        if self.stopped is None:
+            self.stopped = signum
+            raise Stopped(signum)
+        if self.running is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.running.pid, signal.SIGKILL)
 
     def run(self, name: str, kind: str, cmd: list[str], env: dict) -> dict:
         left = self.deadline - time.monotonic()
         limit = self.timeouts[kind][self.quick]
         timeout, cut = min(limit, left), left < limit
-        record = {"log": f"{name}.log", "ok": False}
+        record, stopped = {"log": f"{name}.log", "ok": False}, None
         if left < self.least_s:
             # Nothing ran: no log.
             record = {"ok": False, "skipped": True, "error": "skipped: the --budget ran out"}
         else:
             t0 = time.perf_counter()
             with open(self.out / f"{name}.log", "w") as log:
-                proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True,
-                                        preexec_fn=_heed_ctrl_c)
+                self.running = proc = subprocess.Popen(
+                    cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True, preexec_fn=_heed_ctrl_c)
                 try:
-                    record["returncode"] = proc.wait(timeout)
-                except subprocess.TimeoutExpired:    # Ctrl-C first: pytest then writes what it ran so far
+                    try:
+                        record["returncode"] = proc.wait(timeout)
+                    except subprocess.TimeoutExpired:    # Ctrl-C first: pytest then writes what it ran so far
+                        _stop(proc)
+                        # The part's own limit is a failure; the --budget's is not (it may have been passing).
+                        record["error"] = (f"cut short by the --budget after {timeout:.0f} s" if cut
+                                           else f"timed out after {timeout:.0f} s")
+                        if cut:
+                            record["cut"] = True
+                except Stopped as e:        # the check is stopped: its part with it, not left running
                     _stop(proc)
-                    # The part's own limit is a failure; the --budget's is not (it may have been passing).
-                    record["error"] = (f"cut short by the --budget after {timeout:.0f} s" if cut
-                                       else f"timed out after {timeout:.0f} s")
-                    if cut:
-                        record["cut"] = True
+                    stopped = e
+                    record.update(error=f"stopped by signal {e.signum}", stopped=True)
+                finally:
+                    self.running = None
             record["seconds"] = time.perf_counter() - t0
             record["ok"] = record.get("returncode") == 0
             if "error" not in record and not record["ok"]:
@@ -147,6 +177,8 @@ class Parts:
         print(f"{name}: " + (f"ok, {record['seconds']:.1f} s" if record["ok"] else record["error"]),
               flush=True)
         self.write()
+        if stopped is not None:
+            raise stopped
         return record
 
     def write(self) -> None:
@@ -161,7 +193,8 @@ def _heed_ctrl_c() -> None:
 
 def _stop(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
     """SIGINT to the part's process group, SIGKILL to what is left after ``grace_s``."""
-    os.killpg(proc.pid, signal.SIGINT)
+    with contextlib.suppress(ProcessLookupError):      # it may have ended by itself just now
+        os.killpg(proc.pid, signal.SIGINT)
     try:
         proc.wait(grace_s)
     except subprocess.TimeoutExpired:
@@ -178,16 +211,36 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
+def until_stopped(parts: Parts, check: Callable[[], int]) -> int:
+    """``check()``'s status, or, stopped by SIGTERM or SIGINT (unless the check was started ignoring it, as a
+    script's background job is), one line and 128 + the signal, summary.json saying so."""
+    signal.signal(signal.SIGTERM, parts.on_signal)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, parts.on_signal)
+    try:
+        return check()
+    except Stopped as e:
+        parts.summary["stopped_by_signal"] = e.signum
+        parts.write()
+        print(f"Stopped by signal {e.signum} ({signal.Signals(e.signum).name}), the running part with it; "
+              f"{parts.out / 'summary.json'} has what ran.", file=sys.stderr, flush=True)
+        return 128 + e.signum
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out, work = args.out, args.out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    args.out.joinpath("work").mkdir(parents=True, exist_ok=True)
+    summary = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "data": args.data,
+               "parts": {}}
+    parts = Parts(args.out, summary, args.budget, args.quick)
+    return until_stopped(parts, lambda: _check(args, parts))
+
+
+def _check(args: argparse.Namespace, parts: Parts) -> int:
+    out, work, summary = args.out, args.out / "work", parts.summary
     py = sys.executable
     path = os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p)
     env = {**os.environ, "PYTHONPATH": path, "RNNJAX_TIMEMACHINE": args.data, "PYTHONUNBUFFERED": "1"}
-    summary = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "data": args.data,
-               "parts": {}}
-    parts = Parts(out, summary, args.budget, args.quick)
     t_start = time.perf_counter()
 
     if parts.run("info", "info", [py, "-c", _INFO], env)["ok"]:

@@ -53,7 +53,7 @@ def describe_machine(summary: dict) -> str:
 
 def _state(part: dict) -> str:
     return ("ok" if part["ok"] else "skipped" if part.get("skipped") else "cut short" if part.get("cut")
-            else "FAILED")
+            else "stopped" if part.get("stopped") else "FAILED")
 
 
 def report(summary: dict) -> str:

@@ -3,6 +3,7 @@ values; a part that fails or runs out of time is recorded and the others still r
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -68,6 +69,48 @@ def test_a_failing_part_is_recorded_and_the_next_one_runs(tmp_path):
         "late", "tests", [sys.executable, "-c", ""], {})
     assert late == {"ok": False, "skipped": True, "error": "skipped: the --budget ran out"}
     assert not (tmp_path / "late.log").exists()
+
+
+# A check of one part that hangs, its process id the first line of its log.
+_HANGING_CHECK = """
+import sys
+from pathlib import Path
+from experiments import device_check
+parts = device_check.Parts(Path(sys.argv[1]), {"parts": {}}, budget_s=100, quick=True,
+                           timeouts={"t": (60, 60)})
+hang = [sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(60)"]
+sys.exit(device_check.until_stopped(parts, lambda: parts.run("hangs", "t", hang, {})["returncode"]))
+"""
+
+
+@pytest.mark.parametrize("signum, ignored", [(signal.SIGTERM, False), (signal.SIGINT, False),
+                                             (signal.SIGINT, True)])
+def test_a_stopped_check_stops_its_part_and_says_so_in_one_line(tmp_path, signum, ignored):
+    """Ctrl-C or SIGTERM: the running part is stopped (not left behind), summary.json says so, one line and
+    128 + the signal. A check started ignoring SIGINT (a script's background job) goes on; SIGTERM stops
+    it."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None
+    check = subprocess.Popen([sys.executable, "-c", _HANGING_CHECK, str(tmp_path)], cwd=device_check.ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
+    log, deadline = tmp_path / "hangs.log", time.monotonic() + 30
+    while not (log.is_file() and log.read_text().strip()):
+        assert check.poll() is None and time.monotonic() < deadline, check.communicate()
+        time.sleep(0.05)
+    part = int(log.read_text().split()[0])
+    check.send_signal(signum)
+    if ignored:
+        with pytest.raises(subprocess.TimeoutExpired):
+            check.wait(1)
+        signum = signal.SIGTERM
+        check.send_signal(signum)
+    _, err = check.communicate(timeout=30)
+    assert check.returncode == 128 + signum, err
+    assert err == (f"Stopped by signal {signum} ({signal.Signals(signum).name}), the running part with it; "
+                   f"{tmp_path / 'summary.json'} has what ran.\n")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped_by_signal"] == signum and summary["parts"]["hangs"]["stopped"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(part, 0)
 
 
 def test_a_part_the_budget_skipped_is_reported_as_skipped_not_failed(tmp_path):
