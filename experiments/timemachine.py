@@ -55,15 +55,17 @@ OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory")      # in XLA's errors
 
 
 def _disagreements(config: config_lib.Config, requested: dict) -> list[str]:
-    """The flags ``requested`` that ``config`` (a checkpoint's) was not trained with, as the flags read. A
-    list (``--seeds 0,1``, ``--lr 1,0.5``) is a training command's, of which the run is one."""
+    """The flags ``requested`` that ``config`` (a checkpoint's) was not trained with, as the flags read
+    (``ConfigError`` for a value no run could take). A list (``--seeds 0,1``, ``--lr 1,0.5``) is a training
+    command's, of which the run is one."""
     out = []
     for k, v in requested.items():
         have = getattr(config, k)
         values = v if k in config_lib.SWEEPABLE else (v,)
+        for value in values:        # one no run could have (--lr nan, --cell GRU) says so, as training does
+            config.replace(**{k: value})
         if have not in values:
-            it_has = config_lib.listed([have])
-            out.append(f"{config_lib.flag(k)} {config_lib.listed(values)} (it has {it_has})")
+            out.append(config_lib.disagreement(k, values, [have]))
     return out
 
 

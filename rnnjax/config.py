@@ -169,7 +169,7 @@ SWEEPABLE = ("seed", "lr", "clip")
 
 def label(config: Config, configs: list[Config]) -> str:
     """``seed 1, lr 0.5``: the fields in which ``config`` differs from the other runs trained with it."""
-    return ", ".join(f"{k} {getattr(config, k):g}" for k in SWEEPABLE
+    return ", ".join(f"{k} {shown(getattr(config, k))}" for k in SWEEPABLE
                      if len({getattr(c, k) for c in configs}) > 1) or "the one run"
 
 
@@ -244,7 +244,7 @@ def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str
         wanted = value if name in SWEEPABLE else (value,)
         have = list(dict.fromkeys(getattr(c, name) for c in saved))
         if list(wanted) != have:           # runs in their order: the order of the stacked state
-            differ.append(f"{flag(name)} {listed(wanted)} (it has {listed(have)})")
+            differ.append(disagreement(name, wanted, have))
     if differ:
         raise ConfigError(f"{where} holds a run of other settings than the flags ask for: "
                           f"{'; '.join(differ)}. Leave those flags out to train it on (its settings are read "
@@ -252,8 +252,26 @@ def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str
     return [c.replace(**resumable) for c in saved]
 
 
+def shown(value) -> str:
+    """A value as a flag takes it: a float in as few digits as give it back (``1``, ``0.1234567``)."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
+
+
 def listed(values) -> str:
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+    return ",".join(shown(v) for v in values)
+
+
+def disagreement(name: str, wanted, have) -> str:
+    """``--lr 0.5 (it has 1)``, ``--bidirectional (it has --no-bidirectional)``: a flag given against the
+    value(s) a run has, as flags are typed."""
+    if all(isinstance(v, bool) for v in (*wanted, *have)):
+        def as_flag(v: bool) -> str:
+            return flag(name) if v else "--no-" + flag(name)[2:]
+        return f"{','.join(map(as_flag, wanted))} (it has {','.join(map(as_flag, have))})"
+    return f"{flag(name)} {listed(wanted)} (it has {listed(have)})"
 
 
 def from_flags(args: argparse.Namespace) -> Config:

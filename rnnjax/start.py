@@ -19,7 +19,7 @@ import jax
 
 from rnnjax import checkpoint, kernels, memory, metrics, precision, workdir as workdir_lib
 from rnnjax.backend import available_cores, cpu_device_count_chosen
-from rnnjax.config import SWEEPABLE, Config, label
+from rnnjax.config import SWEEPABLE, Config, label, shown
 from rnnjax.data import TimeMachine, Vocab
 from rnnjax.parallel import DataParallel
 from rnnjax.state import abstract_run_states, abstract_train_state, loss_path, make_model
@@ -285,5 +285,5 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
 
 
 def _sweep(configs: list[Config]) -> str:
-    return "; ".join(f"{k} {', '.join(f'{v:g}' for v in dict.fromkeys(getattr(c, k) for c in configs))}"
+    return "; ".join(f"{k} {', '.join(map(shown, dict.fromkeys(getattr(c, k) for c in configs)))}"
                      for k in SWEEPABLE)

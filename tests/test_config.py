@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rnnjax.config import PRESETS, Config, ConfigError, add_flags, from_flags
+from rnnjax.config import PRESETS, Config, ConfigError, add_flags, disagreement, from_flags, label, shown
 
 
 def parse(*argv):
@@ -69,3 +69,13 @@ def test_differences_name_the_fields_a_resumed_run_may_not_change():
     base = Config()
     assert base.differences(base.replace(epochs=500, kernel="plain", matmul_precision="highest")) == []
     assert base.differences(base.replace(lr=2.0, cell="gru", epochs=500)) == ["cell", "lr"]   # field order
+
+
+def test_values_are_shown_as_typed_and_values_that_differ_read_differently():
+    assert [shown(v) for v in (1.0, 0.5, 1e-05, 0.1234567, 1.0000001, 3, "gru")] == [
+        "1", "0.5", "1e-05", "0.1234567", "1.0000001", "3", "gru"]
+    runs = [Config(lr=0.1234567), Config(lr=0.1234568)]
+    assert [label(c, runs) for c in runs] == ["lr 0.1234567", "lr 0.1234568"]
+    assert disagreement("lr", (0.5,), [1.0]) == "--lr 0.5 (it has 1)"
+    assert disagreement("seed", (0, 1), [2, 3]) == "--seed 0,1 (it has 2,3)"
+    assert disagreement("bidirectional", (False,), [True]) == "--no-bidirectional (it has --bidirectional)"

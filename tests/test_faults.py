@@ -614,9 +614,19 @@ def test_predict_with_the_flags_of_another_epoch_count_is_the_same_model(real_te
     for bad in (["--epochs", "-5"], ["--kernel", "bogus"], ["--keep", "0"]):     # not used, still checked
         assert cli("--workdir", str(trained), "--predict", "it has", *bad) == 1
         assert capsys.readouterr().err.startswith(f"error: {bad[0]} must be ")
-    assert cli("--workdir", str(trained), "--predict", "it has", "--lr", "0.5") == 1   # a training setting
-    assert "was trained with other settings than the flags ask for: --lr 0.5 (it has 1)." \
-        in capsys.readouterr().err
+    # A model's setting, named as typed: a float in the digits that tell it apart, a switch as a switch.
+    wrong = [(["--lr", "0.5"], "--lr 0.5 (it has 1)"), (["--lr", "1.0000001"], "--lr 1.0000001 (it has 1)"),
+             (["--bidirectional"], "--bidirectional (it has --no-bidirectional)"),
+             (["--cell", "gru", "--num-hiddens", "8"],
+              "--num-hiddens 8 (it has 16); --cell gru (it has rnn)")]
+    for flags, says in wrong:
+        assert cli("--workdir", str(trained), "--predict", "it has", *flags) == 1
+        assert capsys.readouterr().err == (f"error: The checkpoint in {trained} was trained with other "
+                                           f"settings than the flags ask for: {says}.\n")
+    for bad, says in ((["--lr", "nan"], "--lr must be a positive finite number"),      # no run has these
+                      (["--cell", "GRU"], "--cell 'GRU' is not a known cell")):
+        assert cli("--workdir", str(trained), "--predict", "it has", *bad) == 1
+        assert capsys.readouterr().err.startswith(f"error: {says}")
 
 
 DIVERGING = TINY.replace(epochs=20, lr=30.0, clip=1000.0)      # far above uniform from epoch 1: stops at 3
