@@ -160,7 +160,7 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
                 progress(done, total, {"epoch": epoch + 1, **mean})
             if signum is not None:
                 raise _stopped(manager, signum, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done,
-                               workdir)
+                               workdir, finished=epoch + 1 == p.config.epochs)
         checkpoint.check_saved(manager, wait=True)
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir, tuple(stops.why) if several else ())
 
@@ -268,15 +268,17 @@ def _caught_by_any(signum: int | None) -> int | None:
 
 
 def _stopped(manager: Any, signum: int, caught: int | None, epoch: int, batch: int, steps_per_epoch: int,
-             step: int, workdir: Path) -> Interrupted:
+             step: int, workdir: Path, finished: bool = False) -> Interrupted:
     """The ``Interrupted`` a loop stopped by a signal raises, once its saves have finished; ``caught`` is
-    this process's own signal (``None``: another process of a multi-host run caught it)."""
+    this process's own signal (``None``: another process of a multi-host run caught it); ``finished``: it
+    came after the last epoch's validation, with nothing left to train."""
     checkpoint.check_saved(manager, wait=True)
     by = "" if caught else ", caught by another process of the multi-host run,"
     signum = caught or signum
-    return Interrupted(f"Stopped by signal {signum} ({signal.Signals(signum).name}){by} in epoch {epoch + 1} "
-                       f"after batch {batch}/{steps_per_epoch}; saved step {step} in {workdir}. Run the same "
-                       "command again to resume.", signum)
+    then = "The run is complete." if finished else "Run the same command again to resume."
+    name = signal.Signals(signum).name
+    return Interrupted(f"Stopped by signal {signum} ({name}){by} in epoch {epoch + 1} after batch "
+                       f"{batch}/{steps_per_epoch}; saved step {step} in {workdir}. {then}", signum)
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
