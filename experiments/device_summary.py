@@ -74,7 +74,9 @@ def report(summary: dict) -> str:
         times = ", ".join(f"{temp} {r[f'{temp}_s']:.1f} s" if f"{temp}_s" in r
                           else f"{temp} {_state(parts[f'{what}-{temp}']).lower()}"
                           if f"{what}-{temp}" in parts else f"{temp} not run" for temp in ("cold", "warm"))
-        ppl = f", val ppl {r['val_ppl']}" if "val_ppl" in r else ""
+        ppl = r.get("val_ppl", [])          # the recipe's one, or the seeds' list
+        ppl = ", ".join(f"{v:.2f}" for v in (ppl if isinstance(ppl, list) else [ppl]))
+        ppl = f", val ppl {ppl}" if ppl else ""
         lines.append(f"{what} ({r.get('epochs')} epochs): {times}{ppl}")
     if summary.get("sizes"):
         lines.append("ms per step, per size and kernel:")

@@ -85,15 +85,15 @@ class Plan:
         if jax.process_count() > 1:
             devices += f" over {jax.process_count()} processes"
         if self.step is None:
-            what = f"new run of {self.config.epochs} epochs"
+            what = f"new run of {_epochs(self.config.epochs)}"
             if self.runs:
-                what = (f"{len(self.runs)} new runs of {self.config.epochs} epochs in one program "
+                what = (f"{len(self.runs)} new runs of {_epochs(self.config.epochs)} in one program "
                         f"({'; '.join(label(c, list(self.runs)) for c in self.runs)})")
         elif self.finished:
             more = f" and {self.position.batch} batches of the next" if self.position.batch else ""
-            return (f"{self.workdir} holds {self.position.epoch} trained epochs{more} (step {self.step}), "
-                    f"the run asks for {self.config.epochs} epochs: nothing to train; more epochs (--epochs) "
-                    "train on.")
+            held = _epochs(self.position.epoch, "trained ")
+            return (f"{self.workdir} holds {held}{more} (step {self.step}), the run asks for "
+                    f"{_epochs(self.config.epochs)}: nothing to train; more epochs (--epochs) train on.")
         else:
             stopped = sum(why is not None for why in self.position.stopped)
             runs = f"{len(self.runs)} runs ({stopped} stopped earlier) " if stopped else \
@@ -282,6 +282,10 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
         raise checkpoint.CheckpointError(f"{workdir} holds a run of {meta['steps_per_epoch']} steps an "
                                          f"epoch; this data has {steps_per_epoch}. Use a new --workdir, or "
                                          "the checkpoint's data to resume it.")
+
+
+def _epochs(n: int, kind: str = "") -> str:
+    return f"{n} {kind}epoch{'' if n == 1 else 's'}"
 
 
 def _sweep(configs: list[Config]) -> str:

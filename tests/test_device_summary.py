@@ -31,12 +31,16 @@ def test_final_val_ppl_is_each_runs_last_epoch(tmp_path):
 
 def test_the_report_says_its_units():
     summary = {"backend": "gpu", "device_kind": "H200", "seconds": 300.0, "parts": {"recipe": {"ok": True}},
-               "recipe": {"epochs": 100, "cold_s": 12.5, "warm_s": 3.25, "val_ppl": [7.3]},
+               "recipe": {"epochs": 100, "cold_s": 12.5, "warm_s": 3.25, "val_ppl": 7.31234},
+               "seeds": {"epochs": 100, "cold_s": 14.0, "val_ppl": [7.3, 7.456]},
                "sizes": {"d2l": {"auto_kernel": "fused", "ms_per_step": {"fused": 1.5, "plain": "OOM"}}}}
     text = device_summary.report(summary)
-    assert "recipe (100 epochs): cold 12.5 s, warm 3.2 s, val ppl [7.3]" in text
+    assert "recipe (100 epochs): cold 12.5 s, warm 3.2 s, val ppl 7.31\n" in text
+    assert "seeds (100 epochs): cold 14.0 s, warm not run, val ppl 7.30, 7.46\n" in text
     assert "ms per step" in text and "fused 1.50 ms  plain failed  (auto: fused)" in text
-    assert "seeds: not run" in text and "nan" not in text and "None" not in text
+    assert "nan" not in text and "None" not in text
+    del summary["seeds"]
+    assert "seeds: not run" in device_summary.report(summary)
     del summary["recipe"]["warm_s"]
     assert "recipe (100 epochs): cold 12.5 s, warm not run" in device_summary.report(summary)
     summary["parts"]["recipe-warm"] = {"ok": False, "error": "exit status 1: boom"}

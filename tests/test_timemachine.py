@@ -147,7 +147,7 @@ def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp
             "--seeds", "0,1", "--lr", "1,2", "--devices", "2", "--no-compilation-cache"]
     assert timemachine.main(args) == 0
     out = capsys.readouterr().out
-    assert out.startswith("4 new runs of 1 epochs in one program (seed 0, lr 1; seed 0, lr 2; seed 1, lr 1; "
+    assert out.startswith("4 new runs of 1 epoch in one program (seed 0, lr 1; seed 0, lr 2; seed 1, lr 1; "
                           "seed 1, lr 2) on 2 CPU device(s)")
     assert "run 3 (seed 1, lr 2): train perplexity" in out and "4 runs, epoch 1:  train_ppl mean" in out
     records = timemachine.metrics.MetricsLog(workdir / "metrics.jsonl").read()
