@@ -149,9 +149,10 @@ class Parts:
         else:
             t0 = time.perf_counter()
             with open(self.out / f"{name}.log", "w") as log:
-                self.running = proc = subprocess.Popen(
-                    cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, preexec_fn=_heed_ctrl_c)
+                _pass_on_ctrl_c()
+                self.running = proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                       start_new_session=True)
                 try:
                     try:
                         record["returncode"] = proc.wait(timeout)
@@ -185,10 +186,16 @@ class Parts:
         (self.out / "summary.json").write_text(json.dumps(self.summary, indent=1))
 
 
-def _heed_ctrl_c() -> None:
-    """In the part's process before it starts: a check run where SIGINT is ignored (a script's background job)
-    passes that on, and its parts would wait out ``_stop``'s grace instead of writing what they have."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _pass_on_ctrl_c() -> None:
+    """Where SIGINT is ignored (a script's background job), ignores it with a handler instead: a part inherits
+    an ignored signal, and would wait out ``_stop``'s grace instead of writing what it has; not a handled one.
+    (Not a ``preexec_fn``: that forks a process whose threads, JAX's in a test, may hold locks.)"""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _ignore)
+
+
+def _ignore(signum: int, frame) -> None:
+    pass
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
