@@ -89,9 +89,12 @@ def test_a_stopped_check_stops_its_part_and_says_so_in_one_line(tmp_path, signum
     """Ctrl-C or SIGTERM: the running part is stopped (not left behind), summary.json says so, one line and
     128 + the signal. A check started ignoring SIGINT (a script's background job) goes on; SIGTERM stops
     it."""
-    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None
-    check = subprocess.Popen([sys.executable, "-c", _HANGING_CHECK, str(tmp_path)], cwd=device_check.ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.getsignal(signal.SIGINT))
+    try:                        # an ignored signal is inherited: the check starts ignoring it
+        check = subprocess.Popen([sys.executable, "-c", _HANGING_CHECK, str(tmp_path)], cwd=device_check.ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, before)
     log, deadline = tmp_path / "hangs.log", time.monotonic() + 30
     while not (log.is_file() and log.read_text().strip()):
         assert check.poll() is None and time.monotonic() < deadline, check.communicate()
