@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from experiments import stopping
 from experiments.device_summary import count_tests, describe_machine, final_val_ppl, report, sizes_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,6 +236,7 @@ def until_stopped(parts: Parts, check: Callable[[], int]) -> int:
 
 
 def main(argv=None) -> int:
+    stopping.while_loading()        # parse_args loads JAX to check --data: a signal there says one line
     args = parse_args(argv)
     args.out.joinpath("work").mkdir(parents=True, exist_ok=True)
     summary = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "data": args.data,

@@ -242,6 +242,8 @@ def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str
             resumable[name] = value
             continue
         wanted = value if name in SWEEPABLE else (value,)
+        for v in wanted:            # one no run could have (--lr nan) says so, not that the run differs
+            saved[0].replace(**{name: v})
         have = list(dict.fromkeys(getattr(c, name) for c in saved))
         if list(wanted) != have:           # runs in their order: the order of the stacked state
             differ.append(disagreement(name, wanted, have))

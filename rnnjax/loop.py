@@ -275,7 +275,7 @@ def _stopped(manager: Any, signum: int, caught: int | None, epoch: int, batch: i
     checkpoint.check_saved(manager, wait=True)
     by = "" if caught else ", caught by another process of the multi-host run,"
     signum = caught or signum
-    then = "The run is complete." if finished else "Run the same command again to resume."
+    then = "Nothing is left to train." if finished else "Run the same command again to resume."
     name = signal.Signals(signum).name
     return Interrupted(f"Stopped by signal {signum} ({name}){by} in epoch {epoch + 1} after batch "
                        f"{batch}/{steps_per_epoch}; saved step {step} in {workdir}. {then}", signum)

@@ -67,6 +67,12 @@ def test_flags_that_ask_for_other_settings_than_the_workdir_s_are_one_sentence(t
     with pytest.raises(ValueError, match=r"holds a run of other settings than the flags ask for: "
                                          r"--num-hiddens 8 \(it has 16\); --lr 3 \(it has 2\)\. Leave those"):
         cli.settings(cli.parse_args(["--workdir", w, "--lr", "3", "--num-hiddens", "8", "--epochs", "9"]))
+    with pytest.raises(ValueError, match=r"holds a run of .*: --lr 2\.0000001 \(it has 2\)"):   # all digits
+        cli.settings(cli.parse_args(["--workdir", w, "--lr", "2.0000001"]))
+    for bad, says in ((["--lr", "nan"], "--lr must be a positive finite number"),      # no run could have it
+                      (["--cell", "GRU"], "--cell 'GRU' is not a known cell")):
+        with pytest.raises(ValueError, match=f"^{says}"):
+            cli.settings(cli.parse_args(["--workdir", w, *bad]))
 
 
 def test_runs_trained_together_resume_as_a_whole(tmp_path):

@@ -135,6 +135,6 @@ def test_a_signal_a_peer_catches_in_validation_stops_this_one_after_that_epoch(d
     assert gathers == [None] * 3 and checkpoint.restore(tmp_path).step == 13
     assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / metrics.FILENAME).read()] == [1]
     gathers.clear()                 # after the last epoch's validation: nothing is left to resume
-    with pytest.raises(Interrupted, match=r"in epoch 1 after batch 13/13; saved step 13 in .*\. The run is "
-                                          r"complete\.$"):
+    with pytest.raises(Interrupted, match=r"in epoch 1 after batch 13/13; saved step 13 in .*\. Nothing is "
+                                          r"left to train\.$"):
         fit(TINY.replace(epochs=1), data, tmp_path / "one", devices=1, log=None)
