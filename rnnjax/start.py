@@ -19,7 +19,7 @@ import jax
 
 from rnnjax import checkpoint, kernels, memory, metrics, precision, workdir as workdir_lib
 from rnnjax.backend import available_cores, cpu_device_count_chosen
-from rnnjax.config import SWEEPABLE, Config, label, shown
+from rnnjax.config import SWEEPABLE, Config, disagreement, label, shown
 from rnnjax.data import TimeMachine, Vocab
 from rnnjax.parallel import DataParallel
 from rnnjax.state import abstract_run_states, abstract_train_state, loss_path, make_model
@@ -268,7 +268,7 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
         raise checkpoint.CheckpointError(f"{workdir} holds {what(saved_runs)}, not {what(list(runs))}. Use a "
                                          "new --workdir, or the checkpoint's settings to resume it.")
     saved = Config.from_json(meta["config"])
-    diff = [f"{name}: checkpoint {getattr(saved, name)!r}, requested {getattr(config, name)!r}"
+    diff = [disagreement(name, (getattr(config, name),), [getattr(saved, name)])
             for name in saved.differences(config)]
     if diff:
         raise checkpoint.CheckpointError(

@@ -193,5 +193,5 @@ def test_the_runs_first_line_names_the_compute_dtype_and_the_matmuls(small_data,
 def test_a_run_resumes_at_another_matmul_precision_but_not_in_another_compute_dtype(small_data, tmp_path):
     fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
     assert plan(TINY.replace(matmul_precision="high"), small_data, tmp_path, devices=1).step == 13
-    with pytest.raises(CheckpointError, match="compute_dtype: checkpoint 'float32', requested 'bfloat16'"):
+    with pytest.raises(CheckpointError, match=r"--compute-dtype bfloat16 \(it has float32\)"):
         plan(TINY.replace(compute_dtype="bfloat16"), small_data, tmp_path, devices=1)

@@ -134,7 +134,7 @@ def tree_stat(path):
     pytest.param(SMALL, 5, "--devices 5: this process has 4", marks=pytest.mark.cpu_devices(4)),
     pytest.param(SMALL.replace(batch_size=18), 4, "batch size 18 is not divisible",
                  marks=pytest.mark.cpu_devices(4)),
-    (SMALL.replace(lr=2.0), 1, r"lr: checkpoint 1.0, requested 2.0"),
+    (SMALL.replace(lr=2.0), 1, r"--lr 2 \(it has 1\)"),
 ])
 def test_fit_refuses_before_anything_is_written(small_data, tmp_path, config, devices, message):
     fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
