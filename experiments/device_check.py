@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from experiments import stopping
-from experiments.device_summary import count_tests, describe_machine, final_val_ppl, report, sizes_summary
+from experiments.device_summary import describe_machine, final_val_ppl, read_back, report
 
 ROOT = Path(__file__).resolve().parent.parent
 # --quick: test files that show the part works, in seconds (the kernels' own tests take minutes on a CPU).
@@ -229,6 +229,7 @@ def until_stopped(parts: Parts, check: Callable[[], int]) -> int:
         return check()
     except Stopped as e:
         parts.summary["stopped_by_signal"] = e.signum
+        read_back(parts.out, parts.summary)
         parts.write()
         print(f"Stopped by signal {e.signum} ({signal.Signals(e.signum).name}), the running part with it; "
               f"{parts.out / 'summary.json'} has what ran.", file=sys.stderr, flush=True)
@@ -265,14 +266,11 @@ def _check(args: argparse.Namespace, parts: Parts) -> int:
     # The tests wait on XLA's single-threaded compiler: where there are cores to spare, more workers.
     workers = ["-n", "0"] if args.quick else ["-n", "4"] if (os.cpu_count() or 1) >= 8 else []
     # A test file that cannot be imported there (a package missing) is counted as failed, not fatal.
-    record = parts.run("tests", "tests", [py, "-m", "pytest", "-m", "not slow", "-p", "no:cacheprovider",
-                                          "-q", "--continue-on-collection-errors",
-                                          f"--junitxml={out / 'tests.xml'}",
-                                          *workers, *tests], test_env)
-    if (out / "tests.xml").is_file():
-        record.update(count_tests(out / "tests.xml"))
-        record["ok"] = record.get("returncode") == 0 and record["failed"] == 0
-        parts.write()
+    parts.run("tests", "tests", [py, "-m", "pytest", "-m", "not slow", "-p", "no:cacheprovider", "-q",
+                                 "--continue-on-collection-errors", f"--junitxml={out / 'tests.xml'}",
+                                 *workers, *tests], test_env)
+    read_back(out, summary)
+    parts.write()
 
     # d2l's recipe as a user runs it: with a fresh, empty compilation cache (everything compiles and is
     # written), then again with that cache warm. $RNNJAX_CACHE is where the CLI keeps it.
@@ -296,11 +294,9 @@ def _check(args: argparse.Namespace, parts: Parts) -> int:
 
     # --quick: rnnjax jitted on one CPU device, which compiles in about half the time of a pmap over two.
     quick = ["--sizes", "small", "--devices", "1"] if args.quick else ["--sizes", "gpu"]
-    rec = parts.run("bench", "bench", [py, "-m", "experiments.benchmark", *quick, "--data", args.data,
-                                       "--json", str(out / "bench.json"), "--out", str(work)], env)
-    if (out / "bench.json").is_file():      # a timed-out run keeps the sizes it finished
-        summary["sizes"] = sizes_summary(out / "bench.json")
-        rec["sizes_done"] = len(summary["sizes"])
+    parts.run("bench", "bench", [py, "-m", "experiments.benchmark", *quick, "--data", args.data,
+                                 "--json", str(out / "bench.json"), "--out", str(work)], env)
+    read_back(out, summary)
     summary["seconds"] = time.perf_counter() - t_start
     parts.write()
     print(report(summary), flush=True)

@@ -39,6 +39,18 @@ def sizes_summary(bench_json: Path) -> dict:
                          "ratios": s["ratios"]} for s in bench["sizes"]}
 
 
+def read_back(out: Path, summary: dict) -> None:
+    """Into ``summary``: the tests' counts (tests.xml) and the step table (bench.json), where their parts
+    wrote them, also if cut short or stopped (pytest writes what it ran, the benchmark each size it ends)."""
+    tests, bench = summary["parts"].get("tests"), summary["parts"].get("bench")
+    if tests is not None and (out / "tests.xml").is_file():
+        tests.update(count_tests(out / "tests.xml"))
+        tests["ok"] = tests.get("returncode") == 0 and tests["failed"] == 0
+    if bench is not None and (out / "bench.json").is_file():
+        summary["sizes"] = sizes_summary(out / "bench.json")
+        bench["sizes_done"] = len(summary["sizes"])
+
+
 def describe_machine(summary: dict) -> str:
     """The info part's line: backend, device, torch's device (or that it is not installed), versions."""
     if "versions" not in summary:

@@ -57,3 +57,26 @@ def test_the_machine_line_says_torch_is_not_installed_rather_than_none():
                                                      "torch 2.5.1")
     failed = {"parts": {"info": {"ok": False, "error": "exit status 1: ImportError: jax"}}}
     assert "None" not in device_summary.describe_machine(failed)
+
+
+def test_what_a_stopped_part_wrote_is_read_back(tmp_path):
+    """pytest stopped after writing its results, the benchmark after one size: both are kept."""
+    (tmp_path / "tests.xml").write_text('<testsuites><testsuite><testcase classname="t" name="a"/>'
+                                        '<testcase classname="t" name="b"><failure/></testcase></testsuite>'
+                                        '</testsuites>')
+    size = {"label": "rnn 32/64/16", "auto_kernel": "fused", "ratios": {"flax": 2.0},
+            "contenders": {"rnnjax fused": {"ms_per_step": 0.4}, "flax": {"error": "OOM"}}}
+    (tmp_path / "bench.json").write_text(json.dumps({"sizes": [size]}))
+    summary = {"parts": {"tests": {"ok": False, "stopped": True}, "bench": {"ok": False, "stopped": True}}}
+    device_summary.read_back(tmp_path, summary)
+    assert summary["parts"]["tests"] == {"ok": False, "stopped": True, "passed": 1, "failed": 1,
+                                         "skipped": 0, "failed_tests": ["t::b"]}
+    assert summary["sizes"] == {"rnn 32/64/16": {
+        "auto_kernel": "fused", "ratios": {"flax": 2.0}, "ms_per_step": {"rnnjax fused": 0.4, "flax": "OOM"}}}
+    assert summary["parts"]["bench"]["sizes_done"] == 1
+    passed = {"parts": {"tests": {"ok": True, "returncode": 0}}}
+    (tmp_path / "tests.xml").write_text('<testsuites><testsuite><testcase classname="t" name="a"/>'
+                                        '</testsuite></testsuites>')
+    device_summary.read_back(tmp_path, passed)
+    tests = passed["parts"]["tests"]
+    assert tests["ok"] and tests["passed"] == 1 and "sizes" not in passed
