@@ -237,7 +237,10 @@ def until_stopped(parts: Parts, check: Callable[[], int]) -> int:
 
 
 def main(argv=None) -> int:
+    heed_ctrl_c = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN     # not in a background job
     stopping.while_loading()        # parse_args loads JAX to check --data: a signal there says one line
+    if not heed_ctrl_c:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     args = parse_args(argv)
     args.out.joinpath("work").mkdir(parents=True, exist_ok=True)
     summary = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "data": args.data,

@@ -118,6 +118,30 @@ def test_a_stopped_check_stops_its_part_and_says_so_in_one_line(tmp_path, signum
         os.kill(part, 0)
 
 
+@pytest.mark.slow
+def test_the_command_started_ignoring_ctrl_c_keeps_ignoring_it(real_text_path, tmp_path):
+    """As a script's background job: Ctrl-C does not stop it, SIGTERM does, in one line."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        argv = ["-m", "experiments.device_check", "--out", str(tmp_path / "c"), "--quick", "--data",
+                real_text_path]
+        check = subprocess.Popen([sys.executable, *argv], cwd=device_check.ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "c" / "info.log").is_file():
+        assert check.poll() is None and time.monotonic() < deadline, check.communicate()
+        time.sleep(0.05)
+    check.send_signal(signal.SIGINT)
+    with pytest.raises(subprocess.TimeoutExpired):
+        check.wait(1)
+    check.send_signal(signal.SIGTERM)
+    _, err = check.communicate(timeout=60)
+    assert check.returncode == 128 + signal.SIGTERM and err.startswith("Stopped by signal 15 (SIGTERM)"), err
+    assert err.count("\n") == 1
+
+
 def test_a_part_the_budget_skipped_is_reported_as_skipped_not_failed(tmp_path):
     summary = {"parts": {"recipe-warm": {"ok": False, "error": "exit status 1: boom"}}}
     device_check.Parts(tmp_path, summary, budget_s=1, quick=True).run("recipe-cold", "recipe", [], {})
