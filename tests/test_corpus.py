@@ -175,19 +175,20 @@ def test_a_vocabulary_too_large_for_memory_is_named(text_file, monkeypatch):
 
 # --- the cache --------------------------------------------------------------------
 
-def test_cache_hit_skips_tokenizing_and_is_keyed_by_text_and_options(text_file, monkeypatch):
+def test_cache_hit_skips_tokenizing_and_is_keyed_by_text_and_options(text_file, monkeypatch, tmp_path):
+    monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))    # not the session's: others fill that
     first = Corpus.from_config(text_file, TEXT)
-    assert not first.cache_hit
-    entry = data.cache_dir() / "corpus" / cache_entries()[-1]
+    assert not first.cache_hit and len(cache_entries()) == 1
+    entry = data.cache_dir() / "corpus" / cache_entries()[0]
     assert sorted(p.name for p in entry.iterdir()) == ["tokens.npy", "vocab.json"]
 
     def no_tokenizing(*args):
         raise AssertionError("tokenized again")
-    monkeypatch.setattr(corpus, "tokenize", no_tokenizing)
-    again = Corpus.from_config(text_file, TEXT.replace(num_steps=4, num_train=10))
+    with monkeypatch.context() as m:
+        m.setattr(corpus, "tokenize", no_tokenizing)
+        again = Corpus.from_config(text_file, TEXT.replace(num_steps=4, num_train=10))
     assert again.cache_hit and again.vocab == first.vocab
     np.testing.assert_array_equal(again.stream, first.stream)
-    monkeypatch.undo()
     assert not Corpus.from_config(text_file, TEXT.replace(token="word")).cache_hit
     text_file.write_text(other_alphabet(seed=1))
     changed = Corpus.from_config(text_file, TEXT)

@@ -20,8 +20,10 @@ from rnnjax.data import TimeMachine
 @pytest.mark.slow
 def test_quick_check_writes_a_summary_of_real_figures(real_text_path, tmp_path, fresh_env):
     out = tmp_path / "check"
+    # The suite's compile flags (conftest), kept: this shows the command works, its figures are not read.
+    flags = {"XLA_FLAGS": os.environ["XLA_FLAGS"]} if "XLA_FLAGS" in os.environ else {}
     proc = subprocess.run([sys.executable, "-m", "experiments.device_check", "--out", str(out), "--quick",
-                           "--data", real_text_path], env=fresh_env(), capture_output=True, text=True,
+                           "--data", real_text_path], env=fresh_env(**flags), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
