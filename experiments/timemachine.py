@@ -137,6 +137,8 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
             lower = memory.advice(config, len(data.vocab), p.dp.num_shards, len(configs))
             raise ValueError(f"The machine ran out of memory training this run ({type(e).__name__}); the "
                              f"workdir keeps its last checkpoint; lower {lower}.") from None
+        if not args.multi_host:     # (a multi-host run's processes keep deferring it: they end together)
+            _after_training(workdir)
         plot = workdir / metrics.PLOT
         if result.history and jax.process_index() == 0 and (not p.finished or not plot.exists()):
             metrics.plot_perplexity(result.history, plot)
@@ -170,8 +172,17 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
 def _stopped_at_start_up(signum, frame):
     if stops.stopping():       # a run stopping on a signal unwinds: it says so and exits 130/143 itself
         return
-    stopping.exit_now(f"Stopped by signal {signum} before training began (or after it ended); run the same "
-                      "command again to go on.", 128 + signum)
+    stopping.exit_now(f"Stopped by signal {signum} before any training; run the same command again to go on.",
+                      128 + signum)
+
+
+def _after_training(workdir: Path) -> None:
+    """Trained and saved: a signal from here (the plot, the last lines) ends a finished run."""
+    def stopped(signum, frame):
+        stopping.exit_now(f"Stopped by signal {signum} after the run was trained and saved, as it wrote its "
+                          f"summary: {workdir} holds the run.", 128 + signum)
+    signal.signal(signal.SIGINT, stopped)
+    signal.signal(signal.SIGTERM, stopped)
 
 
 def _deferred(signum, frame):

@@ -9,6 +9,8 @@ import json
 import random
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import jax
@@ -297,6 +299,32 @@ def test_a_signal_while_starting_is_one_line(real_text_path, tmp_path, main_job,
     if proc.returncode:
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert f"signal {signum}" in err
+
+
+# The command, with a signal to itself as it plots: after training and its last save.
+_SIGNAL_AS_IT_PLOTS = """
+import os, signal, sys
+from experiments import stopping, timemachine
+from rnnjax import metrics
+metrics.plot_perplexity = lambda *args, **kwargs: os.kill(os.getpid(), int(sys.argv[1]))
+stopping.run(lambda: timemachine.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_after_training_says_the_run_is_saved(real_text_path, tmp_path, fresh_env, signum):
+    args = ["--data", real_text_path, "--preset", "tiny", "--epochs", "1", "--workdir", str(tmp_path),
+            "--no-progress"]
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_AS_IT_PLOTS, str(int(signum)), *args],
+                          env=fresh_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + signum and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == f"Stopped by signal {signum} after the run was trained and saved, as it " \
+                                  f"wrote its summary: {tmp_path} holds the run."
+    again = subprocess.run([sys.executable, "-m", "experiments.timemachine", *args], env=fresh_env(),
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "nothing to train" in again.stdout, again.stdout + again.stderr
+    assert (tmp_path / metrics.PLOT).is_file()        # the plot the stop cut short is written now
 
 
 def test_a_save_that_fails_in_the_background_stops_the_run_at_its_next_save(small_data, tmp_path,
