@@ -88,7 +88,7 @@ class Config:
         for name in ("lr", "clip"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{flag(name)} must be a positive finite number, got {value}.")
+                raise ConfigError(f"{flag(name)} must be a positive finite number, got {shown(value)}.")
         if not 0 <= self.seed < 2 ** 32:
             raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}.")
         if self.cell not in CELLS:
@@ -100,10 +100,10 @@ class Config:
             raise ConfigError(f"--nonlinearity {self.nonlinearity} is for the rnn cell; "
                               f"{self.cell} has its own.")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}.")
+            raise ConfigError(f"--dropout must be in [0, 1), got {shown(self.dropout)}.")
         if self.dropout and self.num_layers == 1:
-            raise ConfigError(f"--dropout {self.dropout} acts between stacked layers, and --num-layers 1 has "
-                              "none: add --num-layers 2 or more, or leave --dropout out.")
+            raise ConfigError(f"--dropout {shown(self.dropout)} acts between stacked layers, and "
+                              "--num-layers 1 has none: add --num-layers 2 or more, or leave --dropout out.")
         if self.kernel not in ("auto", *KERNELS):
             raise ConfigError(f"--kernel must be one of auto, {', '.join(KERNELS)}; got {self.kernel!r}.")
         if self.compute_dtype not in COMPUTE_DTYPES:
@@ -117,7 +117,7 @@ class Config:
                 raise ConfigError(f"{flag(name)} must be {' or '.join(choices)}, got "
                                   f"{getattr(self, name)!r}.")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}.")
+            raise ConfigError(f"--val-fraction must be in [0, 1), got {shown(self.val_fraction)}.")
         if self.num_train < (0 if self.val_fraction else 1):
             raise ConfigError(f"--num-train must be at least 1 (0, every train window, goes with "
                               f"--val-fraction), got {self.num_train}.")
@@ -177,9 +177,13 @@ def _values(kind: type):
     """An argparse type: ``"0.5,1,2"`` -> ``(0.5, 1.0, 2.0)``."""
     def parse(text: str) -> tuple:
         try:
-            return tuple(kind(v) for v in text.split(","))
+            values = tuple(kind(v) for v in text.split(","))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}s")
+        twice = next((v for k, v in enumerate(values) if v in values[:k]), None)
+        if twice is not None:          # two of the runs would be the same run
+            raise argparse.ArgumentTypeError(f"{text!r} lists {shown(twice)} twice: list each value once")
+        return values
     parse.__name__ = f"list of {kind.__name__}s"
     return parse
 
@@ -258,7 +262,9 @@ def shown(value) -> str:
     """A value as a flag takes it: a float in as few digits as give it back (``1``, ``0.1234567``)."""
     if isinstance(value, float):
         short = f"{value:g}"
-        return short if float(short) == value else repr(value)
+        text = short if float(short) == value else repr(value)
+        mantissa, e, exponent = text.partition("e")
+        return f"{mantissa}e{int(exponent)}" if e else text.removesuffix(".0")     # 1e-7, not 1e-07
     return str(value)
 
 

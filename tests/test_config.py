@@ -72,8 +72,12 @@ def test_differences_name_the_fields_a_resumed_run_may_not_change():
 
 
 def test_values_are_shown_as_typed_and_values_that_differ_read_differently():
-    assert [shown(v) for v in (1.0, 0.5, 1e-05, 0.1234567, 1.0000001, 3, "gru")] == [
-        "1", "0.5", "1e-05", "0.1234567", "1.0000001", "3", "gru"]
+    values = (1.0, 0.5, 1e-05, 1.2345678e-07, 1e20, 123456789.0, -1.0, 0.1234567, 1.0000001, 3, "gru")
+    assert [shown(v) for v in values] == [
+        "1", "0.5", "1e-5", "1.2345678e-7", "1e20", "123456789", "-1", "0.1234567", "1.0000001", "3", "gru"]
+    assert all(float(shown(v)) == v for v in values if isinstance(v, float))      # each gives its value back
+    with pytest.raises(ConfigError, match=r"--lr must be a positive finite number, got -1\.$"):
+        Config(lr=-1)
     runs = [Config(lr=0.1234567), Config(lr=0.1234568)]
     assert [label(c, runs) for c in runs] == ["lr 0.1234567", "lr 0.1234568"]
     assert disagreement("lr", (0.5,), [1.0]) == "--lr 0.5 (it has 1)"

@@ -209,7 +209,7 @@ BAD = [  # (flags, what the one line says)
     (["--batch-size", str(10 ** 7)], "GiB for a training step"),
     (["--num-train", "10000000"], "windows of num_steps"),
     (["--devices", "99"], "--devices 99"), (["--batch-size", "1023"], "not divisible"),
-    (["--seeds", "0,0"], "the same run"), (["--sample"], "add --predict"),
+    (["--sample"], "add --predict"),
     (["--predict", "a", "--temperature", "0"], "--temperature must be"),
     (["--predict", "a", "--top-k", "0"], "--top-k must be at least 1"),
     (["--predict", "it has", "--top-k", "99"], "top_k (--top-k) must be between 1 and the vocabulary's 28"),
