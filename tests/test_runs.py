@@ -137,7 +137,7 @@ def test_a_diverging_run_stops_alone_and_stays_stopped(data10, tmp_path):
     lines = []
     result = runs.fit_runs(configs, data10, tmp_path / "w", devices=1, log=lines.append)
     assert result.stopped[0] is None
-    assert "at epoch 1" in result.stopped[1] and any("run 1 (lr 1e+06) stopped: " in line for line in lines)
+    assert "at epoch 1" in result.stopped[1] and any("run 1 (lr 1e6) stopped: " in line for line in lines)
     assert [(r["run"], r["epoch"]) for r in result.history] == [(0, 1), (0, 2)]
     single = alone(configs[0], data10, tmp_path / "alone", 1)
     for a, b in zip(single.history, result.history):
@@ -154,8 +154,8 @@ def test_a_diverging_run_stops_alone_and_stays_stopped(data10, tmp_path):
 def test_when_every_run_stops_the_program_stops(data10, tmp_path):
     """Both reasons: the divergence rule (lr 1e6: perplexity inf), an infinite loss (lr 1e38)."""
     configs = [TINY.replace(epochs=2, lr=1e6), TINY.replace(epochs=2, lr=1e38)]
-    stopped = (r"Every run stopped: run 0 \(lr 1e\+06\): its train perplexity is inf at epoch 1.*; run 1 "
-               r"\(lr 1e\+38\): the training loss is inf at epoch 1, step \d+ of 10. .*smaller --lr")
+    stopped = (r"Every run stopped: run 0 \(lr 1e6\): its train perplexity is inf at epoch 1.*; run 1 "
+               r"\(lr 1e38\): the training loss is inf at epoch 1, step \d+ of 10. .*smaller --lr")
     lines = []
     with pytest.raises(NonFiniteLoss, match=stopped):
         runs.fit_runs(configs, data10, tmp_path, devices=1, log=lines.append)

@@ -175,9 +175,9 @@ def test_cli_names_a_run_that_stopped_and_finishes_the_others(real_text_path, tm
     assert timemachine.main(["--data", real_text_path, "--workdir", workdir, "--preset", "tiny", "--epochs",
                              "2", "--lr", "1,1e6", "--devices", "1", "--no-compilation-cache"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("2 new runs of 2 epochs in one program (lr 1; lr 1e+06)")
-    assert "\nrun 1 (lr 1e+06) stopped: its train perplexity is inf at epoch 1" in out     # as it stops
-    assert "run 1 (lr 1e+06): stopped, its train perplexity is inf at epoch 1" in out
+    assert out.startswith("2 new runs of 2 epochs in one program (lr 1; lr 1e6)")
+    assert "\nrun 1 (lr 1e6) stopped: its train perplexity is inf at epoch 1" in out     # as it stops
+    assert "run 1 (lr 1e6): stopped, its train perplexity is inf at epoch 1" in out
     assert "run 0 (lr 1): train perplexity" in out and "1 of 2 runs, epoch 2:  train_ppl mean" in out
     assert timemachine.main(["--workdir", workdir, "--predict", "it has", "--run", "1"]) == 1
     err = capsys.readouterr().err
