@@ -137,10 +137,10 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
             lower = memory.advice(config, len(data.vocab), p.dp.num_shards, len(configs))
             raise ValueError(f"The machine ran out of memory training this run ({type(e).__name__}); the "
                              f"workdir keeps its last checkpoint; lower {lower}.") from None
-        if not args.multi_host:     # (a multi-host run's processes keep deferring it: they end together)
-            _after_training(workdir)
-        plot = workdir / metrics.PLOT
-        if result.history and jax.process_index() == 0 and (not p.finished or not plot.exists()):
+        plot, records = workdir / metrics.PLOT, workdir / metrics.FILENAME
+        # A finished run's plot is drawn again where a stop cut it short: missing, or older than its records.
+        if result.history and jax.process_index() == 0 and (
+                not p.finished or not plot.exists() or plot.stat().st_mtime_ns < records.stat().st_mtime_ns):
             metrics.plot_perplexity(result.history, plot)
     if not result.history:
         return
@@ -169,20 +169,27 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
     say(f"trained: {rnnjax.predict(model, result.state.params, data.vocab, data.prompt, 20)!r}")
 
 
+def _after_training(signum: int) -> str | None:
+    """What a signal says once the run has trained to its end and saved (``stops.ended``), as the command
+    plots and writes its last lines; ``None`` before."""
+    if stops.ended():
+        return (f"Stopped by signal {signum} after the run was trained and saved, as the command wrote its "
+                "summary: the workdir holds the whole run.")
+    return None
+
+
+def _stopped_generating(signum, frame):
+    message = f"Stopped by signal {signum} while generating; the workdir is as it was."
+    if signum == signal.SIGINT:     # as at start-up: Ctrl-C unwinds, SIGTERM exits at once
+        raise Interrupted(message, signum)
+    stopping.exit_now(message, 128 + signum)
+
+
 def _stopped_at_start_up(signum, frame):
     if stops.stopping():       # a run stopping on a signal unwinds: it says so and exits 130/143 itself
         return
-    stopping.exit_now(f"Stopped by signal {signum} before any training; run the same command again to go on.",
-                      128 + signum)
-
-
-def _after_training(workdir: Path) -> None:
-    """Trained and saved: a signal from here (the plot, the last lines) ends a finished run."""
-    def stopped(signum, frame):
-        stopping.exit_now(f"Stopped by signal {signum} after the run was trained and saved, as it wrote its "
-                          f"summary: {workdir} holds the run.", 128 + signum)
-    signal.signal(signal.SIGINT, stopped)
-    signal.signal(signal.SIGTERM, stopped)
+    stopping.exit_now(_after_training(signum) or f"Stopped by signal {signum} before any training; run the "
+                      "same command again to go on.", 128 + signum)
 
 
 def _deferred(signum, frame):
@@ -197,7 +204,8 @@ def _deferred(signum, frame):
 def _interrupted(signum, frame):
     if stops.stopping():       # as above: not a KeyboardInterrupt raised in whatever runs as it unwinds
         return
-    raise KeyboardInterrupt
+    ended = _after_training(signum)
+    raise Interrupted(ended, signum) if ended else KeyboardInterrupt
 
 
 def main(argv=None, **parser_options) -> int:
@@ -232,6 +240,9 @@ def _main(argv, parser_options: dict) -> int:
     except ValueError as e:          # checks of the arguments (and the workdir's settings), before JAX starts
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.predict is not None:
+        signal.signal(signal.SIGTERM, _stopped_generating)
+        signal.signal(signal.SIGINT, _stopped_generating)
     backend.keep_freed_memory()
     backend.use_cpu_cores(configs[0].batch_size if configs else config_lib.PRESETS[args.preset].batch_size,
                           args.devices)

@@ -72,7 +72,8 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
     manager, metrics_log = _open_workdir(p, data, keep)
     stops = _Stops(configs, position.stopped, log, several)
     if p.finished:
-        manager.close()
+        with catch_signals(), manager:      # nothing to train: it ends as a run that trained to its end
+            pass
         return FitResult(state, metrics_log.read(), workdir, tuple(stops.why) if several else ())
     datas = [data]
     if several:               # the batch order is a function of (seed, epoch): each run its own
@@ -104,7 +105,7 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
         checkpoint.save(manager, int(per_run(host.step)[0]), host, meta, val_ppl=val_ppl)
 
     # A multi-host run's save is collective: its processes stop at the same call, on the signal any caught.
-    several_processes = _spans_processes()
+    agreed = _caught_by_any if _spans_processes() else (lambda caught: caught)
     signum = None                     # the signal that stops the run, as every process sees it
     with catch_signals() as stop, manager:
         for epoch in range(position.epoch, p.config.epochs):
@@ -121,7 +122,7 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
                 done, batch = done + len(chunk), batch + len(chunk)
                 if progress:
                     progress(done, total, None)
-                signum = _caught_by_any(stop.signum) if several_processes else stop.signum
+                signum = agreed(stop.signum)
                 if signum is not None:
                     break
             host = per_run(dp.unreplicate(call_metrics))
@@ -149,7 +150,7 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
                     records.append(record)
             stops.check_any_live()
             # One caught during validation saves this epoch and stops (every process: they agree again).
-            signum = _caught_by_any(stop.signum) if several_processes else stop.signum
+            signum = agreed(stop.signum)
             # The records first: a crash between the two leaves them past the checkpoint; resume drops them.
             for record in records:
                 metrics_log.append(record)
@@ -162,6 +163,10 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
                 raise _stopped(manager, signum, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done,
                                workdir, finished=epoch + 1 == p.config.epochs)
         checkpoint.check_saved(manager, wait=True)
+        signum = agreed(stop.signum)        # one caught as the last epoch saved: the run is whole, it says so
+        if signum is not None:
+            raise _stopped(manager, signum, stop.signum, p.config.epochs - 1, steps_per_epoch,
+                           steps_per_epoch, done, workdir, finished=True)
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir, tuple(stops.why) if several else ())
 
 
@@ -261,7 +266,7 @@ def _spans_processes() -> bool:
 
 def _caught_by_any(signum: int | None) -> int | None:
     """The signal any process of a multi-host run caught (the lowest-numbered's), the same on each: one
-    small collective a call and one after validation."""
+    small collective a call, one after validation and one as the run ends."""
     from jax.experimental import multihost_utils
     caught = [int(s) for s in np.asarray(multihost_utils.process_allgather(np.int32(signum or 0))) if s]
     return caught[0] if caught else None

@@ -58,6 +58,7 @@ class _StopFlag:
 
 _active: list[_StopFlag] = []
 _stopping = False
+_ended = False
 _deferred: int | None = None
 
 
@@ -78,10 +79,16 @@ def stopping() -> bool:
     return _stopping
 
 
+def ended() -> bool:
+    """Whether the last run to catch the signals left its loop with none caught and nothing raised: trained
+    to its last epoch and saved (a caller's own handler can say so)."""
+    return _ended
+
+
 def stop_handled() -> None:
-    """Says the stopped run's ``Interrupted`` was handled: ``stopping()`` is false again."""
-    global _stopping
-    _stopping = False
+    """Says the stopped (or ended) run was handled: ``stopping()`` and ``ended()`` are false again."""
+    global _stopping, _ended
+    _stopping = _ended = False
 
 
 @contextlib.contextmanager
@@ -122,10 +129,11 @@ def catch_signals() -> Iterator[_StopFlag]:
     quiet, absl = _NotOurStop(), logging.getLogger("absl")
     absl.addFilter(quiet)
     _active.append(flag)
-    global _stopping
-    _stopping = False
+    global _stopping, _ended
+    _stopping = _ended = False
     try:
         yield flag
+        _ended = flag.signum is None
     finally:
         _stopping = flag.signum is not None
         _active.remove(flag)

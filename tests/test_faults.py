@@ -301,30 +301,52 @@ def test_a_signal_while_starting_is_one_line(real_text_path, tmp_path, main_job,
         assert f"signal {signum}" in err
 
 
-# The command, with a signal to itself as it plots: after training and its last save.
-_SIGNAL_AS_IT_PLOTS = """
+# The command, with a signal to itself at a moment: as training returns (before the command has control),
+# as it plots, or as it restores a checkpoint to generate from.
+_SIGNAL_AT = """
 import os, signal, sys
 from experiments import stopping, timemachine
-from rnnjax import metrics
-metrics.plot_perplexity = lambda *args, **kwargs: os.kill(os.getpid(), int(sys.argv[1]))
-stopping.run(lambda: timemachine.main(sys.argv[2:]))
+from rnnjax import checkpoint, metrics
+where, signum = sys.argv[1], int(sys.argv[2])
+
+def signalled(f):
+    def g(*args, **kwargs):
+        out = f(*args, **kwargs)
+        os.kill(os.getpid(), signum)
+        return out
+    return g
+if where == "fit":
+    timemachine.fit = signalled(timemachine.fit)
+if where == "plot":
+    metrics.plot_perplexity = signalled(lambda *args, **kwargs: None)
+if where == "restore":
+    checkpoint.restore = signalled(checkpoint.restore)
+stopping.run(lambda: timemachine.main(sys.argv[3:]))
 """
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_after_training_says_the_run_is_saved(real_text_path, tmp_path, fresh_env, signum):
-    args = ["--data", real_text_path, "--preset", "tiny", "--epochs", "1", "--workdir", str(tmp_path),
-            "--no-progress"]
-    proc = subprocess.run([sys.executable, "-c", _SIGNAL_AS_IT_PLOTS, str(int(signum)), *args],
-                          env=fresh_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 128 + signum and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip() == f"Stopped by signal {signum} after the run was trained and saved, as it " \
-                                  f"wrote its summary: {tmp_path} holds the run."
-    again = subprocess.run([sys.executable, "-m", "experiments.timemachine", *args], env=fresh_env(),
-                           capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and "nothing to train" in again.stdout, again.stdout + again.stderr
-    assert (tmp_path / metrics.PLOT).is_file()        # the plot the stop cut short is written now
+def test_a_signal_after_training_says_the_run_is_saved_and_the_rerun_draws_its_plot(
+        real_text_path, tmp_path, fresh_env, signum):
+    def command(*args, where=None):
+        argv = ["-c", _SIGNAL_AT, where, str(int(signum))] if where else ["-m", "experiments.timemachine"]
+        return subprocess.run([sys.executable, *argv, "--data", real_text_path, "--preset", "tiny",
+                               "--workdir", str(tmp_path), "--no-progress", *args], env=fresh_env(),
+                              capture_output=True, text=True, timeout=120)
+    ended = f"Stopped by signal {signum} after the run was trained and saved, as the command wrote its " \
+            "summary: the workdir holds the whole run."
+    plot = tmp_path / metrics.PLOT
+    for where, epochs in (("fit", 1), ("plot", 2)):      # the first run's plot, then a resumed run's stopped
+        proc = command("--epochs", str(epochs), where=where)
+        assert proc.returncode == 128 + signum and proc.stderr.strip() == ended, proc.stderr
+        assert not plot.exists() or plot.stat().st_mtime_ns < (tmp_path / metrics.FILENAME).stat().st_mtime_ns
+        again = command("--epochs", str(epochs))
+        assert again.returncode == 0 and "nothing to train" in again.stdout, again.stdout + again.stderr
+        assert plot.stat().st_mtime_ns >= (tmp_path / metrics.FILENAME).stat().st_mtime_ns   # drawn again
+    proc = command("--predict", "it ", where="restore")
+    assert proc.returncode == 128 + signum and proc.stdout == "", proc.stdout
+    assert proc.stderr.strip() == f"Stopped by signal {signum} while generating; the workdir is as it was."
 
 
 def test_a_save_that_fails_in_the_background_stops_the_run_at_its_next_save(small_data, tmp_path,

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnnjax import checkpoint, loop, meta as meta_lib, metrics, runs, train
+from rnnjax import checkpoint, loop, meta as meta_lib, metrics, runs, stops, train
 from rnnjax.data import TimeMachine
 from rnnjax.objective import targets
 from rnnjax.state import create_train_state
@@ -138,3 +138,39 @@ def test_a_signal_a_peer_catches_in_validation_stops_this_one_after_that_epoch(d
     with pytest.raises(Interrupted, match=r"in epoch 1 after batch 13/13; saved step 13 in .*\. Nothing is "
                                           r"left to train\.$"):
         fit(TINY.replace(epochs=1), data, tmp_path / "one", devices=1, log=None)
+    gathers.clear()                 # as the last saves finish (the fourth): the same
+    monkeypatch.setattr(loop, "_caught_by_any", lambda own: gathers.append(own) or (
+        signal.SIGTERM if len(gathers) == 4 else own))
+    with pytest.raises(Interrupted, match=r"caught by another process of the multi-host run, in epoch 1 "
+                                          r"after batch 13/13; saved step 13 in .*\. Nothing is left"):
+        fit(TINY.replace(epochs=1), data, tmp_path / "end", devices=1, log=None)
+    assert gathers == [None] * 4 and checkpoint.restore(tmp_path / "end").step == 13
+
+
+def test_a_signal_as_the_last_saves_finish_says_the_run_is_whole_and_ended_says_when_it_is(
+        data, tmp_path, monkeypatch):
+    """A signal caught after the last check of the loop, as it waits for its saves, is not lost: the run
+    stops there, saying nothing is left to train. ``stops.ended()``: a run that trained (or had trained) to
+    its end, none caught, for the caller's handlers of the signals that come after."""
+    check_saved, waits = checkpoint.check_saved, []
+
+    def signalled_as_it_waits(manager, wait=False):
+        if wait and not waits:          # the first wait for the saves: the loop's last
+            waits.append(os.kill(os.getpid(), signal.SIGTERM))
+        return check_saved(manager, wait)
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "check_saved", signalled_as_it_waits)
+        with pytest.raises(Interrupted, match=r"\(SIGTERM\) in epoch 2 after batch 13/13; saved step 26 in "
+                                              r".*\. Nothing is left to train\.$"):
+            fit(TINY.replace(epochs=2), data, tmp_path, devices=1, log=None)
+    assert not stops.ended() and stops.stopping()
+    assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / metrics.FILENAME).read()] == [1, 2]
+    assert checkpoint.restore(tmp_path).step == 26
+    stops.stop_handled()
+    assert fit(TINY.replace(epochs=2), data, tmp_path, devices=1, log=None).history     # trained to its end
+    assert stops.ended() and not stops.stopping()
+    stops.stop_handled()
+    assert not stops.ended()
+    fit(TINY.replace(epochs=1), data, tmp_path / "new", devices=1, log=None)
+    assert stops.ended()
+    stops.stop_handled()
