@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -134,8 +135,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
         raise ValueError(f"--predict samples with one --seed, got {len(args.seed)}.")
     if args.predict is not None and args.seed is not None and not 0 <= args.seed[0] < 2 ** 32:
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed[0]}.")
-    if args.temperature is not None and not args.temperature > 0:   # NaN fails this too
-        raise ValueError("--temperature must be a positive number, got "
+    if args.temperature is not None and not 0 < args.temperature < math.inf:   # NaN fails this too
+        raise ValueError("--temperature must be a positive finite number, got "
                          f"{config_lib.shown(args.temperature)}.")
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
@@ -152,6 +153,11 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     return args
 
 
+def ppl(value: float) -> str:
+    """A perplexity to two decimals; a diverging run's (up to 1e38) in three digits."""
+    return f"{value:.2f}" if abs(value) < 1e6 else f"{value:.3g}"
+
+
 @contextlib.contextmanager
 def progress_output(enabled: bool, epochs: int):
     """``fit``'s ``progress`` callback: a rich bar on a terminal, else a line every tenth of the epochs."""
@@ -163,7 +169,7 @@ def progress_output(enabled: bool, epochs: int):
         def line(done: int, total: int, record: dict | None) -> None:
             if record and (record["epoch"] % every == 0 or record["epoch"] == epochs):
                 print(f"epoch {record['epoch']}/{epochs}  step {done}/{total}  train ppl "
-                      f"{record['train_ppl']:.2f}  val ppl {record['val_ppl']:.2f}", flush=True)
+                      f"{ppl(record['train_ppl'])}  val ppl {ppl(record['val_ppl'])}", flush=True)
         yield line
     else:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -175,8 +181,8 @@ def progress_output(enabled: bool, epochs: int):
 
             def update(done: int, total: int, record: dict | None) -> None:
                 if record is not None:
-                    bar.update(task, ppl=f"epoch {record['epoch']}  train ppl {record['train_ppl']:.2f}  "
-                                         f"val ppl {record['val_ppl']:.2f}")
+                    bar.update(task, ppl=f"epoch {record['epoch']}  train ppl {ppl(record['train_ppl'])}  "
+                                         f"val ppl {ppl(record['val_ppl'])}")
                 bar.update(task, completed=done, total=total)
             yield update
 
@@ -188,10 +194,10 @@ def describe_checkpoint(restored: checkpoint.Restored, run: int | None = None) -
     where = f"epoch {epoch + 1} at batch {batch}" if batch else f"after epoch {epoch}"
     own = run is not None and "run_val_ppls" in restored.meta
     val_ppl = restored.meta["run_val_ppls"][run] if own else val_ppl
-    ppl = "" if val_ppl is None else f", val ppl {val_ppl:.2f}"
-    if ppl and restored.meta.get("runs"):
-        ppl += f" (run {run}'s)" if own else " (the mean of its runs)"
-    return f"checkpoint step {restored.step} ({where}{ppl})"
+    said = "" if val_ppl is None else f", val ppl {ppl(val_ppl)}"
+    if said and restored.meta.get("runs"):
+        said += f" (run {run}'s)" if own else " (the mean of its runs)"
+    return f"checkpoint step {restored.step} ({where}{said})"
 
 
 def default_workdir(preset: str, configs: list[config_lib.Config], text: str | None = None) -> Path:

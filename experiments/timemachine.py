@@ -152,19 +152,20 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
             last = [r for r in result.history if r["run"] == k][-1]
             params = jax.tree.map(lambda x: x[k], result.state.params)
             text = rnnjax.predict(model, params, data.vocab, data.prompt, 20)
-            say(f"run {k} ({config_lib.label(c, configs)}): train perplexity {last['train_ppl']:.2f}, "
-                f"val perplexity {last['val_ppl']:.2f}, {text!r}")
+            say(f"run {k} ({config_lib.label(c, configs)}): train perplexity {cli.ppl(last['train_ppl'])}, "
+                f"val perplexity {cli.ppl(last['val_ppl'])}, {text!r}")
         table = runs.summary(result.history)
         finished = sum(why is None for why in result.stopped)
         count = f"{finished} of {len(configs)}" if finished < len(configs) else f"{len(configs)}"
-        say(f"{count} runs, epoch {result.history[-1]['epoch']}:  " + "  ".join(
-            f"{k} mean {v['mean']:.2f} (min {v['min']:.2f}, max {v['max']:.2f})" for k, v in table.items())
+        said = (f"{k} mean {cli.ppl(v['mean'])} (min {cli.ppl(v['min'])}, max {cli.ppl(v['max'])})"
+                for k, v in table.items())
+        say(f"{count} runs, epoch {result.history[-1]['epoch']}:  " + "  ".join(said)
             + f"; {'in' if p.finished else 'wrote'} {workdir}")
         return
     last = result.history[-1]
     unit = "word" if data.vocab.kind == "word" else "character"
-    say(f"epoch {last['epoch']}: train perplexity {last['train_ppl']:.2f} ({last['train_bpc']:.2f} bits "
-        f"per {unit}), val perplexity {last['val_ppl']:.2f} ({last['val_bpc']:.2f} bits); "
+    say(f"epoch {last['epoch']}: train perplexity {cli.ppl(last['train_ppl'])} ({last['train_bpc']:.2f} bits "
+        f"per {unit}), val perplexity {cli.ppl(last['val_ppl'])} ({last['val_bpc']:.2f} bits); "
         f"{'in' if p.finished else 'wrote'} {workdir}")
     say(f"trained: {rnnjax.predict(model, result.state.params, data.vocab, data.prompt, 20)!r}")
 
@@ -194,8 +195,11 @@ def _stopped_at_start_up(signum, frame):
 
 def _deferred(signum, frame):
     """A multi-host run's processes, once joined, stop together: the signal stops the run at its first step
-    (``stops.defer``); a second one at once."""
+    (``stops.defer``); a second one at once. Once it has ended, the first is noted: they exit together."""
     if stops.stopping() or stops.defer(signum):
+        if stops.ended():       # written as is: a print here could land inside another print's write
+            os.write(sys.stderr.fileno(), f"Signal {signum} noted: the run is trained and saved; this "
+                     "process exits with the others of the multi-host run.\n".encode())
         return
     stopping.exit_now(f"Stopped at once by a second signal {signum}: the other processes of the multi-host "
                       "run may wait for this one; stop them too.", 128 + signum)
@@ -251,8 +255,9 @@ def _main(argv, parser_options: dict) -> int:
     try:
         if args.multi_host:
             where = f"at {args.coordinator}" if args.coordinator else "that JAX finds"
-            print(f"joining the multi-host run {where}: waiting up to {args.join_timeout:g} s for every "
-                  "process (--join-timeout)", flush=True)
+            wait = config_lib.shown(args.join_timeout)
+            print(f"joining the multi-host run {where}: waiting up to {wait} s for every process "
+                  "(--join-timeout)", flush=True)
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                             args.join_timeout)
             if args.predict is None:     # joined: from here the processes stop together

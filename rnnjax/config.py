@@ -250,7 +250,8 @@ def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str
             saved[0].replace(**{name: v})
         have = list(dict.fromkeys(getattr(c, name) for c in saved))
         if list(wanted) != have:           # runs in their order: the order of the stacked state
-            differ.append(disagreement(name, wanted, have))
+            reordered = sorted(wanted) == sorted(have)
+            differ.append(disagreement(name, wanted, have)[:-1] + (", in that order)" if reordered else ")"))
     if differ:
         raise ConfigError(f"{where} holds a run of other settings than the flags ask for: "
                           f"{'; '.join(differ)}. Leave those flags out to train it on (its settings are read "

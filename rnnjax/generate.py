@@ -78,7 +78,7 @@ def sample(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array, nu
 def check_sampling(temperature: float | None, top_k: int | None, vocab_size: int) -> None:
     """One sentence for a temperature or top-k that cannot sample."""
     if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"The temperature must be a positive number, got {temperature} (a small one, "
+        raise ValueError(f"The temperature must be a positive finite number, got {temperature} (a small one, "
                          "e.g. 0.01, is nearly greedy).")
     if top_k is not None and not 1 <= top_k <= vocab_size:
         raise ValueError(f"top_k (--top-k) must be between 1 and the vocabulary's {vocab_size} tokens, got "

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from rnnjax.backend import CompiledPerShape
+from rnnjax.config import shown
 
 AXIS = "batch"
 
@@ -55,7 +56,9 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
                          f"{', '.join(missing)}.")
     if coordinator is not None:
         host, _, port = coordinator.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        # ASCII only: a port of other digits ("１２３４") passes isdigit, and JAX's client crashes on it.
+        if not (host and coordinator.isascii() and port.isdigit() and 0 < int(port) < 65536) \
+                or any(c.isspace() for c in coordinator):
             raise ValueError(f"--coordinator must be HOST:PORT, e.g. node0:1234, got {coordinator!r}.")
     if num_processes is not None and num_processes < 1:
         raise ValueError(f"--num-processes must be at least 1, got {num_processes}.")
@@ -63,7 +66,7 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
         raise ValueError(f"--process-id must be from 0 to --num-processes - 1, got {process_id}.")
     if not 0 < timeout_s < 1e6:         # NaN fails this too
         raise ValueError("--join-timeout must be a number of seconds above 0 and below 1e6, "
-                         f"got {timeout_s}.")
+                         f"got {shown(timeout_s)}.")
 
 
 def initialize_distributed(coordinator: str | None, num_processes: int | None,
@@ -97,8 +100,8 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
     waiting.join(timeout_s)           # signal handlers run in this (the main) thread while it waits
     if waiting.is_alive():
         where = f"at {coordinator}" if coordinator else "that JAX found"
-        raise TimeoutError(f"The multi-host run {where} did not start within {timeout_s:g} s: not every one "
-                           "of its processes joined. Check the address and that all of them were started "
+        raise TimeoutError(f"The multi-host run {where} did not start within {shown(timeout_s)} s: not every "
+                           "one of its processes joined. Check the address and that all of them were started "
                            "(--join-timeout sets the wait).")
     if failed and isinstance(failed[0], ValueError):     # settings JAX found missing or wrong
         if "coordinator_address" in str(failed[0]):

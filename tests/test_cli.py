@@ -3,6 +3,7 @@ holds one (``--workdir W --epochs 200`` resumes a run made with any preset and f
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,8 @@ def test_runs_trained_together_resume_as_a_whole(tmp_path):
     assert cli.settings(cli.parse_args(["--workdir", w, "--epochs", "5"]))[0] == [
         c.replace(epochs=5) for c in configs]
     assert cli.settings(cli.parse_args(["--workdir", w, "--seeds", "0,1"]))[0] == configs
-    for other in ("0", "1,0"):      # fewer, in another order (the stacked state's); argparse refuses "0,0"
-        with pytest.raises(ValueError, match=rf"--seed {other} \(it has 0,1\)"):
+    for other, has in (("0", "0,1"), ("1,0", "0,1, in that order")):     # fewer; in another order (the
+        with pytest.raises(ValueError, match=rf"--seed {other} \(it has {has}\)"):    # stacked state's)
             cli.settings(cli.parse_args(["--workdir", w, "--seeds", other]))
 
 
@@ -182,3 +183,8 @@ def test_a_saved_setting_this_machine_cannot_resume_is_said_to_be_the_workdir_s(
     assert err.startswith(f"error: resuming the run in {w} (its saved settings, the flags given applied): "
                           "--kernel cudnn runs cuDNN's LSTM, which needs an NVIDIA GPU")
     assert err.count("\n") == 1
+
+
+def test_perplexities_read_to_two_decimals_and_a_diverging_runs_in_three_digits():
+    assert [cli.ppl(x) for x in (7.2349, 28.0, 999999.0, 1.5e6, 3.4e38, math.inf)] == [
+        "7.23", "28.00", "999999.00", "1.5e+06", "3.4e+38", "inf"]

@@ -211,6 +211,7 @@ BAD = [  # (flags, what the one line says)
     (["--devices", "99"], "--devices 99"), (["--batch-size", "1023"], "not divisible"),
     (["--sample"], "add --predict"),
     (["--predict", "a", "--temperature", "0"], "--temperature must be"),
+    (["--predict", "a", "--temperature", "inf"], "--temperature must be a positive finite number, got inf."),
     (["--predict", "a", "--top-k", "0"], "--top-k must be at least 1"),
     (["--predict", "it has", "--top-k", "99"], "top_k (--top-k) must be between 1 and the vocabulary's 28"),
     (["--predict", "It has"], "outside the vocabulary"), (["--predict", "a", "--run", "1"], "single run"),

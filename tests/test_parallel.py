@@ -293,11 +293,14 @@ def test_a_multi_host_run_that_never_starts_stops_with_one_line(tmp_path, main_j
     ((None, None, 5), "missing --coordinator, --num-processes"),
     (("node0", 2, 0), "--coordinator must be HOST:PORT"),
     (("node0:http", 2, 0), "--coordinator must be HOST:PORT"),
+    (("node0:１２３４", 2, 0), "--coordinator must be HOST:PORT"),      # other digits: JAX's client crashed
+    (("node0:²", 2, 0), "--coordinator must be HOST:PORT"), (("node 0:1234", 2, 0), "must be HOST:PORT"),
     (("node0:1234", 0, 0), "--num-processes must be at least 1"),
     (("node0:1234", 2, 2), "--process-id must be from 0 to --num-processes - 1, got 2"),
     (("node0:1234", 2, -1), "got -1"),
     (("node0:1234", 2, 0, False, 0), "--join-timeout must be a number of seconds above 0"),
     (("node0:1234", 2, 0, False, float("nan")), "got nan"),
+    (("node0:1234", 2, 0, False, -1.0), "got -1."), (("node0:1234", 2, 0, False, 1e20), "got 1e20."),
 ])
 def test_multi_host_settings_that_cannot_start_are_one_sentence(given, message):
     with pytest.raises(ValueError, match=message):

@@ -6,7 +6,7 @@ import signal
 import pytest
 
 from experiments import timemachine
-from rnnjax import checkpoint, data
+from rnnjax import checkpoint, data, stops
 
 
 @pytest.mark.slow
@@ -242,3 +242,20 @@ def test_after_a_run_caught_a_signal_the_cli_ignores_more_while_it_unwinds():
     stops.stop_handled()                               # the CLI said so: signals are its own again
     with pytest.raises(KeyboardInterrupt):
         timemachine._interrupted(signal.SIGINT, None)
+
+
+def test_a_multi_host_process_notes_a_signal_after_the_run_and_exits_with_the_others(capfd):
+    """Once joined, a first signal is deferred to the run's next step; once the run has ended (there is
+    none), it is noted in one line and the process goes on to exit with its peers; a second stops it."""
+    with stops.catch_signals():                  # a run that ended, none caught
+        pass
+    try:
+        timemachine._deferred(signal.SIGTERM, None)
+        assert capfd.readouterr().err == "Signal 15 noted: the run is trained and saved; this process " \
+                                         "exits with the others of the multi-host run.\n"
+    finally:
+        stops.stop_handled()
+        with stops.catch_signals() as flag:      # takes the deferred signal back: no later run sees it
+            assert flag.signum == signal.SIGTERM
+        stops.stop_handled()
+    assert not stops.ended() and not stops.stopping()
