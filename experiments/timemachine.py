@@ -209,12 +209,15 @@ def _interrupted(signum, frame):
     if stops.stopping():       # as above: not a KeyboardInterrupt raised in whatever runs as it unwinds
         return
     ended = _after_training(signum)
-    raise Interrupted(ended, signum) if ended else KeyboardInterrupt
+    if ended:       # at once, as SIGTERM: raised here, it could land in a gc callback, which drops it
+        stopping.exit_now(ended, 128 + signum)
+    raise KeyboardInterrupt
 
 
 def main(argv=None, **parser_options) -> int:
     """The command; ``parser_options`` go to ``cli.parse_args`` (``experiments.overfit``)."""
     # Until fit takes over the signals (it saves, then stops): one line and 130/143, not a traceback.
+    stops.stop_handled()        # nothing this interpreter ran before (a library fit) has ended this run
     previous = signal.signal(signal.SIGTERM, _stopped_at_start_up), signal.signal(signal.SIGINT, _interrupted)
     try:
         return _main(argv, parser_options)

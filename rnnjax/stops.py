@@ -80,8 +80,8 @@ def stopping() -> bool:
 
 
 def ended() -> bool:
-    """Whether the last run to catch the signals left its loop with none caught and nothing raised: trained
-    to its last epoch and saved (a caller's own handler can say so)."""
+    """Whether the last run to catch the signals ran its block to the end, nothing raised: trained to its
+    last epoch and saved (a caller's own handler can say so)."""
     return _ended
 
 
@@ -119,6 +119,9 @@ class _NotOurStop(logging.Filter):
 
 @contextlib.contextmanager
 def catch_signals() -> Iterator[_StopFlag]:
+    """While the block runs, SIGINT and SIGTERM set the flag it yields (``_StopFlag``), which it reads
+    between steps; then the handlers before are put back. One caught after the block last read the flag
+    (it ran to its end) is passed on to the handler put back: no signal is lost."""
     global _deferred
     flag = _StopFlag()
     flag.signum, _deferred = _deferred, None
@@ -131,15 +134,18 @@ def catch_signals() -> Iterator[_StopFlag]:
     _active.append(flag)
     global _stopping, _ended
     _stopping = _ended = False
+    unheeded = None
     try:
         yield flag
-        _ended = flag.signum is None
+        _ended, unheeded = True, None if flag.now else flag.signum
     finally:
-        _stopping = flag.signum is not None
+        _stopping = flag.signum is not None and unheeded is None
         _active.remove(flag)
         absl.removeFilter(quiet)
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if unheeded is not None:
+        signal.raise_signal(unheeded)
 
 
 # A run whose train perplexity stays this many times the uniform guess's (the vocabulary size) for

@@ -111,7 +111,8 @@ def test_each_run_s_best_is_its_own_lowest_validation_perplexity(data10, tmp_pat
         best = min(mine, key=lambda r: r["val_ppl"])
         restored = checkpoint.restore(tmp_path, best=True, run=k)
         assert restored.step == best["step"] and restored.meta["run_val_ppls"][k] == best["val_ppl"]
-        assert cli.describe_checkpoint(restored, k).endswith(f"val ppl {cli.ppl(best['val_ppl'])} (run {k}'s))")
+        said = cli.describe_checkpoint(restored, k)
+        assert said.endswith(f"val ppl {cli.ppl(best['val_ppl'])} (run {k}'s))")
         bests.append(best["epoch"])
     assert bests[0] != bests[1], bests                      # else this test would not tell
 

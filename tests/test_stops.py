@@ -78,7 +78,38 @@ def test_a_deferred_signal_is_the_next_run_s_first():
     from rnnjax.stops import catch_signals, defer
     assert defer(signal.SIGTERM)                     # kept (a multi-host run's start-up)
     assert not defer(signal.SIGINT)                  # a second: the caller stops at once
-    with catch_signals() as flag:
-        assert flag.signum == signal.SIGTERM         # its loop stops at the first step
-    with catch_signals() as flag:
-        assert flag.signum is None                   # taken once
+    passed_on = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: passed_on.append(signum))
+    try:
+        with catch_signals() as flag:
+            assert flag.signum == signal.SIGTERM     # its loop stops at the first step
+        assert passed_on == [signal.SIGTERM]         # (a block that ends, not stopping: passed on)
+        with catch_signals() as flag:
+            assert flag.signum is None               # taken once
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_signal_the_block_never_read_again_is_passed_on_as_it_ends():
+    """One caught after the run's last look at the flag (as its checkpoint manager closes) is not lost: the
+    handler put back gets it. One the block stopped on (it raised) is not passed on."""
+    import signal
+
+    from rnnjax import stops
+    passed_on = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: passed_on.append(signum))
+    try:
+        with stops.catch_signals() as flag:
+            flag(signal.SIGINT, None)
+        assert passed_on == [signal.SIGINT] and stops.ended() and not stops.stopping()
+        with pytest.raises(stops.Interrupted):
+            with stops.catch_signals() as flag:
+                flag(signal.SIGINT, None)
+                raise stops.Interrupted("stopped at the flag", signal.SIGINT)
+        assert passed_on == [signal.SIGINT] and not stops.ended() and stops.stopping()
+        with stops.catch_signals():
+            pass
+        assert passed_on == [signal.SIGINT] and stops.ended() and not stops.stopping()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        stops.stop_handled()

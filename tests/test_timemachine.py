@@ -229,9 +229,11 @@ def test_after_a_run_caught_a_signal_the_cli_ignores_more_while_it_unwinds():
     from rnnjax import stops
     with stops.catch_signals():
         pass
-    assert not stops.stopping()
-    with pytest.raises(KeyboardInterrupt):             # no run stopping: Ctrl-C raises KeyboardInterrupt
+    stops.stop_handled()                               # as the CLI starts: no run of its own has ended
+    assert not stops.stopping() and not stops.ended()
+    with pytest.raises(KeyboardInterrupt) as e:        # no run stopping: Ctrl-C raises KeyboardInterrupt
         timemachine._interrupted(signal.SIGINT, None)
+    assert type(e.value) is KeyboardInterrupt
     with pytest.raises(stops.Interrupted):
         with stops.catch_signals() as flag:
             flag(signal.SIGINT, None)
@@ -240,8 +242,9 @@ def test_after_a_run_caught_a_signal_the_cli_ignores_more_while_it_unwinds():
     assert timemachine._interrupted(signal.SIGINT, None) is None
     assert timemachine._stopped_at_start_up(signal.SIGTERM, None) is None      # it would exit the process
     stops.stop_handled()                               # the CLI said so: signals are its own again
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as e:
         timemachine._interrupted(signal.SIGINT, None)
+    assert type(e.value) is KeyboardInterrupt
 
 
 def test_a_multi_host_process_notes_a_signal_after_the_run_and_exits_with_the_others(capfd):
@@ -255,7 +258,9 @@ def test_a_multi_host_process_notes_a_signal_after_the_run_and_exits_with_the_ot
                                          "exits with the others of the multi-host run.\n"
     finally:
         stops.stop_handled()
-        with stops.catch_signals() as flag:      # takes the deferred signal back: no later run sees it
-            assert flag.signum == signal.SIGTERM
+        with pytest.raises(stops.Interrupted):   # takes the deferred signal back: no later run sees it
+            with stops.catch_signals() as flag:
+                assert flag.signum == signal.SIGTERM
+                raise stops.Interrupted("stopped at the deferred signal", signal.SIGTERM)
         stops.stop_handled()
     assert not stops.ended() and not stops.stopping()
