@@ -13,14 +13,13 @@ import argparse
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 import sys
 from pathlib import Path
 
 from rnnjax import checkpoint, config as config_lib, corpus, parallel, runs
-from rnnjax.generate import MAX_PREDS
+from rnnjax.generate import MAX_PREDS, MAX_TEMPERATURE
 from rnnjax.loop import CHECKPOINT_EVERY
 from rnnjax.stored import saved_runs
 
@@ -135,9 +134,9 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
         raise ValueError(f"--predict samples with one --seed, got {len(args.seed)}.")
     if args.predict is not None and args.seed is not None and not 0 <= args.seed[0] < 2 ** 32:
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed[0]}.")
-    if args.temperature is not None and not 0 < args.temperature < math.inf:   # NaN fails this too
-        raise ValueError("--temperature must be a positive finite number, got "
-                         f"{config_lib.shown(args.temperature)}.")
+    if args.temperature is not None and not 0 < args.temperature <= MAX_TEMPERATURE:   # NaN fails this too
+        raise ValueError(f"--temperature must be a positive number up to {MAX_TEMPERATURE:.3g} (float32's "
+                         f"largest), got {config_lib.shown(args.temperature)}.")
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
     # With --predict, training's flags (a training command with --predict added) are noted, not used; the

@@ -16,7 +16,6 @@ never draws ``<unk>``, which stands for no character of the text.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
 import jax
@@ -28,6 +27,7 @@ from rnnjax.model import RNNLM
 
 # Characters one call generates at most: every one is kept (B x (L + num_preds) int32) and scanned over.
 MAX_PREDS = 10_000_000
+MAX_TEMPERATURE = float(np.finfo(np.float32).max)       # logits are float32: above it, inf
 
 
 def _decode(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array, num_preds: int, choose
@@ -77,9 +77,9 @@ def sample(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array, nu
 
 def check_sampling(temperature: float | None, top_k: int | None, vocab_size: int) -> None:
     """One sentence for a temperature or top-k that cannot sample."""
-    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"The temperature must be a positive finite number, got {temperature} (a small one, "
-                         "e.g. 0.01, is nearly greedy).")
+    if temperature is not None and not 0 < temperature <= MAX_TEMPERATURE:      # NaN fails this too
+        raise ValueError(f"The temperature must be a positive number up to {MAX_TEMPERATURE:.3g}, got "
+                         f"{temperature} (a small one, e.g. 0.01, is nearly greedy).")
     if top_k is not None and not 1 <= top_k <= vocab_size:
         raise ValueError(f"top_k (--top-k) must be between 1 and the vocabulary's {vocab_size} tokens, got "
                          f"{top_k}.")

@@ -126,6 +126,7 @@ def test_first_sampled_character_follows_the_softmax(model_params, temperature):
 
 @pytest.mark.parametrize("kwargs,message", [({"temperature": 0.0}, "temperature must be a positive"),
                                             ({"temperature": float("nan")}, "temperature must be a positive"),
+                                            ({"temperature": 3.5e38}, r"up to 3.4e\+38, got 3.5e\+38"),
                                             ({"top_k": 0}, r"top_k \(--top-k\) must be between 1"),
                                             ({"top_k": 99}, r"top_k \(--top-k\) must be between 1")])
 def test_bad_sampling_requests(model_params, kwargs, message):
