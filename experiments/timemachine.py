@@ -50,7 +50,8 @@ from rnnjax.start import check_arguments, planned  # noqa: E402
 from rnnjax.train import Interrupted, NonFiniteLoss, fit  # noqa: E402
 from rnnjax.workdir import WorkdirError  # noqa: E402
 
-USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError, WorkdirError)
+USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError, WorkdirError,
+                stops.LostProcess)
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory")      # in XLA's errors
 
 

@@ -33,7 +33,8 @@ from rnnjax.data import TimeMachine
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
 from rnnjax.start import Plan, Position
-from rnnjax.stops import Interrupted, NonFiniteLoss, catch_signals, check_divergence, check_finite
+from rnnjax.stops import (Interrupted, LostProcess, NonFiniteLoss, catch_signals, check_divergence,
+                          check_finite)
 from rnnjax.workdir import WorkdirError
 
 # Epochs between checkpoints: a save costs about a third of a d2l epoch
@@ -268,7 +269,13 @@ def _caught_by_any(signum: int | None) -> int | None:
     """The signal any process of a multi-host run caught (the lowest-numbered's), the same on each: one
     small collective a call, one after validation and one as the run ends."""
     from jax.experimental import multihost_utils
-    caught = [int(s) for s in np.asarray(multihost_utils.process_allgather(np.int32(signum or 0))) if s]
+    try:
+        gathered = multihost_utils.process_allgather(np.int32(signum or 0))
+    except jax.errors.JaxRuntimeError as e:       # a peer gone: stop now, not at JAX's heartbeat's abort
+        said = next(iter(str(e).splitlines()), "")[:200]
+        raise LostProcess(f"Another process of the multi-host run stopped or failed ({said}); this one stops "
+                          "too; start every process again to resume.") from None
+    caught = [int(s) for s in np.asarray(gathered) if s]
     return caught[0] if caught else None
 
 

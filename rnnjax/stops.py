@@ -26,6 +26,10 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+class LostProcess(RuntimeError):
+    """Another process of a multi-host run stopped or failed: the collective that agrees on a stop failed."""
+
+
 class _StopFlag:
     """Turns the first SIGINT/SIGTERM into a flag the loop checks between steps; a second one stops
     at once (``Interrupted``, naming it: 130 for SIGINT, 143 for SIGTERM), or as soon as a ``held``

@@ -147,6 +147,21 @@ def test_a_signal_a_peer_catches_in_validation_stops_this_one_after_that_epoch(d
     assert gathers == [None] * 4 and checkpoint.restore(tmp_path / "end").step == 13
 
 
+def test_a_peer_gone_at_an_agreement_stops_this_process_in_one_sentence(data, tmp_path, monkeypatch):
+    """The collective that agrees on a stop fails when another process is gone (a second signal, a crash):
+    this one stops at once, saying so, not in a traceback and JAX's heartbeat's abort about 100 s later."""
+    from jax.experimental import multihost_utils
+
+    def gone(x):
+        raise jax.errors.JaxRuntimeError("UNKNOWN: Gloo AllGather failed: Connection closed by peer\nmore")
+    monkeypatch.setattr(loop, "_spans_processes", lambda: True)
+    monkeypatch.setattr(multihost_utils, "process_allgather", gone)
+    said = r"^Another process of the multi-host run stopped or failed \(UNKNOWN: Gloo AllGather failed: " \
+           r"Connection closed by peer\); this one stops too; start every process again to resume\.$"
+    with pytest.raises(stops.LostProcess, match=said):
+        fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None)
+
+
 def test_a_signal_as_the_last_saves_finish_says_the_run_is_whole_and_ended_says_when_it_is(
         data, tmp_path, monkeypatch):
     """A signal caught after the last check of the loop, as it waits for its saves, is not lost: the run
