@@ -57,8 +57,8 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
     if coordinator is not None:
         host, _, port = coordinator.rpartition(":")
         # ASCII only: a port of other digits ("１２３４") passes isdigit, and JAX's client crashes on it.
-        if not (host and coordinator.isascii() and port.isdigit() and 0 < int(port) < 65536) \
-                or any(c.isspace() for c in coordinator):
+        if not (host and coordinator.isascii() and coordinator.isprintable() and port.isdigit()
+                and 0 < int(port) < 65536) or any(c.isspace() or c in "/@" for c in coordinator):
             raise ValueError(f"--coordinator must be HOST:PORT, e.g. node0:1234, got {coordinator!r}.")
     if num_processes is not None and num_processes < 1:
         raise ValueError(f"--num-processes must be at least 1, got {num_processes}.")
