@@ -181,10 +181,8 @@ def _after_training(signum: int) -> str | None:
 
 
 def _stopped_generating(signum, frame):
-    message = f"Stopped by signal {signum} while generating; the workdir is as it was."
-    if signum == signal.SIGINT:     # as at start-up: Ctrl-C unwinds, SIGTERM exits at once
-        raise Interrupted(message, signum)
-    stopping.exit_now(message, 128 + signum)
+    """At once (nothing is written): raised, a Ctrl-C could land in a gc callback, which drops it."""
+    stopping.exit_now(f"Stopped by signal {signum} while generating; the workdir is as it was.", 128 + signum)
 
 
 def _stopped_at_start_up(signum, frame):
