@@ -175,14 +175,15 @@ def _after_training(signum: int) -> str | None:
     """What a signal says once the run has trained to its end and saved (``stops.ended``), as the command
     plots and writes its last lines; ``None`` before."""
     if stops.ended():
-        return (f"Stopped by signal {signum} after the run was trained and saved, as the command wrote its "
-                "summary: the workdir holds the whole run.")
+        return (f"Stopped by signal {signum} ({signal.Signals(signum).name}) after the run was trained and "
+                "saved, as the command wrote its summary: the workdir holds the whole run.")
     return None
 
 
 def _stopped_generating(signum, frame):
     """At once (nothing is written): raised, a Ctrl-C could land in a gc callback, which drops it."""
-    stopping.exit_now(f"Stopped by signal {signum} while generating; the workdir is as it was.", 128 + signum)
+    stopping.exit_now(f"Stopped by signal {signum} ({signal.Signals(signum).name}) while generating; the "
+                      "workdir is as it was.", 128 + signum)
 
 
 def _stopped_at_start_up(signum, frame):

@@ -346,8 +346,9 @@ def test_a_signal_after_training_says_the_run_is_saved_and_the_rerun_draws_its_p
                                          ("close", 3, TERM, False), ("close", 3, INT, True)):
         proc = command("--epochs", str(epochs), where=where, signum=signum)
         assert proc.returncode == 128 + signum, proc.stderr
-        assert proc.stderr.strip() == f"Stopped by signal {signum} after the run was trained and saved, as " \
-                                      "the command wrote its summary: the workdir holds the whole run."
+        said = f"Stopped by signal {signum} ({signum.name}) after the run was trained and saved, as the " \
+               "command wrote its summary: the workdir holds the whole run."
+        assert proc.stderr.strip() == said
         if where != "close":
             assert not plot.exists() or plot.stat().st_mtime_ns < records.stat().st_mtime_ns
         if rerun:
@@ -357,8 +358,8 @@ def test_a_signal_after_training_says_the_run_is_saved_and_the_rerun_draws_its_p
     for signum in (signal.SIGINT, signal.SIGTERM):
         proc = command("--predict", "it ", where="restore", signum=signum)
         assert proc.returncode == 128 + signum and proc.stdout == "", proc.stdout
-        assert proc.stderr.strip() == f"Stopped by signal {signum} while generating; the workdir is as it " \
-                                      "was."
+        assert proc.stderr.strip() == f"Stopped by signal {signum} ({signum.name}) while generating; the " \
+                                      "workdir is as it was."
 
 
 def test_a_save_that_fails_in_the_background_stops_the_run_at_its_next_save(small_data, tmp_path,
