@@ -176,7 +176,7 @@ def _after_training(signum: int) -> str | None:
     plots and writes its last lines; ``None`` before."""
     if stops.ended():
         return (f"Stopped by signal {signum} ({signal.Signals(signum).name}) after the run was trained and "
-                "saved, as the command wrote its summary: the workdir holds the whole run.")
+                "saved: the workdir holds the whole run.")
     return None
 
 

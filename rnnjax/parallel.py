@@ -60,6 +60,9 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
         if not (host and coordinator.isascii() and coordinator.isprintable() and port.isdigit()
                 and 0 < int(port) < 65536) or any(c.isspace() or c in "/@" for c in coordinator):
             raise ValueError(f"--coordinator must be HOST:PORT, e.g. node0:1234, got {coordinator!r}.")
+        if ":" in host and not (host.startswith("[") and host.endswith("]")):
+            raise ValueError(f"--coordinator: an IPv6 address goes in brackets, e.g. [::1]:1234, got "
+                             f"{coordinator!r}.")
     if num_processes is not None and num_processes < 1:
         raise ValueError(f"--num-processes must be at least 1, got {num_processes}.")
     if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):

@@ -90,9 +90,11 @@ def ended() -> bool:
 
 
 def stop_handled() -> None:
-    """Says the stopped (or ended) run was handled: ``stopping()`` and ``ended()`` are false again."""
-    global _stopping, _ended
+    """Says the stopped (or ended) run was handled: ``stopping()`` and ``ended()`` are false again, and a
+    signal kept for a next run (``defer``) is dropped."""
+    global _stopping, _ended, _deferred
     _stopping = _ended = False
+    _deferred = None
 
 
 @contextlib.contextmanager
@@ -138,16 +140,19 @@ def catch_signals() -> Iterator[_StopFlag]:
     _active.append(flag)
     global _stopping, _ended
     _stopping = _ended = False
-    unheeded = None
+    ran_to_its_end = False
     try:
         yield flag
-        _ended, unheeded = True, None if flag.now else flag.signum
+        ran_to_its_end = True
     finally:
-        _stopping = flag.signum is not None and unheeded is None
-        _active.remove(flag)
-        absl.removeFilter(quiet)
+        # Set before the handlers go back (they may ask); the flag read after: it holds any signal meanwhile.
+        _ended, _stopping = ran_to_its_end, not ran_to_its_end and flag.signum is not None
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _active.remove(flag)
+        absl.removeFilter(quiet)
+        unheeded = flag.signum if ran_to_its_end and not flag.now else None
+        _stopping = flag.signum is not None and unheeded is None
     if unheeded is not None:
         signal.raise_signal(unheeded)
 

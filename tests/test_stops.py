@@ -1,6 +1,8 @@
 """What stops a run: a non-finite loss, a diverging perplexity (signals: test_checkpoint, test_faults)."""
 
+import logging
 import math
+import os
 
 import numpy as np
 import pytest
@@ -110,6 +112,13 @@ def test_a_signal_the_block_never_read_again_is_passed_on_as_it_ends():
         with stops.catch_signals():
             pass
         assert passed_on == [signal.SIGINT] and stops.ended() and not stops.stopping()
+        absl = logging.getLogger("absl")
+        remove = absl.removeFilter
+        with pytest.MonkeyPatch.context() as m:         # one as the block is torn down: not lost either
+            m.setattr(absl, "removeFilter", lambda f: (os.kill(os.getpid(), signal.SIGINT), remove(f)))
+            with stops.catch_signals():
+                pass
+        assert passed_on == [signal.SIGINT] * 2 and stops.ended()
     finally:
         signal.signal(signal.SIGINT, previous)
         stops.stop_handled()
