@@ -250,8 +250,7 @@ def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str
             saved[0].replace(**{name: v})
         have = list(dict.fromkeys(getattr(c, name) for c in saved))
         if list(wanted) != have:           # runs in their order: the order of the stacked state
-            reordered = sorted(wanted) == sorted(have)
-            differ.append(disagreement(name, wanted, have)[:-1] + (", in that order)" if reordered else ")"))
+            differ.append(disagreement(name, wanted, have))
     if differ:
         raise ConfigError(f"{where} holds a run of other settings than the flags ask for: "
                           f"{'; '.join(differ)}. Leave those flags out to train it on (its settings are read "
@@ -275,12 +274,13 @@ def listed(values) -> str:
 
 def disagreement(name: str, wanted, have) -> str:
     """``--lr 0.5 (it has 1)``, ``--bidirectional (it has --no-bidirectional)``: a flag given against the
-    value(s) a run has, as flags are typed."""
+    value(s) a run has, as flags are typed; ``--seed 1,0 (it has 0,1, in that order)`` for runs reordered."""
+    order = ", in that order" if sorted(wanted) == sorted(have) else ""
     if all(isinstance(v, bool) for v in (*wanted, *have)):
         def as_flag(v: bool) -> str:
             return flag(name) if v else "--no-" + flag(name)[2:]
-        return f"{','.join(map(as_flag, wanted))} (it has {','.join(map(as_flag, have))})"
-    return f"{flag(name)} {listed(wanted)} (it has {listed(have)})"
+        return f"{','.join(map(as_flag, wanted))} (it has {','.join(map(as_flag, have))}{order})"
+    return f"{flag(name)} {listed(wanted)} (it has {listed(have)}{order})"
 
 
 def from_flags(args: argparse.Namespace) -> Config:
