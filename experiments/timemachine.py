@@ -62,9 +62,7 @@ def _disagreements(config: config_lib.Config, requested: dict) -> list[str]:
     out = []
     for k, v in requested.items():
         have = getattr(config, k)
-        values = v if k in config_lib.SWEEPABLE else (v,)
-        for value in values:        # one no run could have (--lr nan, --cell GRU) says so, as training does
-            config.replace(**{k: value})
+        values = config_lib.flag_values(config, k, v)
         if have not in values:
             out.append(config_lib.disagreement(k, values, [have]))
     return out

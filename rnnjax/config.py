@@ -245,9 +245,7 @@ def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str
         if name in Config.RESUMABLE:
             resumable[name] = value
             continue
-        wanted = value if name in SWEEPABLE else (value,)
-        for v in wanted:            # one no run could have (--lr nan) says so, not that the run differs
-            saved[0].replace(**{name: v})
+        wanted = flag_values(saved[0], name, value)
         have = list(dict.fromkeys(getattr(c, name) for c in saved))
         if list(wanted) != have:           # runs in their order: the order of the stacked state
             differ.append(disagreement(name, wanted, have))
@@ -256,6 +254,15 @@ def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str
                           f"{'; '.join(differ)}. Leave those flags out to train it on (its settings are read "
                           "from it), or use a new --workdir.")
     return [c.replace(**resumable) for c in saved]
+
+
+def flag_values(config: Config, name: str, value) -> tuple:
+    """The values a flag gives field ``name`` (a list for ``SWEEPABLE`` ones), each checked in ``config``:
+    one no run could take (``--lr nan``, ``--cell GRU``) gets its own ``ConfigError``, not a disagreement."""
+    values = value if name in SWEEPABLE else (value,)
+    for v in values:
+        config.replace(**{name: v})
+    return values
 
 
 def shown(value) -> str:
