@@ -207,9 +207,9 @@ def _interrupted(signum, frame):
     if stops.stopping():       # as above: not a KeyboardInterrupt raised in whatever runs as it unwinds
         return
     ended = _after_training(signum)
-    if ended:       # at once, as SIGTERM: raised here, it could land in a gc callback, which drops it
+    if ended:       # at once, as SIGTERM: nothing is left to unwind
         stopping.exit_now(ended, 128 + signum)
-    raise KeyboardInterrupt
+    raise stops.raised_by_a_handler(KeyboardInterrupt(), signum)
 
 
 def main(argv=None, **parser_options) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -51,13 +53,44 @@ class _StopFlag:
             self.held = signum
             return
         self.now = True
-        raise self._second(signum)
+        raise raised_by_a_handler(self._second(signum), signum, dropped=self._dropped)
+
+    def _dropped(self) -> None:
+        self.now = False            # the signal sent again is the second one, again
 
     @staticmethod
     def _second(signum: int) -> Interrupted:
         return Interrupted(f"Stopped at once by a second signal {signum} ({signal.Signals(signum).name}): "
                            "nothing saved since the workdir's last complete checkpoint (a save cut short is "
                            "never listed). Run the same command again to resume.", signum)
+
+
+def raised_by_a_handler(exc: BaseException, signum: int, dropped=lambda: None) -> BaseException:
+    """``exc``, for a handler of ``signum`` to raise. Where Python drops it (raised inside a garbage
+    collection or weakref callback, as JAX's, or a ``__del__``, it is printed as "Exception ignored" and
+    the program goes on), ``dropped()`` runs and the signal is sent again a moment later."""
+    if not isinstance(sys.unraisablehook, _SendAgain):
+        sys.unraisablehook = _SendAgain(sys.unraisablehook)
+    exc.send_again = (signum, dropped)
+    return exc
+
+
+class _SendAgain:
+    """``sys.unraisablehook``: a handler's exception that Python drops, the signal is sent again; any other
+    goes to the hook before."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        again = getattr(unraisable.exc_value, "send_again", None)
+        if again is None:
+            return self.previous(unraisable)
+        signum, dropped = again
+        dropped()
+        later = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        later.daemon = True
+        later.start()
 
 
 _active: list[_StopFlag] = []

@@ -137,6 +137,28 @@ def pytest_runtest_setup(item):
 
 
 @pytest.fixture
+def signal_in_a_gc_callback():
+    """``send(signum)``: a garbage collection in which a callback sends ``signum`` once, so that its
+    handler runs inside the callback, where Python prints and drops what it raises (JAX has one)."""
+    import gc
+
+    def send(signum):
+        sent = []
+
+        def callback(phase, info):
+            if not sent:
+                sent.append(signum)
+                os.kill(os.getpid(), signum)
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(callback)
+        assert sent == [signum]
+    return send
+
+
+@pytest.fixture
 def real_text_path():
     if not REAL_TEXT:
         pytest.skip("set RNNJAX_TIMEMACHINE to d2l's timemachine.txt (.ci/run does)")

@@ -74,6 +74,35 @@ def test_a_second_signal_inside_held_stops_once_the_block_has_run():
     assert ran[-1] == "again"
 
 
+def test_a_second_signal_raised_in_a_gc_callback_is_delivered_again_not_dropped(
+        monkeypatch, signal_in_a_gc_callback):
+    import signal
+    import sys
+    import time
+
+    from rnnjax.stops import Interrupted, catch_signals
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+    with pytest.raises(Interrupted, match=r"second signal 15 \(SIGTERM\)"):
+        with catch_signals() as flag:
+            flag(signal.SIGTERM, None)               # the first: a flag the loop reads
+            signal_in_a_gc_callback(signal.SIGTERM)  # the second, inside the callback: sent again
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:       # it lands here, a moment later
+                time.sleep(0.01)
+    assert dropped == []
+    import gc                                        # another exception Python drops goes where it went
+
+    def callback(phase, info):
+        raise ValueError("a callback's own")
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    assert [type(u.exc_value) for u in dropped] == [ValueError, ValueError]      # at its start and stop
+
+
 def test_a_deferred_signal_is_the_next_run_s_first():
     import signal
 

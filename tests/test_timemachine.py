@@ -247,6 +247,28 @@ def test_after_a_run_caught_a_signal_the_cli_ignores_more_while_it_unwinds():
     assert type(e.value) is KeyboardInterrupt
 
 
+def test_a_ctrl_c_before_training_that_lands_in_a_gc_callback_is_delivered_again(
+        monkeypatch, signal_in_a_gc_callback):
+    """Raised inside a gc callback (JAX's runs at every collection), the KeyboardInterrupt would be printed
+    as "Exception ignored" and lost: the signal is sent again, and stops the command a moment later."""
+    import sys
+    import time
+
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+    stops.stop_handled()
+    previous = signal.signal(signal.SIGINT, timemachine._interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt) as e:
+            signal_in_a_gc_callback(signal.SIGINT)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert type(e.value) is KeyboardInterrupt and dropped == []
+
+
 def test_a_multi_host_process_notes_a_signal_after_the_run_and_exits_with_the_others(capfd):
     """Once joined, a first signal is deferred to the run's next step; once the run has ended (there is
     none), it is noted in one line and the process goes on to exit with its peers; a second stops it."""
