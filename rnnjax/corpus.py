@@ -180,8 +180,8 @@ class Corpus(WindowedText):
         if path is None and text is None:
             raise DataError("A Corpus needs a path or a text.")
         self.name = str(path) if text is None else "the text"
-        options = {"token": token, "preprocess": preprocess, "min_freq": min_freq,
-                   "val_fraction": val_fraction}
+        self.options = options = {"token": token, "preprocess": preprocess, "min_freq": min_freq,
+                                  "val_fraction": val_fraction}
         if text is None:
             sha1 = sha1_of(path) if Path(path).is_file() else None
             cached = _read_cache(_cache_path(sha1, options), options) if cache and sha1 else None
@@ -221,19 +221,25 @@ class Corpus(WindowedText):
                             f"{preprocess}), too few for {need}.")
         return train_end
 
-    def _split(self, num_train: int, num_val: int) -> None:
+    def split(self, num_train: int, num_val: int) -> tuple[int, int]:
+        """The train and validation windows that ``num_train`` and ``num_val`` ask for give this text."""
         windows = self.train_end - self.num_steps
         if not self.val_fraction:           # d2l's: num_train windows, then num_val
             if windows < num_train + num_val:
                 raise DataError(f"{self.name} has {len(self.stream)} tokens, which make {windows} windows of "
                                 f"--num-steps + 1 = {self.num_steps + 1}; --num-train + --num-val = "
                                 f"{num_train + num_val} are needed (or split by --val-fraction).")
-            self.num_train, self.num_val = num_train, num_val
-            self.tokens = self.stream[: num_train + num_val + self.num_steps]
+            return num_train, num_val
+        val_windows = len(self.stream) - self.num_steps - self.train_end
+        return (min(num_train, windows) if num_train else windows,
+                min(num_val, val_windows) if num_val else val_windows)
+
+    def _split(self, num_train: int, num_val: int) -> None:
+        self.num_train, self.num_val = self.split(num_train, num_val)
+        if not self.val_fraction:
+            self.tokens = self.stream[: self.num_train + self.num_val + self.num_steps]
             return
-        self.num_train = min(num_train, windows) if num_train else windows
         self._val_windows = len(self.stream) - self.num_steps - self.train_end
-        self.num_val = min(num_val, self._val_windows) if num_val else self._val_windows
         self.tokens = self.stream
 
     def val_starts(self) -> np.ndarray:

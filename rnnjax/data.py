@@ -176,10 +176,40 @@ class WindowedText:
     seed: int
     steps_per_epoch: int = 0
     prompt: str = "it has"     # what the command line shows the model continuing
+    # How rnnjax made the tokens (token, preprocess, min_freq, val_fraction), checked against a run's config.
+    options: dict | None = None
 
     def val_starts(self) -> np.ndarray:
         """Where the validation windows start in ``tokens``."""
         raise NotImplementedError
+
+    def check_made_for(self, config) -> None:
+        """``ValueError`` in one sentence unless these are the batches ``config`` trains on: a resume, which
+        remakes the data from config.json, would otherwise train and validate on other windows."""
+        if (self.batch_size, self.num_steps) != (config.batch_size, config.num_steps):
+            raise ValueError(f"The data's batches are {self.batch_size} x {self.num_steps}, the config's "
+                             f"{config.batch_size} x {config.num_steps}.")
+        if (self.steps_per_epoch, self.vocab.kind) != (config.steps_per_epoch, config.token):
+            raise ValueError(f"The data has {self.steps_per_epoch} steps an epoch and {self.vocab.kind} "
+                             f"tokens, the config {config.steps_per_epoch} and {config.token}: make it with "
+                             "rnnjax.corpus.load(config, ...).")
+        if self.options is None:        # a WindowedText of the caller's own: its sizes are its own
+            return
+        differ = []                     # (the data's, the config's)
+        for k, made in self.options.items():
+            asked = getattr(config, k)
+            if k == "min_freq":         # 0 and 1 keep every token
+                made, asked = max(made, 1), max(asked, 1)
+            if made != asked:
+                differ.append((f"{k} {made!r}", f"{k} {asked!r}"))
+        split = getattr(self, "split", lambda n, v: (n, v))(config.num_train, config.num_val)
+        if (self.num_train, self.num_val) != split:
+            differ.append((f"{self.num_train} train and {self.num_val} validation windows", f"{split[0]} and "
+                           f"{split[1]} (num_train {config.num_train}, num_val {config.num_val})"))
+        if differ:
+            made, asked = "; ".join(d for d, _ in differ), "; ".join(c for _, c in differ)
+            raise ValueError(f"The data was made with {made}, the config asks for {asked}: make it with "
+                             "rnnjax.corpus.load(config, ...).")
 
     def num_batches(self, train: bool = True) -> int:
         if train and self.steps_per_epoch:
@@ -236,6 +266,7 @@ class TimeMachine(WindowedText):
         self.batch_size, self.num_steps = batch_size, num_steps
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
         self.steps_per_epoch = steps_per_epoch
+        self.options = {"token": "char", "preprocess": "d2l", "min_freq": 0, "val_fraction": 0.0}
         raw = load_text(path) if text is None else text
         tokens = tokenize(preprocess(raw))
         self.vocab = Vocab(tokens)

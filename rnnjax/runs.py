@@ -27,7 +27,7 @@ from rnnjax import loop
 from rnnjax.config import SWEEPABLE, Config, ConfigError
 from rnnjax.data import Batch, TimeMachine, Windows
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
-from rnnjax.start import Plan, planned
+from rnnjax.start import Plan, check_plan, planned
 from rnnjax.state import TrainState, create_run_states
 from rnnjax.train import eval_steps, train_windows
 
@@ -78,6 +78,7 @@ def fit_runs(configs: list[Config], data: TimeMachine, workdir: str | Path, *, d
     ``fit``'s."""
     check_runs(configs)
     if plan is not None:
+        check_plan(plan, configs[0], workdir, configs)
         if log:
             log(plan.describe())
         return _fit_runs(plan, data, checkpoint_every, keep, progress, log)

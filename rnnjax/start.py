@@ -162,13 +162,7 @@ def check(config: Config, data: TimeMachine, workdir: str | Path, *, devices: in
     dp = check_arguments(config, workdir, devices=devices, runs=runs)
     if data.num_val < 1:
         raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
-    if (data.batch_size, data.num_steps) != (config.batch_size, config.num_steps):
-        raise ValueError(f"The data's batches are {data.batch_size} x {data.num_steps}, the config's "
-                         f"{config.batch_size} x {config.num_steps}.")
-    if (data.steps_per_epoch, data.vocab.kind) != (config.steps_per_epoch, config.token):
-        raise ValueError(f"The data has {data.steps_per_epoch} steps an epoch and {data.vocab.kind} tokens, "
-                         f"the config {config.steps_per_epoch} and {config.token}: make it with "
-                         "rnnjax.corpus.load(config, ...).")
+    data.check_made_for(config)
     memory.check(config, len(data.vocab), dp.num_shards, len(runs or [None]), dp.devices[0])
     return dp
 
@@ -196,15 +190,39 @@ def planned(config: Config, data: TimeMachine, workdir: str | Path, *, devices: 
     dp = check(config, data, workdir, devices=devices, runs=runs)
     workdir = Path(workdir)
     if jax.process_index() != 0:
-        yield _read(config, data, workdir, dp, tuple(runs or ()))
+        with _open(_read(config, data, workdir, dp, tuple(runs or ()))) as p:
+            yield p
         return
     workdir_lib.check_unlocked(workdir)         # the holder named before the workdir is made
-    with workdir_lib.lock(workdir):
-        p = _read(config, data, workdir, dp, tuple(runs or ()))
+    with workdir_lib.lock(workdir), _open(_read(config, data, workdir, dp, tuple(runs or ()))) as p:
         if not p.finished:
             for step, _ in p.damaged:
                 checkpoint.set_aside(workdir, step)
         yield p
+
+
+_open_plans: set[int] = set()       # the plans whose ``planned`` block runs: fit may train them
+
+
+@contextlib.contextmanager
+def _open(p: Plan) -> Iterator[Plan]:
+    _open_plans.add(id(p))
+    try:
+        yield p
+    finally:
+        _open_plans.discard(id(p))
+
+
+def check_plan(p: Plan, config: Config, workdir: str | Path, runs: list[Config] | None = None) -> None:
+    """``ValueError`` unless ``p`` can train ``config`` in ``workdir``: made for them by ``planned``, whose
+    block (holding the workdir's lock) is still running."""
+    if id(p) not in _open_plans:
+        raise ValueError("fit trains a plan only inside the block of rnnjax.start.planned that made it, "
+                         "which holds the workdir's lock (rnnjax.plan's shows what fit would do): call fit "
+                         "without plan.")
+    if (p.config, p.workdir, p.runs) != (config, Path(workdir), tuple(runs or ())):
+        raise ValueError(f"The plan is for the run{'s' if p.runs else ''} planned in {p.workdir}, not for "
+                         "the config and workdir given to fit: give fit the same.")
 
 
 def _lost_epochs(records: list[dict], position: Position, runs: tuple[Config, ...]) -> str:

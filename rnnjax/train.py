@@ -32,7 +32,7 @@ from rnnjax.config import Config
 from rnnjax.data import Batch, TimeMachine, Windows
 # What fit raises and its defaults, importable from here too.
 from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
-from rnnjax.start import Plan, planned
+from rnnjax.start import Plan, check_plan, planned
 from rnnjax.state import TrainState, create_train_state
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: F401
 
@@ -138,6 +138,7 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
     saving the last completed call's step).
     """
     if plan is not None:
+        check_plan(plan, config, workdir)
         return _fit(plan, data, params, checkpoint_every, keep, progress)
     with planned(config, data, workdir, devices=devices) as p:
         if log:

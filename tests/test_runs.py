@@ -15,7 +15,9 @@ from rnnjax.train import STEPS_PER_CALL, Interrupted, NonFiniteLoss, fit
 
 from conftest import TINY
 
+TINY10 = TINY.replace(num_train=10 * TINY.batch_size)        # data10's config
 CONFIGS = [TINY.replace(epochs=2, seed=s, lr=lr) for s in (0, 1) for lr in (1.0, 2.0)]
+CONFIGS10 = [c.replace(num_train=TINY10.num_train) for c in CONFIGS]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def data10():
     """``TINY``'s data with 10 batches an epoch: one compiled call of ``STEPS_PER_CALL`` steps each."""
     from conftest import small_text
     from rnnjax.data import TimeMachine
-    return TimeMachine(TINY.batch_size, TINY.num_steps, 10 * TINY.batch_size, TINY.num_val,
+    return TimeMachine(TINY10.batch_size, TINY10.num_steps, TINY10.num_train, TINY10.num_val,
                        text=small_text(5000))
 
 
@@ -42,7 +44,7 @@ def without_seconds(records):
 def test_each_run_is_the_run_it_would_be_alone(data10, tmp_path, devices):
     """To float32 round-off: XLA may fuse the vmapped step's sums in another order (bit for bit at some
     shapes, not at others), as the devices' all-reduce does."""
-    configs = CONFIGS if devices == 1 else CONFIGS[1:3]      # two, differing in both seed and rate, suffice
+    configs = CONFIGS10 if devices == 1 else CONFIGS10[1:3]    # two, differing in seed and rate, suffice
     together = runs.fit_runs(configs, data10, tmp_path / "runs", devices=devices, log=None)
     for k, config in enumerate(configs):
         single = alone(config, data10, tmp_path / f"run{k}", devices)
@@ -61,7 +63,7 @@ def test_each_run_is_the_run_it_would_be_alone(data10, tmp_path, devices):
 
 @pytest.mark.slow
 def test_dropout_runs_are_the_runs_alone(data10, tmp_path):
-    configs = [TINY.replace(epochs=1, num_layers=2, dropout=0.3, seed=s) for s in (0, 1)]
+    configs = [TINY10.replace(epochs=1, num_layers=2, dropout=0.3, seed=s) for s in (0, 1)]
     together = runs.fit_runs(configs, data10, tmp_path / "runs", devices=1, log=None)
     for k, config in enumerate(configs):
         single = alone(config, data10, tmp_path / f"run{k}", 1)
@@ -89,8 +91,8 @@ def test_resume_after_an_interrupt_mid_epoch_is_exact(small_data, tmp_path):
 
 
 def test_each_run_restores_on_its_own(data10, tmp_path):
-    together = runs.fit_runs(CONFIGS[:2], data10, tmp_path, devices=1, log=None)
-    for k, config in enumerate(CONFIGS[:2]):
+    together = runs.fit_runs(CONFIGS10[:2], data10, tmp_path, devices=1, log=None)
+    for k, config in enumerate(CONFIGS10[:2]):
         restored = checkpoint.restore(tmp_path, run=k)
         assert restored.config == config
         for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(together.state.params)):
@@ -103,7 +105,7 @@ def test_each_run_restores_on_its_own(data10, tmp_path):
 
 def test_each_run_s_best_is_its_own_lowest_validation_perplexity(data10, tmp_path):
     """Two runs whose best epochs differ: the best of each is its own, not the runs' mean's."""
-    configs = [TINY.replace(epochs=4, lr=1.0), TINY.replace(epochs=4, lr=40.0, clip=100.0)]
+    configs = [TINY10.replace(epochs=4, lr=1.0), TINY10.replace(epochs=4, lr=40.0, clip=100.0)]
     result = runs.fit_runs(configs, data10, tmp_path, devices=1, checkpoint_every=1, keep=9, log=None)
     bests = []
     for k in range(2):
@@ -134,7 +136,7 @@ def test_a_workdir_resumes_only_the_runs_it_holds(small_data, tmp_path):
 def test_a_diverging_run_stops_alone_and_stays_stopped(data10, tmp_path):
     """lr 1e6 blows up in the first epoch: that run stops, named in the log, and the other trains on as it
     would alone; restore refuses the stopped run, and a resumed workdir keeps it stopped."""
-    configs = [TINY.replace(epochs=2, lr=1.0), TINY.replace(epochs=2, lr=1e6)]
+    configs = [TINY10.replace(epochs=2, lr=1.0), TINY10.replace(epochs=2, lr=1e6)]
     lines = []
     result = runs.fit_runs(configs, data10, tmp_path / "w", devices=1, log=lines.append)
     assert result.stopped[0] is None
@@ -154,7 +156,7 @@ def test_a_diverging_run_stops_alone_and_stays_stopped(data10, tmp_path):
 
 def test_when_every_run_stops_the_program_stops(data10, tmp_path):
     """Both reasons: the divergence rule (lr 1e6: perplexity inf), an infinite loss (lr 1e38)."""
-    configs = [TINY.replace(epochs=2, lr=1e6), TINY.replace(epochs=2, lr=1e38)]
+    configs = [TINY10.replace(epochs=2, lr=1e6), TINY10.replace(epochs=2, lr=1e38)]
     stopped = (r"Every run stopped: run 0 \(lr 1e6\): its train perplexity is inf at epoch 1.*; run 1 "
                r"\(lr 1e38\): the training loss is inf at epoch 1, step \d+ of 10. .*smaller --lr")
     lines = []

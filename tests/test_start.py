@@ -160,3 +160,57 @@ def test_the_plan_says_a_part_epoch_and_the_runs_that_stopped_before(small_data,
     position = start.Position(1, 4, [{}, {}], [None, "why"])
     resumed = dataclasses.replace(p, step=17, runs=runs, position=position)
     assert resumed.describe().startswith("resuming 2 runs (1 stopped earlier) from step 17 (epoch 2 of 2")
+
+
+def test_data_made_otherwise_than_the_config_asks_is_refused(small_data, tmp_path):
+    """A resume reads config.json and remakes the data from it: data made otherwise (its sizes, its
+    preprocessing, its split) would train and validate on other windows."""
+    from rnnjax import corpus
+    text = small_text(5000)
+    cases = [
+        (TimeMachine(SMALL.batch_size, SMALL.num_steps, 160, SMALL.num_val, text=text),
+         f"160 train and {SMALL.num_val} validation windows, the config asks for {SMALL.num_train} and"),
+        (corpus.Corpus(None, SMALL.batch_size, SMALL.num_steps, text=text, preprocess="raw", val_fraction=0,
+                       num_train=SMALL.num_train, num_val=SMALL.num_val), "preprocess 'raw', the config asks "
+                                                                          "for preprocess 'd2l'"),
+        (corpus.Corpus(None, SMALL.batch_size, SMALL.num_steps, text=text, preprocess="d2l", val_fraction=0.2,
+                       num_train=150, num_val=SMALL.num_val), "val_fraction 0.2; .*, the config asks for "
+                                                              "val_fraction 0.0; "),
+    ]
+    for data, message in cases:
+        with pytest.raises(ValueError, match=f"made with .*{message}.*rnnjax.corpus.load"):
+            fit(SMALL, data, tmp_path / "w", devices=1, log=None)
+        assert not (tmp_path / "w").exists()
+    split = SMALL.replace(val_fraction=0.2, num_train=150)
+    data = corpus.Corpus(None, SMALL.batch_size, SMALL.num_steps, text=text, val_fraction=0.2, num_train=140,
+                         num_val=SMALL.num_val, preprocess="d2l")
+    with pytest.raises(ValueError, match="140 train and .* the config asks for 150 and"):
+        plan(split, data, tmp_path / "w", devices=1)
+    plan(SMALL.replace(min_freq=1), small_data, tmp_path / "w", devices=1)        # 0 and 1 keep every token
+
+
+def test_the_batch_order_is_the_config_s_seed_s_whatever_the_data_s(tmp_path):
+    """As fit_runs does, and as a resume from config.json would."""
+    text = small_text(5000)
+    config = SMALL.replace(epochs=1, seed=1)
+    data = {s: TimeMachine(SMALL.batch_size, SMALL.num_steps, SMALL.num_train, SMALL.num_val, text=text,
+                           seed=s) for s in (0, 1)}
+    runs = {s: fit(config, data[s], tmp_path / str(s), devices=1, log=None) for s in (0, 1)}
+    assert runs[0].history[0]["train_loss"] == runs[1].history[0]["train_loss"]
+    assert data[0].seed == 0                          # the caller's data is as it was
+
+
+def test_fit_trains_a_plan_only_inside_the_planned_block_that_made_it(small_data, tmp_path):
+    config = SMALL.replace(epochs=1)
+    with pytest.raises(ValueError, match="only inside the block of rnnjax.start.planned"):
+        fit(config, small_data, tmp_path, devices=1, log=None,
+            plan=plan(config, small_data, tmp_path, devices=1))
+    with start.planned(config, small_data, tmp_path, devices=1) as p:
+        with pytest.raises(ValueError, match=f"planned in {tmp_path}, not for the config and workdir given"):
+            fit(config.replace(epochs=2), small_data, tmp_path, devices=1, log=None, plan=p)
+        with pytest.raises(ValueError, match="not for the config and workdir given"):
+            fit(config, small_data, tmp_path / "other", devices=1, log=None, plan=p)
+        assert fit(config, small_data, tmp_path, devices=1, log=None, plan=p).history[-1]["epoch"] == 1
+    with pytest.raises(ValueError, match="only inside the block"):
+        fit(config, small_data, tmp_path, devices=1, log=None, plan=p)
+    assert not (tmp_path / "other").exists()
