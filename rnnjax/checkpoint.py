@@ -215,7 +215,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
     if step is not None and best:
         raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")
-    step = _whole(step)
+    step, run = _whole(step), _whole(run, "run")
     saved = steps(workdir)
     if not saved:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
@@ -241,16 +241,17 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
                           f"{damaged[0].reason}).")
 
 
-def _whole(step: Any) -> int | None:
-    """``step`` as an ``int``: any integer type (``np.int64``) or digits; ``CheckpointError`` otherwise."""
-    if step is None or (isinstance(step, str) and step.isdigit()):
+def _whole(step: Any, name: str = "step") -> int | None:
+    """``step`` (or the argument ``name``) as an ``int``: any integer type (``np.int64``) or digits;
+    ``CheckpointError`` otherwise."""
+    if step is None or (isinstance(step, str) and step.isdecimal()):     # isdigit: "²", which int refuses
         return None if step is None else int(step)
     try:
         if isinstance(step, bool):
             raise TypeError
         return operator.index(step)
     except TypeError:
-        raise CheckpointError(f"step must be a whole number, got {step!r}.") from None
+        raise CheckpointError(f"{name} must be a whole number, got {step!r}.") from None
 
 
 def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restored:

@@ -12,6 +12,8 @@ import argparse
 import dataclasses
 import itertools
 import math
+import numbers
+import operator
 from typing import Any
 
 from rnnjax.cells import CELLS, NONLINEARITIES
@@ -21,6 +23,21 @@ from rnnjax.precision import COMPUTE_DTYPES, MATMUL_PRECISIONS
 
 class ConfigError(ValueError):
     """A setting out of its range; the message is one sentence naming the flag."""
+
+
+def _typed(name: str, value: Any, kind: type) -> Any:
+    """``value`` as the built-in ``kind`` of its field (what config.json and equality see): any integer type
+    (``np.int64``) for an int, any real number (``np.float32``) for a float, never a bool for either;
+    ``ConfigError`` otherwise."""
+    number = {int: numbers.Integral, float: numbers.Real}.get(kind)
+    if number and isinstance(value, number) and not isinstance(value, bool):
+        try:
+            return operator.index(value) if kind is int else float(value)
+        except OverflowError:       # an int past float's range
+            raise ConfigError(f"{flag(name)} must be a float, got a number too large for one.") from None
+    if isinstance(value, kind) and not number:
+        return kind(value)          # a str (bool) of a subclass's type: itself
+    raise ConfigError(f"{flag(name)} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}.")
 
 
 def _field(default: Any, help: str) -> Any:
@@ -76,11 +93,7 @@ class Config:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            value, kind = getattr(self, f.name), type(f.default)
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, f.name, float(value))
-            elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise ConfigError(f"{flag(f.name)} must be a {kind.__name__}, got {value!r}.")
+            object.__setattr__(self, f.name, _typed(f.name, getattr(self, f.name), type(f.default)))
         positive = ("batch_size", "num_steps", "num_hiddens", "epochs", "num_val", "unroll", "num_layers")
         for name in positive:
             if getattr(self, name) < 1:

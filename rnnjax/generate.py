@@ -16,7 +16,10 @@ never draws ``<unk>``, which stands for no character of the text.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import numbers
+import operator
+from collections.abc import Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -75,33 +78,88 @@ def sample(model: RNNLM, params, prefix_BxL: jax.Array, lengths_B: jax.Array, nu
     return _decode(model, params, prefix_BxL, lengths_B, num_preds, choose)
 
 
-def check_sampling(temperature: float | None, top_k: int | None, vocab_size: int) -> None:
-    """One sentence for a temperature or top-k that cannot sample."""
-    if temperature is not None and not 0 < temperature <= MAX_TEMPERATURE:      # NaN fails this too
-        raise ValueError(f"The temperature must be a positive number up to {MAX_TEMPERATURE:.3g}, got "
-                         f"{temperature} (a small one, e.g. 0.01, is nearly greedy).")
-    if top_k is not None and not 1 <= top_k <= vocab_size:
-        raise ValueError(f"top_k (--top-k) must be between 1 and the vocabulary's {vocab_size} tokens, got "
-                         f"{top_k}.")
+def check_sampling(temperature: float | None, top_k: int | None, vocab_size: int
+                   ) -> tuple[float | None, int | None]:
+    """One sentence for a temperature or top-k that cannot sample; else them as a ``float`` and an ``int``."""
+    if temperature is not None:
+        temperature = _real(temperature, "The temperature")
+        if not 0 < temperature <= MAX_TEMPERATURE:      # NaN fails this too
+            raise ValueError(f"The temperature must be a positive number up to {MAX_TEMPERATURE:.3g}, got "
+                             f"{temperature} (a small one, e.g. 0.01, is nearly greedy).")
+    if top_k is not None:
+        top_k = _whole(top_k, "top_k (--top-k)")
+        if not 1 <= top_k <= vocab_size:
+            raise ValueError(f"top_k (--top-k) must be between 1 and the vocabulary's {vocab_size} tokens, "
+                             f"got {top_k}.")
+    return temperature, top_k
 
 
-def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Sequence[str], num_preds: int, *,
+def _whole(value: Any, name: str) -> int:
+    """``value`` as an ``int``: any integer type (``np.int64``), not a bool; ``ValueError`` otherwise."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise ValueError(f"{name} must be a whole number, got {value!r}.")
+
+
+def _real(value: Any, name: str) -> float:
+    """``value`` as a ``float``: any real number type, or a 0-d array of one, not a bool; ``ValueError``
+    otherwise."""
+    array = isinstance(value, (np.ndarray, jax.Array)) and value.shape == () and (
+        jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer))
+    if isinstance(value, (bool, np.bool_)) or not (isinstance(value, numbers.Real) or array):
+        raise ValueError(f"{name} must be a real number, got {value!r}.")
+    try:
+        return float(value)
+    except OverflowError:         # an int (a Fraction) past float's range
+        raise ValueError(f"{name} must be a real number a float can hold, got one beyond float's range.") \
+            from None
+
+
+def _check_key(key: Any) -> None:
+    """``ValueError`` in one sentence unless ``key`` is one JAX PRNG key, typed (``jax.random.key``) or raw
+    (``jax.random.PRNGKey``)."""
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape == ():
+            return
+    elif (isinstance(key, (np.ndarray, jax.Array)) and key.dtype == np.uint32
+          and key.shape == jax.eval_shape(jax.random.PRNGKey, 0).shape):
+        return
+    array = isinstance(key, (np.ndarray, jax.Array))
+    given = f"an array of shape {key.shape} and dtype {key.dtype}" if array else repr(key)
+    raise ValueError(f"key must be one JAX PRNG key, e.g. jax.random.key(1) or jax.random.PRNGKey(1), got "
+                     f"{given}.")
+
+
+def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], num_preds: int, *,
                   temperature: float | None = None, top_k: int | None = None, key: jax.Array | None = None
                   ) -> list[str]:
     """Each prefix followed by ``num_preds`` tokens (characters, or words joined by spaces): greedy, or
     sampled if a ``temperature``, ``top_k`` or ``key`` is given (temperature 1, all tokens, ``PRNGKey(0)``
-    by default). Greedy is d2l's argmax, ``<unk>`` included; sampling never draws ``<unk>``.
+    by default; a key from ``jax.random.key`` or ``jax.random.PRNGKey``). Greedy is d2l's argmax,
+    ``<unk>`` included; sampling never draws ``<unk>``. ``prefixes``: a list of strings, or any iterable
+    of them (read once).
 
     Characters outside the vocabulary (uppercase, digits, punctuation) raise a
-    ``ValueError`` naming them, rather than being read as ``<unk>``.
+    ``ValueError`` naming them, rather than being read as ``<unk>``; so does any argument of the wrong
+    type or range.
     """
+    num_preds = _whole(num_preds, "num_preds")
     if not 0 <= num_preds <= MAX_PREDS:
         raise ValueError(f"num_preds must be between 0 and {MAX_PREDS:,}, got {num_preds:,}.")
-    check_sampling(temperature, top_k, len(vocab))
-    if isinstance(prefixes, str) or not all(isinstance(p, str) for p in prefixes):
+    temperature, top_k = check_sampling(temperature, top_k, len(vocab))
+    if key is not None:
+        _check_key(key)
+    if not isinstance(prefixes, (str, bytes)) and isinstance(prefixes, Iterable):
+        prefixes = list(prefixes)         # once: a generator is read here
+    if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
         raise ValueError(f"prefixes must be a list of strings, got {prefixes!r}; for one prompt, use predict "
                          "or [prompt].")
-    if not prefixes or any(len(p) == 0 for p in prefixes):
+    if not prefixes:
+        raise ValueError("prefixes is an empty list: give at least one prompt, e.g. ['the time'].")
+    if any(len(p) == 0 for p in prefixes):
         raise ValueError("Every prefix needs at least one character to start from.")
     ids = [vocab.encode(p) for p in prefixes]
     lengths = np.array([len(i) for i in ids], np.int32)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,21 @@ from rnnjax.data import Batch, TimeMachine, Windows
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, planned
 from rnnjax.state import TrainState, create_run_states
-from rnnjax.train import eval_steps, train_windows
+from rnnjax.train import check_saving, eval_steps, train_windows
+
+
+def _listed(configs: Iterable[Config]) -> list[Config]:
+    """``configs`` (any iterable, a generator too, read once) as a list: ``ConfigError`` in one sentence
+    unless each is a ``Config``."""
+    if isinstance(configs, Config) or not isinstance(configs, Iterable):
+        raise ConfigError(f"configs must be a list of Config objects, not of type {type(configs).__name__}; "
+                          "for one run, use rnnjax.train.fit or [config].")
+    configs = list(configs)
+    for c in configs:
+        if not isinstance(c, Config):
+            raise ConfigError(f"configs must be a list of Config objects; one of them is of type "
+                              f"{type(c).__name__}.")
+    return configs
 
 
 def check_runs(configs: list[Config]) -> None:
@@ -67,7 +81,7 @@ def summary(history: list[dict]) -> dict[str, dict[str, float]]:
                 "max": max(r[k] for r in final)} for k in ("train_ppl", "val_ppl", "val_bpc")}
 
 
-def fit_runs(configs: list[Config], data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
+def fit_runs(configs: Iterable[Config], data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
              checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3, progress: Callable | None = None,
              log: Callable[[str], Any] | None = print, plan: Plan | None = None) -> FitResult:
     """Trains ``configs`` together as ``fit`` trains one: checked first, resumed from ``workdir``, one
@@ -76,7 +90,9 @@ def fit_runs(configs: list[Config], data: TimeMachine, workdir: str | Path, *, d
     that diverges stops alone (logged; its records end, ``restore`` refuses it, the result's ``stopped``
     says why) and the others train on; ``NonFiniteLoss`` once every run has stopped. ``plan``: as
     ``fit``'s."""
+    configs = _listed(configs)
     check_runs(configs)
+    check_saving(checkpoint_every, keep)
     if plan is not None:
         check_plan(plan, configs[0], workdir, configs)
         if log:

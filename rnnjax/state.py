@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax.training import train_state
 
@@ -115,11 +116,33 @@ def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
 
 
 def check_params(params: Any, config: Config, vocab_size: int) -> None:
-    def shapes(tree):
-        return jax.tree.map(lambda x: tuple(x.shape), tree)
-    expected = shapes(abstract_train_state(config, vocab_size).params)
-    given = shapes(params)
-    if given != expected:
-        raise ValueError(f"The parameters do not fit the config (cell {config.cell!r}, num_hiddens="
-                         f"{config.num_hiddens}, vocabulary {vocab_size}): shapes {given}, "
-                         f"expected {expected}.")
+    """``ValueError`` in one sentence, naming a leaf, unless ``params`` have the tree, shapes and dtypes
+    (float32) of the parameters ``config`` makes for ``vocab_size`` tokens."""
+    what = (f"The parameters do not fit the config (cell {config.cell!r}, num_hiddens={config.num_hiddens}, "
+            f"vocabulary {vocab_size})")
+
+    def leaves(tree):       # by name: a FrozenDict's leaves are a dict's
+        return {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    expected, given = leaves(abstract_train_state(config, vocab_size).params), leaves(params)
+    if "" in given:         # not a tree at all
+        raise ValueError(f"{what}: they are of type {type(params).__name__}, not a dict of arrays.")
+    missing, extra = [k for k in expected if k not in given], [k for k in given if k not in expected]
+    wrong = []
+    if missing:
+        wrong.append(f"they lack {missing[0]}" + (f" (and {len(missing) - 1} more)" if missing[1:] else ""))
+    if extra:
+        wrong.append(f"they have {extra[0]}, which the model has not")
+    if wrong:
+        raise ValueError(f"{what}: {'; '.join(wrong)}.")
+    for name, want in expected.items():
+        x = given[name]
+        if not isinstance(x, (np.ndarray, jax.Array)):
+            raise ValueError(f"{what}: {name} is of type {type(x).__name__}, not an array of shape "
+                             f"{want.shape}.")
+        if tuple(x.shape) != want.shape:
+            raise ValueError(f"{what}: {name} has shape {tuple(x.shape)}, expected {want.shape}.")
+        if x.dtype != want.dtype:
+            # bfloat16 parameters would train in bfloat16 throughout: compute_dtype is what does it right
+            hint = ("; for bfloat16 matmuls keep float32 parameters and set Config.compute_dtype='bfloat16'"
+                    if jnp.issubdtype(x.dtype, jnp.floating) else f"; cast it to {want.dtype}")
+            raise ValueError(f"{what}: {name} is {x.dtype}, expected {want.dtype}{hint}.")

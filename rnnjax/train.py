@@ -18,6 +18,7 @@ token stream it holds). A step's metrics are a dict: add a key to
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from rnnjax.data import Batch, TimeMachine, Windows
 # What fit raises and its defaults, importable from here too.
 from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
 from rnnjax.start import Plan, check_plan, planned
-from rnnjax.state import TrainState, create_train_state
+from rnnjax.state import TrainState, check_params, create_train_state
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: F401
 
 
@@ -128,7 +129,8 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
     (``rnnjax.start.planned``; or trains ``plan``, made so by the caller,
     inside its block) and ``log``s what it will do. A
     fresh run starts from ``params`` (default: initialized from
-    ``config.seed``); fit trains a copy, so the caller's stay valid. Saves a
+    ``config.seed``); fit trains a copy, so the caller's stay valid. A
+    resumed run does not use them (its log line says so). Saves a
     checkpoint every ``checkpoint_every`` epochs and after the last, keeping
     the latest ``keep`` and the best by validation perplexity.
 
@@ -137,13 +139,27 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
     (nothing saved past the last good checkpoint) and ``Interrupted`` (after
     saving the last completed call's step).
     """
+    check_saving(checkpoint_every, keep)
+    if params is not None:         # before the workdir is made, and checked even if it resumes
+        check_params(params, config, len(data.vocab))
     if plan is not None:
         check_plan(plan, config, workdir)
         return _fit(plan, data, params, checkpoint_every, keep, progress)
     with planned(config, data, workdir, devices=devices) as p:
         if log:
-            log(p.describe())
+            unused = params is not None and p.step is not None and not p.finished
+            log(p.describe() + ("; the params given are not used: the run resumes from its checkpoint "
+                                "(a new workdir starts from them)" if unused else ""))
         return _fit(p, data, params, checkpoint_every, keep, progress)
+
+
+def check_saving(checkpoint_every: int, keep: int) -> None:
+    """``fit``'s (and ``fit_runs``') ``checkpoint_every`` and ``keep``: ``ValueError`` in one sentence
+    unless each is a whole number of at least 1."""
+    for name, value, what in (("checkpoint_every", checkpoint_every, "epochs"),
+                              ("keep", keep, "checkpoints")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a whole number of {what}, at least 1, got {value!r}.")
 
 
 def _fit(p: Plan, data: TimeMachine, params: Any, checkpoint_every: int, keep: int,

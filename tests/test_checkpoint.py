@@ -1,5 +1,6 @@
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 from conftest import TINY
 
-from rnnjax import checkpoint
+from rnnjax import checkpoint, runs
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.metrics import MetricsLog
 from rnnjax.state import create_train_state, make_model
@@ -142,6 +143,21 @@ def test_unknown_step(small_data, tmp_path):
     fit(with_epochs(SMALL, 1), small_data, tmp_path, devices=1)
     with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
         checkpoint.restore(tmp_path, step=5)
+
+
+def test_run_is_a_whole_number_as_step_is(small_data, tmp_path):
+    together = runs.fit_runs([with_epochs(TINY, 1).replace(seed=s) for s in (0, 1)], small_data, tmp_path,
+                             devices=1, log=None)
+    for run in (1, np.int64(1), "1"):
+        restored = checkpoint.restore(tmp_path, run=run)
+        assert restored.config.seed == 1
+        assert_trees_equal(restored.params, jax.tree.map(lambda x: x[1], together.state.params))
+    for bad in (True, 1.0, "one", "²", [1]):
+        message = rf"^run must be a whole number, got {re.escape(repr(bad))}\.$"
+        with pytest.raises(CheckpointError, match=message):
+            checkpoint.restore(tmp_path, run=bad)
+        with pytest.raises(CheckpointError, match="run must be a whole number"):
+            checkpoint.restore(tmp_path, best=True, run=bad)
 
 
 # After a failed restore, orbax's background event loop complains while shutting down.

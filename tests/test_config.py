@@ -1,7 +1,9 @@
 import argparse
 import dataclasses
+import json
 import math
 
+import numpy as np
 import pytest
 
 from rnnjax.config import PRESETS, Config, ConfigError, add_flags, disagreement, from_flags, label, shown
@@ -49,7 +51,12 @@ def test_json_round_trip_and_old_checkpoints_without_new_fields():
     ({"clip": 0.0}, "--clip must be a positive finite number"),
     ({"seed": -1}, r"--seed must be in \[0, 2\*\*32\)"),
     ({"cell": "gru9"}, "--cell 'gru9' is not a known cell"),
-    ({"num_steps": 2.5}, "--num-steps must be a int"),
+    ({"num_steps": 2.5}, r"^--num-steps must be an int, got 2\.5\.$"),
+    ({"num_steps": True}, r"^--num-steps must be an int, got True\.$"),
+    ({"lr": True}, r"^--lr must be a float, got True\.$"),
+    ({"lr": "1"}, r"^--lr must be a float, got '1'\.$"),
+    ({"lr": 10 ** 400}, r"^--lr must be a float, got a number too large for one\.$"),
+    ({"cell": 1}, r"^--cell must be a str, got 1\.$"),
     ({"bidirectional": 1}, "--bidirectional must be a bool"),
     ({"kernel": "cudnn9"}, "--kernel must be one of auto, plain, fused"),
     ({"compute_dtype": "float16"}, "--compute-dtype must be one of float32, bfloat16; got 'float16'"),
@@ -63,6 +70,19 @@ def test_bad_values_are_one_sentence(change, message):
 
 def test_ints_pass_as_floats():
     assert Config(lr=2).lr == 2.0 and isinstance(Config(lr=2).lr, float)
+
+
+def test_numpy_numbers_pass_stored_as_python_s():
+    """NumPy's integers and floats (a sweep's np.arange, np.linspace) are stored as built-in ints and floats:
+    the same config, equal and hashed alike, the same config.json."""
+    given = Config(batch_size=np.int64(16), seed=np.uint32(3), lr=np.float64(0.5), clip=np.float32(0.25),
+                   dropout=np.float32(0.5), num_layers=np.int8(2), val_fraction=np.int64(0))
+    expected = Config(batch_size=16, seed=3, lr=0.5, clip=0.25, dropout=0.5, num_layers=2, val_fraction=0.0)
+    assert given == expected and hash(given) == hash(expected)
+    assert json.dumps(given.to_json()) == json.dumps(expected.to_json())
+    assert [type(getattr(given, f.name)) for f in dataclasses.fields(Config)] == [
+        type(f.default) for f in dataclasses.fields(Config)]
+    assert type(Config(cell=np.str_("gru")).cell) is str
 
 
 def test_differences_name_the_fields_a_resumed_run_may_not_change():

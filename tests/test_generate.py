@@ -45,7 +45,8 @@ def test_unknown_characters_are_a_clear_error(model_params):
         predict(model, params, VOCAB, "It has", 5)
 
 
-@pytest.mark.parametrize("prefixes,num_preds,message", [([""], 3, "at least one"), ([], 3, "at least one"),
+@pytest.mark.parametrize("prefixes,num_preds,message", [([""], 3, "at least one"),
+                                                        ([], 3, r"^prefixes is an empty list: give at least"),
                                                         (["a"], -1, "num_preds"),
                                                         (["a"], 99999999999, "num_preds must be between"),
                                                         ("it has", 3, "a list of strings"),
@@ -54,6 +55,43 @@ def test_bad_requests(model_params, prefixes, num_preds, message):
     model, params = model_params
     with pytest.raises(ValueError, match=message):
         predict_batch(model, params, VOCAB, prefixes, num_preds)
+
+
+def test_prefixes_from_a_generator_are_read_once(model_params):
+    model, params = model_params
+    expected = predict_batch(model, params, VOCAB, ["it", "a"], 5)
+    assert predict_batch(model, params, VOCAB, (p for p in ["it", "a"]), 5) == expected
+    assert predict_batch(model, params, VOCAB, ("it", "a"), np.int64(5)) == expected    # any integer type
+
+
+KEY = r"^key must be one JAX PRNG key, e.g. jax.random.key\(1\) or jax.random.PRNGKey\(1\), "
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"num_preds": True}, r"^num_preds must be a whole number, got True\.$"),
+    ({"num_preds": 5.0}, r"^num_preds must be a whole number, got 5\.0\.$"),
+    ({"num_preds": "5"}, r"^num_preds must be a whole number, got '5'\.$"),
+    ({"top_k": 2.5}, r"^top_k \(--top-k\) must be a whole number, got 2\.5\.$"),
+    ({"top_k": True}, r"^top_k \(--top-k\) must be a whole number, got True\.$"),
+    ({"temperature": "0.5"}, r"^The temperature must be a real number, got '0\.5'\.$"),
+    ({"temperature": True}, r"^The temperature must be a real number, got True\.$"),
+    ({"temperature": 10 ** 400}, r"^The temperature must be a real number a float can hold, got one beyond"),
+    ({"key": 1}, KEY + r"got 1\.$"),
+    ({"key": np.zeros(3, np.uint32)}, KEY + r"got an array of shape \(3,\) and dtype uint32\.$"),
+    ({"key": jax.random.split(jax.random.key(0))}, KEY + r"got an array of shape \(2,\) and dtype key<fry>"),
+])
+def test_arguments_of_the_wrong_type_are_one_sentence(model_params, kwargs, message):
+    model, params = model_params
+    with pytest.raises(ValueError, match=message):
+        predict_batch(model, params, VOCAB, ["it"], **{"num_preds": 3, **kwargs})
+
+
+def test_numpy_numbers_and_either_kind_of_key_sample_as_python_s(model_params):
+    model, params = model_params
+    draw = functools.partial(predict_batch, model, params, VOCAB, ["it has"], 12)
+    expected = draw(temperature=0.5, top_k=3, key=jax.random.PRNGKey(3))
+    assert draw(temperature=np.float32(0.5), top_k=np.int64(3), key=jax.random.key(3)) == expected
+    assert draw(temperature=jnp.float32(0.5), top_k=3, key=np.asarray(jax.random.PRNGKey(3))) == expected
 
 
 def test_prefix_length_buckets_share_a_compilation(model_params):

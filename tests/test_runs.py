@@ -173,6 +173,26 @@ def test_runs_must_share_their_shapes():
     runs.check_runs([TINY, TINY.replace(lr=0.5), TINY.replace(clip=2.0)])
 
 
+def test_configs_may_come_from_a_generator(small_data, tmp_path):
+    configs = [TINY.replace(epochs=1, seed=s) for s in (0, 1)]
+    result = runs.fit_runs((c for c in configs), small_data, tmp_path, devices=1, log=None)
+    assert [(r["run"], r["epoch"]) for r in result.history] == [(0, 1), (1, 1)]
+    assert checkpoint.restore(tmp_path, run=1).config == configs[1]
+
+
+@pytest.mark.parametrize("configs,kwargs,message", [
+    (TINY, {}, r"^configs must be a list of Config objects, not of type Config; for one run, use "
+               r"rnnjax.train.fit or \[config\]\.$"),
+    ([TINY, TINY.to_json()], {}, r"^configs must be a list of Config objects; one of them is of type dict"),
+    (CONFIGS[:2], {"checkpoint_every": 0}, "checkpoint_every must be a whole number of epochs, at least 1"),
+    (CONFIGS[:2], {"keep": -1}, "keep must be a whole number of checkpoints, at least 1, got -1"),
+], ids=["one Config", "a dict among them", "checkpoint_every 0", "keep -1"])
+def test_bad_arguments_are_refused_before_any_work(small_data, tmp_path, configs, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        runs.fit_runs(configs, small_data, tmp_path / "w", devices=1, log=None, **kwargs)
+    assert not (tmp_path / "w").exists()
+
+
 def test_summary_of_the_last_epoch():
     history = [{"run": k, "epoch": e, "train_ppl": 10.0 + k - e, "val_ppl": 12.0 + k, "val_bpc": 3.0 + k}
                for k in range(3) for e in (1, 2)]

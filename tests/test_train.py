@@ -184,6 +184,45 @@ def test_fit_rejects_params_of_another_model(small_data, tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
+@pytest.mark.parametrize("cast,message", [
+    (jnp.bfloat16, r"\['output_layer'\]\['bias'\] is bfloat16, expected float32; for bfloat16 matmuls keep "
+                   r"float32 parameters and set Config.compute_dtype='bfloat16'\.$"),
+    (jnp.int32, r"is int32, expected float32")], ids=["bfloat16", "int32"])
+def test_fit_refuses_params_of_another_dtype_before_anything_is_written(small_data, tmp_path, cast, message):
+    params = jax.tree.map(lambda x: x.astype(cast), create_train_state(SMALL, len(small_data.vocab)).params)
+    with pytest.raises(ValueError, match=message):
+        fit(SMALL, small_data, tmp_path / "w", params=params, devices=1, log=None)
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"checkpoint_every": 0}, r"^checkpoint_every must be a whole number of epochs, at least 1, got 0\.$"),
+    ({"checkpoint_every": 2.0}, "checkpoint_every must be a whole number of epochs, at least 1, got 2.0"),
+    ({"checkpoint_every": True}, "checkpoint_every must be a whole number of epochs, at least 1, got True"),
+    ({"keep": -1}, r"^keep must be a whole number of checkpoints, at least 1, got -1\.$"),
+    ({"keep": 0}, "keep must be a whole number of checkpoints, at least 1, got 0"),
+    ({"keep": "3"}, "keep must be a whole number of checkpoints, at least 1, got '3'")])
+def test_fit_refuses_checkpoint_every_or_keep_before_any_work(small_data, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        fit(SMALL, small_data, tmp_path / "w", devices=1, log=None, **kwargs)
+    assert not (tmp_path / "w").exists()
+
+
+def test_params_given_to_a_run_that_resumes_are_not_used_and_its_log_says_so(small_data, tmp_path):
+    first = fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=None,
+                checkpoint_every=np.int64(1), keep=np.int64(2))        # NumPy integers are whole numbers
+    zeros = jax.tree.map(jnp.zeros_like, first.state.params)
+    lines = []
+    resumed = fit(SMALL.replace(epochs=2), small_data, tmp_path, devices=1, params=zeros, log=lines.append)
+    unused = ("; the params given are not used: the run resumes from its checkpoint (a new workdir starts "
+              "from them)")
+    assert lines[0].startswith("resuming from step ") and lines[0].endswith(unused)
+    assert resumed.history[0] == first.history[0] and resumed.state.step == 2 * first.state.step
+    lines.clear()
+    fit(SMALL.replace(epochs=3), small_data, tmp_path, devices=1, log=lines.append)
+    assert lines[0].startswith("resuming from step ") and "params given" not in lines[0]
+
+
 FAMILY = {"gru": SMALL.replace(cell="gru", epochs=1), "lstm": SMALL.replace(cell="lstm", epochs=1),
           "deep gru, dropout": SMALL.replace(cell="gru", num_layers=2, dropout=0.3, epochs=1)}
 
