@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY, DenseCell
+from conftest import TINY, DenseCell, small_text
 from rnnjax import checkpoint, model as model_lib
+from rnnjax.data import TimeMachine
 from rnnjax.generate import predict
 from rnnjax.model import RNN, RNNLM, OneHot, SimpleRNNCell, StackedRNN
 from rnnjax.state import make_model
@@ -105,10 +106,11 @@ SLOW_FOREIGN = [pytest.param(n, marks=pytest.mark.slow) for n in ("flax_gru", "f
 
 
 @pytest.mark.parametrize("name", ["dense", *SLOW_FOREIGN])
-def test_a_foreign_cell_trains_resumes_exactly_restores_and_generates(name, small_data, tmp_path,
-                                                                      monkeypatch):
+def test_a_foreign_cell_trains_resumes_exactly_restores_and_generates(name, tmp_path, monkeypatch):
     monkeypatch.setitem(model_lib.CELLS, name, FOREIGN[name])
     config = TINY.replace(cell=name, epochs=1, num_train=100)
+    small_data = TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
+                             text=small_text(5000))
     straight = fit(config.replace(epochs=2), small_data, tmp_path / "straight", devices=1, log=None)
     assert straight.history[-1]["train_ppl"] < straight.history[0]["train_ppl"] < len(small_data.vocab)
     fit(config, small_data, tmp_path / "resumed", devices=1, log=None)
