@@ -14,10 +14,13 @@ import math
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from rnnjax import meta as meta_lib
+from rnnjax.cells import CELLS
 from rnnjax.config import Config
 from rnnjax.vocab import Vocab
 
@@ -46,6 +49,31 @@ class UnknownCell(CheckpointError, ValueError):
                          f"rnnjax.CELLS[{cell!r}] = <the cell class> before restoring or resuming it (the "
                          "command line knows only rnnjax's own cells).")
         self.cell = cell
+
+
+class CellMismatch(CheckpointError):
+    """A run restored with another cell registered under its cell's name: not damage."""
+
+
+def check_fits(meta: dict, target: Any, workdir: Path, step: int) -> None:
+    """``CellMismatch`` unless ``target`` (the state a restore builds from the meta's config) has the arrays
+    the checkpoint at ``step`` saved, by path (its meta's checksums name each): what tells a cell of another
+    class registered under the run's cell name from damage, reading no array."""
+    saved = set(meta["checksums"])
+    made = {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
+    if saved == made:
+        return
+    cell = meta["config"]["cell"]
+    kind = getattr(CELLS.get(cell), "__qualname__", None) or repr(CELLS.get(cell))
+
+    def some(paths):
+        paths = sorted(paths)
+        more = f" and {len(paths) - 2} more" if len(paths) > 2 else ""
+        return ", ".join(paths[:2]) + more if paths else "nothing else"
+    raise CellMismatch(f"The checkpoint at step {step} in {Path(workdir) / SUBDIR} holds parameters the cell "
+                       f"registered here as {cell!r} ({kind}) does not make ({some(saved - made)}; it makes "
+                       f"{some(made - saved)}): set rnnjax.CELLS[{cell!r}] to the cell class the run was "
+                       "trained with.")
 
 
 def reason(e: Exception) -> str:

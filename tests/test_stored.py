@@ -2,13 +2,17 @@
 
 import shutil
 
+import flax.linen as nn
 import pytest
 
 from conftest import TINY, DenseCell, small_text
 from experiments import timemachine
 from rnnjax import checkpoint, model as model_lib, stored
+from rnnjax.config import Config
 from rnnjax.data import TimeMachine
+from rnnjax.state import abstract_train_state
 from rnnjax.train import fit
+from rnnjax.vocab import Vocab
 
 UNREGISTERED = (r"trained with cell 'mine', which is not registered here: set rnnjax\.CELLS\['mine'\] = "
                 r"<the cell class> before restoring")
@@ -58,3 +62,18 @@ def test_registered_again_it_restores(workdir, monkeypatch):
     monkeypatch.setitem(model_lib.CELLS, "mine", DenseCell)
     restored = checkpoint.restore(workdir, best=True)
     assert restored.config.cell == "mine" and restored.step in checkpoint.steps(workdir)
+
+
+def test_another_cell_registered_under_the_run_s_name_is_told_from_damage(workdir, monkeypatch):
+    """Its parameters are not those the checkpoint saved, by path: what ``check_fits`` says before orbax
+    reads an array (orbax itself raises 'Structure mismatch', which a restore calls damage)."""
+    step = checkpoint.latest_step(workdir)
+    monkeypatch.setitem(model_lib.CELLS, "mine", DenseCell)
+    meta = checkpoint.read_meta(workdir, step)
+    config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
+    stored.check_fits(meta, abstract_train_state(config, len(vocab)), workdir, step)          # the same cell
+    monkeypatch.setitem(model_lib.CELLS, "mine", nn.SimpleCell)
+    says = (r"holds parameters the cell registered here as 'mine' \(SimpleCell\) does not make "
+            r"\(\.params\['rnn'\]\['cell'\]\['Dense_0'\]\['bias'\], .* and \d+ more; it makes .*\['h'\]")
+    with pytest.raises(stored.CellMismatch, match=says):
+        stored.check_fits(meta, abstract_train_state(config, len(vocab)), workdir, step)
