@@ -232,7 +232,8 @@ def _dense_cross_entropy_bwd(dtype, residuals, g):
     H_NxH, W_HxV, p_NxP, labels_N, weights_N = residuals
     V = W_HxV.shape[1]
     dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g[0], V)
-    return (dot(dlogits_NxP, _pad_vocab(W_HxV).T, dtype),
+    # A cotangent takes its primal's dtype: a cell of one's own may output bfloat16 (flax's SimpleCell).
+    return (dot(dlogits_NxP, _pad_vocab(W_HxV).T, dtype).astype(H_NxH.dtype),
             _dense_weight_gradient(H_NxH, dlogits_NxP, dtype)[:, :V], jnp.sum(dlogits_NxP, axis=0)[:V], None,
             None)
 

@@ -6,7 +6,9 @@ perplexity, the CRC-32 of every array of the state, and a CRC-32 of all of
 that (``meta_checksum``). ``problem(meta, step)`` says in a clause what is
 wrong with a meta read back, or ``None``: a changed digit (the checksum), a
 missing, unknown or ill-typed key, a position that does not lead to its step
-(``step == epoch * steps_per_epoch + batch``). Checkpoints of older formats
+(``step == epoch * steps_per_epoch + batch``). ``unregistered_cell(meta)``
+names a cell of one's own that the meta's run was trained with and
+``rnnjax.cells.CELLS`` lacks here: not damage. Checkpoints of older formats
 (1: before the meta had its checksum and its steps per epoch; 2: before the
 position kept per-key sums of every run's metrics) are checked for what they
 hold; ``rnnjax.start.Position.read`` reads any of them.
@@ -19,6 +21,7 @@ import math
 import zlib
 from typing import Any
 
+from rnnjax.cells import CELLS
 from rnnjax.config import Config
 from rnnjax.data import Vocab
 
@@ -135,9 +138,8 @@ def _position(position: Any, step: int, per_epoch: int, num_runs: int, fmt: int)
     return None if ok else "has a position whose partial sums, stopped runs or divergence streak are bad"
 
 
-def problem(meta: Any, step: int) -> str | None:
-    """What is wrong with the ``meta`` of the checkpoint at ``step``, as a clause (``is ...``, ``has ...``,
-    ``lacks ...``), or ``None``."""
+def _seal(meta: Any) -> str | None:
+    """What is wrong with ``meta``'s format or checksum, as ``problem`` says it, or ``None``."""
     if not isinstance(meta, dict) or meta.get("format") not in READABLE:
         return f"is not an rnnjax checkpoint of format {' or '.join(map(str, READABLE))}"
     if meta["format"] >= 2:
@@ -148,6 +150,30 @@ def problem(meta: Any, step: int) -> str | None:
                 return "has a meta that fails its checksum (config, vocabulary or position changed)"
         except ValueError:                 # NaN or Infinity: never written by save
             return "has a meta with a non-finite number"
+    return None
+
+
+def unregistered_cell(d: Any, sealed: bool = True) -> str | None:
+    """The cell that ``d``'s config (or one of its runs') names and ``rnnjax.cells.CELLS`` lacks: a run of a
+    cell of one's own, read where it is not registered. ``d`` is a checkpoint's meta, or with ``sealed=False``
+    a workdir's ``config.json``; ``None`` if there is none, or if the meta fails its checksum (damaged)."""
+    if not isinstance(d, dict) or (sealed and _seal(d)):
+        return None
+    runs = d.get("runs")
+    for c in [d.get("config"), *(runs if isinstance(runs, list) else [])]:
+        cell = c.get("cell") if isinstance(c, dict) else None
+        if isinstance(cell, str) and cell not in CELLS:
+            return cell
+    return None
+
+
+def problem(meta: Any, step: int) -> str | None:
+    """What is wrong with the ``meta`` of the checkpoint at ``step``, as a clause (``is ...``, ``has ...``,
+    ``lacks ...``), or ``None``. A cell ``rnnjax.cells.CELLS`` lacks makes its config invalid here: ask
+    ``unregistered_cell`` first."""
+    why = _seal(meta)
+    if why:
+        return why
     config, why = _config(meta.get("config"), "config")
     if why:
         return why

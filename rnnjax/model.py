@@ -43,6 +43,8 @@ class RNN(nn.Module):
     scan's unroll factor. ``remat`` keeps only each step's matmul outputs for
     the backward pass, which recomputes the cell's elementwise ops from them
     (``jax.checkpoint``): fewer buffers written per step; the fast path's choice.
+    Each new carry keeps the dtypes of the one it replaces (float32 from
+    ``initialize_carry``), whatever dtype the cell computes in.
     """
     cell: nn.Module
     unroll: int = 1
@@ -56,7 +58,8 @@ class RNN(nn.Module):
         inputs = self._cell_input(inputs)
 
         def body(cell, carry, x):
-            return cell(carry, x)
+            new_carry, y = cell(carry, x)
+            return _like(new_carry, carry), y
         if self.remat:
             body = nn.remat(body, policy=jax.checkpoint_policies.dots_saveable)
         scan = nn.scan(body, variable_broadcast="params",
@@ -67,7 +70,8 @@ class RNN(nn.Module):
 
     def step(self, carry: Carry, x: Array | OneHot) -> tuple[Carry, Array]:
         """One time step: what generation feeds back."""
-        return self.cell(carry, self._cell_input(x))
+        new_carry, y = self.cell(carry, self._cell_input(x))
+        return _like(new_carry, carry), y
 
     def _cell_input(self, x: Array | OneHot) -> Array | OneHot:
         if isinstance(x, OneHot) and not getattr(self.cell, "accepts_one_hot", False):
@@ -77,6 +81,12 @@ class RNN(nn.Module):
     @nn.nowrap
     def initialize_carry(self, batch_size: int, input_size: int) -> Carry:
         return self.cell.initialize_carry(jax.random.key(0), (batch_size, input_size))
+
+
+def _like(new_carry: Carry, carry: Carry) -> Carry:
+    """``new_carry`` in ``carry``'s dtypes, leaf by leaf (a no-op where they agree, as for rnnjax's cells)."""
+    # A cell computing in bfloat16 (flax's) returns a bfloat16 carry; a scan keeps its carry's type.
+    return jax.tree.map(lambda new, old: new.astype(jnp.result_type(old)), new_carry, carry)
 
 
 class StackedRNN(nn.Module):

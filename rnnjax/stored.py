@@ -14,10 +14,13 @@ import math
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from rnnjax import meta as meta_lib
+from rnnjax.cells import CELLS
 from rnnjax.config import Config
 from rnnjax.vocab import Vocab
 
@@ -35,6 +38,42 @@ class DamagedCheckpoint(CheckpointError):
     def __init__(self, step: int, directory: Path, reason: str):
         super().__init__(f"The checkpoint at step {step} in {directory} {reason}.")
         self.step, self.reason = step, reason
+
+
+class UnknownCell(CheckpointError, ValueError):
+    """A run of a cell of one's own, read where that cell is not in ``rnnjax.cells.CELLS``: not damage.
+    A ``ValueError`` too: the command line reads a workdir's settings among its argument checks."""
+
+    def __init__(self, workdir: Path, cell: str):
+        super().__init__(f"{workdir} was trained with cell {cell!r}, which is not registered here: set "
+                         f"rnnjax.CELLS[{cell!r}] = <the cell class> before restoring or resuming it (the "
+                         "command line knows only rnnjax's own cells).")
+        self.cell = cell
+
+
+class CellMismatch(CheckpointError):
+    """A run restored with another cell registered under its cell's name: not damage."""
+
+
+def check_fits(meta: dict, target: Any, workdir: Path, step: int) -> None:
+    """``CellMismatch`` unless ``target`` (the state a restore builds from the meta's config) has the arrays
+    the checkpoint at ``step`` saved, by path (its meta's checksums name each): what tells a cell of another
+    class registered under the run's cell name from damage, reading no array."""
+    saved = set(meta["checksums"])
+    made = {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
+    if saved == made:
+        return
+    cell = meta["config"]["cell"]
+    kind = getattr(CELLS.get(cell), "__qualname__", None) or repr(CELLS.get(cell))
+
+    def some(paths):
+        paths = sorted(paths)
+        more = f" and {len(paths) - 2} more" if len(paths) > 2 else ""
+        return ", ".join(paths[:2]) + more if paths else "nothing else"
+    raise CellMismatch(f"The checkpoint at step {step} in {Path(workdir) / SUBDIR} holds parameters the cell "
+                       f"registered here as {cell!r} ({kind}) does not make ({some(saved - made)}; it makes "
+                       f"{some(made - saved)}): set rnnjax.CELLS[{cell!r}] to the cell class the run was "
+                       "trained with.")
 
 
 def reason(e: Exception) -> str:
@@ -76,7 +115,8 @@ def _irregular(folder: Path) -> str | None:
 
 def read_meta(workdir: Path, step: int) -> dict:
     """The ``meta`` item (config, vocabulary, position) of the checkpoint at ``step``, checked
-    (``rnnjax.meta.problem``): ``DamagedCheckpoint`` if it is not as saved; creates nothing."""
+    (``rnnjax.meta.problem``): ``DamagedCheckpoint`` if it is not as saved, ``UnknownCell`` if it is of a
+    cell not registered here; creates nothing."""
     directory = Path(workdir) / SUBDIR
     try:
         odd = _irregular(directory / str(step))
@@ -88,6 +128,9 @@ def read_meta(workdir: Path, step: int) -> dict:
         meta = ocp.JsonCheckpointHandler().restore(directory / str(step) / "meta")
     except Exception as e:  # orbax raises many types for unreadable files
         raise DamagedCheckpoint(step, directory, f"cannot be read ({reason(e)})") from None
+    cell = meta_lib.unregistered_cell(meta)
+    if cell is not None:
+        raise UnknownCell(Path(workdir), cell)
     why = meta_lib.problem(meta, step)
     if why:
         raise DamagedCheckpoint(step, directory, why)
@@ -128,21 +171,27 @@ def best_step(workdir: Path, run: int | None = None) -> int | None:
 
 
 def config_settings(workdir: Path) -> tuple[list[Config], dict] | None:
-    """``meta.settings`` of ``workdir``'s ``config.json``, if it is a regular file, whole and valid."""
+    """``meta.settings`` of ``workdir``'s ``config.json``, if it is a regular file, whole and valid;
+    ``UnknownCell`` if it names a cell not registered here."""
     path = Path(workdir) / "config.json"
     try:
-        if stat.S_ISREG(os.stat(path).st_mode):         # a FIFO would hang the reader
-            return meta_lib.settings(json.loads(path.read_text()))
+        if not stat.S_ISREG(os.stat(path).st_mode):     # a FIFO would hang the reader
+            return None
+        d = json.loads(path.read_text())
     except (OSError, ValueError):
-        pass
-    return None
+        return None
+    cell = meta_lib.unregistered_cell(d, sealed=False)
+    if cell is not None:
+        raise UnknownCell(Path(workdir), cell)
+    return meta_lib.settings(d)
 
 
 def saved_runs(workdir: Path) -> tuple[list[Config], dict, str] | None:
     """The configs of the run ``workdir`` holds (one, or one per run trained together), its vocabulary's
     JSON and where they were read, in words: from ``config.json``, written as a run starts, else from the
     newest checkpoint whose meta reads; ``None`` where neither is there, or reads. ``ValueError`` if the
-    two disagree (a ``config.json`` edited by hand): the checkpoint is what would resume."""
+    two disagree (a ``config.json`` edited by hand): the checkpoint is what would resume; ``UnknownCell``
+    (a ``ValueError`` too) if either names a cell not registered here."""
     found, newest = config_settings(workdir), _newest_settings(workdir)
     if found and newest:
         differ = _differences(found, newest[:2])
@@ -167,6 +216,8 @@ def _newest_settings(workdir: Path) -> tuple[list[Config], dict, int] | None:
                 continue
             configs = [Config.from_json(c) for c in meta.get("runs") or [meta["config"]]]
             return configs, meta["vocab"], step
+    except UnknownCell:
+        raise
     except (CheckpointError, OSError):      # the run's own checks say what is wrong, as it starts
         pass
     return None

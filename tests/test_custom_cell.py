@@ -148,3 +148,13 @@ def test_a_new_cell_trains_checkpoints_restores_and_generates(small_data, tmp_pa
     assert text == predict(make_model(config, len(small_data.vocab)), result.state.params, small_data.vocab,
                            "the time", 30)
     assert len(text) == 38 and set(text) <= set(small_data.vocab.idx_to_token)
+
+
+def test_a_flax_cell_trains_in_bfloat16(small_data, tmp_path, monkeypatch):
+    """flax's SimpleCell given bfloat16 returns a bfloat16 carry; the scan keeps it float32 and training runs
+    (it stopped in a JAX TypeError), through the kernel the CPU picks (the fused loss, remat'ed scan)."""
+    monkeypatch.setitem(model_lib.CELLS, "flax_simple", nn.SimpleCell)
+    config = TINY.replace(cell="flax_simple", compute_dtype="bfloat16", epochs=1)
+    result = fit(config, small_data, tmp_path, devices=1, log=None)
+    assert result.state.params["rnn"]["cell"]["i"]["kernel"].dtype == jnp.float32
+    assert 1 < result.history[-1]["train_ppl"] < 2 * len(small_data.vocab)

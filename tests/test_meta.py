@@ -102,3 +102,24 @@ def test_positions_of_runs_trained_together():
     older = sealed(2, 0, runs=2, fmt=2)                      # before the streak was saved: no "high"
     del older["position"]["high"]
     assert meta.problem(meta.seal(older), 2 * PER_EPOCH) is None
+
+
+def with_cell(m, cell, where="config"):
+    """``m`` with its config's (or its first run's) cell renamed, as a run of a cell of one's own saves it."""
+    m = copy.deepcopy(m)
+    (m["config"] if where == "config" else m["runs"][0])["cell"] = cell
+    return m
+
+
+def test_a_cell_not_registered_here_is_named_not_called_damaged():
+    assert meta.unregistered_cell(sealed()) is None
+    mine = meta.seal(with_cell(sealed(), "mine"))
+    assert meta.unregistered_cell(mine) == "mine"
+    assert "not a known cell" in meta.problem(mine, 2 * PER_EPOCH)      # what read_meta asks after it
+    assert meta.unregistered_cell(meta.seal(with_cell(sealed(runs=2), "mine", "runs"))) == "mine"
+    # A changed digit is damage, whatever cell it names; config.json has no checksum to fail.
+    changed = with_cell(sealed(), "mine")
+    assert meta.unregistered_cell(changed) is None and "fails its checksum" in meta.problem(changed, 26)
+    settings = {"config": changed["config"], "vocab": changed["vocab"]}
+    assert meta.unregistered_cell(settings, sealed=False) == "mine"
+    assert meta.unregistered_cell({"config": TINY.to_json()}, sealed=False) is None

@@ -278,3 +278,28 @@ def test_bidirectional_cannot_step():
     variables = model.init(jax.random.key(0), jnp.zeros((1, T), jnp.int32))
     with pytest.raises(ValueError, match="bidirectional RNN cannot step"):
         model.apply(variables, jnp.zeros(1, jnp.int32), model.initialize_carry(1), method=RNNLM.step)
+
+
+SLOW_FLAX_CELLS = [pytest.param(c, marks=pytest.mark.slow) for c in (nn.GRUCell, nn.LSTMCell, nn.MGUCell)]
+
+
+@pytest.mark.parametrize("cell", [nn.SimpleCell, *SLOW_FLAX_CELLS])
+def test_a_cell_computing_in_bfloat16_keeps_a_float32_carry(cell):
+    """flax's cells compute in bfloat16 given ``dtype``, and SimpleCell returns a bfloat16 carry: the scan
+    and the step keep the carry float32 (a scan's carry cannot change type), and the two agree."""
+    model = RNNLM(StackedRNN(cell(H, dtype=jnp.bfloat16), num_layers=2), V, dtype=jnp.bfloat16)
+    X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
+
+    @jax.jit
+    def run(variables):
+        def step(carry, x_B):
+            logits_BxV, carry = model.apply(variables, x_B, carry, method=RNNLM.step)
+            return carry, logits_BxV
+        carry, step_logits_TxBxV = jax.lax.scan(step, model.initialize_carry(B), X.T)
+        logits, carry_T = model.apply(variables, X, method=RNNLM.forward)
+        grads = jax.grad(lambda v: model.apply(v, X, X, jnp.ones(B), method=RNNLM.loss)[0])(variables)
+        return logits, carry_T, step_logits_TxBxV.swapaxes(0, 1), carry, grads
+    logits, carry_T, step_logits, carry, grads = run(jax.jit(model.init)(jax.random.key(0), X))
+    np.testing.assert_allclose(step_logits, logits, rtol=1e-2, atol=1e-2)
+    assert {leaf.dtype for leaf in jax.tree.leaves((carry_T, carry))} == {jnp.dtype(jnp.float32)}
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))

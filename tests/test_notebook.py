@@ -1,5 +1,6 @@
 """notebooks/timemachine.ipynb runs top to bottom (with a short training run)."""
 
+import json
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "timemachine.ipynb"
 def test_notebook_executes(real_text_path, tmp_path, monkeypatch):
     monkeypatch.setenv("RNNJAX_NOTEBOOK_EPOCHS", "3")
     monkeypatch.delenv("RNNJAX_CHECKPOINT", raising=False)
+    monkeypatch.delenv("RNNJAX_RUN", raising=False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     # The kernel runs in another folder; a relative path is taken from where the user started it.
     monkeypatch.setenv("RNNJAX_TIMEMACHINE", os.path.relpath(real_text_path))
@@ -45,6 +47,7 @@ def test_notebook_explores_a_deep_gru_checkpoint(real_text_path, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PWD", str(tmp_path))
     monkeypatch.setenv("RNNJAX_CHECKPOINT", "gru")
+    monkeypatch.delenv("RNNJAX_RUN", raising=False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     (tmp_path / "kernel").mkdir()
@@ -55,3 +58,31 @@ def test_notebook_explores_a_deep_gru_checkpoint(real_text_path, tmp_path, monke
     assert "step 26 of" in text and "cell='gru'" in text and "closest to" in text
     assert "temperature 0.5" in text and "only explored" in text
     assert not (tmp_path / "kernel" / "runs").exists()                   # nothing trained
+
+
+@pytest.mark.slow
+def test_notebook_explores_one_of_runs_trained_together(real_text_path, tmp_path, monkeypatch):
+    """RNNJAX_RUN picks one run of a --seeds workdir (restore refuses to guess): its config, its records."""
+    from rnnjax import TimeMachine
+    from rnnjax.config import PRESETS
+    from rnnjax.runs import fit_runs
+    config = PRESETS["tiny"].replace(epochs=2)
+    fit_runs([config.replace(seed=s) for s in (0, 1)], TimeMachine(
+        config.batch_size, config.num_steps, config.num_train, config.num_val, path=real_text_path),
+        tmp_path / "seeds", devices=1, log=None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv("RNNJAX_CHECKPOINT", "seeds")
+    monkeypatch.setenv("RNNJAX_RUN", "1")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    (tmp_path / "kernel").mkdir()
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path / "kernel")}}).execute()
+    text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                   for o in cell.get("outputs", []) if o.output_type == "stream")
+    records = [json.loads(line) for line in (tmp_path / "seeds" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r["run"] == 1][-1]
+    assert "step 26 of" in text and ", run 1" in text and "seed=1" in text and "closest to" in text
+    assert f"final: train {last['train_ppl']:.2f}, val {last['val_ppl']:.2f}" in text      # its own records
+    assert "16 hidden units of the rnn cell" in text

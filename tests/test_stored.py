@@ -1,0 +1,79 @@
+"""What a workdir holds, read back where the run's own cell is not registered: not damage, a clear error."""
+
+import shutil
+
+import flax.linen as nn
+import pytest
+
+from conftest import TINY, DenseCell, small_text
+from experiments import timemachine
+from rnnjax import checkpoint, model as model_lib, stored
+from rnnjax.config import Config
+from rnnjax.data import TimeMachine
+from rnnjax.state import abstract_train_state
+from rnnjax.train import fit
+from rnnjax.vocab import Vocab
+
+UNREGISTERED = (r"trained with cell 'mine', which is not registered here: set rnnjax\.CELLS\['mine'\] = "
+                r"<the cell class> before restoring")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A run of a cell of one's own (registered as 'mine' while it trains), two checkpoints with a validation
+    perplexity; unregistered again for the tests, as in a new interpreter."""
+    data = TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
+    path = tmp_path_factory.mktemp("mine") / "run"
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(model_lib.CELLS, "mine", DenseCell)
+        fit(TINY.replace(cell="mine", epochs=2), data, path, devices=1, log=None, checkpoint_every=1)
+    assert len(checkpoint.steps(path)) == 2 and "mine" not in model_lib.CELLS
+    return path
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"best": True}, {"fallback": True}, {"step": 13}])
+def test_restoring_a_run_of_an_unregistered_cell_says_to_register_it(workdir, kwargs):
+    with pytest.raises(stored.UnknownCell, match=UNREGISTERED) as e:
+        checkpoint.restore(workdir, **kwargs)
+    assert not isinstance(e.value, checkpoint.DamagedCheckpoint) and "damaged" not in str(e.value)
+    assert not (workdir / checkpoint.DAMAGED).exists()
+
+
+def test_its_settings_say_so_from_config_json_or_else_the_checkpoint(workdir, tmp_path):
+    with pytest.raises(stored.UnknownCell, match=UNREGISTERED):
+        stored.saved_runs(workdir)
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    (copy / "config.json").unlink()
+    with pytest.raises(ValueError, match=UNREGISTERED):       # what the command line's checks catch
+        stored.saved_runs(copy)
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "3"], ["--predict", "the"], ["--predict", "the", "--best"]])
+def test_the_command_line_says_so_and_moves_nothing(workdir, argv, capsys):
+    assert timemachine.main(["--workdir", str(workdir), *argv]) == 1
+    err = capsys.readouterr().err
+    assert "which is not registered here" in err and "damaged" not in err and "aside" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (workdir / checkpoint.DAMAGED).exists() and len(checkpoint.steps(workdir)) == 2
+
+
+def test_registered_again_it_restores(workdir, monkeypatch):
+    monkeypatch.setitem(model_lib.CELLS, "mine", DenseCell)
+    restored = checkpoint.restore(workdir, best=True)
+    assert restored.config.cell == "mine" and restored.step in checkpoint.steps(workdir)
+
+
+def test_another_cell_registered_under_the_run_s_name_is_told_from_damage(workdir, monkeypatch):
+    """Its parameters are not those the checkpoint saved, by path: what ``check_fits`` says before orbax
+    reads an array (orbax itself raises 'Structure mismatch', which a restore calls damage)."""
+    step = checkpoint.latest_step(workdir)
+    monkeypatch.setitem(model_lib.CELLS, "mine", DenseCell)
+    meta = checkpoint.read_meta(workdir, step)
+    config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
+    stored.check_fits(meta, abstract_train_state(config, len(vocab)), workdir, step)          # the same cell
+    monkeypatch.setitem(model_lib.CELLS, "mine", nn.SimpleCell)
+    says = (r"holds parameters the cell registered here as 'mine' \(SimpleCell\) does not make "
+            r"\(\.params\['rnn'\]\['cell'\]\['Dense_0'\]\['bias'\], .* and \d+ more; it makes .*\['h'\]")
+    with pytest.raises(stored.CellMismatch, match=says):
+        stored.check_fits(meta, abstract_train_state(config, len(vocab)), workdir, step)
