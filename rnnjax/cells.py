@@ -169,3 +169,4 @@ class LSTMCell(_Cell):
 # The cells ``Config.cell`` can name. A new cell is a class that keeps the
 # protocol above, and an entry here.
 CELLS: dict[str, Callable[..., nn.Module]] = {"rnn": SimpleRNNCell, "gru": GRUCell, "lstm": LSTMCell}
+OWN_CELLS = dict(CELLS)      # as rnnjax ships them: CELLS may gain (or swap in) a user's

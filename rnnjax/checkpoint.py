@@ -32,8 +32,9 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from rnnjax import meta as meta_lib, orbax_logs, stops, workdir as workdir_lib
 # What is stored, and its errors, read from here too (rnnjax.checkpoint.restore, .read_meta, ...).
-from rnnjax.stored import (DAMAGED, SUBDIR, CheckpointError, DamagedCheckpoint, best_step,  # noqa: F401
-                           latest_step, read_meta, reason, set_aside, steps, val_ppls)
+from rnnjax.stored import (DAMAGED, SUBDIR, CellMismatch, CheckpointError, DamagedCheckpoint,  # noqa: F401
+                           UnknownCell, best_step, check_fits, latest_step, read_meta, reason, set_aside,
+                           steps, val_ppls)
 from rnnjax.config import Config
 from rnnjax.data import Vocab
 from rnnjax.generate import predict, predict_batch
@@ -151,6 +152,7 @@ def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, 
     directory = Path(getattr(source, "directory", source)).absolute()     # orbax takes absolute paths only
     meta = read_meta(directory.parent, step) if meta is None else meta
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    check_fits(meta, abstract, directory.parent, step)      # another cell under the run's cell name
     orbax_logs.quiet()
     try:
         with ocp.StandardCheckpointer() as checkpointer:

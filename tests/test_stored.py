@@ -77,3 +77,9 @@ def test_another_cell_registered_under_the_run_s_name_is_told_from_damage(workdi
             r"\(\.params\['rnn'\]\['cell'\]\['Dense_0'\]\['bias'\], .* and \d+ more; it makes .*\['h'\]")
     with pytest.raises(stored.CellMismatch, match=says):
         stored.check_fits(meta, abstract_train_state(config, len(vocab)), workdir, step)
+    with pytest.raises(stored.CellMismatch, match=says):            # as a restore and a resume meet it
+        checkpoint.restore(workdir, fallback=True)
+    data = TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
+    with pytest.raises(stored.CellMismatch, match=says):
+        fit(TINY.replace(cell="mine", epochs=3), data, workdir, devices=1, log=None)
+    assert not (workdir / checkpoint.DAMAGED).exists() and len(checkpoint.steps(workdir)) == 2
