@@ -99,9 +99,13 @@ def effective_precision(precision: str) -> str:
             "float32": "highest"}.get(ambient, str(ambient))
 
 
-def describe(compute_dtype: str, precision: str, device) -> str:
+def describe(compute_dtype: str, precision: str, device, cell_takes_dtype: bool = True) -> str:
     """What a run's matmuls do on ``device``, in words: ``float32 matmuls`` on a CPU, ``float32 matmuls at
-    default precision (TF32 on this GPU)``, ``bfloat16 matmuls accumulated in float32``."""
+    default precision (TF32 on this GPU)``, ``bfloat16 matmuls accumulated in float32`` (the output
+    layer's only, where the cell takes no ``dtype``)."""
+    if compute_dtype != "float32" and not cell_takes_dtype:
+        return (f"{compute_dtype} matmuls in the output layer, accumulated in float32 (the cell takes no "
+                "dtype: float32)")
     if compute_dtype != "float32":
         return f"{compute_dtype} matmuls accumulated in float32"
     precision = effective_precision(precision)

@@ -19,10 +19,11 @@ import jax
 
 from rnnjax import checkpoint, kernels, memory, metrics, precision, workdir as workdir_lib
 from rnnjax.backend import available_cores, cpu_device_count_chosen
+from rnnjax.cells import CELLS
 from rnnjax.config import SWEEPABLE, Config, disagreement, label, shown
 from rnnjax.data import TimeMachine, Vocab
 from rnnjax.parallel import DataParallel
-from rnnjax.state import abstract_run_states, abstract_train_state, loss_path, make_model
+from rnnjax.state import abstract_run_states, abstract_train_state, loss_path, make_model, takes_dtype
 
 
 @dataclasses.dataclass
@@ -124,7 +125,8 @@ class Plan:
             hint += (f"; not {available_cores()} devices, one per core: --batch-size "
                      f"{self.config.batch_size} does not divide over them")
         c = self.config
-        matmuls = precision.describe(c.compute_dtype, c.matmul_precision, self.dp.devices[0])
+        matmuls = precision.describe(c.compute_dtype, c.matmul_precision, self.dp.devices[0],
+                                     takes_dtype(CELLS[c.cell]))
         return f"{what} on {devices}, {self.path}, {matmuls}; writing to {self.workdir}{hint}"
 
 

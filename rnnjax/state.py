@@ -20,13 +20,18 @@ from rnnjax.precision import COMPUTE_DTYPES
 TrainState = train_state.TrainState
 
 
+def takes_dtype(cell: Any) -> bool:
+    """Whether the cell class (or a ``functools.partial`` of one) has a ``dtype`` field to compute in."""
+    return "dtype" in getattr(getattr(cell, "func", cell), "__dataclass_fields__", {})
+
+
 def make_model(config: Config, vocab_size: int) -> RNNLM:
     """``RNNLM`` over ``config``'s cells (one ``RNN``, else a ``StackedRNN``), with the loss of the
     kernel ``rnnjax.kernels.choose`` picks (the parameters are the same for every kernel)."""
     kernel = kernels.choose(config)
     dtype = COMPUTE_DTYPES[config.compute_dtype]
     kwargs = {"nonlinearity": config.nonlinearity} if config.nonlinearity != "tanh" else {}
-    if "dtype" in getattr(CELLS[config.cell], "__dataclass_fields__", {}):    # a cell without one: float32
+    if takes_dtype(CELLS[config.cell]):        # a cell without one computes in float32
         kwargs["dtype"] = dtype
     cell = CELLS[config.cell](config.num_hiddens, **kwargs)
     remat = kernel == "fused"

@@ -174,6 +174,8 @@ def test_describe_says_what_the_matmuls_do_on_each_backend():
         one_pass = "float32 matmuls at default precision (one bfloat16 pass on this TPU)"
         assert describe("float32", "default", tpu) == one_pass
         assert describe("bfloat16", "default", gpu("9.0")) == "bfloat16 matmuls accumulated in float32"
+        assert describe("bfloat16", "default", cpu, cell_takes_dtype=False) == (
+            "bfloat16 matmuls in the output layer, accumulated in float32 (the cell takes no dtype: float32)")
     # "default" is what JAX is set to: conftest's highest here
     assert describe("float32", "default", gpu("9.0")) == "float32 matmuls"
 
@@ -188,6 +190,21 @@ def test_the_runs_first_line_names_the_compute_dtype_and_the_matmuls(small_data,
     if jax.default_backend() == "cpu":
         assert "(rnnjax.fused: the recurrence and the output layer), float32 matmuls; writing" in \
             lines["float32"]
+
+
+def test_the_first_line_of_a_cell_that_takes_no_dtype_says_only_the_output_layer_is_bfloat16(
+        small_data, tmp_path, monkeypatch):
+    import functools
+
+    import flax.linen as nn
+    from conftest import DenseCell
+    from rnnjax import model as model_lib
+    for cell, takes in [(DenseCell, False), (nn.SimpleCell, True), (functools.partial(nn.SimpleCell), True)]:
+        monkeypatch.setitem(model_lib.CELLS, "mine", cell)
+        line = plan(TINY.replace(cell="mine", compute_dtype="bfloat16"), small_data, tmp_path,
+                    devices=1).describe()
+        assert ("bfloat16 matmuls in the output layer, accumulated in float32 (the cell takes no dtype: "
+                "float32); writing" in line) is not takes, line
 
 
 def test_a_run_resumes_at_another_matmul_precision_but_not_in_another_compute_dtype(small_data, tmp_path):
