@@ -217,7 +217,26 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
     if step is not None and best:
         raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")
-    step, run = _whole(step), _whole(run, "run")
+    asked, run = _whole(step), _whole(run, "run")
+    for _ in range(5):        # a run writing the workdir removes old checkpoints: one may go as it is read
+        step, saved = _pick(workdir, asked, best, run)
+        try:
+            return _newest_good(workdir, step, saved, run, fallback)
+        except _Removed:
+            if asked is not None:
+                raise CheckpointError(f"The checkpoint at step {asked} in {workdir} was removed as it was "
+                                      "read (by the run writing there, which keeps its latest): restore "
+                                      "another, or the latest.") from None
+    raise CheckpointError(f"The checkpoints in {directory} were removed as fast as they were read: let the "
+                          "run writing there go on, then restore again.")
+
+
+class _Removed(Exception):
+    """The checkpoint being read was removed meanwhile (not damage): which one is picked again."""
+
+
+def _pick(workdir: Path, step: int | None, best: bool, run: int | None) -> tuple[int, list[int]]:
+    """The step ``restore`` reads first (``step``, the ``best``, else the latest), and the steps saved."""
     saved = steps(workdir)
     if not saved:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
@@ -229,16 +248,23 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         step = max(saved)
     elif step not in saved:
         raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {sorted(saved)}.")
+    return step, saved
+
+
+def _newest_good(workdir: Path, step: int, saved: list[int], run: int | None, fallback: bool) -> Restored:
+    """``step``'s checkpoint, or with ``fallback`` the newest good one before it if it is damaged."""
     candidates, damaged = sorted((s for s in saved if s <= step), reverse=True), []
     for candidate in candidates:
         try:
             return _restore_for_inference(workdir, candidate, run)
         except DamagedCheckpoint as e:
+            if candidate not in steps(workdir):
+                raise _Removed from None
             if not fallback or len(candidates) == 1:
                 raise
             damaged.append(e)
     upto = "" if step == max(saved) else f" up to step {step}"
-    raise CheckpointError(f"Every checkpoint in {directory}{upto} is damaged (steps "
+    raise CheckpointError(f"Every checkpoint in {workdir / SUBDIR}{upto} is damaged (steps "
                           f"{', '.join(str(e.step) for e in damaged)}; step {damaged[0].step}: "
                           f"{damaged[0].reason}).")
 

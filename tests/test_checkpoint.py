@@ -176,6 +176,27 @@ def test_corrupted_checkpoint_is_a_clear_error_and_nothing_is_touched(small_data
     assert tree_digest(tmp_path) == before
 
 
+def test_a_checkpoint_removed_as_it_is_read_is_not_damage(small_data, tmp_path, monkeypatch):
+    """The run writing a workdir keeps its latest: it may remove the one a restore is reading, which then
+    fails as damage would. The latest (or best) is picked again; a step asked for says it went."""
+    import shutil
+    fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    read = checkpoint._restore_for_inference
+
+    def removed_as_read(workdir, step, run):
+        if step == 26 and (tmp_path / checkpoint.SUBDIR / "26").exists():
+            shutil.rmtree(tmp_path / checkpoint.SUBDIR / "26")
+            raise checkpoint.DamagedCheckpoint(step, tmp_path / checkpoint.SUBDIR, "cannot be restored")
+        return read(workdir, step, run)
+    monkeypatch.setattr(checkpoint, "_restore_for_inference", removed_as_read)
+    assert checkpoint.restore(tmp_path).step == 13
+    fit(TINY.replace(epochs=2), small_data, tmp_path / "again", devices=1, checkpoint_every=1, log=None)
+    shutil.rmtree(tmp_path / checkpoint.SUBDIR)
+    shutil.move(tmp_path / "again" / checkpoint.SUBDIR, tmp_path / checkpoint.SUBDIR)
+    with pytest.raises(CheckpointError, match="step 26 in .* was removed as it was read .*restore another"):
+        checkpoint.restore(tmp_path, step=26)
+
+
 def test_half_written_checkpoint_is_ignored(small_data, tmp_path, caplog):
     fit(with_epochs(SMALL, 1), small_data, tmp_path, devices=1)
     # What a save killed midway leaves behind: orbax's temporary directory (its name, for step 26).
