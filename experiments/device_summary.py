@@ -95,7 +95,8 @@ def describe_machine(summary: dict) -> str:
     versions = summary["versions"]
     torch = ("torch not installed" if versions.get("torch") is None
              else f"torch on {summary['torch_device']}" if summary.get("torch_device")
-             else f"torch {versions['torch']} installed but not importable")
+             else f"torch {versions['torch']} installed but not importable"
+             + (f" ({summary['torch_error']})" if summary.get("torch_error") else ""))
     return (f"backend {summary['backend']}, {summary['device_kind']}; {torch}; "
             + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None))
 

@@ -79,6 +79,20 @@ def test_the_parts_run_the_step_table_first_and_the_tests_last(tmp_path, monkeyp
     assert bench[bench.index("--sizes") + 1] == ("small" if quick else "gpu")
 
 
+def test_the_info_part_records_a_broken_torch_and_goes_on(tmp_path, fresh_env):
+    """A torch whose CUDA libraries do not load raises OSError, not ImportError, as it is imported."""
+    (tmp_path / "torch").mkdir()
+    why = "libcudnn.so.9: cannot open shared object"
+    (tmp_path / "torch" / "__init__.py").write_text(f"raise OSError({why!r})")
+    proc = subprocess.run([sys.executable, "-c", device_check._INFO], capture_output=True, text=True,
+                          env=fresh_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{device_check.ROOT}"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout.splitlines()[-1])
+    assert info["backend"] and info["torch_device"] is None
+    installed = info["versions"]["torch"] is not None          # the distribution, found without importing it
+    assert info.get("torch_error") == (f"OSError: {why}" if installed else None)
+
+
 def test_a_failing_part_is_recorded_and_the_next_one_runs(tmp_path):
     summary = {"parts": {}}
     parts = device_check.Parts(tmp_path, summary, budget_s=100, quick=True,

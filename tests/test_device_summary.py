@@ -55,6 +55,10 @@ def test_the_machine_line_says_torch_is_not_installed_rather_than_none():
     info.update(torch_device="NVIDIA H200", versions={"jax": "0.10.2", "torch": "2.5.1"})
     assert device_summary.describe_machine(info) == ("backend cpu, cpu; torch on NVIDIA H200; jax 0.10.2, "
                                                      "torch 2.5.1")
+    info.update(torch_device=None, torch_error="OSError: libcudnn.so.9: cannot open shared object file")
+    assert device_summary.describe_machine(info) == (
+        "backend cpu, cpu; torch 2.5.1 installed but not importable (OSError: libcudnn.so.9: cannot open "
+        "shared object file); jax 0.10.2, torch 2.5.1")
     failed = {"parts": {"info": {"ok": False, "error": "exit status 1: ImportError: jax"}}}
     assert "None" not in device_summary.describe_machine(failed)
 
