@@ -4,25 +4,30 @@ Command, from the repository root (no network, no install step)::
 
     PYTHONPATH=. python -m experiments.device_check --out DIR [--data timemachine.txt] [--quick]
 
-On a GPU it takes 3-5 minutes: the fast test subset (``pytest -m "not
-slow"``) on the default backend; d2l's recipe from the command line as a whole
-process, first with a fresh, empty compilation cache (everything compiled)
-and again with it warm; the same with ``--seeds 0,1,2,3``; and the
-benchmark's step table at issue 26's sizes (``--sizes gpu``). ``--quick`` runs
-the same on a CPU in about a minute: a handful of test files, 3 epochs, the
-benchmark's small sizes. Each part runs as its own process with a timeout
-(and the whole within ``--budget``); a part that fails or times out is
-recorded, and the others still run; one the budget leaves no time for is
-recorded as skipped, and one it stops as cut short (not failed). Ctrl-C or
-SIGTERM stops the check and its running part, summary.json saying so. The
-``--data`` file's SHA-1 is checked before any part.
+On a GPU it takes at most ``--budget`` seconds (default 540), its parts in
+this order, the most wanted first: the machine (``info``); the benchmark's step table at issue 26's sizes
+(``--sizes gpu``, the 2-layer LSTM 1024 first, rnnjax's hoisted kernel in
+bfloat16 too at the large LSTMs, cuDNN's LSTM last at each size); d2l's
+recipe from the command line as a whole process, first with a fresh, empty
+compilation cache (everything compiled) and again with it warm; the same with
+``--seeds 0,1,2,3``; and last the fast test subset (``pytest -m "not slow"``)
+on the default backend, which the budget may cut: the tests it ran are
+counted. ``--quick`` runs the same on a CPU in about a minute: the
+benchmark's small sizes, 3 epochs, a handful of test files. Each part runs as
+its own process with a timeout (and the whole within ``--budget``); a part
+that fails or times out is recorded, and the others still run; one the budget
+leaves no time for is recorded as skipped, and one it stops as cut short (not
+failed). Ctrl-C or SIGTERM stops the check and its running part, summary.json
+saying so. The ``--data`` file's SHA-1 is checked before any part.
 
 Writes into DIR (which must be new or empty): each part's log
-(``tests.log``, ``recipe-cold.log``, ... ``bench.log``), ``tests.xml``,
+(``bench.log``, ``recipe-cold.log``, ... ``tests.log``), ``tests.xml``,
 ``bench.json``, the runs' workdirs and the cache under ``work/``, and
-``summary.json``: backend, device, versions, tests passed and failed, the
-recipe's seconds cold and warm and its validation perplexity, the four seeds'
-seconds and perplexities, and per size the ms per step of every contender.
+``summary.json``: backend, device, versions, per size the ms per step of
+every contender and the ratios (bfloat16's against float32's as
+``bf16_ratio``), the recipe's seconds cold and warm and its validation
+perplexity, the four seeds' seconds and perplexities, and the tests passed
+and failed.
 """
 
 from __future__ import annotations
@@ -63,13 +68,15 @@ import jax
 info.update(backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
             devices=[str(d) for d in jax.devices()],
             jax_matmul_precision=jax.config.jax_default_matmul_precision)   # None: the backend's
-try:
+try:         # any exception: a broken torch (its CUDA libraries) is recorded, not fatal
     import torch
     info["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     info["torch_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
                           "cudnn": torch.backends.cudnn.allow_tf32}
-except ImportError:
+except Exception as e:
     info["torch_device"] = None
+    if out["torch"] is not None:
+        info["torch_error"] = f"{type(e).__name__}: {e}"[:300]
 print(json.dumps(info))
 """
 
@@ -262,16 +269,12 @@ def _check(args: argparse.Namespace, parts: Parts) -> int:
     backend = summary.get("backend", "unknown")
     print(describe_machine(summary), flush=True)
 
-    # The tests' own settings (conftest.py), on the default backend. On an accelerator the pytest
-    # workers share it: none may take most of its memory up front.
-    test_env = env if backend == "cpu" else {**env, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    tests = [f for f in QUICK_TESTS if (ROOT / f).is_file()] if args.quick else []
-    # The tests wait on XLA's single-threaded compiler: where there are cores to spare, more workers.
-    workers = ["-n", "0"] if args.quick else ["-n", "4"] if (os.cpu_count() or 1) >= 8 else []
-    # A test file that cannot be imported there (a package missing) is counted as failed, not fatal.
-    parts.run("tests", "tests", [py, "-m", "pytest", "-m", "not slow", "-p", "no:cacheprovider", "-q",
-                                 "--continue-on-collection-errors", f"--junitxml={out / 'tests.xml'}",
-                                 *workers, *tests], test_env)
+    # The step table first: its figures are what a short loan of a GPU is for, and it writes each size as
+    # it ends (the largest first), so that the --budget cuts the least of it.
+    # --quick: rnnjax jitted on one CPU device, which compiles in about half the time of a pmap over two.
+    quick = ["--sizes", "small", "--devices", "1"] if args.quick else ["--sizes", "gpu"]
+    parts.run("bench", "bench", [py, "-m", "experiments.benchmark", *quick, "--data", args.data,
+                                 "--json", str(out / "bench.json"), "--out", str(work)], env)
     read_back(out, summary)
     parts.write()
 
@@ -295,11 +298,20 @@ def _check(args: argparse.Namespace, parts: Parts) -> int:
             summary[what]["val_ppl"] = ppl
         parts.write()
 
-    # --quick: rnnjax jitted on one CPU device, which compiles in about half the time of a pmap over two.
-    quick = ["--sizes", "small", "--devices", "1"] if args.quick else ["--sizes", "gpu"]
-    parts.run("bench", "bench", [py, "-m", "experiments.benchmark", *quick, "--data", args.data,
-                                 "--json", str(out / "bench.json"), "--out", str(work)], env)
+    # The tests last: cut short by the --budget, pytest still writes what it ran (read_back counts it).
+    # The tests' own settings (conftest.py), on the default backend. On an accelerator the pytest
+    # workers share it: none may take most of its memory up front.
+    test_env = env if backend == "cpu" else {**env, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    tests = [f for f in QUICK_TESTS if (ROOT / f).is_file()] if args.quick else []
+    # The tests wait on XLA's single-threaded compiler: where there are cores to spare, more workers.
+    workers = ["-n", "0"] if args.quick else ["-n", "4"] if (os.cpu_count() or 1) >= 8 else []
+    # A test file that cannot be imported there (a package missing) is counted as failed, not fatal.
+    parts.run("tests", "tests", [py, "-m", "pytest", "-m", "not slow", "-p", "no:cacheprovider", "-q",
+                                 "--continue-on-collection-errors", f"--junitxml={out / 'tests.xml'}",
+                                 *workers, *tests], test_env)
     read_back(out, summary)
+    parts.write()
+
     summary["seconds"] = time.perf_counter() - t_start
     parts.write()
     print(report(summary), flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -20,6 +21,33 @@ def count_tests(xml_path: Path) -> dict:
             "failed_tests": failed}
 
 
+# pytest's last line: "1 failed, 57 passed, 3 skipped, 50 deselected in 239.78s (0:03:59)"; its progress
+# lines: ".F.s..  [ 12%]" (one character a test).
+_TOTALS = re.compile(r"^=*\s*((?:\d+ \w+(?:, )?)+) in [\d.]+s")
+_PROGRESS = re.compile(r"^([.FEsxX]+)\s*(\[\s*\d+%\])?$")
+
+
+def count_log(log_path: Path) -> dict:
+    """What ``count_tests`` gives, from pytest's ``-q`` output instead, where it wrote no JUnit XML or only
+    part of it (killed, not stopped): its last totals line, else its progress characters; the failed tests
+    from its ``FAILED``/``ERROR`` lines. ``counted_from`` names the log."""
+    lines = log_path.read_text(errors="replace").splitlines()
+    failed_tests = [line.split()[1] for line in lines if line.startswith(("FAILED ", "ERROR ")) and
+                    len(line.split()) > 1]
+    totals = [m.group(1) for m in map(_TOTALS.match, lines) if m]
+    if totals:
+        words = {word: int(n) for n, word in (item.split() for item in totals[-1].split(", "))}
+        passed, skipped = words.get("passed", 0) + words.get("xpassed", 0), words.get("skipped", 0)
+        failed = words.get("failed", 0) + words.get("error", 0) + words.get("errors", 0)
+        skipped += words.get("xfailed", 0)
+    else:
+        chars = "".join(m.group(1) for m in map(_PROGRESS.match, lines) if m)
+        passed, skipped = chars.count(".") + chars.count("X"), chars.count("s") + chars.count("x")
+        failed = chars.count("F") + chars.count("E")
+    return {"passed": passed, "failed": failed, "skipped": skipped, "failed_tests": failed_tests,
+            "counted_from": log_path.name}
+
+
 def final_val_ppl(workdir: Path) -> list[float]:
     """The last epoch's validation perplexity of each run in ``workdir/metrics.jsonl`` (one for one run)."""
     last: dict = {}
@@ -31,21 +59,30 @@ def final_val_ppl(workdir: Path) -> list[float]:
 
 
 def sizes_summary(bench_json: Path) -> dict:
-    """Per size label: the kernel rnnjax chooses, each contender's ms per step (or its error), the ratios."""
+    """Per size label: the kernel rnnjax chooses, each contender's ms per step (or its error), the ratios,
+    and where measured ``bf16_ratio`` (rnnjax hoisted's float32 step over its bfloat16 one)."""
     bench = json.loads(bench_json.read_text())
     return {s["label"]: {"auto_kernel": s["auto_kernel"],
                          "ms_per_step": {n: r.get("ms_per_step", r.get("error"))
                                          for n, r in s["contenders"].items()},
-                         "ratios": s["ratios"]} for s in bench["sizes"]}
+                         "ratios": s["ratios"], **{k: s[k] for k in ("bf16_ratio",) if k in s}}
+            for s in bench["sizes"]}
 
 
 def read_back(out: Path, summary: dict) -> None:
     """Into ``summary``: the tests' counts (tests.xml) and the step table (bench.json), where their parts
     wrote them, also if cut short or stopped (pytest writes what it ran, the benchmark each size it ends)."""
     tests, bench = summary["parts"].get("tests"), summary["parts"].get("bench")
-    if tests is not None and (out / "tests.xml").is_file():
-        tests.update(count_tests(out / "tests.xml"))
-        tests["ok"] = tests.get("returncode") == 0 and tests["failed"] == 0
+    if tests is not None:
+        counts = None
+        try:
+            counts = count_tests(out / "tests.xml")
+        except (OSError, ET.ParseError):     # none, or cut off mid-write: the part was killed
+            if (out / tests.get("log", "tests.log")).is_file():
+                counts = count_log(out / tests.get("log", "tests.log"))
+        if counts is not None:
+            tests.update(counts)
+            tests["ok"] = tests.get("returncode") == 0 and tests["failed"] == 0
     if bench is not None and (out / "bench.json").is_file():
         summary["sizes"] = sizes_summary(out / "bench.json")
         bench["sizes_done"] = len(summary["sizes"])
@@ -58,7 +95,8 @@ def describe_machine(summary: dict) -> str:
     versions = summary["versions"]
     torch = ("torch not installed" if versions.get("torch") is None
              else f"torch on {summary['torch_device']}" if summary.get("torch_device")
-             else f"torch {versions['torch']} installed but not importable")
+             else f"torch {versions['torch']} installed but not importable"
+             + (f" ({summary['torch_error']})" if summary.get("torch_error") else ""))
     return (f"backend {summary['backend']}, {summary['device_kind']}; {torch}; "
             + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None))
 
@@ -76,6 +114,7 @@ def report(summary: dict) -> str:
     t = summary["parts"].get("tests", {})
     if "passed" in t:
         lines.append(f"tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped"
+                     + (f" (from {t['counted_from']}: no whole tests.xml)" if "counted_from" in t else "")
                      + (f": {', '.join(t['failed_tests'][:10])}" if t["failed"] else ""))
     for what in ("recipe", "seeds"):
         r = summary.get(what)
@@ -95,5 +134,7 @@ def report(summary: dict) -> str:
     for label, size in summary.get("sizes", {}).items():
         ms = "  ".join(f"{n} {v:.2f} ms" if isinstance(v, float) else f"{n} failed"
                        for n, v in size["ms_per_step"].items())
-        lines.append(f"{label:<20} {ms}  (auto: {size['auto_kernel']})")
+        bf16 = f"; hoisted in bf16 at {size['bf16_ratio']:.2f}x float32's speed" if "bf16_ratio" in size \
+            else ""
+        lines.append(f"{label:<20} {ms}  (auto: {size['auto_kernel']}{bf16})")
     return "\n".join(lines)

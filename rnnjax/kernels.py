@@ -67,3 +67,13 @@ def check(config, backend: str | None = None) -> None:
     if getattr(config, "compute_dtype", "float32") != "float32":
         raise ValueError("--kernel cudnn computes in float32 only (JAX's cuDNN LSTM has no bfloat16); use "
                          "--kernel hoisted for --compute-dtype bfloat16.")
+    ambient = jax.config.jax_default_matmul_precision
+    if getattr(config, "matmul_precision", "default") == "default" and ambient in _ONE_BF16_PASS:
+        raise ValueError(f"--kernel cudnn cannot run at JAX's default matmul precision {ambient!r} "
+                         "(JAX_DEFAULT_MATMUL_PRECISION or jax.config), one bfloat16 pass, which JAX's cuDNN "
+                         "LSTM does not implement; use --matmul-precision high or highest.")
+
+
+# JAX's names of ``lax.Precision.DEFAULT``: the ambient precision at which its cuDNN LSTM raises
+# NotImplementedError ("bfloat16 support not implemented for LSTM").
+_ONE_BF16_PASS = {"default", "bfloat16"}

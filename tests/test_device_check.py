@@ -1,6 +1,7 @@
 """``python -m experiments.device_check --quick`` runs every part on a CPU and its summary holds real
 values; a part that fails or runs out of time is recorded and the others still run."""
 
+import argparse
 import json
 import math
 import os
@@ -43,11 +44,53 @@ def test_quick_check_writes_a_summary_of_real_figures(real_text_path, tmp_path, 
     torch = ["torch lean", "torch d2l"] if torch_available() else []
     assert list(summary["sizes"]) == [s.label for s in sizes.settings("small")]
     for s, (label, size) in zip(sizes.settings("small"), summary["sizes"].items()):
+        bf16 = s.label in sizes.BFLOAT16_AT["small"]
         contenders = [f"rnnjax {k}" for k in sizes.applicable_kernels(s, "cpu")] + ["flax"] + torch
+        contenders += [sizes.BF16] if bf16 else []
         assert sorted(size["ms_per_step"]) == sorted(contenders) and len(contenders) >= 4, label
         assert all(isinstance(ms, float) and ms > 0 for ms in size["ms_per_step"].values()), size
         assert size["auto_kernel"] in kernels.KERNELS and size["ratios"]
+        assert ("bf16_ratio" in size) == bf16 and size.get("bf16_ratio", 1) > 0, size
+    assert any("bf16_ratio" in size for size in summary["sizes"].values())
+    assert list(summary["parts"]) == PARTS
     assert "device check (cpu" in proc.stdout
+
+
+# The parts in the order they run: the step table first (the figures a short loan is for), the tests last
+# (pytest, cut short, still writes what it ran).
+PARTS = ["info", "bench", "recipe-cold", "recipe-warm", "seeds-cold", "seeds-warm", "tests"]
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_parts_run_the_step_table_first_and_the_tests_last(tmp_path, monkeypatch, quick):
+    ran = []
+
+    def run(name, kind, cmd, env):
+        ran.append((name, cmd))
+        parts.summary["parts"][name] = record = {"ok": False, "skipped": True, "error": "skipped: test"}
+        return record
+
+    parts = device_check.Parts(tmp_path, {"parts": {}}, budget_s=100, quick=quick)
+    monkeypatch.setattr(parts, "run", run)
+    args = argparse.Namespace(out=tmp_path, data=__file__, quick=quick)
+    assert device_check._check(args, parts) == 1
+    assert [name for name, _ in ran] == PARTS
+    bench = ran[1][1]
+    assert bench[bench.index("--sizes") + 1] == ("small" if quick else "gpu")
+
+
+def test_the_info_part_records_a_broken_torch_and_goes_on(tmp_path, fresh_env):
+    """A torch whose CUDA libraries do not load raises OSError, not ImportError, as it is imported."""
+    (tmp_path / "torch").mkdir()
+    why = "libcudnn.so.9: cannot open shared object"
+    (tmp_path / "torch" / "__init__.py").write_text(f"raise OSError({why!r})")
+    proc = subprocess.run([sys.executable, "-c", device_check._INFO], capture_output=True, text=True,
+                          env=fresh_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{device_check.ROOT}"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout.splitlines()[-1])
+    assert info["backend"] and info["torch_device"] is None
+    installed = info["versions"]["torch"] is not None          # the distribution, found without importing it
+    assert info.get("torch_error") == (f"OSError: {why}" if installed else None)
 
 
 def test_a_failing_part_is_recorded_and_the_next_one_runs(tmp_path):

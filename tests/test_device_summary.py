@@ -55,6 +55,10 @@ def test_the_machine_line_says_torch_is_not_installed_rather_than_none():
     info.update(torch_device="NVIDIA H200", versions={"jax": "0.10.2", "torch": "2.5.1"})
     assert device_summary.describe_machine(info) == ("backend cpu, cpu; torch on NVIDIA H200; jax 0.10.2, "
                                                      "torch 2.5.1")
+    info.update(torch_device=None, torch_error="OSError: libcudnn.so.9: cannot open shared object file")
+    assert device_summary.describe_machine(info) == (
+        "backend cpu, cpu; torch 2.5.1 installed but not importable (OSError: libcudnn.so.9: cannot open "
+        "shared object file); jax 0.10.2, torch 2.5.1")
     failed = {"parts": {"info": {"ok": False, "error": "exit status 1: ImportError: jax"}}}
     assert "None" not in device_summary.describe_machine(failed)
 
@@ -80,3 +84,50 @@ def test_what_a_stopped_part_wrote_is_read_back(tmp_path):
     device_summary.read_back(tmp_path, passed)
     tests = passed["parts"]["tests"]
     assert tests["ok"] and tests["passed"] == 1 and "sizes" not in passed
+
+
+def test_a_killed_pytests_counts_come_from_its_log(tmp_path):
+    """Killed (SIGKILL after the Ctrl-C's grace) pytest writes no JUnit XML, or part of it: its output says
+    what ran, from its totals line if it got to print one, else from its progress characters."""
+    log = tmp_path / "tests.log"
+    log.write_text("bringing up nodes...\n..F.s...........x....  [ 10%]\n.....E.ss.\n")
+    assert device_summary.count_log(log) == {"passed": 25, "failed": 2, "skipped": 4, "failed_tests": [],
+                                             "counted_from": "tests.log"}
+    log.write_text("....F [100%]\n!!! KeyboardInterrupt !!!\nFAILED tests/test_a.py::test_bad - assert 0\n"
+                   "ERROR tests/test_b.py::test_err\n"
+                   "1 failed, 221 passed, 41 skipped, 50 deselected, 1 error, 2 xfailed in 239.78s\n")
+    assert device_summary.count_log(log) == {
+        "passed": 221, "failed": 2, "skipped": 43, "counted_from": "tests.log",
+        "failed_tests": ["tests/test_a.py::test_bad", "tests/test_b.py::test_err"]}
+    summary = {"parts": {"tests": {"ok": False, "cut": True, "log": "tests.log"}}}
+    (tmp_path / "tests.xml").write_text('<testsuites><testsuite><testcase classname="t" name="a"/><testca')
+    device_summary.read_back(tmp_path, summary)                     # cut off as it was written
+    assert summary["parts"]["tests"]["passed"] == 221
+    assert summary["parts"]["tests"]["counted_from"] == "tests.log"
+    (tmp_path / "tests.xml").unlink()                                 # or not written at all
+    summary = {"parts": {"tests": {"ok": False, "cut": True, "log": "tests.log"}}, "seconds": 1.0}
+    device_summary.read_back(tmp_path, summary)
+    tests = summary["parts"]["tests"]
+    assert tests["failed"] == 2 and not tests["ok"]
+    assert "tests: 221 passed, 2 failed, 43 skipped (from tests.log: no whole tests.xml): tests/test_a.py" \
+        in device_summary.report(summary)
+    skipped = {"parts": {"tests": {"ok": False, "skipped": True}}}        # no log: nothing to count
+    log.unlink()
+    device_summary.read_back(tmp_path, skipped)
+    assert skipped == {"parts": {"tests": {"ok": False, "skipped": True}}}
+
+
+def test_bfloat16s_ratio_reaches_the_summary_and_its_report(tmp_path):
+    sizes = [{"label": "lstm 48/32/16 x2", "auto_kernel": "fused", "ratios": {"rnnjax hoisted bf16": 1.2},
+              "bf16_ratio": 1.25, "contenders": {"rnnjax fused": {"ms_per_step": 2.0},
+                                                 "rnnjax hoisted": {"ms_per_step": 3.0},
+                                                 "rnnjax hoisted bf16": {"ms_per_step": 2.4}}},
+             {"label": "rnn 32/64/16", "auto_kernel": "fused", "ratios": {},
+              "contenders": {"rnnjax fused": {"ms_per_step": 0.5}}}]
+    (tmp_path / "bench.json").write_text(json.dumps({"sizes": sizes}))
+    summary = {"parts": {"bench": {"ok": True}}, "seconds": 9.0}
+    device_summary.read_back(tmp_path, summary)
+    assert summary["sizes"]["lstm 48/32/16 x2"]["bf16_ratio"] == 1.25
+    assert "bf16_ratio" not in summary["sizes"]["rnn 32/64/16"]
+    text = device_summary.report(summary)
+    assert "(auto: fused; hoisted in bf16 at 1.25x float32's speed)" in text and "(auto: fused)" in text

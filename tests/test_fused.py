@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnjax import fused
+from rnnjax import fused, kernels
 from rnnjax.config import Config
 from rnnjax.fused import FusedRNNLM
 from rnnjax.model import RNN, RNNLM, GRUCell, LSTMCell, SimpleRNNCell, StackedRNN
@@ -83,8 +83,10 @@ def test_loss_is_causal():
     (Config(), True), (Config(nonlinearity="relu"), True), (Config(cell="gru"), False),
     (Config(num_layers=2), False), (Config(cell="lstm", num_layers=3, dropout=0.2), False)])
 def test_make_model_fuses_the_loss_unless_told_not_to(config, recurrence_too):
-    model = make_model(config, 28)
+    """Asked for, the fused kernel (``auto`` picks it on a CPU only: ``kernels.choose``)."""
+    model = make_model(config.replace(kernel="fused"), 28)
     assert isinstance(model, FusedRNNLM) and fused.recurrence_fused(model.rnn) == recurrence_too
+    assert isinstance(make_model(config, 28), FusedRNNLM) == (kernels.choose(config) == "fused")
     assert type(make_model(config.replace(kernel="plain"), 28)) is RNNLM
     assert not fused.recurrence_fused(RNN(SimpleRNNCell(4), reverse=True))
 

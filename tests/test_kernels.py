@@ -54,6 +54,22 @@ def test_check_refuses_what_a_forced_kernel_cannot_train_in_one_sentence(user_ce
         kernels.check(config, backend)
 
 
+def test_cudnn_is_refused_where_jax_s_default_matmul_precision_is_one_bfloat16_pass():
+    """JAX's cuDNN LSTM raises NotImplementedError at that ambient precision; the run's own
+    ``--matmul-precision`` (traced inside ``jax.default_matmul_precision``) overrides it."""
+    lstm = Config(cell="lstm", kernel="cudnn")
+    for ambient in ("bfloat16", "default"):
+        with jax.default_matmul_precision(ambient):
+            with pytest.raises(ValueError, match=f"default matmul precision '{ambient}'") as e:
+                kernels.check(lstm, "gpu")
+            assert str(e.value).count(". ") == 0 and str(e.value).endswith(".")
+            kernels.check(lstm.replace(matmul_precision="high"), "gpu")
+            kernels.check(lstm.replace(kernel="hoisted"), "gpu")
+    for ambient in ("tensorfloat32", "highest", "BF16_BF16_F32", None):
+        with jax.default_matmul_precision(ambient):
+            kernels.check(lstm, "gpu")
+
+
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="on a GPU the cudnn kernel trains")
 def test_a_refused_kernel_stops_fit_before_anything_is_written(small_data, tmp_path):
     with pytest.raises(ValueError, match="--kernel cudnn runs cuDNN's LSTM, which needs an NVIDIA GPU"):

@@ -121,7 +121,10 @@ def compiled_text(config, data, tmp_path, step=train_windows):
     train, evaluate, tokens, val_batches = compile_run(p, data, step, eval_steps)
     state = create_train_state(config, len(data.vocab))
     windows = p.dp.shard_stack(list(data.train_windows(0))[:2])
-    return train.fn.lower(state, tokens, windows).as_text(), evaluate.fn.lower(state, val_batches).as_text()
+
+    def lower(f, *args):     # ``compile`` wraps the jitted step (``.fn``) only where it has XLA options (CPU)
+        return getattr(f, "fn", f).lower(*args).as_text()
+    return lower(train, state, tokens, windows), lower(evaluate, state, val_batches)
 
 
 def precisions(text):

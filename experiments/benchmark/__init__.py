@@ -32,15 +32,19 @@ medians with min-max over the rounds and ratios against rnnjax.
   and compilation included), compiling in fresh processes with and without
   the persistent cache, generation against d2l's loop of one model call
   per character, and the machine (backend, device, versions).
-- ``sizes.py``: ``--sizes gpu`` (issue 26's sizes) or ``--sizes small``: the
-  step of every contender at each size, rnnjax with each applicable kernel.
+- ``sizes.py``: ``--sizes gpu`` (issue 26's sizes, the 2-layer LSTM 1024
+  first) or ``--sizes small``: the step of every contender at each size,
+  rnnjax with each applicable kernel, at the large LSTMs its hoisted kernel in
+  bfloat16 too (``rnnjax hoisted bf16``), cuDNN's LSTM measured on its own
+  after the others.
 - ``report.py``: ratios in words (below 1 reads as slower), the tables, the sweep's plot.
 - ``main.py``: the command line, the sweep over hidden size, batch and steps,
   ``--runs N`` seeds in one program (``rnnjax.runs``) against one, and the
   JSON: the machine, every contender's figures and every ratio printed
   (``ratio_step_vs_torch_lean``, ``ratio_step_vs_torch_d2l``,
   ``ratio_step_vs_flax``, ``ratio_recipe_vs_...``, ``runs.ratio_vs_sequential``,
-  per size ``ratios``), each the other's time over rnnjax's.
+  per size ``ratios``), each the other's time over rnnjax's; per size
+  ``bf16_ratio``, rnnjax hoisted's float32 step over its bfloat16 one.
 
 The process runs with ``rnnjax.backend.keep_freed_memory()``, as
 ``experiments.timemachine`` does; all contenders share it.

@@ -14,7 +14,7 @@ from experiments.benchmark.measure import (machine_info, measure_compile_cache, 
                                            measure_recipes, measure_steps)
 from experiments.benchmark.report import RATIO_MEANING, compared, plot_sweep, speed_words, table
 from experiments.benchmark.sizes import SIZES, applicable_kernels, run_sizes
-from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available
+from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available, torch_problem
 from rnnjax import backend, kernels
 from rnnjax.data import TimeMachine
 from rnnjax.parallel import DataParallel
@@ -27,7 +27,7 @@ def contenders_for(args, one_device_too: bool = False) -> list[Contender]:
     if torch_available():
         out += [TorchD2l(), TorchLean()]
     else:
-        print("torch is not importable: skipping PyTorch's contenders (pip install torch)")
+        print(f"torch is not importable ({torch_problem()}): skipping PyTorch's contenders")
     out.append(StockFlax())
     return out
 

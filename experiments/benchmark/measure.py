@@ -21,7 +21,7 @@ import optax
 
 import rnnjax
 from experiments.benchmark.contenders import Setting, model_flops_per_token
-from experiments.benchmark.torch_contenders import torch_available, torch_device_name
+from experiments.benchmark.torch_contenders import torch_device_name, torch_precision, torch_problem
 from rnnjax.config import Config
 from rnnjax.data import TimeMachine
 from rnnjax.model import RNNLM
@@ -33,27 +33,36 @@ def measure_steps(contenders, s: Setting, data, rounds: int, steps: int, warmup:
     """Interleaved rounds of ``steps`` steps; ms per step for each round.
 
     ``warmup`` steps first (default a whole epoch: the ragged batch, caches, allocators). With
-    ``keep_going`` a contender that fails to build or step is left out of the rounds, its error recorded.
+    ``keep_going`` a contender that fails to build or step, in the warm-up or a round, is left out of the
+    rounds, its error recorded.
     """
     result, running = {}, []
+
+    def failed(c, e: Exception) -> None:      # a kernel this backend lacks, memory: the others still run
+        if not keep_going:
+            raise e
+        result[c.name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        log(f"  {c.name} failed: {result[c.name]['error']}")
+
     for c in contenders:
         try:
             result[c.name] = {"compile_s": c.prepare(s, data), "rounds_ms": []}
             c.steps(data.num_batches() + 1 if warmup is None else warmup)
             running.append(c)
-        except Exception as e:       # a kernel this backend lacks, memory: the other contenders still run
-            if not keep_going:
-                raise
-            result[c.name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-            log(f"  {c.name} failed: {result[c.name]['error']}")
-    contenders = running
+        except Exception as e:
+            failed(c, e)
     for r in range(rounds):
-        for c in contenders:
+        for c in list(running):
             t0 = time.perf_counter()
-            ran = c.steps(steps) or steps
+            try:
+                ran = c.steps(steps) or steps
+            except Exception as e:
+                running.remove(c)
+                failed(c, e)
+                continue
             result[c.name]["rounds_ms"].append((time.perf_counter() - t0) / ran * 1e3)
         log(f"  round {r + 1}/{rounds}: " + "  ".join(
-            f"{c.name} {result[c.name]['rounds_ms'][-1]:.2f} ms" for c in contenders))
+            f"{c.name} {result[c.name]['rounds_ms'][-1]:.2f} ms" for c in running))
     tokens = s.batch_size * s.num_steps
     for name, r in result.items():
         if "error" in r:
@@ -163,15 +172,12 @@ def machine_info() -> dict:
                 "flax": flax.__version__, "optax": optax.__version__, "orbax": _version("orbax-checkpoint"),
                 "numpy": np.__version__, "rnnjax": rnnjax.__version__}
     # None: the backend's default (TF32 matmuls on recent NVIDIA GPUs).
-    precision = {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
-    if torch_available():
-        import torch
-        versions["torch"] = torch.__version__
-        precision.update(torch_tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-                         torch_tf32_cudnn=torch.backends.cudnn.allow_tf32)
+    precision = {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision, **torch_precision()}
+    problem = torch_problem()
+    versions["torch"] = _version("torch")
     return {"precision": precision, "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
             "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-            "torch_device": torch_device_name(),
+            "torch_device": torch_device_name(), **({"torch_error": problem} if problem else {}),
             "devices": [str(d) for d in jax.local_devices()], "date": time.strftime("%Y-%m-%d"),
             "versions": versions}
 

@@ -57,9 +57,13 @@ def sizes_table(sizes: list[dict]) -> str:
 
 
 def ratio_lines(size: dict) -> str:
-    """``lstm 512/512/64: rnnjax (fused) is 1.27x slower than torch lean, ...``: every ratio of the size."""
+    """``lstm 512/512/64: rnnjax (fused) is 1.27x slower than torch lean, ...``: every ratio of the size, and
+    bfloat16's against float32's where both were measured."""
     parts = [compared(r, name) for name, r in size["ratios"].items()]
-    return f"{size['label']}: rnnjax ({size['auto_kernel']}) is " + (", ".join(parts) or "alone")
+    line = f"{size['label']}: rnnjax ({size['auto_kernel']}) is " + (", ".join(parts) or "alone")
+    if "bf16_ratio" in size:
+        line += f"; rnnjax hoisted in bfloat16 is {compared(size['bf16_ratio'], 'in float32')}"
+    return line
 
 
 def plot_sweep(rows: list[dict], path: Path) -> None:

@@ -17,17 +17,22 @@ import jax
 from experiments.benchmark.contenders import Rnnjax, Setting, StockFlax
 from experiments.benchmark.measure import machine_info, measure_steps
 from experiments.benchmark.report import RATIO_MEANING, ratio_lines, sizes_table
-from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available
+from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available, torch_problem
 from rnnjax import kernels
 from rnnjax.data import TimeMachine
 
-# (cell, hidden units, batch, steps, layers)
+# (cell, hidden units, batch, steps, layers). The largest first: a run the time cuts keeps the sizes it
+# finished, and the 2-layer LSTM 1024 is the one issue 26 sets its targets at.
 SIZES = {
-    "gpu": [("rnn", 32, 1024, 32, 1), ("gru", 32, 1024, 32, 1), ("lstm", 32, 1024, 32, 1),
-            ("gru", 32, 1024, 32, 2), ("rnn", 512, 1024, 32, 1), ("lstm", 512, 512, 64, 1),
-            ("lstm", 1024, 256, 64, 2)],
-    "small": [("rnn", 32, 64, 16, 1), ("gru", 32, 64, 16, 1), ("lstm", 48, 32, 16, 2)],
+    "gpu": [("lstm", 1024, 256, 64, 2), ("lstm", 512, 512, 64, 1), ("rnn", 32, 1024, 32, 1),
+            ("gru", 32, 1024, 32, 1), ("lstm", 32, 1024, 32, 1), ("gru", 32, 1024, 32, 2),
+            ("rnn", 512, 1024, 32, 1)],
+    "small": [("lstm", 48, 32, 16, 2), ("rnn", 32, 64, 16, 1), ("gru", 32, 64, 16, 1)],
 }
+# The sizes (labels) of each set where rnnjax's hoisted kernel also steps in bfloat16 (``BF16``), to be
+# compared with its float32 step: the large LSTMs, where the matmuls are most of the time.
+BFLOAT16_AT = {"gpu": {"lstm 1024/256/64 x2", "lstm 512/512/64"}, "small": {"lstm 48/32/16 x2"}}
+BF16, CUDNN = "rnnjax hoisted bf16", "rnnjax cudnn"
 # Rounds, steps a round and warm-up steps (None: an epoch) per contender at each size of a set: rounds of
 # about 0.1-0.5 s on an H200; the small set only has to show that every contender runs.
 ROUNDS = {"gpu": (5, 40, None), "small": (2, 10, 2)}
@@ -51,11 +56,31 @@ def applicable_kernels(s: Setting, backend: str) -> list[str]:
     return out
 
 
-def contenders_at(s: Setting, devices: int | None, backend: str) -> list:
-    out = [Rnnjax(devices, name=f"rnnjax {k}", kernel=k) for k in applicable_kernels(s, backend)]
+def contenders_at(s: Setting, devices: int | None, backend: str, bfloat16: bool = False) -> list:
+    """rnnjax with each applicable kernel (and with ``bfloat16`` its hoisted one computing in bfloat16),
+    stock Flax, PyTorch's where torch imports, and cuDNN's LSTM last: ``run_sizes`` measures it after the
+    others, so that a failure of that binding (never yet run on a GPU) cannot cost their figures."""
+    kernels_here = applicable_kernels(s, backend)
+    out = [Rnnjax(devices, name=f"rnnjax {k}", kernel=k) for k in kernels_here if k != "cudnn"]
+    if bfloat16 and "hoisted" in kernels_here:
+        out.append(Rnnjax(devices, name=BF16, kernel="hoisted", compute_dtype="bfloat16"))
     out.append(StockFlax())
     if torch_available():
         out += [TorchLean(), TorchD2l()]
+    if "cudnn" in kernels_here:
+        out.append(Rnnjax(devices, name=CUDNN, kernel="cudnn"))
+    return out
+
+
+def ratios(size: dict) -> dict:
+    """``ratios``: each contender's ms per step over that of rnnjax's chosen kernel (``RATIO_MEANING``);
+    where both ran, ``bf16_ratio``: rnnjax hoisted's float32 step over its bfloat16 one (above 1, bfloat16
+    is that many times faster)."""
+    res, auto = size["contenders"], f"rnnjax {size['auto_kernel']}"
+    ms = {n: r["ms_per_step"] for n, r in res.items() if "ms_per_step" in r}
+    out = {"ratios": {n: v / ms[auto] for n, v in ms.items() if n != auto} if auto in ms else {}}
+    if BF16 in ms and "rnnjax hoisted" in ms:
+        out["bf16_ratio"] = ms["rnnjax hoisted"] / ms[BF16]
     return out
 
 
@@ -67,29 +92,34 @@ def run_sizes(name: str, data_path: str | None, json_path: Path, devices: int | 
     rounds, steps, warmup = rounds or ROUNDS[name][0], steps or ROUNDS[name][1], ROUNDS[name][2]
     out = {"sizes_set": name, "machine": machine_info(), "rounds": rounds, "steps": steps,
            "ratio_meaning": RATIO_MEANING, "sizes": []}
-    if not torch_available():
-        log("torch is not importable: skipping PyTorch's contenders (pip install torch)")
+    if torch_problem():
+        log(f"torch is not importable ({torch_problem()}): skipping PyTorch's contenders")
     log(f"training step, ms, {rounds} interleaved rounds of {steps} steps at each size "
         f"(cell hidden/batch/steps, layers) on {out['machine']['device_kind']} ({backend}):")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
     for s in settings(name):
         B = s.batch_size
         # Whole batches only, so that no contender recompiles inside a timed round.
         data = TimeMachine(B, s.num_steps, num_train=min(10000 // B, 40) * B, path=data_path)
-        auto = kernels.choose(s.config, backend)
         t0 = time.perf_counter()
-        res = measure_steps(contenders_at(s, devices, backend), s, data, rounds, steps, warmup=warmup,
-                            log=lambda *_: None, keep_going=True)
         size = {"label": s.label, "cell": s.cell, "num_hiddens": s.num_hiddens, "batch_size": B,
-                "num_steps": s.num_steps, "num_layers": s.num_layers, "auto_kernel": auto, "contenders": res,
-                "seconds": time.perf_counter() - t0}
-        ours = res.get(f"rnnjax {auto}", {})
-        size["ratios"] = {f"{n}": r["ms_per_step"] / ours["ms_per_step"] for n, r in res.items()
-                          if "ms_per_step" in ours and "ms_per_step" in r and n != f"rnnjax {auto}"}
+                "num_steps": s.num_steps, "num_layers": s.num_layers,
+                "auto_kernel": kernels.choose(s.config, backend), "contenders": {}}
         out["sizes"].append(size)
+        contenders = contenders_at(s, devices, backend, bfloat16=s.label in BFLOAT16_AT.get(name, ()))
+        # cuDNN's on its own after the others, their figures written first: if it breaks the process or
+        # the GPU's context, they are kept.
+        last = [c for c in contenders if c.name == CUDNN]
+        for group in ([c for c in contenders if c not in last], last):
+            if not group:
+                continue
+            size["contenders"].update(measure_steps(group, s, data, rounds, steps, warmup=warmup,
+                                                    log=lambda *_: None, keep_going=True))
+            size.update(seconds=time.perf_counter() - t0, **ratios(size))
+            json_path.write_text(json.dumps(out, indent=1))
         log("  " + "  ".join(f"{n} " + (f"{r['ms_per_step']:.2f}" if "error" not in r else "failed")
-                             for n, r in res.items()) + f"  ({size['seconds']:.0f} s): {s.label}")
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(out, indent=1))
+                             for n, r in size["contenders"].items())
+            + f"  ({size['seconds']:.0f} s): {s.label}")
     log(sizes_table(out["sizes"]))
     for size in out["sizes"]:
         log(ratio_lines(size))

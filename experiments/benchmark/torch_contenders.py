@@ -17,12 +17,23 @@ from experiments.benchmark.contenders import Contender, Setting, cycle
 from rnnjax.data import TimeMachine
 
 
-def torch_available() -> bool:
+def torch_problem() -> str | None:
+    """Why torch cannot be imported (``ImportError: No module named 'torch'``), or ``None`` where it can.
+    Any exception, not only ``ImportError``: a broken install (CUDA libraries that do not load) is reported,
+    and the JAX contenders still run."""
     try:
         import torch  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    except Exception as e:
+        return _one_line(e)
+    return None
+
+
+def torch_available() -> bool:
+    return torch_problem() is None
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def torch_device() -> str:
@@ -32,11 +43,27 @@ def torch_device() -> str:
 
 
 def torch_device_name() -> str | None:
-    """The GPU's name torch reports (``NVIDIA H200``), ``cpu`` without one, ``None`` without torch."""
+    """The GPU's name torch reports (``NVIDIA H200``), ``cpu`` without one, ``None`` without torch, and
+    ``error: ...`` where asking fails (a broken CUDA)."""
     if not torch_available():
         return None
-    import torch
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    try:
+        import torch
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except Exception as e:
+        return f"error: {_one_line(e)}"
+
+
+def torch_precision() -> dict:
+    """torch's TF32 switches (matmuls, cuDNN), or why they could not be read; ``{}`` without torch."""
+    if not torch_available():
+        return {}
+    try:
+        import torch
+        return {"torch_tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                "torch_tf32_cudnn": torch.backends.cudnn.allow_tf32}
+    except Exception as e:
+        return {"torch_error": _one_line(e)}
 
 
 class _Torch(Contender):
