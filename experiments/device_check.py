@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from experiments import stopping
-from experiments.device_summary import describe_machine, final_val_ppl, read_back, report
+from experiments.device_summary import MACHINE_INFO, describe_machine, final_val_ppl, read_back, report
 
 ROOT = Path(__file__).resolve().parent.parent
 # --quick: test files that show the part works, in seconds (the kernels' own tests take minutes on a CPU).
@@ -52,33 +52,6 @@ QUICK_TESTS = ["tests/test_config.py", "tests/test_metrics.py", "tests/test_data
 QUICK_EPOCHS = 3
 # Per part, seconds: (on a GPU, with --quick). The whole run stops starting parts at --budget.
 TIMEOUTS = {"info": (120, 60), "tests": (240, 120), "recipe": (120, 60), "bench": (300, 150)}
-
-# Runs in a fresh interpreter: what the machine has, without failing where a package is missing.
-_INFO = r"""
-import importlib.metadata as md, json, platform
-out = {"python": platform.python_version()}
-for name, dist in [("jax", "jax"), ("jaxlib", "jaxlib"), ("flax", "flax"), ("optax", "optax"),
-                   ("orbax", "orbax-checkpoint"), ("numpy", "numpy"), ("torch", "torch")]:
-    try:
-        out[name] = md.version(dist)
-    except md.PackageNotFoundError:
-        out[name] = None
-info = {"versions": out}
-import jax
-info.update(backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
-            devices=[str(d) for d in jax.devices()],
-            jax_matmul_precision=jax.config.jax_default_matmul_precision)   # None: the backend's
-try:         # any exception: a broken torch (its CUDA libraries) is recorded, not fatal
-    import torch
-    info["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    info["torch_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
-                          "cudnn": torch.backends.cudnn.allow_tf32}
-except Exception as e:
-    info["torch_device"] = None
-    if out["torch"] is not None:
-        info["torch_error"] = f"{type(e).__name__}: {e}"[:300]
-print(json.dumps(info))
-"""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -263,7 +236,7 @@ def _check(args: argparse.Namespace, parts: Parts) -> int:
     env = {**os.environ, "PYTHONPATH": path, "RNNJAX_TIMEMACHINE": args.data, "PYTHONUNBUFFERED": "1"}
     t_start = time.perf_counter()
 
-    if parts.run("info", "info", [py, "-c", _INFO], env)["ok"]:
+    if parts.run("info", "info", [py, "-c", MACHINE_INFO], env)["ok"]:
         lines = (out / "info.log").read_text().splitlines()
         summary.update(json.loads(next(line for line in reversed(lines) if line.startswith("{"))))
     backend = summary.get("backend", "unknown")

@@ -10,6 +10,34 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 
+# Runs in a fresh interpreter: what the machine has, without failing where a package is missing.
+MACHINE_INFO = r"""
+import importlib.metadata as md, json, platform
+out = {"python": platform.python_version()}
+for name, dist in [("jax", "jax"), ("jaxlib", "jaxlib"), ("flax", "flax"), ("optax", "optax"),
+                   ("orbax", "orbax-checkpoint"), ("numpy", "numpy"), ("torch", "torch")]:
+    try:
+        out[name] = md.version(dist)
+    except md.PackageNotFoundError:
+        out[name] = None
+info = {"versions": out}
+import jax
+info.update(backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
+            devices=[str(d) for d in jax.devices()],
+            jax_matmul_precision=jax.config.jax_default_matmul_precision)   # None: the backend's
+try:         # any exception: a broken torch (its CUDA libraries) is recorded, not fatal
+    import torch
+    info["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    info["torch_tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                          "cudnn": torch.backends.cudnn.allow_tf32}
+except Exception as e:
+    info["torch_device"] = None
+    if out["torch"] is not None:
+        info["torch_error"] = f"{type(e).__name__}: {e}"[:300]
+print(json.dumps(info))
+"""
+
+
 def count_tests(xml_path: Path) -> dict:
     """passed, failed (errors included), skipped and the failed tests' ids, from pytest's JUnit XML."""
     root = ET.parse(xml_path).getroot()

@@ -84,7 +84,7 @@ def test_the_info_part_records_a_broken_torch_and_goes_on(tmp_path, fresh_env):
     (tmp_path / "torch").mkdir()
     why = "libcudnn.so.9: cannot open shared object"
     (tmp_path / "torch" / "__init__.py").write_text(f"raise OSError({why!r})")
-    proc = subprocess.run([sys.executable, "-c", device_check._INFO], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", device_check.MACHINE_INFO], capture_output=True, text=True,
                           env=fresh_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{device_check.ROOT}"), timeout=60)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout.splitlines()[-1])
