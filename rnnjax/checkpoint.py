@@ -218,12 +218,12 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     if step is not None and best:
         raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")
     asked, run = _whole(step), _whole(run, "run")
-    for _ in range(5):        # a run writing the workdir removes old checkpoints: one may go as it is read
+    for _ in range(10):       # a run writing the workdir removes old checkpoints: one may go as it is read
         step, saved = _pick(workdir, asked, best, run)
         try:
             return _newest_good(workdir, step, saved, run, fallback)
         except _Removed:
-            if asked is not None:
+            if asked is not None and asked not in steps(workdir):
                 raise CheckpointError(f"The checkpoint at step {asked} in {workdir} was removed as it was "
                                       "read (by the run writing there, which keeps its latest): restore "
                                       "another, or the latest.") from None
@@ -232,12 +232,12 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
 
 
 class _Removed(Exception):
-    """The checkpoint being read was removed meanwhile (not damage): which one is picked again."""
+    """The workdir's checkpoints changed as one was read (a save, a removal): not damage; pick again."""
 
 
 def _pick(workdir: Path, step: int | None, best: bool, run: int | None) -> tuple[int, list[int]]:
     """The step ``restore`` reads first (``step``, the ``best``, else the latest), and the steps saved."""
-    saved = steps(workdir)
+    saved = sorted(steps(workdir))
     if not saved:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
     if best:
@@ -258,7 +258,7 @@ def _newest_good(workdir: Path, step: int, saved: list[int], run: int | None, fa
         try:
             return _restore_for_inference(workdir, candidate, run)
         except DamagedCheckpoint as e:
-            if candidate not in steps(workdir):
+            if sorted(steps(workdir)) != saved:    # a newer save: it removes the oldest, maybe as it was read
                 raise _Removed from None
             if not fallback or len(candidates) == 1:
                 raise

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from rnnjax.stops import hooked
+
 
 class Tracebacks(logging.Filter):
     """Drops orbax's logs of a failure with its traceback (up to 290 lines for a full disk): a checkpoint
@@ -31,11 +33,11 @@ def quiet() -> None:
     Both are the damage already reported, in one sentence; they are dropped, everything else passes. So is
     orbax's warning on saving over a killed save's temporary directory: the plan says where it resumes.
     Installed once; calling it again does nothing."""
-    if isinstance(sys.unraisablehook, _QuietHook):
+    if hooked(_QuietHook):
         return
     sys.unraisablehook = _QuietHook(sys.unraisablehook)
-    logging.getLogger("asyncio").addFilter(_Noise())
-    logging.getLogger("absl").addFilter(_Noise())
+    logging.getLogger("asyncio").addFilter(_NOISE)        # one filter however often: logging adds it once
+    logging.getLogger("absl").addFilter(_NOISE)
 
 
 class _QuietHook:
@@ -46,3 +48,6 @@ class _QuietHook:
         e = unraisable.exc_value
         if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
             self.previous(unraisable)
+
+
+_NOISE = _Noise()

@@ -94,7 +94,7 @@ def fit_runs(configs: Iterable[Config], data: TimeMachine, workdir: str | Path, 
     check_runs(configs)
     check_saving(checkpoint_every, keep)
     if plan is not None:
-        check_plan(plan, configs[0], workdir, configs)
+        check_plan(plan, configs[0], data, workdir, configs)
         if log:
             log(plan.describe())
         return _fit_runs(plan, data, checkpoint_every, keep, progress, log)

@@ -215,16 +215,20 @@ def _open(p: Plan) -> Iterator[Plan]:
         _open_plans.discard(id(p))
 
 
-def check_plan(p: Plan, config: Config, workdir: str | Path, runs: list[Config] | None = None) -> None:
-    """``ValueError`` unless ``p`` can train ``config`` in ``workdir``: made for them by ``planned``, whose
-    block (holding the workdir's lock) is still running."""
+def check_plan(p: Plan, config: Config, data: TimeMachine, workdir: str | Path,
+               runs: list[Config] | None = None) -> None:
+    """``ValueError`` unless ``p`` can train ``config`` on ``data`` in ``workdir``: made for them by
+    ``planned``, whose block (holding the workdir's lock) is still running."""
     if id(p) not in _open_plans:
         raise ValueError("fit trains a plan only inside the block of rnnjax.start.planned that made it, "
                          "which holds the workdir's lock (rnnjax.plan's shows what fit would do): call fit "
                          "without plan.")
-    if (p.config, p.workdir, p.runs) != (config, Path(workdir), tuple(runs or ())):
-        raise ValueError(f"The plan is for the run{'s' if p.runs else ''} planned in {p.workdir}, not for "
-                         "the config and workdir given to fit: give fit the same.")
+    differ = [what for what, a, b in (("config", p.config, config), ("runs", p.runs, tuple(runs or ())),
+                                      ("workdir", p.workdir.resolve(), Path(workdir).resolve())) if a != b]
+    if differ:
+        raise ValueError(f"The plan is for another {' and '.join(differ)} than fit was given (it trains "
+                         f"in {p.workdir}): give fit the same.")
+    data.check_made_for(config)
 
 
 def _lost_epochs(records: list[dict], position: Position, runs: tuple[Config, ...]) -> str:

@@ -55,8 +55,12 @@ class _StopFlag:
         self.now = True
         raise raised_by_a_handler(self._second(signum), signum, dropped=self._dropped)
 
-    def _dropped(self) -> None:
+    def _dropped(self) -> bool:
+        """Whether the second signal, dropped, is still wanted: not once its run has stopped (the first)."""
+        if self not in _active:
+            return False
         self.now = False            # the signal sent again is the second one, again
+        return True
 
     @staticmethod
     def _second(signum: int) -> Interrupted:
@@ -65,14 +69,22 @@ class _StopFlag:
                            "never listed). Run the same command again to resume.", signum)
 
 
-def raised_by_a_handler(exc: BaseException, signum: int, dropped=lambda: None) -> BaseException:
+def raised_by_a_handler(exc: BaseException, signum: int, dropped=lambda: True) -> BaseException:
     """``exc``, for a handler of ``signum`` to raise. Where Python drops it (raised inside a garbage
     collection or weakref callback, as JAX's, or a ``__del__``, it is printed as "Exception ignored" and
-    the program goes on), ``dropped()`` runs and the signal is sent again a moment later."""
-    if not isinstance(sys.unraisablehook, _SendAgain):
+    the program goes on), the signal is sent again a moment later if ``dropped()`` then says so."""
+    if not hooked(_SendAgain):
         sys.unraisablehook = _SendAgain(sys.unraisablehook)
     exc.send_again = (signum, dropped)
     return exc
+
+
+def hooked(kind: type) -> bool:
+    """Whether a ``kind`` wraps ``sys.unraisablehook``, at any depth (each wrapper keeps ``previous``)."""
+    hook = sys.unraisablehook
+    while hook is not None and not isinstance(hook, kind):
+        hook = getattr(hook, "previous", None)
+    return hook is not None
 
 
 class _SendAgain:
@@ -87,8 +99,7 @@ class _SendAgain:
         if again is None:
             return self.previous(unraisable)
         signum, dropped = again
-        dropped()
-        later = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        later = threading.Timer(0.05, lambda: dropped() and os.kill(os.getpid(), signum))
         later.daemon = True
         later.start()
 

@@ -94,6 +94,8 @@ def steps(workdir: Path) -> list[int]:
         raise CheckpointError(f"{directory} is not a folder; move it aside to train or restore.")
     for entry in directory.iterdir():
         if entry.name.isdigit() and (entry.name != str(int(entry.name)) or not entry.is_dir()):
+            if not os.path.lexists(entry):      # removed since listed (a run writing there keeps its latest)
+                continue
             raise CheckpointError(f"{entry} is not a checkpoint rnnjax wrote (it names each by its step, "
                                   f"as {int(entry.name)}, a folder); move it out of {directory}.")
     return ocp.utils.checkpoint_steps(directory)

@@ -143,7 +143,7 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
     if params is not None:         # before the workdir is made, and checked even if it resumes
         check_params(params, config, len(data.vocab))
     if plan is not None:
-        check_plan(plan, config, workdir)
+        check_plan(plan, config, data, workdir)
         return _fit(plan, data, params, checkpoint_every, keep, progress)
     with planned(config, data, workdir, devices=devices) as p:
         if log:

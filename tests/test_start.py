@@ -200,17 +200,21 @@ def test_the_batch_order_is_the_config_s_seed_s_whatever_the_data_s(tmp_path):
     assert data[0].seed == 0                          # the caller's data is as it was
 
 
-def test_fit_trains_a_plan_only_inside_the_planned_block_that_made_it(small_data, tmp_path):
+def test_fit_trains_a_plan_only_inside_the_planned_block_that_made_it(small_data, tmp_path, monkeypatch):
     config = SMALL.replace(epochs=1)
     with pytest.raises(ValueError, match="only inside the block of rnnjax.start.planned"):
         fit(config, small_data, tmp_path, devices=1, log=None,
             plan=plan(config, small_data, tmp_path, devices=1))
     with start.planned(config, small_data, tmp_path, devices=1) as p:
-        with pytest.raises(ValueError, match=f"planned in {tmp_path}, not for the config and workdir given"):
+        with pytest.raises(ValueError, match=f"another config than fit was given .it trains in {tmp_path}."):
             fit(config.replace(epochs=2), small_data, tmp_path, devices=1, log=None, plan=p)
-        with pytest.raises(ValueError, match="not for the config and workdir given"):
+        with pytest.raises(ValueError, match="another workdir than fit was given"):
             fit(config, small_data, tmp_path / "other", devices=1, log=None, plan=p)
-        assert fit(config, small_data, tmp_path, devices=1, log=None, plan=p).history[-1]["epoch"] == 1
+        other = TimeMachine(SMALL.batch_size, SMALL.num_steps, 300, SMALL.num_val, text=small_text(5000))
+        with pytest.raises(ValueError, match="made with 300 train"):
+            fit(config, other, tmp_path, devices=1, log=None, plan=p)
+        monkeypatch.chdir(tmp_path.parent)            # the same workdir, spelled another way
+        assert fit(config, small_data, tmp_path.name, devices=1, log=None, plan=p).history[-1]["epoch"] == 1
     with pytest.raises(ValueError, match="only inside the block"):
         fit(config, small_data, tmp_path, devices=1, log=None, plan=p)
     assert not (tmp_path / "other").exists()

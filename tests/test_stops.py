@@ -103,6 +103,47 @@ def test_a_second_signal_raised_in_a_gc_callback_is_delivered_again_not_dropped(
     assert [type(u.exc_value) for u in dropped] == [ValueError, ValueError]      # at its start and stop
 
 
+def test_a_dropped_second_signal_is_not_sent_again_once_its_run_has_stopped(
+        monkeypatch, signal_in_a_gc_callback):
+    """The run stopped (on the first) before the second came again: nothing more reaches the caller."""
+    import signal
+    import sys
+    import time
+
+    from rnnjax.stops import catch_signals
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: None)
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with pytest.raises(LookupError):
+            with catch_signals() as flag:
+                flag(signal.SIGTERM, None)
+                signal_in_a_gc_callback(signal.SIGTERM)      # dropped: to be sent again in 50 ms
+                raise LookupError("the run stops on the first, as the loop would")
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == []
+
+
+def test_the_unraisable_hooks_wrap_once_however_often_they_are_installed(monkeypatch):
+    import signal
+    import sys
+
+    from rnnjax import orbax_logs
+    from rnnjax.stops import hooked, raised_by_a_handler
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    for _ in range(3):
+        raised_by_a_handler(KeyboardInterrupt(), signal.SIGINT)
+        orbax_logs.quiet()
+    depth, hook = 0, sys.unraisablehook
+    while hook is not sys.__unraisablehook__:
+        depth, hook = depth + 1, hook.previous
+    assert depth == 2 and hooked(type(sys.unraisablehook))
+
+
 def test_a_deferred_signal_is_the_next_run_s_first():
     import signal
 

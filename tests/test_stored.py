@@ -83,3 +83,22 @@ def test_another_cell_registered_under_the_run_s_name_is_told_from_damage(workdi
     with pytest.raises(stored.CellMismatch, match=says):
         fit(TINY.replace(cell="mine", epochs=3), data, workdir, devices=1, log=None)
     assert not (workdir / checkpoint.DAMAGED).exists() and len(checkpoint.steps(workdir)) == 2
+
+
+def test_a_step_folder_removed_as_the_steps_are_listed_is_not_called_foreign(workdir, monkeypatch):
+    """The run writing a workdir removes old checkpoints: one listed a moment ago is gone, not foreign."""
+    from pathlib import Path
+    listed = Path.iterdir
+
+    def with_a_removed_one(self):
+        yield from listed(self)
+        if self.name == checkpoint.SUBDIR:
+            yield self / "806"                             # listed, then removed
+    monkeypatch.setattr(Path, "iterdir", with_a_removed_one)
+    assert sorted(stored.steps(workdir)) == [13, 26]
+    (workdir / checkpoint.SUBDIR / "806").write_text("")   # one that is there and is no folder: foreign
+    try:
+        with pytest.raises(checkpoint.CheckpointError, match="806 is not a checkpoint rnnjax wrote"):
+            stored.steps(workdir)
+    finally:
+        (workdir / checkpoint.SUBDIR / "806").unlink()
