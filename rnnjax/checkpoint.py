@@ -161,6 +161,8 @@ def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, 
         raise DamagedCheckpoint(step, directory, f"cannot be restored ({reason(e)})") from None
     shapes = jax.tree.map(np.shape, abstract)
     if jax.tree.structure(state) != jax.tree.structure(abstract) or jax.tree.map(np.shape, state) != shapes:
+        whole = not workdir_lib.verify(state, meta["checksums"])       # a user's cell of another shape
+        check_fits(meta, abstract, directory.parent, step, whole=whole)
         raise DamagedCheckpoint(step, directory, "is damaged: its arrays do not fit the model its meta "
                                 "describes")
     bad = workdir_lib.verify(state, meta["checksums"])

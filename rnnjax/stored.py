@@ -55,27 +55,29 @@ class CellMismatch(CheckpointError):
     """A run restored with another cell registered under its cell's name: not damage."""
 
 
-def check_fits(meta: dict, target: Any, workdir: Path, step: int) -> None:
+def check_fits(meta: dict, target: Any, workdir: Path, step: int, whole: bool = False) -> None:
     """``CellMismatch`` unless ``target`` (the state a restore builds from the meta's config) has the arrays
-    the checkpoint at ``step`` saved, by path (its meta's checksums name each): what tells a cell of another
-    class registered under the run's cell name from damage, reading no array."""
+    the checkpoint at ``step`` saved, by path (its meta's checksums name each: before reading any); once
+    read, ``whole`` says they match their checksums while their shapes do not fit. What tells a cell of
+    another class registered under the run's cell name from damage."""
     cell = meta["config"]["cell"]
     if CELLS.get(cell) is OWN_CELLS.get(cell):        # rnnjax's own: other arrays are damage
         return
+    kind = getattr(CELLS.get(cell), "__qualname__", None) or repr(CELLS.get(cell))
+    where, fix = (f"The checkpoint at step {step} in {Path(workdir) / SUBDIR}",
+                  f"set rnnjax.CELLS[{cell!r}] to the cell class the run was trained with.")
     saved = set(meta["checksums"])
     made = {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
-    if saved == made:
-        return
-    kind = getattr(CELLS.get(cell), "__qualname__", None) or repr(CELLS.get(cell))
-
-    def some(paths):
-        paths = sorted(paths)
-        more = f" and {len(paths) - 2} more" if len(paths) > 2 else ""
-        return ", ".join(paths[:2]) + more if paths else "nothing else"
-    raise CellMismatch(f"The checkpoint at step {step} in {Path(workdir) / SUBDIR} holds parameters the cell "
-                       f"registered here as {cell!r} ({kind}) does not make ({some(saved - made)}; it makes "
-                       f"{some(made - saved)}): set rnnjax.CELLS[{cell!r}] to the cell class the run was "
-                       "trained with.")
+    if saved != made:
+        def some(paths):
+            paths = sorted(paths)
+            more = f" and {len(paths) - 2} more" if len(paths) > 2 else ""
+            return ", ".join(paths[:2]) + more if paths else "nothing else"
+        raise CellMismatch(f"{where} holds parameters the cell registered here as {cell!r} ({kind}) does not "
+                           f"make ({some(saved - made)}; it makes {some(made - saved)}): {fix}")
+    if whole:
+        raise CellMismatch(f"{where} holds parameters of other shapes than the cell registered here as "
+                           f"{cell!r} ({kind}) makes (they match their checksums: the run is whole): {fix}")
 
 
 def reason(e: Exception) -> str:

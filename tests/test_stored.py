@@ -102,3 +102,26 @@ def test_a_step_folder_removed_as_the_steps_are_listed_is_not_called_foreign(wor
             stored.steps(workdir)
     finally:
         (workdir / checkpoint.SUBDIR / "806").unlink()
+
+
+class WideCell(DenseCell):
+    """DenseCell's parameter names, a first layer twice as wide."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        import jax.numpy as jnp
+        wide = nn.Dense(2 * self.features)(x)[..., :self.features]
+        h = jnp.tanh(wide + nn.Dense(self.features, use_bias=False)(h))
+        return h, h
+
+
+def test_another_cell_with_the_same_names_and_other_shapes_is_told_from_damage(workdir, monkeypatch):
+    monkeypatch.setitem(model_lib.CELLS, "mine", WideCell)
+    says = (r"holds parameters of other shapes than the cell registered here as 'mine' \(WideCell\) makes "
+            r"\(they match their checksums: the run is whole\): set rnnjax.CELLS\['mine'\]")
+    with pytest.raises(stored.CellMismatch, match=says):
+        checkpoint.restore(workdir, fallback=True)
+    data = TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
+    with pytest.raises(stored.CellMismatch, match=says):
+        fit(TINY.replace(cell="mine", epochs=3), data, workdir, devices=1, log=None)
+    assert not (workdir / checkpoint.DAMAGED).exists() and len(checkpoint.steps(workdir)) == 2
