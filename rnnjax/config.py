@@ -27,10 +27,14 @@ class ConfigError(ValueError):
 
 def _typed(name: str, value: Any, kind: type) -> Any:
     """``value`` as the built-in ``kind`` of its field (what config.json and equality see): any integer type
-    (``np.int64``) for an int, any real number (``np.float32``) for a float, never a bool for either;
+    (``np.int64``, a 0-d ``jnp`` array) for an int, any real number for a float, never a bool for either;
     ``ConfigError`` otherwise."""
     number = {int: numbers.Integral, float: numbers.Real}.get(kind)
-    if number and isinstance(value, number) and not isinstance(value, bool):
+    scalar = getattr(getattr(value, "dtype", None), "kind", "") if getattr(value, "shape", None) == () else ""
+    if kind is bool and scalar == "b":       # NumPy's or JAX's bool, as a 0-d array
+        return bool(value)
+    if number and (isinstance(value, number) and not isinstance(value, bool)
+                   or scalar and scalar in ("iu" if kind is int else "iuf")):     # 0-d arrays of numbers too
         try:
             return operator.index(value) if kind is int else float(value)
         except OverflowError:       # an int past float's range

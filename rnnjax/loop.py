@@ -78,7 +78,8 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
         return FitResult(state, metrics_log.read(), workdir, tuple(stops.why) if several else ())
     datas = [copy.copy(data) for _ in configs]    # the batch order is a function of (seed, epoch): the
     for d, c in zip(datas, configs):                # config's, as a resume from config.json has it
-        d.seed = c.seed
+        if d.seed != c.seed:
+            d.seed = c.seed
 
     def per_run(tree):        # a run axis where a single run has none
         return tree if several else jax.tree.map(lambda x: x[None], tree)

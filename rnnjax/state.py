@@ -146,8 +146,9 @@ def check_params(params: Any, config: Config, vocab_size: int) -> None:
                              f"{want.shape}.")
         if tuple(x.shape) != want.shape:
             raise ValueError(f"{what}: {name} has shape {tuple(x.shape)}, expected {want.shape}.")
-        if x.dtype != want.dtype:
+        if jax.dtypes.canonicalize_dtype(x.dtype) != want.dtype:      # float64 is float32 to JAX (no x64)
             # bfloat16 parameters would train in bfloat16 throughout: compute_dtype is what does it right
             hint = ("; for bfloat16 matmuls keep float32 parameters and set Config.compute_dtype='bfloat16'"
-                    if jnp.issubdtype(x.dtype, jnp.floating) else f"; cast it to {want.dtype}")
+                    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
+                    else f"; cast it to {want.dtype}")
             raise ValueError(f"{what}: {name} is {x.dtype}, expected {want.dtype}{hint}.")

@@ -18,7 +18,7 @@ token stream it holds). A step's metrics are a dict: add a key to
 from __future__ import annotations
 
 import functools
-import numbers
+import operator
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -158,7 +158,12 @@ def check_saving(checkpoint_every: int, keep: int) -> None:
     unless each is a whole number of at least 1."""
     for name, value, what in (("checkpoint_every", checkpoint_every, "epochs"),
                               ("keep", keep, "checkpoints")):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        try:              # any integer type, a 0-d array of one too; not a bool
+            whole = getattr(getattr(value, "dtype", None), "kind", "") != "b" and not isinstance(value, bool)
+            ok = whole and operator.index(value) >= 1
+        except TypeError:
+            ok = False
+        if not ok:
             raise ValueError(f"{name} must be a whole number of {what}, at least 1, got {value!r}.")
 
 

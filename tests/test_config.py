@@ -83,6 +83,15 @@ def test_numpy_numbers_pass_stored_as_python_s():
     assert [type(getattr(given, f.name)) for f in dataclasses.fields(Config)] == [
         type(f.default) for f in dataclasses.fields(Config)]
     assert type(Config(cell=np.str_("gru")).cell) is str
+    import jax.numpy as jnp                       # 0-d arrays, JAX's and NumPy's (a jnp sweep gives them)
+    arrays = Config(batch_size=jnp.int32(16), num_steps=np.array(32), lr=jnp.float32(0.5),
+                    bidirectional=np.bool_(False), dropout=jnp.array(0))
+    assert arrays == Config(batch_size=16, lr=0.5, bidirectional=False, dropout=0.0)
+    assert type(arrays.batch_size) is int and type(arrays.bidirectional) is bool
+    for bad in (dict(batch_size=np.bool_(True)), dict(batch_size=jnp.float32(3.0)),
+                dict(batch_size=np.array([16]))):
+        with pytest.raises(ConfigError, match="--batch-size must be an int, got "):
+            Config(**bad)
 
 
 def test_differences_name_the_fields_a_resumed_run_may_not_change():

@@ -58,7 +58,7 @@ BIAS = r"\['output_layer'\]\['bias'\]"
     (lambda p: jax.tree.map(lambda x: x.astype(jnp.bfloat16), p),
      BIAS + r" is bfloat16, expected float32; for bfloat16 matmuls keep float32 parameters and set "
             r"Config.compute_dtype='bfloat16'\.$"),
-    (lambda p: jax.tree.map(lambda x: np.asarray(x, np.float64), p), BIAS + " is float64, expected float32"),
+    (lambda p: jax.tree.map(lambda x: x.astype(jnp.float16), p), BIAS + " is float16, expected float32; for"),
     (lambda p: jax.tree.map(lambda x: x.astype(jnp.int32), p),
      BIAS + r" is int32, expected float32; cast it to float32\.$"),
     (lambda p: {"a": 1}, "they lack " + BIAS + r" \(and 4 more\); they have \['a'\], which the model"),
@@ -66,13 +66,14 @@ BIAS = r"\['output_layer'\]\['bias'\]"
     (lambda p: {**p, "output_layer": {**p["output_layer"], "bias": 1.0}},
      BIAS + r" is of type float, not an array of shape \(28,\)\.$"),
     (lambda p: 5, r"they are of type int, not a dict of arrays\.$"),
-], ids=["bfloat16", "float64", "int32", "another tree", "an extra leaf", "a float leaf", "not a tree"])
+], ids=["bfloat16", "float16", "int32", "another tree", "an extra leaf", "a float leaf", "not a tree"])
 def test_params_of_another_tree_kind_or_dtype_are_refused_naming_the_leaf(change, message):
     params = create_train_state(TINY, 28).params
     fit = r"^The parameters do not fit the config \(cell 'rnn', num_hiddens=16, vocabulary 28\): "
     with pytest.raises(ValueError, match=fit + message):
         state.check_params(change(params), TINY, 28)
     state.check_params(jax.tree.map(np.asarray, params), TINY, 28)     # NumPy float32 arrays are fine
+    state.check_params(jax.tree.map(lambda x: np.asarray(x, np.float64), params), TINY, 28)   # JAX's float32
 
 
 def test_optimizer_clips_then_steps():

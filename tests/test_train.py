@@ -201,7 +201,8 @@ def test_fit_refuses_params_of_another_dtype_before_anything_is_written(small_da
     ({"checkpoint_every": True}, "checkpoint_every must be a whole number of epochs, at least 1, got True"),
     ({"keep": -1}, r"^keep must be a whole number of checkpoints, at least 1, got -1\.$"),
     ({"keep": 0}, "keep must be a whole number of checkpoints, at least 1, got 0"),
-    ({"keep": "3"}, "keep must be a whole number of checkpoints, at least 1, got '3'")])
+    ({"keep": "3"}, "keep must be a whole number of checkpoints, at least 1, got '3'"),
+    ({"keep": np.bool_(True)}, "keep must be a whole number of checkpoints, at least 1, got np.True_")])
 def test_fit_refuses_checkpoint_every_or_keep_before_any_work(small_data, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         fit(SMALL, small_data, tmp_path / "w", devices=1, log=None, **kwargs)
@@ -210,7 +211,7 @@ def test_fit_refuses_checkpoint_every_or_keep_before_any_work(small_data, tmp_pa
 
 def test_params_given_to_a_run_that_resumes_are_not_used_and_its_log_says_so(small_data, tmp_path):
     first = fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=None,
-                checkpoint_every=np.int64(1), keep=np.int64(2))        # NumPy integers are whole numbers
+                checkpoint_every=np.int64(1), keep=jnp.int32(2))        # NumPy's and JAX's integers
     zeros = jax.tree.map(jnp.zeros_like, first.state.params)
     lines = []
     resumed = fit(SMALL.replace(epochs=2), small_data, tmp_path, devices=1, params=zeros, log=lines.append)
