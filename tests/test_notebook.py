@@ -36,6 +36,25 @@ def test_notebook_executes(real_text_path, tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "notebook" / "metrics.jsonl").exists()     # trained beside the notebook
 
 
+def explore(tmp_path, monkeypatch, checkpoint: str, run: str | None = None) -> str:
+    """The notebook's printed text, run on the workdir ``tmp_path / checkpoint`` (``RNNJAX_RUN=run``), given
+    relative to where the user started it, its kernel in a folder of its own."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv("RNNJAX_CHECKPOINT", checkpoint)
+    if run is None:
+        monkeypatch.delenv("RNNJAX_RUN", raising=False)
+    else:
+        monkeypatch.setenv("RNNJAX_RUN", run)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    (tmp_path / "kernel").mkdir()
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path / "kernel")}}).execute()
+    return "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                   for o in cell.get("outputs", []) if o.output_type == "stream")
+
+
 @pytest.mark.slow
 def test_notebook_explores_a_deep_gru_checkpoint(real_text_path, tmp_path, monkeypatch):
     """A checkpoint given by a relative RNNJAX_CHECKPOINT, of another cell and depth: nothing is trained."""
@@ -44,17 +63,7 @@ def test_notebook_explores_a_deep_gru_checkpoint(real_text_path, tmp_path, monke
     config = PRESETS["tiny"].replace(cell="gru", num_layers=2, epochs=2)
     fit(config, TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
                             path=real_text_path), tmp_path / "gru", devices=1, log=None)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PWD", str(tmp_path))
-    monkeypatch.setenv("RNNJAX_CHECKPOINT", "gru")
-    monkeypatch.delenv("RNNJAX_RUN", raising=False)
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    (tmp_path / "kernel").mkdir()
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path / "kernel")}}).execute()
-    text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code"
-                   for o in cell.get("outputs", []) if o.output_type == "stream")
+    text = explore(tmp_path, monkeypatch, "gru")
     assert "step 26 of" in text and "cell='gru'" in text and "closest to" in text
     assert "temperature 0.5" in text and "only explored" in text
     assert not (tmp_path / "kernel" / "runs").exists()                   # nothing trained
@@ -70,17 +79,7 @@ def test_notebook_explores_one_of_runs_trained_together(real_text_path, tmp_path
     fit_runs([config.replace(seed=s) for s in (0, 1)], TimeMachine(
         config.batch_size, config.num_steps, config.num_train, config.num_val, path=real_text_path),
         tmp_path / "seeds", devices=1, log=None)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PWD", str(tmp_path))
-    monkeypatch.setenv("RNNJAX_CHECKPOINT", "seeds")
-    monkeypatch.setenv("RNNJAX_RUN", "1")
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    (tmp_path / "kernel").mkdir()
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path / "kernel")}}).execute()
-    text = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code"
-                   for o in cell.get("outputs", []) if o.output_type == "stream")
+    text = explore(tmp_path, monkeypatch, "seeds", run="1")
     records = [json.loads(line) for line in (tmp_path / "seeds" / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if r["run"] == 1][-1]
     assert "step 26 of" in text and ", run 1" in text and "seed=1" in text and "closest to" in text
