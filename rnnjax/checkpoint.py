@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import math
-import operator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from rnnjax import meta as meta_lib, orbax_logs, stops, workdir as workdir_lib
 from rnnjax.stored import (DAMAGED, SUBDIR, CellMismatch, CheckpointError, DamagedCheckpoint,  # noqa: F401
                            UnknownCell, best_step, check_fits, latest_step, read_meta, reason, set_aside,
                            steps, val_ppls)
-from rnnjax.config import Config
+from rnnjax.config import Config, whole
 from rnnjax.data import Vocab
 from rnnjax.generate import predict, predict_batch
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model
@@ -277,11 +276,9 @@ def _whole(step: Any, name: str = "step") -> int | None:
     if step is None or (isinstance(step, str) and step.isdecimal()):     # isdigit: "²", which int refuses
         return None if step is None else int(step)
     try:
-        if isinstance(step, bool):
-            raise TypeError
-        return operator.index(step)
-    except TypeError:
-        raise CheckpointError(f"{name} must be a whole number, got {step!r}.") from None
+        return whole(step, name)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restored:

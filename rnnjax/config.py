@@ -44,6 +44,17 @@ def _typed(name: str, value: Any, kind: type) -> Any:
     raise ConfigError(f"{flag(name)} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}.")
 
 
+def whole(value: Any, name: str) -> int:
+    """``value`` as an ``int``: any integer type (``np.int64``, a 0-d ``jnp`` array of one), not a bool;
+    ``ConfigError`` (a ``ValueError``) in one sentence otherwise."""
+    if not isinstance(value, bool) and getattr(getattr(value, "dtype", None), "kind", "") != "b":
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise ConfigError(f"{name} must be a whole number, got {value!r}.")
+
+
 def _field(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 

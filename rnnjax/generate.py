@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import numbers
-import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax.config import whole
 from rnnjax.data import Vocab
 from rnnjax.model import RNNLM
 
@@ -87,21 +87,11 @@ def check_sampling(temperature: float | None, top_k: int | None, vocab_size: int
             raise ValueError(f"The temperature must be a positive number up to {MAX_TEMPERATURE:.3g}, got "
                              f"{temperature} (a small one, e.g. 0.01, is nearly greedy).")
     if top_k is not None:
-        top_k = _whole(top_k, "top_k (--top-k)")
+        top_k = whole(top_k, "top_k (--top-k)")
         if not 1 <= top_k <= vocab_size:
             raise ValueError(f"top_k (--top-k) must be between 1 and the vocabulary's {vocab_size} tokens, "
                              f"got {top_k}.")
     return temperature, top_k
-
-
-def _whole(value: Any, name: str) -> int:
-    """``value`` as an ``int``: any integer type (``np.int64``), not a bool; ``ValueError`` otherwise."""
-    if not isinstance(value, (bool, np.bool_)):
-        try:
-            return operator.index(value)
-        except TypeError:
-            pass
-    raise ValueError(f"{name} must be a whole number, got {value!r}.")
 
 
 def _real(value: Any, name: str) -> float:
@@ -146,7 +136,7 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
     ``ValueError`` naming them, rather than being read as ``<unk>``; so does any argument of the wrong
     type or range.
     """
-    num_preds = _whole(num_preds, "num_preds")
+    num_preds = whole(num_preds, "num_preds")
     if not 0 <= num_preds <= MAX_PREDS:
         raise ValueError(f"num_preds must be between 0 and {MAX_PREDS:,}, got {num_preds:,}.")
     temperature, top_k = check_sampling(temperature, top_k, len(vocab))

@@ -18,7 +18,6 @@ token stream it holds). A step's metrics are a dict: add a key to
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from rnnjax import loop
-from rnnjax.config import Config
+from rnnjax.config import Config, whole
 from rnnjax.data import Batch, TimeMachine, Windows
 # What fit raises and its defaults, importable from here too.
 from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
@@ -158,10 +157,9 @@ def check_saving(checkpoint_every: int, keep: int) -> None:
     unless each is a whole number of at least 1."""
     for name, value, what in (("checkpoint_every", checkpoint_every, "epochs"),
                               ("keep", keep, "checkpoints")):
-        try:              # any integer type, a 0-d array of one too; not a bool
-            whole = getattr(getattr(value, "dtype", None), "kind", "") != "b" and not isinstance(value, bool)
-            ok = whole and operator.index(value) >= 1
-        except TypeError:
+        try:
+            ok = whole(value, name) >= 1
+        except ValueError:
             ok = False
         if not ok:
             raise ValueError(f"{name} must be a whole number of {what}, at least 1, got {value!r}.")
