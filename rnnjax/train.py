@@ -122,7 +122,9 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
         devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3,
         progress: Callable | None = None, log: Callable[[str], Any] | None = print, plan: Plan | None = None
         ) -> FitResult:
-    """Trains ``config`` on ``data``, resuming from ``workdir`` if it holds a checkpoint.
+    """Trains ``config`` on ``data``, resuming from ``workdir`` if it holds a checkpoint. ``data`` is what
+    ``config`` asks for (``rnnjax.corpus.load(config)``: a resume remakes it so), in ``config.seed``'s
+    batch order.
 
     First it checks everything, takes the workdir's lock and plans under it
     (``rnnjax.start.planned``; or trains ``plan``, made so by the caller,
