@@ -78,7 +78,7 @@ def predict_only(args: argparse.Namespace) -> None:
     try:
         restored = checkpoint.restore(args.workdir, best=args.best, run=args.run)
     except checkpoint.DamagedCheckpoint as e:     # generate from an older one, saying so
-        restored = checkpoint.restore(args.workdir, best=args.best, run=args.run, fallback=True)
+        restored = checkpoint.restore(args.workdir, step=e.step, run=args.run, fallback=True)
         print(f"warning: {e}; generating from checkpoint step {restored.step}, the newest good one before "
               "it.", file=sys.stderr)
     # The model comes from the checkpoint; flags that say otherwise (a wrong workdir?) are worth naming.

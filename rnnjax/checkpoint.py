@@ -151,8 +151,8 @@ def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, 
     directory = Path(getattr(source, "directory", source)).absolute()     # orbax takes absolute paths only
     meta = read_meta(directory.parent, step) if meta is None else meta
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    check_fits(meta, abstract, directory.parent, step)      # another cell under the run's cell name
     orbax_logs.quiet()
+    check_fits(meta, abstract, directory.parent, step, read_saved=True)     # another cell under its name
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             state = jax.device_get(checkpointer.restore(directory / str(step) / "state", abstract))
@@ -160,8 +160,6 @@ def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, 
         raise DamagedCheckpoint(step, directory, f"cannot be restored ({reason(e)})") from None
     shapes = jax.tree.map(np.shape, abstract)
     if jax.tree.structure(state) != jax.tree.structure(abstract) or jax.tree.map(np.shape, state) != shapes:
-        whole = not workdir_lib.verify(state, meta["checksums"])       # a user's cell of another shape
-        check_fits(meta, abstract, directory.parent, step, whole=whole)
         raise DamagedCheckpoint(step, directory, "is damaged: its arrays do not fit the model its meta "
                                 "describes")
     bad = workdir_lib.verify(state, meta["checksums"])
@@ -223,8 +221,8 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         step, saved = _pick(workdir, asked, best, run)
         try:
             return _newest_good(workdir, step, saved, run, fallback)
-        except _Removed:
-            if asked is not None and asked not in steps(workdir):
+        except _Removed as e:
+            if e.args[0] == asked:
                 raise CheckpointError(f"The checkpoint at step {asked} in {workdir} was removed as it was "
                                       "read (by the run writing there, which keeps its latest): restore "
                                       "another, or the latest.") from None
@@ -233,7 +231,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
 
 
 class _Removed(Exception):
-    """The workdir's checkpoints changed as one was read (a save, a removal): not damage; pick again."""
+    """The checkpoint at step ``args[0]`` was removed as it was read: not damage; pick again."""
 
 
 def _pick(workdir: Path, step: int | None, best: bool, run: int | None) -> tuple[int, list[int]]:
@@ -259,8 +257,8 @@ def _newest_good(workdir: Path, step: int, saved: list[int], run: int | None, fa
         try:
             return _restore_for_inference(workdir, candidate, run)
         except DamagedCheckpoint as e:
-            if sorted(steps(workdir)) != saved:    # a newer save: it removes the oldest, maybe as it was read
-                raise _Removed from None
+            if workdir_lib.removing(workdir, candidate):
+                raise _Removed(candidate) from None
             if not fallback or len(candidates) == 1:
                 raise
             damaged.append(e)

@@ -39,6 +39,8 @@ def _typed(name: str, value: Any, kind: type) -> Any:
             return operator.index(value) if kind is int else float(value)
         except OverflowError:       # an int past float's range
             raise ConfigError(f"{flag(name)} must be a float, got a number too large for one.") from None
+        except TypeError:           # an integer type that is no number (np.timedelta64): refused below
+            pass
     if isinstance(value, kind) and not number:
         return kind(value)          # a str (bool) of a subclass's type: itself
     raise ConfigError(f"{flag(name)} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}.")

@@ -92,7 +92,7 @@ def fit_runs(configs: Iterable[Config], data: TimeMachine, workdir: str | Path, 
     ``fit``'s."""
     configs = _listed(configs)
     check_runs(configs)
-    check_saving(checkpoint_every, keep)
+    checkpoint_every, keep = check_saving(checkpoint_every, keep)
     if plan is not None:
         check_plan(plan, configs[0], data, workdir, configs)
         if log:

@@ -53,14 +53,11 @@ class _StopFlag:
             self.held = signum
             return
         self.now = True
-        raise raised_by_a_handler(self._second(signum), signum, dropped=self._dropped)
+        raise raised_by_a_handler(self._second(signum), signum, dropped=self._dropped,
+                                  wanted=lambda: self in _active)     # not once its run has stopped
 
-    def _dropped(self) -> bool:
-        """Whether the second signal, dropped, is still wanted: not once its run has stopped (the first)."""
-        if self not in _active:
-            return False
+    def _dropped(self) -> None:
         self.now = False            # the signal sent again is the second one, again
-        return True
 
     @staticmethod
     def _second(signum: int) -> Interrupted:
@@ -69,13 +66,15 @@ class _StopFlag:
                            "never listed). Run the same command again to resume.", signum)
 
 
-def raised_by_a_handler(exc: BaseException, signum: int, dropped=lambda: True) -> BaseException:
+def raised_by_a_handler(exc: BaseException, signum: int, dropped=lambda: None, wanted=lambda: True
+                        ) -> BaseException:
     """``exc``, for a handler of ``signum`` to raise. Where Python drops it (raised inside a garbage
     collection or weakref callback, as JAX's, or a ``__del__``, it is printed as "Exception ignored" and
-    the program goes on), the signal is sent again a moment later if ``dropped()`` then says so."""
+    the program goes on), ``dropped()`` runs, and the signal is sent again a moment later if ``wanted()``
+    then says so."""
     if not hooked(_SendAgain):
         sys.unraisablehook = _SendAgain(sys.unraisablehook)
-    exc.send_again = (signum, dropped)
+    exc.send_again = (signum, dropped, wanted)
     return exc
 
 
@@ -98,8 +97,9 @@ class _SendAgain:
         again = getattr(unraisable.exc_value, "send_again", None)
         if again is None:
             return self.previous(unraisable)
-        signum, dropped = again
-        later = threading.Timer(0.05, lambda: dropped() and os.kill(os.getpid(), signum))
+        signum, dropped, wanted = again
+        dropped()
+        later = threading.Timer(0.05, lambda: wanted() and os.kill(os.getpid(), signum))
         later.daemon = True
         later.start()
 

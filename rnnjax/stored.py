@@ -55,29 +55,52 @@ class CellMismatch(CheckpointError):
     """A run restored with another cell registered under its cell's name: not damage."""
 
 
-def check_fits(meta: dict, target: Any, workdir: Path, step: int, whole: bool = False) -> None:
+def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bool = False) -> None:
     """``CellMismatch`` unless ``target`` (the state a restore builds from the meta's config) has the arrays
-    the checkpoint at ``step`` saved, by path (its meta's checksums name each: before reading any); once
-    read, ``whole`` says they match their checksums while their shapes do not fit. What tells a cell of
-    another class registered under the run's cell name from damage."""
+    the checkpoint at ``step`` saved: by path (its meta's checksums name each) and, with ``read_saved``, by
+    the shapes and dtypes orbax's metadata gives; before reading any array. What tells a cell of another
+    class registered under the run's cell name from damage."""
     cell = meta["config"]["cell"]
     if CELLS.get(cell) is OWN_CELLS.get(cell):        # rnnjax's own: other arrays are damage
         return
     kind = getattr(CELLS.get(cell), "__qualname__", None) or repr(CELLS.get(cell))
     where, fix = (f"The checkpoint at step {step} in {Path(workdir) / SUBDIR}",
                   f"set rnnjax.CELLS[{cell!r}] to the cell class the run was trained with.")
-    saved = set(meta["checksums"])
+
+    def some(paths):
+        paths = sorted(paths)
+        more = f" and {len(paths) - 2} more" if len(paths) > 2 else ""
+        return ", ".join(paths[:2]) + more if paths else "nothing else"
+    saved_paths = set(meta["checksums"])
     made = {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
-    if saved != made:
-        def some(paths):
-            paths = sorted(paths)
-            more = f" and {len(paths) - 2} more" if len(paths) > 2 else ""
-            return ", ".join(paths[:2]) + more if paths else "nothing else"
+    if saved_paths != made:
         raise CellMismatch(f"{where} holds parameters the cell registered here as {cell!r} ({kind}) does not "
-                           f"make ({some(saved - made)}; it makes {some(made - saved)}): {fix}")
-    if whole:
-        raise CellMismatch(f"{where} holds parameters of other shapes than the cell registered here as "
-                           f"{cell!r} ({kind}) makes (they match their checksums: the run is whole): {fix}")
+                           f"make ({some(saved_paths - made)}; it makes {some(made - saved_paths)}): {fix}")
+    saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved else None
+    if saved is None:
+        return
+
+    def arrays(tree):
+        return {jax.tree_util.keystr(p): (tuple(x.shape), str(x.dtype))
+                for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    had, makes = arrays(saved), arrays(target.params)
+    other = {k for k in makes if had.get(k) != makes[k]}
+    if other:
+        k = sorted(other)[0]
+        saved_k = "none" if had.get(k) is None else f"{had[k][1]}{list(had[k][0])}"
+        raise CellMismatch(f"{where} holds parameters of other shapes or dtypes than the cell registered "
+                           f"here as {cell!r} ({kind}) makes ({k}: {saved_k} saved, {makes[k][1]}"
+                           f"{list(makes[k][0])} made): {fix}")
+
+
+def _saved_params(state_dir: Path) -> Any:
+    """orbax's metadata (shapes, dtypes) of a checkpoint's saved params; ``None`` where it cannot be read
+    (the restore then says what is wrong)."""
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.metadata(state_dir.absolute()).item_metadata.tree["params"]
+    except Exception:
+        return None
 
 
 def reason(e: Exception) -> str:

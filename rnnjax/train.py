@@ -140,7 +140,7 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
     (nothing saved past the last good checkpoint) and ``Interrupted`` (after
     saving the last completed call's step).
     """
-    check_saving(checkpoint_every, keep)
+    checkpoint_every, keep = check_saving(checkpoint_every, keep)
     if params is not None:         # before the workdir is made, and checked even if it resumes
         check_params(params, config, len(data.vocab))
     if plan is not None:
@@ -154,17 +154,19 @@ def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any =
         return _fit(p, data, params, checkpoint_every, keep, progress)
 
 
-def check_saving(checkpoint_every: int, keep: int) -> None:
-    """``fit``'s (and ``fit_runs``') ``checkpoint_every`` and ``keep``: ``ValueError`` in one sentence
-    unless each is a whole number of at least 1."""
+def check_saving(checkpoint_every: int, keep: int) -> tuple[int, int]:
+    """``fit``'s (and ``fit_runs``') ``checkpoint_every`` and ``keep`` as ``int``s: ``ValueError`` in one
+    sentence unless each is a whole number of at least 1."""
+    out = []
     for name, value, what in (("checkpoint_every", checkpoint_every, "epochs"),
                               ("keep", keep, "checkpoints")):
         try:
-            ok = whole(value, name) >= 1
+            out.append(whole(value, name))
         except ValueError:
-            ok = False
-        if not ok:
+            out.append(0)
+        if out[-1] < 1:
             raise ValueError(f"{name} must be a whole number of {what}, at least 1, got {value!r}.")
+    return out[0], out[1]
 
 
 def _fit(p: Plan, data: TimeMachine, params: Any, checkpoint_every: int, keep: int,

@@ -20,6 +20,7 @@ import fcntl
 import os
 import stat
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
-from rnnjax.stored import config_settings
+from rnnjax.stored import config_settings, steps
 
 LOCKFILE = ".lock"
 # Orbax reads a path as a glob pattern: "[0]" matches no folder (its saves cannot be restored), "**" is
@@ -129,6 +130,22 @@ def check_unlocked(workdir: Path) -> None:
 def _in_use(workdir: Path, holder: str) -> str:
     return (f"The workdir {workdir} is in use by {holder}: one run writes a workdir at a time. Wait for it "
             "to finish, stop it, or use another --workdir.")
+
+
+def removing(workdir: Path, step: int, wait_s: float = 1.0) -> bool:
+    """Whether ``step``'s checkpoint is being removed by the run that holds ``workdir``'s lock (it keeps
+    its latest): orbax deletes a step's files first and its folder last, so it stays listed a moment;
+    watched for ``wait_s``. False where no run holds the lock."""
+    deadline = time.monotonic() + wait_s
+    while step in steps(workdir):
+        try:
+            check_unlocked(workdir)
+            return False
+        except WorkdirError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+    return True
 
 
 @contextlib.contextmanager

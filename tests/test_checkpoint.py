@@ -197,6 +197,26 @@ def test_a_checkpoint_removed_as_it_is_read_is_not_damage(small_data, tmp_path, 
         checkpoint.restore(tmp_path, step=26)
 
 
+def test_a_removal_in_progress_is_told_from_damage_while_a_run_holds_the_workdir(small_data, tmp_path):
+    """orbax deletes a step's files first, its folder last: a read that fails meanwhile, the step still
+    listed, waits to see it go (a run holds the lock), and is damage where it stays or no run holds it."""
+    import shutil
+    import threading
+
+    from rnnjax import workdir as workdir_lib
+    fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    step_dir = tmp_path / checkpoint.SUBDIR / "13"
+    (step_dir / "meta" / "metadata").unlink()                       # as the deleter starts
+    with pytest.raises(checkpoint.DamagedCheckpoint):               # no run holds the workdir: damage
+        checkpoint.restore(tmp_path, step=13)
+    with workdir_lib.lock(tmp_path):                                # as the run writing it would
+        with pytest.raises(checkpoint.DamagedCheckpoint):           # listed still after the wait: damage
+            checkpoint.restore(tmp_path, step=13)
+        threading.Timer(0.3, shutil.rmtree, (step_dir,)).start()    # the deleter finishes
+        with pytest.raises(CheckpointError, match="step 13 in .* was removed as it was read"):
+            checkpoint.restore(tmp_path, step=13)
+
+
 def test_half_written_checkpoint_is_ignored(small_data, tmp_path, caplog):
     fit(with_epochs(SMALL, 1), small_data, tmp_path, devices=1)
     # What a save killed midway leaves behind: orbax's temporary directory (its name, for step 26).

@@ -128,6 +128,31 @@ def test_a_dropped_second_signal_is_not_sent_again_once_its_run_has_stopped(
     assert seen == []
 
 
+def test_two_signals_as_a_run_ends_the_second_dropped_pass_the_first_on(monkeypatch,
+                                                                        signal_in_a_gc_callback):
+    """The block runs to its end just after a second signal was dropped: the first is passed on to the
+    handler put back, as an unheeded one is, and the run is not left stopping."""
+    import signal
+    import sys
+    import time
+
+    from rnnjax import stops
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: None)
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with stops.catch_signals() as flag:
+            flag(signal.SIGTERM, None)
+            signal_in_a_gc_callback(signal.SIGTERM)          # dropped; its run ends before it comes again
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stops.stop_handled()
+    assert seen == [signal.SIGTERM]
+
+
 def test_the_unraisable_hooks_wrap_once_however_often_they_are_installed(monkeypatch):
     import signal
     import sys

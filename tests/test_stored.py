@@ -117,11 +117,31 @@ class WideCell(DenseCell):
 
 def test_another_cell_with_the_same_names_and_other_shapes_is_told_from_damage(workdir, monkeypatch):
     monkeypatch.setitem(model_lib.CELLS, "mine", WideCell)
-    says = (r"holds parameters of other shapes than the cell registered here as 'mine' \(WideCell\) makes "
-            r"\(they match their checksums: the run is whole\): set rnnjax.CELLS\['mine'\]")
+    says = (r"holds parameters of other shapes or dtypes than the cell registered here as 'mine' "
+            r"\(WideCell\) makes \(\['rnn'\]\['cell'\]\['Dense_0'\]\['bias'\]: float32\[16\] saved, "
+            r"float32\[32\] made\): set rnnjax.CELLS\['mine'\]")
     with pytest.raises(stored.CellMismatch, match=says):
         checkpoint.restore(workdir, fallback=True)
     data = TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
     with pytest.raises(stored.CellMismatch, match=says):
         fit(TINY.replace(cell="mine", epochs=3), data, workdir, devices=1, log=None)
     assert not (workdir / checkpoint.DAMAGED).exists() and len(checkpoint.steps(workdir)) == 2
+
+
+class HalfCell(DenseCell):
+    """DenseCell's parameter names and shapes, its first layer's parameters in float16."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        import jax.numpy as jnp
+        h = jnp.tanh(nn.Dense(self.features, param_dtype=jnp.float16)(x)
+                     + nn.Dense(self.features, use_bias=False)(h))
+        return h, h
+
+
+def test_another_cell_with_the_same_shapes_and_other_dtypes_is_told_from_damage(workdir, monkeypatch):
+    monkeypatch.setitem(model_lib.CELLS, "mine", HalfCell)
+    with pytest.raises(stored.CellMismatch, match=r"\['Dense_0'\]\['bias'\]: float32\[16\] saved, "
+                                                  r"float16\[16\] made"):
+        checkpoint.restore(workdir)
+    assert not (workdir / checkpoint.DAMAGED).exists()

@@ -209,6 +209,14 @@ def test_fit_refuses_checkpoint_every_or_keep_before_any_work(small_data, tmp_pa
     assert not (tmp_path / "w").exists()
 
 
+def test_keep_as_a_0_d_array_keeps_that_many(small_data, tmp_path):
+    """Taken as the int it holds: orbax's policy got the array, and failed the second save."""
+    from rnnjax import checkpoint
+    fit(SMALL.replace(epochs=2), small_data, tmp_path, devices=1, log=None, checkpoint_every=jnp.array(1),
+        keep=jnp.array(1))
+    assert checkpoint.steps(tmp_path) == [26]
+
+
 def test_params_given_to_a_run_that_resumes_are_not_used_and_its_log_says_so(small_data, tmp_path):
     first = fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=None,
                 checkpoint_every=np.int64(1), keep=jnp.int32(2))        # NumPy's and JAX's integers
