@@ -32,7 +32,8 @@ from rnnjax.config import SWEEPABLE, Config, label
 from rnnjax.data import TimeMachine
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
-from rnnjax.start import Plan, Position
+from rnnjax.meta import Position
+from rnnjax.start import Plan
 from rnnjax.stops import (Interrupted, LostProcess, NonFiniteLoss, catch_signals, check_divergence,
                           check_finite)
 from rnnjax.workdir import WorkdirError

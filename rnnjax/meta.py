@@ -11,11 +11,12 @@ names a cell of one's own that the meta's run was trained with and
 ``rnnjax.cells.CELLS`` lacks here: not damage. Checkpoints of older formats
 (1: before the meta had its checksum and its steps per epoch; 2: before the
 position kept per-key sums of every run's metrics) are checked for what they
-hold; ``rnnjax.start.Position.read`` reads any of them.
+hold; ``Position.read`` reads any of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import zlib
@@ -204,3 +205,35 @@ def problem(meta: Any, step: int) -> str | None:
             and all(p is None or _is_number(p) for p in each)):
         return f"has runs' validation perplexities of {each!r}"
     return None
+
+
+@dataclasses.dataclass
+class Position:
+    """Where training stands: ``epoch`` (0-based) in progress, ``batch`` next batch of it, and per run (one,
+    or those trained together: ``rnnjax.runs``) the sums of the metrics of that epoch's batches done
+    (``rnnjax.metrics.add_steps``; ``{}`` for none), why it stopped (``None`` while it trains) and
+    ``high``, the epochs in a row its perplexity was far above the uniform guess's (``rnnjax.stops``).
+    An empty list: none of them yet (no sums, no run stopped, no epoch high)."""
+    epoch: int = 0
+    batch: int = 0
+    partial: list = dataclasses.field(default_factory=list)
+    stopped: list = dataclasses.field(default_factory=list)
+    high: list = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def read(cls, meta: dict) -> Position:
+        """A checkpoint's, from its ``meta`` of any format: before format 3 a batch's sums were a
+        ``[loss_sum, count]`` pair, and a single run's sums and ``high`` were not in a list of runs."""
+        position, num_runs = meta["position"], len(meta.get("runs", []))
+        partial, high = position.get("partial", []), position.get("high")
+        if meta["format"] < 3:
+            partial = [_summed(pairs) for pairs in partial] if num_runs else [_summed(partial)]
+            high = [high] if isinstance(high, int) else high
+        return cls(position["epoch"], position["batch"], partial, position.get("stopped", []), high or [])
+
+
+def _summed(pairs: list) -> dict:
+    """A format-2 run's ``[[loss_sum, count], ...]``, one per batch done, as the sums format 3 keeps."""
+    if not pairs:
+        return {}
+    return {"loss_sum": sum(pair[0] for pair in pairs), "count": sum(pair[1] for pair in pairs)}

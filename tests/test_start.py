@@ -9,6 +9,7 @@ from rnnjax import metrics, start
 from rnnjax.backend import available_cores
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.data import TimeMachine
+from rnnjax.meta import Position
 from rnnjax.start import plan
 from rnnjax.train import fit
 
@@ -153,11 +154,11 @@ def test_a_deep_stack_is_warned_of_before_its_long_compilation(small_data, tmp_p
 
 def test_the_plan_says_a_part_epoch_and_the_runs_that_stopped_before(small_data, tmp_path):
     p = plan(SMALL.replace(epochs=2), small_data, tmp_path)
-    done = dataclasses.replace(p, step=30, position=start.Position(2, 4, [{}], [], [0]))
+    done = dataclasses.replace(p, step=30, position=Position(2, 4, [{}], [], [0]))
     assert done.describe().startswith(f"{tmp_path} holds 2 trained epochs and 4 batches of the next "
                                       "(step 30)")
     runs = (SMALL.replace(seed=0), SMALL.replace(seed=1))
-    position = start.Position(1, 4, [{}, {}], [None, "why"])
+    position = Position(1, 4, [{}, {}], [None, "why"])
     resumed = dataclasses.replace(p, step=17, runs=runs, position=position)
     assert resumed.describe().startswith("resuming 2 runs (1 stopped earlier) from step 17 (epoch 2 of 2")
 
