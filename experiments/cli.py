@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from rnnjax import checkpoint, config as config_lib, corpus, parallel, runs
+from rnnjax import checkpoint, config as config_lib, corpus, flags, parallel, runs
 from rnnjax.generate import MAX_PREDS, MAX_TEMPERATURE
 from rnnjax.loop import CHECKPOINT_EVERY
 from rnnjax.stored import saved_runs
@@ -55,7 +55,7 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
                         "runs/<preset>-<hash> if flags change the preset's settings: the same command "
                         "resumes). One that holds a run resumes it with its settings, read from it: "
                         "--workdir W --epochs 200 is enough (other flags given must agree with them)")
-    config_lib.add_flags(p, preset)
+    flags.add_flags(p, preset)
     p.set_defaults(preset=None)           # to tell whether it was given: if not, a workdir's settings rule
     run = p.add_argument_group("checkpoints, devices, generation")
     run.add_argument("--checkpoint-every", type=int, metavar="N",
@@ -141,7 +141,7 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
     # With --predict, training's flags (a training command with --predict added) are noted, not used; the
     # model's flags given are checked against the checkpoint's, but not a preset's (a training recipe).
-    resumable = {k: v for k, v in config_lib.given(args).items() if k in config_lib.Config.RESUMABLE}
+    resumable = {k: v for k, v in flags.given(args).items() if k in config_lib.Config.RESUMABLE}
     training = [name for name in TRAINING_ONLY if getattr(args, name) is not None] + list(resumable) + \
         ["preset"] * args.preset_given
     args.not_used = [f"--{name.replace('_', '-')}" for name in training] if args.predict is not None else []
@@ -233,7 +233,7 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path]:
             for name, value in corpus.TEXT_DEFAULTS.items():
                 if getattr(args, name) is None:
                     setattr(args, name, value)
-        configs = config_lib.sweep_from_flags(args)
+        configs = flags.sweep_from_flags(args)
         runs.check_runs(configs)
         return configs, args.workdir or default_workdir(args.preset, configs, args.text)
     configs, vocab, source = saved
@@ -244,4 +244,4 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path]:
         raise ValueError(f"{args.workdir} holds a run trained on the Time Machine, not on --text: leave "
                          "--text out to resume it, or use a new --workdir.")
     args.settings_from = source                # said as the run starts
-    return config_lib.resumed_from_flags(args, configs, str(args.workdir)), args.workdir
+    return flags.resumed_from_flags(args, configs, str(args.workdir)), args.workdir

@@ -43,7 +43,7 @@ import jax  # noqa: E402
 
 import rnnjax  # noqa: E402
 from experiments import cli  # noqa: E402
-from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, metrics  # noqa: E402
+from rnnjax import backend, checkpoint, config as config_lib, corpus, flags, memory, metrics  # noqa: E402
 from rnnjax import parallel, runs, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
 from rnnjax.start import check_arguments, planned  # noqa: E402
@@ -62,7 +62,7 @@ def _disagreements(config: config_lib.Config, requested: dict) -> list[str]:
     out = []
     for k, v in requested.items():
         have = getattr(config, k)
-        values = config_lib.flag_values(config, k, v)
+        values = flags.flag_values(config, k, v)
         if have not in values:
             out.append(config_lib.disagreement(k, values, [have]))
     return out
@@ -82,7 +82,7 @@ def predict_only(args: argparse.Namespace) -> None:
         print(f"warning: {e}; generating from checkpoint step {restored.step}, the newest good one before "
               "it.", file=sys.stderr)
     # The model comes from the checkpoint; flags that say otherwise (a wrong workdir?) are worth naming.
-    requested = {k: v for k, v in config_lib.given(args).items()
+    requested = {k: v for k, v in flags.given(args).items()
                  if not (args.sample and k == "seed") and k not in config_lib.Config.RESUMABLE}
     differ = _disagreements(restored.config, requested)
     if differ:

@@ -1,4 +1,3 @@
-import argparse
 import dataclasses
 import json
 import math
@@ -6,29 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rnnjax.config import PRESETS, Config, ConfigError, add_flags, disagreement, from_flags, label, shown
-
-
-def parse(*argv):
-    parser = argparse.ArgumentParser()
-    add_flags(parser)
-    return parser.parse_args(argv)
-
-
-def test_every_field_is_a_flag_with_its_help():
-    parser = argparse.ArgumentParser()
-    add_flags(parser)
-    text = parser.format_help()
-    for f in dataclasses.fields(Config):
-        assert "--" + f.name.replace("_", "-") in text
-        assert f.metadata["help"].split()[0] in text
-
-
-def test_flags_change_the_preset():
-    assert from_flags(parse()) == Config()
-    assert from_flags(parse("--num-hiddens", "64", "--lr", "2", "--kernel", "plain")) == Config(
-        num_hiddens=64, lr=2.0, kernel="plain")
-    assert from_flags(parse("--preset", "tiny", "--epochs", "1")) == PRESETS["tiny"].replace(epochs=1)
+from rnnjax.config import Config, ConfigError, disagreement, label, shown
 
 
 def test_json_round_trip_and_old_checkpoints_without_new_fields():
