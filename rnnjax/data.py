@@ -183,6 +183,11 @@ class WindowedText:
         """Where the validation windows start in ``tokens``."""
         raise NotImplementedError
 
+    def split(self, num_train: int, num_val: int) -> tuple[int, int]:
+        """The train and validation windows that ``num_train`` and ``num_val`` ask for give this text:
+        those numbers, where a text is split as d2l splits it."""
+        return num_train, num_val
+
     def check_made_for(self, config) -> None:
         """``ValueError`` in one sentence unless these are the batches ``config`` trains on: a resume, which
         remakes the data from config.json, would otherwise train and validate on other windows."""
@@ -202,7 +207,7 @@ class WindowedText:
                 made, asked = max(made, 1), max(asked, 1)
             if made != asked:
                 differ.append((f"{k} {made!r}", f"{k} {asked!r}"))
-        split = getattr(self, "split", lambda n, v: (n, v))(config.num_train, config.num_val)
+        split = self.split(config.num_train, config.num_val)
         if (self.num_train, self.num_val) != split:
             differ.append((f"{self.num_train} train and {self.num_val} validation windows", f"{split[0]} and "
                            f"{split[1]} (num_train {config.num_train}, num_val {config.num_val})"))
