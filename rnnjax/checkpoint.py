@@ -246,7 +246,7 @@ def _pick(workdir: Path, step: int | None, best: bool, run: int | None) -> tuple
     elif step is None:
         step = max(saved)
     elif step not in saved:
-        raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {sorted(saved)}.")
+        raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {saved}.")
     return step, saved
 
 
