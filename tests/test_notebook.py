@@ -36,9 +36,10 @@ def test_notebook_executes(real_text_path, tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "notebook" / "metrics.jsonl").exists()     # trained beside the notebook
 
 
-def explore(tmp_path, monkeypatch, checkpoint: str, run: str | None = None) -> str:
+def explore(tmp_path, monkeypatch, checkpoint: str, run: str | None = None, first_cell=None) -> str:
     """The notebook's printed text, run on the workdir ``tmp_path / checkpoint`` (``RNNJAX_RUN=run``), given
-    relative to where the user started it, its kernel in a folder of its own."""
+    relative to where the user started it, its kernel in a folder of its own; ``first_cell`` is added at the
+    top."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PWD", str(tmp_path))
     monkeypatch.setenv("RNNJAX_CHECKPOINT", checkpoint)
@@ -48,6 +49,7 @@ def explore(tmp_path, monkeypatch, checkpoint: str, run: str | None = None) -> s
         monkeypatch.setenv("RNNJAX_RUN", run)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells[:0] = [first_cell] if first_cell else []
     (tmp_path / "kernel").mkdir()
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path / "kernel")}}).execute()
@@ -85,3 +87,36 @@ def test_notebook_explores_one_of_runs_trained_together(real_text_path, tmp_path
     assert "step 26 of" in text and ", run 1" in text and "seed=1" in text and "closest to" in text
     assert f"final: train {last['train_ppl']:.2f}, val {last['val_ppl']:.2f}" in text      # its own records
     assert "16 hidden units of the rnn cell" in text
+
+
+@pytest.mark.slow
+def test_notebook_explores_a_run_of_a_flax_cell(real_text_path, tmp_path, monkeypatch):
+    """A cell of flax's, registered in a cell added at the top as the notebook says: its weights are found by
+    shape (flax's kernels, not rnnjax's names), all gates side by side."""
+    import flax.linen as nn
+
+    from rnnjax import CELLS, TimeMachine, fit
+    from rnnjax.config import PRESETS
+    monkeypatch.setitem(CELLS, "mgu", nn.MGUCell)
+    config = PRESETS["tiny"].replace(cell="mgu", epochs=2)
+    fit(config, TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
+                            path=real_text_path), tmp_path / "mgu", devices=1, log=None)
+    register = nbformat.v4.new_code_cell('import flax.linen, rnnjax\n'
+                                         'rnnjax.CELLS["mgu"] = flax.linen.MGUCell')
+    text = explore(tmp_path, monkeypatch, "mgu", first_cell=register)
+    assert "cell='mgu'" in text and "16 hidden units of the mgu cell" in text and "closest to" in text
+    assert "spectral radius" not in text                    # two recurrent kernels side by side: not square
+
+
+@pytest.mark.slow
+def test_notebook_explores_a_word_level_run_of_another_text(real_text_path, tmp_path, monkeypatch):
+    """A run of words (``--text ... --token word``): prompts, the sentence and the probed tokens are words
+    its vocabulary has, not the Time Machine's characters."""
+    from rnnjax import corpus, fit
+    from rnnjax.config import PRESETS
+    config = PRESETS["tiny"].replace(token="word", preprocess="raw", min_freq=3, num_steps=4, epochs=1)
+    fit(config, corpus.load(config, text=real_text_path), tmp_path / "words", devices=1, log=None)
+    text = explore(tmp_path, monkeypatch, "words")
+    assert "token='word'" in text and "'time' is closest to" in text
+    assert "most likely next tokens:" in text
+    assert "'it has " in text                      # generated words follow the prompt, spaced
