@@ -46,8 +46,8 @@ class UnknownCell(CheckpointError, ValueError):
 
     def __init__(self, workdir: Path, cell: str):
         super().__init__(f"{workdir} was trained with cell {cell!r}, which is not registered here: set "
-                         f"rnnjax.CELLS[{cell!r}] = <the cell class> before restoring or resuming it (the "
-                         "command line knows only rnnjax's own cells).")
+                         f"rnnjax.CELLS[{cell!r}] = <the cell class> before restoring or resuming it (on the "
+                         "command line: in a script that then calls experiments.timemachine.main()).")
         self.cell = cell
 
 

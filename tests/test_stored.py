@@ -54,8 +54,22 @@ def test_the_command_line_says_so_and_moves_nothing(workdir, argv, capsys):
     assert timemachine.main(["--workdir", str(workdir), *argv]) == 1
     err = capsys.readouterr().err
     assert "which is not registered here" in err and "damaged" not in err and "aside" not in err
+    assert "in a script that then calls experiments.timemachine.main()" in err
     assert len(err.strip().splitlines()) == 1
     assert not (workdir / checkpoint.DAMAGED).exists() and len(checkpoint.steps(workdir)) == 2
+
+
+def test_in_a_script_that_registers_it_the_command_line_resumes_it(workdir, tmp_path, monkeypatch, capsys):
+    """As the README's script does: the cell registered, then ``timemachine.main()`` takes every flag."""
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    monkeypatch.setitem(model_lib.CELLS, "mine", DenseCell)
+    monkeypatch.setattr(timemachine.corpus, "load", lambda config, **kw: TimeMachine(
+        TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000)))
+    assert timemachine.main(["--workdir", str(copy), "--epochs", "3"]) == 0
+    assert checkpoint.latest_step(copy) == 39
+    assert timemachine.main(["--workdir", str(copy), "--predict", "the", "--num-preds", "4"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("the")
 
 
 def test_registered_again_it_restores(workdir, monkeypatch):
