@@ -13,7 +13,7 @@ from flax.training import train_state
 
 from rnnjax import cudnn, fused, hoisted, kernels
 from rnnjax.backend import CompiledPerShape, init_compiler_options
-from rnnjax.config import Config
+from rnnjax.config import Config, ConfigError
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
 from rnnjax.precision import COMPUTE_DTYPES
 
@@ -33,7 +33,13 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     kwargs = {"nonlinearity": config.nonlinearity} if config.nonlinearity != "tanh" else {}
     if takes_dtype(CELLS[config.cell]):        # a cell without one computes in float32
         kwargs["dtype"] = dtype
-    cell = CELLS[config.cell](config.num_hiddens, **kwargs)
+    try:
+        cell = CELLS[config.cell](config.num_hiddens, **kwargs)
+    except TypeError as e:            # a user's cell with other required fields
+        given = "".join(f", {k}=..." for k in kwargs)
+        raise ConfigError(f"rnnjax makes the cell {config.cell!r} as "
+                          f"rnnjax.CELLS[{config.cell!r}](num_hiddens{given}), which fails ({e}): register a "
+                          "functools.partial of it that sets its other arguments.") from None
     remat = kernel == "fused"
     if config.num_layers == 1 and not config.bidirectional:      # dropout acts between layers only
         rnn = RNN(cell, unroll=config.unroll, remat=remat)

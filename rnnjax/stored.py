@@ -58,12 +58,12 @@ class CellMismatch(CheckpointError):
 def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bool = False) -> None:
     """``CellMismatch`` unless ``target`` (the state a restore builds from the meta's config) has the arrays
     the checkpoint at ``step`` saved: by path (its meta's checksums name each) and, with ``read_saved``, by
-    the shapes and dtypes orbax's metadata gives; before reading any array. What tells a cell of another
-    class registered under the run's cell name from damage."""
+    the shapes and dtypes orbax's metadata gives (for a cell not rnnjax's); before reading any array. What
+    tells a cell of another class registered under the run's cell name (one of rnnjax's swapped for a
+    user's, either way) from damage."""
     cell = meta["config"]["cell"]
-    if CELLS.get(cell) is OWN_CELLS.get(cell):        # rnnjax's own: other arrays are damage
-        return
-    kind = getattr(CELLS.get(cell), "__qualname__", None) or repr(CELLS.get(cell))
+    own = CELLS.get(cell) is OWN_CELLS.get(cell)       # its arrays' shapes: another shape is damage
+    kind = "rnnjax's own" if own else getattr(CELLS.get(cell), "__qualname__", None) or repr(CELLS.get(cell))
     where, fix = (f"The checkpoint at step {step} in {Path(workdir) / SUBDIR}",
                   f"set rnnjax.CELLS[{cell!r}] to the cell class the run was trained with.")
 
@@ -76,7 +76,7 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
     if saved_paths != made:
         raise CellMismatch(f"{where} holds parameters the cell registered here as {cell!r} ({kind}) does not "
                            f"make ({some(saved_paths - made)}; it makes {some(made - saved_paths)}): {fix}")
-    saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved else None
+    saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved and not own else None
     if saved is None:
         return
 
@@ -96,11 +96,13 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
 def _saved_params(state_dir: Path) -> Any:
     """orbax's metadata (shapes, dtypes) of a checkpoint's saved params; ``None`` where it cannot be read
     (the restore then says what is wrong)."""
+    handler = ocp.StandardCheckpointHandler()     # the item's: a checkpointer would warn of the step's
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            return checkpointer.metadata(state_dir.absolute()).item_metadata.tree["params"]
+        return handler.metadata(state_dir.absolute()).tree["params"]
     except Exception:
         return None
+    finally:
+        handler.close()
 
 
 def reason(e: Exception) -> str:

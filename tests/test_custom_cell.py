@@ -158,3 +158,27 @@ def test_a_flax_cell_trains_in_bfloat16(small_data, tmp_path, monkeypatch):
     result = fit(config, small_data, tmp_path, devices=1, log=None)
     assert result.state.params["rnn"]["cell"]["i"]["kernel"].dtype == jnp.float32
     assert 1 < result.history[-1]["train_ppl"] < 2 * len(small_data.vocab)
+
+
+class RankedCell(DenseCell):
+    """A cell with a required field beyond its width: built as ``CELLS[name](num_hiddens)`` it cannot be."""
+    rank: int
+
+
+def test_a_cell_that_needs_other_arguments_says_to_register_a_partial(tmp_path, monkeypatch, capsys):
+    import functools
+
+    from experiments import timemachine
+    from rnnjax.config import ConfigError
+    monkeypatch.setitem(model_lib.CELLS, "ranked", RankedCell)
+    with pytest.raises(ConfigError, match=r"rnnjax makes the cell 'ranked' as rnnjax.CELLS\['ranked'\]\("
+                                          r"num_hiddens\), which fails \(.*rank.*\): register a "
+                                          r"functools.partial"):
+        make_model(TINY.replace(cell="ranked"), 28)
+    argv = ["--preset", "tiny", "--cell", "ranked", "--workdir", str(tmp_path / "run"), "--data", "unused"]
+    assert timemachine.main(argv) == 1                  # refused before any work: nothing read or written
+    err = capsys.readouterr().err
+    assert err.startswith("error: rnnjax makes the cell 'ranked'") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setitem(model_lib.CELLS, "ranked", functools.partial(RankedCell, rank=2))
+    assert make_model(TINY.replace(cell="ranked"), 28).rnn.cell.rank == 2

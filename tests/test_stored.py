@@ -59,7 +59,8 @@ def test_the_command_line_says_so_and_moves_nothing(workdir, argv, capsys):
     assert not (workdir / checkpoint.DAMAGED).exists() and len(checkpoint.steps(workdir)) == 2
 
 
-def test_in_a_script_that_registers_it_the_command_line_resumes_it(workdir, tmp_path, monkeypatch, capsys):
+def test_in_a_script_that_registers_it_the_command_line_resumes_it(workdir, tmp_path, monkeypatch, capsys,
+                                                                   caplog):
     """As the README's script does: the cell registered, then ``timemachine.main()`` takes every flag."""
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy)
@@ -68,8 +69,11 @@ def test_in_a_script_that_registers_it_the_command_line_resumes_it(workdir, tmp_
         TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000)))
     assert timemachine.main(["--workdir", str(copy), "--epochs", "3"]) == 0
     assert checkpoint.latest_step(copy) == 39
+    capsys.readouterr()
     assert timemachine.main(["--workdir", str(copy), "--predict", "the", "--num-preds", "4"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("the")
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1].startswith("the")
+    assert "Metadata file does not exist" not in err + caplog.text     # orbax's, reading the cell's shapes
 
 
 def test_registered_again_it_restores(workdir, monkeypatch):
@@ -159,3 +163,23 @@ def test_another_cell_with_the_same_shapes_and_other_dtypes_is_told_from_damage(
                                                   r"float16\[16\] made"):
         checkpoint.restore(workdir)
     assert not (workdir / checkpoint.DAMAGED).exists()
+
+
+def test_a_run_of_a_cell_swapped_in_for_one_of_rnnjax_s_is_told_from_damage(tmp_path, monkeypatch, capsys):
+    """Trained with flax's GRUCell registered as 'gru', read where 'gru' is rnnjax's own again: its meta
+    names parameters rnnjax's GRU does not make, which is no damage (nothing is set aside)."""
+    data = TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
+    with monkeypatch.context() as m:
+        m.setitem(model_lib.CELLS, "gru", nn.GRUCell)
+        fit(TINY.replace(cell="gru", epochs=1), data, tmp_path / "run", devices=1, log=None)
+    for kwargs in ({}, {"fallback": True}, {"best": True}):
+        with pytest.raises(stored.CellMismatch, match=r"registered here as 'gru' \(rnnjax's own\) does not "
+                                                      r"make \(\.params\['rnn'\]\['cell'\]\['hn'\]"):
+            checkpoint.restore(tmp_path / "run", **kwargs)
+    monkeypatch.setattr(timemachine.corpus, "load", lambda config, **kw: data)
+    for argv in (["--predict", "the"], ["--epochs", "2"]):
+        assert timemachine.main(["--workdir", str(tmp_path / "run"), *argv]) == 1
+        err = capsys.readouterr().err
+        assert "rnnjax's own" in err and "damaged" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / checkpoint.DAMAGED).exists()
+    assert len(checkpoint.steps(tmp_path / "run")) == 1
