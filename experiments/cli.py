@@ -235,6 +235,8 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path]:
                     setattr(args, name, value)
         configs = flags.sweep_from_flags(args)
         runs.check_runs(configs)
+        if args.workdir is not None and args.preset_given:
+            _check_preset_fits(args, configs)
         return configs, args.workdir or default_workdir(args.preset, configs, args.text)
     configs, vocab, source = saved
     if "text_sha1" in vocab and args.text is None:
@@ -245,3 +247,20 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path]:
                          "--text out to resume it, or use a new --workdir.")
     args.settings_from = source                # said as the run starts
     return flags.resumed_from_flags(args, configs, str(args.workdir)), args.workdir
+
+
+def _check_preset_fits(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
+    """A ``--workdir`` that holds a run of other settings than ``--preset`` (and the flags given) asks for:
+    ``ValueError`` saying so, the preset named as what set them (the user typed none of its values)."""
+    saved = saved_runs(args.workdir)
+    if saved is None or len(saved[0]) != len(configs):      # runs against a run: the start says so
+        return
+    have = saved[0]
+    names = dict.fromkeys(n for c, s in zip(configs, have) for n in s.differences(c))
+    if names:
+        differ = [config_lib.disagreement(n, list(dict.fromkeys(getattr(c, n) for c in configs)),
+                                          list(dict.fromkeys(getattr(s, n) for s in have))) for n in names]
+        flagged = " with the flags given" if flags.given(args) else ""
+        raise ValueError(f"{args.workdir} holds a run of other settings than --preset {args.preset}"
+                         f"{flagged} asks for: {'; '.join(differ)}. Leave --preset out to train it on with "
+                         "its own settings, or use a new --workdir.")

@@ -11,7 +11,7 @@ import pytest
 
 from experiments import cli, timemachine
 from rnnjax import checkpoint, meta as meta_lib
-from rnnjax.config import PRESETS, Config
+from rnnjax.config import Config
 from rnnjax.data import Vocab
 
 from conftest import TINY
@@ -108,8 +108,15 @@ def test_the_text_a_workdir_was_trained_on_is_asked_for(tmp_path):
 
 def test_a_preset_given_or_a_workdir_without_a_run_takes_the_preset_and_the_flags(tmp_path):
     w = saved(tmp_path / "w", [TINY.replace(lr=2.0)])
-    # a preset given: the flags' settings, checked against the checkpoints as the run starts
-    assert cli.settings(cli.parse_args(["--workdir", w, "--preset", "d2l"]))[0] == [PRESETS["d2l"]]
+    # a preset given: the flags' settings, checked against the run's own, the preset named as what set them
+    tiny = ["--workdir", w, "--preset", "tiny", "--lr", "2"]
+    assert cli.settings(cli.parse_args([*tiny, "--epochs", "9"]))[0] == [TINY.replace(lr=2.0, epochs=9)]
+    with pytest.raises(ValueError, match=r"holds a run of other settings than --preset d2l asks for: "
+                                         r"--batch-size 1024 \(it has 16\); .*Leave --preset out to train"):
+        cli.settings(cli.parse_args(["--workdir", w, "--preset", "d2l"]))
+    with pytest.raises(ValueError, match=r"than --preset tiny with the flags given asks for: --lr 3 "
+                                         r"\(it has 2\)\."):
+        cli.settings(cli.parse_args([*tiny[:-1], "3"]))
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "config.json").write_text("not json")
     for empty in (tmp_path / "new", tmp_path / "odd"):
