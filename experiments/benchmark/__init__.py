@@ -2,7 +2,7 @@
 
 Command (d2l's recipe: batch 1024, num_steps 32, hidden 32, lr 1, clip 1)::
 
-    python -m experiments.benchmark --data ../shared/data/timemachine.txt
+    python -m experiments.benchmark --data timemachine.txt
 
 On a GPU (and for quick runs, ``--sizes small``)::
 

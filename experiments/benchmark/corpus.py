@@ -2,7 +2,7 @@
 
 Command::
 
-    python -m experiments.benchmark.corpus [--sizes 1,10,100] [--data ../shared/data/timemachine.txt]
+    python -m experiments.benchmark.corpus [--sizes 1,10,100] [--data timemachine.txt]
 
 Runtime on a 2-core CPU: about 4 minutes. Each text is generated once into ``--out`` (default
 ``runs/bench-corpus``): words of a Zipf-distributed vocabulary of 30,000
