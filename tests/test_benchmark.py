@@ -36,6 +36,24 @@ def test_benchmark_smoke(real_text_path, tmp_path, capsys):
     assert "rnnjax's step is" in out and "2 seeds in one program: a step of all of them is" in out
 
 
+def test_a_benchmark_cut_short_keeps_what_it_measured(small_data, tmp_path, monkeypatch):
+    """bench.json is written after each part: a run stopped in the compile-cache part keeps the step table."""
+    bench_main = sys.modules["experiments.benchmark.main"]      # the module: the package exports main()
+    monkeypatch.setattr(bench_main, "TimeMachine", lambda *a, **k: small_data)
+    monkeypatch.setattr(bench_main, "contenders_for", lambda args, one_device_too: [])
+    step = {"ms_per_step": 1.5, "ms_per_step_min": 1.4, "ms_per_step_max": 1.6, "compile_s": 2.0,
+            "tokens_per_s": 1e6, "gflops": 3.0}          # measure_steps's fields; no timing is checked
+    monkeypatch.setattr(bench_main, "measure_steps", lambda *a: {"rnnjax": dict(step)})
+
+    def cut(data):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(bench_main, "measure_compile_cache", cut)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.main(["--recipe-rounds", "0", "--out", str(tmp_path)])
+    kept = json.loads((tmp_path / "bench.json").read_text())
+    assert kept["contenders"] == {"rnnjax": step} and "compile_cache" not in kept
+
+
 def test_flop_count_matches_the_matmuls():
     H, V = 32, 28
     forward = 2 * H * H + 2 * H * V          # recurrence and output layer, per token

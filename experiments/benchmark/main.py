@@ -90,7 +90,8 @@ def main(argv=None) -> int:
                    help="interleaved rounds of steady-state steps (default 7; with --sizes the set's)")
     p.add_argument("--steps", type=int,
                    help="steps per contender per round (default 60; with --sizes the set's)")
-    p.add_argument("--recipe-rounds", type=int, default=1, help="whole-recipe runs per contender (0: none)")
+    p.add_argument("--recipe-rounds", type=int, default=1,
+                   help="whole-recipe runs per contender (default 1; 0: none)")
     p.add_argument("--devices", type=int, help="rnnjax's local devices (default: all)")
     p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="rnn",
                    help="the cell of every contender (d2l's recipe of that section: rnnjax.config.PRESETS)")
@@ -130,14 +131,18 @@ def main(argv=None) -> int:
           f"interleaved rounds of {args.steps} steps; rnnjax trains with kernel "
           f"{kernels.choose(s.config)!r}:")
     results = measure_steps(contenders, s, data, args.rounds, args.steps)
+    out = {"setting": s.config.to_json(), "machine": info, "contenders": results,
+           "ratio_meaning": RATIO_MEANING}
+
+    def save():           # after each part: a run cut short keeps what it measured
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(out, indent=1))
+    save()
     if args.recipe_rounds:
         print(f"whole recipe ({s.epochs} epochs, compilation and per-epoch validation included):")
         for name, r in measure_recipes(contenders, args.recipe_rounds).items():
             results[name].update(r)
     print(table(results))
-
-    out = {"setting": s.config.to_json(), "machine": info, "contenders": results,
-           "ratio_meaning": RATIO_MEANING}
     for base in ("torch lean", "torch d2l", "flax"):
         if base not in results:
             continue
@@ -149,16 +154,19 @@ def main(argv=None) -> int:
             out[f"ratio_recipe_vs_{key}"] = results[base]["recipe_s"] / results["rnnjax"]["recipe_s"]
             print(f"rnnjax's whole recipe is {compared(out[f'ratio_recipe_vs_{key}'], theirs)}")
 
+    save()
     cc = out["compile_cache"] = measure_compile_cache(args.data)
     print(f"compiling the training program in a fresh process: {cc['no_cache_s']:.2f} s; with the persistent "
           f"compilation cache: {cc['cold_cache_s']:.2f} s when cold, {cc['warm_cache_s']:.2f} s when warm")
 
+    save()
     gen = out["generation"] = measure_generation(data)
     print(f"generating {gen['num_chars']} characters: compiled {gen['compiled_ms']:.2f} ms, d2l's loop "
           f"{gen['d2l_loop_ms']:.0f} ms (compiled is {speed_words(gen['ratio'])}); {gen['batch']} prefixes "
           f"at once {gen['batched_ms']:.1f} ms ({gen['batched_chars_per_s']:.3g} characters/s)")
 
     if args.runs:
+        save()
         out["runs"] = measure_runs(args, s, data)
 
     if args.ablations:
@@ -169,11 +177,11 @@ def main(argv=None) -> int:
         out["ablations"] = measure_steps(variants, s, data, args.rounds, args.steps, keep_going=True)
         print(table(out["ablations"]))
     if args.sweep:
+        save()
         out["sweep"] = run_sweep(args, args.data)
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_sweep(out["sweep"], out_dir / "sweep.png")
         print(f"sweep plot: {out_dir / 'sweep.png'}")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(out, indent=1))
+    save()
     print(f"wrote {json_path}")
     return 0
