@@ -45,8 +45,8 @@ def main(argv=None) -> int:
         best, last = min(mine, key=lambda r: r["val_ppl"]), mine[-1]
         which = "" if run is None else f" run {run}:"
         print(f"overfit:{which} validation perplexity lowest at epoch {best['epoch']} "
-              f"({best['val_ppl']:.2f}), then {last['val_ppl']:.2f} at epoch {last['epoch']}, while train "
-              f"perplexity fell to {last['train_ppl']:.2f}")
+              f"({cli.ppl(best['val_ppl'])}), then {cli.ppl(last['val_ppl'])} at epoch {last['epoch']}, "
+              f"while train perplexity fell to {cli.ppl(last['train_ppl'])}")
     return status
 
 

@@ -67,7 +67,8 @@ class MetricsLog:
 
     Each record is written as one whole line in a single ``write``; non-finite
     values are ``null`` (strict JSON: ``NaN`` is never written, and read as
-    ``null``). Reading checks every line: a torn last line (a crash or a full
+    ``null``), a perplexity's read back as ``inf`` (a loss past float range;
+    a NaN loss writes no record). Reading checks every line: a torn last line (a crash or a full
     disk mid-write) is dropped with a warning, anything else that is not a
     record (an epoch, ``NEEDED``), epochs out of order, or a file that is not a
     regular file (a FIFO would hang) is a ``MetricsError``. Only the writer
@@ -120,7 +121,8 @@ class MetricsLog:
                 raise MetricsError(f"{self.path}, line {number}, is not a metrics record (an epoch, "
                                    f"{', '.join(NEEDED)}): {line[:60]!r}. Move the file aside to resume, or "
                                    "use a new --workdir.")
-            records.append(record)
+            records.append({k: math.inf if v is None and k.endswith("_ppl") else v
+                            for k, v in record.items()})
         _check_order(records, self.path)
         return records
 

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from rnnjax.metrics import MetricsError, MetricsLog, plot_perplexity
@@ -17,6 +19,13 @@ def test_append_read_and_truncate(tmp_path):
     assert log.read() == records(3)
     log.truncate(10)
     assert log.read() == records(3)
+
+
+def test_non_finite_values_are_null_in_the_file_and_a_perplexity_reads_back_as_inf(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.append({"epoch": 1, "train_ppl": 3.0, "val_ppl": math.inf, "grad_norm": math.nan})
+    assert '"val_ppl": null' in log.path.read_text() and "Infinity" not in log.path.read_text()
+    assert log.read() == [{"epoch": 1, "train_ppl": 3.0, "val_ppl": math.inf, "grad_norm": None}]
 
 
 def test_only_the_writer_writes(tmp_path):

@@ -62,3 +62,17 @@ def test_a_signal_while_jax_loads_is_one_line(real_text_path, tmp_path, fresh_en
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "Stopped by signal 2" in err
+
+
+@pytest.mark.parametrize("seeds", [[], ["--seeds", "0,1"]])
+def test_a_validation_perplexity_past_float_range_is_said_as_inf(tmp_path, capsys, seeds):
+    """A text of 'a's validated on 'b's, at a huge rate: the validation loss overflows exp (metrics.jsonl
+    holds null), and the run, trained to its end, says 'inf' where it used to raise a TypeError."""
+    text = tmp_path / "ab.txt"
+    text.write_text("a" * 1800 + "b" * 200)
+    assert overfit.main(["--text", str(text), "--preset", "tiny", "--epochs", "2", "--lr", "1e5", *seeds,
+                         "--workdir", str(tmp_path / "w"), "--devices", "1", "--no-compilation-cache",
+                         "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "val perplexity inf" in out and "lowest at epoch 1 (inf), then inf at epoch 2" in out
+    assert '"val_ppl": null' in (tmp_path / "w" / metrics.FILENAME).read_text()
