@@ -252,7 +252,11 @@ def _main(argv, parser_options: dict) -> int:
     backend.use_cpu_cores(configs[0].batch_size if configs else config_lib.PRESETS[args.preset].batch_size,
                           args.devices)
     if not args.no_compilation_cache:
-        backend.enable_compilation_cache()
+        try:
+            backend.enable_compilation_cache()
+        except OSError as e:          # a read-only home: the run goes on, compiling afresh
+            print(f"warning: no compilation cache ({e.filename}: {e.strerror}); each run compiles afresh, "
+                  "as with --no-compilation-cache.", file=sys.stderr)
     try:
         if args.multi_host:
             where = f"at {args.coordinator}" if args.coordinator else "that JAX finds"

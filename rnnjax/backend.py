@@ -10,6 +10,7 @@ with measurements: ``docs/performance.md``.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import os
 import platform
@@ -155,10 +156,14 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     """JAX's persistent compilation cache, so that a second run skips XLA compilation.
 
     Default ``~/.cache/rnnjax/jax`` (under ``$RNNJAX_CACHE`` if set). Every
-    compiled function is cached, however fast it compiled.
+    compiled function is cached, however fast it compiled. ``OSError`` (the
+    cache left off) where that folder cannot be made or written: a read-only
+    home, say, where JAX would warn at every compilation instead.
     """
     path = Path(path) if path is not None else cache_dir() / "jax"
     path.mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, "it cannot be written", str(path))
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

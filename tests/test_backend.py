@@ -121,3 +121,27 @@ def test_the_suite_sets_only_the_xla_flags_this_xla_knows():
     from conftest import known_xla_flags
     known = "--xla_backend_optimization_level=0"
     assert known_xla_flags((known, "--xla_cpu_no_such_flag=true")) == [known]
+
+
+def test_a_compilation_cache_that_cannot_be_written_is_an_oserror_and_left_off(tmp_path, monkeypatch):
+    import jax
+    before = jax.config.jax_compilation_cache_dir
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match="Not a directory"):          # $RNNJAX_CACHE a file
+        backend.enable_compilation_cache(tmp_path / "file" / "jax")
+    monkeypatch.setattr(backend.os, "access", lambda path, mode: False)      # a read-only home, as root too
+    with pytest.raises(OSError, match=r"it cannot be written: '.*ro'"):
+        backend.enable_compilation_cache(tmp_path / "ro")
+    assert jax.config.jax_compilation_cache_dir == before
+
+
+def test_the_cli_warns_in_one_line_and_trains_without_it(make_text, tmp_path, monkeypatch, capsys):
+    from experiments import timemachine
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("RNNJAX_CACHE", str(tmp_path / "file"))
+    (tmp_path / "t.txt").write_text(make_text(3000))
+    assert timemachine.main(["--text", str(tmp_path / "t.txt"), "--preset", "tiny", "--epochs", "1",
+                             "--workdir", str(tmp_path / "w"), "--devices", "1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: no compilation cache (") and "each run compiles afresh" in err
+    assert len(err.strip().splitlines()) == 1
