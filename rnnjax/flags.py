@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import math
 from typing import Any
 
 from rnnjax.config import PRESETS, SWEEPABLE, Config, ConfigError, disagreement, flag, shown
+
+# Runs trained together in one program, at most: each is listed as the run starts, and vmapped.
+MAX_RUNS = 1000
 
 
 def _values(kind: type):
@@ -71,6 +75,10 @@ def sweep_from_flags(args: argparse.Namespace) -> list[Config]:
     fixed = {k: v for k, v in given(args).items() if k not in SWEEPABLE}
     axes = [[(k, v) for v in getattr(args, k)] for k in SWEEPABLE
             if getattr(args, k, None) is not None]
+    count = math.prod(len(axis) for axis in axes)
+    if count > MAX_RUNS:              # counted before any is made: 1000 values each of three is 10^9
+        raise ConfigError(f"The flags list {count} runs ({' x '.join(str(len(a)) for a in axes)}); one "
+                          f"program trains at most {MAX_RUNS}: split the lists over several workdirs.")
     base = PRESETS[args.preset].replace(**fixed)
     return [base.replace(**dict(combo)) for combo in itertools.product(*axes)]
 

@@ -3,7 +3,9 @@
 import argparse
 import dataclasses
 
-from rnnjax.config import PRESETS, Config
+import pytest
+
+from rnnjax.config import PRESETS, Config, ConfigError
 from rnnjax.flags import add_flags, from_flags
 
 
@@ -27,3 +29,14 @@ def test_flags_change_the_preset():
     assert from_flags(parse("--num-hiddens", "64", "--lr", "2", "--kernel", "plain")) == Config(
         num_hiddens=64, lr=2.0, kernel="plain")
     assert from_flags(parse("--preset", "tiny", "--epochs", "1")) == PRESETS["tiny"].replace(epochs=1)
+
+
+def test_lists_of_too_many_runs_are_refused_before_any_is_made(monkeypatch):
+    import itertools
+    from rnnjax import flags
+    monkeypatch.setattr(itertools, "product", None)          # not reached: the count is checked first
+    values = ",".join(str(v) for v in range(1, 101))
+    args = parse("--seeds", ",".join(map(str, range(100))), "--lr", values, "--clip", values)
+    with pytest.raises(ConfigError, match=r"^The flags list 1000000 runs \(100 x 100 x 100\); one program "
+                                          rf"trains at most {flags.MAX_RUNS}: split"):
+        flags.sweep_from_flags(args)
