@@ -160,7 +160,7 @@ def ppl(value: float) -> str:
 @contextlib.contextmanager
 def progress_output(enabled: bool, epochs: int):
     """``fit``'s ``progress`` callback: a rich bar on a terminal, else a line every tenth of the epochs."""
-    if not enabled:
+    if not enabled or sys.stdout is None:         # None: started with stdout closed (>&-)
         yield None
     elif not sys.stdout.isatty():
         every = max(1, epochs // 10)

@@ -227,15 +227,27 @@ def main(argv=None, **parser_options) -> int:
               "command again to go on.", file=sys.stderr)
         return 128 + signal.SIGINT
     except BrokenPipeError:     # the reader of a pipe (| head) exited: stop as a piped Unix tool does
-        # Python flushes stdout again as it exits: that write goes nowhere instead of failing twice.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_output()
         print("Stopped: the output was closed (the reader of a pipe exited); the workdir keeps its last "
               "checkpoint (if any).", file=sys.stderr)
         return 128 + signal.SIGPIPE
+    except OSError as e:        # the system's, not the arguments': a full disk under stdout, a locked folder
+        where = e.filename or "writing the output"
+        if e.filename is None:
+            _drop_output()
+        print(f"Stopped: {e.strerror or e} ({where}); the workdir keeps its last checkpoint (if any): fix "
+              "the cause and run the same command again to go on.", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
         stops.stop_handled()
+
+
+def _drop_output() -> None:
+    """Python flushes stdout again as it exits: that write goes nowhere instead of failing twice."""
+    if sys.stdout is not None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _main(argv, parser_options: dict) -> int:

@@ -1,7 +1,9 @@
 """The main job, ``python -m experiments.timemachine``, run in-process."""
 
+import os
 import re
 import signal
+import sys
 
 import pytest
 
@@ -201,6 +203,28 @@ def test_cli_trains_on_your_own_words_resumes_and_samples_without_the_file(tmp_p
                              "--sample", "--seed", "1"]) == 0
     words = capsys.readouterr().out.split()
     assert words[:2] == ["ÆON", "the"] and len(words) == 7
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_output_on_a_full_disk_stops_in_one_line_and_a_closed_one_trains(make_text, tmp_path, monkeypatch,
+                                                                         capsys):
+    """stdout on a full disk: one sentence on stderr (it was an OSError traceback); stdout closed (``>&-``,
+    ``sys.stdout`` None): the run trains, saying nothing (it was an AttributeError)."""
+    (tmp_path / "t.txt").write_text(make_text(3000))
+    args = ["--text", str(tmp_path / "t.txt"), "--preset", "tiny", "--epochs", "1", "--devices", "1",
+            "--no-compilation-cache"]
+    full = open("/dev/full", "w")
+    dup = os.dup(full.fileno())              # the command points the full stdout's descriptor at /dev/null
+    monkeypatch.setattr(sys, "stdout", os.fdopen(dup, "w"))
+    assert timemachine.main([*args, "--workdir", str(tmp_path / "full")]) == 1
+    monkeypatch.undo()
+    full.close()
+    err = capsys.readouterr().err
+    assert err.startswith("Stopped: No space left on device (writing the output)") and err.count("\n") == 1
+    monkeypatch.setattr(sys, "stdout", None)
+    assert timemachine.main([*args, "--workdir", str(tmp_path / "closed")]) == 0
+    monkeypatch.undo()
+    assert checkpoint.latest_step(tmp_path / "closed") and not capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad,message", [(["--text", "{d}/other.txt", "--data", "x"], "give one"),
