@@ -47,18 +47,33 @@ def _describe(e: OSError) -> str:
 
 
 def check_path(workdir: Path) -> None:
-    """``WorkdirError`` if ``workdir``'s absolute path holds a character orbax cannot take (``UNSAFE``)."""
-    bad = sorted(set(str(workdir.absolute())) & set(UNSAFE))
+    """``WorkdirError`` if ``workdir``'s absolute path holds a character orbax cannot take (``UNSAFE``, or
+    bytes that are not UTF-8), or a name too long for the system."""
+    path = str(workdir.absolute())
+    bad = sorted(set(path) & set(UNSAFE))
     if bad:
         raise WorkdirError(f"The workdir {workdir.absolute()} has {' and '.join(map(repr, bad))} in its "
                            "path, which orbax's checkpoints cannot take (they would be written elsewhere or "
                            "not restore); choose a --workdir without them.")
+    try:
+        path.encode()
+    except UnicodeEncodeError:       # undecodable bytes, kept as surrogates: orbax's C++ cannot take them
+        shown = os.fsencode(path).decode(errors="backslashreplace")      # as typed: \xff, not \udcff
+        raise WorkdirError(f"The workdir {shown} has bytes that are not UTF-8 in its path, which orbax's "
+                           "checkpoints cannot take; choose a --workdir without them.") from None
+    longest = max(len(os.fsencode(part)) for part in workdir.absolute().parts)
+    if longest > 255:               # NAME_MAX of every common file system
+        raise WorkdirError(f"The workdir {path} has a name of {longest} bytes in its path; the system takes "
+                           "at most 255.")
 
 
 def check_writable(workdir: Path) -> None:
     """``WorkdirError`` unless ``workdir`` is a directory this process can write, or can be made one, at a
     path orbax can take."""
     check_path(workdir)
+    if os.path.islink(workdir) and not workdir.exists():
+        raise WorkdirError(f"The workdir {workdir} is a link to {os.readlink(workdir)}, which does not "
+                           "exist: make that folder, or use another --workdir.")
     if workdir.exists():
         if not workdir.is_dir():
             raise WorkdirError(f"The workdir {workdir} exists and is not a directory.")

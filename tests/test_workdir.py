@@ -56,6 +56,17 @@ def test_workdirs_that_cannot_be_written(tmp_path, make, message):
     workdir.check_writable(tmp_path / "new" / "nested")          # can be made
 
 
+def test_paths_orbax_or_the_system_cannot_take_are_refused_before_any_work(tmp_path):
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    for path, message in ((tmp_path / os.fsdecode(b"w\xff"), "has bytes that are not UTF-8 in its path"),
+                          (tmp_path / ("x" * 256) / "w", "has a name of 256 bytes in its path"),
+                          (tmp_path / "gone", r"is a link to .*nowhere, which does not exist")):
+        with pytest.raises(workdir.WorkdirError, match=message):
+            workdir.check_writable(path)
+    workdir.check_writable(tmp_path / ("x" * 255))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gone"]            # nothing made
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
 def test_a_workdir_that_access_allows_but_mkdir_refuses(tmp_path):
     """/proc passes ``os.access`` (for root, anything does); the probe directory finds out, and is gone."""
