@@ -18,6 +18,9 @@ from rnnjax.cells import CELLS, NONLINEARITIES
 from rnnjax.kernels import KERNELS
 from rnnjax.precision import COMPUTE_DTYPES, MATMUL_PRECISIONS
 
+# float32's smallest normal and largest numbers: the range a rate or a clip keeps in training.
+FLOAT32_TINY, FLOAT32_MAX = 2.0 ** -126, (2 - 2.0 ** -23) * 2.0 ** 127
+
 
 class ConfigError(ValueError):
     """A setting out of its range; the message is one sentence naming the flag."""
@@ -117,6 +120,9 @@ class Config:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{flag(name)} must be a positive finite number, got {shown(value)}.")
+            if not FLOAT32_TINY <= value <= FLOAT32_MAX:      # it trains in float32: 1e-46 is 0, 1e39 inf
+                raise ConfigError(f"{flag(name)} must be within float32's range, {FLOAT32_TINY:.3g} to "
+                                  f"{FLOAT32_MAX:.3g}, as training takes it; got {shown(value)}.")
         if not 0 <= self.seed < 2 ** 32:
             raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}.")
         if self.cell not in CELLS:

@@ -26,6 +26,9 @@ def test_json_round_trip_and_old_checkpoints_without_new_fields():
     ({"lr": -1.0}, "--lr must be a positive finite number"),
     ({"lr": math.inf}, "--lr must be a positive finite number"),
     ({"clip": 0.0}, "--clip must be a positive finite number"),
+    ({"lr": 1e39}, r"^--lr must be within float32's range, 1\.18e-38 to 3\.4e\+38, as training takes it; "
+                   r"got 1e39\.$"),
+    ({"clip": 1e-46}, "--clip must be within float32's range"),
     ({"seed": -1}, r"--seed must be in \[0, 2\*\*32\)"),
     ({"cell": "gru9"}, "--cell 'gru9' is not a known cell"),
     ({"num_steps": 2.5}, r"^--num-steps must be an int, got 2\.5\.$"),
