@@ -1,4 +1,4 @@
-"""What stops a run: SIGINT/SIGTERM (after a checkpoint), a non-finite loss, a diverging perplexity."""
+"""What stops a run: SIGINT/SIGTERM/SIGHUP (after a checkpoint), a non-finite loss, a diverging perplexity."""
 
 from __future__ import annotations
 
@@ -167,18 +167,27 @@ class _NotOurStop(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], Interrupted))
 
 
+def _caught() -> list[int]:
+    """SIGINT, SIGTERM and, unless ignored (``nohup``), SIGHUP: a closed terminal or a dropped ssh session
+    saves and stops the run as SIGTERM does, rather than killing it."""
+    hup = getattr(signal, "SIGHUP", None)         # not on Windows
+    keep = hup is None or signal.getsignal(hup) is signal.SIG_IGN
+    return [signal.SIGINT, signal.SIGTERM] + ([] if keep else [hup])
+
+
 @contextlib.contextmanager
 def catch_signals() -> Iterator[_StopFlag]:
-    """While the block runs, SIGINT and SIGTERM set the flag it yields (``_StopFlag``), which it reads
-    between steps; then the handlers before are put back. One caught after the block last read the flag
-    (it ran to its end) is passed on to the handler put back: no signal is lost."""
+    """While the block runs, SIGINT and SIGTERM (and SIGHUP: ``_caught``) set the flag it yields
+    (``_StopFlag``), which it reads between steps; then the handlers before are put back. One caught after
+    the block last read the flag (it ran to its end) is passed on to the handler put back: no signal is
+    lost."""
     global _deferred
     flag = _StopFlag()
     flag.signum, _deferred = _deferred, None
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, flag) for s in _caught()}
     quiet, absl = _NotOurStop(), logging.getLogger("absl")
     absl.addFilter(quiet)
     _active.append(flag)

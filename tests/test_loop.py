@@ -189,3 +189,25 @@ def test_a_signal_as_the_last_saves_finish_says_the_run_is_whole_and_ended_says_
     fit(TINY.replace(epochs=1), data, tmp_path / "new", devices=1, log=None)
     assert stops.ended()
     stops.stop_handled()
+
+
+@pytest.mark.parametrize("nohup", [False, True])
+def test_a_closed_terminal_s_sighup_saves_and_stops_the_run_unless_nohup_ignores_it(data, tmp_path, nohup):
+    """SIGHUP killed the run, losing the epochs since its last checkpoint; now it stops as SIGTERM does.
+    Under ``nohup`` (SIGHUP ignored) it stays ignored: the run trains on."""
+    def hang_up(done, total, record):
+        if done == STEPS_PER_CALL:
+            os.kill(os.getpid(), signal.SIGHUP)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL)
+    try:
+        if nohup:
+            assert fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None, progress=hang_up).history
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            return
+        with pytest.raises(Interrupted, match=r"Stopped by signal 1 \(SIGHUP\) in epoch 1 after batch "
+                                              rf"{STEPS_PER_CALL}/13; saved step {STEPS_PER_CALL}") as e:
+            fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None, progress=hang_up)
+        assert e.value.signum == signal.SIGHUP and checkpoint.steps(tmp_path) == [STEPS_PER_CALL]
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL             # put back
+    finally:
+        signal.signal(signal.SIGHUP, previous)
