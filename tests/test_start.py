@@ -136,6 +136,8 @@ def tree_stat(path):
     pytest.param(SMALL.replace(batch_size=18), 4, "batch size 18 is not divisible",
                  marks=pytest.mark.cpu_devices(4)),
     (SMALL.replace(lr=2.0), 1, r"--lr 2 \(it has 1\)"),
+    (SMALL.replace(epochs=2 ** 31 // 13 + 1), 1,           # the step counter is an int32
+     r"^--epochs 165191050 of 13 steps each is 2147483650 steps; a run takes at most 2\*\*31 - 1\.$"),
 ])
 def test_fit_refuses_before_anything_is_written(small_data, tmp_path, config, devices, message):
     fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
