@@ -44,7 +44,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from experiments import stopping
-from experiments.device_summary import MACHINE_INFO, describe_machine, final_val_ppl, read_back, report
+from experiments.device_summary import (MACHINE_INFO, NotWritten, check_out, describe_machine, final_val_ppl,
+                                        read_back, report, write_summary)
 
 ROOT = Path(__file__).resolve().parent.parent
 # --quick: test files that show the part works, in seconds (the kernels' own tests take minutes on a CPU).
@@ -64,28 +65,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=540.0, metavar="SECONDS",
                    help="no part starts after this many seconds, and none runs past them (default 540)")
     args = p.parse_args(argv)
-    if args.out.exists() and not args.out.is_dir():
-        p.error(f"--out {args.out} is a file; give a new folder")
-    if args.out.exists() and any(args.out.iterdir()):
-        p.error(f"--out {args.out} exists and is not an empty folder; give a new one "
-                "(the check's workdirs and compilation cache must start empty)")
-    if not args.budget > 0:
-        p.error(f"--budget must be a positive number of seconds, got {args.budget}")
     data = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or "timemachine.txt"
-    if Path(data).is_dir():
-        p.error(f"--data {data} is a folder; give d2l's timemachine.txt itself")
-    if not Path(data).is_file():
-        p.error(f"no file {data!r}: give d2l's timemachine.txt as --data PATH or $RNNJAX_TIMEMACHINE "
-                "(the check downloads nothing)")
-    try:    # here, not at the top: a machine without JAX still gets its parts run and recorded
-        from rnnjax.data import DataError, timemachine_path
-    except ImportError:
-        pass
-    else:
-        try:     # every part trains on it: a wrong file fails them all
+    try:
+        check_out(args.out)
+        if not args.budget > 0:
+            raise ValueError(f"--budget must be a positive number of seconds, got {args.budget}.")
+        if Path(data).is_dir():
+            raise ValueError(f"--data {data} is a folder; give d2l's timemachine.txt itself.")
+        if not Path(data).is_file():
+            raise ValueError(f"no file {data!r}: give d2l's timemachine.txt as --data PATH or "
+                             "$RNNJAX_TIMEMACHINE (the check downloads nothing).")
+        try:    # here, not at the top: a machine without JAX still gets its parts run and recorded
+            from rnnjax.data import timemachine_path
+        except ImportError:
+            pass
+        else:   # every part trains on it: a wrong file fails them all (DataError, a ValueError)
             timemachine_path(data)
-        except DataError as e:
-            p.error(str(e))
+    except ValueError as e:     # one line, exit status 1, before any work
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     args.data = str(Path(data).resolve())
     return args
 
@@ -164,7 +162,7 @@ class Parts:
         return record
 
     def write(self) -> None:
-        (self.out / "summary.json").write_text(json.dumps(self.summary, indent=1))
+        write_summary(self.out, self.summary)
 
 
 def _pass_on_ctrl_c() -> None:
@@ -222,11 +220,18 @@ def main(argv=None) -> int:
     if not heed_ctrl_c:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     args = parse_args(argv)
-    args.out.joinpath("work").mkdir(parents=True, exist_ok=True)
     summary = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "data": args.data,
                "parts": {}}
     parts = Parts(args.out, summary, args.budget, args.quick)
-    return until_stopped(parts, lambda: _check(args, parts))
+    try:
+        args.out.joinpath("work").mkdir(parents=True, exist_ok=True)
+        return until_stopped(parts, lambda: _check(args, parts))
+    except OSError as e:        # a full disk: summary.json is as its last whole write left it
+        why = str(e) if isinstance(e, NotWritten) else \
+            f"{e.filename or args.out} cannot be written ({e.strerror}); free space and run it again"
+        print(f"error: {why.rstrip('.')}, with a new --out (this one keeps what the check wrote so far).",
+              file=sys.stderr)
+        return 1
 
 
 def _check(args: argparse.Namespace, parts: Parts) -> int:

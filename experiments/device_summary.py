@@ -1,5 +1,6 @@
-"""What the device check's parts wrote, read into ``summary.json`` (tests passed, the runs' perplexities, the
-step table), and the summary said in a few lines."""
+"""The device check's ``--out``: checked before it starts; what its parts wrote, read into ``summary.json``
+(tests passed, the runs' perplexities, the step table); summary.json written whole; the summary said in a
+few lines."""
 
 from __future__ import annotations
 
@@ -112,8 +113,56 @@ def read_back(out: Path, summary: dict) -> None:
             tests.update(counts)
             tests["ok"] = tests.get("returncode") == 0 and tests["failed"] == 0
     if bench is not None and (out / "bench.json").is_file():
-        summary["sizes"] = sizes_summary(out / "bench.json")
-        bench["sizes_done"] = len(summary["sizes"])
+        try:
+            summary["sizes"] = sizes_summary(out / "bench.json")
+        except ValueError:      # not whole JSON (written in place, on a full disk): its log says why
+            bench["bench_json"] = "not whole JSON"
+        else:
+            bench["sizes_done"] = len(summary["sizes"])
+
+
+def check_out(out: Path) -> None:
+    """``ValueError`` unless ``out`` (``--out``) is a new or empty folder this process can make or write, at
+    a path orbax takes (the runs' workdirs are in it): ``rnnjax.workdir``'s checks, where JAX is."""
+    if out.is_symlink() and not out.exists():
+        raise ValueError(f"--out {out} is a link to nothing; give a new folder.")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a new folder.")
+    try:        # as write_summary: without JAX, making it says what is wrong
+        from rnnjax.workdir import WorkdirError, check_writable
+    except ImportError:
+        pass
+    else:
+        try:
+            check_writable(out)
+        except WorkdirError as e:
+            raise ValueError(f"--out: {e}") from None
+    try:
+        used = out.exists() and any(out.iterdir())
+    except OSError as e:
+        raise ValueError(f"--out {out} cannot be read ({e.strerror}); give a new folder.") from None
+    if used:
+        raise ValueError(f"--out {out} exists and is not an empty folder; give a new one (the check's "
+                         "workdirs and compilation cache must start empty).")
+
+
+class NotWritten(OSError):
+    """summary.json could not be written (a full disk); its message is one sentence, the file as it was."""
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    """``out/summary.json`` holds ``summary`` whole or is as it was (``rnnjax.workdir.write_atomically``,
+    where JAX is; else in place); ``NotWritten`` if it cannot be written."""
+    text = json.dumps(summary, indent=1)
+    try:        # here, not at the top: a machine without JAX still gets the check's parts run and recorded
+        from rnnjax.workdir import WorkdirError, write_atomically
+    except ImportError:
+        (out / "summary.json").write_text(text)
+        return
+    try:
+        write_atomically(out / "summary.json", text)
+    except WorkdirError as e:
+        raise NotWritten(str(e)) from None
 
 
 def describe_machine(summary: dict) -> str:

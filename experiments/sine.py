@@ -29,7 +29,8 @@ three figures, both models, the first seed, once that seed is done) and, at
 the end, ``results.json`` (the mean squared errors by seed, their min and max)
 to ``--workdir`` (default ``runs/sine-<date>-<time>``, as
 ``runs/sine-20261205-014400``). Ctrl-C or SIGTERM stops it at once with one
-line saying what the workdir holds (exit 130 or 143).
+line saying what the workdir holds (exit 130 or 143). Each file is written whole or not at all; one that
+cannot be (a full disk) is named, and the run's files removed: the same command runs again.
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ import optax  # noqa: E402
 
 from experiments import sine_figures  # noqa: E402
 from rnnjax.model import RNN, SimpleRNNCell  # noqa: E402
+from rnnjax.workdir import WorkdirError, write_atomically  # noqa: E402
 
 T, TAU, NUM_TRAIN, MAX_STEPS, STEPS = 1000, 4, 600, 64, (1, 4, 16, 64)
-FIGURES = ("sine-onestep.png", "sine-multistep.png", "sine-ksteps.png")
-RESULTS = "results.json"
+FIGURES, RESULTS = sine_figures.FIGURES, sine_figures.RESULTS
 MAX_RNN_EPOCHS = 100_000        # hours on a CPU; the epoch count is an int32 in the compiled loop
 
 
@@ -228,7 +229,7 @@ def run_seeds(workdir: Path, seeds: list[int], rnn_epochs: int = 20) -> dict[str
                       for model, row in rows[0].items()}
                for name, pick in (("min", min), ("max", max))}
     tables = {**per_seed, **summary}
-    (workdir / RESULTS).write_text(json.dumps(tables, indent=1) + "\n")
+    write_atomically(workdir / RESULTS, json.dumps(tables, indent=1) + "\n")
     return tables
 
 
@@ -283,14 +284,7 @@ def main(argv=None) -> int:
         seeds = parse_seeds(args.seeds)
         if not 1 <= args.rnn_epochs <= MAX_RNN_EPOCHS:
             raise ValueError(f"--rnn-epochs must be from 1 to {MAX_RNN_EPOCHS:,}, got {args.rnn_epochs}.")
-        if str(workdir) in ("", "."):
-            raise ValueError("--workdir is empty or the current folder; give a folder of its own.")
-        if workdir.exists() and not workdir.is_dir():
-            raise ValueError(f"--workdir {workdir} is a file, not a folder.")
-        earlier = [name for name in (*FIGURES, RESULTS) if (workdir / name).exists()]
-        if earlier:
-            raise ValueError(f"--workdir {workdir} holds {', '.join(earlier)} of an earlier run, which this "
-                             "one would overwrite; use a new --workdir.")
+        sine_figures.check_workdir(workdir)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -311,6 +305,10 @@ def main(argv=None) -> int:
             for model, row in table.items():
                 print(f"{model:<7}{name:<16}  " + "  ".join(f"{row[c]:14.4f}" for c in columns))
         print(f"wrote {workdir}")
+    except WorkdirError as e:       # a full disk: this run's files go, so that the same command runs again
+        sine_figures.remove(workdir)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"error: cannot write to {workdir}: {e.strerror}.", file=sys.stderr)
         return 1

@@ -1,13 +1,49 @@
-"""The figures of ``experiments.sine``: d2l's three of sec_sequence, both models in each."""
+"""The files of ``experiments.sine`` in its workdir: d2l's three figures of sec_sequence, both models in each,
+and results.json; each written whole or not at all, none of an earlier run overwritten, all of a run whose
+write failed removed (so that the same command runs again)."""
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
+
+from rnnjax.workdir import write_atomically
+
+FIGURES = ("sine-onestep.png", "sine-multistep.png", "sine-ksteps.png")
+RESULTS = "results.json"
+
+
+def check_workdir(workdir: Path) -> None:
+    """``ValueError`` unless ``workdir`` is a folder of its own, new or writable, that holds none of
+    ``FIGURES`` and ``RESULTS`` (they would be overwritten)."""
+    if str(workdir) in ("", "."):
+        raise ValueError("--workdir is empty or the current folder; give a folder of its own.")
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"--workdir {workdir} is a file, not a folder.")
+    earlier = [name for name in (*FIGURES, RESULTS) if (workdir / name).exists()]
+    if earlier:
+        raise ValueError(f"--workdir {workdir} holds {', '.join(earlier)} of an earlier run, which this "
+                         "one would overwrite; use a new --workdir.")
+    try:        # a file made and removed at once: access() says yes to root, also on a read-only mount
+        if workdir.is_dir():
+            tempfile.TemporaryFile(dir=workdir).close()
+    except OSError as e:
+        raise ValueError(f"--workdir {workdir} is not writable ({e.strerror}).") from None
+
+
+def remove(workdir: Path) -> None:
+    """Removes ``FIGURES`` and ``RESULTS`` from ``workdir`` where they are: those of a run whose write failed
+    (``check_workdir`` let it start only without them)."""
+    for name in (*FIGURES, RESULTS):
+        with contextlib.suppress(OSError):
+            (workdir / name).unlink()
 
 
 def plot(time_T, x_T, results: dict, workdir: Path, tau: int, num_train: int, steps: tuple[int, ...]) -> None:
     """d2l's three figures, both models' ``results`` (predictions by kind) in each, for windows of ``tau``
-    values, ``num_train`` of them training, predicted ``steps`` ahead."""
+    values, ``num_train`` of them training, predicted ``steps`` ahead. ``WorkdirError`` (naming the
+    file, saying to free space and rerun) where one cannot be written."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -21,8 +57,10 @@ def plot(time_T, x_T, results: dict, workdir: Path, tau: int, num_train: int, st
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(workdir / f"sine-{name}.png")
-        plt.close(fig)
+        try:        # a temporary file, then renamed: never a truncated figure (a full disk)
+            write_atomically(workdir / f"sine-{name}.png", save=lambda tmp: fig.savefig(tmp, format="png"))
+        finally:
+            plt.close(fig)
 
     def onestep(axes):
         axes[0].plot(time_T, x_T, lw=0.8, label="data")

@@ -2,6 +2,9 @@
 values; a part that fails or runs out of time is recorded and the others still run."""
 
 import argparse
+import builtins
+import errno
+import io
 import json
 import math
 import os
@@ -9,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -234,3 +238,67 @@ def test_bad_arguments_say_so_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         device_check.parse_args(["--out", str(tmp_path / "new"), "--data", __file__, "--budget", "0"])
     assert "--budget must be a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("what", ["parent a file", "dangling link", "not writable", "unreadable"])
+def test_an_unusable_out_folder_is_one_line_and_status_1_before_any_work(tmp_path, capsys, monkeypatch,
+                                                                         what):
+    out = tmp_path / "out"
+    (tmp_path / "file").write_text("mine")
+    if what == "parent a file":
+        out = tmp_path / "file" / "out"
+        says = f"--out: The workdir {out} cannot be made: {tmp_path / 'file'} is a file, not a directory."
+    elif what == "dangling link":
+        out.symlink_to(tmp_path / "gone")
+        says = f"--out {out} is a link to nothing; give a new folder."
+    else:
+        out.mkdir()       # mode bits do not stop root: what a user without the permission meets
+        if what == "not writable":
+            monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != out)
+            says = f"--out: The workdir {out} is not writable."
+        else:
+            def unreadable(self):
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            monkeypatch.setattr(Path, "iterdir", unreadable)
+            says = f"--out {out} cannot be read (Permission denied); give a new folder."
+    with pytest.raises(SystemExit) as e:
+        device_check.parse_args(["--out", str(out), "--data", __file__])
+    assert e.value.code == 1 and capsys.readouterr().err == f"error: {says}\n"
+    assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "gone").exists()
+
+
+def test_a_full_disk_stops_the_check_in_one_line_keeping_the_last_summary(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(device_check, "parse_args",
+                        lambda argv: argparse.Namespace(out=out, data=__file__, quick=True, budget=100.0))
+    real_open = io.open
+
+    def full_disk(file, mode="r", *args, **kwargs):     # the file is made (or emptied), its write fails
+        f = real_open(file, mode, *args, **kwargs)
+        if isinstance(file, (str, os.PathLike)) and Path(file).parent == out and "r" not in mode:
+            f.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return f
+
+    def check(args, parts):
+        parts.write()
+        monkeypatch.setattr(io, "open", full_disk)
+        monkeypatch.setattr(builtins, "open", full_disk)
+        parts.summary["parts"]["info"] = {"ok": True}
+        parts.write()
+        return 0
+    monkeypatch.setattr(device_check, "_check", check)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        assert device_check.main([]) == 1
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    monkeypatch.undo()
+    assert capsys.readouterr().err == (
+        f"error: {out / 'summary.json'} cannot be written (No space left on device); free space (or fix the "
+        "cause) and run the same command again, with a new --out (this one keeps what the check wrote so "
+        "far).\n")
+    assert json.loads((out / "summary.json").read_text())["parts"] == {}
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json", "work"]

@@ -1,7 +1,13 @@
 """``experiments.device_summary``: the figures read back from what the parts wrote, and the report's words."""
 
+import builtins
+import errno
+import io
 import json
 import math
+import os
+
+import pytest
 
 from experiments import device_summary
 
@@ -131,3 +137,34 @@ def test_bfloat16s_ratio_reaches_the_summary_and_its_report(tmp_path):
     assert "bf16_ratio" not in summary["sizes"]["rnn 32/64/16"]
     text = device_summary.report(summary)
     assert "(auto: fused; hoisted in bf16 at 1.25x float32's speed)" in text and "(auto: fused)" in text
+
+
+def test_a_bench_json_cut_off_mid_write_is_noted_not_a_traceback(tmp_path):
+    """The benchmark, on a full disk, may leave part of its bench.json: the check goes on without it."""
+    (tmp_path / "bench.json").write_text('{"sizes": [{"label": "rnn')
+    summary = {"parts": {"bench": {"ok": False, "returncode": 1}}, "seconds": 1.0}
+    device_summary.read_back(tmp_path, summary)
+    assert summary["parts"]["bench"]["bench_json"] == "not whole JSON" and "sizes" not in summary
+    assert "ms per step" not in device_summary.report(summary)
+
+
+def test_summary_json_is_written_whole_or_left_as_it_was(tmp_path, monkeypatch):
+    device_summary.write_summary(tmp_path, {"parts": {"info": {"ok": True}}})
+    real_open = io.open
+
+    def full_disk(file, mode="r", *args, **kwargs):     # the file is made (or emptied), its write fails
+        f = real_open(file, mode, *args, **kwargs)
+        ours = isinstance(file, (str, os.PathLike)) and os.path.dirname(file) == str(tmp_path)
+        if ours and "r" not in mode:
+            f.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return f
+    monkeypatch.setattr(io, "open", full_disk)
+    monkeypatch.setattr(builtins, "open", full_disk)
+    with pytest.raises(device_summary.NotWritten) as e:
+        device_summary.write_summary(tmp_path, {"parts": {}})
+    monkeypatch.undo()
+    path = tmp_path / "summary.json"
+    assert str(e.value).startswith(f"{path} cannot be written (No space left on device);")
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"parts": {"info": {"ok": True}}}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]

@@ -1,5 +1,6 @@
 """d2l's sine exercise (``python -m experiments.sine``): both models, d2l's three predictions."""
 
+import errno
 import json
 import re
 import signal
@@ -12,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import sine
+from experiments import sine, sine_figures
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,49 @@ def test_a_workdir_that_is_a_file_is_named_a_file_before_any_work(tmp_path, caps
     assert sine.main(["--workdir", str(tmp_path / "n6")]) == 1
     assert capsys.readouterr().err == f"error: --workdir {tmp_path / 'n6'} is a file, not a folder.\n"
     assert (tmp_path / "n6").read_text() == "mine"
+
+
+def test_an_unwritable_workdir_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sine, "run_seeds", lambda *a, **k: pytest.fail("ran"))
+    (tmp_path / "w").mkdir()
+
+    def read_only(**kwargs):        # root writes a folder of mode 0o555: what another user meets there
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(sine_figures.tempfile, "TemporaryFile", read_only)
+    assert sine.main(["--workdir", str(tmp_path / "w")]) == 1
+    says = f"error: --workdir {tmp_path / 'w'} is not writable (Permission denied).\n"
+    assert capsys.readouterr().err == says
+
+
+def test_a_full_disk_names_the_figure_and_the_same_command_runs_again(tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+    workdir, full, savefig = tmp_path / "w", [True], Figure.savefig
+
+    def second_figure_fills_the_disk(self, fname, **kwargs):
+        if full[0] and "multistep" in str(fname):
+            with open(fname, "wb") as f:
+                f.write(b"\x89PNG")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return savefig(self, fname, **kwargs)
+
+    def tiny_run(workdir, seed, rnn_epochs, figures):    # the figures as run writes them, not its training
+        if figures:
+            time_T, x_T = sine.make_data(seed)
+            preds = {"onestep": x_T[sine.TAU:], "multistep": x_T,
+                     "ksteps": np.zeros((sine.T - sine.TAU - sine.MAX_STEPS + 1, sine.TAU + sine.MAX_STEPS))}
+            sine_figures.plot(time_T, x_T, {"linear": preds}, workdir, sine.TAU, sine.NUM_TRAIN, sine.STEPS)
+        return {"linear": {"1-step": 0.5}, "rnn": {"1-step": 0.25}}
+    monkeypatch.setattr(Figure, "savefig", second_figure_fills_the_disk)
+    monkeypatch.setattr(sine, "run", tiny_run)
+    assert sine.main(["--workdir", str(workdir), "--seeds", "0,1"]) == 1
+    assert capsys.readouterr().err == (f"error: {workdir / 'sine-multistep.png'} cannot be written (No space "
+                                       "left on device); free space (or fix the cause) and run the same "
+                                       "command again.\n")
+    assert list(workdir.iterdir()) == []
+    full[0] = False
+    assert sine.main(["--workdir", str(workdir), "--seeds", "0,1"]) == 0
+    assert sorted(p.name for p in workdir.iterdir()) == sorted((*sine.FIGURES, sine.RESULTS))
+    assert json.loads((workdir / sine.RESULTS).read_text())["max"]["rnn"] == {"1-step": 0.25}
 
 
 def test_the_docstring_says_the_default_workdir_that_is_used():
