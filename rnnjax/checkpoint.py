@@ -120,11 +120,14 @@ def check_saved(mngr: Manager, wait: bool = True) -> None:
         raise _save_failed(mngr, None, e) from None
     for step in mngr.unchecked:
         folder = Path(mngr.directory) / str(step)
-        missing = [f for f in WRITTEN if not (folder / f).is_file()]
-        if missing:
-            e = FileNotFoundError(f"{folder} lacks {', '.join(missing)} after its save")
+        if _missing(folder):
+            e = FileNotFoundError(f"{folder} lacks {', '.join(_missing(folder))} after its save")
             raise _save_failed(mngr, step, e) from None
     mngr.unchecked.clear()
+
+
+def _missing(folder: Path) -> list[str]:
+    return [f for f in WRITTEN if not (folder / f).is_file()]
 
 
 def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) -> CheckpointError:
@@ -133,11 +136,13 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) ->
     except Exception:
         pass
     mngr.unchecked.clear()
-    latest = latest_step(Path(mngr.directory).parent)
+    directory = Path(mngr.directory)     # the failed step is not its last complete one, listed or not
+    latest = max((s for s in steps(directory.parent) if s != step and not _missing(directory / str(s))),
+                 default=None)
     last = ("it has no complete checkpoint" if latest is None
             else f"its last complete checkpoint is step {latest}")
     what = f"step {step}" if step is not None else "a checkpoint"
-    return CheckpointError(f"Saving {what} to {mngr.directory} failed ({reason(e)}); training stopped "
+    return CheckpointError(f"Saving {what} to {directory} failed ({reason(e)}); training stopped "
                            f"there and {last}. Free space (or fix the cause) and run the same command to "
                            "resume.")
 

@@ -18,6 +18,7 @@ resumes only on the text it was trained on.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -39,31 +40,50 @@ from rnnjax.vocab import Vocab
 TEXT_DEFAULTS = {"preprocess": "raw", "val_fraction": 0.1, "num_train": 0}
 # Characters (or words) handled at a time: bounds the temporaries to a few times this.
 CHUNK = 1 << 22
+# The first bytes of a file looked at for binary or non-UTF-8 content before it is hashed and read.
+HEAD = 1 << 16
+TOO_LARGE = "{} ({:.1f} GiB) is too large for this machine's memory to tokenize: train on a part of it."
 CACHE_VERSION = 1
 _SPACE = re.compile(r"\s")
 
 
-def read_text(path: str | os.PathLike) -> tuple[str, str]:
-    """``(text, SHA-1 of the file)``; ``DataError`` if it is missing, empty, binary or not UTF-8."""
+def _decode(path: Path, raw: bytes, final: bool) -> str:
+    """``raw`` (the file, or its first bytes if not ``final``) decoded; ``DataError`` unless UTF-8 text."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise DataError(f"{path} looks binary, not text (a NUL byte at offset {nul}); --text takes a UTF-8 "
+                        "text file.")
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(raw, final=final)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): convert "
+                        "it first, for instance with iconv -f latin1 -t utf-8.") from None
+
+
+def check_file(path: str | os.PathLike) -> int:
+    """The size of ``path``; ``DataError`` if it is missing, not a regular file, empty, larger than this
+    machine's memory holds, or its first bytes are not UTF-8 text: the checks that need no whole read."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path} is a directory; --text takes a UTF-8 text file.")
     if not path.is_file():
         raise DataError(f"{path} is not a regular file; --text takes a UTF-8 text file." if path.exists()
                         else f"No such file: {path} (given as --text).")
-    raw = path.read_bytes()
-    if not raw:
+    size = path.stat().st_size
+    if not size:
         raise DataError(f"{path} is empty: there is no text to train on.")
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        raise DataError(f"{path} looks binary, not text (a NUL byte at offset {nul}); --text takes a UTF-8 "
-                        "text file.")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): convert "
-                        "it first, for instance with iconv -f latin1 -t utf-8.") from None
-    return text.removeprefix("\ufeff"), hashlib.sha1(raw).hexdigest()
+    if 2 * size > os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):   # its bytes and decoded text
+        raise DataError(TOO_LARGE.format(path, size / 2 ** 30))
+    with open(path, "rb") as f:
+        _decode(path, f.read(HEAD), final=False)
+    return size
+
+
+def read_text(path: str | os.PathLike) -> tuple[str, str]:
+    """``(text, SHA-1 of the file)``; ``DataError`` if it is missing, empty, binary or not UTF-8."""
+    check_file(path)
+    raw = Path(path).read_bytes()
+    return _decode(path, raw, final=True).removeprefix("\ufeff"), hashlib.sha1(raw).hexdigest()
 
 
 def char_codes(text: str, preprocess: str, chunk: int = CHUNK) -> np.ndarray:
@@ -183,18 +203,20 @@ class Corpus(WindowedText):
         self.options = options = {"token": token, "preprocess": preprocess, "min_freq": min_freq,
                                   "val_fraction": val_fraction}
         if text is None:
-            sha1 = sha1_of(path) if Path(path).is_file() else None
-            cached = _read_cache(_cache_path(sha1, options), options) if cache and sha1 else None
+            size = check_file(path)             # before the whole file is hashed or read
+            sha1 = sha1_of(path)
+            cached = _read_cache(_cache_path(sha1, options), options) if cache else None
         else:
-            sha1, cached, cache = hashlib.sha1(text.encode()).hexdigest(), None, False
+            size, sha1, cached, cache = len(text), hashlib.sha1(text.encode()).hexdigest(), None, False
         self.cache_hit = cached is not None
         if cached is None:
-            if text is None:
-                text, sha1 = read_text(path)
-            ids, name = tokenize(text, token, preprocess)
-            del text
-            train_end = self._train_end(len(ids), token, preprocess)
-            self.vocab, self.stream = encode(ids, name, train_end, min_freq, token, sha1)
+            try:
+                made = self._make(path, text, sha1, token, preprocess, min_freq)
+            except MemoryError:         # raised after this handler, so that the frames holding the text go
+                made = None
+            if made is None:
+                raise DataError(TOO_LARGE.format(self.name, size / 2 ** 30))
+            self.vocab, self.stream, train_end = made
         else:
             self.vocab, self.stream = cached
             train_end = self._train_end(len(self.stream), token, preprocess)
@@ -205,8 +227,18 @@ class Corpus(WindowedText):
         if check_vocab is not None:
             check_vocab(len(self.vocab))
         if cache and not self.cache_hit:
-            _write_cache(_cache_path(sha1, options), options, self.vocab, self.stream)
+            _write_cache(_cache_path(self.vocab.source, options), options, self.vocab, self.stream)
         self.prompt = self._prompt()
+
+    def _make(self, path, text: str | None, sha1: str, token: str, preprocess: str, min_freq: int
+              ) -> tuple[Vocab, np.ndarray, int]:
+        """``(vocab, stream, train_end)`` of ``text``, else of the file ``path`` (read here)."""
+        if text is None:
+            text, sha1 = read_text(path)
+        ids, name = tokenize(text, token, preprocess)
+        del text
+        train_end = self._train_end(len(ids), token, preprocess)
+        return *encode(ids, name, train_end, min_freq, token, sha1), train_end
 
     def _train_end(self, num_tokens: int, token: str, preprocess: str) -> int:
         """Where the validation tail starts (the end of the stream for d2l's split); ``DataError`` if either

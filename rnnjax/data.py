@@ -32,6 +32,7 @@ from rnnjax.vocab import Vocab  # noqa: F401 (where it always was)
 
 URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
+SIZE = 178979       # bytes of the file of SHA-1 SHA1: a file of another size is refused before it is hashed
 ENV_PATH = "RNNJAX_TIMEMACHINE"
 ENV_CACHE = "RNNJAX_CACHE"
 
@@ -57,6 +58,10 @@ def sha1_of(path: str | os.PathLike) -> str:
 
 
 def _check_sha1(path: Path, sha1: str, what: str) -> None:
+    size = path.stat().st_size
+    if sha1 == SHA1 and size != SIZE:
+        raise DataError(f"{what} {path} has {size:,} bytes, expected {SIZE:,}: it is not d2l's "
+                        "timemachine.txt (truncated or a different file).")
     actual = sha1_of(path)
     if actual != sha1:
         raise DataError(
@@ -76,7 +81,7 @@ def download(url: str | None = None, sha1: str = SHA1, root: str | os.PathLike |
     url = url or URL
     root = Path(root) if root is not None else cache_dir()
     path = root / url.rsplit("/", 1)[-1]
-    if path.is_file() and sha1_of(path) == sha1:
+    if path.is_file() and (sha1 != SHA1 or path.stat().st_size == SIZE) and sha1_of(path) == sha1:
         return path
     root.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=path.name + ".", suffix=".part")

@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from rnnjax import checkpoint, kernels, memory, metrics, precision, workdir as workdir_lib
+from rnnjax import checkpoint, kernels, memory, metrics, precision, stored, workdir as workdir_lib
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS
 from rnnjax.config import SWEEPABLE, Config, disagreement, label, shown
@@ -171,6 +171,7 @@ def planned(config: Config, data: TimeMachine, workdir: str | Path, *, devices: 
     workdir_lib.check_unlocked(workdir)         # the holder named before the workdir is made
     with workdir_lib.lock(workdir), _open(_read(config, data, workdir, dp, tuple(runs or ()))) as p:
         if not p.finished:
+            stored.remove_unfinished(workdir)       # a failed save's space first: the resume writes next
             for step, _ in p.damaged:
                 checkpoint.set_aside(workdir, step)
         yield p

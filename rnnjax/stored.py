@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from rnnjax.vocab import Vocab
 
 SUBDIR = "checkpoints"
 DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
+# Orbax saves a step into a folder of this name, renamed to the step once complete.
+_UNFINISHED = re.compile(r"\d+\.orbax-checkpoint-tmp.*")
 
 
 class CheckpointError(RuntimeError):
@@ -177,6 +181,18 @@ def set_aside(workdir: Path, step: int) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     (workdir / SUBDIR / str(step)).rename(target)
     return target
+
+
+def remove_unfinished(workdir: Path) -> list[Path]:
+    """Removes the temporary folders of saves that never finished (a full disk, a kill), before a resume
+    writes anything: never a checkpoint, they may hold the space it needs. Only the lock's holder calls it
+    (another run's save in progress looks the same); what cannot be removed stays, for orbax to retry."""
+    directory = Path(workdir) / SUBDIR
+    found = [p for p in directory.iterdir() if _UNFINISHED.fullmatch(p.name)] if directory.is_dir() else []
+    found = [p for p in found if p.is_dir() and not p.is_symlink()]        # a link is never followed
+    for folder in found:
+        shutil.rmtree(folder, ignore_errors=True)
+    return found
 
 
 def val_ppls(workdir: Path, run: int | None = None) -> dict[int, float]:

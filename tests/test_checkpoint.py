@@ -128,6 +128,25 @@ def test_saves_every_checkpoint_every_epochs_and_after_the_last(small_data, tmp_
     assert [r["epoch"] for r in resumed.history] == list(range(1, 9))
 
 
+def test_a_failed_save_never_names_its_own_step_as_the_last_complete_one(tmp_path):
+    folder = tmp_path / checkpoint.SUBDIR
+    mngr = checkpoint.manager(folder)
+    try:
+        for step in (1, 2):             # step 2's save reads step 1's back
+            checkpoint.save(mngr, step, {"w": np.arange(4, dtype=np.float32)}, {})
+        mngr.wait_until_finished()
+        (folder / "2" / "meta" / "metadata").unlink()       # listed, but lacking a file
+        with pytest.raises(CheckpointError, match=r"Saving step 2 .* lacks meta/metadata after its save\); "
+                           r"training stopped there and its last complete checkpoint is step 1\."):
+            checkpoint.check_saved(mngr)
+        (folder / "1" / "state" / "_METADATA").unlink()
+        mngr.unchecked.append(2)
+        with pytest.raises(CheckpointError, match=r"Saving step 2 .* it has no complete checkpoint\."):
+            checkpoint.check_saved(mngr)
+    finally:
+        mngr.close()
+
+
 def test_missing_or_empty_workdir(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         checkpoint.restore(tmp_path / "nope")

@@ -159,6 +159,40 @@ def test_a_fifo_an_unreadable_file_and_a_vocabulary_of_unk_alone_are_one_sentenc
         corpus.load(TEXT, text=text)
 
 
+def test_cheap_checks_come_before_the_file_is_hashed_or_read(tmp_path, monkeypatch):
+    def hashed(*args):
+        raise AssertionError("the whole file was hashed or read")
+    monkeypatch.setattr(corpus, "sha1_of", hashed)
+    monkeypatch.setattr(corpus.Path, "read_bytes", hashed)
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"\0" * 10 + b"text" * 20000)
+    with pytest.raises(DataError, match="looks binary, not text .a NUL byte at offset 0."):
+        Corpus.from_config(path, TEXT)
+    path.write_bytes(b"ok \xe9t\xe9" + b"text" * 20000)
+    with pytest.raises(DataError, match="not UTF-8 text .byte 0xe9 at offset 3."):
+        Corpus.from_config(path, TEXT)
+    path.write_bytes("ab€".encode() * 30000)           # the first bytes end inside a character: text
+    sysconf = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_PAGE_SIZE" else
+                        100000 if name == "SC_PHYS_PAGES" else sysconf(name))
+    with pytest.raises(DataError, match=r"big.txt \(0.0 GiB\) is too large for this machine's memory"):
+        Corpus.from_config(path, TEXT)
+
+
+@pytest.mark.parametrize("where", ["read", "tokenize"])
+def test_running_out_of_memory_is_one_sentence_and_nothing_is_cached(text_file, monkeypatch, tmp_path, where):
+    monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))
+
+    def out_of_memory(*args):
+        raise MemoryError
+    monkeypatch.setattr(*((corpus.Path, "read_bytes") if where == "read" else (corpus, "tokenize")),
+                        out_of_memory)
+    with pytest.raises(DataError, match=r"other.txt \(0.0 GiB\) is too large for this machine's memory to "
+                       r"tokenize: train on a part of it\.$"):
+        corpus.load(TEXT, text=text_file)
+    assert cache_entries() == []
+
+
 def test_a_vocabulary_too_large_for_memory_is_named(text_file, monkeypatch):
     words = " ".join(f"w{i}" for i in range(4000))
     text_file.write_text(words)

@@ -29,9 +29,25 @@ def test_real_text_matches_d2l(real_text_path):
 
 def test_real_text_hash_is_checked(real_text_path, tmp_path):
     bad = tmp_path / "timemachine.txt"
-    bad.write_bytes(open(real_text_path, "rb").read()[:-1])
-    with pytest.raises(DataError, match="SHA-1"):
+    raw = open(real_text_path, "rb").read()
+    bad.write_bytes(raw[:-1] + (b"?" if raw[-1:] != b"?" else b"!"))      # d2l's size, not its bytes
+    with pytest.raises(DataError, match="SHA-1 .* not d2l's timemachine.txt"):
         TimeMachine(8, 4, path=bad)
+
+
+def test_a_file_of_another_size_is_refused_before_it_is_hashed(tmp_path, monkeypatch):
+    def hashed(path):
+        raise AssertionError("hashed")
+    monkeypatch.setattr(data, "sha1_of", hashed)
+    big = tmp_path / "timemachine.txt"
+    with open(big, "wb") as f:
+        f.truncate(4 << 30)                     # sparse: no disk used
+    with pytest.raises(DataError, match=r"has 4,294,967,296 bytes, expected 178,979: it is not d2l's"):
+        data.timemachine_path(big)
+    with pytest.raises(DataError, match=r"has 4,294,967,296 bytes, expected 178,979"):
+        TimeMachine(8, 4, path=big)
+    with pytest.raises(DataError, match="Could not download"):     # the cached copy is not d2l's
+        data.download("http://127.0.0.1:9/timemachine.txt", root=tmp_path, timeout=5)
 
 
 # --- d2l semantics on small text ---------------------------------------------------

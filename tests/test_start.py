@@ -1,11 +1,12 @@
 import dataclasses
+import errno
 import os
 
 import jax
 import pytest
 
 from conftest import TINY as SMALL, small_text
-from rnnjax import metrics, start
+from rnnjax import checkpoint, metrics, start
 from rnnjax.backend import available_cores
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.data import TimeMachine
@@ -221,3 +222,30 @@ def test_fit_trains_a_plan_only_inside_the_planned_block_that_made_it(small_data
     with pytest.raises(ValueError, match="only inside the block"):
         fit(config, small_data, tmp_path, devices=1, log=None, plan=p)
     assert not (tmp_path / "other").exists()
+
+
+def test_a_failed_save_s_folder_is_removed_before_anything_is_written(small_data, tmp_path, monkeypatch):
+    """A disk the run filled: the rerun frees the space of the save that failed before it writes
+    metrics.jsonl; only the process that holds the lock removes it."""
+    folder = tmp_path / checkpoint.SUBDIR
+    leftovers = [folder / "26.orbax-checkpoint-tmp", folder / "39.orbax-checkpoint-tmp-1733400000"]
+    for leftover in leftovers:
+        (leftover / "state").mkdir(parents=True)
+        (leftover / "state" / "d").write_bytes(bytes(1000))
+    (folder / "notes.orbax-checkpoint-tmp").mkdir()          # not a save of orbax's: kept
+    with monkeypatch.context() as m:
+        m.setattr(jax, "process_index", lambda: 1)
+        with start.planned(SMALL, small_data, tmp_path, devices=1):
+            assert all(p.is_dir() for p in leftovers)
+
+    class Written(Exception):
+        """Stops fit at its first write, which found the space."""
+
+    def full_disk(self, epoch):
+        if any(p.exists() for p in leftovers):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        raise Written
+    monkeypatch.setattr(metrics.MetricsLog, "truncate", full_disk)
+    with pytest.raises(Written):
+        fit(SMALL, small_data, tmp_path, devices=1, log=None)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.orbax-checkpoint-tmp"]

@@ -183,3 +183,18 @@ def test_a_run_of_a_cell_swapped_in_for_one_of_rnnjax_s_is_told_from_damage(tmp_
         assert "rnnjax's own" in err and "damaged" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / checkpoint.DAMAGED).exists()
     assert len(checkpoint.steps(tmp_path / "run")) == 1
+
+
+def test_only_the_folders_of_orbax_s_unfinished_saves_are_removed(tmp_path):
+    assert stored.remove_unfinished(tmp_path) == []                 # no checkpoints folder: nothing made
+    assert not (tmp_path / stored.SUBDIR).exists()
+    folder = tmp_path / stored.SUBDIR
+    (folder / "7.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
+    (folder / "7.orbax-checkpoint-tmp" / "state" / "d").write_bytes(bytes(10))
+    (folder / "6").mkdir()                                          # a checkpoint
+    (folder / "x.orbax-checkpoint-tmp").mkdir()                     # not a step's
+    (folder / "8.orbax-checkpoint-tmp-1").symlink_to(folder / "6")  # a link: never followed
+    removed = stored.remove_unfinished(tmp_path)
+    assert [p.name for p in removed] == ["7.orbax-checkpoint-tmp"]
+    left = ["6", "8.orbax-checkpoint-tmp-1", "x.orbax-checkpoint-tmp"]
+    assert sorted(p.name for p in folder.iterdir()) == left
