@@ -1,7 +1,7 @@
 """Any UTF-8 text as the corpus: characters or words, at any size.
 
-``Corpus(path, batch_size, num_steps, ...)`` tokenizes a text with NumPy (a
-100 MB text in seconds; no Python loop over characters), builds d2l's
+``Corpus(path, batch_size, num_steps, ...)`` tokenizes a text with NumPy
+(``rnnjax.tokens``: a 100 MB text in seconds), builds d2l's
 vocabulary from its training part only (``<unk>`` for the rest and for tokens
 rarer than ``min_freq``), and keeps the token stream as the only copy of the
 data: windows are offsets into it (``WindowedText``). The validation part is
@@ -22,7 +22,6 @@ import codecs
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -33,18 +32,16 @@ import numpy as np
 from rnnjax.config import Config
 from rnnjax.data import DataError, TimeMachine, WindowedText, cache_dir, sha1_of, timemachine_path
 from rnnjax import memory
+from rnnjax.tokens import CHUNK, tokenize
 from rnnjax.vocab import Vocab
 
 # What --text changes in the preset before the flags: a text of one's own is taken as it is, its tail
 # validates, and every other window trains.
 TEXT_DEFAULTS = {"preprocess": "raw", "val_fraction": 0.1, "num_train": 0}
-# Characters (or words) handled at a time: bounds the temporaries to a few times this.
-CHUNK = 1 << 22
 # The first bytes of a file looked at for binary or non-UTF-8 content before it is hashed and read.
 HEAD = 1 << 16
 TOO_LARGE = "{} ({:.1f} GiB) is too large for this machine's memory to tokenize: train on a part of it."
 CACHE_VERSION = 1
-_SPACE = re.compile(r"\s")
 
 
 def _decode(path: Path, raw: bytes, final: bool) -> str:
@@ -84,52 +81,6 @@ def read_text(path: str | os.PathLike) -> tuple[str, str]:
     check_file(path)
     raw = Path(path).read_bytes()
     return _decode(path, raw, final=True).removeprefix("\ufeff"), hashlib.sha1(raw).hexdigest()
-
-
-def char_codes(text: str, preprocess: str, chunk: int = CHUNK) -> np.ndarray:
-    """The code points (uint32) of ``text``, ``raw`` or after d2l's ``re.sub('[^A-Za-z]+', ' ',
-    text).lower()``, done in NumPy a chunk at a time."""
-    out = np.empty(len(text), np.uint32)
-    n, after_letter = 0, True           # a run of non-letters at the start becomes a space too
-    for lo in range(0, len(text), chunk):
-        codes = np.frombuffer(text[lo:lo + chunk].encode("utf-32-le"), np.uint32)
-        if preprocess == "d2l":
-            lower = codes | 0x20                        # A-Z to a-z; a-z stay
-            letter = (lower >= ord("a")) & (lower <= ord("z"))
-            keep = letter.copy()
-            keep[0] |= after_letter
-            keep[1:] |= letter[:-1]                     # the first of each run of non-letters
-            after_letter = bool(letter[-1])
-            codes = np.where(letter, lower, ord(" ")).astype(np.uint32)[keep]
-        out[n:n + len(codes)] = codes
-        n += len(codes)
-    return out[:n]
-
-
-def word_ids(text: str, preprocess: str, chunk: int = CHUNK) -> tuple[np.ndarray, list[str]]:
-    """``(ids, words)``: ``text`` split at whitespace (after ``preprocess``), each word as the index
-    (int32) of its first appearance in ``words``; a chunk at a time, cut at whitespace."""
-    if preprocess == "d2l":
-        text = char_codes(text, preprocess, chunk).tobytes().decode("utf-32-le")
-    index: dict[str, int] = {}
-    parts, lo = [], 0
-    while lo < len(text):
-        hi = lo + chunk
-        if hi < len(text):
-            space = _SPACE.search(text, hi)
-            hi = space.start() if space else len(text)
-        words = text[lo:hi].split()
-        parts.append(np.fromiter((index.setdefault(w, len(index)) for w in words), np.int32, len(words)))
-        lo = hi
-    return (np.concatenate(parts) if parts else np.zeros(0, np.int32)), list(index)
-
-
-def tokenize(text: str, token: str, preprocess: str) -> tuple[np.ndarray, Callable[[int], str]]:
-    """``(ids, name)``: a non-negative 32-bit id per token, writable, and the token of an id."""
-    if token == "word":
-        ids, words = word_ids(text, preprocess)
-        return ids, words.__getitem__
-    return char_codes(text, preprocess), chr
 
 
 def encode(ids: np.ndarray, name: Callable[[int], str], train_end: int, min_freq: int, kind: str,

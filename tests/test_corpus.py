@@ -36,25 +36,6 @@ def cache_entries():
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
-# --- tokens -----------------------------------------------------------------------
-
-def test_d2l_preprocessing_in_numpy_is_the_regex():
-    text = "  It's 1895: the Time-Traveller!\n\nÉtonnant, n'est-ce pas?  " + other_alphabet(300) + "end."
-    for chunk in (3, 7, 1 << 22):                      # runs of non-letters across chunk boundaries
-        codes = corpus.char_codes(text, "d2l", chunk)
-        assert codes.tobytes().decode("utf-32-le") == data.preprocess(text)
-        assert corpus.char_codes(text, "raw", chunk).tobytes().decode("utf-32-le") == text
-
-
-def test_words_split_at_any_whitespace_across_chunks():
-    text = "a\u3000b\xa0c\td\n\ne  " + other_alphabet(300)
-    for chunk in (1, 5, 1 << 22):
-        ids, words = corpus.word_ids(text, "raw", chunk)
-        assert [words[i] for i in ids] == text.split()
-        ids, words = corpus.word_ids(text, "d2l", chunk)
-        assert [words[i] for i in ids] == data.preprocess(text).split()
-
-
 def test_characters_of_another_alphabet_with_d2ls_vocabulary_of_the_training_part():
     text = other_alphabet() + "§"                     # '§' only in the validation tail
     c = Corpus(None, 16, 8, text=text)
