@@ -18,6 +18,7 @@ from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_av
 from rnnjax import backend, kernels
 from rnnjax.data import TimeMachine
 from rnnjax.parallel import DataParallel
+from rnnjax.workdir import write_atomically
 
 
 def contenders_for(args, one_device_too: bool = False) -> list[Contender]:
@@ -134,9 +135,9 @@ def main(argv=None) -> int:
     out = {"setting": s.config.to_json(), "machine": info, "contenders": results,
            "ratio_meaning": RATIO_MEANING}
 
-    def save():           # after each part: a run cut short keeps what it measured
+    def save():           # after each part, whole: a run cut short keeps what it measured
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(out, indent=1))
+        write_atomically(json_path, json.dumps(out, indent=1))
     save()
     if args.recipe_rounds:
         print(f"whole recipe ({s.epochs} epochs, compilation and per-epoch validation included):")

@@ -20,6 +20,7 @@ from experiments.benchmark.report import RATIO_MEANING, ratio_lines, sizes_table
 from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available, torch_problem
 from rnnjax import kernels
 from rnnjax.data import TimeMachine
+from rnnjax.workdir import write_atomically
 
 # (cell, hidden units, batch, steps, layers). The largest first: a run the time cuts keeps the sizes it
 # finished, and the 2-layer LSTM 1024 is the one issue 26 sets its targets at.
@@ -116,7 +117,7 @@ def run_sizes(name: str, data_path: str | None, json_path: Path, devices: int | 
             size["contenders"].update(measure_steps(group, s, data, rounds, steps, warmup=warmup,
                                                     log=lambda *_: None, keep_going=True))
             size.update(seconds=time.perf_counter() - t0, **ratios(size))
-            json_path.write_text(json.dumps(out, indent=1))
+            write_atomically(json_path, json.dumps(out, indent=1))     # whole, or as it was
         log("  " + "  ".join(f"{n} " + (f"{r['ms_per_step']:.2f}" if "error" not in r else "failed")
                              for n, r in size["contenders"].items())
             + f"  ({size['seconds']:.0f} s): {s.label}")
