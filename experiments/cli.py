@@ -175,15 +175,22 @@ def progress_output(enabled: bool, epochs: int):
                                    TimeRemainingColumn)
         columns = (TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), TextColumn("{task.fields[ppl]}"))
-        with Progress(*columns) as bar:
-            task = bar.add_task("steps", total=None, ppl="")
+        bar = Progress(*columns)
+        bar.start()
+        task = bar.add_task("steps", total=None, ppl="")
 
-            def update(done: int, total: int, record: dict | None) -> None:
-                if record is not None:
-                    bar.update(task, ppl=f"epoch {record['epoch']}  train ppl {ppl(record['train_ppl'])}  "
-                                         f"val ppl {ppl(record['val_ppl'])}")
-                bar.update(task, completed=done, total=total)
+        def update(done: int, total: int, record: dict | None) -> None:
+            if record is not None:
+                bar.update(task, ppl=f"epoch {record['epoch']}  train ppl {ppl(record['train_ppl'])}  "
+                                     f"val ppl {ppl(record['val_ppl'])}")
+            bar.update(task, completed=done, total=total)
+        try:
             yield update
+        finally:
+            try:
+                bar.stop()
+            except OSError:       # the terminal is gone (a hang-up): what stopped the run is what to say
+                pass
 
 
 def describe_checkpoint(restored: checkpoint.Restored, run: int | None = None) -> str:

@@ -5,18 +5,79 @@ handlers go in before it loads."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 def exit_now(message: str, status: int):
     """Says ``message`` and exits at once: unwinding out of half-loaded or half-compiled JAX can crash
     the interpreter's teardown."""
-    print(message, file=sys.stderr, flush=True)
-    sys.stdout.flush()
+    tell(message)
+    flush()
     os._exit(status)
+
+
+def tell(message: str) -> None:
+    """``message`` on stderr, if it is there: a closed terminal (a hang-up) or ``2>&-`` takes nothing."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):       # closed, or None
+        pass
+
+
+def flush() -> None:
+    """stdout and stderr flushed, where they are still there (``>&-`` leaves ``None``)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+class OutputError(OSError):
+    """Writing the command's own output failed: a full disk under stdout, a terminal gone."""
+
+
+class _Guarded:
+    """stdout whose write and flush failures are ``OutputError`` (a closed pipe's stays a
+    ``BrokenPipeError``), told from the failures of the files a command writes."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def write(self, text: str) -> int:
+        return self._do(self.stream.write, text)
+
+    def flush(self) -> None:
+        return self._do(self.stream.flush)
+
+    @staticmethod
+    def _do(f, *args):
+        try:
+            return f(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputError(e.errno, e.strerror) from None
+
+
+@contextlib.contextmanager
+def guarded_stdout() -> Iterator[None]:
+    """While the block runs, a failure to write stdout is an ``OutputError``."""
+    stream = sys.stdout
+    if stream is not None and not isinstance(stream, _Guarded):
+        sys.stdout = _Guarded(stream)
+    try:
+        yield
+    finally:
+        if isinstance(sys.stdout, _Guarded) and sys.stdout.stream is stream:
+            sys.stdout = stream
 
 
 def stopped_while_loading(signum, frame):
@@ -53,7 +114,6 @@ def run(main: Callable[[], int]) -> None:
     except KeyboardInterrupt:     # a Ctrl-C as main hands the signals back, its own handlers still in place
         stopped_after_the_run(signal.SIGINT, None)
     if status:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        flush()
         os._exit(status)
     sys.exit(status)

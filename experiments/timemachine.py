@@ -27,6 +27,8 @@ The logic lives in ``rnnjax``; this file is intentionally kept short.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import sys
@@ -53,6 +55,10 @@ from rnnjax.workdir import WorkdirError  # noqa: E402
 USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError, WorkdirError,
                 stops.LostProcess)
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory")      # in XLA's errors
+# An OSError of these is the machine's state (space, permissions, limits), said in one sentence; any other
+# (a missing file the code expected) is a bug, whose traceback is wanted.
+MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
+                  errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
 
 
 def _disagreements(config: config_lib.Config, requested: dict) -> list[str]:
@@ -218,25 +224,31 @@ def main(argv=None, **parser_options) -> int:
     stops.stop_handled()        # nothing this interpreter ran before (a library fit) has ended this run
     previous = signal.signal(signal.SIGTERM, _stopped_at_start_up), signal.signal(signal.SIGINT, _interrupted)
     try:
-        return _main(argv, parser_options)
+        with stopping.guarded_stdout():
+            return _main(argv, parser_options)
     except Interrupted as e:
-        print(e, file=sys.stderr)
+        stopping.tell(str(e))
         return 128 + e.signum
     except KeyboardInterrupt:
-        print("Stopped by signal 2 (Ctrl-C); the workdir keeps its last checkpoint (if any): run the same "
-              "command again to go on.", file=sys.stderr)
+        stopping.tell("Stopped by signal 2 (Ctrl-C); the workdir keeps its last checkpoint (if any): run the "
+                      "same command again to go on.")
         return 128 + signal.SIGINT
     except BrokenPipeError:     # the reader of a pipe (| head) exited: stop as a piped Unix tool does
         _drop_output()
-        print("Stopped: the output was closed (the reader of a pipe exited); the workdir keeps its last "
-              "checkpoint (if any).", file=sys.stderr)
+        stopping.tell("Stopped: the output was closed (the reader of a pipe exited); the workdir keeps its "
+                      "last checkpoint (if any).")
         return 128 + signal.SIGPIPE
-    except OSError as e:        # the system's, not the arguments': a full disk under stdout, a locked folder
-        where = e.filename or "writing the output"
-        if e.filename is None:
-            _drop_output()
-        print(f"Stopped: {e.strerror or e} ({where}); the workdir keeps its last checkpoint (if any): fix "
-              "the cause and run the same command again to go on.", file=sys.stderr)
+    except stopping.OutputError as e:       # a full disk under stdout
+        _drop_output()
+        stopping.tell(f"Stopped: {e.strerror} (writing the output); the workdir keeps its last checkpoint "
+                      "(if any): fix the cause and run the same command again to go on.")
+        return 1
+    except OSError as e:
+        if e.errno not in MACHINE_ERRORS:       # not the machine's state: a bug, whose traceback is wanted
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        stopping.tell(f"Stopped: {e.strerror}{where}; the workdir keeps its last checkpoint (if any): fix "
+                      "the cause and run the same command again to go on.")
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous[0])
@@ -246,7 +258,7 @@ def main(argv=None, **parser_options) -> int:
 
 def _drop_output() -> None:
     """Python flushes stdout again as it exits: that write goes nowhere instead of failing twice."""
-    if sys.stdout is not None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):      # no descriptor (captured, None)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 

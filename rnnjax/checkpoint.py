@@ -74,6 +74,13 @@ class Manager(ocp.CheckpointManager):
         finally:
             logging.getLogger("absl").removeFilter(self._quiet)
 
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        except Exception:           # closed by an error: that one says what stopped the run, not a save's
+            if exc[0] is None:
+                raise
+
 
 def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
             earlier: dict[int, float] | None = None) -> Manager:

@@ -334,3 +334,19 @@ def test_an_earlier_best_goes_once_a_later_checkpoint_beats_it(small_data, tmp_p
     records = MetricsLog(tmp_path / "metrics.jsonl").read()
     assert [r["val_ppl"] for r in records] == sorted((r["val_ppl"] for r in records), reverse=True)
     assert checkpoint.manager(tmp_path / checkpoint.SUBDIR).all_steps() == [records[-1]["step"]]
+
+
+def test_a_save_failing_as_the_manager_closes_after_an_error_leaves_that_error(tmp_path, monkeypatch):
+    """On a full disk the metrics line fails first, then the pending save as the manager closes: the run
+    says the first (it said a bare OSError, blamed on stdout)."""
+    import orbax.checkpoint as ocp
+
+    def full(self):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ocp.CheckpointManager, "close", full)
+    with pytest.raises(LookupError, match="metrics.jsonl cannot be written"):
+        with checkpoint.manager(tmp_path / "a"):
+            raise LookupError("metrics.jsonl cannot be written")
+    with pytest.raises(OSError, match="No space left"):       # closed after no error: its own is said
+        with checkpoint.manager(tmp_path / "b"):
+            pass

@@ -49,3 +49,39 @@ def test_a_signal_after_the_run_but_before_it_exits_says_so(signum, ending):
     assert done.returncode == 128 + signum
     assert done.stderr == (f"Stopped by signal {int(signum)} as the program exited, after the run: its "
                            "workdir is as the run left it.\n")
+
+
+def test_closed_streams_take_nothing_and_raise_nothing(monkeypatch):
+    """``>&-``/``2>&-`` leave None; a terminal gone raises on each write: a command's last words and its
+    flush as it exits with a status go nowhere, without the AttributeError or OSError they raised."""
+    from experiments import stopping
+
+    class Gone:
+        def write(self, text):
+            raise OSError(5, "Input/output error")
+
+        def flush(self):
+            raise OSError(5, "Input/output error")
+    for out, err in ((None, None), (Gone(), Gone())):
+        monkeypatch.setattr(sys, "stdout", out)
+        monkeypatch.setattr(sys, "stderr", err)
+        stopping.tell("Stopped by signal 1 (SIGHUP) ...")
+        stopping.flush()
+
+
+def test_stdout_that_fails_is_an_output_error_and_a_closed_pipe_stays_one(monkeypatch):
+    from experiments import stopping
+
+    class Full:
+        def __init__(self, error):
+            self.error = error
+
+        def write(self, text):
+            raise self.error
+    for error, raised in ((OSError(28, "No space left on device"), stopping.OutputError),
+                          (BrokenPipeError(32, "Broken pipe"), BrokenPipeError)):
+        monkeypatch.setattr(sys, "stdout", Full(error))
+        with pytest.raises(raised):
+            with stopping.guarded_stdout():
+                print("epoch 1/3")
+        assert isinstance(sys.stdout, Full)             # put back

@@ -308,3 +308,47 @@ def test_a_multi_host_process_notes_a_signal_after_the_run_and_exits_with_the_ot
         assert flag.signum is None
     stops.stop_handled()
     assert not stops.ended() and not stops.stopping()
+
+
+@pytest.mark.parametrize("code,said", [(13, "Stopped: Permission denied (/w/metrics.jsonl); the workdir"),
+                                       (2, None)])
+def test_an_oserror_of_the_machine_is_one_sentence_and_a_bug_s_keeps_its_traceback(
+        tmp_path, monkeypatch, capsys, code, said):
+    """EACCES (a locked folder) is the machine's state: one sentence; ENOENT of a path the code expected is
+    a bug: raised, for its traceback."""
+    def fails(*args):
+        raise OSError(code, os.strerror(code), "/w/metrics.jsonl")
+    monkeypatch.setattr(timemachine, "train", fails)
+    argv = ["--preset", "tiny", "--workdir", str(tmp_path / "w"), "--no-compilation-cache"]
+    if said is None:
+        with pytest.raises(FileNotFoundError):
+            timemachine.main(argv)
+        return
+    assert timemachine.main(argv) == 1
+    assert capsys.readouterr().err.startswith(said)
+
+
+def test_a_terminal_gone_mid_run_says_what_stopped_it(monkeypatch):
+    """A hang-up: the progress bar's last write to the terminal fails (EIO); the run's own stop is kept."""
+    from experiments import cli
+
+    class GoneTerminal:
+        gone = False
+
+        def isatty(self):
+            return True
+
+        def write(self, text):
+            if self.gone:
+                raise OSError(5, "Input/output error")
+            return len(text)
+
+        def flush(self):
+            self.write("")
+    terminal = GoneTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    with pytest.raises(LookupError, match="the run's own stop"):
+        with cli.progress_output(True, 3) as update:
+            update(1, 3, None)
+            terminal.gone = True
+            raise LookupError("the run's own stop")
