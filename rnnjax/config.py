@@ -18,8 +18,10 @@ from rnnjax.cells import CELLS, NONLINEARITIES
 from rnnjax.kernels import KERNELS
 from rnnjax.precision import COMPUTE_DTYPES, MATMUL_PRECISIONS
 
-# float32's smallest normal and largest numbers: the range a rate or a clip keeps in training.
+# float32's smallest normal and largest numbers: the range a rate or a clip keeps in training (a number
+# up to half a unit above the largest rounds to it: 3.4028235e38, as NumPy prints it, is float32's).
 FLOAT32_TINY, FLOAT32_MAX = 2.0 ** -126, (2 - 2.0 ** -23) * 2.0 ** 127
+_ROUNDS_TO_MAX = (2 - 2.0 ** -24) * 2.0 ** 127
 
 
 class ConfigError(ValueError):
@@ -120,7 +122,7 @@ class Config:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{flag(name)} must be a positive finite number, got {shown(value)}.")
-            if not FLOAT32_TINY <= value <= FLOAT32_MAX:      # it trains in float32: 1e-46 is 0, 1e39 inf
+            if not FLOAT32_TINY <= value < _ROUNDS_TO_MAX:      # it trains in float32: 1e-46 is 0, 1e39 inf
                 raise ConfigError(f"{flag(name)} must be within float32's range, {FLOAT32_TINY:.3g} to "
                                   f"{FLOAT32_MAX:.3g}, as training takes it; got {shown(value)}.")
         if not 0 <= self.seed < 2 ** 32:

@@ -66,12 +66,12 @@ class MetricsLog:
     """``metrics.jsonl``: one JSON object per epoch (and run), appended as epochs finish.
 
     Each record is written as one whole line in a single ``write``; non-finite
-    values are ``null`` (strict JSON: ``NaN`` is never written, and read as
-    ``null``), a perplexity's read back as ``inf`` (a loss past float range;
-    a NaN loss writes no record). Reading checks every line: a torn last line
-    (a crash or a full disk mid-write) is dropped with a warning, anything
-    else that is not a record (an epoch, ``NEEDED``), epochs out of order, or
-    a file that is not a regular file (a FIFO would hang) is a
+    values are ``null`` (strict JSON has no ``NaN``; one found is read so),
+    read back as ``nan``, a perplexity's as ``inf`` (a loss past float range;
+    a NaN training loss writes no record). Reading checks every line: a torn
+    last line (a crash or a full disk mid-write) is dropped with a warning,
+    anything else that is not a record (an epoch, ``NEEDED``), epochs out of
+    order, or a file that is not a regular file (a FIFO would hang) is a
     ``MetricsError``. Only the writer process writes; everyone can read.
     """
 
@@ -121,7 +121,7 @@ class MetricsLog:
                 raise MetricsError(f"{self.path}, line {number}, is not a metrics record (an epoch, "
                                    f"{', '.join(NEEDED)}): {line[:60]!r}. Move the file aside to resume, or "
                                    "use a new --workdir.")
-            records.append({k: math.inf if v is None and k.endswith("_ppl") else v
+            records.append({k: v if v is not None else math.inf if k.endswith("_ppl") else math.nan
                             for k, v in record.items()})
         _check_order(records, self.path)
         return records
@@ -199,13 +199,14 @@ def plot_perplexity(records: list[dict], path: str | Path) -> Path:
         mine = [r for r in records if r.get("run") == run]
         epochs, color = [r["epoch"] for r in mine], f"C{i % 10}"
         name = "" if run is None else f" (run {run})"
-        for key, style in (("train_ppl", "-"), ("val_ppl", "--")):      # null (infinite): a gap
-            values = [math.nan if r[key] is None else r[key] for r in mine]
+        for key, style in (("train_ppl", "-"), ("val_ppl", "--")):      # infinite: a gap
+            values = [r[key] if r[key] is not None and math.isfinite(r[key]) else math.nan for r in mine]
             ax.plot(epochs, values, style, color=color, label=f"{key}{name}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6 if len(runs) > 2 else None)
+    if len(runs) <= 10:          # beyond, a legend would cover the plot: its colors repeat anyway
+        ax.legend(fontsize=6 if len(runs) > 2 else None)
     fig.tight_layout()
     try:        # a whole file or none, never opened in place (it could be a FIFO)
         write_atomically(Path(path), save=lambda tmp: fig.savefig(tmp, format="png"))

@@ -44,6 +44,11 @@ def wait_for_backlog(outputs: list) -> None:
         jax.block_until_ready(outputs[-1 - MAX_IN_FLIGHT])
 
 
+# Processes of a multi-host run, at most: more hosts than any cluster has; JAX's coordinator allocates for
+# each, and 2**31 - 1 of them took all of a machine's memory.
+MAX_PROCESSES = 2 ** 16
+
+
 def check_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None,
                       auto: bool = False, timeout_s: float = JOIN_TIMEOUT_S) -> None:
     """One sentence (``ValueError``) for multi-host settings that cannot start: all three or none, unless
@@ -63,8 +68,8 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
         if ":" in host and not (host.startswith("[") and host.endswith("]")):
             raise ValueError(f"--coordinator: an IPv6 address goes in brackets, e.g. [::1]:1234, got "
                              f"{coordinator!r}.")
-    if num_processes is not None and not 1 <= num_processes < 2 ** 31:     # JAX takes a C int
-        raise ValueError(f"--num-processes must be from 1 to 2**31 - 1, got {num_processes}.")
+    if num_processes is not None and not 1 <= num_processes <= MAX_PROCESSES:
+        raise ValueError(f"--num-processes must be from 1 to {MAX_PROCESSES}, got {num_processes}.")
     if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):
         raise ValueError(f"--process-id must be from 0 to --num-processes - 1, got {process_id}.")
     if not 0 < timeout_s < 1e6:         # NaN fails this too

@@ -82,6 +82,9 @@ def check_writable(workdir: Path) -> None:
         return
     parent = workdir.absolute().parent
     while not parent.exists():
+        if os.path.islink(parent):        # dangling: making the workdir below it would fail
+            raise WorkdirError(f"The workdir {workdir} cannot be made: {parent} is a link to "
+                               f"{os.readlink(parent)}, which does not exist.")
         parent = parent.parent
     if not parent.is_dir():
         raise WorkdirError(f"The workdir {workdir} cannot be made: {parent} is a file, not a directory.")

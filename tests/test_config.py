@@ -93,3 +93,8 @@ def test_values_are_shown_as_typed_and_values_that_differ_read_differently():
     assert disagreement("seed", (0, 1), [2, 3]) == "--seed 0,1 (it has 2,3)"
     assert disagreement("seed", (1, 0), [0, 1]) == "--seed 1,0 (it has 0,1, in that order)"
     assert disagreement("bidirectional", (False,), [True]) == "--no-bidirectional (it has --bidirectional)"
+
+
+def test_the_float32_range_s_edges_as_numpy_prints_them_are_taken():
+    for value in (3.4028235e38, 1.1754944e-38):       # np.finfo(np.float32).max and .tiny
+        assert Config(lr=value, clip=value).lr == value

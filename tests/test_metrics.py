@@ -21,11 +21,12 @@ def test_append_read_and_truncate(tmp_path):
     assert log.read() == records(3)
 
 
-def test_non_finite_values_are_null_in_the_file_and_a_perplexity_reads_back_as_inf(tmp_path):
+def test_non_finite_values_are_null_in_the_file_and_read_back_as_nan_a_perplexity_as_inf(tmp_path):
     log = MetricsLog(tmp_path / "metrics.jsonl")
     log.append({"epoch": 1, "train_ppl": 3.0, "val_ppl": math.inf, "grad_norm": math.nan})
     assert '"val_ppl": null' in log.path.read_text() and "Infinity" not in log.path.read_text()
-    assert log.read() == [{"epoch": 1, "train_ppl": 3.0, "val_ppl": math.inf, "grad_norm": None}]
+    [record] = log.read()
+    assert record["val_ppl"] == math.inf and math.isnan(record["grad_norm"]) and record["train_ppl"] == 3.0
 
 
 def test_only_the_writer_writes(tmp_path):
@@ -47,4 +48,16 @@ def test_a_binary_file_is_named_and_how_to_go_on(tmp_path):
 
 def test_plot_is_a_png(tmp_path):
     path = plot_perplexity(records(4), tmp_path / "ppl.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_plot_of_many_runs_has_no_legend_and_warns_of_nothing(tmp_path):
+    """Many runs' legend covered the plot and matplotlib warned it could not lay it out; an infinite
+    perplexity is a gap."""
+    import warnings
+    records = [{"epoch": e, "run": r, "train_ppl": 5.0 + r, "val_ppl": math.inf if e == 2 else 6.0}
+               for r in range(40) for e in (1, 2, 3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = plot_perplexity(records, tmp_path / "ppl.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -60,7 +60,8 @@ def test_paths_orbax_or_the_system_cannot_take_are_refused_before_any_work(tmp_p
     (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
     for path, message in ((tmp_path / os.fsdecode(b"w\xff"), "has bytes that are not UTF-8 in its path"),
                           (tmp_path / ("x" * 256) / "w", "has a name of 256 bytes in its path"),
-                          (tmp_path / "gone", r"is a link to .*nowhere, which does not exist")):
+                          (tmp_path / "gone", r"is a link to .*nowhere, which does not exist"),
+                          (tmp_path / "gone" / "sub", r"cannot be made: .*gone is a link to .*nowhere")):
         with pytest.raises(workdir.WorkdirError, match=message):
             workdir.check_writable(path)
     workdir.check_writable(tmp_path / ("x" * 255))
