@@ -74,17 +74,22 @@ def _available(device: jax.Device) -> int | None:
 
 
 def check(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1,
-          device: jax.Device | None = None) -> None:
-    """``ValueError`` if a training step cannot fit in memory (estimated), naming what to lower."""
+          device: jax.Device | None = None, data_bytes: int = 0) -> None:
+    """``ValueError`` if a training step, with the token stream of ``data_bytes`` each device holds, cannot
+    fit in memory (estimated), naming what to lower."""
     device = device or jax.devices()[0]
     have = _available(device)
     if have is None:
         return
     weights, activations = estimate(config, vocab_size, num_shards, num_runs)
     copies = num_shards if device.platform == "cpu" else 1      # CPU devices share the host's memory
-    need = (weights + activations) * copies
+    need = (weights + activations + data_bytes) * copies
+    gib = 2 ** 30
+    if need > have and data_bytes > weights + activations:      # the text, not the model
+        raise ValueError(f"The text's token stream takes {data_bytes / gib:.1f} GiB on each of the {copies} "
+                         f"device(s) that train on it, more than this machine's {have / gib:.0f} GiB with "
+                         "the training step: train on a part of the text, or on fewer --devices.")
     if need > have:
-        gib = 2 ** 30
         raise ValueError(f"--num-hiddens {config.num_hiddens} x --num-layers {config.num_layers} at "
                          f"--batch-size {config.batch_size} x --num-steps {config.num_steps} needs about "
                          f"{need / gib:.1f} GiB for a training step ({weights * copies / gib:.1f} GiB of "

@@ -138,7 +138,8 @@ def check(config: Config, data: TimeMachine, workdir: str | Path, *, devices: in
     if steps >= 2 ** 31:        # the state's step counter is an int32
         raise ValueError(f"--epochs {config.epochs} of {data.num_batches(True)} steps each is {steps} steps; "
                          "a run takes at most 2**31 - 1.")
-    memory.check(config, len(data.vocab), dp.num_shards, len(runs or [None]), dp.devices[0])
+    memory.check(config, len(data.vocab), dp.num_shards, len(runs or [None]), dp.devices[0],
+                 data_bytes=data.tokens.nbytes)
     return dp
 
 

@@ -31,6 +31,18 @@ def test_a_model_too_large_for_the_machine_is_refused_naming_the_flags(monkeypat
             memory.check(config, 28, shards)
 
 
+def test_a_text_whose_tokens_do_not_fit_on_every_device_is_refused_naming_the_text(monkeypatch):
+    """Each device holds the token stream (CPU devices, in the host's memory): a 200 MB text took 4 GB."""
+    monkeypatch.setattr(memory, "_available", lambda device: 24 * 2 ** 30)
+    memory.check(TINY, 28, 2, data_bytes=8 * 2 ** 30)
+    with pytest.raises(ValueError, match=r"^The text's token stream takes 8.0 GiB on each of the 4 "
+                                         r"device\(s\) .*train on a part of the text, or on fewer "
+                                         r"--devices\.$"):
+        memory.check(TINY, 28, 4, data_bytes=8 * 2 ** 30)
+    with pytest.raises(ValueError, match=r"lower --batch-size or --num-steps"):     # the step, not the text
+        memory.check(TINY.replace(batch_size=10 ** 7), 28, 2, data_bytes=2 ** 20)
+
+
 def test_many_layers_warn_of_a_long_compilation():
     assert memory.compile_note(TINY) is None
     assert "--num-layers 1000" in memory.compile_note(TINY.replace(num_layers=1000))
