@@ -58,20 +58,6 @@ def explore(tmp_path, monkeypatch, checkpoint: str, run: str | None = None, firs
 
 
 @pytest.mark.slow
-def test_notebook_explores_a_deep_gru_checkpoint(real_text_path, tmp_path, monkeypatch):
-    """A checkpoint given by a relative RNNJAX_CHECKPOINT, of another cell and depth: nothing is trained."""
-    from rnnjax import TimeMachine, fit
-    from rnnjax.config import PRESETS
-    config = PRESETS["tiny"].replace(cell="gru", num_layers=2, epochs=2)
-    fit(config, TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
-                            path=real_text_path), tmp_path / "gru", devices=1, log=None)
-    text = explore(tmp_path, monkeypatch, "gru")
-    assert "step 26 of" in text and "cell='gru'" in text and "closest to" in text
-    assert "temperature 0.5" in text and "only explored" in text
-    assert not (tmp_path / "kernel" / "runs").exists()                   # nothing trained
-
-
-@pytest.mark.slow
 def test_notebook_explores_one_of_runs_trained_together(real_text_path, tmp_path, monkeypatch):
     """RNNJAX_RUN picks one run of a --seeds workdir (restore refuses to guess): its config, its records."""
     from rnnjax import TimeMachine
@@ -90,21 +76,25 @@ def test_notebook_explores_one_of_runs_trained_together(real_text_path, tmp_path
 
 
 @pytest.mark.slow
-def test_notebook_explores_a_run_of_a_flax_cell(real_text_path, tmp_path, monkeypatch):
-    """A cell of flax's, registered in a cell added at the top as the notebook says: its weights are found by
-    shape (flax's kernels, not rnnjax's names), all gates side by side."""
+def test_notebook_explores_a_deep_run_of_a_flax_cell(real_text_path, tmp_path, monkeypatch):
+    """A checkpoint given by a relative RNNJAX_CHECKPOINT, of another depth and of flax's cell, registered in
+    a cell added at the top as the notebook says: nothing is trained; the weights are found by shape
+    (flax's kernels, not rnnjax's names), all gates side by side."""
     import flax.linen as nn
 
     from rnnjax import CELLS, TimeMachine, fit
     from rnnjax.config import PRESETS
     monkeypatch.setitem(CELLS, "mgu", nn.MGUCell)
-    config = PRESETS["tiny"].replace(cell="mgu", epochs=2)
+    config = PRESETS["tiny"].replace(cell="mgu", num_layers=2, epochs=2)
     fit(config, TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
                             path=real_text_path), tmp_path / "mgu", devices=1, log=None)
     register = nbformat.v4.new_code_cell('import flax.linen, rnnjax\n'
                                          'rnnjax.CELLS["mgu"] = flax.linen.MGUCell')
     text = explore(tmp_path, monkeypatch, "mgu", first_cell=register)
-    assert "cell='mgu'" in text and "16 hidden units of the mgu cell" in text and "closest to" in text
+    assert "step 26 of" in text and "cell='mgu'" in text and "num_layers=2" in text
+    assert "16 hidden units of the mgu cell" in text and "closest to" in text
+    assert "temperature 0.5" in text and "only explored" in text
+    assert not (tmp_path / "kernel" / "runs").exists()                   # nothing trained
     assert "spectral radius" not in text                    # two recurrent kernels side by side: not square
 
 
