@@ -198,19 +198,20 @@ def _last_line(path: Path) -> str:
 
 
 def until_stopped(parts: Parts, check: Callable[[], int]) -> int:
-    """``check()``'s status, or, stopped by SIGTERM or SIGINT (unless the check was started ignoring it, as a
-    script's background job is), one line and 128 + the signal, summary.json saying so."""
-    signal.signal(signal.SIGTERM, parts.on_signal)
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, parts.on_signal)
+    """``check()``'s status, or, stopped by SIGTERM, SIGINT or SIGHUP (unless the check was started ignoring
+    it, as a script's background job is SIGINT, nohup SIGHUP), one line and 128 + the signal, summary.json
+    saying so."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):      # a hang-up too: no part left running
+        if signum == signal.SIGTERM or signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, parts.on_signal)
     try:
         return check()
     except Stopped as e:
         parts.summary["stopped_by_signal"] = e.signum
         read_back(parts.out, parts.summary)
         parts.write()
-        print(f"Stopped by signal {e.signum} ({signal.Signals(e.signum).name}), the running part with it; "
-              f"{parts.out / 'summary.json'} has what ran.", file=sys.stderr, flush=True)
+        stopping.tell(f"Stopped by signal {e.signum} ({signal.Signals(e.signum).name}), the running part "
+                      f"with it; {parts.out / 'summary.json'} has what ran.")    # a terminal gone: nowhere
         return 128 + e.signum
 
 
