@@ -1,6 +1,7 @@
 """Stopping a command at once on SIGINT/SIGTERM, with one line on stderr: before and after the work,
-where unwinding out of half-loaded (or torn-down) JAX can crash the interpreter. No JAX here: the
-handlers go in before it loads."""
+where unwinding out of half-loaded (or torn-down) JAX can crash the interpreter; and when its output
+cannot be written (``OutputError``), or its streams are gone (``tell``). No JAX here: the handlers go
+in before it loads."""
 
 from __future__ import annotations
 
