@@ -289,8 +289,6 @@ def _check(args: argparse.Namespace, parts: Parts) -> int:
                                  "--continue-on-collection-errors", f"--junitxml={out / 'tests.xml'}",
                                  *workers, *tests], test_env)
     read_back(out, summary)
-    parts.write()
-
     summary["seconds"] = time.perf_counter() - t_start
     parts.write()
     print(report(summary), flush=True)

@@ -127,8 +127,9 @@ def check_saved(mngr: Manager, wait: bool = True) -> None:
         raise _save_failed(mngr, None, e) from None
     for step in mngr.unchecked:
         folder = Path(mngr.directory) / str(step)
-        if _missing(folder):
-            e = FileNotFoundError(f"{folder} lacks {', '.join(_missing(folder))} after its save")
+        missing = _missing(folder)
+        if missing:
+            e = FileNotFoundError(f"{folder} lacks {', '.join(missing)} after its save")
             raise _save_failed(mngr, step, e) from None
     mngr.unchecked.clear()
 

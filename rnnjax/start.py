@@ -134,10 +134,10 @@ def check(config: Config, data: TimeMachine, workdir: str | Path, *, devices: in
     if data.num_val < 1:
         raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
     data.check_made_for(config)
-    steps = config.epochs * data.num_batches(True)
-    if steps >= 2 ** 31:        # the state's step counter is an int32
-        raise ValueError(f"--epochs {config.epochs} of {data.num_batches(True)} steps each is {steps} steps; "
-                         "a run takes at most 2**31 - 1.")
+    per_epoch = data.num_batches(True)
+    if config.epochs * per_epoch >= 2 ** 31:        # the state's step counter is an int32
+        raise ValueError(f"--epochs {config.epochs} of {per_epoch} steps each is {config.epochs * per_epoch} "
+                         "steps; a run takes at most 2**31 - 1.")
     memory.check(config, len(data.vocab), dp.num_shards, len(runs or [None]), dp.devices[0],
                  data_bytes=data.tokens.nbytes)
     return dp
