@@ -71,21 +71,19 @@ def check_writable(workdir: Path) -> None:
     """``WorkdirError`` unless ``workdir`` is a directory this process can write, or can be made one, at a
     path orbax can take."""
     check_path(workdir)
-    if os.path.islink(workdir) and not workdir.exists():
-        raise WorkdirError(f"The workdir {workdir} is a link to {os.readlink(workdir)}, which does not "
-                           "exist: make that folder, or use another --workdir.")
-    if workdir.exists():
+    parent = workdir.absolute()
+    while not parent.exists():          # the workdir, else the nearest folder above it that is there
+        if os.path.islink(parent):      # dangling: nothing can be made there, or below it
+            raise WorkdirError(f"The workdir {workdir} cannot be made: {parent} is a link to "
+                               f"{os.readlink(parent)}, which does not exist; make that folder, or use "
+                               "another --workdir.")
+        parent = parent.parent
+    if parent == workdir.absolute():
         if not workdir.is_dir():
             raise WorkdirError(f"The workdir {workdir} exists and is not a directory.")
         if not os.access(workdir, os.W_OK | os.X_OK):
             raise WorkdirError(f"The workdir {workdir} is not writable.")
         return
-    parent = workdir.absolute().parent
-    while not parent.exists():
-        if os.path.islink(parent):        # dangling: making the workdir below it would fail
-            raise WorkdirError(f"The workdir {workdir} cannot be made: {parent} is a link to "
-                               f"{os.readlink(parent)}, which does not exist.")
-        parent = parent.parent
     if not parent.is_dir():
         raise WorkdirError(f"The workdir {workdir} cannot be made: {parent} is a file, not a directory.")
     try:            # a probe, removed at once: access() says yes to root, and to /proc
