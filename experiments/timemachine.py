@@ -6,7 +6,7 @@ Command (d2l's recipe, ``rnnjax.config.PRESETS['d2l']``)::
 
 Expected: 8-17 s on a 2-core CPU, compilation included; final train
 perplexity 5.82-6.00, validation 7.19-7.43 (by seed, CPU, device count and
-JAX release: the README's results table), and ``predict('it has', 20)``
+JAX release: docs/results.md), and ``predict('it has', 20)``
 turns from noise into words.
 
 It says first what it does (new or resumed, devices, loss path, workdir),

@@ -70,7 +70,7 @@ class Config:
 
     Command: ``python -m experiments.timemachine``. Runtime: 8-17 s on a
     2-core CPU. Expected: train perplexity 5.82-6.00, validation 7.19-7.43
-    (by seed, CPU, device count and JAX release: README's results table).
+    (by seed, CPU, device count and JAX release: docs/results.md).
     """
     batch_size: int = _field(1024, "windows per training step, over all devices")
     num_steps: int = _field(32, "characters per window: the time steps unrolled")

@@ -28,7 +28,7 @@ def test_d2l_recipe_end_to_end(real_text_path, tmp_path, main_job):
     trained = re.search(r"^trained: '(.*)'", out, re.M).group(1)
     assert untrained.startswith("it has") and len(untrained) == 26
     assert trained.startswith("it has") and len(trained) == 26
-    # Greedy characters make words, mostly (README's results table);
+    # Greedy characters make words, mostly (docs/results.md);
     # the last one may be cut off.
     corpus_words = set(data.preprocess(open(real_text_path).read()).split())
     words = trained[len("it has"):].split()[:-1]
