@@ -189,12 +189,23 @@ def lock(workdir: Path) -> Iterator[None]:
         yield                       # closing the file releases the lock
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomically(path: Path, text: str | None = None, save: Callable[[Path], Any] | None = None
                      ) -> None:
     """``path`` holds ``text`` (or what ``save(tmp)`` writes) whole, or is as it was: written to a
-    temporary file, then renamed; never opened in place (it could be a FIFO). ``WorkdirError`` (no
-    temporary file left) if the disk is full or the file cannot be written."""
+    temporary file, synced to disk, then renamed; never opened in place (it could be a FIFO).
+    ``WorkdirError`` (no temporary file left) if the disk is full or the file cannot be written."""
     tmp = path.with_name(path.name + ".tmp")
+    if tmp.is_dir() and not tmp.is_symlink():
+        raise WorkdirError(f"{tmp} is a folder, where {path.name} is written first; move it aside and run "
+                           "the same command again.")
     try:
         if tmp.is_symlink() or tmp.exists():     # ours, from a crash; never opened (it could be a FIFO)
             tmp.unlink()
@@ -202,7 +213,10 @@ def write_atomically(path: Path, text: str | None = None, save: Callable[[Path],
             f.write(text or "")
         if save is not None:
             save(tmp)
+        _fsync(tmp)                 # on disk before the rename: after a power loss, the old file or the new
         os.replace(tmp, path)
+        with contextlib.suppress(OSError):
+            _fsync(path.parent)     # the rename itself (some filesystems cannot sync a folder)
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()

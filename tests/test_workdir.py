@@ -125,3 +125,30 @@ def test_a_folder_of_someone_else_s_config_or_plot_is_refused_and_a_run_s_own_is
     (mine / "checkpoints").mkdir()            # a run's workdir
     workdir.check_ours(mine)
     workdir.check_ours(tmp_path / "new")
+
+
+def test_write_atomically_syncs_before_the_rename_and_keeps_the_old_file_if_it_fails(tmp_path, monkeypatch):
+    path = tmp_path / "config.json"
+    path.write_text("old")
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace", str(a))), real_replace(a, b)))
+    workdir.write_atomically(path, "new")
+    assert path.read_text() == "new"
+    tmp = str(path) + ".tmp"
+    assert calls == [("fsync", tmp), ("replace", tmp), ("fsync", str(tmp_path))]
+
+    def full(tmp):
+        raise OSError(28, "No space left on device")
+    with pytest.raises(workdir.WorkdirError, match="config.json cannot be written .*free space"):
+        workdir.write_atomically(path, "newer", save=full)
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_a_folder_where_the_temporary_file_goes_is_named(tmp_path):
+    (tmp_path / "ppl.png.tmp").mkdir()
+    with pytest.raises(workdir.WorkdirError, match=r"ppl.png.tmp is a folder, where ppl.png is written"):
+        workdir.write_atomically(tmp_path / "ppl.png", "x")
+    assert (tmp_path / "ppl.png.tmp").is_dir() and not (tmp_path / "ppl.png").exists()
