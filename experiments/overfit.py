@@ -21,7 +21,7 @@ import sys
 
 from experiments import stopping
 
-if __name__ == "__main__":     # a signal while JAX loads: one line and 130/143, not a traceback
+if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + signal, no traceback
     stopping.while_loading()
 
 from experiments import cli, timemachine  # noqa: E402 (after the handlers: loading JAX takes a while)

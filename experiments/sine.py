@@ -40,7 +40,7 @@ import sys
 
 from experiments import stopping
 
-if __name__ == "__main__":     # a signal while JAX loads: one line and 130/143, not a traceback
+if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + signal, no traceback
     stopping.while_loading()
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
@@ -245,8 +245,8 @@ def stopped_message(signum: int, workdir: Path) -> str:
 
 
 def stop_at_once(workdir: Path):
-    """The run's SIGINT/SIGTERM handler: one line (``stopped_message``) and exit 128 + signal at once, not
-    unwinding out of a JAX compile."""
+    """The run's SIGINT/SIGTERM/SIGHUP handler: one line (``stopped_message``) and exit 128 + signal at
+    once, not unwinding out of a JAX compile."""
     return lambda signum, frame: stopping.exit_now(stopped_message(signum, workdir), 128 + signum)
 
 
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     stop = stop_at_once(workdir)
-    previous = signal.signal(signal.SIGINT, stop), signal.signal(signal.SIGTERM, stop)
+    previous = stopping.handle(stop)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         device, count = jax.devices()[0], jax.device_count()
@@ -313,8 +313,7 @@ def main(argv=None) -> int:
         print(f"error: cannot write to {workdir}: {e.strerror}.", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGINT, previous[0])
-        signal.signal(signal.SIGTERM, previous[1])
+        stopping.restore(previous)
     return 0
 
 

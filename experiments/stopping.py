@@ -1,4 +1,4 @@
-"""Stopping a command at once on SIGINT/SIGTERM, with one line on stderr: before and after the work,
+"""Stopping a command at once on SIGINT/SIGTERM/SIGHUP, with one line on stderr: before and after the work,
 where unwinding out of half-loaded (or torn-down) JAX can crash the interpreter; and when its output
 cannot be written (``OutputError``), or its streams are gone (``tell``). No JAX here: the handlers go
 in before it loads."""
@@ -81,6 +81,19 @@ def guarded_stdout() -> Iterator[None]:
             sys.stdout = stream
 
 
+def handle(handler) -> dict:
+    """SIGINT, SIGTERM and, unless ignored (``nohup``), SIGHUP go to ``handler``: a closed terminal stops
+    the command as SIGTERM does. Returns the handlers before, for ``restore``."""
+    hup = getattr(signal, "SIGHUP", None)         # not on Windows
+    hup = [] if hup is None or signal.getsignal(hup) is signal.SIG_IGN else [hup]
+    return {s: signal.signal(s, handler) for s in [signal.SIGINT, signal.SIGTERM, *hup]}
+
+
+def restore(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 def stopped_while_loading(signum, frame):
     exit_now(f"Stopped by signal {signum} while starting, before anything was written.", 128 + signum)
 
@@ -91,23 +104,20 @@ def stopped_after_the_run(signum, frame):
 
 
 def while_loading() -> None:
-    """Before a command imports JAX (it takes a while): a signal says one line and exits 130/143."""
-    signal.signal(signal.SIGINT, stopped_while_loading)
-    signal.signal(signal.SIGTERM, stopped_while_loading)
+    """Before a command imports JAX (it takes a while): a signal says one line and exits 128 + signal."""
+    handle(stopped_while_loading)
 
 
 def ignore_signals() -> None:
     """As a finished command exits: Python's shutdown (JAX's teardown takes up to half a second) puts back
     the default handlers, which would kill it, its work done and saved, with no word and status -2/-15."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    handle(signal.SIG_IGN)
 
 
 def run(main: Callable[[], int]) -> None:
     """Exits with ``main()``'s status. ``main`` handles the signals while it works; as it ends a signal says
     one line. A stopped or failed command exits at once: orbax's threads, cut short, report at teardown."""
-    signal.signal(signal.SIGINT, stopped_after_the_run)       # main's handlers restore these as it returns
-    signal.signal(signal.SIGTERM, stopped_after_the_run)
+    handle(stopped_after_the_run)       # main's handlers restore these as it returns
     # Runs after the atexit handlers registered from here on (jax.distributed's shutdown), before the rest.
     atexit.register(ignore_signals)
     try:

@@ -35,7 +35,7 @@ import sys
 
 from experiments import stopping
 
-if __name__ == "__main__":     # a signal while JAX loads: one line and 130/143, not a traceback
+if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + signal, no traceback
     stopping.while_loading()
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
@@ -191,7 +191,7 @@ def _stopped_generating(signum, frame):
 
 
 def _stopped_at_start_up(signum, frame):
-    if stops.stopping():       # a run stopping on a signal unwinds: it says so and exits 130/143 itself
+    if stops.stopping():       # a run stopping on a signal unwinds: it says so and exits 128 + signal itself
         return
     stopping.exit_now(_after_training(signum) or f"Stopped by signal {signum} before any training; run the "
                       "same command again to go on.", 128 + signum)
@@ -220,9 +220,10 @@ def _interrupted(signum, frame):
 
 def main(argv=None, **parser_options) -> int:
     """The command; ``parser_options`` go to ``cli.parse_args`` (``experiments.overfit``)."""
-    # Until fit takes over the signals (it saves, then stops): one line and 130/143, not a traceback.
+    # Until fit takes over the signals (it saves, then stops): one line and 128 + signal, no traceback.
     stops.stop_handled()        # nothing this interpreter ran before (a library fit) has ended this run
-    previous = signal.signal(signal.SIGTERM, _stopped_at_start_up), signal.signal(signal.SIGINT, _interrupted)
+    previous = stopping.handle(_stopped_at_start_up)        # SIGTERM and SIGHUP
+    signal.signal(signal.SIGINT, _interrupted)
     try:
         with stopping.guarded_stdout():
             return _main(argv, parser_options)
@@ -251,8 +252,7 @@ def main(argv=None, **parser_options) -> int:
                       "the cause and run the same command again to go on.")
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
+        stopping.restore(previous)
         stops.stop_handled()
 
 
@@ -270,8 +270,7 @@ def _main(argv, parser_options: dict) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.predict is not None:
-        signal.signal(signal.SIGTERM, _stopped_generating)
-        signal.signal(signal.SIGINT, _stopped_generating)
+        stopping.handle(_stopped_generating)
     backend.keep_freed_memory()
     backend.use_cpu_cores(configs[0].batch_size if configs else config_lib.PRESETS[args.preset].batch_size,
                           args.devices)
@@ -290,8 +289,7 @@ def _main(argv, parser_options: dict) -> int:
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                             args.join_timeout)
             if args.predict is None:     # joined: from here the processes stop together
-                signal.signal(signal.SIGINT, _deferred)
-                signal.signal(signal.SIGTERM, _deferred)
+                stopping.handle(_deferred)
         predict_only(args) if args.predict is not None else train(args, configs, workdir)
     except (*USAGE_ERRORS, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -326,6 +326,7 @@ if where == "restore":
 if where == "close":         # the checkpoint manager closes as the loop ends, after its last look for one
     import orbax.checkpoint as ocp
     ocp.CheckpointManager.close = signalled(ocp.CheckpointManager.close)
+signal.signal(signal.SIGHUP, signal.SIG_DFL)       # as in a terminal, even where the suite runs under nohup
 stopping.run(lambda: timemachine.main(sys.argv[3:]))
 """
 
@@ -341,8 +342,8 @@ def test_a_signal_after_training_says_the_run_is_saved_and_the_rerun_draws_its_p
     plot, records = tmp_path / metrics.PLOT, tmp_path / metrics.FILENAME
     # The first run stopped before its plot, a resumed run's plot stopped, then the closing of a resumed run's
     # checkpoints and a finished one's; the rerun draws a plot that is missing or older than its records.
-    TERM, INT = signal.SIGTERM, signal.SIGINT
-    for where, epochs, signum, rerun in (("fit", 1, TERM, True), ("plot", 2, INT, True),
+    TERM, INT, HUP = signal.SIGTERM, signal.SIGINT, signal.SIGHUP      # a hang-up killed it, saved, silently
+    for where, epochs, signum, rerun in (("fit", 1, HUP, True), ("plot", 2, INT, True),
                                          ("close", 3, TERM, False), ("close", 3, INT, True)):
         proc = command("--epochs", str(epochs), where=where, signum=signum)
         assert proc.returncode == 128 + signum, proc.stderr
@@ -355,7 +356,7 @@ def test_a_signal_after_training_says_the_run_is_saved_and_the_rerun_draws_its_p
             again = command("--epochs", str(epochs))
             assert again.returncode == 0 and "nothing to train" in again.stdout, again.stdout + again.stderr
             assert plot.stat().st_mtime_ns >= records.stat().st_mtime_ns      # drawn again where it was not
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGHUP):
         proc = command("--predict", "it ", where="restore", signum=signum)
         assert proc.returncode == 128 + signum and proc.stdout == "", proc.stdout
         assert proc.stderr.strip() == f"Stopped by signal {signum} ({signum.name}) while generating; the " \

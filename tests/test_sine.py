@@ -160,12 +160,17 @@ def test_it_says_first_where_it_writes_and_on_which_device_with_its_stop_handler
 
     def fake_run_seeds(workdir, seeds, rnn_epochs):
         seen["start"] = capsys.readouterr().out
-        seen["handlers"] = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        seen["handlers"] = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
         row = dict.fromkeys(("onestep_test", "1-step"), 0.5)
         return {f"seed {s}": {"linear": row, "rnn": row} for s in seeds}
     monkeypatch.setattr(sine, "run_seeds", fake_run_seeds)
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    assert sine.main(["--workdir", str(tmp_path / "w"), "--seeds", "4,2", "--rnn-epochs", "3"]) == 0
+    hup = signal.signal(signal.SIGHUP, signal.SIG_DFL)   # as in a terminal, even under nohup
+    try:
+        before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
+        assert sine.main(["--workdir", str(tmp_path / "w"), "--seeds", "4,2", "--rnn-epochs", "3"]) == 0
+        after = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
+    finally:
+        signal.signal(signal.SIGHUP, hup)
     device, count = jax.devices()[0], jax.device_count()
     of = f", one of {count} devices" if count > 1 else ""
     assert seen["start"] == (f"linear and RNN models (the RNN 3 epochs) at seeds 4,2 on {device} "
@@ -174,8 +179,8 @@ def test_it_says_first_where_it_writes_and_on_which_device_with_its_stop_handler
     monkeypatch.setattr(sine.stopping, "exit_now", lambda message, status: exits.append((message, status)))
     for handler in seen["handlers"]:
         handler(signal.SIGTERM, None)
-    assert exits == [(sine.stopped_message(signal.SIGTERM, tmp_path / "w"), 143)] * 2
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert exits == [(sine.stopped_message(signal.SIGTERM, tmp_path / "w"), 143)] * 3
+    assert after == before
     assert capsys.readouterr().out.endswith(f"wrote {tmp_path / 'w'}\n")
 
 
@@ -191,14 +196,20 @@ def test_a_stop_says_what_the_workdir_holds(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum,when", [(signal.SIGINT, "loading"), (signal.SIGINT, "running"),
-                                         (signal.SIGTERM, "running")])
+@pytest.mark.parametrize("signum,when", [(signal.SIGINT, "loading"), (signal.SIGHUP, "loading"),
+                                         (signal.SIGINT, "running"), (signal.SIGTERM, "running"),
+                                         (signal.SIGHUP, "running")])
 def test_a_signal_stops_it_with_one_line_and_128_plus_the_signal(tmp_path, fresh_env, signum, when):
-    """While JAX loads (0.5 s in) or while it trains (after its first line): no traceback."""
+    """While JAX loads (0.5 s in) or while it trains (after its first line): no traceback. A hang-up (a
+    closed terminal) killed it with no line."""
     workdir = tmp_path / "w"
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.sine", "--workdir", str(workdir), "--seeds",
-                             "0,1"], cwd=Path(sine.__file__).parents[1], env=fresh_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)   # as in a terminal, even under nohup (inherited)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "experiments.sine", "--workdir", str(workdir),
+                                 "--seeds", "0,1"], cwd=Path(sine.__file__).parents[1], env=fresh_env(),
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGHUP, before)
     if when == "loading":
         time.sleep(0.5)
     else:
