@@ -299,9 +299,9 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
     if runs and (run is None or not 0 <= run < len(runs)):
         given = "" if run is None else f", not {run}"
         raise CheckpointError(f"{workdir} holds {len(runs)} runs trained together; choose one with run=K "
-                              f"(--run K), K from 0 to {len(runs) - 1}{given}.")
+                              f"(--run K; the notebook's RNNJAX_RUN=K), K from 0 to {len(runs) - 1}{given}.")
     if run not in (None, 0) and not runs:
-        raise CheckpointError(f"{workdir} holds a single run; leave out run={run} (--run).")
+        raise CheckpointError(f"{workdir} holds a single run; leave out run={run} (--run, RNNJAX_RUN).")
     if runs:
         config, why = runs[run], (meta["position"].get("stopped") or [None] * len(runs))[run]
         if why is not None:

@@ -168,7 +168,7 @@ def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp
                              "1,3"]) == 1
     assert "--lr 1,3 (it has 2)." in capsys.readouterr().err
     assert timemachine.main(["--workdir", str(workdir), "--predict", "it has"]) == 1
-    assert "choose one with run=K (--run K)" in capsys.readouterr().err
+    assert "choose one with run=K (--run K; the notebook's RNNJAX_RUN=K)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
