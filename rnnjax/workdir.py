@@ -217,9 +217,11 @@ def write_atomically(path: Path, text: str | None = None, save: Callable[[Path],
         os.replace(tmp, path)
         with contextlib.suppress(OSError):
             _fsync(path.parent)     # the rename itself (some filesystems cannot sync a folder)
-    except OSError as e:
+    except BaseException as e:      # a Ctrl-C mid-write too: no temporary file left behind
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if not isinstance(e, OSError):
+            raise
         raise WorkdirError(f"{path} cannot be written ({_describe(e)}); free space (or fix the cause) and "
                            "run the same command again.") from None
 

@@ -146,6 +146,12 @@ def test_write_atomically_syncs_before_the_rename_and_keeps_the_old_file_if_it_f
         workdir.write_atomically(path, "newer", save=full)
     assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
+    def interrupted(tmp):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        workdir.write_atomically(path, "newer", save=interrupted)
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
 
 def test_a_folder_where_the_temporary_file_goes_is_named(tmp_path):
     (tmp_path / "ppl.png.tmp").mkdir()
