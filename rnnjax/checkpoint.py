@@ -39,7 +39,6 @@ from rnnjax.data import Vocab
 from rnnjax.generate import predict, predict_batch
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model
 
-FORMAT = meta_lib.FORMAT
 # What a finished save holds: read back after every save, a cheap sign that it can be restored.
 WRITTEN = ("_CHECKPOINT_METADATA", "state/manifest.ocdbt", "state/_METADATA", "meta/metadata")
 
@@ -93,9 +92,6 @@ def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
     return Manager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
 
 
-make_meta = meta_lib.make
-
-
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
          val_ppl: float | None = None) -> None:
     """Saves host ``state`` and ``meta`` (with ``val_ppl``, or ``None`` mid-epoch) at ``step``
@@ -115,10 +111,10 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
         raise _save_failed(mngr, step, e) from None
 
 
-def check_saved(mngr: Manager, wait: bool = True) -> None:
+def check_saved(mngr: Manager) -> None:
     """``CheckpointError`` if an earlier asynchronous save failed, or a finished one lacks a file a restore
     needs (``WRITTEN``: a path orbax misread, a lost write). It waits for the saves in flight, as orbax's
-    next save does (``wait`` is kept for callers that said so)."""
+    next save does."""
     try:
         mngr.check_for_errors()
         # orbax's next save waits for this one anyway; finished, the save is the newest, kept by any policy

@@ -15,9 +15,9 @@ import operator
 from typing import Any
 
 from rnnjax.cells import CELLS, NONLINEARITIES
-from rnnjax.kernels import KERNELS
 from rnnjax.precision import COMPUTE_DTYPES, MATMUL_PRECISIONS
 
+KERNELS = ("plain", "fused", "hoisted", "cudnn")        # rnnjax.kernels: what each is, which is chosen
 # float32's smallest normal and largest numbers: the range a rate or a clip keeps in training (a number
 # up to half a unit above the largest rounds to it: 3.4028235e38, as NumPy prints it, is float32's).
 FLOAT32_TINY, FLOAT32_MAX = 2.0 ** -126, (2 - 2.0 ** -23) * 2.0 ** 127

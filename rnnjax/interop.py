@@ -21,8 +21,6 @@ import numpy as np
 from rnnjax.config import Config
 from rnnjax.state import check_params
 
-_RNN_KEY = re.compile(r"(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
-
 
 def _layer_names(config: Config) -> list[tuple[str, str]]:
     """``(our module name, PyTorch's suffix)`` per layer and direction, in PyTorch's order."""

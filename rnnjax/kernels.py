@@ -24,9 +24,8 @@ from __future__ import annotations
 import jax
 
 from rnnjax.cells import CELLS, LSTMCell
+from rnnjax.config import KERNELS  # noqa: F401 (the names, kept beside what they name)
 from rnnjax.hoisted import supports
-
-KERNELS = ("plain", "fused", "hoisted", "cudnn")
 
 
 def choose(config, backend: str | None = None) -> str:
@@ -64,11 +63,11 @@ def check(config, backend: str | None = None) -> None:
     if config.bidirectional:
         raise ValueError("--kernel cudnn trains one direction only; use --kernel hoisted for "
                          "--bidirectional.")
-    if getattr(config, "compute_dtype", "float32") != "float32":
+    if config.compute_dtype != "float32":
         raise ValueError("--kernel cudnn computes in float32 only (JAX's cuDNN LSTM has no bfloat16); use "
                          "--kernel hoisted for --compute-dtype bfloat16.")
     ambient = jax.config.jax_default_matmul_precision
-    if getattr(config, "matmul_precision", "default") == "default" and ambient in _ONE_BF16_PASS:
+    if config.matmul_precision == "default" and ambient in _ONE_BF16_PASS:
         raise ValueError(f"--kernel cudnn cannot run at JAX's default matmul precision {ambient!r} "
                          "(JAX_DEFAULT_MATMUL_PRECISION or jax.config), one bfloat16 pass, which JAX's cuDNN "
                          "LSTM does not implement; use --matmul-precision high or highest.")

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax import checkpoint, metrics as metrics_lib
+from rnnjax import checkpoint, meta as meta_lib, metrics as metrics_lib
 from rnnjax.backend import compiler_options
 from rnnjax.config import SWEEPABLE, Config, label
 from rnnjax.data import TimeMachine
@@ -99,8 +99,8 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
         if several and records:
             val_ppls = {r["run"]: r["val_ppl"] for r in records}
             runs["run_val_ppls"] = [_finite(val_ppls.get(k)) for k in range(len(configs))]
-        meta = checkpoint.make_meta(p.config, data.vocab, dataclasses.asdict(where), steps_per_epoch,
-                                    num_devices=dp.num_shards, **runs)
+        meta = meta_lib.make(p.config, data.vocab, dataclasses.asdict(where), steps_per_epoch,
+                             num_devices=dp.num_shards, **runs)
         host = dp.unreplicate(state)
         val_ppl = statistics.fmean(r["val_ppl"] for r in records) if records else None
         checkpoint.save(manager, int(per_run(host.step)[0]), host, meta, val_ppl=val_ppl)
@@ -163,7 +163,7 @@ def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callab
             if signum is not None:
                 raise _stopped(manager, signum, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done,
                                workdir, finished=epoch + 1 == p.config.epochs)
-        checkpoint.check_saved(manager, wait=True)
+        checkpoint.check_saved(manager)
         signum = agreed(stop.signum)        # one caught as the last epoch saved: the run is whole, it says so
         if signum is not None:
             raise _stopped(manager, signum, stop.signum, p.config.epochs - 1, steps_per_epoch,
@@ -284,7 +284,7 @@ def _stopped(manager: Any, signum: int, caught: int | None, epoch: int, batch: i
     """The ``Interrupted`` a loop stopped by a signal raises, once its saves have finished; ``caught`` is
     this process's own signal (``None``: another process of a multi-host run caught it); ``finished``: it
     came after the last epoch's validation, with nothing left to train."""
-    checkpoint.check_saved(manager, wait=True)
+    checkpoint.check_saved(manager)
     by = "" if caught else ", caught by another process of the multi-host run,"
     signum = caught or signum
     then = "Nothing is left to train." if finished else "Run the same command again to resume."

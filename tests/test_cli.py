@@ -133,7 +133,7 @@ def test_without_a_readable_config_json_the_newest_checkpoint_s_settings_are_rea
                 "high": [0]}
     meta = meta_lib.make(run, Vocab(list("ab ")), position, 13)
     checkpoint.save(manager, 1, {"a": np.zeros(3, np.float32)}, meta)
-    checkpoint.check_saved(manager, wait=True)
+    checkpoint.check_saved(manager)
     manager.close()
     (w / "config.json").write_text("{torn")
     args = cli.parse_args(["--workdir", str(w)])
@@ -150,7 +150,7 @@ def test_a_config_json_edited_to_disagree_with_its_checkpoint_is_named(tmp_path)
     position = {"epoch": 1, "batch": 0, "partial": [{}], "stopped": [], "high": [0]}
     meta = meta_lib.make(run, vocab, position, 13)
     checkpoint.save(manager, 13, {"a": np.zeros(3, np.float32)}, meta)
-    checkpoint.check_saved(manager, wait=True)
+    checkpoint.check_saved(manager)
     manager.close()
     checkpoint.write_config(w, run.replace(epochs=9, kernel="plain"), vocab)      # resumable: the same run
     assert cli.settings(cli.parse_args(["--workdir", str(w)]))[0] == [run.replace(epochs=9, kernel="plain")]

@@ -1,5 +1,3 @@
-import types
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +40,7 @@ def test_check_refuses_what_a_forced_kernel_cannot_train_in_one_sentence(user_ce
                (Config(cell="gru", kernel="cudnn"), "gpu", "trains --cell lstm only"),
                (Config(cell="lstm", kernel="cudnn", num_layers=2, bidirectional=True), "gpu",
                 "one direction"),
-               (types.SimpleNamespace(cell="lstm", kernel="cudnn", bidirectional=False,
-                                      compute_dtype="bfloat16"), "gpu", "float32 only")]
+               (Config(cell="lstm", kernel="cudnn", compute_dtype="bfloat16"), "gpu", "float32 only")]
     for config, backend, why in refused:
         with pytest.raises(ValueError, match=why) as e:
             kernels.check(config, backend)

@@ -167,14 +167,22 @@ def test_a_signal_as_the_last_saves_finish_says_the_run_is_whole_and_ended_says_
     """A signal caught after the last check of the loop, as it waits for its saves, is not lost: the run
     stops there, saying nothing is left to train. ``stops.ended()``: a run that trained (or had trained) to
     its end, none caught, for the caller's handlers of the signals that come after."""
-    check_saved, waits = checkpoint.check_saved, []
+    check_saved, save, waits, saving = checkpoint.check_saved, checkpoint.save, [], []
 
-    def signalled_as_it_waits(manager, wait=False):
-        if wait and not waits:          # the first wait for the saves: the loop's last
+    def signalled_as_it_waits(manager):
+        if not saving and not waits:          # the first wait for the saves outside a save: the loop's last
             waits.append(os.kill(os.getpid(), signal.SIGTERM))
-        return check_saved(manager, wait)
+        return check_saved(manager)
+
+    def marked_save(*args, **kwargs):
+        saving.append(True)
+        try:
+            return save(*args, **kwargs)
+        finally:
+            saving.pop()
     with monkeypatch.context() as m:
         m.setattr(checkpoint, "check_saved", signalled_as_it_waits)
+        m.setattr(checkpoint, "save", marked_save)
         with pytest.raises(Interrupted, match=r"\(SIGTERM\) in epoch 2 after batch 13/13; saved step 26 in "
                                               r".*\. Nothing is left to train\.$"):
             fit(TINY.replace(epochs=2), data, tmp_path, devices=1, log=None)

@@ -140,7 +140,7 @@ def test_a_workdir_path_is_refused_or_its_checkpoints_restore(name):
                 "high": [0]}
     meta = meta_lib.make(TINY, VOCAB, position, 13)
     checkpoint.save(mngr, 1, state, meta)
-    checkpoint.check_saved(mngr, wait=True)                # read back: its manifest is there
+    checkpoint.check_saved(mngr)                # read back: its manifest is there
     mngr.close()
     assert checkpoint.read_meta(path, 1)["position"]["batch"] == 1
     restored = checkpoint.restore_state(path / checkpoint.SUBDIR, 1, state)
