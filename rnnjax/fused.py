@@ -116,9 +116,10 @@ def _scan_in_place(W_hh: Array, H_BxH: Array, XW_TxBxH: Array, unroll: int, nonl
 _DW_HH_AFTER_LOOP_MAX_BLOCK = 2 ** 15
 
 
-def _backprop_through_time(W_hh: Array, H0_BxH: Array, outputs_TxBxH: Array, dout_TxBxH: Array,
-                           dH_T: Array, nonlinearity: str, dtype) -> tuple[Array, Array, Array | None]:
-    """Backprop through ``H_t = tanh(XW_t + H_{t-1} @ W_hh)`` from the gradients w.r.t. its outputs.
+def _backprop_through_time(W_hh: Array, outputs_TxBxH: Array, dout_TxBxH: Array, nonlinearity: str, dtype
+                           ) -> tuple[Array, Array, Array | None]:
+    """Backprop through ``H_t = tanh(XW_t + H_{t-1} @ W_hh)``, from ``H_0 = 0``, from the gradients w.r.t.
+    its outputs.
 
     ``dZ_t = (dH_t + dout_t) * (1 - H_t**2)`` with ``dH_t = dZ_{t+1} @ W_hh.T``
     (for ``relu``, ``H_t > 0`` in place of ``1 - H_t**2``).
@@ -138,13 +139,13 @@ def _backprop_through_time(W_hh: Array, H0_BxH: Array, outputs_TxBxH: Array, dou
         dZ = (dH_BxH.reshape(-1) + dout.reshape(-1)) * _derivative(H_t.reshape(-1), nonlinearity)
         return _write(dZ_TxBxH, t, dZ.reshape(H_t.shape))
 
-    # The last step runs in the loop too, with dH_T for dZ_{t+1} @ W_hh.T:
+    # The last step runs in the loop too, with no dZ_{t+1} @ W_hh.T:
     # outside it, XLA:CPU copied the whole buffer to update one step of it.
     def step(i, carry):
         dZ_TxBxH, dW_hh = carry
         t = T - 1 - i
         dZ_next = dZ_TxBxH[jnp.minimum(t + 1, T - 1)]
-        dZ_TxBxH = set_dZ(t, jnp.where(t == T - 1, dH_T, dot(dZ_next, W_hh_T, dtype)), dZ_TxBxH)
+        dZ_TxBxH = set_dZ(t, jnp.where(t == T - 1, 0.0, dot(dZ_next, W_hh_T, dtype)), dZ_TxBxH)
         if after_loop:
             return dZ_TxBxH, dW_hh
         # A transposed copy of H_t makes this a plain (NN) dot, XLA:CPU's faster
@@ -153,7 +154,6 @@ def _backprop_through_time(W_hh: Array, H0_BxH: Array, outputs_TxBxH: Array, dou
         return dZ_TxBxH, dW_hh + jnp.where(t == T - 1, 0.0, dW)
 
     dZ_TxBxH, dW_hh = jax.lax.fori_loop(0, T, step, (dout_TxBxH, jnp.zeros_like(W_hh)))
-    dW_hh = dW_hh + dot(H0_BxH.T, dZ_TxBxH[0], dtype)
     outputs_HxN = None
     if after_loop:
         outputs_HxN = jnp.transpose(outputs_TxBxH, (2, 0, 1)).reshape(H, T * B)
@@ -270,18 +270,18 @@ def _recurrence_dense_ce_fwd(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, un
     outputs_TxBxH = _scan_in_place(W_hh, H0_BxH, XW_TxBxH, unroll, nonlinearity, dtype)
     objective_sum, ce_sum, p_NxP = _softmax_cross_entropy(outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]),
                                                           W_HxV, b_V, labels_N, weights_N, dense_dtype)
-    return (objective_sum, ce_sum), (W_hh, H0_BxH, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N)
+    return (objective_sum, ce_sum), (W_hh, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N)
 
 
 def _recurrence_dense_ce_bwd(unroll, nonlinearity, dtype, dense_dtype, residuals, g):
     """The cross-entropy's backward, then ``_backprop_through_time``; ``dW = outputs.T @ dlogits`` as a
     plain matmul of the outputs it transposed for ``dW_hh``."""
-    W_hh, H0_BxH, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N = residuals
+    W_hh, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N = residuals
     V = W_HxV.shape[1]
     dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g[0], V)
     dout_TxBxH = dot(dlogits_NxP, _pad_vocab(W_HxV).T, dense_dtype).reshape(outputs_TxBxH.shape)
-    dZ_TxBxH, dW_hh, outputs_HxN = _backprop_through_time(
-        W_hh, H0_BxH, outputs_TxBxH, dout_TxBxH, jnp.zeros_like(H0_BxH), nonlinearity, dtype)
+    dZ_TxBxH, dW_hh, outputs_HxN = _backprop_through_time(W_hh, outputs_TxBxH, dout_TxBxH, nonlinearity,
+                                                          dtype)
     if outputs_HxN is None:
         dW_HxP = _dense_weight_gradient(outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]), dlogits_NxP,
                                         dense_dtype)
