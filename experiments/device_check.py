@@ -250,7 +250,7 @@ def _check(args: argparse.Namespace, parts: Parts) -> int:
 
     # The step table first: its figures are what a short loan of a GPU is for, and it writes each size as
     # it ends (the largest first), so that the --budget cuts the least of it.
-    # --quick: rnnjax jitted on one CPU device, which compiles in about half the time of a pmap over two.
+    # --quick: rnnjax jitted on one CPU device, which compiles faster than a pmap over two.
     quick = ["--sizes", "small", "--devices", "1"] if args.quick else ["--sizes", "gpu"]
     parts.run("bench", "bench", [py, "-m", "experiments.benchmark", *quick, "--data", args.data,
                                  "--json", str(out / "bench.json"), "--out", str(work)], env)

@@ -39,7 +39,7 @@ _AVX512_VECTORS = {"xla_cpu_prefer_vector_width": 512}
 
 # Init runs once but its random number generator makes a large program: on a CPU,
 # built unoptimized, in one piece, with the older code generator (where XLA
-# still has it), it compiles in about half the time, to values as deterministic.
+# still has it), it compiles faster, to values as deterministic (docs/performance.md).
 _INIT_CPU = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
              "xla_cpu_parallel_codegen_split_count": 1}
 

@@ -1,7 +1,7 @@
 """Any UTF-8 text as the corpus: characters or words, at any size.
 
 ``Corpus(path, batch_size, num_steps, ...)`` tokenizes a text with NumPy
-(``rnnjax.tokens``: a 100 MB text in seconds), builds d2l's
+(``rnnjax.tokens``, fast at any size), builds d2l's
 vocabulary from its training part only (``<unk>`` for the rest and for tokens
 rarer than ``min_freq``), and keeps the token stream as the only copy of the
 data: windows are offsets into it (``WindowedText``). The validation part is

@@ -38,8 +38,8 @@ from rnnjax.stops import (Interrupted, LostProcess, NonFiniteLoss, catch_signals
                           check_finite)
 from rnnjax.workdir import WorkdirError
 
-# Epochs between checkpoints: a save costs about a third of a d2l epoch
-# (docs/performance.md). The last epoch and an interrupted run are always saved.
+# Epochs between checkpoints: a save costs a good part of a d2l epoch (docs/performance.md).
+# The last epoch and an interrupted run are always saved.
 CHECKPOINT_EVERY = 10
 
 # Training steps per compiled call: each call costs the host a dispatch, which

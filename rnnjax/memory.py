@@ -23,7 +23,7 @@ _BYTES_PER_TOKEN_HIDDEN, _BYTES_PER_TOKEN_VOCAB = 64, 16
 # updated parameters.
 PARAM_COPIES = 3
 _GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-# Layers past which the compiled step (every layer unrolled into it) takes a minute or more to compile.
+# Layers past which the compiled step (every layer unrolled into it) is slow to compile: a run warns first.
 LONG_COMPILE_LAYERS = 16
 
 

@@ -26,9 +26,9 @@ from rnnjax.config import shown
 AXIS = "batch"
 
 # XLA's CPU runtime can deadlock in a collective when a pmapped program is
-# queued many calls deep (seen at about 32 in flight, never at 16 or fewer), so
+# queued many calls deep (never seen at this depth: docs/performance.md), so
 # loops that dispatch without reading back wait for the call this many
-# dispatches back (``wait_for_backlog``; docs/performance.md).
+# dispatches back (``wait_for_backlog``).
 MAX_IN_FLIGHT = 8
 # Seconds a multi-host run waits for all its processes to join (JAX's own default).
 JOIN_TIMEOUT_S = 300

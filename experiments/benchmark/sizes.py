@@ -34,8 +34,8 @@ SIZES = {
 # compared with its float32 step: the large LSTMs, where the matmuls are most of the time.
 BFLOAT16_AT = {"gpu": {"lstm 1024/256/64 x2", "lstm 512/512/64"}, "small": {"lstm 48/32/16 x2"}}
 BF16, CUDNN = "rnnjax hoisted bf16", "rnnjax cudnn"
-# Rounds, steps a round and warm-up steps (None: an epoch) per contender at each size of a set: rounds of
-# about 0.1-0.5 s on an H200; the small set only has to show that every contender runs.
+# Rounds, steps a round and warm-up steps (None: an epoch) per contender at each size of a set: rounds
+# long enough to time on a GPU; the small set only has to show that every contender runs.
 ROUNDS = {"gpu": (5, 40, None), "small": (2, 10, 2)}
 
 
