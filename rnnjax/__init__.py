@@ -1,6 +1,6 @@
 """rnnjax: d2l's concise RNN language model in JAX and Flax."""
 
-from rnnjax import backend, checkpoint, runs
+from rnnjax import backend, checkpoint, interop, runs
 from rnnjax.config import PRESETS, Config
 from rnnjax.corpus import Corpus
 from rnnjax.data import Batch, TimeMachine, Vocab, Windows
@@ -14,8 +14,8 @@ from rnnjax.train import eval_step, eval_steps, fit, train_step, train_steps, tr
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "CELLS", "Config", "Corpus", "OneHot", "PRESETS", "RNN", "RNNLM", "SimpleRNNCell", "TimeMachine",
-    "TrainState", "Vocab", "Windows", "backend", "checkpoint", "create_train_state", "eval_step",
-    "eval_steps", "fit", "fit_runs", "make_model", "plan", "predict", "predict_batch", "runs", "train_step",
-    "train_steps", "train_windows",
+    "Batch", "CELLS", "Config", "Corpus", "OneHot", "PRESETS", "RNN", "RNNLM", "SimpleRNNCell",
+    "TimeMachine", "TrainState", "Vocab", "Windows", "backend", "checkpoint", "create_train_state",
+    "eval_step", "eval_steps", "fit", "fit_runs", "interop", "make_model", "plan", "predict",
+    "predict_batch", "runs", "train_step", "train_steps", "train_windows",
 ]

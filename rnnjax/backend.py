@@ -1,7 +1,7 @@
 """Backend tuning, all in one place: XLA compiler options, CPU devices, malloc, the compilation cache.
 
-``compiler_options`` and ``CompiledPerShape`` are what ``rnnjax.train.fit``
-compiles its steps with. The process-wide settings (``use_cpu_cores``,
+``compiler_options`` and ``CompiledPerShape`` are what ``rnnjax.loop``
+compiles a run's steps with. The process-wide settings (``use_cpu_cores``,
 ``keep_freed_memory``, ``enable_compilation_cache``) are chosen by the entry
 points before JAX starts; importing rnnjax never does. Why each one pays,
 with measurements: ``docs/performance.md``.

@@ -1,7 +1,7 @@
 """Orbax checkpoints of a run, and restoring them for inference.
 
-A workdir holds ``config.json``, ``metrics.jsonl``, ``ppl.png`` and
-``checkpoints/<step>/`` with two orbax items: ``state``, the full
+A workdir holds ``config.json``, ``metrics.jsonl`` (the CLI adds ``ppl.png``)
+and ``checkpoints/<step>/`` with two orbax items: ``state``, the full
 ``TrainState`` (step, params, optimizer state; ``StandardSave``), and ``meta``,
 JSON with the config, the vocabulary and the data-order position
 (``JsonSave``). The latest ``keep`` checkpoints and the best by validation

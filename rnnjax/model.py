@@ -5,8 +5,8 @@ with ``nn.scan``; ``StackedRNN`` is PyTorch's ``nn.RNN``/``nn.GRU``/``nn.LSTM``
 layer (``num_layers``, ``dropout`` between layers, ``bidirectional``);
 ``RNNLM`` puts one-hot inputs in front and a Dense layer behind, and its
 ``loss`` gives the masked sums of the objective (``rnnjax.objective``) and
-the cross-entropy. The fast training kernel lives beside this file
-(``rnnjax.fused``) and is tested against it.
+the cross-entropy. The fast training kernels live beside this file
+(``rnnjax.kernels`` chooses one) and are tested against it.
 
 Shapes are time-major inside the RNN, as in d2l: inputs ``(T, B, I)``. Names
 carry shape suffixes: T steps, B batch, H hiddens, V vocabulary, I inputs.

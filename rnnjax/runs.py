@@ -7,7 +7,7 @@ shared; each run its own batch order, dropout key, and ``clip`` and ``lr`` in
 its optimizer state), then data parallel over the devices as a single run is.
 Each run is the run ``fit`` trains alone, to float32 round-off (tested). One
 workdir holds them all: checkpoints of the stacked state (resumed exactly),
-``metrics.jsonl`` with a ``run`` field, ``ppl.png`` with a curve per run;
+``metrics.jsonl`` with a ``run`` field (the CLI plots a curve per run);
 ``rnnjax.checkpoint.restore(workdir, run=k)`` gives run k on its own. A run
 whose loss turns non-finite or diverges stops alone; the others train on.
 """

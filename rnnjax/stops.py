@@ -21,7 +21,7 @@ class NonFiniteLoss(FloatingPointError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived; a checkpoint of the last completed step was saved."""
+    """SIGINT, SIGTERM or SIGHUP arrived; a checkpoint of the last completed step was saved."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
