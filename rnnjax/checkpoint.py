@@ -35,9 +35,9 @@ from rnnjax.stored import (DAMAGED, SUBDIR, CellMismatch, CheckpointError, Damag
                            UnknownCell, best_step, check_fits, latest_step, read_meta, reason, set_aside,
                            steps, val_ppls)
 from rnnjax.config import Config, whole
-from rnnjax.data import Vocab
 from rnnjax.generate import predict, predict_batch
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model
+from rnnjax.vocab import Vocab
 
 # What a finished save holds: read back after every save, a cheap sign that it can be restored.
 WRITTEN = ("_CHECKPOINT_METADATA", "state/manifest.ocdbt", "state/_METADATA", "meta/metadata")

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax.config import whole
-from rnnjax.data import Vocab
 from rnnjax.model import RNNLM
+from rnnjax.vocab import Vocab
 
 # Characters one call generates at most: every one is kept (B x (L + num_preds) int32) and scanned over.
 MAX_PREDS = 10_000_000

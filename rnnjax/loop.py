@@ -29,7 +29,7 @@ import numpy as np
 from rnnjax import checkpoint, meta as meta_lib, metrics as metrics_lib
 from rnnjax.backend import compiler_options
 from rnnjax.config import SWEEPABLE, Config, label
-from rnnjax.data import TimeMachine
+from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
 from rnnjax.meta import Position
@@ -56,7 +56,7 @@ class FitResult:
     stopped: tuple = ()          # runs trained together: why each one stopped early, or None
 
 
-def run(p: Plan, data: TimeMachine, state: Any, step: Callable, evaluate: Callable, *,
+def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Callable, *,
         checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3, progress: Callable | None = None,
         log: Callable[[str], Any] | None = None) -> FitResult:
     """Trains the planned run ``p`` from ``state`` (on the host) to ``p.config.epochs``.
@@ -175,7 +175,7 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def _open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_lib.MetricsLog]:
+def _open_workdir(p: Plan, data: WindowedText, keep: int) -> tuple[Any, metrics_lib.MetricsLog]:
     """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
     run; an earlier run's records and plot moved aside (``Plan.aside``); unless it is finished, the records
     past its checkpoint dropped and ``config.json`` written."""
@@ -201,7 +201,7 @@ def _open_workdir(p: Plan, data: TimeMachine, keep: int) -> tuple[Any, metrics_l
     return manager, metrics_log
 
 
-def compile_run(p: Plan, data: TimeMachine, step: Callable, evaluate: Callable) -> tuple:
+def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable) -> tuple:
     """``(train, evaluate, tokens, val_batches)``: a planned run's training and evaluation steps compiled
     for its devices, their float32 matmuls at ``matmul_precision``, and the token stream and validation
     batches on them."""
@@ -212,7 +212,7 @@ def compile_run(p: Plan, data: TimeMachine, step: Callable, evaluate: Callable) 
             p.dp.replicate(data.tokens), p.dp.put(p.dp.shard_stack(data.val_batches())))
 
 
-def count_steps(p: Plan, data: TimeMachine) -> tuple[int, int, int]:
+def count_steps(p: Plan, data: WindowedText) -> tuple[int, int, int]:
     """``(steps per epoch, steps in the run, steps done before this start)``."""
     steps_per_epoch = data.num_batches(True)
     return (steps_per_epoch, p.config.epochs * steps_per_epoch,

@@ -24,7 +24,7 @@ from typing import Any
 
 from rnnjax.cells import CELLS
 from rnnjax.config import Config
-from rnnjax.data import Vocab
+from rnnjax.vocab import Vocab
 
 FORMAT = 3                    # 2: the meta carries its own checksum; 3: metric sums per key, per run
 READABLE = (1, 2, 3)

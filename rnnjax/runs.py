@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from rnnjax import loop
 from rnnjax.config import SWEEPABLE, Config, ConfigError
-from rnnjax.data import Batch, TimeMachine, Windows
+from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, planned
 from rnnjax.state import TrainState, create_run_states
@@ -81,9 +81,10 @@ def summary(history: list[dict]) -> dict[str, dict[str, float]]:
                 "max": max(r[k] for r in final)} for k in ("train_ppl", "val_ppl", "val_bpc")}
 
 
-def fit_runs(configs: Iterable[Config], data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
-             checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3, progress: Callable | None = None,
-             log: Callable[[str], Any] | None = print, plan: Plan | None = None) -> FitResult:
+def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path, *,
+             devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3,
+             progress: Callable | None = None, log: Callable[[str], Any] | None = print,
+             plan: Plan | None = None) -> FitResult:
     """Trains ``configs`` together as ``fit`` trains one: checked first, resumed from ``workdir``, one
     metrics line per run and epoch. The result's state is the stacked one; ``progress`` gets the runs'
     mean perplexities. ``data``'s seed is replaced by each run's. A run whose loss turns non-finite or
@@ -104,7 +105,7 @@ def fit_runs(configs: Iterable[Config], data: TimeMachine, workdir: str | Path, 
         return _fit_runs(p, data, checkpoint_every, keep, progress, log)
 
 
-def _fit_runs(p: Plan, data: TimeMachine, checkpoint_every: int, keep: int, progress: Callable | None,
+def _fit_runs(p: Plan, data: WindowedText, checkpoint_every: int, keep: int, progress: Callable | None,
               log: Callable[[str], Any] | None) -> FitResult:
     configs = list(p.runs)
     state = create_run_states(configs, len(data.vocab)) if p.state is None else p.state

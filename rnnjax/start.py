@@ -21,10 +21,11 @@ from rnnjax import checkpoint, kernels, memory, metrics, precision, stored, work
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS
 from rnnjax.config import SWEEPABLE, Config, disagreement, label, shown
-from rnnjax.data import TimeMachine, Vocab
+from rnnjax.data import WindowedText
 from rnnjax.meta import Position
 from rnnjax.parallel import DataParallel
 from rnnjax.state import abstract_run_states, abstract_train_state, loss_path, make_model, takes_dtype
+from rnnjax.vocab import Vocab
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Plan:
     config: Config
     workdir: Path
     dp: DataParallel
-    path: str                    # the loss path, in words
+    loss_path: str               # which kernel computes the loss, in words
     step: int | None = None      # the checkpoint it resumes from
     position: Position = dataclasses.field(default_factory=Position)
     runs: tuple[Config, ...] = ()  # several runs trained together (rnnjax.runs)
@@ -96,7 +97,7 @@ class Plan:
         c = self.config
         matmuls = precision.describe(c.compute_dtype, c.matmul_precision, self.dp.devices[0],
                                      takes_dtype(CELLS[c.cell]))
-        return f"{what} on {devices}, {self.path}, {matmuls}; writing to {self.workdir}{hint}"
+        return f"{what} on {devices}, {self.loss_path}, {matmuls}; writing to {self.workdir}{hint}"
 
 
 def check_arguments(config: Config, workdir: str | Path, *, devices: int | None = None,
@@ -126,7 +127,7 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
     return dp
 
 
-def check(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
+def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: int | None = None,
           runs: list[Config] | None = None) -> DataParallel:
     """The checks of the arguments, the data and what the workdir is (not of what it holds), before any
     work: ``ValueError`` (``WorkdirError``, ``CheckpointError``) in one sentence; the devices to train on."""
@@ -143,7 +144,7 @@ def check(config: Config, data: TimeMachine, workdir: str | Path, *, devices: in
     return dp
 
 
-def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
+def plan(config: Config, data: WindowedText, workdir: str | Path, *, devices: int | None = None,
          runs: list[Config] | None = None) -> Plan:
     """Every check ``fit`` makes before it starts: data, devices, the workdir and any checkpoint in it
     (for ``rnnjax.runs.fit_runs``, ``runs`` are the configs trained together, ``config`` the first).
@@ -159,7 +160,7 @@ def plan(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int
 
 
 @contextlib.contextmanager
-def planned(config: Config, data: TimeMachine, workdir: str | Path, *, devices: int | None = None,
+def planned(config: Config, data: WindowedText, workdir: str | Path, *, devices: int | None = None,
             runs: list[Config] | None = None) -> Iterator[Plan]:
     """``plan``, made under the workdir's lock (the writer process holds it for the block; the others
     only read), the damaged checkpoints it found set aside."""
@@ -190,7 +191,7 @@ def _open(p: Plan) -> Iterator[Plan]:
         _open_plans.discard(id(p))
 
 
-def check_plan(p: Plan, config: Config, data: TimeMachine, workdir: str | Path,
+def check_plan(p: Plan, config: Config, data: WindowedText, workdir: str | Path,
                runs: list[Config] | None = None) -> None:
     """``ValueError`` unless ``p`` can train ``config`` on ``data`` in ``workdir``: made for them by
     ``planned``, whose block (holding the workdir's lock) is still running."""
@@ -222,7 +223,7 @@ def _lost_epochs(records: list[dict], position: Position, runs: tuple[Config, ..
     return f"the records of epoch(s) {', '.join(spans)}"
 
 
-def _read(config: Config, data: TimeMachine, workdir: Path, dp: DataParallel, runs: tuple[Config, ...]
+def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, runs: tuple[Config, ...]
           ) -> Plan:
     """The plan from what ``workdir`` holds: the newest good checkpoint, damaged ones reported."""
     torn = []        # said once, by describe, with the epochs it leaves out

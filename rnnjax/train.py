@@ -29,7 +29,7 @@ import optax
 
 from rnnjax import loop
 from rnnjax.config import Config, whole
-from rnnjax.data import Batch, TimeMachine, Windows
+from rnnjax.data import Batch, Windows, WindowedText
 # What fit raises and its defaults, importable from here too.
 from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
 from rnnjax.start import Plan, check_plan, planned
@@ -118,7 +118,7 @@ def eval_steps(state: TrainState, batches: Batch, axis_name: str | None = None) 
     return {"loss_sum": loss_sum, "count": count}
 
 
-def fit(config: Config, data: TimeMachine, workdir: str | Path, *, params: Any = None,
+def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any = None,
         devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3,
         progress: Callable | None = None, log: Callable[[str], Any] | None = print, plan: Plan | None = None
         ) -> FitResult:
@@ -169,7 +169,7 @@ def check_saving(checkpoint_every: int, keep: int) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def _fit(p: Plan, data: TimeMachine, params: Any, checkpoint_every: int, keep: int,
+def _fit(p: Plan, data: WindowedText, params: Any, checkpoint_every: int, keep: int,
          progress: Callable | None) -> FitResult:
     config = p.config
     state = create_train_state(config, len(data.vocab), params) if p.state is None else p.state
