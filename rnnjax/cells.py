@@ -73,6 +73,28 @@ class OneHot:
         return jax.nn.one_hot(self.ids, self.depth, dtype=dtype)
 
 
+def compute_dtype(cell) -> Any:
+    """The dtype of a cell's matmul operands: its ``dtype`` attribute, float32 if it has none."""
+    return getattr(cell, "dtype", None) or jnp.float32
+
+
+def gru_update(XW_Bx3H: Array, HW_Bx3H: Array, H_BxH: Array) -> Array:
+    """The GRU's ``h'`` from ``x W_ih + b_ih`` and ``h W_hh + b_hh`` (gates ``r, z, n``): its elementwise
+    math, which ``rnnjax.hoisted`` runs too."""
+    xr, xz, xn = jnp.split(XW_Bx3H, 3, axis=-1)
+    hr, hz, hn = jnp.split(HW_Bx3H, 3, axis=-1)
+    r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+    n = jnp.tanh(xn + r * hn)
+    return (1.0 - z) * n + z * H_BxH
+
+
+def lstm_update(pre_Bx4H: Array, C_BxH: Array) -> tuple[Array, Array]:
+    """The LSTM's ``(h', c')`` from the gates' pre-activations (``i, f, g, o``) and ``c``."""
+    i, f, g, o = jnp.split(pre_Bx4H, 4, axis=-1)
+    C_BxH = jax.nn.sigmoid(f) * C_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return jax.nn.sigmoid(o) * jnp.tanh(C_BxH), C_BxH
+
+
 class _Cell(nn.RNNCellBase):
     """What the cells share: ``num_hiddens``, the matmuls' ``dtype``, a zero carry of one or more
     ``(B, H)`` arrays."""
@@ -133,11 +155,7 @@ class GRUCell(_Cell):
         H = self.num_hiddens
         W_ih, W_hh = self._param("W_ih", X_BxI.shape[-1], 3 * H), self._param("W_hh", H, 3 * H)
         b_ih, b_hh = self._param("b_ih", 3 * H), self._param("b_hh", 3 * H)
-        xr, xz, xn = jnp.split(self._dot(X_BxI, W_ih) + b_ih, 3, axis=-1)
-        hr, hz, hn = jnp.split(self._dot(H_BxH, W_hh) + b_hh, 3, axis=-1)
-        r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
-        n = jnp.tanh(xn + r * hn)
-        H_BxH = (1.0 - z) * n + z * H_BxH
+        H_BxH = gru_update(self._dot(X_BxI, W_ih) + b_ih, self._dot(H_BxH, W_hh) + b_hh, H_BxH)
         return H_BxH, H_BxH
 
 
@@ -160,9 +178,7 @@ class LSTMCell(_Cell):
         H = self.num_hiddens
         W_ih, W_hh = self._param("W_ih", X_BxI.shape[-1], 4 * H), self._param("W_hh", H, 4 * H)
         b_ih, b_hh = self._param("b_ih", 4 * H), self._param("b_hh", 4 * H)
-        i, f, g, o = jnp.split(self._dot(X_BxI, W_ih) + b_ih + self._dot(H_BxH, W_hh) + b_hh, 4, axis=-1)
-        C_BxH = jax.nn.sigmoid(f) * C_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
-        H_BxH = jax.nn.sigmoid(o) * jnp.tanh(C_BxH)
+        H_BxH, C_BxH = lstm_update(self._dot(X_BxI, W_ih) + b_ih + self._dot(H_BxH, W_hh) + b_hh, C_BxH)
         return (H_BxH, C_BxH), H_BxH
 
 

@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import precision
-from rnnjax.cells import NONLINEARITIES, GRUCell, LSTMCell, OneHot, SimpleRNNCell
+from rnnjax.cells import (NONLINEARITIES, GRUCell, LSTMCell, OneHot, SimpleRNNCell, compute_dtype, gru_update,
+                          lstm_update)
 from rnnjax.fused import output_loss
 from rnnjax.model import RNN, RNNLM, StackedRNN
 
@@ -49,11 +50,6 @@ def describe(rnn) -> str:
     """What trains, in words: what a run reports."""
     return ("hoisted loss (rnnjax.hoisted: input projections before the time loop, the recurrence's "
             "backward pass by hand, weight gradients after it; the fused output layer)")
-
-
-def compute_dtype(cell):
-    """The dtype of the cell's matmul operands: its ``dtype`` attribute, float32 if it has none."""
-    return getattr(cell, "dtype", None) or jnp.float32
 
 
 class HoistedRNNLM(RNNLM):
@@ -127,17 +123,8 @@ def gates(kind: str, nonlinearity: str, pre, read: tuple) -> tuple:
     if kind == "rnn":
         return (NONLINEARITIES[nonlinearity](pre),)
     if kind == "lstm":
-        (C_BxH,) = read
-        i, f, g, o = jnp.split(pre, 4, axis=-1)
-        C_BxH = jax.nn.sigmoid(f) * C_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
-        return jax.nn.sigmoid(o) * jnp.tanh(C_BxH), C_BxH
-    (H_BxH,) = read
-    XW, HW = pre
-    xr, xz, xn = jnp.split(XW, 3, axis=-1)
-    hr, hz, hn = jnp.split(HW, 3, axis=-1)
-    r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
-    n = jnp.tanh(xn + r * hn)
-    return ((1.0 - z) * n + z * H_BxH,)
+        return lstm_update(pre, *read)
+    return (gru_update(*pre, *read),)
 
 
 def _read(kind: str, state: tuple) -> tuple:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import objective
-from rnnjax.cells import CELLS, GRUCell, LSTMCell, OneHot, SimpleRNNCell, uniform_init
+from rnnjax.cells import CELLS, GRUCell, LSTMCell, OneHot, SimpleRNNCell, compute_dtype, uniform_init
 from rnnjax.precision import dot
 
 __all__ = ["CELLS", "GRUCell", "LSTMCell", "Linear", "OneHot", "RNN", "RNNLM", "SimpleRNNCell", "StackedRNN",
@@ -75,7 +75,7 @@ class RNN(nn.Module):
 
     def _cell_input(self, x: Array | OneHot) -> Array | OneHot:
         if isinstance(x, OneHot) and not getattr(self.cell, "accepts_one_hot", False):
-            return x.dense(getattr(self.cell, "dtype", None) or jnp.float32)
+            return x.dense(compute_dtype(self.cell))
         return x
 
     @nn.nowrap
