@@ -200,14 +200,15 @@ def test_a_checkpoint_removed_as_it_is_read_is_not_damage(small_data, tmp_path, 
     fails as damage would. The latest (or best) is picked again; a step asked for says it went."""
     import shutil
     fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
-    read = checkpoint._restore_for_inference
+    from rnnjax import restore as restore_lib
+    read = restore_lib._restore_for_inference
 
     def removed_as_read(workdir, step, run):
         if step == 26 and (tmp_path / checkpoint.SUBDIR / "26").exists():
             shutil.rmtree(tmp_path / checkpoint.SUBDIR / "26")
             raise checkpoint.DamagedCheckpoint(step, tmp_path / checkpoint.SUBDIR, "cannot be restored")
         return read(workdir, step, run)
-    monkeypatch.setattr(checkpoint, "_restore_for_inference", removed_as_read)
+    monkeypatch.setattr(restore_lib, "_restore_for_inference", removed_as_read)
     assert checkpoint.restore(tmp_path).step == 13
     fit(TINY.replace(epochs=2), small_data, tmp_path / "again", devices=1, checkpoint_every=1, log=None)
     shutil.rmtree(tmp_path / checkpoint.SUBDIR)

@@ -1,0 +1,177 @@
+"""Reading a run's checkpoints back: for inference (``restore``) and to resume (``restore_state``).
+
+``restore(workdir)`` needs nothing but the workdir: it rebuilds the model from
+the saved config and returns params, vocab and a ``predict`` (``Restored``):
+the latest checkpoint, a ``step``, the ``best``, one ``run`` of several
+trained together. Every array is checked against the checksums saved with
+it; a damaged checkpoint is an error, or with ``fallback`` the newest good
+one before it. ``rnnjax.checkpoint`` re-exports both: ``rnnjax.checkpoint.restore``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from rnnjax import orbax_logs, workdir as workdir_lib
+from rnnjax.config import Config, whole
+from rnnjax.generate import predict, predict_batch
+from rnnjax.state import abstract_run_states, abstract_train_state, make_model
+from rnnjax.stored import (SUBDIR, CheckpointError, DamagedCheckpoint, best_step, check_fits, read_meta,
+                           reason, steps)
+from rnnjax.vocab import Vocab
+
+
+def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, meta: dict | None = None
+                  ) -> Any:
+    """The saved state in ``source`` (a manager, or its directory), as host arrays shaped and typed like
+    ``target``, its checksums (in ``meta``, read and checked unless given) verified: ``DamagedCheckpoint``
+    if it cannot be read or any array differs from what was saved. It reads that checkpoint's files only
+    (a manager would read every checkpoint's metadata first, a FIFO's too)."""
+    directory = Path(getattr(source, "directory", source)).absolute()     # orbax takes absolute paths only
+    meta = read_meta(directory.parent, step) if meta is None else meta
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    orbax_logs.quiet()
+    check_fits(meta, abstract, directory.parent, step, read_saved=True)     # another cell under its name
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            state = jax.device_get(checkpointer.restore(directory / str(step) / "state", abstract))
+    except Exception as e:
+        raise DamagedCheckpoint(step, directory, f"cannot be restored ({reason(e)})") from None
+    shapes = jax.tree.map(np.shape, abstract)
+    if jax.tree.structure(state) != jax.tree.structure(abstract) or jax.tree.map(np.shape, state) != shapes:
+        raise DamagedCheckpoint(step, directory, "is damaged: its arrays do not fit the model its meta "
+                                "describes")
+    bad = workdir_lib.verify(state, meta["checksums"])
+    if bad:
+        raise DamagedCheckpoint(step, directory, f"is damaged: {len(bad)} array(s) fail their checksums "
+                                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+    return state
+
+
+@dataclasses.dataclass
+class Restored:
+    """A trained model from a checkpoint: enough to generate text, nothing of the data."""
+    config: Config
+    vocab: Vocab
+    params: Any
+    step: int
+    meta: dict
+
+    @property
+    def model(self):
+        return make_model(self.config, len(self.vocab))
+
+    def predict(self, prefix: str, num_preds: int, **sampling) -> str:
+        """Greedy, or sampled given ``temperature``, ``top_k`` or ``key`` (``generate.predict_batch``)."""
+        return predict(self.model, self.params, self.vocab, prefix, num_preds, **sampling)
+
+    def predict_batch(self, prefixes: list[str], num_preds: int, **sampling) -> list[str]:
+        return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds, **sampling)
+
+
+def restore(workdir: str | Path, step: int | None = None, best: bool = False, run: int | None = None,
+            fallback: bool = False) -> Restored:
+    """Restores a run's checkpoint for inference: the latest, ``step``, or the ``best``. A workdir of
+    several runs trained together (``rnnjax.runs``) needs ``run``, the index of one of them (its best
+    is its own lowest validation perplexity; in checkpoints older than that field, the runs' mean's).
+    The best is the best of the checkpoints kept (saved every ``checkpoint_every`` epochs and at the
+    end; of runs, the kept best is the mean's), not of every epoch. A damaged
+    checkpoint raises ``DamagedCheckpoint``; with ``fallback`` the newest good one older than it is
+    taken instead (``CheckpointError`` naming each, if none is good)."""
+    workdir = Path(workdir)
+    directory = workdir / SUBDIR
+    if not directory.is_dir():
+        what = ("does not exist" if not workdir.exists()
+                else "is a file, not a folder" if not workdir.is_dir() else "holds no checkpoints")
+        raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
+    if step is not None and best:
+        raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")
+    asked, run = _whole(step), _whole(run, "run")
+    for _ in range(10):       # a run writing the workdir removes old checkpoints: one may go as it is read
+        step, saved = _pick(workdir, asked, best, run)
+        try:
+            return _newest_good(workdir, step, saved, run, fallback)
+        except _Removed as e:
+            if e.args[0] == asked:
+                raise CheckpointError(f"The checkpoint at step {asked} in {workdir} was removed as it was "
+                                      "read (by the run writing there, which keeps its latest): restore "
+                                      "another, or the latest.") from None
+    raise CheckpointError(f"The checkpoints in {directory} were removed as fast as they were read: let the "
+                          "run writing there go on, then restore again.")
+
+
+class _Removed(Exception):
+    """The checkpoint at step ``args[0]`` was removed as it was read: not damage; pick again."""
+
+
+def _pick(workdir: Path, step: int | None, best: bool, run: int | None) -> tuple[int, list[int]]:
+    """The step ``restore`` reads first (``step``, the ``best``, else the latest), and the steps saved."""
+    saved = sorted(steps(workdir))
+    if not saved:
+        raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
+    if best:
+        step = best_step(workdir, run)
+        if step is None:
+            raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity.")
+    elif step is None:
+        step = max(saved)
+    elif step not in saved:
+        raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {saved}.")
+    return step, saved
+
+
+def _newest_good(workdir: Path, step: int, saved: list[int], run: int | None, fallback: bool) -> Restored:
+    """``step``'s checkpoint, or with ``fallback`` the newest good one before it if it is damaged."""
+    candidates, damaged = sorted((s for s in saved if s <= step), reverse=True), []
+    for candidate in candidates:
+        try:
+            return _restore_for_inference(workdir, candidate, run)
+        except DamagedCheckpoint as e:
+            if workdir_lib.removing(workdir, candidate):
+                raise _Removed(candidate) from None
+            if not fallback or len(candidates) == 1:
+                raise
+            damaged.append(e)
+    upto = "" if step == max(saved) else f" up to step {step}"
+    raise CheckpointError(f"Every checkpoint in {workdir / SUBDIR}{upto} is damaged (steps "
+                          f"{', '.join(str(e.step) for e in damaged)}; step {damaged[0].step}: "
+                          f"{damaged[0].reason}).")
+
+
+def _whole(step: Any, name: str = "step") -> int | None:
+    """``step`` (or the argument ``name``) as an ``int``: any integer type (``np.int64``) or digits;
+    ``CheckpointError`` otherwise."""
+    if step is None or (isinstance(step, str) and step.isdecimal()):     # isdigit: "²", which int refuses
+        return None if step is None else int(step)
+    try:
+        return whole(step, name)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restored:
+    meta = read_meta(workdir, step)
+    config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
+    runs = [Config.from_json(c) for c in meta.get("runs", [])]
+    if runs and (run is None or not 0 <= run < len(runs)):
+        given = "" if run is None else f", not {run}"
+        raise CheckpointError(f"{workdir} holds {len(runs)} runs trained together; choose one with run=K "
+                              f"(--run K; the notebook's RNNJAX_RUN=K), K from 0 to {len(runs) - 1}{given}.")
+    if run not in (None, 0) and not runs:
+        raise CheckpointError(f"{workdir} holds a single run; leave out run={run} (--run, RNNJAX_RUN).")
+    if runs:
+        config, why = runs[run], (meta["position"].get("stopped") or [None] * len(runs))[run]
+        if why is not None:
+            raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): restore another run, or a "
+                                  "step from before it stopped.")
+        stacked = restore_state(workdir / SUBDIR, step, abstract_run_states(runs, len(vocab)), meta)
+        state = jax.tree.map(lambda x: x[run], stacked)
+    else:
+        state = restore_state(workdir / SUBDIR, step, abstract_train_state(config, len(vocab)), meta)
+    return Restored(config, vocab, state.params, step, meta)
