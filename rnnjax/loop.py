@@ -4,7 +4,7 @@
 from ``state``: ``STEPS_PER_CALL`` steps to a compiled call of ``step``, each
 step's metrics a dict summed per key over the epoch (what a checkpoint in
 mid-epoch keeps), one validation call an epoch, one JSON line per run and epoch,
-checkpoints, the stops of ``rnnjax.stops`` and SIGINT/SIGTERM.
+checkpoints, and the stops of ``rnnjax.stops`` (``StoppedRuns``; signals).
 ``rnnjax.train.fit`` gives it ``train_windows``; ``rnnjax.runs.fit_runs`` that
 step vmapped over runs stacked on a leading axis, where a run that stops leaves
 the others training.
@@ -28,13 +28,13 @@ import numpy as np
 
 from rnnjax import checkpoint, meta as meta_lib, metrics as metrics_lib
 from rnnjax.backend import compiler_options
-from rnnjax.config import SWEEPABLE, Config, label
+from rnnjax.config import SWEEPABLE
 from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
 from rnnjax.meta import Position
 from rnnjax.start import Plan
-from rnnjax.stops import (Interrupted, LostProcess, NonFiniteLoss, catch_signals, check_divergence,
+from rnnjax.stops import (Interrupted, LostProcess, StoppedRuns, catch_signals, check_divergence,
                           check_finite)
 from rnnjax.workdir import WorkdirError
 
@@ -72,15 +72,14 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     several, dp, position = bool(p.runs), p.dp, p.position
     configs, workdir = list(p.runs) or [p.config], p.workdir
     manager, metrics_log = _open_workdir(p, data, keep)
-    stops = _Stops(configs, position.stopped, log, several)
+    stops = StoppedRuns(configs, position.stopped, log, several)
     if p.finished:
         with catch_signals(), manager:      # nothing to train: it ends as a run that trained to its end
             pass
         return FitResult(state, metrics_log.read(), workdir, tuple(stops.why) if several else ())
     datas = [copy.copy(data) for _ in configs]    # the batch order is a function of (seed, epoch): the
     for d, c in zip(datas, configs):                # config's, as a resume from config.json has it
-        if d.seed != c.seed:
-            d.seed = c.seed
+        d.seed = c.seed
 
     def per_run(tree):        # a run axis where a single run has none
         return tree if several else jax.tree.map(lambda x: x[None], tree)
@@ -217,47 +216,6 @@ def count_steps(p: Plan, data: WindowedText) -> tuple[int, int, int]:
     steps_per_epoch = data.num_batches(True)
     return (steps_per_epoch, p.config.epochs * steps_per_epoch,
             p.position.epoch * steps_per_epoch + p.position.batch)
-
-
-class _Stops:
-    """Which runs have stopped and why. A run whose loss turns non-finite or that diverges
-    (``rnnjax.stops``) stops; of several, alone, named in the log, while the others train on."""
-
-    def __init__(self, configs: list[Config], stopped: list, log: Callable[[str], Any] | None, several: bool):
-        self.configs, self.log, self.several = configs, log, several
-        self.why = list(stopped) or [None] * len(configs)
-        self.unsaid: list[int] = []         # stopped by this epoch's checks, said once they are all made
-
-    @property
-    def live(self) -> list[int]:
-        return [r for r, why in enumerate(self.why) if why is None]
-
-    def check(self, r: int, check: Callable, *args) -> Any:
-        """``check(*args)``, or ``None`` where it raises ``NonFiniteLoss``: run ``r`` then stops (a single
-        run: the error is raised)."""
-        try:
-            return check(*args)
-        except NonFiniteLoss as e:
-            if not self.several:
-                raise
-            self.why[r] = e.reason
-            self.unsaid.append(r)
-            return None
-
-    def check_any_live(self, say: bool = True) -> None:
-        """``NonFiniteLoss`` if no run trains on; else, if ``say`` (the epoch's last check), says which runs
-        this epoch stopped and how many train on."""
-        if say and self.log and self.live:
-            for r in self.unsaid:
-                self.log(f"run {r} ({label(self.configs[r], self.configs)}) stopped: {self.why[r]}; "
-                         f"{len(self.live)} run(s) train on.")
-        if say or not self.live:
-            self.unsaid = []
-        if not self.live:
-            whys = "; ".join(f"run {r} ({label(c, self.configs)}): {why}"
-                             for r, (c, why) in enumerate(zip(self.configs, self.why)))
-            raise NonFiniteLoss(f"Every run stopped: {whys}. Train again in a new --workdir with a "
-                                "smaller --lr.")
 
 
 def _spans_processes() -> bool:

@@ -9,7 +9,10 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rnnjax.config import Config, label
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -240,3 +243,44 @@ def check_finite(call_metrics: list[dict], epoch: int, start: int, steps_per_epo
             raise NonFiniteLoss(
                 f"{reason[0].upper()}{reason[1:]}: the run diverged, and stopped without saving it (its "
                 "checkpoints stay as they were). Train again in a new --workdir with a smaller --lr.", reason)
+
+
+class StoppedRuns:
+    """Which runs have stopped and why. A run whose loss turns non-finite or that diverges (``check_finite``,
+    ``check_divergence``) stops; of several, alone, named in the log, while the others train on."""
+
+    def __init__(self, configs: list[Config], stopped: list, log: Callable[[str], Any] | None, several: bool):
+        self.configs, self.log, self.several = configs, log, several
+        self.why = list(stopped) or [None] * len(configs)
+        self.unsaid: list[int] = []         # stopped by this epoch's checks, said once they are all made
+
+    @property
+    def live(self) -> list[int]:
+        return [r for r, why in enumerate(self.why) if why is None]
+
+    def check(self, r: int, check: Callable, *args) -> Any:
+        """``check(*args)``, or ``None`` where it raises ``NonFiniteLoss``: run ``r`` then stops (a single
+        run: the error is raised)."""
+        try:
+            return check(*args)
+        except NonFiniteLoss as e:
+            if not self.several:
+                raise
+            self.why[r] = e.reason
+            self.unsaid.append(r)
+            return None
+
+    def check_any_live(self, say: bool = True) -> None:
+        """``NonFiniteLoss`` if no run trains on; else, if ``say`` (the epoch's last check), says which runs
+        this epoch stopped and how many train on."""
+        if say and self.log and self.live:
+            for r in self.unsaid:
+                self.log(f"run {r} ({label(self.configs[r], self.configs)}) stopped: {self.why[r]}; "
+                         f"{len(self.live)} run(s) train on.")
+        if say or not self.live:
+            self.unsaid = []
+        if not self.live:
+            whys = "; ".join(f"run {r} ({label(c, self.configs)}): {why}"
+                             for r, (c, why) in enumerate(zip(self.configs, self.why)))
+            raise NonFiniteLoss(f"Every run stopped: {whys}. Train again in a new --workdir with a "
+                                "smaller --lr.")
