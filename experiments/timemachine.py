@@ -10,19 +10,14 @@ JAX release: docs/results.md), and ``predict('it has', 20)``
 turns from noise into words.
 
 It says first what it does (new or resumed, devices, loss path, workdir),
-then writes to ``--workdir`` (default ``runs/<preset>``, or
+then writes ``metrics.jsonl``, ``ppl.png``, ``config.json`` and orbax
+checkpoints to ``--workdir`` (default ``runs/<preset>``, or
 ``runs/<preset>-<hash>`` when flags change the preset's settings; ``--epochs``,
-``--kernel`` and ``--matmul-precision`` do not count): ``metrics.jsonl``, ``ppl.png``,
-``config.json`` and orbax checkpoints. The same command resumes, and so
-does ``--workdir W`` alone, with the settings read from it
-(``experiments.cli``). ``--predict`` generates from the workdir's checkpoint
-without training
-(``--sample``, ``--temperature`` or ``--top-k`` draw instead of the argmax).
-``--text PATH`` trains on any UTF-8 file instead, characters or words
-(``--token word``), its tail validating (``rnnjax.corpus``). ``--seeds
-0,1,2,3`` (and lists of ``--lr``, ``--clip``) trains every combination in one
-program (``rnnjax.runs``). Every ``rnnjax.config.Config`` field is a flag.
-The logic lives in ``rnnjax``; this file runs it and says what it does.
+``--kernel`` and ``--matmul-precision`` do not count). The same command
+resumes, and so does ``--workdir W`` alone, with the settings read from it
+(``experiments.cli``). ``--predict`` generates from the workdir's checkpoint.
+Every ``rnnjax.config.Config`` field is a flag (``--help``); the logic lives
+in ``rnnjax``, and this file runs it and says what it does.
 """
 
 from __future__ import annotations
