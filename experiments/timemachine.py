@@ -44,7 +44,8 @@ from rnnjax import backend, checkpoint, config as config_lib, corpus, flags, mem
 from rnnjax import parallel, runs, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
 from rnnjax.start import check_arguments, planned  # noqa: E402
-from rnnjax.train import Interrupted, NonFiniteLoss, fit  # noqa: E402
+from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: E402
+from rnnjax.train import fit  # noqa: E402
 from rnnjax.workdir import WorkdirError  # noqa: E402
 
 USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError, WorkdirError,
