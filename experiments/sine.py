@@ -4,33 +4,19 @@ Command::
 
     python -m experiments.sine [--workdir DIR] [--seeds 0,1,2] [--rnn-epochs 20]
 
-Expected: about 15 s a seed on a 2-core CPU (seeds 0, 1, 2 by default).
-d2l's data (``x_t = sin(0.01 t) + N(0, 0.2)``, T = 1000, tau = 4, the first
-600 examples for training) and two models: d2l's linear autoregressive model
-on the last tau values (5 epochs of SGD, lr 0.01, batch 16), and
-sec_sequence's latent autoregressive model as an RNN (``rnnjax.model.RNN``
-of a 32-unit ``SimpleRNNCell`` whose state reads the whole history; clipped
-Adam on one-step and 64-step free-running errors). What held at every seed
-and CPU measured (the table below): one to four steps ahead both are near
-the noise's MSE of 0.04 (0.045-0.058); at 16 and 64 steps the RNN is worse than the
-linear model; fed its own predictions from t = 604 on, the RNN's errors are
-two to five times the linear model's, which decays toward zero: 600 training
-values are one period of the sine, too little to learn an oscillator from
-(2-16 hidden units, 50-100 epochs or a 128-step horizon did no better at
-seed 0). Mean squared errors over seeds 0-2, on both of the README's VMs::
+Expected: about 15 s a seed on a 2-core CPU (seeds 0, 1, 2 by default); docs/results.md has the errors
+over seeds 0-2. d2l's data (``x_t = sin(0.01 t) + N(0, 0.2)``, T = 1000, tau = 4, the first 600 examples
+for training) and two models: d2l's linear autoregressive model on the last tau values (5 epochs of SGD,
+lr 0.01, batch 16), and sec_sequence's latent autoregressive model as an RNN (``rnnjax.model.RNN`` of a
+32-unit ``SimpleRNNCell`` whose state reads the whole history; clipped Adam on one-step and 64-step
+free-running errors).
 
-    model   1 step (test)  from t = 604 on  k = 16 steps  64
-    linear  0.043-0.056    0.51-0.57        0.068-0.072   0.24-0.26
-    RNN     0.042-0.054    1.1-2.4          0.085-0.12    0.27-0.58
-
-It says first where it writes and on which device; it writes
-``sine-onestep.png``, ``sine-multistep.png``, ``sine-ksteps.png`` (d2l's
-three figures, both models, the first seed, once that seed is done) and, at
-the end, ``results.json`` (the mean squared errors by seed, their min and max)
-to ``--workdir`` (default ``runs/sine-<date>-<time>``, as
-``runs/sine-20261205-014400``). Ctrl-C or SIGTERM stops it at once with one
-line saying what the workdir holds (exit 130 or 143). Each file is written whole or not at all; one that
-cannot be (a full disk) is named, and the run's files removed: the same command runs again.
+It says first where it writes and on which device; it writes ``sine-onestep.png``, ``sine-multistep.png``,
+``sine-ksteps.png`` (d2l's three figures, both models, the first seed, once that seed is done) and, at the
+end, ``results.json`` (the mean squared errors by seed, their min and max) to ``--workdir`` (default
+``runs/sine-<date>-<time>``, as ``runs/sine-20261205-014400``). Ctrl-C or SIGTERM stops it at once with
+one line saying what the workdir holds (exit 130 or 143). Each file is written whole or not at all; one
+that cannot be (a full disk) is named, and the run's files removed: the same command runs again.
 """
 
 from __future__ import annotations
