@@ -21,7 +21,6 @@ that cannot be (a full disk) is named, and the run's files removed: the same com
 
 from __future__ import annotations
 
-import signal
 import sys
 
 from experiments import stopping
@@ -219,23 +218,6 @@ def run_seeds(workdir: Path, seeds: list[int], rnn_epochs: int = 20) -> dict[str
     return tables
 
 
-def stopped_message(signum: int, workdir: Path) -> str:
-    """The line a stop says: the signal, and which of the exercise's files ``workdir`` holds."""
-    held = [name for name in (*FIGURES, RESULTS) if (workdir / name).is_file()]
-    signal_name = f"signal {signum}" + (" (Ctrl-C)" if signum == signal.SIGINT else "")
-    if not held:
-        return (f"Stopped by {signal_name}: nothing written to {workdir} (the figures come when the first "
-                f"seed is done, {RESULTS} at the end).")
-    missing = "" if RESULTS in held else f", not {RESULTS} (written at the end)"
-    return f"Stopped by {signal_name}: {workdir} holds {', '.join(held)}{missing}."
-
-
-def stop_at_once(workdir: Path):
-    """The run's SIGINT/SIGTERM/SIGHUP handler: one line (``stopped_message``) and exit 128 + signal at
-    once, not unwinding out of a JAX compile."""
-    return lambda signum, frame: stopping.exit_now(stopped_message(signum, workdir), 128 + signum)
-
-
 def default_workdir() -> Path:
     return Path("runs") / time.strftime("sine-%Y%m%d-%H%M%S")
 
@@ -274,8 +256,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    stop = stop_at_once(workdir)
-    previous = stopping.handle(stop)
+    previous = stopping.handle(sine_figures.stop_at_once(workdir))
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         device, count = jax.devices()[0], jax.device_count()
