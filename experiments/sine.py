@@ -119,11 +119,8 @@ def rnn_predictions(model: RNNForecaster, params, x_T: np.ndarray) -> dict[str, 
     multistep = np.array(x_T)
     start = NUM_TRAIN + TAU
     multistep[start:] = np.asarray(rollout(states_TxH[None, start - 1], T - start))[:, 0]
-    rows = T - TAU - MAX_STEPS + 1
-    ksteps = np.zeros((rows, TAU + MAX_STEPS), np.float32)
-    for i in range(TAU):
-        ksteps[:, i] = x_T[i:i + rows]
-    ksteps[:, TAU:] = np.asarray(rollout(states_TxH[TAU - 1:TAU - 1 + rows], MAX_STEPS)).T
+    ksteps = ksteps_table(x_T)
+    ksteps[:, TAU:] = np.asarray(rollout(states_TxH[TAU - 1:TAU - 1 + len(ksteps)], MAX_STEPS)).T
     return {"onestep": np.asarray(preds_T[TAU - 1:T - 1]), "multistep": multistep, "ksteps": ksteps}
 
 
@@ -165,13 +162,17 @@ def predictions(predict, x_T: np.ndarray, features) -> dict[str, np.ndarray]:
     multistep = np.array(x_T)
     for i in range(NUM_TRAIN + TAU, T):
         multistep[i] = predict(multistep[None, i - TAU:i])[0]
-    rows = T - TAU - MAX_STEPS + 1
-    ksteps = np.zeros((rows, TAU + MAX_STEPS), np.float32)
-    for i in range(TAU):
-        ksteps[:, i] = x_T[i:i + rows]
+    ksteps = ksteps_table(x_T)
     for i in range(TAU, TAU + MAX_STEPS):
         ksteps[:, i] = predict(ksteps[:, i - TAU:i])
     return {"onestep": np.asarray(predict(features)), "multistep": multistep, "ksteps": ksteps}
+
+
+def ksteps_table(x_T: np.ndarray) -> np.ndarray:
+    """The k-step table before any prediction: row i holds the data ``x[i:i + TAU]``, then ``MAX_STEPS``
+    zeros where the predictions of ``x[i + TAU:i + TAU + MAX_STEPS]`` go."""
+    features_NxTau = windows(x_T)[0][:T - TAU - MAX_STEPS + 1]
+    return np.pad(features_NxTau, ((0, 0), (0, MAX_STEPS))).astype(np.float32)
 
 
 def errors(preds: dict, x_T: np.ndarray) -> dict[str, float]:
