@@ -238,3 +238,8 @@ def tiny():
 def small_data():
     """``TINY``'s data from a made-up text: 13 train batches (the last one padded), 4 validation ones."""
     return TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
+
+
+def without_seconds(records: list[dict]) -> list[dict]:
+    """Metrics records without their wall-clock ``seconds``: what a resumed run repeats bit for bit."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
