@@ -45,6 +45,7 @@ if not any((d.metadata["Name"] or "").lower().replace("_", "-").startswith(ACCEL
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402 (after XLA_FLAGS, which the CPU backend reads as it starts)
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from rnnjax import backend  # noqa: E402
@@ -199,7 +200,6 @@ def make_text():
 
 def small_text(num_chars: int = 3000, seed: int = 0) -> str:
     """A text of words over a small alphabet, with punctuation and capitals to clean."""
-    import numpy as np
     rng = np.random.default_rng(seed)
     words = ["the", "time", "machine", "traveller", "It", "has", "a", "dimension", "of", "space!"]
     out, n = [], 0
@@ -243,3 +243,9 @@ def small_data():
 def without_seconds(records: list[dict]) -> list[dict]:
     """Metrics records without their wall-clock ``seconds``: what a resumed run repeats bit for bit."""
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def relative_error(a, b) -> float:
+    """``|a - b| / |b|`` over all the leaves of two trees (gradients) as one vector."""
+    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (a, b))
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))

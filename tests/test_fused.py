@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import relative_error
 from rnnjax import fused, kernels
 from rnnjax.config import Config
 from rnnjax.fused import FusedRNNLM
@@ -129,11 +130,6 @@ def bf16_model(cls, cell, num_layers, dtype, **kwargs):
     cell = cell(8, dtype=dtype, **kwargs)
     rnn = RNN(cell) if num_layers == 1 else StackedRNN(cell, num_layers=num_layers)
     return cls(rnn, 12, dtype=dtype)
-
-
-def relative_error(a, b):
-    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (a, b))
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 BF16_CASES = [(SimpleRNNCell, 1, {}), (SimpleRNNCell, 1, {"nonlinearity": "relu"}), (GRUCell, 1, {}),
