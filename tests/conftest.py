@@ -249,3 +249,10 @@ def relative_error(a, b) -> float:
     """``|a - b| / |b|`` over all the leaves of two trees (gradients) as one vector."""
     a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (a, b))
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def assert_same(a, b, loss_rtol=1e-5):
+    """Two ``(loss, gradients)`` equal to float32 round-off: the losses to ``loss_rtol``, each gradient."""
+    np.testing.assert_allclose(a[0], b[0], rtol=loss_rtol)
+    for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1]), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

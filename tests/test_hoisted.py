@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, assert_same
 from rnnjax import hoisted, precision
 from rnnjax.hoisted import HoistedRNNLM
 from rnnjax.model import RNN, RNNLM, GRUCell, LSTMCell, SimpleRNNCell, StackedRNN
@@ -28,12 +28,6 @@ def value_and_grad(model, variables, X, Y, weights, train=False, rngs=None):
 
 def jit_value_and_grad(model, variables, X, Y, weights, train=False, rngs=None):
     return jax.jit(lambda v: value_and_grad(model, v, X, Y, weights, train, rngs))(variables)
-
-
-def assert_same(a, b, rtol=1e-5, atol=1e-6):
-    np.testing.assert_allclose(a[0], b[0], rtol=rtol)
-    for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1]), strict=True):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
 def batch(seed=1):
