@@ -256,3 +256,9 @@ def assert_same(a, b, loss_rtol=1e-5):
     np.testing.assert_allclose(a[0], b[0], rtol=loss_rtol)
     for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1]), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def random_batch(B: int, T: int, V: int, seed=1) -> tuple[jax.Array, jax.Array]:
+    """Token ids ``(X, Y)``, each ``(B, T)`` in ``[0, V)``, drawn from the keys ``seed`` and ``seed + 1``."""
+    X = jax.random.randint(jax.random.key(seed), (B, T), 0, V)
+    return X, jax.random.randint(jax.random.key(seed + 1), (B, T), 0, V)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.experimental import rnn as jax_rnn
 
-from conftest import assert_same
+from conftest import assert_same, random_batch
 from rnnjax import cudnn
 from rnnjax.cudnn import CudnnRNNLM
 from rnnjax.fused import output_loss
@@ -33,15 +33,10 @@ def reference_outputs(x_BxTxI, weights, num_layers):
     return y
 
 
-def data(seed=1):
-    X = jax.random.randint(jax.random.key(seed), (B, T), 0, V)
-    return X, jax.random.randint(jax.random.key(seed + 1), (B, T), 0, V)
-
-
 @pytest.mark.parametrize("num_layers", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_packed_params_give_lstm_ref_the_plain_models_outputs_loss_and_gradients(num_layers):
     model = lm(RNNLM, num_layers)
-    X, Y = data()
+    X, Y = random_batch(B, T, V)
     params = model.init(jax.random.key(0), X)["params"]
     n = jax_rnn.get_num_params_in_lstm(V, H, num_layers, False)
     assert cudnn.pack(layers(model.rnn, params["rnn"])[2]).shape == (n,)
@@ -95,7 +90,7 @@ def value_and_grad(model, variables, X, Y, train=False, rng=None):
 def cudnn_and_plain(num_layers, dropout):
     """``(value, gradients)`` of a dropout training step's mean loss: the cudnn kernel's, then the plain
     model's, from the same parameters and dropout key, at full float32."""
-    X, Y = data()
+    X, Y = random_batch(B, T, V)
     variables = lm(RNNLM, num_layers).init(jax.random.key(0), X)
     rng = jax.random.key(3)
     with jax.default_matmul_precision("highest"):
@@ -114,7 +109,7 @@ def test_the_kernel_trains_as_the_plain_model(reference_binding, num_layers, dro
 
 @pytest.mark.slow
 def test_the_kernel_under_vmap_runs_one_run_after_another(reference_binding):
-    X, Y = jnp.stack(data(1)), jnp.stack(data(5))
+    X, Y = jnp.stack(random_batch(B, T, V, 1)), jnp.stack(random_batch(B, T, V, 5))
     plain, fast = lm(RNNLM, 2, 0.2), lm(CudnnRNNLM, 2, 0.2)
     variables = jax.vmap(lambda k: plain.init(k, X[0]))(jax.random.split(jax.random.key(0)))
     rngs = jax.random.split(jax.random.key(3))
