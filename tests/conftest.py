@@ -262,3 +262,16 @@ def random_batch(B: int, T: int, V: int, seed=1) -> tuple[jax.Array, jax.Array]:
     """Token ids ``(X, Y)``, each ``(B, T)`` in ``[0, V)``, drawn from the keys ``seed`` and ``seed + 1``."""
     X = jax.random.randint(jax.random.key(seed), (B, T), 0, V)
     return X, jax.random.randint(jax.random.key(seed + 1), (B, T), 0, V)
+
+
+def value_and_grad(model, variables, X, Y, weights_B, train=False, rngs=None):
+    """The mean loss of ``model``'s ``loss`` method (its sum over its count) and its gradient."""
+    def mean_loss(variables):
+        loss_sum, count, _ = model.apply(variables, X, Y, weights_B, train, method="loss", rngs=rngs)
+        return loss_sum / count
+    return jax.value_and_grad(mean_loss)(variables)
+
+
+def jit_value_and_grad(model, variables, X, Y, weights_B, train=False, rngs=None):
+    """``value_and_grad``, compiled."""
+    return jax.jit(lambda v: value_and_grad(model, v, X, Y, weights_B, train, rngs))(variables)

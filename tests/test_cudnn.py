@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.experimental import rnn as jax_rnn
 
-from conftest import assert_same, random_batch
+from conftest import assert_same, jit_value_and_grad, random_batch, value_and_grad
 from rnnjax import cudnn
 from rnnjax.cudnn import CudnnRNNLM
 from rnnjax.fused import output_loss
@@ -79,14 +79,6 @@ def reference_binding(monkeypatch):
     return calls
 
 
-def value_and_grad(model, variables, X, Y, train=False, rng=None):
-    def mean_loss(variables):
-        loss_sum, count, _ = model.apply(variables, X, Y, WEIGHTS_B, train, method="loss",
-                                         rngs={"dropout": rng})
-        return loss_sum / count
-    return jax.value_and_grad(mean_loss)(variables)
-
-
 def cudnn_and_plain(num_layers, dropout):
     """``(value, gradients)`` of a dropout training step's mean loss: the cudnn kernel's, then the plain
     model's, from the same parameters and dropout key, at full float32."""
@@ -94,8 +86,8 @@ def cudnn_and_plain(num_layers, dropout):
     variables = lm(RNNLM, num_layers).init(jax.random.key(0), X)
     rng = jax.random.key(3)
     with jax.default_matmul_precision("highest"):
-        return tuple(jax.jit(lambda v: value_and_grad(lm(cls, num_layers, dropout), v, X, Y, True, rng))(
-            variables) for cls in (CudnnRNNLM, RNNLM))
+        return tuple(jit_value_and_grad(lm(cls, num_layers, dropout), variables, X, Y, WEIGHTS_B, True,
+                                        {"dropout": rng}) for cls in (CudnnRNNLM, RNNLM))
 
 
 @pytest.mark.parametrize("num_layers,dropout,calls", [
@@ -115,7 +107,7 @@ def test_the_kernel_under_vmap_runs_one_run_after_another(reference_binding):
     rngs = jax.random.split(jax.random.key(3))
 
     def runs(model):
-        one = jax.vmap(lambda v, x, y, r: value_and_grad(model, v, x, y, True, r))
+        one = jax.vmap(lambda v, x, y, r: value_and_grad(model, v, x, y, WEIGHTS_B, True, {"dropout": r}))
         return jax.jit(one)(variables, X, Y, rngs)
     with jax.default_matmul_precision("highest"):
         want, got = runs(plain), runs(fast)

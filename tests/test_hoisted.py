@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY, assert_same, random_batch
+from conftest import TINY, assert_same, jit_value_and_grad, random_batch, value_and_grad
 from rnnjax import hoisted, precision
 from rnnjax.hoisted import HoistedRNNLM
 from rnnjax.model import RNN, RNNLM, GRUCell, LSTMCell, SimpleRNNCell, StackedRNN
@@ -17,17 +17,6 @@ WEIGHTS_B = jnp.array([1.0, 1.0, 1.0, 0.0, 1.0])          # a padded row among r
 
 CELLS = {"rnn tanh": lambda H: SimpleRNNCell(H), "rnn relu": lambda H: SimpleRNNCell(H, nonlinearity="relu"),
          "gru": GRUCell, "lstm": LSTMCell}
-
-
-def value_and_grad(model, variables, X, Y, weights, train=False, rngs=None):
-    def mean_loss(variables):
-        loss_sum, count, _ = model.apply(variables, X, Y, weights, train, method="loss", rngs=rngs)
-        return loss_sum / count
-    return jax.value_and_grad(mean_loss)(variables)
-
-
-def jit_value_and_grad(model, variables, X, Y, weights, train=False, rngs=None):
-    return jax.jit(lambda v: value_and_grad(model, v, X, Y, weights, train, rngs))(variables)
 
 
 def models(rnn):
