@@ -4,38 +4,23 @@ Command::
 
     python -m experiments.sine [--workdir DIR] [--seeds 0,1,2] [--rnn-epochs 20]
 
-Expected: about 15 s a seed on a 2-core CPU (seeds 0, 1, 2 by default).
-d2l's data (``x_t = sin(0.01 t) + N(0, 0.2)``, T = 1000, tau = 4, the first
-600 examples for training) and two models: d2l's linear autoregressive model
-on the last tau values (5 epochs of SGD, lr 0.01, batch 16), and
-sec_sequence's latent autoregressive model as an RNN (``rnnjax.model.RNN``
-of a 32-unit ``SimpleRNNCell`` whose state reads the whole history; clipped
-Adam on one-step and 64-step free-running errors). What held at every seed
-and CPU measured (the table below): one to four steps ahead both are near
-the noise's MSE of 0.04 (0.045-0.058); at 16 and 64 steps the RNN is worse than the
-linear model; fed its own predictions from t = 604 on, the RNN's errors are
-two to five times the linear model's, which decays toward zero: 600 training
-values are one period of the sine, too little to learn an oscillator from
-(2-16 hidden units, 50-100 epochs or a 128-step horizon did no better at
-seed 0). Mean squared errors over seeds 0-2, on both of the README's VMs::
+Expected: about 15 s a seed on a 2-core CPU (seeds 0, 1, 2 by default); docs/results.md has the errors
+over seeds 0-2. d2l's data (``x_t = sin(0.01 t) + N(0, 0.2)``, T = 1000, tau = 4, the first 600 examples
+for training) and two models: d2l's linear autoregressive model on the last tau values (5 epochs of SGD,
+lr 0.01, batch 16), and sec_sequence's latent autoregressive model as an RNN (``rnnjax.model.RNN`` of a
+32-unit ``SimpleRNNCell`` whose state reads the whole history; clipped Adam on one-step and 64-step
+free-running errors).
 
-    model   1 step (test)  from t = 604 on  k = 16 steps  64
-    linear  0.043-0.056    0.51-0.57        0.068-0.072   0.24-0.26
-    RNN     0.042-0.054    1.1-2.4          0.085-0.12    0.27-0.58
-
-It says first where it writes and on which device; it writes
-``sine-onestep.png``, ``sine-multistep.png``, ``sine-ksteps.png`` (d2l's
-three figures, both models, the first seed, once that seed is done) and, at
-the end, ``results.json`` (the mean squared errors by seed, their min and max)
-to ``--workdir`` (default ``runs/sine-<date>-<time>``, as
-``runs/sine-20261205-014400``). Ctrl-C or SIGTERM stops it at once with one
-line saying what the workdir holds (exit 130 or 143). Each file is written whole or not at all; one that
-cannot be (a full disk) is named, and the run's files removed: the same command runs again.
+It says first where it writes and on which device; it writes ``sine-onestep.png``, ``sine-multistep.png``,
+``sine-ksteps.png`` (d2l's three figures, both models, the first seed, once that seed is done) and, at the
+end, ``results.json`` (the mean squared errors by seed, their min and max) to ``--workdir`` (default
+``runs/sine-<date>-<time>``, as ``runs/sine-20261205-014400``). Ctrl-C or SIGTERM stops it at once with
+one line saying what the workdir holds (exit 130 or 143). Each file is written whole or not at all; one
+that cannot be (a full disk) is named, and the run's files removed: the same command runs again.
 """
 
 from __future__ import annotations
 
-import signal
 import sys
 
 from experiments import stopping
@@ -44,6 +29,7 @@ if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + si
     stopping.while_loading()
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
+import functools  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -61,6 +47,9 @@ from rnnjax.workdir import WorkdirError, write_atomically  # noqa: E402
 T, TAU, NUM_TRAIN, MAX_STEPS, STEPS = 1000, 4, 600, 64, (1, 4, 16, 64)
 FIGURES, RESULTS = sine_figures.FIGURES, sine_figures.RESULTS
 MAX_RNN_EPOCHS = 100_000        # hours on a CPU; the epoch count is an int32 in the compiled loop
+# Each made once: a static argument of the compiled epoch, which a new one would compile again.
+LINEAR_OPTIMIZER = optax.sgd(0.01)
+RNN_OPTIMIZER = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.003))
 
 
 def make_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +70,11 @@ class Linear(nn.Module):
     @nn.compact
     def __call__(self, features_NxTau):
         return nn.Dense(1, kernel_init=nn.initializers.normal(0.01))(features_NxTau)[:, 0]
+
+    def loss(self, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+        """d2l's: the MSE of its predictions of ``labels_B`` from ``features_BxTau``, ``batch`` the two."""
+        features_BxTau, labels_B = batch
+        return jnp.mean((self(features_BxTau) - labels_B) ** 2)
 
 
 class RNNForecaster(nn.Module):
@@ -104,74 +98,76 @@ class RNNForecaster(nn.Module):
             return self.rnn.step(h_BxH, pred_B[:, None])[0], pred_B
         return jax.lax.scan(step, h_BxH, None, length=steps)[1]
 
+    def loss(self, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+        """Next-value MSE while it reads ``warmup_BxW``, plus that of its predictions of ``next_BxK``, each
+        fed back as in the k-step predictions (trained on one step only, it drifts when fed its own)."""
+        warmup_BxW, next_BxK = batch
+        preds_WxB, states_WxBxH = self(warmup_BxW.T)
+        teacher = jnp.mean((preds_WxB[:-1] - warmup_BxW[:, 1:].T) ** 2)
+        free_KxB = self.rollout(states_WxBxH[-1], next_BxK.shape[1])
+        return teacher + jnp.mean((free_KxB - next_BxK.T) ** 2)
+
+
+# Compiled once per model and shapes, the params an argument: each seed after the first reuses them.
+init = jax.jit(lambda model, key, x: model.init(key, x), static_argnums=0)
+forward = jax.jit(lambda model, params, x: model.apply(params, x), static_argnums=0)
+rollout = jax.jit(lambda model, params, h_BxH, steps: model.apply(params, h_BxH, steps, method="rollout"),
+                  static_argnums=(0, 3))
+
 
 def train_rnn(model: RNNForecaster, x_T: np.ndarray, epochs: int, seed: int = 0, warmup: int = 100,
               horizon: int = MAX_STEPS):
-    """Trains on every stretch of ``warmup + horizon`` values of the training part ``x[:NUM_TRAIN + TAU]``
-    (the values d2l's 600 training examples hold): next-value MSE while the RNN reads the first
-    ``warmup``, plus the MSE of its free-running predictions of the next ``horizon``, each fed back
-    as in the k-step predictions (trained on one step only, it drifts when fed its own). The params."""
+    """Trains (``RNNForecaster.loss``) on every stretch of ``warmup + horizon`` values of the training part
+    ``x[:NUM_TRAIN + TAU]`` (the values d2l's 600 training examples hold). The params."""
     part = x_T[:NUM_TRAIN + TAU]
     seqs_NxL = np.stack([part[i:i + warmup + horizon] for i in range(len(part) - warmup - horizon + 1)])
-
-    def loss(params, batch_BxL):
-        preds_TxB, states_TxBxH = model.apply(params, batch_BxL[:, :warmup].T)
-        teacher = jnp.mean((preds_TxB[:-1] - batch_BxL[:, 1:warmup].T) ** 2)
-        free_KxB = model.apply(params, states_TxBxH[-1], horizon, method=RNNForecaster.rollout)
-        return teacher + jnp.mean((free_KxB - batch_BxL[:, warmup:].T) ** 2)
-
-    params = model.init(jax.random.key(seed), jnp.asarray(seqs_NxL[:1, :warmup].T))
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.003))
-    return minibatch_sgd(loss, params, optimizer, seqs_NxL, epochs, seed)
+    params = init(model, jax.random.key(seed), jnp.asarray(seqs_NxL[:1, :warmup].T))
+    data = (seqs_NxL[:, :warmup], seqs_NxL[:, warmup:])
+    return minibatch_sgd(model, params, RNN_OPTIMIZER, data, epochs, seed)
 
 
 def rnn_predictions(model: RNNForecaster, params, x_T: np.ndarray) -> dict[str, np.ndarray]:
     """``predictions``' three for the RNN: its state runs over the data up to the last value it may see,
     then it feeds back its own predictions."""
-    preds_T, states_TxH = (a[:, 0] for a in model.apply(params, jnp.asarray(x_T)[:, None]))
-    rollout = jax.jit(lambda h, steps: model.apply(params, h, steps, method=RNNForecaster.rollout),
-                      static_argnums=1)
+    preds_T, states_TxH = (a[:, 0] for a in forward(model, params, jnp.asarray(x_T)[:, None]))
     multistep = np.array(x_T)
     start = NUM_TRAIN + TAU
-    multistep[start:] = np.asarray(rollout(states_TxH[None, start - 1], T - start))[:, 0]
-    rows = T - TAU - MAX_STEPS + 1
-    ksteps = np.zeros((rows, TAU + MAX_STEPS), np.float32)
-    for i in range(TAU):
-        ksteps[:, i] = x_T[i:i + rows]
-    ksteps[:, TAU:] = np.asarray(rollout(states_TxH[TAU - 1:TAU - 1 + rows], MAX_STEPS)).T
+    multistep[start:] = np.asarray(rollout(model, params, states_TxH[None, start - 1], T - start))[:, 0]
+    ksteps = ksteps_table(x_T)
+    ksteps[:, TAU:] = np.asarray(rollout(model, params, states_TxH[TAU - 1:TAU - 1 + len(ksteps)],
+                                         MAX_STEPS)).T
     return {"onestep": np.asarray(preds_T[TAU - 1:T - 1]), "multistep": multistep, "ksteps": ksteps}
 
 
 def train_linear(model: Linear, features_NxTau: np.ndarray, labels_N: np.ndarray, seed: int = 0):
     """d2l's recipe: MSE on the first ``NUM_TRAIN`` examples, 5 epochs of SGD at lr 0.01. The params."""
-    rows = np.concatenate([features_NxTau, labels_N[:, None]], axis=1)[:NUM_TRAIN]
-
-    def loss(params, batch):
-        return jnp.mean((model.apply(params, batch[:, :-1]) - batch[:, -1]) ** 2)
-    params = model.init(jax.random.key(seed), jnp.asarray(features_NxTau[:1]))
-    return minibatch_sgd(loss, params, optax.sgd(0.01), rows, 5, seed)
+    params = init(model, jax.random.key(seed), jnp.asarray(features_NxTau[:1]))
+    data = (features_NxTau[:NUM_TRAIN], labels_N[:NUM_TRAIN])
+    return minibatch_sgd(model, params, LINEAR_OPTIMIZER, data, 5, seed)
 
 
-def minibatch_sgd(loss, params, optimizer, rows: np.ndarray, epochs: int, seed: int, batch_size: int = 16):
-    """``epochs`` passes over ``rows`` in shuffled minibatches (the last partial one dropped), each
-    epoch one compiled scan; the params."""
-    rows = jnp.asarray(rows)
-    num_batches = len(rows) // batch_size
+def minibatch_sgd(model: nn.Module, params, optimizer, data, epochs: int, seed: int, batch_size: int = 16):
+    """``epochs`` passes of ``optimizer`` on ``model.loss`` over the rows of ``data`` (a tuple of arrays)
+    in shuffled minibatches (the last partial one dropped), each epoch one compiled scan; the params."""
+    data = jax.tree.map(jnp.asarray, data)
+    carry = (params, optimizer.init(params))
+    for key in jax.random.split(jax.random.key(seed + 1), epochs):
+        carry = sgd_epoch(model, optimizer, batch_size, carry, data, key)
+    return carry[0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def sgd_epoch(model: nn.Module, optimizer, batch_size: int, carry, data, key: jax.Array):
+    """One of ``minibatch_sgd``'s epochs: ``carry`` ``(params, opt_state)`` after it."""
+    num_batches = len(data[0]) // batch_size
+    order = jax.random.permutation(key, len(data[0]))[:num_batches * batch_size].reshape(num_batches, -1)
 
     def step(carry, idx):
         params, opt_state = carry
-        updates, opt_state = optimizer.update(jax.grad(loss)(params, rows[idx]), opt_state, params)
+        grads = jax.grad(model.apply)(params, jax.tree.map(lambda a: a[idx], data), method="loss")
+        updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), None
-
-    @jax.jit
-    def epoch(carry, key):
-        order = jax.random.permutation(key, len(rows))[:num_batches * batch_size].reshape(num_batches, -1)
-        return jax.lax.scan(step, carry, order)[0]
-
-    carry = (params, optimizer.init(params))
-    for key in jax.random.split(jax.random.key(seed + 1), epochs):
-        carry = epoch(carry, key)
-    return carry[0]
+    return jax.lax.scan(step, carry, order)[0]
 
 
 def predictions(predict, x_T: np.ndarray, features) -> dict[str, np.ndarray]:
@@ -180,21 +176,24 @@ def predictions(predict, x_T: np.ndarray, features) -> dict[str, np.ndarray]:
     multistep = np.array(x_T)
     for i in range(NUM_TRAIN + TAU, T):
         multistep[i] = predict(multistep[None, i - TAU:i])[0]
-    rows = T - TAU - MAX_STEPS + 1
-    ksteps = np.zeros((rows, TAU + MAX_STEPS), np.float32)
-    for i in range(TAU):
-        ksteps[:, i] = x_T[i:i + rows]
+    ksteps = ksteps_table(x_T)
     for i in range(TAU, TAU + MAX_STEPS):
         ksteps[:, i] = predict(ksteps[:, i - TAU:i])
     return {"onestep": np.asarray(predict(features)), "multistep": multistep, "ksteps": ksteps}
 
 
+def ksteps_table(x_T: np.ndarray) -> np.ndarray:
+    """The k-step table before any prediction: row i holds the data ``x[i:i + TAU]``, then ``MAX_STEPS``
+    zeros where the predictions of ``x[i + TAU:i + TAU + MAX_STEPS]`` go."""
+    features_NxTau = windows(x_T)[0][:T - TAU - MAX_STEPS + 1]
+    return np.pad(features_NxTau, ((0, 0), (0, MAX_STEPS))).astype(np.float32)
+
+
 def errors(preds: dict, x_T: np.ndarray) -> dict[str, float]:
     """Mean squared errors against the data: one-step and multistep on the test part, k-step everywhere."""
-    labels = x_T[TAU:]
-    out = {"onestep_test": float(np.mean((preds["onestep"][NUM_TRAIN:] - labels[NUM_TRAIN:]) ** 2)),
-           "multistep_test": float(np.mean((preds["multistep"][NUM_TRAIN + TAU:]
-                                            - x_T[NUM_TRAIN + TAU:]) ** 2))}
+    test = x_T[NUM_TRAIN + TAU:]
+    out = {"onestep_test": float(np.mean((preds["onestep"][NUM_TRAIN:] - test) ** 2)),
+           "multistep_test": float(np.mean((preds["multistep"][NUM_TRAIN + TAU:] - test) ** 2))}
     rows = preds["ksteps"].shape[0]
     for k in STEPS:
         target = x_T[TAU + k - 1:TAU + k - 1 + rows]
@@ -207,13 +206,11 @@ def run(workdir: Path, seed: int = 0, rnn_epochs: int = 20, figures: bool = True
     """Both models at ``seed`` (the noise's and the models'): their mean squared errors by model."""
     time_T, x_T = make_data(seed)
     features, labels = windows(x_T)
-    results = {}
-    linear = Linear()
+    linear, rnn = Linear(), RNNForecaster()
     params = train_linear(linear, features, labels, seed)
-    predict = jax.jit(lambda f: linear.apply(params, f))
-    results["linear"] = predictions(lambda f: np.asarray(predict(jnp.asarray(f))), x_T, features)
-    rnn = RNNForecaster()
-    results["rnn"] = rnn_predictions(rnn, train_rnn(rnn, x_T, rnn_epochs, seed), x_T)
+    results = {"linear": predictions(lambda f: np.asarray(forward(linear, params, jnp.asarray(f))), x_T,
+                                     features),
+               "rnn": rnn_predictions(rnn, train_rnn(rnn, x_T, rnn_epochs, seed), x_T)}
     if figures:
         workdir.mkdir(parents=True, exist_ok=True)
         sine_figures.plot(time_T, x_T, results, workdir, TAU, NUM_TRAIN, STEPS)
@@ -231,23 +228,6 @@ def run_seeds(workdir: Path, seeds: list[int], rnn_epochs: int = 20) -> dict[str
     tables = {**per_seed, **summary}
     write_atomically(workdir / RESULTS, json.dumps(tables, indent=1) + "\n")
     return tables
-
-
-def stopped_message(signum: int, workdir: Path) -> str:
-    """The line a stop says: the signal, and which of the exercise's files ``workdir`` holds."""
-    held = [name for name in (*FIGURES, RESULTS) if (workdir / name).is_file()]
-    signal_name = f"signal {signum}" + (" (Ctrl-C)" if signum == signal.SIGINT else "")
-    if not held:
-        return (f"Stopped by {signal_name}: nothing written to {workdir} (the figures come when the first "
-                f"seed is done, {RESULTS} at the end).")
-    missing = "" if RESULTS in held else f", not {RESULTS} (written at the end)"
-    return f"Stopped by {signal_name}: {workdir} holds {', '.join(held)}{missing}."
-
-
-def stop_at_once(workdir: Path):
-    """The run's SIGINT/SIGTERM/SIGHUP handler: one line (``stopped_message``) and exit 128 + signal at
-    once, not unwinding out of a JAX compile."""
-    return lambda signum, frame: stopping.exit_now(stopped_message(signum, workdir), 128 + signum)
 
 
 def default_workdir() -> Path:
@@ -288,8 +268,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    stop = stop_at_once(workdir)
-    previous = stopping.handle(stop)
+    previous = stopping.handle(sine_figures.stop_at_once(workdir))
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         device, count = jax.devices()[0], jax.device_count()
@@ -298,8 +277,7 @@ def main(argv=None) -> int:
               f"{','.join(map(str, seeds))} on {device} ({device.device_kind}{of}); writing to {workdir}",
               flush=True)
         tables = run_seeds(workdir, seeds, args.rnn_epochs)
-        first = tables[f"seed {seeds[0]}"]
-        columns = list(next(iter(first.values())))
+        columns = list(next(iter(tables[f"seed {seeds[0]}"].values())))
         print("mean squared error      " + "  ".join(f"{c:>14}" for c in columns))
         for name, table in tables.items():
             for model, row in table.items():

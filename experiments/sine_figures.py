@@ -1,13 +1,15 @@
 """The files of ``experiments.sine`` in its workdir: d2l's three figures of sec_sequence, both models in each,
 and results.json; each written whole or not at all, none of an earlier run overwritten, all of a run whose
-write failed removed (so that the same command runs again)."""
+write failed removed (so that the same command runs again); a stop names those the workdir holds."""
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import tempfile
 from pathlib import Path
 
+from experiments import stopping
 from rnnjax.workdir import write_atomically
 
 FIGURES = ("sine-onestep.png", "sine-multistep.png", "sine-ksteps.png")
@@ -38,6 +40,23 @@ def remove(workdir: Path) -> None:
     for name in (*FIGURES, RESULTS):
         with contextlib.suppress(OSError):
             (workdir / name).unlink()
+
+
+def stopped_message(signum: int, workdir: Path) -> str:
+    """The line a stop says: the signal, and which of the exercise's files ``workdir`` holds."""
+    held = [name for name in (*FIGURES, RESULTS) if (workdir / name).is_file()]
+    signal_name = f"signal {signum}" + (" (Ctrl-C)" if signum == signal.SIGINT else "")
+    if not held:
+        return (f"Stopped by {signal_name}: nothing written to {workdir} (the figures come when the first "
+                f"seed is done, {RESULTS} at the end).")
+    missing = "" if RESULTS in held else f", not {RESULTS} (written at the end)"
+    return f"Stopped by {signal_name}: {workdir} holds {', '.join(held)}{missing}."
+
+
+def stop_at_once(workdir: Path):
+    """The run's SIGINT/SIGTERM/SIGHUP handler: one line (``stopped_message``) and exit 128 + signal at
+    once, not unwinding out of a JAX compile."""
+    return lambda signum, frame: stopping.exit_now(stopped_message(signum, workdir), 128 + signum)
 
 
 def plot(time_T, x_T, results: dict, workdir: Path, tau: int, num_train: int, steps: tuple[int, ...]) -> None:

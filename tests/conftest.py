@@ -45,6 +45,7 @@ if not any((d.metadata["Name"] or "").lower().replace("_", "-").startswith(ACCEL
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402 (after XLA_FLAGS, which the CPU backend reads as it starts)
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from rnnjax import backend  # noqa: E402
@@ -199,7 +200,6 @@ def make_text():
 
 def small_text(num_chars: int = 3000, seed: int = 0) -> str:
     """A text of words over a small alphabet, with punctuation and capitals to clean."""
-    import numpy as np
     rng = np.random.default_rng(seed)
     words = ["the", "time", "machine", "traveller", "It", "has", "a", "dimension", "of", "space!"]
     out, n = [], 0
@@ -238,3 +238,40 @@ def tiny():
 def small_data():
     """``TINY``'s data from a made-up text: 13 train batches (the last one padded), 4 validation ones."""
     return TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
+
+
+def without_seconds(records: list[dict]) -> list[dict]:
+    """Metrics records without their wall-clock ``seconds``: what a resumed run repeats bit for bit."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def relative_error(a, b) -> float:
+    """``|a - b| / |b|`` over all the leaves of two trees (gradients) as one vector."""
+    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (a, b))
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def assert_same(a, b, loss_rtol=1e-5):
+    """Two ``(loss, gradients)`` equal to float32 round-off: the losses to ``loss_rtol``, each gradient."""
+    np.testing.assert_allclose(a[0], b[0], rtol=loss_rtol)
+    for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1]), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def random_batch(B: int, T: int, V: int, seed=1) -> tuple[jax.Array, jax.Array]:
+    """Token ids ``(X, Y)``, each ``(B, T)`` in ``[0, V)``, drawn from the keys ``seed`` and ``seed + 1``."""
+    X = jax.random.randint(jax.random.key(seed), (B, T), 0, V)
+    return X, jax.random.randint(jax.random.key(seed + 1), (B, T), 0, V)
+
+
+def value_and_grad(model, variables, X, Y, weights_B, train=False, rngs=None):
+    """The mean loss of ``model``'s ``loss`` method (its sum over its count) and its gradient."""
+    def mean_loss(variables):
+        loss_sum, count, _ = model.apply(variables, X, Y, weights_B, train, method="loss", rngs=rngs)
+        return loss_sum / count
+    return jax.value_and_grad(mean_loss)(variables)
+
+
+def jit_value_and_grad(model, variables, X, Y, weights_B, train=False, rngs=None):
+    """``value_and_grad``, compiled."""
+    return jax.jit(lambda v: value_and_grad(model, v, X, Y, weights_B, train, rngs))(variables)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, without_seconds
 
 from rnnjax import checkpoint, runs
 from rnnjax.checkpoint import CheckpointError
@@ -32,10 +32,6 @@ def tree_digest(path):
     """Every file under ``path`` with its content hash: to show nothing changed."""
     return {str(p.relative_to(path)): hashlib.sha1(p.read_bytes()).hexdigest()
             for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def without_seconds(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
 def with_epochs(config, epochs):

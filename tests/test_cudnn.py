@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.experimental import rnn as jax_rnn
 
+from conftest import assert_same, jit_value_and_grad, random_batch, value_and_grad
 from rnnjax import cudnn
 from rnnjax.cudnn import CudnnRNNLM
 from rnnjax.fused import output_loss
@@ -32,21 +33,10 @@ def reference_outputs(x_BxTxI, weights, num_layers):
     return y
 
 
-def assert_same(a, b):
-    np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
-    for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1]), strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-
-
-def data(seed=1):
-    X = jax.random.randint(jax.random.key(seed), (B, T), 0, V)
-    return X, jax.random.randint(jax.random.key(seed + 1), (B, T), 0, V)
-
-
 @pytest.mark.parametrize("num_layers", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_packed_params_give_lstm_ref_the_plain_models_outputs_loss_and_gradients(num_layers):
     model = lm(RNNLM, num_layers)
-    X, Y = data()
+    X, Y = random_batch(B, T, V)
     params = model.init(jax.random.key(0), X)["params"]
     n = jax_rnn.get_num_params_in_lstm(V, H, num_layers, False)
     assert cudnn.pack(layers(model.rnn, params["rnn"])[2]).shape == (n,)
@@ -69,7 +59,7 @@ def test_packed_params_give_lstm_ref_the_plain_models_outputs_loss_and_gradients
         want = jax.jit(jax.value_and_grad(plain_loss))(params)
         got = jax.jit(jax.value_and_grad(reference_loss))(params)
     np.testing.assert_allclose(y_BxTxH, outputs_TxBxH.swapaxes(0, 1), rtol=1e-5, atol=1e-6)
-    assert_same(got, want)
+    assert_same(got, want, loss_rtol=1e-6)
 
 
 @pytest.fixture
@@ -89,23 +79,15 @@ def reference_binding(monkeypatch):
     return calls
 
 
-def value_and_grad(model, variables, X, Y, train=False, rng=None):
-    def mean_loss(variables):
-        loss_sum, count, _ = model.apply(variables, X, Y, WEIGHTS_B, train, method="loss",
-                                         rngs={"dropout": rng})
-        return loss_sum / count
-    return jax.value_and_grad(mean_loss)(variables)
-
-
 def cudnn_and_plain(num_layers, dropout):
     """``(value, gradients)`` of a dropout training step's mean loss: the cudnn kernel's, then the plain
     model's, from the same parameters and dropout key, at full float32."""
-    X, Y = data()
+    X, Y = random_batch(B, T, V)
     variables = lm(RNNLM, num_layers).init(jax.random.key(0), X)
     rng = jax.random.key(3)
     with jax.default_matmul_precision("highest"):
-        return tuple(jax.jit(lambda v: value_and_grad(lm(cls, num_layers, dropout), v, X, Y, True, rng))(
-            variables) for cls in (CudnnRNNLM, RNNLM))
+        return tuple(jit_value_and_grad(lm(cls, num_layers, dropout), variables, X, Y, WEIGHTS_B, True,
+                                        {"dropout": rng}) for cls in (CudnnRNNLM, RNNLM))
 
 
 @pytest.mark.parametrize("num_layers,dropout,calls", [
@@ -113,27 +95,27 @@ def cudnn_and_plain(num_layers, dropout):
     (2, 0.3, [1, 1])])
 def test_the_kernel_trains_as_the_plain_model(reference_binding, num_layers, dropout, calls):
     """One call for the whole stack; one a layer with dropout, the stack's own module between them."""
-    assert_same(*cudnn_and_plain(num_layers, dropout))
+    assert_same(*cudnn_and_plain(num_layers, dropout), loss_rtol=1e-6)
     assert reference_binding == calls
 
 
 @pytest.mark.slow
 def test_the_kernel_under_vmap_runs_one_run_after_another(reference_binding):
-    X, Y = jnp.stack(data(1)), jnp.stack(data(5))
+    X, Y = jnp.stack(random_batch(B, T, V, 1)), jnp.stack(random_batch(B, T, V, 5))
     plain, fast = lm(RNNLM, 2, 0.2), lm(CudnnRNNLM, 2, 0.2)
     variables = jax.vmap(lambda k: plain.init(k, X[0]))(jax.random.split(jax.random.key(0)))
     rngs = jax.random.split(jax.random.key(3))
 
     def runs(model):
-        one = jax.vmap(lambda v, x, y, r: value_and_grad(model, v, x, y, True, r))
+        one = jax.vmap(lambda v, x, y, r: value_and_grad(model, v, x, y, WEIGHTS_B, True, {"dropout": r}))
         return jax.jit(one)(variables, X, Y, rngs)
     with jax.default_matmul_precision("highest"):
         want, got = runs(plain), runs(fast)
-    assert_same(got, want)
+    assert_same(got, want, loss_rtol=1e-6)
     assert abs(float(got[0][0]) - float(got[0][1])) > 1e-4
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN's LSTM runs on an NVIDIA GPU only")
 @pytest.mark.parametrize("num_layers,dropout", [(1, 0.0), (2, 0.0), (2, 0.3)])
 def test_cudnn_trains_as_the_plain_model_on_a_gpu(num_layers, dropout):
-    assert_same(*cudnn_and_plain(num_layers, dropout))
+    assert_same(*cudnn_and_plain(num_layers, dropout), loss_rtol=1e-6)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import jit_value_and_grad, relative_error
 from rnnjax import fused, kernels
 from rnnjax.config import Config
 from rnnjax.fused import FusedRNNLM
@@ -18,13 +19,6 @@ def dW_hh_where(request, monkeypatch):
     if request.param == "in the loop":
         monkeypatch.setattr(fused, "_DW_HH_AFTER_LOOP_MAX_BLOCK", 0)
     return request.param
-
-
-def value_and_grad(model, variables, X, Y, mask, train=False, rngs=None):
-    def mean_loss(variables):
-        loss_sum, count, _ = model.apply(variables, X, Y, mask, train, method="loss", rngs=rngs)
-        return loss_sum / count
-    return jax.jit(jax.value_and_grad(mean_loss))(variables)
 
 
 @pytest.mark.parametrize("V,H,B,T,unroll,nonlinearity", [
@@ -41,8 +35,8 @@ def test_fused_loss_equals_plain_loss(V, H, B, T, unroll, nonlinearity, dW_hh_wh
     Y = jax.random.randint(jax.random.key(2), (B, T), 0, V)
     mask = (jnp.arange(B) < max(1, B - 2)).astype(jnp.float32)
     variables = plain.init(jax.random.key(0), X)
-    l_fast, g_fast = value_and_grad(fast, variables, X, Y, mask)
-    l_plain, g_plain = value_and_grad(plain, variables, X, Y, mask)
+    l_fast, g_fast = jit_value_and_grad(fast, variables, X, Y, mask)
+    l_plain, g_plain = jit_value_and_grad(plain, variables, X, Y, mask)
     np.testing.assert_allclose(l_fast, l_plain, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
@@ -115,10 +109,10 @@ def test_fused_loss_equals_plain_loss_for_every_cell_and_depth(cell, num_layers,
     mask = jnp.array([1.0, 1.0, 1.0, 0.0, 1.0])
     variables = plain.init(jax.random.key(0), X)
     train = dict(train=True, rngs={"dropout": jax.random.key(3)})
-    l_fast, g_fast = value_and_grad(fast, variables, X, Y, mask, **train)
-    l_plain, g_plain = value_and_grad(plain, variables, X, Y, mask, **train)
+    l_fast, g_fast = jit_value_and_grad(fast, variables, X, Y, mask, **train)
+    l_plain, g_plain = jit_value_and_grad(plain, variables, X, Y, mask, **train)
     if dropout:
-        l_eval = value_and_grad(plain, variables, X, Y, mask)[0]
+        l_eval = jit_value_and_grad(plain, variables, X, Y, mask)[0]
         assert abs(float(l_eval) - float(l_plain)) > 1e-4
     np.testing.assert_allclose(l_fast, l_plain, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
@@ -129,11 +123,6 @@ def bf16_model(cls, cell, num_layers, dtype, **kwargs):
     cell = cell(8, dtype=dtype, **kwargs)
     rnn = RNN(cell) if num_layers == 1 else StackedRNN(cell, num_layers=num_layers)
     return cls(rnn, 12, dtype=dtype)
-
-
-def relative_error(a, b):
-    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (a, b))
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 BF16_CASES = [(SimpleRNNCell, 1, {}), (SimpleRNNCell, 1, {"nonlinearity": "relu"}), (GRUCell, 1, {}),
@@ -150,7 +139,7 @@ def test_fused_loss_equals_plain_loss_in_bfloat16(cell, num_layers, kwargs, dW_h
               for cls in (RNNLM, FusedRNNLM) for dtype in (jnp.float32, jnp.bfloat16)}
     variables = models[RNNLM, jnp.float32].init(jax.random.key(0), X)
     (l_fast, g_fast), (l_plain, g_plain), (l_32, g_32) = (
-        value_and_grad(models[key], variables, X, Y, mask)
+        jit_value_and_grad(models[key], variables, X, Y, mask)
         for key in [(FusedRNNLM, jnp.bfloat16), (RNNLM, jnp.bfloat16), (RNNLM, jnp.float32)])
     np.testing.assert_allclose(l_fast, l_plain, rtol=1e-6)
     assert relative_error(g_plain, g_32) > 1e-3                  # bfloat16's rounding, 8 bits

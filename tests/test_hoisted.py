@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, assert_same, jit_value_and_grad, random_batch, value_and_grad
 from rnnjax import hoisted, precision
 from rnnjax.hoisted import HoistedRNNLM
 from rnnjax.model import RNN, RNNLM, GRUCell, LSTMCell, SimpleRNNCell, StackedRNN
@@ -17,29 +17,6 @@ WEIGHTS_B = jnp.array([1.0, 1.0, 1.0, 0.0, 1.0])          # a padded row among r
 
 CELLS = {"rnn tanh": lambda H: SimpleRNNCell(H), "rnn relu": lambda H: SimpleRNNCell(H, nonlinearity="relu"),
          "gru": GRUCell, "lstm": LSTMCell}
-
-
-def value_and_grad(model, variables, X, Y, weights, train=False, rngs=None):
-    def mean_loss(variables):
-        loss_sum, count, _ = model.apply(variables, X, Y, weights, train, method="loss", rngs=rngs)
-        return loss_sum / count
-    return jax.value_and_grad(mean_loss)(variables)
-
-
-def jit_value_and_grad(model, variables, X, Y, weights, train=False, rngs=None):
-    return jax.jit(lambda v: value_and_grad(model, v, X, Y, weights, train, rngs))(variables)
-
-
-def assert_same(a, b, rtol=1e-5, atol=1e-6):
-    np.testing.assert_allclose(a[0], b[0], rtol=rtol)
-    for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1]), strict=True):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
-
-
-def batch(seed=1):
-    X = jax.random.randint(jax.random.key(seed), (B, T), 0, V)
-    Y = jax.random.randint(jax.random.key(seed + 1), (B, T), 0, V)
-    return X, Y
 
 
 def models(rnn):
@@ -64,7 +41,7 @@ def test_hoisted_loss_equals_plain_loss(cell, layers):
            "3 bidirectional dropout": lambda: StackedRNN(make(6), 3, dropout=0.3, bidirectional=True),
            }[layers]()
     plain, fast = models(rnn)
-    X, Y = batch()
+    X, Y = random_batch(B, T, V)
     variables = plain.init(jax.random.key(0), X)
     train = dict(train=True, rngs={"dropout": jax.random.key(3)})
     with jax.default_matmul_precision("highest"):
@@ -83,7 +60,7 @@ def test_hoisted_loss_under_vmap_over_stacked_params(cell):
     """As ``--seeds`` runs it: params of two seeds stacked, each run its own batch and its own dropout."""
     rnn = StackedRNN(CELLS[cell](8), 2, dropout=0.2)
     plain, fast = models(rnn)
-    X, Y = jax.vmap(lambda s: jnp.stack(batch(s)))(jnp.array([1, 5])).swapaxes(0, 1)
+    X, Y = jax.vmap(lambda s: jnp.stack(random_batch(B, T, V, s)))(jnp.array([1, 5])).swapaxes(0, 1)
     variables = jax.vmap(lambda k: plain.init(k, X[0]))(jax.random.split(jax.random.key(0)))
     rngs = jax.random.split(jax.random.key(3))
 
@@ -113,7 +90,7 @@ def test_one_step_and_a_long_sequence():
 
 def test_hoisted_model_is_the_plain_model_but_for_its_loss():
     plain, fast = models(StackedRNN(GRUCell(8), 2))
-    X = batch()[0]
+    X = random_batch(B, T, V)[0]
     a, b = plain.init(jax.random.key(0), X), fast.init(jax.random.key(0), X)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
@@ -125,7 +102,7 @@ def test_a_cell_it_does_not_know_is_refused_by_name():
         pass
     assert hoisted.supports(GRUCell(4)) and hoisted.supports(LSTMCell) and not hoisted.supports(MyGRU(4))
     model = HoistedRNNLM(RNN(MyGRU(4)), V)
-    X = batch()[0]
+    X = random_batch(B, T, V)[0]
     variables = model.init(jax.random.key(0), X)
     with pytest.raises(TypeError, match="not MyGRU"):
         model.apply(variables, X, X, jnp.ones(B), method="loss")
@@ -219,7 +196,7 @@ def loops_and_dots(jaxpr) -> list:
 def test_the_loops_do_one_matmul_a_step_and_the_weight_gradients_come_after_them():
     """In the training step's program each loop, forward and backward, has one dot (``h @ W_hh``,
     ``dHW @ W_hh.T``); the plain model's backward loops take the weight gradients step by step."""
-    X = batch()[0]
+    X = random_batch(B, T, V)[0]
     programs = {}
     pair = models(StackedRNN(LSTMCell(4), 2, dropout=0.1))
     for name, model in zip(("plain", "hoisted"), pair, strict=True):
@@ -241,7 +218,7 @@ def test_hoisted_loss_equals_plain_loss_in_bfloat16(cell):
     plain, fast, plain_32 = (make_model(config.replace(kernel=k, compute_dtype=d), V)
                              for k, d in [("plain", "bfloat16"), ("hoisted", "bfloat16"),
                                           ("plain", "float32")])
-    X, Y = batch()
+    X, Y = random_batch(B, T, V)
     variables = plain_32.init(jax.random.key(0), X)
     l_fast, g_fast = value_and_grad(fast, variables, X, Y, WEIGHTS_B)
     l_plain, g_plain = value_and_grad(plain, variables, X, Y, WEIGHTS_B)

@@ -25,19 +25,6 @@ def data():
     return TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
 
 
-def test_add_steps_sums_per_key_in_step_order_and_keeps_a_saved_sum_s_keys():
-    call = {"loss_sum": np.array([1.0, 2.0]), "count": np.array([4.0, 4.0]),
-            "grad_norm": np.array([0.5, 1.5])}
-    sums = metrics.add_steps({}, [call, call])
-    assert sums == {"loss_sum": 6.0, "count": 16.0, "grad_norm": 4.0}
-    assert metrics.add_steps(sums, [call]) == {"loss_sum": 9.0, "count": 24.0, "grad_norm": 6.0}
-    old = {"loss_sum": 1.0, "count": 4.0}                       # saved before grad_norm was a metric
-    assert metrics.add_steps(old, [call]) == {"loss_sum": 4.0, "count": 12.0}
-    record = metrics.epoch_record(3, 30, sums, 4, 2.0, 1.5)
-    assert record["train_loss"] == 6.0 / 16.0 and record["grad_norm"] == 1.0
-    assert record["val_ppl"] == np.exp(2.0)
-
-
 def test_the_gradient_norm_before_clipping_is_logged_as_its_epoch_mean(data, tmp_path):
     config = TINY.replace(epochs=1, clip=0.05)               # clipped at every step
     result = fit(config, data, tmp_path, devices=1, log=None)

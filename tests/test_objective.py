@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import TINY
+from conftest import TINY, random_batch
 from rnnjax import objective
 from rnnjax.data import Batch
 from rnnjax.fused import FusedRNNLM
@@ -34,12 +34,6 @@ def label_smoothing(monkeypatch):
     jax.clear_caches()
 
 
-def batch():
-    X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
-    Y = jax.random.randint(jax.random.key(2), (B, T), 0, V)
-    return X, Y
-
-
 def sums_and_grads(model, variables, X, Y):
     """``((objective sum, count, cross-entropy sum), gradient of the mean objective)``."""
     def mean_objective(variables):
@@ -64,7 +58,7 @@ def test_every_loss_differentiates_the_targets_written_once(kernel, label_smooth
     the cross-entropy is still against the labels."""
     cls, cell = KERNELS[kernel]
     plain, fast = RNNLM(RNN(cell(8)), V), cls(RNN(cell(8)), V)
-    X, Y = batch()
+    X, Y = random_batch(B, T, V)
     variables = plain.init(jax.random.key(0), X)
     want, want_grads = sums_and_grads(plain, variables, X, Y)
     got, got_grads = sums_and_grads(fast, variables, X, Y)
@@ -86,7 +80,7 @@ def test_every_loss_differentiates_the_targets_written_once(kernel, label_smooth
 @pytest.mark.parametrize("cls", [RNNLM, FusedRNNLM])
 def test_one_hot_targets_make_the_objective_the_cross_entropy(cls):
     model = cls(RNN(SimpleRNNCell(8)), V)
-    X, Y = batch()
+    X, Y = random_batch(B, T, V)
     variables = model.init(jax.random.key(0), X)
     (objective_sum, count, ce_sum), _ = sums_and_grads(model, variables, X, Y)
     assert float(count) == 4 * T
@@ -98,7 +92,7 @@ def test_the_cross_entropy_is_measured_not_differentiated():
     """The loss's third value carries no gradient: what trains is the objective alone."""
     for cls in (RNNLM, FusedRNNLM):
         model = cls(RNN(SimpleRNNCell(8)), V)
-        X, Y = batch()
+        X, Y = random_batch(B, T, V)
         variables = model.init(jax.random.key(0), X)
         grads = jax.grad(lambda v: model.apply(v, X, Y, WEIGHTS_B, method="loss")[2])(variables)
         assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads))
@@ -106,7 +100,7 @@ def test_the_cross_entropy_is_measured_not_differentiated():
 
 def step_results(config):
     state = create_train_state(config, V)
-    X, Y = batch()
+    X, Y = random_batch(B, T, V)
     b = Batch(X, Y, WEIGHTS_B)
     with jax.default_matmul_precision("highest"):
         new_state, train_metrics = jax.jit(train_step)(state, b)

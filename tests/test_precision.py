@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY, DenseCell
+from conftest import TINY, DenseCell, random_batch, relative_error
 from rnnjax import model as model_lib
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.loop import compile_run
@@ -64,14 +64,7 @@ def mean_loss_and_grads(config, params, X, Y, mask):
 
 
 def batch(B=8, T=10, V=12):
-    X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
-    Y = jax.random.randint(jax.random.key(2), (B, T), 0, V)
-    return X, Y, jnp.ones(B).at[-1].set(0.0)
-
-
-def relative_error(a, b):
-    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (a, b))
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+    return (*random_batch(B, T, V), jnp.ones(B).at[-1].set(0.0))
 
 
 @pytest.mark.parametrize("name", list(CELL_CONFIGS))

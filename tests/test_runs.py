@@ -13,7 +13,7 @@ from rnnjax import checkpoint, runs
 from rnnjax.config import ConfigError
 from rnnjax.train import STEPS_PER_CALL, Interrupted, NonFiniteLoss, fit
 
-from conftest import TINY
+from conftest import TINY, without_seconds
 
 TINY10 = TINY.replace(num_train=10 * TINY.batch_size)        # data10's config
 CONFIGS = [TINY.replace(epochs=2, seed=s, lr=lr) for s in (0, 1) for lr in (1.0, 2.0)]
@@ -33,10 +33,6 @@ def alone(config, data, workdir, devices):
     d = copy.copy(data)
     d.seed = config.seed
     return fit(config, d, workdir, devices=devices, log=None)
-
-
-def without_seconds(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
 @pytest.mark.slow

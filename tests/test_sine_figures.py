@@ -1,4 +1,5 @@
 import errno
+import signal
 
 import numpy as np
 import pytest
@@ -50,3 +51,14 @@ def test_a_workdir_is_refused_unless_new_or_writable_and_a_failed_runs_files_go(
         (tmp_path / name).write_text("x")
     sine_figures.remove(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_stop_says_what_the_workdir_holds(tmp_path):
+    assert sine_figures.stopped_message(signal.SIGINT, tmp_path) == (
+        f"Stopped by signal 2 (Ctrl-C): nothing written to {tmp_path} (the figures come when the first seed "
+        "is done, results.json at the end).")
+    for name in sine_figures.FIGURES:
+        (tmp_path / name).write_bytes(b"png")
+    assert sine_figures.stopped_message(signal.SIGTERM, tmp_path) == (
+        f"Stopped by signal 15: {tmp_path} holds sine-onestep.png, sine-multistep.png, sine-ksteps.png, not "
+        "results.json (written at the end).")
