@@ -8,6 +8,7 @@ where JAX's default backend is another (a GPU).
 """
 
 import atexit
+import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -238,6 +239,20 @@ def tiny():
 def small_data():
     """``TINY``'s data from a made-up text: 13 train batches (the last one padded), 4 validation ones."""
     return TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
+
+
+def assert_trees_equal(a, b):
+    """Two trees of arrays equal bit for bit."""
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def tree_digest(path):
+    """Every file under ``path`` with its content hash: to show nothing changed."""
+    return {str(p.relative_to(path)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def without_seconds(records: list[dict]) -> list[dict]:

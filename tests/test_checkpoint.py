@@ -1,37 +1,21 @@
-import hashlib
+"""``rnnjax.checkpoint``: saving a run, keeping its latest and best checkpoints, resuming bit for bit."""
+
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
-from conftest import TINY, without_seconds
+from conftest import TINY, assert_trees_equal, tree_digest, without_seconds
 
-from rnnjax import checkpoint, runs
+from rnnjax import checkpoint
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.metrics import MetricsLog
-from rnnjax.state import create_train_state, make_model
+from rnnjax.state import create_train_state
 from rnnjax.train import STEPS_PER_CALL, Interrupted, fit
 
 SMALL = TINY.replace(epochs=4)
-
-
-def assert_trees_equal(a, b):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def tree_digest(path):
-    """Every file under ``path`` with its content hash: to show nothing changed."""
-    return {str(p.relative_to(path)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def with_epochs(config, epochs):
@@ -143,96 +127,6 @@ def test_a_failed_save_never_names_its_own_step_as_the_last_complete_one(tmp_pat
         mngr.close()
 
 
-def test_missing_or_empty_workdir(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
-        checkpoint.restore(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="holds no checkpoints"):
-        checkpoint.restore(tmp_path / "empty")
-    (tmp_path / "empty" / checkpoint.SUBDIR).mkdir()
-    with pytest.raises(CheckpointError, match="no complete checkpoint"):
-        checkpoint.restore(tmp_path / "empty")
-
-
-def test_unknown_step(small_data, tmp_path):
-    fit(with_epochs(SMALL, 1), small_data, tmp_path, devices=1)
-    with pytest.raises(CheckpointError, match="no checkpoint at step 5"):
-        checkpoint.restore(tmp_path, step=5)
-
-
-def test_run_is_a_whole_number_as_step_is(small_data, tmp_path):
-    together = runs.fit_runs([with_epochs(TINY, 1).replace(seed=s) for s in (0, 1)], small_data, tmp_path,
-                             devices=1, log=None)
-    for run in (1, np.int64(1), "1"):
-        restored = checkpoint.restore(tmp_path, run=run)
-        assert restored.config.seed == 1
-        assert_trees_equal(restored.params, jax.tree.map(lambda x: x[1], together.state.params))
-    for bad in (True, 1.0, "one", "²", [1]):
-        message = rf"^run must be a whole number, got {re.escape(repr(bad))}\.$"
-        with pytest.raises(CheckpointError, match=message):
-            checkpoint.restore(tmp_path, run=bad)
-        with pytest.raises(CheckpointError, match="run must be a whole number"):
-            checkpoint.restore(tmp_path, best=True, run=bad)
-
-
-# After a failed restore, orbax's background event loop complains while shutting down.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_corrupted_checkpoint_is_a_clear_error_and_nothing_is_touched(small_data, tmp_path):
-    fit(with_epochs(SMALL, 1), small_data, tmp_path, devices=1)
-    step_dir = tmp_path / checkpoint.SUBDIR / "13"
-    for f in (step_dir / "state").rglob("*"):
-        if f.is_file() and f.stat().st_size > 0 and f.parent.name == "d":
-            f.write_bytes(b"\0" * f.stat().st_size)
-    before = tree_digest(tmp_path)
-    with pytest.raises(CheckpointError, match="step 13 .* cannot be restored"):
-        checkpoint.restore(tmp_path)
-    with pytest.raises(CheckpointError, match="cannot be restored"):
-        fit(with_epochs(SMALL, 2), small_data, tmp_path, devices=1)
-    assert tree_digest(tmp_path) == before
-
-
-def test_a_checkpoint_removed_as_it_is_read_is_not_damage(small_data, tmp_path, monkeypatch):
-    """The run writing a workdir keeps its latest: it may remove the one a restore is reading, which then
-    fails as damage would. The latest (or best) is picked again; a step asked for says it went."""
-    import shutil
-    fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
-    from rnnjax import restore as restore_lib
-    read = restore_lib._restore_for_inference
-
-    def removed_as_read(workdir, step, run):
-        if step == 26 and (tmp_path / checkpoint.SUBDIR / "26").exists():
-            shutil.rmtree(tmp_path / checkpoint.SUBDIR / "26")
-            raise checkpoint.DamagedCheckpoint(step, tmp_path / checkpoint.SUBDIR, "cannot be restored")
-        return read(workdir, step, run)
-    monkeypatch.setattr(restore_lib, "_restore_for_inference", removed_as_read)
-    assert checkpoint.restore(tmp_path).step == 13
-    fit(TINY.replace(epochs=2), small_data, tmp_path / "again", devices=1, checkpoint_every=1, log=None)
-    shutil.rmtree(tmp_path / checkpoint.SUBDIR)
-    shutil.move(tmp_path / "again" / checkpoint.SUBDIR, tmp_path / checkpoint.SUBDIR)
-    with pytest.raises(CheckpointError, match="step 26 in .* was removed as it was read .*restore another"):
-        checkpoint.restore(tmp_path, step=26)
-
-
-def test_a_removal_in_progress_is_told_from_damage_while_a_run_holds_the_workdir(small_data, tmp_path):
-    """orbax deletes a step's files first, its folder last: a read that fails meanwhile, the step still
-    listed, waits to see it go (a run holds the lock), and is damage where it stays or no run holds it."""
-    import shutil
-    import threading
-
-    from rnnjax import workdir as workdir_lib
-    fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
-    step_dir = tmp_path / checkpoint.SUBDIR / "13"
-    (step_dir / "meta" / "metadata").unlink()                       # as the deleter starts
-    with pytest.raises(checkpoint.DamagedCheckpoint):               # no run holds the workdir: damage
-        checkpoint.restore(tmp_path, step=13)
-    with workdir_lib.lock(tmp_path):                                # as the run writing it would
-        with pytest.raises(checkpoint.DamagedCheckpoint):           # listed still after the wait: damage
-            checkpoint.restore(tmp_path, step=13)
-        threading.Timer(0.3, shutil.rmtree, (step_dir,)).start()    # the deleter finishes
-        with pytest.raises(CheckpointError, match="step 13 in .* was removed as it was read"):
-            checkpoint.restore(tmp_path, step=13)
-
-
 def test_half_written_checkpoint_is_ignored(small_data, tmp_path, caplog):
     fit(with_epochs(SMALL, 1), small_data, tmp_path, devices=1)
     # What a save killed midway leaves behind: orbax's temporary directory (its name, for step 26).
@@ -252,24 +146,6 @@ def test_config_mismatch_is_a_clear_error_and_nothing_is_touched(small_data, tmp
     with pytest.raises(CheckpointError, match=r"--num-hiddens 32 \(it has 16\)"):
         fit(other, small_data, tmp_path, devices=1)
     assert tree_digest(tmp_path) == before
-
-
-@pytest.mark.slow
-def test_restore_for_inference_in_a_fresh_process(small_data, tmp_path):
-    result = fit(with_epochs(SMALL, 2), small_data, tmp_path, devices=1)
-    from rnnjax import predict
-    model = make_model(SMALL, len(small_data.vocab))
-    expected = predict(model, result.state.params, small_data.vocab, "the time", 40)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RNNJAX_", "XLA_FLAGS", "JAX_"))}
-    env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"        # as this process's (conftest): on any backend
-    env["RNNJAX_CACHE"] = str(tmp_path / "no-cache")
-    code = ("import sys; from rnnjax.checkpoint import restore; "
-            "print(restore(sys.argv[1]).predict('the time', 40))")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == expected
-    assert not (tmp_path / "no-cache").exists()
 
 
 @pytest.mark.slow
