@@ -82,8 +82,9 @@ class Plan:
         if self.aside:
             hint += (f"; {self.workdir} holds what an earlier run wrote, with no checkpoint to resume "
                      f"from: moving {' and '.join(f'{a.name} to {b}' for a, b in self.aside)}")
-        if memory.compile_note(self.config):
-            hint += f"; {memory.compile_note(self.config)}"
+        slow_compile = memory.compile_note(self.config)
+        if slow_compile:
+            hint += f"; {slow_compile}"
         # Advice for whoever got one device without asking (not for --devices 1 of several, nor for a count
         # chosen, as use_cpu_cores chooses one for a batch size no larger count divides).
         if (self.dp.devices[0].platform == "cpu" and len(jax.local_devices()) == 1 and available_cores() > 1
