@@ -79,10 +79,11 @@ def predict_only(args: argparse.Namespace) -> None:
                     "key": jax.random.PRNGKey(args.seed[0] if args.seed is not None else 0)}
     try:
         restored = checkpoint.restore(args.workdir, best=args.best, run=args.run)
-    except checkpoint.DamagedCheckpoint as e:     # generate from an older one, saying so
-        restored = checkpoint.restore(args.workdir, step=e.step, run=args.run, fallback=True)
-        print(f"warning: {e}; generating from checkpoint step {restored.step}, the newest good one before "
-              "it.", file=sys.stderr)
+    except checkpoint.DamagedCheckpoint as e:     # generate from another one, saying so
+        step = None if args.best else e.step
+        restored = checkpoint.restore(args.workdir, step=step, best=args.best, run=args.run, fallback=True)
+        which = "the best of those that can be read" if args.best else "the newest good one before it"
+        print(f"warning: {e}; generating from checkpoint step {restored.step}, {which}.", file=sys.stderr)
     # The model comes from the checkpoint; flags that say otherwise (a wrong workdir?) are worth naming.
     requested = {k: v for k, v in flags.given(args).items()
                  if not (args.sample and k == "seed") and k not in config_lib.Config.RESUMABLE}

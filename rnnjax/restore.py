@@ -94,7 +94,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")
     asked, run = _whole(step), _whole(run, "run")
     for _ in range(10):       # a run writing the workdir removes old checkpoints: one may go as it is read
-        step, saved = _pick(workdir, asked, best, run)
+        step, saved = _pick(workdir, asked, best, run, fallback)
         try:
             return _newest_good(workdir, step, saved, run, fallback)
         except _Removed as e:
@@ -110,12 +110,18 @@ class _Removed(Exception):
     """The checkpoint at step ``args[0]`` was removed as it was read: not damage; pick again."""
 
 
-def _pick(workdir: Path, step: int | None, best: bool, run: int | None) -> tuple[int, list[int]]:
-    """The step ``restore`` reads first (``step``, the ``best``, else the latest), and the steps saved."""
+def _pick(workdir: Path, step: int | None, best: bool, run: int | None, fallback: bool
+          ) -> tuple[int, list[int]]:
+    """The step ``restore`` reads first (``step``, the ``best``, else the latest), and the steps saved. The
+    best is that of the checkpoints whose meta can be read: without ``fallback``, one that cannot (it may
+    have been the best) is a ``DamagedCheckpoint``."""
     saved = sorted(steps(workdir))
     if not saved:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
     if best:
+        if not fallback:
+            for s in saved:
+                read_meta(workdir, s)
         step = best_step(workdir, run)
         if step is None:
             raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity.")

@@ -123,3 +123,23 @@ def test_restore_for_inference_in_a_fresh_process(small_data, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected
     assert not (tmp_path / "no-cache").exists()
+
+
+def test_the_best_with_a_damaged_meta_is_not_chosen_silently(small_data, tmp_path, capsys):
+    """A checkpoint whose meta cannot be read may have been the best: ``best=True`` said nothing and took
+    the best of the rest."""
+    from experiments import timemachine
+    from rnnjax import stored
+    fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, checkpoint_every=1, keep=3, log=None)
+    best = checkpoint.restore(tmp_path, best=True).step
+    (tmp_path / checkpoint.SUBDIR / str(best) / "meta" / "metadata").write_bytes(b"")
+    rest = min((p, s) for s, p in stored.val_ppls(tmp_path).items())[1]
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=f"step {best} "):
+        checkpoint.restore(tmp_path, best=True)
+    assert checkpoint.restore(tmp_path, best=True, fallback=True).step == rest != best
+    capsys.readouterr()
+    argv = ["--workdir", str(tmp_path), "--predict", "the", "--num-preds", "3", "--best"]
+    assert timemachine.main(argv) == 0
+    warning = capsys.readouterr().err.splitlines()[0]
+    assert warning.startswith(f"warning: The checkpoint at step {best} ") and warning.endswith(
+        f"generating from checkpoint step {rest}, the best of those that can be read.")
