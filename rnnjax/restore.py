@@ -11,6 +11,7 @@ one before it. ``rnnjax.checkpoint`` re-exports both: ``rnnjax.checkpoint.restor
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,11 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     end; of runs, the kept best is the mean's), not of every epoch. A damaged
     checkpoint raises ``DamagedCheckpoint``; with ``fallback`` the newest good one older than it is
     taken instead (``CheckpointError`` naming each, if none is good)."""
+    if not isinstance(workdir, (str, os.PathLike)):
+        raise TypeError(f"restore takes the workdir as a path (str or os.PathLike), got {workdir!r}.")
+    for name, value in (("best", best), ("fallback", fallback)):
+        if not isinstance(value, (bool, np.bool_)):         # "no" would count as True
+            raise TypeError(f"restore's {name} is True or False, got {value!r}.")
     workdir = Path(workdir)
     directory = workdir / SUBDIR
     if not directory.is_dir():
@@ -165,10 +171,13 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
     meta = read_meta(workdir, step)
     config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
     runs = [Config.from_json(c) for c in meta.get("runs", [])]
+    if len(runs) == 1 and run is None:      # fit_runs of one config: no other run to choose
+        run = 0
     if runs and (run is None or not 0 <= run < len(runs)):
         given = "" if run is None else f", not {run}"
-        raise CheckpointError(f"{workdir} holds {len(runs)} runs trained together; choose one with run=K "
-                              f"(--run K; the notebook's RNNJAX_RUN=K), K from 0 to {len(runs) - 1}{given}.")
+        held = f"{len(runs)} runs" if len(runs) > 1 else "1 run"
+        raise CheckpointError(f"{workdir} holds {held} trained together; choose one with run=K (--run K; the "
+                              f"notebook's RNNJAX_RUN=K), K from 0 to {len(runs) - 1}{given}.")
     if run not in (None, 0) and not runs:
         raise CheckpointError(f"{workdir} holds a single run; leave out run={run} (--run, RNNJAX_RUN).")
     if runs:

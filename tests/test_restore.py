@@ -143,3 +143,22 @@ def test_the_best_with_a_damaged_meta_is_not_chosen_silently(small_data, tmp_pat
     warning = capsys.readouterr().err.splitlines()[0]
     assert warning.startswith(f"warning: The checkpoint at step {best} ") and warning.endswith(
         f"generating from checkpoint step {rest}, the best of those that can be read.")
+
+
+def test_arguments_of_the_wrong_type_are_one_sentence(tmp_path):
+    for workdir in (None, 5, ["runs/tm"]):
+        with pytest.raises(TypeError, match=r"^restore takes the workdir as a path \(str or os.PathLike\)"):
+            checkpoint.restore(workdir)
+    for kwargs in ({"best": "no"}, {"fallback": 1}, {"best": None}):
+        with pytest.raises(TypeError, match=rf"^restore's {next(iter(kwargs))} is True or False, got"):
+            checkpoint.restore(tmp_path, **kwargs)
+
+
+def test_one_run_trained_together_restores_without_choosing_it(small_data, tmp_path):
+    """``fit_runs([config])``: run 0 is the only one (it asked for run=K, K from 0 to 0)."""
+    together = runs.fit_runs([TINY.replace(epochs=1)], small_data, tmp_path, devices=1, log=None)
+    for kwargs in ({}, {"best": True}, {"run": 0}):
+        restored = checkpoint.restore(tmp_path, **kwargs)
+        assert_trees_equal(restored.params, jax.tree.map(lambda x: x[0], together.state.params))
+    with pytest.raises(CheckpointError, match=r"holds 1 run trained together; .* K from 0 to 0, not 1"):
+        checkpoint.restore(tmp_path, run=1)
