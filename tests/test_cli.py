@@ -47,6 +47,19 @@ def test_shapes_cannot_be_listed(capsys):
     assert "train the others in separate workdirs" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["--step", "3"], "unrecognized arguments: --step 3"),                   # was --steps-per-epoch 3
+    (["--val", "0.5"], "unrecognized arguments: --val 0.5"),                 # was --val-fraction 0.5
+    (["--seeds", "0,1", "--seed", "2"], "--seeds and --seed set the same setting; give one"),   # was seed 2
+    (["--lr", "1", "--lr=2"], "--lr is given twice; give it once"),
+    (["--bidirectional", "--no-bidirectional"], "--bidirectional and --no-bidirectional set the same"),
+])
+def test_a_flag_s_prefix_or_a_flag_given_twice_is_an_error_not_a_guess(argv, said, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args(argv)
+    assert e.value.code == 2 and said in capsys.readouterr().err
+
+
 def saved(workdir, configs, text_sha1=None):
     """A workdir as a run of ``configs`` leaves it (its ``config.json``), nothing trained."""
     vocab = Vocab(list("abc "), source=text_sha1)
