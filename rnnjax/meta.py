@@ -88,8 +88,9 @@ def _vocab(d: Any) -> str | None:
     return None
 
 
-def settings(d: Any) -> tuple[list[Config], dict] | None:
-    """The configs (one, or one per run trained together) and the vocabulary's JSON of a workdir's
+def settings(d: Any) -> tuple[list[Config], dict, bool] | None:
+    """The configs (one, or one per run trained together), the vocabulary's JSON and whether the runs were
+    trained together (``rnnjax.fit_runs``, of one config too: a list of ``runs``) of a workdir's
     ``config.json`` (``{"config", "vocab", "runs"?}``), if it is whole and valid; else ``None``."""
     if not isinstance(d, dict):
         return None
@@ -97,7 +98,7 @@ def settings(d: Any) -> tuple[list[Config], dict] | None:
     configs = [_config(c, "config")[0] for c in (runs if isinstance(runs, list) else [None])]
     if None in configs or _config(d.get("config"), "config")[1] or _vocab(d.get("vocab")):
         return None
-    return configs, d["vocab"]
+    return configs, d["vocab"], "runs" in d
 
 
 def _pairs(partial: Any, batch: int) -> bool:
