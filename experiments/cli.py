@@ -34,6 +34,27 @@ DESCRIPTION = 'd2l\'s "Concise Implementation of Recurrent Neural Networks", end
 
 
 class _Parser(argparse.ArgumentParser):
+    """Whole flag names only: a prefix (``--step`` for ``--steps-per-epoch``) is an error, not a guess."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def parse_args(self, argv=None, namespace=None):
+        args = super().parse_args(argv, namespace)
+        seen: dict[str, str] = {}           # a flag given twice, or with its alias: not the last one silently
+        for token in sys.argv[1:] if argv is None else argv:
+            if token == "--":
+                break
+            action = self._option_string_actions.get(token.split("=", 1)[0])
+            if action is None or not action.option_strings or action.dest == "help":
+                continue
+            typed = token.split("=", 1)[0]
+            if action.dest in seen:
+                self.error(f"{typed} is given twice; give it once" if seen[action.dest] == typed else
+                           f"{seen[action.dest]} and {typed} set the same setting; give one")
+            seen[action.dest] = typed
+        return args
+
     def error(self, message: str):
         """argparse's own errors as ours are: one line (not the usage block), and where to look."""
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
@@ -203,6 +224,7 @@ def describe_checkpoint(restored: checkpoint.Restored, run: int | None = None) -
     position, val_ppl = restored.meta.get("position", {}), restored.meta.get("val_ppl")
     epoch, batch = position.get("epoch", 0), position.get("batch", 0)
     where = f"epoch {epoch + 1} at batch {batch}" if batch else f"after epoch {epoch}"
+    run = 0 if run is None and len(restored.meta.get("runs", [])) == 1 else run     # one trained together
     own = run is not None and "run_val_ppls" in restored.meta
     val_ppl = restored.meta["run_val_ppls"][run] if own else val_ppl
     said = "" if val_ppl is None else f", val ppl {ppl(val_ppl)}"
@@ -276,17 +298,6 @@ def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Co
     resumed = flags.resumed_from_flags(args, configs, str(args.workdir))
     args.settings_from = source                # said as the run starts
     return resumed, args.workdir, together
-
-
-def only_run(workdir: Path) -> int | None:
-    """0 where ``workdir`` holds one run (trained alone, or together by ``rnnjax.fit_runs`` of one config):
-    the only run ``--predict`` can take; else ``None``, for ``restore`` to say what to choose, or what is
-    wrong."""
-    try:
-        saved = saved_runs(workdir)
-    except ValueError:            # config.json edited, a cell not registered: restore says so
-        return None
-    return 0 if saved is not None and len(saved[0]) == 1 else None
 
 
 def _no_checkpoint(workdir: Path) -> bool:

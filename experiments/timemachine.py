@@ -77,13 +77,13 @@ def predict_only(args: argparse.Namespace) -> None:
     if args.sample:       # --seed seeds the draws here, not the model
         sampling = {"temperature": args.temperature, "top_k": args.top_k,
                     "key": jax.random.PRNGKey(args.seed[0] if args.seed is not None else 0)}
-    run = args.run if args.run is not None else cli.only_run(args.workdir)
     try:
-        restored = checkpoint.restore(args.workdir, best=args.best, run=run)
-    except checkpoint.DamagedCheckpoint as e:     # generate from an older one, saying so
-        restored = checkpoint.restore(args.workdir, step=e.step, run=run, fallback=True)
-        print(f"warning: {e}; generating from checkpoint step {restored.step}, the newest good one before "
-              "it.", file=sys.stderr)
+        restored = checkpoint.restore(args.workdir, best=args.best, run=args.run)
+    except checkpoint.DamagedCheckpoint as e:     # generate from another one, saying so
+        step = None if args.best else e.step
+        restored = checkpoint.restore(args.workdir, step=step, best=args.best, run=args.run, fallback=True)
+        which = "the best of those that can be read" if args.best else "the newest good one before it"
+        print(f"warning: {e}; generating from checkpoint step {restored.step}, {which}.", file=sys.stderr)
     # The model comes from the checkpoint; flags that say otherwise (a wrong workdir?) are worth naming.
     requested = {k: v for k, v in flags.given(args).items()
                  if not (args.sample and k == "seed") and k not in config_lib.Config.RESUMABLE}
@@ -94,7 +94,7 @@ def predict_only(args: argparse.Namespace) -> None:
     text = restored.predict(args.predict, args.num_preds, **sampling)
     # stderr: stdout is the text alone, for pipes.
     not_used = f"; not used here (they train): {', '.join(args.not_used)}" if args.not_used else ""
-    print(f"from {args.workdir}: {cli.describe_checkpoint(restored, run)}{not_used}", file=sys.stderr)
+    print(f"from {args.workdir}: {cli.describe_checkpoint(restored, args.run)}{not_used}", file=sys.stderr)
     print(text)
 
 

@@ -48,6 +48,19 @@ def test_shapes_cannot_be_listed(capsys):
     assert "train the others in separate workdirs" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["--step", "3"], "unrecognized arguments: --step 3"),                   # was --steps-per-epoch 3
+    (["--val", "0.5"], "unrecognized arguments: --val 0.5"),                 # was --val-fraction 0.5
+    (["--seeds", "0,1", "--seed", "2"], "--seeds and --seed set the same setting; give one"),   # was seed 2
+    (["--lr", "1", "--lr=2"], "--lr is given twice; give it once"),
+    (["--bidirectional", "--no-bidirectional"], "--bidirectional and --no-bidirectional set the same"),
+])
+def test_a_flag_s_prefix_or_a_flag_given_twice_is_an_error_not_a_guess(argv, said, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args(argv)
+    assert e.value.code == 2 and said in capsys.readouterr().err
+
+
 def saved(workdir, configs, text_sha1=None, together=None, checkpointed=True):
     """A workdir as a run of ``configs`` (trained ``together``: by default if several) leaves it: its
     ``config.json`` and, if ``checkpointed``, a checkpoint of epoch 1 (of a stand-in state)."""
@@ -107,11 +120,9 @@ def test_one_run_trained_together_resumes_as_runs_trained_together(tmp_path):
     assert cli.settings(cli.parse_args(["--workdir", w, "--preset", "tiny"]))[2] is True
     (Path(w) / "config.json").unlink()          # the checkpoint's meta says so too
     assert cli.settings(cli.parse_args(["--workdir", w]))[2] is True
-    assert cli.only_run(Path(w)) == 0 and cli.only_run(tmp_path / "none") is None
     assert cli.settings(cli.parse_args(["--workdir", saved(tmp_path / "one", [TINY])]))[2] is False
     two = saved(tmp_path / "two", [TINY, TINY.replace(seed=1)])
     assert cli.settings(cli.parse_args(["--workdir", two]))[2] is True
-    assert cli.only_run(tmp_path / "two") is None
 
 
 def test_a_workdir_with_no_checkpoint_of_its_run_starts_anew_with_the_flags(tmp_path):
