@@ -98,10 +98,10 @@ def predict_only(args: argparse.Namespace) -> None:
     print(text)
 
 
-def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: Path) -> None:
+def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: Path, several: bool) -> None:
+    """Trains ``configs`` in ``workdir``, ``several`` trained together (``rnnjax.fit_runs``; of one too)."""
     config = configs[0]
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
-    several = len(configs) > 1
     # What needs no data is checked before a large --text is read and tokenized.
     try:
         check_arguments(config, workdir, devices=args.devices, runs=configs if several else None)
@@ -114,6 +114,8 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
     if args.settings_from is not None:
         say(f"settings: those of the run in {workdir} ({args.settings_from}), the flags given checked "
             "against them")
+    if args.anew:
+        say(args.anew)
     data = corpus.load(config, text=args.text, data=args.data)
     # The plan is made under the workdir's lock, held until the plot is written.
     with planned(config, data, workdir, devices=args.devices, runs=configs if several else None) as p:
@@ -262,7 +264,7 @@ def _drop_output() -> None:
 def _main(argv, parser_options: dict) -> int:
     try:
         args = cli.parse_args(argv, **parser_options)
-        configs, workdir = cli.settings(args) if args.predict is None else (None, None)
+        configs, workdir, several = cli.settings(args) if args.predict is None else (None, None, False)
     except ValueError as e:          # checks of the arguments (and the workdir's settings), before JAX starts
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -287,7 +289,7 @@ def _main(argv, parser_options: dict) -> int:
                                             args.join_timeout)
             if args.predict is None:     # joined: from here the processes stop together
                 stopping.handle(_deferred)
-        predict_only(args) if args.predict is not None else train(args, configs, workdir)
+        predict_only(args) if args.predict is not None else train(args, configs, workdir, several)
     except (*USAGE_ERRORS, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -6,15 +6,16 @@ import json
 import math
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from experiments import cli, timemachine
-from rnnjax import checkpoint, meta as meta_lib
+from rnnjax import checkpoint, corpus, meta as meta_lib, metrics, runs
 from rnnjax.config import Config
 from rnnjax.data import Vocab
 
-from conftest import TINY
+from conftest import TINY, assert_trees_equal
 
 
 def test_help_lists_every_config_field(capsys):
@@ -60,10 +61,21 @@ def test_a_flag_s_prefix_or_a_flag_given_twice_is_an_error_not_a_guess(argv, sai
     assert e.value.code == 2 and said in capsys.readouterr().err
 
 
-def saved(workdir, configs, text_sha1=None):
-    """A workdir as a run of ``configs`` leaves it (its ``config.json``), nothing trained."""
+def saved(workdir, configs, text_sha1=None, together=None, checkpointed=True):
+    """A workdir as a run of ``configs`` (trained ``together``: by default if several) leaves it: its
+    ``config.json`` and, if ``checkpointed``, a checkpoint of epoch 1 (of a stand-in state)."""
     vocab = Vocab(list("abc "), source=text_sha1)
-    checkpoint.write_config(workdir, configs[0], vocab, runs=configs if len(configs) > 1 else None)
+    runs = configs if (len(configs) > 1 if together is None else together) else None
+    checkpoint.write_config(workdir, configs[0], vocab, runs=runs)
+    if checkpointed:
+        n = len(configs)
+        position = {"epoch": 1, "batch": 0, "partial": [{}] * n, "stopped": [], "high": [0] * n}
+        extra = {"runs": [c.to_json() for c in runs]} if runs else {}
+        manager = checkpoint.manager(workdir / checkpoint.SUBDIR)
+        checkpoint.save(manager, 13, {"a": np.zeros(3, np.float32)},
+                        meta_lib.make(configs[0], vocab, position, 13, **extra))
+        checkpoint.check_saved(manager)
+        manager.close()
     return str(workdir)
 
 
@@ -71,7 +83,7 @@ def test_a_workdir_s_own_settings_are_read_and_the_resumable_flags_change_them(t
     run = TINY.replace(lr=2.0, num_hiddens=24, cell="gru")
     w = saved(tmp_path / "w", [run])
     args = cli.parse_args(["--workdir", w, "--epochs", "200"])
-    assert cli.settings(args) == ([run.replace(epochs=200)], Path(w))
+    assert cli.settings(args) == ([run.replace(epochs=200)], Path(w), False)
     same = ["--workdir", w, "--lr", "2", "--cell", "gru", "--kernel", "plain"]     # agreeing flags are fine
     assert cli.settings(cli.parse_args(same))[0] == [run.replace(kernel="plain")]
 
@@ -100,9 +112,47 @@ def test_runs_trained_together_resume_as_a_whole(tmp_path):
             cli.settings(cli.parse_args(["--workdir", w, "--seeds", other]))
 
 
+def test_one_run_trained_together_resumes_as_runs_trained_together(tmp_path):
+    """``rnnjax.fit_runs([config])``'s workdir: what its config.json says, not the count of its runs."""
+    w = saved(tmp_path / "w", [TINY], together=True)
+    expected = ([TINY.replace(epochs=5)], Path(w), True)
+    assert cli.settings(cli.parse_args(["--workdir", w, "--epochs", "5"])) == expected
+    assert cli.settings(cli.parse_args(["--workdir", w, "--preset", "tiny"]))[2] is True
+    (Path(w) / "config.json").unlink()          # the checkpoint's meta says so too
+    assert cli.settings(cli.parse_args(["--workdir", w]))[2] is True
+    assert cli.settings(cli.parse_args(["--workdir", saved(tmp_path / "one", [TINY])]))[2] is False
+    two = saved(tmp_path / "two", [TINY, TINY.replace(seed=1)])
+    assert cli.settings(cli.parse_args(["--workdir", two]))[2] is True
+
+
+def test_a_workdir_with_no_checkpoint_of_its_run_starts_anew_with_the_flags(tmp_path):
+    """Killed before its first save: nothing to resume, so flags (or a --preset) asking for other settings
+    train anew there, saying so; flags that agree go on with its settings."""
+    w = saved(tmp_path / "w", [TINY.replace(lr=2.0)], checkpointed=False)
+    (Path(w) / checkpoint.SUBDIR).mkdir()            # made as the run started, empty
+    args = cli.parse_args(["--workdir", w, "--num-hiddens", "64"])
+    assert cli.settings(args) == ([Config(num_hiddens=64)], Path(w), False)
+    assert args.anew == (f"{w} holds no checkpoint of its earlier run (its config.json's settings): starting "
+                         "anew with the flags' settings") and args.settings_from is None
+    args = cli.parse_args(["--workdir", w, "--preset", "tiny", "--seeds", "0,1"])
+    assert cli.settings(args) == ([TINY.replace(seed=0), TINY.replace(seed=1)], Path(w), True) and args.anew
+    args = cli.parse_args(["--workdir", w, "--preset", "d2l"])
+    assert cli.settings(args)[0] == [Config()] and args.anew
+    args = cli.parse_args(["--workdir", w, "--lr", "2", "--epochs", "7"])       # its own settings
+    assert cli.settings(args)[0] == [TINY.replace(lr=2.0, epochs=7)] and args.anew is None
+    assert args.settings_from == "its config.json"
+    with pytest.raises(ValueError, match="^--lr must be a positive finite number"):      # no run could
+        cli.settings(cli.parse_args(["--workdir", w, "--lr", "nan"]))
+    mine = saved(tmp_path / "mine", [TINY], text_sha1="ab" * 20, checkpointed=False)
+    with pytest.raises(ValueError, match="trained on a text of your own .*give that file again"):
+        cli.settings(cli.parse_args(["--workdir", mine, "--num-hiddens", "8"]))      # not the Time Machine
+    args = cli.parse_args(["--workdir", mine, "--text", "other.txt", "--num-hiddens", "8"])
+    assert cli.settings(args)[0][0].num_hiddens == 8 and args.anew
+
+
 def test_a_config_json_that_is_not_whole_and_valid_gives_no_settings(tmp_path):
     w = tmp_path / "w"
-    saved(w, [TINY.replace(lr=2.0)])
+    saved(w, [TINY.replace(lr=2.0)], checkpointed=False)
     good = json.loads((w / "config.json").read_text())
     for bad in ({"config": {"lr": 7}, "vocab": good["vocab"]}, {**good, "runs": "all"},
                 {**good, "vocab": {**good["vocab"], "text_sha1": 5}}):
@@ -193,6 +243,52 @@ def test_the_cli_resumes_a_workdir_from_its_settings(make_text, tmp_path, capsys
     assert checkpoint.restore(w).config == expected
     assert timemachine.main(["--workdir", w, "--epochs", "3"]) == 1
     assert "give that file again, --text PATH" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_cli_resumes_and_predicts_one_run_trained_together(make_text, tmp_path, capsys):
+    """A workdir of rnnjax.fit_runs([config]): resumed bit for bit, and --predict takes its only run."""
+    text = tmp_path / "mine.txt"
+    text.write_text(make_text(3000))
+    config = TINY.replace(epochs=1, preprocess="raw", val_fraction=0.1, num_train=0)      # --text's defaults
+    data = corpus.load(config, text=text)
+    w = str(tmp_path / "w")
+    runs.fit_runs([config], data, w, devices=1, log=None)
+    args = ["--text", str(text), "--workdir", w, "--devices", "1", "--no-compilation-cache", "--no-progress"]
+    assert timemachine.main([*args, "--epochs", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("resuming 1 runs from step ")
+    unbroken = runs.fit_runs([config.replace(epochs=2)], data, tmp_path / "unbroken", devices=1, log=None)
+    first = jax.tree.map(lambda x: x[0], unbroken.state.params)
+    assert_trees_equal(checkpoint.restore(w, run=0).params, first)
+    records = metrics.MetricsLog(Path(w) / metrics.FILENAME).read()
+    assert [(r["epoch"], r["val_ppl"]) for r in records] == [(r["epoch"], r["val_ppl"])
+                                                             for r in unbroken.history]
+    assert timemachine.main(["--workdir", w, "--predict", "the", "--num-preds", "5"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("the") and err.startswith(f"from {w}: checkpoint step ") and "(run 0's)" in err
+
+
+@pytest.mark.slow
+def test_the_cli_starts_anew_in_a_workdir_killed_before_its_first_checkpoint(make_text, tmp_path, capsys):
+    """Its records and plot are moved aside, not lost; the new run is the flags' (and --preset's)."""
+    import shutil
+    text = tmp_path / "mine.txt"
+    text.write_text(make_text(3000))
+    w = tmp_path / "w"
+    args = ["--text", str(text), "--workdir", str(w), "--preset", "tiny", "--epochs", "1", "--devices", "1",
+            "--no-compilation-cache", "--no-progress"]
+    assert timemachine.main(args) == 0
+    shutil.rmtree(w / checkpoint.SUBDIR)          # as if killed before it: config.json, .lock, records, plot
+    earlier = (w / metrics.FILENAME).read_text()
+    capsys.readouterr()
+    assert timemachine.main([*args, "--num-hiddens", "8"]) == 0
+    said, started = capsys.readouterr().out.splitlines()[:2]
+    assert said == (f"{w} holds no checkpoint of its earlier run (its config.json's settings): starting anew "
+                    "with the flags' settings")
+    assert started.startswith("new run of 1 epoch") and started.endswith(
+        f"moving metrics.jsonl to {w / 'metrics.1.jsonl'} and ppl.png to {w / 'ppl.1.png'}")
+    assert (w / "metrics.1.jsonl").read_text() == earlier
+    assert checkpoint.restore(w).config.num_hiddens == 8
 
 
 @pytest.mark.cpu_devices(1)
