@@ -15,7 +15,7 @@ checkpoints to ``--workdir`` (default ``runs/<preset>``, or
 ``runs/<preset>-<hash>`` when flags change the preset's settings; ``--epochs``,
 ``--kernel`` and ``--matmul-precision`` do not count). The same command
 resumes, and so does ``--workdir W`` alone, with the settings read from it
-(``experiments.cli``). ``--predict`` generates from the workdir's checkpoint.
+(``experiments.settings``). ``--predict`` generates from the workdir's checkpoint.
 Every ``rnnjax.config.Config`` field is a flag (``--help``); the logic lives
 in ``rnnjax``, and this file runs it and says what it does.
 """
@@ -39,7 +39,7 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 
 import rnnjax  # noqa: E402
-from experiments import cli  # noqa: E402
+from experiments import cli, settings  # noqa: E402
 from rnnjax import backend, checkpoint, config as config_lib, corpus, flags, memory, metrics  # noqa: E402
 from rnnjax import parallel, runs, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
@@ -264,7 +264,7 @@ def _drop_output() -> None:
 def _main(argv, parser_options: dict) -> int:
     try:
         args = cli.parse_args(argv, **parser_options)
-        configs, workdir, several = cli.settings(args) if args.predict is None else (None, None, False)
+        configs, workdir, several = settings.settings(args) if args.predict is None else (None, None, False)
     except ValueError as e:          # checks of the arguments (and the workdir's settings), before JAX starts
         print(f"error: {e}", file=sys.stderr)
         return 1
