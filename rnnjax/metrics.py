@@ -170,6 +170,24 @@ def aside(workdir: Path, records: bool = True) -> tuple[tuple[Path, Path], ...]:
     return tuple((workdir / name, numbered(name, n)) for name in names if (workdir / name).exists())
 
 
+def lost_epochs(records: list[dict], epochs: int, stopped: list, num_runs: int) -> str:
+    """The first ``epochs`` epochs (checkpointed) that ``records`` lack, of a run still training (of
+    ``num_runs`` trained together, 0 for a single run: ``stopped`` says why each stopped, or ``None``), in
+    words; '' if none."""
+    stopped = stopped or [None] * num_runs
+    live = [why is None for why in (stopped if num_runs else [None])]
+    missing = sorted({e for alive in live if alive for e in range(1, epochs + 1)}
+                     - {rec["epoch"] for rec in records if not num_runs or live[rec.get("run", 0)]})
+    if not missing:
+        return ""
+    spans, first = [], missing[0]
+    for a, b in zip(missing, missing[1:] + [None]):
+        if b != a + 1:
+            spans.append(str(a) if a == first else f"{first}-{a}")
+            first = b
+    return f"the records of epoch(s) {', '.join(spans)}"
+
+
 def _line(record: dict) -> str:
     return json.dumps(_finite_or_null(record), allow_nan=False) + "\n"
 

@@ -220,22 +220,6 @@ def check_plan(p: Plan, config: Config, data: WindowedText, workdir: str | Path,
     data.check_made_for(config)
 
 
-def _lost_epochs(records: list[dict], position: Position, runs: tuple[Config, ...]) -> str:
-    """The checkpointed epochs ``metrics.jsonl`` has no record of (of a run still training), in words."""
-    stopped = position.stopped or [None] * len(runs)
-    missing = sorted({e for r, why in enumerate(stopped if runs else [None]) if why is None
-                      for e in range(1, position.epoch + 1)}
-                     - {rec["epoch"] for rec in records if not runs or stopped[rec.get("run", 0)] is None})
-    if not missing:
-        return ""
-    spans, first = [], missing[0]
-    for a, b in zip(missing, missing[1:] + [None]):
-        if b != a + 1:
-            spans.append(str(a) if a == first else f"{first}-{a}")
-            first = b
-    return f"the records of epoch(s) {', '.join(spans)}"
-
-
 def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, runs: tuple[Config, ...]
           ) -> Plan:
     """The plan from what ``workdir`` holds: the newest good checkpoint, damaged ones reported."""
@@ -261,9 +245,9 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
             damaged.append((step, e.reason))
             continue
         position = Position.read(metas[step])
+        lost = metrics.lost_epochs(records, position.epoch, position.stopped, len(runs))
         return Plan(config, workdir, dp, path, step, position, runs, state,
-                    tuple(sorted(damaged, reverse=True)), _lost_epochs(records, position, runs), bool(torn),
-                    computed_by=meta_lib.computed_by(metas[step]))
+                    tuple(sorted(damaged, reverse=True)), lost, bool(torn), meta_lib.computed_by(metas[step]))
     damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "

@@ -233,7 +233,8 @@ def test_bad_flags_are_one_line_and_lose_nothing(real_text_path, tmp_path, capsy
     before = sorted(p.relative_to(trained) for p in trained.rglob("*"))
     workdir_args = ["--workdir", str(trained)] if "--predict" in flags or "--run" in flags else \
         ["--workdir", str(tmp_path / "new")]
-    assert cli("--data", real_text_path, "--preset", "tiny", "--devices", "2", *workdir_args, *flags) == 1
+    devices = [] if "--devices" in flags else ["--devices", "2"]       # each flag once
+    assert cli("--data", real_text_path, "--preset", "tiny", *devices, *workdir_args, *flags) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert "Traceback" not in err and not (tmp_path / "new").exists()
