@@ -247,7 +247,8 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         position = Position.read(metas[step])
         lost = metrics.lost_epochs(records, position.epoch, position.stopped, len(runs))
         return Plan(config, workdir, dp, path, step, position, runs, state,
-                    tuple(sorted(damaged, reverse=True)), lost, bool(torn), meta_lib.computed_by(metas[step]))
+                    tuple(sorted(damaged, reverse=True)), lost, bool(torn),
+                    computed_by=meta_lib.computed_by(metas[step]))
     damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "
