@@ -23,6 +23,7 @@ from experiments import stopping
 
 if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + signal, no traceback
     stopping.while_loading()
+    stopping.load_jax()
 
 from experiments import cli, timemachine  # noqa: E402 (after the handlers: loading JAX takes a while)
 from rnnjax import metrics  # noqa: E402
