@@ -1,27 +1,19 @@
-"""The command line of ``experiments.timemachine`` (and ``experiments.overfit``): its flags, the runs they
-ask for and where they write, the progress it shows.
-
-``settings(args)`` is what a run trains: the preset changed by the flags, or,
-given a ``--workdir`` that holds a run (and no ``--preset``), that run's own
-settings, read from it, the flags given checked against them; so ``--workdir
-W --epochs 200`` resumes a run made with any preset and flags.
+"""The command line of ``experiments.timemachine`` (and ``experiments.overfit``): its flags, checked
+before any work, and what it shows (progress, perplexities, the checkpoint it generates from). What the
+flags ask to train, and where, is ``experiments.settings``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import json
 import os
-import re
 import sys
 from pathlib import Path
 
-from rnnjax import checkpoint, config as config_lib, corpus, flags, parallel, runs
+from rnnjax import checkpoint, config as config_lib, corpus, flags, parallel
 from rnnjax.generate import MAX_PREDS, MAX_TEMPERATURE
 from rnnjax.loop import CHECKPOINT_EVERY
-from rnnjax.stored import saved_runs
 
 # Flags that only training reads.
 TRAINING_ONLY = ("data", "text", "devices", "keep", "checkpoint_every")
@@ -29,6 +21,27 @@ DESCRIPTION = 'd2l\'s "Concise Implementation of Recurrent Neural Networks", end
 
 
 class _Parser(argparse.ArgumentParser):
+    """Whole flag names only: a prefix (``--step`` for ``--steps-per-epoch``) is an error, not a guess."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def parse_args(self, argv=None, namespace=None):
+        args = super().parse_args(argv, namespace)
+        seen: dict[str, str] = {}           # a flag given twice, or with its alias: not the last one silently
+        for token in sys.argv[1:] if argv is None else argv:
+            if token == "--":
+                break
+            action = self._option_string_actions.get(token.split("=", 1)[0])
+            if action is None or not action.option_strings or action.dest == "help":
+                continue
+            typed = token.split("=", 1)[0]
+            if action.dest in seen:
+                self.error(f"{typed} is given twice; give it once" if seen[action.dest] == typed else
+                           f"{seen[action.dest]} and {typed} set the same setting; give one")
+            seen[action.dest] = typed
+        return args
+
     def error(self, message: str):
         """argparse's own errors as ours are: one line (not the usage block), and where to look."""
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
@@ -198,76 +211,10 @@ def describe_checkpoint(restored: checkpoint.Restored, run: int | None = None) -
     position, val_ppl = restored.meta.get("position", {}), restored.meta.get("val_ppl")
     epoch, batch = position.get("epoch", 0), position.get("batch", 0)
     where = f"epoch {epoch + 1} at batch {batch}" if batch else f"after epoch {epoch}"
+    run = 0 if run is None and len(restored.meta.get("runs", [])) == 1 else run     # one trained together
     own = run is not None and "run_val_ppls" in restored.meta
     val_ppl = restored.meta["run_val_ppls"][run] if own else val_ppl
     said = "" if val_ppl is None else f", val ppl {ppl(val_ppl)}"
     if said and restored.meta.get("runs"):
         said += f" (run {run}'s)" if own else " (the mean of its runs)"
     return f"checkpoint step {restored.step} ({where}{said})"
-
-
-def default_workdir(preset: str, configs: list[config_lib.Config], text: str | None = None) -> Path:
-    """``runs/<preset>``, or ``runs/<preset>-<hash>`` of the settings the flags change (``--text``:
-    ``runs/<file name>-<hash>``, the file's path in the hash): the name the same command gives again, so
-    it resumes. Resumable fields (``--epochs``) are left out of the hash: a larger ``--epochs`` trains the
-    same run on."""
-    base = config_lib.PRESETS[preset].to_json()
-    changed = [{k: v for k, v in c.to_json().items() if v != base[k] and k not in config_lib.Config.RESUMABLE}
-               for c in configs]
-    if text is None and len(configs) == 1 and not changed[0]:
-        return Path("runs") / preset
-    name = preset if text is None else re.sub(r"[^\w.-]", "_", Path(text).stem) or "text"
-    key = changed if text is None else [str(Path(text).resolve()), changed]
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
-    return Path("runs") / f"{name}-{digest}"
-
-
-def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path]:
-    """The runs to train (one, or several in one program) and their workdir: the preset changed by the flags
-    given; or, given a ``--workdir`` that holds a run and no ``--preset``, that run's settings, changed by
-    the resumable flags (``--epochs``), any other flag given checked against them. ``ValueError`` in one
-    sentence; reads nothing but the workdir's ``config.json`` (or its newest checkpoint's meta)."""
-    saved = None
-    if args.workdir is not None and not args.preset_given:
-        saved = saved_runs(args.workdir)
-    if saved is None:
-        if args.text is not None:      # the preset, changed by these, then by the flags given
-            if args.val_fraction == 0 and args.num_train is None:
-                raise ValueError("--val-fraction 0 splits --text as d2l does (the first --num-train windows "
-                                 "train, the next --num-val validate), and --text's default --num-train 0 "
-                                 "(every window) leaves none to validate: add --num-train N, or leave "
-                                 "--val-fraction out.")
-            for name, value in corpus.TEXT_DEFAULTS.items():
-                if getattr(args, name) is None:
-                    setattr(args, name, value)
-        configs = flags.sweep_from_flags(args)
-        runs.check_runs(configs)
-        if args.workdir is not None and args.preset_given:
-            _check_preset_fits(args, configs)
-        return configs, args.workdir or default_workdir(args.preset, configs, args.text)
-    configs, vocab, source = saved
-    if "text_sha1" in vocab and args.text is None:
-        raise ValueError(f"{args.workdir} holds a run trained on a text of your own (SHA-1 "
-                         f"{vocab['text_sha1'][:12]}...): give that file again, --text PATH, to resume it.")
-    if "text_sha1" not in vocab and args.text is not None:
-        raise ValueError(f"{args.workdir} holds a run trained on the Time Machine, not on --text: leave "
-                         "--text out to resume it, or use a new --workdir.")
-    args.settings_from = source                # said as the run starts
-    return flags.resumed_from_flags(args, configs, str(args.workdir)), args.workdir
-
-
-def _check_preset_fits(args: argparse.Namespace, configs: list[config_lib.Config]) -> None:
-    """A ``--workdir`` that holds a run of other settings than ``--preset`` (and the flags given) asks for:
-    ``ValueError`` saying so, the preset named as what set them (the user typed none of its values)."""
-    saved = saved_runs(args.workdir)
-    if saved is None or len(saved[0]) != len(configs):      # runs against a run: the start says so
-        return
-    have = saved[0]
-    names = dict.fromkeys(n for c, s in zip(configs, have) for n in s.differences(c))
-    if names:
-        differ = [config_lib.disagreement(n, list(dict.fromkeys(getattr(c, n) for c in configs)),
-                                          list(dict.fromkeys(getattr(s, n) for s in have))) for n in names]
-        flagged = " with the flags given" if flags.given(args) else ""
-        raise ValueError(f"{args.workdir} holds a run of other settings than --preset {args.preset}"
-                         f"{flagged} asks for: {'; '.join(differ)}. Leave --preset out to train it on with "
-                         "its own settings, or use a new --workdir.")

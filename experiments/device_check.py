@@ -56,7 +56,8 @@ TIMEOUTS = {"info": (120, 60), "tests": (240, 120), "recipe": (120, 60), "bench"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.device_check", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.device_check", description=__doc__.split("\n")[0],
+                                allow_abbrev=False)
     p.add_argument("--out", required=True, type=Path,
                    help="a new (or empty) folder for the logs and summary.json")
     p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else ./timemachine.txt)")

@@ -25,7 +25,7 @@ if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + si
     stopping.while_loading()
     stopping.load_jax()
 
-from experiments import cli, timemachine  # noqa: E402 (after the handlers: loading JAX takes a while)
+from experiments import cli, settings, timemachine  # noqa: E402 (after the handlers: JAX loads slowly)
 from rnnjax import metrics  # noqa: E402
 
 OPTIONS = dict(prog="python -m experiments.overfit", preset="overfit", description=__doc__.split("\n")[0])
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     args = cli.parse_args(argv, **OPTIONS)
     if args.predict is not None:
         return status
-    workdir = cli.settings(args)[1]
+    workdir = settings.settings(args)[1]
     records = metrics.MetricsLog(workdir / metrics.FILENAME).read()
     for run in dict.fromkeys(r.get("run") for r in records):       # each run of several on its own
         mine = [r for r in records if r.get("run") == run]

@@ -253,7 +253,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.sine", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.sine", description=__doc__.split("\n")[0],
+                                allow_abbrev=False)
     p.add_argument("--workdir", type=Path, help="output folder (default runs/sine-<date>-<time>)")
     p.add_argument("--seeds", default="0,1,2", help="the noise's and the models' seeds, comma-separated "
                                                     "(default 0,1,2; the figures are the first's)")

@@ -15,7 +15,7 @@ checkpoints to ``--workdir`` (default ``runs/<preset>``, or
 ``runs/<preset>-<hash>`` when flags change the preset's settings; ``--epochs``,
 ``--kernel`` and ``--matmul-precision`` do not count). The same command
 resumes, and so does ``--workdir W`` alone, with the settings read from it
-(``experiments.cli``). ``--predict`` generates from the workdir's checkpoint.
+(``experiments.settings``). ``--predict`` generates from the workdir's checkpoint.
 Every ``rnnjax.config.Config`` field is a flag (``--help``); the logic lives
 in ``rnnjax``, and this file runs it and says what it does.
 """
@@ -40,7 +40,7 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 
 import rnnjax  # noqa: E402
-from experiments import cli  # noqa: E402
+from experiments import cli, settings  # noqa: E402
 from rnnjax import backend, checkpoint, config as config_lib, corpus, flags, memory, metrics  # noqa: E402
 from rnnjax import parallel, runs, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
@@ -80,10 +80,11 @@ def predict_only(args: argparse.Namespace) -> None:
                     "key": jax.random.PRNGKey(args.seed[0] if args.seed is not None else 0)}
     try:
         restored = checkpoint.restore(args.workdir, best=args.best, run=args.run)
-    except checkpoint.DamagedCheckpoint as e:     # generate from an older one, saying so
-        restored = checkpoint.restore(args.workdir, step=e.step, run=args.run, fallback=True)
-        print(f"warning: {e}; generating from checkpoint step {restored.step}, the newest good one before "
-              "it.", file=sys.stderr)
+    except checkpoint.DamagedCheckpoint as e:     # generate from another one, saying so
+        step = None if args.best else e.step
+        restored = checkpoint.restore(args.workdir, step=step, best=args.best, run=args.run, fallback=True)
+        which = "the best of those that can be read" if args.best else "the newest good one before it"
+        print(f"warning: {e}; generating from checkpoint step {restored.step}, {which}.", file=sys.stderr)
     # The model comes from the checkpoint; flags that say otherwise (a wrong workdir?) are worth naming.
     requested = {k: v for k, v in flags.given(args).items()
                  if not (args.sample and k == "seed") and k not in config_lib.Config.RESUMABLE}
@@ -98,10 +99,10 @@ def predict_only(args: argparse.Namespace) -> None:
     print(text)
 
 
-def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: Path) -> None:
+def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: Path, several: bool) -> None:
+    """Trains ``configs`` in ``workdir``, ``several`` trained together (``rnnjax.fit_runs``; of one too)."""
     config = configs[0]
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
-    several = len(configs) > 1
     # What needs no data is checked before a large --text is read and tokenized.
     try:
         check_arguments(config, workdir, devices=args.devices, runs=configs if several else None)
@@ -114,6 +115,8 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
     if args.settings_from is not None:
         say(f"settings: those of the run in {workdir} ({args.settings_from}), the flags given checked "
             "against them")
+    if args.anew:
+        say(args.anew)
     data = corpus.load(config, text=args.text, data=args.data)
     # The plan is made under the workdir's lock, held until the plot is written.
     with planned(config, data, workdir, devices=args.devices, runs=configs if several else None) as p:
@@ -262,7 +265,7 @@ def _drop_output() -> None:
 def _main(argv, parser_options: dict) -> int:
     try:
         args = cli.parse_args(argv, **parser_options)
-        configs, workdir = cli.settings(args) if args.predict is None else (None, None)
+        configs, workdir, several = settings.settings(args) if args.predict is None else (None, None, False)
         # ValueError too for a $JAX_NUM_CPU_DEVICES that JAX would fail on as it starts.
         batch_size = configs[0].batch_size if configs else config_lib.PRESETS[args.preset].batch_size
         backend.use_cpu_cores(batch_size, args.devices)
@@ -288,7 +291,7 @@ def _main(argv, parser_options: dict) -> int:
                                             args.join_timeout)
             if args.predict is None:     # joined: from here the processes stop together
                 stopping.handle(_deferred)
-        predict_only(args) if args.predict is not None else train(args, configs, workdir)
+        predict_only(args) if args.predict is not None else train(args, configs, workdir, several)
     except (*USAGE_ERRORS, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -106,9 +106,9 @@ class Config:
         "default", "float32 matmuls' precision: default (JAX's: TF32 on recent NVIDIA GPUs, float32 on a "
                    "CPU), high, highest (float32 everywhere)")
 
-    # What may differ between a run and the checkpoint it resumes from: what changes no result.
-    # matmul_precision too: the same math rounded otherwise, as "default" already is from one backend
-    # to the next, which a resume may cross; compute_dtype is not: bfloat16 training is another experiment.
+    # What may differ between a run and the checkpoint it resumes from: the same math, at float round-off
+    # (a resume that changes the kernel or matmul_precision, as another device count, is no longer bit for
+    # bit: its plan says so, rnnjax.meta.changed); compute_dtype may not: bfloat16 is another experiment.
     RESUMABLE = frozenset({"epochs", "kernel", "matmul_precision"})
 
     def __post_init__(self):

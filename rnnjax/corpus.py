@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,12 +103,20 @@ def _cache_path(sha1: str, options: dict) -> Path:
     return cache_dir() / "corpus" / hashlib.sha1(key.encode()).hexdigest()[:24]
 
 
+def _crc32(stream: np.ndarray) -> str:
+    return f"{zlib.crc32(np.ascontiguousarray(stream).data):08x}"
+
+
 def _read_cache(path: Path, options: dict) -> tuple[Vocab, np.ndarray] | None:
-    """The cached ``(vocab, stream)``, or ``None`` if there is none or it is unreadable."""
+    """The cached ``(vocab, stream)``, or ``None`` if there is none or it is unreadable; an entry whose
+    tokens fail their checksum is removed, to be made again."""
     try:
         meta = json.loads((path / "vocab.json").read_text())
         stream = np.load(path / "tokens.npy", allow_pickle=False)
         if meta["options"] != options or stream.dtype != np.int32 or stream.ndim != 1:
+            return None
+        if meta.get("crc32") != _crc32(stream):      # damaged, or of a release that kept no checksum
+            shutil.rmtree(path, ignore_errors=True)
             return None
         return Vocab.from_json(meta["vocab"]), stream
     except (OSError, ValueError, KeyError, TypeError):
@@ -122,7 +131,7 @@ def _write_cache(path: Path, options: dict, vocab: Vocab, stream: np.ndarray) ->
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + "."))
         np.save(tmp / "tokens.npy", stream, allow_pickle=False)
-        meta = {"options": options, "vocab": vocab.to_json()}
+        meta = {"options": options, "vocab": vocab.to_json(), "crc32": _crc32(stream)}
         (tmp / "vocab.json").write_text(json.dumps(meta))
         os.rename(tmp, path)
         tmp = None

@@ -28,7 +28,8 @@ from rnnjax.config import whole
 from rnnjax.model import RNNLM
 from rnnjax.vocab import Vocab
 
-# Characters one call generates at most: every one is kept (B x (L + num_preds) int32) and scanned over.
+# Characters one call generates at most: every one is kept (B x (L + num_preds) int32, num_preds up to
+# a power of two) and scanned over.
 MAX_PREDS = 10_000_000
 MAX_TEMPERATURE = float(np.finfo(np.float32).max)       # logits are float32: above it, inf
 
@@ -157,12 +158,14 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
     prefix = np.zeros((len(ids), max(L, 1)), np.int32)
     for row, i in zip(prefix, ids):
         row[: len(i)] = i
+    # Generated up to a power of two, one compile per doubling: step i's token does not depend on the rest.
+    steps = 1 << max(num_preds - 1, 0).bit_length()
     if temperature is None and top_k is None and key is None:
-        tokens = greedy(model, params, prefix, lengths, num_preds)
+        tokens = greedy(model, params, prefix, lengths, steps)
     else:
         key = jax.random.PRNGKey(0) if key is None else key
         temperature = 1.0 if temperature is None else temperature
-        tokens = sample(model, params, prefix, lengths, num_preds, key, temperature, top_k or 0, (vocab.unk,))
+        tokens = sample(model, params, prefix, lengths, steps, key, temperature, top_k or 0, (vocab.unk,))
     tokens = np.asarray(tokens)
     return [vocab.decode(row[: n + num_preds]) for row, n in zip(tokens, lengths)]
 

@@ -11,7 +11,10 @@ names a cell of one's own that the meta's run was trained with and
 ``rnnjax.cells.CELLS`` lacks here: not damage. Checkpoints of older formats
 (1: before the meta had its checksum and its steps per epoch; 2: before the
 position kept per-key sums of every run's metrics) are checked for what they
-hold; ``Position.read`` reads any of them.
+hold; ``Position.read`` reads any of them. A meta says how its run computed
+(``HOW``: the kernel that trained, the devices, the matmuls' precision), which
+a resume compares with its own (``computed_by``, ``changed``): older metas say
+less, and are compared for what they say.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ import zlib
 from typing import Any
 
 from rnnjax.cells import CELLS
-from rnnjax.config import Config
+from rnnjax.config import KERNELS, Config
 from rnnjax.vocab import Vocab
 
 FORMAT = 3                    # 2: the meta carries its own checksum; 3: metric sums per key, per run
 READABLE = (1, 2, 3)
 CHECKSUM = "meta_checksum"
 POSITION = ("epoch", "batch", "partial", "stopped", "high")
+# How a run computed (Plan.computing): saved in every meta since they were added, num_devices in every one.
+HOW = ("kernel", "platform", "num_devices", "matmul_precision")
 # Every config ever saved has these; a config missing one is damaged, not an older version.
 _CORE = ("batch_size", "num_steps", "num_hiddens", "cell", "num_layers", "lr", "clip", "epochs", "seed",
          "num_train", "num_val")
@@ -83,8 +88,9 @@ def _vocab(d: Any) -> str | None:
     return None
 
 
-def settings(d: Any) -> tuple[list[Config], dict] | None:
-    """The configs (one, or one per run trained together) and the vocabulary's JSON of a workdir's
+def settings(d: Any) -> tuple[list[Config], dict, bool] | None:
+    """The configs (one, or one per run trained together), the vocabulary's JSON and whether the runs were
+    trained together (``rnnjax.fit_runs``, of one config too: a list of ``runs``) of a workdir's
     ``config.json`` (``{"config", "vocab", "runs"?}``), if it is whole and valid; else ``None``."""
     if not isinstance(d, dict):
         return None
@@ -92,7 +98,7 @@ def settings(d: Any) -> tuple[list[Config], dict] | None:
     configs = [_config(c, "config")[0] for c in (runs if isinstance(runs, list) else [None])]
     if None in configs or _config(d.get("config"), "config")[1] or _vocab(d.get("vocab")):
         return None
-    return configs, d["vocab"]
+    return configs, d["vocab"], "runs" in d
 
 
 def _pairs(partial: Any, batch: int) -> bool:
@@ -197,6 +203,11 @@ def problem(meta: Any, step: int) -> str | None:
     if not (isinstance(sums, dict) and sums and all(isinstance(k, str) and isinstance(v, str)
                                                     for k, v in sums.items())):
         return "lacks the checksums of its arrays"
+    how = {k: meta[k] for k in HOW if k in meta}
+    if not (how.get("kernel", KERNELS[0]) in KERNELS and _is_int(how.get("num_devices", 1))
+            and how.get("num_devices", 1) >= 1
+            and all(isinstance(how.get(k, ""), str) for k in ("platform", "matmul_precision"))):
+        return f"says it computed as {how!r}, not with a known kernel on a count of devices"
     ppl = meta.get("val_ppl")
     if not (ppl is None or _is_number(ppl)):
         return f"has a validation perplexity of {ppl!r}"
@@ -205,6 +216,39 @@ def problem(meta: Any, step: int) -> str | None:
             and all(p is None or _is_number(p) for p in each)):
         return f"has runs' validation perplexities of {each!r}"
     return None
+
+
+def computed_by(meta: dict) -> dict:
+    """How the run of a checkpoint's (well-formed) ``meta`` computed, as ``HOW``'s keys, ``None`` for what it
+    does not say: older metas lack the kernel (then the one its config forced, unknown for ``auto``), the
+    platform, the effective matmul precision (its config's)."""
+    config = Config.from_json(meta["config"])
+    forced = None if config.kernel == "auto" else config.kernel
+    return {"kernel": meta.get("kernel", forced), "platform": meta.get("platform"),
+            "num_devices": meta.get("num_devices"),
+            "matmul_precision": meta.get("matmul_precision", config.matmul_precision)}
+
+
+def changed(before: dict, now: dict, step: int) -> str:
+    """How a run resumed at ``step`` computes otherwise than it did (``computed_by``'s ``before``, ``now``
+    complete), in a clause; '' if alike as far as ``before`` says. Another kernel, device count, platform or
+    matmul precision is the same math rounded otherwise: not the unbroken run's bits."""
+    was, goes = [], []
+    if before["kernel"] not in (None, now["kernel"]):
+        was.append(f"with the {before['kernel']} kernel")
+        goes.append(f"with {now['kernel']}")
+    if any(before[k] not in (None, now[k]) for k in ("platform", "num_devices")):
+        said = [str(x) for x in (before["num_devices"], (before["platform"] or "").upper()) if x]
+        was.append(f"on {' '.join(said)} device(s)")
+        goes.append(f"on {now['num_devices']} {now['platform'].upper()} device(s)")
+    # A CPU's float32 matmuls are float32 at every precision (rnnjax.precision.describe).
+    if before["matmul_precision"] != now["matmul_precision"] and now["platform"] != "cpu":
+        was.append(f"at {before['matmul_precision']} matmul precision")
+        goes.append(f"at {now['matmul_precision']}")
+    if not was:
+        return ""
+    return (f"trained {' '.join(was)} until step {step}, continued {' '.join(goes)}: results may differ from "
+            "an unbroken run's at float round-off")
 
 
 @dataclasses.dataclass

@@ -182,7 +182,8 @@ def _check_order(records: list[dict], path: Path) -> None:
         if r["epoch"] <= last.get(run, 0):
             where = "" if run is None else f" of run {run}"
             raise MetricsError(f"{path} has epoch {r['epoch']}{where} after epoch {last[run]}: two runs "
-                               "wrote to this workdir, or it was edited. Use a new --workdir.")
+                               "wrote to this workdir, or it was edited. Move the file aside to resume (its "
+                               "records go; the checkpoints are kept), or use a new --workdir.")
         last[run] = r["epoch"]
 
 

@@ -11,6 +11,7 @@ one before it. ``rnnjax.checkpoint`` re-exports both: ``rnnjax.checkpoint.restor
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,11 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     end; of runs, the kept best is the mean's), not of every epoch. A damaged
     checkpoint raises ``DamagedCheckpoint``; with ``fallback`` the newest good one older than it is
     taken instead (``CheckpointError`` naming each, if none is good)."""
+    if not isinstance(workdir, (str, os.PathLike)):
+        raise TypeError(f"restore takes the workdir as a path (str or os.PathLike), got {workdir!r}.")
+    for name, value in (("best", best), ("fallback", fallback)):
+        if not isinstance(value, (bool, np.bool_)):         # "no" would count as True
+            raise TypeError(f"restore's {name} is True or False, got {value!r}.")
     workdir = Path(workdir)
     directory = workdir / SUBDIR
     if not directory.is_dir():
@@ -94,7 +100,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")
     asked, run = _whole(step), _whole(run, "run")
     for _ in range(10):       # a run writing the workdir removes old checkpoints: one may go as it is read
-        step, saved = _pick(workdir, asked, best, run)
+        step, saved = _pick(workdir, asked, best, run, fallback)
         try:
             return _newest_good(workdir, step, saved, run, fallback)
         except _Removed as e:
@@ -110,12 +116,18 @@ class _Removed(Exception):
     """The checkpoint at step ``args[0]`` was removed as it was read: not damage; pick again."""
 
 
-def _pick(workdir: Path, step: int | None, best: bool, run: int | None) -> tuple[int, list[int]]:
-    """The step ``restore`` reads first (``step``, the ``best``, else the latest), and the steps saved."""
+def _pick(workdir: Path, step: int | None, best: bool, run: int | None, fallback: bool
+          ) -> tuple[int, list[int]]:
+    """The step ``restore`` reads first (``step``, the ``best``, else the latest), and the steps saved. The
+    best is that of the checkpoints whose meta can be read: without ``fallback``, one that cannot (it may
+    have been the best) is a ``DamagedCheckpoint``."""
     saved = sorted(steps(workdir))
     if not saved:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
     if best:
+        if not fallback:
+            for s in saved:
+                read_meta(workdir, s)
         step = best_step(workdir, run)
         if step is None:
             raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity.")
@@ -159,10 +171,13 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
     meta = read_meta(workdir, step)
     config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
     runs = [Config.from_json(c) for c in meta.get("runs", [])]
+    if len(runs) == 1 and run is None:      # fit_runs of one config: no other run to choose
+        run = 0
     if runs and (run is None or not 0 <= run < len(runs)):
         given = "" if run is None else f", not {run}"
-        raise CheckpointError(f"{workdir} holds {len(runs)} runs trained together; choose one with run=K "
-                              f"(--run K; the notebook's RNNJAX_RUN=K), K from 0 to {len(runs) - 1}{given}.")
+        held = f"{len(runs)} runs" if len(runs) > 1 else "1 run"
+        raise CheckpointError(f"{workdir} holds {held} trained together; choose one with run=K (--run K; the "
+                              f"notebook's RNNJAX_RUN=K), K from 0 to {len(runs) - 1}{given}.")
     if run not in (None, 0) and not runs:
         raise CheckpointError(f"{workdir} holds a single run; leave out run={run} (--run, RNNJAX_RUN).")
     if runs:

@@ -17,7 +17,8 @@ from typing import Any
 
 import jax
 
-from rnnjax import checkpoint, kernels, memory, metrics, precision, stored, workdir as workdir_lib
+from rnnjax import (checkpoint, kernels, memory, meta as meta_lib, metrics, precision, stored,
+                    workdir as workdir_lib)
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS
 from rnnjax.config import SWEEPABLE, Config, check_is_config, disagreement, got, label, shown
@@ -44,10 +45,19 @@ class Plan:
     torn: bool = False             # metrics.jsonl ends in a torn line, which fit drops
     # A new run moves the records (and plot) of an earlier one with no checkpoint left: (from, to) pairs.
     aside: tuple[tuple[Path, Path], ...] = ()
+    computed_by: dict | None = None    # how the checkpoint's run computed, as far as its meta says (meta.HOW)
 
     @property
     def finished(self) -> bool:
         return self.position.epoch >= self.config.epochs
+
+    @property
+    def computing(self) -> dict:
+        """How the run computes (``meta.HOW``), what its checkpoints' metas keep: the kernel that trains
+        (``auto``'s pick), the devices, the float32 matmuls' precision in effect."""
+        return {"kernel": kernels.choose(self.config), "platform": self.dp.devices[0].platform,
+                "num_devices": self.dp.num_shards,
+                "matmul_precision": precision.effective_precision(self.config.matmul_precision)}
 
     def describe(self) -> str:
         """One line: new or resumed (from which step), devices, loss path, matmuls' precision, where it
@@ -71,8 +81,10 @@ class Plan:
                 f"{len(self.runs)} runs " if self.runs else ""
             what = (f"resuming {runs}from step {self.step} (epoch {self.position.epoch + 1} of "
                     f"{self.config.epochs}, batch {self.position.batch})")
-        hint = "".join(f"; checkpoint step {step} {why}, set aside in "
-                       f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
+        changed = self.computed_by and meta_lib.changed(self.computed_by, self.computing, self.step)
+        hint = f"; {changed}" if changed else ""
+        hint += "".join(f"; checkpoint step {step} {why}, set aside in "
+                        f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
         if self.lost:
             torn = "; its torn last line is dropped" if self.torn else ""
             hint += f"; {self.workdir / metrics.FILENAME} lacks {self.lost} (their records are lost{torn})"
@@ -262,7 +274,8 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
             continue
         position = Position.read(metas[step])
         return Plan(config, workdir, dp, path, step, position, runs, state,
-                    tuple(sorted(damaged, reverse=True)), _lost_epochs(records, position, runs), bool(torn))
+                    tuple(sorted(damaged, reverse=True)), _lost_epochs(records, position, runs), bool(torn),
+                    computed_by=meta_lib.computed_by(metas[step]))
     damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -84,11 +85,9 @@ def make_optimizer(config: Config, per_run: bool = False) -> optax.GradientTrans
 def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
     """Step 0 of each config's run, stacked on a leading run axis (its own seed, ``clip`` and ``lr``)."""
     model = make_model(configs[0], vocab_size)
-
-    def init(seed):             # each run's init from its seed, as create_train_state's; one compile
-        return model.init(jax.random.key(seed), jnp.zeros((1, configs[0].num_steps), jnp.int32))["params"]
-    seeds = jnp.array([c.seed for c in configs], jnp.uint32)
-    params = CompiledPerShape(jax.jit(jax.vmap(init)), init_compiler_options())(seeds)
+    seeds = jnp.array([c.seed for c in configs], jnp.uint32)        # each run's init as create_train_state's
+    params = CompiledPerShape(jax.jit(jax.vmap(_init(model, configs[0].num_steps))),
+                              init_compiler_options())(seeds)
     opt_states = [make_optimizer(c, per_run=True).init(jax.tree.map(lambda x: x[r], params))
                   for r, c in enumerate(configs)]
     tx = make_optimizer(configs[0], per_run=True)        # one function; each run's values are in its state
@@ -98,39 +97,48 @@ def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
 
 def abstract_run_states(configs: list[Config], vocab_size: int) -> TrainState:
     """The shapes and dtypes of ``create_run_states``' result, computing nothing (a restore target)."""
+    model = make_model(configs[0], vocab_size)
+
     def one():
-        state = _train_state(configs[0], vocab_size, lambda f: f)
+        params = _init(model, configs[0].num_steps)(np.uint32(configs[0].seed))
         tx = make_optimizer(configs[0], per_run=True)
-        return state.replace(tx=tx, opt_state=tx.init(state.params))
+        return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
     def stacked(x):
         return jax.ShapeDtypeStruct((len(configs), *x.shape), x.dtype)
     return jax.tree.map(stacked, jax.eval_shape(one))
 
 
-def _train_state(config: Config, vocab_size: int, jit: Callable, params: Any = None) -> TrainState:
-    model = make_model(config, vocab_size)
-    if params is None:
-        # Key and dummy input made inside the one compiled init: made eagerly,
-        # each would compile a small program of its own.
-        params = jit(lambda: model.init(jax.random.key(config.seed),
-                                        jnp.zeros((1, config.num_steps), jnp.int32))["params"])()
-    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+def _init(model: RNNLM, num_steps: int) -> Callable:
+    """``seed -> params`` of ``model``: the key and the dummy input made inside (made eagerly, each would
+    compile a small program of its own)."""
+    return lambda seed: model.init(jax.random.key(seed), jnp.zeros((1, num_steps), jnp.int32))["params"]
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init(model: RNNLM, num_steps: int) -> CompiledPerShape:
+    """``_init`` compiled once per model (a model compares by its fields): not again for each seed."""
+    return CompiledPerShape(jax.jit(_init(model, num_steps)), init_compiler_options())
 
 
 def create_train_state(config: Config, vocab_size: int, params: Any = None) -> TrainState:
     """Step 0 of ``config``'s model and optimizer, from ``params`` or initialized from ``config.seed``."""
+    model = make_model(config, vocab_size)
     if params is not None:
         check_params(params, config, vocab_size)
-
-    def jit(init):
-        return CompiledPerShape(jax.jit(init), init_compiler_options())
-    return _train_state(config, vocab_size, jit, params)
+    else:
+        params = _compiled_init(model, config.num_steps)(np.uint32(config.seed))
+    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
 
 
 def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
     """The shapes and dtypes of ``create_train_state``'s result, computing nothing (a restore target)."""
-    return jax.eval_shape(lambda: _train_state(config, vocab_size, lambda f: f))
+    model = make_model(config, vocab_size)
+
+    def state():
+        params = _init(model, config.num_steps)(np.uint32(config.seed))
+        return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+    return jax.eval_shape(state)
 
 
 def check_params(params: Any, config: Config, vocab_size: int) -> None:

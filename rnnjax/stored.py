@@ -217,7 +217,7 @@ def best_step(workdir: Path, run: int | None = None) -> int | None:
     return min(scored)[1] if scored else None
 
 
-def config_settings(workdir: Path) -> tuple[list[Config], dict] | None:
+def config_settings(workdir: Path) -> tuple[list[Config], dict, bool] | None:
     """``meta.settings`` of ``workdir``'s ``config.json``, if it is a regular file, whole and valid;
     ``UnknownCell`` if it names a cell not registered here."""
     path = Path(workdir) / "config.json"
@@ -233,28 +233,31 @@ def config_settings(workdir: Path) -> tuple[list[Config], dict] | None:
     return meta_lib.settings(d)
 
 
-def saved_runs(workdir: Path) -> tuple[list[Config], dict, str] | None:
+def saved_runs(workdir: Path) -> tuple[list[Config], dict, str, bool] | None:
     """The configs of the run ``workdir`` holds (one, or one per run trained together), its vocabulary's
-    JSON and where they were read, in words: from ``config.json``, written as a run starts, else from the
-    newest checkpoint whose meta reads; ``None`` where neither is there, or reads. ``ValueError`` if the
+    JSON, where they were read, in words: from ``config.json``, written as a run starts, else from the
+    newest checkpoint whose meta reads; and whether they were trained together (``rnnjax.fit_runs``, of one
+    config too). ``None`` where neither is there, or reads. ``ValueError`` if the
     two disagree (a ``config.json`` edited by hand): the checkpoint is what would resume; ``UnknownCell``
     (a ``ValueError`` too) if either names a cell not registered here."""
     found, newest = config_settings(workdir), _newest_settings(workdir)
     if found and newest:
-        differ = _differences(found, newest[:2])
+        differ = _differences(found[:2], newest[:2])
         if differ:
             raise ValueError(f"{Path(workdir) / 'config.json'} disagrees with the checkpoint step "
                              f"{newest[2]} that would resume ({differ}): put the checkpoint's values back "
                              "in it, or delete it to resume with them.")
     if found:
-        return *found, "its config.json"
+        return *found[:2], "its config.json", found[2]
     if newest:
-        return *newest[:2], f"its checkpoint step {newest[2]}, config.json being missing or damaged"
+        source = f"its checkpoint step {newest[2]}, config.json being missing or damaged"
+        return *newest[:2], source, newest[3]
     return None
 
 
-def _newest_settings(workdir: Path) -> tuple[list[Config], dict, int] | None:
-    """The configs and vocabulary of the newest checkpoint whose meta reads, and its step."""
+def _newest_settings(workdir: Path) -> tuple[list[Config], dict, int, bool] | None:
+    """The configs and vocabulary of the newest checkpoint whose meta reads, its step, and whether its runs
+    were trained together."""
     try:
         for step in sorted(steps(workdir), reverse=True):
             try:
@@ -262,7 +265,7 @@ def _newest_settings(workdir: Path) -> tuple[list[Config], dict, int] | None:
             except DamagedCheckpoint:
                 continue
             configs = [Config.from_json(c) for c in meta.get("runs") or [meta["config"]]]
-            return configs, meta["vocab"], step
+            return configs, meta["vocab"], step, "runs" in meta
     except UnknownCell:
         raise
     except (CheckpointError, OSError):      # the run's own checks say what is wrong, as it starts

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
-from rnnjax.stored import config_settings, steps
+from rnnjax.stored import SUBDIR, config_settings, steps
 
 LOCKFILE = ".lock"
 # Orbax reads a path as a glob pattern: "[0]" matches no folder (its saves cannot be restored), "**" is
@@ -48,7 +48,8 @@ def _describe(e: OSError) -> str:
 
 def check_path(workdir: Path) -> None:
     """``WorkdirError`` if ``workdir``'s absolute path holds a character orbax cannot take (``UNSAFE``, or
-    bytes that are not UTF-8), or a name too long for the system."""
+    bytes that are not UTF-8, or a folder orbax reads as a URL), a name too long for the system, or if it
+    lies inside another run's checkpoints."""
     path = str(workdir.absolute())
     bad = sorted(set(path) & set(UNSAFE))
     if bad:
@@ -65,6 +66,16 @@ def check_path(workdir: Path) -> None:
     if longest > 255:               # NAME_MAX of every common file system
         raise WorkdirError(f"The workdir {path} has a name of {longest} bytes in its path; the system takes "
                            "at most 255.")
+    cloud = [part for part in workdir.absolute().parts if part.endswith("gs:")]
+    if cloud:                       # orbax rewrites ".../gs:/..." as a gs:// URL: every save fails
+        raise WorkdirError(f"The workdir {path} has a folder {cloud[0]!r} in its path, which orbax reads as "
+                           "a Google Cloud Storage URL (gs://), and its saves fail; rnnjax writes a local "
+                           "--workdir: choose one without it.")
+    for folder in workdir.absolute().parents:      # a checkpoint the run deletes (keeping its latest)
+        if folder.name == SUBDIR and (folder.parent / "config.json").is_file():
+            raise WorkdirError(f"The workdir {path} is inside {folder}, the checkpoints of the run in "
+                               f"{folder.parent}, which it deletes as it saves newer ones; choose a "
+                               "--workdir outside it.")
 
 
 def check_writable(workdir: Path) -> None:

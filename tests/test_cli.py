@@ -1,20 +1,12 @@
-"""The command line (``experiments.cli``): its flags, and the runs they ask for, read from a workdir that
-holds one (``--workdir W --epochs 200`` resumes a run made with any preset and flags)."""
+"""The command line (``experiments.cli``): its flags, checked before any work, and what it shows."""
 
 import dataclasses
-import json
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-from experiments import cli, timemachine
-from rnnjax import checkpoint, meta as meta_lib
+from experiments import cli
 from rnnjax.config import Config
-from rnnjax.data import Vocab
-
-from conftest import TINY
 
 
 def test_help_lists_every_config_field(capsys):
@@ -30,166 +22,23 @@ def test_help_lists_every_config_field(capsys):
     assert flat.count("; implies --sample") == 2        # each turns sampling on alone
 
 
-def test_the_default_workdir_is_named_by_what_the_flags_change():
-    tiny = Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50)
-    assert cli.default_workdir("d2l", [Config()]) == Path("runs/d2l")
-    assert cli.default_workdir("tiny", [tiny]) == Path("runs/tiny")
-    named = cli.default_workdir("d2l", [Config(lr=2.0)])
-    assert named.name.startswith("d2l-") and len(named.name) == 12
-    assert cli.default_workdir("d2l", [Config(lr=2.0, epochs=200, kernel="plain")]) == named
-    assert cli.default_workdir("d2l", [Config(lr=3.0)]) != named
-    assert cli.default_workdir("d2l", [Config(seed=0), Config(seed=1)]) not in (named, "runs/d2l")
-
-
 def test_shapes_cannot_be_listed(capsys):
     with pytest.raises(SystemExit):
         cli.parse_args(["--num-hiddens", "8,16"])
     assert "train the others in separate workdirs" in capsys.readouterr().err
 
 
-def saved(workdir, configs, text_sha1=None):
-    """A workdir as a run of ``configs`` leaves it (its ``config.json``), nothing trained."""
-    vocab = Vocab(list("abc "), source=text_sha1)
-    checkpoint.write_config(workdir, configs[0], vocab, runs=configs if len(configs) > 1 else None)
-    return str(workdir)
-
-
-def test_a_workdir_s_own_settings_are_read_and_the_resumable_flags_change_them(tmp_path):
-    run = TINY.replace(lr=2.0, num_hiddens=24, cell="gru")
-    w = saved(tmp_path / "w", [run])
-    args = cli.parse_args(["--workdir", w, "--epochs", "200"])
-    assert cli.settings(args) == ([run.replace(epochs=200)], Path(w))
-    same = ["--workdir", w, "--lr", "2", "--cell", "gru", "--kernel", "plain"]     # agreeing flags are fine
-    assert cli.settings(cli.parse_args(same))[0] == [run.replace(kernel="plain")]
-
-
-def test_flags_that_ask_for_other_settings_than_the_workdir_s_are_one_sentence(tmp_path):
-    w = saved(tmp_path / "w", [TINY.replace(lr=2.0)])
-    with pytest.raises(ValueError, match=r"holds a run of other settings than the flags ask for: "
-                                         r"--num-hiddens 8 \(it has 16\); --lr 3 \(it has 2\)\. Leave those"):
-        cli.settings(cli.parse_args(["--workdir", w, "--lr", "3", "--num-hiddens", "8", "--epochs", "9"]))
-    with pytest.raises(ValueError, match=r"holds a run of .*: --lr 2\.0000001 \(it has 2\)"):   # all digits
-        cli.settings(cli.parse_args(["--workdir", w, "--lr", "2.0000001"]))
-    for bad, says in ((["--lr", "nan"], "--lr must be a positive finite number"),      # no run could have it
-                      (["--cell", "GRU"], "--cell 'GRU' is not a known cell")):
-        with pytest.raises(ValueError, match=f"^{says}"):
-            cli.settings(cli.parse_args(["--workdir", w, *bad]))
-
-
-def test_runs_trained_together_resume_as_a_whole(tmp_path):
-    configs = [TINY.replace(seed=s) for s in (0, 1)]
-    w = saved(tmp_path / "w", configs)
-    assert cli.settings(cli.parse_args(["--workdir", w, "--epochs", "5"]))[0] == [
-        c.replace(epochs=5) for c in configs]
-    assert cli.settings(cli.parse_args(["--workdir", w, "--seeds", "0,1"]))[0] == configs
-    for other, has in (("0", "0,1"), ("1,0", "0,1, in that order")):     # fewer; in another order (the
-        with pytest.raises(ValueError, match=rf"--seed {other} \(it has {has}\)"):    # stacked state's)
-            cli.settings(cli.parse_args(["--workdir", w, "--seeds", other]))
-
-
-def test_a_config_json_that_is_not_whole_and_valid_gives_no_settings(tmp_path):
-    w = tmp_path / "w"
-    saved(w, [TINY.replace(lr=2.0)])
-    good = json.loads((w / "config.json").read_text())
-    for bad in ({"config": {"lr": 7}, "vocab": good["vocab"]}, {**good, "runs": "all"},
-                {**good, "vocab": {**good["vocab"], "text_sha1": 5}}):
-        (w / "config.json").write_text(json.dumps(bad))
-        assert cli.settings(cli.parse_args(["--workdir", str(w), "--lr", "3"]))[0] == [Config(lr=3.0)]
-
-
-def test_the_text_a_workdir_was_trained_on_is_asked_for(tmp_path):
-    mine = saved(tmp_path / "mine", [TINY], text_sha1="ab" * 20)
-    with pytest.raises(ValueError, match="trained on a text of your own .*give that file again, --text PATH"):
-        cli.settings(cli.parse_args(["--workdir", mine, "--epochs", "5"]))
-    tm = saved(tmp_path / "tm", [TINY])
-    with pytest.raises(ValueError, match="trained on the Time Machine, not on --text: leave --text out"):
-        cli.settings(cli.parse_args(["--workdir", tm, "--text", "book.txt"]))
-
-
-def test_a_preset_given_or_a_workdir_without_a_run_takes_the_preset_and_the_flags(tmp_path):
-    w = saved(tmp_path / "w", [TINY.replace(lr=2.0)])
-    # a preset given: the flags' settings, checked against the run's own, the preset named as what set them
-    tiny = ["--workdir", w, "--preset", "tiny", "--lr", "2"]
-    assert cli.settings(cli.parse_args([*tiny, "--epochs", "9"]))[0] == [TINY.replace(lr=2.0, epochs=9)]
-    with pytest.raises(ValueError, match=r"holds a run of other settings than --preset d2l asks for: "
-                                         r"--batch-size 1024 \(it has 16\); .*Leave --preset out to train"):
-        cli.settings(cli.parse_args(["--workdir", w, "--preset", "d2l"]))
-    with pytest.raises(ValueError, match=r"than --preset tiny with the flags given asks for: --lr 3 "
-                                         r"\(it has 2\)\."):
-        cli.settings(cli.parse_args([*tiny[:-1], "3"]))
-    (tmp_path / "odd").mkdir()
-    (tmp_path / "odd" / "config.json").write_text("not json")
-    for empty in (tmp_path / "new", tmp_path / "odd"):
-        assert cli.settings(cli.parse_args(["--workdir", str(empty), "--lr", "3"]))[0] == [Config(lr=3.0)]
-    text = cli.parse_args(["--text", "book.txt"])                 # --text's defaults, then the flags
-    assert cli.settings(text)[0][0].preprocess == "raw" and cli.settings(text)[1].name.startswith("book-")
-
-
-def test_without_a_readable_config_json_the_newest_checkpoint_s_settings_are_read(tmp_path):
-    w = tmp_path / "w"
-    run = TINY.replace(lr=2.0)
-    manager = checkpoint.manager(w / checkpoint.SUBDIR)
-    position = {"epoch": 0, "batch": 1, "partial": [{"loss_sum": 1.0, "count": 2.0}], "stopped": [],
-                "high": [0]}
-    meta = meta_lib.make(run, Vocab(list("ab ")), position, 13)
-    checkpoint.save(manager, 1, {"a": np.zeros(3, np.float32)}, meta)
-    checkpoint.check_saved(manager)
-    manager.close()
-    (w / "config.json").write_text("{torn")
-    args = cli.parse_args(["--workdir", str(w)])
-    assert cli.settings(args)[0] == [run]
-    assert args.settings_from == "its checkpoint step 1, config.json being missing or damaged"   # said so
-    (w / checkpoint.SUBDIR / "007").mkdir()          # a folder orbax would misread: the run says so later
-    assert cli.settings(cli.parse_args(["--workdir", str(w), "--lr", "3"]))[0] == [Config(lr=3.0)]
-
-
-def test_a_config_json_edited_to_disagree_with_its_checkpoint_is_named(tmp_path):
-    w = tmp_path / "w"
-    run, vocab = TINY.replace(lr=2.0), Vocab(list("ab "))
-    manager = checkpoint.manager(w / checkpoint.SUBDIR)
-    position = {"epoch": 1, "batch": 0, "partial": [{}], "stopped": [], "high": [0]}
-    meta = meta_lib.make(run, vocab, position, 13)
-    checkpoint.save(manager, 13, {"a": np.zeros(3, np.float32)}, meta)
-    checkpoint.check_saved(manager)
-    manager.close()
-    checkpoint.write_config(w, run.replace(epochs=9, kernel="plain"), vocab)      # resumable: the same run
-    assert cli.settings(cli.parse_args(["--workdir", str(w)]))[0] == [run.replace(epochs=9, kernel="plain")]
-    checkpoint.write_config(w, run.replace(num_hiddens=24, cell="gru"), Vocab(list("abc ")))
-    with pytest.raises(ValueError, match=rf"^{w / 'config.json'} disagrees with the checkpoint step 13 that "
-                                         r"would resume \(num_hiddens: config.json 24, checkpoint 16; cell: "
-                                         r"config.json 'gru', checkpoint 'rnn'; the vocabulary\): put"):
-        cli.settings(cli.parse_args(["--workdir", str(w)]))
-
-
-@pytest.mark.slow
-def test_the_cli_resumes_a_workdir_from_its_settings(make_text, tmp_path, capsys):
-    text = tmp_path / "mine.txt"
-    text.write_text(make_text(3000))
-    w = str(tmp_path / "w")
-    first = ["--text", str(text), "--preset", "tiny", "--lr", "2", "--num-hiddens", "8", "--workdir", w,
-             "--epochs", "1", "--devices", "1", "--no-compilation-cache", "--no-progress"]
-    assert timemachine.main(first) == 0
-    capsys.readouterr()
-    assert timemachine.main(["--text", str(text), "--workdir", w, "--epochs", "2", "--devices", "1"]) == 0
-    out = capsys.readouterr().out
-    said, started = out.splitlines()[:2]
-    assert said == f"settings: those of the run in {w} (its config.json), the flags given checked against " \
-        "them"
-    assert started.startswith("resuming from step ") and "(epoch 2 of 2, batch 0)" in started
-    expected = TINY.replace(lr=2.0, num_hiddens=8, epochs=2, preprocess="raw", val_fraction=0.1, num_train=0)
-    assert checkpoint.restore(w).config == expected
-    assert timemachine.main(["--workdir", w, "--epochs", "3"]) == 1
-    assert "give that file again, --text PATH" in capsys.readouterr().err
-
-
-@pytest.mark.cpu_devices(1)
-def test_a_saved_setting_this_machine_cannot_resume_is_said_to_be_the_workdir_s(tmp_path, capsys):
-    w = saved(tmp_path / "w", [TINY.replace(cell="lstm", kernel="cudnn")])      # trained on a GPU
-    assert timemachine.main(["--workdir", w, "--epochs", "5", "--no-compilation-cache"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: resuming the run in {w} (its saved settings, the flags given applied): "
-                          "--kernel cudnn runs cuDNN's LSTM, which needs an NVIDIA GPU")
-    assert err.count("\n") == 1
+@pytest.mark.parametrize("argv, said", [
+    (["--step", "3"], "unrecognized arguments: --step 3"),                   # was --steps-per-epoch 3
+    (["--val", "0.5"], "unrecognized arguments: --val 0.5"),                 # was --val-fraction 0.5
+    (["--seeds", "0,1", "--seed", "2"], "--seeds and --seed set the same setting; give one"),   # was seed 2
+    (["--lr", "1", "--lr=2"], "--lr is given twice; give it once"),
+    (["--bidirectional", "--no-bidirectional"], "--bidirectional and --no-bidirectional set the same"),
+])
+def test_a_flag_s_prefix_or_a_flag_given_twice_is_an_error_not_a_guess(argv, said, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args(argv)
+    assert e.value.code == 2 and said in capsys.readouterr().err
 
 
 def test_perplexities_read_to_two_decimals_and_a_diverging_runs_in_three_digits():

@@ -210,6 +210,20 @@ def test_cache_hit_skips_tokenizing_and_is_keyed_by_text_and_options(text_file, 
     assert not changed.cache_hit and changed.vocab.source != first.vocab.source
 
 
+def test_a_damaged_cache_entry_is_made_again_not_trained_on(text_file, monkeypatch, tmp_path):
+    """Its tokens were trusted: a shifted stream resumed a run on other data, ids past the vocabulary
+    failed in ``Vocab.decode``."""
+    monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))
+    first = Corpus.from_config(text_file, TEXT)
+    tokens = data.cache_dir() / "corpus" / cache_entries()[0] / "tokens.npy"
+    for damage in (lambda a: np.roll(a, 1), lambda a: np.full_like(a, 999)):
+        np.save(tokens, damage(np.load(tokens)), allow_pickle=False)
+        again = Corpus.from_config(text_file, TEXT)
+        assert not again.cache_hit and again.vocab == first.vocab
+        np.testing.assert_array_equal(again.stream, first.stream)
+        assert Corpus.from_config(text_file, TEXT).cache_hit          # written again, whole
+
+
 # --- training on it ---------------------------------------------------------------
 
 def test_train_resume_restore_without_the_file_and_generate(text_file, tmp_path):

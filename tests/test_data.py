@@ -2,6 +2,7 @@ import hashlib
 import http.server
 import threading
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,24 @@ def test_real_text_matches_d2l(real_text_path):
     assert tm.num_batches(True) == 10 and tm.num_batches(False) == 5
     batches = list(tm.train_batches(0))
     assert [int(b.mask.sum()) for b in batches] == [1024] * 9 + [784]
+
+
+def test_a_text_given_is_named_by_its_sha1_but_the_time_machine_s_own(real_text_path, tmp_path):
+    """A run trained on ``text=`` of one's own resumed on the Time Machine (or another text) without a word:
+    its vocabulary named no source, as the Time Machine's does."""
+    from conftest import TINY, small_text
+    from rnnjax.checkpoint import CheckpointError
+    from rnnjax.train import fit
+    own = small_text(5000)
+    shape = TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val
+    assert TimeMachine(*shape, text=own).vocab.source == hashlib.sha1(own.encode()).hexdigest()
+    real = Path(real_text_path).read_text(encoding="utf-8")
+    assert TimeMachine(*shape, text=real).vocab == TimeMachine(*shape, path=real_text_path).vocab
+    fit(TINY.replace(epochs=1), TimeMachine(*shape, text=own), tmp_path, devices=1, log=None)
+    said = rf"trained on the text of SHA-1 {hashlib.sha1(own.encode()).hexdigest()} \(the data given is"
+    for other in (TimeMachine(*shape, text=small_text(5000, seed=1)), TimeMachine(*shape, text=real)):
+        with pytest.raises(CheckpointError, match=said):
+            fit(TINY.replace(epochs=2), other, tmp_path, devices=1, log=None)
 
 
 def test_real_text_hash_is_checked(real_text_path, tmp_path):

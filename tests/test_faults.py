@@ -153,8 +153,12 @@ def test_a_bad_metrics_line_is_named_before_any_work(small_data, tmp_path, line,
     lines = (tmp_path / metrics.FILENAME).read_text().splitlines()
     line = lines[0] if line is None else line
     (tmp_path / metrics.FILENAME).write_text("\n".join([lines[0], line, lines[1]]) + "\n")
-    with pytest.raises(metrics.MetricsError, match=message):
+    with pytest.raises(metrics.MetricsError, match=message) as e:
         fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, log=None)
+    assert "Move the file aside to resume" in str(e.value)               # as it says: the checkpoints go on
+    (tmp_path / metrics.FILENAME).rename(tmp_path / "aside.jsonl")
+    resumed = fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, log=None)
+    assert [r["epoch"] for r in resumed.history] == [3]
 
 
 def test_a_second_writer_fails_at_once(small_data, tmp_path):

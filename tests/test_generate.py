@@ -32,6 +32,20 @@ def test_predict_equals_d2l_loop(model_params, prefix, num_preds):
     assert len(got) == len(prefix) + num_preds and got.startswith(prefix)
 
 
+def test_lengths_up_to_a_power_of_two_share_one_compile_and_a_shorter_run_is_a_prefix(model_params):
+    """Every new ``num_preds`` compiled the decoder again; now each doubling does, and what is generated
+    is cut from the longer run, greedy or sampled (step i draws with its own key)."""
+    from rnnjax.generate import greedy
+    model, params = model_params
+    key = jax.random.key(3)
+    longest = predict(model, params, VOCAB, "it", 64), predict(model, params, VOCAB, "it", 64, key=key)
+    compiled = greedy._cache_size(), sample._cache_size()
+    for n in (33, 40, 63):
+        assert predict(model, params, VOCAB, "it", n) == longest[0][: 2 + n]
+        assert predict(model, params, VOCAB, "it", n, key=key) == longest[1][: 2 + n]
+    assert (greedy._cache_size(), sample._cache_size()) == compiled
+
+
 def test_batched_prefixes_of_different_lengths(model_params):
     model, params = model_params
     prefixes = ["it has", "a", "the time machine", "q"]

@@ -123,3 +123,29 @@ def test_a_cell_not_registered_here_is_named_not_called_damaged():
     settings = {"config": changed["config"], "vocab": changed["vocab"]}
     assert meta.unregistered_cell(settings, sealed=False) == "mine"
     assert meta.unregistered_cell({"config": TINY.to_json()}, sealed=False) is None
+
+
+def test_how_a_run_computed_is_what_its_meta_says_older_ones_saying_less():
+    now = {"kernel": "fused", "platform": "gpu", "num_devices": 1, "matmul_precision": "highest"}
+    new = meta.seal({**sealed(), **now})
+    assert meta.computed_by(new) == now and meta.problem(new, 2 * PER_EPOCH) is None
+    old = sealed(fmt=2)                  # before the meta kept the kernel: auto's pick is unknown
+    assert meta.computed_by(old) == {"kernel": None, "platform": None, "num_devices": 1,
+                                     "matmul_precision": "default"}
+    forced = meta.seal({**old, "config": TINY.replace(kernel="plain", matmul_precision="high").to_json()})
+    assert meta.computed_by(forced)["kernel"] == "plain"
+    assert meta.changed(meta.computed_by(forced), now, 26) == (
+        "trained with the plain kernel at high matmul precision until step 26, continued with fused at "
+        "highest: results may differ from an unbroken run's at float round-off")   # its platform unknown
+    assert meta.changed({**meta.computed_by(old), "num_devices": 2}, now, 26).startswith(
+        "trained on 2 device(s) at default matmul precision until step 26, continued on 1 GPU device(s) at "
+        "highest:")
+    assert meta.changed(now, now, 26) == ""
+    assert meta.changed(meta.computed_by(old), {**now, "matmul_precision": "default"}, 26) == ""
+    cpu = {**now, "platform": "cpu"}      # a CPU's float32 matmuls are float32 at any precision
+    assert meta.changed({**cpu, "matmul_precision": "default"}, cpu, 26) == ""
+    assert meta.changed({**cpu, "num_devices": 2}, cpu, 26).startswith(
+        "trained on 2 CPU device(s) until step 26, continued on 1 CPU device(s): results may differ")
+    for bad in ({"kernel": "auto"}, {"kernel": 3}, {"num_devices": 0}, {"num_devices": True},
+                {"platform": None}):
+        assert "says it computed as" in meta.problem(meta.seal({**new, **bad}), 2 * PER_EPOCH)

@@ -123,3 +123,42 @@ def test_restore_for_inference_in_a_fresh_process(small_data, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected
     assert not (tmp_path / "no-cache").exists()
+
+
+def test_the_best_with_a_damaged_meta_is_not_chosen_silently(small_data, tmp_path, capsys):
+    """A checkpoint whose meta cannot be read may have been the best: ``best=True`` said nothing and took
+    the best of the rest."""
+    from experiments import timemachine
+    from rnnjax import stored
+    fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, checkpoint_every=1, keep=3, log=None)
+    best = checkpoint.restore(tmp_path, best=True).step
+    (tmp_path / checkpoint.SUBDIR / str(best) / "meta" / "metadata").write_bytes(b"")
+    rest = min((p, s) for s, p in stored.val_ppls(tmp_path).items())[1]
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=f"step {best} "):
+        checkpoint.restore(tmp_path, best=True)
+    assert checkpoint.restore(tmp_path, best=True, fallback=True).step == rest != best
+    capsys.readouterr()
+    argv = ["--workdir", str(tmp_path), "--predict", "the", "--num-preds", "3", "--best"]
+    assert timemachine.main(argv) == 0
+    warning = capsys.readouterr().err.splitlines()[0]
+    assert warning.startswith(f"warning: The checkpoint at step {best} ") and warning.endswith(
+        f"generating from checkpoint step {rest}, the best of those that can be read.")
+
+
+def test_arguments_of_the_wrong_type_are_one_sentence(tmp_path):
+    for workdir in (None, 5, ["runs/tm"]):
+        with pytest.raises(TypeError, match=r"^restore takes the workdir as a path \(str or os.PathLike\)"):
+            checkpoint.restore(workdir)
+    for kwargs in ({"best": "no"}, {"fallback": 1}, {"best": None}):
+        with pytest.raises(TypeError, match=rf"^restore's {next(iter(kwargs))} is True or False, got"):
+            checkpoint.restore(tmp_path, **kwargs)
+
+
+def test_one_run_trained_together_restores_without_choosing_it(small_data, tmp_path):
+    """``fit_runs([config])``: run 0 is the only one (it asked for run=K, K from 0 to 0)."""
+    together = runs.fit_runs([TINY.replace(epochs=1)], small_data, tmp_path, devices=1, log=None)
+    for kwargs in ({}, {"best": True}, {"run": 0}):
+        restored = checkpoint.restore(tmp_path, **kwargs)
+        assert_trees_equal(restored.params, jax.tree.map(lambda x: x[0], together.state.params))
+    with pytest.raises(CheckpointError, match=r"holds 1 run trained together; .* K from 0 to 0, not 1"):
+        checkpoint.restore(tmp_path, run=1)

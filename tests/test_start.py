@@ -251,6 +251,26 @@ def test_a_failed_save_s_folder_is_removed_before_anything_is_written(small_data
     assert sorted(p.name for p in folder.iterdir()) == ["notes.orbax-checkpoint-tmp"]
 
 
+@pytest.mark.cpu_devices(2)
+def test_a_resume_that_computes_otherwise_says_it_is_not_bit_for_bit(small_data, tmp_path):
+    """The kernel that trained (auto's pick) and the devices are in every meta; a resume on others is the
+    same math at float round-off, not the unbroken run's bits, and its plan says so."""
+    fit(SMALL.replace(kernel="plain", epochs=1), small_data, tmp_path, devices=2, log=None)
+    saved = checkpoint.restore(tmp_path).meta
+    assert (saved["kernel"], saved["platform"], saved["num_devices"]) == ("plain", "cpu", 2)
+    assert plan(SMALL, small_data, tmp_path, devices=1).describe().startswith(
+        "resuming from step 13 (epoch 2 of 3, batch 0) on 1 CPU device(s), fused loss (rnnjax.fused: the "
+        f"recurrence and the output layer), float32 matmuls; writing to {tmp_path}; trained with the plain "
+        "kernel on 2 CPU device(s) until step 13, continued with fused on 1 CPU device(s): results may "
+        "differ from an unbroken run's at float round-off")
+    assert "round-off" not in plan(SMALL.replace(kernel="plain"), small_data, tmp_path, devices=2).describe()
+    fit(SMALL.replace(epochs=2), small_data, tmp_path, devices=2, log=None)      # auto: fused, on a CPU
+    assert checkpoint.restore(tmp_path).meta["kernel"] == "fused"
+    assert "round-off" not in plan(SMALL.replace(kernel="fused"), small_data, tmp_path, devices=2).describe()
+    assert "; trained on 2 CPU device(s) until step 26, continued on 1 CPU device(s): results" in plan(
+        SMALL, small_data, tmp_path, devices=1).describe()
+
+
 @pytest.mark.parametrize("config, data, workdir, message", [
     (SMALL, "data", None, r"^workdir must be a path \(str or os.PathLike\), got None\.$"),
     (SMALL, "data", 5, r"^workdir must be a path \(str or os.PathLike\), got an int\.$"),

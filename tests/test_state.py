@@ -22,18 +22,21 @@ def test_init_compiler_options_change_no_value():
 
 
 @pytest.mark.slow
-def test_create_train_state_compiles_one_program():
-    """Key, dummy input and init are one compiled program: made eagerly, each would compile its own.
-    Programs are counted as lowerings: an XLA that refuses one of init's options compiles it twice."""
+def test_create_train_state_compiles_one_program_once_for_every_seed():
+    """Key, dummy input and init are one compiled program: made eagerly, each would compile its own; it
+    compiled again for each call (each seed). Programs are counted as lowerings: an XLA that refuses one of
+    init's options compiles it twice."""
     compiles = []
 
     def listener(event, duration, **kwargs):
         if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
             compiles.append(duration)
     jax.clear_caches()
+    state._compiled_init.cache_clear()
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        create_train_state(dataclasses.replace(TINY, seed=TINY.seed + 17), 28)
+        for seed in (17, 18, 2 ** 32 - 1):
+            create_train_state(dataclasses.replace(TINY, seed=seed), 28)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert len(compiles) == 1, compiles

@@ -67,7 +67,9 @@ def test_in_a_script_that_registers_it_the_command_line_resumes_it(workdir, tmp_
     monkeypatch.setitem(model_lib.CELLS, "mine", DenseCell)
     monkeypatch.setattr(timemachine.corpus, "load", lambda config, **kw: TimeMachine(
         TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000)))
-    assert timemachine.main(["--workdir", str(copy), "--epochs", "3"]) == 0
+    text = tmp_path / "text.txt"
+    text.write_text(small_text(5000))              # the run's text, which its vocabulary names by SHA-1
+    assert timemachine.main(["--workdir", str(copy), "--epochs", "3", "--text", str(text)]) == 0
     assert checkpoint.latest_step(copy) == 39
     capsys.readouterr()
     assert timemachine.main(["--workdir", str(copy), "--predict", "the", "--num-preds", "4"]) == 0
@@ -177,7 +179,8 @@ def test_a_run_of_a_cell_swapped_in_for_one_of_rnnjax_s_is_told_from_damage(tmp_
                                                       r"make \(\.params\['rnn'\]\['cell'\]\['hn'\]"):
             checkpoint.restore(tmp_path / "run", **kwargs)
     monkeypatch.setattr(timemachine.corpus, "load", lambda config, **kw: data)
-    for argv in (["--predict", "the"], ["--epochs", "2"]):
+    (tmp_path / "text.txt").write_text(small_text(5000))
+    for argv in (["--predict", "the"], ["--epochs", "2", "--text", str(tmp_path / "text.txt")]):
         assert timemachine.main(["--workdir", str(tmp_path / "run"), *argv]) == 1
         err = capsys.readouterr().err
         assert "rnnjax's own" in err and "damaged" not in err and len(err.strip().splitlines()) == 1

@@ -68,6 +68,21 @@ def test_paths_orbax_or_the_system_cannot_take_are_refused_before_any_work(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gone"]            # nothing made
 
 
+def test_a_folder_orbax_takes_for_a_url_or_inside_a_run_s_checkpoints_is_refused(tmp_path):
+    """``gs:`` (``--workdir gs://bucket/run``, a local folder here) failed only at the first save; a workdir
+    in a run's ``checkpoints/`` went when that run deleted the checkpoint."""
+    for typed in ("gs://bucket/run", "my-gs:/run"):
+        with pytest.raises(workdir.WorkdirError, match=r"orbax reads as a Google Cloud Storage URL"):
+            workdir.check_writable(tmp_path / typed)
+    for fine in ("s3://bucket/run", "gs:x/run", "GS:/run", "checkpoints/run"):      # orbax saves there
+        workdir.check_writable(tmp_path / fine)
+    checkpoint.write_config(tmp_path / "run", TINY, Vocab(list("ab ")))
+    with pytest.raises(workdir.WorkdirError, match=r"is inside .*run/checkpoints, the checkpoints of the run "
+                                                   r"in .*run, which it deletes as it saves newer ones"):
+        workdir.check_writable(tmp_path / "run" / "checkpoints" / "3822" / "nested")
+    workdir.check_writable(tmp_path / "run" / "sub")
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
 def test_a_workdir_that_access_allows_but_mkdir_refuses(tmp_path):
     """/proc passes ``os.access`` (for root, anything does); the probe directory finds out, and is gone."""

@@ -82,7 +82,8 @@ def measure_runs(args, s: Setting, data: TimeMachine) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark",
                                 description="rnnjax against PyTorch's nn.RNN and stock Flax, on the backend "
-                                            "it runs on (PyTorch on CUDA where torch sees a GPU)")
+                                            "it runs on (PyTorch on CUDA where torch sees a GPU)",
+                                allow_abbrev=False)
     p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else download)")
     p.add_argument("--sizes", choices=sorted(SIZES),
                    help="instead of d2l's recipe: the training step of every contender at each size of "

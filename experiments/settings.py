@@ -1,0 +1,125 @@
+"""What a command of ``experiments.timemachine`` trains, and where: the settings its flags ask for.
+
+``settings(args)`` is what a run trains: the preset changed by the flags, or,
+given a ``--workdir`` that holds a run (and no ``--preset``), that run's own
+settings, read from it, the flags given checked against them; so ``--workdir
+W --epochs 200`` resumes a run made with any preset and flags (runs trained
+together, of one config too, as such). A workdir whose run left no checkpoint
+holds nothing to resume: flags that ask for other settings start anew there.
+``default_workdir`` names the folder the same command finds again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from rnnjax import checkpoint, config as config_lib, corpus, flags, runs
+from rnnjax.stored import saved_runs
+
+# What a run says as it starts anew in a workdir whose earlier run left its config.json and no checkpoint.
+ANEW = ("{} holds no checkpoint of its earlier run (its config.json's settings): starting anew with the "
+        "flags' settings")
+
+
+def default_workdir(preset: str, configs: list[config_lib.Config], text: str | None = None) -> Path:
+    """``runs/<preset>``, or ``runs/<preset>-<hash>`` of the settings the flags change (``--text``:
+    ``runs/<file name>-<hash>``, the file's path in the hash): the name the same command gives again, so
+    it resumes. Resumable fields (``--epochs``) are left out of the hash: a larger ``--epochs`` trains the
+    same run on."""
+    base = config_lib.PRESETS[preset].to_json()
+    changed = [{k: v for k, v in c.to_json().items() if v != base[k] and k not in config_lib.Config.RESUMABLE}
+               for c in configs]
+    if text is None and len(configs) == 1 and not changed[0]:
+        return Path("runs") / preset
+    name = preset if text is None else re.sub(r"[^\w.-]", "_", Path(text).stem) or "text"
+    key = changed if text is None else [str(Path(text).resolve()), changed]
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    return Path("runs") / f"{name}-{digest}"
+
+
+def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool]:
+    """The runs to train (one, or several in one program), their workdir, and whether they train together
+    (``rnnjax.fit_runs``: several, or the one run of a workdir trained so): the preset changed by the flags
+    given; or, given a ``--workdir`` that holds a run and no ``--preset``, that run's settings, changed by
+    the resumable flags (``--epochs``), any other flag given checked against them. A workdir whose earlier
+    run left no checkpoint has nothing to resume: flags (or a ``--preset``) that ask for other settings
+    start a new run there (``args.anew`` says so). ``ValueError`` in one sentence; reads nothing but the
+    workdir's ``config.json`` (or its newest checkpoint's meta) and its checkpoints' steps."""
+    saved, args.anew = None, None
+    if args.workdir is not None and not args.preset_given:
+        saved = saved_runs(args.workdir)
+    if saved is not None and _no_checkpoint(args.workdir):
+        try:
+            return _resumed(args, saved)
+        except ValueError:             # other settings than the flags': nothing trained is left behind
+            if args.text is None and "text_sha1" in saved[1]:     # no flag asked for another text: its own
+                raise
+            args.anew = ANEW.format(args.workdir)
+    if saved is None or args.anew:
+        if args.text is not None:      # the preset, changed by these, then by the flags given
+            if args.val_fraction == 0 and args.num_train is None:
+                raise ValueError("--val-fraction 0 splits --text as d2l does (the first --num-train windows "
+                                 "train, the next --num-val validate), and --text's default --num-train 0 "
+                                 "(every window) leaves none to validate: add --num-train N, or leave "
+                                 "--val-fraction out.")
+            for name, value in corpus.TEXT_DEFAULTS.items():
+                if getattr(args, name) is None:
+                    setattr(args, name, value)
+        configs = flags.sweep_from_flags(args)
+        runs.check_runs(configs)
+        together = len(configs) > 1
+        if args.workdir is not None and args.preset_given:
+            together = _check_preset_fits(args, configs) or together
+        return configs, args.workdir or default_workdir(args.preset, configs, args.text), together
+    return _resumed(args, saved)
+
+
+def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Config], Path, bool]:
+    """``settings`` of the run ``saved`` in ``args.workdir`` (``rnnjax.stored.saved_runs``'s)."""
+    configs, vocab, source, together = saved
+    if "text_sha1" in vocab and args.text is None:
+        raise ValueError(f"{args.workdir} holds a run trained on a text of your own (SHA-1 "
+                         f"{vocab['text_sha1'][:12]}...): give that file again, --text PATH, to resume it.")
+    if "text_sha1" not in vocab and args.text is not None:
+        raise ValueError(f"{args.workdir} holds a run trained on the Time Machine, not on --text: leave "
+                         "--text out to resume it, or use a new --workdir.")
+    resumed = flags.resumed_from_flags(args, configs, str(args.workdir))
+    args.settings_from = source                # said as the run starts
+    return resumed, args.workdir, together
+
+
+def _no_checkpoint(workdir: Path) -> bool:
+    """Whether ``workdir`` holds no checkpoint (a run stopped before its first save); a checkpoints folder
+    that cannot be read counts as one (the run's start says what is wrong with it)."""
+    try:
+        return not checkpoint.steps(workdir)
+    except checkpoint.CheckpointError:
+        return False
+
+
+def _check_preset_fits(args: argparse.Namespace, configs: list[config_lib.Config]) -> bool:
+    """A ``--workdir`` that holds a run of other settings than ``--preset`` (and the flags given) asks for:
+    ``ValueError`` saying so, the preset named as what set them (the user typed none of its values); with
+    no checkpoint of that run, ``args.anew`` says the flags' settings start anew. Whether the runs of
+    ``configs`` were trained together there (``rnnjax.fit_runs``, of one config too)."""
+    saved = saved_runs(args.workdir)
+    if saved is None or len(saved[0]) != len(configs):      # runs against a run: the start says so
+        if saved is not None and _no_checkpoint(args.workdir):
+            args.anew = ANEW.format(args.workdir)
+        return False
+    have = saved[0]
+    names = dict.fromkeys(n for c, s in zip(configs, have) for n in s.differences(c))
+    if names and _no_checkpoint(args.workdir):
+        args.anew = ANEW.format(args.workdir)
+    elif names:
+        differ = [config_lib.disagreement(n, list(dict.fromkeys(getattr(c, n) for c in configs)),
+                                          list(dict.fromkeys(getattr(s, n) for s in have))) for n in names]
+        flagged = " with the flags given" if flags.given(args) else ""
+        raise ValueError(f"{args.workdir} holds a run of other settings than --preset {args.preset}"
+                         f"{flagged} asks for: {'; '.join(differ)}. Leave --preset out to train it on with "
+                         "its own settings, or use a new --workdir.")
+    return saved[3] and not args.anew
