@@ -23,6 +23,7 @@ from experiments import stopping
 
 if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + signal, no traceback
     stopping.while_loading()
+    stopping.load_jax()
 
 from experiments import cli, settings, timemachine  # noqa: E402 (after the handlers: JAX loads slowly)
 from rnnjax import metrics  # noqa: E402

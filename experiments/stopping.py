@@ -1,13 +1,14 @@
 """Stopping a command at once on SIGINT/SIGTERM/SIGHUP, with one line on stderr: before and after the work,
 where unwinding out of half-loaded (or torn-down) JAX can crash the interpreter; and when its output
-cannot be written (``OutputError``), or its streams are gone (``tell``). No JAX here: the handlers go
-in before it loads."""
+cannot be written (``OutputError``), or its streams are gone (``tell``), or JAX cannot read its environment
+(``load_jax``). No JAX here: the handlers go in before it loads."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -106,6 +107,23 @@ def stopped_after_the_run(signum, frame):
 def while_loading() -> None:
     """Before a command imports JAX (it takes a while): a signal says one line and exits 128 + signal."""
     handle(stopped_while_loading)
+
+
+def load_jax() -> None:
+    """Imports JAX, which reads its ``$JAX_*`` variables as it loads: one it cannot read
+    (``JAX_NUM_CPU_DEVICES=abc``) says one line naming it and exits 1, before any work."""
+    try:
+        import jax  # noqa: F401
+    except ValueError as e:
+        exit_now(f"error: {unreadable_variable(str(e))}", 1)
+
+
+def unreadable_variable(error: str) -> str:
+    """JAX's ``error`` on a variable it could not read, in one sentence naming the variable."""
+    match = re.fullmatch(r'Invalid value "(.*)" for JAX flag (jax_\w+)', error)     # its integer flags
+    if match:
+        return f"${match[2].upper()} must be a whole number, got {match[1]!r} (JAX reads it as it loads)."
+    return f"JAX cannot start with this environment: {error.rstrip('.')}."
 
 
 def ignore_signals() -> None:

@@ -32,6 +32,7 @@ from experiments import stopping
 
 if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + signal, no traceback
     stopping.while_loading()
+    stopping.load_jax()
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
 from pathlib import Path  # noqa: E402
@@ -265,14 +266,15 @@ def _main(argv, parser_options: dict) -> int:
     try:
         args = cli.parse_args(argv, **parser_options)
         configs, workdir, several = settings.settings(args) if args.predict is None else (None, None, False)
+        # ValueError too for a $JAX_NUM_CPU_DEVICES that JAX would fail on as it starts.
+        batch_size = configs[0].batch_size if configs else config_lib.PRESETS[args.preset].batch_size
+        backend.use_cpu_cores(batch_size, args.devices)
     except ValueError as e:          # checks of the arguments (and the workdir's settings), before JAX starts
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.predict is not None:
         stopping.handle(_stopped_generating)
     backend.keep_freed_memory()
-    backend.use_cpu_cores(configs[0].batch_size if configs else config_lib.PRESETS[args.preset].batch_size,
-                          args.devices)
     if not args.no_compilation_cache:
         try:
             backend.enable_compilation_cache()

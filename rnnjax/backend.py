@@ -12,9 +12,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import numbers
 import os
 import platform
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -138,18 +140,51 @@ def use_cpu_cores(batch_size: int, devices: int | None = None) -> int | None:
     wins: ``$JAX_NUM_CPU_DEVICES``, a device count in ``$XLA_FLAGS``, or
     ``jax_num_cpu_devices`` set in code. Call it before JAX runs anything.
     Returns the count set, or ``None`` where it left the setting alone (already
-    chosen, or JAX already started).
+    chosen; or JAX already started, with a ``RuntimeWarning``). ``ValueError``
+    for a ``batch_size`` or ``devices`` that is not a whole number >= 1, and
+    for such a ``$JAX_NUM_CPU_DEVICES`` (or ``jax_num_cpu_devices``), which
+    JAX would take as one device or fail on as it starts.
     """
+    for name, value in (("batch_size", batch_size), ("devices", devices)):
+        if value is not None and not _whole_number(value):
+            raise ValueError(f"use_cpu_cores: {name} must be a whole number >= 1, got {value!r}.")
+    check_cpu_device_count()
     if cpu_device_count_chosen():
         return None
     cores = available_cores()
-    count = devices if devices is not None and 1 <= devices <= cores else \
+    count = devices if devices is not None and devices <= cores else \
         max(n for n in range(1, cores + 1) if batch_size % n == 0)
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:            # JAX has started its backends: too late to change
+        warnings.warn(f"use_cpu_cores({batch_size}) left the CPU device count as it is: JAX has already "
+                      "started (call it before JAX runs anything).", RuntimeWarning, stacklevel=2)
         return None
     return count
+
+
+def check_cpu_device_count() -> None:
+    """``ValueError`` where ``$JAX_NUM_CPU_DEVICES`` or ``jax_num_cpu_devices`` is not a whole number >= 1
+    (JAX's -1, unset, aside): JAX takes 0 and below as one device, or fails to start its CPU backend."""
+    typed = os.environ.get("JAX_NUM_CPU_DEVICES")
+    if typed is not None and not _whole_number(_as_int(typed)):
+        raise ValueError(f"$JAX_NUM_CPU_DEVICES must be a whole number >= 1 (the CPU devices JAX makes), "
+                         f"got {typed!r}.")
+    count = jax.config.jax_num_cpu_devices
+    if count != -1 and count < 1:
+        raise ValueError(f"jax_num_cpu_devices must be a whole number >= 1 (the CPU devices JAX makes), "
+                         f"got {count}.")
+
+
+def _as_int(text: str) -> int | None:
+    try:
+        return int(text)          # as JAX reads it
+    except ValueError:
+        return None
+
+
+def _whole_number(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:

@@ -25,6 +25,7 @@ embedding lookup: there is no matmul to speed up).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -180,6 +181,24 @@ class LSTMCell(_Cell):
         b_ih, b_hh = self._param("b_ih", 4 * H), self._param("b_hh", 4 * H)
         H_BxH, C_BxH = lstm_update(self._dot(X_BxI, W_ih) + b_ih + self._dot(H_BxH, W_hh) + b_hh, C_BxH)
         return (H_BxH, C_BxH), H_BxH
+
+
+def lacks(cell: Any) -> list[str]:
+    """What of the cell protocol (above) the made ``cell`` lacks, as the protocol names it: [] for a cell."""
+    missing = []
+    try:
+        inspect.signature(cell).bind(None, None)
+    except TypeError:           # not callable, or not with (carry, x)
+        missing.append("__call__(carry, x)")
+    except ValueError:          # no signature to read (a builtin): taken on trust
+        pass
+    if not callable(getattr(cell, "initialize_carry", None)):
+        missing.append("initialize_carry(rng, input_shape)")
+    try:
+        cell.num_feature_axes
+    except (AttributeError, NotImplementedError):        # nn.RNNCellBase's raises the latter
+        missing.append("num_feature_axes")
+    return missing
 
 
 # The cells ``Config.cell`` can name. A new cell is a class that keeps the

@@ -56,11 +56,16 @@ class Manager(ocp.CheckpointManager):
     """Orbax's manager, and the steps it saved that are not yet read back (``check_saved``); while it is
     open, orbax's tracebacks are left to its one-sentence errors."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, directory: Path, *args, **kwargs):
         self.unchecked: list[int] = []
         self._quiet = orbax_logs.Tracebacks()
         logging.getLogger("absl").addFilter(self._quiet)
-        super().__init__(*args, **kwargs)
+        reading = orbax_logs.StepMetadata(directory)      # as it reads the steps there
+        logging.getLogger("absl").addFilter(reading)
+        try:
+            super().__init__(directory, *args, **kwargs)
+        finally:
+            logging.getLogger("absl").removeFilter(reading)
 
     def close(self):
         try:

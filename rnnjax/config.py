@@ -194,6 +194,19 @@ PRESETS: dict[str, Config] = {
 }
 
 
+def check_is_config(value: Any, name: str = "config") -> None:
+    """``TypeError`` in one sentence unless ``value`` is a ``Config`` (a library entry point's argument)."""
+    if not isinstance(value, Config):
+        json_hint = " (Config.from_json reads one from JSON)" if isinstance(value, (str, dict)) else ""
+        raise TypeError(f"{name} must be an rnnjax.Config{json_hint}, got {got(value)}.")
+
+
+def got(value: Any) -> str:
+    """``None``, or ``a str``: what a wrong argument is, in a sentence that names the type it must have."""
+    name = type(value).__name__
+    return "None" if value is None else f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnjax.config import Config
+from rnnjax.config import Config, check_is_config
 from rnnjax.data import DataError, TimeMachine, WindowedText, cache_dir, sha1_of, timemachine_path
 from rnnjax import memory
 from rnnjax.tokens import CHUNK, tokenize
@@ -274,6 +274,7 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
          ) -> WindowedText:
     """The data ``config`` trains on: the file ``text`` (``Corpus``), else The Time Machine (``data``,
     SHA-1 checked): d2l's ``TimeMachine`` for d2l's tokens and split, a ``Corpus`` of it for others."""
+    check_is_config(config)
     try:
         if text is not None:
             return Corpus.from_config(text, config)

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import itertools
 import math
+import re
 from typing import Any
 
 from rnnjax.config import PRESETS, SWEEPABLE, Config, ConfigError, disagreement, flag, shown
@@ -15,11 +16,22 @@ from rnnjax.config import PRESETS, SWEEPABLE, Config, ConfigError, disagreement,
 MAX_RUNS = 1000
 
 
+def _parsed(kind: type, text: str) -> Any:
+    """``kind(text)``; a number a float cannot hold (``1e-400`` is 0.0, ``1e400`` inf) refused, naming
+    what was typed: a range check of the rounded value would say "got 0"."""
+    value = kind(text)
+    if kind is float and (value == 0 and any(c in "123456789" for c in re.split("[eE]", text)[0])
+                          or math.isinf(value) and "inf" not in text.lower()):
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} rounds to {shown(value)} as a float (floats hold "
+                                         "magnitudes from 5e-324 to 1.8e308)")
+    return value
+
+
 def _values(kind: type):
     """An argparse type: ``"0.5,1,2"`` -> ``(0.5, 1.0, 2.0)``."""
     def parse(text: str) -> tuple:
         try:
-            values = tuple(kind(v) for v in text.split(","))
+            values = tuple(_parsed(kind, v) for v in text.split(","))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}s")
         twice = next((v for k, v in enumerate(values) if v in values[:k]), None)
@@ -38,7 +50,7 @@ def _single(kind: type, name: str):
                 f"{flag(name)} takes one value: runs trained in one program share their shapes "
                 f"(only {', '.join(flag(k) for k in SWEEPABLE)} take lists); train the others in "
                 "separate workdirs")
-        return kind(text)
+        return _parsed(kind, text)
     parse.__name__ = kind.__name__
     return parse
 

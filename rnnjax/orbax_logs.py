@@ -4,6 +4,7 @@ sentence: dropped; everything else passes."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from rnnjax.stops import hooked
@@ -15,6 +16,23 @@ class Tracebacks(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.exc_info and "orbax" in record.pathname)
+
+
+_STEP_METADATA = ("Metadata file does not exist: ", "Failed to json parse Metadata file: ")
+
+
+class StepMetadata(logging.Filter):
+    """Drops orbax's logs of a missing or unreadable ``_CHECKPOINT_METADATA`` in a step folder under
+    ``directory`` (its timestamps; rnnjax keeps what it needs in its own meta): the plan says which step the
+    run resumes from."""
+
+    def __init__(self, directory: str | os.PathLike):
+        super().__init__()
+        self.directory = str(directory)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith(_STEP_METADATA) and self.directory in message)
 
 
 class _Noise(logging.Filter):

@@ -62,9 +62,12 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
     if coordinator is not None:
         host, _, port = coordinator.rpartition(":")
         # ASCII only: a port of other digits ("１２３４") passes isdigit, and JAX's client crashes on it.
-        if not (host and coordinator.isascii() and coordinator.isprintable() and port.isdigit()
-                and 0 < int(port) < 65536) or any(c.isspace() or c in "/@" for c in coordinator):
+        if not (host and coordinator.isascii() and coordinator.isprintable() and port.isdigit()) \
+                or any(c.isspace() or c in "/@" for c in coordinator):
             raise ValueError(f"--coordinator must be HOST:PORT, e.g. node0:1234, got {coordinator!r}.")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"--coordinator's port must be from 1 to 65535, got {port} (in "
+                             f"{coordinator!r}).")
         if ":" in host and not (host.startswith("[") and host.endswith("]")):
             raise ValueError(f"--coordinator: an IPv6 address goes in brackets, e.g. [::1]:1234, got "
                              f"{coordinator!r}.")

@@ -27,7 +27,7 @@ from rnnjax import loop
 from rnnjax.config import SWEEPABLE, Config, ConfigError
 from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
-from rnnjax.start import Plan, check_plan, planned
+from rnnjax.start import Plan, check_plan, check_types, planned
 from rnnjax.state import TrainState, create_run_states
 from rnnjax.train import check_saving, eval_steps, train_windows
 
@@ -35,7 +35,7 @@ from rnnjax.train import check_saving, eval_steps, train_windows
 def _listed(configs: Iterable[Config]) -> list[Config]:
     """``configs`` (any iterable, a generator too, read once) as a list: ``ConfigError`` in one sentence
     unless each is a ``Config``."""
-    if isinstance(configs, Config) or not isinstance(configs, Iterable):
+    if isinstance(configs, (Config, str, dict)) or not isinstance(configs, Iterable):
         raise ConfigError(f"configs must be a list of Config objects, not of type {type(configs).__name__}; "
                           "for one run, use rnnjax.train.fit or [config].")
     configs = list(configs)
@@ -93,6 +93,7 @@ def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path,
     ``fit``'s."""
     configs = _listed(configs)
     check_runs(configs)
+    check_types(configs[0], data, workdir)
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     if plan is not None:
         check_plan(plan, configs[0], data, workdir, configs)

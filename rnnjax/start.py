@@ -21,7 +21,7 @@ from rnnjax import (checkpoint, kernels, memory, meta as meta_lib, metrics, prec
                     workdir as workdir_lib)
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS
-from rnnjax.config import SWEEPABLE, Config, disagreement, label, shown
+from rnnjax.config import SWEEPABLE, Config, check_is_config, disagreement, got, label, shown
 from rnnjax.data import WindowedText
 from rnnjax.meta import Position
 from rnnjax.parallel import DataParallel
@@ -113,6 +113,17 @@ class Plan:
         return f"{what} on {devices}, {self.loss_path}, {matmuls}; writing to {self.workdir}{hint}"
 
 
+def check_types(config: Any, data: Any, workdir: Any) -> None:
+    """``TypeError`` in one sentence unless ``config`` is a ``Config``, ``data`` a ``WindowedText`` and
+    ``workdir`` a path: ``fit``'s and ``fit_runs``' first check, where a wrong type would fail deep inside."""
+    check_is_config(config)
+    if not isinstance(data, WindowedText):
+        raise TypeError("data must be an rnnjax.data.WindowedText (rnnjax.corpus.load(config) makes one), "
+                        f"got {got(data)}.")
+    if not isinstance(workdir, (str, os.PathLike)):
+        raise TypeError(f"workdir must be a path (str or os.PathLike), got {got(workdir)}.")
+
+
 def check_arguments(config: Config, workdir: str | Path, *, devices: int | None = None,
                     runs: list[Config] | None = None) -> DataParallel:
     """``check``'s checks that need no data (the settings, devices, memory but the vocabulary's, what the
@@ -144,6 +155,7 @@ def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: i
           runs: list[Config] | None = None) -> DataParallel:
     """The checks of the arguments, the data and what the workdir is (not of what it holds), before any
     work: ``ValueError`` (``WorkdirError``, ``CheckpointError``) in one sentence; the devices to train on."""
+    check_types(config, data, workdir)
     dp = check_arguments(config, workdir, devices=devices, runs=runs)
     if data.num_val < 1:
         raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")

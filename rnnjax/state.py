@@ -14,6 +14,7 @@ from flax.training import train_state
 
 from rnnjax import cudnn, fused, hoisted, kernels
 from rnnjax.backend import CompiledPerShape, init_compiler_options
+from rnnjax.cells import lacks
 from rnnjax.config import Config, ConfigError
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
 from rnnjax.precision import COMPUTE_DTYPES
@@ -41,6 +42,12 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
         raise ConfigError(f"rnnjax makes the cell {config.cell!r} as "
                           f"rnnjax.CELLS[{config.cell!r}](num_hiddens{given}), which fails ({e}): register a "
                           "functools.partial of it that sets its other arguments.") from None
+    missing = lacks(cell)
+    if missing:
+        raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] makes a {type(cell).__name__}, which is not a "
+                          f"recurrent cell (it lacks {', '.join(missing)}): a cell is called as "
+                          "cell(carry, x) -> (carry, y) and has initialize_carry(rng, input_shape) and "
+                          "num_feature_axes, as flax's nn.RNNCellBase.")
     remat = kernel == "fused"
     if config.num_layers == 1 and not config.bidirectional:      # dropout acts between layers only
         rnn = RNN(cell, unroll=config.unroll, remat=remat)

@@ -32,7 +32,7 @@ from rnnjax.config import Config, whole
 from rnnjax.data import Batch, Windows, WindowedText
 # What fit raises and its defaults, importable from here too.
 from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
-from rnnjax.start import Plan, check_plan, planned
+from rnnjax.start import Plan, check_plan, check_types, planned
 from rnnjax.state import TrainState, check_params, create_train_state
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: F401
 
@@ -140,6 +140,7 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
     (nothing saved past the last good checkpoint) and ``Interrupted`` (after
     saving the last completed call's step).
     """
+    check_types(config, data, workdir)
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     if params is not None:         # before the workdir is made, and checked even if it resumes
         check_params(params, config, len(data.vocab))

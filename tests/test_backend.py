@@ -1,5 +1,6 @@
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -61,6 +62,47 @@ def test_an_explicit_device_count_wins(fresh_env):
     assert _devices(fresh_env(JAX_NUM_CPU_DEVICES="3"), 1024) == ["None", "3", "None"]
     flags = fresh_env(XLA_FLAGS="--xla_force_host_platform_device_count=3")
     assert _devices(flags, 1024) == ["None", "3", "None"]
+
+
+@pytest.mark.parametrize("batch_size, devices, name", [
+    ("x", None, "batch_size"), (0, None, "batch_size"), (-1, None, "batch_size"), (True, None, "batch_size"),
+    (2.0, None, "batch_size"), (8, 0, "devices"), (8, -1, "devices"), (8, "2", "devices")])
+def test_use_cpu_cores_refuses_what_is_not_a_whole_number_of_at_least_one(batch_size, devices, name):
+    typed = repr(batch_size if name == "batch_size" else devices)
+    with pytest.raises(ValueError, match=rf"^use_cpu_cores: {name} must be a whole number >= 1, got "
+                                         rf"{re.escape(typed)}\.$"):
+        backend.use_cpu_cores(batch_size, devices)
+
+
+@pytest.mark.parametrize("typed", ["abc", "0", "-1", "-2", "", "1.5"])
+def test_a_jax_num_cpu_devices_that_jax_would_fail_on_or_take_as_one_is_refused(typed, monkeypatch):
+    """JAX fails on 0 as it starts its CPU backend and takes -2 as one device; ``abc`` fails JAX's import,
+    so here it is set after that (``experiments.stopping.load_jax`` says it in a fresh process)."""
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", typed)
+    with pytest.raises(ValueError, match=rf"^\$JAX_NUM_CPU_DEVICES must be a whole number >= 1 \(the CPU "
+                                         rf"devices JAX makes\), got {re.escape(repr(typed))}\.$"):
+        backend.use_cpu_cores(8)
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", " 2")          # as JAX reads it: refused by nothing
+    assert backend.use_cpu_cores(8) is None                  # this session's count, chosen
+
+
+def test_use_cpu_cores_after_jax_started_warns_that_it_changed_nothing(monkeypatch):
+    import jax
+    jax.devices()                   # started (it is, in this session)
+    before = jax.config.jax_num_cpu_devices
+    monkeypatch.setattr(backend, "cpu_device_count_chosen", lambda: False)
+    with pytest.warns(RuntimeWarning, match=r"left the CPU device count as it is: JAX has already started"):
+        assert backend.use_cpu_cores(8) is None
+    assert jax.config.jax_num_cpu_devices == before
+
+
+def test_the_cli_refuses_a_jax_num_cpu_devices_of_zero_in_one_line(tmp_path, monkeypatch, capsys):
+    from experiments import timemachine
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "0")
+    assert timemachine.main(["--preset", "tiny", "--epochs", "1", "--workdir", str(tmp_path / "w")]) == 1
+    assert capsys.readouterr().err == ("error: $JAX_NUM_CPU_DEVICES must be a whole number >= 1 (the CPU "
+                                       "devices JAX makes), got '0'.\n")
+    assert not (tmp_path / "w").exists()
 
 
 def _devices(env: dict[str, str], batch_size: int, devices: int | None = None) -> list[str]:

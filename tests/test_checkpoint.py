@@ -1,5 +1,6 @@
 """``rnnjax.checkpoint``: saving a run, keeping its latest and best checkpoints, resuming bit for bit."""
 
+import logging
 import os
 import signal
 import time
@@ -137,6 +138,22 @@ def test_half_written_checkpoint_is_ignored(small_data, tmp_path, caplog):
     resumed = fit(with_epochs(SMALL, 2), small_data, tmp_path, devices=1)
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     assert not tmp_dir.exists() and "temporary directory" not in caplog.text     # orbax's warning, dropped
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty"])
+def test_a_step_s_missing_or_empty_orbax_metadata_is_not_logged_and_the_run_resumes_from_it(
+        damage, small_data, tmp_path, caplog):
+    """orbax logs "Metadata file does not exist" (a warning) or "Failed to json parse Metadata file" (an
+    error) for a step folder's ``_CHECKPOINT_METADATA``: its timestamps, which rnnjax does not need."""
+    fit(with_epochs(SMALL, 1), small_data, tmp_path, devices=1, log=None)
+    metadata = tmp_path / checkpoint.SUBDIR / "13" / "_CHECKPOINT_METADATA"
+    metadata.unlink() if damage == "missing" else metadata.write_text("")
+    said = []
+    with caplog.at_level(logging.INFO):
+        resumed = fit(with_epochs(SMALL, 2), small_data, tmp_path, devices=1, log=said.append)
+    assert said[0].startswith("resuming from step 13 (epoch 2 of 2, batch 0)")
+    assert [r["epoch"] for r in resumed.history] == [1, 2] and int(resumed.state.step) == 26
+    assert "Metadata file" not in caplog.text and "_CHECKPOINT_METADATA" not in caplog.text
 
 
 def test_config_mismatch_is_a_clear_error_and_nothing_is_touched(small_data, tmp_path):

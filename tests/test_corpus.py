@@ -261,3 +261,9 @@ def test_steps_per_epoch_sets_the_epoch(text_file, tmp_path):
     c = Corpus.from_config(text_file, config)
     result = fit(config, c, tmp_path, devices=1, log=None)
     assert int(result.state.step) == 6 and [r["step"] for r in result.history] == [3, 6]
+
+
+def test_load_refuses_a_config_that_is_not_one_in_one_sentence():
+    message = r"^config must be an rnnjax.Config \(Config.from_json reads one from JSON\), got a dict\.$"
+    with pytest.raises(TypeError, match=message):
+        corpus.load(TINY.to_json())

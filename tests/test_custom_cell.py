@@ -182,3 +182,36 @@ def test_a_cell_that_needs_other_arguments_says_to_register_a_partial(tmp_path, 
     assert not (tmp_path / "run").exists()
     monkeypatch.setitem(model_lib.CELLS, "ranked", functools.partial(RankedCell, rank=2))
     assert make_model(TINY.replace(cell="ranked"), 28).rnn.cell.rank == 2
+
+
+class CarryOnlyCell(DenseCell):
+    """Called with the input alone: not ``(carry, x)``."""
+
+    def __call__(self, x):
+        return x
+
+
+@pytest.mark.parametrize("registered, lacking", [
+    (nn.Dense, r"__call__\(carry, x\), initialize_carry\(rng, input_shape\), num_feature_axes"),
+    (CarryOnlyCell, r"__call__\(carry, x\)"),
+])
+def test_a_registered_module_that_is_not_a_cell_is_refused_naming_the_protocol(registered, lacking,
+                                                                               small_data, tmp_path,
+                                                                               monkeypatch, capsys):
+    """Not flax's AttributeError about initialize_carry from deep inside the first init."""
+    from experiments import timemachine
+    from rnnjax.config import ConfigError
+    monkeypatch.setitem(model_lib.CELLS, "x", registered)
+    message = (rf"^rnnjax.CELLS\['x'\] makes a {registered.__name__}, which is not a recurrent cell \(it "
+               rf"lacks {lacking}\): a cell is called as cell\(carry, x\) -> \(carry, y\) and has "
+               r"initialize_carry\(rng, input_shape\) and num_feature_axes, as flax's nn.RNNCellBase\.$")
+    with pytest.raises(ConfigError, match=message):
+        make_model(TINY.replace(cell="x"), 28)
+    with pytest.raises(ConfigError, match=message.removesuffix("$")):   # raised under eval_shape: JAX's note
+        fit(TINY.replace(cell="x", epochs=1), small_data, tmp_path / "lib", devices=1, log=None)
+    assert not (tmp_path / "lib").exists()
+    argv = ["--preset", "tiny", "--cell", "x", "--workdir", str(tmp_path / "run"), "--data", "unused"]
+    assert timemachine.main(argv) == 1                  # refused before any work: nothing read or written
+    err = capsys.readouterr().err
+    assert err.startswith("error: rnnjax.CELLS['x'] makes a") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -43,3 +43,15 @@ def test_orbax_s_tracebacks_are_dropped_and_other_logs_pass():
     assert not drop.filter(record("/site-packages/orbax/checkpoint/_src/futures/future.py", failure))
     assert drop.filter(record("/site-packages/orbax/checkpoint/checkpoint_manager.py", None))  # no traceback
     assert drop.filter(record("/site-packages/jax/_src/compiler.py", failure))                   # not orbax's
+
+
+def test_a_step_s_orbax_metadata_logs_are_dropped_under_the_directory_only():
+    def record(message, level=logging.WARNING):
+        return logging.LogRecord("absl", level, "/site-packages/orbax/checkpoint/_src/metadata/checkpoint.py",
+                                 1, message, None, None)
+    drop = orbax_logs.StepMetadata("/w/checkpoints")
+    assert not drop.filter(record("Metadata file does not exist: /w/checkpoints/13/_CHECKPOINT_METADATA"))
+    assert not drop.filter(record("Failed to json parse Metadata file: /w/checkpoints/13/_CHECKPOINT_METADATA"
+                                  ", file content: , error: Expecting value", logging.ERROR))
+    assert drop.filter(record("Metadata file does not exist: /elsewhere/13/_CHECKPOINT_METADATA"))  # others'
+    assert drop.filter(record("Saving checkpoint at step 13 to /w/checkpoints"))

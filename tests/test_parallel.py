@@ -298,6 +298,9 @@ def test_a_multi_host_run_that_never_starts_stops_with_one_line(tmp_path, main_j
     (("node0:²", 2, 0), "--coordinator must be HOST:PORT"), (("node 0:1234", 2, 0), "must be HOST:PORT"),
     (("a\x01b:1234", 2, 0), "must be HOST:PORT"), (("http://node0:1234", 2, 0), "must be HOST:PORT"),
     (("::1:1234", 2, 0), r"an IPv6 address goes in brackets, e.g. \[::1\]:1234, got '::1:1234'"),
+    (("localhost:99999", 2, 0),
+     r"^--coordinator's port must be from 1 to 65535, got 99999 \(in 'localhost:99999'\)\.$"),
+    (("localhost:0", 2, 0), r"^--coordinator's port must be from 1 to 65535, got 0 \(in 'localhost:0'\)\.$"),
     (("node0:1234", 0, 0), r"--num-processes must be from 1 to 65536, got 0"),
     (("node0:1234", 2 ** 31 - 1, 0), r"--num-processes must be from 1 .* got 2147483647\."),   # memory
     (("node0:1234", 2, 2), "--process-id must be from 0 to --num-processes - 1, got 2"),
@@ -314,6 +317,8 @@ def test_multi_host_settings_that_cannot_start_are_one_sentence(given, message):
 def test_multi_host_settings_that_can_start():
     check_distributed(None, None, None)
     check_distributed("10.0.0.1:1234", 2, 1)
+    check_distributed("localhost:65535", 2, 1)
+    check_distributed("[::1]:1", 2, 1)
     check_distributed(None, 2, None, auto=True)        # the cluster gives the rest
 
 

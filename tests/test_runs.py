@@ -180,13 +180,27 @@ def test_configs_may_come_from_a_generator(small_data, tmp_path):
     (TINY, {}, r"^configs must be a list of Config objects, not of type Config; for one run, use "
                r"rnnjax.train.fit or \[config\]\.$"),
     ([TINY, TINY.to_json()], {}, r"^configs must be a list of Config objects; one of them is of type dict"),
+    (TINY.to_json(), {}, r"^configs must be a list of Config objects, not of type dict"),
+    ("tiny", {}, r"^configs must be a list of Config objects, not of type str"),
     (CONFIGS[:2], {"checkpoint_every": 0}, "checkpoint_every must be a whole number of epochs, at least 1"),
     (CONFIGS[:2], {"keep": -1}, "keep must be a whole number of checkpoints, at least 1, got -1"),
-], ids=["one Config", "a dict among them", "checkpoint_every 0", "keep -1"])
+], ids=["one Config", "a dict among them", "a dict", "a str", "checkpoint_every 0", "keep -1"])
 def test_bad_arguments_are_refused_before_any_work(small_data, tmp_path, configs, kwargs, message):
     with pytest.raises(ValueError, match=message):
         runs.fit_runs(configs, small_data, tmp_path / "w", devices=1, log=None, **kwargs)
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("data, workdir, message", [
+    ("data", 5, r"^workdir must be a path \(str or os.PathLike\), got an int\.$"),
+    (None, "w", r"^data must be an rnnjax.data.WindowedText"),
+])
+def test_arguments_of_the_wrong_type_are_refused_before_any_work(small_data, tmp_path, monkeypatch, data,
+                                                                 workdir, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError, match=message):
+        runs.fit_runs(CONFIGS[:2], small_data if data == "data" else data, workdir, devices=1, log=None)
+    assert not os.listdir(tmp_path)
 
 
 def test_summary_of_the_last_epoch():

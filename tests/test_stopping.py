@@ -85,3 +85,23 @@ def test_stdout_that_fails_is_an_output_error_and_a_closed_pipe_stays_one(monkey
             with stopping.guarded_stdout():
                 print("epoch 1/3")
         assert isinstance(sys.stdout, Full)             # put back
+
+
+@pytest.mark.slow
+def test_a_jax_variable_that_jax_cannot_read_is_one_line_and_exit_1_before_any_work(tmp_path, fresh_env):
+    """JAX reads ``$JAX_NUM_CPU_DEVICES`` as it loads, and raises on ``abc`` there, before any of ours."""
+    args = ["--preset", "tiny", "--epochs", "1", "--workdir", str(tmp_path / "w")]
+    done = subprocess.run([sys.executable, "-m", "experiments.timemachine", *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=120, env=fresh_env(JAX_NUM_CPU_DEVICES="abc"))
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == ("error: $JAX_NUM_CPU_DEVICES must be a whole number, got 'abc' (JAX reads it as "
+                           "it loads).\n")
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_jax_variable_jax_cannot_read_is_named():
+    from experiments.stopping import unreadable_variable
+    assert unreadable_variable('Invalid value "1.5" for JAX flag jax_num_cpu_devices') == \
+        "$JAX_NUM_CPU_DEVICES must be a whole number, got '1.5' (JAX reads it as it loads)."
+    assert unreadable_variable("invalid truth value 'abc' for environment 'JAX_ENABLE_X64'") == \
+        "JAX cannot start with this environment: invalid truth value 'abc' for environment 'JAX_ENABLE_X64'."

@@ -1,4 +1,5 @@
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -277,3 +278,18 @@ def test_bidirectional_language_model_is_refused_before_anything_is_written(smal
                                          "reverse direction reads the characters it is asked to predict"):
         fit(SMALL.replace(cell="gru", bidirectional=True), small_data, tmp_path / "run", devices=1)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("config, data, workdir, message", [
+    (SMALL, "data", None, r"^workdir must be a path \(str or os.PathLike\), got None\.$"),
+    (SMALL.to_json(), "data", "w", r"^config must be an rnnjax.Config \(Config.from_json reads one from "),
+    (SMALL, None, "w", r"^data must be an rnnjax.data.WindowedText"),
+])
+def test_fit_refuses_arguments_of_the_wrong_type_before_any_work(config, data, workdir, message, small_data,
+                                                                 tmp_path, monkeypatch):
+    """``start.check_types``' sentences (test_start.py), first: before the params are checked against data."""
+    monkeypatch.chdir(tmp_path)
+    params = create_train_state(SMALL, len(small_data.vocab)).params
+    with pytest.raises(TypeError, match=message):
+        fit(config, small_data if data == "data" else data, workdir, devices=1, log=None, params=params)
+    assert not os.listdir(tmp_path)
