@@ -83,7 +83,7 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     run.add_argument("--distributed", action="store_true",
                      help="join a multi-host run whose settings JAX finds itself ($JAX_COORDINATOR_ADDRESS, "
                           "SLURM, Open MPI)")
-    run.add_argument("--join-timeout", type=float, metavar="SECONDS",
+    run.add_argument("--join-timeout", type=flags.real, metavar="SECONDS",
                      help="how long a multi-host run waits for all its processes to join (default "
                           f"{parallel.JOIN_TIMEOUT_S})")
     run.add_argument("--predict", metavar="PREFIX",
@@ -98,7 +98,7 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
                      help="with --predict on a workdir of several runs (--seeds, --lr/--clip lists): run K")
     run.add_argument("--sample", action="store_true",
                      help="with --predict: sample the characters (seeded by --seed) instead of the argmax")
-    run.add_argument("--temperature", type=float, metavar="T",
+    run.add_argument("--temperature", type=flags.real, metavar="T",
                      help="with --predict: sample, from the logits divided by T (default 1; d2l's q ~ "
                           "P^alpha: T = 1/alpha); implies --sample")
     run.add_argument("--top-k", type=int, metavar="K",

@@ -16,7 +16,7 @@ from rnnjax.config import PRESETS, SWEEPABLE, Config, ConfigError, disagreement,
 MAX_RUNS = 1000
 
 
-def _parsed(kind: type, text: str) -> Any:
+def parsed(kind: type, text: str) -> Any:
     """``kind(text)``; a number a float cannot hold (``1e-400`` is 0.0, ``1e400`` inf) refused, naming
     what was typed: a range check of the rounded value would say "got 0"."""
     value = kind(text)
@@ -27,11 +27,19 @@ def _parsed(kind: type, text: str) -> Any:
     return value
 
 
+def real(text: str) -> float:
+    """An argparse type for a float flag outside ``Config`` (``parsed``: what was typed, if it rounds)."""
+    return parsed(float, text)
+
+
+real.__name__ = "float"
+
+
 def _values(kind: type):
     """An argparse type: ``"0.5,1,2"`` -> ``(0.5, 1.0, 2.0)``."""
     def parse(text: str) -> tuple:
         try:
-            values = tuple(_parsed(kind, v) for v in text.split(","))
+            values = tuple(parsed(kind, v) for v in text.split(","))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}s")
         twice = next((v for k, v in enumerate(values) if v in values[:k]), None)
@@ -50,7 +58,7 @@ def _single(kind: type, name: str):
                 f"{flag(name)} takes one value: runs trained in one program share their shapes "
                 f"(only {', '.join(flag(k) for k in SWEEPABLE)} take lists); train the others in "
                 "separate workdirs")
-        return _parsed(kind, text)
+        return parsed(kind, text)
     parse.__name__ = kind.__name__
     return parse
 

@@ -44,3 +44,12 @@ def test_a_flag_s_prefix_or_a_flag_given_twice_is_an_error_not_a_guess(argv, sai
 def test_perplexities_read_to_two_decimals_and_a_diverging_runs_in_three_digits():
     assert [cli.ppl(x) for x in (7.2349, 28.0, 999999.0, 1.5e6, 3.4e38, math.inf)] == [
         "7.23", "28.00", "999999.00", "1.5e+06", "3.4e+38", "inf"]
+
+
+@pytest.mark.parametrize("flag", ["--temperature", "--join-timeout"])
+def test_a_float_flag_that_rounds_to_0_or_inf_names_what_was_typed(flag, capsys):
+    """``--temperature 1e-400`` was refused as "got 0", a value no one typed."""
+    for typed, rounded in (("1e-400", "0"), ("1e400", "inf")):
+        with pytest.raises(SystemExit):
+            cli.parse_args([flag, typed])
+        assert f"argument {flag}: '{typed}' rounds to {rounded} as a float" in capsys.readouterr().err
