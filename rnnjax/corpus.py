@@ -275,6 +275,8 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
     """The data ``config`` trains on: the file ``text`` (``Corpus``), else The Time Machine (``data``,
     SHA-1 checked): d2l's ``TimeMachine`` for d2l's tokens and split, a ``Corpus`` of it for others."""
     check_is_config(config)
+    if text is not None and data is not None:
+        raise ValueError("load takes text (your own file) or data (the Time Machine's), not both.")
     try:
         if text is not None:
             return Corpus.from_config(text, config)
