@@ -267,6 +267,6 @@ def test_load_refuses_a_config_that_is_not_one_in_one_sentence():
     message = r"^config must be an rnnjax.Config \(Config.from_json reads one from JSON\), got a dict\.$"
     with pytest.raises(TypeError, match=message):
         corpus.load(TINY.to_json())
-    with pytest.raises(ValueError, match=r"^load takes text \(your own file\) or data \(the Time Machine's\), "
-                                         r"not both\.$"):           # the command line refuses the pair too
+    both = r"^load takes text \(your own file\) or data \(the Time Machine's\), not both\.$"
+    with pytest.raises(ValueError, match=both):           # the command line refuses the pair too
         corpus.load(TINY, text="book.txt", data="timemachine.txt")
