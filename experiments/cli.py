@@ -67,7 +67,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
                    help="run folder: metrics, plot, checkpoints (default runs/<preset>, or "
                         "runs/<preset>-<hash> if flags change the preset's settings: the same command "
                         "resumes). One that holds a run resumes it with its settings, read from it: "
-                        "--workdir W --epochs 200 is enough (other flags given must agree with them)")
+                        "--workdir W --epochs 200 is enough (other flags given must agree with them, "
+                        "unless it holds no checkpoint yet: then they start it anew)")
     flags.add_flags(p, preset)
     p.set_defaults(preset=None)           # to tell whether it was given: if not, a workdir's settings rule
     run = p.add_argument_group("checkpoints, devices, generation")

@@ -21,8 +21,7 @@ from rnnjax import checkpoint, config as config_lib, corpus, flags, runs
 from rnnjax.stored import saved_runs
 
 # What a run says as it starts anew in a workdir whose earlier run left its config.json and no checkpoint.
-ANEW = ("{} holds no checkpoint of its earlier run (its config.json's settings): starting anew with the "
-        "flags' settings")
+ANEW = "{} holds no checkpoint of its earlier run: starting anew with {}"
 
 
 def default_workdir(preset: str, configs: list[config_lib.Config], text: str | None = None) -> Path:
@@ -49,7 +48,7 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
     run left no checkpoint has nothing to resume: flags (or a ``--preset``) that ask for other settings
     start a new run there (``args.anew`` says so). ``ValueError`` in one sentence; reads nothing but the
     workdir's ``config.json`` (or its newest checkpoint's meta) and its checkpoints' steps."""
-    saved, args.anew = None, None
+    saved, args.anew, base = None, None, None
     if args.workdir is not None and not args.preset_given:
         saved = saved_runs(args.workdir)
     if saved is not None and _no_checkpoint(args.workdir):
@@ -58,9 +57,13 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
         except ValueError:             # other settings than the flags': nothing trained is left behind
             if args.text is None and "text_sha1" in saved[1]:     # no flag asked for another text: its own
                 raise
-            args.anew = ANEW.format(args.workdir)
+            if (args.text is not None) == ("text_sha1" in saved[1]):      # the same kind of text
+                base, said = saved[0][0], "its settings changed by the flags"
+            else:
+                said = f"--preset {args.preset}'s settings changed by the flags"
+            args.anew = ANEW.format(args.workdir, said)
     if saved is None or args.anew:
-        if args.text is not None:      # the preset, changed by these, then by the flags given
+        if args.text is not None and base is None:     # the preset, changed by these, then by the flags
             if args.val_fraction == 0 and args.num_train is None:
                 raise ValueError("--val-fraction 0 splits --text as d2l does (the first --num-train windows "
                                  "train, the next --num-val validate), and --text's default --num-train 0 "
@@ -69,7 +72,7 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
             for name, value in corpus.TEXT_DEFAULTS.items():
                 if getattr(args, name) is None:
                     setattr(args, name, value)
-        configs = flags.sweep_from_flags(args)
+        configs = flags.sweep_from_flags(args, base)
         runs.check_runs(configs)
         together = len(configs) > 1
         if args.workdir is not None and args.preset_given:
@@ -107,14 +110,15 @@ def _check_preset_fits(args: argparse.Namespace, configs: list[config_lib.Config
     no checkpoint of that run, ``args.anew`` says the flags' settings start anew. Whether the runs of
     ``configs`` were trained together there (``rnnjax.fit_runs``, of one config too)."""
     saved = saved_runs(args.workdir)
+    anew = ANEW.format(args.workdir, f"--preset {args.preset}'s settings changed by the flags")
     if saved is None or len(saved[0]) != len(configs):      # runs against a run: the start says so
         if saved is not None and _no_checkpoint(args.workdir):
-            args.anew = ANEW.format(args.workdir)
+            args.anew = anew
         return False
     have = saved[0]
     names = dict.fromkeys(n for c, s in zip(configs, have) for n in s.differences(c))
     if names and _no_checkpoint(args.workdir):
-        args.anew = ANEW.format(args.workdir)
+        args.anew = anew
     elif names:
         differ = [config_lib.disagreement(n, list(dict.fromkeys(getattr(c, n) for c in configs)),
                                           list(dict.fromkeys(getattr(s, n) for s in have))) for n in names]

@@ -90,8 +90,9 @@ def given(args: argparse.Namespace) -> dict[str, Any]:
             if getattr(args, f.name, None) is not None}
 
 
-def sweep_from_flags(args: argparse.Namespace) -> list[Config]:
-    """The preset changed by the flags given: one ``Config`` per combination of the listed values."""
+def sweep_from_flags(args: argparse.Namespace, base: Config | None = None) -> list[Config]:
+    """The preset (or ``base``) changed by the flags given: one ``Config`` per combination of the listed
+    values."""
     fixed = {k: v for k, v in given(args).items() if k not in SWEEPABLE}
     axes = [[(k, v) for v in getattr(args, k)] for k in SWEEPABLE
             if getattr(args, k, None) is not None]
@@ -99,7 +100,7 @@ def sweep_from_flags(args: argparse.Namespace) -> list[Config]:
     if count > MAX_RUNS:              # counted before any is made: 1000 values each of three is 10^9
         raise ConfigError(f"The flags list {count} runs ({' x '.join(str(len(a)) for a in axes)}); one "
                           f"program trains at most {MAX_RUNS}: split the lists over several workdirs.")
-    base = PRESETS[args.preset].replace(**fixed)
+    base = (base or PRESETS[args.preset]).replace(**fixed)
     return [base.replace(**dict(combo)) for combo in itertools.product(*axes)]
 
 

@@ -13,6 +13,7 @@ from rnnjax.workdir import write_atomically
 
 FILENAME = "metrics.jsonl"
 PLOT = "ppl.png"
+CONFIG = "config.json"       # written by rnnjax.checkpoint.write_config: moved aside with the records
 # What a record needs beside its epoch (what the plot, the summary and the progress lines read).
 NEEDED = ("train_ppl", "val_ppl")
 
@@ -159,14 +160,15 @@ def _number_or_null(x) -> bool:
 
 
 def aside(workdir: Path, records: bool = True) -> tuple[tuple[Path, Path], ...]:
-    """Where a new run moves an earlier run's records (if ``records``) and plot, those there, as (from, to)
-    pairs: ``metrics.N.jsonl`` and ``ppl.N.png`` for the first N free for both."""
+    """Where a new run moves an earlier run's records with their settings (if ``records``) and plot, those
+    there, as (from, to) pairs: ``metrics.N.jsonl``, ``config.N.json`` and ``ppl.N.png`` for the first N
+    free for all."""
     def numbered(name: str, n: int) -> Path:
         return workdir / Path(name).with_suffix(f".{n}{Path(name).suffix}")
+    names = (FILENAME, CONFIG, PLOT) if records else (PLOT,)
     n = 1
-    while numbered(FILENAME, n).exists() or numbered(PLOT, n).exists():
+    while any(numbered(name, n).exists() for name in (FILENAME, CONFIG, PLOT)):
         n += 1
-    names = (FILENAME, PLOT) if records else (PLOT,)
     return tuple((workdir / name, numbered(name, n)) for name in names if (workdir / name).exists())
 
 

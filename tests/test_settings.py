@@ -97,14 +97,15 @@ def test_a_workdir_with_no_checkpoint_of_its_run_starts_anew_with_the_flags(tmp_
     train anew there, saying so; flags that agree go on with its settings."""
     w = saved(tmp_path / "w", [TINY.replace(lr=2.0)], checkpointed=False)
     (Path(w) / checkpoint.SUBDIR).mkdir()            # made as the run started, empty
-    args = cli.parse_args(["--workdir", w, "--num-hiddens", "64"])
-    assert settings(args) == ([Config(num_hiddens=64)], Path(w), False)
-    assert args.anew == (f"{w} holds no checkpoint of its earlier run (its config.json's settings): starting "
-                         "anew with the flags' settings") and args.settings_from is None
+    args = cli.parse_args(["--workdir", w, "--num-hiddens", "64"])          # its settings, changed by them
+    assert settings(args) == ([TINY.replace(lr=2.0, num_hiddens=64)], Path(w), False)
+    assert args.anew == (f"{w} holds no checkpoint of its earlier run: starting anew with its settings "
+                         "changed by the flags") and args.settings_from is None
     args = cli.parse_args(["--workdir", w, "--preset", "tiny", "--seeds", "0,1"])
     assert settings(args) == ([TINY.replace(seed=0), TINY.replace(seed=1)], Path(w), True) and args.anew
     args = cli.parse_args(["--workdir", w, "--preset", "d2l"])
-    assert settings(args)[0] == [Config()] and args.anew
+    assert settings(args)[0] == [Config()] and args.anew.endswith("with --preset d2l's settings changed by "
+                                                                  "the flags")
     args = cli.parse_args(["--workdir", w, "--lr", "2", "--epochs", "7"])       # its own settings
     assert settings(args)[0] == [TINY.replace(lr=2.0, epochs=7)] and args.anew is None
     assert args.settings_from == "its config.json"
@@ -250,11 +251,13 @@ def test_the_cli_starts_anew_in_a_workdir_killed_before_its_first_checkpoint(mak
     capsys.readouterr()
     assert timemachine.main([*args, "--num-hiddens", "8"]) == 0
     said, started = capsys.readouterr().out.splitlines()[:2]
-    assert said == (f"{w} holds no checkpoint of its earlier run (its config.json's settings): starting anew "
-                    "with the flags' settings")
+    assert said == (f"{w} holds no checkpoint of its earlier run: starting anew with --preset tiny's "
+                    "settings changed by the flags")
     assert started.startswith("new run of 1 epoch") and started.endswith(
-        f"moving metrics.jsonl to {w / 'metrics.1.jsonl'} and ppl.png to {w / 'ppl.1.png'}")
+        f"moving metrics.jsonl to {w / 'metrics.1.jsonl'} and config.json to {w / 'config.1.json'} and "
+        f"ppl.png to {w / 'ppl.1.png'}")
     assert (w / "metrics.1.jsonl").read_text() == earlier
+    assert json.loads((w / "config.1.json").read_text())["config"]["num_hiddens"] == 16      # its settings
     assert checkpoint.restore(w).config.num_hiddens == 8
 
 

@@ -1,5 +1,6 @@
 import dataclasses
 import errno
+import json
 import os
 
 import jax
@@ -69,17 +70,20 @@ def test_a_new_run_moves_an_earlier_run_s_records_aside_and_says_so(small_data, 
     shutil.rmtree(tmp_path / "checkpoints")
     said = []
     fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=said.append)
-    assert said[0].endswith(f"; {tmp_path} holds what an earlier run wrote, with no checkpoint to resume "
-                            f"from: moving metrics.jsonl to {tmp_path / 'metrics.1.jsonl'} and ppl.png to "
-                            f"{tmp_path / 'ppl.1.png'}")
+    t = tmp_path
+    assert said[0].endswith(f"; {t} holds what an earlier run wrote, with no checkpoint to resume from: "
+                            f"moving metrics.jsonl to {t / 'metrics.1.jsonl'} and config.json to "
+                            f"{t / 'config.1.json'} and ppl.png to {t / 'ppl.1.png'}")
     assert (tmp_path / "metrics.1.jsonl").read_text() == earlier
+    assert json.loads((tmp_path / "config.1.json").read_text())["config"]["epochs"] == 2      # its settings
     assert (tmp_path / "ppl.1.png").read_bytes() == b"its plot" and not (tmp_path / metrics.PLOT).exists()
     assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / metrics.FILENAME).read()] == [1]
     shutil.rmtree(tmp_path / "checkpoints")
     (tmp_path / "ppl.2.png").write_bytes(b"the user's")      # N is free for both files
     said.clear()
     fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=said.append)
-    assert said[0].endswith("moving metrics.jsonl to " + str(tmp_path / "metrics.3.jsonl"))   # no plot
+    assert said[0].endswith(f"moving metrics.jsonl to {tmp_path / 'metrics.3.jsonl'} and config.json to "
+                            f"{tmp_path / 'config.3.json'}")         # no plot
     assert (tmp_path / "metrics.1.jsonl").read_text() == earlier
     assert not (tmp_path / "metrics.2.jsonl").exists()
     assert (tmp_path / "ppl.2.png").read_bytes() == b"the user's"
