@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -28,8 +28,8 @@ from rnnjax.config import whole
 from rnnjax.model import RNNLM
 from rnnjax.vocab import Vocab
 
-# Characters one call generates at most: every one is kept (B x (L + num_preds) int32, num_preds up to
-# a power of two) and scanned over.
+# Characters one call generates at most: every one is kept (B x (L + padded(num_preds)) int32) and
+# scanned over.
 MAX_PREDS = 10_000_000
 MAX_TEMPERATURE = float(np.finfo(np.float32).max)       # logits are float32: above it, inf
 
@@ -124,6 +124,24 @@ def _check_key(key: Any) -> None:
                      f"{given}.")
 
 
+def padded(num_preds: int) -> int:
+    """The steps generated for ``num_preds`` (then cut: step i's token does not depend on later ones): up to
+    a power of two, one compile per doubling, or above 1024 to a multiple of 1024, a small share of them."""
+    return min(1 << max(num_preds - 1, 0).bit_length(), -(-num_preds // 1024) * 1024)
+
+
+def _decoders(model: RNNLM) -> tuple[Callable, Callable]:
+    """``greedy`` and ``sample`` for ``model``: compiled once per model, which jit hashes by its fields; for
+    one that cannot be hashed (a cell of one's own with a list field), compiled around it."""
+    try:
+        hash(model)
+    except TypeError:
+        return (jax.jit(functools.partial(greedy.__wrapped__, model), static_argnames=("num_preds",)),
+                jax.jit(functools.partial(sample.__wrapped__, model),
+                        static_argnames=("num_preds", "top_k", "banned")))
+    return functools.partial(greedy, model), functools.partial(sample, model)
+
+
 def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], num_preds: int, *,
                   temperature: float | None = None, top_k: int | None = None, key: jax.Array | None = None
                   ) -> list[str]:
@@ -158,14 +176,14 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
     prefix = np.zeros((len(ids), max(L, 1)), np.int32)
     for row, i in zip(prefix, ids):
         row[: len(i)] = i
-    # Generated up to a power of two, one compile per doubling: step i's token does not depend on the rest.
-    steps = 1 << max(num_preds - 1, 0).bit_length()
+    steps = padded(num_preds)
+    decode_greedy, decode_sample = _decoders(model)
     if temperature is None and top_k is None and key is None:
-        tokens = greedy(model, params, prefix, lengths, steps)
+        tokens = decode_greedy(params, prefix, lengths, steps)
     else:
         key = jax.random.PRNGKey(0) if key is None else key
         temperature = 1.0 if temperature is None else temperature
-        tokens = sample(model, params, prefix, lengths, steps, key, temperature, top_k or 0, (vocab.unk,))
+        tokens = decode_sample(params, prefix, lengths, steps, key, temperature, top_k or 0, (vocab.unk,))
     tokens = np.asarray(tokens)
     return [vocab.decode(row[: n + num_preds]) for row, n in zip(tokens, lengths)]
 

@@ -115,10 +115,21 @@ def _init(model: RNNLM, num_steps: int) -> Callable:
     return lambda seed: model.init(jax.random.key(seed), jnp.zeros((1, num_steps), jnp.int32))["params"]
 
 
-@functools.lru_cache(maxsize=16)
 def _compiled_init(model: RNNLM, num_steps: int) -> CompiledPerShape:
-    """``_init`` compiled once per model (a model compares by its fields): not again for each seed."""
+    """``_init`` compiled once per model (a model compares by its fields), not again for each seed; for
+    each call where the model cannot be hashed (a cell of one's own with a list field)."""
+    try:
+        hash(model)
+    except TypeError:
+        return _compile_init(model, num_steps)
+    return _cached_init(model, num_steps)
+
+
+def _compile_init(model: RNNLM, num_steps: int) -> CompiledPerShape:
     return CompiledPerShape(jax.jit(_init(model, num_steps)), init_compiler_options())
+
+
+_cached_init = functools.lru_cache(maxsize=16)(_compile_init)
 
 
 def create_train_state(config: Config, vocab_size: int, params: Any = None) -> TrainState:

@@ -4,6 +4,8 @@ The cell protocol is all they need. Only rnnjax's cells declare ``accepts_one_ho
 every other cell gets float one-hot vectors, as it would from ``nn.RNN``.
 """
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -42,7 +44,19 @@ class LeakyCell(nn.RNNCellBase):
         return 1
 
 
-FOREIGN = {"flax_gru": nn.GRUCell, "flax_mgu": nn.MGUCell, "flax_simple": nn.SimpleCell, "dense": DenseCell}
+class ListedCell(DenseCell):
+    """A cell with a field flax cannot hash (a list): jit takes models as static arguments, hashed."""
+    scales: list = dataclasses.field(default_factory=lambda: [0.5, 2.0])
+
+    @nn.compact
+    def __call__(self, h, x):
+        scale_x, scale_h = self.scales
+        h = jnp.tanh(nn.Dense(self.features)(x) * scale_x + nn.Dense(self.features)(h) * scale_h)
+        return h, h
+
+
+FOREIGN = {"flax_gru": nn.GRUCell, "flax_mgu": nn.MGUCell, "flax_simple": nn.SimpleCell, "dense": DenseCell,
+           "listed": ListedCell}
 
 
 def test_rnn_scans_the_cell_as_a_python_loop_does():
@@ -102,7 +116,8 @@ def test_a_foreign_cell_in_the_model_is_flax_s_nn_rnn_over_one_hot_vectors(name)
     assert out["kernel"].shape == (4, V) and float(jnp.abs(out["kernel"]).max()) <= bound
 
 
-SLOW_FOREIGN = [pytest.param(n, marks=pytest.mark.slow) for n in ("flax_gru", "flax_mgu", "flax_simple")]
+SLOW_FOREIGN = [pytest.param(n, marks=pytest.mark.slow) for n in ("flax_gru", "flax_mgu", "flax_simple",
+                                                                  "listed")]
 
 
 @pytest.mark.parametrize("name", ["dense", *SLOW_FOREIGN])

@@ -46,6 +46,13 @@ def test_lengths_up_to_a_power_of_two_share_one_compile_and_a_shorter_run_is_a_p
     assert (greedy._cache_size(), sample._cache_size()) == compiled
 
 
+def test_the_steps_generated_are_a_power_of_two_up_to_1024_then_at_most_1023_more():
+    from rnnjax.generate import MAX_PREDS, padded
+    assert {padded(n) for n in range(1, 1025)} == {2 ** k for k in range(11)}
+    for n in (0, 1, 20, 1024, 1025, 5000, 2 ** 20 + 1, MAX_PREDS):
+        assert n <= padded(n) <= max(n + 1023, 2 * n - 1) and (n <= 1024 or padded(n) % 1024 == 0)
+
+
 def test_batched_prefixes_of_different_lengths(model_params):
     model, params = model_params
     prefixes = ["it has", "a", "the time machine", "q"]

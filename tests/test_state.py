@@ -32,7 +32,7 @@ def test_create_train_state_compiles_one_program_once_for_every_seed():
         if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
             compiles.append(duration)
     jax.clear_caches()
-    state._compiled_init.cache_clear()
+    state._cached_init.cache_clear()
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         for seed in (17, 18, 2 ** 32 - 1):
@@ -137,3 +137,34 @@ def test_one_optimizer_factory_keeps_each_kind_of_state_checkpoints_hold():
     assert jax.tree.structure(abstract_train_state(config, 28).opt_state) == single
     assert jax.tree.structure(state.create_run_states(configs, 28).opt_state) == runs
     assert jax.tree.structure(state.abstract_run_states(configs, 28).opt_state) == runs
+
+
+def test_a_cell_with_a_field_that_cannot_be_hashed_initializes(monkeypatch):
+    """The compiled init is cached by model, which flax hashes by its fields: a list field failed."""
+    import functools
+
+    import flax.linen as nn
+
+    from rnnjax import model as model_lib
+
+    class Scaled(nn.RNNCellBase):
+        features: int
+        scales: list
+
+        @nn.compact
+        def __call__(self, h, x):
+            h = jnp.tanh(nn.Dense(self.features)(x) * self.scales[0] + h)
+            return h, h
+
+        @nn.nowrap
+        def initialize_carry(self, rng, input_shape):
+            return jnp.zeros((*input_shape[:-1], self.features))
+
+        @property
+        def num_feature_axes(self):
+            return 1
+    monkeypatch.setitem(model_lib.CELLS, "scaled", functools.partial(Scaled, scales=[1.0, 2.0]))
+    config = TINY.replace(cell="scaled")
+    a, b = create_train_state(config, 28), create_train_state(config, 28)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(x, y)
