@@ -23,8 +23,8 @@ from rnnjax import orbax_logs, workdir as workdir_lib
 from rnnjax.config import Config, whole
 from rnnjax.generate import predict, predict_batch
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model
-from rnnjax.stored import (SUBDIR, CheckpointError, DamagedCheckpoint, best_step, check_fits, read_meta,
-                           reason, steps)
+from rnnjax.stored import (SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, read_meta, reason, steps,
+                           val_ppls)
 from rnnjax.vocab import Vocab
 
 
@@ -84,7 +84,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     The best is the best of the checkpoints kept (saved every ``checkpoint_every`` epochs and at the
     end; of runs, the kept best is the mean's), not of every epoch. A damaged
     checkpoint raises ``DamagedCheckpoint``; with ``fallback`` the newest good one older than it is
-    taken instead (``CheckpointError`` naming each, if none is good)."""
+    taken instead, or for the ``best`` the next best (``CheckpointError`` naming each, if none is good)."""
     if not isinstance(workdir, (str, os.PathLike)):
         raise TypeError(f"restore takes the workdir as a path (str or os.PathLike), got {workdir!r}.")
     for name, value in (("best", best), ("fallback", fallback)):
@@ -100,9 +100,8 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")
     asked, run = _whole(step), _whole(run, "run")
     for _ in range(10):       # a run writing the workdir removes old checkpoints: one may go as it is read
-        step, saved = _pick(workdir, asked, best, run, fallback)
         try:
-            return _newest_good(workdir, step, saved, run, fallback)
+            return _first_good(workdir, _candidates(workdir, asked, best, run, fallback), run, fallback, best)
         except _Removed as e:
             if e.args[0] == asked:
                 raise CheckpointError(f"The checkpoint at step {asked} in {workdir} was removed as it was "
@@ -116,31 +115,35 @@ class _Removed(Exception):
     """The checkpoint at step ``args[0]`` was removed as it was read: not damage; pick again."""
 
 
-def _pick(workdir: Path, step: int | None, best: bool, run: int | None, fallback: bool
-          ) -> tuple[int, list[int]]:
-    """The step ``restore`` reads first (``step``, the ``best``, else the latest), and the steps saved. The
-    best is that of the checkpoints whose meta can be read: without ``fallback``, one that cannot (it may
-    have been the best) is a ``DamagedCheckpoint``."""
+def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fallback: bool) -> list[int]:
+    """The steps ``restore`` reads, in turn while damaged (with ``fallback``): ``step`` (else the latest)
+    and those before it, newest first; or the ``best`` and the others with a validation perplexity, lowest
+    first. The best is that of the checkpoints whose meta can be read: without ``fallback``, one that
+    cannot (it may have been the best) is a ``DamagedCheckpoint``."""
     saved = sorted(steps(workdir))
     if not saved:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
     if best:
-        if not fallback:
-            for s in saved:
+        for s in saved if not fallback else ():
+            try:
                 read_meta(workdir, s)
-        step = best_step(workdir, run)
-        if step is None:
+            except DamagedCheckpoint:
+                if workdir_lib.removing(workdir, s):
+                    raise _Removed(s) from None
+                raise
+        ranked = sorted((p, s) for s, p in val_ppls(workdir, run).items())
+        if not ranked:
             raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity.")
-    elif step is None:
-        step = max(saved)
-    elif step not in saved:
+        return [s for _, s in ranked]
+    if step is not None and step not in saved:
         raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {saved}.")
-    return step, saved
+    return sorted((s for s in saved if step is None or s <= step), reverse=True)
 
 
-def _newest_good(workdir: Path, step: int, saved: list[int], run: int | None, fallback: bool) -> Restored:
-    """``step``'s checkpoint, or with ``fallback`` the newest good one before it if it is damaged."""
-    candidates, damaged = sorted((s for s in saved if s <= step), reverse=True), []
+def _first_good(workdir: Path, candidates: list[int], run: int | None, fallback: bool, best: bool
+                ) -> Restored:
+    """The first of ``candidates`` that restores; with ``fallback``, past those that are damaged."""
+    damaged = []
     for candidate in candidates:
         try:
             return _restore_for_inference(workdir, candidate, run)
@@ -150,8 +153,9 @@ def _newest_good(workdir: Path, step: int, saved: list[int], run: int | None, fa
             if not fallback or len(candidates) == 1:
                 raise
             damaged.append(e)
-    upto = "" if step == max(saved) else f" up to step {step}"
-    raise CheckpointError(f"Every checkpoint in {workdir / SUBDIR}{upto} is damaged (steps "
+    which = (" with a validation perplexity" if best
+             else "" if candidates[0] == max(steps(workdir)) else f" up to step {candidates[0]}")
+    raise CheckpointError(f"Every checkpoint in {workdir / SUBDIR}{which} is damaged (steps "
                           f"{', '.join(str(e.step) for e in damaged)}; step {damaged[0].step}: "
                           f"{damaged[0].reason}).")
 

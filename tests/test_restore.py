@@ -162,3 +162,36 @@ def test_one_run_trained_together_restores_without_choosing_it(small_data, tmp_p
         assert_trees_equal(restored.params, jax.tree.map(lambda x: x[0], together.state.params))
     with pytest.raises(CheckpointError, match=r"holds 1 run trained together; .* K from 0 to 0, not 1"):
         checkpoint.restore(tmp_path, run=1)
+
+
+def test_past_a_damaged_best_the_fallback_takes_the_next_best_not_the_newest_before_it(small_data, tmp_path,
+                                                                                       monkeypatch):
+    """--predict --best said "the best of those that can be read" and took the newest good step before it."""
+    from rnnjax import restore as restore_lib
+    fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, checkpoint_every=1, keep=3, log=None)
+    monkeypatch.setattr(restore_lib, "val_ppls", lambda workdir, run=None: {13: 3.0, 26: 1.0, 39: 2.0})
+    state = tmp_path / checkpoint.SUBDIR / "26" / "state"
+    largest = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    largest.write_bytes(bytes(largest.stat().st_size))
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="step 26 "):
+        checkpoint.restore(tmp_path, best=True)
+    assert checkpoint.restore(tmp_path, best=True, fallback=True).step == 39
+    assert checkpoint.restore(tmp_path, step=26, fallback=True).step == 13          # the newest before it
+
+
+def test_a_checkpoint_removed_as_the_best_is_sought_is_not_damage(small_data, tmp_path, monkeypatch):
+    """Every meta is read to find the best: one the run writing there removes meanwhile was damage."""
+    import shutil
+
+    from rnnjax import restore as restore_lib, workdir as workdir_lib
+    fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, keep=3, log=None)
+    read = restore_lib.read_meta
+
+    def removed_as_read(workdir, step):
+        if step == 13 and (tmp_path / checkpoint.SUBDIR / "13").exists():
+            shutil.rmtree(tmp_path / checkpoint.SUBDIR / "13")
+            raise checkpoint.DamagedCheckpoint(step, tmp_path / checkpoint.SUBDIR, "cannot be read")
+        return read(workdir, step)
+    monkeypatch.setattr(restore_lib, "read_meta", removed_as_read)
+    with workdir_lib.lock(tmp_path):                    # as the run removing it holds it
+        assert checkpoint.restore(tmp_path, best=True).step == 26
