@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
-from rnnjax.stored import SUBDIR, config_settings, steps
+from rnnjax.stored import SUBDIR, UnknownCell, config_settings, steps
 
 LOCKFILE = ".lock"
 # Orbax reads a path as a glob pattern: "[0]" matches no folder (its saves cannot be restored), "**" is
@@ -72,10 +72,18 @@ def check_path(workdir: Path) -> None:
                            "a Google Cloud Storage URL (gs://), and its saves fail; rnnjax writes a local "
                            "--workdir: choose one without it.")
     for folder in workdir.absolute().parents:      # a checkpoint the run deletes (keeping its latest)
-        if folder.name == SUBDIR and (folder.parent / "config.json").is_file():
+        if folder.name == SUBDIR and _holds_a_run(folder.parent):
             raise WorkdirError(f"The workdir {path} is inside {folder}, the checkpoints of the run in "
                                f"{folder.parent}, which it deletes as it saves newer ones; choose a "
                                "--workdir outside it.")
+
+
+def _holds_a_run(folder: Path) -> bool:
+    """Whether ``folder``'s ``config.json`` is a run's (of a cell registered here or not)."""
+    try:
+        return config_settings(folder) is not None
+    except UnknownCell:
+        return True
 
 
 def check_writable(workdir: Path) -> None:

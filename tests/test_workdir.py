@@ -76,6 +76,9 @@ def test_a_folder_orbax_takes_for_a_url_or_inside_a_run_s_checkpoints_is_refused
             workdir.check_writable(tmp_path / typed)
     for fine in ("s3://bucket/run", "gs:x/run", "GS:/run", "checkpoints/run"):      # orbax saves there
         workdir.check_writable(tmp_path / fine)
+    (tmp_path / "proj" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "proj" / "config.json").write_text("{}")              # another tool's: not a run
+    workdir.check_writable(tmp_path / "proj" / "checkpoints" / "x")
     checkpoint.write_config(tmp_path / "run", TINY, Vocab(list("ab ")))
     with pytest.raises(workdir.WorkdirError, match=r"is inside .*run/checkpoints, the checkpoints of the run "
                                                    r"in .*run, which it deletes as it saves newer ones"):
