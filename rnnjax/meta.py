@@ -221,12 +221,14 @@ def problem(meta: Any, step: int) -> str | None:
 def computed_by(meta: dict) -> dict:
     """How the run of a checkpoint's (well-formed) ``meta`` computed, as ``HOW``'s keys, ``None`` for what it
     does not say: older metas lack the kernel (then the one its config forced, unknown for ``auto``), the
-    platform, the effective matmul precision (its config's)."""
+    platform and the effective matmul precision (the one its config set; its "default" was the backend's,
+    or the environment's)."""
     config = Config.from_json(meta["config"])
-    forced = None if config.kernel == "auto" else config.kernel
-    return {"kernel": meta.get("kernel", forced), "platform": meta.get("platform"),
+    forced = {k: None if getattr(config, k) in ("auto", "default") else getattr(config, k)
+              for k in ("kernel", "matmul_precision")}
+    return {"kernel": meta.get("kernel", forced["kernel"]), "platform": meta.get("platform"),
             "num_devices": meta.get("num_devices"),
-            "matmul_precision": meta.get("matmul_precision", config.matmul_precision)}
+            "matmul_precision": meta.get("matmul_precision", forced["matmul_precision"])}
 
 
 def changed(before: dict, now: dict, step: int) -> str:
@@ -242,7 +244,7 @@ def changed(before: dict, now: dict, step: int) -> str:
         was.append(f"on {' '.join(said)} device(s)")
         goes.append(f"on {now['num_devices']} {now['platform'].upper()} device(s)")
     # A CPU's float32 matmuls are float32 at every precision (rnnjax.precision.describe).
-    if before["matmul_precision"] != now["matmul_precision"] and now["platform"] != "cpu":
+    if before["matmul_precision"] not in (None, now["matmul_precision"]) and now["platform"] != "cpu":
         was.append(f"at {before['matmul_precision']} matmul precision")
         goes.append(f"at {now['matmul_precision']}")
     if not was:

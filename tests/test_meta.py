@@ -130,16 +130,15 @@ def test_how_a_run_computed_is_what_its_meta_says_older_ones_saying_less():
     new = meta.seal({**sealed(), **now})
     assert meta.computed_by(new) == now and meta.problem(new, 2 * PER_EPOCH) is None
     old = sealed(fmt=2)                  # before the meta kept the kernel: auto's pick is unknown
-    assert meta.computed_by(old) == {"kernel": None, "platform": None, "num_devices": 1,
-                                     "matmul_precision": "default"}
+    assert meta.computed_by(old) == {"kernel": None, "platform": None, "num_devices": 1,       # "default":
+                                     "matmul_precision": None}      # the backend's, or the environment's
     forced = meta.seal({**old, "config": TINY.replace(kernel="plain", matmul_precision="high").to_json()})
     assert meta.computed_by(forced)["kernel"] == "plain"
     assert meta.changed(meta.computed_by(forced), now, 26) == (
         "trained with the plain kernel at high matmul precision until step 26, continued with fused at "
         "highest: results may differ from an unbroken run's at float round-off")   # its platform unknown
     assert meta.changed({**meta.computed_by(old), "num_devices": 2}, now, 26).startswith(
-        "trained on 2 device(s) at default matmul precision until step 26, continued on 1 GPU device(s) at "
-        "highest:")
+        "trained on 2 device(s) until step 26, continued on 1 GPU device(s):")
     assert meta.changed(now, now, 26) == ""
     assert meta.changed(meta.computed_by(old), {**now, "matmul_precision": "default"}, 26) == ""
     cpu = {**now, "platform": "cpu"}      # a CPU's float32 matmuls are float32 at any precision
