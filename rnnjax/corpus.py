@@ -103,19 +103,21 @@ def _cache_path(sha1: str, options: dict) -> Path:
     return cache_dir() / "corpus" / hashlib.sha1(key.encode()).hexdigest()[:24]
 
 
-def _crc32(stream: np.ndarray) -> str:
-    return f"{zlib.crc32(np.ascontiguousarray(stream).data):08x}"
+def _crc32(stream: np.ndarray, vocab: dict) -> str:
+    """Of the tokens and the vocabulary that reads them: a cache entry is both or neither."""
+    crc = zlib.crc32(json.dumps(vocab, sort_keys=True).encode())
+    return f"{zlib.crc32(np.ascontiguousarray(stream).data, crc):08x}"
 
 
 def _read_cache(path: Path, options: dict) -> tuple[Vocab, np.ndarray] | None:
-    """The cached ``(vocab, stream)``, or ``None`` if there is none or it is unreadable; an entry whose
-    tokens fail their checksum is removed, to be made again."""
+    """The cached ``(vocab, stream)``, or ``None`` if there is none or it is unreadable; an entry that fails
+    its checksum is removed, to be made again."""
     try:
         meta = json.loads((path / "vocab.json").read_text())
         stream = np.load(path / "tokens.npy", allow_pickle=False)
         if meta["options"] != options or stream.dtype != np.int32 or stream.ndim != 1:
             return None
-        if meta.get("crc32") != _crc32(stream):      # damaged, or of a release that kept no checksum
+        if meta.get("crc32") != _crc32(stream, meta["vocab"]):      # damaged, or from before the checksum
             shutil.rmtree(path, ignore_errors=True)
             return None
         return Vocab.from_json(meta["vocab"]), stream
@@ -131,7 +133,7 @@ def _write_cache(path: Path, options: dict, vocab: Vocab, stream: np.ndarray) ->
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + "."))
         np.save(tmp / "tokens.npy", stream, allow_pickle=False)
-        meta = {"options": options, "vocab": vocab.to_json(), "crc32": _crc32(stream)}
+        meta = {"options": options, "vocab": vocab.to_json(), "crc32": _crc32(stream, vocab.to_json())}
         (tmp / "vocab.json").write_text(json.dumps(meta))
         os.rename(tmp, path)
         tmp = None

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -215,9 +216,18 @@ def test_a_damaged_cache_entry_is_made_again_not_trained_on(text_file, monkeypat
     failed in ``Vocab.decode``."""
     monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))
     first = Corpus.from_config(text_file, TEXT)
-    tokens = data.cache_dir() / "corpus" / cache_entries()[0] / "tokens.npy"
-    for damage in (lambda a: np.roll(a, 1), lambda a: np.full_like(a, 999)):
-        np.save(tokens, damage(np.load(tokens)), allow_pickle=False)
+    entry = data.cache_dir() / "corpus" / cache_entries()[0]
+    tokens, vocab = entry / "tokens.npy", entry / "vocab.json"
+
+    def swap_two_tokens(path):
+        meta = json.loads(path.read_text())
+        order = meta["vocab"]["idx_to_token"]
+        order[2], order[3] = order[3], order[2]
+        path.write_text(json.dumps(meta))
+    for damage in (lambda: np.save(tokens, np.roll(np.load(tokens), 1), allow_pickle=False),
+                   lambda: np.save(tokens, np.full_like(np.load(tokens), 999), allow_pickle=False),
+                   lambda: swap_two_tokens(vocab)):
+        damage()
         again = Corpus.from_config(text_file, TEXT)
         assert not again.cache_hit and again.vocab == first.vocab
         np.testing.assert_array_equal(again.stream, first.stream)
