@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from experiments.parsing import Parser
 from rnnjax import checkpoint, config as config_lib, corpus, flags, parallel
 from rnnjax.generate import MAX_PREDS, MAX_TEMPERATURE
 from rnnjax.loop import CHECKPOINT_EVERY
@@ -20,38 +21,11 @@ TRAINING_ONLY = ("data", "text", "devices", "keep", "checkpoint_every")
 DESCRIPTION = 'd2l\'s "Concise Implementation of Recurrent Neural Networks", end to end.'
 
 
-class _Parser(argparse.ArgumentParser):
-    """Whole flag names only: a prefix (``--step`` for ``--steps-per-epoch``) is an error, not a guess."""
-
-    def __init__(self, **kwargs):
-        super().__init__(allow_abbrev=False, **kwargs)
-
-    def parse_args(self, argv=None, namespace=None):
-        args = super().parse_args(argv, namespace)
-        seen: dict[str, str] = {}           # a flag given twice, or with its alias: not the last one silently
-        for token in sys.argv[1:] if argv is None else argv:
-            if token == "--":
-                break
-            action = self._option_string_actions.get(token.split("=", 1)[0])
-            if action is None or not action.option_strings or action.dest == "help":
-                continue
-            typed = token.split("=", 1)[0]
-            if action.dest in seen:
-                self.error(f"{typed} is given twice; give it once" if seen[action.dest] == typed else
-                           f"{seen[action.dest]} and {typed} set the same setting; give one")
-            seen[action.dest] = typed
-        return args
-
-    def error(self, message: str):
-        """argparse's own errors as ours are: one line (not the usage block), and where to look."""
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", preset: str = "d2l",
                description: str = DESCRIPTION) -> argparse.Namespace:
     """The flags; ``prog``, ``preset`` (the default ``--preset``) and ``description`` for a script built on
     this one (``experiments.overfit``)."""
-    p = _Parser(prog=prog, description=description)
+    p = Parser(prog=prog, description=description)
     p.add_argument("--data", help="local timemachine.txt, SHA-1 checked (else $RNNJAX_TIMEMACHINE, else "
                                   "download): d2l's text, the default corpus")
     p.add_argument("--text", metavar="PATH",

@@ -46,6 +46,7 @@ from pathlib import Path
 from experiments import stopping
 from experiments.device_summary import (MACHINE_INFO, NotWritten, check_out, describe_machine, final_val_ppl,
                                         read_back, report, write_summary)
+from experiments.parsing import Parser
 
 ROOT = Path(__file__).resolve().parent.parent
 # --quick: test files that show the part works, in seconds (the kernels' own tests take minutes on a CPU).
@@ -56,8 +57,7 @@ TIMEOUTS = {"info": (120, 60), "tests": (240, 120), "recipe": (120, 60), "bench"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m experiments.device_check", description=__doc__.split("\n")[0],
-                                allow_abbrev=False)
+    p = Parser(prog="python -m experiments.device_check", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path,
                    help="a new (or empty) folder for the logs and summary.json")
     p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else ./timemachine.txt)")

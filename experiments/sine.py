@@ -24,12 +24,12 @@ from __future__ import annotations
 import sys
 
 from experiments import stopping
+from experiments.parsing import Parser
 
 if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + signal, no traceback
     stopping.while_loading()
 
-import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
-import functools  # noqa: E402
+import functools  # noqa: E402 (after the handlers: loading JAX takes a while)
 import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -253,8 +253,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.sine", description=__doc__.split("\n")[0],
-                                allow_abbrev=False)
+    p = Parser(prog="python -m experiments.sine", description=__doc__.split("\n")[0])
     p.add_argument("--workdir", type=Path, help="output folder (default runs/sine-<date>-<time>)")
     p.add_argument("--seeds", default="0,1,2", help="the noise's and the models' seeds, comma-separated "
                                                     "(default 0,1,2; the figures are the first's)")

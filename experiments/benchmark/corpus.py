@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.parsing import Parser
+
 MB = 1 << 20
 
 
@@ -143,8 +145,7 @@ def _fresh(*args: str, env: dict | None = None) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m experiments.benchmark.corpus",
-                                description=__doc__.split("\n")[0], allow_abbrev=False)
+    p = Parser(prog="python -m experiments.benchmark.corpus", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="1,10,100", help="text sizes in MB (default 1,10,100)")
     p.add_argument("--tokens", default="char,word", help="token kinds prepared (default char,word)")
     p.add_argument("--steps", type=int, default=100, help="steps a round of the training runs (default 100)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from experiments.benchmark.measure import (machine_info, measure_compile_cache, 
                                            measure_recipes, measure_steps)
 from experiments.benchmark.report import RATIO_MEANING, compared, plot_sweep, speed_words, table
 from experiments.benchmark.sizes import SIZES, applicable_kernels, run_sizes
+from experiments.parsing import Parser
 from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available, torch_problem
 from rnnjax import backend, kernels
 from rnnjax.data import TimeMachine
@@ -80,10 +80,9 @@ def measure_runs(args, s: Setting, data: TimeMachine) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.benchmark",
-                                description="rnnjax against PyTorch's nn.RNN and stock Flax, on the backend "
-                                            "it runs on (PyTorch on CUDA where torch sees a GPU)",
-                                allow_abbrev=False)
+    p = Parser(prog="python -m experiments.benchmark",
+               description="rnnjax against PyTorch's nn.RNN and stock Flax, on the backend it runs on "
+                           "(PyTorch on CUDA where torch sees a GPU)")
     p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else download)")
     p.add_argument("--sizes", choices=sorted(SIZES),
                    help="instead of d2l's recipe: the training step of every contender at each size of "

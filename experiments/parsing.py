@@ -1,0 +1,35 @@
+"""The experiments' command lines: argparse, stricter (``Parser``). No JAX here: the commands parse their
+flags before it loads."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class Parser(argparse.ArgumentParser):
+    """Whole flag names only (a prefix, ``--step`` for ``--steps-per-epoch``, is an error, not a guess),
+    each flag once (not the last one silently), errors in one line."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def parse_args(self, argv=None, namespace=None):
+        args = super().parse_args(argv, namespace)
+        seen: dict[str, str] = {}           # a flag given twice, or with its alias: not the last one silently
+        for token in sys.argv[1:] if argv is None else argv:
+            if token == "--":
+                break
+            action = self._option_string_actions.get(token.split("=", 1)[0])
+            if action is None or not action.option_strings or action.dest == "help":
+                continue
+            typed = token.split("=", 1)[0]
+            if action.dest in seen:
+                self.error(f"{typed} is given twice; give it once" if seen[action.dest] == typed else
+                           f"{seen[action.dest]} and {typed} set the same setting; give one")
+            seen[action.dest] = typed
+        return args
+
+    def error(self, message: str):
+        """argparse's own errors as ours are: one line (not the usage block), and where to look."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
