@@ -291,7 +291,7 @@ def main(argv=None) -> int:
         print(f"error: cannot write to {workdir}: {e.strerror}.", file=sys.stderr)
         return 1
     finally:
-        stopping.restore(previous)
+        stopping.put_back(previous)
     return 0
 
 

@@ -84,13 +84,13 @@ def guarded_stdout() -> Iterator[None]:
 
 def handle(handler) -> dict:
     """SIGINT, SIGTERM and, unless ignored (``nohup``), SIGHUP go to ``handler``: a closed terminal stops
-    the command as SIGTERM does. Returns the handlers before, for ``restore``."""
+    the command as SIGTERM does. Returns the handlers before, for ``put_back``."""
     hup = getattr(signal, "SIGHUP", None)         # not on Windows
     hup = [] if hup is None or signal.getsignal(hup) is signal.SIG_IGN else [hup]
     return {s: signal.signal(s, handler) for s in [signal.SIGINT, signal.SIGTERM, *hup]}
 
 
-def restore(previous: dict) -> None:
+def put_back(previous: dict) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
 

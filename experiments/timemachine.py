@@ -252,7 +252,7 @@ def main(argv=None, **parser_options) -> int:
                       "the cause and run the same command again to go on.")
         return 1
     finally:
-        stopping.restore(previous)
+        stopping.put_back(previous)
         stops.stop_handled()
 
 

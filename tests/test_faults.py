@@ -361,7 +361,7 @@ def test_a_signal_after_training_says_the_run_is_saved_and_the_rerun_draws_its_p
             again = command("--epochs", str(epochs))
             assert again.returncode == 0 and "nothing to train" in again.stdout, again.stdout + again.stderr
             assert plot.stat().st_mtime_ns >= records.stat().st_mtime_ns      # drawn again where it was not
-    for signum in (signal.SIGINT, signal.SIGHUP):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         proc = command("--predict", "it ", where="restore", signum=signum)
         assert proc.returncode == 128 + signum and proc.stdout == "", proc.stdout
         assert proc.stderr.strip() == f"Stopped by signal {signum} ({signum.name}) while generating; the " \
