@@ -58,6 +58,13 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
             if args.text is None and "text_sha1" in saved[1]:     # no flag asked for another text: its own
                 raise
             if (args.text is not None) == ("text_sha1" in saved[1]):      # the same kind of text
+                listed = any(getattr(args, k) is not None for k in config_lib.SWEEPABLE)
+                if len(saved[0]) > 1 and not listed:        # runs trained together: each of them
+                    fixed = {k: v for k, v in flags.given(args).items() if k not in config_lib.SWEEPABLE}
+                    configs = [c.replace(**fixed) for c in saved[0]]
+                    runs.check_runs(configs)
+                    args.anew = ANEW.format(args.workdir, "its runs' settings changed by the flags")
+                    return configs, args.workdir, True
                 base, said = saved[0][0], "its settings changed by the flags"
             else:
                 said = f"--preset {args.preset}'s settings changed by the flags"
@@ -107,8 +114,8 @@ def _no_checkpoint(workdir: Path) -> bool:
 def _check_preset_fits(args: argparse.Namespace, configs: list[config_lib.Config]) -> bool:
     """A ``--workdir`` that holds a run of other settings than ``--preset`` (and the flags given) asks for:
     ``ValueError`` saying so, the preset named as what set them (the user typed none of its values); with
-    no checkpoint of that run, ``args.anew`` says the flags' settings start anew. Whether the runs of
-    ``configs`` were trained together there (``rnnjax.fit_runs``, of one config too)."""
+    no checkpoint of that run, ``args.anew`` says that --preset's settings changed by the flags start anew.
+    Whether the runs of ``configs`` were trained together there (``rnnjax.fit_runs``, of one config too)."""
     saved = saved_runs(args.workdir)
     anew = ANEW.format(args.workdir, f"--preset {args.preset}'s settings changed by the flags")
     if saved is None or len(saved[0]) != len(configs):      # runs against a run: the start says so

@@ -131,9 +131,15 @@ def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fa
                 if workdir_lib.removing(workdir, s):
                     raise _Removed(s) from None
                 raise
+        for s in reversed(saved):        # the run asked for, checked before the metas' perplexities of it
+            try:
+                run = _run(read_meta(workdir, s), workdir, run)
+                break
+            except DamagedCheckpoint:
+                continue
         ranked = sorted((p, s) for s, p in val_ppls(workdir, run).items())
         if not ranked:
-            raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity.")
+            raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity that can be read.")
         return [s for _, s in ranked]
     if step is not None and step not in saved:
         raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {saved}.")
@@ -171,12 +177,11 @@ def _whole(step: Any, name: str = "step") -> int | None:
         raise CheckpointError(str(e)) from None
 
 
-def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restored:
-    meta = read_meta(workdir, step)
-    config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
-    runs = [Config.from_json(c) for c in meta.get("runs", [])]
+def _run(meta: dict, workdir: Path, run: int | None) -> int | None:
+    """``run``, checked against the runs ``meta``'s workdir holds (0 where it holds one trained together)."""
+    runs = meta.get("runs", [])
     if len(runs) == 1 and run is None:      # fit_runs of one config: no other run to choose
-        run = 0
+        return 0
     if runs and (run is None or not 0 <= run < len(runs)):
         given = "" if run is None else f", not {run}"
         held = f"{len(runs)} runs" if len(runs) > 1 else "1 run"
@@ -184,6 +189,14 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
                               f"notebook's RNNJAX_RUN=K), K from 0 to {len(runs) - 1}{given}.")
     if run not in (None, 0) and not runs:
         raise CheckpointError(f"{workdir} holds a single run; leave out run={run} (--run, RNNJAX_RUN).")
+    return run
+
+
+def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restored:
+    meta = read_meta(workdir, step)
+    config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
+    runs = [Config.from_json(c) for c in meta.get("runs", [])]
+    run = _run(meta, workdir, run)
     if runs:
         config, why = runs[run], (meta["position"].get("stopped") or [None] * len(runs))[run]
         if why is not None:

@@ -204,7 +204,10 @@ def val_ppls(workdir: Path, run: int | None = None) -> dict[int, float]:
             meta = read_meta(workdir, s)
         except DamagedCheckpoint:         # never the best
             continue
-        p = meta["run_val_ppls"][run] if run is not None and "run_val_ppls" in meta else meta.get("val_ppl")
+        if run is not None and "run_val_ppls" in meta:
+            p = meta["run_val_ppls"][run] if 0 <= run < len(meta["run_val_ppls"]) else None
+        else:
+            p = meta.get("val_ppl")
         if isinstance(p, (int, float)) and math.isfinite(p):
             ppl[s] = p
     return ppl

@@ -195,3 +195,12 @@ def test_a_checkpoint_removed_as_the_best_is_sought_is_not_damage(small_data, tm
     monkeypatch.setattr(restore_lib, "read_meta", removed_as_read)
     with workdir_lib.lock(tmp_path):                    # as the run removing it holds it
         assert checkpoint.restore(tmp_path, best=True).step == 26
+
+
+def test_the_best_of_a_run_that_is_not_there_is_the_run_s_sentence(small_data, tmp_path):
+    """``--predict --best --run 5`` of two runs ended in an IndexError."""
+    runs.fit_runs([TINY.replace(epochs=1, seed=s) for s in (0, 1)], small_data, tmp_path, devices=1, log=None)
+    for fallback in (False, True):
+        with pytest.raises(CheckpointError, match=r"holds 2 runs trained together; .* K from 0 to 1, not 5"):
+            checkpoint.restore(tmp_path, best=True, run=5, fallback=fallback)
+    assert checkpoint.restore(tmp_path, best=True, run=1).config.seed == 1

@@ -116,6 +116,13 @@ def test_a_workdir_with_no_checkpoint_of_its_run_starts_anew_with_the_flags(tmp_
         settings(cli.parse_args(["--workdir", mine, "--num-hiddens", "8"]))      # not the Time Machine
     args = cli.parse_args(["--workdir", mine, "--text", "other.txt", "--num-hiddens", "8"])
     assert settings(args)[0][0].num_hiddens == 8 and args.anew
+    both = [TINY.replace(seed=0, lr=2.0), TINY.replace(seed=1, lr=3.0)]       # runs trained together: each
+    w2 = saved(tmp_path / "w2", both, checkpointed=False)
+    args = cli.parse_args(["--workdir", w2, "--num-hiddens", "64"])
+    assert settings(args) == ([c.replace(num_hiddens=64) for c in both], Path(w2), True)
+    assert args.anew.endswith("starting anew with its runs' settings changed by the flags")
+    args = cli.parse_args(["--workdir", w2, "--seeds", "4,5"])                # the runs the flags list
+    assert settings(args)[0] == [both[0].replace(seed=4), both[0].replace(seed=5)]
 
 
 def test_a_config_json_that_is_not_whole_and_valid_gives_no_settings(tmp_path):
