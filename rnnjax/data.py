@@ -264,8 +264,8 @@ class TimeMachine(WindowedText):
 
     Train windows are ``[0, num_train)``, validation windows
     ``[num_train, num_train + num_val)`` (``WindowedText`` for the batches).
-    ``text=``: a text of one's own, preprocessed alike, named by SHA-1 in the
-    vocabulary (a resume on other data is refused).
+    ``text=``: a text of one's own, preprocessed alike, named by its SHA-1 in
+    the vocabulary as ``Corpus`` names a file (a resume on other data is refused).
     ``rnnjax.corpus.Corpus`` takes any text, words too.
     """
 
@@ -281,8 +281,10 @@ class TimeMachine(WindowedText):
         self.steps_per_epoch = steps_per_epoch
         self.options = {"token": "char", "preprocess": "d2l", "min_freq": 0, "val_fraction": 0.0}
         clean = preprocess(load_text(path) if text is None else text)
-        tokens, source = tokenize(clean), None if text is None else hashlib.sha1(clean.encode()).hexdigest()
-        self.vocab = Vocab(tokens, source=None if source == PREPROCESSED_SHA1 else source)     # what trains
+        tokens, source = tokenize(clean), None
+        if text is not None and hashlib.sha1(clean.encode()).hexdigest() != PREPROCESSED_SHA1:  # not d2l's
+            source = hashlib.sha1(text.encode(errors="surrogatepass")).hexdigest()    # as Corpus names a file
+        self.vocab = Vocab(tokens, source=source)
         self.corpus = np.asarray(self.vocab[tokens], dtype=np.int32)
         num_windows = len(self.corpus) - num_steps
         if num_windows < num_train + num_val:
