@@ -79,9 +79,9 @@ def check_path(workdir: Path) -> None:
 
 
 def _holds_a_run(folder: Path) -> bool:
-    """Whether ``folder``'s ``config.json`` is a run's (of a cell registered here or not)."""
+    """Whether ``folder`` is a run's: its lock, or a ``config.json`` rnnjax reads (of any cell)."""
     try:
-        return config_settings(folder) is not None
+        return (folder / LOCKFILE).exists() or config_settings(folder) is not None
     except UnknownCell:
         return True
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rnnjax import checkpoint, workdir
+from rnnjax.workdir import LOCKFILE
 from rnnjax.data import Vocab
 
 from conftest import TINY
@@ -84,6 +85,9 @@ def test_a_folder_orbax_takes_for_a_url_or_inside_a_run_s_checkpoints_is_refused
                                                    r"in .*run, which it deletes as it saves newer ones"):
         workdir.check_writable(tmp_path / "run" / "checkpoints" / "3822" / "nested")
     workdir.check_writable(tmp_path / "run" / "sub")
+    (tmp_path / "proj" / LOCKFILE).write_text("")                   # a run's, its config.json cut short
+    with pytest.raises(workdir.WorkdirError, match=r"is inside .*proj/checkpoints, the checkpoints of"):
+        workdir.check_writable(tmp_path / "proj" / "checkpoints" / "x")
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
