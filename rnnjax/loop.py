@@ -176,8 +176,8 @@ def _finite(x: float | None) -> float | None:
 
 def _open_workdir(p: Plan, data: WindowedText, keep: int) -> tuple[Any, metrics_lib.MetricsLog]:
     """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
-    run; an earlier run's records and plot moved aside (``Plan.aside``); unless it is finished, the records
-    past its checkpoint dropped and ``config.json`` written."""
+    run; an earlier run's records, settings and plot moved aside (``Plan.aside``); unless it is finished,
+    ``config.json`` written and the records past its checkpoint dropped."""
     moved = []
     for source, target in p.aside if jax.process_index() == 0 else ():
         try:
@@ -188,6 +188,8 @@ def _open_workdir(p: Plan, data: WindowedText, keep: int) -> tuple[Any, metrics_
             raise WorkdirError(f"{source} cannot be moved to {target} ({e.strerror}); move it aside "
                                "yourself, or use another --workdir.") from None
         moved.append((source, target))
+    if not p.finished and jax.process_index() == 0:    # at once: an earlier run's went aside with its records
+        checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None)
     earlier = checkpoint.val_ppls(p.workdir) if p.step is not None else {}
     manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
     # Silent: the plan says what a torn last line leaves out (Plan.describe).
@@ -195,8 +197,6 @@ def _open_workdir(p: Plan, data: WindowedText, keep: int) -> tuple[Any, metrics_
                                          warn=lambda message: None)
     if not p.finished:
         metrics_log.truncate(p.position.epoch)
-        if jax.process_index() == 0:
-            checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None)
     return manager, metrics_log
 
 

@@ -295,3 +295,22 @@ def test_arguments_of_the_wrong_type_are_one_sentence_before_any_work(config, da
         plan(config, data, workdir)
     start.check_types(SMALL, small_data, tmp_path)
     start.check_types(SMALL, small_data, str(tmp_path))
+
+
+def test_a_run_failing_after_it_moved_an_earlier_one_aside_leaves_its_own_config(
+        small_data, tmp_path, monkeypatch):
+    """config.json went aside with the records, then the checkpoint manager failed: the workdir had none,
+    and ``--workdir W`` took the d2l preset."""
+    import shutil
+
+    from rnnjax import loop
+    fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
+    shutil.rmtree(tmp_path / "checkpoints")
+
+    def fails(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(loop.checkpoint, "manager", fails)
+    with pytest.raises(OSError):
+        fit(SMALL.replace(epochs=1, lr=0.5), small_data, tmp_path, devices=1, log=None)
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["lr"] == 0.5
+    assert json.loads((tmp_path / "config.1.json").read_text())["config"]["lr"] == SMALL.lr
