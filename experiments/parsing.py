@@ -12,10 +12,11 @@ class Parser(argparse.ArgumentParser):
     each flag once (not the last one silently), errors in one line."""
 
     def __init__(self, **kwargs):
-        super().__init__(allow_abbrev=False, **kwargs)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(**kwargs)
 
-    def parse_args(self, argv=None, namespace=None):
-        args = super().parse_args(argv, namespace)
+    def parse_known_args(self, argv=None, namespace=None):
+        args = super().parse_known_args(argv, namespace)
         seen: dict[str, str] = {}           # a flag given twice, or with its alias: not the last one silently
         for token in sys.argv[1:] if argv is None else argv:
             if token == "--":

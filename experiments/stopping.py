@@ -91,6 +91,7 @@ def handle(handler) -> dict:
 
 
 def put_back(previous: dict) -> None:
+    """The signal handlers ``handle`` replaced."""
     for signum, handler in previous.items():
         signal.signal(signum, handler)
 

@@ -126,7 +126,8 @@ def _check_key(key: Any) -> None:
 
 def padded(num_preds: int) -> int:
     """The steps generated for ``num_preds`` (then cut: step i's token does not depend on later ones): up to
-    a power of two, one compile per doubling, or above 1024 to a multiple of 1024, a small share of them."""
+    a power of two, one compile per doubling, or above 1024 to a multiple of 1024 (one compile each, rather
+    than up to twice the steps)."""
     return min(1 << max(num_preds - 1, 0).bit_length(), -(-num_preds // 1024) * 1024)
 
 

@@ -116,11 +116,10 @@ def test_a_foreign_cell_in_the_model_is_flax_s_nn_rnn_over_one_hot_vectors(name)
     assert out["kernel"].shape == (4, V) and float(jnp.abs(out["kernel"]).max()) <= bound
 
 
-SLOW_FOREIGN = [pytest.param(n, marks=pytest.mark.slow) for n in ("flax_gru", "flax_mgu", "flax_simple",
-                                                                  "listed")]
+SLOW_FOREIGN = [pytest.param(n, marks=pytest.mark.slow) for n in ("flax_gru", "flax_mgu", "flax_simple")]
 
 
-@pytest.mark.parametrize("name", ["dense", *SLOW_FOREIGN])
+@pytest.mark.parametrize("name", ["dense", "listed", *SLOW_FOREIGN])
 def test_a_foreign_cell_trains_resumes_exactly_restores_and_generates(name, tmp_path, monkeypatch):
     monkeypatch.setitem(model_lib.CELLS, name, FOREIGN[name])
     config = TINY.replace(cell=name, epochs=1, num_train=100)

@@ -44,6 +44,10 @@ def test_lengths_up_to_a_power_of_two_share_one_compile_and_a_shorter_run_is_a_p
         assert predict(model, params, VOCAB, "it", n) == longest[0][: 2 + n]
         assert predict(model, params, VOCAB, "it", n, key=key) == longest[1][: 2 + n]
     assert (greedy._cache_size(), sample._cache_size()) == compiled
+    long = predict(model, params, VOCAB, "it", 4096)                   # above 1024: multiples of 1024
+    size = greedy._cache_size()
+    assert predict(model, params, VOCAB, "it", 2049) == long[: 2 + 2049]
+    assert greedy._cache_size() == size + 1               # 3072 steps, not the 4096 a power of two takes
 
 
 def test_the_steps_generated_are_a_power_of_two_up_to_1024_then_at_most_1023_more():

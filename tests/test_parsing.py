@@ -43,3 +43,10 @@ def test_the_experiments_use_it(main, argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and "is given twice" in capsys.readouterr().err
+
+
+def test_known_args_are_checked_too_and_allow_abbrev_may_be_set(capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_known_args(["--seed", "1", "--seed", "2", "--other"])
+    assert "--seed is given twice" in capsys.readouterr().err
+    assert Parser(prog="p", allow_abbrev=True).allow_abbrev

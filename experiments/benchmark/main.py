@@ -13,8 +13,8 @@ from experiments.benchmark.measure import (machine_info, measure_compile_cache, 
                                            measure_recipes, measure_steps)
 from experiments.benchmark.report import RATIO_MEANING, compared, plot_sweep, speed_words, table
 from experiments.benchmark.sizes import SIZES, applicable_kernels, run_sizes
-from experiments.parsing import Parser
 from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available, torch_problem
+from experiments.parsing import Parser
 from rnnjax import backend, kernels
 from rnnjax.data import TimeMachine
 from rnnjax.parallel import DataParallel
