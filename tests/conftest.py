@@ -8,6 +8,7 @@ where JAX's default backend is another (a GPU).
 """
 
 import atexit
+import dataclasses
 import hashlib
 import importlib.metadata
 import os
@@ -228,6 +229,17 @@ class DenseCell(nn.RNNCellBase):
     @property
     def num_feature_axes(self):
         return 1
+
+
+class ListedCell(DenseCell):
+    """A cell with a field flax cannot hash (a list): jit takes models as static arguments, hashed."""
+    scales: list = dataclasses.field(default_factory=lambda: [0.5, 2.0])
+
+    @nn.compact
+    def __call__(self, h, x):
+        scale_x, scale_h = self.scales
+        h = jnp.tanh(nn.Dense(self.features)(x) * scale_x + nn.Dense(self.features)(h) * scale_h)
+        return h, h
 
 
 @pytest.fixture

@@ -4,15 +4,13 @@ The cell protocol is all they need. Only rnnjax's cells declare ``accepts_one_ho
 every other cell gets float one-hot vectors, as it would from ``nn.RNN``.
 """
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TINY, DenseCell, small_text
+from conftest import TINY, DenseCell, ListedCell, small_text
 from rnnjax import checkpoint, model as model_lib
 from rnnjax.data import TimeMachine
 from rnnjax.generate import predict
@@ -42,17 +40,6 @@ class LeakyCell(nn.RNNCellBase):
     @property
     def num_feature_axes(self):
         return 1
-
-
-class ListedCell(DenseCell):
-    """A cell with a field flax cannot hash (a list): jit takes models as static arguments, hashed."""
-    scales: list = dataclasses.field(default_factory=lambda: [0.5, 2.0])
-
-    @nn.compact
-    def __call__(self, h, x):
-        scale_x, scale_h = self.scales
-        h = jnp.tanh(nn.Dense(self.features)(x) * scale_x + nn.Dense(self.features)(h) * scale_h)
-        return h, h
 
 
 FOREIGN = {"flax_gru": nn.GRUCell, "flax_mgu": nn.MGUCell, "flax_simple": nn.SimpleCell, "dense": DenseCell,

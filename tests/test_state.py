@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import TINY
+from conftest import TINY, ListedCell
 from rnnjax import state
 from rnnjax.state import abstract_train_state, create_train_state, make_model
 
@@ -141,30 +141,9 @@ def test_one_optimizer_factory_keeps_each_kind_of_state_checkpoints_hold():
 
 def test_a_cell_with_a_field_that_cannot_be_hashed_initializes(monkeypatch):
     """The compiled init is cached by model, which flax hashes by its fields: a list field failed."""
-    import functools
-
-    import flax.linen as nn
-
     from rnnjax import model as model_lib
-
-    class Scaled(nn.RNNCellBase):
-        features: int
-        scales: list
-
-        @nn.compact
-        def __call__(self, h, x):
-            h = jnp.tanh(nn.Dense(self.features)(x) * self.scales[0] + h)
-            return h, h
-
-        @nn.nowrap
-        def initialize_carry(self, rng, input_shape):
-            return jnp.zeros((*input_shape[:-1], self.features))
-
-        @property
-        def num_feature_axes(self):
-            return 1
-    monkeypatch.setitem(model_lib.CELLS, "scaled", functools.partial(Scaled, scales=[1.0, 2.0]))
-    config = TINY.replace(cell="scaled")
+    monkeypatch.setitem(model_lib.CELLS, "listed", ListedCell)
+    config = TINY.replace(cell="listed")
     a, b = create_train_state(config, 28), create_train_state(config, 28)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_array_equal(x, y)
