@@ -269,6 +269,8 @@ def _main(argv, parser_options: dict) -> int:
         # ValueError too for a $JAX_NUM_CPU_DEVICES that JAX would fail on as it starts.
         batch_size = configs[0].batch_size if configs else config_lib.PRESETS[args.preset].batch_size
         backend.use_cpu_cores(batch_size, args.devices)
+        if not args.multi_host:       # which joins first
+            backend.start()
     except ValueError as e:          # checks of the arguments (and the workdir's settings), before JAX starts
         print(f"error: {e}", file=sys.stderr)
         return 1

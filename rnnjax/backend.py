@@ -176,6 +176,21 @@ def check_cpu_device_count() -> None:
                          f"got {count}.")
 
 
+def start() -> str:
+    """Starts JAX's backend and names it; ``ValueError`` in one sentence where ``$JAX_PLATFORMS`` asks for
+    one this machine does not have (JAX raises a RuntimeError, or for ``cuda`` an AssertionError). Not in
+    a multi-host run before it joins: ``jax.distributed`` must start first."""
+    try:
+        return jax.default_backend()
+    except (RuntimeError, AssertionError) as e:
+        asked = os.environ.get("JAX_PLATFORMS")
+        if not asked:
+            raise
+        why = str(e).split(" (set JAX_PLATFORMS")[0].rstrip(". ") or "it does not start"
+        raise ValueError(f"$JAX_PLATFORMS={asked!r} asks for a backend JAX cannot start here ({why}); leave "
+                         "it unset to take the one this machine has.") from None
+
+
 def _as_int(text: str) -> int | None:
     try:
         return int(text)          # as JAX reads it
