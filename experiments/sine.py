@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from experiments import sine_figures  # noqa: E402
+from rnnjax import backend  # noqa: E402
 from rnnjax.model import RNN, SimpleRNNCell  # noqa: E402
 from rnnjax.workdir import WorkdirError, write_atomically  # noqa: E402
 
@@ -265,6 +266,7 @@ def main(argv=None) -> int:
         if not 1 <= args.rnn_epochs <= MAX_RNN_EPOCHS:
             raise ValueError(f"--rnn-epochs must be from 1 to {MAX_RNN_EPOCHS:,}, got {args.rnn_epochs}.")
         sine_figures.check_workdir(workdir)
+        backend.start()
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -191,7 +191,7 @@ def test_the_cli_warns_in_one_line_and_trains_without_it(make_text, tmp_path, mo
 
 def test_a_backend_jax_platforms_asks_for_and_cannot_start_is_one_sentence(monkeypatch, tmp_path, capsys):
     """``JAX_PLATFORMS=abc`` (or cuda on a machine without it) ended in a traceback as training started."""
-    from experiments import timemachine
+    from experiments import sine, timemachine
 
     def fails():
         raise RuntimeError("Unable to initialize backend 'abc': Backend 'abc' is not in the list of known "
@@ -201,10 +201,11 @@ def test_a_backend_jax_platforms_asks_for_and_cannot_start_is_one_sentence(monke
     said = r"^\$JAX_PLATFORMS='abc' asks for a backend JAX cannot start here \(Unable .*\['cpu'\]\); leave"
     with pytest.raises(ValueError, match=said):
         backend.start()
-    assert timemachine.main(["--preset", "tiny", "--workdir", str(tmp_path / "w")]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: $JAX_PLATFORMS='abc'") and err.count("\n") == 1
-    assert not (tmp_path / "w").exists()
+    for main in (timemachine.main, sine.main):
+        assert main(["--workdir", str(tmp_path / "w")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: $JAX_PLATFORMS='abc'") and err.count("\n") == 1
+        assert not (tmp_path / "w").exists()
     monkeypatch.delenv("JAX_PLATFORMS")
     with pytest.raises(RuntimeError):             # not the user's setting: JAX's own error, as it was
         backend.start()
