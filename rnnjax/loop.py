@@ -99,7 +99,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             val_ppls = {r["run"]: r["val_ppl"] for r in records}
             runs["run_val_ppls"] = [_finite(val_ppls.get(k)) for k in range(len(configs))]
         meta = meta_lib.make(p.config, data.vocab, dataclasses.asdict(where), steps_per_epoch,
-                             **p.computing, **runs)
+                             **p.computing, **meta_lib.otherwise_since(p.computed_by, p.computing, p.step),
+                             **runs)
         host = dp.unreplicate(state)
         val_ppl = statistics.fmean(r["val_ppl"] for r in records) if records else None
         checkpoint.save(manager, int(per_run(host.step)[0]), host, meta, val_ppl=val_ppl)

@@ -35,6 +35,7 @@ CHECKSUM = "meta_checksum"
 POSITION = ("epoch", "batch", "partial", "stopped", "high")
 # How a run computed (Plan.computing): saved in every meta since they were added, num_devices in every one.
 HOW = ("kernel", "platform", "num_devices", "matmul_precision")
+SINCE = "otherwise_since"       # the step after which a resume computed otherwise (meta.changed), kept on
 # Every config ever saved has these; a config missing one is damaged, not an older version.
 _CORE = ("batch_size", "num_steps", "num_hiddens", "cell", "num_layers", "lr", "clip", "epochs", "seed",
          "num_train", "num_val")
@@ -208,6 +209,9 @@ def problem(meta: Any, step: int) -> str | None:
             and how.get("num_devices", 1) >= 1
             and all(isinstance(how.get(k, ""), str) for k in ("platform", "matmul_precision"))):
         return f"says it computed as {how!r}, not with a known kernel on a count of devices"
+    since = meta.get(SINCE, 0)
+    if not (_is_int(since) and 0 <= since <= step):
+        return f"says it computed otherwise since step {since!r}"
     ppl = meta.get("val_ppl")
     if not (ppl is None or _is_number(ppl)):
         return f"has a validation perplexity of {ppl!r}"
@@ -228,13 +232,15 @@ def computed_by(meta: dict) -> dict:
               for k in ("kernel", "matmul_precision")}
     return {"kernel": meta.get("kernel", forced["kernel"]), "platform": meta.get("platform"),
             "num_devices": meta.get("num_devices"),
-            "matmul_precision": meta.get("matmul_precision", forced["matmul_precision"])}
+            "matmul_precision": meta.get("matmul_precision", forced["matmul_precision"]),
+            SINCE: meta.get(SINCE)}
 
 
 def changed(before: dict, now: dict, step: int) -> str:
     """How a run resumed at ``step`` computes otherwise than it did (``computed_by``'s ``before``, ``now``
-    complete), in a clause; '' if alike as far as ``before`` says. Another kernel, device count, platform or
-    matmul precision is the same math rounded otherwise: not the unbroken run's bits."""
+    complete), or has since an earlier resume (``SINCE``), in a clause; '' if alike as far as ``before``
+    says. Another kernel, device count, platform or matmul precision is the same math rounded otherwise:
+    not the unbroken run's bits."""
     was, goes = [], []
     if before["kernel"] not in (None, now["kernel"]):
         was.append(f"with the {before['kernel']} kernel")
@@ -247,10 +253,23 @@ def changed(before: dict, now: dict, step: int) -> str:
     if before["matmul_precision"] not in (None, now["matmul_precision"]) and now["platform"] != "cpu":
         was.append(f"at {before['matmul_precision']} matmul precision")
         goes.append(f"at {now['matmul_precision']}")
-    if not was:
+    if not was and before.get(SINCE) is None:
         return ""
+    if not was:             # an earlier resume's change, said by every later one
+        return (f"computed otherwise since step {before[SINCE]} (a resume changed its kernel, devices or "
+                "matmul precision): results may differ from an unbroken run's at float round-off")
     return (f"trained {' '.join(was)} until step {step}, continued {' '.join(goes)}: results may differ from "
             "an unbroken run's at float round-off")
+
+
+def otherwise_since(before: dict | None, now: dict, step: int | None) -> dict:
+    """``{SINCE: the first step after which the run computed otherwise}`` for the metas of a run resumed at
+    ``step`` (``changed``), kept by every later resume; ``{}`` for a run that has not."""
+    if before is None:
+        return {}
+    if before.get(SINCE) is not None:
+        return {SINCE: before[SINCE]}
+    return {SINCE: step} if changed(before, now, step) else {}
 
 
 @dataclasses.dataclass

@@ -270,7 +270,9 @@ def test_a_resume_that_computes_otherwise_says_it_is_not_bit_for_bit(small_data,
     assert "round-off" not in plan(SMALL.replace(kernel="plain"), small_data, tmp_path, devices=2).describe()
     fit(SMALL.replace(epochs=2), small_data, tmp_path, devices=2, log=None)      # auto: fused, on a CPU
     assert checkpoint.restore(tmp_path).meta["kernel"] == "fused"
-    assert "round-off" not in plan(SMALL.replace(kernel="fused"), small_data, tmp_path, devices=2).describe()
+    assert plan(SMALL.replace(kernel="fused"), small_data, tmp_path, devices=2).describe().endswith(
+        "; computed otherwise since step 13 (a resume changed its kernel, devices or matmul precision): "
+        "results may differ from an unbroken run's at float round-off")          # every later resume says so
     assert "; trained on 2 CPU device(s) until step 26, continued on 1 CPU device(s): results" in plan(
         SMALL, small_data, tmp_path, devices=1).describe()
 
