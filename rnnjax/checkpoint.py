@@ -29,9 +29,9 @@ from orbax.checkpoint import checkpoint_managers as policies
 from rnnjax import meta as meta_lib, orbax_logs, stops, workdir as workdir_lib
 from rnnjax.config import Config
 from rnnjax.restore import Restored, restore, restore_state  # noqa: F401
-from rnnjax.stored import (DAMAGED, SUBDIR, CellMismatch, CheckpointError, DamagedCheckpoint,  # noqa: F401
-                           UnknownCell, best_step, check_fits, latest_step, read_meta, reason, set_aside,
-                           steps, val_ppls)
+from rnnjax.stored import (CONFIG, DAMAGED, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
+                           DamagedCheckpoint, UnknownCell, best_step, check_fits, latest_step, read_meta,
+                           reason, set_aside, steps, val_ppls)
 from rnnjax.vocab import Vocab
 
 # What a finished save holds: read back after every save, a cheap sign that it can be restored.
@@ -157,4 +157,4 @@ def write_config(workdir: Path, config: Config, vocab: Vocab, runs: list[Config]
     content = {"config": config.to_json(), "vocab": vocab.to_json()}
     if runs:
         content["runs"] = [c.to_json() for c in runs]
-    workdir_lib.write_atomically(workdir / "config.json", json.dumps(content, indent=1) + "\n")
+    workdir_lib.write_atomically(workdir / CONFIG, json.dumps(content, indent=1) + "\n")

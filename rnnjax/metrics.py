@@ -9,11 +9,11 @@ import stat
 import sys
 from pathlib import Path
 
+from rnnjax.stored import CONFIG  # moved aside with the records
 from rnnjax.workdir import write_atomically
 
 FILENAME = "metrics.jsonl"
 PLOT = "ppl.png"
-CONFIG = "config.json"       # written by rnnjax.checkpoint.write_config: moved aside with the records
 # What a record needs beside its epoch (what the plot, the summary and the progress lines read).
 NEEDED = ("train_ppl", "val_ppl")
 

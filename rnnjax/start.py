@@ -144,7 +144,7 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
         if (workdir / name).exists() and not (workdir / name).is_dir():
             raise workdir_lib.WorkdirError(f"{workdir / name} is a file where rnnjax keeps a folder; move it "
                                            "aside, or use another --workdir.")
-    for name in ("config.json", metrics.PLOT):      # a folder or a FIFO would fail, or hang, the run's writes
+    for name in (stored.CONFIG, metrics.PLOT):      # a folder or a FIFO would fail, or hang, the run's writes
         if os.path.lexists(workdir / name) and not (workdir / name).is_file():
             raise workdir_lib.WorkdirError(f"{workdir / name} is not a regular file, where rnnjax keeps one; "
                                            "move it aside, or use another --workdir.")

@@ -28,6 +28,7 @@ from rnnjax.vocab import Vocab
 
 SUBDIR = "checkpoints"
 DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
+CONFIG = "config.json"       # a run's settings, for people and tools (rnnjax.checkpoint.write_config)
 # Orbax saves a step into a folder of this name, renamed to the step once complete.
 _UNFINISHED = re.compile(r"\d+\.orbax-checkpoint-tmp.*")
 
@@ -223,7 +224,7 @@ def best_step(workdir: Path, run: int | None = None) -> int | None:
 def config_settings(workdir: Path) -> tuple[list[Config], dict, bool] | None:
     """``meta.settings`` of ``workdir``'s ``config.json``, if it is a regular file, whole and valid;
     ``UnknownCell`` if it names a cell not registered here."""
-    path = Path(workdir) / "config.json"
+    path = Path(workdir) / CONFIG
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):     # a FIFO would hang the reader
             return None

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
-from rnnjax.stored import SUBDIR, UnknownCell, config_settings, steps
+from rnnjax.stored import CONFIG, SUBDIR, UnknownCell, config_settings, steps
 
 LOCKFILE = ".lock"
 # Orbax reads a path as a glob pattern: "[0]" matches no folder (its saves cannot be restored), "**" is
@@ -116,7 +116,7 @@ def check_ours(workdir: Path) -> None:
     not write: a new run would overwrite them (``metrics.jsonl`` is checked as it is read)."""
     if not workdir.is_dir() or (workdir / "checkpoints").is_dir():
         return
-    config, plot = workdir / "config.json", workdir / "ppl.png"
+    config, plot = workdir / CONFIG, workdir / "ppl.png"
     ours = config_settings(workdir) is not None          # a whole config.json of ours
     theirs = [p.name for p in (config, plot) if p.exists()] if not ours else []
     if theirs and (config.exists() or not (workdir / "metrics.jsonl").exists()):
