@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax.config import whole
-from rnnjax.model import RNNLM
+from rnnjax.model import RNNLM, hashable
 from rnnjax.vocab import Vocab
 
 # Characters one call generates at most: every one is kept (B x (L + padded(num_preds)) int32) and
@@ -134,9 +134,7 @@ def padded(num_preds: int) -> int:
 def _decoders(model: RNNLM) -> tuple[Callable, Callable]:
     """``greedy`` and ``sample`` for ``model``: compiled once per model, which jit hashes by its fields; for
     one that cannot be hashed (a cell of one's own with a list field), compiled around it."""
-    try:
-        hash(model)
-    except TypeError:
+    if not hashable(model):
         return (jax.jit(functools.partial(greedy.__wrapped__, model), static_argnames=("num_preds",)),
                 jax.jit(functools.partial(sample.__wrapped__, model),
                         static_argnames=("num_preds", "top_k", "banned")))

@@ -16,7 +16,7 @@ from rnnjax import cudnn, fused, hoisted, kernels
 from rnnjax.backend import CompiledPerShape, init_compiler_options
 from rnnjax.cells import lacks
 from rnnjax.config import Config, ConfigError
-from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
+from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN, hashable
 from rnnjax.precision import COMPUTE_DTYPES
 
 TrainState = train_state.TrainState
@@ -97,16 +97,9 @@ def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
 
 def abstract_run_states(configs: list[Config], vocab_size: int) -> TrainState:
     """The shapes and dtypes of ``create_run_states``' result, computing nothing (a restore target)."""
-    model = make_model(configs[0], vocab_size)
-
-    def one():
-        params = _init(model, configs[0].num_steps)(np.uint32(configs[0].seed))
-        tx = make_optimizer(configs[0], per_run=True)
-        return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-
     def stacked(x):
         return jax.ShapeDtypeStruct((len(configs), *x.shape), x.dtype)
-    return jax.tree.map(stacked, jax.eval_shape(one))
+    return jax.tree.map(stacked, _abstract_state(configs[0], vocab_size, per_run=True))
 
 
 def _init(model: RNNLM, num_steps: int) -> Callable:
@@ -118,11 +111,7 @@ def _init(model: RNNLM, num_steps: int) -> Callable:
 def _compiled_init(model: RNNLM, num_steps: int) -> CompiledPerShape:
     """``_init`` compiled once per model (a model compares by its fields), not again for each seed; for
     each call where the model cannot be hashed (a cell of one's own with a list field)."""
-    try:
-        hash(model)
-    except TypeError:
-        return _compile_init(model, num_steps)
-    return _cached_init(model, num_steps)
+    return _cached_init(model, num_steps) if hashable(model) else _compile_init(model, num_steps)
 
 
 def _compile_init(model: RNNLM, num_steps: int) -> CompiledPerShape:
@@ -144,11 +133,15 @@ def create_train_state(config: Config, vocab_size: int, params: Any = None) -> T
 
 def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
     """The shapes and dtypes of ``create_train_state``'s result, computing nothing (a restore target)."""
+    return _abstract_state(config, vocab_size)
+
+
+def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> TrainState:
     model = make_model(config, vocab_size)
 
     def state():
         params = _init(model, config.num_steps)(np.uint32(config.seed))
-        return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+        return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config, per_run))
     return jax.eval_shape(state)
 
 
