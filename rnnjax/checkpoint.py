@@ -30,7 +30,7 @@ from rnnjax import meta as meta_lib, orbax_logs, stops, workdir as workdir_lib
 from rnnjax.config import Config
 from rnnjax.restore import Restored, restore, restore_state  # noqa: F401
 from rnnjax.stored import (CONFIG, DAMAGED, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
-                           DamagedCheckpoint, UnknownCell, best_step, check_fits, latest_step, read_meta,
+                           DamagedCheckpoint, UnknownCell, check_fits, latest_step, read_meta,
                            reason, set_aside, steps, val_ppls)
 from rnnjax.vocab import Vocab
 

@@ -24,7 +24,7 @@ from rnnjax.config import Config, whole
 from rnnjax.generate import predict, predict_batch
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model
 from rnnjax.stored import (SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, read_meta, reason, steps,
-                           val_ppls)
+                           val_ppl)
 from rnnjax.vocab import Vocab
 
 
@@ -124,20 +124,17 @@ def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fa
     if not saved:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
     if best:
-        for s in saved if not fallback else ():
+        metas = {}
+        for s in saved:
             try:
-                read_meta(workdir, s)
+                metas[s] = read_meta(workdir, s)
             except DamagedCheckpoint:
                 if workdir_lib.removing(workdir, s):
                     raise _Removed(s) from None
-                raise
-        for s in reversed(saved):        # the run asked for, checked before the metas' perplexities of it
-            try:
-                run = _run(read_meta(workdir, s), workdir, run)
-                break
-            except DamagedCheckpoint:
-                continue
-        ranked = sorted((p, s) for s, p in val_ppls(workdir, run).items())
+                if not fallback:
+                    raise
+        run = _run(metas[max(metas)], workdir, run) if metas else run      # checked before its perplexities
+        ranked = sorted((p, s) for s, meta in metas.items() if (p := val_ppl(meta, run)) is not None)
         if not ranked:
             raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity that can be read.")
         return [s for _, s in ranked]

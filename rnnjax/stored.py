@@ -202,23 +202,21 @@ def val_ppls(workdir: Path, run: int | None = None) -> dict[int, float]:
     ppl = {}
     for s in steps(workdir):
         try:
-            meta = read_meta(workdir, s)
+            p = val_ppl(read_meta(workdir, s), run)
         except DamagedCheckpoint:         # never the best
             continue
-        if run is not None and "run_val_ppls" in meta:
-            p = meta["run_val_ppls"][run] if 0 <= run < len(meta["run_val_ppls"]) else None
-        else:
-            p = meta.get("val_ppl")
-        if isinstance(p, (int, float)) and math.isfinite(p):
+        if p is not None:
             ppl[s] = p
     return ppl
 
 
-def best_step(workdir: Path, run: int | None = None) -> int | None:
-    """The complete checkpoint with the lowest validation perplexity in its ``meta`` (of ``run``, as
-    ``val_ppls``), or ``None``."""
-    scored = [(p, s) for s, p in val_ppls(workdir, run).items()]
-    return min(scored)[1] if scored else None
+def val_ppl(meta: dict, run: int | None = None) -> float | None:
+    """A meta's finite validation perplexity (of ``run``, as ``val_ppls``), else ``None``."""
+    if run is not None and "run_val_ppls" in meta:
+        p = meta["run_val_ppls"][run] if 0 <= run < len(meta["run_val_ppls"]) else None
+    else:
+        p = meta.get("val_ppl")
+    return p if isinstance(p, (int, float)) and math.isfinite(p) else None
 
 
 def config_settings(workdir: Path) -> tuple[list[Config], dict, bool] | None:

@@ -169,7 +169,8 @@ def test_past_a_damaged_best_the_fallback_takes_the_next_best_not_the_newest_bef
     """--predict --best said "the best of those that can be read" and took the newest good step before it."""
     from rnnjax import restore as restore_lib
     fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, checkpoint_every=1, keep=3, log=None)
-    monkeypatch.setattr(restore_lib, "val_ppls", lambda workdir, run=None: {13: 3.0, 26: 1.0, 39: 2.0})
+    by_epoch = {1: 3.0, 2: 1.0, 3: 2.0}                                  # steps 13, 26, 39
+    monkeypatch.setattr(restore_lib, "val_ppl", lambda meta, run=None: by_epoch[meta["position"]["epoch"]])
     state = tmp_path / checkpoint.SUBDIR / "26" / "state"
     largest = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     largest.write_bytes(bytes(largest.stat().st_size))
