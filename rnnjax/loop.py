@@ -89,6 +89,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     steps_per_epoch, total, done = count_steps(p, data)
     run_axis = 1 if dp.pmapped else 0          # after the device axis
     high = list(position.high) or [0] * len(configs)
+    computing = p.computing         # how the run computes, the same in every meta it saves
+    computing.update(meta_lib.otherwise_since(p.computed_by, computing, p.step))
 
     def save(epoch: int, batch: int, sums: list[dict], records: list[dict] = ()):
         """A checkpoint; at an epoch's end, with its ``records``' validation perplexity (of runs: their
@@ -98,8 +100,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
         if several and records:
             val_ppls = {r["run"]: r["val_ppl"] for r in records}
             runs["run_val_ppls"] = [_finite(val_ppls.get(k)) for k in range(len(configs))]
-        meta = meta_lib.make(p.config, data.vocab, dataclasses.asdict(where), steps_per_epoch,
-                             **p.computing, **meta_lib.otherwise_since(p.computed_by, p.computing, p.step),
+        meta = meta_lib.make(p.config, data.vocab, dataclasses.asdict(where), steps_per_epoch, **computing,
                              **runs)
         host = dp.unreplicate(state)
         val_ppl = statistics.fmean(r["val_ppl"] for r in records) if records else None
