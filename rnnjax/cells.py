@@ -29,6 +29,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -199,6 +200,34 @@ def lacks(cell: Any) -> list[str]:
     except (AttributeError, NotImplementedError):        # nn.RNNCellBase's raises the latter
         missing.append("num_feature_axes")
     return missing
+
+
+def step_problem(cell: nn.Module, input_size: int) -> str | None:
+    """Where one step of the made ``cell`` (one that ``lacks`` nothing) on ``(1, input_size)`` inputs breaks
+    the protocol, in a clause; ``None`` if it keeps it. Shapes only: nothing is computed."""
+    def one_step(x):
+        carry = cell.initialize_carry(jax.random.key(0), x.shape)
+        new, y = cell.apply(cell.init(jax.random.key(0), carry, x), carry, x)   # init gives any stream a key
+        return carry, new, y
+    try:
+        carry, new, y = jax.eval_shape(one_step, jax.ShapeDtypeStruct((1, input_size), jnp.float32))
+    except flax.errors.InvalidRngError as e:        # a Dropout inside the cell
+        said = str(e).split(" (https")[0]
+        return (f"asks for a random key beside its parameters' ({said}), which a cell is not given: rnnjax's "
+                "dropout acts between layers (--dropout with --num-layers 2 or more)")
+    if jax.tree.structure(new) != jax.tree.structure(carry) or any(
+            a.shape != b.shape for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(carry))):
+        return (f"returns a carry of {_shapes(new)} from initialize_carry's {_shapes(carry)}: the new carry "
+                "must have the shapes of the one it replaces")
+    if not isinstance(y, jax.ShapeDtypeStruct) or y.ndim != 2:
+        return f"returns y as {_shapes(y)}, not one (batch, features) array"
+    return None
+
+
+def _shapes(tree: Any) -> str:
+    """``tree``'s arrays as ``float32[1,16]``, in its structure's brackets."""
+    described = jax.tree.map(lambda a: f"{a.dtype}[{','.join(map(str, a.shape))}]", tree)
+    return str(described).replace("'", "")
 
 
 # The cells ``Config.cell`` can name. A new cell is a class that keeps the

@@ -216,3 +216,57 @@ def test_a_registered_module_that_is_not_a_cell_is_refused_naming_the_protocol(r
     err = capsys.readouterr().err
     assert err.startswith("error: rnnjax.CELLS['x'] makes a") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+class WideCarryCell(DenseCell):
+    """Returns a carry twice as wide as ``initialize_carry``'s."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        h = jnp.tanh(nn.Dense(2 * self.features)(x))
+        return h, h
+
+
+class PairOutputCell(DenseCell):
+    """Returns its output as a pair, not one array."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        h = jnp.tanh(nn.Dense(self.features)(x) + h)
+        return h, (h, h)
+
+
+class DropoutCell(DenseCell):
+    """Dropout inside the cell: it asks for a "dropout" key, which no cell is given."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        h = nn.Dropout(0.5, deterministic=False)(jnp.tanh(nn.Dense(self.features)(x) + h))
+        return h, h
+
+
+@pytest.mark.parametrize("registered, problem", [
+    (WideCarryCell, r"returns a carry of float32\[1,32\] from initialize_carry's float32\[1,16\]: the new "
+                    r"carry must have the shapes of the one it replaces"),
+    (PairOutputCell, r"returns y as \(float32\[1,16\], float32\[1,16\]\), not one \(batch, features\) array"),
+    (DropoutCell, r"asks for a random key beside its parameters' \(Dropout_0 needs PRNG for \"dropout\"\), "
+                  r"which a cell is not given: rnnjax's dropout acts between layers \(--dropout with "
+                  r"--num-layers 2 or more\)"),
+])
+def test_a_cell_whose_step_breaks_the_protocol_is_refused_in_one_sentence_before_any_work(
+        registered, problem, tmp_path, monkeypatch, capsys):
+    """Not JAX's error about scan's carry types, a tuple's missing shape or flax's about rngs, mid-trace."""
+    from experiments import timemachine
+    from rnnjax.config import ConfigError
+    monkeypatch.setitem(model_lib.CELLS, "x", registered)
+    message = rf"^rnnjax.CELLS\['x'\] makes a {registered.__name__} whose step {problem}\.$"
+    for layers, dropout in ((1, 0.0), (2, 0.5)):
+        with pytest.raises(ConfigError, match=message):
+            make_model(TINY.replace(cell="x", num_hiddens=16, num_layers=layers, dropout=dropout), 28)
+    argv = ["--preset", "tiny", "--cell", "x", "--num-hiddens", "16", "--workdir", str(tmp_path / "run"),
+            "--data", "unused"]
+    assert timemachine.main(argv) == 1                  # refused before any work: nothing read or written
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: rnnjax.CELLS['x'] makes a {registered.__name__} whose step") and \
+        len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
