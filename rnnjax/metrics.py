@@ -41,6 +41,17 @@ def add_steps(sums: dict, call_metrics: list[dict]) -> dict:
     return out
 
 
+def check_step(metrics: dict) -> None:
+    """``ValueError`` in one sentence unless each of a step's ``metrics`` is one number (read from their
+    shapes as the step is traced: before any step runs)."""
+    shaped = {k: tuple(v.shape) for k, v in metrics.items() if getattr(v, "shape", ()) != ()}
+    if shaped:
+        named = ", ".join(f"{k!r} (shape {s})" for k, s in shaped.items())
+        raise ValueError(f"train_step's metrics must each be one number a step (their epoch means are "
+                         f"logged); {named} {'is' if len(shaped) == 1 else 'are'} not: reduce to one number "
+                         "(jnp.mean, jnp.linalg.norm), or give each number its own key.")
+
+
 def epoch_record(epoch: int, step: int, train: dict, steps: int, val_loss: float, seconds: float) -> dict:
     """One line of ``metrics.jsonl`` from the sums of an epoch's ``steps`` (``add_steps``): the mean losses
     (nats), their perplexities and bits per character; any other metric a step reports, its mean over the

@@ -27,7 +27,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
-from rnnjax import loop
+from rnnjax import loop, metrics as metrics_lib
 from rnnjax.config import Config, whole
 from rnnjax.data import Batch, Windows, WindowedText
 # What fit raises and its defaults, importable from here too.
@@ -86,7 +86,11 @@ def train_step(state: TrainState, batch: Batch, axis_name: str | None = None, rn
 def train_steps(state: TrainState, batches: Batch, axis_name: str | None = None, rng: jax.Array | None = None
                 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """``train_step`` over a stack of batches (a leading axis) as one ``lax.scan``; metrics stacked."""
-    return jax.lax.scan(lambda state, batch: train_step(state, batch, axis_name, rng), state, batches)
+    def step(state, batch):
+        state, metrics = train_step(state, batch, axis_name, rng)
+        metrics_lib.check_step(metrics)
+        return state, metrics
+    return jax.lax.scan(step, state, batches)
 
 
 def train_windows(state: TrainState, tokens: jax.Array, windows: Windows, axis_name: str | None = None,

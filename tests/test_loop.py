@@ -6,6 +6,7 @@ import os
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -60,6 +61,20 @@ def test_a_metric_a_step_adds_is_logged_as_its_mean_over_the_epoch(data, tmp_pat
     windows = list(data.train_windows(0, 0))
     tokens = [float(w.mask.sum()) * TINY.num_steps for w in windows]
     assert record["tokens"] == pytest.approx(np.mean(tokens)) and min(tokens) < max(tokens)   # a padded batch
+
+
+def test_a_metric_that_is_not_one_number_a_step_is_refused_before_any_step(data, tmp_path, monkeypatch):
+    """Not numpy's TypeError once the first epoch is over (its steps lost)."""
+    plain = train.train_step
+
+    def with_norms(*args, **kwargs):
+        state, m = plain(*args, **kwargs)
+        return state, {**m, "norms": jnp.stack([m["grad_norm"], m["count"]])}
+    monkeypatch.setattr(train, "train_step", with_norms)
+    with pytest.raises(ValueError, match=r"^train_step's metrics must each be one number a step \(their "
+                                         r"epoch means are logged\); 'norms' \(shape \(2,\)\) is not: "):
+        fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None)
+    assert not (tmp_path / metrics.FILENAME).exists() and checkpoint.steps(tmp_path) == []
 
 
 def _as_format_2(workdir, step):

@@ -24,6 +24,12 @@ def test_add_steps_sums_per_key_in_step_order_and_keeps_a_saved_sum_s_keys():
     assert record["val_ppl"] == np.exp(2.0)
 
 
+def test_a_step_s_metrics_must_each_be_one_number():
+    metrics.check_step({"loss_sum": np.float32(1.0), "count": np.array(4.0), "grad_norm": 0.5})
+    with pytest.raises(ValueError, match=r"; 'norms' \(shape \(3,\)\), 'g' \(shape \(1, 1\)\) are not: "):
+        metrics.check_step({"loss_sum": np.float32(1.0), "norms": np.ones(3), "g": np.ones((1, 1))})
+
+
 def test_append_read_and_truncate(tmp_path):
     log = MetricsLog(tmp_path / "run" / "metrics.jsonl")
     assert log.read() == []
