@@ -135,6 +135,10 @@ def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fa
                     raise
         run = _run(metas[max(metas)], workdir, run) if metas else run      # checked before its perplexities
         ranked = sorted((p, s) for s, meta in metas.items() if (p := val_ppl(meta, run)) is not None)
+        why = _why_stopped(metas[max(metas)], run) if metas else None
+        if not ranked and why is not None:
+            raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}), and no checkpoint holds a "
+                                  "finite validation perplexity of it: restore another run.")
         if not ranked:
             raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity that can be read.")
         return [s for _, s in ranked]
@@ -195,12 +199,30 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
     runs = [Config.from_json(c) for c in meta.get("runs", [])]
     run = _run(meta, workdir, run)
     if runs:
-        config, why = runs[run], (meta["position"].get("stopped") or [None] * len(runs))[run]
+        config, why = runs[run], _why_stopped(meta, run)
         if why is not None:
-            raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): restore another run, or a "
-                                  "step from before it stopped.")
+            before = [s for s in steps(workdir) if s < step and (earlier := _meta_or_none(workdir, s))
+                      is not None and _why_stopped(earlier, run) is None]
+            raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): restore another run" + (
+                f", or step={max(before)}, saved before it stopped (--best: the best of those)."
+                if before else "; no checkpoint kept is from before it stopped."))
         stacked = restore_state(workdir / SUBDIR, step, abstract_run_states(runs, len(vocab)), meta)
         state = jax.tree.map(lambda x: x[run], stacked)
     else:
         state = restore_state(workdir / SUBDIR, step, abstract_train_state(config, len(vocab)), meta)
     return Restored(config, vocab, state.params, step, meta)
+
+
+def _why_stopped(meta: dict, run: int | None) -> str | None:
+    """Why ``run`` of the runs trained together stopped early, as ``meta`` says; ``None`` while it trains
+    on (and for a single run)."""
+    if run is None or not meta.get("runs"):
+        return None
+    return (meta["position"].get("stopped") or [None] * len(meta["runs"]))[run]
+
+
+def _meta_or_none(workdir: Path, step: int) -> dict | None:
+    try:
+        return read_meta(workdir, step)
+    except DamagedCheckpoint:
+        return None

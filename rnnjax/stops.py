@@ -224,8 +224,10 @@ def check_divergence(record: dict, epochs_high: int, vocab_size: int) -> bool:
     ppl = record["train_ppl"]
     high = not ppl <= DIVERGED_FACTOR * vocab_size
     if high and (epochs_high + 1 >= DIVERGED_EPOCHS or not math.isfinite(ppl)):
-        reason = (f"its train perplexity is {ppl:.4g} at epoch {record['epoch']}, against {vocab_size} for "
-                  f"guessing uniformly, for {epochs_high + 1} epoch(s)")
+        epoch = record["epoch"]
+        reason = (f"its train perplexity stayed over {DIVERGED_FACTOR} x {vocab_size} (guessing uniformly) "
+                  f"for {epochs_high + 1} epochs, {ppl:.4g} at epoch {epoch}" if math.isfinite(ppl)
+                  else f"its train perplexity is {ppl} at epoch {epoch} ({vocab_size} guessing uniformly)")
         raise NonFiniteLoss(f"The run is diverging: {reason}; stopped. Train again in a new --workdir with a "
                             "smaller --lr.", reason)
     return high

@@ -205,3 +205,35 @@ def test_the_best_of_a_run_that_is_not_there_is_the_run_s_sentence(small_data, t
         with pytest.raises(CheckpointError, match=r"holds 2 runs trained together; .* K from 0 to 1, not 5"):
             checkpoint.restore(tmp_path, best=True, run=5, fallback=fallback)
     assert checkpoint.restore(tmp_path, best=True, run=1).config.seed == 1
+
+
+@pytest.mark.parametrize("keep", [3, 1])
+def test_a_run_that_stopped_early_names_a_checkpoint_from_before_it_stopped_where_one_is_kept(
+        keep, small_data, tmp_path, monkeypatch):
+    from rnnjax import loop
+    from rnnjax.stops import NonFiniteLoss
+    real = loop.check_divergence
+
+    def run_1_diverges_in_epoch_2(record, high, vocab_size):
+        if (record["run"], record["epoch"]) == (1, 2):
+            raise NonFiniteLoss("", "it diverged in epoch 2")
+        return real(record, high, vocab_size)
+    monkeypatch.setattr(loop, "check_divergence", run_1_diverges_in_epoch_2)
+    configs = [TINY.replace(epochs=3, seed=s) for s in (0, 1)]
+    runs.fit_runs(configs, small_data, tmp_path, devices=1, log=None, checkpoint_every=1, keep=keep)
+    stopped = rf"^Run 1 of {re.escape(str(tmp_path))} stopped early \(it diverged in epoch 2\)"
+    if keep == 1:       # step 39 only: none from before
+        none_before = stopped + r": restore another run; no checkpoint kept is from before it stopped\.$"
+        with pytest.raises(CheckpointError, match=none_before):
+            checkpoint.restore(tmp_path, run=1)
+        no_best = stopped + r", and no checkpoint holds a finite validation perplexity of it: restore another"
+        with pytest.raises(CheckpointError, match=no_best):
+            checkpoint.restore(tmp_path, run=1, best=True)
+        return
+    per_epoch = 13
+    before = stopped + rf": restore another run, or step={per_epoch}, saved before it stopped \(--best: the"
+    with pytest.raises(CheckpointError, match=before):
+        checkpoint.restore(tmp_path, run=1)
+    assert checkpoint.restore(tmp_path, run=1, step=per_epoch).step == per_epoch
+    assert checkpoint.restore(tmp_path, run=1, best=True).step == per_epoch
+    assert checkpoint.restore(tmp_path, run=0).step == 3 * per_epoch

@@ -22,8 +22,12 @@ def epochs(*ppls):
 def test_a_perplexity_far_above_uniform_for_several_epochs_stops_the_run():
     far = DIVERGED_FACTOR * V * 1.5
     assert epochs(*[far] * (DIVERGED_EPOCHS - 1)) == DIVERGED_EPOCHS - 1          # not yet
-    with pytest.raises(NonFiniteLoss, match=f"diverging: .* at epoch {DIVERGED_EPOCHS}.*smaller --lr"):
+    stayed = (f"diverging: its train perplexity stayed over {DIVERGED_FACTOR} x {V} \\(guessing uniformly\\) "
+              f"for {DIVERGED_EPOCHS} epochs, {far:.4g} at epoch {DIVERGED_EPOCHS}; stopped.*smaller --lr")
+    with pytest.raises(NonFiniteLoss, match=stayed):
         epochs(*[far] * DIVERGED_EPOCHS)
+    with pytest.raises(NonFiniteLoss, match=f"diverging: its train perplexity is inf at epoch 2 \\({V} "):
+        epochs(far, math.inf)
     assert epochs(far, far, 20.0, far) == 1                                     # a good epoch resets
     assert epochs(30.0, V * DIVERGED_FACTOR, 9.0) == 0                           # at the bound is fine
 
