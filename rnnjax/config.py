@@ -244,4 +244,5 @@ def disagreement(name: str, wanted, have) -> str:
         def as_flag(v: bool) -> str:
             return flag(name) if v else "--no-" + flag(name)[2:]
         return f"{','.join(map(as_flag, wanted))} (it has {','.join(map(as_flag, have))}{order})"
-    return f"{flag(name)} {listed(wanted)} (it has {listed(have)}{order})"
+    typed = "--seeds" if name == "seed" and len(wanted) > 1 else flag(name)      # the alias for a list
+    return f"{typed} {listed(wanted)} (it has {listed(have)}{order})"

@@ -90,8 +90,9 @@ def test_values_are_shown_as_typed_and_values_that_differ_read_differently():
     runs = [Config(lr=0.1234567), Config(lr=0.1234568)]
     assert [label(c, runs) for c in runs] == ["lr 0.1234567", "lr 0.1234568"]
     assert disagreement("lr", (0.5,), [1.0]) == "--lr 0.5 (it has 1)"
-    assert disagreement("seed", (0, 1), [2, 3]) == "--seed 0,1 (it has 2,3)"
-    assert disagreement("seed", (1, 0), [0, 1]) == "--seed 1,0 (it has 0,1, in that order)"
+    assert disagreement("seed", (0, 1), [2, 3]) == "--seeds 0,1 (it has 2,3)"     # the alias for a list
+    assert disagreement("seed", (1,), [0]) == "--seed 1 (it has 0)"
+    assert disagreement("seed", (1, 0), [0, 1]) == "--seeds 1,0 (it has 0,1, in that order)"
     assert disagreement("bidirectional", (False,), [True]) == "--no-bidirectional (it has --bidirectional)"
 
 
