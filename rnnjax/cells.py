@@ -25,6 +25,7 @@ embedding lookup: there is no matmul to speed up).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -234,3 +235,20 @@ def _shapes(tree: Any) -> str:
 # protocol above, and an entry here.
 CELLS: dict[str, Callable[..., nn.Module]] = {"rnn": SimpleRNNCell, "gru": GRUCell, "lstm": LSTMCell}
 OWN_CELLS = dict(CELLS)      # as rnnjax ships them: CELLS may gain (or swap in) a user's
+
+
+def registered_as(name: str) -> str:
+    """What ``CELLS[name]`` is, in words a checkpoint keeps: ``rnnjax's own``, a class's name, or a
+    ``functools.partial``'s class and arguments (``ScaledCell(scale=0.5)``), callables by name (their
+    ``repr`` holds an address)."""
+    made = CELLS[name]
+    if made is OWN_CELLS.get(name):
+        return "rnnjax's own"
+    if isinstance(made, functools.partial):
+        args = [*map(_stable, made.args), *(f"{k}={_stable(v)}" for k, v in sorted(made.keywords.items()))]
+        return f"{_stable(made.func)}({', '.join(args)})"
+    return _stable(made)
+
+
+def _stable(value: Any) -> str:
+    return getattr(value, "__qualname__", None) or repr(value) if callable(value) else repr(value)

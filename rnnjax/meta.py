@@ -1,9 +1,10 @@
 """A checkpoint's ``meta`` item, sealed with a checksum and checked like its arrays.
 
 The meta is JSON: the format, the config (and the configs of runs trained
-together), the vocabulary, the data-order position, the validation
-perplexity, the CRC-32 of every array of the state, and a CRC-32 of all of
-that (``meta_checksum``). ``problem(meta, step)`` says in a clause what is
+together), what its cell's name was registered as (``cells.registered_as``),
+the vocabulary, the data-order position, the validation perplexity, the
+CRC-32 of every array of the state, and a CRC-32 of all of that
+(``meta_checksum``). ``problem(meta, step)`` says in a clause what is
 wrong with a meta read back, or ``None``: a changed digit (the checksum), a
 missing, unknown or ill-typed key, a position that does not lead to its step
 (``step == epoch * steps_per_epoch + batch``). ``unregistered_cell(meta)``
@@ -25,7 +26,7 @@ import math
 import zlib
 from typing import Any
 
-from rnnjax.cells import CELLS
+from rnnjax.cells import CELLS, registered_as
 from rnnjax.config import KERNELS, Config
 from rnnjax.vocab import Vocab
 
@@ -35,6 +36,7 @@ CHECKSUM = "meta_checksum"
 POSITION = ("epoch", "batch", "partial", "stopped", "high")
 # How a run computed (Plan.computing): saved in every meta since they were added, num_devices in every one.
 HOW = ("kernel", "platform", "num_devices", "matmul_precision")
+REGISTERED = "cell_registered"    # what CELLS[config.cell] was (cells.registered_as): a partial's arguments
 SINCE = "otherwise_since"       # the step after which a resume computed otherwise (meta.changed), kept on
 # Every config ever saved has these; a config missing one is damaged, not an older version.
 _CORE = ("batch_size", "num_steps", "num_hiddens", "cell", "num_layers", "lr", "clip", "epochs", "seed",
@@ -50,7 +52,7 @@ def _crc(meta: dict) -> str:
 def make(config: Config, vocab: Vocab, position: dict, steps_per_epoch: int, **extra: Any) -> dict:
     """A meta, unsealed (``checkpoint.save`` adds the arrays' checksums, then ``seal``s it)."""
     return {"format": FORMAT, "config": config.to_json(), "vocab": vocab.to_json(), "position": position,
-            "steps_per_epoch": steps_per_epoch, **extra}
+            "steps_per_epoch": steps_per_epoch, REGISTERED: registered_as(config.cell), **extra}
 
 
 def seal(meta: dict) -> dict:
@@ -212,6 +214,8 @@ def problem(meta: Any, step: int) -> str | None:
     since = meta.get(SINCE, 0)
     if not (_is_int(since) and 0 <= since <= step):
         return f"says it computed otherwise since step {since!r}"
+    if not isinstance(meta.get(REGISTERED, ""), str):
+        return f"says its cell was registered as {meta[REGISTERED]!r}"
     ppl = meta.get("val_ppl")
     if not (ppl is None or _is_number(ppl)):
         return f"has a validation perplexity of {ppl!r}"

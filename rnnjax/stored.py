@@ -22,7 +22,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from rnnjax import meta as meta_lib
-from rnnjax.cells import CELLS, OWN_CELLS
+from rnnjax.cells import CELLS, OWN_CELLS, registered_as
 from rnnjax.config import Config
 from rnnjax.vocab import Vocab
 
@@ -82,13 +82,11 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
         raise CellMismatch(f"{where} holds parameters the cell registered here as {cell!r} ({kind}) does not "
                            f"make ({some(saved_paths - made)}; it makes {some(made - saved_paths)}): {fix}")
     saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved and not own else None
-    if saved is None:
-        return
 
     def arrays(tree):
         return {jax.tree_util.keystr(p): (tuple(x.shape), str(x.dtype))
                 for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    had, makes = arrays(saved), arrays(target.params)
+    had, makes = (arrays(saved), arrays(target.params)) if saved is not None else ({}, {})
     other = {k for k in makes if had.get(k) != makes[k]}
     if other:
         k = sorted(other)[0]
@@ -96,6 +94,10 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
         raise CellMismatch(f"{where} holds parameters of other shapes or dtypes than the cell registered "
                            f"here as {cell!r} ({kind}) makes ({k}: {saved_k} saved, {makes[k][1]}"
                            f"{list(makes[k][0])} made): {fix}")
+    was, now = meta.get(meta_lib.REGISTERED), registered_as(cell)       # older metas do not say
+    if was is not None and was != now:      # the same parameters, made otherwise (a partial's arguments)
+        raise CellMismatch(f"{where} was trained with rnnjax.CELLS[{cell!r}] = {was}, which is {now} here: "
+                           "register the one it was trained with.")
 
 
 def _saved_params(state_dir: Path) -> Any:

@@ -171,3 +171,14 @@ def test_lacks_names_what_of_the_protocol_a_module_lacks():
     assert lacks(nn.Dense(4)) == everything
     assert lacks("rnn") == lacks(None) == everything
     assert lacks(nn.RNNCellBase()) == ["__call__(carry, x)", "num_feature_axes"]   # flax's base: not a cell
+
+
+def test_what_is_registered_under_a_cell_name_is_said_as_a_checkpoint_keeps_it(monkeypatch):
+    import functools
+
+    from rnnjax.cells import CELLS, registered_as
+    assert registered_as("gru") == "rnnjax's own"
+    monkeypatch.setitem(CELLS, "gru", nn.GRUCell)
+    assert registered_as("gru") == "GRUCell"            # flax's, under rnnjax's name
+    monkeypatch.setitem(CELLS, "x", functools.partial(nn.SimpleCell, activation_fn=jax.nn.relu, features=3))
+    assert registered_as("x") == "SimpleCell(activation_fn=relu, features=3)"   # functions by name

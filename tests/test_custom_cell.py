@@ -4,6 +4,8 @@ The cell protocol is all they need. Only rnnjax's cells declare ``accepts_one_ho
 every other cell gets float one-hot vectors, as it would from ``nn.RNN``.
 """
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -270,3 +272,36 @@ def test_a_cell_whose_step_breaks_the_protocol_is_refused_in_one_sentence_before
     assert err.startswith(f"error: rnnjax.CELLS['x'] makes a {registered.__name__} whose step") and \
         len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+class ScaledCell(DenseCell):
+    """A field beside the width, set by the ``functools.partial`` registered: the same parameters at any
+    value, another model."""
+    scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, h, x):
+        h = jnp.tanh(self.scale * nn.Dense(self.features)(x) + nn.Dense(self.features, use_bias=False)(h))
+        return h, h
+
+
+def test_a_run_restores_and_resumes_only_with_the_cell_it_was_trained_with_a_partial_s_arguments_too(
+        small_data, tmp_path, monkeypatch):
+    """The run saves its cell's name; what was registered under it is kept beside, and checked."""
+    import functools
+    monkeypatch.setitem(model_lib.CELLS, "scaled", functools.partial(ScaledCell, scale=0.5))
+    config = TINY.replace(cell="scaled", epochs=1)
+    fit(config, small_data, tmp_path, devices=1, log=None)
+    text = checkpoint.restore(tmp_path).predict("the", 10)
+    for other, said in ((functools.partial(ScaledCell, scale=3.0), "ScaledCell(scale=3.0)"),
+                        (ScaledCell, "ScaledCell")):
+        monkeypatch.setitem(model_lib.CELLS, "scaled", other)
+        mismatch = (rf"was trained with rnnjax.CELLS\['scaled'\] = ScaledCell\(scale=0.5\), which is "
+                    rf"{re.escape(said)} here: register the one it was trained with\.$")
+        with pytest.raises(checkpoint.CellMismatch, match=mismatch):
+            checkpoint.restore(tmp_path)
+        with pytest.raises(checkpoint.CellMismatch, match=mismatch):
+            fit(config.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+    monkeypatch.setitem(model_lib.CELLS, "scaled", functools.partial(ScaledCell, scale=0.5))
+    assert checkpoint.restore(tmp_path).predict("the", 10) == text
+    assert len(fit(config.replace(epochs=2), small_data, tmp_path, devices=1, log=None).history) == 2

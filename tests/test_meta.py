@@ -155,6 +155,7 @@ def test_how_a_run_computed_is_what_its_meta_says_older_ones_saying_less():
     for bad in ({"kernel": "auto"}, {"kernel": 3}, {"num_devices": 0}, {"num_devices": True},
                 {"platform": None}):
         assert "says it computed as" in meta.problem(meta.seal({**new, **bad}), 2 * PER_EPOCH)
+    assert "says its cell was registered as 3" in meta.problem(meta.seal({**new, meta.REGISTERED: 3}), 26)
     for bad in (-1, 2 * PER_EPOCH + 1, "13", True):
         assert "says it computed otherwise since" in meta.problem(meta.seal({**new, meta.SINCE: bad}),
                                                                   2 * PER_EPOCH)
