@@ -108,7 +108,7 @@ class Config:
 
     # What may differ between a run and the checkpoint it resumes from: the same math, at float round-off
     # (a resume that changes the kernel or matmul_precision, as another device count, is no longer bit for
-    # bit: its plan says so, rnnjax.meta.changed); compute_dtype may not: bfloat16 is another experiment.
+    # bit: its plan says so, rnnjax.computing.changed); compute_dtype may not: bfloat16 is another experiment.
     RESUMABLE = frozenset({"epochs", "kernel", "matmul_precision"})
 
     def __post_init__(self):

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax import checkpoint, meta as meta_lib, metrics as metrics_lib
+from rnnjax import checkpoint, computing as computing_lib, meta as meta_lib, metrics as metrics_lib
 from rnnjax.backend import compiler_options
 from rnnjax.config import SWEEPABLE
 from rnnjax.data import WindowedText
@@ -90,7 +90,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     run_axis = 1 if dp.pmapped else 0          # after the device axis
     high = list(position.high) or [0] * len(configs)
     computing = p.computing         # how the run computes, the same in every meta it saves
-    computing.update(meta_lib.otherwise_since(p.computed_by, computing, p.step))
+    computing.update(computing_lib.otherwise_since(p.computed_by, computing, p.step))
 
     def save(epoch: int, batch: int, sums: list[dict], records: list[dict] = ()):
         """A checkpoint; at an epoch's end, with its ``records``' validation perplexity (of runs: their

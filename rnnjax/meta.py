@@ -13,9 +13,7 @@ names a cell of one's own that the meta's run was trained with and
 (1: before the meta had its checksum and its steps per epoch; 2: before the
 position kept per-key sums of every run's metrics) are checked for what they
 hold; ``Position.read`` reads any of them. A meta says how its run computed
-(``HOW``: the kernel that trained, the devices, the matmuls' precision), which
-a resume compares with its own (``computed_by``, ``changed``): older metas say
-less, and are compared for what they say.
+(``rnnjax.computing``).
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ import zlib
 from typing import Any
 
 from rnnjax.cells import CELLS, registered_as
+from rnnjax.computing import HOW, SINCE
 from rnnjax.config import KERNELS, Config
 from rnnjax.vocab import Vocab
 
@@ -34,10 +33,7 @@ FORMAT = 3                    # 2: the meta carries its own checksum; 3: metric 
 READABLE = (1, 2, 3)
 CHECKSUM = "meta_checksum"
 POSITION = ("epoch", "batch", "partial", "stopped", "high")
-# How a run computed (Plan.computing): saved in every meta since they were added, num_devices in every one.
-HOW = ("kernel", "platform", "num_devices", "matmul_precision")
 REGISTERED = "cell_registered"    # what CELLS[config.cell] was (cells.registered_as): a partial's arguments
-SINCE = "otherwise_since"       # the step after which a resume computed otherwise (meta.changed), kept on
 # Every config ever saved has these; a config missing one is damaged, not an older version.
 _CORE = ("batch_size", "num_steps", "num_hiddens", "cell", "num_layers", "lr", "clip", "epochs", "seed",
          "num_train", "num_val")
@@ -224,56 +220,6 @@ def problem(meta: Any, step: int) -> str | None:
             and all(p is None or _is_number(p) for p in each)):
         return f"has runs' validation perplexities of {each!r}"
     return None
-
-
-def computed_by(meta: dict) -> dict:
-    """How the run of a checkpoint's (well-formed) ``meta`` computed, as ``HOW``'s keys, ``None`` for what it
-    does not say: older metas lack the kernel (then the one its config forced, unknown for ``auto``), the
-    platform and the effective matmul precision (the one its config set; its "default" was the backend's,
-    or the environment's)."""
-    config = Config.from_json(meta["config"])
-    forced = {k: None if getattr(config, k) in ("auto", "default") else getattr(config, k)
-              for k in ("kernel", "matmul_precision")}
-    return {"kernel": meta.get("kernel", forced["kernel"]), "platform": meta.get("platform"),
-            "num_devices": meta.get("num_devices"),
-            "matmul_precision": meta.get("matmul_precision", forced["matmul_precision"]),
-            SINCE: meta.get(SINCE)}
-
-
-def changed(before: dict, now: dict, step: int) -> str:
-    """How a run resumed at ``step`` computes otherwise than it did (``computed_by``'s ``before``, ``now``
-    complete), or has since an earlier resume (``SINCE``), in a clause; '' if alike as far as ``before``
-    says. Another kernel, device count, platform or matmul precision is the same math rounded otherwise:
-    not the unbroken run's bits."""
-    was, goes = [], []
-    if before["kernel"] not in (None, now["kernel"]):
-        was.append(f"with the {before['kernel']} kernel")
-        goes.append(f"with {now['kernel']}")
-    if any(before[k] not in (None, now[k]) for k in ("platform", "num_devices")):
-        said = [str(x) for x in (before["num_devices"], (before["platform"] or "").upper()) if x]
-        was.append(f"on {' '.join(said)} device(s)")
-        goes.append(f"on {now['num_devices']} {now['platform'].upper()} device(s)")
-    # A CPU's float32 matmuls are float32 at every precision (rnnjax.precision.describe).
-    if before["matmul_precision"] not in (None, now["matmul_precision"]) and now["platform"] != "cpu":
-        was.append(f"at {before['matmul_precision']} matmul precision")
-        goes.append(f"at {now['matmul_precision']}")
-    if not was and before.get(SINCE) is None:
-        return ""
-    if not was:             # an earlier resume's change, said by every later one
-        return (f"computed otherwise since step {before[SINCE]} (a resume changed its kernel, devices or "
-                "matmul precision): results may differ from an unbroken run's at float round-off")
-    return (f"trained {' '.join(was)} until step {step}, continued {' '.join(goes)}: results may differ from "
-            "an unbroken run's at float round-off")
-
-
-def otherwise_since(before: dict | None, now: dict, step: int | None) -> dict:
-    """``{SINCE: the first step after which the run computed otherwise}`` for the metas of a run resumed at
-    ``step`` (``changed``), kept by every later resume; ``{}`` for a run that has not."""
-    if before is None:
-        return {}
-    if before.get(SINCE) is not None:
-        return {SINCE: before[SINCE]}
-    return {SINCE: step} if changed(before, now, step) else {}
 
 
 @dataclasses.dataclass

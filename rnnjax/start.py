@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from rnnjax import (checkpoint, kernels, memory, meta as meta_lib, metrics, precision, stored,
+from rnnjax import (checkpoint, computing as computing_lib, kernels, memory, metrics, precision, stored,
                     workdir as workdir_lib)
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS
@@ -45,7 +45,7 @@ class Plan:
     torn: bool = False             # metrics.jsonl ends in a torn line, which fit drops
     # A new run moves the records (and plot) of an earlier one with no checkpoint left: (from, to) pairs.
     aside: tuple[tuple[Path, Path], ...] = ()
-    computed_by: dict | None = None    # how the checkpoint's run computed, as far as its meta says (meta.HOW)
+    computed_by: dict | None = None    # how the checkpoint's run computed, as its meta says (computing.HOW)
 
     @property
     def finished(self) -> bool:
@@ -53,8 +53,8 @@ class Plan:
 
     @property
     def computing(self) -> dict:
-        """How the run computes (``meta.HOW``), what its checkpoints' metas keep: the kernel that trains
-        (``auto``'s pick), the devices, the float32 matmuls' precision in effect."""
+        """How the run computes (``rnnjax.computing.HOW``), what its checkpoints' metas keep: the kernel that
+        trains (``auto``'s pick), the devices, the float32 matmuls' precision in effect."""
         return {"kernel": kernels.choose(self.config), "platform": self.dp.devices[0].platform,
                 "num_devices": self.dp.num_shards,
                 "matmul_precision": precision.effective_precision(self.config.matmul_precision)}
@@ -81,7 +81,8 @@ class Plan:
                 f"{len(self.runs)} runs " if self.runs else ""
             what = (f"resuming {runs}from step {self.step} (epoch {self.position.epoch + 1} of "
                     f"{self.config.epochs}, batch {self.position.batch})")
-        changed = self.computed_by and meta_lib.changed(self.computed_by, self.computing, self.step)
+        changed = self.computed_by and computing_lib.changed(self.computed_by, self.computing, self.step,
+                                                             dropout=self.config.dropout > 0)
         hint = f"; {changed}" if changed else ""
         hint += "".join(f"; checkpoint step {step} {why}, set aside in "
                         f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
@@ -260,7 +261,7 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         lost = metrics.lost_epochs(records, position.epoch, position.stopped, len(runs))
         return Plan(config, workdir, dp, path, step, position, runs, state,
                     tuple(sorted(damaged, reverse=True)), lost, bool(torn),
-                    computed_by=meta_lib.computed_by(metas[step]))
+                    computed_by=computing_lib.computed_by(metas[step]))
     damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "

@@ -5,6 +5,7 @@ import copy
 import pytest
 
 from rnnjax import meta
+from rnnjax.computing import SINCE
 from rnnjax.data import Vocab
 
 from conftest import TINY
@@ -125,37 +126,16 @@ def test_a_cell_not_registered_here_is_named_not_called_damaged():
     assert meta.unregistered_cell({"config": TINY.to_json()}, sealed=False) is None
 
 
-def test_how_a_run_computed_is_what_its_meta_says_older_ones_saying_less():
+def test_how_a_run_computed_is_checked_as_the_rest_of_its_meta():
     now = {"kernel": "fused", "platform": "gpu", "num_devices": 1, "matmul_precision": "highest"}
     new = meta.seal({**sealed(), **now})
-    assert meta.computed_by(new) == {**now, meta.SINCE: None} and meta.problem(new, 2 * PER_EPOCH) is None
-    old = sealed(fmt=2)                  # before the meta kept the kernel: auto's pick is unknown
-    assert meta.computed_by(old) == {"kernel": None, "platform": None, "num_devices": 1,       # "default":
-                                     "matmul_precision": None,      # the backend's, or the environment's
-                                     meta.SINCE: None}
-    forced = meta.seal({**old, "config": TINY.replace(kernel="plain", matmul_precision="high").to_json()})
-    assert meta.computed_by(forced)["kernel"] == "plain"
-    assert meta.changed(meta.computed_by(forced), now, 26) == (
-        "trained with the plain kernel at high matmul precision until step 26, continued with fused at "
-        "highest: results may differ from an unbroken run's at float round-off")   # its platform unknown
-    assert meta.changed({**meta.computed_by(old), "num_devices": 2}, now, 26).startswith(
-        "trained on 2 device(s) until step 26, continued on 1 GPU device(s):")
-    assert meta.changed(now, now, 26) == ""
-    assert meta.changed(meta.computed_by(old), {**now, "matmul_precision": "default"}, 26) == ""
-    cpu = {**now, "platform": "cpu"}      # a CPU's float32 matmuls are float32 at any precision
-    assert meta.changed({**cpu, "matmul_precision": "default"}, cpu, 26) == ""
-    assert meta.changed({**cpu, "num_devices": 2}, cpu, 26).startswith(
-        "trained on 2 CPU device(s) until step 26, continued on 1 CPU device(s): results may differ")
-    assert meta.otherwise_since(meta.computed_by(new), now, 26) == {}
-    assert meta.otherwise_since(meta.computed_by(new), {**now, "num_devices": 2}, 26) == {meta.SINCE: 26}
-    since = meta.seal({**new, meta.SINCE: 13})          # a resume changed it at 13: every later one says so
-    assert meta.otherwise_since(meta.computed_by(since), now, 26) == {meta.SINCE: 13}
-    assert meta.changed(meta.computed_by(since), now, 26).startswith("computed otherwise since step 13 (a")
+    assert meta.problem(new, 2 * PER_EPOCH) is None
+    since = meta.seal({**new, SINCE: 13})          # a resume changed it at 13
     assert meta.problem(since, 2 * PER_EPOCH) is None
     for bad in ({"kernel": "auto"}, {"kernel": 3}, {"num_devices": 0}, {"num_devices": True},
                 {"platform": None}):
         assert "says it computed as" in meta.problem(meta.seal({**new, **bad}), 2 * PER_EPOCH)
     assert "says its cell was registered as 3" in meta.problem(meta.seal({**new, meta.REGISTERED: 3}), 26)
     for bad in (-1, 2 * PER_EPOCH + 1, "13", True):
-        assert "says it computed otherwise since" in meta.problem(meta.seal({**new, meta.SINCE: bad}),
+        assert "says it computed otherwise since" in meta.problem(meta.seal({**new, SINCE: bad}),
                                                                   2 * PER_EPOCH)

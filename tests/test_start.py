@@ -316,3 +316,13 @@ def test_a_run_failing_after_it_moved_an_earlier_one_aside_leaves_its_own_config
         fit(SMALL.replace(epochs=1, lr=0.5), small_data, tmp_path, devices=1, log=None)
     assert json.loads((tmp_path / "config.json").read_text())["config"]["lr"] == 0.5
     assert json.loads((tmp_path / "config.1.json").read_text())["config"]["lr"] == SMALL.lr
+
+
+@pytest.mark.cpu_devices(2)
+def test_a_resume_with_dropout_on_another_device_count_says_its_masks_differ(small_data, tmp_path):
+    """Each device draws its own masks: another count is other masks, not round-off."""
+    config = SMALL.replace(num_layers=2, dropout=0.5, kernel="plain", epochs=1)
+    fit(config, small_data, tmp_path, devices=2, log=None)
+    assert plan(config.replace(epochs=2), small_data, tmp_path, devices=1).describe().endswith(
+        "; trained on 2 CPU device(s) until step 13, continued on 1 CPU device(s): dropout draws its masks "
+        "per device, so results differ from an unbroken run's")
