@@ -30,7 +30,8 @@ from experiments.parsing import Parser
 if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + signal, no traceback
     stopping.while_loading()
 
-import functools  # noqa: E402 (after the handlers: loading JAX takes a while)
+import contextlib  # noqa: E402 (after the handlers: loading JAX takes a while)
+import functools  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -262,24 +263,29 @@ def main(argv=None) -> int:
     p.add_argument("--rnn-epochs", type=int, default=20, help="the RNN's training epochs")
     args = p.parse_args(argv)
     workdir = args.workdir or default_workdir()
-    try:
-        seeds = parse_seeds(args.seeds)
-        if not 1 <= args.rnn_epochs <= MAX_RNN_EPOCHS:
-            raise ValueError(f"--rnn-epochs must be from 1 to {MAX_RNN_EPOCHS:,}, got {args.rnn_epochs}.")
-        sine_figures.check_workdir(workdir)
-        backend.start()
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    with contextlib.ExitStack() as held:
+        try:
+            seeds = parse_seeds(args.seeds)
+            if not 1 <= args.rnn_epochs <= MAX_RNN_EPOCHS:
+                raise ValueError(f"--rnn-epochs must be from 1 to {MAX_RNN_EPOCHS:,}, got {args.rnn_epochs}.")
+            sine_figures.check_workdir(workdir)
+            backend.start()
+            held.enter_context(sine_figures.claimed(workdir))
+        except (ValueError, WorkdirError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return _run(workdir, seeds, args.rnn_epochs)
+
+
+def _run(workdir: Path, seeds: list[int], rnn_epochs: int) -> int:
     previous = stopping.handle(sine_figures.stop_at_once(workdir))
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
         device, count = jax.devices()[0], jax.device_count()
         of = f", one of {count} devices" if count > 1 else ""
-        print(f"linear and RNN models (the RNN {args.rnn_epochs} epochs) at seeds "
+        print(f"linear and RNN models (the RNN {rnn_epochs} epochs) at seeds "
               f"{','.join(map(str, seeds))} on {device} ({device.device_kind}{of}); writing to {workdir}",
               flush=True)
-        tables = run_seeds(workdir, seeds, args.rnn_epochs)
+        tables = run_seeds(workdir, seeds, rnn_epochs)
         columns = list(next(iter(tables[f"seed {seeds[0]}"].values())))
         print("mean squared error      " + "  ".join(f"{c:>14}" for c in columns))
         for name, table in tables.items():

@@ -7,10 +7,11 @@ from __future__ import annotations
 import contextlib
 import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from experiments import stopping
-from rnnjax.workdir import write_atomically
+from rnnjax.workdir import lock, write_atomically
 
 FIGURES = ("sine-onestep.png", "sine-multistep.png", "sine-ksteps.png")
 RESULTS = "results.json"
@@ -32,6 +33,15 @@ def check_workdir(workdir: Path) -> None:
             tempfile.TemporaryFile(dir=workdir).close()
     except OSError as e:
         raise ValueError(f"--workdir {workdir} is not writable ({e.strerror}).") from None
+
+
+@contextlib.contextmanager
+def claimed(workdir: Path) -> Iterator[None]:
+    """``workdir``'s lock (one run writes it at a time) for the block, ``check_workdir`` again once held:
+    another run may have written there since the first check."""
+    with lock(workdir):
+        check_workdir(workdir)
+        yield
 
 
 def remove(workdir: Path) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from experiments import sine, sine_figures
+from rnnjax.workdir import LOCKFILE, lock
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +107,23 @@ def test_an_earlier_run_s_files_are_not_overwritten(tmp_path, capsys, monkeypatc
     assert "--workdir is empty or the current folder" in capsys.readouterr().err
 
 
+def test_one_run_writes_a_workdir_at_a_time_and_one_done_meanwhile_stays(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sine, "run_seeds", lambda *a, **k: pytest.fail("ran"))
+    w = tmp_path / "w"
+    with lock(w):                       # another run writing there
+        assert sine.main(["--workdir", str(w)]) == 1
+        assert capsys.readouterr().err.startswith(f"error: The workdir {w} is in use by ")
+
+    def finishes_first(workdir):        # the other run wrote its results after this one's first check
+        (workdir / sine.RESULTS).write_text("theirs")
+        return real(workdir)
+    real = lock
+    monkeypatch.setattr(sine_figures, "lock", finishes_first)
+    assert sine.main(["--workdir", str(w)]) == 1
+    assert "holds results.json of an earlier run" in capsys.readouterr().err
+    assert (w / sine.RESULTS).read_text() == "theirs"
+
+
 def test_a_workdir_that_is_a_file_is_named_a_file_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sine, "run_seeds", lambda *a, **k: pytest.fail("ran"))
     (tmp_path / "n6").write_text("mine")
@@ -150,10 +168,10 @@ def test_a_full_disk_names_the_figure_and_the_same_command_runs_again(tmp_path, 
     assert capsys.readouterr().err == (f"error: {workdir / 'sine-multistep.png'} cannot be written (No space "
                                        "left on device); free space (or fix the cause) and run the same "
                                        "command again.\n")
-    assert list(workdir.iterdir()) == []
+    assert [p.name for p in workdir.iterdir()] == [LOCKFILE]          # the lock file stays, unlocked
     full[0] = False
     assert sine.main(["--workdir", str(workdir), "--seeds", "0,1"]) == 0
-    assert sorted(p.name for p in workdir.iterdir()) == sorted((*sine.FIGURES, sine.RESULTS))
+    assert sorted(p.name for p in workdir.iterdir()) == sorted((*sine.FIGURES, sine.RESULTS, LOCKFILE))
     assert json.loads((workdir / sine.RESULTS).read_text())["max"]["rnn"] == {"1-step": 0.25}
 
 
