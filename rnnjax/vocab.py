@@ -76,8 +76,9 @@ class Vocab:
             if self.kind == "word":
                 known = f"{len(self) - 1} words"
             else:
-                known = repr("".join(t for t in self.idx_to_token if len(t) == 1))
-                if set(known[1:-1]) <= set("abcdefghijklmnopqrstuvwxyz "):
+                chars = "".join(t for t in self.idx_to_token if len(t) == 1)
+                known = repr(chars) if len(chars) <= 100 else f"{len(chars):,} characters ({chars[:40]!r}...)"
+                if set(chars) <= set("abcdefghijklmnopqrstuvwxyz "):
                     known += " (lowercase letters and space)"
             raise ValueError(f"{text!r} has {what} outside the vocabulary: {unknown[:10]!r}"
                              f"{' and more' if len(unknown) > 10 else ''}; the model knows {known}.")

@@ -28,6 +28,9 @@ def test_characters_outside_a_raw_vocabulary_are_named_without_d2ls_alphabet():
     with pytest.raises(ValueError, match=r"\['Z'\]; the model knows ' 12ΑΩ'\.$"):
         vocab.encode("ΩZ")
     assert vocab.decode(vocab.encode("Ω 1")) == "Ω 1"
+    large = Vocab([chr(0x4E00 + i) for i in range(5000)])          # a text of Chinese characters: counted
+    with pytest.raises(ValueError, match=r"\['Z'\]; the model knows 5,000 characters \('一丁.{38}'\.\.\.\)\.$"):
+        large.encode("一Z")
 
 
 def test_json_keeps_kind_and_source_and_the_time_machines_stays_as_it_was():
