@@ -66,11 +66,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=540.0, metavar="SECONDS",
                    help="no part starts after this many seconds, and none runs past them (default 540)")
     args = p.parse_args(argv)
-    data = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or "timemachine.txt"
+    data = os.environ.get("RNNJAX_TIMEMACHINE") or "timemachine.txt" if args.data is None else args.data
     try:
         check_out(args.out)
-        if not args.budget > 0:
-            raise ValueError(f"--budget must be a positive number of seconds, got {args.budget}.")
+        if not args.budget >= Parts.least_s:        # no part starts with less left
+            raise ValueError(f"--budget must be at least {Parts.least_s:g} seconds, got {args.budget:g}.")
+        if not data:
+            raise ValueError("--data is empty; give d2l's timemachine.txt as --data PATH.")
         if Path(data).is_dir():
             raise ValueError(f"--data {data} is a folder; give d2l's timemachine.txt itself.")
         if not Path(data).is_file():

@@ -214,7 +214,7 @@ def test_a_part_the_budget_stops_is_cut_short_not_failed(tmp_path, monkeypatch):
     assert "recipe (3 epochs): cold cut short, warm not run" in text
 
 
-def test_bad_arguments_say_so_before_any_work(tmp_path, capsys):
+def test_bad_arguments_say_so_before_any_work(tmp_path, capsys, monkeypatch):
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "summary.json").write_text("{}")
     with pytest.raises(SystemExit):
@@ -235,9 +235,14 @@ def test_bad_arguments_say_so_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         device_check.parse_args(["--out", str(tmp_path / "new"), "--data", str(tmp_path)])
     assert f"--data {tmp_path} is a folder" in capsys.readouterr().err and not (tmp_path / "new").exists()
-    with pytest.raises(SystemExit):
-        device_check.parse_args(["--out", str(tmp_path / "new"), "--data", __file__, "--budget", "0"])
-    assert "--budget must be a positive number" in capsys.readouterr().err
+    for budget in ("0", "4.9", "nan"):         # under the least time in which a part starts: none would
+        with pytest.raises(SystemExit):
+            device_check.parse_args(["--out", str(tmp_path / "new"), "--data", __file__, "--budget", budget])
+        assert f"--budget must be at least 5 seconds, got {float(budget):g}." in capsys.readouterr().err
+    monkeypatch.setenv("RNNJAX_TIMEMACHINE", __file__)
+    with pytest.raises(SystemExit):             # not the environment's file instead
+        device_check.parse_args(["--out", str(tmp_path / "new"), "--data", ""])
+    assert "error: --data is empty" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("what", ["parent a file", "dangling link", "not writable", "unreadable"])
