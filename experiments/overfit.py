@@ -45,9 +45,11 @@ def main(argv=None) -> int:
         mine = [r for r in records if r.get("run") == run]
         best, last = min(mine, key=lambda r: r["val_ppl"]), mine[-1]
         which = "" if run is None else f" run {run}:"
+        then = (f", then {cli.ppl(last['val_ppl'])} at epoch {last['epoch']}," if last is not best
+                else " (the last: it has not turned up yet),")
         print(f"overfit:{which} validation perplexity lowest at epoch {best['epoch']} "
-              f"({cli.ppl(best['val_ppl'])}), then {cli.ppl(last['val_ppl'])} at epoch {last['epoch']}, "
-              f"while train perplexity fell to {cli.ppl(last['train_ppl'])}")
+              f"({cli.ppl(best['val_ppl'])}){then} while train perplexity fell to "
+              f"{cli.ppl(last['train_ppl'])}")
     return status
 
 

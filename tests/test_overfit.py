@@ -76,3 +76,13 @@ def test_a_validation_perplexity_past_float_range_is_said_as_inf(tmp_path, capsy
     out = capsys.readouterr().out
     assert "val perplexity inf" in out and "lowest at epoch 1 (inf), then inf at epoch 2" in out
     assert '"val_ppl": null' in (tmp_path / "w" / metrics.FILENAME).read_text()
+
+
+def test_a_run_whose_last_epoch_is_its_best_says_it_has_not_turned_up_yet(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("the time machine " * 200)
+    assert overfit.main(["--text", str(text), "--preset", "tiny", "--epochs", "1", "--workdir",
+                         str(tmp_path / "w"), "--devices", "1", "--no-progress"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("overfit: validation perplexity lowest at epoch 1 (") and \
+        "(the last: it has not turned up yet), while train perplexity fell to " in last
