@@ -211,8 +211,9 @@ class Corpus(WindowedText):
             need = (f"a training window and a validation window of --num-steps + 1 = {window} tokens each "
                     f"(the last {self.val_fraction:g} of the tokens validates)" if self.val_fraction
                     else f"one window of --num-steps + 1 = {window} tokens")
-            raise DataError(f"{self.name} makes {num_tokens} tokens (--token {token}, --preprocess "
-                            f"{preprocess}), too few for {need}.")
+            made = f"{num_tokens} token{'s' * (num_tokens != 1)}"
+            raise DataError(f"{self.name} makes {made} (--token {token}, --preprocess {preprocess}), too few "
+                            f"for {need}.")
         return train_end
 
     def split(self, num_train: int, num_val: int) -> tuple[int, int]:

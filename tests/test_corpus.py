@@ -105,6 +105,7 @@ def tm_text(path):
     (b"PK\x03\x04\x00\x00binary", "looks binary"),
     ("café crème".encode("latin-1"), "not UTF-8 text .byte 0xe9 at offset 3"),
     (b"too short", "makes 9 tokens .* too few for a training window and a validation window"),
+    (b"a", "makes 1 token .* too few"),
 ])
 def test_bad_text_is_one_sentence_and_nothing_is_cached(tmp_path, content, match):
     path = tmp_path / "bad.txt"
