@@ -59,7 +59,7 @@ def stopped_message(signum: int, workdir: Path) -> str:
     if not held:
         return (f"Stopped by {signal_name}: nothing written to {workdir} (the figures come when the first "
                 f"seed is done, {RESULTS} at the end).")
-    missing = "" if RESULTS in held else f", not {RESULTS} (written at the end)"
+    missing = "" if RESULTS in held else f", not {RESULTS} (written at the end); run again in a new --workdir"
     return f"Stopped by {signal_name}: {workdir} holds {', '.join(held)}{missing}."
 
 

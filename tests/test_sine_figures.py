@@ -61,4 +61,4 @@ def test_a_stop_says_what_the_workdir_holds(tmp_path):
         (tmp_path / name).write_bytes(b"png")
     assert sine_figures.stopped_message(signal.SIGTERM, tmp_path) == (
         f"Stopped by signal 15: {tmp_path} holds sine-onestep.png, sine-multistep.png, sine-ksteps.png, not "
-        "results.json (written at the end).")
+        "results.json (written at the end); run again in a new --workdir.")       # this one holds figures
