@@ -128,7 +128,8 @@ class Config:
         if not 0 <= self.seed < 2 ** 32:
             raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}.")
         if self.cell not in CELLS:
-            raise ConfigError(f"--cell {self.cell!r} is not a known cell; choose from {sorted(CELLS)}.")
+            raise ConfigError(f"--cell {self.cell!r} is not a known cell; choose from {sorted(CELLS)}, or "
+                              "register one of your own in rnnjax.CELLS (README: Another cell).")
         if self.nonlinearity not in NONLINEARITIES:
             raise ConfigError(f"--nonlinearity must be one of {sorted(NONLINEARITIES)}, "
                               f"got {self.nonlinearity!r}.")
