@@ -251,4 +251,4 @@ def registered_as(name: str) -> str:
 
 
 def _stable(value: Any) -> str:
-    return getattr(value, "__qualname__", None) or repr(value) if callable(value) else repr(value)
+    return (getattr(value, "__qualname__", None) or repr(value)) if callable(value) else repr(value)
