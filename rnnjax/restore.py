@@ -133,7 +133,15 @@ def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fa
                     raise _Removed(s) from None
                 if not fallback:
                     raise
-        run = _run(metas[max(metas)], workdir, run) if metas else run      # checked before its perplexities
+        try:        # checked before its perplexities
+            run = _run(metas[max(metas)], workdir, run) if metas else run
+        except CheckpointError as e:      # no run chosen of several: the best one is worth naming
+            ppls = [(p, k) for meta in metas.values() for k in range(len(meta.get("runs", [])))
+                    if (p := val_ppl(meta, k)) is not None] if run is None else []
+            if not ppls:
+                raise
+            raise CheckpointError(f"{e} Run {min(ppls)[1]} has the lowest validation perplexity "
+                                  f"({min(ppls)[0]:.4g}).") from None
         ranked = sorted((p, s) for s, meta in metas.items() if (p := val_ppl(meta, run)) is not None)
         why = _why_stopped(metas[max(metas)], run) if metas else None
         if not ranked and why is not None:
