@@ -50,10 +50,20 @@ The process runs with ``rnnjax.backend.keep_freed_memory()``, as
 ``experiments.timemachine`` does; all contenders share it.
 """
 
-from experiments.benchmark.contenders import model_flops_per_token
-from experiments.benchmark.main import main
-from experiments.benchmark.measure import d2l_predict
-from experiments.benchmark.report import speed_words
-from experiments.benchmark.torch_contenders import torch_available
+import sys
+
+from experiments import stopping
+
+# python -m experiments.benchmark imports this package first, which loads JAX: a signal meanwhile says one
+# line and exits 128 + signal, no traceback (not for the package's other commands, nor an import).
+if "-m" in sys.orig_argv[:-1] and sys.orig_argv[sys.orig_argv.index("-m") + 1] == __name__:
+    stopping.while_loading()
+    stopping.load_jax()
+
+from experiments.benchmark.contenders import model_flops_per_token  # noqa: E402 (after the handlers)
+from experiments.benchmark.main import main  # noqa: E402
+from experiments.benchmark.measure import d2l_predict  # noqa: E402
+from experiments.benchmark.report import speed_words  # noqa: E402
+from experiments.benchmark.torch_contenders import torch_available  # noqa: E402
 
 __all__ = ["d2l_predict", "main", "model_flops_per_token", "speed_words", "torch_available"]
