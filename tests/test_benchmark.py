@@ -160,6 +160,18 @@ def test_a_rerun_replaces_only_an_earlier_benchmarks_results_and_says_so(bench_m
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]       # not a plot of another run
 
 
+def test_the_sweeps_plot_is_written_whole(bench_main, small_data, tmp_path):
+    row = {"contender": "rnnjax", "num_hiddens": 32, "batch_size": 64, "num_steps": 32, "tokens_per_s": 1e5}
+    bench_main.faked(small_data, run_sweep=lambda args, data_path: [row], measure_compile_cache=lambda data: {
+        "no_cache_s": 1.0, "cold_cache_s": 1.0, "warm_cache_s": 0.5}, measure_generation=lambda data: {
+        "num_chars": 1, "compiled_ms": 1.0, "d2l_loop_ms": 2.0, "ratio": 2.0, "batch": 1, "batched_ms": 1.0,
+        "batched_chars_per_s": 1.0})
+    assert benchmark.main(["--recipe-rounds", "0", "--runs", "0", "--sweep", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "sweep.png"]     # no .tmp left
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((tmp_path / "bench.json").read_text())["sweep"] == [row]
+
+
 def test_a_benchmark_cut_short_keeps_what_it_measured(bench_main, small_data, tmp_path, capsys):
     """bench.json is written after each part: a run stopped in the compile-cache part keeps the step table,
     says so in one line, and exits 128 + signal (fit's stop of a recipe unwinds as Interrupted)."""
