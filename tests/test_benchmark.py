@@ -131,7 +131,7 @@ def test_output_paths_are_checked_before_any_measuring_and_no_file_of_the_users_
     for argv, says in [(["--out", ""], "--out is empty"), (["--json", ""], "--json is empty"),
                        (["--json", "notes.txt"], "notes.txt exists and is not the results of an earlier "
                                                  "benchmark"),
-                       (["--json", "theirs"], "--json theirs is a folder"),
+                       (["--json", "theirs"], "--json theirs: theirs is a folder"),
                        (["--out", "notes.txt"], "--out notes.txt cannot be made"),
                        (["--json", "notes.txt/b.json"], "--json notes.txt/b.json cannot be made"),
                        (["--out", "theirs"], "--out theirs holds a.png, which the benchmark did not write"),

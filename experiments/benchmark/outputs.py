@@ -50,9 +50,9 @@ def check_outputs(json_arg: str | None, out_arg: str | None, sweep: bool) -> tup
             raise ValueError(f"{flag} is empty; give a path (a shell variable that was not set?).")
     out_dir = Path(out_arg) if out_arg else Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
     json_path = Path(json_arg) if json_arg else out_dir / "bench.json"
-    if json_path.is_dir():
-        raise ValueError(f"--json {json_path} is a folder; give the file to write the results to.")
     flag = f"--json {json_path}" if json_arg else f"--out {out_dir}"
+    if json_path.is_dir():
+        raise ValueError(f"{flag}: {json_path} is a folder, where the results' file goes.")
     if (json_path.exists() or json_path.is_symlink()) and not is_ours(json_path):
         raise ValueError(f"{flag}: {json_path} exists and is not the results of an earlier benchmark, the "
                          "only file it replaces; give a new path.")
@@ -60,8 +60,11 @@ def check_outputs(json_arg: str | None, out_arg: str | None, sweep: bool) -> tup
     if json_arg is None or sweep:           # the run folder is written to
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"--out {out_dir} is a file, not a folder.")
-        theirs = sorted(f.name for f in out_dir.iterdir() if f.name not in OURS or not f.is_file()
-                        or f.name == "bench.json" and not is_ours(f)) if out_dir.is_dir() else []
+        try:
+            theirs = sorted(f.name for f in out_dir.iterdir() if f.name not in OURS or not f.is_file()
+                            or f.name == "bench.json" and not is_ours(f)) if out_dir.is_dir() else []
+        except OSError as e:
+            raise ValueError(f"--out {out_dir} cannot be read ({e.strerror}).") from None
         if theirs:
             raise ValueError(f"--out {out_dir} holds {', '.join(theirs[:3])}{', ...' if theirs[3:] else ''}, "
                              "which the benchmark did not write; give a new or empty folder (or an earlier "
