@@ -3,15 +3,20 @@ report reads right."""
 
 import importlib.abc
 import json
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from experiments import benchmark
-from experiments.benchmark import sizes, torch_contenders
+from experiments.benchmark import outputs, sizes, torch_contenders
 from experiments.benchmark.contenders import Contender, Setting
 from experiments.benchmark.measure import machine_info, measure_steps
 from experiments.benchmark.report import ratio_lines, sizes_table
+from rnnjax.stops import Interrupted
 
 
 @pytest.mark.slow
@@ -36,22 +41,198 @@ def test_benchmark_smoke(real_text_path, tmp_path, capsys):
     assert "rnnjax's step is" in out and "2 seeds in one program: a step of all of them is" in out
 
 
-def test_a_benchmark_cut_short_keeps_what_it_measured(small_data, tmp_path, monkeypatch):
-    """bench.json is written after each part: a run stopped in the compile-cache part keeps the step table."""
-    bench_main = sys.modules["experiments.benchmark.main"]      # the module: the package exports main()
-    monkeypatch.setattr(bench_main, "TimeMachine", lambda *a, **k: small_data)
-    monkeypatch.setattr(bench_main, "contenders_for", lambda args, one_device_too: [])
-    step = {"ms_per_step": 1.5, "ms_per_step_min": 1.4, "ms_per_step_max": 1.6, "compile_s": 2.0,
-            "tokens_per_s": 1e6, "gflops": 3.0}          # measure_steps's fields; no timing is checked
-    monkeypatch.setattr(bench_main, "measure_steps", lambda *a: {"rnnjax": dict(step)})
+STEP = {"ms_per_step": 1.5, "ms_per_step_min": 1.4, "ms_per_step_max": 1.6, "compile_s": 2.0,
+        "tokens_per_s": 1e6, "gflops": 3.0}          # measure_steps's fields; no timing is checked
+
+
+@pytest.fixture
+def bench_main(monkeypatch):
+    """The benchmark's module (the package exports main()), its measuring failing the test: a refusal
+    comes before any. ``faked(...)`` makes it measure made-up figures instead; the data is not read."""
+    module = sys.modules["experiments.benchmark.main"]
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before refusing")
+    for name in ("TimeMachine", "measure_steps", "run_sizes", "contenders_for", "machine_info"):
+        monkeypatch.setattr(module, name, measured)
+
+    def faked(small_data, **parts):
+        monkeypatch.setattr(module, "timemachine_path", lambda path: "timemachine.txt")
+        monkeypatch.setattr(module, "TimeMachine", lambda *a, **k: small_data)
+        monkeypatch.setattr(module, "contenders_for", lambda args, one_device_too: [])
+        monkeypatch.setattr(module, "machine_info", lambda: {"cpu": "", "cores": 1, "devices": [],
+                                                             "device_kind": "", "torch_device": None,
+                                                             "versions": {}})
+        monkeypatch.setattr(module, "measure_steps", lambda *a: {"rnnjax": dict(STEP)})
+        for name, part in parts.items():
+            monkeypatch.setattr(module, name, part)
+    module.faked = faked
+    return module
+
+
+def refused(argv: list[str], capsys, status: int = 1) -> str:
+    """``main(argv)``'s one line on stderr, which it exits ``status`` with (2: the parser's)."""
+    if status == 2:
+        with pytest.raises(SystemExit) as e:
+            benchmark.main(argv)
+        assert e.value.code == 2
+    else:
+        assert benchmark.main(argv) == status
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--devices", "0"], "--devices must be at least 1, got 0"),
+    (["--sizes", "small", "--devices", "-1"], "--devices must be at least 1, got -1"),
+    (["--recipe-rounds", "-1", "--runs", "-3"], "--recipe-rounds must be at least 0, got -1"),
+    (["--recipe-rounds", "0", "--runs", "-3"], "--runs must be at least 0, got -3"),
+    (["--runs", "1001"], "--runs must be at most 1,000, got 1,001"),
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--sizes", "small", "--runs", "2"], "--runs is for d2l's recipe, which --sizes does not run"),
+    (["--sizes", "small", "--sweep"], "--sweep is for d2l's recipe, which --sizes does not run")])
+def test_counts_out_of_range_are_refused_by_the_parser(bench_main, tmp_path, monkeypatch, capsys, argv,
+                                                       says):
+    monkeypatch.chdir(tmp_path)
+    assert says in refused(argv, capsys, status=2)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--devices", "99"], "--devices 99: this process has 4 local device(s)"),
+    (["--devices", "3", "--recipe-rounds", "0", "--runs", "0"], "3 devices cannot split the batch of 1024"),
+    (["--sizes", "small", "--devices", "3"], "3 devices cannot split the batch of 32 evenly; give --devices "
+                                             "2 or 1"),
+    (["--num-layers", "0"], "--num-layers must be at least 1, got 0."),
+    (["--data", ""], "--data is empty"),
+    (["--data", "."], "is a directory"),
+    (["--data", "missing.txt"], "No such file: missing.txt"),
+    (["--data", "notes.txt"], "it is not d2l's timemachine.txt")])
+@pytest.mark.cpu_devices(4)
+def test_bad_settings_are_refused_in_one_line_before_any_measuring(bench_main, real_text_path, tmp_path,
+                                                                   monkeypatch, capsys, argv, says):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("my notes")
+    assert says in refused(argv if "--data" in argv else ["--data", real_text_path, *argv], capsys)
+    assert [f.name for f in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_output_paths_are_checked_before_any_measuring_and_no_file_of_the_users_is_replaced(
+        bench_main, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench_main, "timemachine_path", lambda path: "timemachine.txt")
+    (tmp_path / "notes.txt").write_text("my notes")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "a.png").write_text("a plot")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "bench.json").write_text('{"mine": 1}')
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for argv, says in [(["--out", ""], "--out is empty"), (["--json", ""], "--json is empty"),
+                       (["--json", "notes.txt"], "notes.txt exists and is not the results of an earlier "
+                                                 "benchmark"),
+                       (["--json", "theirs"], "--json theirs: theirs is a folder"),
+                       (["--out", "notes.txt"], "--out notes.txt cannot be made"),
+                       (["--json", "notes.txt/b.json"], "--json notes.txt/b.json cannot be made"),
+                       (["--out", "theirs"], "--out theirs holds a.png, which the benchmark did not write"),
+                       (["--out", "other"], "other/bench.json exists and is not the results of an earlier"),
+                       (["--json", "new.json", "--sweep", "--out", "theirs"], "--out theirs holds")]:
+        assert says in refused(argv, capsys), argv
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "notes.txt").read_text() == "my notes"
+
+
+def test_a_rerun_replaces_only_an_earlier_benchmarks_results_and_says_so(bench_main, small_data, tmp_path,
+                                                                         capsys):
+    def recipes(contenders, rounds):
+        raise AssertionError("--recipe-rounds 0 runs none")
+    bench_main.faked(small_data, measure_recipes=recipes, measure_compile_cache=lambda data: {
+        "no_cache_s": 1.0, "cold_cache_s": 1.0, "warm_cache_s": 0.5}, measure_generation=lambda data: {
+        "num_chars": 1, "compiled_ms": 1.0, "d2l_loop_ms": 2.0, "ratio": 2.0, "batch": 1, "batched_ms": 1.0,
+        "batched_chars_per_s": 1.0})
+    (tmp_path / "bench.json").write_text(json.dumps({"machine": {}, "ratio_meaning": "", "old": 1}))
+    (tmp_path / "sweep.png").write_text("the earlier run's plot")
+    assert outputs.is_ours(tmp_path / "bench.json")
+    assert benchmark.main(["--recipe-rounds", "0", "--runs", "0", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"replacing {tmp_path / 'bench.json'}, an earlier benchmark's")
+    kept = json.loads((tmp_path / "bench.json").read_text())
+    assert kept["contenders"] == {"rnnjax": STEP} and "old" not in kept
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]       # not a plot of another run
+
+
+def test_the_sweeps_plot_is_written_whole(bench_main, small_data, tmp_path):
+    row = {"contender": "rnnjax", "num_hiddens": 32, "batch_size": 64, "num_steps": 32, "tokens_per_s": 1e5}
+    bench_main.faked(small_data, run_sweep=lambda args, data_path: [row], measure_compile_cache=lambda data: {
+        "no_cache_s": 1.0, "cold_cache_s": 1.0, "warm_cache_s": 0.5}, measure_generation=lambda data: {
+        "num_chars": 1, "compiled_ms": 1.0, "d2l_loop_ms": 2.0, "ratio": 2.0, "batch": 1, "batched_ms": 1.0,
+        "batched_chars_per_s": 1.0})
+    assert benchmark.main(["--recipe-rounds", "0", "--runs", "0", "--sweep", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "sweep.png"]     # no .tmp left
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((tmp_path / "bench.json").read_text())["sweep"] == [row]
+
+
+def test_a_benchmark_cut_short_keeps_what_it_measured(bench_main, small_data, tmp_path, capsys):
+    """bench.json is written after each part: a run stopped in the compile-cache part keeps the step table,
+    says so in one line, and exits 128 + signal (fit's stop of a recipe unwinds as Interrupted)."""
+    def cut(data):
+        raise Interrupted("fit's own line", signal.SIGTERM)
+    bench_main.faked(small_data, measure_compile_cache=cut)
+    assert benchmark.main(["--recipe-rounds", "0", "--out", str(tmp_path)]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == (f"Stopped by signal 15 (SIGTERM); {tmp_path / 'bench.json'} keeps "
+                                       "what was measured before it.\n")
+    kept = json.loads((tmp_path / "bench.json").read_text())
+    assert kept["contenders"] == {"rnnjax": STEP} and "compile_cache" not in kept
+
+
+def test_it_measures_under_handlers_that_stop_it_at_once_in_one_line(bench_main, small_data, tmp_path,
+                                                                     monkeypatch):
+    seen = {}
 
     def cut(data):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(bench_main, "measure_compile_cache", cut)
-    with pytest.raises(KeyboardInterrupt):
-        benchmark.main(["--recipe-rounds", "0", "--out", str(tmp_path)])
-    kept = json.loads((tmp_path / "bench.json").read_text())
-    assert kept["contenders"] == {"rnnjax": step} and "compile_cache" not in kept
+        seen["handlers"] = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+        raise Interrupted("", signal.SIGINT)
+    bench_main.faked(small_data, measure_compile_cache=cut)
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    (tmp_path / "bench.json").write_text(json.dumps({"machine": {}, "ratio_meaning": ""}))
+    stop = outputs.Stop(tmp_path / "bench.json")
+    assert stop.message(signal.SIGINT) == (f"Stopped by signal 2 (SIGINT); nothing was written "
+                                           f"({tmp_path / 'bench.json'} is as it was).")
+    assert benchmark.main(["--recipe-rounds", "0", "--out", str(tmp_path)]) == 130
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
+    exits = []
+    monkeypatch.setattr(outputs.stopping, "exit_now", lambda message, status: exits.append((message, status)))
+    for handler in seen["handlers"]:
+        handler(signal.SIGTERM, None)
+    said = f"Stopped by signal 15 (SIGTERM); {tmp_path / 'bench.json'} keeps what was measured before it."
+    assert exits == [(said, 143)] * 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,when", [(signal.SIGINT, "loading"), (signal.SIGINT, "measuring"),
+                                         (signal.SIGTERM, "measuring")])
+def test_a_signal_stops_the_command_with_one_line_and_128_plus_the_signal(real_text_path, tmp_path,
+                                                                          fresh_env, signum, when):
+    """While JAX loads (0.5 s in: the package's import), or once the first size is written: no
+    traceback, and bench.json keeps that size."""
+    path = tmp_path / "b.json"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.benchmark", "--sizes", "small", "--rounds",
+                             "1", "--steps", "1", "--devices", "1", "--data", real_text_path, "--json",
+                             str(path)], cwd=Path(benchmark.__file__).parents[2], env=fresh_env(),
+                            text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + (0.5 if when == "loading" else 240)
+    while time.monotonic() < deadline and not path.exists() and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum and "Traceback" not in err and err.count("\n") == 1, err
+    if when == "loading":
+        assert err == f"Stopped by signal {signum} while starting, before anything was written.\n"
+        assert not path.exists()
+    else:
+        name = signal.Signals(signum).name
+        assert err == f"Stopped by signal {signum} ({name}); {path} keeps what was measured before it.\n"
+        assert json.loads(path.read_text())["sizes"][0]["label"] == "lstm 48/32/16 x2"
 
 
 def test_flop_count_matches_the_matmuls():

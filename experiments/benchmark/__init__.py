@@ -10,7 +10,12 @@ On a GPU (and for quick runs, ``--sizes small``)::
 
 Runtime on a 2-core CPU: about 3 minutes; ``--ablations`` adds about 1,
 ``--sweep`` about 5. Writes ``bench.json`` (and with ``--sweep``
-``sweep.png``) into ``--out`` (default ``runs/bench-<time>``). Expected
+``sweep.png``) into ``--out`` (default ``runs/bench-<time>``), a new or empty
+folder or an earlier benchmark's, whose results it replaces (``--json``: a
+new file or an earlier benchmark's); bad arguments are refused in one line
+before any measuring. ``bench.json`` is rewritten whole after each part:
+Ctrl-C, SIGTERM or SIGHUP stops it with one line (exit 128 + signal) and
+it keeps what was measured. Expected
 result: rnnjax's step and whole recipe faster than both baselines, at every
 point of the sweep too; the current figures and the command that made them
 are in ``docs/performance.md``. Contenders run interleaved (A B C A B C ...)
@@ -37,6 +42,8 @@ medians with min-max over the rounds and ratios against rnnjax.
   rnnjax with each applicable kernel, at the large LSTMs its hoisted kernel in
   bfloat16 too (``rnnjax hoisted bf16``), cuDNN's LSTM measured on its own
   after the others.
+- ``outputs.py``: ``--json`` and ``--out`` checked (never a file of anyone
+  else's replaced), and the line a stop says.
 - ``report.py``: ratios in words (below 1 reads as slower), the tables, the sweep's plot.
 - ``main.py``: the command line, the sweep over hidden size, batch and steps,
   ``--runs N`` seeds in one program (``rnnjax.runs``) against one, and the
@@ -50,10 +57,20 @@ The process runs with ``rnnjax.backend.keep_freed_memory()``, as
 ``experiments.timemachine`` does; all contenders share it.
 """
 
-from experiments.benchmark.contenders import model_flops_per_token
-from experiments.benchmark.main import main
-from experiments.benchmark.measure import d2l_predict
-from experiments.benchmark.report import speed_words
-from experiments.benchmark.torch_contenders import torch_available
+import sys
+
+from experiments import stopping
+
+# python -m experiments.benchmark imports this package first, which loads JAX: a signal meanwhile says one
+# line and exits 128 + signal, no traceback (not for the package's other commands, nor an import).
+if "-m" in sys.orig_argv[:-1] and sys.orig_argv[sys.orig_argv.index("-m") + 1] == __name__:
+    stopping.while_loading()
+    stopping.load_jax()
+
+from experiments.benchmark.contenders import model_flops_per_token  # noqa: E402 (after the handlers)
+from experiments.benchmark.main import main  # noqa: E402
+from experiments.benchmark.measure import d2l_predict  # noqa: E402
+from experiments.benchmark.report import speed_words  # noqa: E402
+from experiments.benchmark.torch_contenders import torch_available  # noqa: E402
 
 __all__ = ["d2l_predict", "main", "model_flops_per_token", "speed_words", "torch_available"]

@@ -1,3 +1,4 @@
+from experiments import stopping
 from experiments.benchmark.main import main
 
-raise SystemExit(main())
+stopping.run(main)

@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import json
-import time
+import math
+import signal
+import sys
 from pathlib import Path
 
 import jax
 
+from experiments import stopping
 from experiments.benchmark.contenders import Contender, Rnnjax, RnnjaxRuns, Setting, StockFlax
 from experiments.benchmark.measure import (machine_info, measure_compile_cache, measure_generation,
                                            measure_recipes, measure_steps)
+from experiments.benchmark.outputs import Stop, check_outputs
 from experiments.benchmark.report import RATIO_MEANING, compared, plot_sweep, speed_words, table
-from experiments.benchmark.sizes import SIZES, applicable_kernels, run_sizes
+from experiments.benchmark.sizes import SIZES, applicable_kernels, run_sizes, settings
 from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available, torch_problem
 from experiments.parsing import Parser
 from rnnjax import backend, kernels
-from rnnjax.data import TimeMachine
+from rnnjax.data import TimeMachine, timemachine_path
+from rnnjax.flags import MAX_RUNS
 from rnnjax.parallel import DataParallel
-from rnnjax.workdir import write_atomically
+from rnnjax.workdir import WorkdirError, write_atomically
+
+# The counts' (lowest, highest): more rounds than these are a typo's hours of measuring; --runs, as many
+# seeds as one program trains (rnnjax.flags).
+LIMITS = {"rounds": (1, 1000), "steps": (1, 100_000), "recipe_rounds": (0, 1000), "runs": (0, MAX_RUNS),
+          "devices": (1, None)}
+# d2l's recipe's flags (their defaults): --sizes measures its own sets, and would ignore them.
+RECIPE_FLAGS = {"recipe_rounds": 1, "cell": "rnn", "num_layers": 1, "runs": 4, "sweep": False,
+                "ablations": False}
 
 
 def contenders_for(args, one_device_too: bool = False) -> list[Contender]:
@@ -79,47 +92,116 @@ def measure_runs(args, s: Setting, data: TimeMachine) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def check_args(p: Parser, args) -> tuple[Path, Path]:
+    """The checks that need only the arguments and the files they name, before any measuring: the counts
+    (a parser error), then ``ValueError`` in one sentence. Fills in the recipe's defaults and the verified
+    ``args.data``; the JSON file and the run folder."""
+    for name, (low, high) in LIMITS.items():
+        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        if value is not None and not low <= value <= (high or value):
+            p.error(f"{flag} must be at least {low}, got {value}" if value < low else
+                    f"{flag} must be at most {high:,}, got {value:,}")
+    given = [name for name in RECIPE_FLAGS if getattr(args, name) not in (None, False)]
+    if args.sizes and given:
+        flag = "--" + given[0].replace("_", "-")
+        p.error(f"{flag} is for d2l's recipe, which --sizes does not run; leave it out")
+    for name, default in RECIPE_FLAGS.items():
+        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
+    if args.data == "":         # '' would mean the default file
+        raise ValueError("--data is empty; give a path (a shell variable that was not set?).")
+    Setting(cell=args.cell, num_layers=args.num_layers).config      # ConfigError (--num-layers 0)
+    json_path, out_dir = check_outputs(args.json, args.out, args.sweep)
+    args.data = str(timemachine_path(args.data))       # DataError: missing, a folder, not d2l's file
+    return json_path, out_dir
+
+
+def check_devices(devices: int | None, batch_sizes: list[int]) -> None:
+    """``ValueError`` unless rnnjax can train every batch of ``batch_sizes`` on ``devices`` of this
+    process's (default all): as many as there are, and each batch split evenly."""
+    dp = DataParallel.create(devices)
+    uneven = [B for B in batch_sizes if B % dp.num_local]
+    if uneven:
+        fits = [str(n) for n in range(dp.num_local - 1, 0, -1) if all(B % n == 0 for B in batch_sizes)]
+        raise ValueError(f"{dp.num_local} devices cannot split the batch of {uneven[0]} evenly; give "
+                         f"--devices {' or '.join(fits[:3])}.")
+
+
+def parser() -> Parser:
     p = Parser(prog="python -m experiments.benchmark",
                description="rnnjax against PyTorch's nn.RNN and stock Flax, on the backend it runs on "
                            "(PyTorch on CUDA where torch sees a GPU)")
     p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else download)")
     p.add_argument("--sizes", choices=sorted(SIZES),
                    help="instead of d2l's recipe: the training step of every contender at each size of "
-                        "this set (gpu: the sizes of issue 26; small: quick ones), rnnjax with each kernel")
+                        "this set (gpu: the sizes of issue 26; small: quick ones), rnnjax with each kernel; "
+                        "not with the recipe's --recipe-rounds, --cell, --num-layers, --runs, --sweep, "
+                        "--ablations")
     p.add_argument("--rounds", type=int,
                    help="interleaved rounds of steady-state steps (default 7; with --sizes the set's)")
     p.add_argument("--steps", type=int,
                    help="steps per contender per round (default 60; with --sizes the set's)")
-    p.add_argument("--recipe-rounds", type=int, default=1,
+    p.add_argument("--recipe-rounds", type=int,
                    help="whole-recipe runs per contender (default 1; 0: none)")
     p.add_argument("--devices", type=int, help="rnnjax's local devices (default: all)")
-    p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default="rnn",
-                   help="the cell of every contender (d2l's recipe of that section: rnnjax.config.PRESETS)")
-    p.add_argument("--num-layers", type=int, default=1, help="stacked recurrent layers")
-    p.add_argument("--runs", type=int, default=4, metavar="N",
-                   help="also N seeds trained in one program against one seed (0: not)")
+    p.add_argument("--cell", choices=["rnn", "gru", "lstm"],
+                   help="the cell of every contender (default rnn; d2l's recipe of that section: "
+                        "rnnjax.config.PRESETS)")
+    p.add_argument("--num-layers", type=int, help="stacked recurrent layers (default 1)")
+    p.add_argument("--runs", type=int, metavar="N",
+                   help="also N seeds trained in one program against one seed (default 4; 0: not)")
     p.add_argument("--sweep", action="store_true", help="also the hidden x batch x steps sweep")
     p.add_argument("--ablations", action="store_true", help="also rnnjax variants: what each lever pays")
-    p.add_argument("--out", type=Path,
-                   help="run folder for bench.json and sweep.png (default runs/bench-<time>)")
-    p.add_argument("--json", type=Path, help="the results' JSON file (default OUT/bench.json)")
-    args = p.parse_args(argv)
-    for name in ("rounds", "steps"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    out_dir = args.out or Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
-    json_path = args.json or out_dir / "bench.json"
+    p.add_argument("--out", help="run folder for bench.json and sweep.png (default runs/bench-<time>): new, "
+                                 "empty or an earlier benchmark's, whose files are replaced")
+    p.add_argument("--json", help="the results' JSON file (default OUT/bench.json): new or an earlier "
+                                  "benchmark's, which is replaced; never another file")
+    return p
 
+
+def main(argv=None) -> int:
+    previous = stopping.handle(stopping.stopped_while_loading)
+    try:
+        p = parser()
+        args = p.parse_args(argv)
+        try:
+            json_path, out_dir = check_args(p, args)
+            batch_sizes = ([s.batch_size for s in settings(args.sizes)] if args.sizes else
+                           [1024, 64] if args.sweep else [1024])
+            # As experiments.timemachine does: one CPU device per core, as many as split every batch.
+            backend.use_cpu_cores(math.gcd(*batch_sizes), args.devices)
+            backend.start()
+            check_devices(args.devices, batch_sizes)
+        except ValueError as e:         # DataError and ConfigError too
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if json_path.exists():
+            print(f"replacing {json_path}, an earlier benchmark's results")
+        stop = Stop(json_path)
+        stopping.handle(stop)
+        try:
+            benchmark(args, json_path, out_dir)
+        except KeyboardInterrupt as e:      # fit's Interrupted: a signal stops a recipe at its next step
+            signum = getattr(e, "signum", signal.SIGINT)
+            stopping.tell(stop.message(signum))
+            return 128 + signum
+        except WorkdirError as e:           # a full disk: bench.json keeps its last whole write
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        stopping.put_back(previous)
+
+
+def benchmark(args, json_path: Path, out_dir: Path) -> None:
+    """Measures what ``args`` (checked) ask for, rewriting ``json_path`` whole after each part."""
     s = Setting(cell=args.cell, num_layers=args.num_layers)
     # As experiments.timemachine does: malloc keeps freed memory (all contenders
-    # share the process, so PyTorch and Flax get it too), one CPU device per core.
+    # share the process, so PyTorch and Flax get it too).
     backend.keep_freed_memory()
-    backend.use_cpu_cores(s.batch_size)
     if args.sizes:
         run_sizes(args.sizes, args.data, json_path, args.devices, args.rounds, args.steps)
         print(f"wrote {json_path}")
-        return 0
+        return
     args.rounds, args.steps = args.rounds or 7, args.steps or 60
     data = TimeMachine(s.batch_size, s.num_steps, path=args.data)
     info = machine_info()
@@ -139,6 +221,8 @@ def main(argv=None) -> int:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(json_path, json.dumps(out, indent=1))
     save()
+    if args.json is None or args.sweep:     # an earlier benchmark's plot is not this bench.json's
+        (out_dir / "sweep.png").unlink(missing_ok=True)
     if args.recipe_rounds:
         print(f"whole recipe ({s.epochs} epochs, compilation and per-epoch validation included):")
         for name, r in measure_recipes(contenders, args.recipe_rounds).items():
@@ -181,8 +265,7 @@ def main(argv=None) -> int:
         save()
         out["sweep"] = run_sweep(args, args.data)
         out_dir.mkdir(parents=True, exist_ok=True)
-        plot_sweep(out["sweep"], out_dir / "sweep.png")
+        write_atomically(out_dir / "sweep.png", save=lambda tmp: plot_sweep(out["sweep"], tmp))
         print(f"sweep plot: {out_dir / 'sweep.png'}")
     save()
     print(f"wrote {json_path}")
-    return 0

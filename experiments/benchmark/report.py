@@ -85,5 +85,5 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")        # path may be a temporary name
     plt.close(fig)

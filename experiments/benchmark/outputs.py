@@ -1,0 +1,95 @@
+"""Where the benchmark writes (``--json``, ``--out``), checked before any measuring: a new file or folder, or
+an earlier benchmark's, whose results it replaces; never a file of anyone else's. And what a stop says
+they keep (``bench.json`` is rewritten whole after each part)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from experiments import stopping
+
+# What the benchmark writes in --out (.tmp: a file being written when it was stopped).
+OURS = ("bench.json", "bench.json.tmp", "sweep.png", "sweep.png.tmp")
+
+
+def is_ours(path: Path) -> bool:
+    """Whether ``path`` is a results file of this benchmark (either mode's): a JSON object with its keys."""
+    try:
+        if not path.is_file() or path.stat().st_size > 2 ** 26:     # no bench.json is that big: not read
+            return False
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):       # unreadable, not UTF-8, not JSON
+        return False
+    return isinstance(results, dict) and {"machine", "ratio_meaning"} <= results.keys()
+
+
+def check_writable(what: str, folder: Path) -> None:
+    """``ValueError`` naming ``what`` (``--out runs/b``) unless ``folder`` is, or can be made, a folder this
+    process writes: a file made and removed at once in it, or in the nearest folder above it (access()
+    says yes to root)."""
+    there = folder.absolute()
+    while not there.exists() and not there.is_symlink():
+        there = there.parent
+    if not there.is_dir():
+        raise ValueError(f"{what} cannot be made: {there} is not a folder.")
+    try:
+        tempfile.TemporaryFile(dir=there).close()
+    except OSError as e:
+        raise ValueError(f"{what} cannot be written in {there} ({e.strerror}).") from None
+
+
+def check_outputs(json_arg: str | None, out_arg: str | None, sweep: bool) -> tuple[Path, Path]:
+    """The JSON file and the run folder (``--json``, ``--out``, as typed; ``sweep``: a plot goes in the
+    folder), checked: ``ValueError`` in one sentence."""
+    for flag, typed in (("--out", out_arg), ("--json", json_arg)):   # '' would be the current folder
+        if typed == "":
+            raise ValueError(f"{flag} is empty; give a path (a shell variable that was not set?).")
+    out_dir = Path(out_arg) if out_arg else Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
+    json_path = Path(json_arg) if json_arg else out_dir / "bench.json"
+    flag = f"--json {json_path}" if json_arg else f"--out {out_dir}"
+    if json_path.is_dir():
+        raise ValueError(f"{flag}: {json_path} is a folder, where the results' file goes.")
+    if (json_path.exists() or json_path.is_symlink()) and not is_ours(json_path):
+        raise ValueError(f"{flag}: {json_path} exists and is not the results of an earlier benchmark, the "
+                         "only file it replaces; give a new path.")
+    check_writable(flag, json_path.parent)
+    if json_arg is None or sweep:           # the run folder is written to
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"--out {out_dir} is a file, not a folder.")
+        try:
+            theirs = sorted(f.name for f in out_dir.iterdir() if f.name not in OURS or not f.is_file()
+                            or f.name == "bench.json" and not is_ours(f)) if out_dir.is_dir() else []
+        except OSError as e:
+            raise ValueError(f"--out {out_dir} cannot be read ({e.strerror}).") from None
+        if theirs:
+            raise ValueError(f"--out {out_dir} holds {', '.join(theirs[:3])}{', ...' if theirs[3:] else ''}, "
+                             "which the benchmark did not write; give a new or empty folder (or an earlier "
+                             "benchmark's, whose results it replaces).")
+        check_writable(f"--out {out_dir}", out_dir)
+    return json_path, out_dir
+
+
+class Stop:
+    """The SIGINT/SIGTERM/SIGHUP handler while it measures: one line (``message``), exit 128 + signal at
+    once, not unwinding out of a compile."""
+
+    def __init__(self, json_path: Path):
+        self.json_path = json_path
+        self.before = self._written()
+
+    def _written(self) -> int | None:
+        return self.json_path.stat().st_mtime_ns if self.json_path.exists() else None
+
+    def message(self, signum: int) -> str:
+        """The signal, and whether ``json_path`` keeps what was measured (rewritten whole after each part)."""
+        kept = (f"{self.json_path} keeps what was measured before it"
+                if self._written() not in (None, self.before) else
+                "nothing was written" + (f" ({self.json_path} is as it was)" if self.before else ""))
+        return f"Stopped by signal {signum} ({signal.Signals(signum).name}); {kept}."
+
+    def __call__(self, signum, frame):
+        stopping.exit_now(self.message(signum), 128 + signum)
