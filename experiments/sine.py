@@ -296,6 +296,8 @@ def _run(workdir: Path, seeds: list[int], rnn_epochs: int) -> int:
         sine_figures.remove(workdir)
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:         # stdout's, not the workdir's: stopping.run says so
+        raise
     except OSError as e:
         print(f"error: cannot write to {workdir}: {e.strerror}.", file=sys.stderr)
         return 1

@@ -143,6 +143,11 @@ def run(main: Callable[[], int]) -> None:
         status = main()
     except KeyboardInterrupt:     # a Ctrl-C as main hands the signals back, its own handlers still in place
         stopped_after_the_run(signal.SIGINT, None)
+    except BrokenPipeError:       # the reader of a pipe (| head) exited: stop as a piped Unix tool does
+        with contextlib.suppress(OSError, ValueError, AttributeError):     # Python flushes stdout as it exits
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        tell("Stopped: the output was closed (the reader of a pipe exited).")
+        status = 128 + signal.SIGPIPE
     if status:
         flush()
         os._exit(status)

@@ -124,6 +124,14 @@ def test_one_run_writes_a_workdir_at_a_time_and_one_done_meanwhile_stays(tmp_pat
     assert (w / sine.RESULTS).read_text() == "theirs"
 
 
+def test_a_closed_pipe_is_left_to_stopping_run_not_called_the_workdir_s(tmp_path, monkeypatch):
+    def reader_gone(*args, **kwargs):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+    monkeypatch.setattr(sine, "run_seeds", reader_gone)
+    with pytest.raises(BrokenPipeError):            # stopping.run: one line, exit 141
+        sine.main(["--workdir", str(tmp_path / "w")])
+
+
 def test_a_workdir_that_is_a_file_is_named_a_file_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sine, "run_seeds", lambda *a, **k: pytest.fail("ran"))
     (tmp_path / "n6").write_text("mine")

@@ -1,5 +1,6 @@
 """``experiments.stopping``: one line and 130/143 for a signal outside a run's own handling."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -49,6 +50,25 @@ def test_a_signal_after_the_run_but_before_it_exits_says_so(signum, ending):
     assert done.returncode == 128 + signum
     assert done.stderr == (f"Stopped by signal {int(signum)} as the program exited, after the run: its "
                            "workdir is as the run left it.\n")
+
+
+def test_a_closed_pipe_under_a_command_is_one_line_and_141_as_a_unix_tool_stops(tmp_path):
+    """sine, the benchmark: stdout's reader (``| head``) gone, not a traceback nor 'cannot write DIR'."""
+    script = tmp_path / "lines.py"
+    script.write_text(textwrap.dedent("""
+        from experiments import stopping
+
+        def main():
+            for _ in range(100_000):
+                print("a line of the output")
+            return 0
+        stopping.run(main)
+    """))
+    done = subprocess.run(f"{sys.executable} {script} | head -1; echo status ${{PIPESTATUS[0]}}", shell=True,
+                          executable="/bin/bash", cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout == "a line of the output\nstatus 141\n"
+    assert done.stderr == "Stopped: the output was closed (the reader of a pipe exited).\n"
 
 
 def test_closed_streams_take_nothing_and_raise_nothing(monkeypatch):
