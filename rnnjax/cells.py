@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -204,18 +205,25 @@ def lacks(cell: Any) -> list[str]:
 
 
 def step_problem(cell: nn.Module, input_size: int) -> str | None:
-    """Where one step of the made ``cell`` (one that ``lacks`` nothing) on ``(1, input_size)`` inputs breaks
-    the protocol, in a clause; ``None`` if it keeps it. Shapes only: nothing is computed."""
-    def one_step(x):
+    """Where one step of the made ``cell`` (one that ``lacks`` nothing) on ``(1, input_size)`` inputs, as
+    ``rnnjax.model.RNN`` gives them, breaks the protocol, in a clause; ``None`` if it keeps it, or fails
+    otherwise (the model's own trace then says how). Shapes only: nothing is computed."""
+    def one_step(ids):
+        x = OneHot(ids, input_size)
+        x = x if getattr(cell, "accepts_one_hot", False) else x.dense(compute_dtype(cell))
         carry = cell.initialize_carry(jax.random.key(0), x.shape)
         new, y = cell.apply(cell.init(jax.random.key(0), carry, x), carry, x)   # init gives any stream a key
         return carry, new, y
     try:
-        carry, new, y = jax.eval_shape(one_step, jax.ShapeDtypeStruct((1, input_size), jnp.float32))
-    except flax.errors.InvalidRngError as e:        # a Dropout inside the cell
-        said = str(e).split(" (https")[0]
-        return (f"asks for a random key beside its parameters' ({said}), which a cell is not given: rnnjax's "
-                "dropout acts between layers (--dropout with --num-layers 2 or more)")
+        carry, new, y = jax.eval_shape(one_step, jax.ShapeDtypeStruct((1,), jnp.int32))
+    except flax.errors.InvalidRngError as e:        # a Dropout inside the cell, say
+        stream = re.search(r'needs PRNG for "(\w+)"', str(e))
+        hint = (": rnnjax's dropout acts between layers (--dropout with --num-layers 2 or more)"
+                if stream and stream[1] == "dropout" else "")
+        named = f"a {stream[1]!r}" if stream else "a"
+        return f"asks for {named} random key, which a cell is not given{hint}"
+    except Exception:       # any other failure of the cell's own code: the model's trace says it
+        return None
     if jax.tree.structure(new) != jax.tree.structure(carry) or any(
             a.shape != b.shape for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(carry))):
         return (f"returns a carry of {_shapes(new)} from initialize_carry's {_shapes(carry)}: the new carry "

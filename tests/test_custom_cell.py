@@ -247,13 +247,22 @@ class DropoutCell(DenseCell):
         return h, h
 
 
+class NoisyCell(DenseCell):
+    """Draws from a stream of its own: no cell is given one."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        h = jnp.tanh(nn.Dense(self.features)(x) + h + jax.random.normal(self.make_rng("noise"), h.shape))
+        return h, h
+
+
 @pytest.mark.parametrize("registered, problem", [
     (WideCarryCell, r"returns a carry of float32\[1,32\] from initialize_carry's float32\[1,16\]: the new "
                     r"carry must have the shapes of the one it replaces"),
     (PairOutputCell, r"returns y as \(float32\[1,16\], float32\[1,16\]\), not one \(batch, features\) array"),
-    (DropoutCell, r"asks for a random key beside its parameters' \(Dropout_0 needs PRNG for \"dropout\"\), "
-                  r"which a cell is not given: rnnjax's dropout acts between layers \(--dropout with "
-                  r"--num-layers 2 or more\)"),
+    (DropoutCell, r"asks for a 'dropout' random key, which a cell is not given: rnnjax's dropout acts "
+                  r"between layers \(--dropout with --num-layers 2 or more\)"),
+    (NoisyCell, r"asks for a 'noise' random key, which a cell is not given"),
 ])
 def test_a_cell_whose_step_breaks_the_protocol_is_refused_in_one_sentence_before_any_work(
         registered, problem, tmp_path, monkeypatch, capsys):
@@ -305,3 +314,34 @@ def test_a_run_restores_and_resumes_only_with_the_cell_it_was_trained_with_a_par
     monkeypatch.setitem(model_lib.CELLS, "scaled", functools.partial(ScaledCell, scale=0.5))
     assert checkpoint.restore(tmp_path).predict("the", 10) == text
     assert len(fit(config.replace(epochs=2), small_data, tmp_path, devices=1, log=None).history) == 2
+
+
+class EmbeddingCell(DenseCell):
+    """Declares ``accepts_one_hot``: it gets ``OneHot`` ids, and reads them as a table's rows."""
+    accepts_one_hot = True
+
+    @nn.compact
+    def __call__(self, h, x):
+        E = self.param("E", nn.initializers.normal(0.5), (x.depth, self.features))
+        h = jnp.tanh(E[x.ids] + nn.Dense(self.features, use_bias=False)(h))
+        return h, h
+
+
+class BrokenCell(DenseCell):
+    """Fails in its own code: its own error, from the model's trace, not a refusal of the check's."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        raise RuntimeError("my bug")
+
+
+def test_the_step_check_feeds_a_cell_as_the_model_does_and_leaves_its_errors_to_it(small_data, monkeypatch):
+    monkeypatch.setitem(model_lib.CELLS, "emb", EmbeddingCell)
+    model = make_model(TINY.replace(cell="emb", kernel="plain"), len(small_data.vocab))
+    batch = next(small_data.train_batches(0))
+    params = model.init(jax.random.key(0), batch.X)
+    assert model.apply(params, batch.X).shape == (*batch.X.shape, len(small_data.vocab))
+    monkeypatch.setitem(model_lib.CELLS, "broken", BrokenCell)
+    model = make_model(TINY.replace(cell="broken"), len(small_data.vocab))
+    with pytest.raises(RuntimeError, match="my bug"):
+        model.init(jax.random.key(0), batch.X)
