@@ -25,9 +25,11 @@ embedding lookup: there is no matmul to speed up).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import re
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +37,7 @@ import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from rnnjax.precision import dot
@@ -246,17 +249,40 @@ OWN_CELLS = dict(CELLS)      # as rnnjax ships them: CELLS may gain (or swap in)
 
 
 def registered_as(name: str) -> str:
-    """What ``CELLS[name]`` is, in words a checkpoint keeps: ``rnnjax's own``, a class's name, or a
-    ``functools.partial``'s class and arguments (``ScaledCell(scale=0.5)``), callables by name (their
-    ``repr`` holds an address)."""
+    """What ``CELLS[name]`` is, in words a checkpoint keeps and another process says alike: ``rnnjax's
+    own``, a class's name, or a ``functools.partial``'s class and the arguments that differ from the
+    class's defaults (``ScaledCell(scale=0.5)``). Values as ``described``: what cannot be said alike in
+    every process (an object's address) is said by its type's name alone."""
     made = CELLS[name]
     if made is OWN_CELLS.get(name):
         return "rnnjax's own"
-    if isinstance(made, functools.partial):
-        args = [*map(_stable, made.args), *(f"{k}={_stable(v)}" for k, v in sorted(made.keywords.items()))]
-        return f"{_stable(made.func)}({', '.join(args)})"
-    return _stable(made)
+    return described(made)
 
 
-def _stable(value: Any) -> str:
-    return (getattr(value, "__qualname__", None) or repr(value)) if callable(value) else repr(value)
+def described(value: Any) -> str:
+    """``value`` in words that do not change from one process to the next: numbers, strings and their
+    containers as written; functions and classes by name; a partial by its function and arguments (those
+    a dataclass's field defaults to left out); an array by its shape, dtype and a CRC-32 of its bytes;
+    anything else by its type's name."""
+    if isinstance(value, np.generic):       # a NumPy scalar: as the number it holds
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        items = ", ".join(map(described, value))
+        return f"[{items}]" if isinstance(value, list) else f"({items}{',' * (len(value) == 1)})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{described(k)}: {described(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, functools.partial):
+        defaults = {f.name: f.default for f in getattr(value.func, "__dataclass_fields__", {}).values()
+                    if f.default is not dataclasses.MISSING}
+        keywords = {k: v for k, v in sorted(value.keywords.items())
+                    if k not in defaults or described(defaults[k]) != described(v)}
+        args = [*map(described, value.args), *(f"{k}={described(v)}" for k, v in keywords.items())]
+        return f"{described(value.func)}({', '.join(args)})" if args else described(value.func)
+    if hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__array__"):
+        data = np.asarray(value)
+        return f"{data.dtype}{list(data.shape)}:{zlib.crc32(data.tobytes()):08x}"
+    if callable(value) and getattr(value, "__qualname__", None):
+        return value.__qualname__
+    return type(value).__qualname__

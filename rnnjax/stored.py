@@ -49,9 +49,10 @@ class UnknownCell(CheckpointError, ValueError):
     """A run of a cell of one's own, read where that cell is not in ``rnnjax.cells.CELLS``: not damage.
     A ``ValueError`` too: the command line reads a workdir's settings among its argument checks."""
 
-    def __init__(self, workdir: Path, cell: str):
+    def __init__(self, workdir: Path, cell: str, registered: Any = None):
+        made = registered if isinstance(registered, str) else "<the cell class>"    # as the meta says
         super().__init__(f"{workdir} was trained with cell {cell!r}, which is not registered here: set "
-                         f"rnnjax.CELLS[{cell!r}] = <the cell class> before restoring or resuming it (on the "
+                         f"rnnjax.CELLS[{cell!r}] = {made} before restoring or resuming it (on the "
                          "command line: in a script that then calls experiments.timemachine.main()).")
         self.cell = cell
 
@@ -68,7 +69,7 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
     user's, either way) from damage."""
     cell = meta["config"]["cell"]
     own = CELLS.get(cell) is OWN_CELLS.get(cell)       # its arrays' shapes: another shape is damage
-    kind = "rnnjax's own" if own else getattr(CELLS.get(cell), "__qualname__", None) or repr(CELLS.get(cell))
+    kind = registered_as(cell)
     where, fix = (f"The checkpoint at step {step} in {Path(workdir) / SUBDIR}",
                   f"set rnnjax.CELLS[{cell!r}] to the cell class the run was trained with.")
 
@@ -168,7 +169,7 @@ def read_meta(workdir: Path, step: int) -> dict:
         raise DamagedCheckpoint(step, directory, f"cannot be read ({reason(e)})") from None
     cell = meta_lib.unregistered_cell(meta)
     if cell is not None:
-        raise UnknownCell(Path(workdir), cell)
+        raise UnknownCell(Path(workdir), cell, meta.get(meta_lib.REGISTERED))
     why = meta_lib.problem(meta, step)
     if why:
         raise DamagedCheckpoint(step, directory, why)

@@ -182,3 +182,30 @@ def test_what_is_registered_under_a_cell_name_is_said_as_a_checkpoint_keeps_it(m
     assert registered_as("gru") == "GRUCell"            # flax's, under rnnjax's name
     monkeypatch.setitem(CELLS, "x", functools.partial(nn.SimpleCell, activation_fn=jax.nn.relu, features=3))
     assert registered_as("x") == "SimpleCell(activation_fn=relu, features=3)"   # functions by name
+
+
+class Scaled(nn.RNNCellBase):
+    features: int
+    scale: float = 1.0
+
+
+class Callable:
+    def __call__(self, x):
+        return x
+
+
+def test_a_value_is_described_alike_in_every_process_and_printing():
+    """What a partial registered holds, as two processes must say it alike: no address, no print option."""
+    import functools
+
+    from rnnjax.cells import described
+    assert described(functools.partial(Scaled, scale=1.0)) == described(Scaled) == "Scaled"   # its default
+    leaky = functools.partial(jax.nn.leaky_relu, negative_slope=0.1)
+    assert described(functools.partial(Scaled, act=leaky, obj=Callable(), scale=np.float32(0.5), t=(1,),
+                                       d={"a": [1, None]})) == (
+        "Scaled(act=leaky_relu(negative_slope=0.1), d={'a': [1, None]}, obj=Callable, scale=0.5, t=(1,))")
+    w = np.linspace(0, 1, 2000)
+    with np.printoptions(precision=2, threshold=10):      # a notebook's %precision, numpy's elision
+        said = described(w)
+    assert said == described(w) and said.startswith("float64[2000]:") and said != described(w + 1e-9)
+    assert described(jnp.ones(2)) == described(np.ones(2, np.float32))         # by contents, not by type
