@@ -69,8 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data = os.environ.get("RNNJAX_TIMEMACHINE") or "timemachine.txt" if args.data is None else args.data
     try:
         check_out(args.out)
-        if not args.budget >= Parts.least_s:        # no part starts with less left
-            raise ValueError(f"--budget must be at least {Parts.least_s:g} seconds, got {args.budget:g}.")
+        if not args.budget >= 2 * Parts.least_s:        # no part starts with less than least_s left
+            raise ValueError(f"--budget must be at least {2 * Parts.least_s:g} seconds, got {args.budget:g}.")
         if not data:
             raise ValueError("--data is empty; give d2l's timemachine.txt as --data PATH.")
         if Path(data).is_dir():

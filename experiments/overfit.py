@@ -45,10 +45,10 @@ def main(argv=None) -> int:
         mine = [r for r in records if r.get("run") == run]
         best, last = min(mine, key=lambda r: r["val_ppl"]), mine[-1]
         which = "" if run is None else f" run {run}:"
-        then = (f", then {cli.ppl(last['val_ppl'])} at epoch {last['epoch']}," if last is not best
-                else " (the last: it has not turned up yet),")
-        print(f"overfit:{which} validation perplexity lowest at epoch {best['epoch']} "
-              f"({cli.ppl(best['val_ppl'])}){then} while train perplexity fell to "
+        at = f"{best['epoch']} ({cli.ppl(best['val_ppl'])})"
+        lowest = (f"lowest at epoch {at}, then {cli.ppl(last['val_ppl'])} at epoch {last['epoch']},"
+                  if last is not best else f"lowest at the last epoch, {at}, not turned up yet,")
+        print(f"overfit:{which} validation perplexity {lowest} while train perplexity fell to "
               f"{cli.ppl(last['train_ppl'])}")
     return status
 

@@ -11,13 +11,11 @@ lr 0.01, batch 16), and sec_sequence's latent autoregressive model as an RNN (``
 32-unit ``SimpleRNNCell`` whose state reads the whole history; clipped Adam on one-step and 64-step
 free-running errors).
 
-It says first where it writes and on which device; it writes ``sine-onestep.png``, ``sine-multistep.png``,
-``sine-ksteps.png`` (d2l's three figures, both models, the first seed, once that seed is done) and, at the
-end, ``results.json`` (the mean squared errors by seed, their min and max) to ``--workdir`` (default
-``runs/sine-<date>-<time>``, as ``runs/sine-20261205-014400``). Ctrl-C, SIGTERM or SIGHUP stops it at
-once with one line saying what the workdir holds (exit 128 + signal). Each file is written whole or not
-at all; one that cannot be (a full disk) is named, and the run's files removed: the same command runs
-again.
+It says first where it writes and on which device; it writes d2l's three figures (both models, the first
+seed's, once that seed is done) and at the end ``results.json`` (the mean squared errors by seed, their
+min and max) to ``--workdir`` (default ``runs/sine-<date>-<time>``, as ``runs/sine-20261205-014400``),
+which one run writes at a time. Ctrl-C, SIGTERM or SIGHUP stops it at once with one line saying what the
+workdir holds (exit 128 + signal). Each file is written whole or not at all (``sine_figures``).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from rnnjax import orbax_logs, workdir as workdir_lib
 from rnnjax.config import Config, whole
 from rnnjax.generate import predict, predict_batch
+from rnnjax.meta import Position
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model
 from rnnjax.stored import (SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, read_meta, reason, steps,
                            val_ppl)
@@ -140,8 +141,8 @@ def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fa
                     if (p := val_ppl(meta, k)) is not None] if run is None else []
             if not ppls:
                 raise
-            raise CheckpointError(f"{e} Run {min(ppls)[1]} has the lowest validation perplexity "
-                                  f"({min(ppls)[0]:.4g}).") from None
+            raise CheckpointError(f"{str(e).removesuffix('.')}; run {min(ppls)[1]} has the lowest validation "
+                                  f"perplexity, {min(ppls)[0]:.4g}.") from None
         ranked = sorted((p, s) for s, meta in metas.items() if (p := val_ppl(meta, run)) is not None)
         why = _why_stopped(metas[max(metas)], run) if metas else None
         if not ranked and why is not None:
@@ -211,9 +212,10 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
         if why is not None:
             before = [s for s in steps(workdir) if s < step and (earlier := _meta_or_none(workdir, s))
                       is not None and _why_stopped(earlier, run) is None]
-            raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): restore another run" + (
-                f", or step={max(before)}, saved before it stopped (--best: the best of those)."
-                if before else "; no checkpoint kept is from before it stopped."))
+            other = (f", or one saved before it stopped: the newest with step={max(before)}, the best with "
+                     "best=True (--best on the command line)." if before else
+                     "; no checkpoint kept is from before it stopped.")
+            raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): restore another run{other}")
         stacked = restore_state(workdir / SUBDIR, step, abstract_run_states(runs, len(vocab)), meta)
         state = jax.tree.map(lambda x: x[run], stacked)
     else:
@@ -224,9 +226,8 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
 def _why_stopped(meta: dict, run: int | None) -> str | None:
     """Why ``run`` of the runs trained together stopped early, as ``meta`` says; ``None`` while it trains
     on (and for a single run)."""
-    if run is None or not meta.get("runs"):
-        return None
-    return (meta["position"].get("stopped") or [None] * len(meta["runs"]))[run]
+    stopped = Position.read(meta).stopped
+    return stopped[run] if run is not None and meta.get("runs") and stopped else None
 
 
 def _meta_or_none(workdir: Path, step: int) -> dict | None:

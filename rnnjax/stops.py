@@ -225,9 +225,10 @@ def check_divergence(record: dict, epochs_high: int, vocab_size: int) -> bool:
     high = not ppl <= DIVERGED_FACTOR * vocab_size
     if high and (epochs_high + 1 >= DIVERGED_EPOCHS or not math.isfinite(ppl)):
         epoch = record["epoch"]
-        reason = (f"its train perplexity stayed over {DIVERGED_FACTOR} x {vocab_size} (guessing uniformly) "
-                  f"for {epochs_high + 1} epochs, {ppl:.4g} at epoch {epoch}" if math.isfinite(ppl)
-                  else f"its train perplexity is {ppl} at epoch {epoch} ({vocab_size} guessing uniformly)")
+        reason = (f"its train perplexity stayed above {DIVERGED_FACTOR} times the uniform guess's "
+                  f"{vocab_size} for {epochs_high + 1} epochs, {ppl:.4g} at epoch {epoch}"
+                  if math.isfinite(ppl) else
+                  f"its train perplexity is {ppl} at epoch {epoch}, the uniform guess's {vocab_size}")
         raise NonFiniteLoss(f"The run is diverging: {reason}; stopped. Train again in a new --workdir with a "
                             "smaller --lr.", reason)
     return high

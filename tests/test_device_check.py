@@ -235,10 +235,10 @@ def test_bad_arguments_say_so_before_any_work(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         device_check.parse_args(["--out", str(tmp_path / "new"), "--data", str(tmp_path)])
     assert f"--data {tmp_path} is a folder" in capsys.readouterr().err and not (tmp_path / "new").exists()
-    for budget in ("0", "4.9", "nan"):         # under the least time in which a part starts: none would
+    for budget in ("0", "5", "9.9", "nan"):     # near the least time in which a part starts: none would
         with pytest.raises(SystemExit):
             device_check.parse_args(["--out", str(tmp_path / "new"), "--data", __file__, "--budget", budget])
-        assert f"--budget must be at least 5 seconds, got {float(budget):g}." in capsys.readouterr().err
+        assert f"--budget must be at least 10 seconds, got {float(budget):g}." in capsys.readouterr().err
     monkeypatch.setenv("RNNJAX_TIMEMACHINE", __file__)
     with pytest.raises(SystemExit):             # not the environment's file instead
         device_check.parse_args(["--out", str(tmp_path / "new"), "--data", ""])

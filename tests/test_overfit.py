@@ -84,5 +84,5 @@ def test_a_run_whose_last_epoch_is_its_best_says_it_has_not_turned_up_yet(tmp_pa
     assert overfit.main(["--text", str(text), "--preset", "tiny", "--epochs", "1", "--workdir",
                          str(tmp_path / "w"), "--devices", "1", "--no-progress"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("overfit: validation perplexity lowest at epoch 1 (") and \
-        "(the last: it has not turned up yet), while train perplexity fell to " in last
+    assert last.startswith("overfit: validation perplexity lowest at the last epoch, 1 (") and \
+        "), not turned up yet, while train perplexity fell to " in last

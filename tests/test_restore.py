@@ -231,7 +231,8 @@ def test_a_run_that_stopped_early_names_a_checkpoint_from_before_it_stopped_wher
             checkpoint.restore(tmp_path, run=1, best=True)
         return
     per_epoch = 13
-    before = stopped + rf": restore another run, or step={per_epoch}, saved before it stopped \(--best: the"
+    before = (stopped + r": restore another run, or one saved before it stopped: the newest with "
+              rf"step={per_epoch}, the best with best=True \(--best on the command line\)\.$")
     with pytest.raises(CheckpointError, match=before):
         checkpoint.restore(tmp_path, run=1)
     assert checkpoint.restore(tmp_path, run=1, step=per_epoch).step == per_epoch
@@ -244,8 +245,8 @@ def test_best_of_runs_without_a_run_names_the_one_of_lowest_validation_perplexit
     runs.fit_runs(configs, small_data, tmp_path, devices=1, log=None, checkpoint_every=1)
     best = min((p, k) for s in checkpoint.steps(tmp_path) for k, p in
                enumerate(checkpoint.read_meta(tmp_path, s)["run_val_ppls"]))
-    with pytest.raises(CheckpointError, match=rf"choose one with run=K .*, K from 0 to 2\. Run {best[1]} has "
-                                              rf"the lowest validation perplexity \({best[0]:.4g}\)\.$"):
+    with pytest.raises(CheckpointError, match=rf"choose one with run=K .*, K from 0 to 2; run {best[1]} has "
+                                              rf"the lowest validation perplexity, {best[0]:.4g}\.$"):
         checkpoint.restore(tmp_path, best=True)
     with pytest.raises(CheckpointError, match=r"K from 0 to 2\.$"):      # not best: no perplexity to name
         checkpoint.restore(tmp_path)

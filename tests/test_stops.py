@@ -22,11 +22,12 @@ def epochs(*ppls):
 def test_a_perplexity_far_above_uniform_for_several_epochs_stops_the_run():
     far = DIVERGED_FACTOR * V * 1.5
     assert epochs(*[far] * (DIVERGED_EPOCHS - 1)) == DIVERGED_EPOCHS - 1          # not yet
-    stayed = (f"diverging: its train perplexity stayed over {DIVERGED_FACTOR} x {V} \\(guessing uniformly\\) "
+    stayed = (f"diverging: its train perplexity stayed above {DIVERGED_FACTOR} times the uniform guess's {V} "
               f"for {DIVERGED_EPOCHS} epochs, {far:.4g} at epoch {DIVERGED_EPOCHS}; stopped.*smaller --lr")
     with pytest.raises(NonFiniteLoss, match=stayed):
         epochs(*[far] * DIVERGED_EPOCHS)
-    with pytest.raises(NonFiniteLoss, match=f"diverging: its train perplexity is inf at epoch 2 \\({V} "):
+    with pytest.raises(NonFiniteLoss, match=f"diverging: its train perplexity is inf at epoch 2, the uniform "
+                                            f"guess's {V};"):
         epochs(far, math.inf)
     assert epochs(far, far, 20.0, far) == 1                                     # a good epoch resets
     assert epochs(30.0, V * DIVERGED_FACTOR, 9.0) == 0                           # at the bound is fine
