@@ -209,8 +209,7 @@ def test_it_measures_under_handlers_that_stop_it_at_once_in_one_line(bench_main,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum,when", [(signal.SIGINT, "loading"), (signal.SIGINT, "measuring"),
-                                         (signal.SIGTERM, "measuring")])
+@pytest.mark.parametrize("signum,when", [(signal.SIGINT, "loading"), (signal.SIGTERM, "measuring")])
 def test_a_signal_stops_the_command_with_one_line_and_128_plus_the_signal(real_text_path, tmp_path,
                                                                           fresh_env, signum, when):
     """While JAX loads (0.5 s in: the package's import), or once the first size is written: no
