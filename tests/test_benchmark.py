@@ -17,6 +17,7 @@ from experiments.benchmark.contenders import Contender, Setting
 from experiments.benchmark.measure import machine_info, measure_steps
 from experiments.benchmark.report import ratio_lines, sizes_table
 from rnnjax.stops import Interrupted
+from rnnjax.workdir import LOCKFILE, lock
 
 
 @pytest.mark.slow
@@ -91,7 +92,10 @@ def refused(argv: list[str], capsys, status: int = 1) -> str:
     (["--runs", "1001"], "--runs must be at most 1,000, got 1,001"),
     (["--steps", "0"], "--steps must be at least 1, got 0"),
     (["--sizes", "small", "--runs", "2"], "--runs is for d2l's recipe, which --sizes does not run"),
-    (["--sizes", "small", "--sweep"], "--sweep is for d2l's recipe, which --sizes does not run")])
+    (["--sizes", "small", "--sweep"], "--sweep is for d2l's recipe, which --sizes does not run"),
+    (["--sizes", "small", "--runs", "0"], "--runs is for d2l's recipe"),        # 0 is typed too
+    (["--num-layers", "0"], "--num-layers must be at least 1, got 0"),
+    (["--num-layers", "100000"], "--num-layers must be at most 64, got 100,000")])
 def test_counts_out_of_range_are_refused_by_the_parser(bench_main, tmp_path, monkeypatch, capsys, argv,
                                                        says):
     monkeypatch.chdir(tmp_path)
@@ -104,7 +108,6 @@ def test_counts_out_of_range_are_refused_by_the_parser(bench_main, tmp_path, mon
     (["--devices", "3", "--recipe-rounds", "0", "--runs", "0"], "3 devices cannot split the batch of 1024"),
     (["--sizes", "small", "--devices", "3"], "3 devices cannot split the batch of 32 evenly; give --devices "
                                              "2 or 1"),
-    (["--num-layers", "0"], "--num-layers must be at least 1, got 0."),
     (["--data", ""], "--data is empty"),
     (["--data", "."], "is a directory"),
     (["--data", "missing.txt"], "No such file: missing.txt"),
@@ -127,6 +130,11 @@ def test_output_paths_are_checked_before_any_measuring_and_no_file_of_the_users_
     (tmp_path / "theirs" / "a.png").write_text("a plot")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "bench.json").write_text('{"mine": 1}')
+    (tmp_path / "mine.json.tmp").write_text("a file of mine")         # what writing mine.json would remove
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "sweep.png").write_text("my plot")          # no bench.json of ours beside it
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / LOCKFILE).write_text("my lock, not a pid")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     for argv, says in [(["--out", ""], "--out is empty"), (["--json", ""], "--json is empty"),
                        (["--json", "notes.txt"], "notes.txt exists and is not the results of an earlier "
@@ -136,7 +144,11 @@ def test_output_paths_are_checked_before_any_measuring_and_no_file_of_the_users_
                        (["--json", "notes.txt/b.json"], "--json notes.txt/b.json cannot be made"),
                        (["--out", "theirs"], "--out theirs holds a.png, which the benchmark did not write"),
                        (["--out", "other"], "other/bench.json exists and is not the results of an earlier"),
-                       (["--json", "new.json", "--sweep", "--out", "theirs"], "--out theirs holds")]:
+                       (["--json", "new.json", "--sweep", "--out", "theirs"], "--out theirs holds"),
+                       (["--json", "notes.txt.x/"], "--json notes.txt.x/ names a folder"),
+                       (["--json", "mine.json"], "mine.json.tmp exists, which writing mine.json would"),
+                       (["--out", "plots"], "--out plots holds sweep.png, which the benchmark did not write"),
+                       (["--out", "locked"], "--out locked holds .lock, which the benchmark did not write")]:
         assert says in refused(argv, capsys), argv
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert (tmp_path / "notes.txt").read_text() == "my notes"
@@ -157,7 +169,28 @@ def test_a_rerun_replaces_only_an_earlier_benchmarks_results_and_says_so(bench_m
     assert capsys.readouterr().out.startswith(f"replacing {tmp_path / 'bench.json'}, an earlier benchmark's")
     kept = json.loads((tmp_path / "bench.json").read_text())
     assert kept["contenders"] == {"rnnjax": STEP} and "old" not in kept
-    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]       # not a plot of another run
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCKFILE, "bench.json"]      # not the old plot
+
+
+def test_one_run_writes_a_folder_at_a_time_and_a_full_stdout_is_one_line(bench_main, small_data, tmp_path,
+                                                                         capsys, monkeypatch):
+    bench_main.faked(small_data, measure_compile_cache=lambda data: pytest.fail("measured"))
+    argv = ["--recipe-rounds", "0", "--runs", "0", "--out", str(tmp_path / "out")]
+    with lock(tmp_path / "out"):            # another benchmark writing there
+        err = refused(argv, capsys)
+    assert " is in use by " in err and err.rstrip().endswith("or use another --out.")
+    full = OSError(28, "No space left on device")
+
+    class Full:
+        def write(self, text):
+            raise full
+
+        def flush(self):
+            raise full
+    monkeypatch.setattr(sys, "stdout", Full())
+    assert benchmark.main(argv) == 1
+    assert capsys.readouterr().err == ("Stopped: No space left on device (writing the output); nothing was "
+                                       "written.\n")
 
 
 def test_the_sweeps_plot_is_written_whole(bench_main, small_data, tmp_path):
@@ -167,7 +200,7 @@ def test_the_sweeps_plot_is_written_whole(bench_main, small_data, tmp_path):
         "num_chars": 1, "compiled_ms": 1.0, "d2l_loop_ms": 2.0, "ratio": 2.0, "batch": 1, "batched_ms": 1.0,
         "batched_chars_per_s": 1.0})
     assert benchmark.main(["--recipe-rounds", "0", "--runs", "0", "--sweep", "--out", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "sweep.png"]     # no .tmp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCKFILE, "bench.json", "sweep.png"]    # no .tmp
     assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
     assert json.loads((tmp_path / "bench.json").read_text())["sweep"] == [row]
 

@@ -61,9 +61,11 @@ import sys
 
 from experiments import stopping
 
-# python -m experiments.benchmark imports this package first, which loads JAX: a signal meanwhile says one
-# line and exits 128 + signal, no traceback (not for the package's other commands, nor an import).
-if "-m" in sys.orig_argv[:-1] and sys.orig_argv[sys.orig_argv.index("-m") + 1] == __name__:
+# python -m experiments.benchmark (or .corpus) imports this package first, which loads JAX: a signal
+# meanwhile says one line and exits 128 + signal, no traceback (not for an import).
+_RUN = [b for a, b in zip(sys.orig_argv, sys.orig_argv[1:]) if a == "-m"] + [
+    a[2:] for a in sys.orig_argv if a.startswith("-m")]             # -m NAME or -mNAME
+if any(name == __name__ or name.startswith(__name__ + ".") for name in _RUN):
     stopping.while_loading()
     stopping.load_jax()
 

@@ -26,6 +26,7 @@ import os
 import platform
 import itertools
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments import stopping
 from experiments.parsing import Parser
 
 MB = 1 << 20
@@ -202,5 +204,8 @@ def main(argv=None) -> dict:
     return result
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":      # a signal: one line and 128 + signal; corpus.json is written at the end
+    stopping.handle(lambda signum, frame: stopping.exit_now(
+        f"Stopped by signal {signum} ({signal.Signals(signum).name}); corpus.json is written at the end, "
+        "the texts made so far stay.", 128 + signum))
     main()

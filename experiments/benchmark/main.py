@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -23,12 +24,12 @@ from rnnjax import backend, kernels
 from rnnjax.data import TimeMachine, timemachine_path
 from rnnjax.flags import MAX_RUNS
 from rnnjax.parallel import DataParallel
-from rnnjax.workdir import WorkdirError, write_atomically
+from rnnjax.workdir import WorkdirError, lock, write_atomically
 
 # The counts' (lowest, highest): more rounds than these are a typo's hours of measuring; --runs, as many
 # seeds as one program trains (rnnjax.flags).
 LIMITS = {"rounds": (1, 1000), "steps": (1, 100_000), "recipe_rounds": (0, 1000), "runs": (0, MAX_RUNS),
-          "devices": (1, None)}
+          "devices": (1, None), "num_layers": (1, 64)}
 # d2l's recipe's flags (their defaults): --sizes measures its own sets, and would ignore them.
 RECIPE_FLAGS = {"recipe_rounds": 1, "cell": "rnn", "num_layers": 1, "runs": 4, "sweep": False,
                 "ablations": False}
@@ -75,7 +76,8 @@ def run_sweep(args, data_path, log=print) -> list[dict]:
 def measure_runs(args, s: Setting, data: TimeMachine) -> dict:
     """N seeds in one program (``rnnjax.runs``) against N sequential runs: steps and whole recipes."""
     one, many = Rnnjax(args.devices), RnnjaxRuns(args.runs, args.devices)
-    print(f"{args.runs} seeds in one program against one seed (interleaved):")
+    seeds = f"{args.runs} seed{'s' * (args.runs != 1)}"
+    print(f"{seeds} in one program against one seed (interleaved):")
     res = measure_steps([one, many], s, data, args.rounds, args.steps)
     out = {"num_runs": args.runs, "ms_per_step_one": res[one.name]["ms_per_step"],
            "ms_per_step_all": res[many.name]["ms_per_step"]}
@@ -87,8 +89,9 @@ def measure_runs(args, s: Setting, data: TimeMachine) -> dict:
         out["recipe_ratio_vs_one"] = out["recipe_s_all"] / out["recipe_s_one"]
     recipe = (f"; the whole recipe takes {out['recipe_ratio_vs_one']:.2f}x one seed's"
               if args.recipe_rounds else "")
-    print(f"{args.runs} seeds in one program: a step of all of them is "
-          f"{compared(out['ratio_vs_sequential'], f'{args.runs} sequential steps')}{recipe}")
+    steps = f"{args.runs} sequential step{'s' * (args.runs != 1)}"
+    print(f"{seeds} in one program: a step of all of them is {compared(out['ratio_vs_sequential'], steps)}"
+          f"{recipe}")
     return out
 
 
@@ -101,7 +104,7 @@ def check_args(p: Parser, args) -> tuple[Path, Path]:
         if value is not None and not low <= value <= (high or value):
             p.error(f"{flag} must be at least {low}, got {value}" if value < low else
                     f"{flag} must be at most {high:,}, got {value:,}")
-    given = [name for name in RECIPE_FLAGS if getattr(args, name) not in (None, False)]
+    given = [name for name in RECIPE_FLAGS if getattr(args, name) is not None]      # 0 too: typed
     if args.sizes and given:
         flag = "--" + given[0].replace("_", "-")
         p.error(f"{flag} is for d2l's recipe, which --sizes does not run; leave it out")
@@ -149,8 +152,9 @@ def parser() -> Parser:
     p.add_argument("--num-layers", type=int, help="stacked recurrent layers (default 1)")
     p.add_argument("--runs", type=int, metavar="N",
                    help="also N seeds trained in one program against one seed (default 4; 0: not)")
-    p.add_argument("--sweep", action="store_true", help="also the hidden x batch x steps sweep")
-    p.add_argument("--ablations", action="store_true", help="also rnnjax variants: what each lever pays")
+    p.add_argument("--sweep", action="store_true", default=None, help="also the hidden x batch x steps sweep")
+    p.add_argument("--ablations", action="store_true", default=None,
+                   help="also rnnjax variants: what each lever pays")
     p.add_argument("--out", help="run folder for bench.json and sweep.png (default runs/bench-<time>): new, "
                                  "empty or an earlier benchmark's, whose files are replaced")
     p.add_argument("--json", help="the results' JSON file (default OUT/bench.json): new or an earlier "
@@ -174,18 +178,25 @@ def main(argv=None) -> int:
         except ValueError as e:         # DataError and ConfigError too
             print(f"error: {e}", file=sys.stderr)
             return 1
-        if json_path.exists():
-            print(f"replacing {json_path}, an earlier benchmark's results")
         stop = Stop(json_path)
         stopping.handle(stop)
         try:
-            benchmark(args, json_path, out_dir)
+            with contextlib.ExitStack() as held, stopping.guarded_stdout():
+                if args.json is None or args.sweep:     # one run writes the run folder at a time
+                    held.enter_context(lock(out_dir))
+                    check_outputs(args.json, str(out_dir), args.sweep)     # again, now that it is held
+                if json_path.exists():
+                    print(f"replacing {json_path}, an earlier benchmark's results")
+                benchmark(args, json_path, out_dir)
         except KeyboardInterrupt as e:      # fit's Interrupted: a signal stops a recipe at its next step
             signum = getattr(e, "signum", signal.SIGINT)
             stopping.tell(stop.message(signum))
             return 128 + signum
-        except WorkdirError as e:           # a full disk: bench.json keeps its last whole write
-            print(f"error: {e}", file=sys.stderr)
+        except (ValueError, WorkdirError) as e:     # another run's, or a full disk: bench.json keeps its last
+            print(f"error: {str(e).replace('--workdir', '--out')}", file=sys.stderr)
+            return 1
+        except stopping.OutputError as e:
+            stopping.tell(f"Stopped: {e.strerror} (writing the output); {stop.kept()}.")
             return 1
         return 0
     finally:
@@ -199,6 +210,8 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
     # share the process, so PyTorch and Flax get it too).
     backend.keep_freed_memory()
     if args.sizes:
+        if args.json is None:           # an earlier benchmark's plot is not this bench.json's
+            (out_dir / "sweep.png").unlink(missing_ok=True)
         run_sizes(args.sizes, args.data, json_path, args.devices, args.rounds, args.steps)
         print(f"wrote {json_path}")
         return
@@ -221,7 +234,7 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(json_path, json.dumps(out, indent=1))
     save()
-    if args.json is None or args.sweep:     # an earlier benchmark's plot is not this bench.json's
+    if args.json is None or args.sweep:     # at the first save, as in --sizes
         (out_dir / "sweep.png").unlink(missing_ok=True)
     if args.recipe_rounds:
         print(f"whole recipe ({s.epochs} epochs, compilation and per-epoch validation included):")

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 from experiments import stopping
+from rnnjax.workdir import LOCKFILE
 
-# What the benchmark writes in --out (.tmp: a file being written when it was stopped).
-OURS = ("bench.json", "bench.json.tmp", "sweep.png", "sweep.png.tmp")
+# What the benchmark writes in --out (.tmp: a file being written when it was stopped; .lock: one run at a
+# time). Beside an earlier benchmark's bench.json only: without it, a file of these names is someone's.
+OURS = ("bench.json", "bench.json.tmp", "sweep.png", "sweep.png.tmp", LOCKFILE)
 
 
 def is_ours(path: Path) -> bool:
@@ -25,6 +27,21 @@ def is_ours(path: Path) -> bool:
     except (OSError, ValueError):       # unreadable, not UTF-8, not JSON
         return False
     return isinstance(results, dict) and {"machine", "ratio_meaning"} <= results.keys()
+
+
+def _theirs(held: dict[str, Path]) -> list[str]:
+    """The names of the files in ``--out`` (``held``) that the benchmark did not write: any but its own,
+    and its own names but beside an earlier benchmark's bench.json (a lock file holding a pid aside)."""
+    earlier = "bench.json" in held and is_ours(held["bench.json"])
+
+    def ours(name: str, f: Path) -> bool:
+        if not f.is_file() or f.is_symlink():
+            return False
+        if name == LOCKFILE:        # rnnjax.workdir.lock's: empty, or its holder's pid
+            text = f.read_text(errors="replace").strip() if f.stat().st_size < 32 else "not a pid"
+            return text == "" or text.isdecimal()
+        return name in OURS and earlier
+    return sorted(name for name, f in held.items() if not ours(name, f))
 
 
 def check_writable(what: str, folder: Path) -> None:
@@ -48,6 +65,8 @@ def check_outputs(json_arg: str | None, out_arg: str | None, sweep: bool) -> tup
     for flag, typed in (("--out", out_arg), ("--json", json_arg)):   # '' would be the current folder
         if typed == "":
             raise ValueError(f"{flag} is empty; give a path (a shell variable that was not set?).")
+    if json_arg and json_arg.endswith(("/", "\\")):
+        raise ValueError(f"--json {json_arg} names a folder; give the results' file (a .json).")
     out_dir = Path(out_arg) if out_arg else Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
     json_path = Path(json_arg) if json_arg else out_dir / "bench.json"
     flag = f"--json {json_path}" if json_arg else f"--out {out_dir}"
@@ -56,15 +75,19 @@ def check_outputs(json_arg: str | None, out_arg: str | None, sweep: bool) -> tup
     if (json_path.exists() or json_path.is_symlink()) and not is_ours(json_path):
         raise ValueError(f"{flag}: {json_path} exists and is not the results of an earlier benchmark, the "
                          "only file it replaces; give a new path.")
+    tmp = json_path.with_name(json_path.name + ".tmp")        # what writing the results replaces first
+    if json_arg and (tmp.exists() or tmp.is_symlink()) and not is_ours(tmp):
+        raise ValueError(f"{flag}: {tmp} exists, which writing {json_path.name} would replace; move it "
+                         "aside.")
     check_writable(flag, json_path.parent)
     if json_arg is None or sweep:           # the run folder is written to
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"--out {out_dir} is a file, not a folder.")
         try:
-            theirs = sorted(f.name for f in out_dir.iterdir() if f.name not in OURS or not f.is_file()
-                            or f.name == "bench.json" and not is_ours(f)) if out_dir.is_dir() else []
+            held = {f.name: f for f in out_dir.iterdir()} if out_dir.is_dir() else {}
         except OSError as e:
             raise ValueError(f"--out {out_dir} cannot be read ({e.strerror}).") from None
+        theirs = _theirs(held)
         if theirs:
             raise ValueError(f"--out {out_dir} holds {', '.join(theirs[:3])}{', ...' if theirs[3:] else ''}, "
                              "which the benchmark did not write; give a new or empty folder (or an earlier "
@@ -84,12 +107,14 @@ class Stop:
     def _written(self) -> int | None:
         return self.json_path.stat().st_mtime_ns if self.json_path.exists() else None
 
-    def message(self, signum: int) -> str:
-        """The signal, and whether ``json_path`` keeps what was measured (rewritten whole after each part)."""
-        kept = (f"{self.json_path} keeps what was measured before it"
+    def kept(self) -> str:
+        """Whether ``json_path`` keeps what was measured (rewritten whole after each part), in a clause."""
+        return (f"{self.json_path} keeps what was measured before it"
                 if self._written() not in (None, self.before) else
                 "nothing was written" + (f" ({self.json_path} is as it was)" if self.before else ""))
-        return f"Stopped by signal {signum} ({signal.Signals(signum).name}); {kept}."
+
+    def message(self, signum: int) -> str:
+        return f"Stopped by signal {signum} ({signal.Signals(signum).name}); {self.kept()}."
 
     def __call__(self, signum, frame):
         stopping.exit_now(self.message(signum), 128 + signum)
