@@ -238,8 +238,8 @@ def step_problem(cell: nn.Module, input_size: int) -> str | None:
 
 def _shapes(tree: Any) -> str:
     """``tree``'s arrays as ``float32[1,16]``, in its structure's brackets."""
-    described = jax.tree.map(lambda a: f"{a.dtype}[{','.join(map(str, a.shape))}]", tree)
-    return str(described).replace("'", "")
+    said = jax.tree.map(lambda a: f"{a.dtype}[{','.join(map(str, a.shape))}]", tree)
+    return str(said).replace("'", "")
 
 
 # The cells ``Config.cell`` can name. A new cell is a class that keeps the
