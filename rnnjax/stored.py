@@ -95,9 +95,9 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
         raise CellMismatch(f"{where} holds parameters of other shapes or dtypes than the cell registered "
                            f"here as {cell!r} ({kind}) makes ({k}: {saved_k} saved, {makes[k][1]}"
                            f"{list(makes[k][0])} made): {fix}")
-    was, now = meta.get(meta_lib.REGISTERED), registered_as(cell)       # older metas do not say
-    if was is not None and was != now:      # the same parameters, made otherwise (a partial's arguments)
-        raise CellMismatch(f"{where} was trained with rnnjax.CELLS[{cell!r}] = {was}, which is {now} here: "
+    was = meta.get(meta_lib.REGISTERED)        # older metas do not say
+    if was is not None and was != kind:      # the same parameters, made otherwise (a partial's arguments)
+        raise CellMismatch(f"{where} was trained with rnnjax.CELLS[{cell!r}] = {was}, which is {kind} here: "
                            "register the one it was trained with.")
 
 
