@@ -130,9 +130,9 @@ def _holder(f: TextIO) -> str:
     return f"process {pid}" if pid.isdigit() else "another process"
 
 
-def _check_lockfile(path: Path) -> None:
+def _check_lockfile(path: Path, flag: str = "--workdir") -> None:
     """``WorkdirError`` if ``path`` is there but not a regular file: a folder, a link (a dangling one would
-    be created wherever it points), a FIFO."""
+    be created wherever it points), a FIFO. ``flag``: what the user gives another folder with."""
     try:
         mode = os.lstat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):      # not made yet; lock says why it cannot be
@@ -142,7 +142,7 @@ def _check_lockfile(path: Path) -> None:
     if not stat.S_ISREG(mode):
         what = "a link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
         raise WorkdirError(f"The workdir's lock file {path} is {what}; remove it (rnnjax makes it) or use "
-                           "another --workdir.")
+                           f"another {flag}.")
 
 
 def check_unlocked(workdir: Path) -> None:
@@ -162,9 +162,9 @@ def check_unlocked(workdir: Path) -> None:
         raise WorkdirError(f"The workdir's lock file {path} cannot be read ({_describe(e)}).") from None
 
 
-def _in_use(workdir: Path, holder: str) -> str:
+def _in_use(workdir: Path, holder: str, flag: str = "--workdir") -> str:
     return (f"The workdir {workdir} is in use by {holder}: one run writes a workdir at a time. Wait for it "
-            "to finish, stop it, or use another --workdir.")
+            f"to finish, stop it, or use another {flag}.")
 
 
 def removing(workdir: Path, step: int, wait_s: float = 1.0) -> bool:
@@ -184,9 +184,10 @@ def removing(workdir: Path, step: int, wait_s: float = 1.0) -> bool:
 
 
 @contextlib.contextmanager
-def lock(workdir: Path) -> Iterator[None]:
-    """Holds ``workdir``'s lock (making the workdir) for the ``with`` block; ``WorkdirError`` if held."""
-    _check_lockfile(workdir / LOCKFILE)
+def lock(workdir: Path, flag: str = "--workdir") -> Iterator[None]:
+    """Holds ``workdir``'s lock (making the workdir) for the ``with`` block; ``WorkdirError`` if held,
+    naming ``flag`` (what the command gives another folder with)."""
+    _check_lockfile(workdir / LOCKFILE, flag)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         fd = os.open(workdir / LOCKFILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
@@ -197,7 +198,7 @@ def lock(workdir: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise WorkdirError(_in_use(workdir, _holder(f))) from None
+            raise WorkdirError(_in_use(workdir, _holder(f), flag)) from None
         try:
             f.seek(0)
             f.truncate()

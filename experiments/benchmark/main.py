@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         try:
             with contextlib.ExitStack() as held, stopping.guarded_stdout():
                 if args.json is None or args.sweep:     # one run writes the run folder at a time
-                    held.enter_context(lock(out_dir))
+                    held.enter_context(lock(out_dir, flag="--out"))
                     check_outputs(args.json, str(out_dir), args.sweep)     # again, now that it is held
                 if json_path.exists():
                     print(f"replacing {json_path}, an earlier benchmark's results")
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
             stopping.tell(stop.message(signum))
             return 128 + signum
         except (ValueError, WorkdirError) as e:     # another run's, or a full disk: bench.json keeps its last
-            print(f"error: {str(e).replace('--workdir', '--out')}", file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr)
             return 1
         except stopping.OutputError as e:
             stopping.tell(f"Stopped: {e.strerror} (writing the output); {stop.kept()}.")
