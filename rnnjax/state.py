@@ -48,7 +48,8 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
                           f"recurrent cell (it lacks {', '.join(missing)}): a cell is called as "
                           "cell(carry, x) -> (carry, y) and has initialize_carry(rng, input_shape) and "
                           "num_feature_axes, as flax's nn.RNNCellBase.")
-    problem = None if type(cell) in OWN_CELLS.values() else step_problem(cell, vocab_size)
+    problem = (None if type(cell) in OWN_CELLS.values() else
+               (_checked_step if hashable(cell) else step_problem)(cell, vocab_size))
     if problem:         # rather than JAX's error about scan's carry, or flax's about its rngs, mid-trace
         raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] makes a {type(cell).__name__} whose step "
                           f"{problem}.")
@@ -61,6 +62,9 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     return _LM.get(kernel, RNNLM)(rnn, vocab_size, dtype=dtype)
 
 
+# make_model runs several times a command: a cell's step is traced once per cell (a module compares by its
+# fields) and input width.
+_checked_step = functools.lru_cache(maxsize=16)(step_problem)
 _LM = {"fused": fused.FusedRNNLM, "hoisted": hoisted.HoistedRNNLM, "cudnn": cudnn.CudnnRNNLM}
 _DESCRIBE = {fused.FusedRNNLM: fused.describe, hoisted.HoistedRNNLM: hoisted.describe,
              cudnn.CudnnRNNLM: cudnn.describe}
