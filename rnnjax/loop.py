@@ -91,6 +91,11 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     high = list(position.high) or [0] * len(configs)
     computing = p.computing         # how the run computes, the same in every meta it saves
     computing.update(computing_lib.otherwise_since(p.computed_by, computing, p.step))
+    saved = [p.step]                # the newest step this run saved (or resumed from)
+
+    def check_lock():               # before each write: a lock file removed lets a second writer in
+        if p.held is not None:
+            p.held.check(f" (its last checkpoint: step {saved[0]})" if saved[0] is not None else "")
 
     def save(epoch: int, batch: int, sums: list[dict], records: list[dict] = ()):
         """A checkpoint; at an epoch's end, with its ``records``' validation perplexity (of runs: their
@@ -104,7 +109,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                              **runs)
         host = dp.unreplicate(state)
         val_ppl = statistics.fmean(r["val_ppl"] for r in records) if records else None
-        checkpoint.save(manager, int(per_run(host.step)[0]), host, meta, val_ppl=val_ppl)
+        check_lock()
+        saved[0] = int(per_run(host.step)[0])
+        checkpoint.save(manager, saved[0], host, meta, val_ppl=val_ppl)
 
     # A multi-host run's save is collective: its processes stop at the same call, on the signal any caught.
     agreed = _caught_by_any if _spans_processes() else (lambda caught: caught)
@@ -154,6 +161,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             # One caught during validation saves this epoch and stops (every process: they agree again).
             signum = agreed(stop.signum)
             # The records first: a crash between the two leaves them past the checkpoint; resume drops them.
+            check_lock()
             for record in records:
                 metrics_log.append(record)
             if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or signum is not None:

@@ -46,6 +46,7 @@ class Plan:
     # A new run moves the records (and plot) of an earlier one with no checkpoint left: (from, to) pairs.
     aside: tuple[tuple[Path, Path], ...] = ()
     computed_by: dict | None = None    # how the checkpoint's run computed, as its meta says (computing.HOW)
+    held: workdir_lib.Held | None = None   # the workdir's lock, in the process that writes
 
     @property
     def finished(self) -> bool:
@@ -197,7 +198,8 @@ def planned(config: Config, data: WindowedText, workdir: str | Path, *, devices:
             yield p
         return
     workdir_lib.check_unlocked(workdir)         # the holder named before the workdir is made
-    with workdir_lib.lock(workdir), _open(_read(config, data, workdir, dp, tuple(runs or ()))) as p:
+    with workdir_lib.lock(workdir) as held, _open(dataclasses.replace(
+            _read(config, data, workdir, dp, tuple(runs or ())), held=held)) as p:
         if not p.finished:
             stored.remove_unfinished(workdir)       # a failed save's space first: the resume writes next
             for step, _ in p.damaged:

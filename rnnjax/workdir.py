@@ -3,7 +3,8 @@
 - ``lock(workdir)``: an ``fcntl`` lock on ``workdir/.lock``, taken before a run
   writes anything and released by the kernel when the process ends, however
   it ends (a killed run leaves no stale lock). A second writer fails at once,
-  naming the holder's pid. Reading (``restore``, ``--predict``) takes none.
+  naming the holder's pid; the holder stops if its lock file is removed or
+  replaced (``Held.check``). Reading (``restore``, ``--predict``) takes none.
 - ``checksums(state)`` / ``verify(state, sums)``: a CRC-32 of every array of a
   saved state, kept in the checkpoint's JSON ``meta`` and checked on restore,
   so a flipped bit is an error rather than a silently changed weight.
@@ -183,10 +184,31 @@ def removing(workdir: Path, step: int, wait_s: float = 1.0) -> bool:
     return True
 
 
+class Held:
+    """A held lock: ``check()`` before each write, since a lock file removed (or the workdir moved) lets a
+    second writer lock a new one, and the kernel's lock on the old file no longer keeps it out."""
+
+    def __init__(self, workdir: Path, f: TextIO):
+        self.workdir, self._f = workdir, f
+
+    def check(self, saved: str = "") -> None:
+        """``WorkdirError`` if ``workdir/.lock`` is no longer the file this process locked; ``saved`` says
+        what the workdir keeps of the run."""
+        path = self.workdir / LOCKFILE
+        try:
+            ours = os.path.samestat(os.stat(path), os.fstat(self._f.fileno()))
+        except OSError:
+            ours = False
+        if not ours:
+            raise WorkdirError(f"The workdir's lock file {path} was removed or replaced while this run held "
+                               "it (or the workdir moved), so another run may be writing there: this run "
+                               f"stopped, writing nothing more{saved}. Run the same command again to resume.")
+
+
 @contextlib.contextmanager
-def lock(workdir: Path, flag: str = "--workdir") -> Iterator[None]:
-    """Holds ``workdir``'s lock (making the workdir) for the ``with`` block; ``WorkdirError`` if held,
-    naming ``flag`` (what the command gives another folder with)."""
+def lock(workdir: Path, flag: str = "--workdir") -> Iterator[Held]:
+    """Holds ``workdir``'s lock (making the workdir) for the ``with`` block, as a ``Held``;
+    ``WorkdirError`` if held, naming ``flag`` (what the command gives another folder with)."""
     _check_lockfile(workdir / LOCKFILE, flag)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +228,7 @@ def lock(workdir: Path, flag: str = "--workdir") -> Iterator[None]:
             f.flush()
         except OSError as e:        # a full disk: the lock holds without the pid, but say so now
             raise WorkdirError(f"The workdir {workdir} cannot be written ({_describe(e)}).") from None
-        yield                       # closing the file releases the lock
+        yield Held(workdir, f)      # closing the file releases the lock
 
 
 def _fsync(path: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnnjax import checkpoint, loop, meta as meta_lib, metrics, runs, stops, train
+from rnnjax import checkpoint, loop, meta as meta_lib, metrics, runs, stops, train, workdir
 from rnnjax.data import TimeMachine
 from rnnjax.objective import targets
 from rnnjax.state import create_train_state
@@ -221,3 +221,16 @@ def test_a_closed_terminal_s_sighup_saves_and_stops_the_run_unless_nohup_ignores
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL             # put back
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_run_whose_lock_file_is_removed_stops_before_writing_again(data, tmp_path):
+    """Another run could lock a new lock file and write beside it: the first writes no record or checkpoint
+    after the lock file went, and names its last checkpoint."""
+    def remove_lock(done, total, record):
+        if done == 13 + STEPS_PER_CALL:                 # mid-epoch 2, after epoch 1's checkpoint
+            (tmp_path / workdir.LOCKFILE).unlink()
+    with pytest.raises(workdir.WorkdirError, match=r"writing nothing more \(its last checkpoint: step 13\)"):
+        fit(TINY.replace(epochs=3), data, tmp_path, devices=1, log=None, progress=remove_lock,
+            checkpoint_every=1)
+    assert checkpoint.steps(tmp_path) == [13]
+    assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / metrics.FILENAME).read()] == [1]

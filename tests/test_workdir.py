@@ -30,6 +30,25 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     workdir.check_unlocked(tmp_path / "w")
 
 
+@pytest.mark.parametrize("how", ["removed", "replaced", "moved"])
+def test_the_holder_sees_its_lock_file_removed_replaced_or_its_workdir_moved(tmp_path, how):
+    """A removed lock file let a second writer lock a new one while the first trained on."""
+    w = tmp_path / "w"
+    with workdir.lock(w) as held:
+        held.check()                                # its own: nothing to say
+        if how == "moved":
+            w.rename(tmp_path / "elsewhere")
+        else:
+            (w / LOCKFILE).unlink()
+        if how == "replaced":
+            with workdir.lock(w):                   # a second writer gets in: the first must stop
+                with pytest.raises(workdir.WorkdirError,
+                                   match=r"held it .* writing nothing more \(its last checkpoint: step 20\)"):
+                    held.check(" (its last checkpoint: step 20)")
+        with pytest.raises(workdir.WorkdirError, match=r"writing nothing more\. Run the same"):
+            held.check()
+
+
 @pytest.mark.slow
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     code = ("import sys, time; from pathlib import Path; from rnnjax import workdir\n"
