@@ -1,7 +1,8 @@
 """Stopping a command at once on SIGINT/SIGTERM/SIGHUP, with one line on stderr: before and after the work,
 where unwinding out of half-loaded (or torn-down) JAX can crash the interpreter; and when its output
 cannot be written (``OutputError``), or its streams are gone (``tell``), or JAX cannot read its environment
-(``load_jax``). No JAX here: the handlers go in before it loads."""
+(``load_jax``); what the command made for the while (``scratch``, ``run_child``) goes with it. No JAX here:
+the handlers go in before it loads."""
 
 from __future__ import annotations
 
@@ -9,17 +10,58 @@ import atexit
 import contextlib
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
+
+_UNDO: list[Callable[[], object]] = []      # what exit_now undoes first, the newest first
 
 
 def exit_now(message: str, status: int):
     """Says ``message`` and exits at once: unwinding out of half-loaded or half-compiled JAX can crash
-    the interpreter's teardown."""
+    the interpreter's teardown. A ``scratch`` folder or ``run_child`` process of the moment goes first."""
+    for undo in reversed(_UNDO):
+        with contextlib.suppress(Exception):
+            undo()
     tell(message)
     flush()
     os._exit(status)
+
+
+@contextlib.contextmanager
+def _undone_at_exit_now(undo: Callable[[], object]) -> Iterator[None]:
+    _UNDO.append(undo)
+    try:
+        yield
+    finally:
+        _UNDO.remove(undo)
+
+
+@contextlib.contextmanager
+def scratch() -> Iterator[str]:
+    """A temporary folder, removed as the block ends, or by ``exit_now`` (which unwinds nothing)."""
+    with tempfile.TemporaryDirectory() as path, _undone_at_exit_now(lambda: shutil.rmtree(path, True)):
+        yield path
+
+
+def run_child(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(args, capture_output=True, text=True, **kwargs)``; the child is killed if the
+    command stops, by ``exit_now`` too (a SIGTERM to this process alone would leave it running)."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+    def kill():
+        proc.kill()
+        proc.wait()
+    with proc, _undone_at_exit_now(kill):
+        try:
+            out, err = proc.communicate()
+        except BaseException:
+            kill()
+            raise
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def tell(message: str) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from experiments import stopping
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -125,3 +127,39 @@ def test_a_jax_variable_jax_cannot_read_is_named():
         "$JAX_NUM_CPU_DEVICES must be a whole number, got '1.5' (JAX reads it as it loads)."
     assert unreadable_variable("invalid truth value 'abc' for environment 'JAX_ENABLE_X64'") == \
         "JAX cannot start with this environment: invalid truth value 'abc' for environment 'JAX_ENABLE_X64'."
+
+
+@pytest.mark.slow
+def test_a_stop_removes_the_scratch_folder_and_kills_the_child_it_waits_on(tmp_path):
+    """``exit_now`` unwinds nothing: the benchmark's compile-cache folder stayed in /tmp after a signal, and
+    its child compiled on after a SIGTERM to the benchmark alone."""
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import signal, sys
+        from experiments import stopping
+        stopping.handle(lambda signum, frame: stopping.exit_now("stopped", 128 + signum))
+        with stopping.scratch() as folder:
+            print(folder, flush=True)
+            stopping.run_child([sys.executable, "-c", {child!r}])
+    """)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = Path(proc.stdout.readline().strip())
+    for _ in range(200):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        subprocess.run(["sleep", "0.05"])
+    child_pid = int(pid_file.read_text())
+    assert folder.is_dir()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM and proc.stderr.read() == "stopped\n"
+    assert not folder.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(child_pid, 0)
+
+
+def test_run_child_returns_what_subprocess_run_would(tmp_path):
+    done = stopping.run_child([sys.executable, "-c", "import sys; print('out'); sys.exit('err')"])
+    assert (done.returncode, done.stdout, done.stderr) == (1, "out\n", "err\n")
+    with stopping.scratch() as folder:
+        assert Path(folder).is_dir()
+    assert not Path(folder).exists()

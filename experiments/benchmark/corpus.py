@@ -28,9 +28,7 @@ import itertools
 import resource
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -139,8 +137,7 @@ def train(path: str, tm: str | None, steps: int, rounds: int) -> dict:
 
 
 def _fresh(*args: str, env: dict | None = None) -> dict:
-    out = subprocess.run([sys.executable, "-m", "experiments.benchmark.corpus", *args], capture_output=True,
-                         text=True, env=env, check=False)
+    out = stopping.run_child([sys.executable, "-m", "experiments.benchmark.corpus", *args], env=env)
     if out.returncode:
         raise RuntimeError(f"{' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -179,7 +176,7 @@ def main(argv=None) -> dict:
             generate(path, size * MB, seed=size)
             print(f"generated {path} in {time.perf_counter() - t0:.1f} s", flush=True)
         for token in args.tokens.split(","):
-            with tempfile.TemporaryDirectory() as cache:
+            with stopping.scratch() as cache:
                 env = {**os.environ, "RNNJAX_CACHE": cache}
                 cold = _fresh("--prepare", str(path), token, env=env)
                 warm = _fresh("--prepare", str(path), token, env=env)
@@ -191,7 +188,7 @@ def main(argv=None) -> dict:
                   flush=True)
     largest = out / f"text-{max(sizes)}mb.txt"
     tm = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or ""
-    with tempfile.TemporaryDirectory() as cache:        # the user's cache keeps no generated text
+    with stopping.scratch() as cache:        # the user's cache keeps no generated text
         result["train"] = _fresh("--train", str(largest), tm, "--steps", str(args.steps), "--rounds",
                                  str(args.rounds), env={**os.environ, "RNNJAX_CACHE": cache})
     for name, r in result["train"]["runs"].items():

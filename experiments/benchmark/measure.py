@@ -9,7 +9,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import flax
@@ -20,6 +19,7 @@ import numpy as np
 import optax
 
 import rnnjax
+from experiments import stopping
 from experiments.benchmark.contenders import Setting, model_flops_per_token
 from experiments.benchmark.torch_contenders import torch_device_name, torch_precision, torch_problem
 from rnnjax.config import Config
@@ -154,9 +154,12 @@ def measure_compile_cache(data_path: str | None) -> dict:
     and a warm persistent cache."""
     def compile_s(cache: str) -> float:
         args = [sys.executable, "-c", _COMPILE, cache] + ([data_path] if data_path else [])
-        return float(subprocess.run(args, check=True, capture_output=True, text=True).stdout.split()[-1])
+        child = stopping.run_child(args)
+        if child.returncode:
+            raise subprocess.CalledProcessError(child.returncode, args, child.stdout, child.stderr)
+        return float(child.stdout.split()[-1])
 
-    with tempfile.TemporaryDirectory() as cache:
+    with stopping.scratch() as cache:
         return {"no_cache_s": compile_s("-"), "cold_cache_s": compile_s(cache),
                 "warm_cache_s": compile_s(cache)}
 
