@@ -45,6 +45,13 @@ def test_benchmark_smoke(real_text_path, tmp_path, capsys):
 STEP = {"ms_per_step": 1.5, "ms_per_step_min": 1.4, "ms_per_step_max": 1.6, "compile_s": 2.0,
         "tokens_per_s": 1e6, "gflops": 3.0}          # measure_steps's fields; no timing is checked
 
+# The parts after the step table, faked: those the tests do not look at.
+LATER_PARTS = {"measure_compile_cache": lambda data: {"no_cache_s": 1.0, "cold_cache_s": 1.0,
+                                                      "warm_cache_s": 0.5},
+               "measure_generation": lambda data: {"num_chars": 1, "compiled_ms": 1.0, "d2l_loop_ms": 2.0,
+                                                   "ratio": 2.0, "batch": 1, "batched_ms": 1.0,
+                                                   "batched_chars_per_s": 1.0}}
+
 
 @pytest.fixture
 def bench_main(monkeypatch):
@@ -158,10 +165,7 @@ def test_a_rerun_replaces_only_an_earlier_benchmarks_results_and_says_so(bench_m
                                                                          capsys):
     def recipes(contenders, rounds):
         raise AssertionError("--recipe-rounds 0 runs none")
-    bench_main.faked(small_data, measure_recipes=recipes, measure_compile_cache=lambda data: {
-        "no_cache_s": 1.0, "cold_cache_s": 1.0, "warm_cache_s": 0.5}, measure_generation=lambda data: {
-        "num_chars": 1, "compiled_ms": 1.0, "d2l_loop_ms": 2.0, "ratio": 2.0, "batch": 1, "batched_ms": 1.0,
-        "batched_chars_per_s": 1.0})
+    bench_main.faked(small_data, measure_recipes=recipes, **LATER_PARTS)
     (tmp_path / "bench.json").write_text(json.dumps({"machine": {}, "ratio_meaning": "", "old": 1}))
     (tmp_path / "sweep.png").write_text("the earlier run's plot")
     assert outputs.is_ours(tmp_path / "bench.json")
@@ -195,10 +199,8 @@ def test_one_run_writes_a_folder_at_a_time_and_a_full_stdout_is_one_line(bench_m
 
 def test_the_sweeps_plot_is_written_whole(bench_main, small_data, tmp_path):
     row = {"contender": "rnnjax", "num_hiddens": 32, "batch_size": 64, "num_steps": 32, "tokens_per_s": 1e5}
-    bench_main.faked(small_data, run_sweep=lambda args, data_path: [row], measure_compile_cache=lambda data: {
-        "no_cache_s": 1.0, "cold_cache_s": 1.0, "warm_cache_s": 0.5}, measure_generation=lambda data: {
-        "num_chars": 1, "compiled_ms": 1.0, "d2l_loop_ms": 2.0, "ratio": 2.0, "batch": 1, "batched_ms": 1.0,
-        "batched_chars_per_s": 1.0})
+    bench_main.faked(small_data, run_sweep=lambda args, data_path, rows, saved: rows.append(row),
+                     **LATER_PARTS)
     assert benchmark.main(["--recipe-rounds", "0", "--runs", "0", "--sweep", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [LOCKFILE, "bench.json", "sweep.png"]    # no .tmp
     assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
@@ -216,6 +218,19 @@ def test_a_benchmark_cut_short_keeps_what_it_measured(bench_main, small_data, tm
                                        "what was measured before it.\n")
     kept = json.loads((tmp_path / "bench.json").read_text())
     assert kept["contenders"] == {"rnnjax": STEP} and "compile_cache" not in kept
+
+
+def test_a_sweep_cut_short_keeps_its_points_so_far(bench_main, small_data, tmp_path, capsys):
+    row = {"contender": "rnnjax", "num_hiddens": 32, "batch_size": 64, "num_steps": 32, "tokens_per_s": 1e5}
+
+    def sweep(args, data_path, rows, saved):
+        rows.append(row)
+        saved()
+        raise Interrupted("", signal.SIGINT)       # in the second point
+    bench_main.faked(small_data, run_sweep=sweep, **LATER_PARTS)
+    assert benchmark.main(["--recipe-rounds", "0", "--runs", "0", "--sweep", "--out", str(tmp_path)]) == 130
+    assert json.loads((tmp_path / "bench.json").read_text())["sweep"] == [row]
+    assert "keeps what was measured before it" in capsys.readouterr().err
 
 
 def test_it_measures_under_handlers_that_stop_it_at_once_in_one_line(bench_main, small_data, tmp_path,

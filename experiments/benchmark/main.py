@@ -50,8 +50,8 @@ def contenders_for(args, one_device_too: bool = False) -> list[Contender]:
 SWEEP_ROUNDS = 5
 
 
-def run_sweep(args, data_path, log=print) -> list[dict]:
-    rows = []
+def run_sweep(args, data_path, rows: list[dict], saved=lambda: None, log=print) -> None:
+    """The hidden x batch x steps sweep, its rows appended to ``rows``; ``saved()`` after each point."""
     for H in (32, 128, 512):
         for B in (64, 1024):
             for T in (32, 128):
@@ -70,7 +70,7 @@ def run_sweep(args, data_path, log=print) -> list[dict]:
                                  **{k: r[k] for k in ("ms_per_step", "ms_per_step_min", "ms_per_step_max",
                                                       "tokens_per_s", "gflops")}})
                 log("  " + "  ".join(f"{name} {r['tokens_per_s']:.3g} tok/s" for name, r in res.items()))
-    return rows
+                saved()
 
 
 def measure_runs(args, s: Setting, data: TimeMachine) -> dict:
@@ -275,8 +275,8 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
         out["ablations"] = measure_steps(variants, s, data, args.rounds, args.steps, keep_going=True)
         print(table(out["ablations"]))
     if args.sweep:
-        save()
-        out["sweep"] = run_sweep(args, args.data)
+        out["sweep"] = []           # saved point by point: a stop keeps the points so far
+        run_sweep(args, args.data, out["sweep"], save)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(out_dir / "sweep.png", save=lambda tmp: plot_sweep(out["sweep"], tmp))
         print(f"sweep plot: {out_dir / 'sweep.png'}")
