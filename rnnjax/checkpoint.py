@@ -31,7 +31,7 @@ from rnnjax.config import Config
 from rnnjax.restore import Restored, restore, restore_state  # noqa: F401
 from rnnjax.stored import (CONFIG, DAMAGED, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
                            DamagedCheckpoint, UnknownCell, check_fits, latest_step, read_meta,
-                           reason, set_aside, steps, val_ppls)
+                           StateMismatch, reason, set_aside, steps, val_ppls)
 from rnnjax.vocab import Vocab
 
 # What a finished save holds: read back after every save, a cheap sign that it can be restored.

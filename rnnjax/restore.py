@@ -3,9 +3,10 @@
 ``restore(workdir)`` needs nothing but the workdir: it rebuilds the model from
 the saved config and returns params, vocab and a ``predict`` (``Restored``):
 the latest checkpoint, a ``step``, the ``best``, one ``run`` of several
-trained together. Every array is checked against the checksums saved with
-it; a damaged checkpoint is an error, or with ``fallback`` the newest good
-one before it. ``rnnjax.checkpoint`` re-exports both: ``rnnjax.checkpoint.restore``.
+trained together; it reads the params alone, whatever optimizer trained them.
+Every array is checked against the checksums saved with it; a damaged
+checkpoint is an error, or with ``fallback`` the newest good one before it.
+``rnnjax.checkpoint`` re-exports both: ``rnnjax.checkpoint.restore``.
 """
 
 from __future__ import annotations
@@ -24,36 +25,52 @@ from rnnjax.config import Config, whole
 from rnnjax.generate import predict, predict_batch
 from rnnjax.meta import Position
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model
-from rnnjax.stored import (SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, read_meta, reason, steps,
-                           val_ppl)
+from rnnjax.stored import (PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, read_meta, reason,
+                           steps, val_ppl)
 from rnnjax.vocab import Vocab
 
 
-def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, meta: dict | None = None
-                  ) -> Any:
+def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, meta: dict | None = None,
+                  params_only: bool = False) -> Any:
     """The saved state in ``source`` (a manager, or its directory), as host arrays shaped and typed like
     ``target``, its checksums (in ``meta``, read and checked unless given) verified: ``DamagedCheckpoint``
     if it cannot be read or any array differs from what was saved. It reads that checkpoint's files only
-    (a manager would read every checkpoint's metadata first, a FIFO's too)."""
+    (a manager would read every checkpoint's metadata first, a FIFO's too). ``params_only``: its params
+    alone, whatever optimizer state it holds (what inference needs)."""
     directory = Path(getattr(source, "directory", source)).absolute()     # orbax takes absolute paths only
     meta = read_meta(directory.parent, step) if meta is None else meta
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     orbax_logs.quiet()
-    check_fits(meta, abstract, directory.parent, step, read_saved=True)     # another cell under its name
+    check_fits(meta, abstract, directory.parent, step, read_saved=True, params_only=params_only)
+    expected = meta["checksums"]
+    if params_only:             # the params' checksums, their paths as in the params' own tree
+        abstract = abstract.params
+        expected = {k[len(PARAMS) - 1:]: v for k, v in expected.items() if k.startswith(PARAMS)}
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            state = jax.device_get(checkpointer.restore(directory / str(step) / "state", abstract))
+        state = jax.device_get(_read(directory / str(step) / "state", abstract, params_only))
     except Exception as e:
         raise DamagedCheckpoint(step, directory, f"cannot be restored ({reason(e)})") from None
     shapes = jax.tree.map(np.shape, abstract)
     if jax.tree.structure(state) != jax.tree.structure(abstract) or jax.tree.map(np.shape, state) != shapes:
         raise DamagedCheckpoint(step, directory, "is damaged: its arrays do not fit the model its meta "
                                 "describes")
-    bad = workdir_lib.verify(state, meta["checksums"])
+    bad = workdir_lib.verify(state, expected)
     if bad:
         raise DamagedCheckpoint(step, directory, f"is damaged: {len(bad)} array(s) fail their checksums "
                                 f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     return state
+
+
+def _read(path: Path, abstract: Any, params_only: bool) -> Any:
+    """The arrays at ``path`` (a saved state), as ``abstract``: the whole state, or its params alone."""
+    if not params_only:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(path, abstract)
+    item = {"params": abstract}
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True))["params"]
 
 
 @dataclasses.dataclass
@@ -216,11 +233,11 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
                      "best=True (--best on the command line)." if before else
                      "; no checkpoint kept is from before it stopped.")
             raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): restore another run{other}")
-        stacked = restore_state(workdir / SUBDIR, step, abstract_run_states(runs, len(vocab)), meta)
-        state = jax.tree.map(lambda x: x[run], stacked)
+        stacked = restore_state(workdir / SUBDIR, step, abstract_run_states(runs, len(vocab)), meta, True)
+        params = jax.tree.map(lambda x: x[run], stacked)
     else:
-        state = restore_state(workdir / SUBDIR, step, abstract_train_state(config, len(vocab)), meta)
-    return Restored(config, vocab, state.params, step, meta)
+        params = restore_state(workdir / SUBDIR, step, abstract_train_state(config, len(vocab)), meta, True)
+    return Restored(config, vocab, params, step, meta)
 
 
 def _why_stopped(meta: dict, run: int | None) -> str | None:

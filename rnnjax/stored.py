@@ -28,6 +28,7 @@ from rnnjax.vocab import Vocab
 
 SUBDIR = "checkpoints"
 DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
+PARAMS = ".params["          # how the paths of a saved TrainState's parameters begin (its checksums')
 CONFIG = "config.json"       # a run's settings, for people and tools (rnnjax.checkpoint.write_config)
 # Orbax saves a step into a folder of this name, renamed to the step once complete.
 _UNFINISHED = re.compile(r"\d+\.orbax-checkpoint-tmp.*")
@@ -61,27 +62,36 @@ class CellMismatch(CheckpointError):
     """A run restored with another cell registered under its cell's name: not damage."""
 
 
-def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bool = False) -> None:
-    """``CellMismatch`` unless ``target`` (the state a restore builds from the meta's config) has the arrays
-    the checkpoint at ``step`` saved: by path (its meta's checksums name each) and, with ``read_saved``, by
-    the shapes and dtypes orbax's metadata gives (for a cell not rnnjax's); before reading any array. What
-    tells a cell of another class registered under the run's cell name (one of rnnjax's swapped for a
-    user's, either way) from damage."""
+class StateMismatch(CheckpointError):
+    """A checkpoint whose parameters fit but whose training state does not: another optimizer
+    (``rnnjax.state.make_optimizer``) or ``TrainState``; a resume needs the same, inference reads params."""
+
+
+def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bool = False,
+               params_only: bool = False) -> None:
+    """``CellMismatch`` unless ``target`` (the state a restore builds from the meta's config) has the
+    parameters the checkpoint at ``step`` saved: by path (its meta's checksums name each) and, with
+    ``read_saved``, by the shapes and dtypes orbax's metadata gives (for a cell not rnnjax's); before
+    reading any array. What tells a cell of another class registered under the run's cell name (one of
+    rnnjax's swapped for a user's, either way) from damage. ``StateMismatch`` unless the rest of the state
+    (step, optimizer state) has its paths too; with ``params_only`` (inference) that is not looked at."""
     cell = meta["config"]["cell"]
     own = CELLS.get(cell) is OWN_CELLS.get(cell)       # its arrays' shapes: another shape is damage
     kind = registered_as(cell)
     where, fix = (f"The checkpoint at step {step} in {Path(workdir) / SUBDIR}",
                   f"set rnnjax.CELLS[{cell!r}] to the cell class the run was trained with.")
-
-    def some(paths):
-        paths = sorted(paths)
-        more = f" and {len(paths) - 2} more" if len(paths) > 2 else ""
-        return ", ".join(paths[:2]) + more if paths else "nothing else"
     saved_paths = set(meta["checksums"])
     made = {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
-    if saved_paths != made:
-        raise CellMismatch(f"{where} holds parameters the cell registered here as {cell!r} ({kind}) does not "
-                           f"make ({some(saved_paths - made)}; it makes {some(made - saved_paths)}): {fix}")
+    differ = saved_paths ^ made
+    if any(p.startswith(PARAMS) for p in differ):
+        saved_paths, made = ({p for p in paths if p.startswith(PARAMS)} for paths in (saved_paths, made))
+        raise CellMismatch(f"{where} holds other parameters than the cell registered here as {cell!r} "
+                           f"({kind}) makes ({_differ(saved_paths, made)}): {fix}")
+    if differ and not params_only:
+        raise StateMismatch(f"{where} holds another training state than this process makes "
+                            f"({_differ(saved_paths, made)}): the run was trained with another optimizer "
+                            "(rnnjax.state.make_optimizer) or TrainState; resume it with the same (a restore "
+                            "for inference, --predict, reads its parameters alone).")
     saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved and not own else None
 
     def arrays(tree):
@@ -99,6 +109,15 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
     if was is not None and was != kind:      # the same parameters, made otherwise (a partial's arguments)
         raise CellMismatch(f"{where} was trained with rnnjax.CELLS[{cell!r}] = {was}, which is {kind} here: "
                            "register the one it was trained with.")
+
+
+def _differ(saved: set[str], made: set[str]) -> str:
+    """Which paths only the checkpoint has and which only the target, a few of each."""
+    def some(paths):
+        paths = sorted(paths)
+        return ", ".join(paths[:2]) + (f" and {len(paths) - 2} more" if len(paths) > 2 else "")
+    sides = (("saved, not made here", saved - made), ("made here, not saved", made - saved))
+    return "; ".join(f"{what}: {some(paths)}" for what, paths in sides if paths)
 
 
 def _saved_params(state_dir: Path) -> Any:

@@ -7,11 +7,12 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from conftest import TINY, assert_trees_equal, tree_digest
 
-from rnnjax import checkpoint, runs
+from rnnjax import checkpoint, runs, state as state_lib
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.state import make_model
 from rnnjax.train import fit
@@ -250,3 +251,30 @@ def test_best_of_runs_without_a_run_names_the_one_of_lowest_validation_perplexit
         checkpoint.restore(tmp_path, best=True)
     with pytest.raises(CheckpointError, match=r"K from 0 to 2\.$"):      # not best: no perplexity to name
         checkpoint.restore(tmp_path)
+
+
+def test_a_run_of_another_optimizer_restores_for_inference_and_a_resume_names_the_optimizer(
+        small_data, tmp_path, monkeypatch):
+    """A run trained with Adam (``make_optimizer`` replaced, as the README says) was read where SGD is the
+    optimizer, and the other way, as a cell registered wrongly: inference reads the params alone now, and a
+    resume says the optimizer differs."""
+    def adam(config, per_run=False):
+        return optax.chain(optax.clip_by_global_norm(config.clip), optax.adam(1e-2))
+    config = TINY.replace(epochs=1)
+    with monkeypatch.context() as m:
+        m.setattr(state_lib, "make_optimizer", adam)
+        trained = fit(config, small_data, tmp_path / "adam", devices=1, log=None)
+    fit(config, small_data, tmp_path / "sgd", devices=1, log=None)
+    for workdir, patched in ((tmp_path / "adam", False), (tmp_path / "sgd", True)):
+        with monkeypatch.context() as m:
+            if patched:
+                m.setattr(state_lib, "make_optimizer", adam)
+            restored = checkpoint.restore(workdir)
+            if not patched:
+                assert_trees_equal(restored.params, trained.state.params)
+            sides = f"{'made here, not saved' if patched else 'saved, not made here'}: .opt_state"
+            says = (re.escape(sides) + r".* trained with another optimizer \(rnnjax\.state\.make_optimizer\) "
+                    "or TrainState; resume it with the same")
+            with pytest.raises(checkpoint.StateMismatch, match=says):
+                fit(config.replace(epochs=2), small_data, workdir, devices=1, log=None)
+    assert not (tmp_path / "adam" / checkpoint.DAMAGED).exists() and checkpoint.steps(tmp_path / "adam")
