@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from rnnjax.cells import CELLS, OWN_CELLS, registered_as
 from rnnjax.config import Config
 from rnnjax.state import check_params
 
@@ -30,34 +31,51 @@ def _layer_names(config: Config) -> list[tuple[str, str]]:
             for k in range(config.num_layers) for d in range(dirs)]
 
 
-def _find(state_dict: dict, name: str) -> np.ndarray:
+def _check_cell(config: Config) -> None:
+    """``ValueError`` unless ``config``'s cell is one of rnnjax's own, the ones PyTorch has."""
+    if CELLS.get(config.cell) is not OWN_CELLS.get(config.cell):
+        raise ValueError(f"rnnjax.interop converts rnnjax's own cells ({', '.join(OWN_CELLS)}), PyTorch's "
+                         f"nn.RNN, nn.GRU and nn.LSTM; the config's cell {config.cell!r} is "
+                         f"{registered_as(config.cell)}.")
+
+
+def _find(state_dict: dict, name: str, used: set[str]) -> np.ndarray:
     keys = [k for k in state_dict if k == name or k.endswith("." + name)]
     if len(keys) != 1:
         found = "none" if not keys else ", ".join(keys)
         raise ValueError(f"The state dict needs exactly one key ending in {name!r}; found {found}.")
+    used.add(keys[0])
     return np.asarray(state_dict[keys[0]], np.float32)
 
 
-def _linear(state_dict: dict) -> tuple[np.ndarray, np.ndarray]:
+def _linear(state_dict: dict, used: set[str]) -> tuple[np.ndarray, np.ndarray]:
     prefixes = [k[: -len("weight")] for k in state_dict if re.fullmatch(r"(.*\.)?weight", k)]
     if len(prefixes) != 1:
         raise ValueError(f"The state dict needs exactly one output layer's 'weight' beside the recurrent "
                          f"layer's; found {len(prefixes)}: {prefixes}.")
-    return _find(state_dict, prefixes[0] + "weight"), _find(state_dict, prefixes[0] + "bias")
+    return _find(state_dict, prefixes[0] + "weight", used), _find(state_dict, prefixes[0] + "bias", used)
 
 
 def from_torch(state_dict: dict[str, Any], config: Config) -> dict:
-    """The ``RNNLM`` parameters of ``config`` (cell, layers, directions) from a PyTorch state dict."""
+    """The ``RNNLM`` parameters of ``config`` (cell, layers, directions) from a PyTorch state dict, every
+    key of which they use (a layer more, or ``proj_size``'s weights, would otherwise be dropped)."""
+    _check_cell(config)
     rnn: dict = {}
+    used: set[str] = set()
     for ours, theirs in _layer_names(config):
-        w_ih, w_hh = _find(state_dict, f"weight_ih_{theirs}"), _find(state_dict, f"weight_hh_{theirs}")
-        b_ih, b_hh = _find(state_dict, f"bias_ih_{theirs}"), _find(state_dict, f"bias_hh_{theirs}")
+        w_ih, w_hh, b_ih, b_hh = (_find(state_dict, f"{name}_{theirs}", used)
+                                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
         if config.cell == "rnn":
             cell = {"W_xh": w_ih.T, "W_hh": w_hh.T, "b_h": b_ih + b_hh}
         else:
             cell = {"W_ih": w_ih.T, "W_hh": w_hh.T, "b_ih": b_ih, "b_hh": b_hh}
         (rnn.setdefault(ours, {}) if ours else rnn)["cell"] = cell
-    weight, bias = _linear(state_dict)
+    weight, bias = _linear(state_dict, used)
+    unused = sorted(set(state_dict) - used)
+    if unused:
+        raise ValueError(f"The state dict has weights the config's model has none of ({', '.join(unused[:4])}"
+                         f"{', ...' if unused[4:] else ''}): give the config PyTorch's num_layers and "
+                         "bidirectional (PyTorch's proj_size has no counterpart here).")
     params = {"rnn": rnn, "output_layer": {"kernel": weight.T, "bias": bias}}
     check_params(params, config, vocab_size=weight.shape[0])
     bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
@@ -74,6 +92,7 @@ def to_torch(params: dict, config: Config, prefix: str = "rnn.rnn.", linear_pref
     The rnn cell's one bias goes to ``bias_ih``; ``bias_hh`` is zero. ``ValueError`` unless ``params``
     are those of ``config`` (cell, layers, sizes).
     """
+    _check_cell(config)
     try:
         vocab_size = int(np.shape(params["output_layer"]["kernel"])[-1])
         check_params(params, config, vocab_size=vocab_size)

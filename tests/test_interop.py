@@ -1,11 +1,13 @@
 """PyTorch state dicts in and out, without torch (and against torch itself where it is installed)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import TINY
+from rnnjax import cells
 from rnnjax.interop import from_torch, to_torch
 from rnnjax.state import create_train_state, make_model
 from test_model import np_stack
@@ -133,3 +135,31 @@ def test_to_torch_refuses_params_of_another_config(other):
     params = from_torch(known_state_dict("rnn", 1, False), config_of("rnn", 1, False))
     with pytest.raises(ValueError, match="do not fit the config|not those of an RNNLM"):
         to_torch(params, other)
+
+
+def test_weights_the_config_has_no_place_for_are_refused_not_dropped():
+    """A 2-layer LSTM's state dict converted with num_layers=1 dropped layer 2 (logits 0.18 off torch's)."""
+    sd = known_state_dict("lstm", 2, False)
+    says = (r"has weights the config's model has none of \(rnn\.rnn\.bias_hh_l1, rnn\.rnn\.bias_ih_l1, "
+            r"rnn\.rnn\.weight_hh_l1, rnn\.rnn\.weight_ih_l1\): give the config PyTorch's num_layers")
+    with pytest.raises(ValueError, match=says):
+        from_torch(sd, config_of("lstm", 1, False))
+    with pytest.raises(ValueError, match=r"none of \(rnn\.rnn\.bias_hh_l1, .*, \.\.\.\)"):  # 3 as 1
+        from_torch(known_state_dict("lstm", 3, False), config_of("lstm", 1, False))
+    sd["rnn.rnn.weight_hr_l0"] = np.zeros((3, H), np.float32)          # nn.LSTM(proj_size=3)'s
+    with pytest.raises(ValueError, match=r"none of \(rnn\.rnn\.weight_hr_l0\).*proj_size has no"):
+        from_torch(sd, config_of("lstm", 2, False))
+
+
+def test_a_cell_of_ones_own_is_refused_in_one_sentence_both_ways(monkeypatch):
+    """A registered flax cell passed check_params, then failed with a bare KeyError in to_torch."""
+    monkeypatch.setitem(cells.CELLS, "mgu", nn.MGUCell)
+    config = TINY.replace(cell="mgu", num_hiddens=H)
+    says = r"converts rnnjax's own cells \(rnn, gru, lstm\), .*; the config's cell 'mgu' is MGUCell\."
+    with pytest.raises(ValueError, match=says):
+        to_torch(create_train_state(config, V).params, config)
+    with pytest.raises(ValueError, match=says):
+        from_torch(known_state_dict("gru", 1, False), config)
+    monkeypatch.setitem(cells.CELLS, "gru", nn.GRUCell)              # flax's under rnnjax's name
+    with pytest.raises(ValueError, match="the config's cell 'gru' is GRUCell"):
+        from_torch(known_state_dict("gru", 1, False), config_of("gru", 1, False))
