@@ -73,10 +73,10 @@ class Vocab:
             raise ValueError(f"{text!r} has no {what}; a prompt needs at least one.")
         unknown = sorted({t for t in tokens if t not in self.token_to_idx})
         if unknown:
-            if self.kind == "word":
-                known = f"{len(self) - 1} words"
+            chars = "".join(t for t in self.idx_to_token if len(t) == 1)
+            if self.kind == "word" or len(chars) < len(self) - 1:      # a vocabulary of longer tokens too
+                known = f"{len(self) - 1} {'words' if self.kind == 'word' else 'tokens'}"
             else:
-                chars = "".join(t for t in self.idx_to_token if len(t) == 1)
                 known = repr(chars) if len(chars) <= 100 else f"{len(chars):,} characters ({chars[:40]!r}...)"
                 if set(chars) <= set("abcdefghijklmnopqrstuvwxyz "):
                     known += " (lowercase letters and space)"

@@ -49,3 +49,10 @@ def test_differs_says_how():
     assert "the Time Machine" in chars.differs(Vocab(list("ab")))
     assert chars.differs(Vocab(["a", "b"], kind="word", source="1" * 40)).startswith("char tokens")
     assert chars.differs(Vocab(list("abc"), source="1" * 40)) == "another vocabulary"
+
+
+def test_a_vocabulary_of_longer_tokens_is_counted_not_said_to_be_empty():
+    """A vocabulary of character pairs said "the model knows '' (lowercase letters and space)"."""
+    pairs = Vocab(["th", "e ", "ti", "me"])
+    with pytest.raises(ValueError, match=r"outside the vocabulary: .*; the model knows 4 tokens\.$"):
+        pairs.encode("thz")
