@@ -73,14 +73,14 @@ class Config:
     (by seed, CPU, device count and JAX release: docs/results.md).
     """
     batch_size: int = _field(1024, "windows per training step, over all devices")
-    num_steps: int = _field(32, "characters per window: the time steps unrolled")
+    num_steps: int = _field(32, "tokens (characters or words) per window: the time steps unrolled")
     num_hiddens: int = _field(32, "hidden units of the recurrent cell")
     cell: str = _field("rnn", "recurrent cell, a name in rnnjax.cells.CELLS: rnn, gru, lstm, ...")
     nonlinearity: str = _field("tanh", "the rnn cell's nonlinearity, tanh or relu")
     num_layers: int = _field(1, "recurrent layers stacked")
     dropout: float = _field(0.0, "dropout on the outputs of every recurrent layer but the last, in training")
     bidirectional: bool = _field(False, "a reverse direction beside each layer (not for language models)")
-    lr: float = _field(1.0, "SGD learning rate")
+    lr: float = _field(1.0, "learning rate (of SGD, rnnjax.state.make_optimizer)")
     clip: float = _field(1.0, "gradients are scaled down to at most this global norm")
     epochs: int = _field(100, "passes over the training windows")
     seed: int = _field(0, "seed of the initial parameters and of the batch order")
