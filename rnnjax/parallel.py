@@ -157,8 +157,10 @@ class DataParallel:
         local = jax.local_devices()
         if num_devices is not None:
             if not 1 <= num_devices <= len(local):
+                more = (f"; JAX_NUM_CPU_DEVICES={num_devices} simulates more on a CPU (they share its cores)"
+                        if local[0].platform == "cpu" and num_devices > len(local) else "")
                 raise ValueError(f"--devices {num_devices}: this process has {len(local)} "
-                                 f"local device(s) ({local[0].platform}).")
+                                 f"local device(s) ({local[0].platform}){more}.")
             if jax.process_count() > 1 and num_devices != len(local):
                 raise ValueError("--devices must be left at all local devices when training "
                                  "over several processes.")

@@ -178,8 +178,11 @@ def test_devices_limits_local_devices():
     assert DataParallel.create(2).num_local == 2 and DataParallel.create(2).pmapped
     assert not DataParallel.create(1).pmapped
     assert DataParallel.create().num_local == len(jax.local_devices()) == 4
-    with pytest.raises(ValueError, match="--devices 5: this process has 4 local device"):
+    with pytest.raises(ValueError, match=r"--devices 5: this process has 4 local device\(s\) \(cpu\); "
+                                         "JAX_NUM_CPU_DEVICES=5 simulates more on a CPU"):
         DataParallel.create(5)
+    with pytest.raises(ValueError, match=r"--devices 0: this process has 4 local device\(s\) \(cpu\)\.$"):
+        DataParallel.create(0)
 
 
 DEEP_QUEUE = """
