@@ -85,13 +85,21 @@ def read_text(path: str | os.PathLike) -> tuple[str, str]:
 
 
 def encode(ids: np.ndarray, name: Callable[[int], str], train_end: int, min_freq: int, kind: str,
-           source: str | None) -> tuple[Vocab, np.ndarray]:
-    """d2l's vocabulary of ``ids[:train_end]``, and ``ids`` as its indices (int32, converted in place)."""
+           source: str | None, vocab: Vocab | None = None) -> tuple[Vocab, np.ndarray]:
+    """d2l's vocabulary of ``ids[:train_end]`` (or ``vocab``'s tokens, ``<unk>`` for others), and ``ids``
+    as its indices (int32, converted in place)."""
     size = int(ids.max()) + 1 if len(ids) else 0
     counts = np.zeros(size, np.int64)
-    for lo in range(0, train_end, CHUNK):
-        counts += np.bincount(ids[lo:min(lo + CHUNK, train_end)], minlength=size)
-    vocab, table = Vocab.from_counts(counts, name, min_freq, kind=kind, source=source)
+    counted = train_end if vocab is None else len(ids)      # the tokens of a vocabulary given: all of them
+    for lo in range(0, counted, CHUNK):
+        counts += np.bincount(ids[lo:min(lo + CHUNK, counted)], minlength=size)
+    if vocab is None:
+        vocab, table = Vocab.from_counts(counts, name, min_freq, kind=kind, source=source)
+    else:           # another run's tokens, said to be of this text: a resume checks it is the same text
+        table = np.full(size, vocab.unk, np.int32)
+        for i in np.flatnonzero(counts):
+            table[i] = vocab[name(int(i))]
+        vocab = Vocab.from_json({"idx_to_token": vocab.idx_to_token, "token": kind, "text_sha1": source})
     stream = ids.view(np.int32)
     for lo in range(0, len(ids), CHUNK):
         stream[lo:lo + CHUNK] = table[ids[lo:lo + CHUNK]]
@@ -153,7 +161,8 @@ class Corpus(WindowedText):
     def __init__(self, path: str | os.PathLike | None, batch_size: int, num_steps: int, *,
                  text: str | None = None, token: str = "char", preprocess: str = "raw", min_freq: int = 0,
                  val_fraction: float = 0.1, num_train: int = 0, num_val: int = 5000, steps_per_epoch: int = 0,
-                 seed: int = 0, cache: bool = True, check_vocab: Callable[[int], None] | None = None):
+                 seed: int = 0, cache: bool = True, check_vocab: Callable[[int], None] | None = None,
+                 vocab: Vocab | None = None):
         if batch_size < 1 or num_steps < 1 or num_val < 0 or num_train < (0 if val_fraction else 1):
             raise DataError(f"batch_size and num_steps must be positive, num_val >= 0 and num_train >= 1 (or "
                             f"0 with a val_fraction); got {batch_size}, {num_steps}, {num_val}, {num_train}.")
@@ -162,6 +171,9 @@ class Corpus(WindowedText):
         if path is None and text is None:
             raise DataError("A Corpus needs a path or a text.")
         self.name = str(path) if text is None else "the text"
+        if vocab is not None and vocab.kind != token:
+            raise DataError(f"The vocabulary given is of {vocab.kind} tokens, not --token {token}'s.")
+        cache = cache and vocab is None
         self.options = options = {"token": token, "preprocess": preprocess, "min_freq": min_freq,
                                   "val_fraction": val_fraction}
         if text is None:
@@ -173,7 +185,7 @@ class Corpus(WindowedText):
         self.cache_hit = cached is not None
         if cached is None:
             try:
-                made = self._make(path, text, sha1, token, preprocess, min_freq)
+                made = self._make(path, text, sha1, token, preprocess, min_freq, vocab)
             except MemoryError:         # raised after this handler, so that the frames holding the text go
                 made = None
             if made is None:
@@ -192,15 +204,15 @@ class Corpus(WindowedText):
             _write_cache(_cache_path(self.vocab.source, options), options, self.vocab, self.stream)
         self.prompt = self._prompt()
 
-    def _make(self, path, text: str | None, sha1: str, token: str, preprocess: str, min_freq: int
-              ) -> tuple[Vocab, np.ndarray, int]:
+    def _make(self, path, text: str | None, sha1: str, token: str, preprocess: str, min_freq: int,
+              vocab: Vocab | None) -> tuple[Vocab, np.ndarray, int]:
         """``(vocab, stream, train_end)`` of ``text``, else of the file ``path`` (read here)."""
         if text is None:
             text, sha1 = read_text(path)
         ids, name = tokenize(text, token, preprocess)
         del text
         train_end = self._train_end(len(ids), token, preprocess)
-        return *encode(ids, name, train_end, min_freq, token, sha1), train_end
+        return *encode(ids, name, train_end, min_freq, token, sha1, vocab), train_end
 
     def _train_end(self, num_tokens: int, token: str, preprocess: str) -> int:
         """Where the validation tail starts (the end of the stream for d2l's split); ``DataError`` if either
@@ -273,21 +285,22 @@ class Corpus(WindowedText):
                    seed=config.seed, check_vocab=check_vocab, **kwargs)
 
 
-def load(config: Config, text: str | os.PathLike | None = None, data: str | os.PathLike | None = None
-         ) -> WindowedText:
+def load(config: Config, text: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
+         vocab: Vocab | None = None) -> WindowedText:
     """The data ``config`` trains on: the file ``text`` (``Corpus``), else The Time Machine (``data``,
-    SHA-1 checked): d2l's ``TimeMachine`` for d2l's tokens and split, a ``Corpus`` of it for others."""
+    SHA-1 checked): d2l's ``TimeMachine`` for d2l's tokens and split, a ``Corpus`` of it for others. With
+    ``vocab`` (a restored run's, to fine-tune or evaluate it), in those tokens, ``<unk>`` for the rest."""
     check_is_config(config)
     if text is not None and data is not None:
         raise ValueError("load takes text (your own file) or data (the Time Machine's), not both.")
     try:
         if text is not None:
-            return Corpus.from_config(text, config)
+            return Corpus.from_config(text, config, vocab=vocab)
         d2l = (config.token, config.preprocess, config.val_fraction) == ("char", "d2l", 0.0)
-        if d2l and config.min_freq <= 1:
+        if d2l and config.min_freq <= 1 and vocab is None:
             return TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
                                path=data, seed=config.seed, steps_per_epoch=config.steps_per_epoch)
-        return Corpus.from_config(timemachine_path(data), config)
+        return Corpus.from_config(timemachine_path(data), config, vocab=vocab)
     except OSError as e:            # unreadable (permissions, a vanished file): one sentence
         why = e.strerror or type(e).__name__
         raise DataError(f"Cannot read {e.filename or text or data} ({why}).") from None

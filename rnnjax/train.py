@@ -153,9 +153,10 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
         return _fit(plan, data, params, checkpoint_every, keep, progress)
     with planned(config, data, workdir, devices=devices) as p:
         if log:
-            unused = params is not None and p.step is not None and not p.finished
-            log(p.describe() + ("; the params given are not used: the run resumes from its checkpoint "
-                                "(a new workdir starts from them)" if unused else ""))
+            given = "" if params is None else "; from the params given" if p.step is None else (
+                "; the params given are not used: the run resumes from its checkpoint (a new workdir starts "
+                "from them)" if not p.finished else "")
+            log(p.describe() + given)
         return _fit(p, data, params, checkpoint_every, keep, progress)
 
 

@@ -254,6 +254,33 @@ def test_train_resume_restore_without_the_file_and_generate(text_file, tmp_path)
     assert out.startswith("Ωmega 4") and len(out) == 37 and set(out) <= set(c.vocab.idx_to_token)
 
 
+def test_a_restored_run_fine_tunes_on_another_text_in_its_own_vocabulary(text_file, tmp_path, monkeypatch):
+    """Another text made its own vocabulary, which the run's params do not fit: with ``vocab`` it is read
+    in the run's tokens (others as ``<unk>``), said to be of its own text, and not cached."""
+    monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))
+    fit(TEXT.replace(epochs=1), Corpus.from_config(text_file, TEXT), tmp_path / "first", devices=1, log=None)
+    run = checkpoint.restore(tmp_path / "first")
+    entries = cache_entries()
+    other = tmp_path / "another.txt"
+    other.write_text(other_alphabet(seed=3) + "ß∂", encoding="utf-8")        # two characters it never saw
+    tuned = corpus.load(TEXT, text=other, vocab=run.vocab)
+    assert tuned.vocab.idx_to_token == run.vocab.idx_to_token and tuned.vocab.source != run.vocab.source
+    assert tuned.vocab.decode(tuned.stream[-2:]) == "<unk><unk>" and cache_entries() == entries
+    own = Corpus.from_config(other, TEXT)
+    known = np.isin(np.asarray(own.vocab.idx_to_token)[own.stream], run.vocab.idx_to_token)
+    np.testing.assert_array_equal(np.asarray(tuned.vocab.idx_to_token)[tuned.stream][known],
+                                  np.asarray(own.vocab.idx_to_token)[own.stream][known])
+    lines = []
+    fit(TEXT.replace(epochs=1), tuned, tmp_path / "tuned", devices=1, params=run.params, log=lines.append)
+    assert lines[0].startswith("new run of 1 epoch") and lines[0].endswith("; from the params given")
+    fit(TEXT, corpus.load(TEXT, text=other, vocab=run.vocab), tmp_path / "tuned", devices=1, log=None)
+    with pytest.raises(CheckpointError, match=r"trained on the text of SHA-1 \w+ \(the data given is the"):
+        fit(TEXT.replace(epochs=3), corpus.load(TEXT, text=text_file, vocab=run.vocab), tmp_path / "tuned",
+            devices=1, log=None)
+    with pytest.raises(DataError, match=r"The vocabulary given is of char tokens, not --token word's\."):
+        corpus.load(TEXT.replace(token="word"), text=other, vocab=run.vocab)
+
+
 def test_words_train_restore_and_generate_joined_by_spaces(text_file, tmp_path):
     config = TEXT.replace(token="word", num_steps=4)
     c = Corpus.from_config(text_file, config)
