@@ -24,7 +24,10 @@ from rnnjax import orbax_logs, workdir as workdir_lib
 from rnnjax.config import Config, whole
 from rnnjax.generate import predict, predict_batch
 from rnnjax.meta import Position
-from rnnjax.state import abstract_run_states, abstract_train_state, make_model
+from rnnjax.data import WindowedText
+from rnnjax.metrics import perplexity
+from rnnjax.precision import at_precision
+from rnnjax.state import abstract_run_states, abstract_train_state, create_train_state, make_model
 from rnnjax.stored import (PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, read_meta, reason,
                            steps, val_ppl)
 from rnnjax.vocab import Vocab
@@ -75,7 +78,7 @@ def _read(path: Path, abstract: Any, params_only: bool) -> Any:
 
 @dataclasses.dataclass
 class Restored:
-    """A trained model from a checkpoint: enough to generate text, nothing of the data."""
+    """A trained model from a checkpoint: enough to generate text or score one, nothing of the data."""
     config: Config
     vocab: Vocab
     params: Any
@@ -92,6 +95,18 @@ class Restored:
 
     def predict_batch(self, prefixes: list[str], num_preds: int, **sampling) -> list[str]:
         return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds, **sampling)
+
+    def perplexity(self, data: WindowedText) -> float:
+        """The model's perplexity on ``data``'s validation windows, as a run validates (``data`` in its
+        tokens: ``rnnjax.corpus.load(config, text=..., vocab=run.vocab)`` for another text)."""
+        from rnnjax.train import eval_steps          # here: rnnjax.train imports this module's users
+        if data.vocab.idx_to_token != self.vocab.idx_to_token:
+            raise ValueError("The data is in another vocabulary than the run's: load it with "
+                             "rnnjax.corpus.load(config, text=..., vocab=run.vocab).")
+        state = create_train_state(self.config, len(self.vocab), self.params)
+        batches = jax.tree.map(lambda *x: np.stack(x), *data.val_batches())
+        sums = jax.jit(at_precision(eval_steps, self.config.matmul_precision))(state, batches)
+        return perplexity(float(sums["loss_sum"]) / float(sums["count"]))
 
 
 def restore(workdir: str | Path, step: int | None = None, best: bool = False, run: int | None = None,

@@ -278,3 +278,12 @@ def test_a_run_of_another_optimizer_restores_for_inference_and_a_resume_names_th
             with pytest.raises(checkpoint.StateMismatch, match=says):
                 fit(config.replace(epochs=2), small_data, workdir, devices=1, log=None)
     assert not (tmp_path / "adam" / checkpoint.DAMAGED).exists() and checkpoint.steps(tmp_path / "adam")
+
+
+def test_a_restored_run_scores_data_as_its_run_validated(small_data, tmp_path):
+    result = fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+    run = checkpoint.restore(tmp_path)
+    assert run.perplexity(small_data) == pytest.approx(result.history[-1]["val_ppl"], rel=1e-5)
+    other = type(small_data)(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text="abc " * 400)
+    with pytest.raises(ValueError, match="another vocabulary than the run's: load it with"):
+        run.perplexity(other)
