@@ -22,9 +22,9 @@ import orbax.checkpoint as ocp
 
 from rnnjax import orbax_logs, workdir as workdir_lib
 from rnnjax.config import Config, whole
+from rnnjax.data import WindowedText
 from rnnjax.generate import predict, predict_batch
 from rnnjax.meta import Position
-from rnnjax.data import WindowedText
 from rnnjax.metrics import perplexity
 from rnnjax.precision import at_precision
 from rnnjax.state import abstract_run_states, abstract_train_state, create_train_state, make_model
