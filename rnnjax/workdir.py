@@ -1,10 +1,11 @@
 """What keeps a workdir whole: one writer at a time, checksums of what it saves, a checked path.
 
-- ``lock(workdir)``: an ``fcntl`` lock on ``workdir/.lock``, taken before a run
-  writes anything and released by the kernel when the process ends, however
-  it ends (a killed run leaves no stale lock). A second writer fails at once,
-  naming the holder's pid; the holder stops if its lock file is removed or
-  replaced (``Held.check``). Reading (``restore``, ``--predict``) takes none.
+- ``lock(workdir)``: ``fcntl`` locks on ``workdir/.lock`` and on the workdir
+  itself, taken before a run writes anything and released by the kernel when
+  the process ends, however it ends (a killed run leaves no stale lock). A
+  second writer fails at once, naming the holder's pid; the holder stops if
+  its workdir is moved (``Held.check``). Reading (``restore``, ``--predict``)
+  takes none.
 - ``checksums(state)`` / ``verify(state, sums)``: a CRC-32 of every array of a
   saved state, kept in the checkpoint's JSON ``meta`` and checked on restore,
   so a flipped bit is an error rather than a silently changed weight.
@@ -25,7 +26,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import jax
 import numpy as np
@@ -125,9 +126,12 @@ def check_ours(workdir: Path) -> None:
                            "run would overwrite them. Use an empty or new --workdir.")
 
 
-def _holder(f: TextIO) -> str:
-    f.seek(0)
-    pid = f.read().strip()
+def _holder(workdir: Path) -> str:
+    """Who holds ``workdir``'s lock, as its lock file names them."""
+    try:
+        pid = (workdir / LOCKFILE).read_bytes().decode(errors="replace").strip()
+    except OSError:
+        pid = ""
     return f"process {pid}" if pid.isdigit() else "another process"
 
 
@@ -146,6 +150,33 @@ def _check_lockfile(path: Path, flag: str = "--workdir") -> None:
                            f"another {flag}.")
 
 
+def _locks(workdir: Path, mode: int) -> Iterator[int]:
+    """Takes ``fcntl.flock(mode)`` on the workdir's lock file, then on the workdir itself (what keeps a
+    second writer out after the lock file is removed; skipped where the file system cannot lock a folder):
+    yields each file descriptor once locked; ``BlockingIOError`` if held, ``OSError`` if it cannot open."""
+    fd = os.open(workdir / LOCKFILE, (os.O_RDWR | os.O_CREAT if mode & fcntl.LOCK_EX else os.O_RDONLY)
+                 | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    yield fd
+    try:
+        folder = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(folder, mode)
+    except BlockingIOError:
+        os.close(folder)
+        raise
+    except OSError:             # a file system without locks on folders: the lock file's alone
+        os.close(folder)
+        return
+    yield folder
+
+
 def check_unlocked(workdir: Path) -> None:
     """``WorkdirError`` if a run holds ``workdir``'s lock now, or the lock file is not a regular file
     (checked early; ``lock`` is what counts)."""
@@ -153,14 +184,17 @@ def check_unlocked(workdir: Path) -> None:
     _check_lockfile(path)
     if not path.is_file():
         return
+    held = []
     try:
-        with open(path) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise WorkdirError(_in_use(workdir, _holder(f))) from None
+        for fd in _locks(workdir, fcntl.LOCK_SH | fcntl.LOCK_NB):
+            held.append(fd)
+    except BlockingIOError:
+        raise WorkdirError(_in_use(workdir, _holder(workdir))) from None
     except OSError as e:
         raise WorkdirError(f"The workdir's lock file {path} cannot be read ({_describe(e)}).") from None
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def _in_use(workdir: Path, holder: str, flag: str = "--workdir") -> str:
@@ -185,24 +219,39 @@ def removing(workdir: Path, step: int, wait_s: float = 1.0) -> bool:
 
 
 class Held:
-    """A held lock: ``check()`` before each write, since a lock file removed (or the workdir moved) lets a
-    second writer lock a new one, and the kernel's lock on the old file no longer keeps it out."""
+    """A held lock: ``check()`` before each write. A workdir moved or removed while a run trains would
+    be written anew at its old path; a lock file removed lets a second writer in where folders cannot be
+    locked (elsewhere the workdir's own lock keeps it out, and the lock file is made again)."""
 
-    def __init__(self, workdir: Path, f: TextIO):
-        self.workdir, self._f = workdir, f
+    def __init__(self, workdir: Path, fds: list[int]):
+        self.workdir, self._fds = workdir, fds
 
     def check(self, saved: str = "") -> None:
-        """``WorkdirError`` if ``workdir/.lock`` is no longer the file this process locked; ``saved`` says
-        what the workdir keeps of the run."""
-        path = self.workdir / LOCKFILE
-        try:
-            ours = os.path.samestat(os.stat(path), os.fstat(self._f.fileno()))
-        except OSError:
-            ours = False
-        if not ours:
-            raise WorkdirError(f"The workdir's lock file {path} was removed or replaced while this run held "
-                               "it (or the workdir moved), so another run may be writing there: this run "
+        """``WorkdirError`` if the workdir or its lock file is no longer the one this process locked;
+        ``saved`` says what the workdir keeps of the run."""
+        def same(path, fd):
+            try:
+                return os.path.samestat(os.stat(path), os.fstat(fd))
+            except OSError:
+                return False
+        folder = self._fds[1] if len(self._fds) > 1 else None
+        if folder is not None and not same(self.workdir, folder):
+            raise WorkdirError(f"The workdir {self.workdir} was moved or removed while this run wrote it: "
+                               f"this run stopped, writing nothing more{saved}. Resume it where it is now "
+                               "(--workdir).")
+        if same(self.workdir / LOCKFILE, self._fds[0]):
+            return
+        if folder is None:
+            raise WorkdirError(f"The workdir's lock file {self.workdir / LOCKFILE} was removed or replaced "
+                               "while this run held it, so another run may be writing there: this run "
                                f"stopped, writing nothing more{saved}. Run the same command again to resume.")
+        with contextlib.suppress(OSError):      # the folder's lock holds: the lock file made again
+            fd = os.open(self.workdir / LOCKFILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_NONBLOCK, 0o644)
+            os.close(self._fds[0])
+            self._fds[0] = fd
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, str(os.getpid()).encode())
 
 
 @contextlib.contextmanager
@@ -210,25 +259,25 @@ def lock(workdir: Path, flag: str = "--workdir") -> Iterator[Held]:
     """Holds ``workdir``'s lock (making the workdir) for the ``with`` block, as a ``Held``;
     ``WorkdirError`` if held, naming ``flag`` (what the command gives another folder with)."""
     _check_lockfile(workdir / LOCKFILE, flag)
+    fds: list[int] = []
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(workdir / LOCKFILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-        f = os.fdopen(fd, "r+")
-    except OSError as e:
-        raise WorkdirError(f"The workdir {workdir} cannot be written ({_describe(e)}).") from None
-    with f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            workdir.mkdir(parents=True, exist_ok=True)
+            for fd in _locks(workdir, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                fds.append(fd)
         except BlockingIOError:
-            raise WorkdirError(_in_use(workdir, _holder(f), flag)) from None
+            raise WorkdirError(_in_use(workdir, _holder(workdir), flag)) from None
+        except OSError as e:
+            raise WorkdirError(f"The workdir {workdir} cannot be written ({_describe(e)}).") from None
         try:
-            f.seek(0)
-            f.truncate()
-            f.write(str(os.getpid()))
-            f.flush()
+            os.ftruncate(fds[0], 0)
+            os.write(fds[0], str(os.getpid()).encode())
         except OSError as e:        # a full disk: the lock holds without the pid, but say so now
             raise WorkdirError(f"The workdir {workdir} cannot be written ({_describe(e)}).") from None
-        yield Held(workdir, f)      # closing the file releases the lock
+        yield Held(workdir, fds)
+    finally:                        # closing the files releases the locks
+        for fd in fds:
+            os.close(fd)
 
 
 def _fsync(path: Path) -> None:

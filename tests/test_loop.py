@@ -4,6 +4,7 @@ and workdirs saved before the loop was one (checkpoint format 2) resumed as they
 import json
 import os
 import signal
+import time
 
 import jax
 import jax.numpy as jnp
@@ -223,14 +224,17 @@ def test_a_closed_terminal_s_sighup_saves_and_stops_the_run_unless_nohup_ignores
         signal.signal(signal.SIGHUP, previous)
 
 
-def test_a_run_whose_lock_file_is_removed_stops_before_writing_again(data, tmp_path):
-    """Another run could lock a new lock file and write beside it: the first writes no record or checkpoint
-    after the lock file went, and names its last checkpoint."""
-    def remove_lock(done, total, record):
-        if done == 13 + STEPS_PER_CALL:                 # mid-epoch 2, after epoch 1's checkpoint
-            (tmp_path / workdir.LOCKFILE).unlink()
+def test_a_run_whose_workdir_is_moved_stops_before_writing_again(data, tmp_path):
+    """It wrote on at the old path: a new workdir of a stray metrics.jsonl, and a save that failed."""
+    def move(done, total, record):
+        if done == 13 + STEPS_PER_CALL:                 # mid-epoch 2, once epoch 1's checkpoint is whole
+            for _ in range(400):                        # (orbax saves in the background)
+                if checkpoint.steps(tmp_path / "w") == [13]:
+                    break
+                time.sleep(0.01)
+            (tmp_path / "w").rename(tmp_path / "moved")
     with pytest.raises(workdir.WorkdirError, match=r"writing nothing more \(its last checkpoint: step 13\)"):
-        fit(TINY.replace(epochs=3), data, tmp_path, devices=1, log=None, progress=remove_lock,
+        fit(TINY.replace(epochs=3), data, tmp_path / "w", devices=1, log=None, progress=move,
             checkpoint_every=1)
-    assert checkpoint.steps(tmp_path) == [13]
-    assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / metrics.FILENAME).read()] == [1]
+    assert not (tmp_path / "w").exists() and checkpoint.steps(tmp_path / "moved") == [13]
+    assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / "moved" / metrics.FILENAME).read()] == [1]

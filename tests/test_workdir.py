@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,23 +31,52 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     workdir.check_unlocked(tmp_path / "w")
 
 
-@pytest.mark.parametrize("how", ["removed", "replaced", "moved"])
-def test_the_holder_sees_its_lock_file_removed_replaced_or_its_workdir_moved(tmp_path, how):
-    """A removed lock file let a second writer lock a new one while the first trained on."""
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_lock_file_removed_or_replaced_lets_no_second_writer_in(tmp_path, how):
+    """The lock was the lock file's alone: removed, a second writer locked a new one and both wrote."""
     w = tmp_path / "w"
     with workdir.lock(w) as held:
-        held.check()                                # its own: nothing to say
+        (w / LOCKFILE).unlink()
+        if how == "replaced":                       # as an editor saves it: a new file under the name
+            (w / "new").write_text("x")
+            (w / "new").rename(w / LOCKFILE)
+        with pytest.raises(workdir.WorkdirError, match="is in use by another process"):
+            with workdir.lock(w):
+                pass
+        held.check()                                # the workdir's own lock holds: it trains on
+        assert (w / LOCKFILE).read_text() == str(os.getpid())         # the lock file made again
+        with pytest.raises(workdir.WorkdirError, match=f"in use by process {os.getpid()}"):
+            workdir.check_unlocked(w)
+    with workdir.lock(w):
+        pass
+
+
+@pytest.mark.parametrize("how", ["moved", "removed"])
+def test_the_holder_stops_once_its_workdir_is_moved_or_removed(tmp_path, how):
+    """It wrote on at the old path, making a new workdir there with a stray metrics.jsonl."""
+    w = tmp_path / "w"
+    with workdir.lock(w) as held:
         if how == "moved":
             w.rename(tmp_path / "elsewhere")
         else:
-            (w / LOCKFILE).unlink()
-        if how == "replaced":
-            with workdir.lock(w):                   # a second writer gets in: the first must stop
-                with pytest.raises(workdir.WorkdirError,
-                                   match=r"held it .* writing nothing more \(its last checkpoint: step 20\)"):
-                    held.check(" (its last checkpoint: step 20)")
-        with pytest.raises(workdir.WorkdirError, match=r"writing nothing more\. Run the same"):
-            held.check()
+            shutil.rmtree(w)
+            w.mkdir()
+        says = (r"was moved or removed while this run wrote it: this run stopped, writing nothing more "
+                r"\(its last checkpoint: step 20\)\. Resume it where it is now")
+        with pytest.raises(workdir.WorkdirError, match=says):
+            held.check(" (its last checkpoint: step 20)")
+
+
+def test_a_lock_file_of_bytes_that_are_not_text_is_read_as_no_pid(tmp_path):
+    """A held lock whose file held non-UTF-8 bytes said "'utf-8' codec can't decode byte 0xff"."""
+    w = tmp_path / "w"
+    with workdir.lock(w):
+        (w / LOCKFILE).write_bytes(b"garbage\xff")
+        with pytest.raises(workdir.WorkdirError, match="in use by another process"):
+            workdir.check_unlocked(w)
+        with pytest.raises(workdir.WorkdirError, match="in use by another process"):
+            with workdir.lock(w):
+                pass
 
 
 @pytest.mark.slow
