@@ -195,14 +195,23 @@ def read_meta(workdir: Path, step: int) -> dict:
     return meta
 
 
-def set_aside(workdir: Path, step: int) -> Path:
-    """Moves the damaged checkpoint ``step`` out of the checkpoints (never deleting it): where it went."""
+def set_aside(workdir: Path, step: int) -> Path | None:
+    """Moves the damaged checkpoint ``step`` out of the checkpoints (never deleting it): where it went;
+    ``None`` if it is gone already. ``CheckpointError`` in one sentence if it cannot be moved."""
+    if not os.path.lexists(workdir / SUBDIR / str(step)):
+        return None
     target = workdir / DAMAGED / str(step)
     suffix = 1
     while target.exists():
         target, suffix = workdir / DAMAGED / f"{step}.{suffix}", suffix + 1
-    target.parent.mkdir(parents=True, exist_ok=True)
-    (workdir / SUBDIR / str(step)).rename(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (workdir / SUBDIR / str(step)).rename(target)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise CheckpointError(f"The damaged checkpoint {workdir / SUBDIR / str(step)} cannot be moved to "
+                              f"{target} ({reason(e)}); move it aside yourself.") from None
     return target
 
 

@@ -204,3 +204,14 @@ def test_only_the_folders_of_orbax_s_unfinished_saves_are_removed(tmp_path):
     assert [p.name for p in removed] == ["7.orbax-checkpoint-tmp"]
     left = ["6", "8.orbax-checkpoint-tmp-1", "x.orbax-checkpoint-tmp"]
     assert sorted(p.name for p in folder.iterdir()) == left
+
+
+def test_setting_aside_a_step_gone_meanwhile_or_that_cannot_move_is_no_traceback(tmp_path):
+    """A step removed as it was set aside (its run pruning it) raised FileNotFoundError."""
+    (tmp_path / checkpoint.SUBDIR).mkdir()
+    assert stored.set_aside(tmp_path, 7) is None and not (tmp_path / checkpoint.DAMAGED).exists()
+    (tmp_path / checkpoint.SUBDIR / "8").mkdir()
+    (tmp_path / checkpoint.DAMAGED).write_text("a file where the folder goes")
+    with pytest.raises(stored.CheckpointError, match=r"checkpoints/8 cannot be moved to .*damaged/8 \(.*\); "
+                                                     "move it aside yourself"):
+        stored.set_aside(tmp_path, 8)
