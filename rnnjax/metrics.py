@@ -122,13 +122,14 @@ class MetricsLog:
             torn = number == len(lines) and not text.endswith("\n")      # the last line, unterminated
             try:
                 record = json.loads(line, parse_constant=lambda constant: None)     # NaN, Infinity: null
-            except ValueError:
+            except (ValueError, RecursionError):       # RecursionError: brackets nested thousands deep
                 record = None
             if torn and not (isinstance(record, dict) and "epoch" in record):
                 self.warn(f"{self.path}: dropped a torn last line ({len(line)} characters of an unfinished "
                           "record).")
                 break
             if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)
+                    and isinstance(record.get("run", 0), int)
                     and all(k in record and _number_or_null(record[k]) for k in NEEDED)):
                 raise MetricsError(f"{self.path}, line {number}, is not a metrics record (an epoch, "
                                    f"{', '.join(NEEDED)}): {line[:60]!r}. Move the file aside to resume, or "

@@ -258,7 +258,7 @@ def config_settings(workdir: Path) -> tuple[list[Config], dict, bool] | None:
         if not stat.S_ISREG(os.stat(path).st_mode):     # a FIFO would hang the reader
             return None
         d = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):     # RecursionError: brackets nested thousands deep
         return None
     cell = meta_lib.unregistered_cell(d, sealed=False)
     if cell is not None:

@@ -67,6 +67,15 @@ def test_a_binary_file_is_named_and_how_to_go_on(tmp_path):
         MetricsLog(path).read()
 
 
+@pytest.mark.parametrize("line", ['{"epoch": 1, "train_ppl": 1, "val_ppl": 1, "run": []}', "[" * 200000])
+def test_a_record_of_the_wrong_shape_or_nested_thousands_deep_is_named(tmp_path, line):
+    """A list as the run gave "unhashable type: 'list'", deep brackets a RecursionError: tracebacks."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(MetricsError, match=r"metrics.jsonl, line 1, is not a metrics record"):
+        MetricsLog(path).read()
+
+
 def test_plot_is_a_png(tmp_path):
     path = plot_perplexity(records(4), tmp_path / "ppl.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -215,3 +215,9 @@ def test_setting_aside_a_step_gone_meanwhile_or_that_cannot_move_is_no_traceback
     with pytest.raises(stored.CheckpointError, match=r"checkpoints/8 cannot be moved to .*damaged/8 \(.*\); "
                                                      "move it aside yourself"):
         stored.set_aside(tmp_path, 8)
+
+
+def test_a_config_json_nested_thousands_deep_is_not_a_run_s(tmp_path):
+    """It raised a RecursionError from json.loads, a traceback."""
+    (tmp_path / checkpoint.CONFIG).write_text("[" * 200000)
+    assert stored.config_settings(tmp_path) is None
