@@ -33,8 +33,9 @@ def _state_bytes(config: Config, vocab_size: int) -> tuple[int, int]:
     if config.cell in _GATES:
         gates, dirs, H = _GATES[config.cell], 2 if config.bidirectional else 1, config.num_hiddens
         biases = 1 if config.cell == "rnn" else 2
-        count = sum(dirs * ((vocab_size if layer == 0 else dirs * H) * gates * H + H * gates * H
-                            + biases * gates * H) for layer in range(config.num_layers))
+        per_layer = dirs * (H * gates * H + biases * gates * H)       # the input weights apart
+        count = (config.num_layers * per_layer + dirs * vocab_size * gates * H
+                 + (config.num_layers - 1) * dirs * dirs * H * gates * H)
         count += dirs * H * vocab_size + vocab_size
         return 4 * count + 64, 4 * count
     abstract = abstract_train_state(config, vocab_size)
@@ -86,16 +87,22 @@ def check(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1,
     need = (weights + activations + data_bytes) * copies
     gib = 2 ** 30
     if need > have and data_bytes > weights + activations:      # the text, not the model
-        raise ValueError(f"The text's token stream takes {data_bytes / gib:.1f} GiB on each of the {copies} "
+        raise ValueError(f"The text's token stream takes {_gib(data_bytes)} GiB on each of the {copies} "
                          f"device(s) that train on it, more than this machine's {have / gib:.0f} GiB with "
                          "the training step: train on a part of the text, or on fewer --devices.")
     if need > have:
         raise ValueError(f"--num-hiddens {config.num_hiddens} x --num-layers {config.num_layers} at "
                          f"--batch-size {config.batch_size} x --num-steps {config.num_steps} needs about "
-                         f"{need / gib:.1f} GiB for a training step ({weights * copies / gib:.1f} GiB of "
-                         f"parameters, optimizer state and gradients, {activations * copies / gib:.1f} GiB "
+                         f"{_gib(need)} GiB for a training step ({_gib(weights * copies)} GiB of "
+                         f"parameters, optimizer state and gradients, {_gib(activations * copies)} GiB "
                          f"of activations), more than this machine's {have / gib:.0f} GiB; lower "
                          f"{advice(config, vocab_size, num_shards, num_runs)}.")
+
+
+def _gib(n: int) -> str:
+    """Bytes in GiB as a person reads them: 3.2, 1,024.0, 6.3e+18."""
+    gib = n / 2 ** 30
+    return f"{gib:,.1f}" if gib < 1e6 else f"{gib:.2g}"
 
 
 def compile_note(config: Config) -> str | None:
