@@ -25,7 +25,7 @@ def test_a_model_too_large_for_the_machine_is_refused_naming_the_flags(monkeypat
     monkeypatch.setattr(memory, "_available", lambda device: 24 * 2 ** 30)        # a 24 GiB machine
     with pytest.raises(ValueError, match=r"GiB of parameters.* lower --num-hiddens or --num-layers"):
         memory.check(TINY.replace(num_hiddens=20000, num_layers=4), 28, 2)
-    with pytest.raises(ValueError, match=r"about \d\.\de\+1\d GiB .* \d\.\de\+1\d GiB of parameters"):
+    with pytest.raises(ValueError, match=r"about \d\.\de\+1\d GiB .* \(\d\.\de\+1\d GiB of parameters"):
         memory.check(TINY.replace(num_layers=10 ** 20), 28, 2)       # counted, not summed layer by layer
     with pytest.raises(ValueError, match=r"lower --batch-size or --num-steps"):
         memory.check(TINY.replace(batch_size=10 ** 7), 28, 2)
