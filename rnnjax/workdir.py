@@ -73,8 +73,12 @@ def check_path(workdir: Path) -> None:
         raise WorkdirError(f"The workdir {path} has a folder {cloud[0]!r} in its path, which orbax reads as "
                            "a Google Cloud Storage URL (gs://), and its saves fail; rnnjax writes a local "
                            "--workdir: choose one without it.")
-    for folder in workdir.absolute().parents:      # a checkpoint the run deletes (keeping its latest)
-        if folder.name == SUBDIR and _holds_a_run(folder.parent):
+    try:                                           # through links too: a link into a run's checkpoints
+        resolved = workdir.resolve()
+    except (OSError, RuntimeError):                # a loop of links: the path as given
+        resolved = workdir.absolute()
+    for folder in dict.fromkeys([*workdir.absolute().parents, *resolved.parents]):
+        if folder.name == SUBDIR and _holds_a_run(folder.parent):      # it deletes them, keeping its latest
             raise WorkdirError(f"The workdir {path} is inside {folder}, the checkpoints of the run in "
                                f"{folder.parent}, which it deletes as it saves newer ones; choose a "
                                "--workdir outside it.")

@@ -134,6 +134,13 @@ def test_a_folder_orbax_takes_for_a_url_or_inside_a_run_s_checkpoints_is_refused
                                                    r"in .*run, which it deletes as it saves newer ones"):
         workdir.check_writable(tmp_path / "run" / "checkpoints" / "3822" / "nested")
     workdir.check_writable(tmp_path / "run" / "sub")
+    (tmp_path / "run" / "checkpoints").mkdir()
+    (tmp_path / "ck").symlink_to(tmp_path / "run" / "checkpoints")      # the same, through a link
+    with pytest.raises(workdir.WorkdirError, match=r"is inside .*run/checkpoints, the checkpoints of the"):
+        workdir.check_writable(tmp_path / "ck" / "9999")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")                  # resolves to nothing: one sentence
+    with pytest.raises(workdir.WorkdirError, match=r"loop is a link to .*loop, which does not exist"):
+        workdir.check_writable(tmp_path / "loop" / "x")
     (tmp_path / "proj" / LOCKFILE).write_text("")                   # a run's, its config.json cut short
     with pytest.raises(workdir.WorkdirError, match=r"is inside .*proj/checkpoints, the checkpoints of"):
         workdir.check_writable(tmp_path / "proj" / "checkpoints" / "x")
