@@ -58,20 +58,26 @@ class Manager(ocp.CheckpointManager):
 
     def __init__(self, directory: Path, *args, **kwargs):
         self.unchecked: list[int] = []
-        self._quiet = orbax_logs.Tracebacks()
-        logging.getLogger("absl").addFilter(self._quiet)
-        reading = orbax_logs.StepMetadata(directory)      # as it reads the steps there
-        logging.getLogger("absl").addFilter(reading)
+        # Its tracebacks, and its notes on a step's metadata it reads there (as it starts, and as it saves
+        # under load): rnnjax says what matters of either in one sentence.
+        self._quiet = [orbax_logs.Tracebacks(), orbax_logs.StepMetadata(directory)]
+        for quiet in self._quiet:
+            logging.getLogger("absl").addFilter(quiet)
         try:
             super().__init__(directory, *args, **kwargs)
-        finally:
-            logging.getLogger("absl").removeFilter(reading)
+        except BaseException:
+            self._unquiet()
+            raise
+
+    def _unquiet(self):
+        for quiet in self._quiet:
+            logging.getLogger("absl").removeFilter(quiet)
 
     def close(self):
         try:
             super().close()
         finally:
-            logging.getLogger("absl").removeFilter(self._quiet)
+            self._unquiet()
 
     def __exit__(self, *exc):
         try:

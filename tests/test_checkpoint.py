@@ -239,3 +239,17 @@ def test_a_save_failing_as_the_manager_closes_after_an_error_leaves_that_error(t
     with pytest.raises(OSError, match="No space left"):       # closed after no error: its own is said
         with checkpoint.manager(tmp_path / "b"):
             pass
+
+
+def test_orbax_s_notes_on_a_step_s_metadata_are_dropped_while_its_manager_is_open(tmp_path, caplog):
+    """Dropped only as the manager started: under load a save's own read let "WARNING:absl:Metadata file
+    does not exist: .../3454.orbax-checkpoint-tmp/_CHECKPOINT_METADATA" through to a user's terminal."""
+    folder = (tmp_path / checkpoint.SUBDIR).absolute()
+    note = f"Metadata file does not exist: {folder}/7.orbax-checkpoint-tmp/_CHECKPOINT_METADATA"
+    mngr = checkpoint.manager(folder)
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        logging.getLogger("absl").warning(note)
+        assert note not in caplog.text
+        mngr.close()
+        logging.getLogger("absl").warning(note)
+        assert note in caplog.text                  # another manager's, or none: passed on
