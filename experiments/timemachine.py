@@ -180,7 +180,7 @@ def _after_training(signum: int) -> str | None:
     plots and writes its last lines; ``None`` before."""
     if stops.ended():
         return (f"Stopped by signal {signum} ({signal.Signals(signum).name}) after the run was trained and "
-                "saved: the workdir holds the whole run.")
+                "saved: the workdir holds the whole run (the same command again draws its plot).")
     return None
 
 

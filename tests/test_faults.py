@@ -353,7 +353,7 @@ def test_a_signal_after_training_says_the_run_is_saved_and_the_rerun_draws_its_p
         proc = command("--epochs", str(epochs), where=where, signum=signum)
         assert proc.returncode == 128 + signum, proc.stderr
         said = f"Stopped by signal {signum} ({signum.name}) after the run was trained and saved: the " \
-               "workdir holds the whole run."
+               "workdir holds the whole run (the same command again draws its plot)."
         assert proc.stderr.strip() == said
         if where != "close":
             assert not plot.exists() or plot.stat().st_mtime_ns < records.stat().st_mtime_ns
