@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from experiments import stopping
-from rnnjax.workdir import lock, write_atomically
+from rnnjax.lock import lock
+from rnnjax.workdir import write_atomically
 
 FIGURES = ("sine-onestep.png", "sine-multistep.png", "sine-ksteps.png")
 RESULTS = "results.json"

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from rnnjax import orbax_logs, workdir as workdir_lib
+from rnnjax import lock as lock_lib, orbax_logs, workdir as workdir_lib
 from rnnjax.config import Config, whole
 from rnnjax.data import WindowedText
 from rnnjax.generate import predict, predict_batch
@@ -162,7 +162,7 @@ def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fa
             try:
                 metas[s] = read_meta(workdir, s)
             except DamagedCheckpoint:
-                if workdir_lib.removing(workdir, s):
+                if lock_lib.removing(workdir, s):
                     raise _Removed(s) from None
                 if not fallback:
                     raise
@@ -196,7 +196,7 @@ def _first_good(workdir: Path, candidates: list[int], run: int | None, fallback:
         try:
             return _restore_for_inference(workdir, candidate, run)
         except DamagedCheckpoint as e:
-            if workdir_lib.removing(workdir, candidate):
+            if lock_lib.removing(workdir, candidate):
                 raise _Removed(candidate) from None
             if not fallback or len(candidates) == 1:
                 raise

@@ -17,8 +17,8 @@ from typing import Any
 
 import jax
 
-from rnnjax import (checkpoint, computing as computing_lib, kernels, memory, metrics, precision, stored,
-                    workdir as workdir_lib)
+from rnnjax import (checkpoint, computing as computing_lib, kernels, lock as lock_lib, memory, metrics,
+                    precision, stored, workdir as workdir_lib)
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS
 from rnnjax.config import SWEEPABLE, Config, check_is_config, disagreement, got, label, shown
@@ -46,7 +46,7 @@ class Plan:
     # A new run moves the records (and plot) of an earlier one with no checkpoint left: (from, to) pairs.
     aside: tuple[tuple[Path, Path], ...] = ()
     computed_by: dict | None = None    # how the checkpoint's run computed, as its meta says (computing.HOW)
-    held: workdir_lib.Held | None = None   # the workdir's lock, in the process that writes
+    held: lock_lib.Held | None = None   # the workdir's lock, in the process that writes
 
     @property
     def finished(self) -> bool:
@@ -182,7 +182,7 @@ def plan(config: Config, data: WindowedText, workdir: str | Path, *, devices: in
     """
     dp = check(config, data, workdir, devices=devices, runs=runs)
     if jax.process_index() == 0:
-        workdir_lib.check_unlocked(Path(workdir))
+        lock_lib.check_unlocked(Path(workdir))
     return _read(config, data, Path(workdir), dp, tuple(runs or ()))
 
 
@@ -197,8 +197,8 @@ def planned(config: Config, data: WindowedText, workdir: str | Path, *, devices:
         with _open(_read(config, data, workdir, dp, tuple(runs or ()))) as p:
             yield p
         return
-    workdir_lib.check_unlocked(workdir)         # the holder named before the workdir is made
-    with workdir_lib.lock(workdir) as held, _open(dataclasses.replace(
+    lock_lib.check_unlocked(workdir)         # the holder named before the workdir is made
+    with lock_lib.lock(workdir) as held, _open(dataclasses.replace(
             _read(config, data, workdir, dp, tuple(runs or ())), held=held)) as p:
         if not p.finished:
             stored.remove_unfinished(workdir)       # a failed save's space first: the resume writes next

@@ -17,7 +17,7 @@ from experiments.benchmark.contenders import Contender, Setting
 from experiments.benchmark.measure import machine_info, measure_steps
 from experiments.benchmark.report import ratio_lines, sizes_table
 from rnnjax.stops import Interrupted
-from rnnjax.workdir import LOCKFILE, lock
+from rnnjax.lock import LOCKFILE, lock
 
 
 @pytest.mark.slow

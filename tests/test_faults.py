@@ -6,6 +6,7 @@ writer, and bad values for the flags. Each resumed run is compared with an unint
 
 import errno
 import json
+import os
 import random
 import re
 import signal
@@ -19,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import timemachine
-from rnnjax import checkpoint, meta as meta_lib, metrics, workdir
+from rnnjax import checkpoint, lock, meta as meta_lib, metrics, workdir
 from rnnjax.train import fit
 
 from conftest import TINY
@@ -162,7 +163,7 @@ def test_a_bad_metrics_line_is_named_before_any_work(small_data, tmp_path, line,
 
 
 def test_a_second_writer_fails_at_once(small_data, tmp_path):
-    with workdir.lock(tmp_path):
+    with lock.lock(tmp_path):
         with pytest.raises(workdir.WorkdirError, match="in use by process"):
             fit(TINY, small_data, tmp_path, devices=1, log=None)
     assert not (tmp_path / checkpoint.SUBDIR).exists() and not (tmp_path / metrics.FILENAME).exists()
@@ -528,7 +529,7 @@ def test_a_fifo_in_a_checkpoint_is_damage_not_a_hang(small_data, tmp_path, strai
 
 
 @pytest.mark.parametrize("name,message", [(metrics.FILENAME, "is not a regular file"),
-                                          (workdir.LOCKFILE, "lock file .* is not a regular file")])
+                                          (lock.LOCKFILE, "lock file .* is not a regular file")])
 def test_a_fifo_for_the_metrics_or_the_lock_is_refused(small_data, tmp_path, name, message):
     import os
     fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
@@ -543,7 +544,7 @@ def test_a_fifo_for_the_metrics_or_the_lock_is_refused(small_data, tmp_path, nam
     (lambda p: p.symlink_to(p.parent / "nowhere" / "x"), "is a link"),
 ])
 def test_an_odd_lock_file_is_refused_before_the_plan_is_said(small_data, tmp_path, make, message):
-    make(tmp_path / workdir.LOCKFILE)
+    make(tmp_path / lock.LOCKFILE)
     lines = []
     with pytest.raises(workdir.WorkdirError, match=message):
         fit(TINY, small_data, tmp_path, devices=1, log=lines.append)
@@ -573,20 +574,13 @@ def full_disk(*args, **kwargs):
 
 
 def test_a_full_disk_at_the_lock_is_one_sentence(small_data, tmp_path, monkeypatch):
-    class FullFile:
-        def __init__(self, f):
-            self.f = f
+    real_write = lock.os.write
 
-        def __getattr__(self, name):
-            return full_disk if name == "write" else getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-    real_fdopen = workdir.os.fdopen
-    monkeypatch.setattr(workdir.os, "fdopen", lambda *a, **k: FullFile(real_fdopen(*a, **k)))
+    def write(fd, data):          # the pid into the lock file: a full disk
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(lock.LOCKFILE):
+            full_disk()
+        return real_write(fd, data)
+    monkeypatch.setattr(lock.os, "write", write)
     with pytest.raises(workdir.WorkdirError, match="cannot be written .No space left on device"):
         fit(TINY, small_data, tmp_path, devices=1, log=None)
     assert not (tmp_path / checkpoint.SUBDIR).exists()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from experiments import sine, sine_figures
-from rnnjax.workdir import LOCKFILE, lock
+from rnnjax.lock import LOCKFILE, lock
 
 
 @pytest.fixture(scope="module")

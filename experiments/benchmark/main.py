@@ -24,7 +24,8 @@ from rnnjax import backend, kernels
 from rnnjax.data import TimeMachine, timemachine_path
 from rnnjax.flags import MAX_RUNS
 from rnnjax.parallel import DataParallel
-from rnnjax.workdir import WorkdirError, lock, write_atomically
+from rnnjax.lock import lock
+from rnnjax.workdir import WorkdirError, write_atomically
 
 # The counts' (lowest, highest): more rounds than these are a typo's hours of measuring; --runs, as many
 # seeds as one program trains (rnnjax.flags).

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from experiments import stopping
-from rnnjax.workdir import LOCKFILE
+from rnnjax.lock import LOCKFILE
 
 # What the benchmark writes in --out (.tmp: a file being written when it was stopped; .lock: one run at a
 # time). Beside an earlier benchmark's bench.json only: without it, a file of these names is someone's.
@@ -37,7 +37,7 @@ def _theirs(held: dict[str, Path]) -> list[str]:
     def ours(name: str, f: Path) -> bool:
         if not f.is_file() or f.is_symlink():
             return False
-        if name == LOCKFILE:        # rnnjax.workdir.lock's: empty, or its holder's pid
+        if name == LOCKFILE:        # rnnjax.lock.lock's: empty, or its holder's pid
             text = f.read_text(errors="replace").strip() if f.stat().st_size < 32 else "not a pid"
             return text == "" or text.isdecimal()
         return name in OURS and earlier

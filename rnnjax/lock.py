@@ -1,0 +1,182 @@
+"""One writer per workdir: ``lock(workdir)``, ``fcntl`` locks on ``workdir/.lock`` and on the workdir
+itself, taken before a run writes anything and released by the kernel when the process ends, however it
+ends (a killed run leaves no stale lock). A second writer fails at once, naming the holder's pid; the
+holder checks the locks before each write (``Held.check``): it stops if its workdir is moved, and makes a
+removed lock file again. Reading (``restore``, ``--predict``) takes none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from rnnjax.stored import steps
+
+LOCKFILE = ".lock"
+
+
+class WorkdirError(RuntimeError):
+    """A workdir that cannot be used now: locked by another run, or not writable."""
+
+
+def describe(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
+
+def _holder(workdir: Path) -> str:
+    """Who holds ``workdir``'s lock, as its lock file names them."""
+    try:
+        pid = (workdir / LOCKFILE).read_bytes().decode(errors="replace").strip()
+    except OSError:
+        pid = ""
+    return f"process {pid}" if pid.isdigit() else "another process"
+
+
+def _check_lockfile(path: Path, flag: str = "--workdir") -> None:
+    """``WorkdirError`` if ``path`` is there but not a regular file: a folder, a link (a dangling one would
+    be created wherever it points), a FIFO. ``flag``: what the user gives another folder with."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):      # not made yet; lock says why it cannot be
+        return
+    except OSError as e:
+        raise WorkdirError(f"The workdir's lock file {path} cannot be read ({describe(e)}).") from None
+    if not stat.S_ISREG(mode):
+        what = "a link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise WorkdirError(f"The workdir's lock file {path} is {what}; remove it (rnnjax makes it) or use "
+                           f"another {flag}.")
+
+
+def _locks(workdir: Path, mode: int) -> Iterator[int]:
+    """Takes ``fcntl.flock(mode)`` on the workdir's lock file, then on the workdir itself (what keeps a
+    second writer out after the lock file is removed; skipped where the file system cannot lock a folder):
+    yields each file descriptor once locked; ``BlockingIOError`` if held, ``OSError`` if it cannot open."""
+    fd = os.open(workdir / LOCKFILE, (os.O_RDWR | os.O_CREAT if mode & fcntl.LOCK_EX else os.O_RDONLY)
+                 | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    yield fd
+    try:
+        folder = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(folder, mode)
+    except BlockingIOError:
+        os.close(folder)
+        raise
+    except OSError:             # a file system without locks on folders: the lock file's alone
+        os.close(folder)
+        return
+    yield folder
+
+
+def check_unlocked(workdir: Path) -> None:
+    """``WorkdirError`` if a run holds ``workdir``'s lock now, or the lock file is not a regular file
+    (checked early; ``lock`` is what counts)."""
+    path = workdir / LOCKFILE
+    _check_lockfile(path)
+    if not path.is_file():
+        return
+    held = []
+    try:
+        for fd in _locks(workdir, fcntl.LOCK_SH | fcntl.LOCK_NB):
+            held.append(fd)
+    except BlockingIOError:
+        raise WorkdirError(_in_use(workdir, _holder(workdir))) from None
+    except OSError as e:
+        raise WorkdirError(f"The workdir's lock file {path} cannot be read ({describe(e)}).") from None
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _in_use(workdir: Path, holder: str, flag: str = "--workdir") -> str:
+    return (f"The workdir {workdir} is in use by {holder}: one run writes a workdir at a time. Wait for it "
+            f"to finish, stop it, or use another {flag}.")
+
+
+def removing(workdir: Path, step: int, wait_s: float = 1.0) -> bool:
+    """Whether ``step``'s checkpoint is being removed by the run that holds ``workdir``'s lock (it keeps
+    its latest): orbax deletes a step's files first and its folder last, so it stays listed a moment;
+    watched for ``wait_s``. False where no run holds the lock."""
+    deadline = time.monotonic() + wait_s
+    while step in steps(workdir):
+        try:
+            check_unlocked(workdir)
+            return False
+        except WorkdirError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+    return True
+
+
+class Held:
+    """A held lock: ``check()`` before each write. A workdir moved or removed while a run trains would
+    be written anew at its old path; a lock file removed lets a second writer in where folders cannot be
+    locked (elsewhere the workdir's own lock keeps it out, and the lock file is made again)."""
+
+    def __init__(self, workdir: Path, fds: list[int]):
+        self.workdir, self._fds = workdir, fds
+
+    def check(self, saved: str = "") -> None:
+        """``WorkdirError`` if the workdir or its lock file is no longer the one this process locked;
+        ``saved`` says what the workdir keeps of the run."""
+        def same(path, fd):
+            try:
+                return os.path.samestat(os.stat(path), os.fstat(fd))
+            except OSError:
+                return False
+        folder = self._fds[1] if len(self._fds) > 1 else None
+        if folder is not None and not same(self.workdir, folder):
+            raise WorkdirError(f"The workdir {self.workdir} was moved or removed while this run wrote it: "
+                               f"this run stopped, writing nothing more{saved}. Resume it where it is now "
+                               "(--workdir).")
+        if same(self.workdir / LOCKFILE, self._fds[0]):
+            return
+        if folder is None:
+            raise WorkdirError(f"The workdir's lock file {self.workdir / LOCKFILE} was removed or replaced "
+                               "while this run held it, so another run may be writing there: this run "
+                               f"stopped, writing nothing more{saved}. Run the same command again to resume.")
+        with contextlib.suppress(OSError):      # the folder's lock holds: the lock file made again
+            fd = os.open(self.workdir / LOCKFILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_NONBLOCK, 0o644)
+            os.close(self._fds[0])
+            self._fds[0] = fd
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, str(os.getpid()).encode())
+
+
+@contextlib.contextmanager
+def lock(workdir: Path, flag: str = "--workdir") -> Iterator[Held]:
+    """Holds ``workdir``'s lock (making the workdir) for the ``with`` block, as a ``Held``;
+    ``WorkdirError`` if held, naming ``flag`` (what the command gives another folder with)."""
+    _check_lockfile(workdir / LOCKFILE, flag)
+    fds: list[int] = []
+    try:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            for fd in _locks(workdir, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                fds.append(fd)
+        except BlockingIOError:
+            raise WorkdirError(_in_use(workdir, _holder(workdir), flag)) from None
+        except OSError as e:
+            raise WorkdirError(f"The workdir {workdir} cannot be written ({describe(e)}).") from None
+        try:
+            os.ftruncate(fds[0], 0)
+            os.write(fds[0], str(os.getpid()).encode())
+        except OSError as e:        # a full disk: the lock holds without the pid, but say so now
+            raise WorkdirError(f"The workdir {workdir} cannot be written ({describe(e)}).") from None
+        yield Held(workdir, fds)
+    finally:                        # closing the files releases the locks
+        for fd in fds:
+            os.close(fd)
