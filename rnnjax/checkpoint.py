@@ -95,7 +95,12 @@ def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
     options = ocp.CheckpointManagerOptions(preservation_policy=preservation, create=not read_only,
                                            read_only=read_only)
     orbax_logs.quiet()
-    return Manager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
+    try:
+        return Manager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
+    except (ValueError, TypeError, KeyError) as e:      # as orbax parses each step's own metadata
+        raise CheckpointError(f"Orbax cannot open the checkpoints in {directory} ({reason(e)}); a step's "
+                              "_CHECKPOINT_METADATA file may be damaged: move that step out of the folder, "
+                              "or use a new --workdir.") from None
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,

@@ -253,3 +253,14 @@ def test_orbax_s_notes_on_a_step_s_metadata_are_dropped_while_its_manager_is_ope
         mngr.close()
         logging.getLogger("absl").warning(note)
         assert note in caplog.text                  # another manager's, or none: passed on
+
+
+def test_a_step_metadata_orbax_cannot_parse_is_named_not_orbax_s_words_alone(small_data, tmp_path):
+    """Valid JSON of other types in a step's _CHECKPOINT_METADATA: "error: Object must be any one of types
+    [<class 'dict'>, <class 'str'>], got <class 'int'>." at every resume."""
+    fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
+    step = checkpoint.latest_step(tmp_path)
+    (tmp_path / checkpoint.SUBDIR / str(step) / "_CHECKPOINT_METADATA").write_text('{"item_handlers": 5}')
+    says = r"Orbax cannot open the checkpoints in .* \(ValueError: .*\); a step's _CHECKPOINT_METADATA file"
+    with pytest.raises(CheckpointError, match=says):
+        fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
