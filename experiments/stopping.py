@@ -51,15 +51,14 @@ def run_child(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     """``subprocess.run(args, capture_output=True, text=True, **kwargs)``; the child is killed if the
     command stops, by ``exit_now`` too (a SIGTERM to this process alone would leave it running)."""
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
-    def kill():
-        proc.kill()
-        proc.wait()
-    with proc, _undone_at_exit_now(kill):
+    # exit_now's undo only kills: waiting there, in a handler that may interrupt communicate's own wait,
+    # would deadlock on Popen's lock (the child is reaped once this process exits).
+    with proc, _undone_at_exit_now(proc.kill):
         try:
             out, err = proc.communicate()
         except BaseException:
-            kill()
+            proc.kill()
+            proc.wait()
             raise
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 

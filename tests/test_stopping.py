@@ -153,8 +153,20 @@ def test_a_stop_removes_the_scratch_folder_and_kills_the_child_it_waits_on(tmp_p
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM and proc.stderr.read() == "stopped\n"
     assert not folder.exists()
-    with pytest.raises(ProcessLookupError):
-        os.kill(child_pid, 0)
+    assert not running(child_pid)
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs on for 5 s: a killed one is gone, or a zombie till its new parent reaps it."""
+    for _ in range(100):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        if state in ("Z", "X"):
+            return False
+        subprocess.run(["sleep", "0.05"])
+    return True
 
 
 def test_run_child_returns_what_subprocess_run_would(tmp_path):
@@ -163,3 +175,26 @@ def test_run_child_returns_what_subprocess_run_would(tmp_path):
     with stopping.scratch() as folder:
         assert Path(folder).is_dir()
     assert not Path(folder).exists()
+
+
+@pytest.mark.slow
+def test_a_stop_while_the_child_it_waits_on_exits_does_not_hang(tmp_path):
+    """The undo waited on the child inside the handler, which had interrupted communicate's own wait on
+    it: a deadlock on Popen's lock (the child had closed its output and slept)."""
+    child = "import os, time; os.close(1); os.close(2); time.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from experiments import stopping
+        stopping.handle(lambda signum, frame: stopping.exit_now("stopped", 128 + signum))
+        with stopping.scratch() as folder:
+            print(folder, flush=True)
+            stopping.run_child([sys.executable, "-c", {child!r}])
+    """)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = Path(proc.stdout.readline().strip())
+    subprocess.run(["sleep", "1"])                  # the child's output closed: communicate waits on it
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM and proc.stderr.read() == "stopped\n"
+    finally:
+        proc.kill()
+    assert not folder.exists()
