@@ -129,7 +129,7 @@ class MetricsLog:
                           "record).")
                 break
             if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)
-                    and isinstance(record.get("run", 0), int)
+                    and type(record.get("run", 0)) is int and record.get("run", 0) >= 0
                     and all(k in record and _number_or_null(record[k]) for k in NEEDED)):
                 raise MetricsError(f"{self.path}, line {number}, is not a metrics record (an epoch, "
                                    f"{', '.join(NEEDED)}): {line[:60]!r}. Move the file aside to resume, or "
@@ -182,6 +182,18 @@ def aside(workdir: Path, records: bool = True) -> tuple[tuple[Path, Path], ...]:
     while any(numbered(name, n).exists() for name in (FILENAME, CONFIG, PLOT)):
         n += 1
     return tuple((workdir / name, numbered(name, n)) for name in names if (workdir / name).exists())
+
+
+def check_runs(records: list[dict], num_runs: int, path: Path) -> None:
+    """``MetricsError`` unless every record is of one of the ``num_runs`` runs trained together (0: a
+    single run's records name none)."""
+    for number, rec in enumerate(records, 1):
+        run = rec.get("run")
+        if (run is None) != (num_runs == 0) or (run is not None and run >= num_runs):
+            held = f"{num_runs} run{'s' * (num_runs != 1)} trained together" if num_runs else "a single run"
+            raise MetricsError(f"{path}, record {number}, is of {'no run' if run is None else f'run {run}'}, "
+                               f"and the workdir holds {held}: it was edited, or is another run's. Move the "
+                               "file aside to resume (its records go; the checkpoints are kept).")
 
 
 def lost_epochs(records: list[dict], epochs: int, stopped: list, num_runs: int) -> str:
