@@ -1,8 +1,8 @@
 """One writer per workdir: ``lock(workdir)``, ``fcntl`` locks on ``workdir/.lock`` and on the workdir
 itself, taken before a run writes anything and released by the kernel when the process ends, however it
 ends (a killed run leaves no stale lock). A second writer fails at once, naming the holder's pid; the
-holder checks the locks before each write (``Held.check``): it stops if its workdir is moved, and makes a
-removed lock file again. Reading (``restore``, ``--predict``) takes none.
+holder checks the locks before each write (``Held.check``): it stops if its workdir is moved, removed or
+emptied, and makes a removed lock file again. Reading (``restore``, ``--predict``) takes none.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from rnnjax.stored import steps
+from rnnjax.stored import CONFIG, steps
 
 LOCKFILE = ".lock"
 
@@ -127,6 +127,7 @@ class Held:
 
     def __init__(self, workdir: Path, fds: list[int]):
         self.workdir, self._fds = workdir, fds
+        self._path = workdir.absolute()             # as orbax writes it, whatever the process's cwd becomes
 
     def check(self, saved: str = "") -> None:
         """``WorkdirError`` if the workdir or its lock file is no longer the one this process locked;
@@ -137,18 +138,19 @@ class Held:
             except OSError:
                 return False
         folder = self._fds[1] if len(self._fds) > 1 else None
-        if folder is not None and not same(self.workdir, folder):
-            raise WorkdirError(f"The workdir {self.workdir} was moved or removed while this run wrote it: "
-                               f"this run stopped, writing nothing more{saved}. Resume it where it is now "
-                               "(--workdir).")
-        if same(self.workdir / LOCKFILE, self._fds[0]):
+        # Emptied (rm -r as it runs) is removed too: its config.json, written as the run started, is gone.
+        if folder is not None and not (same(self._path, folder) and (self._path / CONFIG).exists()):
+            raise WorkdirError(f"The workdir {self.workdir} was moved, removed or emptied while this run "
+                               f"wrote it: this run stopped, writing nothing more{saved}. If it was moved, "
+                               "resume it there (--workdir).")
+        if same(self._path / LOCKFILE, self._fds[0]):
             return
         if folder is None:
             raise WorkdirError(f"The workdir's lock file {self.workdir / LOCKFILE} was removed or replaced "
                                "while this run held it, so another run may be writing there: this run "
                                f"stopped, writing nothing more{saved}. Run the same command again to resume.")
         with contextlib.suppress(OSError):      # the folder's lock holds: the lock file made again
-            fd = os.open(self.workdir / LOCKFILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+            fd = os.open(self._path / LOCKFILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                          | os.O_NONBLOCK, 0o644)
             os.close(self._fds[0])
             self._fds[0] = fd

@@ -61,9 +61,11 @@ def check_path(workdir: Path) -> None:
         resolved = workdir.resolve()
     except (OSError, RuntimeError):                # a loop of links: the path as given
         resolved = workdir.absolute()
-    for folder in dict.fromkeys([*workdir.absolute().parents, *resolved.parents]):
+    here = workdir.absolute()
+    for folder in dict.fromkeys([here, *here.parents, resolved, *resolved.parents]):
         if folder.name == SUBDIR and _holds_a_run(folder.parent):      # it deletes them, keeping its latest
-            raise WorkdirError(f"The workdir {path} is inside {folder}, the checkpoints of the run in "
+            where = "" if folder in (here, resolved) else "inside "
+            raise WorkdirError(f"The workdir {path} is {where}{folder}, the checkpoints of the run in "
                                f"{folder.parent}, which it deletes as it saves newer ones; choose a "
                                "--workdir outside it.")
 

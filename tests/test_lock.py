@@ -1,16 +1,19 @@
 """``rnnjax.lock``: one writer per workdir, whatever becomes of its lock file, and no stale lock."""
 
+import errno
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from rnnjax import lock
 from rnnjax.lock import LOCKFILE
+from rnnjax.stored import CONFIG
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
@@ -30,6 +33,7 @@ def test_a_lock_file_removed_or_replaced_lets_no_second_writer_in(tmp_path, how)
     """The lock was the lock file's alone: removed, a second writer locked a new one and both wrote."""
     w = tmp_path / "w"
     with lock.lock(w) as held:
+        (w / CONFIG).write_text("{}")                 # as the run writes it first
         (w / LOCKFILE).unlink()
         if how == "replaced":                       # as an editor saves it: a new file under the name
             (w / "new").write_text("x")
@@ -45,20 +49,56 @@ def test_a_lock_file_removed_or_replaced_lets_no_second_writer_in(tmp_path, how)
         pass
 
 
-@pytest.mark.parametrize("how", ["moved", "removed"])
-def test_the_holder_stops_once_its_workdir_is_moved_or_removed(tmp_path, how):
-    """It wrote on at the old path, making a new workdir there with a stray metrics.jsonl."""
-    w = tmp_path / "w"
+@pytest.mark.parametrize("how", ["moved", "removed", "emptied", "cwd changed"])
+def test_the_holder_stops_once_its_workdir_is_moved_removed_or_emptied(tmp_path, monkeypatch, how):
+    """It wrote on at the old path, making a new workdir there with a stray metrics.jsonl; emptied by an
+    ``rm -r`` as it ran, it made its lock file again and trained on, saving nothing. A relative workdir
+    is the one it was when the run started, whatever the process's cwd becomes."""
+    monkeypatch.chdir(tmp_path)
+    w = Path("w")
     with lock.lock(w) as held:
+        (w / CONFIG).write_text("{}")                 # as the run writes it first
+        held.check()
+        if how == "cwd changed":
+            monkeypatch.chdir("/")
+            held.check()
+            return
         if how == "moved":
             w.rename(tmp_path / "elsewhere")
-        else:
+        elif how == "removed":
             shutil.rmtree(w)
             w.mkdir()
-        says = (r"was moved or removed while this run wrote it: this run stopped, writing nothing more "
-                r"\(its last checkpoint: step 20\)\. Resume it where it is now")
+        else:
+            for path in w.iterdir():
+                path.unlink()
+        says = (r"was moved, removed or emptied while this run wrote it: this run stopped, writing nothing "
+                r"more \(its last checkpoint: step 20\)\. If it was moved, resume it there")
         with pytest.raises(lock.WorkdirError, match=says):
             held.check(" (its last checkpoint: step 20)")
+
+
+def test_where_folders_cannot_be_locked_the_lock_file_s_lock_holds_and_its_removal_stops_the_run(
+        tmp_path, monkeypatch):
+    """NFS, say: ``flock`` on a folder fails; the lock file alone keeps a second writer out while it is
+    there, and the holder stops once it is removed or replaced (another may have locked a new one)."""
+    real_flock = lock.fcntl.flock
+
+    def flock(fd, mode):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOLCK, "No locks available")
+        return real_flock(fd, mode)
+    monkeypatch.setattr(lock.fcntl, "flock", flock)
+    w = tmp_path / "w"
+    with lock.lock(w) as held:
+        (w / CONFIG).write_text("{}")
+        with pytest.raises(lock.WorkdirError, match=f"in use by process {os.getpid()}"):
+            with lock.lock(w):
+                pass
+        held.check()
+        (w / LOCKFILE).unlink()
+        with pytest.raises(lock.WorkdirError, match=r"lock file .* was removed or replaced while this run "
+                                                    "held it, so another run may be writing there"):
+            held.check()
 
 
 def test_a_lock_file_of_bytes_that_are_not_text_is_read_as_no_pid(tmp_path):

@@ -56,6 +56,9 @@ def test_a_folder_orbax_takes_for_a_url_or_inside_a_run_s_checkpoints_is_refused
     (tmp_path / "ck").symlink_to(tmp_path / "run" / "checkpoints")      # the same, through a link
     with pytest.raises(workdir.WorkdirError, match=r"is inside .*run/checkpoints, the checkpoints of the"):
         workdir.check_writable(tmp_path / "ck" / "9999")
+    for itself in (tmp_path / "run" / "checkpoints", tmp_path / "ck"):      # the run's checkpoints folder
+        with pytest.raises(workdir.WorkdirError, match=r"is .*run/checkpoints, the checkpoints of the run"):
+            workdir.check_writable(itself)
     (tmp_path / "loop").symlink_to(tmp_path / "loop")                  # resolves to nothing: one sentence
     with pytest.raises(workdir.WorkdirError, match=r"loop is a link to .*loop, which does not exist"):
         workdir.check_writable(tmp_path / "loop" / "x")
