@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnjax.config import Config, check_is_config
-from rnnjax.data import DataError, TimeMachine, WindowedText, cache_dir, sha1_of, timemachine_path
+from rnnjax.data import SHA1, DataError, TimeMachine, WindowedText, cache_dir, sha1_of, timemachine_path
 from rnnjax import memory
 from rnnjax.tokens import CHUNK, tokenize
 from rnnjax.vocab import Vocab
@@ -99,6 +99,7 @@ def encode(ids: np.ndarray, name: Callable[[int], str], train_end: int, min_freq
         table = np.full(size, vocab.unk, np.int32)
         for i in np.flatnonzero(counts):
             table[i] = vocab[name(int(i))]
+        source = None if source == SHA1 and vocab.source is None else source     # the Time Machine, as d2l's
         vocab = Vocab.from_json({"idx_to_token": vocab.idx_to_token, "token": kind, "text_sha1": source})
     stream = ids.view(np.int32)
     for lo in range(0, len(ids), CHUNK):

@@ -98,7 +98,8 @@ class Restored:
 
     def perplexity(self, data: WindowedText) -> float:
         """The model's perplexity on ``data``'s validation windows, as a run validates (``data`` in its
-        tokens: ``rnnjax.corpus.load(config, text=..., vocab=run.vocab)`` for another text)."""
+        tokens: ``rnnjax.corpus.load(config, text=..., vocab=run.vocab)`` for another text, whose tokens
+        the run never saw read as ``<unk>``, which may score well: count them in ``data.tokens``)."""
         from rnnjax.train import eval_steps          # here: rnnjax.train imports this module's users
         if data.vocab.idx_to_token != self.vocab.idx_to_token:
             raise ValueError("The data is in another vocabulary than the run's: load it with "

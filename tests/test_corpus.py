@@ -92,6 +92,11 @@ def test_d2ls_split_of_the_time_machine_is_the_time_machine(real_text_path):
                                   np.concatenate([b.X for b in tm.val_batches()]))
     words = corpus.load(config.replace(token="word", num_train=100, num_val=50), data=real_text_path)
     assert words.vocab.idx_to_token == Vocab(data.preprocess(tm_text(real_text_path)).split()).idx_to_token
+    # In the vocabulary of a run of d2l's (a restored one's): that run's data, it resumes on (it was refused
+    # as "the text of SHA-1 090b5e7e...", the Time Machine's own).
+    d2l = corpus.load(config.replace(preprocess="d2l"), data=real_text_path, vocab=tm.vocab)
+    assert d2l.vocab == tm.vocab and d2l.vocab.differs(tm.vocab) is None
+    np.testing.assert_array_equal(d2l.tokens, tm.tokens)
 
 
 def tm_text(path):
