@@ -121,9 +121,9 @@ def removing(workdir: Path, step: int, wait_s: float = 1.0) -> bool:
 
 
 class Held:
-    """A held lock: ``check()`` before each write. A workdir moved or removed while a run trains would
-    be written anew at its old path; a lock file removed lets a second writer in where folders cannot be
-    locked (elsewhere the workdir's own lock keeps it out, and the lock file is made again)."""
+    """A held lock: ``check()`` before each write. A workdir moved, removed or emptied while a run trains
+    would be written anew at its old path; a lock file removed lets a second writer in where folders cannot
+    be locked (elsewhere the workdir's own lock keeps it out, and the lock file is made again)."""
 
     def __init__(self, workdir: Path, fds: list[int]):
         self.workdir, self._fds = workdir, fds
