@@ -129,21 +129,27 @@ def test_a_jax_variable_jax_cannot_read_is_named():
         "JAX cannot start with this environment: invalid truth value 'abc' for environment 'JAX_ENABLE_X64'."
 
 
-@pytest.mark.slow
-def test_a_stop_removes_the_scratch_folder_and_kills_the_child_it_waits_on(tmp_path):
-    """``exit_now`` unwinds nothing: the benchmark's compile-cache folder stayed in /tmp after a signal, and
-    its child compiled on after a SIGTERM to the benchmark alone."""
-    pid_file = tmp_path / "child.pid"
-    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+def waiting_on(child: str) -> tuple[subprocess.Popen, Path]:
+    """A command that stops at once on a signal (``exit_now``), waiting on a ``run_child`` of ``child``
+    (Python code) in a ``scratch`` folder: the process and the folder."""
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import signal, sys
+        import sys
         from experiments import stopping
         stopping.handle(lambda signum, frame: stopping.exit_now("stopped", 128 + signum))
         with stopping.scratch() as folder:
             print(folder, flush=True)
             stopping.run_child([sys.executable, "-c", {child!r}])
     """)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    folder = Path(proc.stdout.readline().strip())
+    return proc, Path(proc.stdout.readline().strip())
+
+
+@pytest.mark.slow
+def test_a_stop_removes_the_scratch_folder_and_kills_the_child_it_waits_on(tmp_path):
+    """``exit_now`` unwinds nothing: the benchmark's compile-cache folder stayed in /tmp after a signal, and
+    its child compiled on after a SIGTERM to the benchmark alone."""
+    pid_file = tmp_path / "child.pid"
+    proc, folder = waiting_on(f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+                              "time.sleep(60)")
     for _ in range(200):
         if pid_file.exists() and pid_file.read_text():
             break
@@ -181,16 +187,7 @@ def test_run_child_returns_what_subprocess_run_would(tmp_path):
 def test_a_stop_while_the_child_it_waits_on_exits_does_not_hang(tmp_path):
     """The undo waited on the child inside the handler, which had interrupted communicate's own wait on
     it: a deadlock on Popen's lock (the child had closed its output and slept)."""
-    child = "import os, time; os.close(1); os.close(2); time.sleep(30)"
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys
-        from experiments import stopping
-        stopping.handle(lambda signum, frame: stopping.exit_now("stopped", 128 + signum))
-        with stopping.scratch() as folder:
-            print(folder, flush=True)
-            stopping.run_child([sys.executable, "-c", {child!r}])
-    """)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    folder = Path(proc.stdout.readline().strip())
+    proc, folder = waiting_on("import os, time; os.close(1); os.close(2); time.sleep(30)")
     subprocess.run(["sleep", "1"])                  # the child's output closed: communicate waits on it
     proc.send_signal(signal.SIGTERM)
     try:
