@@ -122,11 +122,19 @@ SLOW_TESTS = {
 }
 
 
+# The files of the longest tests (subprocesses of whole runs, up to a minute each), first: the two workers
+# start on them and end on short ones, not one of them on a long test after the other is done.
+LONG_FIRST = ("test_device_check.py", "test_benchmark.py", "test_readme.py", "test_faults.py",
+              "test_parallel.py", "test_notebook.py", "test_timemachine.py")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         name = f"{item.path.name}::{item.name}"
         if name in SLOW_CASES or name.split("[")[0] in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: LONG_FIRST.index(item.path.name) if item.path.name in LONG_FIRST
+               else len(LONG_FIRST))
 
 
 def pytest_runtest_setup(item):
