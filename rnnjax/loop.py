@@ -93,7 +93,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     computing.update(computing_lib.otherwise_since(p.computed_by, computing, p.step))
     saved = [p.step]                # the newest step this run saved (or resumed from)
 
-    def check_lock():               # before each write: a lock file removed lets a second writer in
+    def check_lock():               # before each write: the workdir may have been moved or emptied (Held)
         if p.held is not None:
             p.held.check(f" (its last checkpoint: step {saved[0]})" if saved[0] is not None else "")
 

@@ -100,7 +100,7 @@ def test_a_removal_in_progress_is_told_from_damage_while_a_run_holds_the_workdir
     (step_dir / "meta" / "metadata").unlink()                       # as the deleter starts
     with pytest.raises(checkpoint.DamagedCheckpoint):               # no run holds the workdir: damage
         checkpoint.restore(tmp_path, step=13)
-    with lock_lib.lock(tmp_path):                                # as the run writing it would
+    with lock_lib.lock(tmp_path):                                   # as the run writing it would
         with pytest.raises(checkpoint.DamagedCheckpoint):           # listed still after the wait: damage
             checkpoint.restore(tmp_path, step=13)
         threading.Timer(0.3, shutil.rmtree, (step_dir,)).start()    # the deleter finishes
@@ -195,7 +195,7 @@ def test_a_checkpoint_removed_as_the_best_is_sought_is_not_damage(small_data, tm
             raise checkpoint.DamagedCheckpoint(step, tmp_path / checkpoint.SUBDIR, "cannot be read")
         return read(workdir, step)
     monkeypatch.setattr(restore_lib, "read_meta", removed_as_read)
-    with lock_lib.lock(tmp_path):                    # as the run removing it holds it
+    with lock_lib.lock(tmp_path):                       # as the run removing it holds it
         assert checkpoint.restore(tmp_path, best=True).step == 26
 
 

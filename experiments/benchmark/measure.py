@@ -7,7 +7,6 @@ import importlib.metadata
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -155,8 +154,7 @@ def measure_compile_cache(data_path: str | None) -> dict:
     def compile_s(cache: str) -> float:
         args = [sys.executable, "-c", _COMPILE, cache] + ([data_path] if data_path else [])
         child = stopping.run_child(args)
-        if child.returncode:
-            raise subprocess.CalledProcessError(child.returncode, args, child.stdout, child.stderr)
+        child.check_returncode()
         return float(child.stdout.split()[-1])
 
     with stopping.scratch() as cache:
