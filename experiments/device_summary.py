@@ -88,13 +88,16 @@ def final_val_ppl(workdir: Path) -> list[float]:
 
 
 def sizes_summary(bench_json: Path) -> dict:
-    """Per size label: the kernel rnnjax chooses, each contender's ms per step (or its error), the ratios,
-    and where measured ``bf16_ratio`` (rnnjax hoisted's float32 step over its bfloat16 one)."""
+    """Per size label: the kernel rnnjax chooses, each contender's ms per step (or its error) and MB a step
+    allocates (``None``: not measured), the ratios, and where measured ``memory_ratios`` and ``bf16_ratio``
+    (rnnjax hoisted's float32 step over its bfloat16 one)."""
     bench = json.loads(bench_json.read_text())
     return {s["label"]: {"auto_kernel": s["auto_kernel"],
                          "ms_per_step": {n: r.get("ms_per_step", r.get("error"))
                                          for n, r in s["contenders"].items()},
-                         "ratios": s["ratios"], **{k: s[k] for k in ("bf16_ratio",) if k in s}}
+                         "step_mb": {n: r.get("step_mb") for n, r in s["contenders"].items()},
+                         "ratios": s["ratios"],
+                         **{k: s[k] for k in ("memory_ratios", "bf16_ratio") if k in s}}
             for s in bench["sizes"]}
 
 

@@ -8,14 +8,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import jax
+import jax.numpy as jnp
 import pytest
 
+from conftest import small_text
 from experiments import benchmark
 from experiments.benchmark import outputs, sizes, torch_contenders
-from experiments.benchmark.contenders import Contender, Setting
+from experiments.benchmark.contenders import Contender, Rnnjax, Setting, xla_step_mb
 from experiments.benchmark.measure import machine_info, measure_steps
 from experiments.benchmark.report import ratio_lines, sizes_table
+from rnnjax.data import TimeMachine
 from rnnjax.stops import Interrupted
 from rnnjax.lock import LOCKFILE, lock
 
@@ -38,8 +43,12 @@ def test_benchmark_smoke(real_text_path, tmp_path, capsys):
     assert result["compile_cache"]["warm_cache_s"] > 0
     runs = result["runs"]                                    # --runs 2: two seeds in one program
     assert runs["num_runs"] == 2 and runs["ratio_vs_sequential"] > 0 and runs["ms_per_step_all"] > 0
+    mb = {name: r["step_mb"] for name, r in result["contenders"].items()}
+    assert mb["rnnjax"] > 0 and mb["flax"] > 0 and result["ratio_memory_vs_flax"] == mb["flax"] / mb["rnnjax"]
+    assert all(mb[t] is None for t in torch & names)          # its CPU allocator keeps no peak
     out = capsys.readouterr().out
     assert "rnnjax's step is" in out and "2 seeds in one program: a step of all of them is" in out
+    assert "rnnjax's step allocates" in out and "flax's" in out
 
 
 STEP = {"ms_per_step": 1.5, "ms_per_step_min": 1.4, "ms_per_step_max": 1.6, "compile_s": 2.0,
@@ -343,6 +352,60 @@ def test_bfloat16s_ratio_is_hoisted_float32s_step_over_its_own():
     assert "bf16_ratio" not in sizes.ratios(size)
 
 
+def test_a_steps_memory_is_what_it_allocates_beyond_what_it_is_given():
+    """XLA's count: outputs and temporaries, less outputs written over donated arguments. rnnjax's step
+    keeps more for the backward of a longer window; more text (an argument it is given) adds nothing."""
+    x = jnp.ones((512, 512))                      # 1 MiB
+    assert xla_step_mb(jax.jit(lambda x: x + 1).lower(x).compile()) == 1.0
+    assert xla_step_mb(jax.jit(lambda x: x + 1, donate_argnums=0).lower(x).compile()) == 0.0
+
+    def step_mb(num_steps: int, num_train: int) -> tuple[float, int]:
+        data = TimeMachine(8, num_steps, num_train=num_train, num_val=8, text=small_text(9000))
+        rnnjax = Rnnjax(devices=1)
+        rnnjax.prepare(Setting(batch_size=8, num_steps=num_steps, num_hiddens=16), data)
+        return rnnjax.step_memory_mb(), len(data.tokens)
+    (short, chars), (more_text, more_chars) = step_mb(8, 16), step_mb(8, 160)
+    assert more_chars > 2 * chars and more_text == short
+    assert step_mb(32, 16)[0] > short > 0
+
+
+@pytest.mark.cpu_devices(2)
+def test_a_step_on_two_devices_counts_the_memory_of_both(small_data):
+    """Each holds half the batch's activations and a whole copy of the parameters and their gradients."""
+    def step_mb(devices: int) -> float:
+        rnnjax = Rnnjax(devices=devices)
+        rnnjax.prepare(Setting(batch_size=small_data.batch_size, num_steps=small_data.num_steps,
+                               num_hiddens=16), small_data)
+        return rnnjax.step_memory_mb()
+    one = step_mb(1)
+    assert one < step_mb(2) < 2 * one
+
+
+def test_torchs_step_memory_is_its_cuda_allocators_peak_over_a_step():
+    said, MB = [], 2**20
+
+    class Cuda:
+        allocated = peak = 100 * MB               # what the model and data hold
+        synchronize = staticmethod(lambda: said.append("sync"))
+        memory_allocated = max_memory_allocated = None
+
+        def reset_peak_memory_stats(self):
+            said.append("reset")
+            self.peak = self.allocated
+
+    cuda = Cuda()
+    cuda.memory_allocated, cuda.max_memory_allocated = lambda: cuda.allocated, lambda: cuda.peak
+
+    def a_step(n):                                # its peak 48 MB above, freed as it ends
+        said.append(f"{n} step")
+        cuda.peak = cuda.allocated + 48 * MB
+    lean = torch_contenders.TorchLean()
+    lean.torch, lean.device, lean.steps = SimpleNamespace(cuda=cuda), "cuda", a_step
+    assert lean.step_memory_mb() == 48.0 and said == ["sync", "reset", "1 step"]
+    lean.device = "cpu"
+    assert lean.step_memory_mb() is None and len(said) == 3
+
+
 class _Fake(Contender):
     def __init__(self, name, fail=False):
         self.name, self.fail, self.ran = name, fail, 0
@@ -373,6 +436,36 @@ def test_a_contender_that_fails_in_a_round_is_recorded_and_the_others_go_on(smal
     with pytest.raises(RuntimeError):
         measure_steps([_FailsInARound("bad")], s, small_data, rounds=1, steps=1, warmup=1,
                       log=lambda *_: None)
+
+
+class _Uncounted(_Fake):
+    def step_memory_mb(self):
+        raise RuntimeError("memory_analysis is not implemented\nmore detail")
+
+
+def test_a_step_whose_memory_cannot_be_counted_is_still_timed(small_data):
+    s = Setting(batch_size=small_data.batch_size, num_steps=small_data.num_steps)
+    res = measure_steps([_Uncounted("a"), _Fake("b")], s, small_data, rounds=2, steps=1, warmup=1,
+                        log=lambda *_: None)
+    assert res["a"]["step_mb"] is None and len(res["a"]["rounds_ms"]) == 2
+    assert res["a"]["step_mb_error"] == "RuntimeError: memory_analysis is not implemented"
+    assert res["b"]["step_mb"] is None and "step_mb_error" not in res["b"]
+
+
+def test_memory_ratios_are_their_mb_over_the_chosen_kernels_and_read_right():
+    mb = {"rnnjax fused": 2.0, "flax": 3.0, "torch lean": 1.0, "torch d2l": None}
+    size = {"label": "gru 32/64/16", "auto_kernel": "fused",
+            "contenders": {n: {"ms_per_step": 1.0, "step_mb": v} for n, v in mb.items()}}
+    size.update(sizes.ratios(size))
+    assert size["memory_ratios"] == {"flax": 1.5, "torch lean": 0.5}
+    assert ratio_lines(size).endswith("; its step allocates 1.50x less than flax's, 2.00x more than "
+                                      "torch lean's")
+    rows = sizes_table([size]).splitlines()
+    assert rows[2].startswith("MB a step allocates")
+    assert rows[3].split() == ["gru", "32/64/16", "2.0", "3.0", "1.0", "-"]
+    for r in size["contenders"].values():
+        r["step_mb"] = None
+    assert "memory_ratios" not in sizes.ratios(size) and len(sizes_table([size]).splitlines()) == 2
 
 
 class _Cudnn(_Fake):

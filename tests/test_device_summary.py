@@ -82,7 +82,8 @@ def test_what_a_stopped_part_wrote_is_read_back(tmp_path):
     assert summary["parts"]["tests"] == {"ok": False, "stopped": True, "passed": 1, "failed": 1,
                                          "skipped": 0, "failed_tests": ["t::b"]}
     assert summary["sizes"] == {"rnn 32/64/16": {
-        "auto_kernel": "fused", "ratios": {"flax": 2.0}, "ms_per_step": {"rnnjax fused": 0.4, "flax": "OOM"}}}
+        "auto_kernel": "fused", "ratios": {"flax": 2.0}, "ms_per_step": {"rnnjax fused": 0.4, "flax": "OOM"},
+        "step_mb": {"rnnjax fused": None, "flax": None}}}
     assert summary["parts"]["bench"]["sizes_done"] == 1
     passed = {"parts": {"tests": {"ok": True, "returncode": 0}}}
     (tmp_path / "tests.xml").write_text('<testsuites><testsuite><testcase classname="t" name="a"/>'
@@ -123,17 +124,20 @@ def test_a_killed_pytests_counts_come_from_its_log(tmp_path):
     assert skipped == {"parts": {"tests": {"ok": False, "skipped": True}}}
 
 
-def test_bfloat16s_ratio_reaches_the_summary_and_its_report(tmp_path):
+def test_bfloat16s_ratio_and_memory_reach_the_summary_and_its_report(tmp_path):
     sizes = [{"label": "lstm 48/32/16 x2", "auto_kernel": "fused", "ratios": {"rnnjax hoisted bf16": 1.2},
-              "bf16_ratio": 1.25, "contenders": {"rnnjax fused": {"ms_per_step": 2.0},
-                                                 "rnnjax hoisted": {"ms_per_step": 3.0},
-                                                 "rnnjax hoisted bf16": {"ms_per_step": 2.4}}},
+              "bf16_ratio": 1.25, "memory_ratios": {"rnnjax hoisted": 1.5},
+              "contenders": {"rnnjax fused": {"ms_per_step": 2.0, "step_mb": 2.0},
+                             "rnnjax hoisted": {"ms_per_step": 3.0, "step_mb": 3.0},
+                             "rnnjax hoisted bf16": {"ms_per_step": 2.4}}},
              {"label": "rnn 32/64/16", "auto_kernel": "fused", "ratios": {},
               "contenders": {"rnnjax fused": {"ms_per_step": 0.5}}}]
     (tmp_path / "bench.json").write_text(json.dumps({"sizes": sizes}))
     summary = {"parts": {"bench": {"ok": True}}, "seconds": 9.0}
     device_summary.read_back(tmp_path, summary)
-    assert summary["sizes"]["lstm 48/32/16 x2"]["bf16_ratio"] == 1.25
+    lstm = summary["sizes"]["lstm 48/32/16 x2"]
+    assert lstm["bf16_ratio"] == 1.25 and lstm["memory_ratios"] == {"rnnjax hoisted": 1.5}
+    assert lstm["step_mb"] == {"rnnjax fused": 2.0, "rnnjax hoisted": 3.0, "rnnjax hoisted bf16": None}
     assert "bf16_ratio" not in summary["sizes"]["rnn 32/64/16"]
     text = device_summary.report(summary)
     assert "(auto: fused; hoisted in bf16 at 1.25x float32's speed)" in text and "(auto: fused)" in text

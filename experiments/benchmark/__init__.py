@@ -34,8 +34,10 @@ medians with min-max over the rounds and ratios against rnnjax.
   ``DataLoader``, d2l's ``clip_gradients`` and SGD, the perplexity read every
   step); ``torch lean``: the same model with the data on the device and no
   per-step sync.
-- ``measure.py``: steady-state steps, whole recipes (100 epochs, validation
-  and compilation included), compiling in fresh processes with and without
+- ``measure.py``: steady-state steps, the memory a step allocates beyond what
+  it is given (``step_mb``, on all its devices: XLA's count of the compiled
+  program; PyTorch's CUDA allocator's peak, not measured on a CPU), whole
+  recipes (100 epochs, validation and compilation included), compiling in fresh processes with and without
   the persistent cache, generation against d2l's loop of one model call
   per character, and the machine (backend, device, versions).
 - ``sizes.py``: ``--sizes gpu`` (issue 26's sizes, the 2-layer LSTM 1024
@@ -51,7 +53,8 @@ medians with min-max over the rounds and ratios against rnnjax.
   JSON: the machine, every contender's figures and every ratio printed
   (``ratio_step_vs_torch_lean``, ``ratio_step_vs_torch_d2l``,
   ``ratio_step_vs_flax``, ``ratio_recipe_vs_...``, ``runs.ratio_vs_sequential``,
-  per size ``ratios``), each the other's time over rnnjax's; per size
+  per size ``ratios``), each the other's time over rnnjax's; ``ratio_memory_vs_...``
+  and per size ``memory_ratios``, the other's MB over rnnjax's; per size
   ``bf16_ratio``, rnnjax hoisted's float32 step over its bfloat16 one.
 
 The process runs with ``rnnjax.backend.keep_freed_memory()``, as

@@ -79,6 +79,19 @@ class Contender:
     def recipe(self) -> float:
         raise NotImplementedError
 
+    def step_memory_mb(self) -> float | None:
+        """MB a training step allocates beyond what it is given, on all its devices (None: not measured)."""
+        return None
+
+
+def xla_step_mb(compiled) -> float | None:
+    """A compiled call's memory beyond its arguments, MB per device, as XLA counts it: temporaries (what
+    the backward keeps, workspace) and outputs, less outputs written over donated arguments."""
+    stats = compiled.memory_analysis()
+    if stats is None:           # a backend that does not count
+        return None
+    return (stats.temp_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes) / 2**20
+
 
 class Rnnjax(Contender):
     name = "rnnjax"
@@ -98,13 +111,22 @@ class Rnnjax(Contender):
         self.step = dp.compile(self._train,
                                compiler_options=compiler_options(s.batch_size, s.num_hiddens, dp.num_shards))
         self.windows = cycle(data.train_windows)
-        first = self._next_call()
+        self.first = first = self._next_call()
         t0 = time.perf_counter()
         if hasattr(self.step, "executable"):      # compiled ahead of time (CPU): time the compile alone
             self.step.executable(self.state, self.tokens, first)
         else:
             jax.block_until_ready(self.step(self.state, self.tokens, first))
         return time.perf_counter() - t0
+
+    def step_memory_mb(self):
+        """Of a call (``STEPS_PER_CALL`` steps, one after the other: their temporaries are reused)."""
+        args = self.state, self.tokens, self.first
+        # The program the steps run: lowering it again after its first call is a lookup.
+        compiled = self.step.executable(*args) if hasattr(self.step, "executable") else \
+            self.step.lower(*args).compile()
+        mb = xla_step_mb(compiled)          # per device
+        return None if mb is None else mb * self.dp.num_local
 
     def _initial_state(self):
         return create_train_state(self.config, len(self.data.vocab))
@@ -196,9 +218,13 @@ class StockFlax(Contender):
         self.batches = cycle(lambda epoch: _plain_batches(data, epoch))
         self.params = model.init(jax.random.key(0), jnp.zeros((1, s.num_steps), jnp.int32))
         self.opt_state = tx.init(self.params)
+        self.first = next(self.batches)
         t0 = time.perf_counter()
-        jax.block_until_ready(self.step(self.params, self.opt_state, *next(self.batches)))
+        jax.block_until_ready(self.step(self.params, self.opt_state, *self.first))
         return time.perf_counter() - t0
+
+    def step_memory_mb(self):
+        return xla_step_mb(self.step.lower(self.params, self.opt_state, *self.first).compile())
 
     def steps(self, n):
         params, opt_state = self.params, self.opt_state

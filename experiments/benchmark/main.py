@@ -16,7 +16,7 @@ from experiments.benchmark.contenders import Contender, Rnnjax, RnnjaxRuns, Sett
 from experiments.benchmark.measure import (machine_info, measure_compile_cache, measure_generation,
                                            measure_recipes, measure_steps)
 from experiments.benchmark.outputs import Stop, check_outputs
-from experiments.benchmark.report import RATIO_MEANING, compared, plot_sweep, speed_words, table
+from experiments.benchmark.report import RATIO_MEANING, compared, memory_words, plot_sweep, speed_words, table
 from experiments.benchmark.sizes import SIZES, applicable_kernels, run_sizes, settings
 from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available, torch_problem
 from experiments.parsing import Parser
@@ -252,6 +252,9 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
         if "recipe_s" in results[base]:
             out[f"ratio_recipe_vs_{key}"] = results[base]["recipe_s"] / results["rnnjax"]["recipe_s"]
             print(f"rnnjax's whole recipe is {compared(out[f'ratio_recipe_vs_{key}'], theirs)}")
+        if results[base].get("step_mb") and results["rnnjax"].get("step_mb"):
+            out[f"ratio_memory_vs_{key}"] = results[base]["step_mb"] / results["rnnjax"]["step_mb"]
+            print(f"rnnjax's step allocates {memory_words(out[f'ratio_memory_vs_{key}'], theirs)}")
 
     save()
     cc = out["compile_cache"] = measure_compile_cache(args.data)

@@ -1,4 +1,4 @@
-"""Measuring: interleaved rounds of training steps, whole recipes, generation, compile time."""
+"""Measuring: interleaved rounds of training steps, a step's memory, whole recipes, generation, compiling."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import optax
 import rnnjax
 from experiments import stopping
 from experiments.benchmark.contenders import Setting, model_flops_per_token
-from experiments.benchmark.torch_contenders import torch_device_name, torch_precision, torch_problem
+from experiments.benchmark.torch_contenders import one_line, torch_device_name, torch_precision, torch_problem
 from rnnjax.config import Config
 from rnnjax.data import TimeMachine
 from rnnjax.model import RNNLM
@@ -29,7 +29,8 @@ from rnnjax.state import create_train_state, make_model
 
 def measure_steps(contenders, s: Setting, data, rounds: int, steps: int, warmup: int | None = None,
                   log=print, keep_going: bool = False) -> dict:
-    """Interleaved rounds of ``steps`` steps; ms per step for each round.
+    """Interleaved rounds of ``steps`` steps; ms per step for each round, and after the warm-up what a
+    step allocates (``step_memory``).
 
     ``warmup`` steps first (default a whole epoch: the ragged batch, caches, allocators). With
     ``keep_going`` a contender that fails to build or step, in the warm-up or a round, is left out of the
@@ -40,7 +41,7 @@ def measure_steps(contenders, s: Setting, data, rounds: int, steps: int, warmup:
     def failed(c, e: Exception) -> None:      # a kernel this backend lacks, memory: the others still run
         if not keep_going:
             raise e
-        result[c.name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        result[c.name] = {"error": one_line(e)}
         log(f"  {c.name} failed: {result[c.name]['error']}")
 
     for c in contenders:
@@ -50,6 +51,8 @@ def measure_steps(contenders, s: Setting, data, rounds: int, steps: int, warmup:
             running.append(c)
         except Exception as e:
             failed(c, e)
+            continue
+        result[c.name].update(step_memory(c))
     for r in range(rounds):
         for c in list(running):
             t0 = time.perf_counter()
@@ -72,6 +75,15 @@ def measure_steps(contenders, s: Setting, data, rounds: int, steps: int, warmup:
                  gflops=model_flops_per_token(s.num_hiddens, len(data.vocab), s.cell, s.num_layers)
                  * tokens / ms / 1e6)
     return result
+
+
+def step_memory(c) -> dict:
+    """``step_mb``: ``c.step_memory_mb()``, ``None`` where not measured or where measuring failed (the
+    failure in ``step_mb_error``: it costs no timing)."""
+    try:
+        return {"step_mb": c.step_memory_mb()}
+    except Exception as e:
+        return {"step_mb": None, "step_mb_error": one_line(e)}
 
 
 def measure_recipes(contenders, rounds: int, log=print) -> dict:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 RATIO_MEANING = ("a ratio is the other's time over rnnjax's (ms per step, or seconds): above 1 rnnjax is "
-                 "that many times faster, below 1 slower")
+                 "that many times faster, below 1 slower; a memory ratio is the other's MB a step allocates "
+                 "over rnnjax's: above 1 rnnjax's step takes that many times less")
 
 
 def speed_words(ratio: float) -> str:
@@ -26,9 +27,20 @@ def compared(ratio: float, other: str) -> str:
     return f"{words} as {other}" if words == "as fast" else f"{words} than {other}"
 
 
+def memory_words(ratio: float, other: str) -> str:
+    """``1.80x less than flax`` (their MB over ours), ``1.25x more than torch lean`` (for 0.8)."""
+    if round(ratio, 2) == 1.0:
+        return f"as much as {other}"
+    return f"{ratio:.2f}x less than {other}" if ratio > 1 else f"{1 / ratio:.2f}x more than {other}"
+
+
+def _mb(r: dict) -> str:
+    return f"{r['step_mb']:.1f}" if r.get("step_mb") is not None else "-"
+
+
 def table(results: dict, ref: str = "rnnjax") -> str:
     rows = [f"{'contender':<28}{'ms/step (min-max)':>24}{'compile s':>11}{'recipe s':>10}"
-            f"{'tokens/s':>11}{'GFLOP/s':>9}{f'{ref} is':>16}"]
+            f"{'tokens/s':>11}{'GFLOP/s':>9}{'step MB':>9}{f'{ref} is':>16}"]
     for name, r in results.items():
         if "error" in r:
             rows.append(f"{name:<28}  failed: {r['error']}")
@@ -37,23 +49,29 @@ def table(results: dict, ref: str = "rnnjax") -> str:
         spread = f"({r['ms_per_step_min']:.2f}-{r['ms_per_step_max']:.2f})"
         vs = "" if name == ref else speed_words(r["ms_per_step"] / results[ref]["ms_per_step"])
         rows.append(f"{name:<28}{r['ms_per_step']:>9.2f} {spread:>14}{r['compile_s']:>11.2f}{recipe:>10}"
-                    f"{r['tokens_per_s']:>11.3g}{r['gflops']:>9.1f}{vs:>16}")
+                    f"{r['tokens_per_s']:>11.3g}{r['gflops']:>9.1f}{_mb(r):>9}{vs:>16}")
     return "\n".join(rows)
 
 
 def sizes_table(sizes: list[dict]) -> str:
-    """ms per step, one row a size and one column a contender, then how rnnjax's chosen kernel compares."""
+    """ms per step, one row a size and one column a contender, then how rnnjax's chosen kernel compares;
+    below, the MB a step allocates, where measured."""
     names = list(dict.fromkeys(n for size in sizes for n in size["contenders"]))
     width = max(12, *(len(n) + 2 for n in names))
-    rows = [f"{'size':<24}" + "".join(f"{n:>{width}}" for n in names) + "   rnnjax (auto kernel)"]
+    head = "".join(f"{n:>{width}}" for n in names)
+    rows = [f"{'size':<24}{head}   rnnjax (auto kernel)"]
+    memory = [f"{'MB a step allocates':<24}{head}"]
     for size in sizes:
-        cells = []
+        cells, mbs = [], []
         for n in names:
             r = size["contenders"].get(n, {})
             cells.append("failed" if "error" in r else f"{r['ms_per_step']:.2f}" if r else "-")
+            mbs.append(_mb(r))
         rows.append(f"{size['label']:<24}" + "".join(f"{c:>{width}}" for c in cells)
                     + f"   {size['auto_kernel']}")
-    return "\n".join(rows)
+        memory.append(f"{size['label']:<24}" + "".join(f"{c:>{width}}" for c in mbs))
+    measured = any(r.get("step_mb") is not None for size in sizes for r in size["contenders"].values())
+    return "\n".join(rows + (memory if measured else []))
 
 
 def ratio_lines(size: dict) -> str:
@@ -63,6 +81,9 @@ def ratio_lines(size: dict) -> str:
     line = f"{size['label']}: rnnjax ({size['auto_kernel']}) is " + (", ".join(parts) or "alone")
     if "bf16_ratio" in size:
         line += f"; rnnjax hoisted in bfloat16 is {compared(size['bf16_ratio'], 'in float32')}"
+    if size.get("memory_ratios"):
+        line += "; its step allocates " + ", ".join(memory_words(r, f"{name}'s")
+                                                    for name, r in size["memory_ratios"].items())
     return line
 
 

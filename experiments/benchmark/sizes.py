@@ -75,13 +75,17 @@ def contenders_at(s: Setting, devices: int | None, backend: str, bfloat16: bool 
 
 def ratios(size: dict) -> dict:
     """``ratios``: each contender's ms per step over that of rnnjax's chosen kernel (``RATIO_MEANING``);
-    where both ran, ``bf16_ratio``: rnnjax hoisted's float32 step over its bfloat16 one (above 1, bfloat16
-    is that many times faster)."""
+    ``memory_ratios``: their MB a step allocates over its, where both were measured; where both ran,
+    ``bf16_ratio``: rnnjax hoisted's float32 step over its bfloat16 one (above 1, bfloat16 is that many times
+    faster)."""
     res, auto = size["contenders"], f"rnnjax {size['auto_kernel']}"
     ms = {n: r["ms_per_step"] for n, r in res.items() if "ms_per_step" in r}
     out = {"ratios": {n: v / ms[auto] for n, v in ms.items() if n != auto} if auto in ms else {}}
     if BF16 in ms and "rnnjax hoisted" in ms:
         out["bf16_ratio"] = ms["rnnjax hoisted"] / ms[BF16]
+    mb = {n: r["step_mb"] for n, r in res.items() if r.get("step_mb") and "ms_per_step" in r}
+    if auto in mb:
+        out["memory_ratios"] = {n: v / mb[auto] for n, v in mb.items() if n != auto}
     return out
 
 

@@ -24,7 +24,7 @@ def torch_problem() -> str | None:
     try:
         import torch  # noqa: F401
     except Exception as e:
-        return _one_line(e)
+        return one_line(e)
     return None
 
 
@@ -32,7 +32,7 @@ def torch_available() -> bool:
     return torch_problem() is None
 
 
-def _one_line(e: Exception) -> str:
+def one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
@@ -51,7 +51,7 @@ def torch_device_name() -> str | None:
         import torch
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     except Exception as e:
-        return f"error: {_one_line(e)}"
+        return f"error: {one_line(e)}"
 
 
 def torch_precision() -> dict:
@@ -63,7 +63,7 @@ def torch_precision() -> dict:
         return {"torch_tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
                 "torch_tf32_cudnn": torch.backends.cudnn.allow_tf32}
     except Exception as e:
-        return {"torch_error": _one_line(e)}
+        return {"torch_error": one_line(e)}
 
 
 class _Torch(Contender):
@@ -110,6 +110,18 @@ class _Torch(Contender):
         for _ in range(n):
             self._step(self.model, *next(self.batches))
         self._sync()
+
+    def step_memory_mb(self):
+        """The CUDA allocator's peak over a step beyond what it held before (activations, gradients, cuDNN's
+        workspace); ``None`` on a CPU, where torch keeps no such count."""
+        if self.device != "cuda":
+            return None
+        cuda = self.torch.cuda
+        cuda.synchronize()
+        cuda.reset_peak_memory_stats()
+        before = cuda.memory_allocated()
+        self.steps(1)
+        return (cuda.max_memory_allocated() - before) / 2**20
 
     def recipe(self):
         torch = self.torch
