@@ -34,6 +34,7 @@ from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
 from rnnjax.meta import Position
 from rnnjax.start import Plan
+from rnnjax.state import check_params
 from rnnjax.stops import (Interrupted, LostProcess, StoppedRuns, catch_signals, check_divergence,
                           check_finite)
 from rnnjax.workdir import WorkdirError
@@ -68,7 +69,11 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     perplexities); ``log`` says which of several runs stop. Raises
     ``NonFiniteLoss`` once every run has stopped (nothing of that epoch
     saved) and ``Interrupted`` after saving the last completed call's step.
+    ``ValueError`` before anything is written unless ``state`` is the plan's: the
+    parameters ``p.config`` makes (of each run, stacked), at the checkpoint's step
+    (``p.state`` resumes) or, new, at step 0. Its optimizer may be another.
     """
+    check_state(p, state, len(data.vocab))
     several, dp, position = bool(p.runs), p.dp, p.position
     configs, workdir = list(p.runs) or [p.config], p.workdir
     manager, metrics_log = _open_workdir(p, data, keep)
@@ -178,6 +183,27 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             raise _stopped(manager, signum, stop.signum, p.config.epochs - 1, steps_per_epoch,
                            steps_per_epoch, done, workdir, finished=True)
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir, tuple(stops.why) if several else ())
+
+
+def check_state(p: Plan, state: Any, vocab_size: int) -> None:
+    """``ValueError`` in one sentence unless ``state`` can train plan ``p`` (``run``'s docstring)."""
+    params, step = getattr(state, "params", None), getattr(state, "step", None)
+    if params is None or step is None:
+        raise ValueError(f"loop.run trains a TrainState (rnnjax.state.create_train_state), not a "
+                         f"{type(state).__name__}.")
+    if p.runs:
+        if {np.shape(x)[:1] for x in jax.tree.leaves(params)} != {(len(p.runs),)}:
+            raise ValueError(f"The state does not hold {len(p.runs)} runs' parameters stacked on a first "
+                             f"axis (rnnjax.state.create_run_states).")
+        params = jax.tree.map(lambda x: x[0], params)
+    check_params(params, p.config, vocab_size)
+    steps = sorted({int(s) for s in np.ravel(jax.device_get(step))})
+    want = 0 if p.step is None else p.step
+    if steps != [want]:
+        raise ValueError(
+            f"The state is at step {', '.join(map(str, steps))}, the planned run at {want}: " + (
+                "a new run starts at step 0 (state.replace(step=0))." if p.step is None else
+                f"it resumes from {p.workdir}'s checkpoint, whose state is the plan's (Plan.state)."))
 
 
 def _finite(x: float | None) -> float | None:

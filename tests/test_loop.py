@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnnjax import checkpoint, loop, meta as meta_lib, metrics, runs, stops, train, workdir
+from rnnjax import checkpoint, loop, meta as meta_lib, metrics, runs, stops, stored, train, workdir
 from rnnjax.data import TimeMachine
 from rnnjax.objective import targets
 from rnnjax.state import create_train_state
@@ -238,3 +238,38 @@ def test_a_run_whose_workdir_is_moved_stops_before_writing_again(data, tmp_path)
             checkpoint_every=1)
     assert not (tmp_path / "w").exists() and checkpoint.steps(tmp_path / "moved") == [13]
     assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / "moved" / metrics.FILENAME).read()] == [1]
+
+
+def test_a_state_that_is_not_the_plans_is_refused_before_anything_is_written(data, tmp_path):
+    """Another model's parameters would save checkpoints no restore reads; a fresh state in a resumed plan
+    would count its steps again from 0 and save over none of the checkpoints it meets (lost training)."""
+    from rnnjax.start import planned
+    config, V = TINY.replace(epochs=1), len(data.vocab)
+
+    def run_with(workdir, config, state):
+        with planned(config, data, workdir, devices=1) as p:
+            return loop.run(p, data, state(p), train.train_windows, train.eval_steps)
+    new = tmp_path / "new"
+    another = r"num_hiddens=16, .*\['output_layer'\]\['kernel'\] has shape \(32, 18\), expected \(16, 18\)\.$"
+    with pytest.raises(ValueError, match=another):
+        run_with(new, config, lambda p: create_train_state(config.replace(num_hiddens=32), V))
+    with pytest.raises(ValueError, match=r"^The state is at step 7, the planned run at 0: a new run starts "
+                                         r"at step 0 \(state\.replace\(step=0\)\)\.$"):
+        run_with(new, config, lambda p: create_train_state(config, V).replace(step=7))
+    with pytest.raises(ValueError, match=r"^loop.run trains a TrainState .*, not a dict\.$"):
+        run_with(new, config, lambda p: {"params": create_train_state(config, V).params})
+    assert not (new / "checkpoints").exists() and not (new / metrics.FILENAME).exists()
+
+    done = fit(config, data, tmp_path / "old", devices=1, log=None)
+    before = stored.steps(tmp_path / "old")
+    longer = config.replace(epochs=2)
+    with pytest.raises(ValueError, match=rf"^The state is at step 0, the planned run at {done.state.step}: "
+                                         r"it resumes from .*old's checkpoint, whose state is the plan's"):
+        run_with(tmp_path / "old", longer, lambda p: create_train_state(longer, V))
+    assert stored.steps(tmp_path / "old") == before
+    assert len((tmp_path / "old" / metrics.FILENAME).read_text().splitlines()) == 1
+    with pytest.raises(ValueError, match=r"does not hold 2 runs' parameters stacked"):
+        with planned(config, data, tmp_path / "runs", devices=1, runs=[config, config.replace(seed=1)]) as p:
+            loop.run(p, data, create_train_state(config, V), runs.train_runs, runs.eval_runs)
+    resumed = run_with(tmp_path / "old", longer, lambda p: p.state)           # the plan's own state trains on
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
