@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from rnnjax import checkpoint, config as config_lib, corpus, flags, runs
+from rnnjax import checkpoint, config as config_lib, corpus, data, flags, runs
 from rnnjax.stored import saved_runs
 
 # What a run says as it starts anew in a workdir whose earlier run left its config.json and no checkpoint.
@@ -91,7 +91,9 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
 def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Config], Path, bool]:
     """``settings`` of the run ``saved`` in ``args.workdir`` (``rnnjax.stored.saved_runs``'s)."""
     configs, vocab, source, together = saved
-    if "text_sha1" in vocab and args.text is None:
+    # The Time Machine tokenized otherwise than d2l (--token word, --preprocess raw) names its SHA-1 too.
+    own_text = vocab.get("text_sha1") not in (None, data.SHA1, data.PREPROCESSED_SHA1)
+    if own_text and args.text is None:
         raise ValueError(f"{args.workdir} holds a run trained on a text of your own (SHA-1 "
                          f"{vocab['text_sha1'][:12]}...): give that file again, --text PATH, to resume it.")
     if "text_sha1" not in vocab and args.text is not None:

@@ -12,7 +12,7 @@ from experiments import cli, timemachine
 from experiments.settings import default_workdir, settings
 from rnnjax import checkpoint, corpus, meta as meta_lib, metrics, runs
 from rnnjax.config import Config
-from rnnjax.data import Vocab
+from rnnjax.data import PREPROCESSED_SHA1, SHA1, Vocab
 
 from conftest import TINY, assert_trees_equal
 
@@ -142,6 +142,12 @@ def test_the_text_a_workdir_was_trained_on_is_asked_for(tmp_path):
     tm = saved(tmp_path / "tm", [TINY])
     with pytest.raises(ValueError, match="trained on the Time Machine, not on --text: leave --text out"):
         settings(cli.parse_args(["--workdir", tm, "--text", "book.txt"]))
+    # The Time Machine tokenized otherwise (--token word, --preprocess raw) records its SHA-1: it resumes
+    # without --text, as it was trained.
+    for sha1 in (SHA1, PREPROCESSED_SHA1):
+        words = saved(tmp_path / f"words-{sha1[:4]}", [TINY.replace(token="word")], text_sha1=sha1)
+        assert settings(cli.parse_args(["--workdir", words, "--epochs", "5"]))[0] == [
+            TINY.replace(token="word", epochs=5)]
 
 
 def test_a_preset_given_or_a_workdir_without_a_run_takes_the_preset_and_the_flags(tmp_path):
