@@ -26,6 +26,7 @@ import numpy as np
 
 from rnnjax.config import whole
 from rnnjax.model import RNNLM, hashable
+from rnnjax.state import check_model_params
 from rnnjax.vocab import Vocab
 
 # Characters one call generates at most: every one is kept (B x (L + padded(num_preds)) int32) and
@@ -141,6 +142,18 @@ def _decoders(model: RNNLM) -> tuple[Callable, Callable]:
     return functools.partial(greedy, model), functools.partial(sample, model)
 
 
+def check_model(model: RNNLM, params: Any, vocab: Vocab) -> None:
+    """``ValueError`` in one sentence unless ``params`` and ``vocab`` are ``model``'s (a run's own three)."""
+    if not isinstance(model, RNNLM):
+        raise ValueError(f"model must be an RNNLM (a restored run's .model), got a {type(model).__name__}.")
+    if not isinstance(vocab, Vocab):
+        raise ValueError(f"vocab must be a Vocab (a restored run's .vocab), got a {type(vocab).__name__}.")
+    if len(vocab) != model.vocab_size:
+        raise ValueError(f"The vocabulary has {len(vocab)} tokens, the model {model.vocab_size}: give the "
+                         f"run's own (its .vocab).")
+    check_model_params(params, model)
+
+
 def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], num_preds: int, *,
                   temperature: float | None = None, top_k: int | None = None, key: jax.Array | None = None
                   ) -> list[str]:
@@ -154,6 +167,7 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
     ``ValueError`` naming them, rather than being read as ``<unk>``; so does any argument of the wrong
     type or range.
     """
+    check_model(model, params, vocab)
     num_preds = whole(num_preds, "num_preds")
     if not 0 <= num_preds <= MAX_PREDS:
         raise ValueError(f"num_preds must be between 0 and {MAX_PREDS:,}, got {num_preds:,}.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -158,10 +158,27 @@ def check_params(params: Any, config: Config, vocab_size: int) -> None:
     (float32) of the parameters ``config`` makes for ``vocab_size`` tokens."""
     what = (f"The parameters do not fit the config (cell {config.cell!r}, num_hiddens={config.num_hiddens}, "
             f"vocabulary {vocab_size})")
+    _check_fit(params, abstract_train_state(config, vocab_size).params, what)
 
+
+def check_model_params(params: Any, model: RNNLM) -> None:
+    """``check_params`` against the parameters ``model`` makes."""
+    if isinstance(params, Mapping) and set(params) == {"params"}:
+        raise ValueError("Give the parameters themselves (a restored run's .params), not flax's variables "
+                         "{'params': params}.")
+    abstract = _abstract_params(model) if hashable(model) else _abstract_params.__wrapped__(model)
+    _check_fit(params, abstract, f"The parameters do not fit the model (vocabulary {model.vocab_size})")
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_params(model: RNNLM) -> Any:
+    return jax.eval_shape(_init(model, 1), np.uint32(0))
+
+
+def _check_fit(params: Any, abstract: Any, what: str) -> None:
     def leaves(tree):       # by name: a FrozenDict's leaves are a dict's
         return {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    expected, given = leaves(abstract_train_state(config, vocab_size).params), leaves(params)
+    expected, given = leaves(abstract), leaves(params)
     if "" in given:         # not a tree at all
         raise ValueError(f"{what}: they are of type {type(params).__name__}, not a dict of arrays.")
     missing, extra = [k for k in expected if k not in given], [k for k in given if k not in expected]

@@ -89,6 +89,26 @@ def test_prefixes_from_a_generator_are_read_once(model_params):
     assert predict_batch(model, params, VOCAB, ("it", "a"), np.int64(5)) == expected    # any integer type
 
 
+def test_a_model_params_and_vocabulary_not_of_one_run_are_one_sentence(model_params):
+    """Another run's vocabulary would decode the ids as other tokens (or index past its end)."""
+    model, params = model_params
+    wider = RNNLM(RNN(SimpleRNNCell(32)), len(VOCAB))
+    wider_params = wider.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    V, other = len(VOCAB), Vocab(list("abc "))
+    for given, message in [
+            ({"model": params}, r"^model must be an RNNLM \(a restored run's \.model\), got a dict\.$"),
+            ({"vocab": list("abc")}, r"^vocab must be a Vocab \(a restored run's \.vocab\), got a list\.$"),
+            ({"vocab": other}, rf"^The vocabulary has {len(other)} tokens, the model {V}: give the run's"),
+            ({"params": {"params": params}}, r"^Give the parameters themselves \(a restored run's "
+                                             r"\.params\), not flax's variables"),
+            ({"params": wider_params}, rf"^The parameters do not fit the model \(vocabulary {V}\): "
+                                       rf".* has shape \(32, {V}\), expected \(16, {V}\)\.$"),
+            ({"model": wider}, rf"^The parameters do not fit the model .* has shape \(16, {V}\), expected "
+                               rf"\(32, {V}\)\.$")]:
+        with pytest.raises(ValueError, match=message):
+            predict(**{"model": model, "params": params, "vocab": VOCAB, **given}, prefix="it", num_preds=3)
+
+
 KEY = r"^key must be one JAX PRNG key, e.g. jax.random.key\(1\) or jax.random.PRNGKey\(1\), "
 
 
