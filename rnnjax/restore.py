@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from rnnjax import lock as lock_lib, orbax_logs, workdir as workdir_lib
+from rnnjax import kernels, lock as lock_lib, orbax_logs, workdir as workdir_lib
 from rnnjax.config import Config, whole
 from rnnjax.data import WindowedText
 from rnnjax.generate import predict, predict_batch
@@ -104,9 +104,14 @@ class Restored:
         if data.vocab.idx_to_token != self.vocab.idx_to_token:
             raise ValueError("The data is in another vocabulary than the run's: load it with "
                              "rnnjax.corpus.load(config, text=..., vocab=run.vocab).")
-        state = create_train_state(self.config, len(self.vocab), self.params)
+        config = self.config
+        try:
+            kernels.check(config)
+        except ValueError:          # trained with a kernel this backend lacks (cuDNN's, on a CPU): same math
+            config = config.replace(kernel="auto")
+        state = create_train_state(config, len(self.vocab), self.params)
         batches = jax.tree.map(lambda *x: np.stack(x), *data.val_batches())
-        sums = jax.jit(at_precision(eval_steps, self.config.matmul_precision))(state, batches)
+        sums = jax.jit(at_precision(eval_steps, config.matmul_precision))(state, batches)
         return perplexity(float(sums["loss_sum"]) / float(sums["count"]))
 
 

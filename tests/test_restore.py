@@ -1,5 +1,6 @@
 """``rnnjax.restore``: a run's checkpoints read back for inference, whole or not at all."""
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -14,7 +15,7 @@ from conftest import TINY, assert_trees_equal, tree_digest
 
 from rnnjax import checkpoint, runs, state as state_lib
 from rnnjax.checkpoint import CheckpointError
-from rnnjax.state import make_model
+from rnnjax.state import create_train_state, make_model
 from rnnjax.train import fit
 
 
@@ -287,3 +288,9 @@ def test_a_restored_run_scores_data_as_its_run_validated(small_data, tmp_path):
     other = type(small_data)(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text="abc " * 400)
     with pytest.raises(ValueError, match="another vocabulary than the run's: load it with"):
         run.perplexity(other)
+    # An LSTM trained with cuDNN's kernel scores on a backend without it (a CPU) as its math does elsewhere.
+    lstm = TINY.replace(cell="lstm", kernel="plain")
+    params = create_train_state(lstm, len(small_data.vocab)).params
+    plain = dataclasses.replace(run, config=lstm, params=params)
+    cudnn = dataclasses.replace(plain, config=lstm.replace(kernel="cudnn"))
+    assert cudnn.perplexity(small_data) == pytest.approx(plain.perplexity(small_data), rel=1e-4)
