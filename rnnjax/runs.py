@@ -28,7 +28,7 @@ from rnnjax.config import SWEEPABLE, Config, ConfigError
 from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, check_types, planned
-from rnnjax.state import TrainState, create_run_states
+from rnnjax.state import TrainState, check_per_run, create_run_states
 from rnnjax.train import check_saving, eval_steps, train_windows
 
 
@@ -93,6 +93,7 @@ def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path,
     ``fit``'s."""
     configs = _listed(configs)
     check_runs(configs)
+    check_per_run(configs)
     check_types(configs[0], data, workdir)
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     if plan is not None:

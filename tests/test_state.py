@@ -139,6 +139,25 @@ def test_one_optimizer_factory_keeps_each_kind_of_state_checkpoints_hold():
     assert jax.tree.structure(state.abstract_run_states(configs, 28).opt_state) == runs
 
 
+def test_runs_of_other_rates_need_an_optimizer_that_keeps_each_runs_own(small_data, tmp_path, monkeypatch):
+    """One optimizer steps every run: one of a researcher's own that ignores ``per_run`` would train each at
+    the first run's lr (and clip), while the records say each run's own."""
+    from rnnjax.runs import fit_runs
+
+    def adam(config, per_run=False):
+        return optax.chain(optax.clip_by_global_norm(config.clip), optax.adam(1e-2 * config.lr))
+    monkeypatch.setattr(state, "make_optimizer", adam)
+    for field, other in (("lr", {"lr": 3.0}), ("clip", {"clip": 0.5})):
+        configs = [TINY.replace(epochs=1), TINY.replace(epochs=1, seed=1, **other)]
+        with pytest.raises(ValueError, match=rf"^Runs of different {field} train in one step only where "
+                                             rf".*; for a run of {field}=1\.0 it holds none\.$"):
+            fit_runs(configs, small_data, tmp_path / field, devices=1, log=None)
+        assert not (tmp_path / field).exists()
+    seeds = [TINY.replace(epochs=1), TINY.replace(epochs=1, seed=1)]         # the same lr and clip: any one
+    seeds = fit_runs(seeds, small_data, tmp_path / "seeds", devices=1, log=None)
+    assert len(seeds.history) == 2
+
+
 def test_a_cell_with_a_field_that_cannot_be_hashed_initializes(monkeypatch):
     """The compiled init is cached by model, which flax hashes by its fields: a list field failed."""
     from rnnjax import model as model_lib
