@@ -87,7 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError as e:     # one line, exit status 1, before any work
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    args.data = str(Path(data).resolve())
+    # Absolute, as the parts run from the repository root: one folder, wherever the command starts.
+    args.data, args.out = str(Path(data).resolve()), args.out.resolve()
     return args
 
 

@@ -83,6 +83,14 @@ def test_the_parts_run_the_step_table_first_and_the_tests_last(tmp_path, monkeyp
     assert bench[bench.index("--sizes") + 1] == ("small" if quick else "gpu")
 
 
+def test_a_relative_out_is_where_the_command_starts_not_the_repository_root(real_text_path, tmp_path,
+                                                                            monkeypatch):
+    """The parts run from the repository root: a relative --out given to them wrote half the check there."""
+    monkeypatch.chdir(tmp_path)
+    args = device_check.parse_args(["--out", "check", "--data", os.path.relpath(real_text_path)])
+    assert args.out == (tmp_path / "check").resolve() and args.data == str(Path(real_text_path).resolve())
+
+
 def test_the_info_part_records_a_broken_torch_and_goes_on(tmp_path, fresh_env):
     """A torch whose CUDA libraries do not load raises OSError, not ImportError, as it is imported."""
     (tmp_path / "torch").mkdir()
