@@ -27,6 +27,7 @@ from experiments.parsing import Parser
 
 if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + signal, no traceback
     stopping.while_loading()
+    stopping.load_jax()
 
 import contextlib  # noqa: E402 (after the handlers: loading JAX takes a while)
 import functools  # noqa: E402

@@ -110,10 +110,14 @@ def test_stdout_that_fails_is_an_output_error_and_a_closed_pipe_stays_one(monkey
 
 
 @pytest.mark.slow
-def test_a_jax_variable_that_jax_cannot_read_is_one_line_and_exit_1_before_any_work(tmp_path, fresh_env):
+@pytest.mark.parametrize("command,args", [
+    ("experiments.timemachine", ["--preset", "tiny", "--epochs", "1"]), ("experiments.sine", []),
+    ("experiments.overfit", [])])
+def test_a_jax_variable_that_jax_cannot_read_is_one_line_and_exit_1_before_any_work(tmp_path, fresh_env,
+                                                                                    command, args):
     """JAX reads ``$JAX_NUM_CPU_DEVICES`` as it loads, and raises on ``abc`` there, before any of ours."""
-    args = ["--preset", "tiny", "--epochs", "1", "--workdir", str(tmp_path / "w")]
-    done = subprocess.run([sys.executable, "-m", "experiments.timemachine", *args], cwd=ROOT, text=True,
+    args = [*args, "--workdir", str(tmp_path / "w")]
+    done = subprocess.run([sys.executable, "-m", command, *args], cwd=ROOT, text=True,
                           capture_output=True, timeout=120, env=fresh_env(JAX_NUM_CPU_DEVICES="abc"))
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == ("error: $JAX_NUM_CPU_DEVICES must be a whole number, got 'abc' (JAX reads it as "
