@@ -1,4 +1,7 @@
-"""experiments.benchmark.corpus: its generated text and what a preparation reports (no timing here)."""
+"""experiments.benchmark.corpus: its generated text, what a preparation reports (no timing here), its
+argument checks."""
+
+import pytest
 
 from experiments.benchmark import corpus as bench
 
@@ -19,3 +22,27 @@ def test_prepare_reports_the_corpus(tmp_path, monkeypatch):
     assert r["tokens"] == len(path.read_text(encoding="utf-8")) and not r["cache_hit"]
     assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0 and r["seconds"] > 0
     assert bench.prepare(str(path), "char")["cache_hit"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sizes", "abc"], "--sizes must be whole numbers of MB from 1 to 4,096 separated by commas, got "
+                         "'abc'"),
+    (["--sizes", "-1"], "--sizes must be whole numbers of MB"),
+    (["--sizes", "0"], "--sizes must be whole numbers of MB"),
+    (["--tokens", "bogus"], "--tokens must be char, word or char,word, got 'bogus'"),
+    (["--steps", "5"], "--steps must be a positive multiple of 10, the steps of a compiled call, got 5"),
+    (["--steps", "19"], "--steps must be a positive multiple of 10"),     # ran 10, divided by 19
+    (["--steps", "-10"], "--steps must be a positive multiple of 10"),
+    (["--rounds", "0"], "--rounds must be at least 1, got 0"),
+    (["--out", "a-file"], "--out must be a folder, got 'a-file'"),
+    (["--data", "missing.txt"], "missing.txt"),
+])
+def test_bad_arguments_are_one_line_before_any_text_is_made(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    defaults = {"--sizes": "1", "--out": "out"}
+    with pytest.raises(SystemExit) as e:
+        bench.main([*(x for k, v in defaults.items() if k not in argv for x in (k, v)), *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]        # nothing made

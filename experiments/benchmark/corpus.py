@@ -36,8 +36,10 @@ import numpy as np
 
 from experiments import stopping
 from experiments.parsing import Parser
+from rnnjax.workdir import write_atomically
 
 MB = 1 << 20
+MAX_MB = 4096
 
 
 def generate(path: Path, size: int, seed: int = 0) -> None:
@@ -147,7 +149,8 @@ def main(argv=None) -> dict:
     p = Parser(prog="python -m experiments.benchmark.corpus", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="1,10,100", help="text sizes in MB (default 1,10,100)")
     p.add_argument("--tokens", default="char,word", help="token kinds prepared (default char,word)")
-    p.add_argument("--steps", type=int, default=100, help="steps a round of the training runs (default 100)")
+    p.add_argument("--steps", type=int, default=100,
+                   help="steps a round of the training runs, a multiple of 10 (default 100)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--data", help="timemachine.txt, to train on it alike (else $RNNJAX_TIMEMACHINE)")
     p.add_argument("--out", default="runs/bench-corpus", help="where the texts and corpus.json go")
@@ -160,6 +163,7 @@ def main(argv=None) -> dict:
     if args.train is not None:
         print(json.dumps(train(args.train[0], args.train[1] or None, args.steps, args.rounds)))
         return {}
+    sizes, tm = check_args(p, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cpu = platform.machine()
@@ -168,7 +172,6 @@ def main(argv=None) -> dict:
                     if line.startswith("model name")), cpu)
     result = {"machine": f"{cpu}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d"), "prepare": {}, "train": {}}
-    sizes = [int(s) for s in args.sizes.split(",")]
     for size in sizes:
         path = out / f"text-{size}mb.txt"
         if not path.is_file() or path.stat().st_size < size * MB * 0.99:
@@ -187,7 +190,6 @@ def main(argv=None) -> dict:
                   f"{warm['peak_rss_mb']:.0f} MB)",
                   flush=True)
     largest = out / f"text-{max(sizes)}mb.txt"
-    tm = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or ""
     with stopping.scratch() as cache:        # the user's cache keeps no generated text
         result["train"] = _fresh("--train", str(largest), tm, "--steps", str(args.steps), "--rounds",
                                  str(args.rounds), env={**os.environ, "RNNJAX_CACHE": cache})
@@ -197,8 +199,36 @@ def main(argv=None) -> dict:
               f"a step ({r['ms_min']:.2f}-{r['ms_max']:.2f}), {r['steps_per_s']:.0f} steps/s; loaded in "
               f"{r['load_s']:.1f} s", flush=True)
     print(f"peak RSS of the training process: {result['train']['peak_rss_mb']:.0f} MB")
-    (out / "corpus.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_atomically(out / "corpus.json", json.dumps(result, indent=1) + "\n")
     return result
+
+
+def check_args(p: Parser, args) -> tuple[list[int], str]:
+    """Before any text is made: a parser error in one line, else the sizes in MB and the Time Machine's
+    path (verified; ``""``: none given)."""
+    from rnnjax.data import DataError, timemachine_path
+    from rnnjax.train import STEPS_PER_CALL
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or not all(1 <= s <= MAX_MB for s in sizes):
+        p.error(f"--sizes must be whole numbers of MB from 1 to {MAX_MB:,} separated by commas, got "
+                f"{args.sizes!r}")
+    if not args.tokens or not set(args.tokens.split(",")) <= {"char", "word"}:
+        p.error(f"--tokens must be char, word or char,word, got {args.tokens!r}")
+    if args.steps < STEPS_PER_CALL or args.steps % STEPS_PER_CALL:      # trained as fit does: whole calls
+        p.error(f"--steps must be a positive multiple of {STEPS_PER_CALL}, the steps of a compiled call, got "
+                f"{args.steps}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
+    if not args.out or (Path(args.out).exists() and not Path(args.out).is_dir()):
+        p.error(f"--out must be a folder, got {args.out!r}")
+    tm = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or ""
+    try:
+        return sizes, str(timemachine_path(tm)) if tm else ""
+    except DataError as e:
+        p.error(str(e).rstrip("."))
 
 
 if __name__ == "__main__":      # a signal: one line and 128 + signal; corpus.json is written at the end
