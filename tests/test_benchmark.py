@@ -19,7 +19,7 @@ from experiments import benchmark
 from experiments.benchmark import outputs, sizes, torch_contenders
 from experiments.benchmark.contenders import Contender, Rnnjax, Setting, xla_step_mb
 from experiments.benchmark.measure import machine_info, measure_steps
-from experiments.benchmark.report import ratio_lines, sizes_table
+from experiments.benchmark.report import ratio_lines, sizes_table, torch_said
 from rnnjax.data import TimeMachine
 from rnnjax.stops import Interrupted
 from rnnjax.lock import LOCKFILE, lock
@@ -43,6 +43,7 @@ def test_benchmark_smoke(real_text_path, tmp_path, capsys):
     assert result["compile_cache"]["warm_cache_s"] > 0
     runs = result["runs"]                                    # --runs 2: two seeds in one program
     assert runs["num_runs"] == 2 and runs["ratio_vs_sequential"] > 0 and runs["ms_per_step_all"] > 0
+    assert (result["rounds"], result["steps"], result["recipe_rounds"]) == (1, 2, 0)   # what they are of
     mb = {name: r["step_mb"] for name, r in result["contenders"].items()}
     assert mb["rnnjax"] > 0 and mb["flax"] > 0 and result["ratio_memory_vs_flax"] == mb["flax"] / mb["rnnjax"]
     assert all(mb[t] is None for t in torch & names)          # its CPU allocator keeps no peak
@@ -512,6 +513,8 @@ def test_a_broken_torch_is_reported_and_the_bench_goes_on(monkeypatch):
     assert not benchmark.torch_available() and torch_contenders.torch_precision() == {}
     info = machine_info()
     assert info["torch_error"].startswith("OSError") and info["torch_device"] is None
+    assert torch_said(info) == "torch not importable (OSError: libcudnn.so.9: cannot open shared object file)"
+    assert torch_said({"torch_device": None}) == "torch not installed"
     names = [c.name for c in sizes.contenders_at(Setting(cell="lstm"), 1, "cpu")]
     assert names == ["rnnjax plain", "rnnjax fused", "rnnjax hoisted", "flax"]
 

@@ -16,7 +16,8 @@ from experiments.benchmark.contenders import Contender, Rnnjax, RnnjaxRuns, Sett
 from experiments.benchmark.measure import (machine_info, measure_compile_cache, measure_generation,
                                            measure_recipes, measure_steps)
 from experiments.benchmark.outputs import Stop, check_outputs
-from experiments.benchmark.report import RATIO_MEANING, compared, memory_words, plot_sweep, speed_words, table
+from experiments.benchmark.report import (RATIO_MEANING, compared, memory_words, plot_sweep, speed_words,
+                                          table, torch_said)
 from experiments.benchmark.sizes import SIZES, applicable_kernels, run_sizes, settings
 from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available, torch_problem
 from experiments.parsing import Parser
@@ -141,9 +142,11 @@ def parser() -> Parser:
                         "not with the recipe's --recipe-rounds, --cell, --num-layers, --runs, --sweep, "
                         "--ablations")
     p.add_argument("--rounds", type=int,
-                   help="interleaved rounds of steady-state steps (default 7; with --sizes the set's)")
+                   help="interleaved rounds of steady-state steps (default 7; with --sizes the set's; "
+                        f"the sweep takes {SWEEP_ROUNDS} at each point)")
     p.add_argument("--steps", type=int,
-                   help="steps per contender per round (default 60; with --sizes the set's)")
+                   help="steps per contender per round (default 60; with --sizes the set's; the sweep's "
+                        "give each point's rounds 0.2-3 s)")
     p.add_argument("--recipe-rounds", type=int,
                    help="whole-recipe runs per contender (default 1; 0: none)")
     p.add_argument("--devices", type=int, help="rnnjax's local devices (default: all)")
@@ -219,8 +222,8 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
     args.rounds, args.steps = args.rounds or 7, args.steps or 60
     data = TimeMachine(s.batch_size, s.num_steps, path=args.data)
     info = machine_info()
-    torch = f"torch on {info['torch_device']}" if info["torch_device"] else "torch not installed"
-    print(f"{info['cpu']}, {info['cores']} cores, {info['devices']} ({info['device_kind']}), {torch}; "
+    print(f"{info['cpu']}, {info['cores']} cores, {info['devices']} ({info['device_kind']}), "
+          f"{torch_said(info)}; "
           + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v is not None))
 
     contenders = contenders_for(args, one_device_too=True)
@@ -228,8 +231,8 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
           f"interleaved rounds of {args.steps} steps; rnnjax trains with kernel "
           f"{kernels.choose(s.config)!r}:")
     results = measure_steps(contenders, s, data, args.rounds, args.steps)
-    out = {"setting": s.config.to_json(), "machine": info, "contenders": results,
-           "ratio_meaning": RATIO_MEANING}
+    out = {"setting": s.config.to_json(), "machine": info, "rounds": args.rounds, "steps": args.steps,
+           "recipe_rounds": args.recipe_rounds, "contenders": results, "ratio_meaning": RATIO_MEANING}
 
     def save():           # after each part, whole: a run cut short keeps what it measured
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,13 @@ def _mb(r: dict) -> str:
     return f"{r['step_mb']:.1f}" if r.get("step_mb") is not None else "-"
 
 
+def torch_said(info: dict) -> str:
+    """Where PyTorch's contenders run, from ``machine_info()``: ``torch on cpu``, or why they do not."""
+    if info["torch_device"]:
+        return f"torch on {info['torch_device']}"
+    return f"torch not importable ({info['torch_error']})" if "torch_error" in info else "torch not installed"
+
+
 def table(results: dict, ref: str = "rnnjax") -> str:
     rows = [f"{'contender':<28}{'ms/step (min-max)':>24}{'compile s':>11}{'recipe s':>10}"
             f"{'tokens/s':>11}{'GFLOP/s':>9}{'step MB':>9}{f'{ref} is':>16}"]
