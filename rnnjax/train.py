@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from rnnjax import loop, metrics as metrics_lib
-from rnnjax.config import Config, whole
+from rnnjax.config import Config, got, whole
 from rnnjax.data import Batch, Windows, WindowedText
 # What fit raises and its defaults, importable from here too.
 from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
@@ -146,6 +146,7 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
     """
     check_types(config, data, workdir)
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
+    check_callbacks(progress, log)
     if params is not None:         # before the workdir is made, and checked even if it resumes
         check_params(params, config, len(data.vocab))
     if plan is not None:
@@ -158,6 +159,14 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
                 "from them)" if not p.finished else "")
             log(p.describe() + given)
         return _fit(p, data, params, checkpoint_every, keep, progress)
+
+
+def check_callbacks(progress: Any, log: Any) -> None:
+    """``TypeError`` in one sentence unless ``fit``'s (``fit_runs``') ``progress`` and ``log`` are functions
+    or ``None``: found before the workdir is made, not at the first call."""
+    for name, f in (("progress", progress), ("log", log)):
+        if f is not None and not callable(f):
+            raise TypeError(f"{name} must be a function or None, got {got(f)}.")
 
 
 def check_saving(checkpoint_every: int, keep: int) -> tuple[int, int]:

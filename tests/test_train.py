@@ -1,3 +1,4 @@
+import copy
 import math
 import os
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY as SMALL
-from rnnjax import state as state_lib
+from rnnjax import runs, state as state_lib
 from rnnjax.config import Config
 from rnnjax.data import Batch, TimeMachine
 from rnnjax.parallel import DataParallel
@@ -292,4 +293,29 @@ def test_fit_refuses_arguments_of_the_wrong_type_before_any_work(config, data, w
     params = create_train_state(SMALL, len(small_data.vocab)).params
     with pytest.raises(TypeError, match=message):
         fit(config, small_data if data == "data" else data, workdir, devices=1, log=None, params=params)
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("progress, log, message", [
+    (3, None, r"^progress must be a function or None, got an int\.$"),
+    (None, "print", r"^log must be a function or None, got a str\.$")])
+def test_fit_and_fit_runs_refuse_callbacks_that_are_not_functions_before_the_workdir(small_data, tmp_path,
+                                                                                     progress, log, message):
+    """Found at the first call before, with the workdir made (``log``: holding only its lock file)."""
+    with pytest.raises(TypeError, match=message):
+        fit(SMALL, small_data, tmp_path / "one", devices=1, progress=progress, log=log)
+    with pytest.raises(TypeError, match=message):
+        runs.fit_runs([SMALL], small_data, tmp_path / "runs", devices=1, progress=progress, log=log)
+    assert not os.listdir(tmp_path)
+
+
+def test_data_whose_ids_leave_its_vocabulary_is_refused_before_the_workdir(small_data, tmp_path):
+    """Each id past the vocabulary one-hots to nothing: the loss turned NaN and the run said it diverged."""
+    for bad in (len(small_data.vocab), -1):
+        data = copy.copy(small_data)
+        data.corpus = small_data.corpus.copy()
+        data.corpus[5] = bad
+        with pytest.raises(ValueError, match=rf"^data\.tokens holds the id {bad}, outside its vocabulary's "
+                                             rf"{len(small_data.vocab)} tokens \(ids 0 to "):
+            fit(SMALL, data, tmp_path / "w", devices=1, log=None)
     assert not os.listdir(tmp_path)
