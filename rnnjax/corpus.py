@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnjax.config import Config, check_is_config
+from rnnjax.config import Config, check_is_config, got
 from rnnjax.data import SHA1, DataError, TimeMachine, WindowedText, cache_dir, sha1_of, timemachine_path
 from rnnjax import memory
 from rnnjax.tokens import CHUNK, tokenize
@@ -66,7 +66,7 @@ def check_file(path: str | os.PathLike) -> int:
         raise DataError(f"{path} is a directory; --text takes a UTF-8 text file.")
     if not path.is_file():
         raise DataError(f"{path} is not a regular file; --text takes a UTF-8 text file." if path.exists()
-                        else f"No such file: {path} (given as --text).")
+                        else f"No such file: {path} (--text, or load's text, names a UTF-8 file).")
     size = path.stat().st_size
     if not size:
         raise DataError(f"{path} is empty: there is no text to train on.")
@@ -292,6 +292,8 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
     SHA-1 checked): d2l's ``TimeMachine`` for d2l's tokens and split, a ``Corpus`` of it for others. With
     ``vocab`` (a restored run's, to fine-tune or evaluate it), in those tokens, ``<unk>`` for the rest."""
     check_is_config(config)
+    if vocab is not None and not isinstance(vocab, Vocab):
+        raise TypeError(f"vocab must be an rnnjax Vocab (a restored run's .vocab), got {got(vocab)}.")
     if text is not None and data is not None:
         raise ValueError("load takes text (your own file) or data (the Time Machine's), not both.")
     try:

@@ -161,11 +161,12 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
     sampled if a ``temperature``, ``top_k`` or ``key`` is given (temperature 1, all tokens, ``PRNGKey(0)``
     by default; a key from ``jax.random.key`` or ``jax.random.PRNGKey``). Greedy is d2l's argmax,
     ``<unk>`` included; sampling never draws ``<unk>``. ``prefixes``: a list of strings, or any iterable
-    of them (read once).
+    of them (read once). A draw's noise is a function of the key, the step and the row: calls with one
+    key share it (give each its own, ``jax.random.split``), and a prompt's sample depends on its row.
 
     Characters outside the vocabulary (uppercase, digits, punctuation) raise a
-    ``ValueError`` naming them, rather than being read as ``<unk>``; so does any argument of the wrong
-    type or range.
+    ``ValueError`` naming them, rather than being read as ``<unk>``; so do a model, params and vocab
+    not of one run, and any argument of the wrong type or range.
     """
     check_model(model, params, vocab)
     num_preds = whole(num_preds, "num_preds")

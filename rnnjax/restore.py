@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from rnnjax import kernels, lock as lock_lib, orbax_logs, workdir as workdir_lib
-from rnnjax.config import Config, whole
+from rnnjax.config import Config, got, whole
 from rnnjax.data import WindowedText
 from rnnjax.generate import predict, predict_batch
 from rnnjax.meta import Position
@@ -101,6 +101,9 @@ class Restored:
         tokens: ``rnnjax.corpus.load(config, text=..., vocab=run.vocab)`` for another text, whose tokens
         the run never saw read as ``<unk>``, which may score well: count them in ``data.tokens``)."""
         from rnnjax.train import eval_steps          # here: rnnjax.train imports this module's users
+        if not isinstance(data, WindowedText):
+            raise TypeError(f"perplexity scores a WindowedText (rnnjax.corpus.load(config, text=PATH, "
+                            f"vocab=run.vocab) reads one), got {got(data)}.")
         if data.vocab.idx_to_token != self.vocab.idx_to_token:
             raise ValueError("The data is in another vocabulary than the run's: load it with "
                              "rnnjax.corpus.load(config, text=..., vocab=run.vocab).")
@@ -131,9 +134,10 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
             raise TypeError(f"restore's {name} is True or False, got {value!r}.")
     workdir = Path(workdir)
     directory = workdir / SUBDIR
+    if workdir.exists() and not workdir.is_dir():
+        raise CheckpointError(f"The workdir {workdir} is a file; give the folder a run was trained in.")
     if not directory.is_dir():
-        what = ("does not exist" if not workdir.exists()
-                else "is a file, not a folder" if not workdir.is_dir() else "holds no checkpoints")
+        what = "does not exist" if not workdir.exists() else "holds no checkpoints"
         raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
     if step is not None and best:
         raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")

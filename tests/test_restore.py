@@ -13,7 +13,7 @@ import pytest
 
 from conftest import TINY, assert_trees_equal, tree_digest
 
-from rnnjax import checkpoint, runs, state as state_lib
+from rnnjax import checkpoint, corpus, runs, state as state_lib
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.state import create_train_state, make_model
 from rnnjax.train import fit
@@ -22,6 +22,10 @@ from rnnjax.train import fit
 def test_missing_or_empty_workdir(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         checkpoint.restore(tmp_path / "nope")
+    (tmp_path / "file.txt").write_text("")
+    with pytest.raises(CheckpointError, match=r"^The workdir .*file.txt is a file; give the folder a run was "
+                                              r"trained in\.$"):
+        checkpoint.restore(tmp_path / "file.txt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="holds no checkpoints"):
         checkpoint.restore(tmp_path / "empty")
@@ -288,6 +292,12 @@ def test_a_restored_run_scores_data_as_its_run_validated(small_data, tmp_path):
     other = type(small_data)(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text="abc " * 400)
     with pytest.raises(ValueError, match="another vocabulary than the run's: load it with"):
         run.perplexity(other)
+    with pytest.raises(TypeError, match=r"^perplexity scores a WindowedText \(rnnjax\.corpus\.load\(config, "
+                                        r"text=PATH, vocab=run\.vocab\) reads one\), got a str\.$"):
+        run.perplexity("the time traveller")
+    with pytest.raises(TypeError, match=r"^vocab must be an rnnjax Vocab \(a restored run's \.vocab\), got a "
+                                        r"list\.$"):
+        corpus.load(TINY, vocab=run.vocab.idx_to_token)
     # An LSTM trained with cuDNN's kernel scores on a backend without it (a CPU) as its math does elsewhere.
     lstm = TINY.replace(cell="lstm", kernel="plain")
     params = create_train_state(lstm, len(small_data.vocab)).params
