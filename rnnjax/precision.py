@@ -99,13 +99,17 @@ def effective_precision(precision: str) -> str:
             "float32": "highest"}.get(ambient, str(ambient))
 
 
-def describe(compute_dtype: str, precision: str, device, cell_takes_dtype: bool = True) -> str:
+def describe(compute_dtype: str, precision: str, device, cell_takes_dtype: bool = True,
+             own_cell: bool = True) -> str:
     """What a run's matmuls do on ``device``, in words: ``float32 matmuls`` on a CPU, ``float32 matmuls at
     default precision (TF32 on this GPU)``, ``bfloat16 matmuls accumulated in float32`` (the output
-    layer's only, where the cell takes no ``dtype``)."""
+    layer's only, where the cell takes no ``dtype``; a cell not rnnjax's computes in its ``dtype``)."""
     if compute_dtype != "float32" and not cell_takes_dtype:
         return (f"{compute_dtype} matmuls in the output layer, accumulated in float32 (the cell takes no "
                 "dtype: float32)")
+    if compute_dtype != "float32" and not own_cell:       # flax's Dense returns its dtype: no float32 sums
+        return (f"{compute_dtype} matmuls, the cell's in {compute_dtype} as it computes with dtype="
+                f"{compute_dtype}, the output layer's accumulated in float32")
     if compute_dtype != "float32":
         return f"{compute_dtype} matmuls accumulated in float32"
     precision = effective_precision(precision)

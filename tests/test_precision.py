@@ -172,6 +172,9 @@ def test_describe_says_what_the_matmuls_do_on_each_backend():
         assert describe("bfloat16", "default", gpu("9.0")) == "bfloat16 matmuls accumulated in float32"
         assert describe("bfloat16", "default", cpu, cell_takes_dtype=False) == (
             "bfloat16 matmuls in the output layer, accumulated in float32 (the cell takes no dtype: float32)")
+        assert describe("bfloat16", "default", cpu, own_cell=False) == (      # flax's cells sum in bfloat16
+            "bfloat16 matmuls, the cell's in bfloat16 as it computes with dtype=bfloat16, the output layer's "
+            "accumulated in float32")
     # "default" is what JAX is set to: conftest's highest here
     assert describe("float32", "default", gpu("9.0")) == "float32 matmuls"
 
@@ -188,7 +191,7 @@ def test_the_runs_first_line_names_the_compute_dtype_and_the_matmuls(small_data,
             lines["float32"]
 
 
-def test_the_first_line_of_a_cell_that_takes_no_dtype_says_only_the_output_layer_is_bfloat16(
+def test_the_first_line_of_a_cell_not_rnnjaxs_says_which_matmuls_sum_in_bfloat16(
         small_data, tmp_path, monkeypatch):
     import functools
 
@@ -201,6 +204,7 @@ def test_the_first_line_of_a_cell_that_takes_no_dtype_says_only_the_output_layer
                     devices=1).describe()
         assert ("bfloat16 matmuls in the output layer, accumulated in float32 (the cell takes no dtype: "
                 "float32); writing" in line) is not takes, line
+        assert ("the cell's in bfloat16 as it computes with dtype=bfloat16" in line) is takes, line
 
 
 def test_a_run_resumes_at_another_matmul_precision_but_not_in_another_compute_dtype(small_data, tmp_path):
