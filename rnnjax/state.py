@@ -30,6 +30,9 @@ def takes_dtype(cell: Any) -> bool:
 def make_model(config: Config, vocab_size: int) -> RNNLM:
     """``RNNLM`` over ``config``'s cells (one ``RNN``, else a ``StackedRNN``), with the loss of the
     kernel ``rnnjax.kernels.choose`` picks (the parameters are the same for every kernel)."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be a whole number of tokens, at least 1 (len(data.vocab)), got "
+                         f"{vocab_size!r}.")
     kernel = kernels.choose(config)
     dtype = COMPUTE_DTYPES[config.compute_dtype]
     kwargs = {"nonlinearity": config.nonlinearity} if config.nonlinearity != "tanh" else {}

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +78,13 @@ def test_params_of_another_tree_kind_or_dtype_are_refused_naming_the_leaf(change
         state.check_params(change(params), TINY, 28)
     state.check_params(jax.tree.map(np.asarray, params), TINY, 28)     # NumPy float32 arrays are fine
     state.check_params(jax.tree.map(lambda x: np.asarray(x, np.float64), params), TINY, 28)   # JAX's float32
+
+
+@pytest.mark.parametrize("vocab_size", [0, -3, 2.5, True, "28"])
+def test_a_vocabulary_size_that_is_not_a_count_of_tokens_is_one_sentence(vocab_size):
+    with pytest.raises(ValueError, match=r"^vocab_size must be a whole number of tokens, at least 1 "
+                                         rf"\(len\(data\.vocab\)\), got {re.escape(repr(vocab_size))}\.$"):
+        create_train_state(TINY, vocab_size)
 
 
 def test_optimizer_clips_then_steps():
