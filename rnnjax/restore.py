@@ -78,7 +78,12 @@ def _read(path: Path, abstract: Any, params_only: bool) -> Any:
 
 @dataclasses.dataclass
 class Restored:
-    """A trained model from a checkpoint: enough to generate text or score one, nothing of the data."""
+    """A trained model from a checkpoint: enough to generate text or score one, nothing of the data.
+
+    ``vocab`` is an ``rnnjax.Vocab`` of the saved tokens, split as characters or words (``config.token``):
+    a run tokenized by a ``Vocab`` subclass of one's own gets it back with
+    ``dataclasses.replace(run, vocab=MyVocab.from_json(run.vocab.to_json()))``.
+    """
     config: Config
     vocab: Vocab
     params: Any
