@@ -160,7 +160,8 @@ def parser() -> Parser:
     p.add_argument("--ablations", action="store_true", default=None,
                    help="also rnnjax variants: what each lever pays")
     p.add_argument("--out", help="run folder for bench.json and sweep.png (default runs/bench-<time>): new, "
-                                 "empty or an earlier benchmark's, whose files are replaced")
+                                 "empty or an earlier benchmark's, whose files are replaced; with --json, "
+                                 "for --sweep's plot only")
     p.add_argument("--json", help="the results' JSON file (default OUT/bench.json): new or an earlier "
                                   "benchmark's, which is replaced; never another file")
     return p
