@@ -49,8 +49,8 @@ from experiments.device_summary import (MACHINE_INFO, NotWritten, check_out, des
 from experiments.parsing import Parser
 
 ROOT = Path(__file__).resolve().parent.parent
-# --quick: test files that show the part works, in seconds (the kernels' own tests take minutes on a CPU).
-QUICK_TESTS = ["tests/test_config.py", "tests/test_metrics.py", "tests/test_data.py"]
+# --quick: a test file that shows the part works, in seconds (the kernels' own tests take minutes on a CPU).
+QUICK_TESTS = ["tests/test_config.py"]
 QUICK_EPOCHS = 3
 # Per part, seconds: (on a GPU, with --quick). The whole run stops starting parts at --budget.
 TIMEOUTS = {"info": (120, 60), "tests": (240, 120), "recipe": (120, 60), "bench": (300, 150)}
@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a new (or empty) folder for the logs and summary.json")
     p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else ./timemachine.txt)")
     p.add_argument("--quick", action="store_true",
-                   help="a CPU-sized run in about a minute: a few test files, 3 epochs, the small sizes")
+                   help="a CPU-sized run in about a minute: one test file, 3 epochs, the small sizes")
     p.add_argument("--budget", type=float, default=540.0, metavar="SECONDS",
                    help="no part starts after this many seconds, and none runs past them (default 540)")
     args = p.parse_args(argv)
