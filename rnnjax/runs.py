@@ -93,8 +93,8 @@ def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path,
     ``fit``'s."""
     configs = _listed(configs)
     check_runs(configs)
-    check_per_run(configs)
     check_types(configs[0], data, workdir)
+    check_per_run(configs, len(data.vocab))
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     check_callbacks(progress, log)
     if plan is not None:

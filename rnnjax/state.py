@@ -99,7 +99,7 @@ def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
     seeds = jnp.array([c.seed for c in configs], jnp.uint32)        # each run's init as create_train_state's
     params = CompiledPerShape(jax.jit(jax.vmap(_init(model, configs[0].num_steps))),
                               init_compiler_options())(seeds)
-    check_per_run(configs)
+    check_per_run(configs, vocab_size)
     opt_states = [make_optimizer(c, per_run=True).init(jax.tree.map(lambda x: x[r], params))
                   for r, c in enumerate(configs)]
     tx = make_optimizer(configs[0], per_run=True)        # one function; each run's values are in its state
@@ -107,21 +107,26 @@ def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
                       opt_state=jax.tree.map(lambda *x: jnp.stack(x), *opt_states))
 
 
-def check_per_run(configs: list[Config]) -> None:
+def check_per_run(configs: list[Config], vocab_size: int) -> None:
     """``ValueError`` unless each run's optimizer state holds its own ``lr`` and ``clip`` where runs differ in
     them: one optimizer steps every run, so a replaced ``make_optimizer`` that ignores ``per_run`` would
-    train each at the first run's values, its records saying otherwise."""
-    for name, field in (("learning_rate", "lr"), ("max_norm", "clip")):
-        if len({getattr(c, field) for c in configs}) < 2:
-            continue
-        for c in configs:
-            opt_state = make_optimizer(c, per_run=True).init({"w": np.zeros(1, np.float32)})
+    train each at the first run's values, its records saying otherwise. Each is made for zeros of the
+    model's parameters (an optimizer may follow their tree)."""
+    changing = [(name, field) for name, field in (("learning_rate", "lr"), ("max_norm", "clip"))
+                if len({getattr(c, field) for c in configs}) > 1]
+    if not changing:
+        return
+    params = abstract_train_state(configs[0], vocab_size).params
+    zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params)
+    for c in configs:
+        opt_state = make_optimizer(c, per_run=True).init(zeros)
+        for name, field in changing:
             found = [float(v) for _, v in optax.tree_utils.tree_get_all_with_path(opt_state, name)]
             value = getattr(c, field)
-            if found != [float(np.float32(value))]:
+            if not found or any(v != float(np.float32(value)) for v in found):
                 raise ValueError(
                     f"Runs of different {field} train in one step only where rnnjax.state.make_optimizer("
-                    f"config, per_run=True) keeps {field} in its state, as {name!r} (optax."
+                    f"config, per_run=True) keeps each run's {field} in its state, as {name!r} (optax."
                     f"inject_hyperparams, as the stock one does); for a run of {field}={value} it holds "
                     f"{found or 'none'}.")
 

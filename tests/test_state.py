@@ -165,6 +165,18 @@ def test_runs_of_other_rates_need_an_optimizer_that_keeps_each_runs_own(small_da
     seeds = fit_runs(seeds, small_data, tmp_path / "seeds", devices=1, log=None)
     assert len(seeds.history) == 2
 
+    def grouped(config, per_run=False):
+        """Each run's lr in each group's state (twice), and a mask that follows the parameters' tree."""
+        sgd = optax.inject_hyperparams(optax.sgd)
+        decay = optax.masked(optax.add_decayed_weights(1e-4), lambda p: {"output_layer": False, "rnn": True})
+        return optax.chain(optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=config.clip), decay,
+                           optax.multi_transform({"out": sgd(learning_rate=config.lr),
+                                                  "rnn": sgd(learning_rate=config.lr)},
+                                                 lambda p: {"output_layer": "out", "rnn": "rnn"}))
+    monkeypatch.setattr(state, "make_optimizer", grouped)
+    rates = [TINY.replace(epochs=1), TINY.replace(epochs=1, seed=1, lr=2.0, clip=0.5)]
+    assert len(fit_runs(rates, small_data, tmp_path / "grouped", devices=1, log=None).history) == 2
+
 
 def test_a_cell_with_a_field_that_cannot_be_hashed_initializes(monkeypatch):
     """The compiled init is cached by model, which flax hashes by its fields: a list field failed."""
