@@ -190,12 +190,13 @@ def check_params(params: Any, config: Config, vocab_size: int) -> None:
 
 
 def check_model_params(params: Any, model: RNNLM) -> None:
-    """``check_params`` against the parameters ``model`` makes."""
+    """``check_params`` against the parameters ``model`` makes, of any floating dtype (for inference)."""
     if isinstance(params, Mapping) and set(params) == {"params"}:
         raise ValueError("Give the parameters themselves (a restored run's .params), not flax's variables "
                          "{'params': params}.")
     abstract = _abstract_params(model) if hashable(model) else _abstract_params.__wrapped__(model)
-    _check_fit(params, abstract, f"The parameters do not fit the model (vocabulary {model.vocab_size})")
+    _check_fit(params, abstract, f"The parameters do not fit the model (vocabulary {model.vocab_size})",
+               any_float=True)
 
 
 @functools.lru_cache(maxsize=16)
@@ -203,7 +204,9 @@ def _abstract_params(model: RNNLM) -> Any:
     return jax.eval_shape(_init(model, 1), np.uint32(0))
 
 
-def _check_fit(params: Any, abstract: Any, what: str) -> None:
+def _check_fit(params: Any, abstract: Any, what: str, any_float: bool = False) -> None:
+    """``check_params``' checks against ``abstract``; ``any_float``: parameters of any floating dtype (cast
+    for inference) pass."""
     def leaves(tree):       # by name: a FrozenDict's leaves are a dict's
         return {jax.tree_util.keystr(k): x for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
     expected, given = leaves(abstract), leaves(params)
@@ -224,6 +227,8 @@ def _check_fit(params: Any, abstract: Any, what: str) -> None:
                              f"{want.shape}.")
         if tuple(x.shape) != want.shape:
             raise ValueError(f"{what}: {name} has shape {tuple(x.shape)}, expected {want.shape}.")
+        if any_float and jnp.issubdtype(x.dtype, jnp.floating):
+            continue
         if jax.dtypes.canonicalize_dtype(x.dtype) != want.dtype:      # float64 is float32 to JAX (no x64)
             # bfloat16 parameters would train in bfloat16 throughout: compute_dtype is what does it right
             hint = ("; for bfloat16 matmuls keep float32 parameters and set Config.compute_dtype='bfloat16'"

@@ -107,6 +107,11 @@ def test_a_model_params_and_vocabulary_not_of_one_run_are_one_sentence(model_par
                                rf"\(32, {V}\)\.$")]:
         with pytest.raises(ValueError, match=message):
             predict(**{"model": model, "params": params, "vocab": VOCAB, **given}, prefix="it", num_preds=3)
+    for dtype in (jnp.bfloat16, jnp.float16):            # cast for inference: generates as before
+        cast = jax.tree.map(lambda x: x.astype(dtype), params)
+        assert predict(model, cast, VOCAB, "it", 3).startswith("it")
+    with pytest.raises(ValueError, match=r"is int32, expected float32; cast it to float32\.$"):
+        predict(model, jax.tree.map(lambda x: x.astype(jnp.int32), params), VOCAB, "it", 3)
 
 
 KEY = r"^key must be one JAX PRNG key, e.g. jax.random.key\(1\) or jax.random.PRNGKey\(1\), "
