@@ -55,9 +55,9 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
         try:
             return _resumed(args, saved)
         except ValueError:             # other settings than the flags': nothing trained is left behind
-            if args.text is None and "text_sha1" in saved[1]:     # no flag asked for another text: its own
+            if args.text is None and _own_text(saved[1]):     # no flag asked for another text: its own
                 raise
-            if (args.text is not None) == ("text_sha1" in saved[1]):      # the same kind of text
+            if (args.text is not None) == _own_text(saved[1]):      # the same kind of text
                 listed = any(getattr(args, k) is not None for k in config_lib.SWEEPABLE)
                 if len(saved[0]) > 1 and not listed:        # runs trained together: each of them
                     fixed = {k: v for k, v in flags.given(args).items() if k not in config_lib.SWEEPABLE}
@@ -91,9 +91,7 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
 def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Config], Path, bool]:
     """``settings`` of the run ``saved`` in ``args.workdir`` (``rnnjax.stored.saved_runs``'s)."""
     configs, vocab, source, together = saved
-    # The Time Machine tokenized otherwise than d2l (--token word, --preprocess raw) names its SHA-1 too.
-    own_text = vocab.get("text_sha1") not in (None, data.SHA1, data.PREPROCESSED_SHA1)
-    if own_text and args.text is None:
+    if _own_text(vocab) and args.text is None:
         raise ValueError(f"{args.workdir} holds a run trained on a text of your own (SHA-1 "
                          f"{vocab['text_sha1'][:12]}...): give that file again, --text PATH, to resume it.")
     if "text_sha1" not in vocab and args.text is not None:
@@ -102,6 +100,12 @@ def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Co
     resumed = flags.resumed_from_flags(args, configs, str(args.workdir))
     args.settings_from = source                # said as the run starts
     return resumed, args.workdir, together
+
+
+def _own_text(vocab: dict) -> bool:
+    """Whether a saved vocabulary's run trained on a text of the user's own: the Time Machine tokenized
+    otherwise than d2l (--token word, --preprocess raw) names its SHA-1 too."""
+    return vocab.get("text_sha1") not in (None, data.SHA1, data.PREPROCESSED_SHA1)
 
 
 def _no_checkpoint(workdir: Path) -> bool:

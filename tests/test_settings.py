@@ -148,6 +148,11 @@ def test_the_text_a_workdir_was_trained_on_is_asked_for(tmp_path):
         words = saved(tmp_path / f"words-{sha1[:4]}", [TINY.replace(token="word")], text_sha1=sha1)
         assert settings(cli.parse_args(["--workdir", words, "--epochs", "5"]))[0] == [
             TINY.replace(token="word", epochs=5)]
+        # With no checkpoint, other flags start anew there, as for d2l's tokens.
+        fresh = saved(tmp_path / f"fresh-{sha1[:4]}", [TINY.replace(token="word")], text_sha1=sha1,
+                      checkpointed=False)
+        args = cli.parse_args(["--workdir", fresh, "--lr", "2"])
+        assert settings(args)[0] == [TINY.replace(token="word", lr=2.0)] and args.anew
 
 
 def test_a_preset_given_or_a_workdir_without_a_run_takes_the_preset_and_the_flags(tmp_path):
