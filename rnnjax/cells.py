@@ -248,6 +248,13 @@ CELLS: dict[str, Callable[..., nn.Module]] = {"rnn": SimpleRNNCell, "gru": GRUCe
 OWN_CELLS = dict(CELLS)      # as rnnjax ships them: CELLS may gain (or swap in) a user's
 
 
+def is_own(cell: Any) -> bool:
+    """Whether ``cell`` (a class, or a ``functools.partial`` of one) is rnnjax's own cell or a subclass."""
+    while isinstance(cell, functools.partial):
+        cell = cell.func
+    return isinstance(cell, type) and issubclass(cell, tuple(OWN_CELLS.values()))
+
+
 def registered_as(name: str) -> str:
     """What ``CELLS[name]`` is, in words a checkpoint keeps and another process says alike: ``rnnjax's
     own``, a class's name, or a ``functools.partial``'s class and the arguments that differ from the

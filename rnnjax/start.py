@@ -20,7 +20,7 @@ import jax
 from rnnjax import (checkpoint, computing as computing_lib, kernels, lock as lock_lib, memory, metrics,
                     precision, stored, workdir as workdir_lib)
 from rnnjax.backend import available_cores, cpu_device_count_chosen
-from rnnjax.cells import CELLS, OWN_CELLS
+from rnnjax.cells import CELLS, is_own
 from rnnjax.config import SWEEPABLE, Config, check_is_config, disagreement, got, label, shown
 from rnnjax.data import WindowedText
 from rnnjax.meta import Position
@@ -111,7 +111,7 @@ class Plan:
                      f"{self.config.batch_size} does not divide over them")
         c = self.config
         matmuls = precision.describe(c.compute_dtype, c.matmul_precision, self.dp.devices[0],
-                                     takes_dtype(CELLS[c.cell]), CELLS[c.cell] in OWN_CELLS.values())
+                                     takes_dtype(CELLS[c.cell]), is_own(CELLS[c.cell]))
         return f"{what} on {devices}, {self.loss_path}, {matmuls}; writing to {self.workdir}{hint}"
 
 

@@ -39,7 +39,7 @@ def test_benchmark_smoke(real_text_path, tmp_path, capsys):
         assert r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 and r["gflops"] > 0 and r["compile_s"] > 0
     assert result["ratio_step_vs_flax"] > 0
     assert ("ratio_step_vs_torch_lean" in result) == benchmark.torch_available()
-    assert result["machine"]["backend"] == "cpu" and result["machine"]["versions"]["jaxlib"]
+    assert result["machine"]["backend"] == jax.default_backend() and result["machine"]["versions"]["jaxlib"]
     assert result["generation"]["ratio"] > 1
     assert result["compile_cache"]["warm_cache_s"] > 0
     runs = result["runs"]                                    # --runs 2: two seeds in one program
@@ -47,7 +47,8 @@ def test_benchmark_smoke(real_text_path, tmp_path, capsys):
     assert (result["rounds"], result["steps"], result["recipe_rounds"]) == (1, 2, 0)   # what they are of
     mb = {name: r["step_mb"] for name, r in result["contenders"].items()}
     assert mb["rnnjax"] > 0 and mb["flax"] > 0 and result["ratio_memory_vs_flax"] == mb["flax"] / mb["rnnjax"]
-    assert all(mb[t] is None for t in torch & names)          # its CPU allocator keeps no peak
+    on_cpu = result["machine"]["torch_device"] == "cpu"        # its CPU allocator keeps no peak
+    assert all((mb[t] is None) == on_cpu for t in torch & names)
     out = capsys.readouterr().out
     assert "rnnjax's step is" in out and "2 seeds in one program: a step of all of them is" in out
     assert "rnnjax's step allocates" in out and "flax's" in out
@@ -403,11 +404,17 @@ def test_torchs_step_memory_is_its_cuda_allocators_peak_over_a_step():
     def a_step(n):                                # its peak 48 MB above, freed as it ends
         said.append(f"{n} step")
         cuda.peak = cuda.allocated + 48 * MB
+
+    def zero_grad(set_to_none):                   # the last step's gradients, 10 MB, freed: the step's count
+        said.append(f"gradients freed: {set_to_none}")
+        cuda.allocated -= 10 * MB
     lean = torch_contenders.TorchLean()
     lean.torch, lean.device, lean.steps = SimpleNamespace(cuda=cuda), "cuda", a_step
-    assert lean.step_memory_mb() == 48.0 and said == ["sync", "reset", "1 step"]
+    lean.model = (None, None, [], SimpleNamespace(zero_grad=zero_grad))
+    assert lean.step_memory_mb() == 48.0
+    assert said == ["gradients freed: True", "sync", "reset", "1 step"] and cuda.allocated == 90 * MB
     lean.device = "cpu"
-    assert lean.step_memory_mb() is None and len(said) == 3
+    assert lean.step_memory_mb() is None and len(said) == 4
 
 
 class _Fake(Contender):

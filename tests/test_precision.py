@@ -172,7 +172,7 @@ def test_describe_says_what_the_matmuls_do_on_each_backend():
         assert describe("bfloat16", "default", gpu("9.0")) == "bfloat16 matmuls accumulated in float32"
         assert describe("bfloat16", "default", cpu, cell_takes_dtype=False) == (
             "bfloat16 matmuls in the output layer, accumulated in float32 (the cell takes no dtype: float32)")
-        assert describe("bfloat16", "default", cpu, own_cell=False) == (      # flax's cells sum in bfloat16
+        assert describe("bfloat16", "default", cpu, own_cell=False) == (      # flax's return bfloat16
             "bfloat16 matmuls, the cell's in bfloat16 as it computes with dtype=bfloat16, the output layer's "
             "accumulated in float32")
     # "default" is what JAX is set to: conftest's highest here
@@ -198,13 +198,20 @@ def test_the_first_line_of_a_cell_not_rnnjaxs_says_which_matmuls_sum_in_bfloat16
     import flax.linen as nn
     from conftest import DenseCell
     from rnnjax import model as model_lib
-    for cell, takes in [(DenseCell, False), (nn.SimpleCell, True), (functools.partial(nn.SimpleCell), True)]:
+
+    class Mine(model_lib.LSTMCell):
+        pass
+    for cell, takes, own in [(DenseCell, False, False), (nn.SimpleCell, True, False),
+                             (functools.partial(nn.SimpleCell), True, False), (Mine, True, True),
+                             (functools.partial(model_lib.GRUCell), True, True)]:
         monkeypatch.setitem(model_lib.CELLS, "mine", cell)
         line = plan(TINY.replace(cell="mine", compute_dtype="bfloat16"), small_data, tmp_path,
                     devices=1).describe()
         assert ("bfloat16 matmuls in the output layer, accumulated in float32 (the cell takes no dtype: "
                 "float32); writing" in line) is not takes, line
-        assert ("the cell's in bfloat16 as it computes with dtype=bfloat16" in line) is takes, line
+        foreign = "the cell's in bfloat16 as it computes with dtype=bfloat16"
+        assert (foreign in line) is (takes and not own), line
+        assert ("bfloat16 matmuls accumulated in float32; writing" in line) is own, line
 
 
 def test_a_run_resumes_at_another_matmul_precision_but_not_in_another_compute_dtype(small_data, tmp_path):

@@ -108,7 +108,8 @@ class Rnnjax(Contender):
         dp = self.dp = DataParallel.create(self.devices)
         dp.check_batch_size(s.batch_size)
         self.state, self.tokens = dp.replicate(self._initial_state()), dp.replicate(data.tokens)
-        self.step = dp.compile(self._train,
+        # The state donated, as fit does: a step writes the new one over it.
+        self.step = dp.compile(self._train, donate_state=True,
                                compiler_options=compiler_options(s.batch_size, s.num_hiddens, dp.num_shards))
         self.windows = cycle(data.train_windows)
         self.first = first = self._next_call()
@@ -116,7 +117,7 @@ class Rnnjax(Contender):
         if hasattr(self.step, "executable"):      # compiled ahead of time (CPU): time the compile alone
             self.step.executable(self.state, self.tokens, first)
         else:
-            jax.block_until_ready(self.step(self.state, self.tokens, first))
+            self.state = jax.block_until_ready(self.step(self.state, self.tokens, first))[0]
         return time.perf_counter() - t0
 
     def step_memory_mb(self):
@@ -145,6 +146,7 @@ class Rnnjax(Contender):
             metrics.append(m)
             wait_for_backlog(metrics)     # as fit does: deep queues can deadlock a CPU all-reduce
         jax.block_until_ready(metrics)
+        self.state = state                # the one before was donated
         return calls * STEPS_PER_CALL
 
     def recipe(self):

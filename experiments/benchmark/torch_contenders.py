@@ -112,10 +112,11 @@ class _Torch(Contender):
         self._sync()
 
     def step_memory_mb(self):
-        """The CUDA allocator's peak over a step beyond what it held before (activations, gradients, cuDNN's
-        workspace); ``None`` on a CPU, where torch keeps no such count."""
+        """The CUDA allocator's peak over a step beyond what it held before, the last step's gradients freed
+        (activations, gradients, cuDNN's workspace); ``None`` on a CPU, where torch keeps no such count."""
         if self.device != "cuda":
             return None
+        self.model[3].zero_grad(set_to_none=True)
         cuda = self.torch.cuda
         cuda.synchronize()
         cuda.reset_peak_memory_stats()
