@@ -163,9 +163,9 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
 
 def check_callbacks(progress: Any, log: Any) -> None:
     """``TypeError`` in one sentence unless ``fit``'s (``fit_runs``') ``progress`` and ``log`` are functions
-    or ``None``: found before the workdir is made, not at the first call."""
+    or ``None`` (or ``False``: off too): found before the workdir is made, not at the first call."""
     for name, f in (("progress", progress), ("log", log)):
-        if f is not None and not callable(f):
+        if f is not None and f is not False and not callable(f):
             raise TypeError(f"{name} must be a function or None, got {got(f)}.")
 
 

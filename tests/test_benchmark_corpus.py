@@ -35,6 +35,7 @@ def test_prepare_reports_the_corpus(tmp_path, monkeypatch):
     (["--steps", "-10"], "--steps must be a positive multiple of 10"),
     (["--rounds", "0"], "--rounds must be at least 1, got 0"),
     (["--out", "a-file"], "--out must be a folder, got 'a-file'"),
+    (["--out", "a-file/sub"], "--out must be a folder, got 'a-file/sub'"),
     (["--data", "missing.txt"], "missing.txt"),
 ])
 def test_bad_arguments_are_one_line_before_any_text_is_made(tmp_path, monkeypatch, capsys, argv, message):

@@ -307,6 +307,8 @@ def test_fit_and_fit_runs_refuse_callbacks_that_are_not_functions_before_the_wor
     with pytest.raises(TypeError, match=message):
         runs.fit_runs([SMALL], small_data, tmp_path / "runs", devices=1, progress=progress, log=log)
     assert not os.listdir(tmp_path)
+    off = fit(SMALL.replace(epochs=1), small_data, tmp_path / "off", devices=1, progress=False, log=False)
+    assert len(off.history) == 1                          # False is off, as None is
 
 
 def test_data_whose_ids_leave_its_vocabulary_is_refused_before_the_workdir(small_data, tmp_path):

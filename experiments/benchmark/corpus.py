@@ -222,7 +222,9 @@ def check_args(p: Parser, args) -> tuple[list[int], str]:
                 f"{args.steps}")
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
-    if not args.out or (Path(args.out).exists() and not Path(args.out).is_dir()):
+    out = Path(args.out) if args.out else None
+    first = next((f for f in (out, *out.parents) if f.exists()), None) if out else None
+    if first is None or not first.is_dir():         # the folder, or the nearest of its parents, a file
         p.error(f"--out must be a folder, got {args.out!r}")
     tm = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or ""
     try:

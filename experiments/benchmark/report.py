@@ -42,7 +42,9 @@ def torch_said(info: dict) -> str:
     """Where PyTorch's contenders run, from ``machine_info()``: ``torch on cpu``, or why they do not."""
     if info["torch_device"]:
         return f"torch on {info['torch_device']}"
-    return f"torch not importable ({info['torch_error']})" if "torch_error" in info else "torch not installed"
+    if info["versions"].get("torch") is None:           # no distribution: its import error says no more
+        return "torch not installed"
+    return f"torch not importable ({info.get('torch_error')})"
 
 
 def table(results: dict, ref: str = "rnnjax") -> str:
