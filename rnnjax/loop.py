@@ -69,8 +69,10 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     perplexities); ``log`` says which of several runs stop. Raises
     ``NonFiniteLoss`` once every run has stopped (nothing of that epoch
     saved) and ``Interrupted`` after saving the last completed call's step.
-    ``ValueError`` before anything is written unless ``state`` is the plan's: the
-    parameters ``p.config`` makes (of each run, stacked), at the checkpoint's step
+
+    ``ValueError`` before it writes anything (``planned`` has made the workdir
+    and holds its lock) unless ``state`` is the plan's: the parameters
+    ``p.config`` makes (of each run, stacked), at the checkpoint's step
     (``p.state`` resumes) or, new, at step 0. Its optimizer may be another.
     """
     check_state(p, state, len(data.vocab))
