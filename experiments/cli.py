@@ -62,7 +62,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
                      help="how long a multi-host run waits for all its processes to join (default "
                           f"{parallel.JOIN_TIMEOUT_S})")
     run.add_argument("--predict", metavar="PREFIX",
-                     help="generate from the workdir's checkpoint; no training")
+                     help="generate from the workdir's checkpoint (without --workdir: of the run these "
+                          "flags train); no training")
     run.add_argument("--num-preds", type=int,
                      help="with --predict: tokens to generate, characters or words (default 20)")
     run.add_argument("--best", action="store_true",

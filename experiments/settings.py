@@ -88,6 +88,18 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
     return _resumed(args, saved)
 
 
+def trained_in(args: argparse.Namespace) -> Path:
+    """The workdir a training command of these flags writes (``settings``'), for ``--predict`` without
+    ``--workdir``: with ``--sample``, ``--seed`` seeds the draws, not a run."""
+    seed = args.seed
+    if args.sample:
+        args.seed = None
+    try:
+        return settings(args)[1]
+    finally:
+        args.seed = seed
+
+
 def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Config], Path, bool]:
     """``settings`` of the run ``saved`` in ``args.workdir`` (``rnnjax.stored.saved_runs``'s)."""
     configs, vocab, source, together = saved

@@ -72,8 +72,10 @@ def _disagreements(config: config_lib.Config, requested: dict) -> list[str]:
 
 
 def predict_only(args: argparse.Namespace) -> None:
-    if args.workdir is None:
-        raise checkpoint.CheckpointError("--predict needs the --workdir of a trained run.")
+    if getattr(args, "default_workdir", False) and not checkpoint.steps(args.workdir):
+        raise checkpoint.CheckpointError(
+            f"--predict without --workdir generates from the run these flags train, in {args.workdir}, which "
+            "holds none yet: train it first (the same command without --predict), or give its --workdir.")
     sampling = {}
     if args.sample:       # --seed seeds the draws here, not the model
         sampling = {"temperature": args.temperature, "top_k": args.top_k,
@@ -266,6 +268,9 @@ def _main(argv, parser_options: dict) -> int:
     try:
         args = cli.parse_args(argv, **parser_options)
         configs, workdir, several = settings.settings(args) if args.predict is None else (None, None, False)
+        args.default_workdir = args.predict is not None and args.workdir is None
+        if args.default_workdir:          # the run the same command without --predict trains
+            args.workdir = settings.trained_in(args)
         # ValueError too for a $JAX_NUM_CPU_DEVICES that JAX would fail on as it starts.
         batch_size = configs[0].batch_size if configs else config_lib.PRESETS[args.preset].batch_size
         backend.use_cpu_cores(batch_size, args.devices)

@@ -100,6 +100,15 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
     out = capsys.readouterr().out
     assert "nothing to train" in out and "epoch 3: train perplexity" in out and "bits per character" in out
 
+    # --predict with the training command's flags and no --workdir: the run that command trained.
+    assert timemachine.main(args + ["--predict", "it has"]) == 0
+    assert capsys.readouterr().err.startswith("from runs/tiny: checkpoint step 39 (after epoch 3")
+    assert timemachine.main(args + ["--lr", "2", "--predict", "it has"]) == 1
+    untrained = capsys.readouterr().err
+    assert untrained.startswith("error: --predict without --workdir generates from the run these flags "
+                                "train, in runs/tiny-") and untrained.endswith("or give its --workdir.\n")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny"]       # nothing made
+
     predict = ["--workdir", "runs/tiny", "--predict", "it has", "--num-preds", "40", "--no-compilation-cache"]
     assert timemachine.main(predict + ["--best"]) == 0
     best = min(timemachine.metrics.MetricsLog(tmp_path / "runs/tiny/metrics.jsonl").read(),
