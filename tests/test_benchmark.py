@@ -21,6 +21,7 @@ from experiments.benchmark import outputs, sizes, torch_contenders
 from experiments.benchmark.contenders import Contender, Rnnjax, Setting, xla_step_mb
 from experiments.benchmark.measure import machine_info, measure_steps
 from experiments.benchmark.report import ratio_lines, sizes_table, torch_said
+from rnnjax import kernels
 from rnnjax.data import TimeMachine
 from rnnjax.stops import Interrupted
 from rnnjax.lock import LOCKFILE, lock
@@ -341,6 +342,15 @@ def test_every_kernel_that_can_train_a_size_contends_and_cudnn_is_a_gpu_lstm_mea
     assert [c.name for c in bf16] == names[:3] + [sizes.BF16] + names[3:]
     assert bf16[3].overrides == {"kernel": "hoisted", "compute_dtype": "bfloat16"}
     assert "rnnjax cudnn" not in [c.name for c in sizes.contenders_at(lstm, 1, "cpu", bfloat16=True)]
+
+
+def test_the_ablations_time_each_kernel_but_the_one_rnnjax_trains_with_once():
+    from experiments.benchmark.main import ablation_variants
+    s = Setting(cell="lstm")
+    auto = kernels.choose(s.config)
+    names = [v.name for v in ablation_variants(s, 1)]
+    others = [f"rnnjax kernel={k}" for k in sizes.applicable_kernels(s, jax.default_backend()) if k != auto]
+    assert names == ["rnnjax", *others, "rnnjax unroll=8", "rnnjax unroll=32"] and len(others) >= 2
 
 
 def test_bfloat16s_ratio_is_hoisted_float32s_step_over_its_own():

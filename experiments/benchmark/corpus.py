@@ -4,7 +4,8 @@ Command::
 
     python -m experiments.benchmark.corpus [--sizes 1,10,100] [--data timemachine.txt]
 
-Runtime on a 2-core CPU: about 4 minutes. Each text is generated once into ``--out`` (default
+Runtime on a 2-core CPU: about 1 minute, more the first time (it generates the texts). Each text is
+generated once into ``--out`` (default
 ``runs/bench-corpus``): words of a Zipf-distributed vocabulary of 30,000
 made-up words, capitals, digits, punctuation, non-ASCII letters, lines.
 Each preparation runs in a fresh process (``rnnjax.corpus.Corpus``, a fresh

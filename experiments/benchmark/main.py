@@ -75,6 +75,14 @@ def run_sweep(args, data_path, rows: list[dict], saved=lambda: None, log=print) 
                 saved()
 
 
+def ablation_variants(s: Setting, devices: int | None) -> list[Rnnjax]:
+    """rnnjax as it trains, then each other kernel (the one auto picks again would time noise) and unrolls."""
+    auto = kernels.choose(s.config)
+    others = [k for k in applicable_kernels(s, jax.default_backend()) if k != auto]
+    return ([Rnnjax(devices)] + [Rnnjax(devices, kernel=k) for k in others]
+            + [Rnnjax(devices, unroll=8), Rnnjax(devices, unroll=32)])
+
+
 def measure_runs(args, s: Setting, data: TimeMachine) -> dict:
     """N seeds in one program (``rnnjax.runs``) against N sequential runs: steps and whole recipes."""
     one, many = Rnnjax(args.devices), RnnjaxRuns(args.runs, args.devices)
@@ -276,9 +284,7 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
         out["runs"] = measure_runs(args, s, data)
 
     if args.ablations:
-        variants = [Rnnjax(args.devices)] + [Rnnjax(args.devices, kernel=k)
-                                             for k in applicable_kernels(s, jax.default_backend())]
-        variants += [Rnnjax(args.devices, unroll=8), Rnnjax(args.devices, unroll=32)]
+        variants = ablation_variants(s, args.devices)
         print("ablations (interleaved):")
         out["ablations"] = measure_steps(variants, s, data, args.rounds, args.steps, keep_going=True)
         print(table(out["ablations"]))
