@@ -37,9 +37,10 @@ medians with min-max over the rounds and ratios against rnnjax.
 - ``measure.py``: steady-state steps, the memory a step allocates beyond what
   it is given (``step_mb``, on all its devices: XLA's count of the compiled
   program; PyTorch's CUDA allocator's peak, not measured on a CPU), whole
-  recipes (100 epochs, validation and compilation included), compiling in fresh processes with and without
-  the persistent cache, generation against d2l's loop of one model call
-  per character, and the machine (backend, device, versions).
+  recipes (100 epochs, validation and compilation included), compiling in
+  fresh processes with and without the persistent cache, generation against
+  d2l's loop of one model call per character, and the machine (backend,
+  device, versions).
 - ``sizes.py``: ``--sizes gpu`` (issue 26's sizes, the 2-layer LSTM 1024
   first) or ``--sizes small``: the step of every contender at each size,
   rnnjax with each applicable kernel, at the large LSTMs its hoisted kernel in
