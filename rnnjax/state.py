@@ -99,9 +99,9 @@ def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
     seeds = jnp.array([c.seed for c in configs], jnp.uint32)        # each run's init as create_train_state's
     params = CompiledPerShape(jax.jit(jax.vmap(_init(model, configs[0].num_steps))),
                               init_compiler_options())(seeds)
-    check_per_run(configs, vocab_size)
     opt_states = [make_optimizer(c, per_run=True).init(jax.tree.map(lambda x: x[r], params))
                   for r, c in enumerate(configs)]
+    _check_per_run(configs, opt_states)
     tx = make_optimizer(configs[0], per_run=True)        # one function; each run's values are in its state
     return TrainState(step=jnp.zeros(len(configs), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
                       opt_state=jax.tree.map(lambda *x: jnp.stack(x), *opt_states))
@@ -110,17 +110,25 @@ def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
 def check_per_run(configs: list[Config], vocab_size: int) -> None:
     """``ValueError`` unless each run's optimizer state holds its own ``lr`` and ``clip`` where runs differ in
     them: one optimizer steps every run, so a replaced ``make_optimizer`` that ignores ``per_run`` would
-    train each at the first run's values, its records saying otherwise. Each is made for zeros of the
-    model's parameters (an optimizer may follow their tree)."""
-    changing = [(name, field) for name, field in (("learning_rate", "lr"), ("max_norm", "clip"))
-                if len({getattr(c, field) for c in configs}) > 1]
-    if not changing:
+    train each at the first run's values, its records saying otherwise. Before any state is made
+    (``fit_runs``: before the workdir), each run's optimizer made for zeros of the model's parameters (an
+    optimizer may follow their tree); ``create_run_states`` checks the states it makes."""
+    if not _changing(configs):
         return
     params = abstract_train_state(configs[0], vocab_size).params
     zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params)
-    for c in configs:
-        opt_state = make_optimizer(c, per_run=True).init(zeros)
-        for name, field in changing:
+    _check_per_run(configs, [make_optimizer(c, per_run=True).init(zeros) for c in configs])
+
+
+def _changing(configs: list[Config]) -> list[tuple[str, str]]:
+    """The (optax name, ``Config`` field) of the hyperparameters the runs differ in."""
+    return [(name, field) for name, field in (("learning_rate", "lr"), ("max_norm", "clip"))
+            if len({getattr(c, field) for c in configs}) > 1]
+
+
+def _check_per_run(configs: list[Config], opt_states: list) -> None:
+    for name, field in _changing(configs):
+        for c, opt_state in zip(configs, opt_states):
             found = [float(v) for _, v in optax.tree_utils.tree_get_all_with_path(opt_state, name)]
             value = getattr(c, field)
             if not found or any(v != float(np.float32(value)) for v in found):

@@ -161,6 +161,8 @@ def test_runs_of_other_rates_need_an_optimizer_that_keeps_each_runs_own(small_da
                                              rf".*; for a run of {field}=1\.0 it holds none\.$"):
             fit_runs(configs, small_data, tmp_path / field, devices=1, log=None)
         assert not (tmp_path / field).exists()
+        with pytest.raises(ValueError, match=rf"^Runs of different {field} "):        # states made directly
+            state.create_run_states(configs, len(small_data.vocab))
     seeds = [TINY.replace(epochs=1), TINY.replace(epochs=1, seed=1)]         # the same lr and clip: any one
     seeds = fit_runs(seeds, small_data, tmp_path / "seeds", devices=1, log=None)
     assert len(seeds.history) == 2
