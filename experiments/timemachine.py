@@ -72,7 +72,7 @@ def _disagreements(config: config_lib.Config, requested: dict) -> list[str]:
 
 
 def predict_only(args: argparse.Namespace) -> None:
-    if getattr(args, "default_workdir", False) and not checkpoint.steps(args.workdir):
+    if args.default_workdir and not checkpoint.steps(args.workdir):
         raise checkpoint.CheckpointError(
             f"--predict without --workdir generates from the run these flags train, in {args.workdir}, which "
             "holds none yet: train it first (the same command without --predict), or give its --workdir.")
