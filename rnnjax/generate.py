@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax.config import whole
+from rnnjax.config import got, whole
 from rnnjax.model import RNNLM, hashable
 from rnnjax.state import check_model_params
 from rnnjax.vocab import Vocab
@@ -145,9 +145,9 @@ def _decoders(model: RNNLM) -> tuple[Callable, Callable]:
 def check_model(model: RNNLM, params: Any, vocab: Vocab) -> None:
     """``ValueError`` in one sentence unless ``params`` and ``vocab`` are ``model``'s (a run's own three)."""
     if not isinstance(model, RNNLM):
-        raise ValueError(f"model must be an RNNLM (a restored run's .model), got a {type(model).__name__}.")
+        raise ValueError(f"model must be an RNNLM (a restored run's .model), got {got(model)}.")
     if not isinstance(vocab, Vocab):
-        raise ValueError(f"vocab must be a Vocab (a restored run's .vocab), got a {type(vocab).__name__}.")
+        raise ValueError(f"vocab must be a Vocab (a restored run's .vocab), got {got(vocab)}.")
     if len(vocab) != model.vocab_size:
         raise ValueError(f"The vocabulary has {len(vocab)} tokens, the model {model.vocab_size}: give the "
                          f"run's own (its .vocab).")

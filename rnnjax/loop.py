@@ -28,7 +28,7 @@ import numpy as np
 
 from rnnjax import checkpoint, computing as computing_lib, meta as meta_lib, metrics as metrics_lib
 from rnnjax.backend import compiler_options
-from rnnjax.config import SWEEPABLE
+from rnnjax.config import SWEEPABLE, got
 from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
@@ -191,8 +191,8 @@ def check_state(p: Plan, state: Any, vocab_size: int) -> None:
     """``ValueError`` in one sentence unless ``state`` can train plan ``p`` (``run``'s docstring)."""
     params, step = getattr(state, "params", None), getattr(state, "step", None)
     if params is None or step is None:
-        raise ValueError(f"loop.run trains a TrainState (rnnjax.state.create_train_state), not a "
-                         f"{type(state).__name__}.")
+        raise ValueError(f"loop.run trains a TrainState (rnnjax.state.create_train_state), not "
+                         f"{got(state)}.")
     if p.runs:
         if {np.shape(x)[:1] for x in jax.tree.leaves(params)} != {(len(p.runs),)}:
             raise ValueError(f"The state does not hold {len(p.runs)} runs' parameters stacked on a first "
