@@ -176,6 +176,10 @@ def real_text_path():
     return REAL_TEXT
 
 
+# For a child whose figures no test reads: the suite's compile flags kept (above), so it compiles faster.
+SUITE_XLA_FLAGS = {"XLA_FLAGS": os.environ["XLA_FLAGS"]} if "XLA_FLAGS" in os.environ else {}
+
+
 def user_env(**overrides: str) -> dict[str, str]:
     """This process's environment without its device settings (not this session's four
     devices), plus ``overrides``: what a fresh interpreter of a user's would see."""

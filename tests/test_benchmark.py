@@ -3,7 +3,6 @@ report reads right."""
 
 import importlib.abc
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from conftest import small_text
+from conftest import SUITE_XLA_FLAGS, small_text
 from experiments import benchmark
 from experiments.benchmark import outputs, sizes, torch_contenders
 from experiments.benchmark.contenders import Contender, Rnnjax, Setting, xla_step_mb
@@ -276,12 +275,12 @@ def test_a_signal_stops_the_command_with_one_line_and_128_plus_the_signal(real_t
     """While JAX loads (0.5 s in: the package's import), or once the first size is written: no
     traceback, and bench.json keeps that size."""
     path = tmp_path / "b.json"
-    # The suite's compile flags (conftest), kept: no figure is read, and the first size is written sooner.
-    flags = {"XLA_FLAGS": os.environ["XLA_FLAGS"]} if "XLA_FLAGS" in os.environ else {}
+    # No figure is read: the suite's compile flags write the first size sooner.
     proc = subprocess.Popen([sys.executable, "-m", "experiments.benchmark", "--sizes", "small", "--rounds",
                              "1", "--steps", "1", "--devices", "1", "--data", real_text_path, "--json",
-                             str(path)], cwd=Path(benchmark.__file__).parents[2], env=fresh_env(**flags),
-                            text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             str(path)], cwd=Path(benchmark.__file__).parents[2],
+                            env=fresh_env(**SUITE_XLA_FLAGS), text=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     deadline = time.monotonic() + (0.5 if when == "loading" else 240)
     while time.monotonic() < deadline and not path.exists() and proc.poll() is None:
         time.sleep(0.1)

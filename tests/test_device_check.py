@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SUITE_XLA_FLAGS
 from experiments import device_check, device_summary
 from experiments.benchmark import sizes, torch_available
 from rnnjax import kernels
@@ -25,11 +26,10 @@ from rnnjax.data import TimeMachine
 @pytest.mark.slow
 def test_quick_check_writes_a_summary_of_real_figures(real_text_path, tmp_path, fresh_env):
     out = tmp_path / "check"
-    # The suite's compile flags (conftest), kept: this shows the command works, its figures are not read.
-    flags = {"XLA_FLAGS": os.environ["XLA_FLAGS"]} if "XLA_FLAGS" in os.environ else {}
+    # This shows the command works, its figures are not read.
     proc = subprocess.run([sys.executable, "-m", "experiments.device_check", "--out", str(out), "--quick",
-                           "--data", real_text_path], env=fresh_env(**flags), capture_output=True, text=True,
-                          timeout=600)
+                           "--data", real_text_path], env=fresh_env(**SUITE_XLA_FLAGS), capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"] == "cpu" and summary["device_kind"]
