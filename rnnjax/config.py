@@ -9,6 +9,7 @@ Every ``Config`` field is a flag of ``python -m experiments.timemachine``
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import numbers
 import operator
@@ -176,10 +177,23 @@ class Config:
 
     @classmethod
     def from_json(cls, d: dict) -> Config:
-        names = {f.name for f in dataclasses.fields(cls)}
+        """The config ``to_json`` gave, or one an older rnnjax saved (fields it lacked take their defaults;
+        ``fused``, the one field ever removed, becomes ``kernel``). A key no rnnjax ever wrote is a
+        ``ConfigError``: a misspelt field would otherwise train with its default."""
+        if not isinstance(d, dict):
+            raise TypeError(f"Config.from_json takes a dict, as to_json gives, not {got(d)}.")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in d if k not in names and k not in _REMOVED]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f"; its fields are {', '.join(names)}"
+            raise ConfigError(f"a Config has no field {unknown[0]!r}{hint}.")
         if d.get("fused") is False and "kernel" not in d:      # saved before Config.kernel
             d = {**d, "kernel": "plain"}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_REMOVED = ("fused",)           # fields older rnnjax saved that Config has since dropped: read, ignored
 
 
 PRESETS: dict[str, Config] = {

@@ -12,7 +12,13 @@ def test_json_round_trip_and_old_checkpoints_without_new_fields():
     config = Config(num_hiddens=8, seed=3, kernel="plain")
     assert Config.from_json(config.to_json()) == config
     old = {k: v for k, v in Config().to_json().items() if k not in ("cell", "kernel")}
-    assert Config.from_json({**old, "removed_field": 1}) == Config()
+    misspelt = r"^a Config has no field 'num_hidden' \(did you mean num_hiddens\?\)\.$"
+    with pytest.raises(ConfigError, match=misspelt):
+        Config.from_json({**old, "num_hidden": 64})        # would train with 32 units, the default
+    with pytest.raises(ConfigError, match=r"^a Config has no field 'zzz'; its fields are batch_size, "):
+        Config.from_json({**old, "zzz": 1})
+    with pytest.raises(TypeError, match=r"^Config.from_json takes a dict, as to_json gives, not a str\.$"):
+        Config.from_json("config.json")
     # saved before Config.kernel: the fused flag it replaced
     assert Config.from_json({**old, "fused": False}) == Config(kernel="plain")
     assert Config.from_json({**old, "fused": True}) == Config()
