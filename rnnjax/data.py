@@ -194,6 +194,19 @@ class WindowedText:
         those numbers, where a text is split as d2l splits it."""
         return num_train, num_val
 
+    def check_tokens(self) -> None:
+        """``ValueError`` in one sentence unless every id is in the vocabulary (one past it one-hots to
+        nothing, a NaN loss) and every window lies within ``tokens`` (a gather on a device would clamp)."""
+        low, high = (int(self.tokens.min()), int(self.tokens.max())) if len(self.tokens) else (0, 0)
+        if low < 0 or high >= len(self.vocab):
+            raise ValueError(f"data.tokens holds the id {high if high >= len(self.vocab) else low}, outside "
+                             f"its vocabulary's {len(self.vocab)} tokens (ids 0 to {len(self.vocab) - 1}).")
+        need = max(self.num_train - 1, int(np.max(self.val_starts(), initial=0))) + self.num_steps + 1
+        if need > len(self.tokens):
+            raise ValueError(f"data.tokens has {len(self.tokens)} tokens, and its windows of num_steps + 1 = "
+                             f"{self.num_steps + 1} (num_train {self.num_train} and the validation windows) "
+                             f"need {need}.")
+
     def check_made_for(self, config) -> None:
         """``ValueError`` in one sentence unless these are the batches ``config`` trains on: a resume, which
         remakes the data from config.json, would otherwise train and validate on other windows."""

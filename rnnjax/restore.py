@@ -112,6 +112,7 @@ class Restored:
         if data.vocab.idx_to_token != self.vocab.idx_to_token:
             raise ValueError("The data is in another vocabulary than the run's: load it with "
                              "rnnjax.corpus.load(config, text=..., vocab=run.vocab).")
+        data.check_tokens()
         config = self.config
         try:
             kernels.check(config)

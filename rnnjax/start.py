@@ -161,10 +161,7 @@ def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: i
     dp = check_arguments(config, workdir, devices=devices, runs=runs)
     if data.num_val < 1:
         raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
-    low, high = (int(data.tokens.min()), int(data.tokens.max())) if len(data.tokens) else (0, 0)
-    if low < 0 or high >= len(data.vocab):      # a text of one's own: each id would one-hot to nothing
-        raise ValueError(f"data.tokens holds the id {high if high >= len(data.vocab) else low}, outside its "
-                         f"vocabulary's {len(data.vocab)} tokens (ids 0 to {len(data.vocab) - 1}).")
+    data.check_tokens()
     data.check_made_for(config)
     per_epoch = data.num_batches(True)
     if config.epochs * per_epoch >= 2 ** 31:        # the state's step counter is an int32

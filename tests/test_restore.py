@@ -1,5 +1,6 @@
 """``rnnjax.restore``: a run's checkpoints read back for inference, whole or not at all."""
 
+import copy
 import dataclasses
 import os
 import re
@@ -295,6 +296,10 @@ def test_a_restored_run_scores_data_as_its_run_validated(small_data, tmp_path):
     with pytest.raises(TypeError, match=r"^perplexity scores a WindowedText \(rnnjax\.corpus\.load\(config, "
                                         r"text=PATH, vocab=run\.vocab\) reads one\), got a str\.$"):
         run.perplexity("the time traveller")
+    short = copy.copy(small_data)
+    short.corpus = small_data.corpus[:len(small_data.tokens) - 1]
+    with pytest.raises(ValueError, match=r"^data\.tokens has \d+ tokens, and its windows of num_steps"):
+        run.perplexity(short)                           # was an IndexError
     with pytest.raises(TypeError, match=r"^vocab must be an rnnjax Vocab \(a restored run's \.vocab\), got a "
                                         r"list\.$"):
         corpus.load(TINY, vocab=run.vocab.idx_to_token)

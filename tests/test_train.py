@@ -321,3 +321,16 @@ def test_data_whose_ids_leave_its_vocabulary_is_refused_before_the_workdir(small
                                              rf"{len(small_data.vocab)} tokens \(ids 0 to "):
             fit(SMALL, data, tmp_path / "w", devices=1, log=None)
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("short", [0, SMALL.num_val])
+def test_data_whose_windows_run_past_its_tokens_is_refused_before_the_workdir(small_data, tmp_path, short):
+    """A WindowedText of one's own: it was an IndexError after the workdir (a gather on a device clamps)."""
+    data = copy.copy(small_data)
+    data.corpus = small_data.corpus[:len(small_data.tokens) - 1 - short]
+    need = SMALL.num_train + SMALL.num_val + SMALL.num_steps
+    with pytest.raises(ValueError, match=rf"^data\.tokens has {need - 1 - short} tokens, and its windows of "
+                                         rf"num_steps \+ 1 = {SMALL.num_steps + 1} \(num_train "
+                                         rf"{SMALL.num_train} and the validation windows\) need {need}\.$"):
+        fit(SMALL, data, tmp_path / "w", devices=1, log=None)
+    assert not os.listdir(tmp_path)
