@@ -163,6 +163,7 @@ def lock(workdir: Path, flag: str = "--workdir") -> Iterator[Held]:
     """Holds ``workdir``'s lock (making the workdir) for the ``with`` block, as a ``Held``;
     ``WorkdirError`` if held, naming ``flag`` (what the command gives another folder with)."""
     _check_lockfile(workdir / LOCKFILE, flag)
+    made = _first_missing(workdir.absolute())
     fds: list[int] = []
     try:
         try:
@@ -180,5 +181,30 @@ def lock(workdir: Path, flag: str = "--workdir") -> Iterator[Held]:
             raise WorkdirError(f"The workdir {workdir} cannot be written ({describe(e)}).") from None
         yield Held(workdir, fds)
     finally:                        # closing the files releases the locks
+        if made is not None and fds:
+            _remove_unused(workdir.absolute(), made)
         for fd in fds:
             os.close(fd)
+
+
+def _first_missing(workdir: Path) -> Path | None:
+    """The outermost of ``workdir`` and its parents that is not there yet (what ``lock`` makes), if any."""
+    missing = None
+    for path in (workdir, *workdir.parents):
+        if os.path.lexists(path):
+            return missing
+        missing = path
+    return missing
+
+
+def _remove_unused(workdir: Path, made: Path) -> None:
+    """Removes the folders ``lock`` made, up to ``made``, where the run wrote nothing but the lock file (a
+    run refused after ``lock``, as ``loop.run`` refuses a state): still locked, so no other run is in."""
+    with contextlib.suppress(OSError):
+        if os.listdir(workdir) != [LOCKFILE]:
+            return
+        os.unlink(workdir / LOCKFILE)
+        for path in (workdir, *workdir.parents):
+            os.rmdir(path)
+            if path == made:
+                return

@@ -28,6 +28,22 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     lock.check_unlocked(tmp_path / "w")
 
 
+def test_folders_the_lock_made_are_removed_again_where_nothing_else_was_written(tmp_path):
+    """A run refused once it holds the lock (loop.run refuses a state) leaves no workdir behind."""
+    with lock.lock(tmp_path / "a" / "b" / "w"):
+        assert os.listdir(tmp_path / "a" / "b" / "w") == [LOCKFILE]
+    assert os.listdir(tmp_path) == []
+    with lock.lock(tmp_path / "a" / "w"):
+        (tmp_path / "a" / "w" / CONFIG).write_text("{}")
+    assert sorted(os.listdir(tmp_path / "a" / "w")) == [LOCKFILE, CONFIG]       # a run's: kept
+    with lock.lock(tmp_path / "a" / "w"):       # there before: kept as it was
+        pass
+    (tmp_path / "a" / "w" / CONFIG).unlink()
+    with lock.lock(tmp_path / "a" / "w"):
+        pass
+    assert os.listdir(tmp_path / "a" / "w") == [LOCKFILE]
+
+
 @pytest.mark.parametrize("how", ["removed", "replaced"])
 def test_a_lock_file_removed_or_replaced_lets_no_second_writer_in(tmp_path, how):
     """The lock was the lock file's alone: removed, a second writer locked a new one and both wrote."""

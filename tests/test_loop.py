@@ -258,7 +258,7 @@ def test_a_state_that_is_not_the_plans_is_refused_before_anything_is_written(dat
         run_with(new, config, lambda p: create_train_state(config, V).replace(step=7))
     with pytest.raises(ValueError, match=r"^loop.run trains a TrainState .*, not a dict\.$"):
         run_with(new, config, lambda p: {"params": create_train_state(config, V).params})
-    assert not (new / "checkpoints").exists() and not (new / metrics.FILENAME).exists()
+    assert not new.exists()                 # the workdir planned made is gone again, lock file and all
 
     done = fit(config, data, tmp_path / "old", devices=1, log=None)
     before = stored.steps(tmp_path / "old")
@@ -271,5 +271,6 @@ def test_a_state_that_is_not_the_plans_is_refused_before_anything_is_written(dat
     with pytest.raises(ValueError, match=r"does not hold 2 runs' parameters stacked"):
         with planned(config, data, tmp_path / "runs", devices=1, runs=[config, config.replace(seed=1)]) as p:
             loop.run(p, data, create_train_state(config, V), runs.train_runs, runs.eval_runs)
+    assert sorted(os.listdir(tmp_path)) == ["old"]
     resumed = run_with(tmp_path / "old", longer, lambda p: p.state)           # the plan's own state trains on
     assert [r["epoch"] for r in resumed.history] == [1, 2]

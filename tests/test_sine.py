@@ -110,6 +110,7 @@ def test_an_earlier_run_s_files_are_not_overwritten(tmp_path, capsys, monkeypatc
 def test_one_run_writes_a_workdir_at_a_time_and_one_done_meanwhile_stays(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sine, "run_seeds", lambda *a, **k: pytest.fail("ran"))
     w = tmp_path / "w"
+    w.mkdir()
     with lock(w):                       # another run writing there
         assert sine.main(["--workdir", str(w)]) == 1
         assert capsys.readouterr().err.startswith(f"error: The workdir {w} is in use by ")
@@ -176,7 +177,7 @@ def test_a_full_disk_names_the_figure_and_the_same_command_runs_again(tmp_path, 
     assert capsys.readouterr().err == (f"error: {workdir / 'sine-multistep.png'} cannot be written (No space "
                                        "left on device); free space (or fix the cause) and run the same "
                                        "command again.\n")
-    assert [p.name for p in workdir.iterdir()] == [LOCKFILE]          # the lock file stays, unlocked
+    assert not workdir.exists()             # the half-written figure removed, the folder it made with it
     full[0] = False
     assert sine.main(["--workdir", str(workdir), "--seeds", "0,1"]) == 0
     assert sorted(p.name for p in workdir.iterdir()) == sorted((*sine.FIGURES, sine.RESULTS, LOCKFILE))
