@@ -35,8 +35,8 @@ from rnnjax.precision import at_precision
 from rnnjax.meta import Position
 from rnnjax.start import Plan
 from rnnjax.state import check_params
-from rnnjax.stops import (Interrupted, LostProcess, StoppedRuns, catch_signals, check_divergence,
-                          check_finite)
+from rnnjax.stops import (Interrupted, LostProcess, NonFiniteLoss, StoppedRuns, catch_signals,
+                          check_divergence, check_finite)
 from rnnjax.workdir import WorkdirError
 
 # Epochs between checkpoints: a save costs a good part of a d2l epoch (docs/performance.md).
@@ -68,10 +68,11 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     total, record_or_None)`` after every call and epoch (of runs, their mean
     perplexities); ``log`` says which of several runs stop. Raises
     ``NonFiniteLoss`` once every run has stopped (nothing of that epoch
-    saved) and ``Interrupted`` after saving the last completed call's step.
+    saved, but the line in metrics.jsonl of a run its perplexity stopped)
+    and ``Interrupted`` after saving the last completed call's step.
 
-    ``ValueError`` before it writes anything (``planned`` has made the workdir
-    and holds its lock) unless ``state`` is the plan's: the parameters
+    ``ValueError`` before it writes anything (a workdir ``planned`` made
+    goes again with its lock) unless ``state`` is the plan's: the parameters
     ``p.config`` makes (of each run, stacked), at the checkpoint's step
     (``p.state`` resumes) or, new, at step 0. Its optimizer may be another.
     """
@@ -154,23 +155,25 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                 raise _stopped(manager, signum, stop.signum, epoch, batch, steps_per_epoch, done, workdir)
             val = per_run(dp.unreplicate(evaluate(state, val_batches)))
             seconds = time.perf_counter() - t0
-            records = []
+            records, last = [], []      # of runs that train on; of those this epoch stopped (logged first)
             for r in stops.live:
                 record = metrics_lib.epoch_record(epoch + 1, done, sums[r], steps_per_epoch,
                                                   float(val["loss_sum"][r]) / float(val["count"][r]), seconds)
                 if several:
                     record = {"run": r, **{k: getattr(configs[r], k) for k in SWEEPABLE}, **record}
-                far_off = stops.check(r, check_divergence, record, high[r], len(data.vocab))
+                try:
+                    far_off = stops.check(r, check_divergence, record, high[r], len(data.vocab))
+                except NonFiniteLoss:       # a single run diverged: its last epoch logged as the others were
+                    _log(check_lock, metrics_log, [record])
+                    raise
                 high[r] = high[r] + 1 if far_off else 0
-                if stops.why[r] is None:
-                    records.append(record)
+                (records if stops.why[r] is None else last).append(record)
+            _log(check_lock, metrics_log, last)
             stops.check_any_live()
             # One caught during validation saves this epoch and stops (every process: they agree again).
             signum = agreed(stop.signum)
             # The records first: a crash between the two leaves them past the checkpoint; resume drops them.
-            check_lock()
-            for record in records:
-                metrics_log.append(record)
+            _log(check_lock, metrics_log, records)
             if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or signum is not None:
                 save(epoch + 1, 0, [{} for _ in configs], records)
             if progress:
@@ -206,6 +209,13 @@ def check_state(p: Plan, state: Any, vocab_size: int) -> None:
             f"The state is at step {', '.join(map(str, steps))}, the planned run at {want}: " + (
                 "a new run starts at step 0 (state.replace(step=0))." if p.step is None else
                 f"it resumes from {p.workdir}'s checkpoint, whose state is the plan's (Plan.state)."))
+
+
+def _log(check_lock: Callable, metrics_log: metrics_lib.MetricsLog, records: list[dict]) -> None:
+    if records:
+        check_lock()
+        for record in records:
+            metrics_log.append(record)
 
 
 def _finite(x: float | None) -> float | None:

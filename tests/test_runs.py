@@ -1,6 +1,7 @@
 """Many runs in one program (``rnnjax.runs``): each the run it would be alone, resumed exactly."""
 
 import copy
+import math
 import os
 import signal
 
@@ -137,9 +138,10 @@ def test_a_diverging_run_stops_alone_and_stays_stopped(data10, tmp_path):
     result = runs.fit_runs(configs, data10, tmp_path / "w", devices=1, log=lines.append)
     assert result.stopped[0] is None
     assert "at epoch 1" in result.stopped[1] and any("run 1 (lr 1e6) stopped: " in line for line in lines)
-    assert [(r["run"], r["epoch"]) for r in result.history] == [(0, 1), (0, 2)]
+    assert [(r["run"], r["epoch"]) for r in result.history] == [(1, 1), (0, 1), (0, 2)]   # its last epoch too
+    assert result.history[0]["train_ppl"] == math.inf and result.history[0]["lr"] == 1e6
     single = alone(configs[0], data10, tmp_path / "alone", 1)
-    for a, b in zip(single.history, result.history):
+    for a, b in zip(single.history, result.history[1:]):
         assert np.isclose(a["val_loss"], b["val_loss"], rtol=1e-5)
     assert checkpoint.restore(tmp_path / "w", run=0).predict("the", 3).startswith("the")
     with pytest.raises(checkpoint.CheckpointError, match=r"Run 1 of .* stopped early \(.*at epoch 1"):
@@ -147,7 +149,7 @@ def test_a_diverging_run_stops_alone_and_stays_stopped(data10, tmp_path):
     resumed = runs.fit_runs([c.replace(epochs=3) for c in configs], data10, tmp_path / "w", devices=1,
                             log=None)
     assert resumed.stopped == result.stopped
-    assert [(r["run"], r["epoch"]) for r in resumed.history] == [(0, 1), (0, 2), (0, 3)]
+    assert [(r["run"], r["epoch"]) for r in resumed.history] == [(1, 1), (0, 1), (0, 2), (0, 3)]
 
 
 def test_when_every_run_stops_the_program_stops(data10, tmp_path):
@@ -209,3 +211,5 @@ def test_summary_of_the_last_epoch():
     table = runs.summary(history)
     assert table["train_ppl"] == {"mean": 9.0, "min": 8.0, "max": 10.0}
     assert table["val_ppl"]["max"] == 14.0 and table["val_bpc"]["mean"] == 4.0
+    diverged = {"run": 3, "epoch": 2, "train_ppl": math.inf, "val_ppl": math.inf, "val_bpc": math.inf}
+    assert runs.summary([*history, diverged], [None, None, None, "diverged"]) == table   # its last epoch out
