@@ -45,6 +45,7 @@ def test_benchmark_smoke(real_text_path, tmp_path, capsys):
     runs = result["runs"]                                    # --runs 2: two seeds in one program
     assert runs["num_runs"] == 2 and runs["ratio_vs_sequential"] > 0 and runs["ms_per_step_all"] > 0
     assert (result["rounds"], result["steps"], result["recipe_rounds"]) == (1, 2, 0)   # what they are of
+    assert result["complete"] is True
     mb = {name: r["step_mb"] for name, r in result["contenders"].items()}
     assert mb["rnnjax"] > 0 and mb["flax"] > 0 and result["ratio_memory_vs_flax"] == mb["flax"] / mb["rnnjax"]
     on_cpu = result["machine"]["torch_device"] == "cpu"        # its CPU allocator keeps no peak
@@ -230,6 +231,7 @@ def test_a_benchmark_cut_short_keeps_what_it_measured(bench_main, small_data, tm
                                        "what was measured before it.\n")
     kept = json.loads((tmp_path / "bench.json").read_text())
     assert kept["contenders"] == {"rnnjax": STEP} and "compile_cache" not in kept
+    assert kept["complete"] is False                 # a reader of the file alone can tell
 
 
 def test_a_sweep_cut_short_keeps_its_points_so_far(bench_main, small_data, tmp_path, capsys):
@@ -241,7 +243,8 @@ def test_a_sweep_cut_short_keeps_its_points_so_far(bench_main, small_data, tmp_p
         raise Interrupted("", signal.SIGINT)       # in the second point
     bench_main.faked(small_data, run_sweep=sweep, **LATER_PARTS)
     assert benchmark.main(["--recipe-rounds", "0", "--runs", "0", "--sweep", "--out", str(tmp_path)]) == 130
-    assert json.loads((tmp_path / "bench.json").read_text())["sweep"] == [row]
+    kept = json.loads((tmp_path / "bench.json").read_text())
+    assert kept["sweep"] == [row] and kept["complete"] is False
     assert "keeps what was measured before it" in capsys.readouterr().err
 
 
@@ -511,6 +514,7 @@ def test_run_sizes_writes_the_others_figures_before_cudnn_runs(small_data, tmp_p
     monkeypatch.setattr(sizes.kernels, "choose", lambda config, backend=None: "hoisted")
     out = sizes.run_sizes("tiny", None, path, log=lambda *_: None)
     before = cudnn.saw["sizes"][0]
+    assert cudnn.saw["complete"] is False and out["complete"] is True
     assert list(before["contenders"]) == ["rnnjax hoisted", sizes.BF16, "flax"]
     assert set(before["ratios"]) == {sizes.BF16, "flax"} and "bf16_ratio" in before
     after = json.loads(path.read_text())

@@ -241,7 +241,8 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
           f"{kernels.choose(s.config)!r}:")
     results = measure_steps(contenders, s, data, args.rounds, args.steps)
     out = {"setting": s.config.to_json(), "machine": info, "rounds": args.rounds, "steps": args.steps,
-           "recipe_rounds": args.recipe_rounds, "contenders": results, "ratio_meaning": RATIO_MEANING}
+           "recipe_rounds": args.recipe_rounds, "contenders": results, "ratio_meaning": RATIO_MEANING,
+           "complete": False}           # True once every part asked for is in: a stopped run's stays False
 
     def save():           # after each part, whole: a run cut short keeps what it measured
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -294,5 +295,6 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(out_dir / "sweep.png", save=lambda tmp: plot_sweep(out["sweep"], tmp))
         print(f"sweep plot: {out_dir / 'sweep.png'}")
+    out["complete"] = True
     save()
     print(f"wrote {json_path}")

@@ -96,7 +96,7 @@ def run_sizes(name: str, data_path: str | None, json_path: Path, devices: int | 
     backend = jax.default_backend()
     rounds, steps, warmup = rounds or ROUNDS[name][0], steps or ROUNDS[name][1], ROUNDS[name][2]
     out = {"sizes_set": name, "machine": machine_info(), "rounds": rounds, "steps": steps,
-           "ratio_meaning": RATIO_MEANING, "sizes": []}
+           "ratio_meaning": RATIO_MEANING, "sizes": [], "complete": False}    # True once every size is in
     if torch_problem():
         log(f"torch is not importable ({torch_problem()}): skipping PyTorch's contenders")
     log(f"training step, ms, {rounds} interleaved rounds of {steps} steps at each size "
@@ -125,6 +125,8 @@ def run_sizes(name: str, data_path: str | None, json_path: Path, devices: int | 
         log("  " + "  ".join(f"{n} " + (f"{r['ms_per_step']:.2f}" if "error" not in r else "failed")
                              for n, r in size["contenders"].items())
             + f"  ({size['seconds']:.0f} s): {s.label}")
+    out["complete"] = True
+    write_atomically(json_path, json.dumps(out, indent=1))
     log(sizes_table(out["sizes"]))
     for size in out["sizes"]:
         log(ratio_lines(size))
