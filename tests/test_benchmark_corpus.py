@@ -1,6 +1,8 @@
 """experiments.benchmark.corpus: its generated text, what a preparation reports (no timing here), its
 argument checks."""
 
+import json
+
 import pytest
 
 from experiments.benchmark import corpus as bench
@@ -47,3 +49,30 @@ def test_bad_arguments_are_one_line_before_any_text_is_made(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]        # nothing made
+
+
+@pytest.mark.parametrize("name", ["corpus.json", "text-1mb.txt", "notes.md"])
+def test_an_out_folder_holding_files_it_did_not_write_is_refused_and_kept(tmp_path, capsys, name):
+    """They were written over (corpus.json) or taken as the generated text (text-1mb.txt) without a word."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / name).write_text('{"mine": 1}')
+    with pytest.raises(SystemExit):
+        bench.main(["--sizes", "1", "--out", str(tmp_path / "out")])
+    assert capsys.readouterr().err.startswith(f"error: --out {tmp_path / 'out'} holds {name}, which this "
+                                              "benchmark did not write; give a new or empty folder (or an "
+                                              "earlier run's) (see python -m")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [name]
+    assert (tmp_path / "out" / name).read_text() == '{"mine": 1}'
+
+
+def test_a_text_is_made_once_and_made_again_if_changed(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "MB", 10_000)                 # 1 "MB": 10 kB
+    path = tmp_path / "text-1mb.txt"
+    assert bench.made(path, 1) and not bench.made(path, 1)
+    first = path.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["text-1mb.sha1", "text-1mb.txt"]
+    assert all(bench._ours(p) for p in tmp_path.iterdir())  # an earlier run's folder: used again
+    (tmp_path / "corpus.json").write_text(json.dumps({"machine": "m", "prepare": {}, "train": {}}))
+    assert bench._ours(tmp_path / "corpus.json")
+    path.write_bytes(first[:-10])                            # cut short or edited: made again, as it was
+    assert bench.made(path, 1) and path.read_bytes() == first

@@ -5,8 +5,9 @@ Command::
     python -m experiments.benchmark.corpus [--sizes 1,10,100] [--data timemachine.txt]
 
 Runtime on a 2-core CPU: about 1 minute, more the first time (it generates the texts). Each text is
-generated once into ``--out`` (default
-``runs/bench-corpus``): words of a Zipf-distributed vocabulary of 30,000
+generated once into ``--out`` (default ``runs/bench-corpus``; a new or empty
+folder, or an earlier run's, whose texts it reuses where their ``.sha1``
+still matches): words of a Zipf-distributed vocabulary of 30,000
 made-up words, capitals, digits, punctuation, non-ASCII letters, lines.
 Each preparation runs in a fresh process (``rnnjax.corpus.Corpus``, a fresh
 cache, then the same again: the cache hit), which reports its seconds and its
@@ -22,10 +23,12 @@ Writes ``corpus.json``; figures and the command that made them are in
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import itertools
+import re
 import resource
 import signal
 import statistics
@@ -63,6 +66,38 @@ def generate(path: Path, size: int, seed: int = 0) -> None:
                 f.write(chunk[: max(chunk.rfind(b" ", 0, size - written), 0)])
                 break
             written += f.write(chunk)
+
+
+def made(path: Path, size: int) -> bool:
+    """Makes text ``path`` of ``size`` MB unless an earlier run made it (its SHA-1 beside it, in
+    ``path.sha1``, still matches); whether it made it."""
+    sha1 = path.with_suffix(".sha1")
+    if path.is_file() and sha1.is_file() and sha1.read_text().strip() == _sha1(path):
+        return False
+    sha1.unlink(missing_ok=True)
+    write_atomically(path, save=lambda tmp: generate(Path(tmp), size * MB, seed=size))
+    write_atomically(sha1, _sha1(path) + "\n")
+    return True
+
+
+def _sha1(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is one this benchmark writes into ``--out``: a text with its SHA-1 beside it (or the
+    SHA-1), or corpus.json."""
+    if re.fullmatch(r"(text-\d+mb\.(txt|sha1)|corpus\.json)\.tmp", path.name):      # a write cut short
+        return True
+    text = re.fullmatch(r"(text-\d+mb)\.(txt|sha1)", path.name)
+    if text:
+        return (path.parent / f"{text[1]}.sha1").is_file()
+    try:
+        held = json.loads(path.read_text()) if path.name == "corpus.json" else {}
+        return {"machine", "prepare", "train"} <= held.keys()
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def peak_rss_mb() -> float:
@@ -154,7 +189,8 @@ def main(argv=None) -> dict:
                    help="steps a round of the training runs, a multiple of 10 (default 100)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--data", help="timemachine.txt, to train on it alike (else $RNNJAX_TIMEMACHINE)")
-    p.add_argument("--out", default="runs/bench-corpus", help="where the texts and corpus.json go")
+    p.add_argument("--out", default="runs/bench-corpus", help="where the texts and corpus.json go: a new or "
+                   "empty folder, or an earlier run's (default runs/bench-corpus)")
     p.add_argument("--prepare", nargs=2, metavar=("PATH", "TOKEN"), help=argparse.SUPPRESS)
     p.add_argument("--train", nargs=2, metavar=("PATH", "TIMEMACHINE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -174,10 +210,8 @@ def main(argv=None) -> dict:
     result = {"machine": f"{cpu}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d"), "prepare": {}, "train": {}}
     for size in sizes:
-        path = out / f"text-{size}mb.txt"
-        if not path.is_file() or path.stat().st_size < size * MB * 0.99:
-            t0 = time.perf_counter()
-            generate(path, size * MB, seed=size)
+        path, t0 = out / f"text-{size}mb.txt", time.perf_counter()
+        if made(path, size):
             print(f"generated {path} in {time.perf_counter() - t0:.1f} s", flush=True)
         for token in args.tokens.split(","):
             with stopping.scratch() as cache:
@@ -227,6 +261,10 @@ def check_args(p: Parser, args) -> tuple[list[int], str]:
     first = next((f for f in (out, *out.parents) if f.exists()), None) if out else None
     if first is None or not first.is_dir():         # the folder, or the nearest of its parents, a file
         p.error(f"--out must be a folder, got {args.out!r}")
+    theirs = sorted(f.name for f in out.iterdir() if not _ours(f)) if out.is_dir() else []
+    if theirs:
+        p.error(f"--out {args.out} holds {', '.join(theirs[:3])}{', ...' if theirs[3:] else ''}, which this "
+                "benchmark did not write; give a new or empty folder (or an earlier run's)")
     tm = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or ""
     try:
         return sizes, str(timemachine_path(tm)) if tm else ""
