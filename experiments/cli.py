@@ -81,7 +81,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
                      help="with --predict: sample among the K likeliest characters only; implies --sample")
     run.add_argument("--no-progress", action="store_true", help="no progress output")
     run.add_argument("--no-compilation-cache", action="store_true",
-                     help="do not use JAX's persistent compilation cache (~/.cache/rnnjax/jax)")
+                     help="do not use JAX's persistent compilation cache (the jax folder in "
+                          "$RNNJAX_CACHE, else $XDG_CACHE_HOME/rnnjax, else ~/.cache/rnnjax)")
     args = p.parse_args(argv)
     args.preset_given, args.preset = args.preset is not None, args.preset or preset
     for name in ("data", "text", "workdir"):    # '' would mean the default file, or the current folder

@@ -13,7 +13,7 @@ compilation cache (everything compiled) and again with it warm; the same with
 ``--seeds 0,1,2,3``; and last the fast test subset (``pytest -m "not slow"``)
 on the default backend, which the budget may cut: the tests it ran are
 counted. ``--quick`` runs the same on a CPU in about a minute: the
-benchmark's small sizes, 3 epochs, a handful of test files. Each part runs as
+benchmark's small sizes, 3 epochs, one test file. Each part runs as
 its own process with a timeout (and the whole within ``--budget``); a part
 that fails or times out is recorded, and the others still run; one the budget
 leaves no time for is recorded as skipped, and one it stops as cut short (not

@@ -4,12 +4,12 @@ Command::
 
     python -m experiments.sine [--workdir DIR] [--seeds 0,1,2] [--rnn-epochs 20]
 
-Expected: about 15 s a seed on a 2-core CPU (seeds 0, 1, 2 by default); docs/results.md has the errors
-over seeds 0-2. d2l's data (``x_t = sin(0.01 t) + N(0, 0.2)``, T = 1000, tau = 4, the first 600 examples
-for training) and two models: d2l's linear autoregressive model on the last tau values (5 epochs of SGD,
-lr 0.01, batch 16), and sec_sequence's latent autoregressive model as an RNN (``rnnjax.model.RNN`` of a
-32-unit ``SimpleRNNCell`` whose state reads the whole history; clipped Adam on one-step and 64-step
-free-running errors).
+Expected: 8-11 s on a 2-core CPU for seeds 0, 1, 2 (the default; a seed more adds about half a
+second); docs/results.md has the errors over seeds 0-2. d2l's data (``x_t = sin(0.01 t) + N(0, 0.2)``,
+T = 1000, tau = 4, the first 600 examples for training) and two models: d2l's linear autoregressive
+model on the last tau values (5 epochs of SGD, lr 0.01, batch 16), and sec_sequence's latent
+autoregressive model as an RNN (``rnnjax.model.RNN`` of a 32-unit ``SimpleRNNCell`` whose state reads
+the whole history; clipped Adam on one-step and 64-step free-running errors).
 
 It says first where it writes and on which device; it writes d2l's three figures (both models, the first
 seed's, once that seed is done) and at the end ``results.json`` (the mean squared errors by seed, their
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, help="output folder (default runs/sine-<date>-<time>)")
     p.add_argument("--seeds", default="0,1,2", help="the noise's and the models' seeds, comma-separated "
                                                     "(default 0,1,2; the figures are the first's)")
-    p.add_argument("--rnn-epochs", type=int, default=20, help="the RNN's training epochs")
+    p.add_argument("--rnn-epochs", type=int, default=20, help="the RNN's training epochs (default 20)")
     args = p.parse_args(argv)
     workdir = args.workdir or default_workdir()
     with contextlib.ExitStack() as held:

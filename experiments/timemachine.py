@@ -86,7 +86,8 @@ def predict_only(args: argparse.Namespace) -> None:
         step = None if args.best else e.step
         restored = checkpoint.restore(args.workdir, step=step, best=args.best, run=args.run, fallback=True)
         which = "the best of those that can be read" if args.best else "the newest good one before it"
-        print(f"warning: {e}; generating from checkpoint step {restored.step}, {which}.", file=sys.stderr)
+        print(f"warning: {str(e).removesuffix('.')}; generating from checkpoint step {restored.step}, "
+              f"{which}.", file=sys.stderr)
     # The model comes from the checkpoint; flags that say otherwise (a wrong workdir?) are worth naming.
     requested = {k: v for k, v in flags.given(args).items()
                  if not (args.sample and k == "seed") and k not in config_lib.Config.RESUMABLE}
