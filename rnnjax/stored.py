@@ -189,10 +189,34 @@ def read_meta(workdir: Path, step: int) -> dict:
     cell = meta_lib.unregistered_cell(meta)
     if cell is not None:
         raise UnknownCell(Path(workdir), cell, meta.get(meta_lib.REGISTERED))
-    why = meta_lib.problem(meta, step)
+    why = meta_lib.problem(meta, step) or _step_metadata(directory / str(step))
     if why:
         raise DamagedCheckpoint(step, directory, why)
     return meta
+
+
+def _step_metadata(folder: Path) -> str | None:
+    """What orbax's manager, which reads every step's ``_CHECKPOINT_METADATA`` as it opens, would fail on: a
+    file of JSON it cannot take (one that is missing or not JSON it passes over), in a clause."""
+    try:
+        d = json.loads((folder / "_CHECKPOINT_METADATA").read_bytes())
+    except (OSError, ValueError):
+        return None
+    try:
+        _deserialize(d)
+    except Exception as e:              # ValueError, TypeError, KeyError: any value of the wrong type
+        return f"has a _CHECKPOINT_METADATA that orbax cannot take ({reason(e)})"
+    return None
+
+
+def _deserialize(d: Any) -> None:
+    try:        # orbax's own reader of a step's metadata (not public API: a dict where it moved)
+        from orbax.checkpoint._src.metadata.step_metadata_serialization import deserialize
+    except ImportError:
+        if not isinstance(d, dict):
+            raise ValueError(f"not a dict but a {type(d).__name__}") from None
+        return
+    deserialize(d)
 
 
 def set_aside(workdir: Path, step: int) -> Path | None:

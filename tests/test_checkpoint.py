@@ -257,12 +257,20 @@ def test_orbax_s_notes_on_a_step_s_metadata_are_dropped_while_its_manager_is_ope
         assert note in caplog.text                  # another manager's, or none: passed on
 
 
-def test_a_step_metadata_orbax_cannot_parse_is_named_not_orbax_s_words_alone(small_data, tmp_path):
-    """Valid JSON of other types in a step's _CHECKPOINT_METADATA: "error: Object must be any one of types
-    [<class 'dict'>, <class 'str'>], got <class 'int'>." at every resume."""
-    fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
-    step = checkpoint.latest_step(tmp_path)
-    (tmp_path / checkpoint.SUBDIR / str(step) / "_CHECKPOINT_METADATA").write_text('{"item_handlers": 5}')
-    says = r"Orbax cannot open the checkpoints in .* \(ValueError: .*\); a step's _CHECKPOINT_METADATA file"
-    with pytest.raises(CheckpointError, match=says):
-        fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+@pytest.mark.parametrize("content", ['{"item_handlers": 5}', "[]"])
+def test_a_step_metadata_orbax_cannot_take_is_damage_of_that_step(small_data, tmp_path, content):
+    """Valid JSON of other types in a step's _CHECKPOINT_METADATA, even an older step's: orbax's manager
+    failed on it at every resume ("Metadata dict must be a dictionary"), naming no step."""
+    fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None, checkpoint_every=1)
+    older, latest = sorted(checkpoint.steps(tmp_path))
+    (tmp_path / checkpoint.SUBDIR / str(older) / "_CHECKPOINT_METADATA").write_text(content)
+    says = rf"step {older} .* has a _CHECKPOINT_METADATA that orbax cannot take \(ValueError: "
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=says):
+        checkpoint.restore(tmp_path, step=older)             # restore and resume call it alike
+    said = []
+    resumed = fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, log=said.append,
+                  checkpoint_every=1)
+    assert said[0].startswith(f"resuming from step {latest} ")
+    assert f"checkpoint step {older} has a _CHECKPOINT_METADATA" in said[0]
+    assert int(resumed.state.step) == latest + older
+    assert (tmp_path / checkpoint.DAMAGED / str(older)).is_dir()
