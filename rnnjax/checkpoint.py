@@ -23,15 +23,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from rnnjax import meta as meta_lib, orbax_logs, stops, workdir as workdir_lib
 from rnnjax.config import Config
 from rnnjax.restore import Restored, restore, restore_state  # noqa: F401
-from rnnjax.stored import (CONFIG, DAMAGED, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
+from rnnjax.stored import (CONFIG, DAMAGED, REMOVING, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
                            DamagedCheckpoint, UnknownCell, check_fits, latest_step, read_meta,
-                           StateMismatch, reason, set_aside, steps, val_ppls)
+                           StateMismatch, reason, remove_dropped, set_aside, steps, val_ppls)
 from rnnjax.vocab import Vocab
 
 # What a finished save holds: read back after every save, a cheap sign that it can be restored.
@@ -93,7 +94,8 @@ def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
     found in ``directory`` counted with their ``earlier`` perplexities (``val_ppls``)."""
     preservation = policies.AnyPreservationPolicy([policies.LatestN(keep), _Lowest(dict(earlier or {}))])
     options = ocp.CheckpointManagerOptions(preservation_policy=preservation, create=not read_only,
-                                           read_only=read_only)
+                                           read_only=read_only,
+                                           todelete_subdir=None if read_only else REMOVING)
     orbax_logs.quiet()
     try:
         return Manager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
@@ -139,6 +141,8 @@ def check_saved(mngr: Manager) -> None:
             e = FileNotFoundError(f"{folder} lacks {', '.join(missing)} after its save")
             raise _save_failed(mngr, step, e) from None
     mngr.unchecked.clear()
+    if jax.process_index() == 0:                # the lock's holder; orbax's primary host drops them
+        remove_dropped(Path(mngr.directory))    # the checkpoints the policy dropped as these saved
 
 
 def _missing(folder: Path) -> list[str]:

@@ -32,6 +32,9 @@ PARAMS = ".params["          # how the paths of a saved TrainState's parameters 
 CONFIG = "config.json"       # a run's settings, for people and tools (rnnjax.checkpoint.write_config)
 # Orbax saves a step into a folder of this name, renamed to the step once complete.
 _UNFINISHED = re.compile(r"\d+\.orbax-checkpoint-tmp.*")
+# Orbax moves a checkpoint it drops in here, one rename (a kill mid-delete left a half-deleted step that
+# read as damaged); rnnjax deletes what is in it.
+REMOVING = ".removing"
 
 
 class CheckpointError(RuntimeError):
@@ -248,7 +251,16 @@ def remove_unfinished(workdir: Path) -> list[Path]:
     found = [p for p in found if p.is_dir() and not p.is_symlink()]        # a link is never followed
     for folder in found:
         shutil.rmtree(folder, ignore_errors=True)
+    remove_dropped(directory)
     return found
+
+
+def remove_dropped(directory: Path) -> None:
+    """Deletes the checkpoints orbax dropped (moved into ``REMOVING``) from ``directory``; only the lock's
+    holder calls it."""
+    dropped = Path(directory) / REMOVING
+    if dropped.is_dir() and not dropped.is_symlink():
+        shutil.rmtree(dropped, ignore_errors=True)
 
 
 def val_ppls(workdir: Path, run: int | None = None) -> dict[int, float]:

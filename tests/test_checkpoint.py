@@ -274,3 +274,21 @@ def test_a_step_metadata_orbax_cannot_take_is_damage_of_that_step(small_data, tm
     assert f"checkpoint step {older} has a _CHECKPOINT_METADATA" in said[0]
     assert int(resumed.state.step) == latest + older
     assert (tmp_path / checkpoint.DAMAGED / str(older)).is_dir()
+
+
+def test_orbax_drops_a_checkpoint_in_one_rename_and_rnnjax_deletes_it(small_data, tmp_path, monkeypatch):
+    """Deleted file by file, a step killed mid-delete was left without its meta: read as damaged, set aside,
+    and restore(best=True) failed on it. Moved into checkpoints/.removing, it is whole or gone."""
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "remove_dropped", lambda directory: None)      # a kill before rnnjax deletes
+        fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, log=None, checkpoint_every=1, keep=1)
+    dropped = tmp_path / checkpoint.SUBDIR / checkpoint.REMOVING
+    kept = checkpoint.steps(tmp_path)
+    assert sorted(os.listdir(dropped)) and not set(map(int, os.listdir(dropped))) & set(kept)
+    (dropped / "13" / "meta").rename(tmp_path / "partly-deleted")           # cut short, as a kill leaves it
+    assert checkpoint.restore(tmp_path, best=True).step in kept
+    said = []
+    resumed = fit(TINY.replace(epochs=4), small_data, tmp_path, devices=1, log=said.append,
+                  checkpoint_every=1)
+    assert "set aside" not in said[0] and not dropped.exists() and int(resumed.state.step) == 4 * 13
+    assert not (tmp_path / checkpoint.DAMAGED).exists()
