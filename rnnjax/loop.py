@@ -84,7 +84,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     if p.finished:
         with catch_signals(), manager:      # nothing to train: it ends as a run that trained to its end
             pass
-        return FitResult(state, metrics_log.read(), workdir, tuple(stops.why) if several else ())
+        held = [r for r in metrics_log.read() if r["epoch"] <= position.epoch]  # not a damaged newer one's
+        return FitResult(state, held, workdir, tuple(stops.why) if several else ())
     datas = [copy.copy(data) for _ in configs]    # the batch order is a function of (seed, epoch): the
     for d, c in zip(datas, configs):                # config's, as a resume from config.json has it
         d.seed = c.seed

@@ -74,8 +74,11 @@ class Plan:
         elif self.finished:
             more = f" and {self.position.batch} batches of the next" if self.position.batch else ""
             held = _epochs(self.position.epoch, "trained ")
+            newer = "".join(f"; checkpoint step {step} {why} (a run that trains on sets it aside)"
+                            for step, why in self.damaged)
             return (f"{self.workdir} holds {held}{more} (step {self.step}), the run asks for "
-                    f"{_epochs(self.config.epochs)}: nothing to train; more epochs (--epochs) train on.")
+                    f"{_epochs(self.config.epochs)}: nothing to train; more epochs (--epochs) train "
+                    f"on{newer}.")
         else:
             stopped = sum(why is not None for why in self.position.stopped)
             runs = f"{len(self.runs)} runs ({stopped} stopped earlier) " if stopped else \

@@ -37,6 +37,20 @@ def test_plan_says_new_resumed_or_finished_and_writes_nothing(small_data, tmp_pa
     assert int(result.state.step) == 26 and tree_stat(workdir) == before
 
 
+def test_a_finished_run_with_a_damaged_newest_checkpoint_says_so_and_ends_at_the_good_one(
+        small_data, tmp_path):
+    """It said "nothing to train" and reported the damaged checkpoint's epoch with the older one's model."""
+    fit(SMALL.replace(epochs=3), small_data, tmp_path, devices=1, log=None, checkpoint_every=1)
+    (tmp_path / checkpoint.SUBDIR / "39" / "meta" / "metadata").write_text("{")
+    lines = []
+    result = fit(SMALL.replace(epochs=2), small_data, tmp_path, devices=1, log=lines.append)
+    assert lines[-1].startswith(f"{tmp_path} holds 2 trained epochs (step 26), the run asks for 2 epochs: "
+                                "nothing to train; more epochs (--epochs) train on; checkpoint step 39 ")
+    assert lines[-1].endswith("(a run that trains on sets it aside).")
+    assert [r["epoch"] for r in result.history] == [1, 2] and int(result.state.step) == 26
+    assert sorted(checkpoint.steps(tmp_path)) == [13, 26, 39]     # nothing trains: nothing moves
+
+
 @pytest.mark.cpu_devices(1)
 def test_plan_names_the_plain_path_and_how_to_use_all_cores(small_data, tmp_path, monkeypatch):
     text = plan(SMALL.replace(kernel="plain"), small_data, tmp_path, devices=1).describe()
