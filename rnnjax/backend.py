@@ -163,17 +163,19 @@ def use_cpu_cores(batch_size: int, devices: int | None = None) -> int | None:
     return count
 
 
+MAX_CPU_DEVICES = 4096      # JAX makes them all as it starts, in a time that grows faster than their count
+
+
 def check_cpu_device_count() -> None:
-    """``ValueError`` where ``$JAX_NUM_CPU_DEVICES`` or ``jax_num_cpu_devices`` is not a whole number >= 1
-    (JAX's -1, unset, aside): JAX takes 0 and below as one device, or fails to start its CPU backend."""
-    typed = os.environ.get("JAX_NUM_CPU_DEVICES")
-    if typed is not None and not _whole_number(_as_int(typed)):
-        raise ValueError(f"$JAX_NUM_CPU_DEVICES must be a whole number >= 1 (the CPU devices JAX makes), "
-                         f"got {typed!r}.")
-    count = jax.config.jax_num_cpu_devices
-    if count != -1 and count < 1:
-        raise ValueError(f"jax_num_cpu_devices must be a whole number >= 1 (the CPU devices JAX makes), "
-                         f"got {count}.")
+    """``ValueError`` where ``$JAX_NUM_CPU_DEVICES`` or ``jax_num_cpu_devices`` is not a whole number from 1
+    to ``MAX_CPU_DEVICES`` (JAX's -1, unset, aside): JAX takes 0 and below as one device, or fails to start
+    its CPU backend; a million kept a CPU busy for minutes, deaf to signals, until memory ran out."""
+    typed, count = os.environ.get("JAX_NUM_CPU_DEVICES"), jax.config.jax_num_cpu_devices
+    asked = [("$JAX_NUM_CPU_DEVICES", _as_int(typed), repr(typed))] if typed is not None else []
+    for name, value, shown in asked + ([("jax_num_cpu_devices", count, None)] if count != -1 else []):
+        if not (_whole_number(value) and value <= MAX_CPU_DEVICES):
+            raise ValueError(f"{name} must be a whole number from 1 to {MAX_CPU_DEVICES} (the CPU devices "
+                             f"JAX makes), got {shown or value}.")
 
 
 def start() -> str:
