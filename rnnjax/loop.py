@@ -164,11 +164,14 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                     record = {"run": r, **{k: getattr(configs[r], k) for k in SWEEPABLE}, **record}
                 try:
                     far_off = stops.check(r, check_divergence, record, high[r], len(data.vocab))
-                except NonFiniteLoss:       # a single run diverged: its last epoch logged as the others were
-                    _log(check_lock, metrics_log, [record])
+                except NonFiniteLoss as e:  # a single run diverged: its last epoch logged, saying so
+                    _log(check_lock, metrics_log, [{**record, "stopped": e.reason}])
                     raise
                 high[r] = high[r] + 1 if far_off else 0
-                (records if stops.why[r] is None else last).append(record)
+                if stops.why[r] is None:
+                    records.append(record)
+                else:
+                    last.append({**record, "stopped": stops.why[r]})
             _log(check_lock, metrics_log, last)
             stops.check_any_live()
             # One caught during validation saves this epoch and stops (every process: they agree again).

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +73,12 @@ def eval_runs(states: TrainState, batches: Batch, axis_name: str | None = None) 
     return jax.vmap(lambda state: eval_steps(state, batches, axis_name))(states)
 
 
-def summary(history: list[dict], stopped: Sequence[str | None] = ()) -> dict[str, dict[str, float]]:
+def summary(history: list[dict]) -> dict[str, dict[str, float]]:
     """Mean, min and max over the runs of their last epoch's ``train_ppl``, ``val_ppl``, ``val_bpc``; runs
-    ``stopped`` names (a ``FitResult``'s, with the last epoch they logged) left out."""
-    out = {k for k, why in enumerate(stopped) if why is not None}
-    last = max(r["epoch"] for r in history if r["run"] not in out)
-    final = [r for r in history if r["epoch"] == last and r["run"] not in out]
+    that stopped (their last record says why, ``stopped``) left out."""
+    out = {r.get("run") for r in history if "stopped" in r}
+    last = max(r["epoch"] for r in history if r.get("run") not in out)
+    final = [r for r in history if r["epoch"] == last and r.get("run") not in out]
     return {k: {"mean": statistics.fmean(r[k] for r in final), "min": min(r[k] for r in final),
                 "max": max(r[k] for r in final)} for k in ("train_ppl", "val_ppl", "val_bpc")}
 
@@ -90,9 +90,10 @@ def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path,
     """Trains ``configs`` together as ``fit`` trains one: checked first, resumed from ``workdir``, one
     metrics line per run and epoch. The result's state is the stacked one; ``progress`` gets the runs'
     mean perplexities. ``data``'s seed is replaced by each run's. A run whose loss turns non-finite or
-    that diverges stops alone (logged; its records end, with the epoch that stopped it where it
-    validated; ``restore`` refuses it; the result's ``stopped`` says why) and the others train on;
-    ``NonFiniteLoss`` once every run has stopped. ``plan``: as ``fit``'s."""
+    that diverges stops alone (logged; its records end with the epoch that stopped it where it
+    validated, that record's ``stopped`` saying why, as the result's ``stopped`` does; ``restore``
+    refuses it) and the others train on; ``NonFiniteLoss`` once every run has stopped. ``plan``: as
+    ``fit``'s."""
     configs = _listed(configs)
     check_runs(configs)
     check_types(configs[0], data, workdir)

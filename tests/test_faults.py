@@ -707,7 +707,9 @@ def test_a_diverging_run_resumes_bit_for_bit(small_data, tmp_path):
     with pytest.raises(NonFiniteLoss, match="at epoch 3"):
         fit(DIVERGING, small_data, tmp_path / "split", devices=1, checkpoint_every=1, log=None)
     assert records(tmp_path / "split") == records(tmp_path / "straight")
+    last = records(tmp_path / "straight")[-1]
     assert [r["epoch"] for r in records(tmp_path / "straight")] == [1, 2, 3]       # the epoch that stopped it
+    assert last["stopped"].startswith("its train perplexity stayed above 4 times the uniform guess's")
     assert checkpoint.latest_step(tmp_path / "split") == checkpoint.latest_step(tmp_path / "straight") == 26
 
 

@@ -140,6 +140,7 @@ def test_a_diverging_run_stops_alone_and_stays_stopped(data10, tmp_path):
     assert "at epoch 1" in result.stopped[1] and any("run 1 (lr 1e6) stopped: " in line for line in lines)
     assert [(r["run"], r["epoch"]) for r in result.history] == [(1, 1), (0, 1), (0, 2)]   # its last epoch too
     assert result.history[0]["train_ppl"] == math.inf and result.history[0]["lr"] == 1e6
+    assert result.history[0]["stopped"] == result.stopped[1] and "stopped" not in result.history[1]
     single = alone(configs[0], data10, tmp_path / "alone", 1)
     for a, b in zip(single.history, result.history[1:]):
         assert np.isclose(a["val_loss"], b["val_loss"], rtol=1e-5)
@@ -211,5 +212,8 @@ def test_summary_of_the_last_epoch():
     table = runs.summary(history)
     assert table["train_ppl"] == {"mean": 9.0, "min": 8.0, "max": 10.0}
     assert table["val_ppl"]["max"] == 14.0 and table["val_bpc"]["mean"] == 4.0
-    diverged = {"run": 3, "epoch": 2, "train_ppl": math.inf, "val_ppl": math.inf, "val_bpc": math.inf}
-    assert runs.summary([*history, diverged], [None, None, None, "diverged"]) == table   # its last epoch out
+    diverged = {"run": 3, "epoch": 2, "train_ppl": math.inf, "val_ppl": math.inf, "val_bpc": math.inf,
+                "stopped": "its train perplexity is inf at epoch 2"}
+    assert runs.summary([*history, diverged]) == table          # a run stopped at the last epoch: left out
+    single = [{k: v for k, v in r.items() if k != "run"} for r in history if r["run"] == 0]
+    assert runs.summary(single)["val_ppl"] == {"mean": 12.0, "min": 12.0, "max": 12.0}     # one run alone

@@ -4,7 +4,6 @@ data."""
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import tempfile
 import time
 
@@ -18,7 +17,7 @@ from rnnjax.config import PRESETS, Config
 from rnnjax.data import TimeMachine
 from rnnjax.parallel import DataParallel, wait_for_backlog
 from rnnjax.backend import compiler_options
-from rnnjax.runs import fit_runs, train_runs
+from rnnjax.runs import fit_runs, summary, train_runs
 from rnnjax.state import create_run_states, create_train_state, make_optimizer
 from rnnjax.train import STEPS_PER_CALL, fit, train_windows
 
@@ -184,7 +183,7 @@ class RnnjaxRuns(Rnnjax):
         with tempfile.TemporaryDirectory() as workdir:
             result = fit_runs(self.configs, self.data, workdir, devices=self.devices,
                               checkpoint_every=self.s.epochs, log=None)
-        return statistics.fmean(r["val_ppl"] for r in result.history if r["epoch"] == self.s.epochs)
+        return summary(result.history)["val_ppl"]["mean"]
 
 
 class StockFlax(Contender):
