@@ -183,7 +183,7 @@ class Config:
         if not isinstance(d, dict):
             raise TypeError(f"Config.from_json takes a dict, as to_json gives, not {got(d)}.")
         names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in d if k not in names and k not in _REMOVED]
+        unknown = cls.unknown_fields(d)
         if unknown:
             close = difflib.get_close_matches(unknown[0], names, n=1)
             hint = f" (did you mean {close[0]}?)" if close else f"; its fields are {', '.join(names)}"
@@ -191,6 +191,12 @@ class Config:
         if d.get("fused") is False and "kernel" not in d:      # saved before Config.kernel
             d = {**d, "kernel": "plain"}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def unknown_fields(cls, d: dict) -> list[str]:
+        """The keys of ``d`` that no rnnjax up to this one wrote: a newer one's fields, or misspelt ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return [k for k in d if k not in names and k not in _REMOVED]
 
 
 _REMOVED = ("fused",)           # fields older rnnjax saved that Config has since dropped: read, ignored

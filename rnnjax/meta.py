@@ -9,7 +9,8 @@ wrong with a meta read back, or ``None``: a changed digit (the checksum), a
 missing, unknown or ill-typed key, a position that does not lead to its step
 (``step == epoch * steps_per_epoch + batch``). ``unregistered_cell(meta)``
 names a cell of one's own that the meta's run was trained with and
-``rnnjax.cells.CELLS`` lacks here: not damage. Checkpoints of older formats
+``rnnjax.cells.CELLS`` lacks here: not damage; nor is what ``newer(meta)``
+names, written by a newer rnnjax. Checkpoints of older formats
 (1: before the meta had its checksum and its steps per epoch; 2: before the
 position kept per-key sums of every run's metrics) are checked for what they
 hold; ``Position.read`` reads any of them. A meta says how its run computed
@@ -70,8 +71,8 @@ def _config(d: Any, what: str) -> tuple[Config | None, str | None]:
     missing = [k for k in _CORE if k not in d]
     if missing:
         return None, f"has a {what} without {', '.join(missing)}"
-    try:
-        return Config.from_json(d), None
+    try:        # fields a newer rnnjax wrote: read_meta names them (newer), config.json passes them over
+        return Config.from_json({k: v for k, v in d.items() if k not in Config.unknown_fields(d)}), None
     except Exception as e:                 # ConfigError, TypeError: any bad value
         return None, f"has a {what} that is not a valid config ({str(e).rstrip('.')})"
 
@@ -170,6 +171,26 @@ def unregistered_cell(d: Any, sealed: bool = True) -> str | None:
         cell = c.get("cell") if isinstance(c, dict) else None
         if isinstance(cell, str) and cell not in CELLS:
             return cell
+    return None
+
+
+def newer(d: Any) -> str | None:
+    """What in ``d``, a meta whose checksum holds, only a newer rnnjax writes: a later format, or config
+    fields this one lacks, in words; ``None`` if nothing (or if the meta is damaged)."""
+    if not isinstance(d, dict):
+        return None
+    if _is_int(d.get("format")) and d["format"] > FORMAT:       # sealed as this rnnjax seals, it says
+        try:
+            return f"format {d['format']}" if d.get(CHECKSUM) == _crc(d) else None
+        except ValueError:
+            return None
+    if _seal(d):
+        return None
+    runs = d.get("runs")
+    for c in [d.get("config"), *(runs if isinstance(runs, list) else [])]:
+        unknown = Config.unknown_fields(c) if isinstance(c, dict) else []
+        if unknown:
+            return f"the config field{'s' * (len(unknown) > 1)} {', '.join(unknown)}"
     return None
 
 

@@ -192,6 +192,10 @@ def read_meta(workdir: Path, step: int) -> dict:
     cell = meta_lib.unregistered_cell(meta)
     if cell is not None:
         raise UnknownCell(Path(workdir), cell, meta.get(meta_lib.REGISTERED))
+    newer = meta_lib.newer(meta)
+    if newer:
+        raise CheckpointError(f"The checkpoint at step {step} in {directory} was written by a newer rnnjax "
+                              f"({newer}, which this one lacks): upgrade rnnjax to read it.")
     why = meta_lib.problem(meta, step) or _step_metadata(directory / str(step))
     if why:
         raise DamagedCheckpoint(step, directory, why)

@@ -400,6 +400,28 @@ def edit_meta(workdir, step, change, reseal=False):
     path.write_text(json.dumps(meta_lib.seal(meta) if reseal else meta))
 
 
+@pytest.mark.parametrize("change,says", [
+    (lambda m: m["config"].update(label_smoothing=0.0), "the config field label_smoothing"),
+    (lambda m: m.update(format=meta_lib.FORMAT + 1), f"format {meta_lib.FORMAT + 1}")])
+def test_a_checkpoint_of_a_newer_rnnjax_is_named_so_not_damage(small_data, tmp_path, change, says):
+    """A field a newer Config has (or a later format), its checksum whole: both were set aside as damage,
+    an epoch lost (before that, the field was passed over, training on without it)."""
+    fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    latest = checkpoint.latest_step(tmp_path)
+    edit_meta(tmp_path, latest, change, reseal=True)
+    newer = (rf"^The checkpoint at step {latest} in .* was written by a newer rnnjax \({says}, which this "
+             r"one lacks\): upgrade rnnjax to read it\.$")
+    with pytest.raises(checkpoint.CheckpointError, match=newer):
+        checkpoint.restore(tmp_path)
+    with pytest.raises(checkpoint.CheckpointError, match=newer):
+        fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, log=None)
+    assert checkpoint.latest_step(tmp_path) == latest and not (tmp_path / checkpoint.DAMAGED).exists()
+    config = json.loads((tmp_path / checkpoint.CONFIG).read_text())
+    config["config"]["note"] = "mine"                   # config.json, for people and tools: passed over
+    (tmp_path / checkpoint.CONFIG).write_text(json.dumps(config))
+    assert checkpoint.restore(tmp_path, step=latest - 13).step == latest - 13
+
+
 @pytest.mark.parametrize("reseal,why", [(False, "fails its checksum"), (True, "which is step 52")])
 def test_a_changed_epoch_in_the_meta_is_damage_and_resume_falls_back(small_data, tmp_path, straight, reseal,
                                                                      why):

@@ -72,7 +72,6 @@ def reseal_with(change):
     (lambda m: m.update(val_ppl="low"), "validation perplexity"),
     (lambda m: m.update(run_val_ppls=[7.5]), "runs' validation perplexities"),     # a single run has none
     (lambda m: m["config"].update(num_hiddens=-3), "not a valid config"),
-    (lambda m: m["config"].update(num_hidden=8), "no field 'num_hidden'"),      # no rnnjax wrote it
     (lambda m: m.update(runs="all"), "not a list"),
     (lambda m: m.update(format=7), "format 1 or 2 or 3"),
 ])
