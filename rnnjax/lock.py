@@ -2,8 +2,8 @@
 itself, taken before a run writes anything and released by the kernel when the process ends, however it
 ends (a killed run leaves no stale lock). A second writer fails at once, naming the holder's pid; the
 holder checks the locks before each write (``Held.check``): it stops if its workdir is moved, removed or
-emptied, and makes a removed lock file again. Folders the lock made go again if the run wrote nothing
-else there. Reading (``restore``, ``--predict``) takes none.
+emptied, and makes a removed lock file again. Folders the lock made go again as its block ends if the run
+wrote nothing else there (not where the process is killed or exits at once). Reading (``restore``, ``--predict``) takes none.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def lock(workdir: Path, flag: str = "--workdir") -> Iterator[Held]:
     """Holds ``workdir``'s lock (making the workdir) for the ``with`` block, as a ``Held``;
     ``WorkdirError`` if held, naming ``flag`` (what the command gives another folder with)."""
     _check_lockfile(workdir / LOCKFILE, flag)
-    made = _first_missing(workdir.absolute())
+    made = _to_make(workdir)
     fds: list[int] = []
     try:
         try:
@@ -182,30 +182,35 @@ def lock(workdir: Path, flag: str = "--workdir") -> Iterator[Held]:
             raise WorkdirError(f"The workdir {workdir} cannot be written ({describe(e)}).") from None
         yield Held(workdir, fds)
     finally:                        # closing the files releases the locks
-        if made is not None and fds:
-            _remove_unused(workdir.absolute(), made)
+        if made and fds:
+            _remove_unused(made, fds)
         for fd in fds:
             os.close(fd)
 
 
-def _first_missing(workdir: Path) -> Path | None:
-    """The outermost of ``workdir`` and its parents that is not there yet (what ``lock`` makes), if any."""
-    missing = None
-    for path in (workdir, *workdir.parents):
-        if os.path.lexists(path):
-            return missing
-        missing = path
-    return missing
+def _to_make(workdir: Path) -> list[Path]:
+    """The folders ``lock`` makes for ``workdir``, innermost first: it and its parents not there yet, as
+    absolute paths (the process may change folder); none where the path climbs (``..``)."""
+    path = workdir.absolute()
+    if ".." in path.parts:
+        return []
+    made = []
+    for folder in (path, *path.parents):
+        if os.path.lexists(folder):
+            break
+        made.append(folder)
+    return made
 
 
-def _remove_unused(workdir: Path, made: Path) -> None:
-    """Removes the folders ``lock`` made, up to ``made``, where the run wrote nothing but the lock file (a
-    run refused after ``lock``, as ``loop.run`` refuses a state): still locked, so no other run is in."""
+def _remove_unused(made: list[Path], fds: list[int]) -> None:
+    """Removes the folders ``lock`` made where the run wrote nothing but the lock file (a run refused after
+    ``lock``, as ``loop.run`` refuses a state), if they are still the ones it locked: no other run is in."""
+    workdir, lockfile = made[0], made[0] / LOCKFILE
     with contextlib.suppress(OSError):
-        if os.listdir(workdir) != [LOCKFILE]:
+        if not (os.path.samestat(os.stat(lockfile), os.fstat(fds[0]))
+                and (len(fds) < 2 or os.path.samestat(os.stat(workdir), os.fstat(fds[1])))
+                and os.listdir(workdir) == [LOCKFILE]):
             return
-        os.unlink(workdir / LOCKFILE)
-        for path in (workdir, *workdir.parents):
-            os.rmdir(path)
-            if path == made:
-                return
+        os.unlink(lockfile)
+        for folder in made:
+            os.rmdir(folder)            # only if empty: a parent another run has written to since stays

@@ -44,6 +44,30 @@ def test_folders_the_lock_made_are_removed_again_where_nothing_else_was_written(
     assert os.listdir(tmp_path / "a" / "w") == [LOCKFILE]
 
 
+def test_only_the_folders_the_lock_made_and_still_holds_are_removed(tmp_path, monkeypatch):
+    """A cwd changed in the block made it remove another folder and climb to the root; another run's
+    workdir made where the refused one was moved lost its lock file; ``..`` removed a folder that was
+    there before."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two" / "a" / "w").mkdir(parents=True)
+    (tmp_path / "two" / "a" / "w" / LOCKFILE).write_text("theirs")
+    monkeypatch.chdir(tmp_path / "one")
+    with lock.lock(Path("a/w")):
+        os.chdir(tmp_path / "two")
+    assert (tmp_path / "two" / "a" / "w" / LOCKFILE).read_text() == "theirs"
+    assert os.listdir(tmp_path / "one") == []                   # its own, removed as made
+    with lock.lock(tmp_path / "w"):
+        (tmp_path / "w").rename(tmp_path / "moved")
+        (tmp_path / "w").mkdir()
+        (tmp_path / "w" / LOCKFILE).write_text("theirs")
+    assert (tmp_path / "w" / LOCKFILE).read_text() == "theirs" and (tmp_path / "moved").is_dir()
+    (tmp_path / "existing").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with lock.lock(Path("nothere/../existing")):
+        pass
+    assert (tmp_path / "existing" / LOCKFILE).is_file()
+
+
 @pytest.mark.parametrize("how", ["removed", "replaced"])
 def test_a_lock_file_removed_or_replaced_lets_no_second_writer_in(tmp_path, how):
     """The lock was the lock file's alone: removed, a second writer locked a new one and both wrote."""
