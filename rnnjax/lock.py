@@ -2,8 +2,9 @@
 itself, taken before a run writes anything and released by the kernel when the process ends, however it
 ends (a killed run leaves no stale lock). A second writer fails at once, naming the holder's pid; the
 holder checks the locks before each write (``Held.check``): it stops if its workdir is moved, removed or
-emptied, and makes a removed lock file again. Folders the lock made go again as its block ends if the run
-wrote nothing else there (not where the process is killed or exits at once). Reading (``restore``, ``--predict``) takes none.
+emptied, and makes a removed lock file again. Folders the lock made go again as its block ends if the
+run wrote nothing else there (not where the process is killed or exits at once). Reading (``restore``,
+``--predict``) takes none.
 """
 
 from __future__ import annotations
