@@ -2,6 +2,7 @@
 argument checks."""
 
 import json
+import os
 
 import pytest
 
@@ -51,18 +52,23 @@ def test_bad_arguments_are_one_line_before_any_text_is_made(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]        # nothing made
 
 
-@pytest.mark.parametrize("name", ["corpus.json", "text-1mb.txt", "notes.md"])
+@pytest.mark.parametrize("name", ["corpus.json", "notes.md", "fifo/corpus.json"])
 def test_an_out_folder_holding_files_it_did_not_write_is_refused_and_kept(tmp_path, capsys, name):
-    """They were written over (corpus.json) or taken as the generated text (text-1mb.txt) without a word."""
+    """corpus.json was written over without a word; a FIFO of that name hung the check."""
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / name).write_text('{"mine": 1}')
+    if name.startswith("fifo/"):
+        name = name.removeprefix("fifo/")
+        os.mkfifo(tmp_path / "out" / name)
+    else:
+        (tmp_path / "out" / name).write_text('{"mine": 1}')
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "1", "--out", str(tmp_path / "out")])
     assert capsys.readouterr().err.startswith(f"error: --out {tmp_path / 'out'} holds {name}, which this "
                                               "benchmark did not write; give a new or empty folder (or an "
                                               "earlier run's) (see python -m")
     assert [p.name for p in (tmp_path / "out").iterdir()] == [name]
-    assert (tmp_path / "out" / name).read_text() == '{"mine": 1}'
+    if (tmp_path / "out" / name).is_file():
+        assert (tmp_path / "out" / name).read_text() == '{"mine": 1}'
 
 
 def test_a_text_is_made_once_and_made_again_if_changed(tmp_path, monkeypatch):
@@ -76,3 +82,5 @@ def test_a_text_is_made_once_and_made_again_if_changed(tmp_path, monkeypatch):
     assert bench._ours(tmp_path / "corpus.json")
     path.write_bytes(first[:-10])                            # cut short or edited: made again, as it was
     assert bench.made(path, 1) and path.read_bytes() == first
+    (tmp_path / "text-1mb.sha1").unlink()                    # an earlier version's, or stopped before it
+    assert bench._ours(path) and bench.made(path, 1) and not bench.made(path, 1)

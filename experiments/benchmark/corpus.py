@@ -31,6 +31,7 @@ import itertools
 import re
 import resource
 import signal
+import stat
 import statistics
 import sys
 import time
@@ -86,15 +87,14 @@ def _sha1(path: Path) -> str:
 
 
 def _ours(path: Path) -> bool:
-    """Whether ``path`` is one this benchmark writes into ``--out``: a text with its SHA-1 beside it (or the
-    SHA-1), or corpus.json."""
-    if re.fullmatch(r"(text-\d+mb\.(txt|sha1)|corpus\.json)\.tmp", path.name):      # a write cut short
+    """Whether ``path`` is one this benchmark writes into ``--out``: a text (made again unless its SHA-1
+    beside it matches; earlier versions wrote none), its SHA-1, a write cut short, or corpus.json."""
+    if re.fullmatch(r"(text-\d+mb\.(txt|sha1)|corpus\.json)(\.tmp)?", path.name) is None:
+        return False
+    if path.name != "corpus.json":
         return True
-    text = re.fullmatch(r"(text-\d+mb)\.(txt|sha1)", path.name)
-    if text:
-        return (path.parent / f"{text[1]}.sha1").is_file()
-    try:
-        held = json.loads(path.read_text()) if path.name == "corpus.json" else {}
+    try:        # a regular file only: a FIFO would hang the read
+        held = json.loads(path.read_text()) if stat.S_ISREG(os.lstat(path).st_mode) else {}
         return {"machine", "prepare", "train"} <= held.keys()
     except (OSError, ValueError, AttributeError):
         return False
