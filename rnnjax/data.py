@@ -201,7 +201,10 @@ class WindowedText:
         if low < 0 or high >= len(self.vocab):
             raise ValueError(f"data.tokens holds the id {high if high >= len(self.vocab) else low}, outside "
                              f"its vocabulary's {len(self.vocab)} tokens (ids 0 to {len(self.vocab) - 1}).")
-        need = max(self.num_train - 1, int(np.max(self.val_starts(), initial=0))) + self.num_steps + 1
+        starts = self.val_starts()
+        if int(np.min(starts, initial=0)) < 0:      # indexing would wrap around to the end
+            raise ValueError(f"val_starts() holds {int(np.min(starts))}: a window starts at 0 or later.")
+        need = max(self.num_train - 1, int(np.max(starts, initial=0))) + self.num_steps + 1
         if need > len(self.tokens):
             raise ValueError(f"data.tokens has {len(self.tokens)} tokens, and its windows of num_steps + 1 = "
                              f"{self.num_steps + 1} (num_train {self.num_train} and the validation windows) "

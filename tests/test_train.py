@@ -333,4 +333,8 @@ def test_data_whose_windows_run_past_its_tokens_is_refused_before_the_workdir(sm
                                          rf"num_steps \+ 1 = {SMALL.num_steps + 1} \(num_train "
                                          rf"{SMALL.num_train} and the validation windows\) need {need}\.$"):
         fit(SMALL, data, tmp_path / "w", devices=1, log=None)
+    data = copy.copy(small_data)
+    data.val_starts = lambda: np.array([-3, 5])                 # would wrap around to the text's end
+    with pytest.raises(ValueError, match=r"^val_starts\(\) holds -3: a window starts at 0 or later\.$"):
+        fit(SMALL, data, tmp_path / "w", devices=1, log=None)
     assert not os.listdir(tmp_path)
