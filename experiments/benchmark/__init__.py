@@ -14,7 +14,8 @@ Runtime on a 2-core CPU: about 3 minutes; ``--ablations`` adds about 1,
 folder or an earlier benchmark's, whose results it replaces (``--json``: a
 new file or an earlier benchmark's); bad arguments are refused in one line
 before any measuring. ``bench.json`` is rewritten whole after each part
-(and each point of the sweep; its ``complete`` is true once all are in):
+(and each point of the sweep; its ``complete`` is true once every part has
+run, a contender that failed recorded as such):
 Ctrl-C, SIGTERM or SIGHUP stops it with one line (exit 128 + signal) and
 it keeps what was measured. Expected
 result: rnnjax's step and whole recipe faster than both baselines, at every
