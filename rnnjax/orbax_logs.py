@@ -18,13 +18,14 @@ class Tracebacks(logging.Filter):
         return not (record.exc_info and "orbax" in record.pathname)
 
 
-_STEP_METADATA = ("Metadata file does not exist: ", "Failed to json parse Metadata file: ")
+_STEP_METADATA = ("Metadata file does not exist: ", "Failed to json parse Metadata file: ",
+                  "Failed to read Metadata file: ")
 
 
 class StepMetadata(logging.Filter):
-    """Drops orbax's logs of a missing or unreadable ``_CHECKPOINT_METADATA`` in a step folder under
-    ``directory`` (its timestamps; rnnjax keeps what it needs in its own meta): the plan says which step the
-    run resumes from."""
+    """Drops orbax's logs of a missing or unreadable ``_CHECKPOINT_METADATA`` (not JSON, not UTF-8) in a
+    step folder under ``directory`` (its timestamps; rnnjax keeps what it needs in its own meta): the plan
+    says which step the run resumes from."""
 
     def __init__(self, directory: str | os.PathLike):
         super().__init__()

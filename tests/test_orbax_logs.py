@@ -53,5 +53,7 @@ def test_a_step_s_orbax_metadata_logs_are_dropped_under_the_directory_only():
     assert not drop.filter(record("Metadata file does not exist: /w/checkpoints/13/_CHECKPOINT_METADATA"))
     assert not drop.filter(record("Failed to json parse Metadata file: /w/checkpoints/13/_CHECKPOINT_METADATA"
                                   ", file content: , error: Expecting value", logging.ERROR))
+    assert not drop.filter(record("Failed to read Metadata file: /w/checkpoints/13/_CHECKPOINT_METADATA, "
+                                  "error: 'utf-8' codec can't decode byte 0xff", logging.ERROR))  # not UTF-8
     assert drop.filter(record("Metadata file does not exist: /elsewhere/13/_CHECKPOINT_METADATA"))  # others'
     assert drop.filter(record("Saving checkpoint at step 13 to /w/checkpoints"))
