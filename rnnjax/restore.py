@@ -143,6 +143,9 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     if workdir.exists() and not workdir.is_dir():
         raise CheckpointError(f"The workdir {workdir} is a file; give the folder a run was trained in.")
     if not directory.is_dir():
+        if workdir.name == SUBDIR and (workdir.parent / SUBDIR).is_dir():
+            raise CheckpointError(f"{workdir} is a workdir's checkpoints folder; give the workdir, "
+                                  f"{workdir.parent}.")
         what = "does not exist" if not workdir.exists() else "holds no checkpoints"
         raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
     if step is not None and best:
