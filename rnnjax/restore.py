@@ -28,7 +28,7 @@ from rnnjax.meta import Position
 from rnnjax.metrics import perplexity
 from rnnjax.precision import at_precision
 from rnnjax.state import abstract_run_states, abstract_train_state, create_train_state, make_model
-from rnnjax.stored import (PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, read_meta, reason,
+from rnnjax.stored import (CONFIG, PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, read_meta, reason,
                            steps, val_ppl)
 from rnnjax.vocab import Vocab
 
@@ -143,7 +143,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     if workdir.exists() and not workdir.is_dir():
         raise CheckpointError(f"The workdir {workdir} is a file; give the folder a run was trained in.")
     if not directory.is_dir():
-        if workdir.name == SUBDIR and (workdir.parent / SUBDIR).is_dir():
+        if workdir.name == SUBDIR and workdir.is_dir() and (workdir.parent / CONFIG).is_file():
             raise CheckpointError(f"{workdir} is a workdir's checkpoints folder; give the workdir, "
                                   f"{workdir.parent}.")
         what = "does not exist" if not workdir.exists() else "holds no checkpoints"

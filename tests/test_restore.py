@@ -33,6 +33,7 @@ def test_missing_or_empty_workdir(tmp_path):
     (tmp_path / "empty" / checkpoint.SUBDIR).mkdir()
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         checkpoint.restore(tmp_path / "empty")
+    (tmp_path / "empty" / checkpoint.CONFIG).write_text("{}")
     inside = tmp_path / "empty" / checkpoint.SUBDIR             # it said "train with --workdir it first"
     with pytest.raises(CheckpointError, match=rf"^{inside} is a workdir's checkpoints folder; give the "
                                               rf"workdir, {tmp_path / 'empty'}\.$"):
