@@ -28,8 +28,8 @@ from rnnjax.meta import Position
 from rnnjax.metrics import perplexity
 from rnnjax.precision import at_precision
 from rnnjax.state import abstract_run_states, abstract_train_state, create_train_state, make_model
-from rnnjax.stored import (CONFIG, PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, read_meta, reason,
-                           steps, val_ppl)
+from rnnjax.stored import (CONFIG, PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, read_meta,
+                           reason, steps, val_ppl)
 from rnnjax.vocab import Vocab
 
 
