@@ -30,9 +30,10 @@ from orbax.checkpoint import checkpoint_managers as policies
 from rnnjax import meta as meta_lib, orbax_logs, stops, workdir as workdir_lib
 from rnnjax.config import Config
 from rnnjax.restore import Restored, restore, restore_state  # noqa: F401
-from rnnjax.stored import (CONFIG, DAMAGED, REMOVING, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
+from rnnjax.stored import (CONFIG, DAMAGED, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
                            DamagedCheckpoint, UnknownCell, check_fits, latest_step, read_meta,
-                           StateMismatch, reason, remove_dropped, set_aside, steps, val_ppls)
+                           StateMismatch, reason, steps, val_ppls)
+from rnnjax.tidy import REMOVING, remove_dropped, set_aside  # noqa: F401
 from rnnjax.vocab import Vocab
 
 # What a finished save holds: read back after every save, a cheap sign that it can be restored.

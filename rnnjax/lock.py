@@ -108,7 +108,7 @@ def _in_use(workdir: Path, holder: str, flag: str = "--workdir") -> str:
 
 def removing(workdir: Path, step: int, wait_s: float = 1.0) -> bool:
     """Whether ``step``'s checkpoint is being removed by the run that holds ``workdir``'s lock (it keeps
-    its latest): listed, then moved out (``stored.REMOVING``) before it could be read, or deleted file by
+    its latest): listed, then moved out (``tidy.REMOVING``) before it could be read, or deleted file by
     file by an orbax that deletes in place; watched for ``wait_s``. False where no run holds the lock."""
     deadline = time.monotonic() + wait_s
     while step in steps(workdir):

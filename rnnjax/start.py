@@ -18,7 +18,7 @@ from typing import Any
 import jax
 
 from rnnjax import (checkpoint, computing as computing_lib, kernels, lock as lock_lib, memory, metrics,
-                    precision, stored, workdir as workdir_lib)
+                    precision, stored, tidy, workdir as workdir_lib)
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS, is_own
 from rnnjax.config import SWEEPABLE, Config, check_is_config, disagreement, got, label, shown
@@ -205,9 +205,9 @@ def planned(config: Config, data: WindowedText, workdir: str | Path, *, devices:
     with lock_lib.lock(workdir) as held, _open(dataclasses.replace(
             _read(config, data, workdir, dp, tuple(runs or ())), held=held)) as p:
         if not p.finished:
-            stored.remove_unfinished(workdir)       # a failed save's space first: the resume writes next
+            tidy.remove_unfinished(workdir)       # a failed save's space first: the resume writes next
             for step, _ in p.damaged:
-                checkpoint.set_aside(workdir, step)
+                tidy.set_aside(workdir, step)
         yield p
 
 

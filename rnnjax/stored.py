@@ -4,7 +4,7 @@ Reading here creates nothing and enters no barrier across processes (making
 an orbax manager does), so a process that only looks can call it. A
 checkpoint is read only if every file in it is a regular file (a FIFO would
 hang the reader) and its meta passes ``rnnjax.meta.problem``; a damaged one
-is ``set_aside`` into ``damaged/``, never deleted.
+is set aside into ``damaged/`` (``rnnjax.tidy``), never deleted.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -30,11 +28,6 @@ SUBDIR = "checkpoints"
 DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
 PARAMS = ".params["          # how the paths of a saved TrainState's parameters begin (its checksums')
 CONFIG = "config.json"       # a run's settings, for people and tools (rnnjax.checkpoint.write_config)
-# Orbax saves a step into a folder of this name, renamed to the step once complete.
-_UNFINISHED = re.compile(r"\d+\.orbax-checkpoint-tmp.*")
-# Orbax moves a checkpoint it drops in here, one rename (a kill mid-delete left a half-deleted step that
-# read as damaged); rnnjax deletes what is in it.
-REMOVING = ".removing"
 
 
 class CheckpointError(RuntimeError):
@@ -224,47 +217,6 @@ def _deserialize(d: Any) -> None:
             raise ValueError(f"not a dict but a {type(d).__name__}") from None
         return
     deserialize(d)
-
-
-def set_aside(workdir: Path, step: int) -> Path | None:
-    """Moves the damaged checkpoint ``step`` out of the checkpoints (never deleting it): where it went;
-    ``None`` if it is gone already. ``CheckpointError`` in one sentence if it cannot be moved."""
-    if not os.path.lexists(workdir / SUBDIR / str(step)):
-        return None
-    target = workdir / DAMAGED / str(step)
-    suffix = 1
-    while target.exists():
-        target, suffix = workdir / DAMAGED / f"{step}.{suffix}", suffix + 1
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        (workdir / SUBDIR / str(step)).rename(target)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise CheckpointError(f"The damaged checkpoint {workdir / SUBDIR / str(step)} cannot be moved to "
-                              f"{target} ({reason(e)}); move it aside yourself.") from None
-    return target
-
-
-def remove_unfinished(workdir: Path) -> list[Path]:
-    """Removes the temporary folders of saves that never finished (a full disk, a kill), before a resume
-    writes anything: never a checkpoint, they may hold the space it needs. Only the lock's holder calls it
-    (another run's save in progress looks the same); what cannot be removed stays, for orbax to retry."""
-    directory = Path(workdir) / SUBDIR
-    found = [p for p in directory.iterdir() if _UNFINISHED.fullmatch(p.name)] if directory.is_dir() else []
-    found = [p for p in found if p.is_dir() and not p.is_symlink()]        # a link is never followed
-    for folder in found:
-        shutil.rmtree(folder, ignore_errors=True)
-    remove_dropped(directory)
-    return found
-
-
-def remove_dropped(directory: Path) -> None:
-    """Deletes the checkpoints orbax dropped (moved into ``REMOVING``) from ``directory``; only the lock's
-    holder calls it."""
-    dropped = Path(directory) / REMOVING
-    if dropped.is_dir() and not dropped.is_symlink():
-        shutil.rmtree(dropped, ignore_errors=True)
 
 
 def val_ppls(workdir: Path, run: int | None = None) -> dict[int, float]:

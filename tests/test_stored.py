@@ -191,32 +191,6 @@ def test_a_run_of_a_cell_swapped_in_for_one_of_rnnjax_s_is_told_from_damage(tmp_
     assert len(checkpoint.steps(tmp_path / "run")) == 1
 
 
-def test_only_the_folders_of_orbax_s_unfinished_saves_are_removed(tmp_path):
-    assert stored.remove_unfinished(tmp_path) == []                 # no checkpoints folder: nothing made
-    assert not (tmp_path / stored.SUBDIR).exists()
-    folder = tmp_path / stored.SUBDIR
-    (folder / "7.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
-    (folder / "7.orbax-checkpoint-tmp" / "state" / "d").write_bytes(bytes(10))
-    (folder / "6").mkdir()                                          # a checkpoint
-    (folder / "x.orbax-checkpoint-tmp").mkdir()                     # not a step's
-    (folder / "8.orbax-checkpoint-tmp-1").symlink_to(folder / "6")  # a link: never followed
-    removed = stored.remove_unfinished(tmp_path)
-    assert [p.name for p in removed] == ["7.orbax-checkpoint-tmp"]
-    left = ["6", "8.orbax-checkpoint-tmp-1", "x.orbax-checkpoint-tmp"]
-    assert sorted(p.name for p in folder.iterdir()) == left
-
-
-def test_setting_aside_a_step_gone_meanwhile_or_that_cannot_move_is_no_traceback(tmp_path):
-    """A step removed as it was set aside (its run pruning it) raised FileNotFoundError."""
-    (tmp_path / checkpoint.SUBDIR).mkdir()
-    assert stored.set_aside(tmp_path, 7) is None and not (tmp_path / checkpoint.DAMAGED).exists()
-    (tmp_path / checkpoint.SUBDIR / "8").mkdir()
-    (tmp_path / checkpoint.DAMAGED).write_text("a file where the folder goes")
-    with pytest.raises(stored.CheckpointError, match=r"checkpoints/8 cannot be moved to .*damaged/8 \(.*\); "
-                                                     "move it aside yourself"):
-        stored.set_aside(tmp_path, 8)
-
-
 def test_a_config_json_nested_thousands_deep_is_not_a_run_s(tmp_path):
     """It raised a RecursionError from json.loads, a traceback."""
     (tmp_path / checkpoint.CONFIG).write_text("[" * 200000)
