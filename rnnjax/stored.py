@@ -265,13 +265,20 @@ def saved_runs(workdir: Path) -> tuple[list[Config], dict, str, bool] | None:
     config too). ``None`` where neither is there, or reads. ``ValueError`` if the
     two disagree (a ``config.json`` edited by hand): the checkpoint is what would resume; ``UnknownCell``
     (a ``ValueError`` too) if either names a cell not registered here."""
-    found, newest = config_settings(workdir), _newest_settings(workdir)
-    if found and newest:
-        differ = _differences(found[:2], newest[:2])
-        if differ:
-            raise ValueError(f"{Path(workdir) / 'config.json'} disagrees with the checkpoint step "
-                             f"{newest[2]} that would resume ({differ}): put the checkpoint's values back "
-                             "in it, or delete it to resume with them.")
+    newest = _newest_settings(workdir)
+    try:
+        found = config_settings(workdir)
+    except UnknownCell as e:        # config.json's alone: the checkpoint is what resumes
+        if newest is None:
+            raise
+        found, differ = None, f"cell: config.json {e.cell!r}, which is not registered here, checkpoint " \
+                              f"{newest[0][0].cell!r}"
+    else:
+        differ = _differences(found[:2], newest[:2]) if found and newest else ""
+    if differ:
+        raise ValueError(f"{Path(workdir) / 'config.json'} disagrees with the checkpoint step "
+                         f"{newest[2]} that would resume ({differ}): put the checkpoint's values back "
+                         "in it, or delete it to resume with them.")
     if found:
         return *found[:2], "its config.json", found[2]
     if newest:

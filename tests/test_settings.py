@@ -208,6 +208,13 @@ def test_a_config_json_edited_to_disagree_with_its_checkpoint_is_named(tmp_path)
                                          r"would resume \(num_hiddens: config.json 24, checkpoint 16; cell: "
                                          r"config.json 'gru', checkpoint 'rnn'; the vocabulary\): put"):
         settings(cli.parse_args(["--workdir", str(w)]))
+    config = json.loads((w / checkpoint.CONFIG).read_text())
+    config["config"]["cell"] = "foo"                 # it said the run was trained with 'foo': register it
+    (w / checkpoint.CONFIG).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"disagrees with the checkpoint step 13 that would resume \(cell: "
+                                         r"config.json 'foo', which is not registered here, checkpoint "
+                                         r"'rnn'\)"):
+        settings(cli.parse_args(["--workdir", str(w)]))
 
 
 @pytest.mark.slow
