@@ -163,7 +163,7 @@ def use_cpu_cores(batch_size: int, devices: int | None = None) -> int | None:
     return count
 
 
-MAX_CPU_DEVICES = 4096      # JAX makes them all as it starts, in a time that grows faster than their count
+MAX_CPU_DEVICES = 2048      # past it a CPU computation fails ("multiprocess"); JAX makes them as it starts
 
 
 def check_cpu_device_count() -> None:

@@ -10,6 +10,7 @@ is set aside into ``damaged/`` (``rnnjax.tidy``), never deleted.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import stat
@@ -200,8 +201,8 @@ def _step_metadata(folder: Path) -> str | None:
     file of JSON it cannot take (one that is missing or not JSON it passes over), in a clause."""
     try:
         d = json.loads((folder / "_CHECKPOINT_METADATA").read_bytes())
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError, RecursionError):      # RecursionError: nested thousands deep, as orbax
+        return None                                     # would not parse either
     try:
         _deserialize(d)
     except Exception as e:              # ValueError, TypeError, KeyError: any value of the wrong type
@@ -216,7 +217,12 @@ def _deserialize(d: Any) -> None:
         if not isinstance(d, dict):
             raise ValueError(f"not a dict but a {type(d).__name__}") from None
         return
-    deserialize(d)
+    absl = logging.getLogger("absl")
+    quiet, absl.disabled = absl.disabled, True      # its note on a key it does not know, at every read
+    try:
+        deserialize(d)
+    finally:
+        absl.disabled = quiet
 
 
 def val_ppls(workdir: Path, run: int | None = None) -> dict[int, float]:

@@ -74,12 +74,12 @@ def test_use_cpu_cores_refuses_what_is_not_a_whole_number_of_at_least_one(batch_
         backend.use_cpu_cores(batch_size, devices)
 
 
-@pytest.mark.parametrize("typed", ["abc", "0", "-1", "-2", "", "1.5", "4097"])
+@pytest.mark.parametrize("typed", ["abc", "0", "-1", "-2", "", "1.5", "2049"])
 def test_a_jax_num_cpu_devices_that_jax_would_fail_on_or_take_as_one_is_refused(typed, monkeypatch):
     """JAX fails on 0 as it starts its CPU backend and takes -2 as one device; ``abc`` fails JAX's import,
     so here it is set after that (``experiments.stopping.load_jax`` says it in a fresh process)."""
     monkeypatch.setenv("JAX_NUM_CPU_DEVICES", typed)
-    with pytest.raises(ValueError, match=rf"^\$JAX_NUM_CPU_DEVICES must be a whole number from 1 to 4096 "
+    with pytest.raises(ValueError, match=rf"^\$JAX_NUM_CPU_DEVICES must be a whole number from 1 to 2048 "
                                          rf"\(the CPU devices JAX makes\), got {re.escape(repr(typed))}\.$"):
         backend.use_cpu_cores(8)
     monkeypatch.setenv("JAX_NUM_CPU_DEVICES", " 2")          # as JAX reads it: refused by nothing
@@ -103,7 +103,7 @@ def test_the_cli_refuses_a_jax_num_cpu_devices_of_0_or_a_million_in_one_line(
     from experiments import timemachine
     monkeypatch.setenv("JAX_NUM_CPU_DEVICES", count)
     assert timemachine.main(["--preset", "tiny", "--epochs", "1", "--workdir", str(tmp_path / "w")]) == 1
-    assert capsys.readouterr().err == ("error: $JAX_NUM_CPU_DEVICES must be a whole number from 1 to 4096 "
+    assert capsys.readouterr().err == ("error: $JAX_NUM_CPU_DEVICES must be a whole number from 1 to 2048 "
                                        f"(the CPU devices JAX makes), got '{count}'.\n")
     assert not (tmp_path / "w").exists()
 

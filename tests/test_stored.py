@@ -1,5 +1,6 @@
 """What a workdir holds, read back where the run's own cell is not registered: not damage, a clear error."""
 
+import logging
 import shutil
 
 import flax.linen as nn
@@ -195,3 +196,16 @@ def test_a_config_json_nested_thousands_deep_is_not_a_run_s(tmp_path):
     """It raised a RecursionError from json.loads, a traceback."""
     (tmp_path / checkpoint.CONFIG).write_text("[" * 200000)
     assert stored.config_settings(tmp_path) is None
+
+
+def test_a_step_metadata_nested_thousands_deep_or_with_a_key_orbax_does_not_know_is_passed_over(tmp_path,
+                                                                                                caplog):
+    """The first was a RecursionError traceback at every read; the second an absl warning at every read."""
+    (tmp_path / "_CHECKPOINT_METADATA").write_text("[" * 100000 + "]" * 100000)
+    assert stored._step_metadata(tmp_path) is None
+    (tmp_path / "_CHECKPOINT_METADATA").write_text('{"future_field": {}}')
+    with caplog.at_level(logging.INFO):
+        assert stored._step_metadata(tmp_path) is None
+    assert "future_field" not in caplog.text
+    (tmp_path / "_CHECKPOINT_METADATA").write_text("[]")
+    assert stored._step_metadata(tmp_path).startswith("has a _CHECKPOINT_METADATA that orbax cannot take")
