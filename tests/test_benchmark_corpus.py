@@ -52,13 +52,17 @@ def test_bad_arguments_are_one_line_before_any_text_is_made(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]        # nothing made
 
 
-@pytest.mark.parametrize("name", ["corpus.json", "notes.md", "fifo/corpus.json"])
+@pytest.mark.parametrize("name", ["corpus.json", "notes.md", "text-1mb.txt", "fifo/corpus.json",
+                                  "folder/text-1mb.txt", "folder/text-1mb.sha1"])
 def test_an_out_folder_holding_files_it_did_not_write_is_refused_and_kept(tmp_path, capsys, name):
-    """corpus.json was written over without a word; a FIFO of that name hung the check."""
+    """corpus.json was written over, a text of one's own taken as the generated one or written over,
+    without a word; a FIFO of that name hung the check; a folder of a text's name was a traceback."""
     (tmp_path / "out").mkdir()
-    if name.startswith("fifo/"):
-        name = name.removeprefix("fifo/")
+    kind, _, name = name.rpartition("/")
+    if kind == "fifo":
         os.mkfifo(tmp_path / "out" / name)
+    elif kind == "folder":
+        (tmp_path / "out" / name).mkdir()
     else:
         (tmp_path / "out" / name).write_text('{"mine": 1}')
     with pytest.raises(SystemExit):
@@ -82,5 +86,8 @@ def test_a_text_is_made_once_and_made_again_if_changed(tmp_path, monkeypatch):
     assert bench._ours(tmp_path / "corpus.json")
     path.write_bytes(first[:-10])                            # cut short or edited: made again, as it was
     assert bench.made(path, 1) and path.read_bytes() == first
-    (tmp_path / "text-1mb.sha1").unlink()                    # an earlier version's, or stopped before it
+    (tmp_path / "text-1mb.sha1").unlink()                    # an earlier version's: beside its corpus.json
     assert bench._ours(path) and bench.made(path, 1) and not bench.made(path, 1)
+    (tmp_path / "text-1mb.sha1").unlink()
+    (tmp_path / "corpus.json").unlink()
+    assert not bench._ours(path)                             # a text of one's own, it may be

@@ -71,13 +71,15 @@ def generate(path: Path, size: int, seed: int = 0) -> None:
 
 def made(path: Path, size: int) -> bool:
     """Makes text ``path`` of ``size`` MB unless an earlier run made it (its SHA-1 beside it, in
-    ``path.sha1``, still matches); whether it made it."""
+    ``path.sha1``, still matches); whether it made it. The SHA-1 is written before the text is renamed into
+    place: a stop between leaves a text it does not match, made again, never a text without one."""
     sha1 = path.with_suffix(".sha1")
     if path.is_file() and sha1.is_file() and sha1.read_text().strip() == _sha1(path):
         return False
-    sha1.unlink(missing_ok=True)
-    write_atomically(path, save=lambda tmp: generate(Path(tmp), size * MB, seed=size))
-    write_atomically(sha1, _sha1(path) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    write_atomically(tmp, save=lambda t: generate(Path(t), size * MB, seed=size))
+    write_atomically(sha1, _sha1(tmp) + "\n")
+    tmp.replace(path)
     return True
 
 
@@ -87,15 +89,18 @@ def _sha1(path: Path) -> str:
 
 
 def _ours(path: Path) -> bool:
-    """Whether ``path`` is one this benchmark writes into ``--out``: a text (made again unless its SHA-1
-    beside it matches; earlier versions wrote none), its SHA-1, a write cut short, or corpus.json."""
-    if re.fullmatch(r"(text-\d+mb\.(txt|sha1)|corpus\.json)(\.tmp)?", path.name) is None:
-        return False
-    if path.name != "corpus.json":
-        return True
-    try:        # a regular file only: a FIFO would hang the read
-        held = json.loads(path.read_text()) if stat.S_ISREG(os.lstat(path).st_mode) else {}
-        return {"machine", "prepare", "train"} <= held.keys()
+    """Whether ``path`` is a file this benchmark writes into ``--out``: a text with its SHA-1 beside it (or
+    beside an earlier version's corpus.json, which wrote none), that SHA-1, a write cut short, corpus.json."""
+    try:        # regular files only: a FIFO would hang a read, a folder fail the write
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        if re.fullmatch(r"(text-\d+mb\.(txt|sha1)|corpus\.json)(\.tmp)?(\.tmp)?", path.name) is None:
+            return False
+        if path.name.endswith((".tmp", ".sha1")):
+            return True
+        if path.name.endswith(".txt"):
+            return path.with_suffix(".sha1").is_file() or _ours(path.parent / "corpus.json")
+        return {"machine", "prepare", "train"} <= json.loads(path.read_text()).keys()
     except (OSError, ValueError, AttributeError):
         return False
 
