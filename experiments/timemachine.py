@@ -162,7 +162,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
             text = rnnjax.predict(model, params, data.vocab, data.prompt, 20)
             say(f"run {k} ({config_lib.label(c, configs)}): train perplexity {cli.ppl(last['train_ppl'])}, "
                 f"val perplexity {cli.ppl(last['val_ppl'])}, {text!r}")
-        table = runs.summary(result.history)
+        table = runs.summary(result.history, result.stopped)
         finished = sum(why is None for why in result.stopped)
         count = f"{finished} of {len(configs)}" if finished < len(configs) else f"{len(configs)}"
         said = (f"{k} mean {cli.ppl(v['mean'])} (min {cli.ppl(v['min'])}, max {cli.ppl(v['max'])})"

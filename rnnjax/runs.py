@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +73,16 @@ def eval_runs(states: TrainState, batches: Batch, axis_name: str | None = None) 
     return jax.vmap(lambda state: eval_steps(state, batches, axis_name))(states)
 
 
-def summary(history: list[dict]) -> dict[str, dict[str, float]]:
+def summary(history: list[dict], stopped: Sequence[str | None] = ()) -> dict[str, dict[str, float]]:
     """Mean, min and max over the runs of their last epoch's ``train_ppl``, ``val_ppl``, ``val_bpc``; runs
-    that stopped (their last record says why, ``stopped``) left out."""
-    out = {r.get("run") for r in history if "stopped" in r}
-    last = max(r["epoch"] for r in history if r.get("run") not in out)
-    final = [r for r in history if r["epoch"] == last and r.get("run") not in out]
+    that stopped left out: their last record says why (``stopped``), or, for logs written before it did,
+    ``stopped`` (a ``FitResult``'s) does. ``ValueError`` if every run stopped."""
+    out = {r.get("run") for r in history if "stopped" in r} | {k for k, why in enumerate(stopped) if why}
+    kept = [r for r in history if r.get("run") not in out]
+    if not kept:
+        raise ValueError("Every run of the history stopped: no last epoch to summarize.")
+    last = max(r["epoch"] for r in kept)
+    final = [r for r in kept if r["epoch"] == last]
     return {k: {"mean": statistics.fmean(r[k] for r in final), "min": min(r[k] for r in final),
                 "max": max(r[k] for r in final)} for k in ("train_ppl", "val_ppl", "val_bpc")}
 

@@ -217,3 +217,7 @@ def test_summary_of_the_last_epoch():
     assert runs.summary([*history, diverged]) == table          # a run stopped at the last epoch: left out
     single = [{k: v for k, v in r.items() if k != "run"} for r in history if r["run"] == 0]
     assert runs.summary(single)["val_ppl"] == {"mean": 12.0, "min": 12.0, "max": 12.0}     # one run alone
+    older = {k: v for k, v in diverged.items() if k != "stopped"}      # a log from before records said so
+    assert runs.summary([*history, older], [None, None, None, "diverged"]) == table
+    with pytest.raises(ValueError, match="^Every run of the history stopped"):
+        runs.summary([*single, {**single[-1], "epoch": 3, "stopped": "diverged"}])
