@@ -149,6 +149,11 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
         if (workdir / name).exists() and not (workdir / name).is_dir():
             raise workdir_lib.WorkdirError(f"{workdir / name} is a file where rnnjax keeps a folder; move it "
                                            "aside, or use another --workdir.")
+    dropped = workdir / checkpoint.SUBDIR / tidy.REMOVING     # orbax would move checkpoints into a link's
+    if os.path.lexists(dropped) and (dropped.is_symlink() or not dropped.is_dir()):     # target, or fail
+        raise workdir_lib.WorkdirError(f"{dropped} is not a folder, where rnnjax keeps the checkpoints it "
+                                       "drops until it deletes them; move it aside, or use another "
+                                       "--workdir.")
     for name in (stored.CONFIG, metrics.PLOT):      # a folder or a FIFO would fail, or hang, the run's writes
         if os.path.lexists(workdir / name) and not (workdir / name).is_file():
             raise workdir_lib.WorkdirError(f"{workdir / name} is not a regular file, where rnnjax keeps one; "

@@ -590,6 +590,15 @@ def test_a_file_where_a_folder_is_kept_is_one_sentence(small_data, tmp_path):
     (tmp_path / checkpoint.DAMAGED).write_text("x")
     with pytest.raises(workdir.WorkdirError, match="damaged is a file where rnnjax keeps a folder"):
         fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+    (tmp_path / checkpoint.DAMAGED).unlink()
+    dropped = tmp_path / checkpoint.SUBDIR / checkpoint.REMOVING
+    (tmp_path / "elsewhere").mkdir()
+    for make in (lambda: dropped.write_text("x"), lambda: dropped.symlink_to(tmp_path / "elsewhere")):
+        make()              # a file failed each save after the first; a link's target got the checkpoints
+        with pytest.raises(workdir.WorkdirError, match=r"checkpoints/\.removing is not a folder, where "
+                                                       "rnnjax keeps the checkpoints it drops"):
+            fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+        dropped.unlink()
 
 
 def full_disk(*args, **kwargs):
