@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from rnnjax.precision import at_precision
 from rnnjax.state import abstract_run_states, abstract_train_state, create_train_state, make_model
 from rnnjax.stored import (CONFIG, PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, read_meta,
                            reason, steps, val_ppl)
+from rnnjax.tidy import REMOVING
 from rnnjax.vocab import Vocab
 
 
@@ -155,7 +157,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         try:
             return _first_good(workdir, _candidates(workdir, asked, best, run, fallback), run, fallback, best)
         except _Removed as e:
-            if e.args[0] == asked:
+            if e.args[0] is not None and e.args[0] == asked:
                 raise CheckpointError(f"The checkpoint at step {asked} in {workdir} was removed as it was "
                                       "read (by the run writing there, which keeps its latest): restore "
                                       "another, or the latest.") from None
@@ -173,6 +175,8 @@ def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fa
     first. The best is that of the checkpoints whose meta can be read: without ``fallback``, one that
     cannot (it may have been the best) is a ``DamagedCheckpoint``."""
     saved = sorted(steps(workdir))
+    if not saved and _dropping(workdir):       # listed as the run writing it renamed its latest but one away
+        raise _Removed(None)
     if not saved:
         raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
     if best:
@@ -205,6 +209,21 @@ def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fa
     if step is not None and step not in saved:
         raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {saved}.")
     return sorted((s for s in saved if step is None or s <= step), reverse=True)
+
+
+def _dropping(workdir: Path) -> bool:
+    """Whether the run that holds ``workdir``'s lock has just dropped a checkpoint (``tidy.REMOVING`` holds
+    one): a listing made meanwhile can find none, the newest still being renamed into place."""
+    try:
+        if not any((workdir / SUBDIR / REMOVING).iterdir()):
+            return False
+        lock_lib.check_unlocked(workdir)
+        return False
+    except lock_lib.WorkdirError:
+        time.sleep(0.05)
+        return True
+    except OSError:
+        return False
 
 
 def _first_good(workdir: Path, candidates: list[int], run: int | None, fallback: bool, best: bool

@@ -119,6 +119,27 @@ def test_a_removal_in_progress_is_told_from_damage_while_a_run_holds_the_workdir
             checkpoint.restore(tmp_path, step=13)
 
 
+def test_a_listing_that_finds_none_as_the_writing_run_drops_one_is_made_again(small_data, tmp_path,
+                                                                              monkeypatch):
+    """Seen once in 703 restores during training: "holds no complete checkpoint", listed as the latest but
+    one was renamed into .removing and the newest was still being renamed into place."""
+    from rnnjax import lock as lock_lib, restore as restore_lib
+    fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+    listed = restore_lib.steps
+    calls = []
+
+    def none_at_first(workdir):
+        calls.append(1)
+        return [] if len(calls) == 1 else listed(workdir)
+    monkeypatch.setattr(restore_lib, "steps", none_at_first)
+    (tmp_path / checkpoint.SUBDIR / checkpoint.REMOVING / "13").mkdir(parents=True)    # just dropped
+    with lock_lib.lock(tmp_path):                                   # by the run that holds the workdir
+        assert checkpoint.restore(tmp_path).step == 26 and len(calls) == 2
+    calls.clear()
+    with pytest.raises(CheckpointError, match="holds no complete checkpoint"):     # no run writes there
+        checkpoint.restore(tmp_path)
+
+
 @pytest.mark.slow
 def test_restore_for_inference_in_a_fresh_process(small_data, tmp_path):
     result = fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1)
