@@ -91,13 +91,7 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
 def trained_in(args: argparse.Namespace) -> Path:
     """The workdir a training command of these flags writes (``settings``'), for ``--predict`` without
     ``--workdir``: with ``--sample``, ``--seed`` seeds the draws, not a run."""
-    seed = args.seed
-    if args.sample:
-        args.seed = None
-    try:
-        return settings(args)[1]
-    finally:
-        args.seed = seed
+    return settings(argparse.Namespace(**{**vars(args), "seed": None if args.sample else args.seed}))[1]
 
 
 def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Config], Path, bool]:
