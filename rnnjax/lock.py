@@ -106,19 +106,24 @@ def _in_use(workdir: Path, holder: str, flag: str = "--workdir") -> str:
             f"to finish, stop it, or use another {flag}.")
 
 
+def held(workdir: Path) -> bool:
+    """Whether a run holds ``workdir``'s lock now (or its lock file is not one: ``check_unlocked``)."""
+    try:
+        check_unlocked(workdir)
+    except WorkdirError:
+        return True
+    return False
+
+
 def removing(workdir: Path, step: int, wait_s: float = 1.0) -> bool:
     """Whether ``step``'s checkpoint is being removed by the run that holds ``workdir``'s lock (it keeps
     its latest): listed, then moved out (``tidy.REMOVING``) before it could be read, or deleted file by
     file by an orbax that deletes in place; watched for ``wait_s``. False where no run holds the lock."""
     deadline = time.monotonic() + wait_s
     while step in steps(workdir):
-        try:
-            check_unlocked(workdir)
+        if not held(workdir) or time.monotonic() > deadline:
             return False
-        except WorkdirError:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
+        time.sleep(0.05)
     return True
 
 

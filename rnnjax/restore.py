@@ -215,15 +215,13 @@ def _dropping(workdir: Path) -> bool:
     """Whether the run that holds ``workdir``'s lock has just dropped a checkpoint (``tidy.REMOVING`` holds
     one): a listing made meanwhile can find none, the newest still being renamed into place."""
     try:
-        if not any((workdir / SUBDIR / REMOVING).iterdir()):
-            return False
-        lock_lib.check_unlocked(workdir)
-        return False
-    except lock_lib.WorkdirError:
-        time.sleep(0.05)
-        return True
+        dropped = any((workdir / SUBDIR / REMOVING).iterdir())
     except OSError:
         return False
+    if dropped and lock_lib.held(workdir):
+        time.sleep(0.05)                    # the newest is being renamed into place
+        return True
+    return False
 
 
 def _first_good(workdir: Path, candidates: list[int], run: int | None, fallback: bool, best: bool
