@@ -160,15 +160,20 @@ def _seal(meta: Any) -> str | None:
     return None
 
 
+def _config_dicts(d: dict) -> list[dict]:
+    """The configs a meta (or config.json) holds, as saved: its own and its runs', those that are dicts."""
+    runs = d.get("runs")
+    return [c for c in [d.get("config"), *(runs if isinstance(runs, list) else [])] if isinstance(c, dict)]
+
+
 def unregistered_cell(d: Any, sealed: bool = True) -> str | None:
     """The cell that ``d``'s config (or one of its runs') names and ``rnnjax.cells.CELLS`` lacks: a run of a
     cell of one's own, read where it is not registered. ``d`` is a checkpoint's meta, or with ``sealed=False``
     a workdir's ``config.json``; ``None`` if there is none, or if the meta fails its checksum (damaged)."""
     if not isinstance(d, dict) or (sealed and _seal(d)):
         return None
-    runs = d.get("runs")
-    for c in [d.get("config"), *(runs if isinstance(runs, list) else [])]:
-        cell = c.get("cell") if isinstance(c, dict) else None
+    for c in _config_dicts(d):
+        cell = c.get("cell")
         if isinstance(cell, str) and cell not in CELLS:
             return cell
     return None
@@ -186,9 +191,8 @@ def newer(d: Any) -> str | None:
             return None
     if _seal(d):
         return None
-    runs = d.get("runs")
-    for c in [d.get("config"), *(runs if isinstance(runs, list) else [])]:
-        unknown = Config.unknown_fields(c) if isinstance(c, dict) else []
+    for c in _config_dicts(d):
+        unknown = Config.unknown_fields(c)
         if unknown:
             return f"the config field{'s' * (len(unknown) > 1)} {', '.join(unknown)}"
     return None
