@@ -268,6 +268,8 @@ def _drop_output() -> None:
 def _main(argv, parser_options: dict) -> int:
     try:
         args = cli.parse_args(argv, **parser_options)
+        if args.predict is not None:        # from here a signal has no checkpoint to speak of
+            stopping.handle(_stopped_generating)
         configs, workdir, several = settings.settings(args) if args.predict is None else (None, None, False)
         args.default_workdir = args.predict is not None and args.workdir is None
         if args.default_workdir:          # the run the same command without --predict trains
@@ -280,8 +282,6 @@ def _main(argv, parser_options: dict) -> int:
     except ValueError as e:          # checks of the arguments (and the workdir's settings), before JAX starts
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if args.predict is not None:
-        stopping.handle(_stopped_generating)
     backend.keep_freed_memory()
     if not args.no_compilation_cache:
         try:

@@ -330,6 +330,9 @@ if where == "plot":
     metrics.plot_perplexity = signalled(lambda *args, **kwargs: None)
 if where == "restore":
     checkpoint.restore = signalled(checkpoint.restore)
+if where == "start":            # JAX starting, before the checkpoint is looked at
+    from rnnjax import backend
+    backend.start = signalled(backend.start)
 if where == "close":         # the checkpoint manager closes as the loop ends, after its last look for one
     import orbax.checkpoint as ocp
     ocp.CheckpointManager.close = signalled(ocp.CheckpointManager.close)
@@ -363,8 +366,8 @@ def test_a_signal_after_training_says_the_run_is_saved_and_the_rerun_draws_its_p
             again = command("--epochs", str(epochs))
             assert again.returncode == 0 and "nothing to train" in again.stdout, again.stdout + again.stderr
             assert plot.stat().st_mtime_ns >= records.stat().st_mtime_ns      # drawn again where it was not
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        proc = command("--predict", "it ", where="restore", signum=signum)
+    for signum, where in ((signal.SIGINT, "start"), (signal.SIGTERM, "restore"), (signal.SIGHUP, "start")):
+        proc = command("--predict", "it ", where=where, signum=signum)
         assert proc.returncode == 128 + signum and proc.stdout == "", proc.stdout
         assert proc.stderr.strip() == f"Stopped by signal {signum} ({signum.name}) while generating; the " \
                                       "workdir is as it was."
