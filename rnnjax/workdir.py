@@ -13,6 +13,7 @@ at a time: ``rnnjax.lock``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import zlib
@@ -85,6 +86,9 @@ def check_writable(workdir: Path) -> None:
     parent = workdir.absolute()
     while not parent.exists():          # the workdir, else the nearest folder above it that is there
         if os.path.islink(parent):      # dangling: nothing can be made there, or below it
+            if _in_a_loop(parent):
+                raise WorkdirError(f"The workdir {workdir} cannot be made: {parent} is a link in a loop of "
+                                   "links, which never reaches a folder; use another --workdir.")
             raise WorkdirError(f"The workdir {workdir} cannot be made: {parent} is a link to "
                                f"{os.readlink(parent)}, which does not exist; make that folder, or use "
                                "another --workdir.")
@@ -101,6 +105,14 @@ def check_writable(workdir: Path) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".rnnjax-probe-", dir=parent))
     except OSError as e:
         raise WorkdirError(f"The workdir {workdir} cannot be made in {parent} ({_describe(e)}).") from None
+
+
+def _in_a_loop(link: Path) -> bool:
+    try:
+        os.stat(link)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def check_ours(workdir: Path) -> None:
