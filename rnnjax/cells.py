@@ -189,6 +189,10 @@ class LSTMCell(_Cell):
         return (H_BxH, C_BxH), H_BxH
 
 
+# The batch ``step_problem`` steps: more than one, so that a cell that drops or mixes the batch shows it.
+STEP_BATCH = 2
+
+
 def lacks(cell: Any) -> list[str]:
     """What of the cell protocol (above) the made ``cell`` lacks, as the protocol names it: [] for a cell."""
     missing = []
@@ -198,8 +202,12 @@ def lacks(cell: Any) -> list[str]:
         missing.append("__call__(carry, x)")
     except ValueError:          # no signature to read (a builtin): taken on trust
         pass
-    if not callable(getattr(cell, "initialize_carry", None)):
+    try:                        # flax's older (rng, batch_dims, size), a static method, binds no (rng, shape)
+        inspect.signature(cell.initialize_carry).bind(None, None)
+    except (AttributeError, TypeError):
         missing.append("initialize_carry(rng, input_shape)")
+    except ValueError:
+        pass
     try:
         cell.num_feature_axes
     except (AttributeError, NotImplementedError):        # nn.RNNCellBase's raises the latter
@@ -207,32 +215,49 @@ def lacks(cell: Any) -> list[str]:
     return missing
 
 
+class StepFailed(Exception):
+    """``step_problem``'s step failed in the cell's own code: a clause, the cell's error its cause."""
+
+
 def step_problem(cell: nn.Module, input_size: int) -> str | None:
-    """Where one step of the made ``cell`` (one that ``lacks`` nothing) on ``(1, input_size)`` inputs, as
-    ``rnnjax.model.RNN`` gives them, breaks the protocol, in a clause; ``None`` if it keeps it, or fails
-    otherwise (the model's own trace then says how). Shapes only: nothing is computed."""
+    """Where one step of the made ``cell`` (one that ``lacks`` nothing) on a batch of ``STEP_BATCH`` inputs
+    of ``input_size`` features, as ``rnnjax.model.RNN`` gives them, breaks the protocol, in a clause;
+    ``None`` if it keeps it; ``StepFailed`` if it raises. Shapes and dtypes only: nothing is computed."""
     def one_step(ids):
         x = OneHot(ids, input_size)
         x = x if getattr(cell, "accepts_one_hot", False) else x.dense(compute_dtype(cell))
         carry = cell.initialize_carry(jax.random.key(0), x.shape)
-        new, y = cell.apply(cell.init(jax.random.key(0), carry, x), carry, x)   # init gives any stream a key
-        return carry, new, y
+        out = cell.apply(cell.init(jax.random.key(0), carry, x), carry, x)   # init gives any stream a key
+        return carry, out
     try:
-        carry, new, y = jax.eval_shape(one_step, jax.ShapeDtypeStruct((1,), jnp.int32))
+        carry, out = jax.eval_shape(one_step, jax.ShapeDtypeStruct((STEP_BATCH,), jnp.int32))
     except flax.errors.InvalidRngError as e:        # a Dropout inside the cell, say
         stream = re.search(r'needs PRNG for "(\w+)"', str(e))
         hint = (": rnnjax's dropout acts between layers (--dropout with --num-layers 2 or more)"
                 if stream and stream[1] == "dropout" else "")
         named = f"a {stream[1]!r}" if stream else "a"
         return f"asks for {named} random key, which a cell is not given{hint}"
-    except Exception:       # any other failure of the cell's own code: the model's trace says it
-        return None
+    except Exception as e:      # the cell's own code: its error in a clause, and as the cause (its traceback)
+        said = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else ""
+        raise StepFailed(f"fails on a batch of {STEP_BATCH} inputs and the carry initialize_carry gives for "
+                         f"it ({type(e).__name__}{': ' + said if said else ''})") from e
+    if not (isinstance(out, tuple) and len(out) == 2):
+        return f"returns {_shapes(out)}, not a pair (carry, y)"
+    new, y = out
+    leaves = jax.tree.leaves(carry)
+    if not leaves or any(a.ndim < 1 or a.shape[0] != STEP_BATCH for a in leaves):
+        return (f"starts from initialize_carry's {_shapes(carry)} for a batch of {STEP_BATCH} inputs: each "
+                "part of the carry must have the batch first")
     if jax.tree.structure(new) != jax.tree.structure(carry) or any(
-            a.shape != b.shape for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(carry))):
+            a.shape != b.shape for a, b in zip(jax.tree.leaves(new), leaves)):
         return (f"returns a carry of {_shapes(new)} from initialize_carry's {_shapes(carry)}: the new carry "
                 "must have the shapes of the one it replaces")
-    if not isinstance(y, jax.ShapeDtypeStruct) or y.ndim != 2:
-        return f"returns y as {_shapes(y)}, not one (batch, features) array"
+    if not isinstance(y, jax.ShapeDtypeStruct) or y.ndim != 2 or y.shape[0] != STEP_BATCH:
+        return f"returns y as {_shapes(y)} for {STEP_BATCH} inputs, not one (batch, features) array"
+    if not all(jnp.issubdtype(a.dtype, jnp.floating) for a in [*leaves, *jax.tree.leaves(new), y]):
+        # else no gradient reaches the cell's weights: it would train as a model of the tokens' frequencies
+        return (f"returns a carry of {_shapes(new)} and y as {_shapes(y)} from initialize_carry's "
+                f"{_shapes(carry)}: a cell's carry and y must be floating point")
     return None
 
 

@@ -14,7 +14,7 @@ from flax.training import train_state
 
 from rnnjax import cudnn, fused, hoisted, kernels
 from rnnjax.backend import CompiledPerShape, init_compiler_options
-from rnnjax.cells import OWN_CELLS, lacks, step_problem
+from rnnjax.cells import OWN_CELLS, StepFailed, lacks, step_problem
 from rnnjax.config import Config, ConfigError
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN, hashable
 from rnnjax.precision import COMPUTE_DTYPES
@@ -51,11 +51,14 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
                           f"recurrent cell (it lacks {', '.join(missing)}): a cell is called as "
                           "cell(carry, x) -> (carry, y) and has initialize_carry(rng, input_shape) and "
                           "num_feature_axes, as flax's nn.RNNCellBase.")
-    problem = (None if type(cell) in OWN_CELLS.values() else
-               (_checked_step if hashable(cell) else step_problem)(cell, vocab_size))
+    try:
+        problem, cause = (None if type(cell) in OWN_CELLS.values() else
+                          (_checked_step if hashable(cell) else step_problem)(cell, vocab_size)), None
+    except StepFailed as e:
+        problem, cause = str(e), e.__cause__
     if problem:         # rather than JAX's error about scan's carry, or flax's about its rngs, mid-trace
         raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] makes a {type(cell).__name__} whose step "
-                          f"{problem}.")
+                          f"{problem}.") from cause
     remat = kernel == "fused"
     if config.num_layers == 1 and not config.bidirectional:      # dropout acts between layers only
         rnn = RNN(cell, unroll=config.unroll, remat=remat)

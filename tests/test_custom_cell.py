@@ -14,6 +14,7 @@ import pytest
 
 from conftest import TINY, DenseCell, ListedCell, small_text
 from rnnjax import checkpoint, model as model_lib
+from rnnjax.config import ConfigError
 from rnnjax.data import TimeMachine
 from rnnjax.generate import predict
 from rnnjax.model import RNN, RNNLM, OneHot, SimpleRNNCell, StackedRNN
@@ -172,7 +173,6 @@ def test_a_cell_that_needs_other_arguments_says_to_register_a_partial(tmp_path, 
     import functools
 
     from experiments import timemachine
-    from rnnjax.config import ConfigError
     monkeypatch.setitem(model_lib.CELLS, "ranked", RankedCell)
     with pytest.raises(ConfigError, match=r"rnnjax makes the cell 'ranked' as rnnjax.CELLS\['ranked'\]\("
                                           r"num_hiddens\), which fails \(.*rank.*\): register a "
@@ -194,16 +194,33 @@ class CarryOnlyCell(DenseCell):
         return x
 
 
+class ShapeOnlyInitCell(DenseCell):
+    """``initialize_carry`` without the key."""
+
+    @nn.nowrap
+    def initialize_carry(self, input_shape):
+        return jnp.zeros((*input_shape[:-1], self.features))
+
+
+class OlderFlaxInitCell(DenseCell):
+    """flax's older protocol: a static ``initialize_carry(rng, batch_dims, size)``."""
+
+    @staticmethod
+    def initialize_carry(rng, batch_dims, size):
+        return jnp.zeros((*batch_dims, size))
+
+
 @pytest.mark.parametrize("registered, lacking", [
     (nn.Dense, r"__call__\(carry, x\), initialize_carry\(rng, input_shape\), num_feature_axes"),
     (CarryOnlyCell, r"__call__\(carry, x\)"),
+    (ShapeOnlyInitCell, r"initialize_carry\(rng, input_shape\)"),
+    (OlderFlaxInitCell, r"initialize_carry\(rng, input_shape\)"),
 ])
 def test_a_registered_module_that_is_not_a_cell_is_refused_naming_the_protocol(registered, lacking,
                                                                                small_data, tmp_path,
                                                                                monkeypatch, capsys):
     """Not flax's AttributeError about initialize_carry from deep inside the first init."""
     from experiments import timemachine
-    from rnnjax.config import ConfigError
     monkeypatch.setitem(model_lib.CELLS, "x", registered)
     message = (rf"^rnnjax.CELLS\['x'\] makes a {registered.__name__}, which is not a recurrent cell \(it "
                rf"lacks {lacking}\): a cell is called as cell\(carry, x\) -> \(carry, y\) and has "
@@ -256,10 +273,70 @@ class NoisyCell(DenseCell):
         return h, h
 
 
+class BatchlessCell(DenseCell):
+    """Its carry forgets the batch: one row, whatever the batch (it broadcasts through the first step)."""
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape):
+        return jnp.zeros((1, self.features))
+
+
+class MeanOutputCell(DenseCell):
+    """Its output averages over the batch."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        h = jnp.tanh(nn.Dense(self.features)(x) + h)
+        return h, h.mean(0, keepdims=True)
+
+
+class IntegerCell(DenseCell):
+    """A carry and output of whole numbers: no gradient would reach its weights."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        h = jnp.round(jnp.tanh(nn.Dense(self.features)(x) + h)).astype(jnp.int32)
+        return h, h
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape):
+        return jnp.zeros((*input_shape[:-1], self.features), jnp.int32)
+
+
+class OneArrayCell(DenseCell):
+    """Returns the new state alone, not ``(carry, y)``."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        return jnp.tanh(nn.Dense(self.features)(x) + h)
+
+
+class WideInitCell(DenseCell):
+    """``initialize_carry`` one wider than the cell adds to it: its step fails in its own code."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        h = jnp.tanh(nn.Dense(self.features)(x) + h)
+        return h, h
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape):
+        return jnp.zeros((*input_shape[:-1], self.features + 1))
+
+
 @pytest.mark.parametrize("registered, problem", [
-    (WideCarryCell, r"returns a carry of float32\[1,32\] from initialize_carry's float32\[1,16\]: the new "
+    (WideCarryCell, r"returns a carry of float32\[2,32\] from initialize_carry's float32\[2,16\]: the new "
                     r"carry must have the shapes of the one it replaces"),
-    (PairOutputCell, r"returns y as \(float32\[1,16\], float32\[1,16\]\), not one \(batch, features\) array"),
+    (PairOutputCell, r"returns y as \(float32\[2,16\], float32\[2,16\]\) for 2 inputs, not one \(batch, "
+                     r"features\) array"),
+    (BatchlessCell, r"starts from initialize_carry's float32\[1,16\] for a batch of 2 inputs: each part of "
+                    r"the carry must have the batch first"),
+    (MeanOutputCell, r"returns y as float32\[1,16\] for 2 inputs, not one \(batch, features\) array"),
+    (IntegerCell, r"returns a carry of int32\[2,16\] and y as int32\[2,16\] from initialize_carry's "
+                  r"int32\[2,16\]: a cell's carry and y must be floating point"),
+    (OneArrayCell, r"returns float32\[2,16\], not a pair \(carry, y\)"),
+    (WideInitCell, r"fails on a batch of 2 inputs and the carry initialize_carry gives for it \(TypeError: "
+                   r"add got incompatible shapes for broadcasting: \(2, 16\), \(2, 17\)\)"),
     (DropoutCell, r"asks for a 'dropout' random key, which a cell is not given: rnnjax's dropout acts "
                   r"between layers \(--dropout with --num-layers 2 or more\)"),
     (NoisyCell, r"asks for a 'noise' random key, which a cell is not given"),
@@ -268,7 +345,6 @@ def test_a_cell_whose_step_breaks_the_protocol_is_refused_in_one_sentence_before
         registered, problem, tmp_path, monkeypatch, capsys):
     """Not JAX's error about scan's carry types, a tuple's missing shape or flax's about rngs, mid-trace."""
     from experiments import timemachine
-    from rnnjax.config import ConfigError
     monkeypatch.setitem(model_lib.CELLS, "x", registered)
     message = rf"^rnnjax.CELLS\['x'\] makes a {registered.__name__} whose step {problem}\.$"
     for layers, dropout in ((1, 0.0), (2, 0.5)):
@@ -328,20 +404,23 @@ class EmbeddingCell(DenseCell):
 
 
 class BrokenCell(DenseCell):
-    """Fails in its own code: its own error, from the model's trace, not a refusal of the check's."""
+    """Fails in its own code: one sentence with its error, which it is raised from (its traceback)."""
 
     @nn.compact
     def __call__(self, h, x):
         raise RuntimeError("my bug")
 
 
-def test_the_step_check_feeds_a_cell_as_the_model_does_and_leaves_its_errors_to_it(small_data, monkeypatch):
+def test_the_step_check_feeds_a_cell_as_the_model_does_and_says_its_errors_raised_from_them(small_data,
+                                                                                            monkeypatch):
     monkeypatch.setitem(model_lib.CELLS, "emb", EmbeddingCell)
     model = make_model(TINY.replace(cell="emb", kernel="plain"), len(small_data.vocab))
     batch = next(small_data.train_batches(0))
     params = model.init(jax.random.key(0), batch.X)
     assert model.apply(params, batch.X).shape == (*batch.X.shape, len(small_data.vocab))
     monkeypatch.setitem(model_lib.CELLS, "broken", BrokenCell)
-    model = make_model(TINY.replace(cell="broken"), len(small_data.vocab))
-    with pytest.raises(RuntimeError, match="my bug"):
-        model.init(jax.random.key(0), batch.X)
+    said = (r"makes a BrokenCell whose step fails on a batch of 2 inputs and the carry initialize_carry "
+            r"gives for it \(RuntimeError: my bug\)\.$")
+    with pytest.raises(ConfigError, match=said) as raised:
+        make_model(TINY.replace(cell="broken"), len(small_data.vocab))
+    assert isinstance(raised.value.__cause__, RuntimeError) and str(raised.value.__cause__) == "my bug"
