@@ -55,8 +55,9 @@ def check(config, backend: str | None = None) -> None:
         return
     backend = backend or jax.default_backend()
     if CELLS[config.cell] is not LSTMCell:
+        other = "hoisted" if supports(CELLS[config.cell]) else "fused"       # what else trains that cell
         raise ValueError(f"--kernel cudnn is cuDNN's LSTM and trains --cell lstm only, not {config.cell}; "
-                         "use --kernel hoisted or auto.")
+                         f"use --kernel {other} or auto.")
     if backend != "gpu":
         raise ValueError(f"--kernel cudnn runs cuDNN's LSTM, which needs an NVIDIA GPU, and JAX's backend "
                          f"here is {backend}; use --kernel auto.")

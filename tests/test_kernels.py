@@ -37,7 +37,8 @@ def test_auto_takes_the_hoisted_kernel_elsewhere_for_its_own_cells_and_never_cud
 def test_check_refuses_what_a_forced_kernel_cannot_train_in_one_sentence(user_cell):
     refused = [(Config(cell=user_cell, kernel="hoisted"), "gpu", "--kernel hoisted writes out the gates"),
                (Config(cell="lstm", kernel="cudnn"), "cpu", "needs an NVIDIA GPU"),
-               (Config(cell="gru", kernel="cudnn"), "gpu", "trains --cell lstm only"),
+               (Config(cell="gru", kernel="cudnn"), "gpu", "not gru; use --kernel hoisted or auto"),
+               (Config(cell=user_cell, kernel="cudnn"), "gpu", f"{user_cell}; use --kernel fused or auto"),
                (Config(cell="lstm", kernel="cudnn", num_layers=2, bidirectional=True), "gpu",
                 "one direction"),
                (Config(cell="lstm", kernel="cudnn", compute_dtype="bfloat16"), "gpu", "float32 only")]
