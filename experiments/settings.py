@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from rnnjax import checkpoint, config as config_lib, corpus, data, flags, runs
-from rnnjax.stored import saved_runs
+from rnnjax.stored import UnknownCell, saved_runs
 
 # What a run says as it starts anew in a workdir whose earlier run left its config.json and no checkpoint.
 ANEW = "{} holds no checkpoint of its earlier run: starting anew with {}"
@@ -50,7 +50,7 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
     workdir's ``config.json`` (or its newest checkpoint's meta) and its checkpoints' steps."""
     saved, args.anew, base = None, None, None
     if args.workdir is not None and not args.preset_given:
-        saved = saved_runs(args.workdir)
+        saved = _saved(args)
     if saved is not None and _no_checkpoint(args.workdir):
         try:
             return _resumed(args, saved)
@@ -94,6 +94,26 @@ def trained_in(args: argparse.Namespace) -> Path:
     return settings(argparse.Namespace(**{**vars(args), "seed": None if args.sample else args.seed}))[1]
 
 
+def _saved(args: argparse.Namespace, anew: str | None = None) -> tuple | None:
+    """``saved_runs(args.workdir)``; of a cell not registered here, with no checkpoint: ``None`` where
+    ``--cell`` (or, ``anew`` given, ``--preset``) asks for a cell (``args.anew`` says it starts anew),
+    else ``UnknownCell`` saying so."""
+    try:
+        return saved_runs(args.workdir)
+    except UnknownCell as e:
+        if not _no_checkpoint(args.workdir):
+            raise
+        if args.cell is None and anew is None:
+            raise ValueError(f"{args.workdir} holds no checkpoint of its earlier run, whose cell {e.cell!r} "
+                             "is not registered here: give --cell (or --preset) to start anew there, or "
+                             f"register it (rnnjax.CELLS[{e.cell!r}] = <the cell class>, in a script that "
+                             "then calls experiments.timemachine.main()) to take its settings.") from None
+        preset = f"--preset {args.preset}'s settings changed by the flags"
+        args.anew = f"{anew or ANEW.format(args.workdir, preset)} (its cell {e.cell!r} is not registered " \
+                    "here)"
+        return None
+
+
 def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Config], Path, bool]:
     """``settings`` of the run ``saved`` in ``args.workdir`` (``rnnjax.stored.saved_runs``'s)."""
     configs, vocab, source, together = saved
@@ -128,8 +148,8 @@ def _check_preset_fits(args: argparse.Namespace, configs: list[config_lib.Config
     ``ValueError`` saying so, the preset named as what set them (the user typed none of its values); with
     no checkpoint of that run, ``args.anew`` says that --preset's settings changed by the flags start anew.
     Whether the runs of ``configs`` were trained together there (``rnnjax.fit_runs``, of one config too)."""
-    saved = saved_runs(args.workdir)
     anew = ANEW.format(args.workdir, f"--preset {args.preset}'s settings changed by the flags")
+    saved = _saved(args, anew)
     if saved is None or len(saved[0]) != len(configs):      # runs against a run: the start says so
         if saved is not None and _no_checkpoint(args.workdir):
             args.anew = anew

@@ -121,7 +121,10 @@ def check_ours(workdir: Path) -> None:
     if not workdir.is_dir() or (workdir / "checkpoints").is_dir():
         return
     config, plot = workdir / CONFIG, workdir / "ppl.png"
-    ours = config_settings(workdir) is not None          # a whole config.json of ours
+    try:
+        ours = config_settings(workdir) is not None          # a whole config.json of ours
+    except UnknownCell:         # a run's, of a cell not registered here
+        ours = True
     theirs = [p.name for p in (config, plot) if p.exists()] if not ours else []
     if theirs and (config.exists() or not (workdir / "metrics.jsonl").exists()):
         raise WorkdirError(f"The workdir {workdir} holds {' and '.join(theirs)} but no checkpoints: a new "

@@ -125,6 +125,32 @@ def test_a_workdir_with_no_checkpoint_of_its_run_starts_anew_with_the_flags(tmp_
     assert settings(args)[0] == [both[0].replace(seed=4), both[0].replace(seed=5)]
 
 
+def test_a_workdir_with_no_checkpoint_of_a_cell_not_registered_here_starts_anew_with_a_cell_asked_for(
+        tmp_path):
+    """Nothing of that run can be resumed: --cell or --preset starts anew there; without them, one sentence
+    saying both ways. With a checkpoint, the cell is still asked for."""
+    w = saved(tmp_path / "w", [TINY], checkpointed=False)
+    written = json.loads((Path(w) / "config.json").read_text())
+    written["config"]["cell"] = "gone"                # a cell of one's own, not registered in this process
+    (Path(w) / "config.json").write_text(json.dumps(written))
+    with pytest.raises(ValueError, match=rf"^{w} holds no checkpoint of its earlier run, whose cell 'gone' "
+                                         r"is not registered here: give --cell \(or --preset\) to start"):
+        settings(cli.parse_args(["--workdir", w, "--epochs", "3"]))
+    args = cli.parse_args(["--workdir", w, "--cell", "gru"])
+    assert settings(args)[0] == [Config(cell="gru")] and args.anew == (
+        f"{w} holds no checkpoint of its earlier run: starting anew with --preset d2l's settings changed by "
+        "the flags (its cell 'gone' is not registered here)")
+    args = cli.parse_args(["--workdir", w, "--preset", "tiny"])
+    assert settings(args)[0] == [TINY] and args.anew.endswith("tiny's settings changed by the flags (its "
+                                                              "cell 'gone' is not registered here)")
+    other = saved(tmp_path / "other", [TINY.replace(cell="gru")])
+    written = json.loads((Path(other) / "config.json").read_text())
+    written["config"]["cell"] = "gone"
+    (Path(other) / "config.json").write_text(json.dumps(written))
+    with pytest.raises(ValueError, match="disagrees with the checkpoint step 13"):     # which would resume
+        settings(cli.parse_args(["--workdir", other, "--cell", "gru"]))
+
+
 def test_a_config_json_that_is_not_whole_and_valid_gives_no_settings(tmp_path):
     w = tmp_path / "w"
     saved(w, [TINY.replace(lr=2.0)], checkpointed=False)
@@ -284,6 +310,13 @@ def test_the_cli_starts_anew_in_a_workdir_killed_before_its_first_checkpoint(mak
     assert (w / "metrics.1.jsonl").read_text() == earlier
     assert json.loads((w / "config.1.json").read_text())["config"]["num_hiddens"] == 16      # its settings
     assert checkpoint.restore(w).config.num_hiddens == 8
+    shutil.rmtree(w / checkpoint.SUBDIR)          # again, its cell one of one's own not registered here
+    written = json.loads((w / "config.json").read_text())
+    (w / "config.json").write_text(json.dumps({**written, "config": {**written["config"], "cell": "gone"}}))
+    assert timemachine.main([*args, "--cell", "gru"]) == 0
+    assert "(its cell 'gone' is not registered here)" in capsys.readouterr().out
+    assert json.loads((w / "config.2.json").read_text())["config"]["cell"] == "gone"
+    assert checkpoint.restore(w).config.cell == "gru"
 
 
 @pytest.mark.cpu_devices(1)
