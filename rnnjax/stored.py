@@ -75,8 +75,10 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
     cell = meta["config"]["cell"]
     own = CELLS.get(cell) is OWN_CELLS.get(cell)       # its arrays' shapes: another shape is damage
     kind = registered_as(cell)
+    was = meta.get(meta_lib.REGISTERED)        # older metas do not say
+    said = f" ({was})" if isinstance(was, str) else ""
     where, fix = (f"The checkpoint at step {step} in {Path(workdir) / SUBDIR}",
-                  f"set rnnjax.CELLS[{cell!r}] to the cell class the run was trained with.")
+                  f"set rnnjax.CELLS[{cell!r}] to the cell class the run was trained with{said}.")
     saved_paths = set(meta["checksums"])
     made = {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
     differ = saved_paths ^ made
@@ -102,7 +104,6 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
         raise CellMismatch(f"{where} holds parameters of other shapes or dtypes than the cell registered "
                            f"here as {cell!r} ({kind}) makes ({k}: {saved_k} saved, {makes[k][1]}"
                            f"{list(makes[k][0])} made): {fix}")
-    was = meta.get(meta_lib.REGISTERED)        # older metas do not say
     if was is not None and was != kind:      # the same parameters, made otherwise (a partial's arguments)
         raise CellMismatch(f"{where} was trained with rnnjax.CELLS[{cell!r}] = {was}, which is {kind} here: "
                            "register the one it was trained with.")
