@@ -20,7 +20,7 @@ import jax
 from rnnjax import (checkpoint, computing as computing_lib, kernels, lock as lock_lib, memory, metrics,
                     precision, stored, tidy, workdir as workdir_lib)
 from rnnjax.backend import available_cores, cpu_device_count_chosen
-from rnnjax.cells import CELLS, is_own
+from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as
 from rnnjax.config import SWEEPABLE, Config, check_is_config, disagreement, got, label, shown
 from rnnjax.data import WindowedText
 from rnnjax.meta import Position
@@ -99,6 +99,9 @@ class Plan:
         if self.aside:
             hint += (f"; {self.workdir} holds what an earlier run wrote, with no checkpoint to resume "
                      f"from: moving {' and '.join(f'{a.name} to {b}' for a, b in self.aside)}")
+        made = registered_as(self.config.cell) if self.config.cell in OWN_CELLS else "rnnjax's own"
+        if made != "rnnjax's own":      # config.json names it as it names rnnjax's
+            hint += f"; the cell {self.config.cell!r} is {made}, registered in place of rnnjax's own"
         slow_compile = memory.compile_note(self.config)
         if slow_compile:
             hint += f"; {slow_compile}"

@@ -51,6 +51,17 @@ def test_a_finished_run_with_a_damaged_newest_checkpoint_says_so_and_ends_at_the
     assert sorted(checkpoint.steps(tmp_path)) == [13, 26, 39]     # nothing trains: nothing moves
 
 
+def test_a_cell_registered_in_place_of_one_of_rnnjax_s_is_named(small_data, tmp_path, monkeypatch):
+    """config.json names the cell 'gru' alike: the run's first line says which it is."""
+    import flax.linen as nn
+
+    from rnnjax import cells
+    assert "registered in place" not in plan(SMALL.replace(cell="gru"), small_data, tmp_path).describe()
+    monkeypatch.setitem(cells.CELLS, "gru", nn.MGUCell)
+    assert plan(SMALL.replace(cell="gru"), small_data, tmp_path).describe().endswith(
+        "; the cell 'gru' is MGUCell, registered in place of rnnjax's own")
+
+
 @pytest.mark.cpu_devices(1)
 def test_plan_names_the_plain_path_and_how_to_use_all_cores(small_data, tmp_path, monkeypatch):
     text = plan(SMALL.replace(kernel="plain"), small_data, tmp_path, devices=1).describe()
