@@ -65,8 +65,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     ``step(state, tokens, windows, axis_name=None) -> (state, metrics)`` is
     ``rnnjax.train.train_windows`` or, for ``p.runs``, it vmapped; ``evaluate``
     likewise ``eval_steps`` or ``rnnjax.runs.eval_runs``. ``progress(done,
-    total, record_or_None)`` after every call and epoch (of runs, their mean
-    perplexities); ``log`` says which of several runs stop. Raises
+    total, record_or_None)`` after every call and epoch (the epoch's record as
+    metrics.jsonl gets it; of runs, their mean perplexities); ``log`` says
+    which of several runs stop. Raises
     ``NonFiniteLoss`` once every run has stopped (nothing of that epoch
     saved, but the line in metrics.jsonl of a run its perplexity stopped)
     and ``Interrupted`` after saving the last completed call's step.
@@ -180,9 +181,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             _log(check_lock, metrics_log, records)
             if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or signum is not None:
                 save(epoch + 1, 0, [{} for _ in configs], records)
-            if progress:
+            if progress:        # a run's record as logged; of runs, their mean perplexities
                 mean = {k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED}
-                progress(done, total, {"epoch": epoch + 1, **mean})
+                progress(done, total, {"epoch": epoch + 1, **mean} if several else dict(records[0]))
             if signum is not None:
                 raise _stopped(manager, signum, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done,
                                workdir, finished=epoch + 1 == p.config.epochs)

@@ -140,7 +140,8 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
     the latest ``keep`` and the best by validation perplexity.
 
     ``progress(done_steps, total_steps, record_or_None)`` is called after every
-    call (``STEPS_PER_CALL`` steps) and every epoch. Raises ``NonFiniteLoss``
+    call (``STEPS_PER_CALL`` steps) and every epoch, with its record as
+    metrics.jsonl gets it. Raises ``NonFiniteLoss``
     (nothing saved past the last good checkpoint) and ``Interrupted`` (after
     saving the last completed call's step).
     """

@@ -58,10 +58,13 @@ def test_a_metric_a_step_adds_is_logged_as_its_mean_over_the_epoch(data, tmp_pat
         state, m = plain(*args, **kwargs)
         return state, {**m, "tokens": m["count"]}
     monkeypatch.setattr(train, "train_step", with_tokens)
-    [record] = fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None).history
+    seen = []
+    [record] = fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None,
+                   progress=lambda done, total, r: r and seen.append(r)).history
     windows = list(data.train_windows(0, 0))
     tokens = [float(w.mask.sum()) * TINY.num_steps for w in windows]
     assert record["tokens"] == pytest.approx(np.mean(tokens)) and min(tokens) < max(tokens)   # a padded batch
+    assert seen == [record]                 # progress is given the epoch's record whole, as it is logged
 
 
 def test_a_metric_that_is_not_one_number_a_step_is_refused_before_any_step(data, tmp_path, monkeypatch):
