@@ -72,7 +72,7 @@ def test_notebook_explores_one_of_runs_trained_together(real_text_path, tmp_path
     last = [r for r in records if r["run"] == 1][-1]
     assert "step 26 of" in text and ", run 1" in text and "seed=1" in text and "closest to" in text
     assert f"final: train {last['train_ppl']:.2f}, val {last['val_ppl']:.2f}" in text      # its own records
-    assert "16 hidden units of the rnn cell" in text
+    assert "16 hidden units of the rnn cell" in text and "spectral radius of W_hh:" in text
 
 
 @pytest.mark.slow
@@ -95,7 +95,8 @@ def test_notebook_explores_a_deep_run_of_a_flax_cell(real_text_path, tmp_path, m
     assert "16 hidden units of the mgu cell" in text and "closest to" in text
     assert "temperature 0.5" in text and "only explored" in text
     assert not (tmp_path / "kernel" / "runs").exists()                   # nothing trained
-    assert "spectral radius" not in text                    # two recurrent kernels side by side: not square
+    assert "spectral radius of" not in text                 # two recurrent kernels side by side: not square
+    assert "W_hh here is 16 x 32, not 16 x 16: no one spectral radius" in text
 
 
 @pytest.mark.slow
