@@ -3,8 +3,10 @@
 The cell protocol (flax's ``nn.RNNCellBase``, which ``nn.RNN`` also takes)
 is all that ``RNN``, ``RNNLM``, generation and checkpoints ask of a cell:
 
-- ``__call__(carry, x (B, I)) -> (carry, y (B, H))``;
-- ``initialize_carry(rng, input_shape (B, I)) -> carry`` (``nn.nowrap``);
+- ``__call__(carry, x (B, I)) -> (carry, y (B, H))``, the new carry of the
+  old one's shapes, carry and y floating point;
+- ``initialize_carry(rng, input_shape (B, I)) -> carry`` (``nn.nowrap``),
+  each of its arrays batch first;
 - ``num_feature_axes`` (1);
 - constructed as ``Cell(Config.num_hiddens)`` (flax's cells: ``features``) and
   listed in ``CELLS`` under the name that ``Config.cell`` uses.
