@@ -195,3 +195,17 @@ def describe_checkpoint(restored: checkpoint.Restored, run: int | None = None) -
     if said and restored.meta.get("runs"):
         said += f" (run {run}'s)" if own else " (the mean of its runs)"
     return f"checkpoint step {restored.step} ({where}{said})"
+
+
+# What each process of a multi-host run sets its own way: which it is, where it finds the others and its
+# text, what it prints (fit compares the text itself, as its tokens).
+PER_PROCESS = {"process_id", "coordinator", "num_processes", "join_timeout", "distributed", "multi_host",
+               "data", "text", "no_progress", "no_compilation_cache", "not_used", "settings_from",
+               "preset_given", "default_workdir", "anew"}
+
+
+def shared_flags(args: argparse.Namespace) -> dict:
+    """The flags every process of a multi-host run must be given alike, as ``--name``: value (the
+    workdir's path made absolute)."""
+    return {f"--{k.replace('_', '-')}": str(Path(v).absolute()) if k == "workdir" and v is not None else v
+            for k, v in vars(args).items() if k not in PER_PROCESS}

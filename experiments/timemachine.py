@@ -42,7 +42,7 @@ import jax  # noqa: E402
 import rnnjax  # noqa: E402
 from experiments import cli, settings  # noqa: E402
 from rnnjax import backend, checkpoint, config as config_lib, corpus, flags, memory, metrics  # noqa: E402
-from rnnjax import parallel, runs, stops  # noqa: E402
+from rnnjax import agree, parallel, runs, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
 from rnnjax.start import check_arguments, planned  # noqa: E402
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: E402
@@ -297,6 +297,7 @@ def _main(argv, parser_options: dict) -> int:
                   "(--join-timeout)", flush=True)
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                             args.join_timeout)
+            agree.check_agreed(cli.shared_flags(args), args.join_timeout)
             if args.predict is None:     # joined: from here the processes stop together
                 stopping.handle(_deferred)
         predict_only(args) if args.predict is not None else train(args, configs, workdir, several)

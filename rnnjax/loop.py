@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax import checkpoint, computing as computing_lib, meta as meta_lib, metrics as metrics_lib
+from rnnjax import agree, checkpoint, computing as computing_lib, meta as meta_lib, metrics as metrics_lib
 from rnnjax.backend import compiler_options
 from rnnjax.config import SWEEPABLE, got
 from rnnjax.data import WindowedText
@@ -73,10 +73,13 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     and ``Interrupted`` after saving the last completed call's step.
 
     ``ValueError`` before it writes anything (a workdir ``planned`` made
-    goes again with its lock) unless ``state`` is the plan's: the parameters
-    ``p.config`` makes (of each run, stacked), at the checkpoint's step
-    (``p.state`` resumes) or, new, at step 0. Its optimizer may be another.
+    goes again with its lock) unless the processes of a multi-host run
+    would train alike (``rnnjax.agree``), and unless ``state`` is the
+    plan's: the parameters ``p.config`` makes (of each run, stacked), at the
+    checkpoint's step (``p.state`` resumes) or, new, at step 0. Its
+    optimizer may be another.
     """
+    agree.check_agreed(agree.of_run(p, data, checkpoint_every, keep))     # before any collective
     check_state(p, state, len(data.vocab))
     several, dp, position = bool(p.runs), p.dp, p.position
     configs, workdir = list(p.runs) or [p.config], p.workdir

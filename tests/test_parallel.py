@@ -258,6 +258,32 @@ def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, 
 
 
 @pytest.mark.slow
+def test_processes_of_a_multi_host_run_given_other_settings_stop_in_one_sentence(tmp_path, main_job,
+                                                                                 make_text):
+    """Other epochs hung both processes in gloo for 30 minutes, deaf to signals; other shapes aborted them in
+    C++; another text trained silently. The flags are compared as the processes join, what fit trains (the
+    text's tokens, the checkpoint resumed) before its first collective; nothing is trained."""
+    (tmp_path / "a.txt").write_text(make_text(3000))
+    (tmp_path / "b.txt").write_text(make_text(3000, seed=1))      # the same characters, another text
+    common = ["--preset", "tiny", "--workdir", str(tmp_path / "w"), "--num-processes", "2", "--no-progress"]
+    for first, second, says in (
+            (["--text", str(tmp_path / "a.txt"), "--epochs", "2"], ["--text", str(tmp_path / "a.txt"),
+                                                                    "--epochs", "3"], "--epochs 2 here"),
+            (["--text", str(tmp_path / "a.txt")], ["--text", str(tmp_path / "b.txt")], "the text's tokens")):
+        address = f"127.0.0.1:{free_port()}"
+        procs = [main_job(*common, *extra, "--coordinator", address, "--process-id", str(i), cpu_devices=1)
+                 for i, extra in enumerate((first, second))]
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [1, 1], errs
+        for i, err in enumerate(errs):
+            assert err.startswith("error: The processes of this multi-host run were given other settings: ")
+            assert f"here (process {i}), " in err and f"in process {1 - i}; give every process the same " \
+                "flags and the same --workdir path." in err and err.count("\n") == 1, err
+        assert says in errs[0], errs[0]
+        assert not (tmp_path / "w").exists()           # the lock's holder removed the folder it made
+
+
+@pytest.mark.slow
 def test_a_multi_host_run_that_never_starts_stops_with_one_line(tmp_path, main_job, make_text):
     """No process answers: JAX would wait 5 minutes deaf to signals, then abort with a C++ stack dump. Here
     --join-timeout ends the wait with one sentence, and a signal stops it at once; a second process 0 on a
