@@ -57,9 +57,10 @@ def advice(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1) 
     """The flags to lower, the larger share of the estimate first."""
     weights, activations = estimate(config, vocab_size, num_shards, num_runs)
     flags = ["--num-hiddens or --num-layers", "--batch-size or --num-steps"]
-    if num_runs > 1:
-        flags.append("the number of runs (--seeds, --lr, --clip lists)")
-    return " (or ".join(flags if weights >= activations else flags[1::-1]) + ")"
+    flags = flags if weights >= activations else flags[::-1]
+    if num_runs > 1:        # each run trained together multiplies both
+        flags.insert(0, "the number of runs (--seeds, --lr, --clip lists)")
+    return " (or ".join(flags) + ")" * (len(flags) - 1)
 
 
 def _available(device: jax.Device) -> int | None:
@@ -91,7 +92,8 @@ def check(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1,
                          f"device(s) that train on it, more than this machine's {have / gib:.0f} GiB with "
                          "the training step: train on a part of the text, or on fewer --devices.")
     if need > have:
-        raise ValueError(f"--num-hiddens {config.num_hiddens} x --num-layers {config.num_layers} at "
+        runs = f"{num_runs} runs of " if num_runs > 1 else ""
+        raise ValueError(f"{runs}--num-hiddens {config.num_hiddens} x --num-layers {config.num_layers} at "
                          f"--batch-size {config.batch_size} x --num-steps {config.num_steps} needs about "
                          f"{_gib(need)} GiB for a training step ({_gib(weights * copies)} GiB of "
                          f"parameters, optimizer state and gradients, {_gib(activations * copies)} GiB "
