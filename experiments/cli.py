@@ -121,7 +121,9 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
                                auto=args.distributed or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")),
                                timeout_s=args.join_timeout)
     if args.sample and args.seed is not None and len(args.seed) > 1:     # else the training command's seeds
-        raise ValueError(f"--predict samples with one --seed, got {len(args.seed)}.")
+        raise ValueError(f"--predict --sample draws with one --seed, got {len(args.seed)}: with --sample, "
+                         "--seed seeds the draws, so name the runs trained together by their --workdir "
+                         "(and --run K).")
     if args.predict is not None and args.seed is not None and not 0 <= args.seed[0] < 2 ** 32:
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed[0]}.")
     if args.temperature is not None and not 0 < args.temperature <= MAX_TEMPERATURE:   # NaN fails this too

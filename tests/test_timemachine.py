@@ -142,6 +142,9 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
                                          (["--predict", "a", "--top-k", "0"], "--top-k must be at least 1"),
                                          (["--predict", "a", "--sample", "--seed", str(2 ** 70)],
                                           "--seed must be in [0, 2**32)"),
+                                         (["--predict", "a", "--sample", "--seeds", "0,1"],
+                                          "--seed seeds the draws, so name the runs trained together by "
+                                          "their --workdir (and --run K)"),
                                          (["--devices", "0"], "--devices must be at least 1, got 0"),
                                          (["--num-preds", "5"], "--num-preds says how much --predict"),
                                          (["--dropout", "0.5"], "--dropout 0.5 acts between stacked layers, "
