@@ -221,9 +221,12 @@ class Corpus(WindowedText):
         window = self.num_steps + 1
         train_end = int(num_tokens * (1 - self.val_fraction)) if self.val_fraction else num_tokens
         if train_end < window or (self.val_fraction and num_tokens - train_end < window):
-            need = (f"a training window and a validation window of --num-steps + 1 = {window} tokens each "
-                    f"(the last {self.val_fraction:g} of the tokens validates)" if self.val_fraction
-                    else f"one window of --num-steps + 1 = {window} tokens")
+            if not self.val_fraction:
+                need = f"one window of --num-steps + 1 = {window} tokens"
+            else:
+                need = f"a training window and a validation window of --num-steps + 1 = {window} tokens each"
+                last = f"the last {self.val_fraction:g} of the tokens, which validates"
+                need += f": {last}, is {num_tokens - train_end}" if train_end >= window else f" ({last})"
             made = f"{num_tokens} token{'s' * (num_tokens != 1)}"
             raise DataError(f"{self.name} makes {made} (--token {token}, --preprocess {preprocess}), too few "
                             f"for {need}.")
