@@ -26,7 +26,7 @@ from rnnjax.config import Config, got, whole
 from rnnjax.data import WindowedText
 from rnnjax.generate import predict, predict_batch
 from rnnjax.meta import Position
-from rnnjax.metrics import perplexity
+from rnnjax.metrics import FILENAME, MetricsError, MetricsLog, perplexity
 from rnnjax.precision import at_precision
 from rnnjax.state import abstract_run_states, abstract_train_state, create_train_state, make_model
 from rnnjax.stored import (CONFIG, PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, read_meta,
@@ -165,6 +165,16 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
                           "run writing there go on, then restore again.")
 
 
+def _stopped_before(workdir: Path) -> str:
+    """Why a run stopped before its first checkpoint, as its last record says (a diverging run's); ''."""
+    try:
+        records = MetricsLog(Path(workdir) / FILENAME, warn=lambda message: None).read()
+    except (MetricsError, OSError):
+        return ""
+    why = records[-1].get("stopped") if records else None
+    return f": its run stopped before its first ({why})" if why else ""
+
+
 class _Removed(Exception):
     """The checkpoint at step ``args[0]`` was removed as it was read: not damage; pick again."""
 
@@ -178,7 +188,8 @@ def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fa
     if not saved and _dropping(workdir):       # listed as the run writing it renamed its latest but one away
         raise _Removed(None)
     if not saved:
-        raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint.")
+        why = _stopped_before(workdir)
+        raise CheckpointError(f"The workdir {workdir} holds no complete checkpoint{why}.")
     if best:
         metas = {}
         for s in saved:

@@ -335,3 +335,14 @@ def test_a_restored_run_scores_data_as_its_run_validated(small_data, tmp_path):
     plain = dataclasses.replace(run, config=lstm, params=params)
     cudnn = dataclasses.replace(plain, config=lstm.replace(kernel="cudnn"))
     assert cudnn.perplexity(small_data) == pytest.approx(plain.perplexity(small_data), rel=1e-4)
+
+
+def test_a_run_that_diverged_before_its_first_checkpoint_says_so(small_data, tmp_path):
+    """Its last record says why it stopped: restore (and --predict) says it, not only that none is there."""
+    from rnnjax.stops import NonFiniteLoss
+    with pytest.raises(NonFiniteLoss):
+        fit(TINY.replace(lr=1e30, epochs=3), small_data, tmp_path, devices=1, log=None)
+    with pytest.raises(CheckpointError, match=rf"^The workdir {re.escape(str(tmp_path))} holds no complete "
+                                              r"checkpoint: its run stopped before its first \(its train "
+                                              r"perplexity is inf at epoch 1, the uniform guess's \d+\)\.$"):
+        checkpoint.restore(tmp_path)
