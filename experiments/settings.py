@@ -34,7 +34,8 @@ def default_workdir(preset: str, configs: list[config_lib.Config], text: str | N
                for c in configs]
     if text is None and len(configs) == 1 and not changed[0]:
         return Path("runs") / preset
-    name = preset if text is None else re.sub(r"[^\w.-]", "_", Path(text).stem) or "text"
+    # Not hidden (.notes), nor read as a flag (-x): a name starts with neither.
+    name = preset if text is None else re.sub(r"[^\w.-]", "_", Path(text).stem).lstrip(".-") or "text"
     key = changed if text is None else [str(Path(text).resolve()), changed]
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     return Path("runs") / f"{name}-{digest}"

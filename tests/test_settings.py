@@ -26,6 +26,9 @@ def test_the_default_workdir_is_named_by_what_the_flags_change():
     assert default_workdir("d2l", [Config(lr=2.0, epochs=200, kernel="plain")]) == named
     assert default_workdir("d2l", [Config(lr=3.0)]) != named
     assert default_workdir("d2l", [Config(seed=0), Config(seed=1)]) not in (named, "runs/d2l")
+    for text, starts in (("notes/my text.txt", "my_text-"), (".hidden.txt", "hidden-"), ("-x.txt", "x-"),
+                         ("...", "text-")):        # a folder ls shows, never read as a flag
+        assert default_workdir("tiny", [tiny], text).name.startswith(starts), text
 
 
 def saved(workdir, configs, text_sha1=None, together=None, checkpointed=True):
