@@ -4,9 +4,9 @@ The cell protocol (flax's ``nn.RNNCellBase``, which ``nn.RNN`` also takes)
 is all that ``RNN``, ``RNNLM``, generation and checkpoints ask of a cell:
 
 - ``__call__(carry, x (B, I)) -> (carry, y (B, H))``, the new carry of the
-  old one's shapes, carry and y floating point;
+  old one's shapes, y real floating point;
 - ``initialize_carry(rng, input_shape (B, I)) -> carry`` (``nn.nowrap``),
-  each of its arrays batch first;
+  its state (B, ...) floating point or complex (counters, masks beside);
 - ``num_feature_axes`` (1);
 - constructed as ``Cell(Config.num_hiddens)`` (flax's cells: ``features``) and
   listed in ``CELLS`` under the name that ``Config.cell`` uses.
@@ -247,19 +247,23 @@ def step_problem(cell: nn.Module, input_size: int) -> str | None:
         return f"returns {_shapes(out)}, not a pair (carry, y)"
     new, y = out
     leaves = jax.tree.leaves(carry)
-    if not leaves or any(a.ndim < 1 or a.shape[0] != STEP_BATCH for a in leaves):
-        return (f"starts from initialize_carry's {_shapes(carry)} for a batch of {STEP_BATCH} inputs: each "
-                "part of the carry must have the batch first")
+    # Its state: the floating-point (or complex) arrays; a step counter or a reset mask may be parts too.
+    states = [a for a in leaves if a.ndim >= 1 and jnp.issubdtype(a.dtype, jnp.inexact)]
+    if not states:      # cast back to the carry's dtype at each step, no gradient would flow through time
+        return (f"starts from initialize_carry's {_shapes(carry)}: a cell's state must be floating point (or "
+                "complex); counters and masks may be carried beside it")
+    if any(a.shape[0] != STEP_BATCH for a in states):
+        return (f"starts from initialize_carry's {_shapes(carry)} for a batch of {STEP_BATCH} inputs: its "
+                "state must have the batch first")
     if jax.tree.structure(new) != jax.tree.structure(carry) or any(
             a.shape != b.shape for a, b in zip(jax.tree.leaves(new), leaves)):
         return (f"returns a carry of {_shapes(new)} from initialize_carry's {_shapes(carry)}: the new carry "
                 "must have the shapes of the one it replaces")
     if not isinstance(y, jax.ShapeDtypeStruct) or y.ndim != 2 or y.shape[0] != STEP_BATCH:
         return f"returns y as {_shapes(y)} for {STEP_BATCH} inputs, not one (batch, features) array"
-    if not all(jnp.issubdtype(a.dtype, jnp.floating) for a in [*leaves, *jax.tree.leaves(new), y]):
+    if not jnp.issubdtype(y.dtype, jnp.floating):
         # else no gradient reaches the cell's weights: it would train as a model of the tokens' frequencies
-        return (f"returns a carry of {_shapes(new)} and y as {_shapes(y)} from initialize_carry's "
-                f"{_shapes(carry)}: a cell's carry and y must be floating point")
+        return f"returns y as {_shapes(y)}: the output layer takes real floating-point features"
     return None
 
 

@@ -303,6 +303,54 @@ class IntegerCell(DenseCell):
         return jnp.zeros((*input_shape[:-1], self.features), jnp.int32)
 
 
+class IntegerOutputCell(DenseCell):
+    """Its output rounded to whole numbers: no gradient would reach its weights."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        h = jnp.tanh(nn.Dense(self.features)(x) + h)
+        return h, jnp.round(h).astype(jnp.int32)
+
+
+class CountingCell(DenseCell):
+    """Its carry holds a step counter (a scalar) and a per-example reset mask beside its state."""
+
+    @nn.compact
+    def __call__(self, carry, x):
+        h, t, reset = carry
+        h = jnp.tanh(nn.Dense(self.features)(x) + nn.Dense(self.features, use_bias=False)(h))
+        return (jnp.where(reset[:, None], 0.0, h), t + 1, reset), h
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape):
+        return (jnp.zeros((*input_shape[:-1], self.features)), jnp.zeros((), jnp.int32),
+                jnp.zeros(input_shape[:-1], bool))
+
+
+class ComplexStateCell(DenseCell):
+    """A complex diagonal recurrence with a real output, as a linear recurrent unit's."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        decay = jnp.exp(-0.1 + 1j * self.param("theta", nn.initializers.uniform(6.28), (self.features,)))
+        h = decay * h + nn.Dense(self.features)(x)
+        return h, jnp.tanh(nn.Dense(self.features)(jnp.concatenate([h.real, h.imag], -1)))
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape):
+        return jnp.zeros((*input_shape[:-1], self.features), jnp.complex64)
+
+
+def test_a_carry_with_a_counter_and_a_mask_or_a_complex_state_trains(small_data, tmp_path, monkeypatch):
+    """What the step check must not refuse (it did, briefly): only y must be real, and the state batch
+    first."""
+    for name, cell in (("counting", CountingCell), ("complex", ComplexStateCell)):
+        monkeypatch.setitem(model_lib.CELLS, name, cell)
+        result = fit(TINY.replace(cell=name, num_hiddens=16, epochs=1), small_data, tmp_path / name,
+                     devices=1, log=None)
+        assert 1 < result.history[-1]["train_ppl"] < 2 * len(small_data.vocab)
+
+
 class OneArrayCell(DenseCell):
     """Returns the new state alone, not ``(carry, y)``."""
 
@@ -329,11 +377,12 @@ class WideInitCell(DenseCell):
                     r"carry must have the shapes of the one it replaces"),
     (PairOutputCell, r"returns y as \(float32\[2,16\], float32\[2,16\]\) for 2 inputs, not one \(batch, "
                      r"features\) array"),
-    (BatchlessCell, r"starts from initialize_carry's float32\[1,16\] for a batch of 2 inputs: each part of "
-                    r"the carry must have the batch first"),
+    (BatchlessCell, r"starts from initialize_carry's float32\[1,16\] for a batch of 2 inputs: its state "
+                    r"must have the batch first"),
     (MeanOutputCell, r"returns y as float32\[1,16\] for 2 inputs, not one \(batch, features\) array"),
-    (IntegerCell, r"returns a carry of int32\[2,16\] and y as int32\[2,16\] from initialize_carry's "
-                  r"int32\[2,16\]: a cell's carry and y must be floating point"),
+    (IntegerCell, r"starts from initialize_carry's int32\[2,16\]: a cell's state must be floating point "
+                  r"\(or complex\); counters and masks may be carried beside it"),
+    (IntegerOutputCell, r"returns y as int32\[2,16\]: the output layer takes real floating-point features"),
     (OneArrayCell, r"returns float32\[2,16\], not a pair \(carry, y\)"),
     (WideInitCell, r"fails on a batch of 2 inputs and the carry initialize_carry gives for it \(TypeError: "
                    r"add got incompatible shapes for broadcasting: \(2, 16\), \(2, 17\)\)"),
