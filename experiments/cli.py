@@ -11,8 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+import jax
+
 from experiments.parsing import Parser
-from rnnjax import checkpoint, config as config_lib, corpus, flags, parallel
+from rnnjax import agree, checkpoint, config as config_lib, corpus, flags, parallel
 from rnnjax.generate import MAX_PREDS, MAX_TEMPERATURE
 from rnnjax.loop import CHECKPOINT_EVERY
 
@@ -199,15 +201,14 @@ def describe_checkpoint(restored: checkpoint.Restored, run: int | None = None) -
     return f"checkpoint step {restored.step} ({where}{said})"
 
 
-# What each process of a multi-host run sets its own way: which it is, where it finds the others and its
-# text, what it prints (fit compares the text itself, as its tokens).
-PER_PROCESS = {"process_id", "coordinator", "num_processes", "join_timeout", "distributed", "multi_host",
-               "data", "text", "no_progress", "no_compilation_cache", "not_used", "settings_from",
-               "preset_given", "default_workdir", "anew"}
-
-
-def shared_flags(args: argparse.Namespace) -> dict:
-    """The flags every process of a multi-host run must be given alike, as ``--name``: value (the
-    workdir's path made absolute)."""
-    return {f"--{k.replace('_', '-')}": str(Path(v).absolute()) if k == "workdir" and v is not None else v
-            for k, v in vars(args).items() if k not in PER_PROCESS}
+def shared_settings(args: argparse.Namespace, configs: list | None, workdir: Path | None, together: bool
+                    ) -> dict:
+    """What every process of a multi-host run must be given alike, compared as they join (``rnnjax.agree``):
+    the command, and the runs it trains (as the flags resolve: no --seed is --seed 0) or the checkpoint it
+    reads."""
+    if args.predict is not None:
+        return {"command": "--predict", "workdir": os.path.abspath(args.workdir), "--run": args.run,
+                "--best": args.best}
+    return {"command": "training", **agree.of_configs(configs, together), "workdir": os.path.abspath(workdir),
+            "checkpoint_every": args.checkpoint_every, "keep": args.keep,
+            "devices of each process (--devices)": args.devices or len(jax.local_devices())}

@@ -289,6 +289,7 @@ def _main(argv, parser_options: dict) -> int:
         except OSError as e:          # a read-only home: the run goes on, compiling afresh
             print(f"warning: no compilation cache ({e.filename}: {e.strerror}); each run compiles afresh, "
                   "as with --no-compilation-cache.", file=sys.stderr)
+    joined = False
     try:
         if args.multi_host:
             where = f"at {args.coordinator}" if args.coordinator else "that JAX finds"
@@ -297,11 +298,14 @@ def _main(argv, parser_options: dict) -> int:
                   "(--join-timeout)", flush=True)
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                                             args.join_timeout)
-            agree.check_agreed(cli.shared_flags(args), args.join_timeout)
+            joined = True
             if args.predict is None:     # joined: from here the processes stop together
                 stopping.handle(_deferred)
+            agree.check_agreed(cli.shared_settings(args, configs, workdir, several), args.join_timeout)
         predict_only(args) if args.predict is not None else train(args, configs, workdir, several)
     except (*USAGE_ERRORS, TimeoutError) as e:
+        if joined:          # the others, at their next check, stop too
+            agree.leave()
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

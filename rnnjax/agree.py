@@ -10,11 +10,10 @@ differs.
 
 from __future__ import annotations
 
-import itertools
 import json
+import os
 import time
 import zlib
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -24,45 +23,104 @@ from rnnjax.config import shown
 
 # Seconds a process waits for the others to reach a check: they may read and tokenize a large text first.
 TIMEOUT_S = 300
-_CALLS = itertools.count()      # each check a key of its own: every process makes them in the same order
+_made = [0]     # the checks this process made: each has keys of its own, every process making them in turn
 
 
 def check_agreed(what: dict[str, Any], timeout_s: float = TIMEOUT_S) -> None:
     """``ValueError`` in one sentence unless every process of this multi-host run has the same ``what``
-    (names -> JSON values): the first name whose value differs, this process's and another's.
-    ``TimeoutError`` if another has not given its own within ``timeout_s`` (polled: a signal is handled as
-    it waits). Nothing in a single process."""
-    if jax.process_count() == 1:
+    (names -> JSON values): the first name whose value differs, this process's and another's; or if
+    another stopped on an error of its own first (``leave``). ``TimeoutError`` if another has not come
+    within ``timeout_s`` (polled: a signal is handled as it waits). Nothing in a single process."""
+    client = _client()
+    if client is None:
         return
-    from jax._src import distributed        # the store orbax uses too; JAX gives no public handle on it
-    client, me, n = distributed.global_state.client, jax.process_index(), next(_CALLS)
+    me, n = jax.process_index(), _made[0]
+    _made[0] += 1
     others = [k for k in range(jax.process_count()) if k != me]
     mine = json.loads(json.dumps(what, default=str))
-    client.key_value_set(f"rnnjax/agree/{n}/{me}", json.dumps(mine))
+    client.key_value_set(f"rnnjax/agree/{n}/given/{me}", json.dumps(mine))
     deadline = time.monotonic() + timeout_s
     differ = None
     for other in others:
-        theirs = json.loads(_wait_for(client, f"rnnjax/agree/{n}/{other}", other, deadline, timeout_s))
+        theirs = json.loads(_wait_for(client, n, "given", other, deadline, timeout_s))
         name = next((name for name, value in mine.items() if theirs.get(name) != value), None)
         if name is not None and differ is None:
             differ = (f"The processes of this multi-host run were given other settings: {name} "
                       f"{_said(mine[name])} here (process {me}), {_said(theirs.get(name))} in process "
-                      f"{other}; give every process the same flags and the same --workdir path.")
-    if differ:      # every process finds it: they leave the run together, else the first to exit (process
-        jax.distributed.shutdown()      # 0 serves the store) aborts the others in C++ before they say why
+                      f"{other}; give every process the same settings and the same workdir path.")
+    # Each goes on once every other has read its settings: one that gave up waiting is never read as agreed.
+    client.key_value_set(f"rnnjax/agree/{n}/read/{me}", "")
+    for other in others:
+        _wait_for(client, n, "read", other, deadline, timeout_s)
+    if differ:      # every process finds it: they leave together, else the first to exit (process 0 serves
+        _shut_down()        # the store) aborts the others in C++ before they say why
         raise ValueError(differ)
 
 
-def _wait_for(client: Any, key: str, process: int, deadline: float, timeout_s: float) -> str:
+def leave(wait_s: float = 2.0) -> None:
+    """Tells the others of a multi-host run, waiting at their next check, that this process stops on an
+    error of its own: they stop too, in one sentence. Where they all say they read it within ``wait_s``,
+    all leave the run together (else, the others being past any check, this one just exits)."""
+    client = _client()
+    if client is None:
+        return
+    n, me = _made[0], jax.process_index()
+    client.key_value_set(f"rnnjax/agree/{n}/left/{me}", "")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        others = [k for k in range(jax.process_count()) if k != me]
+        if all(_has(client, f"rnnjax/agree/{n}/read-left/{k}") for k in others):
+            _shut_down()
+            return
+        time.sleep(0.05)
+
+
+def _client() -> Any:
+    """jax.distributed's client (the key-value store orbax uses too: JAX gives no public handle on it);
+    ``None`` in a single process, or once it has left the run."""
+    if jax.process_count() == 1:
+        return None
+    from jax._src import distributed
+    return distributed.global_state.client
+
+
+def _shut_down() -> None:
+    """jax.distributed.shutdown: it waits for every process to call it, so that all leave the run alive."""
+    try:
+        jax.distributed.shutdown()
+    except Exception:       # another already gone: this one exits anyway
+        pass
+
+
+def _has(client: Any, key: str) -> bool:
+    try:
+        client.key_value_try_get(key)
+    except jax.errors.JaxRuntimeError:          # not given (yet)
+        return False
+    return True
+
+
+def _wait_for(client: Any, n: int, what: str, process: int, deadline: float, timeout_s: float) -> str:
+    me = jax.process_index()
     while True:
         try:
-            return client.key_value_try_get(key)
+            return client.key_value_try_get(f"rnnjax/agree/{n}/{what}/{process}")
         except jax.errors.JaxRuntimeError:          # not given yet
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Process {process} of the multi-host run did not reach the point this "
-                                   f"one did within {shown(timeout_s)} s (is it running another command?); "
-                                   "this one stops.") from None
-            time.sleep(0.05)
+            pass
+        if _has(client, f"rnnjax/agree/{n}/left/{process}"):        # it stopped on an error of its own
+            client.key_value_set(f"rnnjax/agree/{n}/read-left/{me}", "")
+            _shut_down()
+            raise ValueError(f"Process {process} of the multi-host run stopped (it says why); this one stops "
+                             "too.")
+        if _has(client, f"rnnjax/agree/{n}/gave-up/{process}"):
+            raise TimeoutError(f"Process {process} of the multi-host run stopped waiting for this one; this "
+                               "one stops too.")
+        if time.monotonic() > deadline:
+            client.key_value_set(f"rnnjax/agree/{n}/gave-up/{me}", "")     # a late one stops, never trains
+            raise TimeoutError(f"Process {process} of the multi-host run did not reach the point this one "
+                               f"did within {shown(timeout_s)} s (is it running another command?); this one "
+                               "stops.")
+        time.sleep(0.05)
 
 
 def _said(value: Any) -> str:
@@ -72,19 +130,27 @@ def _said(value: Any) -> str:
     return "not given" if value is None else str(value)
 
 
-def of_run(p: Any, data: Any, checkpoint_every: int, keep: int) -> dict[str, Any]:
-    """What the processes training the planned run ``p`` (``rnnjax.start.Plan``) on ``data`` must share;
-    computed only where there are several."""
-    if jax.process_count() == 1:
+def of_configs(configs: list, together: bool) -> dict[str, Any]:
+    """The settings of the runs ``configs`` (trained ``together``, or one), by field."""
+    return {"runs trained together": len(configs) if together else 0,
+            **{f"run {k}'s {name}" if together else name: v for k, c in enumerate(configs)
+               for name, v in c.to_json().items()}}
+
+
+def of_run(p: Any, data: Any, params: Any, checkpoint_every: int, keep: int) -> dict[str, Any]:
+    """What the processes training the planned run ``p`` (``rnnjax.start.Plan``) on ``data`` from ``params``
+    (on the host) must share; computed only where there are several."""
+    if _client() is None:
         return {}
-    configs = list(p.runs) or [p.config]
     tokens = np.ascontiguousarray(data.tokens)
     vocab = json.dumps(data.vocab.to_json(), sort_keys=True).encode()
+    start = 0
+    for leaf in jax.tree.leaves(params):        # given to fit, or made by each process: the same
+        start = zlib.crc32(np.ascontiguousarray(leaf), start)
     resumed = "none (a new run)" if p.step is None else f"step {p.step}"
-    return {"runs trained together": len(p.runs),
-            **{f"run {k}'s {name}" if p.runs else name: v for k, c in enumerate(configs)
-               for name, v in c.to_json().items()},
-            "workdir": str(Path(p.workdir).absolute()), "checkpoint resumed": resumed,
+    return {**of_configs(list(p.runs) or [p.config], bool(p.runs)), "workdir": os.path.abspath(p.workdir),
+            "checkpoint resumed": resumed, "the parameters it starts from": f"CRC-32 {start:08x}",
             "the text's tokens": f"{tokens.size} (CRC-32 {zlib.crc32(tokens):08x})",
-            "vocabulary": f"CRC-32 {zlib.crc32(vocab):08x}", "devices of each process": p.dp.num_local,
-            "checkpoint_every": checkpoint_every, "keep": keep}
+            "vocabulary": f"CRC-32 {zlib.crc32(vocab):08x}",
+            "devices of each process (--devices)": p.dp.num_local, "checkpoint_every": checkpoint_every,
+            "keep": keep}

@@ -79,7 +79,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     checkpoint's step (``p.state`` resumes) or, new, at step 0. Its
     optimizer may be another.
     """
-    agree.check_agreed(agree.of_run(p, data, checkpoint_every, keep))     # before any collective
+    agree.check_agreed(agree.of_run(p, data, getattr(state, "params", None), checkpoint_every, keep))  # first
     check_state(p, state, len(data.vocab))
     several, dp, position = bool(p.runs), p.dp, p.position
     configs, workdir = list(p.runs) or [p.config], p.workdir

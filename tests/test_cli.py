@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import jax
 import pytest
 
 from experiments import cli
@@ -53,3 +54,21 @@ def test_a_float_flag_that_rounds_to_0_or_inf_names_what_was_typed(flag, capsys)
         with pytest.raises(SystemExit):
             cli.parse_args([flag, typed])
         assert f"argument {flag}: '{typed}' rounds to {rounded} as a float" in capsys.readouterr().err
+
+
+def test_multi_host_processes_compare_what_the_flags_resolve_to(tmp_path, monkeypatch):
+    """As typed, --seed 0 and no --seed, or W and ../here/W, differ; as trained, they do not."""
+    from experiments import settings
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here").mkdir()
+
+    def shared(*argv):
+        args = cli.parse_args(["--preset", "tiny", *argv])
+        return cli.shared_settings(args, *settings.settings(args))
+    devices = str(len(jax.local_devices()))
+    assert shared("--workdir", "W") == shared("--workdir", "here/../W", "--seed", "0", "--devices", devices)
+    assert shared("--workdir", "W")["seed"] == 0 and shared("--workdir", "W", "--seed", "1")["seed"] == 1
+    assert shared("--workdir", "W")["workdir"] == str(tmp_path / "W")
+    predict = cli.shared_settings(cli.parse_args(["--workdir", "W", "--predict", "it", "--num-preds", "5"]),
+                                  None, None, False)
+    assert predict == {"command": "--predict", "workdir": str(tmp_path / "W"), "--run": None, "--best": False}

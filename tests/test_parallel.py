@@ -261,26 +261,30 @@ def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, 
 def test_processes_of_a_multi_host_run_given_other_settings_stop_in_one_sentence(tmp_path, main_job,
                                                                                  make_text):
     """Other epochs hung both processes in gloo for 30 minutes, deaf to signals; other shapes aborted them in
-    C++; another text trained silently. The flags are compared as the processes join, what fit trains (the
-    text's tokens, the checkpoint resumed) before its first collective; nothing is trained."""
+    C++; another text trained silently. The settings are compared as the processes join, what fit trains
+    (the text's tokens, the checkpoint resumed) before its first collective; one stopped by an error of its
+    own stops the others there. Nothing is trained, no C++ abort."""
     (tmp_path / "a.txt").write_text(make_text(3000))
     (tmp_path / "b.txt").write_text(make_text(3000, seed=1))      # the same characters, another text
+    (tmp_path / "c.txt").write_bytes(b"PK\x03\x04\x00\x00binary")    # a path that passes, not a text
     common = ["--preset", "tiny", "--workdir", str(tmp_path / "w"), "--num-processes", "2", "--no-progress"]
+    a, b, c = (["--text", str(tmp_path / f"{name}.txt")] for name in "abc")
+    differ = "error: The processes of this multi-host run were given other settings: "
     for first, second, says in (
-            (["--text", str(tmp_path / "a.txt"), "--epochs", "2"], ["--text", str(tmp_path / "a.txt"),
-                                                                    "--epochs", "3"], "--epochs 2 here"),
-            (["--text", str(tmp_path / "a.txt")], ["--text", str(tmp_path / "b.txt")], "the text's tokens")):
+            ([*a, "--epochs", "2"], [*a, "--epochs", "3"],
+             [f"{differ}epochs 2 here (process 0), 3 in process 1; give every process the same settings "
+              "and the same workdir path."]),
+            (a, b, [f"{differ}the text's tokens ", "in process 1; give every process the same settings"]),
+            (a, c, ["error: Process 1 of the multi-host run stopped (it says why); this one stops too."])):
         address = f"127.0.0.1:{free_port()}"
         procs = [main_job(*common, *extra, "--coordinator", address, "--process-id", str(i), cpu_devices=1)
                  for i, extra in enumerate((first, second))]
         errs = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [1, 1], errs
-        for i, err in enumerate(errs):
-            assert err.startswith("error: The processes of this multi-host run were given other settings: ")
-            assert f"here (process {i}), " in err and f"in process {1 - i}; give every process the same " \
-                "flags and the same --workdir path." in err and err.count("\n") == 1, err
-        assert says in errs[0], errs[0]
+        assert all(err.count("\n") == 1 and err.startswith("error: ") for err in errs), errs
+        assert all(said in errs[0] for said in says), errs[0]
         assert not (tmp_path / "w").exists()           # the lock's holder removed the folder it made
+    assert "looks binary" in errs[1]
 
 
 @pytest.mark.slow
