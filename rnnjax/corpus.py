@@ -226,7 +226,8 @@ class Corpus(WindowedText):
             else:
                 need = f"a training window and a validation window of --num-steps + 1 = {window} tokens each"
                 last = f"the last {self.val_fraction:g} of the tokens, which validates"
-                need += f": {last}, is {num_tokens - train_end}" if train_end >= window else f" ({last})"
+                val = num_tokens - train_end
+                need += f": {last}, is {val} token{'s' * (val != 1)}" if train_end >= window else f" ({last})"
             made = f"{num_tokens} token{'s' * (num_tokens != 1)}"
             raise DataError(f"{self.name} makes {made} (--token {token}, --preprocess {preprocess}), too few "
                             f"for {need}.")

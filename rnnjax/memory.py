@@ -60,7 +60,7 @@ def advice(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1) 
     flags = flags if weights >= activations else flags[::-1]
     if num_runs > 1:        # each run trained together multiplies both
         flags.insert(0, "the number of runs (--seeds, --lr, --clip lists)")
-    return " (or ".join(flags) + ")" * (len(flags) - 1)
+    return ", or ".join(flags)
 
 
 def _available(device: jax.Device) -> int | None:

@@ -113,7 +113,7 @@ def tm_text(path):
     (b"a", "makes 1 token .* too few"),
     (b"the time machine " * 3, r"makes 51 tokens .* too few for a training window and a validation window "
                                r"of --num-steps \+ 1 = 9 tokens each: the last 0.1 of the tokens, which "
-                               r"validates, is 6\.$"),      # the training part is long enough
+                               r"validates, is 6 tokens\.$"),      # the training part is long enough
 ])
 def test_bad_text_is_one_sentence_and_nothing_is_cached(tmp_path, content, match):
     path = tmp_path / "bad.txt"

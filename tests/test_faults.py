@@ -516,7 +516,7 @@ def test_out_of_memory_at_run_time_is_one_sentence(real_text_path, tmp_path, cap
                str(tmp_path)) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: The machine ran out of memory") and err.count("\n") == 1, err
-    assert "lower --batch-size or --num-steps (or --num-hiddens or --num-layers)" in err
+    assert "lower --batch-size or --num-steps, or --num-hiddens or --num-layers" in err
 
 
 def within(seconds, fn, *args, **kwargs):

@@ -33,8 +33,8 @@ def test_a_model_too_large_for_the_machine_is_refused_naming_the_flags(monkeypat
     memory.check(d2l, 28, 2, num_runs=10)
     with pytest.raises(ValueError, match=r"^1000 runs of --num-hiddens 32 x --num-layers 1 at --batch-size "
                                          r"1024 x --num-steps 32 needs about .*; lower the number of runs "
-                                         r"\(--seeds, --lr, --clip lists\) \(or --batch-size or --num-steps "
-                                         r"\(or --num-hiddens or --num-layers\)\)\.$"):
+                                         r"\(--seeds, --lr, --clip lists\), or --batch-size or --num-steps, "
+                                         r"or --num-hiddens or --num-layers\.$"):
         memory.check(d2l, 28, 2, num_runs=1000)
     for name, config in PRESETS.items():            # every real recipe fits, on 1 to 4 devices
         for shards in (1, 2, 4):
