@@ -34,11 +34,14 @@ def default_workdir(preset: str, configs: list[config_lib.Config], text: str | N
                for c in configs]
     if text is None and len(configs) == 1 and not changed[0]:
         return Path("runs") / preset
-    # Not hidden (.notes), nor read as a flag (-x): a name starts with neither.
-    name = preset if text is None else re.sub(r"[^\w.-]", "_", Path(text).stem).lstrip(".-") or "text"
+    named = preset if text is None else re.sub(r"[^\w.-]", "_", Path(text).stem)
     key = changed if text is None else [str(Path(text).resolve()), changed]
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
-    return Path("runs") / f"{name}-{digest}"
+    # Not hidden (.notes), nor read as a flag (-x): a name starts with neither; such a run made before
+    # this rule is found where it is.
+    earlier = Path("runs") / f"{named}-{digest}"
+    name = named.lstrip(".-") or "text"
+    return earlier if name != named and earlier.is_dir() else Path("runs") / f"{name}-{digest}"
 
 
 def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool]:

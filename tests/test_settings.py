@@ -31,6 +31,14 @@ def test_the_default_workdir_is_named_by_what_the_flags_change():
         assert default_workdir("tiny", [tiny], text).name.startswith(starts), text
 
 
+def test_a_run_of_a_text_named_with_a_leading_dot_made_before_that_rule_is_found(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    new = default_workdir("tiny", [TINY], ".notes.txt")
+    earlier = new.with_name("." + new.name)
+    earlier.mkdir(parents=True)
+    assert default_workdir("tiny", [TINY], ".notes.txt") == earlier
+
+
 def saved(workdir, configs, text_sha1=None, together=None, checkpointed=True):
     """A workdir as a run of ``configs`` (trained ``together``: by default if several) leaves it: its
     ``config.json`` and, if ``checkpointed``, a checkpoint of epoch 1 (of a stand-in state)."""
