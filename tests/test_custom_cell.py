@@ -106,7 +106,8 @@ def test_a_foreign_cell_in_the_model_is_flax_s_nn_rnn_over_one_hot_vectors(name)
     assert out["kernel"].shape == (4, V) and float(jnp.abs(out["kernel"]).max()) <= bound
 
 
-SLOW_FOREIGN = [pytest.param(n, marks=pytest.mark.slow) for n in ("flax_gru", "flax_mgu", "flax_simple")]
+# flax's MGU is the notebook test's cell, its SimpleCell trains in bfloat16 below.
+SLOW_FOREIGN = [pytest.param("flax_gru", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("name", ["dense", "listed", *SLOW_FOREIGN])
