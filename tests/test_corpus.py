@@ -245,6 +245,7 @@ def test_a_damaged_cache_entry_is_made_again_not_trained_on(text_file, monkeypat
 
 # --- training on it ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_train_resume_restore_without_the_file_and_generate(text_file, tmp_path):
     c = Corpus.from_config(text_file, TEXT)
     straight = fit(TEXT, c, tmp_path / "straight", devices=1, log=None)

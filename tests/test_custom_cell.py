@@ -342,6 +342,7 @@ class ComplexStateCell(DenseCell):
         return jnp.zeros((*input_shape[:-1], self.features), jnp.complex64)
 
 
+@pytest.mark.slow
 def test_a_carry_with_a_counter_and_a_mask_or_a_complex_state_trains(small_data, tmp_path, monkeypatch):
     """What the step check must not refuse (it did, briefly): only y must be real, and the state batch
     first."""

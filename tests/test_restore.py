@@ -273,6 +273,7 @@ def test_a_run_that_stopped_early_names_a_checkpoint_from_before_it_stopped_wher
     assert checkpoint.restore(tmp_path, run=0).step == 3 * per_epoch
 
 
+@pytest.mark.slow
 def test_best_of_runs_without_a_run_names_the_one_of_lowest_validation_perplexity(small_data, tmp_path):
     configs = [TINY.replace(epochs=2, lr=lr) for lr in (0.5, 2.0, 1.0)]
     runs.fit_runs(configs, small_data, tmp_path, devices=1, log=None, checkpoint_every=1)

@@ -280,6 +280,7 @@ def test_a_failed_save_s_folder_is_removed_before_anything_is_written(small_data
     assert sorted(p.name for p in folder.iterdir()) == ["notes.orbax-checkpoint-tmp"]
 
 
+@pytest.mark.slow
 @pytest.mark.cpu_devices(2)
 def test_a_resume_that_computes_otherwise_says_it_is_not_bit_for_bit(small_data, tmp_path):
     """The kernel that trained (auto's pick) and the devices are in every meta; a resume on others is the
@@ -343,6 +344,7 @@ def test_a_run_failing_after_it_moved_an_earlier_one_aside_leaves_its_own_config
     assert json.loads((tmp_path / "config.1.json").read_text())["config"]["lr"] == SMALL.lr
 
 
+@pytest.mark.slow
 @pytest.mark.cpu_devices(2)
 def test_a_resume_with_dropout_on_another_device_count_says_its_masks_differ(small_data, tmp_path):
     """Each device draws its own masks: another count is other masks, not round-off."""

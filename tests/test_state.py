@@ -147,6 +147,7 @@ def test_one_optimizer_factory_keeps_each_kind_of_state_checkpoints_hold():
     assert jax.tree.structure(state.abstract_run_states(configs, 28).opt_state) == runs
 
 
+@pytest.mark.slow
 def test_runs_of_other_rates_need_an_optimizer_that_keeps_each_runs_own(small_data, tmp_path, monkeypatch):
     """One optimizer steps every run: one of a researcher's own that ignores ``per_run`` would train each at
     the first run's lr (and clip), while the records say each run's own."""
