@@ -79,7 +79,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     checkpoint's step (``p.state`` resumes) or, new, at step 0. Its
     optimizer may be another.
     """
-    agree.check_agreed(agree.of_run(p, data, getattr(state, "params", None), checkpoint_every, keep))  # first
+    # First: processes of a multi-host run that would train otherwise hang or abort in a collective.
+    agree.check_agreed(agree.of_run(p, data, getattr(state, "params", None), checkpoint_every, keep))
     check_state(p, state, len(data.vocab))
     several, dp, position = bool(p.runs), p.dp, p.position
     configs, workdir = list(p.runs) or [p.config], p.workdir
@@ -184,9 +185,11 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             _log(check_lock, metrics_log, records)
             if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or signum is not None:
                 save(epoch + 1, 0, [{} for _ in configs], records)
-            if progress:        # a run's record as logged; of runs, their mean perplexities
+            if progress and several:        # their mean perplexities
                 mean = {k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED}
-                progress(done, total, {"epoch": epoch + 1, **mean} if several else dict(records[0]))
+                progress(done, total, {"epoch": epoch + 1, **mean})
+            elif progress:                  # its record, as logged
+                progress(done, total, dict(records[0]))
             if signum is not None:
                 raise _stopped(manager, signum, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done,
                                workdir, finished=epoch + 1 == p.config.epochs)

@@ -51,11 +51,12 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
                           f"recurrent cell (it lacks {', '.join(missing)}): a cell is called as "
                           "cell(carry, x) -> (carry, y) and has initialize_carry(rng, input_shape) and "
                           "num_feature_axes, as flax's nn.RNNCellBase.")
-    try:
-        problem, cause = (None if type(cell) in OWN_CELLS.values() else
-                          (_checked_step if hashable(cell) else step_problem)(cell, vocab_size)), None
-    except StepFailed as e:
-        problem, cause = str(e), e.__cause__
+    problem = cause = None
+    if type(cell) not in OWN_CELLS.values():
+        try:
+            problem = (_checked_step if hashable(cell) else step_problem)(cell, vocab_size)
+        except StepFailed as e:             # in the cell's own code: said, and raised from its error
+            problem, cause = str(e), e.__cause__
     if problem:         # rather than JAX's error about scan's carry, or flax's about its rngs, mid-trace
         raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] makes a {type(cell).__name__} whose step "
                           f"{problem}.") from cause
