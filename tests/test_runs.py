@@ -37,7 +37,7 @@ def alone(config, data, workdir, devices):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("devices", [1, pytest.param(2, marks=pytest.mark.cpu_devices(2))])
+@pytest.mark.parametrize("devices", [pytest.param(2, marks=pytest.mark.cpu_devices(2))])  # 1: dropout runs
 def test_each_run_is_the_run_it_would_be_alone(data10, tmp_path, devices):
     """To float32 round-off: XLA may fuse the vmapped step's sums in another order (bit for bit at some
     shapes, not at others), as the devices' all-reduce does."""

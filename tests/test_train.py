@@ -234,7 +234,7 @@ def test_params_given_to_a_run_that_resumes_are_not_used_and_its_log_says_so(sma
     assert lines[0].startswith("resuming from step ") and "params given" not in lines[0]
 
 
-FAMILY = {"gru": SMALL.replace(cell="gru", epochs=1), "lstm": SMALL.replace(cell="lstm", epochs=1),
+FAMILY = {"lstm": SMALL.replace(cell="lstm", epochs=1),
           "deep gru, dropout": SMALL.replace(cell="gru", num_layers=2, dropout=0.3, epochs=1)}
 
 
