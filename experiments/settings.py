@@ -101,7 +101,7 @@ def trained_in(args: argparse.Namespace) -> Path:
 def _saved(args: argparse.Namespace, anew: str | None = None) -> tuple | None:
     """``saved_runs(args.workdir)``; of a cell not registered here, with no checkpoint: ``None`` where
     ``--cell`` (or, ``anew`` given, ``--preset``) asks for a cell (``args.anew`` says it starts anew),
-    else ``UnknownCell`` saying so."""
+    else a ``ValueError`` naming both ways."""
     try:
         return saved_runs(args.workdir)
     except UnknownCell as e:
