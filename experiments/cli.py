@@ -209,6 +209,6 @@ def shared_settings(args: argparse.Namespace, configs: list | None, workdir: Pat
     if args.predict is not None:
         return {"command": "--predict", "workdir": os.path.abspath(args.workdir), "--run": args.run,
                 "--best": args.best}
-    return {"command": "training", **agree.of_configs(configs, together), "workdir": os.path.abspath(workdir),
-            "checkpoint_every": args.checkpoint_every, "keep": args.keep,
-            "devices of each process (--devices)": args.devices or len(jax.local_devices())}
+    return {"command": "training", **agree.of_training(configs, together, workdir,
+                                                       args.devices or len(jax.local_devices()),
+                                                       args.checkpoint_every, args.keep)}

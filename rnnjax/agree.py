@@ -66,9 +66,9 @@ def leave(wait_s: float = 2.0) -> None:
         return
     n, me = _made[0], jax.process_index()
     client.key_value_set(f"rnnjax/agree/{n}/left/{me}", "")
+    others = [k for k in range(jax.process_count()) if k != me]
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        others = [k for k in range(jax.process_count()) if k != me]
         if all(_has(client, f"rnnjax/agree/{n}/read-left/{k}") for k in others):
             _shut_down()
             return
@@ -137,6 +137,15 @@ def of_configs(configs: list, together: bool) -> dict[str, Any]:
                for name, v in c.to_json().items()}}
 
 
+def of_training(configs: list, together: bool, workdir: Any, devices: int, checkpoint_every: int,
+                keep: int) -> dict[str, Any]:
+    """What the processes training ``configs`` must share, known before the text is read: the runs, the
+    workdir's path, each process's device count and how it saves (the CLI checks it as they join)."""
+    return {**of_configs(configs, together), "workdir": os.path.abspath(workdir),
+            "devices of each process (--devices)": devices, "checkpoint_every": checkpoint_every,
+            "keep": keep}
+
+
 def of_run(p: Any, data: Any, params: Any, checkpoint_every: int, keep: int) -> dict[str, Any]:
     """What the processes training the planned run ``p`` (``rnnjax.start.Plan``) on ``data`` from ``params``
     (on the host) must share; computed only where there are several."""
@@ -148,9 +157,8 @@ def of_run(p: Any, data: Any, params: Any, checkpoint_every: int, keep: int) -> 
     for leaf in jax.tree.leaves(params):        # given to fit, or made by each process: the same
         start = zlib.crc32(np.ascontiguousarray(leaf), start)
     resumed = "none (a new run)" if p.step is None else f"step {p.step}"
-    return {**of_configs(list(p.runs) or [p.config], bool(p.runs)), "workdir": os.path.abspath(p.workdir),
+    return {**of_training(list(p.runs) or [p.config], bool(p.runs), p.workdir, p.dp.num_local,
+                          checkpoint_every, keep),
             "checkpoint resumed": resumed, "the parameters it starts from": f"CRC-32 {start:08x}",
             "the text's tokens": f"{tokens.size} (CRC-32 {zlib.crc32(tokens):08x})",
-            "vocabulary": f"CRC-32 {zlib.crc32(vocab):08x}",
-            "devices of each process (--devices)": p.dp.num_local, "checkpoint_every": checkpoint_every,
-            "keep": keep}
+            "vocabulary": f"CRC-32 {zlib.crc32(vocab):08x}"}
