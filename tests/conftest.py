@@ -9,6 +9,7 @@ where JAX's default backend is another (a GPU).
 
 import atexit
 import dataclasses
+import gc
 import hashlib
 import importlib.metadata
 import os
@@ -135,6 +136,12 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: LONG_FIRST.index(item.path.name) if item.path.name in LONG_FIRST
                else len(LONG_FIRST))
+
+
+def pytest_unconfigure(config):
+    # As it exits, pytest collects garbage five times (for unraisable exceptions) over the heap a session
+    # leaves, seconds in all, while pytest-xdist waits on its workers: what is left then stays.
+    gc.freeze()
 
 
 def pytest_runtest_setup(item):
