@@ -1,15 +1,7 @@
 """Recurrent cells: one time step each, with PyTorch's parametrization and gate order.
 
-The cell protocol (flax's ``nn.RNNCellBase``, which ``nn.RNN`` also takes)
-is all that ``RNN``, ``RNNLM``, generation and checkpoints ask of a cell:
-
-- ``__call__(carry, x (B, I)) -> (carry, y (B, H))``, the new carry of the
-  old one's shapes, y real floating point;
-- ``initialize_carry(rng, input_shape (B, I)) -> carry`` (``nn.nowrap``),
-  its state (B, ...) floating point or complex (counters, masks beside);
-- ``num_feature_axes`` (1);
-- constructed as ``Cell(Config.num_hiddens)`` (flax's cells: ``features``) and
-  listed in ``CELLS`` under the name that ``Config.cell`` uses.
+Each keeps the cell protocol (``rnnjax.protocol``) and is listed in ``CELLS``
+under the name that ``Config.cell`` uses.
 
 Weights are stored input-major (``x @ W``), so PyTorch's ``weight_ih_l0`` is
 ``W_ih.T`` (``W_xh.T`` for ``SimpleRNNCell``); ``rnnjax.interop`` converts.
@@ -29,13 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
-import re
 import zlib
 from collections.abc import Callable
 from typing import Any
 
-import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -191,90 +180,8 @@ class LSTMCell(_Cell):
         return (H_BxH, C_BxH), H_BxH
 
 
-# The batch ``step_problem`` steps: more than one, so that a cell that drops or mixes the batch shows it.
-STEP_BATCH = 2
-
-
-def lacks(cell: Any) -> list[str]:
-    """What of the cell protocol (above) the made ``cell`` lacks, as the protocol names it: [] for a cell."""
-    missing = []
-    try:
-        inspect.signature(cell).bind(None, None)
-    except TypeError:           # not callable, or not with (carry, x)
-        missing.append("__call__(carry, x)")
-    except ValueError:          # no signature to read (a builtin): taken on trust
-        pass
-    try:                        # flax's older (rng, batch_dims, size), a static method, binds no (rng, shape)
-        inspect.signature(cell.initialize_carry).bind(None, None)
-    except (AttributeError, TypeError):
-        missing.append("initialize_carry(rng, input_shape)")
-    except ValueError:
-        pass
-    try:
-        cell.num_feature_axes
-    except (AttributeError, NotImplementedError):        # nn.RNNCellBase's raises the latter
-        missing.append("num_feature_axes")
-    return missing
-
-
-class StepFailed(Exception):
-    """``step_problem``'s step failed in the cell's own code: a clause, the cell's error its cause."""
-
-
-def step_problem(cell: nn.Module, input_size: int) -> str | None:
-    """Where one step of the made ``cell`` (one that ``lacks`` nothing) on a batch of ``STEP_BATCH`` inputs
-    of ``input_size`` features, as ``rnnjax.model.RNN`` gives them, breaks the protocol, in a clause;
-    ``None`` if it keeps it; ``StepFailed`` if it raises. Shapes and dtypes only: nothing is computed."""
-    def one_step(ids):
-        x = OneHot(ids, input_size)
-        x = x if getattr(cell, "accepts_one_hot", False) else x.dense(compute_dtype(cell))
-        carry = cell.initialize_carry(jax.random.key(0), x.shape)
-        out = cell.apply(cell.init(jax.random.key(0), carry, x), carry, x)   # init gives any stream a key
-        return carry, out
-    try:
-        carry, out = jax.eval_shape(one_step, jax.ShapeDtypeStruct((STEP_BATCH,), jnp.int32))
-    except flax.errors.InvalidRngError as e:        # a Dropout inside the cell, say
-        stream = re.search(r'needs PRNG for "(\w+)"', str(e))
-        hint = (": rnnjax's dropout acts between layers (--dropout with --num-layers 2 or more)"
-                if stream and stream[1] == "dropout" else "")
-        named = f"a {stream[1]!r}" if stream else "a"
-        return f"asks for {named} random key, which a cell is not given{hint}"
-    except Exception as e:      # the cell's own code: its error in a clause, and as the cause (its traceback)
-        said = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else ""
-        raise StepFailed(f"fails on a batch of {STEP_BATCH} inputs and the carry initialize_carry gives for "
-                         f"it ({type(e).__name__}{': ' + said if said else ''})") from e
-    if not (isinstance(out, tuple) and len(out) == 2):
-        return f"returns {_shapes(out)}, not a pair (carry, y)"
-    new, y = out
-    leaves = jax.tree.leaves(carry)
-    # Its state: the floating-point (or complex) arrays; a step counter or a reset mask may be parts too.
-    states = [a for a in leaves if a.ndim >= 1 and jnp.issubdtype(a.dtype, jnp.inexact)]
-    if not states:      # cast back to the carry's dtype at each step, no gradient would flow through time
-        return (f"starts from initialize_carry's {_shapes(carry)}: a cell's state must be floating point (or "
-                "complex); counters and masks may be carried beside it")
-    if any(a.shape[0] != STEP_BATCH for a in states):
-        return (f"starts from initialize_carry's {_shapes(carry)} for a batch of {STEP_BATCH} inputs: its "
-                "state must have the batch first")
-    if jax.tree.structure(new) != jax.tree.structure(carry) or any(
-            a.shape != b.shape for a, b in zip(jax.tree.leaves(new), leaves)):
-        return (f"returns a carry of {_shapes(new)} from initialize_carry's {_shapes(carry)}: the new carry "
-                "must have the shapes of the one it replaces")
-    if not isinstance(y, jax.ShapeDtypeStruct) or y.ndim != 2 or y.shape[0] != STEP_BATCH:
-        return f"returns y as {_shapes(y)} for {STEP_BATCH} inputs, not one (batch, features) array"
-    if not jnp.issubdtype(y.dtype, jnp.floating):
-        # else no gradient reaches the cell's weights: it would train as a model of the tokens' frequencies
-        return f"returns y as {_shapes(y)}: the output layer takes real floating-point features"
-    return None
-
-
-def _shapes(tree: Any) -> str:
-    """``tree``'s arrays as ``float32[1,16]``, in its structure's brackets."""
-    said = jax.tree.map(lambda a: f"{a.dtype}[{','.join(map(str, a.shape))}]", tree)
-    return str(said).replace("'", "")
-
-
 # The cells ``Config.cell`` can name. A new cell is a class that keeps the
-# protocol above, and an entry here.
+# protocol (rnnjax.protocol), and an entry here.
 CELLS: dict[str, Callable[..., nn.Module]] = {"rnn": SimpleRNNCell, "gru": GRUCell, "lstm": LSTMCell}
 OWN_CELLS = dict(CELLS)      # as rnnjax ships them: CELLS may gain (or swap in) a user's
 

@@ -14,10 +14,11 @@ from flax.training import train_state
 
 from rnnjax import cudnn, fused, hoisted, kernels
 from rnnjax.backend import CompiledPerShape, init_compiler_options
-from rnnjax.cells import OWN_CELLS, StepFailed, lacks, step_problem
+from rnnjax.cells import OWN_CELLS
 from rnnjax.config import Config, ConfigError
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN, hashable
 from rnnjax.precision import COMPUTE_DTYPES
+from rnnjax.protocol import StepFailed, lacks, step_problem
 
 TrainState = train_state.TrainState
 

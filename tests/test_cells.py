@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnjax.cells import GRUCell, LSTMCell, OneHot, SimpleRNNCell, lacks
+from rnnjax.cells import GRUCell, LSTMCell, OneHot, SimpleRNNCell
 
 
 def sigmoid(x):
@@ -162,15 +162,6 @@ def test_one_hot_inputs_are_an_exact_gather_in_bfloat16_too(kind):
     dot = lambda a, W: bfloat16_dot(a, W) if W.shape == W_hh.shape else a @ W       # x @ W_ih exact
     ref_y = np_step(kind, params, jax.tree.map(np.asarray, carry), np.eye(7)[ids], dot=dot)[1]
     np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-6)
-
-
-def test_lacks_names_what_of_the_protocol_a_module_lacks():
-    for cell in (SimpleRNNCell(4), GRUCell(4), LSTMCell(4), nn.GRUCell(4), nn.LSTMCell(4), nn.MGUCell(4)):
-        assert lacks(cell) == []
-    everything = ["__call__(carry, x)", "initialize_carry(rng, input_shape)", "num_feature_axes"]
-    assert lacks(nn.Dense(4)) == everything
-    assert lacks("rnn") == lacks(None) == everything
-    assert lacks(nn.RNNCellBase()) == ["__call__(carry, x)", "num_feature_axes"]   # flax's base: not a cell
 
 
 def test_what_is_registered_under_a_cell_name_is_said_as_a_checkpoint_keeps_it(monkeypatch):

@@ -1,0 +1,61 @@
+"""The cell protocol's checks on their own: what a module lacks of it, and where one step breaks it.
+Through ``make_model``, with the sentences a user reads, in test_custom_cell.py."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+import pytest
+
+from rnnjax.cells import GRUCell, LSTMCell, SimpleRNNCell
+from rnnjax.protocol import STEP_BATCH, StepFailed, lacks, step_problem
+
+CELLS = (SimpleRNNCell(4), GRUCell(4), LSTMCell(4), nn.GRUCell(4), nn.LSTMCell(4), nn.MGUCell(4))
+
+
+def test_lacks_names_what_of_the_protocol_a_module_lacks():
+    for cell in CELLS:
+        assert lacks(cell) == [] and step_problem(cell, 7) is None
+    everything = ["__call__(carry, x)", "initialize_carry(rng, input_shape)", "num_feature_axes"]
+    assert lacks(nn.Dense(4)) == everything
+    assert lacks("rnn") == lacks(None) == everything
+    assert lacks(nn.RNNCellBase()) == ["__call__(carry, x)", "num_feature_axes"]   # flax's base: not a cell
+
+
+class _Cell(nn.RNNCellBase):
+    """A tanh cell; ``step`` replaces its return, ``carry`` its initial carry, for a batch ``B``."""
+    step: callable = None
+    carry: callable = None
+
+    @nn.compact
+    def __call__(self, h, x):
+        new = jnp.tanh(nn.Dense(4)(x))
+        return self.step(h, new) if self.step else (new + h, new + h)
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape):
+        return self.carry(input_shape[0]) if self.carry else jnp.zeros((input_shape[0], 4))
+
+    @property
+    def num_feature_axes(self):
+        return 1
+
+
+@pytest.mark.parametrize("cell, clause", [
+    (_Cell(step=lambda h, new: new), "not a pair (carry, y)"),
+    (_Cell(step=lambda h, new: (new, new.astype(jnp.int32))), "real floating-point features"),
+    (_Cell(step=lambda h, new: (new, new[0])), f"for {STEP_BATCH} inputs, not one (batch, features) array"),
+    (_Cell(step=lambda h, new: (new[:, :2], new)), "must have the shapes of the one it replaces"),
+    (_Cell(carry=lambda B: jnp.zeros((4, B)), step=lambda h, new: (h, new)), "must have the batch first"),
+    (_Cell(carry=lambda B: jnp.zeros((B, 4), jnp.int32), step=lambda h, new: (h, new)),
+     "must be floating point (or complex)"),
+])
+def test_step_problem_names_where_one_step_breaks_the_protocol(cell, clause):
+    assert clause in step_problem(cell, 7)
+
+
+def test_a_step_that_fails_in_the_cells_own_code_raises_from_its_error():
+    def fails(h, new):
+        raise RuntimeError("my own bug.\nsecond line")
+    said = r"fails on a batch of 2 inputs .* \(RuntimeError: my own bug\)$"
+    with pytest.raises(StepFailed, match=said) as e:
+        step_problem(_Cell(step=fails), 7)
+    assert isinstance(e.value.__cause__, RuntimeError)
