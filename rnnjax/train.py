@@ -141,7 +141,9 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
 
     ``progress(done_steps, total_steps, record_or_None)`` is called after every
     call (``STEPS_PER_CALL`` steps) and every epoch, with its record as
-    metrics.jsonl gets it. Raises ``NonFiniteLoss``
+    metrics.jsonl gets it. To stop early, raise from it: an epoch's record
+    comes after its checkpoint (each ``checkpoint_every``), and fit again
+    resumes from the last one. Raises ``NonFiniteLoss``
     (nothing saved past the last good checkpoint) and ``Interrupted`` (after
     saving the last completed call's step).
     """

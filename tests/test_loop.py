@@ -67,6 +67,26 @@ def test_a_metric_a_step_adds_is_logged_as_its_mean_over_the_epoch(data, tmp_pat
     assert seen == [record]                 # progress is given the epoch's record whole, as it is logged
 
 
+def test_an_exception_from_progress_stops_early_and_the_same_fit_goes_on_from_its_epoch(data, tmp_path):
+    """Early stopping as fit's docstring says: ``progress`` raises at an epoch's record, which was saved
+    first (every epoch, here); the workdir is whole, and fit again resumes from that epoch."""
+    class Enough(Exception):
+        pass
+
+    def enough(done, total, record):
+        if record and record["epoch"] == 2:
+            raise Enough
+    config, w = TINY.replace(epochs=3), tmp_path / "early"
+    with pytest.raises(Enough):
+        fit(config, data, w, devices=1, log=None, checkpoint_every=1, progress=enough)
+    assert checkpoint.restore(w).step == 2 * 13
+    resumed, straight = (fit(config, data, d, devices=1, log=None) for d in (w, tmp_path / "straight"))
+    seconds = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+    assert seconds(resumed.history) == seconds(straight.history)
+    for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(straight.state)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_metric_that_is_not_one_number_a_step_is_refused_before_any_step(data, tmp_path, monkeypatch):
     """Not numpy's TypeError once the first epoch is over (its steps lost)."""
     plain = train.train_step
