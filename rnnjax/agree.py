@@ -5,7 +5,7 @@ over as many devices, saving alike: else they run other programs, and the
 first collective hangs (gloo's timeout is 30 minutes, deaf to signals) or
 aborts the process. ``check_agreed`` compares them through jax.distributed's
 key-value store, which no such difference can hang, and names the first that
-differs.
+differs. Training, they agree on a stop (``caught_by_any``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from rnnjax.config import shown
+from rnnjax.stops import LostProcess
 
 # Seconds a process waits for the others to reach a check: they may read and tokenize a large text first.
 TIMEOUT_S = 300
@@ -162,3 +163,22 @@ def of_run(p: Any, data: Any, params: Any, checkpoint_every: int, keep: int) -> 
             "checkpoint resumed": resumed, "the parameters it starts from": f"CRC-32 {start:08x}",
             "the text's tokens": f"{tokens.size} (CRC-32 {zlib.crc32(tokens):08x})",
             "vocabulary": f"CRC-32 {zlib.crc32(vocab):08x}"}
+
+
+def spans_processes() -> bool:
+    """Whether this is a multi-host run, whose processes agree on a stop."""
+    return jax.process_count() > 1
+
+
+def caught_by_any(signum: int | None) -> int | None:
+    """The signal any process of a multi-host run caught (the lowest-numbered's), the same on each: one
+    small collective a call, one after validation and one as the run ends."""
+    from jax.experimental import multihost_utils
+    try:
+        gathered = multihost_utils.process_allgather(np.int32(signum or 0))
+    except jax.errors.JaxRuntimeError as e:       # a peer gone: stop now, not at JAX's heartbeat's abort
+        said = next(iter(str(e).splitlines()), "")[:200]
+        raise LostProcess(f"Another process of the multi-host run stopped or failed ({said}); this one stops "
+                          "too; start every process again to resume.") from None
+    caught = [int(s) for s in np.asarray(gathered) if s]
+    return caught[0] if caught else None

@@ -35,7 +35,7 @@ from rnnjax.precision import at_precision
 from rnnjax.meta import Position
 from rnnjax.start import Plan
 from rnnjax.state import check_params
-from rnnjax.stops import (Interrupted, LostProcess, NonFiniteLoss, StoppedRuns, catch_signals,
+from rnnjax.stops import (Interrupted, NonFiniteLoss, StoppedRuns, catch_signals,
                           check_divergence, check_finite)
 from rnnjax.workdir import WorkdirError
 
@@ -74,7 +74,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
 
     ``ValueError`` before it writes anything (a workdir ``planned`` made
     goes again with its lock) unless the processes of a multi-host run
-    would train alike (``rnnjax.agree``), and unless ``state`` is the
+    would train alike (``rnnjax.agree``), unless ``evaluate`` returns
+    ``loss_sum``, ``count`` and metrics of one number (logged as
+    ``val_<key>``), and unless ``state`` is the
     plan's: the parameters ``p.config`` makes (of each run, stacked), at the
     checkpoint's step (``p.state`` resumes) or, new, at step 0. Its
     optimizer may be another.
@@ -82,6 +84,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     # First: processes of a multi-host run that would train otherwise hang or abort in a collective.
     agree.check_agreed(agree.of_run(p, data, getattr(state, "params", None), checkpoint_every, keep))
     check_state(p, state, len(data.vocab))
+    _check_evaluation(evaluate, state, data, len(p.runs))
     several, dp, position = bool(p.runs), p.dp, p.position
     configs, workdir = list(p.runs) or [p.config], p.workdir
     manager, metrics_log = _open_workdir(p, data, keep)
@@ -128,7 +131,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
         checkpoint.save(manager, saved[0], host, meta, val_ppl=val_ppl)
 
     # A multi-host run's save is collective: its processes stop at the same call, on the signal any caught.
-    agreed = _caught_by_any if _spans_processes() else (lambda caught: caught)
+    agreed = agree.caught_by_any if agree.spans_processes() else (lambda caught: caught)
     signum = None                     # the signal that stops the run, as every process sees it
     with catch_signals() as stop, manager:
         for epoch in range(position.epoch, p.config.epochs):
@@ -164,7 +167,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             records, last = [], []      # of runs that train on; of those this epoch stopped (logged first)
             for r in stops.live:
                 record = metrics_lib.epoch_record(epoch + 1, done, sums[r], steps_per_epoch,
-                                                  float(val["loss_sum"][r]) / float(val["count"][r]), seconds)
+                                                  {k: float(v[r]) for k, v in val.items()}, seconds)
                 if several:
                     record = {"run": r, **{k: getattr(configs[r], k) for k in SWEEPABLE}, **record}
                 try:
@@ -270,30 +273,25 @@ def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable)
             p.dp.replicate(data.tokens), p.dp.put(p.dp.shard_stack(data.val_batches())))
 
 
+def _check_evaluation(evaluate: Callable, state: Any, data: WindowedText, runs: int) -> None:
+    """``ValueError`` unless ``evaluate`` returns ``loss_sum``, ``count`` and metrics that
+    ``metrics.check_evaluation`` takes: traced on the host, nothing computed, before any step (not once the
+    first epoch has trained)."""
+    batches = jax.tree.map(lambda *x: jax.ShapeDtypeStruct((len(x), *np.shape(x[0])), np.asarray(x[0]).dtype),
+                           *data.val_batches())
+    out = jax.eval_shape(evaluate, state, batches)
+    if not (isinstance(out, dict) and {"loss_sum", "count"} <= set(out)):
+        raise ValueError(f"An evaluation must return a dict of 'loss_sum' and 'count' (as "
+                         f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
+    metrics_lib.check_evaluation({k: v for k, v in out.items() if k not in ("loss_sum", "count")},
+                                 (runs,) if runs else ())
+
+
 def count_steps(p: Plan, data: WindowedText) -> tuple[int, int, int]:
     """``(steps per epoch, steps in the run, steps done before this start)``."""
     steps_per_epoch = data.num_batches(True)
     return (steps_per_epoch, p.config.epochs * steps_per_epoch,
             p.position.epoch * steps_per_epoch + p.position.batch)
-
-
-def _spans_processes() -> bool:
-    """Whether this is a multi-host run, whose processes agree on a stop."""
-    return jax.process_count() > 1
-
-
-def _caught_by_any(signum: int | None) -> int | None:
-    """The signal any process of a multi-host run caught (the lowest-numbered's), the same on each: one
-    small collective a call, one after validation and one as the run ends."""
-    from jax.experimental import multihost_utils
-    try:
-        gathered = multihost_utils.process_allgather(np.int32(signum or 0))
-    except jax.errors.JaxRuntimeError as e:       # a peer gone: stop now, not at JAX's heartbeat's abort
-        said = next(iter(str(e).splitlines()), "")[:200]
-        raise LostProcess(f"Another process of the multi-host run stopped or failed ({said}); this one stops "
-                          "too; start every process again to resume.") from None
-    caught = [int(s) for s in np.asarray(gathered) if s]
-    return caught[0] if caught else None
 
 
 def _stopped(manager: Any, signum: int, caught: int | None, epoch: int, batch: int, steps_per_epoch: int,

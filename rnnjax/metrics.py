@@ -52,17 +52,40 @@ def check_step(metrics: dict) -> None:
                          "(jnp.mean, jnp.linalg.norm), or give each number its own key.")
 
 
-def epoch_record(epoch: int, step: int, train: dict, steps: int, val_loss: float, seconds: float) -> dict:
-    """One line of ``metrics.jsonl`` from the sums of an epoch's ``steps`` (``add_steps``): the mean losses
-    (nats), their perplexities and bits per character; any other metric a step reports, its mean over the
-    epoch's steps (``grad_norm``: the global gradient norm before clipping)."""
-    train_loss = train["loss_sum"] / train["count"]
+# The keys a validation logs as ``val_<key>`` itself: an evaluation's own metrics may not take them.
+VAL_OWN = ("loss", "ppl", "bpc")
+
+
+def check_evaluation(metrics: dict, shape: tuple = ()) -> None:
+    """``ValueError`` in one sentence unless each metric an evaluation adds to ``loss_sum`` and ``count`` is
+    one number (of ``shape``: runs trained together have one each) and is not named as one of rnnjax's own
+    (read from their shapes as the evaluation is traced: before any step runs)."""
+    own = sorted(k for k in metrics if k in VAL_OWN)
+    if own:
+        named = ", ".join(map(repr, own))
+        raise ValueError(f"An evaluation's own metrics are logged as val_<key>, and {named} would be "
+                         f"rnnjax's val_{own[0]}: name {'it' if len(own) == 1 else 'them'} otherwise.")
+    shaped = {k: tuple(getattr(v, "shape", ())) for k, v in metrics.items()
+              if tuple(getattr(v, "shape", ())) != shape}
+    if shaped:
+        named = ", ".join(f"{k!r} (shape {s})" for k, s in shaped.items())
+        raise ValueError(f"An evaluation's metrics must each be one number an epoch (logged as val_<key>); "
+                         f"{named} {'is' if len(shaped) == 1 else 'are'} not: reduce to one number.")
+
+
+def epoch_record(epoch: int, step: int, train: dict, steps: int, val: dict, seconds: float) -> dict:
+    """One line of ``metrics.jsonl`` from the sums of an epoch's ``steps`` (``add_steps``) and of its
+    validation: the mean losses (nats), their perplexities and bits per character; any other metric a step
+    reports, its mean over the epoch's steps (``grad_norm``: the global gradient norm before clipping); any
+    other the validation reports, as ``val_<key>``, as it is."""
+    train_loss, val_loss = train["loss_sum"] / train["count"], val["loss_sum"] / val["count"]
     means = {k: v / steps for k, v in train.items() if k not in ("loss_sum", "count")}
+    added = {f"val_{k}": v for k, v in val.items() if k not in ("loss_sum", "count")}
     return {"epoch": epoch, "step": step,
             "train_loss": train_loss, "train_ppl": perplexity(train_loss),
             "train_bpc": bits_per_character(train_loss), **means,
             "val_loss": val_loss, "val_ppl": perplexity(val_loss), "val_bpc": bits_per_character(val_loss),
-            "seconds": seconds}
+            **added, "seconds": seconds}
 
 
 class MetricsError(ValueError):

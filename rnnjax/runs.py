@@ -23,13 +23,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnjax import loop
+from rnnjax import loop, train as train_lib
 from rnnjax.config import SWEEPABLE, Config, ConfigError
 from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, check_types, planned
 from rnnjax.state import TrainState, check_per_run, create_run_states
-from rnnjax.train import check_callbacks, check_saving, eval_steps, train_windows
+from rnnjax.train import check_callbacks, check_saving, train_windows
 
 
 def _listed(configs: Iterable[Config]) -> list[Config]:
@@ -69,8 +69,9 @@ def train_runs(states: TrainState, tokens: jax.Array, windows: Windows, axis_nam
 
 
 def eval_runs(states: TrainState, batches: Batch, axis_name: str | None = None) -> dict[str, jax.Array]:
-    """``eval_steps`` for every run, on the same batches."""
-    return jax.vmap(lambda state: eval_steps(state, batches, axis_name))(states)
+    """``rnnjax.train.eval_steps`` (as it is when called: one of a researcher's own too) for every run, on
+    the same batches."""
+    return jax.vmap(lambda state: train_lib.eval_steps(state, batches, axis_name))(states)
 
 
 def summary(history: list[dict], stopped: Sequence[str | None] = ()) -> dict[str, dict[str, float]]:

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnnjax import checkpoint, loop, meta as meta_lib, metrics, runs, stops, stored, train, workdir
+from rnnjax import agree, checkpoint, loop, meta as meta_lib, metrics, runs, stops, stored, train, workdir
 from rnnjax.data import TimeMachine
 from rnnjax.objective import targets
 from rnnjax.state import create_train_state
@@ -87,6 +87,38 @@ def test_an_exception_from_progress_stops_early_and_the_same_fit_goes_on_from_it
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
+def test_a_metric_an_evaluation_adds_is_logged_as_val_key_of_a_run_and_of_runs(data, tmp_path, monkeypatch):
+    """What a researcher adding a validation metric changes: ``eval_steps``' dict, nothing else."""
+    plain = train.eval_steps
+
+    def with_tokens(*args, **kwargs):
+        m = plain(*args, **kwargs)
+        return {**m, "tokens": m["count"] / 2}
+    monkeypatch.setattr(train, "eval_steps", with_tokens)
+    [record] = fit(TINY.replace(epochs=1), data, tmp_path / "one", devices=1, log=None).history
+    tokens = sum(float(b.mask.sum()) for b in data.val_batches()) * TINY.num_steps
+    logged = json.loads((tmp_path / "one" / metrics.FILENAME).read_text())
+    assert record["val_tokens"] == logged["val_tokens"] == tokens / 2
+    together = runs.fit_runs([TINY.replace(epochs=1, seed=s) for s in (0, 1)], data, tmp_path / "two",
+                             devices=1, log=None)
+    assert [r["val_tokens"] for r in together.history] == [tokens / 2] * 2
+
+
+@pytest.mark.parametrize("returned, said", [
+    (lambda m: {**m, "ppl": m["count"]}, r"^An evaluation's own metrics are logged as val_<key>, and 'ppl' "),
+    (lambda m: {**m, "per_batch": jnp.ones(3)}, r"one number an epoch .* 'per_batch' \(shape \(3,"),
+    (lambda m: m["loss_sum"], r"^An evaluation must return a dict of 'loss_sum' and 'count' .* not a "),
+])
+def test_an_evaluation_returning_what_cannot_be_logged_is_refused_before_any_step(
+        data, tmp_path, monkeypatch, returned, said):
+    plain = train.eval_steps
+    monkeypatch.setattr(train, "eval_steps", lambda *args, **kwargs: returned(plain(*args, **kwargs)))
+    with pytest.raises(ValueError, match=said):
+        fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None)
+    assert not (tmp_path / metrics.FILENAME).exists() and checkpoint.steps(tmp_path) == []
+
+
 def test_a_metric_that_is_not_one_number_a_step_is_refused_before_any_step(data, tmp_path, monkeypatch):
     """Not numpy's TypeError once the first epoch is over (its steps lost)."""
     plain = train.train_step
@@ -153,8 +185,8 @@ def test_a_signal_a_peer_catches_in_validation_stops_this_one_after_that_epoch(d
     def caught_by_any(own):
         gathers.append(own)
         return signal.SIGTERM if len(gathers) == 3 else own
-    monkeypatch.setattr(loop, "_spans_processes", lambda: True)
-    monkeypatch.setattr(loop, "_caught_by_any", caught_by_any)
+    monkeypatch.setattr(agree, "spans_processes", lambda: True)
+    monkeypatch.setattr(agree, "caught_by_any", caught_by_any)
     with pytest.raises(Interrupted, match=r"\(SIGTERM\), caught by another process of the multi-host run, in "
                                           r"epoch 1 after batch 13/13; saved step 13"):
         fit(TINY.replace(epochs=3), data, tmp_path, devices=1, log=None)
@@ -165,7 +197,7 @@ def test_a_signal_a_peer_catches_in_validation_stops_this_one_after_that_epoch(d
                                           r"left to train\.$"):
         fit(TINY.replace(epochs=1), data, tmp_path / "one", devices=1, log=None)
     gathers.clear()                 # as the last saves finish (the fourth): the same
-    monkeypatch.setattr(loop, "_caught_by_any", lambda own: gathers.append(own) or (
+    monkeypatch.setattr(agree, "caught_by_any", lambda own: gathers.append(own) or (
         signal.SIGTERM if len(gathers) == 4 else own))
     with pytest.raises(Interrupted, match=r"caught by another process of the multi-host run, in epoch 1 "
                                           r"after batch 13/13; saved step 13 in .*\. Nothing is left"):
@@ -180,7 +212,7 @@ def test_a_peer_gone_at_an_agreement_stops_this_process_in_one_sentence(data, tm
 
     def gone(x):
         raise jax.errors.JaxRuntimeError("UNKNOWN: Gloo AllGather failed: Connection closed by peer\nmore")
-    monkeypatch.setattr(loop, "_spans_processes", lambda: True)
+    monkeypatch.setattr(agree, "spans_processes", lambda: True)
     monkeypatch.setattr(multihost_utils, "process_allgather", gone)
     said = r"^Another process of the multi-host run stopped or failed \(UNKNOWN: Gloo AllGather failed: " \
            r"Connection closed by peer\); this one stops too; start every process again to resume\.$"

@@ -19,15 +19,25 @@ def test_add_steps_sums_per_key_in_step_order_and_keeps_a_saved_sum_s_keys():
     assert metrics.add_steps(sums, [call]) == {"loss_sum": 9.0, "count": 24.0, "grad_norm": 6.0}
     old = {"loss_sum": 1.0, "count": 4.0}                       # saved before grad_norm was a metric
     assert metrics.add_steps(old, [call]) == {"loss_sum": 4.0, "count": 12.0}
-    record = metrics.epoch_record(3, 30, sums, 4, 2.0, 1.5)
+    record = metrics.epoch_record(3, 30, sums, 4, {"loss_sum": 8.0, "count": 4.0, "hits": 3.0}, 1.5)
     assert record["train_loss"] == 6.0 / 16.0 and record["grad_norm"] == 1.0
-    assert record["val_ppl"] == np.exp(2.0)
+    assert record["val_ppl"] == np.exp(2.0) and record["val_hits"] == 3.0      # as the validation gives it
 
 
 def test_a_step_s_metrics_must_each_be_one_number():
     metrics.check_step({"loss_sum": np.float32(1.0), "count": np.array(4.0), "grad_norm": 0.5})
     with pytest.raises(ValueError, match=r"; 'norms' \(shape \(3,\)\), 'g' \(shape \(1, 1\)\) are not: "):
         metrics.check_step({"loss_sum": np.float32(1.0), "norms": np.ones(3), "g": np.ones((1, 1))})
+
+
+def test_an_evaluation_s_metrics_must_each_be_one_number_of_a_name_of_its_own():
+    metrics.check_evaluation({"hits": np.float32(3.0)})
+    metrics.check_evaluation({"hits": np.ones(2)}, shape=(2,))                  # two runs trained together
+    with pytest.raises(ValueError, match=r"one number an epoch \(logged as val_<key>\); 'hits' \(shape \(2,"):
+        metrics.check_evaluation({"hits": np.ones(2)})
+    with pytest.raises(ValueError, match=r"^An evaluation's own metrics are logged as val_<key>, and 'ppl' "
+                                         r"would be rnnjax's val_ppl: name it otherwise\.$"):
+        metrics.check_evaluation({"ppl": np.float32(1.0), "hits": np.float32(3.0)})
 
 
 def test_append_read_and_truncate(tmp_path):
