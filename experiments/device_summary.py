@@ -10,6 +10,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from experiments.parsing import check_names
 
 # Runs in a fresh interpreter: what the machine has, without failing where a package is missing.
 MACHINE_INFO = r"""
@@ -127,6 +128,7 @@ def read_back(out: Path, summary: dict) -> None:
 def check_out(out: Path) -> None:
     """``ValueError`` unless ``out`` (``--out``) is a new or empty folder this process can make or write, at
     a path orbax takes (the runs' workdirs are in it): ``rnnjax.workdir``'s checks, where JAX is."""
+    check_names("--out", out)
     if out.is_symlink() and not out.exists():
         raise ValueError(f"--out {out} is a link to nothing; give a new folder.")
     if out.exists() and not out.is_dir():

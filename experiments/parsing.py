@@ -4,7 +4,11 @@ flags before it loads."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
+
+NAME_MAX = 255      # bytes in one name, on every common file system
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,3 +38,12 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         """argparse's own errors as ours are: one line (not the usage block), and where to look."""
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def check_names(flag: str, path: str | Path) -> None:
+    """``ValueError`` in one sentence if a name in ``path`` (given as ``flag``) is longer than a file system
+    takes: Python's own checks of it (``Path.exists``) would raise."""
+    longest = max((len(os.fsencode(part)) for part in Path(path).parts), default=0)
+    if longest > NAME_MAX:
+        raise ValueError(f"{flag} has a name of {longest} bytes in its path; the system takes at most "
+                         f"{NAME_MAX}.")

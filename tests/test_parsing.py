@@ -1,9 +1,13 @@
-"""``experiments.parsing.Parser``: argparse, with whole flag names, each flag once, errors in one line."""
+"""``experiments.parsing.Parser``: argparse, with whole flag names, each flag once, errors in one line; and
+``check_names``, which the commands' checks of their output folders call first."""
+
+from pathlib import Path
 
 import pytest
 
-from experiments import device_check, sine
-from experiments.parsing import Parser
+from experiments import device_check, device_summary, sine, sine_figures
+from experiments.benchmark import outputs
+from experiments.parsing import NAME_MAX, Parser, check_names
 
 
 def parser():
@@ -50,3 +54,19 @@ def test_known_args_are_checked_too_and_allow_abbrev_may_be_set(capsys):
         parser().parse_known_args(["--seed", "1", "--seed", "2", "--other"])
     assert "--seed is given twice" in capsys.readouterr().err
     assert Parser(prog="p", allow_abbrev=True).allow_abbrev
+
+
+LONG = "a" * (NAME_MAX + 1)
+
+
+@pytest.mark.parametrize("check, flag", [
+    (lambda path: sine_figures.check_workdir(Path(path)), "--workdir"),
+    (lambda path: device_summary.check_out(Path(path)), "--out"),
+    (lambda path: outputs.check_outputs(None, path, False), "--out"),
+    (lambda path: outputs.check_outputs(path + ".json", None, False), "--json"),
+])
+def test_a_name_longer_than_a_file_system_takes_is_one_sentence_not_python_s_oserror(tmp_path, check, flag):
+    check_names(flag, tmp_path / ("é" * (NAME_MAX // 2)) / "run")             # 254 bytes: taken
+    said = rf"^{flag} has a name of {NAME_MAX + 1 + 5 * flag.endswith('json')} bytes in its path; the system "
+    with pytest.raises(ValueError, match=said + rf"takes at most {NAME_MAX}\.$"):
+        check(str(tmp_path / LONG / "sub" if flag == "--workdir" else tmp_path / LONG))

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from experiments import stopping
+from experiments.parsing import check_names
 from rnnjax.lock import LOCKFILE
 
 # What the benchmark writes in --out (.tmp: a file being written when it was stopped; .lock: one run at a
@@ -65,6 +66,9 @@ def check_outputs(json_arg: str | None, out_arg: str | None, sweep: bool) -> tup
     for flag, typed in (("--out", out_arg), ("--json", json_arg)):   # '' would be the current folder
         if typed == "":
             raise ValueError(f"{flag} is empty; give a path (a shell variable that was not set?).")
+    for flag, typed in (("--out", out_arg), ("--json", json_arg)):
+        if typed:
+            check_names(flag, typed)
     if json_arg and json_arg.endswith(("/", "\\")):
         raise ValueError(f"--json {json_arg} names a folder; give the results' file (a .json).")
     out_dir = Path(out_arg) if out_arg else Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
