@@ -17,7 +17,7 @@ import pytest
 
 from conftest import SUITE_XLA_FLAGS, small_text
 from experiments import benchmark
-from experiments.benchmark import outputs, sizes, torch_contenders
+from experiments.benchmark import measure, outputs, sizes, torch_contenders
 from experiments.benchmark.contenders import Contender, Rnnjax, Setting, xla_step_mb
 from experiments.benchmark.measure import machine_info, measure_steps
 from experiments.benchmark.report import ratio_lines, sizes_table, torch_said
@@ -233,6 +233,22 @@ def test_a_benchmark_cut_short_keeps_what_it_measured(bench_main, small_data, tm
     kept = json.loads((tmp_path / "bench.json").read_text())
     assert kept["contenders"] == {"rnnjax": STEP} and "compile_cache" not in kept
     assert kept["complete"] is False                 # a reader of the file alone can tell
+
+
+@pytest.mark.parametrize("script, said", [
+    ("import sys; sys.exit('no memory')", "a fresh process exited with status 1: no memory"),
+    ("import os; os.kill(os.getpid(), 9)", "a fresh process was killed by signal 9"),
+])
+def test_a_compile_timing_process_that_fails_is_recorded_and_the_later_parts_run(
+        bench_main, small_data, tmp_path, capsys, monkeypatch, script, said):
+    monkeypatch.setattr(measure, "_COMPILE", script)
+    assert measure.measure_compile_cache(None) == {"error": said}
+    bench_main.faked(small_data, measure_compile_cache=measure.measure_compile_cache,
+                     measure_generation=LATER_PARTS["measure_generation"])
+    assert benchmark.main(["--recipe-rounds", "0", "--runs", "0", "--out", str(tmp_path)]) == 0
+    assert f"compiling the training program in a fresh process: failed, {said}\n" in capsys.readouterr().out
+    kept = json.loads((tmp_path / "bench.json").read_text())
+    assert kept["compile_cache"] == {"error": said} and kept["generation"] and kept["complete"] is True
 
 
 def test_a_sweep_cut_short_keeps_its_points_so_far(bench_main, small_data, tmp_path, capsys):

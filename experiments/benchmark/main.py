@@ -271,7 +271,8 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
 
     save()
     cc = out["compile_cache"] = measure_compile_cache(args.data)
-    print(f"compiling the training program in a fresh process: {cc['no_cache_s']:.2f} s; with the persistent "
+    print(f"compiling the training program in a fresh process: failed, {cc['error']}" if "error" in cc else
+          f"compiling the training program in a fresh process: {cc['no_cache_s']:.2f} s; with the persistent "
           f"compilation cache: {cc['cold_cache_s']:.2f} s when cold, {cc['warm_cache_s']:.2f} s when warm")
 
     save()

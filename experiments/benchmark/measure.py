@@ -162,16 +162,28 @@ jax.block_until_ready(step(state, tokens, windows))
 
 def measure_compile_cache(data_path: str | None) -> dict:
     """Compiling the training program (tracing included) in fresh processes: no cache, then a cold
-    and a warm persistent cache."""
+    and a warm persistent cache; ``{"error": ...}`` if one fails (killed for memory, say): the later
+    parts still run."""
     def compile_s(cache: str) -> float:
         args = [sys.executable, "-c", _COMPILE, cache] + ([data_path] if data_path else [])
         child = stopping.run_child(args)
-        child.check_returncode()
+        if child.returncode:
+            how = (f"was killed by signal {-child.returncode}" if child.returncode < 0 else
+                   f"exited with status {child.returncode}")
+            said = (child.stderr.strip().splitlines() or [""])[-1][:200]
+            raise ChildFailed(f"a fresh process {how}{': ' + said if said else ''}")
         return float(child.stdout.split()[-1])
 
     with stopping.scratch() as cache:
-        return {"no_cache_s": compile_s("-"), "cold_cache_s": compile_s(cache),
-                "warm_cache_s": compile_s(cache)}
+        try:
+            return {"no_cache_s": compile_s("-"), "cold_cache_s": compile_s(cache),
+                    "warm_cache_s": compile_s(cache)}
+        except ChildFailed as e:
+            return {"error": str(e)}
+
+
+class ChildFailed(RuntimeError):
+    """A process a measure started failed: what it said, in a clause."""
 
 
 def machine_info() -> dict:
