@@ -229,14 +229,30 @@ def main(argv=None) -> int:
                "parts": {}}
     parts = Parts(args.out, summary, args.budget, args.quick)
     try:
-        args.out.joinpath("work").mkdir(parents=True, exist_ok=True)
-        return until_stopped(parts, lambda: _check(args, parts))
+        with stopping.guarded_stdout():
+            args.out.joinpath("work").mkdir(parents=True, exist_ok=True)
+            return until_stopped(parts, lambda: _check(args, parts))
+    except BrokenPipeError:     # the reader of a pipe (| head) exited: stop as a piped Unix tool does
+        with contextlib.suppress(OSError):      # Python flushes stdout as it exits
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _kept(parts, "the output was closed (the reader of a pipe exited)", 128 + signal.SIGPIPE)
+    except stopping.OutputError as e:       # stdout on a full disk, a terminal gone: not --out's fault
+        return _kept(parts, f"{e.strerror} (writing the output)", 1)
     except OSError as e:        # a full disk: summary.json is as its last whole write left it
         why = str(e) if isinstance(e, NotWritten) else \
             f"{e.filename or args.out} cannot be written ({e.strerror}); free space and run it again"
         print(f"error: {why.rstrip('.')}, with a new --out (this one keeps what the check wrote so far).",
               file=sys.stderr)
         return 1
+
+
+def _kept(parts: Parts, why: str, status: int) -> int:
+    """``status``, summary.json written with what ran, and one line: the check stopped on its output."""
+    with contextlib.suppress(OSError):
+        read_back(parts.out, parts.summary)
+        parts.write()
+    stopping.tell(f"Stopped: {why}; {parts.out / 'summary.json'} has what ran.")
+    return status
 
 
 def _check(args: argparse.Namespace, parts: Parts) -> int:

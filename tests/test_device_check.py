@@ -314,3 +314,34 @@ def test_a_full_disk_stops_the_check_in_one_line_keeping_the_last_summary(tmp_pa
         "far).\n")
     assert json.loads((out / "summary.json").read_text())["parts"] == {}
     assert sorted(p.name for p in out.iterdir()) == ["summary.json", "work"]
+
+
+@pytest.mark.parametrize("error, said, status", [
+    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device (writing the output)", 1),
+    (BrokenPipeError(errno.EPIPE, "Broken pipe"), "the output was closed (the reader of a pipe exited)", 141),
+])
+def test_its_own_output_failing_stops_it_in_one_line_keeping_what_ran(tmp_path, capsys, monkeypatch,
+                                                                      error, said, status):
+    """Not "--out cannot be written": stdout on a full disk, or | head, is not the folder's fault."""
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(device_check, "parse_args",
+                        lambda argv: argparse.Namespace(out=out, data=__file__, quick=True, budget=100.0))
+    monkeypatch.setattr(os, "dup2", lambda fd, fd2: None)        # where it sends Python's last flush
+
+    def check(args, parts):
+        parts.summary["parts"]["info"] = {"ok": True, "seconds": 1.0}
+        stream = getattr(sys.stdout, "stream", sys.stdout)      # under the command's guard, if any
+        monkeypatch.setattr(stream, "write", lambda text: (_ for _ in ()).throw(error), raising=False)
+        print("info: ok, 1.0 s")
+        return 0
+    monkeypatch.setattr(device_check, "_check", check)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        assert device_check.main([]) == status
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    monkeypatch.undo()
+    assert capsys.readouterr().err == f"Stopped: {said}; {out / 'summary.json'} has what ran.\n"
+    assert json.loads((out / "summary.json").read_text())["parts"] == {"info": {"ok": True, "seconds": 1.0}}
