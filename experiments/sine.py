@@ -279,29 +279,42 @@ def main(argv=None) -> int:
 def _run(workdir: Path, seeds: list[int], rnn_epochs: int) -> int:
     previous = stopping.handle(sine_figures.stop_at_once(workdir))
     try:
-        device, count = jax.devices()[0], jax.device_count()
-        of = f", one of {count} devices" if count > 1 else ""
-        print(f"linear and RNN models (the RNN {rnn_epochs} epochs) at seeds "
-              f"{','.join(map(str, seeds))} on {device} ({device.device_kind}{of}); writing to {workdir}",
-              flush=True)
-        tables = run_seeds(workdir, seeds, rnn_epochs)
-        columns = list(next(iter(tables[f"seed {seeds[0]}"].values())))
-        print("mean squared error      " + "  ".join(f"{c:>14}" for c in columns))
-        for name, table in tables.items():
-            for model, row in table.items():
-                print(f"{model:<7}{name:<16}  " + "  ".join(f"{row[c]:14.4f}" for c in columns))
-        print(f"wrote {workdir}")
+        with stopping.guarded_stdout():
+            return _report(workdir, seeds, rnn_epochs)
     except WorkdirError as e:       # a full disk: this run's files go, so that the same command runs again
         sine_figures.remove(workdir)
         print(f"error: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:         # stdout's, not the workdir's: stopping.run says so
         raise
+    except stopping.OutputError as e:       # stdout's too (a full disk under it): the workdir is not at fault
+        whole = (workdir / RESULTS).exists()        # written last: the figures are there too
+        if not whole:
+            sine_figures.remove(workdir)
+        stopping.tell(f"Stopped: {e.strerror} (writing the output); " + (
+            f"{workdir} holds the whole run." if whole else "nothing was kept: run the same command again."))
+        return 1
     except OSError as e:
         print(f"error: cannot write to {workdir}: {e.strerror}.", file=sys.stderr)
         return 1
     finally:
         stopping.put_back(previous)
+
+
+def _report(workdir: Path, seeds: list[int], rnn_epochs: int) -> int:
+    """The run, said as it goes: what, where, then the errors' table."""
+    device, count = jax.devices()[0], jax.device_count()
+    of = f", one of {count} devices" if count > 1 else ""
+    print(f"linear and RNN models (the RNN {rnn_epochs} epochs) at seeds "
+          f"{','.join(map(str, seeds))} on {device} ({device.device_kind}{of}); writing to {workdir}",
+          flush=True)
+    tables = run_seeds(workdir, seeds, rnn_epochs)
+    columns = list(next(iter(tables[f"seed {seeds[0]}"].values())))
+    print("mean squared error      " + "  ".join(f"{c:>14}" for c in columns))
+    for name, table in tables.items():
+        for model, row in table.items():
+            print(f"{model:<7}{name:<16}  " + "  ".join(f"{row[c]:14.4f}" for c in columns))
+    print(f"wrote {workdir}")
     return 0
 
 

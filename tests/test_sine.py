@@ -153,6 +153,27 @@ def test_an_unwritable_workdir_is_refused_before_any_work(tmp_path, capsys, monk
     assert capsys.readouterr().err == says
 
 
+@pytest.mark.parametrize("fails_at, said", [
+    ("linear and RNN models", "nothing was kept: run the same command again."),     # its first line
+    ("wrote ", "{workdir} holds the whole run."),                                     # its last
+])
+def test_its_output_on_a_full_disk_is_not_blamed_on_the_workdir(tmp_path, capsys, monkeypatch, fails_at, said
+                                                                ):
+    workdir = tmp_path / "w"
+    monkeypatch.setattr(sine, "run", lambda workdir, seed, rnn_epochs, figures: {"rnn": {"1-step": 0.25}})
+
+    def full(text):
+        if text.startswith(fails_at):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return len(text)
+    monkeypatch.setattr(sys.stdout, "write", full)
+    assert sine.main(["--workdir", str(workdir), "--seeds", "0"]) == 1
+    monkeypatch.undo()
+    assert capsys.readouterr().err == ("Stopped: No space left on device (writing the output); "
+                                       + said.format(workdir=workdir) + "\n")
+    assert (workdir / sine.RESULTS).exists() == (fails_at == "wrote ")
+
+
 def test_a_full_disk_names_the_figure_and_the_same_command_runs_again(tmp_path, capsys, monkeypatch):
     from matplotlib.figure import Figure
     workdir, full, savefig = tmp_path / "w", [True], Figure.savefig
