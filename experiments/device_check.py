@@ -230,6 +230,8 @@ def main(argv=None) -> int:
     parts = Parts(args.out, summary, args.budget, args.quick)
     try:
         with stopping.guarded_stdout():
+            print(f"device check{' (--quick)' * args.quick}: the logs, and summary.json after each part, "
+                  f"in {args.out}", flush=True)
             args.out.joinpath("work").mkdir(parents=True, exist_ok=True)
             return until_stopped(parts, lambda: _check(args, parts))
     except BrokenPipeError:     # the reader of a pipe (| head) exited: stop as a piped Unix tool does
@@ -239,8 +241,11 @@ def main(argv=None) -> int:
     except stopping.OutputError as e:       # stdout on a full disk, a terminal gone: not --out's fault
         return _kept(parts, f"{e.strerror} (writing the output)", 1)
     except OSError as e:        # a full disk: summary.json is as its last whole write left it
-        why = str(e) if isinstance(e, NotWritten) else \
-            f"{e.filename or args.out} cannot be written ({e.strerror}); free space and run it again"
+        # rnnjax.workdir's sentence says to run the same command again: here, with a new --out
+        why = (str(e).replace("run the same command again", "run the check again")
+               if isinstance(e, NotWritten) else
+               f"{e.filename or args.out} cannot be written ({e.strerror}); free space and run the check "
+               "again")
         print(f"error: {why.rstrip('.')}, with a new --out (this one keeps what the check wrote so far).",
               file=sys.stderr)
         return 1

@@ -51,7 +51,9 @@ def test_benchmark_smoke(real_text_path, tmp_path, capsys):
     assert mb["rnnjax"] > 0 and mb["flax"] > 0 and result["ratio_memory_vs_flax"] == mb["flax"] / mb["rnnjax"]
     on_cpu = result["machine"]["torch_device"] == "cpu"        # its CPU allocator keeps no peak
     assert all((mb[t] is None) == on_cpu for t in torch & names)
-    out = capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"; written to {out} after each part\n" in said
+    out = said
     assert "rnnjax's step is" in out and "2 seeds in one program: a step of all of them is" in out
     assert "rnnjax's step allocates" in out and "flax's" in out
 

@@ -57,7 +57,9 @@ def test_quick_check_writes_a_summary_of_real_figures(real_text_path, tmp_path, 
         assert ("bf16_ratio" in size) == bf16 and size.get("bf16_ratio", 1) > 0, size
     assert any("bf16_ratio" in size for size in summary["sizes"].values())
     assert list(summary["parts"]) == PARTS
-    assert "device check (cpu" in proc.stdout
+    assert "device check (cpu" in proc.stdout and f"summary.json after each part, in {out}\n" in proc.stdout
+    assert f"rnnjax on 1 device), written to {out / 'bench.json'} after each size:" in (
+        out / "bench.log").read_text()
 
 
 # The parts in the order they run: the step table first (the figures a short loan is for), the tests last
@@ -310,8 +312,7 @@ def test_a_full_disk_stops_the_check_in_one_line_keeping_the_last_summary(tmp_pa
     monkeypatch.undo()
     assert capsys.readouterr().err == (
         f"error: {out / 'summary.json'} cannot be written (No space left on device); free space (or fix the "
-        "cause) and run the same command again, with a new --out (this one keeps what the check wrote so "
-        "far).\n")
+        "cause) and run the check again, with a new --out (this one keeps what the check wrote so far).\n")
     assert json.loads((out / "summary.json").read_text())["parts"] == {}
     assert sorted(p.name for p in out.iterdir()) == ["summary.json", "work"]
 

@@ -233,7 +233,8 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
     info = machine_info()
     print(f"{info['cpu']}, {info['cores']} cores, {info['devices']} ({info['device_kind']}), "
           f"{torch_said(info)}; "
-          + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v is not None))
+          + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v is not None)
+          + f"; written to {json_path} after each part")
 
     contenders = contenders_for(args, one_device_too=True)
     print(f"steady-state training step, d2l's recipe ({s.cell}, {s.num_layers} layer(s)), {args.rounds} "

@@ -101,8 +101,10 @@ def run_sizes(name: str, data_path: str | None, json_path: Path, devices: int | 
            "ratio_meaning": RATIO_MEANING, "sizes": [], "complete": False}    # True once every size is in
     if torch_problem():
         log(f"torch is not importable ({torch_problem()}): skipping PyTorch's contenders")
+    n = devices or jax.local_device_count()
     log(f"training step, ms, {rounds} interleaved rounds of {steps} steps at each size "
-        f"(cell hidden/batch/steps, layers) on {out['machine']['device_kind']} ({backend}):")
+        f"(cell hidden/batch/steps, layers) on {out['machine']['device_kind']} ({backend}; rnnjax on {n} "
+        f"device{'s' * (n > 1)}), written to {json_path} after each size:")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     for s in settings(name):
         B = s.batch_size
