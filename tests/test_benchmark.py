@@ -237,6 +237,21 @@ def test_a_benchmark_cut_short_keeps_what_it_measured(bench_main, small_data, tm
     assert kept["complete"] is False                 # a reader of the file alone can tell
 
 
+def test_one_benchmark_writes_a_json_at_a_time_and_its_lock_goes_with_it(bench_main, tmp_path, capsys):
+    j, held = tmp_path / "r.json", tmp_path / "r.json.lock"
+    with outputs.writing(j):
+        assert held.exists()
+        said = refused(["--sizes", "small", "--json", str(j)], capsys)      # before any measuring
+        assert said == (f"error: --json {j} is being written by another benchmark; wait for it to end, or "
+                        "give another --json.\n")
+    assert not held.exists() and not j.exists()
+    held.write_text("someone's")
+    with pytest.raises(ValueError, match="which the benchmark takes as its lock; move it aside"):
+        with outputs.writing(j):
+            pass
+    assert held.read_text() == "someone's"
+
+
 @pytest.mark.parametrize("script, said", [
     ("import sys; sys.exit('no memory')", "a fresh process exited with status 1: no memory"),
     ("import os; os.kill(os.getpid(), 9)", "a fresh process was killed by signal 9"),

@@ -15,7 +15,7 @@ from experiments import stopping
 from experiments.benchmark.contenders import Contender, Rnnjax, RnnjaxRuns, Setting, StockFlax
 from experiments.benchmark.measure import (machine_info, measure_compile_cache, measure_generation,
                                            measure_recipes, measure_steps)
-from experiments.benchmark.outputs import Stop, check_outputs
+from experiments.benchmark.outputs import Stop, check_outputs, writing
 from experiments.benchmark.report import (RATIO_MEANING, compared, memory_words, plot_sweep, speed_words,
                                           table, torch_said)
 from experiments.benchmark.sizes import SIZES, applicable_kernels, run_sizes, settings
@@ -197,7 +197,9 @@ def main(argv=None) -> int:
             with contextlib.ExitStack() as held, stopping.guarded_stdout():
                 if args.json is None or args.sweep:     # one run writes the run folder at a time
                     held.enter_context(lock(out_dir, flag="--out"))
-                    check_outputs(args.json, str(out_dir), args.sweep)     # again, now that it is held
+                if args.json is not None:               # and the results' file
+                    held.enter_context(writing(json_path))
+                check_outputs(args.json, str(out_dir), args.sweep)     # again, now that they are held
                 if json_path.exists():
                     print(f"replacing {json_path}, an earlier benchmark's results")
                 benchmark(args, json_path, out_dir)

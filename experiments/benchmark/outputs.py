@@ -4,10 +4,14 @@ they keep (``bench.json`` is rewritten whole after each part)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from experiments import stopping
@@ -16,7 +20,7 @@ from rnnjax.lock import LOCKFILE
 
 # What the benchmark writes in --out (.tmp: a file being written when it was stopped; .lock: one run at a
 # time). Beside an earlier benchmark's bench.json only: without it, a file of these names is someone's.
-OURS = ("bench.json", "bench.json.tmp", "sweep.png", "sweep.png.tmp", LOCKFILE)
+OURS = ("bench.json", "bench.json.tmp", "bench.json.lock", "sweep.png", "sweep.png.tmp", LOCKFILE)
 
 
 def is_ours(path: Path) -> bool:
@@ -98,6 +102,38 @@ def check_outputs(json_arg: str | None, out_arg: str | None, sweep: bool) -> tup
                              "benchmark's, whose results it replaces).")
         check_writable(f"--out {out_dir}", out_dir)
     return json_path, out_dir
+
+
+@contextlib.contextmanager
+def writing(json_path: Path) -> Iterator[None]:
+    """One benchmark writes ``json_path`` at a time (two would replace each other's results, or fail on each
+    other's .tmp): an flock on ``<json>.lock`` beside it, made and removed with the block; ``ValueError``
+    if another holds it."""
+    path = json_path.with_name(json_path.name + ".lock")
+    if path.is_symlink() or (path.exists() and (not path.is_file() or path.stat().st_size)):
+        raise ValueError(f"--json {json_path}: {path} exists, which the benchmark takes as its lock; move it "
+                         "aside.")
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ValueError(f"--json {json_path}: {path} cannot be made ({e.strerror}).") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(f"--json {json_path} is being written by another benchmark; wait for it to end, "
+                             "or give another --json.") from None
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)            # its holder removed it as this one opened it: take the one there now
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
 
 
 class Stop:
