@@ -4,6 +4,7 @@ few lines."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -130,7 +131,13 @@ def check_out(out: Path) -> None:
     a path orbax takes (the runs' workdirs are in it): ``rnnjax.workdir``'s checks, where JAX is."""
     check_names("--out", out)
     if out.is_symlink() and not out.exists():
-        raise ValueError(f"--out {out} is a link to nothing; give a new folder.")
+        try:
+            out.resolve(strict=True)
+            loop = False
+        except (RuntimeError, OSError) as e:        # Python 3.11 raises RuntimeError for a loop, later ELOOP
+            loop = isinstance(e, RuntimeError) or e.errno == errno.ELOOP
+        what = "in a loop of links" if loop else "a link to nothing"
+        raise ValueError(f"--out {out} is {what}; give a new folder.")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a new folder.")
     try:        # as write_summary: without JAX, making it says what is wrong
@@ -140,8 +147,10 @@ def check_out(out: Path) -> None:
     else:
         try:
             check_writable(out)
-        except WorkdirError as e:
-            raise ValueError(f"--out: {e}") from None
+        except WorkdirError as e:       # rnnjax's sentence of a --workdir, said of --out
+            said = str(e)
+            raise ValueError(f"--out {said.removeprefix('The workdir ')}" if said.startswith("The workdir ")
+                             else f"--out: {said}") from None
     try:
         used = out.exists() and any(out.iterdir())
     except OSError as e:

@@ -254,22 +254,26 @@ def test_bad_arguments_say_so_before_any_work(tmp_path, capsys, monkeypatch):
     assert "error: --data is empty" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("what", ["parent a file", "dangling link", "not writable", "unreadable"])
+@pytest.mark.parametrize("what", ["parent a file", "dangling link", "loop", "not writable", "unreadable"])
 def test_an_unusable_out_folder_is_one_line_and_status_1_before_any_work(tmp_path, capsys, monkeypatch,
                                                                          what):
     out = tmp_path / "out"
     (tmp_path / "file").write_text("mine")
     if what == "parent a file":
         out = tmp_path / "file" / "out"
-        says = f"--out: The workdir {out} cannot be made: {tmp_path / 'file'} is a file, not a directory."
+        says = f"--out {out} cannot be made: {tmp_path / 'file'} is a file, not a directory."
     elif what == "dangling link":
         out.symlink_to(tmp_path / "gone")
         says = f"--out {out} is a link to nothing; give a new folder."
+    elif what == "loop":
+        out.symlink_to(tmp_path / "back")
+        (tmp_path / "back").symlink_to(out)
+        says = f"--out {out} is in a loop of links; give a new folder."
     else:
         out.mkdir()       # mode bits do not stop root: what a user without the permission meets
         if what == "not writable":
             monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != out)
-            says = f"--out: The workdir {out} is not writable."
+            says = f"--out {out} is not writable."
         else:
             def unreadable(self):
                 raise PermissionError(errno.EACCES, "Permission denied", str(self))
