@@ -102,8 +102,9 @@ def check_unlocked(workdir: Path) -> None:
 
 
 def _in_use(workdir: Path, holder: str, flag: str = "--workdir") -> str:
-    return (f"The workdir {workdir} is in use by {holder}: one run writes a workdir at a time. Wait for it "
-            f"to finish, stop it, or use another {flag}.")
+    named = "The workdir" if flag == "--workdir" else flag         # a command's own folder: its --out
+    return (f"{named} {workdir} is in use by {holder}: one run writes it at a time. Wait for it to finish, "
+            f"stop it, or use another {flag}.")
 
 
 def held(workdir: Path) -> bool:

@@ -198,7 +198,8 @@ def test_one_run_writes_a_folder_at_a_time_and_a_full_stdout_is_one_line(bench_m
     argv = ["--recipe-rounds", "0", "--runs", "0", "--out", str(tmp_path / "out")]
     with lock(tmp_path / "out"):            # another benchmark writing there
         err = refused(argv, capsys)
-    assert " is in use by " in err and err.rstrip().endswith("or use another --out.")
+    assert err.startswith(f"error: --out {tmp_path / 'out'} is in use by ") and err.rstrip().endswith(
+        "or use another --out.")
     full = OSError(28, "No space left on device")
 
     class Full:
