@@ -4,14 +4,13 @@ few lines."""
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from experiments.parsing import check_names
+from experiments.parsing import check_link, check_names
 
 # Runs in a fresh interpreter: what the machine has, without failing where a package is missing.
 MACHINE_INFO = r"""
@@ -130,14 +129,7 @@ def check_out(out: Path) -> None:
     """``ValueError`` unless ``out`` (``--out``) is a new or empty folder this process can make or write, at
     a path orbax takes (the runs' workdirs are in it): ``rnnjax.workdir``'s checks, where JAX is."""
     check_names("--out", out)
-    if out.is_symlink() and not out.exists():
-        try:
-            out.resolve(strict=True)
-            loop = False
-        except (RuntimeError, OSError) as e:        # Python 3.11 raises RuntimeError for a loop, later ELOOP
-            loop = isinstance(e, RuntimeError) or e.errno == errno.ELOOP
-        what = "in a loop of links" if loop else "a link to nothing"
-        raise ValueError(f"--out {out} is {what}; give a new folder.")
+    check_link("--out", out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a new folder.")
     try:        # as write_summary: without JAX, making it says what is wrong

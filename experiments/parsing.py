@@ -4,6 +4,7 @@ flags before it loads."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -47,3 +48,17 @@ def check_names(flag: str, path: str | Path) -> None:
     if longest > NAME_MAX:
         raise ValueError(f"{flag} has a name of {longest} bytes in its path; the system takes at most "
                          f"{NAME_MAX}.")
+
+
+def check_link(flag: str, path: Path) -> None:
+    """``ValueError`` in one sentence if ``path`` (given as ``flag``) is a link that leads to no folder: to
+    nothing, or round a loop of links."""
+    if not path.is_symlink() or path.exists():
+        return
+    try:
+        path.resolve(strict=True)
+        loop = False
+    except (RuntimeError, OSError) as e:        # Python 3.11 raises RuntimeError for a loop, later ELOOP
+        loop = isinstance(e, RuntimeError) or e.errno == errno.ELOOP
+    raise ValueError(f"{flag} {path} is {'in a loop of links' if loop else 'a link to nothing'}; give a new "
+                     "folder.")

@@ -139,6 +139,13 @@ def test_a_workdir_that_is_a_file_is_named_a_file_before_any_work(tmp_path, caps
     assert sine.main(["--workdir", str(tmp_path / "n6")]) == 1
     assert capsys.readouterr().err == f"error: --workdir {tmp_path / 'n6'} is a file, not a folder.\n"
     assert (tmp_path / "n6").read_text() == "mine"
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    (tmp_path / "loop").symlink_to(tmp_path / "back")
+    (tmp_path / "back").symlink_to(tmp_path / "loop")
+    for name, what in (("dangling", "a link to nothing"), ("loop", "in a loop of links")):
+        assert sine.main(["--workdir", str(tmp_path / name)]) == 1
+        said = capsys.readouterr().err
+        assert said == f"error: --workdir {tmp_path / name} is {what}; give a new folder.\n"
 
 
 def test_an_unwritable_workdir_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
