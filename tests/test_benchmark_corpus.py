@@ -91,3 +91,12 @@ def test_a_text_is_made_once_and_made_again_if_changed(tmp_path, monkeypatch):
     (tmp_path / "text-1mb.sha1").unlink()
     (tmp_path / "corpus.json").unlink()
     assert not bench._ours(path)                             # a text of one's own, it may be
+
+
+def test_a_damaged_sha1_is_a_text_to_make_again(tmp_path, monkeypatch):
+    """Bytes that are not text in text-1mb.sha1 were a UnicodeDecodeError."""
+    monkeypatch.setattr(bench, "MB", 10_000)
+    path = tmp_path / "text-1mb.txt"
+    bench.made(path, 1)
+    (tmp_path / "text-1mb.sha1").write_bytes(b"\xff\xfe")
+    assert bench.made(path, 1) and not bench.made(path, 1)

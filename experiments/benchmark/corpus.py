@@ -74,13 +74,19 @@ def made(path: Path, size: int) -> bool:
     ``path.sha1``, still matches); whether it made it. The SHA-1 is written before the text is renamed into
     place: a stop between leaves a text it does not match, made again, never a text without one."""
     sha1 = path.with_suffix(".sha1")
-    if path.is_file() and sha1.is_file() and sha1.read_text().strip() == _sha1(path):
+    if path.is_file() and sha1.is_file() and _read(sha1).strip() == _sha1(path).encode():
         return False
     tmp = path.with_name(path.name + ".tmp")
     write_atomically(tmp, save=lambda t: generate(Path(t), size * MB, seed=size))
     write_atomically(sha1, _sha1(tmp) + "\n")
     tmp.replace(path)
     return True
+
+
+def _read(path: Path, limit: int = 64) -> bytes:
+    """``path``'s first bytes: a damaged SHA-1 (not text, or huge) reads as one that does not match."""
+    with open(path, "rb") as f:
+        return f.read(limit)
 
 
 def _sha1(path: Path) -> str:
