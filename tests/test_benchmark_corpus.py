@@ -7,6 +7,7 @@ import os
 import pytest
 
 from experiments.benchmark import corpus as bench
+from rnnjax.workdir import WorkdirError
 
 
 def test_generated_text_is_utf8_of_the_size_asked_with_another_alphabet(tmp_path):
@@ -100,3 +101,157 @@ def test_a_damaged_sha1_is_a_text_to_make_again(tmp_path, monkeypatch):
     bench.made(path, 1)
     (tmp_path / "text-1mb.sha1").write_bytes(b"\xff\xfe")
     assert bench.made(path, 1) and not bench.made(path, 1)
+
+
+@pytest.mark.parametrize("kind,code,message", [
+    ("loop", 2, "--out must be a folder, got"),                 # were FileExistsError at mkdir
+    ("dangling", 2, "--out must be a folder, got"),
+    ("long", 2, "cannot be used (File name too long)"),         # was OSError from Path.exists
+    ("unwritable", 1, "cannot be written in /proc"),            # as a read-only file system: was an OSError
+    ("empty data", 2, "--data is empty; give a path"),          # was silently no Time Machine
+])
+def test_an_out_or_data_it_cannot_use_is_one_line_before_any_work(tmp_path, monkeypatch, capsys,
+                                                                  kind, code, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "_fresh", _no_child)
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "dangling").symlink_to("nowhere/out")
+    out = {"long": "a" * 300, "unwritable": "/proc/no-such/out", "empty data": "out"}.get(kind, kind)
+    argv = ["--sizes", "1", "--out", out, *(["--data", ""] if kind == "empty data" else [])]
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(bench.main(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == code and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop"]       # nothing made
+
+
+def _no_child(*args, env=None):
+    raise AssertionError(f"a child process was started: {args}")
+
+
+def _children(out, fail: str = ""):
+    """A stand-in for the fresh processes (``_fresh``): canned results at once, a failure for ``fail``; it
+    checks corpus.json as training starts."""
+    def fresh(*args, env=None):
+        if fail and fail in args:
+            raise ValueError(f"{fail} failed in a fresh process (exit status 1): RuntimeError: boom")
+        if "--devices" in args:
+            return {"backend": "cpu", "count": 1, "kind": "cpu"}
+        if "--prepare" in args:
+            return {"seconds": 0.1, "rss_before_mb": 1, "peak_rss_mb": 2, "tokens": 5, "vocab": 3}
+        written = json.loads((out / "corpus.json").read_text())        # after each part: prepared, not done
+        assert written["prepare"] and written["complete"] is False, written
+        return {"runs": {"raw": {"tokens": 5, "vocab": 3, "ms_per_step": 1.0, "ms_min": 1.0, "ms_max": 1.0,
+                                 "steps_per_s": 1e3, "load_s": 0.1}}, "peak_rss_mb": 2}
+    return fresh
+
+
+def test_it_says_what_it_does_and_corpus_json_is_written_after_each_part(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "MB", 10_000)
+    monkeypatch.delenv("RNNJAX_TIMEMACHINE", raising=False)
+    out = tmp_path / "out"
+    monkeypatch.setattr(bench, "_fresh", _children(out))
+    assert bench.main(["--sizes", "1", "--tokens", "char", "--out", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert (f"training on the largest (not on the Time Machine: no --data) on 1 cpu device; writing to {out} "
+            "(new)") in first
+    assert json.loads((out / "corpus.json").read_text())["complete"] is True
+    assert bench.main(["--sizes", "1", "--tokens", "char", "--out", str(out)]) == 0      # its .lock is ours
+    assert "(an earlier run's, whose texts it reuses)" in capsys.readouterr().out
+
+
+def test_a_failing_child_is_one_line_and_keeps_what_was_measured(tmp_path, monkeypatch, capsys):
+    """A failing training process was a RuntimeError with its traceback inside, and lost the preparations."""
+    monkeypatch.setattr(bench, "MB", 10_000)
+    out = tmp_path / "out"
+    monkeypatch.setattr(bench, "_fresh", _children(out, fail="--train"))
+    assert bench.main(["--sizes", "1", "--tokens", "char", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: --train failed in a fresh process (exit status 1): RuntimeError: boom; "
+                   f"{out / 'corpus.json'} keeps what was measured before it; the texts made whole stay.\n")
+    written = json.loads((out / "corpus.json").read_text())
+    assert written["prepare"] and written["complete"] is False
+
+
+def test_a_full_disk_or_a_closed_output_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "MB", 10_000)
+    out = tmp_path / "out"
+    monkeypatch.setattr(bench, "_fresh", _children(out))
+    argv = ["--sizes", "1", "--tokens", "char", "--out", str(out)]
+
+    def full(path, text=None, save=None):
+        raise WorkdirError(f"{path} cannot be written (No space left on device).")
+    monkeypatch.setattr(bench, "write_atomically", full)
+    assert bench.main(argv) == 1
+    assert capsys.readouterr().err.endswith("(No space left on device); no figure was written; the texts "
+                                            "made whole stay.\n")
+    monkeypatch.undo()
+    monkeypatch.setattr(bench, "MB", 10_000)
+    monkeypatch.setattr(bench, "_fresh", _children(out))
+
+    class Full:
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            pass
+    monkeypatch.setattr("sys.stdout", Full())
+    assert bench.main(argv) == 1
+    assert capsys.readouterr().err == ("Stopped: No space left on device (writing the output); no figure "
+                                       "was written; the texts made whole stay.\n")
+
+
+def test_one_run_writes_an_out_folder_at_a_time(tmp_path, monkeypatch, capsys):
+    """Two runs on one --out competed for the cores, and one's corpus.json won silently."""
+    from rnnjax.lock import lock
+    out = tmp_path / "out"
+    monkeypatch.setattr(bench, "_fresh", _children(out))
+    with lock(out, flag="--out"):
+        assert bench.main(["--sizes", "1", "--tokens", "char", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: The workdir {out} is in use by process {os.getpid()}")
+    assert "use another --out" in err and err.count("\n") == 1 and not (out / "corpus.json").exists()
+
+
+def test_a_text_cut_short_by_a_stop_is_removed(tmp_path, monkeypatch, capsys):
+    """A stopped generation left text-200mb.txt.tmp.tmp, which later runs kept without a word."""
+    monkeypatch.setattr(bench, "MB", 10_000)
+    out = tmp_path / "out"
+    out.mkdir()
+    bench.made(out / "text-1mb.txt", 1)
+    (out / "text-200mb.txt.tmp.tmp").write_text("half a text")
+    monkeypatch.setattr(bench, "_fresh", _children(out))
+    status = bench.main(["--sizes", "1", "--tokens", "char", "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "corpus.json", "text-1mb.sha1", "text-1mb.txt"]
+    assert status == 0
+    (out / "text-1mb.txt.tmp").write_text("half a text")
+    stop = bench._Stop(out)
+    monkeypatch.setattr(bench.stopping, "exit_now", lambda message, status: print(message, status))
+    stop(2, None)
+    assert capsys.readouterr().out.endswith("; the texts made whole stay; text-1mb.txt.tmp, cut short, "
+                                            "removed. 130\n")
+    assert not (out / "text-1mb.txt.tmp").exists()
+
+
+def test_an_unusable_jax_platforms_is_one_line_before_any_work(tmp_path):
+    """It generated and prepared the texts, then failed in the training process with a traceback."""
+    import subprocess
+    import sys
+    env = {**os.environ, "JAX_PLATFORMS": "no-such-backend", "PYTHONPATH": os.getcwd()}
+    r = subprocess.run([sys.executable, "-m", "experiments.benchmark.corpus", "--sizes", "1", "--out",
+                        str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("error: $JAX_PLATFORMS='no-such-backend' asks for a "
+                                                     "backend") and r.stderr.count("\n") == 1, r.stderr
+    assert r.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_a_failing_child_process_is_one_sentence(tmp_path, monkeypatch):
+    """Its own error line as it is; else its last line (a traceback's), not the whole traceback."""
+    with pytest.raises(ValueError, match=r"^No such file: missing.txt \(--text"):
+        bench._fresh("preparing missing.txt", "--prepare", "missing.txt", "char", env=dict(os.environ))
+    (tmp_path / "experiments").mkdir()              # a child that fails as it starts, with a traceback
+    (tmp_path / "experiments" / "__init__.py").write_text("raise RuntimeError('boom')")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as e:
+        bench._fresh("preparing t", "--prepare", "t", "char", env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert str(e.value) == "preparing t failed in a fresh process (exit status 1): RuntimeError: boom"

@@ -16,13 +16,18 @@ peak resident memory. Then one fresh process trains d2l's model and batch as
 (raw characters, and d2l's 28 tokens; ``--steps-per-epoch``'s random
 windows) and on the Time Machine if ``--data`` or ``$RNNJAX_TIMEMACHINE``
 gives it, in interleaved rounds (A B C A B C ...): ms a step, median (min-max).
-Writes ``corpus.json``; figures and the command that made them are in
+It says first what it makes, on which devices and where it writes; one run
+writes ``--out`` at a time. It rewrites ``corpus.json`` after each part
+(``"complete": false`` until the last: a stopped or failed run keeps what it
+measured); a stop (exit 128 + signal) or failure (exit 1) says so in one line
+and removes a text cut short. Figures and the command that made them are in
 ``docs/performance.md`` ("Your own text").
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +35,6 @@ import platform
 import itertools
 import re
 import resource
-import signal
 import stat
 import statistics
 import sys
@@ -40,7 +44,9 @@ from pathlib import Path
 import numpy as np
 
 from experiments import stopping
+from experiments.benchmark.outputs import Stop, check_writable
 from experiments.parsing import Parser
+from rnnjax.lock import LOCKFILE, WorkdirError, lock
 from rnnjax.workdir import write_atomically
 
 MB = 1 << 20
@@ -100,6 +106,9 @@ def _ours(path: Path) -> bool:
     try:        # regular files only: a FIFO would hang a read, a folder fail the write
         if not stat.S_ISREG(os.lstat(path).st_mode):
             return False
+        if path.name == LOCKFILE:       # rnnjax.lock's, as --out is written: empty, or its holder's pid
+            pid = _read(path, 32).strip()
+            return path.stat().st_size < 32 and (pid == b"" or pid.isdigit())
         if re.fullmatch(r"(text-\d+mb\.(txt|sha1)|corpus\.json)(\.tmp)?(\.tmp)?", path.name) is None:
             return False
         if path.name.endswith((".tmp", ".sha1")):
@@ -185,14 +194,32 @@ def train(path: str, tm: str | None, steps: int, rounds: int) -> dict:
     return {"runs": out, "devices": dp.num_shards, "peak_rss_mb": peak_rss_mb()}
 
 
-def _fresh(*args: str, env: dict | None = None) -> dict:
+def devices() -> dict:
+    """In this (fresh) process: the devices the training gets, set up as ``train`` does; ``ValueError`` in
+    one sentence where ``$JAX_PLATFORMS`` names a backend JAX cannot start."""
+    from rnnjax import backend
+    backend.use_cpu_cores(1024)
+    backend.start()
+    import jax
+    return {"backend": jax.default_backend(), "count": jax.device_count(),
+            "kind": jax.devices()[0].device_kind}
+
+
+def _fresh(what: str, *args: str, env: dict) -> dict:
+    """What this module prints, run with ``args`` in a fresh process; ``ValueError`` in one line if not."""
     out = stopping.run_child([sys.executable, "-m", "experiments.benchmark.corpus", *args], env=env)
-    if out.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    last = (out.stderr.strip().splitlines() or ["it said nothing"])[-1]
+    if out.returncode:          # the child's own "error: ..." as it is, else its last line (a traceback's)
+        how = f"exit status {out.returncode}" if out.returncode > 0 else f"killed by signal {-out.returncode}"
+        raise ValueError(last.removeprefix("error: ") if last.startswith("error: ") else
+                         f"{what} failed in a fresh process ({how}): {last}")
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise ValueError(f"{what} in a fresh process printed no result ({last})") from None
 
 
-def main(argv=None) -> dict:
+def parser() -> Parser:
     p = Parser(prog="python -m experiments.benchmark.corpus", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="1,10,100", help="text sizes in MB (default 1,10,100)")
     p.add_argument("--tokens", default="char,word", help="token kinds prepared (default char,word)")
@@ -201,35 +228,108 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--data", help="timemachine.txt, to train on it alike (else $RNNJAX_TIMEMACHINE)")
     p.add_argument("--out", default="runs/bench-corpus", help="where the texts and corpus.json go: a new or "
-                   "empty folder, or an earlier run's (default runs/bench-corpus)")
+                   "empty folder, or an earlier run's (default runs/bench-corpus); one run at a time")
     p.add_argument("--prepare", nargs=2, metavar=("PATH", "TOKEN"), help=argparse.SUPPRESS)
     p.add_argument("--train", nargs=2, metavar=("PATH", "TIMEMACHINE"), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.prepare:
-        print(json.dumps(prepare(*args.prepare)))
-        return {}
-    if args.train is not None:
-        print(json.dumps(train(args.train[0], args.train[1] or None, args.steps, args.rounds)))
-        return {}
-    sizes, tm = check_args(p, args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    p.add_argument("--devices", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+class _Stop(Stop):
+    """The benchmark's stop (one line, 128 + signal, what corpus.json keeps), removing a text cut short."""
+
+    def __init__(self, out: Path):
+        super().__init__(out / "corpus.json")
+        self.out, self.removed = out, []
+
+    def kept(self) -> str:          # the texts are not "nothing": only corpus.json may be as it was
+        cut = f"; {', '.join(self.removed)}, cut short, removed" if self.removed else ""
+        return f"{super().kept().replace('nothing was written', 'no figure was written')}; the texts made " \
+               f"whole stay{cut}"
+
+    def __call__(self, signum, frame):
+        self.removed = _remove_partial(self.out)
+        super().__call__(signum, frame)
+
+
+def _remove_partial(out: Path) -> list[str]:
+    """Removes what a stopped or killed run was writing (``.tmp``: never read, made anew); their names."""
+    removed = []
+    for f in sorted(out.glob("*.tmp")):
+        if _ours(f):
+            with contextlib.suppress(OSError):
+                f.unlink()
+                removed.append(f.name)
+    return removed
+
+
+def main(argv=None) -> int:
+    previous = stopping.handle(stopping.stopped_while_loading)
+    try:
+        p = parser()
+        args = p.parse_args(argv)
+        try:
+            if args.prepare or args.train or args.devices:     # a part, in a fresh process: JSON, one line
+                print(json.dumps(prepare(*args.prepare) if args.prepare else devices() if args.devices else
+                                 train(args.train[0], args.train[1] or None, args.steps, args.rounds)))
+                return 0
+            sizes, tm = check_args(p, args)
+            out = Path(args.out)
+            check_writable(f"--out {out}", out)
+            found = _fresh("checking the devices", "--devices", env=dict(os.environ))
+        except (ValueError, WorkdirError) as e:        # DataError and an unusable $JAX_PLATFORMS too
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        stop = _Stop(out)
+        stopping.handle(stop)
+        try:
+            with stopping.guarded_stdout(), lock(out, flag="--out"):
+                check_out(args.out)         # again, now that it is held
+                _remove_partial(out)
+                measure(args, sizes, tm, out, found)
+        except (BrokenPipeError, stopping.OutputError) as e:       # stdout's, not --out's
+            if isinstance(e, BrokenPipeError):
+                raise                       # stopping.run says so, exit 141
+            stopping.tell(f"Stopped: {e.strerror} (writing the output); {stop.kept()}.")
+            return 1
+        except (ValueError, OSError, WorkdirError) as e:     # a child failed, a full disk: the figures stay
+            why = e if isinstance(e, (ValueError, WorkdirError)) else f"cannot write {out} ({e.strerror})"
+            stop.removed = _remove_partial(out)
+            print(f"error: {str(why).rstrip('.')}; {stop.kept()}.", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        stopping.put_back(previous)
+
+
+def measure(args, sizes: list[int], tm: str, out: Path, found: dict) -> None:
+    """Makes the texts, prepares and trains on them, rewriting ``out/corpus.json`` whole after each part."""
     cpu = platform.machine()
     if os.path.exists("/proc/cpuinfo"):
         cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                     if line.startswith("model name")), cpu)
-    result = {"machine": f"{cpu}, {os.cpu_count()} cores",
-              "date": time.strftime("%Y-%m-%d"), "prepare": {}, "train": {}}
+    result = {"machine": f"{cpu}, {os.cpu_count()} cores", "devices": found,
+              "date": time.strftime("%Y-%m-%d"), "prepare": {}, "train": {},
+              "complete": False}        # True once every part is in: a stopped or failed run's stays False
+
+    def save():
+        write_atomically(out / "corpus.json", json.dumps(result, indent=1) + "\n")
+    earlier = "an earlier run's, whose texts it reuses" if any(out.glob("text-*")) else "new"
+    also = f"and on the Time Machine {tm}" if tm else "(not on the Time Machine: no --data)"
+    print(f"{', '.join(f'{s} MB' for s in sizes)} text(s), {args.tokens.replace(',', ' and ')} tokens; "
+          f"training on the largest {also} on {found['count']} {found['kind']} "
+          f"device{'s' * (found['count'] > 1)}; writing to {out} ({earlier})", flush=True)
     for size in sizes:
         path, t0 = out / f"text-{size}mb.txt", time.perf_counter()
         if made(path, size):
             print(f"generated {path} in {time.perf_counter() - t0:.1f} s", flush=True)
         for token in args.tokens.split(","):
             with stopping.scratch() as cache:
-                env = {**os.environ, "RNNJAX_CACHE": cache}
-                cold = _fresh("--prepare", str(path), token, env=env)
-                warm = _fresh("--prepare", str(path), token, env=env)
+                fresh = {**os.environ, "RNNJAX_CACHE": cache}
+                cold = _fresh(f"preparing {path}", "--prepare", str(path), token, env=fresh)
+                warm = _fresh(f"preparing {path} again", "--prepare", str(path), token, env=fresh)
             result["prepare"][f"{size}MB {token}"] = {"cold": cold, "cached": warm}
+            save()
             print(f"{size} MB, {token}s: {cold['tokens']:,} tokens, vocabulary {cold['vocab']:,}; prepared "
                   f"in {cold['seconds']:.2f} s (cached: {warm['seconds']:.2f} s), peak RSS "
                   f"{cold['peak_rss_mb']:.0f} MB (after imports {cold['rss_before_mb']:.0f} MB; cached "
@@ -237,16 +337,36 @@ def main(argv=None) -> dict:
                   flush=True)
     largest = out / f"text-{max(sizes)}mb.txt"
     with stopping.scratch() as cache:        # the user's cache keeps no generated text
-        result["train"] = _fresh("--train", str(largest), tm, "--steps", str(args.steps), "--rounds",
-                                 str(args.rounds), env={**os.environ, "RNNJAX_CACHE": cache})
+        result["train"] = _fresh(f"training on {largest}", "--train", str(largest), tm, "--steps",
+                                 str(args.steps), "--rounds", str(args.rounds),
+                                 env={**os.environ, "RNNJAX_CACHE": cache})
+    result["complete"] = True
+    save()
     for name, r in result["train"]["runs"].items():
         print(f"train on the {name if name == 'Time Machine' else f'{max(sizes)} MB text, {name}'} "
               f"({r['tokens']:,} tokens on each device, vocabulary {r['vocab']}): {r['ms_per_step']:.2f} ms "
               f"a step ({r['ms_min']:.2f}-{r['ms_max']:.2f}), {r['steps_per_s']:.0f} steps/s; loaded in "
               f"{r['load_s']:.1f} s", flush=True)
-    print(f"peak RSS of the training process: {result['train']['peak_rss_mb']:.0f} MB")
-    write_atomically(out / "corpus.json", json.dumps(result, indent=1) + "\n")
-    return result
+    print(f"peak RSS of the training process: {result['train']['peak_rss_mb']:.0f} MB; wrote "
+          f"{out / 'corpus.json'}", flush=True)
+
+
+def check_out(typed: str) -> Path:
+    """``ValueError`` unless ``--out`` (``typed``) is, or can be made, a folder holding only what this
+    benchmark writes (an earlier run's)."""
+    out = Path(typed)
+    try:
+        first = next((f for f in (out, *out.parents) if f.exists() or f.is_symlink()), None)
+        if not typed or first is None or not first.is_dir():   # the folder, or its nearest parent, a file
+            raise ValueError(f"--out must be a folder, got {typed!r}")
+        theirs = sorted(f.name for f in out.iterdir() if not _ours(f)) if out.is_dir() else []
+    except OSError as e:            # a name too long, a folder it may not read
+        raise ValueError(f"--out {typed} cannot be used ({e.strerror})") from None
+    if theirs:
+        raise ValueError(f"--out {typed} holds {', '.join(theirs[:3])}{', ...' if theirs[3:] else ''}, "
+                         "which this benchmark did not write; give a new or empty folder (or an earlier "
+                         "run's)")
+    return out
 
 
 def check_args(p: Parser, args) -> tuple[list[int], str]:
@@ -268,14 +388,12 @@ def check_args(p: Parser, args) -> tuple[list[int], str]:
                 f"{args.steps}")
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
-    out = Path(args.out) if args.out else None
-    first = next((f for f in (out, *out.parents) if f.exists()), None) if out else None
-    if first is None or not first.is_dir():         # the folder, or the nearest of its parents, a file
-        p.error(f"--out must be a folder, got {args.out!r}")
-    theirs = sorted(f.name for f in out.iterdir() if not _ours(f)) if out.is_dir() else []
-    if theirs:
-        p.error(f"--out {args.out} holds {', '.join(theirs[:3])}{', ...' if theirs[3:] else ''}, which this "
-                "benchmark did not write; give a new or empty folder (or an earlier run's)")
+    if args.data == "":         # '' would silently mean none
+        p.error("--data is empty; give a path (a shell variable that was not set?)")
+    try:
+        check_out(args.out)
+    except ValueError as e:
+        p.error(str(e))
     tm = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or ""
     try:
         return sizes, str(timemachine_path(tm)) if tm else ""
@@ -283,8 +401,5 @@ def check_args(p: Parser, args) -> tuple[list[int], str]:
         p.error(str(e).rstrip("."))
 
 
-if __name__ == "__main__":      # a signal: one line and 128 + signal; corpus.json is written at the end
-    stopping.handle(lambda signum, frame: stopping.exit_now(
-        f"Stopped by signal {signum} ({signal.Signals(signum).name}); corpus.json is written at the end, "
-        "the texts made so far stay.", 128 + signum))
-    main()
+if __name__ == "__main__":
+    stopping.run(main)
