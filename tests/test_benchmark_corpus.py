@@ -255,3 +255,24 @@ def test_a_failing_child_process_is_one_sentence(tmp_path, monkeypatch):
     with pytest.raises(ValueError) as e:
         bench._fresh("preparing t", "--prepare", "t", "char", env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert str(e.value) == "preparing t failed in a fresh process (exit status 1): RuntimeError: boom"
+
+
+@pytest.mark.slow
+def test_a_stop_while_a_text_is_made_removes_it(tmp_path):
+    """A SIGINT while generating left text-200mb.txt.tmp.tmp behind, and said the texts stay."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    argv = [sys.executable, "-m", "experiments.benchmark.corpus", "--sizes", "200", "--out",
+            str(tmp_path / "out")]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "writing to" in proc.stdout.readline()             # the start line: it makes the text now
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err == ("Stopped by signal 2 (SIGINT); no figure was written; the texts made whole stay; "
+                   "text-200mb.txt.tmp.tmp, cut short, removed.\n")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".lock"]
