@@ -207,10 +207,12 @@ def test_one_run_writes_an_out_folder_at_a_time(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     monkeypatch.setattr(bench, "_fresh", _children(out))
     with lock(out, flag="--out"):
+        (out / "text-1mb.txt.tmp.tmp").write_text("the text the other run is making")
         assert bench.main(["--sizes", "1", "--tokens", "char", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: The workdir {out} is in use by process {os.getpid()}")
     assert "use another --out" in err and err.count("\n") == 1 and not (out / "corpus.json").exists()
+    assert (out / "text-1mb.txt.tmp.tmp").exists()          # the other run's, not removed as its own
 
 
 def test_a_text_cut_short_by_a_stop_is_removed(tmp_path, monkeypatch, capsys):
@@ -227,6 +229,9 @@ def test_a_text_cut_short_by_a_stop_is_removed(tmp_path, monkeypatch, capsys):
     (out / "text-1mb.txt.tmp").write_text("half a text")
     stop = bench._Stop(out)
     monkeypatch.setattr(bench.stopping, "exit_now", lambda message, status: print(message, status))
+    stop(2, None)                       # before its lock is held: the file may be another run's
+    assert (out / "text-1mb.txt.tmp").exists() and capsys.readouterr().out.endswith("made whole stay. 130\n")
+    stop.held = True
     stop(2, None)
     assert capsys.readouterr().out.endswith("; the texts made whole stay; text-1mb.txt.tmp, cut short, "
                                             "removed. 130\n")

@@ -128,15 +128,20 @@ class _Stop(Stop):
 
     def __init__(self, out: Path):
         super().__init__(out / "corpus.json")
-        self.out, self.removed = out, []
+        self.out, self.removed, self.held = out, [], False
 
     def kept(self) -> str:          # the texts are not "nothing": only corpus.json may be as it was
         cut = f"; {', '.join(self.removed)}, cut short, removed" if self.removed else ""
         return f"{super().kept().replace('nothing was written', 'no figure was written')}; the texts made " \
                f"whole stay{cut}"
 
+    def remove_partial(self) -> None:
+        """Removes a text cut short while this run holds --out's lock: never the one another run makes."""
+        if self.held:
+            self.removed = _remove_partial(self.out)
+
     def __call__(self, signum, frame):
-        self.removed = _remove_partial(self.out)
+        self.remove_partial()
         super().__call__(signum, frame)
 
 
@@ -172,9 +177,16 @@ def main(argv=None) -> int:
         stopping.handle(stop)
         try:
             with stopping.guarded_stdout(), lock(out, flag="--out"):
-                check_out(args.out)         # again, now that it is held
-                _remove_partial(out)
-                measure(args, sizes, tm, out, found)
+                try:
+                    stop.held = True
+                    check_out(args.out)         # again, now that it is held
+                    _remove_partial(out)        # a killed run's
+                    measure(args, sizes, tm, out, found)
+                except Exception:
+                    stop.remove_partial()
+                    raise
+                finally:
+                    stop.held = False
         except (BrokenPipeError, stopping.OutputError) as e:       # stdout's, not --out's
             if isinstance(e, BrokenPipeError):
                 raise                       # stopping.run says so, exit 141
@@ -182,7 +194,6 @@ def main(argv=None) -> int:
             return 1
         except (ValueError, OSError, WorkdirError) as e:     # a child failed, a full disk: the figures stay
             why = e if isinstance(e, (ValueError, WorkdirError)) else f"cannot write {out} ({e.strerror})"
-            stop.removed = _remove_partial(out)
             print(f"error: {str(why).rstrip('.')}; {stop.kept()}.", file=sys.stderr)
             return 1
         return 0
