@@ -38,6 +38,8 @@ def test_prepare_reports_the_corpus(tmp_path, monkeypatch):
     (["--steps", "19"], "--steps must be a positive multiple of 10"),     # ran 10, divided by 19
     (["--steps", "-10"], "--steps must be a positive multiple of 10"),
     (["--rounds", "0"], "--rounds must be at least 1, got 0"),
+    (["--rounds", "1001"], "--rounds must be at most 1,000, got 1,001"),      # were hours of measuring
+    (["--steps", "1000000"], "--steps must be at most 100,000, got 1,000,000"),
     (["--out", "a-file"], "--out must be a folder, got 'a-file'"),
     (["--out", "a-file/sub"], "--out must be a folder, got 'a-file/sub'"),
     (["--data", "missing.txt"], "missing.txt"),

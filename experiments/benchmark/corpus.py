@@ -287,6 +287,9 @@ def check_args(p: Parser, args) -> tuple[list[int], str]:
                 f"{args.steps}")
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
+    for flag, value, high in (("--steps", args.steps, 100_000), ("--rounds", args.rounds, 1000)):
+        if value > high:            # the benchmark's limits (its LIMITS): more is a typo's hours of measuring
+            p.error(f"{flag} must be at most {high:,}, got {value:,}")
     if args.data == "":         # '' would silently mean none
         p.error("--data is empty; give a path (a shell variable that was not set?)")
     try:
