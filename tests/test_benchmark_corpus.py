@@ -106,9 +106,9 @@ def test_a_damaged_sha1_is_a_text_to_make_again(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kind,code,message", [
-    ("loop", 2, "--out must be a folder, got"),                 # were FileExistsError at mkdir
-    ("dangling", 2, "--out must be a folder, got"),
-    ("long", 2, "cannot be used (File name too long)"),         # was OSError from Path.exists
+    ("loop", 2, "--out loop is in a loop of links; give a new folder"),      # were FileExistsError at mkdir
+    ("dangling", 2, "--out dangling is a link to nothing; give a new folder"),
+    ("long", 2, "--out has a name of 300 bytes in its path"),                # was OSError from Path.exists
     ("unwritable", 1, "cannot be written in /proc"),            # as a read-only file system: was an OSError
     ("empty data", 2, "--data is empty; give a path"),          # was silently no Time Machine
 ])
@@ -212,7 +212,7 @@ def test_one_run_writes_an_out_folder_at_a_time(tmp_path, monkeypatch, capsys):
         (out / "text-1mb.txt.tmp.tmp").write_text("the text the other run is making")
         assert bench.main(["--sizes", "1", "--tokens", "char", "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: The workdir {out} is in use by process {os.getpid()}")
+    assert err.startswith(f"error: --out {out} is in use by process {os.getpid()}")
     assert "use another --out" in err and err.count("\n") == 1 and not (out / "corpus.json").exists()
     assert (out / "text-1mb.txt.tmp.tmp").exists()          # the other run's, not removed as its own
 
