@@ -32,7 +32,8 @@ def exit_now(message: str, status: int):
 
 
 @contextlib.contextmanager
-def _undone_at_exit_now(undo: Callable[[], object]) -> Iterator[None]:
+def undone_at_exit_now(undo: Callable[[], object]) -> Iterator[None]:
+    """``undo()`` runs if ``exit_now`` ends the process inside the block (it unwinds nothing)."""
     _UNDO.append(undo)
     try:
         yield
@@ -43,7 +44,7 @@ def _undone_at_exit_now(undo: Callable[[], object]) -> Iterator[None]:
 @contextlib.contextmanager
 def scratch() -> Iterator[str]:
     """A temporary folder, removed as the block ends, or by ``exit_now`` (which unwinds nothing)."""
-    with tempfile.TemporaryDirectory() as path, _undone_at_exit_now(lambda: shutil.rmtree(path, True)):
+    with tempfile.TemporaryDirectory() as path, undone_at_exit_now(lambda: shutil.rmtree(path, True)):
         yield path
 
 
@@ -53,7 +54,7 @@ def run_child(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
     # exit_now's undo only kills: waiting there, in a handler that may interrupt communicate's own wait,
     # would deadlock on Popen's lock (the child is reaped once this process exits).
-    with proc, _undone_at_exit_now(proc.kill):
+    with proc, undone_at_exit_now(proc.kill):
         try:
             out, err = proc.communicate()
         except BaseException:

@@ -251,6 +251,27 @@ def test_one_benchmark_writes_a_json_at_a_time_and_its_lock_goes_with_it(bench_m
         with outputs.writing(j):
             pass
     assert held.read_text() == "someone's"
+    # A signal's exit_now, which unwinds nothing, removes it too; a --json in a folder not yet made.
+    j = tmp_path / "new" / "r.json"
+    script = ("import sys; from pathlib import Path; from experiments import stopping; "
+              "from experiments.benchmark import outputs\n"
+              "with outputs.writing(Path(sys.argv[1])):\n    stopping.exit_now('stopped', 3)")
+    proc = subprocess.run([sys.executable, "-c", script, str(j)], capture_output=True, text=True)
+    assert proc.returncode == 3 and proc.stderr == "stopped\n", proc.stderr
+    assert sorted(p.name for p in j.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("json_in", ["out", "a new folder"])
+def test_a_json_in_the_run_folder_or_in_a_folder_not_yet_made_is_written(bench_main, small_data, tmp_path,
+                                                                         json_in):
+    """The --json's lock, in --out, is not someone's file there (the sweep writes --out too)."""
+    row = {"contender": "rnnjax", "num_hiddens": 32, "batch_size": 64, "num_steps": 32, "tokens_per_s": 1e5}
+    sweep = lambda args, data_path, rows, saved: rows.append(row)
+    bench_main.faked(small_data, run_sweep=sweep, **LATER_PARTS)
+    j = tmp_path / "out" / "bench.json" if json_in == "out" else tmp_path / "new" / "results.json"
+    assert benchmark.main(["--recipe-rounds", "0", "--runs", "0", "--sweep", "--out", str(tmp_path / "out"),
+                           "--json", str(j)]) == 0
+    assert json.loads(j.read_text())["sweep"] == [row] and not j.with_name(j.name + ".lock").exists()
 
 
 @pytest.mark.parametrize("script, said", [

@@ -20,7 +20,7 @@ from rnnjax.lock import LOCKFILE
 
 # What the benchmark writes in --out (.tmp: a file being written when it was stopped; .lock: one run at a
 # time). Beside an earlier benchmark's bench.json only: without it, a file of these names is someone's.
-OURS = ("bench.json", "bench.json.tmp", "bench.json.lock", "sweep.png", "sweep.png.tmp", LOCKFILE)
+OURS = ("bench.json", "bench.json.tmp", "sweep.png", "sweep.png.tmp", LOCKFILE)
 
 
 def is_ours(path: Path) -> bool:
@@ -42,7 +42,7 @@ def _theirs(held: dict[str, Path]) -> list[str]:
     def ours(name: str, f: Path) -> bool:
         if not f.is_file() or f.is_symlink():
             return False
-        if name == LOCKFILE:        # rnnjax.lock.lock's: empty, or its holder's pid
+        if name == LOCKFILE or name.endswith(".json.lock"):     # rnnjax.lock's (empty, or a pid), writing's
             text = f.read_text(errors="replace").strip() if f.stat().st_size < 32 else "not a pid"
             return text == "" or text.isdecimal()
         return name in OURS and earlier
@@ -110,6 +110,10 @@ def writing(json_path: Path) -> Iterator[None]:
     other's .tmp): an flock on ``<json>.lock`` beside it, made and removed with the block; ``ValueError``
     if another holds it."""
     path = json_path.with_name(json_path.name + ".lock")
+    try:                        # the results' folder, made now rather than as they are first written
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--json {json_path}: {json_path.parent} cannot be made ({e.strerror}).") from None
     if path.is_symlink() or (path.exists() and (not path.is_file() or path.stat().st_size)):
         raise ValueError(f"--json {json_path}: {path} exists, which the benchmark takes as its lock; move it "
                          "aside.")
@@ -128,11 +132,15 @@ def writing(json_path: Path) -> Iterator[None]:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 break
         os.close(fd)            # its holder removed it as this one opened it: take the one there now
-    try:
-        yield
-    finally:
+
+    def remove():
         with contextlib.suppress(OSError):
             os.unlink(path)
+    try:
+        with stopping.undone_at_exit_now(remove):       # a signal's exit_now unwinds nothing
+            yield
+    finally:
+        remove()
         os.close(fd)
 
 
