@@ -30,7 +30,7 @@ from rnnjax import agree, checkpoint, computing as computing_lib, meta as meta_l
 from rnnjax.backend import compiler_options
 from rnnjax.config import SWEEPABLE, got
 from rnnjax.data import WindowedText
-from rnnjax.parallel import wait_for_backlog
+from rnnjax.parallel import AXIS, wait_for_backlog
 from rnnjax.precision import at_precision
 from rnnjax.meta import Position
 from rnnjax.start import Plan
@@ -76,7 +76,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     goes again with its lock) unless the processes of a multi-host run
     would train alike (``rnnjax.agree``), unless ``evaluate`` returns
     ``loss_sum``, ``count`` and metrics of one number (logged as
-    ``val_<key>``), and unless ``state`` is the
+    ``val_<key>``: sum them over ``axis_name``'s devices, as ``eval_steps``
+    does its own), and unless ``state`` is the
     plan's: the parameters ``p.config`` makes (of each run, stacked), at the
     checkpoint's step (``p.state`` resumes) or, new, at step 0. Its
     optimizer may be another.
@@ -84,7 +85,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     # First: processes of a multi-host run that would train otherwise hang or abort in a collective.
     agree.check_agreed(agree.of_run(p, data, getattr(state, "params", None), checkpoint_every, keep))
     check_state(p, state, len(data.vocab))
-    _check_evaluation(evaluate, state, data, len(p.runs))
+    _check_evaluation(p, evaluate, state, data)
     several, dp, position = bool(p.runs), p.dp, p.position
     configs, workdir = list(p.runs) or [p.config], p.workdir
     manager, metrics_log = _open_workdir(p, data, keep)
@@ -273,18 +274,22 @@ def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable)
             p.dp.replicate(data.tokens), p.dp.put(p.dp.shard_stack(data.val_batches())))
 
 
-def _check_evaluation(evaluate: Callable, state: Any, data: WindowedText, runs: int) -> None:
+def _check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText) -> None:
     """``ValueError`` unless ``evaluate`` returns ``loss_sum``, ``count`` and metrics that
-    ``metrics.check_evaluation`` takes: traced on the host, nothing computed, before any step (not once the
-    first epoch has trained)."""
+    ``metrics.check_evaluation`` takes: traced on the host as it will run (over devices, with their axis
+    name), nothing computed, before any step (not once the first epoch has trained)."""
     batches = jax.tree.map(lambda *x: jax.ShapeDtypeStruct((len(x), *np.shape(x[0])), np.asarray(x[0]).dtype),
                            *data.val_batches())
-    out = jax.eval_shape(evaluate, state, batches)
+    if p.dp.pmapped:            # as pmap calls it: one device of the axis
+        over = jax.vmap(lambda b: evaluate(state, b, axis_name=AXIS), axis_name=AXIS)
+        out = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.eval_shape(
+            over, jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), batches)))
+    else:
+        out = jax.eval_shape(evaluate, state, batches)
     if not (isinstance(out, dict) and {"loss_sum", "count"} <= set(out)):
         raise ValueError(f"An evaluation must return a dict of 'loss_sum' and 'count' (as "
                          f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
-    metrics_lib.check_evaluation({k: v for k, v in out.items() if k not in ("loss_sum", "count")},
-                                 (runs,) if runs else ())
+    metrics_lib.check_evaluation(out, (len(p.runs),) if p.runs else ())
 
 
 def count_steps(p: Plan, data: WindowedText) -> tuple[int, int, int]:

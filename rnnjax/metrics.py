@@ -9,6 +9,7 @@ import stat
 import sys
 from pathlib import Path
 
+from rnnjax.config import got
 from rnnjax.stored import CONFIG  # moved aside with the records
 from rnnjax.workdir import write_atomically
 
@@ -57,20 +58,22 @@ VAL_OWN = ("loss", "ppl", "bpc")
 
 
 def check_evaluation(metrics: dict, shape: tuple = ()) -> None:
-    """``ValueError`` in one sentence unless each metric an evaluation adds to ``loss_sum`` and ``count`` is
-    one number (of ``shape``: runs trained together have one each) and is not named as one of rnnjax's own
-    (read from their shapes as the evaluation is traced: before any step runs)."""
+    """``ValueError`` in one sentence unless each of an evaluation's ``metrics`` (``loss_sum``, ``count`` and
+    its own) is one number, an array of ``shape`` (runs trained together have one each), and none of its
+    own is named as one of rnnjax's (read from their shapes as the evaluation is traced: before any step)."""
     own = sorted(k for k in metrics if k in VAL_OWN)
     if own:
         named = ", ".join(map(repr, own))
         raise ValueError(f"An evaluation's own metrics are logged as val_<key>, and {named} would be "
                          f"rnnjax's val_{own[0]}: name {'it' if len(own) == 1 else 'them'} otherwise.")
-    shaped = {k: tuple(getattr(v, "shape", ())) for k, v in metrics.items()
-              if tuple(getattr(v, "shape", ())) != shape}
-    if shaped:
-        named = ", ".join(f"{k!r} (shape {s})" for k, s in shaped.items())
+    shapes = {k: tuple(v.shape) if hasattr(v, "shape") and hasattr(v, "dtype") else None
+              for k, v in metrics.items()}
+    wrong = {k: s for k, s in shapes.items() if s != shape}
+    if wrong:
+        named = ", ".join(f"{k!r} ({got(metrics[k]) if s is None else f'shape {s}'})"
+                          for k, s in wrong.items())
         raise ValueError(f"An evaluation's metrics must each be one number an epoch (logged as val_<key>); "
-                         f"{named} {'is' if len(shaped) == 1 else 'are'} not: reduce to one number.")
+                         f"{named} {'is' if len(wrong) == 1 else 'are'} not: reduce to one number.")
 
 
 def epoch_record(epoch: int, step: int, train: dict, steps: int, val: dict, seconds: float) -> dict:

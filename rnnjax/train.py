@@ -143,7 +143,8 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
     call (``STEPS_PER_CALL`` steps) and every epoch, with its record as
     metrics.jsonl gets it. To stop early, raise from it: an epoch's record
     comes after its checkpoint (each ``checkpoint_every``), and fit again
-    resumes from the last one. Raises ``NonFiniteLoss``
+    resumes from the last one (on several hosts, raise in every process at
+    the same record: the others would wait for it). Raises ``NonFiniteLoss``
     (nothing saved past the last good checkpoint) and ``Interrupted`` (after
     saving the last completed call's step).
     """

@@ -109,6 +109,10 @@ def test_a_metric_an_evaluation_adds_is_logged_as_val_key_of_a_run_and_of_runs(d
     (lambda m: {**m, "ppl": m["count"]}, r"^An evaluation's own metrics are logged as val_<key>, and 'ppl' "),
     (lambda m: {**m, "per_batch": jnp.ones(3)}, r"one number an epoch .* 'per_batch' \(shape \(3,"),
     (lambda m: m["loss_sum"], r"^An evaluation must return a dict of 'loss_sum' and 'count' .* not a "),
+    (lambda m: {**m, "nested": {"a": m["count"]}, "none": None},
+     r"'nested' \(a dict\), 'none' \(None\) are not"),
+    (lambda m: {**m, "pair": (m["count"], m["count"])}, r"'pair' \(a tuple\) is not"),
+    (lambda m: {**m, "loss_sum": jnp.stack([m["loss_sum"]] * 2)}, r"'loss_sum' \(shape \(2,\)\) is not"),
 ])
 def test_an_evaluation_returning_what_cannot_be_logged_is_refused_before_any_step(
         data, tmp_path, monkeypatch, returned, said):
@@ -117,6 +121,16 @@ def test_an_evaluation_returning_what_cannot_be_logged_is_refused_before_any_ste
     with pytest.raises(ValueError, match=said):
         fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None)
     assert not (tmp_path / metrics.FILENAME).exists() and checkpoint.steps(tmp_path) == []
+
+
+@pytest.mark.cpu_devices(2)
+def test_an_evaluation_over_devices_is_checked_as_it_runs_with_their_axis(data, tmp_path, monkeypatch):
+    """A metric summed over the devices (as eval_steps sums its own) is checked and logged as pmap runs it."""
+    plain = train.eval_steps
+    monkeypatch.setattr(train, "eval_steps", lambda state, batches, axis_name=None: {
+        **plain(state, batches, axis_name), "devices": jax.lax.psum(1.0, axis_name)})
+    [record] = fit(TINY.replace(epochs=1), data, tmp_path, devices=2, log=None).history
+    assert record["val_devices"] == 2.0
 
 
 def test_a_metric_that_is_not_one_number_a_step_is_refused_before_any_step(data, tmp_path, monkeypatch):
