@@ -281,9 +281,9 @@ def _check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedTex
     batches = jax.tree.map(lambda *x: jax.ShapeDtypeStruct((len(x), *np.shape(x[0])), np.asarray(x[0]).dtype),
                            *data.val_batches())
     if p.dp.pmapped:            # as pmap calls it: one device of the axis
-        over = jax.vmap(lambda b: evaluate(state, b, axis_name=AXIS), axis_name=AXIS)
+        over = jax.vmap(lambda s, b: evaluate(s, b, axis_name=AXIS), in_axes=(None, 0), axis_name=AXIS)
         out = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.eval_shape(
-            over, jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), batches)))
+            over, state, jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), batches)))
     else:
         out = jax.eval_shape(evaluate, state, batches)
     if not (isinstance(out, dict) and {"loss_sum", "count"} <= set(out)):
