@@ -252,11 +252,18 @@ def main(argv=None) -> int:
 
 
 def _kept(parts: Parts, why: str, status: int) -> int:
-    """``status``, summary.json written with what ran, and one line: the check stopped on its output."""
+    """``status``, summary.json written with what ran, and one line: the check stopped on its output; or on
+    the signal that came first (a Ctrl-C to a pipeline stops its reader too), as ``until_stopped`` says."""
+    signum = parts.stopped
+    if signum is not None:
+        parts.summary["stopped_by_signal"] = signum
     with contextlib.suppress(OSError):
         read_back(parts.out, parts.summary)
         parts.write()
-    stopping.tell(f"Stopped: {why}; {parts.out / 'summary.json'} has what ran.")
+    if signum is not None:
+        why, status = f"by signal {signum} ({signal.Signals(signum).name}), the running part with it", \
+            128 + signum
+    stopping.tell(f"Stopped{':' * (signum is None)} {why}; {parts.out / 'summary.json'} has what ran.")
     return status
 
 

@@ -321,12 +321,16 @@ def test_a_full_disk_stops_the_check_in_one_line_keeping_the_last_summary(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["summary.json", "work"]
 
 
-@pytest.mark.parametrize("error, said, status", [
-    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device (writing the output)", 1),
-    (BrokenPipeError(errno.EPIPE, "Broken pipe"), "the output was closed (the reader of a pipe exited)", 141),
+@pytest.mark.parametrize("error, said, status, signum", [
+    (OSError(errno.ENOSPC, "No space left on device"), ": No space left on device (writing the output)",
+     1, None),
+    (BrokenPipeError(errno.EPIPE, "Broken pipe"), ": the output was closed (the reader of a pipe exited)",
+     141, None),
+    (BrokenPipeError(errno.EPIPE, "Broken pipe"), " by signal 2 (SIGINT), the running part with it",
+     130, signal.SIGINT),        # a Ctrl-C to `check | tee log` stops tee too: the signal came first
 ])
 def test_its_own_output_failing_stops_it_in_one_line_keeping_what_ran(tmp_path, capsys, monkeypatch,
-                                                                      error, said, status):
+                                                                      error, said, status, signum):
     """Not "--out cannot be written": stdout on a full disk, or | head, is not the folder's fault."""
     out = tmp_path / "out"
     out.mkdir()
@@ -336,6 +340,7 @@ def test_its_own_output_failing_stops_it_in_one_line_keeping_what_ran(tmp_path, 
 
     def check(args, parts):
         parts.summary["parts"]["info"] = {"ok": True, "seconds": 1.0}
+        parts.stopped = signum
         stream = getattr(sys.stdout, "stream", sys.stdout)      # under the command's guard, if any
         monkeypatch.setattr(stream, "write", lambda text: (_ for _ in ()).throw(error), raising=False)
         print("info: ok, 1.0 s")
@@ -348,5 +353,7 @@ def test_its_own_output_failing_stops_it_in_one_line_keeping_what_ran(tmp_path, 
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
     monkeypatch.undo()
-    assert capsys.readouterr().err == f"Stopped: {said}; {out / 'summary.json'} has what ran.\n"
-    assert json.loads((out / "summary.json").read_text())["parts"] == {"info": {"ok": True, "seconds": 1.0}}
+    assert capsys.readouterr().err == f"Stopped{said}; {out / 'summary.json'} has what ran.\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parts"] == {"info": {"ok": True, "seconds": 1.0}}
+    assert summary.get("stopped_by_signal") == signum
