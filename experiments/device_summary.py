@@ -141,6 +141,7 @@ def check_out(out: Path) -> None:
             check_writable(out)
         except WorkdirError as e:       # rnnjax's sentence of a --workdir, said of --out
             said = str(e)
+            said = said.replace("a --workdir", "an --out").replace("--workdir", "--out")
             raise ValueError(f"--out {said.removeprefix('The workdir ')}" if said.startswith("The workdir ")
                              else f"--out: {said}") from None
     try:

@@ -47,10 +47,10 @@ def _check_lockfile(path: Path, flag: str = "--workdir") -> None:
     except (FileNotFoundError, NotADirectoryError):      # not made yet; lock says why it cannot be
         return
     except OSError as e:
-        raise WorkdirError(f"The workdir's lock file {path} cannot be read ({describe(e)}).") from None
+        raise WorkdirError(f"{_named(flag)}'s lock file {path} cannot be read ({describe(e)}).") from None
     if not stat.S_ISREG(mode):
         what = "a link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-        raise WorkdirError(f"The workdir's lock file {path} is {what}; remove it (rnnjax makes it) or use "
+        raise WorkdirError(f"{_named(flag)}'s lock file {path} is {what}; remove it (rnnjax makes it) or use "
                            f"another {flag}.")
 
 
@@ -102,9 +102,13 @@ def check_unlocked(workdir: Path) -> None:
 
 
 def _in_use(workdir: Path, holder: str, flag: str = "--workdir") -> str:
-    named = "The workdir" if flag == "--workdir" else flag         # a command's own folder: its --out
-    return (f"{named} {workdir} is in use by {holder}: one run writes it at a time. Wait for it to finish, "
-            f"stop it, or use another {flag}.")
+    return (f"{_named(flag)} {workdir} is in use by {holder}: one run writes it at a time. Wait for it to "
+            f"finish, stop it, or use another {flag}.")
+
+
+def _named(flag: str) -> str:
+    """The folder given as ``flag``, as a sentence begins: a command's own folder is named by its flag."""
+    return "The workdir" if flag == "--workdir" else flag
 
 
 def held(workdir: Path) -> bool:
@@ -181,12 +185,12 @@ def lock(workdir: Path, flag: str = "--workdir") -> Iterator[Held]:
         except BlockingIOError:
             raise WorkdirError(_in_use(workdir, _holder(workdir), flag)) from None
         except OSError as e:
-            raise WorkdirError(f"The workdir {workdir} cannot be written ({describe(e)}).") from None
+            raise WorkdirError(f"{_named(flag)} {workdir} cannot be written ({describe(e)}).") from None
         try:
             os.ftruncate(fds[0], 0)
             os.write(fds[0], str(os.getpid()).encode())
         except OSError as e:        # a full disk: the lock holds without the pid, but say so now
-            raise WorkdirError(f"The workdir {workdir} cannot be written ({describe(e)}).") from None
+            raise WorkdirError(f"{_named(flag)} {workdir} cannot be written ({describe(e)}).") from None
         yield Held(workdir, fds)
     finally:                        # closing the files releases the locks
         if made and fds:

@@ -254,7 +254,8 @@ def test_bad_arguments_say_so_before_any_work(tmp_path, capsys, monkeypatch):
     assert "error: --data is empty" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("what", ["parent a file", "dangling link", "loop", "not writable", "unreadable"])
+@pytest.mark.parametrize("what", ["parent a file", "parent a dangling link", "dangling link", "loop",
+                                  "not writable", "unreadable"])
 def test_an_unusable_out_folder_is_one_line_and_status_1_before_any_work(tmp_path, capsys, monkeypatch,
                                                                          what):
     out = tmp_path / "out"
@@ -262,6 +263,11 @@ def test_an_unusable_out_folder_is_one_line_and_status_1_before_any_work(tmp_pat
     if what == "parent a file":
         out = tmp_path / "file" / "out"
         says = f"--out {out} cannot be made: {tmp_path / 'file'} is a file, not a directory."
+    elif what == "parent a dangling link":          # rnnjax.workdir's sentence, said of --out
+        (tmp_path / "link").symlink_to(tmp_path / "gone")
+        out = tmp_path / "link" / "out"
+        says = (f"--out {out} cannot be made: {tmp_path / 'link'} is a link to {tmp_path / 'gone'}, which "
+                "does not exist; make that folder, or use another --out.")
     elif what == "dangling link":
         out.symlink_to(tmp_path / "gone")
         says = f"--out {out} is a link to nothing; give a new folder."
