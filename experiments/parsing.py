@@ -50,9 +50,9 @@ def check_names(flag: str, path: str | Path) -> None:
                          f"{NAME_MAX}.")
 
 
-def check_link(flag: str, path: Path) -> None:
-    """``ValueError`` in one sentence if ``path`` (given as ``flag``) is a link that leads to no folder: to
-    nothing, or round a loop of links."""
+def check_link(flag: str, path: Path, kind: str = "folder") -> None:
+    """``ValueError`` in one sentence if ``path`` (given as ``flag``, a ``kind``) is a link that leads
+    nowhere: to nothing, or round a loop of links."""
     if not path.is_symlink() or path.exists():
         return
     try:
@@ -61,4 +61,4 @@ def check_link(flag: str, path: Path) -> None:
     except (RuntimeError, OSError) as e:        # Python 3.11 raises RuntimeError for a loop, later ELOOP
         loop = isinstance(e, RuntimeError) or e.errno == errno.ELOOP
     raise ValueError(f"{flag} {path} is {'in a loop of links' if loop else 'a link to nothing'}; give a new "
-                     "folder.")
+                     f"{kind}.")

@@ -70,3 +70,14 @@ def test_a_name_longer_than_a_file_system_takes_is_one_sentence_not_python_s_ose
     said = rf"^{flag} has a name of {NAME_MAX + 1 + 5 * flag.endswith('json')} bytes in its path; the system "
     with pytest.raises(ValueError, match=said + rf"takes at most {NAME_MAX}\.$"):
         check(str(tmp_path / LONG / "sub" if flag == "--workdir" else tmp_path / LONG))
+
+
+@pytest.mark.parametrize("flag, kind", [("--out", "folder"), ("--json", "file")])
+def test_a_link_that_leads_nowhere_is_one_sentence_in_the_benchmark_too(tmp_path, flag, kind):
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    (tmp_path / "loop").symlink_to(tmp_path / "back")
+    (tmp_path / "back").symlink_to(tmp_path / "loop")
+    for name, what in (("dangling", "a link to nothing"), ("loop", "in a loop of links")):
+        path = str(tmp_path / name)
+        with pytest.raises(ValueError, match=rf"^{flag} {path} is {what}; give a new {kind}\.$"):
+            outputs.check_outputs(*((path, None) if flag == "--json" else (None, path)), False)
