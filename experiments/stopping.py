@@ -64,6 +64,11 @@ def run_child(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
+def ended(returncode: int) -> str:
+    """How a child that failed ended, in words: ``exit status 1``, ``killed by signal 9``."""
+    return f"exit status {returncode}" if returncode > 0 else f"killed by signal {-returncode}"
+
+
 def tell(message: str) -> None:
     """``message`` on stderr, if it is there: a closed terminal (a hang-up) or ``2>&-`` takes nothing."""
     try:

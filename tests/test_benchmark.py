@@ -275,8 +275,8 @@ def test_a_json_in_the_run_folder_or_in_a_folder_not_yet_made_is_written(bench_m
 
 
 @pytest.mark.parametrize("script, said", [
-    ("import sys; sys.exit('no memory')", "a fresh process exited with status 1: no memory"),
-    ("import os; os.kill(os.getpid(), 9)", "a fresh process was killed by signal 9"),
+    ("import sys; sys.exit('no memory')", "a fresh process failed (exit status 1): no memory"),
+    ("import os; os.kill(os.getpid(), 9)", "a fresh process failed (killed by signal 9)"),
 ])
 def test_a_compile_timing_process_that_fails_is_recorded_and_the_later_parts_run(
         bench_main, small_data, tmp_path, capsys, monkeypatch, script, said):

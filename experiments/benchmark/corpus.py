@@ -98,9 +98,8 @@ def _fresh(what: str, *args: str, env: dict) -> dict:
     out = stopping.run_child([sys.executable, "-m", "experiments.benchmark.corpus", *args], env=env)
     last = (out.stderr.strip().splitlines() or ["it said nothing"])[-1]
     if out.returncode:          # the child's own "error: ..." as it is, else its last line (a traceback's)
-        how = f"exit status {out.returncode}" if out.returncode > 0 else f"killed by signal {-out.returncode}"
         raise ValueError(last.removeprefix("error: ") if last.startswith("error: ") else
-                         f"{what} failed in a fresh process ({how}): {last}")
+                         f"{what} failed in a fresh process ({stopping.ended(out.returncode)}): {last}")
     try:
         return json.loads(out.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):

@@ -168,10 +168,9 @@ def measure_compile_cache(data_path: str | None) -> dict:
         args = [sys.executable, "-c", _COMPILE, cache] + ([data_path] if data_path else [])
         child = stopping.run_child(args)
         if child.returncode:
-            how = (f"was killed by signal {-child.returncode}" if child.returncode < 0 else
-                   f"exited with status {child.returncode}")
             said = (child.stderr.strip().splitlines() or [""])[-1][:200]
-            raise ChildFailed(f"a fresh process {how}{': ' + said if said else ''}")
+            raise ChildFailed(f"a fresh process failed ({stopping.ended(child.returncode)})"
+                              f"{': ' + said if said else ''}")
         return float(child.stdout.split()[-1])
 
     with stopping.scratch() as cache:
