@@ -278,8 +278,9 @@ def _check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedTex
     """``ValueError`` unless ``evaluate`` returns ``loss_sum``, ``count`` and metrics that
     ``metrics.check_evaluation`` takes: traced on the host as it will run (over devices, with their axis
     name), nothing computed, before any step (not once the first epoch has trained)."""
-    batches = jax.tree.map(lambda *x: jax.ShapeDtypeStruct((len(x), *np.shape(x[0])), np.asarray(x[0]).dtype),
-                           *data.val_batches())
+    # Every validation batch has the first's shapes: the stack's, without making it.
+    batches = jax.tree.map(lambda x: jax.ShapeDtypeStruct((data.num_batches(False), *np.shape(x)),
+                                                          np.asarray(x).dtype), next(data.val_batches()))
     if p.dp.pmapped:            # as pmap calls it: one device of the axis
         over = jax.vmap(lambda s, b: evaluate(s, b, axis_name=AXIS), in_axes=(None, 0), axis_name=AXIS)
         out = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.eval_shape(
