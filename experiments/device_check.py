@@ -235,8 +235,7 @@ def main(argv=None) -> int:
             args.out.joinpath("work").mkdir(parents=True, exist_ok=True)
             return until_stopped(parts, lambda: _check(args, parts))
     except BrokenPipeError:     # the reader of a pipe (| head) exited: stop as a piped Unix tool does
-        with contextlib.suppress(OSError):      # Python flushes stdout as it exits
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        stopping.drop_output()
         return _kept(parts, "the output was closed (the reader of a pipe exited)", 128 + signal.SIGPIPE)
     except stopping.OutputError as e:       # stdout on a full disk, a terminal gone: not --out's fault
         return _kept(parts, f"{e.strerror} (writing the output)", 1)

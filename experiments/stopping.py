@@ -69,6 +69,12 @@ def ended(returncode: int) -> str:
     return f"exit status {returncode}" if returncode > 0 else f"killed by signal {-returncode}"
 
 
+def drop_output() -> None:
+    """Python flushes stdout again as it exits: that write goes nowhere instead of failing twice."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):      # no descriptor (captured, None)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def tell(message: str) -> None:
     """``message`` on stderr, if it is there: a closed terminal (a hang-up) or ``2>&-`` takes nothing."""
     try:
@@ -191,8 +197,7 @@ def run(main: Callable[[], int]) -> None:
     except KeyboardInterrupt:     # a Ctrl-C as main hands the signals back, its own handlers still in place
         stopped_after_the_run(signal.SIGINT, None)
     except BrokenPipeError:       # the reader of a pipe (| head) exited: stop as a piped Unix tool does
-        with contextlib.suppress(OSError, ValueError, AttributeError):     # Python flushes stdout as it exits
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        drop_output()
         tell("Stopped: the output was closed (the reader of a pipe exited).")
         status = 128 + signal.SIGPIPE
     if status:

@@ -22,7 +22,6 @@ in ``rnnjax``, and this file runs it and says what it does.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
@@ -238,12 +237,12 @@ def main(argv=None, **parser_options) -> int:
                       "same command again to go on.")
         return 128 + signal.SIGINT
     except BrokenPipeError:     # the reader of a pipe (| head) exited: stop as a piped Unix tool does
-        _drop_output()
+        stopping.drop_output()
         stopping.tell("Stopped: the output was closed (the reader of a pipe exited); the workdir keeps its "
                       "last checkpoint (if any).")
         return 128 + signal.SIGPIPE
     except stopping.OutputError as e:       # a full disk under stdout
-        _drop_output()
+        stopping.drop_output()
         stopping.tell(f"Stopped: {e.strerror} (writing the output); the workdir keeps its last checkpoint "
                       "(if any): fix the cause and run the same command again to go on.")
         return 1
@@ -257,12 +256,6 @@ def main(argv=None, **parser_options) -> int:
     finally:
         stopping.put_back(previous)
         stops.stop_handled()
-
-
-def _drop_output() -> None:
-    """Python flushes stdout again as it exits: that write goes nowhere instead of failing twice."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):      # no descriptor (captured, None)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _main(argv, parser_options: dict) -> int:
