@@ -90,7 +90,9 @@ def make_optimizer(config: Config, per_run: bool = False) -> optax.GradientTrans
     ``per_run`` keeps ``clip`` and ``lr`` in the optimizer's state, not in the
     function: what lets runs with different values be one vmapped step
     (``rnnjax.runs``). The state's structure differs with it; each is what
-    checkpoints of its kind hold.
+    checkpoints of its kind hold. A replacement (one's own optimizer) keeps
+    ``per_run`` so; a resume needs the optimizer it saved the state of, a
+    restore reads the parameters alone.
     """
     def transform(make):
         return optax.inject_hyperparams(make) if per_run else make
