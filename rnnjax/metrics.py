@@ -9,7 +9,7 @@ import stat
 import sys
 from pathlib import Path
 
-from rnnjax.config import got
+from rnnjax.config import SWEEPABLE, got
 from rnnjax.stored import CONFIG  # moved aside with the records
 from rnnjax.workdir import write_atomically
 
@@ -17,6 +17,9 @@ FILENAME = "metrics.jsonl"
 PLOT = "ppl.png"
 # What a record needs beside its epoch (what the plot, the summary and the progress lines read).
 NEEDED = ("train_ppl", "val_ppl")
+# A record's own keys beside its validation's (val_*): a step's metrics, logged by name, may not take them.
+RECORD_OWN = ("epoch", "step", "run", *SWEEPABLE, "stopped", "seconds",
+              "train_loss", "train_ppl", "train_bpc")
 
 
 def perplexity(loss: float) -> float:
@@ -43,8 +46,14 @@ def add_steps(sums: dict, call_metrics: list[dict]) -> dict:
 
 
 def check_step(metrics: dict) -> None:
-    """``ValueError`` in one sentence unless each of a step's ``metrics`` is one number (read from their
-    shapes as the step is traced: before any step runs)."""
+    """``ValueError`` in one sentence unless each of a step's ``metrics`` is one number, of a name that is
+    not one of the record's own (read from their shapes as the step is traced: before any step runs)."""
+    taken = [k for k in metrics if k in RECORD_OWN or str(k).startswith("val_")]
+    if taken:
+        named, one = ", ".join(map(repr, taken)), len(taken) == 1
+        raise ValueError(f"train_step's metrics are logged by their names in each epoch's record, and "
+                         f"{named} {'is' if one else 'are'} the record's own "
+                         f"({', '.join(RECORD_OWN)}, val_*): name {'it' if one else 'them'} otherwise.")
     shaped = {k: tuple(v.shape) for k, v in metrics.items() if getattr(v, "shape", ()) != ()}
     if shaped:
         named = ", ".join(f"{k!r} (shape {s})" for k, s in shaped.items())
@@ -105,8 +114,8 @@ class MetricsLog:
 
     Each record is written as one whole line in a single ``write``; non-finite
     values are ``null`` (strict JSON has no ``NaN``; one found is read so),
-    read back as ``nan``, a perplexity's as ``inf`` (a loss past float range;
-    a NaN training loss writes no record). Reading checks every line: a torn
+    read back as ``nan``, rnnjax's ``train_ppl``/``val_ppl`` as ``inf`` (a
+    loss past float range; a NaN training loss writes no record). Reading checks every line: a torn
     last line (a crash or a full disk mid-write) is dropped with a warning,
     anything else that is not a record (an epoch, ``NEEDED``), epochs out of
     order, or a file that is not a regular file (a FIFO would hang) is a
@@ -160,7 +169,7 @@ class MetricsLog:
                 raise MetricsError(f"{self.path}, line {number}, is not a metrics record (an epoch, "
                                    f"{', '.join(NEEDED)}): {line[:60]!r}. Move the file aside to resume, or "
                                    "use a new --workdir.")
-            records.append({k: v if v is not None else math.inf if k.endswith("_ppl") else math.nan
+            records.append({k: v if v is not None else math.inf if k in NEEDED else math.nan
                             for k, v in record.items()})
         _check_order(records, self.path)
         return records

@@ -133,16 +133,24 @@ def test_an_evaluation_over_devices_is_checked_as_it_runs_with_their_axis(data, 
     assert record["val_devices"] == 2.0
 
 
-def test_a_metric_that_is_not_one_number_a_step_is_refused_before_any_step(data, tmp_path, monkeypatch):
-    """Not numpy's TypeError once the first epoch is over (its steps lost)."""
+@pytest.mark.parametrize("extra, said", [
+    (lambda m: {"norms": jnp.stack([m["grad_norm"], m["count"]])},
+     r"^train_step's metrics must each be one number a step \(their epoch means are logged\); 'norms' "
+     r"\(shape \(2,\)\) is not: "),
+    (lambda m: {"step": m["count"]},
+     r"^train_step's metrics are logged by their names in each epoch's record, and 'step' is the record's "),
+])
+def test_a_step_metric_that_is_not_one_number_or_takes_a_records_name_is_refused_before_any_step(
+        data, tmp_path, monkeypatch, extra, said):
+    """Not numpy's TypeError once the first epoch is over (its steps lost), nor a record whose epoch or step
+    is the metric's (metrics.jsonl unreadable at the next resume)."""
     plain = train.train_step
 
-    def with_norms(*args, **kwargs):
+    def with_extra(*args, **kwargs):
         state, m = plain(*args, **kwargs)
-        return state, {**m, "norms": jnp.stack([m["grad_norm"], m["count"]])}
-    monkeypatch.setattr(train, "train_step", with_norms)
-    with pytest.raises(ValueError, match=r"^train_step's metrics must each be one number a step \(their "
-                                         r"epoch means are logged\); 'norms' \(shape \(2,\)\) is not: "):
+        return state, {**m, **extra(m)}
+    monkeypatch.setattr(train, "train_step", with_extra)
+    with pytest.raises(ValueError, match=said):
         fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None)
     assert not (tmp_path / metrics.FILENAME).exists() and checkpoint.steps(tmp_path) == []
 

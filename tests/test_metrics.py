@@ -30,6 +30,16 @@ def test_a_step_s_metrics_must_each_be_one_number():
         metrics.check_step({"loss_sum": np.float32(1.0), "norms": np.ones(3), "g": np.ones((1, 1))})
 
 
+@pytest.mark.parametrize("name", ["step", "epoch", "lr", "train_loss", "seconds", "val_acc"])
+def test_a_step_s_metric_may_not_take_a_name_of_the_record_s_own(name):
+    metrics.check_step({"loss_sum": np.float32(1.0), "count": np.array(4.0), "acc": 0.5, "step_size": 0.1})
+    with pytest.raises(ValueError, match=rf"^train_step's metrics are logged by their names in each "
+                                         rf"epoch's record, and '{name}' is the record's own \(epoch, "
+                                         r"step, run, seed, lr, clip, stopped, seconds, train_loss, "
+                                         r"train_ppl, train_bpc, val_\*\): name it otherwise\.$"):
+        metrics.check_step({"loss_sum": np.float32(1.0), name: np.float32(1.0)})
+
+
 def test_an_evaluation_s_metrics_must_each_be_one_number_of_a_name_of_its_own():
     metrics.check_evaluation({"hits": np.float32(3.0)})
     metrics.check_evaluation({"hits": np.ones(2)}, shape=(2,))                  # two runs trained together
@@ -52,12 +62,14 @@ def test_append_read_and_truncate(tmp_path):
     assert log.read() == records(3)
 
 
-def test_non_finite_values_are_null_in_the_file_and_read_back_as_nan_a_perplexity_as_inf(tmp_path):
+def test_non_finite_values_are_null_in_the_file_and_read_back_as_nan_rnnjaxs_perplexities_as_inf(tmp_path):
     log = MetricsLog(tmp_path / "metrics.jsonl")
-    log.append({"epoch": 1, "train_ppl": 3.0, "val_ppl": math.inf, "grad_norm": math.nan})
+    log.append({"epoch": 1, "train_ppl": 3.0, "val_ppl": math.inf, "grad_norm": math.nan,
+                "val_word_ppl": math.nan})                  # a validation's own: unknown, not diverged
     assert '"val_ppl": null' in log.path.read_text() and "Infinity" not in log.path.read_text()
     [record] = log.read()
     assert record["val_ppl"] == math.inf and math.isnan(record["grad_norm"]) and record["train_ppl"] == 3.0
+    assert math.isnan(record["val_word_ppl"])
 
 
 def test_only_the_writer_writes(tmp_path):
