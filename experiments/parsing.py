@@ -62,3 +62,21 @@ def check_link(flag: str, path: Path, kind: str = "folder") -> None:
         loop = e.errno == errno.ELOOP
     raise ValueError(f"{flag} {path} is {'in a loop of links' if loop else 'a link to nothing'}; give a new "
                      f"{kind}.")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: distinct whole numbers in [0, 2**32), comma-separated; else ``ValueError`` naming the
+    mistake."""
+    try:
+        seeds = [int(s) for s in text.split(",")] if text.strip() else []
+    except ValueError:
+        raise ValueError(f"--seeds takes whole numbers separated by commas, got {text!r}.") from None
+    if not seeds:
+        raise ValueError(f"--seeds needs at least one seed, got {text!r}.")
+    bad = [s for s in seeds if not 0 <= s < 2 ** 32]
+    if bad:
+        raise ValueError(f"--seeds must be in [0, 2**32), got {bad[0]}.")
+    twice = [s for k, s in enumerate(seeds) if s in seeds[:k]]
+    if twice:     # the same run twice, and results.json has one entry per seed
+        raise ValueError(f"--seeds names seed {twice[0]} twice; give each seed once.")
+    return seeds

@@ -11,11 +11,12 @@ model on the last tau values (5 epochs of SGD, lr 0.01, batch 16), and sec_seque
 autoregressive model as an RNN (``rnnjax.model.RNN`` of a 32-unit ``SimpleRNNCell`` whose state reads
 the whole history; clipped Adam on one-step and 64-step free-running errors).
 
-It says first where it writes and on which device; it writes d2l's three figures (both models, the first
-seed's, once that seed is done) and at the end ``results.json`` (the mean squared errors by seed, their
-min and max) to ``--workdir`` (default ``runs/sine-<date>-<time>``, as ``runs/sine-20261205-014400``),
-which one run writes at a time. Ctrl-C, SIGTERM or SIGHUP stops it at once with one line saying what the
-workdir holds (exit 128 + signal). Each file is written whole or not at all (``sine_figures``).
+It says first where it writes and on which device, then each seed as it is done; it writes d2l's three
+figures (both models, the first seed's, once that seed is done) and at the end ``results.json`` (the mean
+squared errors by seed, their min and max) to ``--workdir`` (default ``runs/sine-<date>-<time>``, as
+``runs/sine-20261205-014400``), which one run writes at a time. Ctrl-C, SIGTERM or SIGHUP stops it at
+once with one line saying what the workdir holds (exit 128 + signal). Each file is written whole or not
+at all (``sine_figures``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import sys
 
 from experiments import stopping
-from experiments.parsing import Parser
+from experiments.parsing import Parser, parse_seeds
 
 if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + signal, no traceback
     stopping.while_loading()
@@ -219,10 +220,15 @@ def run(workdir: Path, seed: int = 0, rnn_epochs: int = 20, figures: bool = True
     return {name: errors(preds, x_T) for name, preds in results.items()}
 
 
-def run_seeds(workdir: Path, seeds: list[int], rnn_epochs: int = 20) -> dict[str, dict]:
-    """``run`` at each seed (figures of the first): ``{"seed S": table, ..., "min": table, "max": table}``,
-    also written to ``results.json``."""
-    per_seed = {f"seed {s}": run(workdir, s, rnn_epochs, figures=k == 0) for k, s in enumerate(seeds)}
+def run_seeds(workdir: Path, seeds: list[int], rnn_epochs: int = 20, done=lambda seed, seconds: None
+              ) -> dict[str, dict]:
+    """``run`` at each seed (figures of the first), calling ``done(seed, seconds)`` after each:
+    ``{"seed S": table, ..., "min": table, "max": table}``, also written to ``results.json``."""
+    per_seed = {}
+    for k, s in enumerate(seeds):
+        t0 = time.perf_counter()
+        per_seed[f"seed {s}"] = run(workdir, s, rnn_epochs, figures=k == 0)
+        done(s, time.perf_counter() - t0)
     rows = list(per_seed.values())
     summary = {name: {model: {c: pick(t[model][c] for t in rows) for c in row}
                       for model, row in rows[0].items()}
@@ -234,24 +240,6 @@ def run_seeds(workdir: Path, seeds: list[int], rnn_epochs: int = 20) -> dict[str
 
 def default_workdir() -> Path:
     return Path("runs") / time.strftime("sine-%Y%m%d-%H%M%S")
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``--seeds``: distinct whole numbers in [0, 2**32), comma-separated; else ``ValueError`` naming the
-    mistake."""
-    try:
-        seeds = [int(s) for s in text.split(",")] if text.strip() else []
-    except ValueError:
-        raise ValueError(f"--seeds takes whole numbers separated by commas, got {text!r}.") from None
-    if not seeds:
-        raise ValueError(f"--seeds needs at least one seed, got {text!r}.")
-    bad = [s for s in seeds if not 0 <= s < 2 ** 32]
-    if bad:
-        raise ValueError(f"--seeds must be in [0, 2**32), got {bad[0]}.")
-    twice = [s for k, s in enumerate(seeds) if s in seeds[:k]]
-    if twice:     # the same run twice, and results.json has one entry per seed
-        raise ValueError(f"--seeds names seed {twice[0]} twice; give each seed once.")
-    return seeds
 
 
 def main(argv=None) -> int:
@@ -308,7 +296,9 @@ def _report(workdir: Path, seeds: list[int], rnn_epochs: int) -> int:
     print(f"linear and RNN models (the RNN {rnn_epochs} epochs) at seeds "
           f"{','.join(map(str, seeds))} on {device} ({device.device_kind}{of}); writing to {workdir}",
           flush=True)
-    tables = run_seeds(workdir, seeds, rnn_epochs)
+    tables = run_seeds(workdir, seeds, rnn_epochs, done=lambda seed, seconds: print(
+        f"seed {seed}: done in {seconds:.1f} s{' (compiling and the figures included)' * (seed == seeds[0])}",
+        flush=True))
     columns = list(next(iter(tables[f"seed {seeds[0]}"].values())))
     print("mean squared error      " + "  ".join(f"{c:>14}" for c in columns))
     for name, table in tables.items():

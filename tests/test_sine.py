@@ -79,6 +79,8 @@ def test_the_experiment_writes_figures_and_the_error_table_over_seeds(tmp_path, 
             assert low == min(seeds) < max(seeds) == tables["max"][model][column]
     out = capsys.readouterr().out
     assert "mean squared error" in out and "rnn    seed 1" in out and "linear max" in out
+    assert re.search(r"\nseed 0: done in \d+\.\d s \(compiling and the figures included\)\n"
+                     r"seed 1: done in \d+\.\d s\nmean squared", out)
 
 
 @pytest.mark.parametrize("bad,says", [
@@ -223,7 +225,7 @@ def test_it_says_first_where_it_writes_and_on_which_device_with_its_stop_handler
                                                                                   monkeypatch):
     seen = {}
 
-    def fake_run_seeds(workdir, seeds, rnn_epochs):
+    def fake_run_seeds(workdir, seeds, rnn_epochs, done):
         seen["start"] = capsys.readouterr().out
         seen["handlers"] = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
         row = dict.fromkeys(("onestep_test", "1-step"), 0.5)
