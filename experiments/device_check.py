@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise ValueError(f"no file {data!r}: give d2l's timemachine.txt as --data PATH or "
                              "$RNNJAX_TIMEMACHINE (the check downloads nothing).")
         try:    # here, not at the top: a machine without JAX still gets its parts run and recorded
-            from rnnjax.data import timemachine_path
+            from rnnjax.source import timemachine_path
         except ImportError:
             pass
         else:   # every part trains on it: a wrong file fails them all (DataError, a ValueError)

@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from rnnjax import checkpoint, config as config_lib, corpus, data, flags, runs
+from rnnjax import checkpoint, config as config_lib, corpus, flags, runs, source
 from rnnjax.stored import UnknownCell, saved_runs
 
 # What a run says as it starts anew in a workdir whose earlier run left its config.json and no checkpoint.
@@ -135,7 +135,7 @@ def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Co
 def _own_text(vocab: dict) -> bool:
     """Whether a saved vocabulary's run trained on a text of the user's own: the Time Machine tokenized
     otherwise than d2l (--token word, --preprocess raw) names its SHA-1 too."""
-    return vocab.get("text_sha1") not in (None, data.SHA1, data.PREPROCESSED_SHA1)
+    return vocab.get("text_sha1") not in (None, source.SHA1, source.PREPROCESSED_SHA1)
 
 
 def _no_checkpoint(workdir: Path) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax.data import cache_dir
+from rnnjax.source import cache_dir
 
 # XLA:CPU hands single dots to YNNPACK, which splits even the recurrence's
 # small matmuls over the thread pool, so the devices' programs wait on each

@@ -11,7 +11,7 @@ spread evenly over the tail. ``val_fraction=0`` splits as d2l does: the first
 ``num_train`` windows, then ``num_val``, the vocabulary from the whole text.
 
 A file's stream and vocabulary are cached (``.npy`` and JSON) under
-``rnnjax.data.cache_dir()/corpus``, keyed by the file's SHA-1 and the token
+``rnnjax.source.cache_dir()/corpus``, keyed by the file's SHA-1 and the token
 options; the vocabulary carries that SHA-1 into the checkpoints, so a run
 resumes only on the text it was trained on.
 """
@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from rnnjax.config import Config, check_is_config, got
-from rnnjax.data import SHA1, DataError, TimeMachine, WindowedText, cache_dir, sha1_of, timemachine_path
+from rnnjax.data import TimeMachine, WindowedText
+from rnnjax.source import SHA1, DataError, cache_dir, sha1_of, timemachine_path
 from rnnjax import memory
 from rnnjax.tokens import CHUNK, tokenize
 from rnnjax.vocab import Vocab

@@ -8,8 +8,8 @@ characters split into inputs X and targets Y (Y is X shifted by one).
 Batches have a fixed shape so that one compiled step serves every batch: the
 ragged last batch is padded and carries a row mask, and the losses in
 :mod:`rnnjax.train` are exact means over the real rows. ``WindowedText`` cuts
-them from a token stream; ``TimeMachine`` is d2l's, ``rnnjax.corpus.Corpus``
-any text's.
+them from a token stream; ``TimeMachine`` is d2l's (its text from
+``rnnjax.source``), ``rnnjax.corpus.Corpus`` any text's.
 """
 
 from __future__ import annotations
@@ -17,112 +17,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from rnnjax.source import PREPROCESSED_SHA1, DataError, load_text
 from rnnjax.vocab import Vocab  # noqa: F401 (where it always was)
-
-URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
-SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
-PREPROCESSED_SHA1 = "0aa295adbf8f925249b7ea9e8f6e698625ac7195"     # of preprocess(its text): what trains
-SIZE = 178979       # bytes of the file of SHA-1 SHA1: a file of another size is refused before it is hashed
-ENV_PATH = "RNNJAX_TIMEMACHINE"
-ENV_CACHE = "RNNJAX_CACHE"
-
-
-class DataError(ValueError):
-    """The text could not be had, or cannot make the requested windows."""
-
-
-def cache_dir() -> Path:
-    """``$RNNJAX_CACHE``, else ``$XDG_CACHE_HOME/rnnjax``, else ``~/.cache/rnnjax``."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rnnjax"
-
-
-def sha1_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _check_sha1(path: Path, sha1: str, what: str) -> None:
-    size = path.stat().st_size
-    if sha1 == SHA1 and size != SIZE:
-        raise DataError(f"{what} {path} has {size:,} bytes, expected {SIZE:,}: it is not d2l's "
-                        "timemachine.txt (truncated or a different file).")
-    actual = sha1_of(path)
-    if actual != sha1:
-        raise DataError(
-            f"{what} {path} has SHA-1 {actual}, expected {sha1}: it is not d2l's "
-            "timemachine.txt (truncated or a different file)."
-        )
-
-
-def download(url: str | None = None, sha1: str = SHA1, root: str | os.PathLike | None = None,
-             timeout: float = 30.0) -> Path:
-    """Returns the verified cached copy of ``url``, downloading it if needed.
-
-    The download goes to a temporary file that is renamed into place only once
-    its SHA-1 matches, so a failed or corrupt download never sits in the cache
-    as if valid. A cached file with the wrong hash is fetched again.
-    """
-    url = url or URL
-    root = Path(root) if root is not None else cache_dir()
-    path = root / url.rsplit("/", 1)[-1]
-    if path.is_file() and (sha1 != SHA1 or path.stat().st_size == SIZE) and sha1_of(path) == sha1:
-        return path
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=path.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
-            out.write(r.read())
-        _check_sha1(Path(tmp), sha1, "Downloaded file")
-        os.replace(tmp, path)
-    except (urllib.error.URLError, OSError) as e:
-        raise DataError(
-            f"Could not download {url} ({getattr(e, 'reason', e)}); offline, pass the "
-            f"path of a local timemachine.txt with --data PATH or ${ENV_PATH}."
-        ) from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def timemachine_path(path: str | os.PathLike | None = None, *, sha1: str = SHA1,
-                     root: str | os.PathLike | None = None) -> Path:
-    """The verified file of The Time Machine: ``path``, else ``$RNNJAX_TIMEMACHINE``, else the cached
-    download of d2l's copy."""
-    path = path or os.environ.get(ENV_PATH) or None
-    if path is None:
-        return download(sha1=sha1, root=root)
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path} is a directory; --data (or ${ENV_PATH}) takes the file timemachine.txt.")
-    if not path.is_file():
-        raise DataError(f"{path} is not a regular file; --data (or ${ENV_PATH}) takes timemachine.txt."
-                        if path.exists() else f"No such file: {path} (given as --data or ${ENV_PATH}).")
-    _check_sha1(path, sha1, "File")
-    return path
-
-
-def load_text(path: str | os.PathLike | None = None, *, sha1: str = SHA1,
-              root: str | os.PathLike | None = None) -> str:
-    """The raw text of The Time Machine, verified against ``sha1`` (``timemachine_path``)."""
-    return timemachine_path(path, sha1=sha1, root=root).read_text(encoding="utf-8")
 
 
 def preprocess(text: str) -> str:

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import TINY
 
-from rnnjax import checkpoint, corpus, data
+from rnnjax import checkpoint, corpus, data, source
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.corpus import Corpus
 from rnnjax.data import DataError, TimeMachine
@@ -33,7 +33,7 @@ def text_file(tmp_path):
 
 
 def cache_entries():
-    root = data.cache_dir() / "corpus"
+    root = source.cache_dir() / "corpus"
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
@@ -172,7 +172,7 @@ def test_cheap_checks_come_before_the_file_is_hashed_or_read(tmp_path, monkeypat
 
 @pytest.mark.parametrize("where", ["read", "tokenize"])
 def test_running_out_of_memory_is_one_sentence_and_nothing_is_cached(text_file, monkeypatch, tmp_path, where):
-    monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv(source.ENV_CACHE, str(tmp_path / "cache"))
 
     def out_of_memory(*args):
         raise MemoryError
@@ -201,10 +201,10 @@ def test_a_vocabulary_too_large_for_memory_is_named(text_file, monkeypatch):
 # --- the cache --------------------------------------------------------------------
 
 def test_cache_hit_skips_tokenizing_and_is_keyed_by_text_and_options(text_file, monkeypatch, tmp_path):
-    monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))    # not the session's: others fill that
+    monkeypatch.setenv(source.ENV_CACHE, str(tmp_path / "cache"))    # not the session's: others fill that
     first = Corpus.from_config(text_file, TEXT)
     assert not first.cache_hit and len(cache_entries()) == 1
-    entry = data.cache_dir() / "corpus" / cache_entries()[0]
+    entry = source.cache_dir() / "corpus" / cache_entries()[0]
     assert sorted(p.name for p in entry.iterdir()) == ["tokens.npy", "vocab.json"]
 
     def no_tokenizing(*args):
@@ -223,9 +223,9 @@ def test_cache_hit_skips_tokenizing_and_is_keyed_by_text_and_options(text_file, 
 def test_a_damaged_cache_entry_is_made_again_not_trained_on(text_file, monkeypatch, tmp_path):
     """Its tokens were trusted: a shifted stream resumed a run on other data, ids past the vocabulary
     failed in ``Vocab.decode``."""
-    monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv(source.ENV_CACHE, str(tmp_path / "cache"))
     first = Corpus.from_config(text_file, TEXT)
-    entry = data.cache_dir() / "corpus" / cache_entries()[0]
+    entry = source.cache_dir() / "corpus" / cache_entries()[0]
     tokens, vocab = entry / "tokens.npy", entry / "vocab.json"
 
     def swap_two_tokens(path):
@@ -266,7 +266,7 @@ def test_train_resume_restore_without_the_file_and_generate(text_file, tmp_path)
 def test_a_restored_run_fine_tunes_on_another_text_in_its_own_vocabulary(text_file, tmp_path, monkeypatch):
     """Another text made its own vocabulary, which the run's params do not fit: with ``vocab`` it is read
     in the run's tokens (others as ``<unk>``), said to be of its own text, and not cached."""
-    monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setenv(source.ENV_CACHE, str(tmp_path / "cache"))
     fit(TEXT.replace(epochs=1), Corpus.from_config(text_file, TEXT), tmp_path / "first", devices=1, log=None)
     run = checkpoint.restore(tmp_path / "first")
     entries = cache_entries()

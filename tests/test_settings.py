@@ -12,7 +12,8 @@ from experiments import cli, timemachine
 from experiments.settings import default_workdir, settings
 from rnnjax import checkpoint, corpus, meta as meta_lib, metrics, runs
 from rnnjax.config import Config
-from rnnjax.data import PREPROCESSED_SHA1, SHA1, Vocab
+from rnnjax.data import Vocab
+from rnnjax.source import PREPROCESSED_SHA1, SHA1
 
 from conftest import TINY, assert_trees_equal
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from experiments import timemachine
-from rnnjax import checkpoint, data, stops
+from rnnjax import checkpoint, data, source, stops
 
 
 @pytest.mark.slow
@@ -48,9 +48,9 @@ def test_a_closed_pipe_stops_the_run_in_one_line(real_text_path, tmp_path, main_
 
 
 def test_offline_without_data_says_what_to_pass(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv(data.ENV_PATH, raising=False)
-    monkeypatch.setenv(data.ENV_CACHE, str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "URL", "http://127.0.0.1:9/timemachine.txt")
+    monkeypatch.delenv(source.ENV_PATH, raising=False)
+    monkeypatch.setenv(source.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setattr(source, "URL", "http://127.0.0.1:9/timemachine.txt")
     assert timemachine.main(["--workdir", str(tmp_path / "run"), "--epochs", "1",
                              "--no-compilation-cache"]) == 1
     err = capsys.readouterr().err

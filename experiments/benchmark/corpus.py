@@ -272,7 +272,7 @@ def check_out(typed: str) -> Path:
 def check_args(p: Parser, args) -> tuple[list[int], str]:
     """Before any text is made: a parser error in one line, else the sizes in MB and the Time Machine's
     path (verified; ``""``: none given)."""
-    from rnnjax.data import DataError, timemachine_path
+    from rnnjax.source import DataError, timemachine_path
     from rnnjax.train import STEPS_PER_CALL
     try:
         sizes = [int(s) for s in args.sizes.split(",")]

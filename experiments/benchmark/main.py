@@ -22,7 +22,8 @@ from experiments.benchmark.sizes import SIZES, applicable_kernels, run_sizes, se
 from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available, torch_problem
 from experiments.parsing import Parser
 from rnnjax import backend, kernels
-from rnnjax.data import TimeMachine, timemachine_path
+from rnnjax.data import TimeMachine
+from rnnjax.source import timemachine_path
 from rnnjax.flags import MAX_RUNS
 from rnnjax.parallel import DataParallel
 from rnnjax.lock import lock
