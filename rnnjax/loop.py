@@ -69,8 +69,10 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     metrics.jsonl gets it; of runs, their mean perplexities); ``log`` says
     which of several runs stop. Raises
     ``NonFiniteLoss`` once every run has stopped (nothing of that epoch
-    saved, but the line in metrics.jsonl of a run its perplexity stopped)
-    and ``Interrupted`` after saving the last completed call's step.
+    saved, but the line in metrics.jsonl of a run its perplexity stopped),
+    ``Interrupted`` after saving the last completed call's step, and what
+    ``progress`` raises (an early stop, a closed pipe) after saving the step it
+    was called at.
 
     ``ValueError`` before it writes anything (a workdir ``planned`` made
     goes again with its lock) unless the processes of a multi-host run
@@ -134,6 +136,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     # A multi-host run's save is collective: its processes stop at the same call, on the signal any caught.
     agreed = agree.caught_by_any if agree.spans_processes() else (lambda caught: caught)
     signum = None                     # the signal that stops the run, as every process sees it
+    raised = None                     # what progress raised (an early stop, a closed pipe): saved as for one
     with catch_signals() as stop, manager:
         for epoch in range(position.epoch, p.config.epochs):
             start = position.batch if epoch == position.epoch else 0
@@ -147,8 +150,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                 call_metrics.append(m)
                 wait_for_backlog(call_metrics)
                 done, batch = done + len(chunk), batch + len(chunk)
-                if progress:
-                    progress(done, total, None)
+                raised = _told(progress, done, total, None)
+                if raised is not None:
+                    break
                 signum = agreed(stop.signum)
                 if signum is not None:
                     break
@@ -162,6 +166,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             stops.check_any_live(say=False)         # said after the divergence checks, with the final count
             if batch < steps_per_epoch:                  # stopped mid-epoch
                 save(epoch, batch, sums)
+                if raised is not None:
+                    checkpoint.check_saved(manager)
+                    raise raised
                 raise _stopped(manager, signum, stop.signum, epoch, batch, steps_per_epoch, done, workdir)
             val = per_run(dp.unreplicate(evaluate(state, val_batches)))
             seconds = time.perf_counter() - t0
@@ -187,13 +194,18 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             signum = agreed(stop.signum)
             # The records first: a crash between the two leaves them past the checkpoint; resume drops them.
             _log(check_lock, metrics_log, records)
-            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or signum is not None:
+            due = (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or signum is not None
+            if due or raised is not None:
                 save(epoch + 1, 0, [{} for _ in configs], records)
-            if progress and several:        # their mean perplexities
-                mean = {k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED}
-                progress(done, total, {"epoch": epoch + 1, **mean})
-            elif progress:                  # its record, as logged
-                progress(done, total, dict(records[0]))
+            if raised is None:    # runs: their mean perplexities; a single run: its record, as logged
+                raised = _told(progress, done, total, {"epoch": epoch + 1, **{
+                    k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED}} if several
+                    else dict(records[0]))
+                if raised is not None and not due:
+                    save(epoch + 1, 0, [{} for _ in configs], records)
+            if raised is not None:
+                checkpoint.check_saved(manager)
+                raise raised
             if signum is not None:
                 raise _stopped(manager, signum, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done,
                                workdir, finished=epoch + 1 == p.config.epochs)
@@ -203,6 +215,16 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             raise _stopped(manager, signum, stop.signum, p.config.epochs - 1, steps_per_epoch,
                            steps_per_epoch, done, workdir, finished=True)
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir, tuple(stops.why) if several else ())
+
+
+def _told(progress: Callable | None, done: int, total: int, record: dict | None) -> Exception | None:
+    """What ``progress`` raised, if anything: the loop saves what trained, then raises it."""
+    try:
+        if progress:
+            progress(done, total, record)
+    except Exception as e:
+        return e
+    return None
 
 
 def check_state(p: Plan, state: Any, vocab_size: int) -> None:

@@ -141,10 +141,10 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
 
     ``progress(done_steps, total_steps, record_or_None)`` is called after every
     call (``STEPS_PER_CALL`` steps) and every epoch, with its record as
-    metrics.jsonl gets it. To stop early, raise from it: an epoch's record
-    comes after its checkpoint (each ``checkpoint_every``), and fit again
-    resumes from the last one (on several hosts, raise in every process at
-    the same record: the others would wait for it). Raises ``NonFiniteLoss``
+    metrics.jsonl gets it. To stop early, raise from it: fit saves the step
+    it was called at, then raises that, and fit again resumes from there
+    (on several hosts, raise in every process at the same call: the others
+    would wait for it). Raises ``NonFiniteLoss``
     (nothing saved past the last good checkpoint) and ``Interrupted`` (after
     saving the last completed call's step).
     """

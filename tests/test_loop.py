@@ -67,20 +67,27 @@ def test_a_metric_a_step_adds_is_logged_as_its_mean_over_the_epoch(data, tmp_pat
     assert seen == [record]                 # progress is given the epoch's record whole, as it is logged
 
 
-def test_an_exception_from_progress_stops_early_and_the_same_fit_goes_on_from_its_epoch(data, tmp_path):
-    """Early stopping as fit's docstring says: ``progress`` raises at an epoch's record, which was saved
-    first (every epoch, here); the workdir is whole, and fit again resumes from that epoch."""
+@pytest.mark.parametrize("at, step, several", [("epoch", 2 * 13, False), ("call", 13 + 10, False),
+                                               ("epoch", 13, True)])
+def test_an_exception_from_progress_saves_its_step_and_the_same_fit_goes_on_from_there(
+        data, tmp_path, at, step, several):
+    """Early stopping as fit's docstring says (and a closed pipe under a printing progress): ``progress``
+    raises at an epoch's record or after a call, between checkpoints; that step is saved before it
+    propagates, and fit again resumes from it to what a straight run gives."""
     class Enough(Exception):
         pass
 
     def enough(done, total, record):
-        if record and record["epoch"] == 2:
+        if (record is not None) == (at == "epoch") and done == step:
             raise Enough
-    config, w = TINY.replace(epochs=3), tmp_path / "early"
+    configs = [TINY.replace(epochs=3, seed=s) for s in (0, 1)]
+    train_ = (lambda d, **kw: runs.fit_runs(configs, data, d, devices=1, log=None, **kw)) if several else (
+        lambda d, **kw: fit(configs[0], data, d, devices=1, log=None, **kw))
+    w = tmp_path / "early"
     with pytest.raises(Enough):
-        fit(config, data, w, devices=1, log=None, checkpoint_every=1, progress=enough)
-    assert checkpoint.restore(w).step == 2 * 13
-    resumed, straight = (fit(config, data, d, devices=1, log=None) for d in (w, tmp_path / "straight"))
+        train_(w, progress=enough)
+    assert checkpoint.steps(w) == [step]
+    resumed, straight = train_(w), train_(tmp_path / "straight")
     seconds = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]
     assert seconds(resumed.history) == seconds(straight.history)
     for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(straight.state)):
