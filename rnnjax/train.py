@@ -110,16 +110,20 @@ def _loss_sums(state: TrainState, batch: Batch) -> jax.Array:
 
 
 def eval_step(state: TrainState, batch: Batch, axis_name: str | None = None) -> dict[str, jax.Array]:
-    loss_sum, count = _sum_over_devices(_loss_sums(state, batch), axis_name)
-    return {"loss_sum": loss_sum, "count": count}
+    """A batch's validation sums over ``axis_name``'s devices: ``loss_sum`` (the cross-entropy over its real
+    tokens) and ``count`` (of them). A key added here, a sum too, is logged as ``val_<key>``."""
+    loss_sum, count = _loss_sums(state, batch)
+    return _sum_over_devices({"loss_sum": loss_sum, "count": count}, axis_name)
 
 
 def eval_steps(state: TrainState, batches: Batch, axis_name: str | None = None) -> dict[str, jax.Array]:
     """``eval_step`` summed over a stack of batches (a leading axis), as one scan and one all-reduce:
     how ``fit`` validates each epoch, in one call."""
-    sums = jax.lax.scan(lambda acc, batch: (acc + _loss_sums(state, batch), None), jnp.zeros(2), batches)[0]
-    loss_sum, count = _sum_over_devices(sums, axis_name)
-    return {"loss_sum": loss_sum, "count": count}
+    def add(sums, batch):
+        return jax.tree.map(jnp.add, sums, eval_step(state, batch)), None
+    first = jax.eval_shape(eval_step, state, jax.tree.map(lambda x: x[0], batches))
+    sums = jax.lax.scan(add, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), first), batches)[0]
+    return _sum_over_devices(sums, axis_name)
 
 
 def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any = None,

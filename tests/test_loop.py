@@ -95,15 +95,17 @@ def test_an_exception_from_progress_saves_its_step_and_the_same_fit_goes_on_from
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_devices(2)
 def test_a_metric_an_evaluation_adds_is_logged_as_val_key_of_a_run_and_of_runs(data, tmp_path, monkeypatch):
-    """What a researcher adding a validation metric changes: ``eval_steps``' dict, nothing else."""
-    plain = train.eval_steps
+    """What a researcher adding a validation metric changes: ``eval_step``'s dict (a batch's sum), nothing
+    else: it is summed over batches and devices as ``loss_sum`` is."""
+    plain = train.eval_step
 
     def with_tokens(*args, **kwargs):
         m = plain(*args, **kwargs)
         return {**m, "tokens": m["count"] / 2}
-    monkeypatch.setattr(train, "eval_steps", with_tokens)
-    [record] = fit(TINY.replace(epochs=1), data, tmp_path / "one", devices=1, log=None).history
+    monkeypatch.setattr(train, "eval_step", with_tokens)
+    [record] = fit(TINY.replace(epochs=1), data, tmp_path / "one", devices=2, log=None).history
     tokens = sum(float(b.mask.sum()) for b in data.val_batches()) * TINY.num_steps
     logged = json.loads((tmp_path / "one" / metrics.FILENAME).read_text())
     assert record["val_tokens"] == logged["val_tokens"] == tokens / 2
