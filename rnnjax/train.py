@@ -18,6 +18,7 @@ token stream it holds). A step's metrics are a dict: add a key to
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -171,10 +172,21 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
 
 def check_callbacks(progress: Any, log: Any) -> None:
     """``TypeError`` in one sentence unless ``fit``'s (``fit_runs``') ``progress`` and ``log`` are functions
-    or ``None`` (or ``False``: off too): found before the workdir is made, not at the first call."""
-    for name, f in (("progress", progress), ("log", log)):
-        if f is not None and f is not False and not callable(f):
+    that take what they are called with, or ``None`` (or ``False``: off too): found before the workdir is
+    made, not at the first call."""
+    for name, f, takes in (("progress", progress, "(done_steps, total_steps, record_or_None)"),
+                           ("log", log, "(line)")):
+        if f is None or f is False:
+            continue
+        if not callable(f):
             raise TypeError(f"{name} must be a function or None, got {got(f)}.")
+        try:
+            inspect.signature(f).bind(*takes.count(",") * [None], None)
+        except ValueError:      # no signature to read (some builtins): called as it is
+            pass
+        except TypeError:
+            raise TypeError(f"{name} is called as {name}{takes}; {getattr(f, '__name__', 'it')}"
+                            f"{inspect.signature(f)} cannot take that.") from None
 
 
 def check_saving(checkpoint_every: int, keep: int) -> tuple[int, int]:

@@ -298,10 +298,15 @@ def test_fit_refuses_arguments_of_the_wrong_type_before_any_work(config, data, w
 
 @pytest.mark.parametrize("progress, log, message", [
     (3, None, r"^progress must be a function or None, got an int\.$"),
-    (None, "print", r"^log must be a function or None, got a str\.$")])
+    (None, "print", r"^log must be a function or None, got a str\.$"),
+    (lambda record: None, None,
+     r"^progress is called as progress\(done_steps, total_steps, record_or_None\); <lambda>\(record\) cannot "
+     r"take that\.$"),
+    (None, lambda: None, r"^log is called as log\(line\); <lambda>\(\) cannot take that\.$")])
 def test_fit_and_fit_runs_refuse_callbacks_that_are_not_functions_before_the_workdir(small_data, tmp_path,
                                                                                      progress, log, message):
-    """Found at the first call before, with the workdir made (``log``: holding only its lock file)."""
+    """Found at the first call before, with the workdir made (``log``: holding only its lock file; a
+    ``progress`` of another signature after the first call had trained)."""
     with pytest.raises(TypeError, match=message):
         fit(SMALL, small_data, tmp_path / "one", devices=1, progress=progress, log=log)
     with pytest.raises(TypeError, match=message):
