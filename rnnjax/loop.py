@@ -63,7 +63,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     """Trains the planned run ``p`` from ``state`` (on the host) to ``p.config.epochs``.
 
     ``step(state, tokens, windows, axis_name=None) -> (state, metrics)`` is
-    ``rnnjax.train.train_windows`` or, for ``p.runs``, it vmapped; ``evaluate``
+    ``rnnjax.train.train_windows`` (dropout on with ``rng=train.dropout_key(
+    p.config)``) or, for ``p.runs``, it vmapped; ``evaluate``
     likewise ``eval_steps`` or ``rnnjax.runs.eval_runs``. ``progress(done,
     total, record_or_None)`` after every call and epoch (the epoch's record as
     metrics.jsonl gets it; of runs, their mean perplexities); ``log`` says

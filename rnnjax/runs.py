@@ -29,7 +29,7 @@ from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, check_types, planned
 from rnnjax.state import TrainState, check_per_run, create_run_states
-from rnnjax.train import check_callbacks, check_saving, train_windows
+from rnnjax.train import check_callbacks, check_saving, dropout_key, train_windows
 
 
 def _listed(configs: Iterable[Config]) -> list[Config]:
@@ -120,9 +120,7 @@ def _fit_runs(p: Plan, data: WindowedText, checkpoint_every: int, keep: int, pro
               log: Callable[[str], Any] | None) -> FitResult:
     configs = list(p.runs)
     state = create_run_states(configs, len(data.vocab)) if p.state is None else p.state
-    rngs = None
-    if p.config.dropout and p.config.num_layers > 1:
-        rngs = jnp.stack([jax.random.PRNGKey(c.seed) for c in configs])
+    rngs = None if dropout_key(p.config) is None else jnp.stack([dropout_key(c) for c in configs])
 
     def step(states, tokens, windows, axis_name=None):
         return train_runs(states, tokens, windows, axis_name, rngs)

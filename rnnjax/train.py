@@ -127,6 +127,12 @@ def eval_steps(state: TrainState, batches: Batch, axis_name: str | None = None) 
     return _sum_over_devices(sums, axis_name)
 
 
+def dropout_key(config: Config) -> jax.Array | None:
+    """The ``rng`` of ``train_step`` that turns ``config``'s dropout on (of its seed: a resume draws the same
+    masks); ``None`` where it has none."""
+    return jax.random.PRNGKey(config.seed) if config.dropout else None
+
+
 def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any = None,
         devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3,
         progress: Callable | None = None, log: Callable[[str], Any] | None = print, plan: Plan | None = None
@@ -208,8 +214,6 @@ def _fit(p: Plan, data: WindowedText, params: Any, checkpoint_every: int, keep: 
          progress: Callable | None) -> FitResult:
     config = p.config
     state = create_train_state(config, len(data.vocab), params) if p.state is None else p.state
-    step = train_windows
-    if config.dropout and config.num_layers > 1:      # dropout acts between layers only
-        step = functools.partial(train_windows, rng=jax.random.PRNGKey(config.seed))
+    step = functools.partial(train_windows, rng=dropout_key(config))
     return loop.run(p, data, state, step, eval_steps, checkpoint_every=checkpoint_every, keep=keep,
                     progress=progress)

@@ -7,6 +7,7 @@ import signal
 import time
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -360,3 +361,21 @@ def test_a_state_that_is_not_the_plans_is_refused_before_anything_is_written(dat
     assert sorted(os.listdir(tmp_path)) == ["old"]
     resumed = run_with(tmp_path / "old", longer, lambda p: p.state)           # the plan's own state trains on
     assert [r["epoch"] for r in resumed.history] == [1, 2]
+
+
+def test_a_loop_of_ones_own_with_dropout_key_trains_as_fit_does(data, tmp_path):
+    """README's "a step of your own": fit's step is ``train_windows`` with ``rng=dropout_key(config)``;
+    without it the same loop trains without dropout, whatever the config says."""
+    import functools
+    from rnnjax.start import planned
+    config = TINY.replace(epochs=1, num_layers=2, dropout=0.5)
+    assert train.dropout_key(config.replace(dropout=0.0)) is None
+
+    def own(workdir, rng):
+        with planned(config, data, workdir, devices=1) as p:
+            state = create_train_state(config, len(data.vocab))
+            return loop.run(p, data, state, functools.partial(train.train_windows, rng=rng), train.eval_steps)
+    fitted = fit(config, data, tmp_path / "fit", devices=1, log=None)
+    same, none = own(tmp_path / "own", train.dropout_key(config)), own(tmp_path / "none", None)
+    np.testing.assert_array_equal(*(jax.flatten_util.ravel_pytree(r.state.params)[0] for r in (fitted, same)))
+    assert same.history[0]["train_loss"] == fitted.history[0]["train_loss"] != none.history[0]["train_loss"]
