@@ -295,7 +295,8 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
          vocab: Vocab | None = None) -> WindowedText:
     """The data ``config`` trains on: the file ``text`` (``Corpus``), else The Time Machine (``data``,
     SHA-1 checked): d2l's ``TimeMachine`` for d2l's tokens and split, a ``Corpus`` of it for others. With
-    ``vocab`` (a restored run's, to fine-tune or evaluate it), in those tokens, ``<unk>`` for the rest."""
+    ``vocab`` (a restored run's, to fine-tune or evaluate it), in those tokens, ``<unk>`` for the rest.
+    ``config`` says how a text is cleaned and split: the CLI's ``--text`` takes ``TEXT_DEFAULTS`` first."""
     check_is_config(config)
     if vocab is not None and not isinstance(vocab, Vocab):
         raise TypeError(f"vocab must be an rnnjax Vocab (a restored run's .vocab), got {got(vocab)}.")
