@@ -64,6 +64,9 @@ class StateMismatch(CheckpointError):
     (``rnnjax.state.make_optimizer``) or ``TrainState``; a resume needs the same, inference reads params."""
 
 
+NEW_RUN = "a new run of the cell registered now needs a workdir of its own."
+
+
 def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bool = False,
                params_only: bool = False) -> None:
     """``CellMismatch`` unless ``target`` (the state a restore builds from the meta's config) has the
@@ -78,7 +81,7 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
     was = meta.get(meta_lib.REGISTERED)        # older metas do not say
     said = f" ({was})" if isinstance(was, str) else ""
     where, fix = (f"The checkpoint at step {step} in {Path(workdir) / SUBDIR}",
-                  f"set rnnjax.CELLS[{cell!r}] to the cell class the run was trained with{said}.")
+                  f"set rnnjax.CELLS[{cell!r}] to the cell class the run was trained with{said}; {NEW_RUN}")
     saved_paths = set(meta["checksums"])
     made = {jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
     differ = saved_paths ^ made
@@ -106,7 +109,7 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
                            f"{list(makes[k][0])} made): {fix}")
     if was is not None and was != kind:      # the same parameters, made otherwise (a partial's arguments)
         raise CellMismatch(f"{where} was trained with rnnjax.CELLS[{cell!r}] = {was}, which is {kind} here: "
-                           "register the one it was trained with.")
+                           f"register the one it was trained with; {NEW_RUN}")
 
 
 def _differ(saved: set[str], made: set[str]) -> str:

@@ -433,7 +433,8 @@ def test_a_run_restores_and_resumes_only_with_the_cell_it_was_trained_with_a_par
                         (ScaledCell, "ScaledCell")):
         monkeypatch.setitem(model_lib.CELLS, "scaled", other)
         mismatch = (rf"was trained with rnnjax.CELLS\['scaled'\] = ScaledCell\(scale=0.5\), which is "
-                    rf"{re.escape(said)} here: register the one it was trained with\.$")
+                    rf"{re.escape(said)} here: register the one it was trained with; a new run of the cell "
+                    r"registered now needs a workdir of its own\.$")
         with pytest.raises(checkpoint.CellMismatch, match=mismatch):
             checkpoint.restore(tmp_path)
         with pytest.raises(checkpoint.CellMismatch, match=mismatch):

@@ -181,7 +181,7 @@ def test_a_run_of_a_cell_swapped_in_for_one_of_rnnjax_s_is_told_from_damage(tmp_
     for kwargs in ({}, {"fallback": True}, {"best": True}):
         says = (r"registered here as 'gru' \(rnnjax's own\) makes \(saved, not made here: \.params\['rnn'\]"
                 r"\['cell'\].*: set rnnjax.CELLS\['gru'\] to the cell class the run was trained with "
-                r"\(GRUCell\)\.$")
+                r"\(GRUCell\); a new run of the cell registered now needs a workdir of its own\.$")
         with pytest.raises(stored.CellMismatch, match=says):
             checkpoint.restore(tmp_path / "run", **kwargs)
     monkeypatch.setattr(timemachine.corpus, "load", lambda config, **kw: data)
