@@ -17,6 +17,8 @@ from experiments.parsing import Parser
 from rnnjax import agree, checkpoint, config as config_lib, corpus, flags, parallel
 from rnnjax.generate import MAX_PREDS, MAX_TEMPERATURE
 from rnnjax.loop import CHECKPOINT_EVERY
+from rnnjax.metrics import ppl_text
+from rnnjax.train import epoch_lines
 
 # Flags that only training reads.
 TRAINING_ONLY = ("data", "text", "devices", "keep", "checkpoint_every")
@@ -146,24 +148,14 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     return args
 
 
-def ppl(value: float) -> str:
-    """A perplexity to two decimals; a diverging run's (up to 1e38) in three digits."""
-    return f"{value:.2f}" if abs(value) < 1e6 else f"{value:.3g}"
-
-
 @contextlib.contextmanager
 def progress_output(enabled: bool, epochs: int):
-    """``fit``'s ``progress`` callback: a rich bar on a terminal, else a line every tenth of the epochs."""
+    """``fit``'s ``progress`` callback: a rich bar on a terminal, else a line every tenth of the epochs;
+    ``False`` (off) where not ``enabled``."""
     if not enabled or sys.stdout is None:         # None: started with stdout closed (>&-)
-        yield None
+        yield False
     elif not sys.stdout.isatty():
-        every = max(1, epochs // 10)
-
-        def line(done: int, total: int, record: dict | None) -> None:
-            if record and (record["epoch"] % every == 0 or record["epoch"] == epochs):
-                print(f"epoch {record['epoch']}/{epochs}  step {done}/{total}  train ppl "
-                      f"{ppl(record['train_ppl'])}  val ppl {ppl(record['val_ppl'])}", flush=True)
-        yield line
+        yield epoch_lines(lambda line: print(line, flush=True), epochs)
     else:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
@@ -175,8 +167,8 @@ def progress_output(enabled: bool, epochs: int):
 
         def update(done: int, total: int, record: dict | None) -> None:
             if record is not None:
-                bar.update(task, ppl=f"epoch {record['epoch']}  train ppl {ppl(record['train_ppl'])}  "
-                                     f"val ppl {ppl(record['val_ppl'])}")
+                bar.update(task, ppl=f"epoch {record['epoch']}  train ppl {ppl_text(record['train_ppl'])}  "
+                                     f"val ppl {ppl_text(record['val_ppl'])}")
             bar.update(task, completed=done, total=total)
         try:
             yield update
@@ -195,7 +187,7 @@ def describe_checkpoint(restored: checkpoint.Restored, run: int | None = None) -
     run = 0 if run is None and len(restored.meta.get("runs", [])) == 1 else run     # one trained together
     own = run is not None and "run_val_ppls" in restored.meta
     val_ppl = restored.meta["run_val_ppls"][run] if own else val_ppl
-    said = "" if val_ppl is None else f", val ppl {ppl(val_ppl)}"
+    said = "" if val_ppl is None else f", val ppl {ppl_text(val_ppl)}"
     if said and restored.meta.get("runs"):
         said += f" (run {run}'s)" if own else " (the mean of its runs)"
     return f"checkpoint step {restored.step} ({where}{said})"

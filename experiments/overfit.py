@@ -28,6 +28,7 @@ if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + si
 
 from experiments import cli, settings, timemachine  # noqa: E402 (after the handlers: JAX loads slowly)
 from rnnjax import metrics  # noqa: E402
+from rnnjax.metrics import ppl_text  # noqa: E402
 
 OPTIONS = dict(prog="python -m experiments.overfit", preset="overfit", description=__doc__.split("\n")[0])
 
@@ -46,11 +47,11 @@ def main(argv=None) -> int:
         mine = [r for r in records if r.get("run") == run]
         best, last = min(mine, key=lambda r: r["val_ppl"]), mine[-1]
         which = "" if run is None else f" run {run}:"
-        at = f"{best['epoch']} ({cli.ppl(best['val_ppl'])})"
-        lowest = (f"lowest at epoch {at}, then {cli.ppl(last['val_ppl'])} at epoch {last['epoch']},"
+        at = f"{best['epoch']} ({ppl_text(best['val_ppl'])})"
+        lowest = (f"lowest at epoch {at}, then {ppl_text(last['val_ppl'])} at epoch {last['epoch']},"
                   if last is not best else f"lowest at the last epoch, {at}, not turned up yet,")
         print(f"overfit:{which} validation perplexity {lowest} while train perplexity fell to "
-              f"{cli.ppl(last['train_ppl'])}")
+              f"{ppl_text(last['train_ppl'])}")
     return status
 
 

@@ -43,6 +43,7 @@ from experiments import cli, settings  # noqa: E402
 from rnnjax import backend, checkpoint, config as config_lib, corpus, flags, memory, metrics  # noqa: E402
 from rnnjax import agree, parallel, runs, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
+from rnnjax.metrics import ppl_text  # noqa: E402
 from rnnjax.start import check_arguments, planned  # noqa: E402
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: E402
 from rnnjax.train import fit  # noqa: E402
@@ -159,21 +160,21 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
             last = [r for r in result.history if r["run"] == k][-1]
             params = jax.tree.map(lambda x: x[k], result.state.params)
             text = rnnjax.predict(model, params, data.vocab, data.prompt, 20)
-            say(f"run {k} ({config_lib.label(c, configs)}): train perplexity {cli.ppl(last['train_ppl'])}, "
-                f"val perplexity {cli.ppl(last['val_ppl'])}, {text!r}")
+            say(f"run {k} ({config_lib.label(c, configs)}): train perplexity {ppl_text(last['train_ppl'])}, "
+                f"val perplexity {ppl_text(last['val_ppl'])}, {text!r}")
         table = runs.summary(result.history, result.stopped)
         finished = sum(why is None for why in result.stopped)
         count = f"{finished} of {len(configs)}" if finished < len(configs) else f"{len(configs)}"
-        said = (f"{k} mean {cli.ppl(v['mean'])} (min {cli.ppl(v['min'])}, max {cli.ppl(v['max'])})"
+        said = (f"{k} mean {ppl_text(v['mean'])} (min {ppl_text(v['min'])}, max {ppl_text(v['max'])})"
                 for k, v in table.items())
         say(f"{count} runs, epoch {result.history[-1]['epoch']}:  " + "  ".join(said)
             + f"; {'in' if p.finished else 'wrote'} {workdir}")
         return
     last = result.history[-1]
     unit = "word" if data.vocab.kind == "word" else "character"
-    say(f"epoch {last['epoch']}: train perplexity {cli.ppl(last['train_ppl'])} ({last['train_bpc']:.2f} bits "
-        f"per {unit}), val perplexity {cli.ppl(last['val_ppl'])} ({last['val_bpc']:.2f} bits); "
-        f"{'in' if p.finished else 'wrote'} {workdir}")
+    say(f"epoch {last['epoch']}: train perplexity {ppl_text(last['train_ppl'])} "
+        f"({last['train_bpc']:.2f} bits per {unit}), val perplexity {ppl_text(last['val_ppl'])} "
+        f"({last['val_bpc']:.2f} bits); {'in' if p.finished else 'wrote'} {workdir}")
     say(f"trained: {rnnjax.predict(model, result.state.params, data.vocab, data.prompt, 20)!r}")
 
 

@@ -27,6 +27,11 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 709.0 else math.inf
 
 
+def ppl_text(value: float) -> str:
+    """A perplexity to two decimals; a diverging run's (up to 1e38) in three digits."""
+    return f"{value:.2f}" if abs(value) < 1e6 else f"{value:.3g}"
+
+
 def bits_per_character(loss: float) -> float:
     """The loss in bits, ``log2(perplexity)``: what the model would compress the text to, per character."""
     return loss / math.log(2.0)

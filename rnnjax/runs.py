@@ -29,7 +29,7 @@ from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, check_types, planned
 from rnnjax.state import TrainState, check_per_run, create_run_states
-from rnnjax.train import check_callbacks, check_saving, dropout_key, train_windows
+from rnnjax.train import check_callbacks, check_saving, dropout_key, epoch_lines, train_windows
 
 
 def _listed(configs: Iterable[Config]) -> list[Config]:
@@ -105,6 +105,7 @@ def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path,
     check_per_run(configs, len(data.vocab))
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     check_callbacks(progress, log)
+    progress = epoch_lines(log, configs[0].epochs) if progress is None and log else progress
     if plan is not None:
         check_plan(plan, configs[0], data, workdir, configs)
         if log:

@@ -152,7 +152,8 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
 
     ``progress(done_steps, total_steps, record_or_None)`` is called after every
     call (``STEPS_PER_CALL`` steps) and every epoch, with its record as
-    metrics.jsonl gets it. To stop early, raise from it: fit saves the step
+    metrics.jsonl gets it; by default (``None``) ``log`` gets a line every
+    tenth of the epochs (``epoch_lines``), ``False`` is off. To stop early, raise from it: fit saves the step
     it was called at, then raises that, and fit again resumes from there
     (on several hosts, raise in every process at the same call: the others
     would wait for it). Raises ``NonFiniteLoss``
@@ -162,6 +163,7 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
     check_types(config, data, workdir)
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     check_callbacks(progress, log)
+    progress = epoch_lines(log, config.epochs) if progress is None and log else progress
     if params is not None:         # before the workdir is made, and checked even if it resumes
         check_params(params, config, len(data.vocab))
     if plan is not None:
@@ -174,6 +176,19 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
                 "from them)" if not p.finished else "")
             log(p.describe() + given)
         return _fit(p, data, params, checkpoint_every, keep, progress)
+
+
+def epoch_lines(log: Callable[[str], Any], epochs: int) -> Callable:
+    """A ``progress`` that ``log``s a line every tenth of the ``epochs`` and at the last: ``fit``'s where it
+    is given no other (of runs: their mean perplexities)."""
+    every = max(1, epochs // 10)
+
+    def line(done: int, total: int, record: dict | None) -> None:
+        if record and (record["epoch"] % every == 0 or record["epoch"] == epochs):
+            train_ppl, val_ppl = (metrics_lib.ppl_text(record[k]) for k in metrics_lib.NEEDED)
+            log(f"epoch {record['epoch']}/{epochs}  step {done}/{total}  train ppl {train_ppl}  val ppl "
+                f"{val_ppl}")
+    return line
 
 
 def check_callbacks(progress: Any, log: Any) -> None:

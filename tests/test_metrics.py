@@ -130,3 +130,8 @@ def test_records_of_a_run_the_workdir_does_not_hold_are_named(tmp_path):
         path.write_text(f'{{"epoch": 1, "train_ppl": 1, "val_ppl": 1, "run": {run}}}\n')
         with pytest.raises(MetricsError, match="line 1, is not a metrics record"):
             MetricsLog(path).read()
+
+
+def test_perplexities_read_to_two_decimals_and_a_diverging_runs_in_three_digits():
+    assert [metrics.ppl_text(x) for x in (7.2349, 28.0, 999999.0, 1.5e6, 3.4e38, math.inf)] == [
+        "7.23", "28.00", "999999.00", "1.5e+06", "3.4e+38", "inf"]

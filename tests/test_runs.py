@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import cli
-from rnnjax import checkpoint, runs
+from rnnjax import checkpoint, metrics, runs
 from rnnjax.config import ConfigError
 from rnnjax.train import STEPS_PER_CALL, Interrupted, NonFiniteLoss, fit
 
@@ -111,7 +111,7 @@ def test_each_run_s_best_is_its_own_lowest_validation_perplexity(data10, tmp_pat
         restored = checkpoint.restore(tmp_path, best=True, run=k)
         assert restored.step == best["step"] and restored.meta["run_val_ppls"][k] == best["val_ppl"]
         said = cli.describe_checkpoint(restored, k)
-        assert said.endswith(f"val ppl {cli.ppl(best['val_ppl'])} (run {k}'s))")
+        assert said.endswith(f"val ppl {metrics.ppl_text(best['val_ppl'])} (run {k}'s))")
         bests.append(best["epoch"])
     assert bests[0] != bests[1], bests                      # else this test would not tell
 

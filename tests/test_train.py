@@ -1,6 +1,7 @@
 import copy
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY as SMALL
-from rnnjax import runs, state as state_lib
+from rnnjax import runs, state as state_lib, train
 from rnnjax.config import Config
 from rnnjax.data import Batch, TimeMachine
 from rnnjax.parallel import DataParallel
@@ -343,3 +344,33 @@ def test_data_whose_windows_run_past_its_tokens_is_refused_before_the_workdir(sm
     with pytest.raises(ValueError, match=r"^val_starts\(\) holds -3: a window starts at 0 or later\.$"):
         fit(SMALL, data, tmp_path / "w", devices=1, log=None)
     assert not os.listdir(tmp_path)
+
+
+def test_epoch_lines_log_a_tenth_of_the_epochs_and_the_last():
+    said = []
+    line = train.epoch_lines(said.append, 25)
+    for epoch in range(1, 26):
+        line(epoch * 4, 100, None)                       # a call's: no record, no line
+        line(epoch * 4, 100, {"epoch": epoch, "train_ppl": 9.876, "val_ppl": 1.5e6})
+    assert said == [f"epoch {e}/25  step {4 * e}/100  train ppl 9.88  val ppl 1.5e+06"
+                    for e in (2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 25)]
+
+
+def test_fit_and_fit_runs_log_epoch_lines_unless_given_a_progress_or_false(small_data, tmp_path):
+    """A notebook's fit said its start and nothing more until it returned."""
+    config = SMALL.replace(epochs=2)
+
+    def trained(kind, workdir, **kwargs):
+        said = []
+        if kind == "fit":
+            fit(config, small_data, workdir, devices=1, log=said.append, **kwargs)
+        else:
+            runs.fit_runs([config, config.replace(seed=1)], small_data, workdir, devices=1, log=said.append,
+                          **kwargs)
+        return said
+    for kind in ("fit", "runs"):
+        said = trained(kind, tmp_path / kind)
+        assert "new run" in said[0] and len(said) == 3
+        assert [re.sub(r"  step .*", "", s) for s in said[1:]] == ["epoch 1/2", "epoch 2/2"]
+        for k, progress in enumerate((False, lambda done, total, record: None)):
+            assert len(trained(kind, tmp_path / f"{kind}{k}", progress=progress)) == 1
