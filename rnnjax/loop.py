@@ -27,14 +27,14 @@ import jax
 import numpy as np
 
 from rnnjax import agree, checkpoint, computing as computing_lib, meta as meta_lib, metrics as metrics_lib
+from rnnjax import preflight
 from rnnjax.backend import compiler_options
-from rnnjax.config import SWEEPABLE, got
+from rnnjax.config import SWEEPABLE
 from rnnjax.data import WindowedText
-from rnnjax.parallel import AXIS, wait_for_backlog
+from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
 from rnnjax.meta import Position
 from rnnjax.start import Plan
-from rnnjax.state import check_params
 from rnnjax.stops import (Interrupted, NonFiniteLoss, StoppedRuns, catch_signals,
                           check_divergence, check_finite)
 from rnnjax.workdir import WorkdirError
@@ -87,8 +87,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     """
     # First: processes of a multi-host run that would train otherwise hang or abort in a collective.
     agree.check_agreed(agree.of_run(p, data, getattr(state, "params", None), checkpoint_every, keep))
-    check_state(p, state, len(data.vocab))
-    _check_evaluation(p, evaluate, state, data)
+    preflight.check_state(p, state, len(data.vocab))
+    preflight.check_evaluation(p, evaluate, state, data)
     several, dp, position = bool(p.runs), p.dp, p.position
     configs, workdir = list(p.runs) or [p.config], p.workdir
     manager, metrics_log = _open_workdir(p, data, keep)
@@ -228,27 +228,6 @@ def _told(progress: Callable | None, done: int, total: int, record: dict | None)
     return None
 
 
-def check_state(p: Plan, state: Any, vocab_size: int) -> None:
-    """``ValueError`` in one sentence unless ``state`` can train plan ``p`` (``run``'s docstring)."""
-    params, step = getattr(state, "params", None), getattr(state, "step", None)
-    if params is None or step is None:
-        raise ValueError(f"loop.run trains a TrainState (rnnjax.state.create_train_state), not "
-                         f"{got(state)}.")
-    if p.runs:
-        if {np.shape(x)[:1] for x in jax.tree.leaves(params)} != {(len(p.runs),)}:
-            raise ValueError(f"The state does not hold {len(p.runs)} runs' parameters stacked on a first "
-                             f"axis (rnnjax.state.create_run_states).")
-        params = jax.tree.map(lambda x: x[0], params)
-    check_params(params, p.config, vocab_size)
-    steps = sorted({int(s) for s in np.ravel(jax.device_get(step))})
-    want = 0 if p.step is None else p.step
-    if steps != [want]:
-        raise ValueError(
-            f"The state is at step {', '.join(map(str, steps))}, the planned run at {want}: " + (
-                "a new run starts at step 0 (state.replace(step=0))." if p.step is None else
-                f"it resumes from {p.workdir}'s checkpoint, whose state is the plan's (Plan.state)."))
-
-
 def _log(check_lock: Callable, metrics_log: metrics_lib.MetricsLog, records: list[dict]) -> None:
     if records:
         check_lock()
@@ -295,25 +274,6 @@ def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable)
     return (p.dp.compile(step, donate_state=True, compiler_options=options),
             p.dp.compile(evaluate, compiler_options=options),
             p.dp.replicate(data.tokens), p.dp.put(p.dp.shard_stack(data.val_batches())))
-
-
-def _check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText) -> None:
-    """``ValueError`` unless ``evaluate`` returns ``loss_sum``, ``count`` and metrics that
-    ``metrics.check_evaluation`` takes: traced on the host as it will run (over devices, with their axis
-    name), nothing computed, before any step (not once the first epoch has trained)."""
-    # Every validation batch has the first's shapes: the stack's, without making it.
-    batches = jax.tree.map(lambda x: jax.ShapeDtypeStruct((data.num_batches(False), *np.shape(x)),
-                                                          np.asarray(x).dtype), next(data.val_batches()))
-    if p.dp.pmapped:            # as pmap calls it: one device of the axis
-        over = jax.vmap(lambda s, b: evaluate(s, b, axis_name=AXIS), in_axes=(None, 0), axis_name=AXIS)
-        out = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.eval_shape(
-            over, state, jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), batches)))
-    else:
-        out = jax.eval_shape(evaluate, state, batches)
-    if not (isinstance(out, dict) and {"loss_sum", "count"} <= set(out)):
-        raise ValueError(f"An evaluation must return a dict of 'loss_sum' and 'count' (as "
-                         f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
-    metrics_lib.check_evaluation(out, (len(p.runs),) if p.runs else ())
 
 
 def count_steps(p: Plan, data: WindowedText) -> tuple[int, int, int]:

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnnjax import agree, checkpoint, loop, meta as meta_lib, metrics, runs, stops, stored, train, workdir
+from rnnjax import agree, checkpoint, loop, meta as meta_lib, metrics, runs, stops, train, workdir
 from rnnjax.data import TimeMachine
 from rnnjax.objective import targets
 from rnnjax.state import create_train_state
@@ -113,34 +113,6 @@ def test_a_metric_an_evaluation_adds_is_logged_as_val_key_of_a_run_and_of_runs(d
     together = runs.fit_runs([TINY.replace(epochs=1, seed=s) for s in (0, 1)], data, tmp_path / "two",
                              devices=1, log=None)
     assert [r["val_tokens"] for r in together.history] == [tokens / 2] * 2
-
-
-@pytest.mark.parametrize("returned, said", [
-    (lambda m: {**m, "ppl": m["count"]}, r"^An evaluation's own metrics are logged as val_<key>, and 'ppl' "),
-    (lambda m: {**m, "per_batch": jnp.ones(3)}, r"one number an epoch .* 'per_batch' \(shape \(3,"),
-    (lambda m: m["loss_sum"], r"^An evaluation must return a dict of 'loss_sum' and 'count' .* not a "),
-    (lambda m: {**m, "nested": {"a": m["count"]}, "none": None},
-     r"'nested' \(a dict\), 'none' \(None\) are not"),
-    (lambda m: {**m, "pair": (m["count"], m["count"])}, r"'pair' \(a tuple\) is not"),
-    (lambda m: {**m, "loss_sum": jnp.stack([m["loss_sum"]] * 2)}, r"'loss_sum' \(shape \(2,\)\) is not"),
-])
-def test_an_evaluation_returning_what_cannot_be_logged_is_refused_before_any_step(
-        data, tmp_path, monkeypatch, returned, said):
-    plain = train.eval_steps
-    monkeypatch.setattr(train, "eval_steps", lambda *args, **kwargs: returned(plain(*args, **kwargs)))
-    with pytest.raises(ValueError, match=said):
-        fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None)
-    assert not (tmp_path / metrics.FILENAME).exists() and checkpoint.steps(tmp_path) == []
-
-
-@pytest.mark.cpu_devices(2)
-def test_an_evaluation_over_devices_is_checked_as_it_runs_with_their_axis(data, tmp_path, monkeypatch):
-    """A metric summed over the devices (as eval_steps sums its own) is checked and logged as pmap runs it."""
-    plain = train.eval_steps
-    monkeypatch.setattr(train, "eval_steps", lambda state, batches, axis_name=None: {
-        **plain(state, batches, axis_name), "devices": jax.lax.psum(1.0, axis_name)})
-    [record] = fit(TINY.replace(epochs=1), data, tmp_path, devices=2, log=None).history
-    assert record["val_devices"] == 2.0
 
 
 @pytest.mark.parametrize("extra, said", [
@@ -325,42 +297,6 @@ def test_a_run_whose_workdir_is_moved_stops_before_writing_again(data, tmp_path)
             checkpoint_every=1)
     assert not (tmp_path / "w").exists() and checkpoint.steps(tmp_path / "moved") == [13]
     assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / "moved" / metrics.FILENAME).read()] == [1]
-
-
-def test_a_state_that_is_not_the_plans_is_refused_before_anything_is_written(data, tmp_path):
-    """Another model's parameters would save checkpoints no restore reads; a fresh state in a resumed plan
-    would count its steps again from 0 and save over none of the checkpoints it meets (lost training)."""
-    from rnnjax.start import planned
-    config, V = TINY.replace(epochs=1), len(data.vocab)
-
-    def run_with(workdir, config, state):
-        with planned(config, data, workdir, devices=1) as p:
-            return loop.run(p, data, state(p), train.train_windows, train.eval_steps)
-    new = tmp_path / "new"
-    another = r"num_hiddens=16, .*\['output_layer'\]\['kernel'\] has shape \(32, 18\), expected \(16, 18\)\.$"
-    with pytest.raises(ValueError, match=another):
-        run_with(new, config, lambda p: create_train_state(config.replace(num_hiddens=32), V))
-    with pytest.raises(ValueError, match=r"^The state is at step 7, the planned run at 0: a new run starts "
-                                         r"at step 0 \(state\.replace\(step=0\)\)\.$"):
-        run_with(new, config, lambda p: create_train_state(config, V).replace(step=7))
-    with pytest.raises(ValueError, match=r"^loop.run trains a TrainState .*, not a dict\.$"):
-        run_with(new, config, lambda p: {"params": create_train_state(config, V).params})
-    assert not new.exists()                 # the workdir planned made is gone again, lock file and all
-
-    done = fit(config, data, tmp_path / "old", devices=1, log=None)
-    before = stored.steps(tmp_path / "old")
-    longer = config.replace(epochs=2)
-    with pytest.raises(ValueError, match=rf"^The state is at step 0, the planned run at {done.state.step}: "
-                                         r"it resumes from .*old's checkpoint, whose state is the plan's"):
-        run_with(tmp_path / "old", longer, lambda p: create_train_state(longer, V))
-    assert stored.steps(tmp_path / "old") == before
-    assert len((tmp_path / "old" / metrics.FILENAME).read_text().splitlines()) == 1
-    with pytest.raises(ValueError, match=r"does not hold 2 runs' parameters stacked"):
-        with planned(config, data, tmp_path / "runs", devices=1, runs=[config, config.replace(seed=1)]) as p:
-            loop.run(p, data, create_train_state(config, V), runs.train_runs, runs.eval_runs)
-    assert sorted(os.listdir(tmp_path)) == ["old"]
-    resumed = run_with(tmp_path / "old", longer, lambda p: p.state)           # the plan's own state trains on
-    assert [r["epoch"] for r in resumed.history] == [1, 2]
 
 
 def test_a_loop_of_ones_own_with_dropout_key_trains_as_fit_does(data, tmp_path):

@@ -1,0 +1,58 @@
+"""What ``rnnjax.loop.run`` is given, checked before it writes anything: a state that is the plan's, and an
+evaluation whose metrics can be logged (traced on the host as it will run; nothing computed)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from rnnjax import metrics as metrics_lib
+from rnnjax.config import got
+from rnnjax.data import WindowedText
+from rnnjax.parallel import AXIS
+from rnnjax.start import Plan
+from rnnjax.state import check_params
+
+
+def check_state(p: Plan, state: Any, vocab_size: int) -> None:
+    """``ValueError`` in one sentence unless ``state`` can train plan ``p`` (``rnnjax.loop.run``'s
+    docstring)."""
+    params, step = getattr(state, "params", None), getattr(state, "step", None)
+    if params is None or step is None:
+        raise ValueError(f"loop.run trains a TrainState (rnnjax.state.create_train_state), not "
+                         f"{got(state)}.")
+    if p.runs:
+        if {np.shape(x)[:1] for x in jax.tree.leaves(params)} != {(len(p.runs),)}:
+            raise ValueError(f"The state does not hold {len(p.runs)} runs' parameters stacked on a first "
+                             f"axis (rnnjax.state.create_run_states).")
+        params = jax.tree.map(lambda x: x[0], params)
+    check_params(params, p.config, vocab_size)
+    steps = sorted({int(s) for s in np.ravel(jax.device_get(step))})
+    want = 0 if p.step is None else p.step
+    if steps != [want]:
+        raise ValueError(
+            f"The state is at step {', '.join(map(str, steps))}, the planned run at {want}: " + (
+                "a new run starts at step 0 (state.replace(step=0))." if p.step is None else
+                f"it resumes from {p.workdir}'s checkpoint, whose state is the plan's (Plan.state)."))
+
+
+def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText) -> None:
+    """``ValueError`` unless ``evaluate`` returns ``loss_sum``, ``count`` and metrics that
+    ``metrics.check_evaluation`` takes: traced on the host as it will run (over devices, with their axis
+    name), nothing computed, before any step (not once the first epoch has trained)."""
+    # Every validation batch has the first's shapes: the stack's, without making it.
+    batches = jax.tree.map(lambda x: jax.ShapeDtypeStruct((data.num_batches(False), *np.shape(x)),
+                                                          np.asarray(x).dtype), next(data.val_batches()))
+    if p.dp.pmapped:            # as pmap calls it: one device of the axis
+        over = jax.vmap(lambda s, b: evaluate(s, b, axis_name=AXIS), in_axes=(None, 0), axis_name=AXIS)
+        out = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.eval_shape(
+            over, state, jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), batches)))
+    else:
+        out = jax.eval_shape(evaluate, state, batches)
+    if not (isinstance(out, dict) and {"loss_sum", "count"} <= set(out)):
+        raise ValueError(f"An evaluation must return a dict of 'loss_sum' and 'count' (as "
+                         f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
+    metrics_lib.check_evaluation(out, (len(p.runs),) if p.runs else ())
