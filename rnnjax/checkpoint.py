@@ -146,6 +146,15 @@ def check_saved(mngr: Manager) -> None:
         remove_dropped(Path(mngr.directory))    # the checkpoints the policy dropped as these saved
 
 
+def check_failed(mngr: Manager) -> None:
+    """``CheckpointError`` if a save has failed already, not waiting for those in flight: at each epoch's end,
+    so that a failed save (a full disk) stops the run then, not at the next save."""
+    try:
+        mngr.check_for_errors()
+    except Exception as e:
+        raise _save_failed(mngr, None, e) from None
+
+
 def _missing(folder: Path) -> list[str]:
     return [f for f in WRITTEN if not (folder / f).is_file()]
 
@@ -162,9 +171,8 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) ->
     last = ("it has no complete checkpoint" if latest is None
             else f"its last complete checkpoint is step {latest}")
     what = f"step {step}" if step is not None else "a checkpoint"
-    return CheckpointError(f"Saving {what} to {directory} failed ({reason(e)}); training stopped "
-                           f"there and {last}. Free space (or fix the cause) and run the same command to "
-                           "resume.")
+    return CheckpointError(f"Saving {what} to {directory} failed ({reason(e)}); training stopped and "
+                           f"{last}. Free space (or fix the cause) and run the same command to resume.")
 
 
 def write_config(workdir: Path, config: Config, vocab: Vocab, runs: list[Config] | None = None) -> None:

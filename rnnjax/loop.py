@@ -193,6 +193,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             stops.check_any_live()
             # One caught during validation saves this epoch and stops (every process: they agree again).
             signum = agreed(stop.signum)
+            checkpoint.check_failed(manager)
             # The records first: a crash between the two leaves them past the checkpoint; resume drops them.
             _log(check_lock, metrics_log, records)
             due = (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or signum is not None

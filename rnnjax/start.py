@@ -157,7 +157,7 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
         raise workdir_lib.WorkdirError(f"{dropped} is not a folder, where rnnjax keeps the checkpoints it "
                                        "drops until it deletes them; move it aside, or use another "
                                        "--workdir.")
-    for name in (stored.CONFIG, metrics.PLOT):      # a folder or a FIFO would fail, or hang, the run's writes
+    for name in (stored.CONFIG, metrics.PLOT, metrics.FILENAME):    # a folder, a FIFO or a link to nothing
         if os.path.lexists(workdir / name) and not (workdir / name).is_file():
             raise workdir_lib.WorkdirError(f"{workdir / name} is not a regular file, where rnnjax keeps one; "
                                            "move it aside, or use another --workdir.")

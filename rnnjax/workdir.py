@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from rnnjax.lock import LOCKFILE, WorkdirError, describe as _describe
-from rnnjax.stored import CONFIG, SUBDIR, UnknownCell, config_settings
+from rnnjax.stored import CONFIG, DAMAGED, SUBDIR, UnknownCell, config_settings
 
 # Orbax reads a path as a glob pattern: "[0]" matches no folder (its saves cannot be restored), "**" is
 # refused, and tensorstore takes "\\" as a separator (the arrays land elsewhere). "*" and "?" alone pass
@@ -98,6 +98,11 @@ def check_writable(workdir: Path) -> None:
             raise WorkdirError(f"The workdir {workdir} exists and is not a directory.")
         if not os.access(workdir, os.W_OK | os.X_OK):
             raise WorkdirError(f"The workdir {workdir} is not writable.")
+        # What a run writes into later: found now, not once a save or a record fails hours on.
+        for path in (workdir / SUBDIR, workdir / DAMAGED, workdir / "metrics.jsonl"):
+            if path.exists() and not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+                raise WorkdirError(f"{path} is not writable, where the run writes; fix its permissions, or "
+                                   "use another --workdir.")
         return
     if not parent.is_dir():
         raise WorkdirError(f"The workdir {workdir} cannot be made: {parent} is a file, not a directory.")

@@ -118,7 +118,7 @@ def test_a_failed_save_never_names_its_own_step_as_the_last_complete_one(tmp_pat
         mngr.wait_until_finished()
         (folder / "2" / "meta" / "metadata").unlink()       # listed, but lacking a file
         with pytest.raises(CheckpointError, match=r"Saving step 2 .* lacks meta/metadata after its save\); "
-                           r"training stopped there and its last complete checkpoint is step 1\."):
+                           r"training stopped and its last complete checkpoint is step 1\."):
             checkpoint.check_saved(mngr)
         (folder / "1" / "state" / "_METADATA").unlink()
         mngr.unchecked.append(2)

@@ -52,6 +52,27 @@ def straight(tmp_path_factory):
     return fit(CONFIG, data, path, devices=1, checkpoint_every=1, log=None), path
 
 
+def test_a_save_that_fails_in_the_background_stops_the_run_at_that_epochs_end_not_the_next_save(
+        small_data, tmp_path, monkeypatch):
+    """Orbax saves in a thread of its own: a checkpoints/ that turned unwritable was found at the next save,
+    checkpoint_every epochs of training later, all of them lost."""
+    failed = []
+
+    def fails_unseen(self, step, *args, **kwargs):
+        failed.append(step)             # nothing written, as a save failing in its thread
+        return True
+
+    def check_for_errors(self):
+        if failed:
+            raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(ocp.CheckpointManager, "save", fails_unseen)
+    monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", check_for_errors)
+    said = r"^Saving a checkpoint to .* failed \(PermissionError: .*\); training stopped and it has no "
+    with pytest.raises(checkpoint.CheckpointError, match=said):
+        fit(TINY.replace(epochs=8), small_data, tmp_path, devices=1, checkpoint_every=3, log=None)
+    assert [r["epoch"] for r in records(tmp_path)] == [1, 2, 3] and len(failed) == 1
+
+
 def test_a_full_disk_stops_the_run_and_loses_nothing(small_data, tmp_path, monkeypatch, straight):
     saves = []
     real_save = ocp.CheckpointManager.save
@@ -63,7 +84,7 @@ def test_a_full_disk_stops_the_run_and_loses_nothing(small_data, tmp_path, monke
         return real_save(self, step, *args, **kwargs)
     monkeypatch.setattr(ocp.CheckpointManager, "save", full_at_the_third)
     message = (r"Saving step 39 .* failed \(OSError: \[Errno 28\] No space left on device\); training "
-               r"stopped there and its last complete checkpoint is step 26")
+               r"stopped and its last complete checkpoint is step 26")
     with pytest.raises(checkpoint.CheckpointError, match=message):
         fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
     assert [r["epoch"] for r in records(tmp_path)] == [1, 2, 3]     # no epoch trained past the failed save
@@ -372,23 +393,6 @@ def test_a_signal_after_training_says_the_run_is_saved_and_the_rerun_draws_its_p
                                       "workdir is as it was."
 
 
-def test_a_save_that_fails_in_the_background_stops_the_run_at_its_next_save(small_data, tmp_path,
-                                                                            monkeypatch):
-    """Orbax writes asynchronously: a write that failed after ``save`` returned is found at the next save
-    (or at the end), and stops the run there."""
-    calls = []
-
-    def failed_in_background(self):          # the first save's write failed, after it returned
-        calls.append(self)
-        if len(calls) > 1:
-            raise OSError(errno.EIO, "Input/output error")
-    monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", failed_in_background)
-    with pytest.raises(checkpoint.CheckpointError, match=r"Saving a checkpoint to .* failed \(OSError: "
-                                                         r"\[Errno 5\]"):
-        fit(CONFIG, small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
-    assert [r["epoch"] for r in records(tmp_path)] == [1, 2]          # stopped at epoch 2's save
-
-
 # --- round three: the meta, odd paths, the lock before the plan, memory, FIFOs, ENOSPC, signals ---
 
 def meta_file(workdir, step):
@@ -585,6 +589,17 @@ def test_a_step_folder_orbax_would_misread_is_one_sentence(real_text_path, tmp_p
     out, err = capsys.readouterr()
     assert err.startswith("error: ") and err.count("\n") == 1 and "0300 is not a checkpoint" in err
     assert "new run" not in out and "resuming" not in out
+
+
+def test_a_metrics_file_that_is_a_link_to_nothing_is_refused_before_any_work(small_data, tmp_path):
+    """It was read as missing ("lacks the records of epochs 1-3"), then its first record failed to be
+    written, an epoch's training lost."""
+    fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
+    (tmp_path / metrics.FILENAME).unlink()
+    (tmp_path / metrics.FILENAME).symlink_to(tmp_path / "nowhere" / "x")
+    with pytest.raises(workdir.WorkdirError, match=r"metrics\.jsonl is not a regular file, where rnnjax"):
+        fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+    assert checkpoint.steps(tmp_path) == [13]
 
 
 def test_a_file_where_a_folder_is_kept_is_one_sentence(small_data, tmp_path):

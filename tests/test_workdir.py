@@ -67,6 +67,23 @@ def test_a_folder_orbax_takes_for_a_url_or_inside_a_run_s_checkpoints_is_refused
         workdir.check_writable(tmp_path / "proj" / "checkpoints" / "x")
 
 
+@pytest.mark.parametrize("name", ["checkpoints", "damaged", "metrics.jsonl"])
+def test_a_workdir_whose_checkpoints_or_records_cannot_be_written_is_refused_before_any_work(
+        tmp_path, monkeypatch, name):
+    """Found at the first save (in orbax's thread: at the next one) or the first record, hours of training
+    lost; access() is what root's permissions allow too."""
+    w = tmp_path / "run"
+    (w / "checkpoints").mkdir(parents=True)
+    (w / "damaged").mkdir()
+    (w / "metrics.jsonl").write_text("")
+    workdir.check_writable(w)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path).name != name and real(path, mode))
+    with pytest.raises(workdir.WorkdirError, match=rf"^{w / name} is not writable, where the run writes; fix "
+                                                   r"its permissions, or use another --workdir\.$"):
+        workdir.check_writable(w)
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
 def test_a_workdir_that_access_allows_but_mkdir_refuses(tmp_path):
     """/proc passes ``os.access`` (for root, anything does); the probe directory finds out, and is gone."""
