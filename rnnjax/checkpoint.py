@@ -32,7 +32,7 @@ from rnnjax.config import Config
 from rnnjax.restore import Restored, restore, restore_state  # noqa: F401
 from rnnjax.stored import (CONFIG, DAMAGED, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
                            DamagedCheckpoint, UnknownCell, check_fits, latest_step, read_meta,
-                           StateMismatch, reason, steps, val_ppls)
+                           StateMismatch, UnreadableCheckpoint, reason, steps, val_ppls)
 from rnnjax.tidy import REMOVING, remove_dropped, set_aside  # noqa: F401
 from rnnjax.vocab import Vocab
 

@@ -29,8 +29,8 @@ from rnnjax.meta import Position
 from rnnjax.metrics import FILENAME, MetricsError, MetricsLog, perplexity
 from rnnjax.precision import at_precision
 from rnnjax.state import abstract_run_states, abstract_train_state, create_train_state, make_model
-from rnnjax.stored import (CONFIG, PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, read_meta,
-                           reason, steps, val_ppl)
+from rnnjax.stored import (CONFIG, PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, not_read,
+                           read_meta, steps, val_ppl)
 from rnnjax.tidy import REMOVING
 from rnnjax.vocab import Vocab
 
@@ -54,7 +54,7 @@ def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, 
     try:
         state = jax.device_get(_read(directory / str(step) / "state", abstract, params_only))
     except Exception as e:
-        raise DamagedCheckpoint(step, directory, f"cannot be restored ({reason(e)})") from None
+        raise not_read(step, directory, "cannot be restored", e) from None
     shapes = jax.tree.map(np.shape, abstract)
     if jax.tree.structure(state) != jax.tree.structure(abstract) or jax.tree.map(np.shape, state) != shapes:
         raise DamagedCheckpoint(step, directory, "is damaged: its arrays do not fit the model its meta "

@@ -43,6 +43,23 @@ class DamagedCheckpoint(CheckpointError):
         self.step, self.reason = step, reason
 
 
+class UnreadableCheckpoint(CheckpointError):
+    """A checkpoint this process may not read (its permissions): not damage, nothing set aside."""
+
+
+def not_read(step: int, directory: Path, what: str, e: Exception) -> CheckpointError:
+    """What to raise for a checkpoint that ``what`` ("cannot be read") because of ``e``: refused permission
+    (orbax's wrapped too) is ``UnreadableCheckpoint``, anything else ``DamagedCheckpoint``."""
+    cause, denied = e, False
+    while cause is not None and not denied:
+        denied = isinstance(cause, PermissionError) or "PERMISSION_DENIED" in str(cause)
+        cause = cause.__cause__ or cause.__context__
+    if denied:
+        return UnreadableCheckpoint(f"The checkpoint at step {step} in {directory} {what} ({reason(e)}): it "
+                                    "is not damaged; fix its permissions and run the same command again.")
+    return DamagedCheckpoint(step, directory, f"{what} ({reason(e)})")
+
+
 class UnknownCell(CheckpointError, ValueError):
     """A run of a cell of one's own, read where that cell is not in ``rnnjax.cells.CELLS``: not damage.
     A ``ValueError`` too: the command line reads a workdir's settings among its argument checks."""
@@ -180,13 +197,13 @@ def read_meta(workdir: Path, step: int) -> dict:
     try:
         odd = _irregular(directory / str(step))
     except OSError as e:
-        raise DamagedCheckpoint(step, directory, f"cannot be listed ({reason(e)})") from None
+        raise not_read(step, directory, "cannot be listed", e) from None
     if odd:
         raise DamagedCheckpoint(step, directory, f"holds {odd}, which is not a regular file or folder")
     try:
         meta = ocp.JsonCheckpointHandler().restore(directory / str(step) / "meta")
     except Exception as e:  # orbax raises many types for unreadable files
-        raise DamagedCheckpoint(step, directory, f"cannot be read ({reason(e)})") from None
+        raise not_read(step, directory, "cannot be read", e) from None
     cell = meta_lib.unregistered_cell(meta)
     if cell is not None:
         raise UnknownCell(Path(workdir), cell, meta.get(meta_lib.REGISTERED))

@@ -602,6 +602,29 @@ def test_a_metrics_file_that_is_a_link_to_nothing_is_refused_before_any_work(sma
     assert checkpoint.steps(tmp_path) == [13]
 
 
+@pytest.mark.parametrize("where", ["meta", "state"])
+def test_a_checkpoint_this_process_may_not_read_is_not_set_aside_as_damaged(
+        small_data, tmp_path, monkeypatch, where):
+    """A permission (orbax's own wording for the arrays) made an intact checkpoint 'damaged': set aside, and
+    its epochs trained again from the one before."""
+    from rnnjax import restore, stored
+    fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    if where == "meta":
+        def denied(self, directory, *args, **kwargs):
+            raise PermissionError(errno.EACCES, "Permission denied", str(directory / "metadata"))
+        monkeypatch.setattr(ocp.JsonCheckpointHandler, "restore", denied)
+    else:
+        def denied(path, abstract, params_only):
+            raise ValueError(f'PERMISSION_DENIED: Error reading "params" in OCDBT database at "{path}"')
+        monkeypatch.setattr(restore, "_read", denied)
+    said = r"^The checkpoint at step 26 in .* \((PermissionError|ValueError): .*\): it is not damaged; fix "
+    for call in (lambda: fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, log=None),
+                 lambda: checkpoint.restore(tmp_path, fallback=True)):
+        with pytest.raises(stored.UnreadableCheckpoint, match=said):
+            call()
+    assert sorted(checkpoint.steps(tmp_path)) == [13, 26] and not (tmp_path / checkpoint.DAMAGED).exists()
+
+
 def test_a_file_where_a_folder_is_kept_is_one_sentence(small_data, tmp_path):
     fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
     (tmp_path / checkpoint.DAMAGED).write_text("x")
