@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flax.serialization
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -69,8 +70,18 @@ def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, 
 def _read(path: Path, abstract: Any, params_only: bool) -> Any:
     """The arrays at ``path`` (a saved state), as ``abstract``: the whole state, or its params alone."""
     if not params_only:
-        with ocp.StandardCheckpointer() as checkpointer:
-            return checkpointer.restore(path, abstract)
+        try:
+            with ocp.StandardCheckpointer() as checkpointer:
+                return checkpointer.restore(path, abstract)
+        except FileNotFoundError:
+            if (path / "_METADATA").exists():
+                raise
+        # orbax's tree metadata lost: read by abstract's tree, as inference reads params (checksums follow)
+        item = flax.serialization.to_state_dict(abstract)
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            out = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item)))
+        return flax.serialization.from_state_dict(abstract, out)
     item = {"params": abstract}
     with ocp.PyTreeCheckpointer() as checkpointer:
         return checkpointer.restore(path, args=ocp.args.PyTreeRestore(

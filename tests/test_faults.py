@@ -625,6 +625,26 @@ def test_a_checkpoint_this_process_may_not_read_is_not_set_aside_as_damaged(
     assert sorted(checkpoint.steps(tmp_path)) == [13, 26] and not (tmp_path / checkpoint.DAMAGED).exists()
 
 
+@pytest.mark.parametrize("several", [False, True])
+def test_a_checkpoint_that_lost_orbaxs_tree_metadata_resumes_as_it_restores(small_data, tmp_path, several):
+    """Without state/_METADATA, --predict read the checkpoint (by the model's tree) but a resume called it
+    damaged: set aside, or every checkpoint 'damaged' where it was the only one. The checksums still hold."""
+    from rnnjax import runs
+    configs = [TINY.replace(epochs=2, seed=s) for s in (0, 1)]
+
+    def train(workdir, epochs):
+        if several:
+            return runs.fit_runs([c.replace(epochs=epochs) for c in configs], small_data, workdir, devices=1,
+                                 log=None)
+        return fit(configs[0].replace(epochs=epochs), small_data, workdir, devices=1, log=None)
+    train(tmp_path / "w", 1)
+    (tmp_path / "w" / checkpoint.SUBDIR / "13" / "state" / "_METADATA").unlink()
+    resumed, straight = train(tmp_path / "w", 2), train(tmp_path / "straight", 2)
+    assert records(tmp_path / "w") == records(tmp_path / "straight")
+    same_params(resumed.state, straight.state)
+    assert not (tmp_path / "w" / checkpoint.DAMAGED).exists()
+
+
 def test_a_file_where_a_folder_is_kept_is_one_sentence(small_data, tmp_path):
     fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
     (tmp_path / checkpoint.DAMAGED).write_text("x")
