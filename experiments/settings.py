@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 
 from rnnjax import checkpoint, config as config_lib, corpus, flags, runs, source
-from rnnjax.stored import UnknownCell, saved_runs
+from rnnjax.saved import saved_runs
+from rnnjax.stored import UnknownCell
 
 # What a run says as it starts anew in a workdir whose earlier run left its config.json and no checkpoint.
 ANEW = "{} holds no checkpoint of its earlier run: starting anew with {}"
@@ -119,7 +120,7 @@ def _saved(args: argparse.Namespace, anew: str | None = None) -> tuple | None:
 
 
 def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Config], Path, bool]:
-    """``settings`` of the run ``saved`` in ``args.workdir`` (``rnnjax.stored.saved_runs``'s)."""
+    """``settings`` of the run ``saved`` in ``args.workdir`` (``rnnjax.saved.saved_runs``'s)."""
     configs, vocab, source, together = saved
     if _own_text(vocab) and args.text is None:
         raise ValueError(f"{args.workdir} holds a run trained on a text of your own (SHA-1 "

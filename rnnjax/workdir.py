@@ -25,7 +25,8 @@ import jax
 import numpy as np
 
 from rnnjax.lock import LOCKFILE, WorkdirError, describe as _describe
-from rnnjax.stored import CONFIG, DAMAGED, SUBDIR, UnknownCell, config_settings
+from rnnjax.saved import config_settings
+from rnnjax.stored import CONFIG, DAMAGED, SUBDIR, UnknownCell
 
 # Orbax reads a path as a glob pattern: "[0]" matches no folder (its saves cannot be restored), "**" is
 # refused, and tensorstore takes "\\" as a separator (the arrays land elsewhere). "*" and "?" alone pass

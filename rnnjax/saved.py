@@ -1,0 +1,89 @@
+"""The settings a workdir's run was trained with: its ``config.json``, else its newest readable checkpoint's,
+refused where the two disagree. Read without a manager, creating nothing (``rnnjax.stored``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from rnnjax import meta as meta_lib
+from rnnjax.config import Config
+from rnnjax.stored import CONFIG, CheckpointError, DamagedCheckpoint, UnknownCell, read_meta, steps
+from rnnjax.vocab import Vocab
+
+
+def config_settings(workdir: Path) -> tuple[list[Config], dict, bool] | None:
+    """``meta.settings`` of ``workdir``'s ``config.json``, if it is a regular file, whole and valid;
+    ``UnknownCell`` if it names a cell not registered here."""
+    path = Path(workdir) / CONFIG
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):     # a FIFO would hang the reader
+            return None
+        d = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):     # RecursionError: brackets nested thousands deep
+        return None
+    cell = meta_lib.unregistered_cell(d, sealed=False)
+    if cell is not None:
+        raise UnknownCell(Path(workdir), cell)
+    return meta_lib.settings(d)
+
+
+def saved_runs(workdir: Path) -> tuple[list[Config], dict, str, bool] | None:
+    """The configs of the run ``workdir`` holds (one, or one per run trained together), its vocabulary's
+    JSON, where they were read, in words: from ``config.json``, written as a run starts, else from the
+    newest checkpoint whose meta reads; and whether they were trained together (``rnnjax.fit_runs``, of one
+    config too). ``None`` where neither is there, or reads. ``ValueError`` if the
+    two disagree (a ``config.json`` edited by hand): the checkpoint is what would resume; ``UnknownCell``
+    (a ``ValueError`` too) if either names a cell not registered here."""
+    newest = _newest_settings(workdir)
+    try:
+        found = config_settings(workdir)
+    except UnknownCell as e:        # config.json's alone: the checkpoint is what resumes
+        if newest is None:
+            raise
+        found, differ = None, f"cell: config.json {e.cell!r}, which is not registered here, checkpoint " \
+                              f"{newest[0][0].cell!r}"
+    else:
+        differ = _differences(found[:2], newest[:2]) if found and newest else ""
+    if differ:
+        raise ValueError(f"{Path(workdir) / 'config.json'} disagrees with the checkpoint step "
+                         f"{newest[2]} that would resume ({differ}): put the checkpoint's values back "
+                         "in it, or delete it to resume with them.")
+    if found:
+        return *found[:2], "its config.json", found[2]
+    if newest:
+        source = f"its checkpoint step {newest[2]}, config.json being missing or damaged"
+        return *newest[:2], source, newest[3]
+    return None
+
+
+def _newest_settings(workdir: Path) -> tuple[list[Config], dict, int, bool] | None:
+    """The configs and vocabulary of the newest checkpoint whose meta reads, its step, and whether its runs
+    were trained together."""
+    try:
+        for step in sorted(steps(workdir), reverse=True):
+            try:
+                meta = read_meta(workdir, step)
+            except DamagedCheckpoint:
+                continue
+            configs = [Config.from_json(c) for c in meta.get("runs") or [meta["config"]]]
+            return configs, meta["vocab"], step, "runs" in meta
+    except UnknownCell:
+        raise
+    except (CheckpointError, OSError):      # the run's own checks say what is wrong, as it starts
+        pass
+    return None
+
+
+def _differences(given: tuple[list[Config], dict], saved: tuple[list[Config], dict]) -> str:
+    """What ``given`` (``config.json``'s) sets otherwise than ``saved`` (a checkpoint's), but for the fields
+    a resumed run may change; '' if nothing."""
+    (configs, vocab), (saved_configs, saved_vocab) = given, saved
+    if len(configs) != len(saved_configs):
+        return f"{len(configs)} run(s) against {len(saved_configs)}"
+    differ = dict.fromkeys(f"{name}: config.json {getattr(c, name)!r}, checkpoint {getattr(s, name)!r}"
+                           for c, s in zip(configs, saved_configs) for name in s.differences(c))
+    other_vocab = Vocab.from_json(vocab).differs(Vocab.from_json(saved_vocab))
+    return "; ".join([*differ, *(["the vocabulary"] if other_vocab else [])])
