@@ -9,6 +9,7 @@ with measurements: ``docs/performance.md``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -16,6 +17,7 @@ import numbers
 import os
 import platform
 import re
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -210,7 +212,9 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     Default ``~/.cache/rnnjax/jax`` (under ``$RNNJAX_CACHE`` if set). Every
     compiled function is cached, however fast it compiled. ``OSError`` (the
     cache left off) where that folder cannot be made or written: a read-only
-    home, say, where JAX would warn at every compilation instead.
+    home, say, where JAX would warn at every compilation instead. JAX's
+    warnings about an entry it cannot read or write become one line on
+    stderr, the entries cut short removed (``remove_damaged_entries``).
     """
     path = Path(path) if path is not None else cache_dir() / "jax"
     path.mkdir(parents=True, exist_ok=True)
@@ -219,7 +223,55 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    shown = getattr(warnings.showwarning, "shown", warnings.showwarning)      # once, whatever the path
+    warnings.showwarning = _cache_warnings(path, shown)
     return path
+
+
+# JAX never writes over a cache entry: one a full disk or a kill cut short is read, and warned about, by
+# every later run.
+CACHE_WARNINGS = ("Error reading persistent compilation cache entry",
+                  "Error writing persistent compilation cache entry")
+
+
+def _cache_warnings(path: Path, shown: Callable) -> Callable:
+    """A ``warnings.showwarning`` that says JAX's first cache warning in one line and removes the entries it
+    cut short, passing any other warning to ``shown``."""
+    said = []
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not str(message).startswith(CACHE_WARNINGS):
+            return shown(message, category, filename, lineno, file, line)
+        removed = remove_damaged_entries(path)
+        if not said:
+            said.append(message)
+            why = str(message).split(": ", 1)[-1][:200]
+            gone = f"; removed {removed} entr{'y' if removed == 1 else 'ies'} cut short" if removed else ""
+            print(f"warning: JAX's compilation cache in {path} failed ({why}){gone}; what it could not read "
+                  "compiles afresh.", file=sys.stderr)
+    showwarning.shown = shown
+    return showwarning
+
+
+def remove_damaged_entries(path: Path) -> int:
+    """Removes the entries of JAX's compilation cache in ``path`` that do not decompress (a write cut short);
+    how many it removed."""
+    try:        # JAX's own format, whichever compression it uses
+        from jax._src.compilation_cache import decompress_executable
+    except ImportError:
+        return 0
+    removed = 0
+    for entry in path.glob("*-cache"):
+        try:
+            decompress_executable(entry.read_bytes())
+        except OSError:             # removed meanwhile, or unreadable: not ours to judge
+            continue
+        except Exception:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed += 1
+                entry.with_name(entry.name.removesuffix("-cache") + "-atime").unlink(missing_ok=True)
+    return removed
 
 
 # glibc's mallopt parameters (malloc.h).

@@ -28,6 +28,16 @@ def test_compilation_cache_is_written_then_reused(tmp_path, fresh_env):
     assert any("jit" in name for name in entries)
     assert run() == first
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == entries     # read, not rewritten
+    # An entry cut short (a full disk, a kill): JAX warned at every later run, as it never writes over one.
+    [entry] = [p for p in cache.iterdir() if p.name.startswith("jit__lambda") and p.name.endswith("-cache")]
+    entry.write_bytes(entry.read_bytes()[:100])
+    child = subprocess.run([sys.executable, "-c", CHILD, str(cache)], env=env, capture_output=True, text=True,
+                           timeout=120, check=True)
+    assert child.stdout == first and child.stderr.startswith(f"warning: JAX's compilation cache in {cache} "
+                                                             "failed (") and child.stderr.count("\n") == 1
+    assert "; removed 1 entry cut short; what it could not read compiles afresh.\n" in child.stderr
+    assert len(entry.read_bytes()) > 100                 # written again, whole
+    assert run() == first
 
 
 DEVICES_CHILD = """
@@ -212,3 +222,18 @@ def test_a_backend_jax_platforms_asks_for_and_cannot_start_is_one_sentence(monke
     monkeypatch.delenv("JAX_PLATFORMS")
     with pytest.raises(RuntimeError):             # not the user's setting: JAX's own error, as it was
         backend.start()
+
+
+def test_jaxs_cache_warnings_are_one_line_once_and_others_pass_through(tmp_path, capsys):
+    passed = []
+    show = backend._cache_warnings(tmp_path, lambda message, *args, **kwargs: passed.append(str(message)))
+    (tmp_path / "jit_f-abc-cache").write_bytes(b"\x78\x9c cut short")      # a zlib stream's first bytes
+    (tmp_path / "jit_f-abc-atime").write_bytes(b"12345678")
+    for _ in range(2):
+        show(UserWarning("Error writing persistent compilation cache entry for 'jit_f': OSError: [Errno 28] "
+                         "No space left on device"), UserWarning, "compiler.py", 833)
+    show(UserWarning("something else"), UserWarning, "x.py", 1)
+    assert passed == ["something else"] and list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err == (
+        f"warning: JAX's compilation cache in {tmp_path} failed (OSError: [Errno 28] No space left on "
+        "device); removed 1 entry cut short; what it could not read compiles afresh.\n")
