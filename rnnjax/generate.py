@@ -205,4 +205,6 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
 def predict(model: RNNLM, params, vocab: Vocab, prefix: str, num_preds: int, **sampling) -> str:
     """d2l's ``predict(prefix, num_preds)``: ``prefix`` + ``num_preds`` greedy characters (or sampled:
     ``predict_batch``'s ``temperature``, ``top_k``, ``key``)."""
+    if not isinstance(prefix, str):
+        raise ValueError(f"prefix must be a string, got {prefix!r}; for several prompts, use predict_batch.")
     return predict_batch(model, params, vocab, [prefix], num_preds, **sampling)[0]

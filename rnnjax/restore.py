@@ -153,14 +153,19 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
             raise TypeError(f"restore's {name} is True or False, got {value!r}.")
     workdir = Path(workdir)
     directory = workdir / SUBDIR
-    if workdir.exists() and not workdir.is_dir():
-        raise CheckpointError(f"The workdir {workdir} is a file; give the folder a run was trained in.")
-    if not directory.is_dir():
-        if workdir.name == SUBDIR and workdir.is_dir() and (workdir.parent / CONFIG).is_file():
-            raise CheckpointError(f"{workdir} is a workdir's checkpoints folder; give the workdir, "
-                                  f"{workdir.parent}.")
-        what = "does not exist" if not workdir.exists() else "holds no checkpoints"
-        raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
+    try:            # a name too long for the system, a folder this process may not list: one sentence
+        if workdir.exists() and not workdir.is_dir():
+            raise CheckpointError(f"The workdir {workdir} is a file; give the folder a run was trained in.")
+        if not directory.is_dir():
+            if workdir.name == SUBDIR and workdir.is_dir() and (workdir.parent / CONFIG).is_file():
+                raise CheckpointError(f"{workdir} is a workdir's checkpoints folder; give the workdir, "
+                                      f"{workdir.parent}.")
+            what = "does not exist" if not workdir.exists() else "holds no checkpoints"
+            raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
+        os.listdir(directory)
+    except OSError as e:
+        shown = str(workdir) if len(str(workdir)) <= 200 else f"{str(workdir)[:100]}..."
+        raise CheckpointError(f"The workdir {shown} cannot be read ({e.strerror or e}).") from None
     if step is not None and best:
         raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")
     asked, run = _whole(step), _whole(run, "run")

@@ -136,6 +136,13 @@ def test_arguments_of_the_wrong_type_are_one_sentence(model_params, kwargs, mess
         predict_batch(model, params, VOCAB, ["it"], **{"num_preds": 3, **kwargs})
 
 
+def test_predict_of_anything_but_one_string_names_itself(model_params):
+    model, params = model_params
+    with pytest.raises(ValueError, match=r"^prefix must be a string, got \['it'\]; for several prompts, use "
+                                         r"predict_batch\.$"):
+        predict(model, params, VOCAB, ["it"], 3)
+
+
 def test_numpy_numbers_and_either_kind_of_key_sample_as_python_s(model_params):
     model, params = model_params
     draw = functools.partial(predict_batch, model, params, VOCAB, ["it has"], 12)

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -185,6 +186,22 @@ def test_arguments_of_the_wrong_type_are_one_sentence(tmp_path):
     for kwargs in ({"best": "no"}, {"fallback": 1}, {"best": None}):
         with pytest.raises(TypeError, match=rf"^restore's {next(iter(kwargs))} is True or False, got"):
             checkpoint.restore(tmp_path, **kwargs)
+
+
+def test_a_workdir_that_cannot_be_read_is_one_sentence(tmp_path, monkeypatch):
+    """Python's OSError (ENAMETOOLONG from pathlib, EACCES from listing checkpoints/) reached the caller."""
+    with pytest.raises(CheckpointError, match=r"^The workdir x{100}\.\.\. cannot be read \(File name too "):
+        checkpoint.restore("x" * 5000)
+    (tmp_path / checkpoint.SUBDIR).mkdir()
+    listed = os.listdir
+
+    def denied(path):
+        if Path(path).name == checkpoint.SUBDIR:
+            raise PermissionError(13, "Permission denied")
+        return listed(path)
+    monkeypatch.setattr(os, "listdir", denied)
+    with pytest.raises(CheckpointError, match=rf"^The workdir {tmp_path} cannot be read \(Permission denied"):
+        checkpoint.restore(tmp_path)
 
 
 def test_one_run_trained_together_restores_without_choosing_it(small_data, tmp_path):
