@@ -65,8 +65,9 @@ class _StopFlag:
     @staticmethod
     def _second(signum: int) -> Interrupted:
         return Interrupted(f"Stopped at once by a second signal {signum} ({signal.Signals(signum).name}): "
-                           "nothing saved since the workdir's last complete checkpoint (a save cut short is "
-                           "never listed). Run the same command again to resume.", signum)
+                           "the workdir keeps its last complete checkpoint, the first signal's where its "
+                           "save finished (one cut short is never listed). Run the same command again to "
+                           "resume.", signum)
 
 
 def raised_by_a_handler(exc: BaseException, signum: int, dropped=lambda: None, wanted=lambda: True

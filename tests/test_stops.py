@@ -54,7 +54,9 @@ def test_a_second_signal_stops_at_once_naming_it_and_a_third_is_ignored():
     with catch_signals() as flag:                    # the handler, called as the signals would call it
         flag(signal.SIGTERM, None)                   # the first: a flag the loop reads
         assert flag.signum == signal.SIGTERM
-        with pytest.raises(Interrupted, match=r"second signal 15 \(SIGTERM\)") as info:
+        with pytest.raises(Interrupted, match=r"second signal 15 \(SIGTERM\): the workdir keeps its last "
+                                              r"complete checkpoint, the first signal's where its "
+                                              r"save finished") as info:
             flag(signal.SIGTERM, None)
         assert info.value.signum == signal.SIGTERM   # the CLI exits 143, not 130
         flag(signal.SIGINT, None)                    # while that unwinds: nothing more
