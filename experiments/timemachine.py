@@ -115,14 +115,14 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
         # A setting read from the workdir, not typed: say where it comes from.
         raise ValueError(f"resuming the run in {workdir} (its saved settings, the flags given applied): "
                          f"{e}") from None
-    if args.settings_from is not None:
-        say(f"settings: those of the run in {workdir} ({args.settings_from}), the flags given checked "
-            "against them")
-    if args.anew:
-        say(args.anew)
     data = corpus.load(config, text=args.text, data=args.data)
-    # The plan is made under the workdir's lock, held until the plot is written.
+    # The plan is made under the workdir's lock, held until the plot is written; said once it is held.
     with planned(config, data, workdir, devices=args.devices, runs=configs if several else None) as p:
+        if args.settings_from is not None:
+            say(f"settings: those of the run in {workdir} ({args.settings_from}), the flags given checked "
+                "against them")
+        if args.anew:
+            say(args.anew)
         if not several:               # fit_runs says it, and then which runs stop as they stop
             say(p.describe())
         model, untrained = rnnjax.make_model(config, len(data.vocab)), None

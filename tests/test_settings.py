@@ -11,6 +11,7 @@ import pytest
 from experiments import cli, timemachine
 from experiments.settings import default_workdir, settings
 from rnnjax import checkpoint, corpus, meta as meta_lib, metrics, runs
+from rnnjax.lock import lock
 from rnnjax.config import Config
 from rnnjax.data import Vocab
 from rnnjax.source import PREPROCESSED_SHA1, SHA1
@@ -312,6 +313,10 @@ def test_the_cli_starts_anew_in_a_workdir_killed_before_its_first_checkpoint(mak
     shutil.rmtree(w / checkpoint.SUBDIR)          # as if killed before it: config.json, .lock, records, plot
     earlier = (w / metrics.FILENAME).read_text()
     capsys.readouterr()
+    with lock(w):                                # in use: refused, and it said nothing it then did not do
+        assert timemachine.main([*args, "--num-hiddens", "8"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: The workdir {w} is in use by ")
     assert timemachine.main([*args, "--num-hiddens", "8"]) == 0
     said, started = capsys.readouterr().out.splitlines()[:2]
     assert said == (f"{w} holds no checkpoint of its earlier run: starting anew with --preset tiny's "
