@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY as SMALL
-from rnnjax import runs, state as state_lib, train
+from rnnjax import loop, runs, state as state_lib, train
 from rnnjax.config import Config
 from rnnjax.data import Batch, TimeMachine
 from rnnjax.parallel import DataParallel
@@ -356,7 +356,7 @@ def test_epoch_lines_log_a_tenth_of_the_epochs_and_the_last():
                     for e in (2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 25)]
 
 
-def test_fit_and_fit_runs_log_epoch_lines_unless_given_a_progress_or_false(small_data, tmp_path):
+def test_fit_and_fit_runs_log_epoch_lines_unless_given_a_progress_or_false(small_data, tmp_path, monkeypatch):
     """A notebook's fit said its start and nothing more until it returned."""
     config = SMALL.replace(epochs=2)
 
@@ -372,5 +372,9 @@ def test_fit_and_fit_runs_log_epoch_lines_unless_given_a_progress_or_false(small
         said = trained(kind, tmp_path / kind)
         assert "new run" in said[0] and len(said) == 3
         assert [re.sub(r"  step .*", "", s) for s in said[1:]] == ["epoch 1/2", "epoch 2/2"]
-        for k, progress in enumerate((False, lambda done, total, record: None)):
+    given, mine = [], (lambda done, total, record: None)
+    monkeypatch.setattr(loop, "run", lambda *args, progress=None, **kwargs: given.append(progress))
+    for kind in ("fit", "runs"):
+        for k, progress in enumerate((False, mine)):      # passed on as they are, nothing of fit's own
             assert len(trained(kind, tmp_path / f"{kind}{k}", progress=progress)) == 1
+    assert given == [False, mine] * 2
