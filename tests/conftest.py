@@ -199,12 +199,14 @@ def fresh_env():
     return user_env
 
 
-def start_main_job(*args: str, cpu_devices: int | None = None) -> subprocess.Popen:
-    """``python -m experiments.timemachine ARGS`` in a fresh interpreter, as a user runs it:
-    on JAX's default backend, one CPU device per core there; ``cpu_devices`` CPU devices if given
-    (on any machine)."""
-    env = user_env() if cpu_devices is None else user_env(JAX_NUM_CPU_DEVICES=str(cpu_devices),
-                                                          JAX_PLATFORMS="cpu")
+def start_main_job(*args: str, cpu_devices: int | None = None, as_a_user: bool = False) -> subprocess.Popen:
+    """``python -m experiments.timemachine ARGS`` in a fresh interpreter: on JAX's default backend, one CPU
+    device per core there; ``cpu_devices`` CPU devices if given (on any machine). With the suite's XLA
+    flags (it compiles faster; a test of how it stops or resumes compares like with like), unless
+    ``as_a_user`` (a test of the recipe's figures)."""
+    env = user_env(**({} if as_a_user else SUITE_XLA_FLAGS))
+    if cpu_devices is not None:
+        env.update(JAX_NUM_CPU_DEVICES=str(cpu_devices), JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, "-m", "experiments.timemachine", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

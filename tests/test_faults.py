@@ -23,7 +23,7 @@ from experiments import timemachine
 from rnnjax import checkpoint, lock, meta as meta_lib, metrics, workdir
 from rnnjax.train import fit
 
-from conftest import TINY
+from conftest import SUITE_XLA_FLAGS, TINY
 
 CONFIG = TINY.replace(epochs=4)
 
@@ -367,7 +367,8 @@ def test_a_signal_after_training_says_the_run_is_saved_and_the_rerun_draws_its_p
     def command(*args, where=None, signum=None):
         argv = ["-c", _SIGNAL_AT, where, str(int(signum))] if where else ["-m", "experiments.timemachine"]
         return subprocess.run([sys.executable, *argv, "--data", real_text_path, "--preset", "tiny",
-                               "--workdir", str(tmp_path), "--no-progress", *args], env=fresh_env(),
+                               "--workdir", str(tmp_path), "--no-progress", *args],
+                              env=fresh_env(**SUITE_XLA_FLAGS),
                               capture_output=True, text=True, timeout=120)
     plot, records = tmp_path / metrics.PLOT, tmp_path / metrics.FILENAME
     # The first run stopped before its plot, a resumed run's plot stopped, then the closing of a resumed run's

@@ -15,7 +15,7 @@ from rnnjax import checkpoint, data, source, stops
 def test_d2l_recipe_end_to_end(real_text_path, tmp_path, main_job):
     """d2l's recipe (the CLI defaults): 100 epochs on the real text."""
     workdir = tmp_path / "run"
-    proc = main_job("--data", real_text_path, "--workdir", str(workdir), "--no-progress")
+    proc = main_job("--data", real_text_path, "--workdir", str(workdir), "--no-progress", as_a_user=True)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     records = timemachine.metrics.MetricsLog(workdir / "metrics.jsonl").read()
