@@ -27,8 +27,20 @@ from rnnjax.stops import Interrupted
 from rnnjax.lock import LOCKFILE, lock
 
 
+# measure_compile_cache's fresh processes, without JAX: "compiled" in 2 s, 0.5 s where the cache folder holds
+# an entry (the real script runs once, in its own test).
+NO_JAX_COMPILE = """
+import sys, pathlib
+cache = None if sys.argv[1] == "-" else pathlib.Path(sys.argv[1])
+print(0.5 if cache and any(cache.iterdir()) else 2.0)
+if cache:
+    (cache / "entry").touch()
+"""
+
+
 @pytest.mark.slow
-def test_benchmark_smoke(real_text_path, tmp_path, capsys):
+def test_benchmark_smoke(real_text_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(measure, "_COMPILE", NO_JAX_COMPILE)
     out = tmp_path / "bench.json"
     assert benchmark.main(["--data", real_text_path, "--rounds", "1", "--steps", "2", "--recipe-rounds", "0",
                            "--devices", "1", "--runs", "2", "--json", str(out), "--out", str(tmp_path)]) == 0
@@ -42,7 +54,7 @@ def test_benchmark_smoke(real_text_path, tmp_path, capsys):
     assert ("ratio_step_vs_torch_lean" in result) == benchmark.torch_available()
     assert result["machine"]["backend"] == jax.default_backend() and result["machine"]["versions"]["jaxlib"]
     assert result["generation"]["ratio"] > 1
-    assert result["compile_cache"]["warm_cache_s"] > 0
+    assert result["compile_cache"] == {"no_cache_s": 2.0, "cold_cache_s": 2.0, "warm_cache_s": 0.5}
     runs = result["runs"]                                    # --runs 2: two seeds in one program
     assert runs["num_runs"] == 2 and runs["ratio_vs_sequential"] > 0 and runs["ms_per_step_all"] > 0
     assert (result["rounds"], result["steps"], result["recipe_rounds"]) == (1, 2, 0)   # what they are of
@@ -272,6 +284,13 @@ def test_a_json_in_the_run_folder_or_in_a_folder_not_yet_made_is_written(bench_m
     assert benchmark.main(["--recipe-rounds", "0", "--runs", "0", "--sweep", "--out", str(tmp_path / "out"),
                            "--json", str(j)]) == 0
     assert json.loads(j.read_text())["sweep"] == [row] and not j.with_name(j.name + ".lock").exists()
+
+
+@pytest.mark.slow
+def test_the_compile_timing_script_compiles_the_training_program_fresh(real_text_path, fresh_env):
+    child = subprocess.run([sys.executable, "-c", measure._COMPILE, "-", real_text_path], env=fresh_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0 and float(child.stdout.split()[-1]) > 0, child.stderr
 
 
 @pytest.mark.parametrize("script, said", [
