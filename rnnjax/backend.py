@@ -9,6 +9,7 @@ with measurements: ``docs/performance.md``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import errno
@@ -234,21 +235,26 @@ CACHE_WARNINGS = ("Error reading persistent compilation cache entry",
                   "Error writing persistent compilation cache entry")
 
 
-def _cache_warnings(path: Path, shown: Callable) -> Callable:
-    """A ``warnings.showwarning`` that says JAX's first cache warning in one line and removes the entries it
-    cut short, passing any other warning to ``shown``."""
-    said = []
+def _cache_warnings(path: Path, shown: Callable, at_exit: Callable = atexit.register) -> Callable:
+    """A ``warnings.showwarning`` that says JAX's first cache warning in one line and removes the entries cut
+    short: at once where one was read (what this run compiles again is then written whole), at exit where
+    writes failed (a full disk fails each one). Any other warning goes to ``shown``."""
+    said, removed = [], []
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
         if not str(message).startswith(CACHE_WARNINGS):
             return shown(message, category, filename, lineno, file, line)
-        removed = remove_damaged_entries(path)
+        why, reading = str(message).split(": ", 1)[-1][:200], str(message).startswith(CACHE_WARNINGS[0])
+        if reading:
+            removed.append(remove_damaged_entries(path))
+        elif not said:
+            at_exit(remove_damaged_entries, path)
         if not said:
             said.append(message)
-            why = str(message).split(": ", 1)[-1][:200]
-            gone = f"; removed {removed} entr{'y' if removed == 1 else 'ies'} cut short" if removed else ""
-            print(f"warning: JAX's compilation cache in {path} failed ({why}){gone}; what it could not read "
-                  "compiles afresh.", file=sys.stderr)
+            print(f"warning: JAX's compilation cache in {path} " + (
+                f"held an entry it cannot read ({why}); removed {removed[-1]} cut short: it compiles afresh."
+                if reading else f"cannot be written ({why}); entries cut short are removed as this process "
+                                "ends."), file=sys.stderr)
     showwarning.shown = shown
     return showwarning
 

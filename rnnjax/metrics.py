@@ -120,11 +120,12 @@ class MetricsLog:
     Each record is written as one whole line in a single ``write``; non-finite
     values are ``null`` (strict JSON has no ``NaN``; one found is read so),
     read back as ``nan``, rnnjax's ``train_ppl``/``val_ppl`` as ``inf`` (a
-    loss past float range; a NaN training loss writes no record). Reading checks every line: a torn
-    last line (a crash or a full disk mid-write) is dropped with a warning,
-    anything else that is not a record (an epoch, ``NEEDED``), epochs out of
-    order, or a file that is not a regular file (a FIFO would hang) is a
-    ``MetricsError``. Only the writer process writes; everyone can read.
+    loss past float range; a NaN training loss writes no record). Reading
+    checks every line: a torn last line (a crash or a full disk mid-write) is
+    dropped with a warning, anything else that is not a record (an epoch,
+    ``NEEDED``), epochs out of order, or a file that is not a regular file (a
+    FIFO would hang) is a ``MetricsError``. Only the writer process writes;
+    everyone can read.
     """
 
     def __init__(self, path: str | Path, writer: bool = True, warn=None):

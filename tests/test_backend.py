@@ -34,8 +34,9 @@ def test_compilation_cache_is_written_then_reused(tmp_path, fresh_env):
     child = subprocess.run([sys.executable, "-c", CHILD, str(cache)], env=env, capture_output=True, text=True,
                            timeout=120, check=True)
     assert child.stdout == first and child.stderr.startswith(f"warning: JAX's compilation cache in {cache} "
-                                                             "failed (") and child.stderr.count("\n") == 1
-    assert "; removed 1 entry cut short; what it could not read compiles afresh.\n" in child.stderr
+                                                             "held an entry it cannot read (")
+    assert child.stderr.endswith("); removed 1 cut short: it compiles afresh.\n")
+    assert child.stderr.count("\n") == 1
     assert len(entry.read_bytes()) > 100                 # written again, whole
     assert run() == first
 
@@ -225,15 +226,17 @@ def test_a_backend_jax_platforms_asks_for_and_cannot_start_is_one_sentence(monke
 
 
 def test_jaxs_cache_warnings_are_one_line_once_and_others_pass_through(tmp_path, capsys):
-    passed = []
-    show = backend._cache_warnings(tmp_path, lambda message, *args, **kwargs: passed.append(str(message)))
+    passed, at_exit = [], []
+    show = backend._cache_warnings(tmp_path, lambda message, *args, **kwargs: passed.append(str(message)),
+                                   at_exit=lambda *call: at_exit.append(call))
     (tmp_path / "jit_f-abc-cache").write_bytes(b"\x78\x9c cut short")      # a zlib stream's first bytes
     (tmp_path / "jit_f-abc-atime").write_bytes(b"12345678")
-    for _ in range(2):
+    for _ in range(2):                      # a full disk: each write fails; removed once, at exit
         show(UserWarning("Error writing persistent compilation cache entry for 'jit_f': OSError: [Errno 28] "
                          "No space left on device"), UserWarning, "compiler.py", 833)
     show(UserWarning("something else"), UserWarning, "x.py", 1)
-    assert passed == ["something else"] and list(tmp_path.iterdir()) == []
+    assert passed == ["something else"] and at_exit == [(backend.remove_damaged_entries, tmp_path)]
     assert capsys.readouterr().err == (
-        f"warning: JAX's compilation cache in {tmp_path} failed (OSError: [Errno 28] No space left on "
-        "device); removed 1 entry cut short; what it could not read compiles afresh.\n")
+        f"warning: JAX's compilation cache in {tmp_path} cannot be written (OSError: [Errno 28] No space "
+        "left on device); entries cut short are removed as this process ends.\n")
+    assert backend.remove_damaged_entries(tmp_path) == 1 and list(tmp_path.iterdir()) == []
