@@ -106,6 +106,10 @@ SLOW_CASES = {
     "test_fused.py::test_fused_loss_equals_plain_loss_in_bfloat16[after the loop-SimpleRNNCell-1-kwargs1]",
     "test_precision.py::test_bfloat16_gradients_are_close_to_float32_ones[fused-rnn]",
     "test_cells.py::test_cell_equals_pytorch_equations[6-28-32-lstm-kwargs3]",
+    "test_faults.py::test_a_checkpoint_that_lost_orbaxs_tree_metadata_resumes_as_it_restores[True]",
+    "test_faults.py::test_a_checkpoint_this_process_may_not_read_is_not_set_aside_as_damaged[meta]",
+    "test_loop.py::test_an_exception_from_progress_saves_its_step_and_the_same_fit_goes_on_from_there"
+    "[epoch-13-True]",
 }
 # Whole tests likewise: each has a faster sibling in its file.
 SLOW_TESTS = {
