@@ -58,24 +58,6 @@ def explore(tmp_path, monkeypatch, checkpoint: str, run: str | None = None, firs
 
 
 @pytest.mark.slow
-def test_notebook_explores_one_of_runs_trained_together(real_text_path, tmp_path, monkeypatch):
-    """RNNJAX_RUN picks one run of a --seeds workdir (restore refuses to guess): its config, its records."""
-    from rnnjax import TimeMachine
-    from rnnjax.config import PRESETS
-    from rnnjax.runs import fit_runs
-    config = PRESETS["tiny"].replace(epochs=2)
-    fit_runs([config.replace(seed=s) for s in (0, 1)], TimeMachine(
-        config.batch_size, config.num_steps, config.num_train, config.num_val, path=real_text_path),
-        tmp_path / "seeds", devices=1, log=None)
-    text = explore(tmp_path, monkeypatch, "seeds", run="1")
-    records = [json.loads(line) for line in (tmp_path / "seeds" / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in records if r["run"] == 1][-1]
-    assert "step 26 of" in text and ", run 1" in text and "seed=1" in text and "closest to" in text
-    assert f"final: train {last['train_ppl']:.2f}, val {last['val_ppl']:.2f}" in text      # its own records
-    assert "16 hidden units of the rnn cell" in text and "spectral radius of W_hh:" in text
-
-
-@pytest.mark.slow
 def test_notebook_explores_a_deep_run_of_a_flax_cell(real_text_path, tmp_path, monkeypatch):
     """A checkpoint given by a relative RNNJAX_CHECKPOINT, of another depth and of flax's cell, registered in
     a cell added at the top as the notebook says: nothing is trained; the weights are found by shape
@@ -100,14 +82,23 @@ def test_notebook_explores_a_deep_run_of_a_flax_cell(real_text_path, tmp_path, m
 
 
 @pytest.mark.slow
-def test_notebook_explores_a_word_level_run_of_another_text(real_text_path, tmp_path, monkeypatch):
-    """A run of words (``--text ... --token word``): prompts, the sentence and the probed tokens are words
-    its vocabulary has, not the Time Machine's characters."""
-    from rnnjax import corpus, fit
+def test_notebook_explores_one_of_runs_of_words_trained_together(real_text_path, tmp_path, monkeypatch):
+    """RNNJAX_RUN picks one run of a --seeds workdir (restore refuses to guess): its config, its records. Its
+    runs are of words (``--text ... --token word``): prompts, the sentence and the probed tokens are words its
+    vocabulary has, not the Time Machine's characters."""
+    from rnnjax import corpus
     from rnnjax.config import PRESETS
-    config = PRESETS["tiny"].replace(token="word", preprocess="raw", min_freq=3, num_steps=4, epochs=1)
-    fit(config, corpus.load(config, text=real_text_path), tmp_path / "words", devices=1, log=None)
-    text = explore(tmp_path, monkeypatch, "words")
+    from rnnjax.runs import fit_runs
+    config = PRESETS["tiny"].replace(token="word", preprocess="raw", min_freq=3, num_steps=4, epochs=2)
+    data = corpus.load(config, text=real_text_path)
+    fit_runs([config.replace(seed=s) for s in (0, 1)], data, tmp_path / "seeds", devices=1, log=None)
+    text = explore(tmp_path, monkeypatch, "seeds", run="1")
+    records = [json.loads(line) for line in (tmp_path / "seeds" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r["run"] == 1][-1]
+    steps = 2 * data.num_batches(True)
+    assert f"step {steps} of" in text and ", run 1" in text and "seed=1" in text
+    assert f"final: train {last['train_ppl']:.2f}, val {last['val_ppl']:.2f}" in text      # its own records
+    assert "16 hidden units of the rnn cell" in text and "spectral radius of W_hh:" in text
     assert "token='word'" in text and "'time' is closest to" in text
     assert "most likely next tokens:" in text
     assert "'it has " in text                      # generated words follow the prompt, spaced

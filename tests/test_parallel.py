@@ -218,7 +218,7 @@ def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, 
     """Also across a stop: a signal to one process, as they start, stops both at the same call (the
     first), each saving its part of the checkpoint (a save is collective); the same commands resume them."""
     def run(workdir, *extra, devices_per_process):
-        return main_job("--workdir", str(workdir), "--epochs", "3", "--batch-size", "256", "--no-progress",
+        return main_job("--workdir", str(workdir), "--epochs", "2", "--batch-size", "256", "--no-progress",
                         *extra, cpu_devices=devices_per_process)
 
     def multi():
@@ -253,7 +253,7 @@ def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, 
     read = lambda d: MetricsLog(d / "metrics.jsonl").read()
     assert_close_histories(read(tmp_path / "multi"), read(tmp_path / "single"))
     multi, one = checkpoint.restore(tmp_path / "multi"), checkpoint.restore(tmp_path / "single")
-    assert multi.step == one.step == 3 * 40 and multi.meta["num_devices"] == 4
+    assert multi.step == one.step == 2 * 40 and multi.meta["num_devices"] == 4
     assert_close_trees(multi.params, one.params)
 
 
