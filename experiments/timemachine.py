@@ -277,6 +277,7 @@ def _main(argv, parser_options: dict) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     backend.keep_freed_memory()
+    backend.collect_less()
     if not args.no_compilation_cache:
         try:
             backend.enable_compilation_cache()

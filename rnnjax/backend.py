@@ -1,8 +1,9 @@
-"""Backend tuning, all in one place: XLA compiler options, CPU devices, malloc, the compilation cache.
+"""Backend tuning, all in one place: XLA compiler options, CPU devices, malloc, Python's garbage
+collector, the compilation cache.
 
 ``compiler_options`` and ``CompiledPerShape`` are what ``rnnjax.loop``
 compiles a run's steps with. The process-wide settings (``use_cpu_cores``,
-``keep_freed_memory``, ``enable_compilation_cache``) are chosen by the entry
+``keep_freed_memory``, ``collect_less``, ``enable_compilation_cache``) are chosen by the entry
 points before JAX starts; importing rnnjax never does. Why each one pays,
 with measurements: ``docs/performance.md``.
 """
@@ -14,6 +15,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import gc
 import numbers
 import os
 import platform
@@ -278,6 +280,14 @@ def remove_damaged_entries(path: Path) -> int:
                 removed += 1
                 entry.with_name(entry.name.removesuffix("-cache") + "-atime").unlink(missing_ok=True)
     return removed
+
+
+def collect_less() -> None:
+    """Has Python's garbage collector leave what is loaded so far alone (``gc.freeze``) and collect its
+    youngest objects every 100,000 allocations rather than 700: tracing and lowering a program allocate
+    much, and a short run (the test suite) spent about a tenth of its CPU collecting."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 # glibc's mallopt parameters (malloc.h).

@@ -71,11 +71,9 @@ os.environ["RNNJAX_CACHE"] = os.environ["RNNJAX_TEST_CACHE"]
 # Many tests compile the same small programs: JAX's persistent cache compiles each once a session.
 backend.enable_compilation_cache()
 
-# The suite traces thousands of small programs, allocating as it goes: Python's collector, run every 700
-# allocations by default, took about a tenth of its CPU (docs/performance.md). What the imports made is
-# frozen out of its scans.
-gc.freeze()
-gc.set_threshold(100_000, 50, 100)
+# The suite traces thousands of small programs, allocating as it goes: Python's collector took about a
+# tenth of its CPU (docs/performance.md).
+backend.collect_less()
 
 # Made absolute, so that subprocesses and notebook kernels in other folders find it too.
 REAL_TEXT = os.environ.get("RNNJAX_TIMEMACHINE") and str(Path(os.environ["RNNJAX_TIMEMACHINE"]).resolve())

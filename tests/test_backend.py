@@ -1,3 +1,4 @@
+import gc
 import os
 import platform
 import re
@@ -240,3 +241,13 @@ def test_jaxs_cache_warnings_are_one_line_once_and_others_pass_through(tmp_path,
         f"warning: JAX's compilation cache in {tmp_path} cannot be written (OSError: [Errno 28] No space "
         "left on device); entries cut short are removed as this process ends.\n")
     assert backend.remove_damaged_entries(tmp_path) == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_collect_less_freezes_what_is_loaded_and_collects_its_youngest_far_less_often():
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        backend.collect_less()
+        assert gc.get_threshold() == (100_000, 50, 100) and gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
