@@ -31,7 +31,7 @@ from rnnjax.metrics import FILENAME, MetricsError, MetricsLog, perplexity
 from rnnjax.precision import at_precision
 from rnnjax.state import abstract_run_states, abstract_train_state, create_train_state, make_model
 from rnnjax.stored import (CONFIG, PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, not_read,
-                           read_meta, steps, val_ppl)
+                           read_meta, steps, unreadable_workdir, val_ppl)
 from rnnjax.tidy import REMOVING
 from rnnjax.vocab import Vocab
 
@@ -162,10 +162,8 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
                                       f"{workdir.parent}.")
             what = "does not exist" if not workdir.exists() else "holds no checkpoints"
             raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
-        os.listdir(directory)
-    except OSError as e:
-        shown = str(workdir) if len(str(workdir)) <= 200 else f"{str(workdir)[:100]}..."
-        raise CheckpointError(f"The workdir {shown} cannot be read ({e.strerror or e}).") from None
+    except OSError as e:        # listing it, steps() says so alike
+        raise unreadable_workdir(workdir, e) from None
     if step is not None and best:
         raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")
     asked, run = _whole(step), _whole(run, "run")

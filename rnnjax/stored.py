@@ -157,19 +157,29 @@ def reason(e: Exception) -> str:
 
 def steps(workdir: Path) -> list[int]:
     """The workdir's complete checkpoints; creates nothing. ``CheckpointError`` for a step folder orbax
-    would misread (``0300`` is read as step 300, whose folder does not exist)."""
+    would misread (``0300`` is read as step 300, whose folder does not exist), and for a workdir that cannot
+    be listed (a name too long for the system, a folder this process may not read)."""
     directory = Path(workdir) / SUBDIR
-    if not directory.exists():
-        return []
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory} is not a folder; move it aside to train or restore.")
-    for entry in directory.iterdir():
-        if entry.name.isdigit() and (entry.name != str(int(entry.name)) or not entry.is_dir()):
-            if not os.path.lexists(entry):      # removed since listed (a run writing there keeps its latest)
-                continue
-            raise CheckpointError(f"{entry} is not a checkpoint rnnjax wrote (it names each by its step, "
-                                  f"as {int(entry.name)}, a folder); move it out of {directory}.")
-    return ocp.utils.checkpoint_steps(directory)
+    try:
+        if not directory.exists():
+            return []
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory} is not a folder; move it aside to train or restore.")
+        for entry in directory.iterdir():
+            if entry.name.isdigit() and (entry.name != str(int(entry.name)) or not entry.is_dir()):
+                if not os.path.lexists(entry):  # removed since listed (a run writing there keeps its latest)
+                    continue
+                raise CheckpointError(f"{entry} is not a checkpoint rnnjax wrote (it names each by its step, "
+                                      f"as {int(entry.name)}, a folder); move it out of {directory}.")
+        return ocp.utils.checkpoint_steps(directory)
+    except OSError as e:
+        raise unreadable_workdir(workdir, e) from None
+
+
+def unreadable_workdir(workdir: Path, e: OSError) -> CheckpointError:
+    """A workdir that cannot be listed, in one sentence (a name too long for the system shown cut)."""
+    shown = str(workdir) if len(str(workdir)) <= 200 else f"{str(workdir)[:100]}..."
+    return CheckpointError(f"The workdir {shown} cannot be read ({e.strerror or e}).")
 
 
 def latest_step(workdir: Path) -> int | None:

@@ -205,3 +205,22 @@ def test_a_step_metadata_nested_thousands_deep_or_with_a_key_orbax_does_not_know
     assert "future_field" not in caplog.text
     (tmp_path / "_CHECKPOINT_METADATA").write_text("[]")
     assert stored._step_metadata(tmp_path).startswith("has a _CHECKPOINT_METADATA that orbax cannot take")
+
+
+def test_a_checkpoints_folder_that_cannot_be_listed_is_one_sentence_where_read(tmp_path, monkeypatch):
+    """A resume met Python's PermissionError; restore had a check of its own."""
+    from pathlib import Path
+    data = TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
+    fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None)
+    listed = Path.iterdir
+
+    def denied(self):
+        if self.name == checkpoint.SUBDIR:
+            raise PermissionError(13, "Permission denied", str(self))
+        return listed(self)
+    monkeypatch.setattr(Path, "iterdir", denied)
+    said = rf"^The workdir {tmp_path} cannot be read \(Permission denied\)\.$"
+    for read in (stored.steps, checkpoint.restore,
+                 lambda w: fit(TINY.replace(epochs=2), data, w, devices=1, log=None)):
+        with pytest.raises(stored.CheckpointError, match=said):
+            read(tmp_path)
