@@ -9,7 +9,7 @@ import stat
 import sys
 from pathlib import Path
 
-from rnnjax.config import SWEEPABLE, got
+from rnnjax.config import SWEEPABLE
 from rnnjax.stored import CONFIG  # moved aside with the records
 from rnnjax.workdir import write_atomically
 
@@ -71,38 +71,27 @@ def check_step(metrics: dict) -> None:
 VAL_OWN = ("loss", "ppl", "bpc")
 
 
-def check_evaluation(metrics: dict, shape: tuple = ()) -> None:
-    """``ValueError`` in one sentence unless each of an evaluation's ``metrics`` (``loss_sum``, ``count`` and
-    its own) is one number, an array of ``shape`` (runs trained together have one each), and none of its
-    own is named as one of rnnjax's (read from their shapes as the evaluation is traced: before any step)."""
-    own = sorted(k for k in metrics if k in VAL_OWN)
-    if own:
-        named = ", ".join(map(repr, own))
-        raise ValueError(f"An evaluation's own metrics are logged as val_<key>, and {named} would be "
-                         f"rnnjax's val_{own[0]}: name {'it' if len(own) == 1 else 'them'} otherwise.")
-    shapes = {k: tuple(v.shape) if hasattr(v, "shape") and hasattr(v, "dtype") else None
-              for k, v in metrics.items()}
-    wrong = {k: s for k, s in shapes.items() if s != shape}
-    if wrong:
-        named = ", ".join(f"{k!r} ({got(metrics[k]) if s is None else f'shape {s}'})"
-                          for k, s in wrong.items())
-        raise ValueError(f"An evaluation's metrics must each be one number an epoch (logged as val_<key>); "
-                         f"{named} {'is' if len(wrong) == 1 else 'are'} not: reduce to one number.")
+def val_name(key: str) -> str:
+    """The record's name of an evaluation's ``key``: ``val_<key>``, a ``<key>_sum`` as ``val_<key>`` too
+    (``loss_sum``: ``val_loss``)."""
+    return "val_" + str(key).removesuffix("_sum")
 
 
 def epoch_record(epoch: int, step: int, train: dict, steps: int, val: dict, seconds: float) -> dict:
     """One line of ``metrics.jsonl`` from the sums of an epoch's ``steps`` (``add_steps``) and of its
     validation: the mean losses (nats), their perplexities and bits per character; any other metric a step
     reports, its mean over the epoch's steps (``grad_norm``: the global gradient norm before clipping); any
-    other the validation reports, as ``val_<key>``, as it is."""
-    train_loss, val_loss = train["loss_sum"] / train["count"], val["loss_sum"] / val["count"]
+    other the validation reports, as ``val_<key>``: a ``<key>_sum`` per token (over ``count``, as
+    ``loss_sum`` gives ``val_loss``), another as it is."""
+    train_loss = train["loss_sum"] / train["count"]
     means = {k: v / steps for k, v in train.items() if k not in ("loss_sum", "count")}
-    added = {f"val_{k}": v for k, v in val.items() if k not in ("loss_sum", "count")}
+    val = {val_name(k): v / val["count"] if str(k).endswith("_sum") else v
+           for k, v in val.items() if k != "count"}
     return {"epoch": epoch, "step": step,
             "train_loss": train_loss, "train_ppl": perplexity(train_loss),
             "train_bpc": bits_per_character(train_loss), **means,
-            "val_loss": val_loss, "val_ppl": perplexity(val_loss), "val_bpc": bits_per_character(val_loss),
-            **added, "seconds": seconds}
+            "val_loss": val["val_loss"], "val_ppl": perplexity(val["val_loss"]),
+            "val_bpc": bits_per_character(val["val_loss"]), **val, "seconds": seconds}
 
 
 class MetricsError(ValueError):

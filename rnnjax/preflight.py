@@ -41,7 +41,7 @@ def check_state(p: Plan, state: Any, vocab_size: int) -> None:
 
 def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText) -> None:
     """``ValueError`` unless ``evaluate`` returns ``loss_sum``, ``count`` and metrics that
-    ``metrics.check_evaluation`` takes: traced on the host as it will run (over devices, with their axis
+    ``check_evaluated`` takes: traced on the host as it will run (over devices, with their axis
     name), nothing computed, before any step (not once the first epoch has trained)."""
     # Every validation batch has the first's shapes: the stack's, without making it.
     batches = jax.tree.map(lambda x: jax.ShapeDtypeStruct((data.num_batches(False), *np.shape(x)),
@@ -55,4 +55,27 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
     if not (isinstance(out, dict) and {"loss_sum", "count"} <= set(out)):
         raise ValueError(f"An evaluation must return a dict of 'loss_sum' and 'count' (as "
                          f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
-    metrics_lib.check_evaluation(out, (len(p.runs),) if p.runs else ())
+    check_evaluated(out, (len(p.runs),) if p.runs else ())
+
+
+def check_evaluated(metrics: dict, shape: tuple = ()) -> None:
+    """``ValueError`` in one sentence unless each of an evaluation's ``metrics`` (``loss_sum``, ``count`` and
+    its own) is one number, an array of ``shape`` (runs trained together have one each), and none of its
+    own is logged under the name of rnnjax's or of another (``metrics.val_name``)."""
+    own = {k: metrics_lib.val_name(k) for k in metrics if k not in ("loss_sum", "count")}
+    taken = [k for k, name in own.items() if name in map(metrics_lib.val_name, metrics_lib.VAL_OWN)]
+    same = [k for k, name in own.items() if list(own.values()).count(name) > 1]
+    if taken or same:
+        clash = (f"{', '.join(map(repr, taken))} would be rnnjax's {own[taken[0]]}: name "
+                 f"{'it' if len(taken) == 1 else 'them'} otherwise" if taken else
+                 f"{' and '.join(map(repr, same))} would both be {own[same[0]]}: rename one")
+        raise ValueError(f"An evaluation's own metrics are logged as val_<key> (a <key>_sum as val_<key>, "
+                         f"per token), and {clash}.")
+    shapes = {k: tuple(v.shape) if hasattr(v, "shape") and hasattr(v, "dtype") else None
+              for k, v in metrics.items()}
+    wrong = {k: s for k, s in shapes.items() if s != shape}
+    if wrong:
+        named = ", ".join(f"{k!r} ({got(metrics[k]) if s is None else f'shape {s}'})"
+                          for k, s in wrong.items())
+        raise ValueError(f"An evaluation's metrics must each be one number an epoch (logged as val_<key>); "
+                         f"{named} {'is' if len(wrong) == 1 else 'are'} not: reduce to one number.")

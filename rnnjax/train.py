@@ -112,7 +112,8 @@ def _loss_sums(state: TrainState, batch: Batch) -> jax.Array:
 
 def eval_step(state: TrainState, batch: Batch, axis_name: str | None = None) -> dict[str, jax.Array]:
     """A batch's validation sums over ``axis_name``'s devices: ``loss_sum`` (the cross-entropy over its real
-    tokens) and ``count`` (of them). A key added here, a sum too, is logged as ``val_<key>``."""
+    tokens) and ``count`` (of them). A key added here, a sum too, is logged as ``val_<key>``: a ``<key>_sum``
+    divided by ``count`` (a mean per token, as ``loss_sum`` gives ``val_loss``), another as it is."""
     loss_sum, count = _loss_sums(state, batch)
     return _sum_over_devices({"loss_sum": loss_sum, "count": count}, axis_name)
 

@@ -99,20 +99,22 @@ def test_an_exception_from_progress_saves_its_step_and_the_same_fit_goes_on_from
 @pytest.mark.cpu_devices(2)
 def test_a_metric_an_evaluation_adds_is_logged_as_val_key_of_a_run_and_of_runs(data, tmp_path, monkeypatch):
     """What a researcher adding a validation metric changes: ``eval_step``'s dict (a batch's sum), nothing
-    else: it is summed over batches and devices as ``loss_sum`` is."""
+    else: it is summed over batches and devices as ``loss_sum`` is (a ``<key>_sum`` then divided by
+    ``count``, a mean per token, as ``val_loss``)."""
     plain = train.eval_step
 
     def with_tokens(*args, **kwargs):
         m = plain(*args, **kwargs)
-        return {**m, "tokens": m["count"] / 2}
+        return {**m, "tokens": m["count"] / 2, "half_sum": m["count"] / 2}
     monkeypatch.setattr(train, "eval_step", with_tokens)
     [record] = fit(TINY.replace(epochs=1), data, tmp_path / "one", devices=2, log=None).history
     tokens = sum(float(b.mask.sum()) for b in data.val_batches()) * TINY.num_steps
     logged = json.loads((tmp_path / "one" / metrics.FILENAME).read_text())
     assert record["val_tokens"] == logged["val_tokens"] == tokens / 2
+    assert record["val_half"] == logged["val_half"] == 0.5
     together = runs.fit_runs([TINY.replace(epochs=1, seed=s) for s in (0, 1)], data, tmp_path / "two",
                              devices=1, log=None)
-    assert [r["val_tokens"] for r in together.history] == [tokens / 2] * 2
+    assert [(r["val_tokens"], r["val_half"]) for r in together.history] == [(tokens / 2, 0.5)] * 2
 
 
 @pytest.mark.parametrize("extra, said", [

@@ -19,9 +19,12 @@ def test_add_steps_sums_per_key_in_step_order_and_keeps_a_saved_sum_s_keys():
     assert metrics.add_steps(sums, [call]) == {"loss_sum": 9.0, "count": 24.0, "grad_norm": 6.0}
     old = {"loss_sum": 1.0, "count": 4.0}                       # saved before grad_norm was a metric
     assert metrics.add_steps(old, [call]) == {"loss_sum": 4.0, "count": 12.0}
-    record = metrics.epoch_record(3, 30, sums, 4, {"loss_sum": 8.0, "count": 4.0, "hits": 3.0}, 1.5)
+    val = {"loss_sum": 8.0, "count": 4.0, "hits": 3.0, "right_sum": 1.0}
+    record = metrics.epoch_record(3, 30, sums, 4, val, 1.5)
     assert record["train_loss"] == 6.0 / 16.0 and record["grad_norm"] == 1.0
     assert record["val_ppl"] == np.exp(2.0) and record["val_hits"] == 3.0      # as the validation gives it
+    assert record["val_right"] == 0.25 and "val_right_sum" not in record     # a <key>_sum: per token
+    assert "val_count" not in record and "val_loss_sum" not in record
 
 
 def test_a_step_s_metrics_must_each_be_one_number():
@@ -38,16 +41,6 @@ def test_a_step_s_metric_may_not_take_a_name_of_the_record_s_own(name):
                                          r"step, run, seed, lr, clip, stopped, seconds, train_loss, "
                                          r"train_ppl, train_bpc, val_\*\): name it otherwise\.$"):
         metrics.check_step({"loss_sum": np.float32(1.0), name: np.float32(1.0)})
-
-
-def test_an_evaluation_s_metrics_must_each_be_one_number_of_a_name_of_its_own():
-    metrics.check_evaluation({"hits": np.float32(3.0)})
-    metrics.check_evaluation({"hits": np.ones(2)}, shape=(2,))                  # two runs trained together
-    with pytest.raises(ValueError, match=r"one number an epoch \(logged as val_<key>\); 'hits' \(shape \(2,"):
-        metrics.check_evaluation({"hits": np.ones(2)})
-    with pytest.raises(ValueError, match=r"^An evaluation's own metrics are logged as val_<key>, and 'ppl' "
-                                         r"would be rnnjax's val_ppl: name it otherwise\.$"):
-        metrics.check_evaluation({"ppl": np.float32(1.0), "hits": np.float32(3.0)})
 
 
 def test_append_read_and_truncate(tmp_path):

@@ -5,10 +5,11 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from conftest import TINY, small_text
-from rnnjax import checkpoint, loop, metrics, runs, stored, train
+from rnnjax import checkpoint, loop, metrics, preflight, runs, stored, train
 from rnnjax.data import TimeMachine
 from rnnjax.state import create_train_state
 from rnnjax.train import fit
@@ -20,7 +21,9 @@ def data():
 
 
 @pytest.mark.parametrize("returned, said", [
-    (lambda m: {**m, "ppl": m["count"]}, r"^An evaluation's own metrics are logged as val_<key>, and 'ppl' "),
+    (lambda m: {**m, "ppl": m["count"]},
+     r"^An evaluation's own metrics are logged as val_<key> \(a <key>_sum as val_<key>, per token\), "
+     r"and 'ppl' would be rnnjax's val_ppl: "),
     (lambda m: {**m, "per_batch": jnp.ones(3)}, r"one number an epoch .* 'per_batch' \(shape \(3,"),
     (lambda m: m["loss_sum"], r"^An evaluation must return a dict of 'loss_sum' and 'count' .* not a "),
     (lambda m: {**m, "nested": {"a": m["count"]}, "none": None},
@@ -38,6 +41,19 @@ def test_an_evaluation_returning_what_cannot_be_logged_is_refused_before_any_ste
 
 
 @pytest.mark.cpu_devices(2)
+def test_an_evaluation_s_metrics_must_each_be_one_number_of_a_name_of_its_own():
+    one = np.float32(1.0)
+    preflight.check_evaluated({"loss_sum": one, "count": one, "hits": one, "right_sum": one})
+    preflight.check_evaluated({"hits": np.ones(2)}, shape=(2,))                  # two runs trained together
+    with pytest.raises(ValueError, match=r"one number an epoch \(logged as val_<key>\); 'hits' \(shape \(2,"):
+        preflight.check_evaluated({"hits": np.ones(2)})
+    with pytest.raises(ValueError, match=r", and 'ppl_sum', 'bpc' would be rnnjax's val_ppl: name them "
+                                         r"otherwise\.$"):
+        preflight.check_evaluated({"ppl_sum": one, "hits": one, "bpc": one})
+    with pytest.raises(ValueError, match=r", and 'hits' and 'hits_sum' would both be val_hits: rename one"):
+        preflight.check_evaluated({"hits": one, "hits_sum": one})
+
+
 def test_an_evaluation_over_devices_is_checked_as_it_runs_with_their_axis(data, tmp_path, monkeypatch):
     """A metric summed over the devices (as eval_steps sums its own) is checked and logged as pmap runs it."""
     plain = train.eval_steps
