@@ -67,7 +67,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     p.config)``) or, for ``p.runs``, it vmapped; ``evaluate``
     likewise ``eval_steps`` or ``rnnjax.runs.eval_runs``. ``progress(done,
     total, record_or_None)`` after every call and epoch (the epoch's record as
-    metrics.jsonl gets it; of runs, their mean perplexities); ``log`` says
+    metrics.jsonl gets it; of runs, their mean perplexities and, as ``runs``,
+    the records of those that train on); ``log`` says
     which of several runs stop. Raises
     ``NonFiniteLoss`` once every run has stopped (nothing of that epoch
     saved, but the line in metrics.jsonl of a run its perplexity stopped),
@@ -199,10 +200,10 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             due = (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or signum is not None
             if due or raised is not None:
                 save(epoch + 1, 0, [{} for _ in configs], records)
-            if raised is None:    # runs: their mean perplexities; a single run: its record, as logged
+            if raised is None:    # runs: their mean perplexities, and each record; a single run: its record
                 raised = _told(progress, done, total, {"epoch": epoch + 1, **{
-                    k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED}} if several
-                    else dict(records[0]))
+                    k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED},
+                    "runs": [dict(r) for r in records]} if several else dict(records[0]))
                 if raised is not None and not due:
                     save(epoch + 1, 0, [{} for _ in configs], records)
             if raised is not None:

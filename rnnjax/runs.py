@@ -94,11 +94,11 @@ def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path,
              plan: Plan | None = None) -> FitResult:
     """Trains ``configs`` together as ``fit`` trains one: checked first, resumed from ``workdir``, one
     metrics line per run and epoch. The result's state is the stacked one; ``progress`` gets the runs'
-    mean perplexities. ``data``'s seed is replaced by each run's. A run whose loss turns non-finite or
-    that diverges stops alone (logged; its records end with the epoch that stopped it where it
-    validated, that record's ``stopped`` saying why, as the result's ``stopped`` does; ``restore``
-    refuses it) and the others train on; ``NonFiniteLoss`` once every run has stopped. ``plan``: as
-    ``fit``'s."""
+    mean perplexities and, as ``runs``, their records. ``data``'s seed is replaced by each run's. A run
+    whose loss turns non-finite or that diverges stops alone (logged; its records end with the epoch that
+    stopped it where it validated, that record's ``stopped`` saying why, as the result's ``stopped``
+    does; ``restore`` refuses it) and the others train on; ``NonFiniteLoss`` once every run has stopped.
+    ``plan``: as ``fit``'s."""
     configs = _listed(configs)
     check_runs(configs)
     check_types(configs[0], data, workdir)

@@ -87,8 +87,14 @@ def test_resume_after_an_interrupt_mid_epoch_is_exact(small_data, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_each_run_restores_on_its_own(data10, tmp_path):
-    together = runs.fit_runs(CONFIGS10[:2], data10, tmp_path, devices=1, log=None)
+def test_each_run_restores_on_its_own_and_progress_gets_each_run_s_record(data10, tmp_path):
+    told = []
+    together = runs.fit_runs(CONFIGS10[:2], data10, tmp_path, devices=1, log=None,
+                             progress=lambda done, total, record: record and told.append(record))
+    for record in told:             # an early stop may look at one run's metric
+        mine = [r for r in together.history if r["epoch"] == record["epoch"]]
+        assert record["runs"] == mine and record["val_ppl"] == np.mean([r["val_ppl"] for r in mine])
+    assert [r["epoch"] for r in told] == [1, 2]
     for k, config in enumerate(CONFIGS10[:2]):
         restored = checkpoint.restore(tmp_path, run=k)
         assert restored.config == config
