@@ -1,5 +1,6 @@
 """The settings a workdir's run was trained with: its ``config.json``, else its newest readable checkpoint's,
-refused where the two disagree. Read without a manager, creating nothing (``rnnjax.stored``)."""
+refused where the two disagree. Read without a manager, creating nothing (``rnnjax.stored``); and a
+checkpoint's settings checked against a resume's (``check_compatible``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import stat
 from pathlib import Path
 
 from rnnjax import meta as meta_lib
-from rnnjax.config import Config
+from rnnjax.config import SWEEPABLE, Config, disagreement, shown
 from rnnjax.stored import CONFIG, CheckpointError, DamagedCheckpoint, UnknownCell, read_meta, steps
 from rnnjax.vocab import Vocab
 
@@ -87,3 +88,35 @@ def _differences(given: tuple[list[Config], dict], saved: tuple[list[Config], di
                            for c, s in zip(configs, saved_configs) for name in s.differences(c))
     other_vocab = Vocab.from_json(vocab).differs(Vocab.from_json(saved_vocab))
     return "; ".join([*differ, *(["the vocabulary"] if other_vocab else [])])
+
+
+def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, runs: tuple[Config, ...] = (),
+                     steps_per_epoch: int | None = None) -> None:
+    """A resumed run must be the same run: same config but for ``RESUMABLE`` fields (and the same ``runs``
+    trained together, if several), the same vocabulary and steps an epoch."""
+    saved_runs = [Config.from_json(c) for c in meta.get("runs", [])]
+    if len(saved_runs) != len(runs) or any(s.differences(c) for s, c in zip(saved_runs, runs)):
+        def what(configs):
+            return f"{len(configs)} runs trained together ({_sweep(configs)})" if configs else "a single run"
+        raise CheckpointError(f"{workdir} holds {what(saved_runs)}, not {what(list(runs))}. Use a "
+                              "new --workdir, or the checkpoint's settings to resume it.")
+    saved = Config.from_json(meta["config"])
+    diff = [disagreement(name, (getattr(config, name),), [getattr(saved, name)])
+            for name in saved.differences(config)]
+    if diff:
+        raise CheckpointError(
+            f"{workdir} holds a run with another configuration ({'; '.join(diff)}). Use a new "
+            "--workdir, or the checkpoint's settings to resume it.")
+    why = Vocab.from_json(meta["vocab"]).differs(vocab)
+    if why:
+        raise CheckpointError(f"{workdir} holds a run trained on {why}. Use a new --workdir, or "
+                              "the data it was trained on to resume it.")
+    if steps_per_epoch is not None and meta.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
+        raise CheckpointError(f"{workdir} holds a run of {meta['steps_per_epoch']} steps an "
+                              f"epoch; this data has {steps_per_epoch}. Use a new --workdir, or "
+                              "the checkpoint's data to resume it.")
+
+
+def _sweep(configs: list[Config]) -> str:
+    return "; ".join(f"{k} {', '.join(map(shown, dict.fromkeys(getattr(c, k) for c in configs)))}"
+                     for k in SWEEPABLE)

@@ -18,15 +18,14 @@ from typing import Any
 import jax
 
 from rnnjax import (checkpoint, computing as computing_lib, kernels, lock as lock_lib, memory, metrics,
-                    precision, stored, tidy, workdir as workdir_lib)
+                    precision, saved, stored, tidy, workdir as workdir_lib)
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as
-from rnnjax.config import SWEEPABLE, Config, check_is_config, disagreement, got, label, shown
+from rnnjax.config import Config, check_is_config, got, label
 from rnnjax.data import WindowedText
 from rnnjax.meta import Position
 from rnnjax.parallel import DataParallel
 from rnnjax.state import abstract_run_states, abstract_train_state, loss_path, make_model, takes_dtype
-from rnnjax.vocab import Vocab
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +265,7 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
             damaged.append((step, e.reason))
     for step in metas:           # the newest good checkpoint; damaged ones are reported and set aside
         try:
-            check_compatible(metas[step], config, data.vocab, workdir, runs, data.num_batches(True))
+            saved.check_compatible(metas[step], config, data.vocab, workdir, runs, data.num_batches(True))
             state = checkpoint.restore_state(workdir / checkpoint.SUBDIR, step, target, metas[step])
         except checkpoint.DamagedCheckpoint as e:
             damaged.append((step, e.reason))
@@ -284,37 +283,5 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         "aside to start anew, or use a new --workdir.")
 
 
-def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, runs: tuple[Config, ...] = (),
-                     steps_per_epoch: int | None = None) -> None:
-    """A resumed run must be the same run: same config but for ``RESUMABLE`` fields (and the same ``runs``
-    trained together, if several), the same vocabulary and steps an epoch."""
-    saved_runs = [Config.from_json(c) for c in meta.get("runs", [])]
-    if len(saved_runs) != len(runs) or any(s.differences(c) for s, c in zip(saved_runs, runs)):
-        def what(configs):
-            return f"{len(configs)} runs trained together ({_sweep(configs)})" if configs else "a single run"
-        raise checkpoint.CheckpointError(f"{workdir} holds {what(saved_runs)}, not {what(list(runs))}. Use a "
-                                         "new --workdir, or the checkpoint's settings to resume it.")
-    saved = Config.from_json(meta["config"])
-    diff = [disagreement(name, (getattr(config, name),), [getattr(saved, name)])
-            for name in saved.differences(config)]
-    if diff:
-        raise checkpoint.CheckpointError(
-            f"{workdir} holds a run with another configuration ({'; '.join(diff)}). Use a new "
-            "--workdir, or the checkpoint's settings to resume it.")
-    why = Vocab.from_json(meta["vocab"]).differs(vocab)
-    if why:
-        raise checkpoint.CheckpointError(f"{workdir} holds a run trained on {why}. Use a new --workdir, or "
-                                         "the data it was trained on to resume it.")
-    if steps_per_epoch is not None and meta.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
-        raise checkpoint.CheckpointError(f"{workdir} holds a run of {meta['steps_per_epoch']} steps an "
-                                         f"epoch; this data has {steps_per_epoch}. Use a new --workdir, or "
-                                         "the checkpoint's data to resume it.")
-
-
 def _epochs(n: int, kind: str = "") -> str:
     return f"{n} {kind}epoch{'' if n == 1 else 's'}"
-
-
-def _sweep(configs: list[Config]) -> str:
-    return "; ".join(f"{k} {', '.join(map(shown, dict.fromkeys(getattr(c, k) for c in configs)))}"
-                     for k in SWEEPABLE)
