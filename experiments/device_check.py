@@ -5,7 +5,7 @@ Command, from the repository root (no network, no install step)::
     PYTHONPATH=. python -m experiments.device_check --out DIR [--data timemachine.txt] [--quick]
 
 On a GPU it takes at most ``--budget`` seconds (default 540), its parts in
-this order, the most wanted first: the machine (``info``); the benchmark's step table at issue 26's sizes
+this order, the most wanted first: the machine (``info``); the benchmark's step table at the GPU sizes
 (``--sizes gpu``, the 2-layer LSTM 1024 first, rnnjax's hoisted kernel in
 bfloat16 too at the large LSTMs, cuDNN's LSTM last at each size); d2l's
 recipe from the command line as a whole process, first with a fresh, empty

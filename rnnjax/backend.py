@@ -174,7 +174,7 @@ MAX_CPU_DEVICES = 2048      # past it a CPU computation fails ("multiprocess"); 
 def check_cpu_device_count() -> None:
     """``ValueError`` where ``$JAX_NUM_CPU_DEVICES`` or ``jax_num_cpu_devices`` is not a whole number from 1
     to ``MAX_CPU_DEVICES`` (JAX's -1, unset, aside): JAX takes 0 and below as one device, or fails to start
-    its CPU backend; a million kept a CPU busy for minutes, deaf to signals, until memory ran out."""
+    its CPU backend; a million keep a CPU busy, deaf to signals, until memory runs out."""
     typed, count = os.environ.get("JAX_NUM_CPU_DEVICES"), jax.config.jax_num_cpu_devices
     asked = [("$JAX_NUM_CPU_DEVICES", _as_int(typed), repr(typed))] if typed is not None else []
     for name, value, shown in asked + ([("jax_num_cpu_devices", count, None)] if count != -1 else []):
@@ -285,7 +285,7 @@ def remove_damaged_entries(path: Path) -> int:
 def collect_less() -> None:
     """Has Python's garbage collector leave what is loaded so far alone (``gc.freeze``) and collect its
     youngest objects every 100,000 allocations rather than 700: tracing and lowering a program allocate
-    much, and a short run (the test suite) spent about a tenth of its CPU collecting."""
+    much, and short runs (the test suite) spend a share of their CPU collecting (docs/performance.md)."""
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
 

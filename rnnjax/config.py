@@ -1,8 +1,8 @@
-"""A run's settings, its named presets, and the command-line flags made from them.
+"""A run's settings and its named presets.
 
 Every ``Config`` field is a flag of ``python -m experiments.timemachine``
 (``--num-hiddens``, ``--kernel``, ...), its help the field's
-``help`` below: a new field needs no CLI edit. Values are checked when a
+``help`` below (``rnnjax.flags``): a new field needs no CLI edit. Values are checked when a
 ``Config`` is made, so a bad one fails before any work starts.
 """
 

@@ -71,7 +71,7 @@ def check_file(path: str | os.PathLike) -> int:
     size = path.stat().st_size
     if not size:
         raise DataError(f"{path} is empty: there is no text to train on.")
-    if 6 * size > os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):   # tokenizing's peak, measured
+    if 6 * size > os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):   # tokenizing's peak, 6x the file
         raise DataError(TOO_LARGE.format(path, size / 2 ** 30))
     with open(path, "rb") as f:
         _decode(path, f.read(HEAD), final=False)

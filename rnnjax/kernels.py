@@ -33,8 +33,8 @@ def choose(config, backend: str | None = None) -> str:
 
     On a CPU, ``fused`` (measured: docs/performance.md). Elsewhere ``hoisted``
     for rnnjax's own cells, the structure cuDNN uses, and ``fused`` for a cell
-    it does not know (a user's). Neither rule is yet measured on a GPU; nor is
-    ``cudnn``, which is never picked until a GPU measurement shows it wins.
+    it does not know (a user's); ``cudnn`` only when forced. What each rule
+    rests on, and what is still to be measured on a GPU: docs/performance.md.
     """
     if config.kernel != "auto":
         return config.kernel

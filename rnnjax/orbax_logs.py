@@ -11,7 +11,7 @@ from rnnjax.stops import hooked
 
 
 class Tracebacks(logging.Filter):
-    """Drops orbax's logs of a failure with its traceback (up to 290 lines for a full disk): a checkpoint
+    """Drops orbax's logs of a failure with its traceback (hundreds of lines for a full disk): a checkpoint
     manager's owner reports each failed save in one sentence with its cause."""
 
     def filter(self, record: logging.LogRecord) -> bool:

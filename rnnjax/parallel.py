@@ -45,7 +45,7 @@ def wait_for_backlog(outputs: list) -> None:
 
 
 # Processes of a multi-host run, at most: more hosts than any cluster has; JAX's coordinator allocates for
-# each, and 2**31 - 1 of them took all of a machine's memory.
+# each, and 2**31 - 1 of them take all of a machine's memory.
 MAX_PROCESSES = 2 ** 16
 
 

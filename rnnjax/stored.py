@@ -150,7 +150,7 @@ def _saved_params(state_dir: Path) -> Any:
 
 
 def reason(e: Exception) -> str:
-    """An exception in a few words: its type and first line (orbax's can run to 60 lines)."""
+    """An exception in a few words: its type and first line (orbax's can run to dozens of lines)."""
     first = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {first[:160]}{'...' if len(first) > 160 else ''}"
 

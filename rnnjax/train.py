@@ -48,7 +48,8 @@ def _sum_over_devices(x, axis_name):
 
 def train_step(state: TrainState, batch: Batch, axis_name: str | None = None, rng: jax.Array | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on the exact mean objective over the real tokens of the global batch.
+    """One optimizer step (``state.tx``: SGD by default) on the exact mean objective over the real tokens of
+    the global batch.
 
     Each device differentiates its own objective sum. One ``pmean`` averages those
     gradients, cross-entropy sums and token counts over the devices (a single

@@ -392,8 +392,8 @@ def test_a_ratio_below_one_reads_as_slower():
                                 "faster than flax, as fast as rnnjax plain"
 
 
-def test_the_gpu_sizes_are_issue_26s_table_the_largest_first():
-    """A bench the time cuts keeps the sizes it finished: the 2-layer LSTM 1024 (issue 26's targets) and the
+def test_the_gpu_sizes_are_the_measured_table_the_largest_first():
+    """A bench the time cuts keeps the sizes it finished: the 2-layer LSTM 1024 (the GPU targets') and the
     LSTM 512 come first."""
     assert [s.label for s in sizes.settings("gpu")] == [
         "lstm 1024/256/64 x2", "lstm 512/512/64", "rnn 32/1024/32", "gru 32/1024/32", "lstm 32/1024/32",

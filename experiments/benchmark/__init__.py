@@ -42,7 +42,7 @@ medians with min-max over the rounds and ratios against rnnjax.
   fresh processes with and without the persistent cache, generation against
   d2l's loop of one model call per character, and the machine (backend,
   device, versions).
-- ``sizes.py``: ``--sizes gpu`` (issue 26's sizes, the 2-layer LSTM 1024
+- ``sizes.py``: ``--sizes gpu`` (research sizes, the 2-layer LSTM 1024
   first) or ``--sizes small``: the step of every contender at each size,
   rnnjax with each applicable kernel, at the large LSTMs its hoisted kernel in
   bfloat16 too (``rnnjax hoisted bf16``), cuDNN's LSTM measured on its own

@@ -147,9 +147,9 @@ def parser() -> Parser:
     p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else download)")
     p.add_argument("--sizes", choices=sorted(SIZES),
                    help="instead of d2l's recipe: the training step of every contender at each size of "
-                        "this set (gpu: the sizes of issue 26; small: quick ones), rnnjax with each kernel; "
-                        "not with the recipe's --recipe-rounds, --cell, --num-layers, --runs, --sweep, "
-                        "--ablations")
+                        "this set (gpu: research sizes, the 2-layer LSTM 1024 first; small: quick ones), "
+                        "rnnjax with each kernel; not with the recipe's --recipe-rounds, --cell, "
+                        "--num-layers, --runs, --sweep, --ablations")
     p.add_argument("--rounds", type=int,
                    help="interleaved rounds of steady-state steps (default 7; with --sizes the set's; "
                         f"the sweep takes {SWEEP_ROUNDS} at each point)")

@@ -1,6 +1,6 @@
 """The step table over sets of sizes (``--sizes``): every contender at each size, on the backend it runs on.
 
-``gpu`` is the table of issue 26, the sizes people train at on an accelerator
+``gpu`` holds the sizes people train at on an accelerator
 (d2l's recipe of each cell, and larger models); ``small`` has every contender
 (the vanilla RNN's, the 2-layer LSTM's with bfloat16 too; a GRU's are the RNN's)
 at sizes a CPU steps through in milliseconds, for quick runs
@@ -24,8 +24,8 @@ from rnnjax.data import TimeMachine
 from rnnjax.workdir import write_atomically
 
 # (cell, hidden units, batch, steps, layers). On a GPU the largest first: a run the time cuts keeps the sizes
-# it finished, and the 2-layer LSTM 1024 is the one issue 26 sets its targets at. The small set (figures not
-# read) the quickest first: the suite stops a run once its first size is written.
+# it finished, and the 2-layer LSTM 1024 is the one the GPU targets are set at (docs/performance.md). The
+# small set (figures not read) the quickest first: the suite stops a run once its first size is written.
 SIZES = {
     "gpu": [("lstm", 1024, 256, 64, 2), ("lstm", 512, 512, 64, 1), ("rnn", 32, 1024, 32, 1),
             ("gru", 32, 1024, 32, 1), ("lstm", 32, 1024, 32, 1), ("gru", 32, 1024, 32, 2),
