@@ -302,8 +302,9 @@ def test_a_run_whose_workdir_is_moved_stops_before_writing_again(data, tmp_path)
 
 
 def test_a_loop_of_ones_own_with_dropout_key_trains_as_fit_does(data, tmp_path):
-    """README's "a step of your own": fit's step is ``train_windows`` with ``rng=dropout_key(config)``
-    (without it the same loop trained without dropout, whatever the config said)."""
+    """The README's "a loop of your own" (loop.run's docstring): fit's step is ``train_windows`` with
+    ``rng=dropout_key(config)`` (without it the same loop trained without dropout, whatever the config
+    said)."""
     import functools
     from rnnjax.start import planned
     config = TINY.replace(epochs=1, num_layers=2, dropout=0.5)
