@@ -7,7 +7,7 @@ rnnjax's ``W_ih.T``, ``W_hh.T``, gates ``i, f, g, o``), then every layer's
 ``b_ih`` and ``b_hh``. ``CudnnRNNLM`` is ``RNNLM`` whose ``loss`` runs the
 stack as one cuDNN call (one call per layer with dropout on in training, so
 that the stack's own dropout module draws the plain model's masks between
-them), then ``fused.dense_cross_entropy``.
+them), then ``output_layer.dense_cross_entropy``.
 
 The binding has no batching rule: under ``jax.vmap`` (``rnnjax.runs``' seeds)
 the calls run one run after another (``jax.custom_batching.sequential_vmap``).
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import rnn as jax_rnn
 
-from rnnjax.fused import output_loss
+from rnnjax.output_layer import output_loss
 from rnnjax.hoisted import layers
 from rnnjax.model import RNNLM
 

@@ -2,7 +2,7 @@
 
 ``FusedRNNLM`` is ``RNNLM`` with this loss; ``rnnjax.state.make_model``
 picks it on a CPU (``rnnjax.kernels.choose``). For every layer the output layer
-and the cross-entropy are one op (``dense_cross_entropy``); for one layer of
+and the cross-entropy are one op (``rnnjax.output_layer``); for one layer of
 d2l's ``SimpleRNNCell`` (``recurrence_fused``) the recurrence joins them,
 with a backward pass through time written by hand. What makes it fast
 (``docs/performance.md`` has the measurements):
@@ -13,8 +13,7 @@ with a backward pass through time written by hand. What makes it fast
 - a hand-written backward pass through time that carries only the gradient
   buffer, and for small blocks takes ``dW_hh`` and the output layer's ``dW``
   as plain matmuls of one transpose of the outputs;
-- the output layer and the cross-entropy fused, the vocabulary padded up to
-  a multiple of 16 (``_PAD_VOCAB_TO``) for efficiency.
+- the output layer and the cross-entropy fused (``rnnjax.output_layer``).
 
 Every matmul, forward and backward, is ``rnnjax.precision.dot`` in the
 compute dtype: the cell's ``dtype`` for the recurrence, the model's for the
@@ -31,7 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnnjax import objective
+from rnnjax import output_layer
 from rnnjax.cells import NONLINEARITIES, OneHot
 from rnnjax.model import RNN, RNNLM, SimpleRNNCell
 from rnnjax.precision import dot
@@ -63,7 +62,7 @@ class FusedRNNLM(RNNLM):
         dense, dtype = params["output_layer"], jnp.dtype(self.dtype)
         if not recurrence_fused(self.rnn):     # its own scan under autodiff, then the fused loss
             outputs_TxBxH, _ = self.rnn(OneHot(X_BxT.T, self.vocab_size), None, train)
-            return output_loss(dense, outputs_TxBxH, Y_BxT, weights_B, dtype)
+            return output_layer.output_loss(dense, outputs_TxBxH, Y_BxT, weights_B, dtype)
         B, T = X_BxT.shape
         labels_N, weights_N = Y_BxT.T.reshape(-1), jnp.broadcast_to(weights_B, (T, B)).reshape(-1)
         cell = params["rnn"]["cell"]
@@ -162,98 +161,6 @@ def _backprop_through_time(W_hh: Array, outputs_TxBxH: Array, dout_TxBxH: Array,
     return dZ_TxBxH, dW_hh, outputs_HxN
 
 
-# The vocabulary is padded up to a multiple of 16 for efficiency (zero weights,
-# bias -inf: the padding gets probability 0 exactly and no gradient).
-_PAD_VOCAB_TO = 16
-
-
-def _pad_vocab(x: Array, value: float = 0.0) -> Array:
-    pad = -x.shape[-1] % _PAD_VOCAB_TO
-    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)], constant_values=value)
-
-
-def _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype) -> tuple[Array, Array, Array]:
-    """``(objective sum, cross-entropy sum, the softmax (N, padded V))`` of the logits
-    ``H_NxH @ W_HxV + b_V``: sums over n of ``weights_N[n]`` times the cross-entropy against
-    ``rnnjax.objective.targets`` and against the label ``labels_N[n]``.
-
-    The softmax is kept, so the backward is one elementwise pass and two matmuls.
-    """
-    V = W_HxV.shape[1]
-    logits_NxP = dot(H_NxH, _pad_vocab(W_HxV), dtype) + _pad_vocab(b_V, -jnp.inf)
-    m_Nx1 = jnp.max(logits_NxP, axis=-1, keepdims=True)
-    e_NxP = jnp.exp(logits_NxP - m_Nx1)
-    s_Nx1 = jnp.sum(e_NxP, axis=-1, keepdims=True)
-    logsumexp_N = jnp.log(s_Nx1[:, 0]) + m_Nx1[:, 0]
-    picked_N = jnp.take_along_axis(logits_NxP, labels_N[:, None], axis=-1)[:, 0]
-    # Targets sum to 1: their cross-entropy is logsumexp - <targets, logits>, over the real vocabulary
-    # only (the padding's logits are -inf).
-    objective_N = logsumexp_N - jnp.sum(objective.targets(labels_N, V) * logits_NxP[:, :V], axis=-1)
-    return (jnp.sum(objective_N * weights_N), jnp.sum((logsumexp_N - picked_N) * weights_N),
-            e_NxP / s_Nx1)
-
-
-def dense_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype=jnp.float32) -> tuple[Array, Array]:
-    """The output layer and the loss as one op, for the outputs of any recurrent stack; matmuls in ``dtype``.
-
-    Returns ``(objective sum, cross-entropy sum)`` over n, each term weighted by
-    ``weights_N[n]``, of the logits ``H_NxH[n] @ W_HxV + b_V``: against
-    ``rnnjax.objective.targets`` (differentiated) and against ``labels_N[n]``
-    (measured: no gradient flows from it).
-    """
-    objective_sum, ce_sum = _dense_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype)
-    return objective_sum, jax.lax.stop_gradient(ce_sum)
-
-
-def output_loss(dense: dict, outputs_TxBxH: Array, Y_BxT: Array, weights_B: Array, dtype=jnp.float32
-                ) -> tuple[Array, Array, Array]:
-    """``RNNLM.loss``'s three values from a recurrent layer's time-major outputs, the output layer (``dense``,
-    its params) and the loss as one op (``dense_cross_entropy``): what every kernel's loss ends with."""
-    T, B = outputs_TxBxH.shape[:2]
-    labels_N, weights_N = Y_BxT.T.reshape(-1), jnp.broadcast_to(weights_B, (T, B)).reshape(-1)
-    objective_sum, ce_sum = dense_cross_entropy(outputs_TxBxH.reshape(T * B, -1), dense["kernel"],
-                                                dense["bias"], labels_N, weights_N, dtype)
-    return objective_sum, jnp.sum(weights_B) * T, ce_sum
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _dense_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype):
-    """``dense_cross_entropy``'s two sums; the backward is the objective's (the cross-entropy's cotangent
-    is ignored: every caller stops its gradient)."""
-    return _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype)[:2]
-
-
-def _dense_cross_entropy_fwd(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype):
-    objective_sum, ce_sum, p_NxP = _softmax_cross_entropy(H_NxH, W_HxV, b_V, labels_N, weights_N, dtype)
-    return (objective_sum, ce_sum), (H_NxH, W_HxV, p_NxP, labels_N, weights_N)
-
-
-def _dense_cross_entropy_bwd(dtype, residuals, g):
-    H_NxH, W_HxV, p_NxP, labels_N, weights_N = residuals
-    V = W_HxV.shape[1]
-    dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g[0], V)
-    # A cotangent takes its primal's dtype: a cell of one's own may output bfloat16 (flax's SimpleCell).
-    return (dot(dlogits_NxP, _pad_vocab(W_HxV).T, dtype).astype(H_NxH.dtype),
-            _dense_weight_gradient(H_NxH, dlogits_NxP, dtype)[:, :V], jnp.sum(dlogits_NxP, axis=0)[:V], None,
-            None)
-
-
-_dense_cross_entropy.defvjp(_dense_cross_entropy_fwd, _dense_cross_entropy_bwd)
-
-
-def _dlogits(p_NxP, labels_N, weights_N, g, vocab_size):
-    """The gradient of ``g * objective sum`` w.r.t. the (padded) logits: softmax minus the targets, which
-    holds for any targets that sum to 1 (they are 0 on the padding)."""
-    targets_NxP = _pad_vocab(objective.targets(labels_N, vocab_size))
-    return (p_NxP - targets_NxP) * (g * weights_N)[:, None]
-
-
-def _dense_weight_gradient(H_NxH, dlogits_NxP, dtype):
-    """``H.T @ dlogits`` as ``(dlogits.T @ H).T``, the faster way round for XLA:CPU's dot over the
-    N rows; the barrier keeps XLA from folding the transpose back into the dot."""
-    return jax.lax.optimization_barrier(dot(dlogits_NxP.T, H_NxH, dtype)).T
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
 def _recurrence_dense_ce(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, unroll, nonlinearity, dtype,
                          dense_dtype):
@@ -268,8 +175,9 @@ def _recurrence_dense_ce_fwd(W_hh, XW_TxBxH, W_HxV, b_V, labels_N, weights_N, un
                              dense_dtype):
     H0_BxH = jnp.zeros(XW_TxBxH.shape[1:], XW_TxBxH.dtype)
     outputs_TxBxH = _scan_in_place(W_hh, H0_BxH, XW_TxBxH, unroll, nonlinearity, dtype)
-    objective_sum, ce_sum, p_NxP = _softmax_cross_entropy(outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]),
-                                                          W_HxV, b_V, labels_N, weights_N, dense_dtype)
+    outputs_NxH = outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1])
+    objective_sum, ce_sum, p_NxP = output_layer.softmax_cross_entropy(outputs_NxH, W_HxV, b_V, labels_N,
+                                                                      weights_N, dense_dtype)
     return (objective_sum, ce_sum), (W_hh, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N)
 
 
@@ -278,13 +186,13 @@ def _recurrence_dense_ce_bwd(unroll, nonlinearity, dtype, dense_dtype, residuals
     plain matmul of the outputs it transposed for ``dW_hh``."""
     W_hh, outputs_TxBxH, W_HxV, p_NxP, labels_N, weights_N = residuals
     V = W_HxV.shape[1]
-    dlogits_NxP = _dlogits(p_NxP, labels_N, weights_N, g[0], V)
-    dout_TxBxH = dot(dlogits_NxP, _pad_vocab(W_HxV).T, dense_dtype).reshape(outputs_TxBxH.shape)
+    dlogits_NxP = output_layer.dlogits(p_NxP, labels_N, weights_N, g[0], V)
+    dout_TxBxH = dot(dlogits_NxP, output_layer.pad_vocab(W_HxV).T, dense_dtype).reshape(outputs_TxBxH.shape)
     dZ_TxBxH, dW_hh, outputs_HxN = _backprop_through_time(W_hh, outputs_TxBxH, dout_TxBxH, nonlinearity,
                                                           dtype)
     if outputs_HxN is None:
-        dW_HxP = _dense_weight_gradient(outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]), dlogits_NxP,
-                                        dense_dtype)
+        dW_HxP = output_layer.dense_weight_gradient(outputs_TxBxH.reshape(-1, outputs_TxBxH.shape[-1]),
+                                                    dlogits_NxP, dense_dtype)
     else:
         dW_HxP = dot(outputs_HxN, dlogits_NxP, dense_dtype)
     return dW_hh, dZ_TxBxH, dW_HxP[:, :V], jnp.sum(dlogits_NxP, axis=0)[:V], None, None

@@ -17,7 +17,7 @@ direction, with dropout between layers. Each layer and direction:
   the gradient of the layer's inputs are the projection's own backward,
   one matmul each.
 
-The output layer and the cross-entropy are ``fused.dense_cross_entropy``.
+The output layer and the cross-entropy are ``output_layer.dense_cross_entropy``.
 Every matmul is ``precision.dot`` in the cell's compute dtype.
 ``tests/test_hoisted.py`` checks value and gradients against the plain model.
 """
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from rnnjax import precision
 from rnnjax.cells import (NONLINEARITIES, GRUCell, LSTMCell, OneHot, SimpleRNNCell, compute_dtype, gru_update,
                           lstm_update)
-from rnnjax.fused import output_loss
+from rnnjax.output_layer import output_loss
 from rnnjax.model import RNN, RNNLM, StackedRNN
 
 Array = jax.Array

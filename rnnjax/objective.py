@@ -1,12 +1,12 @@
 """What training optimizes, written once: the distribution over the vocabulary a position is trained toward.
 
-Every loss (``RNNLM.loss``, the kernels in ``rnnjax.fused``, ``rnnjax.hoisted``,
-``rnnjax.cudnn``) minimizes the cross-entropy against ``targets``: the plain
-model under autodiff, the fused ones by ``dlogits = (softmax - targets) *
-weight``, which is the gradient for any targets that sum to 1. A variant (label
-smoothing, say) is a change to ``targets`` alone. What a run reports is
-separate: the cross-entropy against the labels themselves, whose exponential is
-the perplexity, whatever ``targets`` is.
+Every loss (``RNNLM.loss``, the kernels' ``rnnjax.output_layer``) minimizes
+the cross-entropy against ``targets``: the plain model under autodiff, the
+fused ones by ``dlogits = (softmax - targets) * weight``, which is the gradient
+for any targets that sum to 1. A variant (label smoothing, say) is a change to
+``targets`` alone. What a run reports is separate: the cross-entropy against
+the labels themselves, whose exponential is the perplexity, whatever
+``targets`` is.
 """
 
 from __future__ import annotations

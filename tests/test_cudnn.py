@@ -10,7 +10,7 @@ from jax.experimental import rnn as jax_rnn
 from conftest import assert_same, jit_value_and_grad, random_batch, value_and_grad
 from rnnjax import cudnn
 from rnnjax.cudnn import CudnnRNNLM
-from rnnjax.fused import output_loss
+from rnnjax.output_layer import output_loss
 from rnnjax.hoisted import layers
 from rnnjax.model import RNN, RNNLM, LSTMCell, StackedRNN
 
