@@ -10,11 +10,9 @@ import sys
 from pathlib import Path
 
 from rnnjax.config import SWEEPABLE
-from rnnjax.stored import CONFIG  # moved aside with the records
+from rnnjax.stored import CONFIG, METRICS as FILENAME, PLOT  # a run's records, moved aside together
 from rnnjax.workdir import write_atomically
 
-FILENAME = "metrics.jsonl"
-PLOT = "ppl.png"
 # What a record needs beside its epoch (what the plot, the summary and the progress lines read).
 NEEDED = ("train_ppl", "val_ppl")
 # A record's own keys beside its validation's (val_*): a step's metrics, logged by name, may not take them.

@@ -26,7 +26,7 @@ import numpy as np
 
 from rnnjax.lock import LOCKFILE, WorkdirError, describe as _describe
 from rnnjax.saved import config_settings
-from rnnjax.stored import CONFIG, DAMAGED, SUBDIR, UnknownCell
+from rnnjax.stored import CONFIG, DAMAGED, METRICS, PLOT, SUBDIR, UnknownCell
 
 # Orbax reads a path as a glob pattern: "[0]" matches no folder (its saves cannot be restored), "**" is
 # refused, and tensorstore takes "\\" as a separator (the arrays land elsewhere). "*" and "?" alone pass
@@ -100,7 +100,7 @@ def check_writable(workdir: Path) -> None:
         if not os.access(workdir, os.W_OK | os.X_OK):
             raise WorkdirError(f"The workdir {workdir} is not writable.")
         # What a run writes into later: found now, not once a save or a record fails hours on.
-        for path in (workdir / SUBDIR, workdir / DAMAGED, workdir / "metrics.jsonl"):
+        for path in (workdir / SUBDIR, workdir / DAMAGED, workdir / METRICS):
             if path.exists() and not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
                 raise WorkdirError(f"{path} is not writable, where the run writes; fix its permissions, or "
                                    "use another --workdir.")
@@ -124,15 +124,15 @@ def _in_a_loop(link: Path) -> bool:
 def check_ours(workdir: Path) -> None:
     """``WorkdirError`` if ``workdir`` holds no checkpoints but a ``config.json`` or ``ppl.png`` a run did
     not write: a new run would overwrite them (``metrics.jsonl`` is checked as it is read)."""
-    if not workdir.is_dir() or (workdir / "checkpoints").is_dir():
+    if not workdir.is_dir() or (workdir / SUBDIR).is_dir():
         return
-    config, plot = workdir / CONFIG, workdir / "ppl.png"
+    config, plot = workdir / CONFIG, workdir / PLOT
     try:
         ours = config_settings(workdir) is not None          # a whole config.json of ours
     except UnknownCell:         # a run's, of a cell not registered here
         ours = True
     theirs = [p.name for p in (config, plot) if p.exists()] if not ours else []
-    if theirs and (config.exists() or not (workdir / "metrics.jsonl").exists()):
+    if theirs and (config.exists() or not (workdir / METRICS).exists()):
         raise WorkdirError(f"The workdir {workdir} holds {' and '.join(theirs)} but no checkpoints: a new "
                            "run would overwrite them. Use an empty or new --workdir.")
 
