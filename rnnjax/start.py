@@ -18,7 +18,7 @@ from typing import Any
 import jax
 
 from rnnjax import (checkpoint, computing as computing_lib, kernels, lock as lock_lib, memory, metrics,
-                    precision, saved, stored, tidy, workdir as workdir_lib)
+                    precision, saved, tidy, workdir as workdir_lib)
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as
 from rnnjax.config import Config, check_is_config, got, label
@@ -147,19 +147,7 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
     memory.check(config, 1, dp.num_shards, len(runs or [None]), dp.devices[0])
     workdir_lib.check_writable(workdir)
     workdir_lib.check_ours(workdir)
-    for name in (checkpoint.SUBDIR, checkpoint.DAMAGED):
-        if (workdir / name).exists() and not (workdir / name).is_dir():
-            raise workdir_lib.WorkdirError(f"{workdir / name} is a file where rnnjax keeps a folder; move it "
-                                           "aside, or use another --workdir.")
-    dropped = workdir / checkpoint.SUBDIR / tidy.REMOVING     # orbax would move checkpoints into a link's
-    if os.path.lexists(dropped) and (dropped.is_symlink() or not dropped.is_dir()):     # target, or fail
-        raise workdir_lib.WorkdirError(f"{dropped} is not a folder, where rnnjax keeps the checkpoints it "
-                                       "drops until it deletes them; move it aside, or use another "
-                                       "--workdir.")
-    for name in (stored.CONFIG, metrics.PLOT, metrics.FILENAME):    # a folder, a FIFO or a link to nothing
-        if os.path.lexists(workdir / name) and not (workdir / name).is_file():
-            raise workdir_lib.WorkdirError(f"{workdir / name} is not a regular file, where rnnjax keeps one; "
-                                           "move it aside, or use another --workdir.")
+    workdir_lib.check_kinds(workdir)
     return dp
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from rnnjax.lock import LOCKFILE, WorkdirError, describe as _describe
 from rnnjax.saved import config_settings
 from rnnjax.stored import CONFIG, DAMAGED, METRICS, PLOT, SUBDIR, UnknownCell
+from rnnjax.tidy import REMOVING
 
 # Orbax reads a path as a glob pattern: "[0]" matches no folder (its saves cannot be restored), "**" is
 # refused, and tensorstore takes "\\" as a separator (the arrays land elsewhere). "*" and "?" alone pass
@@ -111,6 +112,23 @@ def check_writable(workdir: Path) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".rnnjax-probe-", dir=parent))
     except OSError as e:
         raise WorkdirError(f"The workdir {workdir} cannot be made in {parent} ({_describe(e)}).") from None
+
+
+def check_kinds(workdir: Path) -> None:
+    """``WorkdirError`` unless what a run keeps in ``workdir`` is of the kind it keeps: its folders folders,
+    its files regular files (not a folder, a FIFO or a link to nothing)."""
+    for name in (SUBDIR, DAMAGED):
+        if (workdir / name).exists() and not (workdir / name).is_dir():
+            raise WorkdirError(f"{workdir / name} is a file where rnnjax keeps a folder; move it aside, or "
+                               "use another --workdir.")
+    dropped = workdir / SUBDIR / REMOVING     # orbax would move checkpoints into a link's target, or fail
+    if os.path.lexists(dropped) and (dropped.is_symlink() or not dropped.is_dir()):
+        raise WorkdirError(f"{dropped} is not a folder, where rnnjax keeps the checkpoints it drops until it "
+                           "deletes them; move it aside, or use another --workdir.")
+    for name in (CONFIG, PLOT, METRICS):
+        if os.path.lexists(workdir / name) and not (workdir / name).is_file():
+            raise WorkdirError(f"{workdir / name} is not a regular file, where rnnjax keeps one; move it "
+                               "aside, or use another --workdir.")
 
 
 def _in_a_loop(link: Path) -> bool:
