@@ -89,14 +89,11 @@ class Manager(ocp.CheckpointManager):
                 raise
 
 
-def manager(directory: str | Path, *, keep: int = 3, read_only: bool = False,
-            earlier: dict[int, float] | None = None) -> Manager:
+def manager(directory: str | Path, *, keep: int = 3, earlier: dict[int, float] | None = None) -> Manager:
     """A manager keeping the latest ``keep`` checkpoints and the best by ``val_ppl``, the checkpoints
     found in ``directory`` counted with their ``earlier`` perplexities (``val_ppls``)."""
     preservation = policies.AnyPreservationPolicy([policies.LatestN(keep), _Lowest(dict(earlier or {}))])
-    options = ocp.CheckpointManagerOptions(preservation_policy=preservation, create=not read_only,
-                                           read_only=read_only,
-                                           todelete_subdir=None if read_only else REMOVING)
+    options = ocp.CheckpointManagerOptions(preservation_policy=preservation, todelete_subdir=REMOVING)
     orbax_logs.quiet()
     try:
         return Manager(Path(directory).absolute(), options=options, item_names=("state", "meta"))

@@ -65,7 +65,7 @@ def _single(kind: type, name: str):
 
 def add_flags(parser: argparse.ArgumentParser, preset: str = "d2l") -> None:
     """``--preset`` (default ``preset``) and one flag per ``Config`` field, its help showing the preset's
-    value; an unset flag stays ``None`` (see ``from_flags``). ``SWEEPABLE`` fields take lists
+    value; an unset flag stays ``None`` (``sweep_from_flags`` reads them). ``SWEEPABLE`` fields take lists
     (``--seed 0,1,2,3``, alias ``--seeds``): one run per combination."""
     group = parser.add_argument_group("run settings (Config)")
     group.add_argument("--preset", choices=sorted(PRESETS), default=preset,
@@ -130,11 +130,3 @@ def flag_values(config: Config, name: str, value) -> tuple:
     for v in values:
         config.replace(**{name: v})
     return values
-
-
-def from_flags(args: argparse.Namespace) -> Config:
-    """The preset, changed by the flags given; ``ConfigError`` if they list several runs."""
-    configs = sweep_from_flags(args)
-    if len(configs) > 1:
-        raise ConfigError(f"The flags list {len(configs)} runs; this takes one.")
-    return configs[0]

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from rnnjax.config import PRESETS, Config, ConfigError
-from rnnjax.flags import add_flags, from_flags
+from rnnjax.flags import add_flags, sweep_from_flags
 
 
 def parse(*argv):
@@ -25,10 +25,10 @@ def test_every_field_is_a_flag_with_its_help():
 
 
 def test_flags_change_the_preset():
-    assert from_flags(parse()) == Config()
-    assert from_flags(parse("--num-hiddens", "64", "--lr", "2", "--kernel", "plain")) == Config(
-        num_hiddens=64, lr=2.0, kernel="plain")
-    assert from_flags(parse("--preset", "tiny", "--epochs", "1")) == PRESETS["tiny"].replace(epochs=1)
+    assert sweep_from_flags(parse()) == [Config()]
+    assert sweep_from_flags(parse("--num-hiddens", "64", "--lr", "2", "--kernel", "plain")) == [Config(
+        num_hiddens=64, lr=2.0, kernel="plain")]
+    assert sweep_from_flags(parse("--preset", "tiny", "--epochs", "1")) == [PRESETS["tiny"].replace(epochs=1)]
 
 
 def test_lists_of_too_many_runs_are_refused_before_any_is_made(monkeypatch):
