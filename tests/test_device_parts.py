@@ -1,0 +1,54 @@
+"""The device check's parts, each recorded as it ran: passed, failed, timed out, skipped or cut short."""
+
+import json
+import signal
+import sys
+import time
+
+from experiments import device_parts, device_summary
+
+
+def test_a_failing_part_is_recorded_and_the_next_one_runs(tmp_path):
+    summary = {"parts": {}}
+    parts = device_parts.Parts(tmp_path, summary, budget_s=100, quick=True,
+                               timeouts={"fast": (10, 10), "short": (1, 1)})
+    failed = parts.run("fails", "fast", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"], {})
+    assert not failed["ok"] and failed["returncode"] == 3 and failed["error"] == "exit status 3: boom"
+    t0 = time.monotonic()
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)     # as in a script's background job: the part
+    try:                                                        # still stops at the Ctrl-C, not the SIGKILL
+        hung = parts.run("hangs", "short", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+    assert not hung["ok"] and hung["error"] == "timed out after 1 s" and time.monotonic() - t0 < 20
+    ok = parts.run("works", "fast", [sys.executable, "-c", "print('fine')"], {})
+    assert ok["ok"] and (tmp_path / "works.log").read_text() == "fine\n"
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert list(on_disk["parts"]) == ["fails", "hangs", "works"] and on_disk["parts"]["works"]["ok"]
+    late = device_parts.Parts(tmp_path, {"parts": {}}, budget_s=1, quick=True).run(
+        "late", "tests", [sys.executable, "-c", ""], {})
+    assert late == {"ok": False, "skipped": True, "error": "skipped: the --budget ran out"}
+    assert not (tmp_path / "late.log").exists()
+
+
+def test_a_part_the_budget_skipped_is_reported_as_skipped_not_failed(tmp_path):
+    summary = {"parts": {"recipe-warm": {"ok": False, "error": "exit status 1: boom"}}}
+    device_parts.Parts(tmp_path, summary, budget_s=1, quick=True).run("recipe-cold", "recipe", [], {})
+    assert json.loads((tmp_path / "summary.json").read_text())["parts"]["recipe-cold"]["skipped"] is True
+    summary.update(seconds=8.0, backend="cpu", device_kind="cpu", recipe={"epochs": 3})
+    text = device_summary.report(summary)
+    assert "parts: recipe-warm FAILED, recipe-cold skipped" in text
+    assert "recipe (3 epochs): cold skipped, warm failed\n" in text and "None" not in text
+
+
+def test_a_part_the_budget_stops_is_cut_short_not_failed(tmp_path, monkeypatch):
+    monkeypatch.setattr(device_parts.Parts, "least_s", 0.5)
+    summary = {"parts": {}}
+    parts = device_parts.Parts(tmp_path, summary, budget_s=1, quick=True, timeouts={"recipe": (60, 60)})
+    parts.run("recipe-cold", "recipe", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    cut = summary["parts"]["recipe-cold"]
+    assert not cut["ok"] and cut["cut"] and cut["error"].startswith("cut short by the --budget after")
+    summary.update(seconds=8.0, backend="cpu", device_kind="cpu", recipe={"epochs": 3})
+    text = device_summary.report(summary)
+    assert "parts: recipe-cold cut short" in text
+    assert "recipe (3 epochs): cold cut short, warm not run" in text
