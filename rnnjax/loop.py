@@ -28,7 +28,7 @@ import numpy as np
 
 from rnnjax import agree, checkpoint, computing as computing_lib, meta as meta_lib, metrics as metrics_lib
 from rnnjax import preflight
-from rnnjax.backend import compiler_options
+from rnnjax.xla import compiler_options
 from rnnjax.config import SWEEPABLE
 from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax.backend import CompiledPerShape
+from rnnjax.xla import CompiledPerShape
 from rnnjax.config import shown
 
 AXIS = "batch"

@@ -13,7 +13,7 @@ import optax
 from flax.training import train_state
 
 from rnnjax import cudnn, fused, hoisted, kernels
-from rnnjax.backend import CompiledPerShape, init_compiler_options
+from rnnjax.xla import CompiledPerShape, init_compiler_options
 from rnnjax.cells import OWN_CELLS
 from rnnjax.config import Config, ConfigError
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN, hashable

@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from rnnjax import backend
-from rnnjax.backend import compiler_options
 
 CHILD = """
 import sys, jax, jax.numpy as jnp
@@ -155,21 +154,6 @@ def test_keep_freed_memory_reuses_freed_blocks_without_page_faults(fresh_env):
     assert took == "True" and int(faults) < pages // 10
     _, faults = run("default")         # the second 48 MB block is mapped and faulted in afresh
     assert int(faults) > pages // 2
-
-
-@pytest.mark.parametrize("avx512", [True, False])
-@pytest.mark.cpu_devices(1)
-def test_compiler_options_keep_dots_from_ynnpack_only_where_rows_per_device_outnumber_hiddens_fourfold(
-        avx512, monkeypatch):
-    monkeypatch.setattr(backend, "_cpu_has_avx512", lambda: avx512)
-    o1 = backend._LLVM_O1
-    fast = {**o1, **backend._YNN_CONVOLUTIONS_ONLY, **(backend._AVX512_VECTORS if avx512 else {})}
-    # d2l's batch 1024 and 32 hiddens
-    assert compiler_options(1024, 32, 1) == compiler_options(1024, 32, 2) == fast
-    assert compiler_options(1024, 32, 8) == fast                   # 128 rows per device
-    assert compiler_options(1024, 32, 16) == o1                    # 64 rows per device
-    assert compiler_options(1024, 512, 2) == o1
-    assert compiler_options(64, 32, 1) == o1
 
 
 @pytest.mark.slow

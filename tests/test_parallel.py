@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY as SMALL
-from rnnjax import backend, checkpoint, loop
+from rnnjax import checkpoint, loop, xla
 from rnnjax.data import Batch
 from rnnjax.metrics import MetricsLog
 from rnnjax.parallel import DataParallel, check_distributed
@@ -142,9 +142,9 @@ def test_options_xla_does_not_know_are_left_out(small_data, devices):
 def test_fit_with_xla_options_trains_as_without(small_data, tmp_path, monkeypatch):
     """Two hiddens give 8 rows per device per hidden unit: all of ``compiler_options`` applies."""
     config = SMALL.replace(num_hiddens=2, epochs=2)
-    avx512 = backend._AVX512_VECTORS if backend._cpu_has_avx512() else {}
-    expected = {**backend._LLVM_O1, **backend._YNN_CONVOLUTIONS_ONLY, **avx512}
-    assert backend.compiler_options(16, 2, 2) == expected
+    avx512 = xla._AVX512_VECTORS if xla._cpu_has_avx512() else {}
+    expected = {**xla._LLVM_O1, **xla._YNN_CONVOLUTIONS_ONLY, **avx512}
+    assert xla.compiler_options(16, 2, 2) == expected
     tuned = fit(config, small_data, tmp_path / "tuned", devices=2)
     monkeypatch.setattr(loop, "compiler_options", lambda *args: {})
     plain = fit(config, small_data, tmp_path / "plain", devices=2)

@@ -26,7 +26,7 @@ medians with min-max over the rounds and ratios against rnnjax.
 
 - ``contenders.py``: ``rnnjax`` trains as ``fit`` does (``train_windows``, 10
   steps to a compiled call, data parallel over one CPU device per core,
-  ``backend.compiler_options``; ``rnnjax 1 device`` on one; ``Config.kernel``
+  ``xla.compiler_options``; ``rnnjax 1 device`` on one; ``Config.kernel``
   forces one of ``rnnjax.kernels.KERNELS``). ``flax``: ``nn.RNN(nn.SimpleCell)``
   (``GRUCell``, ``OptimizedLSTMCell``) + ``Dense`` with the same optax step, jitted.
 - ``torch_contenders.py``: on CUDA where torch sees a GPU, else on the CPU;

@@ -17,7 +17,7 @@ import optax
 from rnnjax.config import PRESETS, Config
 from rnnjax.data import TimeMachine
 from rnnjax.parallel import DataParallel, wait_for_backlog
-from rnnjax.backend import compiler_options
+from rnnjax.xla import compiler_options
 from rnnjax.runs import fit_runs, summary, train_runs
 from rnnjax.state import create_run_states, create_train_state, make_optimizer
 from rnnjax.train import STEPS_PER_CALL, fit, train_windows

@@ -62,6 +62,7 @@ def train(path: str, tm: str | None, steps: int, rounds: int) -> dict:
     backend.keep_freed_memory()
     backend.use_cpu_cores(1024)
     import jax
+    from rnnjax import xla
     from rnnjax.config import Config
     from rnnjax.corpus import TEXT_DEFAULTS, Corpus
     from rnnjax.data import TimeMachine
@@ -80,8 +81,8 @@ def train(path: str, tm: str | None, steps: int, rounds: int) -> dict:
         data = load()
         out[name] = {"load_s": time.perf_counter() - t0, "tokens": len(data.tokens), "vocab": len(data.vocab)}
         step = dp.compile(train_windows, donate_state=True,
-                          compiler_options=backend.compiler_options(config.batch_size, config.num_hiddens,
-                                                                    dp.num_shards))
+                          compiler_options=xla.compiler_options(config.batch_size, config.num_hiddens,
+                                                                dp.num_shards))
         windows = (w for epoch in itertools.count() for w in data.train_windows(epoch))
         state = dp.replicate(create_train_state(config, len(data.vocab)))
         runs[name] = [step, state, dp.replicate(data.tokens), windows]

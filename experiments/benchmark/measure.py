@@ -141,7 +141,7 @@ def measure_generation(data: TimeMachine, num_chars: int = 500, batch: int = 64,
 _COMPILE = """
 import sys, time
 import jax
-from rnnjax import backend
+from rnnjax import backend, xla
 from rnnjax.config import Config
 from rnnjax.data import TimeMachine
 from rnnjax.parallel import DataParallel
@@ -153,7 +153,7 @@ data = TimeMachine(1024, 32, path=sys.argv[2] if len(sys.argv) > 2 else None)
 dp, state = DataParallel.create(1), create_train_state(Config(), len(data.vocab))
 tokens, windows = dp.replicate(data.tokens), dp.shard_stack(list(data.train_windows(0))[:STEPS_PER_CALL])
 t0 = time.perf_counter()
-step = dp.compile(train_windows, compiler_options=backend.compiler_options(1024, 32, 1))
+step = dp.compile(train_windows, compiler_options=xla.compiler_options(1024, 32, 1))
 step.executable(state, tokens, windows)
 print(time.perf_counter() - t0)
 jax.block_until_ready(step(state, tokens, windows))
