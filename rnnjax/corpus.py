@@ -18,7 +18,6 @@ resumes only on the text it was trained on.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -32,7 +31,8 @@ import numpy as np
 
 from rnnjax.config import Config, check_is_config, got
 from rnnjax.data import TimeMachine, WindowedText
-from rnnjax.source import SHA1, DataError, cache_dir, sha1_of, timemachine_path
+from rnnjax.source import (SHA1, TOO_LARGE, DataError, cache_dir, check_file, read_text, sha1_of,
+                           timemachine_path)
 from rnnjax import memory
 from rnnjax.tokens import CHUNK, tokenize
 from rnnjax.vocab import Vocab
@@ -40,49 +40,7 @@ from rnnjax.vocab import Vocab
 # What --text changes in the preset before the flags: a text of one's own is taken as it is, its tail
 # validates, and every other window trains.
 TEXT_DEFAULTS = {"preprocess": "raw", "val_fraction": 0.1, "num_train": 0}
-# The first bytes of a file looked at for binary or non-UTF-8 content before it is hashed and read.
-HEAD = 1 << 16
-TOO_LARGE = "{} ({:.1f} GiB) is too large for this machine's memory to tokenize: train on a part of it."
 CACHE_VERSION = 1
-
-
-def _decode(path: Path, raw: bytes, final: bool) -> str:
-    """``raw`` (the file, or its first bytes if not ``final``) decoded; ``DataError`` unless UTF-8 text."""
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        raise DataError(f"{path} looks binary, not text (a NUL byte at offset {nul}); --text takes a UTF-8 "
-                        "text file.")
-    try:
-        return codecs.getincrementaldecoder("utf-8")().decode(raw, final=final)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): convert "
-                        "it first, for instance with iconv -f latin1 -t utf-8.") from None
-
-
-def check_file(path: str | os.PathLike) -> int:
-    """The size of ``path``; ``DataError`` if it is missing, not a regular file, empty, larger than this
-    machine's memory holds, or its first bytes are not UTF-8 text: the checks that need no whole read."""
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path} is a directory; --text takes a UTF-8 text file.")
-    if not path.is_file():
-        raise DataError(f"{path} is not a regular file; --text takes a UTF-8 text file." if path.exists()
-                        else f"No such file: {path} (--text, or load's text, names a UTF-8 file).")
-    size = path.stat().st_size
-    if not size:
-        raise DataError(f"{path} is empty: there is no text to train on.")
-    if 6 * size > os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):   # tokenizing's peak, 6x the file
-        raise DataError(TOO_LARGE.format(path, size / 2 ** 30))
-    with open(path, "rb") as f:
-        _decode(path, f.read(HEAD), final=False)
-    return size
-
-
-def read_text(path: str | os.PathLike) -> tuple[str, str]:
-    """``(text, SHA-1 of the file)``; ``DataError`` if it is missing, empty, binary or not UTF-8."""
-    check_file(path)
-    raw = Path(path).read_bytes()
-    return _decode(path, raw, final=True).removeprefix("\ufeff"), hashlib.sha1(raw).hexdigest()
 
 
 def encode(ids: np.ndarray, name: Callable[[int], str], train_end: int, min_freq: int, kind: str,

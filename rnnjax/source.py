@@ -1,8 +1,10 @@
-"""Where The Time Machine's text comes from: d2l's URL, verified by SHA-1 and cached, or a local copy
-(``--data``, ``$RNNJAX_TIMEMACHINE``). ``rnnjax.data`` windows it."""
+"""Where a text comes from: The Time Machine's from d2l's URL, verified by SHA-1 and cached, or a local copy
+(``--data``, ``$RNNJAX_TIMEMACHINE``), which ``rnnjax.data`` windows; a UTF-8 file of one's own checked and
+read (``--text``), which ``rnnjax.corpus`` tokenizes."""
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import tempfile
@@ -16,6 +18,9 @@ PREPROCESSED_SHA1 = "0aa295adbf8f925249b7ea9e8f6e698625ac7195"     # of preproce
 SIZE = 178979       # bytes of the file of SHA-1 SHA1: a file of another size is refused before it is hashed
 ENV_PATH = "RNNJAX_TIMEMACHINE"
 ENV_CACHE = "RNNJAX_CACHE"
+# The first bytes of a file looked at for binary or non-UTF-8 content before it is hashed and read.
+HEAD = 1 << 16
+TOO_LARGE = "{} ({:.1f} GiB) is too large for this machine's memory to tokenize: train on a part of it."
 
 
 class DataError(ValueError):
@@ -103,3 +108,42 @@ def load_text(path: str | os.PathLike | None = None, *, sha1: str = SHA1,
               root: str | os.PathLike | None = None) -> str:
     """The raw text of The Time Machine, verified against ``sha1`` (``timemachine_path``)."""
     return timemachine_path(path, sha1=sha1, root=root).read_text(encoding="utf-8")
+
+
+def _decode(path: Path, raw: bytes, final: bool) -> str:
+    """``raw`` (the file, or its first bytes if not ``final``) decoded; ``DataError`` unless UTF-8 text."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise DataError(f"{path} looks binary, not text (a NUL byte at offset {nul}); --text takes a UTF-8 "
+                        "text file.")
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(raw, final=final)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): convert "
+                        "it first, for instance with iconv -f latin1 -t utf-8.") from None
+
+
+def check_file(path: str | os.PathLike) -> int:
+    """The size of ``path``; ``DataError`` if it is missing, not a regular file, empty, larger than this
+    machine's memory holds, or its first bytes are not UTF-8 text: the checks that need no whole read."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; --text takes a UTF-8 text file.")
+    if not path.is_file():
+        raise DataError(f"{path} is not a regular file; --text takes a UTF-8 text file." if path.exists()
+                        else f"No such file: {path} (--text, or load's text, names a UTF-8 file).")
+    size = path.stat().st_size
+    if not size:
+        raise DataError(f"{path} is empty: there is no text to train on.")
+    if 6 * size > os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):   # tokenizing's peak, 6x the file
+        raise DataError(TOO_LARGE.format(path, size / 2 ** 30))
+    with open(path, "rb") as f:
+        _decode(path, f.read(HEAD), final=False)
+    return size
+
+
+def read_text(path: str | os.PathLike) -> tuple[str, str]:
+    """``(text, SHA-1 of the file)``; ``DataError`` if it is missing, empty, binary or not UTF-8."""
+    check_file(path)
+    raw = Path(path).read_bytes()
+    return _decode(path, raw, final=True).removeprefix("\ufeff"), hashlib.sha1(raw).hexdigest()
