@@ -9,15 +9,19 @@ import argparse
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 
+import rnnjax
 from experiments.parsing import Parser
-from rnnjax import agree, checkpoint, config as config_lib, corpus, flags, parallel
+from rnnjax import agree, checkpoint, config as config_lib, corpus, flags, parallel, runs
+from rnnjax.data import WindowedText
 from rnnjax.generate import MAX_PREDS, MAX_TEMPERATURE
-from rnnjax.loop import CHECKPOINT_EVERY
 from rnnjax.metrics import ppl_text
+from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.train import epoch_lines
 
 # Flags that only training reads.
@@ -204,3 +208,35 @@ def shared_settings(args: argparse.Namespace, configs: list | None, workdir: Pat
     return {"command": "training", **agree.of_training(configs, together, workdir,
                                                        args.devices or len(jax.local_devices()),
                                                        args.checkpoint_every, args.keep)}
+
+
+def say_trained(say: Callable[[str], Any], result: FitResult, configs: list, several: bool, model: Any,
+                data: WindowedText, workdir: Path, finished: bool) -> None:
+    """The run's last perplexities and its text, or of ``several`` trained together each one's and their
+    range: what the command ends with (nothing where nothing trained)."""
+    if not result.history:
+        return
+    if several:
+        for k, c in enumerate(configs):
+            if result.stopped[k] is not None:
+                say(f"run {k} ({config_lib.label(c, configs)}): stopped, {result.stopped[k]}")
+                continue
+            last = [r for r in result.history if r["run"] == k][-1]
+            params = jax.tree.map(lambda x: x[k], result.state.params)
+            text = rnnjax.predict(model, params, data.vocab, data.prompt, 20)
+            say(f"run {k} ({config_lib.label(c, configs)}): train perplexity {ppl_text(last['train_ppl'])}, "
+                f"val perplexity {ppl_text(last['val_ppl'])}, {text!r}")
+        table = runs.summary(result.history, result.stopped)
+        trained_on = sum(why is None for why in result.stopped)
+        count = f"{trained_on} of {len(configs)}" if trained_on < len(configs) else f"{len(configs)}"
+        said = (f"{k} mean {ppl_text(v['mean'])} (min {ppl_text(v['min'])}, max {ppl_text(v['max'])})"
+                for k, v in table.items())
+        say(f"{count} runs, epoch {result.history[-1]['epoch']}:  " + "  ".join(said)
+            + f"; {'in' if finished else 'wrote'} {workdir}")
+        return
+    last = result.history[-1]
+    unit = "word" if data.vocab.kind == "word" else "character"
+    say(f"epoch {last['epoch']}: train perplexity {ppl_text(last['train_ppl'])} "
+        f"({last['train_bpc']:.2f} bits per {unit}), val perplexity {ppl_text(last['val_ppl'])} "
+        f"({last['val_bpc']:.2f} bits); {'in' if finished else 'wrote'} {workdir}")
+    say(f"trained: {rnnjax.predict(model, result.state.params, data.vocab, data.prompt, 20)!r}")

@@ -43,7 +43,6 @@ from experiments import cli, settings  # noqa: E402
 from rnnjax import backend, checkpoint, config as config_lib, corpus, flags, memory, metrics  # noqa: E402
 from rnnjax import agree, parallel, runs, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
-from rnnjax.metrics import ppl_text  # noqa: E402
 from rnnjax.start import check_arguments, planned  # noqa: E402
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: E402
 from rnnjax.train import fit  # noqa: E402
@@ -150,32 +149,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
         if result.history and jax.process_index() == 0 and (
                 not p.finished or not plot.exists() or plot.stat().st_mtime_ns < records.stat().st_mtime_ns):
             metrics.plot_perplexity(result.history, plot)
-    if not result.history:
-        return
-    if several:
-        for k, c in enumerate(configs):
-            if result.stopped[k] is not None:
-                say(f"run {k} ({config_lib.label(c, configs)}): stopped, {result.stopped[k]}")
-                continue
-            last = [r for r in result.history if r["run"] == k][-1]
-            params = jax.tree.map(lambda x: x[k], result.state.params)
-            text = rnnjax.predict(model, params, data.vocab, data.prompt, 20)
-            say(f"run {k} ({config_lib.label(c, configs)}): train perplexity {ppl_text(last['train_ppl'])}, "
-                f"val perplexity {ppl_text(last['val_ppl'])}, {text!r}")
-        table = runs.summary(result.history, result.stopped)
-        finished = sum(why is None for why in result.stopped)
-        count = f"{finished} of {len(configs)}" if finished < len(configs) else f"{len(configs)}"
-        said = (f"{k} mean {ppl_text(v['mean'])} (min {ppl_text(v['min'])}, max {ppl_text(v['max'])})"
-                for k, v in table.items())
-        say(f"{count} runs, epoch {result.history[-1]['epoch']}:  " + "  ".join(said)
-            + f"; {'in' if p.finished else 'wrote'} {workdir}")
-        return
-    last = result.history[-1]
-    unit = "word" if data.vocab.kind == "word" else "character"
-    say(f"epoch {last['epoch']}: train perplexity {ppl_text(last['train_ppl'])} "
-        f"({last['train_bpc']:.2f} bits per {unit}), val perplexity {ppl_text(last['val_ppl'])} "
-        f"({last['val_bpc']:.2f} bits); {'in' if p.finished else 'wrote'} {workdir}")
-    say(f"trained: {rnnjax.predict(model, result.state.params, data.vocab, data.prompt, 20)!r}")
+    cli.say_trained(say, result, configs, several, model, data, workdir, p.finished)
 
 
 def _after_training(signum: int) -> str | None:

@@ -169,6 +169,7 @@ def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp
     assert out.startswith("4 new runs of 1 epoch in one program (seed 0, lr 1; seed 0, lr 2; seed 1, lr 1; "
                           "seed 1, lr 2) on 2 CPU device(s)")
     assert "run 3 (seed 1, lr 2): train perplexity" in out and "4 runs, epoch 1:  train_ppl mean" in out
+    assert out.endswith(f"; wrote {workdir}\n")
     records = timemachine.metrics.MetricsLog(workdir / "metrics.jsonl").read()
     expected = [(0, 0, 1.0), (1, 0, 2.0), (2, 1, 1.0), (3, 1, 2.0)]
     assert [(r["run"], r["seed"], r["lr"]) for r in records] == expected
