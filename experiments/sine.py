@@ -126,7 +126,7 @@ def train_rnn(model: RNNForecaster, x_T: np.ndarray, epochs: int, seed: int = 0,
     seqs_NxL = np.stack([part[i:i + warmup + horizon] for i in range(len(part) - warmup - horizon + 1)])
     params = init(model, jax.random.key(seed), jnp.asarray(seqs_NxL[:1, :warmup].T))
     data = (seqs_NxL[:, :warmup], seqs_NxL[:, warmup:])
-    return minibatch_sgd(model, params, RNN_OPTIMIZER, data, epochs, seed)
+    return minibatch_train(model, params, RNN_OPTIMIZER, data, epochs, seed)
 
 
 def rnn_predictions(model: RNNForecaster, params, x_T: np.ndarray) -> dict[str, np.ndarray]:
@@ -146,22 +146,22 @@ def train_linear(model: Linear, features_NxTau: np.ndarray, labels_N: np.ndarray
     """d2l's recipe: MSE on the first ``NUM_TRAIN`` examples, 5 epochs of SGD at lr 0.01. The params."""
     params = init(model, jax.random.key(seed), jnp.asarray(features_NxTau[:1]))
     data = (features_NxTau[:NUM_TRAIN], labels_N[:NUM_TRAIN])
-    return minibatch_sgd(model, params, LINEAR_OPTIMIZER, data, 5, seed)
+    return minibatch_train(model, params, LINEAR_OPTIMIZER, data, 5, seed)
 
 
-def minibatch_sgd(model: nn.Module, params, optimizer, data, epochs: int, seed: int, batch_size: int = 16):
+def minibatch_train(model: nn.Module, params, optimizer, data, epochs: int, seed: int, batch_size: int = 16):
     """``epochs`` passes of ``optimizer`` on ``model.loss`` over the rows of ``data`` (a tuple of arrays)
     in shuffled minibatches (the last partial one dropped), each epoch one compiled scan; the params."""
     data = jax.tree.map(jnp.asarray, data)
     carry = (params, optimizer.init(params))
     for key in jax.random.split(jax.random.key(seed + 1), epochs):
-        carry = sgd_epoch(model, optimizer, batch_size, carry, data, key)
+        carry = train_epoch(model, optimizer, batch_size, carry, data, key)
     return carry[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def sgd_epoch(model: nn.Module, optimizer, batch_size: int, carry, data, key: jax.Array):
-    """One of ``minibatch_sgd``'s epochs: ``carry`` ``(params, opt_state)`` after it."""
+def train_epoch(model: nn.Module, optimizer, batch_size: int, carry, data, key: jax.Array):
+    """One of ``minibatch_train``'s epochs: ``carry`` ``(params, opt_state)`` after it."""
     num_batches = len(data[0]) // batch_size
     order = jax.random.permutation(key, len(data[0]))[:num_batches * batch_size].reshape(num_batches, -1)
 

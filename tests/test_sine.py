@@ -53,7 +53,7 @@ def test_one_step_ahead_of_the_k_step_predictions_is_the_one_step_prediction(dat
 
 def test_a_second_seed_compiles_nothing_again(tmp_path):
     """The compiled functions take the params as an argument: each seed after the first reuses them."""
-    compiled = (sine.init, sine.forward, sine.rollout, sine.sgd_epoch)
+    compiled = (sine.init, sine.forward, sine.rollout, sine.train_epoch)
     sizes = []
     for seed in (0, 1):
         sine.run(tmp_path, seed, rnn_epochs=1, figures=False)
