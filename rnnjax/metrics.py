@@ -212,7 +212,7 @@ def aside(workdir: Path, records: bool = True) -> tuple[tuple[Path, Path], ...]:
     return tuple((workdir / name, numbered(name, n)) for name in names if (workdir / name).exists())
 
 
-def check_runs(records: list[dict], num_runs: int, path: Path) -> None:
+def check_records_runs(records: list[dict], num_runs: int, path: Path) -> None:
     """``MetricsError`` unless every record is of one of the ``num_runs`` runs trained together (0: a
     single run's records name none)."""
     for number, rec in enumerate(records, 1):

@@ -259,7 +259,7 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
             damaged.append((step, e.reason))
             continue
         position = Position.read(metas[step])
-        metrics.check_runs(records, len(runs), workdir / metrics.FILENAME)
+        metrics.check_records_runs(records, len(runs), workdir / metrics.FILENAME)
         lost = metrics.lost_epochs(records, position.epoch, position.stopped, len(runs))
         return Plan(config, workdir, dp, path, step, position, runs, state,
                     tuple(sorted(damaged, reverse=True)), lost, bool(torn),

@@ -111,13 +111,13 @@ def test_a_plot_of_many_runs_has_no_legend_and_warns_of_nothing(tmp_path):
 def test_records_of_a_run_the_workdir_does_not_hold_are_named(tmp_path):
     """"run": 5 of two runs raised an IndexError as the run resumed; -1 and true were taken as runs."""
     two = [{**r, "run": k} for r in records(2) for k in (0, 1)]
-    metrics.check_runs(two, 2, tmp_path / "m")
-    metrics.check_runs(records(2), 0, tmp_path / "m")
+    metrics.check_records_runs(two, 2, tmp_path / "m")
+    metrics.check_records_runs(records(2), 0, tmp_path / "m")
     for recs, num_runs, says in ((two, 1, "record 2, is of run 1, and the workdir holds 1 run trained"),
                                  (two, 0, "record 1, is of run 0, and the workdir holds a single run"),
                                  (records(2), 2, "record 1, is of no run, and the workdir holds 2 runs")):
         with pytest.raises(MetricsError, match=says):
-            metrics.check_runs(recs, num_runs, tmp_path / "m")
+            metrics.check_records_runs(recs, num_runs, tmp_path / "m")
     for run in ("-1", "true"):
         path = tmp_path / f"{run}.jsonl"
         path.write_text(f'{{"epoch": 1, "train_ppl": 1, "val_ppl": 1, "run": {run}}}\n')
