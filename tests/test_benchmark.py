@@ -204,6 +204,27 @@ def test_a_rerun_replaces_only_an_earlier_benchmarks_results_and_says_so(bench_m
     assert sorted(p.name for p in tmp_path.iterdir()) == [LOCKFILE, "bench.json"]      # not the old plot
 
 
+def test_sizes_remove_an_earlier_plot_at_their_first_save_not_before(
+        bench_main, small_data, tmp_path, capsys):
+    """A stop before any size is measured leaves the folder as it was, plot and all."""
+    (tmp_path / "bench.json").write_text(json.dumps({"machine": {}, "ratio_meaning": ""}))
+    (tmp_path / "sweep.png").write_text("the earlier run's plot")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    bench_main.faked(small_data, run_sizes=stopped)
+    assert benchmark.main(["--sizes", "small", "--out", str(tmp_path)]) == 130
+    assert "(" + str(tmp_path / "bench.json") + " is as it was)" in capsys.readouterr().err
+    assert (tmp_path / "sweep.png").read_text() == "the earlier run's plot"
+
+    def one_size(name, data, json_path, *args, saved, **kwargs):
+        json_path.write_text(json.dumps({"machine": {}, "ratio_meaning": "", "sizes": []}))
+        saved()
+    bench_main.faked(small_data, run_sizes=one_size)
+    assert benchmark.main(["--sizes", "small", "--out", str(tmp_path)]) == 0
+    assert not (tmp_path / "sweep.png").exists()
+
+
 def test_one_run_writes_a_folder_at_a_time_and_a_full_stdout_is_one_line(bench_main, small_data, tmp_path,
                                                                          capsys, monkeypatch):
     bench_main.faked(small_data, measure_compile_cache=lambda data: pytest.fail("measured"))
@@ -255,19 +276,25 @@ def test_one_benchmark_writes_a_json_at_a_time_and_its_lock_goes_with_it(bench_m
     with outputs.writing(j):
         assert held.exists()
         said = refused(["--sizes", "small", "--json", str(j)], capsys)      # before any measuring
-        assert said == (f"error: --json {j} is being written by another benchmark; wait for it to end, or "
-                        "give another --json.\n")
+        assert said == (f"error: --json {j}: another benchmark is writing r.json there; wait for it to end, "
+                        "or give another --json.\n")
+    with outputs.writing(tmp_path / "bench.json"):      # the same file by --out: one lock
+        said = refused(["--sizes", "small", "--out", str(tmp_path)], capsys)
+        assert said == (f"error: --out {tmp_path}: another benchmark is writing bench.json there; wait for "
+                        "it to end, or give another --out.\n")
     assert not held.exists() and not j.exists()
     held.write_text("someone's")
     with pytest.raises(ValueError, match="which the benchmark takes as its lock; move it aside"):
         with outputs.writing(j):
             pass
     assert held.read_text() == "someone's"
-    # A signal's exit_now, which unwinds nothing, removes it too; a --json in a folder not yet made.
+    # A signal's exit_now, which unwinds nothing, removes it too, and the results it cut short (which the
+    # same command would find there); a --json in a folder not yet made.
     j = tmp_path / "new" / "r.json"
     script = ("import sys; from pathlib import Path; from experiments import stopping; "
               "from experiments.benchmark import outputs\n"
-              "with outputs.writing(Path(sys.argv[1])):\n    stopping.exit_now('stopped', 3)")
+              "with outputs.writing(Path(sys.argv[1])):\n"
+              "    Path(sys.argv[1] + '.tmp').write_text('{')\n    stopping.exit_now('stopped', 3)")
     proc = subprocess.run([sys.executable, "-c", script, str(j)], capture_output=True, text=True)
     assert proc.returncode == 3 and proc.stderr == "stopped\n", proc.stderr
     assert sorted(p.name for p in j.parent.iterdir()) == []

@@ -198,8 +198,8 @@ def main(argv=None) -> int:
             with contextlib.ExitStack() as held, stopping.guarded_stdout():
                 if args.json is None or args.sweep:     # one run writes the run folder at a time
                     held.enter_context(lock(out_dir, flag="--out"))
-                if args.json is not None:               # and the results' file
-                    held.enter_context(writing(json_path))
+                # and the results' file, whichever flag names it (--out X, --json X/bench.json)
+                held.enter_context(writing(json_path, None if args.json else f"--out {out_dir}"))
                 check_outputs(args.json, str(out_dir), args.sweep)     # again, now that they are held
                 if json_path.exists():
                     print(f"replacing {json_path}, an earlier benchmark's results")
@@ -226,9 +226,10 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
     # share the process, so PyTorch and Flax get it too).
     backend.keep_freed_memory()
     if args.sizes:
-        if args.json is None:           # an earlier benchmark's plot is not this bench.json's
-            (out_dir / "sweep.png").unlink(missing_ok=True)
-        run_sizes(args.sizes, args.data, json_path, args.devices, args.rounds, args.steps)
+        def saved():                    # an earlier benchmark's plot is not this bench.json's
+            if args.json is None:
+                (out_dir / "sweep.png").unlink(missing_ok=True)
+        run_sizes(args.sizes, args.data, json_path, args.devices, args.rounds, args.steps, saved=saved)
         print(f"wrote {json_path}")
         return
     args.rounds, args.steps = args.rounds or 7, args.steps or 60

@@ -45,7 +45,7 @@ def _theirs(held: dict[str, Path]) -> list[str]:
         if name == LOCKFILE or name.endswith(".json.lock"):     # rnnjax.lock's (empty, or a pid), writing's
             text = f.read_text(errors="replace").strip() if f.stat().st_size < 32 else "not a pid"
             return text == "" or text.isdecimal()
-        return name in OURS and earlier
+        return name in OURS and (earlier or name == "bench.json.tmp" and is_ours(f))   # a stop's, whole
     return sorted(name for name, f in held.items() if not ours(name, f))
 
 
@@ -106,29 +106,28 @@ def check_outputs(json_arg: str | None, out_arg: str | None, sweep: bool) -> tup
 
 
 @contextlib.contextmanager
-def writing(json_path: Path) -> Iterator[None]:
+def writing(json_path: Path, flag: str | None = None) -> Iterator[None]:
     """One benchmark writes ``json_path`` at a time (two would replace each other's results, or fail on each
     other's .tmp): an flock on ``<json>.lock`` beside it, made and removed with the block; ``ValueError``
-    if another holds it."""
-    path = json_path.with_name(json_path.name + ".lock")
+    if another holds it, naming ``flag`` (default ``--json json_path``)."""
+    path, flag = json_path.with_name(json_path.name + ".lock"), flag or f"--json {json_path}"
     try:                        # the results' folder, made now rather than as they are first written
         json_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"--json {json_path}: {json_path.parent} cannot be made ({e.strerror}).") from None
+        raise ValueError(f"{flag}: {json_path.parent} cannot be made ({e.strerror}).") from None
     if path.is_symlink() or (path.exists() and (not path.is_file() or path.stat().st_size)):
-        raise ValueError(f"--json {json_path}: {path} exists, which the benchmark takes as its lock; move it "
-                         "aside.")
+        raise ValueError(f"{flag}: {path} exists, which the benchmark takes as its lock; move it aside.")
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise ValueError(f"--json {json_path}: {path} cannot be made ({e.strerror}).") from None
+            raise ValueError(f"{flag}: {path} cannot be made ({e.strerror}).") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ValueError(f"--json {json_path} is being written by another benchmark; wait for it to end, "
-                             "or give another --json.") from None
+            raise ValueError(f"{flag}: another benchmark is writing {json_path.name} there; wait for it to "
+                             f"end, or give another {flag.split()[0]}.") from None
         with contextlib.suppress(OSError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 break
@@ -137,8 +136,13 @@ def writing(json_path: Path) -> Iterator[None]:
     def remove():
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+    def remove_all():           # and the results being written as a signal's exit_now cut them short
+        remove()
+        with contextlib.suppress(OSError):
+            os.unlink(json_path.with_name(json_path.name + ".tmp"))
     try:
-        with stopping.undone_at_exit_now(remove):       # a signal's exit_now unwinds nothing
+        with stopping.undone_at_exit_now(remove_all):   # exit_now unwinds nothing
             yield
     finally:
         remove()

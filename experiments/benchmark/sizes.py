@@ -92,9 +92,9 @@ def ratios(size: dict) -> dict:
 
 
 def run_sizes(name: str, data_path: str | None, json_path: Path, devices: int | None = None,
-              rounds: int | None = None, steps: int | None = None, log=print) -> dict:
+              rounds: int | None = None, steps: int | None = None, log=print, saved=lambda: None) -> dict:
     """Measures every size of set ``name``; rewrites ``json_path`` after each size, so that a run stopped
-    part way keeps the sizes it finished."""
+    part way keeps the sizes it finished, calling ``saved()`` after each write."""
     backend = jax.default_backend()
     rounds, steps, warmup = rounds or ROUNDS[name][0], steps or ROUNDS[name][1], ROUNDS[name][2]
     out = {"sizes_set": name, "machine": machine_info(), "rounds": rounds, "steps": steps,
@@ -126,6 +126,7 @@ def run_sizes(name: str, data_path: str | None, json_path: Path, devices: int | 
                                                     log=lambda *_: None, keep_going=True))
             size.update(seconds=time.perf_counter() - t0, **ratios(size))
             write_atomically(json_path, json.dumps(out, indent=1))     # whole, or as it was
+            saved()
         log("  " + "  ".join(f"{n} " + (f"{r['ms_per_step']:.2f}" if "error" not in r else "failed")
                              for n, r in size["contenders"].items())
             + f"  ({size['seconds']:.0f} s): {s.label}")
