@@ -187,6 +187,12 @@ def test_output_paths_are_checked_before_any_measuring_and_no_file_of_the_users_
         assert says in refused(argv, capsys), argv
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert (tmp_path / "notes.txt").read_text() == "my notes"
+    (tmp_path / "cut").mkdir()          # a stop killed as it first wrote bench.json: its own, whole
+    (tmp_path / "cut" / "bench.json.tmp").write_text(json.dumps({"machine": {}, "ratio_meaning": ""}))
+    assert outputs.check_outputs(None, "cut", False) == (Path("cut/bench.json"), Path("cut"))
+    (tmp_path / "cut" / "bench.json.tmp").write_text('{"machine": ')
+    with pytest.raises(ValueError, match="holds bench.json.tmp, which the benchmark did not write"):
+        outputs.check_outputs(None, "cut", False)
 
 
 def test_a_rerun_replaces_only_an_earlier_benchmarks_results_and_says_so(bench_main, small_data, tmp_path,
