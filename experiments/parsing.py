@@ -43,7 +43,14 @@ class Parser(argparse.ArgumentParser):
 
 def check_names(flag: str, path: str | Path) -> None:
     """``ValueError`` in one sentence if a name in ``path`` (given as ``flag``) is longer than a file system
-    takes: Python's own checks of it (``Path.exists``) would raise."""
+    takes (Python's own checks of it, ``Path.exists``, would raise), or has bytes that are not UTF-8 (the
+    lines that name it could not be printed on a UTF-8 terminal)."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:          # undecodable bytes, kept as surrogates
+        shown = os.fsencode(str(path)).decode(errors="backslashreplace")       # as typed: \xff, not \udcff
+        raise ValueError(f"{flag} {shown} has bytes that are not UTF-8 in its path; give one without "
+                         "them.") from None
     longest = max((len(os.fsencode(part)) for part in Path(path).parts), default=0)
     if longest > NAME_MAX:
         raise ValueError(f"{flag} has a name of {longest} bytes in its path; the system takes at most "

@@ -1,6 +1,8 @@
 """``experiments.parsing.Parser``: argparse, with whole flag names, each flag once, errors in one line; and
 ``check_names``, which the commands' checks of their output folders call first."""
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,21 @@ def test_a_name_longer_than_a_file_system_takes_is_one_sentence_not_python_s_ose
     said = rf"^{flag} has a name of {NAME_MAX + 1 + 5 * flag.endswith('json')} bytes in its path; the system "
     with pytest.raises(ValueError, match=said + rf"takes at most {NAME_MAX}\.$"):
         check(str(tmp_path / LONG / "sub" if flag == "--workdir" else tmp_path / LONG))
+
+
+@pytest.mark.parametrize("check, flag", [
+    (lambda path: sine_figures.check_workdir(Path(path)), "--workdir"),
+    (lambda path: device_summary.check_out(Path(path)), "--out"),
+    (lambda path: outputs.check_outputs(None, path, False), "--out"),
+    (lambda path: outputs.check_outputs(path + ".json", None, False), "--json"),
+])
+def test_a_path_of_bytes_that_are_not_utf8_is_one_sentence_before_a_line_names_it(tmp_path, check, flag):
+    """A UTF-8 terminal's stdout cannot print it: the first line naming it was Python's UnicodeEncodeError."""
+    path = str(tmp_path / os.fsdecode(b"u\xff"))
+    shown = os.fsencode(path).decode(errors="backslashreplace") + (".json" if flag == "--json" else "")
+    with pytest.raises(ValueError, match=rf"^{flag} {re.escape(shown)} has bytes that are not UTF-8 in its "
+                                         r"path; give one without them\.$"):
+        check(path)
 
 
 @pytest.mark.parametrize("flag, kind", [("--out", "folder"), ("--json", "file")])
