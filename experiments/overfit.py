@@ -43,10 +43,13 @@ def main(argv=None) -> int:
         return status
     workdir = settings.settings(args)[1]
     records = metrics.MetricsLog(workdir / metrics.FILENAME).read()
-    for run in dict.fromkeys(r.get("run") for r in records):       # each run of several on its own
-        mine = [r for r in records if r.get("run") == run]
+    for run in sorted({r.get("run", -1) for r in records}):       # each run of several on its own, in order
+        mine = [r for r in records if r.get("run", -1) == run]
         best, last = min(mine, key=lambda r: r["val_ppl"]), mine[-1]
-        which = "" if run is None else f" run {run}:"
+        which = "" if run == -1 else f" run {run}:"
+        if last.get("stopped"):         # a run that diverged turned up for no overfitting
+            print(f"overfit:{which} stopped at epoch {last['epoch']}, {last['stopped']}")
+            continue
         at = f"{best['epoch']} ({ppl_text(best['val_ppl'])})"
         lowest = (f"lowest at epoch {at}, then {ppl_text(last['val_ppl'])} at epoch {last['epoch']},"
                   if last is not best else f"lowest at the last epoch, {at}, not turned up yet,")

@@ -38,15 +38,18 @@ def test_help_is_the_exercise_s_own(capsys):
 def test_runs_trained_together_are_summed_up_each_on_its_own(make_text, tmp_path, capsys):
     text = tmp_path / "mine.txt"
     text.write_text(make_text(3000))
-    assert overfit.main(["--text", str(text), "--preset", "tiny", "--seeds", "0,1", "--epochs", "2",
-                         "--workdir", str(tmp_path / "w"), "--devices", "1", "--no-compilation-cache",
-                         "--no-progress"]) == 0
+    assert overfit.main(["--text", str(text), "--preset", "tiny", "--seeds", "0,1", "--lr", "1,1e6",
+                         "--epochs", "2", "--workdir", str(tmp_path / "w"), "--devices", "1",
+                         "--no-compilation-cache", "--no-progress"]) == 0
     records = metrics.MetricsLog(tmp_path / "w" / metrics.FILENAME).read()
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("overfit:")]
-    assert [line.split(":")[1] for line in lines] == [" run 0", " run 1"]
-    for run, line in enumerate(lines):
+    assert [line.split(":")[1] for line in lines] == [" run 0", " run 1", " run 2", " run 3"]   # in order
+    for run in (1, 3):          # lr 1e6 diverges: the first of its records to stop says why (logged first)
+        assert lines[run].startswith(f"overfit: run {run}: stopped at epoch 1, its train perplexity is ")
+    for run in (0, 2):
         mine = [r for r in records if r["run"] == run]
-        assert f"({min(r['val_ppl'] for r in mine):.2f})" in line and f"{mine[-1]['train_ppl']:.2f}" in line
+        assert f"({min(r['val_ppl'] for r in mine):.2f})" in lines[run]
+        assert f"{mine[-1]['train_ppl']:.2f}" in lines[run]
 
 
 @pytest.mark.slow
