@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     stopping.while_loading()        # parse_args loads JAX to check --data: a signal there says one line
     if not heed_ctrl_c:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(ImportError):      # a machine without JAX still gets its parts run and recorded
+        stopping.load_jax()         # $JAX_* that JAX cannot read as it loads: one line, before any part
     args = parse_args(argv)
     summary = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "data": args.data,
                "parts": {}}

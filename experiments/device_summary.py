@@ -24,6 +24,15 @@ for name, dist in [("jax", "jax"), ("jaxlib", "jaxlib"), ("flax", "flax"), ("opt
         out[name] = None
 info = {"versions": out}
 import jax
+try:         # rnnjax's sentence where $JAX_PLATFORMS names a backend JAX cannot start here
+    from rnnjax.backend import start
+except ImportError:
+    pass
+else:
+    try:
+        start()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
 info.update(backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
             devices=[str(d) for d in jax.devices()],
             jax_matmul_precision=jax.config.jax_default_matmul_precision)   # None: the backend's
@@ -175,7 +184,8 @@ def write_summary(out: Path, summary: dict) -> None:
 def describe_machine(summary: dict) -> str:
     """The info part's line: backend, device, torch's device (or that it is not installed), versions."""
     if "versions" not in summary:
-        return f"machine unknown: the info part failed ({summary['parts']['info']['error']}; see info.log)"
+        failed = summary["parts"]["info"]["error"].rstrip(".")
+        return f"machine unknown: the info part failed ({failed}; see info.log)"
     versions = summary["versions"]
     torch = ("torch not installed" if versions.get("torch") is None
              else f"torch on {summary['torch_device']}" if summary.get("torch_device")

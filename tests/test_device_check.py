@@ -93,6 +93,22 @@ def test_a_relative_out_is_where_the_command_starts_not_the_repository_root(real
     assert args.out == (tmp_path / "check").resolve() and args.data == str(Path(real_text_path).resolve())
 
 
+def test_a_jax_environment_it_cannot_start_with_is_one_sentence(tmp_path, fresh_env, real_text_path):
+    """A ``$JAX_NUM_CPU_DEVICES`` JAX cannot read stops the check before any part (every part would fail);
+    a ``$JAX_PLATFORMS`` backend this machine lacks is the info part's sentence, not an AssertionError."""
+    proc = subprocess.run([sys.executable, "-m", "experiments.device_check", "--quick", "--out",
+                           str(tmp_path / "check"), "--data", real_text_path], capture_output=True, text=True,
+                          cwd=device_check.ROOT, env=fresh_env(JAX_NUM_CPU_DEVICES="abc"), timeout=60)
+    assert (proc.returncode, proc.stdout) == (1, "") and not (tmp_path / "check").exists()
+    assert proc.stderr == ("error: $JAX_NUM_CPU_DEVICES must be a whole number, got 'abc' (JAX reads it as "
+                           "it loads).\n")
+    env = {**fresh_env(PYTHONPATH=str(device_check.ROOT)), "JAX_PLATFORMS": "tpu"}       # on any machine here
+    info = subprocess.run([sys.executable, "-c", device_check.MACHINE_INFO], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert info.returncode == 1 and info.stderr.splitlines()[-1].startswith(
+        "error: $JAX_PLATFORMS='tpu' asks for a backend JAX cannot start here")
+
+
 def test_the_info_part_records_a_broken_torch_and_goes_on(tmp_path, fresh_env):
     """A torch whose CUDA libraries do not load raises OSError, not ImportError, as it is imported."""
     (tmp_path / "torch").mkdir()
