@@ -55,8 +55,7 @@ QUICK_EPOCHS = 3
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = Parser(prog="python -m experiments.device_check", description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, type=Path,
-                   help="a new (or empty) folder for the logs and summary.json")
+    p.add_argument("--out", required=True, help="a new (or empty) folder for the logs and summary.json")
     p.add_argument("--data", help="local timemachine.txt (else $RNNJAX_TIMEMACHINE, else ./timemachine.txt)")
     p.add_argument("--quick", action="store_true",
                    help="a CPU-sized run in about a minute: one test file, 3 epochs, the small sizes")
@@ -65,6 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     data = os.environ.get("RNNJAX_TIMEMACHINE") or "timemachine.txt" if args.data is None else args.data
     try:
+        if args.out == "":          # not the current folder
+            raise ValueError("--out is empty; give a new folder for the logs (a shell variable that was not "
+                             "set?).")
+        args.out = Path(args.out)
         check_out(args.out)
         if not args.budget >= 2 * Parts.least_s:        # no part starts with less than least_s left
             raise ValueError(f"--budget must be at least {2 * Parts.least_s:g} seconds, got {args.budget:g}.")

@@ -260,6 +260,13 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
         raise TypeError(f"vocab must be an rnnjax Vocab (a restored run's .vocab), got {got(vocab)}.")
     if text is not None and data is not None:
         raise ValueError("load takes text (your own file) or data (the Time Machine's), not both.")
+    for name, path in (("text", text), ("data", data)):
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"load's {name} is a path (str or os.PathLike), got {got(path)}.")
+        if path == "":              # not the current folder, nor (data) the default file
+            instead = ("give a UTF-8 text file's path" if name == "text" else
+                       "leave it out (None) to take $RNNJAX_TIMEMACHINE or d2l's download")
+            raise DataError(f"load's {name} is empty (''); {instead}.")
     try:
         if text is not None:
             return Corpus.from_config(text, config, vocab=vocab)

@@ -148,6 +148,8 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     taken instead, or for the ``best`` the next best (``CheckpointError`` naming each, if none is good)."""
     if not isinstance(workdir, (str, os.PathLike)):
         raise TypeError(f"restore takes the workdir as a path (str or os.PathLike), got {workdir!r}.")
+    if workdir == "":                   # not the current folder
+        raise CheckpointError("restore's workdir is empty (''); give the folder a run was trained in.")
     for name, value in (("best", best), ("fallback", fallback)):
         if not isinstance(value, (bool, np.bool_)):         # "no" would count as True
             raise TypeError(f"restore's {name} is True or False, got {value!r}.")
@@ -157,9 +159,11 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         if workdir.exists() and not workdir.is_dir():
             raise CheckpointError(f"The workdir {workdir} is a file; give the folder a run was trained in.")
         if not directory.is_dir():
-            if workdir.name == SUBDIR and workdir.is_dir() and (workdir.parent / CONFIG).is_file():
-                raise CheckpointError(f"{workdir} is a workdir's checkpoints folder; give the workdir, "
-                                      f"{workdir.parent}.")
+            for held, step_of in ((workdir, ""), (workdir.parent, f" (step={workdir.name})")):
+                if (held.name == SUBDIR and workdir.is_dir() and (held.parent / CONFIG).is_file()
+                        and (not step_of or workdir.name.isdecimal())):
+                    what = "a workdir's checkpoints folder" if not step_of else "a checkpoint of a workdir"
+                    raise CheckpointError(f"{workdir} is {what}; give the workdir, {held.parent}{step_of}.")
             what = "does not exist" if not workdir.exists() else "holds no checkpoints"
             raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
     except OSError as e:        # listing it, steps() says so alike

@@ -317,3 +317,9 @@ def test_load_refuses_a_config_that_is_not_one_in_one_sentence():
     both = r"^load takes text \(your own file\) or data \(the Time Machine's\), not both\.$"
     with pytest.raises(ValueError, match=both):           # the command line refuses the pair too
         corpus.load(TINY, text="book.txt", data="timemachine.txt")
+    with pytest.raises(TypeError, match=r"^load's text is a path \(str or os.PathLike\), got an int\.$"):
+        corpus.load(TINY, text=3)
+    with pytest.raises(DataError, match=r"^load's text is empty \(''\); give a UTF-8 text file's path\.$"):
+        corpus.load(TINY, text="")          # it read ". is a directory"
+    with pytest.raises(DataError, match=r"^load's data is empty \(''\); leave it out \(None\) to take "):
+        corpus.load(TINY, data="")          # it took the default file, or downloaded

@@ -222,6 +222,10 @@ def test_bad_arguments_say_so_before_any_work(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):             # not the environment's file instead
         device_check.parse_args(["--out", str(tmp_path / "new"), "--data", ""])
     assert "error: --data is empty" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    monkeypatch.chdir(tmp_path / "used")
+    with pytest.raises(SystemExit):             # not the current folder (it said "--out . exists")
+        device_check.parse_args(["--out", "", "--data", __file__])
+    assert capsys.readouterr().err.startswith("error: --out is empty; give a new folder for the logs")
 
 
 @pytest.mark.parametrize("what", ["parent a file", "parent a dangling link", "dangling link", "loop",

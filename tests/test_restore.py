@@ -39,6 +39,12 @@ def test_missing_or_empty_workdir(tmp_path):
     with pytest.raises(CheckpointError, match=rf"^{inside} is a workdir's checkpoints folder; give the "
                                               rf"workdir, {tmp_path / 'empty'}\.$"):
         checkpoint.restore(inside)
+    (inside / "26").mkdir()                 # a step's folder
+    with pytest.raises(CheckpointError, match=rf"^{inside / '26'} is a checkpoint of a workdir; give the "
+                                              rf"workdir, {tmp_path / 'empty'} \(step=26\)\.$"):
+        checkpoint.restore(inside / "26")
+    with pytest.raises(CheckpointError, match=r"^restore's workdir is empty \(''\); give the folder a run "):
+        checkpoint.restore("")
 
 
 def test_unknown_step(small_data, tmp_path):
