@@ -273,14 +273,14 @@ def _run(workdir: Path, seeds: list[int], rnn_epochs: int) -> int:
         sine_figures.remove(workdir)
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except BrokenPipeError:         # stdout's, not the workdir's: stopping.run says so
-        raise
-    except stopping.OutputError as e:       # stdout's too (a full disk under it): the workdir is not at fault
+    except (BrokenPipeError, stopping.OutputError) as e:    # stdout's (a closed pipe, a full disk under it)
         whole = (workdir / RESULTS).exists()        # written last: the figures are there too
         if not whole:
             sine_figures.remove(workdir)
-        stopping.tell(f"Stopped: {e.strerror} (writing the output); " + (
-            f"{workdir} holds the whole run." if whole else "nothing was kept: run the same command again."))
+        kept = f"{workdir} holds the whole run" if whole else "nothing was kept: run the same command again"
+        if isinstance(e, BrokenPipeError):
+            return stopping.output_closed(kept)
+        stopping.tell(f"Stopped: {e.strerror} (writing the output); {kept}.")
         return 1
     except OSError as e:
         print(f"error: cannot write to {workdir}: {e.strerror}.", file=sys.stderr)

@@ -75,6 +75,14 @@ def drop_output() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def output_closed(kept: str) -> int:
+    """The reader of a pipe (``| head``) exited: one line saying what is ``kept`` (a clause), and the status
+    a piped Unix tool stops with, 128 + SIGPIPE."""
+    drop_output()
+    tell(f"Stopped: the output was closed (the reader of a pipe exited); {kept}.")
+    return 128 + signal.SIGPIPE
+
+
 def tell(message: str) -> None:
     """``message`` on stderr, if it is there: a closed terminal (a hang-up) or ``2>&-`` takes nothing."""
     try:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import SUITE_XLA_FLAGS, small_text
-from experiments import benchmark
+from experiments import benchmark, stopping
 from experiments.benchmark import measure, outputs, sizes, torch_contenders
 from experiments.benchmark.contenders import Contender, Rnnjax, Setting, xla_step_mb
 from experiments.benchmark.measure import machine_info, measure_steps
@@ -251,6 +251,11 @@ def test_one_run_writes_a_folder_at_a_time_and_a_full_stdout_is_one_line(bench_m
     assert benchmark.main(argv) == 1
     assert capsys.readouterr().err == ("Stopped: No space left on device (writing the output); nothing was "
                                        "written.\n")
+    full = BrokenPipeError(32, "Broken pipe")       # the reader of a pipe exited: what was kept, too
+    monkeypatch.setattr(stopping, "drop_output", lambda: None)
+    assert benchmark.main(argv) == 128 + signal.SIGPIPE
+    assert capsys.readouterr().err == ("Stopped: the output was closed (the reader of a pipe exited); "
+                                       "nothing was written.\n")
 
 
 def test_the_sweeps_plot_is_written_whole(bench_main, small_data, tmp_path):

@@ -3,6 +3,7 @@ argument checks."""
 
 import json
 import os
+import signal
 
 import pytest
 
@@ -201,6 +202,15 @@ def test_a_full_disk_or_a_closed_output_is_one_line(tmp_path, monkeypatch, capsy
     assert bench.main(argv) == 1
     assert capsys.readouterr().err == ("Stopped: No space left on device (writing the output); no figure "
                                        "was written; the texts made whole stay.\n")
+
+    class Closed(Full):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr("sys.stdout", Closed())
+    monkeypatch.setattr(bench.stopping, "drop_output", lambda: None)
+    assert bench.main(argv) == 128 + signal.SIGPIPE
+    assert capsys.readouterr().err == ("Stopped: the output was closed (the reader of a pipe exited); no "
+                                       "figure was written; the texts made whole stay.\n")
 
 
 def test_one_run_writes_an_out_folder_at_a_time(tmp_path, monkeypatch, capsys):

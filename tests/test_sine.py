@@ -127,12 +127,16 @@ def test_one_run_writes_a_workdir_at_a_time_and_one_done_meanwhile_stays(tmp_pat
     assert (w / sine.RESULTS).read_text() == "theirs"
 
 
-def test_a_closed_pipe_is_left_to_stopping_run_not_called_the_workdir_s(tmp_path, monkeypatch):
-    def reader_gone(*args, **kwargs):
+def test_a_closed_pipe_says_what_the_workdir_keeps_not_that_it_failed(tmp_path, monkeypatch, capsys):
+    def reader_gone(workdir, *args, **kwargs):
+        (workdir / sine_figures.FIGURES[0]).write_text("a figure of a run cut short")
         raise BrokenPipeError(errno.EPIPE, "Broken pipe")
     monkeypatch.setattr(sine, "run_seeds", reader_gone)
-    with pytest.raises(BrokenPipeError):            # stopping.run: one line, exit 141
-        sine.main(["--workdir", str(tmp_path / "w")])
+    monkeypatch.setattr(sine.stopping, "drop_output", lambda: None)     # pytest's captured stdout stays
+    assert sine.main(["--workdir", str(tmp_path / "w")]) == 128 + signal.SIGPIPE
+    assert capsys.readouterr().err == ("Stopped: the output was closed (the reader of a pipe exited); "
+                                       "nothing was kept: run the same command again.\n")
+    assert not (tmp_path / "w" / sine_figures.FIGURES[0]).exists()
 
 
 def test_a_workdir_that_is_a_file_is_named_a_file_before_any_work(tmp_path, capsys, monkeypatch):

@@ -188,7 +188,7 @@ def main(argv=None) -> int:
                     stop.held = False
         except (BrokenPipeError, stopping.OutputError) as e:       # stdout's, not --out's
             if isinstance(e, BrokenPipeError):
-                raise                       # stopping.run says so, exit 141
+                return stopping.output_closed(stop.kept())
             stopping.tell(f"Stopped: {e.strerror} (writing the output); {stop.kept()}.")
             return 1
         except (ValueError, OSError, WorkdirError) as e:     # a child failed, a full disk: the figures stay

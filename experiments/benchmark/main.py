@@ -211,6 +211,8 @@ def main(argv=None) -> int:
         except (ValueError, WorkdirError) as e:     # another run's, or a full disk: bench.json keeps its last
             print(f"error: {e}", file=sys.stderr)
             return 1
+        except BrokenPipeError:
+            return stopping.output_closed(stop.kept())
         except stopping.OutputError as e:
             stopping.tell(f"Stopped: {e.strerror} (writing the output); {stop.kept()}.")
             return 1
