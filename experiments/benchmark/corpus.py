@@ -127,7 +127,7 @@ class _Stop(Stop):
 
     def __init__(self, out: Path):
         super().__init__(out / "corpus.json")
-        self.out, self.removed, self.held = out, [], False
+        self.out, self.removed, self.held, self.began = out, [], False, False
 
     def kept(self) -> str:          # the texts are not "nothing": only corpus.json may be as it was
         cut = f"; {', '.join(self.removed)}, cut short, removed" if self.removed else ""
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         try:
             with stopping.guarded_stdout(), lock(out, flag="--out"):
                 try:
-                    stop.held = True
+                    stop.held = stop.began = True
                     check_out(args.out)         # again, now that it is held
                     _remove_partial(out)        # a killed run's
                     measure(args, sizes, tm, out, found)
@@ -193,7 +193,8 @@ def main(argv=None) -> int:
             return 1
         except (ValueError, OSError, WorkdirError) as e:     # a child failed, a full disk: the figures stay
             why = e if isinstance(e, (ValueError, WorkdirError)) else f"cannot write {out} ({e.strerror})"
-            print(f"error: {str(why).rstrip('.')}; {stop.kept()}.", file=sys.stderr)
+            kept = f"; {stop.kept()}" if stop.began else ""      # not of another run's --out, held
+            print(f"error: {str(why).rstrip('.')}{kept}.", file=sys.stderr)
             return 1
         return 0
     finally:
