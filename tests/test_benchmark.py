@@ -85,7 +85,7 @@ LATER_PARTS = {"measure_compile_cache": lambda data: {"no_cache_s": 1.0, "cold_c
 def bench_main(monkeypatch):
     """The benchmark's module (the package exports main()), its measuring failing the test: a refusal
     comes before any. ``faked(...)`` makes it measure made-up figures instead; the data is not read."""
-    module = sys.modules["experiments.benchmark.main"]
+    from experiments.benchmark import command as module
 
     def measured(*args, **kwargs):
         raise AssertionError("measured before refusing")
@@ -463,7 +463,7 @@ def test_every_kernel_that_can_train_a_size_contends_and_cudnn_is_a_gpu_lstm_mea
 
 
 def test_the_ablations_time_each_kernel_but_the_one_rnnjax_trains_with_once():
-    from experiments.benchmark.main import ablation_variants
+    from experiments.benchmark.command import ablation_variants
     s = Setting(cell="lstm")
     auto = kernels.choose(s.config)
     names = [v.name for v in ablation_variants(s, 1)]

@@ -50,7 +50,7 @@ medians with min-max over the rounds and ratios against rnnjax.
 - ``outputs.py``: ``--json`` and ``--out`` checked (never a file of anyone
   else's replaced), and the line a stop says.
 - ``report.py``: ratios in words (below 1 reads as slower), the tables, the sweep's plot.
-- ``main.py``: the command line, the sweep over hidden size, batch and steps,
+- ``command.py``: the command line, the sweep over hidden size, batch and steps,
   ``--runs N`` seeds in one program (``rnnjax.runs``) against one, and the
   JSON: the machine, every contender's figures and every ratio printed
   (``ratio_step_vs_torch_lean``, ``ratio_step_vs_torch_d2l``,
@@ -76,9 +76,17 @@ if any(name == __name__ or name.startswith(__name__ + ".") for name in _RUN):
     stopping.load_jax()
 
 from experiments.benchmark.contenders import model_flops_per_token  # noqa: E402 (after the handlers)
-from experiments.benchmark.main import main  # noqa: E402
 from experiments.benchmark.measure import d2l_predict  # noqa: E402
 from experiments.benchmark.report import speed_words  # noqa: E402
 from experiments.benchmark.torch_contenders import torch_available  # noqa: E402
 
 __all__ = ["d2l_predict", "main", "model_flops_per_token", "speed_words", "torch_available"]
+
+
+def __getattr__(name: str):
+    """``main`` (``command.main``), imported as it is first asked for: ``python -m
+    experiments.benchmark.command`` then runs that module as ``__main__``, not imported twice."""
+    if name == "main":
+        from experiments.benchmark.command import main
+        return main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

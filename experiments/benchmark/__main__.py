@@ -1,4 +1,4 @@
 from experiments import stopping
-from experiments.benchmark.main import main
+from experiments.benchmark.command import main
 
 stopping.run(main)

@@ -306,3 +306,7 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
     out["complete"] = True
     save()
     print(f"wrote {json_path}")
+
+
+if __name__ == "__main__":
+    stopping.run(main)
