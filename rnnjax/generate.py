@@ -32,6 +32,7 @@ from rnnjax.vocab import Vocab
 # Characters one call generates at most: every one is kept (B x (L + padded(num_preds)) int32) and
 # scanned over.
 MAX_PREDS = 10_000_000
+MAX_TOKENS = 1 << 26        # of all rows of one call, prompts and padding included (256 MB of int32)
 MAX_TEMPERATURE = float(np.finfo(np.float32).max)       # logits are float32: above it, inf
 
 
@@ -187,10 +188,15 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
     ids = [vocab.encode(p) for p in prefixes]
     lengths = np.array([len(i) for i in ids], np.int32)
     L = 1 << int(lengths.max() - 1).bit_length()     # next power of two
+    steps = padded(num_preds)
+    kept = len(ids) * (max(L, 1) + steps)
+    if kept > MAX_TOKENS:       # else an allocation fails deep in XLA, which can abort the interpreter
+        raise ValueError(f"{len(ids):,} prompt(s) of up to {int(lengths.max()):,} tokens and {num_preds:,} "
+                         f"more each keep {kept:,} tokens in one call, more than the {MAX_TOKENS:,} it "
+                         "holds: generate in several calls.")
     prefix = np.zeros((len(ids), max(L, 1)), np.int32)
     for row, i in zip(prefix, ids):
         row[: len(i)] = i
-    steps = padded(num_preds)
     decode_greedy, decode_sample = _decoders(model)
     if temperature is None and top_k is None and key is None:
         tokens = decode_greedy(params, prefix, lengths, steps)

@@ -74,6 +74,9 @@ def test_unknown_characters_are_a_clear_error(model_params):
                                                         ([], 3, r"^prefixes is an empty list: give at least"),
                                                         (["a"], -1, "num_preds"),
                                                         (["a"], 99999999999, "num_preds must be between"),
+                                                        (["a"] * 10_000, 10_000,
+                                                         r"^10,000 prompt\(s\) of up to 1 tokens and 10,000 "
+                                                         r"more each keep 102,410,000 tokens in one call"),
                                                         ("it has", 3, "a list of strings"),
                                                         ([b"it"], 3, "a list of strings")])
 def test_bad_requests(model_params, prefixes, num_preds, message):
