@@ -7,9 +7,9 @@ characters split into inputs X and targets Y (Y is X shifted by one).
 
 Batches have a fixed shape so that one compiled step serves every batch: the
 ragged last batch is padded and carries a row mask, and the losses
-(``rnnjax.model``, the kernels) are exact means over the real rows. ``WindowedText`` cuts
-them from a token stream; ``TimeMachine`` is d2l's (its text from
-``rnnjax.source``), ``rnnjax.corpus.Corpus`` any text's.
+(``rnnjax.model``, the kernels) are exact means over the real rows.
+``WindowedText`` cuts them from a token stream; ``TimeMachine`` is d2l's
+(its text from ``rnnjax.source``), ``rnnjax.corpus.Corpus`` any text's.
 """
 
 from __future__ import annotations

@@ -80,8 +80,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     goes again with its lock) unless the processes of a multi-host run
     would train alike (``rnnjax.agree``), unless ``evaluate`` returns
     ``loss_sum``, ``count`` and metrics of one number (logged as
-    ``val_<key>``, ``metrics.epoch_record``: sum them over ``axis_name``'s devices, as ``eval_steps``
-    does its own), and unless ``state`` is the
+    ``val_<key>``, ``metrics.epoch_record``: sum them over ``axis_name``'s
+    devices, as ``eval_steps`` does its own), and unless ``state`` is the
     plan's: the parameters ``p.config`` makes (of each run, stacked), at the
     checkpoint's step (``p.state`` resumes) or, new, at step 0. Its
     optimizer may be another.
