@@ -185,16 +185,12 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
         raise ValueError("prefixes is an empty list: give at least one prompt, e.g. ['the time'].")
     if any(len(p) == 0 for p in prefixes):
         raise ValueError("Every prefix needs at least one character to start from.")
+    steps = padded(num_preds)
+    _check_kept(len(prefixes), max(map(len, prefixes)), num_preds, "characters")   # before encoding them
     ids = [vocab.encode(p) for p in prefixes]
     lengths = np.array([len(i) for i in ids], np.int32)
-    L = 1 << int(lengths.max() - 1).bit_length()     # next power of two
-    steps = padded(num_preds)
-    kept = len(ids) * (max(L, 1) + steps)
-    if kept > MAX_TOKENS:       # else an allocation fails deep in XLA, which can abort the interpreter
-        raise ValueError(f"{len(ids):,} prompt(s) of up to {int(lengths.max()):,} tokens and {num_preds:,} "
-                         f"more each keep {kept:,} tokens in one call, more than the {MAX_TOKENS:,} it "
-                         "holds: generate in several calls.")
-    prefix = np.zeros((len(ids), max(L, 1)), np.int32)
+    L = _check_kept(len(ids), int(lengths.max()), num_preds, "tokens")
+    prefix = np.zeros((len(ids), L), np.int32)
     for row, i in zip(prefix, ids):
         row[: len(i)] = i
     decode_greedy, decode_sample = _decoders(model)
@@ -206,6 +202,19 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
         tokens = decode_sample(params, prefix, lengths, steps, key, temperature, top_k or 0, (vocab.unk,))
     tokens = np.asarray(tokens)
     return [vocab.decode(row[: n + num_preds]) for row, n in zip(tokens, lengths)]
+
+
+def _check_kept(prompts: int, longest: int, num_preds: int, unit: str) -> int:
+    """The prompts' padded length (a power of two); ``ValueError`` if ``prompts`` of up to ``longest``
+    ``unit`` (characters: at least their tokens) and ``num_preds`` more each keep over ``MAX_TOKENS``, whose
+    allocation would fail deep in XLA, which can abort the interpreter."""
+    L = max(1 << (longest - 1).bit_length(), 1)
+    kept = prompts * (L + padded(num_preds))
+    if kept > MAX_TOKENS:
+        raise ValueError(f"{prompts:,} prompt(s) of up to {longest:,} {unit} and {num_preds:,} more each "
+                         f"keep {kept:,} tokens in one call, more than the {MAX_TOKENS:,} it holds: generate "
+                         "in several calls.")
+    return L
 
 
 def predict(model: RNNLM, params, vocab: Vocab, prefix: str, num_preds: int, **sampling) -> str:

@@ -75,14 +75,22 @@ def test_unknown_characters_are_a_clear_error(model_params):
                                                         (["a"], -1, "num_preds"),
                                                         (["a"], 99999999999, "num_preds must be between"),
                                                         (["a"] * 10_000, 10_000,
-                                                         r"^10,000 prompt\(s\) of up to 1 tokens and 10,000 "
-                                                         r"more each keep 102,410,000 tokens in one call"),
+                                                         r"^10,000 prompt\(s\) of up to 1 characters and "
+                                                         r"10,000 more each keep 102,410,000 tokens in one "),
                                                         ("it has", 3, "a list of strings"),
                                                         ([b"it"], 3, "a list of strings")])
 def test_bad_requests(model_params, prefixes, num_preds, message):
     model, params = model_params
     with pytest.raises(ValueError, match=message):
         predict_batch(model, params, VOCAB, prefixes, num_preds)
+
+
+def test_too_many_tokens_are_refused_before_the_prompts_are_encoded(model_params, monkeypatch):
+    """Encoding 10,000 prompts of a million characters took minutes and more memory than a machine has."""
+    model, params = model_params
+    monkeypatch.setattr(type(VOCAB), "encode", lambda self, text: pytest.fail("encoded first"))
+    with pytest.raises(ValueError, match=r"^300 prompt\(s\) of up to 1,000,000 characters and 10 more"):
+        predict_batch(model, params, VOCAB, ["it has " * 1000 + "a" * 993_000] * 300, 10)
 
 
 def test_prefixes_from_a_generator_are_read_once(model_params):
