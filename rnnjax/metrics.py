@@ -48,15 +48,28 @@ def add_steps(sums: dict, call_metrics: list[dict]) -> dict:
     return out
 
 
+def train_name(key: str) -> str:
+    """The record's name of a step's metric ``key``: itself, a ``<key>_sum`` as ``train_<key>`` (``loss_sum``:
+    ``train_loss``)."""
+    key = str(key)
+    return "train_" + key.removesuffix("_sum") if key.endswith("_sum") else key
+
+
 def check_step(metrics: dict) -> None:
-    """``ValueError`` in one sentence unless each of a step's ``metrics`` is one number, of a name that is
-    not one of the record's own (read from their shapes as the step is traced: before any step runs)."""
-    taken = [k for k in metrics if k in RECORD_OWN or str(k).startswith("val_")]
-    if taken:
-        named, one = ", ".join(map(repr, taken)), len(taken) == 1
-        raise ValueError(f"train_step's metrics are logged by their names in each epoch's record, and "
-                         f"{named} {'is' if one else 'are'} the record's own "
-                         f"({', '.join(RECORD_OWN)}, val_*): name {'it' if one else 'them'} otherwise.")
+    """``ValueError`` in one sentence unless each of a step's ``metrics`` is one number, logged under a name
+    that is neither one of the record's own nor another's (read from their shapes as the step is traced:
+    before any step runs)."""
+    own = {k: train_name(k) for k in metrics if k not in ("loss_sum", "count")}
+    taken = [k for k, name in own.items() if name in (*RECORD_OWN, "train_") or name.startswith("val_")]
+    same = [k for k, name in own.items() if list(own.values()).count(name) > 1]
+    if taken or same:
+        one = len(taken) == 1
+        clash = (f"{', '.join(f'{k!r}' + (f' (as {own[k]})' if own[k] != k else '') for k in taken)} "
+                 f"{'is' if one else 'are'} the record's own ({', '.join(RECORD_OWN)}, val_*): name "
+                 f"{'it' if one else 'them'} otherwise" if taken else
+                 f"{' and '.join(map(repr, same))} would both be {own[same[0]]}: rename one")
+        raise ValueError(f"train_step's metrics are logged by their names in each epoch's record (a "
+                         f"<key>_sum as train_<key>, per token), and {clash}.")
     shaped = {k: tuple(v.shape) for k, v in metrics.items() if getattr(v, "shape", ()) != ()}
     if shaped:
         named = ", ".join(f"{k!r} (shape {s})" for k, s in shaped.items())
@@ -65,8 +78,9 @@ def check_step(metrics: dict) -> None:
                          "(jnp.mean, jnp.linalg.norm), or give each number its own key.")
 
 
-# The keys a validation logs as ``val_<key>`` itself: an evaluation's own metrics may not take them.
-VAL_OWN = ("loss", "ppl", "bpc")
+# The keys a validation logs as ``val_<key>`` itself (and none, nor its count): an evaluation's own metrics
+# may not take them.
+VAL_OWN = ("loss", "ppl", "bpc", "count", "")
 
 
 def val_name(key: str) -> str:
@@ -78,11 +92,12 @@ def val_name(key: str) -> str:
 def epoch_record(epoch: int, step: int, train: dict, steps: int, val: dict, seconds: float) -> dict:
     """One line of ``metrics.jsonl`` from the sums of an epoch's ``steps`` (``add_steps``) and of its
     validation: the mean losses (nats), their perplexities and bits per character; any other metric a step
-    reports, its mean over the epoch's steps (``grad_norm``: the global gradient norm before clipping); any
-    other the validation reports, as ``val_<key>``: a ``<key>_sum`` per token (over ``count``, as
-    ``loss_sum`` gives ``val_loss``), another as it is."""
+    reports, its mean over the epoch's steps (``grad_norm``: the global gradient norm before clipping), a
+    ``<key>_sum`` as ``train_<key>``, per token (over ``count``, as ``loss_sum`` gives ``train_loss``); any
+    other the validation reports, as ``val_<key>``: a ``<key>_sum`` per token, another as it is."""
     train_loss = train["loss_sum"] / train["count"]
-    means = {k: v / steps for k, v in train.items() if k not in ("loss_sum", "count")}
+    means = {train_name(k): v / train["count"] if str(k).endswith("_sum") else v / steps
+             for k, v in train.items() if k not in ("loss_sum", "count")}
     val = {val_name(k): v / val["count"] if str(k).endswith("_sum") else v
            for k, v in val.items() if k != "count"}
     return {"epoch": epoch, "step": step,

@@ -58,7 +58,9 @@ def train_step(state: TrainState, batch: Batch, axis_name: str | None = None, rn
     global mean objective, however the padding falls on the devices. The
     metrics' ``loss_sum`` is the cross-entropy's (``rnnjax.objective``): what
     perplexity reports, whatever the objective; ``grad_norm`` is the global
-    norm of the gradient before clipping.
+    norm of the gradient before clipping. A key added here is logged as its
+    epoch mean (``metrics.epoch_record``); a ``<key>_sum`` (pmeaned over
+    ``axis_name`` as ``loss_sum`` is) as ``train_<key>``, per token.
 
     ``rng`` (a raw ``jax.random.PRNGKey``) turns dropout on: the step's key is
     it folded with ``state.step`` (and the device), so a resumed run draws the

@@ -107,14 +107,21 @@ def test_a_metric_an_evaluation_adds_is_logged_as_val_key_of_a_run_and_of_runs(d
         m = plain(*args, **kwargs)
         return {**m, "tokens": m["count"] / 2, "half_sum": m["count"] / 2}
     monkeypatch.setattr(train, "eval_step", with_tokens)
+    plain_step = train.train_step
+
+    def with_half(*args, **kwargs):         # the same on the training side: train_half, per token
+        state, m = plain_step(*args, **kwargs)
+        return state, {**m, "half_sum": m["count"] / 2}
+    monkeypatch.setattr(train, "train_step", with_half)
     [record] = fit(TINY.replace(epochs=1), data, tmp_path / "one", devices=2, log=None).history
     tokens = sum(float(b.mask.sum()) for b in data.val_batches()) * TINY.num_steps
     logged = json.loads((tmp_path / "one" / metrics.FILENAME).read_text())
     assert record["val_tokens"] == logged["val_tokens"] == tokens / 2
-    assert record["val_half"] == logged["val_half"] == 0.5
+    assert record["val_half"] == logged["val_half"] == record["train_half"] == 0.5
     together = runs.fit_runs([TINY.replace(epochs=1, seed=s) for s in (0, 1)], data, tmp_path / "two",
                              devices=1, log=None)
-    assert [(r["val_tokens"], r["val_half"]) for r in together.history] == [(tokens / 2, 0.5)] * 2
+    logged = [(r["val_tokens"], r["val_half"], r["train_half"]) for r in together.history]
+    assert logged == [(tokens / 2, 0.5, 0.5)] * 2
 
 
 @pytest.mark.parametrize("extra, said", [
@@ -122,7 +129,8 @@ def test_a_metric_an_evaluation_adds_is_logged_as_val_key_of_a_run_and_of_runs(d
      r"^train_step's metrics must each be one number a step \(their epoch means are logged\); 'norms' "
      r"\(shape \(2,\)\) is not: "),
     (lambda m: {"step": m["count"]},
-     r"^train_step's metrics are logged by their names in each epoch's record, and 'step' is the record's "),
+     r"^train_step's metrics are logged by their names in each epoch's record \(a <key>_sum as train_<key>, "
+     r"per token\), and 'step' is the record's "),
 ])
 def test_a_step_metric_that_is_not_one_number_or_takes_a_records_name_is_refused_before_any_step(
         data, tmp_path, monkeypatch, extra, said):

@@ -20,8 +20,9 @@ def test_add_steps_sums_per_key_in_step_order_and_keeps_a_saved_sum_s_keys():
     old = {"loss_sum": 1.0, "count": 4.0}                       # saved before grad_norm was a metric
     assert metrics.add_steps(old, [call]) == {"loss_sum": 4.0, "count": 12.0}
     val = {"loss_sum": 8.0, "count": 4.0, "hits": 3.0, "right_sum": 1.0}
-    record = metrics.epoch_record(3, 30, sums, 4, val, 1.5)
+    record = metrics.epoch_record(3, 30, {**sums, "right_sum": 4.0}, 4, val, 1.5)
     assert record["train_loss"] == 6.0 / 16.0 and record["grad_norm"] == 1.0
+    assert record["train_right"] == 0.25 and "right_sum" not in record      # per token, as val_right
     assert record["val_ppl"] == np.exp(2.0) and record["val_hits"] == 3.0      # as the validation gives it
     assert record["val_right"] == 0.25 and "val_right_sum" not in record     # a <key>_sum: per token
     assert "val_count" not in record and "val_loss_sum" not in record
@@ -33,14 +34,20 @@ def test_a_step_s_metrics_must_each_be_one_number():
         metrics.check_step({"loss_sum": np.float32(1.0), "norms": np.ones(3), "g": np.ones((1, 1))})
 
 
-@pytest.mark.parametrize("name", ["step", "epoch", "lr", "train_loss", "seconds", "val_acc"])
+@pytest.mark.parametrize("name", ["step", "epoch", "lr", "train_loss", "seconds", "val_acc", "ppl_sum",
+                                  "_sum"])
 def test_a_step_s_metric_may_not_take_a_name_of_the_record_s_own(name):
-    metrics.check_step({"loss_sum": np.float32(1.0), "count": np.array(4.0), "acc": 0.5, "step_size": 0.1})
+    metrics.check_step({"loss_sum": np.float32(1.0), "count": np.array(4.0), "acc": 0.5, "step_size": 0.1,
+                        "acc_sum": 1.0})
+    logged = {"ppl_sum": " \\(as train_ppl\\)", "_sum": " \\(as train_\\)"}.get(name, "")
     with pytest.raises(ValueError, match=rf"^train_step's metrics are logged by their names in each "
-                                         rf"epoch's record, and '{name}' is the record's own \(epoch, "
+                                         rf"epoch's record \(a <key>_sum as train_<key>, per token\), and "
+                                         rf"'{name}'{logged} is the record's own \(epoch, "
                                          r"step, run, seed, lr, clip, stopped, seconds, train_loss, "
                                          r"train_ppl, train_bpc, val_\*\): name it otherwise\.$"):
         metrics.check_step({"loss_sum": np.float32(1.0), name: np.float32(1.0)})
+    with pytest.raises(ValueError, match=r", and 'train_acc' and 'acc_sum' would both be train_acc: rename"):
+        metrics.check_step({"train_acc": 1.0, "acc_sum": 1.0})
 
 
 def test_append_read_and_truncate(tmp_path):

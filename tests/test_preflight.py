@@ -50,6 +50,9 @@ def test_an_evaluation_s_metrics_must_each_be_one_number_of_a_name_of_its_own():
     with pytest.raises(ValueError, match=r", and 'ppl_sum', 'bpc' would be rnnjax's val_ppl: name them "
                                          r"otherwise\.$"):
         preflight.check_evaluated({"ppl_sum": one, "hits": one, "bpc": one})
+    for name, logged in (("count_sum", "val_count"), ("_sum", "val_"), ("", "val_")):     # its count; none
+        with pytest.raises(ValueError, match=rf", and '{name}' would be rnnjax's {logged}: name it "):
+            preflight.check_evaluated({name: one})
     with pytest.raises(ValueError, match=r", and 'hits' and 'hits_sum' would both be val_hits: rename one"):
         preflight.check_evaluated({"hits": one, "hits_sum": one})
 
