@@ -159,9 +159,10 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
         if workdir.exists() and not workdir.is_dir():
             raise CheckpointError(f"The workdir {workdir} is a file; give the folder a run was trained in.")
         if not directory.is_dir():
-            for held, step_of in ((workdir, ""), (workdir.parent, f" (step={workdir.name})")):
-                if (held.name == SUBDIR and workdir.is_dir() and (held.parent / CONFIG).is_file()
-                        and (not step_of or workdir.name.isdecimal())):
+            real = workdir.resolve() if workdir.is_dir() else workdir    # ".", a link: where it is
+            for held, step_of in ((real, ""), (real.parent, f" (step={real.name})")):
+                if (held.name == SUBDIR and real.is_dir() and (held.parent / CONFIG).is_file()
+                        and (not step_of or real.name.isdecimal())):
                     what = "a workdir's checkpoints folder" if not step_of else "a checkpoint of a workdir"
                     raise CheckpointError(f"{workdir} is {what}; give the workdir, {held.parent}{step_of}.")
             what = "does not exist" if not workdir.exists() else "holds no checkpoints"

@@ -21,7 +21,7 @@ from rnnjax.state import create_train_state, make_model
 from rnnjax.train import fit
 
 
-def test_missing_or_empty_workdir(tmp_path):
+def test_missing_or_empty_workdir(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="does not exist"):
         checkpoint.restore(tmp_path / "nope")
     (tmp_path / "file.txt").write_text("")
@@ -43,6 +43,15 @@ def test_missing_or_empty_workdir(tmp_path):
     with pytest.raises(CheckpointError, match=rf"^{inside / '26'} is a checkpoint of a workdir; give the "
                                               rf"workdir, {tmp_path / 'empty'} \(step=26\)\.$"):
         checkpoint.restore(inside / "26")
+    monkeypatch.chdir(inside)           # as typed from inside it: "26", ".", a link to it
+    (tmp_path / "link").symlink_to(inside / "26")
+    for typed in ("26", "26/", tmp_path / "link"):
+        with pytest.raises(CheckpointError, match=rf"is a checkpoint of a workdir; give the workdir, "
+                                                  rf"{tmp_path / 'empty'} \(step=26\)\.$"):
+            checkpoint.restore(typed)
+    with pytest.raises(CheckpointError, match=rf"^\. is a workdir's checkpoints folder; give the workdir, "
+                                              rf"{tmp_path / 'empty'}\.$"):
+        checkpoint.restore(".")
     with pytest.raises(CheckpointError, match=r"^restore's workdir is empty \(''\); give the folder a run "):
         checkpoint.restore("")
 
