@@ -44,6 +44,7 @@ def test_prepare_reports_the_corpus(tmp_path, monkeypatch):
     (["--out", "a-file"], "--out must be a folder, got 'a-file'"),
     (["--out", "a-file/sub"], "--out must be a folder, got 'a-file/sub'"),
     (["--data", "missing.txt"], "missing.txt"),
+    (["--data", os.fsdecode(b"in\xff.txt")], "--data in\\xff.txt has bytes that are not UTF-8 in its path"),
 ])
 def test_bad_arguments_are_one_line_before_any_text_is_made(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -300,8 +300,10 @@ def check_args(p: Parser, args) -> tuple[list[int], str]:
         p.error(str(e))
     tm = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or ""
     try:
+        if tm:
+            check_names("--data", tm)       # its lines name it
         return sizes, str(timemachine_path(tm)) if tm else ""
-    except DataError as e:
+    except (DataError, ValueError) as e:
         p.error(str(e).rstrip("."))
 
 
