@@ -55,29 +55,6 @@ def train_name(key: str) -> str:
     return "train_" + key.removesuffix("_sum") if key.endswith("_sum") else key
 
 
-def check_step(metrics: dict) -> None:
-    """``ValueError`` in one sentence unless each of a step's ``metrics`` is one number, logged under a name
-    that is neither one of the record's own nor another's (read from their shapes as the step is traced:
-    before any step runs)."""
-    own = {k: train_name(k) for k in metrics if k not in ("loss_sum", "count")}
-    taken = [k for k, name in own.items() if name in (*RECORD_OWN, "train_") or name.startswith("val_")]
-    same = [k for k, name in own.items() if list(own.values()).count(name) > 1]
-    if taken or same:
-        one = len(taken) == 1
-        clash = (f"{', '.join(f'{k!r}' + (f' (as {own[k]})' if own[k] != k else '') for k in taken)} "
-                 f"{'is' if one else 'are'} the record's own ({', '.join(RECORD_OWN)}, val_*): name "
-                 f"{'it' if one else 'them'} otherwise" if taken else
-                 f"{' and '.join(map(repr, same))} would both be {own[same[0]]}: rename one")
-        raise ValueError(f"train_step's metrics are logged by their names in each epoch's record (a "
-                         f"<key>_sum as train_<key>, per token), and {clash}.")
-    shaped = {k: tuple(v.shape) for k, v in metrics.items() if getattr(v, "shape", ()) != ()}
-    if shaped:
-        named = ", ".join(f"{k!r} (shape {s})" for k, s in shaped.items())
-        raise ValueError(f"train_step's metrics must each be one number a step (their epoch means are "
-                         f"logged); {named} {'is' if len(shaped) == 1 else 'are'} not: reduce to one number "
-                         "(jnp.mean, jnp.linalg.norm), or give each number its own key.")
-
-
 # The keys a validation logs as ``val_<key>`` itself (and none, nor its count): an evaluation's own metrics
 # may not take them.
 VAL_OWN = ("loss", "ppl", "bpc", "count", "")

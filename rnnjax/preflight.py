@@ -1,5 +1,6 @@
-"""What ``rnnjax.loop.run`` is given, checked before it writes anything: a state that is the plan's, and an
-evaluation whose metrics can be logged (traced on the host as it will run; nothing computed)."""
+"""What ``rnnjax.loop.run`` is given, checked before it writes anything: a state that is the plan's, and a
+step and an evaluation whose metrics can be logged (traced on the host as they will run; nothing computed).
+"""
 
 from __future__ import annotations
 
@@ -46,12 +47,18 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
     # Every validation batch has the first's shapes: the stack's, without making it.
     batches = jax.tree.map(lambda x: jax.ShapeDtypeStruct((data.num_batches(False), *np.shape(x)),
                                                           np.asarray(x).dtype), next(data.val_batches()))
+
+    def checked(*args, **kwargs):       # its keys, before JAX sorts them (keys of mixed types fail there)
+        out = evaluate(*args, **kwargs)
+        if isinstance(out, dict):
+            check_keys("An evaluation's", out)
+        return out
     if p.dp.pmapped:            # as pmap calls it: one device of the axis
-        over = jax.vmap(lambda s, b: evaluate(s, b, axis_name=AXIS), in_axes=(None, 0), axis_name=AXIS)
+        over = jax.vmap(lambda s, b: checked(s, b, axis_name=AXIS), in_axes=(None, 0), axis_name=AXIS)
         out = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.eval_shape(
             over, state, jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), batches)))
     else:
-        out = jax.eval_shape(evaluate, state, batches)
+        out = jax.eval_shape(checked, state, batches)
     if not (isinstance(out, dict) and {"loss_sum", "count"} <= set(out)):
         raise ValueError(f"An evaluation must return a dict of 'loss_sum' and 'count' (as "
                          f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
@@ -79,3 +86,37 @@ def check_evaluated(metrics: dict, shape: tuple = ()) -> None:
                           for k, s in wrong.items())
         raise ValueError(f"An evaluation's metrics must each be one number an epoch (logged as val_<key>); "
                          f"{named} {'is' if len(wrong) == 1 else 'are'} not: reduce to one number.")
+
+
+def check_keys(whose: str, metrics: dict) -> None:
+    """``ValueError`` in one sentence unless ``metrics`` are named by strings, as a record's keys are (JAX
+    cannot even order keys of mixed types)."""
+    other = [k for k in metrics if not isinstance(k, str)]
+    if other:
+        raise ValueError(f"{whose} metrics are named by strings, the keys of each epoch's record; "
+                         f"{', '.join(map(repr, other))} {'is' if len(other) == 1 else 'are'} not.")
+
+
+def check_step(metrics: dict) -> None:
+    """``ValueError`` in one sentence unless each of a step's ``metrics`` is one number, logged under a name
+    that is neither one of the record's own nor another's (read from their shapes as the step is traced:
+    before any step runs)."""
+    check_keys("train_step's", metrics)
+    record_own = metrics_lib.RECORD_OWN
+    own = {k: metrics_lib.train_name(k) for k in metrics if k not in ("loss_sum", "count")}
+    taken = [k for k, name in own.items() if name in (*record_own, "train_") or name.startswith("val_")]
+    same = [k for k, name in own.items() if list(own.values()).count(name) > 1]
+    if taken or same:
+        one = len(taken) == 1
+        clash = (f"{', '.join(f'{k!r}' + (f' (as {own[k]})' if own[k] != k else '') for k in taken)} "
+                 f"{'is' if one else 'are'} the record's own ({', '.join(record_own)}, val_*): name "
+                 f"{'it' if one else 'them'} otherwise" if taken else
+                 f"{' and '.join(map(repr, same))} would both be {own[same[0]]}: rename one")
+        raise ValueError(f"train_step's metrics are logged by their names in each epoch's record (a "
+                         f"<key>_sum as train_<key>, per token), and {clash}.")
+    shaped = {k: tuple(v.shape) for k, v in metrics.items() if getattr(v, "shape", ()) != ()}
+    if shaped:
+        named = ", ".join(f"{k!r} (shape {s})" for k, s in shaped.items())
+        raise ValueError(f"train_step's metrics must each be one number a step (their epoch means are "
+                         f"logged); {named} {'is' if len(shaped) == 1 else 'are'} not: reduce to one number "
+                         "(jnp.mean, jnp.linalg.norm), or give each number its own key.")

@@ -28,7 +28,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
-from rnnjax import loop, metrics as metrics_lib
+from rnnjax import loop, metrics as metrics_lib, preflight
 from rnnjax.config import Config, got, whole
 from rnnjax.data import Batch, Windows, WindowedText
 # What fit raises and its defaults, importable from here too.
@@ -92,7 +92,7 @@ def train_steps(state: TrainState, batches: Batch, axis_name: str | None = None,
     """``train_step`` over a stack of batches (a leading axis) as one ``lax.scan``; metrics stacked."""
     def step(state, batch):
         state, metrics = train_step(state, batch, axis_name, rng)
-        metrics_lib.check_step(metrics)
+        preflight.check_step(metrics)
         return state, metrics
     return jax.lax.scan(step, state, batches)
 
@@ -124,9 +124,15 @@ def eval_step(state: TrainState, batch: Batch, axis_name: str | None = None) -> 
 def eval_steps(state: TrainState, batches: Batch, axis_name: str | None = None) -> dict[str, jax.Array]:
     """``eval_step`` summed over a stack of batches (a leading axis), as one scan and one all-reduce:
     how ``fit`` validates each epoch, in one call."""
+    def one(state, batch):          # its keys checked before JAX orders them (mixed types fail there)
+        metrics = eval_step(state, batch)
+        if isinstance(metrics, dict):
+            preflight.check_keys("eval_step's", metrics)
+        return metrics
+
     def add(sums, batch):
-        return jax.tree.map(jnp.add, sums, eval_step(state, batch)), None
-    first = jax.eval_shape(eval_step, state, jax.tree.map(lambda x: x[0], batches))
+        return jax.tree.map(jnp.add, sums, one(state, batch)), None
+    first = jax.eval_shape(one, state, jax.tree.map(lambda x: x[0], batches))
     sums = jax.lax.scan(add, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), first), batches)[0]
     return _sum_over_devices(sums, axis_name)
 

@@ -28,28 +28,6 @@ def test_add_steps_sums_per_key_in_step_order_and_keeps_a_saved_sum_s_keys():
     assert "val_count" not in record and "val_loss_sum" not in record
 
 
-def test_a_step_s_metrics_must_each_be_one_number():
-    metrics.check_step({"loss_sum": np.float32(1.0), "count": np.array(4.0), "grad_norm": 0.5})
-    with pytest.raises(ValueError, match=r"; 'norms' \(shape \(3,\)\), 'g' \(shape \(1, 1\)\) are not: "):
-        metrics.check_step({"loss_sum": np.float32(1.0), "norms": np.ones(3), "g": np.ones((1, 1))})
-
-
-@pytest.mark.parametrize("name", ["step", "epoch", "lr", "train_loss", "seconds", "val_acc", "ppl_sum",
-                                  "_sum"])
-def test_a_step_s_metric_may_not_take_a_name_of_the_record_s_own(name):
-    metrics.check_step({"loss_sum": np.float32(1.0), "count": np.array(4.0), "acc": 0.5, "step_size": 0.1,
-                        "acc_sum": 1.0})
-    logged = {"ppl_sum": " \\(as train_ppl\\)", "_sum": " \\(as train_\\)"}.get(name, "")
-    with pytest.raises(ValueError, match=rf"^train_step's metrics are logged by their names in each "
-                                         rf"epoch's record \(a <key>_sum as train_<key>, per token\), and "
-                                         rf"'{name}'{logged} is the record's own \(epoch, "
-                                         r"step, run, seed, lr, clip, stopped, seconds, train_loss, "
-                                         r"train_ppl, train_bpc, val_\*\): name it otherwise\.$"):
-        metrics.check_step({"loss_sum": np.float32(1.0), name: np.float32(1.0)})
-    with pytest.raises(ValueError, match=r", and 'train_acc' and 'acc_sum' would both be train_acc: rename"):
-        metrics.check_step({"train_acc": 1.0, "acc_sum": 1.0})
-
-
 def test_append_read_and_truncate(tmp_path):
     log = MetricsLog(tmp_path / "run" / "metrics.jsonl")
     assert log.read() == []

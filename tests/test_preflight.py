@@ -29,6 +29,8 @@ def data():
     (lambda m: {**m, "nested": {"a": m["count"]}, "none": None},
      r"'nested' \(a dict\), 'none' \(None\) are not"),
     (lambda m: {**m, "pair": (m["count"], m["count"])}, r"'pair' \(a tuple\) is not"),
+    (lambda m: {**m, 1: m["count"]},
+     r"^An evaluation's metrics are named by strings, the keys of each epoch's record; 1 is not\."),
     (lambda m: {**m, "loss_sum": jnp.stack([m["loss_sum"]] * 2)}, r"'loss_sum' \(shape \(2,\)\) is not"),
 ])
 def test_an_evaluation_returning_what_cannot_be_logged_is_refused_before_any_step(
@@ -40,7 +42,45 @@ def test_an_evaluation_returning_what_cannot_be_logged_is_refused_before_any_ste
     assert not (tmp_path / metrics.FILENAME).exists() and checkpoint.steps(tmp_path) == []
 
 
-@pytest.mark.cpu_devices(2)
+def test_an_eval_step_named_by_anything_but_strings_is_refused_before_any_step(data, tmp_path, monkeypatch):
+    """The key added to eval_step, as a researcher adds one: JAX's own sentence was of sorting dict keys."""
+    plain = train.eval_step
+    monkeypatch.setattr(train, "eval_step", lambda *args, **kwargs: {**plain(*args, **kwargs), 1: 0.0})
+    with pytest.raises(ValueError, match=r"^eval_step's metrics are named by strings, the keys of each "
+                                         r"epoch's record; 1 is not\."):
+        fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None)
+    assert not (tmp_path / metrics.FILENAME).exists()
+
+
+def test_a_step_s_metrics_must_each_be_one_number():
+    preflight.check_step({"loss_sum": np.float32(1.0), "count": np.array(4.0), "grad_norm": 0.5})
+    with pytest.raises(ValueError, match=r"; 'norms' \(shape \(3,\)\), 'g' \(shape \(1, 1\)\) are not: "):
+        preflight.check_step({"loss_sum": np.float32(1.0), "norms": np.ones(3), "g": np.ones((1, 1))})
+
+
+@pytest.mark.parametrize("name", ["step", "epoch", "lr", "train_loss", "seconds", "val_acc", "ppl_sum",
+                                  "_sum"])
+def test_a_step_s_metric_may_not_take_a_name_of_the_record_s_own(name):
+    preflight.check_step({"loss_sum": np.float32(1.0), "count": np.array(4.0), "acc": 0.5, "step_size": 0.1,
+                          "acc_sum": 1.0})
+    logged = {"ppl_sum": " \\(as train_ppl\\)", "_sum": " \\(as train_\\)"}.get(name, "")
+    with pytest.raises(ValueError, match=rf"^train_step's metrics are logged by their names in each "
+                                         rf"epoch's record \(a <key>_sum as train_<key>, per token\), and "
+                                         rf"'{name}'{logged} is the record's own \(epoch, "
+                                         r"step, run, seed, lr, clip, stopped, seconds, train_loss, "
+                                         r"train_ppl, train_bpc, val_\*\): name it otherwise\.$"):
+        preflight.check_step({"loss_sum": np.float32(1.0), name: np.float32(1.0)})
+    with pytest.raises(ValueError, match=r", and 'train_acc' and 'acc_sum' would both be train_acc: rename"):
+        preflight.check_step({"train_acc": 1.0, "acc_sum": 1.0})
+
+
+def test_metrics_named_by_anything_but_strings_are_one_sentence_not_jax_s():
+    """Keys of mixed types made JAX's "Comparator raised exception while sorting pytree dictionary keys"."""
+    with pytest.raises(ValueError, match=r"^train_step's metrics are named by strings, the keys of each "
+                                         r"epoch's record; 1, None are not\.$"):
+        preflight.check_step({"loss_sum": np.float32(1.0), 1: np.float32(1.0), None: np.float32(1.0)})
+
+
 def test_an_evaluation_s_metrics_must_each_be_one_number_of_a_name_of_its_own():
     one = np.float32(1.0)
     preflight.check_evaluated({"loss_sum": one, "count": one, "hits": one, "right_sum": one})
@@ -57,6 +97,7 @@ def test_an_evaluation_s_metrics_must_each_be_one_number_of_a_name_of_its_own():
         preflight.check_evaluated({"hits": one, "hits_sum": one})
 
 
+@pytest.mark.cpu_devices(2)
 def test_an_evaluation_over_devices_is_checked_as_it_runs_with_their_axis(data, tmp_path, monkeypatch):
     """A metric summed over the devices (as eval_steps sums its own) is checked and logged as pmap runs it."""
     plain = train.eval_steps
