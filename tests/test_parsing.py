@@ -59,14 +59,16 @@ def test_known_args_are_checked_too_and_allow_abbrev_may_be_set(capsys):
 
 
 LONG = "a" * (NAME_MAX + 1)
-
-
-@pytest.mark.parametrize("check, flag", [
+# Each command's check of where it writes, and the flag it names.
+OUTPUT_CHECKS = [
     (lambda path: sine_figures.check_workdir(Path(path)), "--workdir"),
     (lambda path: device_summary.check_out(Path(path)), "--out"),
     (lambda path: outputs.check_outputs(None, path, False), "--out"),
     (lambda path: outputs.check_outputs(path + ".json", None, False), "--json"),
-])
+]
+
+
+@pytest.mark.parametrize("check, flag", OUTPUT_CHECKS)
 def test_a_name_longer_than_a_file_system_takes_is_one_sentence_not_python_s_oserror(tmp_path, check, flag):
     check_names(flag, tmp_path / ("é" * (NAME_MAX // 2)) / "run")             # 254 bytes: taken
     said = rf"^{flag} has a name of {NAME_MAX + 1 + 5 * flag.endswith('json')} bytes in its path; the system "
@@ -74,12 +76,7 @@ def test_a_name_longer_than_a_file_system_takes_is_one_sentence_not_python_s_ose
         check(str(tmp_path / LONG / "sub" if flag == "--workdir" else tmp_path / LONG))
 
 
-@pytest.mark.parametrize("check, flag", [
-    (lambda path: sine_figures.check_workdir(Path(path)), "--workdir"),
-    (lambda path: device_summary.check_out(Path(path)), "--out"),
-    (lambda path: outputs.check_outputs(None, path, False), "--out"),
-    (lambda path: outputs.check_outputs(path + ".json", None, False), "--json"),
-])
+@pytest.mark.parametrize("check, flag", OUTPUT_CHECKS)
 def test_a_path_of_bytes_that_are_not_utf8_is_one_sentence_before_a_line_names_it(tmp_path, check, flag):
     """A UTF-8 terminal's stdout cannot print it: the first line naming it was Python's UnicodeEncodeError."""
     path = str(tmp_path / os.fsdecode(b"u\xff"))
