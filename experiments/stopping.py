@@ -75,11 +75,11 @@ def drop_output() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def output_closed(kept: str) -> int:
-    """The reader of a pipe (``| head``) exited: one line saying what is ``kept`` (a clause), and the status
-    a piped Unix tool stops with, 128 + SIGPIPE."""
+def output_closed(kept: str = "") -> int:
+    """The reader of a pipe (``| head``) exited: one line saying what is ``kept`` (a clause, if given), and
+    the status a piped Unix tool stops with, 128 + SIGPIPE."""
     drop_output()
-    tell(f"Stopped: the output was closed (the reader of a pipe exited); {kept}.")
+    tell("Stopped: the output was closed (the reader of a pipe exited)" + (f"; {kept}." if kept else "."))
     return 128 + signal.SIGPIPE
 
 
@@ -205,9 +205,7 @@ def run(main: Callable[[], int]) -> None:
     except KeyboardInterrupt:     # a Ctrl-C as main hands the signals back, its own handlers still in place
         stopped_after_the_run(signal.SIGINT, None)
     except BrokenPipeError:       # the reader of a pipe (| head) exited: stop as a piped Unix tool does
-        drop_output()
-        tell("Stopped: the output was closed (the reader of a pipe exited).")
-        status = 128 + signal.SIGPIPE
+        status = output_closed()
     if status:
         flush()
         os._exit(status)

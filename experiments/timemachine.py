@@ -212,10 +212,7 @@ def main(argv=None, **parser_options) -> int:
                       "same command again to go on.")
         return 128 + signal.SIGINT
     except BrokenPipeError:     # the reader of a pipe (| head) exited: stop as a piped Unix tool does
-        stopping.drop_output()
-        stopping.tell("Stopped: the output was closed (the reader of a pipe exited); the workdir keeps its "
-                      "last checkpoint (if any).")
-        return 128 + signal.SIGPIPE
+        return stopping.output_closed("the workdir keeps its last checkpoint (if any)")
     except stopping.OutputError as e:       # a full disk under stdout
         stopping.drop_output()
         stopping.tell(f"Stopped: {e.strerror} (writing the output); the workdir keeps its last checkpoint "
