@@ -69,13 +69,11 @@ def check_evaluated(metrics: dict, shape: tuple = ()) -> None:
     """``ValueError`` in one sentence unless each of an evaluation's ``metrics`` (``loss_sum``, ``count`` and
     its own) is one number, an array of ``shape`` (runs trained together have one each), and none of its
     own is logged under the name of rnnjax's or of another (``metrics.val_name``)."""
-    own = {k: metrics_lib.val_name(k) for k in metrics if k not in ("loss_sum", "count")}
+    own, same = _logged_names(metrics, metrics_lib.val_name)
     taken = [k for k, name in own.items() if name in map(metrics_lib.val_name, metrics_lib.VAL_OWN)]
-    same = [k for k, name in own.items() if list(own.values()).count(name) > 1]
     if taken or same:
         clash = (f"{', '.join(map(repr, taken))} would be rnnjax's {own[taken[0]]}: name "
-                 f"{'it' if len(taken) == 1 else 'them'} otherwise" if taken else
-                 f"{' and '.join(map(repr, same))} would both be {own[same[0]]}: rename one")
+                 f"{'it' if len(taken) == 1 else 'them'} otherwise" if taken else same)
         raise ValueError(f"An evaluation's own metrics are logged as val_<key> (a <key>_sum as val_<key>, "
                          f"per token), and {clash}.")
     shapes = {k: tuple(v.shape) if hasattr(v, "shape") and hasattr(v, "dtype") else None
@@ -86,6 +84,14 @@ def check_evaluated(metrics: dict, shape: tuple = ()) -> None:
                           for k, s in wrong.items())
         raise ValueError(f"An evaluation's metrics must each be one number an epoch (logged as val_<key>); "
                          f"{named} {'is' if len(wrong) == 1 else 'are'} not: reduce to one number.")
+
+
+def _logged_names(metrics: dict, name_of: Callable[[str], str]) -> tuple[dict, str]:
+    """The record's name (``name_of``) of each of ``metrics``' own keys (all but ``loss_sum`` and ``count``),
+    and a clause naming keys that one name would hold ('' if none)."""
+    own = {k: name_of(k) for k in metrics if k not in ("loss_sum", "count")}
+    same = [k for k, name in own.items() if list(own.values()).count(name) > 1]
+    return own, f"{' and '.join(map(repr, same))} would both be {own[same[0]]}: rename one" if same else ""
 
 
 def check_keys(whose: str, metrics: dict) -> None:
@@ -103,15 +109,13 @@ def check_step(metrics: dict) -> None:
     before any step runs)."""
     check_keys("train_step's", metrics)
     record_own = metrics_lib.RECORD_OWN
-    own = {k: metrics_lib.train_name(k) for k in metrics if k not in ("loss_sum", "count")}
+    own, same = _logged_names(metrics, metrics_lib.train_name)
     taken = [k for k, name in own.items() if name in (*record_own, "train_") or name.startswith("val_")]
-    same = [k for k, name in own.items() if list(own.values()).count(name) > 1]
     if taken or same:
         one = len(taken) == 1
         clash = (f"{', '.join(f'{k!r}' + (f' (as {own[k]})' if own[k] != k else '') for k in taken)} "
                  f"{'is' if one else 'are'} the record's own ({', '.join(record_own)}, val_*): name "
-                 f"{'it' if one else 'them'} otherwise" if taken else
-                 f"{' and '.join(map(repr, same))} would both be {own[same[0]]}: rename one")
+                 f"{'it' if one else 'them'} otherwise" if taken else same)
         raise ValueError(f"train_step's metrics are logged by their names in each epoch's record (a "
                          f"<key>_sum as train_<key>, per token), and {clash}.")
     shaped = {k: tuple(v.shape) for k, v in metrics.items() if getattr(v, "shape", ()) != ()}
