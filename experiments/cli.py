@@ -17,7 +17,7 @@ import jax
 
 import rnnjax
 from experiments.parsing import Parser
-from rnnjax import agree, checkpoint, config as config_lib, corpus, flags, parallel, runs
+from rnnjax import agree, checkpoint, config as config_lib, corpus, flags, parallel, runs, spelling
 from rnnjax.data import WindowedText
 from rnnjax.generate import MAX_PREDS, MAX_TEMPERATURE
 from rnnjax.metrics import ppl_text
@@ -136,7 +136,7 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed[0]}.")
     if args.temperature is not None and not 0 < args.temperature <= MAX_TEMPERATURE:   # NaN fails this too
         raise ValueError(f"--temperature must be a positive number up to {MAX_TEMPERATURE:.3g} (float32's "
-                         f"largest), got {config_lib.shown(args.temperature)}.")
+                         f"largest), got {spelling.shown(args.temperature)}.")
     if args.top_k is not None and args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}.")
     # With --predict, training's flags (a training command with --predict added) are noted, not used; the

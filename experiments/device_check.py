@@ -79,11 +79,13 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise ValueError(f"no file {data!r}: give d2l's timemachine.txt as --data PATH or "
                              "$RNNJAX_TIMEMACHINE (the check downloads nothing).")
         try:    # here, not at the top: a machine without JAX still gets its parts run and recorded
+            from rnnjax.spelling import flag_spelling
             from rnnjax.source import timemachine_path
         except ImportError:
             pass
         else:   # every part trains on it: a wrong file fails them all (DataError, a ValueError)
-            timemachine_path(data)
+            with flag_spelling():
+                timemachine_path(data)
     except ValueError as e:     # one line, exit status 1, before any work
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

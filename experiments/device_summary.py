@@ -142,12 +142,14 @@ def check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a new folder.")
     try:        # as write_summary: without JAX, making it says what is wrong
+        from rnnjax.spelling import flag_spelling
         from rnnjax.workdir import WorkdirError, check_writable
     except ImportError:
         pass
     else:
         try:
-            check_writable(out)
+            with flag_spelling():
+                check_writable(out)
         except WorkdirError as e:       # rnnjax's sentence of a --workdir, said of --out
             said = str(e)
             said = said.replace("a --workdir", "an --out").replace("--workdir", "--out")

@@ -27,12 +27,13 @@ if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + si
     stopping.load_jax()
 
 from experiments import cli, settings, timemachine  # noqa: E402 (after the handlers: JAX loads slowly)
-from rnnjax import metrics  # noqa: E402
+from rnnjax import metrics, spelling  # noqa: E402
 from rnnjax.metrics import ppl_text  # noqa: E402
 
 OPTIONS = dict(prog="python -m experiments.overfit", preset="overfit", description=__doc__.split("\n")[0])
 
 
+@spelling.flag_spelling()
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     status = timemachine.main(argv, **OPTIONS)

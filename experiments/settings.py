@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from rnnjax import checkpoint, config as config_lib, corpus, flags, runs, source
+from rnnjax import checkpoint, config as config_lib, corpus, flags, runs, source, spelling
 from rnnjax.saved import saved_runs
 from rnnjax.stored import UnknownCell
 
@@ -45,6 +45,7 @@ def default_workdir(preset: str, configs: list[config_lib.Config], text: str | N
     return earlier if name != named and earlier.is_dir() else Path("runs") / f"{name}-{digest}"
 
 
+@spelling.flag_spelling()        # its messages name the command's flags
 def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool]:
     """The runs to train (one, or several in one program), their workdir, and whether they train together
     (``rnnjax.fit_runs``: several, or the one run of a workdir trained so): the preset changed by the flags
@@ -93,6 +94,7 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
     return _resumed(args, saved)
 
 
+@spelling.flag_spelling()
 def trained_in(args: argparse.Namespace) -> Path:
     """The workdir a training command of these flags writes (``settings``'), for ``--predict`` without
     ``--workdir``: with ``--sample``, ``--seed`` seeds the draws, not a run."""
@@ -164,8 +166,8 @@ def _check_preset_fits(args: argparse.Namespace, configs: list[config_lib.Config
     if names and _no_checkpoint(args.workdir):
         args.anew = anew
     elif names:
-        differ = [config_lib.disagreement(n, list(dict.fromkeys(getattr(c, n) for c in configs)),
-                                          list(dict.fromkeys(getattr(s, n) for s in have))) for n in names]
+        differ = [spelling.disagreement(n, list(dict.fromkeys(getattr(c, n) for c in configs)),
+                                        list(dict.fromkeys(getattr(s, n) for s in have))) for n in names]
         flagged = " with the flags given" if flags.given(args) else ""
         raise ValueError(f"{args.workdir} holds a run of other settings than --preset {args.preset}"
                          f"{flagged} asks for: {'; '.join(differ)}. Leave --preset out to train it on with "

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from experiments import sine_figures  # noqa: E402
-from rnnjax import backend  # noqa: E402
+from rnnjax import backend, spelling  # noqa: E402
 from rnnjax.model import RNN, SimpleRNNCell  # noqa: E402
 from rnnjax.workdir import WorkdirError, write_atomically  # noqa: E402
 
@@ -242,6 +242,7 @@ def default_workdir() -> Path:
     return Path("runs") / time.strftime("sine-%Y%m%d-%H%M%S")
 
 
+@spelling.flag_spelling()
 def main(argv=None) -> int:
     p = Parser(prog="python -m experiments.sine", description=__doc__.split("\n")[0])
     p.add_argument("--workdir", type=Path, help="output folder (default runs/sine-<date>-<time>)")

@@ -41,7 +41,7 @@ import jax  # noqa: E402
 import rnnjax  # noqa: E402
 from experiments import cli, settings  # noqa: E402
 from rnnjax import backend, checkpoint, config as config_lib, corpus, flags, memory, metrics  # noqa: E402
-from rnnjax import agree, parallel, runs, stops  # noqa: E402
+from rnnjax import agree, parallel, runs, spelling, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
 from rnnjax.start import check_arguments, planned  # noqa: E402
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: E402
@@ -66,7 +66,7 @@ def _disagreements(config: config_lib.Config, requested: dict) -> list[str]:
         have = getattr(config, k)
         values = flags.flag_values(config, k, v)
         if have not in values:
-            out.append(config_lib.disagreement(k, values, [have]))
+            out.append(spelling.disagreement(k, values, [have]))
     return out
 
 
@@ -195,6 +195,7 @@ def _interrupted(signum, frame):
     raise stops.raised_by_a_handler(KeyboardInterrupt(), signum)
 
 
+@spelling.flag_spelling()
 def main(argv=None, **parser_options) -> int:
     """The command; ``parser_options`` go to ``cli.parse_args`` (``experiments.overfit``)."""
     # Until fit takes over the signals (it saves, then stops): one line and 128 + signal, no traceback.
@@ -259,7 +260,7 @@ def _main(argv, parser_options: dict) -> int:
     try:
         if args.multi_host:
             where = f"at {args.coordinator}" if args.coordinator else "that JAX finds"
-            wait = config_lib.shown(args.join_timeout)
+            wait = spelling.shown(args.join_timeout)
             print(f"joining the multi-host run {where}: waiting up to {wait} s for every process "
                   "(--join-timeout)", flush=True)
             parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,

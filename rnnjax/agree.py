@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax.config import shown
+from rnnjax.spelling import shown
 from rnnjax.stops import LostProcess
 
 # Seconds a process waits for the others to reach a check: they may read and tokenize a large text first.

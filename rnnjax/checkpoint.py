@@ -29,6 +29,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from rnnjax import meta as meta_lib, orbax_logs, stops, workdir as workdir_lib
 from rnnjax.config import Config
+from rnnjax.spelling import spelt
 from rnnjax.restore import Restored, restore, restore_state  # noqa: F401
 from rnnjax.stored import (CONFIG, DAMAGED, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
                            DamagedCheckpoint, UnknownCell, check_fits, latest_step, read_meta,
@@ -100,7 +101,7 @@ def manager(directory: str | Path, *, keep: int = 3, earlier: dict[int, float] |
     except (ValueError, TypeError, KeyError) as e:      # as orbax parses each step's own metadata
         raise CheckpointError(f"Orbax cannot open the checkpoints in {directory} ({reason(e)}); a step's "
                               "_CHECKPOINT_METADATA file may be damaged: move that step out of the folder, "
-                              "or use a new --workdir.") from None
+                              f"or use a new {spelt('workdir')}.") from None
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,

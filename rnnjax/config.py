@@ -17,6 +17,7 @@ from typing import Any
 
 from rnnjax.cells import CELLS, NONLINEARITIES
 from rnnjax.precision import COMPUTE_DTYPES, MATMUL_PRECISIONS
+from rnnjax.spelling import got, shown, spelt
 
 KERNELS = ("plain", "fused", "hoisted", "cudnn")        # rnnjax.kernels: what each is, which is chosen
 # float32's smallest normal and largest numbers: the range a rate or a clip keeps in training (a number
@@ -26,7 +27,7 @@ _ROUNDS_TO_MAX = (2 - 2.0 ** -24) * 2.0 ** 127
 
 
 class ConfigError(ValueError):
-    """A setting out of its range; the message is one sentence naming the flag."""
+    """A setting out of its range; the message is one sentence naming the setting (``spelt``)."""
 
 
 def _typed(name: str, value: Any, kind: type) -> Any:
@@ -42,12 +43,12 @@ def _typed(name: str, value: Any, kind: type) -> Any:
         try:
             return operator.index(value) if kind is int else float(value)
         except OverflowError:       # an int past float's range
-            raise ConfigError(f"{flag(name)} must be a float, got a number too large for one.") from None
+            raise ConfigError(f"{spelt(name)} must be a float, got a number too large for one.") from None
         except TypeError:           # an integer type that is no number (np.timedelta64): refused below
             pass
     if isinstance(value, kind) and not number:
         return kind(value)          # a str (bool) of a subclass's type: itself
-    raise ConfigError(f"{flag(name)} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}.")
+    raise ConfigError(f"{spelt(name)} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}.")
 
 
 def whole(value: Any, name: str) -> int:
@@ -118,50 +119,52 @@ class Config:
         positive = ("batch_size", "num_steps", "num_hiddens", "epochs", "num_val", "unroll", "num_layers")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ConfigError(f"{flag(name)} must be at least 1, got {getattr(self, name)}.")
+                raise ConfigError(f"{spelt(name)} must be at least 1, got {getattr(self, name)}.")
         for name in ("lr", "clip"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{flag(name)} must be a positive finite number, got {shown(value)}.")
+                raise ConfigError(f"{spelt(name)} must be a positive finite number, got {shown(value)}.")
             if not FLOAT32_TINY <= value < _ROUNDS_TO_MAX:      # it trains in float32: 1e-46 is 0, 1e39 inf
-                raise ConfigError(f"{flag(name)} must be within float32's range, {FLOAT32_TINY:.3g} to "
+                raise ConfigError(f"{spelt(name)} must be within float32's range, {FLOAT32_TINY:.3g} to "
                                   f"{FLOAT32_MAX:.3g}, as training takes it; got {shown(value)}.")
         if not 0 <= self.seed < 2 ** 32:
-            raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}.")
+            raise ConfigError(f"{spelt('seed')} must be in [0, 2**32), got {self.seed}.")
         if self.cell not in CELLS:
-            raise ConfigError(f"--cell {self.cell!r} is not a known cell; choose from {sorted(CELLS)}, or "
-                              "register one of your own in rnnjax.CELLS (README: Another cell).")
+            raise ConfigError(f"{spelt('cell', self.cell)} is not a known cell; choose from {sorted(CELLS)}, "
+                              "or register one of your own in rnnjax.CELLS (README: Another cell).")
         if self.nonlinearity not in NONLINEARITIES:
-            raise ConfigError(f"--nonlinearity must be one of {sorted(NONLINEARITIES)}, "
+            raise ConfigError(f"{spelt('nonlinearity')} must be one of {sorted(NONLINEARITIES)}, "
                               f"got {self.nonlinearity!r}.")
         if self.nonlinearity != "tanh" and self.cell != "rnn":
-            raise ConfigError(f"--nonlinearity {self.nonlinearity} is for the rnn cell; "
+            raise ConfigError(f"{spelt('nonlinearity', self.nonlinearity)} is for the rnn cell; "
                               f"{self.cell} has its own.")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1), got {shown(self.dropout)}.")
+            raise ConfigError(f"{spelt('dropout')} must be in [0, 1), got {shown(self.dropout)}.")
         if self.dropout and self.num_layers == 1:
-            raise ConfigError(f"--dropout {shown(self.dropout)} acts between stacked layers, and "
-                              "--num-layers 1 has none: add --num-layers 2 or more, or leave --dropout out.")
+            raise ConfigError(f"{spelt('dropout', self.dropout)} acts between stacked layers, and "
+                              f"{spelt('num_layers', 1)} has none: add {spelt('num_layers', 2)} or more, or "
+                              f"leave {spelt('dropout')} out.")
         if self.kernel not in ("auto", *KERNELS):
-            raise ConfigError(f"--kernel must be one of auto, {', '.join(KERNELS)}; got {self.kernel!r}.")
+            raise ConfigError(f"{spelt('kernel')} must be one of auto, {', '.join(KERNELS)}; got "
+                              f"{self.kernel!r}.")
         if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ConfigError(f"--compute-dtype must be one of {', '.join(COMPUTE_DTYPES)}; "
+            raise ConfigError(f"{spelt('compute_dtype')} must be one of {', '.join(COMPUTE_DTYPES)}; "
                               f"got {self.compute_dtype!r}.")
         if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ConfigError(f"--matmul-precision must be one of {', '.join(MATMUL_PRECISIONS)}; "
+            raise ConfigError(f"{spelt('matmul_precision')} must be one of {', '.join(MATMUL_PRECISIONS)}; "
                               f"got {self.matmul_precision!r}.")
         for name, choices in (("token", ("char", "word")), ("preprocess", ("d2l", "raw"))):
             if getattr(self, name) not in choices:
-                raise ConfigError(f"{flag(name)} must be {' or '.join(choices)}, got "
+                raise ConfigError(f"{spelt(name)} must be {' or '.join(choices)}, got "
                                   f"{getattr(self, name)!r}.")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"--val-fraction must be in [0, 1), got {shown(self.val_fraction)}.")
+            raise ConfigError(f"{spelt('val_fraction')} must be in [0, 1), got {shown(self.val_fraction)}.")
         if self.num_train < (0 if self.val_fraction else 1):
-            raise ConfigError(f"--num-train must be at least 1 (0, every train window, goes with "
-                              f"--val-fraction), got {self.num_train}.")
+            raise ConfigError(f"{spelt('num_train')} must be at least 1 (0, every train window, goes with "
+                              f"{spelt('val_fraction')}), got {self.num_train}.")
         for name in ("min_freq", "steps_per_epoch"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{flag(name)} must be at least 0, got {getattr(self, name)}.")
+                raise ConfigError(f"{spelt(name)} must be at least 0, got {getattr(self, name)}.")
 
     def differences(self, other: Config) -> list[str]:
         """The fields, but for ``RESUMABLE`` ones, that ``other`` sets otherwise: a run resumed as ``other``
@@ -222,16 +225,6 @@ def check_is_config(value: Any, name: str = "config") -> None:
         raise TypeError(f"{name} must be an rnnjax.Config{json_hint}, got {got(value)}.")
 
 
-def got(value: Any) -> str:
-    """``None``, or ``a str``: what a wrong argument is, in a sentence that names the type it must have."""
-    name = type(value).__name__
-    return "None" if value is None else f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 # Fields that may differ between runs trained together in one program (rnnjax.runs):
 # they change no shape. Their flags take comma-separated lists.
 SWEEPABLE = ("seed", "lr", "clip")
@@ -241,29 +234,3 @@ def label(config: Config, configs: list[Config]) -> str:
     """``seed 1, lr 0.5``: the fields in which ``config`` differs from the other runs trained with it."""
     return ", ".join(f"{k} {shown(getattr(config, k))}" for k in SWEEPABLE
                      if len({getattr(c, k) for c in configs}) > 1) or "the one run"
-
-
-def shown(value) -> str:
-    """A value as a flag takes it: a float in as few digits as give it back (``1``, ``0.1234567``)."""
-    if isinstance(value, float):
-        short = f"{value:g}"
-        text = short if float(short) == value else repr(value)
-        mantissa, e, exponent = text.partition("e")
-        return f"{mantissa}e{int(exponent)}" if e else text.removesuffix(".0")     # 1e-7, not 1e-07
-    return str(value)
-
-
-def listed(values) -> str:
-    return ",".join(shown(v) for v in values)
-
-
-def disagreement(name: str, wanted, have) -> str:
-    """``--lr 0.5 (it has 1)``, ``--bidirectional (it has --no-bidirectional)``: a flag given against the
-    value(s) a run has, as flags are typed; ``--seed 1,0 (it has 0,1, in that order)`` for runs reordered."""
-    order = ", in that order" if sorted(wanted) == sorted(have) else ""
-    if all(isinstance(v, bool) for v in (*wanted, *have)):
-        def as_flag(v: bool) -> str:
-            return flag(name) if v else "--no-" + flag(name)[2:]
-        return f"{','.join(map(as_flag, wanted))} (it has {','.join(map(as_flag, have))}{order})"
-    typed = "--seeds" if name == "seed" and len(wanted) > 1 else flag(name)      # the alias for a list
-    return f"{typed} {listed(wanted)} (it has {listed(have)}{order})"

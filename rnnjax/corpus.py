@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnjax.config import Config, check_is_config, got
+from rnnjax.config import Config, check_is_config
+from rnnjax.spelling import got, spelt
 from rnnjax.data import TimeMachine, WindowedText
 from rnnjax.source import (SHA1, TOO_LARGE, DataError, cache_dir, check_file, read_text, sha1_of,
                            timemachine_path)
@@ -132,7 +133,8 @@ class Corpus(WindowedText):
             raise DataError("A Corpus needs a path or a text.")
         self.name = str(path) if text is None else "the text"
         if vocab is not None and vocab.kind != token:
-            raise DataError(f"The vocabulary given is of {vocab.kind} tokens, not --token {token}'s.")
+            raise DataError(f"The vocabulary given is of {vocab.kind} tokens, and {spelt('token', token)} "
+                            "asks for others.")
         cache = cache and vocab is None
         self.options = options = {"token": token, "preprocess": preprocess, "min_freq": min_freq,
                                   "val_fraction": val_fraction}
@@ -156,7 +158,8 @@ class Corpus(WindowedText):
             train_end = self._train_end(len(self.stream), token, preprocess)
         self.train_end = train_end
         if len(self.vocab) < 2:
-            raise DataError(f"--min-freq {min_freq} leaves no {token} but <unk> in the vocabulary: lower it.")
+            raise DataError(f"{spelt('min_freq', min_freq)} leaves no {token} but <unk> in the vocabulary: "
+                            "lower it.")
         self._split(num_train, num_val)
         if check_vocab is not None:
             check_vocab(len(self.vocab))
@@ -181,15 +184,16 @@ class Corpus(WindowedText):
         train_end = int(num_tokens * (1 - self.val_fraction)) if self.val_fraction else num_tokens
         if train_end < window or (self.val_fraction and num_tokens - train_end < window):
             if not self.val_fraction:
-                need = f"one window of --num-steps + 1 = {window} tokens"
+                need = f"one window of {spelt('num_steps')} + 1 = {window} tokens"
             else:
-                need = f"a training window and a validation window of --num-steps + 1 = {window} tokens each"
+                need = (f"a training window and a validation window of {spelt('num_steps')} + 1 = {window} "
+                        "tokens each")
                 last = f"the last {self.val_fraction:g} of the tokens, which validates"
                 val = num_tokens - train_end
                 need += f": {last}, is {val} token{'s' * (val != 1)}" if train_end >= window else f" ({last})"
             made = f"{num_tokens} token{'s' * (num_tokens != 1)}"
-            raise DataError(f"{self.name} makes {made} (--token {token}, --preprocess {preprocess}), too few "
-                            f"for {need}.")
+            raise DataError(f"{self.name} makes {made} ({spelt('token', token)}, "
+                            f"{spelt('preprocess', preprocess)}), too few for {need}.")
         return train_end
 
     def split(self, num_train: int, num_val: int) -> tuple[int, int]:
@@ -198,8 +202,9 @@ class Corpus(WindowedText):
         if not self.val_fraction:           # d2l's: num_train windows, then num_val
             if windows < num_train + num_val:
                 raise DataError(f"{self.name} has {len(self.stream)} tokens, which make {windows} windows of "
-                                f"--num-steps + 1 = {self.num_steps + 1}; --num-train + --num-val = "
-                                f"{num_train + num_val} are needed (or split by --val-fraction).")
+                                f"{spelt('num_steps')} + 1 = {self.num_steps + 1}; {spelt('num_train')} + "
+                                f"{spelt('num_val')} = {num_train + num_val} are needed (or split by "
+                                f"{spelt('val_fraction')}).")
             return num_train, num_val
         val_windows = len(self.stream) - self.num_steps - self.train_end
         return (min(num_train, windows) if num_train else windows,
@@ -238,11 +243,11 @@ class Corpus(WindowedText):
                 memory.check(config, size, 1)
             except ValueError:
                 memory.check(config, 1, 1)       # the batch alone is too large: start.plan says so
+                chars = f", train on characters ({spelt('token', 'char')})" if config.token == "word" else ""
                 raise DataError(
                     f"The vocabulary of {size:,} {config.token}s is too large for this machine's memory at "
-                    f"--batch-size {config.batch_size} x --num-steps {config.num_steps}: raise --min-freq"
-                    f"{', train on characters (--token char)' if config.token == 'word' else ''} or use a "
-                    "smaller batch.") from None
+                    f"{spelt('batch_size', config.batch_size)} x {spelt('num_steps', config.num_steps)}: "
+                    f"raise {spelt('min_freq')}{chars} or use a smaller batch.") from None
         return cls(path, config.batch_size, config.num_steps, token=config.token,
                    preprocess=config.preprocess, min_freq=config.min_freq, val_fraction=config.val_fraction,
                    num_train=config.num_train, num_val=config.num_val, steps_per_epoch=config.steps_per_epoch,

@@ -10,9 +10,8 @@ import math
 import re
 from typing import Any
 
-from rnnjax.config import PRESETS, SWEEPABLE, Config, ConfigError, disagreement, flag, shown
-
-# Runs trained together in one program, at most: each is listed as the run starts, and vmapped.
+from rnnjax.config import PRESETS, SWEEPABLE, Config, ConfigError
+from rnnjax.spelling import disagreement, flag, shown
 MAX_RUNS = 1000
 
 

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax.config import got, whole
+from rnnjax.config import whole
+from rnnjax.spelling import got, spelt
 from rnnjax.model import RNNLM, hashable
 from rnnjax.state import check_model_params
 from rnnjax.vocab import Vocab
@@ -90,9 +91,9 @@ def check_sampling(temperature: float | None, top_k: int | None, vocab_size: int
             raise ValueError(f"The temperature must be a positive number up to {MAX_TEMPERATURE:.3g}, got "
                              f"{temperature} (a small one, e.g. 0.01, is nearly greedy).")
     if top_k is not None:
-        top_k = whole(top_k, "top_k (--top-k)")
+        top_k = whole(top_k, spelt("top_k"))
         if not 1 <= top_k <= vocab_size:
-            raise ValueError(f"top_k (--top-k) must be between 1 and the vocabulary's {vocab_size} tokens, "
+            raise ValueError(f"{spelt('top_k')} must be between 1 and the vocabulary's {vocab_size} tokens, "
                              f"got {top_k}.")
     return temperature, top_k
 
@@ -170,7 +171,7 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
     not of one run, and any argument of the wrong type or range.
     """
     check_model(model, params, vocab)
-    num_preds = whole(num_preds, "num_preds")
+    num_preds = whole(num_preds, spelt("num_preds"))
     if not 0 <= num_preds <= MAX_PREDS:
         raise ValueError(f"num_preds must be between 0 and {MAX_PREDS:,}, got {num_preds:,}.")
     temperature, top_k = check_sampling(temperature, top_k, len(vocab))

@@ -24,7 +24,8 @@ from __future__ import annotations
 import jax
 
 from rnnjax.cells import CELLS, LSTMCell
-from rnnjax.config import KERNELS  # noqa: F401 (the names, kept beside what they name)
+from rnnjax.config import KERNELS  # noqa: F401 (KERNELS: the names, kept beside what they name)
+from rnnjax.spelling import spelt
 from rnnjax.hoisted import supports
 
 
@@ -49,29 +50,31 @@ def check(config, backend: str | None = None) -> None:
     (default: JAX's)."""
     kernel = config.kernel
     if kernel == "hoisted" and not supports(CELLS[config.cell]):
-        raise ValueError(f"--kernel hoisted writes out the gates of rnnjax's own cells (rnn, gru, lstm), not "
-                         f"those of --cell {config.cell}; use --kernel fused or auto.")
+        raise ValueError(f"{spelt('kernel', 'hoisted')} writes out the gates of rnnjax's own cells (rnn, "
+                         f"gru, lstm), not those of {spelt('cell', config.cell)}; use "
+                         f"{spelt('kernel', 'fused')} or {spelt('kernel', 'auto')}.")
     if kernel != "cudnn":
         return
     backend = backend or jax.default_backend()
+    cudnn = spelt("kernel", "cudnn")
     if CELLS[config.cell] is not LSTMCell:
         other = "hoisted" if supports(CELLS[config.cell]) else "fused"       # what else trains that cell
-        raise ValueError(f"--kernel cudnn is cuDNN's LSTM and trains --cell lstm only, not {config.cell}; "
-                         f"use --kernel {other} or auto.")
+        raise ValueError(f"{cudnn} is cuDNN's LSTM and trains {spelt('cell', 'lstm')} only, not "
+                         f"{config.cell}; use {spelt('kernel', other)} or {spelt('kernel', 'auto')}.")
     if backend != "gpu":
-        raise ValueError(f"--kernel cudnn runs cuDNN's LSTM, which needs an NVIDIA GPU, and JAX's backend "
-                         f"here is {backend}; use --kernel auto.")
+        raise ValueError(f"{cudnn} runs cuDNN's LSTM, which needs an NVIDIA GPU, and JAX's backend here is "
+                         f"{backend}; use {spelt('kernel', 'auto')}.")
     if config.bidirectional:
-        raise ValueError("--kernel cudnn trains one direction only; use --kernel hoisted for "
-                         "--bidirectional.")
+        raise ValueError(f"{cudnn} trains one direction only; use {spelt('kernel', 'hoisted')} for "
+                         f"{spelt('bidirectional', True)}.")
     if config.compute_dtype != "float32":
-        raise ValueError("--kernel cudnn computes in float32 only (JAX's cuDNN LSTM has no bfloat16); use "
-                         "--kernel hoisted for --compute-dtype bfloat16.")
+        raise ValueError(f"{cudnn} computes in float32 only (JAX's cuDNN LSTM has no bfloat16); use "
+                         f"{spelt('kernel', 'hoisted')} for {spelt('compute_dtype', 'bfloat16')}.")
     ambient = jax.config.jax_default_matmul_precision
     if config.matmul_precision == "default" and ambient in _ONE_BF16_PASS:
-        raise ValueError(f"--kernel cudnn cannot run at JAX's default matmul precision {ambient!r} "
+        raise ValueError(f"{cudnn} cannot run at JAX's default matmul precision {ambient!r} "
                          "(JAX_DEFAULT_MATMUL_PRECISION or jax.config), one bfloat16 pass, which JAX's cuDNN "
-                         "LSTM does not implement; use --matmul-precision high or highest.")
+                         f"LSTM does not implement; use {spelt('matmul_precision', 'high')} or 'highest'.")
 
 
 # JAX's names of ``lax.Precision.DEFAULT``: the ambient precision at which its cuDNN LSTM raises

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from rnnjax.spelling import spelt
 from rnnjax.stored import CONFIG, steps
 
 LOCKFILE = ".lock"
@@ -39,9 +40,10 @@ def _holder(workdir: Path) -> str:
     return f"process {pid}" if pid.isdigit() else "another process"
 
 
-def _check_lockfile(path: Path, flag: str = "--workdir") -> None:
+def _check_lockfile(path: Path, flag: str | None = None) -> None:
     """``WorkdirError`` if ``path`` is there but not a regular file: a folder, a link (a dangling one would
-    be created wherever it points), a FIFO. ``flag``: what the user gives another folder with."""
+    be created wherever it points), a FIFO. ``flag``: what the user gives another folder with (``None``: the
+    workdir)."""
     try:
         mode = os.lstat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):      # not made yet; lock says why it cannot be
@@ -51,7 +53,7 @@ def _check_lockfile(path: Path, flag: str = "--workdir") -> None:
     if not stat.S_ISREG(mode):
         what = "a link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
         raise WorkdirError(f"{_named(flag)}'s lock file {path} is {what}; remove it (rnnjax makes it) or use "
-                           f"another {flag}.")
+                           f"another {flag or spelt('workdir')}.")
 
 
 def _locks(workdir: Path, mode: int) -> Iterator[int]:
@@ -101,14 +103,14 @@ def check_unlocked(workdir: Path) -> None:
             os.close(fd)
 
 
-def _in_use(workdir: Path, holder: str, flag: str = "--workdir") -> str:
+def _in_use(workdir: Path, holder: str, flag: str | None = None) -> str:
     return (f"{_named(flag)} {workdir} is in use by {holder}: one run writes it at a time. Wait for it to "
-            f"finish, stop it, or use another {flag}.")
+            f"finish, stop it, or use another {flag or spelt('workdir')}.")
 
 
-def _named(flag: str) -> str:
+def _named(flag: str | None) -> str:
     """The folder given as ``flag``, as a sentence begins: a command's own folder is named by its flag."""
-    return "The workdir" if flag == "--workdir" else flag
+    return "The workdir" if flag is None else flag
 
 
 def held(workdir: Path) -> bool:
@@ -154,7 +156,7 @@ class Held:
         if folder is not None and not (same(self._path, folder) and (self._path / CONFIG).exists()):
             raise WorkdirError(f"The workdir {self.workdir} was moved, removed or emptied while this run "
                                f"wrote it: this run stopped, writing nothing more{saved}. If it was moved, "
-                               "resume it there (--workdir).")
+                               f"resume it there ({spelt('workdir')}).")
         if same(self._path / LOCKFILE, self._fds[0]):
             return
         if folder is None:
@@ -171,9 +173,10 @@ class Held:
 
 
 @contextlib.contextmanager
-def lock(workdir: Path, flag: str = "--workdir") -> Iterator[Held]:
+def lock(workdir: Path, flag: str | None = None) -> Iterator[Held]:
     """Holds ``workdir``'s lock (making the workdir) for the ``with`` block, as a ``Held``;
-    ``WorkdirError`` if held, naming ``flag`` (what the command gives another folder with)."""
+    ``WorkdirError`` if held, naming ``flag`` (what the command gives another folder with; ``None``: the
+    workdir)."""
     _check_lockfile(workdir / LOCKFILE, flag)
     made = _to_make(workdir)
     fds: list[int] = []

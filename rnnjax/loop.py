@@ -30,6 +30,7 @@ from rnnjax import agree, checkpoint, computing as computing_lib, meta as meta_l
 from rnnjax import preflight
 from rnnjax.xla import compiler_options
 from rnnjax.config import SWEEPABLE
+from rnnjax.spelling import spelt
 from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
@@ -253,7 +254,7 @@ def _open_workdir(p: Plan, data: WindowedText, keep: int) -> tuple[Any, metrics_
             for done, back in reversed(moved):       # the records and the plot stay together, numbered alike
                 os.replace(back, done)
             raise WorkdirError(f"{source} cannot be moved to {target} ({e.strerror}); move it aside "
-                               "yourself, or use another --workdir.") from None
+                               f"yourself, or use another {spelt('workdir')}.") from None
         moved.append((source, target))
     if not p.finished and jax.process_index() == 0:    # at once: an earlier run's went aside with its records
         checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None)

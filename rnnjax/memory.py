@@ -14,6 +14,7 @@ import os
 import jax
 
 from rnnjax.config import Config
+from rnnjax.spelling import as_flags, spelt
 from rnnjax.state import abstract_train_state
 
 # Bytes of float32 work per token, layer and hidden unit of each gate (activations kept for the
@@ -54,13 +55,15 @@ def estimate(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1
 
 
 def advice(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1) -> str:
-    """The flags to lower, the larger share of the estimate first."""
+    """The settings to lower, the larger share of the estimate first."""
     weights, activations = estimate(config, vocab_size, num_shards, num_runs)
-    flags = ["--num-hiddens or --num-layers", "--batch-size or --num-steps"]
-    flags = flags if weights >= activations else flags[::-1]
+    names = [f"{spelt('num_hiddens')} or {spelt('num_layers')}",
+             f"{spelt('batch_size')} or {spelt('num_steps')}"]
+    names = names if weights >= activations else names[::-1]
     if num_runs > 1:        # each run trained together multiplies both
-        flags.insert(0, "the number of runs (--seeds, --lr, --clip lists)")
-    return ", or ".join(flags)
+        lists = "--seeds, --lr, --clip lists" if as_flags() else "the configs given to fit_runs"
+        names.insert(0, f"the number of runs ({lists})")
+    return ", or ".join(names)
 
 
 def _available(device: jax.Device) -> int | None:
@@ -90,15 +93,15 @@ def check(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1,
     if need > have and data_bytes > weights + activations:      # the text, not the model
         raise ValueError(f"The text's token stream takes {_gib(data_bytes)} GiB on each of the {copies} "
                          f"device(s) that train on it, more than this machine's {have / gib:.0f} GiB with "
-                         "the training step: train on a part of the text, or on fewer --devices.")
+                         f"the training step: train on a part of the text, or on fewer {spelt('devices')}.")
     if need > have:
         runs = f"{num_runs} runs of " if num_runs > 1 else ""
-        raise ValueError(f"{runs}--num-hiddens {config.num_hiddens} x --num-layers {config.num_layers} at "
-                         f"--batch-size {config.batch_size} x --num-steps {config.num_steps} needs about "
-                         f"{_gib(need)} GiB for a training step ({_gib(weights * copies)} GiB of "
-                         f"parameters, optimizer state and gradients, {_gib(activations * copies)} GiB "
-                         f"of activations), more than this machine's {have / gib:.0f} GiB; lower "
-                         f"{advice(config, vocab_size, num_shards, num_runs)}.")
+        shape = (f"{spelt('num_hiddens', config.num_hiddens)} x {spelt('num_layers', config.num_layers)} at "
+                 f"{spelt('batch_size', config.batch_size)} x {spelt('num_steps', config.num_steps)}")
+        raise ValueError(f"{runs}{shape} needs about {_gib(need)} GiB for a training step "
+                         f"({_gib(weights * copies)} GiB of parameters, optimizer state and gradients, "
+                         f"{_gib(activations * copies)} GiB of activations), more than this machine's "
+                         f"{have / gib:.0f} GiB; lower {advice(config, vocab_size, num_shards, num_runs)}.")
 
 
 def _gib(n: int) -> str:
@@ -112,5 +115,5 @@ def compile_note(config: Config) -> str | None:
     layers = config.num_layers * (2 if config.bidirectional else 1)
     if layers <= LONG_COMPILE_LAYERS:
         return None
-    return (f"--num-layers {config.num_layers}: every layer is compiled into the training step, which may "
-            "take minutes before the first epoch")
+    return (f"{spelt('num_layers', config.num_layers)}: every layer is compiled into the training step, "
+            "which may take minutes before the first epoch")

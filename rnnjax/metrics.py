@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from rnnjax.config import SWEEPABLE
+from rnnjax.spelling import spelt
 from rnnjax.stored import CONFIG, METRICS as FILENAME, PLOT  # a run's records, moved aside together
 from rnnjax.workdir import write_atomically
 
@@ -123,7 +124,7 @@ class MetricsLog:
             raise MetricsError(f"{self.path} cannot be read ({e.strerror}).") from None
         if not stat.S_ISREG(mode):
             raise MetricsError(f"{self.path} is not a regular file; move it aside to resume, or use a new "
-                               "--workdir.")
+                               f"{spelt('workdir')}.")
         try:
             return self.path.read_text()
         except OSError as e:
@@ -131,7 +132,7 @@ class MetricsLog:
         except UnicodeDecodeError as e:
             raise MetricsError(f"{self.path} is not a metrics log (byte 0x{e.object[e.start]:02x} at offset "
                                f"{e.start} is not UTF-8); move it aside to resume, or use a new "
-                               "--workdir.") from None
+                               f"{spelt('workdir')}.") from None
 
     def _parse(self, text: str) -> list[dict]:
         lines = text.split("\n")
@@ -153,7 +154,7 @@ class MetricsLog:
                     and all(k in record and _number_or_null(record[k]) for k in NEEDED)):
                 raise MetricsError(f"{self.path}, line {number}, is not a metrics record (an epoch, "
                                    f"{', '.join(NEEDED)}): {line[:60]!r}. Move the file aside to resume, or "
-                                   "use a new --workdir.")
+                                   f"use a new {spelt('workdir')}.")
             records.append({k: v if v is not None else math.inf if k in NEEDED else math.nan
                             for k, v in record.items()})
         _check_order(records, self.path)
@@ -247,7 +248,7 @@ def _check_order(records: list[dict], path: Path) -> None:
             where = "" if run is None else f" of run {run}"
             raise MetricsError(f"{path} has epoch {r['epoch']}{where} after epoch {last[run]}: two runs "
                                "wrote to this workdir, or it was edited. Move the file aside to resume (its "
-                               "records go; the checkpoints are kept), or use a new --workdir.")
+                               f"records go; the checkpoints are kept), or use a new {spelt('workdir')}.")
         last[run] = r["epoch"]
 
 

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from rnnjax.xla import CompiledPerShape
-from rnnjax.config import shown
+from rnnjax.spelling import as_flags, shown, spelt
 
 AXIS = "batch"
 
@@ -53,30 +53,33 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
                       auto: bool = False, timeout_s: float = JOIN_TIMEOUT_S) -> None:
     """One sentence (``ValueError``) for multi-host settings that cannot start: all three or none, unless
     the cluster provides them (``auto``); a ``HOST:PORT``; a process id below the count; a wait."""
-    given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
-    missing = [flag for flag, value in given.items() if value is None]
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    missing = [spelt(name) for name, value in given.items() if value is None]
     if not auto and 0 < len(missing) < 3:
-        raise ValueError("A multi-host run needs --coordinator HOST:PORT, --num-processes N and --process-id "
-                         "K (or --distributed where SLURM or Open MPI provides them); missing "
-                         f"{', '.join(missing)}.")
+        cluster = spelt("distributed") if as_flags() else "auto=True"
+        raise ValueError(f"A multi-host run needs {spelt('coordinator')} HOST:PORT, {spelt('num_processes')} "
+                         f"N and {spelt('process_id')} K (or {cluster} where SLURM or Open MPI provides "
+                         f"them); missing {', '.join(missing)}.")
     if coordinator is not None:
         host, _, port = coordinator.rpartition(":")
         # ASCII only: a port of other digits ("１２３４") passes isdigit, and JAX's client crashes on it.
         if not (host and coordinator.isascii() and coordinator.isprintable() and port.isdigit()) \
                 or any(c.isspace() or c in "/@" for c in coordinator):
-            raise ValueError(f"--coordinator must be HOST:PORT, e.g. node0:1234, got {coordinator!r}.")
+            raise ValueError(f"{spelt('coordinator')} must be HOST:PORT, e.g. node0:1234, got "
+                             f"{coordinator!r}.")
         if not 0 < int(port) < 65536:
-            raise ValueError(f"--coordinator's port must be from 1 to 65535, got {port} (in "
+            raise ValueError(f"{spelt('coordinator')}'s port must be from 1 to 65535, got {port} (in "
                              f"{coordinator!r}).")
         if ":" in host and not (host.startswith("[") and host.endswith("]")):
-            raise ValueError(f"--coordinator: an IPv6 address goes in brackets, e.g. [::1]:1234, got "
-                             f"{coordinator!r}.")
+            raise ValueError(f"{spelt('coordinator')}: an IPv6 address goes in brackets, e.g. [::1]:1234, "
+                             f"got {coordinator!r}.")
     if num_processes is not None and not 1 <= num_processes <= MAX_PROCESSES:
-        raise ValueError(f"--num-processes must be from 1 to {MAX_PROCESSES}, got {num_processes}.")
+        raise ValueError(f"{spelt('num_processes')} must be from 1 to {MAX_PROCESSES}, got {num_processes}.")
     if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):
-        raise ValueError(f"--process-id must be from 0 to --num-processes - 1, got {process_id}.")
+        raise ValueError(f"{spelt('process_id')} must be from 0 to {spelt('num_processes')} - 1, got "
+                         f"{process_id}.")
     if not 0 < timeout_s < 1e6:         # NaN fails this too
-        raise ValueError("--join-timeout must be a number of seconds above 0 and below 1e6, "
+        raise ValueError(f"{spelt('join_timeout')} must be a number of seconds above 0 and below 1e6, "
                          f"got {shown(timeout_s)}.")
 
 
@@ -113,14 +116,15 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
         where = f"at {coordinator}" if coordinator else "that JAX found"
         raise TimeoutError(f"The multi-host run {where} did not start within {shown(timeout_s)} s: not every "
                            "one of its processes joined. Check the address and that all of them were started "
-                           "(--join-timeout sets the wait).")
+                           f"({spelt('join_timeout')} sets the wait).")
     if failed and isinstance(failed[0], ValueError):     # settings JAX found missing or wrong
         if "coordinator_address" in str(failed[0]):
             raise ValueError("JAX found no multi-host run to join (no cluster it knows, no "
-                             "$JAX_COORDINATOR_ADDRESS): give --coordinator HOST:PORT, --num-processes and "
-                             "--process-id.") from None
-        raise ValueError(f"JAX cannot join the multi-host run: {failed[0]} Give --coordinator HOST:PORT, "
-                         "--num-processes and --process-id, or run where the cluster sets them.") from None
+                             f"$JAX_COORDINATOR_ADDRESS): give {spelt('coordinator')} HOST:PORT, "
+                             f"{spelt('num_processes')} and {spelt('process_id')}.") from None
+        raise ValueError(f"JAX cannot join the multi-host run: {failed[0]} Give {spelt('coordinator')} "
+                         f"HOST:PORT, {spelt('num_processes')} and {spelt('process_id')}, or run where the "
+                         "cluster sets them.") from None
     if failed:
         raise failed[0]
 
@@ -137,9 +141,9 @@ def _check_port_free(coordinator: str) -> None:
             return
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise ValueError(f"Port {port} of --coordinator {coordinator} is in use on this machine, "
-                                 "where process 0 serves the run: is another run's process 0 here? Choose a "
-                                 "free port.") from None
+                raise ValueError(f"Port {port} of {spelt('coordinator')} {coordinator} is in use on this "
+                                 "machine, where process 0 serves the run: is another run's process 0 here? "
+                                 "Choose a free port.") from None
             # else: no IPv6 here, try IPv4
 
 
@@ -159,10 +163,10 @@ class DataParallel:
             if not 1 <= num_devices <= len(local):
                 more = (f"; JAX_NUM_CPU_DEVICES={num_devices} simulates more on a CPU (they share its cores)"
                         if local[0].platform == "cpu" and num_devices > len(local) else "")
-                raise ValueError(f"--devices {num_devices}: this process has {len(local)} "
+                raise ValueError(f"{spelt('devices', num_devices)}: this process has {len(local)} "
                                  f"local device(s) ({local[0].platform}){more}.")
             if jax.process_count() > 1 and num_devices != len(local):
-                raise ValueError("--devices must be left at all local devices when training "
+                raise ValueError(f"{spelt('devices')} must be left at all local devices when training "
                                  "over several processes.")
             local = local[:num_devices]
         return cls(tuple(local))
@@ -181,8 +185,8 @@ class DataParallel:
 
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size % self.num_shards:
-            fewer = [str(n) for n in range(self.num_local - 1, 0, -1) if batch_size % n == 0]
-            fewer = (f", or train on fewer devices (--devices {' or '.join(fewer[:3])})"
+            fewer = [spelt("devices", n) for n in range(self.num_local - 1, 0, -1) if batch_size % n == 0]
+            fewer = (f", or train on fewer devices ({' or '.join(fewer[:3])})"
                      if jax.process_count() == 1 else "")
             raise ValueError(
                 f"The batch size {batch_size} is not divisible by the number of devices "

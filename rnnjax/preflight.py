@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from rnnjax import metrics as metrics_lib
-from rnnjax.config import got
+from rnnjax.spelling import got
 from rnnjax.data import WindowedText
 from rnnjax.parallel import AXIS
 from rnnjax.start import Plan

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.cells import OneHot, compute_dtype
+from rnnjax.spelling import spelt
 
 # The batch ``step_problem`` steps: more than one, so that a cell that drops or mixes the batch shows it.
 STEP_BATCH = 2
@@ -68,8 +69,8 @@ def step_problem(cell: nn.Module, input_size: int) -> str | None:
         carry, out = jax.eval_shape(one_step, jax.ShapeDtypeStruct((STEP_BATCH,), jnp.int32))
     except flax.errors.InvalidRngError as e:        # a Dropout inside the cell, say
         stream = re.search(r'needs PRNG for "(\w+)"', str(e))
-        hint = (": rnnjax's dropout acts between layers (--dropout with --num-layers 2 or more)"
-                if stream and stream[1] == "dropout" else "")
+        hint = (f": rnnjax's dropout acts between layers ({spelt('dropout')} with {spelt('num_layers', 2)} "
+                "or more)" if stream and stream[1] == "dropout" else "")
         named = f"a {stream[1]!r}" if stream else "a"
         return f"asks for {named} random key, which a cell is not given{hint}"
     except Exception as e:      # the cell's own code: its error in a clause, and as the cause (its traceback)

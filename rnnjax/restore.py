@@ -23,7 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from rnnjax import kernels, lock as lock_lib, orbax_logs, workdir as workdir_lib
-from rnnjax.config import Config, got, whole
+from rnnjax.config import Config, whole
+from rnnjax.spelling import as_flags, got, spelt
 from rnnjax.data import WindowedText
 from rnnjax.generate import predict, predict_batch
 from rnnjax.meta import Position
@@ -166,7 +167,8 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
                     what = "a workdir's checkpoints folder" if not step_of else "a checkpoint of a workdir"
                     raise CheckpointError(f"{workdir} is {what}; give the workdir, {held.parent}{step_of}.")
             what = "does not exist" if not workdir.exists() else "holds no checkpoints"
-            raise CheckpointError(f"The workdir {workdir} {what}; train with --workdir {workdir} first.")
+            raise CheckpointError(f"The workdir {workdir} {what}; train with "
+                                  f"{spelt('workdir', str(workdir))} first.")
     except OSError as e:        # listing it, steps() says so alike
         raise unreadable_workdir(workdir, e) from None
     if step is not None and best:
@@ -293,10 +295,12 @@ def _run(meta: dict, workdir: Path, run: int | None) -> int | None:
     if runs and (run is None or not 0 <= run < len(runs)):
         given = "" if run is None else f", not {run}"
         held = f"{len(runs)} runs" if len(runs) > 1 else "1 run"
-        raise CheckpointError(f"{workdir} holds {held} trained together; choose one with run=K (--run K; the "
-                              f"notebook's RNNJAX_RUN=K), K from 0 to {len(runs) - 1}{given}.")
+        choose = "--run K" if as_flags() else "run=K (the notebook's RNNJAX_RUN=K)"
+        raise CheckpointError(f"{workdir} holds {held} trained together; choose one with {choose}, K from 0 "
+                              f"to {len(runs) - 1}{given}.")
     if run not in (None, 0) and not runs:
-        raise CheckpointError(f"{workdir} holds a single run; leave out run={run} (--run, RNNJAX_RUN).")
+        raise CheckpointError(f"{workdir} holds a single run; leave out {spelt('run', run)}"
+                              f"{'' if as_flags() else ' (and RNNJAX_RUN)'}.")
     return run
 
 
@@ -310,8 +314,8 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
         if why is not None:
             before = [s for s in steps(workdir) if s < step and (earlier := _meta_or_none(workdir, s))
                       is not None and _why_stopped(earlier, run) is None]
-            other = (f", or one saved before it stopped: the newest with step={max(before)}, the best with "
-                     "best=True (--best on the command line)." if before else
+            other = (f", or one saved before it stopped: the newest with step={max(before)}, the "
+                     f"best with {spelt('best', True)}." if before else
                      "; no checkpoint kept is from before it stopped.")
             raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): restore another run{other}")
         stacked = restore_state(workdir / SUBDIR, step, abstract_run_states(runs, len(vocab)), meta, True)

@@ -10,7 +10,8 @@ import stat
 from pathlib import Path
 
 from rnnjax import meta as meta_lib
-from rnnjax.config import SWEEPABLE, Config, disagreement, shown
+from rnnjax.config import SWEEPABLE, Config
+from rnnjax.spelling import disagreement, shown, spelt
 from rnnjax.stored import CONFIG, CheckpointError, DamagedCheckpoint, UnknownCell, read_meta, steps
 from rnnjax.vocab import Vocab
 
@@ -99,21 +100,21 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
         def what(configs):
             return f"{len(configs)} runs trained together ({_sweep(configs)})" if configs else "a single run"
         raise CheckpointError(f"{workdir} holds {what(saved_runs)}, not {what(list(runs))}. Use a "
-                              "new --workdir, or the checkpoint's settings to resume it.")
+                              f"new {spelt('workdir')}, or the checkpoint's settings to resume it.")
     saved = Config.from_json(meta["config"])
     diff = [disagreement(name, (getattr(config, name),), [getattr(saved, name)])
             for name in saved.differences(config)]
     if diff:
         raise CheckpointError(
             f"{workdir} holds a run with another configuration ({'; '.join(diff)}). Use a new "
-            "--workdir, or the checkpoint's settings to resume it.")
+            f"{spelt('workdir')}, or the checkpoint's settings to resume it.")
     why = Vocab.from_json(meta["vocab"]).differs(vocab)
     if why:
-        raise CheckpointError(f"{workdir} holds a run trained on {why}. Use a new --workdir, or "
+        raise CheckpointError(f"{workdir} holds a run trained on {why}. Use a new {spelt('workdir')}, or "
                               "the data it was trained on to resume it.")
     if steps_per_epoch is not None and meta.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
         raise CheckpointError(f"{workdir} holds a run of {meta['steps_per_epoch']} steps an "
-                              f"epoch; this data has {steps_per_epoch}. Use a new --workdir, or "
+                              f"epoch; this data has {steps_per_epoch}. Use a new {spelt('workdir')}, or "
                               "the checkpoint's data to resume it.")
 
 

@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from rnnjax.spelling import as_flags, spelt
+
 URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
 PREPROCESSED_SHA1 = "0aa295adbf8f925249b7ea9e8f6e698625ac7195"     # of preprocess(its text): what trains
@@ -77,10 +79,9 @@ def download(url: str | None = None, sha1: str = SHA1, root: str | os.PathLike |
         _check_sha1(Path(tmp), sha1, "Downloaded file")
         os.replace(tmp, path)
     except (urllib.error.URLError, OSError) as e:
-        raise DataError(
-            f"Could not download {url} ({getattr(e, 'reason', e)}); offline, pass the "
-            f"path of a local timemachine.txt with --data PATH or ${ENV_PATH}."
-        ) from None
+        given = "--data PATH" if as_flags() else "data=PATH"
+        raise DataError(f"Could not download {url} ({getattr(e, 'reason', e)}); offline, pass the path of a "
+                        f"local timemachine.txt with {given} or ${ENV_PATH}.") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -96,10 +97,12 @@ def timemachine_path(path: str | os.PathLike | None = None, *, sha1: str = SHA1,
         return download(sha1=sha1, root=root)
     path = Path(path)
     if path.is_dir():
-        raise DataError(f"{path} is a directory; --data (or ${ENV_PATH}) takes the file timemachine.txt.")
+        raise DataError(f"{path} is a directory; {spelt('data')} (or ${ENV_PATH}) takes the file "
+                        "timemachine.txt.")
     if not path.is_file():
-        raise DataError(f"{path} is not a regular file; --data (or ${ENV_PATH}) takes timemachine.txt."
-                        if path.exists() else f"No such file: {path} (given as --data or ${ENV_PATH}).")
+        raise DataError(f"{path} is not a regular file; {spelt('data')} (or ${ENV_PATH}) takes "
+                        "timemachine.txt." if path.exists() else
+                        f"No such file: {path} (given as {spelt('data')} or ${ENV_PATH}).")
     _check_sha1(path, sha1, "File")
     return path
 
@@ -114,8 +117,8 @@ def _decode(path: Path, raw: bytes, final: bool) -> str:
     """``raw`` (the file, or its first bytes if not ``final``) decoded; ``DataError`` unless UTF-8 text."""
     nul = raw.find(b"\0")
     if nul >= 0:
-        raise DataError(f"{path} looks binary, not text (a NUL byte at offset {nul}); --text takes a UTF-8 "
-                        "text file.")
+        raise DataError(f"{path} looks binary, not text (a NUL byte at offset {nul}); {spelt('text')} takes "
+                        "a UTF-8 text file.")
     try:
         return codecs.getincrementaldecoder("utf-8")().decode(raw, final=final)
     except UnicodeDecodeError as e:
@@ -128,10 +131,10 @@ def check_file(path: str | os.PathLike) -> int:
     machine's memory holds, or its first bytes are not UTF-8 text: the checks that need no whole read."""
     path = Path(path)
     if path.is_dir():
-        raise DataError(f"{path} is a directory; --text takes a UTF-8 text file.")
+        raise DataError(f"{path} is a directory; {spelt('text')} takes a UTF-8 text file.")
     if not path.is_file():
-        raise DataError(f"{path} is not a regular file; --text takes a UTF-8 text file." if path.exists()
-                        else f"No such file: {path} (--text, or load's text, names a UTF-8 file).")
+        raise DataError(f"{path} is not a regular file; {spelt('text')} takes a UTF-8 text file."
+                        if path.exists() else f"No such file: {path} ({spelt('text')} names a UTF-8 file).")
     size = path.stat().st_size
     if not size:
         raise DataError(f"{path} is empty: there is no text to train on.")

@@ -21,7 +21,8 @@ from rnnjax import (checkpoint, computing as computing_lib, kernels, lock as loc
                     precision, saved, tidy, workdir as workdir_lib)
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as
-from rnnjax.config import Config, check_is_config, got, label
+from rnnjax.config import Config, check_is_config, label
+from rnnjax.spelling import got, spelt
 from rnnjax.data import WindowedText
 from rnnjax.meta import Position
 from rnnjax.parallel import DataParallel
@@ -76,7 +77,7 @@ class Plan:
             newer = "".join(f"; checkpoint step {step} {why} (a run that trains on sets it aside)"
                             for step, why in self.damaged)
             return (f"{self.workdir} holds {held}{more} (step {self.step}), the run asks for "
-                    f"{_epochs(self.config.epochs)}: nothing to train; more epochs (--epochs) train "
+                    f"{_epochs(self.config.epochs)}: nothing to train; raise {spelt('epochs')} to train "
                     f"on{newer}.")
         else:
             stopped = sum(why is not None for why in self.position.stopped)
@@ -112,8 +113,8 @@ class Plan:
                      "rnnjax.backend.use_cpu_cores(batch_size) before JAX starts to train on all of them")
         elif (self.dp.devices[0].platform == "cpu" and self.dp.num_shards == len(jax.local_devices())
               < available_cores() and self.config.batch_size % available_cores()):
-            hint += (f"; not {available_cores()} devices, one per core: --batch-size "
-                     f"{self.config.batch_size} does not divide over them")
+            hint += (f"; not {available_cores()} devices, one per core: "
+                     f"{spelt('batch_size', self.config.batch_size)} does not divide over them")
         c = self.config
         matmuls = precision.describe(c.compute_dtype, c.matmul_precision, self.dp.devices[0],
                                      takes_dtype(CELLS[c.cell]), is_own(CELLS[c.cell]))
@@ -163,8 +164,8 @@ def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: i
     data.check_made_for(config)
     per_epoch = data.num_batches(True)
     if config.epochs * per_epoch >= 2 ** 31:        # the state's step counter is an int32
-        raise ValueError(f"--epochs {config.epochs} of {per_epoch} steps each is {config.epochs * per_epoch} "
-                         "steps; a run takes at most 2**31 - 1.")
+        raise ValueError(f"{spelt('epochs', config.epochs)} of {per_epoch} steps each is "
+                         f"{config.epochs * per_epoch} steps; a run takes at most 2**31 - 1.")
     memory.check(config, len(data.vocab), dp.num_shards, len(runs or [None]), dp.devices[0],
                  data_bytes=data.tokens.nbytes)
     return dp
@@ -268,7 +269,7 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "
         f"{', '.join(str(s) for s, _ in damaged)}; step {damaged[0][0]}: {damaged[0][1]}). Move that folder "
-        "aside to start anew, or use a new --workdir.")
+        f"aside to start anew, or use a new {spelt('workdir')}.")
 
 
 def _epochs(n: int, kind: str = "") -> str:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from rnnjax.config import Config, label
+from rnnjax.spelling import spelt
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -230,8 +231,8 @@ def check_divergence(record: dict, epochs_high: int, vocab_size: int) -> bool:
                   f"{vocab_size} for {epochs_high + 1} epochs, {ppl:.4g} at epoch {epoch}"
                   if math.isfinite(ppl) else
                   f"its train perplexity is {ppl} at epoch {epoch}, the uniform guess's {vocab_size}")
-        raise NonFiniteLoss(f"The run is diverging: {reason}; stopped. Train again in a new --workdir with a "
-                            "smaller --lr.", reason)
+        raise NonFiniteLoss(f"The run is diverging: {reason}; stopped. Train again in a new "
+                            f"{spelt('workdir')} with a smaller {spelt('lr')}.", reason)
     return high
 
 
@@ -246,7 +247,8 @@ def check_finite(call_metrics: list[dict], epoch: int, start: int, steps_per_epo
                       f"of {steps_per_epoch}")
             raise NonFiniteLoss(
                 f"{reason[0].upper()}{reason[1:]}: the run diverged, and stopped without saving it (its "
-                "checkpoints stay as they were). Train again in a new --workdir with a smaller --lr.", reason)
+                f"checkpoints stay as they were). Train again in a new {spelt('workdir')} with a smaller "
+                f"{spelt('lr')}.", reason)
 
 
 class StoppedRuns:
@@ -286,5 +288,5 @@ class StoppedRuns:
         if not self.live:
             whys = "; ".join(f"run {r} ({label(c, self.configs)}): {why}"
                              for r, (c, why) in enumerate(zip(self.configs, self.why)))
-            raise NonFiniteLoss(f"Every run stopped: {whys}. Train again in a new --workdir with a "
-                                "smaller --lr.")
+            raise NonFiniteLoss(f"Every run stopped: {whys}. Train again in a new {spelt('workdir')} with a "
+                                f"smaller {spelt('lr')}.")

@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from rnnjax import meta as meta_lib
 from rnnjax.cells import CELLS, OWN_CELLS, registered_as
+from rnnjax.spelling import as_flags
 
 SUBDIR = "checkpoints"
 DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
@@ -107,10 +108,11 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
         raise CellMismatch(f"{where} holds other parameters than the cell registered here as {cell!r} "
                            f"({kind}) makes ({_differ(saved_paths, made)}): {fix}")
     if differ and not params_only:
+        inference = "--predict" if as_flags() else "restore"
         raise StateMismatch(f"{where} holds another training state than this process makes "
                             f"({_differ(saved_paths, made)}): the run was trained with another optimizer "
                             "(rnnjax.state.make_optimizer) or TrainState; resume it with the same (a restore "
-                            "for inference, --predict, reads its parameters alone).")
+                            f"for inference, {inference}, reads its parameters alone).")
     saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved and not own else None
 
     def arrays(tree):

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from rnnjax.spelling import spelt
 from rnnjax.lock import LOCKFILE, WorkdirError, describe as _describe
 from rnnjax.saved import config_settings
 from rnnjax.stored import CONFIG, DAMAGED, METRICS, PLOT, SUBDIR, UnknownCell
@@ -44,13 +45,13 @@ def check_path(workdir: Path) -> None:
     if bad:
         raise WorkdirError(f"The workdir {workdir.absolute()} has {' and '.join(map(repr, bad))} in its "
                            "path, which orbax's checkpoints cannot take (they would be written elsewhere or "
-                           "not restore); choose a --workdir without them.")
+                           f"not restore); choose a {spelt('workdir')} without them.")
     try:
         path.encode()
     except UnicodeEncodeError:       # undecodable bytes, kept as surrogates: orbax's C++ cannot take them
         shown = os.fsencode(path).decode(errors="backslashreplace")      # as typed: \xff, not \udcff
         raise WorkdirError(f"The workdir {shown} has bytes that are not UTF-8 in its path, which orbax's "
-                           "checkpoints cannot take; choose a --workdir without them.") from None
+                           f"checkpoints cannot take; choose a {spelt('workdir')} without them.") from None
     longest = max(len(os.fsencode(part)) for part in workdir.absolute().parts)
     if longest > 255:               # NAME_MAX of every common file system
         raise WorkdirError(f"The workdir {path} has a name of {longest} bytes in its path; the system takes "
@@ -59,7 +60,7 @@ def check_path(workdir: Path) -> None:
     if cloud:                       # orbax rewrites ".../gs:/..." as a gs:// URL: every save fails
         raise WorkdirError(f"The workdir {path} has a folder {cloud[0]!r} in its path, which orbax reads as "
                            "a Google Cloud Storage URL (gs://), and its saves fail; rnnjax writes a local "
-                           "--workdir: choose one without it.")
+                           f"{spelt('workdir')}: choose one without it.")
     try:                                           # through links too: a link into a run's checkpoints
         resolved = workdir.resolve()
     except (OSError, RuntimeError):                # a loop of links: the path as given
@@ -70,7 +71,7 @@ def check_path(workdir: Path) -> None:
             where = "" if folder in (here, resolved) else "inside "
             raise WorkdirError(f"The workdir {path} is {where}{folder}, the checkpoints of the run in "
                                f"{folder.parent}, which it deletes as it saves newer ones; choose a "
-                               "--workdir outside it.")
+                               f"{spelt('workdir')} outside it.")
 
 
 def _holds_a_run(folder: Path) -> bool:
@@ -90,10 +91,10 @@ def check_writable(workdir: Path) -> None:
         if os.path.islink(parent):      # dangling: nothing can be made there, or below it
             if _in_a_loop(parent):
                 raise WorkdirError(f"The workdir {workdir} cannot be made: {parent} is a link in a loop of "
-                                   "links, which never reaches a folder; use another --workdir.")
+                                   f"links, which never reaches a folder; use another {spelt('workdir')}.")
             raise WorkdirError(f"The workdir {workdir} cannot be made: {parent} is a link to "
                                f"{os.readlink(parent)}, which does not exist; make that folder, or use "
-                               "another --workdir.")
+                               f"another {spelt('workdir')}.")
         parent = parent.parent
     if parent == workdir.absolute():
         if not workdir.is_dir():
@@ -104,7 +105,7 @@ def check_writable(workdir: Path) -> None:
         for path in (workdir / SUBDIR, workdir / DAMAGED, workdir / METRICS):
             if path.exists() and not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
                 raise WorkdirError(f"{path} is not writable, where the run writes; fix its permissions, or "
-                                   "use another --workdir.")
+                                   f"use another {spelt('workdir')}.")
         return
     if not parent.is_dir():
         raise WorkdirError(f"The workdir {workdir} cannot be made: {parent} is a file, not a directory.")
@@ -120,15 +121,15 @@ def check_kinds(workdir: Path) -> None:
     for name in (SUBDIR, DAMAGED):
         if (workdir / name).exists() and not (workdir / name).is_dir():
             raise WorkdirError(f"{workdir / name} is a file where rnnjax keeps a folder; move it aside, or "
-                               "use another --workdir.")
+                               f"use another {spelt('workdir')}.")
     dropped = workdir / SUBDIR / REMOVING     # orbax would move checkpoints into a link's target, or fail
     if os.path.lexists(dropped) and (dropped.is_symlink() or not dropped.is_dir()):
         raise WorkdirError(f"{dropped} is not a folder, where rnnjax keeps the checkpoints it drops until it "
-                           "deletes them; move it aside, or use another --workdir.")
+                           f"deletes them; move it aside, or use another {spelt('workdir')}.")
     for name in (CONFIG, PLOT, METRICS):
         if os.path.lexists(workdir / name) and not (workdir / name).is_file():
             raise WorkdirError(f"{workdir / name} is not a regular file, where rnnjax keeps one; move it "
-                               "aside, or use another --workdir.")
+                               f"aside, or use another {spelt('workdir')}.")
 
 
 def _in_a_loop(link: Path) -> bool:
@@ -152,7 +153,7 @@ def check_ours(workdir: Path) -> None:
     theirs = [p.name for p in (config, plot) if p.exists()] if not ours else []
     if theirs and (config.exists() or not (workdir / METRICS).exists()):
         raise WorkdirError(f"The workdir {workdir} holds {' and '.join(theirs)} but no checkpoints: a new "
-                           "run would overwrite them. Use an empty or new --workdir.")
+                           f"run would overwrite them. Use an empty or new {spelt('workdir')}.")
 
 
 def _fsync(path: Path) -> None:

@@ -112,7 +112,7 @@ def tm_text(path):
     (b"too short", "makes 9 tokens .* too few for a training window and a validation window"),
     (b"a", "makes 1 token .* too few"),
     (b"the time machine " * 3, r"makes 51 tokens .* too few for a training window and a validation window "
-                               r"of --num-steps \+ 1 = 9 tokens each: the last 0.1 of the tokens, which "
+                               r"of num_steps \+ 1 = 9 tokens each: the last 0.1 of the tokens, which "
                                r"validates, is 6 tokens\.$"),      # the training part is long enough
 ])
 def test_bad_text_is_one_sentence_and_nothing_is_cached(tmp_path, content, match):
@@ -139,7 +139,7 @@ def test_a_fifo_an_unreadable_file_and_a_vocabulary_of_unk_alone_are_one_sentenc
         corpus.load(TEXT, text=fifo)
     text = tmp_path / "ok.txt"
     text.write_text("abc def " * 200)
-    with pytest.raises(DataError, match="--min-freq 1000000 leaves no char but <unk>"):
+    with pytest.raises(DataError, match="^min_freq=1000000 leaves no char but <unk>"):
         corpus.load(TEXT.replace(min_freq=1000000), text=text)
 
     def unreadable(self):
@@ -192,7 +192,8 @@ def test_a_vocabulary_too_large_for_memory_is_named(text_file, monkeypatch):
     monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_PAGE_SIZE" else
                         memory if name == "SC_PHYS_PAGES" else sysconf(name))
     before = cache_entries()
-    with pytest.raises(DataError, match=r"vocabulary of 3,601 words .* raise --min-freq, train on char"):
+    with pytest.raises(DataError, match=r"vocabulary of 3,601 words .* raise min_freq, train on characters "
+                                        r"\(token='char'\)"):
         Corpus.from_config(text_file, TEXT.replace(token="word"))
     assert cache_entries() == before
     Corpus.from_config(text_file, TEXT)                # 12 characters fit
@@ -286,7 +287,8 @@ def test_a_restored_run_fine_tunes_on_another_text_in_its_own_vocabulary(text_fi
     with pytest.raises(CheckpointError, match=r"trained on the text of SHA-1 \w+ \(the data given is the"):
         fit(TEXT.replace(epochs=3), corpus.load(TEXT, text=text_file, vocab=run.vocab), tmp_path / "tuned",
             devices=1, log=None)
-    with pytest.raises(DataError, match=r"The vocabulary given is of char tokens, not --token word's\."):
+    with pytest.raises(DataError, match=r"^The vocabulary given is of char tokens, and token='word' asks for "
+                                        r"others\.$"):
         corpus.load(TEXT.replace(token="word"), text=other, vocab=run.vocab)
 
 

@@ -389,7 +389,7 @@ class WideInitCell(DenseCell):
     (WideInitCell, r"fails on a batch of 2 inputs and the carry initialize_carry gives for it \(TypeError: "
                    r"add got incompatible shapes for broadcasting: \(2, 16\), \(2, 17\)\)"),
     (DropoutCell, r"asks for a 'dropout' random key, which a cell is not given: rnnjax's dropout acts "
-                  r"between layers \(--dropout with --num-layers 2 or more\)"),
+                  r"between layers \(dropout with num_layers=2 or more\)"),
     (NoisyCell, r"asks for a 'noise' random key, which a cell is not given"),
 ])
 def test_a_cell_whose_step_breaks_the_protocol_is_refused_in_one_sentence_before_any_work(

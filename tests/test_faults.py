@@ -241,7 +241,7 @@ BAD = [  # (flags, what the one line says)
     (["--predict", "a", "--temperature", "inf"], "--temperature must be a positive number up to 3.4e+38"),
     (["--predict", "a", "--temperature", "3.5e38"], "(float32's largest), got 3.5e38."),
     (["--predict", "a", "--top-k", "0"], "--top-k must be at least 1"),
-    (["--predict", "it has", "--top-k", "99"], "top_k (--top-k) must be between 1 and the vocabulary's 28"),
+    (["--predict", "it has", "--top-k", "99"], "--top-k must be between 1 and the vocabulary's 28"),
     (["--predict", "It has"], "outside the vocabulary"), (["--predict", "a", "--run", "1"], "single run"),
     (["--predict", "a", "--num-preds", "-1"], "--num-preds must be at least 0"),
     (["--predict", "a", "--num-preds", "99999999999"], "--num-preds must be at most"),
@@ -780,7 +780,7 @@ def test_predict_with_the_flags_of_another_epoch_count_is_the_same_model(real_te
         assert capsys.readouterr().err == (f"error: The checkpoint in {trained} was trained with other "
                                            f"settings than the flags ask for: {says}.\n")
     for bad, says in ((["--lr", "nan"], "--lr must be a positive finite number"),      # no run has these
-                      (["--cell", "GRU"], "--cell 'GRU' is not a known cell")):
+                      (["--cell", "GRU"], "--cell GRU is not a known cell")):
         assert cli("--workdir", str(trained), "--predict", "it has", *bad) == 1
         assert capsys.readouterr().err.startswith(f"error: {says}")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, DenseCell
-from rnnjax import cudnn, fused, hoisted, kernels, model as model_lib
+from rnnjax import spelling, cudnn, fused, hoisted, kernels, model as model_lib
 from rnnjax.config import Config
 from rnnjax.model import RNNLM
 from rnnjax.state import make_model
@@ -35,10 +35,11 @@ def test_auto_takes_the_hoisted_kernel_elsewhere_for_its_own_cells_and_never_cud
 
 
 def test_check_refuses_what_a_forced_kernel_cannot_train_in_one_sentence(user_cell):
-    refused = [(Config(cell=user_cell, kernel="hoisted"), "gpu", "--kernel hoisted writes out the gates"),
+    refused = [(Config(cell=user_cell, kernel="hoisted"), "gpu", "^kernel='hoisted' writes out the gates"),
                (Config(cell="lstm", kernel="cudnn"), "cpu", "needs an NVIDIA GPU"),
-               (Config(cell="gru", kernel="cudnn"), "gpu", "not gru; use --kernel hoisted or auto"),
-               (Config(cell=user_cell, kernel="cudnn"), "gpu", f"{user_cell}; use --kernel fused or auto"),
+               (Config(cell="gru", kernel="cudnn"), "gpu", "not gru; use kernel='hoisted' or kernel='auto'"),
+               (Config(cell=user_cell, kernel="cudnn"), "gpu",
+                f"{user_cell}; use kernel='fused' or kernel='auto'"),
                (Config(cell="lstm", kernel="cudnn", num_layers=2, bidirectional=True), "gpu",
                 "one direction"),
                (Config(cell="lstm", kernel="cudnn", compute_dtype="bfloat16"), "gpu", "float32 only")]
@@ -46,6 +47,9 @@ def test_check_refuses_what_a_forced_kernel_cannot_train_in_one_sentence(user_ce
         with pytest.raises(ValueError, match=why) as e:
             kernels.check(config, backend)
         assert str(e.value).count(". ") == 0 and str(e.value).endswith(".")
+    command = "^--kernel cudnn is cuDNN's LSTM and trains --cell lstm only, not gru; use --kernel hoisted or "
+    with pytest.raises(ValueError, match=command + "--kernel auto\\.$"), spelling.flag_spelling():
+        kernels.check(Config(cell="gru", kernel="cudnn"), "gpu")        # as the command names them
     for config, backend in [(Config(cell="lstm", kernel="cudnn", num_layers=3, dropout=0.2), "gpu"),
                             (Config(cell=user_cell), "gpu"), (Config(cell=user_cell, kernel="fused"), "cpu"),
                             (Config(cell="gru", kernel="hoisted"), "cpu")]:
@@ -70,7 +74,7 @@ def test_cudnn_is_refused_where_jax_s_default_matmul_precision_is_one_bfloat16_p
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="on a GPU the cudnn kernel trains")
 def test_a_refused_kernel_stops_fit_before_anything_is_written(small_data, tmp_path):
-    with pytest.raises(ValueError, match="--kernel cudnn runs cuDNN's LSTM, which needs an NVIDIA GPU"):
+    with pytest.raises(ValueError, match="^kernel='cudnn' runs cuDNN's LSTM, which needs an NVIDIA GPU"):
         fit(TINY.replace(cell="lstm", kernel="cudnn"), small_data, tmp_path / "run", devices=1)
     assert not (tmp_path / "run").exists()
 

@@ -63,7 +63,7 @@ def test_a_binary_file_is_named_and_how_to_go_on(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(b'{"epoch": 1}\n\xff\xfe\x00')
     with pytest.raises(MetricsError, match=r"byte 0xff at offset 13 is not UTF-8\); move it aside to resume, "
-                                           "or use a new --workdir"):
+                                           "or use a new workdir"):
         MetricsLog(path).read()
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from conftest import TINY as SMALL
 from rnnjax import checkpoint, loop, xla
+from rnnjax.spelling import flag_spelling
 from rnnjax.data import Batch
 from rnnjax.metrics import MetricsLog
 from rnnjax.parallel import DataParallel, check_distributed
@@ -166,9 +167,10 @@ def test_checkpoint_from_four_devices_resumes_on_one(small_data, tmp_path):
 @pytest.mark.cpu_devices(4)
 def test_batch_size_must_divide_over_devices():
     with pytest.raises(ValueError, match=r"batch size 1022 is not divisible by the number of devices 4; .*"
-                                         r"multiple of 4, or train on fewer devices \(--devices 2 or 1\)"):
+                                         r"multiple of 4, or train on fewer devices "
+                                         r"\(devices=2 or devices=1\)"):
         DataParallel.create(4).check_batch_size(1022)
-    with pytest.raises(ValueError, match=r"--devices 3 or 1\)"):
+    with pytest.raises(ValueError, match=r"\(devices=3 or devices=1\)"):
         DataParallel.create(4).check_batch_size(9)
     DataParallel.create(2).check_batch_size(1022)
 
@@ -178,10 +180,10 @@ def test_devices_limits_local_devices():
     assert DataParallel.create(2).num_local == 2 and DataParallel.create(2).pmapped
     assert not DataParallel.create(1).pmapped
     assert DataParallel.create().num_local == len(jax.local_devices()) == 4
-    with pytest.raises(ValueError, match=r"--devices 5: this process has 4 local device\(s\) \(cpu\); "
+    with pytest.raises(ValueError, match=r"^devices=5: this process has 4 local device\(s\) \(cpu\); "
                                          "JAX_NUM_CPU_DEVICES=5 simulates more on a CPU"):
         DataParallel.create(5)
-    with pytest.raises(ValueError, match=r"--devices 0: this process has 4 local device\(s\) \(cpu\)\.$"):
+    with pytest.raises(ValueError, match=r"^devices=0: this process has 4 local device\(s\) \(cpu\)\.$"):
         DataParallel.create(0)
 
 
@@ -343,7 +345,10 @@ def test_a_multi_host_run_that_never_starts_stops_with_one_line(tmp_path, main_j
     (("node0:1234", 2, 0, False, -1.0), "got -1."), (("node0:1234", 2, 0, False, 1e20), "got 1e20."),
 ])
 def test_multi_host_settings_that_cannot_start_are_one_sentence(given, message):
-    with pytest.raises(ValueError, match=message):
+    """Named as the command's flags within flag_spelling, as initialize_distributed's arguments outside."""
+    with pytest.raises(ValueError, match=message), flag_spelling():
+        check_distributed(*given)
+    with pytest.raises(ValueError, match=re.sub(r"--([a-z-]+)", lambda m: m[1].replace("-", "_"), message)):
         check_distributed(*given)
 
 
@@ -371,7 +376,7 @@ def test_distributed_with_no_cluster_to_join_is_one_sentence(fresh_env):
         """
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("JAX found no multi-host run to join") and "give --coordinator" in lines[0]
+    assert lines[0].startswith("JAX found no multi-host run to join") and "give coordinator" in lines[0]
     assert lines[1] == "JAX cannot join the multi-host run: Number of processes must be defined. Give " \
-                       "--coordinator HOST:PORT, --num-processes and --process-id, or run where the " \
+                       "coordinator HOST:PORT, num_processes and process_id, or run where the " \
                        "cluster sets them.", proc.stderr

@@ -163,7 +163,7 @@ def test_when_every_run_stops_the_program_stops(data10, tmp_path):
     """Both reasons: the divergence rule (lr 1e6: perplexity inf), an infinite loss (lr 1e38)."""
     configs = [TINY10.replace(epochs=2, lr=1e6), TINY10.replace(epochs=2, lr=1e38)]
     stopped = (r"Every run stopped: run 0 \(lr 1e6\): its train perplexity is inf at epoch 1.*; run 1 "
-               r"\(lr 1e38\): the training loss is inf at epoch 1, step \d+ of 10. .*smaller --lr")
+               r"\(lr 1e38\): the training loss is inf at epoch 1, step \d+ of 10. .*smaller lr\.$")
     lines = []
     with pytest.raises(NonFiniteLoss, match=stopped):
         runs.fit_runs(configs, data10, tmp_path, devices=1, log=lines.append)

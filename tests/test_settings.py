@@ -76,7 +76,7 @@ def test_flags_that_ask_for_other_settings_than_the_workdir_s_are_one_sentence(t
     with pytest.raises(ValueError, match=r"holds a run of .*: --lr 2\.0000001 \(it has 2\)"):   # all digits
         settings(cli.parse_args(["--workdir", w, "--lr", "2.0000001"]))
     for bad, says in ((["--lr", "nan"], "--lr must be a positive finite number"),      # no run could have it
-                      (["--cell", "GRU"], "--cell 'GRU' is not a known cell")):
+                      (["--cell", "GRU"], "--cell GRU is not a known cell")):
         with pytest.raises(ValueError, match=f"^{says}"):
             settings(cli.parse_args(["--workdir", w, *bad]))
 

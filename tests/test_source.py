@@ -48,7 +48,7 @@ def test_env_variable_is_read(tmp_path, monkeypatch):
 
 def test_offline_without_a_file_says_what_to_pass(tmp_path, monkeypatch):
     monkeypatch.delenv(source.ENV_PATH, raising=False)
-    with pytest.raises(DataError, match=r"--data PATH or \$RNNJAX_TIMEMACHINE"):
+    with pytest.raises(DataError, match=r"data=PATH or \$RNNJAX_TIMEMACHINE"):
         source.download("http://127.0.0.1:9/timemachine.txt", root=tmp_path, timeout=5)
     assert list(tmp_path.iterdir()) == []
 

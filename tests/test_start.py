@@ -45,7 +45,7 @@ def test_a_finished_run_with_a_damaged_newest_checkpoint_says_so_and_ends_at_the
     lines = []
     result = fit(SMALL.replace(epochs=2), small_data, tmp_path, devices=1, log=lines.append)
     assert lines[-1].startswith(f"{tmp_path} holds 2 trained epochs (step 26), the run asks for 2 epochs: "
-                                "nothing to train; more epochs (--epochs) train on; checkpoint step 39 ")
+                                "nothing to train; raise epochs to train on; checkpoint step 39 ")
     assert lines[-1].endswith("(a run that trains on sets it aside).")
     assert [r["epoch"] for r in result.history] == [1, 2] and int(result.state.step) == 26
     assert sorted(checkpoint.steps(tmp_path)) == [13, 26, 39]     # nothing trains: nothing moves
@@ -82,7 +82,7 @@ def test_plan_says_why_it_trains_on_fewer_devices_than_cores(small_data, tmp_pat
     assert "does not divide" not in plan(SMALL, small_data, tmp_path).describe()
     monkeypatch.setattr(start, "available_cores", lambda: 6)
     assert plan(SMALL, small_data, tmp_path).describe().endswith(
-        "; not 6 devices, one per core: --batch-size 16 does not divide over them")
+        "; not 6 devices, one per core: batch_size=16 does not divide over them")
     assert "does not divide" not in plan(SMALL, small_data, tmp_path, devices=2).describe()  # asked for
 
 
@@ -162,12 +162,12 @@ def tree_stat(path):
 
 
 @pytest.mark.parametrize("config,devices,message", [
-    pytest.param(SMALL, 5, "--devices 5: this process has 4", marks=pytest.mark.cpu_devices(4)),
+    pytest.param(SMALL, 5, "^devices=5: this process has 4", marks=pytest.mark.cpu_devices(4)),
     pytest.param(SMALL.replace(batch_size=18), 4, "batch size 18 is not divisible",
                  marks=pytest.mark.cpu_devices(4)),
-    (SMALL.replace(lr=2.0), 1, r"--lr 2 \(it has 1\)"),
+    (SMALL.replace(lr=2.0), 1, r"\(lr=2 \(it has 1\)\)\. Use a new workdir"),
     (SMALL.replace(epochs=2 ** 31 // 13 + 1), 1,           # the step counter is an int32
-     r"^--epochs 165191050 of 13 steps each is 2147483650 steps; a run takes at most 2\*\*31 - 1\.$"),
+     r"^epochs=165191050 of 13 steps each is 2147483650 steps; a run takes at most 2\*\*31 - 1\.$"),
 ])
 def test_fit_refuses_before_anything_is_written(small_data, tmp_path, config, devices, message):
     fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
@@ -181,7 +181,7 @@ def test_fit_refuses_before_anything_is_written(small_data, tmp_path, config, de
 
 def test_a_deep_stack_is_warned_of_before_its_long_compilation(small_data, tmp_path):
     text = plan(SMALL.replace(num_layers=1000), small_data, tmp_path / "w", devices=1).describe()
-    assert "--num-layers 1000: every layer is compiled into the training step, which may take minutes" in text
+    assert "num_layers=1000: every layer is compiled into the training step, which may take minutes" in text
 
 
 def test_the_plan_says_a_part_epoch_and_the_runs_that_stopped_before(small_data, tmp_path):

@@ -23,7 +23,7 @@ def test_a_perplexity_far_above_uniform_for_several_epochs_stops_the_run():
     far = DIVERGED_FACTOR * V * 1.5
     assert epochs(*[far] * (DIVERGED_EPOCHS - 1)) == DIVERGED_EPOCHS - 1          # not yet
     stayed = (f"diverging: its train perplexity stayed above {DIVERGED_FACTOR} times the uniform guess's {V} "
-              f"for {DIVERGED_EPOCHS} epochs, {far:.4g} at epoch {DIVERGED_EPOCHS}; stopped.*smaller --lr")
+              f"for {DIVERGED_EPOCHS} epochs, {far:.4g} at epoch {DIVERGED_EPOCHS}; stopped.*smaller lr\\.$")
     with pytest.raises(NonFiniteLoss, match=stayed):
         epochs(*[far] * DIVERGED_EPOCHS)
     with pytest.raises(NonFiniteLoss, match=f"diverging: its train perplexity is inf at epoch 2, the uniform "
@@ -41,7 +41,7 @@ def test_an_overflowing_perplexity_stops_at_once(ppl):
 
 def test_a_non_finite_loss_names_its_step_and_a_fix():
     metrics = [{"loss_sum": np.array([1.0, np.nan]), "count": np.array([2.0, 2.0])}]
-    with pytest.raises(NonFiniteLoss, match="epoch 3, step 6 of 9: the run diverged.*new --workdir with a "
+    with pytest.raises(NonFiniteLoss, match="epoch 3, step 6 of 9: the run diverged.*new workdir with a "
                                             "smaller"):
         check_finite(metrics, 2, 4, 9)
     check_finite([{"loss_sum": np.array([1.0, 3.0]), "count": np.array([2.0, 2.0])}], 0, 0, 9)     # finite

@@ -128,7 +128,7 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
 @pytest.mark.parametrize("bad,message", [(["--epochs", "0"], "--epochs must be at least 1"),
                                          (["--join-timeout", "5"], "--join-timeout says how long"),
                                          (["--keep", "0"], "--keep must be at least 1"),
-                                         (["--cell", "nope"], "--cell 'nope' is not a known cell"),
+                                         (["--cell", "nope"], "--cell nope is not a known cell"),
                                          (["--lr", "-1"], "--lr must be a positive finite number"),
                                          pytest.param(["--devices", "9"], "--devices 9: this process has 4",
                                                       marks=pytest.mark.cpu_devices(4)),
@@ -182,7 +182,7 @@ def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp
                              "1,3"]) == 1
     assert "--lr 1,3 (it has 2)." in capsys.readouterr().err
     assert timemachine.main(["--workdir", str(workdir), "--predict", "it has"]) == 1
-    assert "choose one with run=K (--run K; the notebook's RNNJAX_RUN=K)" in capsys.readouterr().err
+    assert "choose one with --run K, K from 0 to 3." in capsys.readouterr().err
 
 
 @pytest.mark.slow

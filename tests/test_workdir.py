@@ -80,7 +80,7 @@ def test_a_workdir_whose_checkpoints_or_records_cannot_be_written_is_refused_bef
     real = os.access
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path).name != name and real(path, mode))
     with pytest.raises(workdir.WorkdirError, match=rf"^{w / name} is not writable, where the run writes; fix "
-                                                   r"its permissions, or use another --workdir\.$"):
+                                                   r"its permissions, or use another workdir\.$"):
         workdir.check_writable(w)
 
 

@@ -21,7 +21,7 @@ from experiments.benchmark.report import (RATIO_MEANING, compared, memory_words,
 from experiments.benchmark.sizes import SIZES, applicable_kernels, run_sizes, settings
 from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available, torch_problem
 from experiments.parsing import Parser
-from rnnjax import backend, kernels
+from rnnjax import backend, kernels, spelling
 from rnnjax.data import TimeMachine
 from rnnjax.source import timemachine_path
 from rnnjax.flags import MAX_RUNS
@@ -176,6 +176,7 @@ def parser() -> Parser:
     return p
 
 
+@spelling.flag_spelling()
 def main(argv=None) -> int:
     previous = stopping.handle(stopping.stopped_while_loading)
     try:

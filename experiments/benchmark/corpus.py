@@ -42,6 +42,7 @@ from experiments import stopping
 from experiments.benchmark.corpus_parts import MB, devices, generate, prepare, train
 from experiments.benchmark.outputs import Stop, check_writable
 from experiments.parsing import Parser, check_link, check_names
+from rnnjax import spelling
 from rnnjax.lock import LOCKFILE, WorkdirError, lock
 from rnnjax.workdir import write_atomically
 
@@ -155,6 +156,7 @@ def _remove_partial(out: Path) -> list[str]:
     return removed
 
 
+@spelling.flag_spelling()
 def main(argv=None) -> int:
     previous = stopping.handle(stopping.stopped_while_loading)
     try:

@@ -1,0 +1,90 @@
+"""How messages write a setting and its value: as the library's Python takes them (``batch_size=32``,
+``cell='gru'``) or, within ``flag_spelling`` (which the commands in ``experiments`` enter), as a command's
+flags (``--batch-size 32``, ``--cell gru``); and values in as few digits as give them back (``shown``)."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import shlex
+from typing import Any
+
+
+def got(value: Any) -> str:
+    """``None``, or ``a str``: what a wrong argument is, in a sentence that names the type it must have."""
+    name = type(value).__name__
+    return "None" if value is None else f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
+
+
+def flag(name: str) -> str:
+    """``--batch-size``: the command-line flag of the field ``name``."""
+    return "--" + name.replace("_", "-")
+
+
+_AS_FLAGS = contextvars.ContextVar("rnnjax_as_flags", default=False)
+
+
+@contextlib.contextmanager
+def flag_spelling():
+    """Within it, messages name settings as the commands take them (``--batch-size 32``), not as ``Config``
+    and the library's arguments do (``batch_size=32``): the commands in ``experiments`` enter it."""
+    token = _AS_FLAGS.set(True)
+    try:
+        yield
+    finally:
+        _AS_FLAGS.reset(token)
+
+
+def as_flags() -> bool:
+    """Whether messages name settings as flags now (within ``flag_spelling``)."""
+    return _AS_FLAGS.get()
+
+
+def spelt(name: str, *value: Any) -> str:
+    """A setting named as its user gave it: ``batch_size`` or ``batch_size=32`` (``cell='gru'``) from
+    Python, ``--batch-size`` or ``--batch-size 32`` (``--cell gru``, ``--no-bidirectional``) within
+    ``flag_spelling``."""
+    if not value:
+        return flag(name) if _AS_FLAGS.get() else name
+    (v,) = value
+    if not _AS_FLAGS.get():
+        return f"{name}={_as_python(v)}"
+    if isinstance(v, bool):
+        return flag(name) if v else "--no-" + flag(name)[2:]
+    return f"{flag(name)} {shlex.quote(v) if isinstance(v, str) else shown(v)}"      # as a shell takes it
+
+
+def _as_python(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else shown(value)
+
+
+def shown(value) -> str:
+    """A value as a flag takes it: a float in as few digits as give it back (``1``, ``0.1234567``)."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        text = short if float(short) == value else repr(value)
+        mantissa, e, exponent = text.partition("e")
+        return f"{mantissa}e{int(exponent)}" if e else text.removesuffix(".0")     # 1e-7, not 1e-07
+    return str(value)
+
+
+def listed(values) -> str:
+    return ",".join(shown(v) for v in values)
+
+
+def disagreement(name: str, wanted, have) -> str:
+    """``lr=0.5 (it has 1)`` from Python; ``--lr 0.5 (it has 1)``, ``--bidirectional (it has
+    --no-bidirectional)`` within ``flag_spelling``: a setting given against the value(s) a run has
+    (``spelt``); ``--seeds 1,0 (it has 0,1, in that order)`` for runs reordered."""
+    wanted, have = list(wanted), list(have)
+    order = ", in that order" if sorted(wanted) == sorted(have) else ""
+    if not _AS_FLAGS.get():
+        def value(vs: list) -> str:
+            return _as_python(vs[0]) if len(vs) == 1 else f"[{', '.join(map(_as_python, vs))}]"
+        return f"{name}={value(wanted)} (it has {value(have)}{order})"
+    if all(isinstance(v, bool) for v in (*wanted, *have)):
+        def as_flag(v: bool) -> str:
+            return spelt(name, v)
+        return f"{','.join(map(as_flag, wanted))} (it has {','.join(map(as_flag, have))}{order})"
+    typed = "--seeds" if name == "seed" and len(wanted) > 1 else flag(name)      # the alias for a list
+    return f"{typed} {listed(wanted)} (it has {listed(have)}{order})"
