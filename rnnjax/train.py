@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import optax
 
 from rnnjax import loop, metrics as metrics_lib, preflight
-from rnnjax.config import Config, got, whole
+from rnnjax.config import Config, whole
+from rnnjax.spelling import got
 from rnnjax.data import Batch, Windows, WindowedText
 # What fit raises and its defaults, importable from here too.
 from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
@@ -59,8 +60,10 @@ def train_step(state: TrainState, batch: Batch, axis_name: str | None = None, rn
     metrics' ``loss_sum`` is the cross-entropy's (``rnnjax.objective``): what
     perplexity reports, whatever the objective; ``grad_norm`` is the global
     norm of the gradient before clipping. A key added here is logged as its
-    epoch mean (``metrics.epoch_record``); a ``<key>_sum`` (pmeaned over
-    ``axis_name`` as ``loss_sum`` is) as ``train_<key>``, per token.
+    epoch mean (``metrics.epoch_record``); a ``<key>_sum``, summed over the
+    devices (``lax.psum`` over ``axis_name``) as ``loss_sum`` and ``count``
+    are, as ``train_<key>``, per token. Every key added must be reduced over
+    ``axis_name``: the record takes the first device's value.
 
     ``rng`` (a raw ``jax.random.PRNGKey``) turns dropout on: the step's key is
     it folded with ``state.step`` (and the device), so a resumed run draws the
