@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +40,10 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     kwargs = {"nonlinearity": config.nonlinearity} if config.nonlinearity != "tanh" else {}
     if takes_dtype(CELLS[config.cell]):        # a cell without one computes in float32
         kwargs["dtype"] = dtype
+    if isinstance(CELLS[config.cell], nn.Module):     # calling a made module would fail inside flax
+        raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] is a {type(CELLS[config.cell]).__name__} made "
+                          f"already; register its class, or a functools.partial of it: rnnjax makes each "
+                          f"layer's cell as rnnjax.CELLS[{config.cell!r}](num_hiddens, ...).")
     try:
         cell = CELLS[config.cell](config.num_hiddens, **kwargs)
     except TypeError as e:            # a user's cell with other required fields
@@ -235,6 +240,13 @@ def _check_fit(params: Any, abstract: Any, what: str, any_float: bool = False) -
         wrong.append(f"they have {extra[0]}, which the model has not")
     if wrong:
         raise ValueError(f"{what}: {'; '.join(wrong)}.")
+    stacked = {np.shape(x)[:1] if np.shape(x)[1:] == want.shape else None
+               for x, want in zip(map(given.get, expected), expected.values())}
+    if len(stacked) == 1 and None not in stacked:       # fit_runs' runs, a run axis first
+        (runs,), = stacked
+        raise ValueError(f"{what}: they are {runs} runs' parameters stacked on a first axis (fit_runs'); "
+                         "take run k's with jax.tree.map(lambda x: x[k], params), or restore(workdir, "
+                         "run=k).")
     for name, want in expected.items():
         x = given[name]
         if not isinstance(x, (np.ndarray, jax.Array)):

@@ -123,6 +123,14 @@ def test_a_model_params_and_vocabulary_not_of_one_run_are_one_sentence(model_par
         assert predict(model, cast, VOCAB, "it", 3).startswith("it")
     with pytest.raises(ValueError, match=r"is int32, expected float32; cast it to float32\.$"):
         predict(model, jax.tree.map(lambda x: x.astype(jnp.int32), params), VOCAB, "it", 3)
+    stacked = jax.tree.map(lambda x: jnp.stack([x, x, x]), params)      # fit_runs' state, of 3 runs
+    message = (r"^The parameters do not fit the model \(vocabulary \d+\): they are 3 runs' parameters "
+               r"stacked on a first axis \(fit_runs'\); take run k's with jax.tree.map\(lambda x: x\[k\], "
+               r"params\), or restore\(workdir, run=k\)\.$")
+    with pytest.raises(ValueError, match=message):
+        predict(model, stacked, VOCAB, "it", 3)
+    assert predict(model, jax.tree.map(lambda x: x[1], stacked), VOCAB, "it", 3) == predict(
+        model, params, VOCAB, "it", 3)
 
 
 KEY = r"^key must be one JAX PRNG key, e.g. jax.random.key\(1\) or jax.random.PRNGKey\(1\), "
