@@ -100,9 +100,9 @@ class Restored:
     """
     config: Config
     vocab: Vocab
-    params: Any
+    params: Any = dataclasses.field(repr=False)     # a notebook shows the run, not every array
     step: int
-    meta: dict
+    meta: dict = dataclasses.field(repr=False)
 
     @property
     def model(self):
