@@ -35,7 +35,7 @@ from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
 from rnnjax.meta import Position
-from rnnjax.start import Plan
+from rnnjax.start import Plan, check_open
 from rnnjax.stops import (Interrupted, NonFiniteLoss, StoppedRuns, catch_signals,
                           check_divergence, check_finite)
 from rnnjax.workdir import WorkdirError
@@ -87,7 +87,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     checkpoint's step (``p.state`` resumes) or, new, at step 0. Its
     optimizer may be another.
     """
-    # First: processes of a multi-host run that would train otherwise hang or abort in a collective.
+    check_open(p, "loop.run")
+    preflight.check_functions(step, evaluate)
+    # Then: processes of a multi-host run that would train otherwise hang or abort in a collective.
     agree.check_agreed(agree.of_run(p, data, getattr(state, "params", None), checkpoint_every, keep))
     preflight.check_state(p, state, len(data.vocab))
     preflight.check_evaluation(p, evaluate, state, data)

@@ -18,6 +18,25 @@ from rnnjax.start import Plan
 from rnnjax.state import check_params
 
 
+# loop.run's step and evaluation as called, and what rnnjax.train has for each (train_step takes one batch,
+# train_steps a stack of them, not windows of the token stream on the device).
+_CALLED = {"step": ("step(state, tokens, windows, axis_name)", "train_windows"),
+           "evaluate": ("evaluate(state, batches, axis_name), a stack of batches", "eval_steps")}
+_TRAIN = ("train_step", "train_steps", "train_windows", "eval_step", "eval_steps")
+
+
+def check_functions(step: Callable, evaluate: Callable) -> None:
+    """``ValueError`` for a function of ``rnnjax.train`` given as the other (JAX's TypeError from inside
+    pmap, or an unpacking error from inside the model, otherwise)."""
+    for role, given in (("step", step), ("evaluate", evaluate)):
+        inner = getattr(given, "func", given)           # a functools.partial of one
+        name = getattr(inner, "__name__", "")
+        called, wanted = _CALLED[role]
+        if getattr(inner, "__module__", "") == "rnnjax.train" and name in _TRAIN and name != wanted:
+            raise ValueError(f"loop.run calls its {role} as {called}, and rnnjax.train.{name} is not that: "
+                             f"give rnnjax.train.{wanted}.")
+
+
 def check_state(p: Plan, state: Any, vocab_size: int) -> None:
     """``ValueError`` in one sentence unless ``state`` can train plan ``p`` (``rnnjax.loop.run``'s
     docstring)."""

@@ -219,14 +219,18 @@ def _open(p: Plan) -> Iterator[Plan]:
         _open_plans.discard(id(p))
 
 
+def check_open(p: Plan, who: str, then: str = "") -> None:
+    """``ValueError`` unless ``p``'s ``planned`` block, which holds the workdir's lock, is running."""
+    if id(p) not in _open_plans:
+        raise ValueError(f"{who} trains a plan only inside the block of rnnjax.start.planned that made it, "
+                         f"which holds the workdir's lock{then}.")
+
+
 def check_plan(p: Plan, config: Config, data: WindowedText, workdir: str | Path,
                runs: list[Config] | None = None) -> None:
     """``ValueError`` unless ``p`` can train ``config`` on ``data`` in ``workdir``: made for them by
     ``planned``, whose block (holding the workdir's lock) is still running."""
-    if id(p) not in _open_plans:
-        raise ValueError("fit trains a plan only inside the block of rnnjax.start.planned that made it, "
-                         "which holds the workdir's lock (rnnjax.plan's shows what fit would do): call fit "
-                         "without plan.")
+    check_open(p, "fit", " (rnnjax.plan's shows what fit would do): call fit without plan")
     differ = [what for what, a, b in (("config", p.config, config), ("runs", p.runs, tuple(runs or ())),
                                       ("workdir", p.workdir.resolve(), Path(workdir).resolve())) if a != b]
     if differ:

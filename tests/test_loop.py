@@ -326,3 +326,28 @@ def test_a_loop_of_ones_own_with_dropout_key_trains_as_fit_does(data, tmp_path):
                                                                                  train.dropout_key(config))
     np.testing.assert_array_equal(*(jax.flatten_util.ravel_pytree(r.state.params)[0] for r in (fitted, same)))
     assert same.history[0]["train_loss"] == fitted.history[0]["train_loss"]
+
+
+def test_a_step_or_evaluation_of_another_signature_or_a_closed_plan_is_one_sentence(data, tmp_path):
+    """rnnjax.train's per-batch functions given to loop.run raised JAX's TypeError from inside pmap (leaving
+    the workdir made) or an unpacking error from inside the model; a plan whose block had ended said the
+    workdir "was moved, removed or emptied"."""
+    import functools
+    from rnnjax.start import planned
+    config = TINY.replace(epochs=1)
+    state = create_train_state(config, len(data.vocab))
+    step_is = (r"^loop.run calls its step as step\(state, tokens, windows, axis_name\), and "
+               r"rnnjax.train.train_step is not that: give rnnjax.train.train_windows\.$")
+    evaluate_is = (r"^loop.run calls its evaluate as evaluate\(state, batches, axis_name\), a stack of "
+                   r"batches, and rnnjax.train.eval_step is not that: give rnnjax.train.eval_steps\.$")
+    for step, evaluate, message in [
+            (train.train_step, train.eval_steps, step_is),
+            (functools.partial(train.train_steps, rng=None), train.eval_steps, "train_steps is not that"),
+            (train.train_windows, train.eval_step, evaluate_is)]:
+        with planned(config, data, tmp_path / "w", devices=1) as p:
+            with pytest.raises(ValueError, match=message):
+                loop.run(p, data, state, step, evaluate)
+    assert not any((tmp_path / "w" / name).exists() for name in (checkpoint.SUBDIR, metrics.FILENAME))
+    with pytest.raises(ValueError, match=r"^loop.run trains a plan only inside the block of rnnjax.start."
+                                         r"planned that made it, which holds the workdir's lock\.$"):
+        loop.run(p, data, state, train.train_windows, train.eval_steps)
