@@ -84,8 +84,10 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     ``val_<key>``, ``metrics.epoch_record``: sum them over ``axis_name``'s
     devices, as ``eval_steps`` does its own), and unless ``state`` is the
     plan's: the parameters ``p.config`` makes (of each run, stacked), at the
-    checkpoint's step (``p.state`` resumes) or, new, at step 0. Its
-    optimizer may be another.
+    checkpoint's step (``p.state`` resumes) or, new, at step 0. A new run's
+    optimizer may be another, but ``p.state`` is restored as
+    ``rnnjax.state.make_optimizer`` makes it: change the optimizer there,
+    where every run, new or resumed, takes it.
     """
     check_open(p, "loop.run")
     preflight.check_functions(step, evaluate)
