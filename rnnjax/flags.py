@@ -12,6 +12,8 @@ from typing import Any
 
 from rnnjax.config import PRESETS, SWEEPABLE, Config, ConfigError
 from rnnjax.spelling import disagreement, flag, shown
+
+# Runs trained together in one program, at most: each is listed as the run starts, and vmapped.
 MAX_RUNS = 1000
 
 

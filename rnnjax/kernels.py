@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax
 
 from rnnjax.cells import CELLS, LSTMCell
-from rnnjax.config import KERNELS  # noqa: F401 (KERNELS: the names, kept beside what they name)
+from rnnjax.config import KERNELS  # noqa: F401 (the names, kept beside what they name)
 from rnnjax.spelling import spelt
 from rnnjax.hoisted import supports
 
