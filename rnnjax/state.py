@@ -240,10 +240,10 @@ def _check_fit(params: Any, abstract: Any, what: str, any_float: bool = False) -
         wrong.append(f"they have {extra[0]}, which the model has not")
     if wrong:
         raise ValueError(f"{what}: {'; '.join(wrong)}.")
-    stacked = {np.shape(x)[:1] if np.shape(x)[1:] == want.shape else None
+    stacked = {np.shape(x)[0] if np.ndim(x) == len(want.shape) + 1 and np.shape(x)[1:] == want.shape else None
                for x, want in zip(map(given.get, expected), expected.values())}
     if len(stacked) == 1 and None not in stacked:       # fit_runs' runs, a run axis first
-        (runs,), = stacked
+        runs = stacked.pop()
         raise ValueError(f"{what}: they are {runs} runs' parameters stacked on a first axis (fit_runs'); "
                          "take run k's with jax.tree.map(lambda x: x[k], params), or restore(workdir, "
                          "run=k).")
