@@ -82,8 +82,10 @@ class Config:
     num_layers: int = _field(1, "recurrent layers stacked")
     dropout: float = _field(0.0, "dropout on the outputs of every recurrent layer but the last, in training")
     bidirectional: bool = _field(False, "a reverse direction beside each layer (not for language models)")
-    lr: float = _field(1.0, "learning rate (of SGD, rnnjax.state.make_optimizer)")
+    lr: float = _field(1.0, "learning rate")
     clip: float = _field(1.0, "gradients are scaled down to at most this global norm")
+    optimizer: str = _field("sgd", "sgd (d2l's) or adam, after the clipping; one's own registered in "
+                                   "rnnjax.OPTIMIZERS")
     epochs: int = _field(100, "passes over the training windows")
     seed: int = _field(0, "seed of the initial parameters and of the batch order")
     num_train: int = _field(10000, "training windows")

@@ -10,6 +10,7 @@ import math
 import re
 from typing import Any
 
+from rnnjax import optimizers
 from rnnjax.config import PRESETS, SWEEPABLE, Config, ConfigError
 from rnnjax.spelling import disagreement, flag, shown
 
@@ -102,6 +103,8 @@ def sweep_from_flags(args: argparse.Namespace, base: Config | None = None) -> li
         raise ConfigError(f"The flags list {count} runs ({' x '.join(str(len(a)) for a in axes)}); one "
                           f"program trains at most {MAX_RUNS}: split the lists over several workdirs.")
     base = (base or PRESETS[args.preset]).replace(**fixed)
+    if "optimizer" in fixed:            # a Config takes any name (its restore needs no optimizer): a typo now
+        optimizers.check(base.optimizer)
     return [base.replace(**dict(combo)) for combo in itertools.product(*axes)]
 
 

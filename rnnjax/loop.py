@@ -86,7 +86,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     plan's: the parameters ``p.config`` makes (of each run, stacked), at the
     checkpoint's step (``p.state`` resumes) or, new, at step 0. A new run's
     optimizer may be another, but ``p.state`` is restored as
-    ``rnnjax.state.make_optimizer`` makes it: change the optimizer there,
+    ``Config.optimizer`` makes it (``rnnjax.optimizers``): name one there,
     where every run, new or resumed, takes it.
     """
     check_open(p, "loop.run")

@@ -29,6 +29,7 @@ from rnnjax.data import WindowedText
 from rnnjax.generate import predict, predict_batch
 from rnnjax.meta import Position
 from rnnjax.metrics import FILENAME, MetricsError, MetricsLog, perplexity
+from rnnjax.optimizers import OPTIMIZERS
 from rnnjax.precision import at_precision
 from rnnjax.state import abstract_run_states, abstract_train_state, create_train_state, make_model
 from rnnjax.stored import (CONFIG, PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, not_read,
@@ -309,6 +310,8 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
     config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
     runs = [Config.from_json(c) for c in meta.get("runs", [])]
     run = _run(meta, workdir, run)
+    # The params alone are read: a target of any optimizer's state will do where its own is not registered.
+    sgd = {c: c if c.optimizer in OPTIMIZERS else c.replace(optimizer="sgd") for c in [config, *runs]}
     if runs:
         config, why = runs[run], _why_stopped(meta, run)
         if why is not None:
@@ -318,10 +321,12 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
                      f"best with {spelt('best', True)}." if before else
                      "; no checkpoint kept is from before it stopped.")
             raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): restore another run{other}")
-        stacked = restore_state(workdir / SUBDIR, step, abstract_run_states(runs, len(vocab)), meta, True)
+        target = abstract_run_states([sgd[c] for c in runs], len(vocab))
+        stacked = restore_state(workdir / SUBDIR, step, target, meta, True)
         params = jax.tree.map(lambda x: x[run], stacked)
     else:
-        params = restore_state(workdir / SUBDIR, step, abstract_train_state(config, len(vocab)), meta, True)
+        params = restore_state(workdir / SUBDIR, step, abstract_train_state(sgd[config], len(vocab)), meta,
+                               True)
     return Restored(config, vocab, params, step, meta)
 
 

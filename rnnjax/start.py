@@ -118,7 +118,8 @@ class Plan:
         c = self.config
         matmuls = precision.describe(c.compute_dtype, c.matmul_precision, self.dp.devices[0],
                                      takes_dtype(CELLS[c.cell]), is_own(CELLS[c.cell]))
-        return f"{what} on {devices}, {self.loss_path}, {matmuls}; writing to {self.workdir}{hint}"
+        stepper = "" if c.optimizer == "sgd" else f", {c.optimizer} optimizer"      # d2l's is the default
+        return f"{what} on {devices}, {self.loss_path}, {matmuls}{stepper}; writing to {self.workdir}{hint}"
 
 
 def check_types(config: Any, data: Any, workdir: Any) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from rnnjax import cudnn, fused, hoisted, kernels
+from rnnjax import cudnn, fused, hoisted, kernels, optimizers
 from rnnjax.xla import CompiledPerShape, init_compiler_options
 from rnnjax.cells import OWN_CELLS
 from rnnjax.config import Config, ConfigError
@@ -90,19 +90,10 @@ def loss_path(model: RNNLM) -> str:
 
 
 def make_optimizer(config: Config, per_run: bool = False) -> optax.GradientTransformation:
-    """d2l clips gradients to global norm ``clip``, then takes an SGD step: the one place that says so.
-
-    ``per_run`` keeps ``clip`` and ``lr`` in the optimizer's state, not in the
-    function: what lets runs with different values be one vmapped step
-    (``rnnjax.runs``). The state's structure differs with it; each is what
-    checkpoints of its kind hold. A replacement (one's own optimizer) keeps
-    ``per_run`` so; a resume needs the optimizer it saved the state of, a
-    restore reads the parameters alone.
-    """
-    def transform(make):
-        return optax.inject_hyperparams(make) if per_run else make
-    return optax.chain(transform(optax.clip_by_global_norm)(max_norm=config.clip),
-                       transform(optax.sgd)(learning_rate=config.lr))
+    """``config.optimizer`` made for ``config`` (``rnnjax.optimizers``: d2l's SGD after clipping to global
+    norm ``clip`` by default): what every run, new or resumed, steps with. ``per_run``: ``lr`` and ``clip``
+    kept in its state, as runs trained together need them."""
+    return optimizers.make(config, per_run)
 
 
 def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
@@ -121,10 +112,10 @@ def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
 
 def check_per_run(configs: list[Config], vocab_size: int) -> None:
     """``ValueError`` unless each run's optimizer state holds its own ``lr`` and ``clip`` where runs differ in
-    them: one optimizer steps every run, so a replaced ``make_optimizer`` that ignores ``per_run`` would
-    train each at the first run's values, its records saying otherwise. Before any state is made
-    (``fit_runs``: before the workdir), each run's optimizer made for zeros of the model's parameters (an
-    optimizer may follow their tree); ``create_run_states`` checks the states it makes."""
+    them: one optimizer steps every run, so one of one's own (``rnnjax.optimizers``) that ignores
+    ``per_run`` would train each at the first run's values, its records saying otherwise. Before any state
+    is made (``fit_runs``: before the workdir), each run's optimizer made for zeros of the model's
+    parameters (an optimizer may follow their tree); ``create_run_states`` checks the states it makes."""
     if not _changing(configs):
         return
     params = abstract_train_state(configs[0], vocab_size).params
@@ -145,10 +136,10 @@ def _check_per_run(configs: list[Config], opt_states: list) -> None:
             value = getattr(c, field)
             if not found or any(v != float(np.float32(value)) for v in found):
                 raise ValueError(
-                    f"Runs of different {field} train in one step only where rnnjax.state.make_optimizer("
-                    f"config, per_run=True) keeps each run's {field} in its state, as {name!r} (optax."
-                    f"inject_hyperparams, as the stock one does); for a run of {field}={value} it holds "
-                    f"{found or 'none'}.")
+                    f"Runs of different {field} train in one step only where their optimizer, made with "
+                    f"per_run=True (rnnjax.optimizers), keeps each run's {field} in its state, as {name!r} "
+                    f"(optax.inject_hyperparams, as rnnjax.optimizers.clipped does); for a run of "
+                    f"{field}={value} it holds {found or 'none'}.")
 
 
 def abstract_run_states(configs: list[Config], vocab_size: int) -> TrainState:
@@ -194,10 +185,11 @@ def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
 
 def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> TrainState:
     model = make_model(config, vocab_size)
+    tx = make_optimizer(config, per_run)        # its errors outside the trace, without JAX's note
 
     def state():
         params = _init(model, config.num_steps)(np.uint32(config.seed))
-        return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config, per_run))
+        return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     return jax.eval_shape(state)
 
 

@@ -78,8 +78,9 @@ class CellMismatch(CheckpointError):
 
 
 class StateMismatch(CheckpointError):
-    """A checkpoint whose parameters fit but whose training state does not: another optimizer
-    (``rnnjax.state.make_optimizer``) or ``TrainState``; a resume needs the same, inference reads params."""
+    """A checkpoint whose parameters fit but whose training state does not: another optimizer than its
+    ``Config.optimizer`` makes here (``rnnjax.OPTIMIZERS``) or ``TrainState``; a resume needs the same,
+    inference reads params."""
 
 
 NEW_RUN = "a new run of the cell registered now needs a workdir of its own."
@@ -111,8 +112,9 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
         inference = "--predict" if as_flags() else "restore"
         raise StateMismatch(f"{where} holds another training state than this process makes "
                             f"({_differ(saved_paths, made)}): the run was trained with another optimizer "
-                            "(rnnjax.state.make_optimizer) or TrainState; resume it with the same (a restore "
-                            f"for inference, {inference}, reads its parameters alone).")
+                            "than its Config.optimizer makes here (rnnjax.OPTIMIZERS) or another TrainState; "
+                            f"resume it with the same (a restore for inference, {inference}, reads its "
+                            "parameters alone).")
     saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved and not own else None
 
     def arrays(tree):

@@ -320,9 +320,10 @@ def test_best_of_runs_without_a_run_names_the_one_of_lowest_validation_perplexit
 
 def test_a_run_of_another_optimizer_restores_for_inference_and_a_resume_names_the_optimizer(
         small_data, tmp_path, monkeypatch):
-    """A run trained with Adam (``make_optimizer`` replaced, as the README says) was read where SGD is the
-    optimizer, and the other way, as a cell registered wrongly: inference reads the params alone now, and a
-    resume says the optimizer differs."""
+    """A run trained with Adam where its config names SGD (``make_optimizer`` replaced: an optimizer
+    redefined under the name a run was trained with) was read where SGD is the optimizer, and the other
+    way, as a cell registered wrongly: inference reads the params alone now, and a resume says the
+    optimizer differs."""
     def adam(config, per_run=False):
         return optax.chain(optax.clip_by_global_norm(config.clip), optax.adam(1e-2))
     config = TINY.replace(epochs=1)
@@ -338,8 +339,8 @@ def test_a_run_of_another_optimizer_restores_for_inference_and_a_resume_names_th
             if not patched:
                 assert_trees_equal(restored.params, trained.state.params)
             sides = f"{'made here, not saved' if patched else 'saved, not made here'}: .opt_state"
-            says = (re.escape(sides) + r".* trained with another optimizer \(rnnjax\.state\.make_optimizer\) "
-                    "or TrainState; resume it with the same")
+            says = (re.escape(sides) + r".* trained with another optimizer than its Config\.optimizer makes "
+                    r"here \(rnnjax\.OPTIMIZERS\) or another TrainState; resume it with the same")
             with pytest.raises(checkpoint.StateMismatch, match=says):
                 fit(config.replace(epochs=2), small_data, workdir, devices=1, log=None)
     assert not (tmp_path / "adam" / checkpoint.DAMAGED).exists() and checkpoint.steps(tmp_path / "adam")

@@ -1,0 +1,54 @@
+"""The optimizers a run names (``Config.optimizer``, ``--optimizer``): d2l's SGD, and Adam, each after
+clipping the gradients to global norm ``clip``. One's own, registered in ``OPTIMIZERS`` as a cell is in
+``rnnjax.CELLS`` (in each interpreter that uses its runs), trains, resumes and is recorded by name in
+config.json; a resume under another optimizer is refused.
+
+An optimizer is ``make(config, per_run) -> optax.GradientTransformation``.
+``per_run`` keeps ``lr`` and ``clip`` in its state (``optax.inject_hyperparams``)
+rather than in the function: what lets runs with different values be one
+vmapped step (``rnnjax.runs``; ``rnnjax.state.check_per_run`` refuses one that
+ignores it). The state's structure differs with it; each is what checkpoints of
+its kind hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optax
+
+from rnnjax.config import ConfigError
+from rnnjax.spelling import spelt
+
+
+def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
+    """The optimizer that clips to ``config.clip``'s global norm, then steps with ``optimizer`` (an optax
+    one taking ``learning_rate``) at ``config.lr``: ``OPTIMIZERS["adamw"] = clipped(optax.adamw)``."""
+    def make(config: Any, per_run: bool = False) -> optax.GradientTransformation:
+        def kept(make):
+            return optax.inject_hyperparams(make) if per_run else make
+        return optax.chain(kept(optax.clip_by_global_norm)(max_norm=config.clip),
+                           kept(optimizer)(learning_rate=config.lr))
+    return make
+
+
+OPTIMIZERS: dict[str, Callable[[Any, bool], optax.GradientTransformation]] = {
+    "sgd": clipped(optax.sgd),          # d2l's
+    "adam": clipped(optax.adam),
+}
+
+
+def make(config: Any, per_run: bool = False) -> optax.GradientTransformation:
+    """``config.optimizer`` made for ``config``; ``ConfigError`` in one sentence if none is registered under
+    its name here (checked as a run is planned, not as a ``Config`` is made: a restore for inference, which
+    reads the parameters alone, needs none)."""
+    check(config.optimizer)
+    return OPTIMIZERS[config.optimizer](config, per_run)
+
+
+def check(name: str) -> None:
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"{spelt('optimizer', name)} is not a known optimizer; choose from "
+                          f"{sorted(OPTIMIZERS)}, or register one of your own in rnnjax.OPTIMIZERS "
+                          "(rnnjax.optimizers), in each interpreter that trains its runs.")

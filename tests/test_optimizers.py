@@ -1,0 +1,76 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import rnnjax
+from rnnjax import checkpoint, optimizers
+from rnnjax.config import ConfigError
+from rnnjax.train import fit
+
+from conftest import TINY
+
+
+@pytest.mark.parametrize("per_run", [False, True])
+def test_each_optimizer_clips_then_steps_as_optax_s_own_chain(per_run):
+    """``clipped(opt)`` is optax's clip_by_global_norm then ``opt(lr)``, step after step, with the
+    hyperparameters in its state or in the function; SGD's state is what checkpoints held before."""
+    config = TINY.replace(lr=0.3, clip=1.0)
+    params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+    for name, reference in (("sgd", optax.sgd(0.3)), ("adam", optax.adam(0.3))):
+        tx = optimizers.OPTIMIZERS[name](config, per_run)
+        ref = optax.chain(optax.clip_by_global_norm(1.0), reference)
+        ours, theirs, p, q = tx.init(params), ref.init(params), params, params
+        for grads in ({"w": jnp.array([3.0, 4.0]), "b": jnp.array(0.1)},        # norm above 1: clipped
+                      {"w": jnp.array([0.1, -0.2]), "b": jnp.array(-0.3)}):
+            u, ours = tx.update(grads, ours, p)
+            v, theirs = ref.update(grads, theirs, q)
+            p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), p, q)   # lr held as float32
+        held = [float(v) for _, v in optax.tree_utils.tree_get_all_with_path(ours, "learning_rate")]
+        assert held == ([pytest.approx(0.3)] if per_run else []), name
+    old = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.3))       # rnnjax's state before the field
+    assert (jax.tree.structure(optimizers.OPTIMIZERS["sgd"](config).init(params))
+            == jax.tree.structure(old.init(params)))
+
+
+def test_a_run_records_its_optimizer_resumes_with_it_and_refuses_another(small_data, tmp_path):
+    config = TINY.replace(epochs=1, optimizer="adam", lr=0.01)
+    said = []
+    adam = fit(config, small_data, tmp_path / "adam", devices=1, log=said.append, progress=False)
+    assert said[0].startswith("new run of 1 epoch") and ", adam optimizer; writing to" in said[0]
+    sgd = fit(config.replace(optimizer="sgd"), small_data, tmp_path / "sgd", devices=1, log=None)
+    assert adam.history[0]["train_loss"] != sgd.history[0]["train_loss"]      # Adam stepped, not SGD
+    assert json.loads((tmp_path / "adam" / checkpoint.CONFIG).read_text())["config"]["optimizer"] == "adam"
+    assert checkpoint.restore(tmp_path / "adam").config.optimizer == "adam"
+    with pytest.raises(checkpoint.CheckpointError, match=r"another configuration \(optimizer='sgd' \(it has "
+                                                         r"'adam'\)\)\. Use a new workdir"):
+        fit(config.replace(optimizer="sgd", epochs=2), small_data, tmp_path / "adam", devices=1, log=None)
+    resumed = fit(config.replace(epochs=2), small_data, tmp_path / "adam", devices=1, log=None)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+
+
+def test_one_s_own_optimizer_is_registered_as_a_cell_is(small_data, tmp_path, monkeypatch):
+    """Named before the workdir is made where none is registered under the name; a restore for inference
+    reads the parameters alone, the optimizer registered or not."""
+    unknown = (r"^optimizer='adamw' is not a known optimizer; choose from \['adam', 'sgd'\], or register one "
+               r"of your own in rnnjax.OPTIMIZERS \(rnnjax.optimizers\), in each interpreter that trains its "
+               r"runs\.$")
+    with pytest.raises(ConfigError, match=unknown):
+        fit(TINY.replace(optimizer="adamw"), small_data, tmp_path / "none", devices=1, log=None)
+    assert not (tmp_path / "none").exists()
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "adamw", optimizers.clipped(optax.adamw))
+    configs = [TINY.replace(epochs=1, optimizer="adamw", lr=lr) for lr in (0.01, 0.02)]
+    result = rnnjax.fit_runs(configs, small_data, tmp_path, devices=1, log=None)   # each run's lr kept
+    held = optax.tree_utils.tree_get_all_with_path(result.state.opt_state, "learning_rate")
+    assert [np.asarray(v).tolist() for _, v in held] == [pytest.approx([0.01, 0.02])]
+    monkeypatch.delitem(rnnjax.OPTIMIZERS, "adamw")        # as another interpreter
+    restored = checkpoint.restore(tmp_path, run=1)
+    jax.tree.map(np.testing.assert_array_equal, restored.params,
+                 jax.tree.map(lambda x: x[1], result.state.params))
+    with pytest.raises(ConfigError, match=unknown):          # a resume: before anything is written
+        rnnjax.fit_runs([c.replace(epochs=2) for c in configs], small_data, tmp_path, devices=1, log=None)
+    assert checkpoint.steps(tmp_path) == [restored.step] and not (tmp_path / checkpoint.DAMAGED).exists()
