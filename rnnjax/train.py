@@ -181,14 +181,9 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
         check_params(params, config, len(data.vocab))
     if plan is not None:
         check_plan(plan, config, data, workdir)
-        return _fit(plan, data, params, checkpoint_every, keep, progress)
+        return _fit(plan, data, params, checkpoint_every, keep, progress, log)
     with planned(config, data, workdir, devices=devices) as p:
-        if log:
-            given = "" if params is None else "; from the params given" if p.step is None else (
-                "; the params given are not used: the run resumes from its checkpoint (a new workdir starts "
-                "from them)" if not p.finished else "")
-            log(p.describe() + given)
-        return _fit(p, data, params, checkpoint_every, keep, progress)
+        return _fit(p, data, params, checkpoint_every, keep, progress, log)
 
 
 def epoch_lines(log: Callable[[str], Any], epochs: int) -> Callable:
@@ -239,7 +234,12 @@ def check_saving(checkpoint_every: int, keep: int) -> tuple[int, int]:
 
 
 def _fit(p: Plan, data: WindowedText, params: Any, checkpoint_every: int, keep: int,
-         progress: Callable | None) -> FitResult:
+         progress: Callable | None, log: Callable[[str], Any] | None) -> FitResult:
+    if log:             # what it will do, once the plan is made under the lock (fit_runs' says it alike)
+        given = "" if params is None else "; from the params given" if p.step is None else (
+            "; the params given are not used: the run resumes from its checkpoint (a new workdir starts "
+            "from them)" if not p.finished else "")
+        log(p.describe() + given)
     config = p.config
     state = create_train_state(config, len(data.vocab), params) if p.state is None else p.state
     step = functools.partial(train_windows, rng=dropout_key(config))

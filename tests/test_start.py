@@ -247,7 +247,10 @@ def test_fit_trains_a_plan_only_inside_the_planned_block_that_made_it(small_data
         with pytest.raises(ValueError, match="made with 300 train"):
             fit(config, other, tmp_path, devices=1, log=None, plan=p)
         monkeypatch.chdir(tmp_path.parent)            # the same workdir, spelled another way
-        assert fit(config, small_data, tmp_path.name, devices=1, log=None, plan=p).history[-1]["epoch"] == 1
+        said = []                                     # what it will do, as fit_runs says it too
+        assert fit(config, small_data, tmp_path.name, devices=1, log=said.append, progress=False,
+                   plan=p).history[-1]["epoch"] == 1
+        assert said == [p.describe()]
     with pytest.raises(ValueError, match="only inside the block"):
         fit(config, small_data, tmp_path, devices=1, log=None, plan=p)
     assert not (tmp_path / "other").exists()
