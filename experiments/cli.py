@@ -203,8 +203,8 @@ def shared_settings(args: argparse.Namespace, configs: list | None, workdir: Pat
     the command, and the runs it trains (as the flags resolve: no --seed is --seed 0) or the checkpoint it
     reads."""
     if args.predict is not None:
-        return {"command": "--predict", "workdir": os.path.abspath(args.workdir), "--run": args.run,
-                "--best": args.best}
+        return {"command": "--predict", "workdir": os.path.abspath(args.workdir), "run": args.run,
+                "best": args.best}
     return {"command": "training", **agree.of_training(configs, together, workdir,
                                                        args.devices or len(jax.local_devices()),
                                                        args.checkpoint_every, args.keep)}

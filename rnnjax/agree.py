@@ -10,6 +10,7 @@ differs. Training, they agree on a stop (``caught_by_any``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -19,7 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax.spelling import shown
+from rnnjax.config import Config
+from rnnjax.spelling import shown, spelt
 from rnnjax.stops import LostProcess
 
 # Seconds a process waits for the others to reach a check: they may read and tokenize a large text first.
@@ -46,9 +48,11 @@ def check_agreed(what: dict[str, Any], timeout_s: float = TIMEOUT_S) -> None:
         theirs = json.loads(_wait_for(client, n, "given", other, deadline, timeout_s))
         name = next((name for name, value in mine.items() if theirs.get(name) != value), None)
         if name is not None and differ is None:
-            differ = (f"The processes of this multi-host run were given other settings: {name} "
-                      f"{_said(mine[name])} here (process {me}), {_said(theirs.get(name))} in process "
-                      f"{other}; give every process the same settings and the same workdir path.")
+            ours, yours = _setting(name, mine[name]), _setting(name, theirs.get(name))
+            yours = yours if _is_set(name) else _said(theirs.get(name))
+            differ = (f"The processes of this multi-host run were given other settings: {ours} here (process "
+                      f"{me}), {yours} in process {other}; give every process the same settings and the same "
+                      "workdir path.")
     # Each goes on once every other has read its settings: one that gave up waiting is never read as agreed.
     client.key_value_set(f"rnnjax/agree/{n}/read/{me}", "")
     for other in others:
@@ -127,8 +131,27 @@ def _wait_for(client: Any, n: int, what: str, process: int, deadline: float, tim
 def _said(value: Any) -> str:
     """A value as a flag takes it: a list comma-separated, ``None`` as not given."""
     if isinstance(value, list):
-        return ",".join(map(str, value))
-    return "not given" if value is None else str(value)
+        return ",".join(map(shown, value))
+    return "not given" if value is None else shown(value)
+
+
+# What the processes agree on that their user set, beside Config's fields: fit's arguments (the command's
+# flags), named as given.
+_ARGUMENTS = {"devices", "checkpoint_every", "keep", "workdir", "run", "best"}
+
+
+def _is_set(name: str) -> bool:
+    field = name.rpartition("'s ")[2]       # "run 1's lr": run 1's field
+    return field in _ARGUMENTS or field in {f.name for f in dataclasses.fields(Config)}
+
+
+def _setting(name: str, value: Any) -> str:
+    """``batch_size=16`` (``--batch-size 16`` as a command's flag), ``run 1's lr=2``; another thing the
+    processes agree on as ``name value``."""
+    run, sep, field = name.rpartition("'s ")
+    if not _is_set(name) or value is None or isinstance(value, list):
+        return f"{run}{sep}{spelt(field) if _is_set(name) else field} {_said(value)}"
+    return f"{run}{sep}{spelt(field, value)}"
 
 
 def of_configs(configs: list, together: bool) -> dict[str, Any]:
@@ -143,7 +166,7 @@ def of_training(configs: list, together: bool, workdir: Any, devices: int, check
     """What the processes training ``configs`` must share, known before the text is read: the runs, the
     workdir's path, each process's device count and how it saves (the CLI checks it as they join)."""
     return {**of_configs(configs, together), "workdir": os.path.abspath(workdir),
-            "devices of each process (--devices)": devices, "checkpoint_every": checkpoint_every,
+            "devices": devices, "checkpoint_every": checkpoint_every,
             "keep": keep}
 
 

@@ -2,6 +2,7 @@
 jax.distributed's key-value store (here a dict standing in for it, as process 0 of two); the real two
 processes are in test_parallel.py."""
 
+import contextlib
 import json
 
 import jax
@@ -9,6 +10,7 @@ import pytest
 
 from conftest import TINY
 from rnnjax import agree
+from rnnjax.spelling import flag_spelling
 from rnnjax.start import plan
 
 
@@ -56,12 +58,38 @@ def test_the_same_settings_agree_once_each_has_read_the_others(process_0_of_2):
 def test_the_first_setting_that_differs_is_named_with_both_values_and_every_process_leaves_the_run(
         process_0_of_2):
     store, shutdowns = process_0_of_2
-    given(store, {"epochs": 3, "seed": [0, 1, 2], "--run": 1})
+    given(store, {"epochs": 3, "seed": [0, 1, 2], "run": 1})
     with pytest.raises(ValueError, match=r"^The processes of this multi-host run were given other settings: "
-                                         r"seed 0,1 here \(process 0\), 0,1,2 in process 1; give every "
+                                         r"seed 0,1 here \(process 0\), seed 0,1,2 in process 1; give every "
                                          r"process the same settings and the same workdir path\.$"):
-        agree.check_agreed({"epochs": 3, "seed": [0, 1], "--run": None})
+        agree.check_agreed({"epochs": 3, "seed": [0, 1], "run": None})
     assert shutdowns == [1]             # else process 0, exiting first, aborts the others in C++
+
+
+@pytest.mark.parametrize("ours, theirs, python, flags", [
+    ({"batch_size": 16}, {"batch_size": 32}, "batch_size=16 here (process 0), batch_size=32 in process 1",
+     "--batch-size 16 here (process 0), --batch-size 32 in process 1"),
+    ({"run 1's lr": 1.0}, {"run 1's lr": 2.0}, "run 1's lr=1 here (process 0), run 1's lr=2 in process 1",
+     "run 1's --lr 1 here (process 0), run 1's --lr 2 in process 1"),
+    ({"bidirectional": True}, {"bidirectional": False},
+     "bidirectional=True here (process 0), bidirectional=False in process 1",
+     "--bidirectional here (process 0), --no-bidirectional in process 1"),
+    ({"devices": 2}, {"devices": 1}, "devices=2 here (process 0), devices=1 in process 1",
+     "--devices 2 here (process 0), --devices 1 in process 1"),
+    ({"the text's tokens": "5 (CRC-32 1)"}, {"the text's tokens": "5 (CRC-32 2)"},
+     "the text's tokens 5 (CRC-32 1) here (process 0), 5 (CRC-32 2) in process 1", None)])
+def test_a_setting_that_differs_is_named_as_its_user_gave_it(process_0_of_2, monkeypatch, ours, theirs,
+                                                             python, flags):
+    """As fit's arguments and Config's fields from Python, as the command's flags within flag_spelling."""
+    for spelling, says in ((contextlib.nullcontext, python), (flag_spelling, flags or python)):
+        store, _ = process_0_of_2
+        monkeypatch.setattr(agree, "_made", [0])
+        store.clear()
+        given(store, theirs)
+        with pytest.raises(ValueError) as e, spelling():
+            agree.check_agreed(ours)
+        said = str(e.value)
+        assert said.startswith(f"The processes of this multi-host run were given other settings: {says};")
 
 
 def test_a_process_that_never_comes_is_a_timeout_and_one_coming_late_stops_too(process_0_of_2):
@@ -111,7 +139,7 @@ def test_a_run_is_its_configs_workdir_checkpoint_start_text_devices_and_saving(s
     assert {k: what[k] for k in ("epochs", "seed", "cell")} == {"epochs": 3, "seed": 0, "cell": "rnn"}
     assert what["workdir"] == str((tmp_path / "w").absolute()) and what["checkpoint resumed"] == \
         "none (a new run)"
-    assert (what["devices of each process (--devices)"], what["checkpoint_every"], what["keep"]) == (
+    assert (what["devices"], what["checkpoint_every"], what["keep"]) == (
         len(jax.local_devices()), 1, 3)
     other = small_data.__class__.__new__(small_data.__class__)
     other.__dict__.update(small_data.__dict__, corpus=small_data.corpus[::-1].copy())   # another text

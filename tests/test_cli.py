@@ -65,4 +65,4 @@ def test_multi_host_processes_compare_what_the_flags_resolve_to(tmp_path, monkey
     assert shared("--workdir", "W")["workdir"] == str(tmp_path / "W")
     predict = cli.shared_settings(cli.parse_args(["--workdir", "W", "--predict", "it", "--num-preds", "5"]),
                                   None, None, False)
-    assert predict == {"command": "--predict", "workdir": str(tmp_path / "W"), "--run": None, "--best": False}
+    assert predict == {"command": "--predict", "workdir": str(tmp_path / "W"), "run": None, "best": False}
