@@ -79,8 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise ValueError(f"no file {data!r}: give d2l's timemachine.txt as --data PATH or "
                              "$RNNJAX_TIMEMACHINE (the check downloads nothing).")
         try:    # here, not at the top: a machine without JAX still gets its parts run and recorded
-            from rnnjax.spelling import flag_spelling
             from rnnjax.source import timemachine_path
+            from rnnjax.spelling import flag_spelling
         except ImportError:
             pass
         else:   # every part trains on it: a wrong file fails them all (DataError, a ValueError)
@@ -119,6 +119,15 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(ImportError):      # a machine without JAX still gets its parts run and recorded
         stopping.load_jax()         # $JAX_* that JAX cannot read as it loads: one line, before any part
+    try:
+        from rnnjax.spelling import flag_spelling
+    except ImportError:
+        flag_spelling = contextlib.nullcontext
+    with flag_spelling():           # rnnjax's messages name settings as the check's flags
+        return _checked(argv)
+
+
+def _checked(argv) -> int:
     args = parse_args(argv)
     summary = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "data": args.data,
                "parts": {}}

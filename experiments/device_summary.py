@@ -148,7 +148,7 @@ def check_out(out: Path) -> None:
         pass
     else:
         try:
-            with flag_spelling():
+            with flag_spelling():       # its sentence of a --workdir, said below of --out
                 check_writable(out)
         except WorkdirError as e:       # rnnjax's sentence of a --workdir, said of --out
             said = str(e)

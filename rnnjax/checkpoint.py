@@ -29,7 +29,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from rnnjax import meta as meta_lib, orbax_logs, stops, workdir as workdir_lib
 from rnnjax.config import Config
-from rnnjax.spelling import spelt
+from rnnjax.spelling import again, spelt
 from rnnjax.restore import Restored, restore, restore_state  # noqa: F401
 from rnnjax.stored import (CONFIG, DAMAGED, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
                            DamagedCheckpoint, UnknownCell, check_fits, latest_step, read_meta,
@@ -170,7 +170,7 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) ->
             else f"its last complete checkpoint is step {latest}")
     what = f"step {step}" if step is not None else "a checkpoint"
     return CheckpointError(f"Saving {what} to {directory} failed ({reason(e)}); training stopped and "
-                           f"{last}. Free space (or fix the cause) and run the same command to resume.")
+                           f"{last}. Free space (or fix the cause) and {again()} to resume.")
 
 
 def write_config(workdir: Path, config: Config, vocab: Vocab, runs: list[Config] | None = None) -> None:

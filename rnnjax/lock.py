@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from rnnjax.spelling import spelt
+from rnnjax.spelling import again, spelt
 from rnnjax.stored import CONFIG, steps
 
 LOCKFILE = ".lock"
@@ -162,7 +162,7 @@ class Held:
         if folder is None:
             raise WorkdirError(f"The workdir's lock file {self.workdir / LOCKFILE} was removed or replaced "
                                "while this run held it, so another run may be writing there: this run "
-                               f"stopped, writing nothing more{saved}. Run the same command again to resume.")
+                               f"stopped, writing nothing more{saved}. {again().capitalize()} to resume.")
         with contextlib.suppress(OSError):      # the folder's lock holds: the lock file made again
             fd = os.open(self._path / LOCKFILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                          | os.O_NONBLOCK, 0o644)

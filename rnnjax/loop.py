@@ -30,7 +30,7 @@ from rnnjax import agree, checkpoint, computing as computing_lib, meta as meta_l
 from rnnjax import preflight
 from rnnjax.xla import compiler_options
 from rnnjax.config import SWEEPABLE
-from rnnjax.spelling import spelt
+from rnnjax.spelling import again, spelt
 from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
@@ -298,7 +298,7 @@ def _stopped(manager: Any, signum: int, caught: int | None, epoch: int, batch: i
     checkpoint.check_saved(manager)
     by = "" if caught else ", caught by another process of the multi-host run,"
     signum = caught or signum
-    then = "Nothing is left to train." if finished else "Run the same command again to resume."
+    then = "Nothing is left to train." if finished else f"{again().capitalize()} to resume."
     name = signal.Signals(signum).name
     return Interrupted(f"Stopped by signal {signum} ({name}){by} in epoch {epoch + 1} after batch "
                        f"{batch}/{steps_per_epoch}; saved step {step} in {workdir}. {then}", signum)

@@ -54,6 +54,12 @@ def spelt(name: str, *value: Any) -> str:
     return f"{flag(name)} {shlex.quote(v) if isinstance(v, str) else shown(v)}"      # as a shell takes it
 
 
+def again(python: str = "train again in the same workdir") -> str:
+    """What to do again once the cause is fixed: ``run the same command again`` within ``flag_spelling``;
+    from Python, ``python`` (what the call was)."""
+    return "run the same command again" if _AS_FLAGS.get() else python
+
+
 def _as_python(value: Any) -> str:
     return repr(value) if isinstance(value, str) else shown(value)
 

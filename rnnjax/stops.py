@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from rnnjax.config import Config, label
-from rnnjax.spelling import spelt
+from rnnjax.spelling import again, spelt
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -67,7 +67,7 @@ class _StopFlag:
     def _second(signum: int) -> Interrupted:
         return Interrupted(f"Stopped at once by a second signal {signum} ({signal.Signals(signum).name}): "
                            "the workdir keeps its last complete checkpoint, the first signal's where its "
-                           "save finished (one cut short is never listed). Run the same command again to "
+                           f"save finished (one cut short is never listed). {again().capitalize()} to "
                            "resume.", signum)
 
 

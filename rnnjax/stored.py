@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 
 from rnnjax import meta as meta_lib
 from rnnjax.cells import CELLS, OWN_CELLS, registered_as
-from rnnjax.spelling import as_flags
+from rnnjax.spelling import again, as_flags
 
 SUBDIR = "checkpoints"
 DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
@@ -57,7 +57,7 @@ def not_read(step: int, directory: Path, what: str, e: Exception) -> CheckpointE
         cause = cause.__cause__ or cause.__context__
     if denied:
         return UnreadableCheckpoint(f"The checkpoint at step {step} in {directory} {what} ({reason(e)}): it "
-                                    "is not damaged; fix its permissions and run the same command again.")
+                                    f"is not damaged; fix its permissions and {again('try again')}.")
     return DamagedCheckpoint(step, directory, f"{what} ({reason(e)})")
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax.spelling import spelt
+from rnnjax.spelling import again, spelt
 from rnnjax.lock import LOCKFILE, WorkdirError, describe as _describe
 from rnnjax.saved import config_settings
 from rnnjax.stored import CONFIG, DAMAGED, METRICS, PLOT, SUBDIR, UnknownCell
@@ -171,8 +171,8 @@ def write_atomically(path: Path, text: str | None = None, save: Callable[[Path],
     ``WorkdirError`` (no temporary file left) if the disk is full or the file cannot be written."""
     tmp = path.with_name(path.name + ".tmp")
     if tmp.is_dir() and not tmp.is_symlink():
-        raise WorkdirError(f"{tmp} is a folder, where {path.name} is written first; move it aside and run "
-                           "the same command again.")
+        raise WorkdirError(f"{tmp} is a folder, where {path.name} is written first; move it aside and "
+                           f"{again('try again')}.")
     try:
         if tmp.is_symlink() or tmp.exists():     # ours, from a crash; never opened (it could be a FIFO)
             tmp.unlink()
@@ -190,7 +190,7 @@ def write_atomically(path: Path, text: str | None = None, save: Callable[[Path],
         if not isinstance(e, OSError):
             raise
         raise WorkdirError(f"{path} cannot be written ({_describe(e)}); free space (or fix the cause) and "
-                           "run the same command again.") from None
+                           f"{again('try again')}.") from None
 
 
 def _crc32(x: Any) -> str:

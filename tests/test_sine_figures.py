@@ -31,7 +31,7 @@ def test_a_figure_the_full_disk_cuts_off_is_not_left_and_its_error_names_it(tmp_
     with pytest.raises(WorkdirError) as e:
         plot_tiny(tmp_path)
     assert str(e.value) == (f"{tmp_path / 'sine-onestep.png'} cannot be written (No space left on device); "
-                            "free space (or fix the cause) and run the same command again.")
+                            "free space (or fix the cause) and try again.")   # Python's: not sine's command
     assert list(tmp_path.iterdir()) == []
 
 
