@@ -168,8 +168,8 @@ def _check_preset_fits(args: argparse.Namespace, configs: list[config_lib.Config
     elif names:
         differ = [spelling.disagreement(n, list(dict.fromkeys(getattr(c, n) for c in configs)),
                                         list(dict.fromkeys(getattr(s, n) for s in have))) for n in names]
-        flagged = " with the flags given" if flags.given(args) else ""
-        raise ValueError(f"{args.workdir} holds a run of other settings than --preset {args.preset}"
-                         f"{flagged} asks for: {'; '.join(differ)}. Leave --preset out to train it on with "
+        asks = " and the flags given ask" if flags.given(args) else " asks"
+        raise ValueError(f"{args.workdir} holds a run of other settings than --preset {args.preset}{asks} "
+                         f"for: {'; '.join(differ)}. Leave --preset out to train it on with "
                          "its own settings, or use a new --workdir.")
     return saved[3] and not args.anew

@@ -188,7 +188,8 @@ class Corpus(WindowedText):
             else:
                 need = (f"a training window and a validation window of {spelt('num_steps')} + 1 = {window} "
                         "tokens each")
-                last = f"the last {self.val_fraction:g} of the tokens, which validates"
+                last = (f"the last {self.val_fraction:g} of the tokens "
+                        f"({spelt('val_fraction', self.val_fraction)}), which validates")
                 val = num_tokens - train_end
                 need += f": {last}, is {val} token{'s' * (val != 1)}" if train_end >= window else f" ({last})"
             made = f"{num_tokens} token{'s' * (num_tokens != 1)}"

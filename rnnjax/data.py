@@ -25,6 +25,7 @@ import numpy as np
 from flax import struct
 
 from rnnjax.source import PREPROCESSED_SHA1, DataError, load_text
+from rnnjax.spelling import spelt
 from rnnjax.vocab import Vocab  # noqa: F401 (where it always was)
 
 
@@ -128,14 +129,14 @@ class WindowedText:
         differ = []                     # (the data's, the config's)
         for k, made in self.options.items():
             asked = getattr(config, k)
-            if k == "min_freq":         # 0 and 1 keep every token
-                made, asked = max(made, 1), max(asked, 1)
-            if made != asked:
-                differ.append((f"{k} {made!r}", f"{k} {asked!r}"))
+            same = max(made, 1) == max(asked, 1) if k == "min_freq" else made == asked   # 0, 1: every token
+            if not same:
+                differ.append((spelt(k, made), spelt(k, asked)))
         split = self.split(config.num_train, config.num_val)
         if (self.num_train, self.num_val) != split:
             differ.append((f"{self.num_train} train and {self.num_val} validation windows", f"{split[0]} and "
-                           f"{split[1]} (num_train {config.num_train}, num_val {config.num_val})"))
+                           f"{split[1]} ({spelt('num_train', config.num_train)}, "
+                           f"{spelt('num_val', config.num_val)})"))
         if differ:
             made, asked = "; ".join(d for d, _ in differ), "; ".join(c for _, c in differ)
             raise ValueError(f"The data was made with {made}, the config asks for {asked}: make it with "
@@ -209,8 +210,8 @@ class TimeMachine(WindowedText):
         if num_windows < num_train + num_val:
             raise DataError(
                 f"The corpus has {len(self.corpus)} characters after preprocessing, which make "
-                f"{max(num_windows, 0)} windows of num_steps + 1 = {num_steps + 1}; "
-                f"num_train + num_val = {num_train + num_val} are needed.")
+                f"{max(num_windows, 0)} windows of {spelt('num_steps')} + 1 = {num_steps + 1}; "
+                f"{spelt('num_train')} + {spelt('num_val')} = {num_train + num_val} are needed.")
         windows = np.lib.stride_tricks.sliding_window_view(self.tokens, num_steps + 1)
         self.X, self.Y = windows[:, :-1], windows[:, 1:]
 

@@ -79,8 +79,12 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
         raise ValueError(f"{spelt('process_id')} must be from 0 to {spelt('num_processes')} - 1, got "
                          f"{process_id}.")
     if not 0 < timeout_s < 1e6:         # NaN fails this too
-        raise ValueError(f"{spelt('join_timeout')} must be a number of seconds above 0 and below 1e6, "
+        raise ValueError(f"{_wait()} must be a number of seconds above 0 and below 1e6, "
                          f"got {shown(timeout_s)}.")
+
+
+def _wait() -> str:
+    return spelt("join_timeout") if as_flags() else "timeout_s"       # the argument's name here
 
 
 def initialize_distributed(coordinator: str | None, num_processes: int | None,
@@ -116,7 +120,7 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
         where = f"at {coordinator}" if coordinator else "that JAX found"
         raise TimeoutError(f"The multi-host run {where} did not start within {shown(timeout_s)} s: not every "
                            "one of its processes joined. Check the address and that all of them were started "
-                           f"({spelt('join_timeout')} sets the wait).")
+                           f"({_wait()} sets the wait).")
     if failed and isinstance(failed[0], ValueError):     # settings JAX found missing or wrong
         if "coordinator_address" in str(failed[0]):
             raise ValueError("JAX found no multi-host run to join (no cluster it knows, no "

@@ -235,7 +235,7 @@ def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fa
         why = _why_stopped(metas[max(metas)], run) if metas else None
         if not ranked and why is not None:
             raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}), and no checkpoint holds a "
-                                  "finite validation perplexity of it: restore another run.")
+                                  f"finite validation perplexity of it: {_another_run()}.")
         if not ranked:
             raise CheckpointError(f"No checkpoint in {workdir} has a validation perplexity that can be read.")
         return [s for _, s in ranked]
@@ -317,10 +317,10 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
         if why is not None:
             before = [s for s in steps(workdir) if s < step and (earlier := _meta_or_none(workdir, s))
                       is not None and _why_stopped(earlier, run) is None]
-            other = (f", or one saved before it stopped: the newest with step={max(before)}, the "
-                     f"best with {spelt('best', True)}." if before else
-                     "; no checkpoint kept is from before it stopped.")
-            raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): restore another run{other}")
+            newest = "" if as_flags() or not before else f"the newest with step={max(before)}, "   # no --step
+            other = (f", or one saved before it stopped: {newest}the best with {spelt('best', True)}."
+                     if before else "; no checkpoint kept is from before it stopped.")
+            raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): {_another_run()}{other}")
         target = abstract_run_states([sgd[c] for c in runs], len(vocab))
         stacked = restore_state(workdir / SUBDIR, step, target, meta, True)
         params = jax.tree.map(lambda x: x[run], stacked)
@@ -328,6 +328,10 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
         params = restore_state(workdir / SUBDIR, step, abstract_train_state(sgd[config], len(vocab)), meta,
                                True)
     return Restored(config, vocab, params, step, meta)
+
+
+def _another_run() -> str:
+    return "choose another --run" if as_flags() else "restore another run"
 
 
 def _why_stopped(meta: dict, run: int | None) -> str | None:

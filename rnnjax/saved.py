@@ -106,8 +106,8 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
             for name in saved.differences(config)]
     if diff:
         raise CheckpointError(
-            f"{workdir} holds a run with another configuration ({'; '.join(diff)}). Use a new "
-            f"{spelt('workdir')}, or the checkpoint's settings to resume it.")
+            f"{workdir} holds a run of another configuration than the one given: {'; '.join(diff)}. Use a "
+            f"new {spelt('workdir')}, or the checkpoint's settings to resume it.")
     why = Vocab.from_json(meta["vocab"]).differs(vocab)
     if why:
         raise CheckpointError(f"{workdir} holds a run trained on {why}. Use a new {spelt('workdir')}, or "

@@ -22,7 +22,7 @@ from rnnjax import (checkpoint, computing as computing_lib, kernels, lock as loc
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as
 from rnnjax.config import Config, check_is_config, label
-from rnnjax.spelling import got, spelt
+from rnnjax.spelling import as_flags, got, spelt
 from rnnjax.data import WindowedText
 from rnnjax.meta import Position
 from rnnjax.parallel import DataParallel
@@ -77,8 +77,9 @@ class Plan:
             newer = "".join(f"; checkpoint step {step} {why} (a run that trains on sets it aside)"
                             for step, why in self.damaged)
             return (f"{self.workdir} holds {held}{more} (step {self.step}), the run asks for "
-                    f"{_epochs(self.config.epochs)}: nothing to train; raise {spelt('epochs')} to train "
-                    f"on{newer}.")
+                    f"{_epochs(self.config.epochs)}: nothing to train; "
+                    f"{'raise --epochs to train on' if as_flags() else 'a config of more epochs trains on'}"
+                    f"{newer}.")
         else:
             stopped = sum(why is not None for why in self.position.stopped)
             runs = f"{len(self.runs)} runs ({stopped} stopped earlier) " if stopped else \
@@ -139,9 +140,9 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
     workdir is), for a caller to make before it reads a text: ``ValueError`` in one sentence; the devices."""
     workdir = Path(workdir)
     if config.bidirectional:
-        raise ValueError("A bidirectional RNN cannot be trained as a language model: its reverse direction "
-                         "reads the characters it is asked to predict. Use it where whole sequences are "
-                         "given, e.g. for classification.")
+        raise ValueError(f"A bidirectional RNN ({spelt('bidirectional', True)}) cannot be trained as a "
+                         "language model: its reverse direction reads the characters it is asked to predict. "
+                         "Use it where whole sequences are given, e.g. for classification.")
     kernels.check(config)
     dp = DataParallel.create(devices)
     dp.check_batch_size(config.batch_size)
@@ -165,8 +166,9 @@ def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: i
     data.check_made_for(config)
     per_epoch = data.num_batches(True)
     if config.epochs * per_epoch >= 2 ** 31:        # the state's step counter is an int32
-        raise ValueError(f"{spelt('epochs', config.epochs)} of {per_epoch} steps each is "
-                         f"{config.epochs * per_epoch} steps; a run takes at most 2**31 - 1.")
+        each = spelt("steps_per_epoch", per_epoch) if config.steps_per_epoch else f"{per_epoch} steps each"
+        raise ValueError(f"{spelt('epochs', config.epochs)} of {each} is {config.epochs * per_epoch} "
+                         "steps; a run takes at most 2**31 - 1.")
     memory.check(config, len(data.vocab), dp.num_shards, len(runs or [None]), dp.devices[0],
                  data_bytes=data.tokens.nbytes)
     return dp

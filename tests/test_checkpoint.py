@@ -164,7 +164,8 @@ def test_config_mismatch_is_a_clear_error_and_nothing_is_touched(small_data, tmp
     fit(with_epochs(SMALL, 1), small_data, tmp_path, devices=1)
     before = tree_digest(tmp_path)
     other = SMALL.replace(num_hiddens=32)
-    with pytest.raises(CheckpointError, match=r"\(num_hiddens=32 \(it has 16\)\)\. Use a new workdir,"):
+    with pytest.raises(CheckpointError, match=r"than the one given: num_hiddens=32 \(it has 16\)\. "
+                                              r"Use a new workdir,"):
         fit(other, small_data, tmp_path, devices=1)
     assert tree_digest(tmp_path) == before
 

@@ -112,8 +112,8 @@ def tm_text(path):
     (b"too short", "makes 9 tokens .* too few for a training window and a validation window"),
     (b"a", "makes 1 token .* too few"),
     (b"the time machine " * 3, r"makes 51 tokens .* too few for a training window and a validation window "
-                               r"of num_steps \+ 1 = 9 tokens each: the last 0.1 of the tokens, which "
-                               r"validates, is 6 tokens\.$"),      # the training part is long enough
+                               r"of num_steps \+ 1 = 9 tokens each: the last 0.1 of the tokens "
+                               r"\(val_fraction=0.1\), which validates, is 6 tokens\.$"),
 ])
 def test_bad_text_is_one_sentence_and_nothing_is_cached(tmp_path, content, match):
     path = tmp_path / "bad.txt"

@@ -234,7 +234,7 @@ BAD = [  # (flags, what the one line says)
     (["--clip", "inf"], "--clip must be a positive finite"), (["--dropout", "1.5"], "--dropout must be in"),
     (["--cell", "nope"], "not a known cell"), (["--nonlinearity", "sigmoid"], "--nonlinearity must be"),
     (["--batch-size", str(10 ** 7)], "GiB for a training step"),
-    (["--num-train", "10000000"], "windows of num_steps"),
+    (["--num-train", "10000000"], "windows of --num-steps + 1 = 9; --num-train + --num-val = 10000050 are"),
     (["--devices", "99"], "--devices 99"), (["--batch-size", "1023"], "not divisible"),
     (["--sample"], "add --predict"),
     (["--predict", "a", "--temperature", "0"], "--temperature must be"),

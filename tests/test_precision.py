@@ -217,5 +217,5 @@ def test_the_first_line_of_a_cell_not_rnnjaxs_says_which_matmuls_sum_in_bfloat16
 def test_a_run_resumes_at_another_matmul_precision_but_not_in_another_compute_dtype(small_data, tmp_path):
     fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
     assert plan(TINY.replace(matmul_precision="high"), small_data, tmp_path, devices=1).step == 13
-    with pytest.raises(CheckpointError, match=r"\(compute_dtype='bfloat16' \(it has 'float32'\)\)"):
+    with pytest.raises(CheckpointError, match=r": compute_dtype='bfloat16' \(it has 'float32'\)\. Use"):
         plan(TINY.replace(compute_dtype="bfloat16"), small_data, tmp_path, devices=1)

@@ -17,6 +17,7 @@ from conftest import TINY, assert_trees_equal, tree_digest
 
 from rnnjax import checkpoint, corpus, runs, state as state_lib
 from rnnjax.checkpoint import CheckpointError
+from rnnjax.spelling import flag_spelling
 from rnnjax.state import create_train_state, make_model
 from rnnjax.train import fit
 
@@ -300,6 +301,9 @@ def test_a_run_that_stopped_early_names_a_checkpoint_from_before_it_stopped_wher
               rf"step={per_epoch}, the best with best=True\.$")
     with pytest.raises(CheckpointError, match=before):
         checkpoint.restore(tmp_path, run=1)
+    with pytest.raises(CheckpointError, match=stopped + r": choose another --run, or one saved before it "
+                                                        r"stopped: the best with --best\.$"), flag_spelling():
+        checkpoint.restore(tmp_path, run=1)          # as --predict --run 1 says it: the command takes no step
     assert checkpoint.restore(tmp_path, run=1, step=per_epoch).step == per_epoch
     assert checkpoint.restore(tmp_path, run=1, best=True).step == per_epoch
     assert checkpoint.restore(tmp_path, run=0).step == 3 * per_epoch

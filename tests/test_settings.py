@@ -202,7 +202,7 @@ def test_a_preset_given_or_a_workdir_without_a_run_takes_the_preset_and_the_flag
     with pytest.raises(ValueError, match=r"holds a run of other settings than --preset d2l asks for: "
                                          r"--batch-size 1024 \(it has 16\); .*Leave --preset out to train"):
         settings(cli.parse_args(["--workdir", w, "--preset", "d2l"]))
-    with pytest.raises(ValueError, match=r"than --preset tiny with the flags given asks for: --lr 3 "
+    with pytest.raises(ValueError, match=r"than --preset tiny and the flags given ask for: --lr 3 "
                                          r"\(it has 2\)\."):
         settings(cli.parse_args([*tiny[:-1], "3"]))
     (tmp_path / "odd").mkdir()

@@ -45,7 +45,7 @@ def test_a_finished_run_with_a_damaged_newest_checkpoint_says_so_and_ends_at_the
     lines = []
     result = fit(SMALL.replace(epochs=2), small_data, tmp_path, devices=1, log=lines.append)
     assert lines[-1].startswith(f"{tmp_path} holds 2 trained epochs (step 26), the run asks for 2 epochs: "
-                                "nothing to train; raise epochs to train on; checkpoint step 39 ")
+                                "nothing to train; a config of more epochs trains on; checkpoint step 39 ")
     assert lines[-1].endswith("(a run that trains on sets it aside).")
     assert [r["epoch"] for r in result.history] == [1, 2] and int(result.state.step) == 26
     assert sorted(checkpoint.steps(tmp_path)) == [13, 26, 39]     # nothing trains: nothing moves
@@ -165,7 +165,7 @@ def tree_stat(path):
     pytest.param(SMALL, 5, "^devices=5: this process has 4", marks=pytest.mark.cpu_devices(4)),
     pytest.param(SMALL.replace(batch_size=18), 4, "batch size 18 is not divisible",
                  marks=pytest.mark.cpu_devices(4)),
-    (SMALL.replace(lr=2.0), 1, r"\(lr=2 \(it has 1\)\)\. Use a new workdir"),
+    (SMALL.replace(lr=2.0), 1, r"than the one given: lr=2 \(it has 1\)\. Use a new workdir"),
     (SMALL.replace(epochs=2 ** 31 // 13 + 1), 1,           # the step counter is an int32
      r"^epochs=165191050 of 13 steps each is 2147483650 steps; a run takes at most 2\*\*31 - 1\.$"),
 ])
@@ -204,11 +204,14 @@ def test_data_made_otherwise_than_the_config_asks_is_refused(small_data, tmp_pat
         (TimeMachine(SMALL.batch_size, SMALL.num_steps, 160, SMALL.num_val, text=text),
          f"160 train and {SMALL.num_val} validation windows, the config asks for {SMALL.num_train} and"),
         (corpus.Corpus(None, SMALL.batch_size, SMALL.num_steps, text=text, preprocess="raw", val_fraction=0,
-                       num_train=SMALL.num_train, num_val=SMALL.num_val), "preprocess 'raw', the config asks "
-                                                                          "for preprocess 'd2l'"),
+                       num_train=SMALL.num_train, num_val=SMALL.num_val), "preprocess='raw', the config asks "
+                                                                          "for preprocess='d2l'"),
         (corpus.Corpus(None, SMALL.batch_size, SMALL.num_steps, text=text, preprocess="d2l", val_fraction=0.2,
-                       num_train=150, num_val=SMALL.num_val), "val_fraction 0.2; .*, the config asks for "
-                                                              "val_fraction 0.0; "),
+                       num_train=150, num_val=SMALL.num_val), "val_fraction=0.2; .*, the config asks for "
+                                                              "val_fraction=0; "),
+        (corpus.Corpus(None, SMALL.batch_size, SMALL.num_steps, text=text, min_freq=2, preprocess="d2l",
+                       val_fraction=0, num_train=SMALL.num_train, num_val=SMALL.num_val),
+         "min_freq=2, the config asks for min_freq=0: "),        # as it has it (0 was shown as 1)
     ]
     for data, message in cases:
         with pytest.raises(ValueError, match=f"made with .*{message}.*rnnjax.corpus.load"):

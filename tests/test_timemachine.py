@@ -247,7 +247,7 @@ def test_output_on_a_full_disk_stops_in_one_line_and_a_closed_one_trains(make_te
                                          (["--text", ""], "--text is empty; give a path"),
                                          (["--text", "{d}/bin.txt"], "looks binary, not text"),
                                          (["--text", "{d}/bin.txt", "--bidirectional"],   # before reading
-                                          "A bidirectional RNN cannot be trained as a language model"),
+                                          "A bidirectional RNN (--bidirectional) cannot be trained"),
                                          (["--text", "{d}/other.txt", "--token", "words"],
                                           "--token must be char or word, got 'words'"),
                                          (["--text", "{d}/other.txt", "--val-fraction", "0"],

@@ -276,8 +276,9 @@ def test_dropout_changes_training_and_is_off_for_validation(small_data, tmp_path
 
 
 def test_bidirectional_language_model_is_refused_before_anything_is_written(small_data, tmp_path):
-    with pytest.raises(ValueError, match="bidirectional RNN cannot be trained as a language model: its "
-                                         "reverse direction reads the characters it is asked to predict"):
+    with pytest.raises(ValueError, match=r"bidirectional RNN \(bidirectional=True\) cannot be trained as a "
+                                         "language model: its reverse direction reads the characters it is "
+                                         "asked to predict"):
         fit(SMALL.replace(cell="gru", bidirectional=True), small_data, tmp_path / "run", devices=1)
     assert not (tmp_path / "run").exists()
 
