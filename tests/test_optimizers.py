@@ -37,6 +37,7 @@ def test_each_optimizer_clips_then_steps_as_optax_s_own_chain(per_run):
             == jax.tree.structure(old.init(params)))
 
 
+@pytest.mark.slow
 def test_a_run_records_its_optimizer_resumes_with_it_and_refuses_another(small_data, tmp_path):
     config = TINY.replace(epochs=1, optimizer="adam", lr=0.01)
     said = []
@@ -53,6 +54,7 @@ def test_a_run_records_its_optimizer_resumes_with_it_and_refuses_another(small_d
     assert [r["epoch"] for r in resumed.history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_one_s_own_optimizer_is_registered_as_a_cell_is(small_data, tmp_path, monkeypatch):
     """Named before the workdir is made where none is registered under the name; a restore for inference
     reads the parameters alone, the optimizer registered or not."""
