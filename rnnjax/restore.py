@@ -311,7 +311,7 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
     runs = [Config.from_json(c) for c in meta.get("runs", [])]
     run = _run(meta, workdir, run)
     # The params alone are read: a target of any optimizer's state will do where its own is not registered.
-    sgd = {c: c if c.optimizer in OPTIMIZERS else c.replace(optimizer="sgd") for c in [config, *runs]}
+    readable = {c: c if c.optimizer in OPTIMIZERS else c.replace(optimizer="sgd") for c in [config, *runs]}
     if runs:
         config, why = runs[run], _why_stopped(meta, run)
         if why is not None:
@@ -321,12 +321,12 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
             other = (f", or one saved before it stopped: {newest}the best with {spelt('best', True)}."
                      if before else "; no checkpoint kept is from before it stopped.")
             raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): {_another_run()}{other}")
-        target = abstract_run_states([sgd[c] for c in runs], len(vocab))
+        target = abstract_run_states([readable[c] for c in runs], len(vocab))
         stacked = restore_state(workdir / SUBDIR, step, target, meta, True)
         params = jax.tree.map(lambda x: x[run], stacked)
     else:
-        params = restore_state(workdir / SUBDIR, step, abstract_train_state(sgd[config], len(vocab)), meta,
-                               True)
+        target = abstract_train_state(readable[config], len(vocab))
+        params = restore_state(workdir / SUBDIR, step, target, meta, True)
     return Restored(config, vocab, params, step, meta)
 
 
