@@ -84,8 +84,8 @@ class Config:
     bidirectional: bool = _field(False, "a reverse direction beside each layer (not for language models)")
     lr: float = _field(1.0, "learning rate")
     clip: float = _field(1.0, "gradients are scaled down to at most this global norm")
-    optimizer: str = _field("sgd", "sgd (d2l's) or adam, after the clipping; one's own registered in "
-                                   "rnnjax.OPTIMIZERS")
+    optimizer: str = _field("sgd", "sgd (d2l's, at lr 1) or adam (at a smaller lr, e.g. 0.01), after the "
+                                   "clipping; one's own registered in rnnjax.OPTIMIZERS")
     epochs: int = _field(100, "passes over the training windows")
     seed: int = _field(0, "seed of the initial parameters and of the batch order")
     num_train: int = _field(10000, "training windows")

@@ -84,10 +84,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     ``val_<key>``, ``metrics.epoch_record``: sum them over ``axis_name``'s
     devices, as ``eval_steps`` does its own), and unless ``state`` is the
     plan's: the parameters ``p.config`` makes (of each run, stacked), at the
-    checkpoint's step (``p.state`` resumes) or, new, at step 0. A new run's
-    optimizer may be another, but ``p.state`` is restored as
-    ``Config.optimizer`` makes it (``rnnjax.optimizers``): name one there,
-    where every run, new or resumed, takes it.
+    checkpoint's step (``p.state`` resumes) or, new, at step 0, with the
+    optimizer state ``p.config.optimizer`` makes (``rnnjax.optimizers``): the
+    run records it by name, and a resume makes it.
     """
     check_open(p, "loop.run")
     preflight.check_functions(step, evaluate)

@@ -13,13 +13,14 @@ its kind hold.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import optax
 
 from rnnjax.config import ConfigError
-from rnnjax.spelling import spelt
+from rnnjax.spelling import as_flags, got, spelt
 
 
 def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
@@ -37,18 +38,39 @@ OPTIMIZERS: dict[str, Callable[[Any, bool], optax.GradientTransformation]] = {
     "sgd": clipped(optax.sgd),          # d2l's
     "adam": clipped(optax.adam),
 }
+OWN = dict(OPTIMIZERS)                  # rnnjax's own: one registered in place of one is said as a run starts
 
 
 def make(config: Any, per_run: bool = False) -> optax.GradientTransformation:
     """``config.optimizer`` made for ``config``; ``ConfigError`` in one sentence if none is registered under
     its name here (checked as a run is planned, not as a ``Config`` is made: a restore for inference, which
-    reads the parameters alone, needs none)."""
+    reads the parameters alone, needs none) or what is registered makes no optax transformation."""
     check(config.optimizer)
-    return OPTIMIZERS[config.optimizer](config, per_run)
+    maker, where = OPTIMIZERS[config.optimizer], f"rnnjax.OPTIMIZERS[{config.optimizer!r}]"
+    wanted = "make(config, per_run) -> optax.GradientTransformation (rnnjax.optimizers.clipped(optax.adamw))"
+    if not callable(maker):     # optax.adam(0.01): a transformation, not what makes one for a config
+        raise ConfigError(f"{where} is {got(maker)} made already: register {wanted}.")
+    if getattr(maker, "__module__", "").partition(".")[0] == "optax":       # optax.adam itself
+        raise ConfigError(f"{where} is optax's {getattr(maker, '__name__', 'optimizer')} itself, which takes "
+                          f"a learning rate, not a config: register {wanted}.")
+    try:
+        inspect.signature(maker).bind(config, per_run)
+    except TypeError:           # not with (config, per_run)
+        raise ConfigError(f"{where} is {got(maker)} that cannot be called as make(config, per_run): register "
+                          f"{wanted}.") from None
+    except ValueError:          # no signature to read: taken on trust
+        pass
+    made = maker(config, per_run)
+    if not (callable(getattr(made, "init", None)) and callable(getattr(made, "update", None))):
+        raise ConfigError(f"{where} made {got(made)}, not an optax transformation (init, update): register "
+                          f"{wanted}.")
+    return made
 
 
 def check(name: str) -> None:
     if name not in OPTIMIZERS:
+        where = " (on the command line, a script that registers it calls experiments.timemachine.main())"
         raise ConfigError(f"{spelt('optimizer', name)} is not a known optimizer; choose from "
                           f"{sorted(OPTIMIZERS)}, or register one of your own in rnnjax.OPTIMIZERS "
-                          "(rnnjax.optimizers), in each interpreter that trains its runs.")
+                          f"(rnnjax.optimizers) in each interpreter that trains its runs"
+                          f"{where * as_flags()}.")

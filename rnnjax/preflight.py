@@ -11,11 +11,11 @@ import jax
 import numpy as np
 
 from rnnjax import metrics as metrics_lib
-from rnnjax.spelling import got
+from rnnjax.spelling import got, spelt
 from rnnjax.data import WindowedText
 from rnnjax.parallel import AXIS
 from rnnjax.start import Plan
-from rnnjax.state import check_params
+from rnnjax.state import abstract_run_states, abstract_train_state, check_params
 
 
 # loop.run's step and evaluation as called, and what rnnjax.train has for each (train_step takes one batch,
@@ -50,6 +50,15 @@ def check_state(p: Plan, state: Any, vocab_size: int) -> None:
                              f"axis (rnnjax.state.create_run_states).")
         params = jax.tree.map(lambda x: x[0], params)
     check_params(params, p.config, vocab_size)
+    made = (abstract_run_states(list(p.runs), vocab_size) if p.runs else
+            abstract_train_state(p.config, vocab_size)).opt_state
+    given = getattr(state, "opt_state", None)
+    if (jax.tree.structure(given) != jax.tree.structure(made)
+            or [np.shape(x) for x in jax.tree.leaves(given)] != [x.shape for x in jax.tree.leaves(made)]):
+        named = spelt("optimizer", p.config.optimizer)
+        raise ValueError(f"The state's optimizer state is not the one {named} makes: the run records that "
+                         "optimizer and a resume makes it, so name another in "
+                         "the config (rnnjax.optimizers; one's own registered in rnnjax.OPTIMIZERS).")
     steps = sorted({int(s) for s in np.ravel(jax.device_get(step))})
     want = 0 if p.step is None else p.step
     if steps != [want]:

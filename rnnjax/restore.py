@@ -29,11 +29,10 @@ from rnnjax.data import WindowedText
 from rnnjax.generate import predict, predict_batch
 from rnnjax.meta import Position
 from rnnjax.metrics import FILENAME, MetricsError, MetricsLog, perplexity
-from rnnjax.optimizers import OPTIMIZERS
 from rnnjax.precision import at_precision
 from rnnjax.state import abstract_run_states, abstract_train_state, create_train_state, make_model
 from rnnjax.stored import (CONFIG, PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, not_read,
-                           read_meta, steps, unreadable_workdir, val_ppl)
+                           read_meta, state_mismatch, steps, unreadable_workdir, val_ppl)
 from rnnjax.tidy import REMOVING
 from rnnjax.vocab import Vocab
 
@@ -57,6 +56,9 @@ def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, 
     try:
         state = jax.device_get(_read(directory / str(step) / "state", abstract, params_only))
     except Exception as e:
+        if not params_only and "tree structures do not match" in str(e):   # leafless parts (EmptyState)
+            where = f"The checkpoint at step {step} in {directory}"
+            raise state_mismatch(where, "its tree differs") from None
         raise not_read(step, directory, "cannot be restored", e) from None
     shapes = jax.tree.map(np.shape, abstract)
     if jax.tree.structure(state) != jax.tree.structure(abstract) or jax.tree.map(np.shape, state) != shapes:
@@ -310,8 +312,8 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
     config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
     runs = [Config.from_json(c) for c in meta.get("runs", [])]
     run = _run(meta, workdir, run)
-    # The params alone are read: a target of any optimizer's state will do where its own is not registered.
-    readable = {c: c if c.optimizer in OPTIMIZERS else c.replace(optimizer="sgd") for c in [config, *runs]}
+    # The params alone are read: a target of SGD's state will do, the run's own optimizer never made.
+    readable = {c: c.replace(optimizer="sgd") for c in [config, *runs]}
     if runs:
         config, why = runs[run], _why_stopped(meta, run)
         if why is not None:

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 
 from rnnjax import (checkpoint, computing as computing_lib, kernels, lock as lock_lib, memory, metrics,
-                    precision, saved, tidy, workdir as workdir_lib)
+                    optimizers, precision, saved, tidy, workdir as workdir_lib)
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as
 from rnnjax.config import Config, check_is_config, label
@@ -120,6 +120,9 @@ class Plan:
         matmuls = precision.describe(c.compute_dtype, c.matmul_precision, self.dp.devices[0],
                                      takes_dtype(CELLS[c.cell]), is_own(CELLS[c.cell]))
         stepper = "" if c.optimizer == "sgd" else f", {c.optimizer} optimizer"      # d2l's is the default
+        own = optimizers.OWN.get(c.optimizer)
+        if own is not None and optimizers.OPTIMIZERS.get(c.optimizer) is not own:
+            stepper = f", the optimizer {c.optimizer!r} registered in place of rnnjax's own"
         return f"{what} on {devices}, {self.loss_path}, {matmuls}{stepper}; writing to {self.workdir}{hint}"
 
 
@@ -144,6 +147,12 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
                          "language model: its reverse direction reads the characters it is asked to predict. "
                          "Use it where whole sequences are given, e.g. for classification.")
     kernels.check(config)
+    keys = [x for x in jax.tree.leaves(_abstract_opt_state(config, runs))
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
+    if keys:        # orbax saves no key: it would fail at the first save, the epoch trained lost
+        raise ValueError(f"The state of {spelt('optimizer', config.optimizer)} holds a random key (as "
+                         "optax.add_noise's does), which rnnjax's checkpoints cannot save: keep it as its "
+                         "integers (jax.random.key_data) in the state, or leave it out.")
     dp = DataParallel.create(devices)
     dp.check_batch_size(config.batch_size)
     # The vocabulary's share is counted once the data is read (a cell's layers need an input width).
@@ -152,6 +161,10 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
     workdir_lib.check_ours(workdir)
     workdir_lib.check_kinds(workdir)
     return dp
+
+
+def _abstract_opt_state(config: Config, runs: list[Config] | None) -> Any:
+    return (abstract_run_states(runs, 1) if runs else abstract_train_state(config, 1)).opt_state
 
 
 def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: int | None = None,

@@ -83,6 +83,14 @@ class StateMismatch(CheckpointError):
     inference reads params."""
 
 
+def state_mismatch(where: str, how: str) -> StateMismatch:
+    inference = "--predict" if as_flags() else "restore"
+    return StateMismatch(f"{where} holds another training state than this process makes ({how}): the run was "
+                         "trained with another optimizer than its Config.optimizer makes here "
+                         f"(rnnjax.OPTIMIZERS) or another TrainState; resume it with the same (a restore for "
+                         f"inference, {inference}, reads its parameters alone).")
+
+
 NEW_RUN = "a new run of the cell registered now needs a workdir of its own."
 
 
@@ -109,12 +117,7 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
         raise CellMismatch(f"{where} holds other parameters than the cell registered here as {cell!r} "
                            f"({kind}) makes ({_differ(saved_paths, made)}): {fix}")
     if differ and not params_only:
-        inference = "--predict" if as_flags() else "restore"
-        raise StateMismatch(f"{where} holds another training state than this process makes "
-                            f"({_differ(saved_paths, made)}): the run was trained with another optimizer "
-                            "than its Config.optimizer makes here (rnnjax.OPTIMIZERS) or another TrainState; "
-                            f"resume it with the same (a restore for inference, {inference}, reads its "
-                            "parameters alone).")
+        raise state_mismatch(where, _differ(saved_paths, made))
     saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved and not own else None
 
     def arrays(tree):

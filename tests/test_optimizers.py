@@ -59,7 +59,7 @@ def test_one_s_own_optimizer_is_registered_as_a_cell_is(small_data, tmp_path, mo
     """Named before the workdir is made where none is registered under the name; a restore for inference
     reads the parameters alone, the optimizer registered or not."""
     unknown = (r"^optimizer='adamw' is not a known optimizer; choose from \['adam', 'sgd'\], or register one "
-               r"of your own in rnnjax.OPTIMIZERS \(rnnjax.optimizers\), in each interpreter that trains its "
+               r"of your own in rnnjax.OPTIMIZERS \(rnnjax.optimizers\) in each interpreter that trains its "
                r"runs\.$")
     with pytest.raises(ConfigError, match=unknown):
         fit(TINY.replace(optimizer="adamw"), small_data, tmp_path / "none", devices=1, log=None)
@@ -76,3 +76,59 @@ def test_one_s_own_optimizer_is_registered_as_a_cell_is(small_data, tmp_path, mo
     with pytest.raises(ConfigError, match=unknown):          # a resume: before anything is written
         rnnjax.fit_runs([c.replace(epochs=2) for c in configs], small_data, tmp_path, devices=1, log=None)
     assert checkpoint.steps(tmp_path) == [restored.step] and not (tmp_path / checkpoint.DAMAGED).exists()
+
+
+def test_what_is_registered_must_make_an_optax_transformation_for_a_config(monkeypatch):
+    """Each was an AttributeError or TypeError from inside flax or optax."""
+    for name, registered, says in [
+            ("none", lambda config, per_run=False: None, r"made None, not an optax transformation"),
+            ("made", optax.adam(0.01), r"is a GradientTransformationExtraArgs made already"),
+            ("itself", optax.adam, r"is optax's adam itself, which takes a learning rate, not a config"),
+            ("one", lambda config: optax.adam(0.01), r"is a function that cannot be called as "
+                                                     r"make\(config, per_run\)")]:
+        monkeypatch.setitem(rnnjax.OPTIMIZERS, name, registered)
+        with pytest.raises(ConfigError, match=rf"^rnnjax.OPTIMIZERS\['{name}'\] {says}.*: register "
+                                              r"make\(config, per_run\) -> optax.GradientTransformation"):
+            optimizers.make(TINY.replace(optimizer=name))
+
+
+@pytest.mark.slow
+def test_a_random_key_in_the_state_or_another_s_state_is_refused_before_anything_is_written(
+        small_data, tmp_path, monkeypatch):
+    """optax.add_noise's key trained an epoch, then failed the first save (orbax keeps no key); loop.run
+    trained another optimizer's state under the config's name."""
+    def noisy(config, per_run=False):
+        return optax.chain(optax.add_noise(0.01, 0.55, 0), optimizers.clipped(optax.sgd)(config, per_run))
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "noisy", noisy)
+    with pytest.raises(ValueError, match=r"^The state of optimizer='noisy' holds a random key \(as "
+                                         r"optax.add_noise's does\), which rnnjax's checkpoints cannot save"):
+        fit(TINY.replace(optimizer="noisy"), small_data, tmp_path / "noisy", devices=1, log=None)
+    assert not (tmp_path / "noisy").exists()
+    from rnnjax import loop, start, state, train
+    config = TINY.replace(epochs=1)
+    with start.planned(config, small_data, tmp_path / "other", devices=1) as p:
+        adam = state.create_train_state(config.replace(optimizer="adam"), len(small_data.vocab))
+        with pytest.raises(ValueError, match=r"^The state's optimizer state is not the one optimizer='sgd' "
+                                             r"makes: the run records that optimizer"):
+            loop.run(p, small_data, adam, train.train_windows, train.eval_steps)
+    assert not (tmp_path / "other" / checkpoint.SUBDIR).exists()
+
+
+def test_an_optimizer_registered_in_place_of_rnnjax_s_own_is_said(small_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "sgd", optimizers.clipped(optax.adam))
+    described = rnnjax.plan(TINY, small_data, tmp_path / "w", devices=1).describe()
+    assert ", the optimizer 'sgd' registered in place of rnnjax's own; writing to" in described
+
+
+@pytest.mark.slow
+def test_one_s_own_optimizer_redefined_as_another_of_no_other_leaves_is_named_not_called_damage(
+        small_data, tmp_path, monkeypatch):
+    """adamw's state and adam's differ in a leafless part alone: orbax's structure error read as damage."""
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "mine", optimizers.clipped(optax.adamw))
+    config = TINY.replace(epochs=1, optimizer="mine", lr=0.01)
+    fit(config, small_data, tmp_path, devices=1, log=None)
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "mine", optimizers.clipped(optax.adam))
+    with pytest.raises(checkpoint.StateMismatch, match=r"its tree differs\): the run was trained with "
+                                                       r"another optimizer than its Config.optimizer makes"):
+        fit(config.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+    assert not (tmp_path / checkpoint.DAMAGED).exists() and checkpoint.steps(tmp_path) == [13]
