@@ -129,10 +129,19 @@ def _changing(configs: list[Config]) -> list[tuple[str, str]]:
             if len({getattr(c, field) for c in configs}) > 1]
 
 
+def _number(value: Any) -> float | str:
+    """A hyperparameter an optimizer's state holds, as a float; what it is where it is none (a schedule's
+    state, as inject_hyperparams keeps a schedule given as the rate)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return f"a {type(value).__name__}"
+
+
 def _check_per_run(configs: list[Config], opt_states: list) -> None:
     for name, field in _changing(configs):
         for c, opt_state in zip(configs, opt_states):
-            found = [float(v) for _, v in optax.tree_utils.tree_get_all_with_path(opt_state, name)]
+            found = [_number(v) for _, v in optax.tree_utils.tree_get_all_with_path(opt_state, name)]
             value = getattr(c, field)
             if not found or any(v != float(np.float32(value)) for v in found):
                 raise ValueError(

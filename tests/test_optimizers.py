@@ -132,3 +132,16 @@ def test_one_s_own_optimizer_redefined_as_another_of_no_other_leaves_is_named_no
                                                        r"another optimizer than its Config.optimizer makes"):
         fit(config.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
     assert not (tmp_path / checkpoint.DAMAGED).exists() and checkpoint.steps(tmp_path) == [13]
+
+
+def test_runs_of_other_rates_under_a_scheduled_rate_are_one_sentence(monkeypatch):
+    """inject_hyperparams keeps a schedule's state where the rate is: float() of it was a TypeError."""
+    from rnnjax import state
+
+    def scheduled(config, per_run=False):
+        return optax.inject_hyperparams(optax.adam)(learning_rate=optax.linear_schedule(config.lr, 0, 100))
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "scheduled", scheduled)
+    runs = [TINY.replace(optimizer="scheduled", lr=lr, seed=s) for s, lr in enumerate((0.01, 0.02))]
+    with pytest.raises(ValueError, match=r"^Runs of different lr train in one step only where .* for a run of "
+                                         r"lr=0.01 it holds \[.*'a WrappedScheduleState'\]\.$"):
+        state.check_per_run(runs, 28)
