@@ -142,6 +142,6 @@ def test_runs_of_other_rates_under_a_scheduled_rate_are_one_sentence(monkeypatch
         return optax.inject_hyperparams(optax.adam)(learning_rate=optax.linear_schedule(config.lr, 0, 100))
     monkeypatch.setitem(rnnjax.OPTIMIZERS, "scheduled", scheduled)
     runs = [TINY.replace(optimizer="scheduled", lr=lr, seed=s) for s, lr in enumerate((0.01, 0.02))]
-    with pytest.raises(ValueError, match=r"^Runs of different lr train in one step only where .* for a run of "
-                                         r"lr=0.01 it holds \[.*'a WrappedScheduleState'\]\.$"):
+    with pytest.raises(ValueError, match=r"^Runs of different lr train in one step only where .* for a run "
+                                         r"of lr=0.01 it holds \[.*'a WrappedScheduleState'\]\.$"):
         state.check_per_run(runs, 28)
