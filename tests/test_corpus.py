@@ -264,6 +264,7 @@ def test_train_resume_restore_without_the_file_and_generate(text_file, tmp_path)
     assert out.startswith("Ωmega 4") and len(out) == 37 and set(out) <= set(c.vocab.idx_to_token)
 
 
+@pytest.mark.slow
 def test_a_restored_run_fine_tunes_on_another_text_in_its_own_vocabulary(text_file, tmp_path, monkeypatch):
     """Another text made its own vocabulary, which the run's params do not fit: with ``vocab`` it is read
     in the run's tokens (others as ``<unk>``), said to be of its own text, and not cached."""

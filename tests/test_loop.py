@@ -309,6 +309,7 @@ def test_a_run_whose_workdir_is_moved_stops_before_writing_again(data, tmp_path)
     assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / "moved" / metrics.FILENAME).read()] == [1]
 
 
+@pytest.mark.slow
 def test_a_loop_of_ones_own_with_dropout_key_trains_as_fit_does(data, tmp_path):
     """The README's "a loop of your own" (loop.run's docstring): fit's step is ``train_windows`` with
     ``rng=dropout_key(config)`` (without it the same loop trained without dropout, whatever the config
