@@ -207,6 +207,8 @@ def main(argv=None, **parser_options) -> int:
             return _main(argv, parser_options)
     except Interrupted as e:
         stopping.tell(str(e))
+        if e.together:          # a stop every process agreed on: they leave the run together
+            agree.leave_together()
         return 128 + e.signum
     except KeyboardInterrupt:
         stopping.tell("Stopped by signal 2 (Ctrl-C); the workdir keeps its last checkpoint (if any): run the "

@@ -89,6 +89,14 @@ def _client() -> Any:
     return distributed.global_state.client
 
 
+def leave_together() -> None:
+    """As the processes of a multi-host run that stopped at the same call exit: each waits for the others
+    at jax.distributed's shutdown, so that none outlives process 0, which serves the run (its client would
+    abort in C++ as it exits). Nothing in a single process."""
+    if _client() is not None:
+        _shut_down()
+
+
 def _shut_down() -> None:
     """jax.distributed.shutdown: it waits for every process to call it, so that all leave the run alive."""
     try:

@@ -300,7 +300,8 @@ def _stopped(manager: Any, signum: int, caught: int | None, epoch: int, batch: i
     then = "Nothing is left to train." if finished else f"{again().capitalize()} to resume."
     name = signal.Signals(signum).name
     return Interrupted(f"Stopped by signal {signum} ({name}){by} in epoch {epoch + 1} after batch "
-                       f"{batch}/{steps_per_epoch}; saved step {step} in {workdir}. {then}", signum)
+                       f"{batch}/{steps_per_epoch}; saved step {step} in {workdir}. {then}", signum,
+                       together=agree.spans_processes())        # every process stops at this call
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:

@@ -25,11 +25,12 @@ class NonFiniteLoss(FloatingPointError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT, SIGTERM or SIGHUP arrived; a checkpoint of the last completed step was saved."""
+    """SIGINT, SIGTERM or SIGHUP arrived; a checkpoint of the last completed step was saved. ``together``:
+    every process of a multi-host run stopped at this call (``rnnjax.agree.leave_together`` as they exit)."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, together: bool = False):
         super().__init__(message)
-        self.signum = signum
+        self.signum, self.together = signum, together
 
 
 class LostProcess(RuntimeError):

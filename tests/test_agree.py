@@ -148,3 +148,17 @@ def test_a_run_is_its_configs_workdir_checkpoint_start_text_devices_and_saving(s
     assert agree.of_run(p, small_data, seeded, 1, 3)["the parameters it starts from"] != \
         what["the parameters it starts from"]
     assert agree.of_configs([TINY, TINY.replace(seed=1)], True)["run 1's seed"] == 1
+
+
+def test_processes_that_stopped_at_the_same_call_leave_through_the_shutdown_barrier(
+        process_0_of_2, monkeypatch):
+    """Else the one serving the run (process 0) could exit first, and another's client abort (status -6)
+    as it exited: the command calls this for a stop every process agreed on, not for a second signal."""
+    from rnnjax import loop
+    from rnnjax.stops import Interrupted
+    store, shutdowns = process_0_of_2
+    monkeypatch.setattr(loop.checkpoint, "check_saved", lambda manager: None)
+    agreed = loop._stopped(None, 15, 15, 0, 10, 40, 10, "w")
+    assert agreed.together and not Interrupted("a second signal", 15).together
+    agree.leave_together()
+    assert shutdowns == [1]
