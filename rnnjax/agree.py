@@ -48,8 +48,7 @@ def check_agreed(what: dict[str, Any], timeout_s: float = TIMEOUT_S) -> None:
         theirs = json.loads(_wait_for(client, n, "given", other, deadline, timeout_s))
         name = next((name for name, value in mine.items() if theirs.get(name) != value), None)
         if name is not None and differ is None:
-            ours, yours = _setting(name, mine[name]), _setting(name, theirs.get(name))
-            yours = yours if _is_set(name) else _said(theirs.get(name))
+            ours, yours = _setting(name, mine[name]), _setting(name, theirs.get(name), named=False)
             differ = (f"The processes of this multi-host run were given other settings: {ours} here (process "
                       f"{me}), {yours} in process {other}; give every process the same settings and the same "
                       "workdir path.")
@@ -153,12 +152,15 @@ def _is_set(name: str) -> bool:
     return field in _ARGUMENTS or field in {f.name for f in dataclasses.fields(Config)}
 
 
-def _setting(name: str, value: Any) -> str:
+def _setting(name: str, value: Any, named: bool = True) -> str:
     """``batch_size=16`` (``--batch-size 16`` as a command's flag), ``run 1's lr=2``; another thing the
-    processes agree on as ``name value``."""
+    processes agree on as ``name value``, or its value alone where not ``named`` (a setting is always named:
+    ``--no-bidirectional`` is its value)."""
+    if not _is_set(name):
+        return f"{name} {_said(value)}" if named else _said(value)
     run, sep, field = name.rpartition("'s ")
-    if not _is_set(name) or value is None or isinstance(value, list):
-        return f"{run}{sep}{spelt(field) if _is_set(name) else field} {_said(value)}"
+    if value is None or isinstance(value, list):
+        return f"{run}{sep}{spelt(field)} {_said(value)}"
     return f"{run}{sep}{spelt(field, value)}"
 
 

@@ -312,8 +312,6 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
     config, vocab = Config.from_json(meta["config"]), Vocab.from_json(meta["vocab"])
     runs = [Config.from_json(c) for c in meta.get("runs", [])]
     run = _run(meta, workdir, run)
-    # The params alone are read: a target of SGD's state will do, the run's own optimizer never made.
-    readable = {c: c.replace(optimizer="sgd") for c in [config, *runs]}
     if runs:
         config, why = runs[run], _why_stopped(meta, run)
         if why is not None:
@@ -323,11 +321,12 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
             other = (f", or one saved before it stopped: {newest}the best with {spelt('best', True)}."
                      if before else "; no checkpoint kept is from before it stopped.")
             raise CheckpointError(f"Run {run} of {workdir} stopped early ({why}): {_another_run()}{other}")
-        target = abstract_run_states([readable[c] for c in runs], len(vocab))
+        # The params alone are read: a target of SGD's state will do, the run's own optimizer never made.
+        target = abstract_run_states([c.replace(optimizer="sgd") for c in runs], len(vocab))
         stacked = restore_state(workdir / SUBDIR, step, target, meta, True)
         params = jax.tree.map(lambda x: x[run], stacked)
     else:
-        target = abstract_train_state(readable[config], len(vocab))
+        target = abstract_train_state(config.replace(optimizer="sgd"), len(vocab))     # as runs' above
         params = restore_state(workdir / SUBDIR, step, target, meta, True)
     return Restored(config, vocab, params, step, meta)
 
