@@ -10,8 +10,9 @@ and renames it when complete, so a half-written one is never listed.
 
 Every save is read back once it has finished (its manifest and metadata files
 are there). What is stored is read and checked by ``rnnjax.stored``, and
-restored by ``rnnjax.restore``, both read from here too
-(``rnnjax.checkpoint.restore``, ``.read_meta``, ...).
+restored by ``rnnjax.restore`` (for inference) and ``rnnjax.read_state`` (its
+arrays, as a resume reads them), all read from here too
+(``rnnjax.checkpoint.restore``, ``.restore_state``, ``.read_meta``, ...).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 from rnnjax import meta as meta_lib, orbax_logs, stops, workdir as workdir_lib
 from rnnjax.config import Config
 from rnnjax.spelling import again, spelt
-from rnnjax.restore import Restored, restore, restore_state  # noqa: F401
+from rnnjax.read_state import restore_state  # noqa: F401
+from rnnjax.restore import Restored, restore  # noqa: F401
 from rnnjax.stored import (CONFIG, DAMAGED, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
                            DamagedCheckpoint, UnknownCell, check_fits, latest_step, read_meta,
                            StateMismatch, UnreadableCheckpoint, reason, steps, val_ppls)

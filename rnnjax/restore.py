@@ -1,12 +1,13 @@
-"""Reading a run's checkpoints back: for inference (``restore``) and to resume (``restore_state``).
+"""A run's trained model read back for inference: ``restore`` and the ``Restored`` it returns.
 
 ``restore(workdir)`` needs nothing but the workdir: it rebuilds the model from
 the saved config and returns params, vocab and a ``predict`` (``Restored``):
 the latest checkpoint, a ``step``, the ``best``, one ``run`` of several
 trained together; it reads the params alone, whatever optimizer trained them.
 Every array is checked against the checksums saved with it; a damaged
-checkpoint is an error, or with ``fallback`` the newest good one before it.
-``rnnjax.checkpoint`` re-exports both: ``rnnjax.checkpoint.restore``.
+checkpoint is an error, or with ``fallback`` the newest good one before it
+(the arrays are read by ``rnnjax.read_state``, as a resume reads them).
+``rnnjax.checkpoint`` re-exports it: ``rnnjax.checkpoint.restore``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import flax.serialization
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
-from rnnjax import kernels, lock as lock_lib, orbax_logs, workdir as workdir_lib
+from rnnjax import kernels, lock as lock_lib
 from rnnjax.config import Config, whole
 from rnnjax.spelling import as_flags, got, spelt
 from rnnjax.data import WindowedText
@@ -30,67 +29,12 @@ from rnnjax.generate import predict, predict_batch
 from rnnjax.meta import Position
 from rnnjax.metrics import FILENAME, MetricsError, MetricsLog, perplexity
 from rnnjax.precision import at_precision
+from rnnjax.read_state import restore_state
 from rnnjax.state import abstract_run_states, abstract_train_state, create_train_state, make_model
-from rnnjax.stored import (CONFIG, PARAMS, SUBDIR, CheckpointError, DamagedCheckpoint, check_fits, not_read,
-                           read_meta, state_mismatch, steps, unreadable_workdir, val_ppl)
+from rnnjax.stored import (CONFIG, SUBDIR, CheckpointError, DamagedCheckpoint, read_meta, steps,
+                           unreadable_workdir, val_ppl)
 from rnnjax.tidy import REMOVING
 from rnnjax.vocab import Vocab
-
-
-def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, meta: dict | None = None,
-                  params_only: bool = False) -> Any:
-    """The saved state in ``source`` (a manager, or its directory), as host arrays shaped and typed like
-    ``target``, its checksums (in ``meta``, read and checked unless given) verified: ``DamagedCheckpoint``
-    if it cannot be read or any array differs from what was saved. It reads that checkpoint's files only
-    (a manager would read every checkpoint's metadata first, a FIFO's too). ``params_only``: its params
-    alone, whatever optimizer state it holds (what inference needs)."""
-    directory = Path(getattr(source, "directory", source)).absolute()     # orbax takes absolute paths only
-    meta = read_meta(directory.parent, step) if meta is None else meta
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    orbax_logs.quiet()
-    check_fits(meta, abstract, directory.parent, step, read_saved=True, params_only=params_only)
-    expected = meta["checksums"]
-    if params_only:             # the params' checksums, their paths as in the params' own tree
-        abstract = abstract.params
-        expected = {k[len(PARAMS) - 1:]: v for k, v in expected.items() if k.startswith(PARAMS)}
-    try:
-        state = jax.device_get(_read(directory / str(step) / "state", abstract, params_only))
-    except Exception as e:
-        if not params_only and "tree structures do not match" in str(e):   # leafless parts (EmptyState)
-            where = f"The checkpoint at step {step} in {directory}"
-            raise state_mismatch(where, "its tree differs") from None
-        raise not_read(step, directory, "cannot be restored", e) from None
-    shapes = jax.tree.map(np.shape, abstract)
-    if jax.tree.structure(state) != jax.tree.structure(abstract) or jax.tree.map(np.shape, state) != shapes:
-        raise DamagedCheckpoint(step, directory, "is damaged: its arrays do not fit the model its meta "
-                                "describes")
-    bad = workdir_lib.verify(state, expected)
-    if bad:
-        raise DamagedCheckpoint(step, directory, f"is damaged: {len(bad)} array(s) fail their checksums "
-                                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
-    return state
-
-
-def _read(path: Path, abstract: Any, params_only: bool) -> Any:
-    """The arrays at ``path`` (a saved state), as ``abstract``: the whole state, or its params alone."""
-    if not params_only:
-        try:
-            with ocp.StandardCheckpointer() as checkpointer:
-                return checkpointer.restore(path, abstract)
-        except FileNotFoundError:
-            if (path / "_METADATA").exists():
-                raise
-        # orbax's tree metadata lost: read by abstract's tree, as inference reads params (checksums follow)
-        item = flax.serialization.to_state_dict(abstract)
-        with ocp.PyTreeCheckpointer() as checkpointer:
-            out = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item)))
-        return flax.serialization.from_state_dict(abstract, out)
-    item = {"params": abstract}
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-            partial_restore=True))["params"]
 
 
 @dataclasses.dataclass

@@ -608,7 +608,7 @@ def test_a_checkpoint_this_process_may_not_read_is_not_set_aside_as_damaged(
         small_data, tmp_path, monkeypatch, where):
     """A permission (orbax's own wording for the arrays) made an intact checkpoint 'damaged': set aside, and
     its epochs trained again from the one before."""
-    from rnnjax import restore, stored
+    from rnnjax import read_state, stored
     fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
     if where == "meta":
         def denied(self, directory, *args, **kwargs):
@@ -617,7 +617,7 @@ def test_a_checkpoint_this_process_may_not_read_is_not_set_aside_as_damaged(
     else:
         def denied(path, abstract, params_only):
             raise ValueError(f'PERMISSION_DENIED: Error reading "params" in OCDBT database at "{path}"')
-        monkeypatch.setattr(restore, "_read", denied)
+        monkeypatch.setattr(read_state, "_read", denied)
     said = r"^The checkpoint at step 26 in .* \((PermissionError|ValueError): .*\): it is not damaged; fix "
     for call in (lambda: fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, log=None),
                  lambda: checkpoint.restore(tmp_path, fallback=True)):
