@@ -11,10 +11,12 @@ differs. Training, they agree on a stop (``caught_by_any``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,6 +29,7 @@ from rnnjax.stops import LostProcess
 # Seconds a process waits for the others to reach a check: they may read and tokenize a large text first.
 TIMEOUT_S = 300
 _made = [0]     # the checks this process made: each has keys of its own, every process making them in turn
+_left: set[int] = set()     # the checks it left before (``leave``): said once
 
 
 def check_agreed(what: dict[str, Any], timeout_s: float = TIMEOUT_S) -> None:
@@ -63,20 +66,36 @@ def check_agreed(what: dict[str, Any], timeout_s: float = TIMEOUT_S) -> None:
 
 def leave(wait_s: float = 2.0) -> None:
     """Tells the others of a multi-host run, waiting at their next check, that this process stops on an
-    error of its own: they stop too, in one sentence. Where they all say they read it within ``wait_s``,
-    all leave the run together (else, the others being past any check, this one just exits)."""
-    client = _client()
-    if client is None:
+    error of its own: they stop too, in one sentence. Where they all say they read it (or left too) within
+    ``wait_s``, all leave the run together (else, the others being past any check, this one just exits).
+    Once per check: leaving again before the next does nothing."""
+    client, n, me = _client(), _made[0], jax.process_index()
+    if client is None or n in _left:
         return
-    n, me = _made[0], jax.process_index()
+    _left.add(n)
     client.key_value_set(f"rnnjax/agree/{n}/left/{me}", "")
     others = [k for k in range(jax.process_count()) if k != me]
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        if all(_has(client, f"rnnjax/agree/{n}/read-left/{k}") for k in others):
+        # each other process read it, or left on an error too: none waits at a check
+        if all(_has(client, f"rnnjax/agree/{n}/read-left/{k}") or _has(client, f"rnnjax/agree/{n}/left/{k}")
+               for k in others):
             _shut_down()
             return
         time.sleep(0.05)
+
+
+def leaves_on_error(f: Callable) -> Callable:
+    """``f``, whose error in one process of a multi-host run stops the others at their next check
+    (``leave``), not at its timeout: a library's ``fit`` as the command's ``main``."""
+    @functools.wraps(f)
+    def wrapped(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except Exception:
+            leave()
+            raise
+    return wrapped
 
 
 def _client() -> Any:

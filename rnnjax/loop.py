@@ -58,6 +58,7 @@ class FitResult:
     stopped: tuple = ()          # runs trained together: why each one stopped early, or None
 
 
+@agree.leaves_on_error
 def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Callable, *,
         checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3, progress: Callable | None = None,
         log: Callable[[str], Any] | None = None) -> FitResult:

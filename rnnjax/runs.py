@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnjax import loop, train as train_lib
+from rnnjax import agree, loop, train as train_lib
 from rnnjax.config import SWEEPABLE, Config, ConfigError
 from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
@@ -88,6 +88,7 @@ def summary(history: list[dict], stopped: Sequence[str | None] = ()) -> dict[str
                 "max": max(r[k] for r in final)} for k in ("train_ppl", "val_ppl", "val_bpc")}
 
 
+@agree.leaves_on_error
 def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path, *,
              devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3,
              progress: Callable | None = None, log: Callable[[str], Any] | None = print,

@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from rnnjax import (checkpoint, computing as computing_lib, kernels, lock as lock_lib, memory, metrics,
+from rnnjax import (agree, checkpoint, computing as computing_lib, kernels, lock as lock_lib, memory, metrics,
                     optimizers, precision, saved, tidy, workdir as workdir_lib)
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as
@@ -206,21 +206,26 @@ def plan(config: Config, data: WindowedText, workdir: str | Path, *, devices: in
 def planned(config: Config, data: WindowedText, workdir: str | Path, *, devices: int | None = None,
             runs: list[Config] | None = None) -> Iterator[Plan]:
     """``plan``, made under the workdir's lock (the writer process holds it for the block; the others
-    only read), the damaged checkpoints it found set aside."""
-    dp = check(config, data, workdir, devices=devices, runs=runs)
-    workdir = Path(workdir)
-    if jax.process_index() != 0:
-        with _open(_read(config, data, workdir, dp, tuple(runs or ()))) as p:
+    only read), the damaged checkpoints it found set aside. An error, in the block too, stops the other
+    processes of a multi-host run at their next check (``rnnjax.agree.leave``), not at its timeout."""
+    try:
+        dp = check(config, data, workdir, devices=devices, runs=runs)
+        workdir = Path(workdir)
+        if jax.process_index() != 0:
+            with _open(_read(config, data, workdir, dp, tuple(runs or ()))) as p:
+                yield p
+            return
+        lock_lib.check_unlocked(workdir)         # the holder named before the workdir is made
+        with lock_lib.lock(workdir) as held, _open(dataclasses.replace(
+                _read(config, data, workdir, dp, tuple(runs or ())), held=held)) as p:
+            if not p.finished:
+                tidy.remove_unfinished(workdir)       # a failed save's space first: the resume writes next
+                for step, _ in p.damaged:
+                    tidy.set_aside(workdir, step)
             yield p
-        return
-    lock_lib.check_unlocked(workdir)         # the holder named before the workdir is made
-    with lock_lib.lock(workdir) as held, _open(dataclasses.replace(
-            _read(config, data, workdir, dp, tuple(runs or ())), held=held)) as p:
-        if not p.finished:
-            tidy.remove_unfinished(workdir)       # a failed save's space first: the resume writes next
-            for step, _ in p.damaged:
-                tidy.set_aside(workdir, step)
-        yield p
+    except Exception:
+        agree.leave()
+        raise
 
 
 _open_plans: set[int] = set()       # the plans whose ``planned`` block runs: fit may train them

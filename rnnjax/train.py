@@ -28,7 +28,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
-from rnnjax import loop, metrics as metrics_lib, preflight
+from rnnjax import agree, loop, metrics as metrics_lib, preflight
 from rnnjax.config import Config, whole
 from rnnjax.spelling import got
 from rnnjax.data import Batch, Windows, WindowedText
@@ -146,6 +146,7 @@ def dropout_key(config: Config) -> jax.Array | None:
     return jax.random.PRNGKey(config.seed) if config.dropout else None
 
 
+@agree.leaves_on_error
 def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any = None,
         devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3,
         progress: Callable | None = None, log: Callable[[str], Any] | None = print, plan: Plan | None = None
@@ -169,7 +170,8 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
     tenth of the epochs (``epoch_lines``), ``False`` is off. To stop early, raise from it: fit saves the step
     it was called at, then raises that, and fit again resumes from there
     (on several hosts, raise in every process at the same call: the others
-    would wait for it). Raises ``NonFiniteLoss``
+    would wait for it; an error in one stops the others at their next
+    check, ``rnnjax.agree.leave``). Raises ``NonFiniteLoss``
     (nothing saved past the last good checkpoint) and ``Interrupted`` (after
     saving the last completed call's step).
     """

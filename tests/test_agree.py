@@ -4,12 +4,13 @@ processes are in test_parallel.py."""
 
 import contextlib
 import json
+import time
 
 import jax
 import pytest
 
 from conftest import TINY
-from rnnjax import agree
+from rnnjax import agree, loop, runs, start, train
 from rnnjax.spelling import flag_spelling
 from rnnjax.start import plan
 
@@ -33,11 +34,13 @@ def process_0_of_2(monkeypatch):
     jax.distributed.shutdown's calls."""
     from jax._src import distributed
     store, shutdowns = Store(), []
+    jax.devices()          # the backend started first: started with the store, it would take it for gloo's
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(jax, "process_index", lambda: 0)
     monkeypatch.setattr(distributed.global_state, "client", store)
     monkeypatch.setattr(jax.distributed, "shutdown", lambda: shutdowns.append(1))
     monkeypatch.setattr(agree, "_made", [0])
+    monkeypatch.setattr(agree, "_left", set())
     return store, shutdowns
 
 
@@ -118,10 +121,48 @@ def test_leaving_tells_the_next_check_and_leaves_together_only_with_those_who_re
     store, shutdowns = process_0_of_2
     agree.leave(wait_s=0.1)             # nobody waits at a check: it just exits
     assert "rnnjax/agree/0/left/0" in store and not shutdowns
+    agree.leave(wait_s=0.1)             # again before the next check: nothing (the store takes a key once)
+    assert not shutdowns
+    agree._left.clear()
     store.clear()
     store["rnnjax/agree/0/read-left/1"] = ""
     agree.leave(wait_s=0.1)
     assert shutdowns == [1]
+
+
+def test_processes_that_all_left_on_errors_leave_together_at_once(process_0_of_2):
+    """None waits at a check (each stopped on its own error, as a NaN stops every process): no wait_s."""
+    store, shutdowns = process_0_of_2
+    store["rnnjax/agree/0/left/1"] = ""
+    began = time.monotonic()
+    agree.leave(wait_s=30)
+    assert shutdowns == [1] and time.monotonic() - began < 5
+
+
+def _block_raises(small_data, tmp_path):
+    with start.planned(TINY, small_data, tmp_path):
+        raise RuntimeError("the user's own loop failed")
+
+
+def _closed_plan(small_data, tmp_path):
+    with start.planned(TINY, small_data, tmp_path) as p:
+        pass
+    loop.run(p, small_data, None, train.train_windows, train.eval_steps)
+
+
+@pytest.mark.parametrize("call", [
+    lambda data, path: train.fit(TINY, data, path, progress=3),
+    lambda data, path: runs.fit_runs([TINY, TINY.replace(seed=1)], data, path, progress=3),
+    _block_raises, _closed_plan], ids=["fit", "fit_runs", "planned", "loop.run"])
+def test_an_error_in_one_process_before_the_check_stops_the_others_at_it(process_0_of_2, small_data,
+                                                                         tmp_path, call):
+    """Raised in fit, fit_runs, a planned block or loop.run before the run's check, the others waiting there
+    stop at once; before, they waited out its timeout (300 s), as a library's fit did not leave."""
+    store, shutdowns = process_0_of_2
+    store["rnnjax/agree/0/read-left/1"] = ""        # process 1, at the check, reads that this one left
+    with pytest.raises(Exception):
+        call(small_data, tmp_path)
+    assert "rnnjax/agree/0/left/0" in store and shutdowns == [1]
 
 
 def test_a_single_process_checks_nothing(small_data, tmp_path):
