@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 
+from rnnjax import optimizers
 from rnnjax.config import Config
 from rnnjax.spelling import as_flags, spelt
 from rnnjax.state import abstract_train_state
@@ -29,8 +31,9 @@ LONG_COMPILE_LAYERS = 16
 
 
 def _state_bytes(config: Config, vocab_size: int) -> tuple[int, int]:
-    """``(bytes of the train state, bytes of its parameters)``: counted for the known cells (SGD keeps no
-    state per parameter), traced for others (``jax.eval_shape``, seconds for a deep stack)."""
+    """``(bytes of the train state, bytes of its parameters)``: counted for the known cells, with what the
+    optimizer keeps per parameter (``_optimizer_bytes``), traced for others (``jax.eval_shape``, seconds
+    for a deep stack)."""
     if config.cell in _GATES:
         gates, dirs, H = _GATES[config.cell], 2 if config.bidirectional else 1, config.num_hiddens
         biases = 1 if config.cell == "rnn" else 2
@@ -38,10 +41,23 @@ def _state_bytes(config: Config, vocab_size: int) -> tuple[int, int]:
         count = (config.num_layers * per_layer + dirs * vocab_size * gates * H
                  + (config.num_layers - 1) * dirs * dirs * H * gates * H)
         count += dirs * H * vocab_size + vocab_size
-        return 4 * count + 64, 4 * count
+        return 4 * count + _optimizer_bytes(config, 4 * count) + 64, 4 * count
     abstract = abstract_train_state(config, vocab_size)
     return (sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract)),
             sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract.params)))
+
+
+def _optimizer_bytes(config: Config, param_bytes: int) -> int:
+    """Bytes of ``config.optimizer``'s state for float32 parameters of ``param_bytes`` (SGD none, Adam two
+    moments), from its state for two stand-ins (traced, not the model): a part per parameter, a part not."""
+    opt = optimizers.make(config)
+
+    def state_bytes(n: int) -> int:
+        state = jax.eval_shape(opt.init, {"w": jax.ShapeDtypeStruct((n,), jnp.float32)})
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    small, large = state_bytes(1024), state_bytes(2048)
+    per_byte = (large - small) / (4 * 1024)
+    return round(per_byte * param_bytes + small - per_byte * 4 * 1024)
 
 
 def estimate(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1) -> tuple[int, int]:

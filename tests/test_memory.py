@@ -13,8 +13,9 @@ from conftest import TINY
 
 @pytest.mark.parametrize("config", [TINY, TINY.replace(cell="gru", num_layers=3),
                                     TINY.replace(cell="lstm", num_layers=2, bidirectional=True),
-                                    TINY.replace(num_layers=3, bidirectional=True)])
-def test_the_parameters_are_counted_exactly(config):
+                                    TINY.replace(num_layers=3, bidirectional=True),
+                                    TINY.replace(cell="gru", optimizer="adam")])
+def test_the_parameters_and_the_optimizer_s_state_are_counted_exactly(config):
     abstract = abstract_train_state(config, 28)
     params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract.params))
     weights, _ = memory.estimate(config, 28, 1)
