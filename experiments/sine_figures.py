@@ -77,12 +77,11 @@ def plot(time_T, x_T, results: dict, workdir: Path, tau: int, num_train: int, st
     """d2l's three figures, both models' ``results`` (predictions by kind) in each, for windows of ``tau``
     values, ``num_train`` of them training, predicted ``steps`` ahead. ``WorkdirError`` (naming the
     file, saying to free space and rerun) where one cannot be written."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure     # not pyplot: no backend to switch
 
     def figure(name, draw, ncols=1):
-        fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 3), dpi=110, squeeze=False)
+        fig = Figure(figsize=(6 * ncols, 3), dpi=110)
+        axes = fig.subplots(1, ncols, squeeze=False)
         draw(axes[0])
         for ax in axes[0]:
             ax.set_xlabel("time")
@@ -90,10 +89,8 @@ def plot(time_T, x_T, results: dict, workdir: Path, tau: int, num_train: int, st
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        try:        # a temporary file, then renamed: never a truncated figure (a full disk)
-            write_atomically(workdir / f"sine-{name}.png", save=lambda tmp: fig.savefig(tmp, format="png"))
-        finally:
-            plt.close(fig)
+        # a temporary file, then renamed: never a truncated figure (a full disk)
+        write_atomically(workdir / f"sine-{name}.png", save=lambda tmp: fig.savefig(tmp, format="png"))
 
     def onestep(axes):
         axes[0].plot(time_T, x_T, lw=0.8, label="data")

@@ -255,12 +255,11 @@ def _check_order(records: list[dict], path: Path) -> None:
 def plot_perplexity(records: list[dict], path: str | Path) -> Path:
     """d2l's figure: train and val perplexity against epoch, saved headless; records with a ``run``
     field (``rnnjax.runs``) get a color per run, train solid and val dashed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure     # not pyplot: the caller's backend (a notebook's) stays as it is
 
     runs = sorted({r.get("run") for r in records}, key=lambda run: -1 if run is None else run)
-    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
+    fig = Figure(figsize=(4.5, 3.2), dpi=120)
+    ax = fig.subplots()
     for i, run in enumerate(runs):
         mine = [r for r in records if r.get("run") == run]
         epochs, color = [r["epoch"] for r in mine], f"C{i % 10}"
@@ -274,8 +273,6 @@ def plot_perplexity(records: list[dict], path: str | Path) -> Path:
     if len(runs) <= 10:          # beyond, a legend would cover the plot: its colors repeat anyway
         ax.legend(fontsize=6 if len(runs) > 2 else None)
     fig.tight_layout()
-    try:        # a whole file or none, never opened in place (it could be a FIFO)
-        write_atomically(Path(path), save=lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
+    # a whole file or none, never opened in place (it could be a FIFO)
+    write_atomically(Path(path), save=lambda tmp: fig.savefig(tmp, format="png"))
     return Path(path)

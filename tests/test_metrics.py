@@ -81,6 +81,18 @@ def test_plot_is_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_plot_leaves_the_caller_s_matplotlib_backend_as_it_was(tmp_path):
+    """It switched a notebook's backend to Agg, after which its own figures no longer showed."""
+    import matplotlib
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        plot_perplexity(records(2), tmp_path / "ppl.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+
+
 def test_a_plot_of_many_runs_has_no_legend_and_warns_of_nothing(tmp_path):
     """Many runs' legend covered the plot and matplotlib warned it could not lay it out; an infinite
     perplexity is a gap."""

@@ -97,12 +97,11 @@ def ratio_lines(size: dict) -> str:
 
 
 def plot_sweep(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure     # not pyplot: no backend to switch
     names = list(dict.fromkeys(r["contender"] for r in rows))
     configs = list(dict.fromkeys((r["num_hiddens"], r["batch_size"], r["num_steps"]) for r in rows))
-    fig, ax = plt.subplots(figsize=(10, 3.8), dpi=110)
+    fig = Figure(figsize=(10, 3.8), dpi=110)
+    ax = fig.subplots()
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         by = {(r["num_hiddens"], r["batch_size"], r["num_steps"]): r["tokens_per_s"] for r in rows
@@ -116,4 +115,3 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, format="png")        # path may be a temporary name
-    plt.close(fig)
