@@ -100,7 +100,7 @@ class Config:
                                      "0: one pass over the shuffled train windows")
     unroll: int = _field(1, "unroll factor of the scan over time")
     kernel: str = _field("auto", "training kernel, the same math at another speed (rnnjax.kernels): auto "
-                                 "(chosen by backend and shape), " + ", ".join(KERNELS))
+                                 "(chosen by backend and cell), " + ", ".join(KERNELS))
     # Numerics (rnnjax.precision).
     compute_dtype: str = _field(
         "float32", "the matmuls' operand dtype: float32, or bfloat16 summed in float32 (parameters, "

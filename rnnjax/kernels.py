@@ -1,4 +1,4 @@
-"""Which training kernel a run uses: decided here, in one place, by backend and shape.
+"""Which training kernel a run uses: decided here, in one place, by backend and cell.
 
 Every kernel computes the same loss and gradients (tested against the plain
 model); they differ only in speed. ``Config.kernel`` names one, or ``auto``
@@ -34,8 +34,9 @@ def choose(config, backend: str | None = None) -> str:
 
     On a CPU, ``fused`` (measured: docs/performance.md). Elsewhere ``hoisted``
     for rnnjax's own cells, the structure cuDNN uses, and ``fused`` for a cell
-    it does not know (a user's); ``cudnn`` only when forced. What each rule
-    rests on, and what is still to be measured on a GPU: docs/performance.md.
+    it does not know (a user's); ``cudnn`` only when forced. No rule looks at
+    the shape yet: what each rests on, and what is still to be measured on a
+    GPU (where a shape may decide), is in docs/performance.md.
     """
     if config.kernel != "auto":
         return config.kernel
