@@ -152,9 +152,10 @@ def _recurrence_fwd(spec, W_hh, b_hh, XW_TxBxG):
     _, B, _ = XW_TxBxG.shape
     H = W_hh.shape[0]
     state = (jnp.zeros((B, H), XW_TxBxG.dtype),) * (2 if kind == "lstm" else 1)
+    W_hh_c = W_hh.astype(dtype)                 # rounded once, not every step
 
     def step(state, XW_BxG):
-        HW_BxG = precision.dot(state[0], W_hh, dtype)
+        HW_BxG = precision.dot(state[0], W_hh_c, dtype)
         if b_hh is not None:
             HW_BxG = HW_BxG + b_hh
         # Kept for the backward: the pre-activations (GRU: HW; its XW is the input, kept already).
@@ -170,7 +171,7 @@ def _recurrence_bwd(spec, residuals, dout_TxBxH):
     kind, nonlinearity, reverse, unroll, dtype = spec
     W_hh, b_hh, XW_TxBxG, outputs_TxBxH, kept_TxBxG, read = residuals
     T, B, H = outputs_TxBxH.shape
-    W_hh_T = W_hh.T
+    W_hh_T = W_hh.T.astype(dtype)               # rounded once, not every step
     zeros = (jnp.zeros((B, H), dout_TxBxH.dtype),) * (2 if kind == "lstm" else 1)
 
     def step(dstate, xs):
