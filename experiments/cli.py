@@ -16,8 +16,9 @@ from typing import Any
 import jax
 
 import rnnjax
+from experiments import flags
 from experiments.parsing import Parser
-from rnnjax import agree, checkpoint, config as config_lib, corpus, flags, parallel, runs, spelling
+from rnnjax import agree, checkpoint, config as config_lib, corpus, parallel, runs, spelling
 from rnnjax.data import WindowedText
 from rnnjax.generate import MAX_PREDS, MAX_TEMPERATURE
 from rnnjax.metrics import ppl_text

@@ -17,7 +17,8 @@ import json
 import re
 from pathlib import Path
 
-from rnnjax import checkpoint, config as config_lib, corpus, flags, runs, source, spelling
+from experiments import flags
+from rnnjax import checkpoint, config as config_lib, corpus, runs, source, spelling
 from rnnjax.saved import saved_runs
 from rnnjax.stored import UnknownCell
 

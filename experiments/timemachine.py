@@ -39,8 +39,8 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 
 import rnnjax  # noqa: E402
-from experiments import cli, settings  # noqa: E402
-from rnnjax import backend, checkpoint, config as config_lib, corpus, flags, memory, metrics  # noqa: E402
+from experiments import cli, flags, settings  # noqa: E402
+from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, metrics  # noqa: E402
 from rnnjax import agree, parallel, runs, spelling, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
 from rnnjax.start import check_arguments, planned  # noqa: E402

@@ -1,7 +1,7 @@
 """A run's settings and its named presets.
 
 Every ``Config`` field is a flag of ``python -m experiments.timemachine``
-(``--num-hiddens``, ``--kernel``, ...; ``rnnjax.flags``), its help the
+(``--num-hiddens``, ``--kernel``, ...; ``experiments.flags``), its help the
 field's ``help`` below: a new field needs no CLI edit. Values are checked
 when a ``Config`` is made, so a bad one fails before any work starts.
 """

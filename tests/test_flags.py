@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from rnnjax.config import PRESETS, Config, ConfigError
-from rnnjax.flags import add_flags, sweep_from_flags
+from experiments.flags import add_flags, sweep_from_flags
 
 
 def parse(*argv):
@@ -33,7 +33,7 @@ def test_flags_change_the_preset():
 
 def test_lists_of_too_many_runs_are_refused_before_any_is_made(monkeypatch):
     import itertools
-    from rnnjax import flags
+    from experiments import flags
     monkeypatch.setattr(itertools, "product", None)          # not reached: the count is checked first
     values = ",".join(str(v) for v in range(1, 101))
     args = parse("--seeds", ",".join(map(str, range(100))), "--lr", values, "--clip", values)

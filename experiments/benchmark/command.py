@@ -24,13 +24,13 @@ from experiments.parsing import Parser
 from rnnjax import backend, kernels, spelling
 from rnnjax.data import TimeMachine
 from rnnjax.source import timemachine_path
-from rnnjax.flags import MAX_RUNS
+from experiments.flags import MAX_RUNS
 from rnnjax.parallel import DataParallel
 from rnnjax.lock import lock
 from rnnjax.workdir import WorkdirError, write_atomically
 
 # The counts' (lowest, highest): more rounds than these are a typo's hours of measuring; --runs, as many
-# seeds as one program trains (rnnjax.flags).
+# seeds as one program trains (experiments.flags).
 LIMITS = {"rounds": (1, 1000), "steps": (1, 100_000), "recipe_rounds": (0, 1000), "runs": (0, MAX_RUNS),
           "devices": (1, None), "num_layers": (1, 64)}
 # d2l's recipe's flags (their defaults): --sizes measures its own sets, and would ignore them.
