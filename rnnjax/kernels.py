@@ -1,4 +1,4 @@
-"""Which training kernel a run uses: decided here, in one place, by backend and cell.
+"""Which training kernel a run uses (decided here, in one place, by backend and cell), and what each trains.
 
 Every kernel computes the same loss and gradients (tested against the plain
 model); they differ only in speed. ``Config.kernel`` names one, or ``auto``
@@ -16,17 +16,25 @@ for ``choose``'s pick:
   the LSTM cell, one direction, float32, on an NVIDIA GPU only.
 
 ``check`` refuses, in one sentence, a forced kernel that cannot train a config
-on this backend; ``rnnjax.start.plan`` calls it before any work.
+on this backend; ``rnnjax.start.plan`` calls it before any work. A new kernel
+is its module, its name in ``config.KERNELS``, its model in ``MODELS`` and its
+rule in ``choose`` and ``check``.
 """
 
 from __future__ import annotations
 
 import jax
 
+from rnnjax import cudnn, fused, hoisted
 from rnnjax.cells import CELLS, LSTMCell
 from rnnjax.config import KERNELS  # noqa: F401 (the names, kept beside what they name)
 from rnnjax.spelling import spelt
 from rnnjax.hoisted import supports
+
+# The language model each kernel trains (``plain``: rnnjax.model's ``RNNLM``), and what a run says of it.
+MODELS = {"fused": fused.FusedRNNLM, "hoisted": hoisted.HoistedRNNLM, "cudnn": cudnn.CudnnRNNLM}
+_DESCRIBE = {fused.FusedRNNLM: fused.describe, hoisted.HoistedRNNLM: hoisted.describe,
+             cudnn.CudnnRNNLM: cudnn.describe}
 
 
 def choose(config, backend: str | None = None) -> str:
@@ -44,6 +52,12 @@ def choose(config, backend: str | None = None) -> str:
     if backend == "cpu":
         return "fused"
     return "hoisted" if supports(CELLS[config.cell]) else "fused"
+
+
+def loss_path(model) -> str:
+    """How ``model`` trains, in words: what a run reports."""
+    describe = _DESCRIBE.get(type(model))
+    return describe(model.rnn) if describe else "plain loss"
 
 
 def check(config, backend: str | None = None) -> None:

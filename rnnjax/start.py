@@ -26,7 +26,8 @@ from rnnjax.spelling import as_flags, got, spelt
 from rnnjax.data import WindowedText
 from rnnjax.meta import Position
 from rnnjax.parallel import DataParallel
-from rnnjax.state import abstract_run_states, abstract_train_state, loss_path, make_model, takes_dtype
+from rnnjax.kernels import loss_path
+from rnnjax.state import abstract_run_states, abstract_train_state, make_model, takes_dtype
 
 
 @dataclasses.dataclass(frozen=True)

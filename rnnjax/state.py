@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from rnnjax import cudnn, fused, hoisted, kernels, optimizers
+from rnnjax import kernels, optimizers
 from rnnjax.xla import CompiledPerShape, init_compiler_options
 from rnnjax.cells import OWN_CELLS
 from rnnjax.config import Config, ConfigError
@@ -72,21 +72,12 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     else:
         rnn = StackedRNN(cell, config.num_layers, config.dropout, config.bidirectional, config.unroll,
                          remat=remat)
-    return _LM.get(kernel, RNNLM)(rnn, vocab_size, dtype=dtype)
+    return kernels.MODELS.get(kernel, RNNLM)(rnn, vocab_size, dtype=dtype)
 
 
 # make_model runs several times a command: a cell's step is traced once per cell (a module compares by its
 # fields) and input width.
 _checked_step = functools.lru_cache(maxsize=16)(step_problem)
-_LM = {"fused": fused.FusedRNNLM, "hoisted": hoisted.HoistedRNNLM, "cudnn": cudnn.CudnnRNNLM}
-_DESCRIBE = {fused.FusedRNNLM: fused.describe, hoisted.HoistedRNNLM: hoisted.describe,
-             cudnn.CudnnRNNLM: cudnn.describe}
-
-
-def loss_path(model: RNNLM) -> str:
-    """How ``model`` trains, in words: what a run reports."""
-    describe = _DESCRIBE.get(type(model))
-    return describe(model.rnn) if describe else "plain loss"
 
 
 def make_optimizer(config: Config, per_run: bool = False) -> optax.GradientTransformation:

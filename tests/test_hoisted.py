@@ -9,7 +9,8 @@ from conftest import TINY, assert_same, jit_value_and_grad, random_batch, value_
 from rnnjax import hoisted, precision
 from rnnjax.hoisted import HoistedRNNLM
 from rnnjax.model import RNN, RNNLM, GRUCell, LSTMCell, SimpleRNNCell, StackedRNN
-from rnnjax.state import loss_path, make_model
+from rnnjax.kernels import loss_path
+from rnnjax.state import make_model
 from rnnjax.train import fit
 
 V, B, T = 12, 5, 7
