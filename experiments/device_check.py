@@ -79,13 +79,15 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise ValueError(f"no file {data!r}: give d2l's timemachine.txt as --data PATH or "
                              "$RNNJAX_TIMEMACHINE (the check downloads nothing).")
         try:    # here, not at the top: a machine without JAX still gets its parts run and recorded
+            from rnnjax.backend import check_cpu_device_count
             from rnnjax.source import timemachine_path
             from rnnjax.spelling import flag_spelling
         except ImportError:
             pass
-        else:   # every part trains on it: a wrong file fails them all (DataError, a ValueError)
+        else:   # every part trains on it: a wrong file, or a device count JAX fails on, fails them all
             with flag_spelling():
                 timemachine_path(data)
+            check_cpu_device_count()        # not the backend: started here, it would hold the GPU's memory
     except ValueError as e:     # one line, exit status 1, before any work
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -90,8 +90,10 @@ def check_cpu_device_count() -> None:
 
 def start() -> str:
     """Starts JAX's backend and names it; ``ValueError`` in one sentence where ``$JAX_PLATFORMS`` asks for
-    one this machine does not have (JAX raises a RuntimeError, or for ``cuda`` an AssertionError). Not in
-    a multi-host run before it joins: ``jax.distributed`` must start first."""
+    one this machine does not have (JAX raises a RuntimeError, or for ``cuda`` an AssertionError), or the
+    CPU device count is one JAX fails on (``check_cpu_device_count``). Not in a multi-host run before it
+    joins: ``jax.distributed`` must start first."""
+    check_cpu_device_count()
     try:
         return jax.default_backend()
     except (RuntimeError, AssertionError) as e:

@@ -119,6 +119,23 @@ def test_the_cli_refuses_a_jax_num_cpu_devices_of_0_or_a_million_in_one_line(
     assert not (tmp_path / "w").exists()
 
 
+def test_every_command_that_starts_jax_refuses_a_cpu_device_count_jax_fails_on(tmp_path, monkeypatch, capsys,
+                                                                               real_text_path):
+    """sine started JAX without the check: JAX_NUM_CPU_DEVICES=0 was a 40-line traceback of JAX's; the
+    device check ran its seven parts to failure."""
+    from experiments import device_check, sine
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "0")
+    said = ("error: $JAX_NUM_CPU_DEVICES must be a whole number from 1 to 2048 (the CPU devices JAX makes), "
+            "got '0'.\n")
+    with pytest.raises(ValueError, match=r"^\$JAX_NUM_CPU_DEVICES must be a whole number"):
+        backend.start()
+    assert sine.main(["--workdir", str(tmp_path / "s"), "--seeds", "0"]) == 1
+    assert capsys.readouterr().err == said and not (tmp_path / "s").exists()
+    with pytest.raises(SystemExit) as e:
+        device_check.parse_args(["--out", str(tmp_path / "check"), "--data", real_text_path])
+    assert e.value.code == 1 and capsys.readouterr().err == said and not (tmp_path / "check").exists()
+
+
 def _devices(env: dict[str, str], batch_size: int, devices: int | None = None) -> list[str]:
     asked = [] if devices is None else [str(devices)]
     return subprocess.run([sys.executable, "-c", DEVICES_CHILD, str(batch_size), *asked],
