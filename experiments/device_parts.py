@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from experiments import stopping
 from experiments.device_summary import write_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ class Parts:
             t0 = time.perf_counter()
             with open(self.out / f"{name}.log", "w") as log:
                 _pass_on_ctrl_c()
-                self.running = proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                self.running = proc = subprocess.Popen(cmd, cwd=ROOT, env=stopping.as_child(env), stdout=log,
                                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                        start_new_session=True)
                 try:

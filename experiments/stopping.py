@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 
 _UNDO: list[Callable[[], object]] = []      # what exit_now undoes first, the newest first
+PARENT_PID = "RNNJAX_PARENT_PID"        # given to a command's children: they stop as it dies (``as_child``)
 
 
 def exit_now(message: str, status: int):
@@ -48,9 +50,31 @@ def scratch() -> Iterator[str]:
         yield path
 
 
+def as_child(env: dict | None = None) -> dict:
+    """``env`` (default this process's) for a child command that stops as this process dies, however it
+    dies (a SIGKILL, the OOM killer): the child calls ``die_with_parent`` as it starts."""
+    return {**(os.environ if env is None else env), PARENT_PID: str(os.getpid())}
+
+
+def die_with_parent() -> None:
+    """In a child started with ``as_child``: a SIGTERM as its parent dies (Linux's PR_SET_PDEATHSIG), at
+    once if it has died already; elsewhere nothing. Its own children are told of it afresh."""
+    parent = os.environ.pop(PARENT_PID, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)         # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:         # it died before the prctl: adopted already
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_child(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     """``subprocess.run(args, capture_output=True, text=True, **kwargs)``; the child is killed if the
-    command stops, by ``exit_now`` too (a SIGTERM to this process alone would leave it running)."""
+    command stops, by ``exit_now`` too (a SIGTERM to this process alone would leave it running), and
+    stops as it dies (``as_child``)."""
+    kwargs["env"] = as_child(kwargs.get("env"))
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
     # exit_now's undo only kills: waiting there, in a handler that may interrupt communicate's own wait,
     # would deadlock on Popen's lock (the child is reaped once this process exits).
@@ -167,8 +191,10 @@ def stopped_after_the_run(signum, frame):
 
 
 def while_loading() -> None:
-    """Before a command imports JAX (it takes a while): a signal says one line and exits 128 + signal."""
+    """Before a command imports JAX (it takes a while): a signal says one line and exits 128 + signal. A
+    child of another command stops as that dies (``die_with_parent``)."""
     handle(stopped_while_loading)
+    die_with_parent()
 
 
 def load_jax() -> None:

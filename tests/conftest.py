@@ -19,6 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from experiments import stopping
+
+stopping.die_with_parent()          # run by the device check: its tests stop as it dies, however it dies
+
 # The suite compiles hundreds of small programs, and on a CPU compiling is most of its time: LLVM
 # unoptimized and XLA's older CPU emitters build the same math faster (docs/performance.md). Steps
 # compiled with options of their own (rnnjax.backend) keep them; subprocesses that run as a user does

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,43 @@ def test_a_stop_while_the_child_it_waits_on_exits_does_not_hang(tmp_path):
     finally:
         proc.kill()
     assert not folder.exists()
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie that no one reaps, as in a container, counts)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_command_stops_as_its_parent_dies_even_by_sigkill(tmp_path):
+    """A device check or corpus benchmark killed by SIGKILL (the OOM killer) left its child measuring on,
+    on a GPU of a timed loan, writing into the folder of the dead run after it."""
+    pid_file = tmp_path / "child"
+    child = (f"from experiments import stopping; stopping.while_loading(); import os, pathlib, time; "
+             f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", "import sys; from experiments import stopping; "
+                               f"stopping.run_child([sys.executable, '-c', {child!r}])"], cwd=ROOT)
+    for _ in range(600):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    parent.kill()
+    parent.wait()
+    pid = int(pid_file.read_text())
+    for _ in range(200):
+        if _gone(pid):
+            break
+        time.sleep(0.05)
+    assert _gone(pid)
+
+
+def test_a_child_whose_parent_died_before_it_started_stops_at_once():
+    """Adopted already (its parent pid is not the one it was given): it stops as a signal would stop it."""
+    body = "from experiments import stopping; stopping.while_loading(); print('ran')"
+    done = subprocess.run([sys.executable, "-c", body], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, stopping.PARENT_PID: "1"})
+    assert (done.returncode, done.stdout) == (128 + signal.SIGTERM, "")
+    assert done.stderr == "Stopped by signal 15 while starting, before anything was written.\n"
