@@ -71,6 +71,17 @@ def check_link(flag: str, path: Path, kind: str = "folder") -> None:
                      f"{kind}.")
 
 
+def check_outside_runs(flag: str, path: Path) -> None:
+    """``ValueError`` in one sentence if ``path`` (given as ``flag``) is in a training run's checkpoints
+    folder: the run deletes from it, and a restore or resume reads a folder of digits there as a damaged
+    checkpoint, setting it aside."""
+    from rnnjax.workdir import in_checkpoints       # here: the device check parses flags without JAX
+    found = in_checkpoints(Path(path))
+    if found:
+        raise ValueError(f"{flag} {path} is {found}, which it reads as its own and deletes as it saves; "
+                         "choose one outside it.")
+
+
 def parse_seeds(text: str) -> list[int]:
     """``--seeds``: distinct whole numbers in [0, 2**32), comma-separated; else ``ValueError`` naming the
     mistake."""

@@ -61,17 +61,26 @@ def check_path(workdir: Path) -> None:
         raise WorkdirError(f"The workdir {path} has a folder {cloud[0]!r} in its path, which orbax reads as "
                            "a Google Cloud Storage URL (gs://), and its saves fail; rnnjax writes a local "
                            f"{spelt('workdir')}: choose one without it.")
+    found = in_checkpoints(workdir)
+    if found:
+        raise WorkdirError(f"The workdir {path} is {found}, which it deletes as it saves newer ones; "
+                           f"choose a {spelt('workdir')} outside it.")
+
+
+def in_checkpoints(path: Path) -> str | None:
+    """Where ``path`` is in a run's checkpoints folder, which the run deletes from as it saves and reads
+    as its own (a folder of digits there is a damaged checkpoint), in words: ``inside runs/a/checkpoints,
+    the checkpoints of the run in runs/a``; ``None`` if it is not."""
     try:                                           # through links too: a link into a run's checkpoints
-        resolved = workdir.resolve()
+        resolved = path.resolve()
     except (OSError, RuntimeError):                # a loop of links: the path as given
-        resolved = workdir.absolute()
-    here = workdir.absolute()
+        resolved = path.absolute()
+    here = path.absolute()
     for folder in dict.fromkeys([here, *here.parents, resolved, *resolved.parents]):
-        if folder.name == SUBDIR and _holds_a_run(folder.parent):      # it deletes them, keeping its latest
+        if folder.name == SUBDIR and _holds_a_run(folder.parent):
             where = "" if folder in (here, resolved) else "inside "
-            raise WorkdirError(f"The workdir {path} is {where}{folder}, the checkpoints of the run in "
-                               f"{folder.parent}, which it deletes as it saves newer ones; choose a "
-                               f"{spelt('workdir')} outside it.")
+            return f"{where}{folder}, the checkpoints of the run in {folder.parent}"
+    return None
 
 
 def _holds_a_run(folder: Path) -> bool:

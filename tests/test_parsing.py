@@ -95,3 +95,22 @@ def test_a_link_that_leads_nowhere_is_one_sentence_in_the_benchmark_too(tmp_path
         path = str(tmp_path / name)
         with pytest.raises(ValueError, match=rf"^{flag} {path} is {what}; give a new {kind}\.$"):
             outputs.check_outputs(*((path, None) if flag == "--json" else (None, path)), False)
+
+
+def test_no_command_writes_into_a_training_run_s_checkpoints_folder(tmp_path, capsys, monkeypatch):
+    """sine, the benchmark and the corpus benchmark wrote there: a restore then called the run damaged,
+    and its next resume set their folder aside as a damaged checkpoint."""
+    from experiments.benchmark import command, corpus
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / ".lock").write_text("")                 # a run's folder, as rnnjax.lock leaves it
+    inside = Path("run/checkpoints/999")
+    for main, flag in ((sine.main, "--workdir"), (command.main, "--out"), (command.main, "--json"),
+                       (corpus.main, "--out")):
+        target = inside / "bench.json" if flag == "--json" else inside
+        assert main([flag, str(target)]) == 1
+        assert capsys.readouterr().err == (
+            f"error: {flag} {target} is inside {tmp_path / 'run' / 'checkpoints'}, the checkpoints of the "
+            f"run in {tmp_path / 'run'}, which it reads as its own and deletes as it saves; choose one "
+            "outside it.\n")
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == []

@@ -106,19 +106,19 @@ def measure_runs(args, s: Setting, data: TimeMachine) -> dict:
     return out
 
 
-def check_args(p: Parser, args) -> tuple[Path, Path]:
-    """The checks that need only the arguments and the files they name, before any measuring: the counts
-    (a parser error), then ``ValueError`` in one sentence. Fills in the recipe's defaults and the verified
-    ``args.data``; the JSON file and the run folder."""
+def check_args(args) -> tuple[Path, Path]:
+    """The checks that need only the arguments and the files they name, before any measuring:
+    ``ValueError`` in one sentence. Fills in the recipe's defaults and the verified ``args.data``; the
+    JSON file and the run folder."""
     for name, (low, high) in LIMITS.items():
         value, flag = getattr(args, name), "--" + name.replace("_", "-")
         if value is not None and not low <= value <= (high or value):
-            p.error(f"{flag} must be at least {low}, got {value}" if value < low else
-                    f"{flag} must be at most {high:,}, got {value:,}")
+            raise ValueError(f"{flag} must be at least {low}, got {value}." if value < low else
+                             f"{flag} must be at most {high:,}, got {value:,}.")
     given = [name for name in RECIPE_FLAGS if getattr(args, name) is not None]      # 0 too: typed
     if args.sizes and given:
         flag = "--" + given[0].replace("_", "-")
-        p.error(f"{flag} is for d2l's recipe, which --sizes does not run; leave it out")
+        raise ValueError(f"{flag} is for d2l's recipe, which --sizes does not run; leave it out.")
     for name, default in RECIPE_FLAGS.items():
         setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
     if args.data == "":         # '' would mean the default file
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         p = parser()
         args = p.parse_args(argv)
         try:
-            json_path, out_dir = check_args(p, args)
+            json_path, out_dir = check_args(args)
             batch_sizes = ([s.batch_size for s in settings(args.sizes)] if args.sizes else
                            [1024, 64] if args.sweep else [1024])
             # As experiments.timemachine does: one CPU device per core, as many as split every batch.

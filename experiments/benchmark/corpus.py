@@ -41,7 +41,7 @@ from pathlib import Path
 from experiments import stopping
 from experiments.benchmark.corpus_parts import MB, devices, generate, prepare, train
 from experiments.benchmark.outputs import Stop, check_writable
-from experiments.parsing import Parser, check_link, check_names
+from experiments.parsing import Parser, check_link, check_names, check_outside_runs
 from rnnjax import spelling
 from rnnjax.lock import LOCKFILE, WorkdirError, lock
 from rnnjax.workdir import write_atomically
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
                 print(json.dumps(prepare(*args.prepare) if args.prepare else devices() if args.devices else
                                  train(args.train[0], args.train[1] or None, args.steps, args.rounds)))
                 return 0
-            sizes, tm = check_args(p, args)
+            sizes, tm = check_args(args)
             out = Path(args.out)
             check_writable(f"--out {out}", out)
             found = _fresh("checking the devices", "--devices", env=dict(os.environ))
@@ -258,6 +258,7 @@ def check_out(typed: str) -> Path:
     out = Path(typed)
     check_names("--out", out)
     check_link("--out", out)
+    check_outside_runs("--out", out)
     try:
         first = next((f for f in (out, *out.parents) if f.exists() or f.is_symlink()), None)
         if not typed or first is None or not first.is_dir():   # the folder, or its nearest parent, a file
@@ -267,46 +268,44 @@ def check_out(typed: str) -> Path:
         raise ValueError(f"--out {typed} cannot be used ({e.strerror})") from None
     if theirs:
         raise ValueError(f"--out {typed} holds {', '.join(theirs[:3])}{', ...' if theirs[3:] else ''}, "
-                         "which this benchmark did not write; give a new or empty folder (or an earlier "
-                         "run's)")
+                         "which this benchmark did not write (or which is damaged); move it aside (an "
+                         "earlier run's texts are reused), or give a new or empty folder")
     return out
 
 
-def check_args(p: Parser, args) -> tuple[list[int], str]:
-    """Before any text is made: a parser error in one line, else the sizes in MB and the Time Machine's
+def check_args(args) -> tuple[list[int], str]:
+    """Before any text is made: ``ValueError`` in one sentence, else the sizes in MB and the Time Machine's
     path (verified; ``""``: none given)."""
-    from rnnjax.source import DataError, timemachine_path
+    from rnnjax.source import timemachine_path
     from rnnjax.train import STEPS_PER_CALL
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
         sizes = []
-    if not sizes or not all(1 <= s <= MAX_MB for s in sizes):
-        p.error(f"--sizes must be whole numbers of MB from 1 to {MAX_MB:,} separated by commas, got "
-                f"{args.sizes!r}")
-    if not args.tokens or not set(args.tokens.split(",")) <= {"char", "word"}:
-        p.error(f"--tokens must be char, word or char,word, got {args.tokens!r}")
+    if not sizes or not all(1 <= s <= MAX_MB for s in sizes) or len(set(sizes)) < len(sizes):
+        raise ValueError(f"--sizes must be distinct whole numbers of MB from 1 to {MAX_MB:,} separated by "
+                         f"commas, got {args.sizes!r}.")
+    tokens = args.tokens.split(",")
+    if not tokens or not set(tokens) <= {"char", "word"} or len(set(tokens)) < len(tokens):
+        raise ValueError(f"--tokens must be char, word or char,word, got {args.tokens!r}.")
     if args.steps < STEPS_PER_CALL or args.steps % STEPS_PER_CALL:      # trained as fit does: whole calls
-        p.error(f"--steps must be a positive multiple of {STEPS_PER_CALL}, the steps of a compiled call, got "
-                f"{args.steps}")
+        raise ValueError(f"--steps must be a positive multiple of {STEPS_PER_CALL}, the steps of a compiled "
+                         f"call, got {args.steps}.")
     if args.rounds < 1:
-        p.error(f"--rounds must be at least 1, got {args.rounds}")
+        raise ValueError(f"--rounds must be at least 1, got {args.rounds}.")
     for flag, value, high in (("--steps", args.steps, 100_000), ("--rounds", args.rounds, 1000)):
         if value > high:            # the benchmark's limits (its LIMITS): more is a typo's hours of measuring
-            p.error(f"{flag} must be at most {high:,}, got {value:,}")
+            raise ValueError(f"{flag} must be at most {high:,}, got {value:,}.")
     if args.data == "":         # '' would silently mean none
-        p.error("--data is empty; give a path (a shell variable that was not set?)")
+        raise ValueError("--data is empty; give a path (a shell variable that was not set?).")
     try:
         check_out(args.out)
     except ValueError as e:
-        p.error(str(e))
+        raise ValueError(f"{str(e).rstrip('.')}.") from None
     tm = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or ""
-    try:
-        if tm:
-            check_names("--data", tm)       # its lines name it
-        return sizes, str(timemachine_path(tm)) if tm else ""
-    except (DataError, ValueError) as e:
-        p.error(str(e).rstrip("."))
+    if tm:
+        check_names("--data", tm)       # its lines name it
+    return sizes, str(timemachine_path(tm)) if tm else ""       # DataError, a ValueError
 
 
 if __name__ == "__main__":

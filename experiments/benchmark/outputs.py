@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from experiments import stopping
-from experiments.parsing import check_link, check_names
+from experiments.parsing import check_link, check_names, check_outside_runs
 from rnnjax.lock import LOCKFILE
 
 # What the benchmark writes in --out (.tmp: a file being written when it was stopped; .lock: one run at a
@@ -74,6 +74,7 @@ def check_outputs(json_arg: str | None, out_arg: str | None, sweep: bool) -> tup
         if typed:
             check_names(flag, typed)
             check_link(flag, Path(typed), "folder" if flag == "--out" else "file")
+            check_outside_runs(flag, Path(typed))
     if json_arg and json_arg.endswith(("/", "\\")):
         raise ValueError(f"--json {json_arg} names a folder; give the results' file (a .json).")
     out_dir = Path(out_arg) if out_arg else Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
@@ -82,8 +83,8 @@ def check_outputs(json_arg: str | None, out_arg: str | None, sweep: bool) -> tup
     if json_path.is_dir():
         raise ValueError(f"{flag}: {json_path} is a folder, where the results' file goes.")
     if (json_path.exists() or json_path.is_symlink()) and not is_ours(json_path):
-        raise ValueError(f"{flag}: {json_path} exists and is not the results of an earlier benchmark, the "
-                         "only file it replaces; give a new path.")
+        raise ValueError(f"{flag}: {json_path} exists and is not the results of an earlier benchmark (or is "
+                         "damaged), the only file it replaces; move it aside, or give a new path.")
     tmp = json_path.with_name(json_path.name + ".tmp")        # what writing the results replaces first
     if json_arg and (tmp.exists() or tmp.is_symlink()) and not is_ours(tmp):
         raise ValueError(f"{flag}: {tmp} exists, which writing {json_path.name} would replace; move it "
