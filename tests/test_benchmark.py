@@ -641,6 +641,21 @@ def test_run_sizes_writes_the_others_figures_before_cudnn_runs(small_data, tmp_p
     assert all(f.ran == 1 + 2 * 3 for f in fakes)
 
 
+def test_the_gpu_sizes_on_a_cpu_warn_first_that_they_take_hours(small_data, tmp_path, monkeypatch):
+    """Before, its header alone, then no line for the hours its first size takes on a CPU."""
+    said = []
+    monkeypatch.setitem(sizes.SIZES, "gpu", [("rnn", 8, small_data.batch_size, small_data.num_steps, 1)])
+    monkeypatch.setitem(sizes.ROUNDS, "gpu", (1, 1, 1))
+    monkeypatch.setattr(sizes, "TimeMachine", lambda *args, **kwargs: small_data)
+    monkeypatch.setattr(sizes, "contenders_at", lambda s, devices, backend, bfloat16: [_Fake("rnnjax")])
+    sizes.run_sizes("gpu", None, tmp_path / "bench.json", log=said.append)
+    warning = "warning: --sizes gpu holds sizes for an accelerator: on a CPU each takes hours"
+    warned = [i for i, line in enumerate(said) if line.startswith(warning)]
+    assert warned and warned[0] < len(said) - 2         # before the size's lines
+    sizes.run_sizes("small", None, tmp_path / "bench.json", log=said.append)
+    assert sum(line.startswith("warning") for line in said) == 1
+
+
 def test_a_broken_torch_is_reported_and_the_bench_goes_on(monkeypatch):
     """Not only ImportError: a torch whose CUDA libraries do not load raises OSError as it is imported."""
     class Broken(importlib.abc.MetaPathFinder):

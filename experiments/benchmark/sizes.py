@@ -105,6 +105,9 @@ def run_sizes(name: str, data_path: str | None, json_path: Path, devices: int | 
     log(f"training step, ms, {rounds} interleaved rounds of {steps} steps at each size "
         f"(cell hidden/batch/steps, layers) on {out['machine']['device_kind']} ({backend}; rnnjax on {n} "
         f"device{'s' * (n > 1)}), written to {json_path} after each size:")
+    if name == "gpu" and backend == "cpu":      # its first size alone is hours of a CPU's, with no line
+        log("warning: --sizes gpu holds sizes for an accelerator: on a CPU each takes hours (--sizes small "
+            "is the quick set)")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     for s in settings(name):
         B = s.batch_size
