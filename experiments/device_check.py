@@ -190,7 +190,7 @@ def _check(args: argparse.Namespace, parts: Parts) -> int:
     # --quick: rnnjax jitted on one CPU device, which compiles faster than a pmap over two.
     quick = ["--sizes", "small", "--devices", "1"] if args.quick else ["--sizes", "gpu"]
     parts.run("bench", "bench", [py, "-m", "experiments.benchmark", *quick, "--data", args.data,
-                                 "--json", str(out / "bench.json"), "--out", str(work)], env)
+                                 "--json", str(out / "bench.json")], env)
     read_back(out, summary)
     parts.write()
 

@@ -43,7 +43,7 @@ def test_benchmark_smoke(real_text_path, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(measure, "_COMPILE", NO_JAX_COMPILE)
     out = tmp_path / "bench.json"
     assert benchmark.main(["--data", real_text_path, "--rounds", "1", "--steps", "2", "--recipe-rounds", "0",
-                           "--devices", "1", "--runs", "2", "--json", str(out), "--out", str(tmp_path)]) == 0
+                           "--devices", "1", "--runs", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     names = set(result["contenders"])
     torch = {"torch d2l", "torch lean"}
@@ -174,6 +174,7 @@ def test_output_paths_are_checked_before_any_measuring_and_no_file_of_the_users_
     (tmp_path / "locked" / LOCKFILE).write_text("my lock, not a pid")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     for argv, says in [(["--out", ""], "--out is empty"), (["--json", ""], "--json is empty"),
+                       (["--json", "new.json", "--out", "/etc"], "--out /etc holds only --sweep's plot when"),
                        (["--json", "notes.txt"], "notes.txt exists and is not the results of an earlier "
                                                  "benchmark"),
                        (["--json", "theirs"], "--json theirs: theirs is a folder"),

@@ -121,6 +121,9 @@ def check_args(args) -> tuple[Path, Path]:
         raise ValueError(f"{flag} is for d2l's recipe, which --sizes does not run; leave it out.")
     for name, default in RECIPE_FLAGS.items():
         setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
+    if args.json and args.out and not args.sweep:      # it would be ignored: nothing goes there
+        raise ValueError(f"--out {args.out} holds only --sweep's plot when --json names the results' file; "
+                         "leave it out, or add --sweep.")
     if args.data == "":         # '' would mean the default file
         raise ValueError("--data is empty; give a path (a shell variable that was not set?).")
     Setting(cell=args.cell, num_layers=args.num_layers).config      # ConfigError (--num-layers 0)
