@@ -49,12 +49,12 @@ def main(argv=None) -> int:
         best, last = min(mine, key=lambda r: r["val_ppl"]), mine[-1]
         which = "" if run == -1 else f" run {run}:"
         if last.get("stopped"):         # a run that diverged turned up for no overfitting
-            print(f"overfit:{which} stopped at epoch {last['epoch']}, {last['stopped']}")
+            print(f"overfit:{which} stopped: {last['stopped']}")      # which says its epoch
             continue
         at = f"{best['epoch']} ({ppl_text(best['val_ppl'])})"
         lowest = (f"lowest at epoch {at}, then {ppl_text(last['val_ppl'])} at epoch {last['epoch']},"
                   if last is not best else f"lowest at the last epoch, {at}, not turned up yet,")
-        print(f"overfit:{which} validation perplexity {lowest} while train perplexity fell to "
+        print(f"overfit:{which} validation perplexity {lowest} while train perplexity ends at "
               f"{ppl_text(last['train_ppl'])}")
     return status
 

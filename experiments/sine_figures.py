@@ -44,7 +44,7 @@ def check_workdir(workdir: Path) -> None:
 def claimed(workdir: Path) -> Iterator[None]:
     """``workdir``'s lock (one run writes it at a time) for the block, ``check_workdir`` again once held:
     another run may have written there since the first check."""
-    with lock(workdir):
+    with lock(workdir, flag="--workdir"):
         check_workdir(workdir)
         yield
 

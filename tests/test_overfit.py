@@ -45,7 +45,7 @@ def test_runs_trained_together_are_summed_up_each_on_its_own(make_text, tmp_path
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("overfit:")]
     assert [line.split(":")[1] for line in lines] == [" run 0", " run 1", " run 2", " run 3"]   # in order
     for run in (1, 3):          # lr 1e6 diverges: the first of its records to stop says why (logged first)
-        assert lines[run].startswith(f"overfit: run {run}: stopped at epoch 1, its train perplexity is ")
+        assert lines[run].startswith(f"overfit: run {run}: stopped: its train perplexity is ")
     for run in (0, 2):
         mine = [r for r in records if r["run"] == run]
         assert f"({min(r['val_ppl'] for r in mine):.2f})" in lines[run]
@@ -88,4 +88,4 @@ def test_a_run_whose_last_epoch_is_its_best_says_it_has_not_turned_up_yet(tmp_pa
                          str(tmp_path / "w"), "--devices", "1", "--no-progress"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("overfit: validation perplexity lowest at the last epoch, 1 (") and \
-        "), not turned up yet, while train perplexity fell to " in last
+        "), not turned up yet, while train perplexity ends at " in last

@@ -115,11 +115,11 @@ def test_one_run_writes_a_workdir_at_a_time_and_one_done_meanwhile_stays(tmp_pat
     w.mkdir()
     with lock(w):                       # another run writing there
         assert sine.main(["--workdir", str(w)]) == 1
-        assert capsys.readouterr().err.startswith(f"error: The workdir {w} is in use by ")
+        assert capsys.readouterr().err.startswith(f"error: --workdir {w} is in use by ")   # its flag
 
-    def finishes_first(workdir):        # the other run wrote its results after this one's first check
+    def finishes_first(workdir, **kwargs):  # the other run wrote its results after this one's first check
         (workdir / sine.RESULTS).write_text("theirs")
-        return real(workdir)
+        return real(workdir, **kwargs)
     real = lock
     monkeypatch.setattr(sine_figures, "lock", finishes_first)
     assert sine.main(["--workdir", str(w)]) == 1
