@@ -26,7 +26,8 @@ import numpy as np
 
 from rnnjax.config import whole
 from rnnjax.spelling import got, spelt
-from rnnjax.model import RNNLM, hashable
+from rnnjax.model import RNNLM
+from rnnjax.xla import hashable
 from rnnjax.state import check_model_params
 from rnnjax.vocab import Vocab
 

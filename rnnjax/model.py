@@ -209,13 +209,3 @@ class RNNLM(nn.Module):
         objective_BxT = -jnp.sum(objective.targets(Y_BxT, self.vocab_size) * logp_BxTxV, axis=-1)
         return (jnp.sum(objective_BxT * weights_B[:, None]), jnp.sum(weights_B) * X_BxT.shape[1],
                 jax.lax.stop_gradient(jnp.sum(ce_BxT * weights_B[:, None])))
-
-
-def hashable(module: nn.Module) -> bool:
-    """Whether jit can key a compile on ``module``: flax hashes a module by its fields, which a list field
-    (a cell of one's own) cannot be."""
-    try:
-        hash(module)
-    except TypeError:
-        return False
-    return True

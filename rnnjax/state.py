@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,10 +13,10 @@ import optax
 from flax.training import train_state
 
 from rnnjax import kernels, optimizers
-from rnnjax.xla import CompiledPerShape, init_compiler_options
+from rnnjax.xla import CompiledPerShape, init_compiler_options, per_module
 from rnnjax.cells import OWN_CELLS
 from rnnjax.config import Config, ConfigError
-from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN, hashable
+from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
 from rnnjax.precision import COMPUTE_DTYPES
 from rnnjax.protocol import StepFailed, lacks, step_problem
 
@@ -60,7 +59,7 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     problem = cause = None
     if type(cell) not in OWN_CELLS.values():
         try:
-            problem = (_checked_step if hashable(cell) else step_problem)(cell, vocab_size)
+            problem = _checked_step(cell, vocab_size)
         except StepFailed as e:             # in the cell's own code: said, and raised from its error
             problem, cause = str(e), e.__cause__
     if problem:         # rather than JAX's error about scan's carry, or flax's about its rngs, mid-trace
@@ -77,7 +76,7 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
 
 # make_model runs several times a command: a cell's step is traced once per cell (a module compares by its
 # fields) and input width.
-_checked_step = functools.lru_cache(maxsize=16)(step_problem)
+_checked_step = per_module()(step_problem)
 
 
 def make_optimizer(config: Config, per_run: bool = False) -> optax.GradientTransformation:
@@ -155,17 +154,10 @@ def _init(model: RNNLM, num_steps: int) -> Callable:
     return lambda seed: model.init(jax.random.key(seed), jnp.zeros((1, num_steps), jnp.int32))["params"]
 
 
+@per_module()
 def _compiled_init(model: RNNLM, num_steps: int) -> CompiledPerShape:
-    """``_init`` compiled once per model (a model compares by its fields), not again for each seed; for
-    each call where the model cannot be hashed (a cell of one's own with a list field)."""
-    return _cached_init(model, num_steps) if hashable(model) else _compile_init(model, num_steps)
-
-
-def _compile_init(model: RNNLM, num_steps: int) -> CompiledPerShape:
+    """``_init`` compiled once per model, not again for each seed."""
     return CompiledPerShape(jax.jit(_init(model, num_steps)), init_compiler_options())
-
-
-_cached_init = functools.lru_cache(maxsize=16)(_compile_init)
 
 
 def create_train_state(config: Config, vocab_size: int, params: Any = None) -> TrainState:
@@ -206,12 +198,12 @@ def check_model_params(params: Any, model: RNNLM) -> None:
     if isinstance(params, Mapping) and set(params) == {"params"}:
         raise ValueError("Give the parameters themselves (a restored run's .params), not flax's variables "
                          "{'params': params}.")
-    abstract = _abstract_params(model) if hashable(model) else _abstract_params.__wrapped__(model)
+    abstract = _abstract_params(model)
     _check_fit(params, abstract, f"The parameters do not fit the model (vocabulary {model.vocab_size})",
                any_float=True)
 
 
-@functools.lru_cache(maxsize=16)
+@per_module()
 def _abstract_params(model: RNNLM) -> Any:
     return jax.eval_shape(_init(model, 1), np.uint32(0))
 

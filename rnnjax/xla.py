@@ -2,7 +2,8 @@
 
 ``compiler_options`` and ``CompiledPerShape`` are what ``rnnjax.loop``
 compiles a run's steps with, ``init_compiler_options`` what ``rnnjax.state``
-compiles its init with. Why each option pays, with measurements:
+compiles its init with; ``per_module`` keeps what is made for a flax
+module. Why each option pays, with measurements:
 ``docs/performance.md``.
 """
 
@@ -107,3 +108,27 @@ def _rejected_options(error: str, options: dict[str, Any]) -> set[str]:
         return {match[1] or match[2]}
     mentions_options = "No such compile option" in error or "not a valid enum value" in error
     return set(options) if mentions_options else set()
+
+
+def hashable(module: Any) -> bool:
+    """Whether jit can key a compile on ``module``: flax hashes a module by its fields, which a list field
+    (a cell of one's own) cannot be."""
+    try:
+        hash(module)
+    except TypeError:
+        return False
+    return True
+
+
+def per_module(maxsize: int = 16) -> Callable:
+    """``f(module, *args)`` made once per module (compared by its fields) and arguments, for the latest
+    ``maxsize``; made afresh on each call for a module that cannot be hashed (``hashable``)."""
+    def wrap(f: Callable) -> Callable:
+        cached = functools.lru_cache(maxsize=maxsize)(f)
+
+        @functools.wraps(f)
+        def call(module, *args):
+            return cached(module, *args) if hashable(module) else f(module, *args)
+        call.cache_clear = cached.cache_clear
+        return call
+    return wrap

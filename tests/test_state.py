@@ -33,7 +33,7 @@ def test_create_train_state_compiles_one_program_once_for_every_seed():
         if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
             compiles.append(duration)
     jax.clear_caches()
-    state._cached_init.cache_clear()
+    state._compiled_init.cache_clear()
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         for seed in (17, 18, 2 ** 32 - 1):
