@@ -10,13 +10,14 @@ differs. Training, they agree on a stop (``caught_by_any``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -85,16 +86,26 @@ def leave(wait_s: float = 2.0) -> None:
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def leaving_on_error() -> Iterator[None]:
+    """A block whose error, in one process of a multi-host run, stops the others at the check it would have
+    come to next (``leave``), not at its timeout. Not once the block has made a check: the others are past
+    it (an early stop raised in every process leaves them in the run, to go on)."""
+    made = _made[0]
+    try:
+        yield
+    except Exception:
+        if _made[0] == made:
+            leave()
+        raise
+
+
 def leaves_on_error(f: Callable) -> Callable:
-    """``f``, whose error in one process of a multi-host run stops the others at their next check
-    (``leave``), not at its timeout: a library's ``fit`` as the command's ``main``."""
+    """``f`` in ``leaving_on_error``: a library's ``fit`` as the command's ``main``."""
     @functools.wraps(f)
     def wrapped(*args, **kwargs):
-        try:
+        with leaving_on_error():
             return f(*args, **kwargs)
-        except Exception:
-            leave()
-            raise
     return wrapped
 
 

@@ -208,8 +208,8 @@ def planned(config: Config, data: WindowedText, workdir: str | Path, *, devices:
             runs: list[Config] | None = None) -> Iterator[Plan]:
     """``plan``, made under the workdir's lock (the writer process holds it for the block; the others
     only read), the damaged checkpoints it found set aside. An error, in the block too, stops the other
-    processes of a multi-host run at their next check (``rnnjax.agree.leave``), not at its timeout."""
-    try:
+    processes of a multi-host run at their next check (``rnnjax.agree.leaving_on_error``)."""
+    with agree.leaving_on_error():
         dp = check(config, data, workdir, devices=devices, runs=runs)
         workdir = Path(workdir)
         if jax.process_index() != 0:
@@ -224,9 +224,6 @@ def planned(config: Config, data: WindowedText, workdir: str | Path, *, devices:
                 for step, _ in p.damaged:
                     tidy.set_aside(workdir, step)
             yield p
-    except Exception:
-        agree.leave()
-        raise
 
 
 _open_plans: set[int] = set()       # the plans whose ``planned`` block runs: fit may train them

@@ -139,6 +139,17 @@ def test_processes_that_all_left_on_errors_leave_together_at_once(process_0_of_2
     assert shutdowns == [1] and time.monotonic() - began < 5
 
 
+def test_an_error_once_the_block_made_its_check_leaves_the_run_as_it_is(process_0_of_2):
+    """The others are past the check (an early stop raised in every process): none waits to be told, and
+    shutting jax.distributed down would end a program that goes on."""
+    store, shutdowns = process_0_of_2
+    given(store, {"epochs": 3})
+    with pytest.raises(RuntimeError), agree.leaving_on_error():
+        agree.check_agreed({"epochs": 3})
+        raise RuntimeError("an early stop")
+    assert not [k for k in store if "left" in k] and not shutdowns
+
+
 def _block_raises(small_data, tmp_path):
     with start.planned(TINY, small_data, tmp_path):
         raise RuntimeError("the user's own loop failed")
