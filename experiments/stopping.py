@@ -57,17 +57,19 @@ def as_child(env: dict | None = None) -> dict:
 
 
 def die_with_parent() -> None:
-    """In a child started with ``as_child``: a SIGTERM as its parent dies (Linux's PR_SET_PDEATHSIG), at
-    once if it has died already; elsewhere nothing. Its own children are told of it afresh."""
-    parent = os.environ.pop(PARENT_PID, None)
-    if parent is None or not sys.platform.startswith("linux"):
+    """In a child started with ``as_child``: a SIGTERM as its parent dies (Linux's PR_SET_PDEATHSIG); one
+    line and 143 if it has died already. Elsewhere, or for a value that is not a process id, nothing. Its
+    own children are told of it afresh."""
+    parent = os.environ.pop(PARENT_PID, "")
+    if not parent.isdecimal() or not sys.platform.startswith("linux"):
         return
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)         # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
     if str(os.getppid()) != parent:         # it died before the prctl: adopted already
-        os.kill(os.getpid(), signal.SIGTERM)
+        exit_now(f"Stopped: the command that started this one (process {parent}, ${PARENT_PID}) has "
+                 "exited.", 128 + signal.SIGTERM)
 
 
 def run_child(args: list[str], **kwargs) -> subprocess.CompletedProcess:

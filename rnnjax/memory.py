@@ -32,8 +32,8 @@ LONG_COMPILE_LAYERS = 16
 
 def _state_bytes(config: Config, vocab_size: int) -> tuple[int, int]:
     """``(bytes of the train state, bytes of its parameters)``: counted for the known cells, with what the
-    optimizer keeps per parameter (``_optimizer_bytes``), traced for others (``jax.eval_shape``, seconds
-    for a deep stack)."""
+    optimizer keeps per parameter (``_optimizer_bytes``), traced for others and for an optimizer whose
+    state needs the model's own tree (``jax.eval_shape``, seconds for a deep stack)."""
     if config.cell in _GATES:
         gates, dirs, H = _GATES[config.cell], 2 if config.bidirectional else 1, config.num_hiddens
         biases = 1 if config.cell == "rnn" else 2
@@ -41,21 +41,27 @@ def _state_bytes(config: Config, vocab_size: int) -> tuple[int, int]:
         count = (config.num_layers * per_layer + dirs * vocab_size * gates * H
                  + (config.num_layers - 1) * dirs * dirs * H * gates * H)
         count += dirs * H * vocab_size + vocab_size
-        return 4 * count + _optimizer_bytes(config, 4 * count) + 64, 4 * count
+        kept = _optimizer_bytes(config, 4 * count)
+        if kept is not None:
+            return 4 * count + kept + 64, 4 * count
     abstract = abstract_train_state(config, vocab_size)
     return (sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract)),
             sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract.params)))
 
 
-def _optimizer_bytes(config: Config, param_bytes: int) -> int:
+def _optimizer_bytes(config: Config, param_bytes: int) -> int | None:
     """Bytes of ``config.optimizer``'s state for float32 parameters of ``param_bytes`` (SGD none, Adam two
-    moments), from its state for two stand-ins (traced, not the model): a part per parameter, a part not."""
+    moments), from its state for two stand-ins (traced, not the model): a part per parameter, a part not.
+    ``None`` for an optimizer that cannot take them (a mask of the model's tree, a matrix-only method)."""
     opt = optimizers.make(config)
 
     def state_bytes(n: int) -> int:
         state = jax.eval_shape(opt.init, {"w": jax.ShapeDtypeStruct((n,), jnp.float32)})
         return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-    small, large = state_bytes(1024), state_bytes(2048)
+    try:
+        small, large = state_bytes(1024), state_bytes(2048)
+    except Exception:           # whatever it raises: the model's own tree is traced instead
+        return None
     per_byte = (large - small) / (4 * 1024)
     return round(per_byte * param_bytes + small - per_byte * 4 * 1024)
 

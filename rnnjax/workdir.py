@@ -71,11 +71,11 @@ def in_checkpoints(path: Path) -> str | None:
     """Where ``path`` is in a run's checkpoints folder, which the run deletes from as it saves and reads
     as its own (a folder of digits there is a damaged checkpoint), in words: ``inside runs/a/checkpoints,
     the checkpoints of the run in runs/a``; ``None`` if it is not."""
+    here = Path(os.path.abspath(path))            # "..": the folder it names, as the system takes it
     try:                                           # through links too: a link into a run's checkpoints
         resolved = path.resolve()
     except (OSError, RuntimeError):                # a loop of links: the path as given
-        resolved = path.absolute()
-    here = path.absolute()
+        resolved = here
     for folder in dict.fromkeys([here, *here.parents, resolved, *resolved.parents]):
         if folder.name == SUBDIR and _holds_a_run(folder.parent):
             where = "" if folder in (here, resolved) else "inside "

@@ -63,3 +63,18 @@ def test_a_text_whose_tokens_do_not_fit_on_every_device_is_refused_naming_the_te
 def test_many_layers_warn_of_a_long_compilation():
     assert memory.compile_note(TINY) is None
     assert "num_layers=1000" in memory.compile_note(TINY.replace(num_layers=1000))
+
+
+def test_an_optimizer_whose_state_needs_the_model_s_own_tree_is_counted_from_it(monkeypatch):
+    """A mask of the parameters' tree (weight decay on the matrices only) failed on the stand-in that
+    sizes an optimizer's state: a traceback where the run had trained."""
+    import optax
+    from rnnjax import optimizers
+    mask = jax.tree.map(lambda x: x.ndim > 1, abstract_train_state(TINY, 28).params)
+    monkeypatch.setitem(optimizers.OPTIMIZERS, "masked", optimizers.clipped(
+        lambda learning_rate: optax.adamw(learning_rate, weight_decay=1e-4, mask=mask)))
+    config = TINY.replace(optimizer="masked")
+    abstract = abstract_train_state(config, 28)
+    params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract.params))
+    state = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+    assert memory.estimate(config, 28, 1)[0] == state + memory.PARAM_COPIES * params

@@ -239,4 +239,9 @@ def test_a_child_whose_parent_died_before_it_started_stops_at_once():
     done = subprocess.run([sys.executable, "-c", body], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, stopping.PARENT_PID: "1"})
     assert (done.returncode, done.stdout) == (128 + signal.SIGTERM, "")
-    assert done.stderr == "Stopped by signal 15 while starting, before anything was written.\n"
+    assert done.stderr == ("Stopped: the command that started this one (process 1, $RNNJAX_PARENT_PID) has "
+                           "exited.\n")
+    for value in ("", "x"):         # one's own shell's: not a process id, not acted on
+        ran = subprocess.run([sys.executable, "-c", body], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60, env={**os.environ, stopping.PARENT_PID: value})
+        assert (ran.returncode, ran.stdout) == (0, "ran\n")

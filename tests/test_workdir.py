@@ -167,3 +167,17 @@ def test_a_folder_where_the_temporary_file_goes_is_named(tmp_path):
     with pytest.raises(workdir.WorkdirError, match=r"ppl.png.tmp is a folder, where ppl.png is written"):
         workdir.write_atomically(tmp_path / "ppl.png", "x")
     assert (tmp_path / "ppl.png.tmp").is_dir() and not (tmp_path / "ppl.png").exists()
+
+
+def test_a_path_is_in_a_run_s_checkpoints_as_the_system_takes_its_dots(tmp_path, monkeypatch):
+    """R/checkpoints/../../other was refused as inside R's checkpoints; the run was named R/checkpoints/..."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "R" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "R" / LOCKFILE).write_text("")
+    (tmp_path / "other").mkdir()
+    assert workdir.in_checkpoints(Path("R/checkpoints/../../other/s1")) is None
+    assert workdir.in_checkpoints(Path("R/checkpoints/../checkpoints/7")) == (
+        f"inside {tmp_path / 'R' / 'checkpoints'}, the checkpoints of the run in {tmp_path / 'R'}")
+    monkeypatch.chdir(tmp_path / "R")
+    assert workdir.in_checkpoints(Path("./checkpoints/../checkpoints")) == (
+        f"{tmp_path / 'R' / 'checkpoints'}, the checkpoints of the run in {tmp_path / 'R'}")

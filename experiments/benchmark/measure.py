@@ -140,6 +140,8 @@ def measure_generation(data: TimeMachine, num_chars: int = 500, batch: int = 64,
 
 _COMPILE = """
 import sys, time
+from experiments import stopping
+stopping.die_with_parent()
 import jax
 from rnnjax import backend, xla
 from rnnjax.config import Config
