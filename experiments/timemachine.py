@@ -271,9 +271,10 @@ def _main(argv, parser_options: dict) -> int:
             if args.predict is None:     # joined: from here the processes stop together
                 stopping.handle(_deferred)
             agree.check_agreed(cli.shared_settings(args, configs, workdir, several), args.join_timeout)
-        predict_only(args) if args.predict is not None else train(args, configs, workdir, several)
+        with agree.leaving_on_error():     # an error before the run's check: the others stop at it
+            predict_only(args) if args.predict is not None else train(args, configs, workdir, several)
     except (*USAGE_ERRORS, TimeoutError) as e:
-        if joined:          # the others, at their next check, stop too
+        if joined:          # the others, at their next check, stop too (if not told already)
             agree.leave()
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -88,15 +88,16 @@ def leave(wait_s: float = 2.0) -> None:
 
 @contextlib.contextmanager
 def leaving_on_error() -> Iterator[None]:
-    """A block whose error, in one process of a multi-host run, stops the others at the check it would have
-    come to next (``leave``), not at its timeout. Not once the block has made a check: the others are past
-    it (an early stop raised in every process leaves them in the run, to go on)."""
+    """A block whose error (or Ctrl-C), in one process of a multi-host run, stops the others at the check
+    it would have come to next (``leave``, waiting for them as long as a check would: one that exited first
+    would take the run's coordination service, which process 0 serves, with it). Not once the block has
+    made a check: the others are past it (an early stop raised in every process leaves them in the run)."""
     made = _made[0]
     try:
         yield
-    except Exception:
+    except (Exception, KeyboardInterrupt):
         if _made[0] == made:
-            leave()
+            leave(wait_s=TIMEOUT_S)
         raise
 
 
@@ -107,6 +108,14 @@ def leaves_on_error(f: Callable) -> Callable:
         with leaving_on_error():
             return f(*args, **kwargs)
     return wrapped
+
+
+def check_in_run() -> None:
+    """``ValueError`` in one sentence if this process has left its multi-host run (``leave``): JAX's
+    collectives and orbax's saves would fail as if the checkpoints were damaged."""
+    if jax.process_count() > 1 and _client() is None:
+        raise ValueError(f"This process has left its multi-host run (process {jax.process_index()} of "
+                         f"{jax.process_count()}, after an error): start every process of the run again.")
 
 
 def _client() -> Any:

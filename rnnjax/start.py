@@ -172,6 +172,7 @@ def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: i
           runs: list[Config] | None = None) -> DataParallel:
     """The checks of the arguments, the data and what the workdir is (not of what it holds), before any
     work: ``ValueError`` (``WorkdirError``, ``CheckpointError``) in one sentence; the devices to train on."""
+    agree.check_in_run()
     check_types(config, data, workdir)
     dp = check_arguments(config, workdir, devices=devices, runs=runs)
     if data.num_val < 1:

@@ -214,3 +214,23 @@ def test_processes_that_stopped_at_the_same_call_leave_through_the_shutdown_barr
     assert agreed.together and not Interrupted("a second signal", 15).together
     agree.leave_together()
     assert shutdowns == [1]
+
+
+def test_a_process_that_left_its_run_is_told_so_before_it_trains_again(process_0_of_2, small_data, tmp_path,
+                                                                       monkeypatch):
+    """After a leave shut jax.distributed down, a retried fit called its (absent) checkpoints damaged."""
+    from jax._src import distributed
+    monkeypatch.setattr(distributed.global_state, "client", None)          # as jax.distributed.shutdown
+    with pytest.raises(ValueError, match=r"^This process has left its multi-host run \(process 0 of 2, after "
+                                         r"an error\): start every process of the run again\.$"):
+        train.fit(TINY, small_data, tmp_path / "w", log=None)
+    assert not (tmp_path / "w").exists()
+
+
+def test_ctrl_c_before_the_check_stops_the_others_at_it(process_0_of_2):
+    """A KeyboardInterrupt in one process left the others waiting 300 s, then aborting in C++."""
+    store, shutdowns = process_0_of_2
+    store["rnnjax/agree/0/read-left/1"] = ""
+    with pytest.raises(KeyboardInterrupt), agree.leaving_on_error():
+        raise KeyboardInterrupt
+    assert "rnnjax/agree/0/left/0" in store and shutdowns == [1]
