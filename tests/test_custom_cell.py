@@ -107,10 +107,10 @@ def test_a_foreign_cell_in_the_model_is_flax_s_nn_rnn_over_one_hot_vectors(name)
 
 
 # flax's MGU is the notebook test's cell, its SimpleCell trains in bfloat16 below.
-SLOW_FOREIGN = [pytest.param("flax_gru", marks=pytest.mark.slow)]
+SLOW_FOREIGN = [pytest.param(name, marks=pytest.mark.slow) for name in ("listed", "flax_gru")]
 
 
-@pytest.mark.parametrize("name", ["dense", "listed", *SLOW_FOREIGN])
+@pytest.mark.parametrize("name", ["dense", *SLOW_FOREIGN])
 def test_a_foreign_cell_trains_resumes_exactly_restores_and_generates(name, tmp_path, monkeypatch):
     monkeypatch.setitem(model_lib.CELLS, name, FOREIGN[name])
     config = TINY.replace(cell=name, epochs=1, num_train=100)
@@ -433,6 +433,7 @@ class ScaledCell(DenseCell):
         return h, h
 
 
+@pytest.mark.slow
 def test_a_run_restores_and_resumes_only_with_the_cell_it_was_trained_with_a_partial_s_arguments_too(
         small_data, tmp_path, monkeypatch):
     """The run saves its cell's name; what was registered under it is kept beside, and checked."""

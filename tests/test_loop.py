@@ -28,6 +28,7 @@ def data():
     return TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
 
 
+@pytest.mark.slow
 def test_the_gradient_norm_before_clipping_is_logged_as_its_epoch_mean(data, tmp_path):
     config = TINY.replace(epochs=1, clip=0.05)               # clipped at every step
     result = fit(config, data, tmp_path, devices=1, log=None)
@@ -163,7 +164,7 @@ def _as_format_2(workdir, step):
     path.write_text(json.dumps(meta_lib.seal({k: v for k, v in meta.items() if k != meta_lib.CHECKSUM})))
 
 
-@pytest.mark.parametrize("several", [False, True])
+@pytest.mark.parametrize("several", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_workdir_of_format_2_stopped_mid_epoch_resumes_as_if_never_stopped(data, tmp_path, several):
     configs = [TINY.replace(epochs=2, seed=s) for s in (0, 1)]
 

@@ -220,6 +220,7 @@ def test_a_workdir_that_cannot_be_read_is_one_sentence(tmp_path, monkeypatch):
         checkpoint.restore(tmp_path)
 
 
+@pytest.mark.slow
 def test_one_run_trained_together_restores_without_choosing_it(small_data, tmp_path):
     """``fit_runs([config])``: run 0 is the only one (it asked for run=K, K from 0 to 0)."""
     together = runs.fit_runs([TINY.replace(epochs=1)], small_data, tmp_path, devices=1, log=None)

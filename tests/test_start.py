@@ -179,6 +179,7 @@ def test_fit_refuses_before_anything_is_written(small_data, tmp_path, config, de
     assert tree_stat(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_deep_stack_is_warned_of_before_its_long_compilation(small_data, tmp_path):
     text = plan(SMALL.replace(num_layers=1000), small_data, tmp_path / "w", devices=1).describe()
     assert "num_layers=1000: every layer is compiled into the training step, which may take minutes" in text
