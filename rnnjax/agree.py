@@ -5,7 +5,7 @@ over as many devices, saving alike: else they run other programs, and the
 first collective hangs (gloo's timeout is 30 minutes, deaf to signals) or
 aborts the process. ``check_agreed`` compares them through jax.distributed's
 key-value store, which no such difference can hang, and names the first that
-differs. Training, they agree on a stop (``caught_by_any``).
+differs. Training, they agree on a stop (``stop_by_any``).
 """
 
 from __future__ import annotations
@@ -242,15 +242,18 @@ def spans_processes() -> bool:
     return jax.process_count() > 1
 
 
-def caught_by_any(signum: int | None) -> int | None:
-    """The signal any process of a multi-host run caught (the lowest-numbered's), the same on each: one
-    small collective a call, one after validation and one as the run ends."""
+def stop_by_any(signum: int | None, raised: bool = False) -> tuple[int | None, int | None]:
+    """``(the signal any process of a multi-host run caught, the lowest-numbered's; the first process whose
+    progress raised)``, ``None`` for none, the same on each: one small collective a call, one after
+    validation, one after the epoch's progress and one as the run ends."""
     from jax.experimental import multihost_utils
     try:
-        gathered = multihost_utils.process_allgather(np.int32(signum or 0))
+        gathered = multihost_utils.process_allgather(np.array([signum or 0, int(raised)], np.int32))
     except jax.errors.JaxRuntimeError as e:       # a peer gone: stop now, not at JAX's heartbeat's abort
         said = next(iter(str(e).splitlines()), "")[:200]
         raise LostProcess(f"Another process of the multi-host run stopped or failed ({said}); this one stops "
                           "too; start every process again to resume.") from None
-    caught = [int(s) for s in np.asarray(gathered) if s]
-    return caught[0] if caught else None
+    gathered = np.asarray(gathered).reshape(-1, 2)
+    caught = [int(s) for s in gathered[:, 0] if s]
+    by = [k for k, r in enumerate(gathered[:, 1]) if r]
+    return (caught[0] if caught else None), (by[0] if by else None)

@@ -36,7 +36,7 @@ from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
 from rnnjax.meta import Position
 from rnnjax.start import Plan, check_open
-from rnnjax.stops import (Interrupted, NonFiniteLoss, StoppedRuns, catch_signals,
+from rnnjax.stops import (Interrupted, NonFiniteLoss, StoppedByAnother, StoppedRuns, catch_signals,
                           check_divergence, check_finite)
 from rnnjax.workdir import WorkdirError
 
@@ -76,7 +76,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     saved, but the line in metrics.jsonl of a run its perplexity stopped),
     ``Interrupted`` after saving the last completed call's step, and what
     ``progress`` raises (an early stop, a closed pipe) after saving the step it
-    was called at.
+    was called at (in the other processes of a multi-host run,
+    ``StoppedByAnother``, the same step saved).
 
     ``ValueError`` before it writes anything (a workdir ``planned`` made
     goes again with its lock) unless the processes of a multi-host run
@@ -140,8 +141,6 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
         saved[0] = int(per_run(host.step)[0])
         checkpoint.save(manager, saved[0], host, meta, val_ppl=val_ppl)
 
-    # A multi-host run's save is collective: its processes stop at the same call, on the signal any caught.
-    agreed = agree.caught_by_any if agree.spans_processes() else (lambda caught: caught)
     signum = None                     # the signal that stops the run, as every process sees it
     raised = None                     # what progress raised (an early stop, a closed pipe): saved as for one
     with catch_signals() as stop, manager:
@@ -157,11 +156,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                 call_metrics.append(m)
                 wait_for_backlog(call_metrics)
                 done, batch = done + len(chunk), batch + len(chunk)
-                raised = _told(progress, done, total, None)
-                if raised is not None:
-                    break
-                signum = agreed(stop.signum)
-                if signum is not None:
+                raised = _told(progress, done, total, None)        # first: a signal it sends stops here
+                signum, raised = _agreed(stop.signum, raised, done)
+                if signum is not None or raised is not None:
                     break
             host = per_run(dp.unreplicate(call_metrics))
             sums: list[dict] = [{} for _ in configs]
@@ -198,7 +195,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             _log(check_lock, metrics_log, last)
             stops.check_any_live()
             # One caught during validation saves this epoch and stops (every process: they agree again).
-            signum = agreed(stop.signum)
+            signum, _ = _agreed(stop.signum, None, done)
             checkpoint.check_failed(manager)
             # The records first: a crash between the two leaves them past the checkpoint; resume drops them.
             _log(check_lock, metrics_log, records)
@@ -209,6 +206,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                 raised = _told(progress, done, total, {"epoch": epoch + 1, **{
                     k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED},
                     "runs": [dict(r) for r in records]} if several else dict(records[0]))
+                _, raised = _agreed(None, raised, done)         # the next call's agreement takes a signal
                 if raised is not None and not due:
                     save(epoch + 1, 0, [{} for _ in configs], records)
             if raised is not None:
@@ -218,11 +216,24 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                 raise _stopped(manager, signum, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done,
                                workdir, finished=epoch + 1 == p.config.epochs)
         checkpoint.check_saved(manager)
-        signum = agreed(stop.signum)        # one caught as the last epoch saved: the run is whole, it says so
+        signum, _ = _agreed(stop.signum, None, done)    # one caught as the last epoch saved: the run is whole
         if signum is not None:
             raise _stopped(manager, signum, stop.signum, p.config.epochs - 1, steps_per_epoch,
                            steps_per_epoch, done, workdir, finished=True)
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir, tuple(stops.why) if several else ())
+
+
+def _agreed(caught: int | None, raised: Exception | None, step: int) -> tuple[int | None, Exception | None]:
+    """The signal and the ``progress`` exception this process stops on: its own; in a multi-host run, whose
+    save is collective, those any process had at this call (``agree.stop_by_any``), so that all save the
+    same step and stop."""
+    if not agree.spans_processes():
+        return caught, raised
+    signum, by = agree.stop_by_any(caught, raised is not None)
+    if raised is None and by is not None:
+        raised = StoppedByAnother(f"Process {by} of the multi-host run stopped early at step {step} (its "
+                                  "progress raised; it says why): this one saved that step and stops too.")
+    return signum, raised
 
 
 def _told(progress: Callable | None, done: int, total: int, record: dict | None) -> Exception | None:

@@ -37,6 +37,11 @@ class LostProcess(RuntimeError):
     """Another process of a multi-host run stopped or failed: the collective that agrees on a stop failed."""
 
 
+class StoppedByAnother(LostProcess):
+    """Another process of a multi-host run stopped early at this call (its ``progress`` raised): this one
+    saved the same step and stops too."""
+
+
 class _StopFlag:
     """Turns the first SIGINT/SIGTERM into a flag the loop checks between steps; a second one stops
     at once (``Interrupted``, naming it: 130 for SIGINT, 143 for SIGTERM), or as soon as a ``held``

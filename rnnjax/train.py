@@ -169,10 +169,10 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
     metrics.jsonl gets it; by default (``None``) ``log`` gets a line every
     tenth of the epochs (``epoch_lines``), ``False`` is off. To stop early, raise from it: fit saves the step
     it was called at, then raises that, and fit again resumes from there
-    (on several hosts, raise in every process at the same call: the others
-    would wait for it; an error in one before the run's first step stops
-    the others at their check, ``rnnjax.agree.leaving_on_error``, and
-    after it they wait). Raises ``NonFiniteLoss``
+    (on several hosts, raised in one process: every process saves that step,
+    and the others raise ``rnnjax.stops.StoppedByAnother``; an error in one
+    before the run's first step stops the others at their check,
+    ``rnnjax.agree.leaving_on_error``). Raises ``NonFiniteLoss``
     (nothing saved past the last good checkpoint) and ``Interrupted`` (after
     saving the last completed call's step).
     """

@@ -194,30 +194,66 @@ def test_a_workdir_of_format_2_stopped_mid_epoch_resumes_as_if_never_stopped(dat
 def test_a_signal_a_peer_catches_in_validation_stops_this_one_after_that_epoch(data, tmp_path, monkeypatch):
     """A multi-host run's processes agree on a signal after each call and after validation, as a
     single-process run stops on one caught then. Simulated in one process: the peer's SIGTERM comes with
-    the agreement after epoch 1's validation (the third: two calls an epoch, then validation's)."""
+    the agreement after epoch 1's validation (the third: two calls an epoch, then validation's; the
+    epoch's progress agrees fourth)."""
     gathers = []
 
-    def caught_by_any(own):
+    def stop_by_any(own, raised=False):
         gathers.append(own)
-        return signal.SIGTERM if len(gathers) == 3 else own
+        return (signal.SIGTERM if len(gathers) == 3 else own), None
     monkeypatch.setattr(agree, "spans_processes", lambda: True)
-    monkeypatch.setattr(agree, "caught_by_any", caught_by_any)
+    monkeypatch.setattr(agree, "stop_by_any", stop_by_any)
     with pytest.raises(Interrupted, match=r"\(SIGTERM\), caught by another process of the multi-host run, in "
                                           r"epoch 1 after batch 13/13; saved step 13"):
         fit(TINY.replace(epochs=3), data, tmp_path, devices=1, log=None)
-    assert gathers == [None] * 3 and checkpoint.restore(tmp_path).step == 13
+    assert gathers == [None] * 4 and checkpoint.restore(tmp_path).step == 13      # the epoch's progress too
     assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / metrics.FILENAME).read()] == [1]
     gathers.clear()                 # after the last epoch's validation: nothing is left to resume
     with pytest.raises(Interrupted, match=r"in epoch 1 after batch 13/13; saved step 13 in .*\. Nothing is "
                                           r"left to train\.$"):
         fit(TINY.replace(epochs=1), data, tmp_path / "one", devices=1, log=None)
-    gathers.clear()                 # as the last saves finish (the fourth): the same
-    monkeypatch.setattr(agree, "caught_by_any", lambda own: gathers.append(own) or (
-        signal.SIGTERM if len(gathers) == 4 else own))
+    gathers.clear()                 # as the last saves finish (the fifth): the same
+    monkeypatch.setattr(agree, "stop_by_any", lambda own, raised=False: gathers.append(own) or (
+        signal.SIGTERM if len(gathers) == 5 else own, None))
     with pytest.raises(Interrupted, match=r"caught by another process of the multi-host run, in epoch 1 "
                                           r"after batch 13/13; saved step 13 in .*\. Nothing is left"):
         fit(TINY.replace(epochs=1), data, tmp_path / "end", devices=1, log=None)
-    assert gathers == [None] * 4 and checkpoint.restore(tmp_path / "end").step == 13
+    assert gathers == [None] * 5 and checkpoint.restore(tmp_path / "end").step == 13
+
+
+@pytest.mark.parametrize("at, step", [(1, 10), (4, 13)])
+def test_a_peer_whose_progress_raised_stops_this_one_at_the_same_step_saved(
+        data, tmp_path, monkeypatch, at, step):
+    """An early stop raised from one process's progress (process 0's alone, say) hung a multi-host run for
+    300 s: that process entered a save the others never came to. Simulated in one process: the peer's
+    raise comes with the first call's agreement (mid-epoch), or with epoch 1's progress (the fourth)."""
+    gathers = []
+
+    def stop_by_any(own, raised=False):
+        gathers.append(raised)
+        return own, (1 if len(gathers) == at else None)
+    monkeypatch.setattr(agree, "spans_processes", lambda: True)
+    monkeypatch.setattr(agree, "stop_by_any", stop_by_any)
+    said = (rf"^Process 1 of the multi-host run stopped early at step {step} \(its progress raised; it says "
+            r"why\): this one saved that step and stops too\.$")
+    with pytest.raises(stops.StoppedByAnother, match=said):
+        fit(TINY.replace(epochs=3), data, tmp_path, devices=1, log=None)
+    assert len(gathers) == at and not any(gathers) and checkpoint.restore(tmp_path).step == step
+
+
+def test_this_process_s_progress_raising_is_agreed_on_before_its_save_and_raised_as_its_own(
+        data, tmp_path, monkeypatch):
+    gathers = []
+    monkeypatch.setattr(agree, "spans_processes", lambda: True)
+    monkeypatch.setattr(agree, "stop_by_any", lambda own, raised=False: gathers.append(raised) or (
+        own, 0 if raised else None))
+
+    def early_stop(done, total, record):
+        if done == 10:
+            raise StopIteration("enough")
+    with pytest.raises(StopIteration, match="^enough$"):
+        fit(TINY.replace(epochs=3), data, tmp_path, devices=1, log=None, progress=early_stop)
+    assert gathers == [True] and checkpoint.restore(tmp_path).step == 10
 
 
 def test_a_peer_gone_at_an_agreement_stops_this_process_in_one_sentence(data, tmp_path, monkeypatch):
