@@ -25,7 +25,7 @@ import numpy as np
 
 from rnnjax.config import Config
 from rnnjax.spelling import shown, spelt
-from rnnjax.stops import LostProcess
+from rnnjax.stops import LostProcess, StoppedByAnother
 
 # Seconds a process waits for the others to reach a check: they may read and tokenize a large text first.
 TIMEOUT_S = 300
@@ -240,6 +240,19 @@ def of_run(p: Any, data: Any, params: Any, checkpoint_every: int, keep: int) -> 
 def spans_processes() -> bool:
     """Whether this is a multi-host run, whose processes agree on a stop."""
     return jax.process_count() > 1
+
+
+def on_stop(caught: int | None, raised: Exception | None, step: int) -> tuple[int | None, Exception | None]:
+    """The signal and the ``progress`` exception a training loop stops on at ``step``: its own; in a
+    multi-host run, whose save is collective, those any process had at this call (``stop_by_any``), so
+    that all save the same step and stop."""
+    if not spans_processes():
+        return caught, raised
+    signum, by = stop_by_any(caught, raised is not None)
+    if raised is None and by is not None:
+        raised = StoppedByAnother(f"Process {by} of the multi-host run stopped early at step {step} (its "
+                                  "progress raised; it says why): this one saved that step and stops too.")
+    return signum, raised
 
 
 def stop_by_any(signum: int | None, raised: bool = False) -> tuple[int | None, int | None]:

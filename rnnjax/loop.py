@@ -36,7 +36,7 @@ from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
 from rnnjax.meta import Position
 from rnnjax.start import Plan, check_open
-from rnnjax.stops import (Interrupted, NonFiniteLoss, StoppedByAnother, StoppedRuns, catch_signals,
+from rnnjax.stops import (Interrupted, NonFiniteLoss, StoppedRuns, catch_signals,
                           check_divergence, check_finite)
 from rnnjax.workdir import WorkdirError
 
@@ -157,7 +157,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                 wait_for_backlog(call_metrics)
                 done, batch = done + len(chunk), batch + len(chunk)
                 raised = _told(progress, done, total, None)        # first: a signal it sends stops here
-                signum, raised = _agreed(stop.signum, raised, done)
+                signum, raised = agree.on_stop(stop.signum, raised, done)
                 if signum is not None or raised is not None:
                     break
             host = per_run(dp.unreplicate(call_metrics))
@@ -195,7 +195,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             _log(check_lock, metrics_log, last)
             stops.check_any_live()
             # One caught during validation saves this epoch and stops (every process: they agree again).
-            signum, _ = _agreed(stop.signum, None, done)
+            signum, _ = agree.on_stop(stop.signum, None, done)
             checkpoint.check_failed(manager)
             # The records first: a crash between the two leaves them past the checkpoint; resume drops them.
             _log(check_lock, metrics_log, records)
@@ -206,7 +206,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                 raised = _told(progress, done, total, {"epoch": epoch + 1, **{
                     k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED},
                     "runs": [dict(r) for r in records]} if several else dict(records[0]))
-                _, raised = _agreed(None, raised, done)         # the next call's agreement takes a signal
+                _, raised = agree.on_stop(None, raised, done)     # the next call's agreement takes a signal
                 if raised is not None and not due:
                     save(epoch + 1, 0, [{} for _ in configs], records)
             if raised is not None:
@@ -216,24 +216,11 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                 raise _stopped(manager, signum, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done,
                                workdir, finished=epoch + 1 == p.config.epochs)
         checkpoint.check_saved(manager)
-        signum, _ = _agreed(stop.signum, None, done)    # one caught as the last epoch saved: the run is whole
+        signum, _ = agree.on_stop(stop.signum, None, done)  # caught as the last epoch saved: the run is whole
         if signum is not None:
             raise _stopped(manager, signum, stop.signum, p.config.epochs - 1, steps_per_epoch,
                            steps_per_epoch, done, workdir, finished=True)
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir, tuple(stops.why) if several else ())
-
-
-def _agreed(caught: int | None, raised: Exception | None, step: int) -> tuple[int | None, Exception | None]:
-    """The signal and the ``progress`` exception this process stops on: its own; in a multi-host run, whose
-    save is collective, those any process had at this call (``agree.stop_by_any``), so that all save the
-    same step and stop."""
-    if not agree.spans_processes():
-        return caught, raised
-    signum, by = agree.stop_by_any(caught, raised is not None)
-    if raised is None and by is not None:
-        raised = StoppedByAnother(f"Process {by} of the multi-host run stopped early at step {step} (its "
-                                  "progress raised; it says why): this one saved that step and stops too.")
-    return signum, raised
 
 
 def _told(progress: Callable | None, done: int, total: int, record: dict | None) -> Exception | None:
