@@ -7,6 +7,7 @@ import json
 import time
 
 import jax
+import numpy as np
 import pytest
 
 from conftest import TINY
@@ -234,3 +235,11 @@ def test_ctrl_c_before_the_check_stops_the_others_at_it(process_0_of_2):
     with pytest.raises(KeyboardInterrupt), agree.leaving_on_error():
         raise KeyboardInterrupt
     assert "rnnjax/agree/0/left/0" in store and shutdowns == [1]
+
+
+def test_a_stop_is_the_lowest_process_s_signal_and_the_first_process_whose_progress_raised(monkeypatch):
+    from jax.experimental import multihost_utils
+    rows = {0: [[0, 0], [0, 0], [0, 0]], 1: [[0, 0], [15, 1], [2, 1]], 2: [[0, 1], [0, 0], [0, 0]]}
+    for case, want in ((0, (None, None)), (1, (15, 1)), (2, (None, 0))):
+        monkeypatch.setattr(multihost_utils, "process_allgather", lambda mine: np.array(rows[case], np.int32))
+        assert agree.stop_by_any(None, False) == want
