@@ -82,6 +82,14 @@ def check_outside_runs(flag: str, path: Path) -> None:
                          "choose one outside it.")
 
 
+def check_output(flag: str, path: str | Path, kind: str = "folder") -> None:
+    """The checks of a path a command writes to (given as ``flag``, a ``kind``) that need no file opened:
+    ``check_names``, ``check_link``, ``check_outside_runs``."""
+    check_names(flag, path)
+    check_link(flag, Path(path), kind)
+    check_outside_runs(flag, Path(path))
+
+
 def parse_seeds(text: str) -> list[int]:
     """``--seeds``: distinct whole numbers in [0, 2**32), comma-separated; else ``ValueError`` naming the
     mistake."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from experiments import stopping
-from experiments.parsing import check_link, check_names, check_outside_runs
+from experiments.parsing import check_output
 from rnnjax.lock import lock
 from rnnjax.workdir import write_atomically
 
@@ -24,9 +24,7 @@ def check_workdir(workdir: Path) -> None:
     ``FIGURES`` and ``RESULTS`` (they would be overwritten)."""
     if str(workdir) in ("", "."):
         raise ValueError("--workdir is empty or the current folder; give a folder of its own.")
-    check_names("--workdir", workdir)
-    check_link("--workdir", workdir)
-    check_outside_runs("--workdir", workdir)
+    check_output("--workdir", workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"--workdir {workdir} is a file, not a folder.")
     earlier = [name for name in (*FIGURES, RESULTS) if (workdir / name).exists()]

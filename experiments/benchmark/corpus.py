@@ -41,7 +41,7 @@ from pathlib import Path
 from experiments import stopping
 from experiments.benchmark.corpus_parts import MB, devices, generate, prepare, train
 from experiments.benchmark.outputs import Stop, check_writable
-from experiments.parsing import Parser, check_link, check_names, check_outside_runs
+from experiments.parsing import Parser, check_names, check_output
 from rnnjax import spelling
 from rnnjax.lock import LOCKFILE, WorkdirError, lock
 from rnnjax.workdir import write_atomically
@@ -256,9 +256,7 @@ def check_out(typed: str) -> Path:
     """``ValueError`` unless ``--out`` (``typed``) is, or can be made, a folder holding only what this
     benchmark writes (an earlier run's)."""
     out = Path(typed)
-    check_names("--out", out)
-    check_link("--out", out)
-    check_outside_runs("--out", out)
+    check_output("--out", out)
     try:
         first = next((f for f in (out, *out.parents) if f.exists() or f.is_symlink()), None)
         if not typed or first is None or not first.is_dir():   # the folder, or its nearest parent, a file

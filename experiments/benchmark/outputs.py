@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from experiments import stopping
-from experiments.parsing import check_link, check_names, check_outside_runs
+from experiments.parsing import check_output
 from rnnjax.lock import LOCKFILE
 
 # What the benchmark writes in --out (.tmp: a file being written when it was stopped; .lock: one run at a
@@ -72,9 +72,7 @@ def check_outputs(json_arg: str | None, out_arg: str | None, sweep: bool) -> tup
             raise ValueError(f"{flag} is empty; give a path (a shell variable that was not set?).")
     for flag, typed in (("--out", out_arg), ("--json", json_arg)):
         if typed:
-            check_names(flag, typed)
-            check_link(flag, Path(typed), "folder" if flag == "--out" else "file")
-            check_outside_runs(flag, Path(typed))
+            check_output(flag, typed, "folder" if flag == "--out" else "file")
     if json_arg and json_arg.endswith(("/", "\\")):
         raise ValueError(f"--json {json_arg} names a folder; give the results' file (a .json).")
     out_dir = Path(out_arg) if out_arg else Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
