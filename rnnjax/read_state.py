@@ -56,21 +56,31 @@ def restore_state(source: ocp.CheckpointManager | Path, step: int, target: Any, 
 
 def _read(path: Path, abstract: Any, params_only: bool) -> Any:
     """The arrays at ``path`` (a saved state), as ``abstract``: the whole state, or its params alone."""
+    # This process alone: orbax's default waits for every process of a multi-host run after a read, which
+    # one process restoring for inference, or processes that found other steps damaged, never all reach.
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     if not params_only:
         try:
-            with ocp.StandardCheckpointer() as checkpointer:
+            with ocp.StandardCheckpointer(multiprocessing_options=alone) as checkpointer:
                 return checkpointer.restore(path, abstract)
         except FileNotFoundError:
             if (path / "_METADATA").exists():
                 raise
         # orbax's tree metadata lost: read by abstract's tree, as inference reads params (checksums follow)
         item = flax.serialization.to_state_dict(abstract)
-        with ocp.PyTreeCheckpointer() as checkpointer:
+        with _pytree_checkpointer(alone) as checkpointer:
             out = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
                 item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item)))
         return flax.serialization.from_state_dict(abstract, out)
     item = {"params": abstract}
-    with ocp.PyTreeCheckpointer() as checkpointer:
+    with _pytree_checkpointer(alone) as checkpointer:
         return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
             item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
             partial_restore=True))["params"]
+
+
+def _pytree_checkpointer(options: ocp.options.MultiprocessingOptions) -> ocp.Checkpointer:
+    """orbax's ``PyTreeCheckpointer``, which takes no multiprocessing options, with ``options``."""
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=options),
+                            multiprocessing_options=options)

@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -221,6 +222,13 @@ def start_main_job(*args: str, cpu_devices: int | None = None, as_a_user: bool =
         env.update(JAX_NUM_CPU_DEVICES=str(cpu_devices), JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, "-m", "experiments.timemachine", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a multi-host run's process 0 to serve on)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ dozen SGD steps. We allow 1e-5.
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TINY as SMALL
+from conftest import TINY as SMALL, free_port
 from rnnjax import checkpoint, loop, xla
 from rnnjax.spelling import flag_spelling
 from rnnjax.data import Batch
@@ -207,12 +206,6 @@ def test_many_steps_per_epoch_on_two_devices_do_not_hang(fresh_env):
     done = subprocess.run([sys.executable, "-c", DEEP_QUEUE], env=fresh_env(JAX_NUM_CPU_DEVICES="2"),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "finished" in done.stdout, done.stderr[-2000:]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

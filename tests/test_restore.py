@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import TINY, assert_trees_equal, tree_digest
+from conftest import SUITE_XLA_FLAGS, TINY, assert_trees_equal, free_port, small_text, tree_digest, user_env
 
 from rnnjax import checkpoint, corpus, runs, state as state_lib
 from rnnjax.checkpoint import CheckpointError
@@ -173,6 +173,40 @@ def test_restore_for_inference_in_a_fresh_process(small_data, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected
     assert not (tmp_path / "no-cache").exists()
+
+
+# Process argv[1] of a two-process run trains on the text at argv[3]; then process 0 alone restores it.
+_TRAIN_THEN_ONE_RESTORES = """
+import sys
+import rnnjax
+from rnnjax import parallel
+i, address, text, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+parallel.initialize_distributed(address, 2, i, timeout_s=60)
+config = rnnjax.config.PRESETS["tiny"].replace(epochs=1, **rnnjax.corpus.TEXT_DEFAULTS)
+rnnjax.fit(config, rnnjax.corpus.load(config, text=text), workdir, log=None)
+if i == 0:
+    print(rnnjax.checkpoint.restore(workdir).predict("the ", 10))
+"""
+
+
+@pytest.mark.slow
+def test_one_process_of_a_multi_host_run_restores_alone(tmp_path):
+    """orbax's reader waited for every process of the run after reading: process 0 hung in restore, and the
+    other at its exit."""
+    (tmp_path / "input.txt").write_text(small_text(3000))
+    env = user_env(**SUITE_XLA_FLAGS, JAX_NUM_CPU_DEVICES="1", JAX_PLATFORMS="cpu")
+    address = f"127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-c", _TRAIN_THEN_ONE_RESTORES, str(i), address,
+                               str(tmp_path / "input.txt"), str(tmp_path / "w")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=100) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    said = [[line for line in out.splitlines() if not line.startswith("[Gloo]")] for out, _ in outs]
+    assert len(said[0]) == 1 and said[0][0].startswith("the ") and said[1] == [], said
 
 
 def test_the_best_with_a_damaged_meta_is_not_chosen_silently(small_data, tmp_path, capsys):
