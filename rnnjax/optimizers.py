@@ -28,7 +28,13 @@ def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
     one taking ``learning_rate``) at ``config.lr``: ``OPTIMIZERS["adamw"] = clipped(optax.adamw)``."""
     def make(config: Any, per_run: bool = False) -> optax.GradientTransformation:
         def kept(make):
-            return optax.inject_hyperparams(make) if per_run else make
+            if not per_run:
+                return make
+            # Numbers only: inject_hyperparams calls any callable argument (a weight-decay mask) as a schedule
+            # of the step count, which a run alone never does.
+            static = [name for name, arg in inspect.signature(make).parameters.items()
+                      if arg.default is not arg.empty and callable(arg.default)]
+            return optax.inject_hyperparams(make, static_args=static)
         return optax.chain(kept(optax.clip_by_global_norm)(max_norm=config.clip),
                            kept(optimizer)(learning_rate=config.lr))
     return make

@@ -1,3 +1,4 @@
+import functools
 import json
 
 import jax
@@ -20,8 +21,12 @@ def test_each_optimizer_clips_then_steps_as_optax_s_own_chain(per_run):
     hyperparameters in its state or in the function; SGD's state is what checkpoints held before."""
     config = TINY.replace(lr=0.3, clip=1.0)
     params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
-    for name, reference in (("sgd", optax.sgd(0.3)), ("adam", optax.adam(0.3))):
-        tx = optimizers.OPTIMIZERS[name](config, per_run)
+    matrices = lambda tree: jax.tree.map(lambda x: x.ndim > 0, tree)   # a weight-decay mask: a callable kept
+    masked = functools.partial(optax.adamw, weight_decay=0.1, mask=matrices)
+    for name, reference in (("sgd", optax.sgd(0.3)), ("adam", optax.adam(0.3)),
+                            ("masked adamw", masked(0.3))):
+        make = optimizers.clipped(masked) if name == "masked adamw" else optimizers.OPTIMIZERS[name]
+        tx = make(config, per_run)
         ref = optax.chain(optax.clip_by_global_norm(1.0), reference)
         ours, theirs, p, q = tx.init(params), ref.init(params), params, params
         for grads in ({"w": jnp.array([3.0, 4.0]), "b": jnp.array(0.1)},        # norm above 1: clipped
