@@ -75,7 +75,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     ``NonFiniteLoss`` once every run has stopped (nothing of that epoch
     saved, but the line in metrics.jsonl of a run its perplexity stopped),
     ``Interrupted`` after saving the last completed call's step, and what
-    ``progress`` raises (an early stop, a closed pipe) after saving the step it
+    ``progress`` raises (an early stop, a closed pipe, ``sys.exit``) after saving the step it
     was called at (in the other processes of a multi-host run,
     ``StoppedByAnother``, the same step saved).
 
@@ -228,7 +228,9 @@ def _told(progress: Callable | None, done: int, total: int, record: dict | None)
     try:
         if progress:
             progress(done, total, record)
-    except Exception as e:
+    except Interrupted:             # a second signal: stop at once, as anywhere else
+        raise
+    except BaseException as e:      # sys.exit() and KeyboardInterrupt too: what trained is saved first
         return e
     return None
 

@@ -69,16 +69,18 @@ def test_a_metric_a_step_adds_is_logged_as_its_mean_over_the_epoch(data, tmp_pat
     assert seen == [record]                 # progress is given the epoch's record whole, as it is logged
 
 
-@pytest.mark.parametrize("at, step, several", [("epoch", 2 * 13, False), ("call", 13 + 10, False),
-                                               ("epoch", 13, True)])
-def test_an_exception_from_progress_saves_its_step_and_the_same_fit_goes_on_from_there(
-        data, tmp_path, at, step, several):
-    """Early stopping as fit's docstring says (and a closed pipe under a printing progress): ``progress``
-    raises at an epoch's record or after a call, between checkpoints; that step is saved before it
-    propagates, and fit again resumes from it to what a straight run gives."""
-    class Enough(Exception):
-        pass
+class Enough(Exception):
+    pass
 
+
+@pytest.mark.parametrize("at, step, several, Enough", [
+    ("epoch", 2 * 13, False, Enough), ("call", 13 + 10, False, Enough), ("epoch", 13, True, Enough),
+    ("epoch", 13, False, SystemExit), ("call", 13 + 10, True, KeyboardInterrupt)])    # these lost every epoch
+def test_an_exception_from_progress_saves_its_step_and_the_same_fit_goes_on_from_there(
+        data, tmp_path, at, step, several, Enough):
+    """Early stopping as fit's docstring says (and a closed pipe under a printing progress, sys.exit in a
+    script): ``progress`` raises at an epoch's record or after a call, between checkpoints; that step is
+    saved before it propagates, and fit again resumes from it to what a straight run gives."""
     def enough(done, total, record):
         if (record is not None) == (at == "epoch") and done == step:
             raise Enough
