@@ -19,6 +19,7 @@ from rnnjax.config import Config, ConfigError
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
 from rnnjax.precision import COMPUTE_DTYPES
 from rnnjax.protocol import StepFailed, lacks, step_problem
+from rnnjax.spelling import spelt
 
 TrainState = train_state.TrainState
 
@@ -26,6 +27,20 @@ TrainState = train_state.TrainState
 def takes_dtype(cell: Any) -> bool:
     """Whether the cell class (or a ``functools.partial`` of one) has a ``dtype`` field to compute in."""
     return "dtype" in getattr(getattr(cell, "func", cell), "__dataclass_fields__", {})
+
+
+def own_dtype(cell: Any) -> Any:
+    """The dtype a registered cell asks for itself, which ``Config.compute_dtype`` would override: a
+    ``functools.partial``'s, or its class's default where that is not float32 (a deliberate one); else
+    ``None``."""
+    if "dtype" in (getattr(cell, "keywords", None) or {}):
+        return cell.keywords["dtype"]
+    cls = getattr(cell, "func", cell)
+    field = getattr(cls, "__dataclass_fields__", {}).get("dtype")
+    default = getattr(field, "default", None)
+    if cls in OWN_CELLS.values() or default is None or not isinstance(default, (type, str, np.dtype)):
+        return None
+    return None if jnp.dtype(default) == jnp.float32 else default
 
 
 def make_model(config: Config, vocab_size: int) -> RNNLM:
@@ -39,6 +54,12 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     kwargs = {"nonlinearity": config.nonlinearity} if config.nonlinearity != "tanh" else {}
     if takes_dtype(CELLS[config.cell]):        # a cell without one computes in float32
         kwargs["dtype"] = dtype
+        own = own_dtype(CELLS[config.cell])
+        if own is not None and jnp.dtype(own) != jnp.dtype(dtype):  # set over silently, it was misreported
+            raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] sets dtype={jnp.dtype(own).name} itself, and "
+                              "rnnjax makes every cell compute in "
+                              f"{spelt('compute_dtype', config.compute_dtype)}: give the dtype there "
+                              f"({' or '.join(COMPUTE_DTYPES)}), not in the cell.")
     if isinstance(CELLS[config.cell], nn.Module):     # calling a made module would fail inside flax
         raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] is a {type(CELLS[config.cell]).__name__} made "
                           f"already; register its class, or a functools.partial of it: rnnjax makes each "

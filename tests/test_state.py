@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 import re
 
 import jax
@@ -189,3 +190,30 @@ def test_a_cell_with_a_field_that_cannot_be_hashed_initializes(monkeypatch):
     a, b = create_train_state(config, 28), create_train_state(config, 28)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_cell_that_sets_its_own_dtype_is_refused_unless_it_is_the_compute_dtype(monkeypatch):
+    """A partial's ``dtype`` (or a class default other than float32) was set over by ``compute_dtype``
+    silently, the run saying float32 where its cell was registered as bfloat16."""
+    import flax.linen as nn
+    from rnnjax import model as model_lib
+    from rnnjax.config import ConfigError
+
+    class Half(nn.GRUCell):         # a deliberate default
+        dtype: object = jnp.bfloat16
+    bf16 = functools.partial(nn.GRUCell, dtype=jnp.bfloat16)
+    for name, cell in (("bf16 partial", bf16), ("bf16 class", Half)):
+        monkeypatch.setitem(model_lib.CELLS, name, cell)
+        with pytest.raises(ConfigError, match=rf"^rnnjax.CELLS\['{name}'\] sets dtype=bfloat16 itself, and "
+                                              r"rnnjax makes every cell compute in compute_dtype='float32'"):
+            make_model(TINY.replace(cell=name), 28)
+        made = make_model(TINY.replace(cell=name, compute_dtype="bfloat16"), 28)
+        assert made.rnn.cell.dtype == jnp.bfloat16
+    monkeypatch.setitem(model_lib.CELLS, "f32 partial", functools.partial(nn.GRUCell, dtype=jnp.float32))
+    with pytest.raises(ConfigError, match="sets dtype=float32 itself"):
+        make_model(TINY.replace(cell="f32 partial", compute_dtype="bfloat16"), 28)
+    for name, cell in (("flax", nn.GRUCell), ("listed", ListedCell)):  # none, or no dtype: the config's
+        monkeypatch.setitem(model_lib.CELLS, name, cell)
+        made = [make_model(TINY.replace(cell=name, compute_dtype=d), 28) for d in ("float32", "bfloat16")]
+        dtypes = [getattr(m.rnn.cell, "dtype", None) for m in made]
+        assert dtypes == ([jnp.float32, jnp.bfloat16] if name == "flax" else [None, None]), name
