@@ -91,7 +91,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     run records it by name, and a resume makes it.
     """
     check_open(p, "loop.run")
-    preflight.check_functions(step, evaluate)
+    preflight.check_functions(step, evaluate, p.dp.pmapped)
     # Then: processes of a multi-host run that would train otherwise hang or abort in a collective.
     agree.check_agreed(agree.of_run(p, data, getattr(state, "params", None), checkpoint_every, keep))
     preflight.check_state(p, state, len(data.vocab))
@@ -277,6 +277,7 @@ def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable)
     for its devices, their float32 matmuls at ``matmul_precision``, and the token stream and validation
     batches on them."""
     options = compiler_options(p.config.batch_size, p.config.num_hiddens, p.dp.num_shards)
+    step = preflight.checked_step(step)
     step, evaluate = (at_precision(f, p.config.matmul_precision) for f in (step, evaluate))
     return (p.dp.compile(step, donate_state=True, compiler_options=options),
             p.dp.compile(evaluate, compiler_options=options),

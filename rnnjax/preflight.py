@@ -4,6 +4,10 @@ step and an evaluation whose metrics can be logged (traced on the host as they w
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +29,10 @@ _CALLED = {"step": ("step(state, tokens, windows, axis_name)", "train_windows"),
 _TRAIN = ("train_step", "train_steps", "train_windows", "eval_step", "eval_steps")
 
 
-def check_functions(step: Callable, evaluate: Callable) -> None:
+def check_functions(step: Callable, evaluate: Callable, pmapped: bool = False) -> None:
     """``ValueError`` for a function of ``rnnjax.train`` given as the other (JAX's TypeError from inside
-    pmap, or an unpacking error from inside the model, otherwise)."""
+    pmap, or an unpacking error from inside the model, otherwise), or, over several devices (``pmapped``),
+    for one that takes no ``axis_name``."""
     for role, given in (("step", step), ("evaluate", evaluate)):
         inner = getattr(given, "func", given)           # a functools.partial of one
         name = getattr(inner, "__name__", "")
@@ -35,6 +40,58 @@ def check_functions(step: Callable, evaluate: Callable) -> None:
         if getattr(inner, "__module__", "") == "rnnjax.train" and name in _TRAIN and name != wanted:
             raise ValueError(f"loop.run calls its {role} as {called}, and rnnjax.train.{name} is not that: "
                              f"give rnnjax.train.{wanted}.")
+        try:
+            inspect.signature(given).bind(*[None] * (3 if role == "step" else 2), axis_name=AXIS)
+        except TypeError:
+            if pmapped:
+                raise ValueError(f"loop.run calls its {role} as {called}, over several devices with an "
+                                 "axis_name (to average over them, as rnnjax.train's functions do), and "
+                                 f"{getattr(given, '__name__', role)} takes no axis_name.") from None
+        except ValueError:      # no signature to read: taken on trust
+            pass
+
+
+def checked_step(step: Callable) -> Callable:
+    """``step`` (``loop.run``'s), its metrics checked as it is traced, before any step runs: each a number
+    a step, as ``loss_sum``, and ``loss_sum`` and ``count`` there (``ValueError`` in one sentence; they
+    failed after an epoch's steps, as its record was made). The same function for the same ``step``: JAX
+    reuses a function's traces and programs, in the next run of a process too."""
+    try:
+        return _CHECKED[step]
+    except (KeyError, TypeError):       # TypeError: not weakly referable, checked afresh
+        pass
+    try:
+        call = weakref.ref(step)        # not held by its entry, which would then never go
+    except TypeError:
+        call = lambda: step             # noqa: E731
+
+    @functools.wraps(step, updated=())
+    def checked(*args, **kwargs):
+        out = call()(*args, **kwargs)
+        metrics = out[1] if isinstance(out, tuple) and len(out) == 2 else None
+        if not isinstance(metrics, dict) or not {"loss_sum", "count"} <= set(metrics):
+            lacks = " and ".join(k for k in ("loss_sum", "count") if k not in (metrics or ()))
+            given = (f"its metrics lack {lacks}" if isinstance(metrics, dict) else
+                     f"its metrics are {got(metrics)}" if metrics is not None else f"it returns {got(out)}")
+            raise ValueError(f"loop.run's step returns (state, metrics), metrics a dict holding loss_sum and "
+                             f"count a step (as rnnjax.train.train_step's); {given}.")
+        check_keys("The step's", metrics)
+        shape = np.shape(metrics["loss_sum"])
+        shaped = {k: np.shape(v) for k, v in metrics.items() if np.shape(v) != shape}
+        if shaped:
+            named = ", ".join(f"{k!r} (shape {s})" for k, s in shaped.items())
+            raise ValueError(f"The step's metrics must each be one number a step, as loss_sum (shape "
+                             f"{shape}: their epoch means are logged); {named} "
+                             f"{'is' if len(shaped) == 1 else 'are'} not: reduce to one number (jnp.mean, "
+                             "jnp.linalg.norm), or give each number its own key.")
+        return out
+    del checked.__wrapped__
+    with contextlib.suppress(TypeError):
+        _CHECKED[step] = checked
+    return checked
+
+
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def check_state(p: Plan, state: Any, vocab_size: int) -> None:

@@ -391,3 +391,38 @@ def test_a_step_or_evaluation_of_another_signature_or_a_closed_plan_is_one_sente
     with pytest.raises(ValueError, match=r"^loop.run trains a plan only inside the block of rnnjax.start."
                                          r"planned that made it, which holds the workdir's lock\.$"):
         loop.run(p, data, state, train.train_windows, train.eval_steps)
+
+
+@pytest.mark.parametrize("devices", [pytest.param(n, marks=pytest.mark.cpu_devices(n)) for n in (1, 2)])
+def test_a_step_of_ones_own_whose_metrics_cannot_be_logged_is_one_sentence_before_any_step(data, tmp_path,
+                                                                                           devices):
+    """A metric of two numbers a step, or metrics in a list, failed in Python after the epoch's steps,
+    nothing saved; a step without axis_name, over two devices, failed inside pmap."""
+    from rnnjax.start import planned
+    config = TINY.replace(epochs=1)
+
+    def pair(state, tokens, windows, axis_name=None):
+        state, m = train.train_windows(state, tokens, windows, axis_name)
+        return state, {**m, "norms": jnp.stack([m["grad_norm"], m["grad_norm"]], -1)}
+
+    def listed(state, tokens, windows, axis_name=None):
+        state, m = train.train_windows(state, tokens, windows, axis_name)
+        return state, [m["loss_sum"], m["count"]]
+
+    def single(state, tokens, windows):
+        return train.train_windows(state, tokens, windows)
+    n = STEPS_PER_CALL          # a call's steps, on each device
+    cases = [(pair, rf"^The step's metrics must each be one number a step, as loss_sum \(shape "
+                    rf"\({n},\): their epoch means are logged\); 'norms' \(shape \({n}, 2\)\) is not"),
+             (listed, r"^loop.run's step returns \(state, metrics\), metrics a dict holding loss_sum and "
+                      r"count a step \(as rnnjax.train.train_step's\); its metrics are a list\.")]
+    cases += [(single, r"^loop.run calls its step as step\(state, tokens, windows, axis_name\), over "
+                       r"several devices with an axis_name .* and single takes no axis_name\.$")]
+    cases = cases if devices > 1 else cases[:2]
+    for step, message in cases:
+        called = []
+        with planned(config, data, tmp_path / step.__name__, devices=devices) as p:
+            state = create_train_state(config, len(data.vocab))
+            with pytest.raises(ValueError, match=message):
+                loop.run(p, data, state, step, train.eval_steps, progress=lambda *a: called.append(a))
+        assert called == [] and checkpoint.steps(tmp_path / step.__name__) == []
