@@ -79,7 +79,8 @@ class Restored:
             kernels.check(config)
         except ValueError:          # trained with a kernel this backend lacks (cuDNN's, on a CPU): same math
             config = config.replace(kernel="auto")
-        state = create_train_state(config, len(self.vocab), self.params)
+        # Any optimizer: it is not stepped (the run's own may not be registered here, as for restore's)
+        state = create_train_state(config.replace(optimizer="sgd"), len(self.vocab), self.params)
         batches = jax.tree.map(lambda *x: np.stack(x), *data.val_batches())
         sums = jax.jit(at_precision(eval_steps, config.matmul_precision))(state, batches)
         return perplexity(float(sums["loss_sum"]) / float(sums["count"]))

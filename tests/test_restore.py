@@ -408,6 +408,9 @@ def test_a_restored_run_scores_data_as_its_run_validated(small_data, tmp_path):
     plain = dataclasses.replace(run, config=lstm, params=params)
     cudnn = dataclasses.replace(plain, config=lstm.replace(kernel="cudnn"))
     assert cudnn.perplexity(small_data) == pytest.approx(plain.perplexity(small_data), rel=1e-4)
+    # A run of an optimizer not registered here (a notebook's interpreter) scores: it needed one to.
+    unknown = dataclasses.replace(run, config=run.config.replace(optimizer="registered elsewhere"))
+    assert unknown.perplexity(small_data) == run.perplexity(small_data)
 
 
 def test_a_run_that_diverged_before_its_first_checkpoint_says_so(small_data, tmp_path):
