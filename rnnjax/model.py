@@ -142,8 +142,13 @@ class StackedRNN(nn.Module):
 
     @nn.nowrap
     def initialize_carry(self, batch_size: int, input_size: int) -> tuple:
-        carry = self.cell.initialize_carry(jax.random.key(0), (batch_size, input_size))
-        return (carry,) * (self.num_layers * self.num_directions)
+        """Each layer's, for its inputs: ``input_size`` wide into the first, the layer below's outputs (of
+        every direction: ``features`` each, as a cell's are) into the others: a carry may depend on them."""
+        width = getattr(self.cell, "features", None)
+        below = input_size if width is None else width * self.num_directions
+        sizes = [input_size] + [below] * (self.num_layers - 1)
+        return tuple(self.cell.initialize_carry(jax.random.key(0), (batch_size, size))
+                     for size in sizes for _ in range(self.num_directions))
 
 
 class Linear(nn.Module):

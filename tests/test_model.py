@@ -257,9 +257,32 @@ def test_stack_is_causal_unless_bidirectional(inputs, bidirectional):
     assert np.all(np.triu(size_TxT, k=1) == 0) != bidirectional
 
 
+class TraceCell(nn.RNNCellBase):
+    """A carry that depends on the input's width (the protocol's ``initialize_carry(rng, (B, I))``): ``h`` and
+    a running mean of the inputs."""
+    features: int
+
+    @nn.compact
+    def __call__(self, carry, x):
+        h, trace = carry
+        trace = 0.9 * trace + 0.1 * x
+        h = jnp.tanh(nn.Dense(self.features)(jnp.concatenate([x, trace], -1))
+                     + nn.Dense(self.features, use_bias=False)(h))
+        return (h, trace), h
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape):
+        return jnp.zeros((*input_shape[:-1], self.features)), jnp.zeros(input_shape)
+
+    @property
+    def num_feature_axes(self):
+        return 1
+
+
 @pytest.mark.parametrize("rnn", [RNN(SimpleRNNCell(H)), RNN(GRUCell(H)), RNN(LSTMCell(H)),
-                                 StackedRNN(LSTMCell(H), num_layers=3)],
-                         ids=["rnn", "gru", "lstm", "lstm x3"])
+                                 StackedRNN(LSTMCell(H), num_layers=3),
+                                 StackedRNN(TraceCell(H), num_layers=2)],
+                         ids=["rnn", "gru", "lstm", "lstm x3", "input-wide carry x2"])     # each layer's own
 def test_step_continues_the_sequence_for_every_cell_and_depth(rnn):
     model = RNNLM(rnn, V)
     X = jax.random.randint(jax.random.key(1), (B, T), 0, V)
