@@ -25,6 +25,7 @@ import math
 import zlib
 from typing import Any
 
+from rnnjax import optimizers
 from rnnjax.cells import CELLS, registered_as
 from rnnjax.computing import HOW, SINCE
 from rnnjax.config import KERNELS, Config
@@ -35,6 +36,7 @@ READABLE = (1, 2, 3)
 CHECKSUM = "meta_checksum"
 POSITION = ("epoch", "batch", "partial", "stopped", "high")
 REGISTERED = "cell_registered"    # what CELLS[config.cell] was (cells.registered_as): a partial's arguments
+OPTIMIZER = "optimizer_registered"      # what OPTIMIZERS[config.optimizer] was (optimizers.registered_as)
 # Every config ever saved has these; a config missing one is damaged, not an older version.
 _CORE = ("batch_size", "num_steps", "num_hiddens", "cell", "num_layers", "lr", "clip", "epochs", "seed",
          "num_train", "num_val")
@@ -49,7 +51,8 @@ def _crc(meta: dict) -> str:
 def make(config: Config, vocab: Vocab, position: dict, steps_per_epoch: int, **extra: Any) -> dict:
     """A meta, unsealed (``checkpoint.save`` adds the arrays' checksums, then ``seal``s it)."""
     return {"format": FORMAT, "config": config.to_json(), "vocab": vocab.to_json(), "position": position,
-            "steps_per_epoch": steps_per_epoch, REGISTERED: registered_as(config.cell), **extra}
+            "steps_per_epoch": steps_per_epoch, REGISTERED: registered_as(config.cell),
+            OPTIMIZER: optimizers.registered_as(config.optimizer), **extra}
 
 
 def seal(meta: dict) -> dict:
@@ -237,6 +240,8 @@ def problem(meta: Any, step: int) -> str | None:
         return f"says it computed otherwise since step {since!r}"
     if not isinstance(meta.get(REGISTERED, ""), str):
         return f"says its cell was registered as {meta[REGISTERED]!r}"
+    if not isinstance(meta.get(OPTIMIZER, ""), (str, type(None))):
+        return f"says its optimizer was registered as {meta[OPTIMIZER]!r}"
     ppl = meta.get("val_ppl")
     if not (ppl is None or _is_number(ppl)):
         return f"has a validation perplexity of {ppl!r}"

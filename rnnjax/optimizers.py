@@ -19,6 +19,7 @@ from typing import Any
 
 import optax
 
+from rnnjax.cells import described
 from rnnjax.config import ConfigError
 from rnnjax.spelling import as_flags, got, spelt
 
@@ -37,6 +38,7 @@ def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
             return optax.inject_hyperparams(make, static_args=static)
         return optax.chain(kept(optax.clip_by_global_norm)(max_norm=config.clip),
                            kept(optimizer)(learning_rate=config.lr))
+    make.clipped = optimizer            # what registered_as says
     return make
 
 
@@ -71,6 +73,18 @@ def make(config: Any, per_run: bool = False) -> optax.GradientTransformation:
         raise ConfigError(f"{where} made {got(made)}, not an optax transformation (init, update): register "
                           f"{wanted}.")
     return made
+
+
+def registered_as(name: str) -> str | None:
+    """What ``OPTIMIZERS[name]`` is, in words a checkpoint keeps (as ``rnnjax.cells.registered_as`` says a
+    cell): ``rnnjax's own``, ``clipped(adam(b1=0.5))``, a function's name; ``None`` if none is registered."""
+    maker = OPTIMIZERS.get(name)
+    if maker is None:
+        return None
+    if maker is OWN.get(name):
+        return "rnnjax's own"
+    inner = getattr(maker, "clipped", None)
+    return f"clipped({described(inner)})" if inner is not None else described(maker)
 
 
 def check(name: str) -> None:

@@ -9,7 +9,7 @@ import os
 import stat
 from pathlib import Path
 
-from rnnjax import meta as meta_lib
+from rnnjax import meta as meta_lib, optimizers
 from rnnjax.config import SWEEPABLE, Config
 from rnnjax.spelling import disagreement, shown, spelt
 from rnnjax.stored import CONFIG, CheckpointError, DamagedCheckpoint, UnknownCell, read_meta, steps
@@ -112,6 +112,11 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
     if why:
         raise CheckpointError(f"{workdir} holds a run trained on {why}. Use a new {spelt('workdir')}, or "
                               "the data it was trained on to resume it.")
+    was, now = meta.get(meta_lib.OPTIMIZER), optimizers.registered_as(config.optimizer)     # older: unsaid
+    if isinstance(was, str) and now is not None and was != now:     # the same state, stepped otherwise
+        raise CheckpointError(f"{workdir} holds a run trained with rnnjax.OPTIMIZERS[{config.optimizer!r}] = "
+                              f"{was}, which is {now} here: register the one it was trained with to resume "
+                              f"it, or use a new {spelt('workdir')}.")
     if steps_per_epoch is not None and meta.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
         raise CheckpointError(f"{workdir} holds a run of {meta['steps_per_epoch']} steps an "
                               f"epoch; this data has {steps_per_epoch}. Use a new {spelt('workdir')}, or "

@@ -81,6 +81,17 @@ def test_one_s_own_optimizer_is_registered_as_a_cell_is(small_data, tmp_path, mo
     with pytest.raises(ConfigError, match=unknown):          # a resume: before anything is written
         rnnjax.fit_runs([c.replace(epochs=2) for c in configs], small_data, tmp_path, devices=1, log=None)
     assert checkpoint.steps(tmp_path) == [restored.step] and not (tmp_path / checkpoint.DAMAGED).exists()
+    # Registered otherwise (the same state, stepped otherwise) it resumed silently; as trained, it resumes.
+    other = optimizers.clipped(functools.partial(optax.adamw, b1=0.5))
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "adamw", other)
+    more = [c.replace(epochs=2) for c in configs]
+    said = (rf"^{tmp_path} holds a run trained with rnnjax.OPTIMIZERS\['adamw'\] = clipped\(adamw\), which "
+            r"is clipped\(adamw\(b1=0.5\)\) here: register the one it was trained with to resume it, or use "
+            r"a new workdir\.$")
+    with pytest.raises(checkpoint.CheckpointError, match=said):
+        rnnjax.fit_runs(more, small_data, tmp_path, devices=1, log=None)
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "adamw", optimizers.clipped(optax.adamw))
+    assert rnnjax.fit_runs(more, small_data, tmp_path, devices=1, log=None).history[-1]["epoch"] == 2
 
 
 def test_what_is_registered_must_make_an_optax_transformation_for_a_config(monkeypatch):
@@ -128,11 +139,17 @@ def test_an_optimizer_registered_in_place_of_rnnjax_s_own_is_said(small_data, tm
 @pytest.mark.slow
 def test_one_s_own_optimizer_redefined_as_another_of_no_other_leaves_is_named_not_called_damage(
         small_data, tmp_path, monkeypatch):
-    """adamw's state and adam's differ in a leafless part alone: orbax's structure error read as damage."""
-    monkeypatch.setitem(rnnjax.OPTIMIZERS, "mine", optimizers.clipped(optax.adamw))
+    """adamw's state and adam's differ in a leafless part alone: orbax's structure error read as damage.
+    Registered as functions of one name (what the run records of them is the same)."""
+    def mine(config, per_run=False):
+        return optimizers.clipped(optax.adamw)(config, per_run)
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "mine", mine)
     config = TINY.replace(epochs=1, optimizer="mine", lr=0.01)
     fit(config, small_data, tmp_path, devices=1, log=None)
-    monkeypatch.setitem(rnnjax.OPTIMIZERS, "mine", optimizers.clipped(optax.adam))
+
+    def mine(config, per_run=False):        # noqa: F811 (redefined, as in a notebook)
+        return optimizers.clipped(optax.adam)(config, per_run)
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "mine", mine)
     with pytest.raises(checkpoint.StateMismatch, match=r"its tree differs\): the run was trained with "
                                                        r"another optimizer than its Config.optimizer makes"):
         fit(config.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
