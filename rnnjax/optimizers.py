@@ -1,7 +1,8 @@
 """The optimizers a run names (``Config.optimizer``, ``--optimizer``): d2l's SGD, and Adam, each after
 clipping the gradients to global norm ``clip``. One's own, registered in ``OPTIMIZERS`` as a cell is in
 ``rnnjax.CELLS`` (in each interpreter that uses its runs), trains, resumes and is recorded by name in
-config.json; a resume under another optimizer is refused.
+config.json, and in each checkpoint as what it was registered as (``registered_as``); a resume under
+another optimizer, or the same name registered otherwise, is refused.
 
 An optimizer is ``make(config, per_run) -> optax.GradientTransformation``.
 ``per_run`` keeps ``lr`` and ``clip`` in its state (``optax.inject_hyperparams``)
