@@ -265,8 +265,12 @@ def _main(argv, parser_options: dict) -> int:
             wait = spelling.shown(args.join_timeout)
             print(f"joining the multi-host run {where}: waiting up to {wait} s for every process "
                   "(--join-timeout)", flush=True)
-            parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
-                                            args.join_timeout)
+            try:
+                parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                                                args.join_timeout)
+            except parallel.OtherCount:     # joined, then refused: the others are told at their check
+                joined = True
+                raise
             joined = True
             if args.predict is None:     # joined: from here the processes stop together
                 stopping.handle(_deferred)

@@ -97,7 +97,8 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
     reaches Python and a timeout aborts the process with a stack dump: here it
     waits in a thread, so that a signal stops the wait, and after ``timeout_s``
     raises ``TimeoutError``. The process should then exit (``os._exit``): the
-    abandoned wait still holds JAX's runtime.
+    abandoned wait still holds JAX's runtime. ``OtherCount`` (a ``ValueError``)
+    if the run joined has another count of processes than ``num_processes``.
     """
     if coordinator is not None and process_id == 0:
         _check_port_free(coordinator)
@@ -131,6 +132,15 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
                          "cluster sets them.") from None
     if failed:
         raise failed[0]
+    if num_processes is not None and jax.process_count() != num_processes:    # process 0's count was taken
+        raise OtherCount(f"This process was given {spelt('num_processes', num_processes)} and joined a "
+                         f"multi-host run of {jax.process_count()} (process 0's count): give every process "
+                         "the same count.")
+
+
+class OtherCount(ValueError):
+    """Joined a multi-host run of another count of processes than this one was given: it has joined (the
+    others, at their check, are to be told it leaves)."""
 
 
 def _check_port_free(coordinator: str) -> None:

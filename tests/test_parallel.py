@@ -262,7 +262,7 @@ def test_processes_of_a_multi_host_run_given_other_settings_stop_in_one_sentence
     (tmp_path / "a.txt").write_text(make_text(3000))
     (tmp_path / "b.txt").write_text(make_text(3000, seed=1))      # the same characters, another text
     (tmp_path / "c.txt").write_bytes(b"PK\x03\x04\x00\x00binary")    # a path that passes, not a text
-    common = ["--preset", "tiny", "--workdir", str(tmp_path / "w"), "--num-processes", "2", "--no-progress"]
+    common = ["--preset", "tiny", "--workdir", str(tmp_path / "w"), "--no-progress"]
     a, b, c = (["--text", str(tmp_path / f"{name}.txt")] for name in "abc")
     differ = "error: The processes of this multi-host run were given other settings: "
     for first, second, says in (
@@ -270,15 +270,21 @@ def test_processes_of_a_multi_host_run_given_other_settings_stop_in_one_sentence
              [f"{differ}--epochs 2 here (process 0), --epochs 3 in process 1; give every process the same "
               "settings and the same workdir path."]),
             (a, b, [f"{differ}the text's tokens ", "in process 1; give every process the same settings"]),
+            (a, [*a, "--num-processes", "3"],     # it trained: process 0's count is the run's
+             ["error: Process 1 of the multi-host run stopped (it says why); this one stops too."]),
             (a, c, ["error: Process 1 of the multi-host run stopped (it says why); this one stops too."])):
         address = f"127.0.0.1:{free_port()}"
-        procs = [main_job(*common, *extra, "--coordinator", address, "--process-id", str(i), cpu_devices=1)
+        procs = [main_job(*common, *extra, *["--num-processes", "2"] * ("--num-processes" not in extra),
+                          "--coordinator", address, "--process-id", str(i), cpu_devices=1)
                  for i, extra in enumerate((first, second))]
         errs = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [1, 1], errs
         assert all(err.count("\n") == 1 and err.startswith("error: ") for err in errs), errs
         assert all(said in errs[0] for said in says), errs[0]
         assert not (tmp_path / "w").exists()           # the lock's holder removed the folder it made
+        if "--num-processes" in second:
+            assert errs[1] == ("error: This process was given --num-processes 3 and joined a multi-host run "
+                               "of 2 (process 0's count): give every process the same count.\n")
     assert "looks binary" in errs[1]
 
 
