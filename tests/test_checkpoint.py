@@ -5,6 +5,7 @@ import os
 import signal
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -111,7 +112,7 @@ def test_saves_every_checkpoint_every_epochs_and_after_the_last(small_data, tmp_
     assert [r["epoch"] for r in resumed.history] == list(range(1, 9))
 
 
-def test_a_failed_save_never_names_its_own_step_as_the_last_complete_one(tmp_path):
+def test_a_failed_save_never_names_its_own_step_as_the_last_complete_one(tmp_path, monkeypatch):
     folder = tmp_path / checkpoint.SUBDIR
     mngr = checkpoint.manager(folder)
     try:
@@ -125,6 +126,13 @@ def test_a_failed_save_never_names_its_own_step_as_the_last_complete_one(tmp_pat
         (folder / "1" / "state" / "_METADATA").unlink()
         mngr.unchecked.append(2)
         with pytest.raises(CheckpointError, match=r"Saving step 2 .* it has no complete checkpoint\."):
+            checkpoint.check_saved(mngr)
+        # Another host's process, which does not share the folder: "Free space" misled.
+        monkeypatch.setattr(jax, "process_index", lambda: 1)
+        mngr.unchecked.append(2)
+        unshared = (r"^Saving step 2 to .*: this process \(1\) does not see what process 0 wrote there "
+                    r"\(.* lacks meta/metadata\): the processes of a multi-host run must share one workdir")
+        with pytest.raises(CheckpointError, match=unshared):
             checkpoint.check_saved(mngr)
     finally:
         mngr.close()
