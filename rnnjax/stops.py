@@ -71,10 +71,12 @@ class _StopFlag:
 
     @staticmethod
     def _second(signum: int) -> Interrupted:
-        return Interrupted(f"Stopped at once by a second signal {signum} ({signal.Signals(signum).name}): "
+        stop = Interrupted(f"Stopped at once by a second signal {signum} ({signal.Signals(signum).name}): "
                            "the workdir keeps its last complete checkpoint, the first signal's where its "
                            f"save finished (one cut short is never listed). {again().capitalize()} to "
                            "resume.", signum)
+        stop.at_once = True         # a checkpoint manager it unwinds through does not wait for its saves
+        return stop
 
 
 def raised_by_a_handler(exc: BaseException, signum: int, dropped=lambda: None, wanted=lambda: True

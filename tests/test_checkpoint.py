@@ -303,3 +303,26 @@ def test_orbax_drops_a_checkpoint_in_one_rename_and_rnnjax_deletes_it(small_data
                   checkpoint_every=1)
     assert "set aside" not in said[0] and not dropped.exists() and int(resumed.state.step) == 4 * 13
     assert not (tmp_path / checkpoint.DAMAGED).exists()
+
+
+def test_a_second_signal_leaves_the_manager_without_waiting_for_its_saves(tmp_path, monkeypatch):
+    """"Stopped at once": in a multi-host run it waited in the manager's close for a save, which another
+    process's full disk had failed, for 20 minutes; any other stop, and a single process's, still waits."""
+    import orbax.checkpoint as ocp
+    from rnnjax import stops
+    closes = []
+    close = ocp.CheckpointManager.close
+    monkeypatch.setattr(ocp.CheckpointManager, "close", lambda self: closes.append(self))
+    second, first = stops._StopFlag._second(signal.SIGINT), stops.Interrupted("first", signal.SIGINT)
+    managers = [checkpoint.manager(tmp_path / name) for name in ("second", "first", "alone")]
+    with monkeypatch.context() as m:
+        m.setattr(jax, "process_count", lambda: 2)
+        for mngr, stop in zip(managers, (second, first)):
+            with pytest.raises(stops.Interrupted):
+                with mngr:
+                    raise stop
+    with pytest.raises(stops.Interrupted):
+        with managers[2]:
+            raise second
+    assert closes == managers[1:]
+    close(managers[0])
