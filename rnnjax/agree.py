@@ -10,6 +10,7 @@ differs. Training, they agree on a stop (``stop_by_any``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import functools
@@ -42,6 +43,8 @@ def check_agreed(what: dict[str, Any], timeout_s: float = TIMEOUT_S) -> None:
     if client is None:
         return
     me, n = jax.process_index(), _made[0]
+    if n == 0:      # run before jax.distributed's own shutdown, registered earlier: the store still serves
+        atexit.register(_say_ended, client, me)
     _made[0] += 1
     others = [k for k in range(jax.process_count()) if k != me]
     mine = json.loads(json.dumps(what, default=str))
@@ -143,6 +146,13 @@ def _shut_down() -> None:
         pass
 
 
+def _say_ended(client: Any, me: int) -> None:
+    """Tells the others, at their checks, that this process's program has ended (it waits at JAX's shutdown):
+    one that came to a check alone (a second ``fit`` in one process) stops at once, not at the timeout."""
+    with contextlib.suppress(Exception):        # the run left already, or the store gone
+        client.key_value_set(f"rnnjax/agree/ended/{me}", "")
+
+
 def _has(client: Any, key: str) -> bool:
     try:
         client.key_value_try_get(key)
@@ -163,6 +173,10 @@ def _wait_for(client: Any, n: int, what: str, process: int, deadline: float, tim
             _shut_down()
             raise ValueError(f"Process {process} of the multi-host run stopped (it says why); this one stops "
                              "too.")
+        if _has(client, f"rnnjax/agree/ended/{process}"):
+            raise ValueError(f"Process {process} of the multi-host run has ended its program, and waits for "
+                             "this one to end: every process runs the same training, or none does; this one "
+                             "stops.")
         if _has(client, f"rnnjax/agree/{n}/gave-up/{process}"):
             raise TimeoutError(f"Process {process} of the multi-host run stopped waiting for this one; this "
                                "one stops too.")

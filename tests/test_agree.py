@@ -109,6 +109,27 @@ def test_a_process_that_never_comes_is_a_timeout_and_one_coming_late_stops_too(p
         agree.check_agreed({"epochs": 3})
 
 
+def test_a_check_one_process_makes_after_the_other_ended_its_program_stops_at_once(process_0_of_2,
+                                                                                   monkeypatch):
+    """A second fit in process 0 alone, process 1 at its exit (waiting at JAX's shutdown): both waited out
+    the check's 300 s. A process that made a check says, as its program ends, that it has ended."""
+    store, _ = process_0_of_2
+    at_exit = []
+    monkeypatch.setattr(agree.atexit, "register", lambda f, *args: at_exit.append((f, args)))
+    given(store, {"epochs": 3})
+    agree.check_agreed({"epochs": 3})              # the first: said at exit, before JAX's shutdown
+    [(say, args)] = at_exit
+    say(*args)
+    assert "rnnjax/agree/ended/0" in store
+    store["rnnjax/agree/ended/1"] = ""             # process 1's, ended after the run both trained
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=r"^Process 1 of the multi-host run has ended its program, and waits "
+                                         r"for this one to end: every process runs the same training, or "
+                                         r"none does; this one stops\.$"):
+        agree.check_agreed({"epochs": 5})
+    assert time.monotonic() - t0 < 5
+
+
 def test_a_process_stopped_by_an_error_of_its_own_stops_the_others_at_their_check(process_0_of_2):
     store, shutdowns = process_0_of_2
     store["rnnjax/agree/0/left/1"] = ""
