@@ -30,6 +30,8 @@ from rnnjax.stops import LostProcess, StoppedByAnother
 
 # Seconds a process waits for the others to reach a check: they may read and tokenize a large text first.
 TIMEOUT_S = 300
+# Processes that would resume other checkpoints from one workdir path: a folder of each host's own.
+SHARED = "every process must see one workdir folder, shared by every host (a network file system), not a copy"
 _made = [0]     # the checks this process made: each has keys of its own, every process making them in turn
 _left: set[int] = set()     # the checks it left before (``leave``): said once
 
@@ -56,9 +58,10 @@ def check_agreed(what: dict[str, Any], timeout_s: float = TIMEOUT_S) -> None:
         name = next((name for name, value in mine.items() if theirs.get(name) != value), None)
         if name is not None and differ is None:
             ours, yours = _setting(name, mine[name]), _setting(name, theirs.get(name), named=False)
+            fix = (SHARED if name == "checkpoint resumed" else
+                   "give every process the same settings and the same workdir path")
             differ = (f"The processes of this multi-host run were given other settings: {ours} here (process "
-                      f"{me}), {yours} in process {other}; give every process the same settings and the same "
-                      "workdir path.")
+                      f"{me}), {yours} in process {other}; {fix}.")
     # Each goes on once every other has read its settings: one that gave up waiting is never read as agreed.
     client.key_value_set(f"rnnjax/agree/{n}/read/{me}", "")
     for other in others:
