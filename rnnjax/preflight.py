@@ -8,7 +8,7 @@ import contextlib
 import functools
 import inspect
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -69,9 +69,9 @@ def checked_step(step: Callable) -> Callable:
     def checked(*args, **kwargs):
         out = call()(*args, **kwargs)
         metrics = out[1] if isinstance(out, tuple) and len(out) == 2 else None
-        if not isinstance(metrics, dict) or not {"loss_sum", "count"} <= set(metrics):
+        if not isinstance(metrics, Mapping) or not {"loss_sum", "count"} <= set(metrics):
             lacks = " and ".join(k for k in ("loss_sum", "count") if k not in (metrics or ()))
-            given = (f"its metrics lack {lacks}" if isinstance(metrics, dict) else
+            given = (f"its metrics lack {lacks}" if isinstance(metrics, Mapping) else
                      f"its metrics are {got(metrics)}" if metrics is not None else f"it returns {got(out)}")
             raise ValueError(f"loop.run's step returns (state, metrics), metrics a dict holding loss_sum and "
                              f"count a step (as rnnjax.train.train_step's); {given}.")

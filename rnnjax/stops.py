@@ -75,7 +75,7 @@ class _StopFlag:
                            "the workdir keeps its last complete checkpoint, the first signal's where its "
                            f"save finished (one cut short is never listed). {again().capitalize()} to "
                            "resume.", signum)
-        stop.at_once = True         # a checkpoint manager it unwinds through does not wait for its saves
+        stop.at_once = True         # in a multi-host run, a checkpoint manager it leaves waits for no save
         return stop
 
 
