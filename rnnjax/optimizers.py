@@ -34,8 +34,11 @@ def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
                 return make
             # Numbers only: inject_hyperparams calls any callable argument (a weight-decay mask) as a schedule
             # of the step count, which a run alone never does.
-            static = [name for name, arg in inspect.signature(make).parameters.items()
-                      if arg.default is not arg.empty and callable(arg.default)]
+            try:
+                static = [name for name, arg in inspect.signature(make).parameters.items()
+                          if arg.default is not arg.empty and callable(arg.default)]
+            except ValueError:      # no signature to read: inject_hyperparams cannot read one either
+                static = []
             return optax.inject_hyperparams(make, static_args=static)
         return optax.chain(kept(optax.clip_by_global_norm)(max_norm=config.clip),
                            kept(optimizer)(learning_rate=config.lr))
