@@ -176,7 +176,8 @@ def _wait_for(client: Any, n: int, what: str, process: int, deadline: float, tim
             _shut_down()
             raise ValueError(f"Process {process} of the multi-host run stopped (it says why); this one stops "
                              "too.")
-        if _has(client, f"rnnjax/agree/ended/{process}"):
+        ended = _has(client, f"rnnjax/agree/ended/{process}")     # and not given as this looked: read again
+        if ended and not _has(client, f"rnnjax/agree/{n}/{what}/{process}"):
             raise ValueError(f"Process {process} of the multi-host run has ended its program, and waits for "
                              "this one to end: every process runs the same training, or none does; this one "
                              "stops.")

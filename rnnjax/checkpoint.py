@@ -146,8 +146,9 @@ def check_saved(mngr: Manager) -> None:
         if missing and jax.process_index() > 0:    # process 0 finishes each save: not in this host's view
             raise CheckpointError(f"Saving step {step} to {mngr.directory}: this process "
                                   f"({jax.process_index()}) does not see what process 0 wrote there "
-                                  f"({folder} lacks {', '.join(missing)}): the processes of a multi-host run "
-                                  "must share one workdir folder (a network file system), not each a copy.")
+                                  f"({folder} lacks {', '.join(missing)}): its save failed (process 0 says "
+                                  "why), or the processes do not share one workdir folder (a network file "
+                                  "system), as those of a multi-host run must, each seeing a copy.")
         if missing:
             e = FileNotFoundError(f"{folder} lacks {', '.join(missing)} after its save")
             raise _save_failed(mngr, step, e) from None

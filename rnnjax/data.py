@@ -123,8 +123,7 @@ class WindowedText:
         if (self.steps_per_epoch, self.vocab.kind) != (config.steps_per_epoch, config.token):
             raise ValueError(f"The data has {self.steps_per_epoch} steps an epoch and {self.vocab.kind} "
                              f"tokens, the config {config.steps_per_epoch} and {config.token}: train with "
-                             "the config it was loaded with (rnnjax.corpus.load(config, ...)), or load it "
-                             "again with this one.")
+                             "the config it was loaded with (rnnjax.corpus.load(config, ...)).")
         if self.options is None:        # a WindowedText of the caller's own: its sizes are its own
             return
         differ = []                     # (the data's, the config's)
@@ -141,8 +140,7 @@ class WindowedText:
         if differ:
             made, asked = "; ".join(d for d, _ in differ), "; ".join(c for _, c in differ)
             raise ValueError(f"The data was made with {made}, the config asks for {asked}: train with the "
-                             "config it was loaded with (rnnjax.corpus.load(config, ...)), or load it again "
-                             "with this one.")
+                             "config it was loaded with (rnnjax.corpus.load(config, ...)).")
 
     def num_batches(self, train: bool = True) -> int:
         if train and self.steps_per_epoch:

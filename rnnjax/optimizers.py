@@ -82,13 +82,15 @@ def make(config: Any, per_run: bool = False) -> optax.GradientTransformation:
 def registered_as(name: str) -> str | None:
     """What ``OPTIMIZERS[name]`` is, in words a checkpoint keeps (as ``rnnjax.cells.registered_as`` says a
     cell): ``rnnjax's own``, ``clipped(adam(b1=0.5))``, a function's name; ``None`` if none is registered."""
+    def said(maker):
+        inner = getattr(maker, "clipped", None)
+        return f"clipped({described(inner)})" if inner is not None else described(maker)
     maker = OPTIMIZERS.get(name)
     if maker is None:
         return None
-    if maker is OWN.get(name):
+    if name in OWN and (maker is OWN[name] or said(maker) == said(OWN[name])):    # registered again alike
         return "rnnjax's own"
-    inner = getattr(maker, "clipped", None)
-    return f"clipped({described(inner)})" if inner is not None else described(maker)
+    return said(maker)
 
 
 def check(name: str) -> None:

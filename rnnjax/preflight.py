@@ -41,14 +41,14 @@ def check_functions(step: Callable, evaluate: Callable, pmapped: bool = False) -
             raise ValueError(f"loop.run calls its {role} as {called}, and rnnjax.train.{name} is not that: "
                              f"give rnnjax.train.{wanted}.")
         try:
-            inspect.signature(given).bind(*[None] * (3 if role == "step" else 2), axis_name=AXIS)
-        except TypeError:
-            if pmapped:
-                raise ValueError(f"loop.run calls its {role} as {called}, over several devices with an "
-                                 "axis_name (to average over them, as rnnjax.train's functions do), and "
-                                 f"{getattr(given, '__name__', role)} takes no axis_name.") from None
-        except ValueError:      # no signature to read: taken on trust
-            pass
+            params = inspect.signature(given).parameters.values()
+        except (TypeError, ValueError):     # no signature to read: taken on trust
+            continue
+        takes = any(p.name == "axis_name" or p.kind is p.VAR_KEYWORD for p in params)
+        if pmapped and not takes:
+            raise ValueError(f"loop.run calls its {role} as {called}, over several devices with an "
+                             "axis_name (to average over them, as rnnjax.train's functions do), and "
+                             f"{getattr(given, '__name__', role)} takes no axis_name.")
 
 
 def checked_step(step: Callable) -> Callable:
@@ -68,7 +68,7 @@ def checked_step(step: Callable) -> Callable:
     @functools.wraps(step, updated=())
     def checked(*args, **kwargs):
         out = call()(*args, **kwargs)
-        metrics = out[1] if isinstance(out, tuple) and len(out) == 2 else None
+        metrics = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 else None
         if not isinstance(metrics, Mapping) or not {"loss_sum", "count"} <= set(metrics):
             lacks = " and ".join(k for k in ("loss_sum", "count") if k not in (metrics or ()))
             given = (f"its metrics lack {lacks}" if isinstance(metrics, Mapping) else
@@ -77,13 +77,13 @@ def checked_step(step: Callable) -> Callable:
                              f"count a step (as rnnjax.train.train_step's); {given}.")
         check_keys("The step's", metrics)
         shape = np.shape(metrics["loss_sum"])
-        shaped = {k: np.shape(v) for k, v in metrics.items() if np.shape(v) != shape}
-        if shaped:
+        shaped = {k: np.shape(v) for k, v in metrics.items() if np.shape(v) != shape or not shape}
+        if shaped:      # not shape: summed over the call's steps, which are on a first axis
             named = ", ".join(f"{k!r} (shape {s})" for k, s in shaped.items())
-            raise ValueError(f"The step's metrics must each be one number a step, as loss_sum (shape "
-                             f"{shape}: their epoch means are logged); {named} "
-                             f"{'is' if len(shaped) == 1 else 'are'} not: reduce to one number (jnp.mean, "
-                             "jnp.linalg.norm), or give each number its own key.")
+            raise ValueError(f"The step's metrics must each be one number a step, the call's steps on a "
+                             "first axis as train_windows stacks them (their epoch means are logged); "
+                             f"{named} {'is' if len(shaped) == 1 else 'are'} not: one a step, each reduced "
+                             "to one number (jnp.mean, jnp.linalg.norm) or given its own key.")
         return out
     del checked.__wrapped__
     with contextlib.suppress(TypeError):

@@ -27,7 +27,7 @@ from rnnjax.data import WindowedText
 from rnnjax.meta import Position
 from rnnjax.parallel import DataParallel
 from rnnjax.kernels import loss_path
-from rnnjax.state import abstract_run_states, abstract_train_state, make_model, takes_dtype
+from rnnjax.state import abstract_run_states, abstract_train_state, check_own_dtype, make_model, takes_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +148,8 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
                          "language model: its reverse direction reads the characters it is asked to predict. "
                          "Use it where whole sequences are given, e.g. for classification.")
     kernels.check(config)
+    for c in runs or [config]:
+        check_own_dtype(c)
     keys = [x for x in jax.tree.leaves(_abstract_opt_state(config, runs))
             if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
     if keys:        # orbax saves no key: it would fail at the first save, the epoch trained lost

@@ -29,18 +29,19 @@ def takes_dtype(cell: Any) -> bool:
     return "dtype" in getattr(getattr(cell, "func", cell), "__dataclass_fields__", {})
 
 
-def own_dtype(cell: Any) -> Any:
-    """The dtype a registered cell asks for itself, which ``Config.compute_dtype`` would override: a
-    ``functools.partial``'s, or its class's default where that is not float32 (a deliberate one); else
-    ``None``."""
-    if "dtype" in (getattr(cell, "keywords", None) or {}):
-        return cell.keywords["dtype"]
-    cls = getattr(cell, "func", cell)
-    field = getattr(cls, "__dataclass_fields__", {}).get("dtype")
-    default = getattr(field, "default", None)
-    if cls in OWN_CELLS.values() or default is None or not isinstance(default, (type, str, np.dtype)):
-        return None
-    return None if jnp.dtype(default) == jnp.float32 else default
+def check_own_dtype(config: Config) -> None:
+    """``ConfigError`` in one sentence if the registered cell is a ``functools.partial`` setting a ``dtype``
+    other than ``config.compute_dtype``, which ``make_model`` sets over it (a class's default is a default):
+    the run would say one and record the other. As a run is planned; inference reads the parameters."""
+    cell = CELLS.get(config.cell)
+    own = (getattr(cell, "keywords", None) or {}).get("dtype")
+    wanted = jnp.dtype(COMPUTE_DTYPES[config.compute_dtype])
+    if own is not None and takes_dtype(cell) and jnp.dtype(own) != wanted:
+        raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] sets dtype={jnp.dtype(own).name} itself, and "
+                          "rnnjax makes every cell compute in "
+                          f"{spelt('compute_dtype', config.compute_dtype)}: give the dtype there "
+                          f"({' or '.join(COMPUTE_DTYPES)}), not in the cell (a run trained so computed in "
+                          "compute_dtype's).")
 
 
 def make_model(config: Config, vocab_size: int) -> RNNLM:
@@ -54,12 +55,6 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     kwargs = {"nonlinearity": config.nonlinearity} if config.nonlinearity != "tanh" else {}
     if takes_dtype(CELLS[config.cell]):        # a cell without one computes in float32
         kwargs["dtype"] = dtype
-        own = own_dtype(CELLS[config.cell])
-        if own is not None and jnp.dtype(own) != jnp.dtype(dtype):  # set over silently, it was misreported
-            raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] sets dtype={jnp.dtype(own).name} itself, and "
-                              "rnnjax makes every cell compute in "
-                              f"{spelt('compute_dtype', config.compute_dtype)}: give the dtype there "
-                              f"({' or '.join(COMPUTE_DTYPES)}), not in the cell.")
     if isinstance(CELLS[config.cell], nn.Module):     # calling a made module would fail inside flax
         raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] is a {type(CELLS[config.cell]).__name__} made "
                           f"already; register its class, or a functools.partial of it: rnnjax makes each "

@@ -131,7 +131,8 @@ def test_a_failed_save_never_names_its_own_step_as_the_last_complete_one(tmp_pat
         monkeypatch.setattr(jax, "process_index", lambda: 1)
         mngr.unchecked.append(2)
         unshared = (r"^Saving step 2 to .*: this process \(1\) does not see what process 0 wrote there "
-                    r"\(.* lacks meta/metadata\): the processes of a multi-host run must share one workdir")
+                    r"\(.* lacks meta/metadata\): its save failed \(process 0 says why\), or the processes "
+                    r"do not share one workdir folder")
         with pytest.raises(CheckpointError, match=unshared):
             checkpoint.check_saved(mngr)
     finally:

@@ -410,16 +410,23 @@ def test_a_step_of_ones_own_whose_metrics_cannot_be_logged_is_one_sentence_befor
         state, m = train.train_windows(state, tokens, windows, axis_name)
         return state, [m["loss_sum"], m["count"]]
 
+    def summed(state, tokens, windows, axis_name=None):     # over the call: it failed after the epoch too
+        state, m = train.train_windows(state, tokens, windows, axis_name)
+        return state, jax.tree.map(jnp.sum, m)
+
     def single(state, tokens, windows):
         return train.train_windows(state, tokens, windows)
     n = STEPS_PER_CALL          # a call's steps, on each device
-    cases = [(pair, rf"^The step's metrics must each be one number a step, as loss_sum \(shape "
-                    rf"\({n},\): their epoch means are logged\); 'norms' \(shape \({n}, 2\)\) is not"),
+    cases = [(pair, rf"^The step's metrics must each be one number a step, the call's steps on a first axis "
+                    rf"as train_windows stacks them \(their epoch means are logged\); 'norms' \(shape \({n}, "
+                    r"2\)\) is not: one a step"),
+             (summed, r"^The step's metrics must each be one number a step, .*\); 'count' \(shape \(\)\), "
+                      r"'grad_norm' \(shape \(\)\), 'loss_sum' \(shape \(\)\) are not"),
              (listed, r"^loop.run's step returns \(state, metrics\), metrics a dict holding loss_sum and "
                       r"count a step \(as rnnjax.train.train_step's\); its metrics are a list\.")]
     cases += [(single, r"^loop.run calls its step as step\(state, tokens, windows, axis_name\), over "
                        r"several devices with an axis_name .* and single takes no axis_name\.$")]
-    cases = cases if devices > 1 else cases[:2]
+    cases = cases if devices > 1 else cases[:3]
     for step, message in cases:
         called = []
         with planned(config, data, tmp_path / step.__name__, devices=devices) as p:

@@ -92,6 +92,9 @@ def test_one_s_own_optimizer_is_registered_as_a_cell_is(small_data, tmp_path, mo
         rnnjax.fit_runs(more, small_data, tmp_path, devices=1, log=None)
     monkeypatch.setitem(rnnjax.OPTIMIZERS, "adamw", optimizers.clipped(optax.adamw))
     assert rnnjax.fit_runs(more, small_data, tmp_path, devices=1, log=None).history[-1]["epoch"] == 2
+    # rnnjax's own registered again alike is rnnjax's own: a resume was refused
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "adam", optimizers.clipped(optax.adam))
+    assert optimizers.registered_as("adam") == "rnnjax's own" != optimizers.registered_as("adamw")
 
 
 def test_what_is_registered_must_make_an_optax_transformation_for_a_config(monkeypatch):

@@ -216,7 +216,7 @@ def test_data_made_otherwise_than_the_config_asks_is_refused(small_data, tmp_pat
     ]
     for data, message in cases:
         with pytest.raises(ValueError, match=f"made with .*{message}.*train with the config it was loaded "
-                                             r"with \(rnnjax.corpus.load\(config, ...\)\), or load it again"):
+                                             r"with \(rnnjax.corpus.load\(config, ...\)\)\.$"):
             fit(SMALL, data, tmp_path / "w", devices=1, log=None)
         assert not (tmp_path / "w").exists()
     split = SMALL.replace(val_fraction=0.2, num_train=150)
