@@ -74,7 +74,8 @@ class Enough(Exception):
 
 
 @pytest.mark.parametrize("at, step, several, Enough", [
-    ("epoch", 2 * 13, False, Enough), ("call", 13 + 10, False, Enough), ("epoch", 13, True, Enough),
+    ("epoch", 2 * 13, False, Enough), ("call", 13 + 10, False, Enough),
+    pytest.param("epoch", 13, True, Enough, marks=pytest.mark.slow),  # over 3 s: the fast loop keeps one run
     *[pytest.param(*case, marks=pytest.mark.slow)       # these lost every epoch; the fast loop has the others
       for case in (("epoch", 13, False, SystemExit), ("call", 13 + 10, True, KeyboardInterrupt))]])
 def test_an_exception_from_progress_saves_its_step_and_the_same_fit_goes_on_from_there(

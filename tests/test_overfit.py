@@ -35,6 +35,7 @@ def test_help_is_the_exercise_s_own(capsys):
     assert "(default overfit)" in text and "hidden units of the recurrent cell (overfit: 128)" in text
 
 
+@pytest.mark.slow
 def test_runs_trained_together_are_summed_up_each_on_its_own(make_text, tmp_path, capsys):
     text = tmp_path / "mine.txt"
     text.write_text(make_text(3000))

@@ -357,6 +357,7 @@ def test_best_of_runs_without_a_run_names_the_one_of_lowest_validation_perplexit
         checkpoint.restore(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_run_of_another_optimizer_restores_for_inference_and_a_resume_names_the_optimizer(
         small_data, tmp_path, monkeypatch):
     """A run trained with Adam where its config names SGD (``make_optimizer`` replaced: an optimizer
