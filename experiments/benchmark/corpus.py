@@ -260,14 +260,14 @@ def check_out(typed: str) -> Path:
     try:
         first = next((f for f in (out, *out.parents) if f.exists() or f.is_symlink()), None)
         if not typed or first is None or not first.is_dir():   # the folder, or its nearest parent, a file
-            raise ValueError(f"--out must be a folder, got {typed!r}")
+            raise ValueError(f"--out must be a folder, got {typed!r}.")
         theirs = sorted(f.name for f in out.iterdir() if not _ours(f)) if out.is_dir() else []
     except OSError as e:            # a name too long, a folder it may not read
-        raise ValueError(f"--out {typed} cannot be used ({e.strerror})") from None
+        raise ValueError(f"--out {typed} cannot be used ({e.strerror}).") from None
     if theirs:
         raise ValueError(f"--out {typed} holds {', '.join(theirs[:3])}{', ...' if theirs[3:] else ''}, "
                          "which this benchmark did not write (or which is damaged); move it aside (an "
-                         "earlier run's texts are reused), or give a new or empty folder")
+                         "earlier run's texts are reused), or give a new or empty folder.")
     return out
 
 
@@ -296,10 +296,7 @@ def check_args(args) -> tuple[list[int], str]:
             raise ValueError(f"{flag} must be at most {high:,}, got {value:,}.")
     if args.data == "":         # '' would silently mean none
         raise ValueError("--data is empty; give a path (a shell variable that was not set?).")
-    try:
-        check_out(args.out)
-    except ValueError as e:
-        raise ValueError(f"{str(e).rstrip('.')}.") from None
+    check_out(args.out)
     tm = args.data or os.environ.get("RNNJAX_TIMEMACHINE") or ""
     if tm:
         check_names("--data", tm)       # its lines name it
