@@ -4,10 +4,8 @@ step and an evaluation whose metrics can be logged (traced on the host as they w
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -57,17 +55,16 @@ def checked_step(step: Callable) -> Callable:
     failed after an epoch's steps, as its record was made). The same function for the same ``step``: JAX
     reuses a function's traces and programs, in the next run of a process too."""
     try:
-        return _CHECKED[step]
-    except (KeyError, TypeError):       # TypeError: not weakly referable, checked afresh
-        pass
-    try:
-        call = weakref.ref(step)        # not held by its entry, which would then never go
-    except TypeError:
-        call = lambda: step             # noqa: E731
+        return _checked(step)
+    except TypeError:               # a callable that cannot be hashed: checked afresh
+        return _checked.__wrapped__(step)
 
-    @functools.wraps(step, updated=())
+
+@functools.lru_cache(maxsize=16)
+def _checked(step: Callable) -> Callable:
+    @functools.wraps(step)
     def checked(*args, **kwargs):
-        out = call()(*args, **kwargs)
+        out = step(*args, **kwargs)
         metrics = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 else None
         if not isinstance(metrics, Mapping) or not {"loss_sum", "count"} <= set(metrics):
             lacks = " and ".join(k for k in ("loss_sum", "count") if k not in (metrics or ()))
@@ -85,13 +82,7 @@ def checked_step(step: Callable) -> Callable:
                              f"{named} {'is' if len(shaped) == 1 else 'are'} not: one a step, each reduced "
                              "to one number (jnp.mean, jnp.linalg.norm) or given its own key.")
         return out
-    del checked.__wrapped__
-    with contextlib.suppress(TypeError):
-        _CHECKED[step] = checked
     return checked
-
-
-_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def check_state(p: Plan, state: Any, vocab_size: int) -> None:
