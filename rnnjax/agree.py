@@ -30,7 +30,9 @@ from rnnjax.stops import LostProcess, StoppedByAnother
 
 # Seconds a process waits for the others to reach a check: they may read and tokenize a large text first.
 TIMEOUT_S = 300
-# Processes that would resume other checkpoints from one workdir path: a folder of each host's own.
+# Processes that would resume other checkpoints from one workdir path (RESUMED differs): a folder of each
+# host's own.
+RESUMED = "checkpoint resumed"
 SHARED = "every process must see one workdir folder, shared by every host (a network file system), not a copy"
 _made = [0]     # the checks this process made: each has keys of its own, every process making them in turn
 _left: set[int] = set()     # the checks it left before (``leave``): said once
@@ -58,7 +60,7 @@ def check_agreed(what: dict[str, Any], timeout_s: float = TIMEOUT_S) -> None:
         name = next((name for name, value in mine.items() if theirs.get(name) != value), None)
         if name is not None and differ is None:
             ours, yours = _setting(name, mine[name]), _setting(name, theirs.get(name), named=False)
-            fix = (SHARED if name == "checkpoint resumed" else
+            fix = (SHARED if name == RESUMED else
                    "give every process the same settings and the same workdir path")
             differ = (f"The processes of this multi-host run were given other settings: {ours} here (process "
                       f"{me}), {yours} in process {other}; {fix}.")
@@ -250,7 +252,7 @@ def of_run(p: Any, data: Any, params: Any, checkpoint_every: int, keep: int) -> 
     resumed = "none (a new run)" if p.step is None else f"step {p.step}"
     return {**of_training(list(p.runs) or [p.config], bool(p.runs), p.workdir, p.dp.num_local,
                           checkpoint_every, keep),
-            "checkpoint resumed": resumed, "the parameters it starts from": f"CRC-32 {start:08x}",
+            RESUMED: resumed, "the parameters it starts from": f"CRC-32 {start:08x}",
             "the text's tokens": f"{tokens.size} (CRC-32 {zlib.crc32(tokens):08x})",
             "vocabulary": f"CRC-32 {zlib.crc32(vocab):08x}"}
 
