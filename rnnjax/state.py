@@ -194,11 +194,9 @@ def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
 def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> TrainState:
     model = make_model(config, vocab_size)
     tx = make_optimizer(config, per_run)        # its errors outside the trace, without JAX's note
-
-    def state():
-        params = _init(model, config.num_steps)(np.uint32(config.seed))
-        return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-    return jax.eval_shape(state)
+    # The model's init is traced once per model (a run's start asks for this state several times).
+    return jax.eval_shape(lambda params: TrainState.create(apply_fn=model.apply, params=params, tx=tx),
+                          _abstract_params(model))
 
 
 def check_params(params: Any, config: Config, vocab_size: int) -> None:
