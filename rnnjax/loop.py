@@ -45,8 +45,9 @@ from rnnjax.workdir import WorkdirError
 CHECKPOINT_EVERY = 10
 
 # Training steps per compiled call: each call costs the host a dispatch, which
-# on a CPU takes time from the cores the devices compute on. An epoch whose
-# step count is not a multiple ends in a shorter call, compiled once more.
+# on a CPU takes time from the cores the devices compute on. An epoch's last
+# call takes the steps left over along (up to twice as many), so that an epoch
+# of fewer than twice as many steps is one call, its program compiled once.
 STEPS_PER_CALL = 10
 
 
@@ -307,12 +308,12 @@ def _stopped(manager: Any, signum: int, caught: int | None, epoch: int, batch: i
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
-    """``items`` in lists of ``size``, the last one shorter if need be (``itertools.batched`` is 3.12+)."""
-    chunk = []
+    """``items`` in lists of ``size``, the last one taking what is left (fewer than ``size``) along."""
+    held = []
     for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+        held.append(item)
+        if len(held) == 2 * size:
+            yield held[:size]
+            held = held[size:]
+    if held:
+        yield held

@@ -87,6 +87,9 @@ if REAL_TEXT:
 
 # Tests' shared config: seconds on one CPU core.
 TINY = PRESETS["tiny"]
+# Its epoch of 13 steps is one call of the training program (rnnjax.loop); these epochs are two, of both
+# lengths an epoch's calls have: STEPS_PER_CALL steps, then the last taking the 3 left over along.
+TWO_CALLS = TINY.replace(num_train=360)
 
 
 def pytest_configure(config):
@@ -118,7 +121,7 @@ SLOW_CASES = {
     "test_faults.py::test_a_checkpoint_that_lost_orbaxs_tree_metadata_resumes_as_it_restores[True]",
     "test_faults.py::test_a_checkpoint_this_process_may_not_read_is_not_set_aside_as_damaged[meta]",
     "test_loop.py::test_an_exception_from_progress_saves_its_step_and_the_same_fit_goes_on_from_there"
-    "[epoch-13-True]",
+    "[epoch-23-True]",
 }
 # Whole tests likewise: each has a faster sibling in its file.
 SLOW_TESTS = {
@@ -286,6 +289,13 @@ class ListedCell(DenseCell):
 @pytest.fixture
 def tiny():
     return TINY
+
+
+@pytest.fixture
+def two_call_data():
+    """``TWO_CALLS``' data from ``small_data``'s text: 23 train batches (the last one padded)."""
+    return TimeMachine(TWO_CALLS.batch_size, TWO_CALLS.num_steps, TWO_CALLS.num_train, TWO_CALLS.num_val,
+                       text=small_text(5000))
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import TINY, assert_trees_equal, tree_digest, without_seconds
+from conftest import TINY, TWO_CALLS, assert_trees_equal, tree_digest, without_seconds
 
 from rnnjax import checkpoint
 from rnnjax.checkpoint import CheckpointError
@@ -49,10 +49,11 @@ def test_resume_equals_an_uninterrupted_run(small_data, tmp_path, monkeypatch):
     assert_trees_equal(checkpoint.restore("runs/resumed").params, straight.state.params)
 
 
-def test_interrupt_saves_the_last_step_and_resumes_exactly(small_data, tmp_path):
-    straight = fit(SMALL, small_data, tmp_path / "straight", devices=1)
+def test_interrupt_saves_the_last_step_and_resumes_exactly(two_call_data, tmp_path):
+    config, small_data = TWO_CALLS.replace(epochs=4), two_call_data
+    straight = fit(config, small_data, tmp_path / "straight", devices=1)
     sent = []
-    steps, per_call = small_data.num_batches(), STEPS_PER_CALL      # 13 steps an epoch, 10 a call
+    steps, per_call = small_data.num_batches(), STEPS_PER_CALL      # 23 steps an epoch, 10 a first call
     stop_at = steps + per_call                                      # after epoch 2's first call
 
     def send_sigterm(done, total, record):
@@ -61,17 +62,17 @@ def test_interrupt_saves_the_last_step_and_resumes_exactly(small_data, tmp_path)
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(Interrupted, match=f"epoch 2 after batch {per_call}/{steps}") as info:
-        fit(SMALL, small_data, tmp_path / "run", devices=1, progress=send_sigterm)
+        fit(config, small_data, tmp_path / "run", devices=1, progress=send_sigterm)
     assert info.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL        # handler restored
     mngr = checkpoint.manager(tmp_path / "run" / checkpoint.SUBDIR)
     assert mngr.latest_step() == stop_at
-    resumed = fit(SMALL, small_data, tmp_path / "run", devices=1)
+    resumed = fit(config, small_data, tmp_path / "run", devices=1)
     assert without_seconds(resumed.history) == without_seconds(straight.history)
     assert_trees_equal(resumed.state, straight.state)
 
 
-def test_a_second_signal_while_a_save_starts_its_thread_stops_cleanly(small_data, tmp_path, monkeypatch):
+def test_a_second_signal_while_a_save_starts_its_thread_stops_cleanly(two_call_data, tmp_path, monkeypatch):
     """The second signal lands inside orbax's ``Thread.start`` (as it did once in CI): held until the save
     has started, it then stops the run, and the save it held up completes."""
     import threading
@@ -90,7 +91,7 @@ def test_a_second_signal_while_a_save_starts_its_thread_stops_cleanly(small_data
 
     monkeypatch.setattr(threading.Thread, "start", start_with_a_second_signal)
     with pytest.raises(Interrupted, match=r"second signal 15 \(SIGTERM\)"):
-        fit(SMALL, small_data, tmp_path, devices=1, progress=first_signal)
+        fit(TWO_CALLS, two_call_data, tmp_path, devices=1, progress=first_signal)
     assert sent == ["first", "second"]
     assert checkpoint.restore(tmp_path).step == STEPS_PER_CALL       # the held-up save is whole
 

@@ -19,13 +19,18 @@ from rnnjax.objective import targets
 from rnnjax.state import create_train_state
 from rnnjax.train import STEPS_PER_CALL, Interrupted, fit, train_step
 
-from conftest import TINY, small_text
+from conftest import TWO_CALLS as TINY, small_text
+
+
+E = 23          # steps an epoch: two calls
 
 
 @pytest.fixture(scope="module")
 def data():
-    """``TINY``'s data, 13 steps an epoch: a call of ``STEPS_PER_CALL`` and one of 3."""
-    return TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
+    """``TINY``'s data: ``E`` steps an epoch (the last batch ragged)."""
+    data = TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
+    assert data.num_batches() == E
+    return data
 
 
 @pytest.mark.slow
@@ -74,10 +79,10 @@ class Enough(Exception):
 
 
 @pytest.mark.parametrize("at, step, several, Enough", [
-    ("epoch", 2 * 13, False, Enough), ("call", 13 + 10, False, Enough),
-    pytest.param("epoch", 13, True, Enough, marks=pytest.mark.slow),  # over 3 s: the fast loop keeps one run
+    ("epoch", 2 * E, False, Enough), ("call", E + 10, False, Enough),
+    pytest.param("epoch", E, True, Enough, marks=pytest.mark.slow),  # over 3 s: the fast loop keeps one run
     *[pytest.param(*case, marks=pytest.mark.slow)       # these lost every epoch; the fast loop has the others
-      for case in (("epoch", 13, False, SystemExit), ("call", 13 + 10, True, KeyboardInterrupt))]])
+      for case in (("epoch", E, False, SystemExit), ("call", E + 10, True, KeyboardInterrupt))]])
 def test_an_exception_from_progress_saves_its_step_and_the_same_fit_goes_on_from_there(
         data, tmp_path, at, step, several, Enough):
     """Early stopping as fit's docstring says (and a closed pipe under a printing progress, sys.exit in a
@@ -178,11 +183,11 @@ def test_a_workdir_of_format_2_stopped_mid_epoch_resumes_as_if_never_stopped(dat
         return fit(configs[0], data, workdir, devices=1, log=None, **kwargs)
 
     def interrupt(done, total, record):
-        if done == 13 + STEPS_PER_CALL:                  # mid-epoch 2
+        if done == E + STEPS_PER_CALL:                  # mid-epoch 2
             os.kill(os.getpid(), signal.SIGINT)
     with pytest.raises(Interrupted):
         train(tmp_path / "split", progress=interrupt)
-    [step] = [s for s in checkpoint.steps(tmp_path / "split") if s % 13]
+    [step] = [s for s in checkpoint.steps(tmp_path / "split") if s % E]
     _as_format_2(tmp_path / "split", step)
     assert meta_lib.problem(checkpoint.read_meta(tmp_path / "split", step), step) is None
     resumed, straight = train(tmp_path / "split"), train(tmp_path / "straight")
@@ -208,24 +213,24 @@ def test_a_signal_a_peer_catches_in_validation_stops_this_one_after_that_epoch(d
     monkeypatch.setattr(agree, "spans_processes", lambda: True)
     monkeypatch.setattr(agree, "stop_by_any", stop_by_any)
     with pytest.raises(Interrupted, match=r"\(SIGTERM\), caught by another process of the multi-host run, in "
-                                          r"epoch 1 after batch 13/13; saved step 13"):
+                                          rf"epoch 1 after batch {E}/{E}; saved step {E}"):
         fit(TINY.replace(epochs=3), data, tmp_path, devices=1, log=None)
-    assert gathers == [None] * 4 and checkpoint.restore(tmp_path).step == 13      # the epoch's progress too
+    assert gathers == [None] * 4 and checkpoint.restore(tmp_path).step == E       # the epoch's progress too
     assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / metrics.FILENAME).read()] == [1]
     gathers.clear()                 # after the last epoch's validation: nothing is left to resume
-    with pytest.raises(Interrupted, match=r"in epoch 1 after batch 13/13; saved step 13 in .*\. Nothing is "
-                                          r"left to train\.$"):
+    with pytest.raises(Interrupted, match=rf"in epoch 1 after batch {E}/{E}; saved step {E} in .*\. Nothing "
+                                          r"is left to train\.$"):
         fit(TINY.replace(epochs=1), data, tmp_path / "one", devices=1, log=None)
     gathers.clear()                 # as the last saves finish (the fifth): the same
     monkeypatch.setattr(agree, "stop_by_any", lambda own, raised=False: gathers.append(own) or (
         signal.SIGTERM if len(gathers) == 5 else own, None))
     with pytest.raises(Interrupted, match=r"caught by another process of the multi-host run, in epoch 1 "
-                                          r"after batch 13/13; saved step 13 in .*\. Nothing is left"):
+                                          rf"after batch {E}/{E}; saved step {E} in .*\. Nothing is left"):
         fit(TINY.replace(epochs=1), data, tmp_path / "end", devices=1, log=None)
-    assert gathers == [None] * 5 and checkpoint.restore(tmp_path / "end").step == 13
+    assert gathers == [None] * 5 and checkpoint.restore(tmp_path / "end").step == E
 
 
-@pytest.mark.parametrize("at, step", [(1, 10), (4, 13)])
+@pytest.mark.parametrize("at, step", [(1, 10), (4, E)])
 def test_a_peer_whose_progress_raised_stops_this_one_at_the_same_step_saved(
         data, tmp_path, monkeypatch, at, step):
     """An early stop raised from one process's progress (process 0's alone, say) hung a multi-host run for
@@ -296,12 +301,12 @@ def test_a_signal_as_the_last_saves_finish_says_the_run_is_whole_and_ended_says_
     with monkeypatch.context() as m:
         m.setattr(checkpoint, "check_saved", signalled_as_it_waits)
         m.setattr(checkpoint, "save", marked_save)
-        with pytest.raises(Interrupted, match=r"\(SIGTERM\) in epoch 2 after batch 13/13; saved step 26 in "
-                                              r".*\. Nothing is left to train\.$"):
+        with pytest.raises(Interrupted, match=rf"\(SIGTERM\) in epoch 2 after batch {E}/{E}; saved step "
+                                              rf"{2 * E} in .*\. Nothing is left to train\.$"):
             fit(TINY.replace(epochs=2), data, tmp_path, devices=1, log=None)
     assert not stops.ended() and stops.stopping()
     assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / metrics.FILENAME).read()] == [1, 2]
-    assert checkpoint.restore(tmp_path).step == 26
+    assert checkpoint.restore(tmp_path).step == 2 * E
     stops.stop_handled()
     assert fit(TINY.replace(epochs=2), data, tmp_path, devices=1, log=None).history     # trained to its end
     assert stops.ended() and not stops.stopping()
@@ -326,7 +331,7 @@ def test_a_closed_terminal_s_sighup_saves_and_stops_the_run_unless_nohup_ignores
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             return
         with pytest.raises(Interrupted, match=r"Stopped by signal 1 \(SIGHUP\) in epoch 1 after batch "
-                                              rf"{STEPS_PER_CALL}/13; saved step {STEPS_PER_CALL}") as e:
+                                              rf"{STEPS_PER_CALL}/{E}; saved step {STEPS_PER_CALL}") as e:
             fit(TINY.replace(epochs=1), data, tmp_path, devices=1, log=None, progress=hang_up)
         assert e.value.signum == signal.SIGHUP and checkpoint.steps(tmp_path) == [STEPS_PER_CALL]
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL             # put back
@@ -337,16 +342,17 @@ def test_a_closed_terminal_s_sighup_saves_and_stops_the_run_unless_nohup_ignores
 def test_a_run_whose_workdir_is_moved_stops_before_writing_again(data, tmp_path):
     """It wrote on at the old path: a new workdir of a stray metrics.jsonl, and a save that failed."""
     def move(done, total, record):
-        if done == 13 + STEPS_PER_CALL:                 # mid-epoch 2, once epoch 1's checkpoint is whole
+        if done == E + STEPS_PER_CALL:                  # mid-epoch 2, once epoch 1's checkpoint is whole
             for _ in range(400):                        # (orbax saves in the background)
-                if checkpoint.steps(tmp_path / "w") == [13]:
+                if checkpoint.steps(tmp_path / "w") == [E]:
                     break
                 time.sleep(0.01)
             (tmp_path / "w").rename(tmp_path / "moved")
-    with pytest.raises(workdir.WorkdirError, match=r"writing nothing more \(its last checkpoint: step 13\)"):
+    moved = rf"writing nothing more \(its last checkpoint: step {E}\)"
+    with pytest.raises(workdir.WorkdirError, match=moved):
         fit(TINY.replace(epochs=3), data, tmp_path / "w", devices=1, log=None, progress=move,
             checkpoint_every=1)
-    assert not (tmp_path / "w").exists() and checkpoint.steps(tmp_path / "moved") == [13]
+    assert not (tmp_path / "w").exists() and checkpoint.steps(tmp_path / "moved") == [E]
     assert [r["epoch"] for r in metrics.MetricsLog(tmp_path / "moved" / metrics.FILENAME).read()] == [1]
 
 
@@ -435,3 +441,11 @@ def test_a_step_of_ones_own_whose_metrics_cannot_be_logged_is_one_sentence_befor
             with pytest.raises(ValueError, match=message):
                 loop.run(p, data, state, step, train.eval_steps, progress=lambda *a: called.append(a))
         assert called == [] and checkpoint.steps(tmp_path / step.__name__) == []
+
+
+def test_an_epoch_is_calls_of_steps_per_call_the_last_taking_what_is_left_along():
+    """An epoch of under twice ``STEPS_PER_CALL`` steps is one call (one program compiled); a longer one's
+    calls have two lengths at most."""
+    calls = {n: [len(c) for c in loop._chunks(iter(range(n)), STEPS_PER_CALL)]
+             for n in (0, 9, 10, 19, 20, 23, 61)}
+    assert calls == {0: [], 9: [9], 10: [10], 19: [19], 20: [10, 10], 23: [10, 13], 61: [10] * 5 + [11]}

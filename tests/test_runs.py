@@ -14,7 +14,7 @@ from rnnjax import checkpoint, metrics, runs
 from rnnjax.config import ConfigError
 from rnnjax.train import STEPS_PER_CALL, Interrupted, NonFiniteLoss, fit
 
-from conftest import TINY, without_seconds
+from conftest import TINY, TWO_CALLS, without_seconds
 
 TINY10 = TINY.replace(num_train=10 * TINY.batch_size)        # data10's config
 CONFIGS = [TINY.replace(epochs=2, seed=s, lr=lr) for s in (0, 1) for lr in (1.0, 2.0)]
@@ -70,18 +70,19 @@ def test_dropout_runs_are_the_runs_alone(data10, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.cpu_devices(2)
-def test_resume_after_an_interrupt_mid_epoch_is_exact(small_data, tmp_path):
-    straight = runs.fit_runs(CONFIGS, small_data, tmp_path / "straight", devices=2, log=None)
+def test_resume_after_an_interrupt_mid_epoch_is_exact(two_call_data, tmp_path):
+    configs, small_data = [c.replace(num_train=TWO_CALLS.num_train) for c in CONFIGS], two_call_data
+    straight = runs.fit_runs(configs, small_data, tmp_path / "straight", devices=2, log=None)
 
     def interrupt(done, total, record):
-        if done == STEPS_PER_CALL:                    # mid-epoch 1: 13 steps an epoch
+        if done == STEPS_PER_CALL:                    # mid-epoch 1: 23 steps an epoch
             os.kill(os.getpid(), signal.SIGINT)
-    with pytest.raises(Interrupted, match=f"after batch {STEPS_PER_CALL}/13"):
-        runs.fit_runs(CONFIGS, small_data, tmp_path / "w", devices=2, progress=interrupt, log=None)
-    first = runs.fit_runs([c.replace(epochs=1) for c in CONFIGS], small_data, tmp_path / "w", devices=2,
+    with pytest.raises(Interrupted, match=f"after batch {STEPS_PER_CALL}/23"):
+        runs.fit_runs(configs, small_data, tmp_path / "w", devices=2, progress=interrupt, log=None)
+    first = runs.fit_runs([c.replace(epochs=1) for c in configs], small_data, tmp_path / "w", devices=2,
                           log=None)
     assert {r["epoch"] for r in first.history} == {1}
-    resumed = runs.fit_runs(CONFIGS, small_data, tmp_path / "w", devices=2, log=None)
+    resumed = runs.fit_runs(configs, small_data, tmp_path / "w", devices=2, log=None)
     assert without_seconds(resumed.history) == without_seconds(straight.history)
     for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(a, b)
