@@ -18,7 +18,7 @@ def test_notebook_executes(real_text_path, tmp_path, monkeypatch):
     monkeypatch.setenv("RNNJAX_NOTEBOOK_EPOCHS", "3")
     monkeypatch.delenv("RNNJAX_CHECKPOINT", raising=False)
     monkeypatch.delenv("RNNJAX_RUN", raising=False)
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    # The kernel keeps the suite's XLA flags (conftest): it compiles faster, and no figure of its is read.
     # The kernel runs in another folder; a relative path is taken from where the user started it.
     monkeypatch.setenv("RNNJAX_TIMEMACHINE", os.path.relpath(real_text_path))
     monkeypatch.setenv("PWD", os.getcwd())
@@ -47,7 +47,6 @@ def explore(tmp_path, monkeypatch, checkpoint: str, run: str | None = None, firs
         monkeypatch.delenv("RNNJAX_RUN", raising=False)
     else:
         monkeypatch.setenv("RNNJAX_RUN", run)
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells[:0] = [first_cell] if first_cell else []
     (tmp_path / "kernel").mkdir()
