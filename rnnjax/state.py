@@ -199,6 +199,19 @@ def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> T
                           _abstract_params(model))
 
 
+def check_update(config: Config, per_run: bool = False) -> None:
+    """``ValueError`` in one sentence unless ``config.optimizer`` steps as a run steps it, on the gradients
+    alone (``tx.update(grads, opt_state, params)``): traced on shapes, computing nothing."""
+    state = _abstract_state(config, 1, per_run)
+    try:
+        jax.eval_shape(lambda s: s.apply_gradients(grads=s.params), state)
+    except Exception as e:      # one's own optimizer, whatever it raises: before any work, not after it
+        why = (str(e).strip().splitlines() or [""])[0].rstrip(".")
+        raise ValueError(f"{spelt('optimizer', config.optimizer)} cannot step on the gradients alone, as a "
+                         f"run steps it ({type(e).__name__}: {why}): one that needs more, as "
+                         "optax.contrib.reduce_on_plateau needs value=, does not train here.") from None
+
+
 def check_params(params: Any, config: Config, vocab_size: int) -> None:
     """``ValueError`` in one sentence, naming a leaf, unless ``params`` have the tree, shapes and dtypes
     (float32) of the parameters ``config`` makes for ``vocab_size`` tokens."""

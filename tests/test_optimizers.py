@@ -133,6 +133,26 @@ def test_a_random_key_in_the_state_or_another_s_state_is_refused_before_anything
     assert not (tmp_path / "other" / checkpoint.SUBDIR).exists()
 
 
+@pytest.mark.parametrize("several", [False, True])
+def test_an_optimizer_that_needs_more_than_the_gradients_is_refused_before_anything_is_written(
+        small_data, tmp_path, monkeypatch, several):
+    """optax.contrib.reduce_on_plateau's update needs value=: its TypeError came from deep in optax, the
+    workdir made."""
+    def plateau(config, per_run=False):
+        return optax.chain(optimizers.clipped(optax.sgd)(config, per_run), optax.contrib.reduce_on_plateau())
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "plateau", plateau)
+    configs = [TINY.replace(optimizer="plateau", seed=s) for s in (0, 1)]
+    with pytest.raises(ValueError, match=r"^optimizer='plateau' cannot step on the gradients alone, as a run "
+                                         r"steps it \(TypeError: .*'value'\): one that needs more, as "
+                                         r"optax.contrib.reduce_on_plateau needs value=, does not train "
+                                         r"here\.$"):
+        if several:
+            rnnjax.runs.fit_runs(configs, small_data, tmp_path / "w", devices=1, log=None)
+        else:
+            fit(configs[0], small_data, tmp_path / "w", devices=1, log=None)
+    assert not (tmp_path / "w").exists()
+
+
 def test_an_optimizer_registered_in_place_of_rnnjax_s_own_is_said(small_data, tmp_path, monkeypatch):
     monkeypatch.setitem(rnnjax.OPTIMIZERS, "sgd", optimizers.clipped(optax.adam))
     described = rnnjax.plan(TINY, small_data, tmp_path / "w", devices=1).describe()
