@@ -46,8 +46,8 @@ CHECKPOINT_EVERY = 10
 
 # Training steps per compiled call: each call costs the host a dispatch, which
 # on a CPU takes time from the cores the devices compute on. An epoch's last
-# call takes the steps left over along (up to twice as many), so that an epoch
-# of fewer than twice as many steps is one call, its program compiled once.
+# call takes the fewer than 10 steps left over along, so that an epoch of
+# under 20 steps is one call, its training program compiled once.
 STEPS_PER_CALL = 10
 
 
