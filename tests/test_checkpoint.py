@@ -50,11 +50,11 @@ def test_resume_equals_an_uninterrupted_run(small_data, tmp_path, monkeypatch):
 
 
 def test_interrupt_saves_the_last_step_and_resumes_exactly(two_call_data, tmp_path):
-    config, small_data = TWO_CALLS.replace(epochs=4), two_call_data
-    straight = fit(config, small_data, tmp_path / "straight", devices=1)
+    config, data = TWO_CALLS.replace(epochs=4), two_call_data
+    straight = fit(config, data, tmp_path / "straight", devices=1)
     sent = []
-    steps, per_call = small_data.num_batches(), STEPS_PER_CALL      # 23 steps an epoch, 10 a first call
-    stop_at = steps + per_call                                      # after epoch 2's first call
+    steps, per_call = data.num_batches(), STEPS_PER_CALL     # 23 steps an epoch, 10 a first call
+    stop_at = steps + per_call                              # after epoch 2's first call
 
     def send_sigterm(done, total, record):
         if done == stop_at and not sent:
@@ -62,12 +62,12 @@ def test_interrupt_saves_the_last_step_and_resumes_exactly(two_call_data, tmp_pa
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(Interrupted, match=f"epoch 2 after batch {per_call}/{steps}") as info:
-        fit(config, small_data, tmp_path / "run", devices=1, progress=send_sigterm)
+        fit(config, data, tmp_path / "run", devices=1, progress=send_sigterm)
     assert info.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL        # handler restored
     mngr = checkpoint.manager(tmp_path / "run" / checkpoint.SUBDIR)
     assert mngr.latest_step() == stop_at
-    resumed = fit(config, small_data, tmp_path / "run", devices=1)
+    resumed = fit(config, data, tmp_path / "run", devices=1)
     assert without_seconds(resumed.history) == without_seconds(straight.history)
     assert_trees_equal(resumed.state, straight.state)
 

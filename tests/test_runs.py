@@ -71,18 +71,18 @@ def test_dropout_runs_are_the_runs_alone(data10, tmp_path):
 @pytest.mark.slow
 @pytest.mark.cpu_devices(2)
 def test_resume_after_an_interrupt_mid_epoch_is_exact(two_call_data, tmp_path):
-    configs, small_data = [c.replace(num_train=TWO_CALLS.num_train) for c in CONFIGS], two_call_data
-    straight = runs.fit_runs(configs, small_data, tmp_path / "straight", devices=2, log=None)
+    configs, data = [c.replace(num_train=TWO_CALLS.num_train) for c in CONFIGS], two_call_data
+    straight = runs.fit_runs(configs, data, tmp_path / "straight", devices=2, log=None)
 
     def interrupt(done, total, record):
         if done == STEPS_PER_CALL:                    # mid-epoch 1: 23 steps an epoch
             os.kill(os.getpid(), signal.SIGINT)
     with pytest.raises(Interrupted, match=f"after batch {STEPS_PER_CALL}/23"):
-        runs.fit_runs(configs, small_data, tmp_path / "w", devices=2, progress=interrupt, log=None)
-    first = runs.fit_runs([c.replace(epochs=1) for c in configs], small_data, tmp_path / "w", devices=2,
+        runs.fit_runs(configs, data, tmp_path / "w", devices=2, progress=interrupt, log=None)
+    first = runs.fit_runs([c.replace(epochs=1) for c in configs], data, tmp_path / "w", devices=2,
                           log=None)
     assert {r["epoch"] for r in first.history} == {1}
-    resumed = runs.fit_runs(configs, small_data, tmp_path / "w", devices=2, log=None)
+    resumed = runs.fit_runs(configs, data, tmp_path / "w", devices=2, log=None)
     assert without_seconds(resumed.history) == without_seconds(straight.history)
     for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(a, b)
