@@ -194,9 +194,13 @@ def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
 def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> TrainState:
     model = make_model(config, vocab_size)
     tx = make_optimizer(config, per_run)        # its errors outside the trace, without JAX's note
-    # The model's init is traced once per model (a run's start asks for this state several times).
-    return jax.eval_shape(lambda params: TrainState.create(apply_fn=model.apply, params=params, tx=tx),
-                          _abstract_params(model))
+
+    # Traced each time, not cached per model: a cell's parameters may follow more than its fields (a setting
+    # of its module), and a restore target or a check of the parameters must be what the cell makes now.
+    def state():
+        params = _init(model, config.num_steps)(np.uint32(config.seed))
+        return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    return jax.eval_shape(state)
 
 
 def check_update(config: Config, per_run: bool = False) -> None:
@@ -204,12 +208,26 @@ def check_update(config: Config, per_run: bool = False) -> None:
     alone (``tx.update(grads, opt_state, params)``): traced on shapes, computing nothing."""
     state = _abstract_state(config, 1, per_run)
     try:
-        jax.eval_shape(lambda s: s.apply_gradients(grads=s.params), state)
+        stepped = jax.eval_shape(lambda s: s.apply_gradients(grads=s.params), state).opt_state
     except Exception as e:      # one's own optimizer, whatever it raises: before any work, not after it
         why = (str(e).strip().splitlines() or [""])[0].rstrip(".")
         raise ValueError(f"{spelt('optimizer', config.optimizer)} cannot step on the gradients alone, as a "
-                         f"run steps it ({type(e).__name__}: {why}): one that needs more, as "
-                         "optax.contrib.reduce_on_plateau needs value=, does not train here.") from None
+                         f"run steps it ({type(e).__name__}: {why}): one that needs more (optax.contrib."
+                         "reduce_on_plateau a value=, optax.lookahead parameters of its own) does not train "
+                         "here.") from None
+    before, after = _types(state.opt_state), _types(stepped)
+    if before != after:         # a call's steps are one scan, whose carry keeps its type
+        what = next((f"{k or 'its state'} {d}{list(s)} before, {d2}{list(s2)} after"
+                     for (k, s, d), (k2, s2, d2) in zip(before, after) if (k, s, d) != (k2, s2, d2)),
+                    "a tree of other leaves after")
+        raise ValueError(f"{spelt('optimizer', config.optimizer)} returns a state of other shapes or dtypes "
+                         f"than it was given ({what}): a run's steps need one that keeps them.")
+
+
+def _types(tree: Any) -> list[tuple]:
+    """Each leaf's path, shape and dtype."""
+    return [(jax.tree_util.keystr(k), tuple(x.shape), str(x.dtype))
+            for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def check_params(params: Any, config: Config, vocab_size: int) -> None:

@@ -133,19 +133,32 @@ def test_a_random_key_in_the_state_or_another_s_state_is_refused_before_anything
     assert not (tmp_path / "other" / checkpoint.SUBDIR).exists()
 
 
+def plateau(config, per_run=False):
+    return optax.chain(optimizers.clipped(optax.sgd)(config, per_run), optax.contrib.reduce_on_plateau())
+
+
+def drifting(config, per_run=False):
+    """A state that turns from int32 to float32 as it steps."""
+    return optax.GradientTransformation(
+        lambda params: {"count": jnp.zeros([], jnp.int32)},
+        lambda grads, state, params=None: (jax.tree.map(lambda g: -config.lr * g, grads),
+                                           {"count": state["count"] + 1.0}))
+
+
+@pytest.mark.parametrize("make, said", [
+    (plateau, r"cannot step on the gradients alone, as a run steps it \(TypeError: .*'value'\): one that "
+              r"needs more \(optax.contrib.reduce_on_plateau a value=, optax.lookahead parameters of its "
+              r"own\) does not train here\.$"),
+    (drifting, r"returns a state of other shapes or dtypes than it was given \(\['count'\] int32\[\] "
+               r"before, float32\[\] after\): a run's steps need one that keeps them\.$")])
 @pytest.mark.parametrize("several", [False, True])
-def test_an_optimizer_that_needs_more_than_the_gradients_is_refused_before_anything_is_written(
-        small_data, tmp_path, monkeypatch, several):
+def test_an_optimizer_that_cannot_step_as_a_run_steps_is_refused_before_anything_is_written(
+        small_data, tmp_path, monkeypatch, make, said, several):
     """optax.contrib.reduce_on_plateau's update needs value=: its TypeError came from deep in optax, the
-    workdir made."""
-    def plateau(config, per_run=False):
-        return optax.chain(optimizers.clipped(optax.sgd)(config, per_run), optax.contrib.reduce_on_plateau())
-    monkeypatch.setitem(rnnjax.OPTIMIZERS, "plateau", plateau)
-    configs = [TINY.replace(optimizer="plateau", seed=s) for s in (0, 1)]
-    with pytest.raises(ValueError, match=r"^optimizer='plateau' cannot step on the gradients alone, as a run "
-                                         r"steps it \(TypeError: .*'value'\): one that needs more, as "
-                                         r"optax.contrib.reduce_on_plateau needs value=, does not train "
-                                         r"here\.$"):
+    workdir made; a state that changes its dtype failed in JAX's scan, the workdir made too."""
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "mine", make)
+    configs = [TINY.replace(optimizer="mine", seed=s) for s in (0, 1)]
+    with pytest.raises(ValueError, match="^optimizer='mine' " + said):
         if several:
             rnnjax.runs.fit_runs(configs, small_data, tmp_path / "w", devices=1, log=None)
         else:

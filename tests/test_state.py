@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import TINY, ListedCell
+from conftest import TINY, DenseCell, ListedCell
 from rnnjax import state
 from rnnjax.state import abstract_train_state, create_train_state, make_model
 
@@ -217,3 +217,25 @@ def test_a_cell_partial_that_sets_its_own_dtype_is_refused_unless_it_is_the_comp
             monkeypatch.setitem(model_lib.CELLS, name, cell)
         for dtype in ("float32", "bfloat16"):
             state.check_own_dtype(TINY.replace(cell=name, compute_dtype=dtype))
+
+
+def test_the_abstract_state_is_what_the_cell_makes_now(monkeypatch):
+    """A cell's parameters may follow more than its fields (a setting of its module): a restore target and
+    the check of a run's parameters are made anew, not cached per model (a stale one let a restore give
+    parameters its model cannot apply)."""
+    import flax.linen as nn
+
+    from rnnjax import model as model_lib
+    width = [3]
+
+    class Widening(DenseCell):
+        @nn.compact
+        def __call__(self, h, x):
+            b = self.param("b", nn.initializers.zeros, (width[0],))
+            h = jnp.tanh(nn.Dense(self.features)(x) + nn.Dense(self.features, use_bias=False)(h) + b.sum())
+            return h, h
+    monkeypatch.setitem(model_lib.CELLS, "widening", Widening)
+    config = TINY.replace(cell="widening")
+    before = abstract_train_state(config, 5).params["rnn"]["cell"]["b"].shape
+    width[0] = 5
+    assert (before, abstract_train_state(config, 5).params["rnn"]["cell"]["b"].shape) == ((3,), (5,))
