@@ -166,8 +166,9 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
 
     ``progress(done_steps, total_steps, record_or_None)`` is called after every
     call (``STEPS_PER_CALL`` steps; an epoch's last takes those left over
-    along) and every epoch, with its record as metrics.jsonl gets it; by default (``None``) ``log`` gets a line every
-    tenth of the epochs (``epoch_lines``), ``False`` is off. To stop early, raise from it: fit saves the step
+    along) and every epoch, with its record as metrics.jsonl gets it; by
+    default (``None``) ``log`` gets a line every tenth of the epochs
+    (``epoch_lines``), ``False`` is off. To stop early, raise from it: fit saves the step
     it was called at, then raises that, and fit again resumes from there (the best epoch is among those
     saved: ``checkpoint_every=1`` saves each, for ``restore(best=True)``)
     (on several hosts, raised in one process: every process saves that step,
