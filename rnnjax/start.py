@@ -151,13 +151,16 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
     kernels.check(config)
     for c in runs or [config]:
         check_own_dtype(c)
-    keys = [x for x in jax.tree.leaves(_abstract_opt_state(config, runs))
+    abstract = abstract_run_states(runs, 1) if runs else abstract_train_state(config, 1)
+    keys = [x for x in jax.tree.leaves(abstract.opt_state)
             if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
     if keys:        # orbax saves no key: it would fail at the first save, the epoch trained lost
         raise ValueError(f"The state of {spelt('optimizer', config.optimizer)} holds a random key (as "
                          "optax.add_noise's does), which rnnjax's checkpoints cannot save: keep it as its "
                          "integers (jax.random.key_data) in the state, or leave it out.")
-    check_update(runs[0] if runs else config, per_run=bool(runs))
+    # One run's state, as each steps: runs trained together are one vmapped step.
+    check_update(config, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract)
+                 if runs else abstract)
     dp = DataParallel.create(devices)
     dp.check_batch_size(config.batch_size)
     # The vocabulary's share is counted once the data is read (a cell's layers need an input width).
@@ -166,10 +169,6 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
     workdir_lib.check_ours(workdir)
     workdir_lib.check_kinds(workdir)
     return dp
-
-
-def _abstract_opt_state(config: Config, runs: list[Config] | None) -> Any:
-    return (abstract_run_states(runs, 1) if runs else abstract_train_state(config, 1)).opt_state
 
 
 def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: int | None = None,

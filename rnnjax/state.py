@@ -203,10 +203,10 @@ def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> T
     return jax.eval_shape(state)
 
 
-def check_update(config: Config, per_run: bool = False) -> None:
+def check_update(config: Config, state: TrainState) -> None:
     """``ValueError`` in one sentence unless ``config.optimizer`` steps as a run steps it, on the gradients
-    alone (``tx.update(grads, opt_state, params)``): traced on shapes, computing nothing."""
-    state = _abstract_state(config, 1, per_run)
+    alone (``tx.update(grads, opt_state, params)``), keeping its state's type: traced on ``state``, a run's
+    abstract state (``abstract_train_state``), computing nothing."""
     try:
         stepped = jax.eval_shape(lambda s: s.apply_gradients(grads=s.params), state).opt_state
     except Exception as e:      # one's own optimizer, whatever it raises: before any work, not after it
