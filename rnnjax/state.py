@@ -215,19 +215,23 @@ def check_update(config: Config, state: TrainState) -> None:
                          f"run steps it ({type(e).__name__}: {why}): one that needs more (optax.contrib."
                          "reduce_on_plateau a value=, optax.lookahead parameters of its own) does not train "
                          "here.") from None
-    before, after = _types(state.opt_state), _types(stepped)
+    before, after = leaf_types(state.opt_state), leaf_types(stepped)
     if before != after:         # a call's steps are one scan, whose carry keeps its type
-        what = next((f"{k or 'its state'} {d}{list(s)} before, {d2}{list(s2)} after"
-                     for (k, s, d), (k2, s2, d2) in zip(before, after) if (k, s, d) != (k2, s2, d2)),
-                    "a tree of other leaves after")
+        what = next((f"{k or 'its state'} {said_type(before.get(k))} before, {said_type(after.get(k))} after"
+                     for k in [*before, *after] if before.get(k) != after.get(k)))
         raise ValueError(f"{spelt('optimizer', config.optimizer)} returns a state of other shapes or dtypes "
                          f"than it was given ({what}): a run's steps need one that keeps them.")
 
 
-def _types(tree: Any) -> list[tuple]:
-    """Each leaf's path, shape and dtype."""
-    return [(jax.tree_util.keystr(k), tuple(x.shape), str(x.dtype))
-            for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+def leaf_types(tree: Any) -> dict[str, tuple[tuple, str]]:
+    """``{path: (shape, dtype)}`` of a tree's leaves (``jax.tree_util.keystr`` paths)."""
+    return {jax.tree_util.keystr(p): (tuple(x.shape), str(x.dtype))
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def said_type(shape_dtype: tuple | None) -> str:
+    """A ``leaf_types`` value as a message says it (``float32[16, 28]``), or ``none``."""
+    return "none" if shape_dtype is None else f"{shape_dtype[1]}{list(shape_dtype[0])}"
 
 
 def check_params(params: Any, config: Config, vocab_size: int) -> None:

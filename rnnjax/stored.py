@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from rnnjax import meta as meta_lib
 from rnnjax.cells import CELLS, OWN_CELLS, registered_as
 from rnnjax.spelling import again, as_flags
+from rnnjax.state import leaf_types, said_type
 
 SUBDIR = "checkpoints"
 DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside
@@ -119,18 +120,13 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
     if differ and not params_only:
         raise state_mismatch(where, _differ(saved_paths, made))
     saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved and not own else None
-
-    def arrays(tree):
-        return {jax.tree_util.keystr(p): (tuple(x.shape), str(x.dtype))
-                for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    had, makes = (arrays(saved), arrays(target.params)) if saved is not None else ({}, {})
+    had, makes = (leaf_types(saved), leaf_types(target.params)) if saved is not None else ({}, {})
     other = {k for k in makes if had.get(k) != makes[k]}
     if other:
         k = sorted(other)[0]
-        saved_k = "none" if had.get(k) is None else f"{had[k][1]}{list(had[k][0])}"
         raise CellMismatch(f"{where} holds parameters of other shapes or dtypes than the cell registered "
-                           f"here as {cell!r} ({kind}) makes ({k}: {saved_k} saved, {makes[k][1]}"
-                           f"{list(makes[k][0])} made): {fix}")
+                           f"here as {cell!r} ({kind}) makes ({k}: {said_type(had.get(k))} saved, "
+                           f"{said_type(makes[k])} made): {fix}")
     if was is not None and was != kind:      # the same parameters, made otherwise (a partial's arguments)
         raise CellMismatch(f"{where} was trained with rnnjax.CELLS[{cell!r}] = {was}, which is {kind} here: "
                            f"register the one it was trained with; {NEW_RUN}")
