@@ -10,6 +10,9 @@ rather than in the function: what lets runs with different values be one
 vmapped step (``rnnjax.runs``; ``rnnjax.state.check_per_run`` refuses one that
 ignores it). The state's structure differs with it; each is what checkpoints of
 its kind hold.
+
+A run checks, before it writes anything, that its optimizer steps as the run
+steps it (``check_update``: on the gradients alone, its state keeping its type).
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import numpy as np
 import optax
 
 from rnnjax.cells import described
 from rnnjax.config import ConfigError
-from rnnjax.spelling import as_flags, got, spelt
+from rnnjax.spelling import as_flags, got, leaf_types, said_type, spelt
 
 
 def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
@@ -32,11 +37,12 @@ def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
         def kept(make):
             if not per_run:
                 return make
-            # Numbers only: inject_hyperparams calls any callable argument (a weight-decay mask) as a schedule
-            # of the step count, which a run alone never does.
+            # Rates only: inject_hyperparams calls any callable argument (a weight-decay mask) as a schedule
+            # of the step count, which a run alone never does, and traces any int, where an int is a size
+            # or count that Python branches on (adafactor's min_dim_size_to_factor).
             try:
                 static = [name for name, arg in inspect.signature(make).parameters.items()
-                          if arg.default is not arg.empty and callable(arg.default)]
+                          if arg.default is not arg.empty and (callable(arg.default) or _is_int(arg.default))]
             except ValueError:      # no signature to read: inject_hyperparams cannot read one either
                 static = []
             return optax.inject_hyperparams(make, static_args=static)
@@ -44,6 +50,10 @@ def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
                            kept(optimizer)(learning_rate=config.lr))
     make.clipped = optimizer            # what registered_as says
     return make
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 OPTIMIZERS: dict[str, Callable[[Any, bool], optax.GradientTransformation]] = {
@@ -100,3 +110,69 @@ def check(name: str) -> None:
                           f"{sorted(OPTIMIZERS)}, or register one of your own in rnnjax.OPTIMIZERS "
                           f"(rnnjax.optimizers) in each interpreter that trains its runs"
                           f"{where * as_flags()}.")
+
+
+def changing(configs: list[Any]) -> list[tuple[str, str]]:
+    """The (optax name, ``Config`` field) of the hyperparameters the runs differ in."""
+    return [(name, field) for name, field in (("learning_rate", "lr"), ("max_norm", "clip"))
+            if len({getattr(c, field) for c in configs}) > 1]
+
+
+def _number(value: Any) -> float | str:
+    """A hyperparameter an optimizer's state holds, as a float; what it is where it is none (a schedule's
+    state, as inject_hyperparams keeps a schedule given as the rate)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return f"a {type(value).__name__}"
+
+
+def check_kept(configs: list[Any], opt_states: list) -> None:
+    """``ValueError`` unless each run's optimizer state (``opt_states``, one per config) holds its own ``lr``
+    and ``clip`` where the runs differ in them."""
+    for name, field in changing(configs):
+        for c, opt_state in zip(configs, opt_states):
+            found = [_number(v) for _, v in optax.tree_utils.tree_get_all_with_path(opt_state, name)]
+            value = getattr(c, field)
+            if not found or any(v != float(np.float32(value)) for v in found):
+                raise ValueError(
+                    f"Runs of different {field} train in one step only where their optimizer, made with "
+                    f"per_run=True (rnnjax.optimizers), keeps each run's {field} in its state, as {name!r} "
+                    f"(optax.inject_hyperparams, as rnnjax.optimizers.clipped does); for a run of "
+                    f"{field}={value} it holds {found or 'none'}.")
+
+
+def check_update(config: Any, state: Any, per_run: bool = False) -> None:
+    """``ValueError`` in one sentence unless ``config.optimizer`` steps as a run steps it, on the gradients
+    alone (``tx.update(grads, opt_state, params)``), keeping its state's type: traced on ``state``, a run's
+    abstract state (``rnnjax.state.abstract_train_state``; of runs trained together, one run's, ``per_run``),
+    computing nothing."""
+    try:
+        stepped = jax.eval_shape(lambda s: s.apply_gradients(grads=s.params), state).opt_state
+    except Exception as e:      # one's own optimizer, whatever it raises: before any work, not after it
+        if as_runs(per_run, e):
+            raise ValueError(f"{spelt('optimizer', config.optimizer)} cannot step{as_runs(per_run, e)} "
+                             f"({first_line(e)}).") from None
+        raise ValueError(f"{spelt('optimizer', config.optimizer)} cannot step on the gradients alone, as a "
+                         f"run steps it ({first_line(e)}): one that needs more (optax.contrib."
+                         "reduce_on_plateau a value=, optax.lookahead parameters of its own) does not train "
+                         "here.") from None
+    before, after = leaf_types(state.opt_state), leaf_types(stepped)
+    if before != after:         # a call's steps are one scan, whose carry keeps its type
+        what = next((f"{k or 'its state'} {said_type(before.get(k))} before, {said_type(after.get(k))} after"
+                     for k in [*before, *after] if before.get(k) != after.get(k)))
+        raise ValueError(f"{spelt('optimizer', config.optimizer)} returns a state of other shapes or dtypes "
+                         f"than it was given ({what}): a run's steps need one that keeps them.")
+
+
+def as_runs(per_run: bool, e: Exception) -> str:
+    """Why an optimizer made ``per_run`` fails where Python branches on a hyperparameter it keeps traced."""
+    if not (per_run and isinstance(e, jax.errors.ConcretizationTypeError)):
+        return ""
+    return (" as runs trained together need it, each run's hyperparameters kept in its state and traced "
+            "(optax.inject_hyperparams), where it branches in Python on one: train the runs one by one, or "
+            "register one that keeps that argument in the function (inject_hyperparams' static_args)")
+
+
+def first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0].rstrip(".")

@@ -9,6 +9,8 @@ import contextvars
 import shlex
 from typing import Any
 
+import jax
+
 
 def got(value: Any) -> str:
     """``None``, or ``a str``: what a wrong argument is, in a sentence that names the type it must have."""
@@ -94,3 +96,14 @@ def disagreement(name: str, wanted, have) -> str:
         return f"{','.join(map(as_flag, wanted))} (it has {','.join(map(as_flag, have))}{order})"
     typed = "--seeds" if name == "seed" and len(wanted) > 1 else flag(name)      # the alias for a list
     return f"{typed} {listed(wanted)} (it has {listed(have)}{order})"
+
+
+def leaf_types(tree: Any) -> dict[str, tuple[tuple, str]]:
+    """``{path: (shape, dtype)}`` of a tree's leaves (``jax.tree_util.keystr`` paths)."""
+    return {jax.tree_util.keystr(p): (tuple(x.shape), str(x.dtype))
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def said_type(shape_dtype: tuple | None) -> str:
+    """A ``leaf_types`` value as a message says it (``float32[16, 28]``), or ``none``."""
+    return "none" if shape_dtype is None else f"{shape_dtype[1]}{list(shape_dtype[0])}"

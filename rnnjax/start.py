@@ -27,8 +27,8 @@ from rnnjax.data import WindowedText
 from rnnjax.meta import Position
 from rnnjax.parallel import DataParallel
 from rnnjax.kernels import loss_path
-from rnnjax.state import (abstract_run_states, abstract_train_state, check_own_dtype, check_update,
-                          make_model, takes_dtype)
+from rnnjax.state import (abstract_run_states, abstract_train_state, check_own_dtype, make_model,
+                          takes_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +159,8 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
                          "optax.add_noise's does), which rnnjax's checkpoints cannot save: keep it as its "
                          "integers (jax.random.key_data) in the state, or leave it out.")
     # One run's state, as each steps: runs trained together are one vmapped step.
-    check_update(config, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract)
-                 if runs else abstract)
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract) if runs else abstract
+    optimizers.check_update(config, one, per_run=bool(runs))
     dp = DataParallel.create(devices)
     dp.check_batch_size(config.batch_size)
     # The vocabulary's share is counted once the data is read (a cell's layers need an input width).

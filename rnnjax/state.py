@@ -110,7 +110,7 @@ def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
                               init_compiler_options())(seeds)
     opt_states = [make_optimizer(c, per_run=True).init(jax.tree.map(lambda x: x[r], params))
                   for r, c in enumerate(configs)]
-    _check_per_run(configs, opt_states)
+    optimizers.check_kept(configs, opt_states)
     tx = make_optimizer(configs[0], per_run=True)        # one function; each run's values are in its state
     return TrainState(step=jnp.zeros(len(configs), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
                       opt_state=jax.tree.map(lambda *x: jnp.stack(x), *opt_states))
@@ -122,39 +122,11 @@ def check_per_run(configs: list[Config], vocab_size: int) -> None:
     ``per_run`` would train each at the first run's values, its records saying otherwise. Before any state
     is made (``fit_runs``: before the workdir), each run's optimizer made for zeros of the model's
     parameters (an optimizer may follow their tree); ``create_run_states`` checks the states it makes."""
-    if not _changing(configs):
+    if not optimizers.changing(configs):
         return
     params = abstract_train_state(configs[0], vocab_size).params
     zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params)
-    _check_per_run(configs, [make_optimizer(c, per_run=True).init(zeros) for c in configs])
-
-
-def _changing(configs: list[Config]) -> list[tuple[str, str]]:
-    """The (optax name, ``Config`` field) of the hyperparameters the runs differ in."""
-    return [(name, field) for name, field in (("learning_rate", "lr"), ("max_norm", "clip"))
-            if len({getattr(c, field) for c in configs}) > 1]
-
-
-def _number(value: Any) -> float | str:
-    """A hyperparameter an optimizer's state holds, as a float; what it is where it is none (a schedule's
-    state, as inject_hyperparams keeps a schedule given as the rate)."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return f"a {type(value).__name__}"
-
-
-def _check_per_run(configs: list[Config], opt_states: list) -> None:
-    for name, field in _changing(configs):
-        for c, opt_state in zip(configs, opt_states):
-            found = [_number(v) for _, v in optax.tree_utils.tree_get_all_with_path(opt_state, name)]
-            value = getattr(c, field)
-            if not found or any(v != float(np.float32(value)) for v in found):
-                raise ValueError(
-                    f"Runs of different {field} train in one step only where their optimizer, made with "
-                    f"per_run=True (rnnjax.optimizers), keeps each run's {field} in its state, as {name!r} "
-                    f"(optax.inject_hyperparams, as rnnjax.optimizers.clipped does); for a run of "
-                    f"{field}={value} it holds {found or 'none'}.")
+    optimizers.check_kept(configs, [make_optimizer(c, per_run=True).init(zeros) for c in configs])
 
 
 def abstract_run_states(configs: list[Config], vocab_size: int) -> TrainState:
@@ -197,41 +169,12 @@ def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> T
 
     # Traced each time, not cached per model: a cell's parameters may follow more than its fields (a setting
     # of its module), and a restore target or a check of the parameters must be what the cell makes now.
-    def state():
-        params = _init(model, config.num_steps)(np.uint32(config.seed))
-        return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-    return jax.eval_shape(state)
-
-
-def check_update(config: Config, state: TrainState) -> None:
-    """``ValueError`` in one sentence unless ``config.optimizer`` steps as a run steps it, on the gradients
-    alone (``tx.update(grads, opt_state, params)``), keeping its state's type: traced on ``state``, a run's
-    abstract state (``abstract_train_state``), computing nothing."""
+    params = jax.eval_shape(lambda: _init(model, config.num_steps)(np.uint32(config.seed)))
     try:
-        stepped = jax.eval_shape(lambda s: s.apply_gradients(grads=s.params), state).opt_state
+        return jax.eval_shape(lambda p: TrainState.create(apply_fn=model.apply, params=p, tx=tx), params)
     except Exception as e:      # one's own optimizer, whatever it raises: before any work, not after it
-        why = (str(e).strip().splitlines() or [""])[0].rstrip(".")
-        raise ValueError(f"{spelt('optimizer', config.optimizer)} cannot step on the gradients alone, as a "
-                         f"run steps it ({type(e).__name__}: {why}): one that needs more (optax.contrib."
-                         "reduce_on_plateau a value=, optax.lookahead parameters of its own) does not train "
-                         "here.") from None
-    before, after = leaf_types(state.opt_state), leaf_types(stepped)
-    if before != after:         # a call's steps are one scan, whose carry keeps its type
-        what = next((f"{k or 'its state'} {said_type(before.get(k))} before, {said_type(after.get(k))} after"
-                     for k in [*before, *after] if before.get(k) != after.get(k)))
-        raise ValueError(f"{spelt('optimizer', config.optimizer)} returns a state of other shapes or dtypes "
-                         f"than it was given ({what}): a run's steps need one that keeps them.")
-
-
-def leaf_types(tree: Any) -> dict[str, tuple[tuple, str]]:
-    """``{path: (shape, dtype)}`` of a tree's leaves (``jax.tree_util.keystr`` paths)."""
-    return {jax.tree_util.keystr(p): (tuple(x.shape), str(x.dtype))
-            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def said_type(shape_dtype: tuple | None) -> str:
-    """A ``leaf_types`` value as a message says it (``float32[16, 28]``), or ``none``."""
-    return "none" if shape_dtype is None else f"{shape_dtype[1]}{list(shape_dtype[0])}"
+        raise ValueError(f"{spelt('optimizer', config.optimizer)} cannot be made for the model's parameters"
+                         f"{optimizers.as_runs(per_run, e)} ({optimizers.first_line(e)}).") from None
 
 
 def check_params(params: Any, config: Config, vocab_size: int) -> None:

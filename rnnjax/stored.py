@@ -23,8 +23,7 @@ import orbax.checkpoint as ocp
 
 from rnnjax import meta as meta_lib
 from rnnjax.cells import CELLS, OWN_CELLS, registered_as
-from rnnjax.spelling import again, as_flags
-from rnnjax.state import leaf_types, said_type
+from rnnjax.spelling import again, as_flags, leaf_types, said_type
 
 SUBDIR = "checkpoints"
 DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints aside

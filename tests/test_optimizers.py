@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import rnnjax
-from rnnjax import checkpoint, optimizers
+from rnnjax import checkpoint, optimizers, start
 from rnnjax.config import ConfigError
 from rnnjax.train import fit
 
@@ -20,18 +20,20 @@ def test_each_optimizer_clips_then_steps_as_optax_s_own_chain(per_run):
     """``clipped(opt)`` is optax's clip_by_global_norm then ``opt(lr)``, step after step, with the
     hyperparameters in its state or in the function; SGD's state is what checkpoints held before."""
     config = TINY.replace(lr=0.3, clip=1.0)
-    params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+    params = {"m": jnp.array([[1.0, 0.5], [-1.0, 2.0]]), "w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
     matrices = lambda tree: jax.tree.map(lambda x: x.ndim > 0, tree)   # a weight-decay mask: a callable kept
     masked = functools.partial(optax.adamw, weight_decay=0.1, mask=matrices)
+    own = {"masked adamw": optimizers.clipped(masked), "adafactor": optimizers.clipped(optax.adafactor)}
     for name, reference in (("sgd", optax.sgd(0.3)), ("adam", optax.adam(0.3)),
-                            ("masked adamw", masked(0.3))):
-        make = optimizers.clipped(masked) if name == "masked adamw" else optimizers.OPTIMIZERS[name]
-        tx = make(config, per_run)
+                            ("masked adamw", masked(0.3)), ("adafactor", optax.adafactor(0.3))):
+        tx = own.get(name, optimizers.OPTIMIZERS.get(name))(config, per_run)
         ref = optax.chain(optax.clip_by_global_norm(1.0), reference)
         ours, theirs, p, q = tx.init(params), ref.init(params), params, params
-        for grads in ({"w": jnp.array([3.0, 4.0]), "b": jnp.array(0.1)},        # norm above 1: clipped
-                      {"w": jnp.array([0.1, -0.2]), "b": jnp.array(-0.3)}):
-            u, ours = tx.update(grads, ours, p)
+        for grads in ({"m": jnp.eye(2), "w": jnp.array([3.0, 4.0]), "b": jnp.array(0.1)},  # norm > 1: clipped
+                      {"m": jnp.zeros((2, 2)), "w": jnp.array([0.1, -0.2]), "b": jnp.array(-0.3)}):
+            # Traced, as a run steps it: per_run's hyperparameters are then tracers (adafactor's sizes, ints,
+            # are not, which Python branches on).
+            u, ours = jax.jit(tx.update)(grads, ours, p)
             v, theirs = ref.update(grads, theirs, q)
             p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), p, q)   # lr held as float32
@@ -143,6 +145,29 @@ def drifting(config, per_run=False):
         lambda params: {"count": jnp.zeros([], jnp.int32)},
         lambda grads, state, params=None: (jax.tree.map(lambda g: -config.lr * g, grads),
                                            {"count": state["count"] + 1.0}))
+
+
+def branching(config, per_run=False):
+    """SGD whose making branches in Python on a float argument: one per_run traces."""
+    def sgd(learning_rate, momentum=0.0):
+        return optax.sgd(learning_rate, momentum if momentum > 0 else None)
+    return optimizers.clipped(sgd)(config, per_run)
+
+
+def test_an_optimizer_runs_cannot_trace_is_refused_in_one_sentence(small_data, tmp_path, monkeypatch):
+    """Its hyperparameters traced, as runs trained together keep them, Python cannot branch on one: it
+    failed in JAX's TracerBoolConversionError (clipped(optax.adafactor) did, which trains now); alone it
+    trains."""
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "mine", branching)
+    configs = [TINY.replace(optimizer="mine", seed=s) for s in (0, 1)]
+    said = (r"^optimizer='mine' cannot be made for the model's parameters as runs trained together need it, "
+            r".* train the runs one by one, or register one that keeps that argument in the function "
+            r"\(inject_hyperparams' static_args\) \(TracerBoolConversionError: Attempted boolean conversion "
+            r"of traced array with shape bool\[\]\)\.$")
+    with pytest.raises(ValueError, match=said):
+        rnnjax.runs.fit_runs(configs, small_data, tmp_path / "w", devices=1, log=None)
+    assert not (tmp_path / "w").exists()
+    start.check_arguments(configs[0], tmp_path / "w", devices=1)        # alone: nothing traced to branch on
 
 
 @pytest.mark.parametrize("make, said", [
