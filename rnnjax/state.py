@@ -19,7 +19,7 @@ from rnnjax.config import Config, ConfigError
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
 from rnnjax.precision import COMPUTE_DTYPES
 from rnnjax.protocol import StepFailed, lacks, step_problem
-from rnnjax.spelling import spelt
+from rnnjax.spelling import leaf_types, spelt
 
 TrainState = train_state.TrainState
 
@@ -143,9 +143,20 @@ def _init(model: RNNLM, num_steps: int) -> Callable:
 
 
 @per_module()
-def _compiled_init(model: RNNLM, num_steps: int) -> CompiledPerShape:
-    """``_init`` compiled once per model, not again for each seed."""
+def _compiled_init(model: RNNLM, num_steps: int, made: tuple) -> CompiledPerShape:
+    """``_init`` compiled once per model and the parameters it ``made`` (``leaf_types``), not again for each
+    seed."""
     return CompiledPerShape(jax.jit(_init(model, num_steps)), init_compiler_options())
+
+
+def _made(model: RNNLM, num_steps: int = 1) -> Any:
+    """The shapes and dtypes of ``model``'s parameters, traced each time, not cached per model: a cell's
+    parameters may follow more than its fields (a setting of its module), and a restore target, a check of
+    parameters, or a fresh init must be what the cell makes now."""
+    return jax.eval_shape(_init(model, num_steps), np.uint32(0))
+
+
+_made_once = per_module()(_made)
 
 
 def create_train_state(config: Config, vocab_size: int, params: Any = None) -> TrainState:
@@ -154,7 +165,8 @@ def create_train_state(config: Config, vocab_size: int, params: Any = None) -> T
     if params is not None:
         check_params(params, config, vocab_size)
     else:
-        params = _compiled_init(model, config.num_steps)(np.uint32(config.seed))
+        made = leaf_types(_made(model, config.num_steps))
+        params = _compiled_init(model, config.num_steps, tuple(made.items()))(np.uint32(config.seed))
     return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
 
 
@@ -166,10 +178,7 @@ def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
 def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> TrainState:
     model = make_model(config, vocab_size)
     tx = make_optimizer(config, per_run)        # its errors outside the trace, without JAX's note
-
-    # Traced each time, not cached per model: a cell's parameters may follow more than its fields (a setting
-    # of its module), and a restore target or a check of the parameters must be what the cell makes now.
-    params = jax.eval_shape(lambda: _init(model, config.num_steps)(np.uint32(config.seed)))
+    params = _made(model, config.num_steps)
     try:
         return jax.eval_shape(lambda p: TrainState.create(apply_fn=model.apply, params=p, tx=tx), params)
     except Exception as e:      # one's own optimizer, whatever it raises: before any work, not after it
@@ -190,14 +199,11 @@ def check_model_params(params: Any, model: RNNLM) -> None:
     if isinstance(params, Mapping) and set(params) == {"params"}:
         raise ValueError("Give the parameters themselves (a restored run's .params), not flax's variables "
                          "{'params': params}.")
-    abstract = _abstract_params(model)
-    _check_fit(params, abstract, f"The parameters do not fit the model (vocabulary {model.vocab_size})",
-               any_float=True)
-
-
-@per_module()
-def _abstract_params(model: RNNLM) -> Any:
-    return jax.eval_shape(_init(model, 1), np.uint32(0))
+    what = f"The parameters do not fit the model (vocabulary {model.vocab_size})"
+    try:        # as each prompt is: the shapes cached per model, traced anew before a refusal (see _made)
+        _check_fit(params, _made_once(model), what, any_float=True)
+    except ValueError:
+        _check_fit(params, _made(model), what, any_float=True)
 
 
 def _check_fit(params: Any, abstract: Any, what: str, any_float: bool = False) -> None:

@@ -220,9 +220,10 @@ def test_a_cell_partial_that_sets_its_own_dtype_is_refused_unless_it_is_the_comp
 
 
 def test_the_abstract_state_is_what_the_cell_makes_now(monkeypatch):
-    """A cell's parameters may follow more than its fields (a setting of its module): a restore target and
-    the check of a run's parameters are made anew, not cached per model (a stale one let a restore give
-    parameters its model cannot apply)."""
+    """A cell's parameters may follow more than its fields (a setting of its module): a restore target, the
+    check of a run's or a prompt's parameters, and a fresh init are what the cell makes now, not cached per
+    model (a stale one let a restore give parameters its model cannot apply, refused a model's own, or began
+    a run with parameters its step could not apply)."""
     import flax.linen as nn
 
     from rnnjax import model as model_lib
@@ -236,6 +237,12 @@ def test_the_abstract_state_is_what_the_cell_makes_now(monkeypatch):
             return h, h
     monkeypatch.setitem(model_lib.CELLS, "widening", Widening)
     config = TINY.replace(cell="widening")
-    before = abstract_train_state(config, 5).params["rnn"]["cell"]["b"].shape
+    made = lambda: (abstract_train_state(config, 5).params["rnn"]["cell"]["b"].shape,
+                    create_train_state(config, 5).params["rnn"]["cell"]["b"].shape)
+    before = made()
     width[0] = 5
-    assert (before, abstract_train_state(config, 5).params["rnn"]["cell"]["b"].shape) == ((3,), (5,))
+    assert (before, made()) == (((3,), (3,)), ((5,), (5,)))
+    model = state.make_model(config, 5)
+    state.check_model_params(create_train_state(config, 5).params, model)     # what predict checks
+    width[0] = 3
+    state.check_model_params(create_train_state(config, 5).params, model)
