@@ -43,7 +43,8 @@ from experiments import cli, flags, settings  # noqa: E402
 from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, metrics  # noqa: E402
 from rnnjax import agree, parallel, runs, spelling, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
-from rnnjax.start import check_arguments, planned  # noqa: E402
+from rnnjax.arguments import check_arguments  # noqa: E402
+from rnnjax.start import planned  # noqa: E402
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: E402
 from rnnjax.train import fit  # noqa: E402
 from rnnjax.workdir import WorkdirError  # noqa: E402

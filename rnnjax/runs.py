@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import agree, loop, train as train_lib
+from rnnjax.arguments import check_types
 from rnnjax.config import SWEEPABLE, Config, ConfigError
 from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
-from rnnjax.start import Plan, check_plan, check_types, planned
+from rnnjax.start import Plan, check_plan, planned
 from rnnjax.state import TrainState, check_per_run, create_run_states
 from rnnjax.train import check_callbacks, check_saving, dropout_key, epoch_lines, train_windows
 

@@ -1,16 +1,16 @@
-"""How a run starts: new or resumed from which checkpoint, on which devices, and every check
-that depends on nothing but the arguments and the workdir, made before anything is written.
+"""How a run starts: new or resumed from which checkpoint, on which devices, found before anything
+is written.
 
-``planned(...)`` is how a run starts: the checks of the arguments, then the
-workdir's lock, then the plan made from what the workdir holds under the lock
-(no other run can change it between the plan and the training).
+``planned(...)`` is how a run starts: the checks of the arguments
+(``rnnjax.arguments``), then the workdir's lock, then the plan made from what the
+workdir holds under the lock (no other run can change it between the plan and the
+training).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,17 +18,17 @@ from typing import Any
 import jax
 
 from rnnjax import (agree, checkpoint, computing as computing_lib, kernels, lock as lock_lib, memory, metrics,
-                    optimizers, precision, saved, tidy, workdir as workdir_lib)
+                    optimizers, precision, saved, tidy)
+from rnnjax.arguments import check
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as
-from rnnjax.config import Config, check_is_config, label
-from rnnjax.spelling import as_flags, got, spelt
+from rnnjax.config import Config, label
+from rnnjax.spelling import as_flags, spelt
 from rnnjax.data import WindowedText
 from rnnjax.meta import Position
 from rnnjax.parallel import DataParallel
 from rnnjax.kernels import loss_path
-from rnnjax.state import (abstract_run_states, abstract_train_state, check_own_dtype, make_model,
-                          takes_dtype)
+from rnnjax.state import abstract_run_states, abstract_train_state, make_model, takes_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,70 +126,6 @@ class Plan:
         if own is not None and optimizers.OPTIMIZERS.get(c.optimizer) is not own:
             stepper = f", the optimizer {c.optimizer!r} registered in place of rnnjax's own"
         return f"{what} on {devices}, {self.loss_path}, {matmuls}{stepper}; writing to {self.workdir}{hint}"
-
-
-def check_types(config: Any, data: Any, workdir: Any) -> None:
-    """``TypeError`` in one sentence unless ``config`` is a ``Config``, ``data`` a ``WindowedText`` and
-    ``workdir`` a path: ``fit``'s and ``fit_runs``' first check, where a wrong type would fail deep inside."""
-    check_is_config(config)
-    if not isinstance(data, WindowedText):
-        raise TypeError("data must be an rnnjax.data.WindowedText (rnnjax.corpus.load(config) makes one), "
-                        f"got {got(data)}.")
-    if not isinstance(workdir, (str, os.PathLike)):
-        raise TypeError(f"workdir must be a path (str or os.PathLike), got {got(workdir)}.")
-
-
-def check_arguments(config: Config, workdir: str | Path, *, devices: int | None = None,
-                    runs: list[Config] | None = None) -> DataParallel:
-    """``check``'s checks that need no data (the settings, devices, memory but the vocabulary's, what the
-    workdir is), for a caller to make before it reads a text: ``ValueError`` in one sentence; the devices."""
-    workdir = Path(workdir)
-    if config.bidirectional:
-        raise ValueError(f"A bidirectional RNN ({spelt('bidirectional', True)}) cannot be trained as a "
-                         "language model: its reverse direction reads the characters it is asked to predict. "
-                         "Use it where whole sequences are given, e.g. for classification.")
-    kernels.check(config)
-    for c in runs or [config]:
-        check_own_dtype(c)
-    abstract = abstract_run_states(runs, 1) if runs else abstract_train_state(config, 1)
-    keys = [x for x in jax.tree.leaves(abstract.opt_state)
-            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
-    if keys:        # orbax saves no key: it would fail at the first save, the epoch trained lost
-        raise ValueError(f"The state of {spelt('optimizer', config.optimizer)} holds a random key (as "
-                         "optax.add_noise's does), which rnnjax's checkpoints cannot save: keep it as its "
-                         "integers (jax.random.key_data) in the state, or leave it out.")
-    # One run's state, as each steps: runs trained together are one vmapped step.
-    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract) if runs else abstract
-    optimizers.check_update(config, one, per_run=bool(runs))
-    dp = DataParallel.create(devices)
-    dp.check_batch_size(config.batch_size)
-    # The vocabulary's share is counted once the data is read (a cell's layers need an input width).
-    memory.check(config, 1, dp.num_shards, len(runs or [None]), dp.devices[0])
-    workdir_lib.check_writable(workdir)
-    workdir_lib.check_ours(workdir)
-    workdir_lib.check_kinds(workdir)
-    return dp
-
-
-def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: int | None = None,
-          runs: list[Config] | None = None) -> DataParallel:
-    """The checks of the arguments, the data and what the workdir is (not of what it holds), before any
-    work: ``ValueError`` (``WorkdirError``, ``CheckpointError``) in one sentence; the devices to train on."""
-    agree.check_in_run()
-    check_types(config, data, workdir)
-    dp = check_arguments(config, workdir, devices=devices, runs=runs)
-    if data.num_val < 1:
-        raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
-    data.check_tokens()
-    data.check_made_for(config)
-    per_epoch = data.num_batches(True)
-    if config.epochs * per_epoch >= 2 ** 31:        # the state's step counter is an int32
-        each = spelt("steps_per_epoch", per_epoch) if config.steps_per_epoch else f"{per_epoch} steps each"
-        raise ValueError(f"{spelt('epochs', config.epochs)} of {each} is {config.epochs * per_epoch} "
-                         "steps; a run takes at most 2**31 - 1.")
-    memory.check(config, len(data.vocab), dp.num_shards, len(runs or [None]), dp.devices[0],
-                 data_bytes=data.tokens.nbytes)
-    return dp
 
 
 def plan(config: Config, data: WindowedText, workdir: str | Path, *, devices: int | None = None,

@@ -29,12 +29,13 @@ import jax.numpy as jnp
 import optax
 
 from rnnjax import agree, loop, metrics as metrics_lib, preflight
+from rnnjax.arguments import check_types
 from rnnjax.config import Config, whole
 from rnnjax.spelling import got
 from rnnjax.data import Batch, Windows, WindowedText
 # What fit raises and its defaults, importable from here too.
 from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
-from rnnjax.start import Plan, check_plan, check_types, planned
+from rnnjax.start import Plan, check_plan, planned
 from rnnjax.state import TrainState, check_params, create_train_state
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: F401
 

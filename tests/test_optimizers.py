@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import rnnjax
-from rnnjax import checkpoint, optimizers, start
+from rnnjax import arguments, checkpoint, optimizers
 from rnnjax.config import ConfigError
 from rnnjax.train import fit
 
@@ -167,7 +167,7 @@ def test_an_optimizer_runs_cannot_trace_is_refused_in_one_sentence(small_data, t
     with pytest.raises(ValueError, match=said):
         rnnjax.runs.fit_runs(configs, small_data, tmp_path / "w", devices=1, log=None)
     assert not (tmp_path / "w").exists()
-    start.check_arguments(configs[0], tmp_path / "w", devices=1)        # alone: nothing traced to branch on
+    arguments.check_arguments(configs[0], tmp_path / "w", devices=1)    # alone: nothing traced to branch on
 
 
 @pytest.mark.parametrize("make, said", [

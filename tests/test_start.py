@@ -311,28 +311,6 @@ def test_a_resume_that_computes_otherwise_says_it_is_not_bit_for_bit(small_data,
         SMALL, small_data, tmp_path, devices=1).describe()
 
 
-@pytest.mark.parametrize("config, data, workdir, message", [
-    (SMALL, "data", None, r"^workdir must be a path \(str or os.PathLike\), got None\.$"),
-    (SMALL, "data", 5, r"^workdir must be a path \(str or os.PathLike\), got an int\.$"),
-    (SMALL, "data", b"w", r"^workdir must be a path \(str or os.PathLike\), got a bytes\.$"),
-    (SMALL.to_json(), "data", "w",
-     r"^config must be an rnnjax.Config \(Config.from_json reads one from JSON\), got a dict\.$"),
-    (None, "data", "w", r"^config must be an rnnjax.Config, got None\.$"),
-    (SMALL, None, "w",
-     r"^data must be an rnnjax.data.WindowedText \(rnnjax.corpus.load\(config\) makes one\), got None\.$"),
-    (SMALL, "text", "w", r"^data must be an rnnjax.data.WindowedText .*, got a str\.$"),
-])
-def test_arguments_of_the_wrong_type_are_one_sentence_before_any_work(config, data, workdir, message,
-                                                                      small_data, tmp_path):
-    data = small_data if data == "data" else data
-    with pytest.raises(TypeError, match=message):
-        start.check_types(config, data, workdir)
-    with pytest.raises(TypeError, match=message):      # rnnjax.plan, and planned, check them too
-        plan(config, data, workdir)
-    start.check_types(SMALL, small_data, tmp_path)
-    start.check_types(SMALL, small_data, str(tmp_path))
-
-
 def test_a_run_failing_after_it_moved_an_earlier_one_aside_leaves_its_own_config(
         small_data, tmp_path, monkeypatch):
     """config.json went aside with the records, then the checkpoint manager failed: the workdir had none,

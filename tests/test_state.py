@@ -194,8 +194,9 @@ def test_a_cell_with_a_field_that_cannot_be_hashed_initializes(monkeypatch):
 
 def test_a_cell_partial_that_sets_its_own_dtype_is_refused_unless_it_is_the_compute_dtype(monkeypatch):
     """A partial's ``dtype`` was set over by ``compute_dtype`` silently, the run saying float32 where its cell
-    was registered as bfloat16. Refused as a run is planned (``start.check_arguments``), not for inference:
-    a run trained so computed in float32. A class's default is a default (rnnjax's, flax's, one's own)."""
+    was registered as bfloat16. Refused as a run is planned (``arguments.check_arguments``), not for
+    inference: a run trained so computed in float32. A class's default is a default (rnnjax's, flax's, one's
+    own)."""
     import flax.linen as nn
     from rnnjax import model as model_lib
     from rnnjax.config import ConfigError

@@ -290,7 +290,8 @@ def test_bidirectional_language_model_is_refused_before_anything_is_written(smal
 ])
 def test_fit_refuses_arguments_of_the_wrong_type_before_any_work(config, data, workdir, message, small_data,
                                                                  tmp_path, monkeypatch):
-    """``start.check_types``' sentences (test_start.py), first: before the params are checked against data."""
+    """``arguments.check_types``' sentences (test_arguments.py), first: before the params are checked against
+    data."""
     monkeypatch.chdir(tmp_path)
     params = create_train_state(SMALL, len(small_data.vocab)).params
     with pytest.raises(TypeError, match=message):

@@ -1,0 +1,111 @@
+"""The checks of a run's arguments, made before anything is read or written: the settings, the
+model and optimizer they make (traced for shapes; nothing computed), the devices, memory, and what the
+workdir is; then, once the text is read, the data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from rnnjax import agree, kernels, memory, optimizers, workdir as workdir_lib
+from rnnjax.config import Config, ConfigError, check_is_config
+from rnnjax.data import WindowedText
+from rnnjax.parallel import DataParallel
+from rnnjax.spelling import got, spelt
+from rnnjax.state import abstract_run_states, abstract_train_state, check_own_dtype
+
+
+def check_types(config: Any, data: Any, workdir: Any) -> None:
+    """``TypeError`` in one sentence unless ``config`` is a ``Config``, ``data`` a ``WindowedText`` and
+    ``workdir`` a path: ``fit``'s and ``fit_runs``' first check, where a wrong type would fail deep inside."""
+    check_is_config(config)
+    if not isinstance(data, WindowedText):
+        raise TypeError("data must be an rnnjax.data.WindowedText (rnnjax.corpus.load(config) makes one), "
+                        f"got {got(data)}.")
+    if not isinstance(workdir, (str, os.PathLike)):
+        raise TypeError(f"workdir must be a path (str or os.PathLike), got {got(workdir)}.")
+
+
+def check_arguments(config: Config, workdir: str | Path, *, devices: int | None = None,
+                    runs: list[Config] | None = None, vocab_size: int | None = None) -> DataParallel:
+    """``check``'s checks that need no data (the settings, devices, memory but the vocabulary's, what the
+    workdir is), for a caller to make before it reads a text: ``ValueError`` in one sentence; the devices.
+    The model is checked for ``vocab_size`` tokens, or before the text is read for one (``_check_model``)."""
+    workdir = Path(workdir)
+    if config.bidirectional:
+        raise ValueError(f"A bidirectional RNN ({spelt('bidirectional', True)}) cannot be trained as a "
+                         "language model: its reverse direction reads the characters it is asked to predict. "
+                         "Use it where whole sequences are given, e.g. for classification.")
+    kernels.check(config)
+    for c in runs or [config]:
+        check_own_dtype(c)
+    width, abstract = _check_model(config, runs, vocab_size)
+    _check_optimizer(config, abstract, runs)
+    dp = DataParallel.create(devices)
+    dp.check_batch_size(config.batch_size)
+    if vocab_size is None:      # the vocabulary's share is counted once the data is read (check)
+        memory.check(config, width, dp.num_shards, len(runs or [None]), dp.devices[0])
+    workdir_lib.check_writable(workdir)
+    workdir_lib.check_ours(workdir)
+    workdir_lib.check_kinds(workdir)
+    return dp
+
+
+def _check_model(config: Config, runs: list[Config] | None, vocab_size: int | None) -> tuple[int, Any]:
+    """``(width, the run's abstract state)`` for a vocabulary of ``vocab_size`` tokens; before the text is
+    read, of 1, or of ``_WIDE`` where a cell of one's own fails on one input feature only (one that splits
+    its input in halves): the text's own is checked as it is read."""
+    def made(width):
+        return width, (abstract_run_states(runs, width) if runs else abstract_train_state(config, width))
+    if vocab_size is not None:
+        return made(vocab_size)
+    try:
+        return made(1)
+    except ConfigError as e:
+        if e.__cause__ is None:         # not raised from the cell's own code
+            raise
+        try:
+            return made(_WIDE)
+        except ConfigError:
+            raise e from e.__cause__
+
+
+_WIDE = 12      # a width of many divisors: a cell may split its input in 2, 3, 4 or 6
+
+
+def _check_optimizer(config: Config, abstract: Any, runs: list[Config] | None) -> None:
+    """``ValueError`` unless ``config.optimizer`` steps as a run steps it, on the run's ``abstract`` state."""
+    keys = [x for x in jax.tree.leaves(abstract.opt_state)
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
+    if keys:        # orbax saves no key: it would fail at the first save, the epoch trained lost
+        raise ValueError(f"The state of {spelt('optimizer', config.optimizer)} holds a random key (as "
+                         "optax.add_noise's does), which rnnjax's checkpoints cannot save: keep it as its "
+                         "integers (jax.random.key_data) in the state, or leave it out.")
+    # One run's state, as each steps: runs trained together are one vmapped step.
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract) if runs else abstract
+    optimizers.check_update(config, one, per_run=bool(runs))
+
+
+def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: int | None = None,
+          runs: list[Config] | None = None) -> DataParallel:
+    """The checks of the arguments, the data and what the workdir is (not of what it holds), before any
+    work: ``ValueError`` (``WorkdirError``, ``CheckpointError``) in one sentence; the devices to train on."""
+    agree.check_in_run()
+    check_types(config, data, workdir)
+    dp = check_arguments(config, workdir, devices=devices, runs=runs, vocab_size=len(data.vocab))
+    if data.num_val < 1:
+        raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
+    data.check_tokens()
+    data.check_made_for(config)
+    per_epoch = data.num_batches(True)
+    if config.epochs * per_epoch >= 2 ** 31:        # the state's step counter is an int32
+        each = spelt("steps_per_epoch", per_epoch) if config.steps_per_epoch else f"{per_epoch} steps each"
+        raise ValueError(f"{spelt('epochs', config.epochs)} of {each} is {config.epochs * per_epoch} "
+                         "steps; a run takes at most 2**31 - 1.")
+    memory.check(config, len(data.vocab), dp.num_shards, len(runs or [None]), dp.devices[0],
+                 data_bytes=data.tokens.nbytes)
+    return dp

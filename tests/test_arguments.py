@@ -1,0 +1,64 @@
+import flax.linen as nn
+import jax.numpy as jnp
+import pytest
+
+from conftest import TINY as SMALL, DenseCell
+from rnnjax import arguments, model as model_lib
+from rnnjax.config import ConfigError
+from rnnjax.start import plan
+from rnnjax.data import TimeMachine
+
+
+@pytest.mark.parametrize("config, data, workdir, message", [
+    (SMALL, "data", None, r"^workdir must be a path \(str or os.PathLike\), got None\.$"),
+    (SMALL, "data", 5, r"^workdir must be a path \(str or os.PathLike\), got an int\.$"),
+    (SMALL, "data", b"w", r"^workdir must be a path \(str or os.PathLike\), got a bytes\.$"),
+    (SMALL.to_json(), "data", "w",
+     r"^config must be an rnnjax.Config \(Config.from_json reads one from JSON\), got a dict\.$"),
+    (None, "data", "w", r"^config must be an rnnjax.Config, got None\.$"),
+    (SMALL, None, "w",
+     r"^data must be an rnnjax.data.WindowedText \(rnnjax.corpus.load\(config\) makes one\), got None\.$"),
+    (SMALL, "text", "w", r"^data must be an rnnjax.data.WindowedText .*, got a str\.$"),
+])
+def test_arguments_of_the_wrong_type_are_one_sentence_before_any_work(config, data, workdir, message,
+                                                                      small_data, tmp_path):
+    data = small_data if data == "data" else data
+    with pytest.raises(TypeError, match=message):
+        arguments.check_types(config, data, workdir)
+    with pytest.raises(TypeError, match=message):      # rnnjax.plan, and planned, check them too
+        plan(config, data, workdir)
+    arguments.check_types(SMALL, small_data, tmp_path)
+    arguments.check_types(SMALL, small_data, str(tmp_path))
+
+
+class HalvesCell(DenseCell):
+    """Splits its input in halves: no step on one input feature (a vocabulary of 1), as the checks before
+    the text is read gave it."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        a, b = jnp.split(x, 2, axis=-1)
+        h = jnp.tanh(nn.Dense(self.features)(a) * nn.Dense(self.features)(b)
+                     + nn.Dense(self.features, use_bias=False)(h))
+        return h, h
+
+
+def test_a_cell_that_steps_on_some_input_widths_only_is_checked_on_the_text_s_vocabulary(
+        tmp_path, monkeypatch):
+    """It was refused before the text was read, whatever its vocabulary; now it is checked on one of 1, else
+    of 12, and on the text's once read: refused there where the text's is odd."""
+    from conftest import small_text
+    monkeypatch.setitem(model_lib.CELLS, "halves", HalvesCell)
+    config = SMALL.replace(cell="halves")
+    arguments.check_arguments(config, tmp_path / "w", devices=1)       # before the text is read
+
+    def data(text):
+        return TimeMachine(SMALL.batch_size, SMALL.num_steps, SMALL.num_train, SMALL.num_val, text=text)
+    even, odd = data(small_text(5000)), data(small_text(5000) + " q")
+    assert (len(even.vocab) % 2, len(odd.vocab) % 2) == (0, 1)
+    assert plan(config, even, tmp_path / "w", devices=1).step is None
+    said = (r"^rnnjax.CELLS\['halves'\] makes a HalvesCell whose step fails on a batch of 2 inputs .*"
+            r"\(ValueError: array split does not result in an equal division")
+    with pytest.raises(ConfigError, match=said):
+        plan(config, odd, tmp_path / "w", devices=1)
+    assert not (tmp_path / "w").exists()
