@@ -150,13 +150,12 @@ def check_update(config: Any, state: Any, per_run: bool = False) -> None:
     try:
         stepped = jax.eval_shape(lambda s: s.apply_gradients(grads=s.params), state).opt_state
     except Exception as e:      # one's own optimizer, whatever it raises: before any work, not after it
-        if as_runs(per_run, e):
-            raise ValueError(f"{spelt('optimizer', config.optimizer)} cannot step{as_runs(per_run, e)} "
-                             f"({first_line(e)}).") from None
-        raise ValueError(f"{spelt('optimizer', config.optimizer)} cannot step on the gradients alone, as a "
-                         f"run steps it ({first_line(e)}): one that needs more (optax.contrib."
-                         "reduce_on_plateau a value=, optax.lookahead parameters of its own) does not train "
-                         "here.") from None
+        name = spelt('optimizer', config.optimizer)
+        if traced(per_run, e):
+            raise ValueError(f"{name} cannot step{failing(per_run, e)}.") from None
+        raise ValueError(f"{name} cannot step on the gradients alone, as a run steps it{failing(False, e)}: "
+                         "one that needs more (optax.contrib.reduce_on_plateau a value=, optax.lookahead "
+                         "parameters of its own) does not train here.") from None
     before, after = leaf_types(state.opt_state), leaf_types(stepped)
     if before != after:         # a call's steps are one scan, whose carry keeps its type
         what = next((f"{k or 'its state'} {said_type(before.get(k))} before, {said_type(after.get(k))} after"
@@ -165,14 +164,17 @@ def check_update(config: Any, state: Any, per_run: bool = False) -> None:
                          f"than it was given ({what}): a run's steps need one that keeps them.")
 
 
-def as_runs(per_run: bool, e: Exception) -> str:
-    """Why an optimizer made ``per_run`` fails where Python branches on a hyperparameter it keeps traced."""
-    if not (per_run and isinstance(e, jax.errors.ConcretizationTypeError)):
-        return ""
-    return (" as runs trained together need it, each run's hyperparameters kept in its state and traced "
-            "(optax.inject_hyperparams), where it branches in Python on one: train the runs one by one, or "
-            "register one that keeps that argument in the function (inject_hyperparams' static_args)")
+def traced(per_run: bool, e: Exception) -> bool:
+    """Whether an optimizer made ``per_run`` failed as Python branched on a hyperparameter it keeps traced."""
+    return per_run and isinstance(e, jax.errors.ConcretizationTypeError)
 
 
-def first_line(e: Exception) -> str:
-    return f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0].rstrip(".")
+def failing(per_run: bool, e: Exception) -> str:
+    """The clause that ends a sentence refusing an optimizer that raised ``e``: the error, and why where it
+    is ``traced``."""
+    said = f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0].rstrip(".")
+    if not traced(per_run, e):
+        return f" ({said})"
+    return (f" as runs trained together need it ({said}): it branches in Python on a hyperparameter that "
+            "each run keeps in its state, traced (optax.inject_hyperparams); train the runs one by one, or "
+            "keep that argument in the function (inject_hyperparams' static_args)")

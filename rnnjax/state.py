@@ -156,7 +156,7 @@ def _made(model: RNNLM, num_steps: int = 1) -> Any:
     return jax.eval_shape(_init(model, num_steps), np.uint32(0))
 
 
-_made_once = per_module()(_made)
+_made_once = per_module()(_made)      # check_model_params', at each prompt: traced anew before it refuses
 
 
 def create_train_state(config: Config, vocab_size: int, params: Any = None) -> TrainState:
@@ -183,7 +183,7 @@ def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> T
         return jax.eval_shape(lambda p: TrainState.create(apply_fn=model.apply, params=p, tx=tx), params)
     except Exception as e:      # one's own optimizer, whatever it raises: before any work, not after it
         raise ValueError(f"{spelt('optimizer', config.optimizer)} cannot be made for the model's parameters"
-                         f"{optimizers.as_runs(per_run, e)} ({optimizers.first_line(e)}).") from None
+                         f"{optimizers.failing(per_run, e)}.") from None
 
 
 def check_params(params: Any, config: Config, vocab_size: int) -> None:
