@@ -16,7 +16,7 @@ from rnnjax.config import Config, ConfigError, check_is_config
 from rnnjax.data import WindowedText
 from rnnjax.parallel import DataParallel
 from rnnjax.spelling import got, spelt
-from rnnjax.state import abstract_run_states, abstract_train_state, check_own_dtype
+from rnnjax.state import abstract_run_states, abstract_train_state, check_own_dtype, check_per_run
 
 
 def check_types(config: Any, data: Any, workdir: Any) -> None:
@@ -97,6 +97,8 @@ def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: i
     agree.check_in_run()
     check_types(config, data, workdir)
     dp = check_arguments(config, workdir, devices=devices, runs=runs, vocab_size=len(data.vocab))
+    if runs:
+        check_per_run(runs, len(data.vocab))
     if data.num_val < 1:
         raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
     data.check_tokens()

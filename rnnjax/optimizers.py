@@ -42,7 +42,8 @@ def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
             # or count that Python branches on (adafactor's min_dim_size_to_factor).
             try:
                 static = [name for name, arg in inspect.signature(make).parameters.items()
-                          if arg.default is not arg.empty and (callable(arg.default) or _is_int(arg.default))]
+                          if arg.default is not arg.empty and (callable(arg.default) or _is_int(arg.default))
+                          and name not in ("learning_rate", "max_norm")]      # each run's own
             except ValueError:      # no signature to read: inject_hyperparams cannot read one either
                 static = []
             return optax.inject_hyperparams(make, static_args=static)

@@ -29,7 +29,7 @@ from rnnjax.config import SWEEPABLE, Config, ConfigError
 from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, planned
-from rnnjax.state import TrainState, check_per_run, create_run_states
+from rnnjax.state import TrainState, create_run_states
 from rnnjax.train import check_callbacks, check_saving, dropout_key, epoch_lines, train_windows
 
 
@@ -104,7 +104,6 @@ def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path,
     configs = _listed(configs)
     check_runs(configs)
     check_types(configs[0], data, workdir)
-    check_per_run(configs, len(data.vocab))
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     check_callbacks(progress, log)
     progress = epoch_lines(log, configs[0].epochs) if progress is None and log else progress

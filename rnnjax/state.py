@@ -126,7 +126,12 @@ def check_per_run(configs: list[Config], vocab_size: int) -> None:
         return
     params = abstract_train_state(configs[0], vocab_size).params
     zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params)
-    optimizers.check_kept(configs, [make_optimizer(c, per_run=True).init(zeros) for c in configs])
+    try:
+        opt_states = [make_optimizer(c, per_run=True).init(zeros) for c in configs]
+    except Exception as e:      # one's own optimizer, whatever it raises: before any work, not after it
+        raise ValueError(f"{spelt('optimizer', configs[0].optimizer)} cannot be made for the model's "
+                         f"parameters{optimizers.failing(True, e)}.") from None
+    optimizers.check_kept(configs, opt_states)
 
 
 def abstract_run_states(configs: list[Config], vocab_size: int) -> TrainState:

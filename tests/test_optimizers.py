@@ -229,3 +229,31 @@ def test_runs_of_other_rates_under_a_scheduled_rate_are_one_sentence(monkeypatch
     with pytest.raises(ValueError, match=r"^Runs of different lr train in one step only where .* for a run "
                                          r"of lr=0.01 it holds \[.*'a WrappedScheduleState'\]\.$"):
         state.check_per_run(runs, 28)
+
+
+def test_clipped_traces_each_run_s_own_rate_and_norm_whatever_their_defaults(monkeypatch):
+    """An int (or callable) default is kept in the function (a size, a mask), but not ``learning_rate``'s
+    or ``max_norm``'s, which clipped gives each run: an int default of 1 had runs of other rates refused."""
+    from rnnjax import state
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "int_rate", optimizers.clipped(functools.partial(optax.sgd,
+                                                                                            learning_rate=1)))
+    runs = [TINY.replace(optimizer="int_rate", lr=lr, clip=clip) for lr, clip in ((0.5, 1.0), (0.25, 2.0))]
+    state.check_per_run(runs, 28)
+    made = state.create_run_states(runs, 28).opt_state
+    held = [np.asarray(v).tolist() for _, v in optax.tree_utils.tree_get_all_with_path(made, "learning_rate")]
+    assert held == [[0.5, 0.25]]
+
+
+def test_an_optimizer_whose_init_raises_under_runs_is_one_sentence(small_data, tmp_path, monkeypatch):
+    """fit_runs checked each run's optimizer state, made eagerly, before the other checks, and let what the
+    init raised out as it was."""
+    def picky(learning_rate):
+        if not isinstance(learning_rate, float):
+            raise TypeError(f"learning_rate must be a float, got {type(learning_rate).__name__}")
+        return optax.sgd(learning_rate)
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "picky", optimizers.clipped(picky))
+    runs = [TINY.replace(optimizer="picky", lr=lr) for lr in (0.5, 0.25)]
+    with pytest.raises(ValueError, match=r"^optimizer='picky' cannot be made for the model's parameters "
+                                         r"\(TypeError: learning_rate must be a float, got \w+\)\.$"):
+        rnnjax.fit_runs(runs, small_data, tmp_path / "w", devices=1, log=None)
+    assert not (tmp_path / "w").exists()
