@@ -47,8 +47,17 @@ def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
             except ValueError:      # no signature to read: inject_hyperparams cannot read one either
                 static = []
             return optax.inject_hyperparams(make, static_args=static)
-        return optax.chain(kept(optax.clip_by_global_norm)(max_norm=config.clip),
-                           kept(optimizer)(learning_rate=config.lr))
+        name = f"{spelt('optimizer', config.optimizer)}, clipped({described(optimizer)}),"
+        try:
+            stepper = kept(optimizer)(learning_rate=config.lr)
+        except TypeError as e:      # polyak_sgd takes no rate; a partial that gives one already
+            raise ConfigError(f"{name} cannot make its optimizer as {described(optimizer)}(learning_rate="
+                              f"{config.lr}) ({e}): clipped takes an optimizer that takes learning_rate, as "
+                              "optax.adamw does.") from None
+        if not (callable(getattr(stepper, "init", None)) and callable(getattr(stepper, "update", None))):
+            raise ConfigError(f"{name} made {got(stepper)}, not an optax transformation (init, update): "
+                              "clipped takes an optax optimizer, optax.adamw, not optax.adamw(0.01).")
+        return optax.chain(kept(optax.clip_by_global_norm)(max_norm=config.clip), stepper)
     make.clipped = optimizer            # what registered_as says
     return make
 

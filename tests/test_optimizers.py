@@ -257,3 +257,24 @@ def test_an_optimizer_whose_init_raises_under_runs_is_one_sentence(small_data, t
                                          r"\(TypeError: learning_rate must be a float, got \w+\)\.$"):
         rnnjax.fit_runs(runs, small_data, tmp_path / "w", devices=1, log=None)
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("inner, said", [
+    (optax.polyak_sgd, r"cannot make its optimizer as polyak_sgd\(learning_rate=1.0\) \(.*got an unexpected "
+                       r"keyword argument 'learning_rate'\): clipped takes an optimizer that takes "
+                       r"learning_rate, as optax.adamw does\.$"),
+    (functools.partial(optax.sgd, 0.1), r"cannot make its optimizer as sgd\(0.1\)\(learning_rate=1.0\)"),
+    (lambda learning_rate: optax.adam,
+     r"made a function, not an optax transformation \(init, update\): clipped takes an optax optimizer, "
+     r"optax.adamw, not optax.adamw\(0.01\)\.$"),
+])
+def test_clipped_of_what_makes_no_optimizer_of_a_rate_is_one_sentence(small_data, tmp_path, monkeypatch,
+                                                                      inner, said):
+    """optax.chain's or the factory's own TypeError or AttributeError came out as it was."""
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "mine", optimizers.clipped(inner))
+    with pytest.raises(ConfigError, match=r"^optimizer='mine', clipped\(.*\), " + said):
+        fit(TINY.replace(optimizer="mine"), small_data, tmp_path / "w", devices=1, log=None)
+    with pytest.raises((ConfigError, ValueError), match=r"^optimizer='mine'"):        # runs: made per run
+        rnnjax.fit_runs([TINY.replace(optimizer="mine", seed=s) for s in (0, 1)], small_data, tmp_path / "w",
+                        devices=1, log=None)
+    assert not (tmp_path / "w").exists()
