@@ -85,6 +85,12 @@ def _check_optimizer(config: Config, abstract: Any, runs: list[Config] | None) -
         raise ValueError(f"The state of {spelt('optimizer', config.optimizer)} holds a random key (as "
                          "optax.add_noise's does), which rnnjax's checkpoints cannot save: keep it as its "
                          "integers (jax.random.key_data) in the state, or leave it out.")
+    empty = [jax.tree_util.keystr(k) for k, x in jax.tree_util.tree_flatten_with_path(abstract)[0]
+             if 0 in x.shape]
+    if empty:       # orbax saves none: it would fail at the first save, the epoch trained lost
+        whose = spelt("optimizer", config.optimizer) if empty[0].startswith(".opt_state") else "the cell"
+        raise ValueError(f"The training state holds an array of no elements ({empty[0]}), which rnnjax's "
+                         f"checkpoints (orbax) cannot save: {whose} must make none.")
     # One run's state, as each steps: runs trained together are one vmapped step.
     one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract) if runs else abstract
     optimizers.check_update(config, one, per_run=bool(runs))

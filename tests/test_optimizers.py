@@ -278,3 +278,19 @@ def test_clipped_of_what_makes_no_optimizer_of_a_rate_is_one_sentence(small_data
         rnnjax.fit_runs([TINY.replace(optimizer="mine", seed=s) for s in (0, 1)], small_data, tmp_path / "w",
                         devices=1, log=None)
     assert not (tmp_path / "w").exists()
+
+
+def test_an_optimizer_whose_state_holds_an_empty_array_is_refused_before_anything_is_written(
+        small_data, tmp_path, monkeypatch):
+    """orbax saves no array of no elements (optax.contrib.galore's state of a bias): the first epoch trained,
+    then the first save failed, its error saying to free space and train again."""
+    def with_empty(config, per_run=False):
+        empty = optax.GradientTransformation(lambda params: {"rank": jnp.zeros((0, 4))},
+                                             lambda grads, state, params=None: (grads, state))
+        return optax.chain(optimizers.clipped(optax.sgd)(config, per_run), empty)
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "mine", with_empty)
+    said = (r"^The training state holds an array of no elements \(.opt_state\[1\]\['rank'\]\), which "
+            r"rnnjax's checkpoints \(orbax\) cannot save: optimizer='mine' must make none\.$")
+    with pytest.raises(ValueError, match=said):
+        fit(TINY.replace(optimizer="mine"), small_data, tmp_path / "w", devices=1, log=None)
+    assert not (tmp_path / "w").exists()
