@@ -12,9 +12,10 @@ from typing import Any
 import jax
 
 from rnnjax import agree, kernels, memory, optimizers, workdir as workdir_lib
-from rnnjax.config import Config, ConfigError, check_is_config
+from rnnjax.config import Config, check_is_config
 from rnnjax.data import WindowedText
 from rnnjax.parallel import DataParallel
+from rnnjax.protocol import StepProblem
 from rnnjax.spelling import got, spelt
 from rnnjax.state import abstract_run_states, abstract_train_state, check_own_dtype, check_per_run
 
@@ -34,7 +35,8 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
                     runs: list[Config] | None = None, vocab_size: int | None = None) -> DataParallel:
     """``check``'s checks that need no data (the settings, devices, memory but the vocabulary's, what the
     workdir is), for a caller to make before it reads a text: ``ValueError`` in one sentence; the devices.
-    The model is checked for ``vocab_size`` tokens, or before the text is read for one (``_check_model``)."""
+    The model is checked for ``vocab_size`` tokens, or, before the text is read, for one (a cell whose step
+    fails on one input feature, one that splits its input in halves, say, is checked once it is read)."""
     workdir = Path(workdir)
     if config.bidirectional:
         raise ValueError(f"A bidirectional RNN ({spelt('bidirectional', True)}) cannot be trained as a "
@@ -43,38 +45,23 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
     kernels.check(config)
     for c in runs or [config]:
         check_own_dtype(c)
-    width, abstract = _check_model(config, runs, vocab_size)
-    _check_optimizer(config, abstract, runs)
+    try:
+        abstract = (abstract_run_states(runs, vocab_size or 1) if runs
+                    else abstract_train_state(config, vocab_size or 1))
+    except StepProblem:         # a cell's step may follow its input's width: checked on the text's once read
+        if vocab_size is not None:
+            raise
+        abstract = None
+    if abstract is not None:
+        _check_optimizer(config, abstract, runs)
     dp = DataParallel.create(devices)
     dp.check_batch_size(config.batch_size)
-    if vocab_size is None:      # the vocabulary's share is counted once the data is read (check)
-        memory.check(config, width, dp.num_shards, len(runs or [None]), dp.devices[0])
+    if abstract is not None and vocab_size is None:     # the vocabulary's share is counted once it is read
+        memory.check(config, 1, dp.num_shards, len(runs or [None]), dp.devices[0])
     workdir_lib.check_writable(workdir)
     workdir_lib.check_ours(workdir)
     workdir_lib.check_kinds(workdir)
     return dp
-
-
-def _check_model(config: Config, runs: list[Config] | None, vocab_size: int | None) -> tuple[int, Any]:
-    """``(width, the run's abstract state)`` for a vocabulary of ``vocab_size`` tokens; before the text is
-    read, of 1, or of ``_WIDE`` where a cell of one's own fails on one input feature only (one that splits
-    its input in halves): the text's own is checked as it is read."""
-    def made(width):
-        return width, (abstract_run_states(runs, width) if runs else abstract_train_state(config, width))
-    if vocab_size is not None:
-        return made(vocab_size)
-    try:
-        return made(1)
-    except ConfigError as e:
-        if e.__cause__ is None:         # not raised from the cell's own code
-            raise
-        try:
-            return made(_WIDE)
-        except ConfigError:
-            raise e from e.__cause__
-
-
-_WIDE = 12      # a width of many divisors: a cell may split its input in 2, 3, 4 or 6
 
 
 def _check_optimizer(config: Config, abstract: Any, runs: list[Config] | None) -> None:

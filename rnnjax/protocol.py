@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.cells import OneHot, compute_dtype
+from rnnjax.config import ConfigError
 from rnnjax.spelling import spelt
 
 # The batch ``step_problem`` steps: more than one, so that a cell that drops or mixes the batch shows it.
@@ -49,6 +50,10 @@ def lacks(cell: Any) -> list[str]:
     except (AttributeError, NotImplementedError):        # nn.RNNCellBase's raises the latter
         missing.append("num_feature_axes")
     return missing
+
+
+class StepProblem(ConfigError):
+    """A made cell's step breaks the protocol (``step_problem``), on the input width it was checked at."""
 
 
 class StepFailed(Exception):

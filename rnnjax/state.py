@@ -18,7 +18,7 @@ from rnnjax.cells import OWN_CELLS
 from rnnjax.config import Config, ConfigError
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
 from rnnjax.precision import COMPUTE_DTYPES
-from rnnjax.protocol import StepFailed, lacks, step_problem
+from rnnjax.protocol import StepFailed, StepProblem, lacks, step_problem
 from rnnjax.spelling import leaf_types, spelt
 
 TrainState = train_state.TrainState
@@ -75,11 +75,11 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     problem = cause = None
     if type(cell) not in OWN_CELLS.values():
         try:
-            problem = _checked_step(cell, vocab_size)
+            problem = step_problem(cell, vocab_size)      # each time: it may follow a setting of its module
         except StepFailed as e:             # in the cell's own code: said, and raised from its error
             problem, cause = str(e), e.__cause__
     if problem:         # rather than JAX's error about scan's carry, or flax's about its rngs, mid-trace
-        raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] makes a {type(cell).__name__} whose step "
+        raise StepProblem(f"rnnjax.CELLS[{config.cell!r}] makes a {type(cell).__name__} whose step "
                           f"{problem}.") from cause
     remat = kernel == "fused"
     if config.num_layers == 1 and not config.bidirectional:      # dropout acts between layers only
@@ -88,11 +88,6 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
         rnn = StackedRNN(cell, config.num_layers, config.dropout, config.bidirectional, config.unroll,
                          remat=remat)
     return kernels.MODELS.get(kernel, RNNLM)(rnn, vocab_size, dtype=dtype)
-
-
-# make_model runs several times a command: a cell's step is traced once per cell (a module compares by its
-# fields) and input width.
-_checked_step = per_module()(step_problem)
 
 
 def make_optimizer(config: Config, per_run: bool = False) -> optax.GradientTransformation:

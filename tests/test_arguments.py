@@ -45,8 +45,8 @@ class HalvesCell(DenseCell):
 
 def test_a_cell_that_steps_on_some_input_widths_only_is_checked_on_the_text_s_vocabulary(
         tmp_path, monkeypatch):
-    """It was refused before the text was read, whatever its vocabulary; now it is checked on one of 1, else
-    of 12, and on the text's once read: refused there where the text's is odd."""
+    """It was refused before the text was read, whatever its vocabulary (checked on one of 1); now that check
+    leaves it to the text's, once read: refused there where the text's is odd."""
     from conftest import small_text
     monkeypatch.setitem(model_lib.CELLS, "halves", HalvesCell)
     config = SMALL.replace(cell="halves")

@@ -405,8 +405,9 @@ class WideInitCell(DenseCell):
     (NoisyCell, r"asks for a 'noise' random key, which a cell is not given"),
 ])
 def test_a_cell_whose_step_breaks_the_protocol_is_refused_in_one_sentence_before_any_work(
-        registered, problem, tmp_path, monkeypatch, capsys):
-    """Not JAX's error about scan's carry types, a tuple's missing shape or flax's about rngs, mid-trace."""
+        registered, problem, tmp_path, monkeypatch, capsys, real_text_path):
+    """Not JAX's error about scan's carry types, a tuple's missing shape or flax's about rngs, mid-trace. On
+    the command line, once the text is read (a step may follow the vocabulary's size), before any work."""
     from experiments import timemachine
     monkeypatch.setitem(model_lib.CELLS, "x", registered)
     message = rf"^rnnjax.CELLS\['x'\] makes a {registered.__name__} whose step {problem}\.$"
@@ -414,8 +415,8 @@ def test_a_cell_whose_step_breaks_the_protocol_is_refused_in_one_sentence_before
         with pytest.raises(ConfigError, match=message):
             make_model(TINY.replace(cell="x", num_hiddens=16, num_layers=layers, dropout=dropout), 28)
     argv = ["--preset", "tiny", "--cell", "x", "--num-hiddens", "16", "--workdir", str(tmp_path / "run"),
-            "--data", "unused"]
-    assert timemachine.main(argv) == 1                  # refused before any work: nothing read or written
+            "--data", real_text_path]
+    assert timemachine.main(argv) == 1                  # refused before any work: nothing written
     err = capsys.readouterr().err
     assert err.startswith(f"error: rnnjax.CELLS['x'] makes a {registered.__name__} whose step") and \
         len(err.strip().splitlines()) == 1

@@ -247,3 +247,24 @@ def test_the_abstract_state_is_what_the_cell_makes_now(monkeypatch):
     state.check_model_params(create_train_state(config, 5).params, model)     # what predict checks
     width[0] = 3
     state.check_model_params(create_train_state(config, 5).params, model)
+
+
+def test_the_step_check_is_of_the_cell_as_it_steps_now(monkeypatch):
+    """Cached per cell, it passed a cell whose carry had come to follow a setting of its module, which then
+    failed in flax's scan."""
+    import flax.linen as nn
+
+    from rnnjax import model as model_lib
+    from rnnjax.config import ConfigError
+    kept = [None]
+
+    class Cutting(DenseCell):
+        @nn.compact
+        def __call__(self, h, x):
+            h = jnp.tanh(nn.Dense(self.features)(x) + nn.Dense(self.features, use_bias=False)(h))
+            return h[:, :kept[0]], h
+    monkeypatch.setitem(model_lib.CELLS, "cutting", Cutting)
+    make_model(TINY.replace(cell="cutting"), 5)
+    kept[0] = 4
+    with pytest.raises(ConfigError, match=r"whose step returns a carry of float32\[2,4\] from initialize_carry's"):
+        make_model(TINY.replace(cell="cutting"), 5)
