@@ -214,8 +214,11 @@ def _first_good(workdir: Path, candidates: list[int], run: int | None, fallback:
         except DamagedCheckpoint as e:
             if lock_lib.removing(workdir, candidate):
                 raise _Removed(candidate) from None
-            if not fallback or len(candidates) == 1:
+            if len(candidates) == 1:
                 raise
+            if not fallback:        # where another may restore, saying how
+                raise DamagedCheckpoint(e.step, workdir / SUBDIR, f"{e.reason}; fallback=True restores the "
+                                        f"{'next best' if best else 'newest'} good one past it") from None
             damaged.append(e)
     which = (" with a validation perplexity" if best
              else "" if candidates[0] == max(steps(workdir)) else f" up to step {candidates[0]}")

@@ -275,8 +275,12 @@ def test_past_a_damaged_best_the_fallback_takes_the_next_best_not_the_newest_bef
     state = tmp_path / checkpoint.SUBDIR / "26" / "state"
     largest = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     largest.write_bytes(bytes(largest.stat().st_size))
-    with pytest.raises(checkpoint.DamagedCheckpoint, match="step 26 "):
+    with pytest.raises(checkpoint.DamagedCheckpoint,
+                       match=r"step 26 .*; fallback=True restores the next best good one past it\.$"):
         checkpoint.restore(tmp_path, best=True)
+    with pytest.raises(checkpoint.DamagedCheckpoint,
+                       match=r"; fallback=True restores the newest good one past it\.$"):
+        checkpoint.restore(tmp_path, step=26)
     assert checkpoint.restore(tmp_path, best=True, fallback=True).step == 39
     assert checkpoint.restore(tmp_path, step=26, fallback=True).step == 13          # the newest before it
 
