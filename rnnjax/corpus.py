@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -255,6 +256,10 @@ class Corpus(WindowedText):
                    seed=config.seed, check_vocab=check_vocab, **kwargs)
 
 
+# The share of a text's tokens read as <unk> in a vocabulary given past which load says so.
+UNKNOWN_SAID = 0.05
+
+
 def load(config: Config, text: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
          vocab: Vocab | None = None) -> WindowedText:
     """The data ``config`` trains on: the file ``text`` (``Corpus``), else The Time Machine (``data``,
@@ -274,13 +279,18 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
                        "leave it out (None) to take $RNNJAX_TIMEMACHINE or d2l's download")
             raise DataError(f"load's {name} is empty (''); {instead}.")
     try:
-        if text is not None:
-            return Corpus.from_config(text, config, vocab=vocab)
         d2l = (config.token, config.preprocess, config.val_fraction) == ("char", "d2l", 0.0)
-        if d2l and config.min_freq <= 1 and vocab is None:
+        if text is None and d2l and config.min_freq <= 1 and vocab is None:
             return TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
                                path=data, seed=config.seed, steps_per_epoch=config.steps_per_epoch)
-        return Corpus.from_config(timemachine_path(data), config, vocab=vocab)
+        made = Corpus.from_config(timemachine_path(data) if text is None else text, config, vocab=vocab)
+        unknown = float(np.mean(made.stream == vocab.unk)) if vocab is not None and made.stream.size else 0.0
+        if unknown > UNKNOWN_SAID:      # a text cleaned otherwise than the vocabulary's (d2l's is lowercase)
+            warnings.warn(f"{unknown:.0%} of the text's tokens are not in the vocabulary given and are read "
+                          f"as <unk>: clean the text as the run that made the vocabulary did (its config's "
+                          f"{spelt('preprocess')} and {spelt('token')}; here "
+                          f"{spelt('preprocess', config.preprocess)}).", stacklevel=2)
+        return made
     except OSError as e:            # unreadable (permissions, a vanished file): one sentence
         why = e.strerror or type(e).__name__
         raise DataError(f"Cannot read {e.filename or text or data} ({why}).") from None

@@ -326,3 +326,23 @@ def test_load_refuses_a_config_that_is_not_one_in_one_sentence():
         corpus.load(TINY, text="")          # it read ". is a directory"
     with pytest.raises(DataError, match=r"^load's data is empty \(''\); leave it out \(None\) to take "):
         corpus.load(TINY, data="")          # it took the default file, or downloaded
+
+
+def test_a_text_read_mostly_as_unknown_in_the_vocabulary_given_is_said(tmp_path, monkeypatch):
+    """A d2l run's vocabulary (lowercase) fine-tuned on a text kept raw read a quarter of it as <unk>,
+    silently."""
+    import warnings
+    monkeypatch.setenv(source.ENV_CACHE, str(tmp_path / "cache"))
+    path = tmp_path / "book.txt"
+    path.write_text("The Time Traveller (for so it will be convenient to speak of him) WAS expounding. " * 40)
+    cleaned = TEXT.replace(preprocess="d2l")
+    vocab = Corpus.from_config(path, cleaned).vocab
+    said = (r"^\d+% of the text's tokens are not in the vocabulary given and are read as <unk>: clean the "
+            r"text as the run that made the vocabulary did \(its config's preprocess and token; here "
+            r"preprocess='raw'\)\.$")
+    with pytest.warns(UserWarning, match=said):
+        raw = corpus.load(TEXT, text=path, vocab=vocab)
+    assert np.mean(raw.stream == vocab.unk) > corpus.UNKNOWN_SAID
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        corpus.load(cleaned, text=path, vocab=vocab)
