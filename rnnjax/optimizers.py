@@ -186,5 +186,6 @@ def failing(per_run: bool, e: Exception) -> str:
     if not traced(per_run, e):
         return f" ({said})"
     return (f" as runs trained together need it ({said}): it branches in Python on a hyperparameter that "
-            "each run keeps in its state, traced (optax.inject_hyperparams); train the runs one by one, or "
-            "keep that argument in the function (inject_hyperparams' static_args)")
+            "each run keeps in its state, traced (optax.inject_hyperparams); for a schedule made from the "
+            "rate, scale one of peak 1 by it (lambda count: learning_rate * schedule(count)); else keep that "
+            "argument in the function (inject_hyperparams' static_args), or train the runs one by one")

@@ -163,8 +163,9 @@ def test_an_optimizer_runs_cannot_trace_is_refused_in_one_sentence(small_data, t
     said = (r"^optimizer='mine' cannot be made for the model's parameters as runs trained together need it "
             r"\(TracerBoolConversionError: Attempted boolean conversion of traced array with shape "
             r"bool\[\]\): it branches in Python on a hyperparameter that each run keeps in its state, traced "
-            r"\(optax.inject_hyperparams\); train the runs one by one, or keep that argument in the function "
-            r"\(inject_hyperparams' static_args\)\.$")
+            r"\(optax.inject_hyperparams\); for a schedule made from the rate, scale one of peak 1 by it "
+            r"\(lambda count: learning_rate \* schedule\(count\)\); else keep that argument in the function "
+            r"\(inject_hyperparams' static_args\), or train the runs one by one\.$")
     with pytest.raises(ValueError, match=said):
         rnnjax.runs.fit_runs(configs, small_data, tmp_path / "w", devices=1, log=None)
     assert not (tmp_path / "w").exists()
@@ -294,3 +295,39 @@ def test_an_optimizer_whose_state_holds_an_empty_array_is_refused_before_anythin
     with pytest.raises(ValueError, match=said):
         fit(TINY.replace(optimizer="mine"), small_data, tmp_path / "w", devices=1, log=None)
     assert not (tmp_path / "w").exists()
+
+
+def test_a_schedule_scaled_by_the_rate_steps_runs_of_other_rates_as_each_alone(tmp_path, monkeypatch):
+    """warmup_cosine_decay_schedule(0, learning_rate, ...) branches on its peak, refused for runs; the
+    refusal's way, a schedule of peak 1 times the rate, steps each run as it steps alone."""
+    from rnnjax import state
+
+    def warmup_cosine(learning_rate):
+        shape = optax.warmup_cosine_decay_schedule(0.0, 1.0, 2, 10)
+        return optax.adamw(lambda count: learning_rate * shape(count))
+
+    def naive(learning_rate):
+        return optax.adamw(optax.warmup_cosine_decay_schedule(0.0, learning_rate, 2, 10))
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "naive", optimizers.clipped(naive))
+    runs = [TINY.replace(optimizer="naive", lr=lr, seed=s) for s, lr in enumerate((0.01, 0.003))]
+    with pytest.raises(ValueError, match=r"; for a schedule made from the rate, scale one of peak 1 by it "):
+        arguments.check_arguments(runs[0], tmp_path / "w", devices=1, runs=runs)
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "wc", optimizers.clipped(warmup_cosine))
+    runs = [r.replace(optimizer="wc") for r in runs]
+    arguments.check_arguments(runs[0], tmp_path / "w", devices=1, runs=runs)
+    stacked = state.create_run_states(runs, 28)
+    tx = state.make_optimizer(runs[0], per_run=True)
+    alone = [state.create_train_state(r, 28) for r in runs]
+    grads = jax.tree.map(lambda p: jnp.cos(p) * 0.1, stacked.params)       # any gradients, each run's own
+
+    def step(g, s, p):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+    step, params, opt_state = jax.jit(jax.vmap(step)), stacked.params, stacked.opt_state
+    before = alone[0].params
+    for _ in range(3):      # the warmup's first step is of rate 0
+        params, opt_state = step(grads, opt_state, params)
+        alone = [a.apply_gradients(grads=jax.tree.map(lambda g: g[k], grads)) for k, a in enumerate(alone)]
+    for k, a in enumerate(alone):       # each at its own rate
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x[k], y, rtol=1e-5, atol=1e-7), params, a.params)
+    assert not np.allclose(jax.tree.leaves(before)[0], jax.tree.leaves(alone[0].params)[0])
