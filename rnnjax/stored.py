@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,13 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
         raise CellMismatch(f"{where} holds other parameters than the cell registered here as {cell!r} "
                            f"({kind}) makes ({_differ(saved_paths, made)}): {fix}")
     if differ and not params_only:
+        kept = [m[1] for p in saved_paths - made if (m := re.search(r"\.hyperparams\['(\w+)'\]$", p))]
+        if kept and len(kept) == len(differ):       # rnnjax.optimizers.clipped's rule of 2026-12-07
+            inference = "--predict" if as_flags() else "restore"
+            raise StateMismatch(f"{where} holds its optimizer's int arguments ({', '.join(sorted(kept))}) in "
+                                "each run's state, as rnnjax kept them before 2026-12-07; it keeps them in "
+                                "the function now (a size Python branches on): resume it with an rnnjax of "
+                                f"then (a restore for inference, {inference}, reads its parameters alone).")
         raise state_mismatch(where, _differ(saved_paths, made))
     saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved and not own else None
     had, makes = (leaf_types(saved), leaf_types(target.params)) if saved is not None else ({}, {})

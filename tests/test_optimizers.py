@@ -331,3 +331,21 @@ def test_a_schedule_scaled_by_the_rate_steps_runs_of_other_rates_as_each_alone(t
     for k, a in enumerate(alone):       # each at its own rate
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x[k], y, rtol=1e-5, atol=1e-7), params, a.params)
     assert not np.allclose(jax.tree.leaves(before)[0], jax.tree.leaves(alone[0].params)[0])
+
+
+def test_runs_saved_with_an_int_argument_in_their_state_say_why_they_do_not_resume(small_data, tmp_path,
+                                                                                   monkeypatch):
+    """Before 2026-12-07 clipped kept an optimizer's int arguments in each run's state (muon's ns_steps):
+    such a checkpoint was said to be of another optimizer."""
+    def counted(learning_rate, every=2):
+        return optax.chain(optax.sgd(learning_rate), optax.apply_every(every))
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "counted", optimizers.clipped(counted))
+    runs = [TINY.replace(optimizer="counted", lr=lr, epochs=1) for lr in (0.5, 0.25)]
+    monkeypatch.setattr(optimizers, "_is_int", lambda x: False)         # the rule before
+    rnnjax.fit_runs(runs, small_data, tmp_path, devices=1, log=None)
+    monkeypatch.undo()
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "counted", optimizers.clipped(counted))
+    with pytest.raises(checkpoint.StateMismatch, match=r" holds its optimizer's int arguments \(every\) in "
+                                                       r"each run's state, as rnnjax kept them before "):
+        rnnjax.fit_runs([r.replace(epochs=2) for r in runs], small_data, tmp_path, devices=1, log=None)
+    assert checkpoint.restore(tmp_path, run=1).step == 13        # for inference: its parameters
