@@ -119,7 +119,8 @@ class WindowedText:
         remakes the data from config.json, would otherwise train and validate on other windows."""
         if (self.batch_size, self.num_steps) != (config.batch_size, config.num_steps):
             raise ValueError(f"The data's batches are {self.batch_size} x {self.num_steps}, the config's "
-                             f"{config.batch_size} x {config.num_steps}.")
+                             f"{config.batch_size} x {config.num_steps}: train with the data loaded for the "
+                             "config (rnnjax.corpus.load(config, ...)).")
         if (self.steps_per_epoch, self.vocab.kind) != (config.steps_per_epoch, config.token):
             raise ValueError(f"The data has {self.steps_per_epoch} steps an epoch and {self.vocab.kind} "
                              f"tokens, the config {config.steps_per_epoch} and {config.token}: train with "

@@ -151,3 +151,17 @@ def test_steps_per_epoch_draws_full_batches_reproducibly(make_text):
     again = [w.starts for w in tm.train_windows(epoch=2, start=1)]                  # resumed mid-epoch
     np.testing.assert_array_equal(np.concatenate(again), starts[16:])
     assert not np.array_equal(next(tm.train_windows(epoch=3)).starts, windows[0].starts)
+
+
+def test_data_made_for_another_config_is_refused_saying_how_to_make_it(small_data, tmp_path):
+    """A resume remakes the data from config.json: data of other batches would train on other windows."""
+    from conftest import TINY
+    from rnnjax.train import fit
+    said = (r"^The data's batches are 16 x 8, the config's 8 x 8: train with the data loaded for the config "
+            r"\(rnnjax.corpus.load\(config, ...\)\)\.$")
+    with pytest.raises(ValueError, match=said):
+        fit(TINY.replace(batch_size=8), small_data, tmp_path / "w", devices=1, log=None)
+    with pytest.raises(ValueError, match=r"^The data has 0 steps an epoch and char tokens, the config 5 and "
+                                         r"char: train with the config it was loaded with"):
+        fit(TINY.replace(steps_per_epoch=5), small_data, tmp_path / "w", devices=1, log=None)
+    assert not (tmp_path / "w").exists()
