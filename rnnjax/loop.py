@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import signal
 import statistics
 import time
@@ -30,15 +29,14 @@ from rnnjax import agree, checkpoint, computing as computing_lib, meta as meta_l
 from rnnjax import preflight
 from rnnjax.xla import compiler_options
 from rnnjax.config import SWEEPABLE
-from rnnjax.spelling import again, spelt
+from rnnjax.spelling import again
 from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
 from rnnjax.meta import Position
-from rnnjax.start import Plan, check_open
+from rnnjax.start import Plan, check_open, open_workdir
 from rnnjax.stops import (Interrupted, NonFiniteLoss, StoppedRuns, catch_signals,
                           check_divergence, check_finite)
-from rnnjax.workdir import WorkdirError
 
 # Epochs between checkpoints: a save costs a good part of a d2l epoch (docs/performance.md).
 # The last epoch and an interrupted run are always saved.
@@ -99,7 +97,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     preflight.check_evaluation(p, evaluate, state, data)
     several, dp, position = bool(p.runs), p.dp, p.position
     configs, workdir = list(p.runs) or [p.config], p.workdir
-    manager, metrics_log = _open_workdir(p, data, keep)
+    manager, metrics_log = open_workdir(p, data, keep)
     stops = StoppedRuns(configs, position.stopped, log, several)
     if p.finished:
         with catch_signals(), manager:      # nothing to train: it ends as a run that trained to its end
@@ -245,32 +243,6 @@ def _log(check_lock: Callable, metrics_log: metrics_lib.MetricsLog, records: lis
 
 def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
-
-
-def _open_workdir(p: Plan, data: WindowedText, keep: int) -> tuple[Any, metrics_lib.MetricsLog]:
-    """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
-    run; an earlier run's records, settings and plot moved aside (``Plan.aside``); unless it is finished,
-    ``config.json`` written and the records past its checkpoint dropped."""
-    moved = []
-    for source, target in p.aside if jax.process_index() == 0 else ():
-        try:
-            os.replace(source, target)
-        except OSError as e:
-            for done, back in reversed(moved):       # the records and the plot stay together, numbered alike
-                os.replace(back, done)
-            raise WorkdirError(f"{source} cannot be moved to {target} ({e.strerror}); move it aside "
-                               f"yourself, or use another {spelt('workdir')}.") from None
-        moved.append((source, target))
-    if not p.finished and jax.process_index() == 0:    # at once: an earlier run's went aside with its records
-        checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None)
-    earlier = checkpoint.val_ppls(p.workdir) if p.step is not None else {}
-    manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
-    # Silent: the plan says what a torn last line leaves out (Plan.describe).
-    metrics_log = metrics_lib.MetricsLog(p.workdir / metrics_lib.FILENAME, writer=jax.process_index() == 0,
-                                         warn=lambda message: None)
-    if not p.finished:
-        metrics_log.truncate(p.position.epoch)
-    return manager, metrics_log
 
 
 def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable) -> tuple:

@@ -4,13 +4,14 @@ is written.
 ``planned(...)`` is how a run starts: the checks of the arguments
 (``rnnjax.arguments``), then the workdir's lock, then the plan made from what the
 workdir holds under the lock (no other run can change it between the plan and the
-training).
+training). ``open_workdir`` is the loop's first write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from rnnjax.data import WindowedText
 from rnnjax.meta import Position
 from rnnjax.parallel import DataParallel
 from rnnjax.kernels import loss_path
+from rnnjax.workdir import WorkdirError
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model, takes_dtype
 
 
@@ -233,6 +235,32 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "
         f"{', '.join(str(s) for s, _ in damaged)}; step {damaged[0][0]}: {damaged[0][1]}). Move that folder "
         f"aside to start anew, or use a new {spelt('workdir')}.")
+
+
+def open_workdir(p: Plan, data: WindowedText, keep: int) -> tuple[Any, metrics.MetricsLog]:
+    """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
+    run; an earlier run's records, settings and plot moved aside (``Plan.aside``); unless it is finished,
+    ``config.json`` written and the records past its checkpoint dropped."""
+    moved = []
+    for source, target in p.aside if jax.process_index() == 0 else ():
+        try:
+            os.replace(source, target)
+        except OSError as e:
+            for done, back in reversed(moved):       # the records and the plot stay together, numbered alike
+                os.replace(back, done)
+            raise WorkdirError(f"{source} cannot be moved to {target} ({e.strerror}); move it aside "
+                               f"yourself, or use another {spelt('workdir')}.") from None
+        moved.append((source, target))
+    if not p.finished and jax.process_index() == 0:    # at once: an earlier run's went aside with its records
+        checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None)
+    earlier = checkpoint.val_ppls(p.workdir) if p.step is not None else {}
+    manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
+    # Silent: the plan says what a torn last line leaves out (Plan.describe).
+    metrics_log = metrics.MetricsLog(p.workdir / metrics.FILENAME, writer=jax.process_index() == 0,
+                                     warn=lambda message: None)
+    if not p.finished:
+        metrics_log.truncate(p.position.epoch)
+    return manager, metrics_log
 
 
 def _epochs(n: int, kind: str = "") -> str:

@@ -115,14 +115,13 @@ def test_a_new_run_moves_an_earlier_run_s_records_aside_and_says_so(small_data, 
 
 
 def test_records_that_cannot_be_moved_aside_stop_the_run_in_one_sentence(small_data, tmp_path, monkeypatch):
-    from rnnjax import loop
     from rnnjax.workdir import WorkdirError
     (tmp_path / metrics.FILENAME).write_text('{"epoch": 1, "train_ppl": 9.0, "val_ppl": 9.5}\n')
 
     def refused(source, target):
         raise PermissionError(1, "Operation not permitted")
     replace = os.replace
-    monkeypatch.setattr(loop.os, "replace", refused)
+    monkeypatch.setattr(start.os, "replace", refused)
     with pytest.raises(WorkdirError, match="cannot be moved to .*metrics.1.jsonl .Operation not permitted.; "
                                            "move it aside yourself"):
         fit(SMALL, small_data, tmp_path, devices=1, log=None)
@@ -130,7 +129,7 @@ def test_records_that_cannot_be_moved_aside_stop_the_run_in_one_sentence(small_d
     assert not (tmp_path / "checkpoints").exists()
     # The plot refused after the records moved: they are moved back, to stay numbered alike.
     (tmp_path / metrics.PLOT).write_bytes(b"its plot")
-    monkeypatch.setattr(loop.os, "replace",
+    monkeypatch.setattr(start.os, "replace",
                         lambda a, b: refused(a, b) if a.name == metrics.PLOT else replace(a, b))
     with pytest.raises(WorkdirError, match="ppl.png cannot be moved to .*ppl.1.png"):
         fit(SMALL, small_data, tmp_path, devices=1, log=None)
