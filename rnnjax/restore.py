@@ -217,7 +217,7 @@ def _first_good(workdir: Path, candidates: list[int], run: int | None, fallback:
             if len(candidates) == 1:
                 raise
             if not fallback:        # where another may restore, saying how
-                raise DamagedCheckpoint(e.step, workdir / SUBDIR, f"{e.reason}; fallback=True restores the "
+                raise DamagedCheckpoint(e.step, e.directory, f"{e.reason}; fallback=True restores the "
                                         f"{'next best' if best else 'newest'} good one past it") from None
             damaged.append(e)
     which = (" with a validation perplexity" if best

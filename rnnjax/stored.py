@@ -42,7 +42,7 @@ class DamagedCheckpoint(CheckpointError):
 
     def __init__(self, step: int, directory: Path, reason: str):
         super().__init__(f"The checkpoint at step {step} in {directory} {reason}.")
-        self.step, self.reason = step, reason
+        self.step, self.directory, self.reason = step, directory, reason
 
 
 class UnreadableCheckpoint(CheckpointError):
@@ -121,10 +121,11 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
         kept = [m[1] for p in saved_paths - made if (m := re.search(r"\.hyperparams\['(\w+)'\]$", p))]
         if kept and len(kept) == len(differ):       # rnnjax.optimizers.clipped's rule of 2026-12-07
             inference = "--predict" if as_flags() else "restore"
-            raise StateMismatch(f"{where} holds its optimizer's int arguments ({', '.join(sorted(kept))}) in "
-                                "each run's state, as rnnjax kept them before 2026-12-07; it keeps them in "
-                                "the function now (a size Python branches on): resume it with an rnnjax of "
-                                f"then (a restore for inference, {inference}, reads its parameters alone).")
+            raise StateMismatch(f"{where} holds arguments of its optimizer ({', '.join(sorted(kept))}) in "
+                                "each run's state that this process keeps in the function, as rnnjax keeps int "
+                                "ones since 2026-12-07 (a size Python branches on): resume it with an rnnjax "
+                                "of before, or with the optimizer it was trained with (a restore for "
+                                f"inference, {inference}, reads its parameters alone).")
         raise state_mismatch(where, _differ(saved_paths, made))
     saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved and not own else None
     had, makes = (leaf_types(saved), leaf_types(target.params)) if saved is not None else ({}, {})
