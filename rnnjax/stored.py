@@ -122,9 +122,9 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
         if kept and len(kept) == len(differ):       # rnnjax.optimizers.clipped's rule of 2026-12-07
             inference = "--predict" if as_flags() else "restore"
             raise StateMismatch(f"{where} holds arguments of its optimizer ({', '.join(sorted(kept))}) in "
-                                "each run's state that this process keeps in the function, as rnnjax keeps int "
-                                "ones since 2026-12-07 (a size Python branches on): resume it with an rnnjax "
-                                "of before, or with the optimizer it was trained with (a restore for "
+                                "each run's state that this process keeps in the function, as rnnjax keeps "
+                                "int ones since 2026-12-07 (a size Python branches on): resume it with an "
+                                "rnnjax of before, or with the optimizer it was trained with (a restore for "
                                 f"inference, {inference}, reads its parameters alone).")
         raise state_mismatch(where, _differ(saved_paths, made))
     saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved and not own else None
