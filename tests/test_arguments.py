@@ -2,11 +2,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 import pytest
 
-from conftest import TINY as SMALL, DenseCell
+from conftest import TINY as SMALL, DenseCell, small_text
 from rnnjax import arguments, model as model_lib
 from rnnjax.config import ConfigError
-from rnnjax.start import plan
 from rnnjax.data import TimeMachine
+from rnnjax.start import plan
 
 
 @pytest.mark.parametrize("config, data, workdir, message", [
@@ -47,7 +47,6 @@ def test_a_cell_that_steps_on_some_input_widths_only_is_checked_on_the_text_s_vo
         tmp_path, monkeypatch):
     """It was refused before the text was read, whatever its vocabulary (checked on one of 1); now that check
     leaves it to the text's, once read: refused there where the text's is odd."""
-    from conftest import small_text
     monkeypatch.setitem(model_lib.CELLS, "halves", HalvesCell)
     config = SMALL.replace(cell="halves")
     arguments.check_arguments(config, tmp_path / "w", devices=1)       # before the text is read
