@@ -34,6 +34,7 @@ if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + si
     stopping.load_jax()
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
+import functools  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
@@ -44,6 +45,7 @@ from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, me
 from rnnjax import agree, parallel, runs, spelling, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
 from rnnjax.arguments import check_arguments  # noqa: E402
+from rnnjax.cells import is_own  # noqa: E402
 from rnnjax.start import planned  # noqa: E402
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: E402
 from rnnjax.train import fit  # noqa: E402
@@ -86,7 +88,8 @@ def predict_only(args: argparse.Namespace) -> None:
         step = None if args.best else e.step
         restored = checkpoint.restore(args.workdir, step=step, best=args.best, run=args.run, fallback=True)
         which = "the best of those that can be read" if args.best else "the newest good one before it"
-        print(f"warning: {str(e).removesuffix('.')}; generating from checkpoint step {restored.step}, "
+        said = checkpoint.DamagedCheckpoint(e.step, e.directory, e.reason)      # not the Python hint
+        print(f"warning: {str(said).removesuffix('.')}; generating from checkpoint step {restored.step}, "
               f"{which}.", file=sys.stderr)
     # The model comes from the checkpoint; flags that say otherwise (a wrong workdir?) are worth naming.
     requested = {k: v for k, v in flags.given(args).items()
@@ -102,20 +105,28 @@ def predict_only(args: argparse.Namespace) -> None:
     print(text)
 
 
+def _checked(args: argparse.Namespace, config: config_lib.Config, workdir: Path,
+             runs: list[config_lib.Config] | None, vocab_size: int | None = None) -> None:
+    """``check_arguments``, its sentence saying where a setting read from the workdir comes from."""
+    try:
+        check_arguments(config, workdir, devices=args.devices, runs=runs, vocab_size=vocab_size)
+    except ValueError as e:
+        if args.settings_from is None:
+            raise
+        raise ValueError(f"resuming the run in {workdir} (its saved settings, the flags given applied): "
+                         f"{e}") from None
+
+
 def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: Path, several: bool) -> None:
     """Trains ``configs`` in ``workdir``, ``several`` trained together (``rnnjax.fit_runs``; of one too)."""
     config = configs[0]
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     # What needs no data is checked before a large --text is read and tokenized.
-    try:
-        check_arguments(config, workdir, devices=args.devices, runs=configs if several else None)
-    except ValueError as e:
-        if args.settings_from is None:
-            raise
-        # A setting read from the workdir, not typed: say where it comes from.
-        raise ValueError(f"resuming the run in {workdir} (its saved settings, the flags given applied): "
-                         f"{e}") from None
+    checked = functools.partial(_checked, args, config, workdir, configs if several else None)
+    checked()
     data = corpus.load(config, text=args.text, data=args.data)
+    if is_own(rnnjax.CELLS[config.cell]):       # its step may follow the vocabulary's size, checked on it now
+        checked(len(data.vocab))
     # The plan is made under the workdir's lock, held until the plot is written; said once it is held.
     with planned(config, data, workdir, devices=args.devices, runs=configs if several else None) as p:
         if args.settings_from is not None:

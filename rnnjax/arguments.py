@@ -53,7 +53,7 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
             raise
         abstract = None
     if abstract is not None:
-        _check_optimizer(config, abstract, runs)
+        _check_state(config, abstract, runs, vocab_size is not None)
     dp = DataParallel.create(devices)
     dp.check_batch_size(config.batch_size)
     if abstract is not None and vocab_size is None:     # the vocabulary's share is counted once it is read
@@ -64,8 +64,9 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
     return dp
 
 
-def _check_optimizer(config: Config, abstract: Any, runs: list[Config] | None) -> None:
-    """``ValueError`` unless ``config.optimizer`` steps as a run steps it, on the run's ``abstract`` state."""
+def _check_state(config: Config, abstract: Any, runs: list[Config] | None, sized: bool) -> None:
+    """``ValueError`` unless the run's ``abstract`` state can be saved and ``config.optimizer`` steps it as
+    a run steps it; ``sized``: made for the text's vocabulary (a parameter may be sized by it)."""
     keys = [x for x in jax.tree.leaves(abstract.opt_state)
             if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
     if keys:        # orbax saves no key: it would fail at the first save, the epoch trained lost
@@ -73,7 +74,7 @@ def _check_optimizer(config: Config, abstract: Any, runs: list[Config] | None) -
                          "optax.add_noise's does), which rnnjax's checkpoints cannot save: keep it as its "
                          "integers (jax.random.key_data) in the state, or leave it out.")
     empty = [jax.tree_util.keystr(k) for k, x in jax.tree_util.tree_flatten_with_path(abstract)[0]
-             if 0 in x.shape]
+             if 0 in x.shape] if sized else []
     if empty:       # orbax saves none: it would fail at the first save, the epoch trained lost
         whose = spelt("optimizer", config.optimizer) if empty[0].startswith(".opt_state") else "the cell"
         raise ValueError(f"The training state holds an array of no elements ({empty[0]}), which rnnjax's "

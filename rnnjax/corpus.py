@@ -36,6 +36,7 @@ from rnnjax.data import TimeMachine, WindowedText
 from rnnjax.source import (SHA1, TOO_LARGE, DataError, cache_dir, check_file, read_text, sha1_of,
                            timemachine_path)
 from rnnjax import memory
+from rnnjax.protocol import StepProblem
 from rnnjax.tokens import CHUNK, tokenize
 from rnnjax.vocab import Vocab
 
@@ -243,8 +244,11 @@ class Corpus(WindowedText):
         def check_vocab(size: int) -> None:
             try:
                 memory.check(config, size, 1)
-            except ValueError:
-                memory.check(config, 1, 1)       # the batch alone is too large: start.plan says so
+            except memory.TooLarge as e:
+                try:
+                    memory.check(config, 1, 1)       # the batch alone is too large: start.plan says so
+                except StepProblem:     # a cell that steps on its text's width only: its estimate says it
+                    raise e from None
                 chars = f", train on characters ({spelt('token', 'char')})" if config.token == "word" else ""
                 raise DataError(
                     f"The vocabulary of {size:,} {config.token}s is too large for this machine's memory at "

@@ -100,10 +100,14 @@ def _available(device: jax.Device) -> int | None:
         return None
 
 
+class TooLarge(ValueError):
+    """A step that would not fit in memory (``check``)."""
+
+
 def check(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1,
           device: jax.Device | None = None, data_bytes: int = 0) -> None:
-    """``ValueError`` if a training step, with the token stream of ``data_bytes`` each device holds, cannot
-    fit in memory (estimated), naming what to lower."""
+    """``TooLarge`` (a ``ValueError``) if a training step, with the token stream of ``data_bytes`` each
+    device holds, cannot fit in memory (estimated), naming what to lower."""
     device = device or jax.devices()[0]
     have = _available(device)
     if have is None:
@@ -113,17 +117,17 @@ def check(config: Config, vocab_size: int, num_shards: int, num_runs: int = 1,
     need = (weights + activations + data_bytes) * copies
     gib = 2 ** 30
     if need > have and data_bytes > weights + activations:      # the text, not the model
-        raise ValueError(f"The text's token stream takes {_gib(data_bytes)} GiB on each of the {copies} "
-                         f"device(s) that train on it, more than this machine's {have / gib:.0f} GiB with "
-                         f"the training step: train on a part of the text, or on fewer {spelt('devices')}.")
+        raise TooLarge(f"The text's token stream takes {_gib(data_bytes)} GiB on each of the {copies} "
+                       f"device(s) that train on it, more than this machine's {have / gib:.0f} GiB with "
+                       f"the training step: train on a part of the text, or on fewer {spelt('devices')}.")
     if need > have:
         runs = f"{num_runs} runs of " if num_runs > 1 else ""
         shape = (f"{spelt('num_hiddens', config.num_hiddens)} x {spelt('num_layers', config.num_layers)} at "
                  f"{spelt('batch_size', config.batch_size)} x {spelt('num_steps', config.num_steps)}")
-        raise ValueError(f"{runs}{shape} needs about {_gib(need)} GiB for a training step "
-                         f"({_gib(weights * copies)} GiB of parameters, optimizer state and gradients, "
-                         f"{_gib(activations * copies)} GiB of activations), more than this machine's "
-                         f"{have / gib:.0f} GiB; lower {advice(config, vocab_size, num_shards, num_runs)}.")
+        raise TooLarge(f"{runs}{shape} needs about {_gib(need)} GiB for a training step "
+                       f"({_gib(weights * copies)} GiB of parameters, optimizer state and gradients, "
+                       f"{_gib(activations * copies)} GiB of activations), more than this machine's "
+                       f"{have / gib:.0f} GiB; lower {advice(config, vocab_size, num_shards, num_runs)}.")
 
 
 def _gib(n: int) -> str:

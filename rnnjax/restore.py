@@ -164,11 +164,12 @@ def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fa
         for s in saved:
             try:
                 metas[s] = read_meta(workdir, s)
-            except DamagedCheckpoint:
+            except DamagedCheckpoint as e:
                 if lock_lib.removing(workdir, s):
                     raise _Removed(s) from None
-                if not fallback:
-                    raise
+                if not fallback:        # it may have been the best
+                    raise DamagedCheckpoint(e.step, e.directory, e.reason,
+                                            _FALLBACK[True] if len(saved) > 1 else "") from None
         try:        # checked before its perplexities
             run = _run(metas[max(metas)], workdir, run) if metas else run
         except CheckpointError as e:      # no run chosen of several: the best one is worth naming
@@ -189,6 +190,10 @@ def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fa
     if step is not None and step not in saved:
         raise CheckpointError(f"{workdir} has no checkpoint at step {step}; it has {saved}.")
     return sorted((s for s in saved if step is None or s <= step), reverse=True)
+
+
+_FALLBACK = {False: "fallback=True tries the newest one past it",
+             True: "fallback=True tries the next best, of those that can be read"}
 
 
 def _dropping(workdir: Path) -> bool:
@@ -217,8 +222,7 @@ def _first_good(workdir: Path, candidates: list[int], run: int | None, fallback:
             if len(candidates) == 1:
                 raise
             if not fallback:        # where another may restore, saying how
-                raise DamagedCheckpoint(e.step, e.directory, f"{e.reason}; fallback=True restores the "
-                                        f"{'next best' if best else 'newest'} good one past it") from None
+                raise DamagedCheckpoint(e.step, e.directory, e.reason, _FALLBACK[best]) from None
             damaged.append(e)
     which = (" with a validation perplexity" if best
              else "" if candidates[0] == max(steps(workdir)) else f" up to step {candidates[0]}")

@@ -40,8 +40,8 @@ class CheckpointError(RuntimeError):
 class DamagedCheckpoint(CheckpointError):
     """A checkpoint that cannot be read, or whose arrays fail their checksums; ``reason`` says which."""
 
-    def __init__(self, step: int, directory: Path, reason: str):
-        super().__init__(f"The checkpoint at step {step} in {directory} {reason}.")
+    def __init__(self, step: int, directory: Path, reason: str, hint: str = ""):
+        super().__init__(f"The checkpoint at step {step} in {directory} {reason}{'; ' * bool(hint)}{hint}.")
         self.step, self.directory, self.reason = step, directory, reason
 
 

@@ -61,3 +61,45 @@ def test_a_cell_that_steps_on_some_input_widths_only_is_checked_on_the_text_s_vo
     with pytest.raises(ConfigError, match=said):
         plan(config, odd, tmp_path / "w", devices=1)
     assert not (tmp_path / "w").exists()
+
+
+class DropFirstCell(DenseCell):
+    """A weight of as many rows as the vocabulary less one: none on a vocabulary of 1."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        W = self.param("W", nn.initializers.normal(0.1), (x.shape[-1] - 1, self.features))
+        h = jnp.tanh(x[..., 1:] @ W + nn.Dense(self.features, use_bias=False)(h))
+        return h, h
+
+
+def test_a_parameter_sized_by_the_vocabulary_is_not_refused_before_the_text_is_read(tmp_path, monkeypatch):
+    """Made on a vocabulary of 1, its weight had no elements, which a checkpoint cannot save: refused, though
+    it has rows on any text."""
+    monkeypatch.setitem(model_lib.CELLS, "dropfirst", DropFirstCell)
+    config = SMALL.replace(cell="dropfirst")
+    arguments.check_arguments(config, tmp_path / "w", devices=1)
+    data = TimeMachine(SMALL.batch_size, SMALL.num_steps, SMALL.num_train, SMALL.num_val,
+                       text=small_text(5000))
+    assert plan(config, data, tmp_path / "w", devices=1).step is None
+
+
+def test_a_cell_checked_on_the_text_on_the_command_line_says_what_is_too_large(tmp_path, monkeypatch, capsys):
+    """Its memory estimate on a vocabulary of 1, to tell the vocabulary's share from the rest, raised the
+    cell's error on that width in place of the estimate's sentence."""
+    from experiments import timemachine
+    from rnnjax import corpus, source
+    monkeypatch.setitem(model_lib.CELLS, "halves", HalvesCell)
+    monkeypatch.setenv(source.ENV_CACHE, str(tmp_path / "cache"))
+    text = tmp_path / "book.txt"
+    text.write_text(small_text(5000))
+    config = SMALL.replace(**corpus.TEXT_DEFAULTS)
+    if len(corpus.Corpus.from_config(text, config, cache=False).vocab) % 2:     # a width the cell steps on
+        text.write_text(small_text(5000) + "\u00e9")
+    argv = ["--preset", "tiny", "--cell", "halves", "--text", str(text), "--num-hiddens", "300000",
+            "--workdir", str(tmp_path / "w")]
+    assert timemachine.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --num-hiddens 300000 x --num-layers 1 at --batch-size 16 x --num-steps 8 "
+                          "needs about ") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()

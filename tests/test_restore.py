@@ -227,6 +227,7 @@ def test_the_best_with_a_damaged_meta_is_not_chosen_silently(small_data, tmp_pat
     warning = capsys.readouterr().err.splitlines()[0]
     assert warning.startswith(f"warning: The checkpoint at step {best} ") and warning.endswith(
         f"generating from checkpoint step {rest}, the best of those that can be read.")
+    assert "fallback=True" not in warning          # the Python API's hint: the command has fallen back
 
 
 def test_arguments_of_the_wrong_type_are_one_sentence(tmp_path):
@@ -276,10 +277,10 @@ def test_past_a_damaged_best_the_fallback_takes_the_next_best_not_the_newest_bef
     largest = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     largest.write_bytes(bytes(largest.stat().st_size))
     with pytest.raises(checkpoint.DamagedCheckpoint,
-                       match=r"step 26 .*; fallback=True restores the next best good one past it\.$"):
+                       match=r"step 26 .*; fallback=True tries the next best, of those that can be read\.$"):
         checkpoint.restore(tmp_path, best=True)
     with pytest.raises(checkpoint.DamagedCheckpoint,
-                       match=r"; fallback=True restores the newest good one past it\.$"):
+                       match=r"; fallback=True tries the newest one past it\.$"):
         checkpoint.restore(tmp_path, step=26)
     assert checkpoint.restore(tmp_path, best=True, fallback=True).step == 39
     assert checkpoint.restore(tmp_path, step=26, fallback=True).step == 13          # the newest before it
