@@ -346,3 +346,5 @@ def test_a_text_read_mostly_as_unknown_in_the_vocabulary_given_is_said(tmp_path,
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         corpus.load(cleaned, text=path, vocab=vocab)
+        words = TEXT.replace(token="word", min_freq=3)       # its rare words are <unk> in its own run too
+        corpus.load(words, text=path, vocab=Corpus.from_config(path, words).vocab)
