@@ -347,4 +347,6 @@ def test_a_text_read_mostly_as_unknown_in_the_vocabulary_given_is_said(tmp_path,
         warnings.simplefilter("error")
         corpus.load(cleaned, text=path, vocab=vocab)
         words = TEXT.replace(token="word", min_freq=3)       # its rare words are <unk> in its own run too
-        corpus.load(words, text=path, vocab=Corpus.from_config(path, words).vocab)
+        path.write_text(path.read_text() + " ".join(f"w{i}" for i in range(60)))
+        own = Corpus.from_config(path, words).vocab
+        assert np.mean(corpus.load(words, text=path, vocab=own).stream == own.unk) > corpus.UNKNOWN_SAID
