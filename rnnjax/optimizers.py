@@ -66,6 +66,18 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def int_arguments(name: str) -> set[str]:
+    """The arguments of int defaults that ``clipped`` keeps in the function for runs trained together (not
+    in their state, as before 2026-12-07), of the optimizer registered as ``name``."""
+    inner = getattr(OPTIMIZERS.get(name), "clipped", None)
+    try:
+        arguments = inspect.signature(inner).parameters.items() if inner is not None else []
+    except (TypeError, ValueError):
+        return set()
+    return {k for k, a in arguments
+            if a.default is not a.empty and _is_int(a.default) and k != "learning_rate"}
+
+
 OPTIMIZERS: dict[str, Callable[[Any, bool], optax.GradientTransformation]] = {
     "sgd": clipped(optax.sgd),          # d2l's
     "adam": clipped(optax.adam),

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from rnnjax import meta as meta_lib
+from rnnjax import meta as meta_lib, optimizers
 from rnnjax.cells import CELLS, OWN_CELLS, registered_as
 from rnnjax.spelling import again, as_flags, leaf_types, said_type
 
@@ -119,13 +119,13 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
                            f"({kind}) makes ({_differ(saved_paths, made)}): {fix}")
     if differ and not params_only:
         kept = [m[1] for p in saved_paths - made if (m := re.search(r"\.hyperparams\['(\w+)'\]$", p))]
-        if kept and len(kept) == len(differ):       # rnnjax.optimizers.clipped's rule of 2026-12-07
+        ints = optimizers.int_arguments(meta["config"]["optimizer"])
+        if kept and len(kept) == len(differ) and set(kept) <= ints:     # clipped's rule since 2026-12-07
             inference = "--predict" if as_flags() else "restore"
-            raise StateMismatch(f"{where} holds arguments of its optimizer ({', '.join(sorted(kept))}) in "
-                                "each run's state that this process keeps in the function, as rnnjax keeps "
-                                "int ones since 2026-12-07 (a size Python branches on): resume it with an "
-                                "rnnjax of before, or with the optimizer it was trained with (a restore for "
-                                f"inference, {inference}, reads its parameters alone).")
+            raise StateMismatch(f"{where} holds int arguments of its optimizer ({', '.join(sorted(kept))}) "
+                                "in each run's state, as rnnjax kept them before 2026-12-07; it keeps them "
+                                "in the function now (a size Python branches on): resume it with an rnnjax "
+                                f"of then (a restore for inference, {inference}, reads its parameters alone).")
         raise state_mismatch(where, _differ(saved_paths, made))
     saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved and not own else None
     had, makes = (leaf_types(saved), leaf_types(target.params)) if saved is not None else ({}, {})

@@ -345,8 +345,13 @@ def test_runs_saved_with_an_int_argument_in_their_state_say_why_they_do_not_resu
     rnnjax.fit_runs(runs, small_data, tmp_path, devices=1, log=None)
     monkeypatch.undo()
     monkeypatch.setitem(rnnjax.OPTIMIZERS, "counted", optimizers.clipped(counted))
-    said = (r" holds arguments of its optimizer \(every\) in each run's state that this process keeps in the "
-            r"function, as rnnjax keeps int ones since 2026-12-07 ")
+    said = r" holds int arguments of its optimizer \(every\) in each run's state, as rnnjax kept them before "
     with pytest.raises(checkpoint.StateMismatch, match=said):
         rnnjax.fit_runs([r.replace(epochs=2) for r in runs], small_data, tmp_path, devices=1, log=None)
     assert checkpoint.restore(tmp_path, run=1).step == 13        # for inference: its parameters
+
+    def counted(learning_rate):         # the argument taken out of the function: another optimizer
+        return optax.chain(optax.sgd(learning_rate), optax.apply_every(2))
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "counted", optimizers.clipped(counted))
+    with pytest.raises(checkpoint.StateMismatch, match=r"the run was trained with another optimizer than"):
+        rnnjax.fit_runs([r.replace(epochs=2) for r in runs], small_data, tmp_path, devices=1, log=None)
