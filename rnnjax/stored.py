@@ -125,7 +125,8 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
             raise StateMismatch(f"{where} holds int arguments of its optimizer ({', '.join(sorted(kept))}) "
                                 "in each run's state, as rnnjax kept them before 2026-12-07; it keeps them "
                                 "in the function now (a size Python branches on): resume it with an rnnjax "
-                                f"of then (a restore for inference, {inference}, reads its parameters alone).")
+                                f"of then (a restore for inference, {inference}, reads its parameters "
+                                "alone).")
         raise state_mismatch(where, _differ(saved_paths, made))
     saved = _saved_params(Path(workdir) / SUBDIR / str(step) / "state") if read_saved and not own else None
     had, makes = (leaf_types(saved), leaf_types(target.params)) if saved is not None else ({}, {})
