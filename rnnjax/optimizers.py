@@ -47,6 +47,9 @@ def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
             except ValueError:      # no signature to read: inject_hyperparams cannot read one either
                 static = []
             return optax.inject_hyperparams(make, static_args=static)
+        if not callable(optimizer):     # optax.adam(0.01): made already
+            raise ConfigError(f"{spelt('optimizer', config.optimizer)} is clipped of {got(optimizer)}: "
+                              "clipped takes an optax optimizer, optax.adamw, not optax.adamw(0.01).")
         name = f"{spelt('optimizer', config.optimizer)}, clipped({described(optimizer)}),"
         try:
             stepper = kept(optimizer)(learning_rate=config.lr)
@@ -198,6 +201,6 @@ def failing(per_run: bool, e: Exception) -> str:
     if not traced(per_run, e):
         return f" ({said})"
     return (f" as runs trained together need it ({said}): it branches in Python on a hyperparameter that "
-            "each run keeps in its state, traced (optax.inject_hyperparams); for a schedule made from the "
-            "rate, scale one of peak 1 by it (lambda count: learning_rate * schedule(count)); else keep that "
-            "argument in the function (inject_hyperparams' static_args), or train the runs one by one")
+            "each run keeps in its state, traced (optax.inject_hyperparams): for a schedule made from the "
+            "rate, scale one of peak 1 by it (lambda count: learning_rate * schedule(count)); another, set "
+            "it inside the function, not as an argument; or train the runs one by one")
