@@ -91,8 +91,6 @@ def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: i
     agree.check_in_run()
     check_types(config, data, workdir)
     dp = check_arguments(config, workdir, devices=devices, runs=runs, vocab_size=len(data.vocab))
-    if runs:
-        check_per_run(runs, len(data.vocab))
     if data.num_val < 1:
         raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
     data.check_tokens()
@@ -104,4 +102,6 @@ def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: i
                          "steps; a run takes at most 2**31 - 1.")
     memory.check(config, len(data.vocab), dp.num_shards, len(runs or [None]), dp.devices[0],
                  data_bytes=data.tokens.nbytes)
+    if runs:        # after the memory check: it makes each run's optimizer state
+        check_per_run(runs, len(data.vocab))
     return dp
