@@ -178,7 +178,12 @@ def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
 def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> TrainState:
     model = make_model(config, vocab_size)
     tx = make_optimizer(config, per_run)        # its errors outside the trace, without JAX's note
-    params = _made(model, config.num_steps)
+    try:
+        params = _made(model, config.num_steps)
+    except Exception as e:      # a cell of one's own that steps on the check's batch of 2 only, say
+        said = (str(e).strip().splitlines() or [""])[0].rstrip(".")
+        raise StepProblem(f"rnnjax.CELLS[{config.cell!r}] makes a model whose init fails on a batch of 1 "
+                          f"sequence ({type(e).__name__}: {said}).") from e
     try:
         return jax.eval_shape(lambda p: TrainState.create(apply_fn=model.apply, params=p, tx=tx), params)
     except Exception as e:      # one's own optimizer, whatever it raises: before any work, not after it

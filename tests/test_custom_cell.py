@@ -490,3 +490,22 @@ def test_the_step_check_feeds_a_cell_as_the_model_does_and_says_its_errors_raise
     with pytest.raises(ConfigError, match=said) as raised:
         make_model(TINY.replace(cell="broken"), len(small_data.vocab))
     assert isinstance(raised.value.__cause__, RuntimeError) and str(raised.value.__cause__) == "my bug"
+
+
+class PairedCell(DenseCell):
+    """Steps on a batch of 2 only: the step check's batch, not the init's of 1."""
+
+    @nn.compact
+    def __call__(self, h, x):
+        h = jnp.tanh(nn.Dense(self.features)(x.reshape(2, -1)) + nn.Dense(self.features, use_bias=False)(h))
+        return h, h
+
+
+def test_a_cell_whose_init_fails_where_its_step_check_passed_is_one_sentence(
+        small_data, tmp_path, monkeypatch):
+    """The model's init, on a batch of 1, was not wrapped: JAX's or the cell's error came out raw."""
+    monkeypatch.setitem(model_lib.CELLS, "paired", PairedCell)
+    said = r"^rnnjax.CELLS\['paired'\] makes a model whose init fails on a batch of 1 sequence \(\w+: .*\)\.$"
+    with pytest.raises(ConfigError, match=said):
+        fit(TINY.replace(cell="paired"), small_data, tmp_path / "w", devices=1, log=None)
+    assert not (tmp_path / "w").exists()
