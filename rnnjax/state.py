@@ -144,8 +144,8 @@ def _init(model: RNNLM, num_steps: int) -> Callable:
 
 @per_module()
 def _compiled_init(model: RNNLM, num_steps: int, made: tuple) -> CompiledPerShape:
-    """``_init`` compiled once per model and the parameters it ``made`` (``leaf_types``), not again for each
-    seed."""
+    """``_init`` compiled once per model and the parameters it ``made`` (``leaf_types``; ``()`` for
+    rnnjax's own cells), not again for each seed."""
     return CompiledPerShape(jax.jit(_init(model, num_steps)), init_compiler_options())
 
 
@@ -165,8 +165,10 @@ def create_train_state(config: Config, vocab_size: int, params: Any = None) -> T
     if params is not None:
         check_params(params, config, vocab_size)
     else:
-        made = leaf_types(_made(model, config.num_steps))
-        params = _compiled_init(model, config.num_steps, tuple(made.items()))(np.uint32(config.seed))
+        # rnnjax's cells make parameters of their fields alone; another's may follow a setting of its module.
+        own = CELLS.get(config.cell) is OWN_CELLS.get(config.cell)
+        made = () if own else tuple(leaf_types(_made(model, config.num_steps)).items())
+        params = _compiled_init(model, config.num_steps, made)(np.uint32(config.seed))
     return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
 
 
