@@ -45,7 +45,7 @@ from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, me
 from rnnjax import agree, parallel, runs, spelling, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
 from rnnjax.arguments import check_arguments  # noqa: E402
-from rnnjax.cells import is_own  # noqa: E402
+from rnnjax.cells import OWN_CELLS  # noqa: E402
 from rnnjax.start import planned  # noqa: E402
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: E402
 from rnnjax.train import fit  # noqa: E402
@@ -125,7 +125,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
     checked = functools.partial(_checked, args, config, workdir, configs if several else None)
     checked()
     data = corpus.load(config, text=args.text, data=args.data)
-    if is_own(rnnjax.CELLS[config.cell]):       # its step may follow the vocabulary's size, checked on it now
+    if rnnjax.CELLS[config.cell] is not OWN_CELLS.get(config.cell):     # its step may follow the vocabulary
         checked(len(data.vocab))
     # The plan is made under the workdir's lock, held until the plot is written; said once it is held.
     with planned(config, data, workdir, devices=args.devices, runs=configs if several else None) as p:

@@ -103,3 +103,29 @@ def test_a_cell_checked_on_the_text_on_the_command_line_says_what_is_too_large(t
     assert err.startswith("error: --num-hiddens 300000 x --num-layers 1 at --batch-size 16 x --num-steps 8 "
                           "needs about ") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "w").exists()
+
+
+def test_a_resumed_run_of_a_cell_checked_on_the_text_names_its_saved_settings(tmp_path, monkeypatch,
+                                                                              capsys):
+    """Checks left to the text's vocabulary ran inside fit, without the command's words on where a setting
+    read from the workdir comes from."""
+    import optax
+
+    from experiments import timemachine
+    from rnnjax import OPTIMIZERS, optimizers, source
+    monkeypatch.setitem(model_lib.CELLS, "halves", HalvesCell)
+    monkeypatch.setitem(OPTIMIZERS, "mine", optimizers.clipped(optax.sgd))
+    monkeypatch.setenv(source.ENV_CACHE, str(tmp_path / "cache"))
+    text = tmp_path / "book.txt"
+    odd = len(set(small_text(5000))) % 2 == 0               # with <unk>: one more
+    text.write_text(small_text(5000) + "\u00e9" * odd)      # a vocabulary the cell halves
+    workdir, given = str(tmp_path / "w"), ["--text", str(text), "--no-progress"]
+    argv = ["--preset", "tiny", "--cell", "halves", "--optimizer", "mine", "--epochs", "1"]
+    assert timemachine.main([*argv, *given, "--workdir", workdir]) == 0
+    monkeypatch.setitem(OPTIMIZERS, "mine", lambda config, per_run=False: optax.chain(
+        optax.add_noise(0.01, 0.55, 0), optimizers.clipped(optax.sgd)(config, per_run)))
+    capsys.readouterr()
+    assert timemachine.main([*given, "--workdir", workdir, "--epochs", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: resuming the run in {workdir} (its saved settings, the flags given "
+                          "applied): The state of --optimizer mine holds a random key")
