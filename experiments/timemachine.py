@@ -34,7 +34,8 @@ if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + si
     stopping.load_jax()
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
-import functools  # noqa: E402
+import contextlib  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
@@ -45,7 +46,6 @@ from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, me
 from rnnjax import agree, parallel, runs, spelling, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
 from rnnjax.arguments import check_arguments  # noqa: E402
-from rnnjax.cells import OWN_CELLS  # noqa: E402
 from rnnjax.start import planned  # noqa: E402
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: E402
 from rnnjax.train import fit  # noqa: E402
@@ -105,12 +105,12 @@ def predict_only(args: argparse.Namespace) -> None:
     print(text)
 
 
-def _checked(args: argparse.Namespace, config: config_lib.Config, workdir: Path,
-             runs: list[config_lib.Config] | None, vocab_size: int | None = None) -> None:
-    """``check_arguments``, its sentence saying where a setting read from the workdir comes from."""
+@contextlib.contextmanager
+def _resuming(args: argparse.Namespace, workdir: Path, errors: type = ValueError) -> Iterator[None]:
+    """``errors`` of a resumed run's settings saying where a setting read from the workdir comes from."""
     try:
-        check_arguments(config, workdir, devices=args.devices, runs=runs, vocab_size=vocab_size)
-    except ValueError as e:
+        yield
+    except errors as e:
         if args.settings_from is None:
             raise
         raise ValueError(f"resuming the run in {workdir} (its saved settings, the flags given applied): "
@@ -122,13 +122,16 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
     config = configs[0]
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     # What needs no data is checked before a large --text is read and tokenized.
-    checked = functools.partial(_checked, args, config, workdir, configs if several else None)
-    checked()
-    data = corpus.load(config, text=args.text, data=args.data)
-    if rnnjax.CELLS[config.cell] is not OWN_CELLS.get(config.cell):     # its step may follow the vocabulary
-        checked(len(data.vocab))
+    together = configs if several else None
+    with _resuming(args, workdir):
+        check_arguments(config, workdir, devices=args.devices, runs=together)
+    with _resuming(args, workdir, config_lib.ConfigError):     # a cell's step on the text's width, say
+        data = corpus.load(config, text=args.text, data=args.data)
+    if args.settings_from is not None:      # what may follow the text's vocabulary (a cell's step, its state)
+        with _resuming(args, workdir):
+            check_arguments(config, workdir, devices=args.devices, runs=together, vocab_size=len(data.vocab))
     # The plan is made under the workdir's lock, held until the plot is written; said once it is held.
-    with planned(config, data, workdir, devices=args.devices, runs=configs if several else None) as p:
+    with planned(config, data, workdir, devices=args.devices, runs=together) as p:
         if args.settings_from is not None:
             say(f"settings: those of the run in {workdir} ({args.settings_from}), the flags given checked "
                 "against them")

@@ -287,14 +287,16 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
         if text is None and d2l and config.min_freq <= 1 and vocab is None:
             return TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
                                path=data, seed=config.seed, steps_per_epoch=config.steps_per_epoch)
-        made = Corpus.from_config(timemachine_path(data) if text is None else text, config, vocab=vocab)
-        # Where every token of its own text was kept (no min_freq), <unk> is a token the vocabulary lacks.
-        said = vocab is not None and config.min_freq <= 1 and made.stream.size
-        unknown = float(np.mean(made.stream == vocab.unk)) if said else 0.0
+        path = timemachine_path(data) if text is None else text
+        made = Corpus.from_config(path, config, vocab=vocab)
+        unknown = float(np.mean(made.stream == vocab.unk)) if vocab is not None and made.stream.size else 0.0
+        if unknown > UNKNOWN_SAID and config.min_freq > 1:      # its rare tokens are <unk> in its own too
+            own = Corpus.from_config(path, config, cache=False)
+            unknown -= float(np.mean(own.stream == own.vocab.unk))
         if unknown > UNKNOWN_SAID:      # a text cleaned otherwise than the vocabulary's (d2l's is lowercase)
-            warnings.warn(f"{unknown:.0%} of the text's tokens are not in the vocabulary given and are read "
-                          f"as <unk>: clean the text as the run that made the vocabulary did (its config's "
-                          f"{spelt('preprocess')} and {spelt('token')}; here "
+            warnings.warn(f"{unknown:.0%} more of the text's tokens are read as <unk> in the vocabulary "
+                          f"given than in the text's own: clean the text as the run that made the vocabulary "
+                          f"did (its config's {spelt('preprocess')} and {spelt('token')}; here "
                           f"{spelt('preprocess', config.preprocess)}).", stacklevel=2)
         return made
     except OSError as e:            # unreadable (permissions, a vanished file): one sentence

@@ -183,9 +183,11 @@ def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> T
     try:
         params = _made(model, config.num_steps)
     except Exception as e:      # a cell of one's own that steps on the check's batch of 2 only, say
-        said = (str(e).strip().splitlines() or [""])[0].rstrip(".")
-        raise StepProblem(f"rnnjax.CELLS[{config.cell!r}] makes a model whose init fails on a batch of 1 "
-                          f"sequence ({type(e).__name__}: {said}).") from e
+        lines = [line for line in str(e).splitlines() if line.strip()] or [""]
+        said = " ".join(lines[:2] if lines[0].endswith(":") else lines[:1]).rstrip(".")    # JAX's "differ:"
+        init = f"init (a batch of 1 sequence, {spelt('num_layers', config.num_layers)})"
+        raise StepProblem(f"rnnjax.CELLS[{config.cell!r}] makes a model whose {init} fails "
+                          f"({type(e).__name__}: {said}).") from e
     try:
         return jax.eval_shape(lambda p: TrainState.create(apply_fn=model.apply, params=p, tx=tx), params)
     except Exception as e:      # one's own optimizer, whatever it raises: before any work, not after it

@@ -129,3 +129,14 @@ def test_a_resumed_run_of_a_cell_checked_on_the_text_names_its_saved_settings(tm
     err = capsys.readouterr().err
     assert err.startswith(f"error: resuming the run in {workdir} (its saved settings, the flags given "
                           "applied): The state of --optimizer mine holds a random key")
+
+    class NarrowCell(HalvesCell):
+        def __call__(self, h, x):
+            if x.shape[-1] > 1:
+                raise ValueError("takes one input feature only")
+            return super().__call__(h, x)
+    monkeypatch.setitem(model_lib.CELLS, "halves", NarrowCell)     # fails on the text's width, as it is read
+    assert timemachine.main([*given, "--workdir", workdir, "--epochs", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: resuming the run in {workdir} (its saved settings, the flags given "
+                          "applied): rnnjax.CELLS['halves'] makes a NarrowCell")

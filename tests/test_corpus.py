@@ -337,9 +337,9 @@ def test_a_text_read_mostly_as_unknown_in_the_vocabulary_given_is_said(tmp_path,
     path.write_text("The Time Traveller (for so it will be convenient to speak of him) WAS expounding. " * 40)
     cleaned = TEXT.replace(preprocess="d2l")
     vocab = Corpus.from_config(path, cleaned).vocab
-    said = (r"^\d+% of the text's tokens are not in the vocabulary given and are read as <unk>: clean the "
-            r"text as the run that made the vocabulary did \(its config's preprocess and token; here "
-            r"preprocess='raw'\)\.$")
+    said = (r"^\d+% more of the text's tokens are read as <unk> in the vocabulary given than in the "
+            r"text's own: clean the text as the run that made the vocabulary did \(its config's preprocess "
+            r"and token; here preprocess='raw'\)\.$")
     with pytest.warns(UserWarning, match=said):
         raw = corpus.load(TEXT, text=path, vocab=vocab)
     assert np.mean(raw.stream == vocab.unk) > corpus.UNKNOWN_SAID
@@ -350,3 +350,7 @@ def test_a_text_read_mostly_as_unknown_in_the_vocabulary_given_is_said(tmp_path,
         path.write_text(path.read_text() + " ".join(f"w{i}" for i in range(60)))
         own = Corpus.from_config(path, words).vocab
         assert np.mean(corpus.load(words, text=path, vocab=own).stream == own.unk) > corpus.UNKNOWN_SAID
+    shouted = tmp_path / "shouted.txt"         # every word unknown, whatever min_freq drops
+    shouted.write_text(path.read_text().upper())
+    with pytest.warns(UserWarning, match=r"^\d+% more of the text's tokens are read as <unk>"):
+        corpus.load(words, text=shouted, vocab=own)

@@ -505,7 +505,8 @@ def test_a_cell_whose_init_fails_where_its_step_check_passed_is_one_sentence(
         small_data, tmp_path, monkeypatch):
     """The model's init, on a batch of 1, was not wrapped: JAX's or the cell's error came out raw."""
     monkeypatch.setitem(model_lib.CELLS, "paired", PairedCell)
-    said = r"^rnnjax.CELLS\['paired'\] makes a model whose init fails on a batch of 1 sequence \(\w+: .*\)\.$"
+    said = (r"^rnnjax.CELLS\['paired'\] makes a model whose init \(a batch of 1 sequence, num_layers=1\) "
+            r"fails \(\w+: .*\S\)\.$")
     with pytest.raises(ConfigError, match=said):
         fit(TINY.replace(cell="paired"), small_data, tmp_path / "w", devices=1, log=None)
     assert not (tmp_path / "w").exists()
