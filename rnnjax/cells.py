@@ -193,13 +193,18 @@ def is_own(cell: Any) -> bool:
     return isinstance(cell, type) and issubclass(cell, tuple(OWN_CELLS.values()))
 
 
+def registered_own(name: str) -> bool:
+    """Whether ``CELLS[name]`` is rnnjax's own cell of that name (its parameters follow its fields alone)."""
+    return CELLS.get(name) is OWN_CELLS.get(name)
+
+
 def registered_as(name: str) -> str:
     """What ``CELLS[name]`` is, in words a checkpoint keeps and another process says alike: ``rnnjax's
     own``, a class's name, or a ``functools.partial``'s class and the arguments that differ from the
     class's defaults (``ScaledCell(scale=0.5)``). Values as ``described``: what cannot be said alike in
     every process (an object's address) is said by its type's name alone."""
     made = CELLS[name]
-    if made is OWN_CELLS.get(name):
+    if registered_own(name):
         return "rnnjax's own"
     return described(made)
 

@@ -14,7 +14,7 @@ from flax.training import train_state
 
 from rnnjax import kernels, optimizers
 from rnnjax.xla import CompiledPerShape, init_compiler_options, per_module
-from rnnjax.cells import OWN_CELLS
+from rnnjax.cells import OWN_CELLS, registered_own
 from rnnjax.config import Config, ConfigError
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
 from rnnjax.precision import COMPUTE_DTYPES
@@ -166,7 +166,7 @@ def create_train_state(config: Config, vocab_size: int, params: Any = None) -> T
         check_params(params, config, vocab_size)
     else:
         # rnnjax's cells make parameters of their fields alone; another's may follow a setting of its module.
-        own = CELLS.get(config.cell) is OWN_CELLS.get(config.cell)
+        own = registered_own(config.cell)
         made = () if own else tuple(leaf_types(_made(model, config.num_steps)).items())
         params = _compiled_init(model, config.num_steps, made)(np.uint32(config.seed))
     return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))

@@ -23,7 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from rnnjax import meta as meta_lib, optimizers
-from rnnjax.cells import CELLS, OWN_CELLS, registered_as
+from rnnjax.cells import registered_as, registered_own
 from rnnjax.spelling import again, as_flags, leaf_types, said_type
 
 SUBDIR = "checkpoints"
@@ -104,7 +104,7 @@ def check_fits(meta: dict, target: Any, workdir: Path, step: int, read_saved: bo
     rnnjax's swapped for a user's, either way) from damage. ``StateMismatch`` unless the rest of the state
     (step, optimizer state) has its paths too; with ``params_only`` (inference) that is not looked at."""
     cell = meta["config"]["cell"]
-    own = CELLS.get(cell) is OWN_CELLS.get(cell)       # its arrays' shapes: another shape is damage
+    own = registered_own(cell)       # its arrays' shapes: another shape is damage
     kind = registered_as(cell)
     was = meta.get(meta_lib.REGISTERED)        # older metas do not say
     said = f" ({was})" if isinstance(was, str) else ""
