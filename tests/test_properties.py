@@ -127,8 +127,11 @@ def test_any_damage_to_a_meta_is_named_never_raised(path, how, value, reseal):
 @given(st.text(alphabet="ab[]\\*?{}%# ~", min_size=1, max_size=6))
 def test_a_workdir_path_is_refused_or_its_checkpoints_restore(name):
     """Paths orbax misreads are refused; any other saves, reads back, and restores."""
-    base = Path(tempfile.mkdtemp())
-    path = base / name / "w"
+    with tempfile.TemporaryDirectory() as base:
+        _check_workdir_path(Path(base) / name / "w", name)
+
+
+def _check_workdir_path(path, name):
     if set(name) & set(workdir.UNSAFE):
         with pytest.raises(workdir.WorkdirError, match="orbax's checkpoints cannot take"):
             workdir.check_writable(path)
@@ -157,7 +160,11 @@ LINE = st.one_of(RECORD.map(json.dumps), st.text(max_size=20), st.just('{"epoch"
 @settings(max_examples=200, deadline=None)
 @given(st.lists(LINE, max_size=6), st.booleans())
 def test_any_metrics_file_is_read_or_named(lines, torn):
-    path = Path(tempfile.mkdtemp()) / metrics.FILENAME
+    with tempfile.TemporaryDirectory() as base:     # hypothesis runs it 200 times: none is left behind
+        _check_metrics_file(Path(base) / metrics.FILENAME, lines, torn)
+
+
+def _check_metrics_file(path, lines, torn):
     text = "\n".join(lines) + ("" if torn else "\n")
     path.write_text(text)
     log = metrics.MetricsLog(path, warn=lambda message: None)
