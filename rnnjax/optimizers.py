@@ -4,7 +4,8 @@ clipping the gradients to global norm ``clip``. One's own, registered in ``OPTIM
 config.json, and in each checkpoint as what it was registered as (``registered_as``); a resume under
 another optimizer, or the same name registered otherwise, is refused.
 
-An optimizer is ``make(config, per_run) -> optax.GradientTransformation``.
+An optimizer is ``make(config, per_run) -> optax.GradientTransformation``, made of the config the run
+has now: a resume of more epochs (``RESUMABLE``) makes a schedule of ``config.epochs`` anew, and says so.
 ``per_run`` keeps ``lr`` and ``clip`` in its state (``optax.inject_hyperparams``)
 rather than in the function: what lets runs with different values be one
 vmapped step (``rnnjax.runs``; ``rnnjax.state.check_per_run`` refuses one that

@@ -50,6 +50,7 @@ class Plan:
     # A new run moves the records (and plot) of an earlier one with no checkpoint left: (from, to) pairs.
     aside: tuple[tuple[Path, Path], ...] = ()
     computed_by: dict | None = None    # how the checkpoint's run computed, as its meta says (computing.HOW)
+    saved_epochs: int | None = None    # the epochs the checkpoint's run asked for (RESUMABLE: may differ)
     held: lock_lib.Held | None = None   # the workdir's lock, in the process that writes
 
     @property
@@ -92,7 +93,14 @@ class Plan:
                     f"{self.config.epochs}, batch {self.position.batch})")
         changed = self.computed_by and computing_lib.changed(self.computed_by, self.computing, self.step,
                                                              dropout=self.config.dropout > 0)
-        hint = f"; {changed}" if changed else ""
+        hint = ""
+        if self.step is not None and self.saved_epochs not in (None, self.config.epochs):
+            hint += f"; {_epochs(self.saved_epochs)} asked for before, {self.config.epochs} now"
+            name = self.config.optimizer
+            if optimizers.OWN.get(name) is not optimizers.OPTIMIZERS.get(name):
+                hint += (f" (the optimizer {self.config.optimizer!r} is made of this config: a schedule it "
+                         "makes of config.epochs changes with it)")
+        hint += f"; {changed}" if changed else ""
         hint += "".join(f"; checkpoint step {step} {why}, set aside in "
                         f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
         if self.lost:
@@ -229,7 +237,8 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         lost = metrics.lost_epochs(records, position.epoch, position.stopped, len(runs))
         return Plan(config, workdir, dp, path, step, position, runs, state,
                     tuple(sorted(damaged, reverse=True)), lost, bool(torn),
-                    computed_by=computing_lib.computed_by(metas[step]))
+                    computed_by=computing_lib.computed_by(metas[step]),
+                    saved_epochs=Config.from_json(metas[step]["config"]).epochs)
     damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "

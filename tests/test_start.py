@@ -4,10 +4,13 @@ import json
 import os
 
 import jax
+import optax
 import pytest
 
+import rnnjax
+
 from conftest import TINY as SMALL, small_text
-from rnnjax import checkpoint, metrics, start
+from rnnjax import checkpoint, metrics, optimizers, start
 from rnnjax.backend import available_cores
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.data import TimeMachine
@@ -29,12 +32,29 @@ def test_plan_says_new_resumed_or_finished_and_writes_nothing(small_data, tmp_pa
     resumed = plan(SMALL, small_data, workdir, devices=1)
     assert resumed.step == 26
     assert resumed.describe().startswith("resuming from step 26 (epoch 3 of 3, batch 0)")
+    assert resumed.describe().endswith("; 2 epochs asked for before, 3 now")   # rnnjax's sgd has no schedule
     done = plan(SMALL.replace(epochs=2), small_data, workdir, devices=1)
     assert done.finished and "nothing to train" in done.describe()
     before = tree_stat(workdir)
     result = fit(SMALL.replace(epochs=2), small_data, workdir, devices=1, log=lines.append)
     assert "nothing to train" in lines[-1] and [r["epoch"] for r in result.history] == [1, 2]
     assert int(result.state.step) == 26 and tree_stat(workdir) == before
+
+
+def test_a_resume_of_more_epochs_says_an_optimizer_of_ones_own_is_made_of_them(
+        small_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "cosine", optimizers.clipped(
+        lambda learning_rate: optax.sgd(lambda n: learning_rate * optax.cosine_decay_schedule(1.0, 26)(n))))
+    config = SMALL.replace(optimizer="cosine", epochs=2)
+
+    def stop(done, total, record):
+        raise StopIteration         # at its first call: a run stopped early, of its 2 epochs
+    with pytest.raises(StopIteration):
+        fit(config, small_data, tmp_path, devices=1, log=None, progress=stop)
+    assert "asked for before" not in plan(config, small_data, tmp_path, devices=1).describe()
+    assert plan(config.replace(epochs=5), small_data, tmp_path, devices=1).describe().endswith(
+        "; 2 epochs asked for before, 5 now (the optimizer 'cosine' is made of this config: a schedule it "
+        "makes of config.epochs changes with it)")
 
 
 def test_a_finished_run_with_a_damaged_newest_checkpoint_says_so_and_ends_at_the_good_one(
@@ -297,7 +317,8 @@ def test_a_resume_that_computes_otherwise_says_it_is_not_bit_for_bit(small_data,
     assert (saved["kernel"], saved["platform"], saved["num_devices"]) == ("plain", "cpu", 2)
     assert plan(SMALL, small_data, tmp_path, devices=1).describe().startswith(
         "resuming from step 13 (epoch 2 of 3, batch 0) on 1 CPU device(s), fused loss (rnnjax.fused: the "
-        f"recurrence and the output layer), float32 matmuls; writing to {tmp_path}; trained with the plain "
+        f"recurrence and the output layer), float32 matmuls; writing to {tmp_path}; 1 epoch asked for "
+        "before, 3 now; trained with the plain "
         "kernel on 2 CPU device(s) until step 13, continued with fused on 1 CPU device(s): results may "
         "differ from an unbroken run's at float round-off")
     assert "round-off" not in plan(SMALL.replace(kernel="plain"), small_data, tmp_path, devices=2).describe()
@@ -305,7 +326,7 @@ def test_a_resume_that_computes_otherwise_says_it_is_not_bit_for_bit(small_data,
     assert checkpoint.restore(tmp_path).meta["kernel"] == "fused"
     assert plan(SMALL.replace(kernel="fused"), small_data, tmp_path, devices=2).describe().endswith(
         "; computed otherwise since step 13 (a resume changed its kernel, devices or matmul precision): "
-        "results may differ from an unbroken run's at float round-off")          # every later resume says so
+        "results may differ from an unbroken run's at float round-off")        # every later resume says so
     assert "; trained on 2 CPU device(s) until step 26, continued on 1 CPU device(s): results" in plan(
         SMALL, small_data, tmp_path, devices=1).describe()
 
