@@ -45,7 +45,7 @@ from experiments import cli, flags, settings  # noqa: E402
 from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, metrics  # noqa: E402
 from rnnjax import agree, parallel, runs, spelling, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
-from rnnjax.arguments import check_arguments  # noqa: E402
+from rnnjax import arguments  # noqa: E402
 from rnnjax.start import planned  # noqa: E402
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: E402
 from rnnjax.train import fit  # noqa: E402
@@ -124,12 +124,12 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
     # What needs no data is checked before a large --text is read and tokenized.
     together = configs if several else None
     with _resuming(args, workdir):
-        check_arguments(config, workdir, devices=args.devices, runs=together)
+        arguments.check_arguments(config, workdir, devices=args.devices, runs=together)
     with _resuming(args, workdir, config_lib.ConfigError):     # a cell's step on the text's width, say
         data = corpus.load(config, text=args.text, data=args.data)
-    if args.settings_from is not None:      # what may follow the text's vocabulary (a cell's step, its state)
+    if args.settings_from is not None:      # what follows the text: a cell's step on its width, runs' states
         with _resuming(args, workdir):
-            check_arguments(config, workdir, devices=args.devices, runs=together, vocab_size=len(data.vocab))
+            arguments.check(config, data, workdir, devices=args.devices, runs=together)
     # The plan is made under the workdir's lock, held until the plot is written; said once it is held.
     with planned(config, data, workdir, devices=args.devices, runs=together) as p:
         if args.settings_from is not None:

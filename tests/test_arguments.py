@@ -140,3 +140,18 @@ def test_a_resumed_run_of_a_cell_checked_on_the_text_names_its_saved_settings(tm
     err = capsys.readouterr().err
     assert err.startswith(f"error: resuming the run in {workdir} (its saved settings, the flags given "
                           "applied): rnnjax.CELLS['halves'] makes a NarrowCell")
+
+
+def test_a_resumed_run_refused_on_its_data_names_its_saved_settings(tmp_path, capsys):
+    """The checks made once the text is read (here its steps per epoch, of the saved settings) say where the
+    settings come from, as the checks before it do."""
+    from experiments import timemachine
+    text = tmp_path / "book.txt"
+    text.write_text(small_text(5000))
+    workdir, given = str(tmp_path / "w"), ["--text", str(text), "--no-progress"]
+    assert timemachine.main(["--preset", "tiny", "--epochs", "1", *given, "--workdir", workdir]) == 0
+    capsys.readouterr()
+    assert timemachine.main([*given, "--workdir", workdir, "--epochs", str(2 ** 31)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: resuming the run in {workdir} (its saved settings, the flags given "
+                          f"applied): --epochs {2 ** 31} of ") and len(err.strip().splitlines()) == 1, err
