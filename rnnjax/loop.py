@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import signal
 import statistics
 import time
@@ -25,18 +24,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax import agree, checkpoint, computing as computing_lib, meta as meta_lib, metrics as metrics_lib
-from rnnjax import preflight
+from rnnjax import agree, checkpoint, metrics as metrics_lib, preflight
 from rnnjax.xla import compiler_options
-from rnnjax.config import SWEEPABLE
 from rnnjax.spelling import again
 from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.precision import at_precision
-from rnnjax.meta import Position
 from rnnjax.start import Plan, check_open, open_workdir
-from rnnjax.stops import (Interrupted, NonFiniteLoss, StoppedRuns, catch_signals,
-                          check_divergence, check_finite)
+from rnnjax.stops import Interrupted, StoppedRuns, catch_signals, check_finite
+from rnnjax.writer import Writer
 
 # Epochs between checkpoints: a save costs a good part of a d2l epoch (docs/performance.md).
 # The last epoch and an interrupted run are always saved.
@@ -107,38 +103,14 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     datas = [copy.copy(data) for _ in configs]    # the batch order is a function of (seed, epoch): the
     for d, c in zip(datas, configs):                # config's, as a resume from config.json has it
         d.seed = c.seed
-
-    def per_run(tree):        # a run axis where a single run has none
-        return tree if several else jax.tree.map(lambda x: x[None], tree)
-
     train, evaluate, tokens, val_batches = compile_run(p, data, step, evaluate)
     state = dp.replicate(state)
     steps_per_epoch, total, done = count_steps(p, data)
-    run_axis = 1 if dp.pmapped else 0          # after the device axis
-    high = list(position.high) or [0] * len(configs)
-    computing = p.computing         # how the run computes, the same in every meta it saves
-    computing.update(computing_lib.otherwise_since(p.computed_by, computing, p.step))
-    saved = [p.step]                # the newest step this run saved (or resumed from)
+    out = Writer(p, data, manager, metrics_log, stops, steps_per_epoch)
 
-    def check_lock():               # before each write: the workdir may have been moved or emptied (Held)
-        if p.held is not None:
-            p.held.check(f" (its last checkpoint: step {saved[0]})" if saved[0] is not None else "")
-
-    def save(epoch: int, batch: int, sums: list[dict], records: list[dict] = ()):
-        """A checkpoint; at an epoch's end, with its ``records``' validation perplexity (of runs: their
-        mean, for the best kept, and each run's own, for ``restore(best=True, run=k)``)."""
-        where = Position(epoch, batch, sums, stops.why if several else [], high)
-        runs = {"runs": [c.to_json() for c in configs]} if several else {}
-        if several and records:
-            val_ppls = {r["run"]: r["val_ppl"] for r in records}
-            runs["run_val_ppls"] = [_finite(val_ppls.get(k)) for k in range(len(configs))]
-        meta = meta_lib.make(p.config, data.vocab, dataclasses.asdict(where), steps_per_epoch, **computing,
-                             **runs)
-        host = dp.unreplicate(state)
-        val_ppl = statistics.fmean(r["val_ppl"] for r in records) if records else None
-        check_lock()
-        saved[0] = int(per_run(host.step)[0])
-        checkpoint.save(manager, saved[0], host, meta, val_ppl=val_ppl)
+    def told(done):             # after each call: progress first (a signal it sends stops here), then agreed
+        raised = _told(progress, done, total, None)
+        return agree.on_stop(stop.signum, raised, done)
 
     signum = None                     # the signal that stops the run, as every process sees it
     raised = None                     # what progress raised (an early stop, a closed pipe): saved as for one
@@ -147,67 +119,32 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             start = position.batch if epoch == position.epoch else 0
             partial = (epoch == position.epoch and position.partial) or [{}] * len(configs)
             t0 = time.perf_counter()
-            call_metrics, batch = [], start
-            for chunk in _chunks(zip(*(d.train_windows(epoch, start) for d in datas)), STEPS_PER_CALL):
-                windows = [dp.shard_stack([w[r] for w in chunk]) for r in range(len(configs))]
-                windows = jax.tree.map(lambda *x: np.stack(x, run_axis), *windows) if several else windows[0]
-                state, m = train(state, tokens, windows)
-                call_metrics.append(m)
-                wait_for_backlog(call_metrics)
-                done, batch = done + len(chunk), batch + len(chunk)
-                raised = _told(progress, done, total, None)        # first: a signal it sends stops here
-                signum, raised = agree.on_stop(stop.signum, raised, done)
-                if signum is not None or raised is not None:
-                    break
-            host = per_run(dp.unreplicate(call_metrics))
-            sums: list[dict] = [{} for _ in configs]
-            for r in stops.live:
-                steps = [jax.tree.map(lambda x: x[r], m) for m in host]
-                stops.check(r, check_finite, steps, epoch, start, steps_per_epoch)
-                if stops.why[r] is None:
-                    sums[r] = metrics_lib.add_steps(partial[r], steps)
-            stops.check_any_live(say=False)         # said after the divergence checks, with the final count
+            state, call_metrics, done, batch, signum, raised = _train(p, datas, train, state, tokens, epoch,
+                                                                      start, done, told)
+            sums = _sums(stops, out.per_run(call_metrics), partial, epoch, start, steps_per_epoch)
             if batch < steps_per_epoch:                  # stopped mid-epoch
-                save(epoch, batch, sums)
+                out.save(state, epoch, batch, sums)
                 if raised is not None:
                     checkpoint.check_saved(manager)
                     raise raised
                 raise _stopped(manager, signum, stop.signum, epoch, batch, steps_per_epoch, done, workdir)
-            val = per_run(dp.unreplicate(evaluate(state, val_batches)))
-            seconds = time.perf_counter() - t0
-            records, last = [], []      # of runs that train on; of those this epoch stopped (logged first)
-            for r in stops.live:
-                record = metrics_lib.epoch_record(epoch + 1, done, sums[r], steps_per_epoch,
-                                                  {k: float(v[r]) for k, v in val.items()}, seconds)
-                if several:
-                    record = {"run": r, **{k: getattr(configs[r], k) for k in SWEEPABLE}, **record}
-                try:
-                    far_off = stops.check(r, check_divergence, record, high[r], len(data.vocab))
-                except NonFiniteLoss as e:  # a single run diverged: its last epoch logged, saying so
-                    _log(check_lock, metrics_log, [{**record, "stopped": e.reason}])
-                    raise
-                high[r] = high[r] + 1 if far_off else 0
-                if stops.why[r] is None:
-                    records.append(record)
-                else:
-                    last.append({**record, "stopped": stops.why[r]})
-            _log(check_lock, metrics_log, last)
-            stops.check_any_live()
+            val = out.per_run(evaluate(state, val_batches))
+            records = out.records(epoch, done, sums, val, time.perf_counter() - t0)
             # One caught during validation saves this epoch and stops (every process: they agree again).
             signum, _ = agree.on_stop(stop.signum, None, done)
             checkpoint.check_failed(manager)
             # The records first: a crash between the two leaves them past the checkpoint; resume drops them.
-            _log(check_lock, metrics_log, records)
+            out.log(records)
             due = (epoch + 1) % checkpoint_every == 0 or epoch + 1 == p.config.epochs or signum is not None
             if due or raised is not None:
-                save(epoch + 1, 0, [{} for _ in configs], records)
+                out.save(state, epoch + 1, 0, [{} for _ in configs], records)
             if raised is None:    # runs: their mean perplexities, and each record; a single run: its record
                 raised = _told(progress, done, total, {"epoch": epoch + 1, **{
                     k: statistics.fmean(r[k] for r in records) for k in metrics_lib.NEEDED},
                     "runs": [dict(r) for r in records]} if several else dict(records[0]))
                 _, raised = agree.on_stop(None, raised, done)     # the next call's agreement takes a signal
                 if raised is not None and not due:
-                    save(epoch + 1, 0, [{} for _ in configs], records)
+                    out.save(state, epoch + 1, 0, [{} for _ in configs], records)
             if raised is not None:
                 checkpoint.check_saved(manager)
                 raise raised
@@ -222,6 +159,40 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     return FitResult(dp.unreplicate(state), metrics_log.read(), workdir, tuple(stops.why) if several else ())
 
 
+def _train(p: Plan, datas: list[WindowedText], train: Callable, state: Any, tokens: Any, epoch: int,
+           start: int, done: int, told: Callable[[int], tuple]) -> tuple:
+    """An epoch's training calls from batch ``start`` (each run's windows of its own ``datas``), until its
+    end or a stop that ``told(steps done)`` returns after each call: ``(state, the calls' metrics, steps
+    done, the batch reached, the signal that stops the run, what progress raised)``."""
+    run_axis = 1 if p.dp.pmapped else 0          # after the device axis
+    call_metrics, batch, signum, raised = [], start, None, None
+    for chunk in _chunks(zip(*(d.train_windows(epoch, start) for d in datas)), STEPS_PER_CALL):
+        windows = [p.dp.shard_stack([w[r] for w in chunk]) for r in range(len(datas))]
+        windows = jax.tree.map(lambda *x: np.stack(x, run_axis), *windows) if p.runs else windows[0]
+        state, m = train(state, tokens, windows)
+        call_metrics.append(m)
+        wait_for_backlog(call_metrics)
+        done, batch = done + len(chunk), batch + len(chunk)
+        signum, raised = told(done)
+        if signum is not None or raised is not None:
+            break
+    return state, call_metrics, done, batch, signum, raised
+
+
+def _sums(stops: StoppedRuns, steps_RxS: list[dict], partial: list[dict], epoch: int, start: int,
+          steps_per_epoch: int) -> list[dict]:
+    """Each run's metrics summed over its epoch's ``steps`` (after ``partial``, a resumed epoch's sums);
+    runs with a step that is not finite stopped (``stops``), their sums empty."""
+    sums: list[dict] = [{} for _ in partial]
+    for r in stops.live:
+        steps = [jax.tree.map(lambda x: x[r], m) for m in steps_RxS]
+        stops.check(r, check_finite, steps, epoch, start, steps_per_epoch)
+        if stops.why[r] is None:
+            sums[r] = metrics_lib.add_steps(partial[r], steps)
+    stops.check_any_live(say=False)         # said after the divergence checks, with the final count
+    return sums
+
+
 def _told(progress: Callable | None, done: int, total: int, record: dict | None) -> Exception | None:
     """What ``progress`` raised, if anything: the loop saves what trained, then raises it."""
     try:
@@ -232,17 +203,6 @@ def _told(progress: Callable | None, done: int, total: int, record: dict | None)
     except BaseException as e:      # sys.exit() and KeyboardInterrupt too: what trained is saved first
         return e
     return None
-
-
-def _log(check_lock: Callable, metrics_log: metrics_lib.MetricsLog, records: list[dict]) -> None:
-    if records:
-        check_lock()
-        for record in records:
-            metrics_log.append(record)
-
-
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
 
 
 def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable) -> tuple:

@@ -316,15 +316,15 @@ def test_the_best_of_a_run_that_is_not_there_is_the_run_s_sentence(small_data, t
 @pytest.mark.parametrize("keep", [3, 1])
 def test_a_run_that_stopped_early_names_a_checkpoint_from_before_it_stopped_where_one_is_kept(
         keep, small_data, tmp_path, monkeypatch):
-    from rnnjax import loop
+    from rnnjax import writer
     from rnnjax.stops import NonFiniteLoss
-    real = loop.check_divergence
+    real = writer.check_divergence
 
     def run_1_diverges_in_epoch_2(record, high, vocab_size):
         if (record["run"], record["epoch"]) == (1, 2):
             raise NonFiniteLoss("", "it diverged in epoch 2")
         return real(record, high, vocab_size)
-    monkeypatch.setattr(loop, "check_divergence", run_1_diverges_in_epoch_2)
+    monkeypatch.setattr(writer, "check_divergence", run_1_diverges_in_epoch_2)
     configs = [TINY.replace(epochs=3, seed=s) for s in (0, 1)]
     runs.fit_runs(configs, small_data, tmp_path, devices=1, log=None, checkpoint_every=1, keep=keep)
     stopped = rf"^Run 1 of {re.escape(str(tmp_path))} stopped early \(it diverged in epoch 2\)"

@@ -1,0 +1,97 @@
+"""What a planned run writes to its workdir as it trains: each epoch's records (the runs that diverge in it
+stopped) and checkpoints, whose metas say where in the run they were saved and how it computed."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from typing import Any
+
+import jax
+import numpy as np
+
+from rnnjax import checkpoint, computing as computing_lib, meta as meta_lib, metrics as metrics_lib
+from rnnjax.config import SWEEPABLE
+from rnnjax.data import WindowedText
+from rnnjax.meta import Position
+from rnnjax.start import Plan
+from rnnjax.stops import NonFiniteLoss, StoppedRuns, check_divergence
+
+
+@dataclasses.dataclass
+class Writer:
+    """What a planned run writes to its workdir as it trains (``rnnjax.loop.run``): checkpoints and metrics
+    records, each after checking that the workdir is still the one it locked."""
+    p: Plan
+    data: WindowedText
+    manager: Any
+    metrics_log: metrics_lib.MetricsLog
+    stops: StoppedRuns
+    steps_per_epoch: int
+
+    def __post_init__(self):
+        self.configs = list(self.p.runs) or [self.p.config]
+        self.high = list(self.p.position.high) or [0] * len(self.configs)   # epochs far off, per run
+        self.computing = self.p.computing         # how the run computes, the same in every meta it saves
+        self.computing.update(computing_lib.otherwise_since(self.p.computed_by, self.computing, self.p.step))
+        self.saved = self.p.step                # the newest step this run saved (or resumed from)
+
+    def per_run(self, tree: Any) -> Any:
+        """``tree`` on the host, with a run axis where a single run has none."""
+        tree = self.p.dp.unreplicate(tree)
+        return tree if self.p.runs else jax.tree.map(lambda x: x[None], tree)
+
+    def check_lock(self) -> None:      # before each write: the workdir may have been moved or emptied (Held)
+        if self.p.held is not None:
+            self.p.held.check(f" (its last checkpoint: step {self.saved})" if self.saved is not None else "")
+
+    def log(self, records: list[dict]) -> None:
+        if records:
+            self.check_lock()
+            for record in records:
+                self.metrics_log.append(record)
+
+    def save(self, state: Any, epoch: int, batch: int, sums: list[dict], records: list[dict] = ()) -> None:
+        """A checkpoint; at an epoch's end, with its ``records``' validation perplexity (of runs: their
+        mean, for the best kept, and each run's own, for ``restore(best=True, run=k)``)."""
+        several = bool(self.p.runs)
+        where = Position(epoch, batch, sums, self.stops.why if several else [], self.high)
+        runs = {"runs": [c.to_json() for c in self.configs]} if several else {}
+        if several and records:
+            val_ppls = {r["run"]: r["val_ppl"] for r in records}
+            runs["run_val_ppls"] = [_finite(val_ppls.get(k)) for k in range(len(self.configs))]
+        meta = meta_lib.make(self.p.config, self.data.vocab, dataclasses.asdict(where), self.steps_per_epoch,
+                             **self.computing, **runs)
+        host = self.p.dp.unreplicate(state)
+        val_ppl = statistics.fmean(r["val_ppl"] for r in records) if records else None
+        self.check_lock()
+        self.saved = int(np.ravel(host.step)[0])
+        checkpoint.save(self.manager, self.saved, host, meta, val_ppl=val_ppl)
+
+    def records(self, epoch: int, done: int, sums: list[dict], val: dict, seconds: float) -> list[dict]:
+        """The epoch's records of the runs that train on; those of runs that diverge in it stop them, and are
+        logged at once, saying so (a single run's, then ``NonFiniteLoss``)."""
+        records, last = [], []      # of runs that train on; of those this epoch stopped (logged first)
+        for r in self.stops.live:
+            record = metrics_lib.epoch_record(epoch + 1, done, sums[r], self.steps_per_epoch,
+                                              {k: float(v[r]) for k, v in val.items()}, seconds)
+            if self.p.runs:
+                record = {"run": r, **{k: getattr(self.configs[r], k) for k in SWEEPABLE}, **record}
+            try:
+                far_off = self.stops.check(r, check_divergence, record, self.high[r], len(self.data.vocab))
+            except NonFiniteLoss as e:  # a single run diverged: its last epoch logged, saying so
+                self.log([{**record, "stopped": e.reason}])
+                raise
+            self.high[r] = self.high[r] + 1 if far_off else 0
+            if self.stops.why[r] is None:
+                records.append(record)
+            else:
+                last.append({**record, "stopped": self.stops.why[r]})
+        self.log(last)
+        self.stops.check_any_live()
+        return records
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
