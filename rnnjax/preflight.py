@@ -60,10 +60,37 @@ def checked_step(step: Callable) -> Callable:
         return _checked.__wrapped__(step)
 
 
+def _own(f: Callable) -> bool:
+    """Whether ``f`` (or the function of a partial of it) is rnnjax's own step or evaluation."""
+    return getattr(getattr(f, "func", f), "__module__", "") in ("rnnjax.train", "rnnjax.runs")
+
+
+def sums_over_devices(jaxpr: Any) -> bool:
+    """Whether ``jaxpr``, or one inside it (a scan's, a jit's), sums or gathers over the devices' axis."""
+    for eqn in jaxpr.eqns:
+        names = eqn.params.get("axes", eqn.params.get("axis_name", ()))
+        if AXIS in (names if isinstance(names, (tuple, list)) else (names,)):
+            return True
+        for value in eqn.params.values():
+            for inner in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(inner, "jaxpr", inner)          # a ClosedJaxpr's
+                if hasattr(inner, "eqns") and sums_over_devices(inner):
+                    return True
+    return False
+
+
 @functools.lru_cache(maxsize=16)
 def _checked(step: Callable) -> Callable:
     @functools.wraps(step)
     def checked(*args, **kwargs):
+        # Over devices (pmap's axis_name), traced again for its collectives: without one, each device
+        # trains a model of its own, and the loss logged is one device's.
+        if kwargs.get("axis_name") is not None and not _own(step) and not sums_over_devices(
+                jax.make_jaxpr(functools.partial(step, **kwargs))(*args).jaxpr):
+            raise ValueError("loop.run's step sums nothing over the devices it runs on (jax.lax.psum over "
+                             "its axis_name): each would train a model of its own and log its own loss; give "
+                             "axis_name on to rnnjax.train.train_windows, or psum the gradients, loss_sum "
+                             "and count.")
         out = step(*args, **kwargs)
         metrics = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 else None
         if not isinstance(metrics, Mapping) or not {"loss_sum", "count"} <= set(metrics):
@@ -129,15 +156,19 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
         if isinstance(out, dict):
             check_keys("An evaluation's", out)
         return out
+    traced = None
     if p.dp.pmapped:            # as pmap calls it: one device of the axis
-        over = jax.vmap(lambda s, b: checked(s, b, axis_name=AXIS), in_axes=(None, 0), axis_name=AXIS)
-        out = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), jax.eval_shape(
-            over, state, jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), batches)))
+        traced, out = jax.make_jaxpr(functools.partial(checked, axis_name=AXIS), return_shape=True,
+                                     axis_env=[(AXIS, p.dp.num_shards)])(state, batches)
     else:
         out = jax.eval_shape(checked, state, batches)
     if not (isinstance(out, dict) and {"loss_sum", "count"} <= set(out)):
         raise ValueError(f"An evaluation must return a dict of 'loss_sum' and 'count' (as "
                          f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
+    if traced is not None and not _own(evaluate) and not sums_over_devices(traced.jaxpr):
+        raise ValueError(f"loop.run's evaluate sums nothing over the {p.dp.num_shards} devices it runs on "
+                         "(jax.lax.psum over its axis_name): the validation logged would be one device's "
+                         "share; give axis_name on to rnnjax.train.eval_steps, or psum loss_sum and count.")
     check_evaluated(out, (len(p.runs),) if p.runs else ())
 
 

@@ -143,3 +143,34 @@ def test_a_state_that_is_not_the_plans_is_refused_before_anything_is_written(dat
     assert sorted(os.listdir(tmp_path)) == ["old"]
     resumed = run_with(tmp_path / "old", longer, lambda p: p.state)           # the plan's own state trains on
     assert [r["epoch"] for r in resumed.history] == [1, 2]
+
+
+@pytest.mark.cpu_devices(2)
+def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data, tmp_path):
+    """Each device trained a model of its own (one of them to NaN on a batch of padding alone), and the
+    loss and validation logged were one device's, or NaN, with no error."""
+    from rnnjax import start
+
+    def own_step(state, tokens, windows, axis_name=None):       # axis_name not given on
+        return train.train_windows(state, tokens, windows)
+
+    def own_eval(state, batches, axis_name=None):
+        return train.eval_steps(state, batches)
+    config = TINY.replace(epochs=1)
+    for step, evaluate, said in [
+            (train.train_windows, own_eval,
+             r"^loop.run's evaluate sums nothing over the 2 devices it runs on \(jax.lax.psum over its "
+             r"axis_name\): the validation logged"),
+            (own_step, train.eval_steps,
+             r"^loop.run's step sums nothing over the devices it runs on \(jax.lax.psum over its "
+             r"axis_name\): each would train a model of its own")]:
+        with start.planned(config, data, tmp_path, devices=2) as p:
+            with pytest.raises(ValueError, match=said):
+                loop.run(p, data, create_train_state(config, len(data.vocab)), step, evaluate)
+        assert checkpoint.steps(tmp_path) == [] and not (tmp_path / metrics.FILENAME).exists()
+
+    def summed_step(state, tokens, windows, axis_name=None):   # a step of one's own that sums: it trains
+        return train.train_windows(state, tokens, windows, axis_name=axis_name)
+    with start.planned(config, data, tmp_path, devices=2) as p:
+        loop.run(p, data, create_train_state(config, len(data.vocab)), summed_step, train.eval_steps)
+    assert checkpoint.steps(tmp_path) == [data.num_batches(True)]
