@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -61,9 +62,21 @@ def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
         if not (callable(getattr(stepper, "init", None)) and callable(getattr(stepper, "update", None))):
             raise ConfigError(f"{name} made {got(stepper)}, not an optax transformation (init, update): "
                               "clipped takes an optax optimizer, optax.adamw, not optax.adamw(0.01).")
-        return optax.chain(kept(optax.clip_by_global_norm)(max_norm=config.clip), stepper)
+        return optax.chain(kept(clip_by_global_norm)(max_norm=config.clip), stepper)
     make.clipped = optimizer            # what registered_as says
     return make
+
+
+def clip_by_global_norm(max_norm: float | jax.Array) -> optax.GradientTransformation:
+    """``optax.clip_by_global_norm``, each update scaled in its own dtype: runs trained together keep
+    ``max_norm`` in their state as a float32 array, which made a bfloat16 parameter's clipped update float32
+    (and optax's select refused to mix them)."""
+    def update(updates, state, params=None):
+        norm = optax.tree.norm(updates)
+        small = jnp.squeeze(norm < max_norm)
+        return jax.tree.map(lambda t: jax.lax.select(
+            small, t, (t / norm.astype(t.dtype)) * jnp.asarray(max_norm, t.dtype)), updates), state
+    return optax.GradientTransformation(optax.init_empty_state, update)
 
 
 def _is_int(x: Any) -> bool:
@@ -179,9 +192,11 @@ def check_update(config: Any, state: Any, per_run: bool = False) -> None:
         name = spelt('optimizer', config.optimizer)
         if traced(per_run, e):
             raise ValueError(f"{name} cannot step{failing(per_run, e)}.") from None
-        raise ValueError(f"{name} cannot step on the gradients alone, as a run steps it{failing(False, e)}: "
-                         "one that needs more (optax.contrib.reduce_on_plateau a value=, optax.lookahead "
-                         "parameters of its own) does not train here.") from None
+        more = isinstance(e, AttributeError) or "required" in str(e)     # an argument, or params of its own
+        hint = (": one that needs more (optax.contrib.reduce_on_plateau a value=, optax.lookahead parameters "
+                "of its own) does not train here" if more else "")
+        raise ValueError(f"{name} cannot step on the gradients alone, as a run steps it"
+                         f"{failing(False, e)}{hint}.") from None
     before, after = leaf_types(state.opt_state), leaf_types(stepped)
     if before != after:         # a call's steps are one scan, whose carry keeps its type
         what = next((f"{k or 'its state'} {said_type(before.get(k))} before, {said_type(after.get(k))} after"

@@ -140,6 +140,12 @@ def plateau(config, per_run=False):
     return optax.chain(optimizers.clipped(optax.sgd)(config, per_run), optax.contrib.reduce_on_plateau())
 
 
+def mixing(config, per_run=False):
+    """Fails on the gradients as optax's clip did on a bfloat16 parameter of runs: for no want of more."""
+    return optax.GradientTransformation(optax.init_empty_state, lambda grads, state, params=None: (
+        jax.tree.map(lambda g: jax.lax.select(True, g, g.astype(jnp.bfloat16)), grads), state))
+
+
 def drifting(config, per_run=False):
     """A state that turns from int32 to float32 as it steps."""
     return optax.GradientTransformation(
@@ -177,6 +183,8 @@ def test_an_optimizer_runs_cannot_trace_is_refused_in_one_sentence(small_data, t
     (plateau, r"cannot step on the gradients alone, as a run steps it \(TypeError: .*'value'\): one that "
               r"needs more \(optax.contrib.reduce_on_plateau a value=, optax.lookahead parameters of its "
               r"own\) does not train here\.$"),
+    (mixing, r"cannot step on the gradients alone, as a run steps it \(TypeError: lax.select requires "
+             r"arguments to have the same dtypes, .*\)\.$"),
     (drifting, r"returns a state of other shapes or dtypes than it was given \(\['count'\] int32\[\] "
                r"before, float32\[\] after\): a run's steps need one that keeps them\.$")])
 @pytest.mark.parametrize("several", [False, True])
@@ -358,3 +366,50 @@ def test_runs_saved_with_an_int_argument_in_their_state_say_why_they_do_not_resu
     monkeypatch.setitem(rnnjax.OPTIMIZERS, "counted", optimizers.clipped(counted))
     with pytest.raises(checkpoint.StateMismatch, match=r"the run was trained with another optimizer than"):
         rnnjax.fit_runs([r.replace(epochs=2) for r in runs], small_data, tmp_path, devices=1, log=None)
+
+
+def test_clipping_is_optax_s_each_update_in_its_own_dtype():
+    """Runs trained together keep max_norm in their state, a float32 array: optax's clip made a bfloat16
+    parameter's update float32 there and refused to select between the two (a bfloat16 parameter trained
+    alone, not with --seeds)."""
+    f32 = {"w": jnp.array([3.0, 4.0]), "b": jnp.array(0.25)}
+    half = jax.tree.map(lambda x: x.astype(jnp.bfloat16), f32)
+    for grads, max_norm in ((f32, 1.0), (f32, jnp.float32(1.0)), (f32, 9.0), (half, 1.0)):
+        ours = optimizers.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())[0]
+        theirs = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())[0]
+        jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+        assert jax.tree.map(lambda x: x.dtype, ours) == jax.tree.map(lambda x: x.dtype, theirs)
+    with pytest.raises(TypeError, match="lax.select requires arguments to have the same dtypes"):
+        jax.jit(optax.clip_by_global_norm(jnp.float32(1.0)).update)(half, optax.EmptyState())
+    runs = jax.jit(optimizers.clip_by_global_norm(jnp.float32(1.0)).update)(half, optax.EmptyState())[0]
+    expected = optax.clip_by_global_norm(1.0).update(half, optax.EmptyState())[0]
+    assert jax.tree.map(lambda x: x.dtype, runs) == jax.tree.map(lambda x: x.dtype, half)
+    jax.tree.map(np.testing.assert_array_equal, runs, expected)
+
+
+def test_runs_of_a_cell_with_a_bfloat16_parameter_train_together(small_data, tmp_path, monkeypatch):
+    import flax.linen as nn
+
+    from rnnjax import model as model_lib, runs
+
+    class HalfInput(nn.RNNCellBase):       # its input weights kept in bfloat16
+        features: int
+
+        @nn.compact
+        def __call__(self, h, x):
+            w = self.param("w", nn.initializers.lecun_normal(), (x.shape[-1], self.features), jnp.bfloat16)
+            h = jnp.tanh((x.astype(jnp.bfloat16) @ w).astype(jnp.float32) + nn.Dense(self.features)(h))
+            return h, h
+
+        @nn.nowrap
+        def initialize_carry(self, rng, input_shape):
+            return jnp.zeros((*input_shape[:-1], self.features))
+
+        @property
+        def num_feature_axes(self):
+            return 1
+    monkeypatch.setitem(model_lib.CELLS, "half", HalfInput)
+    configs = [TINY.replace(cell="half", epochs=1, seed=s) for s in (0, 1)]
+    result = runs.fit_runs(configs, small_data, tmp_path, devices=1, log=None)
+    assert result.state.params["rnn"]["cell"]["w"].dtype == jnp.bfloat16
+    assert all(np.isfinite(r["val_ppl"]) for r in result.history) and len(result.history) == 2
