@@ -13,6 +13,7 @@ that ``RNN``, ``RNNLM``, generation and checkpoints ask of a cell:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from typing import Any
@@ -104,6 +105,13 @@ def step_problem(cell: nn.Module, input_size: int) -> str | None:
         # else no gradient reaches the cell's weights: it would train as a model of the tokens' frequencies
         return f"returns y as {_shapes(y)}: the output layer takes real floating-point features"
     return None
+
+
+def sized_otherwise(cell: nn.Module) -> str | None:
+    """The name of ``cell``'s first field where it is not an int: rnnjax makes a cell as
+    ``CELLS[name](num_hiddens)``, the hidden size given to that field."""
+    fields = [f for f in dataclasses.fields(cell) if f.init and f.name not in ("parent", "name")]
+    return fields[0].name if fields and fields[0].type not in (int, "int") else None
 
 
 def _shapes(tree: Any) -> str:

@@ -18,7 +18,7 @@ from rnnjax.cells import OWN_CELLS, registered_own
 from rnnjax.config import Config, ConfigError
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
 from rnnjax.precision import COMPUTE_DTYPES
-from rnnjax.protocol import StepFailed, StepProblem, lacks, step_problem
+from rnnjax.protocol import StepFailed, StepProblem, lacks, sized_otherwise, step_problem
 from rnnjax.spelling import leaf_types, spelt
 
 TrainState = train_state.TrainState
@@ -79,8 +79,10 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
         except StepFailed as e:             # in the cell's own code: said, and raised from its error
             problem, cause = str(e), e.__cause__
     if problem:         # rather than JAX's error about scan's carry, or flax's about its rngs, mid-trace
+        field = sized_otherwise(cell)
+        hint = f" (num_hiddens={config.num_hiddens} went to its first field, {field})" if field else ""
         raise StepProblem(f"rnnjax.CELLS[{config.cell!r}] makes a {type(cell).__name__} whose step "
-                          f"{problem}.") from cause
+                          f"{problem}{hint}.") from cause
     remat = kernel == "fused"
     if config.num_layers == 1 and not config.bidirectional:      # dropout acts between layers only
         rnn = RNN(cell, unroll=config.unroll, remat=remat)
