@@ -8,6 +8,19 @@ checkpoints, and the stops of ``rnnjax.stops`` (``StoppedRuns``; signals).
 ``rnnjax.train.fit`` gives it ``train_windows``; ``rnnjax.runs.fit_runs`` that
 step vmapped over runs stacked on a leading axis, where a run that stops leaves
 the others training.
+
+A step of one's own (a z-loss, say) is written as ``train_windows`` is, or wraps
+it; over several devices its gradients, ``loss_sum`` and ``count`` are summed
+over ``axis_name`` (``jax.lax.psum``; one that sums nothing is refused), and
+``rng`` is the config's dropout key::
+
+    def my_step(state, tokens, windows, axis_name=None):
+        rng = rnnjax.train.dropout_key(config)       # None without dropout
+        return rnnjax.train.train_windows(state, tokens, windows, axis_name, rng)
+
+    with rnnjax.start.planned(config, data, workdir) as p:     # the workdir's lock held
+        state = rnnjax.create_train_state(config, len(data.vocab)) if p.state is None else p.state
+        result = rnnjax.loop.run(p, data, state, my_step, rnnjax.eval_steps)
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ and workdirs saved before the loop was one (checkpoint format 2) resumed as they
 import json
 import os
 import signal
+import textwrap
 import time
 
 import jax
@@ -449,3 +450,17 @@ def test_an_epoch_is_calls_of_steps_per_call_the_last_taking_what_is_left_along(
     calls = {n: [len(c) for c in loop._chunks(iter(range(n)), STEPS_PER_CALL)]
              for n in (0, 9, 10, 19, 20, 23, 61)}
     assert calls == {0: [], 9: [9], 10: [10], 19: [19], 20: [10, 10], 23: [10, 13], 61: [10] * 5 + [11]}
+
+
+@pytest.mark.cpu_devices(2)
+def test_the_docstring_s_loop_of_ones_own_runs_as_written_and_trains_as_fit_does(data, tmp_path):
+    import re
+
+    import rnnjax
+    [example] = re.findall(r"::\n\n((?:    .*\n|\n)+)", loop.__doc__)
+    config = TINY.replace(epochs=1, num_layers=2, dropout=0.5)
+    scope = {"rnnjax": rnnjax, "config": config, "data": data, "workdir": tmp_path / "own"}
+    exec(textwrap.dedent(example), scope)
+    fitted = fit(config, data, tmp_path / "fit", log=None)
+    np.testing.assert_array_equal(*(jax.flatten_util.ravel_pytree(r.state.params)[0]
+                                    for r in (fitted, scope["result"])))
