@@ -29,7 +29,7 @@ import optax
 
 from rnnjax.cells import described
 from rnnjax.config import ConfigError
-from rnnjax.spelling import as_flags, got, leaf_types, said_type, spelt
+from rnnjax.spelling import as_flags, got, leaf_types, spelt, type_change
 
 
 def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
@@ -197,10 +197,8 @@ def check_update(config: Any, state: Any, per_run: bool = False) -> None:
                 "of its own) does not train here" if more else "")
         raise ValueError(f"{name} cannot step on the gradients alone, as a run steps it"
                          f"{failing(False, e)}{hint}.") from None
-    before, after = leaf_types(state.opt_state), leaf_types(stepped)
-    if before != after:         # a call's steps are one scan, whose carry keeps its type
-        what = next((f"{k or 'its state'} {said_type(before.get(k))} before, {said_type(after.get(k))} after"
-                     for k in [*before, *after] if before.get(k) != after.get(k)))
+    what = type_change(leaf_types(state.opt_state), leaf_types(stepped))
+    if what:         # a call's steps are one scan, whose carry keeps its type
         raise ValueError(f"{spelt('optimizer', config.optimizer)} returns a state of other shapes or dtypes "
                          f"than it was given ({what}): a run's steps need one that keeps them.")
 

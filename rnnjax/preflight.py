@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from rnnjax import metrics as metrics_lib
-from rnnjax.spelling import got, spelt
+from rnnjax.spelling import got, leaf_types, spelt, type_change
 from rnnjax.data import WindowedText
 from rnnjax.parallel import AXIS
 from rnnjax.start import Plan
@@ -100,6 +100,10 @@ def _checked(step: Callable) -> Callable:
             raise ValueError(f"loop.run's step returns (state, metrics), metrics a dict holding loss_sum and "
                              f"count a step (as rnnjax.train.train_step's); {given}.")
         check_keys("The step's", metrics)
+        changed = type_change(leaf_types(args[0]), leaf_types(out[0]))
+        if changed:         # the next call's program, compiled for the state given, would fail deep inside
+            raise ValueError(f"loop.run's step returns a state of other shapes or dtypes than it was given "
+                             f"({changed}): keep each as it was (x.astype(given.dtype)).")
         shape = np.shape(metrics["loss_sum"])
         shaped = {k: np.shape(v) for k, v in metrics.items() if np.shape(v) != shape or not shape}
         if shaped:      # not shape: summed over the call's steps, which are on a first axis

@@ -104,6 +104,13 @@ def leaf_types(tree: Any) -> dict[str, tuple[tuple, str]]:
             for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def type_change(before: dict, after: dict) -> str | None:
+    """The first leaf whose type differs between two ``leaf_types``, as a clause: ``['count'] int32[] before,
+    float32[] after``; ``None`` if none does."""
+    return next((f"{k or 'its state'} {said_type(before.get(k))} before, {said_type(after.get(k))} after"
+                 for k in [*before, *after] if before.get(k) != after.get(k)), None)
+
+
 def said_type(shape_dtype: tuple | None) -> str:
     """A ``leaf_types`` value as a message says it (``float32[16, 28]``), or ``none``."""
     return "none" if shape_dtype is None else f"{shape_dtype[1]}{list(shape_dtype[0])}"

@@ -174,3 +174,19 @@ def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data
     with start.planned(config, data, tmp_path, devices=2) as p:
         loop.run(p, data, create_train_state(config, len(data.vocab)), summed_step, train.eval_steps)
     assert checkpoint.steps(tmp_path) == [data.num_batches(True)]
+
+
+def test_a_step_returning_a_state_of_other_dtypes_is_refused_as_it_is_traced(data, tmp_path):
+    """It failed at the next call, deep in the fused kernel (lax.dynamic_update_slice's dtypes)."""
+    from rnnjax import start
+
+    def halving(state, tokens, windows, axis_name=None):
+        state, metrics = train.train_windows(state, tokens, windows, axis_name)
+        return state.replace(params=jax.tree.map(lambda x: x.astype(jnp.bfloat16), state.params)), metrics
+    config = TINY.replace(epochs=1)
+    with start.planned(config, data, tmp_path, devices=1) as p:
+        said = (r"^loop.run's step returns a state of other shapes or dtypes than it was given "
+                r"\(.params\['\w+'\].* float32\[.*\] before, bfloat16\[.*\] after\): keep each as it was")
+        with pytest.raises(ValueError, match=said):
+            loop.run(p, data, create_train_state(config, len(data.vocab)), halving, train.eval_steps)
+    assert checkpoint.steps(tmp_path) == []
