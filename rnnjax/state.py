@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -103,8 +104,8 @@ def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
     """Step 0 of each config's run, stacked on a leading run axis (its own seed, ``clip`` and ``lr``)."""
     model = make_model(configs[0], vocab_size)
     seeds = jnp.array([c.seed for c in configs], jnp.uint32)        # each run's init as create_train_state's
-    params = CompiledPerShape(jax.jit(jax.vmap(_init(model, configs[0].num_steps))),
-                              init_compiler_options())(seeds)
+    params = _initialized(CompiledPerShape(jax.jit(jax.vmap(_init(model, configs[0].num_steps))),
+                                           init_compiler_options()), seeds, configs[0])
     opt_states = [make_optimizer(c, per_run=True).init(jax.tree.map(lambda x: x[r], params))
                   for r, c in enumerate(configs)]
     optimizers.check_kept(configs, opt_states)
@@ -170,8 +171,23 @@ def create_train_state(config: Config, vocab_size: int, params: Any = None) -> T
         # rnnjax's cells make parameters of their fields alone; another's may follow a setting of its module.
         own = registered_own(config.cell)
         made = () if own else tuple(leaf_types(_made(model, config.num_steps)).items())
-        params = _compiled_init(model, config.num_steps, made)(np.uint32(config.seed))
+        params = _initialized(_compiled_init(model, config.num_steps, made), np.uint32(config.seed), config)
     return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+
+
+def _initialized(init: Callable, seeds: Any, config: Config) -> Any:
+    """``init(seeds)``; a dtype the backend's kernels lack (JAX's LAPACK on a CPU has no bfloat16, which
+    flax's orthogonal initializer needs) in one sentence."""
+    try:
+        return init(seeds)
+    except NotImplementedError as e:
+        dtype = re.search(r"Unsupported dtype (\w+)", str(e))
+        if not dtype:
+            raise
+        raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] makes {dtype[1]} parameters, which JAX cannot "
+                          f"initialize on {jax.default_backend().upper()} (its initializer's 'Unsupported "
+                          f"dtype {dtype[1]}'): keep them float32 and set compute_dtype='bfloat16' for "
+                          "bfloat16 matmuls.") from None
 
 
 def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
