@@ -12,7 +12,7 @@ from rnnjax import arguments, checkpoint, optimizers
 from rnnjax.config import ConfigError
 from rnnjax.train import fit
 
-from conftest import TINY
+from conftest import TINY, DenseCell
 
 
 @pytest.mark.parametrize("per_run", [False, True])
@@ -392,22 +392,12 @@ def test_runs_of_a_cell_with_a_bfloat16_parameter_train_together(small_data, tmp
 
     from rnnjax import model as model_lib, runs
 
-    class HalfInput(nn.RNNCellBase):       # its input weights kept in bfloat16
-        features: int
-
+    class HalfInput(DenseCell):       # its input weights kept in bfloat16
         @nn.compact
         def __call__(self, h, x):
             w = self.param("w", nn.initializers.lecun_normal(), (x.shape[-1], self.features), jnp.bfloat16)
             h = jnp.tanh((x.astype(jnp.bfloat16) @ w).astype(jnp.float32) + nn.Dense(self.features)(h))
             return h, h
-
-        @nn.nowrap
-        def initialize_carry(self, rng, input_shape):
-            return jnp.zeros((*input_shape[:-1], self.features))
-
-        @property
-        def num_feature_axes(self):
-            return 1
     monkeypatch.setitem(model_lib.CELLS, "half", HalfInput)
     configs = [TINY.replace(cell="half", epochs=1, seed=s) for s in (0, 1)]
     result = runs.fit_runs(configs, small_data, tmp_path, devices=1, log=None)
