@@ -234,9 +234,15 @@ def test_a_damaged_cache_entry_is_made_again_not_trained_on(text_file, monkeypat
         order = meta["vocab"]["idx_to_token"]
         order[2], order[3] = order[3], order[2]
         path.write_text(json.dumps(meta))
+
+    def header_byte(path):      # numpy's header parser raised tokenize.TokenError, through every later run
+        data = bytearray(path.read_bytes())
+        data[data.index(b"'shape': ") + 9] = 7
+        path.write_bytes(bytes(data))
     for damage in (lambda: np.save(tokens, np.roll(np.load(tokens), 1), allow_pickle=False),
                    lambda: np.save(tokens, np.full_like(np.load(tokens), 999), allow_pickle=False),
-                   lambda: swap_two_tokens(vocab)):
+                   lambda: swap_two_tokens(vocab), lambda: header_byte(tokens),
+                   lambda: tokens.write_bytes(tokens.read_bytes()[:100]), lambda: vocab.write_text("{")):
         damage()
         again = Corpus.from_config(text_file, TEXT)
         assert not again.cache_hit and again.vocab == first.vocab
