@@ -36,6 +36,12 @@ from rnnjax.tidy import REMOVING
 UNSAFE = "[]\\*?"
 
 
+# The longest path the system takes (Linux's PATH_MAX), and what orbax writes below a workdir, with room:
+# a step's temporary folders and its data files (checkpoints/13.orbax-checkpoint-tmp-.../state/...).
+PATH_MAX = 4096
+BELOW = 256
+
+
 def check_path(workdir: Path) -> None:
     """``WorkdirError`` if ``workdir``'s absolute path holds a character orbax cannot take (``UNSAFE``, or
     bytes that are not UTF-8, or a folder orbax reads as a URL), a name too long for the system, or if it
@@ -56,6 +62,10 @@ def check_path(workdir: Path) -> None:
     if longest > 255:               # NAME_MAX of every common file system
         raise WorkdirError(f"The workdir {path} has a name of {longest} bytes in its path; the system takes "
                            "at most 255.")
+    if len(os.fsencode(path)) + BELOW > PATH_MAX:      # else it trains, then its first save fails
+        raise WorkdirError(f"The workdir's path is {len(os.fsencode(path))} bytes long, and the paths a run "
+                           f"writes below it take up to {BELOW} more, past the system's {PATH_MAX}; use a "
+                           f"{spelt('workdir')} of a shorter path.")
     cloud = [part for part in workdir.absolute().parts if part.endswith("gs:")]
     if cloud:                       # orbax rewrites ".../gs:/..." as a gs:// URL: every save fails
         raise WorkdirError(f"The workdir {path} has a folder {cloud[0]!r} in its path, which orbax reads as "

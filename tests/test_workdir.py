@@ -36,6 +36,19 @@ def test_paths_orbax_or_the_system_cannot_take_are_refused_before_any_work(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gone"]            # nothing made
 
 
+def test_a_path_too_long_for_what_a_run_writes_below_it_is_refused_before_any_work(tmp_path):
+    """Near PATH_MAX it trained, then its first save failed in orbax ("free space"), at each run again."""
+    need = workdir.PATH_MAX - workdir.BELOW - len(os.fsencode(str(tmp_path.absolute())))
+    parts = ["x" * 99] * (need // 100 - 1)                     # each a "/" and 99 bytes
+    fits = tmp_path.joinpath(*parts, "y" * (need - 100 * len(parts) - 1))    # the longest path it takes
+    assert len(os.fsencode(str(fits.absolute()))) == workdir.PATH_MAX - workdir.BELOW
+    workdir.check_writable(fits)
+    said = (rf"^The workdir's path is {len(os.fsencode(str(fits))) + 1} bytes long, and the paths a run "
+            r"writes below it take up to 256 more, past the system's 4096; use a (--)?workdir of a shorter")
+    with pytest.raises(workdir.WorkdirError, match=said):
+        workdir.check_writable(Path(str(fits) + "y"))
+
+
 def test_a_folder_orbax_takes_for_a_url_or_inside_a_run_s_checkpoints_is_refused(tmp_path):
     """``gs:`` (``--workdir gs://bucket/run``, a local folder here) failed only at the first save; a workdir
     in a run's ``checkpoints/`` went when that run deleted the checkpoint."""
