@@ -56,6 +56,12 @@ def not_read(step: int, directory: Path, what: str, e: Exception) -> CheckpointE
     while cause is not None and not denied:
         denied = isinstance(cause, PermissionError) or "PERMISSION_DENIED" in str(cause)
         cause = cause.__cause__ or cause.__context__
+    if not denied:      # a folder it may not list: orbax says the files in it are missing
+        failed = []
+        for _ in os.walk(directory / str(step), onerror=failed.append):
+            pass
+        e = next((x for x in failed if isinstance(x, PermissionError)), e)      # the folder, said
+        denied = isinstance(e, PermissionError)
     if denied:
         return UnreadableCheckpoint(f"The checkpoint at step {step} in {directory} {what} ({reason(e)}): it "
                                     f"is not damaged; fix its permissions and {again('try again')}.")

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -624,6 +625,33 @@ def test_a_checkpoint_this_process_may_not_read_is_not_set_aside_as_damaged(
         with pytest.raises(stored.UnreadableCheckpoint, match=said):
             call()
     assert sorted(checkpoint.steps(tmp_path)) == [13, 26] and not (tmp_path / checkpoint.DAMAGED).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="drops root's file capabilities")
+def test_a_checkpoint_folder_this_process_may_not_list_is_not_called_damaged(small_data, tmp_path):
+    """orbax says the files of a folder it may not list are missing: restore and --predict called the
+    checkpoint damaged (fallback=True took an older one, saying nothing), where a resume said permissions."""
+    fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
+    (tmp_path / checkpoint.SUBDIR / "26" / "state").chmod(0)
+    code = ("from rnnjax import checkpoint\n"
+            "for fallback in (False, True):\n"
+            "    try:\n"
+            f"        checkpoint.restore({str(tmp_path)!r}, fallback=fallback)\n"
+            "    except checkpoint.CheckpointError as e:\n"
+            "        print(type(e).__name__, e)\n")
+    state = tmp_path / checkpoint.SUBDIR / "26" / "state"
+    try:
+        out = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner",
+                              sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             check=True).stdout
+    finally:
+        state.chmod(0o755)
+    said = (f"UnreadableCheckpoint The checkpoint at step 26 in {state.parent.parent} cannot be restored "
+            f"(PermissionError: [Errno 13] Permission denied: '{state}'): it is not damaged; fix its "
+            "permissions")
+    assert [line[:len(said)] for line in out.splitlines()] == [said, said], out
+    assert checkpoint.restore(tmp_path).step == 26 and not (tmp_path / checkpoint.DAMAGED).exists()
 
 
 @pytest.mark.parametrize("several", [False, True])
