@@ -187,8 +187,10 @@ def lock(workdir: Path, flag: str | None = None) -> Iterator[Held]:
                 fds.append(fd)
         except BlockingIOError:
             raise WorkdirError(_in_use(workdir, _holder(workdir), flag)) from None
-        except OSError as e:
-            raise WorkdirError(f"{_named(flag)} {workdir} cannot be written ({describe(e)}).") from None
+        except OSError as e:        # the folder, or its lock file (read-only, say): the one that failed
+            where = f"{e.filename}: " if e.filename and Path(e.filename) != workdir else ""
+            said = f"{_named(flag)} {workdir} cannot be written ({where}{describe(e)})."
+            raise WorkdirError(said) from None
         try:
             os.ftruncate(fds[0], 0)
             os.write(fds[0], str(os.getpid()).encode())

@@ -107,6 +107,8 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     try:            # a name too long for the system, a folder this process may not list: one sentence
         if workdir.exists() and not workdir.is_dir():
             raise CheckpointError(f"The workdir {workdir} is a file; give the folder a run was trained in.")
+        if directory.exists() and not directory.is_dir():
+            raise CheckpointError(f"{directory} is not a folder; move it aside to train or restore.")
         if not directory.is_dir():
             real = workdir.resolve() if workdir.is_dir() else workdir    # ".", a link: where it is
             for held, step_of in ((real, ""), (real.parent, f" (step={real.name})")):

@@ -56,7 +56,10 @@ def saved_runs(workdir: Path) -> tuple[list[Config], dict, str, bool] | None:
     if found:
         return *found[:2], "its config.json", found[2]
     if newest:
-        source = f"its checkpoint step {newest[2]}, config.json being missing or damaged"
+        path = Path(workdir) / CONFIG
+        why = ("missing" if not path.exists() else "unreadable" if not os.access(path, os.R_OK)
+               else "damaged")
+        source = f"its checkpoint step {newest[2]}, config.json being {why}"
         return *newest[:2], source, newest[3]
     return None
 

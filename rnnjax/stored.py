@@ -196,9 +196,12 @@ def steps(workdir: Path) -> list[int]:
 
 
 def unreadable_workdir(workdir: Path, e: OSError) -> CheckpointError:
-    """A workdir that cannot be listed, in one sentence (a name too long for the system shown cut)."""
-    shown = str(workdir) if len(str(workdir)) <= 200 else f"{str(workdir)[:100]}..."
-    return CheckpointError(f"The workdir {shown} cannot be read ({e.strerror or e}).")
+    """A workdir that cannot be listed, in one sentence, naming the folder in it that failed (a name too long
+    for the system shown cut)."""
+    def shown(path):
+        return str(path) if len(str(path)) <= 200 else f"{str(path)[:100]}..."
+    where = f"{shown(e.filename)}: " if e.filename and Path(e.filename) != workdir else ""
+    return CheckpointError(f"The workdir {shown(workdir)} cannot be read ({where}{e.strerror or e}).")
 
 
 def latest_step(workdir: Path) -> int | None:

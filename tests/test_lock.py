@@ -170,8 +170,19 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         pass
 
 
-def test_an_unmakeable_workdir_is_one_error(tmp_path):
+def test_an_unmakeable_workdir_is_one_error(tmp_path, monkeypatch):
     (tmp_path / "f").write_text("x")
     with pytest.raises(lock.WorkdirError, match="cannot be written"):
         with lock.lock(tmp_path / "f" / "sub"):
+            pass
+    opened = os.open
+
+    def read_only(path, *args, **kwargs):       # a read-only lock file, as a user who is not root meets it
+        if os.path.basename(path) == lock.LOCKFILE:
+            raise PermissionError(13, "Permission denied", str(path))
+        return opened(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(lock.WorkdirError, match=rf"^The workdir {tmp_path} cannot be written \("
+                                                rf"{tmp_path / lock.LOCKFILE}: Permission denied\)\.$"):
+        with lock.lock(tmp_path):
             pass

@@ -253,6 +253,12 @@ def test_a_workdir_that_cannot_be_read_is_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "listdir", denied)
     with pytest.raises(CheckpointError, match=rf"^The workdir {tmp_path} cannot be read \(Permission denied"):
         checkpoint.restore(tmp_path)
+    monkeypatch.undo()
+    (tmp_path / checkpoint.SUBDIR).rmdir()
+    (tmp_path / checkpoint.SUBDIR).write_text("")        # not "holds no checkpoints; train first"
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path / checkpoint.SUBDIR} is not a folder; move it "
+                                              r"aside to train or restore\.$"):
+        checkpoint.restore(tmp_path)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 --epochs 200`` resumes a run made with any preset and flags), and where they write."""
 
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -213,7 +214,7 @@ def test_a_preset_given_or_a_workdir_without_a_run_takes_the_preset_and_the_flag
     assert settings(text)[0][0].preprocess == "raw" and settings(text)[1].name.startswith("book-")
 
 
-def test_without_a_readable_config_json_the_newest_checkpoint_s_settings_are_read(tmp_path):
+def test_without_a_readable_config_json_the_newest_checkpoint_s_settings_are_read(tmp_path, monkeypatch):
     w = tmp_path / "w"
     run = TINY.replace(lr=2.0)
     manager = checkpoint.manager(w / checkpoint.SUBDIR)
@@ -226,7 +227,24 @@ def test_without_a_readable_config_json_the_newest_checkpoint_s_settings_are_rea
     (w / "config.json").write_text("{torn")
     args = cli.parse_args(["--workdir", str(w)])
     assert settings(args)[0] == [run]
-    assert args.settings_from == "its checkpoint step 1, config.json being missing or damaged"   # said so
+    assert args.settings_from == "its checkpoint step 1, config.json being damaged"   # said so
+    (w / "config.json").unlink()
+    args = cli.parse_args(["--workdir", str(w)])
+    assert settings(args)[0] == [run] and args.settings_from.endswith("config.json being missing")
+    (w / "config.json").write_text("{}")
+    access, opened = os.access, Path.read_text
+
+    def denied(path, *args, **kwargs):      # its permissions, as a user who is not root meets them
+        if Path(path).name == "config.json":
+            raise PermissionError(13, "Permission denied", str(path))
+        return opened(path, *args, **kwargs)
+
+    def readable(path, mode):
+        return Path(path).name != "config.json" and access(path, mode)
+    monkeypatch.setattr(Path, "read_text", denied)
+    monkeypatch.setattr(os, "access", readable)
+    args = cli.parse_args(["--workdir", str(w)])
+    assert settings(args)[0] == [run] and args.settings_from.endswith("config.json being unreadable")
     (w / checkpoint.SUBDIR / "007").mkdir()          # a folder orbax would misread: the run says so later
     assert settings(cli.parse_args(["--workdir", str(w), "--lr", "3"]))[0] == [Config(lr=3.0)]
 

@@ -219,7 +219,7 @@ def test_a_checkpoints_folder_that_cannot_be_listed_is_one_sentence_where_read(t
             raise PermissionError(13, "Permission denied", str(self))
         return listed(self)
     monkeypatch.setattr(Path, "iterdir", denied)
-    said = rf"^The workdir {tmp_path} cannot be read \(Permission denied\)\.$"
+    said = rf"^The workdir {tmp_path} cannot be read \({tmp_path / checkpoint.SUBDIR}: Permission denied\)\.$"
     for read in (stored.steps, checkpoint.restore,
                  lambda w: fit(TINY.replace(epochs=2), data, w, devices=1, log=None)):
         with pytest.raises(stored.CheckpointError, match=said):
