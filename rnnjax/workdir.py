@@ -47,6 +47,9 @@ def check_path(workdir: Path) -> None:
     bytes that are not UTF-8, or a folder orbax reads as a URL), a name too long for the system, or if it
     lies inside another run's checkpoints."""
     path = str(workdir.absolute())
+    if workdir.absolute() == workdir.absolute().parent:        # as root, a run wrote its files there
+        raise WorkdirError(f"The workdir {path} is the file system's root; give a {spelt('workdir')} of "
+                           "the run's own.")
     bad = sorted(set(path) & set(UNSAFE))
     if bad:
         raise WorkdirError(f"The workdir {workdir.absolute()} has {' and '.join(map(repr, bad))} in its "

@@ -34,6 +34,8 @@ def test_paths_orbax_or_the_system_cannot_take_are_refused_before_any_work(tmp_p
             workdir.check_writable(path)
     workdir.check_writable(tmp_path / ("x" * 255))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gone"]            # nothing made
+    with pytest.raises(workdir.WorkdirError, match=r"^The workdir / is the file system's root; give a "):
+        workdir.check_writable(Path("/"))                # as root, a run wrote its files there
 
 
 def test_a_path_too_long_for_what_a_run_writes_below_it_is_refused_before_any_work(tmp_path):
