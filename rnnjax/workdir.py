@@ -37,9 +37,10 @@ UNSAFE = "[]\\*?"
 
 
 # The longest path the system takes (Linux's PATH_MAX), and what orbax writes below a workdir, with room:
-# a step's temporary folders and its data files (checkpoints/13.orbax-checkpoint-tmp-.../state/...).
+# a step's data files, about 75 bytes (checkpoints/13/state/ocdbt.process_0/d/<32 hex>), and 30 more as
+# its folder is written under a temporary name.
 PATH_MAX = 4096
-BELOW = 256
+BELOW = 128
 
 
 def check_path(workdir: Path) -> None:
@@ -47,8 +48,9 @@ def check_path(workdir: Path) -> None:
     bytes that are not UTF-8, or a folder orbax reads as a URL), a name too long for the system, or if it
     lies inside another run's checkpoints."""
     path = str(workdir.absolute())
-    if workdir.absolute() == workdir.absolute().parent:        # as root, a run wrote its files there
-        raise WorkdirError(f"The workdir {path} is the file system's root; give a {spelt('workdir')} of "
+    real = Path(os.path.realpath(workdir))      # a link, "..": what it is (a loop of links left to be said)
+    if real == real.parent:        # as root, a run wrote its files there
+        raise WorkdirError(f"The workdir {workdir} is the file system's root; give a {spelt('workdir')} of "
                            "the run's own.")
     bad = sorted(set(path) & set(UNSAFE))
     if bad:

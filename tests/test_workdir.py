@@ -34,8 +34,11 @@ def test_paths_orbax_or_the_system_cannot_take_are_refused_before_any_work(tmp_p
             workdir.check_writable(path)
     workdir.check_writable(tmp_path / ("x" * 255))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gone"]            # nothing made
-    with pytest.raises(workdir.WorkdirError, match=r"^The workdir / is the file system's root; give a "):
-        workdir.check_writable(Path("/"))                # as root, a run wrote its files there
+    (tmp_path / "root").symlink_to("/")
+    for root in ("/", "/tmp/..", tmp_path / "root"):          # as root, a run wrote its files there
+        with pytest.raises(workdir.WorkdirError, match=r"^The workdir .* is the file system's root; give a "):
+            workdir.check_writable(Path(root))
+    (tmp_path / "root").unlink()
 
 
 def test_a_path_too_long_for_what_a_run_writes_below_it_is_refused_before_any_work(tmp_path):
@@ -46,7 +49,7 @@ def test_a_path_too_long_for_what_a_run_writes_below_it_is_refused_before_any_wo
     assert len(os.fsencode(str(fits.absolute()))) == workdir.PATH_MAX - workdir.BELOW
     workdir.check_writable(fits)
     said = (rf"^The workdir's path is {len(os.fsencode(str(fits))) + 1} bytes long, and the paths a run "
-            r"writes below it take up to 256 more, past the system's 4096; use a (--)?workdir of a shorter")
+            r"writes below it take up to 128 more, past the system's 4096; use a (--)?workdir of a shorter")
     with pytest.raises(workdir.WorkdirError, match=said):
         workdir.check_writable(Path(str(fits) + "y"))
 
