@@ -4,7 +4,7 @@ Command (d2l's recipe, ``rnnjax.config.PRESETS['d2l']``)::
 
     python -m experiments.timemachine --data timemachine.txt
 
-Expected: 8-17 s on a 2-core CPU, compilation included; final train
+Expected: 5-17 s on a 2-core CPU, compilation included; final train
 perplexity 5.82-6.00, validation 7.19-7.43 (by seed, CPU, device count and
 JAX release: docs/results.md), and ``predict('it has', 20)``
 turns from noise into words.

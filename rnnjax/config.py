@@ -70,7 +70,7 @@ def _field(default: Any, help: str) -> Any:
 class Config:
     """d2l's recipe for the concise RNN section (the defaults, preset ``d2l``).
 
-    Command: ``python -m experiments.timemachine``. Runtime: 8-17 s on a
+    Command: ``python -m experiments.timemachine``. Runtime: 5-17 s on a
     2-core CPU. Expected: train perplexity 5.82-6.00, validation 7.19-7.43
     (by seed, CPU, device count and JAX release: docs/results.md).
     """

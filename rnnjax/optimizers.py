@@ -5,7 +5,9 @@ config.json, and in each checkpoint as what it was registered as (``registered_a
 another optimizer, or the same name registered otherwise, is refused.
 
 An optimizer is ``make(config, per_run) -> optax.GradientTransformation``, made of the config the run
-has now: a resume of more epochs (``RESUMABLE``) makes a schedule of ``config.epochs`` anew, and says so.
+has now: a resume of more epochs (``RESUMABLE``) makes a schedule of ``config.epochs`` anew, and says so;
+one of a fixed count of steps (``clipped``'s, made as it is registered) keeps its end, past which its
+rate is what the schedule gives there (a cosine's 0).
 ``per_run`` keeps ``lr`` and ``clip`` in its state (``optax.inject_hyperparams``)
 rather than in the function: what lets runs with different values be one
 vmapped step (``rnnjax.runs``; ``rnnjax.state.check_per_run`` refuses one that

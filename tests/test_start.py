@@ -53,8 +53,8 @@ def test_a_resume_of_more_epochs_says_an_optimizer_of_ones_own_is_made_of_them(
         fit(config, small_data, tmp_path, devices=1, log=None, progress=stop)
     assert "asked for before" not in plan(config, small_data, tmp_path, devices=1).describe()
     assert plan(config.replace(epochs=5), small_data, tmp_path, devices=1).describe().endswith(
-        "; 2 epochs asked for before, 5 now (the optimizer 'cosine' is made of this config: a schedule it "
-        "makes of config.epochs changes with it)")
+        "; 2 epochs asked for before, 5 now (the optimizer 'cosine' is made anew: a schedule of "
+        "config.epochs follows the new count, one of a fixed count of steps keeps its end)")
 
 
 def test_a_finished_run_with_a_damaged_newest_checkpoint_says_so_and_ends_at_the_good_one(
