@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -61,36 +61,60 @@ def checked_step(step: Callable) -> Callable:
 
 
 def _own(f: Callable) -> bool:
-    """Whether ``f`` (or the function of a partial of it) is rnnjax's own step or evaluation."""
-    return getattr(getattr(f, "func", f), "__module__", "") in ("rnnjax.train", "rnnjax.runs")
+    """Whether ``f`` (or the function of a partial of it) is rnnjax's own step or evaluation: by identity,
+    as a wrapper (functools.wraps) takes their names."""
+    from rnnjax import runs, train      # here: each imports this module
+    return getattr(f, "func", f) in (train.train_windows, train.eval_steps, runs.train_runs, runs.eval_runs)
 
 
-def sums_over_devices(jaxpr: Any) -> bool:
-    """Whether ``jaxpr``, or one inside it (a scan's, a jit's), sums or gathers over the devices' axis."""
+# The collectives that combine the devices' values: a sum (pmean is one), an extreme, a gather.
+_COMBINING = ("psum", "pmax", "pmin", "all_gather", "psum_scatter", "reduce_scatter", "all_to_all")
+
+
+def _combines(eqn: Any) -> bool:
+    names = eqn.params.get("axes", eqn.params.get("axis_name", ()))
+    names = names if isinstance(names, (tuple, list)) else (names,)
+    return eqn.primitive.name in _COMBINING and AXIS in names
+
+
+def _inner(eqn: Any) -> Iterator[Any]:
+    """The jaxprs inside an equation: a scan's body, a jit's, a cond's branches."""
+    for value in eqn.params.values():
+        for inner in value if isinstance(value, (tuple, list)) else (value,):
+            inner = getattr(inner, "jaxpr", inner)          # a ClosedJaxpr's
+            if hasattr(inner, "eqns"):
+                yield inner
+
+
+def _combines_inside(jaxpr: Any) -> bool:
+    return any(_combines(e) or any(_combines_inside(j) for j in _inner(e)) for e in jaxpr.eqns)
+
+
+def combined(jaxpr: Any) -> list[bool]:
+    """Per output of ``jaxpr``: whether it follows from values combined over the devices' axis (``psum``);
+    an equation with one inside (a scan's body) is taken as combining all it returns."""
+    made = set()
     for eqn in jaxpr.eqns:
-        names = eqn.params.get("axes", eqn.params.get("axis_name", ()))
-        if AXIS in (names if isinstance(names, (tuple, list)) else (names,)):
-            return True
-        for value in eqn.params.values():
-            for inner in value if isinstance(value, (tuple, list)) else (value,):
-                inner = getattr(inner, "jaxpr", inner)          # a ClosedJaxpr's
-                if hasattr(inner, "eqns") and sums_over_devices(inner):
-                    return True
-    return False
+        if (_combines(eqn) or any(id(v) in made for v in eqn.invars)
+                or any(_combines_inside(j) for j in _inner(eqn))):
+            made.update(id(v) for v in eqn.outvars)
+    return [id(v) in made for v in jaxpr.outvars]
+
+
+def _alone(traced: Any, shape: Any, wanted: Callable[[str], bool]) -> list[str]:
+    """The outputs of ``traced`` (a ClosedJaxpr over the devices' axis; its outputs' tree ``shape``) that
+    ``wanted`` picks by path (``jax.tree_util.keystr``) and that follow from no value combined over the
+    devices: one device's own."""
+    paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(shape)[0]]
+    return [k for k, summed in zip(paths, combined(traced.jaxpr)) if wanted(k) and not summed]
 
 
 @functools.lru_cache(maxsize=16)
 def _checked(step: Callable) -> Callable:
     @functools.wraps(step)
     def checked(*args, **kwargs):
-        # Over devices (pmap's axis_name), traced again for its collectives: without one, each device
-        # trains a model of its own, and the loss logged is one device's.
-        if kwargs.get("axis_name") is not None and not _own(step) and not sums_over_devices(
-                jax.make_jaxpr(functools.partial(step, **kwargs))(*args).jaxpr):
-            raise ValueError("loop.run's step sums nothing over the devices it runs on (jax.lax.psum over "
-                             "its axis_name): each would train a model of its own and log its own loss; give "
-                             "axis_name on to rnnjax.train.train_windows, or psum the gradients, loss_sum "
-                             "and count.")
+        if kwargs.get("axis_name") is not None and not _own(step):
+            _check_combined(step, args, kwargs)
         out = step(*args, **kwargs)
         metrics = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 else None
         if not isinstance(metrics, Mapping) or not {"loss_sum", "count"} <= set(metrics):
@@ -114,6 +138,24 @@ def _checked(step: Callable) -> Callable:
                              "to one number (jnp.mean, jnp.linalg.norm) or given its own key.")
         return out
     return checked
+
+
+def _check_combined(step: Callable, args: tuple, kwargs: dict) -> None:
+    """``ValueError`` unless ``step`` over devices (traced again, for its collectives) sums the gradients
+    that update the parameters, and ``loss_sum`` and ``count``: else each device trains a model of its own,
+    and the loss logged is one device's."""
+    traced, shape = jax.make_jaxpr(functools.partial(step, **kwargs), return_shape=True)(*args)
+    alone = _alone(traced, shape, lambda k: k.startswith("[0].params") or k in ("[1]['loss_sum']",
+                                                                                "[1]['count']"))
+    params = [k for k in alone if k.startswith("[0].params")]
+    # Every parameter one device's: a frozen one is never summed, and need not be.
+    every = bool(params) and len(params) == len(jax.tree.leaves(getattr(args[0], "params", None)))
+    what = ["the gradients"] * every + [k for k in ("loss_sum", "count") if f"[1]['{k}']" in alone]
+    if what:
+        what = ", ".join(what[:-1]) + " and " * (len(what) > 1) + what[-1]
+        raise ValueError(f"loop.run's step sums {what} over none of the devices it runs on "
+                         "(jax.lax.psum over its axis_name): each would train a model of its own, or log its "
+                         "own loss; give axis_name on to rnnjax.train.train_windows, or psum them.")
 
 
 def check_state(p: Plan, state: Any, vocab_size: int) -> None:
@@ -161,7 +203,7 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
             check_keys("An evaluation's", out)
         return out
     traced = None
-    if p.dp.pmapped:            # as pmap calls it: one device of the axis
+    if p.dp.pmapped:            # as pmap calls it, with its axis: traced for its collectives too
         traced, out = jax.make_jaxpr(functools.partial(checked, axis_name=AXIS), return_shape=True,
                                      axis_env=[(AXIS, p.dp.num_shards)])(state, batches)
     else:
@@ -169,10 +211,14 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
     if not (isinstance(out, dict) and {"loss_sum", "count"} <= set(out)):
         raise ValueError(f"An evaluation must return a dict of 'loss_sum' and 'count' (as "
                          f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
-    if traced is not None and not _own(evaluate) and not sums_over_devices(traced.jaxpr):
-        raise ValueError(f"loop.run's evaluate sums nothing over the {p.dp.num_shards} devices it runs on "
-                         "(jax.lax.psum over its axis_name): the validation logged would be one device's "
-                         "share; give axis_name on to rnnjax.train.eval_steps, or psum loss_sum and count.")
+    alone = [] if traced is None or _own(evaluate) else _alone(traced, out, lambda k: k in (
+        "['loss_sum']", "['count']"))
+    alone = [k for k in ("loss_sum", "count") if f"['{k}']" in alone]
+    if alone:
+        raise ValueError(f"loop.run's evaluate sums {' and '.join(alone)} over none of the "
+                         f"{p.dp.num_shards} devices it runs on (jax.lax.psum over its axis_name): the "
+                         "validation logged would be one device's share; give axis_name on to "
+                         "rnnjax.train.eval_steps, or psum them.")
     check_evaluated(out, (len(p.runs),) if p.runs else ())
 
 

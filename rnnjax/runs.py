@@ -15,6 +15,7 @@ whose loss turns non-finite or diverges stops alone; the others train on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -124,7 +125,6 @@ def _fit_runs(p: Plan, data: WindowedText, checkpoint_every: int, keep: int, pro
     state = create_run_states(configs, len(data.vocab)) if p.state is None else p.state
     rngs = None if dropout_key(p.config) is None else jnp.stack([dropout_key(c) for c in configs])
 
-    def step(states, tokens, windows, axis_name=None):
-        return train_runs(states, tokens, windows, axis_name, rngs)
+    step = functools.partial(train_runs, rngs=rngs)
     return loop.run(p, data, state, step, eval_runs, checkpoint_every=checkpoint_every, keep=keep,
                     progress=progress, log=log)

@@ -148,32 +148,54 @@ def test_a_state_that_is_not_the_plans_is_refused_before_anything_is_written(dat
 @pytest.mark.cpu_devices(2)
 def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data, tmp_path):
     """Each device trained a model of its own (one of them to NaN on a batch of padding alone), and the
-    loss and validation logged were one device's, or NaN, with no error."""
+    loss and validation logged were one device's, or NaN, with no error. A step is refused unless its
+    parameters' updates (some of them: a frozen one needs no sum) and loss_sum and count follow from a sum
+    over the devices; rnnjax's own functions are known by identity, not by name."""
+    import functools
+
     from rnnjax import start
 
-    def own_step(state, tokens, windows, axis_name=None):       # axis_name not given on
+    def alone(state, tokens, windows, axis_name=None):           # axis_name not given on
         return train.train_windows(state, tokens, windows)
+
+    def metrics_summed(state, tokens, windows, axis_name=None):
+        state, m = train.train_windows(state, tokens, windows)
+        return state, jax.tree.map(lambda x: jax.lax.psum(x, axis_name), m)
+
+    def passed_around(state, tokens, windows, axis_name=None):   # a collective, but no sum
+        state, m = train.train_windows(state, tokens, windows)
+        return state, jax.tree.map(lambda x: jax.lax.ppermute(x, axis_name, [(0, 1), (1, 0)]), m)
 
     def own_eval(state, batches, axis_name=None):
         return train.eval_steps(state, batches)
+    every = "the gradients, loss_sum and count"
     config = TINY.replace(epochs=1)
     for step, evaluate, said in [
-            (train.train_windows, own_eval,
-             r"^loop.run's evaluate sums nothing over the 2 devices it runs on \(jax.lax.psum over its "
-             r"axis_name\): the validation logged"),
-            (own_step, train.eval_steps,
-             r"^loop.run's step sums nothing over the devices it runs on \(jax.lax.psum over its "
-             r"axis_name\): each would train a model of its own")]:
+            (train.train_windows, own_eval, r"^loop.run's evaluate sums loss_sum and count over none of the "
+                                            r"2 devices it runs on \(jax.lax.psum over its axis_name\): the "
+                                            r"validation logged would be one device's share"),
+            (alone, train.eval_steps, rf"^loop.run's step sums {every} over none of the devices it runs on "
+                                      r"\(jax.lax.psum over its axis_name\): each would train a model of its "
+                                      r"own, or log its own loss; give axis_name on"),
+            (functools.wraps(train.train_windows)(alone), train.eval_steps, every),
+            (metrics_summed, train.eval_steps, r"^loop.run's step sums the gradients over none"),
+            (passed_around, train.eval_steps, every)]:
         with start.planned(config, data, tmp_path, devices=2) as p:
             with pytest.raises(ValueError, match=said):
                 loop.run(p, data, create_train_state(config, len(data.vocab)), step, evaluate)
         assert checkpoint.steps(tmp_path) == [] and not (tmp_path / metrics.FILENAME).exists()
 
-    def summed_step(state, tokens, windows, axis_name=None):   # a step of one's own that sums: it trains
-        return train.train_windows(state, tokens, windows, axis_name=axis_name)
+    def frozen_bias(state, tokens, windows, axis_name=None):    # of one's own, summed: it trains
+        new, m = train.train_windows(state, tokens, windows, axis_name=axis_name)
+        params = {**new.params, "output_layer": {**new.params["output_layer"],
+                                                 "bias": state.params["output_layer"]["bias"]}}
+        return new.replace(params=params), m
     with start.planned(config, data, tmp_path, devices=2) as p:
-        loop.run(p, data, create_train_state(config, len(data.vocab)), summed_step, train.eval_steps)
+        state = create_train_state(config, len(data.vocab))
+        result = loop.run(p, data, state, frozen_bias, train.eval_steps)
     assert checkpoint.steps(tmp_path) == [data.num_batches(True)]
+    np.testing.assert_array_equal(result.state.params["output_layer"]["bias"],
+                                  state.params["output_layer"]["bias"])
 
 
 def test_a_step_returning_a_state_of_other_dtypes_is_refused_as_it_is_traced(data, tmp_path):
