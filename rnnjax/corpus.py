@@ -83,15 +83,14 @@ def _crc32(stream: np.ndarray, vocab: dict) -> str:
 def _read_cache(path: Path, options: dict) -> tuple[Vocab, np.ndarray] | None:
     """The cached ``(vocab, stream)``, or ``None`` if there is none; an entry that cannot be read whole, or
     fails its checksum, is removed, to be made again."""
-    try:
+    if not path.exists():           # none yet
+        return None
+    try:                            # else the entry is whole, or removed: written again, whole
         meta = json.loads((path / "vocab.json").read_text())
         stream = np.load(path / "tokens.npy", allow_pickle=False)
-        if meta["options"] != options or stream.dtype != np.int32 or stream.ndim != 1:
-            return None
-        if meta.get("crc32") == _crc32(stream, meta["vocab"]):     # else damaged, or older than its checksum
+        if (meta["options"] == options and stream.dtype == np.int32 and stream.ndim == 1
+                and meta.get("crc32") == _crc32(stream, meta["vocab"])):     # else damaged, or older
             return Vocab.from_json(meta["vocab"]), stream
-    except FileNotFoundError:       # none yet
-        return None
     except Exception:       # damaged: numpy's header parser raises what it meets (TokenError, SyntaxError)
         pass
     shutil.rmtree(path, ignore_errors=True)

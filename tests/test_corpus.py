@@ -242,7 +242,9 @@ def test_a_damaged_cache_entry_is_made_again_not_trained_on(text_file, monkeypat
     for damage in (lambda: np.save(tokens, np.roll(np.load(tokens), 1), allow_pickle=False),
                    lambda: np.save(tokens, np.full_like(np.load(tokens), 999), allow_pickle=False),
                    lambda: swap_two_tokens(vocab), lambda: header_byte(tokens),
-                   lambda: tokens.write_bytes(tokens.read_bytes()[:100]), lambda: vocab.write_text("{")):
+                   lambda: tokens.write_bytes(tokens.read_bytes()[:100]), lambda: vocab.write_text("{"),
+                   lambda: tokens.unlink(),                 # half an entry: it was never written again
+                   lambda: np.save(tokens, np.load(tokens).astype(np.uint32), allow_pickle=False)):
         damage()
         again = Corpus.from_config(text_file, TEXT)
         assert not again.cache_hit and again.vocab == first.vocab
