@@ -52,11 +52,12 @@ class UnreadableCheckpoint(CheckpointError):
 def not_read(step: int, directory: Path, what: str, e: Exception) -> CheckpointError:
     """What to raise for a checkpoint that ``what`` ("cannot be read") because of ``e``: refused permission
     (orbax's wrapped too) is ``UnreadableCheckpoint``, anything else ``DamagedCheckpoint``."""
-    cause, denied = e, False
+    cause, denied, missing = e, False, False
     while cause is not None and not denied:
         denied = isinstance(cause, PermissionError) or "PERMISSION_DENIED" in str(cause)
+        missing = missing or isinstance(cause, FileNotFoundError)
         cause = cause.__cause__ or cause.__context__
-    if not denied:      # a folder it may not list: orbax says the files in it are missing
+    if missing and not denied:      # a folder it may not list: orbax says the files in it are missing
         failed = []
         for _ in os.walk(directory / str(step), onerror=failed.append):
             pass
