@@ -201,8 +201,11 @@ def check_update(config: Any, state: Any, per_run: bool = False) -> None:
                          f"{failing(False, e)}{hint}.") from None
     what = type_change(leaf_types(state.opt_state), leaf_types(stepped))
     if what:         # a call's steps are one scan, whose carry keeps its type
+        why = ("; runs trained together keep its hyperparameters in their state as float32 arrays, which "
+               "turn a bfloat16 parameter's state float32: train them one by one, or keep the parameters "
+               "float32 with compute_dtype='bfloat16'" if per_run and "bfloat16" in what else "")
         raise ValueError(f"{spelt('optimizer', config.optimizer)} returns a state of other shapes or dtypes "
-                         f"than it was given ({what}): a run's steps need one that keeps them.")
+                         f"than it was given ({what}): a run's steps need one that keeps them{why}.")
 
 
 def traced(per_run: bool, e: Exception) -> bool:

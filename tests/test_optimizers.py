@@ -403,3 +403,8 @@ def test_runs_of_a_cell_with_a_bfloat16_parameter_train_together(small_data, tmp
     result = runs.fit_runs(configs, small_data, tmp_path, devices=1, log=None)
     assert result.state.params["rnn"]["cell"]["w"].dtype == jnp.bfloat16
     assert all(np.isfinite(r["val_ppl"]) for r in result.history) and len(result.history) == 2
+    adam = [c.replace(optimizer="adam") for c in configs]     # its b1, b2 and eps kept as float32 arrays
+    with pytest.raises(ValueError, match=r"bfloat16\[\d+, 16\] before, float32\[\d+, 16\] after\): a run's "
+                                         r"steps need one that keeps them; runs trained together keep its "
+                                         r"hyperparameters in their state as float32 arrays"):
+        runs.fit_runs(adam, small_data, tmp_path / "adam", devices=1, log=None)
