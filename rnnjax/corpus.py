@@ -83,7 +83,7 @@ def _crc32(stream: np.ndarray, vocab: dict) -> str:
 def _read_cache(path: Path, options: dict) -> tuple[Vocab, np.ndarray] | None:
     """The cached ``(vocab, stream)``, or ``None`` if there is none; an entry that cannot be read whole, or
     fails its checksum, is removed, to be made again."""
-    if not path.exists():           # none yet
+    if not os.path.lexists(path):   # none yet, or a cache this process may not search (Path.exists raised)
         return None
     try:                            # else the entry is whole, or removed: written again, whole
         meta = json.loads((path / "vocab.json").read_text())

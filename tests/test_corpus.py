@@ -1,5 +1,8 @@
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -250,6 +253,21 @@ def test_a_damaged_cache_entry_is_made_again_not_trained_on(text_file, monkeypat
         assert not again.cache_hit and again.vocab == first.vocab
         np.testing.assert_array_equal(again.stream, first.stream)
         assert Corpus.from_config(text_file, TEXT).cache_hit          # written again, whole
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="drops root's file capabilities")
+def test_a_cache_this_process_may_not_search_is_no_cache(text_file, tmp_path):
+    """Path.exists raised PermissionError there, out of Corpus (an unwritable cache was already none)."""
+    (tmp_path / "cache" / "corpus").mkdir(parents=True)
+    os.chown(tmp_path / "cache" / "corpus", 65534, 65534)
+    (tmp_path / "cache" / "corpus").chmod(0o700)
+    code = (f"from rnnjax.corpus import Corpus\nc = Corpus({str(text_file)!r}, 16, 8, num_val=100)\n"
+            "print(len(c.vocab), c.cache_hit)")
+    out = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c",
+                          code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, source.ENV_CACHE: str(tmp_path / "cache")})
+    assert out.returncode == 0 and out.stdout.split()[1] == "False", out.stderr
 
 
 # --- training on it ---------------------------------------------------------------
