@@ -67,8 +67,10 @@ def _own(f: Callable) -> bool:
     return getattr(f, "func", f) in (train.train_windows, train.eval_steps, runs.train_runs, runs.eval_runs)
 
 
-# The collectives that combine the devices' values: a sum (pmean is one), an extreme, a gather.
-_COMBINING = ("psum", "pmax", "pmin", "all_gather", "psum_scatter", "reduce_scatter", "all_to_all")
+# The collectives that combine the devices' values: a sum (pmean is one), an extreme, a gather, an exchange
+# (an all-reduce written as a ring of ppermutes).
+_COMBINING = ("psum", "pmax", "pmin", "all_gather", "psum_scatter", "reduce_scatter", "all_to_all",
+              "ppermute")
 
 
 def _combines(eqn: Any) -> bool:
@@ -91,14 +93,19 @@ def _combines_inside(jaxpr: Any) -> bool:
 
 
 def combined(jaxpr: Any) -> list[bool]:
-    """Per output of ``jaxpr``: whether it follows from values combined over the devices' axis (``psum``);
-    an equation with one inside (a scan's body) is taken as combining all it returns."""
-    made = set()
+    """Per output of ``jaxpr``: whether it is no device's own: it follows from values combined over the
+    devices' axis (``psum``; an equation with one inside, a scan's body, is taken as combining all it
+    returns), or it is an input as given (a frozen parameter), or it follows from no input (a count known as
+    it is traced)."""
+    inputs = {id(v) for v in jaxpr.invars}
+    made, fed = set(), set(inputs)
     for eqn in jaxpr.eqns:
-        if (_combines(eqn) or any(id(v) in made for v in eqn.invars)
-                or any(_combines_inside(j) for j in _inner(eqn))):
+        given = [id(v) for v in eqn.invars]
+        if _combines(eqn) or any(i in made for i in given) or any(_combines_inside(j) for j in _inner(eqn)):
             made.update(id(v) for v in eqn.outvars)
-    return [id(v) in made for v in jaxpr.outvars]
+        if any(i in fed for i in given):
+            fed.update(id(v) for v in eqn.outvars)
+    return [id(v) in made or id(v) in inputs or id(v) not in fed for v in jaxpr.outvars]
 
 
 def _alone(traced: Any, shape: Any, wanted: Callable[[str], bool]) -> list[str]:
@@ -148,7 +155,7 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> None:
     alone = _alone(traced, shape, lambda k: k.startswith("[0].params") or k in ("[1]['loss_sum']",
                                                                                 "[1]['count']"))
     params = [k for k in alone if k.startswith("[0].params")]
-    # Every parameter one device's: a frozen one is never summed, and need not be.
+    # Every parameter one device's: one frozen on purpose may come out as another value than the one given.
     every = bool(params) and len(params) == len(jax.tree.leaves(getattr(args[0], "params", None)))
     what = ["the gradients"] * every + [k for k in ("loss_sum", "count") if f"[1]['{k}']" in alone]
     if what:

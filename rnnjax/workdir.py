@@ -37,8 +37,8 @@ UNSAFE = "[]\\*?"
 
 
 # The longest path the system takes (Linux's PATH_MAX), and what orbax writes below a workdir, with room:
-# a step's data files, about 75 bytes (checkpoints/13/state/ocdbt.process_0/d/<32 hex>), and 30 more as
-# its folder is written under a temporary name.
+# a step's data files (checkpoints/13/state/ocdbt.process_0/d/<32 hex>) as its folder is written under a
+# temporary name: a save failed with 112 bytes left, and took 115.
 PATH_MAX = 4096
 BELOW = 128
 
@@ -50,7 +50,8 @@ def check_path(workdir: Path) -> None:
     path = str(workdir.absolute())
     real = Path(os.path.realpath(workdir))      # a link, "..": what it is (a loop of links left to be said)
     if real == real.parent:        # as root, a run wrote its files there
-        raise WorkdirError(f"The workdir {workdir} is the file system's root; give a {spelt('workdir')} of "
+        shown = f"{workdir} ({real})" if str(workdir) != str(real) else str(real)
+        raise WorkdirError(f"The workdir {shown} is the file system's root; give a {spelt('workdir')} of "
                            "the run's own.")
     bad = sorted(set(path) & set(UNSAFE))
     if bad:
