@@ -98,7 +98,7 @@ class Plan:
             hint += f"; {_epochs(self.saved_epochs)} asked for before, {self.config.epochs} now"
             name = self.config.optimizer
             if optimizers.OWN.get(name) is not optimizers.OPTIMIZERS.get(name):
-                hint += (f" (the optimizer {self.config.optimizer!r} is made anew: a schedule of "
+                hint += (f" (the optimizer {name!r} is made anew: a schedule of "
                          "config.epochs follows the new count, one of a fixed count of steps keeps its end)")
         hint += f"; {changed}" if changed else ""
         hint += "".join(f"; checkpoint step {step} {why}, set aside in "

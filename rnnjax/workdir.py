@@ -44,9 +44,10 @@ BELOW = 128
 
 
 def check_path(workdir: Path) -> None:
-    """``WorkdirError`` if ``workdir``'s absolute path holds a character orbax cannot take (``UNSAFE``, or
-    bytes that are not UTF-8, or a folder orbax reads as a URL), a name too long for the system, or if it
-    lies inside another run's checkpoints."""
+    """``WorkdirError`` if ``workdir`` is the file system's root, if its absolute path holds a character
+    orbax cannot take (``UNSAFE``, or bytes that are not UTF-8, or a folder orbax reads as a URL), a name too
+    long for the system, or too little room below it (``BELOW``), or if it lies inside another run's
+    checkpoints."""
     path = str(workdir.absolute())
     real = Path(os.path.realpath(workdir))      # a link, "..": what it is (a loop of links left to be said)
     if real == real.parent:        # as root, a run wrote its files there
