@@ -94,18 +94,35 @@ def _combines_inside(jaxpr: Any) -> bool:
 
 def combined(jaxpr: Any) -> list[bool]:
     """Per output of ``jaxpr``: whether it is no device's own: it follows from values combined over the
-    devices' axis (``psum``; an equation with one inside, a scan's body, is taken as combining all it
-    returns), or it is an input as given (a frozen parameter), or it follows from no input (a count known as
-    it is traced)."""
-    inputs = {id(v) for v in jaxpr.invars}
-    made, fed = set(), set(inputs)
+    devices' axis (``psum``), or it is an input as given (a frozen parameter), or it follows from no input
+    (a count known as it is traced)."""
+    return [made or given or not fed
+            for made, fed, given in _flow(jaxpr, [(False, True, True)] * len(jaxpr.invars))]
+
+
+def _flow(jaxpr: Any, flags: list[tuple]) -> list[tuple]:
+    """``(made, fed, given)`` of each output of ``jaxpr`` from those of its inputs: follows from a value
+    combined over the devices' axis, follows from an input, is an input as given. Followed into an
+    equation whose one jaxpr takes and gives its own inputs and outputs (a scan's body, once: a carry that
+    is combined only from the second step on is missed; a jit's, a custom_vjp's, a checkpoint's); any other
+    with a collective inside (a cond's, a while's) is taken as combining all it returns."""
+    of = {id(v): f for v, f in zip(jaxpr.invars, flags)}
+
+    def flag(v):
+        return of.get(id(v), (False, False, False))         # a literal or a constant: no input's
     for eqn in jaxpr.eqns:
-        given = [id(v) for v in eqn.invars]
-        if _combines(eqn) or any(i in made for i in given) or any(_combines_inside(j) for j in _inner(eqn)):
-            made.update(id(v) for v in eqn.outvars)
-        if any(i in fed for i in given):
-            fed.update(id(v) for v in eqn.outvars)
-    return [id(v) in made or id(v) in inputs or id(v) not in fed for v in jaxpr.outvars]
+        given = [flag(v) for v in eqn.invars]
+        made, fed = any(f[0] for f in given), any(f[1] for f in given)
+        inner = list(_inner(eqn))
+        if _combines(eqn):
+            out = [(True, fed, False)] * len(eqn.outvars)
+        elif len(inner) == 1 and (len(inner[0].invars), len(inner[0].outvars)) == (len(eqn.invars),
+                                                                                   len(eqn.outvars)):
+            out = _flow(inner[0], given)
+        else:
+            out = [(made or any(_combines_inside(j) for j in inner), fed, False)] * len(eqn.outvars)
+        of.update((id(v), f) for v, f in zip(eqn.outvars, out))
+    return [flag(v) for v in jaxpr.outvars]
 
 
 def _alone(traced: Any, shape: Any, wanted: Callable[[str], bool]) -> list[str]:

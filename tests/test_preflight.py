@@ -162,6 +162,12 @@ def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data
         state, m = train.train_windows(state, tokens, windows)
         return state, jax.tree.map(lambda x: jax.lax.psum(x, axis_name), m)
 
+    def metrics_summed_by_hand(state, tokens, windows, axis_name=None):     # in a scan, as one writes it
+        def one(state, batch):
+            state, m = train.train_step(state, batch)
+            return state, jax.tree.map(lambda x: jax.lax.psum(x, axis_name), m)
+        return jax.lax.scan(one, state, windows.batch(tokens))
+
     def own_eval(state, batches, axis_name=None):
         return train.eval_steps(state, batches)
     every = "the gradients, loss_sum and count"
@@ -174,7 +180,8 @@ def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data
                                       r"\(jax.lax.psum over its axis_name\): each would train a model of its "
                                       r"own, or log its own loss; give axis_name on"),
             (functools.wraps(train.train_windows)(alone), train.eval_steps, every),
-            (metrics_summed, train.eval_steps, r"^loop.run's step sums the gradients over none")]:
+            (metrics_summed, train.eval_steps, r"^loop.run's step sums the gradients over none"),
+            (metrics_summed_by_hand, train.eval_steps, r"^loop.run's step sums the gradients over none")]:
         with start.planned(config, data, tmp_path, devices=2) as p:
             with pytest.raises(ValueError, match=said):
                 loop.run(p, data, create_train_state(config, len(data.vocab)), step, evaluate)
