@@ -41,13 +41,9 @@ def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
         def kept(make):
             if not per_run:
                 return make
-            # Rates only: inject_hyperparams calls any callable argument (a weight-decay mask) as a schedule
-            # of the step count, which a run alone never does, and traces any int, where an int is a size
-            # or count that Python branches on (adafactor's min_dim_size_to_factor).
             try:
                 static = [name for name, arg in inspect.signature(make).parameters.items()
-                          if arg.default is not arg.empty and (callable(arg.default) or _is_int(arg.default))
-                          and name not in ("learning_rate", "max_norm")]      # each run's own
+                          if _in_function(name, arg)]
             except ValueError:      # no signature to read: inject_hyperparams cannot read one either
                 static = []
             return optax.inject_hyperparams(make, static_args=static)
@@ -81,6 +77,15 @@ def clip_by_global_norm(max_norm: float | jax.Array) -> optax.GradientTransforma
     return optax.GradientTransformation(optax.init_empty_state, update)
 
 
+def _in_function(name: str, arg: inspect.Parameter) -> bool:
+    """Whether ``clipped`` keeps an optimizer's argument in the function for runs trained together, not in
+    their state: rates are each run's own; inject_hyperparams calls any callable argument (a weight-decay
+    mask) as a schedule of the step count, which a run alone never does, and traces any int, where an int is
+    a size or count that Python branches on (adafactor's min_dim_size_to_factor)."""
+    return (arg.default is not arg.empty and (callable(arg.default) or _is_int(arg.default))
+            and name not in ("learning_rate", "max_norm"))
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -93,8 +98,7 @@ def int_arguments(name: str) -> set[str]:
         arguments = inspect.signature(inner).parameters.items() if inner is not None else []
     except (TypeError, ValueError):
         return set()
-    return {k for k, a in arguments
-            if a.default is not a.empty and _is_int(a.default) and k != "learning_rate"}
+    return {k for k, a in arguments if _in_function(k, a) and _is_int(a.default)}
 
 
 OPTIMIZERS: dict[str, Callable[[Any, bool], optax.GradientTransformation]] = {
