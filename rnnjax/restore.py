@@ -31,8 +31,8 @@ from rnnjax.metrics import FILENAME, MetricsError, MetricsLog, perplexity
 from rnnjax.precision import at_precision
 from rnnjax.read_state import restore_state
 from rnnjax.state import abstract_run_states, abstract_train_state, create_train_state, make_model
-from rnnjax.stored import (CONFIG, SUBDIR, CheckpointError, DamagedCheckpoint, read_meta, steps,
-                           unreadable_workdir, val_ppl)
+from rnnjax.stored import (CONFIG, SUBDIR, CheckpointError, DamagedCheckpoint, check_folder, read_meta,
+                           steps, unreadable_workdir, val_ppl)
 from rnnjax.tidy import REMOVING
 from rnnjax.vocab import Vocab
 
@@ -107,8 +107,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     try:            # a name too long for the system, a folder this process may not list: one sentence
         if workdir.exists() and not workdir.is_dir():
             raise CheckpointError(f"The workdir {workdir} is a file; give the folder a run was trained in.")
-        if directory.exists() and not directory.is_dir():
-            raise CheckpointError(f"{directory} is not a folder; move it aside to train or restore.")
+        check_folder(directory)
         if not directory.is_dir():
             real = workdir.resolve() if workdir.is_dir() else workdir    # ".", a link: where it is
             for held, step_of in ((real, ""), (real.parent, f" (step={real.name})")):

@@ -183,8 +183,7 @@ def steps(workdir: Path) -> list[int]:
     try:
         if not directory.exists():
             return []
-        if not directory.is_dir():
-            raise CheckpointError(f"{directory} is not a folder; move it aside to train or restore.")
+        check_folder(directory)
         for entry in directory.iterdir():
             if entry.name.isdigit() and (entry.name != str(int(entry.name)) or not entry.is_dir()):
                 if not os.path.lexists(entry):  # removed since listed (a run writing there keeps its latest)
@@ -194,6 +193,12 @@ def steps(workdir: Path) -> list[int]:
         return ocp.utils.checkpoint_steps(directory)
     except OSError as e:
         raise unreadable_workdir(workdir, e) from None
+
+
+def check_folder(directory: Path) -> None:
+    """``CheckpointError`` if the checkpoints folder ``directory`` is there and is not a folder."""
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a folder; move it aside to train or restore.")
 
 
 def unreadable_workdir(workdir: Path, e: OSError) -> CheckpointError:
