@@ -269,7 +269,8 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
          vocab: Vocab | None = None) -> WindowedText:
     """The data ``config`` trains on: the file ``text`` (``Corpus``), else The Time Machine (``data``,
     SHA-1 checked): d2l's ``TimeMachine`` for d2l's tokens and split, a ``Corpus`` of it for others. With
-    ``vocab`` (a restored run's, to fine-tune or evaluate it), in those tokens, ``<unk>`` for the rest.
+    ``vocab`` (a restored run's, to fine-tune or evaluate it), in those tokens, ``<unk>`` for the rest: clean
+    the text as that run's was, ``config.replace(**{**TEXT_DEFAULTS, "preprocess": run.config.preprocess})``.
     ``config`` says how a text is cleaned and split: the CLI's ``--text`` takes ``TEXT_DEFAULTS`` first."""
     check_is_config(config)
     if vocab is not None and not isinstance(vocab, Vocab):

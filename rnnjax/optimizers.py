@@ -4,10 +4,18 @@ clipping the gradients to global norm ``clip``. One's own, registered in ``OPTIM
 config.json, and in each checkpoint as what it was registered as (``registered_as``); a resume under
 another optimizer, or the same name registered otherwise, is refused.
 
+A schedule scales one of peak 1 by the rate, as runs trained together need it (each run's rate is
+traced), over the run's ``data.num_batches() * config.epochs`` steps::
+
+    steps = data.num_batches() * config.epochs
+    cosine = optax.cosine_decay_schedule(1.0, steps)
+    rnnjax.OPTIMIZERS["cosine"] = rnnjax.optimizers.clipped(
+        lambda learning_rate: optax.adamw(lambda n: learning_rate * cosine(n)))
+
 An optimizer is ``make(config, per_run) -> optax.GradientTransformation``, made of the config the run
 has now: a resume of more epochs (``RESUMABLE``) makes a schedule of ``config.epochs`` anew, and says so;
-one of a fixed count of steps (``clipped``'s, made as it is registered) keeps its end, past which its
-rate is what the schedule gives there (a cosine's 0).
+one of a fixed count of steps (``clipped``'s, made as it is registered, as above) keeps its end, past
+which its rate is what the schedule gives there (a cosine's 0).
 ``per_run`` keeps ``lr`` and ``clip`` in its state (``optax.inject_hyperparams``)
 rather than in the function: what lets runs with different values be one
 vmapped step (``rnnjax.runs``; ``rnnjax.state.check_per_run`` refuses one that

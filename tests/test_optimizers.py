@@ -1,5 +1,6 @@
 import functools
 import json
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -408,3 +409,19 @@ def test_runs_of_a_cell_with_a_bfloat16_parameter_train_together(small_data, tmp
                                          r"steps need one that keeps them; runs trained together keep its "
                                          r"hyperparameters in their state as float32 arrays"):
         runs.fit_runs(adam, small_data, tmp_path / "adam", devices=1, log=None)
+
+
+def test_the_docstring_s_schedule_runs_as_written_and_trains_runs_of_two_rates(
+        small_data, tmp_path, monkeypatch):
+    """The README points at it: a cosine of peak 1 scaled by each run's rate, over the run's steps."""
+    import re
+
+    from rnnjax import runs
+    [example] = re.findall(r"::\n\n((?:    .*\n)+)", optimizers.__doc__)
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "cosine", None)          # the example's, removed after
+    config = TINY.replace(optimizer="cosine", epochs=2, lr=0.01)
+    exec(textwrap.dedent(example), {"rnnjax": rnnjax, "optax": optax, "config": config, "data": small_data})
+    result = runs.fit_runs([config, config.replace(lr=0.003)], small_data, tmp_path, devices=1, log=None)
+    assert len(result.history) == 4 and all(np.isfinite(r["val_ppl"]) for r in result.history)
+    held = optax.tree_utils.tree_get_all_with_path(result.state.opt_state, "learning_rate")
+    np.testing.assert_allclose(held[0][1], [0.01, 0.003])             # each run's rate, in its state
