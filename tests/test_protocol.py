@@ -64,7 +64,7 @@ def test_a_step_that_fails_in_the_cells_own_code_raises_from_its_error():
 def test_a_cell_whose_first_field_is_not_its_size_is_named_where_its_step_fails(monkeypatch):
     """rnnjax makes a cell as CELLS[name](num_hiddens): a cell whose first field is another gets the size
     there, and its step failed in an error of its own code (an int called as the activation)."""
-    from conftest import TINY
+    from conftest import TINY, DenseCell
     from rnnjax import model as model_lib
     from rnnjax.protocol import StepProblem, sized_otherwise
     from rnnjax.state import make_model
@@ -78,13 +78,7 @@ def test_a_cell_whose_first_field_is_not_its_size_is_named_where_its_step_fails(
             h = self.activation(nn.Dense(self.features)(x) + nn.Dense(self.features)(h))
             return h, h
 
-        @nn.nowrap
-        def initialize_carry(self, rng, input_shape):
-            return jnp.zeros((*input_shape[:-1], self.features))
-
-        @property
-        def num_feature_axes(self):
-            return 1
+        initialize_carry, num_feature_axes = DenseCell.initialize_carry, DenseCell.num_feature_axes
     assert sized_otherwise(ActivationFirst()) == "activation"
     assert [sized_otherwise(c) for c in CELLS] == [None] * len(CELLS)
     monkeypatch.setitem(model_lib.CELLS, "first", ActivationFirst)
