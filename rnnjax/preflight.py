@@ -94,8 +94,8 @@ def _combines_inside(jaxpr: Any) -> bool:
 
 def combined(jaxpr: Any) -> list[bool]:
     """Per output of ``jaxpr``: whether it is no device's own: it follows from values combined over the
-    devices' axis (``psum``), or it is an input as given (a frozen parameter), or it follows from no input
-    (a count known as it is traced)."""
+    devices' axis (``psum``) of values that follow from the inputs, or it is an input as given (a frozen
+    parameter), or it follows from no input (a count known as it is traced)."""
     return [made or given or not fed
             for made, fed, given in _flow(jaxpr, [(False, True, True)] * len(jaxpr.invars))]
 
@@ -114,8 +114,8 @@ def _flow(jaxpr: Any, flags: list[tuple]) -> list[tuple]:
         given = [flag(v) for v in eqn.invars]
         made, fed = any(f[0] for f in given), any(f[1] for f in given)
         inner = list(_inner(eqn))
-        if _combines(eqn):
-            out = [(True, fed, False)] * len(eqn.outvars)
+        if _combines(eqn):      # of a value known as traced (psum(1); a pmean's backward, of ones): nothing
+            out = [(fed, fed, False)] * len(eqn.outvars)
         elif len(inner) == 1 and (len(inner[0].invars), len(inner[0].outvars)) == (len(eqn.invars),
                                                                                    len(eqn.outvars)):
             out = _flow(inner[0], given)
@@ -176,10 +176,11 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> None:
     every = bool(params) and len(params) == len(jax.tree.leaves(getattr(args[0], "params", None)))
     what = ["the gradients"] * every + [k for k in ("loss_sum", "count") if f"[1]['{k}']" in alone]
     if what:
+        hint = " (the gradients: under pmap a pmean-ed loss's are each device's own)" if every else ""
         what = ", ".join(what[:-1]) + " and " * (len(what) > 1) + what[-1]
         raise ValueError(f"loop.run's step sums {what} over none of the devices it runs on "
                          "(jax.lax.psum over its axis_name): each would train a model of its own, or log its "
-                         "own loss; give axis_name on to rnnjax.train.train_windows, or psum them.")
+                         f"own loss; give axis_name on to rnnjax.train.train_windows, or psum them{hint}.")
 
 
 def check_state(p: Plan, state: Any, vocab_size: int) -> None:
