@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
-from rnnjax import metrics as metrics_lib
+from rnnjax import metrics as metrics_lib, summed
 from rnnjax.spelling import got, leaf_types, spelt, type_change
 from rnnjax.data import WindowedText
 from rnnjax.parallel import AXIS
@@ -67,72 +67,6 @@ def _own(f: Callable) -> bool:
     return getattr(f, "func", f) in (train.train_windows, train.eval_steps, runs.train_runs, runs.eval_runs)
 
 
-# The collectives that combine the devices' values: a sum (pmean is one), an extreme, a gather, an exchange
-# (an all-reduce written as a ring of ppermutes).
-_COMBINING = ("psum", "pmax", "pmin", "all_gather", "psum_scatter", "reduce_scatter", "all_to_all",
-              "ppermute")
-
-
-def _combines(eqn: Any) -> bool:
-    names = eqn.params.get("axes", eqn.params.get("axis_name", ()))
-    names = names if isinstance(names, (tuple, list)) else (names,)
-    return eqn.primitive.name in _COMBINING and AXIS in names
-
-
-def _inner(eqn: Any) -> Iterator[Any]:
-    """The jaxprs inside an equation: a scan's body, a jit's, a cond's branches."""
-    for value in eqn.params.values():
-        for inner in value if isinstance(value, (tuple, list)) else (value,):
-            inner = getattr(inner, "jaxpr", inner)          # a ClosedJaxpr's
-            if hasattr(inner, "eqns"):
-                yield inner
-
-
-def _combines_inside(jaxpr: Any) -> bool:
-    return any(_combines(e) or any(_combines_inside(j) for j in _inner(e)) for e in jaxpr.eqns)
-
-
-def combined(jaxpr: Any) -> list[bool]:
-    """Per output of ``jaxpr``: whether it is no device's own: it follows from values combined over the
-    devices' axis (``psum``) of values that follow from the inputs, or it is an input as given (a frozen
-    parameter), or it follows from no input (a count known as it is traced)."""
-    return [made or given or not fed
-            for made, fed, given in _flow(jaxpr, [(False, True, True)] * len(jaxpr.invars))]
-
-
-def _flow(jaxpr: Any, flags: list[tuple]) -> list[tuple]:
-    """``(made, fed, given)`` of each output of ``jaxpr`` from those of its inputs: follows from a value
-    combined over the devices' axis, follows from an input, is an input as given. Followed into an
-    equation whose one jaxpr takes and gives its own inputs and outputs (a scan's body, once: a carry that
-    is combined only from the second step on is missed; a jit's, a custom_vjp's, a checkpoint's); any other
-    with a collective inside (a cond's, a while's) is taken as combining all it returns."""
-    of = {id(v): f for v, f in zip(jaxpr.invars, flags)}
-
-    def flag(v):
-        return of.get(id(v), (False, False, False))         # a literal or a constant: no input's
-    for eqn in jaxpr.eqns:
-        given = [flag(v) for v in eqn.invars]
-        made, fed = any(f[0] for f in given), any(f[1] for f in given)
-        inner = list(_inner(eqn))
-        if _combines(eqn):      # of a value known as traced (psum(1); a pmean's backward, of ones): nothing
-            out = [(fed, fed, False)] * len(eqn.outvars)
-        elif len(inner) == 1 and (len(inner[0].invars), len(inner[0].outvars)) == (len(eqn.invars),
-                                                                                   len(eqn.outvars)):
-            out = _flow(inner[0], given)
-        else:
-            out = [(made or any(_combines_inside(j) for j in inner), fed, False)] * len(eqn.outvars)
-        of.update((id(v), f) for v, f in zip(eqn.outvars, out))
-    return [flag(v) for v in jaxpr.outvars]
-
-
-def _alone(traced: Any, shape: Any, wanted: Callable[[str], bool]) -> list[str]:
-    """The outputs of ``traced`` (a ClosedJaxpr over the devices' axis; its outputs' tree ``shape``) that
-    ``wanted`` picks by path (``jax.tree_util.keystr``) and that follow from no value combined over the
-    devices: one device's own."""
-    paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(shape)[0]]
-    return [k for k, summed in zip(paths, combined(traced.jaxpr)) if wanted(k) and not summed]
-
-
 @functools.lru_cache(maxsize=16)
 def _checked(step: Callable) -> Callable:
     @functools.wraps(step)
@@ -169,8 +103,8 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> None:
     that update the parameters, and ``loss_sum`` and ``count``: else each device trains a model of its own,
     and the loss logged is one device's."""
     traced, shape = jax.make_jaxpr(functools.partial(step, **kwargs), return_shape=True)(*args)
-    alone = _alone(traced, shape, lambda k: k.startswith("[0].params") or k in ("[1]['loss_sum']",
-                                                                                "[1]['count']"))
+    alone = summed.alone(traced, shape, lambda k: k.startswith("[0].params")
+                         or k in ("[1]['loss_sum']", "[1]['count']"))
     params = [k for k in alone if k.startswith("[0].params")]
     # Every parameter one device's: one frozen on purpose may come out as another value than the one given.
     every = bool(params) and len(params) == len(jax.tree.leaves(getattr(args[0], "params", None)))
@@ -236,7 +170,7 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
     if not (isinstance(out, dict) and {"loss_sum", "count"} <= set(out)):
         raise ValueError(f"An evaluation must return a dict of 'loss_sum' and 'count' (as "
                          f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
-    alone = [] if traced is None or _own(evaluate) else _alone(traced, out, lambda k: k in (
+    alone = [] if traced is None or _own(evaluate) else summed.alone(traced, out, lambda k: k in (
         "['loss_sum']", "['count']"))
     alone = [k for k in ("loss_sum", "count") if f"['{k}']" in alone]
     if alone:

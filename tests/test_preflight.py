@@ -10,7 +10,6 @@ import pytest
 
 from conftest import TINY, small_text
 from rnnjax import checkpoint, loop, metrics, preflight, runs, stored, train
-from rnnjax.parallel import AXIS
 from rnnjax.data import TimeMachine
 from rnnjax.state import create_train_state
 from rnnjax.train import fit
@@ -243,46 +242,3 @@ def test_a_step_returning_a_state_of_other_dtypes_is_refused_as_it_is_traced(dat
         with pytest.raises(ValueError, match=said):
             loop.run(p, data, create_train_state(config, len(data.vocab)), halving, train.eval_steps)
     assert checkpoint.steps(tmp_path) == []
-
-
-def _grads(w, x):
-    return jax.grad(lambda w: jnp.sum(jnp.tanh(x @ w) ** 2))(w)
-
-
-@jax.custom_vjp
-def _summed_backward(w):                # the identity, its gradient psummed: an all-reduce as an op
-    return w
-
-
-_summed_backward.defvjp(lambda w: (w, None), lambda _, g: (jax.lax.psum(g, AXIS),))
-
-
-def _ring(g):                           # an all-reduce of 2 devices as a ring of ppermutes
-    return g + jax.lax.ppermute(g, AXIS, [(0, 1), (1, 0)])
-
-
-_SUMS = {
-    "psum": lambda w, x: jax.lax.psum(_grads(w, x), AXIS),
-    "in a cond": lambda w, x: jax.lax.cond(x[0, 0] > 0, lambda g: jax.lax.psum(g, AXIS), lambda g: g,
-                                           _grads(w, x)),
-    "in a loop": lambda w, x: jax.lax.fori_loop(0, 2, lambda i, g: jax.lax.psum(g, AXIS) / 2, _grads(w, x)),
-    "in a jit": lambda w, x: jax.jit(lambda g: jax.lax.psum(g, AXIS))(_grads(w, x)),
-    "in a checkpoint": lambda w, x: jax.checkpoint(lambda w: jax.lax.psum(_grads(w, x), AXIS))(w),
-    "in a custom_vjp's backward": lambda w, x: jax.grad(lambda w: jnp.sum(x @ _summed_backward(w)))(w),
-    "ring": lambda w, x: _ring(_grads(w, x)),
-    "all_gather": lambda w, x: jnp.mean(jax.lax.all_gather(_grads(w, x), AXIS), 0)}
-_OWN = {
-    "none": _grads,
-    "of a pmean-ed loss": lambda w, x: jax.grad(lambda w: jax.lax.pmean(jnp.sum(jnp.tanh(x @ w)), AXIS))(w),
-    "of a psum-ed loss": lambda w, x: jax.grad(lambda w: jax.lax.psum(jnp.sum(jnp.tanh(x @ w)), AXIS))(w),
-    "times the device count": lambda w, x: _grads(w, x) * jax.lax.psum(jnp.ones(()), AXIS)}
-
-
-@pytest.mark.parametrize("name", [*_SUMS, *_OWN])
-def test_gradients_are_combined_where_a_collective_sums_values_of_the_inputs(name):
-    """Wherever the sum sits (a cond, a loop, a jit, a custom_vjp's backward, a ring of ppermutes); a
-    collective of values known as traced combines nothing: under pmap a pmean-ed loss's gradient is each
-    device's own (its backward psums the ones it is seeded with), and it passed the check."""
-    traced = jax.make_jaxpr(_SUMS.get(name, _OWN.get(name)), axis_env=[(AXIS, 2)])(jnp.ones((3, 3)),
-                                                                                   jnp.ones((4, 3)))
-    assert preflight.combined(traced.jaxpr) == [name in _SUMS]
