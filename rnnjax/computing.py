@@ -28,12 +28,11 @@ def computed_by(meta: dict) -> dict:
             SINCE: meta.get(SINCE)}
 
 
-def changed(before: dict, now: dict, step: int, dropout: bool = False) -> str:
+def changed(before: dict, now: dict, step: int) -> str:
     """How a run resumed at ``step`` computes otherwise than it did (``computed_by``'s ``before``, ``now``
     complete), or has since an earlier resume (``SINCE``), in a clause; '' if alike as far as ``before``
     says. Another kernel, device count, platform or matmul precision is the same math rounded otherwise:
-    not the unbroken run's bits. With ``dropout``, another device count draws other masks (each device
-    draws its own: ``train.train_step``): not the same math."""
+    not the unbroken run's bits (dropout's masks too: ``rnnjax.model.RowDropout``)."""
     was, goes = [], []
     if before["kernel"] not in (None, now["kernel"]):
         was.append(f"with the {before['kernel']} kernel")
@@ -49,12 +48,8 @@ def changed(before: dict, now: dict, step: int, dropout: bool = False) -> str:
     if not was and before.get(SINCE) is None:
         return ""
     if not was:             # an earlier resume's change, said by every later one
-        masks = " (and its dropout masks, where the device count changed)" if dropout else ""
         return (f"computed otherwise since step {before[SINCE]} (a resume changed its kernel, devices or "
-                f"matmul precision): results may differ from an unbroken run's at float round-off{masks}")
-    if dropout and before["num_devices"] not in (None, now["num_devices"]):
-        return (f"trained {' '.join(was)} until step {step}, continued {' '.join(goes)}: dropout draws its "
-                "masks per device, so results differ from an unbroken run's")
+                "matmul precision): results may differ from an unbroken run's at float round-off")
     return (f"trained {' '.join(was)} until step {step}, continued {' '.join(goes)}: results may differ from "
             "an unbroken run's at float round-off")
 

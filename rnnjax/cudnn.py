@@ -44,8 +44,8 @@ def describe(rnn) -> str:
 class CudnnRNNLM(RNNLM):
     """``RNNLM`` (of ``LSTMCell``s, one direction) whose ``loss`` runs cuDNN's LSTM; params are RNNLM's."""
 
-    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False
-             ) -> tuple[Array, Array, Array]:
+    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False,
+             first_row: int | Array = 0) -> tuple[Array, Array, Array]:
         if self.is_initializing():
             return super().loss(X_BxT, Y_BxT, weights_B)
         params = self.variables["params"]
@@ -57,7 +57,7 @@ class CudnnRNNLM(RNNLM):
         if train and num_layers > 1 and self.rnn.dropout > 0:
             for k, p in enumerate(layer_params):
                 if k > 0:      # the stack's own dropout, on its time-major outputs: the plain model's masks
-                    x_BxTxI = self.rnn.drop(x_BxTxI.swapaxes(0, 1), deterministic=False).swapaxes(0, 1)
+                    x_BxTxI = self.rnn.drop(x_BxTxI.swapaxes(0, 1), False, first_row).swapaxes(0, 1)
                 x_BxTxI = lstm(x_BxTxI, pack([p]), H, 1)
             outputs_BxTxH = x_BxTxI
         else:

@@ -54,14 +54,14 @@ def describe(rnn) -> str:
 class FusedRNNLM(RNNLM):
     """``RNNLM`` whose ``loss`` is one fused op; everything else, parameters included, is RNNLM's."""
 
-    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False
-             ) -> tuple[Array, Array, Array]:
+    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False,
+             first_row: int | Array = 0) -> tuple[Array, Array, Array]:
         if self.is_initializing():
             return super().loss(X_BxT, Y_BxT, weights_B)
         params = self.variables["params"]
         dense, dtype = params["output_layer"], jnp.dtype(self.dtype)
         if not recurrence_fused(self.rnn):     # its own scan under autodiff, then the fused loss
-            outputs_TxBxH, _ = self.rnn(OneHot(X_BxT.T, self.vocab_size), None, train)
+            outputs_TxBxH, _ = self.rnn(OneHot(X_BxT.T, self.vocab_size), None, train, first_row)
             return output_layer.output_loss(dense, outputs_TxBxH, Y_BxT, weights_B, dtype)
         B, T = X_BxT.shape
         labels_N, weights_N = Y_BxT.T.reshape(-1), jnp.broadcast_to(weights_B, (T, B)).reshape(-1)

@@ -55,15 +55,15 @@ def describe(rnn) -> str:
 class HoistedRNNLM(RNNLM):
     """``RNNLM`` whose ``loss`` is this kernel's; everything else, parameters included, is RNNLM's."""
 
-    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False
-             ) -> tuple[Array, Array, Array]:
+    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False,
+             first_row: int | Array = 0) -> tuple[Array, Array, Array]:
         if self.is_initializing():
             return super().loss(X_BxT, Y_BxT, weights_B)
         params = self.variables["params"]
-        outputs_TxBxH = self.hoisted_outputs(X_BxT.T, params["rnn"], train)
+        outputs_TxBxH = self.hoisted_outputs(X_BxT.T, params["rnn"], train, first_row)
         return output_loss(params["output_layer"], outputs_TxBxH, Y_BxT, weights_B, jnp.dtype(self.dtype))
 
-    def hoisted_outputs(self, ids_TxB: Array, params: dict, train: bool) -> Array:
+    def hoisted_outputs(self, ids_TxB: Array, params: dict, train: bool, first_row: int | Array = 0) -> Array:
         """The recurrent layer's outputs ``(T, B, num_outputs)`` from token ids, as ``self.rnn``'s."""
         rnn = self.rnn
         num_layers, directions, layer_params = layers(rnn, params)
@@ -75,7 +75,7 @@ class HoistedRNNLM(RNNLM):
         x = OneHot(ids_TxB, self.vocab_size)
         for k in range(num_layers):
             if k > 0:      # the stack's own dropout module, called as the stack calls it: the same masks
-                x = rnn.drop(x, deterministic=not train)
+                x = rnn.drop(x, not train, first_row)
             ps = layer_params[k * len(directions):(k + 1) * len(directions)]
             XWs = input_projections(kind, ps, x, dtype)
             outputs = [recurrence((kind, nonlinearity, reverse, rnn.unroll, dtype), p["W_hh"],

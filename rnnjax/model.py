@@ -24,8 +24,8 @@ from rnnjax import objective
 from rnnjax.cells import CELLS, GRUCell, LSTMCell, OneHot, SimpleRNNCell, compute_dtype, uniform_init
 from rnnjax.precision import dot
 
-__all__ = ["CELLS", "GRUCell", "LSTMCell", "Linear", "OneHot", "RNN", "RNNLM", "SimpleRNNCell", "StackedRNN",
-           "uniform_init"]
+__all__ = ["CELLS", "GRUCell", "LSTMCell", "Linear", "OneHot", "RNN", "RNNLM", "RowDropout", "SimpleRNNCell",
+           "StackedRNN", "uniform_init"]
 
 Array = jax.Array
 Carry = Any
@@ -51,8 +51,9 @@ class RNN(nn.Module):
     reverse: bool = False
     remat: bool = False
 
-    def __call__(self, inputs: Array | OneHot, carry: Carry | None = None, train: bool = False
-                 ) -> tuple[Array, Carry]:
+    def __call__(self, inputs: Array | OneHot, carry: Carry | None = None, train: bool = False,
+                 first_row: int | Array = 0) -> tuple[Array, Carry]:
+        """``(outputs, final carry)``; ``train`` and ``first_row`` as ``StackedRNN``'s: no dropout here."""
         if carry is None:
             carry = self.cell.initialize_carry(jax.random.key(0), inputs.shape[1:])
         inputs = self._cell_input(inputs)
@@ -93,7 +94,8 @@ class StackedRNN(nn.Module):
     """PyTorch's recurrent layer: ``num_layers`` of ``cell``, each direction its own ``RNN``.
 
     ``dropout`` applies to the outputs of every layer but the last, in
-    training only; a ``bidirectional`` layer concatenates its two directions'
+    training only (``RowDropout``: a batch split over devices, each given its
+    ``first_row``, draws the masks of the whole); a ``bidirectional`` layer concatenates its two directions'
     outputs. Carries in and out are tuples of one per layer and direction, in
     PyTorch's ``h_n`` order (layer 0 forward, layer 0 reverse, layer 1, ...).
     """
@@ -107,19 +109,19 @@ class StackedRNN(nn.Module):
     def setup(self):
         self.layers = [RNN(self.cell.clone(parent=None), unroll=self.unroll, reverse=d == 1, remat=self.remat)
                        for _ in range(self.num_layers) for d in range(self.num_directions)]
-        self.drop = nn.Dropout(self.dropout)
+        self.drop = RowDropout(self.dropout)
 
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def __call__(self, inputs: Array | OneHot, carries: tuple | None = None, train: bool = False
-                 ) -> tuple[Array, tuple]:
+    def __call__(self, inputs: Array | OneHot, carries: tuple | None = None, train: bool = False,
+                 first_row: int | Array = 0) -> tuple[Array, tuple]:
         carries = carries or (None,) * len(self.layers)
         x, finals = inputs, []
         for k in range(self.num_layers):
             if k > 0:
-                x = self.drop(x, deterministic=not train)
+                x = self.drop(x, not train, first_row)
             outputs = []
             for d in range(self.num_directions):
                 i = k * self.num_directions + d
@@ -149,6 +151,25 @@ class StackedRNN(nn.Module):
         sizes = [input_size] + [below] * (self.num_layers - 1)
         return tuple(self.cell.initialize_carry(jax.random.key(0), (batch_size, size))
                      for size in sizes for _ in range(self.num_directions))
+
+
+class RowDropout(nn.Module):
+    """``nn.Dropout`` of time-major inputs ``(T, B, D)`` whose mask of row ``b`` is drawn from the
+    ``"dropout"`` key and ``first_row + b``, the row's index in the global batch: a batch split over devices,
+    each device given the index of its first row, trains as on one device."""
+    rate: float
+
+    @nn.compact
+    def __call__(self, x_TxBxD: Array, deterministic: bool, first_row: int | Array = 0) -> Array:
+        if deterministic or self.rate == 0:
+            return x_TxBxD
+        key, keep = self.make_rng("dropout"), 1.0 - self.rate
+        T, B, D = x_TxBxD.shape
+
+        def row(b):
+            return jax.random.bernoulli(jax.random.fold_in(key, b), keep, (T, D))
+        keep_TxBxD = jax.vmap(row, out_axes=1)(first_row + jnp.arange(B))
+        return jax.lax.select(keep_TxBxD, x_TxBxD / keep, jnp.zeros_like(x_TxBxD))
 
 
 class Linear(nn.Module):
@@ -183,9 +204,11 @@ class RNNLM(nn.Module):
     def __call__(self, X_BxT: Array, carry: Carry | None = None, train: bool = False) -> Array:
         return self.forward(X_BxT, carry, train)[0]
 
-    def forward(self, X_BxT: Array, carry: Carry | None = None, train: bool = False) -> tuple[Array, Carry]:
-        """``(logits (B, T, V), final carry)``."""
-        outputs_TxBxH, carry = self.rnn(OneHot(X_BxT.T, self.vocab_size), carry, train)
+    def forward(self, X_BxT: Array, carry: Carry | None = None, train: bool = False,
+                first_row: int | Array = 0) -> tuple[Array, Carry]:
+        """``(logits (B, T, V), final carry)``; ``first_row``: row 0's index in a batch split over devices
+        (dropout draws each row's masks by its index in the whole)."""
+        outputs_TxBxH, carry = self.rnn(OneHot(X_BxT.T, self.vocab_size), carry, train, first_row)
         return self.output_layer(outputs_TxBxH).swapaxes(0, 1), carry
 
     def step(self, X_B: Array, carry: Carry) -> tuple[Array, Carry]:
@@ -198,10 +221,10 @@ class RNNLM(nn.Module):
         """The state ``forward`` starts from, for ``batch_size`` rows (what ``step`` takes first)."""
         return self.rnn.initialize_carry(batch_size, self.vocab_size)
 
-    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False
-             ) -> tuple[Array, Array, Array]:
+    def loss(self, X_BxT: Array, Y_BxT: Array, weights_B: Array, train: bool = False,
+             first_row: int | Array = 0) -> tuple[Array, Array, Array]:
         """``(objective sum, number of weighted tokens, cross-entropy sum)``, sums of ``weights_B[b]`` times
-        each token's value over b and t.
+        each token's value over b and t (``train`` and ``first_row`` as ``forward``'s).
 
         The objective (what training differentiates) is the cross-entropy
         against ``rnnjax.objective.targets``; the cross-entropy is against the
@@ -209,7 +232,7 @@ class RNNLM(nn.Module):
         kernels); the two are equal for one-hot targets. Padding rows have
         weight 0: a sum over the count is a mean over the real tokens.
         """
-        logp_BxTxV = jax.nn.log_softmax(self(X_BxT, train=train))
+        logp_BxTxV = jax.nn.log_softmax(self.forward(X_BxT, None, train, first_row)[0])
         ce_BxT = -jnp.take_along_axis(logp_BxTxV, Y_BxT[..., None], axis=-1)[..., 0]
         objective_BxT = -jnp.sum(objective.targets(Y_BxT, self.vocab_size) * logp_BxTxV, axis=-1)
         return (jnp.sum(objective_BxT * weights_B[:, None]), jnp.sum(weights_B) * X_BxT.shape[1],

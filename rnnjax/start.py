@@ -91,8 +91,7 @@ class Plan:
                 f"{len(self.runs)} runs " if self.runs else ""
             what = (f"resuming {runs}from step {self.step} (epoch {self.position.epoch + 1} of "
                     f"{self.config.epochs}, batch {self.position.batch})")
-        changed = self.computed_by and computing_lib.changed(self.computed_by, self.computing, self.step,
-                                                             dropout=self.config.dropout > 0)
+        changed = self.computed_by and computing_lib.changed(self.computed_by, self.computing, self.step)
         hint = ""
         if self.step is not None and self.saved_epochs not in (None, self.config.epochs):
             hint += f"; {_epochs(self.saved_epochs)} asked for before, {self.config.epochs} now"

@@ -67,18 +67,18 @@ def train_step(state: TrainState, batch: Batch, axis_name: str | None = None, rn
     ``axis_name``: the record takes the first device's value.
 
     ``rng`` (a raw ``jax.random.PRNGKey``) turns dropout on: the step's key is
-    it folded with ``state.step`` (and the device), so a resumed run draws the
-    same masks.
+    it folded with ``state.step``, so a resumed run draws the same masks, and
+    each row's mask is drawn by its index in the global batch
+    (``rnnjax.model.RowDropout``), so N devices draw one device's masks.
     """
     train, rngs = rng is not None, {}
+    first_row = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch.X.shape[0]
     if train:
-        key = jax.random.fold_in(rng, state.step)
-        device = 0 if axis_name is None else jax.lax.axis_index(axis_name)
-        rngs["dropout"] = jax.random.fold_in(key, device)
+        rngs["dropout"] = jax.random.fold_in(rng, state.step)
 
     def objective(params):
         objective_sum, count, ce_sum = state.apply_fn({"params": params}, batch.X, batch.Y, batch.mask, train,
-                                                      method="loss", rngs=rngs)
+                                                      first_row, method="loss", rngs=rngs)
         return objective_sum, (ce_sum, count)
 
     (_, (loss_sum, count)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)

@@ -1,5 +1,5 @@
 """How a run computed (kernel, platform, devices, matmul precision), as its meta says, and what a resume
-that computes otherwise says: the same math at float round-off, or other dropout masks."""
+that computes otherwise says: the same math at float round-off."""
 
 from rnnjax import computing, meta
 from rnnjax.computing import SINCE
@@ -47,14 +47,3 @@ def test_a_resume_that_computes_otherwise_says_how_and_every_later_one_since_whe
     since = computing.computed_by(sealed(**now, **{SINCE: 13}))     # changed at 13: every later one says so
     assert computing.otherwise_since(since, now, 26) == {SINCE: 13}
     assert computing.changed(since, now, 26).startswith("computed otherwise since step 13 (a")
-
-
-def test_with_dropout_another_device_count_is_other_masks_not_round_off():
-    two = {**NOW, "num_devices": 2}
-    assert computing.changed(two, NOW, 26, dropout=True) == (
-        "trained on 2 GPU device(s) until step 26, continued on 1 GPU device(s): dropout draws its masks per "
-        "device, so results differ from an unbroken run's")
-    assert computing.changed({**NOW, "kernel": "plain"}, NOW, 26, dropout=True).endswith("at float round-off")
-    since = computing.computed_by(sealed(**NOW, **{SINCE: 13}))
-    assert computing.changed(since, NOW, 26, dropout=True).endswith(
-        "at float round-off (and its dropout masks, where the device count changed)")

@@ -246,6 +246,22 @@ def test_dropout_between_layers_only_in_training_and_deterministic_under_a_key(i
     np.testing.assert_allclose(all_dropped, layer1, rtol=1e-6, atol=1e-6)
 
 
+def test_row_dropout_draws_each_rows_mask_by_its_index_in_the_global_batch():
+    """A batch split in two, each half given its first row's index, draws the whole's masks: N devices train
+    as one (each device's own key drew other masks, so runs of dropout moved with the device count)."""
+    from rnnjax.model import RowDropout
+    x_TxBxD, rngs, drop = jnp.ones((7, 8, 300)), {"dropout": jax.random.key(3)}, RowDropout(0.25)
+    whole = drop.apply({}, x_TxBxD, False, rngs=rngs)
+    halves = [drop.apply({}, x_TxBxD[:, :4], False, first, rngs=rngs) for first in (0, 4)]
+    np.testing.assert_array_equal(np.concatenate(halves, axis=1), whole)
+    np.testing.assert_array_equal(np.unique(whole), np.float32([0, 1 / 0.75]))     # kept: scaled by 1 / 0.75
+    assert abs(np.mean(whole == 0) - 0.25) < 0.01                      # 16800 draws: 3 sigma is 0.01
+    kept_BxD = (whole != 0).transpose(1, 0, 2).reshape(8, -1)
+    assert len({row.tobytes() for row in kept_BxD}) == 8                # each row its own mask
+    np.testing.assert_array_equal(drop.apply({}, x_TxBxD, True, rngs=rngs), x_TxBxD)     # evaluation: off
+    assert not np.array_equal(drop.apply({}, x_TxBxD, False, rngs={"dropout": jax.random.key(4)}), whole)
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_stack_is_causal_unless_bidirectional(inputs, bidirectional):
     X, _ = inputs
