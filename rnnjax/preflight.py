@@ -103,18 +103,26 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> None:
     that update the parameters, and ``loss_sum`` and ``count``: else each device trains a model of its own,
     and the loss logged is one device's."""
     traced, shape = jax.make_jaxpr(functools.partial(step, **kwargs), return_shape=True)(*args)
-    alone = summed.alone(traced, shape, lambda k: k.startswith("[0].params")
+    alone = summed.alone(traced, shape, _varying(args), lambda k: k.startswith("[0].params")
                          or k in ("[1]['loss_sum']", "[1]['count']"))
-    params = [k for k in alone if k.startswith("[0].params")]
-    # Every parameter one device's: one frozen on purpose may come out as another value than the one given.
-    every = bool(params) and len(params) == len(jax.tree.leaves(getattr(args[0], "params", None)))
-    what = ["the gradients"] * every + [k for k in ("loss_sum", "count") if f"[1]['{k}']" in alone]
+    params = [k[len("[0].params"):] for k in alone if k.startswith("[0].params")]
+    what = [k for k in ("loss_sum", "count") if f"[1]['{k}']" in alone]
+    if params:
+        every = len(params) == len(jax.tree.leaves(getattr(args[0], "params", None)))
+        what.insert(0, "the gradients" if every else f"the gradients of {params[0]}"
+                    + f" and {len(params) - 1} more parameters" * (len(params) > 1))
     if what:
-        hint = " (the gradients: under pmap a pmean-ed loss's are each device's own)" if every else ""
+        hint = " (the gradients: under pmap a pmean-ed loss's are each device's own)" if params else ""
         what = ", ".join(what[:-1]) + " and " * (len(what) > 1) + what[-1]
         raise ValueError(f"loop.run's step sums {what} over none of the devices it runs on "
                          "(jax.lax.psum over its axis_name): each would train a model of its own, or log its "
                          f"own loss; give axis_name on to rnnjax.train.train_windows, or psum them{hint}.")
+
+
+def _varying(args: tuple) -> list[bool]:
+    """Which of the leaves of a step's or evaluation's arguments may differ between the devices: all but the
+    state's (``args[0]``), which every device holds alike."""
+    return [i >= len(jax.tree.leaves(args[0])) for i in range(len(jax.tree.leaves(args)))]
 
 
 def check_state(p: Plan, state: Any, vocab_size: int) -> None:
@@ -170,8 +178,8 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
     if not (isinstance(out, dict) and {"loss_sum", "count"} <= set(out)):
         raise ValueError(f"An evaluation must return a dict of 'loss_sum' and 'count' (as "
                          f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
-    alone = [] if traced is None or _own(evaluate) else summed.alone(traced, out, lambda k: k in (
-        "['loss_sum']", "['count']"))
+    alone = [] if traced is None or _own(evaluate) else summed.alone(
+        traced, out, _varying((state, batches)), lambda k: k in ("['loss_sum']", "['count']"))
     alone = [k for k in ("loss_sum", "count") if f"['{k}']" in alone]
     if alone:
         raise ValueError(f"loop.run's evaluate sums {' and '.join(alone)} over none of the "

@@ -1,6 +1,8 @@
-"""Which outputs of a step traced over the devices' axis are no device's own: they follow from a collective
-(``psum``, a ring of ``ppermute``...) over ``rnnjax.parallel.AXIS`` of values that follow from the inputs.
-``rnnjax.preflight`` refuses a step of one's own whose parameters' updates or loss are one device's.
+"""Which outputs of a step traced over the devices' axis are one device's own: they follow from a value that
+differs between the devices (the batch, ``axis_index``) through no collective over ``rnnjax.parallel.AXIS``
+(a ``psum``, a gather; a ring of ``ppermute``s). The state every device holds alike differs nowhere, as in
+``shard_map``'s typing of varying values. ``rnnjax.preflight`` refuses a step of one's own whose parameters'
+updates or loss are one device's.
 """
 
 from __future__ import annotations
@@ -12,17 +14,20 @@ import jax
 
 from rnnjax.parallel import AXIS
 
+# Collectives after which every device holds the same value.
+_SUMMING = ("psum", "pmax", "pmin", "all_gather")
+# Collectives that give each device part of a combination: taken as combining (a ring all-reduce of ppermutes
+# is one device's own by type, the same on all by arithmetic).
+_EXCHANGING = ("psum_scatter", "reduce_scatter", "all_to_all", "ppermute")
 
-# The collectives that combine the devices' values: a sum (pmean is one), an extreme, a gather, an exchange
-# (an all-reduce written as a ring of ppermutes).
-_COMBINING = ("psum", "pmax", "pmin", "all_gather", "psum_scatter", "reduce_scatter", "all_to_all",
-              "ppermute")
 
-
-def _combines(eqn: Any) -> bool:
+def _collective(eqn: Any) -> str:
     names = eqn.params.get("axes", eqn.params.get("axis_name", ()))
     names = names if isinstance(names, (tuple, list)) else (names,)
-    return eqn.primitive.name in _COMBINING and AXIS in names
+    if AXIS not in names:
+        return ""
+    name = eqn.primitive.name
+    return "sum" if name in _SUMMING else "exchange" if name in _EXCHANGING else ""
 
 
 def _inner(eqn: Any) -> Iterator[Any]:
@@ -35,45 +40,70 @@ def _inner(eqn: Any) -> Iterator[Any]:
 
 
 def _combines_inside(jaxpr: Any) -> bool:
-    return any(_combines(e) or any(_combines_inside(j) for j in _inner(e)) for e in jaxpr.eqns)
+    return any(_collective(e) or any(_combines_inside(j) for j in _inner(e)) for e in jaxpr.eqns)
 
 
-def combined(jaxpr: Any) -> list[bool]:
-    """Per output of ``jaxpr``: whether it is no device's own: it follows from values combined over the
-    devices' axis (``psum``) of values that follow from the inputs, or it is an input as given (a frozen
-    parameter), or it follows from no input (a count known as it is traced)."""
-    return [made or given or not fed
-            for made, fed, given in _flow(jaxpr, [(False, True, True)] * len(jaxpr.invars))]
+def own(jaxpr: Any, varying: list[bool]) -> list[bool]:
+    """Per output of ``jaxpr``: whether it is one device's own, given which of its inputs differ between the
+    devices (``varying``)."""
+    return [differs and not exchanged for differs, exchanged in _flow(jaxpr, [(v, False) for v in varying])]
 
 
 def _flow(jaxpr: Any, flags: list[tuple]) -> list[tuple]:
-    """``(made, fed, given)`` of each output of ``jaxpr`` from those of its inputs: follows from a value
-    combined over the devices' axis, follows from an input, is an input as given. Followed into an
-    equation whose one jaxpr takes and gives its own inputs and outputs (a scan's body, once: a carry that
-    is combined only from the second step on is missed; a jit's, a custom_vjp's, a checkpoint's); any other
-    with a collective inside (a cond's, a while's) is taken as combining all it returns."""
+    """``(differs, exchanged)`` of each output of ``jaxpr`` from those of its inputs: may differ between the
+    devices; follows from an exchange. Followed into a jit's, a checkpoint's, a custom_vjp's jaxpr, a scan's
+    body (again until its carries' flags hold) and a cond's branches; a while with a collective inside is
+    taken as combining all it returns."""
     of = {id(v): f for v, f in zip(jaxpr.invars, flags)}
 
     def flag(v):
-        return of.get(id(v), (False, False, False))         # a literal or a constant: no input's
+        return of.get(id(v), (False, False))        # a literal or a constant: the same on every device
     for eqn in jaxpr.eqns:
         given = [flag(v) for v in eqn.invars]
-        made, fed = any(f[0] for f in given), any(f[1] for f in given)
-        inner = list(_inner(eqn))
-        if _combines(eqn):      # of a value known as traced (psum(1); a pmean's backward, of ones): nothing
-            out = [(fed, fed, False)] * len(eqn.outvars)
-        elif len(inner) == 1 and (len(inner[0].invars), len(inner[0].outvars)) == (len(eqn.invars),
-                                                                                   len(eqn.outvars)):
-            out = _flow(inner[0], given)
+        differs, exchanged = any(f[0] for f in given), any(f[1] for f in given)
+        inner, kind = list(_inner(eqn)), _collective(eqn)
+        shapes = {(len(j.invars), len(j.outvars)) for j in inner}
+        if eqn.primitive.name == "axis_index":
+            out = [(True, False)]
+        elif kind:
+            out = [(differs and kind == "exchange", exchanged or kind == "exchange")] * len(eqn.outvars)
+        elif len(inner) == 1 and shapes == {(len(eqn.invars), len(eqn.outvars))}:
+            out = _carried(eqn, inner[0], given)
+        elif inner and shapes == {(len(eqn.invars) - 1, len(eqn.outvars))}:      # a cond: its index first
+            branches = [_flow(j, given[1:]) for j in inner]
+            out = [(given[0][0] or any(b[i][0] for b in branches), any(b[i][1] for b in branches))
+                   for i in range(len(eqn.outvars))]
+        elif any(_combines_inside(j) for j in inner):
+            out = [(False, exchanged)] * len(eqn.outvars)
         else:
-            out = [(made or any(_combines_inside(j) for j in inner), fed, False)] * len(eqn.outvars)
+            out = [(differs, exchanged)] * len(eqn.outvars)
         of.update((id(v), f) for v, f in zip(eqn.outvars, out))
     return [flag(v) for v in jaxpr.outvars]
 
 
-def alone(traced: Any, shape: Any, wanted: Callable[[str], bool]) -> list[str]:
+def _carried(eqn: Any, inner: Any, given: list[tuple]) -> list[tuple]:
+    """``_flow`` into ``inner``; a scan's body again with each carry's flags joined with its last output's,
+    until they hold (a carry that differs from its second step on)."""
+    out = _flow(inner, given)
+    if eqn.primitive.name != "scan":
+        return out
+    # How many of its inputs are constants and carries: JAX 0.10 counts them, 0.11 splits them (ft_in).
+    consts, carries = eqn.params.get("num_consts"), eqn.params.get("num_carry")
+    parts = eqn.params["ft_in"].unpack() if hasattr(eqn.params.get("ft_in"), "unpack") else ()
+    if len(parts) == 3:
+        consts, carries = len(parts[0]), len(parts[1])
+    if not isinstance(consts, int) or not isinstance(carries, int):
+        return out                  # another JAX: followed once
+    while True:
+        joined = [tuple(a or b for a, b in zip(given[consts + i], out[i])) for i in range(carries)]
+        if joined == given[consts:consts + carries]:
+            return out
+        given = given[:consts] + joined + given[consts + carries:]
+        out = _flow(inner, given)
+
+
+def alone(traced: Any, shape: Any, varying: list[bool], wanted: Callable[[str], bool]) -> list[str]:
     """The outputs of ``traced`` (a ClosedJaxpr over the devices' axis; its outputs' tree ``shape``) that
-    ``wanted`` picks by path (``jax.tree_util.keystr``) and that follow from no value combined over the
-    devices: one device's own."""
+    ``wanted`` picks by path (``jax.tree_util.keystr``) and that are one device's own."""
     paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(shape)[0]]
-    return [k for k, summed in zip(paths, combined(traced.jaxpr)) if wanted(k) and not summed]
+    return [k for k, mine in zip(paths, own(traced.jaxpr, varying)) if wanted(k) and mine]

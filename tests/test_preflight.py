@@ -180,6 +180,22 @@ def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data
             return state.apply_gradients(grads=grads), m
         return jax.lax.scan(one, state, windows.batch(tokens))
 
+    def by_summed_count(state, tokens, windows, axis_name=None):         # local gradients, global count
+        def one(state, batch):
+            def objective(params):
+                s, count, ce = state.apply_fn({"params": params}, batch.X, batch.Y, batch.mask, method="loss")
+                return s / jax.lax.psum(count, axis_name), (ce, count)
+            (_, (ce, count)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+            m = {"loss_sum": jax.lax.psum(ce, axis_name), "count": jax.lax.psum(count, axis_name)}
+            return state.apply_gradients(grads=grads), m
+        return jax.lax.scan(one, state, windows.batch(tokens))
+
+    def bias_of_its_own(state, tokens, windows, axis_name=None):        # a rule of its own, of the batch
+        new, m = train.train_windows(state, tokens, windows, axis_name=axis_name)
+        dense = new.params["output_layer"]
+        dense = {**dense, "bias": dense["bias"] + 1e-3 * jnp.mean(windows.mask)}
+        return new.replace(params={**new.params, "output_layer": dense}), m
+
     def own_eval(state, batches, axis_name=None):
         return train.eval_steps(state, batches)
     every = "the gradients, loss_sum and count"
@@ -194,6 +210,9 @@ def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data
             (functools.wraps(train.train_windows)(alone), train.eval_steps, every),
             (metrics_summed, train.eval_steps, r"^loop.run's step sums the gradients over none"),
             (metrics_summed_by_hand, train.eval_steps, r"^loop.run's step sums the gradients over none"),
+            (by_summed_count, train.eval_steps, r"^loop.run's step sums the gradients over none"),
+            (bias_of_its_own, train.eval_steps,
+             r"^loop.run's step sums the gradients of \['output_layer'\]\['bias'\] over none of the devices"),
             (pmean_loss, train.eval_steps, r"^loop.run's step sums the gradients over none.* or psum them "
                                            r"\(the gradients: under pmap a pmean-ed loss's are each device's "
                                            r"own\)\.")]:

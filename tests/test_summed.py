@@ -26,26 +26,38 @@ def _ring(g):                           # an all-reduce of 2 devices as a ring o
 
 _SUMS = {
     "psum": lambda w, x: jax.lax.psum(_grads(w, x), AXIS),
-    "in a cond": lambda w, x: jax.lax.cond(x[0, 0] > 0, lambda g: jax.lax.psum(g, AXIS), lambda g: g,
-                                           _grads(w, x)),
+    "in a cond": lambda w, x: jax.lax.cond(w[0, 0] > 0, lambda g: jax.lax.psum(g, AXIS),
+                                           lambda g: jax.lax.psum(-g, AXIS), _grads(w, x)),
     "in a loop": lambda w, x: jax.lax.fori_loop(0, 2, lambda i, g: jax.lax.psum(g, AXIS) / 2, _grads(w, x)),
+    "in a while": lambda w, x: jax.lax.while_loop(
+        lambda c: c[1] < 2, lambda c: (jax.lax.psum(c[0], AXIS), c[1] + 1), (_grads(w, x), 0))[0],
     "in a jit": lambda w, x: jax.jit(lambda g: jax.lax.psum(g, AXIS))(_grads(w, x)),
     "in a checkpoint": lambda w, x: jax.checkpoint(lambda w: jax.lax.psum(_grads(w, x), AXIS))(w),
     "in a custom_vjp's backward": lambda w, x: jax.grad(lambda w: jnp.sum(x @ _summed_backward(w)))(w),
     "ring": lambda w, x: _ring(_grads(w, x)),
-    "all_gather": lambda w, x: jnp.mean(jax.lax.all_gather(_grads(w, x), AXIS), 0)}
+    "all_gather": lambda w, x: jnp.mean(jax.lax.all_gather(_grads(w, x), AXIS), 0),
+    "frozen": lambda w, x: w * 1.0,
+    "of the parameters alone": lambda w, x: jax.grad(lambda w: jnp.sum(jnp.tanh(w)))(w)}
 _OWN = {
     "none": _grads,
     "of a pmean-ed loss": lambda w, x: jax.grad(lambda w: jax.lax.pmean(jnp.sum(jnp.tanh(x @ w)), AXIS))(w),
     "of a psum-ed loss": lambda w, x: jax.grad(lambda w: jax.lax.psum(jnp.sum(jnp.tanh(x @ w)), AXIS))(w),
-    "times the device count": lambda w, x: _grads(w, x) * jax.lax.psum(jnp.ones(()), AXIS)}
+    "times the device count": lambda w, x: _grads(w, x) * jax.lax.psum(jnp.ones(()), AXIS),
+    "over a summed count": lambda w, x: _grads(w, x) / jax.lax.psum(jnp.sum(x), AXIS),
+    "in one branch of a cond of the batch": lambda w, x: jax.lax.cond(
+        x[0, 0] > 0, lambda g: jax.lax.psum(g, AXIS), lambda g: g, _grads(w, x)),
+    "of the device's index": lambda w, x: w * jax.lax.axis_index(AXIS),
+    "a carry from its second step on": lambda w, x: jax.lax.scan(
+        lambda c, x_i: ((c[1], c[1] + x_i), None), (w[0], w[0]), x)[0][0]}
 
 
 @pytest.mark.parametrize("name", [*_SUMS, *_OWN])
-def test_gradients_are_combined_where_a_collective_sums_values_of_the_inputs(name):
-    """Wherever the sum sits (a cond, a loop, a jit, a custom_vjp's backward, a ring of ppermutes); a
-    collective of values known as traced combines nothing: under pmap a pmean-ed loss's gradient is each
-    device's own (its backward psums the ones it is seeded with), and it passed the check."""
+def test_an_output_is_one_devices_own_where_it_follows_from_the_batch_through_no_collective(name):
+    """The parameters are the same on every device, the batch is not. Wherever the sum sits (a cond, a loop,
+    a jit, a custom_vjp's backward, a ring of ppermutes), it makes a value the same everywhere; a
+    gradient scaled by a sum (a pmean-ed loss's under pmap, whose backward psums the ones it is seeded with;
+    one over the devices' summed count) is each device's own, and passed the check. A scan's carry is
+    followed until its flags hold."""
     traced = jax.make_jaxpr(_SUMS.get(name, _OWN.get(name)), axis_env=[(AXIS, 2)])(jnp.ones((3, 3)),
                                                                                    jnp.ones((4, 3)))
-    assert summed.combined(traced.jaxpr) == [name in _SUMS]
+    assert summed.own(traced.jaxpr, [False, True]) == [name in _OWN]
