@@ -58,7 +58,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     run.add_argument("--checkpoint-every", type=int, metavar="N",
                      help=f"epochs between checkpoints (default {CHECKPOINT_EVERY}; the last epoch and an "
                           "interrupted run are always saved)")
-    run.add_argument("--keep", type=int, help="latest checkpoints kept (default 3; the best is kept too)")
+    run.add_argument("--keep", type=int,
+                     help="latest checkpoints kept (default 3; the best, and each run's, are kept too)")
     run.add_argument("--devices", type=int, help="local devices to train on (default: all; on a CPU one per "
                                                  "core, or $JAX_NUM_CPU_DEVICES)")
     run.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (multi-host)")

@@ -5,8 +5,9 @@ and ``checkpoints/<step>/`` with two orbax items: ``state``, the full
 ``TrainState`` (step, params, optimizer state; ``StandardSave``), and ``meta``,
 JSON with the config, the vocabulary and the data-order position
 (``JsonSave``). The latest ``keep`` checkpoints and the best by validation
-perplexity are kept. Orbax writes each checkpoint to a temporary directory
-and renames it when complete, so a half-written one is never listed.
+perplexity are kept (of runs trained together, each run's best too). Orbax
+writes each checkpoint to a temporary directory and renames it when complete,
+so a half-written one is never listed.
 
 Every save is read back once it has finished (its manifest and metadata files
 are there). What is stored is read and checked by ``rnnjax.stored``, and
@@ -28,14 +29,14 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from rnnjax import meta as meta_lib, orbax_logs, stops, workdir as workdir_lib
+from rnnjax import meta as meta_lib, orbax_logs, stops, stored, workdir as workdir_lib
 from rnnjax.config import Config
 from rnnjax.spelling import again, spelt
 from rnnjax.read_state import restore_state  # noqa: F401
 from rnnjax.restore import Restored, restore  # noqa: F401
 from rnnjax.stored import (CONFIG, DAMAGED, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
                            DamagedCheckpoint, UnknownCell, check_fits, latest_step, read_meta,
-                           StateMismatch, UnreadableCheckpoint, reason, steps, val_ppls)
+                           StateMismatch, UnreadableCheckpoint, reason, scores_by_step, steps)
 from rnnjax.tidy import REMOVING, remove_dropped, set_aside  # noqa: F401
 from rnnjax.vocab import Vocab
 
@@ -45,16 +46,17 @@ WRITTEN = ("_CHECKPOINT_METADATA", "state/manifest.ocdbt", "state/_METADATA", "m
 
 @dataclasses.dataclass
 class _Lowest(policies.PreservationPolicy):
-    """Preserves the checkpoint of lowest ``val_ppl``: by orbax's metrics for its own saves, by ``earlier``
-    (read from the metas) for those a resumed run found, whose metrics orbax does not know."""
-    earlier: dict[int, float]
+    """Preserves the checkpoint of lowest ``val_ppl``, and of runs trained together, of each run's lowest
+    (``stored.scores``): by orbax's metrics for its own saves, by ``earlier`` (read from the metas) for
+    those a resumed run found, whose metrics orbax does not know."""
+    earlier: dict[int, dict[str, float]]
 
     def should_preserve(self, checkpoints, *, context) -> list[bool]:
-        def ppl(c):
-            return c.metrics["val_ppl"] if c.metrics is not None else self.earlier.get(c.step)
-        scored = [(ppl(c), c.step) for c in checkpoints if ppl(c) is not None]
-        best = min(scored)[1] if scored else None
-        return [c.step == best for c in checkpoints]
+        scored = {c.step: c.metrics if c.metrics is not None else self.earlier.get(c.step, {})
+                  for c in checkpoints}
+        names = {name for s in scored.values() for name in s}
+        best = {min((s[name], step) for step, s in scored.items() if name in s)[1] for name in names}
+        return [c.step in best for c in checkpoints]
 
 
 class Manager(ocp.CheckpointManager):
@@ -97,9 +99,10 @@ class Manager(ocp.CheckpointManager):
                 raise
 
 
-def manager(directory: str | Path, *, keep: int = 3, earlier: dict[int, float] | None = None) -> Manager:
-    """A manager keeping the latest ``keep`` checkpoints and the best by ``val_ppl``, the checkpoints
-    found in ``directory`` counted with their ``earlier`` perplexities (``val_ppls``)."""
+def manager(directory: str | Path, *, keep: int = 3, earlier: dict[int, dict[str, float]] | None = None
+            ) -> Manager:
+    """A manager keeping the latest ``keep`` checkpoints and the best by ``val_ppl`` (and each run's), the
+    checkpoints found in ``directory`` counted with their ``earlier`` perplexities (``scores_by_step``)."""
     preservation = policies.AnyPreservationPolicy([policies.LatestN(keep), _Lowest(dict(earlier or {}))])
     options = ocp.CheckpointManagerOptions(preservation_policy=preservation, todelete_subdir=REMOVING)
     orbax_logs.quiet()
@@ -125,7 +128,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
         with stops.held():
             mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)),
-                      metrics=None if meta["val_ppl"] is None else {"val_ppl": meta["val_ppl"]}, force=True)
+                      metrics=stored.scores(meta) or None, force=True)
     except Exception as e:
         raise _save_failed(mngr, step, e) from None
 

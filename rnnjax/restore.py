@@ -92,7 +92,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     several runs trained together (``rnnjax.runs``) needs ``run``, the index of one of them (its best
     is its own lowest validation perplexity; in checkpoints older than that field, the runs' mean's).
     The best is the best of the checkpoints kept (saved every ``checkpoint_every`` epochs and at the
-    end; of runs, the kept best is the mean's), not of every epoch. A damaged
+    end, each run's best kept), not of every epoch. A damaged
     checkpoint raises ``DamagedCheckpoint``; with ``fallback`` the newest good one older than it is
     taken instead, or for the ``best`` the next best (``CheckpointError`` naming each, if none is good)."""
     if not isinstance(workdir, (str, os.PathLike)):

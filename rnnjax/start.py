@@ -261,7 +261,7 @@ def open_workdir(p: Plan, data: WindowedText, keep: int) -> tuple[Any, metrics.M
         moved.append((source, target))
     if not p.finished and jax.process_index() == 0:    # at once: an earlier run's went aside with its records
         checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None)
-    earlier = checkpoint.val_ppls(p.workdir) if p.step is not None else {}
+    earlier = checkpoint.scores_by_step(p.workdir) if p.step is not None else {}
     manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
     # Silent: the plan says what a torn last line leaves out (Plan.describe).
     metrics_log = metrics.MetricsLog(p.workdir / metrics.FILENAME, writer=jax.process_index() == 0,

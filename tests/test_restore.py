@@ -217,7 +217,7 @@ def test_the_best_with_a_damaged_meta_is_not_chosen_silently(small_data, tmp_pat
     fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, checkpoint_every=1, keep=3, log=None)
     best = checkpoint.restore(tmp_path, best=True).step
     (tmp_path / checkpoint.SUBDIR / str(best) / "meta" / "metadata").write_bytes(b"")
-    rest = min((p, s) for s, p in stored.val_ppls(tmp_path).items())[1]
+    rest = min((p["val_ppl"], s) for s, p in stored.scores_by_step(tmp_path).items())[1]
     with pytest.raises(checkpoint.DamagedCheckpoint, match=f"step {best} "):
         checkpoint.restore(tmp_path, best=True)
     assert checkpoint.restore(tmp_path, best=True, fallback=True).step == rest != best
@@ -319,22 +319,24 @@ def test_the_best_of_a_run_that_is_not_there_is_the_run_s_sentence(small_data, t
     assert checkpoint.restore(tmp_path, best=True, run=1).config.seed == 1
 
 
-@pytest.mark.parametrize("keep", [3, 1])
+@pytest.mark.parametrize("keep, epoch", [(3, 2), (1, 2), (1, 1)])
 def test_a_run_that_stopped_early_names_a_checkpoint_from_before_it_stopped_where_one_is_kept(
-        keep, small_data, tmp_path, monkeypatch):
+        keep, epoch, small_data, tmp_path, monkeypatch):
+    """With keep=1 the run's own best from before it stopped is kept (the latest and the runs' mean's best
+    alone were); stopped in epoch 1, it has none."""
     from rnnjax import writer
     from rnnjax.stops import NonFiniteLoss
     real = writer.check_divergence
 
-    def run_1_diverges_in_epoch_2(record, high, vocab_size):
-        if (record["run"], record["epoch"]) == (1, 2):
-            raise NonFiniteLoss("", "it diverged in epoch 2")
+    def run_1_diverges(record, high, vocab_size):
+        if (record["run"], record["epoch"]) == (1, epoch):
+            raise NonFiniteLoss("", f"it diverged in epoch {epoch}")
         return real(record, high, vocab_size)
-    monkeypatch.setattr(writer, "check_divergence", run_1_diverges_in_epoch_2)
+    monkeypatch.setattr(writer, "check_divergence", run_1_diverges)
     configs = [TINY.replace(epochs=3, seed=s) for s in (0, 1)]
     runs.fit_runs(configs, small_data, tmp_path, devices=1, log=None, checkpoint_every=1, keep=keep)
-    stopped = rf"^Run 1 of {re.escape(str(tmp_path))} stopped early \(it diverged in epoch 2\)"
-    if keep == 1:       # step 39 only: none from before
+    stopped = rf"^Run 1 of {re.escape(str(tmp_path))} stopped early \(it diverged in epoch {epoch}\)"
+    if epoch == 1:       # its epoch's checkpoint is from after it stopped
         none_before = stopped + r": restore another run; no checkpoint kept is from before it stopped\.$"
         with pytest.raises(CheckpointError, match=none_before):
             checkpoint.restore(tmp_path, run=1)
