@@ -789,12 +789,17 @@ def test_restore_takes_numpy_steps_and_refuses_step_with_best(small_data, tmp_pa
         checkpoint.restore(tmp_path, step=13.0)
 
 
-def test_predict_with_the_flags_of_another_epoch_count_is_the_same_model(real_text_path, capsys, trained):
+def test_predict_with_the_flags_of_another_epoch_count_is_the_same_model(
+        real_text_path, capsys, trained, monkeypatch, tmp_path):
     assert cli("--workdir", str(trained), "--predict", "it has", "--preset", "tiny", "--epochs", "5",
                "--keep", "2") == 0
     out, err = capsys.readouterr()
     assert out.startswith("it has")
     assert err.rstrip().endswith("; not used here (they train): --keep, --epochs, --preset")
+    monkeypatch.chdir(tmp_path)                         # without --workdir, the preset chooses it: used
+    shutil.copytree(trained, tmp_path / "runs" / "tiny")
+    assert cli("--predict", "it has", "--preset", "tiny", "--epochs", "5") == 0
+    assert capsys.readouterr().err.rstrip().endswith("; not used here (they train): --epochs")
     for bad in (["--epochs", "-5"], ["--kernel", "bogus"], ["--keep", "0"]):     # not used, still checked
         assert cli("--workdir", str(trained), "--predict", "it has", *bad) == 1
         assert capsys.readouterr().err.startswith(f"error: {bad[0]} must be ")
