@@ -21,16 +21,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax import kernels, lock as lock_lib
+from rnnjax import lock as lock_lib, score
 from rnnjax.config import Config, whole
-from rnnjax.spelling import as_flags, got, spelt
+from rnnjax.spelling import as_flags, spelt
 from rnnjax.data import WindowedText
 from rnnjax.generate import predict, predict_batch
 from rnnjax.meta import Position
-from rnnjax.metrics import FILENAME, MetricsError, MetricsLog, perplexity
-from rnnjax.precision import at_precision
+from rnnjax.metrics import FILENAME, MetricsError, MetricsLog
 from rnnjax.read_state import restore_state
-from rnnjax.state import abstract_run_states, abstract_train_state, create_train_state, make_model
+from rnnjax.state import abstract_run_states, abstract_train_state, make_model
 from rnnjax.stored import (CONFIG, SUBDIR, CheckpointError, DamagedCheckpoint, check_folder, read_meta,
                            steps, unreadable_workdir, val_ppl)
 from rnnjax.tidy import REMOVING
@@ -66,24 +65,14 @@ class Restored:
         """The model's perplexity on ``data``'s validation windows, as a run validates (``data`` in its
         tokens: ``rnnjax.corpus.load(config, text=..., vocab=run.vocab)`` for another text, whose tokens
         the run never saw read as ``<unk>``, which may score well: count them in ``data.tokens``)."""
-        from rnnjax.train import eval_steps          # here: rnnjax.train imports this module's users
-        if not isinstance(data, WindowedText):
-            raise TypeError(f"perplexity scores a WindowedText (rnnjax.corpus.load(config, text=PATH, "
-                            f"vocab=run.vocab) reads one), got {got(data)}.")
-        if data.vocab.idx_to_token != self.vocab.idx_to_token:
-            raise ValueError("The data is in another vocabulary than the run's: load it with "
-                             "rnnjax.corpus.load(config, text=..., vocab=run.vocab).")
-        data.check_tokens()
-        config = self.config
-        try:
-            kernels.check(config)
-        except ValueError:          # trained with a kernel this backend lacks (cuDNN's, on a CPU): same math
-            config = config.replace(kernel="auto")
-        # Any optimizer: it is not stepped (the run's own may not be registered here, as for restore's)
-        state = create_train_state(config.replace(optimizer="sgd"), len(self.vocab), self.params)
-        batches = jax.tree.map(lambda *x: np.stack(x), *data.val_batches())
-        sums = jax.jit(at_precision(eval_steps, config.matmul_precision))(state, batches)
-        return perplexity(float(sums["loss_sum"]) / float(sums["count"]))
+        return score.perplexity(self.config, self.vocab, self.params, data)
+
+    def losses(self, text: str) -> tuple[list[str], np.ndarray]:
+        """``(tokens, nll)``: ``text`` cleaned and split as the run's text was (its config's ``preprocess``
+        and ``token``), and each token's negative log-likelihood in nats given every token before it:
+        ``nll[i]`` is ``tokens[i + 1]``'s. The model reads the whole text from its start, no window cut;
+        ``exp(nll.mean())`` is its perplexity. A token the run never saw reads as ``<unk>``."""
+        return score.losses(self.config, self.vocab, self.params, text)
 
 
 def restore(workdir: str | Path, step: int | None = None, best: bool = False, run: int | None = None,

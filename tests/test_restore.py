@@ -407,7 +407,8 @@ def test_a_restored_run_scores_data_as_its_run_validated(small_data, tmp_path):
     with pytest.raises(ValueError, match="another vocabulary than the run's: load it with"):
         run.perplexity(other)
     with pytest.raises(TypeError, match=r"^perplexity scores a WindowedText \(rnnjax\.corpus\.load\(config, "
-                                        r"text=PATH, vocab=run\.vocab\) reads one\), got a str\.$"):
+                                        r"text=PATH, vocab=run\.vocab\) reads one\), got a str; "
+                                        r"run\.losses\(text\) scores a str\.$"):
         run.perplexity("the time traveller")
     short = copy.copy(small_data)
     short.corpus = small_data.corpus[:len(small_data.tokens) - 1]
