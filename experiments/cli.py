@@ -21,7 +21,7 @@ from experiments.parsing import Parser
 from rnnjax import agree, checkpoint, config as config_lib, corpus, parallel, runs, spelling
 from rnnjax.data import WindowedText
 from rnnjax.generate import MAX_PREDS, MAX_TEMPERATURE
-from rnnjax.metrics import ppl_text
+from rnnjax.metrics import ppl_text, ppls_text
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.train import epoch_lines
 
@@ -173,8 +173,8 @@ def progress_output(enabled: bool, epochs: int):
 
         def update(done: int, total: int, record: dict | None) -> None:
             if record is not None:
-                bar.update(task, ppl=f"epoch {record['epoch']}  train ppl {ppl_text(record['train_ppl'])}  "
-                                     f"val ppl {ppl_text(record['val_ppl'])}")
+                bar.update(task, ppl=f"epoch {record['epoch']}  train ppl {ppls_text(record, 'train_ppl')}  "
+                                     f"val ppl {ppls_text(record, 'val_ppl')}")
             bar.update(task, completed=done, total=total)
         try:
             yield update

@@ -31,6 +31,15 @@ def ppl_text(value: float) -> str:
     return f"{value:.2f}" if abs(value) < 1e6 else f"{value:.3g}"
 
 
+def ppls_text(record: dict, key: str) -> str:
+    """``record[key]`` as ``ppl_text``; of runs trained together (a ``runs`` list), their lowest to their
+    highest: a mean would show one diverging run's alone."""
+    values = [r[key] for r in record["runs"]] if "runs" in record else [record[key]]
+    values = [math.inf if v is None or math.isnan(v) else v for v in values]
+    lo, hi = min(values), max(values)
+    return ppl_text(lo) if lo == hi else f"{ppl_text(lo)} to {ppl_text(hi)}"
+
+
 def bits_per_character(loss: float) -> float:
     """The loss in bits, ``log2(perplexity)``: what the model would compress the text to, per character."""
     return loss / math.log(2.0)

@@ -194,14 +194,15 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
 
 def epoch_lines(log: Callable[[str], Any], epochs: int) -> Callable:
     """A ``progress`` that ``log``s a line every tenth of the ``epochs`` and at the last: ``fit``'s where it
-    is given no other (of runs: their mean perplexities)."""
+    is given no other (of runs: their lowest to highest perplexities, and how many train on)."""
     every = max(1, epochs // 10)
 
     def line(done: int, total: int, record: dict | None) -> None:
         if record and (record["epoch"] % every == 0 or record["epoch"] == epochs):
-            train_ppl, val_ppl = (metrics_lib.ppl_text(record[k]) for k in metrics_lib.NEEDED)
+            train_ppl, val_ppl = (metrics_lib.ppls_text(record, k) for k in metrics_lib.NEEDED)
+            runs = f"  ({len(record['runs'])} runs)" if "runs" in record else ""
             log(f"epoch {record['epoch']}/{epochs}  step {done}/{total}  train ppl {train_ppl}  val ppl "
-                f"{val_ppl}")
+                f"{val_ppl}{runs}")
     return line
 
 

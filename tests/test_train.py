@@ -358,6 +358,17 @@ def test_epoch_lines_log_a_tenth_of_the_epochs_and_the_last():
                     for e in (2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 25)]
 
 
+def test_epoch_lines_of_runs_say_their_lowest_to_highest_perplexities():
+    """Their mean was the line: one diverging run's 2.4e+47, three runs at 25-72 hidden."""
+    said = []
+    runs_ = [{"train_ppl": p, "val_ppl": v} for p, v in ((25.1, 30.0), (71.9, float("nan")), (2.4e47, None))]
+    train.epoch_lines(said.append, 1)(4, 4, {"epoch": 1, "train_ppl": 8e46, "val_ppl": 50.0, "runs": runs_})
+    assert said == ["epoch 1/1  step 4/4  train ppl 25.10 to 2.4e+47  val ppl 30.00 to inf  (3 runs)"]
+    alike = [{"train_ppl": 9.876, "val_ppl": 10.0}] * 2
+    train.epoch_lines(said.append, 1)(4, 4, {"epoch": 1, "train_ppl": 9.876, "val_ppl": 10.0, "runs": alike})
+    assert said[-1] == "epoch 1/1  step 4/4  train ppl 9.88  val ppl 10.00  (2 runs)"
+
+
 def test_fit_and_fit_runs_log_epoch_lines_unless_given_a_progress_or_false(small_data, tmp_path, monkeypatch):
     """A notebook's fit said its start and nothing more until it returned."""
     config = SMALL.replace(epochs=2)
