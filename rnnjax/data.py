@@ -30,6 +30,7 @@ from rnnjax.vocab import Vocab  # noqa: F401 (where it always was)
 
 
 def preprocess(text: str) -> str:
+    """d2l's cleaning (``preprocess='d2l'``): every run of non-letters one space, lower case."""
     return re.sub("[^A-Za-z]+", " ", text).lower()
 
 
@@ -77,7 +78,7 @@ class WindowedText:
     instead that many full batches of train windows drawn at random (with
     replacement, batch ``b`` from ``(seed, epoch, b)``), for texts whose pass
     would take too long between validations. Validation batches come in
-    order. Subclasses set ``vocab``, ``tokens``, the sizes, and ``val_starts``.
+    order. Subclasses set ``vocab``, ``tokens`` and the sizes, and define ``val_starts()``.
     """
     batch_size: int
     num_steps: int
