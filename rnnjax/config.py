@@ -81,7 +81,9 @@ class Config:
     nonlinearity: str = _field("tanh", "the rnn cell's nonlinearity, tanh or relu")
     num_layers: int = _field(1, "recurrent layers stacked")
     dropout: float = _field(0.0, "dropout on the outputs of every recurrent layer but the last, in training")
-    bidirectional: bool = _field(False, "a reverse direction beside each layer (not for language models)")
+    bidirectional: bool = _field(False, "a reverse direction beside each layer, for rnnjax.model's layers "
+                                        "(training refuses it: a language model's reverse reads what it "
+                                        "predicts)")
     lr: float = _field(1.0, "learning rate")
     clip: float = _field(1.0, "gradients are scaled down to at most this global norm")
     optimizer: str = _field("sgd", "sgd (d2l's, at lr 1) or adam (at a smaller lr, e.g. 0.01), after the "
