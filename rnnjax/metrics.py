@@ -131,6 +131,8 @@ class MetricsLog:
             return ""
         except OSError as e:
             raise MetricsError(f"{self.path} cannot be read ({e.strerror}).") from None
+        if stat.S_ISDIR(mode) and (self.path / FILENAME).is_file():         # a workdir given for its log
+            raise MetricsError(f"{self.path} is a folder, a workdir: read its log, {self.path / FILENAME}.")
         if not stat.S_ISREG(mode):
             raise MetricsError(f"{self.path} is not a regular file; move it aside to resume, or use a new "
                                f"{spelt('workdir')}.")

@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pytest
@@ -65,6 +66,14 @@ def test_a_binary_file_is_named_and_how_to_go_on(tmp_path):
     with pytest.raises(MetricsError, match=r"byte 0xff at offset 13 is not UTF-8\); move it aside to resume, "
                                            "or use a new workdir"):
         MetricsLog(path).read()
+
+
+def test_a_workdir_given_for_its_log_is_named_and_its_log_too(tmp_path):
+    """It was told to move the folder aside to resume."""
+    (tmp_path / "metrics.jsonl").write_text("")
+    said = rf"^{re.escape(str(tmp_path))} is a folder, a workdir: read its log, {re.escape(str(tmp_path))}/"
+    with pytest.raises(MetricsError, match=said + r"metrics\.jsonl\.$"):
+        MetricsLog(tmp_path, writer=False).read()
 
 
 @pytest.mark.parametrize("line", ['{"epoch": 1, "train_ppl": 1, "val_ppl": 1, "run": []}', "[" * 200000])
