@@ -90,10 +90,12 @@ def _checked(step: Callable) -> Callable:
         shaped = {k: np.shape(v) for k, v in metrics.items() if np.shape(v) != shape or not shape}
         if shaped:      # not shape: summed over the call's steps, which are on a first axis
             named = ", ".join(f"{k!r} (shape {s})" for k, s in shaped.items())
+            once = (" (one number for the call, as of the state it returns: jnp.full_like(metrics["
+                    "'loss_sum'], x) gives it each step)") if shape and () in shaped.values() else ""
             raise ValueError(f"The step's metrics must each be one number a step, the call's steps on a "
                              "first axis as train_windows stacks them (their epoch means are logged); "
                              f"{named} {'is' if len(shaped) == 1 else 'are'} not: one a step, each reduced "
-                             "to one number (jnp.mean, jnp.linalg.norm) or given its own key.")
+                             f"to one number (jnp.mean, jnp.linalg.norm) or given its own key{once}.")
         return out
     return checked
 

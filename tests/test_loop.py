@@ -422,6 +422,10 @@ def test_a_step_of_ones_own_whose_metrics_cannot_be_logged_is_one_sentence_befor
         state, m = train.train_windows(state, tokens, windows, axis_name)
         return state, jax.tree.map(jnp.sum, m)
 
+    def param_norm(state, tokens, windows, axis_name=None):     # of the state returned: one for the call
+        state, m = train.train_windows(state, tokens, windows, axis_name)
+        return state, {**m, "param_norm": optax.tree.norm(state.params)}
+
     def single(state, tokens, windows):
         return train.train_windows(state, tokens, windows)
     n = STEPS_PER_CALL          # a call's steps, on each device
@@ -429,12 +433,15 @@ def test_a_step_of_ones_own_whose_metrics_cannot_be_logged_is_one_sentence_befor
                     rf"as train_windows stacks them \(their epoch means are logged\); 'norms' \(shape \({n}, "
                     r"2\)\) is not: one a step"),
              (summed, r"^The step's metrics must each be one number a step, .*\); 'count' \(shape \(\)\), "
-                      r"'grad_norm' \(shape \(\)\), 'loss_sum' \(shape \(\)\) are not"),
+                      r"'grad_norm' \(shape \(\)\), 'loss_sum' \(shape \(\)\) are not: .* own key\."),
+             (param_norm, r"'param_norm' \(shape \(\)\) is not: one a step, .* or given its own key \(one "
+                          r"number for the call, as of the state it returns: "
+                          r"jnp\.full_like\(metrics\['loss_sum'\], x\) gives it each step\)\."),
              (listed, r"^loop.run's step returns \(state, metrics\), metrics a dict holding loss_sum and "
                       r"count a step \(as rnnjax.train.train_step's\); its metrics are a list\.")]
     cases += [(single, r"^loop.run calls its step as step\(state, tokens, windows, axis_name\), over "
                        r"several devices with an axis_name .* and single takes no axis_name\.$")]
-    cases = cases if devices > 1 else cases[:3]
+    cases = cases if devices > 1 else cases[:4]
     for step, message in cases:
         called = []
         with planned(config, data, tmp_path / step.__name__, devices=devices) as p:
