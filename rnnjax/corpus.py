@@ -11,7 +11,7 @@ spread evenly over the tail. ``val_fraction=0`` splits as d2l does: the first
 ``num_train`` windows, then ``num_val``, the vocabulary from the whole text.
 
 A file's stream and vocabulary are cached (``.npy`` and JSON) under
-``rnnjax.source.cache_dir()/corpus``, keyed by the file's SHA-1 and the token
+``rnnjax.source.cache_dir()/corpus`` (``rnnjax.token_cache``), keyed by the file's SHA-1 and the token
 options; the vocabulary carries that SHA-1 into the checkpoints, so a run
 resumes only on the text it was trained on.
 """
@@ -19,23 +19,19 @@ resumes only on the text it was trained on.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
-import tempfile
+import numbers
 import warnings
-import zlib
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 from rnnjax.config import Config, check_is_config
 from rnnjax.spelling import got, spelt
-from rnnjax.data import TimeMachine, WindowedText
-from rnnjax.source import (SHA1, TOO_LARGE, DataError, cache_dir, check_file, read_text, sha1_of,
+from rnnjax.data import TimeMachine, WindowedText, check_source, wholes
+from rnnjax.source import (SHA1, TOO_LARGE, DataError, check_file, read_text, sha1_of,
                            timemachine_path)
-from rnnjax import memory
+from rnnjax import memory, token_cache
 from rnnjax.protocol import StepProblem
 from rnnjax.tokens import CHUNK, tokenize
 from rnnjax.vocab import Vocab
@@ -43,7 +39,6 @@ from rnnjax.vocab import Vocab
 # What --text changes in the preset before the flags: a text of one's own is taken as it is, its tail
 # validates, and every other window trains.
 TEXT_DEFAULTS = {"preprocess": "raw", "val_fraction": 0.1, "num_train": 0}
-CACHE_VERSION = 1
 
 
 def encode(ids: np.ndarray, name: Callable[[int], str], train_end: int, min_freq: int, kind: str,
@@ -69,53 +64,6 @@ def encode(ids: np.ndarray, name: Callable[[int], str], train_end: int, min_freq
     return vocab, stream
 
 
-def _cache_path(sha1: str, options: dict) -> Path:
-    key = json.dumps({"version": CACHE_VERSION, "sha1": sha1, **options}, sort_keys=True)
-    return cache_dir() / "corpus" / hashlib.sha1(key.encode()).hexdigest()[:24]
-
-
-def _crc32(stream: np.ndarray, vocab: dict) -> str:
-    """Of the tokens and the vocabulary that reads them: a cache entry is both or neither."""
-    crc = zlib.crc32(json.dumps(vocab, sort_keys=True).encode())
-    return f"{zlib.crc32(np.ascontiguousarray(stream).data, crc):08x}"
-
-
-def _read_cache(path: Path, options: dict) -> tuple[Vocab, np.ndarray] | None:
-    """The cached ``(vocab, stream)``, or ``None`` if there is none; an entry that cannot be read whole, or
-    fails its checksum, is removed, to be made again."""
-    if not os.path.lexists(path):   # none yet, or a cache this process may not search (Path.exists raised)
-        return None
-    try:                            # else the entry is whole, or removed: written again, whole
-        meta = json.loads((path / "vocab.json").read_text())
-        stream = np.load(path / "tokens.npy", allow_pickle=False)
-        if (meta["options"] == options and stream.dtype == np.int32 and stream.ndim == 1
-                and meta.get("crc32") == _crc32(stream, meta["vocab"])):     # else damaged, or older
-            return Vocab.from_json(meta["vocab"]), stream
-    except Exception:       # damaged: numpy's header parser raises what it meets (TokenError, SyntaxError)
-        pass
-    shutil.rmtree(path, ignore_errors=True)
-    return None
-
-
-def _write_cache(path: Path, options: dict, vocab: Vocab, stream: np.ndarray) -> None:
-    """Writes the cache entry whole or not at all (a folder renamed into place); a cache that cannot be
-    written is no error."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + "."))
-        np.save(tmp / "tokens.npy", stream, allow_pickle=False)
-        meta = {"options": options, "vocab": vocab.to_json(), "crc32": _crc32(stream, vocab.to_json())}
-        (tmp / "vocab.json").write_text(json.dumps(meta))
-        os.rename(tmp, path)
-        tmp = None
-    except OSError:
-        pass
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 class Corpus(WindowedText):
     """A UTF-8 text (a file ``path``, or ``text``) as windows of ``num_steps + 1`` tokens (module doc).
 
@@ -127,6 +75,13 @@ class Corpus(WindowedText):
                  val_fraction: float = 0.1, num_train: int = 0, num_val: int = 5000, steps_per_epoch: int = 0,
                  seed: int = 0, cache: bool = True, check_vocab: Callable[[int], None] | None = None,
                  vocab: Vocab | None = None):
+        batch_size, num_steps, min_freq, num_train, num_val, steps_per_epoch, seed = wholes(
+            batch_size=batch_size, num_steps=num_steps, min_freq=min_freq, num_train=num_train,
+            num_val=num_val, steps_per_epoch=steps_per_epoch, seed=seed)
+        check_source(path, text)
+        if not isinstance(val_fraction, numbers.Real) or not 0 <= val_fraction < 1:      # NaN fails this too
+            raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
+        val_fraction = float(val_fraction)
         if batch_size < 1 or num_steps < 1 or num_val < 0 or num_train < (0 if val_fraction else 1):
             raise DataError(f"batch_size and num_steps must be positive, num_val >= 0 and num_train >= 1 (or "
                             f"0 with a val_fraction); got {batch_size}, {num_steps}, {num_val}, {num_train}.")
@@ -144,7 +99,7 @@ class Corpus(WindowedText):
         if text is None:
             size = check_file(path)             # before the whole file is hashed or read
             sha1 = sha1_of(path)
-            cached = _read_cache(_cache_path(sha1, options), options) if cache else None
+            cached = token_cache.read(token_cache.path(sha1, options), options) if cache else None
         else:
             size, sha1, cached, cache = len(text), hashlib.sha1(text.encode()).hexdigest(), None, False
         self.cache_hit = cached is not None
@@ -167,7 +122,7 @@ class Corpus(WindowedText):
         if check_vocab is not None:
             check_vocab(len(self.vocab))
         if cache and not self.cache_hit:
-            _write_cache(_cache_path(self.vocab.source, options), options, self.vocab, self.stream)
+            token_cache.write(token_cache.path(self.vocab.source, options), options, self.vocab, self.stream)
         self.prompt = self._prompt()
 
     def _make(self, path, text: str | None, sha1: str, token: str, preprocess: str, min_freq: int,

@@ -18,14 +18,15 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 from rnnjax.source import PREPROCESSED_SHA1, DataError, load_text
-from rnnjax.spelling import spelt
+from rnnjax.config import whole
+from rnnjax.spelling import got, spelt
 from rnnjax.vocab import Vocab  # noqa: F401 (where it always was)
 
 
@@ -181,6 +182,20 @@ class WindowedText:
         return Windows(starts, mask, self.num_steps)
 
 
+def wholes(**values: Any) -> list[int]:
+    """Each of ``values`` as an ``int``, by name: a NumPy integer too (its records would fail as JSON after
+    the first epoch); ``ConfigError`` in one sentence for a float, a str, ``None``."""
+    return [whole(value, name) for name, value in values.items()]
+
+
+def check_source(path: Any, text: Any) -> None:
+    """``TypeError`` in one sentence unless ``path`` is a path and ``text`` a str (or either ``None``)."""
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path is a file's path (str or os.PathLike), got {got(path)}.")
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"text is the text itself, a str, got {got(text)}.")
+
+
 class TimeMachine(WindowedText):
     """d2l's ``TimeMachine`` data module, with fixed-shape batches.
 
@@ -194,6 +209,10 @@ class TimeMachine(WindowedText):
     def __init__(self, batch_size: int, num_steps: int, num_train: int = 10000,
                  num_val: int = 5000, path: str | os.PathLike | None = None, *,
                  text: str | None = None, seed: int = 0, steps_per_epoch: int = 0):
+        batch_size, num_steps, num_train, num_val, seed, steps_per_epoch = wholes(
+            batch_size=batch_size, num_steps=num_steps, num_train=num_train, num_val=num_val, seed=seed,
+            steps_per_epoch=steps_per_epoch)
+        check_source(path, text)
         if batch_size < 1 or num_steps < 1 or num_train < 1 or num_val < 0 or steps_per_epoch < 0:
             raise DataError(
                 f"batch_size, num_steps and num_train must be positive and num_val >= 0; got "

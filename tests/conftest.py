@@ -244,6 +244,31 @@ def make_text():
     return small_text
 
 
+# A text's own settings, capped to the tiny preset's windows: seconds to train.
+TEXT = TINY.replace(preprocess="raw", val_fraction=0.1, epochs=2)
+WORDS = ["Ωmega", "ÆON", "42", "X-7", "Zürich.", "çà", "ñandú,", "Éclair!", "日本", "the"]
+
+
+def other_alphabet(num_words: int = 1500, seed: int = 0) -> str:
+    """Digits, upper case, punctuation and non-ASCII letters, in lines of words."""
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(WORDS), num_words, p=np.arange(len(WORDS), 0, -1) / 55)
+    return "".join(WORDS[i] + ("\n" if k % 9 == 8 else " ") for k, i in enumerate(picks))
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "other.txt"
+    path.write_text(other_alphabet(), encoding="utf-8")
+    return path
+
+
+def cache_entries():
+    from rnnjax import source
+    root = source.cache_dir() / "corpus"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
 def small_text(num_chars: int = 3000, seed: int = 0) -> str:
     """A text of words over a small alphabet, with punctuation and capitals to clean."""
     rng = np.random.default_rng(seed)

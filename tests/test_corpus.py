@@ -1,13 +1,11 @@
-import json
 import os
-import shutil
-import subprocess
-import sys
+import pathlib
+import re
 
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TEXT, TINY, WORDS, cache_entries, other_alphabet
 
 from rnnjax import checkpoint, corpus, data, source
 from rnnjax.checkpoint import CheckpointError
@@ -15,29 +13,6 @@ from rnnjax.corpus import Corpus
 from rnnjax.data import DataError, TimeMachine
 from rnnjax.train import fit
 from rnnjax.vocab import Vocab
-
-# A text's own settings, capped to the tiny preset's windows: seconds to train.
-TEXT = TINY.replace(preprocess="raw", val_fraction=0.1, epochs=2)
-WORDS = ["Ωmega", "ÆON", "42", "X-7", "Zürich.", "çà", "ñandú,", "Éclair!", "日本", "the"]
-
-
-def other_alphabet(num_words: int = 1500, seed: int = 0) -> str:
-    """Digits, upper case, punctuation and non-ASCII letters, in lines of words."""
-    rng = np.random.default_rng(seed)
-    picks = rng.choice(len(WORDS), num_words, p=np.arange(len(WORDS), 0, -1) / 55)
-    return "".join(WORDS[i] + ("\n" if k % 9 == 8 else " ") for k, i in enumerate(picks))
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "other.txt"
-    path.write_text(other_alphabet(), encoding="utf-8")
-    return path
-
-
-def cache_entries():
-    root = source.cache_dir() / "corpus"
-    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
 def test_characters_of_another_alphabet_with_d2ls_vocabulary_of_the_training_part():
@@ -147,7 +122,7 @@ def test_a_fifo_an_unreadable_file_and_a_vocabulary_of_unk_alone_are_one_sentenc
 
     def unreadable(self):
         raise PermissionError(13, "Permission denied", str(self))
-    monkeypatch.setattr(corpus.Path, "read_bytes", unreadable)
+    monkeypatch.setattr(pathlib.Path, "read_bytes", unreadable)
     monkeypatch.setattr(corpus, "sha1_of", lambda path: unreadable(path))
     with pytest.raises(DataError, match=r"Cannot read .*ok.txt \(Permission denied\)\."):
         corpus.load(TEXT, text=text)
@@ -157,7 +132,7 @@ def test_cheap_checks_come_before_the_file_is_hashed_or_read(tmp_path, monkeypat
     def hashed(*args):
         raise AssertionError("the whole file was hashed or read")
     monkeypatch.setattr(corpus, "sha1_of", hashed)
-    monkeypatch.setattr(corpus.Path, "read_bytes", hashed)
+    monkeypatch.setattr(pathlib.Path, "read_bytes", hashed)
     path = tmp_path / "big.txt"
     path.write_bytes(b"\0" * 10 + b"text" * 20000)
     with pytest.raises(DataError, match="looks binary, not text .a NUL byte at offset 0."):
@@ -179,7 +154,7 @@ def test_running_out_of_memory_is_one_sentence_and_nothing_is_cached(text_file, 
 
     def out_of_memory(*args):
         raise MemoryError
-    monkeypatch.setattr(*((corpus.Path, "read_bytes") if where == "read" else (corpus, "tokenize")),
+    monkeypatch.setattr(*((pathlib.Path, "read_bytes") if where == "read" else (corpus, "tokenize")),
                         out_of_memory)
     with pytest.raises(DataError, match=r"other.txt \(0.0 GiB\) is too large for this machine's memory to "
                        r"tokenize: train on a part of it\.$"):
@@ -200,74 +175,6 @@ def test_a_vocabulary_too_large_for_memory_is_named(text_file, monkeypatch):
         Corpus.from_config(text_file, TEXT.replace(token="word"))
     assert cache_entries() == before
     Corpus.from_config(text_file, TEXT)                # 12 characters fit
-
-
-# --- the cache --------------------------------------------------------------------
-
-def test_cache_hit_skips_tokenizing_and_is_keyed_by_text_and_options(text_file, monkeypatch, tmp_path):
-    monkeypatch.setenv(source.ENV_CACHE, str(tmp_path / "cache"))    # not the session's: others fill that
-    first = Corpus.from_config(text_file, TEXT)
-    assert not first.cache_hit and len(cache_entries()) == 1
-    entry = source.cache_dir() / "corpus" / cache_entries()[0]
-    assert sorted(p.name for p in entry.iterdir()) == ["tokens.npy", "vocab.json"]
-
-    def no_tokenizing(*args):
-        raise AssertionError("tokenized again")
-    with monkeypatch.context() as m:
-        m.setattr(corpus, "tokenize", no_tokenizing)
-        again = Corpus.from_config(text_file, TEXT.replace(num_steps=4, num_train=10))
-    assert again.cache_hit and again.vocab == first.vocab
-    np.testing.assert_array_equal(again.stream, first.stream)
-    assert not Corpus.from_config(text_file, TEXT.replace(token="word")).cache_hit
-    text_file.write_text(other_alphabet(seed=1))
-    changed = Corpus.from_config(text_file, TEXT)
-    assert not changed.cache_hit and changed.vocab.source != first.vocab.source
-
-
-def test_a_damaged_cache_entry_is_made_again_not_trained_on(text_file, monkeypatch, tmp_path):
-    """Its tokens were trusted: a shifted stream resumed a run on other data, ids past the vocabulary
-    failed in ``Vocab.decode``."""
-    monkeypatch.setenv(source.ENV_CACHE, str(tmp_path / "cache"))
-    first = Corpus.from_config(text_file, TEXT)
-    entry = source.cache_dir() / "corpus" / cache_entries()[0]
-    tokens, vocab = entry / "tokens.npy", entry / "vocab.json"
-
-    def swap_two_tokens(path):
-        meta = json.loads(path.read_text())
-        order = meta["vocab"]["idx_to_token"]
-        order[2], order[3] = order[3], order[2]
-        path.write_text(json.dumps(meta))
-
-    def header_byte(path):      # numpy's header parser raised tokenize.TokenError, through every later run
-        data = bytearray(path.read_bytes())
-        data[data.index(b"'shape': ") + 9] = 7
-        path.write_bytes(bytes(data))
-    for damage in (lambda: np.save(tokens, np.roll(np.load(tokens), 1), allow_pickle=False),
-                   lambda: np.save(tokens, np.full_like(np.load(tokens), 999), allow_pickle=False),
-                   lambda: swap_two_tokens(vocab), lambda: header_byte(tokens),
-                   lambda: tokens.write_bytes(tokens.read_bytes()[:100]), lambda: vocab.write_text("{"),
-                   lambda: tokens.unlink(),                 # half an entry: it was never written again
-                   lambda: np.save(tokens, np.load(tokens).astype(np.uint32), allow_pickle=False)):
-        damage()
-        again = Corpus.from_config(text_file, TEXT)
-        assert not again.cache_hit and again.vocab == first.vocab
-        np.testing.assert_array_equal(again.stream, first.stream)
-        assert Corpus.from_config(text_file, TEXT).cache_hit          # written again, whole
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="drops root's file capabilities")
-def test_a_cache_this_process_may_not_search_is_no_cache(text_file, tmp_path):
-    """Path.exists raised PermissionError there, out of Corpus (an unwritable cache was already none)."""
-    (tmp_path / "cache" / "corpus").mkdir(parents=True)
-    os.chown(tmp_path / "cache" / "corpus", 65534, 65534)
-    (tmp_path / "cache" / "corpus").chmod(0o700)
-    code = (f"from rnnjax.corpus import Corpus\nc = Corpus({str(text_file)!r}, 16, 8, num_val=100)\n"
-            "print(len(c.vocab), c.cache_hit)")
-    out = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c",
-                          code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, source.ENV_CACHE: str(tmp_path / "cache")})
-    assert out.returncode == 0 and out.stdout.split()[1] == "False", out.stderr
 
 
 # --- training on it ---------------------------------------------------------------
@@ -380,3 +287,16 @@ def test_a_text_read_mostly_as_unknown_in_the_vocabulary_given_is_said(tmp_path,
     shouted.write_text(path.read_text().upper())
     with pytest.warns(UserWarning, match=r"^\d+% more of the text's tokens are read as <unk>"):
         corpus.load(words, text=shouted, vocab=own)
+
+
+def test_sizes_of_numpy_are_ints_and_a_val_fraction_that_is_no_fraction_is_one_sentence():
+    from rnnjax.config import ConfigError
+    c = Corpus(None, np.int64(16), np.int32(8), text=other_alphabet(), num_val=np.int64(50),
+               val_fraction=np.float32(0.25))
+    assert (c.batch_size, c.num_steps, c.val_fraction) == (16, 8, 0.25) and type(c.batch_size) is int
+    with pytest.raises(ConfigError, match=r"^min_freq must be a whole number, got 1\.5\.$"):
+        Corpus(None, 16, 8, text=other_alphabet(), min_freq=1.5)
+    for bad in ("0.1", float("nan"), 1.0):
+        said = rf"^val_fraction must be in \[0, 1\), got {re.escape(repr(bad))}\.$"
+        with pytest.raises(DataError, match=said):
+            Corpus(None, 16, 8, text=other_alphabet(), val_fraction=bad)

@@ -1,4 +1,5 @@
 import hashlib
+import re
 from pathlib import Path
 
 import jax
@@ -137,6 +138,27 @@ def test_empty_or_tiny_corpus_is_a_clear_error(text):
 def test_bad_sizes_are_a_clear_error(make_text):
     with pytest.raises(DataError, match="positive"):
         TimeMachine(0, 5, text=make_text())
+
+
+def test_sizes_of_numpy_are_ints_and_of_other_types_one_sentence(make_text, tmp_path):
+    """A NumPy batch size trained an epoch, then failed writing its record as JSON, its checkpoint lost; a
+    float failed inside, a str or None on a comparison, a path of bytes in pathlib."""
+    from rnnjax.config import ConfigError
+    tm = TimeMachine(np.int64(16), np.int32(5), num_train=np.int64(100), num_val=np.uint8(30),
+                     text=make_text(), seed=np.int64(1), steps_per_epoch=np.int64(4))
+    sizes = (tm.batch_size, tm.num_steps, tm.num_train, tm.num_val, tm.seed, tm.steps_per_epoch)
+    assert sizes == (16, 5, 100, 30, 1, 4) and all(type(x) is int for x in sizes)
+    for bad, said in [(dict(batch_size=16.0), "batch_size must be a whole number, got 16.0."),
+                      (dict(num_train="100"), "num_train must be a whole number, got '100'."),
+                      (dict(batch_size=None), "batch_size must be a whole number, got None."),
+                      (dict(seed=True), "seed must be a whole number, got True.")]:
+        args = {"batch_size": 16, "num_steps": 5, "num_train": 100, **bad}
+        with pytest.raises(ConfigError, match=f"^{re.escape(said)}$"):
+            TimeMachine(**args, text=make_text())
+    with pytest.raises(TypeError, match=r"^path is a file's path \(str or os\.PathLike\), got a bytes\.$"):
+        TimeMachine(16, 5, path=b"timemachine.txt")
+    with pytest.raises(TypeError, match=r"^text is the text itself, a str, got a list\.$"):
+        TimeMachine(16, 5, text=["the time machine"])
 
 
 # --- an epoch of a chosen number of steps --------------------------------------------

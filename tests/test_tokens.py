@@ -2,7 +2,7 @@
 
 from rnnjax import data, tokens
 
-from test_corpus import other_alphabet
+from conftest import other_alphabet
 
 
 def test_d2l_preprocessing_in_numpy_is_the_regex():
