@@ -7,7 +7,6 @@ from rnnjax.data import Batch, TimeMachine, Windows
 from rnnjax.generate import predict, predict_batch
 from rnnjax.model import CELLS, RNN, RNNLM, OneHot, SimpleRNNCell
 from rnnjax.optimizers import OPTIMIZERS
-from rnnjax.restore import Restored, restore  # the function, as fit is (the module: rnnjax.restore's import)
 from rnnjax.runs import fit_runs
 from rnnjax.state import TrainState, create_train_state, make_model
 from rnnjax.start import plan
@@ -17,8 +16,8 @@ from rnnjax.vocab import Vocab
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "CELLS", "Config", "Corpus", "OPTIMIZERS", "OneHot", "PRESETS", "RNN", "RNNLM", "Restored",
-    "SimpleRNNCell", "TimeMachine", "TrainState", "Vocab", "Windows", "backend", "checkpoint",
-    "create_train_state", "eval_step", "eval_steps", "fit", "fit_runs", "interop", "make_model", "plan",
-    "predict", "predict_batch", "restore", "runs", "train_step", "train_steps", "train_windows",
+    "Batch", "CELLS", "Config", "Corpus", "OPTIMIZERS", "OneHot", "PRESETS", "RNN", "RNNLM", "SimpleRNNCell",
+    "TimeMachine", "TrainState", "Vocab", "Windows", "backend", "checkpoint", "create_train_state",
+    "eval_step", "eval_steps", "fit", "fit_runs", "interop", "make_model", "plan", "predict",
+    "predict_batch", "runs", "train_step", "train_steps", "train_windows",
 ]

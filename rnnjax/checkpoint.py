@@ -11,7 +11,7 @@ so a half-written one is never listed.
 
 Every save is read back once it has finished (its manifest and metadata files
 are there). What is stored is read and checked by ``rnnjax.stored``, and
-restored by ``rnnjax.restore`` (for inference) and ``rnnjax.read_state`` (its
+restored by ``restore`` (of the module ``rnnjax.restore``, for inference) and ``rnnjax.read_state`` (its
 arrays, as a resume reads them), all read from here too
 (``rnnjax.checkpoint.restore``, ``.restore_state``, ``.read_meta``, ...).
 """

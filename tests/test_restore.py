@@ -2,7 +2,6 @@
 
 import copy
 import dataclasses
-import importlib
 import os
 import re
 import subprocess
@@ -100,7 +99,7 @@ def test_a_checkpoint_removed_as_it_is_read_is_not_damage(small_data, tmp_path, 
     fails as damage would. The latest (or best) is picked again; a step asked for says it went."""
     import shutil
     fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, log=None)
-    restore_lib = importlib.import_module("rnnjax.restore")      # rnnjax.restore is the function
+    from rnnjax import restore as restore_lib
     read = restore_lib._restore_for_inference
 
     def removed_as_read(workdir, step, run):
@@ -141,8 +140,7 @@ def test_a_listing_that_finds_none_as_the_writing_run_drops_one_is_made_again(sm
                                                                               monkeypatch):
     """Seen once in 703 restores during training: "holds no complete checkpoint", listed as the latest but
     one was renamed into .removing and the newest was still being renamed into place."""
-    from rnnjax import lock as lock_lib
-    restore_lib = importlib.import_module("rnnjax.restore")
+    from rnnjax import lock as lock_lib, restore as restore_lib
     fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
     listed = restore_lib.steps
     calls = []
@@ -277,7 +275,7 @@ def test_one_run_trained_together_restores_without_choosing_it(small_data, tmp_p
 def test_past_a_damaged_best_the_fallback_takes_the_next_best_not_the_newest_before_it(small_data, tmp_path,
                                                                                        monkeypatch):
     """--predict --best said "the best of those that can be read" and took the newest good step before it."""
-    restore_lib = importlib.import_module("rnnjax.restore")      # rnnjax.restore is the function
+    from rnnjax import restore as restore_lib
     fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, checkpoint_every=1, keep=3, log=None)
     by_epoch = {1: 3.0, 2: 1.0, 3: 2.0}                                  # steps 13, 26, 39
     monkeypatch.setattr(restore_lib, "val_ppl", lambda meta, run=None: by_epoch[meta["position"]["epoch"]])
@@ -298,8 +296,7 @@ def test_a_checkpoint_removed_as_the_best_is_sought_is_not_damage(small_data, tm
     """Every meta is read to find the best: one the run writing there removes meanwhile was damage."""
     import shutil
 
-    from rnnjax import lock as lock_lib
-    restore_lib = importlib.import_module("rnnjax.restore")
+    from rnnjax import lock as lock_lib, restore as restore_lib
     fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, checkpoint_every=1, keep=3, log=None)
     read = restore_lib.read_meta
 
@@ -440,11 +437,3 @@ def test_a_run_that_diverged_before_its_first_checkpoint_says_so(small_data, tmp
                                               r"checkpoint: its run stopped before its first \(its train "
                                               r"perplexity is inf at epoch 1, the uniform guess's \d+\)\.$"):
         checkpoint.restore(tmp_path)
-
-
-def test_rnnjax_restore_is_the_function_as_fit_is(small_data, tmp_path):
-    """It was the module: rnnjax.restore(workdir) said "'module' object is not callable"."""
-    import rnnjax
-    fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
-    assert rnnjax.restore is checkpoint.restore and isinstance(rnnjax.restore(tmp_path), rnnjax.Restored)
-    assert importlib.import_module("rnnjax.restore").restore is rnnjax.restore      # the module is there too
