@@ -11,9 +11,9 @@ so a half-written one is never listed.
 
 Every save is read back once it has finished (its manifest and metadata files
 are there). What is stored is read and checked by ``rnnjax.stored``, and
-restored by ``restore`` (of the module ``rnnjax.restore``, for inference) and ``rnnjax.read_state`` (its
-arrays, as a resume reads them), all read from here too
-(``rnnjax.checkpoint.restore``, ``.restore_state``, ``.read_meta``, ...).
+restored for inference by the module ``rnnjax.restore``'s ``restore`` and
+as a resume reads it by ``rnnjax.read_state``, both read from here: call
+``rnnjax.checkpoint.restore``, ``.restore_state``, ``.read_meta``, ...
 """
 
 from __future__ import annotations
