@@ -65,11 +65,14 @@ def _flow(jaxpr: Any, flags: list[tuple]) -> list[tuple]:
         shapes = {(len(j.invars), len(j.outvars)) for j in inner}
         if eqn.primitive.name == "axis_index":
             out = [(True, False)]
+        elif eqn.primitive.name == "optimization_barrier":      # each output its input
+            out = given
         elif kind:
             out = [(differs and kind == "exchange", exchanged or kind == "exchange")] * len(eqn.outvars)
         elif len(inner) == 1 and shapes == {(len(eqn.invars), len(eqn.outvars))}:
             out = _carried(eqn, inner[0], given)
-        elif inner and shapes == {(len(eqn.invars) - 1, len(eqn.outvars))}:      # a cond: its index first
+        elif eqn.primitive.name == "cond" and shapes == {(len(eqn.invars) - 1, len(eqn.outvars))}:
+            # its branch index first
             branches = [_flow(j, given[1:]) for j in inner]
             out = [(given[0][0] or any(b[i][0] for b in branches), any(b[i][1] for b in branches))
                    for i in range(len(eqn.outvars))]

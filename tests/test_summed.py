@@ -61,3 +61,21 @@ def test_an_output_is_one_devices_own_where_it_follows_from_the_batch_through_no
     traced = jax.make_jaxpr(_SUMS.get(name, _OWN.get(name)), axis_env=[(AXIS, 2)])(jnp.ones((3, 3)),
                                                                                    jnp.ones((4, 3)))
     assert summed.own(traced.jaxpr, [False, True]) == [name in _OWN]
+
+
+def _barrier(w, x):
+    """Summed gradients held together with a local value: each output is its own input's."""
+    return jax.lax.optimization_barrier((jax.lax.psum(_grads(w, x), AXIS), jnp.sum(x)))[0]
+
+
+def _while_of_one_constant_each(w, x):
+    """A while of one carry and one constant in its condition and body: shaped as a cond's index and
+    branch, it was read as one."""
+    local, limit = jnp.sum(x), jnp.sum(w) + 2.0
+    return w - 1e-3 * jax.lax.while_loop(lambda c: c < limit, lambda c: c + jax.lax.psum(local, AXIS), 0.0)
+
+
+@pytest.mark.parametrize("f", [_barrier, _while_of_one_constant_each])
+def test_what_holds_values_together_or_loops_over_a_sum_is_no_devices_own(f):
+    traced = jax.make_jaxpr(f, axis_env=[(AXIS, 2)])(jnp.ones((3, 3)), jnp.ones((4, 3)))
+    assert summed.own(traced.jaxpr, [False, True]) == [False]
