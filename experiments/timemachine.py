@@ -257,7 +257,7 @@ def _main(argv, parser_options: dict) -> int:
         args.default_workdir = args.predict is not None and args.workdir is None
         if args.default_workdir:          # the run the same command without --predict trains
             args.workdir = settings.trained_in(args)
-            args.not_used = [f for f in args.not_used if f != "--preset"]     # it chose the workdir
+            args.not_used = [f for f in args.not_used if f not in ("--preset", "--text")]    # chose it
         # ValueError too for a $JAX_NUM_CPU_DEVICES that JAX would fail on as it starts.
         batch_size = configs[0].batch_size if configs else config_lib.PRESETS[args.preset].batch_size
         backend.use_cpu_cores(batch_size, args.devices)

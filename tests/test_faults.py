@@ -24,7 +24,7 @@ from experiments import timemachine
 from rnnjax import checkpoint, lock, meta as meta_lib, metrics, workdir
 from rnnjax.train import fit
 
-from conftest import SUITE_XLA_FLAGS, TINY
+from conftest import SUITE_XLA_FLAGS, TINY, small_text
 
 CONFIG = TINY.replace(epochs=4)
 
@@ -800,6 +800,11 @@ def test_predict_with_the_flags_of_another_epoch_count_is_the_same_model(
     shutil.copytree(trained, tmp_path / "runs" / "tiny")
     assert cli("--predict", "it has", "--preset", "tiny", "--epochs", "5") == 0
     assert capsys.readouterr().err.rstrip().endswith("; not used here (they train): --epochs")
+    (tmp_path / "mine.txt").write_text(small_text(20000))                   # --text chooses it too
+    assert cli("--preset", "tiny", "--text", "mine.txt", "--epochs", "1", "--devices", "1") == 0
+    capsys.readouterr()
+    assert cli("--preset", "tiny", "--text", "mine.txt", "--predict", "the", "--keep", "2") == 0
+    assert capsys.readouterr().err.rstrip().endswith("; not used here (they train): --keep")
     for bad in (["--epochs", "-5"], ["--kernel", "bogus"], ["--keep", "0"]):     # not used, still checked
         assert cli("--workdir", str(trained), "--predict", "it has", *bad) == 1
         assert capsys.readouterr().err.startswith(f"error: {bad[0]} must be ")
