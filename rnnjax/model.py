@@ -163,6 +163,8 @@ class RowDropout(nn.Module):
     def __call__(self, x_TxBxD: Array, deterministic: bool, first_row: int | Array = 0) -> Array:
         if deterministic or self.rate == 0:
             return x_TxBxD
+        if self.rate >= 1.0:            # all dropped: no 0 / 0 in the gradient
+            return jnp.zeros_like(x_TxBxD)
         key, keep = self.make_rng("dropout"), 1.0 - self.rate
         T, B, D = x_TxBxD.shape
 

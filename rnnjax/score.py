@@ -61,7 +61,7 @@ def losses(config: Config, vocab: Vocab, params: Any, text: str) -> tuple[list[s
     unk = vocab.token_to_idx.get("<unk>", 0)
     ids = np.array([vocab.token_to_idx.get(t, unk) for t in tokens], np.int32)
     model, n = make_model(config.replace(kernel="plain"), len(vocab)), len(ids) - 1
-    chunk = min(CHUNK, n)
+    chunk = min(CHUNK, 1 << (n - 1).bit_length())      # a power of two: texts of most lengths share a program
     X = np.zeros(-(-n // chunk) * chunk, np.int32)       # the last call's padding comes after: read by none
     X[:n] = ids[:-1]
     carry, nll = model.initialize_carry(1), []

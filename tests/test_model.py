@@ -260,6 +260,8 @@ def test_row_dropout_draws_each_rows_mask_by_its_index_in_the_global_batch():
     assert len({row.tobytes() for row in kept_BxD}) == 8                # each row its own mask
     np.testing.assert_array_equal(drop.apply({}, x_TxBxD, True, rngs=rngs), x_TxBxD)     # evaluation: off
     assert not np.array_equal(drop.apply({}, x_TxBxD, False, rngs={"dropout": jax.random.key(4)}), whole)
+    grad = jax.grad(lambda x: jnp.sum(RowDropout(1.0).apply({}, x, False, rngs=rngs)))(x_TxBxD)
+    np.testing.assert_array_equal(grad, 0.0)                            # all dropped: not NaN
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

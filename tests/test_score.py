@@ -59,3 +59,13 @@ def test_what_cannot_be_scored_is_one_sentence():
     both = _run(TINY.replace(num_layers=2, bidirectional=True), "the time machine")
     with pytest.raises(ValueError, match=r"^A bidirectional model reads each token it would score"):
         both.losses("the time")
+
+
+def test_texts_of_most_lengths_share_a_compiled_program():
+    """Each length compiled its own (1.8 s for 40 sentences, against 0.013 s once compiled)."""
+    run = _run(TINY.replace(num_hiddens=12), "the time machine")          # a model of this test's own
+    run.losses("the time traveller")                                    # 19 tokens: a call of 32
+    before = score._losses._cache_size()
+    for text in ("it was", "the time machine by h g wells", "so it will be convenient"):
+        run.losses(text)
+    assert score._losses._cache_size() == before + 1                   # 6 tokens: a call of 8
