@@ -29,6 +29,8 @@ def check_types(config: Any, data: Any, workdir: Any) -> None:
                         f"got {got(data)}.")
     if not isinstance(workdir, (str, os.PathLike)):
         raise TypeError(f"workdir must be a path (str or os.PathLike), got {got(workdir)}.")
+    if workdir == "":           # Path("") is the current folder: a run wrote there
+        raise ValueError("workdir is empty (''); give the run a folder of its own ('.' for this one).")
 
 
 def check_arguments(config: Config, workdir: str | Path, *, devices: int | None = None,

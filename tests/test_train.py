@@ -283,6 +283,17 @@ def test_bidirectional_language_model_is_refused_before_anything_is_written(smal
     assert not (tmp_path / "run").exists()
 
 
+def test_fit_and_fit_runs_refuse_an_empty_workdir_and_write_nothing(small_data, tmp_path, monkeypatch):
+    """It trained into the current folder (which restore('') refuses to read)."""
+    monkeypatch.chdir(tmp_path)
+    said = r"^workdir is empty \(''\); give the run a folder of its own \('\.' for this one\)\.$"
+    with pytest.raises(ValueError, match=said):
+        fit(SMALL, small_data, "", devices=1, log=None)
+    with pytest.raises(ValueError, match=said):
+        runs.fit_runs([SMALL, SMALL.replace(seed=1)], small_data, "", devices=1, log=None)
+    assert not os.listdir(tmp_path)
+
+
 @pytest.mark.parametrize("config, data, workdir, message", [
     (SMALL, "data", None, r"^workdir must be a path \(str or os.PathLike\), got None\.$"),
     (SMALL.to_json(), "data", "w", r"^config must be an rnnjax.Config \(Config.from_json reads one from "),
