@@ -127,6 +127,11 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     stderr, the entries cut short removed (``remove_damaged_entries``).
     """
     path = Path(path) if path is not None else cache_dir() / "jax"
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:      # bytes not UTF-8, as surrogates: XLA's options fail on the first compile
+        shown = os.fsencode(path).decode(errors="backslashreplace")       # as typed: \xff
+        raise OSError(errno.EINVAL, "its path is not UTF-8", shown) from None
     path.mkdir(parents=True, exist_ok=True)
     if not os.access(path, os.W_OK | os.X_OK):
         raise OSError(errno.EACCES, "it cannot be written", str(path))

@@ -190,6 +190,10 @@ def test_a_compilation_cache_that_cannot_be_written_is_an_oserror_and_left_off(t
     monkeypatch.setattr(backend.os, "access", lambda path, mode: False)      # a read-only home, as root too
     with pytest.raises(OSError, match=r"it cannot be written: '.*ro'"):
         backend.enable_compilation_cache(tmp_path / "ro")
+    # Bytes that are not UTF-8 ($RNNJAX_CACHE, $XDG_CACHE_HOME): XLA's options failed at the first compile.
+    with pytest.raises(OSError, match=r"its path is not UTF-8: '.*/x\\\\xff/jax'$"):
+        backend.enable_compilation_cache(tmp_path / os.fsdecode(b"x\xff") / "jax")
+    assert not (tmp_path / os.fsdecode(b"x\xff")).exists()
     assert jax.config.jax_compilation_cache_dir == before
 
 
