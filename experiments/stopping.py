@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 
 _UNDO: list[Callable[[], object]] = []      # what exit_now undoes first, the newest first
+_AT_EXIT: list[Callable[[], object]] = []   # what any exit runs, os._exit's too (``at_exit``)
 PARENT_PID = "RNNJAX_PARENT_PID"        # given to a command's children: they stop as it dies (``as_child``)
 
 
@@ -29,7 +31,20 @@ def exit_now(message: str, status: int):
         with contextlib.suppress(Exception):
             undo()
     tell(message)
+    _exit(status)
+
+
+def at_exit(f: Callable, *args) -> None:
+    """``atexit.register``, and run too where a command exits at once (``os._exit``, which skips atexit's)."""
+    _AT_EXIT.append(functools.partial(f, *args))
+    atexit.register(f, *args)
+
+
+def _exit(status: int) -> None:
     flush()
+    for f in _AT_EXIT:      # atexit's handlers do not run past os._exit
+        with contextlib.suppress(Exception):
+            f()
     os._exit(status)
 
 
@@ -235,6 +250,5 @@ def run(main: Callable[[], int]) -> None:
     except BrokenPipeError:       # the reader of a pipe (| head) exited: stop as a piped Unix tool does
         status = output_closed()
     if status:
-        flush()
-        os._exit(status)
+        _exit(status)
     sys.exit(status)

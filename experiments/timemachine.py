@@ -270,7 +270,7 @@ def _main(argv, parser_options: dict) -> int:
     backend.collect_less()
     if not args.no_compilation_cache:
         try:
-            backend.enable_compilation_cache()
+            backend.enable_compilation_cache(at_exit=stopping.at_exit)
         except OSError as e:          # a read-only home: the run goes on, compiling afresh
             print(f"warning: no compilation cache ({e.filename}: {e.strerror}); each run compiles afresh, "
                   "as with --no-compilation-cache.", file=sys.stderr)

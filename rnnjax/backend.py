@@ -116,7 +116,8 @@ def _whole_number(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
+def enable_compilation_cache(path: str | os.PathLike | None = None, at_exit: Callable = atexit.register
+                             ) -> Path:
     """JAX's persistent compilation cache, so that a second run skips XLA compilation.
 
     Default ``~/.cache/rnnjax/jax`` (under ``$RNNJAX_CACHE`` if set). Every
@@ -124,7 +125,9 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     cache left off) where that folder cannot be made or written: a read-only
     home, say, where JAX would warn at every compilation instead. JAX's
     warnings about an entry it cannot read or write become one line on
-    stderr, the entries cut short removed (``remove_damaged_entries``).
+    stderr, the entries cut short removed (``remove_damaged_entries``; by
+    ``at_exit(f, *args)`` where a failed write leaves them: a process that
+    ends by ``os._exit`` gives its own).
     """
     path = Path(path) if path is not None else cache_dir() / "jax"
     try:
@@ -139,7 +142,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     shown = getattr(warnings.showwarning, "shown", warnings.showwarning)      # once, whatever the path
-    warnings.showwarning = _cache_warnings(path, shown)
+    warnings.showwarning = _cache_warnings(path, shown, at_exit)
     return path
 
 

@@ -35,6 +35,18 @@ def test_a_signal_as_a_finished_command_exits_is_ignored_not_a_silent_kill(signu
     assert (done.returncode, done.stdout, done.stderr) == (0, "still here\n", "")
 
 
+@pytest.mark.parametrize("status", [0, 1])
+def test_at_exit_runs_once_however_the_command_exits(status):
+    """A failed command exits at once (os._exit), past atexit's handlers: the compilation cache's entries a
+    full disk cut short stayed, and the next run said so."""
+    done = command(f"""
+        from experiments import stopping
+        stopping.at_exit(print, "tidied")
+        stopping.run(lambda: {status})
+    """)
+    assert (done.returncode, done.stdout) == (status, "tidied\n"), done.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, ending", [
     (signal.SIGTERM, "os.kill(os.getpid(), signal.SIGTERM)"),    # run's handler, after main's
