@@ -225,9 +225,10 @@ def load_jax() -> None:
 
 def unreadable_variable(error: str) -> str:
     """JAX's ``error`` on a variable it could not read, in one sentence naming the variable."""
-    match = re.fullmatch(r'Invalid value "(.*)" for JAX flag (jax_\w+)', error)     # its integer flags
+    match = re.fullmatch(r'Invalid value "(.*)" for JAX flag (jax_\w+)', error)     # a number, a name
     if match:
-        return f"${match[2].upper()} must be a whole number, got {match[1]!r} (JAX reads it as it loads)."
+        return (f"${match[2].upper()} is {match[1]!r}, which JAX does not take (it reads it as it loads): "
+                "give a value it takes, or unset it.")
     return f"JAX cannot start with this environment: {error.rstrip('.')}."
 
 

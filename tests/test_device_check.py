@@ -100,8 +100,8 @@ def test_a_jax_environment_it_cannot_start_with_is_one_sentence(tmp_path, fresh_
                            str(tmp_path / "check"), "--data", real_text_path], capture_output=True, text=True,
                           cwd=device_check.ROOT, env=fresh_env(JAX_NUM_CPU_DEVICES="abc"), timeout=60)
     assert (proc.returncode, proc.stdout) == (1, "") and not (tmp_path / "check").exists()
-    assert proc.stderr == ("error: $JAX_NUM_CPU_DEVICES must be a whole number, got 'abc' (JAX reads it as "
-                           "it loads).\n")
+    assert proc.stderr == ("error: $JAX_NUM_CPU_DEVICES is 'abc', which JAX does not take (it reads it "
+                           "as it loads): give a value it takes, or unset it.\n")
     env = {**fresh_env(PYTHONPATH=str(device_check.ROOT)), "JAX_PLATFORMS": "tpu"}       # on any machine here
     info = subprocess.run([sys.executable, "-c", device_check.MACHINE_INFO], capture_output=True, text=True,
                           env=env, timeout=60)

@@ -133,15 +133,18 @@ def test_a_jax_variable_that_jax_cannot_read_is_one_line_and_exit_1_before_any_w
     done = subprocess.run([sys.executable, "-m", command, *args], cwd=ROOT, text=True,
                           capture_output=True, timeout=120, env=fresh_env(JAX_NUM_CPU_DEVICES="abc"))
     assert (done.returncode, done.stdout) == (1, "")
-    assert done.stderr == ("error: $JAX_NUM_CPU_DEVICES must be a whole number, got 'abc' (JAX reads it as "
-                           "it loads).\n")
+    assert done.stderr == ("error: $JAX_NUM_CPU_DEVICES is 'abc', which JAX does not take (it reads it "
+                           "as it loads): give a value it takes, or unset it.\n")
     assert not (tmp_path / "w").exists()
 
 
 def test_a_jax_variable_jax_cannot_read_is_named():
     from experiments.stopping import unreadable_variable
     assert unreadable_variable('Invalid value "1.5" for JAX flag jax_num_cpu_devices') == \
-        "$JAX_NUM_CPU_DEVICES must be a whole number, got '1.5' (JAX reads it as it loads)."
+        "$JAX_NUM_CPU_DEVICES is '1.5', which JAX does not take (it reads it as it loads): give a value it " \
+        "takes, or unset it."
+    assert unreadable_variable('Invalid value "bogus" for JAX flag jax_default_matmul_precision').startswith(
+        "$JAX_DEFAULT_MATMUL_PRECISION is 'bogus', which JAX does not take")      # it said "a whole number"
     assert unreadable_variable("invalid truth value 'abc' for environment 'JAX_ENABLE_X64'") == \
         "JAX cannot start with this environment: invalid truth value 'abc' for environment 'JAX_ENABLE_X64'."
 
