@@ -40,6 +40,9 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
     The model is checked for ``vocab_size`` tokens, or, before the text is read, for one (a cell whose step
     fails on one input feature, one that splits its input in halves, say, is checked once it is read)."""
     workdir = Path(workdir)
+    if jax.config.jax_disable_jit:      # JAX's own sentence came after the run had begun, naming neither
+        raise ValueError("fit compiles its steps ahead of time, which jax.disable_jit ($JAX_DISABLE_JIT) "
+                         "turns off: leave jit on (to debug a step, call rnnjax.train_step under it).")
     if config.bidirectional:
         raise ValueError(f"A bidirectional RNN ({spelt('bidirectional', True)}) cannot be trained as a "
                          "language model: its reverse direction reads the characters it is asked to predict. "

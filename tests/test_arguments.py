@@ -7,6 +7,7 @@ from rnnjax import arguments, model as model_lib
 from rnnjax.config import ConfigError
 from rnnjax.data import TimeMachine
 from rnnjax.start import plan
+from rnnjax.train import fit
 
 
 @pytest.mark.parametrize("config, data, workdir, message", [
@@ -29,6 +30,15 @@ def test_arguments_of_the_wrong_type_are_one_sentence_before_any_work(config, da
         plan(config, data, workdir)
     arguments.check_types(SMALL, small_data, tmp_path)
     arguments.check_types(SMALL, small_data, str(tmp_path))
+
+
+def test_fit_under_disable_jit_is_one_sentence_before_any_work(small_data, tmp_path):
+    """JAX's sentence ("Disable jit is not supported in the AOT path") came once the run had begun."""
+    import jax
+    said = r"^fit compiles its steps ahead of time, which jax\.disable_jit \(\$JAX_DISABLE_JIT\) turns off"
+    with jax.disable_jit(), pytest.raises(ValueError, match=said):
+        fit(SMALL, small_data, tmp_path / "w", devices=1, log=None)
+    assert not (tmp_path / "w").exists()
 
 
 class HalvesCell(DenseCell):
