@@ -71,15 +71,21 @@ def download(url: str | None = None, sha1: str = SHA1, root: str | os.PathLike |
     path = root / url.rsplit("/", 1)[-1]
     if path.is_file() and (sha1 != SHA1 or path.stat().st_size == SIZE) and sha1_of(path) == sha1:
         return path
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=path.name + ".", suffix=".part")
+    given = "--data PATH" if as_flags() else "data=PATH"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=path.name + ".", suffix=".part")
+    except OSError as e:            # read-only, a file: the cache, not the download, is what failed
+        file = root.exists() and not root.is_dir()
+        why = "is not a folder" if file else f"cannot be written ({e.strerror})"
+        raise DataError(f"The download cache {root} {why}: set ${ENV_CACHE} to a folder that can be, or pass "
+                        f"the path of a local timemachine.txt with {given} or ${ENV_PATH}.") from None
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
             out.write(r.read())
         _check_sha1(Path(tmp), sha1, "Downloaded file")
         os.replace(tmp, path)
     except (urllib.error.URLError, OSError) as e:
-        given = "--data PATH" if as_flags() else "data=PATH"
         raise DataError(f"Could not download {url} ({getattr(e, 'reason', e)}); offline, pass the path of a "
                         f"local timemachine.txt with {given} or ${ENV_PATH}.") from None
     finally:

@@ -76,6 +76,23 @@ def test_download_verifies_and_caches(http_server, tmp_path):
     assert source.download(url + "/timemachine.txt", sha1, root=cache) == path
 
 
+def test_a_download_cache_that_cannot_be_written_is_named_as_such(http_server, tmp_path, monkeypatch):
+    """It said "Cannot read <cache>/timemachine.txt.<random>.part (Read-only file system)", or "Cannot read
+    /etc/passwd (File exists)" for $RNNJAX_CACHE a file."""
+    _, url = http_server
+    (tmp_path / "file").write_text("")
+    said = r" is not a folder: set \$RNNJAX_CACHE to a folder that can be, or pass the path of a local "
+    with pytest.raises(DataError, match=rf"^The download cache {tmp_path}/file{said}"):
+        source.download(url + "/timemachine.txt", root=tmp_path / "file")
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(source.tempfile, "mkstemp", read_only)
+    with pytest.raises(DataError, match=rf"^The download cache {tmp_path}/ro cannot be written \(Read-only "
+                                        r"file system\): set \$RNNJAX_CACHE"):
+        source.download(url + "/timemachine.txt", root=tmp_path / "ro")
+
+
 def test_download_with_wrong_hash_leaves_nothing_in_the_cache(http_server, tmp_path):
     root, url = http_server
     (root / "timemachine.txt").write_bytes(b"tampered\n")
