@@ -75,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise ValueError("--data is empty; give d2l's timemachine.txt as --data PATH.")
         if Path(data).is_dir():
             raise ValueError(f"--data {data} is a folder; give d2l's timemachine.txt itself.")
+        if Path(data).exists() and not Path(data).is_file():
+            raise ValueError(f"--data {data} is not a regular file; give d2l's timemachine.txt itself.")
         if not Path(data).is_file():
             raise ValueError(f"no file {data!r}: give d2l's timemachine.txt as --data PATH or "
                              "$RNNJAX_TIMEMACHINE (the check downloads nothing).")
@@ -168,7 +170,9 @@ def _kept(parts: Parts, why: str, status: int) -> int:
     if signum is not None:
         why, status = f"by signal {signum} ({signal.Signals(signum).name}), the running part with it", \
             128 + signum
-    stopping.tell(f"Stopped{':' * (signum is None)} {why}; {parts.out / 'summary.json'} has what ran.")
+    summary = parts.out / "summary.json"
+    kept = f"{summary} has what ran" if summary.is_file() else f"nothing was written ({parts.out})"
+    stopping.tell(f"Stopped{':' * (signum is None)} {why}; {kept}.")
     return status
 
 

@@ -214,6 +214,10 @@ def test_bad_arguments_say_so_before_any_work(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         device_check.parse_args(["--out", str(tmp_path / "new"), "--data", str(tmp_path)])
     assert f"--data {tmp_path} is a folder" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    os.mkfifo(tmp_path / "fifo.txt")                                    # it said "no file"
+    with pytest.raises(SystemExit):
+        device_check.parse_args(["--out", str(tmp_path / "new"), "--data", str(tmp_path / "fifo.txt")])
+    assert f"--data {tmp_path / 'fifo.txt'} is not a regular file" in capsys.readouterr().err
     for budget in ("0", "5", "9.9", "nan"):     # near the least time in which a part starts: none would
         with pytest.raises(SystemExit):
             device_check.parse_args(["--out", str(tmp_path / "new"), "--data", __file__, "--budget", budget])
@@ -337,3 +341,14 @@ def test_its_own_output_failing_stops_it_in_one_line_keeping_what_ran(tmp_path, 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["parts"] == {"info": {"ok": True, "seconds": 1.0}}
     assert summary.get("stopped_by_signal") == signum
+
+
+def test_stopped_before_the_output_folder_was_made_it_says_nothing_was_written(tmp_path, capsys):
+    """With stdout on a full disk the first line failed before --out was made: it named a summary.json."""
+    from experiments.device_parts import Parts
+    out = tmp_path / "never"
+    parts = Parts(out, {"parts": {}}, 100.0, True)
+    assert device_check._kept(parts, "No space left on device (writing the output)", 1) == 1
+    assert capsys.readouterr().err == (f"Stopped: No space left on device (writing the output); nothing was "
+                                       f"written ({out}).\n")
+    assert not out.exists()
