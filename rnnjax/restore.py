@@ -112,6 +112,8 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
     if step is not None and best:
         raise CheckpointError(f"Give step={step!r} or best=True, not both: the best is a step of its own.")
     asked, run = _whole(step), _whole(run, "run")
+    if asked is not None and asked < 0:
+        raise CheckpointError(f"step is a checkpoint's step, 0 or more, got {asked}.")
     for _ in range(10):       # a run writing the workdir removes old checkpoints: one may go as it is read
         try:
             return _first_good(workdir, _candidates(workdir, asked, best, run, fallback), run, fallback, best)
