@@ -94,10 +94,11 @@ class StackedRNN(nn.Module):
     """PyTorch's recurrent layer: ``num_layers`` of ``cell``, each direction its own ``RNN``.
 
     ``dropout`` applies to the outputs of every layer but the last, in
-    training only (``RowDropout``: a batch split over devices, each given its
-    ``first_row``, draws the masks of the whole); a ``bidirectional`` layer concatenates its two directions'
-    outputs. Carries in and out are tuples of one per layer and direction, in
-    PyTorch's ``h_n`` order (layer 0 forward, layer 0 reverse, layer 1, ...).
+    training only (``RowDropout``: a batch split over devices, each part given
+    its ``first_row``, draws the masks of the whole); a ``bidirectional`` layer
+    concatenates its two directions' outputs. Carries in and out are tuples of
+    one per layer and direction, in PyTorch's ``h_n`` order (layer 0 forward,
+    layer 0 reverse, layer 1, ...).
     """
     cell: nn.Module                 # a template: each layer and direction gets a copy
     num_layers: int = 1
