@@ -52,8 +52,7 @@ def own(jaxpr: Any, varying: list[bool]) -> list[bool]:
 def _flow(jaxpr: Any, flags: list[tuple]) -> list[tuple]:
     """``(differs, exchanged)`` of each output of ``jaxpr`` from those of its inputs: may differ between the
     devices; follows from an exchange. Followed into a jit's, a checkpoint's, a custom_vjp's jaxpr, a scan's
-    body (again until its carries' flags hold) and a cond's branches; a while with a collective inside is
-    taken as combining all it returns."""
+    or a while's body (again until its carries' flags hold) and a cond's branches."""
     of = {id(v): f for v, f in zip(jaxpr.invars, flags)}
 
     def flag(v):
@@ -76,7 +75,9 @@ def _flow(jaxpr: Any, flags: list[tuple]) -> list[tuple]:
             branches = [_flow(j, given[1:]) for j in inner]
             out = [(given[0][0] or any(b[i][0] for b in branches), any(b[i][1] for b in branches))
                    for i in range(len(eqn.outvars))]
-        elif any(_combines_inside(j) for j in inner):
+        elif eqn.primitive.name == "while" and {"cond_nconsts", "body_nconsts"} <= set(eqn.params):
+            out = _looped(eqn, given)
+        elif any(_combines_inside(j) for j in inner):       # another JAX's loop: taken as combining
             out = [(False, exchanged)] * len(eqn.outvars)
         else:
             out = [(differs, exchanged)] * len(eqn.outvars)
@@ -103,6 +104,22 @@ def _carried(eqn: Any, inner: Any, given: list[tuple]) -> list[tuple]:
             return out
         given = given[:consts] + joined + given[consts + carries:]
         out = _flow(inner, given)
+
+
+def _looped(eqn: Any, given: list[tuple]) -> list[tuple]:
+    """A while's outputs: its body's, followed until the carries' flags hold (as a scan's, run at least
+    once); each differs where its condition does (the devices may loop other counts)."""
+    cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
+    cond, body = eqn.params["cond_jaxpr"].jaxpr, eqn.params["body_jaxpr"].jaxpr
+    consts, carry = given[cn:cn + bn], given[cn + bn:]
+    while True:
+        out = _flow(body, consts + carry)
+        joined = [tuple(a or b for a, b in zip(c, o)) for c, o in zip(carry, out)]
+        if joined == carry:
+            break
+        carry = joined
+    differs = _flow(cond, given[:cn] + carry)[0][0]
+    return [(o[0] or differs, o[1]) for o in out]
 
 
 def alone(traced: Any, shape: Any, varying: list[bool], wanted: Callable[[str], bool]) -> list[str]:

@@ -1,5 +1,7 @@
 """rnnjax.summed: which outputs of a step traced over the devices' axis follow from a sum over them."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -79,3 +81,27 @@ def _while_of_one_constant_each(w, x):
 def test_what_holds_values_together_or_loops_over_a_sum_is_no_devices_own(f):
     traced = jax.make_jaxpr(f, axis_env=[(AXIS, 2)])(jnp.ones((3, 3)), jnp.ones((4, 3)))
     assert summed.own(traced.jaxpr, [False, True]) == [False]
+
+
+def _microbatches(w, x, summed_gradients=False):
+    """A while over microbatches accumulating gradients, its count psummed: the gradients are each device's
+    own unless psummed too (a while with any collective inside was taken to combine all it returns)."""
+    def body(c):
+        i, acc, count = c
+        g = _grads(w, jax.lax.dynamic_slice_in_dim(x, i, 1))
+        g = jax.lax.psum(g, AXIS) if summed_gradients else g
+        return i + 1, acc + g, count + jax.lax.psum(jnp.ones(()), AXIS)
+    return jax.lax.while_loop(lambda c: c[0] < 4, body, (0, jnp.zeros_like(w), 0.0))[1]
+
+
+def _until_the_batch_says(w, x):
+    """A while whose condition follows from the batch: the devices may loop other counts."""
+    return jax.lax.while_loop(lambda c: c[1] < jnp.sum(x), lambda c: (jax.lax.psum(c[0], AXIS), c[1] + 1.0),
+                              (w, 0.0))[0]
+
+
+@pytest.mark.parametrize("f, mine", [(_microbatches, True), (_until_the_batch_says, True),
+                                     (functools.partial(_microbatches, summed_gradients=True), False)])
+def test_a_while_is_followed_as_a_scan_is(f, mine):
+    traced = jax.make_jaxpr(f, axis_env=[(AXIS, 2)])(jnp.ones((3, 3)), jnp.ones((4, 3)))
+    assert summed.own(traced.jaxpr, [False, True]) == [mine]
