@@ -29,14 +29,14 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from rnnjax import meta as meta_lib, orbax_logs, stops, stored, workdir as workdir_lib
+from rnnjax import meta as meta_lib, orbax_logs, stops, workdir as workdir_lib
 from rnnjax.config import Config
 from rnnjax.spelling import again, spelt
 from rnnjax.read_state import restore_state  # noqa: F401
 from rnnjax.restore import Restored, restore  # noqa: F401
 from rnnjax.stored import (CONFIG, DAMAGED, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
                            DamagedCheckpoint, UnknownCell, check_fits, latest_step, read_meta,
-                           StateMismatch, UnreadableCheckpoint, reason, scores_by_step, steps)
+                           StateMismatch, UnreadableCheckpoint, reason, steps, val_ppl)
 from rnnjax.tidy import REMOVING, remove_dropped, set_aside  # noqa: F401
 from rnnjax.vocab import Vocab
 
@@ -47,7 +47,7 @@ WRITTEN = ("_CHECKPOINT_METADATA", "state/manifest.ocdbt", "state/_METADATA", "m
 @dataclasses.dataclass
 class _Lowest(policies.PreservationPolicy):
     """Preserves the checkpoint of lowest ``val_ppl``, and of runs trained together, of each run's lowest
-    (``stored.scores``): by orbax's metrics for its own saves, by ``earlier`` (read from the metas) for
+    (``scores``): by orbax's metrics for its own saves, by ``earlier`` (read from the metas) for
     those a resumed run found, whose metrics orbax does not know."""
     earlier: dict[int, dict[str, float]]
 
@@ -57,6 +57,24 @@ class _Lowest(policies.PreservationPolicy):
         names = {name for s in scored.values() for name in s}
         best = {min((s[name], step) for step, s in scored.items() if name in s)[1] for name in names}
         return [c.step in best for c in checkpoints]
+
+
+def scores(meta: dict) -> dict[str, float]:
+    """The finite validation perplexities a meta holds, by name: ``val_ppl`` (of runs, their mean) and
+    ``run_<k>``, run k's own: a checkpoint is kept while it is the best of any."""
+    runs = {f"run_{k}": val_ppl(meta, k) for k in range(len(meta.get("run_val_ppls", [])))}
+    return {k: p for k, p in {"val_ppl": val_ppl(meta), **runs}.items() if p is not None}
+
+
+def scores_by_step(workdir: Path) -> dict[int, dict[str, float]]:
+    """``scores`` of each complete, readable checkpoint, by step."""
+    found = {}
+    for s in steps(workdir):
+        try:
+            found[s] = scores(read_meta(workdir, s))
+        except DamagedCheckpoint:         # never the best
+            continue
+    return found
 
 
 class Manager(ocp.CheckpointManager):
@@ -128,7 +146,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict,
         with stops.held():
             mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)),
-                      metrics=stored.scores(meta) or None, force=True)
+                      metrics=scores(meta) or None, force=True)
     except Exception as e:
         raise _save_failed(mngr, step, e) from None
 

@@ -283,24 +283,6 @@ def _deserialize(d: Any) -> None:
         absl.disabled = quiet
 
 
-def scores(meta: dict) -> dict[str, float]:
-    """The finite validation perplexities a meta holds, by name: ``val_ppl`` (of runs, their mean) and
-    ``run_<k>``, run k's own: a checkpoint is kept while it is the best of any."""
-    runs = {f"run_{k}": val_ppl(meta, k) for k in range(len(meta.get("run_val_ppls", [])))}
-    return {k: p for k, p in {"val_ppl": val_ppl(meta), **runs}.items() if p is not None}
-
-
-def scores_by_step(workdir: Path) -> dict[int, dict[str, float]]:
-    """``scores`` of each complete, readable checkpoint, by step."""
-    found = {}
-    for s in steps(workdir):
-        try:
-            found[s] = scores(read_meta(workdir, s))
-        except DamagedCheckpoint:         # never the best
-            continue
-    return found
-
-
 def val_ppl(meta: dict, run: int | None = None) -> float | None:
     """A meta's finite validation perplexity: of ``run`` where it has each run's (``run_val_ppls``), else
     the one it has (of runs, their mean); else ``None``."""

@@ -213,11 +213,10 @@ def test_the_best_with_a_damaged_meta_is_not_chosen_silently(small_data, tmp_pat
     """A checkpoint whose meta cannot be read may have been the best: ``best=True`` said nothing and took
     the best of the rest."""
     from experiments import timemachine
-    from rnnjax import stored
     fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, checkpoint_every=1, keep=3, log=None)
     best = checkpoint.restore(tmp_path, best=True).step
     (tmp_path / checkpoint.SUBDIR / str(best) / "meta" / "metadata").write_bytes(b"")
-    rest = min((p["val_ppl"], s) for s, p in stored.scores_by_step(tmp_path).items())[1]
+    rest = min((p["val_ppl"], s) for s, p in checkpoint.scores_by_step(tmp_path).items())[1]
     with pytest.raises(checkpoint.DamagedCheckpoint, match=f"step {best} "):
         checkpoint.restore(tmp_path, best=True)
     assert checkpoint.restore(tmp_path, best=True, fallback=True).step == rest != best
