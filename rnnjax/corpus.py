@@ -11,16 +11,16 @@ spread evenly over the tail. ``val_fraction=0`` splits as d2l does: the first
 ``num_train`` windows, then ``num_val``, the vocabulary from the whole text.
 
 A file's stream and vocabulary are cached (``.npy`` and JSON) under
-``rnnjax.source.cache_dir()/corpus`` (``rnnjax.token_cache``), keyed by the file's SHA-1 and the token
-options; the vocabulary carries that SHA-1 into the checkpoints, so a run
-resumes only on the text it was trained on.
+``rnnjax.source.cache_dir()/corpus`` (``rnnjax.token_cache``), keyed by the
+file's SHA-1 and the token options; the vocabulary carries that SHA-1 into
+the checkpoints, so a run resumes only on the text it was trained on.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import numbers
+import os
 import warnings
 from collections.abc import Callable
 
