@@ -26,6 +26,7 @@ from typing import Any
 import jax
 
 from rnnjax.source import cache_dir
+from rnnjax.spelling import not_utf8
 
 
 def available_cores() -> int:
@@ -130,11 +131,9 @@ def enable_compilation_cache(path: str | os.PathLike | None = None, at_exit: Cal
     ends by ``os._exit`` gives its own).
     """
     path = Path(path) if path is not None else cache_dir() / "jax"
-    try:
-        str(path).encode()
-    except UnicodeEncodeError:      # bytes not UTF-8, as surrogates: XLA's options fail on the first compile
-        shown = os.fsencode(path).decode(errors="backslashreplace")       # as typed: \xff
-        raise OSError(errno.EINVAL, "its path is not UTF-8", shown) from None
+    typed = not_utf8(path)
+    if typed is not None:           # XLA's options fail on it at the first compile
+        raise OSError(errno.EINVAL, "its path is not UTF-8", typed)
     path.mkdir(parents=True, exist_ok=True)
     if not os.access(path, os.W_OK | os.X_OK):
         raise OSError(errno.EACCES, "it cannot be written", str(path))

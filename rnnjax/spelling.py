@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import shlex
 from typing import Any
 
@@ -74,6 +75,16 @@ def shown(value) -> str:
         mantissa, e, exponent = text.partition("e")
         return f"{mantissa}e{int(exponent)}" if e else text.removesuffix(".0")     # 1e-7, not 1e-07
     return str(value)
+
+
+def not_utf8(path: Any) -> str | None:
+    """``path`` as typed (``\\xff``, not ``\\udcff``) where it holds bytes that are not UTF-8, kept as
+    surrogates, which orbax's and XLA's C++ cannot take; ``None`` where it is UTF-8."""
+    try:
+        str(path).encode()
+        return None
+    except UnicodeEncodeError:
+        return os.fsencode(str(path)).decode(errors="backslashreplace")
 
 
 def listed(values) -> str:

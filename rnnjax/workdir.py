@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax.spelling import again, spelt
+from rnnjax.spelling import again, not_utf8, spelt
 from rnnjax.lock import LOCKFILE, WorkdirError, describe as _describe
 from rnnjax.saved import config_settings
 from rnnjax.stored import CONFIG, DAMAGED, METRICS, PLOT, SUBDIR, UnknownCell
@@ -59,12 +59,10 @@ def check_path(workdir: Path) -> None:
         raise WorkdirError(f"The workdir {workdir.absolute()} has {' and '.join(map(repr, bad))} in its "
                            "path, which orbax's checkpoints cannot take (they would be written elsewhere or "
                            f"not restore); choose a {spelt('workdir')} without them.")
-    try:
-        path.encode()
-    except UnicodeEncodeError:       # undecodable bytes, kept as surrogates: orbax's C++ cannot take them
-        shown = os.fsencode(path).decode(errors="backslashreplace")      # as typed: \xff, not \udcff
-        raise WorkdirError(f"The workdir {shown} has bytes that are not UTF-8 in its path, which orbax's "
-                           f"checkpoints cannot take; choose a {spelt('workdir')} without them.") from None
+    typed = not_utf8(path)
+    if typed is not None:
+        raise WorkdirError(f"The workdir {typed} has bytes that are not UTF-8 in its path, which orbax's "
+                           f"checkpoints cannot take; choose a {spelt('workdir')} without them.")
     longest = max(len(os.fsencode(part)) for part in workdir.absolute().parts)
     if longest > 255:               # NAME_MAX of every common file system
         raise WorkdirError(f"The workdir {path} has a name of {longest} bytes in its path; the system takes "
