@@ -105,8 +105,9 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> None:
     that update the parameters, and ``loss_sum`` and ``count``: else each device trains a model of its own,
     and the loss logged is one device's."""
     traced, shape = jax.make_jaxpr(functools.partial(step, **kwargs), return_shape=True)(*args)
-    alone = summed.alone(traced, shape, _varying(args), lambda k: k.startswith("[0].params")
-                         or k in ("[1]['loss_sum']", "[1]['count']"))
+    sums = ("[1]['loss_sum']", "[1]['count']")
+    alone = summed.alone(traced, shape, _varying(args), lambda k: k.startswith("[0].params") or k in sums,
+                         lambda k: k in sums)
     params = [k[len("[0].params"):] for k in alone if k.startswith("[0].params")]
     what = [k for k in ("loss_sum", "count") if f"[1]['{k}']" in alone]
     if params:
@@ -114,11 +115,20 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> None:
         what.insert(0, "the gradients" if every else f"the gradients of {params[0]}"
                     + f" and {len(params) - 1} more parameters" * (len(params) > 1))
     if what:
-        hint = " (the gradients: under pmap a pmean-ed loss's are each device's own)" if params else ""
+        hint = (" (the gradients: under pmap a pmean-ed loss's are each device's own)" if params else
+                _fixed(traced, shape, args, sums))
         what = ", ".join(what[:-1]) + " and " * (len(what) > 1) + what[-1]
         raise ValueError(f"loop.run's step sums {what} over none of the devices it runs on "
                          "(jax.lax.psum over its axis_name): each would train a model of its own, or log its "
                          f"own loss; give axis_name on to rnnjax.train.train_windows, or psum them{hint}.")
+
+
+def _fixed(traced: Any, shape: Any, args: tuple, sums: tuple) -> str:
+    """A hint where each of ``sums`` that follows from no collective is the same on every device: a number
+    fixed as the step is traced (a count of its tokens)."""
+    if summed.alone(traced, shape, _varying(args), lambda k: k in sums):
+        return ""
+    return " (a number fixed as it is traced, such as a count of the batch's tokens, is each device's share)"
 
 
 def _varying(args: tuple) -> list[bool]:
@@ -180,14 +190,16 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
     if not (isinstance(out, dict) and {"loss_sum", "count"} <= set(out)):
         raise ValueError(f"An evaluation must return a dict of 'loss_sum' and 'count' (as "
                          f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
+    sums = ("['loss_sum']", "['count']")
     alone = [] if traced is None or _own(evaluate) else summed.alone(
-        traced, out, _varying((state, batches)), lambda k: k in ("['loss_sum']", "['count']"))
-    alone = [k for k in ("loss_sum", "count") if f"['{k}']" in alone]
+        traced, out, _varying((state, batches)), lambda k: k in sums, lambda k: k in sums)
     if alone:
-        raise ValueError(f"loop.run's evaluate sums {' and '.join(alone)} over none of the "
+        named = " and ".join(k for k in ("loss_sum", "count") if f"['{k}']" in alone)
+        hint = _fixed(traced, out, (state, batches), sums)
+        raise ValueError(f"loop.run's evaluate sums {named} over none of the "
                          f"{p.dp.num_shards} devices it runs on (jax.lax.psum over its axis_name): the "
                          "validation logged would be one device's share; give axis_name on to "
-                         "rnnjax.train.eval_steps, or psum them.")
+                         f"rnnjax.train.eval_steps, or psum them{hint}.")
     check_evaluated(out, (len(p.runs),) if p.runs else ())
 
 

@@ -198,6 +198,14 @@ def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data
 
     def own_eval(state, batches, axis_name=None):
         return train.eval_steps(state, batches)
+
+    def fixed_count(state, tokens, windows, axis_name=None):      # each device's count of its tokens
+        new, m = train.train_windows(state, tokens, windows, axis_name=axis_name)
+        return new, {**m, "count": jnp.full_like(m["count"], windows.mask[0].size)}
+
+    def fixed_eval_count(state, batches, axis_name=None):
+        m = train.eval_steps(state, batches, axis_name)
+        return {**m, "count": jnp.full_like(m["count"], batches.mask[0].size)}
     every = "the gradients, loss_sum and count"
     config = TINY.replace(epochs=1)
     for step, evaluate, said in [
@@ -211,6 +219,11 @@ def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data
             (metrics_summed, train.eval_steps, r"^loop.run's step sums the gradients over none"),
             (metrics_summed_by_hand, train.eval_steps, r"^loop.run's step sums the gradients over none"),
             (by_summed_count, train.eval_steps, r"^loop.run's step sums the gradients over none"),
+            (fixed_count, train.eval_steps, r"^loop.run's step sums count over none of the devices .* or "
+                                            r"psum them \(a number fixed as it is traced, such as a count of "
+                                            r"the batch's tokens, is each device's share\)\."),
+            (train.train_windows, fixed_eval_count, r"^loop.run's evaluate sums count over none of the 2 "
+                                                    r"devices .* or psum them \(a number fixed as it is"),
             (bias_of_its_own, train.eval_steps,
              r"^loop.run's step sums the gradients of \['output_layer'\]\['bias'\] over none of the devices"),
             (pmean_loss, train.eval_steps, r"^loop.run's step sums the gradients over none.* or psum them "
