@@ -91,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 timemachine_path(data)
             check_cpu_device_count()        # not the backend: started here, it would hold the GPU's memory
     except ValueError as e:     # one line, exit status 1, before any work
-        print(f"error: {e}", file=sys.stderr)
+        stopping.tell(f"error: {e}")
         raise SystemExit(1) from None
     # Absolute, as the parts run from the repository root: one folder, wherever the command starts.
     args.data, args.out = str(Path(data).resolve()), args.out.resolve()
@@ -153,8 +153,8 @@ def _checked(argv) -> int:
                if isinstance(e, NotWritten) else
                f"{e.filename or args.out} cannot be written ({e.strerror}); free space and run the check "
                "again")
-        print(f"error: {why.rstrip('.')}, with a new --out (this one keeps what the check wrote so far).",
-              file=sys.stderr)
+        stopping.tell(f"error: {why.rstrip('.')}, with a new --out (this one keeps what the check wrote so "
+                      "far).")
         return 1
 
 

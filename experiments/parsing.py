@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from experiments import stopping
+
 NAME_MAX = 255      # bytes in one name, on every common file system
 
 
@@ -38,7 +40,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         """argparse's own errors as ours are: one line (not the usage block), and where to look."""
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, stopping.as_typed(f"error: {message} (see {self.prog} --help)\n"))
 
 
 def check_names(flag: str, path: str | Path) -> None:
@@ -47,9 +49,8 @@ def check_names(flag: str, path: str | Path) -> None:
     lines that name it could not be printed on a UTF-8 terminal)."""
     try:
         str(path).encode()
-    except UnicodeEncodeError:          # undecodable bytes, kept as surrogates
-        shown = os.fsencode(str(path)).decode(errors="backslashreplace")       # as typed: \xff, not \udcff
-        raise ValueError(f"{flag} {shown} has bytes that are not UTF-8 in its path; give one without "
+    except UnicodeEncodeError:          # undecodable bytes, kept as surrogates (said as typed: tell)
+        raise ValueError(f"{flag} {path} has bytes that are not UTF-8 in its path; give one without "
                          "them.") from None
     longest = max((len(os.fsencode(part)) for part in Path(path).parts), default=0)
     if longest > NAME_MAX:

@@ -21,8 +21,6 @@ at all (``sine_figures``).
 
 from __future__ import annotations
 
-import sys
-
 from experiments import stopping
 from experiments.parsing import Parser, parse_seeds
 
@@ -260,7 +258,7 @@ def main(argv=None) -> int:
             backend.start()
             held.enter_context(sine_figures.claimed(workdir))
         except (ValueError, WorkdirError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            stopping.tell(f"error: {e}")
             return 1
         return _run(workdir, seeds, args.rnn_epochs)
 
@@ -272,7 +270,7 @@ def _run(workdir: Path, seeds: list[int], rnn_epochs: int) -> int:
             return _report(workdir, seeds, rnn_epochs)
     except WorkdirError as e:       # a full disk: this run's files go, so that the same command runs again
         sine_figures.remove(workdir)
-        print(f"error: {e}", file=sys.stderr)
+        stopping.tell(f"error: {e}")
         return 1
     except (BrokenPipeError, stopping.OutputError) as e:    # stdout's (a closed pipe, a full disk under it)
         whole = (workdir / RESULTS).exists()        # written last: the figures are there too
@@ -284,7 +282,7 @@ def _run(workdir: Path, seeds: list[int], rnn_epochs: int) -> int:
         stopping.tell(f"Stopped: {e.strerror} (writing the output); {kept}.")
         return 1
     except OSError as e:
-        print(f"error: cannot write to {workdir}: {e.strerror}.", file=sys.stderr)
+        stopping.tell(f"error: cannot write to {workdir}: {e.strerror}.")
         return 1
     finally:
         stopping.put_back(previous)

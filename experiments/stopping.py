@@ -125,11 +125,22 @@ def output_closed(kept: str = "") -> int:
 
 
 def tell(message: str) -> None:
-    """``message`` on stderr, if it is there: a closed terminal (a hang-up) or ``2>&-`` takes nothing."""
+    """``message`` on stderr (``as_typed``), if it is there: a closed terminal (a hang-up) or ``2>&-`` takes
+    nothing."""
     try:
-        print(message, file=sys.stderr, flush=True)
+        print(as_typed(message), file=sys.stderr, flush=True)
     except (OSError, ValueError, AttributeError):       # closed, or None
         pass
+
+
+def as_typed(message: str) -> str:
+    """``message`` with an argument's bytes that are not UTF-8 shown as typed (``\\xff``): Python keeps them
+    as surrogates, which print, or show in a repr, as ``\\udcff``."""
+    try:
+        raw = message.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:      # a surrogate no byte became
+        raw = message.encode("utf-8", "backslashreplace")
+    return re.sub(r"\\udc([89a-f][0-9a-f])", r"\\x\1", raw.decode("utf-8", "backslashreplace"))
 
 
 def flush() -> None:

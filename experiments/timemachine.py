@@ -264,7 +264,7 @@ def _main(argv, parser_options: dict) -> int:
         if not args.multi_host:       # which joins first
             backend.start()
     except ValueError as e:          # checks of the arguments (and the workdir's settings), before JAX starts
-        print(f"error: {e}", file=sys.stderr)
+        stopping.tell(f"error: {e}")
         return 1
     backend.keep_freed_memory()
     backend.collect_less()
@@ -296,7 +296,7 @@ def _main(argv, parser_options: dict) -> int:
     except (*USAGE_ERRORS, TimeoutError) as e:
         if joined:          # the others, at their next check, stop too (if not told already)
             agree.leave()
-        print(f"error: {e}", file=sys.stderr)
+        stopping.tell(f"error: {e}")
         return 1
     return 0
 

@@ -164,6 +164,12 @@ def waiting_on(child: str) -> tuple[subprocess.Popen, Path]:
 
 
 @pytest.mark.slow
+def test_bytes_that_are_not_utf8_are_said_as_typed():
+    typed = os.fsdecode(b"caf\xc3\xa9\xff")
+    assert stopping.as_typed(f"no {typed}, {typed!r}") == "no caf\u00e9\\xff, 'caf\u00e9\\xff'"
+    assert stopping.as_typed("\ud800 \\u00e9") == "\\ud800 \\u00e9"      # other surrogates, escapes: kept
+
+
 def test_a_stop_removes_the_scratch_folder_and_kills_the_child_it_waits_on(tmp_path):
     """``exit_now`` unwinds nothing: the benchmark's compile-cache folder stayed in /tmp after a signal, and
     its child compiled on after a SIGTERM to the benchmark alone."""

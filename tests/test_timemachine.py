@@ -71,13 +71,22 @@ def test_batch_size_not_divisible_by_devices(real_text_path, tmp_path, capsys):
     (["--bogus"], "unrecognized arguments: --bogus"), (["--epochs", "x"], "invalid int value: 'x'"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--seeds", "0,0"], "'0,0' lists 0 twice: list each value once"),       # two runs the same run
-    (["--predict", "a", "--lr", "1,0.5,1.0"], "'1,0.5,1.0' lists 1 twice")])
+    (["--predict", "a", "--lr", "1,0.5,1.0"], "'1,0.5,1.0' lists 1 twice"),
+    (["--lr", os.fsdecode(b"1\xff")], "'1\\xff' is not a comma-separated list"),      # as typed, not \udcff
+    ])
 def test_argparse_errors_are_one_line_and_point_to_help(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         timemachine.main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert err.endswith("(see python -m experiments.timemachine --help)\n") and "usage" not in err
+
+
+def test_an_argument_that_is_not_utf8_is_said_as_typed(tmp_path, capsys):
+    """Python keeps bytes that are not UTF-8 as surrogates, which printed as \\udcff."""
+    assert timemachine.main(["--data", str(tmp_path / os.fsdecode(b"x\xff")), "--no-compilation-cache"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: No such file: ") and "x\\xff (given as --data" in err and "udc" not in err
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ import contextlib
 import json
 import math
 import signal
-import sys
 from pathlib import Path
 
 import jax
@@ -194,7 +193,7 @@ def main(argv=None) -> int:
             backend.start()
             check_devices(args.devices, batch_sizes)
         except ValueError as e:         # DataError and ConfigError too
-            print(f"error: {e}", file=sys.stderr)
+            stopping.tell(f"error: {e}")
             return 1
         stop = Stop(json_path)
         stopping.handle(stop)
@@ -213,7 +212,7 @@ def main(argv=None) -> int:
             stopping.tell(stop.message(signum))
             return 128 + signum
         except (ValueError, WorkdirError) as e:     # another run's, or a full disk: bench.json keeps its last
-            print(f"error: {e}", file=sys.stderr)
+            stopping.tell(f"error: {e}")
             return 1
         except BrokenPipeError:
             return stopping.output_closed(stop.kept())

@@ -172,7 +172,7 @@ def main(argv=None) -> int:
             check_writable(f"--out {out}", out)
             found = _fresh("checking the devices", "--devices", env=dict(os.environ))
         except (ValueError, WorkdirError) as e:        # DataError and an unusable $JAX_PLATFORMS too
-            print(f"error: {e}", file=sys.stderr)
+            stopping.tell(f"error: {e}")
             return 1
         stop = _Stop(out)
         stopping.handle(stop)
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
         except (ValueError, OSError, WorkdirError) as e:     # a child failed, a full disk: the figures stay
             why = e if isinstance(e, (ValueError, WorkdirError)) else f"cannot write {out} ({e.strerror})"
             kept = f"; {stop.kept()}" if stop.began else ""      # not of another run's --out, held
-            print(f"error: {str(why).rstrip('.')}{kept}.", file=sys.stderr)
+            stopping.tell(f"error: {str(why).rstrip('.')}{kept}.")
             return 1
         return 0
     finally:
