@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import optimizers
+from rnnjax.cells import registered_own
 from rnnjax.config import Config
 from rnnjax.spelling import as_flags, spelt
 from rnnjax.state import abstract_train_state
@@ -31,10 +32,11 @@ LONG_COMPILE_LAYERS = 16
 
 
 def _state_bytes(config: Config, vocab_size: int) -> tuple[int, int]:
-    """``(bytes of the train state, bytes of its parameters)``: counted for the known cells, with what the
-    optimizer keeps per parameter (``_optimizer_bytes``), traced for others and for an optimizer whose
-    state needs the model's own tree (``jax.eval_shape``, seconds for a deep stack)."""
-    if config.cell in _GATES:
+    """``(bytes of the train state, bytes of its parameters)``: counted for rnnjax's own cells, with what the
+    optimizer keeps per parameter (``_optimizer_bytes``), traced for others (another cell registered under
+    an own one's name too) and for an optimizer whose state needs the model's own tree (``jax.eval_shape``,
+    seconds for a deep stack)."""
+    if config.cell in _GATES and registered_own(config.cell):
         gates, dirs, H = _GATES[config.cell], 2 if config.bidirectional else 1, config.num_hiddens
         biases = 1 if config.cell == "rnn" else 2
         per_layer = dirs * (H * gates * H + biases * gates * H)       # the input weights apart
