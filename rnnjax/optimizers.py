@@ -15,7 +15,7 @@ traced), over the run's ``data.num_batches() * config.epochs`` steps::
 An optimizer is ``make(config, per_run) -> optax.GradientTransformation``, made of the config the run
 has now: a resume of more epochs (``RESUMABLE``) makes a schedule of ``config.epochs`` anew, and says so;
 one of a fixed count of steps (``clipped``'s, made as it is registered, as above) keeps its end, past
-which its rate is what the schedule gives there (a cosine's 0).
+which its rate is what the schedule gives there (a cosine's 0: the resume warns that it trains nothing).
 ``per_run`` keeps ``lr`` and ``clip`` in its state (``optax.inject_hyperparams``)
 rather than in the function: what lets runs with different values be one
 vmapped step (``rnnjax.runs``; ``rnnjax.state.check_per_run`` refuses one that
@@ -154,6 +154,22 @@ def registered_as(name: str) -> str | None:
     if name in OWN and (maker is OWN[name] or said(maker) == said(OWN[name])):    # registered again alike
         return "rnnjax's own"
     return said(maker)
+
+
+def stalled(config: Any, state: Any, per_run: bool = False, probes: int = 8) -> bool:
+    """Whether ``config.optimizer`` from ``state`` (a ``TrainState``, one run's) updates nothing over
+    ``probes`` steps of unit gradients: its rate is 0, as a schedule's of a fixed count of steps past its end.
+    Several probes, as an optimizer that accumulates (``optax.MultiSteps``) updates every few steps."""
+    tx, params, opt_state = make(config, per_run), state.params, state.opt_state
+    grads = jax.tree.map(jnp.ones_like, params)
+    try:
+        for _ in range(probes):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            if any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates)):
+                return False
+    except Exception:       # whatever it raises: the run's own checks (check_update) say it
+        return False
+    return True
 
 
 def check(name: str) -> None:

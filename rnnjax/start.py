@@ -50,6 +50,7 @@ class Plan:
     # A new run moves the records (and plot) of an earlier one with no checkpoint left: (from, to) pairs.
     aside: tuple[tuple[Path, Path], ...] = ()
     computed_by: dict | None = None    # how the checkpoint's run computed, as its meta says (computing.HOW)
+    stalled: bool = False              # one's own optimizer updates nothing from the checkpoint on (rate 0)
     saved_epochs: int | None = None    # the epochs the checkpoint's run asked for (RESUMABLE: may differ)
     held: lock_lib.Held | None = None   # the workdir's lock, in the process that writes
 
@@ -96,9 +97,15 @@ class Plan:
         if self.step is not None and self.saved_epochs not in (None, self.config.epochs):
             hint += f"; {_epochs(self.saved_epochs)} asked for before, {self.config.epochs} now"
             name = self.config.optimizer
-            if optimizers.OWN.get(name) is not optimizers.OPTIMIZERS.get(name):
+            own = optimizers.OWN.get(name) is optimizers.OPTIMIZERS.get(name)
+            if not own and not self.stalled:
                 hint += (f" (the optimizer {name!r} is made anew: a schedule of "
                          "config.epochs follows the new count, one of a fixed count of steps keeps its end)")
+        if self.stalled:
+            hint += (f"; warning: the optimizer {self.config.optimizer!r} updates nothing from step "
+                     f"{self.step} on (its rate is 0, as a schedule's of a fixed count of steps past its "
+                     "end), so this resume trains nothing: register one whose schedule follows config.epochs "
+                     "(rnnjax.optimizers), or train anew in another workdir")
         hint += f"; {changed}" if changed else ""
         hint += "".join(f"; checkpoint step {step} {why}, set aside in "
                         f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
@@ -234,10 +241,15 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         position = Position.read(metas[step])
         metrics.check_records_runs(records, len(runs), workdir / metrics.FILENAME)
         lost = metrics.lost_epochs(records, position.epoch, position.stopped, len(runs))
+        # rnnjax's own optimizers keep their rate; one's own may have come to the end of its schedule.
+        stalled = (position.epoch < config.epochs
+                   and optimizers.registered_as(config.optimizer) != "rnnjax's own"
+                   and optimizers.stalled(config, jax.tree.map(lambda x: x[0], state) if runs else state,
+                                          per_run=bool(runs)))
         return Plan(config, workdir, dp, path, step, position, runs, state,
                     tuple(sorted(damaged, reverse=True)), lost, bool(torn),
                     computed_by=computing_lib.computed_by(metas[step]),
-                    saved_epochs=Config.from_json(metas[step]["config"]).epochs)
+                    saved_epochs=Config.from_json(metas[step]["config"]).epochs, stalled=stalled)
     damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "
