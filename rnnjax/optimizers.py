@@ -13,9 +13,12 @@ traced), over the run's ``data.num_batches() * config.epochs`` steps::
         lambda learning_rate: optax.adamw(lambda n: learning_rate * cosine(n)))
 
 An optimizer is ``make(config, per_run) -> optax.GradientTransformation``, made of the config the run
-has now: a resume of more epochs (``RESUMABLE``) makes a schedule of ``config.epochs`` anew, and says so;
-one of a fixed count of steps (``clipped``'s, made as it is registered, as above) keeps its end, past
-which its rate is what the schedule gives there (a cosine's 0: the resume warns that it trains nothing).
+has now, alone: it is made as the data loads (its state sizes the run's memory), so it loads none (made
+again inside itself, it is refused). A resume of more epochs (``RESUMABLE``) makes it anew, and says so:
+a schedule of ``config.steps_per_epoch * config.epochs`` steps (``--steps-per-epoch``) follows the new
+count; one of a fixed count of steps (``clipped``'s, made as it is registered, as above) keeps its end,
+past which its rate is what the schedule gives there (a cosine's 0: the resume warns that it trains
+nothing).
 ``per_run`` keeps ``lr`` and ``clip`` in its state (``optax.inject_hyperparams``)
 rather than in the function: what lets runs with different values be one
 vmapped step (``rnnjax.runs``; ``rnnjax.state.check_per_run`` refuses one that
@@ -116,6 +119,9 @@ OPTIMIZERS: dict[str, Callable[[Any, bool], optax.GradientTransformation]] = {
 OWN = dict(OPTIMIZERS)                  # rnnjax's own: one registered in place of one is said as a run starts
 
 
+_MAKING: set[str] = set()      # the optimizers being made, by name: one made inside itself is refused
+
+
 def make(config: Any, per_run: bool = False) -> optax.GradientTransformation:
     """``config.optimizer`` made for ``config``; ``ConfigError`` in one sentence if none is registered under
     its name here (checked as a run is planned, not as a ``Config`` is made: a restore for inference, which
@@ -135,7 +141,16 @@ def make(config: Any, per_run: bool = False) -> optax.GradientTransformation:
                           f"{wanted}.") from None
     except ValueError:          # no signature to read: taken on trust
         pass
-    made = maker(config, per_run)
+    if config.optimizer in _MAKING:     # one that loads the data, whose check makes it: no end
+        raise ConfigError(f"{where} is made again as it is made (loading the data, whose memory check makes "
+                          "the optimizer, say): make it of the config alone; a schedule over the whole run "
+                          "takes data.num_batches() * config.epochs from the data as it is registered, or "
+                          "config.steps_per_epoch * config.epochs (rnnjax.optimizers).")
+    _MAKING.add(config.optimizer)
+    try:
+        made = maker(config, per_run)
+    finally:
+        _MAKING.discard(config.optimizer)
     if not (callable(getattr(made, "init", None)) and callable(getattr(made, "update", None))):
         raise ConfigError(f"{where} made {got(made)}, not an optax transformation (init, update): register "
                           f"{wanted}.")

@@ -229,6 +229,27 @@ def test_one_s_own_optimizer_redefined_as_another_of_no_other_leaves_is_named_no
     assert not (tmp_path / checkpoint.DAMAGED).exists() and checkpoint.steps(tmp_path) == [13]
 
 
+def test_an_optimizer_that_loads_the_data_is_one_sentence_not_a_recursion(monkeypatch, tmp_path):
+    """Sizing a schedule by loading the data inside make: the data's memory check makes the optimizer,
+    which loaded the data again, to a RecursionError (day-4 researcher). Another optimizer made inside
+    one's own is no recursion."""
+    (tmp_path / "mine.txt").write_text("a text of my own, " * 200)
+
+    def whole_run(config, per_run=False):
+        data = rnnjax.corpus.load(config.replace(**rnnjax.corpus.TEXT_DEFAULTS), text=tmp_path / "mine.txt")
+        cosine = optax.cosine_decay_schedule(1.0, data.num_batches() * config.epochs)
+        return optimizers.clipped(lambda learning_rate: optax.adamw(lambda n: learning_rate * cosine(n)))(
+            config, per_run)
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "whole_run", whole_run)
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "wrapped", lambda config, per_run=False: optax.chain(
+        optax.add_noise(0.01, 0.55, 0), optimizers.make(config.replace(optimizer="adam"), per_run)))
+    said = r"^rnnjax.OPTIMIZERS\['whole_run'\] is made again as it is made .*: make it of the config alone; "
+    with pytest.raises(ConfigError, match=said):
+        optimizers.make(TINY.replace(optimizer="whole_run"))
+    assert optimizers._MAKING == set()
+    assert len(optimizers.make(TINY.replace(optimizer="wrapped")).init({"w": jnp.ones(3)})) == 2
+
+
 def test_runs_of_other_rates_under_a_scheduled_rate_are_one_sentence(monkeypatch):
     """inject_hyperparams keeps a schedule's state where the rate is: float() of it was a TypeError."""
     from rnnjax import state
