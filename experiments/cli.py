@@ -101,7 +101,7 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     args.workdir = None if args.workdir is None else Path(args.workdir)
     if args.text is not None and args.data is not None:
         raise ValueError("--text trains on your own file, --data names the Time Machine's; give one.")
-    args.settings_from = None
+    args.settings_from = args.saved_vocab = None
     if args.num_preds is not None and args.predict is None:
         raise ValueError("--num-preds says how much --predict generates; add --predict PREFIX.")
     args.num_preds = 20 if args.num_preds is None else args.num_preds

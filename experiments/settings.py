@@ -21,6 +21,7 @@ from experiments import flags
 from rnnjax import checkpoint, config as config_lib, corpus, runs, source, spelling
 from rnnjax.saved import saved_runs
 from rnnjax.stored import UnknownCell
+from rnnjax.vocab import Vocab
 
 # What a run says as it starts anew in a workdir whose earlier run left its config.json and no checkpoint.
 ANEW = "{} holds no checkpoint of its earlier run: starting anew with {}"
@@ -133,6 +134,7 @@ def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Co
                          "--text out to resume it, or use a new --workdir.")
     resumed = flags.resumed_from_flags(args, configs, str(args.workdir))
     args.settings_from = source                # said as the run starts
+    args.saved_vocab = Vocab.from_json(vocab)     # a fine-tuned run's is another run's, not its text's
     return resumed, args.workdir, together
 
 

@@ -230,6 +230,30 @@ def test_cli_trains_on_your_own_words_resumes_and_samples_without_the_file(tmp_p
     assert words[:2] == ["ÆON", "the"] and len(words) == 7
 
 
+def test_a_run_fine_tuned_in_python_resumes_from_the_command_line(make_text, tmp_path, capsys):
+    """Fine-tuned on a text in another run's vocabulary (the README's way), it was refused as trained on
+    "another vocabulary" given that very text: the command made the text's own."""
+    import rnnjax
+    for name, seed in (("base.txt", 0), ("mine.txt", 1)):
+        (tmp_path / name).write_text(make_text(3000, seed))
+    flags = ["--preset", "tiny", "--devices", "1", "--no-compilation-cache"]
+    assert timemachine.main(["--text", str(tmp_path / "base.txt"), "--workdir", str(tmp_path / "base"),
+                             "--epochs", "1", *flags]) == 0
+    run = checkpoint.restore(tmp_path / "base")
+    config = run.config.replace(epochs=1)
+    tuned = rnnjax.corpus.load(config, text=tmp_path / "mine.txt", vocab=run.vocab)
+    assert tuned.vocab.idx_to_token == run.vocab.idx_to_token
+    rnnjax.fit(config, tuned, tmp_path / "tuned", params=run.params, devices=1, log=None)
+    capsys.readouterr()
+    assert timemachine.main(["--text", str(tmp_path / "mine.txt"), "--workdir", str(tmp_path / "tuned"),
+                             "--epochs", "2", *flags]) == 0, capsys.readouterr().err
+    assert "resuming from step" in capsys.readouterr().out
+    assert checkpoint.restore(tmp_path / "tuned").vocab == tuned.vocab
+    assert timemachine.main(["--text", str(tmp_path / "base.txt"), "--workdir", str(tmp_path / "tuned"),
+                             "--epochs", "3", *flags]) == 1         # another text: still refused
+    assert "trained on the text of SHA-1" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_output_on_a_full_disk_stops_in_one_line_and_a_closed_one_trains(make_text, tmp_path, monkeypatch,
                                                                          capsys):
