@@ -108,7 +108,10 @@ def _saved(args: argparse.Namespace, anew: str | None = None) -> tuple | None:
     ``--cell`` (or, ``anew`` given, ``--preset``) asks for a cell (``args.anew`` says it starts anew),
     else a ``ValueError`` naming both ways."""
     try:
-        return saved_runs(args.workdir)
+        saved = saved_runs(args.workdir)
+        if saved is not None:           # a fine-tuned run's is another run's, not its text's
+            args.saved_vocab = Vocab.from_json(saved[1])
+        return saved
     except UnknownCell as e:
         if not _no_checkpoint(args.workdir):
             raise
@@ -134,7 +137,6 @@ def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Co
                          "--text out to resume it, or use a new --workdir.")
     resumed = flags.resumed_from_flags(args, configs, str(args.workdir))
     args.settings_from = source                # said as the run starts
-    args.saved_vocab = Vocab.from_json(vocab)     # a fine-tuned run's is another run's, not its text's
     return resumed, args.workdir, together
 
 

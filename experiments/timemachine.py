@@ -127,7 +127,8 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
         arguments.check_arguments(config, workdir, devices=args.devices, runs=together)
     with _resuming(args, workdir, config_lib.ConfigError):     # a cell's step on the text's width, say
         data = corpus.load(config, text=args.text, data=args.data)
-        if args.saved_vocab is not None and args.saved_vocab.differs(data.vocab) == "another vocabulary":
+        resumed = None if args.anew else args.saved_vocab
+        if resumed is not None and resumed.differs(data.vocab) == "another vocabulary":
             # The same text in another run's tokens: a run fine-tuned from that one (corpus.load's vocab).
             data = corpus.load(config, text=args.text, data=args.data, vocab=args.saved_vocab)
     if args.settings_from is not None:      # what follows the text: a cell's step on its width, runs' states
