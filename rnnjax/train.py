@@ -160,7 +160,9 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
     (``rnnjax.start.planned``; or trains ``plan``, made so by the caller,
     inside its block) and ``log``s what it will do. A
     fresh run starts from ``params`` (default: initialized from
-    ``config.seed``); fit trains a copy, so the caller's stay valid. A
+    ``config.seed``; a restored run, ``rnnjax.checkpoint.restore``'s, gives
+    its own, refused unless ``data`` is in its tokens, as ``vocab=run.vocab``
+    loads it); fit trains a copy, so the caller's stay valid. A
     resumed run does not use them (its log line says so). Saves a
     checkpoint every ``checkpoint_every`` epochs and after the last, keeping
     the latest ``keep`` and the best by validation perplexity.
@@ -183,6 +185,7 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     check_callbacks(progress, log)
     progress = epoch_lines(log, config.epochs) if progress is None and log else progress
+    params = _params_of(params, data)
     if params is not None:         # before the workdir is made, and checked even if it resumes
         check_params(params, config, len(data.vocab))
     if plan is not None:
@@ -190,6 +193,18 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
         return _fit(plan, data, params, checkpoint_every, keep, progress, log)
     with planned(config, data, workdir, devices=devices) as p:
         return _fit(p, data, params, checkpoint_every, keep, progress, log)
+
+
+def _params_of(params: Any, data: WindowedText) -> Any:
+    """``params``, or a restored run's, which index the rows of its own vocabulary: ``ValueError`` where
+    ``data``'s is another (one of the same size trained on silently, each token another's row)."""
+    from rnnjax.restore import Restored         # here: restore imports what imports this module
+    if not isinstance(params, Restored):
+        return params
+    if params.vocab.idx_to_token != data.vocab.idx_to_token:
+        raise ValueError("fit's params are a run's trained in another vocabulary than the data's: load the "
+                         "data in the run's tokens, rnnjax.corpus.load(config, text=..., vocab=run.vocab).")
+    return params.params
 
 
 def epoch_lines(log: Callable[[str], Any], epochs: int) -> Callable:

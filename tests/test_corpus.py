@@ -214,8 +214,14 @@ def test_a_restored_run_fine_tunes_on_another_text_in_its_own_vocabulary(text_fi
     known = np.isin(np.asarray(own.vocab.idx_to_token)[own.stream], run.vocab.idx_to_token)
     np.testing.assert_array_equal(np.asarray(tuned.vocab.idx_to_token)[tuned.stream][known],
                                   np.asarray(own.vocab.idx_to_token)[own.stream][known])
+    same_size = own.vocab.idx_to_token[:len(run.vocab) - 1] + ["ß"]        # each token another's row
+    with pytest.raises(ValueError, match=r"^fit's params are a run's trained in another vocabulary than the "
+                                         r"data's: load the data in the run's tokens, "):
+        fit(TEXT, corpus.load(TEXT, text=other, vocab=Vocab.from_json({"idx_to_token": same_size})),
+            tmp_path / "tuned", devices=1, params=run, log=None)
+    assert not (tmp_path / "tuned").exists()
     lines = []
-    fit(TEXT.replace(epochs=1), tuned, tmp_path / "tuned", devices=1, params=run.params, log=lines.append)
+    fit(TEXT.replace(epochs=1), tuned, tmp_path / "tuned", devices=1, params=run, log=lines.append)
     assert lines[0].startswith("new run of 1 epoch") and lines[0].endswith("; from the params given")
     fit(TEXT, corpus.load(TEXT, text=other, vocab=run.vocab), tmp_path / "tuned", devices=1, log=None)
     with pytest.raises(CheckpointError, match=r"trained on the text of SHA-1 \w+ \(the data given is the"):
