@@ -103,10 +103,11 @@ def _checked(step: Callable) -> Callable:
 def _check_combined(step: Callable, args: tuple, kwargs: dict) -> None:
     """``ValueError`` unless ``step`` over devices (traced again, for its collectives) sums the gradients
     that update the parameters, and ``loss_sum`` and ``count``: else each device trains a model of its own,
-    and the loss logged is one device's."""
+    and the loss logged is one device's; and unless each metric of its own is combined over them too (the
+    first device's would be logged)."""
     traced, shape = jax.make_jaxpr(functools.partial(step, **kwargs), return_shape=True)(*args)
     sums = ("[1]['loss_sum']", "[1]['count']")
-    alone = summed.alone(traced, shape, _varying(args), lambda k: k.startswith("[0].params") or k in sums,
+    alone = summed.alone(traced, shape, _varying(args), lambda k: k.startswith(("[0].params", "[1]")),
                          lambda k: k in sums)
     params = [k[len("[0].params"):] for k in alone if k.startswith("[0].params")]
     what = [k for k in ("loss_sum", "count") if f"[1]['{k}']" in alone]
@@ -121,6 +122,16 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> None:
         raise ValueError(f"loop.run's step sums {what} over none of the devices it runs on "
                          "(jax.lax.psum over its axis_name): each would train a model of its own, or log its "
                          f"own loss; give axis_name on to rnnjax.train.train_windows, or psum them{hint}.")
+    _check_own_metrics("loop.run's step", [k[len("[1]"):] for k in alone if k.startswith("[1]")])
+
+
+def _check_own_metrics(who: str, alone: list[str]) -> None:
+    """``ValueError`` naming the first of a step's or evaluation's own metrics (by path, ``['key']``) that
+    is one device's."""
+    if alone:
+        raise ValueError(f"{who}'s metric {alone[0][2:-2]!r} is each device's own (of its part of the batch, "
+                         "through no collective), and the first device's would be logged: combine it over "
+                         "axis_name (jax.lax.psum of a sum, jax.lax.pmean of a mean).")
 
 
 def _fixed(traced: Any, shape: Any, args: tuple, sums: tuple) -> str:
@@ -192,14 +203,15 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
                          f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
     sums = ("['loss_sum']", "['count']")
     alone = [] if traced is None or _own(evaluate) else summed.alone(
-        traced, out, _varying((state, batches)), lambda k: k in sums, lambda k: k in sums)
-    if alone:
+        traced, out, _varying((state, batches)), lambda k: True, lambda k: k in sums)
+    if set(alone) & set(sums):
         named = " and ".join(k for k in ("loss_sum", "count") if f"['{k}']" in alone)
         hint = _fixed(traced, out, (state, batches), sums)
         raise ValueError(f"loop.run's evaluate sums {named} over none of the "
                          f"{p.dp.num_shards} devices it runs on (jax.lax.psum over its axis_name): the "
                          "validation logged would be one device's share; give axis_name on to "
                          f"rnnjax.train.eval_steps, or psum them{hint}.")
+    _check_own_metrics("loop.run's evaluate", [k for k in alone if k not in sums])
     check_evaluated(out, (len(p.runs),) if p.runs else ())
 
 

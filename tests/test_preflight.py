@@ -203,6 +203,14 @@ def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data
         new, m = train.train_windows(state, tokens, windows, axis_name=axis_name)
         return new, {**m, "count": jnp.full_like(m["count"], windows.mask[0].size)}
 
+    def local_metric(state, tokens, windows, axis_name=None):    # logged as the first device's
+        new, m = train.train_windows(state, tokens, windows, axis_name=axis_name)
+        return new, {**m, "rows": jnp.full_like(m["count"], 1.0) * jnp.sum(windows.mask, axis=-1)}
+
+    def local_eval_metric(state, batches, axis_name=None):
+        m = train.eval_steps(state, batches, axis_name)
+        return {**m, "rows": jnp.sum(batches.mask)}
+
     def fixed_eval_count(state, batches, axis_name=None):
         m = train.eval_steps(state, batches, axis_name)
         return {**m, "count": jnp.full_like(m["count"], batches.mask[0].size)}
@@ -224,6 +232,10 @@ def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data
                                             r"the batch's tokens, is each device's share\)\."),
             (train.train_windows, fixed_eval_count, r"^loop.run's evaluate sums count over none of the 2 "
                                                     r"devices .* or psum them \(a number fixed as it is"),
+            (local_metric, train.eval_steps,
+             r"^loop.run's step's metric 'rows' is each device's own \(of its part of the batch, through no "
+             r"collective\), and the first device's would be logged: combine it over axis_name"),
+            (train.train_windows, local_eval_metric, r"^loop.run's evaluate's metric 'rows' is each"),
             (bias_of_its_own, train.eval_steps,
              r"^loop.run's step sums the gradients of \['output_layer'\]\['bias'\] over none of the devices"),
             (pmean_loss, train.eval_steps, r"^loop.run's step sums the gradients over none.* or psum them "
