@@ -215,7 +215,8 @@ def epoch_lines(log: Callable[[str], Any], epochs: int) -> Callable:
     def line(done: int, total: int, record: dict | None) -> None:
         if record and (record["epoch"] % every == 0 or record["epoch"] == epochs):
             train_ppl, val_ppl = (metrics_lib.ppls_text(record, k) for k in metrics_lib.NEEDED)
-            runs = f"  ({len(record['runs'])} runs)" if "runs" in record else ""
+            n = len(record.get("runs", ()))
+            runs = f"  ({n} run{'s' * (n != 1)})" if "runs" in record else ""
             log(f"epoch {record['epoch']}/{epochs}  step {done}/{total}  train ppl {train_ppl}  val ppl "
                 f"{val_ppl}{runs}")
     return line

@@ -378,6 +378,9 @@ def test_epoch_lines_of_runs_say_their_lowest_to_highest_perplexities():
     alike = [{"train_ppl": 9.876, "val_ppl": 10.0}] * 2
     train.epoch_lines(said.append, 1)(4, 4, {"epoch": 1, "train_ppl": 9.876, "val_ppl": 10.0, "runs": alike})
     assert said[-1] == "epoch 1/1  step 4/4  train ppl 9.88  val ppl 10.00  (2 runs)"
+    one = {"epoch": 1, "train_ppl": 9.876, "val_ppl": 10.0, "runs": alike[1:]}
+    train.epoch_lines(said.append, 1)(4, 4, one)
+    assert said[-1].endswith("val ppl 10.00  (1 run)")       # the others stopped
 
 
 def test_fit_and_fit_runs_log_epoch_lines_unless_given_a_progress_or_false(small_data, tmp_path, monkeypatch):
