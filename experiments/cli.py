@@ -59,7 +59,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
                      help=f"epochs between checkpoints (default {CHECKPOINT_EVERY}; the last epoch and an "
                           "interrupted run are always saved)")
     run.add_argument("--keep", type=int,
-                     help="latest checkpoints kept (default 3; the best, and each run's, are kept too)")
+                     help=f"latest checkpoints kept (default {checkpoint.KEEP}; the best, and each run's, "
+                          "are kept too)")
     run.add_argument("--devices", type=int, help="local devices to train on (default: all; on a CPU one per "
                                                  "core, or $JAX_NUM_CPU_DEVICES)")
     run.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (multi-host)")
@@ -150,7 +151,7 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     if args.predict is not None:      # not used, but a value no run could take is still a mistake to name
         config_lib.Config().replace(**resumable)
     args.checkpoint_every = CHECKPOINT_EVERY if args.checkpoint_every is None else args.checkpoint_every
-    args.keep = 3 if args.keep is None else args.keep
+    args.keep = checkpoint.KEEP if args.keep is None else args.keep
     return args
 
 

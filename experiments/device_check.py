@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=540.0, metavar="SECONDS",
                    help="no part starts after this many seconds, and none runs past them (default 540)")
     args = p.parse_args(argv)
-    data = os.environ.get("RNNJAX_TIMEMACHINE") or "timemachine.txt" if args.data is None else args.data
+    data = (os.environ.get("RNNJAX_TIMEMACHINE") or "timemachine.txt") if args.data is None else args.data
     try:
         if args.out == "":          # not the current folder
             raise ValueError("--out is empty; give a new folder for the logs (a shell variable that was not "

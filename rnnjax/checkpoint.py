@@ -117,7 +117,10 @@ class Manager(ocp.CheckpointManager):
                 raise
 
 
-def manager(directory: str | Path, *, keep: int = 3, earlier: dict[int, dict[str, float]] | None = None
+KEEP = 3        # the latest checkpoints a run keeps, beside the best and each run's own best
+
+
+def manager(directory: str | Path, *, keep: int = KEEP, earlier: dict[int, dict[str, float]] | None = None
             ) -> Manager:
     """A manager keeping the latest ``keep`` checkpoints and the best by ``val_ppl`` (and each run's), the
     checkpoints found in ``directory`` counted with their ``earlier`` perplexities (``scores_by_step``)."""

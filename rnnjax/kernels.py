@@ -17,8 +17,8 @@ for ``choose``'s pick:
 
 ``check`` refuses, in one sentence, a forced kernel that cannot train a config
 on this backend; ``rnnjax.start.plan`` calls it before any work. A new kernel
-is its module, its name in ``config.KERNELS``, its model in ``MODELS`` and its
-rule in ``choose`` and ``check``.
+is its module, its name in ``config.KERNELS``, its model in ``MODELS`` (and
+what a run says of it in ``_DESCRIBE``) and its rule in ``choose`` and ``check``.
 """
 
 from __future__ import annotations
@@ -71,23 +71,23 @@ def check(config, backend: str | None = None) -> None:
     if kernel != "cudnn":
         return
     backend = backend or jax.default_backend()
-    cudnn = spelt("kernel", "cudnn")
+    named = spelt("kernel", "cudnn")
     if CELLS[config.cell] is not LSTMCell:
         other = "hoisted" if supports(CELLS[config.cell]) else "fused"       # what else trains that cell
-        raise ValueError(f"{cudnn} is cuDNN's LSTM and trains {spelt('cell', 'lstm')} only, not "
+        raise ValueError(f"{named} is cuDNN's LSTM and trains {spelt('cell', 'lstm')} only, not "
                          f"{config.cell}; use {spelt('kernel', other)} or {spelt('kernel', 'auto')}.")
     if backend != "gpu":
-        raise ValueError(f"{cudnn} runs cuDNN's LSTM, which needs an NVIDIA GPU, and JAX's backend here is "
+        raise ValueError(f"{named} runs cuDNN's LSTM, which needs an NVIDIA GPU, and JAX's backend here is "
                          f"{backend}; use {spelt('kernel', 'auto')}.")
     if config.bidirectional:
-        raise ValueError(f"{cudnn} trains one direction only; use {spelt('kernel', 'hoisted')} for "
+        raise ValueError(f"{named} trains one direction only; use {spelt('kernel', 'hoisted')} for "
                          f"{spelt('bidirectional', True)}.")
     if config.compute_dtype != "float32":
-        raise ValueError(f"{cudnn} computes in float32 only (JAX's cuDNN LSTM has no bfloat16); use "
+        raise ValueError(f"{named} computes in float32 only (JAX's cuDNN LSTM has no bfloat16); use "
                          f"{spelt('kernel', 'hoisted')} for {spelt('compute_dtype', 'bfloat16')}.")
     ambient = jax.config.jax_default_matmul_precision
     if config.matmul_precision == "default" and ambient in _ONE_BF16_PASS:
-        raise ValueError(f"{cudnn} cannot run at JAX's default matmul precision {ambient!r} "
+        raise ValueError(f"{named} cannot run at JAX's default matmul precision {ambient!r} "
                          "(JAX_DEFAULT_MATMUL_PRECISION or jax.config), one bfloat16 pass, which JAX's cuDNN "
                          f"LSTM does not implement; use {spelt('matmul_precision', 'high')} or 'highest'.")
 

@@ -55,8 +55,8 @@ CHECKPOINT_EVERY = 10
 
 # Training steps per compiled call: each call costs the host a dispatch, which
 # on a CPU takes time from the cores the devices compute on. An epoch's last
-# call takes the fewer than 10 steps left over along, so that an epoch of
-# under 20 steps is one call, its training program compiled once.
+# call takes the steps left over (fewer than these) along, so that an epoch of
+# under twice these is one call, its training program compiled once.
 STEPS_PER_CALL = 10
 
 
@@ -70,8 +70,8 @@ class FitResult:
 
 @agree.leaves_on_error
 def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Callable, *,
-        checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3, progress: Callable | None = None,
-        log: Callable[[str], Any] | None = None) -> FitResult:
+        checkpoint_every: int = CHECKPOINT_EVERY, keep: int = checkpoint.KEEP,
+        progress: Callable | None = None, log: Callable[[str], Any] | None = None) -> FitResult:
     """Trains the planned run ``p`` from ``state`` (on the host) to ``p.config.epochs``.
 
     ``step(state, tokens, windows, axis_name=None) -> (state, metrics)`` is

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnnjax import agree, loop, train as train_lib
+from rnnjax import agree, checkpoint, loop, train as train_lib
 from rnnjax.arguments import check_types
 from rnnjax.config import SWEEPABLE, Config, ConfigError
 from rnnjax.data import Batch, Windows, WindowedText
@@ -92,9 +92,9 @@ def summary(history: list[dict], stopped: Sequence[str | None] = ()) -> dict[str
 
 @agree.leaves_on_error
 def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path, *,
-             devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3,
-             progress: Callable | None = None, log: Callable[[str], Any] | None = print,
-             plan: Plan | None = None) -> FitResult:
+             devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY,
+             keep: int = checkpoint.KEEP, progress: Callable | None = None,
+             log: Callable[[str], Any] | None = print, plan: Plan | None = None) -> FitResult:
     """Trains ``configs`` together as ``fit`` trains one: checked first, resumed from ``workdir``, one
     metrics line per run and epoch. The result's state is the stacked one; ``progress`` gets the runs'
     mean perplexities and, as ``runs``, their records. ``data``'s seed is replaced by each run's. A run

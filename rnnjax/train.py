@@ -28,7 +28,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
-from rnnjax import agree, loop, metrics as metrics_lib, preflight
+from rnnjax import agree, checkpoint, loop, metrics as metrics_lib, preflight
 from rnnjax.arguments import check_types
 from rnnjax.config import Config, whole
 from rnnjax.spelling import got
@@ -149,7 +149,7 @@ def dropout_key(config: Config) -> jax.Array | None:
 
 @agree.leaves_on_error
 def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any = None,
-        devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = 3,
+        devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = checkpoint.KEEP,
         progress: Callable | None = None, log: Callable[[str], Any] | None = print, plan: Plan | None = None
         ) -> FitResult:
     """Trains ``config`` on ``data``, resuming from ``workdir`` if it holds a checkpoint. ``data`` is what
