@@ -41,7 +41,7 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 
 import rnnjax  # noqa: E402
-from experiments import cli, flags, settings  # noqa: E402
+from experiments import cli, predicting, settings  # noqa: E402
 from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, metrics  # noqa: E402
 from rnnjax import agree, parallel, runs, spelling, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
@@ -58,51 +58,6 @@ OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory")      # in XLA's errors
 # (a missing file the code expected) is a bug, whose traceback is wanted.
 MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
                   errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
-
-
-def _disagreements(config: config_lib.Config, requested: dict) -> list[str]:
-    """The flags ``requested`` that ``config`` (a checkpoint's) was not trained with, as the flags read
-    (``ConfigError`` for a value no run could take). A list (``--seeds 0,1``, ``--lr 1,0.5``) is a training
-    command's, of which the run is one."""
-    out = []
-    for k, v in requested.items():
-        have = getattr(config, k)
-        values = flags.flag_values(config, k, v)
-        if have not in values:
-            out.append(spelling.disagreement(k, values, [have]))
-    return out
-
-
-def predict_only(args: argparse.Namespace) -> None:
-    if args.default_workdir and not checkpoint.steps(args.workdir):
-        raise checkpoint.CheckpointError(
-            f"--predict without --workdir generates from the run these flags train, in {args.workdir}, which "
-            "holds none yet: train it first (the same command without --predict), or give its --workdir.")
-    sampling = {}
-    if args.sample:       # --seed seeds the draws here, not the model
-        sampling = {"temperature": args.temperature, "top_k": args.top_k,
-                    "key": jax.random.PRNGKey(args.seed[0] if args.seed is not None else 0)}
-    try:
-        restored = checkpoint.restore(args.workdir, best=args.best, run=args.run)
-    except checkpoint.DamagedCheckpoint as e:     # generate from another one, saying so
-        step = None if args.best else e.step
-        restored = checkpoint.restore(args.workdir, step=step, best=args.best, run=args.run, fallback=True)
-        which = "the best of those that can be read" if args.best else "the newest good one before it"
-        said = checkpoint.DamagedCheckpoint(e.step, e.directory, e.reason)      # not the Python hint
-        print(f"warning: {str(said).removesuffix('.')}; generating from checkpoint step {restored.step}, "
-              f"{which}.", file=sys.stderr)
-    # The model comes from the checkpoint; flags that say otherwise (a wrong workdir?) are worth naming.
-    requested = {k: v for k, v in flags.given(args).items()
-                 if not (args.sample and k == "seed") and k not in config_lib.Config.RESUMABLE}
-    differ = _disagreements(restored.config, requested)
-    if differ:
-        raise checkpoint.CheckpointError(f"The checkpoint in {args.workdir} was trained with other settings "
-                                         f"than the flags ask for: {'; '.join(differ)}.")
-    text = restored.predict(args.predict, args.num_preds, **sampling)
-    # stderr: stdout is the text alone, for pipes.
-    not_used = f"; not used here (they train): {', '.join(args.not_used)}" if args.not_used else ""
-    print(f"from {args.workdir}: {cli.describe_checkpoint(restored, args.run)}{not_used}", file=sys.stderr)
-    print(text)
 
 
 @contextlib.contextmanager
@@ -296,7 +251,10 @@ def _main(argv, parser_options: dict) -> int:
                 stopping.handle(_deferred)
             agree.check_agreed(cli.shared_settings(args, configs, workdir, several), args.join_timeout)
         with agree.leaving_on_error():     # an error before the run's check: the others stop at it
-            predict_only(args) if args.predict is not None else train(args, configs, workdir, several)
+            if args.predict is not None:
+                predicting.predict_only(args)
+            else:
+                train(args, configs, workdir, several)
     except (*USAGE_ERRORS, TimeoutError) as e:
         if joined:          # the others, at their next check, stop too (if not told already)
             agree.leave()
