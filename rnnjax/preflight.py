@@ -106,9 +106,7 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> None:
     and the loss logged is one device's; and unless each metric of its own is combined over them too (the
     first device's would be logged)."""
     traced, shape = jax.make_jaxpr(functools.partial(step, **kwargs), return_shape=True)(*args)
-    sums = ("[1]['loss_sum']", "[1]['count']")
-    alone = summed.alone(traced, shape, _varying(args), lambda k: k.startswith(("[0].params", "[1]")),
-                         lambda k: k in sums)
+    alone = summed.alone(traced, shape, _varying(args), lambda k: k.startswith(("[0].params", "[1]")))
     params = [k[len("[0].params"):] for k in alone if k.startswith("[0].params")]
     what = [k for k in ("loss_sum", "count") if f"[1]['{k}']" in alone]
     if params:
@@ -116,30 +114,22 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> None:
         what.insert(0, "the gradients" if every else f"the gradients of {params[0]}"
                     + f" and {len(params) - 1} more parameters" * (len(params) > 1))
     if what:
-        hint = (" (the gradients: under pmap a pmean-ed loss's are each device's own)" if params else
-                _fixed(traced, shape, args, sums))
+        hint = " (the gradients: under pmap a pmean-ed loss's are each device's own)" if params else ""
         what = ", ".join(what[:-1]) + " and " * (len(what) > 1) + what[-1]
         raise ValueError(f"loop.run's step sums {what} over none of the devices it runs on "
                          "(jax.lax.psum over its axis_name): each would train a model of its own, or log its "
                          f"own loss; give axis_name on to rnnjax.train.train_windows, or psum them{hint}.")
-    _check_own_metrics("loop.run's step", [k[len("[1]"):] for k in alone if k.startswith("[1]")])
+    _check_own_metrics("loop.run's step", shape[1], [k[len("[1]"):] for k in alone if k.startswith("[1]")])
 
 
-def _check_own_metrics(who: str, alone: list[str]) -> None:
-    """``ValueError`` naming the first of a step's or evaluation's own metrics (by path, ``['key']``) that
-    is one device's."""
-    if alone:
-        raise ValueError(f"{who}'s metric {alone[0][2:-2]!r} is each device's own (of its part of the batch, "
+def _check_own_metrics(who: str, metrics: Mapping, alone: list[str]) -> None:
+    """``ValueError`` naming the first of a step's or evaluation's ``metrics`` whose value (by path,
+    ``['key']``, ``alone``) is one device's."""
+    named = [k for k in metrics if any(p == f"[{k!r}]" or p.startswith(f"[{k!r}][") for p in alone)]
+    if named:
+        raise ValueError(f"{who}'s metric {named[0]!r} is each device's own (of its part of the batch, "
                          "through no collective), and the first device's would be logged: combine it over "
                          "axis_name (jax.lax.psum of a sum, jax.lax.pmean of a mean).")
-
-
-def _fixed(traced: Any, shape: Any, args: tuple, sums: tuple) -> str:
-    """A hint where each of ``sums`` that follows from no collective is the same on every device: a number
-    fixed as the step is traced (a count of its tokens)."""
-    if summed.alone(traced, shape, _varying(args), lambda k: k in sums):
-        return ""
-    return " (a number fixed as it is traced, such as a count of the batch's tokens, is each device's share)"
 
 
 def _varying(args: tuple) -> list[bool]:
@@ -203,15 +193,14 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
                          f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
     sums = ("['loss_sum']", "['count']")
     alone = [] if traced is None or _own(evaluate) else summed.alone(
-        traced, out, _varying((state, batches)), lambda k: True, lambda k: k in sums)
+        traced, out, _varying((state, batches)), lambda k: True)
     if set(alone) & set(sums):
         named = " and ".join(k for k in ("loss_sum", "count") if f"['{k}']" in alone)
-        hint = _fixed(traced, out, (state, batches), sums)
         raise ValueError(f"loop.run's evaluate sums {named} over none of the "
                          f"{p.dp.num_shards} devices it runs on (jax.lax.psum over its axis_name): the "
                          "validation logged would be one device's share; give axis_name on to "
-                         f"rnnjax.train.eval_steps, or psum them{hint}.")
-    _check_own_metrics("loop.run's evaluate", [k for k in alone if k not in sums])
+                         "rnnjax.train.eval_steps, or psum them.")
+    _check_own_metrics("loop.run's evaluate", out, [k for k in alone if k not in sums])
     check_evaluated(out, (len(p.runs),) if p.runs else ())
 
 

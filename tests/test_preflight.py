@@ -199,10 +199,6 @@ def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data
     def own_eval(state, batches, axis_name=None):
         return train.eval_steps(state, batches)
 
-    def fixed_count(state, tokens, windows, axis_name=None):      # each device's count of its tokens
-        new, m = train.train_windows(state, tokens, windows, axis_name=axis_name)
-        return new, {**m, "count": jnp.full_like(m["count"], windows.mask[0].size)}
-
     def local_metric(state, tokens, windows, axis_name=None):    # logged as the first device's
         new, m = train.train_windows(state, tokens, windows, axis_name=axis_name)
         return new, {**m, "rows": jnp.full_like(m["count"], 1.0) * jnp.sum(windows.mask, axis=-1)}
@@ -211,9 +207,6 @@ def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data
         m = train.eval_steps(state, batches, axis_name)
         return {**m, "rows": jnp.sum(batches.mask)}
 
-    def fixed_eval_count(state, batches, axis_name=None):
-        m = train.eval_steps(state, batches, axis_name)
-        return {**m, "count": jnp.full_like(m["count"], batches.mask[0].size)}
     every = "the gradients, loss_sum and count"
     config = TINY.replace(epochs=1)
     for step, evaluate, said in [
@@ -227,11 +220,6 @@ def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data
             (metrics_summed, train.eval_steps, r"^loop.run's step sums the gradients over none"),
             (metrics_summed_by_hand, train.eval_steps, r"^loop.run's step sums the gradients over none"),
             (by_summed_count, train.eval_steps, r"^loop.run's step sums the gradients over none"),
-            (fixed_count, train.eval_steps, r"^loop.run's step sums count over none of the devices .* or "
-                                            r"psum them \(a number fixed as it is traced, such as a count of "
-                                            r"the batch's tokens, is each device's share\)\."),
-            (train.train_windows, fixed_eval_count, r"^loop.run's evaluate sums count over none of the 2 "
-                                                    r"devices .* or psum them \(a number fixed as it is"),
             (local_metric, train.eval_steps,
              r"^loop.run's step's metric 'rows' is each device's own \(of its part of the batch, through no "
              r"collective\), and the first device's would be logged: combine it over axis_name"),

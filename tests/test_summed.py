@@ -77,22 +77,6 @@ def _while_of_one_constant_each(w, x):
     return w - 1e-3 * jax.lax.while_loop(lambda c: c < limit, lambda c: c + jax.lax.psum(local, AXIS), 0.0)
 
 
-def test_a_count_fixed_as_it_is_traced_is_picked_as_a_sum_of_none():
-    """A count of the batch's tokens known as the step is traced is the same on every device, and each
-    device's share: a loss summed over the devices by it logged a perplexity of 140 for 13. Picked as a sum
-    (``sums``), it must follow from a collective; a parameter the state holds (frozen) need not."""
-    def step(w, x):
-        count = x.size * jnp.ones(())
-        return {"w": w, "loss_sum": jax.lax.psum(jnp.sum(x), AXIS), "count": count,
-                "summed_count": jax.lax.psum(count, AXIS), "state_count": jnp.sum(w)}
-    traced, shape = jax.make_jaxpr(step, axis_env=[(AXIS, 2)], return_shape=True)(jnp.ones((3, 3)),
-                                                                                  jnp.ones((4, 3)))
-    sums = ("['loss_sum']", "['count']", "['summed_count']", "['state_count']")
-    assert summed.alone(traced, shape, [False, True], lambda k: True) == []
-    assert summed.alone(traced, shape, [False, True], lambda k: True, lambda k: k in sums) == [
-        "['count']", "['state_count']"]
-
-
 @pytest.mark.parametrize("f", [_barrier, _while_of_one_constant_each])
 def test_what_holds_values_together_or_loops_over_a_sum_is_no_devices_own(f):
     traced = jax.make_jaxpr(f, axis_env=[(AXIS, 2)])(jnp.ones((3, 3)), jnp.ones((4, 3)))
