@@ -171,20 +171,28 @@ def registered_as(name: str) -> str | None:
     return said(maker)
 
 
-def stalled(config: Any, state: Any, per_run: bool = False, probes: int = 8) -> bool:
+STALL_PROBES = 64      # steps an optimizer that accumulates (optax.MultiSteps) may wait between its updates
+
+
+def stalled(config: Any, state: Any, per_run: bool = False) -> bool:
     """Whether ``config.optimizer`` from ``state`` (a ``TrainState``, one run's) updates nothing over
-    ``probes`` steps of unit gradients: its rate is 0, as a schedule's of a fixed count of steps past its end.
-    Several probes, as an optimizer that accumulates (``optax.MultiSteps``) updates every few steps."""
-    tx, params, opt_state = make(config, per_run), state.params, state.opt_state
-    grads = jax.tree.map(jnp.ones_like, params)
-    try:
-        for _ in range(probes):
+    ``STALL_PROBES`` steps of unit gradients: its rate is 0, as a schedule's of a fixed count of steps past
+    its end. One compiled loop, which stops at the first update."""
+    tx = make(config, per_run)
+
+    def probe(params, opt_state):
+        grads = jax.tree.map(jnp.ones_like, params)
+
+        def step(carry):
+            i, opt_state, _ = carry
             updates, opt_state = tx.update(grads, opt_state, params)
-            if any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates)):
-                return False
+            return i + 1, opt_state, jnp.any(jnp.stack([jnp.any(u != 0) for u in jax.tree.leaves(updates)]))
+        return jax.lax.while_loop(lambda c: (c[0] < STALL_PROBES) & ~c[2], step,
+                                  (0, opt_state, jnp.array(False)))[2]
+    try:
+        return not bool(jax.jit(probe)(state.params, state.opt_state))
     except Exception:       # whatever it raises: the run's own checks (check_update) say it
         return False
-    return True
 
 
 def check(name: str) -> None:

@@ -102,10 +102,11 @@ class Plan:
                 hint += (f" (the optimizer {name!r} is made anew: a schedule of "
                          "config.epochs follows the new count, one of a fixed count of steps keeps its end)")
         if self.stalled:
-            hint += (f"; warning: the optimizer {self.config.optimizer!r} updates nothing from step "
-                     f"{self.step} on (its rate is 0, as a schedule's of a fixed count of steps past its "
-                     "end), so this resume trains nothing: register one whose schedule follows config.epochs "
-                     "(rnnjax.optimizers), or train anew in another workdir")
+            hint += (f"; warning: the optimizer {self.config.optimizer!r} updates nothing in "
+                     f"{optimizers.STALL_PROBES} steps from step {self.step} on (its rate is 0, as a "
+                     "schedule's of a fixed count of steps past its end), so this resume would train "
+                     "nothing: register one whose schedule follows config.epochs (rnnjax.optimizers), or "
+                     "train anew in another workdir")
         hint += f"; {changed}" if changed else ""
         hint += "".join(f"; checkpoint step {step} {why}, set aside in "
                         f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
@@ -241,15 +242,15 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         position = Position.read(metas[step])
         metrics.check_records_runs(records, len(runs), workdir / metrics.FILENAME)
         lost = metrics.lost_epochs(records, position.epoch, position.stopped, len(runs))
-        # rnnjax's own optimizers keep their rate; one's own may have come to the end of its schedule.
-        stalled = (position.epoch < config.epochs
+        asked = Config.from_json(metas[step]["config"]).epochs
+        # A resume of more epochs: rnnjax's own optimizers keep their rate; one's own schedule may have ended.
+        stalled = (asked != config.epochs > position.epoch
                    and optimizers.registered_as(config.optimizer) != "rnnjax's own"
                    and optimizers.stalled(config, jax.tree.map(lambda x: x[0], state) if runs else state,
                                           per_run=bool(runs)))
         return Plan(config, workdir, dp, path, step, position, runs, state,
                     tuple(sorted(damaged, reverse=True)), lost, bool(torn),
-                    computed_by=computing_lib.computed_by(metas[step]),
-                    saved_epochs=Config.from_json(metas[step]["config"]).epochs, stalled=stalled)
+                    computed_by=computing_lib.computed_by(metas[step]), saved_epochs=asked, stalled=stalled)
     damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "

@@ -63,25 +63,26 @@ def test_a_resume_past_the_end_of_ones_own_schedule_warns_that_it_trains_nothing
         small_data, tmp_path, monkeypatch):
     """A warmup-cosine schedule of the 2 epochs' 26 steps, resumed for 4: epochs 3-4 trained at rate 0,
     unsaid (day-4 researcher). Runs trained together are probed as well; an optimizer that accumulates
-    (MultiSteps, an update every 4th step) is not taken for one at rate 0."""
+    (MultiSteps, an update every 16th step) is not taken for one at rate 0."""
     schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, 4, 26)
     monkeypatch.setitem(rnnjax.OPTIMIZERS, "cosine", optimizers.clipped(
         lambda learning_rate: optax.adamw(lambda n: learning_rate * schedule(n))))
     monkeypatch.setitem(rnnjax.OPTIMIZERS, "accumulated", optimizers.clipped(
-        lambda learning_rate: optax.MultiSteps(optax.sgd(learning_rate), every_k_schedule=4)))
+        lambda learning_rate: optax.MultiSteps(optax.sgd(learning_rate), every_k_schedule=16)))
     config = SMALL.replace(optimizer="cosine", epochs=2, lr=0.01)
     fit(config, small_data, tmp_path / "one", devices=1, log=None)
     said = plan(config.replace(epochs=4), small_data, tmp_path / "one", devices=1).describe()
     assert said.endswith("; 2 epochs asked for before, 4 now; warning: the optimizer 'cosine' updates "
-                         "nothing from step 26 on (its rate is 0, as a schedule's of a fixed count of steps "
-                         "past its end), so this resume trains nothing: register one whose schedule follows "
-                         "config.epochs (rnnjax.optimizers), or train anew in another workdir")
+                         "nothing in 64 steps from step 26 on (its rate is 0, as a schedule's of a fixed "
+                         "count of steps past its end), so this resume would train nothing: register one "
+                         "whose schedule follows config.epochs (rnnjax.optimizers), or train anew in another "
+                         "workdir")
     before = checkpoint.restore(tmp_path / "one").params
     after = fit(config.replace(epochs=3), small_data, tmp_path / "one", devices=1, log=None).state.params
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
     runs = [config.replace(seed=s) for s in (0, 1)]
     rnnjax.fit_runs(runs, small_data, tmp_path / "runs", devices=1, log=None)
-    assert "warning: the optimizer 'cosine' updates nothing from step 26" in plan(
+    assert "warning: the optimizer 'cosine' updates nothing in 64 steps from step 26" in plan(
         runs[0].replace(epochs=3), small_data, tmp_path / "runs", devices=1,
         runs=[c.replace(epochs=3) for c in runs]).describe()
     accumulated = SMALL.replace(optimizer="accumulated", epochs=1)
