@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,6 +41,8 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         """argparse's own errors as ours are: one line (not the usage block), and where to look."""
+        # argparse shows a value as its repr, where a byte kept as a surrogate is an unescaped \udcff.
+        message = re.sub(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])", r"\1\\x\2", message)
         self.exit(2, stopping.as_typed(f"error: {message} (see {self.prog} --help)\n"))
 
 
@@ -49,9 +52,9 @@ def check_names(flag: str, path: str | Path) -> None:
     lines that name it could not be printed on a UTF-8 terminal)."""
     try:
         str(path).encode()
-    except UnicodeEncodeError:          # undecodable bytes, kept as surrogates (said as typed: tell)
-        raise ValueError(f"{flag} {path} has bytes that are not UTF-8 in its path; give one without "
-                         "them.") from None
+    except UnicodeEncodeError:          # undecodable bytes, kept as surrogates
+        raise ValueError(f"{flag} {stopping.as_typed(str(path))} has bytes that are not UTF-8 in its path; "
+                         "give one without them.") from None
     longest = max((len(os.fsencode(part)) for part in Path(path).parts), default=0)
     if longest > NAME_MAX:
         raise ValueError(f"{flag} has a name of {longest} bytes in its path; the system takes at most "
@@ -97,9 +100,9 @@ def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",")] if text.strip() else []
     except ValueError:
-        raise ValueError(f"--seeds takes whole numbers separated by commas, got {text!r}.") from None
+        raise ValueError(f"--seeds takes whole numbers separated by commas, got '{text}'.") from None
     if not seeds:
-        raise ValueError(f"--seeds needs at least one seed, got {text!r}.")
+        raise ValueError(f"--seeds needs at least one seed, got '{text}'.")
     bad = [s for s in seeds if not 0 <= s < 2 ** 32]
     if bad:
         raise ValueError(f"--seeds must be in [0, 2**32), got {bad[0]}.")

@@ -135,12 +135,12 @@ def tell(message: str) -> None:
 
 def as_typed(message: str) -> str:
     """``message`` with an argument's bytes that are not UTF-8 shown as typed (``\\xff``): Python keeps them
-    as surrogates, which print, or show in a repr, as ``\\udcff``."""
+    as surrogates, which print as ``\\udcff``."""
     try:
         raw = message.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:      # a surrogate no byte became
         raw = message.encode("utf-8", "backslashreplace")
-    return re.sub(r"\\udc([89a-f][0-9a-f])", r"\\x\1", raw.decode("utf-8", "backslashreplace"))
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def flush() -> None:
