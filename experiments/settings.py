@@ -109,7 +109,7 @@ def _saved(args: argparse.Namespace, anew: str | None = None) -> tuple | None:
     else a ``ValueError`` naming both ways."""
     try:
         saved = saved_runs(args.workdir)
-        if saved is not None:           # a fine-tuned run's is another run's, not its text's
+        if saved is not None and not _no_checkpoint(args.workdir):     # a fine-tuned run's: another run's
             args.saved_vocab = Vocab.from_json(saved[1])
         return saved
     except UnknownCell as e:

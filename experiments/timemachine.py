@@ -26,6 +26,7 @@ import errno
 import os
 import signal
 import sys
+import warnings
 
 from experiments import stopping
 
@@ -84,8 +85,11 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
         data = corpus.load(config, text=args.text, data=args.data)
         resumed = None if args.anew else args.saved_vocab
         if resumed is not None and resumed.differs(data.vocab) == "another vocabulary":
-            # The same text in another run's tokens: a run fine-tuned from that one (corpus.load's vocab).
-            data = corpus.load(config, text=args.text, data=args.data, vocab=args.saved_vocab)
+            # The same text in another run's tokens: a run fine-tuned from that one (corpus.load's vocab),
+            # whose <unk> share corpus.load would warn of again at each resume.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                data = corpus.load(config, text=args.text, data=args.data, vocab=args.saved_vocab)
     if args.settings_from is not None:      # what follows the text: a cell's step on its width, runs' states
         with _resuming(args, workdir):
             arguments.check(config, data, workdir, devices=args.devices, runs=together)

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import signal
 import sys
 
@@ -260,6 +261,11 @@ def test_a_run_fine_tuned_in_python_resumes_from_the_command_line(make_text, tmp
     assert timemachine.main(["--text", str(tmp_path / "base.txt"), "--workdir", str(tmp_path / "tuned"),
                              "--epochs", "3", *flags]) == 1         # another text: still refused
     assert "trained on the text of SHA-1" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "tuned" / checkpoint.SUBDIR)      # no checkpoint: a new run, its own tokens
+    assert timemachine.main(["--text", str(tmp_path / "mine.txt"), "--workdir", str(tmp_path / "tuned"),
+                             "--epochs", "1", *flags]) == 0
+    assert "new run" in capsys.readouterr().out
+    assert checkpoint.restore(tmp_path / "tuned").vocab.idx_to_token != run.vocab.idx_to_token
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
