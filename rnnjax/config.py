@@ -100,7 +100,8 @@ class Config:
                                       "capping the windows (0 for all train windows); 0: d2l's windows")
     steps_per_epoch: int = _field(0, "steps an epoch takes, of train windows drawn at random; "
                                      "0: one pass over the shuffled train windows")
-    unroll: int = _field(1, "unroll factor of the scan over time")
+    unroll: int = _field(1, "unroll factor of the scan over time (1 is fastest here: unrolled, gated cells "
+                            "compile longer and step many times slower on a CPU; docs/performance-log.md)")
     kernel: str = _field("auto", "training kernel, the same math at another speed (rnnjax.kernels): auto "
                                  "(chosen by backend and cell), " + ", ".join(KERNELS))
     # Numerics (rnnjax.precision).
