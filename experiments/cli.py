@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 import rnnjax
 from experiments import flags
@@ -84,12 +85,12 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     run.add_argument("--run", type=int, metavar="K",
                      help="with --predict on a workdir of several runs (--seeds, --lr/--clip lists): run K")
     run.add_argument("--sample", action="store_true",
-                     help="with --predict: sample the characters (seeded by --seed) instead of the argmax")
+                     help="with --predict: sample the tokens (seeded by --seed) instead of the argmax")
     run.add_argument("--temperature", type=flags.real, metavar="T",
                      help="with --predict: sample, from the logits divided by T (default 1; d2l's q ~ "
                           "P^alpha: T = 1/alpha); implies --sample")
     run.add_argument("--top-k", type=int, metavar="K",
-                     help="with --predict: sample among the K likeliest characters only; implies --sample")
+                     help="with --predict: sample among the K likeliest tokens only; implies --sample")
     run.add_argument("--no-progress", action="store_true", help="no progress output")
     run.add_argument("--no-compilation-cache", action="store_true",
                      help="do not use JAX's persistent compilation cache (the jax folder in "
@@ -213,6 +214,13 @@ def shared_settings(args: argparse.Namespace, configs: list | None, workdir: Pat
                                                        args.checkpoint_every, args.keep)}
 
 
+def _unknown(data: WindowedText) -> str:
+    """The share of the text's tokens that are ``<unk>``, where any are: one class for all of them, which
+    makes a perplexity look better than the text's tokens would score."""
+    share = float(np.mean(np.asarray(data.tokens) == data.vocab.unk)) if len(data.tokens) else 0.0
+    return f" (<unk> is {share:.0%} of the text's tokens, one class for them all)" if share >= 0.005 else ""
+
+
 def say_trained(say: Callable[[str], Any], result: FitResult, configs: list, several: bool, model: Any,
                 data: WindowedText, workdir: Path, finished: bool) -> None:
     """The run's last perplexities and its text, or of ``several`` trained together each one's and their
@@ -235,11 +243,11 @@ def say_trained(say: Callable[[str], Any], result: FitResult, configs: list, sev
         said = (f"{k} mean {ppl_text(v['mean'])} (min {ppl_text(v['min'])}, max {ppl_text(v['max'])})"
                 for k, v in table.items())
         say(f"{count} runs, epoch {result.history[-1]['epoch']}:  " + "  ".join(said)
-            + f"; {'in' if finished else 'wrote'} {workdir}")
+            + f"{_unknown(data)}; {'in' if finished else 'wrote'} {workdir}")
         return
     last = result.history[-1]
     unit = "word" if data.vocab.kind == "word" else "character"
     say(f"epoch {last['epoch']}: train perplexity {ppl_text(last['train_ppl'])} "
         f"({last['train_bpc']:.2f} bits per {unit}), val perplexity {ppl_text(last['val_ppl'])} "
-        f"({last['val_bpc']:.2f} bits); {'in' if finished else 'wrote'} {workdir}")
+        f"({last['val_bpc']:.2f} bits){_unknown(data)}; {'in' if finished else 'wrote'} {workdir}")
     say(f"trained: {rnnjax.predict(model, result.state.params, data.vocab, data.prompt, 20)!r}")

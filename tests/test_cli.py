@@ -66,3 +66,14 @@ def test_multi_host_processes_compare_what_the_flags_resolve_to(tmp_path, monkey
     predict = cli.shared_settings(cli.parse_args(["--workdir", "W", "--predict", "it", "--num-preds", "5"]),
                                   None, None, False)
     assert predict == {"command": "--predict", "workdir": str(tmp_path / "W"), "run": None, "best": False}
+
+
+def test_the_last_line_says_the_share_of_unk_where_a_text_has_any():
+    """A word model's perplexity, a fifth of its words one <unk> class, looked better than it was, unsaid."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from rnnjax.vocab import Vocab
+    vocab = Vocab.from_json({"idx_to_token": ["<unk>", "a", "b"], "token": "word"})
+    said = [cli._unknown(SimpleNamespace(tokens=np.array(t), vocab=vocab)) for t in ([1, 2, 0, 1, 2], [1, 2])]
+    assert said == [" (<unk> is 20% of the text's tokens, one class for them all)", ""]
