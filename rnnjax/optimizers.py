@@ -31,6 +31,7 @@ steps it (``check_update``: on the gradients alone, its state keeping its type).
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -119,7 +120,8 @@ OPTIMIZERS: dict[str, Callable[[Any, bool], optax.GradientTransformation]] = {
 OWN = dict(OPTIMIZERS)                  # rnnjax's own: one registered in place of one is said as a run starts
 
 
-_MAKING: set[str] = set()      # the optimizers being made, by name: one made inside itself is refused
+# The optimizers this thread is making, by name: one made inside itself is refused.
+_MAKING: contextvars.ContextVar[frozenset] = contextvars.ContextVar("making", default=frozenset())
 
 
 def make(config: Any, per_run: bool = False) -> optax.GradientTransformation:
@@ -141,16 +143,16 @@ def make(config: Any, per_run: bool = False) -> optax.GradientTransformation:
                           f"{wanted}.") from None
     except ValueError:          # no signature to read: taken on trust
         pass
-    if config.optimizer in _MAKING:     # one that loads the data, whose check makes it: no end
+    if config.optimizer in _MAKING.get():     # one that loads the data, whose check makes it: no end
         raise ConfigError(f"{where} is made again as it is made (loading the data, whose memory check makes "
                           "the optimizer, say): make it of the config alone; a schedule over the whole run "
                           "takes data.num_batches() * config.epochs from the data as it is registered, or "
                           "config.steps_per_epoch * config.epochs (rnnjax.optimizers).")
-    _MAKING.add(config.optimizer)
+    making = _MAKING.set(_MAKING.get() | {config.optimizer})
     try:
         made = maker(config, per_run)
     finally:
-        _MAKING.discard(config.optimizer)
+        _MAKING.reset(making)
     if not (callable(getattr(made, "init", None)) and callable(getattr(made, "update", None))):
         raise ConfigError(f"{where} made {got(made)}, not an optax transformation (init, update): register "
                           f"{wanted}.")

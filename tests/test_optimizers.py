@@ -1,6 +1,8 @@
+import concurrent.futures
 import functools
 import json
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -246,8 +248,16 @@ def test_an_optimizer_that_loads_the_data_is_one_sentence_not_a_recursion(monkey
     said = r"^rnnjax.OPTIMIZERS\['whole_run'\] is made again as it is made .*: make it of the config alone; "
     with pytest.raises(ConfigError, match=said):
         optimizers.make(TINY.replace(optimizer="whole_run"))
-    assert optimizers._MAKING == set()
+    assert optimizers._MAKING.get() == frozenset()
     assert len(optimizers.make(TINY.replace(optimizer="wrapped")).init({"w": jnp.ones(3)})) == 2
+
+    def slow(config, per_run=False):             # two threads making it at once: neither inside the other
+        time.sleep(0.3)
+        return optimizers.clipped(optax.adam)(config, per_run)
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "slow", slow)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        made = list(pool.map(lambda _: optimizers.make(TINY.replace(optimizer="slow")), range(2)))
+    assert all(callable(m.update) for m in made)
 
 
 def test_runs_of_other_rates_under_a_scheduled_rate_are_one_sentence(monkeypatch):
