@@ -127,6 +127,11 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
         raised = _told(progress, done, total, None)
         return agree.on_stop(stop.signum, raised, done)
 
+    def counted(chunk, m):       # a step of one's own over devices: its first call's count, the whole batch's
+        wanted = [[w[r].mask.sum() * p.config.num_steps for w in chunk] for r in range(len(configs))]
+        preflight.check_counted(out.per_run(m)["count"], wanted, dp.num_shards, "step")
+    checked = dp.pmapped and not preflight.ours(step)
+
     signum = None                     # the signal that stops the run, as every process sees it
     raised = None                     # what progress raised (an early stop, a closed pipe): saved as for one
     with catch_signals() as stop, manager:
@@ -135,7 +140,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             partial = (epoch == position.epoch and position.partial) or [{}] * len(configs)
             t0 = time.perf_counter()
             state, call_metrics, done, batch, signum, raised = _train(p, datas, train, state, tokens, epoch,
-                                                                      start, done, told)
+                                                                      start, done, told, checked and counted)
+            checked = False
             sums = _sums(stops, out.per_run(call_metrics), partial, epoch, start, steps_per_epoch)
             if batch < steps_per_epoch:                  # stopped mid-epoch
                 out.save(state, epoch, batch, sums)
@@ -144,6 +150,10 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                     raise raised
                 raise _stopped(manager, signum, stop.signum, epoch, batch, steps_per_epoch, done, workdir)
             val = out.per_run(evaluate(state, val_batches))
+            if epoch == position.epoch and dp.pmapped and not preflight.ours(evaluate):
+                rows = sum(b.mask.sum() for b in data.val_batches())
+                wanted = np.full(len(configs), rows * p.config.num_steps)
+                preflight.check_counted(val["count"], wanted, dp.num_shards, "evaluate")
             records = out.records(epoch, done, sums, val, time.perf_counter() - t0)
             # One caught during validation saves this epoch and stops (every process: they agree again).
             signum, _ = agree.on_stop(stop.signum, None, done)
@@ -175,16 +185,20 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
 
 
 def _train(p: Plan, datas: list[WindowedText], train: Callable, state: Any, tokens: Any, epoch: int,
-           start: int, done: int, told: Callable[[int], tuple]) -> tuple:
+           start: int, done: int, told: Callable[[int], tuple], counted: Callable | bool = False) -> tuple:
     """An epoch's training calls from batch ``start`` (each run's windows of its own ``datas``), until its
     end or a stop that ``told(steps done)`` returns after each call: ``(state, the calls' metrics, steps
-    done, the batch reached, the signal that stops the run, what progress raised)``."""
+    done, the batch reached, the signal that stops the run, what progress raised)``. ``counted(windows,
+    metrics)`` checks the first call's."""
     run_axis = 1 if p.dp.pmapped else 0          # after the device axis
     call_metrics, batch, signum, raised = [], start, None, None
     for chunk in _chunks(zip(*(d.train_windows(epoch, start) for d in datas)), STEPS_PER_CALL):
         windows = [p.dp.shard_stack([w[r] for w in chunk]) for r in range(len(datas))]
         windows = jax.tree.map(lambda *x: np.stack(x, run_axis), *windows) if p.runs else windows[0]
         state, m = train(state, tokens, windows)
+        if counted:
+            counted(chunk, m)
+            counted = False
         call_metrics.append(m)
         wait_for_backlog(call_metrics)
         done, batch = done + len(chunk), batch + len(chunk)

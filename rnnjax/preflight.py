@@ -60,7 +60,7 @@ def checked_step(step: Callable) -> Callable:
         return _checked.__wrapped__(step)
 
 
-def _own(f: Callable) -> bool:
+def ours(f: Callable) -> bool:
     """Whether ``f`` (or the function of a partial of it) is rnnjax's own step or evaluation: by identity,
     as a wrapper (functools.wraps) takes their names."""
     from rnnjax import runs, train      # here: each imports this module
@@ -71,7 +71,7 @@ def _own(f: Callable) -> bool:
 def _checked(step: Callable) -> Callable:
     @functools.wraps(step)
     def checked(*args, **kwargs):
-        if kwargs.get("axis_name") is not None and not _own(step):
+        if kwargs.get("axis_name") is not None and not ours(step):
             _check_combined(step, args, kwargs)
         out = step(*args, **kwargs)
         metrics = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 else None
@@ -130,6 +130,22 @@ def _check_own_metrics(who: str, metrics: Mapping, alone: list[str]) -> None:
         raise ValueError(f"{who}'s metric {named[0]!r} is each device's own (of its part of the batch, "
                          "through no collective), and the first device's would be logged: combine it over "
                          "axis_name (jax.lax.psum of a sum, jax.lax.pmean of a mean).")
+
+
+def check_counted(counts: Any, wanted: Any, num_shards: int, who: str) -> None:
+    """``ValueError`` where ``counts`` (a step's or evaluation's ``count`` on the host, per run and step) are
+    each device's share of ``wanted``, the global batch's real tokens: as a count fixed as the step is traced
+    is, which its trace cannot tell from a psum of a constant (JAX folds one into a constant too). Compared
+    where ``wanted`` is largest: a ragged batch's padding may leave any share."""
+    counts, wanted = np.asarray(counts, np.float64), np.asarray(wanted, np.float64)
+    if counts.shape != wanted.shape or num_shards == 1 or not wanted.size or wanted.max() <= 0:
+        return
+    whole = wanted == wanted.max()
+    if np.allclose(counts[whole] * num_shards, wanted[whole]):
+        raise ValueError(f"loop.run's {who} counts {counts[whole][0]:,.0f} tokens where the global batch has "
+                         f"{wanted[whole][0]:,.0f}: one device's share of {num_shards}, and the perplexity "
+                         f"logged would be the true one to the power {num_shards}; sum it over the devices "
+                         "(jax.lax.psum over axis_name), as rnnjax.train's functions do.")
 
 
 def _varying(args: tuple) -> list[bool]:
@@ -192,7 +208,7 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
         raise ValueError(f"An evaluation must return a dict of 'loss_sum' and 'count' (as "
                          f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
     sums = ("['loss_sum']", "['count']")
-    alone = [] if traced is None or _own(evaluate) else summed.alone(
+    alone = [] if traced is None or ours(evaluate) else summed.alone(
         traced, out, _varying((state, batches)), lambda k: True)
     if set(alone) & set(sums):
         named = " and ".join(k for k in ("loss_sum", "count") if f"['{k}']" in alone)

@@ -146,6 +146,43 @@ def test_a_state_that_is_not_the_plans_is_refused_before_anything_is_written(dat
 
 
 @pytest.mark.cpu_devices(2)
+def test_a_count_that_is_one_devices_share_is_refused_at_its_first_call(tmp_path):
+    """A count fixed as the step is traced (each device's rows times the steps) logged a perplexity the
+    device count's power of the true one (140 for 13); its trace cannot tell it from a psum of a constant,
+    which JAX folds into a constant too (and is the whole batch's: it trains as rnnjax's own step)."""
+    from rnnjax import start
+
+    def fixed(state, tokens, windows, axis_name=None):
+        new, m = train.train_windows(state, tokens, windows, axis_name=axis_name)
+        return new, {**m, "count": jnp.full_like(m["count"], windows.mask.shape[-1] * windows.num_steps)}
+
+    def psummed(state, tokens, windows, axis_name=None):
+        new, m = train.train_windows(state, tokens, windows, axis_name=axis_name)
+        rows = jax.lax.psum(windows.mask.shape[-1], axis_name)           # a constant: folded
+        return new, {**m, "count": jnp.full_like(m["count"], rows * windows.num_steps)}
+    config = TINY.replace(epochs=1, num_train=192)          # whole batches: a constant counts them all
+    data = TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
+                       text=small_text(5000))
+    half = sum(b.mask.sum() for b in data.val_batches()) * config.num_steps / 2
+
+    def fixed_eval(state, batches, axis_name=None):
+        return {**train.eval_steps(state, batches, axis_name), "count": jnp.float32(half)}
+    share = (r"^loop.run's step counts 64 tokens where the global batch has 128: one device's share of 2, "
+             r"and the perplexity logged would be the true one to the power 2; sum it over the devices")
+    refused = [(fixed, train.eval_steps, share),
+               (train.train_windows, fixed_eval, r"^loop.run's evaluate counts")]
+    for step, evaluate, said in refused:
+        with start.planned(config, data, tmp_path, devices=2) as p:
+            with pytest.raises(ValueError, match=said):
+                loop.run(p, data, create_train_state(config, len(data.vocab)), step, evaluate)
+        assert checkpoint.steps(tmp_path) == [] and not (tmp_path / metrics.FILENAME).exists()
+    with start.planned(config, data, tmp_path / "psummed", devices=2) as p:
+        ours = loop.run(p, data, create_train_state(config, len(data.vocab)), psummed, train.eval_steps)
+    plain = fit(config, data, tmp_path / "plain", devices=2, log=None)
+    assert ours.history[-1]["train_ppl"] == pytest.approx(plain.history[-1]["train_ppl"], rel=1e-5)
+
+
+@pytest.mark.cpu_devices(2)
 def test_a_step_or_evaluation_that_sums_nothing_over_the_devices_is_refused(data, tmp_path):
     """Each device trained a model of its own (one of them to NaN on a batch of padding alone), and the
     loss and validation logged were one device's, or NaN, with no error. A step is refused unless its
