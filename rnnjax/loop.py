@@ -13,8 +13,9 @@ A step of one's own (a z-loss, say) is written as ``train_windows`` is, or wraps
 it; over several devices its gradients, ``loss_sum`` and ``count`` are summed
 over ``axis_name`` (``jax.lax.psum``; one whose parameters' updates, loss or
 metrics follow from no collective is refused; so is the gradient of a
-``pmean``-ed loss, each device's own under ``pmap``), and ``rng`` is the
-config's dropout key::
+``pmean``-ed loss, each device's own under ``pmap``, and, at its first call, a
+count of one device's share of the tokens), and ``rng`` is the config's
+dropout key::
 
     def my_step(state, tokens, windows, axis_name=None):
         rng = rnnjax.train.dropout_key(config)       # None without dropout
