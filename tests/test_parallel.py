@@ -254,6 +254,8 @@ def test_two_processes_of_two_devices_match_one_process_of_four(real_text_path, 
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     assert "trained:" in outs[0][0] and "trained:" not in outs[1][0]      # only process 0 reports
+    assert outs[1][0].endswith("process 1 of 2: done; process 0 said how the run went and wrote "
+                               f"{tmp_path / 'multi'}\n")
     assert all(out.startswith(f"joining the multi-host run at {address}: ") for out, _ in outs)
     assert f"resuming from step {saved[0][2]}" in outs[0][0]
 
