@@ -22,7 +22,7 @@ from rnnjax import (agree, checkpoint, computing as computing_lib, kernels, lock
                     optimizers, precision, saved, tidy)
 from rnnjax.arguments import check
 from rnnjax.backend import available_cores, cpu_device_count_chosen
-from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as
+from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as, registered_own
 from rnnjax.config import Config, label
 from rnnjax.spelling import as_flags, spelt
 from rnnjax.data import WindowedText
@@ -119,9 +119,9 @@ class Plan:
         if self.aside:
             hint += (f"; {self.workdir} holds what an earlier run wrote, with no checkpoint to resume "
                      f"from: moving {' and '.join(f'{a.name} to {b}' for a, b in self.aside)}")
-        made = registered_as(self.config.cell) if self.config.cell in OWN_CELLS else "rnnjax's own"
-        if made != "rnnjax's own":      # config.json names it as it names rnnjax's
-            hint += f"; the cell {self.config.cell!r} is {made}, registered in place of rnnjax's own"
+        cell = self.config.cell
+        if cell in OWN_CELLS and not registered_own(cell):      # config.json names it as it names rnnjax's
+            hint += f"; the cell {cell!r} is {registered_as(cell)}, registered in place of rnnjax's own"
         slow_compile = memory.compile_note(self.config)
         if slow_compile:
             hint += f"; {slow_compile}"
