@@ -13,9 +13,8 @@ A step of one's own (a z-loss, say) is written as ``train_windows`` is, or wraps
 it; over several devices its gradients, ``loss_sum`` and ``count`` are summed
 over ``axis_name`` (``jax.lax.psum``; one whose parameters' updates, loss or
 metrics follow from no collective is refused; so is the gradient of a
-``pmean``-ed loss, each device's own under ``pmap``, and, at its first call, a
-count of one device's share of the tokens), and ``rng`` is the config's
-dropout key::
+``pmean``-ed loss, each device's own under ``pmap``, and a count of one
+device's share of the tokens), and ``rng`` is the config's dropout key::
 
     def my_step(state, tokens, windows, axis_name=None):
         rng = rnnjax.train.dropout_key(config)       # None without dropout
@@ -99,14 +98,17 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     plan's: the parameters ``p.config`` makes (of each run, stacked), at the
     checkpoint's step (``p.state`` resumes) or, new, at step 0, with the
     optimizer state ``p.config.optimizer`` makes (``rnnjax.optimizers``): the
-    run records it by name, and a resume makes it.
+    run records it by name, and a resume makes it. Over several devices, a
+    ``count`` fixed as the step is traced that is one device's share of the
+    batch's tokens is a ``ValueError`` at the first call (nothing saved; the
+    workdir keeps its settings), an evaluation's before any step.
     """
     check_open(p, "loop.run")
     preflight.check_functions(step, evaluate, p.dp.pmapped)
     # Then: processes of a multi-host run that would train otherwise hang or abort in a collective.
     agree.check_agreed(agree.of_run(p, data, getattr(state, "params", None), checkpoint_every, keep))
     preflight.check_state(p, state, len(data.vocab))
-    preflight.check_evaluation(p, evaluate, state, data)
+    evaluation_fixed = preflight.check_evaluation(p, evaluate, state, data)
     several, dp, position = bool(p.runs), p.dp, p.position
     configs, workdir = list(p.runs) or [p.config], p.workdir
     manager, metrics_log = open_workdir(p, data, keep)
@@ -128,10 +130,16 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
         raised = _told(progress, done, total, None)
         return agree.on_stop(stop.signum, raised, done)
 
-    def counted(chunk, m):       # a step of one's own over devices: its first call's count, the whole batch's
-        wanted = [[w[r].mask.sum() * p.config.num_steps for w in chunk] for r in range(len(configs))]
-        preflight.check_counted(out.per_run(m)["count"], wanted, dp.num_shards, "step")
+    def counted(chunk, m):       # a count fixed as a step of one's own is traced: one device's, or all?
+        if preflight.count_fixed(step):
+            wanted = [[w[r].mask.sum() * p.config.num_steps for w in chunk] for r in range(len(configs))]
+            preflight.check_counted(out.per_run(m)["count"], wanted, dp.num_shards, "step")
     checked = dp.pmapped and not preflight.ours(step)
+    if evaluation_fixed:        # so of an evaluation's, before any step
+        rows = sum(b.mask.sum() for b in data.val_batches())
+        preflight.check_counted(out.per_run(evaluate(state, val_batches))["count"],
+                                np.full(len(configs), rows * p.config.num_steps), dp.num_shards, "evaluate",
+                                "the validation")
 
     signum = None                     # the signal that stops the run, as every process sees it
     raised = None                     # what progress raised (an early stop, a closed pipe): saved as for one
@@ -151,10 +159,6 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                     raise raised
                 raise _stopped(manager, signum, stop.signum, epoch, batch, steps_per_epoch, done, workdir)
             val = out.per_run(evaluate(state, val_batches))
-            if epoch == position.epoch and dp.pmapped and not preflight.ours(evaluate):
-                rows = sum(b.mask.sum() for b in data.val_batches())
-                wanted = np.full(len(configs), rows * p.config.num_steps)
-                preflight.check_counted(val["count"], wanted, dp.num_shards, "evaluate")
             records = out.records(epoch, done, sums, val, time.perf_counter() - t0)
             # One caught during validation saves this epoch and stops (every process: they agree again).
             signum, _ = agree.on_stop(stop.signum, None, done)

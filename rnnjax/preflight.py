@@ -72,7 +72,7 @@ def _checked(step: Callable) -> Callable:
     @functools.wraps(step)
     def checked(*args, **kwargs):
         if kwargs.get("axis_name") is not None and not ours(step):
-            _check_combined(step, args, kwargs)
+            checked.count_fixed = _check_combined(step, args, kwargs)
         out = step(*args, **kwargs)
         metrics = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 else None
         if not isinstance(metrics, Mapping) or not {"loss_sum", "count"} <= set(metrics):
@@ -100,11 +100,20 @@ def _checked(step: Callable) -> Callable:
     return checked
 
 
-def _check_combined(step: Callable, args: tuple, kwargs: dict) -> None:
+def count_fixed(step: Callable) -> bool:
+    """Whether ``step``, as traced over the devices by ``loop.run``, returns a ``count`` fixed as it is
+    traced (``summed.fixed``): each device's share of the tokens, or the whole, which its value tells."""
+    try:
+        return getattr(_checked(step), "count_fixed", False)
+    except TypeError:           # a callable that cannot be hashed: checked afresh each time, not kept
+        return False
+
+
+def _check_combined(step: Callable, args: tuple, kwargs: dict) -> bool:
     """``ValueError`` unless ``step`` over devices (traced again, for its collectives) sums the gradients
     that update the parameters, and ``loss_sum`` and ``count``: else each device trains a model of its own,
     and the loss logged is one device's; and unless each metric of its own is combined over them too (the
-    first device's would be logged)."""
+    first device's would be logged). Whether its ``count`` is fixed as it is traced (``count_fixed``)."""
     traced, shape = jax.make_jaxpr(functools.partial(step, **kwargs), return_shape=True)(*args)
     alone = summed.alone(traced, shape, _varying(args), lambda k: k.startswith(("[0].params", "[1]")))
     params = [k[len("[0].params"):] for k in alone if k.startswith("[0].params")]
@@ -120,6 +129,7 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> None:
                          "(jax.lax.psum over its axis_name): each would train a model of its own, or log its "
                          f"own loss; give axis_name on to rnnjax.train.train_windows, or psum them{hint}.")
     _check_own_metrics("loop.run's step", shape[1], [k[len("[1]"):] for k in alone if k.startswith("[1]")])
+    return bool(summed.fixed(traced, shape, _varying(args), lambda k: k == "[1]['count']"))
 
 
 def _check_own_metrics(who: str, metrics: Mapping, alone: list[str]) -> None:
@@ -132,20 +142,21 @@ def _check_own_metrics(who: str, metrics: Mapping, alone: list[str]) -> None:
                          "axis_name (jax.lax.psum of a sum, jax.lax.pmean of a mean).")
 
 
-def check_counted(counts: Any, wanted: Any, num_shards: int, who: str) -> None:
-    """``ValueError`` where ``counts`` (a step's or evaluation's ``count`` on the host, per run and step) are
-    each device's share of ``wanted``, the global batch's real tokens: as a count fixed as the step is traced
-    is, which its trace cannot tell from a psum of a constant (JAX folds one into a constant too). Compared
-    where ``wanted`` is largest: a ragged batch's padding may leave any share."""
+def check_counted(counts: Any, wanted: Any, num_shards: int, who: str, of: str = "the global batch") -> None:
+    """``ValueError`` where ``counts`` (a step's ``count`` on the host, per run and step; an evaluation's,
+    per run), fixed as it is traced (``count_fixed``), are each device's share of ``wanted``, the real tokens
+    ``of`` the batch: its trace cannot tell that from a psum of a constant (JAX folds one into a constant).
+    Compared where ``wanted`` is largest: a ragged batch's padding may leave any share."""
     counts, wanted = np.asarray(counts, np.float64), np.asarray(wanted, np.float64)
     if counts.shape != wanted.shape or num_shards == 1 or not wanted.size or wanted.max() <= 0:
         return
     whole = wanted == wanted.max()
     if np.allclose(counts[whole] * num_shards, wanted[whole]):
-        raise ValueError(f"loop.run's {who} counts {counts[whole][0]:,.0f} tokens where the global batch has "
-                         f"{wanted[whole][0]:,.0f}: one device's share of {num_shards}, and the perplexity "
-                         f"logged would be the true one to the power {num_shards}; sum it over the devices "
-                         "(jax.lax.psum over axis_name), as rnnjax.train's functions do.")
+        raise ValueError(f"loop.run's {who} counts {counts[whole][0]:,.0f} tokens, a number fixed as it is "
+                         f"traced, where {of} has {wanted[whole][0]:,.0f}: one device's share of "
+                         f"{num_shards}, and the perplexity logged would be the true one to the power "
+                         f"{num_shards}; sum it over the devices (jax.lax.psum over axis_name), as "
+                         "rnnjax.train's functions do.")
 
 
 def _varying(args: tuple) -> list[bool]:
@@ -185,10 +196,11 @@ def check_state(p: Plan, state: Any, vocab_size: int) -> None:
                 f"it resumes from {p.workdir}'s checkpoint, whose state is the plan's (Plan.state)."))
 
 
-def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText) -> None:
+def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText) -> bool:
     """``ValueError`` unless ``evaluate`` returns ``loss_sum``, ``count`` and metrics that
     ``check_evaluated`` takes: traced on the host as it will run (over devices, with their axis
-    name), nothing computed, before any step (not once the first epoch has trained)."""
+    name), nothing computed, before any step (not once the first epoch has trained). Whether its
+    ``count`` is fixed as it is traced, over devices (``check_counted`` takes its value)."""
     # Every validation batch has the first's shapes: the stack's, without making it.
     batches = jax.tree.map(lambda x: jax.ShapeDtypeStruct((data.num_batches(False), *np.shape(x)),
                                                           np.asarray(x).dtype), next(data.val_batches()))
@@ -218,6 +230,8 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
                          "rnnjax.train.eval_steps, or psum them.")
     _check_own_metrics("loop.run's evaluate", out, [k for k in alone if k not in sums])
     check_evaluated(out, (len(p.runs),) if p.runs else ())
+    return traced is not None and not ours(evaluate) and bool(
+        summed.fixed(traced, out, _varying((state, batches)), lambda k: k == "['count']"))
 
 
 def check_evaluated(metrics: dict, shape: tuple = ()) -> None:

@@ -2,7 +2,8 @@
 differs between the devices (the batch, ``axis_index``) through no collective over ``rnnjax.parallel.AXIS``
 (a ``psum``, a gather; a ring of ``ppermute``s). The state every device holds alike differs nowhere, as in
 ``shard_map``'s typing of varying values. ``rnnjax.preflight`` refuses a step of one's own whose parameters'
-updates or loss are one device's.
+updates or loss are one device's. A number fixed as the step is traced differs nowhere either (``fixed``): a
+count of one device's tokens, or of all of them (JAX folds a psum of a constant into a constant).
 """
 
 from __future__ import annotations
@@ -46,41 +47,47 @@ def _combines_inside(jaxpr: Any) -> bool:
 def own(jaxpr: Any, varying: list[bool]) -> list[bool]:
     """Per output of ``jaxpr``: whether it is one device's own, given which of its inputs differ between the
     devices (``varying``)."""
-    return [differs and not exchanged for differs, exchanged in _flow(jaxpr, [(v, False) for v in varying])]
+    return [differs and not exchanged for differs, exchanged, _ in _flow(jaxpr, _given(varying))]
+
+
+def _given(varying: list[bool]) -> list[tuple]:
+    return [(v, False, False) for v in varying]
 
 
 def _flow(jaxpr: Any, flags: list[tuple]) -> list[tuple]:
-    """``(differs, exchanged)`` of each output of ``jaxpr`` from those of its inputs: may differ between the
-    devices; follows from an exchange. Followed into a jit's, a checkpoint's, a custom_vjp's jaxpr, a scan's
-    or a while's body (again until its carries' flags hold) and a cond's branches."""
+    """``(differs, exchanged, combined)`` of each output of ``jaxpr`` from those of its inputs: may differ
+    between the devices; follows from an exchange; from any collective. Followed into a jit's, a checkpoint's,
+    a custom_vjp's jaxpr, a scan's or a while's body (again until its carries' flags hold) and a cond's
+    branches."""
     of = {id(v): f for v, f in zip(jaxpr.invars, flags)}
 
     def flag(v):
-        return of.get(id(v), (False, False))        # a literal or a constant: the same on every device
+        return of.get(id(v), (False, False, False))     # a literal or a constant: the same on every device
     for eqn in jaxpr.eqns:
         given = [flag(v) for v in eqn.invars]
-        differs, exchanged = any(f[0] for f in given), any(f[1] for f in given)
+        differs, exchanged, combined = (any(f[i] for f in given) for i in range(3))
         inner, kind = list(_inner(eqn)), _collective(eqn)
         shapes = {(len(j.invars), len(j.outvars)) for j in inner}
         if eqn.primitive.name == "axis_index":
-            out = [(True, False)]
+            out = [(True, False, False)]
         elif eqn.primitive.name == "optimization_barrier":      # each output its input
             out = given
         elif kind:
-            out = [(differs and kind == "exchange", exchanged or kind == "exchange")] * len(eqn.outvars)
+            out = [(differs and kind == "exchange", exchanged or kind == "exchange", True)] * len(eqn.outvars)
         elif len(inner) == 1 and shapes == {(len(eqn.invars), len(eqn.outvars))}:
             out = _carried(eqn, inner[0], given)
         elif eqn.primitive.name == "cond" and shapes == {(len(eqn.invars) - 1, len(eqn.outvars))}:
             # its branch index first
             branches = [_flow(j, given[1:]) for j in inner]
-            out = [(given[0][0] or any(b[i][0] for b in branches), any(b[i][1] for b in branches))
+            out = [(given[0][0] or any(b[i][0] for b in branches), *(any(b[i][k] for b in branches)
+                                                                     for k in (1, 2)))
                    for i in range(len(eqn.outvars))]
         elif eqn.primitive.name == "while" and {"cond_nconsts", "body_nconsts"} <= set(eqn.params):
             out = _looped(eqn, given)
         elif any(_combines_inside(j) for j in inner):       # another JAX's loop: taken as combining
-            out = [(False, exchanged)] * len(eqn.outvars)
+            out = [(False, exchanged, True)] * len(eqn.outvars)
         else:
-            out = [(differs, exchanged)] * len(eqn.outvars)
+            out = [(differs, exchanged, combined)] * len(eqn.outvars)
         of.update((id(v), f) for v, f in zip(eqn.outvars, out))
     return [flag(v) for v in jaxpr.outvars]
 
@@ -119,11 +126,23 @@ def _looped(eqn: Any, given: list[tuple]) -> list[tuple]:
             break
         carry = joined
     differs = _flow(cond, given[:cn] + carry)[0][0]
-    return [(o[0] or differs, o[1]) for o in out]
+    return [(o[0] or differs, *o[1:]) for o in out]
 
 
 def alone(traced: Any, shape: Any, varying: list[bool], wanted: Callable[[str], bool]) -> list[str]:
     """The outputs of ``traced`` (a ClosedJaxpr over the devices' axis; its outputs' tree ``shape``) that
     ``wanted`` picks by path (``jax.tree_util.keystr``) and that are one device's own."""
+    return [k for k, (differs, exchanged, _) in _paths(traced, shape, varying, wanted)
+            if differs and not exchanged]
+
+
+def fixed(traced: Any, shape: Any, varying: list[bool], wanted: Callable[[str], bool]) -> list[str]:
+    """Those that follow from neither the devices' inputs nor a collective: the same number on every
+    device, which may be each one's share or the whole (``alone``'s arguments)."""
+    return [k for k, (differs, _, combined) in _paths(traced, shape, varying, wanted)
+            if not differs and not combined]
+
+
+def _paths(traced: Any, shape: Any, varying: list[bool], wanted: Callable[[str], bool]) -> list[tuple]:
     paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(shape)[0]]
-    return [k for k, mine in zip(paths, own(traced.jaxpr, varying)) if wanted(k) and mine]
+    return [(k, flags) for k, flags in zip(paths, _flow(traced.jaxpr, _given(varying))) if wanted(k)]

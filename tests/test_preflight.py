@@ -10,7 +10,7 @@ import pytest
 
 from conftest import TINY, small_text
 from rnnjax import checkpoint, loop, metrics, preflight, runs, stored, train
-from rnnjax.data import TimeMachine
+from rnnjax.data import Batch, TimeMachine
 from rnnjax.state import create_train_state
 from rnnjax.train import fit
 
@@ -160,17 +160,19 @@ def test_a_count_that_is_one_devices_share_is_refused_at_its_first_call(tmp_path
         new, m = train.train_windows(state, tokens, windows, axis_name=axis_name)
         rows = jax.lax.psum(windows.mask.shape[-1], axis_name)           # a constant: folded
         return new, {**m, "count": jnp.full_like(m["count"], rows * windows.num_steps)}
-    config = TINY.replace(epochs=1, num_train=192)          # whole batches: a constant counts them all
+    config = TINY.replace(epochs=1, num_train=192, num_val=64)    # whole batches: a constant counts them all
     data = TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
                        text=small_text(5000))
     half = sum(b.mask.sum() for b in data.val_batches()) * config.num_steps / 2
 
     def fixed_eval(state, batches, axis_name=None):
         return {**train.eval_steps(state, batches, axis_name), "count": jnp.float32(half)}
-    share = (r"^loop.run's step counts 64 tokens where the global batch has 128: one device's share of 2, "
-             r"and the perplexity logged would be the true one to the power 2; sum it over the devices")
+    share = (r"^loop.run's step counts 64 tokens, a number fixed as it is traced, where the global batch has "
+             r"128: one device's share of 2, and the perplexity logged would be the true one to the power 2; "
+             r"sum it over the devices")
     refused = [(fixed, train.eval_steps, share),
-               (train.train_windows, fixed_eval, r"^loop.run's evaluate counts")]
+               (train.train_windows, fixed_eval, r"^loop.run's evaluate counts 256 tokens, a number fixed as "
+                                                 r"it is traced, where the validation has 512: ")]
     for step, evaluate, said in refused:
         with start.planned(config, data, tmp_path, devices=2) as p:
             with pytest.raises(ValueError, match=said):
@@ -180,6 +182,16 @@ def test_a_count_that_is_one_devices_share_is_refused_at_its_first_call(tmp_path
         ours = loop.run(p, data, create_train_state(config, len(data.vocab)), psummed, train.eval_steps)
     plain = fit(config, data, tmp_path / "plain", devices=2, log=None)
     assert ours.history[-1]["train_ppl"] == pytest.approx(plain.history[-1]["train_ppl"], rel=1e-5)
+
+    def second_half(state, tokens, windows, axis_name=None):     # a count of half the tokens, summed: trains
+        b = windows.batch(tokens)
+        half = b.X.shape[-1] // 2
+        return train.train_steps(state, Batch(b.X[..., half:], b.Y[..., half:], b.mask), axis_name)
+
+    def half_the_validation(state, batches, axis_name=None):
+        return train.eval_steps(state, jax.tree.map(lambda x: x[:len(x) // 2], batches), axis_name)
+    with start.planned(config, data, tmp_path / "halves", devices=2) as p:
+        loop.run(p, data, create_train_state(config, len(data.vocab)), second_half, half_the_validation)
 
 
 @pytest.mark.cpu_devices(2)
