@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -41,8 +40,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         """argparse's own errors as ours are: one line (not the usage block), and where to look."""
-        # argparse shows a value as its repr, where a byte kept as a surrogate is an unescaped \udcff.
-        message = re.sub(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])", r"\1\\x\2", message)
         self.exit(2, stopping.as_typed(f"error: {message} (see {self.prog} --help)\n"))
 
 

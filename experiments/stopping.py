@@ -135,12 +135,17 @@ def tell(message: str) -> None:
 
 def as_typed(message: str) -> str:
     """``message`` with an argument's bytes that are not UTF-8 shown as typed (``\\xff``): Python keeps them
-    as surrogates, which print as ``\\udcff``."""
+    as surrogates, which print as ``\\udcff``, and show so in a (quoted) repr, where a backslash typed is
+    doubled."""
     try:
         raw = message.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:      # a surrogate no byte became
         raw = message.encode("utf-8", "backslashreplace")
-    return raw.decode("utf-8", "backslashreplace")
+    return re.sub(r"'[^'\n]*'|\"[^\"\n]*\"", lambda quoted: _SURROGATE.sub(r"\1\\x\2", quoted[0]),
+                  raw.decode("utf-8", "backslashreplace"))
+
+
+_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")     # an odd count of backslashes
 
 
 def flush() -> None:

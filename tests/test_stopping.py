@@ -166,8 +166,9 @@ def waiting_on(child: str) -> tuple[subprocess.Popen, Path]:
 @pytest.mark.slow
 def test_bytes_that_are_not_utf8_are_said_as_typed():
     typed = os.fsdecode(b"caf\xc3\xa9\xff")
-    assert stopping.as_typed(f"no {typed}") == "no caf\u00e9\\xff"
+    assert stopping.as_typed(f"no {typed}, {typed!r}") == "no caf\u00e9\\xff, 'caf\u00e9\\xff'"
     assert stopping.as_typed("\ud800 C:\\udcafe") == "\\ud800 C:\\udcafe"      # other surrogates, text: kept
+    assert stopping.as_typed(repr("C:\\udcafe")) == repr("C:\\udcafe")          # a backslash typed, doubled
 
 
 def test_a_stop_removes_the_scratch_folder_and_kills_the_child_it_waits_on(tmp_path):

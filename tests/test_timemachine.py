@@ -88,12 +88,17 @@ def test_an_argument_that_is_not_utf8_is_said_as_typed(tmp_path, capsys):
     assert timemachine.main(["--data", str(tmp_path / os.fsdecode(b"x\xff")), "--no-compilation-cache"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: No such file: ") and "x\\xff (given as --data" in err and "udc" not in err
-    for typed in ("C:\\udcafe\\notes.txt", "'\\udcff'"):       # text typed so: as typed
-        assert timemachine.main(["--text", typed, "--no-compilation-cache"]) == 1
-        assert f"No such file: {typed} (--text" in capsys.readouterr().err
+    typed = "C:\\udcafe\\notes.txt"          # text typed so: as typed
+    assert timemachine.main(["--text", typed, "--no-compilation-cache"]) == 1
+    assert f"No such file: {typed} (--text" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         timemachine.main(["--preset", "\\udcff"])
     assert "invalid choice: '\\\\udcff'" in capsys.readouterr().err      # argparse's repr of it
+    with pytest.raises(SystemExit):
+        timemachine.main(["C:\\udcafe"])
+    assert "unrecognized arguments: C:\\udcafe (see" in capsys.readouterr().err
+    assert timemachine.main(["--token", os.fsdecode(b"w\xff")]) == 1                  # a ConfigError's repr
+    assert capsys.readouterr().err == "error: --token must be char or word, got 'w\\xff'.\n"
 
 
 @pytest.mark.slow
