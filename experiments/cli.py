@@ -215,10 +215,14 @@ def shared_settings(args: argparse.Namespace, configs: list | None, workdir: Pat
 
 
 def _unknown(data: WindowedText) -> str:
-    """The share of the text's tokens that are ``<unk>``, where any are: one class for all of them, which
-    makes a perplexity look better than the text's tokens would score."""
-    share = float(np.mean(np.asarray(data.tokens) == data.vocab.unk)) if len(data.tokens) else 0.0
-    return f" (<unk> is {share:.0%} of the text's tokens, one class for them all)" if share >= 0.005 else ""
+    """The share of the validation's tokens that are ``<unk>``, where any are: one class for all of them,
+    which makes a perplexity look better than the text's tokens would score."""
+    unknown = total = 0
+    for b in data.val_batches():
+        targets = np.asarray(b.Y)[np.asarray(b.mask) > 0]
+        unknown, total = unknown + int(np.sum(targets == data.vocab.unk)), total + targets.size
+    share = unknown / total if total else 0.0
+    return f" (<unk> is {share:.0%} of its tokens, one class for them all)" if share >= 0.005 else ""
 
 
 def say_trained(say: Callable[[str], Any], result: FitResult, configs: list, several: bool, model: Any,

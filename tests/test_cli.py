@@ -73,7 +73,13 @@ def test_the_last_line_says_the_share_of_unk_where_a_text_has_any():
     from types import SimpleNamespace
 
     import numpy as np
+    from rnnjax.data import Batch
     from rnnjax.vocab import Vocab
     vocab = Vocab.from_json({"idx_to_token": ["<unk>", "a", "b"], "token": "word"})
-    said = [cli._unknown(SimpleNamespace(tokens=np.array(t), vocab=vocab)) for t in ([1, 2, 0, 1, 2], [1, 2])]
-    assert said == [" (<unk> is 20% of the text's tokens, one class for them all)", ""]
+
+    def val(Y, mask):          # of the validation's real rows only: a padded row is no token
+        batches = [Batch(np.zeros_like(Y), np.array(Y), np.array(mask, np.float32))]
+        return SimpleNamespace(val_batches=lambda: iter(batches), vocab=vocab)
+    said = [cli._unknown(val(Y, mask)) for Y, mask in (([[1, 2, 0, 1, 2], [0, 0, 0, 0, 0]], [1, 0]),
+                                                       ([[1, 2], [1, 1]], [1, 1]))]
+    assert said == [" (<unk> is 20% of its tokens, one class for them all)", ""]
