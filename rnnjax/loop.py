@@ -13,8 +13,9 @@ A step of one's own (a z-loss, say) is written as ``train_windows`` is, or wraps
 it; over several devices its gradients, ``loss_sum`` and ``count`` are summed
 over ``axis_name`` (``jax.lax.psum``; one whose parameters' updates, loss or
 metrics follow from no collective is refused; so is the gradient of a
-``pmean``-ed loss, each device's own under ``pmap``, and a count of one
-device's share of the tokens), and ``rng`` is the config's dropout key::
+``pmean``-ed loss, each device's own under ``pmap``; a count fixed as it is
+traced that is one device's share of the tokens is warned of), and ``rng`` is
+the config's dropout key::
 
     def my_step(state, tokens, windows, axis_name=None):
         rng = rnnjax.train.dropout_key(config)       # None without dropout
@@ -32,6 +33,7 @@ import dataclasses
 import signal
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -100,8 +102,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     optimizer state ``p.config.optimizer`` makes (``rnnjax.optimizers``): the
     run records it by name, and a resume makes it. Over several devices, a
     ``count`` fixed as the step is traced that is one device's share of the
-    batch's tokens is a ``ValueError`` at the first call (nothing saved; the
-    workdir keeps its settings), an evaluation's before any step.
+    batch's tokens is warned of (``log``'s, else a ``UserWarning``) at the
+    first call, an evaluation's at the first validation: the count of one
+    device's tokens, or of a share of them (``preflight.counted_share``).
     """
     check_open(p, "loop.run")
     preflight.check_functions(step, evaluate, p.dp.pmapped)
@@ -133,13 +136,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     def counted(chunk, m):       # a count fixed as a step of one's own is traced: one device's, or all?
         if preflight.count_fixed(step):
             wanted = [[w[r].mask.sum() * p.config.num_steps for w in chunk] for r in range(len(configs))]
-            preflight.check_counted(out.per_run(m)["count"], wanted, dp.num_shards, "step")
+            _warn(log, preflight.counted_share(out.per_run(m)["count"], wanted, dp.num_shards, "step"))
     checked = dp.pmapped and not preflight.ours(step)
-    if evaluation_fixed:        # so of an evaluation's, before any step
-        rows = sum(b.mask.sum() for b in data.val_batches())
-        preflight.check_counted(out.per_run(evaluate(state, val_batches))["count"],
-                                np.full(len(configs), rows * p.config.num_steps), dp.num_shards, "evaluate",
-                                "the validation")
 
     signum = None                     # the signal that stops the run, as every process sees it
     raised = None                     # what progress raised (an early stop, a closed pipe): saved as for one
@@ -159,6 +157,11 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                     raise raised
                 raise _stopped(manager, signum, stop.signum, epoch, batch, steps_per_epoch, done, workdir)
             val = out.per_run(evaluate(state, val_batches))
+            if evaluation_fixed and epoch == position.epoch:        # so of an evaluation's
+                rows = sum(b.mask.sum() for b in data.val_batches())
+                wanted = np.full(len(configs), rows * p.config.num_steps)
+                _warn(log, preflight.counted_share(val["count"], wanted, dp.num_shards, "evaluate",
+                                                   "the validation"))
             records = out.records(epoch, done, sums, val, time.perf_counter() - t0)
             # One caught during validation saves this epoch and stops (every process: they agree again).
             signum, _ = agree.on_stop(stop.signum, None, done)
@@ -225,6 +228,11 @@ def _sums(stops: StoppedRuns, steps_RxS: list[dict], partial: list[dict], epoch:
             sums[r] = metrics_lib.add_steps(partial[r], steps)
     stops.check_any_live(say=False)         # said after the divergence checks, with the final count
     return sums
+
+
+def _warn(log: Callable[[str], Any] | None, message: str | None) -> None:
+    if message:
+        log(message) if log else warnings.warn(message.removeprefix("warning: ") + ".", stacklevel=3)
 
 
 def _told(progress: Callable | None, done: int, total: int, record: dict | None) -> Exception | None:

@@ -142,21 +142,23 @@ def _check_own_metrics(who: str, metrics: Mapping, alone: list[str]) -> None:
                          "axis_name (jax.lax.psum of a sum, jax.lax.pmean of a mean).")
 
 
-def check_counted(counts: Any, wanted: Any, num_shards: int, who: str, of: str = "the global batch") -> None:
-    """``ValueError`` where ``counts`` (a step's ``count`` on the host, per run and step; an evaluation's,
-    per run), fixed as it is traced (``count_fixed``), are each device's share of ``wanted``, the real tokens
-    ``of`` the batch: its trace cannot tell that from a psum of a constant (JAX folds one into a constant).
-    Compared where ``wanted`` is largest: a ragged batch's padding may leave any share."""
+def counted_share(counts: Any, wanted: Any, num_shards: int, who: str, of: str = "the global batch"
+                  ) -> str | None:
+    """A warning where ``counts`` (a step's ``count`` on the host, per run and step; an evaluation's, per
+    run), fixed as it is traced (``count_fixed``), are each device's share of ``wanted``, the real tokens
+    ``of`` the batch: a count of one device's tokens, or a psum of a constant (JAX folds one into a
+    constant) that counts a share of them (a burn-in's half window): neither the trace nor the value tells
+    which. Compared where ``wanted`` is largest: a ragged batch's padding may leave any share."""
     counts, wanted = np.asarray(counts, np.float64), np.asarray(wanted, np.float64)
     if counts.shape != wanted.shape or num_shards == 1 or not wanted.size or wanted.max() <= 0:
-        return
+        return None
     whole = wanted == wanted.max()
-    if np.allclose(counts[whole] * num_shards, wanted[whole]):
-        raise ValueError(f"loop.run's {who} counts {counts[whole][0]:,.0f} tokens, a number fixed as it is "
-                         f"traced, where {of} has {wanted[whole][0]:,.0f}: one device's share of "
-                         f"{num_shards}, and the perplexity logged would be the true one to the power "
-                         f"{num_shards}; sum it over the devices (jax.lax.psum over axis_name), as "
-                         "rnnjax.train's functions do.")
+    if not np.allclose(counts[whole] * num_shards, wanted[whole]):
+        return None
+    return (f"warning: loop.run's {who} counts {counts[whole][0]:,.0f} tokens, a number fixed as it is "
+            f"traced, where {of} has {wanted[whole][0]:,.0f}: if that is one device's tokens, the perplexity "
+            f"logged is the true one to the power {num_shards}; sum the count over the devices (jax.lax.psum "
+            "of a traced value over axis_name), as rnnjax.train's functions do")
 
 
 def _varying(args: tuple) -> list[bool]:
