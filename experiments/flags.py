@@ -12,7 +12,7 @@ from typing import Any
 
 from rnnjax import optimizers
 from rnnjax.config import PRESETS, SWEEPABLE, Config, ConfigError
-from rnnjax.spelling import disagreement, flag, shown
+from rnnjax.spelling import disagreement, flag, said, shown
 
 # Runs trained together in one program, at most: each is listed as the run starts, and vmapped.
 MAX_RUNS = 1000
@@ -24,8 +24,8 @@ def parsed(kind: type, text: str) -> Any:
     value = kind(text)
     if kind is float and (value == 0 and any(c in "123456789" for c in re.split("[eE]", text)[0])
                           or math.isinf(value) and "inf" not in text.lower()):
-        raise argparse.ArgumentTypeError(f"{text.strip()!r} rounds to {shown(value)} as a float (floats hold "
-                                         "magnitudes from 5e-324 to 1.8e308)")
+        raise argparse.ArgumentTypeError(f"{said(text.strip())} rounds to {shown(value)} as a float (floats "
+                                         "hold magnitudes from 5e-324 to 1.8e308)")
     return value
 
 
@@ -43,10 +43,11 @@ def _values(kind: type):
         try:
             values = tuple(parsed(kind, v) for v in text.split(","))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}s")
+            raise argparse.ArgumentTypeError(f"{said(text)} is not a comma-separated list of "
+                                             f"{kind.__name__}s")
         twice = next((v for k, v in enumerate(values) if v in values[:k]), None)
         if twice is not None:          # two of the runs would be the same run
-            raise argparse.ArgumentTypeError(f"{text!r} lists {shown(twice)} twice: list each value once")
+            raise argparse.ArgumentTypeError(f"{said(text)} lists {shown(twice)} twice: list each value once")
         return values
     parse.__name__ = f"list of {kind.__name__}s"
     return parse

@@ -40,7 +40,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         """argparse's own errors as ours are: one line (not the usage block), and where to look."""
-        self.exit(2, stopping.as_typed(f"error: {message} (see {self.prog} --help)\n"))
+        self.exit(2, stopping.argparse_as_typed(f"error: {message} (see {self.prog} --help)\n"))
 
 
 def check_names(flag: str, path: str | Path) -> None:

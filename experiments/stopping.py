@@ -135,17 +135,22 @@ def tell(message: str) -> None:
 
 def as_typed(message: str) -> str:
     """``message`` with an argument's bytes that are not UTF-8 shown as typed (``\\xff``): Python keeps them
-    as surrogates, which print as ``\\udcff``, and show so in a (quoted) repr, where a backslash typed is
-    doubled."""
+    as surrogates, which print as ``\\udcff`` (a repr's are said so where it is made: ``spelling.said``)."""
     try:
         raw = message.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:      # a surrogate no byte became
         raw = message.encode("utf-8", "backslashreplace")
-    return re.sub(r"'[^'\n]*'|\"[^\"\n]*\"", lambda quoted: _SURROGATE.sub(r"\1\\x\2", quoted[0]),
-                  raw.decode("utf-8", "backslashreplace"))
+    return raw.decode("utf-8", "backslashreplace")
 
 
-_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")     # an odd count of backslashes
+# argparse's repr of a value it refuses, where a surrogate shows as \udcXX after an even count of backslashes.
+_REFUSED = re.compile(r"(invalid (?:choice|[\w ]+ value): )('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")")
+_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def argparse_as_typed(message: str) -> str:
+    """``as_typed`` of an argparse error, whose refused value is a repr."""
+    return as_typed(_REFUSED.sub(lambda m: m[1] + _SURROGATE.sub(r"\1\\x\2", m[2]), message))
 
 
 def flush() -> None:

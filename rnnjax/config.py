@@ -17,7 +17,7 @@ from typing import Any
 
 from rnnjax.cells import CELLS, NONLINEARITIES
 from rnnjax.precision import COMPUTE_DTYPES, MATMUL_PRECISIONS
-from rnnjax.spelling import got, shown, spelt
+from rnnjax.spelling import got, said, shown, spelt
 
 KERNELS = ("plain", "fused", "hoisted", "cudnn")        # rnnjax.kernels: what each is, which is chosen
 # float32's smallest normal and largest numbers: the range a rate or a clip keeps in training (a number
@@ -139,7 +139,7 @@ class Config:
                               "or register one of your own in rnnjax.CELLS (README: Another cell).")
         if self.nonlinearity not in NONLINEARITIES:
             raise ConfigError(f"{spelt('nonlinearity')} must be one of {sorted(NONLINEARITIES)}, "
-                              f"got {self.nonlinearity!r}.")
+                              f"got {said(self.nonlinearity)}.")
         if self.nonlinearity != "tanh" and self.cell != "rnn":
             raise ConfigError(f"{spelt('nonlinearity', self.nonlinearity)} is for the rnn cell; "
                               f"{self.cell} has its own.")
@@ -151,17 +151,17 @@ class Config:
                               f"leave {spelt('dropout')} out.")
         if self.kernel not in ("auto", *KERNELS):
             raise ConfigError(f"{spelt('kernel')} must be one of auto, {', '.join(KERNELS)}; got "
-                              f"{self.kernel!r}.")
+                              f"{said(self.kernel)}.")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"{spelt('compute_dtype')} must be one of {', '.join(COMPUTE_DTYPES)}; "
-                              f"got {self.compute_dtype!r}.")
+                              f"got {said(self.compute_dtype)}.")
         if self.matmul_precision not in MATMUL_PRECISIONS:
             raise ConfigError(f"{spelt('matmul_precision')} must be one of {', '.join(MATMUL_PRECISIONS)}; "
-                              f"got {self.matmul_precision!r}.")
+                              f"got {said(self.matmul_precision)}.")
         for name, choices in (("token", ("char", "word")), ("preprocess", ("d2l", "raw"))):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{spelt(name)} must be {' or '.join(choices)}, got "
-                                  f"{getattr(self, name)!r}.")
+                                  f"{said(getattr(self, name))}.")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"{spelt('val_fraction')} must be in [0, 1), got {shown(self.val_fraction)}.")
         if self.num_train < (0 if self.val_fraction else 1):

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from rnnjax.xla import CompiledPerShape
-from rnnjax.spelling import as_flags, shown, spelt
+from rnnjax.spelling import as_flags, said, shown, spelt
 
 AXIS = "batch"
 
@@ -66,13 +66,13 @@ def check_distributed(coordinator: str | None, num_processes: int | None, proces
         if not (host and coordinator.isascii() and coordinator.isprintable() and port.isdigit()) \
                 or any(c.isspace() or c in "/@" for c in coordinator):
             raise ValueError(f"{spelt('coordinator')} must be HOST:PORT, e.g. node0:1234, got "
-                             f"{coordinator!r}.")
+                             f"{said(coordinator)}.")
         if not 0 < int(port) < 65536:
             raise ValueError(f"{spelt('coordinator')}'s port must be from 1 to 65535, got {port} (in "
-                             f"{coordinator!r}).")
+                             f"{said(coordinator)}).")
         if ":" in host and not (host.startswith("[") and host.endswith("]")):
             raise ValueError(f"{spelt('coordinator')}: an IPv6 address goes in brackets, e.g. [::1]:1234, "
-                             f"got {coordinator!r}.")
+                             f"got {said(coordinator)}.")
     if num_processes is not None and not 1 <= num_processes <= MAX_PROCESSES:
         raise ValueError(f"{spelt('num_processes')} must be from 1 to {MAX_PROCESSES}, got {num_processes}.")
     if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):

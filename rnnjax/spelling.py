@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import re
 import shlex
 from typing import Any
 
@@ -64,7 +65,17 @@ def again(python: str = "train again in the same workdir") -> str:
 
 
 def _as_python(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else shown(value)
+    return said(value) if isinstance(value, str) else shown(value)
+
+
+# A surrogate in a repr: ``\udcXX`` after an even count of backslashes (a backslash typed is doubled there).
+_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def said(text: str) -> str:
+    """``repr(text)``, a byte of an argument that is not UTF-8 (kept as a surrogate) as typed: ``'x\\xff'``,
+    not ``'x\\udcff'``."""
+    return _SURROGATE.sub(r"\1\\x\2", repr(text))
 
 
 def shown(value) -> str:
