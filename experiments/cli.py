@@ -222,7 +222,8 @@ def _unknown(data: WindowedText) -> str:
         targets = np.asarray(b.Y)[np.asarray(b.mask) > 0]
         unknown, total = unknown + int(np.sum(targets == data.vocab.unk)), total + targets.size
     share = unknown / total if total else 0.0
-    return f" (<unk> is {share:.0%} of its tokens, one class for them all)" if share >= 0.005 else ""
+    return f" (<unk> is {share:.0%} of the validation's tokens, one class for them all)" if share >= 0.005 \
+        else ""
 
 
 def say_trained(say: Callable[[str], Any], result: FitResult, configs: list, several: bool, model: Any,

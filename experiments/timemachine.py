@@ -130,7 +130,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
     cli.say_trained(say, result, configs, several, model, data, workdir, p.finished)
     if jax.process_index():         # its lines are process 0's
         print(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 said how the run "
-              f"went and wrote {workdir}")
+              f"went {'in' if p.finished else 'and wrote'} {workdir}")
 
 
 def _after_training(signum: int) -> str | None:

@@ -178,12 +178,14 @@ STALL_PROBES = 64      # steps an optimizer that accumulates (optax.MultiSteps) 
 
 def stalled(config: Any, state: Any, per_run: bool = False) -> bool:
     """Whether ``config.optimizer`` from ``state`` (a ``TrainState``, one run's) updates nothing over
-    ``STALL_PROBES`` steps of unit gradients: its rate is 0, as a schedule's of a fixed count of steps past
-    its end. One compiled loop, which stops at the first update."""
+    ``STALL_PROBES`` steps of gradients of global norm 1 (under any clip, and small enough for an optimizer
+    that skips large updates): its rate is 0, as a schedule's of a fixed count of steps past its end. One
+    compiled loop, which stops at the first update."""
     tx = make(config, per_run)
 
     def probe(params, opt_state):
-        grads = jax.tree.map(jnp.ones_like, params)
+        size = sum(x.size for x in jax.tree.leaves(params))
+        grads = jax.tree.map(lambda x: jnp.full_like(x, size ** -0.5), params)
 
         def step(carry):
             i, opt_state, _ = carry

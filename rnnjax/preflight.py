@@ -102,10 +102,11 @@ def _checked(step: Callable) -> Callable:
 
 def count_fixed(step: Callable) -> bool:
     """Whether ``step``, as traced over the devices by ``loop.run``, returns a ``count`` fixed as it is
-    traced (``summed.fixed``): each device's share of the tokens, or the whole, which its value tells."""
+    traced (``summed.fixed``): each device's share of the tokens, or the whole, or a share of them
+    (``counted_share``). ``False`` for a step that cannot be hashed, whose check is not kept."""
     try:
         return getattr(_checked(step), "count_fixed", False)
-    except TypeError:           # a callable that cannot be hashed: checked afresh each time, not kept
+    except TypeError:           # a callable that cannot be hashed (a dataclass's instance)
         return False
 
 

@@ -72,8 +72,8 @@ class Restored:
         and ``token``), and each token's negative log-likelihood in nats given every token before it:
         ``nll[i]`` is ``tokens[i + 1]``'s. The model reads the whole text from its start, no window cut;
         ``exp(nll.mean())`` is its perplexity. A token outside the run's vocabulary (``t not in
-        run.vocab.token_to_idx``: never seen, or, of words, seen fewer than ``min_freq`` times) is read and
-        scored as ``<unk>``, one class for them all: a text with many scores better than its tokens would."""
+        run.vocab.token_to_idx``: never seen, or seen fewer than ``min_freq`` times) is read and scored as
+        ``<unk>``, one class for them all: a text with many scores better than its tokens would."""
         return score.losses(self.config, self.vocab, self.params, text)
 
 

@@ -103,9 +103,9 @@ class Plan:
                          "config.epochs follows the new count, one of a fixed count of steps keeps its end)")
         if self.stalled:
             hint += (f"; warning: the optimizer {self.config.optimizer!r} updates nothing in "
-                     f"{optimizers.STALL_PROBES} steps from step {self.step}, whatever the gradients (a rate "
-                     "of 0, as a schedule's of a fixed count of steps past its end, would train nothing from "
-                     "here): register one whose schedule follows config.epochs (rnnjax.optimizers), or "
+                     f"{optimizers.STALL_PROBES} steps from step {self.step} given gradients of norm 1 (a "
+                     "rate of 0, as a schedule's of a fixed count of steps past its end, would train nothing "
+                     "from here): register one whose schedule follows config.epochs (rnnjax.optimizers), or "
                      "train anew in another workdir")
         hint += f"; {changed}" if changed else ""
         hint += "".join(f"; checkpoint step {step} {why}, set aside in "

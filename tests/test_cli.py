@@ -82,4 +82,4 @@ def test_the_last_line_says_the_share_of_unk_where_a_text_has_any():
         return SimpleNamespace(val_batches=lambda: iter(batches), vocab=vocab)
     said = [cli._unknown(val(Y, mask)) for Y, mask in (([[1, 2, 0, 1, 2], [0, 0, 0, 0, 0]], [1, 0]),
                                                        ([[1, 2], [1, 1]], [1, 1]))]
-    assert said == [" (<unk> is 20% of its tokens, one class for them all)", ""]
+    assert said == [" (<unk> is 20% of the validation's tokens, one class for them all)", ""]

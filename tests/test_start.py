@@ -73,7 +73,7 @@ def test_a_resume_past_the_end_of_ones_own_schedule_warns_that_it_trains_nothing
     fit(config, small_data, tmp_path / "one", devices=1, log=None)
     said = plan(config.replace(epochs=4), small_data, tmp_path / "one", devices=1).describe()
     assert said.endswith("; 2 epochs asked for before, 4 now; warning: the optimizer 'cosine' updates "
-                         "nothing in 64 steps from step 26, whatever the gradients (a rate of 0, as a "
+                         "nothing in 64 steps from step 26 given gradients of norm 1 (a rate of 0, as a "
                          "schedule's of a fixed count of steps past its end, would train nothing from here): "
                          "register one whose schedule follows config.epochs (rnnjax.optimizers), or train "
                          "anew in another workdir")
@@ -82,7 +82,7 @@ def test_a_resume_past_the_end_of_ones_own_schedule_warns_that_it_trains_nothing
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
     runs = [config.replace(seed=s) for s in (0, 1)]
     rnnjax.fit_runs(runs, small_data, tmp_path / "runs", devices=1, log=None)
-    assert "warning: the optimizer 'cosine' updates nothing in 64 steps from step 26," in plan(
+    assert "warning: the optimizer 'cosine' updates nothing in 64 steps from step 26 given" in plan(
         runs[0].replace(epochs=3), small_data, tmp_path / "runs", devices=1,
         runs=[c.replace(epochs=3) for c in runs]).describe()
     accumulated = SMALL.replace(optimizer="accumulated", epochs=1)
