@@ -60,8 +60,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
                      help=f"epochs between checkpoints (default {CHECKPOINT_EVERY}; the last epoch and an "
                           "interrupted run are always saved)")
     run.add_argument("--keep", type=int,
-                     help=f"latest checkpoints kept (default {checkpoint.KEEP}; the best, and each run's, "
-                          "are kept too)")
+                     help=f"latest checkpoints kept (default {checkpoint.KEEP}; the best is kept too, and of "
+                          "runs trained together each one's own best)")
     run.add_argument("--devices", type=int, help="local devices to train on (default: all; on a CPU one per "
                                                  "core, or $JAX_NUM_CPU_DEVICES)")
     run.add_argument("--coordinator", metavar="HOST:PORT", help="jax.distributed coordinator (multi-host)")

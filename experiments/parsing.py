@@ -4,6 +4,7 @@ flags before it loads."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import os
 import sys
@@ -39,8 +40,17 @@ class Parser(argparse.ArgumentParser):
         return args
 
     def error(self, message: str):
-        """argparse's own errors as ours are: one line (not the usage block), and where to look."""
-        self.exit(2, stopping.argparse_as_typed(f"error: {message} (see {self.prog} --help)\n"))
+        """argparse's own errors as ours are: one line (not the usage block), and where to look (for a flag
+        misspelt, the likeliest one meant)."""
+        unknown = message.removeprefix("unrecognized arguments: ").split() if message.startswith(
+            "unrecognized arguments: ") else []
+        flags = [t.split("=", 1)[0] for t in unknown if t.startswith("--")]
+        options = list(self._option_string_actions)
+        meant = ([o for o in options if o.startswith(flags[0])] or difflib.get_close_matches(
+            flags[0], options, 1, 0.75)) if flags else []      # a prefix (argparse takes none), a typo
+        meant = meant if len(meant) == 1 else []
+        where = f"did you mean {meant[0]}? see" if meant else "see"
+        self.exit(2, stopping.argparse_as_typed(f"error: {message} ({where} {self.prog} --help)\n"))
 
 
 def check_names(flag: str, path: str | Path) -> None:

@@ -90,7 +90,7 @@ class Config:
                                    "clipping; one's own registered in rnnjax.OPTIMIZERS")
     epochs: int = _field(100, "passes over the training windows")
     seed: int = _field(0, "seed of the initial parameters and of the batch order")
-    num_train: int = _field(10000, "training windows")
+    num_train: int = _field(10000, "training windows (0, with val_fraction: every one)")
     num_val: int = _field(5000, "validation windows, the ones after the training windows")
     # What the tokens are and how the text splits (rnnjax.corpus); the defaults are d2l's Time Machine.
     token: str = _field("char", "tokens: char (one per character) or word (split at whitespace)")

@@ -186,7 +186,7 @@ def _candidates(workdir: Path, step: int | None, best: bool, run: int | None, fa
     return sorted((s for s in saved if step is None or s <= step), reverse=True)
 
 
-_FALLBACK = {False: "fallback=True tries the newest one past it",
+_FALLBACK = {False: "fallback=True tries the newest good one before it",
              True: "fallback=True tries the next best, of those that can be read"}
 
 

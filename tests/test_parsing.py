@@ -22,7 +22,9 @@ def parser():
 
 
 @pytest.mark.parametrize("argv, said", [
-    (["--step", "3"], "error: unrecognized arguments: --step 3 (see prog --help)"),
+    (["--step", "3"], "error: unrecognized arguments: --step 3 (did you mean --steps-per-epoch? see prog "),
+    (["--sed", "3"], "error: unrecognized arguments: --sed 3 (did you mean --seed? see prog --help)"),
+    (["--zzz", "3"], "error: unrecognized arguments: --zzz 3 (see prog --help)"),        # no flag near it
     (["--seed", "1", "--seed=2"], "error: --seed is given twice; give it once (see prog --help)"),
     (["--seeds", "1", "--seed", "2"], "error: --seeds and --seed set the same setting; give one (see prog"),
     (["--flag", "--flag"], "error: --flag is given twice; give it once"),

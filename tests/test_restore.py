@@ -285,7 +285,7 @@ def test_past_a_damaged_best_the_fallback_takes_the_next_best_not_the_newest_bef
                        match=r"step 26 .*; fallback=True tries the next best, of those that can be read\.$"):
         checkpoint.restore(tmp_path, best=True)
     with pytest.raises(checkpoint.DamagedCheckpoint,
-                       match=r"; fallback=True tries the newest one past it\.$"):
+                       match=r"; fallback=True tries the newest good one before it\.$"):
         checkpoint.restore(tmp_path, step=26)
     assert checkpoint.restore(tmp_path, best=True, fallback=True).step == 39
     assert checkpoint.restore(tmp_path, step=26, fallback=True).step == 13          # the newest before it

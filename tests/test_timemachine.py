@@ -70,6 +70,7 @@ def test_batch_size_not_divisible_by_devices(real_text_path, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--bogus"], "unrecognized arguments: --bogus"), (["--epochs", "x"], "invalid int value: 'x'"),
+    (["--num-hidens", "3"], "unrecognized arguments: --num-hidens 3 (did you mean --num-hiddens? see"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--seeds", "0,0"], "'0,0' lists 0 twice: list each value once"),       # two runs the same run
     (["--predict", "a", "--lr", "1,0.5,1.0"], "'1,0.5,1.0' lists 1 twice"),
@@ -80,7 +81,7 @@ def test_argparse_errors_are_one_line_and_point_to_help(argv, message, capsys):
         timemachine.main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
-    assert err.endswith("(see python -m experiments.timemachine --help)\n") and "usage" not in err
+    assert err.endswith("see python -m experiments.timemachine --help)\n") and "usage" not in err
 
 
 def test_an_argument_that_is_not_utf8_is_said_as_typed(tmp_path, capsys):
