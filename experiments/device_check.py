@@ -78,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if Path(data).exists() and not Path(data).is_file():
             raise ValueError(f"--data {data} is not a regular file; give d2l's timemachine.txt itself.")
         if not Path(data).is_file():
-            raise ValueError(f"no file {data!r}: give d2l's timemachine.txt as --data PATH or "
+            raise ValueError(f"no file {stopping.said(data)}: give d2l's timemachine.txt as --data PATH or "
                              "$RNNJAX_TIMEMACHINE (the check downloads nothing).")
         try:    # here, not at the top: a machine without JAX still gets its parts run and recorded
             from rnnjax.backend import check_cpu_device_count

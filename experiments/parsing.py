@@ -45,10 +45,10 @@ class Parser(argparse.ArgumentParser):
         unknown = message.removeprefix("unrecognized arguments: ").split() if message.startswith(
             "unrecognized arguments: ") else []
         flags = [t.split("=", 1)[0] for t in unknown if t.startswith("--")]
-        options = list(self._option_string_actions)
-        meant = ([o for o in options if o.startswith(flags[0])] or difflib.get_close_matches(
-            flags[0], options, 1, 0.75)) if flags else []      # a prefix (argparse takes none), a typo
-        meant = meant if len(meant) == 1 else []
+        shown = {o: a for o, a in self._option_string_actions.items() if a.help != argparse.SUPPRESS}
+        meant = ([o for o in shown if o.startswith(flags[0])] or difflib.get_close_matches(
+            flags[0], list(shown), 1, 0.75)) if flags and flags[0] not in shown else []   # a prefix, a typo
+        meant = meant[:1] if len({id(shown[o]) for o in meant}) == 1 else []      # of one flag (its aliases)
         where = f"did you mean {meant[0]}? see" if meant else "see"
         self.exit(2, stopping.argparse_as_typed(f"error: {message} ({where} {self.prog} --help)\n"))
 

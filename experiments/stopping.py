@@ -144,8 +144,15 @@ def as_typed(message: str) -> str:
 
 
 # argparse's repr of a value it refuses, where a surrogate shows as \udcXX after an even count of backslashes.
-_REFUSED = re.compile(r"(invalid (?:choice|[\w ]+ value): )('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")")
+_REFUSED = re.compile(r"((?:invalid (?:choice|[\w ]+ value)|ignored explicit argument):? )"
+                      r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")")
 _SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def said(text: str) -> str:
+    """``repr(text)``, a byte of an argument that is not UTF-8 as typed (``rnnjax.spelling.said``, here
+    without JAX)."""
+    return _SURROGATE.sub(r"\1\\x\2", repr(text))
 
 
 def argparse_as_typed(message: str) -> str:
@@ -248,8 +255,8 @@ def unreadable_variable(error: str) -> str:
     """JAX's ``error`` on a variable it could not read, in one sentence naming the variable."""
     match = re.fullmatch(r'Invalid value "(.*)" for JAX flag (jax_\w+)', error)     # a number, a name
     if match:
-        return (f"${match[2].upper()} is {match[1]!r}, which JAX does not take (it reads it as it loads): "
-                "give a value it takes, or unset it.")
+        return (f"${match[2].upper()} is {said(match[1])}, which JAX does not take (it reads it as it "
+                "loads): give a value it takes, or unset it.")
     return f"JAX cannot start with this environment: {error.rstrip('.')}."
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 
 from rnnjax.source import cache_dir
-from rnnjax.spelling import not_utf8
+from rnnjax.spelling import not_utf8, said
 
 
 def available_cores() -> int:
@@ -58,7 +58,7 @@ def use_cpu_cores(batch_size: int, devices: int | None = None) -> int | None:
     """
     for name, value in (("batch_size", batch_size), ("devices", devices)):
         if value is not None and not _whole_number(value):
-            raise ValueError(f"use_cpu_cores: {name} must be a whole number >= 1, got {value!r}.")
+            raise ValueError(f"use_cpu_cores: {name} must be a whole number >= 1, got {said(value)}.")
     check_cpu_device_count()
     if cpu_device_count_chosen():
         return None
@@ -102,8 +102,8 @@ def start() -> str:
         if not asked:
             raise
         why = str(e).split(" (set JAX_PLATFORMS")[0].rstrip(". ") or "it does not start"
-        raise ValueError(f"$JAX_PLATFORMS={asked!r} asks for a backend JAX cannot start here ({why}); leave "
-                         "it unset to take the one this machine has.") from None
+        raise ValueError(f"$JAX_PLATFORMS={said(asked)} asks for a backend JAX cannot start here ({why}); "
+                         "leave it unset to take the one this machine has.") from None
 
 
 def _as_int(text: str) -> int | None:

@@ -1,6 +1,7 @@
 """``experiments.parsing.Parser``: argparse, with whole flag names, each flag once, errors in one line; and
 ``check_names``, which the commands' checks of their output folders call first."""
 
+import argparse
 import os
 import re
 from pathlib import Path
@@ -18,12 +19,15 @@ def parser():
     p.add_argument("--seed", "--seeds", dest="seed")
     p.add_argument("--flag", action="store_true")
     p.add_argument("--text")
+    p.add_argument("--hidden", help=argparse.SUPPRESS)
     return p
 
 
 @pytest.mark.parametrize("argv, said", [
     (["--step", "3"], "error: unrecognized arguments: --step 3 (did you mean --steps-per-epoch? see prog "),
     (["--sed", "3"], "error: unrecognized arguments: --sed 3 (did you mean --seed? see prog --help)"),
+    (["--se", "3"], "error: unrecognized arguments: --se 3 (did you mean --seed? see prog --help)"),  # alias
+    (["--hid", "3"], "error: unrecognized arguments: --hid 3 (see prog --help)"),      # a flag --help hides
     (["--zzz", "3"], "error: unrecognized arguments: --zzz 3 (see prog --help)"),        # no flag near it
     (["--seed", "1", "--seed=2"], "error: --seed is given twice; give it once (see prog --help)"),
     (["--seeds", "1", "--seed", "2"], "error: --seeds and --seed set the same setting; give one (see prog"),

@@ -163,14 +163,20 @@ def waiting_on(child: str) -> tuple[subprocess.Popen, Path]:
     return proc, Path(proc.stdout.readline().strip())
 
 
-@pytest.mark.slow
 def test_bytes_that_are_not_utf8_are_said_as_typed():
     typed = os.fsdecode(b"caf\xc3\xa9\xff")
-    assert stopping.as_typed(f"no {typed}, {typed!r}") == "no caf\u00e9\\xff, 'caf\u00e9\\xff'"
-    assert stopping.as_typed("\ud800 C:\\udcafe") == "\\ud800 C:\\udcafe"      # other surrogates, text: kept
-    assert stopping.as_typed(repr("C:\\udcafe")) == repr("C:\\udcafe")          # a backslash typed, doubled
+    assert stopping.as_typed(f"no {typed}") == "no caf\u00e9\\xff"
+    assert stopping.as_typed("\ud800 'C:\\udcafe' it's") == "\\ud800 'C:\\udcafe' it's"    # typed so: kept
+    assert stopping.said(typed) == "'caf\u00e9\\xff'" and stopping.said("C:\\udcafe") == repr("C:\\udcafe")
+    literal = "C:" + chr(92) + "udcafe"
+    refused = (f"invalid choice: {typed!r} (choose from 'a', 'b'); invalid int value: {literal!r}; "
+               f"ignored explicit argument {typed!r}")
+    assert stopping.argparse_as_typed(refused) == ("invalid choice: 'caf\u00e9\\xff' (choose from 'a', 'b'); "
+                                                   "invalid int value: 'C:\\\\udcafe'; ignored explicit "
+                                                   "argument 'caf\u00e9\\xff'")
 
 
+@pytest.mark.slow
 def test_a_stop_removes_the_scratch_folder_and_kills_the_child_it_waits_on(tmp_path):
     """``exit_now`` unwinds nothing: the benchmark's compile-cache folder stayed in /tmp after a signal, and
     its child compiled on after a SIGTERM to the benchmark alone."""

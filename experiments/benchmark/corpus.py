@@ -260,7 +260,7 @@ def check_out(typed: str) -> Path:
     try:
         first = next((f for f in (out, *out.parents) if f.exists() or f.is_symlink()), None)
         if not typed or first is None or not first.is_dir():   # the folder, or its nearest parent, a file
-            raise ValueError(f"--out must be a folder, got {typed!r}.")
+            raise ValueError(f"--out must be a folder, got {stopping.said(typed)}.")
         theirs = sorted(f.name for f in out.iterdir() if not _ours(f)) if out.is_dir() else []
     except OSError as e:            # a name too long, a folder it may not read
         raise ValueError(f"--out {typed} cannot be used ({e.strerror}).") from None
@@ -282,10 +282,10 @@ def check_args(args) -> tuple[list[int], str]:
         sizes = []
     if not sizes or not all(1 <= s <= MAX_MB for s in sizes) or len(set(sizes)) < len(sizes):
         raise ValueError(f"--sizes must be distinct whole numbers of MB from 1 to {MAX_MB:,} separated by "
-                         f"commas, got {args.sizes!r}.")
+                         f"commas, got {stopping.said(args.sizes)}.")
     tokens = args.tokens.split(",")
     if not tokens or not set(tokens) <= {"char", "word"} or len(set(tokens)) < len(tokens):
-        raise ValueError(f"--tokens must be char, word or char,word, got {args.tokens!r}.")
+        raise ValueError(f"--tokens must be char, word or char,word, got {stopping.said(args.tokens)}.")
     if args.steps < STEPS_PER_CALL or args.steps % STEPS_PER_CALL:      # trained as fit does: whole calls
         raise ValueError(f"--steps must be a positive multiple of {STEPS_PER_CALL}, the steps of a compiled "
                          f"call, got {args.steps}.")
