@@ -107,9 +107,10 @@ def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",")] if text.strip() else []
     except ValueError:
-        raise ValueError(f"--seeds takes whole numbers separated by commas, got '{text}'.") from None
+        raise ValueError(f"--seeds takes whole numbers separated by commas, got {stopping.said(text)}."
+                         ) from None
     if not seeds:
-        raise ValueError(f"--seeds needs at least one seed, got '{text}'.")
+        raise ValueError(f"--seeds needs at least one seed, got {stopping.said(text)}.")
     bad = [s for s in seeds if not 0 <= s < 2 ** 32]
     if bad:
         raise ValueError(f"--seeds must be in [0, 2**32), got {bad[0]}.")
