@@ -4,11 +4,10 @@ settings (a wrong workdir is worth naming)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 import jax
 
-from experiments import cli, flags
+from experiments import cli, flags, stopping
 from rnnjax import checkpoint, config as config_lib, spelling
 
 
@@ -41,8 +40,8 @@ def predict_only(args: argparse.Namespace) -> None:
         restored = checkpoint.restore(args.workdir, step=step, best=args.best, run=args.run, fallback=True)
         which = "the best of those that can be read" if args.best else "the newest good one before it"
         said = checkpoint.DamagedCheckpoint(e.step, e.directory, e.reason)      # not the Python hint
-        print(f"warning: {str(said).removesuffix('.')}; generating from checkpoint step {restored.step}, "
-              f"{which}.", file=sys.stderr)
+        stopping.tell(f"warning: {str(said).removesuffix('.')}; generating from checkpoint step "
+                      f"{restored.step}, {which}.")
     # The model comes from the checkpoint; flags that say otherwise (a wrong workdir?) are worth naming.
     requested = {k: v for k, v in flags.given(args).items()
                  if not (args.sample and k == "seed") and k not in config_lib.Config.RESUMABLE}
@@ -53,5 +52,5 @@ def predict_only(args: argparse.Namespace) -> None:
     text = restored.predict(args.predict, args.num_preds, **sampling)
     # stderr: stdout is the text alone, for pipes.
     not_used = f"; not used here (they train): {', '.join(args.not_used)}" if args.not_used else ""
-    print(f"from {args.workdir}: {cli.describe_checkpoint(restored, args.run)}{not_used}", file=sys.stderr)
+    stopping.tell(f"from {args.workdir}: {cli.describe_checkpoint(restored, args.run)}{not_used}")
     print(text)

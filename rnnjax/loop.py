@@ -136,7 +136,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     def counted(chunk, m):       # a count fixed as a step of one's own is traced: one device's, or all?
         if preflight.count_fixed(step):
             wanted = [[w[r].mask.sum() * p.config.num_steps for w in chunk] for r in range(len(configs))]
-            _warn(log, preflight.counted_share(out.per_run(m)["count"], wanted, dp.num_shards, "step"))
+            said = preflight.counted_share(out.per_run(m)["count"], wanted, dp.num_shards, "step")
+            _warn(log, said, 6)     # at loop.run's caller: through counted, _train, run, leaves_on_error
     checked = dp.pmapped and not preflight.ours(step)
 
     signum = None                     # the signal that stops the run, as every process sees it
@@ -160,8 +161,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             if evaluation_fixed and epoch == position.epoch:        # so of an evaluation's
                 rows = sum(b.mask.sum() for b in data.val_batches())
                 wanted = np.full(len(configs), rows * p.config.num_steps)
-                _warn(log, preflight.counted_share(val["count"], wanted, dp.num_shards, "evaluate",
-                                                   "the validation"))
+                said = preflight.counted_share(val["count"], wanted, dp.num_shards, "evaluate",
+                                               "the validation")
+                _warn(log, said, 4)     # at loop.run's caller: through run, leaves_on_error
             records = out.records(epoch, done, sums, val, time.perf_counter() - t0)
             # One caught during validation saves this epoch and stops (every process: they agree again).
             signum, _ = agree.on_stop(stop.signum, None, done)
@@ -230,9 +232,9 @@ def _sums(stops: StoppedRuns, steps_RxS: list[dict], partial: list[dict], epoch:
     return sums
 
 
-def _warn(log: Callable[[str], Any] | None, message: str | None) -> None:
+def _warn(log: Callable[[str], Any] | None, message: str | None, stacklevel: int) -> None:
     if message:
-        log(message) if log else warnings.warn(message.removeprefix("warning: ") + ".", stacklevel=3)
+        log(message) if log else warnings.warn(message.removeprefix("warning: ") + ".", stacklevel=stacklevel)
 
 
 def _told(progress: Callable | None, done: int, total: int, record: dict | None) -> Exception | None:

@@ -171,8 +171,9 @@ def test_a_count_fixed_as_traced_that_is_one_devices_share_is_warned_of(tmp_path
             (train.train_windows, fixed_eval, r"^loop.run's evaluate counts 256 tokens, a number fixed as it "
                                               r"is traced, where the validation has 512: ")]:
         with start.planned(config, data, tmp_path / step.__name__, devices=2) as p:
-            with pytest.warns(UserWarning, match=said):
+            with pytest.warns(UserWarning, match=said) as caught:
                 loop.run(p, data, create_train_state(config, len(data.vocab)), step, evaluate)
+            assert caught[0].filename == __file__           # said at the caller's line, not rnnjax's
         lines = []
         with start.planned(config.replace(epochs=2), data, tmp_path / step.__name__, devices=2) as p:
             loop.run(p, data, p.state, step, evaluate, log=lines.append)     # resumed: said again, in its log
