@@ -116,7 +116,8 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> bool:
     and the loss logged is one device's; and unless each metric of its own is combined over them too (the
     first device's would be logged). Whether its ``count`` is fixed as it is traced (``count_fixed``)."""
     traced, shape = jax.make_jaxpr(functools.partial(step, **kwargs), return_shape=True)(*args)
-    alone = summed.alone(traced, shape, _varying(args), lambda k: k.startswith(("[0].params", "[1]")))
+    flows = summed.outputs(traced, shape, _varying(args))
+    alone = summed.alone(flows, lambda k: k.startswith(("[0].params", "[1]")))
     params = [k[len("[0].params"):] for k in alone if k.startswith("[0].params")]
     what = [k for k in ("loss_sum", "count") if f"[1]['{k}']" in alone]
     if params:
@@ -130,7 +131,7 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> bool:
                          "(jax.lax.psum over its axis_name): each would train a model of its own, or log its "
                          f"own loss; give axis_name on to rnnjax.train.train_windows, or psum them{hint}.")
     _check_own_metrics("loop.run's step", shape[1], [k[len("[1]"):] for k in alone if k.startswith("[1]")])
-    return bool(summed.fixed(traced, shape, _varying(args), lambda k: k == "[1]['count']"))
+    return bool(summed.fixed(flows, lambda k: k == "[1]['count']"))
 
 
 def _check_own_metrics(who: str, metrics: Mapping, alone: list[str]) -> None:
@@ -203,7 +204,7 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
     """``ValueError`` unless ``evaluate`` returns ``loss_sum``, ``count`` and metrics that
     ``check_evaluated`` takes: traced on the host as it will run (over devices, with their axis
     name), nothing computed, before any step (not once the first epoch has trained). Whether its
-    ``count`` is fixed as it is traced, over devices (``check_counted`` takes its value)."""
+    ``count`` is fixed as it is traced, over devices (``counted_share`` takes its value)."""
     # Every validation batch has the first's shapes: the stack's, without making it.
     batches = jax.tree.map(lambda x: jax.ShapeDtypeStruct((data.num_batches(False), *np.shape(x)),
                                                           np.asarray(x).dtype), next(data.val_batches()))
@@ -223,8 +224,9 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
         raise ValueError(f"An evaluation must return a dict of 'loss_sum' and 'count' (as "
                          f"rnnjax.train.eval_steps does) and any metrics of its own, not {got(out)}.")
     sums = ("['loss_sum']", "['count']")
-    alone = [] if traced is None or ours(evaluate) else summed.alone(
-        traced, out, _varying((state, batches)), lambda k: True)
+    flows = ({} if traced is None or ours(evaluate) else
+             summed.outputs(traced, out, _varying((state, batches))))
+    alone = summed.alone(flows, lambda k: True)
     if set(alone) & set(sums):
         named = " and ".join(k for k in ("loss_sum", "count") if f"['{k}']" in alone)
         raise ValueError(f"loop.run's evaluate sums {named} over none of the "
@@ -233,8 +235,7 @@ def check_evaluation(p: Plan, evaluate: Callable, state: Any, data: WindowedText
                          "rnnjax.train.eval_steps, or psum them.")
     _check_own_metrics("loop.run's evaluate", out, [k for k in alone if k not in sums])
     check_evaluated(out, (len(p.runs),) if p.runs else ())
-    return traced is not None and not ours(evaluate) and bool(
-        summed.fixed(traced, out, _varying((state, batches)), lambda k: k == "['count']"))
+    return bool(summed.fixed(flows, lambda k: k == "['count']"))
 
 
 def check_evaluated(metrics: dict, shape: tuple = ()) -> None:

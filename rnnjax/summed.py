@@ -129,20 +129,19 @@ def _looped(eqn: Any, given: list[tuple]) -> list[tuple]:
     return [(o[0] or differs, *o[1:]) for o in out]
 
 
-def alone(traced: Any, shape: Any, varying: list[bool], wanted: Callable[[str], bool]) -> list[str]:
-    """The outputs of ``traced`` (a ClosedJaxpr over the devices' axis; its outputs' tree ``shape``) that
-    ``wanted`` picks by path (``jax.tree_util.keystr``) and that are one device's own."""
-    return [k for k, (differs, exchanged, _) in _paths(traced, shape, varying, wanted)
-            if differs and not exchanged]
-
-
-def fixed(traced: Any, shape: Any, varying: list[bool], wanted: Callable[[str], bool]) -> list[str]:
-    """Those that follow from neither the devices' inputs nor a collective: the same number on every
-    device, which may be each one's share or the whole (``alone``'s arguments)."""
-    return [k for k, (differs, _, combined) in _paths(traced, shape, varying, wanted)
-            if not differs and not combined]
-
-
-def _paths(traced: Any, shape: Any, varying: list[bool], wanted: Callable[[str], bool]) -> list[tuple]:
+def outputs(traced: Any, shape: Any, varying: list[bool]) -> dict[str, tuple]:
+    """The ``_flow`` flags of each output of ``traced`` (a ClosedJaxpr over the devices' axis; its outputs'
+    tree ``shape``) by path (``jax.tree_util.keystr``): what ``alone`` and ``fixed`` read, followed once."""
     paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(shape)[0]]
-    return [(k, flags) for k, flags in zip(paths, _flow(traced.jaxpr, _given(varying))) if wanted(k)]
+    return dict(zip(paths, _flow(traced.jaxpr, _given(varying))))
+
+
+def alone(flows: dict[str, tuple], wanted: Callable[[str], bool]) -> list[str]:
+    """The outputs (``outputs``' ``flows``) that ``wanted`` picks by path and that are one device's own."""
+    return [k for k, (differs, exchanged, _) in flows.items() if wanted(k) and differs and not exchanged]
+
+
+def fixed(flows: dict[str, tuple], wanted: Callable[[str], bool]) -> list[str]:
+    """Those that follow from neither the devices' inputs nor a collective: the same number on every
+    device, which may be each one's share or the whole."""
+    return [k for k, (differs, _, combined) in flows.items() if wanted(k) and not differs and not combined]
