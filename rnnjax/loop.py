@@ -138,7 +138,6 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             wanted = [[w[r].mask.sum() * p.config.num_steps for w in chunk] for r in range(len(configs))]
             said = preflight.counted_share(out.per_run(m)["count"], wanted, dp.num_shards, "step")
             _warn(log, said, 6)     # at loop.run's caller: through counted, _train, run, leaves_on_error
-    checked = dp.pmapped and not preflight.ours(step)
 
     signum = None                     # the signal that stops the run, as every process sees it
     raised = None                     # what progress raised (an early stop, a closed pipe): saved as for one
@@ -147,9 +146,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             start = position.batch if epoch == position.epoch else 0
             partial = (epoch == position.epoch and position.partial) or [{}] * len(configs)
             t0 = time.perf_counter()
+            first = counted if epoch == position.epoch else None        # this start's first call
             state, call_metrics, done, batch, signum, raised = _train(p, datas, train, state, tokens, epoch,
-                                                                      start, done, told, checked and counted)
-            checked = False
+                                                                      start, done, told, first)
             sums = _sums(stops, out.per_run(call_metrics), partial, epoch, start, steps_per_epoch)
             if batch < steps_per_epoch:                  # stopped mid-epoch
                 out.save(state, epoch, batch, sums)
@@ -195,7 +194,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
 
 
 def _train(p: Plan, datas: list[WindowedText], train: Callable, state: Any, tokens: Any, epoch: int,
-           start: int, done: int, told: Callable[[int], tuple], counted: Callable | bool = False) -> tuple:
+           start: int, done: int, told: Callable[[int], tuple], counted: Callable | None = None) -> tuple:
     """An epoch's training calls from batch ``start`` (each run's windows of its own ``datas``), until its
     end or a stop that ``told(steps done)`` returns after each call: ``(state, the calls' metrics, steps
     done, the batch reached, the signal that stops the run, what progress raised)``. ``counted(windows,
@@ -206,9 +205,9 @@ def _train(p: Plan, datas: list[WindowedText], train: Callable, state: Any, toke
         windows = [p.dp.shard_stack([w[r] for w in chunk]) for r in range(len(datas))]
         windows = jax.tree.map(lambda *x: np.stack(x, run_axis), *windows) if p.runs else windows[0]
         state, m = train(state, tokens, windows)
-        if counted:
+        if counted is not None:
             counted(chunk, m)
-            counted = False
+            counted = None
         call_metrics.append(m)
         wait_for_backlog(call_metrics)
         done, batch = done + len(chunk), batch + len(chunk)
