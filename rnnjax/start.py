@@ -97,8 +97,7 @@ class Plan:
         if self.step is not None and self.saved_epochs not in (None, self.config.epochs):
             hint += f"; {_epochs(self.saved_epochs)} asked for before, {self.config.epochs} now"
             name = self.config.optimizer
-            own = optimizers.OWN.get(name) is optimizers.OPTIMIZERS.get(name)
-            if not own and not self.stalled:
+            if optimizers.OWN.get(name) is not optimizers.OPTIMIZERS.get(name) and not self.stalled:
                 hint += (f" (the optimizer {name!r} is made anew: a schedule of "
                          "config.epochs follows the new count, one of a fixed count of steps keeps its end)")
         if self.stalled:
