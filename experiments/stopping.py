@@ -133,6 +133,12 @@ def tell(message: str) -> None:
         pass
 
 
+def tell_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A ``warnings.showwarning`` that says a warning as the commands say their own, ``warning: ...`` in one
+    line, without the source line that raised it: their user wrote no code."""
+    tell(f"warning: {message}")
+
+
 def as_typed(message: str) -> str:
     """``message`` with an argument's bytes that are not UTF-8 shown as typed (``\\xff``): Python keeps them
     as surrogates, which print as ``\\udcff`` (a repr's are said so where it is made: ``spelling.said``)."""

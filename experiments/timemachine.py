@@ -184,7 +184,8 @@ def main(argv=None, **parser_options) -> int:
     previous = stopping.handle(_stopped_at_start_up)        # SIGTERM and SIGHUP
     signal.signal(signal.SIGINT, _interrupted)
     try:
-        with stopping.guarded_stdout():
+        with stopping.guarded_stdout(), warnings.catch_warnings():
+            warnings.showwarning = stopping.tell_warning
             return _main(argv, parser_options)
     except Interrupted as e:
         stopping.tell(str(e))

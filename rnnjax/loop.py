@@ -15,7 +15,8 @@ over ``axis_name`` (``jax.lax.psum``; one whose parameters' updates, loss or
 metrics follow from no collective is refused; so is the gradient of a
 ``pmean``-ed loss, each device's own under ``pmap``; a count fixed as it is
 traced that is one device's share of the tokens is warned of), and ``rng`` is
-the config's dropout key::
+the config's dropout key. Checkpoints name the step that trained them (a resume by
+another, ``fit``'s say, warns)::
 
     def my_step(state, tokens, windows, axis_name=None):
         rng = rnnjax.train.dropout_key(config)       # None without dropout
@@ -127,7 +128,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     train, evaluate, tokens, val_batches = compile_run(p, data, step, evaluate)
     state = dp.replicate(state)
     steps_per_epoch, total, done = count_steps(p, data)
-    out = Writer(p, data, manager, metrics_log, stops, steps_per_epoch)
+    out = Writer(p, data, manager, metrics_log, stops, steps_per_epoch, step)
+    _warn(log, out.switched, 4)     # at loop.run's caller: through run, leaves_on_error
 
     def told(done):             # after each call: progress first (a signal it sends stops here), then agreed
         raised = _told(progress, done, total, None)

@@ -14,7 +14,8 @@ names, written by a newer rnnjax. Checkpoints of older formats
 (1: before the meta had its checksum and its steps per epoch; 2: before the
 position kept per-key sums of every run's metrics) are checked for what they
 hold; ``Position.read`` reads any of them. A meta says how its run computed
-(``rnnjax.computing``).
+(``rnnjax.computing``) and which step functions trained it, from which step
+(``trained_by``; older metas do not say).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ CHECKSUM = "meta_checksum"
 POSITION = ("epoch", "batch", "partial", "stopped", "high")
 REGISTERED = "cell_registered"    # what CELLS[config.cell] was (cells.registered_as): a partial's arguments
 OPTIMIZER = "optimizer_registered"      # what OPTIMIZERS[config.optimizer] was (optimizers.registered_as)
+TRAINED_BY = "trained_by"       # [first step, the step function's name] of each step that trained it (writer)
 # Every config ever saved has these; a config missing one is damaged, not an older version.
 _CORE = ("batch_size", "num_steps", "num_hiddens", "cell", "num_layers", "lr", "clip", "epochs", "seed",
          "num_train", "num_val")
@@ -242,6 +244,11 @@ def problem(meta: Any, step: int) -> str | None:
         return f"says its cell was registered as {meta[REGISTERED]!r}"
     if not isinstance(meta.get(OPTIMIZER, ""), (str, type(None))):
         return f"says its optimizer was registered as {meta[OPTIMIZER]!r}"
+    by = meta.get(TRAINED_BY, [])
+    if not (isinstance(by, list) and all(isinstance(e, list) and len(e) == 2 and _is_int(e[0])
+                                         and isinstance(e[1], str) for e in by)
+            and [e[0] for e in by] == sorted({e[0] for e in by}) and all(0 <= e[0] <= step for e in by)):
+        return f"says it was trained by {by!r}"
     ppl = meta.get("val_ppl")
     if not (ppl is None or _is_number(ppl)):
         return f"has a validation perplexity of {ppl!r}"

@@ -26,7 +26,7 @@ from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as, registered_own
 from rnnjax.config import Config, label
 from rnnjax.spelling import as_flags, spelt
 from rnnjax.data import WindowedText
-from rnnjax.meta import Position
+from rnnjax.meta import TRAINED_BY, Position
 from rnnjax.parallel import DataParallel
 from rnnjax.kernels import loss_path
 from rnnjax.workdir import WorkdirError
@@ -52,6 +52,7 @@ class Plan:
     computed_by: dict | None = None    # how the checkpoint's run computed, as its meta says (computing.HOW)
     stalled: bool = False              # one's own optimizer updates nothing from the checkpoint on (rate 0)
     saved_epochs: int | None = None    # the epochs the checkpoint's run asked for (RESUMABLE: may differ)
+    trained_by: list | None = None     # the step functions that trained it, as its meta says (TRAINED_BY)
     held: lock_lib.Held | None = None   # the workdir's lock, in the process that writes
 
     @property
@@ -249,7 +250,8 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
                                           per_run=bool(runs)))
         return Plan(config, workdir, dp, path, step, position, runs, state,
                     tuple(sorted(damaged, reverse=True)), lost, bool(torn),
-                    computed_by=computing_lib.computed_by(metas[step]), saved_epochs=asked, stalled=stalled)
+                    computed_by=computing_lib.computed_by(metas[step]), saved_epochs=asked, stalled=stalled,
+                    trained_by=metas[step].get(TRAINED_BY))
     damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "

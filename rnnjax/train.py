@@ -267,4 +267,4 @@ def _fit(p: Plan, data: WindowedText, params: Any, checkpoint_every: int, keep: 
     state = create_train_state(config, len(data.vocab), params) if p.state is None else p.state
     step = functools.partial(train_windows, rng=dropout_key(config))
     return loop.run(p, data, state, step, eval_steps, checkpoint_every=checkpoint_every, keep=keep,
-                    progress=progress)
+                    progress=progress, log=log)

@@ -4,8 +4,10 @@ stopped) and checkpoints, whose metas say where in the run they were saved and h
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,6 +31,7 @@ class Writer:
     metrics_log: metrics_lib.MetricsLog
     stops: StoppedRuns
     steps_per_epoch: int
+    step: Callable | None = None      # the step function that trains: its name goes in every meta
 
     def __post_init__(self):
         self.configs = list(self.p.runs) or [self.p.config]
@@ -36,6 +39,7 @@ class Writer:
         self.computing = self.p.computing         # how the run computes, the same in every meta it saves
         self.computing.update(computing_lib.otherwise_since(self.p.computed_by, self.computing, self.p.step))
         self.saved = self.p.step                # the newest step this run saved (or resumed from)
+        self.trained_by, self.switched = trained_by(self.p, step_name(self.step))
 
     def per_run(self, tree: Any) -> Any:
         """``tree`` on the host, with a run axis where a single run has none."""
@@ -62,7 +66,7 @@ class Writer:
             val_ppls = {r["run"]: r["val_ppl"] for r in records}
             runs["run_val_ppls"] = [_finite(val_ppls.get(k)) for k in range(len(self.configs))]
         meta = meta_lib.make(self.p.config, self.data.vocab, dataclasses.asdict(where), self.steps_per_epoch,
-                             **self.computing, **runs)
+                             **self.computing, **runs, **{meta_lib.TRAINED_BY: self.trained_by})
         host = self.p.dp.unreplicate(state)
         val_ppl = statistics.fmean(r["val_ppl"] for r in records) if records else None
         self.check_lock()
@@ -91,6 +95,29 @@ class Writer:
         self.log(last)
         self.stops.check_any_live()
         return records
+
+
+def step_name(step: Callable | None) -> str:
+    """The name a checkpoint's meta keeps of the step function that trained it: its module and qualified
+    name (a partial's function's; a callable object's class'); ``fit``'s is ``rnnjax.train.train_windows``."""
+    while isinstance(step, functools.partial):
+        step = step.func
+    named = step if hasattr(step, "__qualname__") else type(step)
+    return f"{getattr(named, '__module__', None) or '?'}.{named.__qualname__}"
+
+
+def trained_by(p: Plan, name: str) -> tuple[list, str]:
+    """The steps that trained the planned run ``p`` (``[first step, name]`` each) with ``name`` training on,
+    and, where it takes over from another at the checkpoint, a warning that says so ('' if not). A meta
+    that does not say (older) is taken as trained by ``name``."""
+    before = [list(e) for e in p.trained_by or ()]
+    if before and before[-1][1] == name:
+        return before, ""
+    if not before:
+        return [[p.step or 0, name]], ""
+    hint = " (a step of one's own trains on with rnnjax.loop.run)" if name.startswith("rnnjax.") else ""
+    return [*before, [p.step, name]], (f"warning: the run was trained by the step {before[-1][1]} until step "
+                                       f"{p.step}; it trains on with {name}{hint}")
 
 
 def _finite(x: float | None) -> float | None:

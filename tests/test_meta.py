@@ -73,6 +73,9 @@ def reseal_with(change):
     (lambda m: m.update(run_val_ppls=[7.5]), "runs' validation perplexities"),     # a single run has none
     (lambda m: m["config"].update(num_hiddens=-3), "not a valid config"),
     (lambda m: m.update(runs="all"), "not a list"),
+    (lambda m: m.update(trained_by="__main__.my_step"), "trained by"),
+    (lambda m: m.update(trained_by=[[0, "a.f"], [0, "b.g"]]), "trained by"),      # steps in order, once
+    (lambda m: m.update(trained_by=[[2 * PER_EPOCH + 1, "a.f"]]), "trained by"),  # past its own step
     (lambda m: m.update(format=7), "format 1 or 2 or 3"),
 ])
 def test_every_kind_of_damage_is_named(change, message):

@@ -422,3 +422,26 @@ def test_a_terminal_gone_mid_run_says_what_stopped_it(monkeypatch):
             update(1, 3, None)
             terminal.gone = True
             raise LookupError("the run's own stop")
+
+
+@pytest.mark.cpu_devices(1)
+def test_a_workdir_a_step_of_ones_own_trained_resumes_saying_so_in_one_line(tmp_path, capsys):
+    """A library warning reaches the command's user as one line, without the source line that raised it."""
+    from conftest import small_text
+    from rnnjax import PRESETS, corpus, create_train_state, eval_steps, loop, start, train
+
+    def my_step(state, tokens, windows, axis_name=None):
+        return train.train_windows(state, tokens, windows, axis_name)
+
+    text, workdir, config = tmp_path / "text.txt", tmp_path / "run", PRESETS["tiny"].replace(epochs=1)
+    text.write_text(small_text(5000))
+    data = corpus.load(config, text=text)
+    with start.planned(config, data, workdir, devices=1) as p:
+        loop.run(p, data, create_train_state(config, len(data.vocab)), my_step, eval_steps)
+    capsys.readouterr()
+    assert timemachine.main(["--text", str(text), "--workdir", str(workdir), "--epochs", "2",
+                             "--devices", "1", "--no-compilation-cache"]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"warning: the run was trained by the step {__name__}.{my_step.__qualname__} until step "
+                   f"{data.num_batches(True)}; it trains on with rnnjax.train.train_windows (a step of one's "
+                   "own trains on with rnnjax.loop.run).\n")
