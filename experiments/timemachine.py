@@ -10,7 +10,7 @@ JAX release: docs/results.md), and ``predict('it has', 20)``
 turns from noise into words.
 
 It says first what it does (new or resumed, devices, loss path, workdir),
-then writes ``metrics.jsonl``, ``ppl.png``, ``config.json`` and orbax
+then writes ``metrics.jsonl``, ``steps.jsonl``, ``ppl.png``, ``config.json`` and orbax
 checkpoints to ``--workdir`` (default ``runs/<preset>``, or
 ``runs/<preset>-<hash>`` when flags change the preset's settings; ``--epochs``,
 ``--kernel`` and ``--matmul-precision`` do not count). The same command

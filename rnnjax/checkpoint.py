@@ -1,6 +1,6 @@
 """Orbax checkpoints of a run: the manager, saving, and what a save must leave.
 
-A workdir holds ``config.json``, ``metrics.jsonl`` (the CLI adds ``ppl.png``)
+A workdir holds ``config.json``, ``metrics.jsonl``, ``steps.jsonl`` (the CLI adds ``ppl.png``)
 and ``checkpoints/<step>/`` with two orbax items: ``state``, the full
 ``TrainState`` (step, params, optimizer state; ``StandardSave``), and ``meta``,
 JSON with the config, the vocabulary and the data-order position

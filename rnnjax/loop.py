@@ -151,7 +151,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             first = counted if epoch == position.epoch else None        # this start's first call
             state, call_metrics, done, batch, signum, raised = _train(p, datas, train, state, tokens, epoch,
                                                                       start, done, told, first)
-            sums = _sums(stops, out.per_run(call_metrics), partial, epoch, start, steps_per_epoch)
+            steps_RxS = out.per_run(call_metrics)
+            out.log_steps(steps_RxS, epoch, start)      # before their checks: a step not finite is logged too
+            sums = _sums(stops, steps_RxS, partial, epoch, start, steps_per_epoch)
             if batch < steps_per_epoch:                  # stopped mid-epoch
                 out.save(state, epoch, batch, sums)
                 if raised is not None:

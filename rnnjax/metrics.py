@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rnnjax.config import SWEEPABLE
 from rnnjax.spelling import spelt
-from rnnjax.stored import CONFIG, METRICS as FILENAME, PLOT  # a run's records, moved aside together
+from rnnjax.stored import CONFIG, METRICS as FILENAME, PLOT, STEPS  # a run's records, moved aside together
 from rnnjax.workdir import write_atomically
 
 # What a record needs beside its epoch (what the plot, the summary and the progress lines read).
@@ -114,8 +114,11 @@ class MetricsLog:
     dropped with a warning, anything else that is not a record (an epoch,
     ``NEEDED``), epochs out of order, or a file that is not a regular file (a
     FIFO would hang) is a ``MetricsError``. Only the writer process writes;
-    everyone can read.
+    everyone can read. (``rnnjax.step_lines.StepsLog``: the same of steps.)
     """
+    ORDER = "epoch"            # what orders a run's records, and what truncate keeps up to
+    NEEDED = NEEDED            # numbers (or null, read as inf) every record has
+    WHAT = f"a metrics record (an epoch, {', '.join(NEEDED)})"
 
     def __init__(self, path: str | Path, writer: bool = True, warn=None):
         self.path, self.writer = Path(path), writer
@@ -156,38 +159,38 @@ class MetricsLog:
                 record = json.loads(line, parse_constant=lambda constant: None)     # NaN, Infinity: null
             except (ValueError, RecursionError):       # RecursionError: brackets nested thousands deep
                 record = None
-            if torn and not (isinstance(record, dict) and "epoch" in record):
+            if torn and not (isinstance(record, dict) and self.ORDER in record):
                 self.warn(f"{self.path}: dropped a torn last line ({len(line)} characters of an unfinished "
                           "record).")
                 break
-            if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)
+            if not (isinstance(record, dict)
+                    and all(type(record.get(k)) is int for k in ("epoch", self.ORDER))
                     and type(record.get("run", 0)) is int and record.get("run", 0) >= 0
-                    and all(k in record and _number_or_null(record[k]) for k in NEEDED)):
-                raise MetricsError(f"{self.path}, line {number}, is not a metrics record (an epoch, "
-                                   f"{', '.join(NEEDED)}): {line[:60]!r}. Move the file aside to resume, or "
-                                   f"use a new {spelt('workdir')}.")
+                    and all(k in record and _number_or_null(record[k]) for k in self.NEEDED)):
+                raise MetricsError(f"{self.path}, line {number}, is not {self.WHAT}: {line[:60]!r}. Move the "
+                                   f"file aside to resume, or use a new {spelt('workdir')}.")
             records.append({k: v if v is not None else math.inf if k in NEEDED else math.nan
                             for k, v in record.items()})
-        _check_order(records, self.path)
+        _check_order(records, self.path, self.ORDER)
         return records
 
     def truncate(self, epochs: int) -> None:
-        """Keeps the records of the first ``epochs`` epochs: those a resumed run does not redo (and drops a
-        torn last line)."""
+        """Keeps the records of the first ``epochs`` epochs (``ORDER``'s): those a resumed run does not redo
+        (and drops a torn last line)."""
         if not self.writer or not self.path.exists():
             return
         text = self._text()
         records = self._parse(text)
-        strict = "".join(_line(r) for r in records if r["epoch"] <= epochs)
+        strict = "".join(_line(r) for r in records if r[self.ORDER] <= epochs)
         if strict != text:              # records dropped, a torn line, or NaN read as null
             write_atomically(self.path, strict)
 
-    def append(self, record: dict) -> None:
-        """Appends ``record``; ``MetricsError`` in one sentence if the disk is full (the line is then torn
-        or absent, which resuming mends)."""
-        if not self.writer:
+    def append(self, *records: dict) -> None:
+        """Appends ``records`` in one write; ``MetricsError`` in one sentence if the disk is full (the last
+        line is then torn or absent, which resuming mends)."""
+        if not self.writer or not records:
             return
-        line = _line(record)
+        line, record = "".join(map(_line, records)), records[0]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:        # one write of the whole line
@@ -204,14 +207,14 @@ def _number_or_null(x) -> bool:
 
 
 def aside(workdir: Path, records: bool = True) -> tuple[tuple[Path, Path], ...]:
-    """Where a new run moves an earlier run's records with their settings (if ``records``) and plot, those
-    there, as (from, to) pairs: ``metrics.N.jsonl``, ``config.N.json`` and ``ppl.N.png`` for the first N
-    free for all."""
+    """Where a new run moves an earlier run's records (its epochs' and steps') with their settings (if
+    ``records``) and plot, those there, as (from, to) pairs: ``metrics.N.jsonl``, ``steps.N.jsonl``,
+    ``config.N.json`` and ``ppl.N.png`` for the first N free for all."""
     def numbered(name: str, n: int) -> Path:
         return workdir / Path(name).with_suffix(f".{n}{Path(name).suffix}")
-    names = (FILENAME, CONFIG, PLOT) if records else (PLOT,)
+    names = (FILENAME, STEPS, CONFIG, PLOT) if records else (PLOT,)
     n = 1
-    while any(numbered(name, n).exists() for name in (FILENAME, CONFIG, PLOT)):
+    while any(numbered(name, n).exists() for name in (FILENAME, STEPS, CONFIG, PLOT)):
         n += 1
     return tuple((workdir / name, numbered(name, n)) for name in names if (workdir / name).exists())
 
@@ -250,17 +253,17 @@ def _line(record: dict) -> str:
     return json.dumps(_finite_or_null(record), allow_nan=False) + "\n"
 
 
-def _check_order(records: list[dict], path: Path) -> None:
-    """Epochs in order, each once (per run, for many runs in one workdir)."""
+def _check_order(records: list[dict], path: Path, key: str) -> None:
+    """Epochs (``key``: steps) in order, each once (per run, for many runs in one workdir)."""
     last: dict = {}
     for r in records:
         run = r.get("run")
-        if r["epoch"] <= last.get(run, 0):
+        if r[key] <= last.get(run, 0):
             where = "" if run is None else f" of run {run}"
-            raise MetricsError(f"{path} has epoch {r['epoch']}{where} after epoch {last[run]}: two runs "
+            raise MetricsError(f"{path} has {key} {r[key]}{where} after {key} {last[run]}: two runs "
                                "wrote to this workdir, or it was edited. Move the file aside to resume (its "
                                f"records go; the checkpoints are kept), or use a new {spelt('workdir')}.")
-        last[run] = r["epoch"]
+        last[run] = r[key]
 
 
 def plot_perplexity(records: list[dict], path: str | Path) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 
 from rnnjax import (agree, checkpoint, computing as computing_lib, kernels, lock as lock_lib, memory, metrics,
-                    optimizers, precision, saved, tidy)
+                    optimizers, precision, saved, step_lines, tidy)
 from rnnjax.arguments import check
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as, registered_own
@@ -28,6 +28,7 @@ from rnnjax.spelling import as_flags, spelt
 from rnnjax.data import WindowedText
 from rnnjax.meta import TRAINED_BY, Position
 from rnnjax.parallel import DataParallel
+from rnnjax.step_lines import StepsLog
 from rnnjax.kernels import loss_path
 from rnnjax.workdir import WorkdirError
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model, takes_dtype
@@ -117,8 +118,10 @@ class Plan:
             hint += (f"; {self.workdir / metrics.FILENAME} ends in a torn line, of an epoch past the "
                      "checkpoint (trained again): dropped")
         if self.aside:
+            names, numbered = (", ".join(p.name for p in ps[:-1]) + " and " * (len(ps) > 1) + ps[-1].name
+                               for ps in zip(*self.aside))
             hint += (f"; {self.workdir} holds what an earlier run wrote, with no checkpoint to resume "
-                     f"from: moving {' and '.join(f'{a.name} to {b}' for a, b in self.aside)}")
+                     f"from: moving {names} aside, as {numbered}")
         cell = self.config.cell
         if cell in OWN_CELLS and not registered_own(cell):      # config.json names it as it names rnnjax's
             hint += f"; the cell {cell!r} is {registered_as(cell)}, registered in place of rnnjax's own"
@@ -220,6 +223,7 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
     """The plan from what ``workdir`` holds: the newest good checkpoint, damaged ones reported."""
     torn = []        # said once, by describe, with the epochs it leaves out
     records = metrics.MetricsLog(workdir / metrics.FILENAME, warn=torn.append).read()  # MetricsError
+    StepsLog(workdir / step_lines.FILENAME, warn=lambda message: None).read()            # checked alike
     path = loss_path(make_model(config, len(data.vocab)))
     steps = sorted(checkpoint.steps(workdir), reverse=True)
     if not steps:
@@ -282,6 +286,8 @@ def open_workdir(p: Plan, data: WindowedText, keep: int) -> tuple[Any, metrics.M
                                      warn=lambda message: None)
     if not p.finished:
         metrics_log.truncate(p.position.epoch)
+        StepsLog(p.workdir / step_lines.FILENAME, writer=jax.process_index() == 0,
+                 warn=lambda message: None).truncate(p.step or 0)
     return manager, metrics_log
 
 

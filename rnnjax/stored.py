@@ -31,6 +31,7 @@ DAMAGED = "damaged"          # where a resumed run sets damaged checkpoints asid
 PARAMS = ".params["          # how the paths of a saved TrainState's parameters begin (its checksums')
 CONFIG = "config.json"       # a run's settings, for people and tools (rnnjax.checkpoint.write_config)
 METRICS, PLOT = "metrics.jsonl", "ppl.png"      # its epochs' records and their plot (rnnjax.metrics)
+STEPS = "steps.jsonl"        # its steps' records (rnnjax.step_lines)
 
 
 class CheckpointError(RuntimeError):

@@ -27,7 +27,7 @@ import numpy as np
 from rnnjax.spelling import again, not_utf8, spelt
 from rnnjax.lock import LOCKFILE, WorkdirError, describe as _describe
 from rnnjax.saved import config_settings
-from rnnjax.stored import CONFIG, DAMAGED, METRICS, PLOT, SUBDIR, UnknownCell
+from rnnjax.stored import CONFIG, DAMAGED, METRICS, PLOT, STEPS, SUBDIR, UnknownCell
 from rnnjax.tidy import REMOVING
 
 # Orbax reads a path as a glob pattern: "[0]" matches no folder (its saves cannot be restored), "**" is
@@ -126,7 +126,7 @@ def check_writable(workdir: Path) -> None:
         if not os.access(workdir, os.W_OK | os.X_OK):
             raise WorkdirError(f"The workdir {workdir} is not writable.")
         # What a run writes into later: found now, not once a save or a record fails hours on.
-        for path in (workdir / SUBDIR, workdir / DAMAGED, workdir / METRICS):
+        for path in (workdir / SUBDIR, workdir / DAMAGED, workdir / METRICS, workdir / STEPS):
             if path.exists() and not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
                 raise WorkdirError(f"{path} is not writable, where the run writes; fix its permissions, or "
                                    f"use another {spelt('workdir')}.")
@@ -150,7 +150,7 @@ def check_kinds(workdir: Path) -> None:
     if os.path.lexists(dropped) and (dropped.is_symlink() or not dropped.is_dir()):
         raise WorkdirError(f"{dropped} is not a folder, where rnnjax keeps the checkpoints it drops until it "
                            f"deletes them; move it aside, or use another {spelt('workdir')}.")
-    for name in (CONFIG, PLOT, METRICS):
+    for name in (CONFIG, PLOT, METRICS, STEPS):
         if os.path.lexists(workdir / name) and not (workdir / name).is_file():
             raise WorkdirError(f"{workdir / name} is not a regular file, where rnnjax keeps one; move it "
                                f"aside, or use another {spelt('workdir')}.")

@@ -18,6 +18,7 @@ from rnnjax.config import SWEEPABLE
 from rnnjax.data import WindowedText
 from rnnjax.meta import Position
 from rnnjax.start import Plan
+from rnnjax.step_lines import FILENAME as STEPS, StepsLog, step_records
 from rnnjax.stops import NonFiniteLoss, StoppedRuns, check_divergence
 
 
@@ -40,6 +41,7 @@ class Writer:
         self.computing.update(computing_lib.otherwise_since(self.p.computed_by, self.computing, self.p.step))
         self.saved = self.p.step                # the newest step this run saved (or resumed from)
         self.trained_by, self.switched = trained_by(self.p, step_name(self.step))
+        self.steps_log = StepsLog(self.p.workdir / STEPS, writer=self.metrics_log.writer)
 
     def per_run(self, tree: Any) -> Any:
         """``tree`` on the host, with a run axis where a single run has none."""
@@ -55,6 +57,18 @@ class Writer:
             self.check_lock()
             for record in records:
                 self.metrics_log.append(record)
+
+    def log_steps(self, steps_RxS: list[dict], epoch: int, start: int) -> None:
+        """The lines of ``steps.jsonl`` of an epoch's calls (``steps_RxS``: each a dict of ``[run, step]``
+        arrays) from batch ``start``, of the runs training as it began, in step order."""
+        steps_RxS = [{k: np.asarray(v) for k, v in m.items()} for m in steps_RxS]
+        steps_RxS = [{k: v[:, i] for k, v in m.items()} for m in steps_RxS
+                     for i in range(next(iter(m.values())).shape[1])]
+        first = epoch * self.steps_per_epoch + start + 1
+        each = [step_records(epoch + 1, first, [{k: v[r] for k, v in m.items()} for m in steps_RxS],
+                             r if self.p.runs else None) for r in self.stops.live]
+        self.check_lock()
+        self.steps_log.append(*(line for lines in zip(*each) for line in lines))
 
     def save(self, state: Any, epoch: int, batch: int, sums: list[dict], records: list[dict] = ()) -> None:
         """A checkpoint; at an epoch's end, with its ``records``' validation perplexity (of runs: their

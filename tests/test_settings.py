@@ -340,8 +340,8 @@ def test_the_cli_starts_anew_in_a_workdir_killed_before_its_first_checkpoint(mak
     assert said == (f"{w} holds no checkpoint of its earlier run: starting anew with --preset tiny's "
                     "settings changed by the flags")
     assert started.startswith("new run of 1 epoch") and started.endswith(
-        f"moving metrics.jsonl to {w / 'metrics.1.jsonl'} and config.json to {w / 'config.1.json'} and "
-        f"ppl.png to {w / 'ppl.1.png'}")
+        "moving metrics.jsonl, steps.jsonl, config.json and ppl.png aside, as metrics.1.jsonl, "
+        "steps.1.jsonl, config.1.json and ppl.1.png")
     assert (w / "metrics.1.jsonl").read_text() == earlier
     assert json.loads((w / "config.1.json").read_text())["config"]["num_hiddens"] == 16      # its settings
     assert checkpoint.restore(w).config.num_hiddens == 8

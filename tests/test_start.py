@@ -151,8 +151,8 @@ def test_a_new_run_moves_an_earlier_run_s_records_aside_and_says_so(small_data, 
     fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=said.append)
     t = tmp_path
     assert said[0].endswith(f"; {t} holds what an earlier run wrote, with no checkpoint to resume from: "
-                            f"moving metrics.jsonl to {t / 'metrics.1.jsonl'} and config.json to "
-                            f"{t / 'config.1.json'} and ppl.png to {t / 'ppl.1.png'}")
+                            "moving metrics.jsonl, steps.jsonl, config.json and ppl.png aside, as "
+                            "metrics.1.jsonl, steps.1.jsonl, config.1.json and ppl.1.png")
     assert (tmp_path / "metrics.1.jsonl").read_text() == earlier
     assert json.loads((tmp_path / "config.1.json").read_text())["config"]["epochs"] == 2      # its settings
     assert (tmp_path / "ppl.1.png").read_bytes() == b"its plot" and not (tmp_path / metrics.PLOT).exists()
@@ -161,8 +161,8 @@ def test_a_new_run_moves_an_earlier_run_s_records_aside_and_says_so(small_data, 
     (tmp_path / "ppl.2.png").write_bytes(b"the user's")      # N is free for both files
     said.clear()
     fit(SMALL.replace(epochs=1), small_data, tmp_path, devices=1, log=said.append)
-    assert said[0].endswith(f"moving metrics.jsonl to {tmp_path / 'metrics.3.jsonl'} and config.json to "
-                            f"{tmp_path / 'config.3.json'}")         # no plot
+    assert said[0].endswith("moving metrics.jsonl, steps.jsonl and config.json aside, as metrics.3.jsonl, "
+                            "steps.3.jsonl and config.3.json")         # no plot
     assert (tmp_path / "metrics.1.jsonl").read_text() == earlier
     assert not (tmp_path / "metrics.2.jsonl").exists()
     assert (tmp_path / "ppl.2.png").read_bytes() == b"the user's"
