@@ -120,7 +120,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     if p.finished:
         with catch_signals(), manager:      # nothing to train: it ends as a run that trained to its end
             pass
-        held = [r for r in metrics_log.read() if r["epoch"] <= position.epoch]  # not a damaged newer one's
+        # Not a damaged newer one's.
+        held = [r for r in metrics_log.read(missing_ok=True) if r["epoch"] <= position.epoch]
         return FitResult(state, held, workdir, tuple(stops.why) if several else ())
     datas = [copy.copy(data) for _ in configs]    # the batch order is a function of (seed, epoch): the
     for d, c in zip(datas, configs):                # config's, as a resume from config.json has it
@@ -194,7 +195,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
         if signum is not None:
             raise _stopped(manager, signum, stop.signum, p.config.epochs - 1, steps_per_epoch,
                            steps_per_epoch, done, workdir, finished=True)
-    return FitResult(dp.unreplicate(state), metrics_log.read(), workdir, tuple(stops.why) if several else ())
+    return FitResult(dp.unreplicate(state), metrics_log.read(missing_ok=True), workdir,
+                     tuple(stops.why) if several else ())
 
 
 def _train(p: Plan, datas: list[WindowedText], train: Callable, state: Any, tokens: Any, epoch: int,

@@ -131,7 +131,7 @@ def restore(workdir: str | Path, step: int | None = None, best: bool = False, ru
 def _stopped_before(workdir: Path) -> str:
     """Why a run stopped before its first checkpoint, as its last record says (a diverging run's); ''."""
     try:
-        records = MetricsLog(Path(workdir) / FILENAME, warn=lambda message: None).read()
+        records = MetricsLog(Path(workdir) / FILENAME, warn=lambda message: None).read(missing_ok=True)
     except (MetricsError, OSError):
         return ""
     why = records[-1].get("stopped") if records else None

@@ -222,8 +222,8 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
           ) -> Plan:
     """The plan from what ``workdir`` holds: the newest good checkpoint, damaged ones reported."""
     torn = []        # said once, by describe, with the epochs it leaves out
-    records = metrics.MetricsLog(workdir / metrics.FILENAME, warn=torn.append).read()  # MetricsError
-    StepsLog(workdir / step_lines.FILENAME, warn=lambda message: None).read()            # checked alike
+    records = metrics.MetricsLog(workdir / metrics.FILENAME, warn=torn.append).read(missing_ok=True)
+    StepsLog(workdir / step_lines.FILENAME, warn=lambda message: None).read(missing_ok=True)  # checked alike
     path = loss_path(make_model(config, len(data.vocab)))
     steps = sorted(checkpoint.steps(workdir), reverse=True)
     if not steps:

@@ -31,7 +31,9 @@ def test_add_steps_sums_per_key_in_step_order_and_keeps_a_saved_sum_s_keys():
 
 def test_append_read_and_truncate(tmp_path):
     log = MetricsLog(tmp_path / "run" / "metrics.jsonl")
-    assert log.read() == []
+    assert log.read(missing_ok=True) == []              # a new workdir's
+    with pytest.raises(MetricsError, match=r"run/metrics.jsonl does not exist\.$"):     # a path mistyped
+        log.read()
     for r in records(5):
         log.append(r)
     assert log.read() == records(5)
