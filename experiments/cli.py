@@ -187,17 +187,15 @@ def progress_output(enabled: bool, epochs: int):
                 pass
 
 
-def describe_checkpoint(restored: checkpoint.Restored, run: int | None = None) -> str:
-    """Which checkpoint generates: its step, its epoch, its validation perplexity (``run``'s, of several)."""
-    position, val_ppl = restored.meta.get("position", {}), restored.meta.get("val_ppl")
+def describe_checkpoint(restored: checkpoint.Restored) -> str:
+    """Which checkpoint generates: its step, its epoch, its validation perplexity (its run's, of several)."""
+    position, run, own = restored.meta.get("position", {}), restored.run, restored.val_ppl
     epoch, batch = position.get("epoch", 0), position.get("batch", 0)
     where = f"epoch {epoch + 1} at batch {batch}" if batch else f"after epoch {epoch}"
-    run = 0 if run is None and len(restored.meta.get("runs", [])) == 1 else run     # one trained together
-    own = run is not None and "run_val_ppls" in restored.meta
-    val_ppl = restored.meta["run_val_ppls"][run] if own else val_ppl
+    val_ppl = own if own is not None or run is None else restored.meta.get("val_ppl")    # older: the mean
     said = "" if val_ppl is None else f", val ppl {ppl_text(val_ppl)}"
-    if said and restored.meta.get("runs"):
-        said += f" (run {run}'s)" if own else " (the mean of its runs)"
+    if said and run is not None:
+        said += f" (run {run}'s)" if own is not None else " (the mean of its runs)"
     return f"checkpoint step {restored.step} ({where}{said})"
 
 

@@ -52,5 +52,5 @@ def predict_only(args: argparse.Namespace) -> None:
     text = restored.predict(args.predict, args.num_preds, **sampling)
     # stderr: stdout is the text alone, for pipes.
     not_used = f"; not used here (they train): {', '.join(args.not_used)}" if args.not_used else ""
-    stopping.tell(f"from {args.workdir}: {cli.describe_checkpoint(restored, args.run)}{not_used}")
+    stopping.tell(f"from {args.workdir}: {cli.describe_checkpoint(restored)}{not_used}")
     print(text)

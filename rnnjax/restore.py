@@ -48,7 +48,16 @@ class Restored:
     vocab: Vocab
     params: Any = dataclasses.field(repr=False)     # a notebook shows the run, not every array
     step: int
-    meta: dict = dataclasses.field(repr=False)
+    meta: dict = dataclasses.field(repr=False)      # the checkpoint's (of runs trained together: all)
+    run: int | None = None          # which of the runs trained together (rnnjax.runs); None: a single run
+
+    @property
+    def val_ppl(self) -> float | None:
+        """The validation perplexity at this checkpoint, this run's (``meta["val_ppl"]`` is the mean of the
+        runs trained together); ``None`` where none was saved (mid-epoch, or an older meta of runs)."""
+        if self.run is not None and "run_val_ppls" not in self.meta:
+            return None
+        return val_ppl(self.meta, self.run)
 
     @property
     def model(self):
@@ -274,7 +283,7 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
     else:
         target = abstract_train_state(config.replace(optimizer="sgd"), len(vocab))     # as runs' above
         params = restore_state(workdir / SUBDIR, step, target, meta, True)
-    return Restored(config, vocab, params, step, meta)
+    return Restored(config, vocab, params, step, meta, run)
 
 
 def _another_run() -> str:

@@ -68,8 +68,12 @@ def test_run_is_a_whole_number_as_step_is(small_data, tmp_path):
                              devices=1, log=None)
     for run in (1, np.int64(1), "1"):
         restored = checkpoint.restore(tmp_path, run=run)
-        assert restored.config.seed == 1
+        assert restored.config.seed == 1 and restored.run == 1
         assert_trees_equal(restored.params, jax.tree.map(lambda x: x[1], together.state.params))
+        # its own, not the mean in the meta (the researcher read a group's mean as a run's)
+        assert restored.val_ppl == together.history[-1]["val_ppl"] != restored.meta["val_ppl"]
+    single = fit(TINY.replace(epochs=1), small_data, tmp_path / "one", devices=1, log=None)
+    assert checkpoint.restore(tmp_path / "one").val_ppl == single.history[-1]["val_ppl"]
     for bad in (True, 1.0, "one", "²", [1]):
         message = rf"^run must be a whole number, got {re.escape(repr(bad))}\.$"
         with pytest.raises(CheckpointError, match=message):

@@ -124,7 +124,7 @@ def test_each_run_s_best_is_its_own_lowest_validation_perplexity(data10, tmp_pat
         best = min(mine, key=lambda r: r["val_ppl"])
         restored = checkpoint.restore(tmp_path, best=True, run=k)
         assert restored.step == best["step"] and restored.meta["run_val_ppls"][k] == best["val_ppl"]
-        said = cli.describe_checkpoint(restored, k)
+        said = cli.describe_checkpoint(restored)
         assert said.endswith(f"val ppl {metrics.ppl_text(best['val_ppl'])} (run {k}'s))")
         bests.append(best["epoch"])
         kept.add(best["step"])
