@@ -217,7 +217,7 @@ class Corpus(WindowedText):
 
 
 # The share of a text's tokens read as <unk> in a vocabulary given past which load says so.
-UNKNOWN_SAID = 0.05
+UNKNOWN_SAID = 0.01
 
 
 def load(config: Config, text: str | os.PathLike | None = None, data: str | os.PathLike | None = None,

@@ -289,6 +289,11 @@ def test_a_text_read_mostly_as_unknown_in_the_vocabulary_given_is_said(tmp_path,
         path.write_text(path.read_text() + " ".join(f"w{i}" for i in range(60)))
         own = Corpus.from_config(path, words).vocab
         assert np.mean(corpus.load(words, text=path, vocab=own).stream == own.unk) > corpus.UNKNOWN_SAID
+    prose = tmp_path / "prose.txt"      # a book's capitals and stops: under 5% of it, once unsaid (day 6)
+    prose.write_text("the time traveller was expounding a recondite matter to us, his grey eyes shone. " * 40)
+    with pytest.warns(UserWarning, match=r"^\d+% more of the text's tokens are read as <unk>"):
+        some = corpus.load(TEXT, text=prose, vocab=vocab)
+    assert corpus.UNKNOWN_SAID < np.mean(some.stream == vocab.unk) < 0.05
     shouted = tmp_path / "shouted.txt"         # every word unknown, whatever min_freq drops
     shouted.write_text(path.read_text().upper())
     with pytest.warns(UserWarning, match=r"^\d+% more of the text's tokens are read as <unk>"):
