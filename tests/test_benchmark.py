@@ -20,7 +20,7 @@ from experiments import benchmark, stopping
 from experiments.benchmark import measure, outputs, sizes, torch_contenders
 from experiments.benchmark.contenders import Contender, Rnnjax, Setting, xla_step_mb
 from experiments.benchmark.measure import machine_info, measure_steps
-from experiments.benchmark.report import ratio_lines, sizes_table, torch_said
+from experiments.benchmark.report import busy, ratio_lines, sizes_table, torch_said
 from rnnjax import kernels
 from rnnjax.data import TimeMachine
 from rnnjax.stops import Interrupted
@@ -654,7 +654,7 @@ def test_the_gpu_sizes_on_a_cpu_warn_first_that_they_take_hours(small_data, tmp_
     warned = [i for i, line in enumerate(said) if line.startswith(warning)]
     assert warned and warned[0] < len(said) - 2         # before the size's lines
     sizes.run_sizes("small", None, tmp_path / "bench.json", log=said.append)
-    assert sum(line.startswith("warning") for line in said) == 1
+    assert sum(line.startswith("warning: --sizes") for line in said) == 1
 
 
 def test_a_broken_torch_is_reported_and_the_bench_goes_on(monkeypatch):
@@ -680,6 +680,18 @@ def test_a_broken_torch_is_reported_and_the_bench_goes_on(monkeypatch):
     assert torch_said(absent) == "torch not installed"
     names = [c.name for c in sizes.contenders_at(Setting(cell="lstm"), 1, "cpu")]
     assert names == ["rnnjax plain", "rnnjax fused", "rnnjax hoisted", "flax"]
+
+
+def test_a_busy_machine_and_torch_s_threads_are_said():
+    """On a loaded 2-core machine torch's two CPU threads ran 25x slower, JAX's not: ratios of 30x, unsaid."""
+    info = {"load_average": 2.9, "cores": 2, "torch_device": "cpu", "torch_threads": 2, "versions": {}}
+    assert busy(info).startswith("warning: the machine is busy (load average 2.9 on 2 cores): other work ")
+    assert busy({**info, "load_average": 1.0}) == "" and busy({"cores": 2}) == ""
+    assert torch_said(info) == "torch on cpu (2 threads)"
+    assert torch_said({**info, "torch_device": "NVIDIA H200"}) == "torch on NVIDIA H200"
+    measured = machine_info()
+    assert measured["load_average"] >= 0
+    assert (measured["torch_threads"] is None) == (not benchmark.torch_available())
 
 
 def test_a_contender_that_fails_is_recorded_and_the_others_are_measured(small_data):

@@ -21,7 +21,8 @@ it keeps what was measured. Expected
 result: rnnjax's step and whole recipe faster than both baselines, at every
 point of the sweep too; the current figures and the command that made them
 are in ``docs/performance.md``. Contenders run interleaved (A B C A B C ...)
-in one process so that a noisy machine affects them alike; the table gives
+in one process so that a noisy machine affects them alike (but PyTorch's CPU
+threads far more on a busy one: it warns); the table gives
 medians with min-max over the rounds and ratios against rnnjax.
 
 - ``contenders.py``: ``rnnjax`` trains as ``fit`` does (``train_windows``, 10

@@ -15,8 +15,8 @@ from experiments.benchmark.contenders import Contender, Rnnjax, RnnjaxRuns, Sett
 from experiments.benchmark.measure import (machine_info, measure_compile_cache, measure_generation,
                                            measure_recipes, measure_steps)
 from experiments.benchmark.outputs import Stop, check_outputs, writing
-from experiments.benchmark.report import (RATIO_MEANING, compared, memory_words, plot_sweep, speed_words,
-                                          table, torch_said)
+from experiments.benchmark.report import (RATIO_MEANING, busy, compared, memory_words, plot_sweep,
+                                          speed_words, table, torch_said)
 from experiments.benchmark.sizes import SIZES, applicable_kernels, run_sizes, settings
 from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available, torch_problem
 from experiments.parsing import Parser
@@ -244,6 +244,8 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
           f"{torch_said(info)}; "
           + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v is not None)
           + f"; written to {json_path} after each part")
+    if busy(info):
+        print(busy(info))
 
     contenders = contenders_for(args, one_device_too=True)
     print(f"steady-state training step, d2l's recipe ({s.cell}, {s.num_layers} layer(s)), {args.rounds} "

@@ -20,7 +20,8 @@ import optax
 import rnnjax
 from experiments import stopping
 from experiments.benchmark.contenders import Setting, model_flops_per_token
-from experiments.benchmark.torch_contenders import one_line, torch_device_name, torch_precision, torch_problem
+from experiments.benchmark.torch_contenders import (one_line, torch_device_name, torch_precision,
+                                                    torch_problem, torch_threads)
 from rnnjax.config import Config
 from rnnjax.data import TimeMachine
 from rnnjax.model import RNNLM
@@ -201,7 +202,9 @@ def machine_info() -> dict:
     precision = {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision, **torch_precision()}
     problem = torch_problem()
     versions["torch"] = _version("torch")
+    # The load before it starts: other work on the cores slows PyTorch's CPU threads far more than JAX's.
     return {"precision": precision, "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "load_average": round(os.getloadavg()[0], 2), "torch_threads": torch_threads(),
             "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
             "torch_device": torch_device_name(), **({"torch_error": problem} if problem else {}),
             "devices": [str(d) for d in jax.local_devices()], "date": time.strftime("%Y-%m-%d"),

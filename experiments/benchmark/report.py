@@ -41,10 +41,22 @@ def _mb(r: dict) -> str:
 def torch_said(info: dict) -> str:
     """Where PyTorch's contenders run, from ``machine_info()``: ``torch on cpu``, or why they do not."""
     if info["torch_device"]:
-        return f"torch on {info['torch_device']}"
+        threads = f" ({info['torch_threads']} threads)" if info["torch_device"] == "cpu" else ""
+        return f"torch on {info['torch_device']}{threads}"
     if info["versions"].get("torch") is None:           # no distribution: its import error says no more
         return "torch not installed"
     return f"torch not importable ({info.get('torch_error')})"
+
+
+def busy(info: dict) -> str:
+    """A warning where the machine was busy as the benchmark began (``machine_info``'s load average over
+    half its cores), '' where not."""
+    load, cores = info.get("load_average"), info.get("cores") or 1
+    if load is None or load <= cores / 2:
+        return ""
+    return (f"warning: the machine is busy (load average {load} on {cores} cores): other work on the cores "
+            "slows PyTorch's CPU threads far more than JAX's, so ratios against torch on the CPU are not an "
+            "idle machine's; measure again when it is idle")
 
 
 def table(results: dict, ref: str = "rnnjax") -> str:

@@ -17,7 +17,7 @@ import jax
 
 from experiments.benchmark.contenders import Rnnjax, Setting, StockFlax
 from experiments.benchmark.measure import machine_info, measure_steps
-from experiments.benchmark.report import RATIO_MEANING, ratio_lines, sizes_table
+from experiments.benchmark.report import RATIO_MEANING, busy, ratio_lines, sizes_table
 from experiments.benchmark.torch_contenders import TorchD2l, TorchLean, torch_available, torch_problem
 from rnnjax import kernels
 from rnnjax.data import TimeMachine
@@ -108,6 +108,8 @@ def run_sizes(name: str, data_path: str | None, json_path: Path, devices: int | 
     if name == "gpu" and backend == "cpu":      # its first size alone is hours of a CPU's, with no line
         log("warning: --sizes gpu holds sizes for an accelerator: on a CPU each takes hours (--sizes small "
             "is the quick set)")
+    if busy(out["machine"]):
+        log(busy(out["machine"]))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     for s in settings(name):
         B = s.batch_size

@@ -54,6 +54,14 @@ def torch_device_name() -> str | None:
         return f"error: {one_line(e)}"
 
 
+def torch_threads() -> int | None:
+    """The threads torch's CPU ops take (``torch.get_num_threads``), ``None`` without torch."""
+    if not torch_available():
+        return None
+    import torch
+    return torch.get_num_threads()
+
+
 def torch_precision() -> dict:
     """torch's TF32 switches (matmuls, cuDNN), or why they could not be read; ``{}`` without torch."""
     if not torch_available():
