@@ -240,13 +240,21 @@ def say_trained(say: Callable[[str], Any], result: FitResult, configs: list, sev
             text = rnnjax.predict(model, params, data.vocab, data.prompt, 20)
             say(f"run {k} ({config_lib.label(c, configs)}): train perplexity {ppl_text(last['train_ppl'])}, "
                 f"val perplexity {ppl_text(last['val_ppl'])}, {text!r}")
-        table = runs.summary(result.history, result.stopped)
-        trained_on = sum(why is None for why in result.stopped)
-        count = f"{trained_on} of {len(configs)}" if trained_on < len(configs) else f"{len(configs)}"
-        said = (f"{k} mean {ppl_text(v['mean'])} (min {ppl_text(v['min'])}, max {ppl_text(v['max'])})"
-                for k, v in table.items())
-        say(f"{count} runs, epoch {result.history[-1]['epoch']}:  " + "  ".join(said)
-            + f"{_unknown(data)}; {'in' if finished else 'wrote'} {workdir}")
+        lines = []
+        for name, members in runs.groups(configs).items():      # of each rate (and clip): the seeds' range
+            trained_on = sum(result.stopped[k] is None for k in members)
+            count = f"{trained_on} of {len(members)}" if trained_on < len(members) else f"{len(members)}"
+            of = f"run{'s' * (len(members) > 1)}{f' of {name}' if name else ''}"
+            if not trained_on:
+                lines.append(f"{count} {of}: stopped")
+                continue
+            table = runs.summary(result.history, result.stopped, members)
+            said = (f"{k} mean {ppl_text(v['mean'])} (min {ppl_text(v['min'])}, max {ppl_text(v['max'])})"
+                    for k, v in table.items())
+            lines.append(f"{count} {of}, epoch {result.history[-1]['epoch']}:  " + "  ".join(said))
+        lines[-1] += f"{_unknown(data)}; {'in' if finished else 'wrote'} {workdir}"
+        for line in lines:
+            say(line)
         return
     last = result.history[-1]
     unit = "word" if data.vocab.kind == "word" else "character"

@@ -13,6 +13,7 @@ import difflib
 import math
 import numbers
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 from rnnjax.cells import CELLS, NONLINEARITIES
@@ -235,7 +236,9 @@ def check_is_config(value: Any, name: str = "config") -> None:
 SWEEPABLE = ("seed", "lr", "clip")
 
 
-def label(config: Config, configs: list[Config]) -> str:
-    """``seed 1, lr 0.5``: the fields in which ``config`` differs from the other runs trained with it."""
-    return ", ".join(f"{k} {shown(getattr(config, k))}" for k in SWEEPABLE
-                     if len({getattr(c, k) for c in configs}) > 1) or "the one run"
+def label(config: Config, configs: list[Config], fields: Sequence[str] | None = None) -> str:
+    """``seed 1, lr 0.5``: the fields in which ``config`` differs from the other runs trained with it (of
+    ``fields``, '' where none)."""
+    varied = [k for k in SWEEPABLE if len({getattr(c, k) for c in configs}) > 1] if fields is None else fields
+    said = ", ".join(f"{k} {shown(getattr(config, k))}" for k in varied)
+    return said or ("the one run" if fields is None else "")

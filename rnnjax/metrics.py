@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from rnnjax.config import SWEEPABLE
-from rnnjax.spelling import spelt
+from rnnjax.spelling import shown, spelt
 from rnnjax.stored import CONFIG, METRICS as FILENAME, PLOT, STEPS  # a run's records, moved aside together
 from rnnjax.workdir import write_atomically
 
@@ -276,12 +276,15 @@ def plot_perplexity(records: list[dict], path: str | Path) -> Path:
     from matplotlib.figure import Figure     # not pyplot: the caller's backend (a notebook's) stays as it is
 
     runs = sorted({r.get("run") for r in records}, key=lambda run: -1 if run is None else run)
+    first = {run: next(r for r in records if r.get("run") == run) for run in runs}      # a run's settings
+    varied = [k for k in SWEEPABLE if len({str(first[run].get(k)) for run in runs}) > 1]
     fig = Figure(figsize=(4.5, 3.2), dpi=120)
     ax = fig.subplots()
     for i, run in enumerate(runs):
         mine = [r for r in records if r.get("run") == run]
         epochs, color = [r["epoch"] for r in mine], f"C{i % 10}"
-        name = "" if run is None else f" (run {run})"
+        said = "".join(f", {k} {shown(first[run].get(k))}" for k in varied)
+        name = "" if run is None else f" (run {run}{said})"
         for key, style in (("train_ppl", "-"), ("val_ppl", "--")):      # infinite: a gap
             values = [r[key] if r[key] is not None and math.isfinite(r[key]) else math.nan for r in mine]
             ax.plot(epochs, values, style, color=color, label=f"{key}{name}")

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from rnnjax import agree, checkpoint, loop, train as train_lib
 from rnnjax.arguments import check_types
-from rnnjax.config import SWEEPABLE, Config, ConfigError
+from rnnjax.config import SWEEPABLE, Config, ConfigError, label
 from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, planned
@@ -76,18 +76,31 @@ def eval_runs(states: TrainState, batches: Batch, axis_name: str | None = None) 
     return jax.vmap(lambda state: train_lib.eval_steps(state, batches, axis_name))(states)
 
 
-def summary(history: list[dict], stopped: Sequence[str | None] = ()) -> dict[str, dict[str, float]]:
-    """Mean, min and max over the runs of their last epoch's ``train_ppl``, ``val_ppl``, ``val_bpc``; runs
-    that stopped left out: their last record says why (``stopped``), or, for logs written before it did,
-    ``stopped`` (a ``FitResult``'s) does. ``ValueError`` if every run stopped."""
+def summary(history: list[dict], stopped: Sequence[str | None] = (), runs: Iterable[int] | None = None
+            ) -> dict[str, dict[str, float]]:
+    """Mean, min and max over the runs (or those of ``runs``, indices: a ``groups``' one) of their last
+    epoch's ``train_ppl``, ``val_ppl``, ``val_bpc``; runs that stopped left out: their last record says why
+    (``stopped``), or, for logs written before it did, ``stopped`` (a ``FitResult``'s) does. ``ValueError``
+    if every run stopped."""
     out = {r.get("run") for r in history if "stopped" in r} | {k for k, why in enumerate(stopped) if why}
-    kept = [r for r in history if r.get("run") not in out]
+    kept = [r for r in history if r.get("run") not in out and (runs is None or r.get("run") in set(runs))]
     if not kept:
         raise ValueError("Every run of the history stopped: no last epoch to summarize.")
     last = max(r["epoch"] for r in kept)
     final = [r for r in kept if r["epoch"] == last]
     return {k: {"mean": statistics.fmean(r[k] for r in final), "min": min(r[k] for r in final),
                 "max": max(r[k] for r in final)} for k in ("train_ppl", "val_ppl", "val_bpc")}
+
+
+def groups(configs: Sequence[Config]) -> dict[str, list[int]]:
+    """The runs trained together by their settings other than the seed, as ``{"lr 0.5": [indices]}``, in
+    the order of their first run: a mean over runs of other rates is no result. One group, ``""``, where
+    only the seeds differ."""
+    varied = [k for k in SWEEPABLE if k != "seed" and len({getattr(c, k) for c in configs}) > 1]
+    out: dict[str, list[int]] = {}
+    for k, c in enumerate(configs):
+        out.setdefault(label(c, configs, varied), []).append(k)
+    return out
 
 
 @agree.leaves_on_error

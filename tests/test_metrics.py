@@ -116,6 +116,19 @@ def test_a_plot_of_many_runs_has_no_legend_and_warns_of_nothing(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_plot_of_runs_names_each_by_its_settings_that_differ(tmp_path, monkeypatch):
+    """A sweep's curves were labelled run 0 to 5 alone (researcher day 6)."""
+    from matplotlib.figure import Figure
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: drawn.append(fig))
+    swept = [{"epoch": 1, "run": k, "seed": s, "lr": lr, "clip": 1.0, "train_ppl": 5.0, "val_ppl": 6.0}
+             for k, (lr, s) in enumerate((lr, s) for lr in (0.5, 1.0) for s in (0, 1))]
+    plot_perplexity(swept, tmp_path / "ppl.png")
+    labels = drawn[0].axes[0].get_legend_handles_labels()[1]
+    assert labels[:2] == ["train_ppl (run 0, seed 0, lr 0.5)", "val_ppl (run 0, seed 0, lr 0.5)"]
+    assert labels[-1] == "val_ppl (run 3, seed 1, lr 1)"
+
+
 def test_records_of_a_run_the_workdir_does_not_hold_are_named(tmp_path):
     """"run": 5 of two runs raised an IndexError as the run resumed; -1 and true were taken as runs."""
     two = [{**r, "run": k} for r in records(2) for k in (0, 1)]

@@ -237,3 +237,13 @@ def test_summary_of_the_last_epoch():
     assert runs.summary([*history, older], [None, None, None, "diverged"]) == table
     with pytest.raises(ValueError, match="^Every run of the history stopped"):
         runs.summary([*single, {**single[-1], "epoch": 3, "stopped": "diverged"}])
+    assert runs.summary(history, runs=[0, 2])["val_ppl"] == {"mean": 13.0, "min": 12.0, "max": 14.0}
+
+
+def test_runs_are_grouped_by_their_settings_other_than_the_seed():
+    """A sweep's summary line had averaged over three learning rates (researcher day 6)."""
+    configs = [TINY.replace(seed=s, lr=lr) for lr in (0.5, 1.0) for s in (0, 1)]
+    assert runs.groups(configs) == {"lr 0.5": [0, 1], "lr 1": [2, 3]}
+    assert runs.groups([c.replace(lr=1.0) for c in configs]) == {"": [0, 1, 2, 3]}      # seeds alone
+    mixed = [TINY.replace(lr=1.0, clip=c) for c in (1.0, 2.0)] + [TINY.replace(lr=2.0, clip=1.0)]
+    assert list(runs.groups(mixed)) == ["lr 1, clip 1", "lr 1, clip 2", "lr 2, clip 1"]

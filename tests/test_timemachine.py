@@ -192,7 +192,9 @@ def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp
     out = capsys.readouterr().out
     assert out.startswith("4 new runs of 1 epoch in one program (seed 0, lr 1; seed 0, lr 2; seed 1, lr 1; "
                           "seed 1, lr 2) on 2 CPU device(s)")
-    assert "run 3 (seed 1, lr 2): train perplexity" in out and "4 runs, epoch 1:  train_ppl mean" in out
+    assert "run 3 (seed 1, lr 2): train perplexity" in out      # a range over the seeds of each rate:
+    assert "\n2 runs of lr 1, epoch 1:  train_ppl mean" in out
+    assert "\n2 runs of lr 2, epoch 1:  train_ppl mean" in out
     assert out.endswith(f"; wrote {workdir}\n")
     records = timemachine.metrics.MetricsLog(workdir / "metrics.jsonl").read()
     expected = [(0, 0, 1.0), (1, 0, 2.0), (2, 1, 1.0), (3, 1, 2.0)]
@@ -218,7 +220,8 @@ def test_cli_names_a_run_that_stopped_and_finishes_the_others(real_text_path, tm
     assert out.startswith("2 new runs of 2 epochs in one program (lr 1; lr 1e6)")
     assert "\nrun 1 (lr 1e6) stopped: its train perplexity is inf at epoch 1" in out     # as it stops
     assert "run 1 (lr 1e6): stopped, its train perplexity is inf at epoch 1" in out
-    assert "run 0 (lr 1): train perplexity" in out and "1 of 2 runs, epoch 2:  train_ppl mean" in out
+    assert "run 0 (lr 1): train perplexity" in out and "\n1 run of lr 1, epoch 2:  train_ppl mean" in out
+    assert f"\n0 of 1 run of lr 1e6: stopped; wrote {workdir}\n" in out
     assert timemachine.main(["--workdir", workdir, "--predict", "it has", "--run", "1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: Run 1 of ") and "stopped early" in err and err.count("\n") == 1
