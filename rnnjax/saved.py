@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rnnjax import meta as meta_lib, optimizers
 from rnnjax.config import SWEEPABLE, Config
-from rnnjax.spelling import disagreement, shown, spelt
+from rnnjax.spelling import as_flags, disagreement, shown, spelt
 from rnnjax.stored import CONFIG, CheckpointError, DamagedCheckpoint, UnknownCell, read_meta, steps
 from rnnjax.vocab import Vocab
 
@@ -110,7 +110,7 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
     if diff:
         raise CheckpointError(
             f"{workdir} holds a run of another configuration than the one given: {'; '.join(diff)}. Use a "
-            f"new {spelt('workdir')}, or the checkpoint's settings to resume it.")
+            f"new {spelt('workdir')}, or the checkpoint's settings to resume it{_from_its_params()}.")
     why = Vocab.from_json(meta["vocab"]).differs(vocab)
     if why:
         raise CheckpointError(f"{workdir} holds a run trained on {why}. Use a new {spelt('workdir')}, or "
@@ -124,6 +124,12 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
         raise CheckpointError(f"{workdir} holds a run of {meta['steps_per_epoch']} steps an "
                               f"epoch; this data has {steps_per_epoch}. Use a new {spelt('workdir')}, or "
                               "the checkpoint's data to resume it.")
+
+
+def _from_its_params() -> str:
+    """How to train on from a run's parameters with other settings, from Python (the CLI has no way)."""
+    return "" if as_flags() else (" (or train a new workdir from its parameters: fit(config, data, "
+                                  "new_workdir, params=rnnjax.checkpoint.restore(workdir)))")
 
 
 def _sweep(configs: list[Config]) -> str:

@@ -47,15 +47,14 @@ def sha1_of(path: str | os.PathLike) -> str:
 
 def _check_sha1(path: Path, sha1: str, what: str) -> None:
     size = path.stat().st_size
+    own = f"; give a text of your own as {spelt('text', 'PATH')}" if sha1 == SHA1 else ""
     if sha1 == SHA1 and size != SIZE:
         raise DataError(f"{what} {path} has {size:,} bytes, expected {SIZE:,}: it is not d2l's "
-                        "timemachine.txt (truncated or a different file).")
+                        f"timemachine.txt (truncated or a different file{own}).")
     actual = sha1_of(path)
     if actual != sha1:
-        raise DataError(
-            f"{what} {path} has SHA-1 {actual}, expected {sha1}: it is not d2l's "
-            "timemachine.txt (truncated or a different file)."
-        )
+        raise DataError(f"{what} {path} has SHA-1 {actual}, expected {sha1}: it is not d2l's "
+                        f"timemachine.txt (truncated or a different file{own}).")
 
 
 def download(url: str | None = None, sha1: str = SHA1, root: str | os.PathLike | None = None,

@@ -59,7 +59,9 @@ def test_a_run_records_its_optimizer_resumes_with_it_and_refuses_another(small_d
     assert json.loads((tmp_path / "adam" / checkpoint.CONFIG).read_text())["config"]["optimizer"] == "adam"
     assert checkpoint.restore(tmp_path / "adam").config.optimizer == "adam"
     with pytest.raises(checkpoint.CheckpointError, match=r"another configuration than the one given: "
-                                                         r"optimizer='sgd' \(it has 'adam'\)\. Use a new "):
+                                                         r"optimizer='sgd' \(it has 'adam'\)\. Use a new .* "
+                                                         r"\(or train a new workdir from its parameters: "
+                                                         r"fit\(config, data, new_workdir, params=rnnjax"):
         fit(config.replace(optimizer="sgd", epochs=2), small_data, tmp_path / "adam", devices=1, log=None)
     resumed = fit(config.replace(epochs=2), small_data, tmp_path / "adam", devices=1, log=None)
     assert [r["epoch"] for r in resumed.history] == [1, 2]
