@@ -17,7 +17,7 @@ import pytest
 
 from conftest import SUITE_XLA_FLAGS, small_text
 from experiments import benchmark, stopping
-from experiments.benchmark import measure, outputs, sizes, torch_contenders
+from experiments.benchmark import arguments, measure, outputs, sizes, torch_contenders
 from experiments.benchmark.contenders import Contender, Rnnjax, Setting, xla_step_mb
 from experiments.benchmark.measure import machine_info, measure_steps
 from experiments.benchmark.report import busy, ratio_lines, sizes_table, torch_said
@@ -93,7 +93,7 @@ def bench_main(monkeypatch):
         monkeypatch.setattr(module, name, measured)
 
     def faked(small_data, **parts):
-        monkeypatch.setattr(module, "timemachine_path", lambda path: "timemachine.txt")
+        monkeypatch.setattr(arguments, "timemachine_path", lambda path: "timemachine.txt")
         monkeypatch.setattr(module, "TimeMachine", lambda *a, **k: small_data)
         monkeypatch.setattr(module, "contenders_for", lambda args, one_device_too: [])
         monkeypatch.setattr(module, "machine_info", lambda: {"cpu": "", "cores": 1, "devices": [],
@@ -161,7 +161,7 @@ def test_bad_settings_are_refused_in_one_line_before_any_measuring(bench_main, r
 def test_output_paths_are_checked_before_any_measuring_and_no_file_of_the_users_is_replaced(
         bench_main, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(bench_main, "timemachine_path", lambda path: "timemachine.txt")
+    monkeypatch.setattr(arguments, "timemachine_path", lambda path: "timemachine.txt")
     (tmp_path / "notes.txt").write_text("my notes")
     (tmp_path / "theirs").mkdir()
     (tmp_path / "theirs" / "a.png").write_text("a plot")

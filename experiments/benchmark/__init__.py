@@ -51,6 +51,7 @@ medians with min-max over the rounds and ratios against rnnjax.
 - ``outputs.py``: ``--json`` and ``--out`` checked (never a file of anyone
   else's replaced), and the line a stop says.
 - ``report.py``: ratios in words (below 1 reads as slower), the tables, the sweep's plot.
+- ``arguments.py``: the flags, checked before JAX starts.
 - ``command.py``: the command line, the sweep over hidden size, batch and steps,
   ``--runs N`` seeds in one program (``rnnjax.runs``) against one, and the
   JSON: the machine, every contender's figures and every ratio printed
