@@ -123,11 +123,13 @@ def step_name(step: Callable | None) -> str:
 def trained_by(p: Plan, name: str) -> tuple[list, str]:
     """The steps that trained the planned run ``p`` (``[first step, name]`` each) with ``name`` training on,
     and, where it takes over from another at the checkpoint, a warning that says so ('' if not). A meta
-    that does not say (older) is taken as trained by ``name``."""
+    that does not say (older) is taken as trained by ``name`` from its step on."""
     before = [list(e) for e in p.trained_by or ()]
+    if len(before) > 1 and before[-1][0] == p.step:     # one that trained nothing (stopped as it resumed)
+        before.pop()
     if before and before[-1][1] == name:
         return before, ""
-    if not before:
+    if not before or before[-1][0] == p.step:
         return [[p.step or 0, name]], ""
     hint = " (a step of one's own trains on with rnnjax.loop.run)" if name.startswith("rnnjax.") else ""
     return [*before, [p.step, name]], (f"warning: the run was trained by the step {before[-1][1]} until step "

@@ -7,7 +7,7 @@ from conftest import TINY
 from rnnjax import checkpoint, loop, start, train
 from rnnjax.runs import create_run_states
 from rnnjax.stops import StoppedRuns
-from rnnjax.writer import Writer, step_name
+from rnnjax.writer import Writer, step_name, trained_by
 
 CONFIGS = [TINY.replace(seed=s) for s in (0, 1)]
 
@@ -63,6 +63,17 @@ def test_a_resume_by_another_step_than_the_checkpoint_s_says_so_and_every_meta_k
     assert said[-1].startswith(f"warning: the run was trained by the step rnnjax.train.train_windows until "
                                f"step {3 * E}; it trains on with {mine}") and "loop.run" not in said[-1]
     assert trained_by()[-1] == [3 * E, mine]
+
+
+def test_a_step_that_trained_nothing_is_not_kept_as_having_trained():
+    """Steps in the meta are in order, each once: a resume stopped as it began left two at one step."""
+    from types import SimpleNamespace as Plan
+    assert trained_by(Plan(trained_by=[[0, "a.f"], [26, "b.g"]], step=26), "c.h") == (
+        [[0, "a.f"], [26, "c.h"]], "warning: the run was trained by the step a.f until step 26; it trains on "
+                                   "with c.h")
+    assert trained_by(Plan(trained_by=[[0, "a.f"], [26, "b.g"]], step=26), "a.f") == ([[0, "a.f"]], "")
+    assert trained_by(Plan(trained_by=[[26, "b.g"]], step=26), "c.h") == ([[26, "c.h"]], "")
+    assert trained_by(Plan(trained_by=None, step=None), "c.h") == ([[0, "c.h"]], "")
 
 
 def test_a_step_is_named_by_its_function_through_partials_and_a_callable_s_class():
