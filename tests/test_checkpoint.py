@@ -35,7 +35,7 @@ def test_save_restore_round_trip(small_data, tmp_path):
     assert_trees_equal(full, result.state)             # step, params and optimizer state
     assert restored.meta["position"] == {"epoch": 2, "batch": 0, "partial": [{}], "stopped": [], "high": [0]}
     assert repr(restored) == (f"Restored(config={restored.config!r}, vocab=Vocab({len(small_data.vocab)} "
-                              f"tokens), step={restored.step})")   # not every array
+                              f"tokens), step={restored.step}, run=None)")   # not every array
 
 
 def test_resume_equals_an_uninterrupted_run(small_data, tmp_path, monkeypatch):
