@@ -186,6 +186,7 @@ def main(argv=None, **parser_options) -> int:
     try:
         with stopping.guarded_stdout(), warnings.catch_warnings():
             warnings.showwarning = stopping.tell_warning
+            warnings.simplefilter("default", UserWarning)       # said, not raised (PYTHONWARNINGS=error)
             return _main(argv, parser_options)
     except Interrupted as e:
         stopping.tell(str(e))

@@ -116,9 +116,8 @@ class MetricsLog:
     FIFO would hang) is a ``MetricsError``. Only the writer process writes;
     everyone can read. (``rnnjax.step_lines.StepsLog``: the same of steps.)
     """
-    ORDER = "epoch"            # what orders a run's records, and what truncate keeps up to
-    NEEDED = NEEDED            # numbers (or null, read as inf) every record has
-    WHAT = f"a metrics record (an epoch, {', '.join(NEEDED)})"
+    NAME, KIND, WHAT = FILENAME, "a metrics log", f"a metrics record (an epoch, {', '.join(NEEDED)})"
+    ORDER, NEEDED = "epoch", NEEDED     # what orders a run's records; numbers (null: inf) each record has
 
     def __init__(self, path: str | Path, writer: bool = True, warn=None):
         self.path, self.writer = Path(path), writer
@@ -138,8 +137,8 @@ class MetricsLog:
             return ""
         except OSError as e:
             raise MetricsError(f"{self.path} cannot be read ({e.strerror}).") from None
-        if stat.S_ISDIR(mode) and (self.path / FILENAME).is_file():         # a workdir given for its log
-            raise MetricsError(f"{self.path} is a folder, a workdir: read its log, {self.path / FILENAME}.")
+        if stat.S_ISDIR(mode) and (self.path / self.NAME).is_file():         # a workdir given for its log
+            raise MetricsError(f"{self.path} is a folder, a workdir: read its log, {self.path / self.NAME}.")
         if not stat.S_ISREG(mode):
             raise MetricsError(f"{self.path} is not a regular file; move it aside to resume, or use a new "
                                f"{spelt('workdir')}.")
@@ -148,7 +147,7 @@ class MetricsLog:
         except OSError as e:
             raise MetricsError(f"{self.path} cannot be read ({e.strerror or e}).") from None
         except UnicodeDecodeError as e:
-            raise MetricsError(f"{self.path} is not a metrics log (byte 0x{e.object[e.start]:02x} at offset "
+            raise MetricsError(f"{self.path} is not {self.KIND} (byte 0x{e.object[e.start]:02x} at offset "
                                f"{e.start} is not UTF-8); move it aside to resume, or use a new "
                                f"{spelt('workdir')}.") from None
 
@@ -185,25 +184,27 @@ class MetricsLog:
             return
         text = self._text()
         records = self._parse(text)
-        strict = "".join(_line(r) for r in records if r[self.ORDER] <= epochs)
-        if strict != text:              # records dropped, a torn line, or NaN read as null
-            write_atomically(self.path, strict)
+        kept = [r for r in records if r[self.ORDER] <= epochs]
+        if len(kept) < len(records) or not text.endswith("\n") and text:   # records dropped, a torn line
+            write_atomically(self.path, "".join(map(_line, kept)))
 
     def append(self, *records: dict) -> None:
         """Appends ``records`` in one write; ``MetricsError`` in one sentence if the disk is full (the last
         line is then torn or absent, which resuming mends)."""
         if not self.writer or not records:
             return
-        line, record = "".join(map(_line, records)), records[0]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:        # one write of the whole line
-                f.write(line)
+                f.write("".join(map(_line, records)))
                 f.flush()
         except OSError as e:
-            raise MetricsError(f"{self.path} cannot be written ({e.strerror or e}); training stopped at "
-                               f"epoch {record.get('epoch')}. Free space (or fix the cause) and run the same "
-                               "command to resume.") from None
+            self._unwritten(e, records)
+
+    def _unwritten(self, e: OSError, records: tuple[dict, ...]) -> None:
+        raise MetricsError(f"{self.path} cannot be written ({e.strerror or e}); training stopped at epoch "
+                           f"{records[0].get('epoch')}. Free space (or fix the cause) and run the same "
+                           "command to resume.") from None
 
 
 def _number_or_null(x) -> bool:

@@ -223,11 +223,14 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
     """The plan from what ``workdir`` holds: the newest good checkpoint, damaged ones reported."""
     torn = []        # said once, by describe, with the epochs it leaves out
     records = metrics.MetricsLog(workdir / metrics.FILENAME, warn=torn.append).read(missing_ok=True)
-    StepsLog(workdir / step_lines.FILENAME, warn=lambda message: None).read(missing_ok=True)  # checked alike
+    steps_path = workdir / step_lines.FILENAME          # checked alike
+    lines = StepsLog(steps_path, warn=lambda message: None).read(missing_ok=True)
+    metrics.check_records_runs(lines, len(runs), steps_path)
     path = loss_path(make_model(config, len(data.vocab)))
     steps = sorted(checkpoint.steps(workdir), reverse=True)
     if not steps:
-        return Plan(config, workdir, dp, path, runs=runs, aside=metrics.aside(workdir, records=bool(records)))
+        return Plan(config, workdir, dp, path, runs=runs,
+                    aside=metrics.aside(workdir, records=bool(records or lines)))
     target = (abstract_run_states(list(runs), len(data.vocab)) if runs
               else abstract_train_state(config, len(data.vocab)))
     damaged, metas = [], {}

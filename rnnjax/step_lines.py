@@ -8,7 +8,9 @@ it brings the run to and its ``epoch``. They are written as each epoch ends
 (and as a run stops in one) before that epoch's checks, so a step whose loss is
 not finite is there to find; a resume drops the lines past its checkpoint, as
 ``metrics.jsonl``'s, and a new run moves them aside with them
-(``steps.N.jsonl``). Read back by ``StepsLog(path).read()``.
+(``steps.N.jsonl``). Read back by ``StepsLog(path).read()``. A line that
+cannot be written (a full disk) is said once and training goes on: the steps
+trained since the last checkpoint are worth more than their lines.
 """
 
 from __future__ import annotations
@@ -16,14 +18,21 @@ from __future__ import annotations
 import math
 
 from rnnjax.metrics import MetricsLog, train_name
-from rnnjax.stored import STEPS as FILENAME  # noqa: F401  (the file's name, as metrics.FILENAME is)
+from rnnjax.stored import STEPS as FILENAME
 
 
 class StepsLog(MetricsLog):
-    """``steps.jsonl``, read, truncated (to a step) and appended as ``MetricsLog`` does ``metrics.jsonl``."""
+    """``steps.jsonl``, read, truncated (to a step) and appended as ``MetricsLog`` does ``metrics.jsonl``,
+    but for a failed write: said (``warn``), and nothing more appended (a torn line stays last)."""
+    NAME, KIND = FILENAME, "a log of steps"
     ORDER = "step"
     NEEDED = ("train_loss",)
     WHAT = "a step's record (a step, an epoch, train_loss)"
+
+    def _unwritten(self, e: OSError, records: tuple[dict, ...]) -> None:
+        self.writer = False
+        self.warn(f"{self.path} cannot be written ({e.strerror or e}): it lacks the steps from "
+                  f"{records[0]['step']} on (training goes on; a resume writes those it trains)")
 
 
 def step_records(epoch: int, first: int, steps: list[dict], run: int | None = None) -> list[dict]:

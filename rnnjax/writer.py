@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import statistics
 from collections.abc import Callable
@@ -114,7 +115,7 @@ class Writer:
 def step_name(step: Callable | None) -> str:
     """The name a checkpoint's meta keeps of the step function that trained it: its module and qualified
     name (a partial's function's; a callable object's class'); ``fit``'s is ``rnnjax.train.train_windows``."""
-    while isinstance(step, functools.partial):
+    while isinstance(step := inspect.unwrap(step), functools.partial):     # a jitted partial's too
         step = step.func
     named = step if hasattr(step, "__qualname__") else type(step)
     return f"{getattr(named, '__module__', None) or '?'}.{named.__qualname__}"
@@ -132,8 +133,9 @@ def trained_by(p: Plan, name: str) -> tuple[list, str]:
     if not before or before[-1][0] == p.step:
         return [[p.step or 0, name]], ""
     hint = " (a step of one's own trains on with rnnjax.loop.run)" if name.startswith("rnnjax.") else ""
-    return [*before, [p.step, name]], (f"warning: the run was trained by the step {before[-1][1]} until step "
-                                       f"{p.step}; it trains on with {name}{hint}")
+    was, now = (n if n.isprintable() and len(n) <= 200 else repr(n[:200]) for n in (before[-1][1], name))
+    return [*before, [p.step, name]], (f"warning: the run was trained by the step {was} until step {p.step}; "
+                                       f"it trains on with {now}{hint}")
 
 
 def _finite(x: float | None) -> float | None:

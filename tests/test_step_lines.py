@@ -93,3 +93,41 @@ def test_a_step_s_sums_are_per_token_and_other_metrics_as_given():
     m = {"loss_sum": np.float32(6.0), "count": 3.0, "z_sum": 1.5, "scale": 2}
     [line] = step_records(2, 7, [m], run=1)
     assert line == {"run": 1, "epoch": 2, "step": 7, "train_loss": 2.0, "train_z": 0.5, "scale": 2.0}
+
+
+def test_a_line_that_cannot_be_written_is_said_once_and_training_goes_on(small_data, tmp_path, capsys):
+    """A full disk under steps.jsonl as a run stopped mid-epoch had cost its checkpoint (hostile pass)."""
+    def replaced(done, total, record):          # steps.jsonl turned into a folder after epoch 1
+        if record and record["epoch"] == 1:
+            (tmp_path / FILENAME).unlink()
+            (tmp_path / FILENAME).mkdir()
+    E = small_data.num_batches(True)
+    result = fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, log=None, progress=replaced)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3] and max(checkpoint.steps(tmp_path)) == 3 * E
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and f"steps.jsonl cannot be written (Is a directory): it lacks the " \
+        f"steps from {E + 1} on (training goes on; a resume writes those it trains)" in err
+
+
+def test_a_new_run_moves_an_earlier_run_s_lines_aside_without_its_records_too(small_data, tmp_path):
+    """Killed in its first validation (its lines written, no record, no checkpoint): they were emptied."""
+    fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
+    earlier = (tmp_path / FILENAME).read_text()
+    shutil.rmtree(tmp_path / checkpoint.SUBDIR)
+    (tmp_path / "metrics.jsonl").unlink()
+    fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
+    assert (tmp_path / "steps.1.jsonl").read_text() == earlier
+
+
+def test_its_messages_name_it_and_a_run_it_does_not_hold_is_refused(small_data, tmp_path):
+    fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
+    with pytest.raises(metrics.MetricsError, match=r"is a folder, a workdir: read its log, .*steps.jsonl\.$"):
+        StepsLog(tmp_path).read()
+    text = (tmp_path / FILENAME).read_bytes()
+    (tmp_path / FILENAME).write_bytes(text + b"\xff\n")
+    with pytest.raises(metrics.MetricsError, match=r"steps.jsonl is not a log of steps \(byte 0xff"):
+        lines(tmp_path)
+    (tmp_path / FILENAME).write_bytes(text + b'{"run": 5, "epoch": 1, "step": 14, "train_loss": 1.0}\n')
+    with pytest.raises(metrics.MetricsError, match=r"steps.jsonl, record 14, is of run 5, and the workdir "
+                                                   r"holds a single run"):
+        fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)

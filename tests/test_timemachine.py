@@ -5,6 +5,7 @@ import re
 import shutil
 import signal
 import sys
+import warnings
 
 import pytest
 
@@ -442,8 +443,10 @@ def test_a_workdir_a_step_of_ones_own_trained_resumes_saying_so_in_one_line(tmp_
     with start.planned(config, data, workdir, devices=1) as p:
         loop.run(p, data, create_train_state(config, len(data.vocab)), my_step, eval_steps)
     capsys.readouterr()
-    assert timemachine.main(["--text", str(text), "--workdir", str(workdir), "--epochs", "2",
-                             "--devices", "1", "--no-compilation-cache"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # PYTHONWARNINGS=error: said all the same, not raised
+        assert timemachine.main(["--text", str(text), "--workdir", str(workdir), "--epochs", "2",
+                                 "--devices", "1", "--no-compilation-cache"]) == 0
     err = capsys.readouterr().err
     assert err == (f"warning: the run was trained by the step {__name__}.{my_step.__qualname__} until step "
                    f"{data.num_batches(True)}; it trains on with rnnjax.train.train_windows (a step of one's "

@@ -1,6 +1,8 @@
 import functools
 import math
 
+import jax
+
 import numpy as np
 
 from conftest import TINY
@@ -74,6 +76,8 @@ def test_a_step_that_trained_nothing_is_not_kept_as_having_trained():
     assert trained_by(Plan(trained_by=[[0, "a.f"], [26, "b.g"]], step=26), "a.f") == ([[0, "a.f"]], "")
     assert trained_by(Plan(trained_by=[[26, "b.g"]], step=26), "c.h") == ([[26, "c.h"]], "")
     assert trained_by(Plan(trained_by=None, step=None), "c.h") == ([[0, "c.h"]], "")
+    said = trained_by(Plan(trained_by=[[0, "a\nf\x1b[31m"]], step=26), "c." + "h" * 300)[1]
+    assert said.isprintable() and "'a\\nf\\x1b[31m'" in said and len(said) < 400     # a name hand-edited
 
 
 def test_a_step_is_named_by_its_function_through_partials_and_a_callable_s_class():
@@ -83,4 +87,6 @@ def test_a_step_is_named_by_its_function_through_partials_and_a_callable_s_class
 
     assert step_name(functools.partial(functools.partial(train.train_windows, rng=None))) == \
         "rnnjax.train.train_windows"
+    jitted = jax.jit(functools.partial(train.train_windows, rng=None), static_argnames="axis_name")
+    assert step_name(jitted) == "rnnjax.train.train_windows"        # not functools.train_windows
     assert step_name(Step()) == f"{__name__}.{Step.__qualname__}"
