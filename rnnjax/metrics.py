@@ -185,7 +185,8 @@ class MetricsLog:
         text = self._text()
         records = self._parse(text)
         kept = [r for r in records if r[self.ORDER] <= epochs]
-        if len(kept) < len(records) or not text.endswith("\n") and text:   # records dropped, a torn line
+        strict = "NaN" not in text and "Infinity" not in text
+        if len(kept) < len(records) or text and not text.endswith("\n") or not strict:   # or a torn line
             write_atomically(self.path, "".join(map(_line, kept)))
 
     def append(self, *records: dict) -> None:
