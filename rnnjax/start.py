@@ -225,7 +225,6 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
     records = metrics.MetricsLog(workdir / metrics.FILENAME, warn=torn.append).read(missing_ok=True)
     steps_path = workdir / step_lines.FILENAME          # checked alike
     lines = StepsLog(steps_path, warn=lambda message: None).read(missing_ok=True)
-    metrics.check_records_runs(lines, len(runs), steps_path)
     path = loss_path(make_model(config, len(data.vocab)))
     steps = sorted(checkpoint.steps(workdir), reverse=True)
     if not steps:
@@ -248,6 +247,7 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
             continue
         position = Position.read(metas[step])
         metrics.check_records_runs(records, len(runs), workdir / metrics.FILENAME)
+        metrics.check_records_runs(lines, len(runs), steps_path)
         lost = metrics.lost_epochs(records, position.epoch, position.stopped, len(runs))
         asked = Config.from_json(metas[step]["config"]).epochs
         # A resume of more epochs: rnnjax's own optimizers keep their rate; one's own schedule may have ended.
