@@ -95,8 +95,9 @@ class Writer:
         for r in self.stops.live:
             record = metrics_lib.epoch_record(epoch + 1, done, sums[r], self.steps_per_epoch,
                                               {k: float(v[r]) for k, v in val.items()}, seconds)
-            if self.p.runs:
-                record = {"run": r, **{k: getattr(self.configs[r], k) for k in SWEEPABLE}, **record}
+            # Its seed, lr and clip, a single run's too: one script reads the records of any workdir.
+            settings = {k: getattr(self.configs[r], k) for k in SWEEPABLE}
+            record = {**({"run": r} if self.p.runs else {}), **settings, **record}
             try:
                 far_off = self.stops.check(r, check_divergence, record, self.high[r], len(self.data.vocab))
             except NonFiniteLoss as e:  # a single run diverged: its last epoch logged, saying so

@@ -137,7 +137,8 @@ def test_fit_writes_one_metrics_record_per_epoch(small_data, tmp_path):
     result = fit(SMALL, small_data, tmp_path, devices=1)
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     for r in result.history:
-        assert {"epoch", "step", "train_ppl", "val_ppl", "seconds"} <= set(r)
+        assert {"epoch", "step", "train_ppl", "val_ppl", "seconds"} <= set(r) and "run" not in r
+        assert (r["seed"], r["lr"], r["clip"]) == (SMALL.seed, SMALL.lr, SMALL.clip)     # as runs' records
         assert math.isclose(r["val_ppl"], math.exp(r["val_loss"]))
         assert math.isclose(2 ** r["val_bpc"], r["val_ppl"])
         assert math.isclose(2 ** r["train_bpc"], r["train_ppl"])
