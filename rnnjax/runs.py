@@ -83,7 +83,8 @@ def summary(history: list[dict], stopped: Sequence[str | None] = (), runs: Itera
     (``stopped``), or, for logs written before it did, ``stopped`` (a ``FitResult``'s) does. ``ValueError``
     if every run stopped."""
     out = {r.get("run") for r in history if "stopped" in r} | {k for k, why in enumerate(stopped) if why}
-    kept = [r for r in history if r.get("run") not in out and (runs is None or r.get("run") in set(runs))]
+    wanted = None if runs is None else set(runs)
+    kept = [r for r in history if r.get("run") not in out and (wanted is None or r.get("run") in wanted)]
     if not kept:
         raise ValueError("Every run of the history stopped: no last epoch to summarize.")
     last = max(r["epoch"] for r in kept)
