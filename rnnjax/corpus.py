@@ -90,6 +90,7 @@ class Corpus(WindowedText):
         if path is None and text is None:
             raise DataError("A Corpus needs a path or a text.")
         self.name = str(path) if text is None else "the text"
+        self.path = path if text is None else None        # the file read (config.json names it)
         if vocab is not None and vocab.kind != token:
             raise DataError(f"The vocabulary given is of {vocab.kind} tokens, and {spelt('token', token)} "
                             "asks for others.")

@@ -281,7 +281,9 @@ def open_workdir(p: Plan, data: WindowedText, keep: int) -> tuple[Any, metrics.M
                                f"yourself, or use another {spelt('workdir')}.") from None
         moved.append((source, target))
     if not p.finished and jax.process_index() == 0:    # at once: an earlier run's went aside with its records
-        checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None)
+        read = getattr(data, "path", None)         # a text of one's own: its file, which a resume needs
+        checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None,
+                                text=None if read is None else str(Path(read).absolute()))
     earlier = checkpoint.scores_by_step(p.workdir) if p.step is not None else {}
     manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
     # Silent: the plan says what a torn last line leaves out (Plan.describe).

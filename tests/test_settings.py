@@ -179,6 +179,10 @@ def test_the_text_a_workdir_was_trained_on_is_asked_for(tmp_path):
     mine = saved(tmp_path / "mine", [TINY], text_sha1="ab" * 20)
     with pytest.raises(ValueError, match="trained on a text of your own .*give that file again, --text PATH"):
         settings(cli.parse_args(["--workdir", mine, "--epochs", "5"]))
+    written = json.loads((Path(mine) / "config.json").read_text())     # as a run of --text writes it
+    (Path(mine) / "config.json").write_text(json.dumps({**written, "text": "/books/mine.txt"}))
+    with pytest.raises(ValueError, match=r"\(SHA-1 abababababab\.\.\., read from '/books/mine.txt'\): give"):
+        settings(cli.parse_args(["--workdir", mine, "--epochs", "5"]))
     tm = saved(tmp_path / "tm", [TINY])
     with pytest.raises(ValueError, match="trained on the Time Machine, not on --text: leave --text out"):
         settings(cli.parse_args(["--workdir", tm, "--text", "book.txt"]))

@@ -1,5 +1,6 @@
 """The main job, ``python -m experiments.timemachine``, run in-process."""
 
+import json
 import os
 import re
 import shutil
@@ -442,6 +443,7 @@ def test_a_workdir_a_step_of_ones_own_trained_resumes_saying_so_in_one_line(tmp_
     data = corpus.load(config, text=text)
     with start.planned(config, data, workdir, devices=1) as p:
         loop.run(p, data, create_train_state(config, len(data.vocab)), my_step, eval_steps)
+    assert json.loads((workdir / "config.json").read_text())["text"] == str(text)    # which a resume asks for
     capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("error")          # PYTHONWARNINGS=error: said all the same, not raised
