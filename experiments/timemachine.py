@@ -43,7 +43,7 @@ import jax  # noqa: E402
 
 import rnnjax  # noqa: E402
 from experiments import cli, predicting, settings  # noqa: E402
-from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, metrics  # noqa: E402
+from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, metrics, source  # noqa: E402
 from rnnjax import agree, parallel, runs, spelling, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
 from rnnjax import arguments  # noqa: E402
@@ -82,7 +82,11 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
     with _resuming(args, workdir):
         arguments.check_arguments(config, workdir, devices=args.devices, runs=together)
     with _resuming(args, workdir, config_lib.ConfigError):     # a cell's step on the text's width, say
-        data = corpus.load(config, text=args.text, data=args.data)
+        try:
+            data = corpus.load(config, text=args.text, data=args.data)
+        except source.NotTheTimeMachine as e:
+            raise source.DataError(f"{str(e).removesuffix('.')}; a text of your own trains with --text "
+                                   "PATH.") from None
         resumed = None if args.anew else args.saved_vocab
         if resumed is not None and resumed.differs(data.vocab) == "another vocabulary":
             # The same text in another run's tokens: a run fine-tuned from that one (corpus.load's vocab),

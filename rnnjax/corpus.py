@@ -248,10 +248,10 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
         path = timemachine_path(data) if text is None else text
         made = Corpus.from_config(path, config, vocab=vocab)
         unknown = float(np.mean(made.stream == vocab.unk)) if vocab is not None and made.stream.size else 0.0
-        if unknown > UNKNOWN_SAID and config.min_freq > 1:      # its rare tokens are <unk> in its own too
+        if unknown >= UNKNOWN_SAID and config.min_freq > 1:      # its rare tokens are <unk> in its own too
             own = Corpus.from_config(path, config, cache=False)
             unknown -= float(np.mean(own.stream == own.vocab.unk))
-        if unknown > UNKNOWN_SAID:      # a text cleaned otherwise than the vocabulary's (d2l's is lowercase)
+        if unknown >= UNKNOWN_SAID:      # a text cleaned otherwise than the vocabulary's (d2l's is lowercase)
             warnings.warn(f"{unknown:.0%} more of the text's tokens are read as <unk> in the vocabulary "
                           f"given than in the text's own: clean the text as the run that made the vocabulary "
                           f"did (its config's {spelt('preprocess')} and {spelt('token')}; here "

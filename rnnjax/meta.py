@@ -248,7 +248,7 @@ def problem(meta: Any, step: int) -> str | None:
     if not (isinstance(by, list) and all(isinstance(e, list) and len(e) == 2 and _is_int(e[0])
                                          and isinstance(e[1], str) for e in by)
             and [e[0] for e in by] == sorted({e[0] for e in by}) and all(0 <= e[0] <= step for e in by)):
-        return f"says it was trained by {by!r}"
+        return f"says it was trained by {by!r:.200}"
     ppl = meta.get("val_ppl")
     if not (ppl is None or _is_number(ppl)):
         return f"has a validation perplexity of {ppl!r}"

@@ -126,7 +126,7 @@ class MetricsLog:
     def read(self, missing_ok: bool = False) -> list[dict]:
         """The records; a file that does not exist holds none where ``missing_ok`` (a new workdir's), and is
         a ``MetricsError`` where not: a path mistyped is not an empty log."""
-        if not missing_ok and not os.path.lexists(self.path):
+        if not missing_ok and not os.path.exists(self.path):
             raise MetricsError(f"{self.path} does not exist.")
         return self._parse(self._text())
 

@@ -283,7 +283,7 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
     else:
         target = abstract_train_state(config.replace(optimizer="sgd"), len(vocab))     # as runs' above
         params = restore_state(workdir / SUBDIR, step, target, meta, True)
-    return Restored(config, vocab, params, step, meta, run)
+    return Restored(config, vocab, params, step, meta, run if runs else None)       # run 0 of a single run
 
 
 def _another_run() -> str:

@@ -9,6 +9,9 @@ import os
 import stat
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+
 from rnnjax import meta as meta_lib, optimizers
 from rnnjax.config import SWEEPABLE, Config
 from rnnjax.spelling import as_flags, disagreement, shown, spelt
@@ -110,7 +113,8 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
     if diff:
         raise CheckpointError(
             f"{workdir} holds a run of another configuration than the one given: {'; '.join(diff)}. Use a "
-            f"new {spelt('workdir')}, or the checkpoint's settings to resume it{_from_its_params()}.")
+            f"new {spelt('workdir')}, or the checkpoint's settings to resume it"
+            f"{_from_its_params(saved, config, len(Vocab.from_json(meta['vocab'])))}.")
     why = Vocab.from_json(meta["vocab"]).differs(vocab)
     if why:
         raise CheckpointError(f"{workdir} holds a run trained on {why}. Use a new {spelt('workdir')}, or "
@@ -126,10 +130,19 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
                               "the checkpoint's data to resume it.")
 
 
-def _from_its_params() -> str:
-    """How to train on from a run's parameters with other settings, from Python (the CLI has no way)."""
-    return "" if as_flags() else (" (or train a new workdir from its parameters: fit(config, data, "
-                                  "new_workdir, params=rnnjax.checkpoint.restore(workdir)))")
+def _from_its_params(saved: Config, config: Config, vocab_size: int) -> str:
+    """How to train on from a run's parameters with other settings, from Python (the CLI has no way),
+    where they fit those (lr, clip; not another cell or size)."""
+    from rnnjax.state import make_model     # here: state imports what imports this module
+    if as_flags():
+        return ""
+    try:
+        shapes = [jax.tree.map(lambda x: x.shape, jax.eval_shape(lambda c=c: make_model(c, vocab_size).init(
+            jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))) for c in (saved, config)]
+    except Exception:       # a cell's own init failing here is no reason to hide the refusal
+        return ""
+    return (" (or train a new workdir from its parameters: fit(config, data, new_workdir, "
+            "params=rnnjax.checkpoint.restore(workdir)))") if shapes[0] == shapes[1] else ""
 
 
 def _sweep(configs: list[Config]) -> str:

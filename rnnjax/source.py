@@ -29,6 +29,10 @@ class DataError(ValueError):
     """The text could not be had, or cannot make the requested windows."""
 
 
+class NotTheTimeMachine(DataError):
+    """A file given as d2l's timemachine.txt that is another (its size or SHA-1): a text of one's own?"""
+
+
 def cache_dir() -> Path:
     """``$RNNJAX_CACHE``, else ``$XDG_CACHE_HOME/rnnjax``, else ``~/.cache/rnnjax``."""
     if os.environ.get(ENV_CACHE):
@@ -47,14 +51,14 @@ def sha1_of(path: str | os.PathLike) -> str:
 
 def _check_sha1(path: Path, sha1: str, what: str) -> None:
     size = path.stat().st_size
-    own = f"; give a text of your own as {spelt('text', 'PATH')}" if sha1 == SHA1 else ""
+    wrong = NotTheTimeMachine if what == "File" else DataError      # a file given, not a download
     if sha1 == SHA1 and size != SIZE:
-        raise DataError(f"{what} {path} has {size:,} bytes, expected {SIZE:,}: it is not d2l's "
-                        f"timemachine.txt (truncated or a different file{own}).")
+        raise wrong(f"{what} {path} has {size:,} bytes, expected {SIZE:,}: it is not d2l's "
+                    "timemachine.txt (truncated or a different file).")
     actual = sha1_of(path)
     if actual != sha1:
-        raise DataError(f"{what} {path} has SHA-1 {actual}, expected {sha1}: it is not d2l's "
-                        f"timemachine.txt (truncated or a different file{own}).")
+        raise wrong(f"{what} {path} has SHA-1 {actual}, expected {sha1}: it is not d2l's "
+                    "timemachine.txt (truncated or a different file).")
 
 
 def download(url: str | None = None, sha1: str = SHA1, root: str | os.PathLike | None = None,

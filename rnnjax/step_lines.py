@@ -3,8 +3,9 @@
 Each line is a step's metrics as ``metrics.jsonl`` names an epoch's
 (``metrics.epoch_record``), over that step's tokens alone: ``train_loss``, any
 ``<key>_sum`` as ``train_<key>`` per token, any other metric as the step gave it
-(``grad_norm``: the global gradient norm before clipping), with the ``step``
-it brings the run to and its ``epoch``. They are written as each epoch ends
+(``grad_norm``: the global gradient norm before clipping; ``count``, its tokens,
+by which an epoch's ``train_loss`` weighs them: a ragged last batch has fewer),
+with the ``step`` it brings the run to and its ``epoch``. They are written as each epoch ends
 (and as a run stops in one) before that epoch's checks, so a step whose loss is
 not finite is there to find; a resume drops the lines past its checkpoint, as
 ``metrics.jsonl``'s, and a new run moves them aside with them
@@ -31,8 +32,8 @@ class StepsLog(MetricsLog):
 
     def _unwritten(self, e: OSError, records: tuple[dict, ...]) -> None:
         self.writer = False
-        self.warn(f"{self.path} cannot be written ({e.strerror or e}): it lacks the steps from "
-                  f"{records[0]['step']} on (training goes on; a resume writes those it trains)")
+        self.warn(f"{self.path} cannot be written ({e.strerror or e}): the steps from {records[0]['step']} "
+                  "on may be missing from it, and stay so (training goes on)")
 
 
 def step_records(epoch: int, first: int, steps: list[dict], run: int | None = None) -> list[dict]:
@@ -44,6 +45,6 @@ def step_records(epoch: int, first: int, steps: list[dict], run: int | None = No
         count = float(m["count"])
         per_token = {train_name(k): float(v) / count if count else math.nan
                      for k, v in m.items() if str(k).endswith("_sum")}
-        other = {str(k): float(v) for k, v in m.items() if k != "count" and not str(k).endswith("_sum")}
+        other = {str(k): float(v) for k, v in m.items() if not str(k).endswith("_sum")}
         lines.append({**named, "epoch": epoch, "step": first + i, **per_token, **other})
     return lines

@@ -687,6 +687,7 @@ def test_a_busy_machine_and_torch_s_threads_are_said():
     info = {"load_average": 2.9, "cores": 2, "torch_device": "cpu", "torch_threads": 2, "versions": {}}
     assert busy(info).startswith("warning: the machine is busy (load average 2.9 on 2 cores): other work ")
     assert busy({**info, "load_average": 1.0}) == "" and busy({"cores": 2}) == ""
+    assert busy({**info, "torch_device": None}) == busy({**info, "torch_device": "NVIDIA H200"}) == ""
     assert torch_said(info) == "torch on cpu (2 threads)"
     assert torch_said({**info, "torch_device": "NVIDIA H200"}) == "torch on NVIDIA H200"
     measured = machine_info()

@@ -63,6 +63,9 @@ def test_a_run_records_its_optimizer_resumes_with_it_and_refuses_another(small_d
                                                          r"\(or train a new workdir from its parameters: "
                                                          r"fit\(config, data, new_workdir, params=rnnjax"):
         fit(config.replace(optimizer="sgd", epochs=2), small_data, tmp_path / "adam", devices=1, log=None)
+    with pytest.raises(checkpoint.CheckpointError, match=r"num_hiddens=.* to resume it\.$"):    # they fit not
+        fit(config.replace(num_hiddens=2 * config.num_hiddens), small_data, tmp_path / "adam", devices=1,
+            log=None)
     resumed = fit(config.replace(epochs=2), small_data, tmp_path / "adam", devices=1, log=None)
     assert [r["epoch"] for r in resumed.history] == [1, 2]
 

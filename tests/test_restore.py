@@ -74,6 +74,8 @@ def test_run_is_a_whole_number_as_step_is(small_data, tmp_path):
         assert restored.val_ppl == together.history[-1]["val_ppl"] != restored.meta["val_ppl"]
     single = fit(TINY.replace(epochs=1), small_data, tmp_path / "one", devices=1, log=None)
     assert checkpoint.restore(tmp_path / "one").val_ppl == single.history[-1]["val_ppl"]
+    alone = checkpoint.restore(tmp_path / "one", run=0)          # run 0 of a single run: the run itself
+    assert alone.run is None and alone.val_ppl == single.history[-1]["val_ppl"]
     for bad in (True, 1.0, "one", "²", [1]):
         message = rf"^run must be a whole number, got {re.escape(repr(bad))}\.$"
         with pytest.raises(CheckpointError, match=message):

@@ -14,8 +14,8 @@ def test_real_text_hash_is_checked(real_text_path, tmp_path):
     bad = tmp_path / "timemachine.txt"
     raw = open(real_text_path, "rb").read()
     bad.write_bytes(raw[:-1] + (b"?" if raw[-1:] != b"?" else b"!"))      # d2l's size, not its bytes
-    with pytest.raises(DataError, match=r"SHA-1 .* not d2l's timemachine.txt \(truncated or a different "
-                                        r"file; give a text of your own as text='PATH'\)\.$"):
+    with pytest.raises(source.NotTheTimeMachine, match=r"SHA-1 .* not d2l's timemachine.txt \(truncated or a "
+                                                       r"different file\)\.$"):
         TimeMachine(8, 4, path=bad)
 
 

@@ -32,7 +32,10 @@ def test_each_step_is_a_line_of_what_train_step_gives_and_their_mean_is_the_epoc
     assert [(r["epoch"], r["step"]) for r in got] == [(1, s) for s in range(1, E + 1)]
     np.testing.assert_allclose([(r["train_loss"], r["grad_norm"]) for r in got], wanted, rtol=1e-4)
     assert math.isclose(np.mean([r["grad_norm"] for r in got]), record["grad_norm"], rel_tol=1e-6)
-    assert set(got[0]) == {"epoch", "step", "train_loss", "grad_norm"}
+    counts = [r["count"] for r in got]                  # the last batch ragged: the epoch's loss weighs them
+    assert counts[-1] < counts[0] and set(got[0]) == {"epoch", "step", "train_loss", "grad_norm", "count"}
+    assert math.isclose(np.average([r["train_loss"] for r in got], weights=counts), record["train_loss"],
+                        rel_tol=1e-6)
 
 
 def test_a_resume_drops_the_lines_past_its_checkpoint_and_redoes_them_alike(small_data, tmp_path):
@@ -92,7 +95,8 @@ def test_runs_trained_together_each_have_their_lines_in_step_order(small_data, t
 def test_a_step_s_sums_are_per_token_and_other_metrics_as_given():
     m = {"loss_sum": np.float32(6.0), "count": 3.0, "z_sum": 1.5, "scale": 2}
     [line] = step_records(2, 7, [m], run=1)
-    assert line == {"run": 1, "epoch": 2, "step": 7, "train_loss": 2.0, "train_z": 0.5, "scale": 2.0}
+    assert line == {"run": 1, "epoch": 2, "step": 7, "train_loss": 2.0, "train_z": 0.5, "count": 3.0,
+                    "scale": 2.0}
 
 
 def test_a_line_that_cannot_be_written_is_said_once_and_training_goes_on(small_data, tmp_path, capsys):
@@ -105,8 +109,8 @@ def test_a_line_that_cannot_be_written_is_said_once_and_training_goes_on(small_d
     result = fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, log=None, progress=replaced)
     assert [r["epoch"] for r in result.history] == [1, 2, 3] and max(checkpoint.steps(tmp_path)) == 3 * E
     err = capsys.readouterr().err
-    assert err.count("warning:") == 1 and f"steps.jsonl cannot be written (Is a directory): it lacks the " \
-        f"steps from {E + 1} on (training goes on; a resume writes those it trains)" in err
+    assert err.count("warning:") == 1 and f"steps.jsonl cannot be written (Is a directory): the steps from " \
+        f"{E + 1} on may be missing from it, and stay so (training goes on)" in err
 
 
 def test_a_new_run_moves_an_earlier_run_s_lines_aside_without_its_records_too(small_data, tmp_path):

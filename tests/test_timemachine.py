@@ -453,3 +453,11 @@ def test_a_workdir_a_step_of_ones_own_trained_resumes_saying_so_in_one_line(tmp_
     assert err == (f"warning: the run was trained by the step {__name__}.{my_step.__qualname__} until step "
                    f"{data.num_batches(True)}; it trains on with rnnjax.train.train_windows (a step of one's "
                    "own trains on with rnnjax.loop.run).\n")
+
+
+def test_a_file_given_as_the_time_machine_that_is_another_points_to_text(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("a text of my own " * 100)
+    assert timemachine.main(["--data", str(tmp_path / "mine.txt"), "--workdir", str(tmp_path / "w"),
+                             "--no-compilation-cache"]) == 1
+    assert capsys.readouterr().err.endswith("it is not d2l's timemachine.txt (truncated or a different "
+                                            "file); a text of your own trains with --text PATH.\n")

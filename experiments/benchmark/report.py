@@ -52,7 +52,7 @@ def busy(info: dict) -> str:
     """A warning where the machine was busy as the benchmark began (``machine_info``'s load average over
     half its cores), '' where not."""
     load, cores = info.get("load_average"), info.get("cores") or 1
-    if load is None or load <= cores / 2:
+    if load is None or load <= cores / 2 or info.get("torch_device") != "cpu":   # no torch on the CPU to slow
         return ""
     return (f"warning: the machine is busy (load average {load} on {cores} cores): other work on the cores "
             "slows PyTorch's CPU threads far more than JAX's, so ratios against torch on the CPU are not an "
