@@ -201,12 +201,12 @@ def main(argv=None, **parser_options) -> int:
         stopping.tell("Stopped by signal 2 (Ctrl-C); the workdir keeps its last checkpoint (if any): run the "
                       "same command again to go on.")
         return 128 + signal.SIGINT
-    except BrokenPipeError:     # the reader of a pipe (| head) exited: stop as a piped Unix tool does
-        return stopping.output_closed("the workdir keeps its last checkpoint (if any)")
+    except BrokenPipeError as e:     # the reader of a pipe (| head) exited: stop as a piped Unix tool does
+        return stopping.output_closed(f"{_kept(e)}: run the same command again to go on")
     except stopping.OutputError as e:       # a full disk under stdout
         stopping.drop_output()
-        stopping.tell(f"Stopped: {e.strerror} (writing the output); the workdir keeps its last checkpoint "
-                      "(if any): fix the cause and run the same command again to go on.")
+        stopping.tell(f"Stopped: {e.strerror} (writing the output); {_kept(e)}: fix the cause and run the "
+                      "same command again to go on.")
         return 1
     except OSError as e:
         if e.errno not in MACHINE_ERRORS:       # not the machine's state: a bug, whose traceback is wanted
@@ -218,6 +218,13 @@ def main(argv=None, **parser_options) -> int:
     finally:
         stopping.put_back(previous)
         stops.stop_handled()
+
+
+def _kept(e: BaseException) -> str:
+    """What the workdir keeps of a run stopped by ``e``: the step fit saved as it stopped (loop._saved)."""
+    if getattr(e, "saved_step", None) is None:
+        return "the workdir keeps its last checkpoint (if any)"
+    return f"saved step {e.saved_step} in {e.saved_in}"
 
 
 def _main(argv, parser_options: dict) -> int:

@@ -159,7 +159,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                 out.save(state, epoch, batch, sums)
                 if raised is not None:
                     checkpoint.check_saved(manager)
-                    raise raised
+                    raise _saved(raised, out.saved, workdir)
                 raise _stopped(manager, signum, stop.signum, epoch, batch, steps_per_epoch, done, workdir)
             val = out.per_run(evaluate(state, val_batches))
             if evaluation_fixed and epoch == position.epoch:        # so of an evaluation's
@@ -186,7 +186,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                     out.save(state, epoch + 1, 0, [{} for _ in configs], records)
             if raised is not None:
                 checkpoint.check_saved(manager)
-                raise raised
+                raise _saved(raised, out.saved, workdir)
             if signum is not None:
                 raise _stopped(manager, signum, stop.signum, epoch, steps_per_epoch, steps_per_epoch, done,
                                workdir, finished=epoch + 1 == p.config.epochs)
@@ -271,6 +271,12 @@ def count_steps(p: Plan, data: WindowedText) -> tuple[int, int, int]:
     steps_per_epoch = data.num_batches(True)
     return (steps_per_epoch, p.config.epochs * steps_per_epoch,
             p.position.epoch * steps_per_epoch + p.position.batch)
+
+
+def _saved(raised: BaseException, step: int, workdir: Path) -> BaseException:
+    """What ``progress`` raised, saying the step saved before it (``saved_step``, ``saved_in``)."""
+    raised.saved_step, raised.saved_in = step, workdir
+    return raised
 
 
 def _stopped(manager: Any, signum: int, caught: int | None, epoch: int, batch: int, steps_per_epoch: int,

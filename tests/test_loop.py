@@ -96,9 +96,9 @@ def test_an_exception_from_progress_saves_its_step_and_the_same_fit_goes_on_from
     train_ = (lambda d, **kw: runs.fit_runs(configs, data, d, devices=1, log=None, **kw)) if several else (
         lambda d, **kw: fit(configs[0], data, d, devices=1, log=None, **kw))
     w = tmp_path / "early"
-    with pytest.raises(Enough):
+    with pytest.raises(Enough) as raised:
         train_(w, progress=enough)
-    assert checkpoint.steps(w) == [step]
+    assert checkpoint.steps(w) == [step] and (raised.value.saved_step, raised.value.saved_in) == (step, w)
     resumed, straight = train_(w), train_(tmp_path / "straight")
     seconds = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]
     assert seconds(resumed.history) == seconds(straight.history)

@@ -461,3 +461,20 @@ def test_a_file_given_as_the_time_machine_that_is_another_points_to_text(tmp_pat
                              "--no-compilation-cache"]) == 1
     assert capsys.readouterr().err.endswith("it is not d2l's timemachine.txt (truncated or a different "
                                             "file); a text of your own trains with --text PATH.\n")
+
+
+@pytest.mark.cpu_devices(1)
+def test_a_run_its_closed_output_stops_says_the_step_it_saved(real_text_path, tmp_path, capsys, monkeypatch):
+    """It said "the workdir keeps its last checkpoint (if any)" where it had just saved one (new user)."""
+    import contextlib
+
+    def closed(done, total, record):
+        if record is not None:
+            raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(timemachine.cli, "progress_output", lambda *a: contextlib.nullcontext(closed))
+    workdir = tmp_path / "run"
+    assert timemachine.main(["--data", real_text_path, "--workdir", str(workdir), "--preset", "tiny",
+                             "--devices", "1", "--no-compilation-cache"]) == 128 + signal.SIGPIPE
+    step = max(checkpoint.steps(workdir))
+    assert capsys.readouterr().err == ("Stopped: the output was closed (the reader of a pipe exited); saved "
+                                       f"step {step} in {workdir}: run the same command again to go on.\n")
