@@ -77,35 +77,27 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
         progress: Callable | None = None, log: Callable[[str], Any] | None = None) -> FitResult:
     """Trains the planned run ``p`` from ``state`` (on the host) to ``p.config.epochs``.
 
-    ``step(state, tokens, windows, axis_name=None) -> (state, metrics)`` is
-    ``rnnjax.train.train_windows`` (dropout on with ``rng=train.dropout_key(
-    p.config)``) or, for ``p.runs``, it vmapped; ``evaluate``
-    likewise ``eval_steps`` or ``rnnjax.runs.eval_runs``. ``progress(done,
-    total, record_or_None)`` after every call and epoch (the epoch's record as
-    metrics.jsonl gets it; of runs, their mean perplexities and, as ``runs``,
-    the records of those that train on); ``log`` says
-    which of several runs stop. Raises
-    ``NonFiniteLoss`` once every run has stopped (nothing of that epoch
-    saved, but the line in metrics.jsonl of a run its perplexity stopped),
-    ``Interrupted`` after saving the last completed call's step, and what
-    ``progress`` raises (an early stop, a closed pipe, ``sys.exit``) after saving the step it
-    was called at (in the other processes of a multi-host run,
+    ``step(state, tokens, windows, axis_name=None) -> (state, metrics)`` is ``rnnjax.train.train_windows``
+    (dropout on with ``rng=train.dropout_key(p.config)``) or, for ``p.runs``, it vmapped; ``evaluate``
+    likewise ``eval_steps`` or ``rnnjax.runs.eval_runs``. ``progress(done, total, record_or_None)`` after
+    every call and epoch (the epoch's record as metrics.jsonl gets it; of runs, their mean perplexities
+    and, as ``runs``, the records of those that train on); ``log`` says which of several runs stop. Raises
+    ``NonFiniteLoss`` once every run has stopped (nothing of that epoch saved, but the line in
+    metrics.jsonl of a run its perplexity stopped), ``Interrupted`` after saving the last completed call's
+    step, and what ``progress`` raises (an early stop, a closed pipe, ``sys.exit``) after saving the step
+    it was called at, its ``saved_step`` (in the other processes of a multi-host run,
     ``StoppedByAnother``, the same step saved).
 
-    ``ValueError`` before it writes anything (a workdir ``planned`` made
-    goes again with its lock) unless the processes of a multi-host run
-    would train alike (``rnnjax.agree``), unless ``evaluate`` returns
-    ``loss_sum``, ``count`` and metrics of one number (logged as
-    ``val_<key>``, ``metrics.epoch_record``: sum them over ``axis_name``'s
-    devices, as ``eval_steps`` does its own), and unless ``state`` is the
-    plan's: the parameters ``p.config`` makes (of each run, stacked), at the
-    checkpoint's step (``p.state`` resumes) or, new, at step 0, with the
-    optimizer state ``p.config.optimizer`` makes (``rnnjax.optimizers``): the
-    run records it by name, and a resume makes it. Over several devices, a
-    ``count`` fixed as the step is traced that is one device's share of the
-    batch's tokens is warned of (``log``'s, else a ``UserWarning``) at the
-    first call, an evaluation's at the first validation: the count of one
-    device's tokens, or of a share of them (``preflight.counted_share``).
+    ``ValueError`` before it writes anything (a workdir ``planned`` made goes again with its lock) unless
+    the processes of a multi-host run would train alike (``rnnjax.agree``), unless ``evaluate`` returns
+    ``loss_sum``, ``count`` and metrics of one number (logged as ``val_<key>``, ``metrics.epoch_record``:
+    sum them over ``axis_name``'s devices, as ``eval_steps`` does its own), and unless ``state`` is the
+    plan's: the parameters ``p.config`` makes (of each run, stacked), at the checkpoint's step (``p.state``
+    resumes) or, new, at step 0, with the optimizer state ``p.config.optimizer`` makes
+    (``rnnjax.optimizers``): the run records it by name, and a resume makes it. Over several devices, a
+    ``count`` fixed as the step is traced that is one device's share of the batch's tokens is warned of
+    (``log``'s, else a ``UserWarning``) at the first call, an evaluation's at the first validation: the
+    count of one device's tokens, or of a share of them (``preflight.counted_share``).
     """
     check_open(p, "loop.run")
     preflight.check_functions(step, evaluate, p.dp.pmapped)
