@@ -120,6 +120,10 @@ class Corpus(WindowedText):
             raise DataError(f"{spelt('min_freq', min_freq)} leaves no {token} but <unk> in the vocabulary: "
                             "lower it.")
         self._split(num_train, num_val)
+        made = self.train_end - self.num_steps          # the training windows the text makes
+        if self.val_fraction and self.batch_size > made:         # one batch a step, the most of it padding
+            raise DataError(f"{spelt('batch_size', batch_size)} is more than the {made:,} training windows "
+                            f"{self.name} makes: give at most {made:,}.")
         if check_vocab is not None:
             check_vocab(len(self.vocab))
         if cache and not self.cache_hit:

@@ -300,6 +300,18 @@ def test_a_text_read_mostly_as_unknown_in_the_vocabulary_given_is_said(tmp_path,
         corpus.load(words, text=shouted, vocab=own)
 
 
+def test_a_batch_larger_than_the_text_s_windows_is_refused(tmp_path):
+    """A batch of 100000 on a text of 14,200 windows trained one padded batch an epoch, unsaid (new user)."""
+    path = tmp_path / "short.txt"
+    path.write_text(other_alphabet())
+    made = Corpus.from_config(path, TEXT.replace(batch_size=1))
+    windows = made.train_end - made.num_steps
+    Corpus.from_config(path, TEXT.replace(batch_size=windows))         # every window in one batch: fine
+    with pytest.raises(DataError, match=rf"^batch_size={windows + 1} is more than the {windows:,} training "
+                                        rf"windows .*short.txt makes: give at most {windows:,}\.$"):
+        Corpus.from_config(path, TEXT.replace(batch_size=windows + 1))
+
+
 def test_sizes_of_numpy_are_ints_and_a_val_fraction_that_is_no_fraction_is_one_sentence():
     from rnnjax.config import ConfigError
     c = Corpus(None, np.int64(16), np.int32(8), text=other_alphabet(), num_val=np.int64(50),
