@@ -5,11 +5,11 @@ Each line is a step's metrics as ``metrics.jsonl`` names an epoch's
 ``<key>_sum`` as ``train_<key>`` per token, any other metric as the step gave it
 (``grad_norm``: the global gradient norm before clipping; ``count``, its tokens,
 by which an epoch's ``train_loss`` weighs them: a ragged last batch has fewer),
-with the ``step`` it brings the run to and its ``epoch``. They are written as each epoch ends
-(and as a run stops in one) before that epoch's checks, so a step whose loss is
-not finite is there to find; a resume drops the lines past its checkpoint, as
-``metrics.jsonl``'s, and a new run moves them aside with them
-(``steps.N.jsonl``). Read back by ``StepsLog(path).read()``. A line that
+with the ``step`` it brings the run to and its ``epoch``. They are written as
+each epoch ends (and as a run stops in one) before that epoch's checks, so a
+step whose loss is not finite is there to find; a resume drops the lines past
+its checkpoint, as ``metrics.jsonl``'s, and a new run moves them aside with
+them (``steps.N.jsonl``). Read back by ``StepsLog(path).read()``. A line that
 cannot be written (a full disk) is said once and training goes on: the steps
 trained since the last checkpoint are worth more than their lines.
 """
