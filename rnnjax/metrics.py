@@ -98,11 +98,6 @@ class MetricsError(ValueError):
     """``metrics.jsonl`` holds something that is not this run's log; the message names the file and line."""
 
 
-def _finite_or_null(record: dict) -> dict:
-    """Non-finite floats as ``None`` (JSON ``null``): strict JSON has no ``Infinity`` or ``NaN``."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
-
-
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per epoch (and run), appended as epochs finish.
 
@@ -170,8 +165,10 @@ class MetricsLog:
                     and all(type(record.get(k)) is int for k in ("epoch", self.ORDER))
                     and type(record.get("run", 0)) is int and record.get("run", 0) >= 0
                     and all(k in record and _number_or_null(record[k]) for k in self.NEEDED)):
-                raise MetricsError(f"{self.path}, line {number}, is not {self.WHAT}: {line[:60]!r}. Move the "
-                                   f"file aside to resume, or use a new {spelt('workdir')}.")
+                steps = isinstance(record, dict) and "train_loss" in record and self.ORDER == "epoch"
+                raise MetricsError(f"{self.path}, line {number}, is not {self.WHAT}: {line[:60]!r}. " + (
+                    "A log of steps is read by rnnjax.step_lines.StepsLog." if steps else
+                    f"Move the file aside to resume, or use a new {spelt('workdir')}."))
             records.append({k: v if v is not None else math.inf if k in NEEDED else math.nan
                             for k, v in record.items()})
         _check_order(records, self.path, self.ORDER)
@@ -256,7 +253,9 @@ def lost_epochs(records: list[dict], epochs: int, stopped: list, num_runs: int) 
 
 
 def _line(record: dict) -> str:
-    return json.dumps(_finite_or_null(record), allow_nan=False) + "\n"
+    """``record``'s line, non-finite floats as ``null``: strict JSON has no ``Infinity`` or ``NaN``."""
+    strict = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    return json.dumps(strict, allow_nan=False) + "\n"
 
 
 def _check_order(records: list[dict], path: Path, key: str) -> None:

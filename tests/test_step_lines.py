@@ -127,6 +127,9 @@ def test_its_messages_name_it_and_a_run_it_does_not_hold_is_refused(small_data, 
     fit(TINY.replace(epochs=1), small_data, tmp_path, devices=1, log=None)
     with pytest.raises(metrics.MetricsError, match=r"is a folder, a workdir: read its log, .*steps.jsonl\.$"):
         StepsLog(tmp_path).read()
+    with pytest.raises(metrics.MetricsError, match=r"line 1, is not a metrics record .*\. A log of steps is "
+                                                   r"read by rnnjax.step_lines.StepsLog\.$"):     # new user
+        metrics.MetricsLog(tmp_path / FILENAME).read()
     text = (tmp_path / FILENAME).read_bytes()
     (tmp_path / FILENAME).write_bytes(text + b"\xff\n")
     with pytest.raises(metrics.MetricsError, match=r"steps.jsonl is not a log of steps \(byte 0xff"):
