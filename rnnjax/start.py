@@ -54,6 +54,7 @@ class Plan:
     stalled: bool = False              # one's own optimizer updates nothing from the checkpoint on (rate 0)
     saved_epochs: int | None = None    # the epochs the checkpoint's run asked for (RESUMABLE: may differ)
     trained_by: list | None = None     # the step functions that trained it, as its meta says (TRAINED_BY)
+    steps_lost: str = ""               # the steps steps.jsonl lacks (a write failed), in words
     held: lock_lib.Held | None = None   # the workdir's lock, in the process that writes
 
     @property
@@ -117,6 +118,7 @@ class Plan:
         elif self.torn:
             hint += (f"; {self.workdir / metrics.FILENAME} ends in a torn line, of an epoch past the "
                      "checkpoint (trained again): dropped")
+        hint += f"; {self.workdir / step_lines.FILENAME} {self.steps_lost}" if self.steps_lost else ""
         if self.aside:
             names, numbered = (", ".join(p.name for p in ps[:-1]) + " and " * (len(ps) > 1) + ps[-1].name
                                for ps in zip(*self.aside))
@@ -248,6 +250,8 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         position = Position.read(metas[step])
         metrics.check_records_runs(records, len(runs), workdir / metrics.FILENAME)
         metrics.check_records_runs(lines, len(runs), steps_path)
+        last = max((line["step"] for line in lines), default=step)      # none: an older rnnjax's workdir
+        steps_lost = f"ends at step {last}: the steps to {step} are not in it" if last < step else ""
         lost = metrics.lost_epochs(records, position.epoch, position.stopped, len(runs))
         asked = Config.from_json(metas[step]["config"]).epochs
         # A resume of more epochs: rnnjax's own optimizers keep their rate; one's own schedule may have ended.
@@ -258,7 +262,7 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         return Plan(config, workdir, dp, path, step, position, runs, state,
                     tuple(sorted(damaged, reverse=True)), lost, bool(torn),
                     computed_by=computing_lib.computed_by(metas[step]), saved_epochs=asked, stalled=stalled,
-                    trained_by=metas[step].get(TRAINED_BY))
+                    trained_by=metas[step].get(TRAINED_BY), steps_lost=steps_lost)
     damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "

@@ -138,3 +138,17 @@ def test_its_messages_name_it_and_a_run_it_does_not_hold_is_refused(small_data, 
     with pytest.raises(metrics.MetricsError, match=r"steps.jsonl, record 14, is of run 5, and the workdir "
                                                    r"holds a single run"):
         fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+
+
+def test_a_resume_says_which_steps_a_failed_write_left_out(small_data, tmp_path):
+    E = small_data.num_batches(True)
+    fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+    text = (tmp_path / FILENAME).read_text().splitlines(keepends=True)
+    (tmp_path / FILENAME).write_text("".join(text[:E + 3]))             # as if its writes failed from there
+    said = []
+    fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, log=said.append)
+    assert f"steps.jsonl ends at step {E + 3}: the steps to {2 * E} are not in it" in said[0]
+    assert [r["step"] for r in lines(tmp_path)] == [*range(1, E + 4), *range(2 * E + 1, 3 * E + 1)]
+    said.clear()
+    fit(TINY.replace(epochs=4), small_data, tmp_path, devices=1, log=said.append)
+    assert "steps.jsonl" not in said[0]                 # said once: its lines go on past the gap
