@@ -139,7 +139,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     if args.predict is not None and args.seed is not None and not 0 <= args.seed[0] < 2 ** 32:
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed[0]}.")
     if args.temperature is not None and not 0 < args.temperature <= MAX_TEMPERATURE:   # NaN fails this too
-        greedy = "; the likeliest token each time is --predict without it" if args.temperature == 0 else ""
+        greedy = ("; the likeliest token each time is --predict without --temperature, --sample or --top-k"
+                  if args.temperature == 0 else "")
         raise ValueError(f"--temperature must be a positive number up to {MAX_TEMPERATURE:.3g} (float32's "
                          f"largest), got {spelling.shown(args.temperature)}{greedy}.")
     if args.top_k is not None and args.top_k < 1:

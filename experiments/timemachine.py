@@ -36,8 +36,9 @@ if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + si
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
 import contextlib  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 
@@ -85,6 +86,8 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
         try:
             data = corpus.load(config, text=args.text, data=args.data)
         except source.NotTheTimeMachine as e:
+            if args.settings_from is not None:          # a Time Machine run resumed: --text is not for it
+                raise
             raise source.DataError(f"{str(e).removesuffix('.')}; a text of your own trains with --text "
                                    "PATH.") from None
         resumed = None if args.anew else args.saved_vocab
@@ -117,7 +120,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
             with cli.progress_output(show, config.epochs) as progress:
                 if several:
                     result = runs.fit_runs(configs, data, workdir, progress=progress,
-                                           **{**options, "log": say})
+                                           **{**options, "log": _unless_closed(say)})
                 else:
                     result = fit(config, data, workdir, params=untrained, progress=progress, **options)
         except (jax.errors.JaxRuntimeError, MemoryError) as e:
@@ -202,7 +205,7 @@ def main(argv=None, **parser_options) -> int:
                       "same command again to go on.")
         return 128 + signal.SIGINT
     except BrokenPipeError as e:     # the reader of a pipe (| head) exited: stop as a piped Unix tool does
-        return stopping.output_closed(f"{_kept(e)}: run the same command again to go on")
+        return stopping.output_closed(_kept(e, ": run the same command again to go on"))
     except stopping.OutputError as e:       # a full disk under stdout
         stopping.drop_output()
         stopping.tell(f"Stopped: {e.strerror} (writing the output); {_kept(e)}: fix the cause and run the "
@@ -220,11 +223,21 @@ def main(argv=None, **parser_options) -> int:
         stops.stop_handled()
 
 
-def _kept(e: BaseException) -> str:
-    """What the workdir keeps of a run stopped by ``e``: the step fit saved as it stopped (loop._saved)."""
+def _kept(e: BaseException, then: str = "") -> str:
+    """What the workdir keeps of a run stopped by ``e``: the step fit saved as it stopped (loop._saved),
+    ``then`` what to do."""
     if getattr(e, "saved_step", None) is None:
         return "the workdir keeps its last checkpoint (if any)"
-    return f"saved step {e.saved_step} in {e.saved_in}"
+    return f"saved step {e.saved_step} in {e.saved_in}{then}"
+
+
+def _unless_closed(say: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``say``, as runs' ``log`` (which of them stop): a closed pipe is left to the progress line that
+    follows, which stops the run with its step saved (a log line raising had stopped it unsaved)."""
+    def log(line: str) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            say(line)
+    return log
 
 
 def _main(argv, parser_options: dict) -> int:

@@ -23,6 +23,7 @@ import numbers
 import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -90,7 +91,7 @@ class Corpus(WindowedText):
         if path is None and text is None:
             raise DataError("A Corpus needs a path or a text.")
         self.name = str(path) if text is None else "the text"
-        self.path = path if text is None else None        # the file read (config.json names it)
+        self.path = Path(path).absolute() if text is None else None    # the file read: config.json names it
         if vocab is not None and vocab.kind != token:
             raise DataError(f"The vocabulary given is of {vocab.kind} tokens, and {spelt('token', token)} "
                             "asks for others.")
@@ -120,10 +121,11 @@ class Corpus(WindowedText):
             raise DataError(f"{spelt('min_freq', min_freq)} leaves no {token} but <unk> in the vocabulary: "
                             "lower it.")
         self._split(num_train, num_val)
-        made = self.train_end - self.num_steps          # the training windows the text makes
-        if self.val_fraction and self.batch_size > made:         # one batch a step, the most of it padding
-            raise DataError(f"{spelt('batch_size', batch_size)} is more than the {made:,} training windows "
-                            f"{self.name} makes: give at most {made:,}.")
+        if self.val_fraction and not steps_per_epoch and batch_size > self.num_train:    # one batch, padded
+            warnings.warn(f"{spelt('batch_size', batch_size)} is more than the {self.num_train:,} training "
+                          f"windows {self.name} gives an epoch: each epoch is one batch of them, the rest "
+                          f"padding ({spelt('batch_size', self.num_train)} trains alike, faster).",
+                          stacklevel=3)
         if check_vocab is not None:
             check_vocab(len(self.vocab))
         if cache and not self.cache_hit:

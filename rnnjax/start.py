@@ -250,8 +250,9 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         position = Position.read(metas[step])
         metrics.check_records_runs(records, len(runs), workdir / metrics.FILENAME)
         metrics.check_records_runs(lines, len(runs), steps_path)
-        last = max((line["step"] for line in lines), default=step)      # none: an older rnnjax's workdir
-        steps_lost = f"ends at step {last}: the steps to {step} are not in it" if last < step else ""
+        # No file: an older rnnjax's workdir; an empty one: a write failed from the first line on.
+        last = max((line["step"] for line in lines), default=0 if steps_path.exists() else step)
+        steps_lost = f"lacks steps {last + 1}-{step} (a write failed)" if last < step else ""
         lost = metrics.lost_epochs(records, position.epoch, position.stopped, len(runs))
         asked = Config.from_json(metas[step]["config"]).epochs
         # A resume of more epochs: rnnjax's own optimizers keep their rate; one's own schedule may have ended.

@@ -300,16 +300,24 @@ def test_a_text_read_mostly_as_unknown_in_the_vocabulary_given_is_said(tmp_path,
         corpus.load(words, text=shouted, vocab=own)
 
 
-def test_a_batch_larger_than_the_text_s_windows_is_refused(tmp_path):
-    """A batch of 100000 on a text of 14,200 windows trained one padded batch an epoch, unsaid (new user)."""
+def test_a_batch_larger_than_an_epoch_s_windows_is_said(tmp_path):
+    """A batch of 100000 on a text of 14,200 windows trained one padded batch an epoch, unsaid (new user);
+    said, not refused: a workdir trained so before resumes (hostile pass 3)."""
+    import warnings
     path = tmp_path / "short.txt"
     path.write_text(other_alphabet())
-    made = Corpus.from_config(path, TEXT.replace(batch_size=1))
-    windows = made.train_end - made.num_steps
-    Corpus.from_config(path, TEXT.replace(batch_size=windows))         # every window in one batch: fine
-    with pytest.raises(DataError, match=rf"^batch_size={windows + 1} is more than the {windows:,} training "
-                                        rf"windows .*short.txt makes: give at most {windows:,}\.$"):
-        Corpus.from_config(path, TEXT.replace(batch_size=windows + 1))
+    windows = Corpus.from_config(path, TEXT.replace(batch_size=1, num_train=0)).num_train
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Corpus.from_config(path, TEXT.replace(batch_size=windows, num_train=0))     # every window, one batch
+        drawn = TEXT.replace(batch_size=windows + 1, num_train=0, steps_per_epoch=3)     # with replacement
+        Corpus.from_config(path, drawn)
+    with pytest.warns(UserWarning, match=rf"^batch_size={windows + 1} is more than the {windows:,} training "
+                                         rf"windows .*short.txt gives an epoch: each epoch is one batch of "
+                                         rf"them, the rest padding \(batch_size={windows} trains alike"):
+        Corpus.from_config(path, TEXT.replace(batch_size=windows + 1, num_train=0))
+    with pytest.warns(UserWarning, match=r"more than the 10 training windows"):      # as --num-train asks
+        Corpus.from_config(path, TEXT.replace(batch_size=16, num_train=10))
 
 
 def test_sizes_of_numpy_are_ints_and_a_val_fraction_that_is_no_fraction_is_one_sentence():

@@ -238,7 +238,8 @@ BAD = [  # (flags, what the one line says)
     (["--num-train", "10000000"], "windows of --num-steps + 1 = 9; --num-train + --num-val = 10000050 are"),
     (["--devices", "99"], "--devices 99"), (["--batch-size", "1023"], "not divisible"),
     (["--sample"], "add --predict"),
-    (["--predict", "a", "--temperature", "0"], "got 0; the likeliest token each time is --predict without"),
+    (["--predict", "a", "--temperature", "0"], "got 0; the likeliest token each time is --predict without "
+                                               "--temperature, --sample or --top-k."),
     (["--predict", "a", "--temperature", "inf"], "--temperature must be a positive number up to 3.4e+38"),
     (["--predict", "a", "--temperature", "3.5e38"], "(float32's largest), got 3.5e38."),
     (["--predict", "a", "--top-k", "0"], "--top-k must be at least 1"),

@@ -147,7 +147,7 @@ def test_a_resume_says_which_steps_a_failed_write_left_out(small_data, tmp_path)
     (tmp_path / FILENAME).write_text("".join(text[:E + 3]))             # as if its writes failed from there
     said = []
     fit(TINY.replace(epochs=3), small_data, tmp_path, devices=1, log=said.append)
-    assert f"steps.jsonl ends at step {E + 3}: the steps to {2 * E} are not in it" in said[0]
+    assert f"steps.jsonl lacks steps {E + 4}-{2 * E} (a write failed)" in said[0]
     assert [r["step"] for r in lines(tmp_path)] == [*range(1, E + 4), *range(2 * E + 1, 3 * E + 1)]
     said.clear()
     fit(TINY.replace(epochs=4), small_data, tmp_path, devices=1, log=said.append)

@@ -455,12 +455,18 @@ def test_a_workdir_a_step_of_ones_own_trained_resumes_saying_so_in_one_line(tmp_
                    "own trains on with rnnjax.loop.run).\n")
 
 
-def test_a_file_given_as_the_time_machine_that_is_another_points_to_text(tmp_path, capsys):
+def test_a_file_given_as_the_time_machine_that_is_another_points_to_text(real_text_path, tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("a text of my own " * 100)
     assert timemachine.main(["--data", str(tmp_path / "mine.txt"), "--workdir", str(tmp_path / "w"),
                              "--no-compilation-cache"]) == 1
     assert capsys.readouterr().err.endswith("it is not d2l's timemachine.txt (truncated or a different "
                                             "file); a text of your own trains with --text PATH.\n")
+    assert timemachine.main(["--data", real_text_path, "--workdir", str(tmp_path / "tm"), "--preset", "tiny",
+                             "--epochs", "1", "--no-compilation-cache"]) == 0
+    capsys.readouterr()             # a Time Machine run resumed: --text is not for it
+    assert timemachine.main(["--data", str(tmp_path / "mine.txt"), "--workdir", str(tmp_path / "tm"),
+                             "--epochs", "2", "--no-compilation-cache"]) == 1
+    assert capsys.readouterr().err.endswith("(truncated or a different file).\n")
 
 
 @pytest.mark.cpu_devices(1)
@@ -478,3 +484,26 @@ def test_a_run_its_closed_output_stops_says_the_step_it_saved(real_text_path, tm
     step = max(checkpoint.steps(workdir))
     assert capsys.readouterr().err == ("Stopped: the output was closed (the reader of a pipe exited); saved "
                                        f"step {step} in {workdir}: run the same command again to go on.\n")
+
+
+@pytest.mark.cpu_devices(1)
+def test_a_pipe_closed_under_a_run_s_stop_line_still_saves(real_text_path, tmp_path, capsys, monkeypatch):
+    """The line saying one of several runs stopped met the closed pipe first: nothing saved (hostile 3)."""
+    closed = []
+
+    def fake_print(*args, **kwargs):            # stdout a pipe that closes at that line
+        if closed or (args and "stopped:" in str(args[0])):
+            closed.append(True)
+            raise BrokenPipeError(32, "Broken pipe")
+    for module in (timemachine, timemachine.cli):
+        monkeypatch.setattr(module, "print", fake_print, raising=False)
+    workdir = tmp_path / "runs"
+    args = ["--data", real_text_path, "--preset", "tiny", "--lr", "1,1e30", "--epochs", "3", "--devices", "1",
+            "--no-compilation-cache"]
+    assert timemachine.main([*args, "--workdir", str(workdir)]) == 128 + signal.SIGPIPE
+    assert closed and checkpoint.steps(workdir) == [13]         # its progress line stopped it, saved
+    assert f"saved step 13 in {workdir}: run the same command again" in capsys.readouterr().err
+    closed.clear()                                              # no progress line: it trains to its end
+    assert timemachine.main([*args, "--workdir", str(tmp_path / "quiet"), "--no-progress"]) == 141
+    assert max(checkpoint.steps(tmp_path / "quiet")) == 39 and capsys.readouterr().err.endswith(
+        "the workdir keeps its last checkpoint (if any).\n")        # nothing to go on with: not said

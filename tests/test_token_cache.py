@@ -26,7 +26,7 @@ def test_cache_hit_skips_tokenizing_and_is_keyed_by_text_and_options(text_file, 
         raise AssertionError("tokenized again")
     with monkeypatch.context() as m:
         m.setattr(corpus, "tokenize", no_tokenizing)
-        again = Corpus.from_config(text_file, TEXT.replace(num_steps=4, num_train=10))
+        again = Corpus.from_config(text_file, TEXT.replace(num_steps=4, num_train=20, batch_size=4))
     assert again.cache_hit and again.vocab == first.vocab
     np.testing.assert_array_equal(again.stream, first.stream)
     assert not Corpus.from_config(text_file, TEXT.replace(token="word")).cache_hit
