@@ -455,6 +455,7 @@ def test_a_workdir_a_step_of_ones_own_trained_resumes_saying_so_in_one_line(tmp_
                    "own trains on with rnnjax.loop.run).\n")
 
 
+@pytest.mark.slow
 def test_a_file_given_as_the_time_machine_that_is_another_points_to_text(real_text_path, tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("a text of my own " * 100)
     assert timemachine.main(["--data", str(tmp_path / "mine.txt"), "--workdir", str(tmp_path / "w"),
@@ -469,6 +470,7 @@ def test_a_file_given_as_the_time_machine_that_is_another_points_to_text(real_te
     assert capsys.readouterr().err.endswith("(truncated or a different file).\n")
 
 
+@pytest.mark.slow
 @pytest.mark.cpu_devices(1)
 def test_a_run_its_closed_output_stops_says_the_step_it_saved(real_text_path, tmp_path, capsys, monkeypatch):
     """It said "the workdir keeps its last checkpoint (if any)" where it had just saved one (new user)."""
@@ -486,6 +488,7 @@ def test_a_run_its_closed_output_stops_says_the_step_it_saved(real_text_path, tm
                                        f"step {step} in {workdir}: run the same command again to go on.\n")
 
 
+@pytest.mark.slow
 @pytest.mark.cpu_devices(1)
 def test_a_pipe_closed_under_a_run_s_stop_line_still_saves(real_text_path, tmp_path, capsys, monkeypatch):
     """The line saying one of several runs stopped met the closed pipe first: nothing saved (hostile 3)."""
