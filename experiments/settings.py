@@ -17,9 +17,9 @@ import json
 import re
 from pathlib import Path
 
-from experiments import flags, stopping
+from experiments import flags
 from rnnjax import checkpoint, config as config_lib, corpus, runs, source, spelling
-from rnnjax.saved import saved_runs
+from rnnjax.saved import saved_runs, text_read
 from rnnjax.stored import UnknownCell
 from rnnjax.vocab import Vocab
 
@@ -130,7 +130,7 @@ def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Co
     """``settings`` of the run ``saved`` in ``args.workdir`` (``rnnjax.saved.saved_runs``'s)."""
     configs, vocab, source, together = saved
     if _own_text(vocab) and args.text is None:
-        read = _text_read(args.workdir)
+        read = text_read(args.workdir)
         raise ValueError(f"{args.workdir} holds a run trained on a text of your own (SHA-1 "
                          f"{vocab['text_sha1'][:12]}...{read}): give that file again, --text PATH, to resume "
                          "it.")
@@ -140,15 +140,6 @@ def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Co
     resumed = flags.resumed_from_flags(args, configs, str(args.workdir))
     args.settings_from = source                # said as the run starts
     return resumed, args.workdir, together
-
-
-def _text_read(workdir: Path) -> str:
-    """``, read from PATH``: the file of one's own text its ``config.json`` names (``''`` where none)."""
-    try:
-        text = json.loads((Path(workdir) / checkpoint.CONFIG).read_text()).get("text")
-    except (OSError, ValueError, RecursionError, AttributeError):
-        return ""
-    return f", read from {stopping.said(text)}" if isinstance(text, str) else ""
 
 
 def _own_text(vocab: dict) -> bool:

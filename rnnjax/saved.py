@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from rnnjax import meta as meta_lib, optimizers
 from rnnjax.config import SWEEPABLE, Config
-from rnnjax.spelling import as_flags, disagreement, shown, spelt
+from rnnjax.spelling import as_flags, disagreement, said, shown, spelt
 from rnnjax.stored import CONFIG, CheckpointError, DamagedCheckpoint, UnknownCell, read_meta, steps
 from rnnjax.vocab import Vocab
 
@@ -117,8 +117,8 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
             f"{_from_its_params(saved, config, len(Vocab.from_json(meta['vocab'])))}.")
     why = Vocab.from_json(meta["vocab"]).differs(vocab)
     if why:
-        raise CheckpointError(f"{workdir} holds a run trained on {why}. Use a new {spelt('workdir')}, or "
-                              "the data it was trained on to resume it.")
+        raise CheckpointError(f"{workdir} holds a run trained on {why}{text_read(workdir)}. Use a new "
+                              f"{spelt('workdir')}, or the data it was trained on to resume it.")
     was, now = meta.get(meta_lib.OPTIMIZER), optimizers.registered_as(config.optimizer)     # older: unsaid
     if isinstance(was, str) and now is not None and was != now:     # the same state, stepped otherwise
         raise CheckpointError(f"{workdir} holds a run trained with rnnjax.OPTIMIZERS[{config.optimizer!r}] = "
@@ -128,6 +128,15 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
         raise CheckpointError(f"{workdir} holds a run of {meta['steps_per_epoch']} steps an "
                               f"epoch; this data has {steps_per_epoch}. Use a new {spelt('workdir')}, or "
                               "the checkpoint's data to resume it.")
+
+
+def text_read(workdir: Path) -> str:
+    """``, read from PATH``: the file of one's own text the workdir's ``config.json`` names, '' where none."""
+    try:
+        text = json.loads((Path(workdir) / CONFIG).read_text()).get("text")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return ""
+    return f", read from {said(text)}" if isinstance(text, str) else ""
 
 
 def _from_its_params(saved: Config, config: Config, vocab_size: int) -> str:
