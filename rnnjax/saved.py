@@ -10,7 +10,6 @@ import stat
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from rnnjax import meta as meta_lib, optimizers
 from rnnjax.config import SWEEPABLE, Config
@@ -142,12 +141,12 @@ def text_read(workdir: Path) -> str:
 def _from_its_params(saved: Config, config: Config, vocab_size: int) -> str:
     """How to train on from a run's parameters with other settings, from Python (the CLI has no way),
     where they fit those (lr, clip; not another cell or size)."""
-    from rnnjax.state import make_model     # here: state imports what imports this module
+    from rnnjax.state import abstract_train_state     # here: state imports what imports this module
     if as_flags():
         return ""
-    try:
-        shapes = [jax.tree.map(lambda x: x.shape, jax.eval_shape(lambda c=c: make_model(c, vocab_size).init(
-            jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))) for c in (saved, config)]
+    try:        # what fit's check_params compares the parameters given with
+        shapes = [jax.tree.map(lambda x: x.shape, abstract_train_state(c, vocab_size).params)
+                  for c in (saved, config)]
     except Exception:       # a cell's own init failing here is no reason to hide the refusal
         return ""
     return (" (or train a new workdir from its parameters: fit(config, data, new_workdir, "
