@@ -56,8 +56,7 @@ class Writer:
     def log(self, records: list[dict]) -> None:
         if records:
             self.check_lock()
-            for record in records:
-                self.metrics_log.append(record)
+            self.metrics_log.append(*records)       # one write, as steps.jsonl's
 
     def log_steps(self, steps_RxS: list[dict], epoch: int, start: int) -> None:
         """The lines of ``steps.jsonl`` of an epoch's calls (``steps_RxS``: each a dict of ``[run, step]``
