@@ -211,13 +211,16 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) ->
 
 
 def write_config(workdir: Path, config: Config, vocab: Vocab, runs: list[Config] | None = None,
-                 text: str | None = None) -> None:
+                 text: str | None = None, init_from: dict | None = None) -> None:
     """``config.json`` for people and tools; the checkpoints carry their own copy. ``text``: the file a
-    run's own text was read from (a resume asks for it again: it names it)."""
+    run's own text was read from (a resume asks for it again: it names it); ``init_from``: the checkpoint
+    a fine-tuned run started from (``Restored.origin``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     content = {"config": config.to_json(), "vocab": vocab.to_json()}
     if runs:
         content["runs"] = [c.to_json() for c in runs]
     if text is not None:
         content["text"] = text
+    if init_from is not None:
+        content["init_from"] = init_from
     workdir_lib.write_atomically(workdir / CONFIG, json.dumps(content, indent=1) + "\n")

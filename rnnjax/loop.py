@@ -74,7 +74,8 @@ class FitResult:
 @agree.leaves_on_error
 def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Callable, *,
         checkpoint_every: int = CHECKPOINT_EVERY, keep: int = checkpoint.KEEP,
-        progress: Callable | None = None, log: Callable[[str], Any] | None = None) -> FitResult:
+        progress: Callable | None = None, log: Callable[[str], Any] | None = None,
+        origin: dict | None = None) -> FitResult:
     """Trains the planned run ``p`` from ``state`` (on the host) to ``p.config.epochs``.
 
     ``step(state, tokens, windows, axis_name=None) -> (state, metrics)`` is ``rnnjax.train.train_windows``
@@ -86,7 +87,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     metrics.jsonl of a run its perplexity stopped), ``Interrupted`` after saving the last completed call's
     step, and what ``progress`` raises (an early stop, a closed pipe, ``sys.exit``) after saving the step
     it was called at, its ``saved_step`` (in the other processes of a multi-host run,
-    ``StoppedByAnother``, the same step saved).
+    ``StoppedByAnother``, the same step saved). ``origin``: the checkpoint a new run's ``state`` comes from
+    (``Restored.origin``), which its ``config.json`` records.
 
     ``ValueError`` before it writes anything (a workdir ``planned`` made goes again with its lock) unless
     the processes of a multi-host run would train alike (``rnnjax.agree``), unless ``evaluate`` returns
@@ -107,7 +109,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     evaluation_fixed = preflight.check_evaluation(p, evaluate, state, data)
     several, dp, position = bool(p.runs), p.dp, p.position
     configs, workdir = list(p.runs) or [p.config], p.workdir
-    manager, metrics_log = open_workdir(p, data, keep)
+    manager, metrics_log = open_workdir(p, data, keep, origin)
     stops = StoppedRuns(configs, position.stopped, log, several)
     if p.finished:
         with catch_signals(), manager:      # nothing to train: it ends as a run that trained to its end

@@ -50,6 +50,16 @@ class Restored:
     step: int
     meta: dict = dataclasses.field(repr=False)      # the checkpoint's (of runs trained together: all)
     run: int | None = None          # which of the runs trained together (rnnjax.runs); None: a single run
+    workdir: Path | None = dataclasses.field(default=None, repr=False)     # where restore read it
+
+    @property
+    def origin(self) -> dict | None:
+        """Where these parameters come from, as a run fine-tuned from them records it (``config.json``'s
+        ``init_from``): the workdir, step and run; ``None`` for a ``Restored`` made by hand."""
+        if self.workdir is None:
+            return None
+        return {"workdir": str(Path(self.workdir).absolute()), "step": self.step,
+                **({"run": self.run} if self.run is not None else {})}
 
     @property
     def val_ppl(self) -> float | None:
@@ -283,7 +293,7 @@ def _restore_for_inference(workdir: Path, step: int, run: int | None) -> Restore
     else:
         target = abstract_train_state(config.replace(optimizer="sgd"), len(vocab))     # as runs' above
         params = restore_state(workdir / SUBDIR, step, target, meta, True)
-    return Restored(config, vocab, params, step, meta, run if runs else None)       # run 0 of a single run
+    return Restored(config, vocab, params, step, meta, run if runs else None, workdir)   # run 0 of one: None
 
 
 def _another_run() -> str:

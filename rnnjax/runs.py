@@ -30,7 +30,7 @@ from rnnjax.config import SWEEPABLE, Config, ConfigError, label
 from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, planned
-from rnnjax.state import TrainState, create_run_states
+from rnnjax.state import TrainState, check_params, create_run_states
 from rnnjax.train import check_callbacks, check_saving, dropout_key, epoch_lines, train_windows
 
 
@@ -108,37 +108,39 @@ def groups(configs: Sequence[Config]) -> dict[str, list[int]]:
 def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path, *,
              devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY,
              keep: int = checkpoint.KEEP, progress: Callable | None = None,
-             log: Callable[[str], Any] | None = print, plan: Plan | None = None) -> FitResult:
+             log: Callable[[str], Any] | None = print, plan: Plan | None = None, params: Any = None
+             ) -> FitResult:
     """Trains ``configs`` together as ``fit`` trains one: checked first, resumed from ``workdir``, one
     metrics line per run and epoch. The result's state is the stacked one; ``progress`` gets the runs'
     mean perplexities and, as ``runs``, their records. ``data``'s seed is replaced by each run's. A run
     whose loss turns non-finite or that diverges stops alone (logged; its records end with the epoch that
     stopped it where it validated, that record's ``stopped`` saying why, as the result's ``stopped``
     does; ``restore`` refuses it) and the others train on; ``NonFiniteLoss`` once every run has stopped.
-    ``plan``: as ``fit``'s."""
+    ``plan`` and ``params``: as ``fit``'s (every new run starts from ``params``, one run's)."""
     configs = _listed(configs)
     check_runs(configs)
     check_types(configs[0], data, workdir)
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     check_callbacks(progress, log)
     progress = epoch_lines(log, configs[0].epochs) if progress is None and log else progress
+    params, origin = train_lib.params_given(params, data, "fit_runs")
+    if params is not None:         # before the workdir is made, and checked even if it resumes
+        check_params(params, configs[0], len(data.vocab))
     if plan is not None:
         check_plan(plan, configs[0], data, workdir, configs)
-        if log:
-            log(plan.describe())
-        return _fit_runs(plan, data, checkpoint_every, keep, progress, log)
+        return _fit_runs(plan, data, params, origin, checkpoint_every, keep, progress, log)
     with planned(configs[0], data, workdir, devices=devices, runs=configs) as p:
-        if log:
-            log(p.describe())
-        return _fit_runs(p, data, checkpoint_every, keep, progress, log)
+        return _fit_runs(p, data, params, origin, checkpoint_every, keep, progress, log)
 
 
-def _fit_runs(p: Plan, data: WindowedText, checkpoint_every: int, keep: int, progress: Callable | None,
-              log: Callable[[str], Any] | None) -> FitResult:
+def _fit_runs(p: Plan, data: WindowedText, params: Any, origin: dict | None, checkpoint_every: int, keep: int,
+              progress: Callable | None, log: Callable[[str], Any] | None) -> FitResult:
+    if log:
+        log(p.describe() + train_lib.given_line(p, params))
     configs = list(p.runs)
-    state = create_run_states(configs, len(data.vocab)) if p.state is None else p.state
+    state = create_run_states(configs, len(data.vocab), params) if p.state is None else p.state
     rngs = None if dropout_key(p.config) is None else jnp.stack([dropout_key(c) for c in configs])
 
     step = functools.partial(train_runs, rngs=rngs)
     return loop.run(p, data, state, step, eval_runs, checkpoint_every=checkpoint_every, keep=keep,
-                    progress=progress, log=log)
+                    progress=progress, log=log, origin=origin)

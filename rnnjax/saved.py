@@ -129,6 +129,19 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
                               "the checkpoint's data to resume it.")
 
 
+def init_from(workdir: Path) -> dict | None:
+    """The checkpoint the workdir's run was fine-tuned from, as its ``config.json`` records it
+    (``Restored.origin``: workdir, step, run); ``None`` where it records none, or cannot be read."""
+    try:
+        found = json.loads((Path(workdir) / CONFIG).read_text()).get("init_from")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    ok = (isinstance(found, dict) and isinstance(found.get("workdir"), str)
+          and all(isinstance(found.get(k, 0), int) and not isinstance(found.get(k, 0), bool)
+                  for k in ("step", "run")) and "step" in found)
+    return found if ok else None
+
+
 def text_read(workdir: Path) -> str:
     """``, read from PATH``: the file of one's own text the workdir's ``config.json`` names, '' where none."""
     try:

@@ -271,10 +271,12 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         f"aside to start anew, or use a new {spelt('workdir')}.")
 
 
-def open_workdir(p: Plan, data: WindowedText, keep: int) -> tuple[Any, metrics.MetricsLog]:
+def open_workdir(p: Plan, data: WindowedText, keep: int, origin: dict | None = None
+                 ) -> tuple[Any, metrics.MetricsLog]:
     """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
     run; an earlier run's records, settings and plot moved aside (``Plan.aside``); unless it is finished,
-    ``config.json`` written and the records past its checkpoint dropped."""
+    ``config.json`` written (a new run's ``origin``, the checkpoint it starts from, as ``init_from``; a
+    resume keeps the one there) and the records past its checkpoint dropped."""
     moved = []
     for source, target in p.aside if jax.process_index() == 0 else ():
         try:
@@ -288,7 +290,8 @@ def open_workdir(p: Plan, data: WindowedText, keep: int) -> tuple[Any, metrics.M
     if not p.finished and jax.process_index() == 0:    # at once: an earlier run's went aside with its records
         read = getattr(data, "path", None)         # a text of one's own: its file, which a resume needs
         checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None,
-                                text=None if read is None else str(Path(read).absolute()))
+                                text=None if read is None else str(Path(read).absolute()),
+                                init_from=origin if p.step is None else saved.init_from(p.workdir))
     earlier = checkpoint.scores_by_step(p.workdir) if p.step is not None else {}
     manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
     # Silent: the plan says what a torn last line leaves out (Plan.describe).

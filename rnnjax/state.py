@@ -100,12 +100,17 @@ def make_optimizer(config: Config, per_run: bool = False) -> optax.GradientTrans
     return optimizers.make(config, per_run)
 
 
-def create_run_states(configs: list[Config], vocab_size: int) -> TrainState:
-    """Step 0 of each config's run, stacked on a leading run axis (its own seed, ``clip`` and ``lr``)."""
+def create_run_states(configs: list[Config], vocab_size: int, params: Any = None) -> TrainState:
+    """Step 0 of each config's run, stacked on a leading run axis (its own seed, ``clip`` and ``lr``); each
+    from ``params`` (one run's: a fine-tune of several rates), else initialized from its own seed."""
     model = make_model(configs[0], vocab_size)
-    seeds = jnp.array([c.seed for c in configs], jnp.uint32)        # each run's init as create_train_state's
-    params = _initialized(CompiledPerShape(jax.jit(jax.vmap(_init(model, configs[0].num_steps))),
-                                           init_compiler_options()), seeds, configs[0])
+    if params is not None:
+        check_params(params, configs[0], vocab_size)
+        params = jax.tree.map(lambda x: jnp.stack([x] * len(configs)), params)
+    else:
+        seeds = jnp.array([c.seed for c in configs], jnp.uint32)    # each run's init as create_train_state's
+        params = _initialized(CompiledPerShape(jax.jit(jax.vmap(_init(model, configs[0].num_steps))),
+                                               init_compiler_options()), seeds, configs[0])
     opt_states = [make_optimizer(c, per_run=True).init(jax.tree.map(lambda x: x[r], params))
                   for r, c in enumerate(configs)]
     optimizers.check_kept(configs, opt_states)

@@ -185,26 +185,38 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     check_callbacks(progress, log)
     progress = epoch_lines(log, config.epochs) if progress is None and log else progress
-    params = _params_of(params, data)
+    params, origin = params_given(params, data)
     if params is not None:         # before the workdir is made, and checked even if it resumes
         check_params(params, config, len(data.vocab))
     if plan is not None:
         check_plan(plan, config, data, workdir)
-        return _fit(plan, data, params, checkpoint_every, keep, progress, log)
+        return _fit(plan, data, params, origin, checkpoint_every, keep, progress, log)
     with planned(config, data, workdir, devices=devices) as p:
-        return _fit(p, data, params, checkpoint_every, keep, progress, log)
+        return _fit(p, data, params, origin, checkpoint_every, keep, progress, log)
 
 
-def _params_of(params: Any, data: WindowedText) -> Any:
-    """``params``, or a restored run's, which index the rows of its own vocabulary: ``ValueError`` where
-    ``data``'s is another (one of the same size trained on silently, each token another's row)."""
+def params_given(params: Any, data: WindowedText, caller: str = "fit") -> tuple[Any, dict | None]:
+    """``params``, or a restored run's, which index the rows of its own vocabulary (``ValueError`` where
+    ``data``'s is another: one of the same size trained on silently, each token another's row), and where
+    they come from (``Restored.origin``: the new run's ``config.json`` records it)."""
     from rnnjax.restore import Restored         # here: restore imports what imports this module
     if not isinstance(params, Restored):
-        return params
+        return params, None
     if params.vocab.idx_to_token != data.vocab.idx_to_token:
-        raise ValueError("fit's params are a run's trained in another vocabulary than the data's: load the "
-                         "data in the run's tokens, rnnjax.corpus.load(config, text=..., vocab=run.vocab).")
-    return params.params
+        raise ValueError(f"{caller}'s params are a run's trained in another vocabulary than the data's: "
+                         "load the data in the run's tokens, rnnjax.corpus.load(config, text=..., "
+                         "vocab=run.vocab).")
+    return params.params, params.origin
+
+
+def given_line(p: Plan, params: Any) -> str:
+    """What the plan's line adds of the ``params`` given to a new run, or not used by a resume."""
+    if params is None or p.finished:
+        return ""
+    if p.step is None:
+        return "; from the params given"
+    return ("; the params given are not used: the run resumes from its checkpoint (a new workdir starts "
+            "from them)")
 
 
 def epoch_lines(log: Callable[[str], Any], epochs: int) -> Callable:
@@ -256,15 +268,12 @@ def check_saving(checkpoint_every: int, keep: int) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def _fit(p: Plan, data: WindowedText, params: Any, checkpoint_every: int, keep: int,
+def _fit(p: Plan, data: WindowedText, params: Any, origin: dict | None, checkpoint_every: int, keep: int,
          progress: Callable | None, log: Callable[[str], Any] | None) -> FitResult:
     if log:             # what it will do, once the plan is made under the lock (fit_runs' says it alike)
-        given = "" if params is None else "; from the params given" if p.step is None else (
-            "; the params given are not used: the run resumes from its checkpoint (a new workdir starts "
-            "from them)" if not p.finished else "")
-        log(p.describe() + given)
+        log(p.describe() + given_line(p, params))
     config = p.config
     state = create_train_state(config, len(data.vocab), params) if p.state is None else p.state
     step = functools.partial(train_windows, rng=dropout_key(config))
     return loop.run(p, data, state, step, eval_steps, checkpoint_every=checkpoint_every, keep=keep,
-                    progress=progress, log=log)
+                    progress=progress, log=log, origin=origin)

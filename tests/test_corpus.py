@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TEXT, TINY, WORDS, cache_entries, other_alphabet
 
-from rnnjax import checkpoint, corpus, data, source
+from rnnjax import checkpoint, corpus, data, saved, source
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.corpus import Corpus
 from rnnjax.data import DataError, TimeMachine
@@ -223,7 +223,10 @@ def test_a_restored_run_fine_tunes_on_another_text_in_its_own_vocabulary(text_fi
     lines = []
     fit(TEXT.replace(epochs=1), tuned, tmp_path / "tuned", devices=1, params=run, log=lines.append)
     assert lines[0].startswith("new run of 1 epoch") and lines[0].endswith("; from the params given")
+    origin = {"workdir": str((tmp_path / "first").absolute()), "step": run.step}
+    assert saved.init_from(tmp_path / "tuned") == origin and saved.init_from(tmp_path / "first") is None
     fit(TEXT, corpus.load(TEXT, text=other, vocab=run.vocab), tmp_path / "tuned", devices=1, log=None)
+    assert saved.init_from(tmp_path / "tuned") == origin        # a resume keeps it
     with pytest.raises(CheckpointError, match=r"trained on the text of SHA-1 \w+ \(the data given is the"):
         fit(TEXT.replace(epochs=3), corpus.load(TEXT, text=text_file, vocab=run.vocab), tmp_path / "tuned",
             devices=1, log=None)

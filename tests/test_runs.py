@@ -1,6 +1,7 @@
 """Many runs in one program (``rnnjax.runs``): each the run it would be alone, resumed exactly."""
 
 import copy
+import json
 import math
 import os
 import signal
@@ -105,6 +106,37 @@ def test_each_run_restores_on_its_own_and_progress_gets_each_run_s_record(data10
     for bad, message in [(None, "holds 2 runs trained together; choose one"), (2, "K from 0 to 1, not 2")]:
         with pytest.raises(checkpoint.CheckpointError, match=message):
             checkpoint.restore(tmp_path, run=bad)
+
+
+@pytest.mark.slow
+def test_runs_fine_tuned_from_one_run_s_params_are_each_the_run_fine_tuned_alone(data10, tmp_path):
+    """Every run starts from the params given (a lr sweep of one run fine-tuned), each as ``fit`` of them
+    alone; the workdir's config.json records where they come from, and a resume keeps it."""
+    fit(TINY10.replace(epochs=1), data10, tmp_path / "source", devices=1, log=None)
+    source = checkpoint.restore(tmp_path / "source")
+    configs, lines = CONFIGS10[1:3], []
+    wrong = [c.replace(num_hiddens=c.num_hiddens + 1) for c in configs]
+    with pytest.raises(ValueError, match=r"^The parameters do not fit the config \(cell 'rnn', num_hiddens="):
+        runs.fit_runs(wrong, data10, tmp_path / "tuned", devices=1, log=None, params=source)
+    assert not (tmp_path / "tuned").exists()
+    together = runs.fit_runs(configs, data10, tmp_path / "tuned", devices=1, log=lines.append, params=source)
+    assert lines[0].startswith("2 new runs of 2 epochs") and lines[0].endswith("; from the params given")
+    for k, config in enumerate(configs):
+        d = copy.copy(data10)
+        d.seed = config.seed
+        single = fit(config, d, tmp_path / f"alone{k}", devices=1, log=None, params=source)
+        for a, b in zip(jax.tree.leaves(single.state), jax.tree.leaves(jax.tree.map(lambda x: x[k],
+                                                                                    together.state))):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    origin = {"workdir": str((tmp_path / "source").absolute()), "step": source.step}
+    assert source.origin == origin
+    for workdir in ("tuned", "alone0"):
+        assert json.loads((tmp_path / workdir / "config.json").read_text())["init_from"] == origin
+    lines.clear()
+    runs.fit_runs([c.replace(epochs=3) for c in configs], data10, tmp_path / "tuned", devices=1,
+                  log=lines.append, params=source)
+    assert "; the params given are not used: the run resumes from its checkpoint" in lines[0]
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init_from"] == origin
 
 
 def test_each_run_s_best_is_its_own_lowest_validation_perplexity(data10, tmp_path):
