@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 import rnnjax
-from experiments import flags
+from experiments import fine_tune, flags
 from experiments.parsing import Parser
 from rnnjax import agree, checkpoint, config as config_lib, corpus, parallel, runs, spelling
 from rnnjax.data import WindowedText
@@ -73,17 +73,23 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     run.add_argument("--join-timeout", type=flags.real, metavar="SECONDS",
                      help="how long a multi-host run waits for all its processes to join (default "
                           f"{parallel.JOIN_TIMEOUT_S})")
+    run.add_argument("--init-from", metavar="W",
+                     help="start a new run (in --workdir) from the parameters of the run trained in W "
+                          "(fine-tuning; --run K of several, --best for its best checkpoint): W's settings "
+                          "changed by the flags given, the text (the Time Machine or --text) read in W's "
+                          "vocabulary")
     run.add_argument("--predict", metavar="PREFIX",
                      help="generate from the workdir's checkpoint (without --workdir: of the run these "
                           "flags train); no training")
     run.add_argument("--num-preds", type=int,
                      help="with --predict: tokens to generate, characters or words (default 20)")
     run.add_argument("--best", action="store_true",
-                     help="with --predict: the checkpoint of lowest validation perplexity, not the latest; "
-                          "the best of those saved (every --checkpoint-every epochs and the last), which "
-                          "misses a better epoch between saves")
+                     help="with --predict (or --init-from): the checkpoint of lowest validation "
+                          "perplexity, not the latest; the best of those saved (every --checkpoint-every "
+                          "epochs and the last), which misses a better epoch between saves")
     run.add_argument("--run", type=int, metavar="K",
-                     help="with --predict on a workdir of several runs (--seeds, --lr/--clip lists): run K")
+                     help="with --predict (or --init-from) on a workdir of several runs (--seeds, "
+                          "--lr/--clip lists): run K")
     run.add_argument("--sample", action="store_true",
                      help="with --predict: sample the tokens (seeded by --seed) instead of the argmax")
     run.add_argument("--temperature", type=flags.real, metavar="T",
@@ -97,13 +103,14 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
                           "$RNNJAX_CACHE, else $XDG_CACHE_HOME/rnnjax, else ~/.cache/rnnjax)")
     args = p.parse_args(argv)
     args.preset_given, args.preset = args.preset is not None, args.preset or preset
-    for name in ("data", "text", "workdir"):    # '' would mean the default file, or the current folder
+    for name in ("data", "text", "workdir", "init_from"):    # '' would mean the default file, or this folder
         if getattr(args, name) == "":
             raise ValueError(f"--{name} is empty; give a path (a shell variable that was not set?).")
     args.workdir = None if args.workdir is None else Path(args.workdir)
     if args.text is not None and args.data is not None:
         raise ValueError("--text trains on your own file, --data names the Time Machine's; give one.")
-    args.settings_from = args.saved_vocab = None
+    args.settings_from = args.saved_vocab = args.init_source = args.init_note = None
+    fine_tune.check_flags(args)
     if args.num_preds is not None and args.predict is None:
         raise ValueError("--num-preds says how much --predict generates; add --predict PREFIX.")
     args.num_preds = 20 if args.num_preds is None else args.num_preds
@@ -118,11 +125,12 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     if args.sample and args.predict is None:
         raise ValueError("--sample, --temperature and --top-k choose how --predict generates; "
                          "add --predict PREFIX.")
-    if args.run is not None and args.predict is None:
-        raise ValueError("--run chooses the run of a workdir that --predict generates from; add --predict "
-                         "PREFIX.")
-    if args.best and args.predict is None:
-        raise ValueError("--best chooses the checkpoint that --predict generates from; add --predict PREFIX.")
+    if args.run is not None and args.predict is None and args.init_from is None:
+        raise ValueError("--run chooses the run of a workdir that --predict generates from (or --init-from "
+                         "starts from); add --predict PREFIX.")
+    if args.best and args.predict is None and args.init_from is None:
+        raise ValueError("--best chooses the checkpoint that --predict generates from (or --init-from starts "
+                         "from); add --predict PREFIX.")
     args.multi_host = bool(args.distributed or args.coordinator or args.num_processes
                            or os.environ.get("JAX_COORDINATOR_ADDRESS"))
     if args.join_timeout is not None and not args.multi_host:
@@ -209,9 +217,10 @@ def shared_settings(args: argparse.Namespace, configs: list | None, workdir: Pat
     if args.predict is not None:
         return {"command": "--predict", "workdir": os.path.abspath(args.workdir), "run": args.run,
                 "best": args.best}
-    return {"command": "training", **agree.of_training(configs, together, workdir,
-                                                       args.devices or len(jax.local_devices()),
-                                                       args.checkpoint_every, args.keep)}
+    start = args.init_source and {**args.init_source, "workdir": os.path.abspath(args.init_source["workdir"])}
+    return {"command": "training", "init_from": start,
+            **agree.of_training(configs, together, workdir, args.devices or len(jax.local_devices()),
+                                args.checkpoint_every, args.keep)}
 
 
 def _unknown(data: WindowedText) -> str:

@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from experiments import flags
+from experiments import fine_tune, flags
 from rnnjax import checkpoint, config as config_lib, corpus, runs, source, spelling
 from rnnjax.saved import saved_runs, text_read
 from rnnjax.stored import UnknownCell
@@ -57,15 +57,19 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
     start a new run there (``args.anew`` says so). ``ValueError`` in one sentence; reads nothing but the
     workdir's ``config.json`` (or its newest checkpoint's meta) and its checkpoints' steps."""
     saved, args.anew, base = None, None, None
+    if args.init_from is not None:
+        started = fine_tune.tuned(args)     # None: the new workdir holds a checkpoint, which resumes
+        if started is not None:
+            return started
     if args.workdir is not None and not args.preset_given:
         saved = _saved(args)
-    if saved is not None and _no_checkpoint(args.workdir):
+    if saved is not None and no_checkpoint(args.workdir):
         try:
             return _resumed(args, saved)
         except ValueError:             # other settings than the flags': nothing trained is left behind
-            if args.text is None and _own_text(saved[1]):     # no flag asked for another text: its own
+            if args.text is None and own_text(saved[1]):     # no flag asked for another text: its own
                 raise
-            if (args.text is not None) == _own_text(saved[1]):      # the same kind of text
+            if (args.text is not None) == own_text(saved[1]):      # the same kind of text
                 listed = any(getattr(args, k) is not None for k in config_lib.SWEEPABLE)
                 if len(saved[0]) > 1 and not listed:        # runs trained together: each of them
                     fixed = {k: v for k, v in flags.given(args).items() if k not in config_lib.SWEEPABLE}
@@ -109,11 +113,11 @@ def _saved(args: argparse.Namespace, anew: str | None = None) -> tuple | None:
     else a ``ValueError`` naming both ways."""
     try:
         saved = saved_runs(args.workdir)
-        if saved is not None and not _no_checkpoint(args.workdir):     # a fine-tuned run's: another run's
+        if saved is not None and not no_checkpoint(args.workdir):     # a fine-tuned run's: another run's
             args.saved_vocab = Vocab.from_json(saved[1])
         return saved
     except UnknownCell as e:
-        if not _no_checkpoint(args.workdir):
+        if not no_checkpoint(args.workdir):
             raise
         if args.cell is None and anew is None:
             raise ValueError(f"{args.workdir} holds no checkpoint of its earlier run, whose cell {e.cell!r} "
@@ -129,7 +133,7 @@ def _saved(args: argparse.Namespace, anew: str | None = None) -> tuple | None:
 def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Config], Path, bool]:
     """``settings`` of the run ``saved`` in ``args.workdir`` (``rnnjax.saved.saved_runs``'s)."""
     configs, vocab, source, together = saved
-    if _own_text(vocab) and args.text is None:
+    if own_text(vocab) and args.text is None:
         read = text_read(args.workdir)
         raise ValueError(f"{args.workdir} holds a run trained on a text of your own (SHA-1 "
                          f"{vocab['text_sha1'][:12]}...{read}): give that file again, --text PATH, to resume "
@@ -139,16 +143,17 @@ def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Co
                          "--text out to resume it, or use a new --workdir.")
     resumed = flags.resumed_from_flags(args, configs, str(args.workdir))
     args.settings_from = source                # said as the run starts
+    fine_tune.recorded(args)
     return resumed, args.workdir, together
 
 
-def _own_text(vocab: dict) -> bool:
+def own_text(vocab: dict) -> bool:
     """Whether a saved vocabulary's run trained on a text of the user's own: the Time Machine tokenized
     otherwise than d2l (--token word, --preprocess raw) names its SHA-1 too."""
     return vocab.get("text_sha1") not in (None, source.SHA1, source.PREPROCESSED_SHA1)
 
 
-def _no_checkpoint(workdir: Path) -> bool:
+def no_checkpoint(workdir: Path) -> bool:
     """Whether ``workdir`` holds no checkpoint (a run stopped before its first save); a checkpoints folder
     that cannot be read counts as one (the run's start says what is wrong with it)."""
     try:
@@ -165,12 +170,12 @@ def _check_preset_fits(args: argparse.Namespace, configs: list[config_lib.Config
     anew = ANEW.format(args.workdir, f"--preset {args.preset}'s settings changed by the flags")
     saved = _saved(args, anew)
     if saved is None or len(saved[0]) != len(configs):      # runs against a run: the start says so
-        if saved is not None and _no_checkpoint(args.workdir):
+        if saved is not None and no_checkpoint(args.workdir):
             args.anew = anew
         return False
     have = saved[0]
     names = dict.fromkeys(n for c, s in zip(configs, have) for n in s.differences(c))
-    if names and _no_checkpoint(args.workdir):
+    if names and no_checkpoint(args.workdir):
         args.anew = anew
     elif names:
         differ = [spelling.disagreement(n, list(dict.fromkeys(getattr(c, n) for c in configs)),

@@ -43,7 +43,7 @@ from typing import Any  # noqa: E402
 import jax  # noqa: E402
 
 import rnnjax  # noqa: E402
-from experiments import cli, predicting, settings  # noqa: E402
+from experiments import cli, fine_tune, predicting, settings  # noqa: E402
 from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, metrics, source  # noqa: E402
 from rnnjax import agree, parallel, runs, spelling, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
@@ -82,9 +82,10 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
     together = configs if several else None
     with _resuming(args, workdir):
         arguments.check_arguments(config, workdir, devices=args.devices, runs=together)
+    start = None if args.init_source is None else fine_tune.restored(args, config)
     with _resuming(args, workdir, config_lib.ConfigError):     # a cell's step on the text's width, say
         try:
-            data = corpus.load(config, text=args.text, data=args.data)
+            data = corpus.load(config, text=args.text, data=args.data, vocab=start and start.vocab)
         except source.NotTheTimeMachine as e:
             if args.settings_from is not None:          # a Time Machine run resumed: --text is not for it
                 raise
@@ -105,12 +106,17 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
         if args.settings_from is not None:
             say(f"settings: those of the run in {workdir} ({args.settings_from}), the flags given checked "
                 "against them")
-        if args.anew:
-            say(args.anew)
+        for line in (args.anew, args.init_note):
+            if line:
+                say(line)
         if not several:               # fit_runs says it, and then which runs stop as they stop
             say(p.describe())
         model, untrained = rnnjax.make_model(config, len(data.vocab)), None
-        if p.step is None and not several:   # fit starts from these, not from a second init (and compile)
+        if start is not None and p.step is None:
+            untrained = start
+            say(f"starting from {start.workdir}'s {cli.describe_checkpoint(start)}: "
+                f"{rnnjax.predict(model, start.params, data.vocab, data.prompt, 20)!r}")
+        elif p.step is None and not several:   # fit starts from these, not from a second init (and compile)
             untrained = rnnjax.create_train_state(config, len(data.vocab)).params
             say(f"untrained: {rnnjax.predict(model, untrained, data.vocab, data.prompt, 20)!r}")
         options = dict(devices=args.devices, checkpoint_every=args.checkpoint_every, keep=args.keep, log=None,
@@ -119,7 +125,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
             show = jax.process_index() == 0 and not args.no_progress and not p.finished
             with cli.progress_output(show, config.epochs) as progress:
                 if several:
-                    result = runs.fit_runs(configs, data, workdir, progress=progress,
+                    result = runs.fit_runs(configs, data, workdir, progress=progress, params=start,
                                            **{**options, "log": _unless_closed(say)})
                 else:
                     result = fit(config, data, workdir, params=untrained, progress=progress, **options)

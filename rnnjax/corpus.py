@@ -253,6 +253,8 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
                                path=data, seed=config.seed, steps_per_epoch=config.steps_per_epoch)
         path = timemachine_path(data) if text is None else text
         made = Corpus.from_config(path, config, vocab=vocab)
+        if text is None and config.preprocess == "d2l":        # the Time Machine's, as d2l's loader gives it
+            made.prompt = TimeMachine.prompt
         unknown = float(np.mean(made.stream == vocab.unk)) if vocab is not None and made.stream.size else 0.0
         if unknown >= UNKNOWN_SAID and config.min_freq > 1:      # its rare tokens are <unk> in its own too
             own = Corpus.from_config(path, config, cache=False)

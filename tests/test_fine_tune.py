@@ -1,0 +1,189 @@
+"""``--init-from W`` (``experiments.fine_tune``): a new run from another's parameters, from the command line
+as ``fit(..., params=restore(W))`` trains it from Python."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import rnnjax
+from experiments import timemachine
+from rnnjax import checkpoint, corpus
+
+FLAGS = ["--devices", "1", "--no-compilation-cache", "--no-progress"]
+
+
+def main(capsys, *argv) -> tuple[int, str, str]:
+    code = timemachine.main([str(a) for a in argv] + FLAGS)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def source(make_text, tmp_path, capsys):
+    """A run of the tiny preset on a text of its own (one epoch), and another text to fine-tune on."""
+    (tmp_path / "a.txt").write_text(make_text(3000))
+    (tmp_path / "b.txt").write_text(make_text(2000, 1))
+    code, _, err = main(capsys, "--text", tmp_path / "a.txt", "--preset", "tiny", "--epochs", "1",
+                        "--workdir", tmp_path / "src")
+    assert code == 0, err
+    return tmp_path / "src"
+
+
+def equal_trees(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--init-from", "src", "--workdir", "w", "--predict", "it"],
+     "--init-from starts a training run from another run's parameters; --predict"),
+    (["--init-from", "src"], "trains a new run from that run's parameters: name the new run's folder with "
+                             "--workdir NEW."),
+    (["--init-from", "w", "--workdir", "./w"], "--init-from and --workdir name the same folder, w:"),
+    (["--init-from", "src", "--workdir", "w", "--preset", "tiny"], "changed by the flags given; leave "
+                                                                   "--preset out."),
+    (["--init-from", "", "--workdir", "w"], "--init_from is empty"),
+    (["--run", "1"], "--run chooses the run of a workdir that --predict generates from (or --init-from"),
+    (["--best"], "--best chooses the checkpoint that --predict generates from (or --init-from"),
+], ids=["with --predict", "no --workdir", "the same folder", "--preset", "empty", "--run alone",
+        "--best alone"])
+def test_flags_that_cannot_go_together_are_refused_before_any_work(tmp_path, monkeypatch, capsys, argv,
+                                                                   message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = main(capsys, *argv)
+    assert code == 1 and out == "" and err.count("\n") == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_fine_tuned_from_the_command_line_is_fit_s_from_python(source, tmp_path, capsys):
+    """The same run as ``fit(config, corpus.load(config, text, vocab=run.vocab), params=run)``, its origin
+    recorded; the same command resumes it, and a workdir of another run is refused."""
+    tuned = tmp_path / "tuned"
+    argv = ["--init-from", source, "--text", tmp_path / "b.txt", "--workdir", tuned, "--lr", "0.5"]
+    code, out, err = main(capsys, *argv, "--epochs", "2")
+    assert code == 0, err
+    start = checkpoint.restore(source)
+    lines = out.splitlines()
+    assert lines[0].startswith("new run of 2 epochs")
+    assert lines[1].startswith(f"starting from {source}'s checkpoint step {start.step} (after epoch 1, "
+                               "val ppl ")
+    recorded = json.loads((tuned / "config.json").read_text())
+    assert recorded["init_from"] == {"workdir": str(source), "step": start.step}
+    config = start.config.replace(epochs=2, lr=0.5)
+    assert checkpoint.restore(tuned).config == config
+    data = corpus.load(config, text=tmp_path / "b.txt", vocab=start.vocab)
+    alone = rnnjax.fit(config, data, tmp_path / "alone", params=start, devices=1, log=None)
+    equal_trees(checkpoint.restore(tuned).params, alone.state.params)
+
+    code, out, err = main(capsys, *argv, "--epochs", "3")       # the same command, more epochs: it resumes
+    assert code == 0, err
+    assert out.splitlines()[1] == (f"--init-from is not used: {tuned} holds a checkpoint of the run started "
+                                   f"from {source}'s step {start.step}, which resumes")
+    assert "resuming from step" in out and checkpoint.restore(tuned).config.epochs == 3
+    assert json.loads((tuned / "config.json").read_text())["init_from"] == recorded["init_from"]
+    code, _, err = main(capsys, "--init-from", tuned, "--text", tmp_path / "b.txt", "--workdir", source)
+    assert code == 1 and err == (f"error: {source} holds a run not started from another's parameters, not "
+                                 f"from {tuned}: use a new --workdir, or leave --init-from out to resume "
+                                 "it.\n")
+
+
+def test_a_run_that_left_no_checkpoint_starts_from_its_origin_again(source, tmp_path, capsys):
+    """Stopped before its first checkpoint, ``--workdir W`` alone trains it again from where its
+    config.json says it started; the source gone, one sentence that says how to go on."""
+    tuned = tmp_path / "tuned"
+    assert main(capsys, "--init-from", source, "--text", tmp_path / "b.txt", "--workdir", tuned)[0] == 0
+    first = checkpoint.restore(tuned)
+    shutil.rmtree(tuned / checkpoint.SUBDIR)
+    code, out, err = main(capsys, "--workdir", tuned, "--text", tmp_path / "b.txt")
+    assert code == 0, err
+    step = checkpoint.restore(source).step
+    assert f"{tuned} holds no checkpoint of its run, which started from {source}'s step {step} (its " \
+        "config.json's init_from): it starts from there again\n" in out
+    assert f"starting from {source}'s checkpoint step {step} " in out
+    equal_trees(checkpoint.restore(tuned).params, first.params)
+    shutil.rmtree(tuned / checkpoint.SUBDIR)
+    shutil.rmtree(source)
+    code, out, err = main(capsys, "--workdir", tuned, "--text", tmp_path / "b.txt")
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {tuned}'s run started from {source}'s step {step} (its config.json's "
+                          "init_from), which cannot be read back (The workdir "), err
+    assert err.endswith("--init-from W starts it from the latest checkpoint of the run in W.\n"), err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--init-from", "nowhere"], "--init-from nowhere does not exist; give the workdir of a trained run."),
+    (["--init-from", "empty"], "--init-from empty holds no checkpoint of a run; give the workdir of a "
+                               "trained run."),
+    (["--init-from", "src", "--num-hiddens", "64"],
+     "--init-from src starts from its run's parameters, which --num-hiddens 64 does not fit (its run has "
+     "16); leave it out."),
+    (["--init-from", "src", "--token", "word"],
+     "--init-from src starts from its run's vocabulary, which --token word does not fit (its run has char); "
+     "leave it out."),
+    (["--init-from", "src", "--run", "1"], "--init-from src holds a single run; leave out --run 1."),
+], ids=["missing", "no checkpoint", "another size", "other tokens", "--run of one"])
+def test_a_source_the_new_run_cannot_start_from_is_refused_in_one_sentence(source, tmp_path, monkeypatch,
+                                                                           capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    code, out, err = main(capsys, *extra, "--text", "b.txt", "--workdir", "tuned")
+    assert code == 1 and err == f"error: {message}\n" and not (tmp_path / "tuned").exists()
+
+
+@pytest.mark.slow
+def test_runs_fine_tuned_together_each_start_from_the_run_chosen(make_text, tmp_path, capsys):
+    """A lr sweep from run K of several: every run starts from its parameters (``fit_runs(params=...)``)."""
+    (tmp_path / "a.txt").write_text(make_text(3000))
+    args = ["--text", tmp_path / "a.txt", "--epochs", "1"]
+    assert main(capsys, *args, "--preset", "tiny", "--seeds", "0,1", "--workdir", tmp_path / "src")[0] == 0
+    code, _, err = main(capsys, *args, "--init-from", tmp_path / "src", "--workdir", tmp_path / "tuned")
+    assert code == 1 and err == (f"error: --init-from {tmp_path / 'src'} holds 2 runs trained together; "
+                                 "choose the one to start from with --run K, K from 0 to 1.\n")
+    code, out, err = main(capsys, *args, "--init-from", tmp_path / "src", "--run", "1", "--lr", "0.5,2",
+                          "--workdir", tmp_path / "tuned")
+    assert code == 0, err
+    start = checkpoint.restore(tmp_path / "src", run=1)
+    assert f"starting from {tmp_path / 'src'}'s checkpoint step {start.step} (after epoch 1, val ppl " in out
+    assert "; from the params given" in out
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init_from"] == start.origin
+    data = corpus.load(start.config, text=tmp_path / "a.txt", vocab=start.vocab)
+    for k, lr in enumerate((0.5, 2.0)):
+        tuned = checkpoint.restore(tmp_path / "tuned", run=k)
+        assert tuned.config == start.config.replace(lr=lr)
+        alone = rnnjax.fit(tuned.config, data, tmp_path / f"alone{k}", params=start, devices=1, log=None)
+        for a, b in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(alone.state.params)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_time_machine_run_fine_tuned_on_a_text_takes_the_text_s_defaults(real_text_path, make_text,
+                                                                           tmp_path, capsys):
+    """After the Time Machine (d2l's lower-case letters), ``--text``'s own defaults (raw, a tail to
+    validate, every window) unless given; the capitals it never saw are ``<unk>``, warned of."""
+    (tmp_path / "b.txt").write_text(make_text(2000, 1).upper())
+    assert main(capsys, "--data", real_text_path, "--preset", "tiny", "--epochs", "1", "--workdir",
+                tmp_path / "src")[0] == 0
+    code, out, err = main(capsys, "--init-from", tmp_path / "src", "--text", tmp_path / "b.txt",
+                          "--workdir", tmp_path / "tuned", "--epochs", "1")
+    assert code == 0, err
+    assert err.startswith("warning: ") and "read as <unk> in the vocabulary given" in err
+    config = checkpoint.restore(tmp_path / "tuned").config
+    assert (config.preprocess, config.val_fraction, config.num_train) == tuple(
+        corpus.TEXT_DEFAULTS[k] for k in ("preprocess", "val_fraction", "num_train"))
+    assert checkpoint.restore(tmp_path / "tuned").vocab.idx_to_token == \
+        checkpoint.restore(tmp_path / "src").vocab.idx_to_token
+
+
+def test_multi_host_processes_compare_the_checkpoint_they_start_from(source, tmp_path, monkeypatch):
+    from experiments import cli, settings
+    monkeypatch.chdir(tmp_path)
+
+    def shared(*argv):
+        args = cli.parse_args([*argv, "--text", "b.txt", "--workdir", "tuned"])
+        return cli.shared_settings(args, *settings.settings(args))
+    assert shared("--init-from", "src") == shared("--init-from", str(source))
+    assert shared("--init-from", "src")["init_from"] == {"workdir": str(source), "run": None, "best": False}
+    assert shared("--init-from", "src", "--best")["init_from"]["best"] is True
