@@ -36,9 +36,8 @@ if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + si
 
 import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
 import contextlib  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 
@@ -126,7 +125,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
             with cli.progress_output(show, config.epochs) as progress:
                 if several:
                     result = runs.fit_runs(configs, data, workdir, progress=progress, params=start,
-                                           **{**options, "log": _unless_closed(say)})
+                                           **{**options, "log": say})
                 else:
                     result = fit(config, data, workdir, params=untrained, progress=progress, **options)
         except (jax.errors.JaxRuntimeError, MemoryError) as e:
@@ -235,15 +234,6 @@ def _kept(e: BaseException, then: str = "") -> str:
     if getattr(e, "saved_step", None) is None:
         return "the workdir keeps its last checkpoint (if any)"
     return f"saved step {e.saved_step} in {e.saved_in}{then}"
-
-
-def _unless_closed(say: Callable[[str], Any]) -> Callable[[str], Any]:
-    """``say``, as runs' ``log`` (which of them stop): a closed pipe is left to the progress line that
-    follows, which stops the run with its step saved (a log line raising had stopped it unsaved)."""
-    def log(line: str) -> None:
-        with contextlib.suppress(BrokenPipeError):
-            say(line)
-    return log
 
 
 def _main(argv, parser_options: dict) -> int:

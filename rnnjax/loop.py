@@ -87,8 +87,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     metrics.jsonl of a run its perplexity stopped), ``Interrupted`` after saving the last completed call's
     step, and what ``progress`` raises (an early stop, a closed pipe, ``sys.exit``) after saving the step
     it was called at, its ``saved_step`` (in the other processes of a multi-host run,
-    ``StoppedByAnother``, the same step saved). ``origin``: the checkpoint a new run's ``state`` comes from
-    (``Restored.origin``), which its ``config.json`` records.
+    ``StoppedByAnother``, the same step saved); what ``log`` raises, after saving the steps trained.
+    ``origin``: the checkpoint a new run's ``state`` comes from (``Restored.origin``), for ``config.json``.
 
     ``ValueError`` before it writes anything (a workdir ``planned`` made goes again with its lock) unless
     the processes of a multi-host run would train alike (``rnnjax.agree``), unless ``evaluate`` returns
@@ -110,6 +110,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     several, dp, position = bool(p.runs), p.dp, p.position
     configs, workdir = list(p.runs) or [p.config], p.workdir
     manager, metrics_log = open_workdir(p, data, keep, origin)
+    log, kept = _keeping(log)          # what log raises (a closed pipe) is raised once what trained is saved
     stops = StoppedRuns(configs, position.stopped, log, several)
     if p.finished:
         with catch_signals(), manager:      # nothing to train: it ends as a run that trained to its end
@@ -125,6 +126,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     steps_per_epoch, total, done = count_steps(p, data)
     out = Writer(p, data, manager, metrics_log, stops, steps_per_epoch, step)
     _warn(log, out.switched, 4)     # at loop.run's caller: through run, leaves_on_error
+    if kept:                        # nothing trained yet
+        raise kept[0]
 
     def told(done):             # after each call: progress first (a signal it sends stops here), then agreed
         raised = _told(progress, done, total, None)
@@ -149,6 +152,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
             steps_RxS = out.per_run(call_metrics)
             out.log_steps(steps_RxS, epoch, start)      # before their checks: a step not finite is logged too
             sums = _sums(stops, steps_RxS, partial, epoch, start, steps_per_epoch)
+            raised = raised or (kept[0] if kept else None)
             if batch < steps_per_epoch:                  # stopped mid-epoch
                 out.save(state, epoch, batch, sums)
                 if raised is not None:
@@ -163,6 +167,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                                                "the validation")
                 _warn(log, said, 4)     # at loop.run's caller: through run, leaves_on_error
             records = out.records(epoch, done, sums, val, time.perf_counter() - t0)
+            raised = raised or (kept[0] if kept else None)
             # One caught during validation saves this epoch and stops (every process: they agree again).
             signum, _ = agree.on_stop(stop.signum, None, done)
             checkpoint.check_failed(manager)
@@ -234,6 +239,22 @@ def _sums(stops: StoppedRuns, steps_RxS: list[dict], partial: list[dict], epoch:
 def _warn(log: Callable[[str], Any] | None, message: str | None, stacklevel: int) -> None:
     if message:
         log(message) if log else warnings.warn(message.removeprefix("warning: ") + ".", stacklevel=stacklevel)
+
+
+def _keeping(log: Callable[[str], Any] | None) -> tuple[Callable[[str], Any] | None, list[BaseException]]:
+    """``log``, and the list of what it raised: kept, as ``_told`` keeps what ``progress`` raises."""
+    kept: list[BaseException] = []
+    if not log:
+        return log, kept
+
+    def keeping(line: str) -> None:
+        try:
+            log(line)
+        except Interrupted:
+            raise
+        except BaseException as e:
+            kept.append(e)
+    return keeping, kept
 
 
 def _told(progress: Callable | None, done: int, total: int, record: dict | None) -> Exception | None:

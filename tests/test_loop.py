@@ -106,6 +106,25 @@ def test_an_exception_from_progress_saves_its_step_and_the_same_fit_goes_on_from
         np.testing.assert_array_equal(a, b)
 
 
+def test_what_log_raises_is_raised_once_the_epoch_is_saved_and_the_same_fit_goes_on(data, tmp_path):
+    """A closed pipe under a ``log`` that prints which run stopped: the epoch that trained is saved first
+    (it was lost, the checkpoint due only at the end), then the error raised; a resume ends as a straight
+    run does."""
+    configs = [TINY.replace(epochs=2, lr=1.0), TINY.replace(epochs=2, lr=1e6)]       # run 1 diverges
+
+    def closed(line):
+        if "stopped" in line:
+            raise BrokenPipeError(32, "Broken pipe")
+    with pytest.raises(BrokenPipeError) as raised:
+        runs.fit_runs(configs, data, tmp_path / "w", devices=1, log=closed, checkpoint_every=2)
+    assert checkpoint.steps(tmp_path / "w") == [E] and raised.value.saved_step == E
+    resumed = runs.fit_runs(configs, data, tmp_path / "w", devices=1, log=None)
+    straight = runs.fit_runs(configs, data, tmp_path / "straight", devices=1, log=None)
+    assert resumed.stopped == straight.stopped and resumed.stopped[1] is not None
+    for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(straight.state)):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.slow
 @pytest.mark.cpu_devices(2)
 def test_a_metric_an_evaluation_adds_is_logged_as_val_key_of_a_run_and_of_runs(data, tmp_path, monkeypatch):
