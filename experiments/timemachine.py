@@ -15,7 +15,8 @@ checkpoints to ``--workdir`` (default ``runs/<preset>``, or
 ``runs/<preset>-<hash>`` when flags change the preset's settings; ``--epochs``,
 ``--kernel`` and ``--matmul-precision`` do not count). The same command
 resumes, and so does ``--workdir W`` alone, with the settings read from it
-(``experiments.settings``). ``--predict`` generates from the workdir's checkpoint.
+(``experiments.settings``). ``--predict`` generates from the workdir's checkpoint;
+``--init-from W`` starts a new run from W's parameters (``experiments.fine_tune``).
 Every ``rnnjax.config.Config`` field is a flag (``--help``); the logic lives
 in ``rnnjax``, and this file runs it and says what it does.
 """
