@@ -76,8 +76,9 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     run.add_argument("--init-from", metavar="W",
                      help="start a new run (in --workdir) from the parameters of the run trained in W "
                           "(fine-tuning; --run K of several, --best for its best checkpoint): W's settings "
-                          "changed by the flags given, the text (the Time Machine or --text) read in W's "
-                          "vocabulary")
+                          "changed by the flags given (--seed then orders the batches), the text (the Time "
+                          "Machine or --text) read in W's vocabulary and cleaned as W's was, split as that "
+                          "text's default")
     run.add_argument("--predict", metavar="PREFIX",
                      help="generate from the workdir's checkpoint (without --workdir: of the run these "
                           "flags train); no training")
@@ -197,8 +198,9 @@ def progress_output(enabled: bool, epochs: int):
                 pass
 
 
-def describe_checkpoint(restored: checkpoint.Restored) -> str:
-    """Which checkpoint generates: its step, its epoch, its validation perplexity (its run's, of several)."""
+def describe_checkpoint(restored: checkpoint.Restored, here: float | None = None) -> str:
+    """Which checkpoint generates: its step, its epoch, its validation perplexity (its run's, of several);
+    ``here``: a fine-tuned run's, the parameters' perplexity on its own validation before training."""
     position, run, own = restored.meta.get("position", {}), restored.run, restored.val_ppl
     epoch, batch = position.get("epoch", 0), position.get("batch", 0)
     where = f"epoch {epoch + 1} at batch {batch}" if batch else f"after epoch {epoch}"
@@ -206,6 +208,8 @@ def describe_checkpoint(restored: checkpoint.Restored) -> str:
     said = "" if val_ppl is None else f", val ppl {ppl_text(val_ppl)}"
     if said and run is not None:
         said += f" (run {run}'s)" if own is not None else " (the mean of its runs)"
+    if here is not None:
+        said += f"{' there' * bool(said)}; val ppl {ppl_text(here)} on this run's text, before training"
     return f"checkpoint step {restored.step} ({where}{said})"
 
 

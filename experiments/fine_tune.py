@@ -3,12 +3,16 @@
 The new run, in the ``--workdir`` given, has the settings of ``W``'s run
 (of run ``--run K`` among several trained together; its latest checkpoint,
 or with ``--best`` its best), changed by the flags given: lists train runs
-together, each from those parameters. It trains on the text the flags name
-(the Time Machine, or ``--text``), read in ``W``'s vocabulary (tokens it
-never saw are ``<unk>``, warned of). Its ``config.json`` records the
-checkpoint it started from (``init_from``), so the same command resumes it,
-as does ``--workdir NEW`` alone; once it holds a checkpoint, ``--init-from``
-is not used (said). ``rnnjax.fit(..., params=restore(W))`` is the same from Python.
+together, each from those parameters (``--seed`` then orders the batches).
+It trains on the text the flags name (the Time Machine, or ``--text``), read
+in ``W``'s vocabulary and cleaned as ``W``'s was (tokens it never saw are
+``<unk>``, warned of); where the kind of text changes, the split is that
+text's default (``--text``'s tail, or d2l's windows). It says the starting
+parameters' validation perplexity on the new text. Its ``config.json``
+records the checkpoint it started from (``init_from``), so the same command
+resumes it, as does ``--workdir NEW`` alone (with ``--text PATH`` of a text of
+one's own); once it holds a checkpoint, ``--init-from`` is not used (said).
+``rnnjax.fit(..., params=restore(W))`` is the same from Python.
 """
 
 from __future__ import annotations
@@ -72,10 +76,11 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
     configs, vocab, _, together = found
     run = _run(args, origin, configs, together)
     base = configs[run or 0]
-    if args.text is not None and not settings_lib.own_text(vocab):   # after the Time Machine: --text's own
-        for name, value in corpus.TEXT_DEFAULTS.items():
-            if getattr(args, name) is None:
-                setattr(args, name, value)
+    if (args.text is not None) != settings_lib.own_text(vocab):     # the split follows the text trained on
+        split = corpus.TEXT_DEFAULTS if args.text is not None else {k: getattr(config_lib.Config(), k)
+                                                                    for k in ("val_fraction", "num_train",
+                                                                              "num_val")}
+        settings_lib.text_defaults(args, {k: v for k, v in split.items() if k != "preprocess"})
     for name, value in flags.given(args).items():
         if name in FIXED and value != getattr(base, name):
             raise ValueError(f"--init-from {origin} starts from its run's {FIXED[name]}, which "

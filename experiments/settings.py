@@ -83,14 +83,7 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
             args.anew = ANEW.format(args.workdir, said)
     if saved is None or args.anew:
         if args.text is not None and base is None:     # the preset, changed by these, then by the flags
-            if args.val_fraction == 0 and args.num_train is None:
-                raise ValueError("--val-fraction 0 splits --text as d2l does (the first --num-train windows "
-                                 "train, the next --num-val validate), and --text's default --num-train 0 "
-                                 "(every window) leaves none to validate: add --num-train N, or leave "
-                                 "--val-fraction out.")
-            for name, value in corpus.TEXT_DEFAULTS.items():
-                if getattr(args, name) is None:
-                    setattr(args, name, value)
+            text_defaults(args, corpus.TEXT_DEFAULTS)
         configs = flags.sweep_from_flags(args, base)
         runs.check_runs(configs)
         together = len(configs) > 1
@@ -98,6 +91,18 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
             together = _check_preset_fits(args, configs) or together
         return configs, args.workdir or default_workdir(args.preset, configs, args.text), together
     return _resumed(args, saved)
+
+
+def text_defaults(args: argparse.Namespace, defaults: dict) -> None:
+    """``defaults`` (``corpus.TEXT_DEFAULTS``'s, of ``--text``) for the flags not given; ``ValueError`` where
+    ``--val-fraction 0`` is given without the ``--num-train`` it then needs."""
+    if args.val_fraction == 0 and args.num_train is None and defaults.get("num_train") == 0:
+        raise ValueError("--val-fraction 0 splits --text as d2l does (the first --num-train windows train, "
+                         "the next --num-val validate), and --text's default --num-train 0 (every window) "
+                         "leaves none to validate: add --num-train N, or leave --val-fraction out.")
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 @spelling.flag_spelling()

@@ -114,7 +114,8 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
         model, untrained = rnnjax.make_model(config, len(data.vocab)), None
         if start is not None and p.step is None:
             untrained = start
-            say(f"starting from {start.workdir}'s {cli.describe_checkpoint(start)}: "
+            here = rnnjax.score.perplexity(config, data.vocab, start.params, data)
+            say(f"starting from {start.workdir}'s {cli.describe_checkpoint(start, here)}: "
                 f"{rnnjax.predict(model, start.params, data.vocab, data.prompt, 20)!r}")
         elif p.step is None and not several:   # fit starts from these, not from a second init (and compile)
             untrained = rnnjax.create_train_state(config, len(data.vocab)).params

@@ -214,7 +214,7 @@ def write_config(workdir: Path, config: Config, vocab: Vocab, runs: list[Config]
                  text: str | None = None, init_from: dict | None = None) -> None:
     """``config.json`` for people and tools; the checkpoints carry their own copy. ``text``: the file a
     run's own text was read from (a resume asks for it again: it names it); ``init_from``: the checkpoint
-    a fine-tuned run started from (``Restored.origin``)."""
+    a fine-tuned run started from (``Restored.address``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     content = {"config": config.to_json(), "vocab": vocab.to_json()}
     if runs:

@@ -88,7 +88,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     step, and what ``progress`` raises (an early stop, a closed pipe, ``sys.exit``) after saving the step
     it was called at, its ``saved_step`` (in the other processes of a multi-host run,
     ``StoppedByAnother``, the same step saved); what ``log`` raises, after saving the steps trained.
-    ``origin``: the checkpoint a new run's ``state`` comes from (``Restored.origin``), for ``config.json``.
+    ``origin``: the checkpoint a new run's ``state`` comes from (``Restored.address``), for ``config.json``.
 
     ``ValueError`` before it writes anything (a workdir ``planned`` made goes again with its lock) unless
     the processes of a multi-host run would train alike (``rnnjax.agree``), unless ``evaluate`` returns

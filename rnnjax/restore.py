@@ -29,6 +29,7 @@ from rnnjax.generate import predict, predict_batch
 from rnnjax.meta import Position
 from rnnjax.metrics import FILENAME, MetricsError, MetricsLog
 from rnnjax.read_state import restore_state
+from rnnjax.saved import init_from
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model
 from rnnjax.stored import (CONFIG, SUBDIR, CheckpointError, DamagedCheckpoint, check_folder, read_meta,
                            steps, unreadable_workdir, val_ppl)
@@ -53,13 +54,19 @@ class Restored:
     workdir: Path | None = dataclasses.field(default=None, repr=False)     # where restore read it
 
     @property
-    def origin(self) -> dict | None:
-        """Where these parameters come from, as a run fine-tuned from them records it (``config.json``'s
-        ``init_from``): the workdir, step and run; ``None`` for a ``Restored`` made by hand."""
+    def address(self) -> dict | None:
+        """This checkpoint's workdir, step and run, as a run fine-tuned from it records it (its
+        ``config.json``'s ``init_from``); ``None`` for a ``Restored`` made by hand."""
         if self.workdir is None:
             return None
         return {"workdir": str(Path(self.workdir).absolute()), "step": self.step,
                 **({"run": self.run} if self.run is not None else {})}
+
+    @property
+    def init_from(self) -> dict | None:
+        """The ``address`` of the checkpoint this run was fine-tuned from, as its ``config.json`` records it;
+        ``None`` for a run that started from its own initialization (or parameters given as arrays)."""
+        return None if self.workdir is None else init_from(self.workdir)
 
     @property
     def val_ppl(self) -> float | None:

@@ -123,6 +123,10 @@ def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path,
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     check_callbacks(progress, log)
     progress = epoch_lines(log, configs[0].epochs) if progress is None and log else progress
+    if isinstance(params, (list, tuple)):       # read as a tree, it would be refused leaf by leaf
+        raise TypeError(f"fit_runs' params are one run's (each run starts from them), got a "
+                        f"{type(params).__name__} of {len(params)}: train runs from other parameters in "
+                        "workdirs of their own.")
     params, origin = train_lib.params_given(params, data, "fit_runs")
     if params is not None:         # before the workdir is made, and checked even if it resumes
         check_params(params, configs[0], len(data.vocab))

@@ -131,7 +131,7 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
 
 def init_from(workdir: Path) -> dict | None:
     """The checkpoint the workdir's run was fine-tuned from, as its ``config.json`` records it
-    (``Restored.origin``: workdir, step, run); ``None`` where it records none, or cannot be read."""
+    (``Restored.address``: workdir, step, run); ``None`` where it records none, or cannot be read."""
     try:
         found = json.loads((Path(workdir) / CONFIG).read_text()).get("init_from")
     except (OSError, ValueError, RecursionError, AttributeError):

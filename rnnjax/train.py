@@ -198,7 +198,7 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
 def params_given(params: Any, data: WindowedText, caller: str = "fit") -> tuple[Any, dict | None]:
     """``params``, or a restored run's, which index the rows of its own vocabulary (``ValueError`` where
     ``data``'s is another: one of the same size trained on silently, each token another's row), and where
-    they come from (``Restored.origin``: the new run's ``config.json`` records it)."""
+    they come from (``Restored.address``: the new run's ``config.json`` records it)."""
     from rnnjax.restore import Restored         # here: restore imports what imports this module
     if not isinstance(params, Restored):
         return params, None
@@ -206,7 +206,7 @@ def params_given(params: Any, data: WindowedText, caller: str = "fit") -> tuple[
         raise ValueError(f"{caller}'s params are a run's trained in another vocabulary than the data's: "
                          "load the data in the run's tokens, rnnjax.corpus.load(config, text=..., "
                          "vocab=run.vocab).")
-    return params.params, params.origin
+    return params.params, params.address
 
 
 def given_line(p: Plan, params: Any) -> str:

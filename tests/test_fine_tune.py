@@ -2,6 +2,7 @@
 as ``fit(..., params=restore(W))`` trains it from Python."""
 
 import json
+import re
 import shutil
 
 import jax
@@ -72,6 +73,7 @@ def test_a_run_fine_tuned_from_the_command_line_is_fit_s_from_python(source, tmp
                                "val ppl ")
     recorded = json.loads((tuned / "config.json").read_text())
     assert recorded["init_from"] == {"workdir": str(source), "step": start.step}
+    assert checkpoint.restore(tuned).init_from == recorded["init_from"] and start.init_from is None
     config = start.config.replace(epochs=2, lr=0.5)
     assert checkpoint.restore(tuned).config == config
     data = corpus.load(config, text=tmp_path / "b.txt", vocab=start.vocab)
@@ -148,7 +150,7 @@ def test_runs_fine_tuned_together_each_start_from_the_run_chosen(make_text, tmp_
     start = checkpoint.restore(tmp_path / "src", run=1)
     assert f"starting from {tmp_path / 'src'}'s checkpoint step {start.step} (after epoch 1, val ppl " in out
     assert "; from the params given" in out
-    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init_from"] == start.origin
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init_from"] == start.address
     data = corpus.load(start.config, text=tmp_path / "a.txt", vocab=start.vocab)
     for k, lr in enumerate((0.5, 2.0)):
         tuned = checkpoint.restore(tmp_path / "tuned", run=k)
@@ -158,23 +160,45 @@ def test_runs_fine_tuned_together_each_start_from_the_run_chosen(make_text, tmp_
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_the_start_says_the_parameters_perplexity_on_the_new_text(source, tmp_path, capsys):
+    """Before training: on the source's own text and split, its own validation perplexity; on another,
+    ``Restored.perplexity``'s on it."""
+    start = checkpoint.restore(source)
+    for text, workdir in (("a.txt", "same"), ("b.txt", "other")):
+        code, out, err = main(capsys, "--init-from", source, "--text", tmp_path / text, "--workdir",
+                              tmp_path / workdir, "--epochs", "1")
+        assert code == 0, err
+        there, here = re.search(r"val ppl ([\d.]+) there; val ppl ([\d.]+) on this run's text, before "
+                                r"training\): '", out).groups()
+        assert float(there) == round(start.val_ppl, 2)
+        data = corpus.load(start.config, text=tmp_path / text, vocab=start.vocab)
+        assert float(here) == round(start.perplexity(data), 2)
+    assert float(there) != float(here)
+
+
 @pytest.mark.slow
-def test_a_time_machine_run_fine_tuned_on_a_text_takes_the_text_s_defaults(real_text_path, make_text,
-                                                                           tmp_path, capsys):
-    """After the Time Machine (d2l's lower-case letters), ``--text``'s own defaults (raw, a tail to
-    validate, every window) unless given; the capitals it never saw are ``<unk>``, warned of."""
+def test_the_split_follows_the_text_and_the_cleaning_the_vocabulary(real_text_path, make_text, tmp_path,
+                                                                    capsys):
+    """From the Time Machine to a text of one's own: ``--text``'s split (a tail to validate, every window),
+    the text cleaned as the Time Machine's was (d2l's lower-case letters: no capital is ``<unk>``); back
+    to the Time Machine: d2l's windows, cleaned as that text was."""
     (tmp_path / "b.txt").write_text(make_text(2000, 1).upper())
     assert main(capsys, "--data", real_text_path, "--preset", "tiny", "--epochs", "1", "--workdir",
                 tmp_path / "src")[0] == 0
     code, out, err = main(capsys, "--init-from", tmp_path / "src", "--text", tmp_path / "b.txt",
                           "--workdir", tmp_path / "tuned", "--epochs", "1")
-    assert code == 0, err
-    assert err.startswith("warning: ") and "read as <unk> in the vocabulary given" in err
+    assert code == 0 and err == "", err
     config = checkpoint.restore(tmp_path / "tuned").config
-    assert (config.preprocess, config.val_fraction, config.num_train) == tuple(
-        corpus.TEXT_DEFAULTS[k] for k in ("preprocess", "val_fraction", "num_train"))
+    assert (config.preprocess, config.val_fraction, config.num_train) == ("d2l", 0.1, 0)
     assert checkpoint.restore(tmp_path / "tuned").vocab.idx_to_token == \
         checkpoint.restore(tmp_path / "src").vocab.idx_to_token
+    code, out, err = main(capsys, "--init-from", tmp_path / "tuned", "--data", real_text_path, "--workdir",
+                          tmp_path / "back", "--epochs", "1", "--preprocess", "raw")
+    assert code == 0 and "read as <unk>" in err, err        # the capitals it never saw: said
+    config = checkpoint.restore(tmp_path / "back").config
+    default = rnnjax.Config()
+    assert (config.preprocess, config.val_fraction, config.num_train, config.num_val) == (
+        "raw", 0.0, default.num_train, default.num_val)
 
 
 def test_multi_host_processes_compare_the_checkpoint_they_start_from(source, tmp_path, monkeypatch):

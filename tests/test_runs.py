@@ -118,6 +118,9 @@ def test_runs_fine_tuned_from_one_run_s_params_are_each_the_run_fine_tuned_alone
     wrong = [c.replace(num_hiddens=c.num_hiddens + 1) for c in configs]
     with pytest.raises(ValueError, match=r"^The parameters do not fit the config \(cell 'rnn', num_hiddens="):
         runs.fit_runs(wrong, data10, tmp_path / "tuned", devices=1, log=None, params=source)
+    with pytest.raises(TypeError, match=r"^fit_runs' params are one run's \(each run starts from them\), "
+                                        r"got a list of 2: train runs from other parameters in workdirs of"):
+        runs.fit_runs(configs, data10, tmp_path / "tuned", devices=1, log=None, params=[source, source])
     assert not (tmp_path / "tuned").exists()
     together = runs.fit_runs(configs, data10, tmp_path / "tuned", devices=1, log=lines.append, params=source)
     assert lines[0].startswith("2 new runs of 2 epochs") and lines[0].endswith("; from the params given")
@@ -129,7 +132,7 @@ def test_runs_fine_tuned_from_one_run_s_params_are_each_the_run_fine_tuned_alone
                                                                                     together.state))):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     origin = {"workdir": str((tmp_path / "source").absolute()), "step": source.step}
-    assert source.origin == origin
+    assert source.address == origin
     for workdir in ("tuned", "alone0"):
         assert json.loads((tmp_path / workdir / "config.json").read_text())["init_from"] == origin
     lines.clear()
