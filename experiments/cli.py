@@ -257,6 +257,8 @@ def say_trained(say: Callable[[str], Any], result: FitResult, configs: list, sev
                 f"val perplexity {ppl_text(last['val_ppl'])}, {text!r}")
         lines = []
         for name, members in runs.groups(configs).items():      # of each rate (and clip): the seeds' range
+            if len(members) == 1:           # its run's line said it
+                continue
             trained_on = sum(result.stopped[k] is None for k in members)
             count = f"{trained_on} of {len(members)}" if trained_on < len(members) else f"{len(members)}"
             of = f"run{'s' * (len(members) > 1)}{f' of {name}' if name else ''}"
@@ -267,6 +269,7 @@ def say_trained(say: Callable[[str], Any], result: FitResult, configs: list, sev
             said = (f"{k} mean {ppl_text(v['mean'])} (min {ppl_text(v['min'])}, max {ppl_text(v['max'])})"
                     for k, v in table.items())
             lines.append(f"{count} {of}, epoch {result.history[-1]['epoch']}:  " + "  ".join(said))
+        lines = lines or [f"{len(configs)} runs, epoch {result.history[-1]['epoch']}"]
         lines[-1] += f"{_unknown(data)}; {'in' if finished else 'wrote'} {workdir}"
         for line in lines:
             say(line)
