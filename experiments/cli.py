@@ -106,7 +106,8 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     args.preset_given, args.preset = args.preset is not None, args.preset or preset
     for name in ("data", "text", "workdir", "init_from"):    # '' would mean the default file, or this folder
         if getattr(args, name) == "":
-            raise ValueError(f"--{name} is empty; give a path (a shell variable that was not set?).")
+            raise ValueError(f"--{name.replace('_', '-')} is empty; give a path (a shell variable that was "
+                             "not set?).")
     args.workdir = None if args.workdir is None else Path(args.workdir)
     if args.text is not None and args.data is not None:
         raise ValueError("--text trains on your own file, --data names the Time Machine's; give one.")

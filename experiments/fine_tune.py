@@ -22,7 +22,7 @@ from pathlib import Path
 
 from experiments import flags, settings as settings_lib
 from rnnjax import checkpoint, config as config_lib, corpus, runs, saved
-from rnnjax.spelling import flag
+from rnnjax.spelling import spelt
 from rnnjax.state import check_params
 
 # What W's parameters and vocabulary fix: a flag may only repeat it.
@@ -56,14 +56,15 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
     (``args.init_note`` says so). ``args.init_source`` is what ``restored`` reads."""
     new, origin = args.workdir, Path(args.init_from)
     if not settings_lib.no_checkpoint(new):
-        recorded = saved.init_from(new)
-        if recorded is None or Path(recorded["workdir"]) != origin.absolute():
-            began = "a run not started from another's parameters" if recorded is None else \
-                f"a run started from {recorded['workdir']}"
-            raise ValueError(f"{new} holds {began}, not from {origin}: use a new --workdir, or leave "
+        found = saved.init_from(new)
+        began = "a run not started from another's parameters" if found is None else \
+            f"a run started from {_named(found)}"
+        if found is None or Path(found["workdir"]).resolve() != origin.resolve() or (
+                args.run is not None and args.run != found.get("run")):
+            asked = origin if args.run is None else f"{origin}'s run {args.run}"
+            raise ValueError(f"{new} holds {began}, not from {asked}: use a new --workdir, or leave "
                              "--init-from out to resume it.")
-        args.init_note = (f"--init-from is not used: {new} holds a checkpoint of the run started from "
-                          f"{origin}'s step {recorded['step']}, which resumes")
+        args.init_note = f"--init-from is not used: {new} holds a checkpoint of {began}, which resumes"
         args.init_from = None
         return None
     try:
@@ -77,31 +78,50 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
     run = _run(args, origin, configs, together)
     base = configs[run or 0]
     if (args.text is not None) != settings_lib.own_text(vocab):     # the split follows the text trained on
-        split = corpus.TEXT_DEFAULTS if args.text is not None else {k: getattr(config_lib.Config(), k)
-                                                                    for k in ("val_fraction", "num_train",
-                                                                              "num_val")}
+        d2l = ("val_fraction", "num_train", "num_val", "steps_per_epoch")
+        split = {**corpus.TEXT_DEFAULTS, "steps_per_epoch": 0} if args.text is not None else {
+            k: getattr(config_lib.Config(), k) for k in d2l}
         settings_lib.text_defaults(args, {k: v for k, v in split.items() if k != "preprocess"})
-    for name, value in flags.given(args).items():
-        if name in FIXED and value != getattr(base, name):
-            raise ValueError(f"--init-from {origin} starts from its run's {FIXED[name]}, which "
-                             f"{flag(name)} {value} does not fit (its run has "
-                             f"{getattr(base, name)}); leave it out.")
+    unfit = _unfit(args, base)
+    if unfit:
+        raise ValueError(f"--init-from {origin} starts from its run's {unfit}; leave it out.")
     tuned = flags.sweep_from_flags(args, base)
     runs.check_runs(tuned)
     args.init_source = {"workdir": str(origin), "run": run, "best": args.best}
     return tuned, new, len(tuned) > 1
 
 
-def recorded(args: argparse.Namespace) -> None:
+def recorded(args: argparse.Namespace, config: config_lib.Config) -> None:
     """A workdir whose run was started from another's parameters and stopped before its first checkpoint,
-    resumed with its settings: it starts from them again, as its ``config.json`` records
-    (``args.init_source``)."""
+    trained again with its settings (``config``'s) or, anew, changed by the flags: it starts from them
+    again, as its ``config.json`` records (``args.init_source``), unless the flags change what they fix."""
     found = saved.init_from(args.workdir)
-    if found is not None and settings_lib.no_checkpoint(args.workdir) and not args.anew:
-        args.init_source = {"workdir": found["workdir"], "step": found["step"], "run": found.get("run")}
-        args.init_note = (f"{args.workdir} holds no checkpoint of its run, which started from "
-                          f"{found['workdir']}'s step {found['step']} (its config.json's init_from): it "
-                          "starts from there again")
+    if found is None or not settings_lib.no_checkpoint(args.workdir):
+        return
+    unfit = _unfit(args, config)
+    if unfit:
+        args.init_note = (f"{args.workdir}'s run started from {_named(found)} (its config.json's init_from), "
+                          f"whose {unfit}: this run starts from its own initialization")
+        return
+    args.init_source = {"workdir": found["workdir"], "step": found["step"], "run": found.get("run")}
+    args.init_note = (f"{args.workdir} holds no checkpoint of its run, which started from {_named(found)} "
+                      "(its config.json's init_from): it starts from there again")
+
+
+def _unfit(args: argparse.Namespace, config: config_lib.Config) -> str:
+    """What of the flags given the parameters and vocabulary of ``config``'s run cannot take, in words
+    (``parameters, which --num-hiddens 64 does not fit (its run has 16)``); '' if nothing."""
+    for name, value in flags.given(args).items():
+        if name in FIXED and value != getattr(config, name):
+            return (f"{FIXED[name]}, which {spelt(name, value)} does not fit (its run has "
+                    f"{spelt(name, getattr(config, name))})")
+    return ""
+
+
+def _named(found: dict) -> str:
+    """A recorded ``init_from`` in words: ``W's step N`` (``W's run K at step N``)."""
+    run = found.get("run")
+    return f"{found['workdir']}'s {'' if run is None else f'run {run} at '}step {found['step']}"
 
 
 def restored(args: argparse.Namespace, config: config_lib.Config) -> checkpoint.Restored:
@@ -109,14 +129,18 @@ def restored(args: argparse.Namespace, config: config_lib.Config) -> checkpoint.
     (or ``CheckpointError``) in one sentence."""
     s = args.init_source
     try:
+        if "step" in s and not Path(s["workdir"]).is_dir():
+            raise checkpoint.CheckpointError(f"{s['workdir']} no longer exists")
         run = checkpoint.restore(s["workdir"], step=s.get("step"), best=s.get("best", False), run=s["run"])
         check_params(run.params, config, len(run.vocab))
     except (checkpoint.CheckpointError, ValueError) as e:
+        why = str(e).removesuffix(".")
+        why = why[0].lower() + why[1:] if why[:2].istitle() else why        # a sentence, now a clause
         if "step" not in s:
-            raise ValueError(f"--init-from {s['workdir']}: {str(e).removesuffix('.')}.") from None
-        raise ValueError(f"{args.workdir}'s run started from {s['workdir']}'s step {s['step']} (its "
-                         f"config.json's init_from), which cannot be read back ({str(e).removesuffix('.')}): "
-                         "--init-from W starts it from the latest checkpoint of the run in W.") from None
+            raise ValueError(f"--init-from {s['workdir']}: {why}.") from None
+        raise ValueError(f"{args.workdir}'s run started from {_named(s)} (its config.json's init_from), "
+                         f"which cannot be read back ({why}): --init-from W starts it from the latest "
+                         "checkpoint of the run in W.") from None
     return run
 
 

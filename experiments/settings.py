@@ -76,8 +76,10 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
                     configs = [c.replace(**fixed) for c in saved[0]]
                     runs.check_runs(configs)
                     args.anew = ANEW.format(args.workdir, "its runs' settings changed by the flags")
+                    fine_tune.recorded(args, saved[0][0])
                     return configs, args.workdir, True
                 base, said = saved[0][0], "its settings changed by the flags"
+                fine_tune.recorded(args, base)       # a fine-tuned run's start, unless the flags unfit it
             else:
                 said = f"--preset {args.preset}'s settings changed by the flags"
             args.anew = ANEW.format(args.workdir, said)
@@ -148,7 +150,7 @@ def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Co
                          "--text out to resume it, or use a new --workdir.")
     resumed = flags.resumed_from_flags(args, configs, str(args.workdir))
     args.settings_from = source                # said as the run starts
-    fine_tune.recorded(args)
+    fine_tune.recorded(args, configs[0])
     return resumed, args.workdir, together
 
 

@@ -261,9 +261,9 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
             unknown -= float(np.mean(own.stream == own.vocab.unk))
         if unknown >= UNKNOWN_SAID:      # a text cleaned otherwise than the vocabulary's (d2l's is lowercase)
             warnings.warn(f"{unknown:.0%} more of the text's tokens are read as <unk> in the vocabulary "
-                          f"given than in the text's own: clean the text as the run that made the vocabulary "
-                          f"did (its config's {spelt('preprocess')} and {spelt('token')}; here "
-                          f"{spelt('preprocess', config.preprocess)}).", stacklevel=2)
+                          f"given than in the text's own: tokens the vocabulary's run never saw, or a text "
+                          f"cleaned otherwise than that run's (its config's {spelt('preprocess')} and "
+                          f"{spelt('token')}; here {spelt('preprocess', config.preprocess)}).", stacklevel=2)
         return made
     except OSError as e:            # unreadable (permissions, a vanished file): one sentence
         why = e.strerror or type(e).__name__

@@ -59,7 +59,7 @@ class Restored:
         ``config.json``'s ``init_from``); ``None`` for a ``Restored`` made by hand."""
         if self.workdir is None:
             return None
-        return {"workdir": str(Path(self.workdir).absolute()), "step": self.step,
+        return {"workdir": str(Path(self.workdir).resolve()), "step": self.step,
                 **({"run": self.run} if self.run is not None else {})}
 
     @property

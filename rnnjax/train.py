@@ -31,7 +31,7 @@ import optax
 from rnnjax import agree, checkpoint, loop, metrics as metrics_lib, preflight
 from rnnjax.arguments import check_types
 from rnnjax.config import Config, whole
-from rnnjax.spelling import got
+from rnnjax.spelling import as_flags, got
 from rnnjax.data import Batch, Windows, WindowedText
 # What fit raises and its defaults, importable from here too.
 from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
@@ -214,7 +214,7 @@ def given_line(p: Plan, params: Any) -> str:
     if params is None or p.finished:
         return ""
     if p.step is None:
-        return "; from the params given"
+        return "; from --init-from's parameters" if as_flags() else "; from the params given"
     return ("; the params given are not used: the run resumes from its checkpoint (a new workdir starts "
             "from them)")
 

@@ -46,7 +46,7 @@ def equal_trees(a, b):
     (["--init-from", "w", "--workdir", "./w"], "--init-from and --workdir name the same folder, w:"),
     (["--init-from", "src", "--workdir", "w", "--preset", "tiny"], "changed by the flags given; leave "
                                                                    "--preset out."),
-    (["--init-from", "", "--workdir", "w"], "--init_from is empty"),
+    (["--init-from", "", "--workdir", "w"], "--init-from is empty"),
     (["--run", "1"], "--run chooses the run of a workdir that --predict generates from (or --init-from"),
     (["--best"], "--best chooses the checkpoint that --predict generates from (or --init-from"),
 ], ids=["with --predict", "no --workdir", "the same folder", "--preset", "empty", "--run alone",
@@ -82,7 +82,7 @@ def test_a_run_fine_tuned_from_the_command_line_is_fit_s_from_python(source, tmp
 
     code, out, err = main(capsys, *argv, "--epochs", "3")       # the same command, more epochs: it resumes
     assert code == 0, err
-    assert out.splitlines()[1] == (f"--init-from is not used: {tuned} holds a checkpoint of the run started "
+    assert out.splitlines()[1] == (f"--init-from is not used: {tuned} holds a checkpoint of a run started "
                                    f"from {source}'s step {start.step}, which resumes")
     assert "resuming from step" in out and checkpoint.restore(tuned).config.epochs == 3
     assert json.loads((tuned / "config.json").read_text())["init_from"] == recorded["init_from"]
@@ -90,6 +90,25 @@ def test_a_run_fine_tuned_from_the_command_line_is_fit_s_from_python(source, tmp
     assert code == 1 and err == (f"error: {source} holds a run not started from another's parameters, not "
                                  f"from {tuned}: use a new --workdir, or leave --init-from out to resume "
                                  "it.\n")
+    code, _, err = main(capsys, *argv, "--run", "1")
+    assert code == 1 and err == (f"error: {tuned} holds a run started from {source}'s step {start.step}, not "
+                                 f"from {source}'s run 1: use a new --workdir, or leave --init-from out to "
+                                 "resume it.\n")
+
+
+def test_the_source_named_another_way_is_the_same_source(source, tmp_path, monkeypatch, capsys):
+    """The same command from another folder, the source through a link or ``..``: the run it started resumes
+    (config.json records the source's real path)."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(source)
+    monkeypatch.chdir(tmp_path / "sub")
+    argv = ["--text", "../b.txt", "--workdir", "../tuned"]
+    assert main(capsys, "--init-from", "../src", *argv, "--epochs", "1")[0] == 0
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init_from"]["workdir"] == \
+        str(source.resolve())
+    for named in ("../link", "../sub/../src", str(source)):
+        code, out, err = main(capsys, "--init-from", named, *argv, "--epochs", "2")
+        assert code == 0 and "--init-from is not used: " in out, err
 
 
 def test_a_run_that_left_no_checkpoint_starts_from_its_origin_again(source, tmp_path, capsys):
@@ -106,12 +125,24 @@ def test_a_run_that_left_no_checkpoint_starts_from_its_origin_again(source, tmp_
         "config.json's init_from): it starts from there again\n" in out
     assert f"starting from {source}'s checkpoint step {step} " in out
     equal_trees(checkpoint.restore(tuned).params, first.params)
+    shutil.rmtree(tuned / checkpoint.SUBDIR)      # other settings: anew, from there still
+    code, out, err = main(capsys, "--workdir", tuned, "--text", tmp_path / "b.txt", "--lr", "0.5")
+    assert code == 0 and f"starting from {source}'s checkpoint step {step} " in out, err
+    assert json.loads((tuned / "config.json").read_text())["init_from"] == checkpoint.restore(source).address
+    shutil.rmtree(tuned / checkpoint.SUBDIR)      # unless the flags change what the parameters fix
+    code, out, err = main(capsys, "--workdir", tuned, "--text", tmp_path / "b.txt", "--num-hiddens", "8")
+    assert code == 0 and "untrained: '" in out, err
+    assert (f"{tuned}'s run started from {source}'s step {step} (its config.json's init_from), whose "
+            "parameters, which --num-hiddens 8 does not fit (its run has --num-hiddens 16): this run starts "
+            "from its own initialization\n") in out
+    assert "init_from" not in json.loads((tuned / "config.json").read_text())
     shutil.rmtree(tuned / checkpoint.SUBDIR)
+    (tuned / "config.json").write_text(json.dumps({**json.loads((tuned / "config.1.json").read_text())}))
     shutil.rmtree(source)
     code, out, err = main(capsys, "--workdir", tuned, "--text", tmp_path / "b.txt")
     assert code == 1 and err.count("\n") == 1, err
     assert err.startswith(f"error: {tuned}'s run started from {source}'s step {step} (its config.json's "
-                          "init_from), which cannot be read back (The workdir "), err
+                          f"init_from), which cannot be read back ({source} no longer exists): "), err
     assert err.endswith("--init-from W starts it from the latest checkpoint of the run in W.\n"), err
 
 
@@ -121,10 +152,10 @@ def test_a_run_that_left_no_checkpoint_starts_from_its_origin_again(source, tmp_
                                "trained run."),
     (["--init-from", "src", "--num-hiddens", "64"],
      "--init-from src starts from its run's parameters, which --num-hiddens 64 does not fit (its run has "
-     "16); leave it out."),
+     "--num-hiddens 16); leave it out."),
     (["--init-from", "src", "--token", "word"],
-     "--init-from src starts from its run's vocabulary, which --token word does not fit (its run has char); "
-     "leave it out."),
+     "--init-from src starts from its run's vocabulary, which --token word does not fit (its run has --token "
+     "char); leave it out."),
     (["--init-from", "src", "--run", "1"], "--init-from src holds a single run; leave out --run 1."),
 ], ids=["missing", "no checkpoint", "another size", "other tokens", "--run of one"])
 def test_a_source_the_new_run_cannot_start_from_is_refused_in_one_sentence(source, tmp_path, monkeypatch,
@@ -149,7 +180,7 @@ def test_runs_fine_tuned_together_each_start_from_the_run_chosen(make_text, tmp_
     assert code == 0, err
     start = checkpoint.restore(tmp_path / "src", run=1)
     assert f"starting from {tmp_path / 'src'}'s checkpoint step {start.step} (after epoch 1, val ppl " in out
-    assert "; from the params given" in out
+    assert "; from --init-from's parameters" in out
     assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init_from"] == start.address
     data = corpus.load(start.config, text=tmp_path / "a.txt", vocab=start.vocab)
     for k, lr in enumerate((0.5, 2.0)):
