@@ -111,7 +111,7 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     args.workdir = None if args.workdir is None else Path(args.workdir)
     if args.text is not None and args.data is not None:
         raise ValueError("--text trains on your own file, --data names the Time Machine's; give one.")
-    args.settings_from = args.saved_vocab = args.init_source = args.init_note = None
+    args.settings_from = args.saved_vocab = args.init_source = args.init_note = args.text_note = None
     fine_tune.check_flags(args)
     if args.num_preds is not None and args.predict is None:
         raise ValueError("--num-preds says how much --predict generates; add --predict PREFIX.")

@@ -10,8 +10,8 @@ in ``W``'s vocabulary and cleaned as ``W``'s was (tokens it never saw are
 text's default (``--text``'s tail, or d2l's windows). It says the starting
 parameters' validation perplexity on the new text. Its ``config.json``
 records the checkpoint it started from (``init_from``), so the same command
-resumes it, as does ``--workdir NEW`` alone (with ``--text PATH`` of a text of
-one's own); once it holds a checkpoint, ``--init-from`` is not used (said).
+resumes it, as does ``--workdir NEW`` alone; once it holds a checkpoint,
+``--init-from`` is not used (said).
 ``rnnjax.fit(..., params=restore(W))`` is the same from Python.
 """
 

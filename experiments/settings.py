@@ -4,7 +4,8 @@
 given a ``--workdir`` that holds a run (and no ``--preset``), that run's own
 settings, read from it, the flags given checked against them; so ``--workdir
 W --epochs 200`` resumes a run made with any preset and flags (runs trained
-together, of one config too, as such). A workdir whose run left no checkpoint
+together, of one config too, as such; a text of one's own read again from the
+file its ``config.json`` names, its SHA-1 checked). A workdir whose run left no checkpoint
 holds nothing to resume: flags that ask for other settings start anew there.
 ``default_workdir`` names the folder the same command finds again.
 """
@@ -14,12 +15,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
 from experiments import fine_tune, flags
 from rnnjax import checkpoint, config as config_lib, corpus, runs, source, spelling
-from rnnjax.saved import saved_runs, text_read
+from rnnjax.saved import saved_runs, text_path, text_read
 from rnnjax.stored import UnknownCell
 from rnnjax.vocab import Vocab
 
@@ -141,10 +143,13 @@ def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Co
     """``settings`` of the run ``saved`` in ``args.workdir`` (``rnnjax.saved.saved_runs``'s)."""
     configs, vocab, source, together = saved
     if own_text(vocab) and args.text is None:
-        read = text_read(args.workdir)
-        raise ValueError(f"{args.workdir} holds a run trained on a text of your own (SHA-1 "
-                         f"{vocab['text_sha1'][:12]}...{read}): give that file again, --text PATH, to resume "
-                         "it.")
+        recorded = text_path(args.workdir)
+        if recorded is None or not os.path.isfile(recorded):
+            raise ValueError(f"{args.workdir} holds a run trained on a text of your own (SHA-1 "
+                             f"{vocab['text_sha1'][:12]}...{text_read(args.workdir)}): give that file again, "
+                             "--text PATH, to resume it.")
+        args.text = recorded           # its SHA-1 is checked as the run starts
+        args.text_note = f"text: {recorded}, as its config.json records"
     if "text_sha1" not in vocab and args.text is not None:
         raise ValueError(f"{args.workdir} holds a run trained on the Time Machine, not on --text: leave "
                          "--text out to resume it, or use a new --workdir.")

@@ -106,7 +106,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
         if args.settings_from is not None:
             say(f"settings: those of the run in {workdir} ({args.settings_from}), the flags given checked "
                 "against them")
-        for line in (args.anew, args.init_note):
+        for line in (args.text_note, args.anew, args.init_note):
             if line:
                 say(line)
         if not several:               # fit_runs says it, and then which runs stop as they stop

@@ -142,13 +142,19 @@ def init_from(workdir: Path) -> dict | None:
     return found if ok else None
 
 
-def text_read(workdir: Path) -> str:
-    """``, read from PATH``: the file of one's own text the workdir's ``config.json`` names, '' where none."""
+def text_path(workdir: Path) -> str | None:
+    """The file of one's own text the workdir's ``config.json`` names (its run was read from it); ``None``."""
     try:
         text = json.loads((Path(workdir) / CONFIG).read_text()).get("text")
     except (OSError, ValueError, RecursionError, AttributeError):
-        return ""
-    return f", read from {said(text)}" if isinstance(text, str) else ""
+        return None
+    return text if isinstance(text, str) else None
+
+
+def text_read(workdir: Path) -> str:
+    """``, read from PATH``: the file of one's own text the workdir's ``config.json`` names, '' where none."""
+    text = text_path(workdir)
+    return "" if text is None else f", read from {said(text)}"
 
 
 def _from_its_params(saved: Config, config: Config, vocab_size: int) -> str:

@@ -182,7 +182,11 @@ def test_the_text_a_workdir_was_trained_on_is_asked_for(tmp_path):
     written = json.loads((Path(mine) / "config.json").read_text())     # as a run of --text writes it
     (Path(mine) / "config.json").write_text(json.dumps({**written, "text": "/books/mine.txt"}))
     with pytest.raises(ValueError, match=r"\(SHA-1 abababababab\.\.\., read from '/books/mine.txt'\): give"):
-        settings(cli.parse_args(["--workdir", mine, "--epochs", "5"]))
+        settings(cli.parse_args(["--workdir", mine, "--epochs", "5"]))       # not there: asked for
+    (tmp_path / "mine.txt").write_text("a text")
+    (Path(mine) / "config.json").write_text(json.dumps({**written, "text": str(tmp_path / "mine.txt")}))
+    args = cli.parse_args(["--workdir", mine, "--epochs", "5"])
+    assert settings(args)[0][0].epochs == 5 and args.text == str(tmp_path / "mine.txt")    # there: read
     tm = saved(tmp_path / "tm", [TINY])
     with pytest.raises(ValueError, match="trained on the Time Machine, not on --text: leave --text out"):
         settings(cli.parse_args(["--workdir", tm, "--text", "book.txt"]))
@@ -295,8 +299,12 @@ def test_the_cli_resumes_a_workdir_from_its_settings(make_text, tmp_path, capsys
     assert started.startswith("resuming from step ") and "(epoch 2 of 2, batch 0)" in started
     expected = TINY.replace(lr=2.0, num_hiddens=8, epochs=2, preprocess="raw", val_fraction=0.1, num_train=0)
     assert checkpoint.restore(w).config == expected
-    assert timemachine.main(["--workdir", w, "--epochs", "3"]) == 1
-    assert "give that file again, --text PATH" in capsys.readouterr().err
+    assert timemachine.main(["--workdir", w, "--epochs", "3", "--devices", "1"]) == 0   # the file it names
+    assert f"\ntext: {text.absolute()}, as its config.json records\nresuming from step " in \
+        capsys.readouterr().out
+    text.write_text(text.read_text() + "more")
+    assert timemachine.main(["--workdir", w, "--epochs", "4", "--devices", "1"]) == 1   # changed: refused
+    assert "holds a run trained on the text of SHA-1 " in capsys.readouterr().err
 
 
 @pytest.mark.slow
