@@ -244,17 +244,11 @@ def _warn(log: Callable[[str], Any] | None, message: str | None, stacklevel: int
 def _keeping(log: Callable[[str], Any] | None) -> tuple[Callable[[str], Any] | None, list[BaseException]]:
     """``log``, and the list of what it raised: kept, as ``_told`` keeps what ``progress`` raises."""
     kept: list[BaseException] = []
-    if not log:
-        return log, kept
 
     def keeping(line: str) -> None:
-        try:
-            log(line)
-        except Interrupted:
-            raise
-        except BaseException as e:
-            kept.append(e)
-    return keeping, kept
+        raised = _told(lambda *_: log(line), 0, 0, None)
+        kept.extend([raised] if raised is not None else [])
+    return (keeping if log else log), kept
 
 
 def _told(progress: Callable | None, done: int, total: int, record: dict | None) -> Exception | None:
