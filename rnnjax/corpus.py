@@ -256,14 +256,20 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
         if text is None and config.preprocess == "d2l":        # the Time Machine's, as d2l's loader gives it
             made.prompt = TimeMachine.prompt
         unknown = float(np.mean(made.stream == vocab.unk)) if vocab is not None and made.stream.size else 0.0
-        if unknown >= UNKNOWN_SAID and config.min_freq > 1:      # its rare tokens are <unk> in its own too
-            own = Corpus.from_config(path, config, cache=False)
-            unknown -= float(np.mean(own.stream == own.vocab.unk))
+        if unknown >= UNKNOWN_SAID:
+            with warnings.catch_warnings():         # its own warnings were said as it was read
+                warnings.simplefilter("ignore")
+                own = Corpus.from_config(path, config, cache=False)
+            unknown -= float(np.mean(own.stream == own.vocab.unk))     # its rare tokens: <unk> in its own too
         if unknown >= UNKNOWN_SAID:      # a text cleaned otherwise than the vocabulary's (d2l's is lowercase)
+            unseen = [t for t in own.vocab.idx_to_token if t != "<unk>" and t not in vocab.token_to_idx]
+            more = f" and {len(unseen) - 10} more" if len(unseen) > 10 else ""
+            listed = ", ".join(map(repr, unseen[:10])) + more
             warnings.warn(f"{unknown:.0%} more of the text's tokens are read as <unk> in the vocabulary "
-                          f"given than in the text's own: tokens the vocabulary's run never saw, or a text "
-                          f"cleaned otherwise than that run's (its config's {spelt('preprocess')} and "
-                          f"{spelt('token')}; here {spelt('preprocess', config.preprocess)}).", stacklevel=2)
+                          f"given than in the text's own: {len(unseen)} it lacks ({listed}); clean the text "
+                          f"as the vocabulary's run did, where it was cleaned otherwise (its config's "
+                          f"{spelt('preprocess')} and {spelt('token')}; here "
+                          f"{spelt('preprocess', config.preprocess)}).", stacklevel=2)
         return made
     except OSError as e:            # unreadable (permissions, a vanished file): one sentence
         why = e.strerror or type(e).__name__
