@@ -24,6 +24,7 @@ from experiments import flags, settings as settings_lib
 from rnnjax import checkpoint, config as config_lib, corpus, runs, saved
 from rnnjax.spelling import spelt
 from rnnjax.state import check_params
+from rnnjax.stored import UnknownCell
 
 # What W's parameters and vocabulary fix: a flag may only repeat it.
 FIXED = {"cell": "parameters", "num_hiddens": "parameters", "num_layers": "parameters",
@@ -60,7 +61,7 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
         began = "a run not started from another's parameters" if found is None else \
             f"a run started from {_named(found)}"
         if found is None or Path(found["workdir"]).resolve() != origin.resolve() or (
-                args.run is not None and args.run != found.get("run")):
+                args.run is not None and args.run != found.get("run", 0)):      # --run 0 of a single run
             asked = origin if args.run is None else f"{origin}'s run {args.run}"
             raise ValueError(f"{new} holds {began}, not from {asked}: use a new --workdir, or leave "
                              "--init-from out to resume it.")
@@ -82,39 +83,50 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
         split = {**corpus.TEXT_DEFAULTS, "steps_per_epoch": 0} if args.text is not None else {
             k: getattr(config_lib.Config(), k) for k in d2l}
         settings_lib.text_defaults(args, {k: v for k, v in split.items() if k != "preprocess"})
-    unfit = _unfit(args, base)
-    if unfit:
-        raise ValueError(f"--init-from {origin} starts from its run's {unfit}; leave it out.")
     tuned = flags.sweep_from_flags(args, base)
     runs.check_runs(tuned)
+    unfit = _unfit(tuned[0], base)
+    if unfit:
+        raise ValueError(f"--init-from {origin}: {unfit}; leave it out.")
     args.init_source = {"workdir": str(origin), "run": run, "best": args.best}
     return tuned, new, len(tuned) > 1
 
 
-def recorded(args: argparse.Namespace, config: config_lib.Config) -> None:
-    """A workdir whose run was started from another's parameters and stopped before its first checkpoint,
-    trained again with its settings (``config``'s) or, anew, changed by the flags: it starts from them
-    again, as its ``config.json`` records (``args.init_source``), unless the flags change what they fix."""
-    found = saved.init_from(args.workdir)
-    if found is None or not settings_lib.no_checkpoint(args.workdir):
+def recorded(args: argparse.Namespace, configs: list[config_lib.Config], workdir: Path) -> None:
+    """A new run (``configs``) in a workdir whose run was started from another's parameters and left no
+    checkpoint, trained without ``--init-from``: from those parameters again, as the workdir records
+    (``args.init_source``), where they fit ``configs``; else from its own initialization. Said either way."""
+    if args.init_from is not None or args.init_source is not None or not settings_lib.no_checkpoint(workdir):
         return
-    unfit = _unfit(args, config)
+    try:
+        found = saved.init_from(workdir, strict=True)
+    except ValueError as e:
+        args.init_note = f"{e}: this run starts from its own initialization"
+        return
+    if found is None:
+        return
+    where = f"{workdir}'s run, which left no checkpoint, started from {_named(found)} (its config.json's " \
+            "init_from)"
+    try:
+        earlier = saved.config_settings(workdir)
+        unfit = "" if earlier is None else _unfit(configs[0], earlier[0][0])
+    except UnknownCell as e:
+        unfit = f"its cell {e.cell!r} is not registered here"
+
     if unfit:
-        args.init_note = (f"{args.workdir}'s run started from {_named(found)} (its config.json's init_from), "
-                          f"whose {unfit}: this run starts from its own initialization")
+        args.init_note = f"{where}; {unfit}: this run starts from its own initialization"
         return
     args.init_source = {"workdir": found["workdir"], "step": found["step"], "run": found.get("run")}
-    args.init_note = (f"{args.workdir} holds no checkpoint of its run, which started from {_named(found)} "
-                      "(its config.json's init_from): it starts from there again")
+    args.init_note = f"{where}: this run starts from there again"
 
 
-def _unfit(args: argparse.Namespace, config: config_lib.Config) -> str:
-    """What of the flags given the parameters and vocabulary of ``config``'s run cannot take, in words
-    (``parameters, which --num-hiddens 64 does not fit (its run has 16)``); '' if nothing."""
-    for name, value in flags.given(args).items():
-        if name in FIXED and value != getattr(config, name):
-            return (f"{FIXED[name]}, which {spelt(name, value)} does not fit (its run has "
-                    f"{spelt(name, getattr(config, name))})")
+def _unfit(config: config_lib.Config, source: config_lib.Config) -> str:
+    """What of ``config`` the parameters and vocabulary of ``source``'s run cannot take, in words
+    (``--num-hiddens 64 does not fit its parameters (--num-hiddens 16)``); '' if nothing."""
+    for name, what in FIXED.items():
+        if getattr(config, name) != getattr(source, name):
+            return (f"{spelt(name, getattr(config, name))} does not fit its {what} "
+                    f"({spelt(name, getattr(source, name))})")
     return ""
 
 
@@ -138,9 +150,10 @@ def restored(args: argparse.Namespace, config: config_lib.Config) -> checkpoint.
         why = why[0].lower() + why[1:] if why[:2].istitle() else why        # a sentence, now a clause
         if "step" not in s:
             raise ValueError(f"--init-from {s['workdir']}: {why}.") from None
+        run = "" if s.get("run") is None else " --run K"
         raise ValueError(f"{args.workdir}'s run started from {_named(s)} (its config.json's init_from), "
-                         f"which cannot be read back ({why}): --init-from W starts it from the latest "
-                         "checkpoint of the run in W.") from None
+                         f"which cannot be read back ({why}): --init-from W{run} starts it from the latest "
+                         f"checkpoint of the run in W.") from None
     return run
 
 

@@ -56,8 +56,15 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
     given; or, given a ``--workdir`` that holds a run and no ``--preset``, that run's settings, changed by
     the resumable flags (``--epochs``), any other flag given checked against them. A workdir whose earlier
     run left no checkpoint has nothing to resume: flags (or a ``--preset``) that ask for other settings
-    start a new run there (``args.anew`` says so). ``ValueError`` in one sentence; reads nothing but the
-    workdir's ``config.json`` (or its newest checkpoint's meta) and its checkpoints' steps."""
+    start a new run there (``args.anew`` says so), from the parameters it started from where it was
+    fine-tuned (``experiments.fine_tune``). ``ValueError`` in one sentence; reads nothing but the workdir's
+    ``config.json`` (or its newest checkpoint's meta) and its checkpoints' steps."""
+    configs, workdir, together = _settings(args)
+    fine_tune.recorded(args, configs, workdir)
+    return configs, workdir, together
+
+
+def _settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool]:
     saved, args.anew, base = None, None, None
     if args.init_from is not None:
         started = fine_tune.tuned(args)     # None: the new workdir holds a checkpoint, which resumes
@@ -78,10 +85,8 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
                     configs = [c.replace(**fixed) for c in saved[0]]
                     runs.check_runs(configs)
                     args.anew = ANEW.format(args.workdir, "its runs' settings changed by the flags")
-                    fine_tune.recorded(args, saved[0][0])
                     return configs, args.workdir, True
                 base, said = saved[0][0], "its settings changed by the flags"
-                fine_tune.recorded(args, base)       # a fine-tuned run's start, unless the flags unfit it
             else:
                 said = f"--preset {args.preset}'s settings changed by the flags"
             args.anew = ANEW.format(args.workdir, said)
@@ -155,7 +160,6 @@ def _resumed(args: argparse.Namespace, saved: tuple) -> tuple[list[config_lib.Co
                          "--text out to resume it, or use a new --workdir.")
     resumed = flags.resumed_from_flags(args, configs, str(args.workdir))
     args.settings_from = source                # said as the run starts
-    fine_tune.recorded(args, configs[0])
     return resumed, args.workdir, together
 
 

@@ -124,7 +124,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     train, evaluate, tokens, val_batches = compile_run(p, data, step, evaluate)
     state = dp.replicate(state)
     steps_per_epoch, total, done = count_steps(p, data)
-    out = Writer(p, data, manager, metrics_log, stops, steps_per_epoch, step)
+    out = Writer(p, data, manager, metrics_log, stops, steps_per_epoch, step, origin)
     _warn(log, out.switched, 4)     # at loop.run's caller: through run, leaves_on_error
     if kept:                        # nothing trained yet
         raise kept[0]

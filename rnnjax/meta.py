@@ -39,6 +39,7 @@ POSITION = ("epoch", "batch", "partial", "stopped", "high")
 REGISTERED = "cell_registered"    # what CELLS[config.cell] was (cells.registered_as): a partial's arguments
 OPTIMIZER = "optimizer_registered"      # what OPTIMIZERS[config.optimizer] was (optimizers.registered_as)
 TRAINED_BY = "trained_by"       # [first step, the step function's name] of each step that trained it (writer)
+INIT_FROM = "init_from"         # the checkpoint a fine-tuned run started from (Restored.address)
 # Every config ever saved has these; a config missing one is damaged, not an older version.
 _CORE = ("batch_size", "num_steps", "num_hiddens", "cell", "num_layers", "lr", "clip", "epochs", "seed",
          "num_train", "num_val")
@@ -249,6 +250,8 @@ def problem(meta: Any, step: int) -> str | None:
                                          and isinstance(e[1], str) for e in by)
             and [e[0] for e in by] == sorted({e[0] for e in by}) and all(0 <= e[0] <= step for e in by)):
         return f"says it was trained by {by!r:.200}"
+    if INIT_FROM in meta and init_from_problem(meta[INIT_FROM]):
+        return f"says it started from {meta[INIT_FROM]!r:.200}"
     ppl = meta.get("val_ppl")
     if not (ppl is None or _is_number(ppl)):
         return f"has a validation perplexity of {ppl!r}"
@@ -289,3 +292,16 @@ def _summed(pairs: list) -> dict:
     if not pairs:
         return {}
     return {"loss_sum": sum(pair[0] for pair in pairs), "count": sum(pair[1] for pair in pairs)}
+
+
+def init_from_problem(value: Any) -> str | None:
+    """What is wrong with a recorded ``init_from`` (``Restored.address``: a workdir, a step, a run or none),
+    in words; ``None`` if nothing."""
+    if not (isinstance(value, dict) and set(value) <= {"workdir", "step", "run"}):
+        return "not a workdir, a step and a run"
+    if not (isinstance(value.get("workdir"), str) and value["workdir"]):
+        return f"its workdir is {value.get('workdir')!r}"
+    for key in ("step", "run"):
+        if (key in value or key == "step") and not (_is_int(value.get(key)) and value[key] >= 0):
+            return f"its {key} is {value.get(key)!r}"
+    return None

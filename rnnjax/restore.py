@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax import lock as lock_lib, score
+from rnnjax import lock as lock_lib, meta as meta_lib, score
 from rnnjax.config import Config, whole
 from rnnjax.spelling import as_flags, spelt
 from rnnjax.data import WindowedText
@@ -64,8 +64,11 @@ class Restored:
 
     @property
     def init_from(self) -> dict | None:
-        """The ``address`` of the checkpoint this run was fine-tuned from, as its ``config.json`` records it;
-        ``None`` for a run that started from its own initialization (or parameters given as arrays)."""
+        """The ``address`` of the checkpoint this run was fine-tuned from, as its meta (or its workdir's
+        ``config.json``) records it; ``None`` for a run that started from its own initialization (or from
+        parameters given as arrays)."""
+        if meta_lib.INIT_FROM in self.meta:
+            return self.meta[meta_lib.INIT_FROM]
         return None if self.workdir is None else init_from(self.workdir)
 
     @property

@@ -69,14 +69,22 @@ def saved_runs(workdir: Path) -> tuple[list[Config], dict, str, bool] | None:
 def _newest_settings(workdir: Path) -> tuple[list[Config], dict, int, bool] | None:
     """The configs and vocabulary of the newest checkpoint whose meta reads, its step, and whether its runs
     were trained together."""
+    newest = _newest_meta(workdir)
+    if newest is None:
+        return None
+    meta, step = newest
+    configs = [Config.from_json(c) for c in meta.get("runs") or [meta["config"]]]
+    return configs, meta["vocab"], step, "runs" in meta
+
+
+def _newest_meta(workdir: Path) -> tuple[dict, int] | None:
+    """The meta of the newest checkpoint whose meta reads, and its step."""
     try:
         for step in sorted(steps(workdir), reverse=True):
             try:
-                meta = read_meta(workdir, step)
+                return read_meta(workdir, step), step
             except DamagedCheckpoint:
                 continue
-            configs = [Config.from_json(c) for c in meta.get("runs") or [meta["config"]]]
-            return configs, meta["vocab"], step, "runs" in meta
     except UnknownCell:
         raise
     except (CheckpointError, OSError):      # the run's own checks say what is wrong, as it starts
@@ -129,17 +137,24 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
                               "the checkpoint's data to resume it.")
 
 
-def init_from(workdir: Path) -> dict | None:
-    """The checkpoint the workdir's run was fine-tuned from, as its ``config.json`` records it
-    (``Restored.address``: workdir, step, run); ``None`` where it records none, or cannot be read."""
+def init_from(workdir: Path, strict: bool = False) -> dict | None:
+    """The checkpoint the workdir's run was fine-tuned from (``Restored.address``: workdir, step, run), as
+    its newest checkpoint's meta records it, else its ``config.json``; ``None`` where neither does, or
+    one cannot be read (``strict``: a ``ValueError`` saying why)."""
     try:
-        found = json.loads((Path(workdir) / CONFIG).read_text()).get("init_from")
+        newest = _newest_meta(workdir)
+    except UnknownCell:         # the run's own checks say so
+        newest = None
+    if newest is not None and meta_lib.INIT_FROM in newest[0]:      # checked as the meta was read
+        return newest[0][meta_lib.INIT_FROM]
+    try:
+        found = json.loads((Path(workdir) / CONFIG).read_text()).get(meta_lib.INIT_FROM)
     except (OSError, ValueError, RecursionError, AttributeError):
         return None
-    ok = (isinstance(found, dict) and isinstance(found.get("workdir"), str)
-          and all(isinstance(found.get(k, 0), int) and not isinstance(found.get(k, 0), bool)
-                  for k in ("step", "run")) and "step" in found)
-    return found if ok else None
+    why = None if found is None else meta_lib.init_from_problem(found)
+    if why and strict:
+        raise ValueError(f"{Path(workdir) / CONFIG}'s init_from cannot be read ({why})")
+    return None if why else found
 
 
 def text_path(workdir: Path) -> str | None:

@@ -26,7 +26,7 @@ from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as, registered_own
 from rnnjax.config import Config, label
 from rnnjax.spelling import as_flags, spelt
 from rnnjax.data import WindowedText
-from rnnjax.meta import TRAINED_BY, Position
+from rnnjax.meta import INIT_FROM, TRAINED_BY, Position
 from rnnjax.parallel import DataParallel
 from rnnjax.step_lines import StepsLog
 from rnnjax.kernels import loss_path
@@ -55,6 +55,7 @@ class Plan:
     saved_epochs: int | None = None    # the epochs the checkpoint's run asked for (RESUMABLE: may differ)
     trained_by: list | None = None     # the step functions that trained it, as its meta says (TRAINED_BY)
     steps_lost: str = ""               # the steps steps.jsonl lacks (a write failed), in words
+    init_from: dict | None = None      # the checkpoint the run was fine-tuned from, as its meta says
     held: lock_lib.Held | None = None   # the workdir's lock, in the process that writes
 
     @property
@@ -263,7 +264,8 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         return Plan(config, workdir, dp, path, step, position, runs, state,
                     tuple(sorted(damaged, reverse=True)), lost, bool(torn),
                     computed_by=computing_lib.computed_by(metas[step]), saved_epochs=asked, stalled=stalled,
-                    trained_by=metas[step].get(TRAINED_BY), steps_lost=steps_lost)
+                    trained_by=metas[step].get(TRAINED_BY), steps_lost=steps_lost,
+                    init_from=metas[step].get(INIT_FROM) or saved.init_from(workdir))
     damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "
@@ -291,7 +293,7 @@ def open_workdir(p: Plan, data: WindowedText, keep: int, origin: dict | None = N
         read = getattr(data, "path", None)         # a text of one's own: its file, which a resume needs
         checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None,
                                 text=None if read is None else str(Path(read).absolute()),
-                                init_from=origin if p.step is None else saved.init_from(p.workdir))
+                                init_from=origin if p.step is None else p.init_from)
     earlier = checkpoint.scores_by_step(p.workdir) if p.step is not None else {}
     manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
     # Silent: the plan says what a torn last line leaves out (Plan.describe).

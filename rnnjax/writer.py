@@ -34,6 +34,7 @@ class Writer:
     stops: StoppedRuns
     steps_per_epoch: int
     step: Callable | None = None      # the step function that trains: its name goes in every meta
+    origin: dict | None = None        # the checkpoint a new run starts from (loop.run's): in every meta
 
     def __post_init__(self):
         self.configs = list(self.p.runs) or [self.p.config]
@@ -42,6 +43,7 @@ class Writer:
         self.computing.update(computing_lib.otherwise_since(self.p.computed_by, self.computing, self.p.step))
         self.saved = self.p.step                # the newest step this run saved (or resumed from)
         self.trained_by, self.switched = trained_by(self.p, step_name(self.step))
+        self.init_from = self.origin if self.p.step is None else self.p.init_from
         self.steps_log = StepsLog(self.p.workdir / STEPS, writer=self.metrics_log.writer)
 
     def per_run(self, tree: Any) -> Any:
@@ -80,7 +82,8 @@ class Writer:
             val_ppls = {r["run"]: r["val_ppl"] for r in records}
             runs["run_val_ppls"] = [_finite(val_ppls.get(k)) for k in range(len(self.configs))]
         meta = meta_lib.make(self.p.config, self.data.vocab, dataclasses.asdict(where), self.steps_per_epoch,
-                             **self.computing, **runs, **{meta_lib.TRAINED_BY: self.trained_by})
+                             **self.computing, **runs, **{meta_lib.TRAINED_BY: self.trained_by},
+                             **({meta_lib.INIT_FROM: self.init_from} if self.init_from else {}))
         host = self.p.dp.unreplicate(state)
         val_ppl = statistics.fmean(r["val_ppl"] for r in records) if records else None
         self.check_lock()

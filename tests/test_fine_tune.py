@@ -86,6 +86,11 @@ def test_a_run_fine_tuned_from_the_command_line_is_fit_s_from_python(source, tmp
                                    f"from {source}'s step {start.step}, which resumes")
     assert "resuming from step" in out and checkpoint.restore(tuned).config.epochs == 3
     assert json.loads((tuned / "config.json").read_text())["init_from"] == recorded["init_from"]
+    (tuned / "config.json").unlink()            # the checkpoints record it too
+    assert checkpoint.restore(tuned).init_from == recorded["init_from"]
+    code, out, err = main(capsys, *argv, "--epochs", "4")
+    assert code == 0 and f"--init-from is not used: {tuned} holds a checkpoint of a run started " in out, err
+    assert json.loads((tuned / "config.json").read_text())["init_from"] == recorded["init_from"]
     code, _, err = main(capsys, "--init-from", tuned, "--text", tmp_path / "b.txt", "--workdir", source)
     assert code == 1 and err == (f"error: {source} holds a run not started from another's parameters, not "
                                  f"from {tuned}: use a new --workdir, or leave --init-from out to resume "
@@ -109,6 +114,8 @@ def test_the_source_named_another_way_is_the_same_source(source, tmp_path, monke
     for named in ("../link", "../sub/../src", str(source)):
         code, out, err = main(capsys, "--init-from", named, *argv, "--epochs", "2")
         assert code == 0 and "--init-from is not used: " in out, err
+    code, out, err = main(capsys, "--init-from", "../src", "--run", "0", *argv, "--epochs", "2")
+    assert code == 0 and "--init-from is not used: " in out, err        # run 0 of a single run: the run
 
 
 def test_a_run_that_left_no_checkpoint_starts_from_its_origin_again(source, tmp_path, capsys):
@@ -121,8 +128,8 @@ def test_a_run_that_left_no_checkpoint_starts_from_its_origin_again(source, tmp_
     code, out, err = main(capsys, "--workdir", tuned, "--text", tmp_path / "b.txt")
     assert code == 0, err
     step = checkpoint.restore(source).step
-    assert f"{tuned} holds no checkpoint of its run, which started from {source}'s step {step} (its " \
-        "config.json's init_from): it starts from there again\n" in out
+    assert f"{tuned}'s run, which left no checkpoint, started from {source}'s step {step} (its " \
+        "config.json's init_from): this run starts from there again\n" in out
     assert f"starting from {source}'s checkpoint step {step} " in out
     equal_trees(checkpoint.restore(tuned).params, first.params)
     shutil.rmtree(tuned / checkpoint.SUBDIR)      # other settings: anew, from there still
@@ -132,10 +139,27 @@ def test_a_run_that_left_no_checkpoint_starts_from_its_origin_again(source, tmp_
     shutil.rmtree(tuned / checkpoint.SUBDIR)      # unless the flags change what the parameters fix
     code, out, err = main(capsys, "--workdir", tuned, "--text", tmp_path / "b.txt", "--num-hiddens", "8")
     assert code == 0 and "untrained: '" in out, err
-    assert (f"{tuned}'s run started from {source}'s step {step} (its config.json's init_from), whose "
-            "parameters, which --num-hiddens 8 does not fit (its run has --num-hiddens 16): this run starts "
-            "from its own initialization\n") in out
+    assert (f"{tuned}'s run, which left no checkpoint, started from {source}'s step {step} (its "
+            "config.json's init_from); --num-hiddens 8 does not fit its parameters (--num-hiddens 16): this "
+            "run starts from its own initialization\n") in out
     assert "init_from" not in json.loads((tuned / "config.json").read_text())
+    shutil.rmtree(tuned / checkpoint.SUBDIR)
+    (tuned / "config.json").write_text(json.dumps({**json.loads((tuned / "config.1.json").read_text())}))
+    code, out, err = main(capsys, "--workdir", tuned, "--text", tmp_path / "b.txt", "--preset", "tiny")
+    assert code == 0 and "this run starts from there again\n" in out, err         # a preset that fits
+    shutil.rmtree(tuned / checkpoint.SUBDIR)
+    (tuned / "config.json").write_text(json.dumps({**json.loads((tuned / "config.1.json").read_text())}))
+    code, out, err = main(capsys, "--workdir", tuned, "--text", tmp_path / "b.txt", "--preset", "d2l",
+                          "--num-train", "100")
+    assert code == 0 and "; --num-hiddens 32 does not fit its parameters (--num-hiddens 16): this run " \
+        "starts from its own initialization\n" in out, err
+    shutil.rmtree(tuned / checkpoint.SUBDIR)
+    earlier = json.loads((tuned / "config.1.json").read_text())
+    (tuned / "config.json").write_text(json.dumps({**earlier, "init_from": {**earlier["init_from"],
+                                                                            "step": "13"}}))
+    code, out, err = main(capsys, "--workdir", tuned, "--text", tmp_path / "b.txt")
+    assert code == 0 and f"{tuned / 'config.json'}'s init_from cannot be read (its step is '13'): this run " \
+        "starts from its own initialization\n" in out, err
     shutil.rmtree(tuned / checkpoint.SUBDIR)
     (tuned / "config.json").write_text(json.dumps({**json.loads((tuned / "config.1.json").read_text())}))
     shutil.rmtree(source)
@@ -151,11 +175,9 @@ def test_a_run_that_left_no_checkpoint_starts_from_its_origin_again(source, tmp_
     (["--init-from", "empty"], "--init-from empty holds no checkpoint of a run; give the workdir of a "
                                "trained run."),
     (["--init-from", "src", "--num-hiddens", "64"],
-     "--init-from src starts from its run's parameters, which --num-hiddens 64 does not fit (its run has "
-     "--num-hiddens 16); leave it out."),
+     "--init-from src: --num-hiddens 64 does not fit its parameters (--num-hiddens 16); leave it out."),
     (["--init-from", "src", "--token", "word"],
-     "--init-from src starts from its run's vocabulary, which --token word does not fit (its run has --token "
-     "char); leave it out."),
+     "--init-from src: --token word does not fit its vocabulary (--token char); leave it out."),
     (["--init-from", "src", "--run", "1"], "--init-from src holds a single run; leave out --run 1."),
 ], ids=["missing", "no checkpoint", "another size", "other tokens", "--run of one"])
 def test_a_source_the_new_run_cannot_start_from_is_refused_in_one_sentence(source, tmp_path, monkeypatch,

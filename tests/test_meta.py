@@ -76,10 +76,29 @@ def reseal_with(change):
     (lambda m: m.update(trained_by="__main__.my_step"), "trained by"),
     (lambda m: m.update(trained_by=[[0, "a.f"], [0, "b.g"]]), "trained by"),      # steps in order, once
     (lambda m: m.update(trained_by=[[2 * PER_EPOCH + 1, "a.f"]]), "trained by"),  # past its own step
+    (lambda m: m.update(init_from=[{"workdir": "/w", "step": 3}]), "started from"),
+    (lambda m: m.update(init_from={"workdir": "", "step": 3}), "started from"),
+    (lambda m: m.update(init_from={"workdir": "/w", "step": "3"}), "started from"),
+    (lambda m: m.update(init_from={"workdir": "/w", "step": 3, "run": -1}), "started from"),
+    (lambda m: m.update(init_from={"workdir": "/w", "step": True}), "started from"),
     (lambda m: m.update(format=7), "format 1 or 2 or 3"),
 ])
 def test_every_kind_of_damage_is_named(change, message):
     assert message in meta.problem(reseal_with(change), 2 * PER_EPOCH)
+
+
+@pytest.mark.parametrize("value, problem", [
+    ({"workdir": "/w", "step": 3}, None),
+    ({"workdir": "/w", "step": 0, "run": 2}, None),
+    ({"workdir": "/w"}, "its step is None"),
+    ({"workdir": "/w", "step": 3, "best": True}, "not a workdir, a step and a run"),
+    ({"workdir": 5, "step": 3}, "its workdir is 5"),
+    ({"workdir": "/w", "step": 3, "run": 1.0}, "its run is 1.0"),
+])
+def test_a_recorded_start_is_a_workdir_a_step_and_a_run(value, problem):
+    assert meta.init_from_problem(value) == problem
+    assert (meta.problem(reseal_with(lambda m: m.update(init_from=value)), 2 * PER_EPOCH) is None) == \
+        (problem is None)
 
 
 def test_a_meta_without_its_checksum_is_damage_unless_it_is_of_format_1():
