@@ -21,7 +21,7 @@ import argparse
 from pathlib import Path
 
 from experiments import flags, settings as settings_lib
-from rnnjax import checkpoint, config as config_lib, corpus, runs, saved
+from rnnjax import checkpoint, config as config_lib, corpus, meta as meta_lib, runs, saved
 from rnnjax.spelling import spelt
 from rnnjax.state import check_params
 from rnnjax.stored import UnknownCell
@@ -60,8 +60,7 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
         found = saved.init_from(new)
         began = "a run not started from another's parameters" if found is None else \
             f"a run started from {_named(found)}"
-        if found is None or Path(found["workdir"]).resolve() != origin.resolve() or (
-                args.run is not None and args.run != found.get("run", 0)):      # --run 0 of a single run
+        if found is None or not _same(found, origin, found.get("run") if args.run is None else args.run):
             asked = origin if args.run is None else f"{origin}'s run {args.run}"
             raise ValueError(f"{new} holds {began}, not from {asked}: use a new --workdir, or leave "
                              "--init-from out to resume it.")
@@ -89,7 +88,36 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
     if unfit:
         raise ValueError(f"--init-from {origin}: {unfit}; leave it out.")
     args.init_source = {"workdir": str(origin), "run": run, "best": args.best}
+    found = saved.init_from(new)
+    if found is not None and _same(found, origin, run):     # the same command after a kill: the same start
+        where = f"{new}'s run, which left no checkpoint, started from {_named(found)} (its config.json's " \
+                "init_from)"
+        if _still(found):
+            args.init_source, args.init_note = _source(found), f"{where}: this run starts from there again"
+        else:
+            args.init_note = (f"{where}, which {origin} no longer holds: this run starts from its "
+                              f"{'best' if args.best else 'latest'}")
     return tuned, new, len(tuned) > 1
+
+
+def _still(found: dict) -> bool:
+    """Whether the checkpoint a recorded ``init_from`` names is still there, the same one."""
+    try:
+        meta = checkpoint.read_meta(Path(found["workdir"]), found["step"])
+    except (checkpoint.CheckpointError, OSError):
+        return False
+    return found.get(meta_lib.CHECKSUM) in (None, meta.get(meta_lib.CHECKSUM))
+
+
+def _same(found: dict, origin: Path, run: int | None) -> bool:
+    """Whether the recorded ``init_from`` names ``origin``'s run ``run`` (of a single run: 0 or None)."""
+    return Path(found["workdir"]).resolve() == origin.resolve() and (run or 0) == found.get("run", 0)
+
+
+def _source(found: dict) -> dict:
+    """What ``restored`` reads of a recorded ``init_from``: that very checkpoint."""
+    return {"workdir": found["workdir"], "step": found["step"], "run": found.get("run"),
+            "checksum": found.get(meta_lib.CHECKSUM)}
 
 
 def recorded(args: argparse.Namespace, configs: list[config_lib.Config], workdir: Path) -> None:
@@ -107,16 +135,18 @@ def recorded(args: argparse.Namespace, configs: list[config_lib.Config], workdir
         return
     where = f"{workdir}'s run, which left no checkpoint, started from {_named(found)} (its config.json's " \
             "init_from)"
-    try:
-        earlier = saved.config_settings(workdir)
-        unfit = "" if earlier is None else _unfit(configs[0], earlier[0][0])
+    try:                # the source's settings: restored reads its parameters, or says why it cannot
+        source = saved.saved_runs(Path(found["workdir"]))
+        ran = None if source is None else source[0][min(found.get("run") or 0, len(source[0]) - 1)]
+        unfit = "" if ran is None else _unfit(configs[0], ran)
     except UnknownCell as e:
         unfit = f"its cell {e.cell!r} is not registered here"
-
+    except ValueError:
+        unfit = ""
     if unfit:
         args.init_note = f"{where}; {unfit}: this run starts from its own initialization"
         return
-    args.init_source = {"workdir": found["workdir"], "step": found["step"], "run": found.get("run")}
+    args.init_source = _source(found)
     args.init_note = f"{where}: this run starts from there again"
 
 
@@ -144,6 +174,9 @@ def restored(args: argparse.Namespace, config: config_lib.Config) -> checkpoint.
         if "step" in s and not Path(s["workdir"]).is_dir():
             raise checkpoint.CheckpointError(f"{s['workdir']} no longer exists")
         run = checkpoint.restore(s["workdir"], step=s.get("step"), best=s.get("best", False), run=s["run"])
+        if s.get("checksum") not in (None, run.meta.get(meta_lib.CHECKSUM)):
+            raise checkpoint.CheckpointError(f"that checkpoint is another run's now: {s['workdir']} was "
+                                             "trained anew since")
         check_params(run.params, config, len(run.vocab))
     except (checkpoint.CheckpointError, ValueError) as e:
         why = str(e).removesuffix(".")

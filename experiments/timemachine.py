@@ -82,6 +82,8 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
     together = configs if several else None
     with _resuming(args, workdir):
         arguments.check_arguments(config, workdir, devices=args.devices, runs=together)
+    if args.text_note:          # before the text is read (and its SHA-1 found another's)
+        say(args.text_note)
     start = None if args.init_source is None else fine_tune.restored(args, config)
     with _resuming(args, workdir, config_lib.ConfigError):     # a cell's step on the text's width, say
         try:
@@ -106,7 +108,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
         if args.settings_from is not None:
             say(f"settings: those of the run in {workdir} ({args.settings_from}), the flags given checked "
                 "against them")
-        for line in (args.text_note, args.anew, args.init_note):
+        for line in (args.anew, args.init_note):
             if line:
                 say(line)
         if not several:               # fit_runs says it, and then which runs stop as they stop

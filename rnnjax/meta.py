@@ -297,8 +297,10 @@ def _summed(pairs: list) -> dict:
 def init_from_problem(value: Any) -> str | None:
     """What is wrong with a recorded ``init_from`` (``Restored.address``: a workdir, a step, a run or none),
     in words; ``None`` if nothing."""
-    if not (isinstance(value, dict) and set(value) <= {"workdir", "step", "run"}):
+    if not (isinstance(value, dict) and set(value) <= {"workdir", "step", "run", CHECKSUM}):
         return "not a workdir, a step and a run"
+    if not isinstance(value.get(CHECKSUM, ""), str):
+        return f"its {CHECKSUM} is {value[CHECKSUM]!r}"
     if not (isinstance(value.get("workdir"), str) and value["workdir"]):
         return f"its workdir is {value.get('workdir')!r}"
     for key in ("step", "run"):

@@ -55,12 +55,15 @@ class Restored:
 
     @property
     def address(self) -> dict | None:
-        """This checkpoint's workdir, step and run, as a run fine-tuned from it records it (its
-        ``config.json``'s ``init_from``); ``None`` for a ``Restored`` made by hand."""
+        """This checkpoint's workdir, step and run (and its meta's checksum, which tells it from another
+        run's saved there since), as a run fine-tuned from it records it (``init_from``); ``None`` for a
+        ``Restored`` made by hand."""
         if self.workdir is None:
             return None
+        checksum = self.meta.get(meta_lib.CHECKSUM)
         return {"workdir": str(Path(self.workdir).resolve()), "step": self.step,
-                **({"run": self.run} if self.run is not None else {})}
+                **({"run": self.run} if self.run is not None else {}),
+                **({meta_lib.CHECKSUM: checksum} if checksum is not None else {})}
 
     @property
     def init_from(self) -> dict | None:

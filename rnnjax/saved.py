@@ -18,15 +18,23 @@ from rnnjax.stored import CONFIG, CheckpointError, DamagedCheckpoint, UnknownCel
 from rnnjax.vocab import Vocab
 
 
-def config_settings(workdir: Path) -> tuple[list[Config], dict, bool] | None:
-    """``meta.settings`` of ``workdir``'s ``config.json``, if it is a regular file, whole and valid;
-    ``UnknownCell`` if it names a cell not registered here."""
+def config_json(workdir: Path) -> dict | None:
+    """``workdir``'s ``config.json``, if it is a regular file holding a JSON object; else ``None``."""
     path = Path(workdir) / CONFIG
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):     # a FIFO would hang the reader
             return None
         d = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):     # RecursionError: brackets nested thousands deep
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def config_settings(workdir: Path) -> tuple[list[Config], dict, bool] | None:
+    """``meta.settings`` of ``workdir``'s ``config.json``, if it is a regular file, whole and valid;
+    ``UnknownCell`` if it names a cell not registered here."""
+    d = config_json(workdir)
+    if d is None:
         return None
     cell = meta_lib.unregistered_cell(d, sealed=False)
     if cell is not None:
@@ -147,10 +155,7 @@ def init_from(workdir: Path, strict: bool = False) -> dict | None:
         newest = None
     if newest is not None and meta_lib.INIT_FROM in newest[0]:      # checked as the meta was read
         return newest[0][meta_lib.INIT_FROM]
-    try:
-        found = json.loads((Path(workdir) / CONFIG).read_text()).get(meta_lib.INIT_FROM)
-    except (OSError, ValueError, RecursionError, AttributeError):
-        return None
+    found = (config_json(workdir) or {}).get(meta_lib.INIT_FROM)
     why = None if found is None else meta_lib.init_from_problem(found)
     if why and strict:
         raise ValueError(f"{Path(workdir) / CONFIG}'s init_from cannot be read ({why})")
@@ -159,10 +164,7 @@ def init_from(workdir: Path, strict: bool = False) -> dict | None:
 
 def text_path(workdir: Path) -> str | None:
     """The file of one's own text the workdir's ``config.json`` names (its run was read from it); ``None``."""
-    try:
-        text = json.loads((Path(workdir) / CONFIG).read_text()).get("text")
-    except (OSError, ValueError, RecursionError, AttributeError):
-        return None
+    text = (config_json(workdir) or {}).get("text")
     return text if isinstance(text, str) else None
 
 

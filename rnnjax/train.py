@@ -214,7 +214,7 @@ def given_line(p: Plan, params: Any) -> str:
     if params is None or p.finished:
         return ""
     if p.step is None:
-        return "; from --init-from's parameters" if as_flags() else "; from the params given"
+        return "; from the parameters of the run it fine-tunes" if as_flags() else "; from the params given"
     return ("; the params given are not used: the run resumes from its checkpoint (a new workdir starts "
             "from them)")
 

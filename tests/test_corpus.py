@@ -223,7 +223,8 @@ def test_a_restored_run_fine_tunes_on_another_text_in_its_own_vocabulary(text_fi
     lines = []
     fit(TEXT.replace(epochs=1), tuned, tmp_path / "tuned", devices=1, params=run, log=lines.append)
     assert lines[0].startswith("new run of 1 epoch") and lines[0].endswith("; from the params given")
-    origin = {"workdir": str((tmp_path / "first").absolute()), "step": run.step}
+    origin = {"workdir": str((tmp_path / "first").absolute()), "step": run.step,
+              "meta_checksum": run.meta["meta_checksum"]}
     assert saved.init_from(tmp_path / "tuned") == origin and saved.init_from(tmp_path / "first") is None
     fit(TEXT, corpus.load(TEXT, text=other, vocab=run.vocab), tmp_path / "tuned", devices=1, log=None)
     assert saved.init_from(tmp_path / "tuned") == origin        # a resume keeps it

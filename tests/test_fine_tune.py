@@ -72,7 +72,8 @@ def test_a_run_fine_tuned_from_the_command_line_is_fit_s_from_python(source, tmp
     assert lines[1].startswith(f"starting from {source}'s checkpoint step {start.step} (after epoch 1, "
                                "val ppl ")
     recorded = json.loads((tuned / "config.json").read_text())
-    assert recorded["init_from"] == {"workdir": str(source), "step": start.step}
+    assert recorded["init_from"] == {"workdir": str(source), "step": start.step,
+                                     "meta_checksum": start.meta["meta_checksum"]}
     assert checkpoint.restore(tuned).init_from == recorded["init_from"] and start.init_from is None
     config = start.config.replace(epochs=2, lr=0.5)
     assert checkpoint.restore(tuned).config == config
@@ -99,6 +100,36 @@ def test_a_run_fine_tuned_from_the_command_line_is_fit_s_from_python(source, tmp
     assert code == 1 and err == (f"error: {tuned} holds a run started from {source}'s step {start.step}, not "
                                  f"from {source}'s run 1: use a new --workdir, or leave --init-from out to "
                                  "resume it.\n")
+
+
+def test_a_restart_takes_the_very_checkpoint_it_started_from_or_says_why_not(source, tmp_path, capsys):
+    """After a kill before the first checkpoint: the same command starts from the step recorded, not W's
+    latest since; a source trained anew in the same folder (its step another run's) or to other shapes is
+    not taken for it."""
+    tuned, argv = tmp_path / "tuned", ["--text", tmp_path / "b.txt", "--workdir", tmp_path / "tuned"]
+    first = checkpoint.restore(source)
+    assert main(capsys, "--init-from", source, *argv)[0] == 0
+    shutil.rmtree(tuned / checkpoint.SUBDIR)
+    assert main(capsys, "--workdir", source, "--epochs", "2")[0] == 0          # the source trains on
+    code, out, err = main(capsys, "--init-from", source, *argv)
+    assert code == 0 and f"starting from {source}'s checkpoint step {first.step} " in out, err
+    assert "this run starts from there again\n" in out
+    shutil.rmtree(tuned / checkpoint.SUBDIR)
+    shutil.rmtree(source)           # trained anew there: its step is another run's
+    assert main(capsys, "--text", tmp_path / "a.txt", "--preset", "tiny", "--epochs", "1", "--seed", "5",
+                "--workdir", source)[0] == 0
+    code, _, err = main(capsys, "--workdir", tuned)
+    assert code == 1 and "(that checkpoint is another run's now: " in err and err.count("\n") == 1, err
+    code, out, err = main(capsys, "--init-from", source, *argv)
+    assert code == 0 and f", which {source} no longer holds: this run starts from its latest\n" in out, err
+    shutil.rmtree(tuned / checkpoint.SUBDIR)
+    shutil.rmtree(source)           # trained anew to other shapes
+    assert main(capsys, "--text", tmp_path / "a.txt", "--preset", "tiny", "--epochs", "1", "--num-hiddens",
+                "8", "--workdir", source)[0] == 0
+    code, out, err = main(capsys, "--workdir", tuned)
+    assert code == 0 and "untrained: '" in out, err
+    assert "; --num-hiddens 16 does not fit its parameters (--num-hiddens 8): this run starts from its own " \
+        "initialization\n" in out
 
 
 def test_the_source_named_another_way_is_the_same_source(source, tmp_path, monkeypatch, capsys):
@@ -202,7 +233,7 @@ def test_runs_fine_tuned_together_each_start_from_the_run_chosen(make_text, tmp_
     assert code == 0, err
     start = checkpoint.restore(tmp_path / "src", run=1)
     assert f"starting from {tmp_path / 'src'}'s checkpoint step {start.step} (after epoch 1, val ppl " in out
-    assert "; from --init-from's parameters" in out
+    assert "; from the parameters of the run it fine-tunes" in out
     assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init_from"] == start.address
     data = corpus.load(start.config, text=tmp_path / "a.txt", vocab=start.vocab)
     for k, lr in enumerate((0.5, 2.0)):

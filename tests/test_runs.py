@@ -131,7 +131,8 @@ def test_runs_fine_tuned_from_one_run_s_params_are_each_the_run_fine_tuned_alone
         for a, b in zip(jax.tree.leaves(single.state), jax.tree.leaves(jax.tree.map(lambda x: x[k],
                                                                                     together.state))):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    origin = {"workdir": str((tmp_path / "source").absolute()), "step": source.step}
+    origin = {"workdir": str((tmp_path / "source").absolute()), "step": source.step,
+              "meta_checksum": source.meta["meta_checksum"]}
     assert source.address == origin
     for workdir in ("tuned", "alone0"):
         assert json.loads((tmp_path / workdir / "config.json").read_text())["init_from"] == origin

@@ -300,8 +300,9 @@ def test_the_cli_resumes_a_workdir_from_its_settings(make_text, tmp_path, capsys
     expected = TINY.replace(lr=2.0, num_hiddens=8, epochs=2, preprocess="raw", val_fraction=0.1, num_train=0)
     assert checkpoint.restore(w).config == expected
     assert timemachine.main(["--workdir", w, "--epochs", "3", "--devices", "1"]) == 0   # the file it names
-    assert f"\ntext: {text.absolute()}, as its config.json records\nresuming from step " in \
-        capsys.readouterr().out
+    out = capsys.readouterr().out           # said before the text is read
+    assert out.startswith(f"text: {text.absolute()}, as its config.json records\n")
+    assert "\nresuming from step " in out
     text.write_text(text.read_text() + "more")
     assert timemachine.main(["--workdir", w, "--epochs", "4", "--devices", "1"]) == 1   # changed: refused
     assert "holds a run trained on the text of SHA-1 " in capsys.readouterr().err
