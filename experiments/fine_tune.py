@@ -89,24 +89,29 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
         raise ValueError(f"--init-from {origin}: {unfit}; leave it out.")
     args.init_source = {"workdir": str(origin), "run": run, "best": args.best}
     found = saved.init_from(new)
-    if found is not None and _same(found, origin, run):     # the same command after a kill: the same start
+    if found is not None:           # the same command after a kill: the same start, where it still is
         where = f"{new}'s run, which left no checkpoint, started from {_named(found)} (its config.json's " \
                 "init_from)"
-        if _still(found):
-            args.init_source, args.init_note = _source(found), f"{where}: this run starts from there again"
+        asked = f"this run starts from {origin}'s {'best' if args.best else 'latest'}"
+        gone = _gone(found) if _same(found, origin, run) else f"not {origin}'s run {run or 0}"
+        if gone is None:
+            args.init_source = {**_source(found), "then": args.init_source}
+            args.init_note = f"{where}: this run starts from there again (a new --workdir: from what " \
+                             "--init-from asks now)"
         else:
-            args.init_note = (f"{where}, which {origin} no longer holds: this run starts from its "
-                              f"{'best' if args.best else 'latest'}")
+            args.init_note = f"{where}, {gone}: {asked}"
     return tuned, new, len(tuned) > 1
 
 
-def _still(found: dict) -> bool:
-    """Whether the checkpoint a recorded ``init_from`` names is still there, the same one."""
+def _gone(found: dict) -> str | None:
+    """Why the checkpoint a recorded ``init_from`` names is not there, the same one, in words; ``None``."""
     try:
         meta = checkpoint.read_meta(Path(found["workdir"]), found["step"])
     except (checkpoint.CheckpointError, OSError):
-        return False
-    return found.get(meta_lib.CHECKSUM) in (None, meta.get(meta_lib.CHECKSUM))
+        return "which it no longer holds, whole"
+    if found.get(meta_lib.CHECKSUM) not in (None, meta.get(meta_lib.CHECKSUM)):
+        return "whose step is another run's now (trained anew there)"
+    return None
 
 
 def _same(found: dict, origin: Path, run: int | None) -> bool:
@@ -172,8 +177,16 @@ def restored(args: argparse.Namespace, config: config_lib.Config) -> checkpoint.
     s = args.init_source
     try:
         if "step" in s and not Path(s["workdir"]).is_dir():
-            raise checkpoint.CheckpointError(f"{s['workdir']} no longer exists")
-        run = checkpoint.restore(s["workdir"], step=s.get("step"), best=s.get("best", False), run=s["run"])
+            raise checkpoint.CheckpointError(f"{s['workdir']} is no longer a workdir")
+        try:
+            run = checkpoint.restore(s["workdir"], step=s.get("step"), best=s.get("best", False),
+                                     run=s["run"])
+        except checkpoint.DamagedCheckpoint as e:
+            if "step" in s:
+                raise
+            run = checkpoint.restore(s["workdir"], best=s["best"], run=s["run"], fallback=True)
+            _note(args, f"{s['workdir']}'s checkpoint step {e.step} is damaged ({e.reason}): this run starts "
+                        f"from step {run.step}")
         if s.get("checksum") not in (None, run.meta.get(meta_lib.CHECKSUM)):
             raise checkpoint.CheckpointError(f"that checkpoint is another run's now: {s['workdir']} was "
                                              "trained anew since")
@@ -183,15 +196,29 @@ def restored(args: argparse.Namespace, config: config_lib.Config) -> checkpoint.
         why = why[0].lower() + why[1:] if why[:2].istitle() else why        # a sentence, now a clause
         if "step" not in s:
             raise ValueError(f"--init-from {s['workdir']}: {why}.") from None
+        if "then" in s:         # the same command: what --init-from asks for, as the note says
+            args.init_source = s["then"]
+            args.init_note = None       # this line says it instead
+            _note(args, f"{args.workdir}'s run, which left no checkpoint, started from {_named(s)} (its "
+                        f"config.json's init_from), which cannot be read back ({why}): this run starts from "
+                        f"{s['workdir']}'s {'best' if s['then']['best'] else 'latest'}")
+            return restored(args, config)
         run = "" if s.get("run") is None else " --run K"
         raise ValueError(f"{args.workdir}'s run started from {_named(s)} (its config.json's init_from), "
-                         f"which cannot be read back ({why}): --init-from W{run} starts it from the latest "
-                         f"checkpoint of the run in W.") from None
+                         f"which cannot be read back ({why}): --init-from W{run} starts it from the newest "
+                         f"good checkpoint of the run in W.") from None
     return run
+
+
+def _note(args: argparse.Namespace, line: str) -> None:
+    """``line`` added to what the run says of where it starts (``args.init_note``)."""
+    args.init_note = line if not args.init_note else f"{args.init_note}\n{line}"
 
 
 def _run(args: argparse.Namespace, origin: Path, configs: list, together: bool) -> int | None:
     """Which of ``origin``'s runs starts the new one: ``--run K`` of several trained together."""
+    if together and args.run is None and len(configs) == 1:     # fit_runs of one config: that run
+        return 0
     if together and args.run is None:
         raise ValueError(f"--init-from {origin} holds {len(configs)} runs trained together; choose the one "
                          f"to start from with --run K, K from 0 to {len(configs) - 1}.")

@@ -113,7 +113,7 @@ def test_a_restart_takes_the_very_checkpoint_it_started_from_or_says_why_not(sou
     assert main(capsys, "--workdir", source, "--epochs", "2")[0] == 0          # the source trains on
     code, out, err = main(capsys, "--init-from", source, *argv)
     assert code == 0 and f"starting from {source}'s checkpoint step {first.step} " in out, err
-    assert "this run starts from there again\n" in out
+    assert "this run starts from there again (a new --workdir: from what --init-from asks now)\n" in out
     shutil.rmtree(tuned / checkpoint.SUBDIR)
     shutil.rmtree(source)           # trained anew there: its step is another run's
     assert main(capsys, "--text", tmp_path / "a.txt", "--preset", "tiny", "--epochs", "1", "--seed", "5",
@@ -121,7 +121,8 @@ def test_a_restart_takes_the_very_checkpoint_it_started_from_or_says_why_not(sou
     code, _, err = main(capsys, "--workdir", tuned)
     assert code == 1 and "(that checkpoint is another run's now: " in err and err.count("\n") == 1, err
     code, out, err = main(capsys, "--init-from", source, *argv)
-    assert code == 0 and f", which {source} no longer holds: this run starts from its latest\n" in out, err
+    assert code == 0 and (f", whose step is another run's now (trained anew there): this run starts from "
+                          f"{source}'s latest\n") in out, err
     shutil.rmtree(tuned / checkpoint.SUBDIR)
     shutil.rmtree(source)           # trained anew to other shapes
     assert main(capsys, "--text", tmp_path / "a.txt", "--preset", "tiny", "--epochs", "1", "--num-hiddens",
@@ -130,6 +131,43 @@ def test_a_restart_takes_the_very_checkpoint_it_started_from_or_says_why_not(sou
     assert code == 0 and "untrained: '" in out, err
     assert "; --num-hiddens 16 does not fit its parameters (--num-hiddens 8): this run starts from its own " \
         "initialization\n" in out
+
+
+def test_a_damaged_source_checkpoint_is_passed_over_as_it_says(source, tmp_path, capsys):
+    """The latest damaged: the newest good one before it, said; the one a restart recorded damaged since:
+    the same command starts from what --init-from asks (a restart without it says how to go on)."""
+    from test_faults import flip_a_bit
+    tuned, argv = tmp_path / "tuned", ["--text", tmp_path / "b.txt", "--workdir", tmp_path / "tuned"]
+    first = checkpoint.restore(source)
+    assert main(capsys, "--workdir", source, "--epochs", "2", "--checkpoint-every", "1")[0] == 0
+    latest = checkpoint.restore(source).step
+    assert main(capsys, "--init-from", source, *argv)[0] == 0
+    shutil.rmtree(tuned / checkpoint.SUBDIR)
+    flip_a_bit(source / checkpoint.SUBDIR / str(latest))
+    code, _, err = main(capsys, "--workdir", tuned)
+    assert code == 1 and err.endswith("--init-from W starts it from the newest good checkpoint of the run in "
+                                      "W.\n"), err
+    code, out, err = main(capsys, "--init-from", source, *argv)
+    assert code == 0, err
+    assert f"step {latest} (its config.json's init_from), which cannot be read back (the checkpoint at " \
+        f"step {latest} in " in out and f"this run starts from {source}'s latest\n{source}'s checkpoint " \
+        f"step {latest} is damaged (" in out and f"this run starts from step {first.step}\n" in out
+    assert checkpoint.restore(tuned).init_from["step"] == first.step
+
+
+def test_one_run_trained_as_runs_needs_no_run_and_a_moved_source_is_said(make_text, tmp_path, capsys):
+    (tmp_path / "a.txt").write_text(make_text(3000))
+    config = rnnjax.config.PRESETS["tiny"].replace(epochs=1, **corpus.TEXT_DEFAULTS)
+    rnnjax.fit_runs([config], corpus.load(config, text=tmp_path / "a.txt"), tmp_path / "src", devices=1,
+                    log=None)
+    argv = ["--text", tmp_path / "a.txt", "--workdir", tmp_path / "tuned"]
+    assert main(capsys, "--init-from", tmp_path / "src", *argv)[0] == 0
+    assert checkpoint.restore(tmp_path / "tuned").init_from["run"] == 0
+    shutil.rmtree(tmp_path / "tuned" / checkpoint.SUBDIR)
+    (tmp_path / "src").rename(tmp_path / "moved")
+    code, out, err = main(capsys, "--init-from", tmp_path / "moved", *argv)
+    assert code == 0 and (f"(its config.json's init_from), not {tmp_path / 'moved'}'s run 0: this run starts "
+                          f"from {tmp_path / 'moved'}'s latest\n") in out, err
 
 
 def test_the_source_named_another_way_is_the_same_source(source, tmp_path, monkeypatch, capsys):
@@ -197,8 +235,8 @@ def test_a_run_that_left_no_checkpoint_starts_from_its_origin_again(source, tmp_
     code, out, err = main(capsys, "--workdir", tuned, "--text", tmp_path / "b.txt")
     assert code == 1 and err.count("\n") == 1, err
     assert err.startswith(f"error: {tuned}'s run started from {source}'s step {step} (its config.json's "
-                          f"init_from), which cannot be read back ({source} no longer exists): "), err
-    assert err.endswith("--init-from W starts it from the latest checkpoint of the run in W.\n"), err
+                          f"init_from), which cannot be read back ({source} is no longer a workdir): "), err
+    assert err.endswith("--init-from W starts it from the newest good checkpoint of the run in W.\n"), err
 
 
 @pytest.mark.parametrize("extra, message", [
