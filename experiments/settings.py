@@ -5,8 +5,9 @@ given a ``--workdir`` that holds a run (and no ``--preset``), that run's own
 settings, read from it, the flags given checked against them; so ``--workdir
 W --epochs 200`` resumes a run made with any preset and flags (runs trained
 together, of one config too, as such; a text of one's own read again from the
-file its ``config.json`` names, its SHA-1 checked). A workdir whose run left no checkpoint
-holds nothing to resume: flags that ask for other settings start anew there.
+file its ``config.json`` names, its SHA-1 checked). A workdir whose run left
+no checkpoint holds nothing to resume: flags that ask for other settings start
+anew there.
 ``default_workdir`` names the folder the same command finds again.
 """
 
