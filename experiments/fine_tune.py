@@ -9,9 +9,11 @@ in ``W``'s vocabulary and cleaned as ``W``'s was (tokens it never saw are
 ``<unk>``, warned of); where the kind of text changes, the split is that
 text's default (``--text``'s tail, or d2l's windows). It says the starting
 parameters' validation perplexity on the new text. Its ``config.json``
-records the checkpoint it started from (``init_from``), so the same command
-resumes it, as does ``--workdir NEW`` alone; once it holds a checkpoint,
-``--init-from`` is not used (said).
+records the checkpoint it started from (``init_from``, in every meta too), so
+the same command resumes it, as does ``--workdir NEW`` alone; once it holds a
+checkpoint, ``--init-from`` is not used (said). Killed before its first
+checkpoint, it starts again from that very checkpoint (its meta's checksum
+checked), or says why it cannot and where it starts instead.
 ``rnnjax.fit(..., params=restore(W))`` is the same from Python.
 """
 
