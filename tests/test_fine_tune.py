@@ -59,6 +59,7 @@ def test_flags_that_cannot_go_together_are_refused_before_any_work(tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_run_fine_tuned_from_the_command_line_is_fit_s_from_python(source, tmp_path, capsys):
     """The same run as ``fit(config, corpus.load(config, text, vocab=run.vocab), params=run)``, its origin
     recorded; the same command resumes it, and a workdir of another run is refused."""
@@ -102,6 +103,7 @@ def test_a_run_fine_tuned_from_the_command_line_is_fit_s_from_python(source, tmp
                                  "resume it.\n")
 
 
+@pytest.mark.slow
 def test_a_restart_takes_the_very_checkpoint_it_started_from_or_says_why_not(source, tmp_path, capsys):
     """After a kill before the first checkpoint: the same command starts from the step recorded, not W's
     latest since; a source trained anew in the same folder (its step another run's) or to other shapes is
@@ -133,6 +135,7 @@ def test_a_restart_takes_the_very_checkpoint_it_started_from_or_says_why_not(sou
         "initialization\n" in out
 
 
+@pytest.mark.slow
 def test_a_damaged_source_checkpoint_is_passed_over_as_it_says(source, tmp_path, capsys):
     """The latest damaged: the newest good one before it, said; the one a restart recorded damaged since:
     the same command starts from what --init-from asks (a restart without it says how to go on)."""
@@ -155,6 +158,7 @@ def test_a_damaged_source_checkpoint_is_passed_over_as_it_says(source, tmp_path,
     assert checkpoint.restore(tuned).init_from["step"] == first.step
 
 
+@pytest.mark.slow
 def test_one_run_trained_as_runs_needs_no_run_and_a_moved_source_is_said(make_text, tmp_path, capsys):
     (tmp_path / "a.txt").write_text(make_text(3000))
     config = rnnjax.config.PRESETS["tiny"].replace(epochs=1, **corpus.TEXT_DEFAULTS)
@@ -187,6 +191,7 @@ def test_the_source_named_another_way_is_the_same_source(source, tmp_path, monke
     assert code == 0 and "--init-from is not used: " in out, err        # run 0 of a single run: the run
 
 
+@pytest.mark.slow
 def test_a_run_that_left_no_checkpoint_starts_from_its_origin_again(source, tmp_path, capsys):
     """Stopped before its first checkpoint, ``--workdir W`` alone trains it again from where its
     config.json says it started; the source gone, one sentence that says how to go on."""
