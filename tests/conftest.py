@@ -160,6 +160,26 @@ def pytest_unconfigure(config):
     gc.freeze()
 
 
+MAX_MAPS = 30000       # of the kernel's default vm.max_map_count, 65530
+
+
+def pytest_runtest_teardown(item):
+    # Every program a worker compiles or reads from the cache holds memory maps while JAX keeps it, and
+    # the command run in-process freezes what is alive (backend.collect_less, for a process that trains
+    # once). A worker near the kernel's limit crashed in XLA as it loaded one more (a segfault): thawed
+    # after each test, and JAX's caches dropped past MAX_MAPS.
+    if gc.get_freeze_count():
+        gc.unfreeze()
+    try:
+        with open("/proc/self/maps") as f:
+            maps = sum(1 for _ in f)
+    except OSError:         # not Linux
+        return
+    if maps > MAX_MAPS:
+        jax.clear_caches()
+        gc.collect()
+
+
 def pytest_runtest_setup(item):
     marker = item.get_closest_marker("cpu_devices")
     if marker is None:
