@@ -109,7 +109,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     evaluation_fixed = preflight.check_evaluation(p, evaluate, state, data)
     several, dp, position = bool(p.runs), p.dp, p.position
     configs, workdir = list(p.runs) or [p.config], p.workdir
-    manager, metrics_log = open_workdir(p, data, keep, origin)
+    init_from = origin if p.step is None else p.init_from      # a resume keeps what its meta records
+    manager, metrics_log = open_workdir(p, data, keep, init_from)
     log, kept = _keeping(log)          # what log raises (a closed pipe) is raised once what trained is saved
     stops = StoppedRuns(configs, position.stopped, log, several)
     if p.finished:
@@ -124,7 +125,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     train, evaluate, tokens, val_batches = compile_run(p, data, step, evaluate)
     state = dp.replicate(state)
     steps_per_epoch, total, done = count_steps(p, data)
-    out = Writer(p, data, manager, metrics_log, stops, steps_per_epoch, step, origin)
+    out = Writer(p, data, manager, metrics_log, stops, steps_per_epoch, step, init_from)
     _warn(log, out.switched, 4)     # at loop.run's caller: through run, leaves_on_error
     if kept:                        # nothing trained yet
         raise kept[0]

@@ -29,7 +29,7 @@ from rnnjax.generate import predict, predict_batch
 from rnnjax.meta import Position
 from rnnjax.metrics import FILENAME, MetricsError, MetricsLog
 from rnnjax.read_state import restore_state
-from rnnjax.saved import init_from
+from rnnjax.saved import config_init_from
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model
 from rnnjax.stored import (CONFIG, SUBDIR, CheckpointError, DamagedCheckpoint, check_folder, read_meta,
                            steps, unreadable_workdir, val_ppl)
@@ -72,7 +72,7 @@ class Restored:
         parameters given as arrays)."""
         if meta_lib.INIT_FROM in self.meta:
             return self.meta[meta_lib.INIT_FROM]
-        return None if self.workdir is None else init_from(self.workdir)
+        return None if self.workdir is None else config_init_from(self.workdir)
 
     @property
     def val_ppl(self) -> float | None:

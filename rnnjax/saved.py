@@ -155,6 +155,11 @@ def init_from(workdir: Path, strict: bool = False) -> dict | None:
         newest = None
     if newest is not None and meta_lib.INIT_FROM in newest[0]:      # checked as the meta was read
         return newest[0][meta_lib.INIT_FROM]
+    return config_init_from(workdir, strict)
+
+
+def config_init_from(workdir: Path, strict: bool = False) -> dict | None:
+    """``init_from`` as the workdir's ``config.json`` alone records it (a meta at hand lacks it)."""
     found = (config_json(workdir) or {}).get(meta_lib.INIT_FROM)
     why = None if found is None else meta_lib.init_from_problem(found)
     if why and strict:

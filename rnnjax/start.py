@@ -265,7 +265,7 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
                     tuple(sorted(damaged, reverse=True)), lost, bool(torn),
                     computed_by=computing_lib.computed_by(metas[step]), saved_epochs=asked, stalled=stalled,
                     trained_by=metas[step].get(TRAINED_BY), steps_lost=steps_lost,
-                    init_from=metas[step].get(INIT_FROM) or saved.init_from(workdir))
+                    init_from=metas[step].get(INIT_FROM) or saved.config_init_from(workdir))
     damaged.sort(reverse=True)
     raise checkpoint.CheckpointError(
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "
@@ -273,12 +273,12 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         f"aside to start anew, or use a new {spelt('workdir')}.")
 
 
-def open_workdir(p: Plan, data: WindowedText, keep: int, origin: dict | None = None
+def open_workdir(p: Plan, data: WindowedText, keep: int, init_from: dict | None = None
                  ) -> tuple[Any, metrics.MetricsLog]:
     """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
     run; an earlier run's records, settings and plot moved aside (``Plan.aside``); unless it is finished,
-    ``config.json`` written (a new run's ``origin``, the checkpoint it starts from, as ``init_from``; a
-    resume keeps the one there) and the records past its checkpoint dropped."""
+    ``config.json`` written (with ``init_from``, the checkpoint the run started from) and the records past
+    its checkpoint dropped."""
     moved = []
     for source, target in p.aside if jax.process_index() == 0 else ():
         try:
@@ -293,7 +293,7 @@ def open_workdir(p: Plan, data: WindowedText, keep: int, origin: dict | None = N
         read = getattr(data, "path", None)         # a text of one's own: its file, which a resume needs
         checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None,
                                 text=None if read is None else str(Path(read).absolute()),
-                                init_from=origin if p.step is None else p.init_from)
+                                init_from=init_from)
     earlier = checkpoint.scores_by_step(p.workdir) if p.step is not None else {}
     manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
     # Silent: the plan says what a torn last line leaves out (Plan.describe).

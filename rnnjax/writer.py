@@ -34,7 +34,7 @@ class Writer:
     stops: StoppedRuns
     steps_per_epoch: int
     step: Callable | None = None      # the step function that trains: its name goes in every meta
-    origin: dict | None = None        # the checkpoint a new run starts from (loop.run's): in every meta
+    init_from: dict | None = None     # the checkpoint the run started from (loop.run's): in every meta
 
     def __post_init__(self):
         self.configs = list(self.p.runs) or [self.p.config]
@@ -43,7 +43,6 @@ class Writer:
         self.computing.update(computing_lib.otherwise_since(self.p.computed_by, self.computing, self.p.step))
         self.saved = self.p.step                # the newest step this run saved (or resumed from)
         self.trained_by, self.switched = trained_by(self.p, step_name(self.step))
-        self.init_from = self.origin if self.p.step is None else self.p.init_from
         self.steps_log = StepsLog(self.p.workdir / STEPS, writer=self.metrics_log.writer)
 
     def per_run(self, tree: Any) -> Any:
