@@ -259,7 +259,14 @@ def _main(argv, parser_options: dict) -> int:
         stopping.tell(f"error: {e}")
         return 1
     backend.keep_freed_memory()
-    backend.collect_less()
+    put_back = backend.collect_less()
+    try:
+        return _run(args, configs, workdir, several)
+    finally:            # the caller's process, if it goes on, collects as it did
+        put_back()
+
+
+def _run(args, configs, workdir, several) -> int:
     if not args.no_compilation_cache:
         try:
             backend.enable_compilation_cache(at_exit=stopping.at_exit)

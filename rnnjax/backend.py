@@ -196,12 +196,15 @@ def remove_damaged_entries(path: Path) -> int:
     return removed
 
 
-def collect_less() -> None:
+def collect_less() -> Callable[[], None]:
     """Has Python's garbage collector leave what is loaded so far alone (``gc.freeze``) and collect its
     youngest objects every 100,000 allocations rather than 700: tracing and lowering a program allocate
-    much, and short runs (the test suite) spend a share of their CPU collecting (docs/performance.md)."""
+    much, and short runs (the test suite) spend a share of their CPU collecting (docs/performance.md).
+    Returns what puts the thresholds back, for a process that goes on (``main`` called from Python)."""
+    thresholds = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
+    return lambda: gc.set_threshold(*thresholds)
 
 
 # glibc's mallopt parameters (malloc.h).

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import signal
 import statistics
 import time
@@ -122,7 +123,8 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     datas = [copy.copy(data) for _ in configs]    # the batch order is a function of (seed, epoch): the
     for d, c in zip(datas, configs):                # config's, as a resume from config.json has it
         d.seed = c.seed
-    train, evaluate, tokens, val_batches = compile_run(p, data, step, evaluate)
+    checked = preflight.checked_step(step)
+    train, evaluate, tokens, val_batches = compile_run(p, data, checked, evaluate)
     state = dp.replicate(state)
     steps_per_epoch, total, done = count_steps(p, data)
     out = Writer(p, data, manager, metrics_log, stops, steps_per_epoch, step, init_from)
@@ -135,7 +137,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
         return agree.on_stop(stop.signum, raised, done)
 
     def counted(chunk, m):       # a count fixed as a step of one's own is traced: one device's, or all?
-        if preflight.count_fixed(step):
+        if getattr(checked, "count_fixed", False):
             wanted = [[w[r].mask.sum() * p.config.num_steps for w in chunk] for r in range(len(configs))]
             said = preflight.counted_share(out.per_run(m)["count"], wanted, dp.num_shards, "step")
             _warn(log, said, 6)     # at loop.run's caller: through counted, _train, run, leaves_on_error
@@ -267,13 +269,22 @@ def _told(progress: Callable | None, done: int, total: int, record: dict | None)
 def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable) -> tuple:
     """``(train, evaluate, tokens, val_batches)``: a planned run's training and evaluation steps compiled
     for its devices, their float32 matmuls at ``matmul_precision``, and the token stream and validation
-    batches on them."""
+    batches on them. Each compiled from a function of the run's own (``step``: ``preflight.checked_step``'s),
+    which JAX's caches hold weakly: its programs go with the run."""
     options = compiler_options(p.config.batch_size, p.config.num_hiddens, p.dp.num_shards)
-    step = preflight.checked_step(step)
+    evaluate = _own(evaluate)
     step, evaluate = (at_precision(f, p.config.matmul_precision) for f in (step, evaluate))
     return (p.dp.compile(step, donate_state=True, compiler_options=options),
             p.dp.compile(evaluate, compiler_options=options),
             p.dp.replicate(data.tokens), p.dp.put(p.dp.shard_stack(data.val_batches())))
+
+
+def _own(f: Callable) -> Callable:
+    """``f`` as a function of its own, which a run's compiled programs can go with."""
+    @functools.wraps(f)
+    def own(*args, **kwargs):
+        return f(*args, **kwargs)
+    return own
 
 
 def count_steps(p: Plan, data: WindowedText) -> tuple[int, int, int]:

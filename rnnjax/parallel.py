@@ -14,6 +14,7 @@ import errno
 import functools
 import socket
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -222,8 +223,9 @@ class DataParallel:
             # Across processes pmap spans every process's devices; ``devices`` would
             # have to list them all, identically everywhere, so leave it to pmap.
             devices = self.devices if jax.process_count() == 1 else None
-            compiled = jax.pmap(functools.partial(step, axis_name=AXIS), axis_name=AXIS,
-                                devices=devices, donate_argnums=donate)
+            fun = functools.partial(step, axis_name=AXIS)
+            compiled = jax.pmap(fun, axis_name=AXIS, devices=devices, donate_argnums=donate)
+            weakref.finalize(compiled, _forget_pmapped, fun)
         if not compiler_options or jax.process_count() > 1:
             return compiled
         return CompiledPerShape(compiled, compiler_options)
@@ -272,3 +274,15 @@ class DataParallel:
         # The first local shard, sliced on the host: indexing the device array
         # would dispatch a computation per leaf.
         return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+
+
+def _forget_pmapped(fun: Callable) -> None:
+    """Drops what ``jax.pmap`` compiled for ``fun``, once its pmapped function is gone: JAX keeps it for the
+    process (a cache whose entries hold their own keys), and a process that trains run after run would run
+    out of memory maps (the kernel allows 65530; a run's programs hold hundreds). A JAX without that cache
+    has nothing to drop."""
+    try:
+        from jax._src import pmap
+        pmap._cached_shard_map.evict_function(fun)
+    except (ImportError, AttributeError):
+        pass

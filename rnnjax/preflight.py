@@ -52,12 +52,18 @@ def check_functions(step: Callable, evaluate: Callable, pmapped: bool = False) -
 def checked_step(step: Callable) -> Callable:
     """``step`` (``loop.run``'s), its metrics checked as it is traced, before any step runs: each a number
     a step, as ``loss_sum``, and ``loss_sum`` and ``count`` there (``ValueError`` in one sentence; they
-    failed after an epoch's steps, as its record was made). The same function for the same ``step``: JAX
-    reuses a function's traces and programs, in the next run of a process too."""
-    try:
-        return _checked(step)
-    except TypeError:               # a callable that cannot be hashed: checked afresh
-        return _checked.__wrapped__(step)
+    failed after an epoch's steps, as its record was made). A function of this run's own, which JAX's caches
+    hold weakly: the run's programs go with it (kept, a process training run after run runs out of memory
+    maps). Over devices, a step of one's own is also checked for what it combines over them (its
+    ``count_fixed``: whether its ``count`` is fixed as it is traced)."""
+    @functools.wraps(step)
+    def checked(*args, **kwargs):
+        if kwargs.get("axis_name") is not None and not ours(step):
+            checked.count_fixed = _check_combined(step, args, kwargs)
+        out = step(*args, **kwargs)
+        _check_out(out, args)
+        return out
+    return checked
 
 
 def ours(f: Callable) -> bool:
@@ -67,47 +73,30 @@ def ours(f: Callable) -> bool:
     return getattr(f, "func", f) in (train.train_windows, train.eval_steps, runs.train_runs, runs.eval_runs)
 
 
-@functools.lru_cache(maxsize=16)
-def _checked(step: Callable) -> Callable:
-    @functools.wraps(step)
-    def checked(*args, **kwargs):
-        if kwargs.get("axis_name") is not None and not ours(step):
-            checked.count_fixed = _check_combined(step, args, kwargs)
-        out = step(*args, **kwargs)
-        metrics = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 else None
-        if not isinstance(metrics, Mapping) or not {"loss_sum", "count"} <= set(metrics):
-            lacks = " and ".join(k for k in ("loss_sum", "count") if k not in (metrics or ()))
-            given = (f"its metrics lack {lacks}" if isinstance(metrics, Mapping) else
-                     f"its metrics are {got(metrics)}" if metrics is not None else f"it returns {got(out)}")
-            raise ValueError(f"loop.run's step returns (state, metrics), metrics a dict holding loss_sum and "
-                             f"count a step (as rnnjax.train.train_step's); {given}.")
-        check_keys("The step's", metrics)
-        changed = type_change(leaf_types(args[0]), leaf_types(out[0]))
-        if changed:         # the next call's program, compiled for the state given, would fail deep inside
-            raise ValueError(f"loop.run's step returns a state of other shapes or dtypes than it was given "
-                             f"({changed}): keep each as it was (x.astype(given.dtype)).")
-        shape = np.shape(metrics["loss_sum"])
-        shaped = {k: np.shape(v) for k, v in metrics.items() if np.shape(v) != shape or not shape}
-        if shaped:      # not shape: summed over the call's steps, which are on a first axis
-            named = ", ".join(f"{k!r} (shape {s})" for k, s in shaped.items())
-            once = (" (one number for the call, as of the state it returns: jnp.full_like(metrics["
-                    "'loss_sum'], x) gives it each step)") if shape and () in shaped.values() else ""
-            raise ValueError(f"The step's metrics must each be one number a step, the call's steps on a "
-                             "first axis as train_windows stacks them (their epoch means are logged); "
-                             f"{named} {'is' if len(shaped) == 1 else 'are'} not: one a step, each reduced "
-                             f"to one number (jnp.mean, jnp.linalg.norm) or given its own key{once}.")
-        return out
-    return checked
-
-
-def count_fixed(step: Callable) -> bool:
-    """Whether ``step``, as traced over the devices by ``loop.run``, returns a ``count`` fixed as it is
-    traced (``summed.fixed``): each device's share of the tokens, or the whole, or a share of them
-    (``counted_share``). ``False`` for a step that cannot be hashed, whose check is not kept."""
-    try:
-        return getattr(_checked(step), "count_fixed", False)
-    except TypeError:           # a callable that cannot be hashed (a dataclass's instance)
-        return False
+def _check_out(out: Any, args: tuple) -> None:
+    """``checked_step``'s checks of what a step returned as it is traced."""
+    metrics = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 else None
+    if not isinstance(metrics, Mapping) or not {"loss_sum", "count"} <= set(metrics):
+        lacks = " and ".join(k for k in ("loss_sum", "count") if k not in (metrics or ()))
+        given = (f"its metrics lack {lacks}" if isinstance(metrics, Mapping) else
+                 f"its metrics are {got(metrics)}" if metrics is not None else f"it returns {got(out)}")
+        raise ValueError(f"loop.run's step returns (state, metrics), metrics a dict holding loss_sum and "
+                         f"count a step (as rnnjax.train.train_step's); {given}.")
+    check_keys("The step's", metrics)
+    changed = type_change(leaf_types(args[0]), leaf_types(out[0]))
+    if changed:         # the next call's program, compiled for the state given, would fail deep inside
+        raise ValueError(f"loop.run's step returns a state of other shapes or dtypes than it was given "
+                         f"({changed}): keep each as it was (x.astype(given.dtype)).")
+    shape = np.shape(metrics["loss_sum"])
+    shaped = {k: np.shape(v) for k, v in metrics.items() if np.shape(v) != shape or not shape}
+    if shaped:      # not shape: summed over the call's steps, which are on a first axis
+        named = ", ".join(f"{k!r} (shape {s})" for k, s in shaped.items())
+        once = (" (one number for the call, as of the state it returns: jnp.full_like(metrics["
+                "'loss_sum'], x) gives it each step)") if shape and () in shaped.values() else ""
+        raise ValueError(f"The step's metrics must each be one number a step, the call's steps on a "
+                         "first axis as train_windows stacks them (their epoch means are logged); "
+                         f"{named} {'is' if len(shaped) == 1 else 'are'} not: one a step, each reduced "
+                         f"to one number (jnp.mean, jnp.linalg.norm) or given its own key{once}.")
 
 
 def _check_combined(step: Callable, args: tuple, kwargs: dict) -> bool:

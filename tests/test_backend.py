@@ -202,8 +202,14 @@ def test_the_cli_warns_in_one_line_and_trains_without_it(make_text, tmp_path, mo
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("RNNJAX_CACHE", str(tmp_path / "file"))
     (tmp_path / "t.txt").write_text(make_text(3000))
-    assert timemachine.main(["--text", str(tmp_path / "t.txt"), "--preset", "tiny", "--epochs", "1",
-                             "--workdir", str(tmp_path / "w"), "--devices", "1", "--no-progress"]) == 0
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        assert timemachine.main(["--text", str(tmp_path / "t.txt"), "--preset", "tiny", "--epochs", "1",
+                                 "--workdir", str(tmp_path / "w"), "--devices", "1", "--no-progress"]) == 0
+        assert gc.get_threshold() == (700, 10, 10)      # main called from Python leaves it as it was
+    finally:
+        gc.set_threshold(*before)
     err = capsys.readouterr().err
     assert err.startswith("warning: no compilation cache (") and "each run compiles afresh" in err
     assert len(err.strip().splitlines()) == 1
@@ -252,7 +258,9 @@ def test_collect_less_freezes_what_is_loaded_and_collects_its_youngest_far_less_
     before = gc.get_threshold()
     gc.set_threshold(700, 10, 10)
     try:
-        backend.collect_less()
+        put_back = backend.collect_less()
         assert gc.get_threshold() == (100_000, 50, 100) and gc.get_freeze_count() > 0
+        put_back()
+        assert gc.get_threshold() == (700, 10, 10)
     finally:
         gc.set_threshold(*before)

@@ -1,6 +1,7 @@
 """The epoch loop (``rnnjax.loop``): metrics a dict summed per key, the gradient norm before clipping logged,
 and workdirs saved before the loop was one (checkpoint format 2) resumed as they were."""
 
+import gc
 import json
 import os
 import signal
@@ -490,3 +491,23 @@ def test_the_docstring_s_loop_of_ones_own_runs_as_written_and_trains_as_fit_does
     fitted = fit(config, data, tmp_path / "fit", log=None)
     np.testing.assert_array_equal(*(jax.flatten_util.ravel_pytree(r.state.params)[0]
                                     for r in (fitted, scope["result"])))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="counts the memory maps Linux lists")
+@pytest.mark.parametrize("devices", [pytest.param(n, marks=pytest.mark.cpu_devices(n)) for n in (1, 2)])
+def test_a_process_training_run_after_run_keeps_no_programs_of_the_runs_before(data, tmp_path, devices):
+    # Each run's compiled programs hold hundreds of memory maps, and the kernel allows a process 65530: a
+    # process that kept them (pmap's cache, one of the step) crashed in XLA after a few hundred runs.
+    def maps():
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+
+    def train(seed):
+        fit(TINY.replace(epochs=1, seed=seed), data, tmp_path / str(seed), devices=devices, log=None)
+        gc.collect()
+    train(0)
+    before = maps()
+    for seed in (1, 2, 3):
+        train(seed)
+    assert maps() - before < 150        # kept, three runs' programs add over 1000
