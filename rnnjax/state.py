@@ -203,8 +203,9 @@ def abstract_train_state(config: Config, vocab_size: int) -> TrainState:
 def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> TrainState:
     model = make_model(config, vocab_size)
     tx = make_optimizer(config, per_run)        # its errors outside the trace, without JAX's note
+    made = _made_once if registered_own(config.cell) else _made     # rnnjax's: of its fields alone
     try:
-        params = _made(model, config.num_steps)
+        params = made(model, config.num_steps)
     except Exception as e:      # a cell of one's own that steps on the check's batch of 2 only, say
         lines = [line for line in str(e).splitlines() if line.strip()] or [""]
         said = " ".join(lines[:2] if lines[0].endswith(":") else lines[:1]).rstrip(".")    # JAX's "differ:"
