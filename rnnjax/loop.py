@@ -38,13 +38,13 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from rnnjax import agree, checkpoint, metrics as metrics_lib, preflight
-from rnnjax.xla import compiler_options
+from rnnjax.xla import cleared_with_jax, compiler_options, hashable
 from rnnjax.spelling import again
 from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog
@@ -123,8 +123,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
     datas = [copy.copy(data) for _ in configs]    # the batch order is a function of (seed, epoch): the
     for d, c in zip(datas, configs):                # config's, as a resume from config.json has it
         d.seed = c.seed
-    checked = preflight.checked_step(step)
-    train, evaluate, tokens, val_batches = compile_run(p, data, checked, evaluate)
+    train, evaluate, tokens, val_batches, checked = compile_run(p, data, step, evaluate, state)
     state = dp.replicate(state)
     steps_per_epoch, total, done = count_steps(p, data)
     out = Writer(p, data, manager, metrics_log, stops, steps_per_epoch, step, init_from)
@@ -266,17 +265,49 @@ def _told(progress: Callable | None, done: int, total: int, record: dict | None)
     return None
 
 
-def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable) -> tuple:
-    """``(train, evaluate, tokens, val_batches)``: a planned run's training and evaluation steps compiled
-    for its devices, their float32 matmuls at ``matmul_precision``, and the token stream and validation
-    batches on them. Each compiled from a function of the run's own (``step``: ``preflight.checked_step``'s),
-    which JAX's caches hold weakly: its programs go with the run."""
+class Compiled(NamedTuple):
+    train: Callable
+    evaluate: Callable
+    tokens: Any
+    val_batches: Any
+    checked: Callable           # the step as preflight.checked_step checks it (its count_fixed)
+
+
+def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable, state: Any = None
+                ) -> Compiled:
+    """A planned run's training and evaluation steps compiled for its devices, their float32 matmuls at
+    ``matmul_precision``, and the token stream and validation batches on them.
+
+    Those of the latest runs are kept (``_kept``) for a next run of the same ``step`` and ``evaluate``
+    (compared as objects), settings but the seed and epochs, data's sizes and ``state``'s structure (which
+    holds its model and optimizer: one object for equal settings of rnnjax's own), a resume or a sweep's
+    next seed, as JAX reuses what it traced for a function and inputs of equal structure;
+    ``jax.clear_caches()`` drops them too. Each is compiled from
+    functions of its own, which JAX's caches hold weakly: its programs go as it is dropped (a process
+    that kept every run's would run out of memory maps)."""
     options = compiler_options(p.config.batch_size, p.config.num_hiddens, p.dp.num_shards)
-    evaluate = _own(evaluate)
-    step, evaluate = (at_precision(f, p.config.matmul_precision) for f in (step, evaluate))
-    return (p.dp.compile(step, donate_state=True, compiler_options=options),
-            p.dp.compile(evaluate, compiler_options=options),
-            p.dp.replicate(data.tokens), p.dp.put(p.dp.shard_stack(data.val_batches())))
+    key = (step, evaluate, p.config.matmul_precision, tuple(sorted(options.items())), p.dp, _replaceable(),
+           p.config.replace(seed=0, epochs=1), np.shape(data.tokens), data.num_val, jax.tree.structure(state))
+    steps = _kept(*key) if hashable(key) else _compile(*key)        # a step that cannot be hashed: its own
+    return Compiled(steps[0], steps[1], p.dp.replicate(data.tokens),
+                    p.dp.put(p.dp.shard_stack(data.val_batches())), steps[2])
+
+
+def _replaceable() -> tuple:
+    """What rnnjax's steps look up as they are traced that one replaces in a running process (a target's
+    label smoothing, a step's metric): a replaced one compiles anew."""
+    from rnnjax import objective, train       # here: train imports this module
+    return objective.targets, train.train_step, train.eval_step, train.eval_steps
+
+
+def _compile(step: Callable, evaluate: Callable, precision: str, options: tuple, dp: Any, *_) -> tuple:
+    checked = preflight.checked_step(step)
+    step, evaluate = (at_precision(f, precision) for f in (checked, _own(evaluate)))
+    return (dp.compile(step, donate_state=True, compiler_options=dict(options)),
+            dp.compile(evaluate, compiler_options=dict(options)), checked)
+
+
+_kept = cleared_with_jax(functools.lru_cache(maxsize=4)(_compile))
 
 
 def _own(f: Callable) -> Callable:

@@ -32,6 +32,7 @@ steps it (``check_update``: on the gradients alone, its state keeping its type).
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +43,8 @@ import numpy as np
 import optax
 
 from rnnjax.cells import described
-from rnnjax.config import ConfigError
+from rnnjax.config import Config, ConfigError
+from rnnjax.xla import cleared_with_jax
 from rnnjax.spelling import as_flags, got, leaf_types, spelt, type_change
 
 
@@ -120,6 +122,15 @@ OPTIMIZERS: dict[str, Callable[[Any, bool], optax.GradientTransformation]] = {
 OWN = dict(OPTIMIZERS)                  # rnnjax's own: one registered in place of one is said as a run starts
 
 
+@cleared_with_jax
+@functools.lru_cache(maxsize=16)
+def _own(name: str, lr: float, clip: float, per_run: bool) -> optax.GradientTransformation:
+    """rnnjax's own optimizer ``name``, of ``lr`` and ``clip`` alone: one object for equal ones, so that a
+    next run of the same settings in this process reuses its compiled programs (JAX compares the optimizer
+    in a state's structure by identity)."""
+    return OWN[name](Config(optimizer=name, lr=lr, clip=clip), per_run)
+
+
 # The optimizers this thread is making, by name: one made inside itself is refused.
 _MAKING: contextvars.ContextVar[frozenset] = contextvars.ContextVar("making", default=frozenset())
 
@@ -129,6 +140,8 @@ def make(config: Any, per_run: bool = False) -> optax.GradientTransformation:
     its name here (checked as a run is planned, not as a ``Config`` is made: a restore for inference, which
     reads the parameters alone, needs none) or what is registered makes no optax transformation."""
     check(config.optimizer)
+    if OPTIMIZERS[config.optimizer] is OWN.get(config.optimizer):
+        return _own(config.optimizer, config.lr, config.clip, per_run)
     maker, where = OPTIMIZERS[config.optimizer], f"rnnjax.OPTIMIZERS[{config.optimizer!r}]"
     wanted = "make(config, per_run) -> optax.GradientTransformation (rnnjax.optimizers.clipped(optax.adamw))"
     if not callable(maker):     # optax.adam(0.01): a transformation, not what makes one for a config

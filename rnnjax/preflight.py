@@ -52,10 +52,10 @@ def check_functions(step: Callable, evaluate: Callable, pmapped: bool = False) -
 def checked_step(step: Callable) -> Callable:
     """``step`` (``loop.run``'s), its metrics checked as it is traced, before any step runs: each a number
     a step, as ``loss_sum``, and ``loss_sum`` and ``count`` there (``ValueError`` in one sentence; they
-    failed after an epoch's steps, as its record was made). A function of this run's own, which JAX's caches
-    hold weakly: the run's programs go with it (kept, a process training run after run runs out of memory
-    maps). Over devices, a step of one's own is also checked for what it combines over them (its
-    ``count_fixed``: whether its ``count`` is fixed as it is traced)."""
+    failed after an epoch's steps, as its record was made). A new function each call, which JAX's caches
+    hold weakly: its programs go with it (``loop.compile_run`` keeps the latest runs'). Over devices, a step
+    of one's own is also checked for what it combines over them (its ``count_fixed``: whether its
+    ``count`` is fixed as it is traced)."""
     @functools.wraps(step)
     def checked(*args, **kwargs):
         if kwargs.get("axis_name") is not None and not ours(step):

@@ -31,7 +31,7 @@ from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, planned
 from rnnjax.state import TrainState, check_params, create_run_states
-from rnnjax.train import check_callbacks, check_saving, dropout_key, epoch_lines, train_windows
+from rnnjax.train import check_callbacks, check_saving, epoch_lines, train_windows
 
 
 def _listed(configs: Iterable[Config]) -> list[Config]:
@@ -59,6 +59,14 @@ def check_runs(configs: list[Config]) -> None:
                           f"differ in {', '.join(differ)}: train them in separate workdirs.")
     if len(set(configs)) < len(configs):
         raise ConfigError("Two of the runs are the same run; list each seed and value once.")
+
+
+@functools.lru_cache(maxsize=16)
+def _with_keys(seeds: tuple[int, ...] | None) -> Callable:
+    """``fit_runs``' step, each run's dropout key that of its seed (``None``: none): one function for one set
+    of keys, whose programs a next run of the same settings reuses (``loop.compile_run``)."""
+    rngs = None if seeds is None else jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    return functools.partial(train_runs, rngs=rngs)
 
 
 def train_runs(states: TrainState, tokens: jax.Array, windows: Windows, axis_name: str | None = None,
@@ -143,8 +151,6 @@ def _fit_runs(p: Plan, data: WindowedText, params: Any, origin: dict | None, che
         log(p.describe() + train_lib.given_line(p, params))
     configs = list(p.runs)
     state = create_run_states(configs, len(data.vocab), params) if p.state is None else p.state
-    rngs = None if dropout_key(p.config) is None else jnp.stack([dropout_key(c) for c in configs])
-
-    step = functools.partial(train_runs, rngs=rngs)
+    step = _with_keys(tuple(c.seed for c in configs) if p.config.dropout else None)
     return loop.run(p, data, state, step, eval_runs, checkpoint_every=checkpoint_every, keep=keep,
                     progress=progress, log=log, origin=origin)

@@ -74,7 +74,8 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
                           "cell(carry, x) -> (carry, y) and has initialize_carry(rng, input_shape) and "
                           "num_feature_axes, as flax's nn.RNNCellBase.")
     problem = cause = None
-    if type(cell) not in OWN_CELLS.values():
+    own = type(cell) in OWN_CELLS.values()
+    if not own:
         try:
             problem = step_problem(cell, vocab_size)      # each time: it may follow a setting of its module
         except StepFailed as e:             # in the cell's own code: said, and raised from its error
@@ -90,7 +91,14 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     else:
         rnn = StackedRNN(cell, config.num_layers, config.dropout, config.bidirectional, config.unroll,
                          remat=remat)
-    return kernels.MODELS.get(kernel, RNNLM)(rnn, vocab_size, dtype=dtype)
+    model = kernels.MODELS.get(kernel, RNNLM)(rnn, vocab_size, dtype=dtype)
+    return _one_of_equals(model) if own else model
+
+
+# One model object for equal models of rnnjax's cells (flax compares modules by their fields; another's
+# cell may follow more): a state's apply_fn is then the same, and a next run of the same settings in this
+# process reuses its compiled programs (JAX compares a bound method's object by identity).
+_one_of_equals = per_module()(lambda model: model)
 
 
 def make_optimizer(config: Config, per_run: bool = False) -> optax.GradientTransformation:

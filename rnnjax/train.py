@@ -147,6 +147,13 @@ def dropout_key(config: Config) -> jax.Array | None:
     return jax.random.PRNGKey(config.seed) if config.dropout else None
 
 
+@functools.lru_cache(maxsize=16)
+def _with_key(seed: int | None) -> Callable:
+    """``fit``'s step, its dropout key that of ``seed`` (``None``: none): one function for one key, whose
+    programs a next run of the same settings reuses (``loop.compile_run``)."""
+    return functools.partial(train_windows, rng=None if seed is None else jax.random.PRNGKey(seed))
+
+
 @agree.leaves_on_error
 def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any = None,
         devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = checkpoint.KEEP,
@@ -274,6 +281,6 @@ def _fit(p: Plan, data: WindowedText, params: Any, origin: dict | None, checkpoi
         log(p.describe() + given_line(p, params))
     config = p.config
     state = create_train_state(config, len(data.vocab), params) if p.state is None else p.state
-    step = functools.partial(train_windows, rng=dropout_key(config))
+    step = _with_key(config.seed if config.dropout else None)
     return loop.run(p, data, state, step, eval_steps, checkpoint_every=checkpoint_every, keep=keep,
                     progress=progress, log=log, origin=origin)

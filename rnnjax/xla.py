@@ -122,9 +122,10 @@ def hashable(module: Any) -> bool:
 
 def per_module(maxsize: int = 16) -> Callable:
     """``f(module, *args)`` made once per module (compared by its fields) and arguments, for the latest
-    ``maxsize``; made afresh on each call for a module that cannot be hashed (``hashable``)."""
+    ``maxsize``; made afresh on each call for a module that cannot be hashed (``hashable``). Cleared with
+    JAX's caches."""
     def wrap(f: Callable) -> Callable:
-        cached = functools.lru_cache(maxsize=maxsize)(f)
+        cached = cleared_with_jax(functools.lru_cache(maxsize=maxsize)(f))
 
         @functools.wraps(f)
         def call(module, *args):
@@ -132,3 +133,15 @@ def per_module(maxsize: int = 16) -> Callable:
         call.cache_clear = cached.cache_clear
         return call
     return wrap
+
+
+def cleared_with_jax(cache: Callable) -> Callable:
+    """``cache`` (a ``functools.lru_cache``'s) emptied by ``jax.clear_caches()`` as JAX's own are, so that
+    what makes JAX trace afresh (after replacing a function in a running process) makes rnnjax too. A JAX
+    without that hook leaves it as it is."""
+    try:
+        from jax._src import util
+        util.register_cache(cache, getattr(cache, "__qualname__", "rnnjax"))
+    except (ImportError, AttributeError):
+        pass
+    return cache

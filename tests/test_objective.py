@@ -111,9 +111,12 @@ def step_results(config):
 @pytest.mark.parametrize("kernel", [pytest.param("plain", marks=pytest.mark.slow), "fused"])
 def test_a_variant_objective_changes_the_training_not_the_reported_loss(kernel, monkeypatch):
     """Train and eval steps report the cross-entropy's sum as ``loss_sum`` (what perplexity is made of),
-    whatever the objective; the step then follows the variant's gradient."""
+    whatever the objective; the step then follows the variant's gradient. JAX reuses what it traced for
+    ``train_step`` and a state of equal structure (one model and optimizer object for equal settings):
+    its caches are cleared before the variant and after it."""
     config = TINY.replace(kernel=kernel)
     params, train_metrics, eval_metrics = step_results(config)
+    jax.clear_caches()
     with monkeypatch.context() as m:
         m.setattr(objective, "targets", smoothed)
         try:

@@ -111,7 +111,7 @@ def test_a_cell_without_dtype_computes_in_float32_and_the_output_layer_in_bfloat
 def compiled_text(config, data, tmp_path, step=train_windows):
     """The StableHLO of ``fit``'s compiled training step (or ``eval_steps``) for ``config``."""
     p = plan(config, data, tmp_path, devices=1)
-    train, evaluate, tokens, val_batches = compile_run(p, data, step, eval_steps)
+    train, evaluate, tokens, val_batches, _ = compile_run(p, data, step, eval_steps)
     state = create_train_state(config, len(data.vocab))
     windows = p.dp.shard_stack(list(data.train_windows(0))[:2])
 
