@@ -31,24 +31,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import signal
 import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
 
 from rnnjax import agree, checkpoint, metrics as metrics_lib, preflight
-from rnnjax.xla import cleared_with_jax, compiler_options, hashable
+from rnnjax.compiled import compile_run
 from rnnjax.spelling import again
 from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog
-from rnnjax.precision import at_precision
 from rnnjax.start import Plan, check_open, open_workdir
 from rnnjax.stops import Interrupted, StoppedRuns, catch_signals, check_finite
 from rnnjax.writer import Writer
@@ -263,59 +261,6 @@ def _told(progress: Callable | None, done: int, total: int, record: dict | None)
     except BaseException as e:      # sys.exit() and KeyboardInterrupt too: what trained is saved first
         return e
     return None
-
-
-class Compiled(NamedTuple):
-    train: Callable
-    evaluate: Callable
-    tokens: Any
-    val_batches: Any
-    checked: Callable           # the step as preflight.checked_step checks it (its count_fixed)
-
-
-def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable, state: Any = None
-                ) -> Compiled:
-    """A planned run's training and evaluation steps compiled for its devices, their float32 matmuls at
-    ``matmul_precision``, and the token stream and validation batches on them.
-
-    Those of the latest runs are kept (``_kept``) for a next run of the same ``step`` and ``evaluate``
-    (compared as objects), settings but the seed and epochs, data's sizes and ``state``'s structure (which
-    holds its model and optimizer: one object for equal settings of rnnjax's own), a resume or a sweep's
-    next seed, as JAX reuses what it traced for a function and inputs of equal structure;
-    ``jax.clear_caches()`` drops them too. Each is compiled from
-    functions of its own, which JAX's caches hold weakly: its programs go as it is dropped (a process
-    that kept every run's would run out of memory maps)."""
-    options = compiler_options(p.config.batch_size, p.config.num_hiddens, p.dp.num_shards)
-    key = (step, evaluate, p.config.matmul_precision, tuple(sorted(options.items())), p.dp, _replaceable(),
-           p.config.replace(seed=0, epochs=1), np.shape(data.tokens), data.num_val, jax.tree.structure(state))
-    steps = _kept(*key) if hashable(key) else _compile(*key)        # a step that cannot be hashed: its own
-    return Compiled(steps[0], steps[1], p.dp.replicate(data.tokens),
-                    p.dp.put(p.dp.shard_stack(data.val_batches())), steps[2])
-
-
-def _replaceable() -> tuple:
-    """What rnnjax's steps look up as they are traced that one replaces in a running process (a target's
-    label smoothing, a step's metric): a replaced one compiles anew."""
-    from rnnjax import objective, train       # here: train imports this module
-    return objective.targets, train.train_step, train.eval_step, train.eval_steps
-
-
-def _compile(step: Callable, evaluate: Callable, precision: str, options: tuple, dp: Any, *_) -> tuple:
-    checked = preflight.checked_step(step)
-    step, evaluate = (at_precision(f, precision) for f in (checked, _own(evaluate)))
-    return (dp.compile(step, donate_state=True, compiler_options=dict(options)),
-            dp.compile(evaluate, compiler_options=dict(options)), checked)
-
-
-_kept = cleared_with_jax(functools.lru_cache(maxsize=4)(_compile))
-
-
-def _own(f: Callable) -> Callable:
-    """``f`` as a function of its own, which a run's compiled programs can go with."""
-    @functools.wraps(f)
-    def own(*args, **kwargs):
-        return f(*args, **kwargs)
-    return own
 
 
 def count_steps(p: Plan, data: WindowedText) -> tuple[int, int, int]:

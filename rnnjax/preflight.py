@@ -53,7 +53,7 @@ def checked_step(step: Callable) -> Callable:
     """``step`` (``loop.run``'s), its metrics checked as it is traced, before any step runs: each a number
     a step, as ``loss_sum``, and ``loss_sum`` and ``count`` there (``ValueError`` in one sentence; they
     failed after an epoch's steps, as its record was made). A new function each call, which JAX's caches
-    hold weakly: its programs go with it (``loop.compile_run`` keeps the latest runs'). Over devices, a step
+    hold weakly: its programs go with it (``rnnjax.compiled`` keeps the latest runs'). Over devices, a step
     of one's own is also checked for what it combines over them (its ``count_fixed``: whether its
     ``count`` is fixed as it is traced)."""
     @functools.wraps(step)

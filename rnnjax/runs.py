@@ -64,7 +64,7 @@ def check_runs(configs: list[Config]) -> None:
 @functools.lru_cache(maxsize=16)
 def _with_keys(seeds: tuple[int, ...] | None) -> Callable:
     """``fit_runs``' step, each run's dropout key that of its seed (``None``: none): one function for one set
-    of keys, whose programs a next run of the same settings reuses (``loop.compile_run``)."""
+    of keys, whose programs a next run of the same settings reuses (``rnnjax.compiled``)."""
     rngs = None if seeds is None else jnp.stack([jax.random.PRNGKey(s) for s in seeds])
     return functools.partial(train_runs, rngs=rngs)
 

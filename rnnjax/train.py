@@ -150,7 +150,7 @@ def dropout_key(config: Config) -> jax.Array | None:
 @functools.lru_cache(maxsize=16)
 def _with_key(seed: int | None) -> Callable:
     """``fit``'s step, its dropout key that of ``seed`` (``None``: none): one function for one key, whose
-    programs a next run of the same settings reuses (``loop.compile_run``)."""
+    programs a next run of the same settings reuses (``rnnjax.compiled``)."""
     return functools.partial(train_windows, rng=None if seed is None else jax.random.PRNGKey(seed))
 
 

@@ -1,7 +1,6 @@
 """The epoch loop (``rnnjax.loop``): metrics a dict summed per key, the gradient norm before clipping logged,
 and workdirs saved before the loop was one (checkpoint format 2) resumed as they were."""
 
-import gc
 import json
 import os
 import signal
@@ -491,63 +490,3 @@ def test_the_docstring_s_loop_of_ones_own_runs_as_written_and_trains_as_fit_does
     fitted = fit(config, data, tmp_path / "fit", log=None)
     np.testing.assert_array_equal(*(jax.flatten_util.ravel_pytree(r.state.params)[0]
                                     for r in (fitted, scope["result"])))
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="counts the memory maps Linux lists")
-@pytest.mark.parametrize("devices", [pytest.param(n, marks=pytest.mark.cpu_devices(n)) for n in (1, 2)])
-def test_a_process_training_run_after_run_keeps_the_programs_of_its_latest_runs_only(data, tmp_path, devices):
-    # Each run's compiled programs hold hundreds of memory maps, and the kernel allows a process 65530: a
-    # process that kept them (pmap's cache, one of the step, one compiled step for every rate) crashed in
-    # XLA after a few hundred runs.
-    def maps():
-        with open("/proc/self/maps") as f:
-            return sum(1 for _ in f)
-
-    def train(lr):
-        fit(TINY.replace(epochs=1, lr=lr), data, tmp_path / str(lr), devices=devices, log=None)
-        gc.collect()
-    for lr in (1.0, 2.0, 3.0, 4.0, 5.0):        # the latest four kept (loop._kept), for a next run of each
-        train(lr)
-    before = maps()
-    for lr in (6.0, 7.0, 8.0):
-        train(lr)
-    assert maps() - before < 150        # kept, three runs' programs add over 1000
-
-
-_traced = []
-
-
-def counted_step(state, tokens, windows, axis_name=None):
-    _traced.append(1)           # as JAX traces it
-    return train.train_windows(state, tokens, windows, axis_name)
-
-
-@pytest.mark.slow
-def test_a_next_run_of_the_same_step_and_settings_reuses_its_compiled_steps(data, tmp_path):
-    from rnnjax.start import planned
-
-    def run(config, where):
-        with planned(config, data, tmp_path / where, devices=1) as p:
-            state = create_train_state(config, len(data.vocab)) if p.state is None else p.state
-            return loop.run(p, data, state, counted_step, train.eval_steps, log=None)
-    config = TINY.replace(epochs=1)
-    first = run(config, "a")
-    traced = len(_traced)
-    assert traced > 0
-    again = run(config.replace(seed=1), "b")            # another seed: the same programs
-    resumed = run(config.replace(seed=1, epochs=2), "b")     # a resume
-    assert len(_traced) == traced
-    other = run(config.replace(lr=0.5), "c")            # another optimizer: its own
-    assert len(_traced) > traced
-    traced = len(_traced)
-    jax.clear_caches()                                  # as JAX's own: traced afresh
-    run(config, "e")
-    assert len(_traced) > traced
-    alone = fit(config.replace(seed=1, epochs=2), data, tmp_path / "d", devices=1, log=None)
-
-    def flat(result):
-        return jax.flatten_util.ravel_pytree(result.state.params)[0]
-    assert not np.array_equal(flat(first), flat(again))
-    np.testing.assert_array_equal(flat(resumed), flat(alone))    # as a run compiled for itself
-    assert not np.array_equal(flat(other), flat(first))

@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY, DenseCell, random_batch, relative_error
 from rnnjax import model as model_lib
 from rnnjax.checkpoint import CheckpointError
-from rnnjax.loop import compile_run
+from rnnjax.compiled import compile_run
 from rnnjax.precision import at_precision, describe, dot
 from rnnjax.start import plan
 from rnnjax.state import create_train_state, make_model

@@ -1,0 +1,81 @@
+"""A run's compiled steps (``rnnjax.compiled``): a next run of the same step and settings in a process reuses
+the latest runs', and a process training run after run keeps no more than theirs."""
+
+import gc
+import os
+
+import jax
+import jax.flatten_util
+import numpy as np
+import pytest
+
+from rnnjax import loop, train
+from rnnjax.data import TimeMachine
+from rnnjax.start import planned
+from rnnjax.state import create_train_state
+from rnnjax.train import fit
+
+from conftest import TWO_CALLS as TINY, small_text
+
+
+@pytest.fixture(scope="module")
+def data():
+    return TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="counts the memory maps Linux lists")
+@pytest.mark.parametrize("devices", [pytest.param(n, marks=pytest.mark.cpu_devices(n)) for n in (1, 2)])
+def test_a_process_training_run_after_run_keeps_the_programs_of_its_latest_runs_only(data, tmp_path, devices):
+    # Each run's compiled programs hold hundreds of memory maps, and the kernel allows a process 65530: a
+    # process that kept them (pmap's cache, one of the step, one compiled step for every rate) crashed in
+    # XLA after a few hundred runs.
+    def maps():
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+
+    def train(lr):
+        fit(TINY.replace(epochs=1, lr=lr), data, tmp_path / str(lr), devices=devices, log=None)
+        gc.collect()
+    for lr in (1.0, 2.0, 3.0, 4.0, 5.0):        # the latest four kept (_kept), for a next run of each
+        train(lr)
+    before = maps()
+    for lr in (6.0, 7.0, 8.0):
+        train(lr)
+    assert maps() - before < 150        # kept, three runs' programs add over 1000
+
+
+_traced = []
+
+
+def counted_step(state, tokens, windows, axis_name=None):
+    _traced.append(1)           # as JAX traces it
+    return train.train_windows(state, tokens, windows, axis_name)
+
+
+@pytest.mark.slow
+def test_a_next_run_of_the_same_step_and_settings_reuses_its_compiled_steps(data, tmp_path):
+    def run(config, where):
+        with planned(config, data, tmp_path / where, devices=1) as p:
+            state = create_train_state(config, len(data.vocab)) if p.state is None else p.state
+            return loop.run(p, data, state, counted_step, train.eval_steps, log=None)
+    config = TINY.replace(epochs=1)
+    first = run(config, "a")
+    traced = len(_traced)
+    assert traced > 0
+    again = run(config.replace(seed=1), "b")            # another seed: the same programs
+    resumed = run(config.replace(seed=1, epochs=2), "b")     # a resume
+    assert len(_traced) == traced
+    other = run(config.replace(lr=0.5), "c")            # another optimizer: its own
+    assert len(_traced) > traced
+    traced = len(_traced)
+    jax.clear_caches()                                  # as JAX's own: traced afresh
+    run(config, "e")
+    assert len(_traced) > traced
+    alone = fit(config.replace(seed=1, epochs=2), data, tmp_path / "d", devices=1, log=None)
+
+    def flat(result):
+        return jax.flatten_util.ravel_pytree(result.state.params)[0]
+    assert not np.array_equal(flat(first), flat(again))
+    np.testing.assert_array_equal(flat(resumed), flat(alone))    # as a run compiled for itself
+    assert not np.array_equal(flat(other), flat(first))
