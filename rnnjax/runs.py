@@ -30,7 +30,7 @@ from rnnjax.config import SWEEPABLE, Config, ConfigError, label
 from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, planned
-from rnnjax.state import TrainState, check_params, create_run_states
+from rnnjax.state import TrainState, create_run_states
 from rnnjax.train import check_callbacks, check_saving, epoch_lines, train_windows
 
 
@@ -135,9 +135,7 @@ def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path,
         raise TypeError(f"fit_runs' params are one run's (each run starts from them), got a "
                         f"{type(params).__name__} of {len(params)}: train runs from other parameters in "
                         "workdirs of their own.")
-    params, origin = train_lib.params_given(params, data, "fit_runs")
-    if params is not None:         # before the workdir is made, and checked even if it resumes
-        check_params(params, configs[0], len(data.vocab))
+    params, origin = train_lib.params_given(params, data, configs[0], "fit_runs")
     if plan is not None:
         check_plan(plan, configs[0], data, workdir, configs)
         return _fit_runs(plan, data, params, origin, checkpoint_every, keep, progress, log)

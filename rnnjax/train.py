@@ -192,9 +192,7 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     check_callbacks(progress, log)
     progress = epoch_lines(log, config.epochs) if progress is None and log else progress
-    params, origin = params_given(params, data)
-    if params is not None:         # before the workdir is made, and checked even if it resumes
-        check_params(params, config, len(data.vocab))
+    params, origin = params_given(params, data, config)
     if plan is not None:
         check_plan(plan, config, data, workdir)
         return _fit(plan, data, params, origin, checkpoint_every, keep, progress, log)
@@ -202,18 +200,23 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
         return _fit(p, data, params, origin, checkpoint_every, keep, progress, log)
 
 
-def params_given(params: Any, data: WindowedText, caller: str = "fit") -> tuple[Any, dict | None]:
+def params_given(params: Any, data: WindowedText, config: Config, caller: str = "fit"
+                 ) -> tuple[Any, dict | None]:
     """``params``, or a restored run's, which index the rows of its own vocabulary (``ValueError`` where
     ``data``'s is another: one of the same size trained on silently, each token another's row), and where
-    they come from (``Restored.address``: the new run's ``config.json`` records it)."""
+    they come from (``Restored.address``: the new run's ``config.json`` records it); ``ValueError`` unless
+    they fit ``config`` (``check_params``). Before the workdir is made, and even where it resumes."""
     from rnnjax.restore import Restored         # here: restore imports what imports this module
-    if not isinstance(params, Restored):
-        return params, None
-    if params.vocab.idx_to_token != data.vocab.idx_to_token:
-        raise ValueError(f"{caller}'s params are a run's trained in another vocabulary than the data's: "
-                         "load the data in the run's tokens, rnnjax.corpus.load(config, text=..., "
-                         "vocab=run.vocab).")
-    return params.params, params.address
+    origin = None
+    if isinstance(params, Restored):
+        if params.vocab.idx_to_token != data.vocab.idx_to_token:
+            raise ValueError(f"{caller}'s params are a run's trained in another vocabulary than the data's: "
+                             "load the data in the run's tokens, rnnjax.corpus.load(config, text=..., "
+                             "vocab=run.vocab).")
+        params, origin = params.params, params.address
+    if params is not None:
+        check_params(params, config, len(data.vocab))
+    return params, origin
 
 
 def given_line(p: Plan, params: Any) -> str:
