@@ -92,8 +92,7 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
     args.init_source = {"workdir": str(origin), "run": run, "best": args.best}
     found = saved.init_from(new)
     if found is not None:           # the same command after a kill: the same start, where it still is
-        where = f"{new}'s run, which left no checkpoint, started from {_named(found)} (its config.json's " \
-                "init_from)"
+        where = _started(new, found)
         asked = f"this run starts from {origin}'s {'best' if args.best else 'latest'}"
         gone = _gone(found) if _same(found, origin, run) else f"not {origin}'s run {run or 0}"
         if gone is None:
@@ -140,8 +139,7 @@ def recorded(args: argparse.Namespace, configs: list[config_lib.Config], workdir
         return
     if found is None:
         return
-    where = f"{workdir}'s run, which left no checkpoint, started from {_named(found)} (its config.json's " \
-            "init_from)"
+    where = _started(workdir, found)
     try:                # the source's settings: restored reads its parameters, or says why it cannot
         source = saved.saved_runs(Path(found["workdir"]))
         ran = None if source is None else source[0][min(found.get("run") or 0, len(source[0]) - 1)]
@@ -165,6 +163,12 @@ def _unfit(config: config_lib.Config, source: config_lib.Config) -> str:
             return (f"{spelt(name, getattr(config, name))} does not fit its {what} "
                     f"({spelt(name, getattr(source, name))})")
     return ""
+
+
+def _started(workdir: str | Path, found: dict) -> str:
+    """What a recorded ``init_from`` says of ``workdir``'s run, which left no checkpoint."""
+    return (f"{workdir}'s run, which left no checkpoint, started from {_named(found)} (its config.json's "
+            "init_from)")
 
 
 def _named(found: dict) -> str:
@@ -201,9 +205,8 @@ def restored(args: argparse.Namespace, config: config_lib.Config) -> checkpoint.
         if "then" in s:         # the same command: what --init-from asks for, as the note says
             args.init_source = s["then"]
             args.init_note = None       # this line says it instead
-            _note(args, f"{args.workdir}'s run, which left no checkpoint, started from {_named(s)} (its "
-                        f"config.json's init_from), which cannot be read back ({why}): this run starts from "
-                        f"{s['workdir']}'s {'best' if s['then']['best'] else 'latest'}")
+            _note(args, f"{_started(args.workdir, s)}, which cannot be read back ({why}): this run starts "
+                        f"from {s['workdir']}'s {'best' if s['then']['best'] else 'latest'}")
             return restored(args, config)
         run = "" if s.get("run") is None else " --run K"
         raise ValueError(f"{args.workdir}'s run started from {_named(s)} (its config.json's init_from), "
