@@ -23,7 +23,7 @@ import argparse
 from pathlib import Path
 
 from experiments import flags, settings as settings_lib
-from rnnjax import checkpoint, config as config_lib, corpus, meta as meta_lib, runs, saved
+from rnnjax import checkpoint, config as config_lib, corpus, meta as meta_lib, restore, runs, saved
 from rnnjax.spelling import spelt
 from rnnjax.state import check_params
 from rnnjax.stored import UnknownCell
@@ -222,14 +222,8 @@ def _note(args: argparse.Namespace, line: str) -> None:
 
 def _run(args: argparse.Namespace, origin: Path, configs: list, together: bool) -> int | None:
     """Which of ``origin``'s runs starts the new one: ``--run K`` of several trained together."""
-    if together and args.run is None and len(configs) == 1:     # fit_runs of one config: that run
-        return 0
-    if together and args.run is None:
-        raise ValueError(f"--init-from {origin} holds {len(configs)} runs trained together; choose the one "
-                         f"to start from with --run K, K from 0 to {len(configs) - 1}.")
-    if not together and args.run not in (None, 0):
-        raise ValueError(f"--init-from {origin} holds a single run; leave out --run {args.run}.")
-    if together and not 0 <= args.run < len(configs):
-        raise ValueError(f"--init-from {origin} holds {len(configs)} runs trained together: --run is from 0 "
-                         f"to {len(configs) - 1}, not {args.run}.")
-    return args.run if together else None
+    try:
+        run = restore.chosen_run(len(configs) if together else 0, origin, args.run)
+    except checkpoint.CheckpointError as e:
+        raise ValueError(f"--init-from {e}") from None
+    return run if together else None

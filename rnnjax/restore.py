@@ -269,17 +269,21 @@ def _whole(step: Any, name: str = "step") -> int | None:
 
 
 def _run(meta: dict, workdir: Path, run: int | None) -> int | None:
-    """``run``, checked against the runs ``meta``'s workdir holds (0 where it holds one trained together)."""
-    runs = meta.get("runs", [])
-    if len(runs) == 1 and run is None:      # fit_runs of one config: no other run to choose
+    return chosen_run(len(meta.get("runs", [])), workdir, run)
+
+
+def chosen_run(together: int, workdir: Path, run: int | None) -> int | None:
+    """``run``, checked against the runs ``workdir`` holds, ``together`` of them trained together (0: a single
+    run); 0 where it holds one trained together. ``CheckpointError`` in one sentence."""
+    if together == 1 and run is None:      # fit_runs of one config: no other run to choose
         return 0
-    if runs and (run is None or not 0 <= run < len(runs)):
+    if together and (run is None or not 0 <= run < together):
         given = "" if run is None else f", not {run}"
-        held = f"{len(runs)} runs" if len(runs) > 1 else "1 run"
+        held = f"{together} runs" if together > 1 else "1 run"
         choose = "--run K" if as_flags() else "run=K (the notebook's RNNJAX_RUN=K)"
         raise CheckpointError(f"{workdir} holds {held} trained together; choose one with {choose}, K from 0 "
-                              f"to {len(runs) - 1}{given}.")
-    if run not in (None, 0) and not runs:
+                              f"to {together - 1}{given}.")
+    if run not in (None, 0) and not together:
         raise CheckpointError(f"{workdir} holds a single run; leave out {spelt('run', run)}"
                               f"{'' if as_flags() else ' (and RNNJAX_RUN)'}.")
     return run

@@ -270,7 +270,7 @@ def test_runs_fine_tuned_together_each_start_from_the_run_chosen(make_text, tmp_
     assert main(capsys, *args, "--preset", "tiny", "--seeds", "0,1", "--workdir", tmp_path / "src")[0] == 0
     code, _, err = main(capsys, *args, "--init-from", tmp_path / "src", "--workdir", tmp_path / "tuned")
     assert code == 1 and err == (f"error: --init-from {tmp_path / 'src'} holds 2 runs trained together; "
-                                 "choose the one to start from with --run K, K from 0 to 1.\n")
+                                 "choose one with --run K, K from 0 to 1.\n")
     code, out, err = main(capsys, *args, "--init-from", tmp_path / "src", "--run", "1", "--lr", "0.5,2",
                           "--workdir", tmp_path / "tuned")
     assert code == 0, err
