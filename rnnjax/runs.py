@@ -62,11 +62,11 @@ def check_runs(configs: list[Config]) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _with_keys(seeds: tuple[int, ...] | None) -> Callable:
-    """``fit_runs``' step, each run's dropout key that of its seed (``None``: none): one function for one set
-    of keys, whose programs a next run of the same settings reuses (``rnnjax.compiled``)."""
+def _with_keys(step: Callable, seeds: tuple[int, ...] | None) -> Callable:
+    """``step`` (``fit_runs``'), each run's dropout key that of its seed (``None``: none): one function for
+    one set of keys, whose programs a next run of the same settings reuses (``rnnjax.compiled``)."""
     rngs = None if seeds is None else jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    return functools.partial(train_runs, rngs=rngs)
+    return functools.partial(step, rngs=rngs)
 
 
 def train_runs(states: TrainState, tokens: jax.Array, windows: Windows, axis_name: str | None = None,
@@ -149,6 +149,6 @@ def _fit_runs(p: Plan, data: WindowedText, params: Any, origin: dict | None, che
         log(p.describe() + train_lib.given_line(p, params))
     configs = list(p.runs)
     state = create_run_states(configs, len(data.vocab), params) if p.state is None else p.state
-    step = _with_keys(tuple(c.seed for c in configs) if p.config.dropout else None)
+    step = _with_keys(train_runs, tuple(c.seed for c in configs) if p.config.dropout else None)
     return loop.run(p, data, state, step, eval_runs, checkpoint_every=checkpoint_every, keep=keep,
                     progress=progress, log=log, origin=origin)

@@ -148,10 +148,10 @@ def dropout_key(config: Config) -> jax.Array | None:
 
 
 @functools.lru_cache(maxsize=16)
-def _with_key(seed: int | None) -> Callable:
-    """``fit``'s step, its dropout key that of ``seed`` (``None``: none): one function for one key, whose
-    programs a next run of the same settings reuses (``rnnjax.compiled``)."""
-    return functools.partial(train_windows, rng=None if seed is None else jax.random.PRNGKey(seed))
+def _with_key(step: Callable, seed: int | None) -> Callable:
+    """``step`` (``fit``'s), its dropout key that of ``seed`` (``None``: none): one function for one key,
+    whose programs a next run of the same settings reuses (``rnnjax.compiled``)."""
+    return functools.partial(step, rng=None if seed is None else jax.random.PRNGKey(seed))
 
 
 @agree.leaves_on_error
@@ -284,6 +284,6 @@ def _fit(p: Plan, data: WindowedText, params: Any, origin: dict | None, checkpoi
         log(p.describe() + given_line(p, params))
     config = p.config
     state = create_train_state(config, len(data.vocab), params) if p.state is None else p.state
-    step = _with_key(config.seed if config.dropout else None)
+    step = _with_key(train_windows, config.seed if config.dropout else None)
     return loop.run(p, data, state, step, eval_steps, checkpoint_every=checkpoint_every, keep=keep,
                     progress=progress, log=log, origin=origin)
