@@ -8,6 +8,7 @@ ran out of memory maps (docs/performance.md).
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -32,14 +33,18 @@ class Compiled(NamedTuple):
 def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable, state: Any = None
                 ) -> Compiled:
     """A planned run's training and evaluation steps compiled for its devices, and the token stream and
-    validation batches on them. The latest four runs' steps are kept (``_kept``) for a next run of the same
-    ``step`` and ``evaluate`` (as objects), settings but the seed and epochs, data sizes and ``state``'s
-    structure (which holds the model and optimizer: one object for equal settings of rnnjax's own);
-    ``jax.clear_caches()`` drops them, and a replaced ``_replaceable`` function compiles anew."""
+    validation batches on them. The latest four runs' steps of rnnjax's own (``fit``'s, ``fit_runs'``) are
+    kept (``_kept``) for a next run in the same thread of the same settings but the seed and epochs, data
+    sizes, ``state``'s structure (which holds the model and optimizer: one object for equal settings of
+    rnnjax's own) and JAX flags; ``jax.clear_caches()`` drops them, and a replaced ``_replaceable``
+    function compiles anew. One's own step or evaluation (which may read what it is given elsewhere, a
+    global config's dropout key) is compiled for its run alone."""
     options = compiler_options(p.config.batch_size, p.config.num_hiddens, p.dp.num_shards)
     key = (step, evaluate, p.config.matmul_precision, tuple(sorted(options.items())), p.dp, _replaceable(),
-           p.config.replace(seed=0, epochs=1), np.shape(data.tokens), data.num_val, jax.tree.structure(state))
-    steps = _kept(*key) if hashable(key) else _compile(*key)        # a step that cannot be hashed: its own
+           p.config.replace(seed=0, epochs=1), np.shape(data.tokens), data.num_val, jax.tree.structure(state),
+           threading.get_ident(), _flags())
+    ours = preflight.ours(step) and preflight.ours(evaluate)
+    steps = _kept(*key) if ours and hashable(key) else _compile(*key)
     return Compiled(steps[0], steps[1], p.dp.replicate(data.tokens),
                     p.dp.put(p.dp.shard_stack(data.val_batches())), steps[2])
 
@@ -49,6 +54,15 @@ def _replaceable() -> tuple:
     label smoothing, a step's metric): a replaced one compiles anew."""
     from rnnjax import objective, train       # here: train imports this module
     return objective.targets, train.train_step, train.eval_step, train.eval_steps
+
+
+def _flags() -> tuple:
+    """JAX's settings that a trace depends on (its own cache's key), where this JAX says them."""
+    try:
+        from jax._src import config
+        return config.trace_context()
+    except (ImportError, AttributeError):
+        return ()
 
 
 def _compile(step: Callable, evaluate: Callable, precision: str, options: tuple, dp: Any, *_) -> tuple:

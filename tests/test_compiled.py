@@ -3,6 +3,7 @@ the latest runs', and a process training run after run keeps no more than theirs
 
 import gc
 import os
+import threading
 
 import jax
 import jax.flatten_util
@@ -45,33 +46,37 @@ def test_a_process_training_run_after_run_keeps_the_programs_of_its_latest_runs_
     assert maps() - before < 150        # kept, three runs' programs add over 1000
 
 
-_traced = []
-
-
-def counted_step(state, tokens, windows, axis_name=None):
-    _traced.append(1)           # as JAX traces it
-    return train.train_windows(state, tokens, windows, axis_name)
-
-
 @pytest.mark.slow
-def test_a_next_run_of_the_same_step_and_settings_reuses_its_compiled_steps(data, tmp_path):
+def test_a_next_fit_of_the_same_settings_reuses_its_compiled_steps(data, tmp_path, monkeypatch):
+    traced = []
+
+    def counted(*args, **kwargs):       # train_windows' step, as JAX traces it
+        traced.append(1)
+        return plain(*args, **kwargs)
+    plain = train.train_step
+    monkeypatch.setattr(train, "train_step", counted)
+
     def run(config, where):
-        with planned(config, data, tmp_path / where, devices=1) as p:
-            state = create_train_state(config, len(data.vocab)) if p.state is None else p.state
-            return loop.run(p, data, state, counted_step, train.eval_steps, log=None)
+        return fit(config, data, tmp_path / where, devices=1, log=None)
     config = TINY.replace(epochs=1)
     first = run(config, "a")
-    traced = len(_traced)
-    assert traced > 0
+    assert traced
+    count = len(traced)
     again = run(config.replace(seed=1), "b")            # another seed: the same programs
     resumed = run(config.replace(seed=1, epochs=2), "b")     # a resume
-    assert len(_traced) == traced
+    assert len(traced) == count
     other = run(config.replace(lr=0.5), "c")            # another optimizer: its own
-    assert len(_traced) > traced
-    traced = len(_traced)
+    assert len(traced) > count
+    count = len(traced)
     jax.clear_caches()                                  # as JAX's own: traced afresh
     run(config, "e")
-    assert len(_traced) > traced
+    assert len(traced) > count
+    count = len(traced)
+    with jax.threefry_partitionable(not jax.config.jax_threefry_partitionable):   # a flag of JAX's: its own
+        run(config, "f")
+    assert len(traced) > count
+    monkeypatch.undo()
+    jax.clear_caches()
     alone = fit(config.replace(seed=1, epochs=2), data, tmp_path / "d", devices=1, log=None)
 
     def flat(result):
@@ -79,3 +84,48 @@ def test_a_next_run_of_the_same_step_and_settings_reuses_its_compiled_steps(data
     assert not np.array_equal(flat(first), flat(again))
     np.testing.assert_array_equal(flat(resumed), flat(alone))    # as a run compiled for itself
     assert not np.array_equal(flat(other), flat(first))
+
+
+_config = []
+
+
+def global_dropout_step(state, tokens, windows, axis_name=None):
+    """loop.run's docstring's step: its dropout key from a config it is not given."""
+    return train.train_windows(state, tokens, windows, axis_name, train.dropout_key(_config[-1]))
+
+
+@pytest.mark.slow
+def test_a_step_of_ones_own_is_compiled_for_its_run_alone(data, tmp_path):
+    """It may read what it is not given (a global config's dropout key, the seed of a sweep's run)."""
+    def run(seed):
+        config = TINY.replace(epochs=1, num_layers=2, dropout=0.3, seed=seed)
+        _config.append(config)
+        with planned(config, data, tmp_path / str(len(_config)), devices=1) as p:
+            state = create_train_state(config, len(data.vocab))
+            result = loop.run(p, data, state, global_dropout_step, train.eval_steps, log=None)
+        return jax.flatten_util.ravel_pytree(result.state.params)[0]
+    run(1)
+    second = run(2)
+    jax.clear_caches()
+    np.testing.assert_array_equal(second, run(2))
+
+
+@pytest.mark.slow
+def test_fits_in_threads_at_once_each_compile_their_own_and_train_as_alone(data, tmp_path):
+    """A step kept from a fit in one thread, run by several at once, hung their saves."""
+    config = TINY.replace(epochs=1, num_layers=2, dropout=0.2)
+
+    def run(seed, where):
+        result = fit(config.replace(seed=seed), data, tmp_path / where, devices=1, log=None)
+        return jax.flatten_util.ravel_pytree(result.state.params)[0]
+    alone = [run(seed, f"alone{seed}") for seed in (1, 2)]
+    together = {}
+    threads = [threading.Thread(target=lambda k=k: together.update({k: run(1 + k % 2, f"thread{k}")}),
+                                daemon=True) for k in range(4)]        # two of each seed
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and set(together) == set(range(4))
+    for k in range(4):
+        np.testing.assert_array_equal(together[k], alone[k % 2])
