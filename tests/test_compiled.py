@@ -3,7 +3,6 @@ the latest runs', and a process training run after run keeps no more than theirs
 
 import gc
 import os
-import threading
 
 import jax
 import jax.flatten_util
@@ -108,24 +107,3 @@ def test_a_step_of_ones_own_is_compiled_for_its_run_alone(data, tmp_path):
     second = run(2)
     jax.clear_caches()
     np.testing.assert_array_equal(second, run(2))
-
-
-@pytest.mark.slow
-def test_fits_in_threads_at_once_each_compile_their_own_and_train_as_alone(data, tmp_path):
-    """A step kept from a fit in one thread, run by several at once, hung their saves."""
-    config = TINY.replace(epochs=1, num_layers=2, dropout=0.2)
-
-    def run(seed, where):
-        result = fit(config.replace(seed=seed), data, tmp_path / where, devices=1, log=None)
-        return jax.flatten_util.ravel_pytree(result.state.params)[0]
-    alone = [run(seed, f"alone{seed}") for seed in (1, 2)]
-    together = {}
-    threads = [threading.Thread(target=lambda k=k: together.update({k: run(1 + k % 2, f"thread{k}")}),
-                                daemon=True) for k in range(4)]        # two of each seed
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads) and set(together) == set(range(4))
-    for k in range(4):
-        np.testing.assert_array_equal(together[k], alone[k % 2])

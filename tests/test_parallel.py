@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY as SMALL, free_port
-from rnnjax import checkpoint, loop, xla
+from rnnjax import checkpoint, compiled, xla
 from rnnjax.spelling import flag_spelling
 from rnnjax.data import Batch
 from rnnjax.metrics import MetricsLog
@@ -158,7 +158,7 @@ def test_fit_with_xla_options_trains_as_without(small_data, tmp_path, monkeypatc
     expected = {**xla._LLVM_O1, **xla._YNN_CONVOLUTIONS_ONLY, **avx512}
     assert xla.compiler_options(16, 2, 2) == expected
     tuned = fit(config, small_data, tmp_path / "tuned", devices=2)
-    monkeypatch.setattr(loop, "compiler_options", lambda *args: {})
+    monkeypatch.setattr(compiled, "compiler_options", lambda *args: {})
     plain = fit(config, small_data, tmp_path / "plain", devices=2)
     assert_close_histories(tuned.history, plain.history)
     assert_close_trees(tuned.state.params, plain.state.params)
