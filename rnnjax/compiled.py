@@ -37,8 +37,8 @@ def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable,
     kept (``_kept``) for a next run in the same thread of the same settings but the seed and epochs, data
     sizes, ``state``'s structure (which holds the model and optimizer: one object for equal settings of
     rnnjax's own) and JAX flags; ``jax.clear_caches()`` drops them, and a replaced ``_replaceable``
-    function compiles anew. One's own step or evaluation (which may read what it is given elsewhere, a
-    global config's dropout key) is compiled for its run alone."""
+    function compiles anew. One's own step or evaluation (which may read what it is not given: a global
+    config's dropout key) is compiled for its run alone."""
     options = compiler_options(p.config.batch_size, p.config.num_hiddens, p.dp.num_shards)
     key = (step, evaluate, p.config.matmul_precision, tuple(sorted(options.items())), p.dp, _replaceable(),
            p.config.replace(seed=0, epochs=1), np.shape(data.tokens), data.num_val, jax.tree.structure(state),
