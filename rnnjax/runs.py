@@ -94,7 +94,10 @@ def summary(history: list[dict], stopped: Sequence[str | None] = (), runs: Itera
     wanted = None if runs is None else set(runs)
     kept = [r for r in history if r.get("run") not in out and (wanted is None or r.get("run") in wanted)]
     if not kept:
-        raise ValueError("Every run of the history stopped: no last epoch to summarize.")
+        chosen = [r for r in history if wanted is None or r.get("run") in wanted]
+        which = f"the runs {sorted(wanted)}" if wanted else "any run"
+        raise ValueError("Every run of the history stopped: no last epoch to summarize." if chosen else
+                         f"The history holds no record of {which}: no last epoch to summarize.")
     last = max(r["epoch"] for r in kept)
     final = [r for r in kept if r["epoch"] == last]
     return {k: {"mean": statistics.fmean(r[k] for r in final), "min": min(r[k] for r in final),

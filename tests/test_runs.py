@@ -274,6 +274,10 @@ def test_summary_of_the_last_epoch():
     with pytest.raises(ValueError, match="^Every run of the history stopped"):
         runs.summary([*single, {**single[-1], "epoch": 3, "stopped": "diverged"}])
     assert runs.summary(history, runs=iter([0, 2]))["val_ppl"] == {"mean": 13.0, "min": 12.0, "max": 14.0}
+    nothing = ([], None, "any run"), (history, [], "any run"), (history, [7], r"the runs \[7\]")
+    for history_, chosen, said in nothing:
+        with pytest.raises(ValueError, match=f"^The history holds no record of {said}: "):
+            runs.summary(history_, runs=chosen)
 
 
 def test_runs_are_grouped_by_their_settings_other_than_the_seed():
