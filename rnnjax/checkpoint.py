@@ -33,7 +33,8 @@ from rnnjax import meta as meta_lib, orbax_logs, stops, workdir as workdir_lib
 from rnnjax.config import Config
 from rnnjax.spelling import again, spelt
 from rnnjax.read_state import restore_state  # noqa: F401
-from rnnjax.restore import Restored, restore  # noqa: F401
+from rnnjax.restore import restore  # noqa: F401
+from rnnjax.restored import Restored  # noqa: F401
 from rnnjax.stored import (CONFIG, DAMAGED, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
                            DamagedCheckpoint, UnknownCell, check_fits, latest_step, read_meta,
                            StateMismatch, UnreadableCheckpoint, reason, steps, val_ppl)

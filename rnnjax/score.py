@@ -1,5 +1,5 @@
 """A trained model scoring text: the perplexity of a run's validation windows, and each token's loss in a
-whole text read from its start (``rnnjax.restore.Restored``'s ``perplexity`` and ``losses``).
+whole text read from its start (``rnnjax.restored.Restored``'s ``perplexity`` and ``losses``).
 """
 
 from __future__ import annotations

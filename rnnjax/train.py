@@ -35,6 +35,7 @@ from rnnjax.spelling import as_flags, got
 from rnnjax.data import Batch, Windows, WindowedText
 # What fit raises and its defaults, importable from here too.
 from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
+from rnnjax.restored import Restored
 from rnnjax.start import Plan, check_plan, planned
 from rnnjax.state import TrainState, check_params, create_train_state
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: F401
@@ -206,7 +207,6 @@ def params_given(params: Any, data: WindowedText, config: Config, caller: str = 
     ``data``'s is another: one of the same size trained on silently, each token another's row), and where
     they come from (``Restored.address``: the new run's ``config.json`` records it); ``ValueError`` unless
     they fit ``config`` (``check_params``). Before the workdir is made, and even where it resumes."""
-    from rnnjax.restore import Restored         # here: restore imports what imports this module
     origin = None
     if isinstance(params, Restored):
         if params.vocab.idx_to_token != data.vocab.idx_to_token:

@@ -1,7 +1,5 @@
 """``rnnjax.restore``: a run's checkpoints read back for inference, whole or not at all."""
 
-import copy
-import dataclasses
 import os
 import re
 import subprocess
@@ -15,10 +13,10 @@ import pytest
 
 from conftest import SUITE_XLA_FLAGS, TINY, assert_trees_equal, free_port, small_text, tree_digest, user_env
 
-from rnnjax import checkpoint, corpus, runs, state as state_lib
+from rnnjax import checkpoint, runs, state as state_lib
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.spelling import flag_spelling
-from rnnjax.state import create_train_state, make_model
+from rnnjax.state import make_model
 from rnnjax.train import fit
 
 
@@ -402,35 +400,6 @@ def test_a_run_of_another_optimizer_restores_for_inference_and_a_resume_names_th
             with pytest.raises(checkpoint.StateMismatch, match=says):
                 fit(config.replace(epochs=2), small_data, workdir, devices=1, log=None)
     assert not (tmp_path / "adam" / checkpoint.DAMAGED).exists() and checkpoint.steps(tmp_path / "adam")
-
-
-def test_a_restored_run_scores_data_as_its_run_validated(small_data, tmp_path):
-    result = fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
-    run = checkpoint.restore(tmp_path)
-    assert run.perplexity(small_data) == pytest.approx(result.history[-1]["val_ppl"], rel=1e-5)
-    other = type(small_data)(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text="abc " * 400)
-    with pytest.raises(ValueError, match="another vocabulary than the run's: load it with"):
-        run.perplexity(other)
-    with pytest.raises(TypeError, match=r"^perplexity scores a WindowedText \(rnnjax\.corpus\.load\(config, "
-                                        r"text=PATH, vocab=run\.vocab\) reads one\), got a str; "
-                                        r"run\.losses\(text\) scores a str\.$"):
-        run.perplexity("the time traveller")
-    short = copy.copy(small_data)
-    short.corpus = small_data.corpus[:len(small_data.tokens) - 1]
-    with pytest.raises(ValueError, match=r"^data\.tokens has \d+ tokens, and its windows of num_steps"):
-        run.perplexity(short)                           # was an IndexError
-    with pytest.raises(TypeError, match=r"^vocab must be an rnnjax Vocab \(a restored run's \.vocab\), got a "
-                                        r"list\.$"):
-        corpus.load(TINY, vocab=run.vocab.idx_to_token)
-    # An LSTM trained with cuDNN's kernel scores on a backend without it (a CPU) as its math does elsewhere.
-    lstm = TINY.replace(cell="lstm", kernel="plain")
-    params = create_train_state(lstm, len(small_data.vocab)).params
-    plain = dataclasses.replace(run, config=lstm, params=params)
-    cudnn = dataclasses.replace(plain, config=lstm.replace(kernel="cudnn"))
-    assert cudnn.perplexity(small_data) == pytest.approx(plain.perplexity(small_data), rel=1e-4)
-    # A run of an optimizer not registered here (a notebook's interpreter) scores: it needed one to.
-    unknown = dataclasses.replace(run, config=run.config.replace(optimizer="registered elsewhere"))
-    assert unknown.perplexity(small_data) == run.perplexity(small_data)
 
 
 def test_a_run_that_diverged_before_its_first_checkpoint_says_so(small_data, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TINY, small_text
 from rnnjax import score
-from rnnjax.restore import Restored
+from rnnjax.restored import Restored
 from rnnjax.state import create_train_state, make_model
 from rnnjax.vocab import Vocab
 

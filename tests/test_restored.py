@@ -1,0 +1,59 @@
+"""``rnnjax.restored``: a run read back, and what it does: generate, score, say where it came from."""
+
+import copy
+import dataclasses
+
+import pytest
+
+from conftest import TINY
+
+from rnnjax import checkpoint, corpus, meta as meta_lib, runs
+from rnnjax.restored import Restored
+from rnnjax.state import create_train_state
+from rnnjax.train import fit
+
+
+def test_a_restored_run_scores_data_as_its_run_validated(small_data, tmp_path):
+    result = fit(TINY.replace(epochs=2), small_data, tmp_path, devices=1, log=None)
+    run = checkpoint.restore(tmp_path)
+    assert run.perplexity(small_data) == pytest.approx(result.history[-1]["val_ppl"], rel=1e-5)
+    other = type(small_data)(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text="abc " * 400)
+    with pytest.raises(ValueError, match="another vocabulary than the run's: load it with"):
+        run.perplexity(other)
+    with pytest.raises(TypeError, match=r"^perplexity scores a WindowedText \(rnnjax\.corpus\.load\(config, "
+                                        r"text=PATH, vocab=run\.vocab\) reads one\), got a str; "
+                                        r"run\.losses\(text\) scores a str\.$"):
+        run.perplexity("the time traveller")
+    short = copy.copy(small_data)
+    short.corpus = small_data.corpus[:len(small_data.tokens) - 1]
+    with pytest.raises(ValueError, match=r"^data\.tokens has \d+ tokens, and its windows of num_steps"):
+        run.perplexity(short)                           # was an IndexError
+    with pytest.raises(TypeError, match=r"^vocab must be an rnnjax Vocab \(a restored run's \.vocab\), got a "
+                                        r"list\.$"):
+        corpus.load(TINY, vocab=run.vocab.idx_to_token)
+    # An LSTM trained with cuDNN's kernel scores on a backend without it (a CPU) as its math does elsewhere.
+    lstm = TINY.replace(cell="lstm", kernel="plain")
+    params = create_train_state(lstm, len(small_data.vocab)).params
+    plain = dataclasses.replace(run, config=lstm, params=params)
+    cudnn = dataclasses.replace(plain, config=lstm.replace(kernel="cudnn"))
+    assert cudnn.perplexity(small_data) == pytest.approx(plain.perplexity(small_data), rel=1e-4)
+    # A run of an optimizer not registered here (a notebook's interpreter) scores: it needed one to.
+    unknown = dataclasses.replace(run, config=run.config.replace(optimizer="registered elsewhere"))
+    assert unknown.perplexity(small_data) == run.perplexity(small_data)
+
+
+def test_where_a_run_comes_from_and_its_own_validation_perplexity(small_data, tmp_path):
+    config = TINY.replace(epochs=1)
+    two = [config, config.replace(seed=1)]
+    together = runs.fit_runs(two, small_data, tmp_path / "two", devices=1, log=None)
+    for k in (0, 1):
+        run = checkpoint.restore(tmp_path / "two", run=k)
+        assert run.address == {"workdir": str((tmp_path / "two").resolve()), "step": run.step, "run": k,
+                               meta_lib.CHECKSUM: run.meta[meta_lib.CHECKSUM]}
+        own = [r["val_ppl"] for r in together.history if r["run"] == k][-1]
+        assert run.val_ppl == own != run.meta["val_ppl"] and run.init_from is None
+        assert run.predict_batch(["it", "the"], 5)[0] == run.predict("it", 5)
+    # One made by hand is nowhere: no address, no origin, nothing of a checkpoint's.
+    by_hand = Restored(config, small_data.vocab, run.params, step=0, meta={})
+    assert by_hand.address is None and by_hand.init_from is None and by_hand.val_ppl is None
+    assert by_hand.predict("it", 5) == run.predict("it", 5)
