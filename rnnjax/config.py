@@ -217,7 +217,7 @@ PRESETS: dict[str, Config] = {
     "gru": Config(cell="gru", lr=4.0, epochs=50),
     "lstm": Config(cell="lstm", lr=4.0, epochs=50),
     "deep_gru": Config(cell="gru", num_layers=2, lr=2.0, epochs=100),
-    # d2l's exercise 1 (experiments.overfit): 4x the hidden units, a fifth of the text, 16x the updates.
+    # d2l's exercise 1 (experiments.overfit): 4x the hidden units, a fifth of the text, 3x the steps an epoch.
     "overfit": Config(num_hiddens=128, num_train=2000, batch_size=64, epochs=60),
     # For tests and smoke runs: seconds on one CPU core.
     "tiny": Config(batch_size=16, num_steps=8, num_hiddens=16, epochs=3, num_train=200, num_val=50),

@@ -15,6 +15,7 @@ from rnnjax import meta as meta_lib, optimizers
 from rnnjax.config import SWEEPABLE, Config
 from rnnjax.spelling import as_flags, disagreement, said, shown, spelt
 from rnnjax.stored import CONFIG, CheckpointError, DamagedCheckpoint, UnknownCell, read_meta, steps
+from rnnjax.state import abstract_train_state
 from rnnjax.vocab import Vocab
 
 
@@ -182,7 +183,6 @@ def text_read(workdir: Path) -> str:
 def _from_its_params(saved: Config, config: Config, vocab_size: int) -> str:
     """How to train on from a run's parameters with other settings, from Python (the CLI has no way),
     where they fit those (lr, clip; not another cell or size)."""
-    from rnnjax.state import abstract_train_state     # here: state imports what imports this module
     if as_flags():
         return ""
     try:        # what fit's check_params compares the parameters given with
