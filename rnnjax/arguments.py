@@ -1,10 +1,12 @@
 """The checks of a run's arguments, made before anything is read or written: the settings, the
 model and optimizer they make (traced for shapes; nothing computed), the devices, memory, and what the
-workdir is; then, once the text is read, the data.
+workdir is; then, once the text is read, the data. And ``fit``'s other arguments: the parameters
+given (``params_given``), its callbacks and how often it saves.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -12,12 +14,14 @@ from typing import Any
 import jax
 
 from rnnjax import agree, kernels, memory, optimizers, workdir as workdir_lib
-from rnnjax.config import Config, check_is_config
+from rnnjax.config import Config, check_is_config, whole
 from rnnjax.data import WindowedText
 from rnnjax.parallel import DataParallel
 from rnnjax.protocol import StepProblem
+from rnnjax.restored import Restored
 from rnnjax.spelling import got, spelt
-from rnnjax.state import abstract_run_states, abstract_train_state, check_own_dtype, check_per_run
+from rnnjax.state import (abstract_run_states, abstract_train_state, check_own_dtype, check_params,
+                          check_per_run)
 
 
 def check_types(config: Any, data: Any, workdir: Any) -> None:
@@ -110,3 +114,55 @@ def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: i
     if runs:        # after the memory check: it makes each run's optimizer state
         check_per_run(runs, len(data.vocab))
     return dp
+
+
+def params_given(params: Any, data: WindowedText, config: Config, caller: str = "fit"
+                 ) -> tuple[Any, dict | None]:
+    """``params``, or a restored run's, which index the rows of its own vocabulary (``ValueError`` where
+    ``data``'s is another: one of the same size trained on silently, each token another's row), and where
+    they come from (``Restored.address``: the new run's ``config.json`` records it); ``ValueError`` unless
+    they fit ``config`` (``check_params``). Before the workdir is made, and even where it resumes."""
+    origin = None
+    if isinstance(params, Restored):
+        if params.vocab.idx_to_token != data.vocab.idx_to_token:
+            raise ValueError(f"{caller}'s params are a run's trained in another vocabulary than the data's: "
+                             "load the data in the run's tokens, rnnjax.corpus.load(config, text=..., "
+                             "vocab=run.vocab).")
+        params, origin = params.params, params.address
+    if params is not None:
+        check_params(params, config, len(data.vocab))
+    return params, origin
+
+
+def check_callbacks(progress: Any, log: Any) -> None:
+    """``TypeError`` in one sentence unless ``fit``'s (``fit_runs``') ``progress`` and ``log`` are functions
+    that take what they are called with, or ``None`` (or ``False``: off too): found before the workdir is
+    made, not at the first call."""
+    for name, f, takes in (("progress", progress, "(done_steps, total_steps, record_or_None)"),
+                           ("log", log, "(line)")):
+        if f is None or f is False:
+            continue
+        if not callable(f):
+            raise TypeError(f"{name} must be a function or None, got {got(f)}.")
+        try:
+            inspect.signature(f).bind(*takes.count(",") * [None], None)
+        except ValueError:      # no signature to read (some builtins): called as it is
+            pass
+        except TypeError:
+            raise TypeError(f"{name} is called as {name}{takes}; {getattr(f, '__name__', 'it')}"
+                            f"{inspect.signature(f)} cannot take that.") from None
+
+
+def check_saving(checkpoint_every: int, keep: int) -> tuple[int, int]:
+    """``fit``'s (and ``fit_runs``') ``checkpoint_every`` and ``keep`` as ``int``s: ``ValueError`` in one
+    sentence unless each is a whole number of at least 1."""
+    out = []
+    for name, value, what in (("checkpoint_every", checkpoint_every, "epochs"),
+                              ("keep", keep, "checkpoints")):
+        try:
+            out.append(whole(value, name))
+        except ValueError:
+            out.append(0)
+        if out[-1] < 1:
+            raise ValueError(f"{name} must be a whole number of {what}, at least 1, got {value!r}.")
+    return out[0], out[1]

@@ -36,9 +36,9 @@ from rnnjax.read_state import restore_state  # noqa: F401
 from rnnjax.restore import restore  # noqa: F401
 from rnnjax.restored import Restored  # noqa: F401
 from rnnjax.stored import (CONFIG, DAMAGED, SUBDIR, CellMismatch, CheckpointError,  # noqa: F401
-                           DamagedCheckpoint, UnknownCell, check_fits, latest_step, read_meta,
+                           DamagedCheckpoint, UnknownCell, latest_step, read_meta,
                            StateMismatch, UnreadableCheckpoint, reason, steps, val_ppl)
-from rnnjax.tidy import REMOVING, remove_dropped, set_aside  # noqa: F401
+from rnnjax.tidy import REMOVING, remove_dropped  # noqa: F401
 from rnnjax.vocab import Vocab
 
 # What a finished save holds: read back after every save, a cheap sign that it can be restored.

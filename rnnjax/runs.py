@@ -25,13 +25,12 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import agree, checkpoint, loop, train as train_lib
-from rnnjax.arguments import check_types
 from rnnjax.config import SWEEPABLE, Config, ConfigError, label
 from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, planned
 from rnnjax.state import TrainState, create_run_states
-from rnnjax.train import check_callbacks, check_saving, epoch_lines, train_windows
+from rnnjax.train import train_windows
 
 
 def _listed(configs: Iterable[Config]) -> list[Config]:
@@ -130,28 +129,23 @@ def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path,
     ``plan`` and ``params``: as ``fit``'s (every new run starts from ``params``, one run's)."""
     configs = _listed(configs)
     check_runs(configs)
-    check_types(configs[0], data, workdir)
-    checkpoint_every, keep = check_saving(checkpoint_every, keep)
-    check_callbacks(progress, log)
-    progress = epoch_lines(log, configs[0].epochs) if progress is None and log else progress
     if isinstance(params, (list, tuple)):       # read as a tree, it would be refused leaf by leaf
         raise TypeError(f"fit_runs' params are one run's (each run starts from them), got a "
                         f"{type(params).__name__} of {len(params)}: train runs from other parameters in "
                         "workdirs of their own.")
-    params, origin = train_lib.params_given(params, data, configs[0], "fit_runs")
+    a = train_lib.asked(configs[0], data, workdir, params, checkpoint_every, keep, progress, log, "fit_runs")
     if plan is not None:
         check_plan(plan, configs[0], data, workdir, configs)
-        return _fit_runs(plan, data, params, origin, checkpoint_every, keep, progress, log)
+        return _fit_runs(plan, data, a)
     with planned(configs[0], data, workdir, devices=devices, runs=configs) as p:
-        return _fit_runs(p, data, params, origin, checkpoint_every, keep, progress, log)
+        return _fit_runs(p, data, a)
 
 
-def _fit_runs(p: Plan, data: WindowedText, params: Any, origin: dict | None, checkpoint_every: int, keep: int,
-              progress: Callable | None, log: Callable[[str], Any] | None) -> FitResult:
-    if log:
-        log(p.describe() + train_lib.given_line(p, params))
+def _fit_runs(p: Plan, data: WindowedText, a: train_lib.Asked) -> FitResult:
+    if a.log:
+        a.log(p.describe() + train_lib.given_line(p, a.params))
     configs = list(p.runs)
-    state = create_run_states(configs, len(data.vocab), params) if p.state is None else p.state
+    state = create_run_states(configs, len(data.vocab), a.params) if p.state is None else p.state
     step = _with_keys(train_runs, tuple(c.seed for c in configs) if p.config.dropout else None)
-    return loop.run(p, data, state, step, eval_runs, checkpoint_every=checkpoint_every, keep=keep,
-                    progress=progress, log=log, origin=origin)
+    return loop.run(p, data, state, step, eval_runs, checkpoint_every=a.checkpoint_every, keep=a.keep,
+                    progress=a.progress, log=a.log, origin=a.origin)

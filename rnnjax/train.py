@@ -18,10 +18,9 @@ token stream it holds). A step's metrics are a dict: add a key to
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.flatten_util
@@ -29,15 +28,14 @@ import jax.numpy as jnp
 import optax
 
 from rnnjax import agree, checkpoint, loop, metrics as metrics_lib, preflight
-from rnnjax.arguments import check_types
-from rnnjax.config import Config, whole
-from rnnjax.spelling import as_flags, got
+from rnnjax.arguments import check_callbacks, check_saving, check_types, params_given
+from rnnjax.config import Config
+from rnnjax.spelling import as_flags
 from rnnjax.data import Batch, Windows, WindowedText
 # What fit raises and its defaults, importable from here too.
 from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
-from rnnjax.restored import Restored
 from rnnjax.start import Plan, check_plan, planned
-from rnnjax.state import TrainState, check_params, create_train_state
+from rnnjax.state import TrainState, create_train_state
 from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: F401
 
 
@@ -189,34 +187,35 @@ def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any 
     (nothing saved past the last good checkpoint) and ``Interrupted`` (after
     saving the last completed call's step).
     """
+    a = asked(config, data, workdir, params, checkpoint_every, keep, progress, log)
+    if plan is not None:
+        check_plan(plan, config, data, workdir)
+        return _fit(plan, data, a)
+    with planned(config, data, workdir, devices=devices) as p:
+        return _fit(p, data, a)
+
+
+class Asked(NamedTuple):
+    """What ``fit`` and ``fit_runs`` make of their arguments before they plan, alike (``asked``)."""
+    params: Any                     # a new run's, or None
+    origin: dict | None             # where they come from, a restored run's (Restored.address)
+    checkpoint_every: int
+    keep: int
+    progress: Callable | None
+    log: Callable[[str], Any] | None
+
+
+def asked(config: Config, data: WindowedText, workdir: str | Path, params: Any, checkpoint_every: Any,
+          keep: Any, progress: Callable | None, log: Callable[[str], Any] | None, caller: str = "fit"
+          ) -> Asked:
+    """The arguments of ``fit`` (``caller``; ``fit_runs``, of its first config) checked, in one sentence
+    each, before anything is planned or written; ``progress`` by default ``log``'s ``epoch_lines``."""
     check_types(config, data, workdir)
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     check_callbacks(progress, log)
     progress = epoch_lines(log, config.epochs) if progress is None and log else progress
-    params, origin = params_given(params, data, config)
-    if plan is not None:
-        check_plan(plan, config, data, workdir)
-        return _fit(plan, data, params, origin, checkpoint_every, keep, progress, log)
-    with planned(config, data, workdir, devices=devices) as p:
-        return _fit(p, data, params, origin, checkpoint_every, keep, progress, log)
-
-
-def params_given(params: Any, data: WindowedText, config: Config, caller: str = "fit"
-                 ) -> tuple[Any, dict | None]:
-    """``params``, or a restored run's, which index the rows of its own vocabulary (``ValueError`` where
-    ``data``'s is another: one of the same size trained on silently, each token another's row), and where
-    they come from (``Restored.address``: the new run's ``config.json`` records it); ``ValueError`` unless
-    they fit ``config`` (``check_params``). Before the workdir is made, and even where it resumes."""
-    origin = None
-    if isinstance(params, Restored):
-        if params.vocab.idx_to_token != data.vocab.idx_to_token:
-            raise ValueError(f"{caller}'s params are a run's trained in another vocabulary than the data's: "
-                             "load the data in the run's tokens, rnnjax.corpus.load(config, text=..., "
-                             "vocab=run.vocab).")
-        params, origin = params.params, params.address
-    if params is not None:
-        check_params(params, config, len(data.vocab))
-    return params, origin
+    params, origin = params_given(params, data, config, caller)
+    return Asked(params, origin, checkpoint_every, keep, progress, log)
 
 
 def given_line(p: Plan, params: Any) -> str:
@@ -244,46 +243,11 @@ def epoch_lines(log: Callable[[str], Any], epochs: int) -> Callable:
     return line
 
 
-def check_callbacks(progress: Any, log: Any) -> None:
-    """``TypeError`` in one sentence unless ``fit``'s (``fit_runs``') ``progress`` and ``log`` are functions
-    that take what they are called with, or ``None`` (or ``False``: off too): found before the workdir is
-    made, not at the first call."""
-    for name, f, takes in (("progress", progress, "(done_steps, total_steps, record_or_None)"),
-                           ("log", log, "(line)")):
-        if f is None or f is False:
-            continue
-        if not callable(f):
-            raise TypeError(f"{name} must be a function or None, got {got(f)}.")
-        try:
-            inspect.signature(f).bind(*takes.count(",") * [None], None)
-        except ValueError:      # no signature to read (some builtins): called as it is
-            pass
-        except TypeError:
-            raise TypeError(f"{name} is called as {name}{takes}; {getattr(f, '__name__', 'it')}"
-                            f"{inspect.signature(f)} cannot take that.") from None
-
-
-def check_saving(checkpoint_every: int, keep: int) -> tuple[int, int]:
-    """``fit``'s (and ``fit_runs``') ``checkpoint_every`` and ``keep`` as ``int``s: ``ValueError`` in one
-    sentence unless each is a whole number of at least 1."""
-    out = []
-    for name, value, what in (("checkpoint_every", checkpoint_every, "epochs"),
-                              ("keep", keep, "checkpoints")):
-        try:
-            out.append(whole(value, name))
-        except ValueError:
-            out.append(0)
-        if out[-1] < 1:
-            raise ValueError(f"{name} must be a whole number of {what}, at least 1, got {value!r}.")
-    return out[0], out[1]
-
-
-def _fit(p: Plan, data: WindowedText, params: Any, origin: dict | None, checkpoint_every: int, keep: int,
-         progress: Callable | None, log: Callable[[str], Any] | None) -> FitResult:
-    if log:             # what it will do, once the plan is made under the lock (fit_runs' says it alike)
-        log(p.describe() + given_line(p, params))
+def _fit(p: Plan, data: WindowedText, a: Asked) -> FitResult:
+    if a.log:           # what it will do, once the plan is made under the lock (fit_runs' says it alike)
+        a.log(p.describe() + given_line(p, a.params))
     config = p.config
-    state = create_train_state(config, len(data.vocab), params) if p.state is None else p.state
+    state = create_train_state(config, len(data.vocab), a.params) if p.state is None else p.state
     step = _with_key(train_windows, config.seed if config.dropout else None)
-    return loop.run(p, data, state, step, eval_steps, checkpoint_every=checkpoint_every, keep=keep,
-                    progress=progress, log=log, origin=origin)
+    return loop.run(p, data, state, step, eval_steps, checkpoint_every=a.checkpoint_every, keep=a.keep,
+                    progress=a.progress, log=a.log, origin=a.origin)
