@@ -49,7 +49,8 @@ from rnnjax import agree, parallel, runs, spelling, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
 from rnnjax import arguments  # noqa: E402
 from rnnjax.start import planned  # noqa: E402
-from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: E402
+from rnnjax.diverging import NonFiniteLoss  # noqa: E402
+from rnnjax.stops import Interrupted  # noqa: E402
 from rnnjax.train import fit  # noqa: E402
 from rnnjax.workdir import WorkdirError  # noqa: E402
 

@@ -4,7 +4,7 @@
 from ``state``: ``STEPS_PER_CALL`` steps to a compiled call of ``step``, each
 step's metrics a dict summed per key over the epoch (what a checkpoint in
 mid-epoch keeps), one validation call an epoch, one JSON line per run and epoch,
-checkpoints, and the stops of ``rnnjax.stops`` (``StoppedRuns``; signals).
+checkpoints, and the stops (``rnnjax.diverging``: ``StoppedRuns``; ``rnnjax.stops``: signals).
 ``rnnjax.train.fit`` gives it ``train_windows``; ``rnnjax.runs.fit_runs`` that
 step vmapped over runs stacked on a leading axis, where a run that stops leaves
 the others training.
@@ -48,7 +48,8 @@ from rnnjax.spelling import again
 from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.start import Plan, check_open, open_workdir
-from rnnjax.stops import Interrupted, StoppedRuns, catch_signals, check_finite
+from rnnjax.diverging import StoppedRuns, check_finite
+from rnnjax.stops import Interrupted, catch_signals
 from rnnjax.writer import Writer
 
 # Epochs between checkpoints: a save costs a good part of a d2l epoch (docs/performance.md).

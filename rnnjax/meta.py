@@ -267,7 +267,7 @@ class Position:
     """Where training stands: ``epoch`` (0-based) in progress, ``batch`` next batch of it, and per run (one,
     or those trained together: ``rnnjax.runs``) the sums of the metrics of that epoch's batches done
     (``rnnjax.metrics.add_steps``; ``{}`` for none), why it stopped (``None`` while it trains) and
-    ``high``, the epochs in a row its perplexity was far above the uniform guess's (``rnnjax.stops``).
+    ``high``, the epochs in a row its perplexity was far above the uniform guess's (``rnnjax.diverging``).
     An empty list: none of them yet (no sums, no run stopped, no epoch high)."""
     epoch: int = 0
     batch: int = 0

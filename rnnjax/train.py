@@ -36,7 +36,8 @@ from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
 from rnnjax.start import Plan, check_plan, planned
 from rnnjax.state import TrainState, create_train_state
-from rnnjax.stops import Interrupted, NonFiniteLoss  # noqa: F401
+from rnnjax.diverging import NonFiniteLoss  # noqa: F401
+from rnnjax.stops import Interrupted  # noqa: F401
 
 
 def _mean_over_devices(x, axis_name):

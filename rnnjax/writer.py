@@ -20,7 +20,7 @@ from rnnjax.data import WindowedText
 from rnnjax.meta import Position
 from rnnjax.start import Plan
 from rnnjax.step_lines import FILENAME as STEPS, StepsLog, step_records
-from rnnjax.stops import NonFiniteLoss, StoppedRuns, check_divergence
+from rnnjax.diverging import NonFiniteLoss, StoppedRuns, check_divergence
 
 
 @dataclasses.dataclass

@@ -832,7 +832,7 @@ DIVERGING = TINY.replace(epochs=20, lr=30.0, clip=1000.0)      # far above unifo
 def test_a_diverging_run_resumes_bit_for_bit(small_data, tmp_path):
     """The divergence streak is in the checkpoint: --epochs 2 then 20 stops where one run stops (it went on
     to epoch 5, saving the diverged model)."""
-    from rnnjax.stops import NonFiniteLoss
+    from rnnjax.diverging import NonFiniteLoss
     with pytest.raises(NonFiniteLoss, match="at epoch 3"):
         fit(DIVERGING, small_data, tmp_path / "straight", devices=1, checkpoint_every=1, log=None)
     fit(DIVERGING.replace(epochs=2), small_data, tmp_path / "split", devices=1, checkpoint_every=1, log=None)

@@ -328,7 +328,7 @@ def test_a_run_that_stopped_early_names_a_checkpoint_from_before_it_stopped_wher
     """With keep=1 the run's own best from before it stopped is kept (the latest and the runs' mean's best
     alone were); stopped in epoch 1, it has none."""
     from rnnjax import writer
-    from rnnjax.stops import NonFiniteLoss
+    from rnnjax.diverging import NonFiniteLoss
     real = writer.check_divergence
 
     def run_1_diverges(record, high, vocab_size):
@@ -404,7 +404,7 @@ def test_a_run_of_another_optimizer_restores_for_inference_and_a_resume_names_th
 
 def test_a_run_that_diverged_before_its_first_checkpoint_says_so(small_data, tmp_path):
     """Its last record says why it stopped: restore (and --predict) says it, not only that none is there."""
-    from rnnjax.stops import NonFiniteLoss
+    from rnnjax.diverging import NonFiniteLoss
     with pytest.raises(NonFiniteLoss):
         fit(TINY.replace(lr=1e30, epochs=3), small_data, tmp_path, devices=1, log=None)
     with pytest.raises(CheckpointError, match=rf"^The workdir {re.escape(str(tmp_path))} holds no complete "

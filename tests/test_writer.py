@@ -8,7 +8,7 @@ import numpy as np
 from conftest import TINY
 from rnnjax import checkpoint, loop, start, train
 from rnnjax.runs import create_run_states
-from rnnjax.stops import StoppedRuns
+from rnnjax.diverging import StoppedRuns
 from rnnjax.writer import Writer, step_name, trained_by
 
 CONFIGS = [TINY.replace(seed=s) for s in (0, 1)]
