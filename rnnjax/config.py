@@ -63,6 +63,16 @@ def whole(value: Any, name: str) -> int:
     raise ConfigError(f"{name} must be a whole number, got {value!r}.")
 
 
+def is_int(x: Any) -> bool:
+    """Whether ``x``, read from JSON, is an int (a bool is none)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_number(x: Any) -> bool:
+    """Whether ``x``, read from JSON, is a finite int or float (a bool is none)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _field(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 

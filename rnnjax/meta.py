@@ -13,29 +13,27 @@ names a cell of one's own that the meta's run was trained with and
 names, written by a newer rnnjax. Checkpoints of older formats
 (1: before the meta had its checksum and its steps per epoch; 2: before the
 position kept per-key sums of every run's metrics) are checked for what they
-hold; ``Position.read`` reads any of them. A meta says how its run computed
+hold; ``rnnjax.position.Position.read`` reads any of them. A meta says how its run computed
 (``rnnjax.computing``) and which step functions trained it, from which step
 (``trained_by``; older metas do not say).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import zlib
 from typing import Any
 
 from rnnjax import optimizers
 from rnnjax.cells import CELLS, registered_as
 from rnnjax.computing import HOW, SINCE
-from rnnjax.config import KERNELS, Config
+from rnnjax.config import KERNELS, Config, is_int, is_number
+from rnnjax.position import position_problem
 from rnnjax.vocab import Vocab
 
 FORMAT = 3                    # 2: the meta carries its own checksum; 3: metric sums per key, per run
 READABLE = (1, 2, 3)
 CHECKSUM = "meta_checksum"
-POSITION = ("epoch", "batch", "partial", "stopped", "high")
 REGISTERED = "cell_registered"    # what CELLS[config.cell] was (cells.registered_as): a partial's arguments
 OPTIMIZER = "optimizer_registered"      # what OPTIMIZERS[config.optimizer] was (optimizers.registered_as)
 TRAINED_BY = "trained_by"       # [first step, the step function's name] of each step that trained it (writer)
@@ -61,14 +59,6 @@ def make(config: Config, vocab: Vocab, position: dict, steps_per_epoch: int, **e
 def seal(meta: dict) -> dict:
     """``meta`` with its checksum."""
     return {**meta, CHECKSUM: _crc(meta)}
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _config(d: Any, what: str) -> tuple[Config | None, str | None]:
@@ -105,50 +95,6 @@ def settings(d: Any) -> tuple[list[Config], dict, bool] | None:
     if None in configs or _config(d.get("config"), "config")[1] or _vocab(d.get("vocab")):
         return None
     return configs, d["vocab"], "runs" in d
-
-
-def _pairs(partial: Any, batch: int) -> bool:
-    """Before format 3: ``[[loss_sum, count], ...]``, one per batch done."""
-    return (isinstance(partial, list) and len(partial) == batch
-            and all(isinstance(s, list) and len(s) == 2 and all(_is_number(x) for x in s) for s in partial))
-
-
-def _sums(sums: Any, batch: int) -> bool:
-    """A run's metric sums: ``{}`` for none, else per key, ``loss_sum`` and ``count`` among them."""
-    return isinstance(sums, dict) and (sums == {} or batch > 0 and {"loss_sum", "count"} <= set(sums)
-                                       and all(isinstance(k, str) and _is_number(v) for k, v in sums.items()))
-
-
-def _position(position: Any, step: int, per_epoch: int, num_runs: int, fmt: int) -> str | None:
-    if not isinstance(position, dict):
-        return "lacks its position"
-    unknown = sorted(set(position) - set(POSITION))
-    if unknown or not {"epoch", "batch"} <= set(position):
-        return f"has a position with keys {sorted(position)}, not those of {list(POSITION)}"
-    epoch, batch = position["epoch"], position["batch"]
-    if not (_is_int(epoch) and _is_int(batch) and epoch >= 0 and 0 <= batch < per_epoch):
-        return f"has a position of epoch {epoch!r}, batch {batch!r}: not one of {per_epoch} batches an epoch"
-    if epoch * per_epoch + batch != step:
-        return (f"says epoch {epoch} batch {batch}, which is step {epoch * per_epoch + batch} at {per_epoch} "
-                f"steps an epoch, not its step {step}")
-    partial, stopped = position.get("partial", []), position.get("stopped", [])
-    if fmt >= 3:
-        runs = max(num_runs, 1)
-        high = position.get("high", [])
-        ok = (isinstance(partial, list) and len(partial) == runs and all(_sums(s, batch) for s in partial)
-              and isinstance(high, list) and len(high) == runs)
-    elif num_runs:
-        high = position.get("high", [0] * num_runs)
-        ok = (isinstance(partial, list) and len(partial) == num_runs
-              and all(s == [] or _pairs(s, batch) for s in partial)
-              and isinstance(high, list) and len(high) == num_runs)
-    else:
-        high = [position.get("high", 0)]
-        ok = _pairs(partial, batch)
-    ok = (ok and all(_is_int(h) and h >= 0 for h in high) and isinstance(stopped, list)
-          and len(stopped) in ((0, num_runs) if num_runs else (0,))
-          and all(w is None or isinstance(w, str) for w in stopped))
-    return None if ok else "has a position whose partial sums, stopped runs or divergence streak are bad"
 
 
 def _seal(meta: Any) -> str | None:
@@ -190,7 +136,7 @@ def newer(d: Any) -> str | None:
     fields this one lacks, in words; ``None`` if nothing (or if the meta is damaged)."""
     if not isinstance(d, dict):
         return None
-    if _is_int(d.get("format")) and d["format"] > FORMAT:       # sealed as this rnnjax seals, it says
+    if is_int(d.get("format")) and d["format"] > FORMAT:       # sealed as this rnnjax seals, it says
         try:
             return f"format {d['format']}" if d.get(CHECKSUM) == _crc(d) else None
         except ValueError:
@@ -223,10 +169,10 @@ def problem(meta: Any, step: int) -> str | None:
             return why
     # Format 1 did not save the steps an epoch: the config's (its data had the config's windows).
     per_epoch = meta.get("steps_per_epoch", -(-config.num_train // config.batch_size))
-    if not (_is_int(per_epoch) and per_epoch >= 1) or (meta["format"] >= 2 and "steps_per_epoch" not in meta):
+    if not (is_int(per_epoch) and per_epoch >= 1) or (meta["format"] >= 2 and "steps_per_epoch" not in meta):
         return "lacks its steps per epoch"
     why = (_vocab(meta.get("vocab"))
-           or _position(meta.get("position"), step, per_epoch, len(runs), meta["format"]))
+           or position_problem(meta.get("position"), step, per_epoch, len(runs), meta["format"]))
     if why:
         return why
     sums = meta.get("checksums")
@@ -234,64 +180,32 @@ def problem(meta: Any, step: int) -> str | None:
                                                     for k, v in sums.items())):
         return "lacks the checksums of its arrays"
     how = {k: meta[k] for k in HOW if k in meta}
-    if not (how.get("kernel", KERNELS[0]) in KERNELS and _is_int(how.get("num_devices", 1))
+    if not (how.get("kernel", KERNELS[0]) in KERNELS and is_int(how.get("num_devices", 1))
             and how.get("num_devices", 1) >= 1
             and all(isinstance(how.get(k, ""), str) for k in ("platform", "matmul_precision"))):
         return f"says it computed as {how!r}, not with a known kernel on a count of devices"
     since = meta.get(SINCE, 0)
-    if not (_is_int(since) and 0 <= since <= step):
+    if not (is_int(since) and 0 <= since <= step):
         return f"says it computed otherwise since step {since!r}"
     if not isinstance(meta.get(REGISTERED, ""), str):
         return f"says its cell was registered as {meta[REGISTERED]!r}"
     if not isinstance(meta.get(OPTIMIZER, ""), (str, type(None))):
         return f"says its optimizer was registered as {meta[OPTIMIZER]!r}"
     by = meta.get(TRAINED_BY, [])
-    if not (isinstance(by, list) and all(isinstance(e, list) and len(e) == 2 and _is_int(e[0])
+    if not (isinstance(by, list) and all(isinstance(e, list) and len(e) == 2 and is_int(e[0])
                                          and isinstance(e[1], str) for e in by)
             and [e[0] for e in by] == sorted({e[0] for e in by}) and all(0 <= e[0] <= step for e in by)):
         return f"says it was trained by {by!r:.200}"
     if INIT_FROM in meta and init_from_problem(meta[INIT_FROM]):
         return f"says it started from {meta[INIT_FROM]!r:.200}"
     ppl = meta.get("val_ppl")
-    if not (ppl is None or _is_number(ppl)):
+    if not (ppl is None or is_number(ppl)):
         return f"has a validation perplexity of {ppl!r}"
     each = meta.get("run_val_ppls", [None] * len(runs))
     if not (isinstance(each, list) and len(each) == len(runs)
-            and all(p is None or _is_number(p) for p in each)):
+            and all(p is None or is_number(p) for p in each)):
         return f"has runs' validation perplexities of {each!r}"
     return None
-
-
-@dataclasses.dataclass
-class Position:
-    """Where training stands: ``epoch`` (0-based) in progress, ``batch`` next batch of it, and per run (one,
-    or those trained together: ``rnnjax.runs``) the sums of the metrics of that epoch's batches done
-    (``rnnjax.metrics.add_steps``; ``{}`` for none), why it stopped (``None`` while it trains) and
-    ``high``, the epochs in a row its perplexity was far above the uniform guess's (``rnnjax.diverging``).
-    An empty list: none of them yet (no sums, no run stopped, no epoch high)."""
-    epoch: int = 0
-    batch: int = 0
-    partial: list = dataclasses.field(default_factory=list)
-    stopped: list = dataclasses.field(default_factory=list)
-    high: list = dataclasses.field(default_factory=list)
-
-    @classmethod
-    def read(cls, meta: dict) -> Position:
-        """A checkpoint's, from its ``meta`` of any format: before format 3 a batch's sums were a
-        ``[loss_sum, count]`` pair, and a single run's sums and ``high`` were not in a list of runs."""
-        position, num_runs = meta["position"], len(meta.get("runs", []))
-        partial, high = position.get("partial", []), position.get("high")
-        if meta["format"] < 3:
-            partial = [_summed(pairs) for pairs in partial] if num_runs else [_summed(partial)]
-            high = [high] if isinstance(high, int) else high
-        return cls(position["epoch"], position["batch"], partial, position.get("stopped", []), high or [])
-
-
-def _summed(pairs: list) -> dict:
-    """A format-2 run's ``[[loss_sum, count], ...]``, one per batch done, as the sums format 3 keeps."""
-    if not pairs:
-        return {}
-    return {"loss_sum": sum(pair[0] for pair in pairs), "count": sum(pair[1] for pair in pairs)}
 
 
 def init_from_problem(value: Any) -> str | None:
@@ -304,6 +218,6 @@ def init_from_problem(value: Any) -> str | None:
     if not (isinstance(value.get("workdir"), str) and value["workdir"]):
         return f"its workdir is {value.get('workdir')!r}"
     for key in ("step", "run"):
-        if (key in value or key == "step") and not (_is_int(value.get(key)) and value[key] >= 0):
+        if (key in value or key == "step") and not (is_int(value.get(key)) and value[key] >= 0):
             return f"its {key} is {value.get(key)!r}"
     return None

@@ -43,7 +43,7 @@ import numpy as np
 import optax
 
 from rnnjax.cells import described
-from rnnjax.config import Config, ConfigError
+from rnnjax.config import Config, ConfigError, is_int
 from rnnjax.xla import cleared_with_jax
 from rnnjax.spelling import as_flags, got, leaf_types, spelt, type_change
 
@@ -96,12 +96,8 @@ def _in_function(name: str, arg: inspect.Parameter) -> bool:
     their state: rates are each run's own; inject_hyperparams calls any callable argument (a weight-decay
     mask) as a schedule of the step count, which a run alone never does, and traces any int, where an int is
     a size or count that Python branches on (adafactor's min_dim_size_to_factor)."""
-    return (arg.default is not arg.empty and (callable(arg.default) or _is_int(arg.default))
+    return (arg.default is not arg.empty and (callable(arg.default) or is_int(arg.default))
             and name not in ("learning_rate", "max_norm"))
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def int_arguments(name: str) -> set[str]:
@@ -112,7 +108,7 @@ def int_arguments(name: str) -> set[str]:
         arguments = inspect.signature(inner).parameters.items() if inner is not None else []
     except (TypeError, ValueError):
         return set()
-    return {k for k, a in arguments if _in_function(k, a) and _is_int(a.default)}
+    return {k for k, a in arguments if _in_function(k, a) and is_int(a.default)}
 
 
 OPTIMIZERS: dict[str, Callable[[Any, bool], optax.GradientTransformation]] = {

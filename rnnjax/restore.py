@@ -23,7 +23,7 @@ import numpy as np
 from rnnjax import lock as lock_lib
 from rnnjax.config import Config, whole
 from rnnjax.spelling import as_flags, spelt
-from rnnjax.meta import Position
+from rnnjax.position import Position
 from rnnjax.metrics import FILENAME, MetricsError, MetricsLog
 from rnnjax.read_state import restore_state
 from rnnjax.restored import Restored

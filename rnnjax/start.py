@@ -26,7 +26,8 @@ from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as, registered_own
 from rnnjax.config import Config, label
 from rnnjax.spelling import as_flags, spelt
 from rnnjax.data import WindowedText
-from rnnjax.meta import INIT_FROM, TRAINED_BY, Position
+from rnnjax.meta import INIT_FROM, TRAINED_BY
+from rnnjax.position import Position
 from rnnjax.parallel import DataParallel
 from rnnjax.step_lines import StepsLog
 from rnnjax.kernels import loss_path

@@ -17,7 +17,7 @@ import numpy as np
 from rnnjax import checkpoint, computing as computing_lib, meta as meta_lib, metrics as metrics_lib
 from rnnjax.config import SWEEPABLE
 from rnnjax.data import WindowedText
-from rnnjax.meta import Position
+from rnnjax.position import Position
 from rnnjax.start import Plan
 from rnnjax.step_lines import FILENAME as STEPS, StepsLog, step_records
 from rnnjax.diverging import NonFiniteLoss, StoppedRuns, check_divergence

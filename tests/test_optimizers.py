@@ -389,7 +389,7 @@ def test_runs_saved_with_an_int_argument_in_their_state_say_why_they_do_not_resu
         return optax.chain(optax.sgd(learning_rate), optax.apply_every(every))
     monkeypatch.setitem(rnnjax.OPTIMIZERS, "counted", optimizers.clipped(counted))
     runs = [TINY.replace(optimizer="counted", lr=lr, epochs=1) for lr in (0.5, 0.25)]
-    monkeypatch.setattr(optimizers, "_is_int", lambda x: False)         # the rule before
+    monkeypatch.setattr(optimizers, "is_int", lambda x: False)         # the rule before
     rnnjax.fit_runs(runs, small_data, tmp_path, devices=1, log=None)
     monkeypatch.undo()
     monkeypatch.setitem(rnnjax.OPTIMIZERS, "counted", optimizers.clipped(counted))

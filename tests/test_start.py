@@ -16,7 +16,7 @@ from rnnjax import checkpoint, metrics, optimizers, start
 from rnnjax.backend import available_cores
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.data import TimeMachine
-from rnnjax.meta import Position
+from rnnjax.position import Position
 from rnnjax.start import plan
 from rnnjax.train import fit
 
