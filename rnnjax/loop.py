@@ -47,10 +47,10 @@ from rnnjax.compiled import compile_run
 from rnnjax.spelling import again
 from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog
-from rnnjax.start import Plan, check_open, open_workdir
+from rnnjax.start import Plan, check_open
 from rnnjax.diverging import StoppedRuns, check_finite
 from rnnjax.stops import Interrupted, catch_signals
-from rnnjax.writer import Writer
+from rnnjax.writer import Writer, open_workdir
 
 # Epochs between checkpoints: a save costs a good part of a d2l epoch (docs/performance.md).
 # The last epoch and an interrupted run are always saved.

@@ -4,14 +4,13 @@ is written.
 ``planned(...)`` is how a run starts: the checks of the arguments
 (``rnnjax.arguments``), then the workdir's lock, then the plan made from what the
 workdir holds under the lock (no other run can change it between the plan and the
-training). ``open_workdir`` is the loop's first write.
+training). Its first write: ``rnnjax.writer.open_workdir``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from rnnjax.position import Position
 from rnnjax.parallel import DataParallel
 from rnnjax.step_lines import StepsLog
 from rnnjax.kernels import loss_path
-from rnnjax.workdir import WorkdirError
 from rnnjax.state import abstract_run_states, abstract_train_state, make_model, takes_dtype
 
 
@@ -272,39 +270,6 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         f"Every checkpoint in {workdir / checkpoint.SUBDIR} is damaged (steps "
         f"{', '.join(str(s) for s, _ in damaged)}; step {damaged[0][0]}: {damaged[0][1]}). Move that folder "
         f"aside to start anew, or use a new {spelt('workdir')}.")
-
-
-def open_workdir(p: Plan, data: WindowedText, keep: int, init_from: dict | None = None
-                 ) -> tuple[Any, metrics.MetricsLog]:
-    """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
-    run; an earlier run's records, settings and plot moved aside (``Plan.aside``); unless it is finished,
-    ``config.json`` written (with ``init_from``, the checkpoint the run started from) and the records past
-    its checkpoint dropped."""
-    moved = []
-    for source, target in p.aside if jax.process_index() == 0 else ():
-        try:
-            os.replace(source, target)
-        except OSError as e:
-            for done, back in reversed(moved):       # the records and the plot stay together, numbered alike
-                os.replace(back, done)
-            raise WorkdirError(f"{source} cannot be moved to {target} ({e.strerror}); move it aside "
-                               f"yourself, or use another {spelt('workdir')}.") from None
-        moved.append((source, target))
-    if not p.finished and jax.process_index() == 0:    # at once: an earlier run's went aside with its records
-        read = getattr(data, "path", None)         # a text of one's own: its file, which a resume needs
-        checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None,
-                                text=None if read is None else str(Path(read).absolute()),
-                                init_from=init_from)
-    earlier = checkpoint.scores_by_step(p.workdir) if p.step is not None else {}
-    manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
-    # Silent: the plan says what a torn last line leaves out (Plan.describe).
-    metrics_log = metrics.MetricsLog(p.workdir / metrics.FILENAME, writer=jax.process_index() == 0,
-                                     warn=lambda message: None)
-    if not p.finished:
-        metrics_log.truncate(p.position.epoch)
-        StepsLog(p.workdir / step_lines.FILENAME, writer=jax.process_index() == 0,
-                 warn=lambda message: None).truncate(p.step or 0)
-    return manager, metrics_log
 
 
 def _epochs(n: int, kind: str = "") -> str:

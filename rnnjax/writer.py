@@ -1,5 +1,6 @@
-"""What a planned run writes to its workdir as it trains: each epoch's records (the runs that diverge in it
-stopped) and checkpoints, whose metas say where in the run they were saved and how it computed."""
+"""What a planned run writes to its workdir: first its settings, an earlier run's files moved aside
+(``open_workdir``); then as it trains each epoch's records (the runs that diverge in it stopped) and
+checkpoints, whose metas say where in the run they were saved and how it computed."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -19,8 +22,42 @@ from rnnjax.config import SWEEPABLE
 from rnnjax.data import WindowedText
 from rnnjax.position import Position
 from rnnjax.start import Plan
+from rnnjax.spelling import spelt
 from rnnjax.step_lines import FILENAME as STEPS, StepsLog, step_records
+from rnnjax.workdir import WorkdirError
 from rnnjax.diverging import NonFiniteLoss, StoppedRuns, check_divergence
+
+
+def open_workdir(p: Plan, data: WindowedText, keep: int, init_from: dict | None = None
+                 ) -> tuple[Any, metrics_lib.MetricsLog]:
+    """The checkpoint manager (the best counted over the runs before too) and the metrics log of a planned
+    run; an earlier run's records, settings and plot moved aside (``Plan.aside``); unless it is finished,
+    ``config.json`` written (with ``init_from``, the checkpoint the run started from) and the records past
+    its checkpoint dropped."""
+    moved = []
+    for source, target in p.aside if jax.process_index() == 0 else ():
+        try:
+            os.replace(source, target)
+        except OSError as e:
+            for done, back in reversed(moved):       # the records and the plot stay together, numbered alike
+                os.replace(back, done)
+            raise WorkdirError(f"{source} cannot be moved to {target} ({e.strerror}); move it aside "
+                               f"yourself, or use another {spelt('workdir')}.") from None
+        moved.append((source, target))
+    if not p.finished and jax.process_index() == 0:    # at once: an earlier run's went aside with its records
+        read = getattr(data, "path", None)         # a text of one's own: its file, which a resume needs
+        checkpoint.write_config(p.workdir, p.config, data.vocab, runs=list(p.runs) or None,
+                                text=None if read is None else str(Path(read).absolute()),
+                                init_from=init_from)
+    earlier = checkpoint.scores_by_step(p.workdir) if p.step is not None else {}
+    manager = checkpoint.manager(p.workdir / checkpoint.SUBDIR, keep=keep, earlier=earlier)
+    # Silent: the plan says what a torn last line leaves out (Plan.describe).
+    writer = jax.process_index() == 0
+    metrics_log = metrics_lib.MetricsLog(p.workdir / metrics_lib.FILENAME, writer=writer, warn=lambda m: None)
+    if not p.finished:
+        metrics_log.truncate(p.position.epoch)
+        StepsLog(p.workdir / STEPS, writer=writer, warn=lambda m: None).truncate(p.step or 0)
+    return manager, metrics_log
 
 
 @dataclasses.dataclass

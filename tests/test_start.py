@@ -175,7 +175,7 @@ def test_records_that_cannot_be_moved_aside_stop_the_run_in_one_sentence(small_d
     def refused(source, target):
         raise PermissionError(1, "Operation not permitted")
     replace = os.replace
-    monkeypatch.setattr(start.os, "replace", refused)
+    monkeypatch.setattr(os, "replace", refused)
     with pytest.raises(WorkdirError, match="cannot be moved to .*metrics.1.jsonl .Operation not permitted.; "
                                            "move it aside yourself"):
         fit(SMALL, small_data, tmp_path, devices=1, log=None)
@@ -183,7 +183,7 @@ def test_records_that_cannot_be_moved_aside_stop_the_run_in_one_sentence(small_d
     assert not (tmp_path / "checkpoints").exists()
     # The plot refused after the records moved: they are moved back, to stay numbered alike.
     (tmp_path / metrics.PLOT).write_bytes(b"its plot")
-    monkeypatch.setattr(start.os, "replace",
+    monkeypatch.setattr(os, "replace",
                         lambda a, b: refused(a, b) if a.name == metrics.PLOT else replace(a, b))
     with pytest.raises(WorkdirError, match="ppl.png cannot be moved to .*ppl.1.png"):
         fit(SMALL, small_data, tmp_path, devices=1, log=None)

@@ -9,7 +9,7 @@ from conftest import TINY
 from rnnjax import checkpoint, loop, start, train
 from rnnjax.runs import create_run_states
 from rnnjax.diverging import StoppedRuns
-from rnnjax.writer import Writer, step_name, trained_by
+from rnnjax.writer import Writer, open_workdir, step_name, trained_by
 
 CONFIGS = [TINY.replace(seed=s) for s in (0, 1)]
 
@@ -18,7 +18,7 @@ def test_an_epoch_of_runs_stops_one_that_diverged_logs_its_last_record_and_saves
         small_data, tmp_path):
     said = []
     with start.planned(CONFIGS[0], small_data, tmp_path, devices=1, runs=CONFIGS) as p:
-        manager, log = start.open_workdir(p, small_data, keep=3)
+        manager, log = open_workdir(p, small_data, keep=3)
         stops = StoppedRuns(CONFIGS, [], said.append, True)
         out = Writer(p, small_data, manager, log, stops, small_data.num_batches(True))
         sums = [{"loss_sum": 2.0 * 100, "count": 100.0}, {"loss_sum": 1000.0 * 100, "count": 100.0}]
