@@ -18,7 +18,8 @@ resumes, and so does ``--workdir W`` alone, with the settings read from it
 (``experiments.settings``). ``--predict`` generates from the workdir's checkpoint;
 ``--init-from W`` starts a new run from W's parameters (``experiments.fine_tune``).
 Every ``rnnjax.config.Config`` field is a flag (``--help``); the logic lives
-in ``rnnjax``, and this file runs it and says what it does.
+in ``rnnjax``, the training run in ``experiments.training``; this file parses
+the command, picks what it does and handles its signals.
 """
 
 from __future__ import annotations
@@ -35,119 +36,21 @@ if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + si
     stopping.while_loading()
     stopping.load_jax()
 
-import argparse  # noqa: E402 (after the handlers: loading JAX takes a while)
-import contextlib  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import jax  # noqa: E402
-
-import rnnjax  # noqa: E402
-from experiments import cli, fine_tune, predicting, settings  # noqa: E402
-from rnnjax import backend, checkpoint, config as config_lib, corpus, memory, metrics, source  # noqa: E402
-from rnnjax import agree, parallel, runs, spelling, stops  # noqa: E402
+# After the handlers: loading JAX takes a while.
+from experiments import cli, predicting, settings  # noqa: E402
+from experiments.training import train  # noqa: E402
+from rnnjax import agree, backend, checkpoint, config as config_lib, parallel, spelling, stops  # noqa: E402
 from rnnjax.data import DataError  # noqa: E402
-from rnnjax import arguments  # noqa: E402
-from rnnjax.start import planned  # noqa: E402
 from rnnjax.diverging import NonFiniteLoss  # noqa: E402
 from rnnjax.stops import Interrupted  # noqa: E402
-from rnnjax.train import fit  # noqa: E402
 from rnnjax.workdir import WorkdirError  # noqa: E402
 
 USAGE_ERRORS = (DataError, checkpoint.CheckpointError, NonFiniteLoss, ValueError, WorkdirError,
                 stops.LostProcess)
-OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory")      # in XLA's errors
 # An OSError of these is the machine's state (space, permissions, limits), said in one sentence; any other
 # (a missing file the code expected) is a bug, whose traceback is wanted.
 MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
                   errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
-
-
-@contextlib.contextmanager
-def _resuming(args: argparse.Namespace, workdir: Path, errors: type = ValueError) -> Iterator[None]:
-    """``errors`` of a resumed run's settings saying where a setting read from the workdir comes from."""
-    try:
-        yield
-    except errors as e:
-        if args.settings_from is None:
-            raise
-        raise ValueError(f"resuming the run in {workdir} (its saved settings, the flags given applied): "
-                         f"{e}") from None
-
-
-def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: Path, several: bool) -> None:
-    """Trains ``configs`` in ``workdir``, ``several`` trained together (``rnnjax.fit_runs``; of one too)."""
-    config = configs[0]
-    say = print if jax.process_index() == 0 else (lambda *a, **k: None)
-    # What needs no data is checked before a large --text is read and tokenized.
-    together = configs if several else None
-    with _resuming(args, workdir):
-        arguments.check_arguments(config, workdir, devices=args.devices, runs=together)
-    if args.text_note:          # before the text is read (and its SHA-1 found another's)
-        say(args.text_note)
-    start = None if args.init_source is None else fine_tune.restored(args, config)
-    with _resuming(args, workdir, config_lib.ConfigError):     # a cell's step on the text's width, say
-        try:
-            data = corpus.load(config, text=args.text, data=args.data, vocab=start and start.vocab)
-        except source.NotTheTimeMachine as e:
-            if args.settings_from is not None:          # a Time Machine run resumed: --text is not for it
-                raise
-            raise source.DataError(f"{str(e).removesuffix('.')}; a text of your own trains with --text "
-                                   "PATH.") from None
-        resumed = None if args.anew else args.saved_vocab
-        if resumed is not None and resumed.differs(data.vocab) == "another vocabulary":
-            # The same text in another run's tokens: a run fine-tuned from that one (corpus.load's vocab),
-            # whose <unk> share corpus.load would warn of again at each resume.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = corpus.load(config, text=args.text, data=args.data, vocab=args.saved_vocab)
-    if args.settings_from is not None:      # what follows the text: a cell's step on its width, runs' states
-        with _resuming(args, workdir):
-            arguments.check(config, data, workdir, devices=args.devices, runs=together)
-    # The plan is made under the workdir's lock, held until the plot is written; said once it is held.
-    with planned(config, data, workdir, devices=args.devices, runs=together) as p:
-        if args.settings_from is not None:
-            say(f"settings: those of the run in {workdir} ({args.settings_from}), the flags given checked "
-                "against them")
-        for line in (args.anew, args.init_note):
-            if line:
-                say(line)
-        if not several:               # fit_runs says it, and then which runs stop as they stop
-            say(p.describe())
-        model, untrained = rnnjax.make_model(config, len(data.vocab)), None
-        if start is not None and p.step is None:
-            untrained = start
-            here = rnnjax.score.perplexity(config, data.vocab, start.params, data)
-            say(f"starting from {start.workdir}'s {cli.describe_checkpoint(start, here)}: "
-                f"{rnnjax.predict(model, start.params, data.vocab, data.prompt, 20)!r}")
-        elif p.step is None and not several:   # fit starts from these, not from a second init (and compile)
-            untrained = rnnjax.create_train_state(config, len(data.vocab)).params
-            say(f"untrained: {rnnjax.predict(model, untrained, data.vocab, data.prompt, 20)!r}")
-        options = dict(devices=args.devices, checkpoint_every=args.checkpoint_every, keep=args.keep, log=None,
-                       plan=p)
-        try:
-            show = jax.process_index() == 0 and not args.no_progress and not p.finished
-            with cli.progress_output(show, config.epochs) as progress:
-                if several:
-                    result = runs.fit_runs(configs, data, workdir, progress=progress, params=start,
-                                           **{**options, "log": say})
-                else:
-                    result = fit(config, data, workdir, params=untrained, progress=progress, **options)
-        except (jax.errors.JaxRuntimeError, MemoryError) as e:
-            if not (isinstance(e, MemoryError) or any(m in str(e) for m in OUT_OF_MEMORY)):
-                raise
-            lower = memory.advice(config, len(data.vocab), p.dp.num_shards, len(configs))
-            raise ValueError(f"The machine ran out of memory training this run ({type(e).__name__}); the "
-                             f"workdir keeps its last checkpoint; lower {lower}.") from None
-        plot, records = workdir / metrics.PLOT, workdir / metrics.FILENAME
-        # A finished run's plot is drawn again where a stop cut it short: missing, or older than its records.
-        if result.history and jax.process_index() == 0 and (
-                not p.finished or not plot.exists() or plot.stat().st_mtime_ns < records.stat().st_mtime_ns):
-            metrics.plot_perplexity(result.history, plot)
-    cli.say_trained(say, result, configs, several, model, data, workdir, p.finished)
-    if jax.process_index():         # its lines are process 0's
-        print(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 said how the run "
-              f"went {'in' if p.finished else 'and wrote'} {workdir}")
 
 
 def _after_training(signum: int) -> str | None:

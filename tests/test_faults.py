@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments import timemachine
+from experiments import timemachine, training
 from rnnjax import checkpoint, lock, meta as meta_lib, metrics, workdir
 from rnnjax.train import fit
 
@@ -336,7 +336,7 @@ def test_a_signal_while_starting_is_one_line(real_text_path, tmp_path, main_job,
 # as it plots, as the checkpoints close, or as it restores a checkpoint to generate from.
 _SIGNAL_AT = """
 import os, signal, sys
-from experiments import stopping, timemachine
+from experiments import stopping, timemachine, training
 from rnnjax import checkpoint, metrics
 where, signum = sys.argv[1], int(sys.argv[2])
 
@@ -347,7 +347,7 @@ def signalled(f):
         return out
     return g
 if where == "fit":
-    timemachine.fit = signalled(timemachine.fit)
+    training.fit = signalled(training.fit)
 if where == "plot":
     metrics.plot_perplexity = signalled(lambda *args, **kwargs: None)
 if where == "restore":
@@ -517,7 +517,7 @@ def test_the_plan_is_made_under_the_lock(small_data, tmp_path, monkeypatch, stra
 def test_out_of_memory_at_run_time_is_one_sentence(real_text_path, tmp_path, capsys, monkeypatch):
     def oom(*args, **kwargs):
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.0GiB.")
-    monkeypatch.setattr(timemachine, "fit", oom)
+    monkeypatch.setattr(training, "fit", oom)
     assert cli("--data", real_text_path, "--preset", "tiny", "--devices", "1", "--workdir",
                str(tmp_path)) == 1
     err = capsys.readouterr().err

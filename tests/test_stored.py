@@ -8,7 +8,7 @@ import pytest
 
 from conftest import TINY, DenseCell, small_text
 from experiments import timemachine
-from rnnjax import checkpoint, model as model_lib, saved, stored
+from rnnjax import checkpoint, corpus, model as model_lib, saved, stored
 from rnnjax.config import Config
 from rnnjax.data import TimeMachine
 from rnnjax.state import abstract_train_state
@@ -68,7 +68,7 @@ def test_in_a_script_that_registers_it_the_command_line_resumes_it(workdir, tmp_
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy)
     monkeypatch.setitem(model_lib.CELLS, "mine", DenseCell)
-    monkeypatch.setattr(timemachine.corpus, "load", lambda config, **kw: TimeMachine(
+    monkeypatch.setattr(corpus, "load", lambda config, **kw: TimeMachine(
         TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000)))
     text = tmp_path / "text.txt"
     text.write_text(small_text(5000))              # the run's text, which its vocabulary names by SHA-1
@@ -184,7 +184,7 @@ def test_a_run_of_a_cell_swapped_in_for_one_of_rnnjax_s_is_told_from_damage(tmp_
                 r"\(GRUCell\); a new run of the cell registered now needs a workdir of its own\.$")
         with pytest.raises(stored.CellMismatch, match=says):
             checkpoint.restore(tmp_path / "run", **kwargs)
-    monkeypatch.setattr(timemachine.corpus, "load", lambda config, **kw: data)
+    monkeypatch.setattr(corpus, "load", lambda config, **kw: data)
     (tmp_path / "text.txt").write_text(small_text(5000))
     for argv in (["--predict", "the"], ["--epochs", "2", "--text", str(tmp_path / "text.txt")]):
         assert timemachine.main(["--workdir", str(tmp_path / "run"), *argv]) == 1

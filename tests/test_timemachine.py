@@ -10,8 +10,8 @@ import warnings
 
 import pytest
 
-from experiments import timemachine
-from rnnjax import checkpoint, data, source, stops
+from experiments import timemachine, training
+from rnnjax import checkpoint, data, metrics, source, stops
 
 
 @pytest.mark.slow
@@ -21,7 +21,7 @@ def test_d2l_recipe_end_to_end(real_text_path, tmp_path, main_job):
     proc = main_job("--data", real_text_path, "--workdir", str(workdir), "--no-progress", as_a_user=True)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    records = timemachine.metrics.MetricsLog(workdir / "metrics.jsonl").read()
+    records = metrics.MetricsLog(workdir / "metrics.jsonl").read()
     assert [r["epoch"] for r in records] == list(range(1, 101))
     # 7.19-7.43 measured, by seed, CPU, device count and JAX release (README); 4 devices untried
     assert records[-1]["val_ppl"] <= 7.5 and records[-1]["train_ppl"] <= 6.1
@@ -135,7 +135,7 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
 
     predict = ["--workdir", "runs/tiny", "--predict", "it has", "--num-preds", "40", "--no-compilation-cache"]
     assert timemachine.main(predict + ["--best"]) == 0
-    best = min(timemachine.metrics.MetricsLog(tmp_path / "runs/tiny/metrics.jsonl").read(),
+    best = min(metrics.MetricsLog(tmp_path / "runs/tiny/metrics.jsonl").read(),
                key=lambda r: r["val_ppl"])
     assert capsys.readouterr().err == (f"from runs/tiny: checkpoint step {13 * best['epoch']} (after epoch "
                                        f"{best['epoch']}, val ppl {best['val_ppl']:.2f})\n")
@@ -198,7 +198,7 @@ def test_cli_trains_a_list_of_seeds_and_rates_in_one_program(real_text_path, tmp
     assert "\n2 runs of lr 1, epoch 1:  train_ppl mean" in out
     assert "\n2 runs of lr 2, epoch 1:  train_ppl mean" in out
     assert out.endswith(f"; wrote {workdir}\n")
-    records = timemachine.metrics.MetricsLog(workdir / "metrics.jsonl").read()
+    records = metrics.MetricsLog(workdir / "metrics.jsonl").read()
     expected = [(0, 0, 1.0), (1, 0, 2.0), (2, 1, 1.0), (3, 1, 2.0)]
     assert [(r["run"], r["seed"], r["lr"]) for r in records] == expected
     assert (workdir / "ppl.png").exists()
@@ -499,7 +499,7 @@ def test_a_pipe_closed_under_a_run_s_stop_line_still_saves(real_text_path, tmp_p
         if closed or (args and "stopped:" in str(args[0])):
             closed.append(True)
             raise BrokenPipeError(32, "Broken pipe")
-    for module in (timemachine, timemachine.cli):
+    for module in (timemachine, training, timemachine.cli):
         monkeypatch.setattr(module, "print", fake_print, raising=False)
     workdir = tmp_path / "runs"
     args = ["--data", real_text_path, "--preset", "tiny", "--lr", "1,1e30", "--epochs", "3", "--devices", "1",
