@@ -190,10 +190,10 @@ class Corpus(WindowedText):
         # Spread over the whole tail: a capped validation set samples all of it.
         return self.train_end + np.arange(self.num_val, dtype=np.int64) * self._val_windows // self.num_val
 
-    def _prompt(self, length: int = 6) -> str:
+    def _prompt(self) -> str:
         """The text's first tokens (6 characters, or 2 words), up to any ``<unk>``: what the command line
         shows the model continue."""
-        ids = self.stream[: length if self.vocab.kind == "char" else 2]
+        ids = self.stream[: 6 if self.vocab.kind == "char" else 2]
         unk = np.flatnonzero(ids == self.vocab.unk)
         ids = ids[: unk[0]] if len(unk) else ids
         if not len(ids):
