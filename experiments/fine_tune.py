@@ -28,10 +28,6 @@ from rnnjax.spelling import spelt
 from rnnjax.state import check_params
 from rnnjax.stored import UnknownCell
 
-# What W's parameters and vocabulary fix: a flag may only repeat it.
-FIXED = {"cell": "parameters", "num_hiddens": "parameters", "num_layers": "parameters",
-         "bidirectional": "parameters", "token": "vocabulary", "min_freq": "vocabulary"}
-
 
 def check_flags(args: argparse.Namespace) -> None:
     """The checks of ``--init-from`` that need nothing but the flags (``cli.parse_args``)."""
@@ -158,7 +154,7 @@ def recorded(args: argparse.Namespace, configs: list[config_lib.Config], workdir
 def _unfit(config: config_lib.Config, source: config_lib.Config) -> str:
     """What of ``config`` the parameters and vocabulary of ``source``'s run cannot take, in words
     (``--num-hiddens 64 does not fit its parameters (--num-hiddens 16)``); '' if nothing."""
-    for name, what in FIXED.items():
+    for name, what in flags.FIXED.items():
         if getattr(config, name) != getattr(source, name):
             return (f"{spelt(name, getattr(config, name))} does not fit its {what} "
                     f"({spelt(name, getattr(source, name))})")

@@ -16,6 +16,9 @@ from rnnjax.spelling import disagreement, flag, said, shown
 
 # Runs trained together in one program, at most: each is listed as the run starts, and vmapped.
 MAX_RUNS = 1000
+# What a run's parameters and vocabulary fix: a run fine-tuned from it (--init-from) may only repeat it.
+FIXED = {"cell": "parameters", "num_hiddens": "parameters", "num_layers": "parameters",
+         "bidirectional": "parameters", "token": "vocabulary", "min_freq": "vocabulary"}
 
 
 def parsed(kind: type, text: str) -> Any:
@@ -112,7 +115,7 @@ def sweep_from_flags(args: argparse.Namespace, base: Config | None = None) -> li
 def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str) -> list[Config]:
     """The runs ``saved`` in the workdir ``where``, their ``RESUMABLE`` fields (``--epochs``) changed by the
     flags given; ``ConfigError`` naming every other flag given that asks for settings they do not have."""
-    differ, resumable = [], {}
+    differ, names, resumable = [], [], {}
     for name, value in given(args).items():
         if name in Config.RESUMABLE:
             resumable[name] = value
@@ -121,10 +124,12 @@ def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str
         have = list(dict.fromkeys(getattr(c, name) for c in saved))
         if list(wanted) != have:           # runs in their order: the order of the stacked state
             differ.append(disagreement(name, wanted, have))
-    if differ:
+            names.append(name)
+    if differ:      # another lr, clip, optimizer, seed...: a new run can start from its parameters
+        tune = "" if set(names) & set(FIXED) else f" (with --init-from {where} to start from its parameters)"
         raise ConfigError(f"{where} holds a run of other settings than the flags ask for: "
                           f"{'; '.join(differ)}. Leave those flags out to train it on (its settings are read "
-                          "from it), or use a new --workdir.")
+                          f"from it), or use a new --workdir{tune}.")
     return [c.replace(**resumable) for c in saved]
 
 

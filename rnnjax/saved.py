@@ -181,8 +181,8 @@ def text_read(workdir: Path) -> str:
 
 
 def _from_its_params(saved: Config, config: Config, vocab_size: int) -> str:
-    """How to train on from a run's parameters with other settings, from Python (the CLI has no way),
-    where they fit those (lr, clip; not another cell or size)."""
+    """How to train on from a run's parameters with other settings, from Python (the command line says
+    --init-from, ``experiments.flags``), where they fit those (lr, clip; not another cell or size)."""
     if as_flags():
         return ""
     try:        # what fit's check_params compares the parameters given with

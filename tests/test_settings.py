@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import jax
@@ -72,10 +73,15 @@ def test_a_workdir_s_own_settings_are_read_and_the_resumable_flags_change_them(t
 def test_flags_that_ask_for_other_settings_than_the_workdir_s_are_one_sentence(tmp_path):
     w = saved(tmp_path / "w", [TINY.replace(lr=2.0)])
     with pytest.raises(ValueError, match=r"holds a run of other settings than the flags ask for: "
-                                         r"--num-hiddens 8 \(it has 16\); --lr 3 \(it has 2\)\. Leave those"):
+                                         r"--num-hiddens 8 \(it has 16\); --lr 3 \(it has 2\)\. Leave those.*"
+                                         r"or use a new --workdir\.$"):
         settings(cli.parse_args(["--workdir", w, "--lr", "3", "--num-hiddens", "8", "--epochs", "9"]))
     with pytest.raises(ValueError, match=r"holds a run of .*: --lr 2\.0000001 \(it has 2\)"):   # all digits
         settings(cli.parse_args(["--workdir", w, "--lr", "2.0000001"]))
+    # Another rate is a new run from its parameters; another size is not (it would not fit them).
+    tune = rf"or use a new --workdir \(with --init-from {re.escape(w)} to start from its parameters\)\.$"
+    with pytest.raises(ValueError, match=tune):
+        settings(cli.parse_args(["--workdir", w, "--lr", "3", "--optimizer", "adam"]))
     for bad, says in ((["--lr", "nan"], "--lr must be a positive finite number"),      # no run could have it
                       (["--cell", "GRU"], "--cell GRU is not a known cell")):
         with pytest.raises(ValueError, match=f"^{says}"):
