@@ -4,7 +4,9 @@ The new run, in the ``--workdir`` given, has the settings of ``W``'s run
 (of run ``--run K`` among several trained together; its latest checkpoint,
 or with ``--best`` its best), changed by the flags given: lists train runs
 together, each from those parameters (``--seed`` then orders the batches).
-It trains on the text the flags name (the Time Machine, or ``--text``), read
+It trains on the text the flags name (``--text``, or ``--data``: the Time
+Machine), else on ``W``'s (a text of one's own as its ``config.json`` records
+it, said), read
 in ``W``'s vocabulary and cleaned as ``W``'s was (tokens it never saw are
 ``<unk>``, warned of); where the kind of text changes, the split is that
 text's default (``--text``'s tail, or d2l's windows). It says the starting
@@ -20,6 +22,7 @@ checked), or says why it cannot and where it starts instead.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from experiments import flags, settings as settings_lib
@@ -75,6 +78,8 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
     configs, vocab, _, together = found
     run = _run(args, origin, configs, together)
     base = configs[run or 0]
+    if settings_lib.own_text(vocab) and args.text is None and args.data is None:      # its text: a setting
+        _its_text(args, origin, vocab)
     if (args.text is not None) != settings_lib.own_text(vocab):     # the split follows the text trained on
         d2l = ("val_fraction", "num_train", "num_val", "steps_per_epoch")
         split = {**corpus.TEXT_DEFAULTS, "steps_per_epoch": 0} if args.text is not None else {
@@ -98,6 +103,18 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
         else:
             args.init_note = f"{where}, {gone}: {asked}"
     return tuned, new, len(tuned) > 1
+
+
+def _its_text(args: argparse.Namespace, origin: Path, vocab: dict) -> None:
+    """``--text``: the file of one's own that ``origin``'s run trained on, as its config.json records it
+    (said), where no flag names a text; ``ValueError`` where it is not there."""
+    recorded = saved.text_path(origin)
+    if recorded is None or not os.path.isfile(recorded):
+        raise ValueError(f"--init-from {origin}: its run trained on a text of your own (SHA-1 "
+                         f"{vocab['text_sha1'][:12]}...{saved.text_read(origin)}), which is not there: name "
+                         "the text to train on, --text PATH (or the Time Machine, --data PATH).")
+    args.text = recorded       # its SHA-1 is checked as the run reads it
+    args.text_note = f"text: {recorded}, the text {origin}'s run trained on (--text PATH for another)"
 
 
 def _gone(found: dict) -> str | None:

@@ -11,7 +11,7 @@ import pytest
 
 import rnnjax
 from experiments import timemachine
-from rnnjax import checkpoint, corpus
+from rnnjax import checkpoint, corpus, source as source_lib
 
 FLAGS = ["--devices", "1", "--no-compilation-cache", "--no-progress"]
 
@@ -301,6 +301,28 @@ def test_the_start_says_the_parameters_perplexity_on_the_new_text(source, tmp_pa
         data = corpus.load(start.config, text=tmp_path / text, vocab=start.vocab)
         assert float(here) == round(start.perplexity(data), 2)
     assert float(there) != float(here)
+
+
+def test_with_no_text_named_it_trains_on_the_source_s_own_text_and_says_so(source, tmp_path, capsys,
+                                                                           real_text_path):
+    """It had trained on the Time Machine unsaid (researcher, 2026-12-07): the text is one of the run's
+    settings that the flags change."""
+    code, out, err = main(capsys, "--init-from", source, "--workdir", tmp_path / "same", "--lr", "0.5")
+    assert code == 0, err
+    assert f"text: {tmp_path / 'a.txt'}, the text {source}'s run trained on (--text PATH for another)" in out
+    tuned = checkpoint.restore(tmp_path / "same")
+    assert tuned.config.lr == 0.5 and tuned.vocab.source == checkpoint.restore(source).vocab.source
+    assert json.loads((tmp_path / "same" / "config.json").read_text())["text"] == str(tmp_path / "a.txt")
+    code, out, err = main(capsys, "--init-from", source, "--workdir", tmp_path / "tm", "--data",
+                          real_text_path)
+    assert code == 0 and "the Time Machine" not in out and "a.txt" not in out, err      # named: that one
+    assert checkpoint.restore(tmp_path / "tm").vocab.source == source_lib.SHA1        # the text it read
+    (tmp_path / "a.txt").unlink()
+    code, out, err = main(capsys, "--init-from", source, "--workdir", tmp_path / "gone")
+    assert code == 1 and err.startswith(f"error: --init-from {source}: its run trained on a text of your own "
+                                        "(SHA-1 "), err
+    assert err.endswith("which is not there: name the text to train on, --text PATH (or the Time Machine, "
+                        "--data PATH).\n") and not (tmp_path / "gone").exists()
 
 
 @pytest.mark.slow
