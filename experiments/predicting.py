@@ -52,5 +52,8 @@ def predict_only(args: argparse.Namespace) -> None:
     text = restored.predict(args.predict, args.num_preds, **sampling)
     # stderr: stdout is the text alone, for pipes.
     not_used = f"; not used here (they train): {', '.join(args.not_used)}" if args.not_used else ""
-    stopping.tell(f"from {args.workdir}: {cli.describe_checkpoint(restored)}{not_used}")
+    prompt = restored.prompt(args.predict)
+    cleaned = "" if prompt == args.predict else \
+        f"; the prompt cleaned as its text was (--preprocess {restored.config.preprocess}): {prompt!r}"
+    stopping.tell(f"from {args.workdir}: {cli.describe_checkpoint(restored)}{not_used}{cleaned}")
     print(text)

@@ -17,6 +17,7 @@ from rnnjax.generate import predict, predict_batch
 from rnnjax.saved import config_init_from
 from rnnjax.state import make_model
 from rnnjax.stored import val_ppl
+from rnnjax.tokens import cleaned
 from rnnjax.vocab import Vocab
 
 
@@ -70,11 +71,19 @@ class Restored:
         return make_model(self.config, len(self.vocab))
 
     def predict(self, prefix: str, num_preds: int, **sampling) -> str:
-        """Greedy, or sampled given ``temperature``, ``top_k`` or ``key`` (``generate.predict_batch``)."""
-        return predict(self.model, self.params, self.vocab, prefix, num_preds, **sampling)
+        """``prefix``, cleaned as the run's text was (``prompt``), and ``num_preds`` tokens after it: greedy,
+        or sampled given ``temperature``, ``top_k`` or ``key`` (``generate.predict_batch``)."""
+        return predict(self.model, self.params, self.vocab, self.prompt(prefix), num_preds, **sampling)
 
     def predict_batch(self, prefixes: list[str], num_preds: int, **sampling) -> list[str]:
+        if isinstance(prefixes, (list, tuple)):
+            prefixes = [self.prompt(p) for p in prefixes]
         return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds, **sampling)
+
+    def prompt(self, text: str) -> str:
+        """``text`` cleaned as the run's was (its config's ``preprocess``): with d2l's, ``'The Time!'`` is
+        ``'the time '``, as ``losses`` reads it; other than a str, as it is (for ``predict``'s message)."""
+        return cleaned(text, self.config.preprocess) if isinstance(text, str) else text
 
     def perplexity(self, data: WindowedText) -> float:
         """The model's perplexity on ``data``'s validation windows, as a run validates (``data`` in its

@@ -51,6 +51,12 @@ def word_ids(text: str, preprocess: str, chunk: int = CHUNK) -> tuple[np.ndarray
     return (np.concatenate(parts) if parts else np.zeros(0, np.int32)), list(index)
 
 
+def cleaned(text: str, preprocess: str) -> str:
+    """``text`` as ``preprocess`` cleans a run's text before it is split: d2l's lower-case letters and
+    spaces, or ``raw``, as it is."""
+    return char_codes(text, preprocess).tobytes().decode("utf-32-le") if preprocess == "d2l" else text
+
+
 def tokenize(text: str, token: str, preprocess: str) -> tuple[np.ndarray, Callable[[int], str]]:
     """``(ids, name)``: a non-negative 32-bit id per token, writable, and the token of an id."""
     if token == "word":

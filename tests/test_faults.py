@@ -244,7 +244,7 @@ BAD = [  # (flags, what the one line says)
     (["--predict", "a", "--temperature", "3.5e38"], "(float32's largest), got 3.5e38."),
     (["--predict", "a", "--top-k", "0"], "--top-k must be at least 1"),
     (["--predict", "it has", "--top-k", "99"], "--top-k must be between 1 and the vocabulary's 28"),
-    (["--predict", "It has"], "outside the vocabulary"), (["--predict", "a", "--run", "1"], "single run"),
+    (["--predict", ""], "needs at least one character"), (["--predict", "a", "--run", "1"], "single run"),
     (["--predict", "a", "--num-preds", "-1"], "--num-preds must be at least 0"),
     (["--predict", "a", "--num-preds", "99999999999"], "--num-preds must be at most"),
     (["--num-hiddens", "100000", "--num-layers", "4"], "lower --num-hiddens or --num-layers"),

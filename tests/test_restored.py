@@ -53,6 +53,14 @@ def test_where_a_run_comes_from_and_its_own_validation_perplexity(small_data, tm
         own = [r["val_ppl"] for r in together.history if r["run"] == k][-1]
         assert run.val_ppl == own != run.meta["val_ppl"] and run.init_from is None
         assert run.predict_batch(["it", "the"], 5)[0] == run.predict("it", 5)
+    # A prompt is cleaned as the run's text was (d2l's: lower-case letters, any other run a space).
+    assert run.prompt("It, THE 42") == "it the " and run.prompt("it has") == "it has"
+    assert run.predict("It!", 5) == run.predict("it ", 5)
+    assert run.predict_batch(["IT"], 5) == [run.predict("it", 5)]
+    raw = dataclasses.replace(run, config=run.config.replace(preprocess="raw"))         # as it is
+    assert raw.prompt("It, THE") == "It, THE"
+    with pytest.raises(ValueError, match=r"outside the vocabulary: \['I'\]"):
+        raw.predict("It", 5)
     # One made by hand is nowhere: no address, no origin, nothing of a checkpoint's.
     by_hand = Restored(config, small_data.vocab, run.params, step=0, meta={})
     assert by_hand.address is None and by_hand.init_from is None and by_hand.val_ppl is None

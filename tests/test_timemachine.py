@@ -146,6 +146,11 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
         texts.append(capsys.readouterr().out.strip())
     greedy, sampled, top5, top5_again, cold = texts
     assert all(t.startswith("it has") for t in texts) and len(greedy) == 46
+    # A prompt cleaned as the run's text was (d2l's lower-case letters and spaces), and said.
+    assert timemachine.main([*predict[:3], "It  HAS", *predict[4:]]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == greedy and err.endswith("; the prompt cleaned as its text was (--preprocess d2l): "
+                                                  "'it has'\n"), err
     assert top5 == top5_again and sampled != greedy and cold == greedy
 
 
