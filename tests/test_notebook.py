@@ -103,3 +103,17 @@ def test_notebook_explores_one_of_runs_of_words_trained_together(real_text_path,
     assert "token='word'" in text and "'time' is closest to" in text
     assert "most likely next tokens:" in text
     assert "'it has " in text                      # generated words follow the prompt, spaced
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["RNNJAX_RUN", "RNNJAX_NOTEBOOK_EPOCHS"])
+def test_a_setting_that_is_no_whole_number_is_one_sentence(tmp_path, monkeypatch, name):
+    """``RNNJAX_RUN=abc`` was a ValueError's traceback from ``int()`` (researcher, 2026-12-07)."""
+    monkeypatch.setenv(name, "abc")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells = nb.cells[:2]                         # the settings are read in the first code cell
+    NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for o in nb.cells[1].outputs if o.output_type == "error"]
+    said = f"{name} must be a whole number, got 'abc'."
+    assert [(e.ename, e.evalue) for e in errors] == [("SystemExit", said)]
