@@ -56,9 +56,10 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
     kwargs = {"nonlinearity": config.nonlinearity} if config.nonlinearity != "tanh" else {}
     if takes_dtype(CELLS[config.cell]):        # a cell without one computes in float32
         kwargs["dtype"] = dtype
-    if isinstance(CELLS[config.cell], nn.Module):     # calling a made module would fail inside flax
-        raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] is a {type(CELLS[config.cell]).__name__} made "
-                          f"already; register its class, or a functools.partial of it: rnnjax makes each "
+    if isinstance(CELLS[config.cell], nn.Module) or not callable(CELLS[config.cell]):    # a made one, "gru"
+        made = "made already" if callable(CELLS[config.cell]) else "not a cell class"
+        raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] is a {type(CELLS[config.cell]).__name__}, {made}; "
+                          f"register a cell class, or a functools.partial of one: rnnjax makes each "
                           f"layer's cell as rnnjax.CELLS[{config.cell!r}](num_hiddens, ...).")
     try:
         cell = CELLS[config.cell](config.num_hiddens, **kwargs)

@@ -191,10 +191,13 @@ def test_a_cell_that_needs_other_arguments_says_to_register_a_partial(tmp_path, 
 def test_a_cell_registered_made_rather_than_as_its_class_says_to_register_the_class(monkeypatch):
     """flax's CallCompactUnboundModuleError from inside make_model, before."""
     monkeypatch.setitem(model_lib.CELLS, "made", nn.GRUCell(16))
-    message = (r"^rnnjax.CELLS\['made'\] is a GRUCell made already; register its class, or a "
-               r"functools.partial of it: rnnjax makes each layer's cell as "
+    message = (r"^rnnjax.CELLS\['made'\] is a GRUCell, made already; register a cell class, or a "
+               r"functools.partial of one: rnnjax makes each layer's cell as "
                r"rnnjax.CELLS\['made'\]\(num_hiddens, \.\.\.\)\.$")
     with pytest.raises(ConfigError, match=message):
+        make_model(TINY.replace(cell="made"), 28)
+    monkeypatch.setitem(model_lib.CELLS, "made", "gru")             # a name: not callable (researcher)
+    with pytest.raises(ConfigError, match=r"^rnnjax.CELLS\['made'\] is a str, not a cell class; register"):
         make_model(TINY.replace(cell="made"), 28)
     monkeypatch.setitem(model_lib.CELLS, "made", nn.GRUCell)
     assert isinstance(make_model(TINY.replace(cell="made"), 28).rnn.cell, nn.GRUCell)
