@@ -29,28 +29,23 @@ if __name__ == "__main__":     # a signal while JAX loads: one line and 128 + si
     stopping.load_jax()
 
 import contextlib  # noqa: E402 (after the handlers: loading JAX takes a while)
-import functools  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from experiments import sine_figures  # noqa: E402
+from experiments.sine_models import (LINEAR_OPTIMIZER, RNN_OPTIMIZER, Linear, RNNForecaster,  # noqa: E402
+                                     forward, init, minibatch_train, rollout)
 from rnnjax import backend, spelling  # noqa: E402
-from rnnjax.model import RNN, SimpleRNNCell  # noqa: E402
 from rnnjax.workdir import WorkdirError, write_atomically  # noqa: E402
 
 T, TAU, NUM_TRAIN, MAX_STEPS, STEPS = 1000, 4, 600, 64, (1, 4, 16, 64)
 FIGURES, RESULTS = sine_figures.FIGURES, sine_figures.RESULTS
 MAX_RNN_EPOCHS = 100_000        # hours on a CPU; the epoch count is an int32 in the compiled loop
-# Each made once: a static argument of the compiled epoch, which a new one would compile again.
-LINEAR_OPTIMIZER = optax.sgd(0.01)
-RNN_OPTIMIZER = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.003))
 
 
 def make_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -64,56 +59,6 @@ def windows(x_T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """d2l's features ``(T - tau, tau)``, the previous tau values, and labels ``x[tau:]``."""
     features_NxTau = np.stack([x_T[i:T - TAU + i] for i in range(TAU)], axis=1)
     return features_NxTau, x_T[TAU:]
-
-
-class Linear(nn.Module):
-    """d2l's ``LinearRegression``: weights N(0, 0.01), bias 0."""
-    @nn.compact
-    def __call__(self, features_NxTau):
-        return nn.Dense(1, kernel_init=nn.initializers.normal(0.01))(features_NxTau)[:, 0]
-
-    def loss(self, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
-        """d2l's: the MSE of its predictions of ``labels_B`` from ``features_BxTau``, ``batch`` the two."""
-        features_BxTau, labels_B = batch
-        return jnp.mean((self(features_BxTau) - labels_B) ** 2)
-
-
-class RNNForecaster(nn.Module):
-    """An RNN over the series itself: a ``SimpleRNNCell`` reads ``x_t``, a Dense layer on its state
-    predicts ``x_{t+1}``. Its state summarizes all of the history, not just the last tau values."""
-    num_hiddens: int = 32
-
-    def setup(self):
-        self.rnn, self.head = RNN(SimpleRNNCell(self.num_hiddens)), nn.Dense(1)
-
-    def __call__(self, x_TxB: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(predictions of x_{t+1} (T, B), the states after each x_t (T, B, H))`` from a zero state."""
-        states_TxBxH, _ = self.rnn(x_TxB[..., None])
-        return self.head(states_TxBxH)[..., 0], states_TxBxH
-
-    def rollout(self, h_BxH: jax.Array, steps: int) -> jax.Array:
-        """From states ``h_t`` with no data after t: predictions ``(steps, B)`` of ``x_{t+1..t+steps}``,
-        each fed back as the next input."""
-        def step(h_BxH, _):
-            pred_B = self.head(h_BxH)[:, 0]
-            return self.rnn.step(h_BxH, pred_B[:, None])[0], pred_B
-        return jax.lax.scan(step, h_BxH, None, length=steps)[1]
-
-    def loss(self, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
-        """Next-value MSE while it reads ``warmup_BxW``, plus that of its predictions of ``next_BxK``, each
-        fed back as in the k-step predictions (trained on one step only, it drifts when fed its own)."""
-        warmup_BxW, next_BxK = batch
-        preds_WxB, states_WxBxH = self(warmup_BxW.T)
-        teacher = jnp.mean((preds_WxB[:-1] - warmup_BxW[:, 1:].T) ** 2)
-        free_KxB = self.rollout(states_WxBxH[-1], next_BxK.shape[1])
-        return teacher + jnp.mean((free_KxB - next_BxK.T) ** 2)
-
-
-# Compiled once per model and shapes, the params an argument: each seed after the first reuses them.
-init = jax.jit(lambda model, key, x: model.init(key, x), static_argnums=0)
-forward = jax.jit(lambda model, params, x: model.apply(params, x), static_argnums=0)
-rollout = jax.jit(lambda model, params, h_BxH, steps: model.apply(params, h_BxH, steps, method="rollout"),
-                  static_argnums=(0, 3))
 
 
 def train_rnn(model: RNNForecaster, x_T: np.ndarray, epochs: int, seed: int = 0, warmup: int = 100,
@@ -145,30 +90,6 @@ def train_linear(model: Linear, features_NxTau: np.ndarray, labels_N: np.ndarray
     params = init(model, jax.random.key(seed), jnp.asarray(features_NxTau[:1]))
     data = (features_NxTau[:NUM_TRAIN], labels_N[:NUM_TRAIN])
     return minibatch_train(model, params, LINEAR_OPTIMIZER, data, 5, seed)
-
-
-def minibatch_train(model: nn.Module, params, optimizer, data, epochs: int, seed: int, batch_size: int = 16):
-    """``epochs`` passes of ``optimizer`` on ``model.loss`` over the rows of ``data`` (a tuple of arrays)
-    in shuffled minibatches (the last partial one dropped), each epoch one compiled scan; the params."""
-    data = jax.tree.map(jnp.asarray, data)
-    carry = (params, optimizer.init(params))
-    for key in jax.random.split(jax.random.key(seed + 1), epochs):
-        carry = train_epoch(model, optimizer, batch_size, carry, data, key)
-    return carry[0]
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def train_epoch(model: nn.Module, optimizer, batch_size: int, carry, data, key: jax.Array):
-    """One of ``minibatch_train``'s epochs: ``carry`` ``(params, opt_state)`` after it."""
-    num_batches = len(data[0]) // batch_size
-    order = jax.random.permutation(key, len(data[0]))[:num_batches * batch_size].reshape(num_batches, -1)
-
-    def step(carry, idx):
-        params, opt_state = carry
-        grads = jax.grad(model.apply)(params, jax.tree.map(lambda a: a[idx], data), method="loss")
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
-    return jax.lax.scan(step, carry, order)[0]
 
 
 def predictions(predict, x_T: np.ndarray, features) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import sine, sine_figures
+from experiments import sine, sine_figures, sine_models
 from rnnjax.lock import LOCKFILE, lock
 
 
@@ -36,10 +36,10 @@ def test_data_and_windows_are_d2ls(data):
 def test_one_step_ahead_of_the_k_step_predictions_is_the_one_step_prediction(data):
     """For both models: column tau of the k-step table is what the one-step predictions say."""
     x_T, features, labels = data
-    linear = sine.Linear()
+    linear = sine_models.Linear()
     params = sine.train_linear(linear, features, labels)
     lin = sine.predictions(lambda f: np.asarray(linear.apply(params, f)), x_T, features)
-    rnn = sine.RNNForecaster(8)
+    rnn = sine_models.RNNForecaster(8)
     rnn_preds = sine.rnn_predictions(rnn, sine.train_rnn(rnn, x_T, 1, warmup=20, horizon=8), x_T)
     for preds in (lin, rnn_preds):
         rows = preds["ksteps"].shape[0]
@@ -53,7 +53,7 @@ def test_one_step_ahead_of_the_k_step_predictions_is_the_one_step_prediction(dat
 
 def test_a_second_seed_compiles_nothing_again(tmp_path):
     """The compiled functions take the params as an argument: each seed after the first reuses them."""
-    compiled = (sine.init, sine.forward, sine.rollout, sine.train_epoch)
+    compiled = (sine_models.init, sine_models.forward, sine_models.rollout, sine_models.train_epoch)
     sizes = []
     for seed in (0, 1):
         sine.run(tmp_path, seed, rnn_epochs=1, figures=False)
