@@ -7,13 +7,13 @@ import signal
 
 import pytest
 
-from experiments.benchmark import corpus as bench
+from experiments.benchmark import corpus as bench, corpus_parts
 from rnnjax.workdir import WorkdirError
 
 
 def test_generated_text_is_utf8_of_the_size_asked_with_another_alphabet(tmp_path):
     path = tmp_path / "t.txt"
-    bench.generate(path, 50_000, seed=1)
+    corpus_parts.generate(path, 50_000, seed=1)
     text = path.read_bytes().decode("utf-8")
     assert 49_000 < path.stat().st_size <= 50_000
     assert {"\n", ",", "."} <= set(text) and set(text) & set("éüßøñж") and any(c.isupper() for c in text)
@@ -22,11 +22,11 @@ def test_generated_text_is_utf8_of_the_size_asked_with_another_alphabet(tmp_path
 def test_prepare_reports_the_corpus(tmp_path, monkeypatch):
     monkeypatch.setenv("RNNJAX_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "t.txt"
-    bench.generate(path, 20_000)
-    r = bench.prepare(str(path), "char")
+    corpus_parts.generate(path, 20_000)
+    r = corpus_parts.prepare(str(path), "char")
     assert r["tokens"] == len(path.read_text(encoding="utf-8")) and not r["cache_hit"]
     assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0 and r["seconds"] > 0
-    assert bench.prepare(str(path), "char")["cache_hit"]
+    assert corpus_parts.prepare(str(path), "char")["cache_hit"]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -82,18 +82,18 @@ def test_an_out_folder_holding_files_it_did_not_write_is_refused_and_kept(tmp_pa
 
 
 def test_a_text_is_made_once_and_made_again_if_changed(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "MB", 10_000)                 # 1 "MB": 10 kB
+    monkeypatch.setattr(corpus_parts, "MB", 10_000)                 # 1 "MB": 10 kB
     path = tmp_path / "text-1mb.txt"
-    assert bench.made(path, 1) and not bench.made(path, 1)
+    assert corpus_parts.made(path, 1) and not corpus_parts.made(path, 1)
     first = path.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text-1mb.sha1", "text-1mb.txt"]
     assert all(bench._ours(p) for p in tmp_path.iterdir())  # an earlier run's folder: used again
     (tmp_path / "corpus.json").write_text(json.dumps({"machine": "m", "prepare": {}, "train": {}}))
     assert bench._ours(tmp_path / "corpus.json")
     path.write_bytes(first[:-10])                            # cut short or edited: made again, as it was
-    assert bench.made(path, 1) and path.read_bytes() == first
+    assert corpus_parts.made(path, 1) and path.read_bytes() == first
     (tmp_path / "text-1mb.sha1").unlink()                    # an earlier version's: beside its corpus.json
-    assert bench._ours(path) and bench.made(path, 1) and not bench.made(path, 1)
+    assert bench._ours(path) and corpus_parts.made(path, 1) and not corpus_parts.made(path, 1)
     (tmp_path / "text-1mb.sha1").unlink()
     (tmp_path / "corpus.json").unlink()
     assert not bench._ours(path)                             # a text of one's own, it may be
@@ -101,11 +101,11 @@ def test_a_text_is_made_once_and_made_again_if_changed(tmp_path, monkeypatch):
 
 def test_a_damaged_sha1_is_a_text_to_make_again(tmp_path, monkeypatch):
     """Bytes that are not text in text-1mb.sha1 were a UnicodeDecodeError."""
-    monkeypatch.setattr(bench, "MB", 10_000)
+    monkeypatch.setattr(corpus_parts, "MB", 10_000)
     path = tmp_path / "text-1mb.txt"
-    bench.made(path, 1)
+    corpus_parts.made(path, 1)
     (tmp_path / "text-1mb.sha1").write_bytes(b"\xff\xfe")
-    assert bench.made(path, 1) and not bench.made(path, 1)
+    assert corpus_parts.made(path, 1) and not corpus_parts.made(path, 1)
 
 
 @pytest.mark.parametrize("kind,message", [
@@ -152,7 +152,7 @@ def _children(out, fail: str = ""):
 
 
 def test_it_says_what_it_does_and_corpus_json_is_written_after_each_part(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "MB", 10_000)
+    monkeypatch.setattr(corpus_parts, "MB", 10_000)
     monkeypatch.delenv("RNNJAX_TIMEMACHINE", raising=False)
     out = tmp_path / "out"
     monkeypatch.setattr(bench, "_fresh", _children(out))
@@ -167,7 +167,7 @@ def test_it_says_what_it_does_and_corpus_json_is_written_after_each_part(tmp_pat
 
 def test_a_failing_child_is_one_line_and_keeps_what_was_measured(tmp_path, monkeypatch, capsys):
     """A failing training process was a RuntimeError with its traceback inside, and lost the preparations."""
-    monkeypatch.setattr(bench, "MB", 10_000)
+    monkeypatch.setattr(corpus_parts, "MB", 10_000)
     out = tmp_path / "out"
     monkeypatch.setattr(bench, "_fresh", _children(out, fail="--train"))
     assert bench.main(["--sizes", "1", "--tokens", "char", "--out", str(out)]) == 1
@@ -179,7 +179,7 @@ def test_a_failing_child_is_one_line_and_keeps_what_was_measured(tmp_path, monke
 
 
 def test_a_full_disk_or_a_closed_output_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "MB", 10_000)
+    monkeypatch.setattr(corpus_parts, "MB", 10_000)
     out = tmp_path / "out"
     monkeypatch.setattr(bench, "_fresh", _children(out))
     argv = ["--sizes", "1", "--tokens", "char", "--out", str(out)]
@@ -191,7 +191,7 @@ def test_a_full_disk_or_a_closed_output_is_one_line(tmp_path, monkeypatch, capsy
     assert capsys.readouterr().err.endswith("(No space left on device); no figure was written; the texts "
                                             "made whole stay.\n")
     monkeypatch.undo()
-    monkeypatch.setattr(bench, "MB", 10_000)
+    monkeypatch.setattr(corpus_parts, "MB", 10_000)
     monkeypatch.setattr(bench, "_fresh", _children(out))
 
     class Full:
@@ -232,10 +232,10 @@ def test_one_run_writes_an_out_folder_at_a_time(tmp_path, monkeypatch, capsys):
 
 def test_a_text_cut_short_by_a_stop_is_removed(tmp_path, monkeypatch, capsys):
     """A stopped generation left text-200mb.txt.tmp.tmp, which later runs kept without a word."""
-    monkeypatch.setattr(bench, "MB", 10_000)
+    monkeypatch.setattr(corpus_parts, "MB", 10_000)
     out = tmp_path / "out"
     out.mkdir()
-    bench.made(out / "text-1mb.txt", 1)
+    corpus_parts.made(out / "text-1mb.txt", 1)
     (out / "text-200mb.txt.tmp.tmp").write_text("half a text")
     monkeypatch.setattr(bench, "_fresh", _children(out))
     status = bench.main(["--sizes", "1", "--tokens", "char", "--out", str(out)])

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -39,7 +38,7 @@ import time
 from pathlib import Path
 
 from experiments import stopping
-from experiments.benchmark.corpus_parts import MB, devices, generate, prepare, train
+from experiments.benchmark.corpus_parts import devices, made, prepare, read_head, train
 from experiments.benchmark.outputs import Stop, check_writable
 from experiments.parsing import Parser, check_names, check_output
 from rnnjax import spelling
@@ -49,31 +48,6 @@ from rnnjax.workdir import write_atomically
 MAX_MB = 4096
 
 
-def made(path: Path, size: int) -> bool:
-    """Makes text ``path`` of ``size`` MB unless an earlier run made it (its SHA-1 beside it, in
-    ``path.sha1``, still matches); whether it made it. The SHA-1 is written before the text is renamed into
-    place: a stop between leaves a text it does not match, made again, never a text without one."""
-    sha1 = path.with_suffix(".sha1")
-    if path.is_file() and sha1.is_file() and _read(sha1).strip() == _sha1(path).encode():
-        return False
-    tmp = path.with_name(path.name + ".tmp")
-    write_atomically(tmp, save=lambda t: generate(Path(t), size * MB, seed=size))
-    write_atomically(sha1, _sha1(tmp) + "\n")
-    tmp.replace(path)
-    return True
-
-
-def _read(path: Path, limit: int = 64) -> bytes:
-    """``path``'s first bytes: a damaged SHA-1 (not text, or huge) reads as one that does not match."""
-    with open(path, "rb") as f:
-        return f.read(limit)
-
-
-def _sha1(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha1").hexdigest()
-
-
 def _ours(path: Path) -> bool:
     """Whether ``path`` is a file this benchmark writes into ``--out``: a text with its SHA-1 beside it (or
     beside an earlier version's corpus.json, which wrote none), that SHA-1, a write cut short, corpus.json."""
@@ -81,7 +55,7 @@ def _ours(path: Path) -> bool:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             return False
         if path.name == LOCKFILE:       # rnnjax.lock's, as --out is written: empty, or its holder's pid
-            pid = _read(path, 32).strip()
+            pid = read_head(path, 32).strip()
             return path.stat().st_size < 32 and (pid == b"" or pid.isdigit())
         if re.fullmatch(r"(text-\d+mb\.(txt|sha1)|corpus\.json)(\.tmp)?(\.tmp)?", path.name) is None:
             return False

@@ -1,8 +1,9 @@
 """experiments.benchmark.corpus's parts, each run in a fresh process (``--prepare``, ``--train``,
-``--devices``), and the text it makes (``generate``)."""
+``--devices``), and the texts it makes (``generate``), once each (``made``)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import resource
 import statistics
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from rnnjax.workdir import write_atomically
 
 MB = 1 << 20
 
@@ -34,6 +37,31 @@ def generate(path: Path, size: int, seed: int = 0) -> None:
                 f.write(chunk[: max(chunk.rfind(b" ", 0, size - written), 0)])
                 break
             written += f.write(chunk)
+
+
+def made(path: Path, size: int) -> bool:
+    """Makes text ``path`` of ``size`` MB unless an earlier run made it (its SHA-1 beside it, in
+    ``path.sha1``, still matches); whether it made it. The SHA-1 is written before the text is renamed into
+    place: a stop between leaves a text it does not match, made again, never a text without one."""
+    sha1 = path.with_suffix(".sha1")
+    if path.is_file() and sha1.is_file() and read_head(sha1).strip() == _sha1(path).encode():
+        return False
+    tmp = path.with_name(path.name + ".tmp")
+    write_atomically(tmp, save=lambda t: generate(Path(t), size * MB, seed=size))
+    write_atomically(sha1, _sha1(tmp) + "\n")
+    tmp.replace(path)
+    return True
+
+
+def read_head(path: Path, limit: int = 64) -> bytes:
+    """``path``'s first bytes: a damaged SHA-1 (not text, or huge) reads as one that does not match."""
+    with open(path, "rb") as f:
+        return f.read(limit)
+
+
+def _sha1(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def peak_rss_mb() -> float:
