@@ -76,9 +76,9 @@ def parse_args(argv=None, *, prog: str = "python -m experiments.timemachine", pr
     run.add_argument("--init-from", metavar="W",
                      help="start a new run (in --workdir) from the parameters of the run trained in W "
                           "(fine-tuning; --run K of several, --best for its best checkpoint): W's settings "
-                          "changed by the flags given (--seed then orders the batches), the text (the Time "
-                          "Machine or --text) read in W's vocabulary and cleaned as W's was, split as that "
-                          "text's default")
+                          "changed by the flags given (--seed then orders the batches), the text (--text, "
+                          "--data: the Time Machine, else W's) read in W's vocabulary and cleaned as W's "
+                          "was, split as that text's default")
     run.add_argument("--predict", metavar="PREFIX",
                      help="generate from the workdir's checkpoint (without --workdir: of the run these "
                           "flags train); no training")

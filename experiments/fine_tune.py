@@ -22,12 +22,11 @@ checked), or says why it cannot and where it starts instead.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from experiments import flags, settings as settings_lib
-from rnnjax import checkpoint, config as config_lib, corpus, meta as meta_lib, restore, runs, saved
-from rnnjax.spelling import spelt
+from rnnjax import checkpoint, config as config_lib, corpus, meta as meta_lib, restore, runs, saved, source
+from rnnjax.spelling import said, spelt
 from rnnjax.state import check_params
 from rnnjax.stored import UnknownCell
 
@@ -107,13 +106,20 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
 
 def _its_text(args: argparse.Namespace, origin: Path, vocab: dict) -> None:
     """``--text``: the file of one's own that ``origin``'s run trained on, as its config.json records it
-    (said), where no flag names a text; ``ValueError`` where it is not there."""
-    recorded = saved.text_path(origin)
-    if recorded is None or not os.path.isfile(recorded):
+    (said), where no flag names a text; ``ValueError`` where it is not there, or holds another text now."""
+    recorded, sha1 = saved.text_path(origin), vocab["text_sha1"]
+    try:
+        now = None if recorded is None else source.sha1_of(recorded)
+    except OSError:         # gone, a folder, unreadable: not the text it trained on
+        now = None
+    if now != sha1:
+        why = ("its workdir records no file of it" if recorded is None else
+               f"{said(recorded)} is not there" if now is None else f"{said(recorded)} holds another now "
+               f"(SHA-1 {now[:12]}...)")
         raise ValueError(f"--init-from {origin}: its run trained on a text of your own (SHA-1 "
-                         f"{vocab['text_sha1'][:12]}...{saved.text_read(origin)}), which is not there: name "
-                         "the text to train on, --text PATH (or the Time Machine, --data PATH).")
-    args.text = recorded       # its SHA-1 is checked as the run reads it
+                         f"{sha1[:12]}...), and {why}: name the text to train on, --text PATH (or the Time "
+                         "Machine, --data PATH).")
+    args.text = recorded
     args.text_note = f"text: {recorded}, the text {origin}'s run trained on (--text PATH for another)"
 
 

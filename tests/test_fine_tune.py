@@ -317,12 +317,21 @@ def test_with_no_text_named_it_trains_on_the_source_s_own_text_and_says_so(sourc
                           real_text_path)
     assert code == 0 and "the Time Machine" not in out and "a.txt" not in out, err      # named: that one
     assert checkpoint.restore(tmp_path / "tm").vocab.source == source_lib.SHA1        # the text it read
-    (tmp_path / "a.txt").unlink()
-    code, out, err = main(capsys, "--init-from", source, "--workdir", tmp_path / "gone")
-    assert code == 1 and err.startswith(f"error: --init-from {source}: its run trained on a text of your own "
-                                        "(SHA-1 "), err
-    assert err.endswith("which is not there: name the text to train on, --text PATH (or the Time Machine, "
-                        "--data PATH).\n") and not (tmp_path / "gone").exists()
+    # Not the text it trained on: changed since, gone, or never a file the workdir records.
+    text, config_json = tmp_path / "a.txt", source / "config.json"
+    text.write_text(text.read_text() + "an edit\n")
+    recorded = json.loads(config_json.read_text())
+    whys = f"'{text}' holds another now (SHA-1 ", f"'{text}' is not there", "its workdir records no file"
+    for why in whys:
+        code, out, err = main(capsys, "--init-from", source, "--workdir", tmp_path / "gone")
+        assert code == 1 and err.startswith(f"error: --init-from {source}: its run trained on a text of your "
+                                            f"own (SHA-1 "), err
+        assert why in err and err.endswith(": name the text to train on, --text PATH (or the Time Machine, "
+                                           "--data PATH).\n") and not (tmp_path / "gone").exists()
+        if text.exists():
+            text.unlink()
+        else:
+            config_json.write_text(json.dumps({k: v for k, v in recorded.items() if k != "text"}))
 
 
 @pytest.mark.slow
