@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import math
 import re
+import shlex
 from typing import Any
 
 from rnnjax import optimizers
@@ -126,7 +127,9 @@ def resumed_from_flags(args: argparse.Namespace, saved: list[Config], where: str
             differ.append(disagreement(name, wanted, have))
             names.append(name)
     if differ:      # another lr, clip, optimizer, seed...: a new run can start from its parameters
-        tune = "" if set(names) & set(FIXED) else f" (with --init-from {where} to start from its parameters)"
+        whose = " --run K to start from one run's" if len(saved) > 1 else " to start from its"
+        tune = "" if set(names) & set(FIXED) else f" (with --init-from {shlex.quote(where)}{whose} " \
+            "parameters)"
         raise ConfigError(f"{where} holds a run of other settings than the flags ask for: "
                           f"{'; '.join(differ)}. Leave those flags out to train it on (its settings are read "
                           f"from it), or use a new --workdir{tune}.")

@@ -97,6 +97,10 @@ def test_runs_trained_together_resume_as_a_whole(tmp_path):
     for other, has in (("0", "0,1"), ("1,0", "0,1, in that order")):     # fewer; in another order (the
         with pytest.raises(ValueError, match=rf"--seeds? {other} \(it has {has}\)"):    # stacked state's)
             settings(cli.parse_args(["--workdir", w, "--seeds", other]))
+    # A new run starts from one of them: --init-from would ask which (hostile pass).
+    one = rf"\(with --init-from {re.escape(w)} --run K to start from one run's parameters\)\.$"
+    with pytest.raises(ValueError, match=one):
+        settings(cli.parse_args(["--workdir", w, "--lr", "2"]))
 
 
 def test_one_run_trained_together_resumes_as_runs_trained_together(tmp_path):
