@@ -158,8 +158,8 @@ def check_model(model: RNNLM, params: Any, vocab: Vocab) -> None:
 
 
 def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], num_preds: int, *,
-                  temperature: float | None = None, top_k: int | None = None, key: jax.Array | None = None
-                  ) -> list[str]:
+                  temperature: float | None = None, top_k: int | None = None, key: jax.Array | None = None,
+                  clean: Callable[[str], str] | None = None) -> list[str]:
     """Each prefix followed by ``num_preds`` tokens (characters, or words joined by spaces): greedy, or
     sampled if a ``temperature``, ``top_k`` or ``key`` is given (temperature 1, all tokens, ``PRNGKey(0)``
     by default; a key from ``jax.random.key`` or ``jax.random.PRNGKey``). Greedy is d2l's argmax,
@@ -169,7 +169,8 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
 
     Characters outside the vocabulary (uppercase, digits, punctuation) raise a
     ``ValueError`` naming them, rather than being read as ``<unk>``; so do a model, params and vocab
-    not of one run, and any argument of the wrong type or range.
+    not of one run, and any argument of the wrong type or range. ``clean`` (a restored run's ``prompt``)
+    reads each prompt first as the run's text was cleaned; one it leaves only spaces of is refused.
     """
     check_model(model, params, vocab)
     num_preds = whole(num_preds, spelt("num_preds"))
@@ -189,7 +190,7 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
         raise ValueError("Every prefix needs at least one character to start from.")
     steps = padded(num_preds)
     _check_kept(len(prefixes), max(map(len, prefixes)), num_preds, "characters")   # before encoding them
-    ids = [vocab.encode(p) for p in prefixes]
+    ids = [_encoded(vocab, p, clean) for p in prefixes]
     lengths = np.array([len(i) for i in ids], np.int32)
     L = _check_kept(len(ids), int(lengths.max()), num_preds, "tokens")
     prefix = np.zeros((len(ids), L), np.int32)
@@ -204,6 +205,20 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
         tokens = decode_sample(params, prefix, lengths, steps, key, temperature, top_k or 0, (vocab.unk,))
     tokens = np.asarray(tokens)
     return [vocab.decode(row[: n + num_preds]) for row, n in zip(tokens, lengths)]
+
+
+def _encoded(vocab: Vocab, typed: str, clean: Callable[[str], str] | None) -> list[int]:
+    """The ids of prompt ``typed``, read as ``clean`` makes it; a ``ValueError`` names the prompt typed."""
+    read = typed if clean is None else clean(typed)
+    if read != typed and typed.strip() and not read.strip():
+        raise ValueError(f"{typed!r} keeps only spaces once cleaned as the run's text was ({read!r}): give a "
+                         "prompt of the tokens it trained on.")
+    try:
+        return vocab.encode(read)
+    except ValueError as e:
+        if read == typed:
+            raise
+        raise ValueError(f"{typed!r}, read as {read!r} (cleaned as the run's text was): {e}") from None
 
 
 def _check_kept(prompts: int, longest: int, num_preds: int, unit: str) -> int:

@@ -73,12 +73,11 @@ class Restored:
     def predict(self, prefix: str, num_preds: int, **sampling) -> str:
         """``prefix``, cleaned as the run's text was (``prompt``), and ``num_preds`` tokens after it: greedy,
         or sampled given ``temperature``, ``top_k`` or ``key`` (``generate.predict_batch``)."""
-        return predict(self.model, self.params, self.vocab, self.prompt(prefix), num_preds, **sampling)
+        return predict(self.model, self.params, self.vocab, prefix, num_preds, clean=self.prompt, **sampling)
 
     def predict_batch(self, prefixes: list[str], num_preds: int, **sampling) -> list[str]:
-        if isinstance(prefixes, (list, tuple)):
-            prefixes = [self.prompt(p) for p in prefixes]
-        return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds, **sampling)
+        return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds, clean=self.prompt,
+                             **sampling)
 
     def prompt(self, text: str) -> str:
         """``text`` cleaned as the run's was (its config's ``preprocess``): with d2l's, ``'The Time!'`` is

@@ -57,6 +57,15 @@ def test_where_a_run_comes_from_and_its_own_validation_perplexity(small_data, tm
     assert run.prompt("It, THE 42") == "it the " and run.prompt("it has") == "it has"
     assert run.predict("It!", 5) == run.predict("it ", 5)
     assert run.predict_batch(["IT"], 5) == [run.predict("it", 5)]
+    assert run.predict_batch((p for p in ("IT", "The")), 5) == run.predict_batch(["it", "the"], 5)
+    with pytest.raises(ValueError, match=r"^'42!' keeps only spaces once cleaned as the run's text was"):
+        run.predict("42!", 5)                                          # not a space typed: nothing it read
+    assert run.predict(" ", 3).startswith(" ")                       # a space typed: a space read
+    assert "z" not in run.vocab.idx_to_token      # a letter its text lacks: the prompt typed named, as read
+    with pytest.raises(ValueError, match=r"^'Z!', read as 'z ' \(cleaned as the run's text was\): 'z ' has"):
+        run.predict("Z!", 3)
+    with pytest.raises(ValueError, match=r"^prefixes must be a list of strings, got \['The', 3\]"):
+        run.predict_batch(("The", 3), 5)                               # as typed, not cleaned
     raw = dataclasses.replace(run, config=run.config.replace(preprocess="raw"))         # as it is
     assert raw.prompt("It, THE") == "It, THE"
     with pytest.raises(ValueError, match=r"outside the vocabulary: \['I'\]"):
