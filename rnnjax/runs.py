@@ -88,19 +88,32 @@ def summary(history: list[dict], stopped: Sequence[str | None] = (), runs: Itera
     """Mean, min and max over the runs (or those of ``runs``, indices: a ``groups``' one) of their last
     epoch's ``train_ppl``, ``val_ppl``, ``val_bpc``; runs that stopped left out: their last record says why
     (``stopped``), or, for logs written before it did, ``stopped`` (a ``FitResult``'s) does. ``ValueError``
-    if every run stopped."""
+    if every run (chosen) stopped, or ``runs`` names one the history holds nothing of."""
     out = {r.get("run") for r in history if "stopped" in r} | {k for k, why in enumerate(stopped) if why}
-    wanted = None if runs is None else set(runs)
+    wanted = None if runs is None else _indices(runs)
+    if wanted == set():
+        raise ValueError("runs is empty: choose at least one run to summarize, or leave it out for all.")
+    missing = sorted(wanted - {r.get("run") for r in history} - out) if wanted else []     # stopped: said
+    if missing:
+        raise ValueError(f"The history holds no record of run(s) {missing}: no last epoch to summarize.")
     kept = [r for r in history if r.get("run") not in out and (wanted is None or r.get("run") in wanted)]
     if not kept:
-        chosen = [r for r in history if wanted is None or r.get("run") in wanted]
-        which = f"the runs {sorted(wanted)}" if wanted else "any run"
-        raise ValueError("Every run of the history stopped: no last epoch to summarize." if chosen else
-                         f"The history holds no record of {which}: no last epoch to summarize.")
+        raise ValueError(f"Every run {'of the history' if wanted is None else 'chosen'} stopped: no last "
+                         "epoch to summarize." if history else "The history is empty: no epoch to summarize.")
     last = max(r["epoch"] for r in kept)
     final = [r for r in kept if r["epoch"] == last]
     return {k: {"mean": statistics.fmean(r[k] for r in final), "min": min(r[k] for r in final),
                 "max": max(r[k] for r in final)} for k in ("train_ppl", "val_ppl", "val_bpc")}
+
+
+def _indices(runs: Iterable[int]) -> set[int]:
+    try:
+        wanted = set(runs)
+    except TypeError:
+        wanted = None
+    if wanted is None or not all(isinstance(k, int) and not isinstance(k, bool) for k in wanted):
+        raise TypeError(f"runs are the indices of runs (a list of ints, a groups() value), got {runs!r}.")
+    return wanted
 
 
 def groups(configs: Sequence[Config]) -> dict[str, list[int]]:

@@ -274,10 +274,20 @@ def test_summary_of_the_last_epoch():
     with pytest.raises(ValueError, match="^Every run of the history stopped"):
         runs.summary([*single, {**single[-1], "epoch": 3, "stopped": "diverged"}])
     assert runs.summary(history, runs=iter([0, 2]))["val_ppl"] == {"mean": 13.0, "min": 12.0, "max": 14.0}
-    nothing = ([], None, "any run"), (history, [], "any run"), (history, [7], r"the runs \[7\]")
-    for history_, chosen, said in nothing:
-        with pytest.raises(ValueError, match=f"^The history holds no record of {said}: "):
+    for history_, chosen, said in (([], None, "The history is empty"), (history, [], "runs is empty: choose"),
+                                   (history, [0, 7], r"The history holds no record of run\(s\) \[7\]: "),
+                                   (single, [0], r"The history holds no record of run\(s\) \[0\]: "),
+                                   ([*history, diverged], [3], "Every run chosen stopped")):
+        with pytest.raises(ValueError, match=f"^{said}"):
             runs.summary(history_, runs=chosen)
+    # A run that stopped before its first record (its why in stopped) is stopped, not missing.
+    early = [None, None, None, "its training loss is nan at epoch 1, step 2 of 9"]
+    assert runs.summary(history, early, runs=[0, 3])["val_ppl"]["max"] == 12.0
+    with pytest.raises(ValueError, match="^Every run chosen stopped"):
+        runs.summary(history, early, runs=[3])
+    indices = r"^runs are the indices of runs \(a list of ints, a groups\(\) value\), got 1\.$"
+    with pytest.raises(TypeError, match=indices):
+        runs.summary(history, runs=1)
 
 
 def test_runs_are_grouped_by_their_settings_other_than_the_seed():
