@@ -122,10 +122,14 @@ def params_given(params: Any, data: WindowedText, config: Config, caller: str = 
     ``data``'s is another: one of the same size trained on silently, each token another's row), and where
     they come from (``Restored.address``: the new run's ``config.json`` records it); ``ValueError`` unless
     they fit ``config`` (``check_params``). Before the workdir is made, and even where it resumes."""
-    origin = None
+    origin, whose = None, caller + ("'" if caller.endswith("s") else "'s")       # fit_runs'
+    if isinstance(params, (list, tuple)):       # read as a tree, it would be refused leaf by leaf
+        each = " (each run starts from them)" if caller == "fit_runs" else ""
+        raise TypeError(f"{whose} params are one run's{each}, got a {type(params).__name__} of "
+                        f"{len(params)}: train runs from other parameters in workdirs of their own.")
     if isinstance(params, Restored):
         if params.vocab.idx_to_token != data.vocab.idx_to_token:
-            raise ValueError(f"{caller}'s params are a run's trained in another vocabulary than the data's: "
+            raise ValueError(f"{whose} params are a run's trained in another vocabulary than the data's: "
                              "load the data in the run's tokens, rnnjax.corpus.load(config, text=..., "
                              "vocab=run.vocab).")
         params, origin = params.params, params.address

@@ -142,10 +142,6 @@ def fit_runs(configs: Iterable[Config], data: WindowedText, workdir: str | Path,
     ``plan`` and ``params``: as ``fit``'s (every new run starts from ``params``, one run's)."""
     configs = _listed(configs)
     check_runs(configs)
-    if isinstance(params, (list, tuple)):       # read as a tree, it would be refused leaf by leaf
-        raise TypeError(f"fit_runs' params are one run's (each run starts from them), got a "
-                        f"{type(params).__name__} of {len(params)}: train runs from other parameters in "
-                        "workdirs of their own.")
     a = train_lib.asked(configs[0], data, workdir, params, checkpoint_every, keep, progress, log, "fit_runs")
     if plan is not None:
         check_plan(plan, configs[0], data, workdir, configs)

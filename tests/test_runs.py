@@ -121,6 +121,10 @@ def test_runs_fine_tuned_from_one_run_s_params_are_each_the_run_fine_tuned_alone
     with pytest.raises(TypeError, match=r"^fit_runs' params are one run's \(each run starts from them\), "
                                         r"got a list of 2: train runs from other parameters in workdirs of"):
         runs.fit_runs(configs, data10, tmp_path / "tuned", devices=1, log=None, params=[source, source])
+    with pytest.raises(TypeError, match=r"^fit's params are one run's, got a tuple of 1: "):
+        fit(configs[0], data10, tmp_path / "tuned", devices=1, log=None, params=(source,))
+    with pytest.raises(ValueError, match="^keep must be"):          # the arguments in fit's order (hostile)
+        runs.fit_runs(configs, data10, tmp_path / "tuned", keep=0, log=None, params=[source, source])
     assert not (tmp_path / "tuned").exists()
     together = runs.fit_runs(configs, data10, tmp_path / "tuned", devices=1, log=lines.append, params=source)
     assert lines[0].startswith("2 new runs of 2 epochs") and lines[0].endswith("; from the params given")
