@@ -106,14 +106,34 @@ def test_notebook_explores_one_of_runs_of_words_trained_together(real_text_path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["RNNJAX_RUN", "RNNJAX_NOTEBOOK_EPOCHS"])
-def test_a_setting_that_is_no_whole_number_is_one_sentence(tmp_path, monkeypatch, name):
+@pytest.mark.parametrize("name, value, least", [
+    ("RNNJAX_RUN", "abc", 0), ("RNNJAX_RUN", "٣", 0), ("RNNJAX_NOTEBOOK_EPOCHS", "0", 1)])
+def test_a_setting_that_is_no_whole_number_is_one_sentence(tmp_path, monkeypatch, name, value, least):
     """``RNNJAX_RUN=abc`` was a ValueError's traceback from ``int()`` (researcher, 2026-12-07)."""
-    monkeypatch.setenv(name, "abc")
+    monkeypatch.setenv(name, value)
+    said = f"{name} must be a whole number of at least {least}, got {value!r}."
+    assert first_error(tmp_path, 2) == ("SystemExit", said)
+
+
+@pytest.mark.slow
+def test_a_run_the_workdir_does_not_hold_is_restore_s_sentence(tmp_path, monkeypatch):
+    from rnnjax import TimeMachine, fit
+    from rnnjax.config import PRESETS
+    config = PRESETS["tiny"].replace(epochs=1)
+    fit(config, TimeMachine(config.batch_size, config.num_steps, config.num_train, config.num_val,
+                            text="the time machine " * 300), tmp_path / "w", devices=1, log=None)
+    monkeypatch.setenv("RNNJAX_CHECKPOINT", str(tmp_path / "w"))
+    monkeypatch.setenv("RNNJAX_RUN", "5")
+    assert first_error(tmp_path, 4) == ("SystemExit", f"{tmp_path / 'w'} holds a single run; leave out run=5 "
+                                                      "(and RNNJAX_RUN).")
+
+
+def first_error(tmp_path, cells: int) -> tuple[str, str] | None:
+    """The first error's name and message of the notebook's first ``cells`` cells, run in ``tmp_path``."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    nb.cells = nb.cells[:2]                         # the settings are read in the first code cell
+    nb.cells = nb.cells[:cells]
     NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = [o for o in nb.cells[1].outputs if o.output_type == "error"]
-    said = f"{name} must be a whole number, got 'abc'."
-    assert [(e.ename, e.evalue) for e in errors] == [("SystemExit", said)]
+    errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+              if o.output_type == "error"]
+    return (errors[0].ename, errors[0].evalue) if errors else None
