@@ -6,10 +6,9 @@ or with ``--best`` its best), changed by the flags given: lists train runs
 together, each from those parameters (``--seed`` then orders the batches).
 It trains on the text the flags name (``--text``, or ``--data``: the Time
 Machine), else on ``W``'s (a text of one's own as its ``config.json`` records
-it, said), read
-in ``W``'s vocabulary and cleaned as ``W``'s was (tokens it never saw are
-``<unk>``, warned of); where the kind of text changes, the split is that
-text's default (``--text``'s tail, or d2l's windows). It says the starting
+it, its SHA-1 checked; said), read in ``W``'s vocabulary and cleaned as
+``W``'s was (tokens it never saw are ``<unk>``, warned of); where the kind
+of text changes, the split is that text's default (``--text``'s tail, or d2l's windows). It says the starting
 parameters' validation perplexity on the new text. Its ``config.json``
 records the checkpoint it started from (``init_from``, in every meta too), so
 the same command resumes it, as does ``--workdir NEW`` alone; once it holds a

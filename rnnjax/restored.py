@@ -80,8 +80,8 @@ class Restored:
                              **sampling)
 
     def prompt(self, text: str) -> str:
-        """``text`` cleaned as the run's was (its config's ``preprocess``): with d2l's, ``'The Time!'`` is
-        ``'the time '``, as ``losses`` reads it; other than a str, as it is (for ``predict``'s message)."""
+        """``text`` cleaned as the run's was (its config's ``preprocess``), as ``predict`` and ``losses`` read
+        it: with d2l's, ``'The Time!'`` is ``'the time '``. Other than a str, as it is."""
         return cleaned(text, self.config.preprocess) if isinstance(text, str) else text
 
     def perplexity(self, data: WindowedText) -> float:
