@@ -1,20 +1,21 @@
 """``--init-from W``: a new run that starts from the parameters of the run trained in ``W`` (fine-tuning).
 
-The new run, in the ``--workdir`` given, has the settings of ``W``'s run
-(of run ``--run K`` among several trained together; its latest checkpoint,
-or with ``--best`` its best), changed by the flags given: lists train runs
+The new run, in the ``--workdir`` given, has the settings of ``W``'s run (of
+run ``--run K`` among several trained together; its latest checkpoint, or
+with ``--best`` its best), changed by the flags given: lists train runs
 together, each from those parameters (``--seed`` then orders the batches).
 It trains on the text the flags name (``--text``, or ``--data``: the Time
-Machine), else on ``W``'s (a text of one's own as its ``config.json`` records
-it, its SHA-1 checked; said), read in ``W``'s vocabulary and cleaned as
-``W``'s was (tokens it never saw are ``<unk>``, warned of); where the kind
-of text changes, the split is that text's default (``--text``'s tail, or d2l's windows). It says the starting
-parameters' validation perplexity on the new text. Its ``config.json``
-records the checkpoint it started from (``init_from``, in every meta too), so
-the same command resumes it, as does ``--workdir NEW`` alone; once it holds a
-checkpoint, ``--init-from`` is not used (said). Killed before its first
-checkpoint, it starts again from that very checkpoint (its meta's checksum
-checked), or says why it cannot and where it starts instead.
+Machine), else on ``W``'s (a text of one's own as its ``config.json``
+records it, its SHA-1 checked; said), read in ``W``'s vocabulary and cleaned
+as ``W``'s was (tokens it never saw are ``<unk>``, warned of); where the
+kind of text changes, the split is that text's default (``--text``'s tail,
+or d2l's windows). It says the starting parameters' validation perplexity on
+the new text. Its ``config.json`` records the checkpoint it started from
+(``init_from``, in every meta too), so the same command resumes it, as does
+``--workdir NEW`` alone; once it holds a checkpoint, ``--init-from`` is not
+used (said). Killed before its first checkpoint, it starts again from that
+very checkpoint (its meta's checksum checked), or says why it cannot and
+where it starts instead.
 ``rnnjax.fit(..., params=restore(W))`` is the same from Python.
 """
 
