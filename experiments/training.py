@@ -15,6 +15,7 @@ import rnnjax
 from experiments import cli, fine_tune
 from rnnjax import arguments, checkpoint, config as config_lib, corpus, memory, metrics, runs, source
 from rnnjax.data import WindowedText
+from rnnjax.plot import plot_perplexity
 from rnnjax.start import planned
 from rnnjax.train import fit
 
@@ -108,7 +109,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
         # A finished run's plot is drawn again where a stop cut it short: missing, or older than its records.
         if result.history and jax.process_index() == 0 and (
                 not p.finished or not plot.exists() or plot.stat().st_mtime_ns < records.stat().st_mtime_ns):
-            metrics.plot_perplexity(result.history, plot)
+            plot_perplexity(result.history, plot)
     cli.say_trained(say, result, configs, several, model, data, workdir, p.finished)
     if jax.process_index():         # its lines are process 0's
         print(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 said how the run "

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from rnnjax.config import SWEEPABLE
-from rnnjax.spelling import shown, spelt
+from rnnjax.spelling import spelt
 from rnnjax.stored import CONFIG, METRICS as FILENAME, PLOT, STEPS  # a run's records, moved aside together
 from rnnjax.workdir import write_atomically
 
@@ -269,32 +269,3 @@ def _check_order(records: list[dict], path: Path, key: str) -> None:
                                "wrote to this workdir, or it was edited. Move the file aside to resume (its "
                                f"records go; the checkpoints are kept), or use a new {spelt('workdir')}.")
         last[run] = r[key]
-
-
-def plot_perplexity(records: list[dict], path: str | Path) -> Path:
-    """d2l's figure: train and val perplexity against epoch, saved headless; records with a ``run``
-    field (``rnnjax.runs``) get a color per run, train solid and val dashed."""
-    from matplotlib.figure import Figure     # not pyplot: the caller's backend (a notebook's) stays as it is
-
-    runs = sorted({r.get("run") for r in records}, key=lambda run: -1 if run is None else run)
-    first = {run: next(r for r in records if r.get("run") == run) for run in runs}      # a run's settings
-    varied = [k for k in SWEEPABLE if len({str(first[run].get(k)) for run in runs}) > 1]
-    fig = Figure(figsize=(4.5, 3.2), dpi=120)
-    ax = fig.subplots()
-    for i, run in enumerate(runs):
-        mine = [r for r in records if r.get("run") == run]
-        epochs, color = [r["epoch"] for r in mine], f"C{i % 10}"
-        said = "".join(f", {k} {shown(first[run].get(k))}" for k in varied)
-        name = "" if run is None else f" (run {run}{said})"
-        for key, style in (("train_ppl", "-"), ("val_ppl", "--")):      # infinite: a gap
-            values = [r[key] if r[key] is not None and math.isfinite(r[key]) else math.nan for r in mine]
-            ax.plot(epochs, values, style, color=color, label=f"{key}{name}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("perplexity")
-    ax.grid(alpha=0.3)
-    if len(runs) <= 10:          # beyond, a legend would cover the plot: its colors repeat anyway
-        ax.legend(fontsize=6 if len(runs) > 2 else None)
-    fig.tight_layout()
-    # a whole file or none, never opened in place (it could be a FIFO)
-    write_atomically(Path(path), save=lambda tmp: fig.savefig(tmp, format="png"))
-    return Path(path)

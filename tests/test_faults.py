@@ -349,7 +349,7 @@ def signalled(f):
 if where == "fit":
     training.fit = signalled(training.fit)
 if where == "plot":
-    metrics.plot_perplexity = signalled(lambda *args, **kwargs: None)
+    training.plot_perplexity = signalled(lambda *args, **kwargs: None)
 if where == "restore":
     checkpoint.restore = signalled(checkpoint.restore)
 if where == "start":            # JAX starting, before the checkpoint is looked at

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rnnjax import metrics
-from rnnjax.metrics import MetricsError, MetricsLog, plot_perplexity
+from rnnjax.metrics import MetricsError, MetricsLog
 
 
 def records(n):
@@ -87,48 +87,6 @@ def test_a_record_of_the_wrong_shape_or_nested_thousands_deep_is_named(tmp_path,
     path.write_text(line + "\n")
     with pytest.raises(MetricsError, match=r"metrics.jsonl, line 1, is not a metrics record"):
         MetricsLog(path).read()
-
-
-def test_plot_is_a_png(tmp_path):
-    path = plot_perplexity(records(4), tmp_path / "ppl.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_a_plot_leaves_the_caller_s_matplotlib_backend_as_it_was(tmp_path):
-    """It switched a notebook's backend to Agg, after which its own figures no longer showed."""
-    import matplotlib
-    before = matplotlib.get_backend()
-    matplotlib.use("svg")
-    try:
-        plot_perplexity(records(2), tmp_path / "ppl.png")
-        assert matplotlib.get_backend() == "svg"
-    finally:
-        matplotlib.use(before)
-
-
-def test_a_plot_of_many_runs_has_no_legend_and_warns_of_nothing(tmp_path):
-    """Many runs' legend covered the plot and matplotlib warned it could not lay it out; an infinite
-    perplexity is a gap."""
-    import warnings
-    records = [{"epoch": e, "run": r, "train_ppl": 5.0 + r, "val_ppl": math.inf if e == 2 else 6.0}
-               for r in range(40) for e in (1, 2, 3)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        path = plot_perplexity(records, tmp_path / "ppl.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_a_plot_of_runs_names_each_by_its_settings_that_differ(tmp_path, monkeypatch):
-    """A sweep's curves were labelled run 0 to 5 alone (researcher day 6)."""
-    from matplotlib.figure import Figure
-    drawn = []
-    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: drawn.append(fig))
-    swept = [{"epoch": 1, "run": k, "seed": s, "lr": lr, "clip": 1.0, "train_ppl": 5.0, "val_ppl": 6.0}
-             for k, (lr, s) in enumerate((lr, s) for lr in (0.5, 1.0) for s in (0, 1))]
-    plot_perplexity(swept, tmp_path / "ppl.png")
-    labels = drawn[0].axes[0].get_legend_handles_labels()[1]
-    assert labels[:2] == ["train_ppl (run 0, seed 0, lr 0.5)", "val_ppl (run 0, seed 0, lr 0.5)"]
-    assert labels[-1] == "val_ppl (run 3, seed 1, lr 1)"
 
 
 def test_records_of_a_run_the_workdir_does_not_hold_are_named(tmp_path):
