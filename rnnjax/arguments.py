@@ -13,9 +13,10 @@ from typing import Any
 
 import jax
 
-from rnnjax import agree, kernels, memory, optimizers, workdir as workdir_lib
+from rnnjax import agree, kernels, memory, workdir as workdir_lib
 from rnnjax.config import Config, check_is_config, whole
 from rnnjax.data import WindowedText
+from rnnjax.optimizer_checks import check_update
 from rnnjax.parallel import DataParallel
 from rnnjax.protocol import StepProblem
 from rnnjax.restored import Restored
@@ -90,7 +91,7 @@ def _check_state(config: Config, abstract: Any, runs: list[Config] | None, sized
                          f"checkpoints (orbax) cannot save: {whose} must make none.")
     # One run's state, as each steps: runs trained together are one vmapped step.
     one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), abstract) if runs else abstract
-    optimizers.check_update(config, one, per_run=bool(runs))
+    check_update(config, one, per_run=bool(runs))
 
 
 def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: int | None = None,

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 
 from rnnjax import (agree, checkpoint, computing as computing_lib, kernels, lock as lock_lib, memory, metrics,
-                    optimizers, precision, saved, step_lines, tidy)
+                    optimizer_checks, optimizers, precision, saved, step_lines, tidy)
 from rnnjax.arguments import check
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as, registered_own
@@ -105,10 +105,10 @@ class Plan:
                          "config.epochs follows the new count, one of a fixed count of steps keeps its end)")
         if self.stalled:
             hint += (f"; warning: the optimizer {self.config.optimizer!r} updates nothing in "
-                     f"{optimizers.STALL_PROBES} steps from step {self.step} given gradients of norm 1 (a "
-                     "rate of 0, as a schedule's of a fixed count of steps past its end, would train nothing "
-                     "from here): register one whose schedule follows config.epochs (rnnjax.optimizers), or "
-                     "train anew in another workdir")
+                     f"{optimizer_checks.STALL_PROBES} steps from step {self.step} given gradients of norm 1 "
+                     "(a rate of 0, as a schedule's of a fixed count of steps past its end, would train "
+                     "nothing from here): register one whose schedule follows config.epochs "
+                     "(rnnjax.optimizers), or train anew in another workdir")
         hint += f"; {changed}" if changed else ""
         hint += "".join(f"; checkpoint step {step} {why}, set aside in "
                         f"{self.workdir / checkpoint.DAMAGED}" for step, why in self.damaged)
@@ -258,8 +258,8 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
         # A resume of more epochs: rnnjax's own optimizers keep their rate; one's own schedule may have ended.
         stalled = (asked != config.epochs > position.epoch
                    and optimizers.registered_as(config.optimizer) != "rnnjax's own"
-                   and optimizers.stalled(config, jax.tree.map(lambda x: x[0], state) if runs else state,
-                                          per_run=bool(runs)))
+                   and optimizer_checks.stalled(config, jax.tree.map(lambda x: x[0], state) if runs
+                                                else state, per_run=bool(runs)))
         return Plan(config, workdir, dp, path, step, position, runs, state,
                     tuple(sorted(damaged, reverse=True)), lost, bool(torn),
                     computed_by=computing_lib.computed_by(metas[step]), saved_epochs=asked, stalled=stalled,

@@ -14,6 +14,7 @@ import optax
 from flax.training import train_state
 
 from rnnjax import kernels, optimizers
+from rnnjax.optimizer_checks import changing, check_kept, failing
 from rnnjax.xla import CompiledPerShape, init_compiler_options, per_module
 from rnnjax.cells import OWN_CELLS, registered_own
 from rnnjax.config import Config, ConfigError
@@ -122,7 +123,7 @@ def create_run_states(configs: list[Config], vocab_size: int, params: Any = None
                                                init_compiler_options()), seeds, configs[0])
     opt_states = [make_optimizer(c, per_run=True).init(jax.tree.map(lambda x: x[r], params))
                   for r, c in enumerate(configs)]
-    optimizers.check_kept(configs, opt_states)
+    check_kept(configs, opt_states)
     tx = make_optimizer(configs[0], per_run=True)        # one function; each run's values are in its state
     return TrainState(step=jnp.zeros(len(configs), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
                       opt_state=jax.tree.map(lambda *x: jnp.stack(x), *opt_states))
@@ -134,7 +135,7 @@ def check_per_run(configs: list[Config], vocab_size: int) -> None:
     ``per_run`` would train each at the first run's values, its records saying otherwise. Before any state
     is made (``fit_runs``: before the workdir), each run's optimizer made for zeros of the model's
     parameters (an optimizer may follow their tree); ``create_run_states`` checks the states it makes."""
-    if not optimizers.changing(configs):
+    if not changing(configs):
         return
     params = abstract_train_state(configs[0], vocab_size).params
     zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params)
@@ -142,8 +143,8 @@ def check_per_run(configs: list[Config], vocab_size: int) -> None:
         opt_states = [make_optimizer(c, per_run=True).init(zeros) for c in configs]
     except Exception as e:      # one's own optimizer, whatever it raises: before any work, not after it
         raise ValueError(f"{spelt('optimizer', configs[0].optimizer)} cannot be made for the model's "
-                         f"parameters{optimizers.failing(True, e)}.") from None
-    optimizers.check_kept(configs, opt_states)
+                         f"parameters{failing(True, e)}.") from None
+    check_kept(configs, opt_states)
 
 
 def abstract_run_states(configs: list[Config], vocab_size: int) -> TrainState:
@@ -225,7 +226,7 @@ def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> T
         return jax.eval_shape(lambda p: TrainState.create(apply_fn=model.apply, params=p, tx=tx), params)
     except Exception as e:      # one's own optimizer, whatever it raises: before any work, not after it
         raise ValueError(f"{spelt('optimizer', config.optimizer)} cannot be made for the model's parameters"
-                         f"{optimizers.failing(per_run, e)}.") from None
+                         f"{failing(per_run, e)}.") from None
 
 
 def check_params(params: Any, config: Config, vocab_size: int) -> None:
