@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnnjax.optimizers import make
+from rnnjax.optimizers import OPTIMIZERS, OWN, make
 from rnnjax.spelling import leaf_types, spelt, type_change
 
 STALL_PROBES = 64      # steps an optimizer that accumulates (optax.MultiSteps) may wait between its updates
@@ -112,3 +112,45 @@ def failing(per_run: bool, e: Exception) -> str:
             "each run keeps in its state, traced (optax.inject_hyperparams): for a schedule made from the "
             "rate, scale one of peak 1 by it (lambda count: learning_rate * schedule(count)); another, set "
             "it inside the function, not as an argument; or train the runs one by one")
+
+
+def check_rates(configs: list[Any], params: Any) -> None:
+    """``ValueError`` unless runs of different ``lr`` step differently from ``params`` (zeros of the model's):
+    an optimizer of one's own may keep each run's rate in its state (``check_kept``) and never read it (a
+    schedule not scaled by ``learning_rate``), training every run alike under their rates' names. Each
+    run's first update that is not zero is compared (``stalled``'s probe: a warmup may start at 0)."""
+    name = configs[0].optimizer
+    lrs = list(dict.fromkeys(c.lr for c in configs))
+    if len(lrs) < 2 or OPTIMIZERS[name] is OWN.get(name):      # rnnjax's own read it
+        return
+    pair = [next(c for c in configs if c.lr == lr) for lr in lrs[:2]]
+    first = [_first_update(c, params) for c in pair]
+    if all(u is not None for u in first) and all(
+            np.array_equal(x, y) for x, y in zip(jax.tree.leaves(first[0]), jax.tree.leaves(first[1]))):
+        raise ValueError(f"Runs of different lr train alike under {spelt('optimizer', name)}: its first "
+                         f"updates at lr {pair[0].lr} and {pair[1].lr} are the same, the rate kept in its "
+                         "state but never read (a schedule made from the rate scales one of peak 1 by it: "
+                         "lambda count: learning_rate * schedule(count)).")
+
+
+def _first_update(config: Any, params: Any) -> Any:
+    """The first update ``config.optimizer`` (``per_run``) makes from ``params`` that is not all zeros,
+    given gradients of global norm 1, within ``STALL_PROBES`` steps; ``None`` if none."""
+    tx = make(config, per_run=True)
+    size = sum(x.size for x in jax.tree.leaves(params))
+    grads = jax.tree.map(lambda x: jnp.full_like(x, size ** -0.5), params)
+
+    def probe(opt_state):
+        def step(carry):
+            i, opt_state, _, _ = carry
+            updates, opt_state = tx.update(grads, opt_state, params)
+            moved = jnp.any(jnp.stack([jnp.any(u != 0) for u in jax.tree.leaves(updates)]))
+            return i + 1, opt_state, updates, moved
+        zero = jax.tree.map(jnp.zeros_like, params)
+        return jax.lax.while_loop(lambda c: (c[0] < STALL_PROBES) & ~c[3], step,
+                                  (0, opt_state, zero, jnp.array(False)))[2:]
+    try:
+        updates, found = jax.jit(probe)(tx.init(params))
+    except Exception:       # whatever it raises: the run's own checks (check_update) say it
+        return None
+    return jax.device_get(updates) if bool(found) else None

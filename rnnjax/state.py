@@ -14,7 +14,7 @@ import optax
 from flax.training import train_state
 
 from rnnjax import kernels, optimizers
-from rnnjax.optimizer_checks import changing, check_kept, failing
+from rnnjax.optimizer_checks import changing, check_kept, check_rates, failing
 from rnnjax.xla import CompiledPerShape, init_compiler_options, per_module
 from rnnjax.cells import OWN_CELLS, registered_own
 from rnnjax.config import Config, ConfigError
@@ -132,7 +132,8 @@ def create_run_states(configs: list[Config], vocab_size: int, params: Any = None
 def check_per_run(configs: list[Config], vocab_size: int) -> None:
     """``ValueError`` unless each run's optimizer state holds its own ``lr`` and ``clip`` where runs differ in
     them: one optimizer steps every run, so one of one's own (``rnnjax.optimizers``) that ignores
-    ``per_run`` would train each at the first run's values, its records saying otherwise. Before any state
+    ``per_run`` would train each at the first run's values, its records saying otherwise (or one that keeps
+    the rate and never reads it, ``check_rates``). Before any state
     is made (``fit_runs``: before the workdir), each run's optimizer made for zeros of the model's
     parameters (an optimizer may follow their tree); ``create_run_states`` checks the states it makes."""
     if not changing(configs):
@@ -145,6 +146,7 @@ def check_per_run(configs: list[Config], vocab_size: int) -> None:
         raise ValueError(f"{spelt('optimizer', configs[0].optimizer)} cannot be made for the model's "
                          f"parameters{failing(True, e)}.") from None
     check_kept(configs, opt_states)
+    check_rates(configs, zeros)         # kept, and read: runs of different rates step differently
 
 
 def abstract_run_states(configs: list[Config], vocab_size: int) -> TrainState:

@@ -278,6 +278,23 @@ def test_runs_of_other_rates_under_a_scheduled_rate_are_one_sentence(monkeypatch
         state.check_per_run(runs, 28)
 
 
+def test_runs_of_other_rates_under_an_optimizer_that_never_reads_its_rate_are_refused(monkeypatch):
+    """clipped of a transformation that ignores learning_rate trained a sweep's runs alike, their records
+    saying otherwise (researcher day 3); a warmup from 0 that reads it is no such optimizer."""
+    from rnnjax import state
+    warmup = optax.linear_schedule(0.0, 1.0, 3)
+    fixed = optimizers.clipped(lambda learning_rate: optax.adam(1e-3))
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "fixed", fixed)
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "warmup", optimizers.clipped(
+        lambda learning_rate: optax.sgd(lambda n: learning_rate * warmup(n))))
+    runs = [TINY.replace(optimizer="fixed", lr=lr) for lr in (0.01, 0.02, 0.01)]
+    alike = r"^Runs of different lr train alike under optimizer='fixed': its first updates at lr 0.01 and 0"
+    with pytest.raises(ValueError, match=alike):
+        state.check_per_run(runs, 28)
+    state.check_per_run([r.replace(optimizer="warmup") for r in runs], 28)       # 0 at first, then its rate
+    state.check_per_run([r.replace(lr=0.01, clip=c) for r, c in zip(runs, (1.0, 2.0))], 28)     # one lr
+
+
 def test_clipped_traces_each_run_s_own_rate_and_norm_whatever_their_defaults(monkeypatch):
     """An int (or callable) default is kept in the function (a size, a mask), but not ``learning_rate``'s
     or ``max_norm``'s, which clipped gives each run: an int default of 1 had runs of other rates refused."""
