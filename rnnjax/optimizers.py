@@ -159,6 +159,15 @@ def make(config: Any, per_run: bool = False) -> optax.GradientTransformation:
     making = _MAKING.set(_MAKING.get() | {config.optimizer})
     try:
         made = maker(config, per_run)
+    except (ConfigError, jax.errors.ConcretizationTypeError):      # said; a traced rate's: by the caller
+        raise
+    except Exception as e:      # one's own, whatever it raises: named, not raw
+        said = (str(e).strip().splitlines() or [""])[0].rstrip(".")
+        steps = ("; config.steps_per_epoch is 0 unless the run sets it (--steps-per-epoch): a schedule over "
+                 "the run takes data.num_batches() * config.epochs as it is registered (rnnjax.optimizers)"
+                 if not config.steps_per_epoch and "step" in said.lower() else "")
+        raise ConfigError(f"{where} cannot be made for this run ({type(e).__name__}: {said}){steps}.") \
+            from None
     finally:
         _MAKING.reset(making)
     if not (callable(getattr(made, "init", None)) and callable(getattr(made, "update", None))):

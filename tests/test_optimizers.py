@@ -278,6 +278,20 @@ def test_runs_of_other_rates_under_a_scheduled_rate_are_one_sentence(monkeypatch
         state.check_per_run(runs, 28)
 
 
+def test_an_optimizer_that_fails_as_it_is_made_is_named_and_a_schedule_of_no_steps_said(monkeypatch):
+    """optax's own sentence alone had reached the command line (researcher day 3): a cosine over
+    config.steps_per_epoch * config.epochs steps, 0 unless the run sets it."""
+    def cosine(config, per_run=False):
+        return optax.sgd(optax.cosine_decay_schedule(config.lr, config.steps_per_epoch * config.epochs))
+    monkeypatch.setitem(rnnjax.OPTIMIZERS, "cosine", cosine)
+    said = (r"^rnnjax.OPTIMIZERS\['cosine'\] cannot be made for this run \(ValueError: The "
+            r"cosine_decay_schedule requires positive decay_steps, got decay_steps=0\); config.steps_per_epoch is "
+            r"0 unless the run sets it")
+    with pytest.raises(ConfigError, match=said):
+        optimizers.make(TINY.replace(optimizer="cosine"))
+    assert callable(optimizers.make(TINY.replace(optimizer="cosine", steps_per_epoch=10)).update)
+
+
 def test_runs_of_other_rates_under_an_optimizer_that_never_reads_its_rate_are_refused(monkeypatch):
     """clipped of a transformation that ignores learning_rate trained a sweep's runs alike, their records
     saying otherwise (researcher day 3); a warmup from 0 that reads it is no such optimizer."""
