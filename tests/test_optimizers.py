@@ -285,8 +285,8 @@ def test_an_optimizer_that_fails_as_it_is_made_is_named_and_a_schedule_of_no_ste
         return optax.sgd(optax.cosine_decay_schedule(config.lr, config.steps_per_epoch * config.epochs))
     monkeypatch.setitem(rnnjax.OPTIMIZERS, "cosine", cosine)
     said = (r"^rnnjax.OPTIMIZERS\['cosine'\] cannot be made for this run \(ValueError: The "
-            r"cosine_decay_schedule requires positive decay_steps, got decay_steps=0\); config.steps_per_epoch is "
-            r"0 unless the run sets it")
+            r"cosine_decay_schedule requires positive decay_steps, got decay_steps=0\); "
+            r"config.steps_per_epoch is 0 unless the run sets it")
     with pytest.raises(ConfigError, match=said):
         optimizers.make(TINY.replace(optimizer="cosine"))
     assert callable(optimizers.make(TINY.replace(optimizer="cosine", steps_per_epoch=10)).update)
