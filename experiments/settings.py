@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 from experiments import fine_tune, flags
@@ -62,6 +63,11 @@ def settings(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, b
     ``config.json`` (or its newest checkpoint's meta) and its checkpoints' steps."""
     configs, workdir, together = _settings(args)
     fine_tune.recorded(args, configs, workdir)
+    given = flags.given(args)
+    if args.settings_from is None and "optimizer" in given and "lr" not in given and configs[0].lr > 0.1 \
+            and configs[0].optimizer == "adam":      # the preset's rate is SGD's: Adam diverges at it
+        warnings.warn(f"--optimizer adam trains at --lr {configs[0].lr:g}, the rate the settings give SGD; "
+                      "Adam's are nearer 0.001 to 0.01 (--lr 0.01)")
     return configs, workdir, together
 
 

@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import jax
@@ -59,6 +60,18 @@ def saved(workdir, configs, text_sha1=None, together=None, checkpointed=True):
         checkpoint.check_saved(manager)
         manager.close()
     return str(workdir)
+
+
+def test_adam_at_a_preset_s_sgd_rate_is_warned_of(tmp_path):
+    """--preset gru --optimizer adam trained at lr 4 and diverged three epochs later (researcher day 3)."""
+    args = ["--preset", "gru", "--optimizer", "adam", "--workdir", str(tmp_path / "w")]
+    said = r"^--optimizer adam trains at --lr 4, the rate the settings give SGD; Adam's are nearer 0.001 to 0.01"
+    with pytest.warns(UserWarning, match=said):
+        assert settings(cli.parse_args(args))[0][0].lr == 4.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        settings(cli.parse_args([*args, "--lr", "4"]))                     # typed: as asked
+        settings(cli.parse_args(["--preset", "gru", "--workdir", str(tmp_path / "sgd")]))
 
 
 def test_a_workdir_s_own_settings_are_read_and_the_resumable_flags_change_them(tmp_path):
