@@ -270,7 +270,7 @@ def say_trained(say: Callable[[str], Any], result: FitResult, configs: list, sev
             said = (f"{k} mean {ppl_text(v['mean'])} (min {ppl_text(v['min'])}, max {ppl_text(v['max'])})"
                     for k, v in table.items())
             lines.append(f"{count} {of}, epoch {result.history[-1]['epoch']}:  " + "  ".join(said))
-        lines = lines or [f"{len(configs)} runs, epoch {result.history[-1]['epoch']}"]
+        lines = lines or [f"{len(configs)} runs, epoch {result.history[-1]['epoch']}, each one's line above"]
         lines[-1] += f"{_unknown(data)}; {'in' if finished else 'wrote'} {workdir}"
         for line in lines:
             say(line)

@@ -228,7 +228,7 @@ def test_cli_names_a_run_that_stopped_and_finishes_the_others(real_text_path, tm
     assert "\nrun 1 (lr 1e6) stopped: its train perplexity is inf at epoch 1" in out     # as it stops
     assert "run 1 (lr 1e6): stopped, its train perplexity is inf at epoch 1" in out
     assert "run 0 (lr 1): train perplexity" in out and "1 run of" not in out      # its run's line says it
-    assert out.endswith(f"\n2 runs, epoch 2; wrote {workdir}\n")
+    assert out.endswith(f"\n2 runs, epoch 2, each one's line above; wrote {workdir}\n")
     assert timemachine.main(["--workdir", workdir, "--predict", "it has", "--run", "1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: Run 1 of ") and "stopped early" in err and err.count("\n") == 1
