@@ -88,7 +88,8 @@ def summary(history: list[dict], stopped: Sequence[str | None] = (), runs: Itera
     """Mean, min and max over the runs (or those of ``runs``, indices: a ``groups``' one) of their last
     epoch's ``train_ppl``, ``val_ppl``, ``val_bpc``; runs that stopped left out: their last record says why
     (``stopped``), or, for logs written before it did, ``stopped`` (a ``FitResult``'s) does. ``ValueError``
-    if every run (chosen) stopped, or ``runs`` names one the history holds nothing of."""
+    if every run (chosen) stopped, ``runs`` names one the history holds nothing of, or the runs differ in
+    other settings than the seed (``groups``)."""
     out = {r.get("run") for r in history if "stopped" in r} | {k for k, why in enumerate(stopped) if why}
     wanted = None if runs is None else _indices(runs)
     if wanted == set():
@@ -97,6 +98,10 @@ def summary(history: list[dict], stopped: Sequence[str | None] = (), runs: Itera
     if missing:
         raise ValueError(f"The history holds no record of run(s) {missing}: no last epoch to summarize.")
     kept = [r for r in history if r.get("run") not in out and (wanted is None or r.get("run") in wanted)]
+    varied = [k for k in SWEEPABLE if k != "seed" and len({r[k] for r in kept if k in r}) > 1]
+    if varied:          # as groups() says: a mean over runs of other rates is no result
+        raise ValueError(f"The runs summarized differ in {' and '.join(varied)}: a mean over them is no "
+                         "result; summarize each group, runs=rnnjax.runs.groups(configs)[name].")
     if not kept:
         raise ValueError(f"Every run {'of the history' if wanted is None else 'chosen'} stopped: no last "
                          "epoch to summarize." if history else "The history is empty: no epoch to summarize.")

@@ -284,6 +284,11 @@ def test_summary_of_the_last_epoch():
                                    ([*history, diverged], [3], "Every run chosen stopped")):
         with pytest.raises(ValueError, match=f"^{said}"):
             runs.summary(history_, runs=chosen)
+    # Runs of two rates: a mean over them is no result (researcher day 3); each rate's seeds are.
+    rates = [{**r, "lr": 1.0 if r["run"] < 2 else 2.0, "seed": r["run"]} for r in history]
+    with pytest.raises(ValueError, match=r"^The runs summarized differ in lr: a mean over them is no result"):
+        runs.summary(rates)
+    assert runs.summary(rates, runs=[0, 1])["val_ppl"] == {"mean": 12.5, "min": 12.0, "max": 13.0}
     # A run that stopped before its first record (its why in stopped) is stopped, not missing.
     early = [None, None, None, "its training loss is nan at epoch 1, step 2 of 9"]
     assert runs.summary(history, early, runs=[0, 3])["val_ppl"]["max"] == 12.0
