@@ -142,7 +142,7 @@ SLOW_TESTS = {
 # The files of the longest tests (subprocesses of whole runs, up to a minute each), first: the two workers
 # start on them and end on short ones, not one of them on a long test after the other is done.
 LONG_FIRST = ("test_device_check.py", "test_benchmark.py", "test_readme.py", "test_faults.py",
-              "test_parallel.py", "test_notebook.py", "test_timemachine.py")
+              "test_parallel.py", "test_compiled.py", "test_notebook.py", "test_timemachine.py")
 
 
 def pytest_collection_modifyitems(items):

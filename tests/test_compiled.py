@@ -40,9 +40,9 @@ def test_a_process_training_run_after_run_keeps_the_programs_of_its_latest_runs_
     for lr in (1.0, 2.0, 3.0, 4.0, 5.0):        # the latest four kept (_kept), for a next run of each
         train(lr)
     before = maps()
-    for lr in (6.0, 7.0, 8.0):
+    for lr in (6.0, 7.0):
         train(lr)
-    assert maps() - before < 150        # kept, three runs' programs add over 1000
+    assert maps() - before < 150        # kept, two runs' programs add about 700
 
 
 @pytest.mark.slow
