@@ -22,24 +22,31 @@ STALL_PROBES = 64      # steps an optimizer that accumulates (optax.MultiSteps) 
 def stalled(config: Any, state: Any, per_run: bool = False) -> bool:
     """Whether ``config.optimizer`` from ``state`` (a ``TrainState``, one run's) updates nothing over
     ``STALL_PROBES`` steps of gradients of global norm 1 (under any clip, and small enough for an optimizer
-    that skips large updates): its rate is 0, as a schedule's of a fixed count of steps past its end. One
-    compiled loop, which stops at the first update."""
+    that skips large updates): its rate is 0, as a schedule's of a fixed count of steps past its end."""
     tx = make(config, per_run)
+    try:
+        return not bool(_first_moved(tx, state.params, state.opt_state)[1])
+    except Exception:       # whatever it raises: the run's own checks (check_update) say it
+        return False
 
+
+def _first_moved(tx: optax.GradientTransformation, params: Any, opt_state: Any) -> tuple[Any, jax.Array]:
+    """``(updates, moved)``: the first update ``tx`` makes from ``opt_state`` that is not all zeros, given
+    gradients of global norm 1, within ``STALL_PROBES`` steps, and whether there was one. One compiled
+    loop, which stops at it."""
     def probe(params, opt_state):
         size = sum(x.size for x in jax.tree.leaves(params))
         grads = jax.tree.map(lambda x: jnp.full_like(x, size ** -0.5), params)
 
         def step(carry):
-            i, opt_state, _ = carry
+            i, opt_state, _, _ = carry
             updates, opt_state = tx.update(grads, opt_state, params)
-            return i + 1, opt_state, jnp.any(jnp.stack([jnp.any(u != 0) for u in jax.tree.leaves(updates)]))
-        return jax.lax.while_loop(lambda c: (c[0] < STALL_PROBES) & ~c[2], step,
-                                  (0, opt_state, jnp.array(False)))[2]
-    try:
-        return not bool(jax.jit(probe)(state.params, state.opt_state))
-    except Exception:       # whatever it raises: the run's own checks (check_update) say it
-        return False
+            moved = jnp.any(jnp.stack([jnp.any(u != 0) for u in jax.tree.leaves(updates)]))
+            return i + 1, opt_state, updates, moved
+        zero = jax.tree.map(jnp.zeros_like, params)
+        return jax.lax.while_loop(lambda c: (c[0] < STALL_PROBES) & ~c[3], step,
+                                  (0, opt_state, zero, jnp.array(False)))[2:]
+    return jax.jit(probe)(params, opt_state)
 
 
 def changing(configs: list[Any]) -> list[tuple[str, str]]:
@@ -134,23 +141,11 @@ def check_rates(configs: list[Any], params: Any) -> None:
 
 
 def _first_update(config: Any, params: Any) -> Any:
-    """The first update ``config.optimizer`` (``per_run``) makes from ``params`` that is not all zeros,
-    given gradients of global norm 1, within ``STALL_PROBES`` steps; ``None`` if none."""
+    """``_first_moved``'s update of ``config.optimizer`` (``per_run``) from its state for ``params``, on the
+    host; ``None`` if none."""
     tx = make(config, per_run=True)
-    size = sum(x.size for x in jax.tree.leaves(params))
-    grads = jax.tree.map(lambda x: jnp.full_like(x, size ** -0.5), params)
-
-    def probe(opt_state):
-        def step(carry):
-            i, opt_state, _, _ = carry
-            updates, opt_state = tx.update(grads, opt_state, params)
-            moved = jnp.any(jnp.stack([jnp.any(u != 0) for u in jax.tree.leaves(updates)]))
-            return i + 1, opt_state, updates, moved
-        zero = jax.tree.map(jnp.zeros_like, params)
-        return jax.lax.while_loop(lambda c: (c[0] < STALL_PROBES) & ~c[3], step,
-                                  (0, opt_state, zero, jnp.array(False)))[2:]
     try:
-        updates, found = jax.jit(probe)(tx.init(params))
+        updates, moved = _first_moved(tx, params, tx.init(params))
     except Exception:       # whatever it raises: the run's own checks (check_update) say it
         return None
-    return jax.device_get(updates) if bool(found) else None
+    return jax.device_get(updates) if bool(moved) else None
