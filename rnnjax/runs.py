@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -116,7 +117,7 @@ def _indices(runs: Iterable[int]) -> set[int]:
         wanted = set(runs)
     except TypeError:
         wanted = None
-    if wanted is None or not all(isinstance(k, int) and not isinstance(k, bool) for k in wanted):
+    if wanted is None or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in wanted):
         raise TypeError(f"runs are the indices of runs (a list of ints, a groups() value), got {runs!r}.")
     return wanted
 
