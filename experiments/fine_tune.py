@@ -6,22 +6,24 @@ with ``--best`` its best), changed by the flags given: lists train runs
 together, each from those parameters (``--seed`` then orders the batches).
 It trains on the text the flags name (``--text``, or ``--data``: the Time
 Machine), else on ``W``'s (a text of one's own as its ``config.json``
-records it, its SHA-1 checked; said), read in ``W``'s vocabulary and cleaned
-as ``W``'s was (tokens it never saw are ``<unk>``, warned of); where the
-kind of text changes, the split is that text's default (``--text``'s tail,
-or d2l's windows). It says the starting parameters' validation perplexity on
-the new text. Its ``config.json`` records the checkpoint it started from
-(``init_from``, in every meta too), so the same command resumes it, as does
-``--workdir NEW`` alone; once it holds a checkpoint, ``--init-from`` is not
-used (said). Killed before its first checkpoint, it starts again from that
-very checkpoint (its meta's checksum checked), or says why it cannot and
-where it starts instead.
+records it, its SHA-1 checked; said; the Time Machine from the file ``W``
+read, where ``$RNNJAX_TIMEMACHINE`` names none), read in ``W``'s vocabulary
+and cleaned as ``W``'s was (tokens it never saw are ``<unk>``, warned of);
+where the kind of text changes, the split is that text's default
+(``--text``'s tail, or d2l's windows). It says the starting parameters'
+validation perplexity on the new text. Its ``config.json`` records the
+checkpoint it started from (``init_from``, in every meta too), so the same
+command resumes it, as does ``--workdir NEW`` alone; once it holds a
+checkpoint, ``--init-from`` is not used (said). Killed before its first
+checkpoint, it starts again from that very checkpoint (its meta's checksum
+checked), or says why it cannot and where it starts instead.
 ``rnnjax.fit(..., params=restore(W))`` is the same from Python.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from experiments import flags, settings as settings_lib
@@ -79,6 +81,8 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
     base = configs[run or 0]
     if settings_lib.own_text(vocab) and args.text is None and args.data is None:      # its text: a setting
         _its_text(args, origin, vocab)
+    elif vocab.get("text_sha1") == source.SHA1 and args.text is None and args.data is None:
+        _its_copy(args, origin)
     if (args.text is not None) != settings_lib.own_text(vocab):     # the split follows the text trained on
         d2l = ("val_fraction", "num_train", "num_val", "steps_per_epoch")
         split = {**corpus.TEXT_DEFAULTS, "steps_per_epoch": 0} if args.text is not None else {
@@ -121,6 +125,22 @@ def _its_text(args: argparse.Namespace, origin: Path, vocab: dict) -> None:
                          "Machine, --data PATH).")
     args.text = recorded
     args.text_note = f"text: {recorded}, the text {origin}'s run trained on (--text PATH for another)"
+
+
+def _its_copy(args: argparse.Namespace, origin: Path) -> None:
+    """``--data``: the Time Machine's file ``origin``'s run read as a text (``--text``, or other tokens than
+    d2l's), where neither ``$RNNJAX_TIMEMACHINE`` nor a flag names one and that file is still it: no
+    download to need."""
+    recorded = saved.text_path(origin)
+    if os.environ.get(source.ENV_PATH) or recorded is None:
+        return
+    try:
+        if source.sha1_of(recorded) != source.SHA1:
+            return
+    except OSError:
+        return
+    args.data = recorded
+    args.text_note = f"text: the Time Machine, from {recorded}, as {origin}'s run read it"
 
 
 def _gone(found: dict) -> str | None:

@@ -334,6 +334,21 @@ def test_with_no_text_named_it_trains_on_the_source_s_own_text_and_says_so(sourc
             config_json.write_text(json.dumps({k: v for k, v in recorded.items() if k != "text"}))
 
 
+def test_a_run_of_the_time_machine_read_as_a_text_fine_tunes_from_that_file(real_text_path, tmp_path,
+                                                                            capsys, monkeypatch):
+    """It had needed $RNNJAX_TIMEMACHINE or d2l's download, though its config.json names the file (hostile
+    pass): a Time Machine run of --text counts as the Time Machine's (by SHA-1)."""
+    code, _, err = main(capsys, "--text", real_text_path, "--preset", "tiny", "--epochs", "1",
+                        "--steps-per-epoch", "3", "--workdir", tmp_path / "src")
+    assert code == 0, err
+    monkeypatch.delenv("RNNJAX_TIMEMACHINE")
+    monkeypatch.setenv("RNNJAX_CACHE", str(tmp_path / "no-cache"))       # nothing downloaded: none to read
+    code, out, err = main(capsys, "--init-from", tmp_path / "src", "--workdir", tmp_path / "tuned", "--lr",
+                          "0.5")
+    assert code == 0, err
+    assert f"text: the Time Machine, from {real_text_path}, as {tmp_path / 'src'}'s run read it" in out
+
+
 @pytest.mark.slow
 def test_the_split_follows_the_text_and_the_cleaning_the_vocabulary(real_text_path, make_text, tmp_path,
                                                                     capsys):
