@@ -79,10 +79,11 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
     configs, vocab, _, together = found
     run = _run(args, origin, configs, together)
     base = configs[run or 0]
-    if settings_lib.own_text(vocab) and args.text is None and args.data is None:      # its text: a setting
-        _its_text(args, origin, vocab)
-    elif vocab.get("text_sha1") == source.SHA1 and args.text is None and args.data is None:
-        _its_copy(args, origin)
+    if args.text is None and args.data is None:         # its text: one of the settings the flags change
+        if settings_lib.own_text(vocab):
+            _its_text(args, origin, vocab)
+        elif vocab.get("text_sha1") == source.SHA1:
+            _its_copy(args, origin)
     if (args.text is not None) != settings_lib.own_text(vocab):     # the split follows the text trained on
         d2l = ("val_fraction", "num_train", "num_val", "steps_per_epoch")
         split = {**corpus.TEXT_DEFAULTS, "steps_per_epoch": 0} if args.text is not None else {
@@ -111,11 +112,7 @@ def tuned(args: argparse.Namespace) -> tuple[list[config_lib.Config], Path, bool
 def _its_text(args: argparse.Namespace, origin: Path, vocab: dict) -> None:
     """``--text``: the file of one's own that ``origin``'s run trained on, as its config.json records it
     (said), where no flag names a text; ``ValueError`` where it is not there, or holds another text now."""
-    recorded, sha1 = saved.text_path(origin), vocab["text_sha1"]
-    try:
-        now = None if recorded is None else source.sha1_of(recorded)
-    except OSError:         # gone, a folder, unreadable: not the text it trained on
-        now = None
+    (recorded, now), sha1 = _recorded(origin), vocab["text_sha1"]
     if now != sha1:
         why = ("its workdir records no file of it" if recorded is None else
                f"{said(recorded)} is not there" if now is None else f"{said(recorded)} holds another now "
@@ -131,16 +128,23 @@ def _its_copy(args: argparse.Namespace, origin: Path) -> None:
     """``--data``: the Time Machine's file ``origin``'s run read as a text (``--text``, or other tokens than
     d2l's), where neither ``$RNNJAX_TIMEMACHINE`` nor a flag names one and that file is still it: no
     download to need."""
-    recorded = saved.text_path(origin)
-    if os.environ.get(source.ENV_PATH) or recorded is None:
+    if os.environ.get(source.ENV_PATH):
         return
-    try:
-        if source.sha1_of(recorded) != source.SHA1:
-            return
-    except OSError:
+    recorded, now = _recorded(origin)
+    if now != source.SHA1:
         return
     args.data = recorded
     args.text_note = f"text: the Time Machine, from {recorded}, as {origin}'s run read it"
+
+
+def _recorded(origin: Path) -> tuple[str | None, str | None]:
+    """The text file ``origin``'s config.json records, and its SHA-1 now (``None``: none recorded, or gone,
+    a folder, unreadable)."""
+    recorded = saved.text_path(origin)
+    try:
+        return recorded, None if recorded is None else source.sha1_of(recorded)
+    except OSError:
+        return recorded, None
 
 
 def _gone(found: dict) -> str | None:
