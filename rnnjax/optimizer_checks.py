@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnnjax.optimizers import OPTIMIZERS, OWN, make
+from rnnjax.optimizers import OPTIMIZERS, OWN, make, raised
 from rnnjax.spelling import leaf_types, spelt, type_change
 
 STALL_PROBES = 64      # steps an optimizer that accumulates (optax.MultiSteps) may wait between its updates
@@ -112,7 +112,7 @@ def traced(per_run: bool, e: Exception) -> bool:
 def failing(per_run: bool, e: Exception) -> str:
     """The clause that ends a sentence refusing an optimizer that raised ``e``: the error, and why where it
     is ``traced``."""
-    said = f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0].rstrip(".")
+    said = raised(e)
     if not traced(per_run, e):
         return f" ({said})"
     return (f" as runs trained together need it ({said}): it branches in Python on a hyperparameter that "

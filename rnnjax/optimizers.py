@@ -162,18 +162,22 @@ def make(config: Any, per_run: bool = False) -> optax.GradientTransformation:
     except (ConfigError, jax.errors.ConcretizationTypeError):      # said; a traced rate's: by the caller
         raise
     except Exception as e:      # one's own, whatever it raises: named, not raw
-        said = (str(e).strip().splitlines() or [""])[0].rstrip(".")
+        said = raised(e)
         steps = ("; config.steps_per_epoch is 0 unless the run sets it (--steps-per-epoch): a schedule over "
                  "the run takes data.num_batches() * config.epochs as it is registered (rnnjax.optimizers)"
                  if not config.steps_per_epoch and "step" in said.lower() else "")
-        raise ConfigError(f"{where} cannot be made for this run ({type(e).__name__}: {said}){steps}.") \
-            from None
+        raise ConfigError(f"{where} cannot be made for this run ({said}){steps}.") from None
     finally:
         _MAKING.reset(making)
     if not (callable(getattr(made, "init", None)) and callable(getattr(made, "update", None))):
         raise ConfigError(f"{where} made {got(made)}, not an optax transformation (init, update): register "
                           f"{wanted}.")
     return made
+
+
+def raised(e: Exception) -> str:
+    """What an optimizer of one's own raised, in a clause: its type and its message's first line."""
+    return f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0].rstrip(".")
 
 
 def registered_as(name: str) -> str | None:
