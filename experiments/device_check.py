@@ -106,7 +106,9 @@ def until_stopped(parts: Parts, check: Callable[[], int]) -> int:
         if signum == signal.SIGTERM or signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, parts.on_signal)
     try:
-        return check()
+        status = check()
+        parts.check_stopped()
+        return status
     except Stopped as e:
         parts.summary["stopped_by_signal"] = e.signum
         read_back(parts.out, parts.summary)

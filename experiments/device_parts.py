@@ -19,7 +19,7 @@ TIMEOUTS = {"info": (120, 60), "tests": (240, 120), "recipe": (120, 60), "bench"
 
 
 class Stopped(Exception):
-    """The check was stopped by a signal (``Parts.on_signal``)."""
+    """The check was stopped by a signal: ``Parts.run`` raises it once ``Parts.on_signal`` noted one."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -38,20 +38,26 @@ class Parts:
         self.stopped: int | None = None
 
     def on_signal(self, signum: int, frame) -> None:
-        """The first signal stops the check (its running part first, given ``_stop``'s grace); a second one
-        kills that part at once."""
+        """The first signal stops the check: ``run`` stops its running part (given ``_stop``'s grace) and
+        starts no other. A second one kills that part at once. It raises nothing: raised in a handler, an
+        exception can land in ``Popen.wait`` holding the Popen's lock, and the next wait on it hangs."""
         if self.stopped is None:
             self.stopped = signum
-            raise Stopped(signum)
-        if self.running is not None:
+        elif self.running is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.running.pid, signal.SIGKILL)
 
+    def check_stopped(self) -> None:
+        """``Stopped`` where a signal has stopped the check."""
+        if self.stopped is not None:
+            raise Stopped(self.stopped)
+
     def run(self, name: str, kind: str, cmd: list[str], env: dict) -> dict:
+        self.check_stopped()
         left = self.deadline - time.monotonic()
         limit = self.timeouts[kind][self.quick]
         timeout, cut = min(limit, left), left < limit
-        record, stopped = {"log": f"{name}.log", "ok": False}, None
+        record = {"log": f"{name}.log", "ok": False}
         if left < self.least_s:
             # Nothing ran: no log.
             record = {"ok": False, "skipped": True, "error": "skipped: the --budget ran out"}
@@ -63,19 +69,20 @@ class Parts:
                                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                        start_new_session=True)
                 try:
-                    try:
-                        record["returncode"] = proc.wait(timeout)
-                    except subprocess.TimeoutExpired:    # Ctrl-C first: pytest then writes what it ran so far
-                        _stop(proc)
-                        # The part's own limit is a failure; the --budget's is not (it may have been passing).
-                        record["error"] = (f"cut short by the --budget after {timeout:.0f} s" if cut
-                                           else f"timed out after {timeout:.0f} s")
-                        if cut:
-                            record["cut"] = True
-                except Stopped as e:        # the check is stopped: its part with it, not left running
+                    status = self._waited(proc, timeout)
+                except subprocess.TimeoutExpired:    # Ctrl-C first: pytest then writes what it ran so far
                     _stop(proc)
-                    stopped = e
-                    record.update(error=f"stopped by signal {e.signum}", stopped=True)
+                    # The part's own limit is a failure; the --budget's is not (it may have been passing).
+                    record["error"] = (f"cut short by the --budget after {timeout:.0f} s" if cut
+                                       else f"timed out after {timeout:.0f} s")
+                    if cut:
+                        record["cut"] = True
+                else:
+                    if status is None:      # the check is stopped: its part with it, not left running
+                        _stop(proc)
+                        record.update(error=f"stopped by signal {self.stopped}", stopped=True)
+                    else:
+                        record["returncode"] = status
                 finally:
                     self.running = None
             record["seconds"] = time.perf_counter() - t0
@@ -87,9 +94,19 @@ class Parts:
         print(f"{name}: " + (f"ok, {record['seconds']:.1f} s" if record["ok"] else record["error"]),
               flush=True)
         self.write()
-        if stopped is not None:
-            raise stopped
+        self.check_stopped()
         return record
+
+    def _waited(self, proc: subprocess.Popen, timeout: float) -> int | None:
+        """The part's exit status; None once the check is stopped; ``TimeoutExpired`` after ``timeout``."""
+        end = time.monotonic() + timeout
+        while self.stopped is None:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return proc.wait(min(left, 0.1))
+        return None
 
     def write(self) -> None:
         write_summary(self.out, self.summary)

@@ -3,7 +3,10 @@
 import json
 import signal
 import sys
+import threading
 import time
+
+import pytest
 
 from experiments import device_parts, device_summary
 
@@ -52,3 +55,38 @@ def test_a_part_the_budget_stops_is_cut_short_not_failed(tmp_path, monkeypatch):
     text = device_summary.report(summary)
     assert "parts: recipe-cold cut short" in text
     assert "recipe (3 epochs): cold cut short, warm not run" in text
+
+
+@pytest.mark.parametrize("heeds_ctrl_c", [True, False])
+def test_a_signal_stops_the_running_part_and_no_other_starts(tmp_path, heeds_ctrl_c):
+    """The handler only notes the signal: raised there, an exception can land in ``Popen.wait`` holding the
+    Popen's lock, and the part's next wait hangs (the device check once hung so). ``run`` stops the part
+    at the Ctrl-C it sends, or, for a part that ignores it, at a second signal; then it raises ``Stopped``."""
+    summary = {"parts": {}}
+    parts = device_parts.Parts(tmp_path, summary, budget_s=100, quick=True, timeouts={"t": (60, 60)})
+    ignore = "" if heeds_ctrl_c else "signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    hang = [sys.executable, "-c", f"import signal, time; {ignore}print('ready', flush=True); time.sleep(60)"]
+    log = tmp_path / "hangs.log"
+
+    def signals():
+        deadline = time.monotonic() + 30
+        while not (log.is_file() and log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        parts.on_signal(signal.SIGTERM, None)
+        if not heeds_ctrl_c:
+            time.sleep(1)
+            parts.on_signal(signal.SIGINT, None)       # the second: SIGKILL, not _stop's 20 s of grace
+    sender = threading.Thread(target=signals)
+    sender.start()
+    t0 = time.monotonic()
+    with pytest.raises(device_parts.Stopped) as stopped:
+        parts.run("hangs", "t", hang, {})
+    sender.join()
+    assert stopped.value.signum == signal.SIGTERM and time.monotonic() - t0 < 15
+    record = summary["parts"]["hangs"]
+    assert record["error"] == "stopped by signal 15" and record["stopped"] and not record["ok"]
+    assert json.loads((tmp_path / "summary.json").read_text())["parts"]["hangs"]["stopped"]
+    assert parts.on_signal(signal.SIGTERM, None) is None        # a third: nothing runs, nothing raised
+    with pytest.raises(device_parts.Stopped):
+        parts.run("next", "t", [sys.executable, "-c", ""], {})
+    assert "next" not in summary["parts"] and not (tmp_path / "next.log").exists()
