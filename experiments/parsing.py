@@ -7,6 +7,7 @@ import argparse
 import difflib
 import errno
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -24,9 +25,10 @@ class Parser(argparse.ArgumentParser):
         super().__init__(**kwargs)
 
     def parse_known_args(self, argv=None, namespace=None):
+        self._words = list(sys.argv[1:] if argv is None else argv)       # for error's hints
         args = super().parse_known_args(argv, namespace)
         seen: dict[str, str] = {}           # a flag given twice, or with its alias: not the last one silently
-        for token in sys.argv[1:] if argv is None else argv:
+        for token in self._words:
             if token == "--":
                 break
             action = self._option_string_actions.get(token.split("=", 1)[0])
@@ -50,7 +52,19 @@ class Parser(argparse.ArgumentParser):
             flags[0], list(shown), 1, 0.75)) if flags and flags[0] not in shown else []   # a prefix, a typo
         meant = meant[:1] if len({id(shown[o]) for o in meant}) == 1 else []      # of one flag (its aliases)
         where = f"did you mean {meant[0]}? see" if meant else "see"
+        message += self._dashed(message)
         self.exit(2, stopping.argparse_as_typed(f"error: {message} ({where} {self.prog} --help)\n"))
+
+    def _dashed(self, message: str) -> str:
+        """For a value argparse took for a flag, as it starts with '-' (``--predict -x``): how to give it."""
+        names = message.removeprefix("argument ").removesuffix(": expected one argument").split("/")
+        words = getattr(self, "_words", [])
+        if message.endswith(": expected one argument"):
+            for flag, value in zip(words, words[1:]):
+                if flag in names and value.startswith("-"):
+                    typed = shlex.quote(f"{flag}={value}")
+                    return f"; a value that starts with '-' is given after '=': {typed}"
+        return ""
 
 
 def check_names(flag: str, path: str | Path) -> None:

@@ -32,6 +32,11 @@ def parser():
     (["--seed", "1", "--seed=2"], "error: --seed is given twice; give it once (see prog --help)"),
     (["--seeds", "1", "--seed", "2"], "error: --seeds and --seed set the same setting; give one (see prog"),
     (["--flag", "--flag"], "error: --flag is given twice; give it once"),
+    (["--text", "-x"], "error: argument --text: expected one argument; a value that starts with '-' is given "
+                       "after '=': --text=-x (see prog --help)"),       # --predict -x: a prompt
+    (["--seeds", "-x("], "error: argument --seed/--seeds: expected one argument; a value that starts with "
+                         "'-' is given after '=': '--seeds=-x(' (see prog --help)"),     # shell-quoted
+    (["--text"], "error: argument --text: expected one argument (see prog --help)"),
 ])
 def test_a_prefix_or_a_flag_given_twice_is_one_line_and_status_2(argv, said, capsys):
     with pytest.raises(SystemExit) as e:
