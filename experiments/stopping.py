@@ -95,12 +95,16 @@ def run_child(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
     # exit_now's undo only kills: waiting there, in a handler that may interrupt communicate's own wait,
     # would deadlock on Popen's lock (the child is reaped once this process exits).
-    with proc, undone_at_exit_now(proc.kill):
+    with undone_at_exit_now(proc.kill):
         try:
             out, err = proc.communicate()
-        except BaseException:
+        except BaseException:       # not ``with proc``: its exit waits without end
             proc.kill()
-            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+            # Bounded: an exception that a signal's handler raised may have left Popen's lock held.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
             raise
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 

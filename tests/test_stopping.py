@@ -216,6 +216,19 @@ def test_run_child_returns_what_subprocess_run_would(tmp_path):
     assert not Path(folder).exists()
 
 
+def test_run_child_stopped_with_popen_s_lock_held_does_not_hang(monkeypatch):
+    """An exception a signal's handler raises can land in ``Popen.wait`` just as it took the Popen's lock,
+    leaving it held: a next wait without a timeout hangs on it (the device check's parts once did)."""
+    def interrupted(proc):
+        proc._waitpid_lock.acquire()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(subprocess.Popen, "communicate", interrupted)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        stopping.run_child([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert time.monotonic() - t0 < 10
+
+
 @pytest.mark.slow
 def test_a_stop_while_the_child_it_waits_on_exits_does_not_hang(tmp_path):
     """The undo waited on the child inside the handler, which had interrupted communicate's own wait on
