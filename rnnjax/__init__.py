@@ -8,7 +8,7 @@ from rnnjax.generate import predict, predict_batch
 from rnnjax.model import CELLS, RNN, RNNLM, OneHot, SimpleRNNCell
 from rnnjax.optimizers import OPTIMIZERS
 from rnnjax.runs import fit_runs
-from rnnjax.state import TrainState, create_train_state, make_model
+from rnnjax.state import TrainState, create_run_states, create_train_state, make_model
 from rnnjax.start import plan
 from rnnjax.train import eval_step, eval_steps, fit, train_step, train_steps, train_windows
 from rnnjax.vocab import Vocab
@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch", "CELLS", "Config", "Corpus", "OPTIMIZERS", "OneHot", "PRESETS", "RNN", "RNNLM", "SimpleRNNCell",
-    "TimeMachine", "TrainState", "Vocab", "Windows", "backend", "checkpoint", "create_train_state",
+    "TimeMachine", "TrainState", "Vocab", "Windows", "backend", "checkpoint", "create_run_states",
+    "create_train_state",
     "eval_step", "eval_steps", "fit", "fit_runs", "interop", "make_model", "plan", "predict",
     "predict_batch", "runs", "train_step", "train_steps", "train_windows",
 ]

@@ -25,6 +25,12 @@ another, ``fit``'s say, warns)::
     with rnnjax.start.planned(config, data, workdir) as p:     # the workdir's lock held
         state = rnnjax.create_train_state(config, len(data.vocab)) if p.state is None else p.state
         result = rnnjax.loop.run(p, data, state, my_step, rnnjax.eval_steps)
+
+Runs trained together (``planned(configs[0], data, workdir, runs=configs)``)
+start from ``rnnjax.create_run_states(configs, len(data.vocab))``: stacked,
+each run's ``lr`` and ``clip`` in its optimizer state. Their step is one run's
+vmapped over that leading axis, as ``rnnjax.runs.train_runs`` vmaps
+``train_windows``; their evaluation ``rnnjax.runs.eval_runs``.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ def check_state(p: Plan, state: Any, vocab_size: int) -> None:
     if p.runs:
         if {np.shape(x)[:1] for x in jax.tree.leaves(params)} != {(len(p.runs),)}:
             raise ValueError(f"The state does not hold {len(p.runs)} runs' parameters stacked on a first "
-                             f"axis (rnnjax.state.create_run_states).")
+                             f"axis (rnnjax.create_run_states).")
         params = jax.tree.map(lambda x: x[0], params)
     check_params(params, p.config, vocab_size)
     made = (abstract_run_states(list(p.runs), vocab_size) if p.runs else
@@ -177,6 +177,10 @@ def check_state(p: Plan, state: Any, vocab_size: int) -> None:
     if (jax.tree.structure(given) != jax.tree.structure(made)
             or [np.shape(x) for x in jax.tree.leaves(given)] != [x.shape for x in jax.tree.leaves(made)]):
         named = spelt("optimizer", p.config.optimizer)
+        if p.runs:      # one run's states stacked lack the lr and clip each run keeps in its state
+            raise ValueError(f"The state's optimizer state is not the one {named} makes for runs trained "
+                             "together, each run's lr and clip in it: make the state with "
+                             "rnnjax.create_run_states(configs, vocab_size).")
         raise ValueError(f"The state's optimizer state is not the one {named} makes: the run records that "
                          "optimizer and a resume makes it, so name another in "
                          "the config (rnnjax.optimizers; one's own registered in rnnjax.OPTIMIZERS).")

@@ -2,6 +2,7 @@
 meets the checks)."""
 
 import os
+import shutil
 import warnings
 
 import jax
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import rnnjax
 from conftest import TINY, small_text
 from rnnjax import checkpoint, loop, metrics, preflight, runs, stored, train
 from rnnjax.data import Batch, TimeMachine
@@ -138,9 +140,21 @@ def test_a_state_that_is_not_the_plans_is_refused_before_anything_is_written(dat
         run_with(tmp_path / "old", longer, lambda p: create_train_state(longer, V))
     assert stored.steps(tmp_path / "old") == before
     assert len((tmp_path / "old" / metrics.FILENAME).read_text().splitlines()) == 1
+    two = [config, config.replace(seed=1)]
     with pytest.raises(ValueError, match=r"does not hold 2 runs' parameters stacked"):
-        with planned(config, data, tmp_path / "runs", devices=1, runs=[config, config.replace(seed=1)]) as p:
+        with planned(config, data, tmp_path / "runs", devices=1, runs=two) as p:
             loop.run(p, data, create_train_state(config, V), runs.train_runs, runs.eval_runs)
+    # One run's states stacked: sgd's state without each run's lr and clip; the researcher was told to
+    # name another optimizer.
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *[create_train_state(c, V) for c in two])
+    with pytest.raises(ValueError, match=r"^The state's optimizer state is not the one optimizer='sgd' makes "
+                                         r"for runs trained together, .*rnnjax.create_run_states\(configs, "):
+        with planned(config, data, tmp_path / "runs", devices=1, runs=two) as p:
+            loop.run(p, data, stacked, runs.train_runs, runs.eval_runs)
+    with planned(config, data, tmp_path / "runs", devices=1, runs=two) as p:     # as the docstring says
+        ran = loop.run(p, data, rnnjax.create_run_states(two, V), runs.train_runs, runs.eval_runs)
+    assert [r["seed"] for r in ran.history] == [0, 1]
+    shutil.rmtree(tmp_path / "runs")
     assert sorted(os.listdir(tmp_path)) == ["old"]
     resumed = run_with(tmp_path / "old", longer, lambda p: p.state)           # the plan's own state trains on
     assert [r["epoch"] for r in resumed.history] == [1, 2]
