@@ -5,12 +5,15 @@ config.json, and in each checkpoint as what it was registered as (``registered_a
 another optimizer, or the same name registered otherwise, is refused.
 
 A schedule scales one of peak 1 by the rate, as runs trained together need it (each run's rate is
-traced), over the run's ``data.num_batches() * config.epochs`` steps::
+traced), over the run's ``data.num_batches() * config.epochs`` steps; the data loaded first, as its
+config names a known optimizer (loading makes it, to size the run's memory)::
 
-    steps = data.num_batches() * config.epochs
-    cosine = optax.cosine_decay_schedule(1.0, steps)
+    data = rnnjax.corpus.load(config, text="mytext.txt")
+    cosine = optax.cosine_decay_schedule(1.0, data.num_batches() * config.epochs)
     rnnjax.OPTIMIZERS["cosine"] = rnnjax.optimizers.clipped(
         lambda learning_rate: optax.adamw(lambda n: learning_rate * cosine(n)))
+    runs = [config.replace(optimizer="cosine", lr=lr) for lr in (0.01, 0.003)]
+    result = rnnjax.fit_runs(runs, data, "runs/cosine")
 
 An optimizer is ``make(config, per_run) -> optax.GradientTransformation``, made of the config the run
 has now, alone: it is made as the data loads (its state sizes the run's memory), so it loads none (made

@@ -15,7 +15,7 @@ from rnnjax import arguments, checkpoint, optimizers
 from rnnjax.config import ConfigError
 from rnnjax.train import fit
 
-from conftest import TINY, DenseCell
+from conftest import TINY, DenseCell, small_text
 
 
 @pytest.mark.parametrize("per_run", [False, True])
@@ -478,17 +478,21 @@ def test_runs_of_a_cell_with_a_bfloat16_parameter_train_together(small_data, tmp
         runs.fit_runs(adam, small_data, tmp_path / "adam", devices=1, log=None)
 
 
-def test_the_docstring_s_schedule_runs_as_written_and_trains_runs_of_two_rates(
-        small_data, tmp_path, monkeypatch):
-    """The README points at it: a cosine of peak 1 scaled by each run's rate, over the run's steps."""
+def test_the_docstring_s_schedule_runs_as_written_and_trains_runs_of_two_rates(tmp_path, monkeypatch):
+    """The README points at it: a cosine of peak 1 scaled by each run's rate, over the run's steps. It had
+    the researcher load the data of a config naming "cosine" before it was registered (refused)."""
     import re
 
-    from rnnjax import runs
+    from rnnjax import corpus
     [example] = re.findall(r"::\n\n((?:    .*\n)+)", optimizers.__doc__)
     monkeypatch.setitem(rnnjax.OPTIMIZERS, "cosine", None)          # the example's, removed after
-    config = TINY.replace(optimizer="cosine", epochs=2, lr=0.01)
-    exec(textwrap.dedent(example), {"rnnjax": rnnjax, "optax": optax, "config": config, "data": small_data})
-    result = runs.fit_runs([config, config.replace(lr=0.003)], small_data, tmp_path, devices=1, log=None)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mytext.txt").write_text(small_text(6000))
+    config = TINY.replace(epochs=2, **corpus.TEXT_DEFAULTS)
+    seen = {"rnnjax": rnnjax, "optax": optax, "config": config}
+    exec(textwrap.dedent(example).replace("fit_runs(runs, data, ", "fit_runs(runs, data, log=None, workdir="),
+         seen)
+    result = seen["result"]
     assert len(result.history) == 4 and all(np.isfinite(r["val_ppl"]) for r in result.history)
     held = optax.tree_utils.tree_get_all_with_path(result.state.opt_state, "learning_rate")
     np.testing.assert_allclose(held[0][1], [0.01, 0.003])             # each run's rate, in its state
