@@ -21,8 +21,8 @@ from rnnjax.parallel import DataParallel
 from rnnjax.protocol import StepProblem
 from rnnjax.restored import Restored
 from rnnjax.spelling import got, spelt
-from rnnjax.state import (abstract_run_states, abstract_train_state, check_own_dtype, check_params,
-                          check_per_run)
+from rnnjax.state import (TrainState, abstract_run_states, abstract_train_state, check_own_dtype,
+                          check_params, check_per_run)
 
 
 def check_types(config: Any, data: Any, workdir: Any) -> None:
@@ -128,6 +128,9 @@ def params_given(params: Any, data: WindowedText, config: Config, caller: str = 
         each = " (each run starts from them)" if caller == "fit_runs" else ""
         raise TypeError(f"{whose} params are one run's{each}, got a {type(params).__name__} of "
                         f"{len(params)}: train runs from other parameters in workdirs of their own.")
+    if isinstance(params, TrainState):      # a result's .state: its optimizer's state is no start's
+        raise TypeError(f"{whose} params are parameters, got a TrainState: give its .params (the run makes "
+                        "its own optimizer state), or the restored run.")
     if isinstance(params, Restored):
         if params.vocab.idx_to_token != data.vocab.idx_to_token:
             raise ValueError(f"{whose} params are a run's trained in another vocabulary than the data's: "

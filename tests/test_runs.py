@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import cli
-from rnnjax import checkpoint, metrics, runs
+from rnnjax import checkpoint, create_train_state, metrics, runs
 from rnnjax.config import ConfigError
 from rnnjax.train import STEPS_PER_CALL, Interrupted, NonFiniteLoss, fit
 
@@ -123,6 +123,10 @@ def test_runs_fine_tuned_from_one_run_s_params_are_each_the_run_fine_tuned_alone
         runs.fit_runs(configs, data10, tmp_path / "tuned", devices=1, log=None, params=[source, source])
     with pytest.raises(TypeError, match=r"^fit's params are one run's, got a tuple of 1: "):
         fit(configs[0], data10, tmp_path / "tuned", devices=1, log=None, params=(source,))
+    with pytest.raises(TypeError, match=r"^fit_runs' params are parameters, got a TrainState: give its "
+                                        r"\.params \(the run makes its own optimizer state\), or the"):
+        runs.fit_runs(configs, data10, tmp_path / "tuned", devices=1, log=None,
+                      params=create_train_state(configs[0], len(data10.vocab)))
     with pytest.raises(ValueError, match="^keep must be"):          # the arguments in fit's order (hostile)
         runs.fit_runs(configs, data10, tmp_path / "tuned", keep=0, log=None, params=[source, source])
     assert not (tmp_path / "tuned").exists()
