@@ -81,7 +81,9 @@ def epoch_record(epoch: int, step: int, train: dict, steps: int, val: dict, seco
     validation: the mean losses (nats), their perplexities and bits per character; any other metric a step
     reports, its mean over the epoch's steps (``grad_norm``: the global gradient norm before clipping), a
     ``<key>_sum`` as ``train_<key>``, per token (over ``count``, as ``loss_sum`` gives ``train_loss``); any
-    other the validation reports, as ``val_<key>``: a ``<key>_sum`` per token, another as it is."""
+    other the validation reports, as ``val_<key>``: a ``<key>_sum`` per token, another as it is;
+    ``seconds``, the epoch's wall time, its training and validation (the first epoch's with compilation;
+    a resumed epoch's from the resume)."""
     train_loss = train["loss_sum"] / train["count"]
     means = {train_name(k): v / train["count"] if str(k).endswith("_sum") else v / steps
              for k, v in train.items() if k not in ("loss_sum", "count")}
