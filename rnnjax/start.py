@@ -240,6 +240,8 @@ def _read(config: Config, data: WindowedText, workdir: Path, dp: DataParallel, r
             metas[step] = checkpoint.read_meta(workdir, step)
         except checkpoint.DamagedCheckpoint as e:
             damaged.append((step, e.reason))
+        except checkpoint.UnknownCell as e:
+            raise checkpoint.UnknownCell(workdir, e.cell, e.registered, config.cell) from None
     for step in metas:           # the newest good checkpoint; damaged ones are reported and set aside
         try:
             saved.check_compatible(metas[step], config, data.vocab, workdir, runs, data.num_batches(True))

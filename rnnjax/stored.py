@@ -74,12 +74,14 @@ class UnknownCell(CheckpointError, ValueError):
     """A run of a cell of one's own, read where that cell is not in ``rnnjax.cells.CELLS``: not damage.
     A ``ValueError`` too: the command line reads a workdir's settings among its argument checks."""
 
-    def __init__(self, workdir: Path, cell: str, registered: Any = None):
+    def __init__(self, workdir: Path, cell: str, registered: Any = None, asked: str | None = None):
         made = registered if isinstance(registered, str) else "<the cell class>"    # as the meta says
+        other = (f" The run asked for is of cell {asked!r}: a new run trains in another workdir."
+                 if asked not in (None, cell) else "")      # a workdir mistyped, most likely
         super().__init__(f"{workdir} was trained with cell {cell!r}, which is not registered here: set "
                          f"rnnjax.CELLS[{cell!r}] = {made} before restoring or resuming it (on the "
-                         "command line: in a script that then calls experiments.timemachine.main()).")
-        self.cell = cell
+                         f"command line: in a script that then calls experiments.timemachine.main()).{other}")
+        self.cell, self.registered = cell, registered
 
 
 class CellMismatch(CheckpointError):

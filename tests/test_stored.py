@@ -42,6 +42,18 @@ def test_restoring_a_run_of_an_unregistered_cell_says_to_register_it(workdir, kw
     assert not (workdir / checkpoint.DAMAGED).exists()
 
 
+def test_a_run_of_another_cell_planned_there_is_told_of_another_workdir(workdir):
+    """A researcher training a GRU into a workdir mistyped (a run of one's own cell) was told only to register
+    that cell; nothing moves."""
+    data = TimeMachine(TINY.batch_size, TINY.num_steps, TINY.num_train, TINY.num_val, text=small_text(5000))
+    before = sorted(p.name for p in workdir.iterdir())
+    said = UNREGISTERED.replace("(DenseCell|<the cell class>)", "DenseCell") + (
+        r".* The run asked for is of cell 'gru': a new run trains in another workdir\.$")
+    with pytest.raises(stored.UnknownCell, match=said):
+        fit(TINY.replace(cell="gru"), data, workdir, devices=1, log=None)
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
 def test_its_settings_say_so_from_config_json_or_else_the_checkpoint(workdir, tmp_path):
     with pytest.raises(stored.UnknownCell, match=UNREGISTERED):
         saved.saved_runs(workdir)
