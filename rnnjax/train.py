@@ -12,7 +12,11 @@ from what the workdir holds (``rnnjax.start.planned``), says what it will do,
 then runs the epoch loop (``rnnjax.loop``) on ``train_windows``
 (``train_step`` scanned over a stack of batches that each device cuts from the
 token stream it holds). A step's metrics are a dict: add a key to
-``train_step``'s and it is summed over the epoch and logged as its mean.
+``train_step``'s and it is summed over the epoch and logged as its mean; an
+evaluation's, to ``eval_step``'s, logged as ``val_<key>``. One's own replaces
+it here (``rnnjax.train.eval_step = mine``, wrapping the one it replaces):
+``fit`` and ``fit_runs`` call what this module holds as they start, and compile
+it anew.
 """
 
 from __future__ import annotations
