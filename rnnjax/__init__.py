@@ -18,7 +18,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Batch", "CELLS", "Config", "Corpus", "OPTIMIZERS", "OneHot", "PRESETS", "RNN", "RNNLM", "SimpleRNNCell",
     "TimeMachine", "TrainState", "Vocab", "Windows", "backend", "checkpoint", "create_run_states",
-    "create_train_state",
-    "eval_step", "eval_steps", "fit", "fit_runs", "interop", "make_model", "plan", "predict",
-    "predict_batch", "runs", "train_step", "train_steps", "train_windows",
+    "create_train_state", "eval_step", "eval_steps", "fit", "fit_runs", "interop", "make_model", "plan",
+    "predict", "predict_batch", "runs", "train_step", "train_steps", "train_windows",
 ]
