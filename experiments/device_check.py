@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -118,8 +119,11 @@ def until_stopped(parts: Parts, check: Callable[[], int]) -> int:
         return 128 + e.signum
 
 
-def main(argv=None) -> int:
-    heed_ctrl_c = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN     # not in a background job
+def main(argv=None, heed_ctrl_c: bool | None = None) -> int:
+    """The check's status. ``heed_ctrl_c``: whether SIGINT stops it; by default, unless it started ignoring
+    it (a script's background job)."""
+    if heed_ctrl_c is None:
+        heed_ctrl_c = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
     stopping.while_loading()        # parse_args loads JAX to check --data: a signal there says one line
     if not heed_ctrl_c:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -239,4 +243,6 @@ def _check(args: argparse.Namespace, parts: Parts) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # As the other commands end (a signal as it exits: no default action), SIGINT's start read before.
+    heed = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    stopping.run(functools.partial(main, heed_ctrl_c=heed))

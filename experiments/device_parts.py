@@ -78,7 +78,8 @@ class Parts:
                     if cut:
                         record["cut"] = True
                 else:
-                    if status is None:      # the check is stopped: its part with it, not left running
+                    # The check is stopped: its part with it, not left running (a second signal kills it).
+                    if status is None or (status < 0 and self.stopped is not None):
                         _stop(proc)
                         record.update(error=f"stopped by signal {self.stopped}", stopped=True)
                     else:
@@ -89,7 +90,7 @@ class Parts:
             record["ok"] = record.get("returncode") == 0
             if "error" not in record and not record["ok"]:
                 last = _last_line(self.out / record["log"])
-                record["error"] = f"exit status {record['returncode']}: {last}"
+                record["error"] = f"{stopping.ended(record['returncode'])}: {last}"
         self.summary["parts"][name] = record
         print(f"{name}: " + (f"ok, {record['seconds']:.1f} s" if record["ok"] else record["error"]),
               flush=True)

@@ -171,7 +171,8 @@ def test_a_stopped_check_stops_its_part_and_says_so_in_one_line(tmp_path, signum
 
 @pytest.mark.slow
 def test_the_command_started_ignoring_ctrl_c_keeps_ignoring_it(real_text_path, tmp_path):
-    """As a script's background job: Ctrl-C does not stop it, SIGTERM does, in one line."""
+    """As a script's background job: Ctrl-C does not stop it, SIGTERM does, in one line; and SIGTERMs that
+    go on as it exits leave its status 143 (they had killed it, -15, in Python's shutdown)."""
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         argv = ["-m", "experiments.device_check", "--out", str(tmp_path / "c"), "--quick", "--data",
@@ -187,10 +188,15 @@ def test_the_command_started_ignoring_ctrl_c_keeps_ignoring_it(real_text_path, t
     check.send_signal(signal.SIGINT)
     with pytest.raises(subprocess.TimeoutExpired):
         check.wait(1)
-    check.send_signal(signal.SIGTERM)
-    _, err = check.communicate(timeout=60)
+    deadline = time.monotonic() + 60
+    while check.poll() is None and time.monotonic() < deadline:
+        check.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+    _, err = check.communicate(timeout=5)
     assert check.returncode == 128 + signal.SIGTERM and err.startswith("Stopped by signal 15 (SIGTERM)"), err
     assert err.count("\n") == 1
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["stopped_by_signal"] == signal.SIGTERM and summary["parts"]["info"]["stopped"]
 
 
 def test_bad_arguments_say_so_before_any_work(tmp_path, capsys, monkeypatch):

@@ -17,6 +17,8 @@ def test_a_failing_part_is_recorded_and_the_next_one_runs(tmp_path):
                                timeouts={"fast": (10, 10), "short": (1, 1)})
     failed = parts.run("fails", "fast", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"], {})
     assert not failed["ok"] and failed["returncode"] == 3 and failed["error"] == "exit status 3: boom"
+    killed = parts.run("killed", "fast", [sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"], {})
+    assert killed["returncode"] == -9 and killed["error"] == "killed by signal 9: (no output)"
     t0 = time.monotonic()
     ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)     # as in a script's background job: the part
     try:                                                        # still stops at the Ctrl-C, not the SIGKILL
@@ -27,7 +29,7 @@ def test_a_failing_part_is_recorded_and_the_next_one_runs(tmp_path):
     ok = parts.run("works", "fast", [sys.executable, "-c", "print('fine')"], {})
     assert ok["ok"] and (tmp_path / "works.log").read_text() == "fine\n"
     on_disk = json.loads((tmp_path / "summary.json").read_text())
-    assert list(on_disk["parts"]) == ["fails", "hangs", "works"] and on_disk["parts"]["works"]["ok"]
+    assert list(on_disk["parts"]) == ["fails", "killed", "hangs", "works"] and on_disk["parts"]["works"]["ok"]
     late = device_parts.Parts(tmp_path, {"parts": {}}, budget_s=1, quick=True).run(
         "late", "tests", [sys.executable, "-c", ""], {})
     assert late == {"ok": False, "skipped": True, "error": "skipped: the --budget ran out"}
@@ -57,11 +59,12 @@ def test_a_part_the_budget_stops_is_cut_short_not_failed(tmp_path, monkeypatch):
     assert "recipe (3 epochs): cold cut short, warm not run" in text
 
 
-@pytest.mark.parametrize("heeds_ctrl_c", [True, False])
-def test_a_signal_stops_the_running_part_and_no_other_starts(tmp_path, heeds_ctrl_c):
+@pytest.mark.parametrize("heeds_ctrl_c, gap_s", [(True, None), (False, 1.0), (False, 0.0)])
+def test_a_signal_stops_the_running_part_and_no_other_starts(tmp_path, heeds_ctrl_c, gap_s):
     """The handler only notes the signal: raised there, an exception can land in ``Popen.wait`` holding the
     Popen's lock, and the part's next wait hangs (the device check once hung so). ``run`` stops the part
-    at the Ctrl-C it sends, or, for a part that ignores it, at a second signal; then it raises ``Stopped``."""
+    at the Ctrl-C it sends, or, for a part that ignores it, at a second signal (one at once after the first
+    had the part's SIGKILL recorded as its failure, "exit status -9"); then it raises ``Stopped``."""
     summary = {"parts": {}}
     parts = device_parts.Parts(tmp_path, summary, budget_s=100, quick=True, timeouts={"t": (60, 60)})
     ignore = "" if heeds_ctrl_c else "signal.signal(signal.SIGINT, signal.SIG_IGN); "
@@ -73,8 +76,8 @@ def test_a_signal_stops_the_running_part_and_no_other_starts(tmp_path, heeds_ctr
         while not (log.is_file() and log.read_text()) and time.monotonic() < deadline:
             time.sleep(0.05)
         parts.on_signal(signal.SIGTERM, None)
-        if not heeds_ctrl_c:
-            time.sleep(1)
+        if gap_s is not None:
+            time.sleep(gap_s)
             parts.on_signal(signal.SIGINT, None)       # the second: SIGKILL, not _stop's 20 s of grace
     sender = threading.Thread(target=signals)
     sender.start()
