@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -55,6 +55,17 @@ def _data(args: argparse.Namespace, config: config_lib.Config, workdir: Path,
     return data
 
 
+def _then(say: Callable[[str], object], line: str) -> Callable[[str], None]:
+    """``say``, which says ``line`` after the first line it says (``fit_runs``' plan, as a run's is said)."""
+    pending = [line]
+
+    def saying(text: str) -> None:
+        say(text)
+        while pending:
+            say(pending.pop())
+    return saying
+
+
 def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: Path, several: bool) -> None:
     """Trains ``configs`` in ``workdir``, ``several`` trained together (``rnnjax.fit_runs``; of one too)."""
     config = configs[0]
@@ -80,6 +91,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
                 say(line)
         if not several:               # fit_runs says it, and then which runs stop as they stop
             say(p.describe())
+            say(data.describe())
         model, untrained = rnnjax.make_model(config, len(data.vocab)), None
         if start is not None and p.step is None:
             untrained = start
@@ -96,7 +108,7 @@ def train(args: argparse.Namespace, configs: list[config_lib.Config], workdir: P
             with cli.progress_output(show, config.epochs) as progress:
                 if several:
                     result = runs.fit_runs(configs, data, workdir, progress=progress, params=start,
-                                           **{**options, "log": say})
+                                           **{**options, "log": _then(say, data.describe())})
                 else:
                     result = fit(config, data, workdir, params=untrained, progress=progress, **options)
         except (jax.errors.JaxRuntimeError, MemoryError) as e:

@@ -184,6 +184,9 @@ class Corpus(WindowedText):
         self._val_windows = len(self.stream) - self.num_steps - self.train_end
         self.tokens = self.stream
 
+    def text_size(self) -> int:
+        return len(self.stream)
+
     def val_starts(self) -> np.ndarray:
         if not self.val_fraction:
             return np.arange(self.num_train, self.num_train + self.num_val)

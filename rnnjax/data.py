@@ -95,6 +95,20 @@ class WindowedText:
         """Where the validation windows start in ``tokens``."""
         raise NotImplementedError
 
+    def text_size(self) -> int:
+        """The text's tokens, of which ``tokens`` may be the first part."""
+        return len(self.tokens)
+
+    def describe(self) -> str:
+        """One line: the vocabulary's size, the windows, and how much of the text they read (d2l's split
+        reads the Time Machine's first 15,032 characters)."""
+        kind = "word" if getattr(self.vocab, "kind", "char") == "word" else "character"
+        read, total = len(self.tokens), self.text_size()
+        where = f"the text's first {read:,} of {total:,} {kind}s" if read < total else \
+            f"all the text's {total:,} {kind}s"
+        return (f"data: {len(self.vocab):,} {kind}s in the vocabulary; {self.num_train:,} training and "
+                f"{self.num_val:,} validation windows of {self.num_steps}, in {where}")
+
     def split(self, num_train: int, num_val: int) -> tuple[int, int]:
         """The train and validation windows that ``num_train`` and ``num_val`` ask for give this text:
         those numbers, where a text is split as d2l splits it."""
@@ -240,6 +254,9 @@ class TimeMachine(WindowedText):
     def tokens(self) -> np.ndarray:
         """The part of the corpus the windows cover: what ``Windows.batch`` cuts from."""
         return self.corpus[: self.num_train + self.num_val + self.num_steps]
+
+    def text_size(self) -> int:
+        return len(self.corpus)
 
     def val_starts(self) -> np.ndarray:
         return np.arange(self.num_train, self.num_train + self.num_val)

@@ -32,6 +32,9 @@ def test_words_with_min_freq_are_d2ls_vocab():
     c = Corpus(None, 16, 4, text=text, token="word", min_freq=100)
     train = text.split()[:c.train_end]
     assert c.vocab.idx_to_token == Vocab(train, min_freq=100).idx_to_token and c.vocab.kind == "word"
+    assert c.describe() == (f"data: {len(c.vocab)} words in the vocabulary; {c.num_train:,} training and "
+                            f"{c.num_val} validation windows of 4, in all the text's {len(text.split()):,} "
+                            "words")
     expected = [c.vocab[w] for w in text.split()]
     np.testing.assert_array_equal(c.stream, expected)
     assert c.stream[-1] == c.vocab.unk and c.vocab.decode(c.stream[:3]) == " ".join(text.split()[:3])
@@ -68,6 +71,10 @@ def test_d2ls_split_of_the_time_machine_is_the_time_machine(real_text_path):
     np.testing.assert_array_equal(c.tokens, tm.tokens)
     np.testing.assert_array_equal(np.concatenate([b.X for b in c.val_batches()]),
                                   np.concatenate([b.X for b in tm.val_batches()]))
+    # What a run says of its data: d2l's split reads the book's first 15,032 characters (docs/results.md).
+    said = ("data: 28 characters in the vocabulary; 10,000 training and 5,000 validation windows of 32, in "
+            "the text's first 15,032 of 173,428 characters")
+    assert tm.describe() == c.describe() == said
     words = corpus.load(config.replace(token="word", num_train=100, num_val=50), data=real_text_path)
     assert words.vocab.idx_to_token == Vocab(data.preprocess(tm_text(real_text_path)).split()).idx_to_token
     # In the vocabulary of a run of d2l's (a restored one's): that run's data, it resumes on (it was refused

@@ -70,7 +70,8 @@ def test_a_run_fine_tuned_from_the_command_line_is_fit_s_from_python(source, tmp
     start = checkpoint.restore(source)
     lines = out.splitlines()
     assert lines[0].startswith("new run of 2 epochs")
-    assert lines[1].startswith(f"starting from {source}'s checkpoint step {start.step} (after epoch 1, "
+    assert lines[1].startswith(f"data: {len(start.vocab)} characters in the vocabulary; ")
+    assert lines[2].startswith(f"starting from {source}'s checkpoint step {start.step} (after epoch 1, "
                                "val ppl ")
     recorded = json.loads((tuned / "config.json").read_text())
     assert recorded["init_from"] == {"workdir": str(source), "step": start.step,
