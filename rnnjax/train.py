@@ -1,7 +1,7 @@
 """Training: the pure steps, and ``fit``, which trains a run.
 
-``train_step(state, batch, axis_name=None) -> (state, metrics)`` is a plain
-function of its inputs. ``rnnjax.parallel`` jits it for one device or pmaps it
+``train_step(state, batch, axis_name=None, rng=None) -> (state, metrics)`` is a
+plain function of its inputs (``rng``: dropout's key). ``rnnjax.parallel`` jits it for one device or pmaps it
 with ``axis_name`` for several; then it averages gradients and metrics with
 one ``lax.pmean``. The loss is the exact mean cross-entropy over the real
 (unmasked) tokens of the global batch, whatever the device count and however
@@ -14,14 +14,15 @@ then runs the epoch loop (``rnnjax.loop``) on ``train_windows``
 token stream it holds). A step's metrics are a dict: add a key to
 ``train_step``'s and it is summed over the epoch and logged as its mean; an
 evaluation's, to ``eval_step``'s, logged as ``val_<key>``. One's own replaces
-it here (``rnnjax.train.eval_step = mine``, wrapping the one it replaces):
-``fit`` and ``fit_runs`` call what this module holds as they start, and compile
-it anew.
+it here (``rnnjax.train.eval_step = mine``, wrapping the one it replaces, of
+the same arguments): ``fit`` and ``fit_runs`` call what this module holds as
+they start, and compile it anew.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -216,11 +217,27 @@ def asked(config: Config, data: WindowedText, workdir: str | Path, params: Any, 
     """The arguments of ``fit`` (``caller``; ``fit_runs``, of its first config) checked, in one sentence
     each, before anything is planned or written; ``progress`` by default ``log``'s ``epoch_lines``."""
     check_types(config, data, workdir)
+    _check_replaced()
     checkpoint_every, keep = check_saving(checkpoint_every, keep)
     check_callbacks(progress, log)
     progress = epoch_lines(log, config.epochs) if progress is None and log else progress
     params, origin = params_given(params, data, config, caller)
     return Asked(params, origin, checkpoint_every, keep, progress, log)
+
+
+def _check_replaced() -> None:
+    """``TypeError`` in one sentence unless ``train_step`` and ``eval_step``, where one's own replaced them
+    here, take what this module calls them with."""
+    for name, called in (("train_step", "(state, batch, axis_name, rng)"), ("eval_step", "(state, batch)")):
+        f = globals()[name]
+        try:
+            inspect.signature(f).bind(*called[1:-1].split(", "))
+        except ValueError:      # no signature to read: taken on trust
+            continue
+        except TypeError as e:
+            raise TypeError(f"rnnjax.train.{name}, one's own, is called as {name}{called}, which "
+                            f"{getattr(f, '__name__', name)} cannot take ({e}): take the arguments of "
+                            f"rnnjax's own.") from None
 
 
 def given_line(p: Plan, params: Any) -> str:

@@ -113,6 +113,21 @@ def test_eval_steps_sums_eval_step_over_a_stack_of_batches(small_data):
     np.testing.assert_allclose(got["loss_sum"], sum(float(e["loss_sum"]) for e in each), rtol=1e-6)
 
 
+@pytest.mark.parametrize("name, mine, called", [
+    ("train_step", lambda state, batch, axis_name=None: None, "train_step(state, batch, axis_name, rng)"),
+    ("eval_step", lambda state: None, "eval_step(state, batch)")])
+def test_a_step_of_ones_own_that_cannot_be_called_as_rnnjax_calls_it_is_one_sentence(
+        small_data, tmp_path, monkeypatch, name, mine, called):
+    """As the module's docstring had it, without rng: a TypeError from deep inside the trace."""
+    monkeypatch.setattr(train, name, mine)
+    for f in (fit, lambda *a, **k: runs.fit_runs([SMALL, SMALL.replace(seed=1)], *a[1:], **k)):
+        with pytest.raises(TypeError, match=rf"^rnnjax\.train\.{name}, one's own, is called as "
+                                            rf"{re.escape(called)}, which <lambda> cannot take \(.*\): take "
+                                            r"the arguments of rnnjax's own\.$"):
+            f(SMALL, small_data, tmp_path / "w", devices=1, log=None)
+    assert not (tmp_path / "w").exists()
+
+
 def test_fit_needs_validation_windows(make_text, tmp_path):
     data = TimeMachine(16, 8, 200, 0, text=make_text(5000))
     with pytest.raises(ValueError, match="num_val >= 1"):
