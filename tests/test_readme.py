@@ -59,6 +59,14 @@ def test_the_layout_names_every_module():
                 assert re.search(rf"\b{path.stem}\b", layout), f"the Layout leaves out {folder}/{path.name}"
 
 
+def test_each_module_has_its_test_file():
+    """The Layout's "one file per module" (the benchmark package: test_benchmark*.py)."""
+    for folder in ("rnnjax", "experiments"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            if path.stem != "__init__":
+                assert (ROOT / "tests" / f"test_{path.stem}.py").is_file(), f"no tests/test_{path.stem}.py"
+
+
 @pytest.mark.slow
 def test_the_readme_runs_as_written(real_text_path, tmp_path):
     bin_dir = tmp_path / "bin"              # `python` and `python3` are this interpreter

@@ -51,16 +51,6 @@ def test_one_step_ahead_of_the_k_step_predictions_is_the_one_step_prediction(dat
     assert sine.errors(lin, x_T)["onestep_test"] < 0.06
 
 
-def test_a_second_seed_compiles_nothing_again(tmp_path):
-    """The compiled functions take the params as an argument: each seed after the first reuses them."""
-    compiled = (sine_models.init, sine_models.forward, sine_models.rollout, sine_models.train_epoch)
-    sizes = []
-    for seed in (0, 1):
-        sine.run(tmp_path, seed, rnn_epochs=1, figures=False)
-        sizes.append([f._cache_size() for f in compiled])
-    assert sizes[1] == sizes[0] and all(sizes[0])
-
-
 @pytest.mark.slow
 def test_the_experiment_writes_figures_and_the_error_table_over_seeds(tmp_path, capsys):
     assert sine.main(["--workdir", str(tmp_path), "--rnn-epochs", "1", "--seeds", "0,1"]) == 0
