@@ -4,7 +4,7 @@ Command::
 
     python -m experiments.overfit [--workdir runs/overfit] [any experiments.timemachine flag]
 
-Expected: 10-20 s on a 2-core CPU. Yes: d2l's RNN with the knobs of
+Expected: 8-20 s on a 2-core CPU. Yes: d2l's RNN with the knobs of
 ``PRESETS['overfit']`` turned (4x the hidden units, 128; a fifth of the
 training windows, 2000, about 2000 characters of text; batches of 64 instead
 of 1024, so 32 steps an epoch instead of 10; 60 epochs) learns that text by heart.

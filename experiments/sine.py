@@ -4,7 +4,7 @@ Command::
 
     python -m experiments.sine [--workdir DIR] [--seeds 0,1,2] [--rnn-epochs 20]
 
-Expected: 8-11 s on a 2-core CPU for seeds 0, 1, 2 (the default; a seed more adds about half a
+Expected: 7-11 s on a 2-core CPU for seeds 0, 1, 2 (the default; a seed more adds about half a
 second); docs/results.md has the errors over seeds 0-2. d2l's data (``x_t = sin(0.01 t) + N(0, 0.2)``,
 T = 1000, tau = 4, the first 600 examples for training) and two models: d2l's linear autoregressive
 model on the last tau values (5 epochs of SGD, lr 0.01, batch 16), and sec_sequence's latent
