@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import signal
@@ -102,7 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def until_stopped(parts: Parts, check: Callable[[], int]) -> int:
     """``check()``'s status, or, stopped by SIGTERM, SIGINT or SIGHUP (unless the check was started ignoring
     it, as a script's background job is SIGINT, nohup SIGHUP), one line and 128 + the signal, summary.json
-    saying so."""
+    saying so. One once ``until_stopped`` has returned, as the command exits, changes nothing: the check is
+    whole, its status its parts'."""
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):      # a hang-up too: no part left running
         if signum == signal.SIGTERM or signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, parts.on_signal)
@@ -119,11 +119,8 @@ def until_stopped(parts: Parts, check: Callable[[], int]) -> int:
         return 128 + e.signum
 
 
-def main(argv=None, heed_ctrl_c: bool | None = None) -> int:
-    """The check's status. ``heed_ctrl_c``: whether SIGINT stops it; by default, unless it started ignoring
-    it (a script's background job)."""
-    if heed_ctrl_c is None:
-        heed_ctrl_c = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+def main(argv=None) -> int:
+    heed_ctrl_c = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN     # not in a background job
     stopping.while_loading()        # parse_args loads JAX to check --data: a signal there says one line
     if not heed_ctrl_c:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -243,6 +240,4 @@ def _check(args: argparse.Namespace, parts: Parts) -> int:
 
 
 if __name__ == "__main__":
-    # As the other commands end (a signal as it exits: no default action), SIGINT's start read before.
-    heed = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
-    stopping.run(functools.partial(main, heed_ctrl_c=heed))
+    stopping.run(main)      # as the other commands end: a signal as it exits has no default action

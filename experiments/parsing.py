@@ -61,7 +61,10 @@ class Parser(argparse.ArgumentParser):
         words = getattr(self, "_words", [])
         if message.endswith(": expected one argument"):
             for flag, value in zip(words, words[1:]):
-                if flag in names and value.startswith("-"):
+                # Not a flag (a value forgotten), nor one argparse takes (a space in it), nor unprintable.
+                known = value == "--" or value.split("=", 1)[0] in self._option_string_actions
+                if flag in names and value.startswith("-") and " " not in value and value.isprintable() \
+                        and not known:
                     typed = shlex.quote(f"{flag}={value}")
                     return f"; a value that starts with '-' is given after '=': {typed}"
         return ""

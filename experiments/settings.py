@@ -138,8 +138,10 @@ def _saved(args: argparse.Namespace, anew: str | None = None) -> tuple | None:
             args.saved_vocab = Vocab.from_json(saved[1])
         return saved
     except UnknownCell as e:
-        if not no_checkpoint(args.workdir):
-            raise
+        if not no_checkpoint(args.workdir):     # a cell typed (--cell, --preset's) other than the run's
+            asked = args.cell if args.cell is not None else \
+                config_lib.PRESETS[args.preset].cell if args.preset_given else None
+            raise UnknownCell(args.workdir, e.cell, e.registered, asked) from None
         if args.cell is None and anew is None:
             raise ValueError(f"{args.workdir} holds no checkpoint of its earlier run, whose cell {e.cell!r} "
                              "is not registered here: give --cell (or --preset) to start anew there, or "

@@ -278,8 +278,12 @@ def ignore_signals() -> None:
 
 def run(main: Callable[[], int]) -> None:
     """Exits with ``main()``'s status. ``main`` handles the signals while it works; as it ends a signal says
-    one line. A stopped or failed command exits at once: orbax's threads, cut short, report at teardown."""
+    one line. A stopped or failed command exits at once: orbax's threads, cut short, report at teardown.
+    A SIGINT ignored as it starts (a script's background job) stays ignored until ``main`` handles it."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     handle(stopped_after_the_run)       # main's handlers restore these as it returns
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Runs after the atexit handlers registered from here on (jax.distributed's shutdown), before the rest.
     atexit.register(ignore_signals)
     try:

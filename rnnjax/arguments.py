@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from rnnjax import agree, kernels, memory, workdir as workdir_lib
 from rnnjax.config import Config, check_is_config, whole
@@ -129,8 +130,10 @@ def params_given(params: Any, data: WindowedText, config: Config, caller: str = 
         raise TypeError(f"{whose} params are one run's{each}, got a {type(params).__name__} of "
                         f"{len(params)}: train runs from other parameters in workdirs of their own.")
     if isinstance(params, TrainState):      # a result's .state: its optimizer's state is no start's
-        raise TypeError(f"{whose} params are parameters, got a TrainState: give its .params (the run makes "
-                        "its own optimizer state), or the restored run.")
+        which = ("one run's of its stacked .params, jax.tree.map(lambda x: x[k], state.params)"
+                 if np.ndim(params.step) else "its .params")      # fit_runs': a step per run
+        raise TypeError(f"{whose} params are parameters, got a TrainState: give {which} (the run makes its "
+                        "own optimizer state), or the restored run.")
     if isinstance(params, Restored):
         if params.vocab.idx_to_token != data.vocab.idx_to_token:
             raise ValueError(f"{whose} params are a run's trained in another vocabulary than the data's: "

@@ -100,14 +100,20 @@ class WindowedText:
         return len(self.tokens)
 
     def describe(self) -> str:
-        """One line: the vocabulary's size, the windows, and how much of the text they read (d2l's split
-        reads the Time Machine's first 15,032 characters)."""
+        """One line: the vocabulary's size, the windows, and which of the text's tokens they read (d2l's
+        split: the Time Machine's first 15,032 characters; a split by ``val_fraction``: the training
+        windows a head of it, the validation windows spread over the rest)."""
         kind = "word" if getattr(self.vocab, "kind", "char") == "word" else "character"
-        read, total = len(self.tokens), self.text_size()
+        total, starts = self.text_size(), self.val_starts()
+        said = f"data: {len(self.vocab):,} {kind}s in the vocabulary; {self.num_train:,} training "
+        if len(starts) and starts[0] != self.num_train or np.any(np.diff(starts) != 1):
+            return (said + f"windows of {self.num_steps} in the first {self.num_train + self.num_steps:,} of "
+                    f"the text's {total:,} {kind}s, {self.num_val:,} validation windows across its last "
+                    f"{total - int(starts[0]):,}")
+        read = self.num_train + self.num_val + self.num_steps     # the validation windows next, as d2l's
         where = f"the text's first {read:,} of {total:,} {kind}s" if read < total else \
             f"all the text's {total:,} {kind}s"
-        return (f"data: {len(self.vocab):,} {kind}s in the vocabulary; {self.num_train:,} training and "
-                f"{self.num_val:,} validation windows of {self.num_steps}, in {where}")
+        return said + f"and {self.num_val:,} validation windows of {self.num_steps}, in {where}"
 
     def split(self, num_train: int, num_val: int) -> tuple[int, int]:
         """The train and validation windows that ``num_train`` and ``num_val`` ask for give this text:

@@ -17,11 +17,11 @@ config names a known optimizer (loading makes it, to size the run's memory)::
 
 An optimizer is ``make(config, per_run) -> optax.GradientTransformation``, made of the config the run
 has now, alone: it is made as the data loads (its state sizes the run's memory), so it loads none (made
-again inside itself, it is refused). A resume of more epochs (``Config.RESUMABLE``) makes it anew, and says so:
-a schedule of ``config.steps_per_epoch * config.epochs`` steps (``--steps-per-epoch``) follows the new
-count; one of a fixed count of steps (``clipped``'s, made as it is registered, as above) keeps its end,
-past which its rate is what the schedule gives there (a cosine's 0: the resume warns that it trains
-nothing).
+again inside itself, it is refused). A resume of more epochs (``Config.RESUMABLE``) makes it anew, and
+says so: a schedule of ``config.steps_per_epoch * config.epochs`` steps (``--steps-per-epoch``) follows
+the new count; one of a fixed count of steps (``clipped``'s, made as it is registered, as above) keeps
+its end, past which its rate is what the schedule gives there (a cosine's 0: the resume warns that it
+trains nothing).
 ``per_run`` keeps ``lr`` and ``clip`` in its state (``optax.inject_hyperparams``)
 rather than in the function: what lets runs with different values be one
 vmapped step (``rnnjax.runs``; ``rnnjax.state.check_per_run`` refuses one that

@@ -177,7 +177,8 @@ def check_state(p: Plan, state: Any, vocab_size: int) -> None:
     if (jax.tree.structure(given) != jax.tree.structure(made)
             or [np.shape(x) for x in jax.tree.leaves(given)] != [x.shape for x in jax.tree.leaves(made)]):
         named = spelt("optimizer", p.config.optimizer)
-        if p.runs:      # one run's states stacked lack the lr and clip each run keeps in its state
+        one_run = abstract_train_state(p.config, vocab_size).opt_state
+        if p.runs and jax.tree.structure(given) == jax.tree.structure(one_run):    # one run's states stacked
             raise ValueError(f"The state's optimizer state is not the one {named} makes for runs trained "
                              "together, each run's lr and clip in it: make the state with "
                              "rnnjax.create_run_states(configs, vocab_size).")

@@ -230,13 +230,13 @@ def _check_replaced() -> None:
     here, take what this module calls them with."""
     for name, called in (("train_step", "(state, batch, axis_name, rng)"), ("eval_step", "(state, batch)")):
         f = globals()[name]
-        try:
-            inspect.signature(f).bind(*called[1:-1].split(", "))
+        try:        # not follow_wrapped: a functools.wraps of rnnjax's own would read as rnnjax's own
+            inspect.signature(f, follow_wrapped=False).bind(*called[1:-1].split(", "))
         except ValueError:      # no signature to read: taken on trust
             continue
         except TypeError as e:
             raise TypeError(f"rnnjax.train.{name}, one's own, is called as {name}{called}, which "
-                            f"{getattr(f, '__name__', name)} cannot take ({e}): take the arguments of "
+                            f"{getattr(f, '__name__', 'it')} cannot take ({e}): take the arguments of "
                             f"rnnjax's own.") from None
 
 

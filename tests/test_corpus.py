@@ -32,9 +32,10 @@ def test_words_with_min_freq_are_d2ls_vocab():
     c = Corpus(None, 16, 4, text=text, token="word", min_freq=100)
     train = text.split()[:c.train_end]
     assert c.vocab.idx_to_token == Vocab(train, min_freq=100).idx_to_token and c.vocab.kind == "word"
-    assert c.describe() == (f"data: {len(c.vocab)} words in the vocabulary; {c.num_train:,} training and "
-                            f"{c.num_val} validation windows of 4, in all the text's {len(text.split()):,} "
-                            "words")
+    words = len(text.split())
+    assert c.describe() == (f"data: {len(c.vocab)} words in the vocabulary; {c.num_train:,} training windows "
+                            f"of 4 in the first {c.num_train + 4:,} of the text's {words:,} words, "
+                            f"{c.num_val} validation windows across its last {words - c.train_end:,}")
     expected = [c.vocab[w] for w in text.split()]
     np.testing.assert_array_equal(c.stream, expected)
     assert c.stream[-1] == c.vocab.unk and c.vocab.decode(c.stream[:3]) == " ".join(text.split()[:3])
@@ -46,6 +47,10 @@ def test_words_with_min_freq_are_d2ls_vocab():
 def test_no_window_lies_in_both_parts_and_caps_hold(caps):
     num_train, num_val = caps
     c = Corpus(None, 16, 8, text=other_alphabet(), num_train=num_train, num_val=num_val)
+    # What a run says of them: capped, the training windows read a head of the head (it said "all the text").
+    assert f"training windows of 8 in the first {c.num_train + 8:,} of the text's {len(c.stream):,} " \
+           f"characters, {c.num_val:,} validation windows across its last {len(c.stream) - c.train_end:,}" \
+           in c.describe()
     rows = np.concatenate([w.starts[w.mask > 0] for w in c.train_windows(epoch=1)])
     assert sorted(rows) == list(range(c.num_train))                    # each train window once
     assert rows.max() + c.num_steps + 1 <= c.train_end                  # inside the head

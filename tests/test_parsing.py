@@ -37,6 +37,11 @@ def parser():
     (["--seeds", "-x("], "error: argument --seed/--seeds: expected one argument; a value that starts with "
                          "'-' is given after '=': '--seeds=-x(' (see prog --help)"),     # shell-quoted
     (["--text"], "error: argument --text: expected one argument (see prog --help)"),
+    # A value forgotten, not one starting with '-' (it had said "--text=--flag"); argparse's own, unquotable.
+    (["--text", "--flag"], "error: argument --text: expected one argument (see prog --help)"),
+    (["--text", "--seed=1"], "error: argument --text: expected one argument (see prog --help)"),
+    (["--text", "--"], "error: argument --text: expected one argument (see prog --help)"),
+    (["--text", "-a\nb"], "error: argument --text: expected one argument (see prog --help)"),
 ])
 def test_a_prefix_or_a_flag_given_twice_is_one_line_and_status_2(argv, said, capsys):
     with pytest.raises(SystemExit) as e:

@@ -151,6 +151,11 @@ def test_a_state_that_is_not_the_plans_is_refused_before_anything_is_written(dat
                                          r"for runs trained together, .*rnnjax.create_run_states\(configs, "):
         with planned(config, data, tmp_path / "runs", devices=1, runs=two) as p:
             loop.run(p, data, stacked, runs.train_runs, runs.eval_runs)
+    adams = [c.replace(optimizer="adam") for c in two]        # runs' states, of another optimizer
+    with pytest.raises(ValueError, match=r"^The state's optimizer state is not the one optimizer='sgd' "
+                                         r"makes: the run records"):
+        with planned(config, data, tmp_path / "runs", devices=1, runs=two) as p:
+            loop.run(p, data, rnnjax.create_run_states(adams, V), runs.train_runs, runs.eval_runs)
     with planned(config, data, tmp_path / "runs", devices=1, runs=two) as p:     # as the docstring says
         ran = loop.run(p, data, rnnjax.create_run_states(two, V), runs.train_runs, runs.eval_runs)
     assert [r["seed"] for r in ran.history] == [0, 1]

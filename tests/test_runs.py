@@ -127,6 +127,10 @@ def test_runs_fine_tuned_from_one_run_s_params_are_each_the_run_fine_tuned_alone
                                         r"\.params \(the run makes its own optimizer state\), or the"):
         runs.fit_runs(configs, data10, tmp_path / "tuned", devices=1, log=None,
                       params=create_train_state(configs[0], len(data10.vocab)))
+    stacked = runs.create_run_states(configs, len(data10.vocab))       # fit_runs' result's state
+    with pytest.raises(TypeError, match=r"TrainState: give one run's of its stacked \.params, "
+                                        r"jax\.tree\.map\(lambda x: x\[k\], state\.params\)"):
+        fit(configs[0], data10, tmp_path / "tuned", devices=1, log=None, params=stacked)
     with pytest.raises(ValueError, match="^keep must be"):          # the arguments in fit's order (hostile)
         runs.fit_runs(configs, data10, tmp_path / "tuned", keep=0, log=None, params=[source, source])
     assert not (tmp_path / "tuned").exists()

@@ -35,6 +35,25 @@ def test_a_signal_as_a_finished_command_exits_is_ignored_not_a_silent_kill(signu
     assert (done.returncode, done.stdout, done.stderr) == (0, "still here\n", "")
 
 
+def test_a_ctrl_c_ignored_as_the_command_starts_stays_ignored_until_its_main_heeds_it():
+    """A script's background job (``cmd &``) starts ignoring SIGINT: run's own handler took it back (the
+    device check, started so, could be stopped as it started and said "after the run")."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        done = command("""
+            import os, signal
+            from experiments import stopping
+
+            def main():
+                os.kill(os.getpid(), signal.SIGINT)
+                return 0 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else 3
+            stopping.run(main)
+        """)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 @pytest.mark.parametrize("status", [0, 1])
 def test_at_exit_runs_once_however_the_command_exits(status):
     """A failed command exits at once (os._exit), past atexit's handlers: the compilation cache's entries a

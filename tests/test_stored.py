@@ -64,12 +64,16 @@ def test_its_settings_say_so_from_config_json_or_else_the_checkpoint(workdir, tm
         saved.saved_runs(copy)
 
 
-@pytest.mark.parametrize("argv", [["--epochs", "3"], ["--predict", "the"], ["--predict", "the", "--best"]])
+@pytest.mark.parametrize("argv", [["--epochs", "3"], ["--predict", "the"], ["--predict", "the", "--best"],
+                                  ["--cell", "gru"], ["--preset", "lstm"]])
 def test_the_command_line_says_so_and_moves_nothing(workdir, argv, capsys):
     assert timemachine.main(["--workdir", str(workdir), *argv]) == 1
     err = capsys.readouterr().err
     assert "which is not registered here" in err and "damaged" not in err and "aside" not in err
     assert "in a script that then calls experiments.timemachine.main()" in err
+    asked = {"--cell": "gru", "--preset": "lstm"}.get(argv[0])        # a cell typed: a workdir mistyped?
+    told = f"The run asked for is of cell {asked!r}: a new run trains in another workdir."
+    assert (told in err) == bool(asked)
     assert len(err.strip().splitlines()) == 1
     assert not (workdir / checkpoint.DAMAGED).exists() and len(checkpoint.steps(workdir)) == 2
 

@@ -1,4 +1,5 @@
 import copy
+import functools
 import math
 import os
 import re
@@ -115,6 +116,8 @@ def test_eval_steps_sums_eval_step_over_a_stack_of_batches(small_data):
 
 @pytest.mark.parametrize("name, mine, called", [
     ("train_step", lambda state, batch, axis_name=None: None, "train_step(state, batch, axis_name, rng)"),
+    ("train_step", functools.wraps(train.train_step)(lambda state, batch, axis_name=None: None),
+     "train_step(state, batch, axis_name, rng)"),      # its signature read, not the one it wraps
     ("eval_step", lambda state: None, "eval_step(state, batch)")])
 def test_a_step_of_ones_own_that_cannot_be_called_as_rnnjax_calls_it_is_one_sentence(
         small_data, tmp_path, monkeypatch, name, mine, called):
@@ -122,8 +125,8 @@ def test_a_step_of_ones_own_that_cannot_be_called_as_rnnjax_calls_it_is_one_sent
     monkeypatch.setattr(train, name, mine)
     for f in (fit, lambda *a, **k: runs.fit_runs([SMALL, SMALL.replace(seed=1)], *a[1:], **k)):
         with pytest.raises(TypeError, match=rf"^rnnjax\.train\.{name}, one's own, is called as "
-                                            rf"{re.escape(called)}, which <lambda> cannot take \(.*\): take "
-                                            r"the arguments of rnnjax's own\.$"):
+                                            rf"{re.escape(called)}, which {mine.__name__} cannot take "
+                                            r"\(.*\): take the arguments of rnnjax's own\.$"):
             f(SMALL, small_data, tmp_path / "w", devices=1, log=None)
     assert not (tmp_path / "w").exists()
 

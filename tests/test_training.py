@@ -26,5 +26,5 @@ def test_a_run_and_runs_together_say_their_plan_then_their_data(make_text, tmp_p
         assert timemachine.main(argv) == 0
         lines = capsys.readouterr().out.splitlines()
         assert lines[0].startswith(first) and lines[1].startswith("data: ") and " characters in the " \
-            "vocabulary; " in lines[1] and lines[1].endswith(" characters")
+            "vocabulary; " in lines[1] and " validation windows across its last " in lines[1]
         assert sum(line.startswith("data: ") for line in lines) == 1
