@@ -114,6 +114,8 @@ def describe(compute_dtype: str, precision: str, device, cell_takes_dtype: bool 
         return f"{compute_dtype} matmuls accumulated in float32"
     precision = effective_precision(precision)
     if precision not in MATMUL_PRECISIONS:               # a jax.lax.DotAlgorithmPreset set by the user
+        if device.platform == "cpu":        # which computes every precision and algorithm in float32
+            return f"float32 matmuls ({precision} asked: a CPU computes float32)"
         return f"float32 matmuls at {precision}"
     if device.platform == "tpu" and precision in _TPU_PASSES:
         return f"float32 matmuls at {precision} precision ({_TPU_PASSES[precision]} on this TPU)"

@@ -177,6 +177,10 @@ def test_describe_says_what_the_matmuls_do_on_each_backend():
             "accumulated in float32")
     # "default" is what JAX is set to: conftest's highest here
     assert describe("float32", "default", gpu("9.0")) == "float32 matmuls"
+    with jax.default_matmul_precision("BF16_BF16_F32"):     # an algorithm, which a CPU computes in float32
+        said = "float32 matmuls (BF16_BF16_F32 asked: a CPU computes float32)"
+        assert describe("float32", "default", cpu) == said
+        assert describe("float32", "default", gpu("9.0")) == "float32 matmuls at BF16_BF16_F32"
 
 
 def test_the_runs_first_line_names_the_compute_dtype_and_the_matmuls(small_data, tmp_path):
