@@ -4,10 +4,12 @@ came from."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from rnnjax import meta as meta_lib, score
@@ -72,12 +74,20 @@ class Restored:
 
     def predict(self, prefix: str, num_preds: int, **sampling) -> str:
         """``prefix``, cleaned as the run's text was (``prompt``), and ``num_preds`` tokens after it: greedy,
-        or sampled given ``temperature``, ``top_k`` or ``key`` (``generate.predict_batch``)."""
-        return predict(self.model, self.params, self.vocab, prefix, num_preds, clean=self.prompt, **sampling)
+        or sampled given ``temperature``, ``top_k`` or ``key`` (``generate.predict_batch``); its matmuls at
+        the run's ``matmul_precision``, as it trained and scores."""
+        with self._at_precision():
+            return predict(self.model, self.params, self.vocab, prefix, num_preds, clean=self.prompt,
+                           **sampling)
 
     def predict_batch(self, prefixes: list[str], num_preds: int, **sampling) -> list[str]:
-        return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds, clean=self.prompt,
-                             **sampling)
+        with self._at_precision():
+            return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds, clean=self.prompt,
+                                 **sampling)
+
+    def _at_precision(self):
+        precision = self.config.matmul_precision
+        return contextlib.nullcontext() if precision == "default" else jax.default_matmul_precision(precision)
 
     def prompt(self, text: str) -> str:
         """``text`` cleaned as the run's was (its config's ``preprocess``), as ``predict`` and ``losses`` read

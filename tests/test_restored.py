@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 
+import jax
 import pytest
 
 from conftest import TINY
@@ -40,6 +41,25 @@ def test_a_restored_run_scores_data_as_its_run_validated(small_data, tmp_path):
     # A run of an optimizer not registered here (a notebook's interpreter) scores: it needed one to.
     unknown = dataclasses.replace(run, config=run.config.replace(optimizer="registered elsewhere"))
     assert unknown.perplexity(small_data) == run.perplexity(small_data)
+
+
+def test_a_restored_run_generates_at_its_matmul_precision(small_data, tmp_path, monkeypatch):
+    """As it trained and scores: a run of 'highest' had generated at JAX's default (TF32 on a GPU). The
+    session's default is 'highest' (conftest): a run of 'high' shows it."""
+    from rnnjax import generate
+    fit(TINY.replace(epochs=1, matmul_precision="high"), small_data, tmp_path, devices=1, log=None)
+    run, seen, decoders = checkpoint.restore(tmp_path), [], generate._decoders
+
+    def recording(model):
+        def at(decode):
+            return lambda *args: (seen.append(jax.config.jax_default_matmul_precision), decode(*args))[1]
+        return tuple(at(d) for d in decoders(model))
+    monkeypatch.setattr(generate, "_decoders", recording)
+    greedy = run.predict("the", 5)
+    run.predict_batch(["the", "a"], 5, temperature=0.5)
+    assert seen == ["high", "high"] and jax.config.jax_default_matmul_precision != "high"
+    default = dataclasses.replace(run, config=run.config.replace(matmul_precision="default"))
+    assert default.predict("the", 5) == greedy and seen[-1] == jax.config.jax_default_matmul_precision
 
 
 def test_where_a_run_comes_from_and_its_own_validation_perplexity(small_data, tmp_path):
