@@ -285,7 +285,7 @@ def _check_fit(params: Any, abstract: Any, what: str, any_float: bool = False) -
             continue
         if jax.dtypes.canonicalize_dtype(x.dtype) != want.dtype:      # float64 is float32 to JAX (no x64)
             # bfloat16 parameters would train in bfloat16 throughout: compute_dtype is what does it right
-            hint = ("; for bfloat16 matmuls keep float32 parameters and set Config.compute_dtype='bfloat16'"
+            hint = ("; keep float32 parameters: Config.compute_dtype='bfloat16' casts them for the matmuls"
                     if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
                     else f"; cast it to {want.dtype}")
             raise ValueError(f"{what}: {name} is {x.dtype}, expected {want.dtype}{hint}.")

@@ -207,8 +207,8 @@ def test_fit_rejects_params_of_another_model(small_data, tmp_path):
 
 
 @pytest.mark.parametrize("cast,message", [
-    (jnp.bfloat16, r"\['output_layer'\]\['bias'\] is bfloat16, expected float32; for bfloat16 matmuls keep "
-                   r"float32 parameters and set Config.compute_dtype='bfloat16'\.$"),
+    (jnp.bfloat16, r"\['output_layer'\]\['bias'\] is bfloat16, expected float32; keep float32 parameters: "
+                   r"Config.compute_dtype='bfloat16' casts them for the matmuls\.$"),
     (jnp.int32, r"is int32, expected float32")], ids=["bfloat16", "int32"])
 def test_fit_refuses_params_of_another_dtype_before_anything_is_written(small_data, tmp_path, cast, message):
     params = jax.tree.map(lambda x: x.astype(cast), create_train_state(SMALL, len(small_data.vocab)).params)
