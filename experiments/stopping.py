@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 
 _UNDO: list[Callable[[], object]] = []      # what exit_now undoes first, the newest first
 _AT_EXIT: list[Callable[[], object]] = []   # what any exit runs, os._exit's too (``at_exit``)
+REAP_S = 5.0        # how long a stopped command waits on a child it killed (``run_child``)
 PARENT_PID = "RNNJAX_PARENT_PID"        # given to a command's children: they stop as it dies (``as_child``)
 
 
@@ -104,7 +105,7 @@ def run_child(args: list[str], **kwargs) -> subprocess.CompletedProcess:
             proc.stderr.close()
             # Bounded: an exception that a signal's handler raised may have left Popen's lock held.
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
+                proc.wait(REAP_S)
             raise
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 

@@ -63,7 +63,8 @@ BIAS = r"\['output_layer'\]\['bias'\]"
     (lambda p: jax.tree.map(lambda x: x.astype(jnp.bfloat16), p),
      BIAS + r" is bfloat16, expected float32; keep float32 parameters: Config.compute_dtype='bfloat16' "
             r"casts them for the matmuls\.$"),
-    (lambda p: jax.tree.map(lambda x: x.astype(jnp.float16), p), BIAS + " is float16, expected float32; keep float32 parameters"),
+    (lambda p: jax.tree.map(lambda x: x.astype(jnp.float16), p),
+     BIAS + " is float16, expected float32; keep float32 parameters"),
     (lambda p: jax.tree.map(lambda x: x.astype(jnp.int32), p),
      BIAS + r" is int32, expected float32; cast it to float32\.$"),
     (lambda p: {"a": 1}, "they lack " + BIAS + r" \(and 4 more\); they have \['a'\], which the model"),

@@ -242,6 +242,7 @@ def test_run_child_stopped_with_popen_s_lock_held_does_not_hang(monkeypatch):
         proc._waitpid_lock.acquire()
         raise KeyboardInterrupt
     monkeypatch.setattr(subprocess.Popen, "communicate", interrupted)
+    monkeypatch.setattr(stopping, "REAP_S", 0.2)
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         stopping.run_child([sys.executable, "-c", "import time; time.sleep(60)"])
