@@ -280,7 +280,8 @@ def ignore_signals() -> None:
 def run(main: Callable[[], int]) -> None:
     """Exits with ``main()``'s status. ``main`` handles the signals while it works; as it ends a signal says
     one line. A stopped or failed command exits at once: orbax's threads, cut short, report at teardown.
-    A SIGINT ignored as it starts (a script's background job) stays ignored until ``main`` handles it."""
+    A SIGINT ignored as it starts (a script's background job) stays ignored until ``main`` handles it, as
+    the device check's does: the commands that call ``while_loading`` first take it there."""
     ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     handle(stopped_after_the_run)       # main's handlers restore these as it returns
     if ignored:

@@ -29,7 +29,7 @@ import numpy as np
 
 from rnnjax.config import Config, check_is_config
 from rnnjax.spelling import got, spelt
-from rnnjax.data import TimeMachine, WindowedText, check_source, wholes
+from rnnjax.data import TimeMachine, WindowedText, check_source, plural, wholes
 from rnnjax.source import (SHA1, TOO_LARGE, DataError, check_file, read_text, sha1_of,
                            timemachine_path)
 from rnnjax import memory, token_cache
@@ -122,8 +122,9 @@ class Corpus(WindowedText):
                             "lower it.")
         self._split(num_train, num_val)
         if self.val_fraction and not steps_per_epoch and batch_size > self.num_train:    # one batch, padded
-            warnings.warn(f"{spelt('batch_size', batch_size)} is more than the {self.num_train:,} training "
-                          f"windows {self.name} gives an epoch: each epoch is one batch of them, the rest "
+            warnings.warn(f"{spelt('batch_size', batch_size)} is more than the "
+                          f"{plural(self.num_train, 'training window')} {self.name} gives an epoch: each "
+                          "epoch is one batch of them, the rest "
                           f"padding ({spelt('batch_size', self.num_train)} trains alike, faster).",
                           stacklevel=3)
         if check_vocab is not None:

@@ -69,6 +69,11 @@ class Windows:
         return Batch(seq_BxS[..., :-1], seq_BxS[..., 1:], self.mask)
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 window``, ``1,000 windows``."""
+    return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
 class WindowedText:
     """Batches of windows cut from a token stream: what ``fit`` trains on.
 
@@ -105,15 +110,18 @@ class WindowedText:
         windows a head of it, the validation windows spread over the rest)."""
         kind = "word" if getattr(self.vocab, "kind", "char") == "word" else "character"
         total, starts = self.text_size(), self.val_starts()
-        said = f"data: {len(self.vocab):,} {kind}s in the vocabulary; {self.num_train:,} training "
+        cleaned = (self.options or {}).get("preprocess", "raw") != "raw"
+        text = "the cleaned text's" if cleaned else "the text's"
+        said = f"data: {plural(len(self.vocab), kind)} in the vocabulary; "
         if len(starts) and starts[0] != self.num_train or np.any(np.diff(starts) != 1):
-            return (said + f"windows of {self.num_steps} in the first {self.num_train + self.num_steps:,} of "
-                    f"the text's {total:,} {kind}s, {self.num_val:,} validation windows across its last "
-                    f"{total - int(starts[0]):,}")
+            return (said + f"{plural(self.num_train, 'training window')} of {self.num_steps} in the first "
+                    f"{self.num_train + self.num_steps:,} of {text} {plural(total, kind)}, "
+                    f"{plural(self.num_val, 'validation window')} across its last {total - int(starts[0]):,}")
         read = self.num_train + self.num_val + self.num_steps     # the validation windows next, as d2l's
-        where = f"the text's first {read:,} of {total:,} {kind}s" if read < total else \
-            f"all the text's {total:,} {kind}s"
-        return said + f"and {self.num_val:,} validation windows of {self.num_steps}, in {where}"
+        where = f"{text} first {read:,} of {plural(total, kind)}" if read < total else \
+            f"all {text} {plural(total, kind)}"
+        return said + (f"{self.num_train:,} training and {plural(self.num_val, 'validation window')} of "
+                       f"{self.num_steps}, in {where}")
 
     def split(self, num_train: int, num_val: int) -> tuple[int, int]:
         """The train and validation windows that ``num_train`` and ``num_val`` ask for give this text:

@@ -78,7 +78,9 @@ def at_precision(fn: Callable, precision: str) -> Callable:
     return traced
 
 
-# What float32 matmuls do at each precision, by platform (jax.lax.Precision's documentation).
+# What float32 matmuls do at each precision, by platform (jax.lax.Precision's documentation); the
+# algorithms that XLA:CPU computes as float32, bit for bit (others it computes otherwise, or refuses).
+_CPU_AS_FLOAT32 = {"BF16_BF16_F32", "BF16_BF16_F32_X3", "BF16_BF16_F32_X6", "F32_F32_F32"}
 _TPU_PASSES = {"default": "one bfloat16 pass", "high": "3 bfloat16 passes", "highest": "6 bfloat16 passes"}
 
 
@@ -114,7 +116,7 @@ def describe(compute_dtype: str, precision: str, device, cell_takes_dtype: bool 
         return f"{compute_dtype} matmuls accumulated in float32"
     precision = effective_precision(precision)
     if precision not in MATMUL_PRECISIONS:               # a jax.lax.DotAlgorithmPreset set by the user
-        if device.platform == "cpu":        # which computes every precision and algorithm in float32
+        if device.platform == "cpu" and precision in _CPU_AS_FLOAT32:
             return f"float32 matmuls ({precision} asked: a CPU computes float32)"
         return f"float32 matmuls at {precision}"
     if device.platform == "tpu" and precision in _TPU_PASSES:

@@ -43,6 +43,13 @@ def test_words_with_min_freq_are_d2ls_vocab():
 
 # --- splits -----------------------------------------------------------------------
 
+
+def test_a_split_of_one_window_each_is_said_in_the_singular():
+    c = Corpus(None, 1, 4, text="the quick brown fox jumps over the lazy dog. " * 3, num_train=1, num_val=1)
+    assert c.describe() == ("data: 29 characters in the vocabulary; 1 training window of 4 in the first 5 of "
+                            "the text's 135 characters, 1 validation window across its last 14")
+
+
 @pytest.mark.parametrize("caps", [(0, 5000), (300, 40)])
 def test_no_window_lies_in_both_parts_and_caps_hold(caps):
     num_train, num_val = caps
@@ -78,7 +85,7 @@ def test_d2ls_split_of_the_time_machine_is_the_time_machine(real_text_path):
                                   np.concatenate([b.X for b in tm.val_batches()]))
     # What a run says of its data: d2l's split reads the book's first 15,032 characters (docs/results.md).
     said = ("data: 28 characters in the vocabulary; 10,000 training and 5,000 validation windows of 32, in "
-            "the text's first 15,032 of 173,428 characters")
+            "the cleaned text's first 15,032 of 173,428 characters")     # 178,979 before d2l's cleaning
     assert tm.describe() == c.describe() == said
     words = corpus.load(config.replace(token="word", num_train=100, num_val=50), data=real_text_path)
     assert words.vocab.idx_to_token == Vocab(data.preprocess(tm_text(real_text_path)).split()).idx_to_token

@@ -181,6 +181,8 @@ def test_describe_says_what_the_matmuls_do_on_each_backend():
         said = "float32 matmuls (BF16_BF16_F32 asked: a CPU computes float32)"
         assert describe("float32", "default", cpu) == said
         assert describe("float32", "default", gpu("9.0")) == "float32 matmuls at BF16_BF16_F32"
+    with jax.default_matmul_precision("F16_F16_F16"):       # which a CPU computes in float16
+        assert describe("float32", "default", cpu) == "float32 matmuls at F16_F16_F16"
 
 
 def test_the_runs_first_line_names_the_compute_dtype_and_the_matmuls(small_data, tmp_path):
