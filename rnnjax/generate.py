@@ -234,9 +234,12 @@ def _check_kept(prompts: int, longest: int, num_preds: int, unit: str) -> int:
     return L
 
 
-def predict(model: RNNLM, params, vocab: Vocab, prefix: str, num_preds: int, **sampling) -> str:
+def predict(model: RNNLM, params, vocab: Vocab, prefix: str, num_preds: int, *,
+            temperature: float | None = None, top_k: int | None = None, key: jax.Array | None = None,
+            clean: Callable[[str], str] | None = None) -> str:
     """d2l's ``predict(prefix, num_preds)``: ``prefix`` + ``num_preds`` greedy characters (or sampled:
     ``predict_batch``'s ``temperature``, ``top_k``, ``key``)."""
     if not isinstance(prefix, str):
         raise ValueError(f"prefix must be a string, got {prefix!r}; for several prompts, use predict_batch.")
-    return predict_batch(model, params, vocab, [prefix], num_preds, **sampling)[0]
+    return predict_batch(model, params, vocab, [prefix], num_preds, temperature=temperature, top_k=top_k,
+                         key=key, clean=clean)[0]

@@ -60,6 +60,8 @@ def test_a_restored_run_generates_at_its_matmul_precision(small_data, tmp_path, 
     assert seen == ["high", "high"] and jax.config.jax_default_matmul_precision != "high"
     default = dataclasses.replace(run, config=run.config.replace(matmul_precision="default"))
     assert default.predict("the", 5) == greedy and seen[-1] == jax.config.jax_default_matmul_precision
+    with pytest.raises(TypeError, match=r"^predict\(\) got an unexpected keyword argument 'bogus'"):
+        run.predict("the", 5, bogus=1)      # it had named predict_batch, which the caller never called
 
 
 def test_where_a_run_comes_from_and_its_own_validation_perplexity(small_data, tmp_path):
