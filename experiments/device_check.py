@@ -101,8 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def until_stopped(parts: Parts, check: Callable[[], int]) -> int:
     """``check()``'s status, or, stopped by SIGTERM, SIGINT or SIGHUP (unless the check was started ignoring
     it, as a script's background job is SIGINT, nohup SIGHUP), one line and 128 + the signal, summary.json
-    saying so. One once ``until_stopped`` has returned, as the command exits, changes nothing: the check is
-    whole, its status its parts'."""
+    saying so. A signal after it has returned (as the command exits) changes nothing: the check is whole,
+    its status its parts'."""
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):      # a hang-up too: no part left running
         if signum == signal.SIGTERM or signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, parts.on_signal)

@@ -1,9 +1,9 @@
 """Training: the pure steps, and ``fit``, which trains a run.
 
 ``train_step(state, batch, axis_name=None, rng=None) -> (state, metrics)`` is a
-plain function of its inputs (``rng``: dropout's key). ``rnnjax.parallel`` jits it for one device or pmaps it
-with ``axis_name`` for several; then it averages gradients and metrics with
-one ``lax.pmean``. The loss is the exact mean cross-entropy over the real
+plain function of its inputs (``rng``: dropout's key). ``rnnjax.parallel``
+jits it for one device or pmaps it with ``axis_name`` for several; then it
+averages gradients and metrics with one ``lax.pmean``. The loss is the exact mean cross-entropy over the real
 (unmasked) tokens of the global batch, whatever the device count and however
 the padding falls on the devices.
 
