@@ -179,6 +179,10 @@ class Corpus(WindowedText):
 
     def _split(self, num_train: int, num_val: int) -> None:
         self.num_train, self.num_val = self.split(num_train, num_val)
+        if self.val_fraction and num_train > self.num_train:      # a cap above the text: said, not silent
+            warnings.warn(f"{spelt('num_train', num_train)} is more than the "
+                          f"{plural(self.num_train, 'training window')} {self.name} gives: it trains on "
+                          "those.", stacklevel=4)
         if not self.val_fraction:
             self.tokens = self.stream[: self.num_train + self.num_val + self.num_steps]
             return

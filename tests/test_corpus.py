@@ -44,6 +44,14 @@ def test_words_with_min_freq_are_d2ls_vocab():
 # --- splits -----------------------------------------------------------------------
 
 
+def test_a_cap_of_training_windows_above_what_the_text_gives_is_said():
+    """--num-train 100000 on a short text trained on its 117 windows, unsaid."""
+    with pytest.warns(UserWarning, match=r"^num_train=1000000 is more than the [\d,]+ training windows the "
+                                         r"text gives: it trains on those\.$"):
+        c = Corpus(None, 16, 8, text=other_alphabet(), num_train=10 ** 6)
+    assert c.num_train == c.train_end - 8
+
+
 def test_a_split_of_one_window_each_is_said_in_the_singular():
     c = Corpus(None, 1, 4, text="the quick brown fox jumps over the lazy dog. " * 3, num_train=1, num_val=1)
     assert c.describe() == ("data: 29 characters in the vocabulary; 1 training window of 4 in the first 5 of "
