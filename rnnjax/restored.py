@@ -4,18 +4,17 @@ came from."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from rnnjax import meta as meta_lib, score
 from rnnjax.config import Config
 from rnnjax.data import WindowedText
 from rnnjax.generate import predict, predict_batch
+from rnnjax.precision import at_precision
 from rnnjax.saved import config_init_from
 from rnnjax.state import make_model
 from rnnjax.stored import val_ppl
@@ -76,18 +75,12 @@ class Restored:
         """``prefix``, cleaned as the run's text was (``prompt``), and ``num_preds`` tokens after it: greedy,
         or sampled given ``temperature``, ``top_k`` or ``key`` (``generate.predict_batch``); its matmuls at
         the run's ``matmul_precision``, as it trained and scores."""
-        with self._at_precision():
-            return predict(self.model, self.params, self.vocab, prefix, num_preds, clean=self.prompt,
-                           **sampling)
+        return at_precision(predict, self.config.matmul_precision)(
+            self.model, self.params, self.vocab, prefix, num_preds, clean=self.prompt, **sampling)
 
     def predict_batch(self, prefixes: list[str], num_preds: int, **sampling) -> list[str]:
-        with self._at_precision():
-            return predict_batch(self.model, self.params, self.vocab, prefixes, num_preds, clean=self.prompt,
-                                 **sampling)
-
-    def _at_precision(self):
-        precision = self.config.matmul_precision
-        return contextlib.nullcontext() if precision == "default" else jax.default_matmul_precision(precision)
+        return at_precision(predict_batch, self.config.matmul_precision)(
+            self.model, self.params, self.vocab, prefixes, num_preds, clean=self.prompt, **sampling)
 
     def prompt(self, text: str) -> str:
         """``text`` cleaned as the run's was (its config's ``preprocess``), as ``predict`` and ``losses`` read
