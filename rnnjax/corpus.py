@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from rnnjax.config import Config, check_is_config
-from rnnjax.spelling import got, spelt
-from rnnjax.data import TimeMachine, WindowedText, check_source, plural, wholes
+from rnnjax.spelling import got, plural, spelt
+from rnnjax.data import TimeMachine, WindowedText, check_source, wholes
 from rnnjax.source import (SHA1, TOO_LARGE, DataError, check_file, read_text, sha1_of,
                            timemachine_path)
 from rnnjax import memory, token_cache

@@ -26,7 +26,7 @@ from flax import struct
 
 from rnnjax.source import PREPROCESSED_SHA1, DataError, load_text
 from rnnjax.config import whole
-from rnnjax.spelling import got, spelt
+from rnnjax.spelling import got, plural, spelt
 from rnnjax.vocab import Vocab  # noqa: F401 (where it always was)
 
 
@@ -67,11 +67,6 @@ class Windows:
         xp = np if isinstance(tokens, np.ndarray) else jnp
         seq_BxS = tokens[self.starts[..., None] + xp.arange(self.num_steps + 1)]
         return Batch(seq_BxS[..., :-1], seq_BxS[..., 1:], self.mask)
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 window``, ``1,000 windows``."""
-    return f"{n:,} {noun}{'s' * (n != 1)}"
 
 
 class WindowedText:

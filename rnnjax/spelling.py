@@ -136,3 +136,8 @@ def type_change(before: dict, after: dict) -> str | None:
 def said_type(shape_dtype: tuple | None) -> str:
     """A ``leaf_types`` value as a message says it (``float32[16, 28]``), or ``none``."""
     return "none" if shape_dtype is None else f"{shape_dtype[1]}{list(shape_dtype[0])}"
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 window``, ``1,000 windows``."""
+    return f"{n:,} {noun}{'s' * (n != 1)}"

@@ -1,4 +1,4 @@
-from rnnjax.spelling import as_flags, disagreement, flag_spelling, shown, spelt
+from rnnjax.spelling import as_flags, disagreement, flag_spelling, plural, shown, spelt
 
 
 def test_values_are_shown_as_typed_and_give_their_value_back():
@@ -37,3 +37,8 @@ def test_a_disagreement_names_the_setting_given_and_the_value_the_run_has():
         assert disagreement("seed", (1, 0), [0, 1]) == "--seeds 1,0 (it has 0,1, in that order)"
         assert (disagreement("bidirectional", (False,), [True])
                 == "--no-bidirectional (it has --bidirectional)")
+
+
+def test_plural_counts_with_thousands_separators_and_the_singular_of_one():
+    said = [plural(n, "window") for n in (0, 1, 2, 10_000)]
+    assert said == ["0 windows", "1 window", "2 windows", "10,000 windows"]
