@@ -133,9 +133,9 @@ def check_per_run(configs: list[Config], vocab_size: int) -> None:
     """``ValueError`` unless each run's optimizer state holds its own ``lr`` and ``clip`` where runs differ in
     them: one optimizer steps every run, so one of one's own (``rnnjax.optimizers``) that ignores
     ``per_run`` would train each at the first run's values, its records saying otherwise (or one that keeps
-    the rate and never reads it, ``check_rates``). Before any state
-    is made (``fit_runs``: before the workdir), each run's optimizer made for zeros of the model's
-    parameters (an optimizer may follow their tree); ``create_run_states`` checks the states it makes."""
+    the rate and never reads it, ``check_rates``). Before any state is made (``fit_runs``: before the
+    workdir), each run's optimizer made for zeros of the model's parameters (an optimizer may follow their
+    tree); ``create_run_states`` checks the states it makes."""
     if not changing(configs):
         return
     params = abstract_train_state(configs[0], vocab_size).params
