@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import resource
 import statistics
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnjax.source import sha1_of
 from rnnjax.workdir import write_atomically
 
 MB = 1 << 20
@@ -44,11 +44,11 @@ def made(path: Path, size: int) -> bool:
     ``path.sha1``, still matches); whether it made it. The SHA-1 is written before the text is renamed into
     place: a stop between leaves a text it does not match, made again, never a text without one."""
     sha1 = path.with_suffix(".sha1")
-    if path.is_file() and sha1.is_file() and read_head(sha1).strip() == _sha1(path).encode():
+    if path.is_file() and sha1.is_file() and read_head(sha1).strip() == sha1_of(path).encode():
         return False
     tmp = path.with_name(path.name + ".tmp")
     write_atomically(tmp, save=lambda t: generate(Path(t), size * MB, seed=size))
-    write_atomically(sha1, _sha1(tmp) + "\n")
+    write_atomically(sha1, sha1_of(tmp) + "\n")
     tmp.replace(path)
     return True
 
@@ -57,11 +57,6 @@ def read_head(path: Path, limit: int = 64) -> bytes:
     """``path``'s first bytes: a damaged SHA-1 (not text, or huge) reads as one that does not match."""
     with open(path, "rb") as f:
         return f.read(limit)
-
-
-def _sha1(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def peak_rss_mb() -> float:
