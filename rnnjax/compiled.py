@@ -34,18 +34,20 @@ def compile_run(p: Plan, data: WindowedText, step: Callable, evaluate: Callable,
                 ) -> Compiled:
     """A planned run's training and evaluation steps compiled for its devices, and the token stream and
     validation batches on them. The latest four runs' steps of rnnjax's own (``fit``'s, ``fit_runs'``) are
-    kept (``_kept``) for a next run in the same thread of the same settings but the seed and epochs, data
-    sizes, ``state``'s structure (which holds the model and optimizer: one object for equal settings of
-    rnnjax's own) and JAX flags; ``jax.clear_caches()`` drops them, and a replaced ``_replaceable``
-    function compiles anew. One's own step or evaluation (which may read what it is not given: a global
-    config's dropout key) is compiled for its run alone."""
+    kept (``_kept``) for a next run in the same thread of the same settings but the seed (the dropout key is
+    an argument of the program) and epochs, data sizes, ``state``'s structure (which holds the model and
+    optimizer: one object for equal settings of rnnjax's own) and JAX flags; ``jax.clear_caches()`` drops
+    them, and a replaced ``_replaceable`` function compiles anew. One's own step or evaluation (which may
+    read what it is not given: a global config's dropout key) is compiled for its run alone."""
     options = compiler_options(p.config.batch_size, p.config.num_hiddens, p.dp.num_shards)
-    key = (step, evaluate, p.config.matmul_precision, tuple(sorted(options.items())), p.dp, _replaceable(),
-           p.config.replace(seed=0, epochs=1), np.shape(data.tokens), data.num_val, jax.tree.structure(state),
-           threading.get_ident(), _flags())
+    step, keyword, rng = _keyless(step)
+    key = (step, keyword, evaluate, p.config.matmul_precision, tuple(sorted(options.items())), p.dp,
+           _replaceable(), p.config.replace(seed=0, epochs=1), np.shape(data.tokens), data.num_val,
+           jax.tree.structure(state), threading.get_ident(), _flags())
     ours = preflight.ours(step) and preflight.ours(evaluate)
     steps = _kept(*key) if ours and hashable(key) else _compile(*key)
-    return Compiled(steps[0], steps[1], p.dp.replicate(data.tokens),
+    train = steps[0] if keyword is None else _given(steps[0], p.dp.replicate(rng))
+    return Compiled(train, steps[1], p.dp.replicate(data.tokens),
                     p.dp.put(p.dp.shard_stack(data.val_batches())), steps[2])
 
 
@@ -65,9 +67,33 @@ def _flags() -> tuple:
         return ()
 
 
-def _compile(step: Callable, evaluate: Callable, precision: str, options: tuple, dp: Any, *_) -> tuple:
+def _keyless(step: Callable) -> tuple[Callable, str | None, Any]:
+    """rnnjax's own step given its dropout key(s) as a partial (``fit``'s ``rng``, ``fit_runs``' ``rngs``):
+    the step, that keyword and the key, which its program takes as an argument. A key closed over is a
+    constant of the program: each seed compiled its own, past JAX's persistent cache too."""
+    if isinstance(step, functools.partial) and not step.args and preflight.ours(step):
+        (keyword, rng), = step.keywords.items() if len(step.keywords) == 1 else ((None, None),)
+        if keyword in ("rng", "rngs"):
+            return step.func, keyword if rng is not None else None, rng
+    return step, None, None
+
+
+def _taking(step: Callable, keyword: str) -> Callable:
+    """``step`` with its ``keyword`` argument (the dropout key) the program's fourth."""
+    def keyed(state, tokens, windows, rng, axis_name=None):
+        return step(state, tokens, windows, axis_name=axis_name, **{keyword: rng})
+    return keyed
+
+
+def _given(train: Callable, rng: Any) -> Callable:
+    return lambda state, tokens, windows: train(state, tokens, windows, rng)
+
+
+def _compile(step: Callable, keyword: str | None, evaluate: Callable, precision: str, options: tuple, dp: Any,
+             *_) -> tuple:
     checked = preflight.checked_step(step)
-    step, evaluate = (at_precision(f, precision) for f in (checked, _own(evaluate)))
+    train = checked if keyword is None else _taking(checked, keyword)
+    step, evaluate = (at_precision(f, precision) for f in (train, _own(evaluate)))
     return (dp.compile(step, donate_state=True, compiler_options=dict(options)),
             dp.compile(evaluate, compiler_options=dict(options)), checked)
 

@@ -61,14 +61,6 @@ def check_runs(configs: list[Config]) -> None:
         raise ConfigError("Two of the runs are the same run; list each seed and value once.")
 
 
-@functools.lru_cache(maxsize=16)
-def _with_keys(step: Callable, seeds: tuple[int, ...] | None) -> Callable:
-    """``step`` (``fit_runs``'), each run's dropout key that of its seed (``None``: none): one function for
-    one set of keys, whose programs a next run of the same settings reuses (``rnnjax.compiled``)."""
-    rngs = None if seeds is None else jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    return functools.partial(step, rngs=rngs)
-
-
 def train_runs(states: TrainState, tokens: jax.Array, windows: Windows, axis_name: str | None = None,
                rngs: jax.Array | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
     """``train_windows`` for every run: vmapped over the leading run axis of ``states``, ``windows``
@@ -161,6 +153,7 @@ def _fit_runs(p: Plan, data: WindowedText, a: train_lib.Asked) -> FitResult:
         a.log(p.describe() + train_lib.given_line(p, a.params))
     configs = list(p.runs)
     state = create_run_states(configs, len(data.vocab), a.params) if p.state is None else p.state
-    step = _with_keys(train_runs, tuple(c.seed for c in configs) if p.config.dropout else None)
+    rngs = jnp.stack([train_lib.dropout_key(c) for c in configs]) if p.config.dropout else None
+    step = functools.partial(train_runs, rngs=rngs)        # the keys an input (rnnjax.compiled)
     return loop.run(p, data, state, step, eval_runs, checkpoint_every=a.checkpoint_every, keep=a.keep,
                     progress=a.progress, log=a.log, origin=a.origin)

@@ -152,13 +152,6 @@ def dropout_key(config: Config) -> jax.Array | None:
     return jax.random.PRNGKey(config.seed) if config.dropout else None
 
 
-@functools.lru_cache(maxsize=16)
-def _with_key(step: Callable, seed: int | None) -> Callable:
-    """``step`` (``fit``'s), its dropout key that of ``seed`` (``None``: none): one function for one key,
-    whose programs a next run of the same settings reuses (``rnnjax.compiled``)."""
-    return functools.partial(step, rng=None if seed is None else jax.random.PRNGKey(seed))
-
-
 @agree.leaves_on_error
 def fit(config: Config, data: WindowedText, workdir: str | Path, *, params: Any = None,
         devices: int | None = None, checkpoint_every: int = CHECKPOINT_EVERY, keep: int = checkpoint.KEEP,
@@ -270,6 +263,6 @@ def _fit(p: Plan, data: WindowedText, a: Asked) -> FitResult:
         a.log(p.describe() + given_line(p, a.params))
     config = p.config
     state = create_train_state(config, len(data.vocab), a.params) if p.state is None else p.state
-    step = _with_key(train_windows, config.seed if config.dropout else None)
+    step = functools.partial(train_windows, rng=dropout_key(config))     # its key an input (rnnjax.compiled)
     return loop.run(p, data, state, step, eval_steps, checkpoint_every=a.checkpoint_every, keep=a.keep,
                     progress=a.progress, log=a.log, origin=a.origin)

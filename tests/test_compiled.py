@@ -9,7 +9,7 @@ import jax.flatten_util
 import numpy as np
 import pytest
 
-from rnnjax import loop, train
+from rnnjax import loop, runs, train
 from rnnjax.data import TimeMachine
 from rnnjax.start import planned
 from rnnjax.state import create_train_state
@@ -83,6 +83,44 @@ def test_a_next_fit_of_the_same_settings_reuses_its_compiled_steps(data, tmp_pat
     assert not np.array_equal(flat(first), flat(again))
     np.testing.assert_array_equal(flat(resumed), flat(alone))    # as a run compiled for itself
     assert not np.array_equal(flat(other), flat(first))
+
+
+@pytest.mark.slow
+@pytest.mark.cpu_devices(2)
+def test_runs_with_dropout_of_another_seed_reuse_the_program_their_key_its_input(data, tmp_path, monkeypatch):
+    """The dropout key was a constant of the program: each seed compiled its own, in the process and past
+    JAX's persistent cache."""
+    traced = []
+
+    def counted(*args, **kwargs):
+        traced.append(1)
+        return plain(*args, **kwargs)
+    plain = train.train_step
+    monkeypatch.setattr(train, "train_step", counted)
+    config = TINY.replace(epochs=1, num_layers=2, dropout=0.3)
+
+    def one(seed, where):
+        return fit(config.replace(seed=seed), data, tmp_path / where, devices=2, log=None)
+
+    def together(seeds, where):
+        return runs.fit_runs([config.replace(seed=s) for s in seeds], data, tmp_path / where, devices=2,
+                             log=None)
+    first, count = one(1, "1"), len(traced)
+    second = one(2, "2")
+    assert len(traced) == count
+    pair, count = together((1, 2), "12"), len(traced)
+    other_pair = together((3, 4), "34")
+    assert len(traced) == count
+    monkeypatch.undo()
+    jax.clear_caches()
+
+    def flat(params):
+        return jax.flatten_util.ravel_pytree(params)[0]
+    assert not np.array_equal(flat(first.state.params), flat(second.state.params))
+    np.testing.assert_array_equal(flat(second.state.params), flat(one(2, "2 alone").state.params))
+    alone = together((3, 4), "34 alone")
+    np.testing.assert_array_equal(flat(other_pair.state.params), flat(alone.state.params))
+    assert not np.array_equal(flat(pair.state.params), flat(other_pair.state.params))
 
 
 _config = []
