@@ -191,6 +191,7 @@ def _run(args, configs, workdir, several) -> int:
                 joined = True
                 raise
             joined = True
+            backend.start()             # started by joining: its checks (the matmul precision asked)
             if args.predict is None:     # joined: from here the processes stop together
                 stopping.handle(_deferred)
             agree.check_agreed(cli.shared_settings(args, configs, workdir, several), args.join_timeout)

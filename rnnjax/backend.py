@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 
+from rnnjax import precision
 from rnnjax.source import cache_dir
 from rnnjax.spelling import not_utf8, said
 
@@ -91,12 +92,13 @@ def check_cpu_device_count() -> None:
 
 def start() -> str:
     """Starts JAX's backend and names it; ``ValueError`` in one sentence where ``$JAX_PLATFORMS`` asks for
-    one this machine does not have (JAX raises a RuntimeError, or for ``cuda`` an AssertionError), or the
-    CPU device count is one JAX fails on (``check_cpu_device_count``). Not in a multi-host run before it
+    one this machine does not have (JAX raises a RuntimeError, or for ``cuda`` an AssertionError), the
+    CPU device count is one JAX fails on (``check_cpu_device_count``), or ``$JAX_DEFAULT_MATMUL_PRECISION``
+    an algorithm it does not compute (``precision.check_ambient``). Not in a multi-host run before it
     joins: ``jax.distributed`` must start first."""
     check_cpu_device_count()
     try:
-        return jax.default_backend()
+        name = jax.default_backend()
     except (RuntimeError, AssertionError) as e:
         asked = os.environ.get("JAX_PLATFORMS")
         if not asked:
@@ -104,6 +106,8 @@ def start() -> str:
         why = str(e).split(" (set JAX_PLATFORMS")[0].rstrip(". ") or "it does not start"
         raise ValueError(f"$JAX_PLATFORMS={said(asked)} asks for a backend JAX cannot start here ({why}); "
                          "leave it unset to take the one this machine has.") from None
+    precision.check_ambient()
+    return name
 
 
 def _as_int(text: str) -> int | None:

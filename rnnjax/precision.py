@@ -16,6 +16,7 @@ float32 everywhere. ``describe`` says in words what a run's matmuls do.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import jax
@@ -90,6 +91,30 @@ def _uses_tf32(device) -> bool:
         return float(getattr(device, "compute_capability", "0")) >= 8.0
     except ValueError:
         return False
+
+
+# JAX's names of a precision; its other values are dot algorithms (jax.lax.DotAlgorithmPreset), which a
+# backend may not compute.
+_JAX_NAMES = {None, "default", "fastest", "bfloat16", "high", "tensorfloat32", "bfloat16_3x", "highest",
+              "float32"}
+
+
+def check_ambient() -> None:
+    """``ValueError`` in one sentence where JAX's default float32 matmul precision
+    (``$JAX_DEFAULT_MATMUL_PRECISION``) is a dot algorithm its default backend does not compute: it failed
+    at the run's first matmul, naming neither. Starts the backend."""
+    ambient = jax.config.jax_default_matmul_precision
+    if ambient in _JAX_NAMES:
+        return
+    x = jax.ShapeDtypeStruct((1, 1), jnp.float32)
+    try:
+        jax.jit(jnp.matmul).lower(x, x)
+    except ValueError as e:
+        set_by = os.environ.get("JAX_DEFAULT_MATMUL_PRECISION")
+        named = (f"$JAX_DEFAULT_MATMUL_PRECISION={set_by}" if set_by == ambient else
+                 f"JAX's default_matmul_precision {ambient!r}")
+        raise ValueError(f"{named} asks for matmuls this {jax.default_backend()} backend does not compute "
+                         f"({str(e).rstrip('.')}): give one it does, or unset it.") from None
 
 
 def effective_precision(precision: str) -> str:

@@ -13,7 +13,7 @@ from conftest import TINY, DenseCell, random_batch, relative_error
 from rnnjax import model as model_lib
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.compiled import compile_run
-from rnnjax.precision import at_precision, describe, dot
+from rnnjax.precision import at_precision, check_ambient, describe, dot
 from rnnjax.start import plan
 from rnnjax.state import create_train_state, make_model
 from rnnjax.train import eval_steps, fit, train_step, train_windows
@@ -225,3 +225,25 @@ def test_a_run_resumes_at_another_matmul_precision_but_not_in_another_compute_dt
     assert plan(TINY.replace(matmul_precision="high"), small_data, tmp_path, devices=1).step == 13
     with pytest.raises(CheckpointError, match=r": compute_dtype='bfloat16' \(it has 'float32'\)\. Use"):
         plan(TINY.replace(compute_dtype="bfloat16"), small_data, tmp_path, devices=1)
+
+
+@pytest.mark.cpu_devices(1)
+def test_a_matmul_algorithm_the_backend_does_not_compute_is_one_sentence_before_any_work(
+        monkeypatch, tmp_path, capsys):
+    """``JAX_DEFAULT_MATMUL_PRECISION=TF32_TF32_F32`` on a CPU failed at the run's first matmul, after its
+    data line, in XLA's words naming neither the variable nor what to do."""
+    from experiments import timemachine
+    for computed in ("BF16_BF16_F32", "highest"):
+        with jax.default_matmul_precision(computed):
+            check_ambient()
+    with jax.default_matmul_precision("TF32_TF32_F32"):
+        with pytest.raises(ValueError, match=r"^JAX's default_matmul_precision 'TF32_TF32_F32' asks for "
+                                             r"matmuls this cpu backend does not compute \(The precision"):
+            check_ambient()
+        monkeypatch.setenv("JAX_DEFAULT_MATMUL_PRECISION", "TF32_TF32_F32")
+        assert timemachine.main(["--preset", "tiny", "--workdir", str(tmp_path / "w")]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and not (tmp_path / "w").exists()
+    assert err.startswith("error: $JAX_DEFAULT_MATMUL_PRECISION=TF32_TF32_F32 asks for matmuls this cpu "
+                          "backend does not compute (")
+    assert err.endswith("): give one it does, or unset it.\n")
