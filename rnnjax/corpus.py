@@ -152,12 +152,16 @@ class Corpus(WindowedText):
             if not self.val_fraction:
                 need = f"one window of {spelt('num_steps')} + 1 = {window} tokens"
             else:
+                val, short = num_tokens - train_end, []
+                if train_end < window:
+                    short.append(f"the first {1 - self.val_fraction:g} of the tokens, which trains, is "
+                                 f"{plural(train_end, 'token')}")
+                if val < window:
+                    short.append(f"the last {self.val_fraction:g}, which validates, is "
+                                 f"{plural(val, 'token')}")
                 need = (f"a training window and a validation window of {spelt('num_steps')} + 1 = {window} "
-                        "tokens each")
-                last = (f"the last {self.val_fraction:g} of the tokens "
-                        f"({spelt('val_fraction', self.val_fraction)}), which validates")
-                val = num_tokens - train_end
-                need += f": {last}, is {val} token{'s' * (val != 1)}" if train_end >= window else f" ({last})"
+                        f"tokens each: split by {spelt('val_fraction', self.val_fraction)}, "
+                        f"{' and '.join(short)}")
             made = f"{num_tokens} token{'s' * (num_tokens != 1)}"
             raise DataError(f"{self.name} makes {made} ({spelt('token', token)}, "
                             f"{spelt('preprocess', preprocess)}), too few for {need}.")

@@ -117,8 +117,8 @@ def tm_text(path):
     (b"too short", "makes 9 tokens .* too few for a training window and a validation window"),
     (b"a", "makes 1 token .* too few"),
     (b"the time machine " * 3, r"makes 51 tokens .* too few for a training window and a validation window "
-                               r"of num_steps \+ 1 = 9 tokens each: the last 0.1 of the tokens "
-                               r"\(val_fraction=0.1\), which validates, is 6 tokens\.$"),
+                               r"of num_steps \+ 1 = 9 tokens each: split by val_fraction=0.1, the last "
+                               r"0.1, which validates, is 6 tokens\.$"),
 ])
 def test_bad_text_is_one_sentence_and_nothing_is_cached(tmp_path, content, match):
     path = tmp_path / "bad.txt"
@@ -128,6 +128,19 @@ def test_bad_text_is_one_sentence_and_nothing_is_cached(tmp_path, content, match
         Corpus.from_config(path, TEXT)
     assert str(e.value).count(". ") == 0 and str(e.value).endswith(".")
     assert cache_entries() == before
+
+
+@pytest.mark.parametrize("val_fraction, short", [
+    (0.9, "the first 0.1 of the tokens, which trains, is 15 tokens"),
+    (0.5, "the first 0.5 of the tokens, which trains, is 76 tokens and the last 0.5, which validates, is 77 "
+          "tokens")])
+def test_the_part_of_a_split_too_short_for_a_window_is_the_one_named(tmp_path, val_fraction, short):
+    """The validating tail was named where the training head was short."""
+    path = tmp_path / "short.txt"
+    path.write_text("the time machine " * 9)        # 153 tokens
+    num_steps = 15 if val_fraction == 0.9 else 80
+    with pytest.raises(DataError, match=re.escape(f"split by val_fraction={val_fraction}, {short}.")):
+        Corpus.from_config(path, TEXT.replace(val_fraction=val_fraction, num_steps=num_steps))
 
 
 def test_missing_file_or_a_folder(tmp_path):
