@@ -10,7 +10,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import jax
+
 from rnnjax.config import Config, label
+from rnnjax.metrics import add_steps
 from rnnjax.spelling import spelt
 
 
@@ -83,6 +86,19 @@ class StoppedRuns:
             self.why[r] = e.reason
             self.unsaid.append(r)
             return None
+
+    def epoch_sums(self, steps_RxS: list[dict], partial: list[dict], epoch: int, start: int,
+                   steps_per_epoch: int) -> list[dict]:
+        """Each run's metrics summed over its epoch's steps (after ``partial``, a resumed epoch's sums);
+        a run with a step that is not finite stops, its sums empty."""
+        sums: list[dict] = [{} for _ in partial]
+        for r in self.live:
+            steps = [jax.tree.map(lambda x: x[r], m) for m in steps_RxS]
+            self.check(r, check_finite, steps, epoch, start, steps_per_epoch)
+            if self.why[r] is None:
+                sums[r] = add_steps(partial[r], steps)
+        self.check_any_live(say=False)         # said after the divergence checks, with the final count
+        return sums
 
     def check_any_live(self, say: bool = True) -> None:
         """``NonFiniteLoss`` if no run trains on; else, if ``say`` (the epoch's last check), says which runs

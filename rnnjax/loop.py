@@ -54,7 +54,7 @@ from rnnjax.spelling import again
 from rnnjax.data import WindowedText
 from rnnjax.parallel import wait_for_backlog
 from rnnjax.start import Plan, check_open
-from rnnjax.diverging import StoppedRuns, check_finite
+from rnnjax.diverging import StoppedRuns
 from rnnjax.stops import Interrupted, catch_signals
 from rnnjax.writer import Writer, open_workdir
 
@@ -158,7 +158,7 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
                                                                       start, done, told, first)
             steps_RxS = out.per_run(call_metrics)
             out.log_steps(steps_RxS, epoch, start)      # before their checks: a step not finite is logged too
-            sums = _sums(stops, steps_RxS, partial, epoch, start, steps_per_epoch)
+            sums = stops.epoch_sums(steps_RxS, partial, epoch, start, steps_per_epoch)
             raised = raised or (kept[0] if kept else None)
             if batch < steps_per_epoch:                  # stopped mid-epoch
                 out.save(state, epoch, batch, sums)
@@ -227,20 +227,6 @@ def _train(p: Plan, datas: list[WindowedText], train: Callable, state: Any, toke
         if signum is not None or raised is not None:
             break
     return state, call_metrics, done, batch, signum, raised
-
-
-def _sums(stops: StoppedRuns, steps_RxS: list[dict], partial: list[dict], epoch: int, start: int,
-          steps_per_epoch: int) -> list[dict]:
-    """Each run's metrics summed over its epoch's ``steps`` (after ``partial``, a resumed epoch's sums);
-    runs with a step that is not finite stopped (``stops``), their sums empty."""
-    sums: list[dict] = [{} for _ in partial]
-    for r in stops.live:
-        steps = [jax.tree.map(lambda x: x[r], m) for m in steps_RxS]
-        stops.check(r, check_finite, steps, epoch, start, steps_per_epoch)
-        if stops.why[r] is None:
-            sums[r] = metrics_lib.add_steps(partial[r], steps)
-    stops.check_any_live(say=False)         # said after the divergence checks, with the final count
-    return sums
 
 
 def _warn(log: Callable[[str], Any] | None, message: str | None, stacklevel: int) -> None:
