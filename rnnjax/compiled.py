@@ -73,7 +73,9 @@ def _keyless(step: Callable) -> tuple[Callable, str | None, Any]:
     constant of the program: each seed compiled its own, past JAX's persistent cache too."""
     if isinstance(step, functools.partial) and not step.args and preflight.ours(step):
         (keyword, rng), = step.keywords.items() if len(step.keywords) == 1 else ((None, None),)
-        if keyword in ("rng", "rngs"):
+        dtype = getattr(rng, "dtype", None)
+        raw = rng is None or (dtype is not None and not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key))
+        if keyword in ("rng", "rngs") and raw:        # a typed key (jax.random.key) stays closed over
             return step.func, keyword if rng is not None else None, rng
     return step, None, None
 

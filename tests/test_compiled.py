@@ -1,6 +1,7 @@
 """A run's compiled steps (``rnnjax.compiled``): a next run of the same step and settings in a process reuses
 the latest runs', and a process training run after run keeps no more than theirs."""
 
+import functools
 import gc
 import os
 
@@ -121,6 +122,21 @@ def test_runs_with_dropout_of_another_seed_reuse_the_program_their_key_its_input
     alone = together((3, 4), "34 alone")
     np.testing.assert_array_equal(flat(other_pair.state.params), flat(alone.state.params))
     assert not np.array_equal(flat(pair.state.params), flat(other_pair.state.params))
+
+
+@pytest.mark.cpu_devices(2)
+def test_a_partial_of_train_windows_with_a_typed_key_trains_as_with_its_raw_key(data, tmp_path):
+    """A raw key is an argument of the program, placed on each device; a typed one (``jax.random.key``),
+    which NumPy cannot hold, stays closed over."""
+    config = TINY.replace(epochs=1, num_layers=2, dropout=0.5)
+    trained = []
+    for where, key in (("raw", jax.random.PRNGKey(3)), ("typed", jax.random.key(3))):
+        with planned(config, data, tmp_path / where, devices=2) as p:
+            state = create_train_state(config, len(data.vocab))
+            step = functools.partial(train.train_windows, rng=key)
+            result = loop.run(p, data, state, step, train.eval_steps)
+        trained.append(jax.flatten_util.ravel_pytree(result.state.params)[0])
+    np.testing.assert_array_equal(*trained)
 
 
 _config = []
