@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import numbers
 import socket
 import threading
 import weakref
@@ -175,10 +176,14 @@ class DataParallel:
     def create(cls, num_devices: int | None = None) -> DataParallel:
         local = jax.local_devices()
         if num_devices is not None:
-            if not 1 <= num_devices <= len(local):
+            whole = isinstance(num_devices, numbers.Integral) and not isinstance(num_devices, bool)
+            if not whole or not 1 <= num_devices <= len(local):
                 more = (f"; JAX_NUM_CPU_DEVICES={num_devices} simulates more on a CPU (they share its cores)"
-                        if local[0].platform == "cpu" and num_devices > len(local) else "")
-                raise ValueError(f"{spelt('devices', num_devices)}: this process has {len(local)} "
+                        if whole and local[0].platform == "cpu" and num_devices > len(local) else
+                        "" if whole and num_devices > len(local) else
+                        f"; give a whole number from 1 to {len(local)} (None: all of them)")
+                asked = spelt("devices", num_devices) if whole else f"devices={said(num_devices)}"
+                raise ValueError(f"{asked}: this process has {len(local)} "
                                  f"local device(s) ({local[0].platform}){more}.")
             if jax.process_count() > 1 and num_devices != len(local):
                 raise ValueError(f"{spelt('devices')} must be left at all local devices when training "

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import TINY as SMALL, free_port
 from rnnjax import checkpoint, compiled, xla
-from rnnjax.spelling import flag_spelling
+from rnnjax.spelling import flag_spelling, said
 from rnnjax.data import Batch
 from rnnjax.metrics import MetricsLog
 from rnnjax.parallel import DataParallel, check_distributed
@@ -194,8 +194,11 @@ def test_devices_limits_local_devices():
     with pytest.raises(ValueError, match=r"^devices=5: this process has 4 local device\(s\) \(cpu\); "
                                          "JAX_NUM_CPU_DEVICES=5 simulates more on a CPU"):
         DataParallel.create(5)
-    with pytest.raises(ValueError, match=r"^devices=0: this process has 4 local device\(s\) \(cpu\)\.$"):
-        DataParallel.create(0)
+    for asked in (0, -1, 2.0, "2", True):     # a float or a str failed deep inside; True was one device
+        with pytest.raises(ValueError, match=rf"^devices={re.escape(said(asked))}: this process has 4 local "
+                                             r"device\(s\) \(cpu\); give a whole number from 1 to 4 \(None: "
+                                             r"all of them\)\.$"):
+            DataParallel.create(asked)
 
 
 DEEP_QUEUE = """
