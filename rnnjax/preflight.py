@@ -105,6 +105,8 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> bool:
     and the loss logged is one device's; and unless each metric of its own is combined over them too (the
     first device's would be logged). Whether its ``count`` is fixed as it is traced (``count_fixed``)."""
     traced, shape = jax.make_jaxpr(functools.partial(step, **kwargs), return_shape=True)(*args)
+    if not (isinstance(shape, (tuple, list)) and len(shape) == 2 and isinstance(shape[1], Mapping)):
+        return False            # not (state, metrics): _check_out says what it returns
     flows = summed.outputs(traced, shape, _varying(args))
     alone = summed.alone(flows, lambda k: k.startswith(("[0].params", "[1]")))
     params = [k[len("[0].params"):] for k in alone if k.startswith("[0].params")]

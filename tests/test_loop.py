@@ -445,6 +445,9 @@ def test_a_step_of_ones_own_whose_metrics_cannot_be_logged_is_one_sentence_befor
         state, m = train.train_windows(state, tokens, windows, axis_name)
         return state, {**m, "param_norm": optax.tree.norm(state.params)}
 
+    def state_only(state, tokens, windows, axis_name=None):     # over devices: a TypeError as it was checked
+        return train.train_windows(state, tokens, windows, axis_name)[0]
+
     def single(state, tokens, windows):
         return train.train_windows(state, tokens, windows)
     n = STEPS_PER_CALL          # a call's steps, on each device
@@ -457,10 +460,11 @@ def test_a_step_of_ones_own_whose_metrics_cannot_be_logged_is_one_sentence_befor
                           r"number for the call, as of the state it returns: "
                           r"jnp\.full_like\(metrics\['loss_sum'\], x\) gives it each step\)\."),
              (listed, r"^loop.run's step returns \(state, metrics\), metrics a dict holding loss_sum and "
-                      r"count a step \(as rnnjax.train.train_step's\); its metrics are a list\.")]
+                      r"count a step \(as rnnjax.train.train_step's\); its metrics are a list\."),
+             (state_only, r"^loop.run's step returns \(state, metrics\), .*; it returns a TrainState\.")]
     cases += [(single, r"^loop.run calls its step as step\(state, tokens, windows, axis_name\), over "
                        r"several devices with an axis_name .* and single takes no axis_name\.$")]
-    cases = cases if devices > 1 else cases[:4]
+    cases = cases if devices > 1 else cases[:5]
     for step, message in cases:
         called = []
         with planned(config, data, tmp_path / step.__name__, devices=devices) as p:
