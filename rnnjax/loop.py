@@ -14,9 +14,10 @@ it; over several devices its gradients, ``loss_sum`` and ``count`` are summed
 over ``axis_name`` (``jax.lax.psum``; one whose parameters' updates, loss or
 metrics follow from no collective is refused; so is the gradient of a
 ``pmean``-ed loss, each device's own under ``pmap``; a count fixed as it is
-traced that is one device's share of the tokens is warned of), and ``rng`` is
-the config's dropout key. Checkpoints name the step that trained them (a resume by
-another, ``fit``'s say, warns)::
+traced that is one device's share of the tokens is warned of), and it gives
+``train_windows`` the config's dropout key as ``rng`` (given none, a run with
+dropout trains without it, and warns). Checkpoints name the step that trained
+them (a resume by another, ``fit``'s say, warns)::
 
     def my_step(state, tokens, windows, axis_name=None):
         rng = rnnjax.train.dropout_key(config)       # None without dropout
@@ -141,6 +142,9 @@ def run(p: Plan, data: WindowedText, state: Any, step: Callable, evaluate: Calla
         return agree.on_stop(stop.signum, raised, done)
 
     def counted(chunk, m):       # a count fixed as a step of one's own is traced: one device's, or all?
+        if getattr(checked, "keyless", False) and p.config.dropout:
+            _warn(log, f"warning: the run's dropout is {p.config.dropout:g} and its step gives train_step no "
+                  "rng: it trains without dropout (rng=rnnjax.train.dropout_key(config) turns it on)", 6)
         if getattr(checked, "count_fixed", False):
             wanted = [[w[r].mask.sum() * p.config.num_steps for w in chunk] for r in range(len(configs))]
             said = preflight.counted_share(out.per_run(m)["count"], wanted, dp.num_shards, "step")

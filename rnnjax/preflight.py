@@ -60,7 +60,10 @@ def checked_step(step: Callable) -> Callable:
     def checked(*args, **kwargs):
         if kwargs.get("axis_name") is not None and not ours(step):
             checked.count_fixed = _check_combined(step, args, kwargs)
-        out = step(*args, **kwargs)
+        from rnnjax.train import keys_noted     # here: it imports this module
+        with keys_noted() as keys:
+            out = step(*args, **kwargs)
+        checked.keyless = bool(keys) and not any(keys)      # dropout off, whatever the config says
         _check_out(out, args)
         return out
     return checked

@@ -21,9 +21,11 @@ they start, and compile it anew.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -71,15 +73,19 @@ def train_step(state: TrainState, batch: Batch, axis_name: str | None = None, rn
     are, as ``train_<key>``, per token. Every key added must be reduced over
     ``axis_name``: the record takes the first device's value.
 
-    ``rng`` (a raw ``jax.random.PRNGKey``) turns dropout on: the step's key is
-    it folded with ``state.step``, so a resumed run draws the same masks, and
+    ``rng`` (``dropout_key``'s: a raw key of two words, threefry's whatever
+    ``$JAX_DEFAULT_PRNG_IMPL`` says) turns dropout on: the step's key is it
+    folded with ``state.step``, so a resumed run draws the same masks, and
     each row's mask is drawn by its index in the global batch
     (``rnnjax.model.RowDropout``), so N devices draw one device's masks.
     """
     train, rngs = rng is not None, {}
+    noted = _KEYS.get()
+    if noted is not None:           # a step checked as it is traced (preflight.checked_step)
+        noted.append(train)
     first_row = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch.X.shape[0]
     if train:
-        rngs["dropout"] = jax.random.fold_in(rng, state.step)
+        rngs["dropout"] = jax.random.fold_in(_threefry(rng), state.step)
 
     def objective(params):
         objective_sum, count, ce_sum = state.apply_fn({"params": params}, batch.X, batch.Y, batch.mask, train,
@@ -149,7 +155,30 @@ def eval_steps(state: TrainState, batches: Batch, axis_name: str | None = None) 
 def dropout_key(config: Config) -> jax.Array | None:
     """The ``rng`` of ``train_step`` that turns ``config``'s dropout on (of its seed: a resume draws the same
     masks); ``None`` where it has none."""
-    return jax.random.PRNGKey(config.seed) if config.dropout else None
+    return jax.random.key_data(jax.random.key(config.seed, impl="threefry2x32")) if config.dropout else None
+
+
+def _threefry(rng: jax.Array) -> jax.Array:
+    """A raw key of two words as threefry's: under rbg (``$JAX_DEFAULT_PRNG_IMPL``) a run's masks followed
+    its device count. Another key as it is."""
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) or rng.shape[-1:] != (2,):
+        return rng
+    return jax.random.wrap_key_data(rng, impl="threefry2x32")
+
+
+# While a step is checked as it is traced: whether each train_step in it was given a dropout key.
+_KEYS: contextvars.ContextVar[list | None] = contextvars.ContextVar("rnnjax_train_keys", default=None)
+
+
+@contextlib.contextmanager
+def keys_noted() -> Iterator[list[bool]]:
+    """The list of whether each ``train_step`` traced in the block was given a key."""
+    noted: list[bool] = []
+    token = _KEYS.set(noted)
+    try:
+        yield noted
+    finally:
+        _KEYS.reset(token)
 
 
 @agree.leaves_on_error

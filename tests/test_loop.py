@@ -1,8 +1,10 @@
 """The epoch loop (``rnnjax.loop``): metrics a dict summed per key, the gradient norm before clipping logged,
 and workdirs saved before the loop was one (checkpoint format 2) resumed as they were."""
 
+import functools
 import json
 import os
+import re
 import signal
 import textwrap
 import time
@@ -17,6 +19,7 @@ import pytest
 from rnnjax import agree, checkpoint, loop, meta as meta_lib, metrics, runs, stops, train, workdir
 from rnnjax.data import TimeMachine
 from rnnjax.objective import targets
+from rnnjax.start import planned
 from rnnjax.state import create_train_state
 from rnnjax.train import STEPS_PER_CALL, Interrupted, fit, train_step
 
@@ -381,8 +384,6 @@ def test_a_loop_of_ones_own_with_dropout_key_trains_as_fit_does(data, tmp_path):
     """The README's "a loop of your own" (loop.run's docstring): fit's step is ``train_windows`` with
     ``rng=dropout_key(config)`` (without it the same loop trained without dropout, whatever the config
     said)."""
-    import functools
-    from rnnjax.start import planned
     config = TINY.replace(epochs=1, num_layers=2, dropout=0.5)
     assert train.dropout_key(config.replace(dropout=0.0)) is None
 
@@ -400,8 +401,6 @@ def test_a_step_or_evaluation_of_another_signature_or_a_closed_plan_is_one_sente
     """rnnjax.train's per-batch functions given to loop.run raised JAX's TypeError from inside pmap (leaving
     the workdir made) or an unpacking error from inside the model; a plan whose block had ended said the
     workdir "was moved, removed or emptied"."""
-    import functools
-    from rnnjax.start import planned
     config = TINY.replace(epochs=1)
     state = create_train_state(config, len(data.vocab))
     step_is = (r"^loop.run calls its step as step\(state, tokens, windows, axis_name\), and "
@@ -426,7 +425,6 @@ def test_a_step_of_ones_own_whose_metrics_cannot_be_logged_is_one_sentence_befor
                                                                                            devices):
     """A metric of two numbers a step, or metrics in a list, failed in Python after the epoch's steps,
     nothing saved; a step without axis_name, over two devices, failed inside pmap."""
-    from rnnjax.start import planned
     config = TINY.replace(epochs=1)
 
     def pair(state, tokens, windows, axis_name=None):
@@ -484,8 +482,6 @@ def test_an_epoch_is_calls_of_steps_per_call_the_last_taking_what_is_left_along(
 
 @pytest.mark.cpu_devices(2)
 def test_the_docstring_s_loop_of_ones_own_runs_as_written_and_trains_as_fit_does(data, tmp_path):
-    import re
-
     import rnnjax
     [example] = re.findall(r"::\n\n((?:    .*\n|\n)+)", loop.__doc__)
     config = TINY.replace(epochs=1, num_layers=2, dropout=0.5)
@@ -494,3 +490,25 @@ def test_the_docstring_s_loop_of_ones_own_runs_as_written_and_trains_as_fit_does
     fitted = fit(config, data, tmp_path / "fit", log=None)
     np.testing.assert_array_equal(*(jax.flatten_util.ravel_pytree(r.state.params)[0]
                                     for r in (fitted, scope["result"])))
+
+
+@pytest.mark.slow
+def test_a_step_giving_train_step_no_rng_under_dropout_says_it_trains_without(data, tmp_path):
+    """A run of fit's resumed by loop.run with train_windows bare, or a step of one's own passing no rng,
+    trained without dropout, its config.json saying 0.3, and nothing said."""
+    config = TINY.replace(epochs=1, num_layers=2, dropout=0.3)
+
+    def said(step, where, config=config, log=True):
+        lines = []
+        with planned(config, data, tmp_path / where, devices=1) as p:
+            state = create_train_state(config, len(data.vocab))
+            loop.run(p, data, state, step, train.eval_steps, log=lines.append if log else None)
+        return [line for line in lines if "dropout" in line]
+    warning = ("warning: the run's dropout is 0.3 and its step gives train_step no rng: it trains without "
+               "dropout (rng=rnnjax.train.dropout_key(config) turns it on)")
+    assert said(train.train_windows, "bare") == [warning]
+    assert said(lambda s, t, w, axis_name=None: train.train_windows(s, t, w, axis_name), "own") == [warning]
+    assert said(functools.partial(train.train_windows, rng=train.dropout_key(config)), "keyed") == []
+    assert said(train.train_windows, "no dropout", config.replace(dropout=0.0)) == []
+    with pytest.warns(UserWarning, match=rf"^{re.escape(warning.removeprefix('warning: '))}\.$"):
+        said(train.train_windows, "warned", log=False)

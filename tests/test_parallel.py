@@ -62,6 +62,26 @@ def test_one_and_two_devices_train_alike_with_dropout(small_data, tmp_path):
     assert without.history[0]["train_ppl"] != runs[1].history[0]["train_ppl"]      # dropout was on
 
 
+@pytest.mark.cpu_devices(2)
+def test_dropout_draws_threefrys_masks_whatever_prng_jax_defaults_to(small_data, tmp_path):
+    """Under ``JAX_DEFAULT_PRNG_IMPL=rbg`` a run's masks followed its device count (train ppl 8.12 on one
+    device, 8.04 on two), and a resume under the other drew others."""
+    config = SMALL.replace(num_layers=2, dropout=0.5, epochs=1)
+    params = create_train_state(config, len(small_data.vocab)).params
+    threefry = fit(config, small_data, tmp_path / "threefry", params=params, devices=1, log=None)
+    jax.clear_caches()          # the programs traced under one default, and the other's
+    try:
+        jax.config.update("jax_default_prng_impl", "rbg")
+        runs = {n: fit(config, small_data, tmp_path / f"rbg{n}", params=params, devices=n, log=None)
+                for n in (1, 2)}
+    finally:
+        jax.config.update("jax_default_prng_impl", "threefry2x32")
+        jax.clear_caches()
+    assert_close_histories(runs[1].history, threefry.history)
+    assert_close_histories(runs[2].history, runs[1].history)
+    assert_close_trees(runs[2].state.params, threefry.state.params)
+
+
 @pytest.mark.cpu_devices(4)
 def test_shard_stack_stacks_each_devices_shards():
     batches = [Batch(np.arange(16 * 8).reshape(16, 8) + 1000 * i, np.zeros((16, 8), np.int32),
