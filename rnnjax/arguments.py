@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rnnjax import agree, kernels, memory, workdir as workdir_lib
+from rnnjax import agree, kernels, memory, precision, workdir as workdir_lib
 from rnnjax.config import Config, check_is_config, whole
 from rnnjax.data import WindowedText
 from rnnjax.optimizer_checks import check_update
@@ -102,6 +102,8 @@ def check(config: Config, data: WindowedText, workdir: str | Path, *, devices: i
     agree.check_in_run()
     check_types(config, data, workdir)
     dp = check_arguments(config, workdir, devices=devices, runs=runs, vocab_size=len(data.vocab))
+    if config.matmul_precision == "default":       # JAX's: one its backend does not compute, said here
+        precision.check_ambient()
     if data.num_val < 1:
         raise ValueError("fit validates every epoch, so the data needs num_val >= 1 validation windows.")
     data.check_tokens()

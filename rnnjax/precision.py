@@ -68,8 +68,10 @@ _low_precision_dot.defvjp(_low_precision_dot_fwd, _low_precision_dot_bwd)
 
 
 def at_precision(fn: Callable, precision: str) -> Callable:
-    """``fn`` traced with its float32 matmuls at ``precision`` (JAX resolves it as it traces each one)."""
+    """``fn`` traced with its float32 matmuls at ``precision`` (JAX resolves it as it traces each one);
+    ``ValueError`` in one sentence where ``default``, JAX's, is one its backend does not compute."""
     if precision == "default":
+        check_ambient()
         return fn
 
     @functools.wraps(fn)

@@ -229,17 +229,21 @@ def test_a_run_resumes_at_another_matmul_precision_but_not_in_another_compute_dt
 
 @pytest.mark.cpu_devices(1)
 def test_a_matmul_algorithm_the_backend_does_not_compute_is_one_sentence_before_any_work(
-        monkeypatch, tmp_path, capsys):
+        monkeypatch, tmp_path, capsys, small_data):
     """``JAX_DEFAULT_MATMUL_PRECISION=TF32_TF32_F32`` on a CPU failed at the run's first matmul, after its
-    data line, in XLA's words naming neither the variable nor what to do."""
+    data line (fit: its config.json written), in XLA's words naming neither the variable nor what to do."""
     from experiments import timemachine
     for computed in ("BF16_BF16_F32", "highest"):
         with jax.default_matmul_precision(computed):
             check_ambient()
+    said = (r"^JAX's default_matmul_precision 'TF32_TF32_F32' asks for matmuls this cpu backend does not "
+            r"compute \(The precision")
     with jax.default_matmul_precision("TF32_TF32_F32"):
-        with pytest.raises(ValueError, match=r"^JAX's default_matmul_precision 'TF32_TF32_F32' asks for "
-                                             r"matmuls this cpu backend does not compute \(The precision"):
-            check_ambient()
+        for refused in (check_ambient, lambda: at_precision(dot, "default"),         # restore's predict too
+                        lambda: fit(TINY, small_data, tmp_path / "fit", devices=1, log=None)):
+            with pytest.raises(ValueError, match=said):
+                refused()
+        assert at_precision(dot, "highest") is not dot and not (tmp_path / "fit").exists()
         monkeypatch.setenv("JAX_DEFAULT_MATMUL_PRECISION", "TF32_TF32_F32")
         assert timemachine.main(["--preset", "tiny", "--workdir", str(tmp_path / "w")]) == 1
     out, err = capsys.readouterr()
