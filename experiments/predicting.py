@@ -51,7 +51,8 @@ def predict_only(args: argparse.Namespace) -> None:
                                          f"than the flags ask for: {'; '.join(differ)}.")
     text = restored.predict(args.predict, args.num_preds, **sampling)
     # stderr: stdout is the text alone, for pipes.
-    not_used = f"; not used here (they train): {', '.join(args.not_used)}" if args.not_used else ""
+    unused = ", ".join(args.not_used[:-1]) + " and " * (len(args.not_used) > 1) + "".join(args.not_used[-1:])
+    not_used = f"; {unused}: for training, not used to predict" if args.not_used else ""
     prompt = restored.prompt(args.predict)
     cleaned = "" if prompt == args.predict else \
         f"; the prompt cleaned as its text was (--preprocess {restored.config.preprocess}): {prompt!r}"

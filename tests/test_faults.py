@@ -798,16 +798,16 @@ def test_predict_with_the_flags_of_another_epoch_count_is_the_same_model(
                "--keep", "2") == 0
     out, err = capsys.readouterr()
     assert out.startswith("it has")
-    assert err.rstrip().endswith("; not used here (they train): --keep, --epochs, --preset")
+    assert err.rstrip().endswith("; --keep, --epochs and --preset: for training, not used to predict")
     monkeypatch.chdir(tmp_path)                         # without --workdir, the preset chooses it: used
     shutil.copytree(trained, tmp_path / "runs" / "tiny")
     assert cli("--predict", "it has", "--preset", "tiny", "--epochs", "5") == 0
-    assert capsys.readouterr().err.rstrip().endswith("; not used here (they train): --epochs")
+    assert capsys.readouterr().err.rstrip().endswith("; --epochs: for training, not used to predict")
     (tmp_path / "mine.txt").write_text(small_text(20000))                   # --text chooses it too
     assert cli("--preset", "tiny", "--text", "mine.txt", "--epochs", "1", "--devices", "1") == 0
     capsys.readouterr()
     assert cli("--preset", "tiny", "--text", "mine.txt", "--predict", "the", "--keep", "2") == 0
-    assert capsys.readouterr().err.rstrip().endswith("; not used here (they train): --keep")
+    assert capsys.readouterr().err.rstrip().endswith("; --keep: for training, not used to predict")
     for bad in (["--epochs", "-5"], ["--kernel", "bogus"], ["--keep", "0"]):     # not used, still checked
         assert cli("--workdir", str(trained), "--predict", "it has", *bad) == 1
         assert capsys.readouterr().err.startswith(f"error: {bad[0]} must be ")
