@@ -158,23 +158,27 @@ def dropout_key(config: Config) -> jax.Array | None:
     return jax.random.key_data(jax.random.key(config.seed, impl="threefry2x32")) if config.dropout else None
 
 
-def _threefry(rng: jax.Array) -> jax.Array:
-    """A raw key of two words as threefry's: under rbg (``$JAX_DEFAULT_PRNG_IMPL``) a run's masks followed
-    its device count. Another key as it is."""
-    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) or rng.shape[-1:] != (2,):
+def _threefry(rng: Any) -> jax.Array:
+    """A raw key of two words as threefry's (under rbg, ``$JAX_DEFAULT_PRNG_IMPL``, a run's masks followed
+    its device count); a typed key, or a raw one of JAX's default, as it is; else one sentence."""
+    dtype, shape = getattr(rng, "dtype", None), jnp.shape(rng)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         return rng
-    return jax.random.wrap_key_data(rng, impl="threefry2x32")
+    if dtype != jnp.uint32 or shape not in ((2,), jax.eval_shape(jax.random.PRNGKey, 0).shape):
+        raise ValueError(f"train_step's rng is a dropout key (rnnjax.train.dropout_key(config), jax.random."
+                         f"PRNGKey(seed)): two uint32 words, not {dtype or type(rng).__name__} of shape "
+                         f"{shape}.")
+    return jax.random.wrap_key_data(rng, impl="threefry2x32") if shape == (2,) else rng
 
 
-# While a step is checked as it is traced: whether each train_step in it was given a dropout key.
 _KEYS: contextvars.ContextVar[list | None] = contextvars.ContextVar("rnnjax_train_keys", default=None)
 
 
 @contextlib.contextmanager
 def keys_noted() -> Iterator[list[bool]]:
-    """The list of whether each ``train_step`` traced in the block was given a key."""
-    noted: list[bool] = []
-    token = _KEYS.set(noted)
+    """While a step is checked as it is traced (``preflight.checked_step``): whether each ``train_step``
+    traced in the block was given a dropout key."""
+    token = _KEYS.set(noted := [])
     try:
         yield noted
     finally:

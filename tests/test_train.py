@@ -294,6 +294,21 @@ def test_dropout_changes_training_and_is_off_for_validation(small_data, tmp_path
                                with_dropout.history[0]["val_loss"], rtol=1e-6)
 
 
+def test_a_dropout_key_of_another_kind_is_one_sentence(small_data):
+    """``rng=0`` or three words failed in JAX's words, naming its PRNG implementations' internals."""
+    config = SMALL.replace(num_layers=2, dropout=0.3)
+    state = create_train_state(config, len(small_data.vocab))
+    batch = next(small_data.train_batches(0))
+    for key in (jax.random.PRNGKey(0), jax.random.key(0), train.dropout_key(config)):
+        jax.eval_shape(functools.partial(train_step, rng=key), state, batch)
+    for key, said in ((0, "int of shape ()"), (jnp.zeros(3, jnp.uint32), "uint32 of shape (3,)"),
+                      (np.zeros(2, np.int32), "int32 of shape (2,)")):
+        with pytest.raises(ValueError, match=r"^train_step's rng is a dropout key \(rnnjax\.train\."
+                                             r"dropout_key\(config\), jax\.random\.PRNGKey\(seed\)\): two "
+                                             rf"uint32 words, not {re.escape(said)}\."):
+            jax.eval_shape(functools.partial(train_step, rng=key), state, batch)
+
+
 def test_bidirectional_language_model_is_refused_before_anything_is_written(small_data, tmp_path):
     with pytest.raises(ValueError, match=r"bidirectional RNN \(bidirectional=True\) cannot be trained as a "
                                          "language model: its reverse direction reads the characters it is "
