@@ -95,10 +95,10 @@ def _uses_tf32(device) -> bool:
         return False
 
 
-# JAX's names of a precision; its other values are dot algorithms (jax.lax.DotAlgorithmPreset), which a
-# backend may not compute.
-_JAX_NAMES = {None, "default", "fastest", "bfloat16", "high", "tensorfloat32", "bfloat16_3x", "highest",
-              "float32"}
+# JAX's other names of a precision (``MATMUL_PRECISIONS`` are the rest), as a Config says them; its other
+# values are dot algorithms (jax.lax.DotAlgorithmPreset), which a backend may not compute.
+_JAX_NAMES = {None: "default", "fastest": "default", "bfloat16": "default", "tensorfloat32": "high",
+              "float32": "highest"}
 
 
 def check_ambient() -> None:
@@ -106,7 +106,7 @@ def check_ambient() -> None:
     (``$JAX_DEFAULT_MATMUL_PRECISION``) is a dot algorithm its default backend does not compute: it failed
     at the run's first matmul, naming neither. Starts the backend."""
     ambient = jax.config.jax_default_matmul_precision
-    if ambient in _JAX_NAMES:
+    if ambient in _JAX_NAMES or ambient in MATMUL_PRECISIONS:
         return
     x = jax.ShapeDtypeStruct((1, 1), jnp.float32)
     try:
@@ -124,8 +124,7 @@ def effective_precision(precision: str) -> str:
     if precision != "default":
         return precision
     ambient = jax.config.jax_default_matmul_precision
-    return {None: "default", "fastest": "default", "bfloat16": "default", "tensorfloat32": "high",
-            "float32": "highest"}.get(ambient, str(ambient))
+    return _JAX_NAMES.get(ambient, str(ambient))
 
 
 def describe(compute_dtype: str, precision: str, device, cell_takes_dtype: bool = True,
