@@ -164,7 +164,7 @@ def _threefry(rng: Any) -> jax.Array:
     dtype, shape = getattr(rng, "dtype", None), jnp.shape(rng)
     if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         return rng
-    if dtype != jnp.uint32 or shape not in ((2,), jax.eval_shape(jax.random.PRNGKey, 0).shape):
+    if dtype != jnp.uint32 or shape != (2,) and shape != jax.eval_shape(jax.random.PRNGKey, 0).shape:
         raise ValueError(f"train_step's rng is a dropout key (rnnjax.train.dropout_key(config), jax.random."
                          f"PRNGKey(seed)): two uint32 words, not {dtype or type(rng).__name__} of shape "
                          f"{shape}.")
