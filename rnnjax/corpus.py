@@ -162,8 +162,7 @@ class Corpus(WindowedText):
                 need = (f"a training window and a validation window of {spelt('num_steps')} + 1 = {window} "
                         f"tokens each: split by {spelt('val_fraction', self.val_fraction)}, "
                         f"{' and '.join(short)}")
-            made = f"{num_tokens} token{'s' * (num_tokens != 1)}"
-            raise DataError(f"{self.name} makes {made} ({spelt('token', token)}, "
+            raise DataError(f"{self.name} makes {plural(num_tokens, 'token')} ({spelt('token', token)}, "
                             f"{spelt('preprocess', preprocess)}), too few for {need}.")
         return train_end
 
