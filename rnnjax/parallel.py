@@ -177,14 +177,15 @@ class DataParallel:
         local = jax.local_devices()
         if num_devices is not None:
             whole = isinstance(num_devices, numbers.Integral) and not isinstance(num_devices, bool)
-            if not whole or not 1 <= num_devices <= len(local):
-                more = (f"; JAX_NUM_CPU_DEVICES={num_devices} simulates more on a CPU (they share its cores)"
-                        if whole and local[0].platform == "cpu" and num_devices > len(local) else
-                        "" if whole and num_devices > len(local) else
-                        f"; give a whole number from 1 to {len(local)} (None: all of them)")
+            has = f"this process has {len(local)} local device(s) ({local[0].platform})"
+            if not whole or num_devices < 1:
                 asked = spelt("devices", num_devices) if whole else f"devices={said(num_devices)}"
-                raise ValueError(f"{asked}: this process has {len(local)} "
-                                 f"local device(s) ({local[0].platform}){more}.")
+                raise ValueError(f"{asked}: {has}; give a whole number from 1 to {len(local)} (None: all of "
+                                 "them).")
+            if num_devices > len(local):
+                more = (f"; JAX_NUM_CPU_DEVICES={num_devices} simulates more on a CPU (they share its cores)"
+                        if local[0].platform == "cpu" else "")
+                raise ValueError(f"{spelt('devices', num_devices)}: {has}{more}.")
             if jax.process_count() > 1 and num_devices != len(local):
                 raise ValueError(f"{spelt('devices')} must be left at all local devices when training "
                                  "over several processes.")
