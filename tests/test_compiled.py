@@ -46,15 +46,20 @@ def test_a_process_training_run_after_run_keeps_the_programs_of_its_latest_runs_
     assert maps() - before < 150        # kept, two runs' programs add about 700
 
 
-@pytest.mark.slow
-def test_a_next_fit_of_the_same_settings_reuses_its_compiled_steps(data, tmp_path, monkeypatch):
-    traced = []
+def counted_traces(monkeypatch) -> list:
+    """A list that grows by one as JAX traces train_windows' step (``train.train_step``, replaced)."""
+    traced, plain = [], train.train_step
 
-    def counted(*args, **kwargs):       # train_windows' step, as JAX traces it
+    def counted(*args, **kwargs):
         traced.append(1)
         return plain(*args, **kwargs)
-    plain = train.train_step
     monkeypatch.setattr(train, "train_step", counted)
+    return traced
+
+
+@pytest.mark.slow
+def test_a_next_fit_of_the_same_settings_reuses_its_compiled_steps(data, tmp_path, monkeypatch):
+    traced = counted_traces(monkeypatch)
 
     def run(config, where):
         return fit(config, data, tmp_path / where, devices=1, log=None)
@@ -91,13 +96,7 @@ def test_a_next_fit_of_the_same_settings_reuses_its_compiled_steps(data, tmp_pat
 def test_runs_with_dropout_of_another_seed_reuse_the_program_their_key_its_input(data, tmp_path, monkeypatch):
     """The dropout key was a constant of the program: each seed compiled its own, in the process and past
     JAX's persistent cache."""
-    traced = []
-
-    def counted(*args, **kwargs):
-        traced.append(1)
-        return plain(*args, **kwargs)
-    plain = train.train_step
-    monkeypatch.setattr(train, "train_step", counted)
+    traced = counted_traces(monkeypatch)
     config = TINY.replace(epochs=1, num_layers=2, dropout=0.3)
 
     def one(seed, where):
