@@ -23,7 +23,7 @@ from pathlib import Path
 
 from experiments import fine_tune, flags
 from rnnjax import checkpoint, config as config_lib, corpus, runs, source, spelling
-from rnnjax.saved import saved_runs, text_path, text_read
+from rnnjax.saved import described, saved_runs, text_path, text_read
 from rnnjax.stored import UnknownCell
 from rnnjax.vocab import Vocab
 
@@ -194,19 +194,21 @@ def _check_preset_fits(args: argparse.Namespace, configs: list[config_lib.Config
     Whether the runs of ``configs`` were trained together there (``rnnjax.fit_runs``, of one config too)."""
     anew = ANEW.format(args.workdir, f"--preset {args.preset}'s settings changed by the flags")
     saved = _saved(args, anew)
-    if saved is None or len(saved[0]) != len(configs):      # runs against a run: the start says so
-        if saved is not None and no_checkpoint(args.workdir):
-            args.anew = anew
+    if saved is None:
         return False
     have = saved[0]
+    asks = " and the flags given ask" if flags.given(args) else " asks"
+    fix = "Leave --preset out to train it on with its own settings, or use a new --workdir."
     names = dict.fromkeys(n for c, s in zip(configs, have) for n in s.differences(c))
-    if names and no_checkpoint(args.workdir):
+    if (names or len(have) != len(configs)) and no_checkpoint(args.workdir):
         args.anew = anew
+    elif len(have) != len(configs):
+        ask = described(configs if len(configs) > 1 else [])
+        raise ValueError(f"{args.workdir} holds {described(have if len(have) > 1 else [])}, not {ask} as "
+                         f"--preset {args.preset}{asks} for. {fix}")
     elif names:
         differ = [spelling.disagreement(n, list(dict.fromkeys(getattr(c, n) for c in configs)),
                                         list(dict.fromkeys(getattr(s, n) for s in have))) for n in names]
-        asks = " and the flags given ask" if flags.given(args) else " asks"
         raise ValueError(f"{args.workdir} holds a run of other settings than --preset {args.preset}{asks} "
-                         f"for: {'; '.join(differ)}. Leave --preset out to train it on with "
-                         "its own settings, or use a new --workdir.")
+                         f"for: {'; '.join(differ)}. {fix}")
     return saved[3] and not args.anew

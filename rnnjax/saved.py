@@ -119,9 +119,7 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
     trained together, if several), the same vocabulary and steps an epoch."""
     saved_runs = [Config.from_json(c) for c in meta.get("runs", [])]
     if len(saved_runs) != len(runs) or any(s.differences(c) for s, c in zip(saved_runs, runs)):
-        def what(configs):
-            return f"{len(configs)} runs trained together ({_sweep(configs)})" if configs else "a single run"
-        raise CheckpointError(f"{workdir} holds {what(saved_runs)}, not {what(list(runs))}. Use a "
+        raise CheckpointError(f"{workdir} holds {described(saved_runs)}, not {described(list(runs))}. Use a "
                               f"new {spelt('workdir')}, or the checkpoint's settings to resume it.")
     saved = Config.from_json(meta["config"])
     diff = [disagreement(name, (getattr(config, name),), [getattr(saved, name)])
@@ -192,6 +190,11 @@ def _from_its_params(saved: Config, config: Config, vocab_size: int) -> str:
         return ""
     return (" (or train a new workdir from its parameters: fit(config, data, new_workdir, "
             "params=rnnjax.checkpoint.restore(workdir)))") if shapes[0] == shapes[1] else ""
+
+
+def described(runs: list[Config]) -> str:
+    """'a single run' (``runs`` empty), else how many were trained together and their sweep."""
+    return f"{len(runs)} runs trained together ({_sweep(runs)})" if runs else "a single run"
 
 
 def _sweep(configs: list[Config]) -> str:
