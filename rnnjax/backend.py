@@ -103,11 +103,26 @@ def start() -> str:
         asked = os.environ.get("JAX_PLATFORMS")
         if not asked:
             raise
-        why = str(e).split(" (set JAX_PLATFORMS")[0].rstrip(". ") or "it does not start"
+        why = str(e).split(" (set JAX_PLATFORMS")[0].rstrip(". ")
+        installed = _installed_backends()
+        if installed and (not why or "not in the list of known backends" in why):    # cuda: a bare assert
+            gpu = any(p.strip() in ("cuda", "gpu", "rocm") for p in asked.lower().split(","))
+            why = f"this JAX has backends for {', '.join(installed)} only" + (
+                "; a GPU needs its CUDA or ROCm plugin, e.g. pip install 'jax[cuda13]'" if gpu else "")
+        why = why or "it does not start"
         raise ValueError(f"$JAX_PLATFORMS={said(asked)} asks for a backend JAX cannot start here ({why}); "
                          "leave it unset to take the one this machine has.") from None
     precision.check_ambient()
     return name
+
+
+def _installed_backends() -> list[str]:
+    """The backends this JAX has a factory for (a private table: ``[]`` where it moved)."""
+    try:
+        from jax._src import xla_bridge
+        return sorted(xla_bridge._backend_factories)
+    except (ImportError, AttributeError):
+        return []
 
 
 def _as_int(text: str) -> int | None:

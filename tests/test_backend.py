@@ -219,13 +219,32 @@ def test_a_backend_jax_platforms_asks_for_and_cannot_start_is_one_sentence(monke
     """``JAX_PLATFORMS=abc`` (or cuda on a machine without it) ended in a traceback as training started."""
     from experiments import sine, timemachine
 
-    def fails():
-        raise RuntimeError("Unable to initialize backend 'abc': Backend 'abc' is not in the list of known "
-                           "backends: ['cpu']. (set JAX_PLATFORMS='' to automatically choose one)")
+    def raising(error):
+        def start():
+            raise error
+        return start
+
+    fails = raising(RuntimeError("Unable to initialize backend 'abc': Backend 'abc' is not in the list of "
+                                 "known backends: ['cpu']. (set JAX_PLATFORMS='' to automatically choose one)"))
+    no_plugin = raising(AssertionError())        # JAX_PLATFORMS=cuda without jax's CUDA plugin
+
+    monkeypatch.setattr(backend, "_installed_backends", lambda: ["cpu", "tpu"])
+    fix = r"; leave it unset to take the one this machine has\.$"
+    for asked, error, why in (
+            ("abc", fails, r"this JAX has backends for cpu, tpu only"),
+            ("cuda", no_plugin, r"this JAX has backends for cpu, tpu only; a GPU needs its CUDA or ROCm "
+                                r"plugin, e.g. pip install 'jax\[cuda13\]'"),
+            ("gpu,cpu", fails, "this JAX has backends for cpu, tpu only; a GPU needs"),
+            ("tpu", raising(RuntimeError("Unable to initialize backend 'tpu': no libtpu")), "Unable .*libtpu")):
+        monkeypatch.setattr(backend.jax, "default_backend", error)
+        monkeypatch.setenv("JAX_PLATFORMS", asked)
+        with pytest.raises(ValueError, match=rf"^\$JAX_PLATFORMS='{asked}' asks for a backend JAX cannot "
+                                             rf"start here \({why}.*\){fix}"):
+            backend.start()
+    monkeypatch.setattr(backend, "_installed_backends", lambda: [])     # JAX's table moved: its own text
     monkeypatch.setattr(backend.jax, "default_backend", fails)
     monkeypatch.setenv("JAX_PLATFORMS", "abc")
-    said = r"^\$JAX_PLATFORMS='abc' asks for a backend JAX cannot start here \(Unable .*\['cpu'\]\); leave"
-    with pytest.raises(ValueError, match=said):
+    with pytest.raises(ValueError, match=r"here \(Unable to initialize backend 'abc': .*\['cpu'\]\); leave"):
         backend.start()
     for main in (timemachine.main, sine.main):
         assert main(["--workdir", str(tmp_path / "w")]) == 1
