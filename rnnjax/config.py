@@ -146,10 +146,11 @@ class Config:
         if not 0 <= self.seed < 2 ** 32:
             raise ConfigError(f"{spelt('seed')} must be in [0, 2**32), got {self.seed}.")
         if self.cell not in CELLS:
-            raise ConfigError(f"{spelt('cell', self.cell)} is not a known cell; choose from {sorted(CELLS)}, "
-                              "or register one of your own in rnnjax.CELLS (README: Another cell).")
+            raise ConfigError(f"{spelt('cell', self.cell)} is not a known cell; choose from "
+                              f"{', '.join(sorted(CELLS))}, or register one of your own in rnnjax.CELLS "
+                              "(README: Another cell).")
         if self.nonlinearity not in NONLINEARITIES:
-            raise ConfigError(f"{spelt('nonlinearity')} must be one of {sorted(NONLINEARITIES)}, "
+            raise ConfigError(f"{spelt('nonlinearity')} must be one of {', '.join(sorted(NONLINEARITIES))}; "
                               f"got {said(self.nonlinearity)}.")
         if self.nonlinearity != "tanh" and self.cell != "rnn":
             raise ConfigError(f"{spelt('nonlinearity', self.nonlinearity)} is for the rnn cell; "

@@ -201,6 +201,6 @@ def check(name: str) -> None:
     if name not in OPTIMIZERS:
         where = " (on the command line, a script that registers it calls experiments.timemachine.main())"
         raise ConfigError(f"{spelt('optimizer', name)} is not a known optimizer; choose from "
-                          f"{sorted(OPTIMIZERS)}, or register one of your own in rnnjax.OPTIMIZERS "
-                          f"(rnnjax.optimizers) in each interpreter that trains its runs"
+                          f"{', '.join(sorted(OPTIMIZERS))}, or register one of your own in "
+                          f"rnnjax.OPTIMIZERS (rnnjax.optimizers) in each interpreter that trains its runs"
                           f"{where * as_flags()}.")

@@ -685,9 +685,12 @@ def test_a_broken_torch_is_reported_and_the_bench_goes_on(monkeypatch):
 def test_a_busy_machine_and_torch_s_threads_are_said():
     """On a loaded 2-core machine torch's two CPU threads ran 25x slower, JAX's not: ratios of 30x, unsaid."""
     info = {"load_average": 2.9, "cores": 2, "torch_device": "cpu", "torch_threads": 2, "versions": {}}
-    assert busy(info).startswith("warning: the machine is busy (load average 2.9 on 2 cores): other work ")
+    assert busy(info).startswith("warning: the machine is busy (load average 2.9 on 2 cores): other work on "
+                                 "the cores slows PyTorch's CPU threads far more than JAX's, so the times")
     assert busy({**info, "load_average": 1.0}) == "" and busy({"cores": 2}) == ""
-    assert busy({**info, "torch_device": None}) == busy({**info, "torch_device": "NVIDIA H200"}) == ""
+    for elsewhere in (None, "NVIDIA H200"):      # without torch on the CPU the figures move too
+        assert "slows each contender's dispatch and compiling unevenly, so the times and ratios are not an " \
+               "idle machine's" in busy({**info, "torch_device": elsewhere})
     assert torch_said(info) == "torch on cpu (2 threads)"
     assert torch_said({**info, "torch_device": "NVIDIA H200"}) == "torch on NVIDIA H200"
     measured = machine_info()

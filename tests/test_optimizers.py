@@ -74,7 +74,7 @@ def test_a_run_records_its_optimizer_resumes_with_it_and_refuses_another(small_d
 def test_one_s_own_optimizer_is_registered_as_a_cell_is(small_data, tmp_path, monkeypatch):
     """Named before the workdir is made where none is registered under the name; a restore for inference
     reads the parameters alone, the optimizer registered or not."""
-    unknown = (r"^optimizer='adamw' is not a known optimizer; choose from \['adam', 'sgd'\], or register one "
+    unknown = (r"^optimizer='adamw' is not a known optimizer; choose from adam, sgd, or register one "
                r"of your own in rnnjax.OPTIMIZERS \(rnnjax.optimizers\) in each interpreter that trains its "
                r"runs\.$")
     with pytest.raises(ConfigError, match=unknown):

@@ -159,7 +159,7 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
                                          (["--keep", "0"], "--keep must be at least 1"),
                                          (["--cell", "nope"], "--cell nope is not a known cell"),
                                          (["--optimizer", "adamw"], "--optimizer adamw is not a known "
-                                                                    "optimizer; choose from ['adam', 'sgd']"),
+                                                                    "optimizer; choose from adam, sgd, or"),
                                          (["--lr", "-1"], "--lr must be a positive finite number"),
                                          pytest.param(["--devices", "9"], "--devices 9: this process has 4",
                                                       marks=pytest.mark.cpu_devices(4)),

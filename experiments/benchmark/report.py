@@ -52,11 +52,13 @@ def busy(info: dict) -> str:
     """A warning where the machine was busy as the benchmark began (``machine_info``'s load average over
     half its cores), '' where not."""
     load, cores = info.get("load_average"), info.get("cores") or 1
-    if load is None or load <= cores / 2 or info.get("torch_device") != "cpu":   # no torch on the CPU to slow
+    if load is None or load <= cores / 2:
         return ""
+    slows = "PyTorch's CPU threads far more than JAX's" if info.get("torch_device") == "cpu" else \
+        "each contender's dispatch and compiling unevenly"
     return (f"warning: the machine is busy (load average {load} on {cores} cores): other work on the cores "
-            "slows PyTorch's CPU threads far more than JAX's, so ratios against torch on the CPU are not an "
-            "idle machine's; measure again when it is idle")
+            f"slows {slows}, so the times and ratios are not an idle machine's; measure again when it is "
+            "idle")
 
 
 def table(results: dict, ref: str = "rnnjax") -> str:
