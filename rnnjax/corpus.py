@@ -121,12 +121,7 @@ class Corpus(WindowedText):
             raise DataError(f"{spelt('min_freq', min_freq)} leaves no {token} but <unk> in the vocabulary: "
                             "lower it.")
         self._split(num_train, num_val)
-        if self.val_fraction and not steps_per_epoch and batch_size > self.num_train:    # one batch, padded
-            warnings.warn(f"{spelt('batch_size', batch_size)} is more than the "
-                          f"{plural(self.num_train, 'training window')} {self.name} gives an epoch: each "
-                          "epoch is one batch of them, the rest "
-                          f"padding ({spelt('batch_size', self.num_train)} trains alike, faster).",
-                          stacklevel=3)
+        self.warn_if_one_batch(f" {self.name} gives an epoch")
         if check_vocab is not None:
             check_vocab(len(self.vocab))
         if cache and not self.cache_hit:

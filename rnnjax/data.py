@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -168,6 +169,16 @@ class WindowedText:
             raise ValueError(f"The data was made with {made}, the config asks for {asked}: train with the "
                              "config it was loaded with (rnnjax.corpus.load(config, ...)).")
 
+    def warn_if_one_batch(self, gives: str = "") -> None:
+        """A warning where an epoch is one batch of all training windows, the rest padding (d2l's DataLoader
+        keeps a short last batch), as ``batch_size`` asks for more."""
+        if not self.steps_per_epoch and self.batch_size > self.num_train:
+            warnings.warn(f"{spelt('batch_size', self.batch_size)} is more than the "
+                          f"{plural(self.num_train, 'training window')}{gives}: each epoch is one batch of "
+                          f"them, the rest padding ({spelt('batch_size', self.num_train)} trains alike, "
+                          "faster).",
+                          stacklevel=4)
+
     def num_batches(self, train: bool = True) -> int:
         if train and self.steps_per_epoch:
             return self.steps_per_epoch
@@ -258,6 +269,7 @@ class TimeMachine(WindowedText):
                 f"{spelt('num_train')} + {spelt('num_val')} = {num_train + num_val} are needed.")
         windows = np.lib.stride_tricks.sliding_window_view(self.tokens, num_steps + 1)
         self.X, self.Y = windows[:, :-1], windows[:, 1:]
+        self.warn_if_one_batch()
 
     @property
     def tokens(self) -> np.ndarray:

@@ -363,6 +363,15 @@ def test_a_batch_larger_than_an_epoch_s_windows_is_said(tmp_path):
         Corpus.from_config(path, TEXT.replace(batch_size=windows + 1, num_train=0))
     with pytest.warns(UserWarning, match=r"more than the 10 training windows"):      # as --num-train asks
         Corpus.from_config(path, TEXT.replace(batch_size=16, num_train=10))
+    # d2l's split too: --batch-size 20000 trained 10,000 windows a step, unsaid (new-user pass)
+    with pytest.warns(UserWarning, match=r"^batch_size=64 is more than the 50 training windows: each epoch "):
+        data = TimeMachine(64, 8, num_train=50, num_val=10, text=other_alphabet())
+    (batch,) = data.train_windows(epoch=1)
+    assert data.num_batches() == 1 and batch.mask.sum() == 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TimeMachine(50, 8, num_train=50, num_val=10, text=other_alphabet())
+        TimeMachine(64, 8, num_train=50, num_val=10, text=other_alphabet(), steps_per_epoch=2)
 
 
 def test_sizes_of_numpy_are_ints_and_a_val_fraction_that_is_no_fraction_is_one_sentence():
