@@ -32,7 +32,7 @@ def predict_only(args: argparse.Namespace) -> None:
     sampling = {}
     if args.sample:       # --seed seeds the draws here, not the model
         sampling = {"temperature": args.temperature, "top_k": args.top_k,
-                    "key": jax.random.PRNGKey(args.seed[0] if args.seed is not None else 0)}
+                    "key": jax.random.key(args.seed[0] if args.seed is not None else 0, impl="threefry2x32")}
     try:
         restored = checkpoint.restore(args.workdir, best=args.best, run=args.run)
     except checkpoint.DamagedCheckpoint as e:     # generate from another one, saying so

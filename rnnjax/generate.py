@@ -161,8 +161,8 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
                   temperature: float | None = None, top_k: int | None = None, key: jax.Array | None = None,
                   clean: Callable[[str], str] | None = None) -> list[str]:
     """Each prefix followed by ``num_preds`` tokens (characters, or words joined by spaces): greedy, or
-    sampled if a ``temperature``, ``top_k`` or ``key`` is given (temperature 1, all tokens, ``PRNGKey(0)``
-    by default; a key from ``jax.random.key`` or ``jax.random.PRNGKey``). Greedy is d2l's argmax,
+    sampled if a ``temperature``, ``top_k`` or ``key`` is given (temperature 1, all tokens, threefry's
+    ``key(0)`` by default; a key from ``jax.random.key`` or ``jax.random.PRNGKey``). Greedy is d2l's argmax,
     ``<unk>`` included; sampling never draws ``<unk>``. ``prefixes``: a list of strings, or any iterable
     of them (read once). A draw's noise is a function of the key, the step and the row: calls with one
     key share it (give each its own, ``jax.random.split``), and a prompt's sample depends on its row.
@@ -200,7 +200,7 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
     if temperature is None and top_k is None and key is None:
         tokens = decode_greedy(params, prefix, lengths, steps)
     else:
-        key = jax.random.PRNGKey(0) if key is None else key
+        key = jax.random.key(0, impl="threefry2x32") if key is None else key     # the same draws everywhere
         temperature = 1.0 if temperature is None else temperature
         tokens = decode_sample(params, prefix, lengths, steps, key, temperature, top_k or 0, (vocab.unk,))
     tokens = np.asarray(tokens)

@@ -198,6 +198,15 @@ def test_sampling_is_deterministic_under_a_key(model_params):
     assert draw(key=jax.random.PRNGKey(7)) == draw(key=jax.random.PRNGKey(7))
     assert draw(key=jax.random.PRNGKey(7)) != draw(key=jax.random.PRNGKey(8))
     assert draw(temperature=1.0) == draw(key=jax.random.PRNGKey(0))        # the documented default key
+    jax.clear_caches()
+    try:        # the default draws are threefry's whatever JAX's default PRNG (hostile pass)
+        jax.config.update("jax_default_prng_impl", "rbg")
+        assert draw(temperature=1.0) == draw(key=jax.random.key(0, impl="threefry2x32"))
+        rbg = draw(key=jax.random.PRNGKey(0))
+    finally:
+        jax.config.update("jax_default_prng_impl", "threefry2x32")
+        jax.clear_caches()
+    assert draw(temperature=1.0) != rbg         # a key of the user's stays theirs
 
 
 @pytest.mark.parametrize("top_k", [1, 3])
