@@ -97,6 +97,13 @@ def test_d2ls_split_of_the_time_machine_is_the_time_machine(real_text_path):
     assert tm.describe() == c.describe() == said
     words = corpus.load(config.replace(token="word", num_train=100, num_val=50), data=real_text_path)
     assert words.vocab.idx_to_token == Vocab(data.preprocess(tm_text(real_text_path)).split()).idx_to_token
+    assert words.prompt == "it has"         # the command line's samples continue d2l's prompt
+    # --min-freq 50 drops "has" (22 times): the prompt is the text's first words (it stopped the run before)
+    rare = corpus.load(config.replace(token="word", min_freq=50, num_train=100, num_val=50),
+                       data=real_text_path)
+    assert "has" not in rare.vocab.token_to_idx and rare.prompt == "the time"
+    chars = corpus.load(config.replace(min_freq=9000, num_train=100, num_val=50), data=real_text_path)
+    assert "h" not in chars.vocab.token_to_idx and chars.prompt == "t"
     # In the vocabulary of a run of d2l's (a restored one's): that run's data, it resumes on (it was refused
     # as "the text of SHA-1 090b5e7e...", the Time Machine's own).
     d2l = corpus.load(config.replace(preprocess="d2l"), data=real_text_path, vocab=tm.vocab)
