@@ -166,10 +166,10 @@ class Corpus(WindowedText):
         windows = self.train_end - self.num_steps
         if not self.val_fraction:           # d2l's: num_train windows, then num_val
             if windows < num_train + num_val:
-                raise DataError(f"{self.name} has {len(self.stream)} tokens, which make {windows} windows of "
-                                f"{spelt('num_steps')} + 1 = {self.num_steps + 1}; {spelt('num_train')} + "
-                                f"{spelt('num_val')} = {num_train + num_val} are needed (or split by "
-                                f"{spelt('val_fraction')}).")
+                raise DataError(f"{self.name} has {len(self.stream):,} tokens, which make {windows:,} "
+                                f"windows of {spelt('num_steps')} + 1 = {self.num_steps + 1:,}; "
+                                f"{spelt('num_train')} + {spelt('num_val')} = {num_train + num_val:,} are "
+                                f"needed (or split by {spelt('val_fraction')}).")
             return num_train, num_val
         val_windows = len(self.stream) - self.num_steps - self.train_end
         return (min(num_train, windows) if num_train else windows,

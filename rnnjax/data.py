@@ -264,9 +264,9 @@ class TimeMachine(WindowedText):
         num_windows = len(self.corpus) - num_steps
         if num_windows < num_train + num_val:
             raise DataError(
-                f"The corpus has {len(self.corpus)} characters after preprocessing, which make "
-                f"{max(num_windows, 0)} windows of {spelt('num_steps')} + 1 = {num_steps + 1}; "
-                f"{spelt('num_train')} + {spelt('num_val')} = {num_train + num_val} are needed.")
+                f"The corpus has {len(self.corpus):,} characters after preprocessing, which make "
+                f"{max(num_windows, 0):,} windows of {spelt('num_steps')} + 1 = {num_steps + 1:,}; "
+                f"{spelt('num_train')} + {spelt('num_val')} = {num_train + num_val:,} are needed.")
         windows = np.lib.stride_tricks.sliding_window_view(self.tokens, num_steps + 1)
         self.X, self.Y = windows[:, :-1], windows[:, 1:]
         self.warn_if_one_batch()

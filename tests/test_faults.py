@@ -236,7 +236,7 @@ BAD = [  # (flags, what the one line says)
     (["--cell", "nope"], "not a known cell; choose from gru, lstm, rnn, or register"),
     (["--nonlinearity", "sigmoid"], "--nonlinearity must be one of relu, tanh; got 'sigmoid'"),
     (["--batch-size", str(10 ** 7)], "GiB for a training step"),
-    (["--num-train", "10000000"], "windows of --num-steps + 1 = 9; --num-train + --num-val = 10000050 are"),
+    (["--num-train", "10000000"], "windows of --num-steps + 1 = 9; --num-train + --num-val = 10,000,050 are"),
     (["--devices", "99"], "--devices 99"), (["--batch-size", "1023"], "not divisible"),
     (["--sample"], "add --predict"),
     (["--predict", "a", "--temperature", "0"], "got 0; the likeliest token each time is --predict without "
