@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,9 @@ def check_arguments(config: Config, workdir: str | Path, *, devices: int | None 
     kernels.check(config)
     for c in runs or [config]:
         check_own_dtype(c)
+    slow = memory.compile_note(config)
+    if slow:        # before tracing the model, which for hundreds of layers takes minutes too; said once
+        warnings.warn(slow)     # from this line (the command line checks first, then fit)
     try:
         abstract = (abstract_run_states(runs, vocab_size or 1) if runs
                     else abstract_train_state(config, vocab_size or 1))

@@ -143,5 +143,6 @@ def compile_note(config: Config) -> str | None:
     layers = config.num_layers * (2 if config.bidirectional else 1)
     if layers <= LONG_COMPILE_LAYERS:
         return None
-    return (f"{spelt('num_layers', config.num_layers)}: every layer is compiled into the training step, "
-            "which may take minutes before the first epoch")
+    return (f"{spelt('num_layers', config.num_layers)}: every layer is traced and compiled into the training "
+            "step on its own, which may take minutes before the first epoch (more than in proportion to the "
+            "layers)")

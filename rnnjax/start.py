@@ -17,7 +17,7 @@ from typing import Any
 
 import jax
 
-from rnnjax import (agree, checkpoint, computing as computing_lib, kernels, lock as lock_lib, memory, metrics,
+from rnnjax import (agree, checkpoint, computing as computing_lib, kernels, lock as lock_lib, metrics,
                     optimizer_checks, optimizers, precision, saved, step_lines, tidy)
 from rnnjax.arguments import check
 from rnnjax.backend import available_cores, cpu_device_count_chosen
@@ -127,9 +127,6 @@ class Plan:
         cell = self.config.cell
         if cell in OWN_CELLS and not registered_own(cell):      # config.json names it as it names rnnjax's
             hint += f"; the cell {cell!r} is {registered_as(cell)}, registered in place of rnnjax's own"
-        slow_compile = memory.compile_note(self.config)
-        if slow_compile:
-            hint += f"; {slow_compile}"
         # Advice for whoever got one device without asking (not for --devices 1 of several, nor for a count
         # chosen, as use_cpu_cores chooses one for a batch size no larger count divides).
         if (self.dp.devices[0].platform == "cpu" and len(jax.local_devices()) == 1 and available_cores() > 1

@@ -1,9 +1,11 @@
+import warnings
+
 import flax.linen as nn
 import jax.numpy as jnp
 import pytest
 
 from conftest import TINY as SMALL, DenseCell, small_text
-from rnnjax import arguments, model as model_lib
+from rnnjax import arguments, memory, model as model_lib
 from rnnjax.config import ConfigError
 from rnnjax.data import TimeMachine
 from rnnjax.start import plan
@@ -51,6 +53,23 @@ class HalvesCell(DenseCell):
         h = jnp.tanh(nn.Dense(self.features)(a) * nn.Dense(self.features)(b)
                      + nn.Dense(self.features, use_bias=False)(h))
         return h, h
+
+
+def test_a_deep_stack_is_warned_of_before_its_model_is_traced(tmp_path, monkeypatch):
+    """``--num-layers 100000`` ran silent for minutes, tracing the model, before its plan said so."""
+    deep = SMALL.replace(num_layers=memory.LONG_COMPILE_LAYERS + 1)
+
+    def traced(*args):
+        raise RuntimeError("traced")
+    monkeypatch.setattr(arguments, "abstract_train_state", traced)
+    said = rf"^num_layers={deep.num_layers}: every layer is traced and compiled into the training step on its"
+    with pytest.warns(UserWarning, match=said):
+        with pytest.raises(RuntimeError, match="traced"):
+            arguments.check_arguments(deep, tmp_path / "w")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError, match="traced"):
+            arguments.check_arguments(deep.replace(num_layers=memory.LONG_COMPILE_LAYERS), tmp_path / "w")
 
 
 def test_a_cell_that_steps_on_some_input_widths_only_is_checked_on_the_text_s_vocabulary(

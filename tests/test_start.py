@@ -12,7 +12,7 @@ import pytest
 import rnnjax
 
 from conftest import TINY as SMALL, small_text
-from rnnjax import checkpoint, memory, metrics, optimizers, start
+from rnnjax import checkpoint, metrics, optimizers, start
 from rnnjax.backend import available_cores
 from rnnjax.checkpoint import CheckpointError
 from rnnjax.data import TimeMachine
@@ -230,15 +230,6 @@ def test_fit_refuses_before_anything_is_written(small_data, tmp_path, config, de
     with pytest.raises((ValueError, CheckpointError), match=message):
         fit(config, data, tmp_path, devices=devices)
     assert tree_stat(tmp_path) == before
-
-
-def test_a_deep_stack_is_warned_of_before_its_long_compilation(small_data, tmp_path):
-    deep = SMALL.replace(num_layers=memory.LONG_COMPILE_LAYERS + 1)
-    text = plan(deep, small_data, tmp_path / "w", devices=1).describe()
-    assert (f"num_layers={deep.num_layers}: every layer is compiled into the training step, which may take "
-            "minutes") in text
-    assert "may take minutes" not in plan(deep.replace(num_layers=memory.LONG_COMPILE_LAYERS), small_data,
-                                          tmp_path / "v", devices=1).describe()
 
 
 def test_the_plan_says_a_part_epoch_and_the_runs_that_stopped_before(small_data, tmp_path):
