@@ -259,8 +259,8 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
                                path=data, seed=config.seed, steps_per_epoch=config.steps_per_epoch)
         path = timemachine_path(data) if text is None else text
         made = Corpus.from_config(path, config, vocab=vocab)
-        held = all(t in made.vocab.token_to_idx for t in made.vocab.split(TimeMachine.prompt))
-        if text is None and config.preprocess == "d2l" and held:    # the Time Machine's, as d2l's loader's
+        if text is None and config.preprocess == "d2l" and all(     # the Time Machine's, as d2l's loader's,
+                t in made.vocab.token_to_idx for t in made.vocab.split(TimeMachine.prompt)):   # where it holds it
             made.prompt = TimeMachine.prompt        # (--min-freq 23 drops "has": the text's first words)
         unknown = float(np.mean(made.stream == vocab.unk)) if vocab is not None and made.stream.size else 0.0
         if unknown >= UNKNOWN_SAID:

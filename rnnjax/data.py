@@ -176,8 +176,7 @@ class WindowedText:
             warnings.warn(f"{spelt('batch_size', self.batch_size)} is more than the "
                           f"{plural(self.num_train, 'training window')}{gives}: each epoch is one batch of "
                           f"them, the rest padding ({spelt('batch_size', self.num_train)} trains alike, "
-                          "faster).",
-                          stacklevel=4)
+                          "faster).", stacklevel=4)
 
     def num_batches(self, train: bool = True) -> int:
         if train and self.steps_per_epoch:
