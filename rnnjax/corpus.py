@@ -233,6 +233,10 @@ class Corpus(WindowedText):
 UNKNOWN_SAID = 0.01
 
 
+def _holds(vocab: Vocab, text: str) -> bool:
+    return all(t in vocab.token_to_idx for t in vocab.split(text))
+
+
 def load(config: Config, text: str | os.PathLike | None = None, data: str | os.PathLike | None = None,
          vocab: Vocab | None = None) -> WindowedText:
     """The data ``config`` trains on: the file ``text`` (``Corpus``), else The Time Machine (``data``,
@@ -259,9 +263,8 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
                                path=data, seed=config.seed, steps_per_epoch=config.steps_per_epoch)
         path = timemachine_path(data) if text is None else text
         made = Corpus.from_config(path, config, vocab=vocab)
-        if text is None and config.preprocess == "d2l" and all(     # the Time Machine's, as d2l's loader's,
-                t in made.vocab.token_to_idx for t in made.vocab.split(TimeMachine.prompt)):   # where it holds it
-            made.prompt = TimeMachine.prompt        # (--min-freq 23 drops "has": the text's first words)
+        if text is None and config.preprocess == "d2l" and _holds(made.vocab, TimeMachine.prompt):
+            made.prompt = TimeMachine.prompt    # d2l's (--min-freq 23 drops "has": the text's own then)
         unknown = float(np.mean(made.stream == vocab.unk)) if vocab is not None and made.stream.size else 0.0
         if unknown >= UNKNOWN_SAID:
             with warnings.catch_warnings():         # its own warnings were said as it was read
