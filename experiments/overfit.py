@@ -9,7 +9,7 @@ Expected: 8-20 s on a 2-core CPU. Yes: d2l's RNN with the knobs of
 training windows, 2000, about 2000 characters of text; batches of 64 instead
 of 1024, so 32 steps an epoch instead of 10; 60 epochs) learns that text by heart.
 At seed 0 the train perplexity falls to 1.29 while the validation perplexity
-is lowest at epoch 4 (11.6) and then rises to 59.6-61 (by JAX release).
+is lowest at epoch 4 (11.6) and then rises to 59.6-62.5 (by CPU and JAX release).
 Without gradient clipping (``--clip 1e6``) it overfits alike: at seed 0 the
 validation perplexity is lowest at epoch 4 (11.5), 56.9 at epoch 60 (jax 0.10.2).
 ``ppl.png`` in the workdir shows both curves; ``metrics.jsonl`` has them by
