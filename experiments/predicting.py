@@ -28,7 +28,8 @@ def predict_only(args: argparse.Namespace) -> None:
     if args.default_workdir and not checkpoint.steps(args.workdir):
         raise checkpoint.CheckpointError(
             f"--predict without --workdir generates from the run these flags train, in {args.workdir}, which "
-            "holds none yet: train it first (the same command without --predict), or give its --workdir.")
+            "holds none yet: train it first (the same command without --predict), or give its --workdir "
+            "(and --run K for run K of --seeds trained together).")
     sampling = {}
     if args.sample:       # --seed seeds the draws here, not the model
         sampling = {"temperature": args.temperature, "top_k": args.top_k,

@@ -81,6 +81,7 @@ def test_no_window_lies_in_both_parts_and_caps_hold(caps):
     np.testing.assert_array_equal(batch.X[0], c.tokens[val[0]:val[0] + c.num_steps])
 
 
+@pytest.mark.filterwarnings("ignore:batch_size=1024 is more than the 100")    # splits compared, not trained
 def test_d2ls_split_of_the_time_machine_is_the_time_machine(real_text_path):
     config = TINY.replace(batch_size=1024, num_steps=32, num_train=10000, num_val=5000)
     assert type(corpus.load(config, data=real_text_path)) is TimeMachine

@@ -38,6 +38,7 @@ def data_settings(draw):
     return text, num_steps, draw(st.integers(1, 9)), num_train, num_val, draw(st.integers(0, 2 ** 32 - 1))
 
 
+@pytest.mark.filterwarnings("ignore:batch_size=.* is more than the")       # drawn so on purpose
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data_settings(), st.integers(0, 3))
 def test_windows_masks_and_batches_are_consistent(setting, epoch):

@@ -130,7 +130,8 @@ def test_cli_says_new_then_resumed_then_nothing_to_train(real_text_path, tmp_pat
     assert timemachine.main(args + ["--lr", "2", "--predict", "it has"]) == 1
     untrained = capsys.readouterr().err
     assert untrained.startswith("error: --predict without --workdir generates from the run these flags "
-                                "train, in runs/tiny-") and untrained.endswith("or give its --workdir.\n")
+                                "train, in runs/tiny-") and untrained.endswith(
+        "or give its --workdir (and --run K for run K of --seeds trained together).\n")
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny"]       # nothing made
 
     predict = ["--workdir", "runs/tiny", "--predict", "it has", "--num-preds", "40", "--no-compilation-cache"]
