@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 from experiments import sine_figures  # noqa: E402
 from experiments.sine_models import (LINEAR_OPTIMIZER, RNN_OPTIMIZER, Linear, RNNForecaster,  # noqa: E402
-                                     forward, init, minibatch_train, rollout)
+                                     forward, init, minibatch_train, rollout, seed_key)
 from rnnjax import backend, spelling  # noqa: E402
 from rnnjax.workdir import WorkdirError, write_atomically  # noqa: E402
 
@@ -67,7 +67,7 @@ def train_rnn(model: RNNForecaster, x_T: np.ndarray, epochs: int, seed: int = 0,
     ``x[:NUM_TRAIN + TAU]`` (the values d2l's 600 training examples hold). The params."""
     part = x_T[:NUM_TRAIN + TAU]
     seqs_NxL = np.stack([part[i:i + warmup + horizon] for i in range(len(part) - warmup - horizon + 1)])
-    params = init(model, jax.random.key(seed), jnp.asarray(seqs_NxL[:1, :warmup].T))
+    params = init(model, seed_key(seed), jnp.asarray(seqs_NxL[:1, :warmup].T))
     data = (seqs_NxL[:, :warmup], seqs_NxL[:, warmup:])
     return minibatch_train(model, params, RNN_OPTIMIZER, data, epochs, seed)
 
@@ -87,7 +87,7 @@ def rnn_predictions(model: RNNForecaster, params, x_T: np.ndarray) -> dict[str, 
 
 def train_linear(model: Linear, features_NxTau: np.ndarray, labels_N: np.ndarray, seed: int = 0):
     """d2l's recipe: MSE on the first ``NUM_TRAIN`` examples, 5 epochs of SGD at lr 0.01. The params."""
-    params = init(model, jax.random.key(seed), jnp.asarray(features_NxTau[:1]))
+    params = init(model, seed_key(seed), jnp.asarray(features_NxTau[:1]))
     data = (features_NxTau[:NUM_TRAIN], labels_N[:NUM_TRAIN])
     return minibatch_train(model, params, LINEAR_OPTIMIZER, data, 5, seed)
 

@@ -13,6 +13,8 @@ import optax
 from rnnjax.model import RNN, SimpleRNNCell
 
 # Each made once: a static argument of the compiled epoch, which a new one would compile again.
+# A seed's draws, the same whatever $JAX_DEFAULT_PRNG_IMPL says.
+seed_key = functools.partial(jax.random.key, impl="threefry2x32")
 LINEAR_OPTIMIZER = optax.sgd(0.01)
 RNN_OPTIMIZER = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.003))
 
@@ -72,7 +74,7 @@ def minibatch_train(model: nn.Module, params, optimizer, data, epochs: int, seed
     in shuffled minibatches (the last partial one dropped), each epoch one compiled scan; the params."""
     data = jax.tree.map(jnp.asarray, data)
     carry = (params, optimizer.init(params))
-    for key in jax.random.split(jax.random.key(seed + 1), epochs):
+    for key in jax.random.split(seed_key(seed + 1), epochs):
         carry = train_epoch(model, optimizer, batch_size, carry, data, key)
     return carry[0]
 
