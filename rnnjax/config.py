@@ -18,7 +18,7 @@ from typing import Any
 
 from rnnjax.cells import CELLS, NONLINEARITIES
 from rnnjax.precision import COMPUTE_DTYPES, MATMUL_PRECISIONS
-from rnnjax.spelling import got, said, shown, spelt
+from rnnjax.spelling import choices, got, said, shown, spelt
 
 KERNELS = ("plain", "fused", "hoisted", "cudnn")        # rnnjax.kernels: what each is, which is chosen
 # float32's smallest normal and largest numbers: the range a rate or a clip keeps in training (a number
@@ -147,10 +147,10 @@ class Config:
             raise ConfigError(f"{spelt('seed')} must be in [0, 2**32), got {self.seed}.")
         if self.cell not in CELLS:
             raise ConfigError(f"{spelt('cell', self.cell)} is not a known cell; choose from "
-                              f"{', '.join(sorted(CELLS))}, or register one of your own in rnnjax.CELLS "
+                              f"{choices(CELLS)}, or register one of your own in rnnjax.CELLS "
                               "(README: Another cell).")
         if self.nonlinearity not in NONLINEARITIES:
-            raise ConfigError(f"{spelt('nonlinearity')} must be one of {', '.join(sorted(NONLINEARITIES))}; "
+            raise ConfigError(f"{spelt('nonlinearity')} must be one of {choices(NONLINEARITIES)}; "
                               f"got {said(self.nonlinearity)}.")
         if self.nonlinearity != "tanh" and self.cell != "rnn":
             raise ConfigError(f"{spelt('nonlinearity', self.nonlinearity)} is for the rnn cell; "
@@ -170,9 +170,9 @@ class Config:
         if self.matmul_precision not in MATMUL_PRECISIONS:
             raise ConfigError(f"{spelt('matmul_precision')} must be one of {', '.join(MATMUL_PRECISIONS)}; "
                               f"got {said(self.matmul_precision)}.")
-        for name, choices in (("token", ("char", "word")), ("preprocess", ("d2l", "raw"))):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"{spelt(name)} must be {' or '.join(choices)}, got "
+        for name, allowed in (("token", ("char", "word")), ("preprocess", ("d2l", "raw"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{spelt(name)} must be {' or '.join(allowed)}, got "
                                   f"{said(getattr(self, name))}.")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"{spelt('val_fraction')} must be in [0, 1), got {shown(self.val_fraction)}.")

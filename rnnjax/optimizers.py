@@ -47,7 +47,7 @@ import optax
 from rnnjax.cells import described
 from rnnjax.config import Config, ConfigError, is_int
 from rnnjax.xla import cleared_with_jax
-from rnnjax.spelling import as_flags, got, spelt
+from rnnjax.spelling import as_flags, choices, got, spelt
 
 
 def clipped(optimizer: Callable[..., optax.GradientTransformation]) -> Callable:
@@ -201,6 +201,6 @@ def check(name: str) -> None:
     if name not in OPTIMIZERS:
         where = " (on the command line, a script that registers it calls experiments.timemachine.main())"
         raise ConfigError(f"{spelt('optimizer', name)} is not a known optimizer; choose from "
-                          f"{', '.join(sorted(OPTIMIZERS))}, or register one of your own in "
+                          f"{choices(OPTIMIZERS)}, or register one of your own in "
                           f"rnnjax.OPTIMIZERS (rnnjax.optimizers) in each interpreter that trains its runs"
                           f"{where * as_flags()}.")

@@ -98,6 +98,11 @@ def not_utf8(path: Any) -> str | None:
         return os.fsencode(str(path)).decode(errors="backslashreplace")
 
 
+def choices(names) -> str:
+    """Names to choose from, sorted, as words: quoted where one is not a plain word (``'mgu, v2'``)."""
+    return ", ".join(n if re.fullmatch(r"[\w.+-]+", n) else said(n) for n in sorted(names))
+
+
 def listed(values) -> str:
     return ",".join(shown(v) for v in values)
 

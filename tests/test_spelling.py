@@ -1,4 +1,4 @@
-from rnnjax.spelling import as_flags, disagreement, flag_spelling, plural, shown, spelt
+from rnnjax.spelling import as_flags, choices, disagreement, flag_spelling, plural, shown, spelt
 
 
 def test_values_are_shown_as_typed_and_give_their_value_back():
@@ -37,6 +37,12 @@ def test_a_disagreement_names_the_setting_given_and_the_value_the_run_has():
         assert disagreement("seed", (1, 0), [0, 1]) == "--seeds 1,0 (it has 0,1, in that order)"
         assert (disagreement("bidirectional", (False,), [True])
                 == "--no-bidirectional (it has --bidirectional)")
+
+
+def test_choices_are_sorted_words_quoted_where_one_is_not_a_plain_word():
+    """A cell registered as 'mgu, v2' read as two cells in a plain list (hostile pass)."""
+    assert choices({"rnn", "gru", "lstm"}) == "gru, lstm, rnn"
+    assert choices(["rnn", "mgu, v2", "", "x-1.5"]) == "'', 'mgu, v2', rnn, x-1.5"
 
 
 def test_plural_counts_with_thousands_separators_and_the_singular_of_one():
