@@ -173,10 +173,10 @@ class WindowedText:
         """A warning where an epoch is one batch of all training windows, the rest padding (d2l's DataLoader
         keeps a short last batch), as ``batch_size`` asks for more."""
         if not self.steps_per_epoch and self.batch_size > self.num_train:
+            fits = spelt("batch_size", self.num_train)
             warnings.warn(f"{spelt('batch_size', self.batch_size)} is more than the "
                           f"{plural(self.num_train, 'training window')}{gives}: each epoch is one batch of "
-                          f"them, the rest padding ({spelt('batch_size', self.num_train)} trains alike, "
-                          "faster).", stacklevel=4)
+                          f"them, the rest padding (a new run of {fits} trains alike, faster).", stacklevel=3)
 
     def num_batches(self, train: bool = True) -> int:
         if train and self.steps_per_epoch:

@@ -367,13 +367,16 @@ def test_a_batch_larger_than_an_epoch_s_windows_is_said(tmp_path):
         Corpus.from_config(path, drawn)
     with pytest.warns(UserWarning, match=rf"^batch_size={windows + 1} is more than the {windows:,} training "
                                          rf"windows .*short.txt gives an epoch: each epoch is one batch of "
-                                         rf"them, the rest padding \(batch_size={windows} trains alike"):
+                                         rf"them, the rest padding \(a new run of batch_size={windows} "
+                                         "trains alike"):
         Corpus.from_config(path, TEXT.replace(batch_size=windows + 1, num_train=0))
     with pytest.warns(UserWarning, match=r"more than the 10 training windows"):      # as --num-train asks
         Corpus.from_config(path, TEXT.replace(batch_size=16, num_train=10))
     # d2l's split too: --batch-size 20000 trained 10,000 windows a step, unsaid (new-user pass)
-    with pytest.warns(UserWarning, match=r"^batch_size=64 is more than the 50 training windows: each epoch "):
+    one_batch = r"^batch_size=64 is more than the 50 training windows: each epoch "
+    with pytest.warns(UserWarning, match=one_batch) as said:
         data = TimeMachine(64, 8, num_train=50, num_val=10, text=other_alphabet())
+    assert said[0].filename == __file__       # the line that made it (a resume cannot change it: "new run")
     (batch,) = data.train_windows(epoch=1)
     assert data.num_batches() == 1 and batch.mask.sum() == 50
     with warnings.catch_warnings():
