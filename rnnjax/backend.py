@@ -103,17 +103,27 @@ def start() -> str:
         asked = os.environ.get("JAX_PLATFORMS")
         if not asked:
             raise
-        why = str(e).split(" (set JAX_PLATFORMS")[0].rstrip(". ")
-        installed = _installed_backends()
-        if installed and (not why or "not in the list of known backends" in why):    # cuda: a bare assert
-            gpu = any(p.strip() in ("cuda", "gpu", "rocm") for p in asked.lower().split(","))
-            why = f"this JAX has backends for {', '.join(installed)} only" + (
-                "; a GPU needs its CUDA or ROCm plugin, e.g. pip install 'jax[cuda13]'" if gpu else "")
+        why = _no_gpu_plugin(asked) or str(e).split(" (set JAX_PLATFORMS")[0].rstrip(". ")
         why = why or "it does not start"
         raise ValueError(f"$JAX_PLATFORMS={said(asked)} asks for a backend JAX cannot start here ({why}); "
                          "leave it unset to take the one this machine has.") from None
     precision.check_ambient()
     return name
+
+
+def _no_gpu_plugin(asked: str) -> str | None:
+    """Why the GPU backend ``asked`` for cannot start where this JAX lacks its plugin (for cuda JAX says
+    only ``AssertionError``); ``None`` where it has it or no GPU is asked for."""
+    installed, asked = _installed_backends(), {p.strip().lower() for p in asked.split(",")}
+    cuda = bool(asked & {"cuda", "gpu"}) and "cuda" not in installed
+    rocm = bool(asked & {"rocm", "gpu"}) and "rocm" not in installed
+    if not installed or "gpu" in asked and not (cuda and rocm):
+        return None
+    if cuda and rocm:
+        return "this JAX has neither its CUDA nor its ROCm plugin: 'jax[cuda13]' adds CUDA's"
+    if cuda:
+        return "this JAX has no CUDA plugin: pip install 'jax[cuda13]' adds it"
+    return "this JAX has no ROCm plugin" if rocm else None
 
 
 def _installed_backends() -> list[str]:

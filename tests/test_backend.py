@@ -230,17 +230,24 @@ def test_a_backend_jax_platforms_asks_for_and_cannot_start_is_one_sentence(monke
     no_libtpu = raising(RuntimeError("Unable to initialize backend 'tpu': no libtpu"))
 
     monkeypatch.setattr(backend, "_installed_backends", lambda: ["cpu", "tpu"])
-    fix = r"; leave it unset to take the one this machine has\.$"
+    fix = r"\); leave it unset to take the one this machine has\.$"
+    cuda = r"this JAX has no CUDA plugin: pip install 'jax\[cuda13\]' adds it"
     for asked, error, why in (
-            ("abc", fails, r"this JAX has backends for cpu, tpu only"),
-            ("cuda", no_plugin, r"this JAX has backends for cpu, tpu only; a GPU needs its CUDA or ROCm "
-                                r"plugin, e.g. pip install 'jax\[cuda13\]'"),
-            ("gpu,cpu", fails, "this JAX has backends for cpu, tpu only; a GPU needs"),
+            ("abc", fails, r"Unable to initialize backend 'abc': .*\['cpu'\]"),       # JAX's own
+            ("cuda", no_plugin, cuda), (" CUDA,cpu", no_plugin, cuda),
+            ("gpu", fails, r"this JAX has neither its CUDA nor its ROCm plugin: 'jax\[cuda13\]' adds CUDA's"),
+            ("rocm", fails, "this JAX has no ROCm plugin"),
             ("tpu", no_libtpu, "Unable to initialize backend 'tpu': no libtpu")):
         monkeypatch.setattr(backend.jax, "default_backend", error)
         monkeypatch.setenv("JAX_PLATFORMS", asked)
-        with pytest.raises(ValueError, match=rf"^\$JAX_PLATFORMS='{asked}' asks for a backend JAX cannot "
-                                             rf"start here \({why}.*\){fix}"):
+        with pytest.raises(ValueError, match=rf"^\$JAX_PLATFORMS={re.escape(repr(asked))} asks for a backend "
+                                             rf"JAX cannot start here \({why}{fix}"):
+            backend.start()
+    monkeypatch.setattr(backend, "_installed_backends", lambda: ["cpu", "cuda", "tpu"])   # no GPU here
+    monkeypatch.setattr(backend.jax, "default_backend", fails)
+    for asked, why in (("gpu", "Unable to initialize backend 'abc'"), ("rocm", "this JAX has no ROCm")):
+        monkeypatch.setenv("JAX_PLATFORMS", asked)
+        with pytest.raises(ValueError, match=rf"here \({why}"):
             backend.start()
     monkeypatch.setattr(backend, "_installed_backends", lambda: [])     # JAX's table moved: its own text
     monkeypatch.setattr(backend.jax, "default_backend", fails)
