@@ -23,7 +23,7 @@ from pathlib import Path
 
 from experiments import fine_tune, flags
 from rnnjax import checkpoint, config as config_lib, corpus, runs, source, spelling
-from rnnjax.saved import described, saved_runs, text_path, text_read
+from rnnjax.saved import saved_runs, text_path, text_read, which_runs
 from rnnjax.stored import UnknownCell
 from rnnjax.vocab import Vocab
 
@@ -198,17 +198,18 @@ def _check_preset_fits(args: argparse.Namespace, configs: list[config_lib.Config
         return False
     have = saved[0]
     asks = " and the flags given ask" if flags.given(args) else " asks"
-    fix = "Leave --preset out to train it on with its own settings, or use a new --workdir."
+    fix = "Leave --preset{} out to train it on with its own settings, or use a new --workdir."
     names = dict.fromkeys(n for c, s in zip(configs, have) for n in s.differences(c))
     if (names or len(have) != len(configs)) and no_checkpoint(args.workdir):
         args.anew = anew
     elif len(have) != len(configs):
-        ask = described(configs if len(configs) > 1 else [])
-        raise ValueError(f"{args.workdir} holds {described(have if len(have) > 1 else [])}, not {ask} as "
-                         f"--preset {args.preset}{asks} for. {fix}")
+        ask = which_runs(configs if len(configs) > 1 else [])
+        listed = " (and the lists of --seeds, --lr, --clip)" * (len(configs) > 1)
+        raise ValueError(f"{args.workdir} holds {which_runs(have if saved[3] else [])}, not {ask} as "
+                         f"--preset {args.preset}{asks} for. {fix.format(listed)}")
     elif names:
         differ = [spelling.disagreement(n, list(dict.fromkeys(getattr(c, n) for c in configs)),
                                         list(dict.fromkeys(getattr(s, n) for s in have))) for n in names]
         raise ValueError(f"{args.workdir} holds a run of other settings than --preset {args.preset}{asks} "
-                         f"for: {'; '.join(differ)}. {fix}")
+                         f"for: {'; '.join(differ)}. {fix.format('')}")
     return saved[3] and not args.anew

@@ -13,7 +13,7 @@ import jax
 
 from rnnjax import meta as meta_lib, optimizers
 from rnnjax.config import SWEEPABLE, Config
-from rnnjax.spelling import as_flags, disagreement, said, shown, spelt
+from rnnjax.spelling import as_flags, disagreement, plural, said, shown, spelt
 from rnnjax.stored import CONFIG, CheckpointError, DamagedCheckpoint, UnknownCell, read_meta, steps
 from rnnjax.state import abstract_train_state
 from rnnjax.vocab import Vocab
@@ -119,8 +119,8 @@ def check_compatible(meta: dict, config: Config, vocab: Vocab, workdir: Path, ru
     trained together, if several), the same vocabulary and steps an epoch."""
     saved_runs = [Config.from_json(c) for c in meta.get("runs", [])]
     if len(saved_runs) != len(runs) or any(s.differences(c) for s, c in zip(saved_runs, runs)):
-        raise CheckpointError(f"{workdir} holds {described(saved_runs)}, not {described(list(runs))}. Use a "
-                              f"new {spelt('workdir')}, or the checkpoint's settings to resume it.")
+        raise CheckpointError(f"{workdir} holds {which_runs(saved_runs)}, not {which_runs(list(runs))}. Use "
+                              f"a new {spelt('workdir')}, or the checkpoint's settings to resume it.")
     saved = Config.from_json(meta["config"])
     diff = [disagreement(name, (getattr(config, name),), [getattr(saved, name)])
             for name in saved.differences(config)]
@@ -192,9 +192,9 @@ def _from_its_params(saved: Config, config: Config, vocab_size: int) -> str:
             "params=rnnjax.checkpoint.restore(workdir)))") if shapes[0] == shapes[1] else ""
 
 
-def described(runs: list[Config]) -> str:
-    """'a single run' (``runs`` empty), else how many were trained together and their sweep."""
-    return f"{len(runs)} runs trained together ({_sweep(runs)})" if runs else "a single run"
+def which_runs(runs: list[Config]) -> str:
+    """'a single run' (``runs`` empty), else how many were trained together (``fit_runs``) and their sweep."""
+    return f"{plural(len(runs), 'run')} trained together ({_sweep(runs)})" if runs else "a single run"
 
 
 def _sweep(configs: list[Config]) -> str:

@@ -119,14 +119,19 @@ def test_runs_trained_together_resume_as_a_whole(tmp_path):
 def test_a_preset_that_asks_for_another_count_of_runs_than_the_workdir_holds_names_both(tmp_path):
     two = saved(tmp_path / "two", [TINY.replace(seed=s) for s in (0, 1)])
     one = saved(tmp_path / "one", [TINY])
-    fix = r"\. Leave --preset out to train it on with its own settings, or use a new --workdir\.$"
+    one_together = saved(tmp_path / "one_together", [TINY], together=True)      # rnnjax.fit_runs([config])
+    fix = r"\. Leave --preset{} out to train it on with its own settings, or use a new --workdir\.$"
+    lists = r" \(and the lists of --seeds, --lr, --clip\)"
     together = r"runs trained together \(seed 0, 1{}; lr 1; clip 1\)"
-    for w, flags, holds, asked in (
-            (two, [], "2 " + together.format(""), "a single run as --preset tiny asks"),
+    for w, flags, holds, asked, leave in (
+            (two, [], "2 " + together.format(""), "a single run as --preset tiny asks", ""),
             (two, ["--seeds", "0,1,2"], "2 runs",
-             f"3 {together.format(', 2')} as --preset tiny and the flags given ask"),
-            (one, ["--seeds", "0,1"], "a single run", f"2 {together.format('')} .* ask")):
-        with pytest.raises(ValueError, match=rf"^{re.escape(w)} holds {holds}.*, not {asked} for{fix}"):
+             f"3 {together.format(', 2')} as --preset tiny and the flags given ask", lists),
+            (one, ["--seeds", "0,1"], "a single run", f"2 {together.format('')} .* ask", lists),
+            (one_together, ["--seeds", "0,1"], r"1 run trained together \(seed 0; lr 1; clip 1\)", "2 runs",
+             lists)):
+        with pytest.raises(ValueError, match=rf"^{re.escape(w)} holds {holds}.*, not {asked}.* for"
+                                             rf"{fix.format(leave)}"):
             settings(cli.parse_args(["--workdir", w, "--preset", "tiny", *flags]))
 
 
