@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-import jax
-
 from experiments import cli, flags, stopping
 from rnnjax import checkpoint, config as config_lib, spelling
+from rnnjax.state import seed_key
 
 
 def disagreements(config: config_lib.Config, requested: dict) -> list[str]:
@@ -33,7 +32,7 @@ def predict_only(args: argparse.Namespace) -> None:
     sampling = {}
     if args.sample:       # --seed seeds the draws here, not the model
         sampling = {"temperature": args.temperature, "top_k": args.top_k,
-                    "key": jax.random.key(args.seed[0] if args.seed is not None else 0, impl="threefry2x32")}
+                    "key": seed_key(args.seed[0] if args.seed is not None else 0)}
     try:
         restored = checkpoint.restore(args.workdir, best=args.best, run=args.run)
     except checkpoint.DamagedCheckpoint as e:     # generate from another one, saying so

@@ -39,8 +39,9 @@ import numpy as np  # noqa: E402
 
 from experiments import sine_figures  # noqa: E402
 from experiments.sine_models import (LINEAR_OPTIMIZER, RNN_OPTIMIZER, Linear, RNNForecaster,  # noqa: E402
-                                     forward, init, minibatch_train, rollout, seed_key)
+                                     forward, init, minibatch_train, rollout)
 from rnnjax import backend, spelling  # noqa: E402
+from rnnjax.state import seed_key  # noqa: E402
 from rnnjax.workdir import WorkdirError, write_atomically  # noqa: E402
 
 T, TAU, NUM_TRAIN, MAX_STEPS, STEPS = 1000, 4, 600, 64, (1, 4, 16, 64)

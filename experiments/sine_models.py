@@ -11,9 +11,8 @@ import jax.numpy as jnp
 import optax
 
 from rnnjax.model import RNN, SimpleRNNCell
+from rnnjax.state import seed_key
 
-# A seed's draws, the same whatever $JAX_DEFAULT_PRNG_IMPL says.
-seed_key = functools.partial(jax.random.key, impl="threefry2x32")
 # Each made once: a static argument of the compiled epoch, which a new one would compile again.
 LINEAR_OPTIMIZER = optax.sgd(0.01)
 RNN_OPTIMIZER = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.003))

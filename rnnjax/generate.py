@@ -28,7 +28,7 @@ from rnnjax.config import whole
 from rnnjax.spelling import got, spelt
 from rnnjax.model import RNNLM
 from rnnjax.xla import hashable
-from rnnjax.state import check_model_params
+from rnnjax.state import check_model_params, seed_key
 from rnnjax.vocab import Vocab
 
 # Characters one call generates at most: every one is kept (B x (L + padded(num_preds)) int32) and
@@ -200,7 +200,7 @@ def predict_batch(model: RNNLM, params, vocab: Vocab, prefixes: Iterable[str], n
     if temperature is None and top_k is None and key is None:
         tokens = decode_greedy(params, prefix, lengths, steps)
     else:
-        key = jax.random.key(0, impl="threefry2x32") if key is None else key     # the same draws everywhere
+        key = seed_key(0) if key is None else key
         temperature = 1.0 if temperature is None else temperature
         tokens = decode_sample(params, prefix, lengths, steps, key, temperature, top_k or 0, (vocab.unk,))
     tokens = np.asarray(tokens)

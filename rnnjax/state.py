@@ -156,12 +156,19 @@ def abstract_run_states(configs: list[Config], vocab_size: int) -> TrainState:
     return jax.tree.map(stacked, _abstract_state(configs[0], vocab_size, per_run=True))
 
 
+SEED_PRNG = "threefry2x32"
+
+
+def seed_key(seed: Any) -> jax.Array:
+    """A seed's key, ``SEED_PRNG``'s whatever ``$JAX_DEFAULT_PRNG_IMPL`` says: a seed draws the same
+    parameters, dropout masks and samples everywhere."""
+    return jax.random.key(seed, impl=SEED_PRNG)
+
+
 def _init(model: RNNLM, num_steps: int) -> Callable:
     """``seed -> params`` of ``model``: the key and the dummy input made inside (made eagerly, each would
-    compile a small program of its own); threefry's whatever ``$JAX_DEFAULT_PRNG_IMPL`` says, so that a
-    seed gives the same run everywhere."""
-    return lambda seed: model.init(jax.random.key(seed, impl="threefry2x32"),
-                                   jnp.zeros((1, num_steps), jnp.int32))["params"]
+    compile a small program of its own)."""
+    return lambda seed: model.init(seed_key(seed), jnp.zeros((1, num_steps), jnp.int32))["params"]
 
 
 @per_module()

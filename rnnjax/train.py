@@ -42,7 +42,7 @@ from rnnjax.data import Batch, Windows, WindowedText
 # What fit raises and its defaults, importable from here too.
 from rnnjax.loop import CHECKPOINT_EVERY, STEPS_PER_CALL, FitResult  # noqa: F401
 from rnnjax.start import Plan, check_plan, planned
-from rnnjax.state import TrainState, create_train_state
+from rnnjax.state import SEED_PRNG, TrainState, create_train_state, seed_key
 from rnnjax.diverging import NonFiniteLoss  # noqa: F401
 from rnnjax.stops import Interrupted  # noqa: F401
 
@@ -155,7 +155,7 @@ def eval_steps(state: TrainState, batches: Batch, axis_name: str | None = None) 
 def dropout_key(config: Config) -> jax.Array | None:
     """The ``rng`` of ``train_step`` that turns ``config``'s dropout on (of its seed: a resume draws the same
     masks); ``None`` where it has none."""
-    return jax.random.key_data(jax.random.key(config.seed, impl="threefry2x32")) if config.dropout else None
+    return jax.random.key_data(seed_key(config.seed)) if config.dropout else None
 
 
 def _threefry(rng: Any) -> jax.Array:
@@ -168,7 +168,7 @@ def _threefry(rng: Any) -> jax.Array:
         raise ValueError(f"train_step's rng is a dropout key (rnnjax.train.dropout_key(config), jax.random."
                          f"PRNGKey(seed)): two uint32 words, not {dtype or type(rng).__name__} of shape "
                          f"{shape}.")
-    return jax.random.wrap_key_data(rng, impl="threefry2x32") if shape == (2,) else rng
+    return jax.random.wrap_key_data(rng, impl=SEED_PRNG) if shape == (2,) else rng
 
 
 _KEYS: contextvars.ContextVar[list | None] = contextvars.ContextVar("rnnjax_train_keys", default=None)
