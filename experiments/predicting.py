@@ -51,7 +51,7 @@ def predict_only(args: argparse.Namespace) -> None:
                                          f"than the flags ask for: {'; '.join(differ)}.")
     text = restored.predict(args.predict, args.num_preds, **sampling)
     # stderr: stdout is the text alone, for pipes.
-    unused = ", ".join(args.not_used[:-1]) + " and " * (len(args.not_used) > 1) + "".join(args.not_used[-1:])
+    unused = spelling.in_words(args.not_used)
     not_used = f"; {unused}: for training, not used to predict" if args.not_used else ""
     prompt = restored.prompt(args.predict)
     cleaned = "" if prompt == args.predict else \

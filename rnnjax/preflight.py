@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from rnnjax import metrics as metrics_lib, summed
-from rnnjax.spelling import got, leaf_types, spelt, type_change
+from rnnjax.spelling import got, in_words, leaf_types, spelt, type_change
 from rnnjax.data import WindowedText
 from rnnjax.parallel import AXIS
 from rnnjax.start import Plan
@@ -120,8 +120,7 @@ def _check_combined(step: Callable, args: tuple, kwargs: dict) -> bool:
                     + f" and {len(params) - 1} more parameters" * (len(params) > 1))
     if what:
         hint = " (the gradients: under pmap a pmean-ed loss's are each device's own)" if params else ""
-        what = ", ".join(what[:-1]) + " and " * (len(what) > 1) + what[-1]
-        raise ValueError(f"loop.run's step sums {what} over none of the devices it runs on "
+        raise ValueError(f"loop.run's step sums {in_words(what)} over none of the devices it runs on "
                          "(jax.lax.psum over its axis_name): each would train a model of its own, or log its "
                          f"own loss; give axis_name on to rnnjax.train.train_windows, or psum them{hint}.")
     _check_own_metrics("loop.run's step", shape[1], [k[len("[1]"):] for k in alone if k.startswith("[1]")])

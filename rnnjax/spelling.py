@@ -103,6 +103,12 @@ def choices(names) -> str:
     return ", ".join(n if re.fullmatch(r"[\w.+-]+", n) else said(n) for n in sorted(names))
 
 
+def in_words(items) -> str:
+    """Items as a sentence lists them: ``a``, ``a and b``, ``a, b and c``."""
+    items = list(map(str, items))
+    return ", ".join(items[:-1]) + " and " * (len(items) > 1) + "".join(items[-1:])
+
+
 def listed(values) -> str:
     return ",".join(shown(v) for v in values)
 

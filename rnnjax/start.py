@@ -23,7 +23,7 @@ from rnnjax.arguments import check
 from rnnjax.backend import available_cores, cpu_device_count_chosen
 from rnnjax.cells import CELLS, OWN_CELLS, is_own, registered_as, registered_own
 from rnnjax.config import Config, label
-from rnnjax.spelling import as_flags, spelt
+from rnnjax.spelling import as_flags, in_words, spelt
 from rnnjax.data import WindowedText
 from rnnjax.meta import INIT_FROM, TRAINED_BY
 from rnnjax.position import Position
@@ -120,8 +120,7 @@ class Plan:
                      "checkpoint (trained again): dropped")
         hint += f"; {self.workdir / step_lines.FILENAME} {self.steps_lost}" if self.steps_lost else ""
         if self.aside:
-            names, numbered = (", ".join(p.name for p in ps[:-1]) + " and " * (len(ps) > 1) + ps[-1].name
-                               for ps in zip(*self.aside))
+            names, numbered = (in_words(p.name for p in ps) for ps in zip(*self.aside))
             hint += (f"; {self.workdir} holds what an earlier run wrote, with no checkpoint to resume "
                      f"from: moving {names} aside, as {numbered}")
         cell = self.config.cell

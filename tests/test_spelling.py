@@ -1,4 +1,4 @@
-from rnnjax.spelling import as_flags, choices, disagreement, flag_spelling, plural, shown, spelt
+from rnnjax.spelling import as_flags, choices, disagreement, flag_spelling, in_words, plural, shown, spelt
 
 
 def test_values_are_shown_as_typed_and_give_their_value_back():
@@ -37,6 +37,11 @@ def test_a_disagreement_names_the_setting_given_and_the_value_the_run_has():
         assert disagreement("seed", (1, 0), [0, 1]) == "--seeds 1,0 (it has 0,1, in that order)"
         assert (disagreement("bidirectional", (False,), [True])
                 == "--no-bidirectional (it has --bidirectional)")
+
+
+def test_items_are_listed_as_a_sentence_lists_them():
+    lists = ([], ["a"], ["a", "b"], ("a", "b", "c"))
+    assert [in_words(x) for x in lists] == ["", "a", "a and b", "a, b and c"]
 
 
 def test_choices_are_sorted_words_quoted_where_one_is_not_a_plain_word():
