@@ -14,6 +14,7 @@ that ``RNN``, ``RNNLM``, generation and checkpoints ask of a cell:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 from typing import Any
@@ -42,6 +43,8 @@ def lacks(cell: Any) -> list[str]:
         pass
     try:                        # flax's older (rng, batch_dims, size), a static method, binds no (rng, shape)
         inspect.signature(cell.initialize_carry).bind(None, None)
+        if getattr(type(cell), "initialize_carry", None) is nn.RNNCellBase.initialize_carry:  # raises, unmade
+            raise TypeError
     except (AttributeError, TypeError):
         missing.append("initialize_carry(rng, input_shape)")
     except ValueError:
@@ -107,11 +110,23 @@ def step_problem(cell: nn.Module, input_size: int) -> str | None:
     return None
 
 
-def sized_otherwise(cell: nn.Module) -> str | None:
-    """The name of ``cell``'s first field where it is not an int: rnnjax makes a cell as
-    ``CELLS[name](num_hiddens)``, the hidden size given to that field."""
-    fields = [f for f in dataclasses.fields(cell) if f.init and f.name not in ("parent", "name")]
-    return fields[0].name if fields and fields[0].type not in (int, "int") else None
+def sized_otherwise(factory: Any) -> str | None:
+    """``name: type`` of the field that ``factory(num_hiddens)``, as rnnjax makes a cell, gives the hidden
+    size to, where it is declared other than an int (``scale: float``); ``None`` where it is an int, or
+    where ``factory`` is not a cell class or a ``functools.partial`` of one (a function places it itself)."""
+    while isinstance(factory, functools.partial) and not factory.args:
+        factory = factory.func
+    if not (isinstance(factory, type) and dataclasses.is_dataclass(factory)):
+        return None
+    fields = [f for f in dataclasses.fields(factory) if f.init and f.name not in ("parent", "name")]
+    if not fields:
+        return None
+    name, declared = fields[0].name, fields[0].type
+    if not isinstance(declared, str):       # Optional[int].__name__ is "Optional": its repr names the int
+        named = isinstance(declared, type) or inspect.isbuiltin(declared)
+        declared = declared.__name__ if named else repr(declared)
+    # int, int | None, Optional[int], np.int32, Any, a TypeVar: an int may be meant
+    return None if re.search(r"\b(int\d*|Any|Integral|integer)\b|^~", declared) else f"{name}: {declared}"
 
 
 def _shapes(tree: Any) -> str:

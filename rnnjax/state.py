@@ -69,6 +69,12 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
         raise ConfigError(f"rnnjax makes the cell {config.cell!r} as "
                           f"rnnjax.CELLS[{config.cell!r}](num_hiddens{given}), which fails ({e}): register a "
                           "functools.partial of it that sets its other arguments.") from None
+    field = sized_otherwise(CELLS[config.cell])
+    if field:           # it would train at another width than the config says, silently
+        raise ConfigError(f"rnnjax makes a cell as rnnjax.CELLS[{config.cell!r}](num_hiddens), which gives "
+                          f"num_hiddens={config.num_hiddens} to {type(cell).__name__}'s first field, "
+                          f"{field}: declare the hidden size (an int) first, as flax's cells do (features), "
+                          "or register a function of num_hiddens that makes the cell.")
     missing = lacks(cell)
     if missing:
         raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] makes a {type(cell).__name__}, which is not a "
@@ -83,10 +89,8 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
         except StepFailed as e:             # in the cell's own code: said, and raised from its error
             problem, cause = str(e), e.__cause__
     if problem:         # rather than JAX's error about scan's carry, or flax's about its rngs, mid-trace
-        field = sized_otherwise(cell)
-        hint = f" (num_hiddens={config.num_hiddens} went to its first field, {field})" if field else ""
         raise StepProblem(f"rnnjax.CELLS[{config.cell!r}] makes a {type(cell).__name__} whose step "
-                          f"{problem}{hint}.") from cause
+                          f"{problem}.") from cause
     remat = kernel == "fused"
     if config.num_layers == 1 and not config.bidirectional:      # dropout acts between layers only
         rnn = RNN(cell, unroll=config.unroll, remat=remat)

@@ -218,6 +218,12 @@ class ShapeOnlyInitCell(DenseCell):
         return jnp.zeros((*input_shape[:-1], self.features))
 
 
+class NoInitCarryCell(nn.RNNCellBase):
+    """Written without ``initialize_carry``: ``nn.RNNCellBase``'s, which raises NotImplementedError."""
+    features: int
+    __call__, num_feature_axes = DenseCell.__call__, DenseCell.num_feature_axes
+
+
 class OlderFlaxInitCell(DenseCell):
     """flax's older protocol: a static ``initialize_carry(rng, batch_dims, size)``."""
 
@@ -230,6 +236,7 @@ class OlderFlaxInitCell(DenseCell):
     (nn.Dense, r"__call__\(carry, x\), initialize_carry\(rng, input_shape\), num_feature_axes"),
     (CarryOnlyCell, r"__call__\(carry, x\)"),
     (ShapeOnlyInitCell, r"initialize_carry\(rng, input_shape\)"),
+    (NoInitCarryCell, r"initialize_carry\(rng, input_shape\)"),        # not the NotImplementedError of a step
     (OlderFlaxInitCell, r"initialize_carry\(rng, input_shape\)"),
 ])
 def test_a_registered_module_that_is_not_a_cell_is_refused_naming_the_protocol(registered, lacking,

@@ -3,6 +3,7 @@ Through ``make_model``, with the sentences a user reads, in test_custom_cell.py.
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from rnnjax.cells import GRUCell, LSTMCell, SimpleRNNCell
@@ -17,7 +18,7 @@ def test_lacks_names_what_of_the_protocol_a_module_lacks():
     everything = ["__call__(carry, x)", "initialize_carry(rng, input_shape)", "num_feature_axes"]
     assert lacks(nn.Dense(4)) == everything
     assert lacks("rnn") == lacks(None) == everything
-    assert lacks(nn.RNNCellBase()) == ["__call__(carry, x)", "num_feature_axes"]   # flax's base: not a cell
+    assert lacks(nn.RNNCellBase()) == everything        # flax's base: not a cell (its methods raise)
 
 
 class _Cell(nn.RNNCellBase):
@@ -61,27 +62,38 @@ def test_a_step_that_fails_in_the_cells_own_code_raises_from_its_error():
     assert isinstance(e.value.__cause__, RuntimeError)
 
 
-def test_a_cell_whose_first_field_is_not_its_size_is_named_where_its_step_fails(monkeypatch):
+def test_a_cell_whose_first_field_is_not_its_size_is_refused_before_it_trains_at_another_width(monkeypatch):
     """rnnjax makes a cell as CELLS[name](num_hiddens): a cell whose first field is another gets the size
-    there, and its step failed in an error of its own code (an int called as the activation)."""
+    there. One of a float trained silently at its default width while config.json said num_hiddens (day-2
+    researcher); one of a callable failed in its own code (an int called as the activation)."""
+    import functools
+    from typing import Any, Optional
+
     from conftest import TINY, DenseCell
     from rnnjax import model as model_lib
-    from rnnjax.protocol import StepProblem, sized_otherwise
+    from rnnjax.config import ConfigError
+    from rnnjax.protocol import sized_otherwise
     from rnnjax.state import make_model
 
-    class ActivationFirst(nn.RNNCellBase):
-        activation: callable = jnp.tanh
-        features: int = 8
-
-        @nn.compact
-        def __call__(self, h, x):
-            h = self.activation(nn.Dense(self.features)(x) + nn.Dense(self.features)(h))
-            return h, h
-
-        initialize_carry, num_feature_axes = DenseCell.initialize_carry, DenseCell.num_feature_axes
-    assert sized_otherwise(ActivationFirst()) == "activation"
-    assert [sized_otherwise(c) for c in CELLS] == [None] * len(CELLS)
-    monkeypatch.setitem(model_lib.CELLS, "first", ActivationFirst)
-    said = r"\(TypeError: 'int' object is not callable\) \(num_hiddens=16 went to its first field, activation"
-    with pytest.raises(StepProblem, match=said):
+    def first(name, annotation):
+        body = {"__annotations__": {name: annotation, "features": int}, name: None, "features": 8,
+                "__call__": nn.compact(DenseCell.__call__), "initialize_carry": DenseCell.initialize_carry,
+                "num_feature_axes": DenseCell.num_feature_axes}
+        return type("Cell", (nn.RNNCellBase,), body)
+    for annotation in (callable, float, str, bool, "float"):
+        named = getattr(annotation, "__name__", annotation)
+        assert sized_otherwise(first("scale", annotation)) == f"scale: {named}"
+    for annotation in (int, "int", int | None, Optional[int], "int | None", np.int32, Any):
+        assert sized_otherwise(first("size", annotation)) is None
+    assert [sized_otherwise(type(c)) for c in CELLS] == [None] * len(CELLS)
+    Scaled = first("scale", float)
+    assert sized_otherwise(functools.partial(Scaled, features=4)) == "scale: float"
+    assert sized_otherwise(lambda n, **kw: Scaled(features=n)) is None        # a function places it itself
+    monkeypatch.setitem(model_lib.CELLS, "first", Scaled)
+    said = (r"^rnnjax makes a cell as rnnjax.CELLS\['first'\]\(num_hiddens\), which gives num_hiddens=16 to "
+            r"Cell's first field, scale: float: declare the hidden size \(an int\) first, as flax's cells do "
+            r"\(features\), or register a function of num_hiddens that makes the cell\.$")
+    with pytest.raises(ConfigError, match=said):
         make_model(TINY.replace(cell="first"), 7)
+    monkeypatch.setitem(model_lib.CELLS, "first", lambda n: Scaled(1.0, n))
+    assert make_model(TINY.replace(cell="first"), 7).rnn.cell.features == TINY.num_hiddens
