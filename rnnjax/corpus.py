@@ -256,6 +256,11 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
             instead = ("give a UTF-8 text file's path" if name == "text" else
                        "leave it out (None) to take $RNNJAX_TIMEMACHINE or d2l's download")
             raise DataError(f"load's {name} is empty (''); {instead}.")
+        # A path is a line of at most PATH_MAX: not the text itself (a file named with a newline still is one)
+        if isinstance(path, str) and ("\n" in path or len(path) > 4096) and not os.path.exists(path):
+            raise DataError(f"load's {name} is a file's path, and this one is {len(path):,} characters "
+                            f"({path[:30]!r}...), a text itself: write it to a file and give the file's path "
+                            "(rnnjax.Corpus takes a text itself, as text=...).")
     try:
         d2l = (config.token, config.preprocess, config.val_fraction) == ("char", "d2l", 0.0)
         if text is None and d2l and config.min_freq <= 1 and vocab is None:

@@ -317,6 +317,13 @@ def test_load_refuses_a_config_that_is_not_one_in_one_sentence():
         corpus.load(TINY, text="")          # it read ". is a directory"
     with pytest.raises(DataError, match=r"^load's data is empty \(''\); leave it out \(None\) to take "):
         corpus.load(TINY, data="")          # it took the default file, or downloaded
+    book = "The Time Machine, by H. G. Wells\n\n" + "I\n" * 3000        # the text itself (Corpus's text=)
+    for name, given, size in (("text", book, "6,034"), ("data", "x" * 5000, "5,000"), ("text", "a\nb", "3")):
+        said = (rf"^load's {name} is a file's path, and this one is {size} characters \('.{{1,40}}'\.\.\.\), "
+                r"a text itself: write it to a file and give the file's path \(rnnjax.Corpus takes a text "
+                r"itself, as text=\.\.\.\)\.$")
+        with pytest.raises(DataError, match=said):       # it quoted the whole book, "(File name too long)"
+            corpus.load(TINY, **{name: given})
 
 
 def test_a_text_read_mostly_as_unknown_in_the_vocabulary_given_is_said(tmp_path, monkeypatch):
