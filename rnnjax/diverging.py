@@ -56,6 +56,12 @@ def check_finite(call_metrics: list[dict], epoch: int, start: int, steps_per_epo
         if not math.isfinite(loss_sum):
             reason = (f"the training loss is {loss_sum / count} at epoch {epoch + 1}, step {start + i + 1} "
                       f"of {steps_per_epoch}")
+            if epoch == 0 and start + i == 0:       # before any update: no learning rate made it
+                reason += ", the run's first, of its starting parameters"
+                said = (f"{reason[0].upper()}{reason[1:]}: the parameters it starts from (fit's params, or "
+                        "the cell's initialization) or the cell's step give it, not the learning rate; it "
+                        "stopped without saving.")
+                raise NonFiniteLoss(said, reason)
             raise NonFiniteLoss(
                 f"{reason[0].upper()}{reason[1:]}: the run diverged, and stopped without saving it (its "
                 f"checkpoints stay as they were). Train again in a new {spelt('workdir')} with a smaller "

@@ -166,7 +166,10 @@ def test_fit_writes_one_metrics_record_per_epoch(small_data, tmp_path):
 def test_non_finite_loss_stops_with_epoch_and_step(small_data, tmp_path):
     params = create_train_state(SMALL, len(small_data.vocab)).params
     params["output_layer"]["bias"] = params["output_layer"]["bias"].at[3].set(jnp.nan)
-    with pytest.raises(NonFiniteLoss, match=r"is nan at epoch 1, step 1 of 13"):
+    said = (r"^The training loss is nan at epoch 1, step 1 of 13, the run's first, of its starting "
+            r"parameters: the parameters it starts from \(fit's params, or the cell's initialization\) or "
+            r"the cell's step give it, not the learning rate; it stopped without saving\.$")   # "smaller lr"
+    with pytest.raises(NonFiniteLoss, match=said):
         fit(SMALL, small_data, tmp_path, devices=1, params=params)
     assert not (tmp_path / "metrics.jsonl").exists()
 
