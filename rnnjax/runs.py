@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from rnnjax import agree, checkpoint, loop, train as train_lib
 from rnnjax.config import SWEEPABLE, Config, ConfigError, label
+from rnnjax.spelling import got
 from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, planned
@@ -76,13 +77,23 @@ def eval_runs(states: TrainState, batches: Batch, axis_name: str | None = None) 
     return jax.vmap(lambda state: train_lib.eval_steps(state, batches, axis_name))(states)
 
 
-def summary(history: list[dict], stopped: Sequence[str | None] = (), runs: Iterable[int] | None = None
-            ) -> dict[str, dict[str, float]]:
+def summary(history: list[dict] | FitResult, stopped: Sequence[str | None] = (),
+            runs: Iterable[int] | None = None) -> dict[str, dict[str, float]]:
     """Mean, min and max over the runs (or those of ``runs``, indices: a ``groups``' one) of their last
-    epoch's ``train_ppl``, ``val_ppl``, ``val_bpc``; runs that stopped left out: their last record says why
-    (``stopped``), or, for logs written before it did, ``stopped`` (a ``FitResult``'s) does. ``ValueError``
-    if every run (chosen) stopped, ``runs`` names one the history holds nothing of, or the runs differ in
-    other settings than the seed (``groups``)."""
+    epoch's ``train_ppl``, ``val_ppl``, ``val_bpc`` in ``history`` (a ``FitResult``'s, or the result);
+    runs that stopped left out: their last record says why (``stopped``), or, for logs written before it
+    did, ``stopped`` (a ``FitResult``'s) does. ``ValueError`` if every run (chosen) stopped, ``runs`` names
+    one the history holds nothing of, or the runs differ in other settings than the seed (``groups``)."""
+    if isinstance(history, FitResult):
+        history, stopped = history.history, stopped or history.stopped
+    if isinstance(history, (str, dict)) or not isinstance(history, Iterable):
+        raise TypeError(f"summary takes a history, the records of fit_runs' result (result.history), not "
+                        f"{got(history)}.")
+    history = list(history)
+    for r in history:
+        if not isinstance(r, dict) or not {"epoch", *SUMMARIZED} <= set(r) and "stopped" not in r:
+            raise ValueError(f"The history holds {r!r:.80}, not an epoch's record (a dict of epoch, "
+                             f"{', '.join(SUMMARIZED)}, as metrics.jsonl's lines).")
     out = {r.get("run") for r in history if "stopped" in r} | {k for k, why in enumerate(stopped) if why}
     wanted = None if runs is None else _indices(runs)
     if wanted == set():
@@ -101,7 +112,11 @@ def summary(history: list[dict], stopped: Sequence[str | None] = (), runs: Itera
     last = max(r["epoch"] for r in kept)
     final = [r for r in kept if r["epoch"] == last]
     return {k: {"mean": statistics.fmean(r[k] for r in final), "min": min(r[k] for r in final),
-                "max": max(r[k] for r in final)} for k in ("train_ppl", "val_ppl", "val_bpc")}
+                "max": max(r[k] for r in final)} for k in SUMMARIZED}
+
+
+# What ``summary`` ranges, of each run's last epoch.
+SUMMARIZED = ("train_ppl", "val_ppl", "val_bpc")
 
 
 def _indices(runs: Iterable[int]) -> set[int]:
@@ -118,6 +133,7 @@ def groups(configs: Sequence[Config]) -> dict[str, list[int]]:
     """The runs trained together by their settings other than the seed, as ``{"lr 0.5": [indices]}``, in
     the order of their first run: a mean over runs of other rates is no result. One group, ``""``, where
     only the seeds differ."""
+    configs = _listed(configs)          # a generator is read once
     varied = [k for k in SWEEPABLE if k != "seed" and len({getattr(c, k) for c in configs}) > 1]
     out: dict[str, list[int]] = {}
     for k, c in enumerate(configs):

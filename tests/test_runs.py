@@ -305,12 +305,25 @@ def test_summary_of_the_last_epoch():
     indices = r"^runs are the indices of runs \(a list of ints, a groups\(\) value\), got 1\.$"
     with pytest.raises(TypeError, match=indices):
         runs.summary(history, runs=1)
+    # The result itself, its stopped too (a TypeError: 'FitResult' object is not iterable, before).
+    result = runs.FitResult(state=None, history=[*history, older], workdir=".", stopped=(None,) * 3 + ("x",))
+    assert runs.summary(result) == table and runs.summary(iter(history)) == table
+    with pytest.raises(TypeError, match=r"^summary takes a history, the records of fit_runs' result "):
+        runs.summary("metrics.jsonl")
+    for record in ({"epoch": 1, "val_ppl": 3.0}, ["epoch", 1]):        # a bare KeyError: 'train_ppl', before
+        said = (r"^The history holds .*, not an epoch's record \(a dict of epoch, train_ppl, val_ppl, "
+                r"val_bpc, as metrics.jsonl's lines\)\.$")
+        with pytest.raises(ValueError, match=said):
+            runs.summary([*history, record])
 
 
 def test_runs_are_grouped_by_their_settings_other_than_the_seed():
     """A sweep's summary line had averaged over three learning rates (researcher day 6)."""
     configs = [TINY.replace(seed=s, lr=lr) for lr in (0.5, 1.0) for s in (0, 1)]
     assert runs.groups(configs) == {"lr 0.5": [0, 1], "lr 1": [2, 3]}
+    assert runs.groups(c for c in configs) == runs.groups(configs)       # a generator: {}, read twice before
+    with pytest.raises(ConfigError, match="^configs must be a list of Config objects"):
+        runs.groups(TINY)
     assert runs.groups([c.replace(lr=1.0) for c in configs]) == {"": [0, 1, 2, 3]}      # seeds alone
     mixed = [TINY.replace(lr=1.0, clip=c) for c in (1.0, 2.0)] + [TINY.replace(lr=2.0, clip=1.0)]
     assert list(runs.groups(mixed)) == ["lr 1, clip 1", "lr 1, clip 2", "lr 2, clip 1"]
