@@ -17,7 +17,7 @@ from rnnjax import kernels, optimizers
 from rnnjax.optimizer_checks import changing, check_kept, check_rates, failing
 from rnnjax.xla import CompiledPerShape, init_compiler_options, per_module
 from rnnjax.cells import OWN_CELLS, registered_own
-from rnnjax.config import Config, ConfigError
+from rnnjax.config import Config, ConfigError, check_runs, listed
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
 from rnnjax.precision import COMPUTE_DTYPES
 from rnnjax.protocol import StepFailed, StepProblem, lacks, sized_otherwise, step_problem
@@ -116,7 +116,10 @@ def make_optimizer(config: Config, per_run: bool = False) -> optax.GradientTrans
 
 def create_run_states(configs: list[Config], vocab_size: int, params: Any = None) -> TrainState:
     """Step 0 of each config's run, stacked on a leading run axis (its own seed, ``clip`` and ``lr``); each
-    from ``params`` (one run's: a fine-tune of several rates), else initialized from its own seed."""
+    from ``params`` (one run's: a fine-tune of several rates), else initialized from its own seed. Runs in one
+    program differ in ``SWEEPABLE`` only (``ConfigError``)."""
+    configs = listed(configs)
+    check_runs(configs)     # else they'd be made as the first one's model, silently
     model = make_model(configs[0], vocab_size)
     if params is not None:
         check_params(params, configs[0], vocab_size)

@@ -108,6 +108,15 @@ def test_run_states_are_each_runs_own_step_zero():
         clip, sgd = stacked.opt_state
         assert float(clip.hyperparams["max_norm"][r]) == config.clip
         assert float(sgd.hyperparams["learning_rate"][r]) == config.lr
+    # Runs of another shape were made as the first one's model, silently (day-2 researcher).
+    from rnnjax.config import ConfigError
+    for other, said in ((TINY.replace(cell="gru"), "differ in cell"), (TINY.replace(optimizer="adam"),
+                        "differ in optimizer"), (TINY, "Two of the runs are the same run")):
+        with pytest.raises(ConfigError, match=said):
+            state.create_run_states([TINY, other], 18)
+    with pytest.raises(ConfigError, match=r"^configs must be a list of Config objects, not of type Config"):
+        state.create_run_states(TINY, 18)
+    assert state.create_run_states(iter(configs), 18).step.shape == (3,)
     assert stacked.step.tolist() == [0, 0, 0]
 
 
