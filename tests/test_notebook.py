@@ -124,6 +124,36 @@ def test_a_setting_that_is_no_whole_number_is_one_sentence(monkeypatch):
     assert whole_number("RNNJAX_RUN") == 3 and whole_number("RNNJAX_UNSET", 30) == 30
 
 
+def test_the_curve_of_a_run_stopped_in_its_first_epoch_is_said_to_be_none_yet(tmp_path, capsys):
+    """A run stopped by Ctrl-C in its first epoch has a checkpoint and no metrics.jsonl: the plot's cell
+    raised FileNotFoundError (IndexError where the file was empty), the cells after it unrun (day-2
+    researcher). The cell itself, run without a kernel."""
+    import types
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from rnnjax import metrics
+    matplotlib.use("Agg")
+    cell = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"][2]
+    assert "metrics.MetricsLog" in cell.source
+    namespace = {"metrics": metrics, "Path": Path, "plt": plt, "np": np, "workdir": str(tmp_path),
+                 "run": None, "restored": types.SimpleNamespace(step=31240)}
+    log = tmp_path / metrics.FILENAME
+    record = {"epoch": 1, "step": 13, "train_ppl": 20.5, "val_ppl": None}         # a diverged validation
+    for content, said in ((None, "No epoch has ended yet (step 31240): no curve to draw."),
+                          ("", "No epoch has ended yet (step 31240): no curve to draw."),
+                          (json.dumps(record) + "\n", "final: train 20.50, val not finite"),
+                          ("not json\n" + json.dumps(record) + "\n", f"{log}, line 1, is not a metrics")):
+        log.unlink(missing_ok=True)
+        if content is not None:
+            log.write_text(content)
+        exec(cell.source, dict(namespace))
+        assert capsys.readouterr().out.startswith(said)
+    plt.close("all")
+
+
 @pytest.mark.slow
 def test_a_run_the_workdir_does_not_hold_is_restore_s_sentence(tmp_path, monkeypatch):
     from rnnjax import TimeMachine, fit
