@@ -207,6 +207,11 @@ def _save_failed(mngr: ocp.CheckpointManager, step: int | None, e: Exception) ->
     last = ("it has no complete checkpoint" if latest is None
             else f"its last complete checkpoint is step {latest}")
     what = f"step {step}" if step is not None else "a checkpoint"
+    if jax.process_count() > 1 and ("Gloo" in str(e) or isinstance(e, jax.errors.JaxRuntimeError)):
+        # a peer killed in the save's collective: its disk is not the cause
+        return CheckpointError(f"Saving {what} to {directory} failed ({reason(e)}): another process of the "
+                               f"multi-host run stopped or failed; training stopped and {last}. Start every "
+                               "process again to resume.")
     return CheckpointError(f"Saving {what} to {directory} failed ({reason(e)}); training stopped and "
                            f"{last}. Free space (or fix the cause) and {again()} to resume.")
 

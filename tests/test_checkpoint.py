@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 import signal
 import time
 
@@ -136,6 +137,14 @@ def test_a_failed_save_never_names_its_own_step_as_the_last_complete_one(tmp_pat
                     r"do not share one workdir folder")
         with pytest.raises(CheckpointError, match=unshared):
             checkpoint.check_saved(mngr)
+        # A peer killed in the save's collective: "Free space" misled too (multi-host, hostile pass).
+        monkeypatch.setattr(jax, "process_count", lambda: 2)
+        lost = ValueError("UNKNOWN: Gloo AllGather failed: [pair.cc:538] Read error: Connection reset")
+        said = (r"^Saving step 3 to .* failed \(ValueError: UNKNOWN: Gloo AllGather failed: .*\): another "
+                r"process of the multi-host run stopped or failed; training stopped and it has no complete "
+                r"checkpoint\. Start every process again to resume\.$")
+        assert re.match(said, str(checkpoint._save_failed(mngr, 3, lost)))
+        assert "Free space" in str(checkpoint._save_failed(mngr, 3, OSError(28, "No space left on device")))
     finally:
         mngr.close()
 
