@@ -61,10 +61,15 @@ class _StopFlag:
 
     @staticmethod
     def _second(signum: int) -> Interrupted:
+        jax = sys.modules.get("jax")
+        if jax is not None and jax.process_count() > 1:     # the others wait on this one's collectives
+            then = ("The other processes of the multi-host run may wait for this one: stop them too, then "
+                    "start every process again to resume.")
+        else:
+            then = f"{again().capitalize()} to resume."
         stop = Interrupted(f"Stopped at once by a second signal {signum} ({signal.Signals(signum).name}): "
                            "the workdir keeps its last complete checkpoint, the first signal's where its "
-                           f"save finished (one cut short is never listed). {again().capitalize()} to "
-                           "resume.", signum)
+                           f"save finished (one cut short is never listed). {then}", signum)
         stop.at_once = True         # in a multi-host run, a checkpoint manager it leaves waits for no save
         return stop
 

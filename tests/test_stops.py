@@ -18,7 +18,25 @@ def test_a_second_signal_stops_at_once_naming_it_and_a_third_is_ignored():
                                               r"save finished") as info:
             flag(signal.SIGTERM, None)
         assert info.value.signum == signal.SIGTERM   # the CLI exits 143, not 130
+        assert str(info.value).endswith("(one cut short is never listed). Train again in the same workdir to "
+                                        "resume.")
         flag(signal.SIGINT, None)                    # while that unwinds: nothing more
+
+
+def test_a_second_signal_to_a_process_of_a_multi_host_run_says_to_stop_the_others(monkeypatch):
+    """The others waited on its collectives, silent for 90 s, then aborted (hostile pass): said."""
+    import signal
+
+    import jax
+
+    from rnnjax.stops import Interrupted, catch_signals
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with catch_signals() as flag:
+        flag(signal.SIGINT, None)
+        said = (r"\(one cut short is never listed\)\. The other processes of the multi-host run may wait for "
+                r"this one: stop them too, then start every process again to resume\.$")
+        with pytest.raises(Interrupted, match=said):
+            flag(signal.SIGINT, None)
 
 
 def test_a_second_signal_inside_held_stops_once_the_block_has_run():
