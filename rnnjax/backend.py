@@ -17,6 +17,7 @@ import gc
 import numbers
 import os
 import platform
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -84,6 +85,11 @@ def check_cpu_device_count() -> None:
     its CPU backend; a million keep a CPU busy, deaf to signals, until memory runs out."""
     typed, count = os.environ.get("JAX_NUM_CPU_DEVICES"), jax.config.jax_num_cpu_devices
     asked = [("$JAX_NUM_CPU_DEVICES", _as_int(typed), repr(typed))] if typed is not None else []
+    # XLA's own flag: 0 fails JAX's start in a traceback, "abc" aborts the process in XLA's usage text
+    flagged = re.findall(r"--xla_force_host_platform_device_count=(\S*)", os.environ.get("XLA_FLAGS", ""))
+    if flagged:
+        asked.append(("$XLA_FLAGS's --xla_force_host_platform_device_count", _as_int(flagged[-1]),
+                      repr(flagged[-1])))
     for name, value, shown in asked + ([("jax_num_cpu_devices", count, None)] if count != -1 else []):
         if not (_whole_number(value) and value <= MAX_CPU_DEVICES):
             raise ValueError(f"{name} must be a whole number from 1 to {MAX_CPU_DEVICES} (the CPU devices "

@@ -95,6 +95,14 @@ def test_a_jax_num_cpu_devices_that_jax_would_fail_on_or_take_as_one_is_refused(
         backend.use_cpu_cores(8)
     monkeypatch.setenv("JAX_NUM_CPU_DEVICES", " 2")          # as JAX reads it: refused by nothing
     assert backend.use_cpu_cores(8) is None                  # this session's count, chosen
+    # XLA's flag of the same: 0 was JAX's traceback, "abc" XLA's abort with its usage (hostile pass)
+    monkeypatch.delenv("JAX_NUM_CPU_DEVICES")
+    flags = f"--xla_cpu_use_thunk_runtime=true --xla_force_host_platform_device_count={typed}"
+    monkeypatch.setenv("XLA_FLAGS", flags)
+    said = (rf"^\$XLA_FLAGS's --xla_force_host_platform_device_count must be a whole number from 1 to 2048 "
+            rf"\(the CPU devices JAX makes\), got {re.escape(repr(typed))}\.$")
+    with pytest.raises(ValueError, match=said):
+        backend.start()
 
 
 def test_use_cpu_cores_after_jax_started_warns_that_it_changed_nothing(monkeypatch):
