@@ -80,9 +80,10 @@ MAX_CPU_DEVICES = 2048      # past it a CPU computation fails ("multiprocess"); 
 
 
 def check_cpu_device_count() -> None:
-    """``ValueError`` where ``$JAX_NUM_CPU_DEVICES`` or ``jax_num_cpu_devices`` is not a whole number from 1
-    to ``MAX_CPU_DEVICES`` (JAX's -1, unset, aside): JAX takes 0 and below as one device, or fails to start
-    its CPU backend; a million keep a CPU busy, deaf to signals, until memory runs out."""
+    """``ValueError`` where ``$JAX_NUM_CPU_DEVICES``, ``jax_num_cpu_devices`` or ``$XLA_FLAGS``' device count
+    is not a whole number from 1 to ``MAX_CPU_DEVICES`` (JAX's -1, unset, aside): JAX takes 0 and below as
+    one device, or fails to start its CPU backend; a million keep a CPU busy, deaf to signals, until memory
+    runs out."""
     typed, count = os.environ.get("JAX_NUM_CPU_DEVICES"), jax.config.jax_num_cpu_devices
     asked = [("$JAX_NUM_CPU_DEVICES", _as_int(typed), repr(typed))] if typed is not None else []
     # XLA's own flag: 0 fails JAX's start in a traceback, "abc" aborts the process in XLA's usage text
