@@ -250,6 +250,7 @@ def _abstract_state(config: Config, vocab_size: int, per_run: bool = False) -> T
 def check_params(params: Any, config: Config, vocab_size: int) -> None:
     """``ValueError`` in one sentence, naming a leaf, unless ``params`` have the tree, shapes and dtypes
     (float32) of the parameters ``config`` makes for ``vocab_size`` tokens."""
+    _not_variables(params)
     what = (f"The parameters do not fit the config (cell {config.cell!r}, num_hiddens={config.num_hiddens}, "
             f"vocabulary {vocab_size})")
     _check_fit(params, abstract_train_state(config, vocab_size).params, what)
@@ -257,14 +258,18 @@ def check_params(params: Any, config: Config, vocab_size: int) -> None:
 
 def check_model_params(params: Any, model: RNNLM) -> None:
     """``check_params`` against the parameters ``model`` makes, of any floating dtype (for inference)."""
-    if isinstance(params, Mapping) and set(params) == {"params"}:
-        raise ValueError("Give the parameters themselves (a restored run's .params), not flax's variables "
-                         "{'params': params}.")
+    _not_variables(params)
     what = f"The parameters do not fit the model (vocabulary {model.vocab_size})"
     try:        # as each prompt is: the shapes cached per model, traced anew before a refusal (see _made)
         _check_fit(params, _made_once(model), what, any_float=True)
     except ValueError:
         _check_fit(params, _made(model), what, any_float=True)
+
+
+def _not_variables(params: Any) -> None:
+    if isinstance(params, Mapping) and set(params) == {"params"}:
+        raise ValueError("Give the parameters themselves (a restored run's .params), not flax's variables "
+                         "{'params': params}.")
 
 
 def _check_fit(params: Any, abstract: Any, what: str, any_float: bool = False) -> None:

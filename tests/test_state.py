@@ -80,6 +80,8 @@ def test_params_of_another_tree_kind_or_dtype_are_refused_naming_the_leaf(change
         state.check_params(change(params), TINY, 28)
     state.check_params(jax.tree.map(np.asarray, params), TINY, 28)     # NumPy float32 arrays are fine
     state.check_params(jax.tree.map(lambda x: np.asarray(x, np.float64), params), TINY, 28)   # JAX's float32
+    with pytest.raises(ValueError, match=r"^Give the parameters themselves .*, not flax's variables"):
+        state.check_params({"params": params}, TINY, 28)        # as fit's params=: inference said it, fit not
 
 
 @pytest.mark.parametrize("vocab_size", [0, -3, 2.5, True, "28"])
