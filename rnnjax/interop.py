@@ -1,18 +1,23 @@
 """Parameters to and from PyTorch's ``state_dict`` of ``nn.RNN``/``nn.GRU``/``nn.LSTM`` + ``nn.Linear``.
 
 A d2l reader can bring a model trained in the PyTorch tab into rnnjax (and
-back) with no torch import: the state dict is a dict of NumPy arrays
-(``{k: v.numpy() for k, v in model.state_dict().items()}``). Keys are
+back) with no torch import: ``from_torch`` takes the module, its
+``state_dict()`` (tensors of any dtype) or a dict of NumPy arrays. Keys are
 matched under any prefix: the recurrent layer's ``weight_ih_l{k}``,
 ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (``_reverse`` for the
 second direction), and the one other ``weight``/``bias`` pair, the output
 ``nn.Linear`` (d2l's ``RNNLM`` names them ``rnn.rnn.*`` and ``linear.*``).
-How each cell's weights map is in its docstring (``rnnjax.cells``).
+The config gives what a state dict does not hold: the cell, ``num_layers``,
+``bidirectional`` and ``nonlinearity`` (``nn.RNN``'s relu); given the module,
+they are checked against its. A module of ``bias=False`` converts with zero
+biases (rnnjax's cells have them; they train from there). How each cell's
+weights map is in its docstring (``rnnjax.cells``).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -20,7 +25,14 @@ import numpy as np
 
 from rnnjax.cells import CELLS, OWN_CELLS, registered_as
 from rnnjax.config import Config
+from rnnjax.spelling import got
 from rnnjax.state import check_params
+
+# nn.RNN/GRU/LSTM's ``mode``: rnnjax's cell and nonlinearity (None: the cell has none to choose).
+_MODES = {"RNN_TANH": ("rnn", "tanh"), "RNN_RELU": ("rnn", "relu"), "GRU": ("gru", None),
+          "LSTM": ("lstm", None)}
+# A recurrent layer's keys, as nn.RNNBase names them.
+_RECURRENT = re.compile(r"(weight|bias)_(ih|hh|hr)_l\d+(_reverse)?$")
 
 
 def _layer_names(config: Config) -> list[tuple[str, str]]:
@@ -39,8 +51,37 @@ def _check_cell(config: Config) -> None:
                          f"{registered_as(config.cell)}.")
 
 
-def _find(state_dict: dict, name: str, used: set[str]) -> np.ndarray:
+def _entries(source: Any, config: Config) -> dict:
+    """The state dict of ``source``: a torch module's (its recurrent layers' settings checked against
+    ``config``'s), or ``source`` itself; torch tensors as float32 NumPy arrays."""
+    if callable(getattr(source, "state_dict", None)):       # a torch module
+        for m in source.modules():
+            if getattr(m, "mode", None) in _MODES:
+                cell, nonlinearity = _MODES[m.mode]
+                theirs = {"cell": cell, "nonlinearity": nonlinearity or config.nonlinearity,
+                          "num_layers": m.num_layers, "bidirectional": m.bidirectional}
+                differ = [k for k, v in theirs.items() if v != getattr(config, k)]
+                if differ:
+                    raise ValueError(f"The module's {type(m).__name__} has "
+                                     f"{', '.join(f'{k} {theirs[k]!r}' for k in differ)}; the config "
+                                     f"{', '.join(f'{k} {getattr(config, k)!r}' for k in differ)}: give the "
+                                     "config the module's.")
+        source = source.state_dict()
+    if not isinstance(source, Mapping):
+        raise TypeError(f"from_torch takes a PyTorch module, its state_dict() or a dict of arrays, got "
+                        f"{got(source)}.")
+    nested = [k for k, v in source.items() if isinstance(v, Mapping)]
+    if nested:          # torch.save({"model": ..., "optimizer": ...}): a training checkpoint
+        raise ValueError(f"The state dict holds dicts ({', '.join(map(repr, nested[:4]))}), as a training "
+                         f"checkpoint does: give the model's own, checkpoint[{nested[0]!r}] say.")
+    # bfloat16 or a tensor that needs grad has no NumPy view: float32 copies
+    return {k: v.detach().cpu().float().numpy() if hasattr(v, "detach") else v for k, v in source.items()}
+
+
+def _find(state_dict: dict, name: str, used: set[str], zeros: int | None = None) -> np.ndarray:
     keys = [k for k in state_dict if k == name or k.endswith("." + name)]
+    if not keys and zeros is not None:          # bias=False: rnnjax's have them, and zero is none
+        return np.zeros(zeros, np.float32)
     if len(keys) != 1:
         found = "none" if not keys else ", ".join(keys)
         raise ValueError(f"The state dict needs exactly one key ending in {name!r}; found {found}.")
@@ -53,18 +94,23 @@ def _linear(state_dict: dict, used: set[str]) -> tuple[np.ndarray, np.ndarray]:
     if len(prefixes) != 1:
         raise ValueError(f"The state dict needs exactly one output layer's 'weight' beside the recurrent "
                          f"layer's; found {len(prefixes)}: {prefixes}.")
-    return _find(state_dict, prefixes[0] + "weight", used), _find(state_dict, prefixes[0] + "bias", used)
+    weight = _find(state_dict, prefixes[0] + "weight", used)
+    return weight, _find(state_dict, prefixes[0] + "bias", used, zeros=len(weight))
 
 
-def from_torch(state_dict: dict[str, Any], config: Config) -> dict:
-    """The ``RNNLM`` parameters of ``config`` (cell, layers, directions) from a PyTorch state dict, every
-    key of which they use (a layer more, or ``proj_size``'s weights, would otherwise be dropped)."""
+def from_torch(state_dict: Any, config: Config) -> dict:
+    """The ``RNNLM`` parameters of ``config`` (cell, layers, directions, nonlinearity) from a PyTorch
+    module or state dict (module doc), every key of which they use (a layer more, or ``proj_size``'s
+    weights, would otherwise be dropped)."""
     _check_cell(config)
+    state_dict = _entries(state_dict, config)
+    biased = any(re.search(r"bias_(ih|hh)_l\d+(_reverse)?$", k) for k in state_dict)
     rnn: dict = {}
     used: set[str] = set()
     for ours, theirs in _layer_names(config):
-        w_ih, w_hh, b_ih, b_hh = (_find(state_dict, f"{name}_{theirs}", used)
-                                  for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        w_ih, w_hh = (_find(state_dict, f"{name}_{theirs}", used) for name in ("weight_ih", "weight_hh"))
+        b_ih, b_hh = (_find(state_dict, f"{name}_{theirs}", used, zeros=None if biased else len(w_ih))
+                      for name in ("bias_ih", "bias_hh"))
         if config.cell == "rnn":
             cell = {"W_xh": w_ih.T, "W_hh": w_hh.T, "b_h": b_ih + b_hh}
         else:
@@ -72,6 +118,11 @@ def from_torch(state_dict: dict[str, Any], config: Config) -> dict:
         (rnn.setdefault(ours, {}) if ours else rnn)["cell"] = cell
     weight, bias = _linear(state_dict, used)
     unused = sorted(set(state_dict) - used)
+    other = [k for k in unused if not _RECURRENT.search(k)]
+    if other:           # a step count, a norm layer's buffers: not the model's weights
+        raise ValueError(f"The state dict has entries that are not weights of an nn.RNN, nn.GRU or nn.LSTM "
+                         f"and its output nn.Linear ({', '.join(other[:4])}{', ...' if other[4:] else ''}): "
+                         "give those modules' state dict alone.")
     if unused:
         raise ValueError(f"The state dict has weights the config's model has none of ({', '.join(unused[:4])}"
                          f"{', ...' if unused[4:] else ''}): give the config PyTorch's num_layers and "
@@ -110,4 +161,4 @@ def to_torch(params: dict, config: Config, prefix: str = "rnn.rnn.", linear_pref
                     f"{prefix}bias_ih_{theirs}": b_ih, f"{prefix}bias_hh_{theirs}": b_hh})
     out[linear_prefix + "weight"] = np.asarray(params["output_layer"]["kernel"]).T
     out[linear_prefix + "bias"] = np.asarray(params["output_layer"]["bias"])
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+    return {k: np.array(v, order="C") for k, v in out.items()}       # writable: torch.from_numpy warns else

@@ -163,3 +163,109 @@ def test_a_cell_of_ones_own_is_refused_in_one_sentence_both_ways(monkeypatch):
     monkeypatch.setitem(cells.CELLS, "gru", nn.GRUCell)              # flax's under rnnjax's name
     with pytest.raises(ValueError, match="the config's cell 'gru' is GRUCell"):
         from_torch(known_state_dict("gru", 1, False), config_of("gru", 1, False))
+
+
+class FakeTensor:
+    """What from_torch asks of a torch tensor (bfloat16, or one that needs grad, has no NumPy view)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def detach(self):
+        return self
+
+    def cpu(self):
+        return self
+
+    def float(self):
+        return FakeTensor(np.asarray(self.array, np.float32))
+
+    def numpy(self):
+        return self.array
+
+
+class FakeModule:
+    """A torch module as from_torch reads one: its state dict, and its recurrent layers' settings."""
+
+    def __init__(self, state_dict, mode, num_layers=1, bidirectional=False):
+        self.sd, self.mode, self.num_layers, self.bidirectional = state_dict, mode, num_layers, bidirectional
+
+    def state_dict(self):
+        return {k: FakeTensor(v) for k, v in self.sd.items()}
+
+    def modules(self):
+        return iter([self])
+
+
+def test_a_module_tensors_and_bias_free_layers_convert_and_settings_a_dict_lacks_are_checked():
+    """A PyTorch user's second day: relu's nn.RNN converted silently at tanh (logits 0.22 off torch's);
+    bfloat16 tensors, ones that need grad and the module itself failed in torch's own errors; bias=False
+    was a missing key."""
+    config = config_of("rnn", 2, True)
+    sd = known_state_dict("rnn", 2, True)
+    expected = from_torch(sd, config)
+    for given in (FakeModule(sd, "RNN_TANH", 2, True), {k: FakeTensor(v) for k, v in sd.items()}):
+        for a, b in zip(jax.tree.leaves(from_torch(given, config)), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_array_equal(a, b)
+    for mode, num_layers, bidirectional, said in (
+            ("RNN_RELU", 2, True, "has nonlinearity 'relu'; the config nonlinearity 'tanh'"),
+            ("GRU", 1, True, "has cell 'gru', num_layers 1; the config cell 'rnn', num_layers 2"),
+            ("RNN_TANH", 2, False, "has bidirectional False; the config bidirectional True")):
+        with pytest.raises(ValueError, match=rf"^The module's FakeModule {said}: give the config the module"):
+            from_torch(FakeModule(sd, mode, num_layers, bidirectional), config)
+    relu = config.replace(nonlinearity="relu")
+    relu_params = from_torch(FakeModule(sd, "RNN_RELU", 2, True), relu)
+    assert jax.tree.structure(relu_params) == jax.tree.structure(expected)
+    bias_free = {k: v for k, v in sd.items() if "bias" not in k}      # nn.RNN and nn.Linear of bias=False
+    zeroed = {k: np.zeros_like(v) if "bias" in k else v for k, v in sd.items()}
+    zeros = jax.tree.leaves(from_torch(zeroed, config))
+    for a, b in zip(jax.tree.leaves(from_torch(bias_free, config)), zeros, strict=True):
+        np.testing.assert_array_equal(a, b)
+    one_lost = {k: v for k, v in sd.items() if k != "rnn.rnn.bias_hh_l1"}       # not bias=False: no zeros
+    with pytest.raises(ValueError, match="exactly one key ending in 'bias_hh_l1'; found none"):
+        from_torch(one_lost, config)
+
+
+def test_a_training_checkpoint_or_entries_that_are_not_weights_say_what_to_give():
+    config = config_of("gru", 1, False)
+    sd = known_state_dict("gru", 1, False)
+    said = (r"^The state dict holds dicts \('model', 'optimizer'\), as a training checkpoint does: give the "
+            r"model's own, checkpoint\['model'\] say\.$")
+    with pytest.raises(ValueError, match=said):
+        from_torch({"model": sd, "optimizer": {}, "epoch": 3}, config)
+    said = (r"^The state dict has entries that are not weights of an nn.RNN, nn.GRU or nn.LSTM and its "
+            r"output nn.Linear \(bn.num_batches_tracked, step\): give those modules' state dict alone\.$")
+    with pytest.raises(ValueError, match=said):         # it said to give the config PyTorch's num_layers
+        from_torch({**sd, "step": 7, "bn.num_batches_tracked": np.int64(3)}, config)
+    said = r"^from_torch takes a PyTorch module, its state_dict\(\) or a dict of arrays, got a list\.$"
+    with pytest.raises(TypeError, match=said):
+        from_torch(list(sd.values()), config)
+
+
+def test_to_torch_gives_arrays_torch_may_write():
+    """Its biases were read-only views of JAX's arrays: torch.from_numpy warned of undefined behaviour."""
+    config = config_of("lstm", 1, False)
+    assert all(v.flags.writeable and v.flags.c_contiguous
+               for v in to_torch(create_train_state(config, V).params, config).values())
+
+
+def test_a_torch_module_in_bfloat16_converts_as_its_float32_weights():
+    torch = pytest.importorskip("torch")
+
+    class RNNLM(torch.nn.Module):       # d2l's, of a relu nn.RNN without biases
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.RNN(V, H, nonlinearity="relu", bias=False)
+            self.linear = torch.nn.Linear(H, V)
+
+    torch.manual_seed(0)
+    model = RNNLM()
+    config = config_of("rnn", 1, False).replace(nonlinearity="relu")
+    X = np.random.default_rng(2).integers(0, V, (4, 9))
+    with torch.no_grad():
+        out, _ = model.rnn(torch.nn.functional.one_hot(torch.tensor(X.T), V).float())
+        expected = model.linear(out).swapaxes(0, 1).numpy()
+    logits = make_model(config, V).apply({"params": from_torch(model, config)}, jnp.asarray(X))
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    halved = from_torch(model.to(torch.bfloat16), config)          # the tensors need grad, too
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(halved))
