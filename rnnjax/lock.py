@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from rnnjax.source import cache_dir
 from rnnjax.spelling import again, spelt
 from rnnjax.stored import CONFIG, steps
 
@@ -230,3 +232,33 @@ def _remove_unused(made: list[Path], fds: list[int]) -> None:
         os.unlink(lockfile)
         for folder in made:
             os.rmdir(folder)            # only if empty: a parent another run has written to since stays
+
+
+# Held for this process's life (the kernel releases them as it ends, however it ends).
+_CLAIMED: list[int] = []
+
+
+def claim_process(coordinator: str, process_id: int) -> None:
+    """Holds, for this process's life, a lock on this machine naming process ``process_id`` of the
+    multi-host run at ``coordinator``: ``ValueError`` if another process holds it. A second process of one
+    id that joins is taken by JAX for the first restarted, and every process of the run aborts unsaved."""
+    name = re.sub(r"[^\w.-]", "_", coordinator)
+    path = cache_dir() / "processes" / f"{name}-{process_id}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError:             # a cache folder not writable: unchecked, as on another machine
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise ValueError(f"Process {process_id} of the multi-host run at {coordinator} is running on this "
+                         f"machine already{by}: a second one joining as {spelt('process_id', process_id)} "
+                         "would stop every process of the run unsaved. Give each process its own id, or stop "
+                         "that one first.") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _CLAIMED.append(fd)

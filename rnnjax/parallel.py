@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from rnnjax import lock
 from rnnjax.xla import CompiledPerShape
 from rnnjax.spelling import as_flags, said, shown, spelt
 
@@ -104,6 +105,8 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
     """
     if coordinator is not None and process_id == 0:
         _check_port_free(coordinator)
+    if coordinator is not None and process_id is not None:
+        lock.claim_process(coordinator, process_id)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     # Its SIGTERM handler would take the signal from the loop's, which agrees on a stop itself.
     jax.config.update("jax_enable_preemption_service", False)

@@ -186,3 +186,29 @@ def test_an_unmakeable_workdir_is_one_error(tmp_path, monkeypatch):
                                                 rf"{tmp_path / lock.LOCKFILE}: Permission denied\)\.$"):
         with lock.lock(tmp_path):
             pass
+
+
+def test_a_second_process_of_one_id_of_a_multi_host_run_is_refused_and_a_killed_one_leaves_its_id(
+        tmp_path, monkeypatch):
+    """A process restarted under the id of one still running joined, and JAX aborted every process of the
+    run, unsaved (hostile pass: 'unexpectedly tried to connect with a different incarnation')."""
+    monkeypatch.setenv("RNNJAX_CACHE", str(tmp_path))
+    code = ("import sys; from rnnjax import lock\n"
+            "lock.claim_process('host:1234', 1); print('joined', flush=True); sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "joined"
+        said = (rf"^Process 1 of the multi-host run at host:1234 is running on this machine already \(pid "
+                rf"{proc.pid}\): a second one joining as process_id=1 would stop every process of the run "
+                r"unsaved\. Give each process its own id, or stop that one first\.$")
+        with pytest.raises(ValueError, match=said):
+            lock.claim_process("host:1234", 1)
+        lock.claim_process("host:1234", 0)           # another id of the run, and another run's
+        lock.claim_process("other:1234", 1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    lock.claim_process("host:1234", 1)               # the kernel released it: no stale claim
+    assert sorted(p.name for p in (tmp_path / "processes").iterdir()) == [
+        "host_1234-0.lock", "host_1234-1.lock", "other_1234-1.lock"]
