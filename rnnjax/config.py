@@ -129,6 +129,12 @@ class Config:
     # bit: its plan says so, rnnjax.computing.changed); compute_dtype may not: bfloat16 is another experiment.
     RESUMABLE = frozenset({"epochs", "kernel", "matmul_precision"})
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Config:
+        unknown = [k for k in kwargs if k not in cls.__dataclass_fields__]      # replace() makes one too
+        if unknown:         # not Python's "unexpected keyword argument": the field meant
+            raise TypeError(_no_field(cls, unknown[0]))
+        return super().__new__(cls)
+
     def __post_init__(self):
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _typed(f.name, getattr(self, f.name), type(f.default)))
@@ -205,9 +211,7 @@ class Config:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = cls.unknown_fields(d)
         if unknown:
-            close = difflib.get_close_matches(unknown[0], names, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else f"; its fields are {', '.join(names)}"
-            raise ConfigError(f"a Config has no field {unknown[0]!r}{hint}.")
+            raise ConfigError(_no_field(cls, unknown[0]))
         if d.get("fused") is False and "kernel" not in d:      # saved before Config.kernel
             d = {**d, "kernel": "plain"}
         return cls(**{k: v for k, v in d.items() if k in names})
@@ -217,6 +221,13 @@ class Config:
         """The keys of ``d`` that no rnnjax up to this one wrote: a newer one's fields, or misspelt ones."""
         names = {f.name for f in dataclasses.fields(cls)}
         return [k for k in d if k not in names and k not in _REMOVED]
+
+
+def _no_field(cls: type, name: str) -> str:
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else f"; its fields are {', '.join(names)}"
+    return f"a Config has no field {name!r}{hint}."
 
 
 _REMOVED = ("fused",)           # fields older rnnjax saved that Config has since dropped: read, ignored

@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 import json
 import math
@@ -23,6 +24,11 @@ def test_json_round_trip_and_old_checkpoints_without_new_fields():
     # saved before Config.kernel: the fused flag it replaced
     assert Config.from_json({**old, "fused": False}) == Config(kernel="plain")
     assert Config.from_json({**old, "fused": True}) == Config()
+    # Made or replaced in code: Python's "unexpected keyword argument 'batchsize'", before (library user)
+    for make in (lambda: Config(num_hidden=64), lambda: config.replace(num_hidden=64)):
+        with pytest.raises(TypeError, match=misspelt):
+            make()
+    assert copy.deepcopy(config) == config == copy.copy(config)      # made again without keywords
 
 
 @pytest.mark.parametrize("change,message", [
