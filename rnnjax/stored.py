@@ -179,9 +179,9 @@ def reason(e: Exception) -> str:
 
 
 def steps(workdir: Path) -> list[int]:
-    """The workdir's complete checkpoints; creates nothing. ``CheckpointError`` for a step folder orbax
-    would misread (``0300`` is read as step 300, whose folder does not exist), and for a workdir that cannot
-    be listed (a name too long for the system, a folder this process may not read)."""
+    """The workdir's complete checkpoints, in order; creates nothing. ``CheckpointError`` for a step folder
+    orbax would misread (``0300`` is read as step 300, whose folder does not exist), and for a workdir that
+    cannot be listed (a name too long for the system, a folder this process may not read)."""
     directory = Path(workdir) / SUBDIR
     try:
         if not directory.exists():
@@ -193,7 +193,7 @@ def steps(workdir: Path) -> list[int]:
                     continue
                 raise CheckpointError(f"{entry} is not a checkpoint rnnjax wrote (it names each by its step, "
                                       f"as {int(entry.name)}, a folder); move it out of {directory}.")
-        return ocp.utils.checkpoint_steps(directory)
+        return sorted(ocp.utils.checkpoint_steps(directory))      # orbax's: in the folder's listing order
     except OSError as e:
         raise unreadable_workdir(workdir, e) from None
 

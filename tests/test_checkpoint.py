@@ -337,3 +337,11 @@ def test_a_second_signal_leaves_the_manager_without_waiting_for_its_saves(tmp_pa
             raise second
     assert closes == managers[1:]
     close(managers[0])
+
+
+def test_steps_are_listed_in_order(tmp_path, monkeypatch):
+    """orbax lists them in the folder's order: [39, 26, 52] (library user)."""
+    import orbax.checkpoint as ocp
+    (tmp_path / checkpoint.SUBDIR).mkdir()
+    monkeypatch.setattr(ocp.utils, "checkpoint_steps", lambda directory: [39, 26, 52])
+    assert checkpoint.steps(tmp_path) == [26, 39, 52]
