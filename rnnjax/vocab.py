@@ -47,11 +47,18 @@ class Vocab:
         return [self[t] for t in tokens]
 
     def to_tokens(self, indices):
-        if hasattr(indices, "__len__") and len(indices) > 1:
-            return [self.idx_to_token[int(i)] for i in indices]
-        if hasattr(indices, "__len__"):
-            indices = indices[0]
-        return self.idx_to_token[int(indices)]
+        """d2l's: the token of an index (a NumPy or JAX scalar too), or the tokens of several."""
+        if np.ndim(indices) == 0:
+            return self._token(indices)
+        tokens = [self._token(i) for i in indices]
+        return tokens[0] if len(tokens) == 1 else tokens
+
+    def _token(self, index) -> str:
+        k = int(index)
+        if not 0 <= k < len(self.idx_to_token):         # -1 would read the last token
+            raise IndexError(f"{k} is no token's index in this vocabulary of {len(self.idx_to_token)} "
+                             f"(0 to {len(self.idx_to_token) - 1}).")
+        return self.idx_to_token[k]
 
     @property
     def unk(self) -> int:
@@ -86,7 +93,7 @@ class Vocab:
 
     def decode(self, indices) -> str:
         """The text of ``indices``: characters joined, or words joined by spaces."""
-        return (" " if self.kind == "word" else "").join(self.idx_to_token[int(i)] for i in indices)
+        return (" " if self.kind == "word" else "").join(self._token(i) for i in indices)
 
     def to_json(self) -> dict:
         """``idx_to_token``, and ``token`` and ``text_sha1`` where they are not d2l's characters of

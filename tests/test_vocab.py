@@ -21,6 +21,15 @@ def test_words_encode_and_decode():
         vocab.encode("It has time")
     with pytest.raises(ValueError, match="no words"):
         vocab.encode("  \n")
+    # -1 read the last token; a JAX scalar (argmax's) and [] failed in len(); d2l's to_tokens otherwise
+    import jax.numpy as jnp
+    assert vocab.to_tokens(jnp.argmax(jnp.array([0.0, 1.0]))) == vocab.idx_to_token[1]
+    assert vocab.to_tokens([]) == [] and vocab.to_tokens([1]) == vocab.idx_to_token[1]
+    assert vocab.to_tokens(np.array([1, 2])) == vocab.idx_to_token[1:3]
+    said = r"^-?\d is no token's index in this vocabulary of 4 \(0 to 3\)\.$"
+    for bad in (lambda: vocab.decode([-1]), lambda: vocab.to_tokens(4), lambda: vocab.to_tokens([0, 9])):
+        with pytest.raises(IndexError, match=said):
+            bad()
 
 
 def test_characters_outside_a_raw_vocabulary_are_named_without_d2ls_alphabet():
