@@ -3,7 +3,9 @@
 Every ``Config`` field is a flag of ``python -m experiments.timemachine``
 (``--num-hiddens``, ``--kernel``, ...; ``experiments.flags``), its help the
 field's ``help`` below: a new field needs no CLI edit. Values are checked
-when a ``Config`` is made, so a bad one fails before any work starts.
+when a ``Config`` is made, so a bad one fails before any work starts; the
+optimizer's name as a run starts (one may be registered after the config is
+made, ``rnnjax.OPTIMIZERS``), still before any work.
 """
 
 from __future__ import annotations
