@@ -280,11 +280,12 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
             unseen = [t for t in own.vocab.idx_to_token if t != "<unk>" and t not in vocab.token_to_idx]
             more = f" and {len(unseen) - 10} more" if len(unseen) > 10 else ""
             listed = ", ".join(map(repr, unseen[:10])) + more
+            # New words are a fine-tune's own (the vocabulary is the run's); another cleaning is a mistake.
             warnings.warn(f"{unknown:.0%} more of the text's tokens are read as <unk> in the vocabulary "
-                          f"given than in the text's own: {len(unseen)} it lacks ({listed}); clean the text "
-                          f"as the vocabulary's run did, where it was cleaned otherwise (its config's "
-                          f"{spelt('preprocess')} and {spelt('token')}; here "
-                          f"{spelt('preprocess', config.preprocess)}).", stacklevel=2)
+                          f"given than in the text's own: {len(unseen)} it lacks ({listed}), which training "
+                          f"on it cannot add. Where the text was cleaned otherwise than the vocabulary's "
+                          f"run's, clean it alike (its config's {spelt('preprocess')} and {spelt('token')}; "
+                          f"here {spelt('preprocess', config.preprocess)}).", stacklevel=2)
         return made
     except OSError as e:            # unreadable (permissions, a vanished file): one sentence
         why = e.strerror or type(e).__name__
