@@ -175,7 +175,9 @@ def _saved_params(state_dir: Path) -> Any:
 def reason(e: Exception) -> str:
     """An exception in a few words: its type and first line (orbax's can run to dozens of lines)."""
     first = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {first[:160]}{'...' if len(first) > 160 else ''}"
+    if len(first) > 160:        # cut between words ("Requested byte ra..." read as a word cut short)
+        first = (first[:160].rsplit(" ", 1)[0] if " " in first[80:160] else first[:160]) + "..."
+    return f"{type(e).__name__}: {first}"
 
 
 def steps(workdir: Path) -> list[int]:

@@ -240,3 +240,15 @@ def test_a_checkpoints_folder_that_cannot_be_listed_is_one_sentence_where_read(t
                  lambda w: fit(TINY.replace(epochs=2), data, w, devices=1, log=None)):
         with pytest.raises(stored.CheckpointError, match=said):
             read(tmp_path)
+
+
+def test_an_error_of_orbax_s_is_said_in_its_type_and_first_line_cut_between_words():
+    """orbax's errors run to dozens of lines; cut mid-word, "Requested byte ra..." (PyTorch user)."""
+    from rnnjax.stored import reason
+    long = ("OUT_OF_RANGE: Error reading \"params.output_layer.kernel/0.0\" in OCDBT database at local "
+            "file \"/w/checkpoints/26/state/\": Requested byte range [0, 4096) is not valid for value of "
+            "size 12\nsecond line")
+    said = reason(ValueError(long))
+    assert said.startswith("ValueError: OUT_OF_RANGE: Error reading") and said.endswith(" is not...")
+    assert reason(KeyError("x")) == "KeyError: 'x'"
+    assert reason(ValueError("a" * 200)) == f"ValueError: {'a' * 160}..."        # no space to cut at
