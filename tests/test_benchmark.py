@@ -65,6 +65,7 @@ def test_benchmark_smoke(real_text_path, tmp_path, capsys, monkeypatch):
     assert all((mb[t] is None) == on_cpu for t in torch & names)
     said = capsys.readouterr().out
     assert f"; written to {out} after each part\n" in said
+    assert "warning: 1 round(s) of 2 steps show the command works; its ratios need more to hold" in said
     out = said
     assert "rnnjax's step is" in out and "2 seeds in one program: a step of all of them is" in out
     assert "rnnjax's step allocates" in out and "flax's" in out

@@ -160,6 +160,9 @@ def benchmark(args, json_path: Path, out_dir: Path) -> None:
           + f"; written to {json_path} after each part")
     if busy(info):
         print(busy(info))
+    if args.rounds < 3 or args.steps < 20:          # a median of one or two short rounds is their noise
+        print(f"warning: {args.rounds} round(s) of {args.steps} steps show the command works; its ratios "
+              "need more to hold (the default: 7 rounds of 60 steps).")
 
     contenders = contenders_for(args, one_device_too=True)
     print(f"steady-state training step, d2l's recipe ({s.cell}, {s.num_layers} layer(s)), {args.rounds} "
