@@ -82,6 +82,10 @@ def _deferred(signum, frame):
         if stops.ended():       # written as is: a print here could land inside another print's write
             os.write(sys.stderr.fileno(), f"Signal {signum} noted: the run is trained and saved; this "
                      "process exits with the others of the multi-host run.\n".encode())
+        elif not stops.stopping():      # joined, compiling: silent until its first step, before
+            os.write(sys.stderr.fileno(), f"Signal {signum} noted: the multi-host run stops at its first "
+                     "step, saved, with its other processes (a second signal stops this one at "
+                     "once).\n".encode())
         return
     stopping.exit_now(f"Stopped at once by a second signal {signum}: the other processes of the multi-host "
                       "run may wait for this one; stop them too.", 128 + signum)

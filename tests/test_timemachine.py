@@ -374,9 +374,10 @@ def test_a_ctrl_c_before_training_that_lands_in_a_gc_callback_is_delivered_again
     assert type(e.value) is KeyboardInterrupt and dropped == []
 
 
-def test_a_multi_host_process_notes_a_signal_after_the_run_and_exits_with_the_others(capfd):
-    """Once joined, a first signal is deferred to the run's next step; once the run has ended (there is
-    none), it is noted in one line and the process goes on to exit with its peers; a second stops it."""
+def test_a_multi_host_process_notes_a_signal_before_or_after_the_run(capfd):
+    """Once joined, a first signal is deferred to the run's next step, and noted in one line; once the run
+    has ended (there is none), noted so, and the process goes on to exit with its peers; a second stops
+    it."""
     with stops.catch_signals():                  # a run that ended, none caught
         pass
     try:
@@ -389,6 +390,14 @@ def test_a_multi_host_process_notes_a_signal_after_the_run_and_exits_with_the_ot
         assert flag.signum is None
     stops.stop_handled()
     assert not stops.ended() and not stops.stopping()
+    try:            # before its run's first step (joined, compiling): it said nothing until that step
+        timemachine._deferred(signal.SIGINT, None)
+        assert capfd.readouterr().err == ("Signal 2 noted: the multi-host run stops at its first step, "
+                                          "saved, with its other processes (a second signal stops this one "
+                                          "at once).\n")
+        assert not stops.defer(signal.SIGINT)    # kept for the run, which starts with it
+    finally:
+        stops.stop_handled()
 
 
 @pytest.mark.parametrize("code,said", [(13, "Stopped: Permission denied (/w/metrics.jsonl); the workdir"),
