@@ -4,6 +4,7 @@ settings (a wrong workdir is worth naming)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from experiments import cli, flags, stopping
 from rnnjax import checkpoint, config as config_lib, spelling
@@ -24,6 +25,9 @@ def disagreements(config: config_lib.Config, requested: dict) -> list[str]:
 
 
 def predict_only(args: argparse.Namespace) -> None:
+    if sys.stdout is None:          # started with it closed (>&-): the text went nowhere, and it exited 0
+        raise ValueError("--predict writes its text to stdout, which is closed: give it a file or a pipe "
+                         "(> text.txt).")
     if args.default_workdir and not checkpoint.steps(args.workdir):
         raise checkpoint.CheckpointError(
             f"--predict without --workdir generates from the run these flags train, in {args.workdir}, which "
