@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import agree, checkpoint, loop, train as train_lib
-from rnnjax.config import SWEEPABLE, Config, ConfigError, check_runs, label, listed  # noqa: F401
+from rnnjax.config import SWEEPABLE, Config, check_runs, label, listed
 from rnnjax.spelling import got
 from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
@@ -47,6 +47,10 @@ def eval_runs(states: TrainState, batches: Batch, axis_name: str | None = None) 
     """``rnnjax.train.eval_steps`` (as it is when called: one of a researcher's own too) for every run, on
     the same batches."""
     return jax.vmap(lambda state: train_lib.eval_steps(state, batches, axis_name))(states)
+
+
+# What ``summary`` ranges, of each run's last epoch.
+SUMMARIZED = ("train_ppl", "val_ppl", "val_bpc")
 
 
 def summary(history: list[dict] | FitResult, stopped: Sequence[str | None] = (),
@@ -85,10 +89,6 @@ def summary(history: list[dict] | FitResult, stopped: Sequence[str | None] = (),
     final = [r for r in kept if r["epoch"] == last]
     return {k: {"mean": statistics.fmean(r[k] for r in final), "min": min(r[k] for r in final),
                 "max": max(r[k] for r in final)} for k in SUMMARIZED}
-
-
-# What ``summary`` ranges, of each run's last epoch.
-SUMMARIZED = ("train_ppl", "val_ppl", "val_bpc")
 
 
 def _indices(runs: Iterable[int]) -> set[int]:
