@@ -44,8 +44,6 @@ def _typed(name: str, value: Any, kind: type) -> Any:
     if number and (isinstance(value, number) and not isinstance(value, bool)
                    or scalar and scalar in ("iu" if kind is int else "iuf")):     # 0-d arrays of numbers too
         try:
-            if kind is float and getattr(getattr(value, "dtype", None), "itemsize", 8) < 8:
-                return float(str(value))    # np.float32(0.1) as 0.1, its shortest digits, not 0.10000000149
             return operator.index(value) if kind is int else float(value)
         except OverflowError:       # an int past float's range
             raise ConfigError(f"{spelt(name)} must be a float, got a number too large for one.") from None
