@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
 import numbers
 import operator
@@ -229,10 +230,16 @@ def _no_field(cls: type, name: str) -> str:
     names = [f.name for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(name, names, n=1)
     hint = f" (did you mean {close[0]}?)" if close else f"; its fields are {', '.join(names)}"
+    if name in _REMOVED:
+        hint = f" ({_REMOVED[name]})"
     return f"a Config has no field {name!r}{hint}."
 
 
-_REMOVED = ("fused",)           # fields older rnnjax saved that Config has since dropped: read, ignored
+# Fields older rnnjax saved that Config has since dropped (from_json reads them), and what replaced them.
+_REMOVED = {"fused": "kernel replaced it: kernel='plain' trains as fused=False did"}
+# Its signature is the fields' (help, a notebook's completion), not __new__'s (*args, **kwargs).
+Config.__signature__ = inspect.signature(Config.__init__).replace(
+    parameters=list(inspect.signature(Config.__init__).parameters.values())[1:])
 
 
 PRESETS: dict[str, Config] = {

@@ -29,6 +29,12 @@ def test_json_round_trip_and_old_checkpoints_without_new_fields():
         with pytest.raises(TypeError, match=misspelt):
             make()
     assert copy.deepcopy(config) == config == copy.copy(config)      # made again without keywords
+    said = r"^a Config has no field 'fused' \(kernel replaced it: kernel='plain' trains as fused=False "
+    said += r"did\)\.$"
+    with pytest.raises(TypeError, match=said):        # not "did you mean seed?"
+        Config(fused=False)
+    import inspect                      # help() and a notebook's completion show the fields, not __new__'s
+    assert list(inspect.signature(Config).parameters) == [f.name for f in dataclasses.fields(Config)]
 
 
 @pytest.mark.parametrize("change,message", [
