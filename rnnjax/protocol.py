@@ -118,15 +118,22 @@ def sized_otherwise(factory: Any) -> str | None:
         factory = factory.func
     if not (isinstance(factory, type) and dataclasses.is_dataclass(factory)):
         return None
-    fields = [f for f in dataclasses.fields(factory) if f.init and f.name not in ("parent", "name")]
+    fields = [f for f in dataclasses.fields(factory)       # where a positional argument goes
+              if f.init and not f.kw_only and f.name not in ("parent", "name")]
     if not fields:
         return None
     name, declared = fields[0].name, fields[0].type
     if not isinstance(declared, str):       # Optional[int].__name__ is "Optional": its repr names the int
         named = isinstance(declared, type) or inspect.isbuiltin(declared)
         declared = declared.__name__ if named else repr(declared)
-    # int, int | None, Optional[int], np.int32, Any, a TypeVar: an int may be meant
-    return None if re.search(r"\b(int\d*|Any|Integral|integer)\b|^~", declared) else f"{name}: {declared}"
+    # Only a type no size is of: an alias, a NewType of int, a union may be meant as one
+    head = re.sub(r"^(typing|collections\.abc|builtins)\.", "", declared.split("[")[0].strip())
+    return f"{name}: {declared}" if head in _NOT_SIZES and "|" not in declared else None
+
+
+# Declared types of a first field that cannot be a hidden size (``sized_otherwise``).
+_NOT_SIZES = {"float", "str", "bool", "complex", "bytes", "list", "tuple", "dict", "set", "frozenset",
+              "callable", "Callable"}
 
 
 def _shapes(tree: Any) -> str:

@@ -66,8 +66,10 @@ def test_a_cell_whose_first_field_is_not_its_size_is_refused_before_it_trains_at
     """rnnjax makes a cell as CELLS[name](num_hiddens): a cell whose first field is another gets the size
     there. One of a float trained silently at its default width while config.json said num_hiddens (day-2
     researcher); one of a callable failed in its own code (an int called as the activation)."""
+    import dataclasses
     import functools
-    from typing import Any, Optional
+    from collections.abc import Callable
+    from typing import Any, NewType, Optional, SupportsInt
 
     from conftest import TINY, DenseCell
     from rnnjax import model as model_lib
@@ -83,8 +85,17 @@ def test_a_cell_whose_first_field_is_not_its_size_is_refused_before_it_trains_at
     for annotation in (callable, float, str, bool, "float"):
         named = getattr(annotation, "__name__", annotation)
         assert sized_otherwise(first("scale", annotation)) == f"scale: {named}"
-    for annotation in (int, "int", int | None, Optional[int], "int | None", np.int32, Any):
+    for annotation in (int, "int", int | None, Optional[int], "int | None", np.int32, Any,     # one meant:
+                       NewType("Hidden", int), "Size", SupportsInt, Callable[[int], int] | int):
         assert sized_otherwise(first("size", annotation)) is None
+    for annotation in (Callable[[int], int], "typing.Callable", "list[int]", "dict"):
+        assert sized_otherwise(first("f", annotation)) is not None
+
+    @dataclasses.dataclass
+    class KeywordFirst:                     # a keyword-only first field: the size goes to the next one
+        scale: float = dataclasses.field(default=1.0, kw_only=True)
+        features: int = 4
+    assert sized_otherwise(KeywordFirst) is None and KeywordFirst(7).features == 7
     assert [sized_otherwise(type(c)) for c in CELLS] == [None] * len(CELLS)
     Scaled = first("scale", float)
     assert sized_otherwise(functools.partial(Scaled, features=4)) == "scale: float"
