@@ -103,6 +103,17 @@ def test_a_jax_num_cpu_devices_that_jax_would_fail_on_or_take_as_one_is_refused(
             rf"\(the CPU devices JAX makes\), got {re.escape(repr(typed))}\.$")
     with pytest.raises(ValueError, match=said):
         backend.start()
+    # Each one given counts (XLA parses them all), as XLA reads it: quoted and signed are numbers, 1_0 not
+    count = "--xla_force_host_platform_device_count="
+    monkeypatch.setenv("XLA_FLAGS", f"{count}{typed} {count}4")
+    with pytest.raises(ValueError, match=said):
+        backend.check_cpu_device_count()
+    for taken in ('"4"', "'4'", "+4"):
+        monkeypatch.setenv("XLA_FLAGS", count + taken)
+        backend.check_cpu_device_count()
+    monkeypatch.setenv("XLA_FLAGS", count + "1_0")
+    with pytest.raises(ValueError, match="got '1_0'"):
+        backend.check_cpu_device_count()
 
 
 def test_use_cpu_cores_after_jax_started_warns_that_it_changed_nothing(monkeypatch):
