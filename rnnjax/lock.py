@@ -234,8 +234,8 @@ def _remove_unused(made: list[Path], fds: list[int]) -> None:
             os.rmdir(folder)            # only if empty: a parent another run has written to since stays
 
 
-# Held for this process's life (the kernel releases them as it ends, however it ends).
-_CLAIMED: list[int] = []
+# Held for this process's life (the kernel releases them as it ends, however it ends), by lock file.
+_CLAIMED: dict[Path, int] = {}
 
 
 def claim_process(coordinator: str, process_id: int) -> None:
@@ -244,6 +244,8 @@ def claim_process(coordinator: str, process_id: int) -> None:
     id that joins is taken by JAX for the first restarted, and every process of the run aborts unsaved."""
     name = re.sub(r"[^\w.-]", "_", coordinator)
     path = cache_dir() / "processes" / f"{name}-{process_id}.lock"
+    if path in _CLAIMED:            # this process's own (a library user joining again after an error)
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -261,4 +263,4 @@ def claim_process(coordinator: str, process_id: int) -> None:
                          "that one first.") from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
-    _CLAIMED.append(fd)
+    _CLAIMED[path] = fd
