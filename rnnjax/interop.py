@@ -54,7 +54,7 @@ def _check_cell(config: Config) -> None:
 def _entries(source: Any, config: Config) -> dict:
     """The state dict of ``source``: a torch module's (its recurrent layers' settings checked against
     ``config``'s), or ``source`` itself; torch tensors as float32 NumPy arrays."""
-    if callable(getattr(source, "state_dict", None)):       # a torch module
+    if all(callable(getattr(source, k, None)) for k in ("state_dict", "modules")):     # a torch module
         for m in source.modules():
             if getattr(m, "mode", None) in _MODES:
                 cell, nonlinearity = _MODES[m.mode]
@@ -67,7 +67,7 @@ def _entries(source: Any, config: Config) -> dict:
                                      f"{', '.join(f'{k} {getattr(config, k)!r}' for k in differ)}: give the "
                                      "config the module's.")
         source = source.state_dict()
-    if not isinstance(source, Mapping):
+    if not isinstance(source, Mapping):         # an optimizer has a state_dict too
         raise TypeError(f"from_torch takes a PyTorch module, its state_dict() or a dict of arrays, got "
                         f"{got(source)}.")
     nested = [k for k, v in source.items() if isinstance(v, Mapping)]
@@ -140,8 +140,9 @@ def to_torch(params: dict, config: Config, prefix: str = "rnn.rnn.", linear_pref
              ) -> dict[str, np.ndarray]:
     """A PyTorch state dict (NumPy arrays) of ``params``, named as d2l's ``RNNLM`` names them.
 
-    The rnn cell's one bias goes to ``bias_ih``; ``bias_hh`` is zero. ``ValueError`` unless ``params``
-    are those of ``config`` (cell, layers, sizes).
+    The rnn cell's one bias goes to ``bias_ih``; ``bias_hh`` is zero. Every bias is given: a module of
+    ``bias=False`` has none to load them into. ``ValueError`` unless ``params`` are those of ``config``
+    (cell, layers, sizes).
     """
     _check_cell(config)
     try:

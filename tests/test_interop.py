@@ -241,6 +241,12 @@ def test_a_training_checkpoint_or_entries_that_are_not_weights_say_what_to_give(
     with pytest.raises(TypeError, match=said):
         from_torch(list(sd.values()), config)
 
+    class Adam:                 # an optimizer has a state_dict too: AttributeError 'modules', before
+        def state_dict(self):
+            return {"state": {}, "param_groups": []}
+    with pytest.raises(TypeError, match=said.replace("a list", "an Adam")):
+        from_torch(Adam(), config)
+
 
 def test_to_torch_gives_arrays_torch_may_write():
     """Its biases were read-only views of JAX's arrays: torch.from_numpy warned of undefined behaviour."""
