@@ -61,10 +61,11 @@ class _StopFlag:
 
     @staticmethod
     def _second(signum: int) -> Interrupted:
-        jax = sys.modules.get("jax")
-        if jax is not None and jax.process_count() > 1:     # the others wait on this one's collectives
-            then = ("The other processes of the multi-host run may wait for this one: stop them too, then "
-                    "start every process again to resume.")
+        # joined to a multi-host run (read without starting JAX's backend: this may come before it starts)
+        distributed = sys.modules.get("jax._src.distributed")
+        if distributed is not None and getattr(distributed.global_state, "client", None) is not None:
+            then = ("The other processes of the multi-host run may wait for this one (its collectives): stop "
+                    "them too, then start every process again to resume.")
         else:
             then = f"{again().capitalize()} to resume."
         stop = Interrupted(f"Stopped at once by a second signal {signum} ({signal.Signals(signum).name}): "

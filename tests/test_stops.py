@@ -27,14 +27,14 @@ def test_a_second_signal_to_a_process_of_a_multi_host_run_says_to_stop_the_other
     """The others waited on its collectives, silent for 90 s, then aborted (hostile pass): said."""
     import signal
 
-    import jax
+    from jax._src import distributed
 
     from rnnjax.stops import Interrupted, catch_signals
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(distributed.global_state, "client", object())         # joined
     with catch_signals() as flag:
         flag(signal.SIGINT, None)
         said = (r"\(one cut short is never listed\)\. The other processes of the multi-host run may wait for "
-                r"this one: stop them too, then start every process again to resume\.$")
+                r"this one \(its collectives\): stop them too, then start every process again to resume\.$")
         with pytest.raises(Interrupted, match=said):
             flag(signal.SIGINT, None)
 
