@@ -7,6 +7,7 @@ vocabulary from NumPy token counts, for texts too large for a ``Counter``.
 from __future__ import annotations
 
 import collections
+import operator
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -54,7 +55,12 @@ class Vocab:
         return tokens[0] if len(tokens) == 1 else tokens
 
     def _token(self, index) -> str:
-        k = int(index)
+        try:            # int() read 2.7 as 2, True as 1
+            k = operator.index(index) if not isinstance(index, (bool, np.bool_)) else None
+        except TypeError:
+            k = None
+        if k is None:
+            raise TypeError(f"A token's index is a whole number, got {index!r}.")
         if not 0 <= k < len(self.idx_to_token):         # -1 would read the last token
             raise IndexError(f"{k} is no token's index in this vocabulary of {len(self.idx_to_token)} "
                              f"(0 to {len(self.idx_to_token) - 1}).")

@@ -30,6 +30,10 @@ def test_words_encode_and_decode():
     for bad in (lambda: vocab.decode([-1]), lambda: vocab.to_tokens(4), lambda: vocab.to_tokens([0, 9])):
         with pytest.raises(IndexError, match=said):
             bad()
+    for bad in (2.7, True, np.float32(1.0)):            # read as 2 and 1, silently (hostile pass)
+        with pytest.raises(TypeError, match=r"^A token's index is a whole number, got "):
+            vocab.to_tokens(bad)
+    assert vocab.decode(np.array([1, 2], np.int32)) == vocab.decode([1, 2])
 
 
 def test_characters_outside_a_raw_vocabulary_are_named_without_d2ls_alphabet():
