@@ -126,14 +126,37 @@ def sized_otherwise(factory: Any) -> str | None:
     if not isinstance(declared, str):       # Optional[int].__name__ is "Optional": its repr names the int
         named = isinstance(declared, type) or inspect.isbuiltin(declared)
         declared = declared.__name__ if named else repr(declared)
-    # Only a type no size is of: an alias, a NewType of int, a union may be meant as one
-    head = re.sub(r"^(typing|collections\.abc|builtins)\.", "", declared.split("[")[0].strip())
-    return f"{name}: {declared}" if head in _NOT_SIZES and "|" not in declared else None
+    # Only types no size is of (of a union, each but None): an alias or a NewType of int may be meant as one
+    heads = [re.sub(r"^((typing|collections\.abc|builtins|numpy|np|jax\.numpy|jnp|jax)\.)+", "", t)
+             .split("[")[0].strip() for t in _members(declared)]
+    return f"{name}: {declared}" if heads and all(h in _NOT_SIZES for h in heads) else None
 
 
 # Declared types of a first field that cannot be a hidden size (``sized_otherwise``).
 _NOT_SIZES = {"float", "str", "bool", "complex", "bytes", "list", "tuple", "dict", "set", "frozenset",
-              "callable", "Callable"}
+              "callable", "Callable", "Sequence", "type", "float16", "float32", "float64", "bfloat16",
+              "ndarray", "Array"}
+
+
+def _members(declared: str) -> list[str]:
+    """The types a declared type names: a union's (``float | None``, ``Optional[float]``, ``Union[a, b]``)
+    but None, ``Annotated[t, ...]``'s ``t``, else itself; quotes of a string annotation dropped."""
+    text = declared.strip().strip("'\"")
+    wrapped = re.fullmatch(r"(?:typing\.)?(Optional|Union|Annotated)\[(.*)\]", text)
+    parts = _split_outside_brackets(wrapped[2], ",") if wrapped else _split_outside_brackets(text, "|")
+    if wrapped and wrapped[1] == "Annotated":
+        parts = parts[:1]
+    return [p for p in (p.strip().strip("'\"") for p in parts) if p not in ("None", "NoneType", "")]
+
+
+def _split_outside_brackets(text: str, sep: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        depth += (c == "[") - (c == "]")
+        if c == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
 
 
 def _shapes(tree: Any) -> str:
