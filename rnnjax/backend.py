@@ -89,9 +89,9 @@ def check_cpu_device_count() -> None:
     # XLA's own flag, each one given (XLA parses them all): 0 fails JAX's start in a traceback, "abc" or
     # "1_0" abort the process in XLA's usage text; XLA takes '"4"' and '+4'
     for typed in re.findall(r"--xla_force_host_platform_device_count=(\S*)", os.environ.get("XLA_FLAGS", "")):
-        digits = typed[1:-1] if len(typed) > 1 and typed[0] == typed[-1] and typed[0] in "\"'" else typed
+        digits = typed.strip("\"'")           # XLA's flags parser drops quotes, even one
         asked.append(("$XLA_FLAGS's --xla_force_host_platform_device_count",
-                      int(digits) if re.fullmatch(r"\+?\d+", digits) else None, repr(typed)))
+                      int(digits) if re.fullmatch(r"\+?[0-9]+", digits) else None, repr(typed)))  # not ٤
     for name, value, shown in asked + ([("jax_num_cpu_devices", count, None)] if count != -1 else []):
         if not (_whole_number(value) and value <= MAX_CPU_DEVICES):
             raise ValueError(f"{name} must be a whole number from 1 to {MAX_CPU_DEVICES} (the CPU devices "

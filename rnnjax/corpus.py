@@ -258,7 +258,8 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
             raise DataError(f"load's {name} is empty (''); {instead}.")
         # A path is a line of names of at most NAME_MAX bytes: not the text itself (a file named with a
         # newline still is one)
-        named = isinstance(path, str) and max(len(p.encode(errors="replace")) for p in path.split("/")) <= 255
+        named = isinstance(path, str) and len(path) <= 4096 and max(      # PATH_MAX, and NAME_MAX a name
+            len(p.encode(errors="replace")) for p in path.split("/")) <= 255
         if isinstance(path, str) and ("\n" in path or not named) and not os.path.exists(path):
             raise DataError(f"load's {name} is a file's path, and this one is {len(path):,} characters "
                             f"({path[:30]!r}...), a text itself: write it to a file and give the file's path "

@@ -70,6 +70,9 @@ def _entries(source: Any, config: Config) -> dict:
     if not isinstance(source, Mapping):         # an optimizer has a state_dict too
         raise TypeError(f"from_torch takes a PyTorch module, its state_dict() or a dict of arrays, got "
                         f"{got(source)}.")
+    if "param_groups" in source:
+        raise ValueError("The state dict is an optimizer's (param_groups): give the model's, "
+                         "model.state_dict().")
     nested = [k for k, v in source.items() if isinstance(v, Mapping)]
     if nested:          # torch.save({"model": ..., "optimizer": ...}): a training checkpoint
         raise ValueError(f"The state dict holds dicts ({', '.join(map(repr, nested[:4]))}), as a training "

@@ -320,7 +320,7 @@ def test_load_refuses_a_config_that_is_not_one_in_one_sentence():
     book = "The Time Machine, by H. G. Wells\n\n" + "I\n" * 3000        # the text itself (Corpus's text=)
     line = "the time traveller " * 20           # one line, of no name a file system has: 380 characters
     for name, given, size in (("text", book, "6,034"), ("data", "x" * 5000, "5,000"), ("text", "a\nb", "3"),
-                              ("text", line, "380")):
+                              ("text", line, "380"), ("text", "and/or the man/woman " * 200, "4,200")):
         said = (rf"^load's {name} is a file's path, and this one is {size} characters \('.{{1,40}}'\.\.\.\), "
                 r"a text itself: write it to a file and give the file's path \(rnnjax.Corpus takes a text "
                 r"itself, as text=\.\.\.\)\.$")

@@ -246,6 +246,8 @@ def test_a_training_checkpoint_or_entries_that_are_not_weights_say_what_to_give(
             return {"state": {}, "param_groups": []}
     with pytest.raises(TypeError, match=said.replace("a list", "an Adam")):
         from_torch(Adam(), config)
+    with pytest.raises(ValueError, match=r"^The state dict is an optimizer's \(param_groups\): give the "):
+        from_torch(Adam().state_dict(), config)         # it said to give checkpoint['state']
 
 
 def test_to_torch_gives_arrays_torch_may_write():
