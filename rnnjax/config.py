@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
+import functools
 import math
 import numbers
 import operator
@@ -132,12 +132,6 @@ class Config:
     # bit: its plan says so, rnnjax.computing.changed); compute_dtype may not: bfloat16 is another experiment.
     RESUMABLE = frozenset({"epochs", "kernel", "matmul_precision"})
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Config:
-        unknown = [k for k in kwargs if k not in cls.__dataclass_fields__]      # replace() makes one too
-        if unknown:         # not Python's "unexpected keyword argument": the field meant
-            raise TypeError(_no_field(cls, unknown[0]))
-        return super().__new__(cls)
-
     def __post_init__(self):
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _typed(f.name, getattr(self, f.name), type(f.default)))
@@ -237,9 +231,21 @@ def _no_field(cls: type, name: str) -> str:
 
 # Fields older rnnjax saved that Config has since dropped (from_json reads them), and what replaced them.
 _REMOVED = {"fused": "kernel replaced it: kernel='plain' trains as fused=False did"}
-# Its signature is the fields' (help, a notebook's completion), not __new__'s (*args, **kwargs).
-Config.__signature__ = inspect.signature(Config.__init__).replace(
-    parameters=list(inspect.signature(Config.__init__).parameters.values())[1:])
+
+
+def _naming_the_field(init: Any) -> Any:
+    """The dataclass's ``__init__`` (its signature kept: help, a notebook's completion), a misspelt keyword
+    (``batchsize``, in ``replace`` too) named with the field meant, not Python's "unexpected keyword"."""
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        unknown = [k for k in kwargs if k not in type(self).__dataclass_fields__]
+        if unknown:
+            raise TypeError(_no_field(type(self), unknown[0]))
+        init(self, *args, **kwargs)
+    return __init__
+
+
+Config.__init__ = _naming_the_field(Config.__init__)
 
 
 PRESETS: dict[str, Config] = {

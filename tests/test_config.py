@@ -33,8 +33,13 @@ def test_json_round_trip_and_old_checkpoints_without_new_fields():
     said += r"did\)\.$"
     with pytest.raises(TypeError, match=said):        # not "did you mean seed?"
         Config(fused=False)
-    import inspect                      # help() and a notebook's completion show the fields, not __new__'s
+    import inspect                      # help() and a notebook's completion show the fields
     assert list(inspect.signature(Config).parameters) == [f.name for f in dataclasses.fields(Config)]
+
+    @dataclasses.dataclass(frozen=True)
+    class Sub(Config):                  # a subclass's, its own (Config's was inherited)
+        extra: int = 3
+    assert list(inspect.signature(Sub).parameters)[-1] == "extra" and Sub(extra=2).extra == 2
 
 
 @pytest.mark.parametrize("change,message", [
