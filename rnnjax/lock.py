@@ -234,8 +234,9 @@ def _remove_unused(made: list[Path], fds: list[int]) -> None:
             os.rmdir(folder)            # only if empty: a parent another run has written to since stays
 
 
-# Held for this process's life (the kernel releases them as it ends, however it ends), by lock file.
-_CLAIMED: dict[Path, int] = {}
+# Held for this process's life (the kernel releases them as it ends, however it ends): by process (a forked
+# child is another) and lock file.
+_CLAIMED: dict[tuple[int, Path], int] = {}
 
 
 def claim_process(coordinator: str, process_id: int) -> None:
@@ -244,7 +245,7 @@ def claim_process(coordinator: str, process_id: int) -> None:
     id that joins is taken by JAX for the first restarted, and every process of the run aborts unsaved."""
     name = re.sub(r"[^\w.-]", "_", coordinator)
     path = cache_dir() / "processes" / f"{name}-{process_id}.lock"
-    if path in _CLAIMED:            # this process's own (a library user joining again after an error)
+    if (os.getpid(), path.resolve()) in _CLAIMED:   # its own (a library user joining again after an error)
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,4 +264,4 @@ def claim_process(coordinator: str, process_id: int) -> None:
                          "that one first.") from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
-    _CLAIMED[path] = fd
+    _CLAIMED[os.getpid(), path.resolve()] = fd

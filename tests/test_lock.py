@@ -207,6 +207,9 @@ def test_a_second_process_of_one_id_of_a_multi_host_run_is_refused_and_a_killed_
         lock.claim_process("host:1234", 0)           # another id of the run, and another run's
         lock.claim_process("other:1234", 1)
         lock.claim_process("host:1234", 0)           # its own, again: it named its own pid
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("RNNJAX_CACHE", ".")      # the same folder written otherwise
+        lock.claim_process("host:1234", 0)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
