@@ -16,7 +16,7 @@ import functools
 import math
 import numbers
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from rnnjax.cells import CELLS, NONLINEARITIES
@@ -279,30 +279,3 @@ def label(config: Config, configs: list[Config], fields: Sequence[str] | None = 
     varied = [k for k in SWEEPABLE if len({getattr(c, k) for c in configs}) > 1] if fields is None else fields
     said = ", ".join(f"{k} {shown(getattr(config, k))}" for k in varied)
     return said or ("the one run" if fields is None else "")
-
-
-def listed(configs: Iterable[Config]) -> list[Config]:
-    """``configs`` (any iterable, a generator too, read once) as a list: ``ConfigError`` in one sentence
-    unless each is a ``Config``."""
-    if isinstance(configs, (Config, str, dict)) or not isinstance(configs, Iterable):
-        raise ConfigError(f"configs must be a list of Config objects, not of type {type(configs).__name__}; "
-                          "for one run, use rnnjax.train.fit or [config].")
-    configs = list(configs)
-    for c in configs:
-        if not isinstance(c, Config):
-            raise ConfigError(f"configs must be a list of Config objects; one of them is of type "
-                              f"{type(c).__name__}.")
-    return configs
-
-
-def check_runs(configs: list[Config]) -> None:
-    """Runs in one program share every shape: ``ConfigError`` unless they differ in ``SWEEPABLE`` only."""
-    if not configs:
-        raise ConfigError("There are no runs to train.")
-    differ = sorted({f.name for c in configs[1:] for f in dataclasses.fields(Config)
-                     if f.name not in SWEEPABLE and getattr(c, f.name) != getattr(configs[0], f.name)})
-    if differ:
-        raise ConfigError(f"Runs trained in one program may differ only in {', '.join(SWEEPABLE)}; these "
-                          f"differ in {', '.join(differ)}: train them in separate workdirs.")
-    if len(set(configs)) < len(configs):
-        raise ConfigError("Two of the runs are the same run; list each seed and value once.")

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rnnjax.cells import OneHot, compute_dtype
+from rnnjax.cells import CELLS, OneHot, compute_dtype
 from rnnjax.config import ConfigError
 from rnnjax.spelling import spelt
 
@@ -130,6 +130,17 @@ def sized_otherwise(factory: Any) -> str | None:
     heads = [re.sub(r"^((typing|collections\.abc|builtins|numpy|np|jax\.numpy|jnp|jax)\.)+", "", t)
              .split("[")[0].strip() for t in _members(declared)]
     return f"{name}: {declared}" if heads and all(h in _NOT_SIZES for h in heads) else None
+
+
+def check_sized(name: str, cell: nn.Module, num_hiddens: int) -> None:
+    """``ConfigError`` where ``CELLS[name]`` gave ``num_hiddens`` to a first field no size is of
+    (``sized_otherwise``): it would train at another width than the config says, silently."""
+    field = sized_otherwise(CELLS[name])
+    if field:
+        raise ConfigError(f"rnnjax makes a cell as rnnjax.CELLS[{name!r}](num_hiddens), which gives "
+                          f"num_hiddens={num_hiddens} to {type(cell).__name__}'s first field, {field}: "
+                          "declare the hidden size (an int) first, as flax's cells do (features), or "
+                          "register a function of num_hiddens that makes the cell.")
 
 
 # Declared types of a first field that cannot be a hidden size (``sized_otherwise``).

@@ -14,6 +14,7 @@ whose loss turns non-finite or diverges stops alone; the others train on.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import numbers
 import statistics
@@ -25,13 +26,40 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax import agree, checkpoint, loop, train as train_lib
-from rnnjax.config import SWEEPABLE, Config, check_runs, label, listed
+from rnnjax.config import SWEEPABLE, Config, ConfigError, label
 from rnnjax.spelling import got
 from rnnjax.data import Batch, Windows, WindowedText
 from rnnjax.loop import CHECKPOINT_EVERY, FitResult
 from rnnjax.start import Plan, check_plan, planned
 from rnnjax.state import TrainState, create_run_states
 from rnnjax.train import train_windows
+
+
+def listed(configs: Iterable[Config]) -> list[Config]:
+    """``configs`` (any iterable, a generator too, read once) as a list: ``ConfigError`` in one sentence
+    unless each is a ``Config``."""
+    if isinstance(configs, (Config, str, dict)) or not isinstance(configs, Iterable):
+        raise ConfigError(f"configs must be a list of Config objects, not of type {type(configs).__name__}; "
+                          "for one run, use rnnjax.train.fit or [config].")
+    configs = list(configs)
+    for c in configs:
+        if not isinstance(c, Config):
+            raise ConfigError(f"configs must be a list of Config objects; one of them is of type "
+                              f"{type(c).__name__}.")
+    return configs
+
+
+def check_runs(configs: list[Config]) -> None:
+    """Runs in one program share every shape: ``ConfigError`` unless they differ in ``SWEEPABLE`` only."""
+    if not configs:
+        raise ConfigError("There are no runs to train.")
+    differ = sorted({f.name for c in configs[1:] for f in dataclasses.fields(Config)
+                     if f.name not in SWEEPABLE and getattr(c, f.name) != getattr(configs[0], f.name)})
+    if differ:
+        raise ConfigError(f"Runs trained in one program may differ only in {', '.join(SWEEPABLE)}; these "
+                          f"differ in {', '.join(differ)}: train them in separate workdirs.")
+    if len(set(configs)) < len(configs):
+        raise ConfigError("Two of the runs are the same run; list each seed and value once.")
 
 
 def train_runs(states: TrainState, tokens: jax.Array, windows: Windows, axis_name: str | None = None,

@@ -17,10 +17,10 @@ from rnnjax import kernels, optimizers
 from rnnjax.optimizer_checks import changing, check_kept, check_rates, failing
 from rnnjax.xla import CompiledPerShape, init_compiler_options, per_module
 from rnnjax.cells import OWN_CELLS, registered_own
-from rnnjax.config import Config, ConfigError, check_runs, listed
+from rnnjax.config import Config, ConfigError
 from rnnjax.model import CELLS, RNN, RNNLM, StackedRNN
 from rnnjax.precision import COMPUTE_DTYPES
-from rnnjax.protocol import StepFailed, StepProblem, lacks, sized_otherwise, step_problem
+from rnnjax.protocol import StepFailed, StepProblem, check_sized, lacks, step_problem
 from rnnjax.spelling import leaf_types, spelt
 
 TrainState = train_state.TrainState
@@ -69,12 +69,7 @@ def make_model(config: Config, vocab_size: int) -> RNNLM:
         raise ConfigError(f"rnnjax makes the cell {config.cell!r} as "
                           f"rnnjax.CELLS[{config.cell!r}](num_hiddens{given}), which fails ({e}): register a "
                           "functools.partial of it that sets its other arguments.") from None
-    field = sized_otherwise(CELLS[config.cell])
-    if field:           # it would train at another width than the config says, silently
-        raise ConfigError(f"rnnjax makes a cell as rnnjax.CELLS[{config.cell!r}](num_hiddens), which gives "
-                          f"num_hiddens={config.num_hiddens} to {type(cell).__name__}'s first field, "
-                          f"{field}: declare the hidden size (an int) first, as flax's cells do (features), "
-                          "or register a function of num_hiddens that makes the cell.")
+    check_sized(config.cell, cell, config.num_hiddens)
     missing = lacks(cell)
     if missing:
         raise ConfigError(f"rnnjax.CELLS[{config.cell!r}] makes a {type(cell).__name__}, which is not a "
@@ -118,6 +113,7 @@ def create_run_states(configs: list[Config], vocab_size: int, params: Any = None
     """Step 0 of each config's run, stacked on a leading run axis (its own seed, ``clip`` and ``lr``); each
     from ``params`` (one run's: a fine-tune of several rates), else initialized from its own seed. Runs in one
     program differ in ``SWEEPABLE`` only (``ConfigError``)."""
+    from rnnjax.runs import check_runs, listed          # rnnjax.runs trains what this makes: imported late
     configs = listed(configs)
     check_runs(configs)     # else they'd be made as the first one's model, silently
     model = make_model(configs[0], vocab_size)
