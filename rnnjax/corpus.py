@@ -29,7 +29,7 @@ import numpy as np
 
 from rnnjax.config import Config, check_is_config
 from rnnjax.spelling import got, plural, spelt
-from rnnjax.data import TimeMachine, WindowedText, check_source, wholes
+from rnnjax.data import TimeMachine, WindowedText, check_not_text, check_source, wholes
 from rnnjax.source import (SHA1, TOO_LARGE, DataError, check_file, read_text, sha1_of,
                            timemachine_path)
 from rnnjax import memory, token_cache
@@ -256,14 +256,7 @@ def load(config: Config, text: str | os.PathLike | None = None, data: str | os.P
             instead = ("give a UTF-8 text file's path" if name == "text" else
                        "leave it out (None) to take $RNNJAX_TIMEMACHINE or d2l's download")
             raise DataError(f"load's {name} is empty (''); {instead}.")
-        # A path is a line of names of at most NAME_MAX bytes: not the text itself (a file named with a
-        # newline still is one)
-        named = isinstance(path, str) and len(path) <= 4096 and max(      # PATH_MAX, and NAME_MAX a name
-            len(p.encode(errors="replace")) for p in path.split("/")) <= 255
-        if isinstance(path, str) and ("\n" in path or not named) and not os.path.exists(path):
-            raise DataError(f"load's {name} is a file's path, and this one is {len(path):,} characters "
-                            f"({path[:30]!r}...), a text itself: write it to a file and give the file's path "
-                            "(rnnjax.Corpus takes a text itself, as text=...).")
+        check_not_text(path, f"load's {name}")        # data= goes to timemachine_path, not Corpus, too
     try:
         d2l = (config.token, config.preprocess, config.val_fraction) == ("char", "d2l", 0.0)
         if text is None and d2l and config.min_freq <= 1 and vocab is None:

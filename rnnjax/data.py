@@ -227,6 +227,19 @@ def check_source(path: Any, text: Any) -> None:
         raise TypeError(f"path is a file's path (str or os.PathLike), got {got(path)}.")
     if text is not None and not isinstance(text, str):
         raise TypeError(f"text is the text itself, a str, got {got(text)}.")
+    check_not_text(path, "path")
+
+
+def check_not_text(path: Any, name: str) -> None:
+    """``DataError`` where the str ``path`` is a text itself: a path is a line of at most PATH_MAX
+    characters, of names of at most NAME_MAX bytes (a file named so still is one). Reading it quoted the
+    whole text, "(File name too long)"."""
+    named = isinstance(path, str) and len(path) <= 4096 and max(
+        len(p.encode(errors="replace")) for p in path.split("/")) <= 255
+    if isinstance(path, str) and ("\n" in path or not named) and not os.path.exists(path):
+        raise DataError(f"{name} is a file's path, and this one is {len(path):,} characters "
+                        f"({path[:30]!r}...), a text itself: write it to a file and give the file's path "
+                        "(rnnjax.Corpus takes a text itself, as text=...).")
 
 
 class TimeMachine(WindowedText):

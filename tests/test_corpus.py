@@ -326,6 +326,9 @@ def test_load_refuses_a_config_that_is_not_one_in_one_sentence():
                 r"itself, as text=\.\.\.\)\.$")
         with pytest.raises(DataError, match=said):       # it quoted the whole book, "(File name too long)"
             corpus.load(TINY, **{name: given})
+    for make in (lambda: Corpus(book, 4, 8), lambda: TimeMachine(4, 8, path=book)):     # given so directly
+        with pytest.raises(DataError, match=r"^path is a file's path, and this one is 6,034 characters "):
+            make()
 
 
 def test_a_text_read_mostly_as_unknown_in_the_vocabulary_given_is_said(tmp_path, monkeypatch):
