@@ -35,11 +35,22 @@ def describe(e: OSError) -> str:
 
 def _holder(workdir: Path) -> str:
     """Who holds ``workdir``'s lock, as its lock file names them."""
+    pid = _pid_in(workdir / LOCKFILE)
+    return f"process {pid}" if pid else "another process"
+
+
+def _pid_in(lockfile: Path) -> str:
+    """The pid its holder wrote in ``lockfile`` (``_write_pid``); '' where it holds none that can be read."""
     try:
-        pid = (workdir / LOCKFILE).read_bytes().decode(errors="replace").strip()
+        pid = lockfile.read_bytes().decode(errors="replace").strip()
     except OSError:
         pid = ""
-    return f"process {pid}" if pid.isdigit() else "another process"
+    return pid if pid.isdigit() else ""
+
+
+def _write_pid(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
 
 
 def _check_lockfile(path: Path, flag: str | None = None) -> None:
@@ -171,7 +182,7 @@ class Held:
             os.close(self._fds[0])
             self._fds[0] = fd
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.write(fd, str(os.getpid()).encode())
+            _write_pid(fd)
 
 
 @contextlib.contextmanager
@@ -194,8 +205,7 @@ def lock(workdir: Path, flag: str | None = None) -> Iterator[Held]:
             said = f"{_named(flag)} {workdir} cannot be written ({where}{describe(e)})."
             raise WorkdirError(said) from None
         try:
-            os.ftruncate(fds[0], 0)
-            os.write(fds[0], str(os.getpid()).encode())
+            _write_pid(fds[0])
         except OSError as e:        # a full disk: the lock holds without the pid, but say so now
             raise WorkdirError(f"{_named(flag)} {workdir} cannot be written ({describe(e)}).") from None
         yield Held(workdir, fds)
@@ -255,13 +265,13 @@ def claim_process(coordinator: str, process_id: int) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        holder = os.read(fd, 32).decode(errors="replace").strip()
         os.close(fd)
-        by = f" (pid {holder})" if holder.isdigit() else ""
+        pid = _pid_in(path)
+        by = f" (pid {pid})" if pid else ""
         raise ValueError(f"Process {process_id} of the multi-host run at {coordinator} is running on this "
                          f"machine already{by}: a second one joining as {spelt('process_id', process_id)} "
                          "would stop every process of the run unsaved. Give each process its own id, or stop "
                          "that one first.") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    with contextlib.suppress(OSError):      # a full disk: the lock holds without the pid
+        _write_pid(fd)
     _CLAIMED[os.getpid(), path.resolve()] = fd
