@@ -107,7 +107,7 @@ def from_torch(state_dict: Any, config: Config) -> dict:
     weights, would otherwise be dropped)."""
     _check_cell(config)
     state_dict = _entries(state_dict, config)
-    biased = any(re.search(r"bias_(ih|hh)_l\d+(_reverse)?$", k) for k in state_dict)
+    biased = any(m[1] == "bias" for m in map(_RECURRENT.search, state_dict) if m)    # else bias=False
     rnn: dict = {}
     used: set[str] = set()
     for ours, theirs in _layer_names(config):
